@@ -1,0 +1,1 @@
+"""rnncomp: a symbolic autodiff compiler for recurrent networks."""

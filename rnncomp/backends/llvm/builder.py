@@ -1,0 +1,70 @@
+"""Builder idioms over llvmlite's ``IRBuilder``: loops, entry-block allocas, branches.
+
+Every code generator in rnncomp uses these instead of wiring basic blocks by
+hand (after numba's ``cgutils``).
+
+    >>> from llvmlite import ir
+    >>> m = ir.Module(); i64 = ir.IntType(64)
+    >>> f = ir.Function(m, ir.FunctionType(i64, [i64]), "tri")
+    >>> b = ir.IRBuilder(f.append_basic_block("entry"))
+    >>> acc = alloca_once(b, i64, "acc"); _ = b.store(i64(0), acc)
+    >>> with for_range(b, f.args[0]) as i:
+    ...     _ = b.store(b.add(b.load(acc), i), acc)
+    >>> _ = b.ret(b.load(acc))
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from llvmlite import ir
+
+I64 = ir.IntType(64)
+I32 = ir.IntType(32)
+I1 = ir.IntType(1)
+
+
+def alloca_once(builder: ir.IRBuilder, ty, name: str = "", size=None):
+    """An ``alloca`` placed in the function's entry block, so loops do not grow the stack."""
+    with builder.goto_entry_block():
+        return builder.alloca(ty, size=size, name=name)
+
+
+@contextmanager
+def for_range(builder: ir.IRBuilder, count, start=None, step=None, name: str = "i"):
+    """``for (i = start; i < count; i += step)``; yields ``i`` (an i64 value).
+
+    The loop variable is a phi node, so LLVM sees a canonical counted loop and can
+    vectorise it.
+    """
+    ty = count.type
+    start = ty(0) if start is None else start
+    step = ty(1) if step is None else step
+    pre = builder.block
+    fn = pre.function
+    cond_bb = fn.append_basic_block(f"{name}.cond")
+    body_bb = fn.append_basic_block(f"{name}.body")
+    end_bb = fn.append_basic_block(f"{name}.end")
+    builder.branch(cond_bb)
+    builder.position_at_end(cond_bb)
+    idx = builder.phi(ty, name=name)
+    idx.add_incoming(start, pre)
+    builder.cbranch(builder.icmp_signed("<", idx, count), body_bb, end_bb)
+    builder.position_at_end(body_bb)
+    yield idx
+    nxt = builder.add(idx, step, name=f"{name}.next", flags=("nsw",))
+    idx.add_incoming(nxt, builder.block)
+    builder.branch(cond_bb)
+    builder.position_at_end(end_bb)
+
+
+@contextmanager
+def if_then(builder: ir.IRBuilder, pred, likely: bool | None = None):
+    """``if (pred) { ... }`` with an optional branch-weight hint."""
+    with builder.if_then(pred, likely=likely):
+        yield
+
+
+def gep(builder: ir.IRBuilder, ptr, *indices, name: str = ""):
+    """Pointer arithmetic on element pointers: ``ptr + i``."""
+    return builder.gep(ptr, [i if isinstance(i, ir.Value) else I64(i) for i in indices],
+                       inbounds=True, name=name)

@@ -1,0 +1,193 @@
+"""Turning an llvmlite ``ir.Module`` into callable native code for this CPU.
+
+Owns: LLVM initialisation, the host target machine, the optimisation pipeline
+(new pass manager, O3, loop + SLP vectorisation), object emission, the on-disk
+object cache and loading objects into an MCJIT engine.  No global engines: every
+``NativeLibrary`` owns its engine and keeps it alive as long as it is referenced.
+
+    >>> from llvmlite import ir
+    >>> m = ir.Module(name="demo")
+    >>> f = ir.Function(m, ir.FunctionType(ir.DoubleType(), [ir.DoubleType()]), "twice")
+    >>> b = ir.IRBuilder(f.append_basic_block())
+    >>> _ = b.ret(b.fadd(f.args[0], f.args[0]))
+    >>> import ctypes
+    >>> lib = compile_module(m, cache=None)
+    >>> ctypes.CFUNCTYPE(ctypes.c_double, ctypes.c_double)(lib.address("twice"))(1.5)
+    3.0
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+
+import llvmlite
+import llvmlite.binding as llvm
+
+from ...errors import CompileError
+
+_init_lock = threading.Lock()
+_initialized = False
+
+
+def _ensure_init() -> None:
+    global _initialized
+    with _init_lock:
+        if not _initialized:
+            llvm.initialize_native_target()
+            llvm.initialize_native_asmprinter()
+            _initialized = True
+
+
+@dataclass(frozen=True)
+class HostTarget:
+    """The CPU we compile for: its triple, name and feature string."""
+
+    triple: str
+    cpu: str
+    features: str
+
+    @classmethod
+    def detect(cls) -> "HostTarget":
+        _ensure_init()
+        return cls(llvm.get_process_triple(), llvm.get_host_cpu_name(),
+                   llvm.get_host_cpu_features().flatten())
+
+    def has(self, feature: str) -> bool:
+        return f"+{feature}" in self.features.split(",")
+
+    def machine(self, opt: int = 3):
+        target = llvm.Target.from_triple(self.triple)
+        return target.create_target_machine(cpu=self.cpu, features=self.features,
+                                            opt=opt, reloc="default", codemodel="jitdefault")
+
+
+def default_cache_dir() -> str:
+    """``$RNNCOMP_CACHE_DIR`` if set, else the platform cache directory."""
+    env = os.environ.get("RNNCOMP_CACHE_DIR")
+    if env:
+        return env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "rnncomp")
+
+
+def optimize(mod, tm, level: int = 3) -> None:
+    """Run the new pass manager's O``level`` pipeline with loop and SLP vectorisation."""
+    pto = llvm.PipelineTuningOptions(speed_level=level)
+    pto.loop_interleaving = True
+    pto.loop_vectorization = True
+    pto.slp_vectorization = True
+    pto.loop_unrolling = True
+    pb = llvm.create_pass_builder(tm, pto)
+    pm = pb.getModulePassManager()
+    pm.run(mod, pb)
+
+
+def parse_and_verify(ir_module) -> "llvm.ModuleRef":
+    _ensure_init()
+    text = str(ir_module)
+    try:
+        mod = llvm.parse_assembly(text)
+        mod.verify()
+    except RuntimeError as exc:  # llvmlite reports parse/verify failures this way
+        raise CompileError(f"LLVM rejected the generated module {ir_module.name!r}: {exc}") from None
+    return mod
+
+
+class NativeLibrary:
+    """Compiled object code loaded into its own MCJIT engine."""
+
+    def __init__(self, obj: bytes, ir_text: str, host: HostTarget, optimized_ir: str | None):
+        _ensure_init()
+        self.ir_text = ir_text
+        self._optimized_ir = optimized_ir
+        self.host = host
+        self._object = obj
+        tm = host.machine()
+        backing = llvm.parse_assembly("")
+        backing.triple = host.triple
+        self._engine = llvm.create_mcjit_compiler(backing, tm)
+        self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+        self._engine.finalize_object()
+
+    def address(self, name: str) -> int:
+        addr = self._engine.get_function_address(name)
+        if not addr:
+            raise CompileError(f"compiled library has no function {name!r}")
+        return addr
+
+    def asm(self) -> str:
+        """Assembly of the (optimised) module, for inspection."""
+        mod = llvm.parse_assembly(self._optimized_ir or self.ir_text)
+        return self.host.machine().emit_assembly(mod)
+
+    def optimized_ir(self) -> str:
+        if self._optimized_ir is None:
+            mod = llvm.parse_assembly(self.ir_text)
+            tm = self.host.machine()
+            optimize(mod, tm)
+            self._optimized_ir = str(mod)
+        return self._optimized_ir
+
+
+def _cache_key(ir_text: str, host: HostTarget, level: int) -> str:
+    h = hashlib.sha256()
+    for part in (ir_text, host.triple, host.cpu, host.features, str(level), llvmlite.__version__,
+                 ".".join(map(str, llvm.llvm_version_info))):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _read_cache(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    # object files are ELF/Mach-O/COFF; a truncated file is rejected and rebuilt
+    digest, _, payload = data.partition(b"\n")
+    if not payload or hashlib.sha256(payload).hexdigest().encode() != digest:
+        return None
+    return payload
+
+
+def _write_cache(path: str, obj: bytes) -> bool:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(hashlib.sha256(obj).hexdigest().encode() + b"\n" + obj)
+        os.replace(tmp, path)  # atomic: concurrent writers each install a complete file
+        return True
+    except OSError:
+        return False
+
+
+def compile_module(ir_module, *, level: int = 3, cache: str | None = "default",
+                   host: HostTarget | None = None) -> NativeLibrary:
+    """Verify, optimise and compile ``ir_module`` for the host; load it.
+
+    ``cache``: a directory for object files, ``"default"`` for
+    :func:`default_cache_dir`, or ``None`` to compile without a cache.  An
+    unwritable cache directory only costs the cache, never the compile.
+    """
+    host = host or HostTarget.detect()
+    ir_text = str(ir_module)
+    path = None
+    if cache is not None:
+        cache_dir = default_cache_dir() if cache == "default" else cache
+        path = os.path.join(cache_dir, "obj", _cache_key(ir_text, host, level) + ".o")
+        obj = _read_cache(path)
+        if obj is not None:
+            return NativeLibrary(obj, ir_text, host, None)
+    mod = parse_and_verify(ir_module)
+    tm = host.machine()
+    if level > 0:
+        optimize(mod, tm, level)
+    obj = tm.emit_object(mod)
+    if path is not None:
+        _write_cache(path, obj)
+    return NativeLibrary(obj, ir_text, host, str(mod) if level > 0 else None)

@@ -1,0 +1,25 @@
+"""The exceptions rnncomp raises.  Every message names where the problem is."""
+
+
+class RnncompError(Exception):
+    """Base class of every error rnncomp raises on purpose."""
+
+
+class CellError(RnncompError, ValueError):
+    """A cell declaration is invalid (names the cell and the equation)."""
+
+
+class ShapeError(CellError):
+    """Sizes that do not fit together (names both shapes)."""
+
+
+class DifferentiationError(CellError):
+    """A gradient is required through something that has no usable derivative."""
+
+
+class CallError(RnncompError, ValueError):
+    """Arrays passed at call time do not fit the compiled cell."""
+
+
+class CompileError(RnncompError, RuntimeError):
+    """A backend could not compile the cell."""
