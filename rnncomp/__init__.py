@@ -1,1 +1,24 @@
-"""rnncomp: a symbolic autodiff compiler for recurrent networks."""
+"""rnncomp: a symbolic autodiff compiler for recurrent networks.
+
+Declare a cell with sympy (:class:`Cell`), look at its equations and its derived
+BPTT step (:func:`explain`), unfold it (:func:`unfold`), and compile it
+(:func:`compile`).
+"""
+from . import cells
+from .autodiff import backward_step
+from .cell import Cell
+from .compile import compile
+from .dsl import concat, logsumexp, softmax, softmax_xent, vslice, vsum
+from .errors import (CallError, CellError, CompileError, DifferentiationError, RnncompError,
+                     ShapeError)
+from .functions import gelu, hard_sigmoid, relu, sigmoid, softplus, softsign, swish
+from .graph import unfold
+from .printing import explain
+
+__all__ = [
+    "Cell", "compile", "unfold", "explain", "backward_step", "cells",
+    "concat", "vslice", "vsum", "logsumexp", "softmax", "softmax_xent",
+    "sigmoid", "softplus", "relu", "softsign", "hard_sigmoid", "gelu", "swish",
+    "RnncompError", "CellError", "ShapeError", "DifferentiationError", "CallError", "CompileError",
+]
+__version__ = "0.1.0"

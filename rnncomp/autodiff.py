@@ -1,0 +1,289 @@
+"""Reverse mode over IR programs: the rule table, the reverse walk, the BPTT step.
+
+BPTT is the transpose of a scan.  With ``f`` the forward step
+
+    f : (h[t-1], x[t]; θ) → (h[t], ℓ[t])
+
+the backward step is
+
+    f̄ : (stored values at t, δ⁺h[t], w[t]; θ) → (δh[t-1], ∂ℓ/∂θ contributions at t)
+
+where ``δ⁺h[t]`` is the adjoint of h[t] arriving from step t+1 (zero at the last
+step) and ``w[t]`` the weight of step t's cost in the loss.  The executor runs
+f̄ for t = T … 1, carrying ``δh[t-1]`` into the next iteration as ``δ⁺h``, and
+sums the parameter contributions over t.  The same :func:`reverse` walk applied
+to an unfolded program gives the unrolled gradient.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import sympy as sp
+
+from .dsl import _NAME
+from .errors import DifferentiationError
+from .ir import Node, Program, placeholder, key_str, verify
+from .lower import LOSS, Step
+
+
+# ----------------------------------------------------------------------------- symbolic partials
+@lru_cache(maxsize=4096)
+def partials(template: sp.Expr, nargs: int) -> tuple:
+    """∂template/∂_i for each argument, as templates over ``_0.._{n-1}`` and ``_n`` = the
+    forward value (substituted where the derivative repeats it, e.g. tanh' = 1 − y²).
+
+    Almost-everywhere derivatives: DiracDelta (from sign, Heaviside) is 0.
+    Returns ``None`` in a slot whose derivative sympy cannot express.
+    """
+    y = placeholder(nargs)
+    out = []
+    for i in range(nargs):
+        d = sp.diff(template, placeholder(i))
+        if d.has(sp.DiracDelta):
+            d = d.replace(sp.DiracDelta, lambda *a: sp.S.Zero)
+        if d.has(sp.Derivative) or d.has(sp.Subs):
+            out.append(None)
+            continue
+        if not template.is_Symbol and not template.is_Number:
+            d = d.subs(template, y)
+        out.append(d)
+    return tuple(out)
+
+
+def _nondiff_name(template: sp.Expr) -> str:
+    for f in sp.preorder_traversal(template):
+        if isinstance(f, sp.Function) and sp.diff(f, *[s for s in f.free_symbols][:1]).has(sp.Derivative):
+            return f.func.__name__
+    return str(template)
+
+
+# ----------------------------------------------------------------------------- the walk
+@dataclass
+class Contribution:
+    """An additive piece of an adjoint: ``template`` over ``keys``, ``size`` units."""
+
+    template: sp.Expr
+    keys: tuple
+    size: int
+
+
+@dataclass
+class Reverse:
+    """What :func:`reverse` derives: the backward program and where each result is."""
+
+    prog: Program
+    adjoints: dict = field(default_factory=dict)          # forward key -> adjoint key
+    grads: dict = field(default_factory=lambda: defaultdict(list))  # param -> [spec]
+
+
+class _Ctx:
+    def __init__(self, fwd: Program, out: Reverse, where: str):
+        self.fwd, self.out, self.where = fwd, out, where
+        self.pending: dict = defaultdict(list)
+
+    def contribute(self, key, template, keys, size):
+        self.pending[key].append(Contribution(template, tuple(keys), size))
+
+    def emit(self, name: str, t, node: Node):
+        return self.out.prog.add(self.out.prog.fresh(name, t), node)
+
+    def materialize(self, key, node: Node, cs: list) -> tuple:
+        """One ``ew`` node summing the contributions (unbroadcasting size-n into size 1)."""
+        name, t = key
+        keys, terms = [], []
+        for c in cs:
+            tmpl, ks = c.template, c.keys
+            if c.size != node.size:  # a size-1 value used against size n: sum over units
+                tmp = self.emit(f"δ{name}·part", t, Node("ew", ks, c.size, {"expr": tmpl}))
+                tmpl, ks = placeholder(0), (self.emit(f"Σδ{name}", t, Node("sum", (tmp,), 1)),)
+            repl = {}
+            for i, k in enumerate(ks):
+                if k not in keys:
+                    keys.append(k)
+                repl[placeholder(i)] = placeholder(keys.index(k))
+            terms.append(tmpl.xreplace(repl))
+        return self.emit(adjoint_name(name), t, Node("ew", tuple(keys), node.size, {"expr": sp.Add(*terms)}))
+
+
+def adjoint_name(name: str) -> str:
+    """δh for a named value, δ(W·h) for a temporary."""
+    return f"δ{name}" if _NAME.match(name) or name == LOSS else f"δ({name})"
+
+
+def _active(fwd: Program) -> set:
+    """Keys whose value depends on a parameter or a state (the ones that need adjoints)."""
+    active = set()
+    for key, node in fwd.nodes.items():
+        if node.op in ("param", "state") or any(a in active for a in node.args) or (
+                node.op == "matvec" and any((p, None) in active for p, _, _ in node.attrs["terms"])):
+            active.add(key)
+    return active
+
+
+def reverse(fwd: Program, seeds: dict, seed_nodes: dict, where: str = "") -> Reverse:
+    """Reverse-mode walk over ``fwd``: iterative, reverse topological, deterministic.
+
+    ``seeds`` maps forward keys to initial :class:`Contribution` lists; ``seed_nodes``
+    are the leaves those contributions read (added to the backward program first).
+    """
+    out = Reverse(Program(external=dict(fwd.nodes), name=f"{fwd.name} backward"))
+    for k, n in seed_nodes.items():
+        out.prog.add(k, n)
+    ctx = _Ctx(fwd, out, where or fwd.name)
+    for k, cs in seeds.items():
+        ctx.pending[k].extend(cs)
+    active = _active(fwd)
+    for key in reversed(list(fwd.nodes)):
+        cs = ctx.pending.pop(key, None)
+        if not cs or key not in active:
+            continue
+        node = fwd.nodes[key]
+        adj = ctx.materialize(key, node, cs)
+        out.adjoints[key] = adj
+        if node.op == "param":
+            out.grads[key[0]].append(("batch", adj))
+        elif not node.is_leaf:
+            RULES[node.op](ctx, key, node, adj, active)
+    return out
+
+
+# ----------------------------------------------------------------------------- the rule table
+def _vjp_ew(ctx, key, node, g, active):
+    n = len(node.args)
+    ds = partials(node.attrs["expr"], n)
+    G = placeholder(n + 1)
+    for i, a in enumerate(node.args):
+        if a not in active:
+            continue
+        if ds[i] is None:
+            raise DifferentiationError(
+                f"{ctx.where}: {key_str(key)} = {node.attrs['expr']} uses "
+                f"{_nondiff_name(node.attrs['expr'])!r}, which has no derivative, but a gradient "
+                f"flows through it (to {key_str(a)})")
+        if ds[i] != 0:
+            ctx.contribute(a, G * ds[i], node.args + (key, g), node.size)
+
+
+def _transpose_terms(terms):
+    return tuple((p, not tr, c) for p, tr, c in terms)
+
+
+def _vjp_matvec(ctx, key, node, g, active):
+    (v,) = node.args
+    terms = node.attrs["terms"]
+    if v in active:
+        tt = _transpose_terms(terms)
+        label = terms[0][0] + ("" if terms[0][1] else "ᵀ") if len(terms) == 1 else "Mᵀ"
+        mv = ctx.emit(f"{label}·{adjoint_name(key[0])}", key[1], Node("matvec", (g,), ctx.fwd.node(v).size, {"terms": tt}))
+        ctx.contribute(v, placeholder(0), (mv,), ctx.fwd.node(v).size)
+    for p, tr, c in terms:
+        ctx.out.grads[p].append(("outer", g, v, c, tr))
+
+
+def _vjp_slice(ctx, key, node, g, active):
+    (v,) = node.args
+    n = ctx.fwd.node(v).size
+    pad = ctx.emit(f"pad(δ{key[0]})", key[1], Node("pad", (g,), n, {"lo": node.attrs["lo"]}))
+    ctx.contribute(v, placeholder(0), (pad,), n)
+
+
+def _vjp_pad(ctx, key, node, g, active):
+    (v,) = node.args
+    n = ctx.fwd.node(v).size
+    s = ctx.emit(f"δ{key[0]}[{node.attrs['lo']}:]", key[1], Node("slice", (g,), n, {"lo": node.attrs["lo"]}))
+    ctx.contribute(v, placeholder(0), (s,), n)
+
+
+def _vjp_concat(ctx, key, node, g, active):
+    lo = 0
+    for a in node.args:
+        n = ctx.fwd.node(a).size
+        if a in active:
+            s = ctx.emit(f"δ{key[0]}[{lo}:{lo + n}]", key[1], Node("slice", (g,), n, {"lo": lo}))
+            ctx.contribute(a, placeholder(0), (s,), n)
+        lo += n
+
+
+def _vjp_sum(ctx, key, node, g, active):
+    (v,) = node.args
+    ctx.contribute(v, placeholder(0), (g,), ctx.fwd.node(v).size)
+
+
+def _vjp_lse(ctx, key, node, g, active):
+    (v,) = node.args
+    ctx.contribute(v, placeholder(2) * sp.exp(placeholder(0) - placeholder(1)), (v, key, g),
+                   ctx.fwd.node(v).size)
+
+
+RULES = {
+    "ew": _vjp_ew,
+    "matvec": _vjp_matvec,
+    "slice": _vjp_slice,
+    "pad": _vjp_pad,
+    "concat": _vjp_concat,
+    "sum": _vjp_sum,
+    "lse": _vjp_lse,
+}
+
+
+# ----------------------------------------------------------------------------- BPTT
+@dataclass
+class BackwardStep:
+    """The derived backward step f̄ of a cell (see the module docstring)."""
+
+    step: Step
+    prog: Program
+    carry_in: dict       # state -> seed key δ⁺h[t]
+    carry_out: dict      # state -> key of δh[t-1] (None: no gradient reaches h[t-1])
+    weight: tuple        # seed key w[t]
+    grads: dict          # param -> list of specs ("batch", key) | ("outer", g, v, c, transposed)
+
+
+def carry_key(state: str, t="t"):
+    return (f"δ⁺{state}", t)
+
+
+def backward_step(step: Step) -> BackwardStep:
+    """Derive the backward step of a lowered cell."""
+    seed_nodes, seeds = {}, {}
+    for s, n in step.states.items():
+        k = carry_key(s)
+        seed_nodes[k] = Node("seed", (), n)
+        seeds[(s, "t")] = [Contribution(placeholder(0), (k,), n)]
+    w = ("w", "t")
+    seed_nodes[w] = Node("seed", (), 1)
+    if step.has_loss:
+        seeds[(LOSS, "t")] = [Contribution(placeholder(0), (w,), 1)]
+    rev = reverse(step.prog, seeds, seed_nodes, where=f"cell {step.name!r}")
+    verify(rev.prog)
+    carry_out = {s: rev.adjoints.get((s, "t-1")) for s in step.states}
+    return BackwardStep(step, rev.prog, {s: carry_key(s) for s in step.states}, carry_out, w,
+                        dict(rev.grads))
+
+
+# ----------------------------------------------------------------------------- unrolled
+@dataclass
+class Unrolled:
+    """The unfolded forward program and its reverse: the reference for the rolled step."""
+
+    step: Step
+    k: int
+    fwd: Program
+    rev: Reverse
+
+
+def unrolled(step: Step, k: int) -> Unrolled:
+    """Unfold ``k`` steps and run :func:`reverse` over the whole graph (no loop)."""
+    from .graph import unfold_program
+
+    fwd = unfold_program(step, k)
+    seed_nodes, seeds = {}, {}
+    if step.has_loss:
+        for s in range(1, k + 1):
+            w = ("w", s)
+            seed_nodes[w] = Node("seed", (), 1)
+            seeds[(LOSS, s)] = [Contribution(placeholder(0), (w,), 1)]
+    rev = reverse(fwd, seeds, seed_nodes, where=f"cell {step.name!r} unfolded")
+    return Unrolled(step, k, fwd, rev)

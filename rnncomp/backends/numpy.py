@@ -1,0 +1,242 @@
+"""The NumPy reference executor: the oracle every other backend is tested against.
+
+It prints each element-wise template with sympy's NumPy printer (stable
+``sigmoid``/``softplus``/``logsumexp``) and runs the rolled forward and
+backward loops over time, vectorised over the batch.  Simple on purpose.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import sympy as sp
+from sympy.printing.numpy import NumPyPrinter
+
+from ..autodiff import backward_step
+from ..ir import LEAF_OPS, placeholder, prune
+from .validate import check_call, initial_states, step_weights
+
+
+# ----------------------------------------------------------------------------- element-wise printer
+class _Printer(NumPyPrinter):
+    """sympy's NumPy printer with broadcasting Max/Min and the stable activations."""
+
+    def _print_Max(self, e):
+        out = self._print(e.args[0])
+        for a in e.args[1:]:
+            out = f"numpy.maximum({out}, {self._print(a)})"
+        return out
+
+    def _print_Min(self, e):
+        out = self._print(e.args[0])
+        for a in e.args[1:]:
+            out = f"numpy.minimum({out}, {self._print(a)})"
+        return out
+
+    def _print_sigmoid(self, e):
+        return f"numpy.exp(-numpy.logaddexp(0, -({self._print(e.args[0])})))"
+
+    def _print_softplus(self, e):
+        return f"numpy.logaddexp(0, {self._print(e.args[0])})"
+
+    def _print_Heaviside(self, e):
+        return f"numpy.heaviside({self._print(e.args[0])}, 0.5)"
+
+    def _print_erf(self, e):
+        return f"_rc_erf({self._print(e.args[0])})"
+
+    def _print_sign(self, e):
+        return f"numpy.sign({self._print(e.args[0])})"
+
+
+_erf_scalar = np.frompyfunc(math.erf, 1, 1)
+
+
+def _erf(x):
+    """erf element-wise (numpy has none; the oracle favours obviously right over fast)."""
+    x = np.asarray(x)
+    return _erf_scalar(x).astype(x.dtype if x.dtype.kind == "f" else np.float64)
+
+
+@lru_cache(maxsize=None)
+def ew_function(template: sp.Expr, nargs: int):
+    """A NumPy function of ``nargs`` arrays computing ``template`` (cached per template)."""
+    args = [placeholder(i) for i in range(nargs)]
+    return sp.lambdify(args, template, modules=[{"_rc_erf": _erf}, "numpy"], printer=_Printer(
+        {"fully_qualified_modules": True, "inline": True, "allow_unknown_functions": False}), cse=True)
+
+
+# ----------------------------------------------------------------------------- forward rules
+def _ew(node, vals, B, dtype):
+    out = np.asarray(ew_function(node.attrs["expr"], len(vals))(*vals), dtype=dtype)
+    return out if out.shape == (B, node.size) else np.broadcast_to(out, (B, node.size))
+
+
+def _matvec(node, vals, B, dtype):
+    (v,), P = vals[:1], vals[1:]
+    out = None
+    for (_, tr, c), m in zip(node.attrs["terms"], P):
+        y = v @ (m if tr else m.T)
+        y = y if c == 1 else y * dtype.type(float(c))
+        out = y if out is None else out + y
+    return out
+
+
+def _pad(node, vals, B, dtype):
+    out = np.zeros((B, node.size), dtype=dtype)
+    v = vals[0]
+    out[:, node.attrs["lo"]:node.attrs["lo"] + v.shape[1]] = v
+    return out
+
+
+def _lse(node, vals, B, dtype):
+    v = vals[0]
+    m = v.max(axis=1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    return m + np.log(np.exp(v - m).sum(axis=1, keepdims=True))
+
+
+FORWARD = {
+    "ew": _ew,
+    "matvec": _matvec,
+    "slice": lambda node, vals, B, dtype: vals[0][:, node.attrs["lo"]:node.attrs["lo"] + node.size],
+    "pad": _pad,
+    "concat": lambda node, vals, B, dtype: np.concatenate(
+        [np.broadcast_to(v, (B, v.shape[-1])) for v in vals], axis=1),
+    "sum": lambda node, vals, B, dtype: vals[0].sum(axis=1, keepdims=True),
+    "lse": _lse,
+}
+
+
+def run_program(prog, env: dict, B: int, dtype) -> dict:
+    """Evaluate every non-leaf node of ``prog`` in order, reading and writing ``env``."""
+    for key, node in prog.nodes.items():
+        if node.op in LEAF_OPS:
+            continue
+        vals = [env[a] for a in node.args]
+        if node.op == "matvec":
+            vals += [env[(p, None)] for p, _, _ in node.attrs["terms"]]
+        env[key] = FORWARD[node.op](node, vals, B, dtype)
+    return env
+
+
+def accumulate_grads(grads: dict, specs: dict, env: dict) -> None:
+    """Add one step's parameter-gradient contributions (the ``grads`` specs) into ``grads``."""
+    for p, items in specs.items():
+        for spec in items:
+            if spec[0] == "batch":
+                grads[p] += env[spec[1]].sum(axis=0)
+            else:
+                _, g, v, c, tr = spec
+                m = env[g].T @ env[v]
+                grads[p] += (m.T if tr else m) * float(c)
+
+
+# ----------------------------------------------------------------------------- the model
+class NumpyModel:
+    """``rc.compile(cell, backend="numpy")``: forward and BPTT in plain NumPy."""
+
+    backend = "numpy"
+
+    def __init__(self, cell, dtype="float64"):
+        self.cell_name = cell.name
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        self.step = cell.step
+        self._bwd = None
+        self._fwd_only = prune(self.step.prog, [(s, "t") for s in self.step.states]
+                               + [(o, "t") for o in self.step.outputs])
+
+    @property
+    def backward(self):
+        if self._bwd is None:
+            self._bwd = backward_step(self.step)
+        return self._bwd
+
+    def _forward_envs(self, call, keep: bool):
+        st, dt = self.step, self.dtype
+        states = initial_states(st, call, dt)
+        shared = {(p, None): v for p, v in call.params.items()}
+        envs = []
+        for t in range(call.T):
+            env = dict(shared)
+            for s in st.states:
+                env[(s, "t-1")] = states[s]
+            for n, a in call.inputs.items():
+                env[(n, "t")] = a[t]
+            for n, a in call.targets.items():
+                env[(n, "t")] = a[t]
+            run_program(st.prog if keep else self._fwd_only, env, call.B, dt)
+            states = {s: env[(s, "t")] for s in st.states}
+            envs.append(env if keep else {(o, "t"): env[(o, "t")] for o in st.outputs})
+        return envs, states
+
+    def forward(self, params, inputs, h0=None, *, check_finite=True):
+        """Run the cell over the sequence: ``(outputs {name: (T, B, n)}, final states {name: (B, n)})``."""
+        call = check_call(self.step, self.dtype, params, inputs, None, h0, check_finite=check_finite)
+        envs, final = self._forward_envs(call, keep=False)
+        outs = {o: np.stack([np.broadcast_to(e[(o, "t")], (call.B, n)) for e in envs])
+                for o, n in self.step.outputs.items()}
+        return outs, {s: np.array(v) for s, v in final.items()}
+
+    def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None, *, check_finite=True):
+        """Loss (masked mean of the per-step costs), gradients of every parameter, final states."""
+        st, dt = self.step, self.dtype
+        if not st.has_loss:
+            from ..errors import CallError
+            raise CallError(f"cell {st.name!r} has no loss (declare one with cell.loss)")
+        call = check_call(st, dt, params, inputs, targets, h0, mask, need_targets=True,
+                          check_finite=check_finite)
+        envs, final = self._forward_envs(call, keep=True)
+        w = step_weights(call, dt)
+        loss = sum(float((w[t] * envs[t][st.loss_key][:, 0]).sum()) for t in range(call.T))
+        bwd = self.backward
+        grads = {p: np.zeros(s if isinstance(s, tuple) else (s,), dtype=dt) for p, s in st.params.items()}
+        carry = {s: np.zeros((call.B, n), dtype=dt) for s, n in st.states.items()}
+        for t in reversed(range(call.T)):
+            env = envs[t]
+            for s in st.states:
+                env[bwd.carry_in[s]] = carry[s]
+            env[bwd.weight] = w[t][:, None]
+            run_program(bwd.prog, env, call.B, dt)
+            accumulate_grads(grads, bwd.grads, env)
+            carry = {s: (env[k] if k is not None else np.zeros_like(carry[s]))
+                     for s, k in bwd.carry_out.items()}
+            envs[t] = None  # free as we go
+        for s, p in st.state_init.items():
+            if p is not None and s not in call.h0:
+                grads[p] += carry[s].sum(axis=0)
+        return loss, grads, {s: np.array(v) for s, v in final.items()}
+
+
+def unrolled_loss_and_grad(cell, params, inputs, targets=None, h0=None, mask=None, dtype="float64"):
+    """Loss and gradients from the *unfolded* graph and one reverse walk over it.
+
+    An independent path to the same numbers as :meth:`NumpyModel.loss_and_grad`
+    (no loop, no carried adjoints): the rolled-vs-unrolled oracle.
+    """
+    from ..autodiff import unrolled
+
+    st, dt = cell.step, np.dtype(dtype)
+    call = check_call(st, dt, params, inputs, targets, h0, mask, need_targets=True)
+    u = unrolled(st, call.T)
+    env = {(p, None): v for p, v in call.params.items()}
+    for s, v in initial_states(st, call, dt).items():
+        env[(s, 0)] = v
+    for n, a in list(call.inputs.items()) + list(call.targets.items()):
+        for t in range(call.T):
+            env[(n, t + 1)] = a[t]
+    w = step_weights(call, dt)
+    for t in range(call.T):
+        env[("w", t + 1)] = w[t][:, None]
+    run_program(u.fwd, env, call.B, dt)
+    loss = sum(float((w[t] * env[(st.loss_key[0], t + 1)][:, 0]).sum()) for t in range(call.T))
+    run_program(u.rev.prog, env, call.B, dt)
+    grads = {p: np.zeros(s if isinstance(s, tuple) else (s,), dtype=dt) for p, s in st.params.items()}
+    accumulate_grads(grads, u.rev.grads, env)
+    for s, p in st.state_init.items():
+        if p is not None and s not in call.h0 and (s, 0) in u.rev.adjoints:
+            grads[p] += env[u.rev.adjoints[(s, 0)]].sum(axis=0)
+    return loss, grads, {s: np.array(env[(s, call.T)]) for s in st.states}

@@ -1,0 +1,130 @@
+"""Checking the arrays passed to a compiled model, shared by every backend.
+
+Every problem is reported as a :class:`~rnncomp.errors.CallError` that names the
+cell, the argument and the shapes, before any computation (and before any
+native code) runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import CallError
+
+
+@dataclass
+class Call:
+    """Validated, contiguous arrays of one call."""
+
+    T: int
+    B: int
+    params: dict
+    inputs: dict
+    targets: dict
+    h0: dict
+    mask: np.ndarray | None
+
+
+def _as_dict(kind, value, names, cell):
+    if isinstance(value, dict):
+        return value
+    if value is None:
+        return {}
+    if len(names) == 1:
+        return {names[0]: value}
+    raise CallError(f"cell {cell!r}: {kind} must be a dict of arrays keyed by "
+                    f"{', '.join(names) or '(none declared)'}, got {type(value).__name__}")
+
+
+def _array(cell, what, a, shape, dtype, check_finite):
+    if not isinstance(a, np.ndarray):
+        try:
+            a = np.asarray(a)
+        except Exception:  # noqa: BLE001 - anything numpy cannot read is the caller's problem
+            raise CallError(f"cell {cell!r}: {what} is not an array ({type(a).__name__})") from None
+    if a.dtype != dtype:
+        raise CallError(f"cell {cell!r}: {what} has dtype {a.dtype}, but the model was compiled "
+                        f"for {dtype}; convert it with .astype({str(dtype)!r})")
+    if a.shape != tuple(shape):
+        raise CallError(f"cell {cell!r}: {what} has shape {a.shape}, expected {tuple(shape)}")
+    if check_finite and not np.isfinite(a).all():
+        bad = np.argwhere(~np.isfinite(a))[0]
+        raise CallError(f"cell {cell!r}: {what} contains {a[tuple(bad)]} at index {tuple(int(i) for i in bad)}")
+    return np.ascontiguousarray(a)
+
+
+def _check_names(cell, kind, given, expected, allow_missing=False):
+    extra = sorted(set(given) - set(expected))
+    missing = [n for n in expected if n not in given]
+    if extra:
+        raise CallError(f"cell {cell!r}: unknown {kind} {', '.join(map(repr, extra))}; "
+                        f"expected {', '.join(map(repr, expected)) or 'none'}")
+    if missing and not allow_missing:
+        raise CallError(f"cell {cell!r}: missing {kind} {', '.join(map(repr, missing))}")
+
+
+def check_call(step, dtype, params, inputs, targets=None, h0=None, mask=None, *,
+               need_targets=False, check_finite=True) -> Call:
+    cell, dtype = step.name, np.dtype(dtype)
+    if not isinstance(params, dict):
+        raise CallError(f"cell {cell!r}: params must be a dict of arrays (from cell.init_params)")
+    _check_names(cell, "params", params, list(step.params))
+    inputs = _as_dict("inputs", inputs, list(step.inputs), cell)
+    targets = _as_dict("targets", targets, list(step.targets), cell)
+    h0 = _as_dict("h0", h0, list(step.states), cell)
+    _check_names(cell, "inputs", inputs, list(step.inputs))
+    _check_names(cell, "targets", targets, list(step.targets), allow_missing=not need_targets)
+    _check_names(cell, "initial states (h0)", h0, list(step.states), allow_missing=True)
+    seq = list(inputs.items()) + list(targets.items())
+    if not seq:
+        raise CallError(f"cell {cell!r}: no inputs or targets, so the sequence length is unknown")
+    first_name, first = seq[0]
+    fshape = np.shape(first)
+    if len(fshape) != 3:
+        raise CallError(f"cell {cell!r}: inputs[{first_name!r}] must be time-major (T, B, n), "
+                        f"got shape {fshape}")
+    T, B = fshape[0], fshape[1]
+    if T == 0 or B == 0:
+        raise CallError(f"cell {cell!r}: empty sequence: T = {T}, B = {B} (from {first_name!r})")
+    out_params = {n: _array(cell, f"params[{n!r}]", params[n],
+                            s if isinstance(s, tuple) else (s,), dtype, check_finite)
+                  for n, s in step.params.items()}
+    out_in = {n: _array(cell, f"inputs[{n!r}]", inputs[n], (T, B, s), dtype, check_finite)
+              for n, s in step.inputs.items()}
+    out_tg = {n: _array(cell, f"targets[{n!r}]", targets[n], (T, B, s), dtype, check_finite)
+              for n, s in step.targets.items() if n in targets}
+    out_h0 = {n: _array(cell, f"h0[{n!r}]", h0[n], (B, step.states[n]), dtype, check_finite)
+              for n in h0}
+    m = None
+    if mask is not None:
+        m = np.asarray(mask, dtype=dtype)
+        if m.shape == (T,):
+            m = np.repeat(m[:, None], B, axis=1)
+        if m.shape != (T, B):
+            raise CallError(f"cell {cell!r}: mask has shape {np.shape(mask)}, expected ({T}, {B}) or ({T},)")
+        if not np.isfinite(m).all() or (m < 0).any():
+            raise CallError(f"cell {cell!r}: mask must be finite and non-negative")
+        if m.sum() <= 0:
+            raise CallError(f"cell {cell!r}: mask selects no step (its sum is 0)")
+        m = np.ascontiguousarray(m)
+    return Call(T, B, out_params, out_in, out_tg, out_h0, m)
+
+
+def step_weights(call: Call, dtype) -> np.ndarray:
+    """w[t, b]: the weight of step t's cost of sample b in the total loss (a masked mean)."""
+    if call.mask is None:
+        return np.full((call.T, call.B), 1.0 / (call.T * call.B), dtype=dtype)
+    return (call.mask / call.mask.sum()).astype(dtype)
+
+
+def initial_states(step, call: Call, dtype) -> dict:
+    out = {}
+    for s, n in step.states.items():
+        if s in call.h0:
+            out[s] = call.h0[s]
+        elif step.state_init[s] is not None:
+            out[s] = np.ascontiguousarray(np.broadcast_to(call.params[step.state_init[s]], (call.B, n)))
+        else:
+            out[s] = np.zeros((call.B, n), dtype=dtype)
+    return out

@@ -1,0 +1,253 @@
+"""``Cell``: the user's declaration of one recurrent step.
+
+A cell records declarations and equations, checks each as it is written
+(sizes, unknown symbols, unsupported functions) and lowers lazily to the IR
+(:mod:`rnncomp.lower`).  See :mod:`rnncomp.dsl` for an example.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import sympy as sp
+
+from . import initializers
+from .dsl import (_NAME, MatExpr, MatParam, Structural, StateVec, Vec, MatVec, Slice, Concat,
+                  RowSum, LogSumExp, _display, _display_expr, _shape, check_functions)
+from .errors import CellError, ShapeError
+
+
+@dataclass
+class Decl:
+    kind: str  # input | target | state | param | output | define
+    name: str
+    shape: object  # int, or (m, n) for matrix params
+    init: object = None
+    expr: object = None
+
+
+class Cell:
+    """A recurrent cell: see the module docstring of :mod:`rnncomp.dsl`."""
+
+    def __init__(self, name: str = "cell"):
+        self.name = name
+        self.decls: dict[str, Decl] = {}
+        self.updates: dict[str, sp.Expr] = {}
+        self.loss_expr = None
+        self._lowered = None
+
+    # ------------------------------------------------------------------ declarations
+    def _declare(self, kind, name, shape, init=None, expr=None):
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise CellError(f"cell {self.name!r}: {kind} name {name!r} must be a letter followed by "
+                            "letters, digits or '_'")
+        if name in self.decls:
+            raise CellError(f"cell {self.name!r}: name {name!r} is already declared as "
+                            f"{self.decls[name].kind}")
+        self.decls[name] = Decl(kind, name, shape, init, expr)
+        self._lowered = None
+
+    @staticmethod
+    def _size(n, what):
+        if isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1:
+            return int(n)
+        raise CellError(f"{what}: size must be a positive integer, got {n!r}")
+
+    def input(self, name: str, size: int) -> Vec:
+        """A per-step input vector x[t] of ``size`` units."""
+        self._declare("input", name, self._size(size, f"cell {self.name!r}, input {name!r}"))
+        return Vec(name)
+
+    def target(self, name: str, size: int) -> Vec:
+        """A per-step target vector, read only by the loss (and outputs if you like)."""
+        self._declare("target", name, self._size(size, f"cell {self.name!r}, target {name!r}"))
+        return Vec(name)
+
+    def state(self, name: str, size: int, init="zeros") -> StateVec:
+        """A recurrent state.  ``init``: ``"zeros"`` (default; or given per call) or
+        ``"learn"`` (a learnable parameter ``<name>_0``)."""
+        if init not in ("zeros", "learn"):
+            raise CellError(f"cell {self.name!r}, state {name!r}: init must be 'zeros' or 'learn', got {init!r}")
+        self._declare("state", name, self._size(size, f"cell {self.name!r}, state {name!r}"), init)
+        if init == "learn":
+            self._declare("param", f"{name}_0", size, "zeros")
+        return StateVec(name)
+
+    def param(self, name: str, shape, init=None):
+        """A parameter: ``shape`` is an int (vector; 1 for a scalar) or ``(m, n)`` (matrix).
+
+        ``init``: "zeros", "ones", "normal", "uniform", "glorot", "orthogonal",
+        ``("normal", std)``, ``("uniform", a)``, ``("constant", c)`` or a callable
+        ``f(rng, shape) -> array``.  Default: Glorot for matrices, zeros otherwise.
+        """
+        where = f"cell {self.name!r}, param {name!r}"
+        if isinstance(shape, tuple) and len(shape) == 1:
+            shape = shape[0]
+        if isinstance(shape, tuple):
+            if len(shape) != 2:
+                raise CellError(f"{where}: shape must be n or (m, n), got {shape!r}")
+            shape = (self._size(shape[0], where), self._size(shape[1], where))
+        else:
+            shape = self._size(shape, where)
+        initializers.check(init, where)
+        self._declare("param", name, shape, init)
+        return MatParam(self, name, shape) if isinstance(shape, tuple) else Vec(name)
+
+    # ------------------------------------------------------------------ equations
+    def update(self, state, expr) -> None:
+        """Set the new value h[t] of a state."""
+        name = state.name if isinstance(state, Vec) else state
+        d = self.decls.get(name)
+        if d is None or d.kind != "state":
+            kind = f"a {d.kind}" if d else "not declared"
+            raise CellError(f"cell {self.name!r}: update of {name!r}, which is {kind}; "
+                            "only states (cell.state) are updated")
+        if name in self.updates:
+            raise CellError(f"cell {self.name!r}: state {name!r} is updated twice")
+        where = f"cell {self.name!r}, update of state {name!r}"
+        expr = self._check_expr(expr, where)
+        n = self.size_of(expr, where)
+        if n not in (1, d.shape):
+            raise ShapeError(f"{where}: state has size {d.shape} but the expression "
+                             f"{_display_expr(expr)} has size {n}")
+        self.updates[name] = expr
+        self._lowered = None
+
+    def output(self, name: str, expr) -> Vec:
+        """A named per-step output y[t] (returned by ``forward``), usable in later equations."""
+        where = f"cell {self.name!r}, output {name!r}"
+        expr = self._check_expr(expr, where)
+        self._declare("output", name, self.size_of(expr, where), expr=expr)
+        return Vec(name)
+
+    def define(self, name: str, expr) -> Vec:
+        """A named intermediate (printed by name, computed once)."""
+        where = f"cell {self.name!r}, definition of {name!r}"
+        expr = self._check_expr(expr, where)
+        self._declare("define", name, self.size_of(expr, where), expr=expr)
+        return Vec(name)
+
+    def loss(self, expr) -> None:
+        """The per-step cost: an expression summed over its units."""
+        where = f"cell {self.name!r}, loss"
+        if self.loss_expr is not None:
+            raise CellError(f"{where}: the loss is declared twice")
+        expr = self._check_expr(expr, where)
+        self.size_of(expr, where)
+        self.loss_expr = expr
+        self._lowered = None
+
+    # ------------------------------------------------------------------ checking
+    def _check_expr(self, expr, where):
+        if isinstance(expr, MatExpr):
+            raise ShapeError(f"{where}: {expr} is a {_shape(expr.shape)} matrix, not a vector "
+                             "(multiply it by a vector with @)")
+        if isinstance(expr, (list, tuple, np.ndarray, sp.MatrixBase)):
+            raise CellError(f"{where}: expected a sympy expression of the cell's vectors, got "
+                            f"{type(expr).__name__} (use rc.concat to stack vectors)")
+        try:
+            expr = sp.sympify(expr, strict=True)
+        except (sp.SympifyError, TypeError):
+            raise CellError(f"{where}: expected a sympy expression, got {expr!r}") from None
+        if isinstance(expr, (sp.logic.boolalg.BooleanFunction, sp.logic.boolalg.BooleanAtom,
+                             sp.core.relational.Relational)):
+            raise CellError(f"{where}: {expr} is a condition, not a number (use sp.Piecewise)")
+        if not isinstance(expr, sp.Expr):
+            raise CellError(f"{where}: expected a sympy expression, got {type(expr).__name__}")
+        check_functions(expr, where)
+        for s in expr.free_symbols:
+            if isinstance(s, Vec):
+                base = s.name[:-4] if s.name.endswith(".new") else s.name
+                d = self.decls.get(base)
+                if d is None:
+                    raise CellError(f"{where}: unknown symbol {base!r} (declared: "
+                                    f"{', '.join(self.decls) or 'nothing'})")
+                if s.name.endswith(".new") and d.kind != "state":
+                    raise CellError(f"{where}: {base}.new but {base!r} is not a state")
+                if isinstance(d.shape, tuple):
+                    raise ShapeError(f"{where}: matrix {base!r} used element-wise; use {base} @ v")
+            elif not (s.name.startswith("_") and isinstance(s, sp.Dummy)) and not _is_mat_name(s, expr):
+                raise CellError(f"{where}: unknown symbol {s.name!r} in {_display_expr(expr)}: "
+                                "use symbols returned by cell.input/state/param/output/define")
+        return expr
+
+    def size_of(self, expr, where) -> int:
+        """Units of a vector expression (1 for a per-step scalar); checks broadcasting."""
+        if isinstance(expr, Vec):
+            name = expr.name[:-4] if expr.name.endswith(".new") else expr.name
+            return self.decls[name].shape
+        if isinstance(expr, MatVec):
+            return _matvec_rows(self, expr)
+        if isinstance(expr, Slice):
+            n = self.size_of(expr.args[0], where)
+            lo, hi = int(expr.args[1]), int(expr.args[2])
+            if not 0 <= lo < hi <= n:
+                raise ShapeError(f"{where}: slice [{lo}:{hi}] of {_display_expr(expr.args[0])} "
+                                 f"(size {n}) is out of range or empty")
+            return hi - lo
+        if isinstance(expr, Concat):
+            return sum(self.size_of(a, where) for a in expr.args)
+        if isinstance(expr, (RowSum, LogSumExp)):
+            self.size_of(expr.args[0], where)
+            return 1
+        sizes = {}
+        for a in expr.args:
+            if isinstance(a, sp.Expr) and not (isinstance(a, sp.Symbol) and not isinstance(a, Vec)):
+                sizes[a] = self.size_of(a, where)
+            elif isinstance(a, sp.Basic) and not isinstance(a, sp.Symbol):  # Piecewise conditions
+                for sub in a.args:
+                    if isinstance(sub, sp.Expr):
+                        sizes[sub] = self.size_of(sub, where)
+        big = {n for n in sizes.values() if n != 1}
+        if len(big) > 1:
+            detail = ", ".join(f"{_display_expr(a)}: {n}" for a, n in sizes.items() if n != 1)
+            raise ShapeError(f"{where}: element-wise operands of different sizes ({detail}) "
+                             f"in {_display_expr(expr)}")
+        return big.pop() if big else 1
+
+    # ------------------------------------------------------------------ views
+    def symbols(self, kind: str) -> list:
+        return [d for d in self.decls.values() if d.kind == kind]
+
+    @property
+    def step(self):
+        """The lowered one-step program (:class:`rnncomp.lower.Step`)."""
+        if self._lowered is None:
+            from .lower import lower
+            self._lowered = lower(self)
+        return self._lowered
+
+    @property
+    def graph(self):
+        """The one-step graph as a ``networkx.DiGraph`` (recurrent edges marked)."""
+        from .graph import step_graph
+        return step_graph(self)
+
+    def init_params(self, seed: int = 0, dtype="float64") -> dict:
+        """A dict of freshly initialised parameter arrays (deterministic in ``seed``)."""
+        rng = np.random.default_rng(seed)
+        return {d.name: initializers.make(d.init, rng, d.shape, dtype)
+                for d in self.decls.values() if d.kind == "param"}
+
+    def __str__(self) -> str:
+        from .printing import cell_text
+        return cell_text(self)
+
+    def _repr_latex_(self) -> str:
+        from .printing import cell_latex
+        return cell_latex(self)
+
+    def __repr__(self) -> str:
+        return f"<Cell {self.name!r}: {len(self.decls)} declarations>"
+
+
+def _is_mat_name(s, expr) -> bool:
+    """Matrix-parameter name symbols live only inside MatVec's term tuples."""
+    return any(isinstance(m, MatVec) and s in m.args[0].free_symbols for m in sp.preorder_traversal(expr))
+
+
+def _matvec_rows(cell, mv) -> int:
+    terms = mv.args[0]
+    name, tr = terms[0][0].name, int(terms[0][1])
+    shape = cell.decls[name].shape
+    return shape[1] if tr else shape[0]

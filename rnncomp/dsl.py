@@ -1,0 +1,262 @@
+"""The cell DSL: declare inputs, states, parameters, updates, outputs and a loss.
+
+Element-wise math is plain sympy over vector symbols; matrix products,
+slices, concatenation and row reductions are *structural* sympy atoms
+(unevaluated functions) that the lowering turns into first-class IR nodes.
+
+    >>> import sympy as sp, rnncomp as rc
+    >>> cell = rc.Cell("elman")
+    >>> x = cell.input("x", 3)
+    >>> h = cell.state("h", 4)
+    >>> W, U, b = cell.param("W", (4, 4)), cell.param("U", (4, 3)), cell.param("b", 4)
+    >>> cell.update(h, sp.tanh(W @ h + U @ x + b))
+    >>> y = cell.output("y", cell.param("V", (2, 4)) @ h.new)
+    >>> t = cell.target("t", 2)
+    >>> cell.loss((y - t) ** 2 / 2)
+    >>> print(cell)  # doctest: +NORMALIZE_WHITESPACE
+    cell 'elman'
+      inputs:  x[t] ∈ R^3
+      states:  h ∈ R^4 (h[0] = 0)
+      params:  W ∈ R^4×4, U ∈ R^4×3, b ∈ R^4, V ∈ R^2×4
+      targets: t[t] ∈ R^2
+      h[t] = tanh(b + U·x[t] + W·h[t-1])
+      y[t] = V·h[t]
+      ℓ[t] = Σ (-t[t] + y[t])**2/2
+"""
+from __future__ import annotations
+
+import re
+
+import sympy as sp
+
+from .errors import CellError, ShapeError
+from .functions import SUPPORTED_FUNCTIONS, supported_names
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+# ----------------------------------------------------------------------------- symbols
+class Vec(sp.Symbol):
+    """A per-step vector (or scalar) of a cell: element-wise math applies to it."""
+
+    __iter__ = None  # not a sequence, whatever sympy probes for
+
+    def __new__(cls, name: str):
+        return sp.Symbol.__new__(cls, name, real=True)
+
+
+class StateVec(Vec):
+    """A recurrent state: on a right-hand side it is h[t-1]; ``h.new`` is h[t]."""
+
+    @property
+    def new(self) -> Vec:
+        return Vec(self.name + ".new")
+
+
+def _display(name: str) -> str:
+    return name[:-4] + "[t]" if name.endswith(".new") else name
+
+
+# ----------------------------------------------------------------------------- structural atoms
+class Structural(sp.Function):
+    """Base of the non-element-wise operations inside a sympy expression."""
+
+    is_real = True
+
+    @classmethod
+    def eval(cls, *args):
+        return None
+
+
+class MatVec(Structural):
+    """``M @ v`` where M is a linear combination of (possibly transposed) matrix parameters.
+
+    args: (terms, v) with terms a Tuple of (Symbol(param), Integer(transposed), coef).
+    """
+
+    nargs = 2
+
+    def _sympystr(self, printer):
+        return f"{_mat_str(self.args[0])}·{_paren(printer, self.args[1])}"
+
+    def _latex(self, printer):
+        return r"%s\,%s" % (_mat_str(self.args[0], latex=True), _paren(printer, self.args[1], latex=True))
+
+    def _pretty(self, printer):
+        return printer._print(sp.Symbol(f"{_mat_str(self.args[0])}·({sp.sstr(self.args[1])})"))
+
+
+class Slice(Structural):
+    """``v[lo:hi]``."""
+
+    nargs = 3
+
+    def _sympystr(self, printer):
+        return f"{_paren(printer, self.args[0])}[{self.args[1]}:{self.args[2]}]"
+
+
+class Concat(Structural):
+    """``[a; b; ...]``, vectors stacked."""
+
+    def _sympystr(self, printer):
+        return "[" + "; ".join(printer._print(a) for a in self.args) + "]"
+
+
+class RowSum(Structural):
+    """Σ over the units of a vector (a size-1 result)."""
+
+    nargs = 1
+
+    def _sympystr(self, printer):
+        return "Σ " + printer._print(self.args[0])
+
+    def _latex(self, printer):
+        return r"\sum %s" % _paren(printer, self.args[0], latex=True)
+
+
+class LogSumExp(Structural):
+    """log Σ exp(v), computed stably (a size-1 result)."""
+
+    nargs = 1
+
+    def _sympystr(self, printer):
+        return f"logsumexp({printer._print(self.args[0])})"
+
+
+def _paren(printer, e, latex=False):
+    s = sp.latex(e) if latex else printer._print(e)
+    return s if (e.is_Symbol or e.is_Function) else f"({s})"
+
+
+def _mat_str(terms, latex=False) -> str:
+    out = []
+    for name, tr, coef in terms:
+        m = name.name + (("^T" if latex else "ᵀ") if int(tr) else "")
+        if coef == 1:
+            piece = m
+        elif coef == -1:
+            piece = "-" + m
+        else:
+            piece = f"{coef}{m}"
+        out.append(piece)
+    s = " + ".join(out).replace("+ -", "- ")
+    return s if len(out) == 1 else f"({s})"
+
+
+# ----------------------------------------------------------------------------- matrices
+class MatExpr:
+    """A linear combination of matrix parameters and their transposes."""
+
+    def __init__(self, cell, terms: dict, shape: tuple):
+        self.cell, self.terms, self.shape = cell, dict(terms), shape
+
+    @property
+    def T(self) -> "MatExpr":
+        return MatExpr(self.cell, {(n, not tr): c for (n, tr), c in self.terms.items()},
+                       (self.shape[1], self.shape[0]))
+
+    def _combine(self, other, sign):
+        if not isinstance(other, MatExpr):
+            return NotImplemented
+        if other.shape != self.shape:
+            raise ShapeError(f"cell {self.cell.name!r}: cannot add matrices of shapes "
+                             f"{_shape(self.shape)} ({self}) and {_shape(other.shape)} ({other})")
+        terms = dict(self.terms)
+        for k, c in other.terms.items():
+            terms[k] = terms.get(k, 0) + sign * c
+        return MatExpr(self.cell, {k: c for k, c in terms.items() if c != 0}, self.shape)
+
+    def __add__(self, other):
+        return self._combine(other, 1)
+
+    def __sub__(self, other):
+        return self._combine(other, -1)
+
+    def __neg__(self):
+        return self * -1
+
+    def __mul__(self, c):
+        c = sp.sympify(c)
+        if not c.is_number:
+            raise CellError(f"cell {self.cell.name!r}: a matrix can only be scaled by a number, not {c}")
+        return MatExpr(self.cell, {k: v * c for k, v in self.terms.items()}, self.shape)
+
+    __rmul__ = __mul__
+
+    def __matmul__(self, v):
+        v = self.cell._check_expr(v, f"the vector in {self} @ (...)")
+        n = self.cell.size_of(v, f"{self} @ ({v})")
+        if n != self.shape[1]:
+            raise ShapeError(f"cell {self.cell.name!r}: {self} @ ({_display_expr(v)}): {self} is "
+                             f"{_shape(self.shape)} but the vector has size {n}")
+        terms = sp.Tuple(*[sp.Tuple(sp.Symbol(n_), sp.Integer(int(tr)), sp.sympify(c))
+                           for (n_, tr), c in sorted(self.terms.items())])
+        return MatVec(terms, v)
+
+    def __repr__(self):
+        return _mat_str([(sp.Symbol(n), int(tr), c) for (n, tr), c in sorted(self.terms.items())])
+
+
+class MatParam(MatExpr):
+    """A matrix parameter of a cell."""
+
+    def __init__(self, cell, name: str, shape: tuple):
+        super().__init__(cell, {(name, False): sp.Integer(1)}, shape)
+        self.name = name
+
+
+def _shape(s) -> str:
+    return "×".join(map(str, s)) if isinstance(s, tuple) else str(s)
+
+
+def _display_expr(e) -> str:
+    return sp.sstr(e.xreplace({s: sp.Symbol(_display(s.name)) for s in e.free_symbols if isinstance(s, Vec)}))
+
+
+# ----------------------------------------------------------------------------- helpers
+def vslice(v, start: int, stop: int):
+    """``v[start:stop]`` of a vector expression."""
+    return Slice(sp.sympify(v), sp.Integer(start), sp.Integer(stop))
+
+
+def concat(*vs):
+    """Stack vector expressions into one vector."""
+    if not vs:
+        raise CellError("concat() needs at least one vector")
+    return Concat(*[sp.sympify(v) for v in vs])
+
+
+def vsum(v):
+    """Σ over units (a per-step scalar)."""
+    return RowSum(sp.sympify(v))
+
+
+def logsumexp(v):
+    """Stable log Σ exp(v) over units."""
+    return LogSumExp(sp.sympify(v))
+
+
+def softmax(z):
+    """exp(z − logsumexp(z)), element-wise in z."""
+    return sp.exp(z - logsumexp(z))
+
+
+def softmax_xent(logits, target):
+    """Softmax cross-entropy −Σ t log softmax(z) = logsumexp(z)·Σt − Σ t z, stable."""
+    return logsumexp(logits) * vsum(target) - vsum(target * logits)
+
+
+def check_functions(expr, where: str) -> None:
+    """Reject sympy functions the compiler has no derivative/backend for."""
+    for node in sp.preorder_traversal(expr):
+        if isinstance(node, Structural) or not isinstance(node, sp.Basic):
+            continue
+        if isinstance(node, sp.Function) or isinstance(node, sp.core.function.AppliedUndef):
+            if type(node) not in SUPPORTED_FUNCTIONS and node.func not in SUPPORTED_FUNCTIONS:
+                raise CellError(f"{where}: function {node.func.__name__!r} is not supported "
+                                f"(in {_display_expr(expr)}); supported: {supported_names()}, "
+                                "and any expression built from them with + - * / **")
+        elif isinstance(node, (sp.Integral, sp.Derivative, sp.Sum, sp.Product)):
+            raise CellError(f"{where}: {type(node).__name__} cannot be used element-wise")
+        elif isinstance(node, sp.Number) and not node.is_real:
+            raise CellError(f"{where}: complex constant {node} in {_display_expr(expr)}")

@@ -1,0 +1,56 @@
+"""Parameter initialisers: zeros, ones, normal, uniform, Glorot, orthogonal, constant.
+
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import CellError
+
+NAMES = ("zeros", "ones", "normal", "uniform", "glorot", "orthogonal")
+
+
+def check(spec, where: str) -> None:
+    if spec is None or callable(spec) or spec in NAMES:
+        return
+    if isinstance(spec, tuple) and len(spec) == 2 and spec[0] in ("normal", "uniform", "constant") \
+            and isinstance(spec[1], (int, float)):
+        return
+    raise CellError(f"{where}: unknown initialiser {spec!r}; use one of {', '.join(NAMES)}, "
+                    "('normal', std), ('uniform', a), ('constant', c) or a callable f(rng, shape)")
+
+
+def make(spec, rng: np.random.Generator, shape, dtype) -> np.ndarray:
+    shape = shape if isinstance(shape, tuple) else (shape,)
+    if spec is None:
+        spec = "glorot" if len(shape) == 2 else "zeros"
+    if callable(spec):
+        out = np.asarray(spec(rng, shape))
+        if out.shape != shape:
+            raise CellError(f"initialiser {spec!r} returned shape {out.shape}, expected {shape}")
+    elif isinstance(spec, tuple):
+        kind, a = spec
+        if kind == "normal":
+            out = rng.normal(0.0, a, shape)
+        elif kind == "uniform":
+            out = rng.uniform(-a, a, shape)
+        else:
+            out = np.full(shape, float(a))
+    elif spec == "zeros":
+        out = np.zeros(shape)
+    elif spec == "ones":
+        out = np.ones(shape)
+    elif spec == "normal":
+        out = rng.normal(0.0, 0.1, shape)
+    elif spec == "uniform":
+        out = rng.uniform(-0.1, 0.1, shape)
+    elif spec == "glorot":
+        fan = sum(shape) if len(shape) == 2 else 2 * shape[0]
+        a = np.sqrt(6.0 / fan)
+        out = rng.uniform(-a, a, shape)
+    else:  # orthogonal
+        m, n = shape if len(shape) == 2 else (shape[0], 1)
+        q, r = np.linalg.qr(rng.normal(size=(max(m, n), min(m, n))))
+        q = q * np.sign(np.diag(r))
+        out = (q if m >= n else q.T).reshape(shape)
+    return np.ascontiguousarray(out, dtype=dtype)

@@ -1,0 +1,148 @@
+"""The intermediate representation every stage reads: keys, nodes and programs.
+
+A *program* is an ordered dict of nodes, in topological order.  A node is keyed
+by ``(name, time)``: ``time`` is ``None`` for parameters, ``"t"``/``"t-1"`` in a
+one-step program (the cell), and an integer in an unfolded program.  Renaming
+``"t" → s`` and ``"t-1" → s-1`` is all that unfolding does, so the state node
+``("h", "t")`` of step s is the ``("h", "t-1")`` read by step s+1.
+
+Values are per sample (a ``(B, n)`` array at run time, ``size == n``) except
+parameter leaves, which are shared: vectors ``(n,)`` and matrices ``(m, n)``.
+Element-wise nodes hold a sympy *template* over placeholders ``_0, _1, ...``
+standing for their arguments, so one template serves every step of an
+unfolded graph and its derivatives are derived once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Hashable
+
+import sympy as sp
+
+Key = tuple  # (name: str, time: None | str | int)
+
+LEAF_OPS = frozenset({"input", "target", "param", "state", "seed"})
+
+
+@lru_cache(maxsize=None)
+def placeholder(i: int) -> sp.Symbol:
+    """The i-th argument of an element-wise template."""
+    return sp.Symbol(f"_{i}", real=True)
+
+
+def time_label(t) -> str:
+    if t is None:
+        return ""
+    return f"[{t}]"
+
+
+def key_str(key: Key) -> str:
+    name, t = key
+    return f"{name}{time_label(t)}"
+
+
+class NodeSym(sp.Symbol):
+    """A sympy symbol that stands for a node's value in printed equations."""
+
+    def __new__(cls, key: Key):
+        obj = sp.Symbol.__new__(cls, key_str(key), real=True)
+        return obj
+
+    @property
+    def key(self) -> Key:
+        name = self.name
+        if name.endswith("]"):
+            base, _, t = name[:-1].partition("[")
+            return (base, int(t) if t.lstrip("-").isdigit() else t)
+        return (name, None)
+
+    def _latex(self, printer):
+        name, t = self.key
+        base = name.replace("δ⁺", r"\delta^{+}").replace("δ", r"\delta ").replace("ℓ", r"\ell")
+        if "_" in base and "{" not in base:
+            head, _, tail = base.partition("_")
+            base = f"{head}_{{{tail}}}"
+        return base if t is None else f"{base}_{{{t}}}"
+
+
+@dataclass
+class Node:
+    """One operation; ``args`` are keys of other nodes (or of external values)."""
+
+    op: str
+    args: tuple = ()
+    size: Any = 1  # int for per-sample vectors, (m, n) for matrix parameters
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.op in LEAF_OPS
+
+    @property
+    def batched(self) -> bool:
+        return self.op != "param"
+
+
+@dataclass
+class Program:
+    """Nodes in topological order, plus the sizes of values it reads from outside."""
+
+    nodes: dict = field(default_factory=dict)
+    external: dict = field(default_factory=dict)  # key -> Node of another program
+    name: str = ""
+
+    def add(self, key: Key, node: Node) -> Key:
+        if key in self.nodes:
+            raise ValueError(f"program {self.name!r}: node {key_str(key)} defined twice")
+        self.nodes[key] = node
+        return key
+
+    def node(self, key: Key) -> Node:
+        n = self.nodes.get(key)
+        return n if n is not None else self.external[key]
+
+    def fresh(self, name: str, t: Hashable) -> Key:
+        """A key ``(name, t)`` not used yet (``name~2``, ``name~3`` ... on collision)."""
+        key, i = (name, t), 1
+        while key in self.nodes or key in self.external:
+            i += 1
+            key = (f"{name}~{i}", t)
+        return key
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def leaves(self, op: str | None = None):
+        return [k for k, n in self.nodes.items() if n.is_leaf and (op is None or n.op == op)]
+
+
+def verify(prog: Program) -> None:
+    """Check the IR invariants: args defined before use, sizes consistent."""
+    seen = set(prog.external)
+    for key, node in prog.nodes.items():
+        for a in node.args:
+            if a not in seen:
+                raise AssertionError(f"{prog.name}: {key_str(key)} reads {key_str(a)} before it is defined")
+        if node.op == "ew":
+            tmpl = node.attrs["expr"]
+            used = {s for s in tmpl.free_symbols if s.name.startswith("_")}
+            allowed = {placeholder(i) for i in range(len(node.args))}
+            if not used <= allowed:
+                raise AssertionError(f"{prog.name}: {key_str(key)} template uses unbound {used - allowed}")
+            for a in node.args:
+                s = prog.node(a).size
+                if isinstance(s, tuple) or s not in (1, node.size):
+                    raise AssertionError(f"{prog.name}: {key_str(key)} size {node.size} reads {key_str(a)} of size {s}")
+        seen.add(key)
+
+
+def prune(prog: Program, keep) -> Program:
+    """The sub-program that computes ``keep`` (leaves it needs included), in the same order."""
+    need = set(keep)
+    for key in reversed(list(prog.nodes)):
+        if key in need:
+            need.update(prog.nodes[key].args)
+            if prog.nodes[key].op == "matvec":
+                need.update((p, None) for p, _, _ in prog.nodes[key].attrs["terms"])
+    return Program({k: n for k, n in prog.nodes.items() if k in need}, dict(prog.external), prog.name)

@@ -1,0 +1,193 @@
+"""Lowering a :class:`~rnncomp.cell.Cell` to the one-step IR program.
+
+The step program reads leaves (inputs and targets at ``"t"``, states at
+``"t-1"``, parameters at ``None``) and defines the new states ``(h, "t")``,
+the outputs, named definitions and the per-step cost ``("ℓ", "t")``.
+Equations are lowered on demand, so ``h`` may read ``c.new`` whatever the
+order of declaration; a cycle is an algebraic loop and is reported.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from .dsl import Vec, MatVec, Slice, Concat, RowSum, LogSumExp, Structural, _display_expr
+from .errors import CellError, ShapeError
+from .ir import Node, Program, placeholder, verify, key_str
+
+LOSS = "ℓ"
+
+
+@dataclass
+class Step:
+    """A lowered cell: the one-step program and what its keys mean."""
+
+    name: str
+    prog: Program
+    inputs: dict = field(default_factory=dict)    # name -> size
+    targets: dict = field(default_factory=dict)   # name -> size
+    states: dict = field(default_factory=dict)    # name -> size
+    state_init: dict = field(default_factory=dict)  # state -> learnable param name or None
+    params: dict = field(default_factory=dict)    # name -> shape (int or (m, n))
+    outputs: dict = field(default_factory=dict)   # name -> size
+    has_loss: bool = False
+
+    @property
+    def loss_key(self):
+        return (LOSS, "t")
+
+
+def lower(cell) -> Step:
+    return _Lowerer(cell).run()
+
+
+class _Lowerer:
+    def __init__(self, cell):
+        self.cell = cell
+        self.prog = Program(name=cell.name)
+        self.memo: dict = {}
+        self.busy: list[str] = []
+        self.counter = 0
+
+    def run(self) -> Step:
+        cell, step = self.cell, Step(self.cell.name, self.prog)
+        for d in cell.decls.values():
+            if d.kind in ("input", "target"):
+                self.prog.add((d.name, "t"), Node(d.kind, (), d.shape))
+                (step.inputs if d.kind == "input" else step.targets)[d.name] = d.shape
+            elif d.kind == "param":
+                self.prog.add((d.name, None), Node("param", (), d.shape))
+                step.params[d.name] = d.shape
+            elif d.kind == "state":
+                self.prog.add((d.name, "t-1"), Node("state", (), d.shape))
+                step.states[d.name] = d.shape
+                step.state_init[d.name] = f"{d.name}_0" if d.init == "learn" else None
+        missing = [s for s in step.states if s not in cell.updates]
+        if missing:
+            raise CellError(f"cell {cell.name!r}: state {missing[0]!r} has no update "
+                            f"(call cell.update({missing[0]}, ...))")
+        for name in cell.updates:
+            self.equation(name)
+        for d in cell.decls.values():
+            if d.kind in ("output", "define"):
+                self.equation(d.name)
+                if d.kind == "output":
+                    step.outputs[d.name] = d.shape
+        if cell.loss_expr is not None:
+            where = f"cell {cell.name!r}, loss"
+            k = self.lower(cell.loss_expr, where)
+            self.prog.add((LOSS, "t"), Node("sum", (k,), 1))
+            step.has_loss = True
+        verify(self.prog)
+        return step
+
+    # ------------------------------------------------------------------ equations
+    def equation(self, name: str):
+        key = (name, "t")
+        if key in self.prog.nodes:
+            return key
+        if name in self.busy:
+            chain = " → ".join(self.busy[self.busy.index(name):] + [name])
+            raise CellError(f"cell {self.cell.name!r}: algebraic loop (a value depends on itself "
+                            f"within one step): {chain}; read a state's old value to break it")
+        d = self.cell.decls[name]
+        self.busy.append(name)
+        if d.kind == "state":
+            expr, where = self.cell.updates[name], f"cell {self.cell.name!r}, update of state {name!r}"
+        else:
+            expr, where = d.expr, f"cell {self.cell.name!r}, {d.kind} {name!r}"
+        self.lower(expr, where, dest=key, size=d.shape)
+        self.busy.pop()
+        return key
+
+    def symbol(self, s: Vec):
+        name = s.name
+        if name.endswith(".new"):
+            return self.equation(name[:-4])
+        d = self.cell.decls[name]
+        if d.kind in ("input", "target"):
+            return (name, "t")
+        if d.kind == "param":
+            return (name, None)
+        if d.kind == "state":
+            return (name, "t-1")
+        return self.equation(name)
+
+    # ------------------------------------------------------------------ expressions
+    def lower(self, e, where: str, dest=None, size=None):
+        if dest is None and e in self.memo:
+            return self.memo[e]
+        if isinstance(e, Vec):
+            k = self.symbol(e)
+            node = None if dest is None else Node("ew", (k,), size, {"expr": placeholder(0)})
+        elif isinstance(e, Structural):
+            k, node = None, self.structural(e, where)
+        else:
+            k, node = None, self.elementwise(e, where, size)
+        if node is not None and dest is not None and size is not None and node.size != size:
+            # a per-step scalar assigned to a vector: broadcast it
+            inner = self.prog.add(self.prog.fresh(f"{dest[0]}·b", "t"), node)
+            node = Node("ew", (inner,), size, {"expr": placeholder(0)})
+        if node is not None:
+            k = self.prog.add(dest or self.temp(e, node), node)
+        if dest is None:
+            self.memo[e] = k
+        return k
+
+    def temp(self, e, node):
+        if node.op == "matvec":
+            base = f"{_mat_label(node.attrs['terms'])}·{node.args[0][0]}"
+        elif node.op == "slice":
+            base = f"{node.args[0][0]}[{node.attrs['lo']}:{node.attrs['lo'] + node.size}]"
+        else:
+            self.counter += 1
+            base = {"ew": "a", "concat": "cat", "sum": "Σ", "lse": "lse"}[node.op] + str(self.counter)
+        return self.prog.fresh(base, "t")
+
+    def structural(self, e, where) -> Node:
+        if isinstance(e, MatVec):
+            v = self.lower(e.args[1], where)
+            terms = tuple((n.name, bool(int(tr)), c) for n, tr, c in e.args[0])
+            name, tr, _ = terms[0]
+            shape = self.cell.decls[name].shape
+            return Node("matvec", (v,), shape[1] if tr else shape[0], {"terms": terms})
+        if isinstance(e, Slice):
+            v = self.lower(e.args[0], where)
+            lo, hi = int(e.args[1]), int(e.args[2])
+            return Node("slice", (v,), hi - lo, {"lo": lo})
+        if isinstance(e, Concat):
+            ks = tuple(self.lower(a, where) for a in e.args)
+            return Node("concat", ks, sum(self.prog.node(k).size for k in ks))
+        op = "sum" if isinstance(e, RowSum) else "lse"
+        return Node(op, (self.lower(e.args[0], where),), 1)
+
+    def elementwise(self, e, where, size) -> Node:
+        atoms, it = [], sp.preorder_traversal(e)
+        for sub in it:
+            if isinstance(sub, (Vec, Structural)):
+                atoms.append(sub)
+                it.skip()
+        keys, repl = [], {}
+        for a in dict.fromkeys(atoms):
+            k = self.lower(a, where)
+            if k not in keys:
+                keys.append(k)
+            repl[a] = placeholder(keys.index(k))
+        sizes = {k: self.prog.node(k).size for k in keys}
+        big = sorted({n for n in sizes.values() if n != 1})
+        if len(big) > 1:
+            detail = ", ".join(f"{key_str(k)}: {n}" for k, n in sizes.items() if n != 1)
+            raise ShapeError(f"{where}: element-wise operands of different sizes ({detail}) in "
+                             f"{_display_expr(e)}")
+        n = big[0] if big else 1
+        if size is not None and n == 1:
+            n = size
+        return Node("ew", tuple(keys), n, {"expr": e.xreplace(repl)})
+
+
+def _mat_label(terms) -> str:
+    if len(terms) == 1:
+        name, tr, c = terms[0]
+        return ("" if c == 1 else "-" if c == -1 else f"{c}") + name + ("ᵀ" if tr else "")
+    return "M"

@@ -1,0 +1,48 @@
+"""The closed set of IR operations and their properties.
+
+Element-wise math of any kind is the single op ``ew`` (a sympy template);
+everything structural has its own op.  Backends and passes look properties
+up here; derivative rules live in :mod:`rnncomp.autodiff` (one table keyed by
+op), forward rules in each backend's printer.
+
+    >>> sorted(OPS)[:4]
+    ['concat', 'ew', 'input', 'lse']
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    name: str
+    doc: str
+    leaf: bool = False
+    elementwise: bool = False
+    linear: bool = False
+    reduction: bool = False
+
+
+OPS = {o.name: o for o in [
+    OpInfo("input", "a per-step input x[t] (B, n)", leaf=True),
+    OpInfo("target", "a per-step target (B, n)", leaf=True),
+    OpInfo("param", "a shared parameter: (n,) vector or (m, n) matrix", leaf=True),
+    OpInfo("state", "a state's previous value h[t-1] (B, n)", leaf=True),
+    OpInfo("seed", "a value fed to a backward program: an adjoint arriving from t+1, a cost weight",
+           leaf=True),
+    OpInfo("ew", "element-wise sympy template over the arguments (size-1 arguments broadcast)",
+           elementwise=True),
+    OpInfo("matvec", "Σ c·P v or c·Pᵀ v over the terms (c, P, transposed)", linear=True),
+    OpInfo("slice", "v[lo:lo+size]", linear=True),
+    OpInfo("pad", "zeros of size `size` with v placed at lo (the adjoint of slice)", linear=True),
+    OpInfo("concat", "[a; b; ...]", linear=True),
+    OpInfo("sum", "Σ over units: (B, n) → (B, 1)", linear=True, reduction=True),
+    OpInfo("lse", "stable log Σ exp over units: (B, n) → (B, 1)", reduction=True),
+]}
+
+
+def info(op: str) -> OpInfo:
+    try:
+        return OPS[op]
+    except KeyError:
+        raise KeyError(f"unknown IR op {op!r}; known: {', '.join(sorted(OPS))}") from None

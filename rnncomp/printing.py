@@ -1,0 +1,220 @@
+"""Equations of a cell and of its derived backward step, as text and LaTeX.
+
+    >>> import rnncomp as rc
+    >>> print(rc.explain(rc.cells.elman(2, 3, 1)).backward_text())  # doctest: +ELLIPSIS
+    backward step of 'elman' (t = T … 1; δ⁺h[T] = 0)
+    ...
+      δh[t-1] = Uᵀ·δh'[t]
+    ...
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import sympy as sp
+
+from .autodiff import backward_step
+from .dsl import Concat, LogSumExp, MatVec, RowSum, Slice, Structural, Vec, _display
+from .ir import NodeSym, placeholder
+from .lower import LOSS
+
+
+class Pad(Structural):
+    """Display atom: v placed at ``lo`` in a vector of zeros (the adjoint of a slice)."""
+
+    nargs = 3
+
+    def _sympystr(self, printer):
+        return f"pad({printer._print(self.args[0])}, at={self.args[1]}, size={self.args[2]})"
+
+
+class Outer(Structural):
+    """Display atom: Σ_b a bᵀ (a parameter-gradient contribution)."""
+
+    nargs = 2
+
+    def _sympystr(self, printer):
+        return f"{printer._print(self.args[0])}·{printer._print(self.args[1])}ᵀ"
+
+    def _latex(self, printer):
+        return f"{printer._print(self.args[0])}\\,{printer._print(self.args[1])}^T"
+
+
+# ----------------------------------------------------------------------------- the cell
+def _user_symbols(cell, expr):
+    repl = {}
+    for s in expr.free_symbols:
+        if not isinstance(s, Vec):
+            continue
+        base = s.name[:-4] if s.name.endswith(".new") else s.name
+        d = cell.decls[base]
+        if s.name.endswith(".new") or d.kind in ("input", "target", "output", "define"):
+            repl[s] = NodeSym((base, "t"))
+        elif d.kind == "state":
+            repl[s] = NodeSym((base, "t-1"))
+    return expr.xreplace(repl)
+
+
+def _shape(s):
+    return "×".join(map(str, s)) if isinstance(s, tuple) else str(s)
+
+
+def cell_equations(cell):
+    """[(lhs, rhs)] of the cell in declaration order (sympy objects)."""
+    eqs = []
+    for d in cell.decls.values():
+        if d.kind in ("define", "output"):
+            eqs.append((NodeSym((d.name, "t")), _user_symbols(cell, d.expr)))
+    for s, e in cell.updates.items():
+        eqs.append((NodeSym((s, "t")), _user_symbols(cell, e)))
+    if cell.loss_expr is not None:
+        eqs.append((NodeSym((LOSS, "t")), RowSum(_user_symbols(cell, cell.loss_expr))))
+    return eqs
+
+
+def cell_text(cell) -> str:
+    def group(kind, fmt):
+        items = [fmt(d) for d in cell.decls.values() if d.kind == kind]
+        return ", ".join(items)
+
+    lines = [f"cell {cell.name!r}"]
+    for label, kind, fmt in [
+        ("inputs", "input", lambda d: f"{d.name}[t] ∈ R^{d.shape}"),
+        ("states", "state", lambda d: f"{d.name} ∈ R^{d.shape} ({d.name}[0] = "
+                                      f"{'0' if d.init == 'zeros' else d.name + '_0, learned'})"),
+        ("params", "param", lambda d: f"{d.name} ∈ R^{_shape(d.shape)}"),
+        ("targets", "target", lambda d: f"{d.name}[t] ∈ R^{d.shape}"),
+    ]:
+        g = group(kind, fmt)
+        if g:
+            lines.append(f"  {label + ':':<9}{g}")
+    ordered = _ordered(cell)
+    for lhs, rhs in ordered:
+        lines.append(f"  {lhs} = {sp.sstr(rhs)}")
+    return "\n".join(lines)
+
+
+def _ordered(cell):
+    eqs = cell_equations(cell)
+    order = {k: i for i, k in enumerate(cell.step.prog.nodes)}
+    return sorted(eqs, key=lambda e: order.get(e[0].key, len(order)))
+
+
+def cell_latex(cell) -> str:
+    rows = [f"{sp.latex(lhs)} &= {sp.latex(rhs)}" for lhs, rhs in _ordered(cell)]
+    return "$$\\begin{aligned}" + " \\\\ ".join(rows) + "\\end{aligned}$$"
+
+
+# ----------------------------------------------------------------------------- programs
+def node_expr(prog, key):
+    """The right-hand side of ``key`` as a sympy expression over NodeSyms."""
+    node = prog.node(key)
+    args = [NodeSym(a) for a in node.args]
+    if node.op == "ew":
+        return node.attrs["expr"].xreplace({placeholder(i): a for i, a in enumerate(args)})
+    if node.op == "matvec":
+        terms = sp.Tuple(*[sp.Tuple(sp.Symbol(p), sp.Integer(int(tr)), sp.sympify(c))
+                           for p, tr, c in node.attrs["terms"]])
+        return MatVec(terms, args[0])
+    if node.op == "slice":
+        lo = node.attrs["lo"]
+        return Slice(args[0], sp.Integer(lo), sp.Integer(lo + node.size))
+    if node.op == "pad":
+        return Pad(args[0], sp.Integer(node.attrs["lo"]), sp.Integer(node.size))
+    if node.op == "concat":
+        return Concat(*args)
+    if node.op == "sum":
+        return RowSum(args[0])
+    if node.op == "lse":
+        return LogSumExp(args[0])
+    return NodeSym(key)
+
+
+def program_equations(prog, keep=(), names=()):
+    """[(lhs, rhs)] for the non-leaf nodes, inlining temporaries used once.
+
+    Kept (never inlined): keys in ``keep`` and nodes named in ``names`` or
+    adjoints of those (user-named values and their adjoints).
+    """
+    uses = Counter(a for n in prog.nodes.values() for a in n.args)
+    keep, names = set(keep), set(names)
+
+    def named(key):
+        return key in keep or key[0].lstrip("δ⁺") in names
+
+    inline = {k for k, n in prog.nodes.items() if not n.is_leaf and uses[k] == 1 and not named(k)}
+    exprs, eqs = {}, []
+    for key, node in prog.nodes.items():
+        if node.is_leaf:
+            continue
+        e = node_expr(prog, key)
+        e = e.xreplace({NodeSym(a): exprs[a] for a in node.args if a in exprs})
+        if key in inline:
+            exprs[key] = e
+        else:
+            eqs.append((NodeSym(key), e))
+    return eqs
+
+
+class Explanation:
+    """The forward and the derived backward step of a cell, printable several ways."""
+
+    def __init__(self, cell):
+        self.cell = cell
+        self.bwd = backward_step(cell.step)
+
+    def _grad_lines(self):
+        out = []
+        for p, specs in self.bwd.grads.items():
+            terms = []
+            for spec in specs:
+                if spec[0] == "batch":
+                    terms.append(NodeSym(spec[1]))
+                else:
+                    _, g, v, c, tr = spec
+                    o = Outer(NodeSym(v), NodeSym(g)) if tr else Outer(NodeSym(g), NodeSym(v))
+                    terms.append(c * o)
+            out.append((p, sp.Add(*terms)))
+        return out
+
+    def _backward_eqs(self):
+        keep = [k for k in self.bwd.carry_out.values() if k is not None]
+        keep += [s[1] for specs in self.bwd.grads.values() for s in specs if s[0] == "batch"]
+        keep += [k for specs in self.bwd.grads.values() for s in specs if s[0] == "outer" for k in s[1:3]]
+        return program_equations(self.bwd.prog, keep, set(self.cell.decls))
+
+    def forward_text(self) -> str:
+        return str(self.cell)
+
+    def backward_text(self) -> str:
+        st = self.bwd.step
+        zero = ", ".join(f"δ⁺{s}[T] = 0" for s in st.states)
+        lines = [f"backward step of {st.name!r} (t = T … 1; {zero})"]
+        lines += [f"  {lhs} = {sp.sstr(rhs)}" for lhs, rhs in self._backward_eqs()]
+        for s, k in self.bwd.carry_out.items():
+            lines.append(f"  δ⁺{s}[t-1] = {NodeSym(k) if k else 0}")
+        lines.append("parameter gradients (w[t]: the weight of step t in the loss)")
+        for p, e in self._grad_lines():
+            lines.append(f"  ∂L/∂{p} = Σ_t Σ_batch {sp.sstr(e)}")
+        return "\n".join(lines)
+
+    def latex(self) -> str:
+        rows = [f"{sp.latex(l)} &= {sp.latex(r)}" for l, r in _ordered(self.cell)]
+        rows += [f"{sp.latex(l)} &= {sp.latex(r)}" for l, r in self._backward_eqs()]
+        rows += [f"\\frac{{\\partial L}}{{\\partial {p}}} &= \\sum_t {sp.latex(e)}"
+                 for p, e in self._grad_lines()]
+        return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}"
+
+    def markdown(self) -> str:
+        return f"$$\n{self.latex()}\n$$\n"
+
+    def __str__(self) -> str:
+        return self.forward_text() + "\n" + self.backward_text()
+
+    def _repr_latex_(self) -> str:
+        return f"$${self.latex()}$$"
+
+
+def explain(cell) -> Explanation:
+    """The cell's equations and its derived BPTT step: ``print(rc.explain(cell))``."""
+    return Explanation(cell)

@@ -1,0 +1,53 @@
+"""check_grads in the style of autograd's test_util: central differences in a random direction.
+
+Tolerance: with float64 and a step of 1e-6, the central difference has truncation
+error O(eps² f''') ≈ 1e-12 and rounding error O(u |f| / eps) ≈ 1e-10, so the
+directional derivatives must agree to rtol 1e-6 / atol 1e-8 (generous by 100×,
+far tighter than any real derivative bug).
+"""
+import numpy as np
+
+import rnncomp as rc
+
+EPS = 1e-6
+RTOL = 1e-6
+ATOL = 1e-8
+
+
+def random_data(cell, T=4, B=3, seed=0, dtype="float64", scale=0.5):
+    rng = np.random.default_rng(seed)
+    st = cell.step
+    params = cell.init_params(seed, dtype)
+    params = {k: (v + rng.normal(0, 0.1, v.shape)).astype(dtype) for k, v in params.items()}
+    inputs = {n: rng.normal(0, scale, (T, B, s)).astype(dtype) for n, s in st.inputs.items()}
+    targets = {n: rng.normal(0, scale, (T, B, s)).astype(dtype) for n, s in st.targets.items()}
+    return params, inputs, targets
+
+
+def check_grads(model, params, inputs, targets, seed=1, rtol=RTOL, atol=ATOL, **kw):
+    """Every parameter's gradient against a central difference in a random direction."""
+    rng = np.random.default_rng(seed)
+    loss, grads, _ = model.loss_and_grad(params, inputs, targets, **kw)
+    assert np.isfinite(loss)
+    checked = 0
+    for name, value in params.items():
+        d = rng.normal(size=value.shape)
+        plus = dict(params, **{name: value + EPS * d})
+        minus = dict(params, **{name: value - EPS * d})
+        fd = (model.loss_and_grad(plus, inputs, targets, **kw)[0]
+              - model.loss_and_grad(minus, inputs, targets, **kw)[0]) / (2 * EPS)
+        an = float((grads[name] * d).sum())
+        assert abs(fd - an) <= atol + rtol * abs(fd), f"{name}: finite difference {fd} vs gradient {an}"
+        checked += 1
+    assert checked == len(params)
+    return loss, grads
+
+
+def assert_grads_close(g1, g2, rtol=1e-12, atol=1e-14):
+    assert g1.keys() == g2.keys()
+    for k in g1:
+        np.testing.assert_allclose(g1[k], g2[k], rtol=rtol, atol=atol, err_msg=k)
+
+
+def numpy_model(cell, dtype="float64"):
+    return rc.compile(cell, backend="numpy", dtype=dtype)

@@ -1,0 +1,133 @@
+"""Custom cells written in the DSL: every feature, each checked against finite differences."""
+import numpy as np
+import pytest
+import sympy as sp
+
+import rnncomp as rc
+from rnncomp.backends.numpy import unrolled_loss_and_grad
+
+from gradcheck import assert_grads_close, check_grads, numpy_model, random_data
+
+
+def _finish(cell, h_new, n, n_out=2, loss=None):
+    y = cell.output("y", cell.param("V", (n_out, n)) @ h_new)
+    t = cell.target("t", n_out)
+    cell.loss(loss(y, t) if loss else (y - t) ** 2 / 2)
+    return cell
+
+
+def stacked_gates():
+    """One stacked matrix, gates sliced out, concatenated input: the 'fused' way of writing LSTM."""
+    cell = rc.Cell("stacked")
+    x, h, c = cell.input("x", 3), cell.state("h", 4), cell.state("c", 4)
+    W = cell.param("W", (16, 7))
+    z = cell.define("z", W @ rc.concat(x, h) + cell.param("b", 16))
+    i, f, o = (rc.sigmoid(rc.vslice(z, k * 4, k * 4 + 4)) for k in range(3))
+    g = sp.tanh(rc.vslice(z, 12, 16))
+    cell.update(c, f * c + i * g)
+    cell.update(h, o * sp.tanh(c.new))
+    return _finish(cell, h.new, 4)
+
+
+def piecewise_and_kinks():
+    cell = rc.Cell("kinks")
+    x, h = cell.input("x", 3), cell.state("h", 4)
+    a = cell.param("W", (4, 3)) @ x + cell.param("U", (4, 4)) @ h
+    hard = sp.Piecewise((-1, a < -1), (1, a > 1), (a, True))
+    cell.update(h, rc.relu(a) * 0.5 + hard * 0.3 + rc.softsign(a) * 0.2 + sp.Abs(a) * 0.1)
+    return _finish(cell, h.new, 4)
+
+
+def scalars_and_vectors():
+    """Scalar parameters broadcast, a vector parameter multiplied element-wise, a user Lambda."""
+    cell = rc.Cell("scalars")
+    x, h = cell.input("x", 3), cell.state("h", 5)
+    alpha, beta = cell.param("alpha", 1, init=("constant", 0.5)), cell.param("beta", 1)
+    u = cell.param("u", 5, init=("uniform", 0.5))
+    z = sp.Symbol("z")
+    act = sp.Lambda(z, z / (1 + z ** 2))
+    cell.update(h, alpha * act(cell.param("W", (5, 3)) @ x + u * h) + beta * sp.exp(-h ** 2))
+    return _finish(cell, h.new, 5)
+
+
+def antisymmetric_and_transposes():
+    cell = rc.Cell("transposes")
+    x, h = cell.input("x", 4), cell.state("h", 4)
+    W, A = cell.param("W", (4, 4)), cell.param("A", (4, 4))
+    cell.update(h, sp.tanh((W - W.T) @ h + 0.5 * (A + A.T) @ x + A.T @ h))
+    return _finish(cell, h.new, 4)
+
+
+def many_functions():
+    cell = rc.Cell("functions")
+    x, h = cell.input("x", 3), cell.state("h", 3, init="learn")
+    a = cell.param("W", (3, 3)) @ x + cell.param("U", (3, 3)) @ h
+    e = (sp.sin(a) + sp.cos(a) / 2 + sp.atan(a) + rc.gelu(a) / 3 + rc.softplus(a) / 4 + sp.sinh(a) / 5
+         + sp.cosh(a) / 7 + rc.swish(a) / 3 + sp.Max(a, -a / 2) / 5 + sp.Min(a, 1) / 3 + sp.erf(a) / 4
+         + sp.sqrt(1 + a ** 2) / 5 + (1 + a ** 2) ** sp.Rational(1, 3) / 6 + sp.log(2 + sp.tanh(a)))
+    cell.update(h, sp.tanh(e))
+    return _finish(cell, h.new, 3)
+
+
+def jordan_with_xent():
+    cell = rc.Cell("jordan_xent")
+    x, s = cell.input("x", 3), cell.state("s", 4)
+    hid = cell.define("hid", sp.tanh(cell.param("W", (5, 3)) @ x + cell.param("U", (5, 4)) @ s))
+    y = cell.output("y", cell.param("V", (4, 5)) @ hid + cell.param("c", 4))
+    cell.update(s, rc.softmax(y))
+    t = cell.target("t", 4)
+    cell.loss(rc.softmax_xent(y, t))
+    return cell
+
+
+def state_reads_new_and_output():
+    """h reads c.new declared *after* it; the loss reads an intermediate; two inputs."""
+    cell = rc.Cell("order")
+    x1, x2 = cell.input("x1", 2), cell.input("x2", 3)
+    h, c = cell.state("h", 4), cell.state("c", 4)
+    cell.update(h, sp.tanh(cell.param("U", (4, 4)) @ c.new + cell.param("A", (4, 2)) @ x1))
+    cell.update(c, rc.sigmoid(cell.param("B", (4, 3)) @ x2) * c + h / 2)
+    return _finish(cell, h.new + c.new, 4, loss=lambda y, t: sp.log(1 + (y - t) ** 2))
+
+
+CUSTOM = [stacked_gates, piecewise_and_kinks, scalars_and_vectors, antisymmetric_and_transposes,
+          many_functions, jordan_with_xent, state_reads_new_and_output]
+
+
+@pytest.mark.parametrize("make", CUSTOM, ids=lambda f: f.__name__)
+def test_custom_cell_gradients(make):
+    cell = make()
+    params, inputs, targets = random_data(cell, T=5, B=3, seed=3)
+    if make is jordan_with_xent:
+        targets = {"t": np.eye(4)[np.random.default_rng(1).integers(0, 4, (5, 3))]}
+    model = numpy_model(cell)
+    check_grads(model, params, inputs, targets)
+    l1, g1, _ = model.loss_and_grad(params, inputs, targets)
+    l2, g2, _ = unrolled_loss_and_grad(cell, params, inputs, targets)
+    assert l1 == pytest.approx(l2, rel=1e-12)
+    assert_grads_close(g1, g2)
+
+
+def test_learned_initial_state_gets_a_gradient():
+    cell = many_functions()
+    params, inputs, targets = random_data(cell, T=3, B=2)
+    _, grads, _ = numpy_model(cell).loss_and_grad(params, inputs, targets)
+    assert np.abs(grads["h_0"]).sum() > 0
+    # given h0 overrides the learned one, and then h_0 gets no gradient
+    _, grads2, _ = numpy_model(cell).loss_and_grad(params, inputs, targets, h0={"h": np.zeros((2, 3))})
+    assert np.abs(grads2["h_0"]).sum() == 0
+
+
+def test_xent_is_stable_for_huge_logits():
+    cell = rc.Cell("big")
+    x = cell.input("x", 3)
+    h = cell.state("h", 3)
+    cell.update(h, x)
+    y = cell.output("y", 1e4 * cell.param("s", 1, init="ones") * h.new)
+    cell.loss(rc.softmax_xent(y, cell.target("t", 3)))
+    params = cell.init_params()
+    x = np.array([[[1.0, -1.0, 0.5]]])
+    t = np.array([[[0.0, 1.0, 0.0]]])
+    loss, grads, _ = numpy_model(cell).loss_and_grad(params, x, t)
+    assert loss == pytest.approx(2e4, rel=1e-12)  # logsumexp(1e4, -1e4, 5e3) - (-1e4)
+    assert np.isfinite(grads["s"]).all()
