@@ -24,7 +24,7 @@ import sympy as sp
 
 from .dsl import _NAME
 from .errors import DifferentiationError
-from .ir import Node, Program, placeholder, key_str, verify
+from .ir import Node, Program, eliminate_aliases, key_str, placeholder, verify
 from .lower import LOSS, Step
 
 
@@ -83,8 +83,17 @@ class _Ctx:
         self.fwd, self.out, self.where = fwd, out, where
         self.pending: dict = defaultdict(list)
 
-    def contribute(self, key, template, keys, size):
-        self.pending[key].append(Contribution(template, tuple(keys), size))
+    def contribute(self, key, template, keys, size, at=None):
+        """Add a piece to the adjoint of ``key``; ``at`` is the time of the reading node."""
+        c = Contribution(template, tuple(keys), size)
+        node = self.fwd.nodes.get(key)
+        if node is not None and node.op == "param":
+            key = (key[0], at)
+            # a parameter is read at every step: each read's contribution is its own
+            # gradient term (summed by the executor), so an unfolded graph stays linear
+            self.out.grads[key[0]].append(("batch", self.materialize(key, node, [c])))
+        else:
+            self.pending[key].append(c)
 
     def emit(self, name: str, t, node: Node):
         return self.out.prog.add(self.out.prog.fresh(name, t), node)
@@ -99,7 +108,10 @@ class _Ctx:
                 tmp = self.emit(f"δ{name}·part", t, Node("ew", ks, c.size, {"expr": tmpl}))
                 tmpl, ks = placeholder(0), (self.emit(f"Σδ{name}", t, Node("sum", (tmp,), 1)),)
             repl = {}
+            used = tmpl.free_symbols
             for i, k in enumerate(ks):
+                if placeholder(i) not in used:
+                    continue
                 if k not in keys:
                     keys.append(k)
                 repl[placeholder(i)] = placeholder(keys.index(k))
@@ -142,9 +154,7 @@ def reverse(fwd: Program, seeds: dict, seed_nodes: dict, where: str = "") -> Rev
         node = fwd.nodes[key]
         adj = ctx.materialize(key, node, cs)
         out.adjoints[key] = adj
-        if node.op == "param":
-            out.grads[key[0]].append(("batch", adj))
-        elif not node.is_leaf:
+        if not node.is_leaf:
             RULES[node.op](ctx, key, node, adj, active)
     return out
 
@@ -163,7 +173,7 @@ def _vjp_ew(ctx, key, node, g, active):
                 f"{_nondiff_name(node.attrs['expr'])!r}, which has no derivative, but a gradient "
                 f"flows through it (to {key_str(a)})")
         if ds[i] != 0:
-            ctx.contribute(a, G * ds[i], node.args + (key, g), node.size)
+            ctx.contribute(a, G * ds[i], node.args + (key, g), node.size, at=key[1])
 
 
 def _transpose_terms(terms):
@@ -257,10 +267,14 @@ def backward_step(step: Step) -> BackwardStep:
     if step.has_loss:
         seeds[(LOSS, "t")] = [Contribution(placeholder(0), (w,), 1)]
     rev = reverse(step.prog, seeds, seed_nodes, where=f"cell {step.name!r}")
-    verify(rev.prog)
-    carry_out = {s: rev.adjoints.get((s, "t-1")) for s in step.states}
-    return BackwardStep(step, rev.prog, {s: carry_key(s) for s in step.states}, carry_out, w,
-                        dict(rev.grads))
+    prog, alias = eliminate_aliases(rev.prog)
+    verify(prog)
+    a = lambda k: alias.get(k, k)  # noqa: E731
+    carry_out = {s: a(rev.adjoints[(s, "t-1")]) if (s, "t-1") in rev.adjoints else None
+                 for s in step.states}
+    grads = {p: [(sp_[0], a(sp_[1])) if sp_[0] == "batch" else (sp_[0], a(sp_[1]), *sp_[2:])
+                 for sp_ in specs] for p, specs in rev.grads.items()}
+    return BackwardStep(step, prog, {s: carry_key(s) for s in step.states}, carry_out, w, grads)
 
 
 # ----------------------------------------------------------------------------- unrolled

@@ -91,6 +91,7 @@ class Program:
     nodes: dict = field(default_factory=dict)
     external: dict = field(default_factory=dict)  # key -> Node of another program
     name: str = ""
+    _next: dict = field(default_factory=dict, repr=False, compare=False)
 
     def add(self, key: Key, node: Node) -> Key:
         if key in self.nodes:
@@ -104,10 +105,11 @@ class Program:
 
     def fresh(self, name: str, t: Hashable) -> Key:
         """A key ``(name, t)`` not used yet (``name~2``, ``name~3`` ... on collision)."""
-        key, i = (name, t), 1
+        key, i = (name, t), self._next.get((name, t), 1)
         while key in self.nodes or key in self.external:
             i += 1
             key = (f"{name}~{i}", t)
+        self._next[(name, t)] = i
         return key
 
     def __len__(self) -> int:
@@ -146,3 +148,25 @@ def prune(prog: Program, keep) -> Program:
             if prog.nodes[key].op == "matvec":
                 need.update((p, None) for p, _, _ in prog.nodes[key].attrs["terms"])
     return Program({k: n for k, n in prog.nodes.items() if k in need}, dict(prog.external), prog.name)
+
+
+def eliminate_aliases(prog: Program):
+    """Drop ``ew`` nodes that only copy another value of the same size (template ``_0``).
+
+    Returns the new program and ``{dropped key: key it copied}``; readers are rewired.
+    """
+    alias: dict = {}
+    out = Program(external=prog.external, name=prog.name)
+    for key, node in prog.nodes.items():
+        args = tuple(alias.get(a, a) for a in node.args)
+        if (node.op == "ew" and len(args) == 1 and node.attrs["expr"] == placeholder(0)
+                and _size_of(prog, args[0]) == node.size):
+            alias[key] = args[0]
+            continue
+        out.add(key, node if args == node.args else Node(node.op, args, node.size, node.attrs))
+    return out, alias
+
+
+def _size_of(prog, key):
+    n = prog.nodes.get(key) or prog.external.get(key)
+    return None if n is None else n.size

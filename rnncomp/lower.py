@@ -19,6 +19,10 @@ from .ir import Node, Program, placeholder, verify, key_str
 LOSS = "ℓ"
 
 
+class NodeRef(Vec):
+    """Inside lowering: a symbol for an already lowered node."""
+
+
 @dataclass
 class Step:
     """A lowered cell: the one-step program and what its keys mean."""
@@ -49,6 +53,7 @@ class _Lowerer:
         self.memo: dict = {}
         self.busy: list[str] = []
         self.counter = 0
+        self.refs: dict = {}
 
     def run(self) -> Step:
         cell, step = self.cell, Step(self.cell.name, self.prog)
@@ -119,7 +124,7 @@ class _Lowerer:
         if dest is None and e in self.memo:
             return self.memo[e]
         if isinstance(e, Vec):
-            k = self.symbol(e)
+            k = self.refs[e] if isinstance(e, NodeRef) else self.symbol(e)
             node = None if dest is None else Node("ew", (k,), size, {"expr": placeholder(0)})
         elif isinstance(e, Structural):
             k, node = None, self.structural(e, where)
@@ -162,7 +167,37 @@ class _Lowerer:
         op = "sum" if isinstance(e, RowSum) else "lse"
         return Node(op, (self.lower(e.args[0], where),), 1)
 
-    def elementwise(self, e, where, size) -> Node:
+    def split(self, e, where, top=False):
+        """Give every inner function application, and every compound argument of one, a node
+        of its own: the backward step then reuses σ(a) and a instead of recomputing them."""
+        if isinstance(e, (Vec, Structural)) or not e.args or not isinstance(e, sp.Basic):
+            return e
+        is_call = isinstance(e, (sp.Function, sp.Max, sp.Min)) and not isinstance(e, sp.Piecewise)
+        args = []
+        for a in e.args:
+            a = self.split(a, where)
+            if is_call and isinstance(a, sp.Expr) and a.args and not isinstance(a, (Vec, Structural)):
+                a = self.ref(a, where, "a")
+            args.append(a)
+        e = e.func(*args) if tuple(args) != e.args else e
+        if is_call and not top:
+            return self.ref(e, where, getattr(e.func, "__name__", "f"))
+        return e
+
+    def ref(self, e, where, base):
+        """A symbol standing for the node that computes ``e`` (shared when ``e`` repeats)."""
+        k = self.memo.get(e)
+        if k is None:
+            self.counter += 1
+            k = self.prog.add(self.prog.fresh(f"{base}{self.counter}", "t"), self.elementwise(e, where, None, split=False))
+            self.memo[e] = k
+        sym = NodeRef(f"#{k[0]}")
+        self.refs[sym] = k
+        return sym
+
+    def elementwise(self, e, where, size, split=True) -> Node:
+        if split:
+            e = self.split(e, where, top=True)
         atoms, it = [], sp.preorder_traversal(e)
         for sub in it:
             if isinstance(sub, (Vec, Structural)):

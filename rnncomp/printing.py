@@ -142,7 +142,7 @@ def program_equations(prog, keep=(), names=()):
     def named(key):
         return key in keep or key[0].lstrip("δ⁺") in names
 
-    inline = {k for k, n in prog.nodes.items() if not n.is_leaf and uses[k] == 1 and not named(k)}
+    inline = {k for k, n in prog.nodes.items() if not n.is_leaf and uses[k] <= 1 and not named(k)}
     exprs, eqs = {}, []
     for key, node in prog.nodes.items():
         if node.is_leaf:
@@ -153,7 +153,7 @@ def program_equations(prog, keep=(), names=()):
             exprs[key] = e
         else:
             eqs.append((NodeSym(key), e))
-    return eqs
+    return eqs, exprs
 
 
 class Explanation:
@@ -178,8 +178,7 @@ class Explanation:
         return out
 
     def _backward_eqs(self):
-        keep = [k for k in self.bwd.carry_out.values() if k is not None]
-        keep += [s[1] for specs in self.bwd.grads.values() for s in specs if s[0] == "batch"]
+        keep = [s[1] for specs in self.bwd.grads.values() for s in specs if s[0] == "batch"]
         keep += [k for specs in self.bwd.grads.values() for s in specs if s[0] == "outer" for k in s[1:3]]
         return program_equations(self.bwd.prog, keep, set(self.cell.decls))
 
@@ -190,9 +189,14 @@ class Explanation:
         st = self.bwd.step
         zero = ", ".join(f"δ⁺{s}[T] = 0" for s in st.states)
         lines = [f"backward step of {st.name!r} (t = T … 1; {zero})"]
-        lines += [f"  {lhs} = {sp.sstr(rhs)}" for lhs, rhs in self._backward_eqs()]
+        eqs, exprs = self._backward_eqs()
+        lines += [f"  {lhs} = {sp.sstr(rhs)}" for lhs, rhs in eqs]
         for s, k in self.bwd.carry_out.items():
-            lines.append(f"  δ⁺{s}[t-1] = {NodeSym(k) if k else 0}")
+            rhs = exprs.get(k, NodeSym(k)) if k else 0
+            if k == (f"δ{s}", "t-1"):
+                lines.append(f"  (carried: δ⁺{s}[t-1] = δ{s}[t-1])")
+            else:
+                lines.append(f"  δ{s}[t-1] = {sp.sstr(rhs)}   (carried: δ⁺{s}[t-1])")
         lines.append("parameter gradients (w[t]: the weight of step t in the loss)")
         for p, e in self._grad_lines():
             lines.append(f"  ∂L/∂{p} = Σ_t Σ_batch {sp.sstr(e)}")
@@ -200,7 +204,10 @@ class Explanation:
 
     def latex(self) -> str:
         rows = [f"{sp.latex(l)} &= {sp.latex(r)}" for l, r in _ordered(self.cell)]
-        rows += [f"{sp.latex(l)} &= {sp.latex(r)}" for l, r in self._backward_eqs()]
+        eqs, exprs = self._backward_eqs()
+        rows += [f"{sp.latex(l)} &= {sp.latex(r)}" for l, r in eqs]
+        rows += [f"\\delta {s}_{{t-1}} &= {sp.latex(exprs.get(k, NodeSym(k)))}"
+                 for s, k in self.bwd.carry_out.items() if k]
         rows += [f"\\frac{{\\partial L}}{{\\partial {p}}} &= \\sum_t {sp.latex(e)}"
                  for p, e in self._grad_lines()]
         return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}"
