@@ -4,7 +4,8 @@
     >>> print(rc.explain(rc.cells.elman(2, 3, 1)).backward_text())  # doctest: +ELLIPSIS
     backward step of 'elman' (t = T … 1; δ⁺h[T] = 0)
     ...
-      δh[t-1] = Uᵀ·δh'[t]
+      δa1[t] = δh[t]*(1 - h[t]**2)
+      δh[t-1] = Uᵀ·δa1[t]   (carried: δ⁺h[t-1])
     ...
 """
 from __future__ import annotations
