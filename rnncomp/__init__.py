@@ -4,7 +4,8 @@ Declare a cell with sympy (:class:`Cell`), look at its equations and its derived
 BPTT step (:func:`explain`), unfold it (:func:`unfold`), and compile it
 (:func:`compile`).
 """
-from . import cells
+from . import backends, cells
+from .backends.llvm import jit as _jit  # noqa: F401 (rc.backends.llvm.jit)
 from .autodiff import backward_step
 from .cell import Cell
 from .compile import compile

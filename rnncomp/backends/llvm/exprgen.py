@@ -1,0 +1,176 @@
+"""Printing an element-wise sympy template as LLVM IR (the native target's printer).
+
+One ``_print_<Class>`` method per sympy node kind, after sympy's printers; the
+values are llvmlite values, not text.  Elementary functions come from
+:mod:`.vecmath` (pure arithmetic, so loops vectorise).  Anything this printer
+cannot lower is collected and reported together as one ``CompileError``;
+nothing is skipped silently.
+"""
+from __future__ import annotations
+
+import sympy as sp
+from llvmlite import ir
+
+from ...errors import CompileError
+from ...functions import sigmoid, softplus
+from . import vecmath
+
+_VECMATH = {
+    sp.exp: "exp", sp.log: "log", sp.tanh: "tanh", sp.sin: "sin", sp.cos: "cos", sp.atan: "atan",
+    sp.erf: "erf", sigmoid: "sigmoid", softplus: "softplus", sp.Abs: "abs", sp.sign: "sign",
+    sp.floor: "floor", sp.ceiling: "ceil",
+}
+
+
+def unsupported(template: sp.Expr) -> list[str]:
+    """Names of the sub-expressions of ``template`` this printer cannot lower."""
+    bad = []
+    for e in sp.preorder_traversal(template):
+        if isinstance(e, sp.Function) and not isinstance(e, sp.Piecewise) and e.func not in _VECMATH \
+                and e.func not in (sp.sinh, sp.cosh, sp.Heaviside):
+            bad.append(e.func.__name__)
+    return sorted(set(bad))
+
+
+class LLVMPrinter:
+    """Emit ``template`` with ``builder``; ``args[i]`` is the value of placeholder ``_i``."""
+
+    def __init__(self, builder: ir.IRBuilder, ty, args: dict):
+        self.b, self.ty, self.args = builder, ty, args
+        self.memo: dict = {}
+
+    def const(self, v):
+        return ir.Constant(self.ty, float(v))
+
+    def emit_all(self, template: sp.Expr):
+        """Print with common sub-expressions shared (sympy's cse)."""
+        subs, (reduced,) = sp.cse([template], optimizations="basic")
+        for sym, e in subs:
+            self.args[sym] = self.print(e)
+        return self.print(reduced)
+
+    def print(self, e):
+        if e in self.args:
+            return self.args[e]
+        if e in self.memo:
+            return self.memo[e]
+        method = getattr(self, f"_print_{type(e).__name__}", None)
+        if method is None:
+            if e.is_Number:
+                out = self.const(e)
+            elif isinstance(e, sp.Function) and e.func in _VECMATH:
+                out = vecmath.emit(self.b, _VECMATH[e.func], [self.print(e.args[0])])
+            else:
+                raise CompileError(f"native backend: cannot lower {type(e).__name__} ({e})")
+        else:
+            out = method(e)
+        self.memo[e] = out
+        return out
+
+    def _fold(self, op, args):
+        vals = [self.print(a) for a in args]
+        out = vals[0]
+        for v in vals[1:]:
+            out = op(out, v, flags=("contract",))
+        return out
+
+    def _print_Add(self, e):
+        return self._fold(self.b.fadd, e.args)
+
+    def _print_Mul(self, e):
+        num, den = [], []
+        for a in e.args:
+            if a.is_Pow and a.exp.is_Number and a.exp < 0:
+                den.append(a.base ** (-a.exp))
+            else:
+                num.append(a)
+        out = self._fold(self.b.fmul, num) if num else self.const(1)
+        if den:
+            out = self.b.fdiv(out, self._fold(self.b.fmul, den))
+        return out
+
+    def _print_Pow(self, e):
+        base, p = e.base, e.exp
+        if p.is_Integer:
+            n = int(p)
+            if n < 0:
+                return self.b.fdiv(self.const(1), self._print_Pow(sp.Pow(base, -n, evaluate=False)))
+            x, out = self.print(base), None
+            sq = x
+            while n:  # exponentiation by squaring
+                if n & 1:
+                    out = sq if out is None else self.b.fmul(out, sq)
+                n >>= 1
+                if n:
+                    sq = self.b.fmul(sq, sq)
+            return out if out is not None else self.const(1)
+        if p == sp.Rational(1, 2):
+            return vecmath.emit(self.b, "sqrt", [self.print(base)])
+        if p == sp.Rational(-1, 2):
+            return self.b.fdiv(self.const(1), vecmath.emit(self.b, "sqrt", [self.print(base)]))
+        if base == sp.E:
+            return vecmath.emit(self.b, "exp", [self.print(p)])
+        return vecmath.emit(self.b, "pow", [self.print(base), self.print(p)])
+
+    def _print_Exp1(self, e):
+        return self.const(sp.E.evalf())
+
+    def _print_Pi(self, e):
+        return self.const(sp.pi.evalf())
+
+    def _print_sinh(self, e):
+        a = vecmath.emit(self.b, "exp", [self.print(e.args[0])])
+        return self.b.fmul(self.b.fsub(a, self.b.fdiv(self.const(1), a)), self.const(0.5))
+
+    def _print_cosh(self, e):
+        a = vecmath.emit(self.b, "exp", [self.print(e.args[0])])
+        return self.b.fmul(self.b.fadd(a, self.b.fdiv(self.const(1), a)), self.const(0.5))
+
+    def _print_Max(self, e):
+        vals = [self.print(a) for a in e.args]
+        out = vals[0]
+        for v in vals[1:]:
+            out = self.b.select(self.b.fcmp_ordered(">=", out, v), out, v)
+        return out
+
+    def _print_Min(self, e):
+        vals = [self.print(a) for a in e.args]
+        out = vals[0]
+        for v in vals[1:]:
+            out = self.b.select(self.b.fcmp_ordered("<=", out, v), out, v)
+        return out
+
+    def _print_Heaviside(self, e):
+        x = self.print(e.args[0])
+        half = e.args[1] if len(e.args) > 1 else sp.Rational(1, 2)
+        pos = self.b.select(self.b.fcmp_ordered(">", x, self.const(0)), self.const(1), self.const(0))
+        return self.b.select(self.b.fcmp_ordered("==", x, self.const(0)), self.print(half), pos)
+
+    def _cond(self, c):
+        if c is sp.true or c == True:  # noqa: E712 - sympy's true
+            return ir.Constant(ir.IntType(1), 1)
+        if c is sp.false or c == False:  # noqa: E712
+            return ir.Constant(ir.IntType(1), 0)
+        if isinstance(c, sp.core.relational.Relational):
+            op = {"<": "<", ">": ">", "<=": "<=", ">=": ">=", "==": "==", "!=": "!="}[c.rel_op]
+            return self.b.fcmp_ordered(op, self.print(c.lhs), self.print(c.rhs))
+        if isinstance(c, sp.And):
+            out = self._cond(c.args[0])
+            for a in c.args[1:]:
+                out = self.b.and_(out, self._cond(a))
+            return out
+        if isinstance(c, sp.Or):
+            out = self._cond(c.args[0])
+            for a in c.args[1:]:
+                out = self.b.or_(out, self._cond(a))
+            return out
+        if isinstance(c, sp.Not):
+            return self.b.not_(self._cond(c.args[0]))
+        raise CompileError(f"native backend: cannot lower the condition {c}")
+
+    def _print_Piecewise(self, e):
+        # evaluate every branch (no control flow: vectorisable), select from the last up
+        out = self.const(float("nan"))
+        for expr, cond in reversed(e.args):
+            out = self.b.select(self._cond(cond), self.print(expr), out)
+        return out

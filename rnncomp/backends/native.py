@@ -1,0 +1,414 @@
+"""The native CPU backend: forward and BPTT loops compiled with llvmlite for this host.
+
+Two entry points per cell, each with the time loop inside native code (code size
+does not grow with T; T and B are runtime arguments):
+
+    forward (T, B, bufs, work)   t = 0 … T-1: every node of the step program
+    backward(T, B, bufs, work)   t = T-1 … 0: every node of the backward step,
+                                 parameter gradients accumulated, δ⁺ carried
+
+``bufs`` is an array of pointers, one per value (see :class:`Layout`); a value
+of node ``(name, "t")`` at step t lives at ``bufs[slot] + (t + off)·B·n``.
+Element-wise nodes are loops over batch × units printed by :mod:`.llvm.exprgen`
+(vectorisable vector math); products call the generated GEMM kernels.
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+
+import numpy as np
+from llvmlite import ir
+
+from ..autodiff import backward_step
+from ..errors import CallError, CompileError
+from ..ir import LEAF_OPS, placeholder, prune
+from .llvm import gemm
+from .llvm.builder import I64, for_range
+from .llvm.exprgen import LLVMPrinter, unsupported
+from .llvm.jit import HostTarget, compile_module
+from .validate import check_call, initial_states, step_weights
+
+_DT = {np.dtype("float64"): ir.DoubleType(), np.dtype("float32"): ir.FloatType()}
+
+
+class Layout:
+    """Where every value lives: ``key → (slot, units per sample (0: shared), step offset, timed)``."""
+
+    def __init__(self):
+        self.slots: list[str] = []
+        self.where: dict = {}
+
+    def slot(self, label: str) -> int:
+        self.slots.append(label)
+        return len(self.slots) - 1
+
+    def place(self, key, slot, units, off=0, timed=True):
+        self.where[key] = (slot, units, off, timed)
+
+
+class _Gen:
+    """Generates one entry point: the per-step body for a program, inside a time loop."""
+
+    def __init__(self, module, dtype, layout, host, name):
+        self.m, self.dtype, self.L, self.host = module, np.dtype(dtype), layout, host
+        self.ty = _DT[self.dtype]
+        self.pty = self.ty.as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [I64, I64, self.pty.as_pointer(), self.pty])
+        self.fn = ir.Function(module, fnty, name)
+        self.T, self.B, self.bufs, self.work = self.fn.args
+        self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
+        self.gemms: dict = {}
+
+    # ------------------------------------------------------------------ addressing
+    def ptr(self, key, t):
+        slot, units, off, timed = self.L.where[key]
+        b = self.b
+        base = b.load(b.gep(self.bufs, [I64(slot)], inbounds=True))
+        if not timed or units == 0:
+            return base
+        step = b.add(t, I64(off)) if off else t
+        return b.gep(base, [b.mul(b.mul(step, self.B), I64(units))], inbounds=True)
+
+    def gemm_fn(self, trans_a, trans_b):
+        k = (trans_a, trans_b)
+        if k not in self.gemms:
+            name = f"{self.fn.name}_gemm_{int(trans_a)}{int(trans_b)}"
+            existing = self.m.globals.get(name)
+            self.gemms[k] = existing or gemm.define_gemm(self.m, name, str(self.dtype), trans_a, trans_b, self.host)
+        return self.gemms[k]
+
+    def call_gemm(self, M, N, K, A, lda, trans_a, Bm, ldb, trans_b, C, ldc, acc):
+        f = self.gemm_fn(trans_a, trans_b)
+        self.b.call(f, [M, N, K, A, lda, Bm, ldb, C, ldc, ir.IntType(32)(acc), self.work])
+
+    # ------------------------------------------------------------------ node kinds
+    def ew(self, node, out, args, arg_units):
+        b, n = self.b, node.size
+        with for_range(b, self.B, name="b") as bi:
+            with for_range(b, I64(n), name="j") as j:
+                vals = {}
+                for i, (p, units, shared) in enumerate(zip(args, arg_units, [u[1] for u in arg_units])):
+                    pass
+                for i, (p, (units, shared)) in enumerate(zip(args, arg_units)):
+                    if shared:
+                        idx = j if units > 1 else I64(0)
+                    else:
+                        idx = b.add(b.mul(bi, I64(units)), j) if units > 1 else bi
+                    vals[placeholder(i)] = b.load(b.gep(p, [idx], inbounds=True))
+                v = LLVMPrinter(b, self.ty, vals).emit_all(node.attrs["expr"])
+                b.store(v, b.gep(out, [b.add(b.mul(bi, I64(n)), j)], inbounds=True))
+
+    def matvec(self, node, out, v, n_in, params, shapes):
+        b = self.b
+        for i, ((p, tr, c), P, shape) in enumerate(zip(node.attrs["terms"], params, shapes)):
+            m_, n_ = shape
+            # y[B, rows] (+)= v[B, cols] @ op(P): P is (m_, n_); untransposed: v @ Pᵀ
+            if c != 1:
+                raise CompileError("internal: scaled terms are lowered before code generation")
+            self.call_gemm(self.B, I64(node.size), I64(n_in), v, I64(n_in), False,
+                           P, I64(n_), not tr, out, I64(node.size), 1 if i else 0)
+
+    def copy_loop(self, dst, src, count, scale=None, accumulate=False):
+        b = self.b
+        with for_range(b, count, name="k") as k:
+            v = b.load(b.gep(src, [k], inbounds=True))
+            if scale is not None:
+                v = b.fmul(v, ir.Constant(self.ty, float(scale)))
+            if accumulate:
+                v = b.fadd(b.load(b.gep(dst, [k], inbounds=True)), v)
+            b.store(v, b.gep(dst, [k], inbounds=True))
+
+    def rows(self, out, n_out, v, n_in, lo, mode):
+        """slice (mode 'slice'), pad ('pad'), or a concat part ('part')."""
+        b = self.b
+        with for_range(b, self.B, name="b") as bi:
+            if mode == "pad":
+                with for_range(b, I64(n_out), name="z") as z:
+                    b.store(ir.Constant(self.ty, 0.0), b.gep(out, [b.add(b.mul(bi, I64(n_out)), z)]))
+            count = n_out if mode == "slice" else n_in
+            with for_range(b, I64(count), name="j") as j:
+                if mode == "slice":
+                    src = b.add(b.mul(bi, I64(n_in)), b.add(j, I64(lo)))
+                    dst = b.add(b.mul(bi, I64(n_out)), j)
+                else:
+                    src = b.add(b.mul(bi, I64(n_in)), j) if n_in > 1 else bi
+                    dst = b.add(b.mul(bi, I64(n_out)), b.add(j, I64(lo)))
+                b.store(b.load(b.gep(v, [src])), b.gep(out, [dst]))
+
+    def reduce(self, out, v, n, lse):
+        b = self.b
+        acc = b.alloca(self.ty)
+        mx = b.alloca(self.ty)
+        with for_range(b, self.B, name="b") as bi:
+            row = b.gep(v, [b.mul(bi, I64(n))])
+            b.store(ir.Constant(self.ty, float("-inf") if lse else 0.0), mx)
+            if lse:
+                with for_range(b, I64(n), name="j") as j:
+                    x = b.load(b.gep(row, [j]))
+                    b.store(b.select(b.fcmp_ordered(">", x, b.load(mx)), x, b.load(mx)), mx)
+                m = b.load(mx)
+                m = b.select(b.fcmp_ordered("==", m, ir.Constant(self.ty, float("-inf"))),
+                             ir.Constant(self.ty, 0.0), m)
+            b.store(ir.Constant(self.ty, 0.0), acc)
+            with for_range(b, I64(n), name="j") as j:
+                x = b.load(b.gep(row, [j]))
+                if lse:
+                    from .llvm import vecmath
+                    x = vecmath.emit(b, "exp", [b.fsub(x, m)])
+                b.store(b.fadd(b.load(acc), x), acc)
+            r = b.load(acc)
+            if lse:
+                from .llvm import vecmath
+                r = b.fadd(m, vecmath.emit(b, "log", [r]))
+            b.store(r, b.gep(out, [bi]))
+
+
+def _units(node):
+    return node.size if isinstance(node.size, int) else 0
+
+
+class NativeModel:
+    """``rc.compile(cell, backend="native")``: same interface as the NumPy model."""
+
+    backend = "native"
+
+    def __init__(self, cell, dtype="float64", *, cache="default", threads=1):
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in _DT:
+            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        self.step = st = cell.step
+        self.cell_name = st.name
+        self.host = HostTarget.detect()
+        self._lock = threading.Lock()
+        bad = sorted({f for n in st.prog.nodes.values() if n.op == "ew" for f in unsupported(n.attrs["expr"])})
+        if bad:
+            raise CompileError(f"cell {st.name!r}: the native backend cannot lower {', '.join(bad)}")
+        self.bwd = backward_step(st) if st.has_loss else None
+        self._build_layout()
+        module = ir.Module(name=f"rnncomp_{st.name}")
+        module.triple = self.host.triple
+        self._gen_forward(module)
+        if self.bwd is not None:
+            self._gen_backward(module)
+        try:
+            self.lib = compile_module(module, cache=cache)
+        except CompileError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any LLVM failure becomes a clear error
+            raise CompileError(f"cell {st.name!r}: LLVM failed to compile: {exc}") from None
+        proto = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(ctypes.c_void_p),
+                                 ctypes.c_void_p)
+        self._fwd = proto(self.lib.address("forward"))
+        self._bwdfn = proto(self.lib.address("backward")) if self.bwd is not None else None
+
+    # ------------------------------------------------------------------ layout
+    def _build_layout(self):
+        st, L = self.step, Layout()
+        self.layout = L
+        self.param_slot = {p: L.slot(f"param {p}") for p in st.params}
+        for p, s in self.param_slot.items():
+            L.place((p, None), s, 0, timed=False)
+        self.state_slot = {}
+        for s_, n in st.states.items():
+            k = L.slot(f"state {s_}")
+            self.state_slot[s_] = k
+            L.place((s_, "t-1"), k, n, 0)
+            L.place((s_, "t"), k, n, 1)
+        self.io_slot = {}
+        for name, n in list(st.inputs.items()) + list(st.targets.items()):
+            k = L.slot(f"io {name}")
+            self.io_slot[name] = k
+            L.place((name, "t"), k, n, 0)
+        self.fwd_slot = {}
+        for key, node in st.prog.nodes.items():
+            if node.op in LEAF_OPS or key in L.where:
+                continue
+            k = L.slot(f"fwd {key}")
+            self.fwd_slot[key] = (k, node.size)
+            L.place(key, k, node.size, 0)
+        self.bwd_slot = {}
+        self.grad_slot = {}
+        if self.bwd is not None:
+            for key, node in self.bwd.prog.nodes.items():
+                k = L.slot(f"bwd {key}")
+                self.bwd_slot[key] = (k, node.size)
+                timed = key == self.bwd.weight
+                L.place(key, k, node.size if timed else 0, 0, timed=timed)
+            self.grad_slot = {p: L.slot(f"grad {p}") for p in st.params}
+            self.tmp_slot = L.slot("outer scratch")
+
+    # ------------------------------------------------------------------ code generation
+    def _emit_program(self, g, prog, t, skip=()):
+        st = self.step
+        for key, node in prog.nodes.items():
+            if node.op in LEAF_OPS or key in skip:
+                continue
+            out = g.ptr(key, t)
+            args = [g.ptr(a, t) for a in node.args]
+            if node.op == "ew":
+                units = []
+                for a in node.args:
+                    an = prog.node(a) if a in prog.nodes or a in prog.external else None
+                    units.append((_units(an), an.op == "param"))
+                g.ew(node, out, args, units)
+            elif node.op == "matvec":
+                terms = node.attrs["terms"]
+                n_in = prog.node(node.args[0]).size
+                if all(c == 1 for _, _, c in terms):
+                    g.matvec(node, out, args[0], n_in, [g.ptr((p, None), t) for p, _, _ in terms],
+                             [st.params[p] for p, _, _ in terms])
+                else:  # c·(v @ op(P)): one product per term into scratch, scaled and added
+                    tmp = g.ptr(self._scratch_key, t)
+                    for i, (p, tr, c) in enumerate(terms):
+                        one = type(node)(node.op, node.args, node.size, {"terms": ((p, tr, 1),)})
+                        g.matvec(one, tmp, args[0], n_in, [g.ptr((p, None), t)], [st.params[p]])
+                        g.copy_loop(out, tmp, g.b.mul(g.B, I64(node.size)), scale=c, accumulate=i > 0)
+            elif node.op in ("slice", "pad"):
+                g.rows(out, node.size, args[0], prog.node(node.args[0]).size, node.attrs["lo"], node.op)
+            elif node.op == "concat":
+                lo = 0
+                for a, p in zip(node.args, args):
+                    n = prog.node(a).size
+                    g.rows(out, node.size, p, n, lo, "part")
+                    lo += n
+            elif node.op in ("sum", "lse"):
+                g.reduce(out, args[0], prog.node(node.args[0]).size, node.op == "lse")
+            else:
+                raise CompileError(f"native backend: no code for op {node.op!r}")
+
+    @property
+    def _scratch_key(self):
+        return ("__scratch", None)
+
+    def _gen_forward(self, module):
+        st = self.step
+        self.scratch_units = max([n.size for n in st.prog.nodes.values() if isinstance(n.size, int)] +
+                                 ([n.size for n in self.bwd.prog.nodes.values()] if self.bwd else []) + [1])
+        k = self.layout.slot("scratch")
+        self.layout.place(self._scratch_key, k, 0, timed=False)
+        self.scratch_slot = k
+        g = _Gen(module, self.dtype, self.layout, self.host, "forward")
+        self._fwd_prog = prune(st.prog, [(s, "t") for s in st.states] + [(o, "t") for o in st.outputs]
+                               + ([st.loss_key] if st.has_loss else []))
+        with for_range(g.b, g.T, name="t") as t:
+            self._emit_program(g, self._fwd_prog, t)
+        g.b.ret_void()
+
+    def _gen_backward(self, module):
+        bwd, st = self.bwd, self.step
+        g = _Gen(module, self.dtype, self.layout, self.host, "backward")
+        b = g.b
+        with for_range(b, g.T, name="s") as s:
+            t = b.sub(b.sub(g.T, I64(1)), s)  # t = T-1 … 0
+            self._emit_program(g, bwd.prog, t)
+            for p, specs in bwd.grads.items():
+                grad = b.load(b.gep(g.bufs, [I64(self.grad_slot[p])]))
+                shape = st.params[p]
+                for spec in specs:
+                    if spec[0] == "batch":
+                        src = g.ptr(spec[1], t)
+                        n = shape if isinstance(shape, int) else 1
+                        with for_range(b, g.B, name="gb") as bi:
+                            g.copy_loop(grad, b.gep(src, [b.mul(bi, I64(n))]), I64(n), accumulate=True)
+                    else:
+                        _, gk, vk, c, tr = spec
+                        A, V = g.ptr(gk, t), g.ptr(vk, t)
+                        m_, n_ = shape
+                        # grad[m_, n_] += c · gᵀ v  (or c · vᵀ g when the term was transposed)
+                        first, second = (V, A) if tr else (A, V)
+                        rows_, cols_ = m_, n_
+                        if c == 1:
+                            g.call_gemm(I64(rows_), I64(cols_), g.B, first, I64(rows_), True,
+                                        second, I64(cols_), False, grad, I64(cols_), 1)
+                        else:
+                            tmp = b.load(b.gep(g.bufs, [I64(self.tmp_slot)]))
+                            g.call_gemm(I64(rows_), I64(cols_), g.B, first, I64(rows_), True,
+                                        second, I64(cols_), False, tmp, I64(cols_), 0)
+                            g.copy_loop(grad, tmp, I64(rows_ * cols_), scale=c, accumulate=True)
+            for s_, k in bwd.carry_out.items():
+                dst = g.ptr(bwd.carry_in[s_], t)
+                n = st.states[s_]
+                if k is None:
+                    with for_range(b, b.mul(g.B, I64(n)), name="zc") as z:
+                        b.store(ir.Constant(g.ty, 0.0), b.gep(dst, [z]))
+                else:
+                    g.copy_loop(dst, g.ptr(k, t), b.mul(g.B, I64(n)))
+        b.ret_void()
+
+    # ------------------------------------------------------------------ running
+    def ir(self) -> str:
+        return self.lib.ir_text
+
+    def asm(self) -> str:
+        return self.lib.asm()
+
+    def _buffers(self, call, keep_bwd):
+        st, dt, B, T = self.step, self.dtype, call.B, call.T
+        arrays = [None] * len(self.layout.slots)
+        for p, k in self.param_slot.items():
+            arrays[k] = call.params[p]
+        init = initial_states(st, call, dt)
+        states = {}
+        for s_, k in self.state_slot.items():
+            buf = np.empty((T + 1, B, st.states[s_]), dtype=dt)
+            buf[0] = init[s_]
+            arrays[k] = states[s_] = buf
+        for name, k in self.io_slot.items():
+            arrays[k] = call.inputs.get(name, call.targets.get(name))
+            if arrays[k] is None:  # forward without targets: never read
+                arrays[k] = np.zeros((T, B, (st.inputs | st.targets)[name]), dtype=dt)
+        fwd = {}
+        for key, (k, n) in self.fwd_slot.items():
+            arrays[k] = fwd[key] = np.empty((T, B, n), dtype=dt)
+        arrays[self.scratch_slot] = np.empty(B * self.scratch_units, dtype=dt)
+        return arrays, states, fwd
+
+    def _work(self, B):
+        sizes = [1]
+        for n in [n.size for n in self.step.prog.nodes.values() if isinstance(n.size, int)] + [self.scratch_units]:
+            for m in [n.size for n in self.step.prog.nodes.values() if isinstance(n.size, int)] + [self.scratch_units]:
+                sizes.append(gemm.workspace_elems(B, n, m, str(self.dtype), self.host))
+                sizes.append(gemm.workspace_elems(n, m, B, str(self.dtype), self.host))
+        return np.empty(max(sizes), dtype=self.dtype)
+
+    def _run(self, fn, arrays, T, B):
+        ptrs = (ctypes.c_void_p * len(arrays))(*[None if a is None else a.ctypes.data for a in arrays])
+        work = self._work(B)
+        fn(T, B, ptrs, work.ctypes.data)  # ctypes releases the GIL during the call
+
+    def forward(self, params, inputs, h0=None, *, check_finite=True):
+        call = check_call(self.step, self.dtype, params, inputs, None, h0, check_finite=check_finite)
+        arrays, states, fwd = self._buffers(call, False)
+        self._run(self._fwd, arrays, call.T, call.B)
+        outs = {}
+        for o, n in self.step.outputs.items():
+            key = (o, "t")
+            outs[o] = fwd[key] if key in fwd else states[o][1:]
+        return outs, {s: states[s][-1].copy() for s in self.step.states}
+
+    def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None, *, check_finite=True):
+        st, dt = self.step, self.dtype
+        if self.bwd is None:
+            raise CallError(f"cell {st.name!r} has no loss (declare one with cell.loss)")
+        call = check_call(st, dt, params, inputs, targets, h0, mask, need_targets=True,
+                          check_finite=check_finite)
+        arrays, states, fwd = self._buffers(call, True)
+        B, T = call.B, call.T
+        w = np.ascontiguousarray(step_weights(call, dt))
+        for key, (k, n) in self.bwd_slot.items():
+            arrays[k] = w if key == self.bwd.weight else np.zeros((B, n), dtype=dt)
+        grads = {p: np.zeros(s if isinstance(s, tuple) else (s,), dtype=dt) for p, s in st.params.items()}
+        for p, k in self.grad_slot.items():
+            arrays[k] = grads[p]
+        big = max([int(np.prod(s)) for s in st.params.values() if isinstance(s, tuple)] + [1])
+        arrays[self.tmp_slot] = np.empty(big, dtype=dt)
+        self._run(self._fwd, arrays, T, B)
+        loss_key = st.loss_key
+        cost = fwd[loss_key][:, :, 0] if loss_key in fwd else None
+        loss = float((w * cost).sum(dtype=np.float64))
+        self._run(self._bwdfn, arrays, T, B)
+        for s_, p in st.state_init.items():
+            if p is not None and s_ not in call.h0:
+                grads[p] += arrays[self.bwd_slot[self.bwd.carry_in[s_]][0]].sum(axis=0)
+        return loss, grads, {s: states[s][-1].copy() for s in st.states}

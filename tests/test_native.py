@@ -1,0 +1,94 @@
+"""The native (LLVM) backend against the NumPy oracle: zoo, custom and random cells, both dtypes.
+
+float64 agrees to ~1e-12 relative (the same arithmetic in another order, plus vector-math
+functions within 2 ulp).  float32: 1e-4 relative to each gradient's largest entry, from
+float32 rounding accumulated over the steps (the oracle runs in float64 here).
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import rnncomp as rc
+
+from gradcheck import numpy_model, random_data
+from test_custom_cells import CUSTOM, jordan_with_xent
+from test_random_cells import random_cells
+
+
+def compare(cell, T=5, B=3, seed=0, dtype="float64", targets=None, **kw):
+    params, inputs, tg = random_data(cell, T=T, B=B, seed=seed)
+    tg = targets or tg
+    l1, g1, h1 = numpy_model(cell).loss_and_grad(params, inputs, tg, **kw)
+    cast = lambda d: {k: v.astype(dtype) for k, v in d.items()}  # noqa: E731
+    model = rc.compile(cell, backend="native", dtype=dtype, cache=None)
+    l2, g2, h2 = model.loss_and_grad(cast(params), cast(inputs), cast(tg), **kw)
+    rtol = 1e-11 if dtype == "float64" else 1e-4
+    assert l2 == pytest.approx(l1, rel=rtol)
+    for k in g1:
+        scale = np.abs(g1[k]).max() + 1e-6
+        assert np.abs(g2[k] - g1[k]).max() <= rtol * scale, k
+    for s in h1:
+        np.testing.assert_allclose(h2[s], h1[s], rtol=rtol, atol=rtol)
+    outs1, _ = numpy_model(cell).forward(params, inputs)
+    outs2, _ = model.forward(cast(params), cast(inputs))
+    for o in outs1:
+        np.testing.assert_allclose(outs2[o], outs1[o], rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("name", sorted(rc.cells.ZOO))
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_zoo_matches_oracle(name, dtype):
+    compare(rc.cells.get(name)(3, 5, 2), dtype=dtype)
+
+
+@pytest.mark.parametrize("make", CUSTOM, ids=lambda f: f.__name__)
+def test_custom_cells_match_oracle(make):
+    cell = make()
+    targets = None
+    if make is jordan_with_xent:
+        targets = {"t": np.eye(4)[np.random.default_rng(1).integers(0, 4, (5, 3))]}
+    compare(cell, targets=targets)
+
+
+def test_odd_sizes_masks_and_states():
+    cell = rc.cells.lstm(7, 13, 3)  # sizes that are not multiples of the SIMD width
+    T, B = 9, 5
+    mask = (np.random.default_rng(2).random((T, B)) > 0.5).astype(float)
+    mask[0, 0] = 1
+    h0 = {s: np.random.default_rng(3).normal(size=(B, 13)) for s in cell.step.states}
+    compare(cell, T=T, B=B, mask=mask, h0=h0)
+
+
+def test_one_compile_serves_every_T_and_B():
+    cell = rc.cells.gru(3, 4, 2)
+    model = rc.compile(cell, backend="native", cache=None)
+    oracle = numpy_model(cell)
+    for T, B in [(1, 1), (17, 2), (3, 33)]:
+        params, inputs, targets = random_data(cell, T=T, B=B, seed=T)
+        l1, _, _ = oracle.loss_and_grad(params, inputs, targets)
+        l2, _, _ = model.loss_and_grad(params, inputs, targets)
+        assert l2 == pytest.approx(l1, rel=1e-12)
+
+
+@settings(max_examples=15, deadline=None)
+@given(random_cells(), st.integers(1, 4), st.integers(1, 3), st.integers(0, 2 ** 16))
+def test_random_cells_match_oracle(cell, T, B, seed):
+    compare(cell, T=T, B=B, seed=seed)
+
+
+def test_product_kernel_uses_packed_fma():
+    host = rc.backends.llvm.jit.HostTarget.detect()
+    if not (host.has("avx2") and host.has("fma")):
+        pytest.skip("host has no AVX2+FMA")
+    asm = rc.compile(rc.cells.elman(64, 64, 8), backend="native", dtype="float32", cache=None).asm()
+    assert "vfmadd" in asm and ("ymm" in asm or "zmm" in asm)
+
+
+def test_errors_before_native_code_runs():
+    cell = rc.cells.elman(3, 4, 2)
+    model = rc.compile(cell, backend="native", cache=None)
+    params, inputs, targets = random_data(cell)
+    with pytest.raises(rc.CallError, match=r"inputs\['x'\] has shape"):
+        model.loss_and_grad(params, np.zeros((3, 2, 9)), targets)
+    with pytest.raises(rc.CallError, match="dtype float32"):
+        model.forward({k: v.astype(np.float32) for k, v in params.items()}, inputs)
