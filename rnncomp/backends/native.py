@@ -15,7 +15,6 @@ Element-wise nodes are loops over batch × units printed by :mod:`.llvm.exprgen`
 from __future__ import annotations
 
 import ctypes
-import threading
 
 import numpy as np
 from llvmlite import ir
@@ -180,7 +179,7 @@ class NativeModel:
         self.step = st = cell.step
         self.cell_name = st.name
         self.host = HostTarget.detect()
-        self._lock = threading.Lock()
+        self._work_elems: dict = {}
         bad = sorted({f for n in st.prog.nodes.values() if n.op == "ew" for f in unsupported(n.attrs["expr"])})
         if bad:
             raise CompileError(f"cell {st.name!r}: the native backend cannot lower {', '.join(bad)}")
@@ -365,12 +364,15 @@ class NativeModel:
         return arrays, states, fwd
 
     def _work(self, B):
-        sizes = [1]
-        for n in [n.size for n in self.step.prog.nodes.values() if isinstance(n.size, int)] + [self.scratch_units]:
-            for m in [n.size for n in self.step.prog.nodes.values() if isinstance(n.size, int)] + [self.scratch_units]:
-                sizes.append(gemm.workspace_elems(B, n, m, str(self.dtype), self.host))
-                sizes.append(gemm.workspace_elems(n, m, B, str(self.dtype), self.host))
-        return np.empty(max(sizes), dtype=self.dtype)
+        """GEMM packing workspace: a bound over every product shape of this cell (per B)."""
+        n = self._work_elems.get(B)
+        if n is None:
+            S = max([x.size for x in self.step.prog.nodes.values() if isinstance(x.size, int)]
+                    + [d for s in self.step.params.values() if isinstance(s, tuple) for d in s]
+                    + [self.scratch_units])
+            n = gemm.workspace_elems(max(B, S), S, max(B, S), str(self.dtype), self.host)
+            self._work_elems[B] = n
+        return np.empty(max(n, 1), dtype=self.dtype)
 
     def _run(self, fn, arrays, T, B):
         ptrs = (ctypes.c_void_p * len(arrays))(*[None if a is None else a.ctypes.data for a in arrays])
