@@ -172,7 +172,7 @@ class NativeModel:
 
     backend = "native"
 
-    def __init__(self, cell, dtype="float64", *, cache="default", threads=1):
+    def __init__(self, cell, dtype="float64", *, cache="default", hoist=True):
         self.dtype = np.dtype(dtype)
         if self.dtype not in _DT:
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
@@ -180,6 +180,7 @@ class NativeModel:
         self.cell_name = st.name
         self.host = HostTarget.detect()
         self._work_elems: dict = {}
+        self.hoist = hoist
         bad = sorted({f for n in st.prog.nodes.values() if n.op == "ew" for f in unsupported(n.attrs["expr"])})
         if bad:
             raise CompileError(f"cell {st.name!r}: the native backend cannot lower {', '.join(bad)}")
@@ -238,10 +239,10 @@ class NativeModel:
             self.tmp_slot = L.slot("outer scratch")
 
     # ------------------------------------------------------------------ code generation
-    def _emit_program(self, g, prog, t, skip=()):
+    def _emit_program(self, g, prog, t, skip=(), only=None):
         st = self.step
         for key, node in prog.nodes.items():
-            if node.op in LEAF_OPS or key in skip:
+            if node.op in LEAF_OPS or key in skip or (only is not None and key not in only):
                 continue
             out = g.ptr(key, t)
             args = [g.ptr(a, t) for a in node.args]
@@ -290,9 +291,31 @@ class NativeModel:
         g = _Gen(module, self.dtype, self.layout, self.host, "forward")
         self._fwd_prog = prune(st.prog, [(s, "t") for s in st.states] + [(o, "t") for o in st.outputs]
                                + ([st.loss_key] if st.has_loss else []))
+        static = self._static_keys(self._fwd_prog) if self.hoist else set()
+        if static:
+            # pass "hoist": values that do not depend on any state (all U·x[t]) are computed
+            # for every step at once before the loop: their (T, B, n) buffers are contiguous,
+            # so one product with T·B rows replaces T products with B rows
+            per_step_B, g.B = g.B, g.b.mul(g.T, g.B)
+            self._emit_program(g, self._fwd_prog, I64(0), only=static)
+            g.B = per_step_B
         with for_range(g.b, g.T, name="t") as t:
-            self._emit_program(g, self._fwd_prog, t)
+            self._emit_program(g, self._fwd_prog, t, skip=static)
         g.b.ret_void()
+
+    def _static_keys(self, prog):
+        """Non-leaf forward nodes that depend on no state (only inputs, targets, parameters)."""
+        dynamic, static = set(), set()
+        for key, node in prog.nodes.items():
+            if node.op == "state" or any(a in dynamic for a in node.args):
+                dynamic.add(key)
+            elif node.op in LEAF_OPS:
+                continue
+            elif key in self.fwd_slot:
+                static.add(key)
+            else:  # a new state computed from inputs only stays in the loop, and so do its readers
+                dynamic.add(key)
+        return static
 
     def _gen_backward(self, module):
         bwd, st = self.bwd, self.step
@@ -360,23 +383,28 @@ class NativeModel:
         fwd = {}
         for key, (k, n) in self.fwd_slot.items():
             arrays[k] = fwd[key] = np.empty((T, B, n), dtype=dt)
-        arrays[self.scratch_slot] = np.empty(B * self.scratch_units, dtype=dt)
+        arrays[self.scratch_slot] = np.empty(T * B * self.scratch_units, dtype=dt)  # hoisted products use T·B rows
         return arrays, states, fwd
 
-    def _work(self, B):
-        """GEMM packing workspace: a bound over every product shape of this cell (per B)."""
-        n = self._work_elems.get(B)
+    def _work(self, T, B):
+        """GEMM packing workspace: a bound over every product shape of this cell.
+
+        Rows go up to T·B (hoisted products), depth up to B (gradient products)."""
+        key = (T, B)
+        n = self._work_elems.get(key)
         if n is None:
             S = max([x.size for x in self.step.prog.nodes.values() if isinstance(x.size, int)]
                     + [d for s in self.step.params.values() if isinstance(s, tuple) for d in s]
                     + [self.scratch_units])
-            n = gemm.workspace_elems(max(B, S), S, max(B, S), str(self.dtype), self.host)
-            self._work_elems[B] = n
+            n = gemm.workspace_elems(max(T * B, S), S, max(B, S), str(self.dtype), self.host)
+            if len(self._work_elems) > 64:
+                self._work_elems.clear()
+            self._work_elems[key] = n
         return np.empty(max(n, 1), dtype=self.dtype)
 
     def _run(self, fn, arrays, T, B):
         ptrs = (ctypes.c_void_p * len(arrays))(*[None if a is None else a.ctypes.data for a in arrays])
-        work = self._work(B)
+        work = self._work(T, B)
         fn(T, B, ptrs, work.ctypes.data)  # ctypes releases the GIL during the call
 
     def forward(self, params, inputs, h0=None, *, check_finite=True):

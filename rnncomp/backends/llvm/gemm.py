@@ -1,41 +1,54 @@
 """Generated matrix products: ``C[M,N] = op(A)[M,K] @ op(B)[K,N] (+ C)``, row-major.
 
-Every kernel is built with the llvmlite builder for the detected host and
-compiled with the rest of a module by :func:`.jit.compile_module`; it runs on one
+Every product is built with the llvmlite builder for a given host and compiled
+with the rest of its module by :func:`.jit.compile_module`; it runs on one
 thread (callers split M or N across threads themselves).
 
 Blocking (after Goto & van de Geijn / BLIS), with ``V`` elements per vector
 register (AVX-512: 16 float32 / 8 float64, AVX2: 8 / 4, otherwise 4 / 2)::
 
-    for jc in 0..N step NC:                   # B block (KC x NC)
-      for pc in 0..K step KC:                 # depth block; C += from the 2nd on
-        pack op(B)[pc:pc+kc, jc:jc+nc] into NR-column panels   (skipped: see below)
-        for ic in 0..M step MC:               # A block (MC x KC), lives in L2
-          pack op(A)[ic:ic+mc, pc:pc+kc] into MR-row panels
-          for jr in 0..nc step NR:            # B micro-panel (KC x NR), lives in L1
+    for jc in 0..N step NC:                 # NC = 4080 (float32, AVX-512)
+      for pc in 0..K step KC:               # KC = 256; C += from the second block on
+        [pack op(B)[pc:+kc, jc:+nc] into NR-column panels]     (see below)
+        for ic in 0..M step MC:             # MC = 384: the A block (MC x KC) stays in L2
+          pack op(A)[ic:+mc, pc:+kc] into MR-row panels
+          for jr in 0..nc step NR:          # B micro-panel (KC x NR): L1 / L2
             for ir in 0..mc step MR:
-              micro-kernel: C[MR x NR] (+)= A panel @ B micro-panel
+              micro-kernel: C[ir:+MR, jr:+NR] (+)= A panel @ B micro-panel
+
+K and M are cut into even blocks of at most KC and MC (no thin last block).
 
 The micro-kernel (:func:`.gemm_kernel.define_microkernel`) keeps ``MR x NR/V``
-vector accumulators in registers (AVX-512: 8 x 3 zmm, AVX2: 4 x 3 ymm); per ``k``
-it loads ``NR/V`` vectors of B, broadcasts ``MR`` elements of A and issues
-``MR*NR/V`` ``llvm.fma`` calls; the k loop is unrolled 4 times.  Packed panels
-are zero-padded, so edge tiles compute a whole tile and only the store is
-narrowed (through a stack tile).  KC is chosen so a B micro-panel fills about
-half of L1, MC so an A block fills about a third of L2.
+vector accumulators in registers (AVX-512: 8 x 3 zmm, i.e. 8 x 48 float32;
+AVX2: 4 x 3 ymm; SSE: 4 x 2 xmm); per ``k`` it loads ``NR/V`` vectors of B,
+broadcasts ``MR`` elements of A and issues ``MR*NR/V`` ``llvm.fma`` calls, the
+k loop unrolled 4 times.  Packed panels are zero-padded, so a ragged tile still
+runs the register kernel and only its store is narrowed (through a stack tile);
+a ragged last panel of columns runs a kernel only ``ceil(nr/V)`` vectors wide.
 
-B is not packed on every call where that does not pay:
+Packing B costs as much as the whole product when M is small, so B is packed
+only where that pays:
 
-* :func:`define_pack_b` packs the whole op(B) once (recurrent weights: once per
+* :func:`define_pack_b` packs all of op(B) once (recurrent weights: once per
   sequence) into the panel layout that :func:`define_gemm_packed_b` reads;
-* an unpacked, non-transposed B is read in place (row stride ``ldb``) when
-  ``M`` is small (per-time-step products), packing only a ragged last panel.
+* an unpacked, non-transposed B is read in place (row stride ``ldb``) by every
+  tile when ``M <= 4*MR`` (per-time-step products), and otherwise by the first
+  row of tiles, whose kernel also stores the B vectors it loaded into the packed
+  panel the other tiles then read (packing from registers, no extra pass); only
+  a ragged last panel goes through the packing routine;
+* a transposed B is packed per block, as is A always (row-major sources by
+  ``S x S`` register transposes, column-major ones by plain vector copies).
 
-``work`` (see :func:`workspace_elems`) holds the packed A block followed by the
-packed B block; it needs no particular alignment.
+``work`` (:func:`workspace_elems`) holds the packed A block followed by the
+packed B block, both moved up to :data:`BUFFER_ALIGN`-byte boundaries.  Any
+alignment of the arguments works; an aligned packed B (and B, C rows) is
+fastest.  Measured on one Sapphire Rapids core (``benchmarks/bench_gemm.py``):
+1.4-1.7x numpy/OpenBLAS on the per-step shapes (32 x 512 x 128 with packed B:
+~170-180 GFLOP/s), 1.1-1.25x on the input projection and gradient shapes,
+parity at 1024^3.
 
     >>> from llvmlite import ir
-    >>> from .jit import HostTarget, compile_module
+    >>> from rnncomp.backends.llvm.jit import HostTarget, compile_module
     >>> import ctypes, numpy as np
     >>> host = HostTarget.detect(); m = ir.Module(name="g")
     >>> _ = define_gemm(m, "mm", "float64", False, False, host)
@@ -56,7 +69,12 @@ from .builder import I1, I32, I64, for_range, gep
 from .gemm_kernel import VOID, Blocking, define_microkernel, define_packer, imin, scalar_type
 
 __all__ = ["define_gemm", "define_gemm_packed_b", "define_pack_b", "workspace_elems",
-           "packed_b_elems", "Blocking"]
+           "packed_b_elems", "Blocking", "BUFFER_ALIGN"]
+
+#: Byte alignment at which vector loads and stores never straddle cache lines.
+#: The kernels align their workspace themselves; a ``packedB`` (and B, C rows)
+#: at any alignment is correct, but a misaligned packed B costs ~10-15% on AVX-512.
+BUFFER_ALIGN = 64
 
 
 def _round_up(x: int, m: int) -> int:
@@ -72,7 +90,8 @@ def workspace_elems(M: int, N: int, K: int, dtype: str, host) -> int:
     bl = Blocking.for_host(dtype, host)
     if M <= 0 or N <= 0 or K <= 0:
         return 0
-    return _a_block_elems(M, K, bl) + _round_up(min(N, bl.nc), bl.nr) * min(K, bl.kc)
+    return (_a_block_elems(M, K, bl) + _round_up(min(N, bl.nc), bl.nr) * min(K, bl.kc)
+            + 2 * BUFFER_ALIGN // bl.esize)
 
 
 def packed_b_elems(K: int, N: int, dtype: str, host) -> int:
@@ -110,6 +129,20 @@ def define_gemm_packed_b(module: ir.Module, name: str, dtype: str, trans_a: bool
     return _define(module, name, dtype, trans_a, host, trans_b=None)
 
 
+def _align(b: ir.IRBuilder, ptr, esize: int):
+    """``ptr`` moved up to the next BUFFER_ALIGN-byte boundary (by whole elements)."""
+    skip = b.and_(b.neg(b.ptrtoint(ptr, I64)), I64(BUFFER_ALIGN - 1))
+    return gep(b, ptr, b.udiv(skip, I64(esize)))
+
+
+def _balanced(b: ir.IRBuilder, total, block: int, multiple: int):
+    """A step <= ``block`` (a multiple of ``multiple``) that cuts ``total`` into as
+    few, and as even, pieces as ``block`` does: no thin last block."""
+    pieces = b.sdiv(b.add(total, I64(block - 1)), I64(block))
+    step = b.sdiv(b.add(total, b.sub(pieces, I64(1))), pieces)
+    return b.mul(b.sdiv(b.add(step, I64(multiple - 1)), I64(multiple)), I64(multiple))
+
+
 def _origin(b: ir.IRBuilder, base, r0, k0, stride, contiguous: bool):
     """Address of element (r0, k0) of a panel source (see ``define_packer``)."""
     off = b.add(r0, b.mul(k0, stride)) if contiguous else b.add(b.mul(r0, stride), k0)
@@ -117,101 +150,97 @@ def _origin(b: ir.IRBuilder, base, r0, k0, stride, contiguous: bool):
 
 
 def _define(module, name, dtype, trans_a, host, trans_b):
+    """The driver around the micro-kernels; ``trans_b`` None: B comes packed."""
     bl = Blocking.for_host(dtype, host)
     P = scalar_type(dtype).as_pointer()
     packed = trans_b is None
-    if packed:
-        names = ("M", "N", "K", "A", "lda", "packedB", "C", "ldc", "accumulate", "work")
-    else:
-        names = ("M", "N", "K", "A", "lda", "B", "ldb", "C", "ldc", "accumulate", "work")
+    names = ("M", "N", "K", "A", "lda") + (("packedB",) if packed else ("B", "ldb")) + (
+        "C", "ldc", "accumulate", "work")
     types = {"A": P, "B": P, "packedB": P, "C": P, "work": P, "accumulate": I32}
     fn = ir.Function(module, ir.FunctionType(VOID, [types.get(n, I64) for n in names]), name)
     args = dict(zip(names, fn.args))
     for nm, arg in args.items():
         arg.name = nm
     M, N, K, A, lda, C, ldc, work = (args[n] for n in ("M", "N", "K", "A", "lda", "C", "ldc", "work"))
+    B, ldb = args.get("B"), args.get("ldb")
     MR, NR = bl.mr, bl.nr
+    fused = not packed and not trans_b      # B can be read in place (and packed on the fly)
     ukernels = [define_microkernel(module, bl, w) for w in range(1, bl.nrv + 1)]
-    fused_b = not packed and not trans_b     # B can be read in place (and packed on the fly)
-    uk_copy_b = define_microkernel(module, bl, bl.nrv, copy_b=True) if fused_b else None
+    uk_copy_b = define_microkernel(module, bl, bl.nrv, copy_b=True) if fused else None
     pack_a = define_packer(module, bl, MR, trans_a)
     pack_b = None if packed else define_packer(module, bl, NR, not trans_b)
 
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     acc_in = b.icmp_signed("!=", args["accumulate"], I32(0))
-    empty = b.or_(b.icmp_signed("<=", M, I64(0)), b.icmp_signed("<=", N, I64(0)))
-    with b.if_then(empty, likely=False):
+    with b.if_then(b.or_(b.icmp_signed("<=", M, I64(0)), b.icmp_signed("<=", N, I64(0))), likely=False):
         b.ret_void()
     with b.if_then(b.icmp_signed("<=", K, I64(0)), likely=False):   # C = 0 (+ C)
         with b.if_then(b.not_(acc_in)):
-            zero = ir.Constant(P.pointee, 0.0)
             with for_range(b, M, name="zi") as i:
                 row = gep(b, C, b.mul(i, ldc))
                 with for_range(b, N, name="zj") as j:
-                    b.store(zero, gep(b, row, j))
+                    b.store(ir.Constant(P.pointee, 0.0), gep(b, row, j))
         b.ret_void()
 
-    # work = [packed A block | packed B block]; sizes as in workspace_elems
+    # work = [packed A block | packed B block], each aligned; sizes as in workspace_elems
     a_elems = b.mul(b.mul(b.sdiv(b.add(imin(b, M, I64(bl.mc)), I64(MR - 1)), I64(MR)), I64(MR)),
                     imin(b, K, I64(bl.kc)))
-    Ap = work
-    Bw = gep(b, work, b.and_(b.add(a_elems, I64(15)), I64(-16)))
-    null = ir.Constant(P, None)
-    direct = b.icmp_signed("<=", M, I64(bl.direct_m)) if fused_b else I1(0)  # few rows: B in place
-    if fused_b:
-        B, ldb = args["B"], args["ldb"]
+    Ap = _align(b, work, bl.esize)
+    Bw = _align(b, gep(b, Ap, b.and_(b.add(a_elems, I64(15)), I64(-16))), bl.esize)
+    # few rows of C: too little reuse to pay for packing B, every tile reads it in place
+    direct = b.icmp_signed("<=", M, I64(bl.direct_m)) if fused else I1(0)
 
-    def a_at(r0, k0):
-        return _origin(b, A, r0, k0, lda, trans_a)
+    def panel(jc, pc, kc, acc, ic, mc, jr):
+        """All tiles of C[ic:ic+mc, jc+jr : +NR] for depth block pc."""
+        nr = imin(b, I64(NR), b.sub(b.sub(N, jc), jr))
+        cblock = gep(b, C, b.add(b.mul(ic, ldc), b.add(jc, jr)))
+        ir0, bstride = I64(0), I64(NR)
+        if packed:
+            bpanel = gep(b, args["packedB"], b.add(b.mul(b.add(jc, jr), K), b.mul(pc, I64(NR))))
+        else:
+            bpanel = packed_panel = gep(b, Bw, b.mul(jr, kc))
+        if fused:
+            whole = b.icmp_signed("==", nr, I64(NR))
+            src = _origin(b, B, b.add(jc, jr), pc, ldb, True)
+            in_place = b.and_(direct, whole)
+            bpanel = b.select(in_place, src, packed_panel)
+            bstride = b.select(in_place, ldb, bstride)
+            # else the first tile of a whole panel reads B in place and packs it for the rest
+            first = b.and_(b.and_(b.not_(direct), whole), b.icmp_signed("==", ic, I64(0)))
+            with b.if_then(first):
+                b.call(uk_copy_b, [kc, Ap, src, ldb, cblock, ldc, imin(b, I64(MR), mc), nr, acc,
+                                   packed_panel])
+            ir0 = b.select(first, I64(MR), ir0)
+        # a ragged last panel runs a kernel only as wide as it needs
+        done = fn.append_basic_block("uk.done")
+        sw = b.switch(b.sdiv(b.add(nr, I64(bl.v - 1)), I64(bl.v)), done)
+        for width, ukernel in enumerate(ukernels, 1):
+            b.position_at_end(fn.append_basic_block(f"uk.w{width}"))
+            sw.add_case(I64(width), b.block)
+            with for_range(b, mc, start=ir0, step=I64(MR), name="ir") as ir_:
+                b.call(ukernel, [kc, gep(b, Ap, b.mul(ir_, kc)), bpanel, bstride,
+                                 gep(b, cblock, b.mul(ir_, ldc)), ldc, imin(b, I64(MR), b.sub(mc, ir_)),
+                                 nr, acc, ir.Constant(P, None)])
+            b.branch(done)
+        b.position_at_end(done)
 
+    kstep, mstep = _balanced(b, K, bl.kc, bl.unroll), _balanced(b, M, bl.mc, MR)
     with for_range(b, N, step=I64(bl.nc), name="jc") as jc:
         nc = imin(b, I64(bl.nc), b.sub(N, jc))
         nfull = b.sub(nc, b.srem(nc, I64(NR)))
-        with for_range(b, K, step=I64(bl.kc), name="pc") as pc:
-            kc = imin(b, I64(bl.kc), b.sub(K, pc))
+        with for_range(b, K, step=kstep, name="pc") as pc:
+            kc = imin(b, kstep, b.sub(K, pc))
             acc = b.or_(acc_in, b.icmp_signed(">", pc, I64(0)))
-            if fused_b:      # only the ragged last panel is packed up front
+            if fused:        # only a ragged last panel is packed up front
                 with b.if_then(b.icmp_signed("<", nfull, nc)):
                     b.call(pack_b, [b.sub(nc, nfull), kc, _origin(b, B, b.add(jc, nfull), pc, ldb, True),
                                     ldb, gep(b, Bw, b.mul(nfull, kc))])
             elif not packed:
-                b.call(pack_b, [nc, kc, _origin(b, args["B"], jc, pc, args["ldb"], False), args["ldb"], Bw])
-            with for_range(b, M, step=I64(bl.mc), name="ic") as ic:
-                mc = imin(b, I64(bl.mc), b.sub(M, ic))
-                b.call(pack_a, [mc, kc, a_at(ic, pc), lda, Ap])
+                b.call(pack_b, [nc, kc, _origin(b, B, jc, pc, ldb, False), ldb, Bw])
+            with for_range(b, M, step=mstep, name="ic") as ic:
+                mc = imin(b, mstep, b.sub(M, ic))
+                b.call(pack_a, [mc, kc, _origin(b, A, ic, pc, lda, trans_a), lda, Ap])
                 with for_range(b, nc, step=I64(NR), name="jr") as jr:
-                    nr = imin(b, I64(NR), b.sub(nc, jr))
-                    cblock = gep(b, C, b.add(b.mul(ic, ldc), b.add(jc, jr)))
-                    bstride = I64(NR)
-                    if packed:
-                        bpanel = gep(b, args["packedB"], b.add(b.mul(b.add(jc, jr), K), b.mul(pc, I64(NR))))
-                    else:
-                        bpanel = packed_panel = gep(b, Bw, b.mul(jr, kc))
-                    if fused_b:
-                        whole = b.icmp_signed("==", nr, I64(NR))
-                        src = _origin(b, B, b.add(jc, jr), pc, ldb, True)
-                        in_place = b.and_(direct, whole)
-                        bpanel = b.select(in_place, src, packed_panel)
-                        bstride = b.select(in_place, ldb, bstride)
-                    ir0 = I64(0)
-                    if fused_b:      # first tile of each later whole panel packs B
-                        first_b = b.and_(b.and_(b.not_(direct), whole), b.icmp_signed("==", ic, I64(0)))
-                        with b.if_then(first_b):
-                            b.call(uk_copy_b, [kc, Ap, src, ldb, cblock, ldc, imin(b, I64(MR), mc), nr,
-                                               acc, packed_panel])
-                        ir0 = b.select(first_b, I64(MR), ir0)
-                    # the rest; a ragged last panel runs the kernel only as wide as it needs
-                    nvec = b.sdiv(b.add(nr, I64(bl.v - 1)), I64(bl.v))
-                    done = fn.append_basic_block("uk.done")
-                    sw = b.switch(nvec, done)
-                    for width, ukernel in enumerate(ukernels, 1):
-                        b.position_at_end(fn.append_basic_block(f"uk.w{width}"))
-                        sw.add_case(I64(width), b.block)
-                        with for_range(b, mc, start=ir0, step=I64(MR), name="ir") as ir_:
-                            mr = imin(b, I64(MR), b.sub(mc, ir_))
-                            b.call(ukernel, [kc, gep(b, Ap, b.mul(ir_, kc)), bpanel, bstride,
-                                             gep(b, cblock, b.mul(ir_, ldc)), ldc, mr, nr, acc, null])
-                        b.branch(done)
-                    b.position_at_end(done)
+                    panel(jc, pc, kc, acc, ic, mc, jr)
     b.ret_void()
     return fn

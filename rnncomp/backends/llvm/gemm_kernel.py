@@ -2,17 +2,18 @@
 
 * :class:`Blocking` -- register and cache blocking chosen from the host's vector
   features (AVX-512 -> 512-bit vectors, AVX2 -> 256, else 128).
-* :func:`define_microkernel` -- the ``MR x NR`` register-blocked inner kernel:
-  ``MR * NR/V`` vector accumulators, one broadcast of A and ``NR/V`` vector loads
-  of B per ``k``, fused with ``llvm.fma``; full tiles are stored straight to C,
-  edge tiles (``mr < MR`` or ``nr < NR``) go through a small stack tile.
-* :func:`define_packer` -- copies a block of A or B into "panels": for every
-  ``R`` consecutive rows (of op(A)) or columns (of op(B)), ``kc`` groups of
-  ``R`` contiguous elements, zero-padded past the edge.  The micro-kernel reads
-  A panels with stride ``MR`` and B panels with stride ``NR`` per ``k``.
+* :func:`define_microkernel` -- the ``MR x nrv*V`` register-blocked kernel:
+  ``MR * nrv`` vector accumulators, one broadcast of A and ``nrv`` vector loads
+  of B per ``k``, fused with ``llvm.fma``; whole tiles are stored straight to C,
+  ragged ones through a stack tile.  Its ``copy_b`` variant also stores the B
+  vectors it loads, packing B on the fly.
+* :func:`define_packer` -- copies a block of A or B into panels: for every ``R``
+  consecutive rows (of op(A)) or columns (of op(B)), ``kc`` groups of ``R``
+  contiguous elements, zero-padded past the edge.  The micro-kernel reads A
+  panels with stride ``MR`` and B panels with stride ``NR`` per ``k``.
 
-Both are module-level internal functions shared by every product of the same
-dtype and blocking in a module.
+All are internal functions of the module, shared by every product of the same
+dtype and blocking in it.
 """
 from __future__ import annotations
 
@@ -110,10 +111,10 @@ def define_microkernel(module: ir.Module, bl: Blocking, nrv: int, copy_b: bool =
     ``bcopy[k*NR + j]`` -- packing B on the fly, from registers."""
     T = scalar_type(bl.dtype)
     P = T.as_pointer()
-    vt = ir.VectorType(T, bl.v)
-    V = bl.v
-    NR = nrv * V
-    name = f"rnncomp.gemm.uk.{bl.dtype}.{bl.mr}x{NR}.v{V}{'' if bl.fma else '.nofma'}{'.copyb' if copy_b else ''}"
+    MR, NRV, V, U, E = bl.mr, nrv, bl.v, bl.unroll, bl.esize
+    NR = NRV * V
+    vt = ir.VectorType(T, V)
+    name = f"rnncomp.gemm.uk.{bl.dtype}.{MR}x{NR}.v{V}{'' if bl.fma else '.nofma'}{'.copyb' if copy_b else ''}"
     if name in module.globals:
         return module.globals[name]
     fn = ir.Function(module, ir.FunctionType(VOID, [I64, P, P, I64, P, I64, I64, I64, I1, P]), name)
@@ -122,14 +123,13 @@ def define_microkernel(module: ir.Module, bl: Blocking, nrv: int, copy_b: bool =
         fn.args[i].add_attribute("noalias")
     kc, a, bp, bs, c, ldc, mr, nr, acc, bcopy = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    fma = declare(module, f"llvm.fma.v{bl.v}{'f32' if bl.esize == 4 else 'f64'}",
-                  ir.FunctionType(vt, [vt, vt, vt]))
-    MR, NRV, V, U, E = bl.mr, nrv, bl.v, bl.unroll, bl.esize
+    fma = declare(module, f"llvm.fma.v{V}{'f32' if E == 4 else 'f64'}", ir.FunctionType(vt, [vt, vt, vt]))
     slots = [[alloca_once(b, vt, f"acc{i}_{j}") for j in range(NRV)] for i in range(MR)]
     zero = ir.Constant(vt, [ir.Constant(T, 0.0)] * V)
     for row in slots:
         for s in row:
             b.store(zero, s)
+
     def steps(k0, count):
         accs = [[b.load(s) for s in row] for row in slots]
         for u in range(count):
