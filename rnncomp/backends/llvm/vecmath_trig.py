@@ -4,9 +4,12 @@
   short enough that every ``q*C_i`` but the last is exact for ``|q| < 2^14``
   (float: four 10-bit parts + a 24-bit tail) or ``|q| < 2^20`` (double: three
   33-bit parts + a 53-bit tail); then ``r`` is exact wherever it is small, so
-  results near multiples of pi keep their relative accuracy.  Quadrant by
-  selects and a sign-bit flip.  Beyond that range the reduction degrades
-  (results stay in [-1, 1]); inf and NaN give NaN.
+  results near multiples of pi keep their relative accuracy; the rounding
+  errors of the other steps are carried in a low part ``rl`` that the
+  polynomials take into account (fdlibm's ``__kernel_sin(x, y)`` idea).
+  Quadrant by selects and a sign-bit flip.  Beyond that range the reduction
+  degrades gradually and, far beyond, is meaningless; results are clamped to
+  [-1, 1].  inf and NaN give NaN.
 * atan: Cephes argument reduction to |t| <= tan(pi/8) (float) / 0.66 (double)
   via ``-1/x`` or ``(x-1)/(x+1)``, polynomial / rational, pi/2 and pi/4 added
   with their low parts.
@@ -43,6 +46,8 @@ def _reduce_pio2(c: Ctx, x):
     The first one (float: two) steps are exact; later steps are exact where the
     running remainder is small and otherwise their rounding errors go into rl.
     """
+    if not c.f64:
+        return _reduce_pio2_via_double(c, x)
     q, qi = c.rint(c.mul(x, c.c(TWO_OVER_PI)))
     parts = c.sel64(PIO2_D, PIO2_F)
     n_exact = 1 if c.f64 else 2
@@ -55,6 +60,21 @@ def _reduce_pio2(c: Ctx, x):
         lo = c.xadd(lo, e)
     r, rl = _two_sum(c, r, lo)
     return qi, r, rl
+
+
+PIO2_FD = [1.5707963276654482, -8.705515695504166e-10]   # 30-bit head: q*head exact, q < 2^23
+
+
+def _reduce_pio2_via_double(c: Ctx, x):
+    """float: reduce in double (exact head step, 2^-53 relative tail), split back to r + rl."""
+    d = c.other()
+    xd = c.to(x, d.ty)
+    q, qi = d.rint(d.mul(xd, d.c(TWO_OVER_PI)))
+    rd = d.fma(q, d.c(-PIO2_FD[0]), xd)
+    rd = d.fma(q, d.c(-PIO2_FD[1]), rd)
+    r = d.to(rd, c.ty)
+    rl = d.to(d.xsub(rd, c.to(r, d.ty)), c.ty)
+    return c.b.trunc(qi, c.ity), r, rl
 
 
 def _sincos(c: Ctx, x, cos: bool):
@@ -73,11 +93,15 @@ def _sincos(c: Ctx, x, cos: bool):
     use_cos = b.icmp_signed("!=", b.and_(qi, c.ci(1)), c.ci(0))
     v = c.sel(use_cos, co, s)
     flip = b.shl(b.and_(qi, c.ci(2)), c.ci(c.nbits - 2))   # bit 1 of the quadrant -> sign bit
-    return c.from_bits(b.xor(c.bits(v), flip))
+    v = c.from_bits(b.xor(c.bits(v), flip))
+    # far outside the accurate range the reduction is meaningless: keep results in [-1, 1]
+    v = c.intrinsic("llvm.minnum", c.intrinsic("llvm.maxnum", v, c.c(-1.0)), c.c(1.0))
+    inf_or_nan = c.xsub(x, x)                               # NaN exactly for inf and NaN
+    return c.sel(c.isnan(inf_or_nan), inf_or_nan, v)
 
 
 def emit_sin(c: Ctx, x):
-    return _sincos(c, x, cos=False)
+    return c.sel(c.eq(x, c.c(0.0)), x, _sincos(c, x, cos=False))     # sin(-0) = -0
 
 
 def emit_cos(c: Ctx, x):
