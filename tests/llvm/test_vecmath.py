@@ -24,13 +24,15 @@ DTYPES = {"float32": (np.float32, ir.FloatType), "float64": (np.float64, ir.Doub
 VEC_LANES = 8
 VEC_FUNCS = ["exp", "tanh", "sigmoid", "log", "sin", "pow", "erf", "softplus"]
 
-# documented bounds (ulp); keep in sync with docs/vecmath.md and the module docstring
+# documented bounds (ulp); keep in sync with docs/vecmath.md and the vecmath docstring.
+# Measured on an FMA host; without FMA the fused steps round twice: allow one ulp more.
 BOUNDS = {
-    "float32": dict(exp=1, expm1=1, log=1, log1p=2, tanh=2, sigmoid=2, softplus=2, sin=2,
-                    cos=2, atan=2, erf=2, sqrt=0.5, pow=2),
-    "float64": dict(exp=1, expm1=2, log=1, log1p=2, tanh=2, sigmoid=2, softplus=2, sin=2,
-                    cos=2, atan=2, erf=2, sqrt=0.5, pow=2),
+    "float32": dict(exp=1.5, expm1=1.5, log=1, log1p=1, tanh=1.5, sigmoid=2, softplus=2, sin=1,
+                    cos=1, atan=1.5, erf=2, sqrt=0.5, pow=1),
+    "float64": dict(exp=1.5, expm1=1.5, log=1.5, log1p=1.5, tanh=1.5, sigmoid=2, softplus=2.5,
+                    sin=1, cos=1, atan=1.5, erf=2, sqrt=0.5, pow=2),
 }
+SLACK = 0.0 if HostTarget.detect().has("fma") else 1.0
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -89,7 +91,7 @@ class Lib:
 
 @pytest.fixture(scope="module")
 def libs():
-    """``libs(dtype)``: the compiled module for dtype (all functions), built once per test module."""
+    """``libs(dtype)``: the compiled module for dtype (all functions), built once per module."""
     cache: dict[str, Lib] = {}
 
     def get(dtype: str) -> Lib:
@@ -208,8 +210,8 @@ def sweep(name, dtype, seed=0):
         kmax = int(SIN_RANGE[dtype] / (np.pi / 2))                  # near multiples of pi/2
         k = np.unique(np.concatenate([np.arange(1, 20000), rng.integers(1, kmax, 200_000)]))
         near = (k.astype(LD) * (PI_LD / 2)).astype(np_t)
-        xs = np.concatenate([xs, near, np.nextafter(near, np_t(0)), np.nextafter(near, np_t(np.inf)),
-                             -near])
+        xs = np.concatenate([xs, near, np.nextafter(near, np_t(0)),
+                             np.nextafter(near, np_t(np.inf)), -near])
     return xs
 
 
@@ -252,7 +254,8 @@ def test_accuracy_sweep(name, dtype, libs):
         x = sweep(name, dtype)
         got = lib(name, x)
         err, where, g, r = max_ulp(got, reference(name, dtype, x), np_t, x)
-    assert err <= BOUNDS[dtype][name], f"{name}/{dtype}: {err:.3f} ulp at {where}: got {g!r}, want {r!r}"
+    assert err <= BOUNDS[dtype][name] + SLACK, \
+        f"{name}/{dtype}: {err:.3f} ulp at {where}: got {g!r}, want {r!r}"
 
 
 def _check(lib, name, xs, want, *, rel=None, ulps=None, ys=None):
@@ -269,20 +272,23 @@ def _check(lib, name, xs, want, *, rel=None, ulps=None, ys=None):
         elif np.isnan(w):
             assert np.isnan(g), f"{name}({x}) = {g}, want nan"
         else:
-            assert g == np_t(w) and np.signbit(g) == np.signbit(w), f"{name}({x}) = {g!r}, want {w!r}"
+            assert g == np_t(w) and np.signbit(g) == np.signbit(w), \
+                f"{name}({x}) = {g!r}, want {w!r}"
 
 
 def test_special_values_float32(libs):
     lib, inf, nan = libs("float32"), np.inf, np.nan
     tiny = float(np.finfo(np.float32).smallest_subnormal)
-    _check(lib, "exp", [89, 88.8, -104, -inf, inf, nan, -0.0, 0.0], [inf, inf, 0, 0, inf, nan, 1, 1])
+    _check(lib, "exp", [89, 88.8, -104, -inf, inf, nan, -0.0, 0.0],
+           [inf, inf, 0, 0, inf, nan, 1, 1])
     near = np.float32([88.72, -103, -87.4]).astype(np.float64)
     _check(lib, "exp", near, np.exp(near), ulps=1)
     assert 0 < lib("exp", np.array([-103.9], np.float32))[0] < 1e-44          # denormal result
-    _check(lib, "expm1", [-0.0, 0.0, tiny, -inf, inf, nan, -100, 100], [-0.0, 0, tiny, -1, inf, nan, -1, inf])
+    _check(lib, "expm1", [-0.0, 0.0, tiny, -inf, inf, nan, -100, 100],
+           [-0.0, 0, tiny, -1, inf, nan, -1, inf])
     _check(lib, "log", [0, -0.0, -1, -inf, inf, nan, 1], [-inf, -inf, nan, nan, inf, nan, 0])
-    _check(lib, "log", [tiny, 3 * tiny, 1e-40], np.log(np.float32([tiny, 3 * tiny, 1e-40]).astype(float)),
-           ulps=1)
+    small = np.float32([tiny, 3 * tiny, 1e-40]).astype(np.float64)
+    _check(lib, "log", small, np.log(small), ulps=1)
     _check(lib, "log1p", [-1, -2, -0.0, tiny, inf, nan], [-inf, nan, -0.0, tiny, inf, nan])
     _check(lib, "tanh", [inf, -inf, -0.0, 0.0, nan, 30, -30, tiny, -1e-20],
            [1, -1, -0.0, 0.0, nan, 1, -1, tiny, -1e-20])
@@ -330,7 +336,8 @@ def test_pow_special_cases(libs):
         assert not bad.any(), list(zip(x[bad][:5], y[bad][:5], got[bad][:5], want[bad][:5]))
         # the rest (overflow, underflow, negative bases with integer exponents) within bounds
         err = ulp_error(got[~exact], reference("pow", dtype, x[~exact], y[~exact]), np_t)
-        assert err.max() <= BOUNDS[dtype]["pow"], (x[~exact][err.argmax()], y[~exact][err.argmax()])
+        i = err.argmax()
+        assert err[i] <= BOUNDS[dtype]["pow"] + SLACK, (x[~exact][i], y[~exact][i], err[i])
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
@@ -392,7 +399,8 @@ def _function_ir(text, fname):
 
 
 def _callees(body):
-    return {re.sub(r"\.(v\d+)?[if]\d+$", "", c) for c in re.findall(r"call [^@]*@\"?([\w.]+)", body)}
+    names = re.findall(r"call [^@]*@\"?([\w.]+)", body)
+    return {re.sub(r"\.(v\d+)?[if]\d+$", "", c) for c in names}
 
 
 def test_emitted_ir_calls_only_allowed_intrinsics(libs):

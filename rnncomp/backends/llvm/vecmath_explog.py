@@ -3,20 +3,22 @@
 Each ``emit_*`` takes a :class:`Ctx` and IR values and returns the result; all
 are straight-line (selects, no branches) so the loop vectoriser can widen them.
 
-Algorithms (Cephes, S. L. Moshier, adapted to be branch-free):
+Algorithms (after Cephes, S. L. Moshier, made branch-free):
 
-* exp: ``x = q*ln2 + r``, ``|r| <= ln2/2`` (Cody-Waite, short high part so
-  ``q*C1`` is exact); ``e^r`` by the Cephes polynomial (float) or Pade form
-  (double); ``2^q`` applied as two power-of-two factors so overflow gives inf
-  and gradual underflow rounds once.
-* expm1: the same reduction; ``expm1(r)`` is the polynomial without its
-  leading 1, recombined as ``2^q*(em + 1 - 2^-q)`` (q > 0) or
-  ``em*2^q + (2^q - 1)`` (q <= 0), so small arguments keep relative accuracy.
+* exp: ``x = q*ln2 + r``, ``|r| <= ln2/2`` (Cody-Waite with a short high part
+  so ``q*C1`` is exact); ``e^r = 1 + r + r^2 P(r)`` with the Cephes expf
+  polynomial (float) or a 12-term minimax fit (double); ``2^q`` applied as two
+  power-of-two factors so overflow gives inf and gradual underflow rounds once.
+* expm1: the same reduction, but q = 0 for |x| <= 1/2; ``em = r + r^2 P(r)``
+  recombined as ``em*2^q + (2^q - 1)`` (exact ``2^q - 1``) or, for large q,
+  ``2^q ((em - 2^-q) + 1)``: one rounding, relative accuracy near 0.
 * log: ``x = 2^k*m``, ``m`` in [sqrt(1/2), sqrt 2) from the bits (denormals
   pre-scaled), Cephes ``log(1+f)`` polynomial (float) / rational (double).
 * log1p: log of ``u = 1+x`` plus the rounding correction ``(x-(u-1))/u``.
-* tanh = ``e/(e+2)`` with ``e = expm1(2|x|)``; sigmoid = ``{1 or z}/(1+z)`` with
-  ``z = exp(-|x|)``; softplus = ``max(x,0) + log1p(exp(-|x|))``.
+* tanh: |x| < 0.625 Cephes ``x + x z P(z)`` (/ Q(z) for double), else
+  ``1 - 2/(e^(2|x|) + 1)``; sigmoid = ``{1 or z}/(1+z)``, ``z = exp(-|x|)``;
+  both divisions compensated for the rounding of the denominator.
+  softplus = ``max(x,0) + log1p(exp(-|x|))``.
 * pow: float computes ``exp(y*log|x|)`` in double; double uses a double-double
   ``log`` (atanh series, Dekker products) and ``exp(hi)*(1+lo)``.  C99 special
   cases (including negative x with integer y) by selects.

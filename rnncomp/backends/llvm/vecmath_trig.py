@@ -1,20 +1,20 @@
 """sin, cos, atan, erf for :mod:`vecmath` (branch-free Cephes-style kernels).
 
-* sin/cos: ``q = rint(x*2/pi)``, ``r = x - q*pi/2`` with pi/2 split into parts
-  short enough that every ``q*C_i`` but the last is exact for ``|q| < 2^14``
-  (float: four 10-bit parts + a 24-bit tail) or ``|q| < 2^20`` (double: three
-  33-bit parts + a 53-bit tail); then ``r`` is exact wherever it is small, so
-  results near multiples of pi keep their relative accuracy; the rounding
-  errors of the other steps are carried in a low part ``rl`` that the
-  polynomials take into account (fdlibm's ``__kernel_sin(x, y)`` idea).
+* sin/cos: ``q = rint(x*2/pi)``, ``r = x - q*pi/2``.  float: reduced in
+  double with a 30-bit head of pi/2 (``q*head`` exact for ``|q| < 2^23``) and
+  split back into float ``r + rl``.  double: pi/2 in three 33-bit parts and a
+  53-bit tail (``q*part`` exact for ``|q| < 2^20``), the rounding errors of the
+  inexact steps collected in ``rl``.  Either way ``r`` is exact where it is
+  small, so results near multiples of pi keep their relative accuracy, and the
+  polynomials take ``rl`` into account (fdlibm's ``__kernel_sin(x, y)`` idea).
   Quadrant by selects and a sign-bit flip.  Beyond that range the reduction
-  degrades gradually and, far beyond, is meaningless; results are clamped to
-  [-1, 1].  inf and NaN give NaN.
+  degrades and far beyond it is meaningless; results are clamped to [-1, 1].
+  inf and NaN give NaN.
 * atan: Cephes argument reduction to |t| <= tan(pi/8) (float) / 0.66 (double)
-  via ``-1/x`` or ``(x-1)/(x+1)``, polynomial / rational, pi/2 and pi/4 added
-  with their low parts.
-* erf: |x| <= 1 odd polynomial/rational; above, ``1 - exp(-x^2)*R(x)`` with
-  Cephes' erfc approximations, saturating to 1 where erf rounds to 1.
+  via ``-1/x`` or ``(x-1)/(x+1)`` (division compensated), minimax polynomial
+  (float) / Cephes rational (double); pi/2, pi/4 added with their low parts.
+* erf: |x| <= 1: ``x + x*S(x^2)``; above, ``1 - exp(-x^2)*R(x)`` with Cephes'
+  erfc approximations, saturating to 1 where erf rounds to 1.
 """
 from __future__ import annotations
 
@@ -22,8 +22,6 @@ from .vecmath_core import Ctx
 from .vecmath_explog import emit_exp
 
 TWO_OVER_PI = 0.6366197723675814
-PIO2_F = [1.5703125, 0.0004839897155761719, -1.6298145055770874e-07, 6.082245818106458e-11,
-          -5.1453114636784356e-14]
 PIO2_D = [1.5707963267341256, 6.077100506303966e-11, 2.0222662487111665e-21, 8.4784276603689e-32]
 
 SIN_F = [-1.9515295891E-4, 8.3321608736E-3, -1.6666654611E-1]
@@ -43,19 +41,15 @@ def _two_sum(c: Ctx, a, b):
 def _reduce_pio2(c: Ctx, x):
     """(qi, r, rl): x = qi*pi/2 + r + rl, |r| <~ pi/4, r + rl accurate to ~2^-2p.
 
-    The first one (float: two) steps are exact; later steps are exact where the
-    running remainder is small and otherwise their rounding errors go into rl.
+    double: the first step is exact; later steps are exact where the running
+    remainder is small and otherwise their rounding errors go into rl.
     """
     if not c.f64:
         return _reduce_pio2_via_double(c, x)
     q, qi = c.rint(c.mul(x, c.c(TWO_OVER_PI)))
-    parts = c.sel64(PIO2_D, PIO2_F)
-    n_exact = 1 if c.f64 else 2
-    r = x
-    for part in parts[:n_exact]:
-        r = c.fma(q, c.c(-part), r)
+    r = c.fma(q, c.c(-PIO2_D[0]), x)
     lo = c.c(0.0)
-    for part in parts[n_exact:]:
+    for part in PIO2_D[1:]:
         r, e = _two_sum(c, r, c.xmul(q, c.c(-part)))
         lo = c.xadd(lo, e)
     r, rl = _two_sum(c, r, lo)
