@@ -15,6 +15,7 @@ Element-wise nodes are loops over batch × units printed by :mod:`.llvm.exprgen`
 from __future__ import annotations
 
 import ctypes
+import threading
 
 import numpy as np
 from llvmlite import ir
@@ -56,6 +57,7 @@ class _Gen:
         fnty = ir.FunctionType(ir.VoidType(), [I64, I64, self.pty.as_pointer(), self.pty])
         self.fn = ir.Function(module, fnty, name)
         self.T, self.B, self.bufs, self.work = self.fn.args
+        self.B_step = self.B
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
         self.gemms: dict = {}
 
@@ -67,7 +69,8 @@ class _Gen:
         if not timed or units == 0:
             return base
         step = b.add(t, I64(off)) if off else t
-        return b.gep(base, [b.mul(b.mul(step, self.B), I64(units))], inbounds=True)
+        # addresses advance by the per-step batch even while self.B spans T·B rows
+        return b.gep(base, [b.mul(b.mul(step, self.B_step), I64(units))], inbounds=True)
 
     def gemm_fn(self, trans_a, trans_b):
         k = (trans_a, trans_b)
@@ -172,7 +175,7 @@ class NativeModel:
 
     backend = "native"
 
-    def __init__(self, cell, dtype="float64", *, cache="default", hoist=True):
+    def __init__(self, cell, dtype="float64", *, cache="default", hoist=True, grad_after=True):
         self.dtype = np.dtype(dtype)
         if self.dtype not in _DT:
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
@@ -180,7 +183,8 @@ class NativeModel:
         self.cell_name = st.name
         self.host = HostTarget.detect()
         self._work_elems: dict = {}
-        self.hoist = hoist
+        self._pool = threading.local()  # per-thread buffers: calls from several threads are safe
+        self.hoist, self.grad_after = hoist, grad_after
         bad = sorted({f for n in st.prog.nodes.values() if n.op == "ew" for f in unsupported(n.attrs["expr"])})
         if bad:
             raise CompileError(f"cell {st.name!r}: the native backend cannot lower {', '.join(bad)}")
@@ -230,10 +234,11 @@ class NativeModel:
         self.bwd_slot = {}
         self.grad_slot = {}
         if self.bwd is not None:
+            self._plan_deferred()
             for key, node in self.bwd.prog.nodes.items():
                 k = L.slot(f"bwd {key}")
                 self.bwd_slot[key] = (k, node.size)
-                timed = key == self.bwd.weight
+                timed = key == self.bwd.weight or key in self.deferred_keys
                 L.place(key, k, node.size if timed else 0, 0, timed=timed)
             self.grad_slot = {p: L.slot(f"grad {p}") for p in st.params}
             self.tmp_slot = L.slot("outer scratch")
@@ -324,30 +329,7 @@ class NativeModel:
         with for_range(b, g.T, name="s") as s:
             t = b.sub(b.sub(g.T, I64(1)), s)  # t = T-1 … 0
             self._emit_program(g, bwd.prog, t)
-            for p, specs in bwd.grads.items():
-                grad = b.load(b.gep(g.bufs, [I64(self.grad_slot[p])]))
-                shape = st.params[p]
-                for spec in specs:
-                    if spec[0] == "batch":
-                        src = g.ptr(spec[1], t)
-                        n = shape if isinstance(shape, int) else 1
-                        with for_range(b, g.B, name="gb") as bi:
-                            g.copy_loop(grad, b.gep(src, [b.mul(bi, I64(n))]), I64(n), accumulate=True)
-                    else:
-                        _, gk, vk, c, tr = spec
-                        A, V = g.ptr(gk, t), g.ptr(vk, t)
-                        m_, n_ = shape
-                        # grad[m_, n_] += c · gᵀ v  (or c · vᵀ g when the term was transposed)
-                        first, second = (V, A) if tr else (A, V)
-                        rows_, cols_ = m_, n_
-                        if c == 1:
-                            g.call_gemm(I64(rows_), I64(cols_), g.B, first, I64(rows_), True,
-                                        second, I64(cols_), False, grad, I64(cols_), 1)
-                        else:
-                            tmp = b.load(b.gep(g.bufs, [I64(self.tmp_slot)]))
-                            g.call_gemm(I64(rows_), I64(cols_), g.B, first, I64(rows_), True,
-                                        second, I64(cols_), False, tmp, I64(cols_), 0)
-                            g.copy_loop(grad, tmp, I64(rows_ * cols_), scale=c, accumulate=True)
+            self._emit_grads(g, t, deferred=False)
             for s_, k in bwd.carry_out.items():
                 dst = g.ptr(bwd.carry_in[s_], t)
                 n = st.states[s_]
@@ -356,7 +338,56 @@ class NativeModel:
                         b.store(ir.Constant(g.ty, 0.0), b.gep(dst, [z]))
                 else:
                     g.copy_loop(dst, g.ptr(k, t), b.mul(g.B, I64(n)))
+        if self.deferred:
+            # pass "grad_after": Σ_t δa[t]ᵀ v[t] as ONE product with T·B rows of depth, after the
+            # loop, instead of T products of depth B (the δ values were kept for every step)
+            per_step_B, g.B = g.B, b.mul(g.T, g.B)
+            self._emit_grads(g, I64(0), deferred=True)
+            g.B = per_step_B
         b.ret_void()
+
+    def _plan_deferred(self):
+        """Gradient specs whose operands can be kept for all steps (no carried seed among them)."""
+        bwd = self.bwd
+        self.deferred, self.deferred_keys = set(), set()
+        if not self.grad_after:
+            return
+        for p, specs in bwd.grads.items():
+            for i, spec in enumerate(specs):
+                keys = [spec[1]] if spec[0] == "batch" else [spec[1], spec[2]]
+                mine = [k for k in keys if k in bwd.prog.nodes]
+                if all(bwd.prog.nodes[k].op != "seed" or k == bwd.weight for k in mine):
+                    self.deferred.add((p, i))
+                    self.deferred_keys.update(k for k in mine if bwd.prog.nodes[k].op != "seed")
+
+    def _emit_grads(self, g, t, deferred: bool):
+        """Accumulate the parameter-gradient specs (the deferred ones, or the others) at ``t``."""
+        bwd, st, b = self.bwd, self.step, g.b
+        for p, specs in bwd.grads.items():
+            grad = b.load(b.gep(g.bufs, [I64(self.grad_slot[p])]))
+            shape = st.params[p]
+            for i, spec in enumerate(specs):
+                if ((p, i) in self.deferred) != deferred:
+                    continue
+                if spec[0] == "batch":
+                    src = g.ptr(spec[1], t)
+                    n = shape if isinstance(shape, int) else 1
+                    with for_range(b, g.B, name="gb") as bi:
+                        g.copy_loop(grad, b.gep(src, [b.mul(bi, I64(n))]), I64(n), accumulate=True)
+                    continue
+                _, gk, vk, c, tr = spec
+                A, V = g.ptr(gk, t), g.ptr(vk, t)
+                rows_, cols_ = shape
+                # grad[m, n] += c · gᵀ v  (or c · vᵀ g when the term was transposed); depth = rows of g
+                first, second = (V, A) if tr else (A, V)
+                if c == 1:
+                    g.call_gemm(I64(rows_), I64(cols_), g.B, first, I64(rows_), True,
+                                second, I64(cols_), False, grad, I64(cols_), 1)
+                else:
+                    tmp = b.load(b.gep(g.bufs, [I64(self.tmp_slot)]))
+                    g.call_gemm(I64(rows_), I64(cols_), g.B, first, I64(rows_), True,
+                                second, I64(cols_), False, tmp, I64(cols_), 0)
+                    g.copy_loop(grad, tmp, I64(rows_ * cols_), scale=c, accumulate=True)
 
     # ------------------------------------------------------------------ running
     def ir(self) -> str:
@@ -373,34 +404,46 @@ class NativeModel:
         init = initial_states(st, call, dt)
         states = {}
         for s_, k in self.state_slot.items():
-            buf = np.empty((T + 1, B, st.states[s_]), dtype=dt)
+            buf = self._scratch(f"state {s_}", (T + 1, B, st.states[s_]))
             buf[0] = init[s_]
             arrays[k] = states[s_] = buf
         for name, k in self.io_slot.items():
             arrays[k] = call.inputs.get(name, call.targets.get(name))
             if arrays[k] is None:  # forward without targets: never read
-                arrays[k] = np.zeros((T, B, (st.inputs | st.targets)[name]), dtype=dt)
+                arrays[k] = self._scratch(f"io {name}", (T, B, (st.inputs | st.targets)[name]))
         fwd = {}
         for key, (k, n) in self.fwd_slot.items():
-            arrays[k] = fwd[key] = np.empty((T, B, n), dtype=dt)
-        arrays[self.scratch_slot] = np.empty(T * B * self.scratch_units, dtype=dt)  # hoisted products use T·B rows
+            arrays[k] = fwd[key] = self._scratch(k, (T, B, n))
+        # hoisted products use T·B rows
+        arrays[self.scratch_slot] = self._scratch("scratch", (T * B * self.scratch_units,))
         return arrays, states, fwd
 
     def _work(self, T, B):
         """GEMM packing workspace: a bound over every product shape of this cell.
 
-        Rows go up to T·B (hoisted products), depth up to B (gradient products)."""
+        Rows go up to T·B (hoisted products), and so does depth (gradients after the loop)."""
         key = (T, B)
         n = self._work_elems.get(key)
         if n is None:
             S = max([x.size for x in self.step.prog.nodes.values() if isinstance(x.size, int)]
                     + [d for s in self.step.params.values() if isinstance(s, tuple) for d in s]
                     + [self.scratch_units])
-            n = gemm.workspace_elems(max(T * B, S), S, max(B, S), str(self.dtype), self.host)
+            n = gemm.workspace_elems(max(T * B, S), S, max(T * B, S), str(self.dtype), self.host)
             if len(self._work_elems) > 64:
                 self._work_elems.clear()
             self._work_elems[key] = n
-        return np.empty(max(n, 1), dtype=self.dtype)
+        return self._scratch("gemm work", (max(n, 1),))
+
+    def _scratch(self, name, shape) -> np.ndarray:
+        """A buffer reused across calls of this thread (fresh pages cost more than the math:
+        the kernel zero-fills every newly mapped page).  Never returned to the caller."""
+        pool = getattr(self._pool, "bufs", None)
+        if pool is None:
+            pool = self._pool.bufs = {}
+        a = pool.get(name)
+        if a is None or a.shape != shape:
+            a = pool[name] = np.empty(shape, dtype=self.dtype)
+        return a
 
     def _run(self, fn, arrays, T, B):
         ptrs = (ctypes.c_void_p * len(arrays))(*[None if a is None else a.ctypes.data for a in arrays])
@@ -414,7 +457,7 @@ class NativeModel:
         outs = {}
         for o, n in self.step.outputs.items():
             key = (o, "t")
-            outs[o] = fwd[key] if key in fwd else states[o][1:]
+            outs[o] = (fwd[key] if key in fwd else states[o][1:]).copy()
         return outs, {s: states[s][-1].copy() for s in self.step.states}
 
     def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None, *, check_finite=True):
@@ -427,12 +470,17 @@ class NativeModel:
         B, T = call.B, call.T
         w = np.ascontiguousarray(step_weights(call, dt))
         for key, (k, n) in self.bwd_slot.items():
-            arrays[k] = w if key == self.bwd.weight else np.zeros((B, n), dtype=dt)
+            if key == self.bwd.weight:
+                arrays[k] = w
+            else:
+                arrays[k] = self._scratch(f"bwd {k}", (T, B, n) if key in self.deferred_keys else (B, n))
+                if self.bwd.prog.nodes[key].op == "seed":
+                    arrays[k].fill(0)  # δ⁺h at the last step is 0
         grads = {p: np.zeros(s if isinstance(s, tuple) else (s,), dtype=dt) for p, s in st.params.items()}
         for p, k in self.grad_slot.items():
             arrays[k] = grads[p]
         big = max([int(np.prod(s)) for s in st.params.values() if isinstance(s, tuple)] + [1])
-        arrays[self.tmp_slot] = np.empty(big, dtype=dt)
+        arrays[self.tmp_slot] = self._scratch("outer tmp", (big,))
         self._run(self._fwd, arrays, T, B)
         loss_key = st.loss_key
         cost = fwd[loss_key][:, :, 0] if loss_key in fwd else None

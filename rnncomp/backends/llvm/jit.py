@@ -52,8 +52,12 @@ class HostTarget:
     @classmethod
     def detect(cls) -> "HostTarget":
         _ensure_init()
-        return cls(llvm.get_process_triple(), llvm.get_host_cpu_name(),
-                   llvm.get_host_cpu_features().flatten())
+        features = llvm.get_host_cpu_features().flatten()
+        if "+avx512f" in features.split(","):
+            # LLVM's tuning for AVX-512 chips keeps loops at 256 bits; our vector math and
+            # element-wise loops measured 10-45% faster with 512-bit vectors here
+            features += ",-prefer-256-bit"
+        return cls(llvm.get_process_triple(), llvm.get_host_cpu_name(), features)
 
     def has(self, feature: str) -> bool:
         return f"+{feature}" in self.features.split(",")
