@@ -96,7 +96,7 @@ def test_errors_before_native_code_runs():
 
 
 @pytest.mark.parametrize("name", ["lstm", "jordan", "antisymmetric", "indrnn"])
-@pytest.mark.parametrize("switch", ["hoist", "grad_after"])
+@pytest.mark.parametrize("switch", ["hoist", "grad_after", "fuse", "pack"])
 def test_passes_on_and_off_agree(name, switch):
     cell = rc.cells.get(name)(3, 6, 2)
     params, inputs, targets = random_data(cell, T=7, B=3)

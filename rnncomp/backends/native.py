@@ -58,6 +58,7 @@ class _Gen:
         self.fn = ir.Function(module, fnty, name)
         self.T, self.B, self.bufs, self.work = self.fn.args
         self.B_step = self.B
+        self.packed: dict = {}
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
         self.gemms: dict = {}
 
@@ -85,21 +86,29 @@ class _Gen:
         self.b.call(f, [M, N, K, A, lda, Bm, ldb, C, ldc, ir.IntType(32)(acc), self.work])
 
     # ------------------------------------------------------------------ node kinds
-    def ew(self, node, out, args, arg_units):
-        b, n = self.b, node.size
+    def ew(self, items):
+        """One loop over batch × units computing a run of element-wise nodes of one size.
+
+        ``items``: (key, node, out, arg pointers, arg (units, shared), arg keys).  A value
+        produced earlier in the run is taken from its register, not reloaded."""
+        b, n = self.b, items[0][1].size
         with for_range(b, self.B, name="b") as bi:
             with for_range(b, I64(n), name="j") as j:
-                vals = {}
-                for i, (p, units, shared) in enumerate(zip(args, arg_units, [u[1] for u in arg_units])):
-                    pass
-                for i, (p, (units, shared)) in enumerate(zip(args, arg_units)):
-                    if shared:
-                        idx = j if units > 1 else I64(0)
-                    else:
-                        idx = b.add(b.mul(bi, I64(units)), j) if units > 1 else bi
-                    vals[placeholder(i)] = b.load(b.gep(p, [idx], inbounds=True))
-                v = LLVMPrinter(b, self.ty, vals).emit_all(node.attrs["expr"])
-                b.store(v, b.gep(out, [b.add(b.mul(bi, I64(n)), j)], inbounds=True))
+                here = {}
+                for key, node, out, args, arg_units, arg_keys in items:
+                    vals = {}
+                    for i, (p, (units, shared), ak) in enumerate(zip(args, arg_units, arg_keys)):
+                        if ak in here:
+                            vals[placeholder(i)] = here[ak]
+                            continue
+                        if shared:
+                            idx = j if units > 1 else I64(0)
+                        else:
+                            idx = b.add(b.mul(bi, I64(units)), j) if units > 1 else bi
+                        vals[placeholder(i)] = b.load(b.gep(p, [idx], inbounds=True))
+                    v = LLVMPrinter(b, self.ty, vals).emit_all(node.attrs["expr"])
+                    b.store(v, b.gep(out, [b.add(b.mul(bi, I64(n)), j)], inbounds=True))
+                    here[key] = v
 
     def matvec(self, node, out, v, n_in, params, shapes):
         b = self.b
@@ -108,8 +117,33 @@ class _Gen:
             # y[B, rows] (+)= v[B, cols] @ op(P): P is (m_, n_); untransposed: v @ Pᵀ
             if c != 1:
                 raise CompileError("internal: scaled terms are lowered before code generation")
+            if (p, tr) in self.packed:  # recurrent weights: packed once before the time loop
+                f = self.packed_gemm()
+                self.b.call(f, [self.B, I64(node.size), I64(n_in), v, I64(n_in), self.packed[(p, tr)],
+                                out, I64(node.size), ir.IntType(32)(1 if i else 0), self.work])
+                continue
             self.call_gemm(self.B, I64(node.size), I64(n_in), v, I64(n_in), False,
                            P, I64(n_), not tr, out, I64(node.size), 1 if i else 0)
+
+    def packed_gemm(self):
+        name = f"{self.fn.name}_gemm_packed"
+        f = self.m.globals.get(name)
+        return f or gemm.define_gemm_packed_b(self.m, name, str(self.dtype), False, self.host)
+
+    def pack_weights(self, terms, slots, shapes):
+        """Pack op(P) of each (param, transposed) once, at the start of the entry point."""
+        b = self.b
+        for (p, tr), slot in slots.items():
+            if (p, tr) not in terms:
+                continue
+            m_, n_ = shapes[p]
+            K, N = (m_, n_) if tr else (n_, m_)
+            name = f"{self.fn.name}_pack_{int(not tr)}"
+            f = self.m.globals.get(name) or gemm.define_pack_b(self.m, name, str(self.dtype), not tr, self.host)
+            src = b.load(b.gep(self.bufs, [I64(self.L.where[(p, None)][0])]))
+            dst = b.load(b.gep(self.bufs, [I64(slot)]))
+            b.call(f, [I64(K), I64(N), src, I64(n_), dst])
+            self.packed[(p, tr)] = dst
 
     def copy_loop(self, dst, src, count, scale=None, accumulate=False):
         b = self.b
@@ -175,7 +209,8 @@ class NativeModel:
 
     backend = "native"
 
-    def __init__(self, cell, dtype="float64", *, cache="default", hoist=True, grad_after=True):
+    def __init__(self, cell, dtype="float64", *, cache="default", hoist=True, grad_after=True,
+                 fuse=True, pack=True):
         self.dtype = np.dtype(dtype)
         if self.dtype not in _DT:
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
@@ -184,7 +219,7 @@ class NativeModel:
         self.host = HostTarget.detect()
         self._work_elems: dict = {}
         self._pool = threading.local()  # per-thread buffers: calls from several threads are safe
-        self.hoist, self.grad_after = hoist, grad_after
+        self.hoist, self.grad_after, self.fuse, self.pack = hoist, grad_after, fuse, pack
         bad = sorted({f for n in st.prog.nodes.values() if n.op == "ew" for f in unsupported(n.attrs["expr"])})
         if bad:
             raise CompileError(f"cell {st.name!r}: the native backend cannot lower {', '.join(bad)}")
@@ -213,6 +248,8 @@ class NativeModel:
         self.param_slot = {p: L.slot(f"param {p}") for p in st.params}
         for p, s in self.param_slot.items():
             L.place((p, None), s, 0, timed=False)
+        self.pack_slot = {(p, tr): L.slot(f"packed {p}{'ᵀ' if tr else ''}")
+                          for p, shp in st.params.items() if isinstance(shp, tuple) for tr in (False, True)}
         self.state_slot = {}
         for s_, n in st.states.items():
             k = L.slot(f"state {s_}")
@@ -245,19 +282,23 @@ class NativeModel:
 
     # ------------------------------------------------------------------ code generation
     def _emit_program(self, g, prog, t, skip=(), only=None):
-        st = self.step
+        st, run = self.step, []
         for key, node in prog.nodes.items():
             if node.op in LEAF_OPS or key in skip or (only is not None and key not in only):
                 continue
             out = g.ptr(key, t)
             args = [g.ptr(a, t) for a in node.args]
             if node.op == "ew":
-                units = []
-                for a in node.args:
-                    an = prog.node(a) if a in prog.nodes or a in prog.external else None
-                    units.append((_units(an), an.op == "param"))
-                g.ew(node, out, args, units)
-            elif node.op == "matvec":
+                units = [(_units(prog.node(a)), prog.node(a).op == "param") for a in node.args]
+                if run and (not self.fuse or run[0][1].size != node.size):
+                    g.ew(run)
+                    run = []
+                run.append((key, node, out, args, units, node.args))
+                continue
+            if run:
+                g.ew(run)
+                run = []
+            if node.op == "matvec":
                 terms = node.attrs["terms"]
                 n_in = prog.node(node.args[0]).size
                 if all(c == 1 for _, _, c in terms):
@@ -281,6 +322,8 @@ class NativeModel:
                 g.reduce(out, args[0], prog.node(node.args[0]).size, node.op == "lse")
             else:
                 raise CompileError(f"native backend: no code for op {node.op!r}")
+        if run:
+            g.ew(run)
 
     @property
     def _scratch_key(self):
@@ -297,6 +340,7 @@ class NativeModel:
         self._fwd_prog = prune(st.prog, [(s, "t") for s in st.states] + [(o, "t") for o in st.outputs]
                                + ([st.loss_key] if st.has_loss else []))
         static = self._static_keys(self._fwd_prog) if self.hoist else set()
+        g.pack_weights(self._loop_terms(self._fwd_prog, static), self.pack_slot, self.step.params)
         if static:
             # pass "hoist": values that do not depend on any state (all U·x[t]) are computed
             # for every step at once before the loop: their (T, B, n) buffers are contiguous,
@@ -307,6 +351,13 @@ class NativeModel:
         with for_range(g.b, g.T, name="t") as t:
             self._emit_program(g, self._fwd_prog, t, skip=static)
         g.b.ret_void()
+
+    def _loop_terms(self, prog, static) -> set:
+        """(param, transposed) of the products computed inside the time loop."""
+        if not self.pack:
+            return set()
+        return {(p, tr) for k, n in prog.nodes.items() if n.op == "matvec" and k not in static
+                and all(c == 1 for _, _, c in n.attrs["terms"]) for p, tr, _ in n.attrs["terms"]}
 
     def _static_keys(self, prog):
         """Non-leaf forward nodes that depend on no state (only inputs, targets, parameters)."""
@@ -326,6 +377,7 @@ class NativeModel:
         bwd, st = self.bwd, self.step
         g = _Gen(module, self.dtype, self.layout, self.host, "backward")
         b = g.b
+        g.pack_weights(self._loop_terms(bwd.prog, set()), self.pack_slot, st.params)
         with for_range(b, g.T, name="s") as s:
             t = b.sub(b.sub(g.T, I64(1)), s)  # t = T-1 … 0
             self._emit_program(g, bwd.prog, t)
@@ -414,6 +466,10 @@ class NativeModel:
         fwd = {}
         for key, (k, n) in self.fwd_slot.items():
             arrays[k] = fwd[key] = self._scratch(k, (T, B, n))
+        for (p, tr), k in self.pack_slot.items():
+            m_, n_ = st.params[p]
+            K, N = (m_, n_) if tr else (n_, m_)
+            arrays[k] = self._scratch(f"packed {p} {tr}", (gemm.packed_b_elems(K, N, str(dt), self.host),))
         # hoisted products use T·B rows
         arrays[self.scratch_slot] = self._scratch("scratch", (T * B * self.scratch_units,))
         return arrays, states, fwd
