@@ -4,7 +4,7 @@ Declare a cell with sympy (:class:`Cell`), look at its equations and its derived
 BPTT step (:func:`explain`), unfold it (:func:`unfold`), and compile it
 (:func:`compile`).
 """
-from . import backends, cells
+from . import backends, cells, inspect
 from .backends.llvm import jit as _jit  # noqa: F401 (rc.backends.llvm.jit)
 from .autodiff import backward_step
 from .cell import Cell
@@ -17,7 +17,7 @@ from .graph import unfold
 from .printing import explain
 
 __all__ = [
-    "Cell", "compile", "unfold", "explain", "backward_step", "cells",
+    "Cell", "compile", "unfold", "explain", "backward_step", "cells", "inspect",
     "concat", "vslice", "vsum", "logsumexp", "softmax", "softmax_xent",
     "sigmoid", "softplus", "relu", "softsign", "hard_sigmoid", "gelu", "swish",
     "RnncompError", "CellError", "ShapeError", "DifferentiationError", "CallError", "CompileError",

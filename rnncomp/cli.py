@@ -2,7 +2,9 @@
 
     rnncomp demo                 declare a GRU, show its equations and derived BPTT step,
                                  check the gradient against finite differences
-    rnncomp inspect CELL         equations of a zoo cell (or module:name / file.py)
+    rnncomp inspect CELL         equations of a zoo cell (or module:name / file.py);
+                                 --dot [step|unfolded|gradient] [--k K] [--png F|--svg F],
+                                 --cost [--T 1000 --B 32 --dtype float32], --flow [--T 50] [--png F]
 """
 from __future__ import annotations
 
@@ -98,27 +100,88 @@ def _timed(fn) -> float:
 
 def inspect_cmd(args) -> int:
     cell = load_cell(args.cell, args.inputs, args.hidden, args.outputs)
-    e = explain(cell)
-    if args.latex:
-        print(e.latex())
-    elif args.markdown:
-        print(e.markdown())
-    else:
-        print(e)
+    did = False
+    if args.dot is not None or args.svg or (args.png and not args.flow):
+        did = True
+        _inspect_graph(cell, args)
+    if args.cost:
+        did = True
+        from .inspect import cost
+        print(cost(cell, T=args.T or 1000, B=args.B or 32, dtype=args.dtype).table())
+    if args.flow:
+        did = True
+        _inspect_flow(cell, args)
+    if args.equations or not did:
+        e = explain(cell)
+        if args.latex:
+            print(e.latex())
+        elif args.markdown:
+            print(e.markdown())
+        else:
+            print(e)
     return 0
+
+
+def _inspect_graph(cell, args) -> None:
+    """``--dot [KIND]``: print the DOT text; with ``--png``/``--svg`` (and no ``--flow``) draw it."""
+    from .inspect import render, to_dot
+
+    kind = args.dot or "step"
+    pictures = [] if args.flow else [f for f in (args.png, args.svg) if f]
+    if not pictures:
+        print(to_dot(cell, kind, args.k), end="")
+    for path in pictures:
+        try:
+            engine = render(cell, path, kind=kind, k=args.k)
+        except RuntimeError as exc:
+            raise SystemExit(f"rnncomp: {exc}") from None
+        print(f"wrote {path} ({kind} graph, drawn with {engine})")
+
+
+def _inspect_flow(cell, args) -> None:
+    """``--flow``: gradient flow through time for random parameters and data (``--seed``)."""
+    from .inspect import gradient_flow, random_problem
+
+    params, inputs, targets = random_problem(cell, T=args.T or 50, B=args.B or 4, seed=args.seed)
+    f = gradient_flow(cell, params, inputs, targets)
+    print(f.table())
+    if args.png:
+        try:
+            f.plot(args.png)
+        except RuntimeError as exc:
+            raise SystemExit(f"rnncomp: {exc}") from None
+        print(f"wrote {args.png} (gradient flow)")
+
+
+def _inspect_args(ins) -> None:
+    ins.add_argument("cell", help=f"a zoo cell ({', '.join(sorted(cells.ZOO))}), module:name or file.py[:name]")
+    ins.add_argument("--equations", action="store_true",
+                     help="the forward and backward equations (the default when nothing else is asked)")
+    ins.add_argument("--latex", action="store_true")
+    ins.add_argument("--markdown", action="store_true")
+    ins.add_argument("--dot", nargs="?", const="step", choices=["step", "unfolded", "gradient"],
+                     help="Graphviz DOT text of the one-step (default), unfolded (--k steps) or gradient graph")
+    ins.add_argument("--k", type=int, default=3, help="steps of the unfolded graph (default 3)")
+    ins.add_argument("--png", metavar="FILE", help="draw the graph (with --flow: the flow plot) to a PNG")
+    ins.add_argument("--svg", metavar="FILE", help="draw the graph to an SVG")
+    ins.add_argument("--cost", action="store_true", help="FLOPs, stored activations and memory")
+    ins.add_argument("--flow", action="store_true",
+                     help="gradient flow through time for random parameters and data")
+    ins.add_argument("--T", type=int, default=None, help="sequence length (--cost: 1000, --flow: 50)")
+    ins.add_argument("--B", type=int, default=None, help="batch size (--cost: 32, --flow: 4)")
+    ins.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="for --cost")
+    ins.add_argument("--seed", type=int, default=0, help="random parameters and data for --flow")
+    ins.add_argument("--inputs", type=int, default=8)
+    ins.add_argument("--hidden", type=int, default=16)
+    ins.add_argument("--outputs", type=int, default=4)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="rnncomp", description="A symbolic autodiff compiler for recurrent networks.")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("demo", help="declare a GRU, show its BPTT equations, check the gradient")
-    ins = sub.add_parser("inspect", help="print a cell's equations and derived backward step")
-    ins.add_argument("cell", help=f"a zoo cell ({', '.join(sorted(cells.ZOO))}), module:name or file.py[:name]")
-    ins.add_argument("--latex", action="store_true")
-    ins.add_argument("--markdown", action="store_true")
-    ins.add_argument("--inputs", type=int, default=8)
-    ins.add_argument("--hidden", type=int, default=16)
-    ins.add_argument("--outputs", type=int, default=4)
+    ins = sub.add_parser("inspect", help="a cell's equations, graphs (DOT), costs and gradient flow")
+    _inspect_args(ins)
     args = p.parse_args(argv)
     return {"demo": demo, "inspect": inspect_cmd}[args.cmd](args)
 

@@ -1,0 +1,151 @@
+"""Regenerate docs/inspect.md and the DOT files under docs/img/ from the cell zoo.
+
+    python docs/make_inspect.py            # docs/inspect.md + docs/img/*.dot
+    python docs/make_inspect.py --images   # also docs/img/*.svg (needs `dot` or matplotlib)
+    python docs/make_inspect.py --check    # exit 1 if the committed files are stale
+
+Everything written is deterministic: the same rnncomp gives byte-identical files.
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import rnncomp as rc  # noqa: E402
+from rnncomp import inspect as ri  # noqa: E402
+
+DOCS, IMG = ROOT / "docs", ROOT / "docs" / "img"
+SIZES = (3, 4, 2)          # n_in, hidden, n_out of the pictured cells
+UNFOLDED = ("elman", "lstm")
+
+INTRO = """\
+# Inspecting a cell: equations, pictures, costs, gradient flow
+
+`rnncomp.inspect` (and `rnncomp inspect CELL ...`) shows what the compiler derived for a cell:
+
+| view | API | command line |
+|---|---|---|
+| forward and backward equations | `rc.explain(cell)` | `rnncomp inspect CELL [--equations] [--latex\\|--markdown]` |
+| one-step graph (DOT) | `ri.to_dot(cell, "step")` | `rnncomp inspect CELL --dot step` |
+| unfolded over k steps | `ri.to_dot(cell, "unfolded", k)` | `rnncomp inspect CELL --dot unfolded --k 3` |
+| gradient graph (forward + backward step) | `ri.to_dot(cell, "gradient")` | `rnncomp inspect CELL --dot gradient` |
+| a picture of any of them | `ri.render(cell, "g.svg", kind, k)` | `... --svg g.svg` / `--png g.png` |
+| FLOPs, stored activations, memory | `ri.cost(cell, T, B, dtype)` | `rnncomp inspect CELL --cost --T 1000 --B 32 --dtype float32` |
+| gradient flow through time | `ri.gradient_flow(cell, params, inputs, targets)` | `rnncomp inspect CELL --flow [--T 50] [--png flow.png]` |
+
+(`from rnncomp import inspect as ri`; `CELL` is a zoo name, `module:name` or `file.py[:name]`;
+`--hidden/--inputs/--outputs` size zoo cells.)
+
+## Graphs
+The DOT text is plain text and needs nothing installed.  It is deterministic: node ids
+are `n0, n1, ...` in program order, so the same cell gives byte-identical DOT.
+
+* **step**: the one-step program; the dotted edge `h[t] → h[t-1]` is the recurrence.
+* **unfolded**: `rankdir=LR`, one cluster per step (`t = 0` holds the initial states);
+  every parameter is drawn **once**, with an edge to each step that reads it.
+* **gradient**: the forward step, the derived backward step (red octagons, dashed
+  edges; seeds `δ⁺h[t]`, `w[t]` are red inverted houses), the carried adjoints
+  `δ⁺h[t-1]` and the parameter-gradient terms `∂L/∂W = Σ δa·vᵀ`.
+
+**Rendering** (`ri.render`, `--svg`, `--png`) takes the first route available:
+
+1. Graphviz: `dot` on `PATH` renders the DOT text (best pictures; `apt install graphviz`).
+2. matplotlib (`pip install 'rnncomp[plot]'`): a deterministic layered drawing of the same
+   graph: one column per group (parameters, then each time step; for the gradient graph:
+   parameters, forward, backward, gradients), nodes in program order down the column,
+   shifted right by their depth so that skipping edges stay visible.  SVG output has no
+   date and a fixed hash salt, so it is byte-identical from run to run.
+3. Neither: `RenderError` says what to install; the DOT text is still available.
+
+## Costs
+Per sample and per step, read off the programs: a `matvec` is 2·m·n FLOPs per term;
+an element-wise node is `sympy.count_ops(template)` × its size (a copy is free);
+`sum` is n, `lse` 4n; parameter gradients are 2·m·n per outer-product term and n per
+bias term.  *Stored activations* are the forward values the backward program reads
+(a lower bound on what an executor must keep for BPTT; a state is stored once per
+step); inputs and targets are listed but belong to the caller.  Memory for (T, B) is
+T·B·(stored per step) plus the initial states, the parameters and their gradients;
+the table also shows what keeping every forward value would cost.
+
+## Gradient flow
+`ri.gradient_flow` runs the NumPy reference forward (keeping each step's values) and
+the derived backward step for t = T … 1, and records per state the **total adjoint**
+`∂L/∂h[t]` (what arrives from t+1 plus what step t's own cost adds), t = 0 … T: the change of the
+loss when the value of the state node `h[t]` is perturbed after step t computed it (so a
+cost that reads another node with the same value, such as `y[t]` for Jordan's `s[t] = y[t]`,
+is not included, and `∂L/∂s[T]` is 0 there).
+The step Jacobian `J[t] = ∂s[t]/∂s[t-1]` of the joint state vector (all states,
+batch element 0) is exact: one backward step with `w = 0` and the unit vectors as
+`δ⁺s[t]` (one per row of a batch) carries out the rows `e_iᵀ J`; `σmax` is its largest
+singular value (above 1 for many steps: exploding gradients, below: vanishing).
+The tests check both against central finite differences.
+
+The sections below are generated by `python docs/make_inspect.py` for the zoo cells
+(n_in = {n_in}, hidden = {hidden}, n_out = {n_out}).  No renderer (Graphviz or matplotlib)
+was installed where they were generated, so the pictures are committed as DOT files in
+`docs/img/` (render one with `dot -Tsvg docs/img/elman_gradient.dot -o elman.svg`, or
+`python docs/make_inspect.py --images` where a renderer exists).
+"""
+
+
+def section(name: str) -> tuple[str, dict]:
+    cell = rc.cells.ZOO[name](*SIZES)
+    files = {f"{name}_step.dot": ri.to_dot(cell, "step"), f"{name}_gradient.dot": ri.to_dot(cell, "gradient")}
+    if name in UNFOLDED:
+        files[f"{name}_unfolded3.dot"] = ri.to_dot(cell, "unfolded", 3)
+    c = ri.cost(rc.cells.ZOO[name](64, 256, 10), T=1000, B=32, dtype="float32")
+    params, inputs, targets = ri.random_problem(cell, T=30, B=4, seed=0)
+    f = ri.gradient_flow(cell, params, inputs, targets)
+    links = ", ".join(f"[{k}](img/{k})" for k in files)
+    text = (f"## `{name}`\n\nGraphs (DOT): {links}.\n\n```text\n{rc.explain(cell)}\n```\n\n"
+            f"Costs at n_in = 64, hidden = 256, n_out = 10 (`rnncomp inspect {name} --inputs 64 "
+            f"--hidden 256 --outputs 10 --cost`):\n\n```text\n{c.table()}\n```\n\n"
+            f"Gradient flow, `init_params(seed=0)`, standard normal data, T = 30, B = 4 "
+            f"(`rnncomp inspect {name} --inputs 3 --hidden 4 --outputs 2 --flow --T 30`):\n\n"
+            f"```text\n{f.table(every=5)}\n```\n")
+    return text, files
+
+
+def generate() -> dict:
+    """{path relative to the repository: text} of every generated file."""
+    n_in, hidden, n_out = SIZES
+    parts, out = [INTRO.format(n_in=n_in, hidden=hidden, n_out=n_out)], {}
+    for name in rc.cells.ZOO:
+        text, files = section(name)
+        parts.append(text)
+        out.update({f"docs/img/{k}": v for k, v in files.items()})
+    out["docs/inspect.md"] = "\n".join(parts)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", action="store_true", help="also render docs/img/*.svg")
+    ap.add_argument("--check", action="store_true", help="only check that the files are up to date")
+    args = ap.parse_args(argv)
+    files = generate()
+    if args.check:
+        stale = [p for p, t in files.items() if not (ROOT / p).exists() or (ROOT / p).read_text() != t]
+        print("stale: " + ", ".join(stale) if stale else "up to date")
+        return 1 if stale else 0
+    IMG.mkdir(parents=True, exist_ok=True)
+    for p, t in files.items():
+        (ROOT / p).write_text(t)
+    if args.images:
+        for p in files:
+            if p.endswith(".dot"):
+                name, kind = pathlib.Path(p).stem.rsplit("_", 1)
+                k = 3 if kind.startswith("unfolded") else 1
+                kind = "unfolded" if kind.startswith("unfolded") else kind
+                engine = ri.render(rc.cells.ZOO[name](*SIZES), (ROOT / p).with_suffix(".svg"), kind=kind, k=k)
+                print(f"rendered {p[:-4]}.svg with {engine}")
+    print(f"wrote {len(files)} files")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
