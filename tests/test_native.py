@@ -134,3 +134,20 @@ def test_calls_from_several_threads_at_once():
         assert loss == ref_loss
         for k in grads:
             np.testing.assert_array_equal(grads[k], ref_grads[k])
+
+
+def test_batch_split_across_threads_matches_one_thread():
+    cell = rc.cells.lstm(3, 8, 2)
+    params, inputs, targets = random_data(cell, T=6, B=19, seed=4)
+    mask = np.ones((6, 19))
+    mask[:, 3] = 0
+    one = rc.compile(cell, backend="native", cache=None, threads=1)
+    two = rc.compile(cell, backend="native", cache=None, threads=2)
+    two.min_batch_per_thread = 4  # force a split at this small size
+    assert len(two._split(19)) == 2
+    l1, g1, h1 = one.loss_and_grad(params, inputs, targets, mask=mask)
+    l2, g2, h2 = two.loss_and_grad(params, inputs, targets, mask=mask)
+    assert l2 == pytest.approx(l1, rel=1e-13)
+    for k in g1:
+        np.testing.assert_allclose(g2[k], g1[k], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(h2["h"], h1["h"], rtol=1e-14)

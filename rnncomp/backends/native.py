@@ -15,6 +15,7 @@ Element-wise nodes are loops over batch × units printed by :mod:`.llvm.exprgen`
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 
 import numpy as np
@@ -209,8 +210,8 @@ class NativeModel:
 
     backend = "native"
 
-    def __init__(self, cell, dtype="float64", *, cache="default", hoist=True, grad_after=True,
-                 fuse=True, pack=True):
+    def __init__(self, cell, dtype="float64", *, cache="default", hoist=True, grad_after=False,
+                 fuse=True, pack=True, threads=None):
         self.dtype = np.dtype(dtype)
         if self.dtype not in _DT:
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
@@ -220,6 +221,9 @@ class NativeModel:
         self._work_elems: dict = {}
         self._pool = threading.local()  # per-thread buffers: calls from several threads are safe
         self.hoist, self.grad_after, self.fuse, self.pack = hoist, grad_after, fuse, pack
+        self.threads = max(1, int(threads if threads is not None else (os.cpu_count() or 1)))
+        self.min_batch_per_thread = 8  # below this a core's share is too small to pay for itself
+        self._pool_exec = None
         bad = sorted({f for n in st.prog.nodes.values() if n.op == "ew" for f in unsupported(n.attrs["expr"])})
         if bad:
             raise CompileError(f"cell {st.name!r}: the native backend cannot lower {', '.join(bad)}")
@@ -517,14 +521,43 @@ class NativeModel:
         return outs, {s: states[s][-1].copy() for s in self.step.states}
 
     def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None, *, check_finite=True):
+        """Loss (masked mean of the per-step costs), gradients of every parameter, final states.
+
+        With ``threads > 1`` the batch is split into independent slices run on separate cores
+        for the whole sequence (each in its own native call, GIL released); their gradients
+        and loss terms are summed (the step weights are the global ones)."""
         st, dt = self.step, self.dtype
         if self.bwd is None:
             raise CallError(f"cell {st.name!r} has no loss (declare one with cell.loss)")
         call = check_call(st, dt, params, inputs, targets, h0, mask, need_targets=True,
                           check_finite=check_finite)
+        w = np.ascontiguousarray(step_weights(call, dt))
+        parts = self._split(call.B)
+        if len(parts) == 1:
+            return self._loss_and_grad(call, w)
+        results = list(self._executor().map(lambda sl: self._loss_and_grad(*_slice_call(call, w, sl)), parts))
+        loss = sum(r[0] for r in results)
+        grads = {p: sum(r[1][p] for r in results) for p in st.params}
+        final = {s: np.concatenate([r[2][s] for r in results]) for s in st.states}
+        return loss, grads, final
+
+    def _split(self, B):
+        n = min(self.threads, B // self.min_batch_per_thread) if self.threads > 1 else 1
+        if n <= 1:
+            return [slice(0, B)]
+        edges = np.linspace(0, B, n + 1).round().astype(int)
+        return [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+    def _executor(self):
+        if self._pool_exec is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool_exec = ThreadPoolExecutor(self.threads, thread_name_prefix="rnncomp")
+        return self._pool_exec
+
+    def _loss_and_grad(self, call, w):
+        st, dt = self.step, self.dtype
         arrays, states, fwd = self._buffers(call, True)
         B, T = call.B, call.T
-        w = np.ascontiguousarray(step_weights(call, dt))
         for key, (k, n) in self.bwd_slot.items():
             if key == self.bwd.weight:
                 arrays[k] = w
@@ -538,11 +571,21 @@ class NativeModel:
         big = max([int(np.prod(s)) for s in st.params.values() if isinstance(s, tuple)] + [1])
         arrays[self.tmp_slot] = self._scratch("outer tmp", (big,))
         self._run(self._fwd, arrays, T, B)
-        loss_key = st.loss_key
-        cost = fwd[loss_key][:, :, 0] if loss_key in fwd else None
+        cost = fwd[st.loss_key][:, :, 0]
         loss = float((w * cost).sum(dtype=np.float64))
         self._run(self._bwdfn, arrays, T, B)
         for s_, p in st.state_init.items():
             if p is not None and s_ not in call.h0:
                 grads[p] += arrays[self.bwd_slot[self.bwd.carry_in[s_]][0]].sum(axis=0)
         return loss, grads, {s: states[s][-1].copy() for s in st.states}
+
+
+def _slice_call(call, w, sl):
+    """The sub-problem of batch rows ``sl`` (contiguous copies) and its global step weights."""
+    from .validate import Call
+
+    cut = lambda d: {k: np.ascontiguousarray(v[:, sl]) for k, v in d.items()}  # noqa: E731
+    sub = Call(call.T, sl.stop - sl.start, call.params, cut(call.inputs), cut(call.targets),
+               {k: np.ascontiguousarray(v[sl]) for k, v in call.h0.items()},
+               None if call.mask is None else np.ascontiguousarray(call.mask[:, sl]))
+    return sub, np.ascontiguousarray(w[:, sl])
