@@ -1,0 +1,12 @@
+"""The PTX backend (GitHub issue #6): ``rc.compile(cell, backend="ptx", arch="sm_90")``.
+
+codegen.py  kernels as LLVM IR (nvptx64 ``ptx_kernel`` entries, or host loops over the same bodies)
+plan.py     device-memory layout and launch lists (hoisted products, per-step nodes, gradients)
+ptxgen.py   LLVM IR → PTX (in a child process), ``ptxas`` checks
+runtime.py  CUDA driver API via cuda-python; the host emulator
+model.py    :class:`PtxModel`
+"""
+from .model import PtxModel
+from .runtime import NO_GPU, NoGPUError
+
+__all__ = ["PtxModel", "NoGPUError", "NO_GPU"]

@@ -1,0 +1,164 @@
+"""``rc.compile(cell, backend="ptx", arch="sm_90")``: the PTX model.
+
+``model.ptx`` (the PTX text) is produced at construction and needs no GPU.
+Running needs cuda-python and a CUDA GPU (``runner="cuda"``, the default); with
+``runner="host"`` the same kernels, compiled for this CPU, run instead (the host
+semantics check: slow, for tests).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...autodiff import backward_step
+from ...errors import CallError
+from ..validate import check_call, initial_states, step_weights
+from .codegen import emit_module
+from .plan import build_plan
+from .ptxgen import DEFAULT_ARCH, DEFAULT_FEATURES, check_arch, entries, to_ptx
+from .runtime import CudaRunner, HostRunner
+
+
+class PtxModel:
+    """Same interface as :class:`~rnncomp.backends.numpy.NumpyModel`.
+
+    Options: ``arch`` (``"sm_90"``), ``features`` (PTX ISA, ``"+ptx85"``), ``runner``
+    (``"cuda"`` or ``"host"``), ``device`` (CUDA ordinal), ``block`` (threads per block),
+    ``graphs`` (replay launches as a CUDA graph), ``hoist`` (state-free products over T·B
+    rows before the loop), ``isolate`` (generate PTX in a child process, so an LLVM abort
+    cannot kill this one), ``opt`` (LLVM optimisation level).
+    """
+
+    backend = "ptx"
+
+    def __init__(self, cell, dtype="float64", *, arch=DEFAULT_ARCH, features=DEFAULT_FEATURES,
+                 runner="cuda", device=0, block=256, graphs=True, hoist=True, isolate=True, opt=3):
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        if runner not in ("cuda", "host"):
+            raise ValueError(f"runner must be 'cuda' or 'host', got {runner!r}")
+        self.arch, self.features = check_arch(arch), features
+        self.runner_kind, self.device, self.block, self.graphs = runner, device, block, graphs
+        self.step = st = cell.step
+        self.cell_name = st.name
+        self.bwd = backward_step(st) if st.has_loss else None
+        self.plan = build_plan(st, self.bwd, self.dtype, hoist=hoist)
+        self.module = emit_module(self.plan.kernels, "nvptx", name=f"rnncomp_{st.name}")
+        self.ir = str(self.module)
+        self.ptx = to_ptx(self.ir, arch, features, opt=opt, isolate=isolate, where=f"cell {st.name!r}: ")
+        self.kernel_names = entries(self.ptx)
+        self._runner = None
+        self._arena = None
+
+    def __repr__(self):
+        return f"PtxModel({self.cell_name!r}, {self.dtype}, arch={self.arch!r}; {self.plan.summary()})"
+
+    # ------------------------------------------------------------------ runner and memory
+    @property
+    def runner(self):
+        if self._runner is None:
+            if self.runner_kind == "host":
+                self._runner = HostRunner(self.plan.kernels)
+            else:
+                self._runner = CudaRunner(self.ptx, list(self.plan.kernels.kernels), self.device,
+                                          self.block, self.graphs)
+        return self._runner
+
+    def _get_arena(self, T, B):
+        a = self._arena
+        if a is not None and a["TB"] == (T, B):
+            return a
+        r, L, P = self.runner, self.plan.layout, self.plan
+        if a is not None:
+            r.release(a["fwd"])
+            r.release(a["bwd"])
+            r.free(a["base"])
+            self._arena = None
+        isz = self.dtype.itemsize
+        offsets, size = L.offsets(T, B, isz)
+        base = r.alloc(size)
+        r.zero(base, size)  # rows T of the carried adjoints stay zero for good
+        ks = P.kernels.kernels
+
+        def resolve(launch, t, rows):
+            R = rows * B if launch.rows == "TB" else B
+            ptrs = [L.address(k, t, base, offsets, B, isz) for k in launch.args]
+            return (launch.kernel, ks[launch.kernel].threads(R), R, ptrs)
+
+        fwd = [resolve(x, 0, T) for x in P.fwd_static]
+        fwd += [resolve(x, t, 1) for t in range(T) for x in P.fwd_step]
+        bwd = [resolve(x, t, 1) for t in reversed(range(T)) for x in P.bwd_step]
+        bwd += [resolve(x, 0, T) for x in P.bwd_grads]
+        self._arena = a = {"TB": (T, B), "base": base, "offsets": offsets, "size": size,
+                           "fwd": r.prepare(fwd), "bwd": r.prepare(bwd) if self.bwd else None,
+                           "launches": (len(fwd), len(bwd))}
+        return a
+
+    def _slot_ptr(self, a, slot):
+        return a["base"] + a["offsets"][slot]
+
+    def _load_inputs(self, a, call):
+        r, st, P, dt = self.runner, self.step, self.plan, self.dtype
+        for p, k in P.param_slot.items():
+            r.upload(self._slot_ptr(a, k), call.params[p])
+        init = initial_states(st, call, dt)
+        for s, k in P.state_slot.items():
+            r.upload(self._slot_ptr(a, k), init[s])
+        for name, k in P.io_slot.items():
+            arr = call.inputs.get(name, call.targets.get(name))
+            if arr is None:  # forward without targets: the loss nodes read zeros
+                arr = np.zeros((call.T, call.B, (st.inputs | st.targets)[name]), dtype=dt)
+            r.upload(self._slot_ptr(a, k), arr)
+
+    def _final_states(self, a, call):
+        out = {}
+        for s, k in self.plan.state_slot.items():
+            n = self.step.states[s]
+            ptr = self._slot_ptr(a, k) + call.T * call.B * n * self.dtype.itemsize
+            out[s] = self.runner.download(ptr, (call.B, n), self.dtype)
+        return out
+
+    # ------------------------------------------------------------------ the interface
+    def forward(self, params, inputs, h0=None, *, check_finite=True):
+        """``(outputs {name: (T, B, n)}, final states {name: (B, n)})``."""
+        st = self.step
+        call = check_call(st, self.dtype, params, inputs, None, h0, check_finite=check_finite)
+        a = self._get_arena(call.T, call.B)
+        self._load_inputs(a, call)
+        self.runner.execute(a["fwd"])
+        outs = {}
+        for o, n in st.outputs.items():
+            key = (o, "t")
+            slot, off = self.plan.layout.where[key]
+            ptr = self._slot_ptr(a, slot) + off * call.B * n * self.dtype.itemsize
+            outs[o] = self.runner.download(ptr, (call.T, call.B, n), self.dtype)
+        return outs, self._final_states(a, call)
+
+    def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None, *, check_finite=True):
+        """Loss (masked mean of the per-step costs), gradients of every parameter, final states."""
+        st, dt, P = self.step, self.dtype, self.plan
+        if self.bwd is None:
+            raise CallError(f"cell {st.name!r} has no loss (declare one with cell.loss)")
+        call = check_call(st, dt, params, inputs, targets, h0, mask, need_targets=True,
+                          check_finite=check_finite)
+        T, B = call.T, call.B
+        a = self._get_arena(T, B)
+        r = self.runner
+        self._load_inputs(a, call)
+        w = np.ascontiguousarray(step_weights(call, dt))
+        r.upload(self._slot_ptr(a, P.weight_slot), w)
+        for p, k in P.grad_slot.items():
+            r.zero(self._slot_ptr(a, k), int(np.prod(st.params[p])) * dt.itemsize)
+        r.execute(a["fwd"])
+        r.execute(a["bwd"])
+        cost = r.download(self._slot_ptr(a, P.fwd_slot[st.loss_key]), (T, B), dt)
+        loss = float((w * cost).sum(dtype=np.float64))
+        grads = {}
+        for p, k in P.grad_slot.items():
+            shape = st.params[p]
+            grads[p] = r.download(self._slot_ptr(a, k), shape if isinstance(shape, tuple) else (shape,), dt)
+        for s, p in st.state_init.items():
+            if p is not None and s not in call.h0:
+                d = r.download(self._slot_ptr(a, P.carry_slot[s]), (B, st.states[s]), dt)
+                grads[p] += d.sum(axis=0)
+        return loss, grads, self._final_states(a, call)

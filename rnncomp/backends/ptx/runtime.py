@@ -1,0 +1,252 @@
+"""Running the PTX kernels: the CUDA driver API through ``cuda-python``, or a host emulator.
+
+Both runners have one interface (``alloc``, ``zero``, ``upload``, ``download``,
+``prepare``, ``execute``), so :class:`~.model.PtxModel` drives either with the
+same launch plan:
+
+* :class:`CudaRunner`: ``from cuda.bindings import driver`` (``cuda.cuda`` in
+  cuda-python < 12.6); PTX loaded with ``cuModuleLoadData`` (the driver JITs it
+  for the GPU present), one arena per (T, B) from ``cuMemAlloc``, kernels
+  launched with ``cuLaunchKernel`` on one stream.  Every call's status is
+  checked; a failure raises :class:`~rnncomp.errors.CompileError` naming the call.
+* :class:`HostRunner`: the same kernel bodies compiled for this CPU (each
+  wrapper loops over the thread index): the host semantics check.
+
+**The time loop runs on the host for now**: one launch per plan node per step
+(T × nodes launches per pass, prepared once per (T, B) and replayed).  With
+``graphs=True`` (default) the whole sequence of launches of a pass is captured
+once into a CUDA graph and replayed with one ``cuGraphLaunch``, which removes
+the per-launch Python and driver overhead but not the GPU's per-kernel gaps.
+
+Design notes for a persistent kernel (not implemented): one cooperative kernel
+per pass, grid-wide barrier (``cooperative_groups::grid_group::sync`` ≙
+``barrier.sync`` plus a global counter, or ``cuLaunchCooperativeKernel``)
+between the nodes of a step; recurrent weights U kept in shared memory /
+registers across steps (H ≤ ~256 per SM-slice), states in L2; the hoisted
+W·x products stay separate GEMM launches before the loop.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+from ...errors import CompileError
+
+NO_GPU = "no CUDA GPU/driver found: backend='ptx' can compile (model.ptx) but not run here"
+
+
+class NoGPUError(CompileError):
+    """No usable CUDA driver, cuda-python or GPU in this process."""
+
+
+def import_driver():
+    """The cuda-python driver module (new and old layouts), or raise :class:`NoGPUError`."""
+    try:
+        from cuda.bindings import driver  # cuda-python >= 12.6
+        return driver
+    except ImportError:
+        pass
+    try:
+        from cuda import cuda as driver  # older cuda-python
+        return driver
+    except ImportError:
+        raise NoGPUError(f"{NO_GPU} (cuda-python is not installed: pip install cuda-python)") from None
+
+
+def cuda_available() -> bool:
+    """True when cuda-python imports, the driver initialises and sees at least one GPU."""
+    try:
+        drv = import_driver()
+        if drv.cuInit(0)[0] != drv.CUresult.CUDA_SUCCESS:
+            return False
+        err, n = drv.cuDeviceGetCount()
+        return err == drv.CUresult.CUDA_SUCCESS and n > 0
+    except Exception:  # noqa: BLE001 - any failure means: no usable GPU
+        return False
+
+
+class CudaRunner:
+    """Loads the PTX once and launches its kernels on the current (primary) context."""
+
+    def __init__(self, ptx: str, kernel_names, device: int = 0, block: int = 256, graphs: bool = True):
+        self.drv = drv = import_driver()
+        self.block = block
+        self.graphs = graphs
+        err = drv.cuInit(0)[0]
+        if err != drv.CUresult.CUDA_SUCCESS:
+            raise NoGPUError(f"{NO_GPU} (cuInit failed: {self._name(err)})")
+        n = self._check(drv.cuDeviceGetCount(), "cuDeviceGetCount")
+        if n == 0:
+            raise NoGPUError(f"{NO_GPU} (cuDeviceGetCount = 0)")
+        self.dev = self._check(drv.cuDeviceGet(device), "cuDeviceGet")
+        self.ctx = self._check(drv.cuDevicePrimaryCtxRetain(self.dev), "cuDevicePrimaryCtxRetain")
+        self._check(drv.cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")
+        self.stream = self._check(drv.cuStreamCreate(0), "cuStreamCreate")
+        self._image = np.frombuffer(ptx.encode() + b"\0", dtype=np.uint8)
+        try:
+            self.module = self._check(drv.cuModuleLoadData(self._image.ctypes.data),
+                                      "cuModuleLoadData (the driver's JIT of the PTX)")
+        except CompileError as exc:
+            ver = drv.cuDriverGetVersion()
+            raise CompileError(f"{exc}; driver version {ver[1] if len(ver) > 1 else '?'}: an older driver "
+                               f"may need an older PTX ISA (features='+ptx80' or '+ptx78')") from None
+        self.fns = {k: self._check(drv.cuModuleGetFunction(self.module, k.encode()), f"cuModuleGetFunction({k})")
+                    for k in kernel_names}
+        self._allocs = []
+
+    # ------------------------------------------------------------------ status checks
+    def _name(self, err):
+        try:
+            r = self.drv.cuGetErrorName(err)
+            return f"{r[1].decode() if isinstance(r[1], bytes) else r[1]} ({int(err)})"
+        except Exception:  # noqa: BLE001 - best effort naming
+            return str(err)
+
+    def _check(self, result, call):
+        if not isinstance(result, tuple):
+            result = (result,)
+        err, rest = result[0], result[1:]
+        if err != self.drv.CUresult.CUDA_SUCCESS:
+            raise CompileError(f"CUDA driver call {call} failed: {self._name(err)}")
+        if not rest:
+            return None
+        return rest[0] if len(rest) == 1 else rest
+
+    # ------------------------------------------------------------------ memory
+    def alloc(self, nbytes: int) -> int:
+        self._check(self.drv.cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")
+        p = self._check(self.drv.cuMemAlloc(max(int(nbytes), 1)), f"cuMemAlloc({nbytes} bytes)")
+        self._allocs.append(p)
+        return int(p)
+
+    def free(self, ptr: int):
+        for i, p in enumerate(self._allocs):
+            if int(p) == ptr:
+                self._check(self.drv.cuMemFree(p), "cuMemFree")
+                del self._allocs[i]
+                return
+
+    def zero(self, ptr: int, nbytes: int):
+        self._check(self.drv.cuMemsetD8Async(ptr, 0, nbytes, self.stream), "cuMemsetD8Async")
+
+    def upload(self, ptr: int, a: np.ndarray):
+        a = np.ascontiguousarray(a)
+        self._check(self.drv.cuMemcpyHtoDAsync(ptr, a.ctypes.data, a.nbytes, self.stream), "cuMemcpyHtoDAsync")
+        self.sync()  # ``a`` may be a temporary
+
+    def download(self, ptr: int, shape, dtype) -> np.ndarray:
+        out = np.empty(shape, dtype=dtype)
+        self.sync()
+        self._check(self.drv.cuMemcpyDtoH(out.ctypes.data, ptr, out.nbytes), "cuMemcpyDtoH")
+        return out
+
+    def sync(self):
+        self._check(self.drv.cuStreamSynchronize(self.stream), "cuStreamSynchronize (a kernel failed?)")
+
+    # ------------------------------------------------------------------ launches
+    def prepare(self, launches):
+        """``launches``: [(kernel name, N threads, R rows, [pointer ints])] → a replayable sequence."""
+        seq = []
+        for name, N, R, ptrs in launches:
+            vals = [ctypes.c_int64(N), ctypes.c_int64(R)] + [ctypes.c_void_p(p) for p in ptrs]
+            arr = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
+            grid = max(1, -(-N // self.block))
+            seq.append((self.fns[name], name, grid, vals, arr))
+        prepared = {"seq": seq, "graph": None}
+        if self.graphs:
+            prepared["graph"] = self._capture(seq)
+        return prepared
+
+    def _launch_all(self, seq):
+        drv, st, blk = self.drv, self.stream, self.block
+        ok = drv.CUresult.CUDA_SUCCESS
+        for fn, name, grid, _vals, arr in seq:
+            err = drv.cuLaunchKernel(fn, grid, 1, 1, blk, 1, 1, 0, st, ctypes.addressof(arr), 0)[0]
+            if err != ok:
+                raise CompileError(f"CUDA driver call cuLaunchKernel({name}, grid={grid}, block={blk}) "
+                                   f"failed: {self._name(err)}")
+
+    def _capture(self, seq):
+        """Record ``seq`` into a CUDA graph; None (plain launches) if capture is unavailable."""
+        drv = self.drv
+        try:
+            mode = drv.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL
+            self._check(drv.cuStreamBeginCapture(self.stream, mode), "cuStreamBeginCapture")
+            try:
+                self._launch_all(seq)
+            finally:
+                graph = self._check(drv.cuStreamEndCapture(self.stream), "cuStreamEndCapture")
+            try:
+                exe = self._check(drv.cuGraphInstantiate(graph, 0), "cuGraphInstantiate")
+            except TypeError:  # cuda-python 11.x signature
+                exe = self._check(drv.cuGraphInstantiate(graph, 0, 0), "cuGraphInstantiate")
+            return (graph, exe)
+        except CompileError:
+            self.graphs = False
+            return None
+
+    def execute(self, prepared):
+        if prepared["graph"] is not None:
+            self._check(self.drv.cuGraphLaunch(prepared["graph"][1], self.stream), "cuGraphLaunch")
+        else:
+            self._launch_all(prepared["seq"])
+
+    def release(self, prepared):
+        if prepared and prepared.get("graph") is not None:
+            graph, exe = prepared["graph"]
+            self.drv.cuGraphExecDestroy(exe)
+            self.drv.cuGraphDestroy(graph)
+
+
+class HostRunner:
+    """The same kernels compiled for this CPU (one loop over the thread index per launch)."""
+
+    def __init__(self, kernels):
+        from ..llvm.jit import HostTarget, compile_module
+        from .codegen import emit_module
+
+        host = HostTarget.detect()
+        module = emit_module(kernels, "host", name="rnncomp_ptx_host", host_triple=host.triple)
+        self.ir = str(module)
+        self.lib = compile_module(module, cache=None, host=host)
+        self.fns = {}
+        for k in kernels.kernels.values():
+            proto = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, *([ctypes.c_void_p] * k.nptr))
+            self.fns[k.name] = proto(self.lib.address(k.name))
+        self._arrays = {}
+
+    def alloc(self, nbytes: int) -> int:
+        a = np.zeros(max(int(nbytes), 1) + 64, dtype=np.uint8)
+        p = a.ctypes.data
+        p_al = (p + 63) // 64 * 64
+        self._arrays[p_al] = a
+        return p_al
+
+    def free(self, ptr: int):
+        self._arrays.pop(ptr, None)
+
+    def zero(self, ptr: int, nbytes: int):
+        ctypes.memset(ptr, 0, nbytes)
+
+    def upload(self, ptr: int, a: np.ndarray):
+        a = np.ascontiguousarray(a)
+        ctypes.memmove(ptr, a.ctypes.data, a.nbytes)
+
+    def download(self, ptr: int, shape, dtype) -> np.ndarray:
+        out = np.empty(shape, dtype=dtype)
+        ctypes.memmove(out.ctypes.data, ptr, out.nbytes)
+        return out
+
+    def sync(self):
+        pass
+
+    def prepare(self, launches):
+        return [(self.fns[name], N, R, ptrs) for name, N, R, ptrs in launches]
+
+    def execute(self, prepared):
+        for fn, N, R, ptrs in prepared:
+            fn(N, R, *ptrs)
+
+    def release(self, prepared):
+        pass
