@@ -2,8 +2,8 @@
 
     python benchmarks/bench_native.py [--quick]     # table + benchmarks/results/native.json
 
-Columns: rnncomp native (1 thread), the NumPy reference executor, and PyTorch
-(fused nn.RNN/GRU/LSTM and a Python-loop custom cell with autograd) when torch is
+Columns: rnncomp native with 1 thread and with all cores, the NumPy reference executor,
+and PyTorch fused nn.RNN/GRU/LSTM (with 1 thread and with all cores) when torch is
 installed (`pip install '.[benchmarks]'`).  All measured in the same run.
 """
 import argparse
@@ -40,14 +40,14 @@ def median_time(fn, repeats, budget=20.0):
     return statistics.median(times)
 
 
-def torch_fused(kind, D, H, B, T):
+def torch_fused(kind, D, H, B, T, threads):
     try:
         import torch
     except ImportError:
         return None
     if kind not in ("elman", "gru", "lstm"):
         return None
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     mod = {"elman": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[kind](D, H)
     head = torch.nn.Linear(H, 4)
     x = torch.randn(T, B, D)
@@ -75,22 +75,28 @@ def main():
         x = rng.normal(size=(T, B, D)).astype(np.float32)
         y = rng.normal(size=(T, B, 4)).astype(np.float32)
         t0 = time.perf_counter()
-        native = rc.compile(cell, backend="native", dtype="float32")
+        native1 = rc.compile(cell, backend="native", dtype="float32", threads=1)
         compile_s = time.perf_counter() - t0
+        native = rc.compile(cell, backend="native", dtype="float32")
         ref = rc.compile(cell, backend="numpy", dtype="float32")
         reps = 3 if args.quick else 10
-        r = {"case": label, "compile_s": compile_s,
+        ncpu = os.cpu_count() or 1
+        r = {"case": label, "compile_s": compile_s, "threads": ncpu,
+             "native_1t_ms": 1e3 * median_time(lambda: native1.loss_and_grad(params, x, y), reps),
              "native_ms": 1e3 * median_time(lambda: native.loss_and_grad(params, x, y), reps),
              "numpy_ms": 1e3 * median_time(lambda: ref.loss_and_grad(params, x, y), max(2, reps // 3))}
-        tf = torch_fused(kind, D, H, B, T)
-        r["torch_fused_ms"] = 1e3 * median_time(tf, reps) if tf else None
+        for key, th in (("torch_1t_ms", 1), ("torch_ms", ncpu)):
+            tf = torch_fused(kind, D, H, B, T, th)
+            r[key] = 1e3 * median_time(tf, reps) if tf else None
         rows.append(r)
         print(f"  measured {label}", flush=True)
-    print(f"\n{'case':<40}{'native':>10}{'numpy':>10}{'torch':>10}{'vs numpy':>10}{'compile':>9}")
+    fmt = lambda v: f"{v:>9.1f}ms" if v else f"{'n/a':>11}"  # noqa: E731
+    print(f"\n{'case':<38}{'native 1t':>11}{'native':>11}{'numpy':>11}{'torch 1t':>11}{'torch':>11}"
+          f"{'vs numpy':>9}{'vs torch':>9}")
     for r in rows:
-        tt = f"{r['torch_fused_ms']:>9.1f}ms" if r["torch_fused_ms"] else f"{'n/a':>10}"
-        print(f"{r['case']:<40}{r['native_ms']:>8.1f}ms{r['numpy_ms']:>8.1f}ms{tt}"
-              f"{r['numpy_ms'] / r['native_ms']:>9.2f}x{r['compile_s']:>8.2f}s")
+        vs_t = f"{r['torch_ms'] / r['native_ms']:>8.2f}x" if r["torch_ms"] else f"{'n/a':>9}"
+        print(f"{r['case']:<38}{fmt(r['native_1t_ms'])}{fmt(r['native_ms'])}{fmt(r['numpy_ms'])}"
+              f"{fmt(r['torch_1t_ms'])}{fmt(r['torch_ms'])}{r['numpy_ms'] / r['native_ms']:>8.2f}x{vs_t}")
     out = os.path.join(os.path.dirname(__file__), "results")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "native.json"), "w") as fh:
