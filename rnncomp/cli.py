@@ -2,7 +2,8 @@
 
     rnncomp demo                 declare a GRU, show its equations and derived BPTT step,
                                  check the gradient against finite differences
-    rnncomp inspect CELL         equations of a zoo cell (or module:name / file.py);
+    rnncomp inspect CELL         equations, graphs, costs, gradient flow of a cell
+    rnncomp compile CELL --target ptx --arch sm_80 -o cell.ptx     compiled code;
                                  --dot [step|unfolded|gradient] [--k K] [--png F|--svg F],
                                  --cost [--T 1000 --B 32 --dtype float32], --flow [--T 50] [--png F]
 """
@@ -176,14 +177,41 @@ def _inspect_args(ins) -> None:
     ins.add_argument("--outputs", type=int, default=4)
 
 
+def compile_cmd(args) -> int:
+    """Write the compiled code of a cell: PTX for ``--target ptx``, LLVM IR or assembly for native."""
+    cell = load_cell(args.cell, args.inputs, args.hidden, args.outputs)
+    if args.target == "ptx":
+        model = rc_compile(cell, backend="ptx", dtype=args.dtype, arch=args.arch)
+        text = model.ptx
+    else:
+        model = rc_compile(cell, backend="native", dtype=args.dtype, cache=None)
+        text = model.asm() if args.emit == "asm" else model.ir()
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w") as fh:
+            fh.write(text)
+        print(f"wrote {args.output} ({len(text.splitlines())} lines, {args.target}, {args.dtype})")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="rnncomp", description="A symbolic autodiff compiler for recurrent networks.")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("demo", help="declare a GRU, show its BPTT equations, check the gradient")
     ins = sub.add_parser("inspect", help="a cell's equations, graphs (DOT), costs and gradient flow")
     _inspect_args(ins)
+    comp = sub.add_parser("compile", help="write a cell's compiled code (PTX, LLVM IR, assembly)")
+    comp.add_argument("cell", help="a zoo cell, module:name or file.py[:name]")
+    comp.add_argument("--target", choices=["ptx", "native"], default="native")
+    comp.add_argument("--arch", default="sm_90", help="GPU architecture for --target ptx (sm_75 and newer)")
+    comp.add_argument("--emit", choices=["ir", "asm"], default="ir", help="for --target native")
+    comp.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    comp.add_argument("-o", "--output", help="file to write (default: standard output)")
+    for name, default in (("--inputs", 8), ("--hidden", 16), ("--outputs", 4)):
+        comp.add_argument(name, type=int, default=default)
     args = p.parse_args(argv)
-    return {"demo": demo, "inspect": inspect_cmd}[args.cmd](args)
+    return {"demo": demo, "inspect": inspect_cmd, "compile": compile_cmd}[args.cmd](args)
 
 
 if __name__ == "__main__":

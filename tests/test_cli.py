@@ -29,3 +29,18 @@ def test_inspect_zoo_and_file(tmp_path, capsys):
     assert r"\begin{aligned}" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="neither a zoo cell"):
         main(["inspect", "no_such_cell"])
+
+
+def test_compile_writes_ptx_and_llvm(tmp_path, capsys):
+    import shutil
+    out = tmp_path / "cell.ptx"
+    assert main(["compile", "elman", "--target", "ptx", "--arch", "sm_80", "-o", str(out)]) == 0
+    text = out.read_text()
+    assert ".entry" in text and ".target sm_80" in text
+    assert main(["compile", "gru", "--emit", "ir", "--hidden", "4"]) == 0
+    assert 'define void @"forward"' in capsys.readouterr().out
+    if shutil.which("ptxas"):
+        import subprocess
+        r = subprocess.run(["ptxas", "--gpu-name", "sm_80", str(out), "-o", str(tmp_path / "a.o")],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
