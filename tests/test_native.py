@@ -151,3 +151,33 @@ def test_batch_split_across_threads_matches_one_thread():
     for k in g1:
         np.testing.assert_allclose(g2[k], g1[k], rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(h2["h"], h1["h"], rtol=1e-14)
+
+
+def test_compile_cache_hit_and_truncated_file(tmp_path):
+    import glob
+    import time
+
+    cell = rc.cells.gru(3, 5, 2)
+    params, inputs, targets = random_data(cell)
+    ref = numpy_model(cell).loss_and_grad(params, inputs, targets)[0]
+    cold = rc.compile(cell, backend="native", cache=str(tmp_path))
+    files = glob.glob(str(tmp_path / "obj" / "*.o"))
+    assert len(files) == 1
+    t0 = time.perf_counter()
+    warm = rc.compile(rc.cells.gru(3, 5, 2), backend="native", cache=str(tmp_path))
+    assert time.perf_counter() - t0 < 0.5  # generous: a hit skips code generation and LLVM
+    assert warm.loss_and_grad(params, inputs, targets)[0] == pytest.approx(ref, rel=1e-12)
+    assert "define void" in warm.ir()  # IR regenerated on demand for inspection
+    with open(files[0], "r+b") as fh:  # a crash mid-write elsewhere: truncated file
+        fh.truncate(100)
+    again = rc.compile(rc.cells.gru(3, 5, 2), backend="native", cache=str(tmp_path))
+    assert again.loss_and_grad(params, inputs, targets)[0] == pytest.approx(ref, rel=1e-12)
+    assert cold.loss_and_grad(params, inputs, targets)[0] == pytest.approx(ref, rel=1e-12)
+
+
+def test_unwritable_cache_directory_still_compiles(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    model = rc.compile(rc.cells.elman(2, 3, 1), backend="native", cache=str(blocker / "sub"))
+    params, inputs, targets = random_data(rc.cells.elman(2, 3, 1))
+    assert np.isfinite(model.loss_and_grad(params, inputs, targets)[0])

@@ -15,10 +15,12 @@ Element-wise nodes are loops over batch × units printed by :mod:`.llvm.exprgen`
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import threading
 
 import numpy as np
+import sympy as sp
 from llvmlite import ir
 
 from ..autodiff import backward_step
@@ -27,7 +29,7 @@ from ..ir import LEAF_OPS, placeholder, prune
 from .llvm import gemm
 from .llvm.builder import I64, for_range
 from .llvm.exprgen import LLVMPrinter, unsupported
-from .llvm.jit import HostTarget, compile_module
+from .llvm.jit import HostTarget, compile_keyed
 from .validate import check_call, initial_states, step_weights
 
 _DT = {np.dtype("float64"): ir.DoubleType(), np.dtype("float32"): ir.FloatType()}
@@ -201,6 +203,20 @@ class _Gen:
             b.store(r, b.gep(out, [bi]))
 
 
+@functools.lru_cache(maxsize=1)
+def _code_fingerprint() -> str:
+    """A hash of the code generators' sources: cached objects never outlive a code change."""
+    import hashlib
+    import pathlib
+
+    here = pathlib.Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted([here / "native.py", *(here / "llvm").glob("*.py"), here.parent / "ir.py",
+                     here.parent / "autodiff.py", here.parent / "lower.py"]):
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def _units(node):
     return node.size if isinstance(node.size, int) else 0
 
@@ -229,13 +245,10 @@ class NativeModel:
             raise CompileError(f"cell {st.name!r}: the native backend cannot lower {', '.join(bad)}")
         self.bwd = backward_step(st) if st.has_loss else None
         self._build_layout()
-        module = ir.Module(name=f"rnncomp_{st.name}")
-        module.triple = self.host.triple
-        self._gen_forward(module)
-        if self.bwd is not None:
-            self._gen_backward(module)
+        self._plan()
         try:
-            self.lib = compile_module(module, cache=cache)
+            self.lib = compile_keyed(self._cache_description(), self._build_module, cache=cache,
+                                     host=self.host)
         except CompileError:
             raise
         except Exception as exc:  # noqa: BLE001 - any LLVM failure becomes a clear error
@@ -333,16 +346,41 @@ class NativeModel:
     def _scratch_key(self):
         return ("__scratch", None)
 
-    def _gen_forward(self, module):
+    def _plan(self):
         st = self.step
         self.scratch_units = max([n.size for n in st.prog.nodes.values() if isinstance(n.size, int)] +
                                  ([n.size for n in self.bwd.prog.nodes.values()] if self.bwd else []) + [1])
         k = self.layout.slot("scratch")
         self.layout.place(self._scratch_key, k, 0, timed=False)
         self.scratch_slot = k
-        g = _Gen(module, self.dtype, self.layout, self.host, "forward")
         self._fwd_prog = prune(st.prog, [(s, "t") for s in st.states] + [(o, "t") for o in st.outputs]
                                + ([st.loss_key] if st.has_loss else []))
+
+    def _build_module(self):
+        module = ir.Module(name=f"rnncomp_{self.step.name}")
+        module.triple = self.host.triple
+        self._gen_forward(module)
+        if self.bwd is not None:
+            self._gen_backward(module)
+        return module
+
+    def _cache_description(self) -> str:
+        """Everything the generated code depends on: programs, layout, options, code version."""
+        parts = [_code_fingerprint(), str(self.dtype), repr((self.hoist, self.grad_after, self.fuse, self.pack)),
+                 repr(self.layout.slots), repr(sorted(self.layout.where.items(), key=repr))]
+        progs = [self._fwd_prog] + ([self.bwd.prog] if self.bwd else [])
+        for prog in progs:
+            for key, n in prog.nodes.items():
+                attrs = {k: (sp.srepr(v) if isinstance(v, sp.Basic) else v) for k, v in n.attrs.items()}
+                parts.append(repr((key, n.op, n.args, n.size, sorted(attrs.items()))))
+        if self.bwd:
+            parts.append(repr((sorted(self.bwd.grads.items()), sorted(self.bwd.carry_out.items()))))
+        parts.append(repr(self.step.params))
+        return "\n".join(parts)
+
+    def _gen_forward(self, module):
+        st = self.step
+        g = _Gen(module, self.dtype, self.layout, self.host, "forward")
         static = self._static_keys(self._fwd_prog) if self.hoist else set()
         g.pack_weights(self._loop_terms(self._fwd_prog, static), self.pack_slot, self.step.params)
         if static:

@@ -103,9 +103,10 @@ def parse_and_verify(ir_module) -> "llvm.ModuleRef":
 class NativeLibrary:
     """Compiled object code loaded into its own MCJIT engine."""
 
-    def __init__(self, obj: bytes, ir_text: str, host: HostTarget, optimized_ir: str | None):
+    def __init__(self, obj: bytes, ir_text: str | None, host: HostTarget, optimized_ir: str | None,
+                 rebuild=None):
         _ensure_init()
-        self.ir_text = ir_text
+        self._ir_text, self._rebuild = ir_text, rebuild
         self._optimized_ir = optimized_ir
         self.host = host
         self._object = obj
@@ -115,6 +116,13 @@ class NativeLibrary:
         self._engine = llvm.create_mcjit_compiler(backing, tm)
         self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
         self._engine.finalize_object()
+
+    @property
+    def ir_text(self) -> str:
+        """The LLVM IR (regenerated on demand when the object came from the cache)."""
+        if self._ir_text is None:
+            self._ir_text = str(self._rebuild())
+        return self._ir_text
 
     def address(self, name: str) -> int:
         addr = self._engine.get_function_address(name)
@@ -168,6 +176,24 @@ def _write_cache(path: str, obj: bytes) -> bool:
         return True
     except OSError:
         return False
+
+
+def compile_keyed(key: str, build, *, level: int = 3, cache: str | None = "default",
+                  host: HostTarget | None = None) -> NativeLibrary:
+    """Like :func:`compile_module`, but looks the cache up by ``key`` (a description of what
+    ``build()`` would generate) *before* generating any IR: a warm compile skips codegen."""
+    host = host or HostTarget.detect()
+    path = None
+    if cache is not None:
+        cache_dir = default_cache_dir() if cache == "default" else cache
+        path = os.path.join(cache_dir, "obj", "k-" + _cache_key(key, host, level) + ".o")
+        obj = _read_cache(path)
+        if obj is not None:
+            return NativeLibrary(obj, None, host, None, rebuild=build)
+    lib = compile_module(build(), level=level, cache=None, host=host)
+    if path is not None:
+        _write_cache(path, lib._object)
+    return lib
 
 
 def compile_module(ir_module, *, level: int = 3, cache: str | None = "default",
