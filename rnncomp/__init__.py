@@ -14,10 +14,11 @@ from .errors import (CallError, CellError, CompileError, DifferentiationError, R
                      ShapeError)
 from .functions import gelu, hard_sigmoid, relu, sigmoid, softplus, softsign, swish
 from .graph import unfold
+from .memory import Every
 from .printing import explain
 
 __all__ = [
-    "Cell", "compile", "unfold", "explain", "backward_step", "cells", "inspect",
+    "Cell", "compile", "Every", "unfold", "explain", "backward_step", "cells", "inspect",
     "concat", "vslice", "vsum", "logsumexp", "softmax", "softmax_xent",
     "sigmoid", "softplus", "relu", "softsign", "hard_sigmoid", "gelu", "swish",
     "RnncompError", "CellError", "ShapeError", "DifferentiationError", "CallError", "CompileError",

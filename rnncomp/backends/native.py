@@ -15,6 +15,7 @@ Element-wise nodes are loops over batch × units printed by :mod:`.llvm.exprgen`
 from __future__ import annotations
 
 import ctypes
+import math
 import functools
 import os
 import threading
@@ -25,6 +26,7 @@ from llvmlite import ir
 
 from ..autodiff import backward_step
 from ..errors import CallError, CompileError
+from ..memory import schedule
 from ..ir import LEAF_OPS, placeholder, prune
 from .llvm import gemm
 from .llvm.builder import I64, for_range
@@ -227,7 +229,7 @@ class NativeModel:
     backend = "native"
 
     def __init__(self, cell, dtype="float64", *, cache="default", hoist=True, grad_after=False,
-                 fuse=True, pack=True, threads=None):
+                 fuse=True, pack=True, threads=None, memory="all"):
         self.dtype = np.dtype(dtype)
         if self.dtype not in _DT:
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
@@ -238,6 +240,7 @@ class NativeModel:
         self._pool = threading.local()  # per-thread buffers: calls from several threads are safe
         self.hoist, self.grad_after, self.fuse, self.pack = hoist, grad_after, fuse, pack
         self.threads = max(1, int(threads if threads is not None else (os.cpu_count() or 1)))
+        self.memory = schedule(memory)
         self.min_batch_per_thread = 8  # below this a core's share is too small to pay for itself
         self._pool_exec = None
         bad = sorted({f for n in st.prog.nodes.values() if n.op == "ew" for f in unsupported(n.attrs["expr"])})
@@ -593,29 +596,70 @@ class NativeModel:
         return self._pool_exec
 
     def _loss_and_grad(self, call, w):
+        """One batch slice: store-all, or segments recomputed from checkpoints (``memory=``)."""
+        st, dt, T = self.step, self.dtype, call.T
+        grads = {p: np.zeros(s if isinstance(s, tuple) else (s,), dtype=dt) for p, s in st.params.items()}
+        n = min(self.memory.segment(T), T)
+        if n >= T:
+            loss, carry, final = self._segment(call, w, 0, T, call.h0, None, grads, backward=True)
+        else:
+            # pass 1: forward only, keeping the state at the start of every segment
+            bounds = [(a, min(a + n, T)) for a in range(0, T, n)]
+            starts, state, loss = [], initial_states(st, call, dt), 0.0
+            for a, b in bounds:
+                starts.append(state)
+                part, _, state = self._segment(call, w, a, b, state, None, grads, backward=False)
+                loss += part
+            final = state
+            # pass 2: from the last segment, recompute its activations and run its backward steps
+            carry = None
+            for (a, b), start in zip(reversed(bounds), reversed(starts)):
+                _, carry, _ = self._segment(call, w, a, b, start, carry, grads, backward=True)
+        for s_, p in st.state_init.items():
+            if p is not None and s_ not in call.h0:
+                grads[p] += carry[s_].sum(axis=0)
+        return loss, grads, final
+
+    def _segment(self, call, w, a, b, h0, carry, grads, backward):
+        """Steps a..b-1 from states ``h0``; the backward steps start from adjoints ``carry``."""
+        from .validate import Call
+
         st, dt = self.step, self.dtype
-        arrays, states, fwd = self._buffers(call, True)
-        B, T = call.B, call.T
+        if a == 0 and b == call.T:
+            sub, ws = call, w
+        else:
+            sub = Call(b - a, call.B, call.params, {k: v[a:b] for k, v in call.inputs.items()},
+                       {k: v[a:b] for k, v in call.targets.items()}, h0, None)
+            ws = w[a:b]
+        T, B = sub.T, sub.B
+        arrays, states, fwd = self._buffers(sub, True)
         for key, (k, n) in self.bwd_slot.items():
             if key == self.bwd.weight:
-                arrays[k] = w
+                arrays[k] = ws
             else:
                 arrays[k] = self._scratch(f"bwd {k}", (T, B, n) if key in self.deferred_keys else (B, n))
-                if self.bwd.prog.nodes[key].op == "seed":
-                    arrays[k].fill(0)  # δ⁺h at the last step is 0
-        grads = {p: np.zeros(s if isinstance(s, tuple) else (s,), dtype=dt) for p, s in st.params.items()}
+        for s_, key in self.bwd.carry_in.items():  # δ⁺h entering the segment's last step
+            buf = arrays[self.bwd_slot[key][0]]
+            buf[...] = 0 if carry is None else carry[s_]
         for p, k in self.grad_slot.items():
-            arrays[k] = grads[p]
+            arrays[k] = grads[p]  # the native code accumulates into these
         big = max([int(np.prod(s)) for s in st.params.values() if isinstance(s, tuple)] + [1])
         arrays[self.tmp_slot] = self._scratch("outer tmp", (big,))
         self._run(self._fwd, arrays, T, B)
-        cost = fwd[st.loss_key][:, :, 0]
-        loss = float((w * cost).sum(dtype=np.float64))
+        loss = float((ws * fwd[st.loss_key][:, :, 0]).sum(dtype=np.float64))
+        final = {s: states[s][-1].copy() for s in st.states}
+        if not backward:
+            return loss, None, final
         self._run(self._bwdfn, arrays, T, B)
-        for s_, p in st.state_init.items():
-            if p is not None and s_ not in call.h0:
-                grads[p] += arrays[self.bwd_slot[self.bwd.carry_in[s_]][0]].sum(axis=0)
-        return loss, grads, {s: states[s][-1].copy() for s in st.states}
+        carry = {s_: arrays[self.bwd_slot[key][0]].copy() for s_, key in self.bwd.carry_in.items()}
+        return loss, carry, final
+
+    def activation_bytes(self, T: int, B: int) -> int:
+        """Bytes of the per-step buffers a training call of (T, B) keeps, under ``memory=``."""
+        n = min(self.memory.segment(T), T)
+        per_step = sum(size for _, size in self.fwd_slot.values()) + sum(self.step.states.values())
+        ckpt = (math.ceil(T / n) if n < T else 0) * sum(self.step.states.values())
+        return (n * per_step + ckpt) * B * self.dtype.itemsize
 
 
 def _slice_call(call, w, sl):
