@@ -541,10 +541,11 @@ class NativeModel:
         pool = getattr(self._pool, "bufs", None)
         if pool is None:
             pool = self._pool.bufs = {}
+        size = math.prod(shape)
         a = pool.get(name)
-        if a is None or a.shape != shape:
-            a = pool[name] = np.empty(shape, dtype=self.dtype)
-        return a
+        if a is None or a.size < size:  # grow only: a shorter segment reuses a prefix
+            a = pool[name] = np.empty(size, dtype=self.dtype)
+        return a[:size].reshape(shape)
 
     def _run(self, fn, arrays, T, B):
         ptrs = (ctypes.c_void_p * len(arrays))(*[None if a is None else a.ctypes.data for a in arrays])
