@@ -16,9 +16,11 @@ from .functions import gelu, hard_sigmoid, relu, sigmoid, softplus, softsign, sw
 from .graph import unfold
 from .memory import Every
 from .printing import explain
+from .train import SGD, Adagrad, Adam, AdamW, RMSprop, Trainer, TrainingError, Truncated
 
 __all__ = [
-    "Cell", "compile", "Every", "unfold", "explain", "backward_step", "cells", "inspect",
+    "Cell", "compile", "Every", "Trainer", "Truncated", "TrainingError",
+    "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "unfold", "explain", "backward_step", "cells", "inspect",
     "concat", "vslice", "vsum", "logsumexp", "softmax", "softmax_xent",
     "sigmoid", "softplus", "relu", "softsign", "hard_sigmoid", "gelu", "swish",
     "RnncompError", "CellError", "ShapeError", "DifferentiationError", "CallError", "CompileError",

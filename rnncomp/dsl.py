@@ -44,6 +44,9 @@ class Vec(sp.Symbol):
     def __new__(cls, name: str):
         return sp.Symbol.__new__(cls, name, real=True)
 
+    def __getnewargs_ex__(self):  # pickling: our __new__ fixes the assumptions itself
+        return (self.name,), {}
+
 
 class StateVec(Vec):
     """A recurrent state: on a right-hand side it is h[t-1]; ``h.new`` is h[t]."""
