@@ -177,6 +177,34 @@ def _inspect_args(ins) -> None:
     ins.add_argument("--outputs", type=int, default=4)
 
 
+def train_cmd(args) -> int:
+    """Train a cell on a built-in task, with checkpoints."""
+    from .train import Adam, Trainer, Truncated
+    from .train.tasks import TASKS
+
+    x, y, mask = TASKS[args.task](T=args.T, N=args.N, seed=args.seed)
+    n_in, n_out = x.shape[2], y.shape[2]
+    bptt = Truncated(args.k1, args.k2 or args.k1) if args.k1 else None
+    if args.resume:
+        tr = Trainer.load(args.resume, backend=args.backend)
+        print(f"resumed {args.resume} at step {tr.step_count}")
+    else:
+        cell = load_cell(args.cell, n_in, args.hidden, n_out)
+        tr = Trainer(cell, Adam(args.lr), clip_norm=1.0, bptt=bptt, backend=args.backend, seed=args.seed)
+    n_test = max(1, args.N // 8)
+    xt, yt = x[:, :n_test], y[:, :n_test]
+    mt = None if mask is None else mask[:, :n_test]
+    print(f"training {tr.cell.name!r} on {args.task} (T={args.T}, {args.N} sequences), {args.backend} backend")
+    print(f"  before: held-out loss {tr.evaluate(xt, yt, mask=mt):.5f}")
+    tr.fit(x[:, n_test:], y[:, n_test:], epochs=args.epochs, batch_size=args.batch,
+           mask=None if mask is None else mask[:, n_test:], verbose=1)
+    print(f"  after:  held-out loss {tr.evaluate(xt, yt, mask=mt):.5f}")
+    if args.save:
+        tr.save(args.save)
+        print(f"  checkpoint: {args.save}")
+    return 0
+
+
 def compile_cmd(args) -> int:
     """Write the compiled code of a cell: PTX for ``--target ptx``, LLVM IR or assembly for native."""
     cell = load_cell(args.cell, args.inputs, args.hidden, args.outputs)
@@ -210,8 +238,23 @@ def main(argv=None) -> int:
     comp.add_argument("-o", "--output", help="file to write (default: standard output)")
     for name, default in (("--inputs", 8), ("--hidden", 16), ("--outputs", 4)):
         comp.add_argument(name, type=int, default=default)
+    tr = sub.add_parser("train", help="train a cell on a built-in task")
+    tr.add_argument("cell", nargs="?", default="gru", help="a zoo cell, module:name or file.py[:name]")
+    tr.add_argument("--task", choices=["sine", "adding"], default="sine")
+    tr.add_argument("--epochs", type=int, default=5)
+    tr.add_argument("--lr", type=float, default=1e-2)
+    tr.add_argument("--hidden", type=int, default=32)
+    tr.add_argument("--T", type=int, default=50)
+    tr.add_argument("--N", type=int, default=256, help="number of sequences")
+    tr.add_argument("--batch", type=int, default=32)
+    tr.add_argument("--k1", type=int, default=0, help="truncated BPTT: steps between updates")
+    tr.add_argument("--k2", type=int, default=0, help="truncated BPTT: steps back-propagated")
+    tr.add_argument("--backend", choices=["native", "numpy"], default="native")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--save", help="write a checkpoint here")
+    tr.add_argument("--resume", help="continue from a checkpoint")
     args = p.parse_args(argv)
-    return {"demo": demo, "inspect": inspect_cmd, "compile": compile_cmd}[args.cmd](args)
+    return {"demo": demo, "inspect": inspect_cmd, "compile": compile_cmd, "train": train_cmd}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -44,3 +44,14 @@ def test_compile_writes_ptx_and_llvm(tmp_path, capsys):
         r = subprocess.run(["ptxas", "--gpu-name", "sm_80", str(out), "-o", str(tmp_path / "a.o")],
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
+
+
+def test_train_save_and_resume(tmp_path, capsys):
+    ckpt = str(tmp_path / "gru.ckpt")
+    assert main(["train", "gru", "--epochs", "2", "--N", "32", "--T", "20", "--hidden", "8", "--save", ckpt]) == 0
+    out = capsys.readouterr().out
+    before = float(out.split("before: held-out loss ")[1].split()[0])
+    after = float(out.split("after:  held-out loss ")[1].split()[0])
+    assert after < before
+    assert main(["train", "--resume", ckpt, "--epochs", "1", "--N", "32", "--T", "20", "--k1", "5", "--k2", "10"]) == 0
+    assert "resumed" in capsys.readouterr().out
