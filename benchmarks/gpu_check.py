@@ -11,7 +11,9 @@ the comparison columns (skipped if missing).  Nothing is installed.  Writes
    outputs and final states atol/rtol 1e-4 (float32 rounding over the steps);
 2. timing: one training step (forward + BPTT, float32, median) at H=128 B=32 T=100 and
    H=512 B=64 T=50 (input D = H/2, 4 outputs, MSE): rnncomp ptx (host↔device copies
-   of params/inputs/gradients included: the model takes NumPy arrays), PyTorch cuDNN
+   of params/inputs/gradients included: the model takes NumPy arrays; default = tiled
+   products + fused element-wise runs, and ``tiled=False, fuse=False``, the first version's
+   kernels, as "simple"), PyTorch cuDNN
    nn.LSTM / nn.GRU, and a PyTorch custom-cell Python loop (autograd) on the GPU.
 """
 import importlib
@@ -190,6 +192,12 @@ def timing():
                 row["launches"] = m._arena["launches"]
                 row["ptx_ms"] = median_ms(lambda: m.loss_and_grad(params, inputs, targets, check_finite=False),
                                           lambda: None)
+                m0 = rc.compile(cell, backend="ptx", dtype="float32", arch=ARCH, features=FEATURES,
+                                tiled=False, fuse=False)
+                m0.loss_and_grad(params, inputs, targets)
+                row["launches_simple"] = m0._arena["launches"]
+                row["ptx_simple_ms"] = median_ms(
+                    lambda: m0.loss_and_grad(params, inputs, targets, check_finite=False), lambda: None)
                 if torch_ok:
                     cudnn, loop, sync = torch_steps(kind, D, H, B, T)
                     row["cudnn_ms"] = median_ms(cudnn, sync)
@@ -213,15 +221,16 @@ def table():
         print(f"{r['cell']:<16}{'yes' if r['ok'] else 'NO':>5}{r['loss_rel']:>11.1e}{r['grad_rel']:>11.1e}"
               f"{r['state_err']:>11.1e}{r['out_err']:>11.1e}")
     print("\ntraining step, float32, median ms (ptx includes host<->device copies):")
-    print(f"{'case':<28}{'ptx':>10}{'cuDNN':>10}{'torch loop':>12}{'compile s':>11}{'launches':>16}")
+    print(f"{'case':<28}{'ptx':>10}{'simple':>10}{'cuDNN':>10}{'torch loop':>12}{'compile s':>11}"
+          f"{'launches':>16}{'simple':>16}")
     for r in RESULT["timing"]:
         label = f"{r['cell']} H={r['H']} B={r['B']} T={r['T']}"
         if "error" in r or "skipped" in r:
             print(f"{label:<28}  {r.get('error', r.get('skipped'))[:90]}")
             continue
         fmt = lambda k: f"{r[k]:>10.2f}" if k in r else f"{'n/a':>10}"  # noqa: E731
-        print(f"{label:<28}{fmt('ptx_ms')}{fmt('cudnn_ms')}  {fmt('torch_loop_ms')}"
-              f"{r['compile_s']:>11.2f}{str(r['launches']):>16}")
+        print(f"{label:<28}{fmt('ptx_ms')}{fmt('ptx_simple_ms')}{fmt('cudnn_ms')}  {fmt('torch_loop_ms')}"
+              f"{r['compile_s']:>11.2f}{str(r['launches']):>16}{str(r.get('launches_simple')):>16}")
 
 
 def pick_features():

@@ -9,6 +9,11 @@
 * every vector-math function lowers for NVPTX (LLVM aborts the process on an
   unselectable intrinsic, so these run in the isolated child process);
 * running on the default CUDA runner without cuda-python/GPU gives the clear error.
+
+The tiled products (shared memory, barriers, split-K atomics) run in the host check too:
+the host wrapper emulates a block by running each barrier-free phase as a loop over the
+thread ids.  ``test_cuda_*`` (run on a GPU machine: ``-k "cuda or host"``) check the real
+thing, tiled and simple, fused and not, at shapes with several tiles and k-splits.
 """
 import numpy as np
 import pytest
@@ -107,11 +112,11 @@ def test_ptx_header_and_arch_checks():
 
 
 # ----------------------------------------------------------------------------- host semantics check
-def compare_host(cell, T=5, B=3, seed=0, targets=None, **kw):
+def compare_host(cell, T=5, B=3, seed=0, targets=None, options=None, **kw):
     params, inputs, tg = random_data(cell, T=T, B=B, seed=seed)
     tg = targets or tg
     l1, g1, h1 = numpy_model(cell).loss_and_grad(params, inputs, tg, **kw)
-    model = rc.compile(cell, backend="ptx", runner="host")
+    model = rc.compile(cell, backend="ptx", runner="host", **(options or {}))
     l2, g2, h2 = model.loss_and_grad(params, inputs, tg, **kw)
     assert l2 == pytest.approx(l1, rel=1e-11)
     assert g2.keys() == g1.keys()
@@ -152,6 +157,31 @@ def test_host_semantics_masks_h0_and_shapes():
     params, inputs, targets = random_data(cell, T=2, B=1, seed=4)
     l1, _, _ = numpy_model(cell).loss_and_grad(params, inputs, targets)
     assert m.loss_and_grad(params, inputs, targets)[0] == pytest.approx(l1, rel=1e-12)
+
+
+@pytest.mark.parametrize("options", [{}, {"tiled": False, "fuse": False}, {"tiled": False}, {"fuse": False}],
+                         ids=["tiled-fused", "simple", "simple-fused", "tiled-unfused"])
+def test_host_semantics_tiles_splits_and_fallbacks(options):
+    """Several output tiles (H=70 > 64), ragged edges, k-splits (T·B = 300 > 256 rows)."""
+    cell = rc.cells.lstm(37, 70, 3)
+    m = compare_host(cell, T=30, B=10, options=options)
+    ks = m.plan.kernels.kernels
+    assert any(k.block for k in ks.values()) == options.get("tiled", True)
+
+
+def test_fusion_cuts_launches_and_keeps_order():
+    cell = rc.cells.lstm(8, 16, 3)
+    m = rc.compile(cell, backend="ptx")
+    fused, plain = m.plan, rc.compile(cell, backend="ptx", fuse=False).plan
+    assert len(fused.fwd_step) < len(plain.fwd_step) and len(fused.bwd_step) < len(plain.bwd_step)
+    for prog, lf, lp in [(None, fused.fwd_step, plain.fwd_step), (m.bwd.prog, fused.bwd_step, plain.bwd_step)]:
+        order = [k for launch in lf for k in launch.computes]
+        assert sorted(map(str, order)) == sorted(str(k) for launch in lp for k in launch.computes)
+        if prog is not None:  # a topological order: every argument computed in the step comes first
+            seen = set()
+            for k in order:
+                assert all(a in seen for a in prog.nodes[k].args if a in set(order)), k
+                seen.add(k)
 
 
 def test_learned_initial_state_and_float32():
@@ -200,3 +230,20 @@ def test_cuda_matches_oracle(name):
             assert np.abs(g2[k] - g1[k]).max() <= 1e-11 * (np.abs(g1[k]).max() + 1e-6), k
         for s in h1:
             np.testing.assert_allclose(h2[s], h1[s], rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.skipif(not _cuda_present(), reason="no CUDA GPU/driver or cuda-python in this process")
+@pytest.mark.parametrize("options", [{}, {"tiled": False, "fuse": False}], ids=["tiled-fused", "simple"])
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_cuda_tiles_and_splits_match_oracle(name, options):
+    """Several output tiles, ragged edges and k-splits with atomics (T·B = 600 rows), float64."""
+    cell = rc.cells.get(name)(37, 70, 3)
+    params, inputs, targets = random_data(cell, T=30, B=20)
+    l1, g1, h1 = numpy_model(cell).loss_and_grad(params, inputs, targets)
+    m = rc.compile(cell, backend="ptx", **options)
+    l2, g2, h2 = m.loss_and_grad(params, inputs, targets)
+    assert l2 == pytest.approx(l1, rel=1e-10)
+    for k in g1:
+        assert np.abs(g2[k] - g1[k]).max() <= 1e-10 * (np.abs(g1[k]).max() + 1e-6), k
+    for s in h1:
+        np.testing.assert_allclose(h2[s], h1[s], rtol=1e-10, atol=1e-12)

@@ -17,8 +17,21 @@ Element-wise math is printed by :class:`..llvm.exprgen.LLVMPrinter` (vector math
 from :mod:`..llvm.vecmath`: straight-line arithmetic, no libm calls, no
 ``llvm.exp``/``llvm.tanh`` intrinsics, which NVPTX cannot select without ``afn``).
 
-Products are a simple correct kernel: one thread per output element, a dot
-product over the inner dimension (no shared-memory tiling yet; see docs/gpu.md).
+Products (the per-step ``U·h``, the hoisted ``W·x`` over T·B rows and the
+parameter-gradient ``δᵀv`` over T·B rows) are **tiled**: a block of 256 threads
+computes a TM×TN output tile through shared memory (``addrspace(3)`` arrays,
+``llvm.nvvm.barrier0`` between the load and the multiply phases), each thread a
+RM×RN register block (:data:`TILES`).  Gradient products also split the T·B rows
+over blocks (``atomicrmw fadd`` into the gradient).  A tiled kernel is written as
+a *block program* (:class:`Tiled`: per-thread phases separated by barriers, in
+uniform loops); the host wrapper emulates a block by running every phase as a
+loop over the 256 thread ids (a barrier is the end of such a loop; per-thread
+accumulators live in a 256 × RM·RN array), which is exact for race-free phases.
+The simple kernel (one thread per output element) stays as ``tiled=False``.
+
+Element-wise nodes are fused: one kernel computes a run of element-wise nodes of
+one size (values produced earlier in the run come from registers), see
+:meth:`KernelSet.ew_run` and ``plan._groups``.
 """
 from __future__ import annotations
 
@@ -30,7 +43,7 @@ from llvmlite import ir
 
 from ...ir import placeholder
 from ..llvm import vecmath
-from ..llvm.builder import I64, for_range
+from ..llvm.builder import I64, alloca_once, for_range
 from ..llvm.exprgen import LLVMPrinter
 
 I32 = ir.IntType(32)
@@ -39,66 +52,120 @@ NVPTX_TRIPLE = "nvptx64-nvidia-cuda"
 NVPTX_DATALAYOUT = "e-p6:32:32-i64:64-i128:128-v16:16-v32:32-n16:32:64"
 
 
+# (TM, TN, RM, RN, TK): output tile TM×TN per block, RM×RN per thread, TK-deep k slices
+TILES = {"small": (32, 32, 2, 2, 32), "large": (64, 64, 4, 4, 16)}
+PAD = 1          # shared-memory row padding (bank conflicts of the transposing loads)
+SPLIT_K = 256    # rows of T·B per block in the gradient products and batch sums
+
+
+@dataclass
+class Tiled:
+    """A block program: ``nt`` threads, ``n_acc`` per-thread accumulators, shared arrays.
+
+    ``setup(g, bid, R, ptrs) -> ctx`` emits the block-uniform values; ``steps`` is a list of
+    ``("thread", fn(g, ctx, tid, acc))``, ``("barrier",)`` and
+    ``("loop", count(g, ctx), var, steps)`` (uniform loops; ``ctx[var]`` is the index).
+    """
+
+    nt: int
+    n_acc: int
+    smem: tuple
+    setup: object
+    steps: list
+
+
 @dataclass
 class Kernel:
-    """One kernel: ``name``, how many pointer arguments, the thread count and its body.
+    """One kernel: ``name``, how many pointer arguments, its launch size and its body.
 
-    Threads: ``N = rows · per_row`` when ``fixed`` is None, else ``N = fixed``.
-    ``body(gen, gid, N, R, ptrs)`` emits the work of thread ``gid``.
+    ``size(R)`` is the launch's ``N`` for ``R`` rows: the thread count of a simple kernel
+    (``block`` None: the runner's block size), or the block count of a tiled one (``block``
+    threads each; ``body`` is then a :class:`Tiled`).  A simple ``body(gen, gid, N, R, ptrs)``
+    emits the work of thread ``gid``.
     """
 
     name: str
     kind: str
     nptr: int
-    per_row: int = 1
-    fixed: int | None = None
+    size: object
     body: object = None
     doc: str = ""
-    attrs: dict = field(default_factory=dict)
+    block: int | None = None
 
     def threads(self, rows: int) -> int:
-        return self.fixed if self.fixed is not None else rows * self.per_row
+        """The ``N`` argument of a launch over ``rows`` rows (threads, or blocks if tiled)."""
+        return int(self.size(rows))
 
 
 class KernelSet:
     """The kernels of one cell, in definition order (names are unique)."""
 
-    def __init__(self, dtype):
+    def __init__(self, dtype, tiled=True):
         self.dtype = np.dtype(dtype)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
         self.ty = DTYPES[self.dtype]
+        self.tiled = tiled
         self.kernels: dict[str, Kernel] = {}
 
-    def add(self, kind: str, nptr: int, body, per_row=1, fixed=None, doc="") -> str:
+    def add(self, kind: str, nptr: int, body, per_row=1, fixed=None, doc="", size=None, block=None) -> str:
         name = f"k{len(self.kernels)}_{kind}"
-        self.kernels[name] = Kernel(name, kind, nptr, per_row, fixed, body, doc)
+        if size is None:
+            size = (lambda R, f=fixed: f) if fixed is not None else (lambda R, n=per_row: R * n)
+        self.kernels[name] = Kernel(name, kind, nptr, size, body, doc, block)
         return name
 
     # ------------------------------------------------------------------ kernel kinds
     def ew(self, template: sp.Expr, n: int, arg_units, doc="") -> str:
         """out[b, j] = template(args): ``arg_units[i] = (units, shared)`` per argument."""
         arg_units = tuple(arg_units)
+        return self.ew_run([(template, [("ext", i) for i in range(len(arg_units))])], n, arg_units, doc=doc)
+
+    def ew_run(self, items, n: int, ext_units, doc="") -> str:
+        """A fused run of element-wise nodes of size ``n``: pointers ``ext…, out_1 … out_k``.
+
+        ``items[q] = (template, refs)``, ``refs[i]`` = ``("ext", e)`` (loaded from external
+        pointer ``e``, ``ext_units[e] = (units, shared)``) or ``("reg", r)`` (the value of
+        item ``r < q``, from its register).  Every item's value is also stored.
+        """
+        items = tuple((t, tuple(refs)) for t, refs in items)
+        ext_units = tuple(ext_units)
+        n_ext = len(ext_units)
 
         def body(g, gid, N, R, ptrs):
             b = g.b
-            out, args = ptrs[-1], ptrs[:-1]
+            exts, outs = ptrs[:n_ext], ptrs[n_ext:]
             bi, j = g.divmod(gid, n)
-            vals = {}
-            for i, (p, (units, shared)) in enumerate(zip(args, arg_units)):
-                if shared:
-                    idx = j if units > 1 else I64(0)
-                else:
-                    idx = b.add(b.mul(bi, I64(units)), j) if units > 1 else bi
-                vals[placeholder(i)] = b.load(b.gep(p, [idx], inbounds=True))
-            v = LLVMPrinter(b, g.ty, vals).emit_all(template)
-            b.store(v, b.gep(out, [gid], inbounds=True))
-        return self.add("ew", len(arg_units) + 1, body, per_row=n, doc=doc)
+            loaded, here = {}, []
+            for q, (template, refs) in enumerate(items):
+                vals = {}
+                for i, (src, e) in enumerate(refs):
+                    if src == "reg":
+                        vals[placeholder(i)] = here[e]
+                        continue
+                    if e not in loaded:
+                        units, shared = ext_units[e]
+                        if shared:
+                            idx = j if units > 1 else I64(0)
+                        else:
+                            idx = b.add(b.mul(bi, I64(units)), j) if units > 1 else bi
+                        loaded[e] = b.load(b.gep(exts[e], [idx], inbounds=True))
+                    vals[placeholder(i)] = loaded[e]
+                v = LLVMPrinter(b, g.ty, vals).emit_all(template)
+                b.store(v, b.gep(outs[q], [gid], inbounds=True))
+                here.append(v)
+        return self.add("ew", n_ext + len(items), body, per_row=n, doc=doc)
 
-    def matvec(self, n_in: int, n_out: int, terms, shapes, doc="") -> str:
+    def matvec(self, n_in: int, n_out: int, terms, shapes, doc="", tile="small") -> str:
         """out[b, r] = Σ_terms c · (P v[b])[r] (or Pᵀ): pointers v, P_1 … P_k, out."""
         terms = tuple((bool(tr), float(c)) for _, tr, c in terms)
         shapes = tuple(shapes)
+        if self.tiled:
+            # C[R × n_out] = v[R × n_in] · op(P): A(i, k) = v[i·n_in + k]; B(k, j) = P[j, k] or P[k, j]
+            gterms = [(0, n_in, 1, 1 + q, n_ if tr else 1, 1 if tr else n_, c)
+                      for q, ((tr, c), (m_, n_)) in enumerate(zip(terms, shapes))]
+            return self._gemm("matvec", len(terms) + 2, tile, "R", n_out, n_in, gterms, len(terms) + 1,
+                              accumulate=False, c_out=1.0, doc=doc)
 
         def body(g, gid, N, R, ptrs):
             b = g.b
@@ -192,22 +259,45 @@ class KernelSet:
         return self.add("copy", 2, body, per_row=n, doc=doc)
 
     def grad_batch(self, n: int, doc="") -> str:
-        """grad[j] += Σ_rows src[row, j] over the launch's R rows (one thread per unit)."""
+        """grad[j] += Σ_rows src[row, j] over the launch's R rows.
+
+        Tiled mode: thread ``gid`` sums rows ``[c·SPLIT_K, (c+1)·SPLIT_K)`` of unit ``j``
+        (``c, j = divmod(gid, n)``) and adds atomically; else one thread per unit."""
+        split = SPLIT_K if self.tiled else None
+
         def body(g, gid, N, R, ptrs):
             b = g.b
             src, grad = ptrs
+            if split:
+                c, j = g.divmod(gid, n)
+                lo = b.mul(c, I64(split))
+                hi = b.add(lo, I64(split))
+                hi = b.select(b.icmp_signed("<", hi, R), hi, R)
+            else:
+                j, lo, hi = gid, I64(0), R
             acc = g.local_acc()
-            with for_range(b, R, name="row") as row:
-                x = b.load(b.gep(src, [b.add(b.mul(row, I64(n)), gid)], inbounds=True))
+            with for_range(b, hi, start=lo, name="row") as row:
+                x = b.load(b.gep(src, [b.add(b.mul(row, I64(n)), j)], inbounds=True))
                 b.store(b.fadd(b.load(acc), x), acc)
-            gp = b.gep(grad, [gid], inbounds=True)
-            b.store(b.fadd(b.load(gp), b.load(acc)), gp)
+            gp = b.gep(grad, [j], inbounds=True)
+            if split:
+                b.atomic_rmw("fadd", gp, b.load(acc), "monotonic")
+            else:
+                b.store(b.fadd(b.load(gp), b.load(acc)), gp)
+        if split:
+            return self.add("gradb", 2, body, size=lambda R: n * max(1, -(-R // split)), doc=doc)
         return self.add("gradb", 2, body, fixed=n, doc=doc)
 
     def grad_outer(self, shape, n_g: int, n_v: int, c: float, tr: bool, doc="") -> str:
         """grad[r, col] += c · Σ_rows g[row, r] v[row, col] (transposed: v[row, r] g[row, col])."""
         m_, n_ = shape
         c = float(c)
+        if self.tiled:
+            # grad[M=m_ × N=n_] += c · Aᵀ·B over K = R rows: A(i, k) = A[k·na + i], B(k, j) = B[k·nb + j]
+            (ia, na), (ib, nb) = ((1, n_v), (0, n_g)) if tr else ((0, n_g), (1, n_v))
+            tile = "large" if m_ * n_ >= 256 * 256 else "small"
+            return self._gemm("grado", 3, tile, m_, n_, "R", [(ia, 1, na, ib, nb, 1, 1.0)], 2,
+                              accumulate=True, c_out=c, split=SPLIT_K, doc=doc)
 
         def body(g, gid, N, R, ptrs):
             b = g.b
@@ -225,6 +315,131 @@ class KernelSet:
             gp = b.gep(grad, [gid], inbounds=True)
             b.store(b.fadd(b.load(gp), s), gp)
         return self.add("grado", 3, body, fixed=m_ * n_, doc=doc)
+
+    def _gemm(self, kind, nptr, tile, M, N, K, terms, out, accumulate, c_out, split=None, doc=""):
+        """A tiled product ``out[M × N] (+)= c_out · Σ_terms A_t · (c_t B_t)`` (``M``/``K``: int or "R").
+
+        ``terms``: ``(a_ptr, sai, sak, b_ptr, sbk, sbj, c_t)``: A(i, k) = a[i·sai + k·sak],
+        B(k, j) = b[k·sbk + j·sbj].  ``split``: K (= R) is cut into chunks of that many rows,
+        one block per chunk, adding atomically (``accumulate`` must be set)."""
+        TM, TN, RM, RN, TK = TILES[tile]
+        if isinstance(K, int):  # a short inner dimension: a shallower k slice (fewer wasted FMAs)
+            while TK > 1 and TK // 2 >= K:
+                TK //= 2
+        TMT, TNT = TM // RM, TN // RN
+        NT = TMT * TNT
+        NBN = -(-N // TN)
+        assert not split or (isinstance(M, int) and K == "R" and accumulate)
+        LA, LB = TM + PAD, TN + PAD  # shared row lengths: As[kk·LA + i], Bs[kk·LB + j]
+
+        def nblocks(R):
+            m = M if isinstance(M, int) else R
+            k = K if isinstance(K, int) else R
+            return max(1, NBN * -(-m // TM) * (-(-k // split) if split else 1))
+
+        def setup(g, bid, R, ptrs):
+            b = g.b
+            Mv = I64(M) if isinstance(M, int) else R
+            Kv = I64(K) if isinstance(K, int) else R
+            tn, r = b.urem(bid, I64(NBN)), b.udiv(bid, I64(NBN))
+            if split:
+                nbm = I64(-(-M // TM))
+                tm, ks = b.urem(r, nbm), b.udiv(r, nbm)
+                k0 = b.mul(ks, I64(split))
+                k1 = b.add(k0, I64(split))
+                k1 = b.select(b.icmp_signed("<", k1, Kv), k1, Kv)
+            else:
+                tm, k0, k1 = r, I64(0), Kv
+            ntile = b.udiv(b.add(b.sub(k1, k0), I64(TK - 1)), I64(TK))
+            return {"M": Mv, "k0": k0, "k1": k1, "ntile": ntile, "row0": b.mul(tm, I64(TM)),
+                    "col0": b.mul(tn, I64(TN)), "ptrs": ptrs}
+
+        def init(g, ctx, tid, acc):
+            for q in range(RM * RN):
+                g.b.store(g.const(0.0), g.b.gep(acc, [I64(q)], inbounds=True))
+
+        def load_tile(g, ctx, tid, kb, ptr, s_outer, s_k, lim_outer, origin, T_outer, L, sm, scale):
+            """Copy a T_outer × TK slice (outer index o, k index kk) into sm[kk·L + o], zeros outside."""
+            b = g.b
+            total = T_outer * TK
+            for s_ in range(-(-total // NT)):
+                e = b.add(tid, I64(s_ * NT))
+                if s_k == 1:  # k contiguous in memory: consecutive threads walk k
+                    kk, o = b.urem(e, I64(TK)), b.udiv(e, I64(TK))
+                else:
+                    o, kk = b.urem(e, I64(T_outer)), b.udiv(e, I64(T_outer))
+                go, gk = b.add(origin, o), b.add(kb, kk)
+                ok = b.and_(b.icmp_signed("<", go, lim_outer), b.icmp_signed("<", gk, ctx["k1"]))
+                partial = (s_ + 1) * NT > total  # the last pass: threads past the slice store nothing
+                if partial:
+                    inside = b.icmp_unsigned("<", e, I64(total))
+                    ok = b.and_(ok, inside)
+                idx = b.add(b.mul(go, I64(s_outer)), b.mul(gk, I64(s_k)))
+                idx = b.select(ok, idx, I64(0))
+                x = b.load(b.gep(ptr, [idx], inbounds=True))
+                if scale != 1.0:
+                    x = b.fmul(x, g.const(scale))
+                x = b.select(ok, x, g.const(0.0))
+                if partial:
+                    with b.if_then(inside):
+                        b.store(x, b.gep(sm, [b.add(b.mul(kk, I64(L)), o)], inbounds=True))
+                else:
+                    b.store(x, b.gep(sm, [b.add(b.mul(kk, I64(L)), o)], inbounds=True))
+
+        def loader(term, var):
+            ia, sai, sak, ib, sbk, sbj, ct = term
+
+            def load(g, ctx, tid, acc):
+                b = g.b
+                kb = b.add(ctx["k0"], b.mul(ctx[var], I64(TK)))
+                P = ctx["ptrs"]
+                load_tile(g, ctx, tid, kb, P[ia], sai, sak, ctx["M"], ctx["row0"], TM, LA, g.smem[0], 1.0)
+                load_tile(g, ctx, tid, kb, P[ib], sbj, sbk, I64(N), ctx["col0"], TN, LB, g.smem[1], ct)
+            return load
+
+        def compute(g, ctx, tid, acc):
+            b = g.b
+            ty, tx = b.udiv(tid, I64(TNT)), b.urem(tid, I64(TNT))
+            accs = [b.load(b.gep(acc, [I64(q)], inbounds=True)) for q in range(RM * RN)]
+            fl = ("contract",)
+            for kk in range(TK):
+                a = [b.load(b.gep(g.smem[0], [b.add(ty, I64(kk * LA + ii * TMT))], inbounds=True))
+                     for ii in range(RM)]
+                w = [b.load(b.gep(g.smem[1], [b.add(tx, I64(kk * LB + jj * TNT))], inbounds=True))
+                     for jj in range(RN)]
+                accs = [b.fadd(accs[ii * RN + jj], b.fmul(a[ii], w[jj], flags=fl), flags=fl)
+                        for ii in range(RM) for jj in range(RN)]
+            for q, v in enumerate(accs):
+                b.store(v, b.gep(acc, [I64(q)], inbounds=True))
+
+        def store(g, ctx, tid, acc):
+            b = g.b
+            ty, tx = b.udiv(tid, I64(TNT)), b.urem(tid, I64(TNT))
+            optr = ctx["ptrs"][out]
+            for ii in range(RM):
+                row = b.add(ctx["row0"], b.add(ty, I64(ii * TMT)))
+                for jj in range(RN):
+                    col = b.add(ctx["col0"], b.add(tx, I64(jj * TNT)))
+                    ok = b.and_(b.icmp_signed("<", row, ctx["M"]), b.icmp_signed("<", col, I64(N)))
+                    with b.if_then(ok):
+                        v = b.load(b.gep(acc, [I64(ii * RN + jj)], inbounds=True))
+                        if c_out != 1.0:
+                            v = b.fmul(v, g.const(c_out))
+                        p = b.gep(optr, [b.add(b.mul(row, I64(N)), col)], inbounds=True)
+                        if accumulate:
+                            b.atomic_rmw("fadd", p, v, "monotonic")
+                        else:
+                            b.store(v, p)
+
+        steps = [("thread", init)]
+        for q, term in enumerate(terms):
+            var = f"kt{q}"
+            steps.append(("loop", lambda g, ctx: ctx["ntile"], var,
+                          [("thread", loader(term, var)), ("barrier",), ("thread", compute), ("barrier",)]))
+        steps.append(("thread", store))
+        prog = Tiled(NT, RM * RN, (TK * LA, TK * LB), setup, steps)
+        return self.add(kind, nptr, prog, size=nblocks, block=NT,
+                        doc=f"{doc} [tiled {TM}×{TN}/{RM}×{RN}, k {TK}{', split ' + str(split) if split else ''}]")
 
 
 # ----------------------------------------------------------------------------- module emission
@@ -270,6 +485,9 @@ def emit_module(kernels: KernelSet, target: str, name: str = "rnncomp", host_tri
     else:
         raise ValueError(f"target must be 'nvptx' or 'host', got {target!r}")
     for k in kernels.kernels.values():
+        if isinstance(k.body, Tiled):
+            _emit_tiled(m, k, ty, pty, target)
+            continue
         body = ir.Function(m, ir.FunctionType(ir.VoidType(), [I64, I64, I64] + [pty] * k.nptr),
                            f"{k.name}_body")
         body.linkage = "internal"
@@ -300,3 +518,67 @@ def emit_module(kernels: KernelSet, target: str, name: str = "rnncomp", host_tri
         wb.ret_void()
     return m
 
+
+
+def _emit_tiled(m, k, ty, pty, target):
+    """A :class:`Tiled` block program as ``k(N blocks, R, ptrs…)``.
+
+    nvptx: one thread of block ``ctaid.x`` (``tid.x`` < ``nt``), shared arrays in
+    ``addrspace(3)``, ``llvm.nvvm.barrier0`` at each barrier, the accumulators in an
+    ``[n_acc]`` alloca that SROA turns into registers.  host: a loop over the N blocks;
+    each ``thread`` phase is a loop over the ``nt`` thread ids (a barrier separates two such
+    loops), the accumulators of all threads in an ``[nt · n_acc]`` array.
+    """
+    prog: Tiled = k.body
+    fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [I64, I64] + [pty] * k.nptr), k.name)
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    N, R, ptrs = fn.args[0], fn.args[1], list(fn.args[2:])
+    g = _BodyGen(b, ty, fn)
+    smem = []
+    for i, n in enumerate(prog.smem):
+        arr = ir.ArrayType(ty, n)
+        gv = ir.GlobalVariable(m, arr, f"{k.name}_smem{i}", addrspace=3 if target == "nvptx" else 0)
+        gv.linkage = "internal"
+        gv.initializer = ir.Constant(arr, ir.Undefined if target == "nvptx" else None)
+        gv.align = 16
+        smem.append(gv)
+    nvptx = target == "nvptx"
+    if nvptx:
+        fn.calling_convention = "ptx_kernel"
+        acc = alloca_once(b, ir.ArrayType(ty, prog.n_acc), "acc")
+        tid = b.zext(b.call(_sreg(m, "llvm.nvvm.read.ptx.sreg.tid.x"), []), I64)
+        bid = b.zext(b.call(_sreg(m, "llvm.nvvm.read.ptx.sreg.ctaid.x"), []), I64)
+        barrier = m.globals.get("llvm.nvvm.barrier0") or ir.Function(
+            m, ir.FunctionType(ir.VoidType(), []), "llvm.nvvm.barrier0")
+        g.smem = [b.gep(gv, [I32(0), I32(0)], inbounds=True) for gv in smem]
+        acc0 = b.gep(acc, [I32(0), I32(0)], inbounds=True)
+    else:
+        acc = alloca_once(b, ir.ArrayType(ty, prog.n_acc * prog.nt), "acc")
+        g.smem = [b.gep(gv, [I32(0), I32(0)], inbounds=True) for gv in smem]
+        acc0 = b.gep(acc, [I32(0), I32(0)], inbounds=True)
+
+    def emit(steps, ctx, tid):
+        for st in steps:
+            if st[0] == "thread":
+                if nvptx:
+                    st[1](g, ctx, tid, acc0)
+                else:
+                    with for_range(b, I64(prog.nt), name="tid") as t:
+                        st[1](g, ctx, t, b.gep(acc0, [b.mul(t, I64(prog.n_acc))], inbounds=True))
+            elif st[0] == "barrier":
+                if nvptx:
+                    b.call(barrier, [])
+            elif st[0] == "loop":
+                _, count, var, body = st
+                with for_range(b, count(g, ctx), name=var) as v:
+                    emit(body, {**ctx, var: v}, tid)
+            else:
+                raise ValueError(f"unknown block-program step {st[0]!r}")
+
+    if nvptx:
+        with b.if_then(b.icmp_unsigned("<", tid, I64(prog.nt))):  # uniform: the block is nt wide
+            emit(prog.steps, prog.setup(g, bid, R, ptrs), tid)
+    else:
+        with for_range(b, N, name="bid") as bid_:
+            emit(prog.steps, prog.setup(g, bid_, R, ptrs), None)
+    b.ret_void()

@@ -25,13 +25,16 @@ class PtxModel:
     (``"cuda"`` or ``"host"``), ``device`` (CUDA ordinal), ``block`` (threads per block),
     ``graphs`` (replay launches as a CUDA graph), ``hoist`` (state-free products over T·B
     rows before the loop), ``isolate`` (generate PTX in a child process, so an LLVM abort
-    cannot kill this one), ``opt`` (LLVM optimisation level).
+    cannot kill this one), ``opt`` (LLVM optimisation level), ``tiled`` (shared-memory tiled
+    products; False: one thread per output element), ``fuse`` (one kernel per run of
+    element-wise nodes of one size; False: one kernel per node).
     """
 
     backend = "ptx"
 
     def __init__(self, cell, dtype="float64", *, arch=DEFAULT_ARCH, features=DEFAULT_FEATURES,
-                 runner="cuda", device=0, block=256, graphs=True, hoist=True, isolate=True, opt=3):
+                 runner="cuda", device=0, block=256, graphs=True, hoist=True, isolate=True, opt=3,
+                 tiled=True, fuse=True):
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
@@ -42,7 +45,7 @@ class PtxModel:
         self.step = st = cell.step
         self.cell_name = st.name
         self.bwd = backward_step(st) if st.has_loss else None
-        self.plan = build_plan(st, self.bwd, self.dtype, hoist=hoist)
+        self.plan = build_plan(st, self.bwd, self.dtype, hoist=hoist, fuse=fuse, tiled=tiled)
         self.module = emit_module(self.plan.kernels, "nvptx", name=f"rnncomp_{st.name}")
         self.ir = str(self.module)
         self.ptx = to_ptx(self.ir, arch, features, opt=opt, isolate=isolate, where=f"cell {st.name!r}: ")
@@ -60,8 +63,9 @@ class PtxModel:
             if self.runner_kind == "host":
                 self._runner = HostRunner(self.plan.kernels)
             else:
-                self._runner = CudaRunner(self.ptx, list(self.plan.kernels.kernels), self.device,
-                                          self.block, self.graphs)
+                ks = self.plan.kernels.kernels
+                self._runner = CudaRunner(self.ptx, list(ks), self.device, self.block, self.graphs,
+                                          blocks={k: v.block for k, v in ks.items() if v.block})
         return self._runner
 
     def _get_arena(self, T, B):

@@ -7,6 +7,11 @@ A cell compiles to a :class:`~.codegen.KernelSet` and four launch lists:
     bwd_step    every t = T-1 … 0, rows B (the backward step f̄, then carry copies)
     bwd_grads   once, rows T·B: parameter gradients summed over every step and sample
 
+Nodes are scheduled (any topological order of a step computes the same values, every
+key has its own slot) so that products and other non-element-wise nodes come as early as
+they are ready and the element-wise nodes of one size form long runs, each fused into one
+kernel (:func:`_groups`; ``fuse=False``: one kernel per node, in program order).
+
 Every backward value keeps one row block per step (``(T, B, n)``), which is what
 lets the gradient kernels run once over T·B rows instead of T times over B.
 The adjoint carried from t+1 needs no copy: ``δ⁺h`` at t reads row t+1 of the
@@ -43,6 +48,7 @@ class Launch:
     args: tuple          # keys, resolved by the layout at the launch's step
     rows: str = "B"      # "B" or "TB"
     note: str = ""
+    computes: tuple = ()  # the node keys this launch computes (a fused run: several)
 
 
 class Layout:
@@ -100,13 +106,13 @@ class Plan:
                 f"forward step, {len(self.bwd_step)} per backward step, {len(self.bwd_grads)} gradient")
 
 
-def build_plan(step, bwd, dtype, hoist=True) -> Plan:
+def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True) -> Plan:
     """Kernels and launch lists for a lowered cell (``bwd`` None: forward only)."""
     bad = sorted({f for prog in [step.prog] + ([bwd.prog] if bwd else [])
                   for n in prog.nodes.values() if n.op == "ew" for f in unsupported(n.attrs["expr"])})
     if bad:
         raise CompileError(f"cell {step.name!r}: the ptx backend cannot lower {', '.join(bad)}")
-    ks, L = KernelSet(dtype), Layout()
+    ks, L = KernelSet(dtype, tiled=tiled), Layout()
     plan = Plan(ks, L)
     for p, shape in step.params.items():
         plan.param_slot[p] = k = L.slot(f"param {p}", int(np.prod(shape)), -1)
@@ -127,15 +133,11 @@ def build_plan(step, bwd, dtype, hoist=True) -> Plan:
     fwd = prune(step.prog, [(s, "t") for s in step.states] + [(o, "t") for o in step.outputs]
                 + ([step.loss_key] if step.has_loss else []))
     static = _static_keys(fwd, plan.fwd_slot) if hoist else set()
-    for key, node in fwd.nodes.items():
-        if node.op in LEAF_OPS:
-            continue
-        launch = _node_launch(ks, fwd, key, node)
-        if key in static:
-            launch.rows = "TB"
-            plan.fwd_static.append(launch)
-        else:
-            plan.fwd_step.append(launch)
+    todo = [k for k, n in fwd.nodes.items() if n.op not in LEAF_OPS]
+    for group in _groups(fwd, [k for k in todo if k in static], fuse):
+        plan.fwd_static.append(_group_launch(ks, fwd, group, "TB"))
+    for group in _groups(fwd, [k for k in todo if k not in static], fuse):
+        plan.fwd_step.append(_group_launch(ks, fwd, group, "B"))
     if bwd is None:
         return plan
 
@@ -168,9 +170,9 @@ def build_plan(step, bwd, dtype, hoist=True) -> Plan:
                 copies.append(Launch(ks.copy(n, doc=f"δ⁺{s} ← {key_str(co)}"), (co, dst),
                                      note=f"carry {s}"))
         plan.carry_slot[s] = slot
-    for key, node in bwd.prog.nodes.items():
-        if node.op not in LEAF_OPS:
-            plan.bwd_step.append(_node_launch(ks, bwd.prog, key, node))
+    todo = [k for k, n in bwd.prog.nodes.items() if n.op not in LEAF_OPS]
+    for group in _groups(bwd.prog, todo, fuse):
+        plan.bwd_step.append(_group_launch(ks, bwd.prog, group, "B"))
     plan.bwd_step += copies
     for p, shape in step.params.items():
         plan.grad_slot[p] = k = L.slot(f"grad {p}", int(np.prod(shape)), -1)
@@ -190,7 +192,80 @@ def build_plan(step, bwd, dtype, hoist=True) -> Plan:
     return plan
 
 
-def _node_launch(ks: KernelSet, prog, key, node) -> Launch:
+def _groups(prog, keys, fuse):
+    """Schedule ``keys`` (non-leaf nodes, in program order) into launch groups.
+
+    A group is ``[key]`` or a run of element-wise keys of one size (fused into one kernel).
+    List scheduling: a ready non-element-wise node is emitted first (products start as
+    early as possible); otherwise the earliest ready element-wise node opens a run, which
+    takes every element-wise node of its size that is or becomes ready."""
+    if not fuse:
+        return [[k] for k in keys]
+    order = {k: i for i, k in enumerate(keys)}
+    deps = {k: {a for a in prog.nodes[k].args if a in order} for k in keys}
+    users = {k: [] for k in keys}
+    for k in keys:
+        for a in deps[k]:
+            users[a].append(k)
+    wait = {k: len(d) for k, d in deps.items()}
+    ready = [k for k in keys if not wait[k]]
+    out = []
+
+    def take(k):
+        ready.remove(k)
+        for u in users[k]:
+            wait[u] -= 1
+            if not wait[u]:
+                ready.append(u)
+        ready.sort(key=order.__getitem__)
+
+    while ready:
+        other = [k for k in ready if prog.nodes[k].op != "ew"]
+        if other:
+            take(other[0])
+            out.append([other[0]])
+            continue
+        run = [ready[0]]
+        n = prog.nodes[run[0]].size
+        take(run[0])
+        while True:
+            nxt = next((k for k in ready if prog.nodes[k].op == "ew" and prog.nodes[k].size == n), None)
+            if nxt is None:
+                break
+            take(nxt)
+            run.append(nxt)
+        out.append(run)
+    assert sum(map(len, out)) == len(keys), "internal: cycle in a step program"
+    return out
+
+
+def _group_launch(ks: KernelSet, prog, group, rows) -> Launch:
+    if len(group) == 1:
+        launch = _node_launch(ks, prog, group[0], prog.nodes[group[0]], rows)
+    else:  # a fused run of element-wise nodes of one size
+        inside = {k: q for q, k in enumerate(group)}
+        ext, ext_units, items = [], [], []
+        for k in group:
+            node = prog.nodes[k]
+            refs = []
+            for a in node.args:
+                if a in inside:
+                    refs.append(("reg", inside[a]))
+                    continue
+                if a not in ext:
+                    ext.append(a)
+                    ext_units.append((_units(prog.node(a)), prog.node(a).op == "param"))
+                refs.append(("ext", ext.index(a)))
+            items.append((node.attrs["expr"], refs))
+        doc = "; ".join(f"{key_str(k)} = {prog.nodes[k].attrs['expr']}" for k in group)
+        name = ks.ew_run(items, prog.nodes[group[0]].size, ext_units, doc=doc)
+        launch = Launch(name, tuple(ext) + tuple(group), note=", ".join(key_str(k) for k in group))
+    launch.rows = rows
+    launch.computes = tuple(group)
+    return launch
+
+
+def _node_launch(ks: KernelSet, prog, key, node, rows="B") -> Launch:
     doc = key_str(key)
     if node.op == "ew":
         units = [(_units(prog.node(a)), prog.node(a).op == "param") for a in node.args]
@@ -200,7 +275,7 @@ def _node_launch(ks: KernelSet, prog, key, node) -> Launch:
         terms = node.attrs["terms"]
         n_in = prog.node(node.args[0]).size
         shapes = [prog.node((p, None)).size for p, _, _ in terms]
-        name = ks.matvec(n_in, node.size, terms, shapes, doc=doc)
+        name = ks.matvec(n_in, node.size, terms, shapes, doc=doc, tile="large" if rows == "TB" else "small")
         return Launch(name, (node.args[0],) + tuple((p, None) for p, _, _ in terms) + (key,), note=doc)
     if node.op == "slice":
         name = ks.slice(prog.node(node.args[0]).size, node.size, node.attrs["lo"], doc=doc)

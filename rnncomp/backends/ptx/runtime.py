@@ -12,7 +12,7 @@ same launch plan:
 * :class:`HostRunner`: the same kernel bodies compiled for this CPU (each
   wrapper loops over the thread index): the host semantics check.
 
-**The time loop runs on the host for now**: one launch per plan node per step
+**The time loop runs on the host for now**: one launch per plan group per step
 (T × nodes launches per pass, prepared once per (T, B) and replayed).  With
 ``graphs=True`` (default) the whole sequence of launches of a pass is captured
 once into a CUDA graph and replayed with one ``cuGraphLaunch``, which removes
@@ -69,9 +69,11 @@ def cuda_available() -> bool:
 class CudaRunner:
     """Loads the PTX once and launches its kernels on the current (primary) context."""
 
-    def __init__(self, ptx: str, kernel_names, device: int = 0, block: int = 256, graphs: bool = True):
+    def __init__(self, ptx: str, kernel_names, device: int = 0, block: int = 256, graphs: bool = True,
+                 blocks=None):
         self.drv = drv = import_driver()
         self.block = block
+        self.blocks = dict(blocks or {})  # tiled kernels: fixed block size, N is the block count
         self.graphs = graphs
         err = drv.cuInit(0)[0]
         if err != drv.CUresult.CUDA_SUCCESS:
@@ -146,22 +148,27 @@ class CudaRunner:
 
     # ------------------------------------------------------------------ launches
     def prepare(self, launches):
-        """``launches``: [(kernel name, N threads, R rows, [pointer ints])] → a replayable sequence."""
+        """``launches``: [(kernel name, N, R rows, [pointer ints])] → a replayable sequence.
+
+        ``N`` is the thread count, or the block count of a tiled kernel (``blocks[name]`` threads)."""
         seq = []
         for name, N, R, ptrs in launches:
             vals = [ctypes.c_int64(N), ctypes.c_int64(R)] + [ctypes.c_void_p(p) for p in ptrs]
             arr = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
-            grid = max(1, -(-N // self.block))
-            seq.append((self.fns[name], name, grid, vals, arr))
+            if name in self.blocks:
+                grid, blk = max(1, N), self.blocks[name]
+            else:
+                grid, blk = max(1, -(-N // self.block)), self.block
+            seq.append((self.fns[name], name, grid, blk, vals, arr))
         prepared = {"seq": seq, "graph": None}
         if self.graphs:
             prepared["graph"] = self._capture(seq)
         return prepared
 
     def _launch_all(self, seq):
-        drv, st, blk = self.drv, self.stream, self.block
+        drv, st = self.drv, self.stream
         ok = drv.CUresult.CUDA_SUCCESS
-        for fn, name, grid, _vals, arr in seq:
+        for fn, name, grid, blk, _vals, arr in seq:
             err = drv.cuLaunchKernel(fn, grid, 1, 1, blk, 1, 1, 0, st, ctypes.addressof(arr), 0)[0]
             if err != ok:
                 raise CompileError(f"CUDA driver call cuLaunchKernel({name}, grid={grid}, block={blk}) "
