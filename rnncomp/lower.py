@@ -150,22 +150,37 @@ class _Lowerer:
             base = {"ew": "a", "concat": "cat", "sum": "Σ", "lse": "lse"}[node.op] + str(self.counter)
         return self.prog.fresh(base, "t")
 
+    def per_sample(self, k):
+        """Structural ops work on per-sample rows: a shared parameter vector read by one
+        gets a per-sample copy node first (its gradient is then summed over the batch)."""
+        node = self.prog.node(k)
+        if node.op != "param":
+            return k
+        return self._copy(k, node)
+
+    def _copy(self, k, node):
+        key = ("rows", k)
+        if key not in self.memo:
+            self.memo[key] = self.prog.add(self.prog.fresh(f"{k[0]}·rows", "t"),
+                                           Node("ew", (k,), node.size, {"expr": placeholder(0)}))
+        return self.memo[key]
+
     def structural(self, e, where) -> Node:
         if isinstance(e, MatVec):
-            v = self.lower(e.args[1], where)
+            v = self.per_sample(self.lower(e.args[1], where))
             terms = tuple((n.name, bool(int(tr)), c) for n, tr, c in e.args[0])
             name, tr, _ = terms[0]
             shape = self.cell.decls[name].shape
             return Node("matvec", (v,), shape[1] if tr else shape[0], {"terms": terms})
         if isinstance(e, Slice):
-            v = self.lower(e.args[0], where)
+            v = self.per_sample(self.lower(e.args[0], where))
             lo, hi = int(e.args[1]), int(e.args[2])
             return Node("slice", (v,), hi - lo, {"lo": lo})
         if isinstance(e, Concat):
-            ks = tuple(self.lower(a, where) for a in e.args)
+            ks = tuple(self.per_sample(self.lower(a, where)) for a in e.args)
             return Node("concat", ks, sum(self.prog.node(k).size for k in ks))
         op = "sum" if isinstance(e, RowSum) else "lse"
-        return Node(op, (self.lower(e.args[0], where),), 1)
+        return Node(op, (self.per_sample(self.lower(e.args[0], where)),), 1)
 
     def split(self, e, where, top=False):
         """Give every inner function application, and every compound argument of one, a node

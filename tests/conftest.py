@@ -1,5 +1,6 @@
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True,
@@ -7,3 +8,17 @@ settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True
 settings.register_profile("long", max_examples=2000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``fuzz`` (long fuzzing runs) are skipped unless asked for:
+    ``pytest -m fuzz`` (any -m expression naming fuzz without negating it) or RNNCOMP_FUZZ=1."""
+    markexpr = config.getoption("markexpr", "") or ""
+    wanted = os.environ.get("RNNCOMP_FUZZ") == "1" or ("fuzz" in markexpr and "not fuzz" not in markexpr)
+    if wanted:
+        return
+    skip = pytest.mark.skip(reason="fuzz test: run with -m fuzz (and HYPOTHESIS_PROFILE=long) "
+                                   "or RNNCOMP_FUZZ=1")
+    for item in items:
+        if item.get_closest_marker("fuzz") is not None:
+            item.add_marker(skip)

@@ -38,11 +38,15 @@ def _as_dict(kind, value, names, cell):
 
 
 def _array(cell, what, a, shape, dtype, check_finite):
+    if isinstance(a, np.ma.MaskedArray):
+        raise CallError(f"cell {cell!r}: {what} is a masked array; pass plain arrays "
+                        "(and mask= for steps to leave out of the loss)")
     if not isinstance(a, np.ndarray):
         try:
             a = np.asarray(a)
         except Exception:  # noqa: BLE001 - anything numpy cannot read is the caller's problem
-            raise CallError(f"cell {cell!r}: {what} is not an array ({type(a).__name__})") from None
+            raise CallError(f"cell {cell!r}: {what} is not an array (ragged or not numbers: "
+                            f"{type(a).__name__})") from None
     if a.dtype != dtype:
         raise CallError(f"cell {cell!r}: {what} has dtype {a.dtype}, but the model was compiled "
                         f"for {dtype}; convert it with .astype({str(dtype)!r})")
@@ -80,7 +84,10 @@ def check_call(step, dtype, params, inputs, targets=None, h0=None, mask=None, *,
     if not seq:
         raise CallError(f"cell {cell!r}: no inputs or targets, so the sequence length is unknown")
     first_name, first = seq[0]
-    fshape = np.shape(first)
+    try:
+        fshape = np.shape(first)
+    except ValueError:  # ragged nested lists
+        raise CallError(f"cell {cell!r}: inputs[{first_name!r}] is not a rectangular array") from None
     if len(fshape) != 3:
         raise CallError(f"cell {cell!r}: inputs[{first_name!r}] must be time-major (T, B, n), "
                         f"got shape {fshape}")
@@ -98,6 +105,9 @@ def check_call(step, dtype, params, inputs, targets=None, h0=None, mask=None, *,
               for n in h0}
     m = None
     if mask is not None:
+        if isinstance(mask, np.ma.MaskedArray) or np.asarray(mask).dtype.kind not in "biuf":
+            raise CallError(f"cell {cell!r}: mask must be a plain array of real numbers or booleans, "
+                            f"got {type(mask).__name__} of {np.asarray(mask).dtype}")
         m = np.asarray(mask, dtype=dtype)
         if m.shape == (T,):
             m = np.repeat(m[:, None], B, axis=1)
