@@ -249,6 +249,7 @@ class BackwardStep:
     carry_out: dict      # state -> key of δh[t-1] (None: no gradient reaches h[t-1])
     weight: tuple        # seed key w[t]
     grads: dict          # param -> list of specs ("batch", key) | ("outer", g, v, c, transposed)
+    adjoints: dict = field(default_factory=dict)  # forward key -> key of its total adjoint
 
 
 def carry_key(state: str, t="t"):
@@ -274,7 +275,8 @@ def backward_step(step: Step) -> BackwardStep:
                  for s in step.states}
     grads = {p: [(sp_[0], a(sp_[1])) if sp_[0] == "batch" else (sp_[0], a(sp_[1]), *sp_[2:])
                  for sp_ in specs] for p, specs in rev.grads.items()}
-    return BackwardStep(step, prog, {s: carry_key(s) for s in step.states}, carry_out, w, grads)
+    return BackwardStep(step, prog, {s: carry_key(s) for s in step.states}, carry_out, w, grads,
+                        {k: a(v) for k, v in rev.adjoints.items()})
 
 
 # ----------------------------------------------------------------------------- unrolled

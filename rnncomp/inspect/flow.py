@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..autodiff import Contribution, carry_key, reverse
+from ..autodiff import backward_step
 from ..backends.numpy import NumpyModel, run_program
 from ..backends.validate import check_call, initial_states, step_weights
-from ..ir import Node, placeholder
 
 
 @dataclass
@@ -35,21 +34,10 @@ class _Bwd:
 
 
 def backward_with_adjoints(step) -> _Bwd:
-    """The backward step (as :func:`rnncomp.autodiff.backward_step` derives it, aliases kept)
-    together with the key of each state's total adjoint ``δs[t]``."""
-    seed_nodes, seeds = {}, {}
-    for s, n in step.states.items():
-        k = carry_key(s)
-        seed_nodes[k] = Node("seed", (), n)
-        seeds[(s, "t")] = [Contribution(placeholder(0), (k,), n)]
-    w = ("w", "t")
-    seed_nodes[w] = Node("seed", (), 1)
-    if step.has_loss:
-        seeds[step.loss_key] = [Contribution(placeholder(0), (w,), 1)]
-    rev = reverse(step.prog, seeds, seed_nodes, where=f"cell {step.name!r}")
-    return _Bwd(rev.prog, {s: carry_key(s) for s in step.states}, w,
-                {s: rev.adjoints[(s, "t")] for s in step.states},
-                {s: rev.adjoints.get((s, "t-1")) for s in step.states})
+    """The derived backward step with the key of each state's total adjoint ``δs[t]``."""
+    bwd = backward_step(step)
+    return _Bwd(bwd.prog, bwd.carry_in, bwd.weight,
+                {s: bwd.adjoints[(s, "t")] for s in step.states}, bwd.carry_out)
 
 
 @dataclass
