@@ -170,3 +170,21 @@ def eliminate_aliases(prog: Program):
 def _size_of(prog, key):
     n = prog.nodes.get(key) or prog.external.get(key)
     return None if n is None else n.size
+
+
+def state_independent(prog: Program, hoistable) -> set:
+    """Non-leaf nodes in ``hoistable`` that depend on no state (only inputs, targets, parameters).
+
+    A node outside ``hoistable`` stays in the time loop, and so does everything reading it.
+    """
+    dynamic, static = set(), set()
+    for key, node in prog.nodes.items():
+        if node.op == "state" or any(a in dynamic for a in node.args):
+            dynamic.add(key)
+        elif node.op in LEAF_OPS:
+            continue
+        elif key in hoistable:
+            static.add(key)
+        else:
+            dynamic.add(key)
+    return static

@@ -27,9 +27,10 @@ from llvmlite import ir
 from ..autodiff import backward_step
 from ..errors import CallError, CompileError
 from ..memory import schedule
-from ..ir import LEAF_OPS, placeholder, prune
+from ..ir import LEAF_OPS, placeholder, prune, state_independent
 from .llvm import gemm
-from .llvm.builder import I64, for_range
+from .llvm import vecmath
+from .llvm.builder import I64, alloca_once, for_range
 from .llvm.exprgen import LLVMPrinter, unsupported
 from .llvm.jit import HostTarget, compile_keyed
 from .validate import check_call, initial_states, step_weights
@@ -179,8 +180,8 @@ class _Gen:
 
     def reduce(self, out, v, n, lse):
         b = self.b
-        acc = b.alloca(self.ty)
-        mx = b.alloca(self.ty)
+        acc = alloca_once(b, self.ty, "acc")
+        mx = alloca_once(b, self.ty, "max")
         with for_range(b, self.B, name="b") as bi:
             row = b.gep(v, [b.mul(bi, I64(n))])
             b.store(ir.Constant(self.ty, float("-inf") if lse else 0.0), mx)
@@ -195,12 +196,10 @@ class _Gen:
             with for_range(b, I64(n), name="j") as j:
                 x = b.load(b.gep(row, [j]))
                 if lse:
-                    from .llvm import vecmath
                     x = vecmath.emit(b, "exp", [b.fsub(x, m)])
                 b.store(b.fadd(b.load(acc), x), acc)
             r = b.load(acc)
             if lse:
-                from .llvm import vecmath
                 r = b.fadd(m, vecmath.emit(b, "log", [r]))
             b.store(r, b.gep(out, [bi]))
 
@@ -384,7 +383,7 @@ class NativeModel:
     def _gen_forward(self, module):
         st = self.step
         g = _Gen(module, self.dtype, self.layout, self.host, "forward")
-        static = self._static_keys(self._fwd_prog) if self.hoist else set()
+        static = state_independent(self._fwd_prog, self.fwd_slot) if self.hoist else set()
         g.pack_weights(self._loop_terms(self._fwd_prog, static), self.pack_slot, self.step.params)
         if static:
             # pass "hoist": values that do not depend on any state (all U·x[t]) are computed
@@ -403,20 +402,6 @@ class NativeModel:
             return set()
         return {(p, tr) for k, n in prog.nodes.items() if n.op == "matvec" and k not in static
                 and all(c == 1 for _, _, c in n.attrs["terms"]) for p, tr, _ in n.attrs["terms"]}
-
-    def _static_keys(self, prog):
-        """Non-leaf forward nodes that depend on no state (only inputs, targets, parameters)."""
-        dynamic, static = set(), set()
-        for key, node in prog.nodes.items():
-            if node.op == "state" or any(a in dynamic for a in node.args):
-                dynamic.add(key)
-            elif node.op in LEAF_OPS:
-                continue
-            elif key in self.fwd_slot:
-                static.add(key)
-            else:  # a new state computed from inputs only stays in the loop, and so do its readers
-                dynamic.add(key)
-        return static
 
     def _gen_backward(self, module):
         bwd, st = self.bwd, self.step

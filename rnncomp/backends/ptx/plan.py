@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...errors import CompileError
-from ...ir import LEAF_OPS, key_str, prune
+from ...ir import LEAF_OPS, key_str, prune, state_independent
 from ..llvm.exprgen import unsupported
 from .codegen import KernelSet
 
@@ -132,7 +132,7 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True) -> Plan:
 
     fwd = prune(step.prog, [(s, "t") for s in step.states] + [(o, "t") for o in step.outputs]
                 + ([step.loss_key] if step.has_loss else []))
-    static = _static_keys(fwd, plan.fwd_slot) if hoist else set()
+    static = state_independent(fwd, plan.fwd_slot) if hoist else set()
     todo = [k for k, n in fwd.nodes.items() if n.op not in LEAF_OPS]
     for group in _groups(fwd, [k for k in todo if k in static], fuse):
         plan.fwd_static.append(_group_launch(ks, fwd, group, "TB"))
@@ -291,18 +291,3 @@ def _node_launch(ks: KernelSet, prog, key, node, rows="B") -> Launch:
         name = ks.reduce(prog.node(node.args[0]).size, node.op == "lse", doc=doc)
         return Launch(name, (node.args[0], key), note=doc)
     raise CompileError(f"ptx backend: no kernel for op {node.op!r} ({doc})")
-
-
-def _static_keys(prog, fwd_slot):
-    """Non-leaf forward nodes that depend on no state (as the native backend's hoist pass)."""
-    dynamic, static = set(), set()
-    for key, node in prog.nodes.items():
-        if node.op == "state" or any(a in dynamic for a in node.args):
-            dynamic.add(key)
-        elif node.op in LEAF_OPS:
-            continue
-        elif key in fwd_slot:
-            static.add(key)
-        else:
-            dynamic.add(key)
-    return static
