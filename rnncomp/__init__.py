@@ -14,12 +14,13 @@ from .errors import (CallError, CellError, CompileError, DifferentiationError, R
                      ShapeError)
 from .functions import gelu, hard_sigmoid, relu, sigmoid, softplus, softsign, swish
 from .graph import unfold
-from .memory import Every
+from .memory import Binomial, Budget, Every
 from .printing import explain
-from .train import SGD, Adagrad, Adam, AdamW, RMSprop, Trainer, TrainingError, Truncated
+from .train import (SGD, Adagrad, Adam, AdamW, RMSprop, Trainer, TrainingError, Truncated, pad_sequences,
+                    stream_batches)
 
 __all__ = [
-    "Cell", "compile", "Every", "Trainer", "Truncated", "TrainingError",
+    "Cell", "compile", "Every", "Binomial", "Budget", "Trainer", "Truncated", "TrainingError", "pad_sequences", "stream_batches",
     "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "unfold", "explain", "backward_step", "cells", "inspect",
     "concat", "vslice", "vsum", "logsumexp", "softmax", "softmax_xent",
     "sigmoid", "softplus", "relu", "softsign", "hard_sigmoid", "gelu", "swish",

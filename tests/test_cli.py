@@ -7,11 +7,19 @@ from rnncomp.cli import main
 
 
 def test_demo_succeeds(capsys):
+    import pathlib
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
     assert "OK: worst relative error" in out
     assert "δh[t-1] =" in out
     assert "native backend" in out
+    losses = [float(line.split("training loss ")[1].split()[0]) for line in out.splitlines()
+              if "training loss" in line]
+    assert len(losses) == 8 and losses[-1] < 0.1 * losses[0]  # the loss falls
+    assert "NumPy reference" in out
+    png = pathlib.Path(out.split("learning curve: ")[1].split()[0])
+    ckpt = pathlib.Path(out.split("checkpoint: ")[1].split()[0])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and ckpt.exists()
 
 
 def test_inspect_zoo_and_file(tmp_path, capsys):
@@ -55,3 +63,50 @@ def test_train_save_and_resume(tmp_path, capsys):
     assert after < before
     assert main(["train", "--resume", ckpt, "--epochs", "1", "--N", "32", "--T", "20", "--k1", "5", "--k2", "10"]) == 0
     assert "resumed" in capsys.readouterr().out
+
+
+def test_inspect_memory_prints_the_chosen_schedule(capsys):
+    assert main(["inspect", "lstm", "--memory", "--T", "1000", "--B", "32", "--budget", "1MB"]) == 0
+    out = capsys.readouterr().out
+    assert "T=1000, B=32, float32" in out
+    for name in ("store all", "Every(√T)", "Budget(1000000)", "recomputed", "predicted"):
+        assert name in out
+    used = int(out.split("  uses ")[1].split()[0])
+    assert used <= 1_000_000
+    assert "first actions: advance 0→" in out
+    with pytest.raises(SystemExit, match=r"below the minimum for T=1000, B=32: \d+ bytes"):
+        main(["inspect", "gru", "--memory", "--budget", "100"])
+
+
+def test_train_default_task_just_works(capsys):
+    assert main(["train", "gru", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "on sine (T=50, 256 sequences)" in out and "after:  held-out loss" in out
+
+
+def test_train_charlm_on_a_text_file(tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text("the cat sat on the mat. " * 200)
+    ckpt, png = str(tmp_path / "c.ckpt"), tmp_path / "curve.png"
+    argv = ["train", "gru", "--task", str(text), "--epochs", "3", "--hidden", "16", "--T", "20",
+            "--batch", "8", "--lr", "0.02", "--save", ckpt, "--plot", str(png)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    before = float(out.split("before: held-out ")[1].split()[0])
+    after = float(out.split("after:  held-out ")[1].split()[0])
+    assert after < before - 1.0  # bits per character
+    assert "sample: the" in out and png.read_bytes()[:4] == b"\x89PNG"
+    assert main(["train", "--resume", ckpt, "--task", str(text), "--epochs", "1", "--T", "20", "--batch", "8"]) == 0
+    assert "resumed" in capsys.readouterr().out
+    other = tmp_path / "other.txt"
+    other.write_text("0123456789" * 100)
+    with pytest.raises(SystemExit, match="needs one input and one target of size 10"):
+        main(["train", "--resume", ckpt, "--task", str(other), "--T", "20", "--batch", "8"])
+
+
+def test_train_charlm_reads_the_shipped_text(capsys):
+    assert main(["train", "gru", "--task", "charlm", "--epochs", "0", "--hidden", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "Pride and Prejudice" in out and "74 distinct" in out and "(uniform: 6.209)" in out
+    with pytest.raises(SystemExit, match="sine, adding, charlm or a text file"):
+        main(["train", "gru", "--task", "no_such_file.txt"])

@@ -21,8 +21,10 @@ def test_markdown_python_blocks_run(doc):
 
 @pytest.mark.parametrize("mod", ["rnncomp.dsl", "rnncomp.functions", "rnncomp.graph", "rnncomp.ops",
                                  "rnncomp.cells", "rnncomp.printing", "rnncomp.backends.llvm.jit",
-                                 "rnncomp.backends.llvm.builder", "rnncomp.backends.llvm.gemm", "rnncomp.memory",
-                                 "rnncomp.train.optim", "rnncomp.train.trainer", "rnncomp.train.tasks"])
+                                 "rnncomp.backends.llvm.builder", "rnncomp.backends.llvm.gemm", "rnncomp.memory", "rnncomp.stacking",
+                                 "rnncomp.schedules", "rnncomp.inspect.memory",
+                                 "rnncomp.train.optim", "rnncomp.train.trainer", "rnncomp.train.tasks",
+                                 "rnncomp.train.data", "rnncomp.train.plot", "rnncomp.train.text"])
 def test_doctests(mod):
     result = doctest.testmod(importlib.import_module(mod), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0

@@ -1,13 +1,60 @@
-"""Smoke test: every example runs and agrees with the reference."""
+"""Smoke tests: every example runs in its small (--quick) configuration and reaches something real."""
 import importlib.util
+import math
 import pathlib
 
+import numpy as np
+
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def test_custom_cell_example(capsys):
-    spec = importlib.util.spec_from_file_location("custom_cell", EXAMPLES / "custom_cell.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    assert mod.main(T=5, B=2) < 1e-10
+    assert load("custom_cell").main(T=5, B=2) < 1e-10
     assert "backward step of 'leaky_softsign'" in capsys.readouterr().out
+
+
+def test_sine_elman_example(tmp_path, capsys):
+    wave, curve = tmp_path / "wave.png", tmp_path / "curve.png"
+    r = load("sine_elman").main(["--quick", "--plot", str(wave), "--curve", str(curve)])
+    assert r["mse_after"] < 0.1 * r["mse_before"]
+    assert r["mse_after"] < r["persistence"]  # beats repeating the last value
+    assert np.isfinite(r["closed_loop_mse"])
+    assert wave.read_bytes()[:8] == PNG and curve.read_bytes()[:8] == PNG
+    assert "closed loop" in capsys.readouterr().out
+
+
+def test_adding_problem_example(capsys):
+    r = load("adding_problem").main(["--quick", "--backend", "numpy"])  # three cells: no compile time
+    assert set(r) == {"gru", "lstm", "elman"}
+    for name, v in r.items():
+        assert v["mse"] < v["mse_before"], name  # training lowered the held-out error
+        assert v["flow"].shape == (31,) and np.isfinite(v["flow"]).all()
+    e = r["elman"]["flow"]
+    assert e[0] < 0.1 * e[-1]  # the tanh RNN's gradient vanishes going back in time
+    out = capsys.readouterr().out
+    assert "held-out MSE" in out and "‖∂L/∂h[t]‖" in out
+
+
+def test_charlm_example(tmp_path, capsys):
+    ckpt = tmp_path / "charlm.ckpt"
+    r = load("charlm").main(["--quick", "--save", str(ckpt)])
+    assert r["bpc"] < r["bpc_before"] - 1.5 and r["bpc"] < r["uniform_bpc"] - 1.5
+    assert math.isclose(r["uniform_bpc"], math.log2(74))
+    assert r["sample"].startswith("Elizabeth") and len(r["sample"]) == len("Elizabeth") + 60
+    assert ckpt.exists()
+    assert "bits per character" in capsys.readouterr().out
+
+
+def test_jordan_example(capsys):
+    r = load("jordan").main(["--quick"])
+    assert r["xent_after"] < 0.5 * r["xent_before"]
+    assert r["accuracy"] > 0.6 and r["accuracy_long"] > 0.6  # chance: 1/6
+    assert "s[t] = y[t]" in capsys.readouterr().out  # the state is the previous output

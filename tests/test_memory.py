@@ -1,47 +1,156 @@
-"""Memory schedules: checkpointing gives the same gradients as storing every step."""
+"""Memory schedules: checkpointing gives the same gradients as storing every step.
+
+Every schedule of a cell runs the same compiled code (``memory=`` is not part of the cache
+key), so each cell is compiled once into a module-wide object cache."""
 import numpy as np
 import pytest
 
 import rnncomp as rc
+from rnncomp.backends.checkpoint import footprint
 
 from gradcheck import numpy_model, random_data
-from test_custom_cells import many_functions
+from test_custom_cells import CUSTOM, jordan_with_xent, many_functions
 
 
-@pytest.mark.parametrize("name", sorted(rc.cells.ZOO))
-@pytest.mark.parametrize("n", [1, 4, "sqrt", 50])
-def test_every_n_equals_store_all(name, n):
-    cell = rc.cells.get(name)(3, 5, 2)
-    params, inputs, targets = random_data(cell, T=17, B=2, seed=3)
-    mask = np.random.default_rng(0).random((17, 2)) > 0.3
+@pytest.fixture(scope="module")
+def objs(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("objects"))
+
+
+def _data(cell, T, B, seed=3):
+    params, inputs, targets = random_data(cell, T=T, B=B, seed=seed)
+    if cell.step.name == "jordan_xent":
+        targets = {"t": np.eye(4)[np.random.default_rng(seed).integers(0, 4, (T, B))]}
+    mask = np.random.default_rng(seed).random((T, B)) > 0.3
     mask[0, 0] = True
-    base = rc.compile(cell, backend="native", cache=None)
-    ckpt = rc.compile(cell, backend="native", cache=None, memory=rc.Every(n))
-    l1, g1, h1 = base.loss_and_grad(params, inputs, targets, mask=mask)
-    l2, g2, h2 = ckpt.loss_and_grad(params, inputs, targets, mask=mask)
-    assert l2 == pytest.approx(l1, rel=1e-14)
+    return params, inputs, targets, mask
+
+
+def _same(ref, got, exact=True):
+    (l1, g1, h1), (l2, g2, h2) = ref, got
+    assert l2 == pytest.approx(l1, rel=1e-13)
     for k in g1:  # the same arithmetic in the same order: bit for bit
-        np.testing.assert_array_equal(g2[k], g1[k], err_msg=k)
+        if exact:
+            np.testing.assert_array_equal(g2[k], g1[k], err_msg=k)
+        else:
+            np.testing.assert_allclose(g2[k], g1[k], rtol=1e-12, atol=1e-15, err_msg=k)
     for s in h1:
         np.testing.assert_array_equal(h2[s], h1[s])
 
 
-def test_checkpointing_with_learned_initial_state_and_threads():
+def _specs(model, T, B):
+    """Schedules at, around and far above the minimum budget, revolve, every n."""
+    fp = footprint(model, B)
+    lo = fp.minimum(T)
+    return [rc.Every(1), rc.Every(3), rc.Every("sqrt"), rc.Every(50), rc.Binomial(0), rc.Binomial(2),
+            rc.Budget(lo), rc.Budget(lo + fp.state), rc.Budget(lo + fp.step + 3 * fp.state),
+            rc.Budget(fp.memory(max(1, T // 3), 2)), rc.Budget(10 * fp.memory(T, 0))]
+
+
+@pytest.mark.parametrize("name", sorted(rc.cells.ZOO))
+def test_every_schedule_equals_store_all_zoo(name, objs):
+    cell = rc.cells.get(name)(3, 5, 2)
+    base = rc.compile(cell, backend="native", cache=objs)
+    for T in (1, 2, 7, 16):
+        params, inputs, targets, mask = _data(cell, T, 2)
+        ref = base.loss_and_grad(params, inputs, targets, mask=mask)
+        for spec in _specs(base, T, 2):
+            model = rc.compile(cell, backend="native", cache=objs, memory=spec)
+            assert model.activation_bytes(T, 2) <= getattr(spec, "nbytes", np.inf)
+            _same(ref, model.loss_and_grad(params, inputs, targets, mask=mask))
+
+
+@pytest.mark.parametrize("make", CUSTOM, ids=lambda f: f.__name__)
+def test_every_schedule_equals_store_all_custom(make, objs):
+    cell = make()
+    base = rc.compile(cell, backend="native", cache=objs)
+    for T in (1, 5, 12):
+        params, inputs, targets, mask = _data(cell, T, 3, seed=T)
+        ref = base.loss_and_grad(params, inputs, targets, mask=mask)
+        for spec in _specs(base, T, 3):
+            model = rc.compile(cell, backend="native", cache=objs, memory=spec)
+            _same(ref, model.loss_and_grad(params, inputs, targets, mask=mask))
+
+
+def test_budget_with_learned_initial_state_threads_and_float32(objs):
+    cell = many_functions()  # h has init="learn"
+    T, B = 23, 20
+    params, inputs, targets, mask = _data(cell, T, B, seed=5)
+    for dtype in ("float64", "float32"):
+        p = {k: v.astype(dtype) for k, v in params.items()}
+        x = {k: v.astype(dtype) for k, v in inputs.items()}
+        y = {k: v.astype(dtype) for k, v in targets.items()}
+        base = rc.compile(cell, backend="native", dtype=dtype, cache=objs, threads=2)
+        ref = base.loss_and_grad(p, x, y, mask=mask)
+        assert np.abs(ref[1]["h_0"]).sum() > 0
+        fp = footprint(base, B)
+        for spec in (rc.Budget(fp.minimum(T)), rc.Budget(fp.memory(4, 3)), rc.Binomial(1)):
+            model = rc.compile(cell, backend="native", dtype=dtype, cache=objs, threads=2, memory=spec)
+            _same(ref, model.loss_and_grad(p, x, y, mask=mask))
+            # given initial states: no gradient for the learned one, still the same
+            h0 = {"h": np.full((B, 3), 0.25, dtype=dtype)}
+            _same(base.loss_and_grad(p, x, y, h0=h0), model.loss_and_grad(p, x, y, h0=h0))
+
+
+def test_budget_too_small_names_the_minimum(objs):
+    cell = rc.cells.lstm(3, 5, 2)
+    base = rc.compile(cell, backend="native", cache=objs)
+    lo = footprint(base, 4).minimum(50)
+    assert lo == (1 * (footprint(base, 4).step) + footprint(base, 4).state)
+    params, inputs, targets, _ = _data(cell, 50, 4)
+    model = rc.compile(cell, backend="native", cache=objs, memory=rc.Budget(lo - 1))
+    with pytest.raises(ValueError, match=f"below the minimum for T=50, B=4: {lo} bytes"):
+        model.loss_and_grad(params, inputs, targets)
+    ok = rc.compile(cell, backend="native", cache=objs, memory=rc.Budget(lo))
+    _same(base.loss_and_grad(params, inputs, targets), ok.loss_and_grad(params, inputs, targets))
+    assert ok.activation_bytes(50, 4) == lo
+    assert ok.memory_plan(50, 4).advanced == 50 * 49 // 2  # nothing kept: quadratic recomputation
+
+
+def test_grad_after_under_a_budget_equals_to_rounding(objs):
+    cell = rc.cells.gru(3, 5, 2)
+    params, inputs, targets, mask = _data(cell, 30, 4)
+    base = rc.compile(cell, backend="native", cache=objs, grad_after=True)
+    model = rc.compile(cell, backend="native", cache=objs, grad_after=True, memory=rc.Budget(20_000))
+    _same(base.loss_and_grad(params, inputs, targets, mask=mask),
+          model.loss_and_grad(params, inputs, targets, mask=mask), exact=False)
+
+
+def test_advance_computes_the_forward_states(objs):
+    from rnncomp.backends import checkpoint
+    from rnncomp.backends.validate import check_call, initial_states
+
+    cell = jordan_with_xent()  # the state is fed from an output: outputs are part of the chain
+    model = rc.compile(cell, backend="native", cache=objs)
+    params, inputs, _, _ = _data(cell, 25, 3)
+    _, final = model.forward(params, inputs)
+    call = check_call(model.step, model.dtype, params, inputs)
+    h0 = initial_states(model.step, call, model.dtype)
+    for chunk in (1, 4, 25):
+        got = checkpoint.advance(model, call, 0, 25, h0, chunk)
+        for s in final:
+            np.testing.assert_array_equal(got[s], final[s])
+
+
+def test_checkpointing_against_the_reference(objs):
     cell = many_functions()  # h has init="learn"
     params, inputs, targets = random_data(cell, T=11, B=16, seed=2)
     ref = numpy_model(cell).loss_and_grad(params, inputs, targets)
-    model = rc.compile(cell, backend="native", cache=None, memory=rc.Every(3), threads=2)
+    model = rc.compile(cell, backend="native", cache=objs, memory=rc.Budget("30KB"), threads=2)
     loss, grads, _ = model.loss_and_grad(params, inputs, targets)
     assert loss == pytest.approx(ref[0], rel=1e-12)
     for k in grads:
         np.testing.assert_allclose(grads[k], ref[1][k], rtol=1e-10, atol=1e-13)
 
 
-def test_activation_memory_shrinks():
+def test_activation_memory_shrinks(objs):
     cell = rc.cells.lstm(8, 16, 4)
-    full = rc.compile(cell, backend="native", cache=None).activation_bytes(1000, 32)
-    sqrt = rc.compile(cell, backend="native", cache=None, memory=rc.Every("sqrt")).activation_bytes(1000, 32)
+    full = rc.compile(cell, backend="native", cache=objs).activation_bytes(1000, 32)
+    sqrt = rc.compile(cell, backend="native", cache=objs, memory=rc.Every("sqrt")).activation_bytes(1000, 32)
     assert sqrt < 0.1 * full
+    budget = rc.compile(cell, backend="native", cache=objs, memory=rc.Budget(sqrt))
+    assert budget.activation_bytes(1000, 32) <= sqrt
+    assert budget.memory_plan(1000, 32).advanced <= 1000 - 32  # Every(√T) advances 31 segments
 
 
 def test_bad_schedule():
@@ -49,3 +158,30 @@ def test_bad_schedule():
         rc.Every(0)
     with pytest.raises(ValueError, match="memory must be"):
         rc.compile(rc.cells.elman(2, 2, 2), backend="native", memory="some")
+    with pytest.raises(ValueError, match="memory must be"):
+        rc.compile(rc.cells.elman(2, 2, 2), backend="native", memory=10_000)
+
+
+def test_trainer_with_budget_and_truncated_bptt_equals_store_all(objs):
+    cell = rc.cells.lstm(3, 6, 2)
+    params, inputs, targets = random_data(cell, T=30, B=8, seed=4)
+    fp = footprint(rc.compile(cell, backend="native", dtype="float64", cache=objs), 4)
+    runs = []
+    for memory in ("all", rc.Budget(fp.memory(2, 1)), rc.Binomial(1)):
+        tr = rc.Trainer(cell, rc.Adam(1e-2), clip_norm=1.0, bptt=rc.Truncated(4, 12), backend="native",
+                        dtype="float64", params=params, cache=objs, memory=memory)
+        hist = tr.fit(inputs, targets, epochs=2, batch_size=4, shuffle=False, verbose=0)
+        runs.append((hist, tr.flat.copy()))
+    for hist, flat in runs[1:]:
+        np.testing.assert_allclose(hist, runs[0][0], rtol=1e-13)
+        np.testing.assert_array_equal(flat, runs[0][1])
+
+
+def test_advance_entry_point_is_vectorised(objs):
+    import re
+
+    m = rc.compile(rc.cells.lstm(8, 16, 4), backend="native", dtype="float32", cache=objs)
+    text = m.lib.optimized_ir()
+    adv = text[text.index("define void @advance"):]
+    adv = adv[:adv.index("\n}\n")]
+    assert re.search(r"fdiv [a-z ]*<\d+ x float>", adv), "sigmoid's division is not vectorised"

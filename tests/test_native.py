@@ -95,8 +95,8 @@ def test_errors_before_native_code_runs():
         model.forward({k: v.astype(np.float32) for k, v in params.items()}, inputs)
 
 
-@pytest.mark.parametrize("name", ["lstm", "jordan", "antisymmetric", "indrnn"])
-@pytest.mark.parametrize("switch", ["hoist", "grad_after", "fuse", "pack"])
+@pytest.mark.parametrize("name", ["lstm", "gru", "jordan", "antisymmetric", "indrnn"])
+@pytest.mark.parametrize("switch", ["hoist", "grad_after", "fuse", "pack", "stack"])
 def test_passes_on_and_off_agree(name, switch):
     cell = rc.cells.get(name)(3, 6, 2)
     params, inputs, targets = random_data(cell, T=7, B=3)

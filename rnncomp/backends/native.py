@@ -1,11 +1,13 @@
 """The native CPU backend: forward and BPTT loops compiled with llvmlite for this host.
 
-Two entry points per cell, each with the time loop inside native code (code size
+Three entry points per cell, each with the time loop inside native code (code size
 does not grow with T; T and B are runtime arguments):
 
     forward (T, B, bufs, work)   t = 0 … T-1: every node of the step program
     backward(T, B, bufs, work)   t = T-1 … 0: every node of the backward step,
                                  parameter gradients accumulated, δ⁺ carried
+    advance (T, B, bufs, work)   t = 0 … T-1: the states only (memory schedules,
+                                 ``backends/checkpoint.py``)
 
 ``bufs`` is an array of pointers, one per value (see :class:`Layout`); a value
 of node ``(name, "t")`` at step t lives at ``bufs[slot] + (t + off)·B·n``.
@@ -14,6 +16,7 @@ Element-wise nodes are loops over batch × units printed by :mod:`.llvm.exprgen`
 """
 from __future__ import annotations
 
+import copy
 import ctypes
 import math
 import functools
@@ -28,9 +31,10 @@ from ..autodiff import backward_step
 from ..errors import CallError, CompileError
 from ..memory import schedule
 from ..ir import LEAF_OPS, placeholder, prune, state_independent
+from .stackplan import grad_groups, stack_step
 from .llvm import gemm
 from .llvm import vecmath
-from .llvm.builder import I64, alloca_once, for_range
+from .llvm.builder import I64, alloca_once, for_range, parallel_loop_md
 from .llvm.exprgen import LLVMPrinter, unsupported
 from .llvm.jit import HostTarget, compile_keyed
 from .validate import check_call, initial_states, step_weights
@@ -39,7 +43,12 @@ _DT = {np.dtype("float64"): ir.DoubleType(), np.dtype("float32"): ir.FloatType()
 
 
 class Layout:
-    """Where every value lives: ``key → (slot, units per sample (0: shared), step offset, timed)``."""
+    """Where every value lives: ``key → (slot, units per sample (0: shared), step offset, timed,
+    column, row stride)``.
+
+    A value of n units at step t, sample b, unit j is at ``bufs[slot] + (t+off)·B·units +
+    b·ld + col + j``.  Most values have a slot of their own (col 0, ld = n); the members of
+    a stacked product (pass "stack") share one slot side by side (col > 0, ld = Σn)."""
 
     def __init__(self):
         self.slots: list[str] = []
@@ -49,8 +58,13 @@ class Layout:
         self.slots.append(label)
         return len(self.slots) - 1
 
-    def place(self, key, slot, units, off=0, timed=True):
-        self.where[key] = (slot, units, off, timed)
+    def place(self, key, slot, units, off=0, timed=True, col=0, ld=None):
+        self.where[key] = (slot, units, off, timed, col, units if ld is None else ld)
+
+    def ld(self, key, size):
+        """Row stride of ``key`` (its own size unless it lives in a stacked slot)."""
+        w = self.where.get(key)
+        return size if w is None or not w[5] else w[5]
 
 
 class _Gen:
@@ -70,9 +84,11 @@ class _Gen:
 
     # ------------------------------------------------------------------ addressing
     def ptr(self, key, t):
-        slot, units, off, timed = self.L.where[key]
+        slot, units, off, timed, col, _ = self.L.where[key]
         b = self.b
         base = b.load(b.gep(self.bufs, [I64(slot)], inbounds=True))
+        if col:
+            base = b.gep(base, [I64(col)], inbounds=True)
         if not timed or units == 0:
             return base
         step = b.add(t, I64(off)) if off else t
@@ -92,32 +108,41 @@ class _Gen:
         self.b.call(f, [M, N, K, A, lda, Bm, ldb, C, ldc, ir.IntType(32)(acc), self.work])
 
     # ------------------------------------------------------------------ node kinds
-    def ew(self, items):
+    def ew(self, items, nostore=frozenset()):
         """One loop over batch × units computing a run of element-wise nodes of one size.
 
-        ``items``: (key, node, out, arg pointers, arg (units, shared), arg keys).  A value
-        produced earlier in the run is taken from its register, not reloaded."""
+        ``items``: (key, node, out, arg pointers, arg (units, shared, row stride), arg keys).
+        A value produced earlier in the run is taken from its register, not reloaded."""
         b, n = self.b, items[0][1].size
+        # every (b, j) reads and writes its own elements: the j loop is parallel
+        group, loop_id = parallel_loop_md(self.m)
+        tag = lambda inst: inst.set_metadata("llvm.access.group", group)  # noqa: E731
         with for_range(b, self.B, name="b") as bi:
-            with for_range(b, I64(n), name="j") as j:
+            with for_range(b, I64(n), name="j", loop_md=loop_id) as j:
                 here = {}
                 for key, node, out, args, arg_units, arg_keys in items:
                     vals = {}
-                    for i, (p, (units, shared), ak) in enumerate(zip(args, arg_units, arg_keys)):
+                    for i, (p, (units, shared, ld), ak) in enumerate(zip(args, arg_units, arg_keys)):
                         if ak in here:
                             vals[placeholder(i)] = here[ak]
                             continue
                         if shared:
                             idx = j if units > 1 else I64(0)
+                        elif units > 1:
+                            idx = b.add(b.mul(bi, I64(ld)), j)
                         else:
-                            idx = b.add(b.mul(bi, I64(units)), j) if units > 1 else bi
-                        vals[placeholder(i)] = b.load(b.gep(p, [idx], inbounds=True))
+                            idx = b.mul(bi, I64(ld)) if ld != 1 else bi
+                        vals[placeholder(i)] = ld = b.load(b.gep(p, [idx], inbounds=True))
+                        tag(ld)
                     v = LLVMPrinter(b, self.ty, vals).emit_all(node.attrs["expr"])
-                    b.store(v, b.gep(out, [b.add(b.mul(bi, I64(n)), j)], inbounds=True))
+                    if key not in nostore:
+                        ld_out = self.L.ld(key, n)
+                        tag(b.store(v, b.gep(out, [b.add(b.mul(bi, I64(ld_out)), j)], inbounds=True)))
                     here[key] = v
 
-    def matvec(self, node, out, v, n_in, params, shapes):
+    def matvec(self, node, out, v, n_in, params, shapes, lda=None, ldc=None):
         b = self.b
+        lda, ldc = lda or n_in, ldc or node.size
         for i, ((p, tr, c), P, shape) in enumerate(zip(node.attrs["terms"], params, shapes)):
             m_, n_ = shape
             # y[B, rows] (+)= v[B, cols] @ op(P): P is (m_, n_); untransposed: v @ Pᵀ
@@ -125,11 +150,11 @@ class _Gen:
                 raise CompileError("internal: scaled terms are lowered before code generation")
             if (p, tr) in self.packed:  # recurrent weights: packed once before the time loop
                 f = self.packed_gemm()
-                self.b.call(f, [self.B, I64(node.size), I64(n_in), v, I64(n_in), self.packed[(p, tr)],
-                                out, I64(node.size), ir.IntType(32)(1 if i else 0), self.work])
+                self.b.call(f, [self.B, I64(node.size), I64(n_in), v, I64(lda), self.packed[(p, tr)],
+                                out, I64(ldc), ir.IntType(32)(1 if i else 0), self.work])
                 continue
-            self.call_gemm(self.B, I64(node.size), I64(n_in), v, I64(n_in), False,
-                           P, I64(n_), not tr, out, I64(node.size), 1 if i else 0)
+            self.call_gemm(self.B, I64(node.size), I64(n_in), v, I64(lda), False,
+                           P, I64(n_), not tr, out, I64(ldc), 1 if i else 0)
 
     def packed_gemm(self):
         name = f"{self.fn.name}_gemm_packed"
@@ -151,6 +176,31 @@ class _Gen:
             b.call(f, [I64(K), I64(N), src, I64(n_), dst])
             self.packed[(p, tr)] = dst
 
+    def build_stacks(self, stacks, shapes):
+        """Pass "stack": fill each stacked weight from its parameters (once per call)."""
+        b = self.b
+        for stk in stacks.values():
+            dst = b.load(b.gep(self.bufs, [I64(self.L.where[(stk.name, None)][0])]))
+            at = 0
+            for p in stk.parts:
+                src = b.load(b.gep(self.bufs, [I64(self.L.where[(p, None)][0])]))
+                rows_, cols_ = shapes[p]
+                if stk.axis == 0:  # rows stacked: each part is one contiguous block
+                    self.copy_loop(b.gep(dst, [I64(at * cols_)]), src, I64(rows_ * cols_))
+                    at += rows_
+                else:  # columns stacked: row r of part i lands at r·ΣC + offset
+                    with for_range(b, I64(rows_), name="sr") as r:
+                        self.copy_loop(b.gep(dst, [b.add(b.mul(r, I64(stk.shape[1])), I64(at))]),
+                                       b.gep(src, [b.mul(r, I64(cols_))]), I64(cols_))
+                    at += cols_
+
+    def scaled_rows(self, out, tmp, n, ld_out, scale, accumulate):
+        """out[b, :n] (+)= scale · tmp[b, :n] for every row (``out`` may be strided)."""
+        b = self.b
+        with for_range(b, self.B, name="sb") as bi:
+            self.copy_loop(b.gep(out, [b.mul(bi, I64(ld_out))]), b.gep(tmp, [b.mul(bi, I64(n))]),
+                           I64(n), scale=scale, accumulate=accumulate)
+
     def copy_loop(self, dst, src, count, scale=None, accumulate=False):
         b = self.b
         with for_range(b, count, name="k") as k:
@@ -161,29 +211,30 @@ class _Gen:
                 v = b.fadd(b.load(b.gep(dst, [k], inbounds=True)), v)
             b.store(v, b.gep(dst, [k], inbounds=True))
 
-    def rows(self, out, n_out, v, n_in, lo, mode):
+    def rows(self, out, n_out, v, n_in, lo, mode, ld_out=None, ld_in=None):
         """slice (mode 'slice'), pad ('pad'), or a concat part ('part')."""
         b = self.b
+        ld_out, ld_in = ld_out or n_out, ld_in or n_in
         with for_range(b, self.B, name="b") as bi:
             if mode == "pad":
                 with for_range(b, I64(n_out), name="z") as z:
-                    b.store(ir.Constant(self.ty, 0.0), b.gep(out, [b.add(b.mul(bi, I64(n_out)), z)]))
+                    b.store(ir.Constant(self.ty, 0.0), b.gep(out, [b.add(b.mul(bi, I64(ld_out)), z)]))
             count = n_out if mode == "slice" else n_in
             with for_range(b, I64(count), name="j") as j:
                 if mode == "slice":
-                    src = b.add(b.mul(bi, I64(n_in)), b.add(j, I64(lo)))
-                    dst = b.add(b.mul(bi, I64(n_out)), j)
+                    src = b.add(b.mul(bi, I64(ld_in)), b.add(j, I64(lo)))
+                    dst = b.add(b.mul(bi, I64(ld_out)), j)
                 else:
-                    src = b.add(b.mul(bi, I64(n_in)), j) if n_in > 1 else bi
-                    dst = b.add(b.mul(bi, I64(n_out)), b.add(j, I64(lo)))
+                    src = b.add(b.mul(bi, I64(ld_in)), j)
+                    dst = b.add(b.mul(bi, I64(ld_out)), b.add(j, I64(lo)))
                 b.store(b.load(b.gep(v, [src])), b.gep(out, [dst]))
 
-    def reduce(self, out, v, n, lse):
+    def reduce(self, out, v, n, lse, ld_out=1, ld_in=None):
         b = self.b
         acc = alloca_once(b, self.ty, "acc")
         mx = alloca_once(b, self.ty, "max")
         with for_range(b, self.B, name="b") as bi:
-            row = b.gep(v, [b.mul(bi, I64(n))])
+            row = b.gep(v, [b.mul(bi, I64(ld_in or n))])
             b.store(ir.Constant(self.ty, float("-inf") if lse else 0.0), mx)
             if lse:
                 with for_range(b, I64(n), name="j") as j:
@@ -201,7 +252,7 @@ class _Gen:
             r = b.load(acc)
             if lse:
                 r = b.fadd(m, vecmath.emit(b, "log", [r]))
-            b.store(r, b.gep(out, [bi]))
+            b.store(r, b.gep(out, [b.mul(bi, I64(ld_out)) if ld_out != 1 else bi]))
 
 
 @functools.lru_cache(maxsize=1)
@@ -212,8 +263,8 @@ def _code_fingerprint() -> str:
 
     here = pathlib.Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for f in sorted([here / "native.py", *(here / "llvm").glob("*.py"), here.parent / "ir.py",
-                     here.parent / "autodiff.py", here.parent / "lower.py"]):
+    for f in sorted([here / "native.py", here / "stackplan.py", *(here / "llvm").glob("*.py"),
+                     here.parent / "ir.py", here.parent / "autodiff.py", here.parent / "lower.py"]):
         h.update(f.read_bytes())
     return h.hexdigest()
 
@@ -228,7 +279,7 @@ class NativeModel:
     backend = "native"
 
     def __init__(self, cell, dtype="float64", *, cache="default", hoist=True, grad_after=False,
-                 fuse=True, pack=True, threads=None, memory="all"):
+                 fuse=True, pack=True, stack=True, threads=None, memory="all"):
         self.dtype = np.dtype(dtype)
         if self.dtype not in _DT:
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
@@ -237,7 +288,7 @@ class NativeModel:
         self.host = HostTarget.detect()
         self._work_elems: dict = {}
         self._pool = threading.local()  # per-thread buffers: calls from several threads are safe
-        self.hoist, self.grad_after, self.fuse, self.pack = hoist, grad_after, fuse, pack
+        self.hoist, self.grad_after, self.fuse, self.pack, self.stack = hoist, grad_after, fuse, pack, stack
         self.threads = max(1, int(threads if threads is not None else (os.cpu_count() or 1)))
         self.memory = schedule(memory)
         self.min_batch_per_thread = 8  # below this a core's share is too small to pay for itself
@@ -246,6 +297,7 @@ class NativeModel:
         if bad:
             raise CompileError(f"cell {st.name!r}: the native backend cannot lower {', '.join(bad)}")
         self.bwd = backward_step(st) if st.has_loss else None
+        self._transform()
         self._build_layout()
         self._plan()
         try:
@@ -261,14 +313,35 @@ class NativeModel:
         self._bwdfn = proto(self.lib.address("backward")) if self.bwd is not None else None
 
     # ------------------------------------------------------------------ layout
+    def _transform(self):
+        """The programs code is generated from: pruned, and with products stacked (pass "stack")."""
+        st = self.step
+        states = {(s, "t") for s in st.states}
+        keep = states | {(o, "t") for o in st.outputs} | ({st.loss_key} if st.has_loss else set())
+        fwd = prune(st.prog, keep)
+        bprog = self.bwd.prog if self.bwd is not None else None
+        self.shapes, self.stacks, self.views = dict(st.params), {}, {}
+        if self.stack:
+            hoistable = {k for k, n in fwd.nodes.items() if n.op not in LEAF_OPS and k not in states}
+            static = state_independent(fwd, hoistable) if self.hoist else set()
+            res = stack_step(st, self.bwd, fwd, static)
+            fwd, bprog = res.fwd, res.bwd
+            self.stacks.update(res.stacks)
+            self.views.update(res.views)
+            self.shapes.update({name: stk.shape for name, stk in self.stacks.items()})
+        self._fwd_prog, self._bwd_prog = fwd, bprog
+
     def _build_layout(self):
         st, L = self.step, Layout()
         self.layout = L
         self.param_slot = {p: L.slot(f"param {p}") for p in st.params}
         for p, s in self.param_slot.items():
             L.place((p, None), s, 0, timed=False)
+        self.stack_slot = {name: L.slot(f"stacked {name}") for name in self.stacks}
+        for name, s in self.stack_slot.items():
+            L.place((name, None), s, 0, timed=False)
         self.pack_slot = {(p, tr): L.slot(f"packed {p}{'ᵀ' if tr else ''}")
-                          for p, shp in st.params.items() if isinstance(shp, tuple) for tr in (False, True)}
+                          for p, shp in self.shapes.items() if isinstance(shp, tuple) for tr in (False, True)}
         self.state_slot = {}
         for s_, n in st.states.items():
             k = L.slot(f"state {s_}")
@@ -280,69 +353,144 @@ class NativeModel:
             k = L.slot(f"io {name}")
             self.io_slot[name] = k
             L.place((name, "t"), k, n, 0)
+        # fwd_slot / bwd_slot: key → (slot, size) of every value; members of a stacked
+        # product share their whole's slot, whose row width is slot_width[slot]
+        self.slot_width, self.bwd_timed = {}, {}
+        wholes = {w: width for w, _, width in self.views.values()}
         self.fwd_slot = {}
-        for key, node in st.prog.nodes.items():
-            if node.op in LEAF_OPS or key in L.where:
+        fwd_nodes = dict(st.prog.nodes) | self._fwd_prog.nodes
+        for key, node in fwd_nodes.items():
+            if node.op in LEAF_OPS or key in L.where or key in self.views:
                 continue
             k = L.slot(f"fwd {key}")
-            self.fwd_slot[key] = (k, node.size)
-            L.place(key, k, node.size, 0)
+            if key in wholes:
+                self.slot_width[k] = wholes[key]
+                L.place(key, k, wholes[key], 0)
+            else:
+                self.fwd_slot[key] = (k, node.size)
+                L.place(key, k, node.size, 0)
+        for key, (w, col, width) in self.views.items():
+            if key in fwd_nodes:
+                k = L.where[w][0]
+                self.fwd_slot[key] = (k, fwd_nodes[key].size)
+                L.place(key, k, width, 0, col=col)
         self.bwd_slot = {}
         self.grad_slot = {}
         if self.bwd is not None:
             self._plan_deferred()
-            for key, node in self.bwd.prog.nodes.items():
+            bprog = self._bwd_prog
+            members: dict = {}
+            for key, (w, _, _) in self.views.items():
+                members.setdefault(w, []).append(key)
+            timed_of = lambda key: key == self.bwd.weight or key in self.deferred_keys  # noqa: E731
+            for key, node in bprog.nodes.items():
+                if key in self.views:
+                    continue
                 k = L.slot(f"bwd {key}")
+                if key in wholes:  # a stacked slot keeps every step if any member must
+                    timed = any(timed_of(m) for m in members[key])
+                    self.slot_width[k], self.bwd_timed[k] = wholes[key], timed
+                    L.place(key, k, wholes[key] if timed else 0, 0, timed=timed, ld=wholes[key])
+                    continue
+                timed = timed_of(key)
                 self.bwd_slot[key] = (k, node.size)
-                timed = key == self.bwd.weight or key in self.deferred_keys
-                L.place(key, k, node.size if timed else 0, 0, timed=timed)
+                self.bwd_timed[k] = timed
+                L.place(key, k, node.size if timed else 0, 0, timed=timed, ld=node.size)
+            for key, (w, col, width) in self.views.items():
+                if key in bprog.nodes:
+                    k = L.where[w][0]
+                    self.bwd_slot[key] = (k, bprog.nodes[key].size)
+                    L.place(key, k, width if self.bwd_timed[k] else 0, 0, timed=self.bwd_timed[k],
+                            col=col, ld=width)
             self.grad_slot = {p: L.slot(f"grad {p}") for p in st.params}
+            self._plan_grad_groups()
             self.tmp_slot = L.slot("outer scratch")
 
+    def _bwd_arrays(self, arrays, T, B, ws):
+        """Backward buffers of one call: the step weights, then one scratch per slot."""
+        for key, (k, n) in self.bwd_slot.items():
+            if key == self.bwd.weight:
+                arrays[k] = ws
+            elif arrays[k] is None:
+                width = self.slot_width.get(k, n)
+                arrays[k] = self._scratch(f"bwd {k}", (T, B, width) if self.bwd_timed[k] else (B, width))
+        for k, width in self.slot_width.items():  # wholes with no member in bwd_slot (none today)
+            if arrays[k] is None and k in self.bwd_timed:
+                arrays[k] = self._scratch(f"bwd {k}", (T, B, width) if self.bwd_timed[k] else (B, width))
+
     # ------------------------------------------------------------------ code generation
+    def _readers(self) -> set:
+        """Values read from memory outside the program that computes them (by the backward
+        step, the gradient specs, the carried adjoints, or the caller)."""
+        st, bwd = self.step, self.bwd
+        keys = {(s, t) for s in st.states for t in ("t", "t-1")} | {(o, "t") for o in st.outputs}
+        keys |= {st.loss_key} if st.has_loss else set()
+        if bwd is not None:
+            keys |= set(bwd.prog.external) | {bwd.weight} | set(bwd.carry_in.values())
+            keys |= {k for k in bwd.carry_out.values() if k is not None}
+            keys |= {k for specs in bwd.grads.values() for sp_ in specs
+                     for k in (sp_[1:2] if sp_[0] == "batch" else sp_[1:3])}
+        return keys
+
     def _emit_program(self, g, prog, t, skip=(), only=None):
-        st, run = self.step, []
+        run, L = [], self.layout
+        ld = lambda k: L.ld(k, prog.node(k).size)  # noqa: E731 - row stride of a value
+        uses: dict = {}
+        for key, node in prog.nodes.items():
+            for a in node.args:
+                uses.setdefault(a, set()).add(key)
+        readers = self._readers()
+
+        def flush(run):
+            # a value consumed only later in its own fused loop lives in a register: no store
+            mine = {item[0] for item in run}
+            nostore = {k for k in mine if k not in readers and uses.get(k, set()) <= mine}
+            g.ew(run, nostore if self.fuse else set())
         for key, node in prog.nodes.items():
             if node.op in LEAF_OPS or key in skip or (only is not None and key not in only):
+                continue
+            if node.op in ("view", "stackv"):  # pass "stack": members live inside the whole
                 continue
             out = g.ptr(key, t)
             args = [g.ptr(a, t) for a in node.args]
             if node.op == "ew":
-                units = [(_units(prog.node(a)), prog.node(a).op == "param") for a in node.args]
+                units = [(_units(prog.node(a)), prog.node(a).op == "param", ld(a)) for a in node.args]
                 if run and (not self.fuse or run[0][1].size != node.size):
-                    g.ew(run)
+                    flush(run)
                     run = []
                 run.append((key, node, out, args, units, node.args))
                 continue
             if run:
-                g.ew(run)
+                flush(run)
                 run = []
             if node.op == "matvec":
                 terms = node.attrs["terms"]
-                n_in = prog.node(node.args[0]).size
+                v = node.args[0]
+                n_in = prog.node(v).size
                 if all(c == 1 for _, _, c in terms):
                     g.matvec(node, out, args[0], n_in, [g.ptr((p, None), t) for p, _, _ in terms],
-                             [st.params[p] for p, _, _ in terms])
+                             [self.shapes[p] for p, _, _ in terms], ld(v), ld(key))
                 else:  # c·(v @ op(P)): one product per term into scratch, scaled and added
                     tmp = g.ptr(self._scratch_key, t)
                     for i, (p, tr, c) in enumerate(terms):
                         one = type(node)(node.op, node.args, node.size, {"terms": ((p, tr, 1),)})
-                        g.matvec(one, tmp, args[0], n_in, [g.ptr((p, None), t)], [st.params[p]])
-                        g.copy_loop(out, tmp, g.b.mul(g.B, I64(node.size)), scale=c, accumulate=i > 0)
+                        g.matvec(one, tmp, args[0], n_in, [g.ptr((p, None), t)], [self.shapes[p]], ld(v))
+                        g.scaled_rows(out, tmp, node.size, ld(key), c, accumulate=i > 0)
             elif node.op in ("slice", "pad"):
-                g.rows(out, node.size, args[0], prog.node(node.args[0]).size, node.attrs["lo"], node.op)
+                g.rows(out, node.size, args[0], prog.node(node.args[0]).size, node.attrs["lo"], node.op,
+                       ld(key), ld(node.args[0]))
             elif node.op == "concat":
                 lo = 0
                 for a, p in zip(node.args, args):
                     n = prog.node(a).size
-                    g.rows(out, node.size, p, n, lo, "part")
+                    g.rows(out, node.size, p, n, lo, "part", ld(key), ld(a))
                     lo += n
             elif node.op in ("sum", "lse"):
-                g.reduce(out, args[0], prog.node(node.args[0]).size, node.op == "lse")
+                g.reduce(out, args[0], prog.node(node.args[0]).size, node.op == "lse", ld(key), ld(node.args[0]))
             else:
                 raise CompileError(f"native backend: no code for op {node.op!r}")
         if run:
-            g.ew(run)
+            flush(run)
 
     @property
     def _scratch_key(self):
@@ -355,8 +503,6 @@ class NativeModel:
         k = self.layout.slot("scratch")
         self.layout.place(self._scratch_key, k, 0, timed=False)
         self.scratch_slot = k
-        self._fwd_prog = prune(st.prog, [(s, "t") for s in st.states] + [(o, "t") for o in st.outputs]
-                               + ([st.loss_key] if st.has_loss else []))
 
     def _build_module(self):
         module = ir.Module(name=f"rnncomp_{self.step.name}")
@@ -364,13 +510,15 @@ class NativeModel:
         self._gen_forward(module)
         if self.bwd is not None:
             self._gen_backward(module)
+            self._gen_advance(module)  # memory schedules: the state chain only
         return module
 
     def _cache_description(self) -> str:
         """Everything the generated code depends on: programs, layout, options, code version."""
-        parts = [_code_fingerprint(), str(self.dtype), repr((self.hoist, self.grad_after, self.fuse, self.pack)),
+        parts = [_code_fingerprint(), str(self.dtype),
+                 repr((self.hoist, self.grad_after, self.fuse, self.pack, self.stack)), repr(self.stacks),
                  repr(self.layout.slots), repr(sorted(self.layout.where.items(), key=repr))]
-        progs = [self._fwd_prog] + ([self.bwd.prog] if self.bwd else [])
+        progs = [self._fwd_prog] + ([self._bwd_prog] if self.bwd else [])
         for prog in progs:
             for key, n in prog.nodes.items():
                 attrs = {k: (sp.srepr(v) if isinstance(v, sp.Basic) else v) for k, v in n.attrs.items()}
@@ -383,8 +531,8 @@ class NativeModel:
     def _gen_forward(self, module):
         st = self.step
         g = _Gen(module, self.dtype, self.layout, self.host, "forward")
-        static = state_independent(self._fwd_prog, self.fwd_slot) if self.hoist else set()
-        g.pack_weights(self._loop_terms(self._fwd_prog, static), self.pack_slot, self.step.params)
+        static = self._static()
+        self._prologue(g, self._fwd_prog, static)
         if static:
             # pass "hoist": values that do not depend on any state (all U·x[t]) are computed
             # for every step at once before the loop: their (T, B, n) buffers are contiguous,
@@ -395,6 +543,19 @@ class NativeModel:
         with for_range(g.b, g.T, name="t") as t:
             self._emit_program(g, self._fwd_prog, t, skip=static)
         g.b.ret_void()
+
+    def _static(self) -> set:
+        """Pass "hoist": forward values that depend on no state (computed before the loop)."""
+        if not self.hoist:
+            return set()
+        timed = {k for k, w in self.layout.where.items() if w[3] and w[1] and k[1] == "t"}
+        states = {(s, "t") for s in self.step.states}
+        return state_independent(self._fwd_prog, timed - states)
+
+    def _prologue(self, g, prog, static):
+        """Once per call, before the loop: stacked weights built, loop weights packed."""
+        g.build_stacks(self.stacks, self.shapes)
+        g.pack_weights(self._loop_terms(prog, static), self.pack_slot, self.shapes)
 
     def _loop_terms(self, prog, static) -> set:
         """(param, transposed) of the products computed inside the time loop."""
@@ -407,10 +568,10 @@ class NativeModel:
         bwd, st = self.bwd, self.step
         g = _Gen(module, self.dtype, self.layout, self.host, "backward")
         b = g.b
-        g.pack_weights(self._loop_terms(bwd.prog, set()), self.pack_slot, st.params)
+        self._prologue(g, self._bwd_prog, set())
         with for_range(b, g.T, name="s") as s:
             t = b.sub(b.sub(g.T, I64(1)), s)  # t = T-1 … 0
-            self._emit_program(g, bwd.prog, t)
+            self._emit_program(g, self._bwd_prog, t)
             self._emit_grads(g, t, deferred=False)
             for s_, k in bwd.carry_out.items():
                 dst = g.ptr(bwd.carry_in[s_], t)
@@ -442,10 +603,62 @@ class NativeModel:
                     self.deferred.add((p, i))
                     self.deferred_keys.update(k for k in mine if bwd.prog.nodes[k].op != "seed")
 
+    def _plan_grad_groups(self):
+        """Pass "stack", gradients: when the members of a stacked value are each the δ of one
+        parameter's only gradient spec, with the same other operand (W_i: δa_iᵀ·x, b_i: Σ δa_i),
+        the parameters' gradients are laid out side by side (:meth:`_new_grads`) and
+        accumulated by ONE product (or one row loop) over the whole (``stackplan.grad_groups``)."""
+        self.grad_groups = grad_groups(self.bwd, self._bwd_prog, self.views, self.deferred)
+        self.grouped_params = {p for _, _, params, _ in self.grad_groups for p in params}
+
+    def _new_grads(self) -> dict:
+        """Zeroed gradient arrays; the parameters of a gradient group are adjacent in memory."""
+        st, order = self.step, []
+        for _, _, params, _ in self.grad_groups:
+            order += params
+        order += [p for p in st.params if p not in self.grouped_params]
+        sizes = [math.prod(st.params[p]) if isinstance(st.params[p], tuple) else st.params[p] for p in order]
+        arena = np.zeros(sum(sizes), dtype=self.dtype)
+        grads, at = {}, 0
+        for p, n in zip(order, sizes):
+            shape = st.params[p]
+            grads[p] = arena[at:at + n].reshape(shape if isinstance(shape, tuple) else (shape,))
+            at += n
+        return {p: grads[p] for p in st.params}
+
+    def _check_grad_arena(self, arrays):
+        """The native code writes a group's gradients through its first parameter's buffer."""
+        for _, _, params, _ in self.grad_groups:
+            first = arrays[self.grad_slot[params[0]]]
+            at = first.ctypes.data
+            for p in params:
+                a = arrays[self.grad_slot[p]]
+                if a.ctypes.data != at or not a.flags.c_contiguous:
+                    raise CompileError(f"cell {self.step.name!r}: internal: gradients of {params} "
+                                       "are not adjacent (allocate them with _new_grads)")
+                at += a.nbytes
+
     def _emit_grads(self, g, t, deferred: bool):
         """Accumulate the parameter-gradient specs (the deferred ones, or the others) at ``t``."""
         bwd, st, b = self.bwd, self.step, g.b
+        for w, kind, params, dfr in self.grad_groups:
+            if dfr != deferred:
+                continue
+            grad = b.load(b.gep(g.bufs, [I64(self.grad_slot[params[0]])]))
+            width = self.slot_width[self.layout.where[w][0]]
+            whole = g.ptr(w, t)
+            if kind[0] == "batch":  # Σ_b δ[b, :] for all members at once
+                with for_range(b, g.B, name="gb") as bi:
+                    g.copy_loop(grad, b.gep(whole, [b.mul(bi, I64(width))]), I64(width), accumulate=True)
+                continue
+            vk = kind[1]
+            cols_ = st.params[params[0]][1]
+            # [grad P_1; …; grad P_k] += δ_wholeᵀ · v: one product of width·cols
+            g.call_gemm(I64(width), I64(cols_), g.B, whole, I64(width), True,
+                        g.ptr(vk, t), I64(self.layout.ld(vk, cols_)), False, grad, I64(cols_), 1)
         for p, specs in bwd.grads.items():
+            if p in self.grouped_params:
+                continue
             grad = b.load(b.gep(g.bufs, [I64(self.grad_slot[p])]))
             shape = st.params[p]
             for i, spec in enumerate(specs):
@@ -454,21 +667,23 @@ class NativeModel:
                 if spec[0] == "batch":
                     src = g.ptr(spec[1], t)
                     n = shape if isinstance(shape, int) else 1
+                    ld = self.layout.ld(spec[1], n)
                     with for_range(b, g.B, name="gb") as bi:
-                        g.copy_loop(grad, b.gep(src, [b.mul(bi, I64(n))]), I64(n), accumulate=True)
+                        g.copy_loop(grad, b.gep(src, [b.mul(bi, I64(ld))]), I64(n), accumulate=True)
                     continue
                 _, gk, vk, c, tr = spec
                 A, V = g.ptr(gk, t), g.ptr(vk, t)
                 rows_, cols_ = shape
                 # grad[m, n] += c · gᵀ v  (or c · vᵀ g when the term was transposed); depth = rows of g
-                first, second = (V, A) if tr else (A, V)
+                (first, n1), (second, n2) = ((V, vk), (A, gk)) if tr else ((A, gk), (V, vk))
+                ld1, ld2 = self.layout.ld(n1, rows_), self.layout.ld(n2, cols_)
                 if c == 1:
-                    g.call_gemm(I64(rows_), I64(cols_), g.B, first, I64(rows_), True,
-                                second, I64(cols_), False, grad, I64(cols_), 1)
+                    g.call_gemm(I64(rows_), I64(cols_), g.B, first, I64(ld1), True,
+                                second, I64(ld2), False, grad, I64(cols_), 1)
                 else:
                     tmp = b.load(b.gep(g.bufs, [I64(self.tmp_slot)]))
-                    g.call_gemm(I64(rows_), I64(cols_), g.B, first, I64(rows_), True,
-                                second, I64(cols_), False, tmp, I64(cols_), 0)
+                    g.call_gemm(I64(rows_), I64(cols_), g.B, first, I64(ld1), True,
+                                second, I64(ld2), False, tmp, I64(cols_), 0)
                     g.copy_loop(grad, tmp, I64(rows_ * cols_), scale=c, accumulate=True)
 
     # ------------------------------------------------------------------ running
@@ -495,14 +710,28 @@ class NativeModel:
                 arrays[k] = self._scratch(f"io {name}", (T, B, (st.inputs | st.targets)[name]))
         fwd = {}
         for key, (k, n) in self.fwd_slot.items():
-            arrays[k] = fwd[key] = self._scratch(k, (T, B, n))
+            if arrays[k] is None:
+                arrays[k] = self._scratch(k, (T, B, self.slot_width.get(k, n)))
+            col = self.layout.where[key][4]
+            fwd[key] = arrays[k][:, :, col:col + n]
+        for k, width in self.slot_width.items():
+            if arrays[k] is None and k not in self.bwd_timed:  # a forward whole
+                arrays[k] = self._scratch(k, (T, B, width))
+        for name, k in self.stack_slot.items():
+            arrays[k] = self._scratch(f"stacked {name}", (math.prod(self.shapes[name]),))
         for (p, tr), k in self.pack_slot.items():
-            m_, n_ = st.params[p]
-            K, N = (m_, n_) if tr else (n_, m_)
-            arrays[k] = self._scratch(f"packed {p} {tr}", (gemm.packed_b_elems(K, N, str(dt), self.host),))
+            arrays[k] = self._scratch(f"packed {p} {tr}", (self._packed_elems(p, tr),))
         # hoisted products use T·B rows
         arrays[self.scratch_slot] = self._scratch("scratch", (T * B * self.scratch_units,))
         return arrays, states, fwd
+
+    def _packed_elems(self, p, tr) -> int:
+        cache = self.__dict__.setdefault("_packed_sizes", {})
+        if (p, tr) not in cache:
+            m_, n_ = self.shapes[p]
+            K, N = (m_, n_) if tr else (n_, m_)
+            cache[(p, tr)] = gemm.packed_b_elems(K, N, str(self.dtype), self.host)
+        return cache[(p, tr)]
 
     def _work(self, T, B):
         """GEMM packing workspace: a bound over every product shape of this cell.
@@ -512,7 +741,7 @@ class NativeModel:
         n = self._work_elems.get(key)
         if n is None:
             S = max([x.size for x in self.step.prog.nodes.values() if isinstance(x.size, int)]
-                    + [d for s in self.step.params.values() if isinstance(s, tuple) for d in s]
+                    + [d for s in self.shapes.values() if isinstance(s, tuple) for d in s]
                     + [self.scratch_units])
             n = gemm.workspace_elems(max(T * B, S), S, max(T * B, S), str(self.dtype), self.host)
             if len(self._work_elems) > 64:
@@ -533,6 +762,8 @@ class NativeModel:
         return a[:size].reshape(shape)
 
     def _run(self, fn, arrays, T, B):
+        if fn is self._bwdfn:
+            self._check_grad_arena(arrays)
         ptrs = (ctypes.c_void_p * len(arrays))(*[None if a is None else a.ctypes.data for a in arrays])
         work = self._work(T, B)
         fn(T, B, ptrs, work.ctypes.data)  # ctypes releases the GIL during the call
@@ -562,7 +793,8 @@ class NativeModel:
         parts = self._split(call.B)
         if len(parts) == 1:
             return self._loss_and_grad(call, w)
-        results = list(self._executor().map(lambda sl: self._loss_and_grad(*_slice_call(call, w, sl)), parts))
+        results = list(self._executor().map(lambda sl: self._loss_and_grad(*_slice_call(call, w, sl), call.B),
+                                            parts))
         loss = sum(r[0] for r in results)
         grads = {p: sum(r[1][p] for r in results) for p in st.params}
         final = {s: np.concatenate([r[2][s] for r in results]) for s in st.states}
@@ -581,26 +813,15 @@ class NativeModel:
             self._pool_exec = ThreadPoolExecutor(self.threads, thread_name_prefix="rnncomp")
         return self._pool_exec
 
-    def _loss_and_grad(self, call, w):
-        """One batch slice: store-all, or segments recomputed from checkpoints (``memory=``)."""
-        st, dt, T = self.step, self.dtype, call.T
-        grads = {p: np.zeros(s if isinstance(s, tuple) else (s,), dtype=dt) for p, s in st.params.items()}
-        n = min(self.memory.segment(T), T)
-        if n >= T:
-            loss, carry, final = self._segment(call, w, 0, T, call.h0, None, grads, backward=True)
-        else:
-            # pass 1: forward only, keeping the state at the start of every segment
-            bounds = [(a, min(a + n, T)) for a in range(0, T, n)]
-            starts, state, loss = [], initial_states(st, call, dt), 0.0
-            for a, b in bounds:
-                starts.append(state)
-                part, _, state = self._segment(call, w, a, b, state, None, grads, backward=False)
-                loss += part
-            final = state
-            # pass 2: from the last segment, recompute its activations and run its backward steps
-            carry = None
-            for (a, b), start in zip(reversed(bounds), reversed(starts)):
-                _, carry, _ = self._segment(call, w, a, b, start, carry, grads, backward=True)
+    def _loss_and_grad(self, call, w, B_total=None):
+        """One batch slice: the plan of ``memory=`` for the whole batch (``B_total`` rows), run on
+        this slice (a slice takes its share of a ``Budget``: sizes are proportional to B)."""
+        from .checkpoint import run
+
+        st, dt = self.step, self.dtype
+        grads = self._new_grads()
+        plan = self.memory_plan(call.T, B_total or call.B)
+        loss, carry, final = run(self, call, w, plan, grads)
         for s_, p in st.state_init.items():
             if p is not None and s_ not in call.h0:
                 grads[p] += carry[s_].sum(axis=0)
@@ -619,11 +840,7 @@ class NativeModel:
             ws = w[a:b]
         T, B = sub.T, sub.B
         arrays, states, fwd = self._buffers(sub, True)
-        for key, (k, n) in self.bwd_slot.items():
-            if key == self.bwd.weight:
-                arrays[k] = ws
-            else:
-                arrays[k] = self._scratch(f"bwd {k}", (T, B, n) if key in self.deferred_keys else (B, n))
+        self._bwd_arrays(arrays, T, B, ws)
         for s_, key in self.bwd.carry_in.items():  # δ⁺h entering the segment's last step
             buf = arrays[self.bwd_slot[key][0]]
             buf[...] = 0 if carry is None else carry[s_]
@@ -641,12 +858,60 @@ class NativeModel:
         return loss, carry, final
 
     def activation_bytes(self, T: int, B: int) -> int:
-        """Bytes of the per-step buffers a training call of (T, B) keeps, under ``memory=``."""
-        n = min(self.memory.segment(T), T)
-        per_step = sum(size for _, size in self.fwd_slot.values()) + sum(self.step.states.values())
-        ckpt = (math.ceil(T / n) if n < T else 0) * sum(self.step.states.values())
-        return (n * per_step + ckpt) * B * self.dtype.itemsize
+        """Bytes of the per-step buffers a training call of (T, B) keeps, under ``memory=``:
+        the longest leaf's activations and the checkpoints held at once (``schedules.Footprint``)."""
+        from .checkpoint import footprint
 
+        return self.memory_plan(T, B).memory(footprint(self, B))
+
+    def memory_plan(self, T: int, B: int):
+        """The checkpointing plan (``rnncomp.schedules.Plan``) of ``memory=`` for a call of (T, B)."""
+        from ..schedules import make_plan
+        from .checkpoint import footprint
+
+        plans = self.__dict__.setdefault("_plans", {})
+        key = (T, B)
+        if key not in plans:
+            if len(plans) > 64:
+                plans.clear()
+            plans[key] = make_plan(self.memory, T, footprint(self, B))
+        return plans[key]
+
+    def _advance_entry(self):
+        """The compiled "advance" entry point (ctypes), made on first use."""
+        fn = self.__dict__.get("_advfn")
+        if fn is None:
+            proto = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(ctypes.c_void_p),
+                                     ctypes.c_void_p)
+            fn = self._advfn = proto(self.lib.address("advance"))
+        return fn
+
+    def _gen_advance(self, module):
+        """Entry point "advance" (T, B, bufs, work): t = 0 … T-1, the states only.
+
+        The forward program pruned to the states (no outputs, no loss), hoisted and packed
+        as in "forward".  Values that are neither states nor hoisted live in one step's rows
+        (untimed: the same addresses every step, so they stay in cache)."""
+        states = [(s, "t") for s in self.step.states]
+        prog = prune(self._fwd_prog, states)
+        static = self._static() & set(prog.nodes)
+        L = copy.copy(self.layout)
+        L.where = dict(self.layout.where)
+        timed_slots = {L.where[k][0] for k in static | set(states)}
+        for key, node in prog.nodes.items():
+            w = L.where.get(key)
+            if node.op in LEAF_OPS or w is None or w[0] in timed_slots:
+                continue
+            L.where[key] = w[:3] + (False,) + w[4:]  # (slot, units, off, timed=False, ...)
+        g = _Gen(module, self.dtype, L, self.host, "advance")
+        self._prologue(g, prog, static)
+        if static:  # pass "hoist", as in "forward"
+            per_step_B, g.B = g.B, g.b.mul(g.T, g.B)
+            self._emit_program(g, prog, I64(0), only=static)
+            g.B = per_step_B
+        with for_range(g.b, g.T, name="t") as t:
+            self._emit_program(g, prog, t, skip=static)
+        g.b.ret_void()
 
 def _slice_call(call, w, sl):
     """The sub-problem of batch rows ``sl`` (contiguous copies) and its global step weights."""

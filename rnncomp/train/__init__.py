@@ -1,5 +1,7 @@
-"""Training: optimizers over a flat parameter vector, truncated BPTT, the Trainer."""
+"""Training: optimizers over a flat parameter vector, truncated BPTT, the Trainer, batches."""
+from .data import pad_sequences, stream_batches
 from .optim import SGD, Adam, AdamW, Adagrad, RMSprop
 from .trainer import Trainer, TrainingError, Truncated
 
-__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Trainer", "Truncated", "TrainingError"]
+__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Trainer", "Truncated", "TrainingError",
+           "pad_sequences", "stream_batches"]

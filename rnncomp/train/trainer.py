@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..compile import compile as rc_compile
-from ..errors import RnncompError
+from ..errors import CallError, RnncompError
+from .data import check_lengths, lengths_mask
 from .optim import Adam, Optimizer
 
 
@@ -54,13 +55,20 @@ def _as_dict(a, names, what):
     return {names[0]: a}
 
 
+def _nanmean(values) -> float:
+    kept = [v for v in values if not np.isnan(v)]
+    return float(np.mean(kept)) if kept else float("nan")
+
+
 class Trainer:
     """Fit a cell's parameters: ``Trainer(cell, optimizer=rc.Adam(1e-3), clip_norm=1.0,
     bptt=rc.Truncated(k1, k2), backend="native")``."""
 
     def __init__(self, cell, optimizer: Optimizer | None = None, *, clip_norm=None, clip_value=None,
                  bptt: Truncated | None = None, backend="native", dtype="float32", seed=0,
-                 params=None, **compile_options):
+                 params=None, update=None, **compile_options):
+        """``update``: "native" runs clipping + the optimizer as one compiled call (the default
+        with ``backend="native"`` when the optimizer is a built-in one), "numpy" with NumPy."""
         self.cell, self.bptt = cell, bptt
         self.clip_norm, self.clip_value = clip_norm, clip_value
         self.backend, self.dtype = backend, np.dtype(dtype)
@@ -77,34 +85,64 @@ class Trainer:
         self.optimizer = optimizer or Adam()
         self.optimizer.init(self.flat)
         self.step_count, self.history = 0, []
+        self.batch_history: list = []  # (position in epochs, loss) of every batch
+        if update not in (None, "native", "numpy"):
+            raise ValueError(f"update must be 'native' or 'numpy', got {update!r}")
+        self._update = None  # the compiled post-gradient step (train/native_update.py)
+        if update == "native" or (update is None and backend == "native"):
+            from .native_update import NativeUpdate
+            native = NativeUpdate(self.dtype, cache=compile_options.get("cache", "default"))
+            if native.supports(self.optimizer):
+                self._update = native
+            elif update == "native":
+                raise ValueError(f"update='native': no compiled rule for {type(self.optimizer).__name__}")
+        self.update = "native" if self._update is not None else "numpy"
+        self._ends = np.cumsum([self.params[n].size for n in self.names])  # flat index -> parameter
 
     # ------------------------------------------------------------------ one update
     def train_step(self, inputs, targets, h0=None, mask=None):
         """Forward + BPTT + clipping + optimizer update; returns (loss, final states)."""
         loss, grads, final = self.model.loss_and_grad(self.params, inputs, targets, h0=h0, mask=mask)
         g = np.concatenate([grads[n].ravel() for n in self.names])
-        if not np.isfinite(loss) or not np.isfinite(g).all():
-            bad = next((n for n in self.names if not np.isfinite(grads[n]).all()), None)
+        first = -1  # with update="native": the index of the first non-finite gradient element
+        if self._update is not None and np.isfinite(loss):
+            # one native call: finite check, clipping, decay, optimizer update (writes nothing
+            # when a gradient element is non-finite)
+            first = self._update(self.optimizer, self.flat, g, self.step_count + 1,
+                                 self.clip_value, self.clip_norm)
+            if first < 0:
+                self.step_count += 1
+                return loss, final
+        if not np.isfinite(loss) or first >= 0 or not np.isfinite(g).all():
+            if first >= 0:
+                bad = self.names[int(np.searchsorted(self._ends, first, side="right"))]
+            else:
+                bad = next((n for n in self.names if not np.isfinite(grads[n]).all()), None)
             what = f"gradient of {bad!r} (loss {loss})" if bad else f"loss ({loss})"
             raise TrainingError(f"step {self.step_count + 1}: non-finite {what}; parameters left unchanged")
         if self.clip_value is not None:
             np.clip(g, -self.clip_value, self.clip_value, out=g)
         if self.clip_norm is not None:
-            norm = float(np.sqrt(np.dot(g, g)))
+            g64 = g if g.dtype == np.float64 else g.astype(np.float64)  # accumulate in float64
+            norm = float(np.sqrt(np.dot(g64, g64)))
             if norm > self.clip_norm:
                 g *= self.clip_norm / norm
         self.step_count += 1
         self.optimizer.step(self.flat, g, self.step_count)
         return loss, final
 
-    def _sequence(self, x, t, mask):
-        """One batch of whole sequences: full BPTT, or truncated windows with the state carried."""
+    def _sequence(self, x, t, mask, h0=None):
+        """One batch of whole sequences from the states ``h0`` (None: the initial states):
+        full BPTT, or truncated windows with the state carried.  Returns (mean loss over the
+        updates, final states); steps whose mask is 0 add nothing to any gradient."""
         T = next(iter(x.values())).shape[0]
         if self.bptt is None or self.bptt.k1 >= T:
-            return self.train_step(x, t, mask=mask)[0]
+            if mask is not None and not mask.any():  # nothing to learn from: carry the state only
+                return float("nan"), self.model.forward(self.params, x, h0=h0)[1]
+            return self.train_step(x, t, h0=h0, mask=mask)
         k1, k2 = self.bptt.k1, self.bptt.k2
         B = next(iter(x.values())).shape[1]
-        states, losses = {0: None}, []  # the state at each window boundary (None: initial)
+        states, losses = {0: h0}, []  # the state at each window boundary
         for lo in range(0, T, k1):
             hi = min(lo + k1, T)
             start = max(0, lo - (k2 - k1))  # a boundary: k2 - k1 is a multiple of k1
@@ -121,42 +159,158 @@ class Trainer:
             states[hi] = final  # carried, never reset within a sequence
             for old in [b for b in states if b < hi - k2]:
                 del states[old]
-        return float(np.mean(losses)) if losses else float("nan")
+        return (float(np.mean(losses)) if losses else float("nan")), states[T]
 
     # ------------------------------------------------------------------ loops
-    def fit(self, inputs, targets, epochs=1, batch_size=32, mask=None, shuffle=True, seed=0, verbose=1):
-        """Train on time-major arrays (T, N, n); returns the mean loss of each epoch."""
+    def fit(self, inputs, targets, epochs=1, batch_size=32, mask=None, shuffle=None, seed=0, verbose=1,
+            *, lengths=None, stateful=False):
+        """Train on time-major arrays (T, N, n); returns the mean loss of each epoch.
+
+        ``mask`` (T, N) or (T,) weights each step's cost (0: left out).  ``lengths`` (N,):
+        the steps past each sequence's end are padding (:func:`rnncomp.pad_sequences`) and
+        add nothing to the loss or the gradients.  ``stateful=True``: batch k starts from the
+        final states of batch k-1 (the state is reset at each epoch; no shuffling), for long
+        streams laid out by :func:`rnncomp.train.data.stream_batches`.  ``shuffle`` defaults
+        to True unless stateful.  Each batch's loss is kept in ``batch_history``
+        (for :meth:`plot`)."""
         x = _as_dict(inputs, list(self.cell.step.inputs), "inputs")
         t = _as_dict(targets, list(self.cell.step.targets), "targets")
-        N = next(iter(x.values())).shape[1]
+        T, N = next(iter(x.values())).shape[:2]
+        if stateful and shuffle:
+            raise CallError("fit(stateful=True): batches continue each other in order; pass shuffle=False")
+        if stateful and lengths is not None:
+            raise CallError("fit(stateful=True) carries the state of the last step to the next batch; "
+                            "with lengths= it would be carried through the padding")
+        shuffle = (not stateful) if shuffle is None else shuffle
+        mask = self._mask(mask, lengths, T, N)
         rng = np.random.default_rng(seed)
-        T = next(iter(x.values())).shape[0]
         for epoch in range(epochs):
             order = rng.permutation(N) if shuffle else np.arange(N)
-            losses, t0 = [], time.perf_counter()
+            losses, t0, carry = [], time.perf_counter(), None
             batches = [order[i:i + batch_size] for i in range(0, N, batch_size)]
             for bi, idx in enumerate(batches):
                 sl = lambda d: {k: np.ascontiguousarray(v[:, idx]) for k, v in d.items()}  # noqa: E731
-                m = None if mask is None else np.ascontiguousarray(np.asarray(mask)[:, idx])
-                losses.append(self._sequence(sl(x), sl(t), m))
+                m = None if mask is None else np.ascontiguousarray(mask[:, idx])
+                h0 = None if carry is None else {k: v[:len(idx)] for k, v in carry.items()}
+                loss, final = self._sequence(sl(x), sl(t), m, h0)
+                carry = final if stateful else None
+                losses.append(loss)
+                self.batch_history.append((len(self.history) + (bi + 1) / len(batches), loss))
                 if verbose and (bi + 1 == len(batches) or (bi + 1) % max(1, len(batches) // 10) == 0):
                     dt = time.perf_counter() - t0
                     done = sum(len(b) for b in batches[:bi + 1])
                     bar = "#" * int(20 * (bi + 1) / len(batches))
-                    sys.stdout.write(f"\repoch {epoch + 1}/{epochs} [{bar:<20}] loss {np.mean(losses):.5f}"
+                    sys.stdout.write(f"\repoch {epoch + 1}/{epochs} [{bar:<20}] loss {_nanmean(losses):.5f}"
                                      f"  {(bi + 1) / dt:.1f} steps/s  {done * T / dt:.0f} tokens/s")
                     sys.stdout.flush()
             if verbose:
                 sys.stdout.write("\n")
-            self.history.append(float(np.mean(losses)))
-        return list(self.history[-epochs:])
+            self.history.append(_nanmean(losses))  # nan: no batch had a step to learn from
+        return list(self.history[len(self.history) - epochs:])
 
-    def evaluate(self, inputs, targets, mask=None) -> float:
-        return float(self.model.loss_and_grad(self.params, inputs, targets, mask=mask)[0])
+    def _mask(self, mask, lengths, T, N):
+        """The (T, N) step weights from ``mask`` and ``lengths`` (None: every step counts)."""
+        m = None
+        if mask is not None:
+            m = np.asarray(mask, dtype=self.dtype)
+            if m.shape == (T,):
+                m = np.repeat(m[:, None], N, axis=1)
+            if m.shape != (T, N):
+                raise CallError(f"mask has shape {np.shape(mask)}, expected ({T}, {N}) or ({T},)")
+        if lengths is not None:
+            lm = lengths_mask(check_lengths(lengths, T, N), T, self.dtype)
+            m = lm if m is None else m * lm
+        return m
 
-    def predict(self, inputs, h0=None):
-        """Outputs (T, N, n) and final states."""
-        return self.model.forward(self.params, inputs, h0=h0)
+    def evaluate(self, inputs, targets, mask=None, *, lengths=None, h0=None, window=None,
+                 batch_size=None) -> float:
+        """The loss (the masked mean of the per-step costs) on data; nothing is updated.
+
+        Long data runs in pieces with the same result: ``window`` steps at a time with the
+        state carried across, ``batch_size`` sequences at a time."""
+        x = _as_dict(inputs, list(self.cell.step.inputs), "inputs")
+        t = _as_dict(targets, list(self.cell.step.targets), "targets")
+        T, N = next(iter(x.values())).shape[:2]
+        mask = self._mask(mask, lengths, T, N)
+        total, weight = 0.0, 0.0
+        bs, win = batch_size or N, window or T
+        for c0 in range(0, N, bs):
+            cols = slice(c0, c0 + bs)
+            state = None if h0 is None else {k: np.asarray(v)[cols] for k, v in h0.items()}
+            for lo in range(0, T, win):
+                cut = lambda d: {k: v[lo:lo + win, cols] for k, v in d.items()}  # noqa: E731
+                m = None if mask is None else mask[lo:lo + win, cols]
+                w = float(m.sum()) if m is not None else float(np.prod(next(iter(cut(x).values())).shape[:2]))
+                if w > 0:
+                    loss, _, state = self.model.loss_and_grad(self.params, cut(x), cut(t), h0=state, mask=m)
+                    total, weight = total + float(loss) * w, weight + w
+                else:
+                    state = self.model.forward(self.params, cut(x), h0=state)[1]
+        if weight == 0:
+            raise CallError("evaluate: the mask selects no step")
+        return total / weight
+
+    def predict(self, inputs, h0=None, *, lengths=None):
+        """Outputs {name: (T, N, n)} (an array for a single output) and final states.
+
+        With ``lengths``: the outputs past each sequence's end are 0 and the final states are
+        those after each sequence's own last step."""
+        if lengths is None:
+            return self.model.forward(self.params, inputs, h0=h0)
+        x = _as_dict(inputs, list(self.cell.step.inputs), "inputs")
+        T, N = next(iter(x.values())).shape[:2]
+        lengths = check_lengths(lengths, T, N)
+        pieces, final, state, lo = [], None, h0, 0
+        for end in np.unique(lengths):  # run up to each distinct length, keep who ends there
+            out, state = self.model.forward(self.params, {k: v[lo:end] for k, v in x.items()}, h0=state)
+            pieces.append(out)
+            final = final or {k: np.zeros_like(v) for k, v in state.items()}
+            for k, v in state.items():
+                final[k][lengths == end] = v[lengths == end]
+            lo = int(end)
+        outs = {}
+        for k in pieces[0]:
+            o = np.concatenate([p[k] for p in pieces])
+            o = np.concatenate([o, np.zeros((T - lo,) + o.shape[1:], o.dtype)])
+            o[np.arange(T)[:, None] >= lengths[None, :]] = 0
+            outs[k] = o
+        return outs, final
+
+    def generate(self, prime, steps: int, pick, *, h0=None, seed=0):
+        """Run on ``prime`` (T0, B, n_in), then feed the cell its own choices for ``steps``
+        steps: ``pick(outputs, rng)`` maps the outputs of the last step ((B, n) array for a
+        single output, else a dict) to the next input ((B, n_in) array, or a dict).
+        Returns the chosen inputs (steps, B, n_in) (a dict for several inputs) and the final states."""
+        names, outs_names = list(self.cell.step.inputs), list(self.cell.step.outputs)
+        rng = np.random.default_rng(seed)
+        out, state = self.model.forward(self.params, _as_dict(prime, names, "prime"), h0=h0)
+        chosen = []
+        for _ in range(steps):
+            last = {k: v[-1] for k, v in out.items()}
+            nxt = _as_dict(pick(last[outs_names[0]] if len(outs_names) == 1 else last, rng), names, "pick(...)")
+            chosen.append(nxt)
+            out, state = self.model.forward(self.params, {k: np.asarray(v)[None] for k, v in nxt.items()},
+                                            h0=state)
+        seq = {k: np.stack([np.asarray(c[k]) for c in chosen]) for k in names} if chosen else {}
+        return (seq[names[0]] if len(names) == 1 and chosen else seq), state
+
+    def plot(self, path, title=None) -> str:
+        """Write the learning curve (the loss of every batch and the mean of every epoch) to a
+        PNG, without matplotlib; returns the path."""
+        from .plot import line_plot
+        series, legend = [], []
+        bh = [(p, v) for p, v in self.batch_history if np.isfinite(v)]
+        if len(bh) > len(self.history):
+            series.append(([p for p, _ in bh], [v for _, v in bh], (158, 190, 226), 1))
+            legend.append("batch")
+        if self.history:
+            series.append((np.arange(len(self.history)) + 0.5, self.history, (31, 119, 180), 2))
+            legend.append("epoch mean")
+        if not series:
+            raise TrainingError("plot: nothing to draw, the loss history is empty (train first)")
+        line_plot(path, series, title=title or f"{self.cell.name}: training loss", xlabel="epoch",
+                  ylabel="loss", legend=legend)
+        return str(path)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path) -> None:
@@ -164,6 +318,7 @@ class Trainer:
         blob = {"format": 1, "cell": self.cell, "fingerprint": str(self.cell),
                 "params": {n: v.copy() for n, v in self.params.items()},
                 "optimizer": self.optimizer, "step": self.step_count, "history": self.history,
+                "batch_history": list(self.batch_history), "update": self.update,
                 "options": {"clip_norm": self.clip_norm, "clip_value": self.clip_value, "bptt": self.bptt}}
         d = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(dir=d, prefix=".rnncomp-ckpt-")
@@ -187,8 +342,10 @@ class Trainer:
             raise TrainingError(f"{path}: the checkpoint is of cell {blob['cell'].name!r} with other "
                                 f"equations or sizes than cell {cell.name!r}")
         opt_state = blob["optimizer"].state_dict()  # before __init__ re-initialises the optimizer
+        compile_options.setdefault("update", blob.get("update"))
         tr = cls(blob["cell"], blob["optimizer"], backend=backend, dtype=dtype,
                  params=blob["params"], **blob["options"], **compile_options)
         tr.optimizer.load_state_dict(opt_state)
         tr.step_count, tr.history = blob["step"], list(blob["history"])
+        tr.batch_history = list(blob.get("batch_history", []))
         return tr

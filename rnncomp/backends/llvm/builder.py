@@ -29,12 +29,39 @@ def alloca_once(builder: ir.IRBuilder, ty, name: str = "", size=None):
         return builder.alloca(ty, size=size, name=name)
 
 
+def parallel_loop_md(module: ir.Module):
+    """(access group, loop id) metadata asserting that the memory accesses tagged with the
+    group carry no dependence between iterations of the loop (``llvm.loop.parallel_accesses``).
+
+    The vectoriser then needs no runtime overlap checks, which it gives up on beyond a few
+    pointers (a fused element-wise run reads and writes many buffers)."""
+    group = _DistinctMD(module, [], name=str(len(module.metadata)))  # an empty, distinct node
+    par = module.add_metadata([ir.MetaDataString(module, "llvm.loop.parallel_accesses"), group])
+    loop_id = _DistinctMD(module, [], name=str(len(module.metadata)))
+    loop_id.operands = (loop_id, par)  # a loop id refers to itself first
+    return group, loop_id
+
+
+class _DistinctMD(ir.values.MDValue):
+    """A metadata node printed ``distinct !{...}`` (never merged with an equal one)."""
+
+    def descr(self, buf):
+        buf.append("distinct ")
+        super().descr(buf)
+
+    def __hash__(self):  # operands may refer to the node itself
+        return id(self)
+
+    def __eq__(self, other):
+        return self is other
+
+
 @contextmanager
-def for_range(builder: ir.IRBuilder, count, start=None, step=None, name: str = "i"):
+def for_range(builder: ir.IRBuilder, count, start=None, step=None, name: str = "i", loop_md=None):
     """``for (i = start; i < count; i += step)``; yields ``i`` (an i64 value).
 
     The loop variable is a phi node, so LLVM sees a canonical counted loop and can
-    vectorise it.
+    vectorise it.  ``loop_md``: a loop id (see :func:`parallel_loop_md`) put on the latch.
     """
     ty = count.type
     start = ty(0) if start is None else start
@@ -53,7 +80,9 @@ def for_range(builder: ir.IRBuilder, count, start=None, step=None, name: str = "
     yield idx
     nxt = builder.add(idx, step, name=f"{name}.next", flags=("nsw",))
     idx.add_incoming(nxt, builder.block)
-    builder.branch(cond_bb)
+    latch = builder.branch(cond_bb)
+    if loop_md is not None:
+        latch.set_metadata("llvm.loop", loop_md)
     builder.position_at_end(end_bb)
 
 

@@ -1,0 +1,84 @@
+"""Running a checkpointing plan (:mod:`rnncomp.schedules`) on the native backend.
+
+    footprint(model, B)                  the exact bytes of a state and of a step's activations
+    run(model, call, w, plan, grads)     the plan's actions, in order → loss, δh[0], final states
+    advance(model, call, a, b, h0, n)    states a → b with the "advance" entry point (states
+                                         only, no output or loss), n steps per native call
+
+A leaf is ``model._segment(..., backward=True)``: forward a..b keeping every activation,
+then the backward steps b-1 … a.  Leaves run right to left and each step belongs to one
+leaf, so the parameter gradients are accumulated in the same order as storing all (bit
+for bit); the loss is summed leaf by leaf (equal to float rounding).
+
+Memory: every buffer comes from the model's per-thread pool, reused for the whole call.
+An advance of n ≤ (longest leaf) steps uses prefixes of the buffers of the longest leaf
+(its hoisted products and states; the other values live in one step's rows), so a plan
+takes ``Footprint.memory(longest leaf, checkpoints held)`` bytes of per-step buffers.
+"""
+from __future__ import annotations
+
+from ..ir import LEAF_OPS
+from ..schedules import Footprint
+from .validate import Call, initial_states
+
+
+def footprint(model, B: int) -> Footprint:
+    """Bytes of one set of states and of one step's full activations, at batch size ``B``.
+
+    A step's activations are the rows of every buffer the forward program writes (a
+    stacked product's whole slot counted once) and the states."""
+    L, size = model.layout, model.dtype.itemsize
+    states = sum(model.step.states.values())
+    state_slots = set(model.state_slot.values())
+    widths = {}
+    for key, node in model._fwd_prog.nodes.items():
+        w = L.where.get(key)
+        if node.op in LEAF_OPS or w is None or not w[3] or not w[1] or w[0] in state_slots \
+                or w[0] in widths:
+            continue  # an input or parameter, a shared value, a state, or a slot already counted
+        widths[w[0]] = model.slot_width.get(w[0], node.size)
+    return Footprint(state=states * B * size, step=(sum(widths.values()) + states) * B * size, B=B)
+
+
+def run(model, call, w, plan, grads):
+    """Execute ``plan`` for one batch slice; gradients accumulate into ``grads``.
+
+    Returns (loss, adjoints of the initial states, final states)."""
+    T = call.T
+    ckpt = {0: initial_states(model.step, call, model.dtype)}
+    cur, carry, loss, final = ckpt[0], None, 0.0, None
+    chunk = max(1, plan.max_leaf)
+    for act in plan.actions:
+        op = act[0]
+        if op == "advance":
+            cur = advance(model, call, act[1], act[2], cur, chunk)
+        elif op == "store":
+            ckpt[act[1]] = cur
+        elif op == "restore":
+            cur = ckpt[act[1]]
+        elif op == "free":
+            del ckpt[act[1]]
+        elif op == "leaf":
+            a, b = act[1], act[2]
+            h0 = call.h0 if a == 0 and b == T else cur
+            part, carry, fin = model._segment(call, w, a, b, h0, carry, grads, backward=True)
+            loss += part
+            if b == T:
+                final = fin
+            cur = None
+        else:
+            raise ValueError(f"unknown plan action {act!r}")
+    return loss, carry, final
+
+
+def advance(model, call, a: int, b: int, h0: dict, chunk: int) -> dict:
+    """The states at step b from the states ``h0`` at step a (copies)."""
+    fn, st = model._advance_entry(), model.step
+    for lo in range(a, b, chunk):
+        hi = min(lo + chunk, b)
+        sub = Call(hi - lo, call.B, call.params, {k: v[lo:hi] for k, v in call.inputs.items()},
+                   {k: v[lo:hi] for k, v in call.targets.items()}, h0, None)
+        arrays, states, _ = model._buffers(sub, False)
+        model._run(fn, arrays, hi - lo, call.B)
+        h0 = {s: states[s][-1].copy() for s in st.states}
+    return h0

@@ -1,0 +1,209 @@
+"""Pass "stack": products that share an operand, or that are summed, become ONE product.
+
+A gated cell computes several products per step with the same operand (LSTM: Uf·h,
+Ui·h, Ug·h, Uo·h) and, in its backward step, sums products of different operands
+(δh[t-1] = Ufᵀ·δa1 + Uiᵀ·δa3 + …).  Small products waste a kernel's time on its edges;
+stacking the weights turns k products of width H into one of width k·H:
+
+* **shared operand** (rule A): ``P₁·v, …, P_k·v`` → one product ``[P₁; …; P_k]·v``; each
+  original value becomes a ``view`` of a column range of the stacked result;
+* **sum of products** (rule B): an element-wise node adding ``P₁·d₁ + … + P_k·d_k``
+  (coefficient 1) reads one product ``[P₁ … P_k]·[d₁; …; d_k]``; the operands ``d_i``
+  are written side by side (a ``stackv`` pseudo-node names the whole) and the other
+  terms become 0 in the template.
+
+The stacked weight is a :class:`Stacked` parameter that a backend builds once per call
+from the real parameters (rows or columns concatenated).  Values are unchanged, only
+grouped, so the parameter-gradient specs of the backward step are untouched: they read
+the same keys, now laid out with a row stride (:attr:`Result.views`).
+
+This is an IR → IR rewrite any backend can consume; a backend that lays values out
+densely can ignore it.  The NumPy oracle runs the un-stacked program.
+
+    >>> import rnncomp as rc
+    >>> st = rc.cells.lstm(3, 4, 2).step
+    >>> res = stack_products(st.prog, st.params, keep=[(s, "t") for s in st.states])
+    >>> [(s.parts, s.axis, s.shape) for s in res.stacks.values()]     # doctest: +NORMALIZE_WHITESPACE
+    [(('Uf', 'Ui', 'Ug', 'Uo'), 0, (16, 4)), (('Wf', 'Wi', 'Wg', 'Wo'), 0, (16, 3))]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from .ir import Node, Program, placeholder
+
+
+@dataclass(frozen=True)
+class Stacked:
+    """A weight built from parameters: ``axis`` 0 stacks rows ((R_i, C) → (ΣR, C)),
+    1 stacks columns ((R, C_i) → (R, ΣC))."""
+
+    name: str
+    parts: tuple
+    axis: int
+    shape: tuple
+
+
+@dataclass
+class Result:
+    prog: Program
+    stacks: dict = field(default_factory=dict)  # name -> Stacked
+    views: dict = field(default_factory=dict)   # member key -> (whole key, column, whole size)
+
+
+def _single_term(node):
+    terms = node.attrs.get("terms", ()) if node.op == "matvec" else ()
+    if len(terms) == 1 and terms[0][2] == 1:
+        return terms[0]
+    return None
+
+
+def _uses(prog: Program) -> dict:
+    uses: dict = {}
+    for key, node in prog.nodes.items():
+        for a in node.args:
+            uses.setdefault(a, []).append(key)
+    return uses
+
+
+def stack_products(prog: Program, params: dict, keep=(), static=frozenset()) -> Result:
+    """Apply rules A then B to ``prog``.  ``keep``: keys that must stay dense values of
+    their own (states, outputs, carried adjoints); ``static``: keys hoisted out of the time
+    loop (a group never mixes hoisted and looped products)."""
+    res = Result(prog)
+    res.prog = _shared_operand(res, prog, params, set(keep), set(static))
+    res.prog = _summed_products(res, res.prog, params, set(keep))
+    return res
+
+
+def _stack_name(parts, axis, res):
+    base = f"[{(';' if axis == 0 else ' ').join(parts)}]"
+    name, i = base, 1
+    while name in res.stacks:
+        i += 1
+        name = f"{base}~{i}"
+    return name
+
+
+def _new_stack(res, params, parts, axis):
+    shapes = [params[p] for p in parts]
+    if axis == 0:
+        shape = (sum(s[0] for s in shapes), shapes[0][1])
+    else:
+        shape = (shapes[0][0], sum(s[1] for s in shapes))
+    st = Stacked(_stack_name(parts, axis, res), tuple(parts), axis, shape)
+    res.stacks[st.name] = st
+    return st
+
+
+def _shared_operand(res, prog, params, keep, static):
+    """Rule A: P_i·v (same v, same transposition, same phase) → one product and views."""
+    groups: dict = {}
+    for key, node in prog.nodes.items():
+        term = _single_term(node)
+        if term is None or key in keep:
+            continue
+        groups.setdefault((node.args[0], term[1], key in static), []).append(key)
+    groups = {g: ks for g, ks in groups.items() if len(ks) >= 2}
+    if not groups:
+        return prog
+    first = {ks[0]: (g, ks) for g, ks in groups.items()}
+    member = {k for ks in groups.values() for k in ks}
+    out = Program(external=prog.external, name=prog.name, _next=dict(prog._next))
+    for key, node in prog.nodes.items():
+        if key in first:
+            (v, tr, _), ks = first[key]
+            parts = [_single_term(prog.nodes[k])[0] for k in ks]
+            # v·op(P_i)ᵀ side by side: untransposed P_i stack by rows, transposed by columns
+            st = _new_stack(res, params, parts, 0 if not tr else 1)
+            width = sum(prog.nodes[k].size for k in ks)
+            whole = out.fresh(f"{st.name}·{v[0]}", key[1])
+            out.add(whole, Node("matvec", (v,), width, {"terms": ((st.name, tr, 1),)}))
+            col = 0
+            for k in ks:
+                n = prog.nodes[k].size
+                out.add(k, Node("view", (whole,), n, {"lo": col}))
+                res.views[k] = (whole, col, width)
+                col += n
+        elif key not in member:
+            out.add(key, node)
+    return out
+
+
+def _linear_unit(expr, ph) -> bool:
+    """``expr`` is ``ph + (terms free of ph)``."""
+    try:
+        return sp.diff(expr, ph) == 1
+    except Exception:  # noqa: BLE001 - a template sympy cannot differentiate is just not stacked
+        return False
+
+
+def _summed_products(res, prog, params, keep):
+    """Rule B: an ew node adding P_i·d_i (coefficient 1, each product read only there)."""
+    uses = _uses(prog)
+    # a value lives in one place: never in two groups, nor a stacked product's whole
+    taken: set = set(res.views) | {w for w, _, _ in res.views.values()}
+    order = {k: i for i, k in enumerate(prog.nodes)}
+    plans = []
+    for key, node in prog.nodes.items():
+        if node.op != "ew":
+            continue
+        by_tr: dict = {}
+        for i, a in enumerate(node.args):
+            m = prog.nodes.get(a)
+            term = None if m is None else _single_term(m)
+            if term is None or a in keep or uses.get(a) != [key] or node.args.count(a) != 1:
+                continue
+            d = m.args[0]
+            dn = prog.nodes.get(d)
+            if dn is None or dn.is_leaf or dn.op in ("view", "stackv") or d in keep or d in taken:
+                continue
+            if not _linear_unit(node.attrs["expr"], placeholder(i)):
+                continue
+            by_tr.setdefault(term[1], []).append((i, a, d))
+        for tr, items in by_tr.items():
+            operands = [d for _, _, d in items]
+            if len(items) >= 2 and len(set(operands)) == len(operands):
+                plans.append((key, tr, items))
+                taken.update(operands)
+                break  # one group per node: the other products stay as they are
+    if not plans:
+        return prog
+    by_node = {p[0]: p for p in plans}
+    last_member = {max((a for _, a, _ in p[2]), key=order.__getitem__): p for p in plans}
+    dropped = {a for p in plans for _, a, _ in p[2]}
+    out = Program(external=prog.external, name=prog.name, _next=dict(prog._next))
+    for key, node in prog.nodes.items():
+        if key in last_member:
+            e_key, tr, items = last_member[key]
+            parts = [_single_term(prog.nodes[a])[0] for _, a, _ in items]
+            # Σ d_i·op(P_i)ᵀ = [d_1 … d_k]·[op(P_1)ᵀ; …]: op(P_i) side by side in columns
+            st = _new_stack(res, params, parts, 1 if not tr else 0)
+            operands = [d for _, _, d in items]
+            width = sum(prog.node(d).size for d in operands)
+            whole = out.fresh("[" + ",".join(d[0] for d in operands) + "]", key[1])
+            out.add(whole, Node("stackv", tuple(operands), width))
+            col = 0
+            for d in operands:
+                n = prog.node(d).size
+                res.views[d] = (whole, col, width)
+                col += n
+            target = items[0][1]  # the first product's key now holds the whole sum
+            out.add(target, Node("matvec", (whole,), prog.nodes[target].size, {"terms": ((st.name, tr, 1),)}))
+        elif key in by_node:
+            _, _, items = by_node[key]
+            gone = {i for i, _, _ in items[1:]}
+            args, subs = [], {}
+            for i, a in enumerate(node.args):
+                if i in gone:
+                    subs[placeholder(i)] = sp.Integer(0)
+                else:
+                    subs[placeholder(i)] = placeholder(len(args))
+                    args.append(a)
+            expr = node.attrs["expr"].xreplace(subs)
+            out.add(key, Node("ew", tuple(args), node.size, {**node.attrs, "expr": expr}))
+        elif key not in dropped:
+            out.add(key, node)
+    return out

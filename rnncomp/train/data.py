@@ -1,0 +1,70 @@
+"""Batches for the Trainer: padding variable-length sequences, laying out long streams.
+
+    >>> x, lengths = pad_sequences([np.ones((3, 2)), np.ones((5, 2))])
+    >>> x.shape, lengths.tolist(), lengths_mask(lengths, 5).sum(axis=0).tolist()
+    ((5, 2, 2), [3, 5], [3.0, 5.0])
+    >>> stream_batches(np.arange(12), T=2, batch_size=2)[:, :, 0].T.tolist()
+    [[0, 1], [6, 7], [2, 3], [8, 9], [4, 5], [10, 11]]
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import CallError
+
+
+def pad_sequences(sequences, dtype="float32", value=0.0):
+    """A list of N arrays ``(T_i, n)`` (or ``(T_i,)``, read as ``n = 1``) → the time-major
+    padded array ``(max T_i, N, n)`` and the lengths ``(N,)``; steps past a sequence's end
+    hold ``value``.  Pass the lengths to ``Trainer.fit/evaluate/predict(lengths=...)``."""
+    seqs = [np.asarray(s, dtype=dtype) for s in sequences]
+    if not seqs:
+        raise ValueError("pad_sequences: no sequences")
+    seqs = [s[:, None] if s.ndim == 1 else s for s in seqs]
+    bad = [i for i, s in enumerate(seqs) if s.ndim != 2 or s.shape[0] == 0]
+    if bad:
+        raise ValueError(f"pad_sequences: sequence {bad[0]} has shape {seqs[bad[0]].shape}; "
+                         "each must be (T_i, n) or (T_i,) with T_i >= 1")
+    widths = {s.shape[1] for s in seqs}
+    if len(widths) != 1:
+        raise ValueError(f"pad_sequences: sequences have different widths {sorted(widths)}")
+    lengths = np.array([s.shape[0] for s in seqs], dtype=np.int64)
+    out = np.full((int(lengths.max()), len(seqs), widths.pop()), value, dtype=dtype)
+    for i, s in enumerate(seqs):
+        out[:len(s), i] = s
+    return out, lengths
+
+
+def check_lengths(lengths, T: int, N: int) -> np.ndarray:
+    """``lengths`` as an int array of shape (N,) with 1 <= lengths <= T, or a clear error."""
+    lengths = np.asarray(lengths)
+    if lengths.shape != (N,) or lengths.dtype.kind not in "iu":
+        raise CallError(f"lengths must be {N} integers (one per sequence), got shape {lengths.shape} "
+                         f"of {lengths.dtype}")
+    if (lengths < 1).any() or (lengths > T).any():
+        raise CallError(f"lengths must lie in 1 … {T} (the padded length), got {lengths.min()} … {lengths.max()}")
+    return lengths.astype(np.int64)
+
+
+def lengths_mask(lengths, T: int, dtype="float32") -> np.ndarray:
+    """(T, N) mask: 1 for the steps t < lengths[n], 0 for the padding."""
+    lengths = np.asarray(lengths)
+    return (np.arange(T)[:, None] < lengths[None, :]).astype(dtype)
+
+
+def stream_batches(stream, T: int, batch_size: int) -> np.ndarray:
+    """Lay a long stream ``(L, n)`` (or ``(L,)``) out for ``fit(..., batch_size=batch_size,
+    stateful=True, shuffle=False)``: cut into ``batch_size`` parallel streams of
+    ``L // batch_size`` steps, each cut into windows of ``T``; batch k (columns
+    ``k·B … k·B + B - 1``) holds window k of every stream, so each batch continues the
+    previous one.  Returns ``(T, K·B, n)``; the tail that does not fill a window is dropped."""
+    s = np.asarray(stream)
+    s = s[:, None] if s.ndim == 1 else s
+    per = s.shape[0] // batch_size
+    K = per // T
+    if K == 0:
+        raise ValueError(f"stream_batches: a stream of {s.shape[0]} steps is too short for "
+                         f"{batch_size} streams of windows of {T}")
+    s = s[:per * batch_size].reshape(batch_size, per, -1)[:, :K * T]   # (B, K·T, n)
+    s = s.reshape(batch_size, K, T, -1).transpose(2, 1, 0, 3)           # (T, K, B, n)
+    return np.ascontiguousarray(s.reshape(T, K * batch_size, -1))
