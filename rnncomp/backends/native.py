@@ -161,8 +161,16 @@ class _Gen:
         f = self.m.globals.get(name)
         return f or gemm.define_gemm_packed_b(self.m, name, str(self.dtype), False, self.host)
 
+    def packed_pointers(self, terms, slots):
+        """Where op(P) of each packed (param, transposed) lives (loaded where it dominates
+        every use: the packing itself may be skipped, see ``NativeModel._prologue``)."""
+        b = self.b
+        for (p, tr), slot in slots.items():
+            if (p, tr) in terms:
+                self.packed[(p, tr)] = b.load(b.gep(self.bufs, [I64(slot)]))
+
     def pack_weights(self, terms, slots, shapes):
-        """Pack op(P) of each (param, transposed) once, at the start of the entry point."""
+        """Pack op(P) of each (param, transposed) into the buffer of :meth:`packed_pointers`."""
         b = self.b
         for (p, tr), slot in slots.items():
             if (p, tr) not in terms:
@@ -172,9 +180,7 @@ class _Gen:
             name = f"{self.fn.name}_pack_{int(not tr)}"
             f = self.m.globals.get(name) or gemm.define_pack_b(self.m, name, str(self.dtype), not tr, self.host)
             src = b.load(b.gep(self.bufs, [I64(self.L.where[(p, None)][0])]))
-            dst = b.load(b.gep(self.bufs, [I64(slot)]))
-            b.call(f, [I64(K), I64(N), src, I64(n_), dst])
-            self.packed[(p, tr)] = dst
+            b.call(f, [I64(K), I64(N), src, I64(n_), self.packed[(p, tr)]])
 
     def build_stacks(self, stacks, shapes):
         """Pass "stack": fill each stacked weight from its parameters (once per call)."""
@@ -503,6 +509,7 @@ class NativeModel:
         k = self.layout.slot("scratch")
         self.layout.place(self._scratch_key, k, 0, timed=False)
         self.scratch_slot = k
+        self.prologue_slot = self.layout.slot("prologue flags")
 
     def _build_module(self):
         module = ir.Module(name=f"rnncomp_{self.step.name}")
@@ -552,10 +559,25 @@ class NativeModel:
         states = {(s, "t") for s in self.step.states}
         return state_independent(self._fwd_prog, timed - states)
 
+    PROLOGUE_FLAG = {"forward": 0, "backward": 1, "advance": 2}
+
     def _prologue(self, g, prog, static):
-        """Once per call, before the loop: stacked weights built, loop weights packed."""
-        g.build_stacks(self.stacks, self.shapes)
-        g.pack_weights(self._loop_terms(prog, static), self.pack_slot, self.shapes)
+        """Before the loop: stacked weights built, loop weights packed -- once per training
+        call, not once per native call: a checkpointing schedule runs many segments on the
+        same parameters.  ``bufs[prologue slot][entry]`` is 0 until it has run (the caller
+        zeroes the flags whenever the parameters may have changed, see :meth:`_fresh_call`)."""
+        b, terms = g.b, self._loop_terms(prog, static)
+        g.packed_pointers(terms, self.pack_slot)
+        flags = b.load(b.gep(g.bufs, [I64(self.prologue_slot)]))
+        flag = b.gep(flags, [I64(self.PROLOGUE_FLAG[g.fn.name])])
+        with b.if_then(b.fcmp_ordered("==", b.load(flag), ir.Constant(g.ty, 0.0))):
+            g.build_stacks(self.stacks, self.shapes)
+            g.pack_weights(terms, self.pack_slot, self.shapes)
+            b.store(ir.Constant(g.ty, 1.0), flag)
+
+    def _fresh_call(self):
+        """A new call with (possibly) new parameters: stacked and packed weights are rebuilt."""
+        self._scratch("prologue flags", (len(self.PROLOGUE_FLAG),))[:] = 0
 
     def _loop_terms(self, prog, static) -> set:
         """(param, transposed) of the products computed inside the time loop."""
@@ -723,6 +745,7 @@ class NativeModel:
             arrays[k] = self._scratch(f"packed {p} {tr}", (self._packed_elems(p, tr),))
         # hoisted products use T·B rows
         arrays[self.scratch_slot] = self._scratch("scratch", (T * B * self.scratch_units,))
+        arrays[self.prologue_slot] = self._scratch("prologue flags", (len(self.PROLOGUE_FLAG),))
         return arrays, states, fwd
 
     def _packed_elems(self, p, tr) -> int:
@@ -755,22 +778,37 @@ class NativeModel:
         pool = getattr(self._pool, "bufs", None)
         if pool is None:
             pool = self._pool.bufs = {}
+            self._pool.views, self._pool.ptrs = {}, {}
+        views = self._pool.views
+        v = views.get((name, shape))
+        if v is not None:  # the same view object every call: its address is known (see _run)
+            return v
         size = math.prod(shape)
         a = pool.get(name)
         if a is None or a.size < size:  # grow only: a shorter segment reuses a prefix
             a = pool[name] = np.empty(size, dtype=self.dtype)
-        return a[:size].reshape(shape)
+            for k in [k for k in views if k[0] == name]:  # views of the old buffer: forget them
+                self._pool.ptrs.pop(id(views.pop(k)), None)
+        if len(views) > 512:  # many (T, B) shapes: start afresh rather than grow without bound
+            views.clear()
+            self._pool.ptrs.clear()
+        v = views[(name, shape)] = a[:size].reshape(shape)
+        self._pool.ptrs[id(v)] = v.ctypes.data
+        return v
 
     def _run(self, fn, arrays, T, B):
         if fn is self._bwdfn:
             self._check_grad_arena(arrays)
-        ptrs = (ctypes.c_void_p * len(arrays))(*[None if a is None else a.ctypes.data for a in arrays])
+        known = getattr(self._pool, "ptrs", {})  # pooled views (alive in the pool: ids are stable)
+        ptrs = (ctypes.c_void_p * len(arrays))(*[None if a is None else known.get(id(a)) or a.ctypes.data
+                                                 for a in arrays])
         work = self._work(T, B)
         fn(T, B, ptrs, work.ctypes.data)  # ctypes releases the GIL during the call
 
     def forward(self, params, inputs, h0=None, *, check_finite=True):
         call = check_call(self.step, self.dtype, params, inputs, None, h0, check_finite=check_finite)
         arrays, states, fwd = self._buffers(call, False)
+        self._fresh_call()
         self._run(self._fwd, arrays, call.T, call.B)
         outs = {}
         for o, n in self.step.outputs.items():
@@ -820,6 +858,7 @@ class NativeModel:
 
         st, dt = self.step, self.dtype
         grads = self._new_grads()
+        self._fresh_call()
         plan = self.memory_plan(call.T, B_total or call.B)
         loss, carry, final = run(self, call, w, plan, grads)
         for s_, p in st.state_init.items():

@@ -1,7 +1,8 @@
 """The PTX backend (GitHub issue #6): ``rc.compile(cell, backend="ptx", arch="sm_90")``.
 
 codegen.py  kernels as LLVM IR (nvptx64 ``ptx_kernel`` entries, or host loops over the same bodies)
-plan.py     device-memory layout and launch lists (hoisted products, per-step nodes, gradients)
+plan.py     device-memory layout and launch lists (hoisted products, per-step nodes, gradients;
+            pass "stack" through ..stackplan, shared with the native backend)
 ptxgen.py   LLVM IR → PTX (in a child process), ``ptxas`` checks
 runtime.py  CUDA driver API via cuda-python; the host emulator
 model.py    :class:`PtxModel`

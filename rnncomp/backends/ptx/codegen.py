@@ -32,6 +32,11 @@ The simple kernel (one thread per output element) stays as ``tiled=False``.
 Element-wise nodes are fused: one kernel computes a run of element-wise nodes of
 one size (values produced earlier in the run come from registers), see
 :meth:`KernelSet.ew_run` and ``plan._groups``.
+
+Every kernel kind takes the row stride of its per-sample pointers (``ld``, default: the
+value's size): with pass "stack" a value may be a column range of a wider row (a member of a
+stacked product, or an operand written side by side for one summed product).
+:meth:`KernelSet.stack_weight` builds a stacked weight from its parts once per call.
 """
 from __future__ import annotations
 
@@ -116,20 +121,23 @@ class KernelSet:
         return name
 
     # ------------------------------------------------------------------ kernel kinds
-    def ew(self, template: sp.Expr, n: int, arg_units, doc="") -> str:
-        """out[b, j] = template(args): ``arg_units[i] = (units, shared)`` per argument."""
+    def ew(self, template: sp.Expr, n: int, arg_units, out_ld=None, doc="") -> str:
+        """out[b, j] = template(args): ``arg_units[i] = (units, shared[, row stride])`` per argument."""
         arg_units = tuple(arg_units)
-        return self.ew_run([(template, [("ext", i) for i in range(len(arg_units))])], n, arg_units, doc=doc)
+        return self.ew_run([(template, [("ext", i) for i in range(len(arg_units))])], n, arg_units,
+                           out_lds=None if out_ld is None else (out_ld,), doc=doc)
 
-    def ew_run(self, items, n: int, ext_units, doc="") -> str:
+    def ew_run(self, items, n: int, ext_units, out_lds=None, doc="") -> str:
         """A fused run of element-wise nodes of size ``n``: pointers ``ext…, out_1 … out_k``.
 
         ``items[q] = (template, refs)``, ``refs[i]`` = ``("ext", e)`` (loaded from external
-        pointer ``e``, ``ext_units[e] = (units, shared)``) or ``("reg", r)`` (the value of
-        item ``r < q``, from its register).  Every item's value is also stored.
+        pointer ``e``, ``ext_units[e] = (units, shared[, row stride])``) or ``("reg", r)``
+        (the value of item ``r < q``, from its register).  Every item's value is also stored,
+        row b of output q at ``out_q + b·out_lds[q]`` (pass "stack": a member of a wider row).
         """
         items = tuple((t, tuple(refs)) for t, refs in items)
-        ext_units = tuple(ext_units)
+        ext_units = tuple(_with_ld(u) for u in ext_units)
+        out_lds = tuple(out_lds) if out_lds is not None else (n,) * len(items)
         n_ext = len(ext_units)
 
         def body(g, gid, N, R, ptrs):
@@ -144,34 +152,38 @@ class KernelSet:
                         vals[placeholder(i)] = here[e]
                         continue
                     if e not in loaded:
-                        units, shared = ext_units[e]
+                        units, shared, ld = ext_units[e]
                         if shared:
                             idx = j if units > 1 else I64(0)
                         else:
-                            idx = b.add(b.mul(bi, I64(units)), j) if units > 1 else bi
+                            idx = g.row_index(bi, j if units > 1 else None, ld)
                         loaded[e] = b.load(b.gep(exts[e], [idx], inbounds=True))
                     vals[placeholder(i)] = loaded[e]
                 v = LLVMPrinter(b, g.ty, vals).emit_all(template)
-                b.store(v, b.gep(outs[q], [gid], inbounds=True))
+                oidx = gid if out_lds[q] == n else g.row_index(bi, j if n > 1 else None, out_lds[q])
+                b.store(v, b.gep(outs[q], [oidx], inbounds=True))
                 here.append(v)
         return self.add("ew", n_ext + len(items), body, per_row=n, doc=doc)
 
-    def matvec(self, n_in: int, n_out: int, terms, shapes, doc="", tile="small") -> str:
-        """out[b, r] = Σ_terms c · (P v[b])[r] (or Pᵀ): pointers v, P_1 … P_k, out."""
+    def matvec(self, n_in: int, n_out: int, terms, shapes, doc="", tile="small", lda=None, ldc=None) -> str:
+        """out[b, r] = Σ_terms c · (P v[b])[r] (or Pᵀ): pointers v, P_1 … P_k, out.
+
+        ``lda`` / ``ldc``: row strides of v and out (default n_in / n_out)."""
         terms = tuple((bool(tr), float(c)) for _, tr, c in terms)
         shapes = tuple(shapes)
+        lda, ldc = lda or n_in, ldc or n_out
         if self.tiled:
-            # C[R × n_out] = v[R × n_in] · op(P): A(i, k) = v[i·n_in + k]; B(k, j) = P[j, k] or P[k, j]
-            gterms = [(0, n_in, 1, 1 + q, n_ if tr else 1, 1 if tr else n_, c)
+            # C[R × n_out] = v[R × n_in] · op(P): A(i, k) = v[i·lda + k]; B(k, j) = P[j, k] or P[k, j]
+            gterms = [(0, lda, 1, 1 + q, n_ if tr else 1, 1 if tr else n_, c)
                       for q, ((tr, c), (m_, n_)) in enumerate(zip(terms, shapes))]
             return self._gemm("matvec", len(terms) + 2, tile, "R", n_out, n_in, gterms, len(terms) + 1,
-                              accumulate=False, c_out=1.0, doc=doc)
+                              accumulate=False, c_out=1.0, ldc=ldc, doc=doc)
 
         def body(g, gid, N, R, ptrs):
             b = g.b
             v, Ps, out = ptrs[0], ptrs[1:-1], ptrs[-1]
             bi, r = g.divmod(gid, n_out)
-            vrow = b.gep(v, [b.mul(bi, I64(n_in))], inbounds=True)
+            vrow = b.gep(v, [b.mul(bi, I64(lda))], inbounds=True)
             total = None
             for (tr, c), P, (m_, n_) in zip(terms, Ps, shapes):
                 acc = g.local_acc()
@@ -185,51 +197,60 @@ class KernelSet:
                 if c != 1.0:
                     y = b.fmul(y, g.const(c))
                 total = y if total is None else b.fadd(total, y)
-            b.store(total, b.gep(out, [gid], inbounds=True))
+            oidx = gid if ldc == n_out else g.row_index(bi, r if n_out > 1 else None, ldc)
+            b.store(total, b.gep(out, [oidx], inbounds=True))
         return self.add("matvec", len(terms) + 2, body, per_row=n_out, doc=doc)
 
-    def slice(self, n_in: int, n_out: int, lo: int, doc="") -> str:
+    def slice(self, n_in: int, n_out: int, lo: int, doc="", ld_in=None, ld_out=None) -> str:
+        ld_in, ld_out = ld_in or n_in, ld_out or n_out
+
         def body(g, gid, N, R, ptrs):
             b = g.b
             v, out = ptrs
             bi, j = g.divmod(gid, n_out)
-            src = b.add(b.mul(bi, I64(n_in)), b.add(j, I64(lo)))
-            b.store(b.load(b.gep(v, [src], inbounds=True)), b.gep(out, [gid], inbounds=True))
+            src = b.add(b.mul(bi, I64(ld_in)), b.add(j, I64(lo)))
+            dst = gid if ld_out == n_out else g.row_index(bi, j, ld_out)
+            b.store(b.load(b.gep(v, [src], inbounds=True)), b.gep(out, [dst], inbounds=True))
         return self.add("slice", 2, body, per_row=n_out, doc=doc)
 
-    def concat(self, parts, n_out: int, doc="") -> str:
-        """parts: ``(units, shared)`` per argument; also serves ``pad`` (one part at ``lo``)."""
-        parts = tuple(parts)
-        return self._place(parts, [sum(u for u, _ in parts[:i]) for i in range(len(parts))], n_out,
-                           "concat", doc)
+    def concat(self, parts, n_out: int, doc="", ld_out=None) -> str:
+        """parts: ``(units, shared[, row stride])`` per argument; also serves ``pad`` (one part at ``lo``)."""
+        parts = tuple(_with_ld(p) for p in parts)
+        return self._place(parts, [sum(p[0] for p in parts[:i]) for i in range(len(parts))], n_out,
+                           "concat", doc, ld_out)
 
-    def pad(self, n_in: int, n_out: int, lo: int, doc="") -> str:
-        return self._place(((n_in, False),), [lo], n_out, "pad", doc)
+    def pad(self, n_in: int, n_out: int, lo: int, doc="", ld_in=None, ld_out=None) -> str:
+        return self._place(((n_in, False, ld_in or n_in),), [lo], n_out, "pad", doc, ld_out)
 
-    def _place(self, parts, los, n_out, kind, doc):
+    def _place(self, parts, los, n_out, kind, doc, ld_out=None):
+        ld_out = ld_out or n_out
+
         def body(g, gid, N, R, ptrs):
             b = g.b
             out, args = ptrs[-1], ptrs[:-1]
             bi, j = g.divmod(gid, n_out)
             res = g.local_acc()
-            for p, (units, shared), lo in zip(args, parts, los):
+            for p, (units, shared, ld), lo in zip(args, parts, los):
                 inside = b.and_(b.icmp_signed(">=", j, I64(lo)), b.icmp_signed("<", j, I64(lo + units)))
                 with b.if_then(inside):
                     jj = b.sub(j, I64(lo))
                     if shared:
                         idx = jj
                     else:
-                        idx = b.add(b.mul(bi, I64(units)), jj) if units > 1 else bi
+                        idx = g.row_index(bi, jj if units > 1 else None, ld)
                     b.store(b.load(b.gep(p, [idx], inbounds=True)), res)
-            b.store(b.load(res), b.gep(out, [gid], inbounds=True))
+            dst = gid if ld_out == n_out else g.row_index(bi, j, ld_out)
+            b.store(b.load(res), b.gep(out, [dst], inbounds=True))
         return self.add(kind, len(parts) + 1, body, per_row=n_out, doc=doc)
 
-    def reduce(self, n: int, lse: bool, doc="") -> str:
+    def reduce(self, n: int, lse: bool, doc="", ld_in=None, ld_out=1) -> str:
         """out[b] = Σ_j v[b, j] or the stable log Σ exp (one thread per row)."""
+        ld_in = ld_in or n
+
         def body(g, gid, N, R, ptrs):
             b = g.b
             v, out = ptrs
-            row = b.gep(v, [b.mul(gid, I64(n))], inbounds=True)
+            row = b.gep(v, [b.mul(gid, I64(ld_in))], inbounds=True)
             m = None
             if lse:
                 mx = g.local_acc(float("-inf"))
@@ -248,22 +269,62 @@ class KernelSet:
             r = b.load(acc)
             if lse:
                 r = b.fadd(m, vecmath.emit(b, "log", [r]))
-            b.store(r, b.gep(out, [gid], inbounds=True))
+            b.store(r, b.gep(out, [g.row_index(gid, None, ld_out)], inbounds=True))
         return self.add("lse" if lse else "sum", 2, body, per_row=1, doc=doc)
 
-    def copy(self, n: int, doc="") -> str:
+    def copy(self, n: int, doc="", ld_src=None, ld_dst=None) -> str:
+        ld_src, ld_dst = ld_src or n, ld_dst or n
+
         def body(g, gid, N, R, ptrs):
             b = g.b
             src, dst = ptrs
-            b.store(b.load(b.gep(src, [gid], inbounds=True)), b.gep(dst, [gid], inbounds=True))
+            bi, j = g.divmod(gid, n)
+            s_ = gid if ld_src == n else g.row_index(bi, j, ld_src)
+            d_ = gid if ld_dst == n else g.row_index(bi, j, ld_dst)
+            b.store(b.load(b.gep(src, [s_], inbounds=True)), b.gep(dst, [d_], inbounds=True))
         return self.add("copy", 2, body, per_row=n, doc=doc)
 
-    def grad_batch(self, n: int, doc="") -> str:
-        """grad[j] += Σ_rows src[row, j] over the launch's R rows.
+    def stack_weight(self, shapes, axis: int, doc="") -> str:
+        """Pass "stack": a stacked weight from its parts, pointers ``P_1 … P_k, out``.
+
+        ``axis`` 0: rows stacked, ((R_i, C) → (ΣR, C)): part i is the contiguous block at
+        Σ_{<i} R·C; 1: columns stacked ((R, C_i) → (R, ΣC)).  One thread per element."""
+        shapes = tuple(tuple(s) for s in shapes)
+        if axis == 0:
+            total = sum(r * c for r, c in shapes)
+            width = None
+        else:
+            width = sum(c for _, c in shapes)
+            total = shapes[0][0] * width
+
+        def body(g, gid, N, R, ptrs):
+            b = g.b
+            parts, out = ptrs[:-1], ptrs[-1]
+            if axis == 0:
+                pos, lo = gid, 0
+            else:
+                row, pos = g.divmod(gid, width)
+                lo = 0
+            res = g.local_acc()
+            for p, (r_, c_) in zip(parts, shapes):
+                n = r_ * c_ if axis == 0 else c_
+                inside = b.and_(b.icmp_unsigned(">=", pos, I64(lo)), b.icmp_unsigned("<", pos, I64(lo + n)))
+                with b.if_then(inside):
+                    idx = b.sub(pos, I64(lo))
+                    if axis == 1:
+                        idx = b.add(b.mul(row, I64(c_)), idx)
+                    b.store(b.load(b.gep(p, [idx], inbounds=True)), res)
+                lo += n
+            b.store(b.load(res), b.gep(out, [gid], inbounds=True))
+        return self.add("stackw", len(shapes) + 1, body, fixed=total, doc=doc)
+
+    def grad_batch(self, n: int, doc="", ld=None) -> str:
+        """grad[j] += Σ_rows src[row, j] over the launch's R rows (``ld``: row stride of src).
 
         Tiled mode: thread ``gid`` sums rows ``[c·SPLIT_K, (c+1)·SPLIT_K)`` of unit ``j``
         (``c, j = divmod(gid, n)``) and adds atomically; else one thread per unit."""
         split = SPLIT_K if self.tiled else None
+        ld = ld or n
 
         def body(g, gid, N, R, ptrs):
             b = g.b
@@ -277,7 +338,7 @@ class KernelSet:
                 j, lo, hi = gid, I64(0), R
             acc = g.local_acc()
             with for_range(b, hi, start=lo, name="row") as row:
-                x = b.load(b.gep(src, [b.add(b.mul(row, I64(n)), j)], inbounds=True))
+                x = b.load(b.gep(src, [b.add(b.mul(row, I64(ld)), j)], inbounds=True))
                 b.store(b.fadd(b.load(acc), x), acc)
             gp = b.gep(grad, [j], inbounds=True)
             if split:
@@ -288,10 +349,13 @@ class KernelSet:
             return self.add("gradb", 2, body, size=lambda R: n * max(1, -(-R // split)), doc=doc)
         return self.add("gradb", 2, body, fixed=n, doc=doc)
 
-    def grad_outer(self, shape, n_g: int, n_v: int, c: float, tr: bool, doc="") -> str:
-        """grad[r, col] += c · Σ_rows g[row, r] v[row, col] (transposed: v[row, r] g[row, col])."""
+    def grad_outer(self, shape, n_g: int, n_v: int, c: float, tr: bool, doc="", ld_g=None, ld_v=None) -> str:
+        """grad[r, col] += c · Σ_rows g[row, r] v[row, col] (transposed: v[row, r] g[row, col]).
+
+        ``ld_g`` / ``ld_v``: row strides of g and v (pass "stack": members of wider rows)."""
         m_, n_ = shape
         c = float(c)
+        n_g, n_v = ld_g or n_g, ld_v or n_v  # only the row strides matter below
         if self.tiled:
             # grad[M=m_ × N=n_] += c · Aᵀ·B over K = R rows: A(i, k) = A[k·na + i], B(k, j) = B[k·nb + j]
             (ia, na), (ib, nb) = ((1, n_v), (0, n_g)) if tr else ((0, n_g), (1, n_v))
@@ -316,13 +380,15 @@ class KernelSet:
             b.store(b.fadd(b.load(gp), s), gp)
         return self.add("grado", 3, body, fixed=m_ * n_, doc=doc)
 
-    def _gemm(self, kind, nptr, tile, M, N, K, terms, out, accumulate, c_out, split=None, doc=""):
+    def _gemm(self, kind, nptr, tile, M, N, K, terms, out, accumulate, c_out, split=None, doc="", ldc=None):
         """A tiled product ``out[M × N] (+)= c_out · Σ_terms A_t · (c_t B_t)`` (``M``/``K``: int or "R").
 
         ``terms``: ``(a_ptr, sai, sak, b_ptr, sbk, sbj, c_t)``: A(i, k) = a[i·sai + k·sak],
         B(k, j) = b[k·sbk + j·sbj].  ``split``: K (= R) is cut into chunks of that many rows,
-        one block per chunk, adding atomically (``accumulate`` must be set)."""
+        one block per chunk, adding atomically (``accumulate`` must be set).  ``ldc``: the row
+        stride of out (default N)."""
         TM, TN, RM, RN, TK = TILES[tile]
+        ldc = ldc or N
         if isinstance(K, int):  # a short inner dimension: a shallower k slice (fewer wasted FMAs)
             while TK > 1 and TK // 2 >= K:
                 TK //= 2
@@ -425,7 +491,7 @@ class KernelSet:
                         v = b.load(b.gep(acc, [I64(ii * RN + jj)], inbounds=True))
                         if c_out != 1.0:
                             v = b.fmul(v, g.const(c_out))
-                        p = b.gep(optr, [b.add(b.mul(row, I64(N)), col)], inbounds=True)
+                        p = b.gep(optr, [b.add(b.mul(row, I64(ldc)), col)], inbounds=True)
                         if accumulate:
                             b.atomic_rmw("fadd", p, v, "monotonic")
                         else:
@@ -440,6 +506,11 @@ class KernelSet:
         prog = Tiled(NT, RM * RN, (TK * LA, TK * LB), setup, steps)
         return self.add(kind, nptr, prog, size=nblocks, block=NT,
                         doc=f"{doc} [tiled {TM}×{TN}/{RM}×{RN}, k {TK}{', split ' + str(split) if split else ''}]")
+
+
+def _with_ld(u):
+    """``(units, shared)`` or ``(units, shared, row stride)`` → the triple (stride default: units)."""
+    return (u[0], u[1], u[2] if len(u) > 2 and u[2] else u[0])
 
 
 # ----------------------------------------------------------------------------- module emission
@@ -463,6 +534,12 @@ class _BodyGen:
         if n == 1:
             return gid, I64(0)
         return self.b.udiv(gid, I64(n)), self.b.urem(gid, I64(n))
+
+    def row_index(self, row, j, ld: int):
+        """``row·ld + j`` (``j`` None: column 0)."""
+        b = self.b
+        base = row if ld == 1 else b.mul(row, I64(ld))
+        return base if j is None else b.add(base, j)
 
 
 def _sreg(module, name):

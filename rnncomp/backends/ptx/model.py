@@ -27,14 +27,16 @@ class PtxModel:
     rows before the loop), ``isolate`` (generate PTX in a child process, so an LLVM abort
     cannot kill this one), ``opt`` (LLVM optimisation level), ``tiled`` (shared-memory tiled
     products; False: one thread per output element), ``fuse`` (one kernel per run of
-    element-wise nodes of one size; False: one kernel per node).
+    element-wise nodes of one size; False: one kernel per node), ``stack`` (pass "stack":
+    products sharing an operand, and sums of products, as one product with a stacked weight;
+    the gradients of such a group as one product; False: one product per term).
     """
 
     backend = "ptx"
 
     def __init__(self, cell, dtype="float64", *, arch=DEFAULT_ARCH, features=DEFAULT_FEATURES,
                  runner="cuda", device=0, block=256, graphs=True, hoist=True, isolate=True, opt=3,
-                 tiled=True, fuse=True):
+                 tiled=True, fuse=True, stack=True):
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
@@ -45,7 +47,8 @@ class PtxModel:
         self.step = st = cell.step
         self.cell_name = st.name
         self.bwd = backward_step(st) if st.has_loss else None
-        self.plan = build_plan(st, self.bwd, self.dtype, hoist=hoist, fuse=fuse, tiled=tiled)
+        self.stack = bool(stack)
+        self.plan = build_plan(st, self.bwd, self.dtype, hoist=hoist, fuse=fuse, tiled=tiled, stack=self.stack)
         self.module = emit_module(self.plan.kernels, "nvptx", name=f"rnncomp_{st.name}")
         self.ir = str(self.module)
         self.ptx = to_ptx(self.ir, arch, features, opt=opt, isolate=isolate, where=f"cell {st.name!r}: ")
@@ -89,9 +92,11 @@ class PtxModel:
             ptrs = [L.address(k, t, base, offsets, B, isz) for k in launch.args]
             return (launch.kernel, ks[launch.kernel].threads(R), R, ptrs)
 
-        fwd = [resolve(x, 0, T) for x in P.fwd_static]
+        fwd = [resolve(x, 0, 1) for x in P.fwd_prologue]  # stacked weights, once per call
+        fwd += [resolve(x, 0, T) for x in P.fwd_static]
         fwd += [resolve(x, t, 1) for t in range(T) for x in P.fwd_step]
-        bwd = [resolve(x, t, 1) for t in reversed(range(T)) for x in P.bwd_step]
+        bwd = [resolve(x, 0, 1) for x in P.bwd_prologue]
+        bwd += [resolve(x, t, 1) for t in reversed(range(T)) for x in P.bwd_step]
         bwd += [resolve(x, 0, T) for x in P.bwd_grads]
         self._arena = a = {"TB": (T, B), "base": base, "offsets": offsets, "size": size,
                            "fwd": r.prepare(fwd), "bwd": r.prepare(bwd) if self.bwd else None,
@@ -100,6 +105,20 @@ class PtxModel:
 
     def _slot_ptr(self, a, slot):
         return a["base"] + a["offsets"][slot]
+
+    def _key_ptr(self, a, key, t=0):
+        B = a["TB"][1]
+        return self.plan.layout.address(key, t, a["base"], a["offsets"], B, self.dtype.itemsize)
+
+    def _read(self, a, key, t, rows, n):
+        """``(rows, B, n)`` values of ``key`` from step ``t`` on (a column range of wider rows
+        when the value is a member of a stacked slot)."""
+        L, B = self.plan.layout, a["TB"][1]
+        ld, col = L.ld(key), L.where[key][2]
+        if ld == n:
+            return self.runner.download(self._key_ptr(a, key, t), (rows, B, n), self.dtype)
+        ptr = self._key_ptr(a, key, t) - col * self.dtype.itemsize
+        return self.runner.download(ptr, (rows, B, ld), self.dtype)[:, :, col:col + n].copy()
 
     def _load_inputs(self, a, call):
         r, st, P, dt = self.runner, self.step, self.plan, self.dtype
@@ -132,10 +151,7 @@ class PtxModel:
         self.runner.execute(a["fwd"])
         outs = {}
         for o, n in st.outputs.items():
-            key = (o, "t")
-            slot, off = self.plan.layout.where[key]
-            ptr = self._slot_ptr(a, slot) + off * call.B * n * self.dtype.itemsize
-            outs[o] = self.runner.download(ptr, (call.T, call.B, n), self.dtype)
+            outs[o] = self._read(a, (o, "t"), 0, call.T, n)
         return outs, self._final_states(a, call)
 
     def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None, *, check_finite=True):
@@ -151,18 +167,19 @@ class PtxModel:
         self._load_inputs(a, call)
         w = np.ascontiguousarray(step_weights(call, dt))
         r.upload(self._slot_ptr(a, P.weight_slot), w)
-        for p, k in P.grad_slot.items():
-            r.zero(self._slot_ptr(a, k), int(np.prod(st.params[p])) * dt.itemsize)
+        for k in sorted(set(P.grad_slot.values())):  # a gradient group shares one slot
+            r.zero(self._slot_ptr(a, k), P.layout.slots[k].units * dt.itemsize)
         r.execute(a["fwd"])
         r.execute(a["bwd"])
-        cost = r.download(self._slot_ptr(a, P.fwd_slot[st.loss_key]), (T, B), dt)
+        cost = self._read(a, st.loss_key, 0, T, 1)[:, :, 0]
         loss = float((w * cost).sum(dtype=np.float64))
         grads = {}
-        for p, k in P.grad_slot.items():
+        for p in P.grad_slot:
             shape = st.params[p]
-            grads[p] = r.download(self._slot_ptr(a, k), shape if isinstance(shape, tuple) else (shape,), dt)
+            grads[p] = r.download(self._key_ptr(a, ("__grad", p)), shape if isinstance(shape, tuple) else (shape,),
+                                  dt)
         for s, p in st.state_init.items():
             if p is not None and s not in call.h0:
-                d = r.download(self._slot_ptr(a, P.carry_slot[s]), (B, st.states[s]), dt)
+                d = self._read(a, self.bwd.carry_in[s], -1, 1, st.states[s])[0]  # δh[-1]: row 0
                 grads[p] += d.sum(axis=0)
         return loss, grads, self._final_states(a, call)

@@ -17,8 +17,19 @@ lets the gradient kernels run once over T·B rows instead of T times over B.
 The adjoint carried from t+1 needs no copy: ``δ⁺h`` at t reads row t+1 of the
 buffer of ``δh[t-1]`` (row T stays zero), except when that adjoint is itself a seed.
 
-A value ``key`` at step t is at ``base[slot] + (t + off)·B·units`` elements
-(parameters and gradients: ``base[slot]``), see :meth:`Layout.address`.
+A value ``key`` at step t is at ``base[slot] + (t + off)·B·units + col`` elements
+(parameters and gradients: ``base[slot] + col``), see :meth:`Layout.address`; its rows
+are ``units`` apart (:meth:`Layout.ld`).
+
+Pass "stack" (``stack=True``, :mod:`rnncomp.stacking` through
+:func:`..stackplan.stack_step`): products sharing an operand are one product with a
+stacked weight, and a sum of products of different operands is one product over the
+operands written side by side.  The members of such a whole share its slot (``col`` > 0,
+row stride = the whole's width) and cost no launch; the stacked weights are built once
+per call by one small kernel each (``fwd_prologue`` / ``bwd_prologue``); the gradients
+of a group (:func:`..stackplan.grad_groups`: ``[∂W_1; …; ∂W_k] += δ_wholeᵀ·x``) are
+adjacent in one slot and summed by one launch.  A copy node (template ``_0``, same size)
+costs no launch either: its key is placed where its argument lives.
 """
 from __future__ import annotations
 
@@ -27,9 +38,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...errors import CompileError
-from ...ir import LEAF_OPS, key_str, prune, state_independent
+from ...ir import LEAF_OPS, key_str, placeholder, prune, state_independent
 from ..llvm.exprgen import unsupported
+from ..stackplan import grad_groups, stack_step, step_keep
 from .codegen import KernelSet
+
+FREE_OPS = frozenset({"view", "stackv"})  # pass "stack": names of memory, no kernel
 
 
 @dataclass
@@ -54,14 +68,18 @@ class Launch:
 class Layout:
     def __init__(self):
         self.slots: list[Slot] = []
-        self.where: dict = {}
+        self.where: dict = {}   # key -> (slot, step offset, column)
 
     def slot(self, label, units, extra_rows=0) -> int:
         self.slots.append(Slot(label, units, extra_rows))
         return len(self.slots) - 1
 
-    def place(self, key, slot, off=0):
-        self.where[key] = (slot, off)
+    def place(self, key, slot, off=0, col=0):
+        self.where[key] = (slot, off, col)
+
+    def ld(self, key) -> int:
+        """Row stride (elements) of a per-sample value: its slot's width."""
+        return self.slots[self.where[key][0]].units
 
     def offsets(self, T, B, itemsize, align=256):
         """Byte offset of every slot in one arena, and the arena's size."""
@@ -72,9 +90,9 @@ class Layout:
         return out, pos
 
     def address(self, key, t, base, offsets, B, itemsize):
-        slot, off = self.where[key]
+        slot, off, col = self.where[key]
         s = self.slots[slot]
-        a = base + offsets[slot]
+        a = base + offsets[slot] + col * itemsize
         if s.extra_rows >= 0:
             a += (t + off) * B * s.units * itemsize
         return a
@@ -92,21 +110,34 @@ class Plan:
     fwd_step: list = field(default_factory=list)
     bwd_step: list = field(default_factory=list)
     bwd_grads: list = field(default_factory=list)
+    fwd_prologue: list = field(default_factory=list)  # once per call: stacked weights of the forward
+    bwd_prologue: list = field(default_factory=list)  # ... and those only the backward step uses
     param_slot: dict = field(default_factory=dict)
-    grad_slot: dict = field(default_factory=dict)
+    grad_slot: dict = field(default_factory=dict)     # param -> slot (a gradient group shares one)
     state_slot: dict = field(default_factory=dict)
     io_slot: dict = field(default_factory=dict)
     fwd_slot: dict = field(default_factory=dict)
     weight_slot: int | None = None
     carry_slot: dict = field(default_factory=dict)   # state -> slot whose row 0 is δh[-1]
+    fwd_prog: object = None                          # the programs launched (stacked or not)
+    bwd_prog: object = None
+    stacks: dict = field(default_factory=dict)       # pass "stack": name -> Stacked
+    views: dict = field(default_factory=dict)        # member key -> (whole, column, width)
+    grad_groups: list = field(default_factory=list)  # (whole, kind, params, _) summed by one launch
+    aliases: dict = field(default_factory=dict)      # copy nodes placed on their argument
 
     def summary(self) -> str:
         ks = self.kernels.kernels
         return (f"{len(ks)} kernels; launches: {len(self.fwd_static)} hoisted, {len(self.fwd_step)} per "
-                f"forward step, {len(self.bwd_step)} per backward step, {len(self.bwd_grads)} gradient")
+                f"forward step, {len(self.bwd_step)} per backward step, {len(self.bwd_grads)} gradient"
+                + (f", {len(self.fwd_prologue) + len(self.bwd_prologue)} stacked weights" if self.stacks else ""))
+
+    def per_step(self) -> tuple:
+        """Launches per forward step and per backward step."""
+        return len(self.fwd_step), len(self.bwd_step)
 
 
-def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True) -> Plan:
+def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True) -> Plan:
     """Kernels and launch lists for a lowered cell (``bwd`` None: forward only)."""
     bad = sorted({f for prog in [step.prog] + ([bwd.prog] if bwd else [])
                   for n in prog.nodes.values() if n.op == "ew" for f in unsupported(n.attrs["expr"])})
@@ -114,9 +145,25 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True) -> Plan:
         raise CompileError(f"cell {step.name!r}: the ptx backend cannot lower {', '.join(bad)}")
     ks, L = KernelSet(dtype, tiled=tiled), Layout()
     plan = Plan(ks, L)
+    states = {(s, "t") for s in step.states}
+    fwd = prune(step.prog, step_keep(step))
+    bprog = bwd.prog if bwd is not None else None
+    hoistable = lambda prog: {k for k, n in prog.nodes.items()  # noqa: E731
+                              if n.op not in LEAF_OPS and k not in states}
+    shapes = dict(step.params)
+    if stack:
+        res = stack_step(step, bwd, fwd, state_independent(fwd, hoistable(fwd)) if hoist else set())
+        fwd, bprog, plan.stacks, plan.views = res.fwd, res.bwd, res.stacks, res.views
+        shapes.update({name: stk.shape for name, stk in plan.stacks.items()})
+    plan.fwd_prog, plan.bwd_prog = fwd, bprog
+    views = plan.views
+
     for p, shape in step.params.items():
         plan.param_slot[p] = k = L.slot(f"param {p}", int(np.prod(shape)), -1)
         L.place((p, None), k)
+    for name, stk in plan.stacks.items():
+        k = L.slot(f"stacked {name}", int(np.prod(stk.shape)), -1)
+        L.place((name, None), k)
     for s, n in step.states.items():
         plan.state_slot[s] = k = L.slot(f"state {s}", n, 1)
         L.place((s, "t-1"), k, 0)
@@ -124,72 +171,174 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True) -> Plan:
     for name, n in list(step.inputs.items()) + list(step.targets.items()):
         plan.io_slot[name] = k = L.slot(f"io {name}", n, 0)
         L.place((name, "t"), k, 0)
-    for key, node in step.prog.nodes.items():
-        if node.op in LEAF_OPS or key in L.where:
+
+    # forward values: a slot each (the members of a stacked whole: a column range of its slot);
+    # the nodes pruned away keep a slot too (never written, nobody reads them)
+    falias = _aliases(fwd, views, L.where)
+    for key, node in (dict(step.prog.nodes) | fwd.nodes).items():
+        if node.op in LEAF_OPS or key in L.where or key in views or key in falias:
             continue
         plan.fwd_slot[key] = k = L.slot(f"fwd {key_str(key)}", node.size, 0)
         L.place(key, k, 0)
+    _place_members(L, views, fwd)
+    _place_aliases(L, falias)
+    plan.aliases.update(falias)
 
-    fwd = prune(step.prog, [(s, "t") for s in step.states] + [(o, "t") for o in step.outputs]
-                + ([step.loss_key] if step.has_loss else []))
-    static = state_independent(fwd, plan.fwd_slot) if hoist else set()
-    todo = [k for k, n in fwd.nodes.items() if n.op not in LEAF_OPS]
+    static = state_independent(fwd, hoistable(fwd)) if hoist else set()
+    todo = [k for k, n in fwd.nodes.items() if n.op not in LEAF_OPS | FREE_OPS and k not in falias]
     for group in _groups(fwd, [k for k in todo if k in static], fuse):
-        plan.fwd_static.append(_group_launch(ks, fwd, group, "TB"))
+        plan.fwd_static.append(_group_launch(ks, fwd, group, "TB", L, shapes))
     for group in _groups(fwd, [k for k in todo if k not in static], fuse):
-        plan.fwd_step.append(_group_launch(ks, fwd, group, "B"))
+        plan.fwd_step.append(_group_launch(ks, fwd, group, "B", L, shapes))
+    fwd_stacks = _stacks_used(fwd)
+    plan.fwd_prologue = [_stack_launch(ks, plan.stacks[n], step.params) for n in plan.stacks if n in fwd_stacks]
     if bwd is None:
         return plan
 
     # backward values: one row block per step; δh[t-1] buffers get a zero row T for δ⁺h
+    balias = _aliases(bprog, views, L.where)
+    root = lambda k: root(balias[k]) if k in balias else k  # noqa: E731
     carried = {}
     for s, k in bwd.carry_out.items():
-        if k is not None and k in bwd.prog.nodes and bwd.prog.nodes[k].op not in LEAF_OPS:
+        if k is not None and k in bprog.nodes and bprog.nodes[k].op not in LEAF_OPS:
             carried.setdefault(k, []).append(s)
-    for key, node in bwd.prog.nodes.items():
+    carried_roots = {root(k) for k in carried}
+    carried_roots |= {views[k][0] for k in carried_roots if k in views}  # (never: carried keys are kept)
+    for key, node in bprog.nodes.items():
         if key == bwd.weight:
             plan.weight_slot = k = L.slot("weight w[t]", 1, 0)
             L.place(key, k, 0)
-        elif node.op in LEAF_OPS:
-            continue  # carry seeds, placed below
+        elif node.op in LEAF_OPS or key in views or key in balias:
+            continue  # carry seeds, placed below; members and copies: where their whole / source is
         else:
-            k = L.slot(f"bwd {key_str(key)}", node.size, 1 if key in carried else 0)
+            k = L.slot(f"bwd {key_str(key)}", node.size, 1 if key in carried_roots else 0)
             L.place(key, k, 0)
+    _place_members(L, views, bprog)
+    _place_aliases(L, balias)
+    plan.aliases.update(balias)
     copies = []
     for s, n in step.states.items():
         ci, co = bwd.carry_in[s], bwd.carry_out[s]
         if co in carried:
-            slot = L.where[co][0]
-            L.place(ci, slot, 1)
+            slot, off, col = L.where[co]
+            L.place(ci, slot, off + 1, col)
         else:
             slot = L.slot(f"carry {s}", n, 1)
             L.place(ci, slot, 1)
             if co is not None:
                 dst = ("__carry", s)
                 L.place(dst, slot, 0)
-                copies.append(Launch(ks.copy(n, doc=f"δ⁺{s} ← {key_str(co)}"), (co, dst),
+                copies.append(Launch(ks.copy(n, doc=f"δ⁺{s} ← {key_str(co)}", ld_src=L.ld(co)), (co, dst),
                                      note=f"carry {s}"))
         plan.carry_slot[s] = slot
-    todo = [k for k, n in bwd.prog.nodes.items() if n.op not in LEAF_OPS]
-    for group in _groups(bwd.prog, todo, fuse):
-        plan.bwd_step.append(_group_launch(ks, bwd.prog, group, "B"))
+    todo = [k for k, n in bprog.nodes.items() if n.op not in LEAF_OPS | FREE_OPS and k not in balias]
+    for group in _groups(bprog, todo, fuse):
+        plan.bwd_step.append(_group_launch(ks, bprog, group, "B", L, shapes))
     plan.bwd_step += copies
+    plan.bwd_prologue = [_stack_launch(ks, plan.stacks[n], step.params) for n in plan.stacks
+                         if n in _stacks_used(bprog) and n not in fwd_stacks]
+
+    # parameter gradients: a group's gradients are adjacent rows of one slot, summed by one launch
+    plan.grad_groups = grad_groups(bwd, bprog, views) if stack else []
+    grouped = set()
+    for w, kind, params, _ in plan.grad_groups:
+        sizes = [int(np.prod(step.params[p])) for p in params]
+        k = L.slot(f"grad {'|'.join(params)}", sum(sizes), -1)
+        at = 0
+        for p, n in zip(params, sizes):
+            plan.grad_slot[p] = k
+            L.place(("__grad", p), k, 0, at)
+            at += n
+        grouped.update(params)
+        width = bprog.node(w).size
+        if kind[0] == "batch":
+            name = ks.grad_batch(width, doc=f"∂[{';'.join(params)}] += Σ {key_str(w)}", ld=L.ld(w))
+            plan.bwd_grads.append(Launch(name, (w, ("__grad", params[0])), rows="TB"))
+        else:
+            vk = kind[1]
+            cols = step.params[params[0]][1]
+            if sum(step.params[p][0] for p in params) != width:
+                raise CompileError(f"cell {step.name!r}: internal: gradient group {params} does not "
+                                   f"cover {key_str(w)}")
+            name = ks.grad_outer((width, cols), width, bprog.node(vk).size, 1, False,
+                                 doc=f"∂[{';'.join(params)}] += {key_str(w)}ᵀ{key_str(vk)}",
+                                 ld_g=L.ld(w), ld_v=L.ld(vk))
+            plan.bwd_grads.append(Launch(name, (w, vk, ("__grad", params[0])), rows="TB"))
     for p, shape in step.params.items():
-        plan.grad_slot[p] = k = L.slot(f"grad {p}", int(np.prod(shape)), -1)
-        L.place(("__grad", p), k)
+        if p not in grouped:
+            plan.grad_slot[p] = k = L.slot(f"grad {p}", int(np.prod(shape)), -1)
+            L.place(("__grad", p), k)
     for p, specs in bwd.grads.items():
+        if p in grouped:
+            continue
         shape = step.params[p]
         for spec in specs:
             if spec[0] == "batch":
                 n = shape if isinstance(shape, int) else int(np.prod(shape))
-                name = ks.grad_batch(n, doc=f"∂{p} += Σ {key_str(spec[1])}")
+                name = ks.grad_batch(n, doc=f"∂{p} += Σ {key_str(spec[1])}", ld=L.ld(spec[1]))
                 plan.bwd_grads.append(Launch(name, (spec[1], ("__grad", p)), rows="TB"))
             else:
                 _, gk, vk, c, tr = spec
-                name = ks.grad_outer(shape, bwd.prog.node(gk).size, bwd.prog.node(vk).size, c, tr,
-                                     doc=f"∂{p} += {c}·{key_str(gk)}ᵀ{key_str(vk)}")
+                name = ks.grad_outer(shape, bprog.node(gk).size, bprog.node(vk).size, c, tr,
+                                     doc=f"∂{p} += {c}·{key_str(gk)}ᵀ{key_str(vk)}",
+                                     ld_g=L.ld(gk), ld_v=L.ld(vk))
                 plan.bwd_grads.append(Launch(name, (gk, vk, ("__grad", p)), rows="TB"))
     return plan
+
+
+def _aliases(prog, views, placed) -> dict:
+    """Copy nodes ``k = _0(a)`` (same size, ``a`` computed densely in ``prog``): ``{k: a}``.
+
+    ``k`` then lives where ``a`` does and needs no launch (pass "stack" leaves
+    ``δh[t-1] = [Uᵀ]·[δa]`` as such a copy of the stacked product)."""
+    out = {}
+    for key, node in prog.nodes.items():
+        if (node.op != "ew" or len(node.args) != 1 or node.attrs["expr"] != placeholder(0)
+                or key in placed or key in views):
+            continue
+        a = node.args[0]
+        src = prog.nodes.get(a)
+        if (src is None or src.op in LEAF_OPS | FREE_OPS or a in views or a in placed
+                or src.size != node.size):
+            continue
+        out[key] = a
+    return out
+
+
+def _place_members(L, views, prog):
+    for key, (w, col, _) in views.items():
+        if key in prog.nodes:
+            slot, off, c0 = L.where[w]
+            L.place(key, slot, off, c0 + col)
+
+
+def _place_aliases(L, alias):
+    for key, a in alias.items():  # program order: a chain's source is placed first
+        L.where[key] = L.where[a]
+
+
+def _stacks_used(prog) -> set:
+    return {p for n in prog.nodes.values() if n.op == "matvec" for p, _, _ in n.attrs["terms"]}
+
+
+def _stack_launch(ks, stk, params) -> Launch:
+    """One launch that builds a stacked weight from its parts (once per call)."""
+    name = ks.stack_weight([params[p] for p in stk.parts], stk.axis, doc=f"{stk.name} ← {', '.join(stk.parts)}")
+    return Launch(name, tuple((p, None) for p in stk.parts) + ((stk.name, None),),
+                  note=f"stack {stk.name}", computes=((stk.name, None),))
+
+
+def _resolve_args(prog, key, order):
+    """The keys of ``order`` that ``key``'s arguments stand for (through views and stackv)."""
+    out = []
+    for a in prog.nodes[key].args:
+        if a in order:
+            out.append(a)
+            continue
+        node = prog.nodes.get(a)
+        if node is not None and node.op in FREE_OPS:
+            out += _resolve_args(prog, a, order)
+    return out
 
 
 def _groups(prog, keys, fuse):
@@ -198,11 +347,12 @@ def _groups(prog, keys, fuse):
     A group is ``[key]`` or a run of element-wise keys of one size (fused into one kernel).
     List scheduling: a ready non-element-wise node is emitted first (products start as
     early as possible); otherwise the earliest ready element-wise node opens a run, which
-    takes every element-wise node of its size that is or becomes ready."""
+    takes every element-wise node of its size that is or becomes ready.  A view or stackv
+    argument (pass "stack") stands for the keys that write its memory."""
     if not fuse:
         return [[k] for k in keys]
     order = {k: i for i, k in enumerate(keys)}
-    deps = {k: {a for a in prog.nodes[k].args if a in order} for k in keys}
+    deps = {k: set(_resolve_args(prog, k, order)) for k in keys}
     users = {k: [] for k in keys}
     for k in keys:
         for a in deps[k]:
@@ -239,9 +389,15 @@ def _groups(prog, keys, fuse):
     return out
 
 
-def _group_launch(ks: KernelSet, prog, group, rows) -> Launch:
+def _arg_units(prog, L, a):
+    node = prog.node(a)
+    shared = node.op == "param"
+    return (_units(node), shared, None if shared else L.ld(a))
+
+
+def _group_launch(ks: KernelSet, prog, group, rows, L, shapes) -> Launch:
     if len(group) == 1:
-        launch = _node_launch(ks, prog, group[0], prog.nodes[group[0]], rows)
+        launch = _node_launch(ks, prog, group[0], prog.nodes[group[0]], rows, L, shapes)
     else:  # a fused run of element-wise nodes of one size
         inside = {k: q for q, k in enumerate(group)}
         ext, ext_units, items = [], [], []
@@ -254,40 +410,43 @@ def _group_launch(ks: KernelSet, prog, group, rows) -> Launch:
                     continue
                 if a not in ext:
                     ext.append(a)
-                    ext_units.append((_units(prog.node(a)), prog.node(a).op == "param"))
+                    ext_units.append(_arg_units(prog, L, a))
                 refs.append(("ext", ext.index(a)))
             items.append((node.attrs["expr"], refs))
         doc = "; ".join(f"{key_str(k)} = {prog.nodes[k].attrs['expr']}" for k in group)
-        name = ks.ew_run(items, prog.nodes[group[0]].size, ext_units, doc=doc)
+        name = ks.ew_run(items, prog.nodes[group[0]].size, ext_units, out_lds=[L.ld(k) for k in group], doc=doc)
         launch = Launch(name, tuple(ext) + tuple(group), note=", ".join(key_str(k) for k in group))
     launch.rows = rows
     launch.computes = tuple(group)
     return launch
 
 
-def _node_launch(ks: KernelSet, prog, key, node, rows="B") -> Launch:
+def _node_launch(ks: KernelSet, prog, key, node, rows, L, shapes) -> Launch:
     doc = key_str(key)
+    ld = L.ld(key)
     if node.op == "ew":
-        units = [(_units(prog.node(a)), prog.node(a).op == "param") for a in node.args]
-        name = ks.ew(node.attrs["expr"], node.size, units, doc=f"{doc} = {node.attrs['expr']}")
+        units = [_arg_units(prog, L, a) for a in node.args]
+        name = ks.ew(node.attrs["expr"], node.size, units, out_ld=ld, doc=f"{doc} = {node.attrs['expr']}")
         return Launch(name, tuple(node.args) + (key,), note=doc)
     if node.op == "matvec":
         terms = node.attrs["terms"]
-        n_in = prog.node(node.args[0]).size
-        shapes = [prog.node((p, None)).size for p, _, _ in terms]
-        name = ks.matvec(n_in, node.size, terms, shapes, doc=doc, tile="large" if rows == "TB" else "small")
-        return Launch(name, (node.args[0],) + tuple((p, None) for p, _, _ in terms) + (key,), note=doc)
+        v = node.args[0]
+        n_in = prog.node(v).size
+        name = ks.matvec(n_in, node.size, terms, [shapes[p] for p, _, _ in terms], doc=doc,
+                         tile="large" if rows == "TB" else "small", lda=L.ld(v), ldc=ld)
+        return Launch(name, (v,) + tuple((p, None) for p, _, _ in terms) + (key,), note=doc)
+    a = node.args[0] if node.args else None
     if node.op == "slice":
-        name = ks.slice(prog.node(node.args[0]).size, node.size, node.attrs["lo"], doc=doc)
-        return Launch(name, (node.args[0], key), note=doc)
+        name = ks.slice(prog.node(a).size, node.size, node.attrs["lo"], doc=doc, ld_in=L.ld(a), ld_out=ld)
+        return Launch(name, (a, key), note=doc)
     if node.op == "pad":
-        name = ks.pad(prog.node(node.args[0]).size, node.size, node.attrs["lo"], doc=doc)
-        return Launch(name, (node.args[0], key), note=doc)
+        name = ks.pad(prog.node(a).size, node.size, node.attrs["lo"], doc=doc, ld_in=L.ld(a), ld_out=ld)
+        return Launch(name, (a, key), note=doc)
     if node.op == "concat":
-        parts = [(_units(prog.node(a)), prog.node(a).op == "param") for a in node.args]
-        name = ks.concat(parts, node.size, doc=doc)
+        parts = [_arg_units(prog, L, x) for x in node.args]
+        name = ks.concat(parts, node.size, doc=doc, ld_out=ld)
         return Launch(name, tuple(node.args) + (key,), note=doc)
     if node.op in ("sum", "lse"):
-        name = ks.reduce(prog.node(node.args[0]).size, node.op == "lse", doc=doc)
-        return Launch(name, (node.args[0], key), note=doc)
+        name = ks.reduce(prog.node(a).size, node.op == "lse", doc=doc, ld_in=L.ld(a), ld_out=ld)
+        return Launch(name, (a, key), note=doc)
     raise CompileError(f"ptx backend: no kernel for op {node.op!r} ({doc})")
