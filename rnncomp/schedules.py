@@ -258,8 +258,27 @@ def best_split(T: int, nbytes: int, fp: Footprint) -> tuple:
 
 
 def budget(T: int, nbytes: int, fp: Footprint) -> Plan:
-    _, L, k = best_split(T, nbytes, fp)
-    return Plan.of(T, recursive_plan(T, L, k), f"budget: leaves ≤ {L}, ≤ {k} checkpoints")
+    """The fewest advanced steps within ``nbytes``; among plans that advance as few steps, the
+    one with the fewest native calls: a one-pass ``every(T, n)`` plan when it ties the DP (each
+    call costs a fixed time that the step count does not see)."""
+    adv, L, k = best_split(T, nbytes, fp)
+    plan = Plan.of(T, recursive_plan(T, L, k), f"budget: leaves ≤ {L}, ≤ {k} checkpoints")
+    n = _largest_every(T, nbytes, fp)
+    if n is not None:
+        flat = every(T, n)
+        if flat.memory(fp) <= nbytes and (flat.advanced, len(flat.actions)) <= (plan.advanced, len(plan.actions)):
+            return Plan.of(T, flat.actions, f"budget: every {n} (leaves ≤ {flat.max_leaf}, "
+                                            f"≤ {flat.max_held} checkpoints)")
+    return plan
+
+
+def _largest_every(T: int, nbytes: int, fp: Footprint):
+    """The longest segment n whose ``every(T, n)`` plan fits ``nbytes`` (its fewest advances)."""
+    for n in range(T, 0, -1):
+        segs = -(-T // n)
+        if fp.memory(n, max(segs - 2, 0)) <= nbytes:
+            return n
+    return None
 
 
 def make_plan(memory, T: int, fp: Footprint) -> Plan:
