@@ -36,6 +36,7 @@ INTRO = """\
 | a picture of any of them | `ri.render(cell, "g.svg", kind, k)` | `... --svg g.svg` / `--png g.png` |
 | FLOPs, stored activations, memory | `ri.cost(cell, T, B, dtype)` | `rnncomp inspect CELL --cost --T 1000 --B 32 --dtype float32` |
 | gradient flow through time | `ri.gradient_flow(cell, params, inputs, targets)` | `rnncomp inspect CELL --flow [--T 50] [--png flow.png]` |
+| checkpointing schedule for a memory budget | `rnncomp.inspect.memory.memory_report(cell, T, B, dtype, budget)` | `rnncomp inspect CELL --memory --T 1000 --B 32 --budget 10MB` ([memory.md](memory.md)) |
 
 (`from rnncomp import inspect as ri`; `CELL` is a zoo name, `module:name` or `file.py[:name]`;
 `--hidden/--inputs/--outputs` size zoo cells.)

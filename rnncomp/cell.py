@@ -194,10 +194,9 @@ class Cell:
         for a in expr.args:
             if isinstance(a, sp.Expr) and not (isinstance(a, sp.Symbol) and not isinstance(a, Vec)):
                 sizes[a] = self.size_of(a, where)
-            elif isinstance(a, sp.Basic) and not isinstance(a, sp.Symbol):  # Piecewise conditions
-                for sub in a.args:
-                    if isinstance(sub, sp.Expr):
-                        sizes[sub] = self.size_of(sub, where)
+            elif isinstance(a, sp.Basic) and not isinstance(a, sp.Symbol):  # Piecewise (expr, cond)
+                for sub in _operands(a):
+                    sizes[sub] = self.size_of(sub, where)
         big = {n for n in sizes.values() if n != 1}
         if len(big) > 1:
             detail = ", ".join(f"{_display_expr(a)}: {n}" for a, n in sizes.items() if n != 1)
@@ -239,6 +238,17 @@ class Cell:
 
     def __repr__(self) -> str:
         return f"<Cell {self.name!r}: {len(self.decls)} declarations>"
+
+
+def _operands(b) -> list:
+    """The numeric operands inside a Piecewise pair or a condition (x > 0, And(...), ...)."""
+    out = []
+    for sub in b.args:
+        if isinstance(sub, sp.Expr):
+            out.append(sub)
+        elif isinstance(sub, sp.Basic) and not isinstance(sub, sp.logic.boolalg.BooleanAtom):
+            out.extend(_operands(sub))
+    return out
 
 
 def _is_mat_name(s, expr) -> bool:

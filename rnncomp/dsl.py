@@ -25,6 +25,7 @@ slices, concatenation and row reductions are *structural* sympy atoms
 """
 from __future__ import annotations
 
+import operator
 import re
 
 import sympy as sp
@@ -43,6 +44,15 @@ class Vec(sp.Symbol):
 
     def __new__(cls, name: str):
         return sp.Symbol.__new__(cls, name, real=True)
+
+    def __matmul__(self, other):
+        raise CellError(f"{_display(self.name)} @ {other}: @ needs a matrix parameter on the left "
+                        f"(cell.param(name, (m, n))), and {_display(self.name)} is a vector; for a dot "
+                        "product use rc.vsum(a * b)")
+
+    def __rmatmul__(self, other):
+        raise CellError(f"{other} @ {_display(self.name)}: the left operand of @ must be a matrix "
+                        f"parameter of the cell (cell.param(name, (m, n))), not {type(other).__name__}")
 
     def __getnewargs_ex__(self):  # pickling: our __new__ fixes the assumptions itself
         return (self.name,), {}
@@ -160,7 +170,9 @@ class MatExpr:
 
     def _combine(self, other, sign):
         if not isinstance(other, MatExpr):
-            return NotImplemented
+            raise ShapeError(f"cell {self.cell.name!r}: cannot combine the {_shape(self.shape)} matrix "
+                             f"{self} with {other}: a matrix adds only to matrices of its shape "
+                             "(W - W.T); multiply it by a vector with @")
         if other.shape != self.shape:
             raise ShapeError(f"cell {self.cell.name!r}: cannot add matrices of shapes "
                              f"{_shape(self.shape)} ({self}) and {_shape(other.shape)} ({other})")
@@ -175,19 +187,26 @@ class MatExpr:
     def __sub__(self, other):
         return self._combine(other, -1)
 
+    def __radd__(self, other):
+        return self._combine(other, 1)
+
+    def __rsub__(self, other):
+        return self._combine(other, -1)
+
     def __neg__(self):
         return self * -1
 
     def __mul__(self, c):
         c = sp.sympify(c)
         if not c.is_number:
-            raise CellError(f"cell {self.cell.name!r}: a matrix can only be scaled by a number, not {c}")
+            raise CellError(f"cell {self.cell.name!r}: the matrix {self} can only be scaled by a number, "
+                            f"not {c} (multiply it by a vector with @)")
         return MatExpr(self.cell, {k: v * c for k, v in self.terms.items()}, self.shape)
 
     __rmul__ = __mul__
 
     def __matmul__(self, v):
-        v = self.cell._check_expr(v, f"the vector in {self} @ (...)")
+        v = self.cell._check_expr(v, f"cell {self.cell.name!r}: the vector in {self} @ (...)")
         n = self.cell.size_of(v, f"{self} @ ({v})")
         if n != self.shape[1]:
             raise ShapeError(f"cell {self.cell.name!r}: {self} @ ({_display_expr(v)}): {self} is "
@@ -217,26 +236,51 @@ def _display_expr(e) -> str:
 
 
 # ----------------------------------------------------------------------------- helpers
+def _operand(fn: str, v):
+    """A vector operand of a structural helper, or a CellError naming the helper and what it got.
+    (The bounds and sizes are checked where the expression is used, naming the cell.)"""
+    if isinstance(v, MatExpr):
+        raise ShapeError(f"{fn}: {v} is a {_shape(v.shape)} matrix, not a vector (multiply it by a "
+                         "vector with @)")
+    if isinstance(v, (list, tuple)):
+        hint = " (pass the vectors as separate arguments: rc.concat(*vectors))" if fn == "rc.concat" else ""
+        raise CellError(f"{fn}: expected a vector expression, got a {type(v).__name__}{hint}")
+    try:
+        return sp.sympify(v, strict=True)
+    except (sp.SympifyError, TypeError):
+        raise CellError(f"{fn}: expected a vector expression of a cell, got {type(v).__name__}") from None
+
+
 def vslice(v, start: int, stop: int):
     """``v[start:stop]`` of a vector expression."""
-    return Slice(sp.sympify(v), sp.Integer(start), sp.Integer(stop))
+    v = _operand("rc.vslice", v)
+    bounds = []
+    for b in (start, stop):
+        try:
+            if isinstance(b, bool):
+                raise TypeError
+            bounds.append(sp.Integer(operator.index(b)))
+        except TypeError:
+            raise CellError(f"rc.vslice({_display_expr(v)}, {start!r}, {stop!r}): the bounds must be "
+                            f"integers, got {type(b).__name__} {b!r}") from None
+    return Slice(v, *bounds)
 
 
 def concat(*vs):
     """Stack vector expressions into one vector."""
     if not vs:
-        raise CellError("concat() needs at least one vector")
-    return Concat(*[sp.sympify(v) for v in vs])
+        raise CellError("rc.concat() needs at least one vector")
+    return Concat(*[_operand("rc.concat", v) for v in vs])
 
 
 def vsum(v):
     """Σ over units (a per-step scalar)."""
-    return RowSum(sp.sympify(v))
+    return RowSum(_operand("rc.vsum", v))
 
 
 def logsumexp(v):
     """Stable log Σ exp(v) over units."""
-    return LogSumExp(sp.sympify(v))
+    return LogSumExp(_operand("rc.logsumexp", v))
 
 
 def softmax(z):
@@ -259,7 +303,21 @@ def check_functions(expr, where: str) -> None:
                 raise CellError(f"{where}: function {node.func.__name__!r} is not supported "
                                 f"(in {_display_expr(expr)}); supported: {supported_names()}, "
                                 "and any expression built from them with + - * / **")
+            if isinstance(node, sp.Piecewise):
+                _check_conditions(node, expr, where)
         elif isinstance(node, (sp.Integral, sp.Derivative, sp.Sum, sp.Product)):
             raise CellError(f"{where}: {type(node).__name__} cannot be used element-wise")
-        elif isinstance(node, sp.Number) and not node.is_real:
-            raise CellError(f"{where}: complex constant {node} in {_display_expr(expr)}")
+        elif node.is_Atom and node.is_number:
+            if node in (sp.nan, sp.zoo, sp.oo, -sp.oo):
+                hint = " (a division by zero?)" if node == sp.zoo else ""
+                raise CellError(f"{where}: non-finite constant {node} in {_display_expr(expr)}{hint}")
+            if not node.is_real:
+                raise CellError(f"{where}: complex constant {node} in {_display_expr(expr)}")
+
+
+def _check_conditions(pw, expr, where: str) -> None:
+    for _, cond in pw.args:
+        if not isinstance(cond, (sp.core.relational.Relational, sp.logic.boolalg.BooleanFunction,
+                                 sp.logic.boolalg.BooleanAtom)):
+            raise CellError(f"{where}: Piecewise condition {_display_expr(cond)} is not a comparison "
+                            f"(write e.g. {_display_expr(cond)} > 0) in {_display_expr(expr)}")

@@ -62,7 +62,7 @@ class softplus(sp.Function):
 
 
 def relu(z):
-    """max(0, z); its derivative is the Heaviside step (H(0) = 1/2)."""
+    """max(0, z); its derivative is the Heaviside step, 0 at z = 0 (see ``autodiff.partials``)."""
     return sp.Max(0, z)
 
 

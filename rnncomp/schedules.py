@@ -6,7 +6,7 @@
     968
     >>> p = budget(1000, 50 * 4895 + 30 * 512, fp)
     >>> p.name, p.advanced, p.memory(fp) <= 50 * 4895 + 30 * 512
-    ('budget: leaves ≤ 51, ≤ 19 checkpoints', 949, True)
+    ('budget: every 51 (leaves ≤ 51, ≤ 18 checkpoints)', 949, True)
     >>> binomial(4, 1).actions[:6]              # revolve: one slot, four steps
     (('advance', 0, 2), ('store', 2), ('advance', 2, 3), ('leaf', 3, 4), ('restore', 2), ('leaf', 2, 3))
 

@@ -173,3 +173,74 @@ def test_call_bad_mask_and_h0(elman):
 def test_unknown_backend():
     with pytest.raises(ValueError, match="unknown backend 'tpu'"):
         rc.compile(rc.cells.elman(2, 2, 2), backend="tpu")
+
+
+# ----------------------------------------------------------------------------- more declaration mistakes
+def test_complex_and_non_finite_constants_are_refused():
+    cell, x, h = base()
+    with pytest.raises(CellError, match=r"cell 'bad', update of state 'h': complex constant I in I\*h"):
+        cell.update(h, h * sp.I)
+    with pytest.raises(CellError, match=r"update of state 'h': non-finite constant zoo in zoo\*h .*division by zero"):
+        cell.update(h, h / 0)
+    with pytest.raises(CellError, match=r"cell 'bad', loss: non-finite constant oo"):
+        cell.loss(h + sp.oo)
+    with pytest.raises(CellError, match=r"update of state 'h': non-finite constant nan"):
+        cell.update(h, h * sp.nan)
+
+
+def test_integer_and_boolean_misuse():
+    cell, x, h = base()
+    with pytest.raises(CellError, match=r"cell 'bad', input 'y': size must be a positive integer, got True"):
+        cell.input("y", True)
+    with pytest.raises(CellError, match=r"param 'W': size must be a positive integer, got 2.5"):
+        cell.param("W", (4, 2.5))
+    with pytest.raises(CellError, match=r"update of state 'h': True is a condition, not a number"):
+        cell.update(h, True)
+    with pytest.raises(CellError, match=r"update of state 'h': \(h > 0\) & \(h < 1\) is a condition"):
+        cell.update(h, sp.And(h > 0, h < 1))
+    with pytest.raises(CellError, match=r"update of state 'h': Piecewise condition h is not a comparison"):
+        cell.update(h, sp.Piecewise((h, h), (0, True)))
+    with pytest.raises(CellError, match=r"rc.vslice\(h, 0.5, 2\): the bounds must be integers, got float 0.5"):
+        rc.vslice(h, 0.5, 2)
+    with pytest.raises(CellError, match=r"rc.vslice\(h, False, 2\): the bounds must be integers, got bool"):
+        rc.vslice(h, False, 2)
+    with pytest.raises(CellError, match=r"the bounds must be integers, got Symbol k"):
+        rc.vslice(h, sp.Symbol("k"), 2)
+    cell.update(h, rc.vslice(rc.concat(h, x), np.int64(1), np.int64(5)))  # numpy integers are fine
+    assert cell.size_of(rc.vslice(h, np.int64(1), 3), "here") == 2
+
+
+def test_piecewise_conditions_are_size_checked_at_declaration():
+    cell, x, h = base()
+    with pytest.raises(ShapeError, match=r"cell 'bad', update of state 'h': element-wise operands of "
+                                         r"different sizes \(.*x: 3.*\) in Piecewise"):
+        cell.update(h, sp.Piecewise((h, x > 0), (h / 2, True)))
+
+
+def test_matrix_and_vector_operator_misuse():
+    cell, x, h = base()
+    W = cell.param("W", (4, 4))
+    with pytest.raises(ShapeError, match=r"cell 'bad': cannot combine the 4×4 matrix W with h"):
+        W + h
+    with pytest.raises(ShapeError, match=r"cell 'bad': cannot combine the 4×4 matrix W with h"):
+        h - W
+    with pytest.raises(ShapeError, match=r"cell 'bad': the vector in W @ \(...\): W is a 4×4 matrix"):
+        W @ W
+    with pytest.raises(CellError, match=r"cell 'bad': the matrix W can only be scaled by a number, not h"):
+        h * W
+    with pytest.raises(CellError, match=r"h @ x: @ needs a matrix parameter on the left.*rc.vsum\(a \* b\)"):
+        h @ x
+    with pytest.raises(CellError, match=r"rc.concat: expected a vector expression, got a list.*rc.concat\(\*vectors\)"):
+        rc.concat([h, x])
+    with pytest.raises(ShapeError, match=r"rc.vsum: W is a 4×4 matrix, not a vector"):
+        rc.vsum(W)
+
+
+def test_empty_batch_is_reported_for_every_backend():
+    cell = rc.cells.elman(3, 4, 2)
+    params = cell.init_params()
+    for model in (numpy_model(cell), rc.compile(cell, backend="native", cache=None)):
+        with pytest.raises(CallError, match=r"cell 'elman': empty sequence: T = 3, B = 0 \(from 'x'\)"):
+            model.loss_and_grad(params, np.zeros((3, 0, 3)), np.zeros((3, 0, 2)))
+        with pytest.raises(CallError, match=r"cell 'elman': empty sequence: T = 0, B = 2"):
+            model.forward(params, np.zeros((0, 2, 3)))

@@ -41,7 +41,8 @@ class _Printer(NumPyPrinter):
         return f"numpy.logaddexp(0, {self._print(e.args[0])})"
 
     def _print_Heaviside(self, e):
-        return f"numpy.heaviside({self._print(e.args[0])}, 0.5)"
+        h0 = e.args[1] if len(e.args) > 1 else sp.Rational(1, 2)  # the value at 0
+        return f"numpy.heaviside({self._print(e.args[0])}, {self._print(h0)})"
 
     def _print_erf(self, e):
         return f"_rc_erf({self._print(e.args[0])})"

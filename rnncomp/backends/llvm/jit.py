@@ -21,6 +21,7 @@ import hashlib
 import os
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 
 import llvmlite
@@ -167,6 +168,7 @@ def _read_cache(path: str) -> bytes | None:
 
 
 def _write_cache(path: str, obj: bytes) -> bool:
+    tmp = None
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
@@ -174,8 +176,24 @@ def _write_cache(path: str, obj: bytes) -> bool:
             fh.write(hashlib.sha256(obj).hexdigest().encode() + b"\n" + obj)
         os.replace(tmp, path)  # atomic: concurrent writers each install a complete file
         return True
-    except OSError:
+    except OSError as exc:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        warnings.warn(f"rnncomp: cannot write to the compile cache {os.path.dirname(os.path.dirname(path))!r} "
+                      f"({exc.strerror or exc}); compiled without caching. Pass cache=None, or set "
+                      "RNNCOMP_CACHE_DIR to a writable directory", RuntimeWarning, stacklevel=2)
         return False
+
+
+def _cache_dir(cache) -> str:
+    if cache == "default":
+        return default_cache_dir()
+    if not isinstance(cache, (str, os.PathLike)):
+        raise CompileError(f"cache must be a directory (a str or path), 'default' or None, got {cache!r}")
+    return os.fspath(cache)
 
 
 def compile_keyed(key: str, build, *, level: int = 3, cache: str | None = "default",
@@ -185,8 +203,7 @@ def compile_keyed(key: str, build, *, level: int = 3, cache: str | None = "defau
     host = host or HostTarget.detect()
     path = None
     if cache is not None:
-        cache_dir = default_cache_dir() if cache == "default" else cache
-        path = os.path.join(cache_dir, "obj", "k-" + _cache_key(key, host, level) + ".o")
+        path = os.path.join(_cache_dir(cache), "obj", "k-" + _cache_key(key, host, level) + ".o")
         obj = _read_cache(path)
         if obj is not None:
             return NativeLibrary(obj, None, host, None, rebuild=build)
@@ -208,8 +225,7 @@ def compile_module(ir_module, *, level: int = 3, cache: str | None = "default",
     ir_text = str(ir_module)
     path = None
     if cache is not None:
-        cache_dir = default_cache_dir() if cache == "default" else cache
-        path = os.path.join(cache_dir, "obj", _cache_key(ir_text, host, level) + ".o")
+        path = os.path.join(_cache_dir(cache), "obj", _cache_key(ir_text, host, level) + ".o")
         obj = _read_cache(path)
         if obj is not None:
             return NativeLibrary(obj, ir_text, host, None)
