@@ -23,6 +23,7 @@ from rnncomp.backends.ptx.ptxgen import entries, find_ptxas, ptxas, spills
 
 from gradcheck import numpy_model, random_data
 from test_custom_cells import CUSTOM, jordan_with_xent
+from test_stacking import sum_of_products_forward, transposed_and_mixed
 
 needs_ptxas = pytest.mark.skipif(find_ptxas() is None, reason="ptxas (CUDA toolkit) not on PATH")
 ZOO = sorted(rc.cells.ZOO)
@@ -85,37 +86,6 @@ def test_custom_cells_stack_on_off_match_oracle_float32(make):
 
 
 # ----------------------------------------------------------------------------- edge cases of the pass
-def transposed_and_mixed():
-    """Products with transposed weights stack by columns (a stacked weight of axis 1); a
-    product read twice and a scaled product stay out (as in test_stacking)."""
-    cell = rc.Cell("mixed")
-    x = cell.input("x", 3)
-    h = cell.state("h", 5)
-    g = cell.state("g", 4)
-    A, Bm, C = cell.param("A", (5, 5)), cell.param("Bm", (5, 4)), cell.param("C", (5, 5))
-    D = cell.param("D", (4, 5))
-    Wx = cell.param("Wx", (5, 3))
-    a = A @ h
-    cell.update(h, sp.tanh(a + C.T @ h + Wx @ x + 0.5 * (Bm @ g)) + a ** 2 / 10)
-    cell.update(g, rc.functions.sigmoid(D @ h + Bm.T @ h))
-    y = cell.output("y", cell.param("V", (2, 5)) @ h.new)
-    cell.loss((y - cell.target("target", 2)) ** 2 / 2)
-    return cell
-
-
-def sum_of_products_forward():
-    """Rule B in the forward step: U1·a + U2·b with a, b computed (a stackv whole)."""
-    cell = rc.Cell("sum_of_products")
-    x = cell.input("x", 3)
-    h = cell.state("h", 6)
-    a = sp.tanh(cell.param("Wa", (4, 3)) @ x)
-    b = sp.tanh(cell.param("Wb", (5, 6)) @ h)
-    cell.update(h, sp.tanh(cell.param("U1", (6, 4)) @ a + cell.param("U2", (6, 5)) @ b))
-    y = cell.output("y", cell.param("V", (2, 6)) @ h.new)
-    cell.loss((y - cell.target("target", 2)) ** 2 / 2)
-    return cell
-
-
 def gated_learned_init():
     """A GRU-like cell with a learned initial state: δh[-1] is read from the stacked product."""
     cell = rc.Cell("gated_h0")
@@ -126,6 +96,8 @@ def gated_learned_init():
     y = cell.output("y", cell.param("V", (2, 5)) @ h.new)
     cell.loss((y - cell.target("target", 2)) ** 2 / 2)
     return cell
+
+
 
 
 def test_columns_stacked_transposed_products():

@@ -69,9 +69,9 @@ def test_gradients_of_a_group_are_accumulated_together():
                                              frozenset({"bf", "bi", "bg", "bo"})}
 
 
-def test_transposed_and_mixed_products():
-    """Products with transposed weights stack by columns; a weight used twice, a product
-    read twice, and sums with coefficients other than 1 stay out of the groups."""
+def transposed_and_mixed():
+    """Products with transposed weights stack by columns; a product read twice (not linear
+    with coefficient 1) and a scaled product (0.5·Bm·g) stay out of the groups."""
     cell = rc.Cell("mixed")
     x = cell.input("x", 3)
     h = cell.state("h", 5)
@@ -79,19 +79,16 @@ def test_transposed_and_mixed_products():
     A, Bm, C = cell.param("A", (5, 5)), cell.param("Bm", (5, 4)), cell.param("C", (5, 5))
     D = cell.param("D", (4, 5))
     Wx = cell.param("Wx", (5, 3))
-    a = A @ h  # read twice: not linear with coefficient 1, stays a product of its own
+    a = A @ h
     cell.update(h, sp.tanh(a + C.T @ h + Wx @ x + 0.5 * (Bm @ g)) + a ** 2 / 10)
     cell.update(g, rc.functions.sigmoid(D @ h + Bm.T @ h))
     y = cell.output("y", cell.param("V", (2, 5)) @ h.new)
-    t = cell.target("target", 2)
-    cell.loss((y - t) ** 2 / 2)
-    _agree(cell)
-    m = rc.compile(cell, backend="native", cache=None)
-    assert any(s.axis == 1 for s in m.stacks.values())  # Cᵀ·h and Bmᵀ·h: columns stacked
+    cell.loss((y - cell.target("target", 2)) ** 2 / 2)
+    return cell
 
 
-def test_sum_of_products_of_computed_operands_in_the_forward_step():
-    """Rule B in a forward step: U1·a + U2·b with a, b computed (not inputs)."""
+def sum_of_products_forward():
+    """Rule B in a forward step: U1·a + U2·b with a, b computed (a stackv whole)."""
     cell = rc.Cell("sum_of_products")
     x = cell.input("x", 3)
     h = cell.state("h", 6)
@@ -99,8 +96,19 @@ def test_sum_of_products_of_computed_operands_in_the_forward_step():
     b = sp.tanh(cell.param("Wb", (5, 6)) @ h)
     cell.update(h, sp.tanh(cell.param("U1", (6, 4)) @ a + cell.param("U2", (6, 5)) @ b))
     y = cell.output("y", cell.param("V", (2, 6)) @ h.new)
-    t = cell.target("target", 2)
-    cell.loss((y - t) ** 2 / 2)
+    cell.loss((y - cell.target("target", 2)) ** 2 / 2)
+    return cell
+
+
+def test_transposed_and_mixed_products():
+    cell = transposed_and_mixed()
+    _agree(cell)
+    m = rc.compile(cell, backend="native", cache=None)
+    assert any(s.axis == 1 for s in m.stacks.values())  # Cᵀ·h and Bmᵀ·h: columns stacked
+
+
+def test_sum_of_products_of_computed_operands_in_the_forward_step():
+    cell = sum_of_products_forward()
     _agree(cell)
     m = rc.compile(cell, backend="native", cache=None)
     assert any(n.op == "stackv" for n in m._fwd_prog.nodes.values())
