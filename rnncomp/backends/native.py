@@ -30,236 +30,14 @@ from llvmlite import ir
 from ..autodiff import backward_step
 from ..errors import CallError, CompileError
 from ..memory import schedule
-from ..ir import LEAF_OPS, placeholder, prune, state_independent
+from ..ir import LEAF_OPS, prune, state_independent
 from .stackplan import grad_groups, stack_step
 from .llvm import gemm
-from .llvm import vecmath
-from .llvm.builder import I64, alloca_once, for_range, parallel_loop_md
-from .llvm.exprgen import LLVMPrinter, unsupported
+from .llvm.builder import I64, for_range
+from .llvm.exprgen import unsupported
 from .llvm.jit import HostTarget, compile_keyed
+from .native_emit import _DT, Gen, Layout, units_of
 from .validate import check_call, initial_states, step_weights
-
-_DT = {np.dtype("float64"): ir.DoubleType(), np.dtype("float32"): ir.FloatType()}
-
-
-class Layout:
-    """Where every value lives: ``key → (slot, units per sample (0: shared), step offset, timed,
-    column, row stride)``.
-
-    A value of n units at step t, sample b, unit j is at ``bufs[slot] + (t+off)·B·units +
-    b·ld + col + j``.  Most values have a slot of their own (col 0, ld = n); the members of
-    a stacked product (pass "stack") share one slot side by side (col > 0, ld = Σn)."""
-
-    def __init__(self):
-        self.slots: list[str] = []
-        self.where: dict = {}
-
-    def slot(self, label: str) -> int:
-        self.slots.append(label)
-        return len(self.slots) - 1
-
-    def place(self, key, slot, units, off=0, timed=True, col=0, ld=None):
-        self.where[key] = (slot, units, off, timed, col, units if ld is None else ld)
-
-    def ld(self, key, size):
-        """Row stride of ``key`` (its own size unless it lives in a stacked slot)."""
-        w = self.where.get(key)
-        return size if w is None or not w[5] else w[5]
-
-
-class _Gen:
-    """Generates one entry point: the per-step body for a program, inside a time loop."""
-
-    def __init__(self, module, dtype, layout, host, name):
-        self.m, self.dtype, self.L, self.host = module, np.dtype(dtype), layout, host
-        self.ty = _DT[self.dtype]
-        self.pty = self.ty.as_pointer()
-        fnty = ir.FunctionType(ir.VoidType(), [I64, I64, self.pty.as_pointer(), self.pty])
-        self.fn = ir.Function(module, fnty, name)
-        self.T, self.B, self.bufs, self.work = self.fn.args
-        self.B_step = self.B
-        self.packed: dict = {}
-        self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
-        self.gemms: dict = {}
-
-    # ------------------------------------------------------------------ addressing
-    def ptr(self, key, t):
-        slot, units, off, timed, col, _ = self.L.where[key]
-        b = self.b
-        base = b.load(b.gep(self.bufs, [I64(slot)], inbounds=True))
-        if col:
-            base = b.gep(base, [I64(col)], inbounds=True)
-        if not timed or units == 0:
-            return base
-        step = b.add(t, I64(off)) if off else t
-        # addresses advance by the per-step batch even while self.B spans T·B rows
-        return b.gep(base, [b.mul(b.mul(step, self.B_step), I64(units))], inbounds=True)
-
-    def gemm_fn(self, trans_a, trans_b):
-        k = (trans_a, trans_b)
-        if k not in self.gemms:
-            name = f"{self.fn.name}_gemm_{int(trans_a)}{int(trans_b)}"
-            existing = self.m.globals.get(name)
-            self.gemms[k] = existing or gemm.define_gemm(self.m, name, str(self.dtype), trans_a, trans_b, self.host)
-        return self.gemms[k]
-
-    def call_gemm(self, M, N, K, A, lda, trans_a, Bm, ldb, trans_b, C, ldc, acc):
-        f = self.gemm_fn(trans_a, trans_b)
-        self.b.call(f, [M, N, K, A, lda, Bm, ldb, C, ldc, ir.IntType(32)(acc), self.work])
-
-    # ------------------------------------------------------------------ node kinds
-    def ew(self, items, nostore=frozenset()):
-        """One loop over batch × units computing a run of element-wise nodes of one size.
-
-        ``items``: (key, node, out, arg pointers, arg (units, shared, row stride), arg keys).
-        A value produced earlier in the run is taken from its register, not reloaded."""
-        b, n = self.b, items[0][1].size
-        # every (b, j) reads and writes its own elements: the j loop is parallel
-        group, loop_id = parallel_loop_md(self.m)
-        tag = lambda inst: inst.set_metadata("llvm.access.group", group)  # noqa: E731
-        with for_range(b, self.B, name="b") as bi:
-            with for_range(b, I64(n), name="j", loop_md=loop_id) as j:
-                here = {}
-                for key, node, out, args, arg_units, arg_keys in items:
-                    vals = {}
-                    for i, (p, (units, shared, ld), ak) in enumerate(zip(args, arg_units, arg_keys)):
-                        if ak in here:
-                            vals[placeholder(i)] = here[ak]
-                            continue
-                        if shared:
-                            idx = j if units > 1 else I64(0)
-                        elif units > 1:
-                            idx = b.add(b.mul(bi, I64(ld)), j)
-                        else:
-                            idx = b.mul(bi, I64(ld)) if ld != 1 else bi
-                        vals[placeholder(i)] = ld = b.load(b.gep(p, [idx], inbounds=True))
-                        tag(ld)
-                    v = LLVMPrinter(b, self.ty, vals).emit_all(node.attrs["expr"])
-                    if key not in nostore:
-                        ld_out = self.L.ld(key, n)
-                        tag(b.store(v, b.gep(out, [b.add(b.mul(bi, I64(ld_out)), j)], inbounds=True)))
-                    here[key] = v
-
-    def matvec(self, node, out, v, n_in, params, shapes, lda=None, ldc=None):
-        b = self.b
-        lda, ldc = lda or n_in, ldc or node.size
-        for i, ((p, tr, c), P, shape) in enumerate(zip(node.attrs["terms"], params, shapes)):
-            m_, n_ = shape
-            # y[B, rows] (+)= v[B, cols] @ op(P): P is (m_, n_); untransposed: v @ Pᵀ
-            if c != 1:
-                raise CompileError("internal: scaled terms are lowered before code generation")
-            if (p, tr) in self.packed:  # recurrent weights: packed once before the time loop
-                f = self.packed_gemm()
-                self.b.call(f, [self.B, I64(node.size), I64(n_in), v, I64(lda), self.packed[(p, tr)],
-                                out, I64(ldc), ir.IntType(32)(1 if i else 0), self.work])
-                continue
-            self.call_gemm(self.B, I64(node.size), I64(n_in), v, I64(lda), False,
-                           P, I64(n_), not tr, out, I64(ldc), 1 if i else 0)
-
-    def packed_gemm(self):
-        name = f"{self.fn.name}_gemm_packed"
-        f = self.m.globals.get(name)
-        return f or gemm.define_gemm_packed_b(self.m, name, str(self.dtype), False, self.host)
-
-    def packed_pointers(self, terms, slots):
-        """Where op(P) of each packed (param, transposed) lives (loaded where it dominates
-        every use: the packing itself may be skipped, see ``NativeModel._prologue``)."""
-        b = self.b
-        for (p, tr), slot in slots.items():
-            if (p, tr) in terms:
-                self.packed[(p, tr)] = b.load(b.gep(self.bufs, [I64(slot)]))
-
-    def pack_weights(self, terms, slots, shapes):
-        """Pack op(P) of each (param, transposed) into the buffer of :meth:`packed_pointers`."""
-        b = self.b
-        for (p, tr), slot in slots.items():
-            if (p, tr) not in terms:
-                continue
-            m_, n_ = shapes[p]
-            K, N = (m_, n_) if tr else (n_, m_)
-            name = f"{self.fn.name}_pack_{int(not tr)}"
-            f = self.m.globals.get(name) or gemm.define_pack_b(self.m, name, str(self.dtype), not tr, self.host)
-            src = b.load(b.gep(self.bufs, [I64(self.L.where[(p, None)][0])]))
-            b.call(f, [I64(K), I64(N), src, I64(n_), self.packed[(p, tr)]])
-
-    def build_stacks(self, stacks, shapes):
-        """Pass "stack": fill each stacked weight from its parameters (once per call)."""
-        b = self.b
-        for stk in stacks.values():
-            dst = b.load(b.gep(self.bufs, [I64(self.L.where[(stk.name, None)][0])]))
-            at = 0
-            for p in stk.parts:
-                src = b.load(b.gep(self.bufs, [I64(self.L.where[(p, None)][0])]))
-                rows_, cols_ = shapes[p]
-                if stk.axis == 0:  # rows stacked: each part is one contiguous block
-                    self.copy_loop(b.gep(dst, [I64(at * cols_)]), src, I64(rows_ * cols_))
-                    at += rows_
-                else:  # columns stacked: row r of part i lands at r·ΣC + offset
-                    with for_range(b, I64(rows_), name="sr") as r:
-                        self.copy_loop(b.gep(dst, [b.add(b.mul(r, I64(stk.shape[1])), I64(at))]),
-                                       b.gep(src, [b.mul(r, I64(cols_))]), I64(cols_))
-                    at += cols_
-
-    def scaled_rows(self, out, tmp, n, ld_out, scale, accumulate):
-        """out[b, :n] (+)= scale · tmp[b, :n] for every row (``out`` may be strided)."""
-        b = self.b
-        with for_range(b, self.B, name="sb") as bi:
-            self.copy_loop(b.gep(out, [b.mul(bi, I64(ld_out))]), b.gep(tmp, [b.mul(bi, I64(n))]),
-                           I64(n), scale=scale, accumulate=accumulate)
-
-    def copy_loop(self, dst, src, count, scale=None, accumulate=False):
-        b = self.b
-        with for_range(b, count, name="k") as k:
-            v = b.load(b.gep(src, [k], inbounds=True))
-            if scale is not None:
-                v = b.fmul(v, ir.Constant(self.ty, float(scale)))
-            if accumulate:
-                v = b.fadd(b.load(b.gep(dst, [k], inbounds=True)), v)
-            b.store(v, b.gep(dst, [k], inbounds=True))
-
-    def rows(self, out, n_out, v, n_in, lo, mode, ld_out=None, ld_in=None):
-        """slice (mode 'slice'), pad ('pad'), or a concat part ('part')."""
-        b = self.b
-        ld_out, ld_in = ld_out or n_out, ld_in or n_in
-        with for_range(b, self.B, name="b") as bi:
-            if mode == "pad":
-                with for_range(b, I64(n_out), name="z") as z:
-                    b.store(ir.Constant(self.ty, 0.0), b.gep(out, [b.add(b.mul(bi, I64(ld_out)), z)]))
-            count = n_out if mode == "slice" else n_in
-            with for_range(b, I64(count), name="j") as j:
-                if mode == "slice":
-                    src = b.add(b.mul(bi, I64(ld_in)), b.add(j, I64(lo)))
-                    dst = b.add(b.mul(bi, I64(ld_out)), j)
-                else:
-                    src = b.add(b.mul(bi, I64(ld_in)), j)
-                    dst = b.add(b.mul(bi, I64(ld_out)), b.add(j, I64(lo)))
-                b.store(b.load(b.gep(v, [src])), b.gep(out, [dst]))
-
-    def reduce(self, out, v, n, lse, ld_out=1, ld_in=None):
-        b = self.b
-        acc = alloca_once(b, self.ty, "acc")
-        mx = alloca_once(b, self.ty, "max")
-        with for_range(b, self.B, name="b") as bi:
-            row = b.gep(v, [b.mul(bi, I64(ld_in or n))])
-            b.store(ir.Constant(self.ty, float("-inf") if lse else 0.0), mx)
-            if lse:
-                with for_range(b, I64(n), name="j") as j:
-                    x = b.load(b.gep(row, [j]))
-                    b.store(b.select(b.fcmp_ordered(">", x, b.load(mx)), x, b.load(mx)), mx)
-                m = b.load(mx)
-                m = b.select(b.fcmp_ordered("==", m, ir.Constant(self.ty, float("-inf"))),
-                             ir.Constant(self.ty, 0.0), m)
-            b.store(ir.Constant(self.ty, 0.0), acc)
-            with for_range(b, I64(n), name="j") as j:
-                x = b.load(b.gep(row, [j]))
-                if lse:
-                    x = vecmath.emit(b, "exp", [b.fsub(x, m)])
-                b.store(b.fadd(b.load(acc), x), acc)
-            r = b.load(acc)
-            if lse:
-                r = b.fadd(m, vecmath.emit(b, "log", [r]))
-            b.store(r, b.gep(out, [b.mul(bi, I64(ld_out)) if ld_out != 1 else bi]))
-
 
 @functools.lru_cache(maxsize=1)
 def _code_fingerprint() -> str:
@@ -269,14 +47,11 @@ def _code_fingerprint() -> str:
 
     here = pathlib.Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for f in sorted([here / "native.py", here / "stackplan.py", *(here / "llvm").glob("*.py"),
-                     here.parent / "ir.py", here.parent / "autodiff.py", here.parent / "lower.py"]):
+    for f in sorted([here / "native.py", here / "native_emit.py", here / "stackplan.py",
+                     *(here / "llvm").glob("*.py"), here.parent / "ir.py", here.parent / "autodiff.py",
+                     here.parent / "lower.py", here.parent / "stacking.py"]):
         h.update(f.read_bytes())
     return h.hexdigest()
-
-
-def _units(node):
-    return node.size if isinstance(node.size, int) else 0
 
 
 class NativeModel:
@@ -460,7 +235,7 @@ class NativeModel:
             out = g.ptr(key, t)
             args = [g.ptr(a, t) for a in node.args]
             if node.op == "ew":
-                units = [(_units(prog.node(a)), prog.node(a).op == "param", ld(a)) for a in node.args]
+                units = [(units_of(prog.node(a)), prog.node(a).op == "param", ld(a)) for a in node.args]
                 if run and (not self.fuse or run[0][1].size != node.size):
                     flush(run)
                     run = []
@@ -537,7 +312,7 @@ class NativeModel:
 
     def _gen_forward(self, module):
         st = self.step
-        g = _Gen(module, self.dtype, self.layout, self.host, "forward")
+        g = Gen(module, self.dtype, self.layout, self.host, "forward")
         static = self._static()
         self._prologue(g, self._fwd_prog, static)
         if static:
@@ -588,7 +363,7 @@ class NativeModel:
 
     def _gen_backward(self, module):
         bwd, st = self.bwd, self.step
-        g = _Gen(module, self.dtype, self.layout, self.host, "backward")
+        g = Gen(module, self.dtype, self.layout, self.host, "backward")
         b = g.b
         self._prologue(g, self._bwd_prog, set())
         with for_range(b, g.T, name="s") as s:
@@ -942,7 +717,7 @@ class NativeModel:
             if node.op in LEAF_OPS or w is None or w[0] in timed_slots:
                 continue
             L.where[key] = w[:3] + (False,) + w[4:]  # (slot, units, off, timed=False, ...)
-        g = _Gen(module, self.dtype, L, self.host, "advance")
+        g = Gen(module, self.dtype, L, self.host, "advance")
         self._prologue(g, prog, static)
         if static:  # pass "hoist", as in "forward"
             per_step_B, g.B = g.B, g.b.mul(g.T, g.B)
