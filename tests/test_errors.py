@@ -244,3 +244,9 @@ def test_empty_batch_is_reported_for_every_backend():
             model.loss_and_grad(params, np.zeros((3, 0, 3)), np.zeros((3, 0, 2)))
         with pytest.raises(CallError, match=r"cell 'elman': empty sequence: T = 0, B = 2"):
             model.forward(params, np.zeros((0, 2, 3)))
+
+
+@pytest.mark.parametrize("threads", ["two", 0, -1, 1.5, True])
+def test_bad_thread_count_is_a_clear_error(threads):
+    with pytest.raises(ValueError, match=r"cell 'elman': threads must be a positive integer"):
+        rc.compile(rc.cells.elman(2, 3, 1), backend="native", cache=None, threads=threads)

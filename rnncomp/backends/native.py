@@ -70,7 +70,10 @@ class NativeModel:
         self._work_elems: dict = {}
         self._pool = threading.local()  # per-thread buffers: calls from several threads are safe
         self.hoist, self.grad_after, self.fuse, self.pack, self.stack = hoist, grad_after, fuse, pack, stack
-        self.threads = max(1, int(threads if threads is not None else (os.cpu_count() or 1)))
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"cell {st.name!r}: threads must be a positive integer or None (all cores), "
+                             f"got {threads!r}")
+        self.threads = threads if threads is not None else (os.cpu_count() or 1)
         self.memory = schedule(memory)
         self.min_batch_per_thread = 8  # below this a core's share is too small to pay for itself
         self._pool_exec = None
