@@ -148,8 +148,7 @@ def correctness():
                 got = m.loss_and_grad(params, inputs, targets)
                 o2, _ = m.forward(params, inputs)
                 row.update(errors_vs(ref, got, o1, o2))
-                row["ok"] = bool(row["loss_rel"] <= tol and row["grad_rel"] <= tol and row["state_err"] <= tol
-                                 and row["out_err"] <= tol)
+                row["ok"] = within(row, tol)
             except Exception as exc:  # noqa: BLE001
                 row["ok"] = False
                 fail(row, exc)
@@ -157,6 +156,11 @@ def correctness():
             log(f"correctness {name} stack={stack}: " + ("OK" if row["ok"] else "FAIL") + "  "
                 + ", ".join(f"{k}={v:.2e}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                             if k not in ("cell", "ok", "stack")))
+
+
+def within(row, tol) -> bool:
+    """Loss, gradients, final states and outputs all within ``tol`` of the oracle."""
+    return all(row[k] <= tol for k in ("loss_rel", "grad_rel", "state_err", "out_err"))
 
 
 # ----------------------------------------------------------------------------- 2. strict (float64)
@@ -184,8 +188,7 @@ def strict():
                 got = m.loss_and_grad(params, inputs, targets)
                 o2, _ = m.forward(params, inputs)
                 row.update(errors_vs(ref, got, o1, o2))
-                row["ok"] = bool(row["loss_rel"] <= tol and row["grad_rel"] <= tol and row["state_err"] <= tol
-                                 and row["out_err"] <= tol)
+                row["ok"] = within(row, tol)
             except Exception as exc:  # noqa: BLE001
                 row["ok"] = False
                 fail(row, exc)

@@ -198,9 +198,6 @@ class NativeModel:
             elif arrays[k] is None:
                 width = self.slot_width.get(k, n)
                 arrays[k] = self._scratch(f"bwd {k}", (T, B, width) if self.bwd_timed[k] else (B, width))
-        for k, width in self.slot_width.items():  # wholes with no member in bwd_slot (none today)
-            if arrays[k] is None and k in self.bwd_timed:
-                arrays[k] = self._scratch(f"bwd {k}", (T, B, width) if self.bwd_timed[k] else (B, width))
 
     # ------------------------------------------------------------------ code generation
     def _readers(self) -> set:
