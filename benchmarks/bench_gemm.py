@@ -44,6 +44,8 @@ SHAPES = [  # (M, N, K, trans_a, what)
     (3200, 512, 64, False, "input projection T*B=3200 D=64"),
     (512, 128, 3200, True, "gradient sum_t d[t]^T v[t]"),
     (1024, 1024, 1024, False, "square"),
+    (1, 32, 32, False, "step: B=1 H=32 Elman"),
+    (4, 512, 128, False, "step: B=4 H=128 LSTM"),
 ]
 
 P, L = ctypes.c_void_p, ctypes.c_int64

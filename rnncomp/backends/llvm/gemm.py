@@ -65,8 +65,8 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from .builder import I1, I32, I64, for_range, gep
-from .gemm_kernel import VOID, Blocking, define_microkernel, define_packer, imin, scalar_type
+from .builder import I1, I32, I64, for_range, gep, parallel_loop_md
+from .gemm_kernel import VOID, Blocking, declare, define_microkernel, define_packer, imin, scalar_type
 
 __all__ = ["define_gemm", "define_gemm_packed_b", "define_pack_b", "workspace_elems",
            "packed_b_elems", "Blocking", "BUFFER_ALIGN"]
@@ -149,6 +149,44 @@ def _origin(b: ir.IRBuilder, base, r0, k0, stride, contiguous: bool):
     return gep(b, base, off)
 
 
+#: Products of at most this depth skip packing: each row of C is updated by K vector passes.
+SMALL_K = 4
+
+
+def _rank_k(b, bl, M, N, K, A, lda, trans_a, B, ldb, C, ldc, acc_in):
+    """``C[i, :] (+)= sum_k op(A)[i, k] * B[k, :]`` for ``1 <= K <= SMALL_K``: one vectorised
+    pass over each row of C per depth, in the micro-kernel's order (``s = 0; s = fma(a_k,
+    b_k, s)`` for k = 0, 1, ...; then ``C = s (+ C)``), so both paths round alike."""
+    T = scalar_type(bl.dtype)
+    fma = declare(b.module, f"llvm.fma.{'f32' if bl.esize == 4 else 'f64'}", ir.FunctionType(T, [T, T, T]))
+    fn = b.function
+    done = fn.append_basic_block("rank.done")
+    sw = b.switch(K, done)
+    for depth in range(1, SMALL_K + 1):
+        b.position_at_end(fn.append_basic_block(f"rank.k{depth}"))
+        sw.add_case(I64(depth), b.block)
+        with for_range(b, M, name="ri") as i:
+            row = gep(b, C, b.mul(i, ldc))
+            a = [b.load(gep(b, A, b.add(b.mul(I64(k), lda), i) if trans_a else b.add(b.mul(i, lda), I64(k))))
+                 for k in range(depth)]
+            brows = [gep(b, B, b.mul(I64(k), ldb)) for k in range(depth)]
+            group, loop_id = parallel_loop_md(b.module)    # C rows and B rows do not overlap
+            with for_range(b, N, name="rj", loop_md=loop_id) as j:
+                tagged = []
+                s = ir.Constant(T, 0.0)
+                for k in range(depth):
+                    bv = b.load(gep(b, brows[k], j))
+                    tagged.append(bv)
+                    s = b.call(fma, [a[k], bv, s]) if bl.fma else b.fadd(b.fmul(a[k], bv), s)
+                p = gep(b, row, j)
+                old = b.load(p)
+                tagged += [old, b.store(b.select(acc_in, b.fadd(s, old), s), p)]
+                for inst in tagged:
+                    inst.set_metadata("llvm.access.group", group)
+        b.branch(done)
+    b.position_at_end(done)
+
+
 def _define(module, name, dtype, trans_a, host, trans_b):
     """The driver around the micro-kernels; ``trans_b`` None: B comes packed."""
     bl = Blocking.for_host(dtype, host)
@@ -166,6 +204,11 @@ def _define(module, name, dtype, trans_a, host, trans_b):
     MR, NR = bl.mr, bl.nr
     fused = not packed and not trans_b      # B can be read in place (and packed on the fly)
     ukernels = [define_microkernel(module, bl, w) for w in range(1, bl.nrv + 1)]
+    # fewer rows than MR (one sample, a small batch): kernels of 4 and 1 rows read A in place
+    # (a 2-row kernel too cost 0.1 s more compile time per cell for little gain)
+    few_rows = [r for r in (4, 1) if r < MR]
+    rkernels = {r: [define_microkernel(module, bl, w, rows=r, strided_a=True) for w in range(1, bl.nrv + 1)]
+                for r in few_rows}
     uk_copy_b = define_microkernel(module, bl, bl.nrv, copy_b=True) if fused else None
     pack_a = define_packer(module, bl, MR, trans_a)
     pack_b = None if packed else define_packer(module, bl, NR, not trans_b)
@@ -182,6 +225,11 @@ def _define(module, name, dtype, trans_a, host, trans_b):
                     b.store(ir.Constant(P.pointee, 0.0), gep(b, row, j))
         b.ret_void()
 
+    if fused:     # depth of a few (gradients over a small batch): rank-K updates of C's rows
+        with b.if_then(b.icmp_signed("<=", K, I64(SMALL_K)), likely=False):
+            _rank_k(b, bl, M, N, K, A, lda, trans_a, B, ldb, C, ldc, acc_in)
+            b.ret_void()
+
     # work = [packed A block | packed B block], each aligned; sizes as in workspace_elems
     a_elems = b.mul(b.mul(b.sdiv(b.add(imin(b, M, I64(bl.mc)), I64(MR - 1)), I64(MR)), I64(MR)),
                     imin(b, K, I64(bl.kc)))
@@ -189,6 +237,9 @@ def _define(module, name, dtype, trans_a, host, trans_b):
     Bw = _align(b, gep(b, Ap, b.and_(b.add(a_elems, I64(15)), I64(-16))), bl.esize)
     # few rows of C: too little reuse to pay for packing B, every tile reads it in place
     direct = b.icmp_signed("<=", M, I64(bl.direct_m)) if fused else I1(0)
+    few = b.icmp_signed("<", M, I64(MR))
+    aks, ais = (lda, I64(1)) if trans_a else (I64(1), lda)   # A(i, k) = A[k*aks + i*ais]
+    nul = ir.Constant(P, None)
 
     def panel(jc, pc, kc, acc, ic, mc, jr):
         """All tiles of C[ic:ic+mc, jc+jr : +NR] for depth block pc."""
@@ -208,8 +259,8 @@ def _define(module, name, dtype, trans_a, host, trans_b):
             # else the first tile of a whole panel reads B in place and packs it for the rest
             first = b.and_(b.and_(b.not_(direct), whole), b.icmp_signed("==", ic, I64(0)))
             with b.if_then(first):
-                b.call(uk_copy_b, [kc, Ap, src, ldb, cblock, ldc, imin(b, I64(MR), mc), nr, acc,
-                                   packed_panel])
+                b.call(uk_copy_b, [kc, Ap, I64(0), I64(0), src, ldb, cblock, ldc, imin(b, I64(MR), mc), nr,
+                                   acc, packed_panel])
             ir0 = b.select(first, I64(MR), ir0)
         # a ragged last panel runs a kernel only as wide as it needs
         done = fn.append_basic_block("uk.done")
@@ -217,10 +268,24 @@ def _define(module, name, dtype, trans_a, host, trans_b):
         for width, ukernel in enumerate(ukernels, 1):
             b.position_at_end(fn.append_basic_block(f"uk.w{width}"))
             sw.add_case(I64(width), b.block)
-            with for_range(b, mc, start=ir0, step=I64(MR), name="ir") as ir_:
-                b.call(ukernel, [kc, gep(b, Ap, b.mul(ir_, kc)), bpanel, bstride,
-                                 gep(b, cblock, b.mul(ir_, ldc)), ldc, imin(b, I64(MR), b.sub(mc, ir_)),
-                                 nr, acc, ir.Constant(P, None)])
+            with b.if_else(few, likely=False) as (then, otherwise):
+                with then:       # M < MR: 4 rows if M has them, then one row at a time
+                    def rows(r, r0):
+                        b.call(rkernels[r][width - 1],
+                               [kc, _origin(b, A, r0, pc, lda, trans_a), aks, ais, bpanel, bstride,
+                                gep(b, cblock, b.mul(r0, ldc)), ldc, I64(r), nr, acc, nul])
+                    four = I64(0)
+                    if 4 in rkernels:
+                        four = b.and_(M, I64(4))
+                        with b.if_then(b.icmp_signed("!=", four, I64(0))):
+                            rows(4, I64(0))
+                    with for_range(b, M, start=four, name="r1") as r0:
+                        rows(1, r0)
+                with otherwise:
+                    with for_range(b, mc, start=ir0, step=I64(MR), name="ir") as ir_:
+                        b.call(ukernel, [kc, gep(b, Ap, b.mul(ir_, kc)), I64(0), I64(0), bpanel, bstride,
+                                         gep(b, cblock, b.mul(ir_, ldc)), ldc,
+                                         imin(b, I64(MR), b.sub(mc, ir_)), nr, acc, nul])
             b.branch(done)
         b.position_at_end(done)
 
@@ -239,7 +304,8 @@ def _define(module, name, dtype, trans_a, host, trans_b):
                 b.call(pack_b, [nc, kc, _origin(b, B, jc, pc, ldb, False), ldb, Bw])
             with for_range(b, M, step=mstep, name="ic") as ic:
                 mc = imin(b, mstep, b.sub(M, ic))
-                b.call(pack_a, [mc, kc, _origin(b, A, ic, pc, lda, trans_a), lda, Ap])
+                with b.if_then(b.not_(few)):
+                    b.call(pack_a, [mc, kc, _origin(b, A, ic, pc, lda, trans_a), lda, Ap])
                 with for_range(b, nc, step=I64(NR), name="jr") as jr:
                     panel(jc, pc, kc, acc, ic, mc, jr)
     b.ret_void()

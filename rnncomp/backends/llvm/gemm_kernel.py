@@ -104,31 +104,57 @@ def store_vec(b: ir.IRBuilder, val, ptr, esize: int):
     b.store(val, b.bitcast(ptr, val.type.as_pointer()), align=esize)
 
 
-def define_microkernel(module: ir.Module, bl: Blocking, nrv: int, copy_b: bool = False) -> ir.Function:
-    """``uk(kc, a, b, bs, c, ldc, mr, nr, acc, bcopy)`` for tiles ``MR x nrv*V``
-    (``nr <= nrv*V``): ``C[:mr, :nr] (+)= sum_k a[k*MR + i] * b[k*bs + j]`` (``+=``
-    when ``acc``).  ``copy_b``: also write the B rows it loads to
-    ``bcopy[k*NR + j]`` -- packing B on the fly, from registers."""
+def _masked(module: ir.Module, op: str, vt: ir.VectorType) -> ir.Function:
+    """``llvm.masked.load`` / ``llvm.masked.store`` for vectors of type ``vt``."""
+    mt = ir.VectorType(I1, vt.count)
+    suffix = f"v{vt.count}{'f32' if isinstance(vt.element, ir.FloatType) else 'f64'}.p0"
+    if op == "load":
+        return declare(module, f"llvm.masked.load.{suffix}", ir.FunctionType(vt, [vt.as_pointer(), I32, mt, vt]))
+    return declare(module, f"llvm.masked.store.{suffix}", ir.FunctionType(VOID, [vt, vt.as_pointer(), I32, mt]))
+
+
+def lane_masks(b: ir.IRBuilder, n, nvec: int, V: int) -> list:
+    """For vectors ``j < nvec`` of ``V`` lanes: the lanes ``j*V + l < n``."""
+    n32 = splat(b, b.trunc(n, I32), V)
+    return [b.icmp_signed("<", ir.Constant(ir.VectorType(I32, V), [j * V + lane for lane in range(V)]), n32)
+            for j in range(nvec)]
+
+
+def define_microkernel(module: ir.Module, bl: Blocking, nrv: int, copy_b: bool = False,
+                       rows: int | None = None, strided_a: bool = False) -> ir.Function:
+    """``uk(kc, a, aks, ais, b, bs, c, ldc, mr, nr, acc, bcopy)`` for tiles ``rows x nrv*V``
+    (``rows`` defaults to MR; ``mr <= rows``, ``nr <= nrv*V``):
+    ``C[:mr, :nr] (+)= sum_k A(i, k) * b[k*bs + j]`` (``+=`` when ``acc``), where A(i, k)
+    is ``a[k*MR + i]`` (a packed panel; ``aks``, ``ais`` unused) or, ``strided_a``,
+    ``a[k*aks + i*ais]`` read in place (few rows: packing A would cost more than it saves).
+    ``copy_b``: also write the B rows it loads to ``bcopy[k*NR + j]`` -- packing B on the
+    fly, from registers.  A tile that is not whole is stored with masked vector stores."""
     T = scalar_type(bl.dtype)
     P = T.as_pointer()
     MR, NRV, V, U, E = bl.mr, nrv, bl.v, bl.unroll, bl.esize
+    R = rows or MR
     NR = NRV * V
     vt = ir.VectorType(T, V)
-    name = f"rnncomp.gemm.uk.{bl.dtype}.{MR}x{NR}.v{V}{'' if bl.fma else '.nofma'}{'.copyb' if copy_b else ''}"
+    name = (f"rnncomp.gemm.uk.{bl.dtype}.{R}x{NR}.v{V}{'' if bl.fma else '.nofma'}"
+            f"{'.copyb' if copy_b else ''}{'.sa' if strided_a else ''}")
     if name in module.globals:
         return module.globals[name]
-    fn = ir.Function(module, ir.FunctionType(VOID, [I64, P, P, I64, P, I64, I64, I64, I1, P]), name)
+    fn = ir.Function(module, ir.FunctionType(VOID, [I64, P, I64, I64, P, I64, P, I64, I64, I64, I1, P]), name)
     fn.linkage = "internal"
-    for i in (1, 2, 4, 9):
+    # one copy per module, called from every tile loop: inlined into each call site, the
+    # kernels doubled the optimisation time of a cell for no measurable gain
+    fn.attributes.add("noinline")
+    for i in (1, 4, 6, 11):
         fn.args[i].add_attribute("noalias")
-    kc, a, bp, bs, c, ldc, mr, nr, acc, bcopy = fn.args
+    kc, a, aks, ais, bp, bs, c, ldc, mr, nr, acc, bcopy = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     fma = declare(module, f"llvm.fma.v{V}{'f32' if E == 4 else 'f64'}", ir.FunctionType(vt, [vt, vt, vt]))
-    slots = [[alloca_once(b, vt, f"acc{i}_{j}") for j in range(NRV)] for i in range(MR)]
+    slots = [[alloca_once(b, vt, f"acc{i}_{j}") for j in range(NRV)] for i in range(R)]
     zero = ir.Constant(vt, [ir.Constant(T, 0.0)] * V)
     for row in slots:
         for s in row:
             b.store(zero, s)
+    a_rows = [b.mul(I64(i), ais) for i in range(R)] if strided_a else [I64(i) for i in range(R)]
 
     def steps(k0, count):
         accs = [[b.load(s) for s in row] for row in slots]
@@ -140,9 +166,9 @@ def define_microkernel(module: ir.Module, bl: Blocking, nrv: int, copy_b: bool =
                 crow = gep(b, bcopy, b.mul(k, I64(NR)))
                 for j in range(NRV):
                     store_vec(b, bv[j], gep(b, crow, I64(j * V)), E)
-            arow = gep(b, a, b.mul(k, I64(MR)))
-            for i in range(MR):
-                av = splat(b, b.load(gep(b, arow, I64(i))), V)
+            arow = gep(b, a, b.mul(k, aks if strided_a else I64(MR)))
+            for i in range(R):
+                av = splat(b, b.load(gep(b, arow, a_rows[i])), V)
                 for j in range(NRV):
                     if bl.fma:
                         accs[i][j] = b.call(fma, [av, bv[j], accs[i][j]])
@@ -158,36 +184,46 @@ def define_microkernel(module: ir.Module, bl: Blocking, nrv: int, copy_b: bool =
     with for_range(b, kc, start=kmain, name="kr") as k:
         steps(k, 1)
 
-    full = b.and_(b.icmp_signed("==", mr, I64(MR)), b.icmp_signed("==", nr, I64(NR)))
+    full = b.and_(b.icmp_signed("==", mr, I64(R)), b.icmp_signed("==", nr, I64(NR)))
+    masks = None
     with b.if_else(full, likely=True) as (then, otherwise):
         with then:                                   # whole tile: vector stores into C
-            with b.if_else(acc) as (add, overwrite):
-                for branch, accumulate in ((add, True), (overwrite, False)):
-                    with branch:
-                        for i in range(MR):
-                            crow = gep(b, c, b.mul(I64(i), ldc))
-                            for j in range(NRV):
-                                p = gep(b, crow, I64(j * V))
-                                val = b.load(slots[i][j])
-                                if accumulate:
-                                    val = b.fadd(val, load_vec(b, p, V, E))
-                                store_vec(b, val, p, E)
-        with otherwise:                              # edge tile: through a stack tile
-            tile = alloca_once(b, T, "tile", size=I64(MR * NR))
-            tile.align = 64
-            for i in range(MR):
-                for j in range(NRV):
-                    store_vec(b, b.load(slots[i][j]), gep(b, tile, I64(i * NR + j * V)), E)
-            with for_range(b, mr, name="ei") as i:
-                crow = gep(b, c, b.mul(i, ldc))
-                trow = gep(b, tile, b.mul(i, I64(NR)))
-                with for_range(b, nr, name="ej") as j:
-                    p = gep(b, crow, j)
-                    val = b.load(gep(b, trow, j))
-                    old = b.load(p)
-                    b.store(b.select(acc, b.fadd(val, old), val), p)
+            _store_rows(b, slots, c, ldc, acc, E, None, None)
+        with otherwise:                              # edge tile: rows < mr, masked lanes
+            masks = lane_masks(b, nr, NRV, V)
+            _store_rows(b, slots, c, ldc, acc, E, mr, masks)
     b.ret_void()
     return fn
+
+
+def _store_rows(b, slots, c, ldc, acc, E, mr, masks):
+    """C rows (+)= the accumulators; ``mr``/``masks`` given: only rows < mr, masked lanes."""
+    module = b.module
+    with b.if_else(acc) as (add, overwrite):
+        for branch, accumulate in ((add, True), (overwrite, False)):
+            with branch:
+                for i, row in enumerate(slots):
+                    def one_row(i=i, row=row):
+                        crow = gep(b, c, b.mul(I64(i), ldc))
+                        for j, s in enumerate(row):
+                            val = b.load(s)
+                            vt = val.type
+                            p = gep(b, crow, I64(j * vt.count))
+                            if masks is None:
+                                if accumulate:
+                                    val = b.fadd(val, load_vec(b, p, vt.count, E))
+                                store_vec(b, val, p, E)
+                                continue
+                            vp = b.bitcast(p, vt.as_pointer())
+                            if accumulate:
+                                zero = ir.Constant(vt, [ir.Constant(vt.element, 0.0)] * vt.count)
+                                val = b.fadd(val, b.call(_masked(module, "load", vt), [vp, I32(E), masks[j], zero]))
+                            b.call(_masked(module, "store", vt), [val, vp, I32(E), masks[j]])
+                    if mr is None:
+                        one_row()
+                    else:
+                        with b.if_then(b.icmp_signed(">", mr, I64(i))):
+                            one_row()
 
 
 def transpose(b: ir.IRBuilder, rows: list) -> list:
