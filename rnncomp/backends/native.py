@@ -36,6 +36,7 @@ from .llvm import gemm
 from .llvm.builder import I64, for_range
 from .llvm.exprgen import unsupported
 from .llvm.jit import HostTarget, compile_keyed
+from . import native_fast
 from .native_emit import _DT, Gen, Layout, units_of
 from .validate import check_call, initial_states, step_weights
 
@@ -95,6 +96,15 @@ class NativeModel:
                                  ctypes.c_void_p)
         self._fwd = proto(self.lib.address("forward"))
         self._bwdfn = proto(self.lib.address("backward")) if self.bwd is not None else None
+        # what native_fast checks a call against
+        self._fast_path = self.bwd is not None
+        self._param_specs = [(p, self.param_slot[p], s if isinstance(s, tuple) else (s,))
+                             for p, s in st.params.items()]
+        self._io_specs = [(name, self.io_slot[name], n)
+                          for name, n in list(st.inputs.items()) + list(st.targets.items())]
+        self._input_names, self._target_names = list(st.inputs), list(st.targets)
+        self._state_names = list(st.states)
+        self._leaf_only: dict = {}
 
     # ------------------------------------------------------------------ layout
     def _transform(self):
@@ -407,21 +417,28 @@ class NativeModel:
         accumulated by ONE product (or one row loop) over the whole (``stackplan.grad_groups``)."""
         self.grad_groups = grad_groups(self.bwd, self._bwd_prog, self.views, self.deferred)
         self.grouped_params = {p for _, _, params, _ in self.grad_groups for p in params}
+        self._plan_grad_arena()
 
-    def _new_grads(self) -> dict:
-        """Zeroed gradient arrays; the parameters of a gradient group are adjacent in memory."""
+    def _plan_grad_arena(self):
+        """Where each gradient lives in one arena: the parameters of a gradient group are
+        adjacent.  ``_grad_specs``: (param, slot, offset, elements, shape) in arena order."""
         st, order = self.step, []
         for _, _, params, _ in self.grad_groups:
             order += params
         order += [p for p in st.params if p not in self.grouped_params]
-        sizes = [math.prod(st.params[p]) if isinstance(st.params[p], tuple) else st.params[p] for p in order]
-        arena = np.zeros(sum(sizes), dtype=self.dtype)
-        grads, at = {}, 0
-        for p, n in zip(order, sizes):
-            shape = st.params[p]
-            grads[p] = arena[at:at + n].reshape(shape if isinstance(shape, tuple) else (shape,))
+        self._grad_specs, at = [], 0
+        for p in order:
+            shape = st.params[p] if isinstance(st.params[p], tuple) else (st.params[p],)
+            n = math.prod(shape)
+            self._grad_specs.append((p, self.grad_slot[p], at, n, shape))
             at += n
-        return {p: grads[p] for p in st.params}
+        self._grad_elems = at
+
+    def _new_grads(self) -> dict:
+        """Zeroed gradient arrays laid out as :meth:`_plan_grad_arena` says."""
+        arena = np.zeros(self._grad_elems, dtype=self.dtype)
+        grads = {p: arena[at:at + n].reshape(shape) for p, _, at, n, shape in self._grad_specs}
+        return {p: grads[p] for p in self.step.params}
 
     def _check_grad_arena(self, arrays):
         """The native code writes a group's gradients through its first parameter's buffer."""
@@ -491,23 +508,31 @@ class NativeModel:
         return self.lib.asm()
 
     def _buffers(self, call, keep_bwd):
-        st, dt, B, T = self.step, self.dtype, call.B, call.T
-        arrays = [None] * len(self.layout.slots)
+        st = self.step
+        arrays, states, fwd = self._pooled_buffers(call.T, call.B)
         for p, k in self.param_slot.items():
             arrays[k] = call.params[p]
-        init = initial_states(st, call, dt)
-        states = {}
-        for s_, k in self.state_slot.items():
-            buf = self._scratch(f"state {s_}", (T + 1, B, st.states[s_]))
+        init = initial_states(st, call, self.dtype)
+        for s_, buf in states.items():
             buf[0] = init[s_]
-            arrays[k] = states[s_] = buf
         for name, k in self.io_slot.items():
             arrays[k] = call.inputs.get(name, call.targets.get(name))
             if arrays[k] is None:  # forward without targets: never read
-                arrays[k] = self._scratch(f"io {name}", (T, B, (st.inputs | st.targets)[name]))
+                arrays[k] = self._scratch(f"io {name}", (call.T, call.B, (st.inputs | st.targets)[name]))
+        return arrays, states, fwd
+
+    def _pooled_buffers(self, T, B):
+        """The buffers of a (T, B) call that come from this thread's pool (everything but the
+        parameters, inputs and targets, whose slots stay None): the arrays by slot, the state
+        buffers (T+1, B, n) and the kept forward values by key."""
+        st = self.step
+        arrays = [None] * len(self.layout.slots)
+        states = {}
+        for s_, k in self.state_slot.items():
+            arrays[k] = states[s_] = self._scratch(f"state {s_}", (T + 1, B, st.states[s_]))
         fwd = {}
-        for key, (k, n) in self.fwd_slot.items():
-            if arrays[k] is None:
+        for key, (k, n) in self.fwd_slot.items():  # computed values: never a state or io slot
+            if arrays[k] is None:  # the first member of a stacked whole
                 arrays[k] = self._scratch(k, (T, B, self.slot_width.get(k, n)))
             col = self.layout.where[key][4]
             fwd[key] = arrays[k][:, :, col:col + n]
@@ -553,7 +578,7 @@ class NativeModel:
         pool = getattr(self._pool, "bufs", None)
         if pool is None:
             pool = self._pool.bufs = {}
-            self._pool.views, self._pool.ptrs = {}, {}
+            self._pool.views, self._pool.ptrs, self._pool.gen = {}, {}, 0
         views = self._pool.views
         v = views.get((name, shape))
         if v is not None:  # the same view object every call: its address is known (see _run)
@@ -562,11 +587,13 @@ class NativeModel:
         a = pool.get(name)
         if a is None or a.size < size:  # grow only: a shorter segment reuses a prefix
             a = pool[name] = np.empty(size, dtype=self.dtype)
+            self._pool.gen += 1  # addresses changed: cached call frames are stale (native_fast)
             for k in [k for k in views if k[0] == name]:  # views of the old buffer: forget them
                 self._pool.ptrs.pop(id(views.pop(k)), None)
         if len(views) > 512:  # many (T, B) shapes: start afresh rather than grow without bound
             views.clear()
             self._pool.ptrs.clear()
+            self._pool.gen += 1
         v = views[(name, shape)] = a[:size].reshape(shape)
         self._pool.ptrs[id(v)] = v.ctypes.data
         return v
@@ -600,6 +627,10 @@ class NativeModel:
         st, dt = self.step, self.dtype
         if self.bwd is None:
             raise CallError(f"cell {st.name!r} has no loss (declare one with cell.loss)")
+        if self._fast_path:  # one native call pair, its buffers cached (backends/native_fast.py)
+            out = native_fast.loss_and_grad(self, params, inputs, targets, h0, mask, check_finite)
+            if out is not None:
+                return out
         call = check_call(st, dt, params, inputs, targets, h0, mask, need_targets=True,
                           check_finite=check_finite)
         w = np.ascontiguousarray(step_weights(call, dt))
@@ -612,6 +643,16 @@ class NativeModel:
         grads = {p: sum(r[1][p] for r in results) for p in st.params}
         final = {s: np.concatenate([r[2][s] for r in results]) for s in st.states}
         return loss, grads, final
+
+    def _single_leaf(self, T, B) -> bool:
+        """Whether ``memory=`` keeps every step of a (T, B) call: one forward, one backward."""
+        one = self._leaf_only.get((T, B))
+        if one is None:
+            if len(self._leaf_only) > 64:
+                self._leaf_only.clear()
+            acts = self.memory_plan(T, B).actions
+            one = self._leaf_only[(T, B)] = [a[0] for a in acts] == ["leaf"] and acts[0][1:3] == (0, T)
+        return one
 
     def _split(self, B):
         n = min(self.threads, B // self.min_batch_per_thread) if self.threads > 1 else 1

@@ -1,0 +1,155 @@
+"""The thin call path of the native backend (backends/native_fast.py) against the general
+one: the same compiled model computes the same loss, gradients and final states either way
+(bit for bit: the same native code runs on the same values), and every call the thin path
+does not take still gets the general path's checks and messages."""
+import threading
+
+import numpy as np
+import pytest
+
+import rnncomp as rc
+from rnncomp.backends import native_fast
+from rnncomp.errors import CallError
+from test_custom_cells import jordan_with_xent, many_functions
+
+
+def _data(cell, T, B, seed=0, dtype="float64"):
+    rng = np.random.default_rng(seed)
+    st = cell.step
+    params = {k: v.astype(dtype) for k, v in cell.init_params(seed).items()}
+    x = {k: rng.normal(size=(T, B, n)).astype(dtype) for k, n in st.inputs.items()}
+    y = {k: rng.normal(size=(T, B, n)).astype(dtype) for k, n in st.targets.items()}
+    if cell.name == "jordan_xent":  # softmax cross-entropy: targets are distributions
+        y = {k: np.abs(v) / np.abs(v).sum(-1, keepdims=True) for k, v in y.items()}
+    return params, x, y
+
+
+def _both(model, *args, **kw):
+    """(thin path result, general path result) of one call, and whether the thin one ran."""
+    ran = []
+    real = native_fast.loss_and_grad
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        ran.append(out is not None)
+        return out
+
+    native_fast.loss_and_grad = spy
+    try:
+        fast = model.loss_and_grad(*args, **kw)
+    finally:
+        native_fast.loss_and_grad = real
+    model._fast_path = False
+    try:
+        slow = model.loss_and_grad(*args, **kw)
+    finally:
+        model._fast_path = True
+    return fast, slow, ran == [True]
+
+
+def _equal(a, b):
+    assert a[0] == b[0]
+    assert a[1].keys() == b[1].keys() and a[2].keys() == b[2].keys()
+    for k in a[1]:
+        np.testing.assert_array_equal(a[1][k], b[1][k], err_msg=f"gradient {k}")
+    for k in a[2]:
+        np.testing.assert_array_equal(a[2][k], b[2][k], err_msg=f"final state {k}")
+
+
+CELLS = [("elman", lambda: rc.cells.get("elman")(3, 5, 2)),
+         ("lstm", lambda: rc.cells.get("lstm")(3, 6, 2)),  # stacked gates: a gradient group
+         ("learned h0", many_functions),
+         ("jordan xent", jordan_with_xent)]
+
+
+@pytest.mark.parametrize("name,make", CELLS, ids=[c[0] for c in CELLS])
+def test_thin_path_equals_general_path(name, make):
+    cell = make()
+    m = rc.compile(cell, backend="native", threads=1)
+    for T, B in [(7, 3), (1, 1), (12, 2), (7, 3)]:  # a repeated shape reuses its frame
+        params, x, y = _data(cell, T, B, seed=T + B)
+        fast, slow, took = _both(m, params, x, y)
+        assert took, f"{name}: the thin path did not take a plain call"
+        _equal(fast, slow)
+        h0 = {s: np.random.default_rng(1).normal(size=(B, n)) for s, n in cell.step.states.items()}
+        fast, slow, took = _both(m, params, x, y, h0=h0)
+        assert took
+        _equal(fast, slow)
+
+
+def test_results_are_fresh_arrays():
+    """Each call returns new gradient and state arrays: a later call never changes them."""
+    cell = rc.cells.get("gru")(3, 4, 2)
+    m = rc.compile(cell, backend="native", threads=1)
+    p1, x1, y1 = _data(cell, 5, 2, seed=1)
+    p2, x2, y2 = _data(cell, 5, 2, seed=2)
+    loss, grads, final = m.loss_and_grad(p1, x1, y1)
+    kept = ({k: v.copy() for k, v in grads.items()}, {k: v.copy() for k, v in final.items()})
+    m.loss_and_grad(p2, x2, y2)
+    for k in grads:
+        np.testing.assert_array_equal(grads[k], kept[0][k])
+    for k in final:
+        np.testing.assert_array_equal(final[k], kept[1][k])
+
+
+def test_frames_follow_grown_buffers():
+    """A longer call (or forward) grows the pooled buffers: cached frames are rebuilt, and a
+    call of the first shape still gives the general path's answer."""
+    cell = rc.cells.get("lstm")(3, 4, 2)
+    m = rc.compile(cell, backend="native", threads=1)
+    short, long_ = _data(cell, 4, 2, seed=3), _data(cell, 40, 5, seed=4)
+    before = m.loss_and_grad(*short)
+    m.loss_and_grad(*long_)
+    m.forward(long_[0], long_[1])
+    after, slow, took = _both(m, *short)
+    assert took
+    _equal(after, before)
+    _equal(after, slow)
+
+
+def test_calls_the_thin_path_leaves_to_the_general_one():
+    cell = rc.cells.get("elman")(3, 5, 2)
+    m = rc.compile(cell, backend="native", threads=1)
+    params, x, y = _data(cell, 6, 4)
+    mask = np.ones((6, 4))
+    mask[3:, 1] = 0
+    fast, slow, took = _both(m, params, x, y, mask=mask)
+    assert not took  # a mask: the general path weighs the steps
+    _equal(fast, slow)
+    strided = {"x": np.asfortranarray(x["x"])}
+    fast, slow, took = _both(m, params, strided, y)
+    assert not took  # copied by the general path, never read with the wrong strides
+    _equal(fast, slow)
+    _equal(fast, m.loss_and_grad(params, x, y))
+    bad = dict(params, W=params["W"].copy())
+    bad["W"][1, 2] = np.nan
+    with pytest.raises(CallError, match=r"params\['W'\] contains nan at index \(1, 2\)"):
+        m.loss_and_grad(bad, x, y)
+    with pytest.raises(CallError, match="dtype float32"):
+        m.loss_and_grad({k: v.astype(np.float32) for k, v in params.items()}, x, y)
+    with pytest.raises(CallError, match="missing targets"):
+        m.loss_and_grad(params, x, {})
+    with pytest.raises(CallError, match=r"h0\['h'\] has shape \(3, 5\), expected \(4, 5\)"):
+        m.loss_and_grad(params, x, y, h0={"h": np.zeros((3, 5))})
+
+
+def test_threads_each_use_their_own_frame():
+    cell = rc.cells.get("lstm")(3, 6, 2)
+    m = rc.compile(cell, backend="native", threads=1)
+    data = [_data(cell, 9, 2, seed=s) for s in range(4)]
+    expect = [m.loss_and_grad(*d) for d in data]
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(20):
+                _equal(m.loss_and_grad(*data[i]), expect[i])
+        except Exception as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
