@@ -21,7 +21,8 @@ def test_markdown_python_blocks_run(doc):
 
 @pytest.mark.parametrize("mod", ["rnncomp.dsl", "rnncomp.functions", "rnncomp.graph", "rnncomp.ops",
                                  "rnncomp.cells", "rnncomp.printing", "rnncomp.backends.llvm.jit",
-                                 "rnncomp.backends.llvm.builder", "rnncomp.backends.llvm.gemm", "rnncomp.memory", "rnncomp.stacking",
+                                 "rnncomp.backends.llvm.builder", "rnncomp.backends.llvm.gemm",
+                                 "rnncomp.backends.llvm.finite", "rnncomp.memory", "rnncomp.stacking",
                                  "rnncomp.schedules", "rnncomp.inspect.memory",
                                  "rnncomp.train.optim", "rnncomp.train.trainer", "rnncomp.train.tasks",
                                  "rnncomp.train.data", "rnncomp.train.plot", "rnncomp.train.text"])

@@ -153,3 +153,31 @@ def test_threads_each_use_their_own_frame():
     for t in threads:
         t.join()
     assert not errors, errors[0]
+
+
+def test_split_batch_equals_general_path_and_reports_bad_values():
+    """threads=2 splits the batch: each slice runs the thin path on its own core."""
+    cell = many_functions()  # a learned initial state: its gradient sums over both slices
+    m = rc.compile(cell, backend="native", threads=2)
+    params, x, y = _data(cell, 6, 17, seed=5)
+    assert len(m._split(17)) == 2
+    fast, slow, took = _both(m, params, x, y)
+    assert took
+    _equal(fast, slow)
+    x["x"][4, 16, 2] = np.inf  # in the second slice
+    with pytest.raises(CallError, match=r"inputs\['x'\] contains inf at index \(4, 16, 2\)"):
+        m.loss_and_grad(params, x, y)
+
+
+def test_arrays_changed_in_place_are_read_again():
+    """The thin path remembers the addresses of the last call's arrays, never their values."""
+    cell = rc.cells.get("elman")(3, 5, 2)
+    m = rc.compile(cell, backend="native", threads=1)
+    params, x, y = _data(cell, 5, 2, seed=6)
+    first = m.loss_and_grad(params, x, y)
+    params["U"] *= 0.5
+    x["x"] += 1.0
+    second = m.loss_and_grad(params, x, y)
+    m._fast_path = False
+    _equal(second, m.loss_and_grad(params, x, y))
+    assert second[0] != first[0]

@@ -35,6 +35,7 @@ from .stackplan import grad_groups, stack_step
 from .llvm import gemm
 from .llvm.builder import I64, for_range
 from .llvm.exprgen import unsupported
+from .llvm.finite import define_first_nonfinite
 from .llvm.jit import HostTarget, compile_keyed
 from . import native_fast
 from .native_emit import _DT, Gen, Layout, units_of
@@ -97,6 +98,8 @@ class NativeModel:
         self._fwd = proto(self.lib.address("forward"))
         self._bwdfn = proto(self.lib.address("backward")) if self.bwd is not None else None
         # what native_fast checks a call against
+        self._first_nonfinite = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p)(
+            self.lib.address("first_nonfinite"))
         self._fast_path = self.bwd is not None
         self._param_specs = [(p, self.param_slot[p], s if isinstance(s, tuple) else (s,))
                              for p, s in st.params.items()]
@@ -300,6 +303,7 @@ class NativeModel:
         module = ir.Module(name=f"rnncomp_{self.step.name}")
         module.triple = self.host.triple
         self._gen_forward(module)
+        define_first_nonfinite(module, "first_nonfinite", str(self.dtype))  # native_fast's check
         if self.bwd is not None:
             self._gen_backward(module)
             self._gen_advance(module)  # memory schedules: the state chain only

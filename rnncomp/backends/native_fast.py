@@ -1,6 +1,6 @@
-"""The thin path of ``NativeModel.loss_and_grad``: a training call that one forward and one
-backward native call cover (the batch is not split across threads, and the memory
-schedule keeps every step).
+"""The thin path of ``NativeModel.loss_and_grad``: a training call whose memory schedule
+keeps every step, so that one forward and one backward native call cover it (per batch
+slice, when ``threads=`` splits the batch across cores).
 
 The general path (``NativeModel._loss_and_grad``) rebuilds, on every call, the list of
 the call's buffers and their ctypes pointer array, runs the checkpoint plan and
@@ -8,7 +8,7 @@ validates through :func:`.validate.check_call`.  That is ~130 µs of Python, mor
 three times the native work of a small Elman cell (B = 1, T = 100).  Here a
 :class:`Frame` is kept per thread and per (T, B): the pooled buffers and a pointer array
 that already holds their addresses.  A call checks the caller's arrays (dtype, shape,
-contiguity, finiteness), writes their addresses and those of fresh gradient arrays into
+contiguity, and finiteness in one native call), writes their addresses and those of fresh gradient arrays into
 the frame, and runs the two entry points.
 
 Anything this path does not take -- a mask, a wrong, non-contiguous or non-finite
@@ -28,10 +28,11 @@ MAX_FRAMES = 16
 class Frame:
     """One thread's buffers of a (T, B) training call and their pointer array."""
 
-    def __init__(self, model, T: int, B: int):
+    def __init__(self, model, T: int, B: int, B_total: int):
         st = model.step
         arrays, states, fwd = model._pooled_buffers(T, B)
-        self.ws = np.full((T, B), 1.0 / (T * B), dtype=model.dtype)  # step weights, no mask
+        # the step weights of a mean over the whole batch (B_total rows, of which B are here)
+        self.ws = np.full((T, B), 1.0 / (T * B_total), dtype=model.dtype)
         model._bwd_arrays(arrays, T, B, self.ws)
         big = max([int(np.prod(s)) for s in st.params.values() if isinstance(s, tuple)] + [1])
         arrays[model.tmp_slot] = model._scratch("outer tmp", (big,))
@@ -42,27 +43,41 @@ class Frame:
         self.arrays = arrays  # keeps the pooled views (and so their addresses) alive
         self.ptrs = (ctypes.c_void_p * len(arrays))(*[None if a is None else a.ctypes.data for a in arrays])
         self.gen = model._pool.gen
+        # the caller's arrays: parameters then inputs/targets, as in model._param_specs, _io_specs
+        sizes = [int(np.prod(shp)) for _, _, shp in model._param_specs] + [T * B * n for _, _, n in model._io_specs]
+        self.slots = [k for _, k, _ in model._param_specs] + [k for _, k, _ in model._io_specs]
+        self.check_ptrs = (ctypes.c_void_p * len(sizes))()  # what the finiteness check reads
+        self.check_counts = (ctypes.c_int64 * len(sizes))(*sizes)
+        self.last = [None] * len(sizes)  # the arrays of the last call (their addresses are known)
 
 
-def _frame(model, T, B):
-    pool = model._pool
+def _frame(model, T, B, B_total):
+    """This thread's frame of a (T, B) slice of a batch of B_total."""
+    pool, key = model._pool, (T, B, B_total)
     frames = getattr(pool, "frames", None)
     if frames is None:
         frames = pool.frames = {}
-    fr = frames.get((T, B))
+    fr = frames.get(key)
     if fr is not None and fr.gen == getattr(pool, "gen", -1):
         return fr
     if fr is not None or len(frames) >= MAX_FRAMES:  # buffers moved: every frame is stale
         frames.clear()
-    fr = frames[(T, B)] = Frame(model, T, B)
+    fr = frames[key] = Frame(model, T, B, B_total)
     if fr.gen != pool.gen:  # building it grew the pool (the tmp or work buffer): rebuild once
-        fr = frames[(T, B)] = Frame(model, T, B)
+        fr = frames[key] = Frame(model, T, B, B_total)
     return fr
 
 
-def _ok(a, shape, dt, check_finite) -> bool:
-    return (type(a) is np.ndarray and a.dtype == dt and a.shape == shape and a.flags.c_contiguous
-            and (not check_finite or bool(np.isfinite(a).all())))
+def _ok(a, shape, dt) -> bool:
+    return type(a) is np.ndarray and a.dtype == dt and a.shape == shape and a.flags.c_contiguous
+
+
+def _all_finite(model, arrays) -> bool:
+    """Every element of every array finite: one native call (``llvm/finite.py``)."""
+    n = len(arrays)
+    ptrs = (ctypes.c_void_p * n)(*[a.ctypes.data for a in arrays])
+    counts = (ctypes.c_int64 * n)(*[a.size for a in arrays])
+    return model._first_nonfinite(n, ptrs, counts) < 0
 
 
 def _named(value, names):
@@ -92,24 +107,57 @@ def loss_and_grad(model, params, inputs, targets, h0, mask, check_finite):
     if len(shape) != 3 or shape[0] == 0 or shape[1] == 0:
         return None
     T, B = shape[0], shape[1]
-    if len(model._split(B)) != 1 or not model._single_leaf(T, B):
+    if not model._single_leaf(T, B):
         return None
-    fr = _frame(model, T, B)
-    ptrs = fr.ptrs
-    for name, k, shp in model._param_specs:
-        a = params.get(name)
-        if not _ok(a, shp, dt, check_finite):
+    for name, _, shp in model._param_specs:
+        if not _ok(params.get(name), shp, dt):
             return None
-        ptrs[k] = a.ctypes.data
-    for name, k, n in model._io_specs:
-        a = inputs.get(name) if name in st.inputs else targets.get(name)
-        if not _ok(a, (T, B, n), dt, check_finite):
+    io = {}
+    for name, _, n in model._io_specs:
+        a = io[name] = inputs.get(name) if name in st.inputs else targets.get(name)
+        if not _ok(a, (T, B, n), dt):
             return None
-        ptrs[k] = a.ctypes.data
     for name, a in h0.items():
         n = st.states.get(name)
-        if n is None or not _ok(a, (B, n), dt, check_finite):
+        if n is None or not _ok(a, (B, n), dt):
             return None
+    if check_finite and h0 and not _all_finite(model, list(h0.values())):
+        return None  # the general path finds the element and reports it
+    parts = model._split(B)
+    if len(parts) == 1:
+        return _run(model, T, B, B, params, io, h0, check_finite)
+
+    def part(sl):  # a batch slice on its own core: contiguous copies of its rows
+        return _run(model, T, sl.stop - sl.start, B, params,
+                    {k: np.ascontiguousarray(v[:, sl]) for k, v in io.items()},
+                    {k: np.ascontiguousarray(v[sl]) for k, v in h0.items()}, check_finite)
+
+    # the other slices go to the pool; this thread runs the first one meanwhile
+    futures = [model._executor().submit(part, sl) for sl in parts[1:]]
+    results = [part(parts[0])] + [f.result() for f in futures]
+    if any(r is None for r in results):
+        return None
+    grads = results[0][1]
+    for r in results[1:]:
+        for p, g in r[1].items():
+            grads[p] += g
+    return (sum(r[0] for r in results), grads,
+            {s_: np.concatenate([r[2][s_] for r in results]) for s_ in st.states})
+
+
+def _run(model, T, B, B_total, params, io, h0, check_finite):
+    """One forward and one backward native call on checked arrays, in this thread's frame
+    (None if ``check_finite`` finds a NaN or infinity: the general path reports it)."""
+    st, dt = model.step, model.dtype
+    fr = _frame(model, T, B, B_total)
+    ptrs, last, check = fr.ptrs, fr.last, fr.check_ptrs
+    arrays = [params[name] for name, _, _ in model._param_specs] + [io[name] for name, _, _ in model._io_specs]
+    for i, (a, k) in enumerate(zip(arrays, fr.slots)):
+        if a is not last[i]:  # an array object's address never changes while it is held
+            last[i] = a
+            check[i] = ptrs[k] = a.ctypes.data
+    if check_finite and model._first_nonfinite(len(arrays), check, fr.check_counts) >= 0:
+        return None
     # initial states, fresh gradient arrays, zeroed carries and prologue flags
     for s_, buf in fr.states.items():
         a = h0.get(s_)
