@@ -86,13 +86,8 @@ class NativeModel:
         self._transform()
         self._build_layout()
         self._plan()
-        try:
-            self.lib = compile_keyed(self._cache_description(), self._build_module, cache=cache,
-                                     host=self.host)
-        except CompileError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any LLVM failure becomes a clear error
-            raise CompileError(f"cell {st.name!r}: LLVM failed to compile: {exc}") from None
+        self._cache, self._adv_lock = cache, threading.Lock()
+        self.lib = self._compile(self._cache_description(), self._build_module)
         proto = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(ctypes.c_void_p),
                                  ctypes.c_void_p)
         self._fwd = proto(self.lib.address("forward"))
@@ -107,7 +102,6 @@ class NativeModel:
                           for name, n in list(st.inputs.items()) + list(st.targets.items())]
         self._input_names, self._target_names = list(st.inputs), list(st.targets)
         self._state_names = list(st.states)
-        self._leaf_only: dict = {}
 
     # ------------------------------------------------------------------ layout
     def _transform(self):
@@ -299,6 +293,14 @@ class NativeModel:
         self.scratch_slot = k
         self.prologue_slot = self.layout.slot("prologue flags")
 
+    def _compile(self, key, build):
+        try:
+            return compile_keyed(key, build, cache=self._cache, host=self.host)
+        except CompileError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any LLVM failure becomes a clear error
+            raise CompileError(f"cell {self.step.name!r}: LLVM failed to compile: {exc}") from None
+
     def _build_module(self):
         module = ir.Module(name=f"rnncomp_{self.step.name}")
         module.triple = self.host.triple
@@ -306,8 +308,21 @@ class NativeModel:
         define_first_nonfinite(module, "first_nonfinite", str(self.dtype))  # native_fast's check
         if self.bwd is not None:
             self._gen_backward(module)
-            self._gen_advance(module)  # memory schedules: the state chain only
         return module
+
+    def _advance_lib(self):
+        """The module of the "advance" entry (memory schedules: the state chain only),
+        compiled on first use: most models never checkpoint, and it costs ~30% of a compile."""
+        with self._adv_lock:
+            lib = self.__dict__.get("_advlib")
+            if lib is None:
+                def build():
+                    module = ir.Module(name=f"rnncomp_{self.step.name}_advance")
+                    module.triple = self.host.triple
+                    self._gen_advance(module)
+                    return module
+                lib = self._advlib = self._compile(self._cache_description() + "\nentry: advance", build)
+            return lib
 
     def _cache_description(self) -> str:
         """Everything the generated code depends on: programs, layout, options, code version."""
@@ -648,6 +663,19 @@ class NativeModel:
         final = {s: np.concatenate([r[2][s] for r in results]) for s in st.states}
         return loss, grads, final
 
+    @property
+    def memory(self):
+        """The activation-memory schedule (``memory=`` of :func:`rnncomp.compile`).  It only
+        decides which steps' buffers a training call keeps, not the code: assigning a new one
+        (``model.memory = rc.Every(10)``) takes effect at the next call, with no recompile."""
+        return self._memory
+
+    @memory.setter
+    def memory(self, value):
+        self._memory = schedule(value)
+        self.__dict__.pop("_plans", None)
+        self._leaf_only = {}
+
     def _single_leaf(self, T, B) -> bool:
         """Whether ``memory=`` keeps every step of a (T, B) call: one forward, one backward."""
         one = self._leaf_only.get((T, B))
@@ -742,7 +770,7 @@ class NativeModel:
         if fn is None:
             proto = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(ctypes.c_void_p),
                                      ctypes.c_void_p)
-            fn = self._advfn = proto(self.lib.address("advance"))
+            fn = self._advfn = proto(self._advance_lib().address("advance"))
         return fn
 
     def _gen_advance(self, module):
