@@ -374,6 +374,15 @@ def check_cell(cell, T, B, seed, mask_kind=None, h0_kind="none", opts=None, stat
                         grad_after=True, threads=2)
         on.min_batch_per_thread = 1  # split even tiny batches across the two threads
         got = compare64(on, "native float64 (all on)")
+        # the general call path (checkpoint runner) gives the thin path's answer bit for bit
+        # (a masked call takes the general path either way)
+        on._fast_path = False
+        _assert_close(on.loss_and_grad(params, inputs, targets, **kw), got, 0.0, "general vs thin call path")
+        # memory schedules: recomputed segments give the stored run's answer (segments change
+        # only the summation order of grad_after's products)
+        on.memory = rc.Every(max(1, T // 2)) if seed % 2 else rc.Binomial(1)
+        _assert_close(on.loss_and_grad(params, inputs, targets, **kw), got, OFF_ON_RTOL,
+                      f"memory={on.memory} vs every step stored", floor=1e-13)
 
     # 4. every optimisation off == on
     if "off" in native:
