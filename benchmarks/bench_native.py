@@ -320,6 +320,10 @@ def main(args):
 
         r = {"case": label, "id": case_id, "cell": kind, "D": D, "H": H, "B": B, "T": T,
              "threads": N, "compile_s": compile_s, "flops": training_flops(cell, B, T)}
+        # OpenBLAS's worker threads spin for a while after a call (the reference executor's
+        # check above, the previous case's NumPy timing) and took the second core: Elman
+        # H=128 with 2 threads measured 4.0 ms right after a NumPy call, 2.2 ms after 0.1 s
+        time.sleep(0.5)
         r["native_1t_ms"] = 1e3 * median_time(lambda: native1.loss_and_grad(params, x, y), reps, budget)
         r["native_ms"] = (1e3 * median_time(lambda: nativeN.loss_and_grad(params, x, y), reps, budget)
                           if N > 1 else r["native_1t_ms"])
