@@ -219,23 +219,7 @@ class Gen:
         mx = alloca_once(b, self.ty, "max")
         with for_range(b, self.B, name="b") as bi:
             row = b.gep(v, [b.mul(bi, I64(ld_in or n))])
-            b.store(ir.Constant(self.ty, float("-inf") if lse else 0.0), mx)
-            if lse:
-                with for_range(b, I64(n), name="j") as j:
-                    x = b.load(b.gep(row, [j]))
-                    b.store(b.select(b.fcmp_ordered(">", x, b.load(mx)), x, b.load(mx)), mx)
-                m = b.load(mx)
-                m = b.select(b.fcmp_ordered("==", m, ir.Constant(self.ty, float("-inf"))),
-                             ir.Constant(self.ty, 0.0), m)
-            b.store(ir.Constant(self.ty, 0.0), acc)
-            with for_range(b, I64(n), name="j") as j:
-                x = b.load(b.gep(row, [j]))
-                if lse:
-                    x = vecmath.emit(b, "exp", [b.fsub(x, m)])
-                b.store(b.fadd(b.load(acc), x), acc)
-            r = b.load(acc)
-            if lse:
-                r = b.fadd(m, vecmath.emit(b, "log", [r]))
+            r = vecmath.emit_row_reduce(b, row, n, lse, acc, mx)
             b.store(r, b.gep(out, [b.mul(bi, I64(ld_out)) if ld_out != 1 else bi]))
 
 

@@ -58,6 +58,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from ...errors import CompileError
+from .builder import for_range
 from .vecmath_core import Ctx
 from .vecmath_explog import (emit_exp, emit_expm1, emit_log, emit_log1p, emit_pow, emit_sigmoid,
                              emit_softplus, emit_tanh)
@@ -112,3 +113,28 @@ def emit(builder: ir.IRBuilder, name: str, args: list[ir.Value]) -> ir.Value:
         raise CompileError(f"vecmath: {name}: {exc}") from None
     fn = _UNARY.get(name) or _BINARY[name]
     return fn(c, *args)
+
+
+def emit_row_reduce(b: ir.IRBuilder, row, n: int, lse: bool, acc, mx) -> ir.Value:
+    """``Σ_j row[j]`` over ``n`` elements at ``row`` or, ``lse``, the stable ``log Σ_j exp``
+    (shifted by the row's maximum; a row of -inf gives -inf, not NaN).  ``acc`` and ``mx``
+    are scalar allocas (``mx`` is read only for ``lse``).  Shared by the native and PTX
+    backends (one thread per row there, a loop over rows here)."""
+    ty = row.type.pointee
+    m = None
+    if lse:
+        b.store(ir.Constant(ty, float("-inf")), mx)
+        with for_range(b, ir.IntType(64)(n), name="j") as j:
+            x = b.load(b.gep(row, [j], inbounds=True))
+            cur = b.load(mx)
+            b.store(b.select(b.fcmp_ordered(">", x, cur), x, cur), mx)
+        m = b.load(mx)
+        m = b.select(b.fcmp_ordered("==", m, ir.Constant(ty, float("-inf"))), ir.Constant(ty, 0.0), m)
+    b.store(ir.Constant(ty, 0.0), acc)
+    with for_range(b, ir.IntType(64)(n), name="j") as j:
+        x = b.load(b.gep(row, [j], inbounds=True))
+        if lse:
+            x = emit(b, "exp", [b.fsub(x, m)])
+        b.store(b.fadd(b.load(acc), x), acc)
+    r = b.load(acc)
+    return b.fadd(m, emit(b, "log", [r])) if lse else r

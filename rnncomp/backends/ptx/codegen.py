@@ -251,24 +251,7 @@ class KernelSet:
             b = g.b
             v, out = ptrs
             row = b.gep(v, [b.mul(gid, I64(ld_in))], inbounds=True)
-            m = None
-            if lse:
-                mx = g.local_acc(float("-inf"))
-                with for_range(b, I64(n), name="j") as j:
-                    x = b.load(b.gep(row, [j], inbounds=True))
-                    cur = b.load(mx)
-                    b.store(b.select(b.fcmp_ordered(">", x, cur), x, cur), mx)
-                m = b.load(mx)
-                m = b.select(b.fcmp_ordered("==", m, g.const(float("-inf"))), g.const(0.0), m)
-            acc = g.local_acc()
-            with for_range(b, I64(n), name="j") as j:
-                x = b.load(b.gep(row, [j], inbounds=True))
-                if lse:
-                    x = vecmath.emit(b, "exp", [b.fsub(x, m)])
-                b.store(b.fadd(b.load(acc), x), acc)
-            r = b.load(acc)
-            if lse:
-                r = b.fadd(m, vecmath.emit(b, "log", [r]))
+            r = vecmath.emit_row_reduce(b, row, n, lse, g.local_acc(), g.local_acc(float("-inf")))
             b.store(r, b.gep(out, [g.row_index(gid, None, ld_out)], inbounds=True))
         return self.add("lse" if lse else "sum", 2, body, per_row=1, doc=doc)
 
