@@ -1,0 +1,230 @@
+"""The random cells and calls of the differential fuzzer (``tests/test_fuzz.py``).
+
+``fuzz_cells``: 1–3 states of sizes that include 1 and sizes that are not multiples of the
+SIMD width (8/16), 1–2 inputs, matrix / vector / scalar parameters, transposes, ``W - W.T``
+and ``(A + A.T)/2``, ``rc.vslice``/``rc.concat``/``rc.vsum``, stacked gates read through
+slices, gated and leaky updates, updates in a random order where each may read the new
+value of any state updated before it (and outputs computed from those), a Jordan state fed
+from the output y (read as y[t-1]), learned initial states, element-wise trees over smooth
+functions and the kinked Abs / Max / Min / Piecewise (each kink argument also declared as
+an output ``kink<i>``), three losses.  ``calls``: T, B, a seed, an optional mask, which
+states get an h0, and random native options.  ``fuzz_data``: the arrays of one call.
+"""
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+from hypothesis import strategies as st
+
+import rnncomp as rc
+
+from gradcheck import random_data
+
+SIZES = [1, 1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17]          # 1 and non-multiples of 8/16
+BIG_SIZES = SIZES + [23, 31, 33, 40]
+
+SMOOTH = {
+    "tanh": sp.tanh,
+    "sigmoid": rc.sigmoid,
+    "softsign": rc.softsign,
+    "softplus": rc.softplus,
+    "gauss": lambda z: sp.exp(-z ** 2),
+    "sin": sp.sin,
+    "atan": sp.atan,
+    "gelu": rc.gelu,
+}
+BOUNDED = ["tanh", "sigmoid", "softsign", "atan", "sin"]
+KINKS = {  # f(u), the kink at u = 0
+    "abs": sp.Abs,
+    "max": lambda u: sp.Max(u, 0),
+    "min": lambda u: sp.Min(u, 0) / 2,
+    "leaky": lambda u: sp.Piecewise((u, u > 0), (u / 4, True)),
+}
+BINARY = {
+    "add": lambda a, b: a + b,
+    "mul": lambda a, b: a * b,
+    "sub": lambda a, b: a - b / 2,
+}
+LOSSES = ["mse", "xent", "cauchy"]
+
+
+class _Builder:
+    """Declares fresh parameters (P0, P1, ...) and kink outputs on one cell."""
+
+    def __init__(self, cell):
+        self.cell, self.n_params, self.n_kinks = cell, 0, 0
+
+    def param(self, shape, init=None):
+        self.n_params += 1
+        return self.cell.param(f"P{self.n_params}", shape, init=init)
+
+    def kink_output(self, expr):
+        self.n_kinks += 1
+        return self.cell.output(f"kink{self.n_kinks}", expr)
+
+
+def _size(cell, v):
+    name = v.name[:-4] if v.name.endswith(".new") else v.name
+    return cell.decls[name].shape
+
+
+@st.composite
+def projections(draw, b, sources, n):
+    """A size-n vector computed from one or two source vectors by a structural op."""
+    cell = b.cell
+    if len(sources) > 1 and draw(st.integers(0, 4)) == 0:  # M @ concat(a, b)
+        pair = draw(st.lists(st.sampled_from(sources), min_size=2, max_size=2, unique=True))
+        m = sum(_size(cell, s) for s in pair)
+        return b.param((n, m)) @ rc.concat(*pair)
+    src = draw(st.sampled_from(sources))
+    m = _size(cell, src)
+    kinds = ["mat", "mat", "matT"] + (["anti", "sym", "ident"] if m == n else []) \
+        + (["slice"] if m > n else []) + (["pad"] if m < n else [])
+    kind = draw(st.sampled_from(kinds))
+    if kind == "mat":
+        return b.param((n, m)) @ src
+    if kind == "matT":
+        return b.param((m, n)).T @ src
+    if kind == "anti":
+        W = b.param((n, n))
+        return (W - W.T) @ src
+    if kind == "sym":
+        A = b.param((n, n))
+        return (0.5 * (A + A.T)) @ src
+    if kind == "ident":
+        return src
+    if kind == "slice":
+        lo = draw(st.integers(0, m - n))
+        return rc.vslice(src, lo, lo + n)
+    pad = b.param(n - m, init=("normal", 0.3))
+    if draw(st.booleans()):  # a raw parameter as a structural operand, or an expression of one
+        pad = sp.tanh(pad)
+    return rc.concat(src, pad) if draw(st.booleans()) else rc.concat(pad, src)
+
+
+@st.composite
+def leaves(draw, b, sources, own, n, block):
+    kind = draw(st.sampled_from(["proj", "proj", "own", "bias", "scalar", "vsum"]
+                                + (["gate"] * 2 if block is not None else [])))
+    if kind == "proj":
+        return draw(projections(b, sources, n))
+    if kind == "own" and own is not None:
+        return own
+    if kind == "scalar":
+        return b.param(1, init=("constant", draw(st.sampled_from([0.5, -0.7, 1.3]))))
+    if kind == "vsum":
+        src = draw(st.sampled_from(sources))
+        return rc.vsum(src) / _size(b.cell, src)
+    if kind == "gate":
+        z, k = block
+        i = draw(st.integers(0, k - 1))
+        return rc.vslice(z, i * n, (i + 1) * n)
+    return b.param(n, init=("normal", 0.3))
+
+
+@st.composite
+def trees(draw, b, leaf, depth, kinks):
+    if depth == 0 or draw(st.integers(0, 2)) == 0:
+        return draw(leaf)
+    r = draw(st.integers(0, 5))
+    if r <= 1:
+        return SMOOTH[draw(st.sampled_from(sorted(SMOOTH)))](draw(trees(b, leaf, depth - 1, kinks)))
+    if r == 2 and kinks:
+        u = draw(trees(b, leaf, depth - 1, kinks)) - draw(st.sampled_from([0.3, -0.4, 0.55]))
+        return KINKS[draw(st.sampled_from(sorted(KINKS)))](b.kink_output(u))
+    return BINARY[draw(st.sampled_from(sorted(BINARY)))](draw(trees(b, leaf, depth - 1, kinks)),
+                                                        draw(trees(b, leaf, depth - 1, kinks)))
+
+
+@st.composite
+def fuzz_cells(draw, sizes=SIZES, max_states=3, max_depth=3, kinks=True):
+    cell = rc.Cell("fuzz")
+    b = _Builder(cell)
+    xs = [cell.input(f"x{i}", draw(st.sampled_from(sizes))) for i in range(draw(st.integers(1, 2)))]
+    n_states = draw(st.integers(1, max_states))
+    hs = [cell.state(f"h{i}", draw(st.sampled_from(sizes)),
+                     init=draw(st.sampled_from(["zeros", "zeros", "learn"]))) for i in range(n_states)]
+    ny = draw(st.integers(1, 4))
+    # Jordan: a state j fed from the output y (j[t] = y[t] or tanh(y[t])), read as j[t-1] = y[t-1]
+    jordan = cell.state("j", ny, init=draw(st.sampled_from(["zeros", "learn"]))) \
+        if draw(st.integers(0, 2)) == 0 else None
+    # the states' updates in a random order: each may read the new value of any state updated
+    # before it in that order (not only of those declared before it), and outputs of those
+    order = draw(st.permutations(range(n_states)))
+    mids = []  # outputs computed from new values within the step, readable by later updates
+    for k, i in enumerate(order):
+        h = hs[i]
+        n = cell.decls[h.name].shape
+        sources = xs + hs + [hs[j].new for j in order[:k]] + mids + ([jordan] if jordan is not None else [])
+        block = None
+        if draw(st.booleans()):  # stacked gates: z = M @ concat(...), read through vslice
+            k = draw(st.integers(1, 3))
+            src = draw(st.lists(st.sampled_from(sources), min_size=1, max_size=3, unique=True))
+            cat = rc.concat(*src) if len(src) > 1 else src[0]
+            z = cell.define(f"z{i}", b.param((k * n, sum(_size(cell, s) for s in src))) @ cat
+                            + b.param(k * n, init=("normal", 0.3)))
+            block = (z, k)
+        leaf = leaves(b, sources, h, n, block)
+        body = draw(projections(b, sources, n)) + draw(trees(b, leaf, draw(st.integers(0, max_depth)), kinks))
+        form = draw(st.sampled_from(["tanh", "gated", "leaky"]))
+        if form == "tanh":
+            cell.update(h, sp.tanh(body))
+        elif form == "gated":
+            g = rc.sigmoid(draw(projections(b, sources, n)) + b.param(n, init=("normal", 0.3)))
+            cell.update(h, g * h + (1 - g) * sp.tanh(body))
+        else:
+            squash = SMOOTH[draw(st.sampled_from(BOUNDED))]
+            cell.update(h, h / 2 + squash(body) / 2)
+        if draw(st.integers(0, 3)) == 0:  # an output of h[t], read by the updates after it
+            m = draw(st.sampled_from(sizes[:8]))
+            mids.append(cell.output(f"o{i}", sp.tanh(b.param((m, n)) @ h.new + b.param(m, init=("normal", 0.3)))))
+    reads = draw(st.lists(st.sampled_from([h.new for h in hs] + xs[:1]), min_size=1, max_size=2, unique=True))
+    if not any(r in [h.new for h in hs] for r in reads):
+        reads = [hs[-1].new] + reads
+    cat = rc.concat(*reads) if len(reads) > 1 else reads[0]
+    y = b.param((ny, sum(_size(cell, r) for r in reads))) @ cat
+    if draw(st.booleans()):
+        y = y + b.param(ny, init=("normal", 0.3))
+    y = cell.output("y", y)
+    if jordan is not None:
+        cell.update(jordan, y if draw(st.booleans()) else sp.tanh(y))
+    t = cell.target("t", ny)
+    loss = draw(st.sampled_from(LOSSES))
+    cell.loss({"mse": (y - t) ** 2 / 2, "xent": rc.softmax_xent(y, t),
+               "cauchy": sp.log(1 + (y - t) ** 2)}[loss])
+    cell._fuzz_loss = loss  # how to draw targets
+    return cell
+
+
+@st.composite
+def calls(draw, max_T=6, max_B=5):
+    """(T, B, seed, mask kind, which states get an h0, native float32 options)."""
+    T = draw(st.integers(1, max_T))
+    B = draw(st.integers(1, max_B))
+    mask = draw(st.sampled_from([None, None, "binary", "weights"]))
+    h0 = draw(st.sampled_from(["none", "none", "some", "all"]))
+    opts = {k: draw(st.booleans()) for k in ("hoist", "fuse", "pack", "grad_after", "stack")}
+    opts["threads"] = draw(st.sampled_from([1, 2]))
+    return T, B, draw(st.integers(0, 2 ** 16)), mask, h0, opts
+
+
+def fuzz_data(cell, T, B, seed, mask_kind, h0_kind):
+    params, inputs, targets = random_data(cell, T=T, B=B, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    if getattr(cell, "_fuzz_loss", None) == "xent":
+        (name, n), = cell.step.targets.items()
+        if rng.random() < 0.5:
+            targets = {name: np.eye(n)[rng.integers(0, n, (T, B))]}
+        else:
+            e = np.exp(rng.normal(size=(T, B, n)))
+            targets = {name: e / e.sum(-1, keepdims=True)}
+    mask = None
+    if mask_kind == "binary":
+        mask = (rng.random((T, B)) > 0.4).astype(float)
+        mask[rng.integers(0, T), rng.integers(0, B)] = 1.0
+    elif mask_kind == "weights":
+        mask = rng.uniform(0.1, 2.0, T)
+    states = list(cell.step.states)
+    chosen = {"none": [], "some": states[:1], "all": states}[h0_kind]
+    h0 = {s: rng.normal(0, 0.5, (B, cell.step.states[s])) for s in chosen}
+    return params, inputs, targets, mask, h0
