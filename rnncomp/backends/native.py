@@ -455,7 +455,8 @@ class NativeModel:
 
     def _new_grads(self) -> dict:
         """Zeroed gradient arrays laid out as :meth:`_plan_grad_arena` says."""
-        arena = np.zeros(self._grad_elems, dtype=self.dtype)
+        arena = gemm.aligned_empty(self._grad_elems, self.dtype)
+        arena.fill(0)
         grads = {p: arena[at:at + n].reshape(shape) for p, _, at, n, shape in self._grad_specs}
         return {p: grads[p] for p in self.step.params}
 
@@ -605,7 +606,7 @@ class NativeModel:
         size = math.prod(shape)
         a = pool.get(name)
         if a is None or a.size < size:  # grow only: a shorter segment reuses a prefix
-            a = pool[name] = np.empty(size, dtype=self.dtype)
+            a = pool[name] = gemm.aligned_empty(size, self.dtype)
             self._pool.gen += 1  # addresses changed: cached call frames are stale (native_fast)
             for k in [k for k in views if k[0] == name]:  # views of the old buffer: forget them
                 self._pool.ptrs.pop(id(views.pop(k)), None)

@@ -21,6 +21,8 @@ import ctypes
 
 import numpy as np
 
+from .llvm.gemm import aligned_empty
+
 #: Frames kept per thread (one per (T, B)); beyond this the cache starts afresh.
 MAX_FRAMES = 16
 
@@ -167,7 +169,8 @@ def _run(model, T, B, B_total, params, io, h0, check_finite):
             buf[0] = params[st.state_init[s_]]
         else:
             buf[0] = 0
-    arena = np.zeros(model._grad_elems, dtype=dt)
+    arena = aligned_empty(model._grad_elems, dt)
+    arena.fill(0)
     base, size = arena.ctypes.data, dt.itemsize
     grads = {}
     for p, k, at, n, shp in model._grad_specs:
