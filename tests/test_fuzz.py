@@ -168,7 +168,6 @@ def check_cell(cell, T, B, seed, mask_kind=None, h0_kind="none", opts=None, stat
         on.min_batch_per_thread = 1  # split even tiny batches across the two threads
         got = compare64(on, "native float64 (all on)")
         # the general call path (checkpoint runner) gives the thin path's answer bit for bit
-        # (a masked call takes the general path either way)
         on._fast_path = False
         _assert_close(on.loss_and_grad(params, inputs, targets, **kw), got, 0.0, "general vs thin call path")
         # memory schedules: recomputed segments give the stored run's answer (segments change

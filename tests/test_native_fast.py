@@ -114,8 +114,14 @@ def test_calls_the_thin_path_leaves_to_the_general_one():
     mask = np.ones((6, 4))
     mask[3:, 1] = 0
     fast, slow, took = _both(m, params, x, y, mask=mask)
-    assert not took  # a mask: the general path weighs the steps
+    assert took  # a mask: its step weights replace the frame's uniform ones for this call
     _equal(fast, slow)
+    _equal(m.loss_and_grad(params, x, y), _both(m, params, x, y)[1])  # and back to uniform
+    fast, slow, took = _both(m, params, x, y, mask=np.linspace(0, 1, 6))  # (T,) weights
+    assert took
+    _equal(fast, slow)
+    with pytest.raises(CallError, match="mask must be finite and non-negative"):
+        m.loss_and_grad(params, x, y, mask=-mask)
     strided = {"x": np.asfortranarray(x["x"])}
     fast, slow, took = _both(m, params, strided, y)
     assert not took  # copied by the general path, never read with the wrong strides
@@ -162,6 +168,10 @@ def test_split_batch_equals_general_path_and_reports_bad_values():
     params, x, y = _data(cell, 6, 17, seed=5)
     assert len(m._split(17)) == 2
     fast, slow, took = _both(m, params, x, y)
+    assert took
+    _equal(fast, slow)
+    mask = (np.random.default_rng(7).random((6, 17)) > 0.3).astype(float)
+    fast, slow, took = _both(m, params, x, y, mask=mask)
     assert took
     _equal(fast, slow)
     x["x"][4, 16, 2] = np.inf  # in the second slice

@@ -8,12 +8,14 @@ validates through :func:`.validate.check_call`.  That is ~130 µs of Python, mor
 three times the native work of a small Elman cell (B = 1, T = 100).  Here a
 :class:`Frame` is kept per thread and per (T, B): the pooled buffers and a pointer array
 that already holds their addresses.  A call checks the caller's arrays (dtype, shape,
-contiguity, and finiteness in one native call), writes their addresses and those of fresh gradient arrays into
-the frame, and runs the two entry points.
+contiguity; finiteness in one native call), writes their addresses, its step weights (a
+mask's, or the frame's uniform ones) and fresh gradient arrays into the frame, and runs
+the two entry points.
 
-Anything this path does not take -- a mask, a wrong, non-contiguous or non-finite
-array, an unknown name -- returns None, and the general path validates the call and
-reports the problem.  ``tests/test_native_fast.py`` checks that both paths agree.
+Anything this path does not take -- a wrong, non-contiguous or non-finite array or mask,
+an unknown name, a checkpointing schedule -- returns None, and the general path validates
+the call and reports the problem.  ``tests/test_native_fast.py`` and the fuzzer check that
+both paths agree bit for bit.
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ import ctypes
 
 import numpy as np
 
+from ..errors import CallError
 from .llvm.gemm import aligned_empty
+from .validate import Call, check_mask, step_weights
 
 #: Frames kept per thread (one per (T, B)); beyond this the cache starts afresh.
 MAX_FRAMES = 16
@@ -51,6 +55,7 @@ class Frame:
         self.check_ptrs = (ctypes.c_void_p * len(sizes))()  # what the finiteness check reads
         self.check_counts = (ctypes.c_int64 * len(sizes))(*sizes)
         self.last = [None] * len(sizes)  # the arrays of the last call (their addresses are known)
+        self.weight_slot = model.bwd_slot[model.bwd.weight][0]
 
 
 def _frame(model, T, B, B_total):
@@ -94,7 +99,7 @@ def loss_and_grad(model, params, inputs, targets, h0, mask, check_finite):
     """(loss, grads, final states) as ``NativeModel.loss_and_grad``, or None where the
     general path must take the call."""
     st, dt = model.step, model.dtype
-    if mask is not None or type(params) is not dict or len(params) != len(model._param_specs):
+    if type(params) is not dict or len(params) != len(model._param_specs):
         return None
     inputs, targets = _named(inputs, model._input_names), _named(targets, model._target_names)
     h0 = _named(h0, model._state_names)
@@ -125,14 +130,21 @@ def loss_and_grad(model, params, inputs, targets, h0, mask, check_finite):
             return None
     if check_finite and h0 and not _all_finite(model, list(h0.values())):
         return None  # the general path finds the element and reports it
+    w = None  # the step weights of a mask (None: the frame's uniform ones)
+    if mask is not None:
+        try:
+            w = step_weights(Call(T, B, {}, {}, {}, {}, check_mask(st.name, mask, T, B, dt)), dt)
+        except CallError:
+            return None  # the general path reports it
     parts = model._split(B)
     if len(parts) == 1:
-        return _run(model, T, B, B, params, io, h0, check_finite)
+        return _run(model, T, B, B, params, io, h0, w, check_finite)
 
     def part(sl):  # a batch slice on its own core: contiguous copies of its rows
         return _run(model, T, sl.stop - sl.start, B, params,
                     {k: np.ascontiguousarray(v[:, sl]) for k, v in io.items()},
-                    {k: np.ascontiguousarray(v[sl]) for k, v in h0.items()}, check_finite)
+                    {k: np.ascontiguousarray(v[sl]) for k, v in h0.items()},
+                    None if w is None else np.ascontiguousarray(w[:, sl]), check_finite)
 
     # the other slices go to the pool; this thread runs the first one meanwhile
     futures = [model._executor().submit(part, sl) for sl in parts[1:]]
@@ -147,12 +159,15 @@ def loss_and_grad(model, params, inputs, targets, h0, mask, check_finite):
             {s_: np.concatenate([r[2][s_] for r in results]) for s_ in st.states})
 
 
-def _run(model, T, B, B_total, params, io, h0, check_finite):
-    """One forward and one backward native call on checked arrays, in this thread's frame
-    (None if ``check_finite`` finds a NaN or infinity: the general path reports it)."""
+def _run(model, T, B, B_total, params, io, h0, w, check_finite):
+    """One forward and one backward native call on checked arrays, in this thread's frame,
+    with step weights ``w`` (a mask's) or the frame's uniform ones (None if
+    ``check_finite`` finds a NaN or infinity: the general path reports it)."""
     st, dt = model.step, model.dtype
     fr = _frame(model, T, B, B_total)
     ptrs, last, check = fr.ptrs, fr.last, fr.check_ptrs
+    ws = fr.ws if w is None else w
+    ptrs[fr.weight_slot] = ws.ctypes.data
     arrays = [params[name] for name, _, _ in model._param_specs] + [io[name] for name, _, _ in model._io_specs]
     for i, (a, k) in enumerate(zip(arrays, fr.slots)):
         if a is not last[i]:  # an array object's address never changes while it is held
@@ -180,7 +195,7 @@ def _run(model, T, B, B_total, params, io, h0, check_finite):
         buf.fill(0)
     fr.flags.fill(0)
     model._fwd(T, B, ptrs, fr.work)  # ctypes releases the GIL during each call
-    loss = float((fr.ws * fr.loss).sum(dtype=np.float64))
+    loss = float((ws * fr.loss).sum(dtype=np.float64))
     final = {s_: buf[-1].copy() for s_, buf in fr.states.items()}
     model._bwdfn(T, B, ptrs, fr.work)
     for s_, p in st.state_init.items():

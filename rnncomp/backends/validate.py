@@ -103,22 +103,26 @@ def check_call(step, dtype, params, inputs, targets=None, h0=None, mask=None, *,
               for n, s in step.targets.items() if n in targets}
     out_h0 = {n: _array(cell, f"h0[{n!r}]", h0[n], (B, step.states[n]), dtype, check_finite)
               for n in h0}
-    m = None
-    if mask is not None:
-        if isinstance(mask, np.ma.MaskedArray) or np.asarray(mask).dtype.kind not in "biuf":
-            raise CallError(f"cell {cell!r}: mask must be a plain array of real numbers or booleans, "
-                            f"got {type(mask).__name__} of {np.asarray(mask).dtype}")
-        m = np.asarray(mask, dtype=dtype)
-        if m.shape == (T,):
-            m = np.repeat(m[:, None], B, axis=1)
-        if m.shape != (T, B):
-            raise CallError(f"cell {cell!r}: mask has shape {np.shape(mask)}, expected ({T}, {B}) or ({T},)")
-        if not np.isfinite(m).all() or (m < 0).any():
-            raise CallError(f"cell {cell!r}: mask must be finite and non-negative")
-        if m.sum() <= 0:
-            raise CallError(f"cell {cell!r}: mask selects no step (its sum is 0)")
-        m = np.ascontiguousarray(m)
+    m = None if mask is None else check_mask(cell, mask, T, B, dtype)
     return Call(T, B, out_params, out_in, out_tg, out_h0, m)
+
+
+def check_mask(cell: str, mask, T: int, B: int, dtype) -> np.ndarray:
+    """A (T, B) contiguous array of ``dtype`` from a (T, B) or (T,) mask of real numbers or
+    booleans, finite, non-negative and not all zero."""
+    if isinstance(mask, np.ma.MaskedArray) or np.asarray(mask).dtype.kind not in "biuf":
+        raise CallError(f"cell {cell!r}: mask must be a plain array of real numbers or booleans, "
+                        f"got {type(mask).__name__} of {np.asarray(mask).dtype}")
+    m = np.asarray(mask, dtype=dtype)
+    if m.shape == (T,):
+        m = np.repeat(m[:, None], B, axis=1)
+    if m.shape != (T, B):
+        raise CallError(f"cell {cell!r}: mask has shape {np.shape(mask)}, expected ({T}, {B}) or ({T},)")
+    if not np.isfinite(m).all() or (m < 0).any():
+        raise CallError(f"cell {cell!r}: mask must be finite and non-negative")
+    if m.sum() <= 0:
+        raise CallError(f"cell {cell!r}: mask selects no step (its sum is 0)")
+    return np.ascontiguousarray(m)
 
 
 def step_weights(call: Call, dtype) -> np.ndarray:
