@@ -28,18 +28,17 @@ import sympy as sp
 from llvmlite import ir
 
 from ..autodiff import backward_step
-from ..errors import CallError, CompileError
+from ..errors import CompileError
 from ..memory import schedule
 from ..ir import LEAF_OPS, prune, state_independent
 from .stackplan import grad_groups, stack_step
-from .llvm import gemm
 from .llvm.builder import I64, for_range
 from .llvm.exprgen import unsupported
 from .llvm.finite import define_first_nonfinite
 from .llvm.jit import HostTarget, compile_keyed
-from . import native_fast
+from .native_calls import NativeCalls
 from .native_emit import _DT, Gen, Layout, units_of
-from .validate import check_call, initial_states, step_weights
+
 
 @functools.lru_cache(maxsize=1)
 def _code_fingerprint() -> str:
@@ -56,8 +55,11 @@ def _code_fingerprint() -> str:
     return h.hexdigest()
 
 
-class NativeModel:
-    """``rc.compile(cell, backend="native")``: same interface as the NumPy model."""
+class NativeModel(NativeCalls):
+    """``rc.compile(cell, backend="native")``: same interface as the NumPy model.
+
+    This class compiles (passes, layout, code generation); calling it -- buffers, batch
+    split, memory schedules, the entry points -- is :class:`.native_calls.NativeCalls`."""
 
     backend = "native"
 
@@ -196,15 +198,6 @@ class NativeModel:
             self.grad_slot = {p: L.slot(f"grad {p}") for p in st.params}
             self._plan_grad_groups()
             self.tmp_slot = L.slot("outer scratch")
-
-    def _bwd_arrays(self, arrays, T, B, ws):
-        """Backward buffers of one call: the step weights, then one scratch per slot."""
-        for key, (k, n) in self.bwd_slot.items():
-            if key == self.bwd.weight:
-                arrays[k] = ws
-            elif arrays[k] is None:
-                width = self.slot_width.get(k, n)
-                arrays[k] = self._scratch(f"bwd {k}", (T, B, width) if self.bwd_timed[k] else (B, width))
 
     # ------------------------------------------------------------------ code generation
     def _readers(self) -> set:
@@ -379,10 +372,6 @@ class NativeModel:
             g.pack_weights(terms, self.pack_slot, self.shapes)
             b.store(ir.Constant(g.ty, 1.0), flag)
 
-    def _fresh_call(self):
-        """A new call with (possibly) new parameters: stacked and packed weights are rebuilt."""
-        self._scratch("prologue flags", (len(self.PROLOGUE_FLAG),))[:] = 0
-
     def _loop_terms(self, prog, static) -> set:
         """(param, transposed) of the products computed inside the time loop."""
         if not self.pack:
@@ -453,25 +442,6 @@ class NativeModel:
             at += n
         self._grad_elems = at
 
-    def _new_grads(self) -> dict:
-        """Zeroed gradient arrays laid out as :meth:`_plan_grad_arena` says."""
-        arena = gemm.aligned_empty(self._grad_elems, self.dtype)
-        arena.fill(0)
-        grads = {p: arena[at:at + n].reshape(shape) for p, _, at, n, shape in self._grad_specs}
-        return {p: grads[p] for p in self.step.params}
-
-    def _check_grad_arena(self, arrays):
-        """The native code writes a group's gradients through its first parameter's buffer."""
-        for _, _, params, _ in self.grad_groups:
-            first = arrays[self.grad_slot[params[0]]]
-            at = first.ctypes.data
-            for p in params:
-                a = arrays[self.grad_slot[p]]
-                if a.ctypes.data != at or not a.flags.c_contiguous:
-                    raise CompileError(f"cell {self.step.name!r}: internal: gradients of {params} "
-                                       "are not adjacent (allocate them with _new_grads)")
-                at += a.nbytes
-
     def _emit_grads(self, g, t, deferred: bool):
         """Accumulate the parameter-gradient specs (the deferred ones, or the others) at ``t``."""
         bwd, st, b = self.bwd, self.step, g.b
@@ -520,259 +490,12 @@ class NativeModel:
                                 second, I64(ld2), False, tmp, I64(cols_), 0)
                     g.copy_loop(grad, tmp, I64(rows_ * cols_), scale=c, accumulate=True)
 
-    # ------------------------------------------------------------------ running
+    # ------------------------------------------------------------------ inspection
     def ir(self) -> str:
         return self.lib.ir_text
 
     def asm(self) -> str:
         return self.lib.asm()
-
-    def _buffers(self, call, keep_bwd):
-        st = self.step
-        arrays, states, fwd = self._pooled_buffers(call.T, call.B)
-        for p, k in self.param_slot.items():
-            arrays[k] = call.params[p]
-        init = initial_states(st, call, self.dtype)
-        for s_, buf in states.items():
-            buf[0] = init[s_]
-        for name, k in self.io_slot.items():
-            arrays[k] = call.inputs.get(name, call.targets.get(name))
-            if arrays[k] is None:  # forward without targets: never read
-                arrays[k] = self._scratch(f"io {name}", (call.T, call.B, (st.inputs | st.targets)[name]))
-        return arrays, states, fwd
-
-    def _pooled_buffers(self, T, B):
-        """The buffers of a (T, B) call that come from this thread's pool (everything but the
-        parameters, inputs and targets, whose slots stay None): the arrays by slot, the state
-        buffers (T+1, B, n) and the kept forward values by key."""
-        st = self.step
-        arrays = [None] * len(self.layout.slots)
-        states = {}
-        for s_, k in self.state_slot.items():
-            arrays[k] = states[s_] = self._scratch(f"state {s_}", (T + 1, B, st.states[s_]))
-        fwd = {}
-        for key, (k, n) in self.fwd_slot.items():  # computed values: never a state or io slot
-            if arrays[k] is None:  # the first member of a stacked whole
-                arrays[k] = self._scratch(k, (T, B, self.slot_width.get(k, n)))
-            col = self.layout.where[key][4]
-            fwd[key] = arrays[k][:, :, col:col + n]
-        for k, width in self.slot_width.items():
-            if arrays[k] is None and k not in self.bwd_timed:  # a forward whole
-                arrays[k] = self._scratch(k, (T, B, width))
-        for name, k in self.stack_slot.items():
-            arrays[k] = self._scratch(f"stacked {name}", (math.prod(self.shapes[name]),))
-        for (p, tr), k in self.pack_slot.items():
-            arrays[k] = self._scratch(f"packed {p} {tr}", (self._packed_elems(p, tr),))
-        # hoisted products use T·B rows
-        arrays[self.scratch_slot] = self._scratch("scratch", (T * B * self.scratch_units,))
-        arrays[self.prologue_slot] = self._scratch("prologue flags", (len(self.PROLOGUE_FLAG),))
-        return arrays, states, fwd
-
-    def _packed_elems(self, p, tr) -> int:
-        cache = self.__dict__.setdefault("_packed_sizes", {})
-        if (p, tr) not in cache:
-            m_, n_ = self.shapes[p]
-            K, N = (m_, n_) if tr else (n_, m_)
-            cache[(p, tr)] = gemm.packed_b_elems(K, N, str(self.dtype), self.host)
-        return cache[(p, tr)]
-
-    def _work(self, T, B):
-        """GEMM packing workspace: a bound over every product shape of this cell.
-
-        Rows go up to T·B (hoisted products), and so does depth (gradients after the loop)."""
-        key = (T, B)
-        n = self._work_elems.get(key)
-        if n is None:
-            S = max([x.size for x in self.step.prog.nodes.values() if isinstance(x.size, int)]
-                    + [d for s in self.shapes.values() if isinstance(s, tuple) for d in s]
-                    + [self.scratch_units])
-            n = gemm.workspace_elems(max(T * B, S), S, max(T * B, S), str(self.dtype), self.host)
-            if len(self._work_elems) > 64:
-                self._work_elems.clear()
-            self._work_elems[key] = n
-        return self._scratch("gemm work", (max(n, 1),))
-
-    def _scratch(self, name, shape) -> np.ndarray:
-        """A buffer reused across calls of this thread (fresh pages cost more than the math:
-        the kernel zero-fills every newly mapped page).  Never returned to the caller."""
-        pool = getattr(self._pool, "bufs", None)
-        if pool is None:
-            pool = self._pool.bufs = {}
-            self._pool.views, self._pool.ptrs, self._pool.gen = {}, {}, 0
-        views = self._pool.views
-        v = views.get((name, shape))
-        if v is not None:  # the same view object every call: its address is known (see _run)
-            return v
-        size = math.prod(shape)
-        a = pool.get(name)
-        if a is None or a.size < size:  # grow only: a shorter segment reuses a prefix
-            a = pool[name] = gemm.aligned_empty(size, self.dtype)
-            self._pool.gen += 1  # addresses changed: cached call frames are stale (native_fast)
-            for k in [k for k in views if k[0] == name]:  # views of the old buffer: forget them
-                self._pool.ptrs.pop(id(views.pop(k)), None)
-        if len(views) > 512:  # many (T, B) shapes: start afresh rather than grow without bound
-            views.clear()
-            self._pool.ptrs.clear()
-            self._pool.gen += 1
-        v = views[(name, shape)] = a[:size].reshape(shape)
-        self._pool.ptrs[id(v)] = v.ctypes.data
-        return v
-
-    def _run(self, fn, arrays, T, B):
-        if fn is self._bwdfn:
-            self._check_grad_arena(arrays)
-        known = getattr(self._pool, "ptrs", {})  # pooled views (alive in the pool: ids are stable)
-        ptrs = (ctypes.c_void_p * len(arrays))(*[None if a is None else known.get(id(a)) or a.ctypes.data
-                                                 for a in arrays])
-        work = self._work(T, B)
-        fn(T, B, ptrs, work.ctypes.data)  # ctypes releases the GIL during the call
-
-    def forward(self, params, inputs, h0=None, *, check_finite=True):
-        call = check_call(self.step, self.dtype, params, inputs, None, h0, check_finite=check_finite)
-        arrays, states, fwd = self._buffers(call, False)
-        self._fresh_call()
-        self._run(self._fwd, arrays, call.T, call.B)
-        outs = {}
-        for o, n in self.step.outputs.items():
-            key = (o, "t")
-            outs[o] = (fwd[key] if key in fwd else states[o][1:]).copy()
-        return outs, {s: states[s][-1].copy() for s in self.step.states}
-
-    def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None, *, check_finite=True):
-        """Loss (masked mean of the per-step costs), gradients of every parameter, final states.
-
-        With ``threads > 1`` the batch is split into independent slices run on separate cores
-        for the whole sequence (each in its own native call, GIL released); their gradients
-        and loss terms are summed (the step weights are the global ones)."""
-        st, dt = self.step, self.dtype
-        if self.bwd is None:
-            raise CallError(f"cell {st.name!r} has no loss (declare one with cell.loss)")
-        if self._fast_path:  # one native call pair, its buffers cached (backends/native_fast.py)
-            out = native_fast.loss_and_grad(self, params, inputs, targets, h0, mask, check_finite)
-            if out is not None:
-                return out
-        call = check_call(st, dt, params, inputs, targets, h0, mask, need_targets=True,
-                          check_finite=check_finite)
-        w = np.ascontiguousarray(step_weights(call, dt))
-        parts = self._split(call.B)
-        if len(parts) == 1:
-            return self._loss_and_grad(call, w)
-        results = list(self._executor().map(lambda sl: self._loss_and_grad(*_slice_call(call, w, sl), call.B),
-                                            parts))
-        loss = sum(r[0] for r in results)
-        grads = {p: sum(r[1][p] for r in results) for p in st.params}
-        final = {s: np.concatenate([r[2][s] for r in results]) for s in st.states}
-        return loss, grads, final
-
-    @property
-    def memory(self):
-        """The activation-memory schedule (``memory=`` of :func:`rnncomp.compile`).  It only
-        decides which steps' buffers a training call keeps, not the code: assigning a new one
-        (``model.memory = rc.Every(10)``) takes effect at the next call, with no recompile."""
-        return self._memory
-
-    @memory.setter
-    def memory(self, value):
-        self._memory = schedule(value)
-        self.__dict__.pop("_plans", None)
-        self._leaf_only = {}
-
-    def _single_leaf(self, T, B) -> bool:
-        """Whether ``memory=`` keeps every step of a (T, B) call: one forward, one backward."""
-        one = self._leaf_only.get((T, B))
-        if one is None:
-            if len(self._leaf_only) > 64:
-                self._leaf_only.clear()
-            acts = self.memory_plan(T, B).actions
-            one = self._leaf_only[(T, B)] = [a[0] for a in acts] == ["leaf"] and acts[0][1:3] == (0, T)
-        return one
-
-    def _split(self, B):
-        n = min(self.threads, B // self.min_batch_per_thread) if self.threads > 1 else 1
-        if n <= 1:
-            return [slice(0, B)]
-        edges = np.linspace(0, B, n + 1).round().astype(int)
-        return [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
-
-    def _executor(self):
-        if self._pool_exec is None:
-            from concurrent.futures import ThreadPoolExecutor
-            self._pool_exec = ThreadPoolExecutor(self.threads, thread_name_prefix="rnncomp")
-        return self._pool_exec
-
-    def _loss_and_grad(self, call, w, B_total=None):
-        """One batch slice: the plan of ``memory=`` for the whole batch (``B_total`` rows), run on
-        this slice (a slice takes its share of a ``Budget``: sizes are proportional to B)."""
-        from .checkpoint import run
-
-        st, dt = self.step, self.dtype
-        grads = self._new_grads()
-        self._fresh_call()
-        plan = self.memory_plan(call.T, B_total or call.B)
-        loss, carry, final = run(self, call, w, plan, grads)
-        for s_, p in st.state_init.items():
-            if p is not None and s_ not in call.h0:
-                grads[p] += carry[s_].sum(axis=0)
-        return loss, grads, final
-
-    def _segment(self, call, w, a, b, h0, carry, grads, backward):
-        """Steps a..b-1 from states ``h0``; the backward steps start from adjoints ``carry``."""
-        from .validate import Call
-
-        st, dt = self.step, self.dtype
-        if a == 0 and b == call.T:
-            sub, ws = call, w
-        else:
-            sub = Call(b - a, call.B, call.params, {k: v[a:b] for k, v in call.inputs.items()},
-                       {k: v[a:b] for k, v in call.targets.items()}, h0, None)
-            ws = w[a:b]
-        T, B = sub.T, sub.B
-        arrays, states, fwd = self._buffers(sub, True)
-        self._bwd_arrays(arrays, T, B, ws)
-        for s_, key in self.bwd.carry_in.items():  # δ⁺h entering the segment's last step
-            buf = arrays[self.bwd_slot[key][0]]
-            buf[...] = 0 if carry is None else carry[s_]
-        for p, k in self.grad_slot.items():
-            arrays[k] = grads[p]  # the native code accumulates into these
-        big = max([int(np.prod(s)) for s in st.params.values() if isinstance(s, tuple)] + [1])
-        arrays[self.tmp_slot] = self._scratch("outer tmp", (big,))
-        self._run(self._fwd, arrays, T, B)
-        loss = float((ws * fwd[st.loss_key][:, :, 0]).sum(dtype=np.float64))
-        final = {s: states[s][-1].copy() for s in st.states}
-        if not backward:
-            return loss, None, final
-        self._run(self._bwdfn, arrays, T, B)
-        carry = {s_: arrays[self.bwd_slot[key][0]].copy() for s_, key in self.bwd.carry_in.items()}
-        return loss, carry, final
-
-    def activation_bytes(self, T: int, B: int) -> int:
-        """Bytes of the per-step buffers a training call of (T, B) keeps, under ``memory=``:
-        the longest leaf's activations and the checkpoints held at once (``schedules.Footprint``)."""
-        from .checkpoint import footprint
-
-        return self.memory_plan(T, B).memory(footprint(self, B))
-
-    def memory_plan(self, T: int, B: int):
-        """The checkpointing plan (``rnncomp.schedules.Plan``) of ``memory=`` for a call of (T, B)."""
-        from ..schedules import make_plan
-        from .checkpoint import footprint
-
-        plans = self.__dict__.setdefault("_plans", {})
-        key = (T, B)
-        if key not in plans:
-            if len(plans) > 64:
-                plans.clear()
-            plans[key] = make_plan(self.memory, T, footprint(self, B))
-        return plans[key]
-
-    def _advance_entry(self):
-        """The compiled "advance" entry point (ctypes), made on first use."""
-        fn = self.__dict__.get("_advfn")
-        if fn is None:
-            proto = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(ctypes.c_void_p),
-                                     ctypes.c_void_p)
-            fn = self._advfn = proto(self._advance_lib().address("advance"))
-        return fn
 
     def _gen_advance(self, module):
         """Entry point "advance" (T, B, bufs, work): t = 0 … T-1, the states only.
@@ -800,13 +523,3 @@ class NativeModel:
         with for_range(g.b, g.T, name="t") as t:
             self._emit_program(g, prog, t, skip=static)
         g.b.ret_void()
-
-def _slice_call(call, w, sl):
-    """The sub-problem of batch rows ``sl`` (contiguous copies) and its global step weights."""
-    from .validate import Call
-
-    cut = lambda d: {k: np.ascontiguousarray(v[:, sl]) for k, v in d.items()}  # noqa: E731
-    sub = Call(call.T, sl.stop - sl.start, call.params, cut(call.inputs), cut(call.targets),
-               {k: np.ascontiguousarray(v[sl]) for k, v in call.h0.items()},
-               None if call.mask is None else np.ascontiguousarray(call.mask[:, sl]))
-    return sub, np.ascontiguousarray(w[:, sl])
