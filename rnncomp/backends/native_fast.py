@@ -12,6 +12,10 @@ contiguity; finiteness in one native call), writes their addresses, its step wei
 mask's, or the frame's uniform ones) and fresh gradient arrays into the frame, and runs
 the two entry points.
 
+A frame remembers the caller's arrays of its last call (their addresses need no new
+lookup when the same arrays come again): it holds a reference to them, so one batch's
+inputs and targets per thread and shape stay alive until the next call of that shape.
+
 Anything this path does not take -- a wrong, non-contiguous or non-finite array or mask,
 an unknown name, a checkpointing schedule -- returns None, and the general path validates
 the call and reports the problem.  ``tests/test_native_fast.py`` and the fuzzer check that
