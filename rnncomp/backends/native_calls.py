@@ -18,7 +18,7 @@ from ..errors import CallError, CompileError
 from ..memory import schedule
 from . import native_fast
 from .llvm import gemm
-from .validate import check_call, initial_states, step_weights
+from .validate import check_call, step_weights
 
 
 class NativeCalls:
@@ -39,10 +39,43 @@ class NativeCalls:
 
     def _new_grads(self) -> dict:
         """Zeroed gradient arrays laid out as :meth:`_plan_grad_arena` says."""
+        return self._new_grad_arena()[1]
+
+    def _new_grad_arena(self):
+        """(the arena, its gradient views by parameter, in ``step.params`` order)."""
         arena = gemm.aligned_empty(self._grad_elems, self.dtype)
         arena.fill(0)
         grads = {p: arena[at:at + n].reshape(shape) for p, _, at, n, shape in self._grad_specs}
-        return {p: grads[p] for p in self.step.params}
+        return arena, {p: grads[p] for p in self.step.params}
+
+    def _set_initial_states(self, states, params, h0):
+        """Row 0 of each state buffer: ``h0``'s array, the learned initial state, or 0."""
+        for s_, buf in states.items():
+            a = h0.get(s_)
+            p = self.step.state_init[s_]
+            buf[0] = a if a is not None else params[p] if p is not None else 0
+
+    def _add_initial_state_grads(self, grads, carry, h0):
+        """A learned initial state's gradient: the adjoint carried out of step 0, summed over
+        the batch (not where the caller gave that state in ``h0``)."""
+        for s_, p in self.step.state_init.items():
+            if p is not None and s_ not in h0:
+                grads[p] += carry[s_].sum(axis=0)
+
+    def _outer_tmp(self):
+        """The scratch of scaled gradient products (``c != 1``): the largest matrix parameter."""
+        big = max([math.prod(s) for s in self.step.params.values() if isinstance(s, tuple)] + [1])
+        return self._scratch("outer tmp", (big,))
+
+    def _merge_slices(self, results):
+        """One result from the batch slices' (loss, grads, final states): losses and
+        gradients summed (the step weights were the whole batch's), states stacked."""
+        grads = results[0][1]
+        for r in results[1:]:
+            for p, g in r[1].items():
+                grads[p] += g
+        return (sum(r[0] for r in results), grads,
+                {s_: np.concatenate([r[2][s_] for r in results]) for s_ in self.step.states})
 
     def _check_grad_arena(self, arrays):
         """The native code writes a group's gradients through its first parameter's buffer."""
@@ -61,9 +94,7 @@ class NativeCalls:
         arrays, states, fwd = self._pooled_buffers(call.T, call.B)
         for p, k in self.param_slot.items():
             arrays[k] = call.params[p]
-        init = initial_states(st, call, self.dtype)
-        for s_, buf in states.items():
-            buf[0] = init[s_]
+        self._set_initial_states(states, call.params, call.h0)
         for name, k in self.io_slot.items():
             arrays[k] = call.inputs.get(name, call.targets.get(name))
             if arrays[k] is None:  # forward without targets: never read
@@ -186,12 +217,8 @@ class NativeCalls:
         parts = self._split(call.B)
         if len(parts) == 1:
             return self._loss_and_grad(call, w)
-        results = list(self._executor().map(lambda sl: self._loss_and_grad(*_slice_call(call, w, sl), call.B),
-                                            parts))
-        loss = sum(r[0] for r in results)
-        grads = {p: sum(r[1][p] for r in results) for p in st.params}
-        final = {s: np.concatenate([r[2][s] for r in results]) for s in st.states}
-        return loss, grads, final
+        return self._merge_slices(list(self._executor().map(
+            lambda sl: self._loss_and_grad(*_slice_call(call, w, sl), call.B), parts)))
 
     @property
     def memory(self):
@@ -234,14 +261,11 @@ class NativeCalls:
         this slice (a slice takes its share of a ``Budget``: sizes are proportional to B)."""
         from .checkpoint import run
 
-        st, dt = self.step, self.dtype
         grads = self._new_grads()
         self._fresh_call()
         plan = self.memory_plan(call.T, B_total or call.B)
         loss, carry, final = run(self, call, w, plan, grads)
-        for s_, p in st.state_init.items():
-            if p is not None and s_ not in call.h0:
-                grads[p] += carry[s_].sum(axis=0)
+        self._add_initial_state_grads(grads, carry, call.h0)
         return loss, grads, final
 
     def _segment(self, call, w, a, b, h0, carry, grads, backward):
@@ -263,8 +287,7 @@ class NativeCalls:
             buf[...] = 0 if carry is None else carry[s_]
         for p, k in self.grad_slot.items():
             arrays[k] = grads[p]  # the native code accumulates into these
-        big = max([int(np.prod(s)) for s in st.params.values() if isinstance(s, tuple)] + [1])
-        arrays[self.tmp_slot] = self._scratch("outer tmp", (big,))
+        arrays[self.tmp_slot] = self._outer_tmp()
         self._run(self._fwd, arrays, T, B)
         loss = float((ws * fwd[st.loss_key][:, :, 0]).sum(dtype=np.float64))
         final = {s: states[s][-1].copy() for s in st.states}

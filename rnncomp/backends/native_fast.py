@@ -28,7 +28,6 @@ import ctypes
 import numpy as np
 
 from ..errors import CallError
-from .llvm.gemm import aligned_empty
 from .validate import Call, check_mask, step_weights
 
 #: Frames kept per thread (one per (T, B)); beyond this the cache starts afresh.
@@ -44,8 +43,7 @@ class Frame:
         # the step weights of a mean over the whole batch (B_total rows, of which B are here)
         self.ws = np.full((T, B), 1.0 / (T * B_total), dtype=model.dtype)
         model._bwd_arrays(arrays, T, B, self.ws)
-        big = max([int(np.prod(s)) for s in st.params.values() if isinstance(s, tuple)] + [1])
-        arrays[model.tmp_slot] = model._scratch("outer tmp", (big,))
+        arrays[model.tmp_slot] = model._outer_tmp()
         self.work = model._work(T, B).ctypes.data
         self.flags = arrays[model.prologue_slot]
         self.states, self.loss = states, fwd[st.loss_key][:, :, 0]
@@ -155,19 +153,13 @@ def loss_and_grad(model, params, inputs, targets, h0, mask, check_finite):
     results = [part(parts[0])] + [f.result() for f in futures]
     if any(r is None for r in results):
         return None
-    grads = results[0][1]
-    for r in results[1:]:
-        for p, g in r[1].items():
-            grads[p] += g
-    return (sum(r[0] for r in results), grads,
-            {s_: np.concatenate([r[2][s_] for r in results]) for s_ in st.states})
+    return model._merge_slices(results)
 
 
 def _run(model, T, B, B_total, params, io, h0, w, check_finite):
     """One forward and one backward native call on checked arrays, in this thread's frame,
     with step weights ``w`` (a mask's) or the frame's uniform ones (None if
     ``check_finite`` finds a NaN or infinity: the general path reports it)."""
-    st, dt = model.step, model.dtype
     fr = _frame(model, T, B, B_total)
     ptrs, last, check = fr.ptrs, fr.last, fr.check_ptrs
     ws = fr.ws if w is None else w
@@ -180,20 +172,10 @@ def _run(model, T, B, B_total, params, io, h0, w, check_finite):
     if check_finite and model._first_nonfinite(len(arrays), check, fr.check_counts) >= 0:
         return None
     # initial states, fresh gradient arrays, zeroed carries and prologue flags
-    for s_, buf in fr.states.items():
-        a = h0.get(s_)
-        if a is not None:
-            buf[0] = a
-        elif st.state_init[s_] is not None:
-            buf[0] = params[st.state_init[s_]]
-        else:
-            buf[0] = 0
-    arena = aligned_empty(model._grad_elems, dt)
-    arena.fill(0)
-    base, size = arena.ctypes.data, dt.itemsize
-    grads = {}
-    for p, k, at, n, shp in model._grad_specs:
-        grads[p] = arena[at:at + n].reshape(shp)
+    model._set_initial_states(fr.states, params, h0)
+    arena, grads = model._new_grad_arena()
+    base, size = arena.ctypes.data, arena.itemsize
+    for _, k, at, _, _ in model._grad_specs:
         ptrs[k] = base + at * size
     for buf in fr.carry.values():
         buf.fill(0)
@@ -202,7 +184,5 @@ def _run(model, T, B, B_total, params, io, h0, w, check_finite):
     loss = float((ws * fr.loss).sum(dtype=np.float64))
     final = {s_: buf[-1].copy() for s_, buf in fr.states.items()}
     model._bwdfn(T, B, ptrs, fr.work)
-    for s_, p in st.state_init.items():
-        if p is not None and s_ not in h0:
-            grads[p] += fr.carry[s_].sum(axis=0)
-    return loss, {p: grads[p] for p in st.params}, final
+    model._add_initial_state_grads(grads, fr.carry, h0)
+    return loss, grads, final
