@@ -10,14 +10,18 @@ the comparison columns (skipped if missing).  Nothing is installed.  Writes
 Every part runs in its own ``try``: a failure is printed, recorded under ``errors`` and the
 run goes on.
 
-1. correctness: every zoo cell, float32, H=32 T=12 B=5, pass "stack" on and off: PTX model
+Variants: pass "stack" on and off, and the persistent kernel (``persistent=True``; timing also
+with 512 threads a block); ``--no-persistent`` leaves the persistent kernel out.
+
+1. correctness: every zoo cell, float32, H=32 T=12 B=5, every variant: PTX model
    vs the NumPy oracle in float64 on the same data: loss rel 1e-4, each gradient max |Δ| ≤
    1e-4 · max |g|, outputs and final states atol/rtol 1e-4 (float32 rounding over the steps);
 2. strict: LSTM and GRU H=70 T=30 B=20 in float64 (several tiles, ragged edges, k-splits
-   with atomics over T·B = 600 rows), stack on and off, CUDA graphs on: 1e-10;
+   with atomics over T·B = 600 rows), every variant, CUDA graphs on: 1e-10;
 3. timing: one training step (forward + BPTT, float32, median) at LSTM/GRU H=128 B=32 T=100,
-   LSTM H=512 B=64 T=50 (then GRU H=512 if time allows); input D = H/2, 4 outputs, MSE:
-   rnncomp ptx with stack on and off (host↔device copies of params/inputs/gradients
+   LSTM H=512 B=64 T=50, LSTM H=256 B=64 T=100, LSTM H=128 B=512 T=50, LSTM H=64 B=8 T=200
+   (then GRU H=512 if time allows); input D = H/2, 4 outputs, MSE:
+   rnncomp ptx, every variant (host↔device copies of params/inputs/gradients
    included: the model takes NumPy arrays; "kernels" = the two replayed CUDA graphs alone),
    PyTorch cuDNN nn.LSTM / nn.GRU, and a PyTorch custom-cell Python loop (autograd).
    ``--simple`` adds ``tiled=False, fuse=False`` (the first version's kernels).
@@ -41,6 +45,7 @@ BUDGET_S = 240.0  # stop starting new work after this (the whole run must stay <
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--dry", action="store_true", help="host runner, tiny sizes (no GPU needed)")
 ap.add_argument("--simple", action="store_true", help="also time tiled=False, fuse=False")
+ap.add_argument("--no-persistent", action="store_true", help="leave out the persistent kernel (persistent=True)")
 ap.add_argument("--budget", type=float, default=None,
                 help=f"seconds after which no new work starts (default {BUDGET_S:.0f}; --dry: none)")
 ARGS = ap.parse_args()
@@ -129,8 +134,8 @@ def correctness():
     tol = 1e-4
     H, T, B = (8, 4, 3) if DRY else (32, 12, 5)
     for name in sorted(rc.cells.ZOO):
-        for stack in (True, False):
-            row = {"cell": name, "stack": stack}
+        for tag, options in VARIANTS:
+            row = {"cell": name, "variant": tag}
             if over_budget():
                 row.update(ok=False, skipped="time budget")
                 RESULT["correctness"].append(row)
@@ -142,7 +147,7 @@ def correctness():
                 ref = oracle.loss_and_grad(f64(params), f64(inputs), f64(targets))
                 o1, _ = oracle.forward(f64(params), f64(inputs))
                 t0 = time.perf_counter()
-                m = ptx_model(cell, stack=stack)
+                m = ptx_model(cell, **options)
                 row["compile_s"] = time.perf_counter() - t0
                 row["per_step"] = m.plan.per_step()
                 got = m.loss_and_grad(params, inputs, targets)
@@ -153,9 +158,9 @@ def correctness():
                 row["ok"] = False
                 fail(row, exc)
             RESULT["correctness"].append(row)
-            log(f"correctness {name} stack={stack}: " + ("OK" if row["ok"] else "FAIL") + "  "
+            log(f"correctness {name} {tag}: " + ("OK" if row["ok"] else "FAIL") + "  "
                 + ", ".join(f"{k}={v:.2e}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                            if k not in ("cell", "ok", "stack")))
+                            if k not in ("cell", "ok", "variant")))
 
 
 def within(row, tol) -> bool:
@@ -177,14 +182,14 @@ def strict():
         except Exception as exc:  # noqa: BLE001
             fail({}, exc)
             continue
-        for stack in (True, False):
-            row = {"cell": name, "H": H, "T": T, "B": B, "stack": stack, "dtype": "float64"}
+        for tag, options in VARIANTS:
+            row = {"cell": name, "H": H, "T": T, "B": B, "variant": tag, "dtype": "float64"}
             if over_budget():
                 row.update(ok=False, skipped="time budget")
                 RESULT["strict"].append(row)
                 continue
             try:
-                m = ptx_model(cell, dtype="float64", stack=stack)
+                m = ptx_model(cell, dtype="float64", **options)
                 got = m.loss_and_grad(params, inputs, targets)
                 o2, _ = m.forward(params, inputs)
                 row.update(errors_vs(ref, got, o1, o2))
@@ -193,7 +198,7 @@ def strict():
                 row["ok"] = False
                 fail(row, exc)
             RESULT["strict"].append(row)
-            log(f"strict float64 {name} H={H} T·B={T * B} stack={stack}: " + ("OK" if row["ok"] else "FAIL")
+            log(f"strict float64 {name} H={H} T·B={T * B} {tag}: " + ("OK" if row["ok"] else "FAIL")
                 + "  " + ", ".join(f"{k}={v:.2e}" for k, v in row.items() if isinstance(v, float)))
 
 
@@ -297,12 +302,11 @@ def time_ptx(row, tag, cell, params, inputs, targets, **options):
 
 def timing():
     dev = torch_device()
-    cases = [("lstm", 128, 32, 100), ("gru", 128, 32, 100), ("lstm", 512, 64, 50), ("gru", 512, 64, 50)]
+    cases = [("lstm", 128, 32, 100), ("gru", 128, 32, 100), ("lstm", 512, 64, 50), ("lstm", 256, 64, 100),
+             ("lstm", 128, 512, 50), ("lstm", 64, 8, 200), ("gru", 512, 64, 50)]
     if DRY:
         cases = [("lstm", 16, 4, 5), ("gru", 16, 4, 5), ("lstm", 32, 4, 3), ("gru", 32, 4, 3)]
-    variants = [("stack", {"stack": True}), ("nostack", {"stack": False})]
-    if ARGS.simple:
-        variants.append(("simple", {"stack": False, "tiled": False, "fuse": False}))
+    variants = TIMED
     for kind, H, B, T in cases:
         D = H // 2
         row = {"cell": kind, "H": H, "B": B, "T": T, "D": D}
@@ -342,27 +346,27 @@ def table():
         return f"{r[k]:>{w}{f}}" if isinstance(r.get(k), (int, float)) else f"{'n/a':>{w}}"
 
     print("\ncorrectness (float32 vs float64 oracle, tolerance 1e-4):")
-    print(f"{'cell':<16}{'stack':>6}{'ok':>5}{'loss rel':>11}{'grad rel':>11}{'state':>11}{'outputs':>11}"
+    print(f"{'cell':<16}{'variant':>11}{'ok':>5}{'loss rel':>11}{'grad rel':>11}{'state':>11}{'outputs':>11}"
           f"{'per step':>10}")
     for r in RESULT["correctness"] + RESULT["strict"]:
         label = r["cell"] + (f" f64 H={r['H']}" if "dtype" in r else "")
         if "error" in r or "skipped" in r:
-            print(f"{label:<16}{str(r['stack']):>6}{'FAIL':>5}  {r.get('error', r.get('skipped'))[:90]}")
+            print(f"{label:<16}{r['variant']:>11}{'FAIL':>5}  {r.get('error', r.get('skipped'))[:90]}")
             continue
-        print(f"{label:<16}{str(r['stack']):>6}{'yes' if r['ok'] else 'NO':>5}{num(r, 'loss_rel', 11, '.1e')}"
+        print(f"{label:<16}{r['variant']:>11}{'yes' if r['ok'] else 'NO':>5}{num(r, 'loss_rel', 11, '.1e')}"
               f"{num(r, 'grad_rel', 11, '.1e')}{num(r, 'state_err', 11, '.1e')}{num(r, 'out_err', 11, '.1e')}"
               f"{str(r.get('per_step', '')):>10}")
     print("\ntraining step, float32, median ms (ptx: host<->device copies included; kernels: the two "
           "CUDA graphs alone):")
-    tags = ["stack", "nostack"] + (["simple"] if ARGS.simple else [])
-    head = "".join(f"{'ptx ' + t:>14}{'kernels':>9}" for t in tags)
+    tags = [t for t, _ in TIMED]
+    head = "".join(f"{'ptx ' + t:>16}{'kernels':>9}" for t in tags)
     print(f"{'case':<26}{head}{'cuDNN':>9}{'torch loop':>12}   launches/step fwd,bwd (stack | nostack)")
     for r in RESULT["timing"]:
         label = f"{r['cell']} H={r['H']} B={r['B']} T={r['T']}"
         if "skipped" in r:
             print(f"{label:<26}  {r['skipped']}")
             continue
-        cols = "".join(f"{num(r, f'ptx_{t}_ms', 14)}{num(r, f'kernels_{t}_ms', 9)}" for t in tags)
+        cols = "".join(f"{num(r, f'ptx_{t}_ms', 16)}{num(r, f'kernels_{t}_ms', 9)}" for t in tags)
         steps = f"{r.get('per_step_stack')} | {r.get('per_step_nostack')}"
         print(f"{label:<26}{cols}{num(r, 'cudnn_ms', 9)}{num(r, 'torch_loop_ms', 12)}   {steps}"
               + (f"   error: {r['error'][:60]}" if "error" in r else ""))
@@ -395,6 +399,15 @@ def pick_features():
 
 
 ARCH, FEATURES = pick_features()
+# correctness and strict run every variant; timing also the persistent kernel with 512 threads a block
+VARIANTS = [("stack", {"stack": True}), ("nostack", {"stack": False})]
+if not ARGS.no_persistent:
+    VARIANTS.append(("persistent", {"persistent": True}))
+TIMED = list(VARIANTS)
+if not ARGS.no_persistent:
+    TIMED.append(("pers512", {"persistent": True, "block": 512}))
+if ARGS.simple:
+    TIMED.append(("simple", {"stack": False, "tiled": False, "fuse": False}))
 RESULT["arch"], RESULT["features"] = ARCH, FEATURES
 
 if __name__ == "__main__":

@@ -27,6 +27,14 @@ def random_data(cell, T=4, B=3, seed=0, dtype="float64", scale=0.5):
     return params, inputs, targets
 
 
+def mask_and_h0(cell, T, B):
+    """A random 0/1 mask (at least one step counted) and a random h0 for every state."""
+    mask = (np.random.default_rng(2).random((T, B)) > 0.5).astype(float)
+    mask[0, 0] = 1
+    h0 = {s: np.random.default_rng(3).normal(size=(B, n)) for s, n in cell.step.states.items()}
+    return mask, h0
+
+
 def check_grads(model, params, inputs, targets, seed=1, rtol=RTOL, atol=ATOL, **kw):
     """Every parameter's gradient against a central difference in a random direction."""
     rng = np.random.default_rng(seed)

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 import rnncomp as rc
 
-from gradcheck import numpy_model, random_data
+from gradcheck import mask_and_h0, numpy_model, random_data
 from test_custom_cells import CUSTOM, jordan_with_xent
 from test_random_cells import random_cells
 
@@ -54,9 +54,7 @@ def test_custom_cells_match_oracle(make):
 def test_odd_sizes_masks_and_states():
     cell = rc.cells.lstm(7, 13, 3)  # sizes that are not multiples of the SIMD width
     T, B = 9, 5
-    mask = (np.random.default_rng(2).random((T, B)) > 0.5).astype(float)
-    mask[0, 0] = 1
-    h0 = {s: np.random.default_rng(3).normal(size=(B, 13)) for s in cell.step.states}
+    mask, h0 = mask_and_h0(cell, T, B)
     compare(cell, T=T, B=B, mask=mask, h0=h0)
 
 

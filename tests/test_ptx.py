@@ -27,7 +27,7 @@ from rnncomp.backends.ptx.codegen import NVPTX_DATALAYOUT, NVPTX_TRIPLE
 from rnncomp.backends.ptx.ptxgen import entries, find_ptxas, ptxas, spills, to_ptx
 from rnncomp.errors import CompileError
 
-from gradcheck import numpy_model, random_data
+from gradcheck import mask_and_h0, numpy_model, random_data
 from test_custom_cells import CUSTOM, jordan_with_xent
 
 needs_ptxas = pytest.mark.skipif(find_ptxas() is None, reason="ptxas (CUDA toolkit) not on PATH")
@@ -149,9 +149,7 @@ def test_custom_cells_host_semantics(make):
 def test_host_semantics_masks_h0_and_shapes():
     cell = rc.cells.lstm(7, 13, 3)
     T, B = 9, 5
-    mask = (np.random.default_rng(2).random((T, B)) > 0.5).astype(float)
-    mask[0, 0] = 1
-    h0 = {s: np.random.default_rng(3).normal(size=(B, 13)) for s in cell.step.states}
+    mask, h0 = mask_and_h0(cell, T, B)
     m = compare_host(cell, T=T, B=B, mask=mask, h0=h0)
     # one compiled model serves other (T, B): a new arena and launch list
     params, inputs, targets = random_data(cell, T=2, B=1, seed=4)

@@ -96,6 +96,8 @@ class Kernel:
     body: object = None
     doc: str = ""
     block: int | None = None
+    per_row: int | None = None  # a simple kernel of ``rows · per_row`` threads (one per element)
+    entry: bool = True           # False: only its body is emitted (inlined into a persistent kernel)
 
     def threads(self, rows: int) -> int:
         """The ``N`` argument of a launch over ``rows`` rows (threads, or blocks if tiled)."""
@@ -115,9 +117,10 @@ class KernelSet:
 
     def add(self, kind: str, nptr: int, body, per_row=1, fixed=None, doc="", size=None, block=None) -> str:
         name = f"k{len(self.kernels)}_{kind}"
+        rowwise = size is None and fixed is None and not isinstance(body, Tiled)
         if size is None:
             size = (lambda R, f=fixed: f) if fixed is not None else (lambda R, n=per_row: R * n)
-        self.kernels[name] = Kernel(name, kind, nptr, size, body, doc, block)
+        self.kernels[name] = Kernel(name, kind, nptr, size, body, doc, block, per_row if rowwise else None)
         return name
 
     # ------------------------------------------------------------------ kernel kinds
@@ -300,6 +303,21 @@ class KernelSet:
                 lo += n
             b.store(b.load(res), b.gep(out, [gid], inbounds=True))
         return self.add("stackw", len(shapes) + 1, body, fixed=total, doc=doc)
+
+    def transpose(self, shape, doc="") -> str:
+        """``out = Pᵀ`` for an ``(m, n)`` weight, pointers ``P, out`` (one thread per element).
+
+        The persistent kernel reads a product's weight transposed, so that the threads of a
+        warp (consecutive outputs) load consecutive addresses."""
+        m_, n_ = (int(x) for x in shape)
+
+        def body(g, gid, N, R, ptrs):
+            b = g.b
+            P, out = ptrs
+            j, i = g.divmod(gid, m_)  # out[j, i] = P[i, j]
+            src = b.add(b.mul(i, I64(n_)), j)
+            b.store(b.load(b.gep(P, [src], inbounds=True)), b.gep(out, [gid], inbounds=True))
+        return self.add("transp", 2, body, fixed=m_ * n_, doc=doc)
 
     def grad_batch(self, n: int, doc="", ld=None) -> str:
         """grad[j] += Σ_rows src[row, j] over the launch's R rows (``ld``: row stride of src).
@@ -525,7 +543,7 @@ class _BodyGen:
         return base if j is None else b.add(base, j)
 
 
-def _sreg(module, name):
+def sreg(module, name):
     fn = module.globals.get(name)
     if fn is None:
         fn = ir.Function(module, ir.FunctionType(I32, []), name)
@@ -544,9 +562,13 @@ def emit_module(kernels: KernelSet, target: str, name: str = "rnncomp", host_tri
             m.triple = host_triple
     else:
         raise ValueError(f"target must be 'nvptx' or 'host', got {target!r}")
+    from .persistent import Persistent, emit_persistent
     for k in kernels.kernels.values():
         if isinstance(k.body, Tiled):
             _emit_tiled(m, k, ty, pty, target)
+            continue
+        if isinstance(k.body, Persistent):
+            emit_persistent(m, k, ty, pty, target)
             continue
         body = ir.Function(m, ir.FunctionType(ir.VoidType(), [I64, I64, I64] + [pty] * k.nptr),
                            f"{k.name}_body")
@@ -563,14 +585,16 @@ def emit_module(kernels: KernelSet, target: str, name: str = "rnncomp", host_tri
         b.branch(done)
         b.position_at_end(done)
         b.ret_void()
+        if not k.entry:
+            continue
         wrapper = ir.Function(m, ir.FunctionType(ir.VoidType(), [I64, I64] + [pty] * k.nptr), k.name)
         wb = ir.IRBuilder(wrapper.append_basic_block("entry"))
         N_, R_, ptrs = wrapper.args[0], wrapper.args[1], list(wrapper.args[2:])
         if target == "nvptx":
             wrapper.calling_convention = "ptx_kernel"
-            tid = wb.zext(wb.call(_sreg(m, "llvm.nvvm.read.ptx.sreg.tid.x"), []), I64)
-            ctaid = wb.zext(wb.call(_sreg(m, "llvm.nvvm.read.ptx.sreg.ctaid.x"), []), I64)
-            ntid = wb.zext(wb.call(_sreg(m, "llvm.nvvm.read.ptx.sreg.ntid.x"), []), I64)
+            tid = wb.zext(wb.call(sreg(m, "llvm.nvvm.read.ptx.sreg.tid.x"), []), I64)
+            ctaid = wb.zext(wb.call(sreg(m, "llvm.nvvm.read.ptx.sreg.ctaid.x"), []), I64)
+            ntid = wb.zext(wb.call(sreg(m, "llvm.nvvm.read.ptx.sreg.ntid.x"), []), I64)
             wb.call(body, [wb.add(wb.mul(ctaid, ntid), tid), N_, R_] + ptrs)
         else:
             with for_range(wb, N_, name="gid") as g_:
@@ -606,8 +630,8 @@ def _emit_tiled(m, k, ty, pty, target):
     if nvptx:
         fn.calling_convention = "ptx_kernel"
         acc = alloca_once(b, ir.ArrayType(ty, prog.n_acc), "acc")
-        tid = b.zext(b.call(_sreg(m, "llvm.nvvm.read.ptx.sreg.tid.x"), []), I64)
-        bid = b.zext(b.call(_sreg(m, "llvm.nvvm.read.ptx.sreg.ctaid.x"), []), I64)
+        tid = b.zext(b.call(sreg(m, "llvm.nvvm.read.ptx.sreg.tid.x"), []), I64)
+        bid = b.zext(b.call(sreg(m, "llvm.nvvm.read.ptx.sreg.ctaid.x"), []), I64)
         barrier = m.globals.get("llvm.nvvm.barrier0") or ir.Function(
             m, ir.FunctionType(ir.VoidType(), []), "llvm.nvvm.barrier0")
         g.smem = [b.gep(gv, [I32(0), I32(0)], inbounds=True) for gv in smem]

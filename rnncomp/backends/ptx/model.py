@@ -13,6 +13,7 @@ from ...autodiff import backward_step
 from ...errors import CallError
 from ..validate import check_call, initial_states, step_weights
 from .codegen import emit_module
+from .persistent import T_KEY
 from .plan import build_plan
 from .ptxgen import DEFAULT_ARCH, DEFAULT_FEATURES, check_arch, entries, to_ptx
 from .runtime import CudaRunner, HostRunner
@@ -29,14 +30,16 @@ class PtxModel:
     products; False: one thread per output element), ``fuse`` (one kernel per run of
     element-wise nodes of one size; False: one kernel per node), ``stack`` (pass "stack":
     products sharing an operand, and sums of products, as one product with a stacked weight;
-    the gradients of such a group as one product; False: one product per term).
+    the gradients of such a group as one product; False: one product per term),
+    ``persistent`` (one launch per pass runs every step, a block per sample: no launch per
+    step; see :mod:`.persistent`; ``block`` threads per block).
     """
 
     backend = "ptx"
 
     def __init__(self, cell, dtype="float64", *, arch=DEFAULT_ARCH, features=DEFAULT_FEATURES,
                  runner="cuda", device=0, block=256, graphs=True, hoist=True, isolate=True, opt=3,
-                 tiled=True, fuse=True, stack=True):
+                 tiled=True, fuse=True, stack=True, persistent=False):
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
@@ -48,7 +51,9 @@ class PtxModel:
         self.cell_name = st.name
         self.bwd = backward_step(st) if st.has_loss else None
         self.stack = bool(stack)
-        self.plan = build_plan(st, self.bwd, self.dtype, hoist=hoist, fuse=fuse, tiled=tiled, stack=self.stack)
+        self.persistent = bool(persistent)
+        self.plan = build_plan(st, self.bwd, self.dtype, hoist=hoist, fuse=fuse, tiled=tiled, stack=self.stack,
+                               persistent=self.persistent, threads=block)
         self.module = emit_module(self.plan.kernels, "nvptx", name=f"rnncomp_{st.name}")
         self.ir = str(self.module)
         self.ptx = to_ptx(self.ir, arch, features, opt=opt, isolate=isolate, where=f"cell {st.name!r}: ")
@@ -67,7 +72,8 @@ class PtxModel:
                 self._runner = HostRunner(self.plan.kernels)
             else:
                 ks = self.plan.kernels.kernels
-                self._runner = CudaRunner(self.ptx, list(ks), self.device, self.block, self.graphs,
+                self._runner = CudaRunner(self.ptx, [k for k, v in ks.items() if v.entry], self.device,
+                                          self.block, self.graphs,
                                           blocks={k: v.block for k, v in ks.items() if v.block})
         return self._runner
 
@@ -89,14 +95,20 @@ class PtxModel:
 
         def resolve(launch, t, rows):
             R = rows * B if launch.rows == "TB" else B
-            ptrs = [L.address(k, t, base, offsets, B, isz) for k in launch.args]
+            ptrs = [T if k == T_KEY else L.address(k, t, base, offsets, B, isz) for k in launch.args]
             return (launch.kernel, ks[launch.kernel].threads(R), R, ptrs)
 
         fwd = [resolve(x, 0, 1) for x in P.fwd_prologue]  # stacked weights, once per call
         fwd += [resolve(x, 0, T) for x in P.fwd_static]
-        fwd += [resolve(x, t, 1) for t in range(T) for x in P.fwd_step]
+        if P.fwd_loop is not None:
+            fwd.append(resolve(P.fwd_loop, 0, 1))
+        else:
+            fwd += [resolve(x, t, 1) for t in range(T) for x in P.fwd_step]
         bwd = [resolve(x, 0, 1) for x in P.bwd_prologue]
-        bwd += [resolve(x, t, 1) for t in reversed(range(T)) for x in P.bwd_step]
+        if P.bwd_loop is not None:
+            bwd.append(resolve(P.bwd_loop, 0, 1))
+        else:
+            bwd += [resolve(x, t, 1) for t in reversed(range(T)) for x in P.bwd_step]
         bwd += [resolve(x, 0, T) for x in P.bwd_grads]
         self._arena = a = {"TB": (T, B), "base": base, "offsets": offsets, "size": size,
                            "fwd": r.prepare(fwd), "bwd": r.prepare(bwd) if self.bwd else None,

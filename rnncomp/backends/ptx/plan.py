@@ -42,6 +42,7 @@ from ...ir import LEAF_OPS, key_str, placeholder, prune, state_independent
 from ..llvm.exprgen import unsupported
 from ..stackplan import grad_groups, stack_step, step_keep
 from .codegen import KernelSet
+from .persistent import loop_launch
 
 FREE_OPS = frozenset({"view", "stackv"})  # pass "stack": names of memory, no kernel
 
@@ -125,20 +126,33 @@ class Plan:
     views: dict = field(default_factory=dict)        # member key -> (whole, column, width)
     grad_groups: list = field(default_factory=list)  # (whole, kind, params, _) summed by one launch
     aliases: dict = field(default_factory=dict)      # copy nodes placed on their argument
+    fwd_loop: Launch | None = None                   # persistent: the forward steps, one launch
+    bwd_loop: Launch | None = None                   # ... and the backward steps
+    transposed: dict = field(default_factory=dict)   # persistent: weight -> its transposed copy
 
     def summary(self) -> str:
         ks = self.kernels.kernels
-        return (f"{len(ks)} kernels; launches: {len(self.fwd_static)} hoisted, {len(self.fwd_step)} per "
-                f"forward step, {len(self.bwd_step)} per backward step, {len(self.bwd_grads)} gradient"
-                + (f", {len(self.fwd_prologue) + len(self.bwd_prologue)} stacked weights" if self.stacks else ""))
+        if self.fwd_loop is not None:
+            steps = (f"1 persistent launch per pass for all steps ({len(self.fwd_step)} forward and "
+                     f"{len(self.bwd_step)} backward kernels per step inlined)")
+        else:
+            steps = f"{len(self.fwd_step)} per forward step, {len(self.bwd_step)} per backward step"
+        pro = len(self.fwd_prologue) + len(self.bwd_prologue)
+        return (f"{sum(k.entry for k in ks.values())} kernels; launches: {len(self.fwd_static)} hoisted, {steps}, "
+                f"{len(self.bwd_grads)} gradient" + (f", {pro} weights stacked or transposed" if pro else ""))
 
     def per_step(self) -> tuple:
         """Launches per forward step and per backward step."""
         return len(self.fwd_step), len(self.bwd_step)
 
 
-def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True) -> Plan:
-    """Kernels and launch lists for a lowered cell (``bwd`` None: forward only)."""
+def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, persistent=False,
+               threads=256) -> Plan:
+    """Kernels and launch lists for a lowered cell (``bwd`` None: forward only).
+
+    ``persistent``: the per-step launches become one persistent launch per pass
+    (:mod:`.persistent`, ``threads`` per block); their kernels are then simple (one thread per
+    element) and their products read transposed weight copies, built once per call."""
     bad = sorted({f for prog in [step.prog] + ([bwd.prog] if bwd else [])
                   for n in prog.nodes.values() if n.op == "ew" for f in unsupported(n.attrs["expr"])})
     if bad:
@@ -184,15 +198,23 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True) 
     _place_aliases(L, falias)
     plan.aliases.update(falias)
 
+    tr_weight = _transposer(plan, shapes) if persistent else None
     static = state_independent(fwd, hoistable(fwd)) if hoist else set()
     todo = [k for k, n in fwd.nodes.items() if n.op not in LEAF_OPS | FREE_OPS and k not in falias]
     for group in _groups(fwd, [k for k in todo if k in static], fuse):
         plan.fwd_static.append(_group_launch(ks, fwd, group, "TB", L, shapes))
+    ks.tiled = tiled and not persistent  # the persistent kernel inlines simple kernels
     for group in _groups(fwd, [k for k in todo if k not in static], fuse):
-        plan.fwd_step.append(_group_launch(ks, fwd, group, "B", L, shapes))
+        plan.fwd_step.append(_group_launch(ks, fwd, group, "B", L, shapes, tr_weight))
+    ks.tiled = tiled
     fwd_stacks = _stacks_used(fwd)
     plan.fwd_prologue = [_stack_launch(ks, plan.stacks[n], step.params) for n in plan.stacks if n in fwd_stacks]
+    fwd_tr = set(plan.transposed)
+    plan.fwd_prologue += [_transpose_launch(ks, p, plan.transposed[p], shapes) for p in plan.transposed]
+    where = f"cell {step.name!r}"
     if bwd is None:
+        if persistent:
+            plan.fwd_loop = loop_launch(ks, L, plan.fwd_step, False, threads, where, Launch)
         return plan
 
     # backward values: one row block per step; δh[t-1] buffers get a zero row T for δ⁺h
@@ -232,11 +254,18 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True) 
                                      note=f"carry {s}"))
         plan.carry_slot[s] = slot
     todo = [k for k, n in bprog.nodes.items() if n.op not in LEAF_OPS | FREE_OPS and k not in balias]
+    ks.tiled = tiled and not persistent
     for group in _groups(bprog, todo, fuse):
-        plan.bwd_step.append(_group_launch(ks, bprog, group, "B", L, shapes))
+        plan.bwd_step.append(_group_launch(ks, bprog, group, "B", L, shapes, tr_weight))
+    ks.tiled = tiled
     plan.bwd_step += copies
     plan.bwd_prologue = [_stack_launch(ks, plan.stacks[n], step.params) for n in plan.stacks
                          if n in _stacks_used(bprog) and n not in fwd_stacks]
+    plan.bwd_prologue += [_transpose_launch(ks, p, plan.transposed[p], shapes) for p in plan.transposed
+                          if p not in fwd_tr]
+    if persistent:
+        plan.fwd_loop = loop_launch(ks, L, plan.fwd_step, False, threads, where, Launch)
+        plan.bwd_loop = loop_launch(ks, L, plan.bwd_step, True, threads, where, Launch)
 
     # parameter gradients: a group's gradients are adjacent rows of one slot, summed by one launch
     plan.grad_groups = grad_groups(bwd, bprog, views) if stack else []
@@ -321,6 +350,25 @@ def _stacks_used(prog) -> set:
     return {p for n in prog.nodes.values() if n.op == "matvec" for p, _, _ in n.attrs["terms"]}
 
 
+def _transposer(plan, shapes):
+    """``p -> name`` of ``p``'s transposed copy (a slot, a shape; the launch is added later)."""
+    def tr_weight(p):
+        if p not in plan.transposed:
+            name = f"{p}ᵀ"
+            m_, n_ = shapes[p]
+            k = plan.layout.slot(f"transposed {p}", m_ * n_, -1)
+            plan.layout.place((name, None), k)
+            plan.transposed[p] = name
+            shapes[name] = (n_, m_)
+        return plan.transposed[p]
+    return tr_weight
+
+
+def _transpose_launch(ks, p, name, shapes) -> Launch:
+    kernel = ks.transpose(shapes[p], doc=f"{name} ← {p}ᵀ")
+    return Launch(kernel, ((p, None), (name, None)), note=f"transpose {p}", computes=((name, None),))
+
+
 def _stack_launch(ks, stk, params) -> Launch:
     """One launch that builds a stacked weight from its parts (once per call)."""
     name = ks.stack_weight([params[p] for p in stk.parts], stk.axis, doc=f"{stk.name} ← {', '.join(stk.parts)}")
@@ -395,9 +443,9 @@ def _arg_units(prog, L, a):
     return (_units(node), shared, None if shared else L.ld(a))
 
 
-def _group_launch(ks: KernelSet, prog, group, rows, L, shapes) -> Launch:
+def _group_launch(ks: KernelSet, prog, group, rows, L, shapes, tr_weight=None) -> Launch:
     if len(group) == 1:
-        launch = _node_launch(ks, prog, group[0], prog.nodes[group[0]], rows, L, shapes)
+        launch = _node_launch(ks, prog, group[0], prog.nodes[group[0]], rows, L, shapes, tr_weight)
     else:  # a fused run of element-wise nodes of one size
         inside = {k: q for q, k in enumerate(group)}
         ext, ext_units, items = [], [], []
@@ -421,7 +469,7 @@ def _group_launch(ks: KernelSet, prog, group, rows, L, shapes) -> Launch:
     return launch
 
 
-def _node_launch(ks: KernelSet, prog, key, node, rows, L, shapes) -> Launch:
+def _node_launch(ks: KernelSet, prog, key, node, rows, L, shapes, tr_weight=None) -> Launch:
     doc = key_str(key)
     ld = L.ld(key)
     if node.op == "ew":
@@ -430,6 +478,8 @@ def _node_launch(ks: KernelSet, prog, key, node, rows, L, shapes) -> Launch:
         return Launch(name, tuple(node.args) + (key,), note=doc)
     if node.op == "matvec":
         terms = node.attrs["terms"]
+        if tr_weight is not None:  # out[r] = Σ P[r, k] v[k] reads Pᵀ[k, r]: coalesced over r
+            terms = tuple((p, tr, c) if tr else (tr_weight(p), True, c) for p, tr, c in terms)
         v = node.args[0]
         n_in = prog.node(v).size
         name = ks.matvec(n_in, node.size, terms, [shapes[p] for p, _, _ in terms], doc=doc,

@@ -219,6 +219,8 @@ class HostRunner:
         self.lib = compile_module(module, cache=None, host=host)
         self.fns = {}
         for k in kernels.kernels.values():
+            if not k.entry:
+                continue
             proto = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, *([ctypes.c_void_p] * k.nptr))
             self.fns[k.name] = proto(self.lib.address(k.name))
         self._arrays = {}

@@ -1,0 +1,129 @@
+"""The persistent kernel: a whole pass of T steps in one launch, one block per sample.
+
+The recurrence couples the units of one sample across steps, never two samples: every
+per-step kernel of the plan (products, element-wise runs, slices, row sums, carry
+copies) computes row b of its output from row b of its inputs and from parameters.
+So a block that owns a set of batch rows can run all T steps of those rows alone:
+
+    for t in 0 … T-1 (the backward pass: T-1 … 0):
+        for each launch of the step, in plan order:
+            threads of the block share the elements of the block's rows
+            barrier (the block's threads see each other's writes)
+
+No grid-wide barrier and no cooperative launch are needed: blocks never wait for each
+other, and any number of them may run at once.  One launch replaces T × (launches per
+step) launches, and with them the GPU's gap between kernels.  The step kernels are the
+plan's *simple* kernels (one thread per element), whose bodies are inlined here; the
+products read their weight transposed (:meth:`.codegen.KernelSet.transpose`, once per
+call) so that the threads of a warp read consecutive addresses.  Hoisted products and
+parameter gradients stay tiled GEMM launches before and after the loop.
+
+A value's address at step t is its address at step 0 plus ``t · B · units`` elements
+(:meth:`.plan.Layout.address`), so the kernel takes each distinct value's step-0 pointer
+and its ``units`` (0 for parameters).  Signature: ``k(N blocks, R = B, T, p_1 … p_k)``.
+On the host runner a block is a loop over its elements, which is exact: no two blocks
+touch the same row.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from ...errors import CompileError
+from ..llvm.builder import I64, for_range
+from .codegen import Tiled, sreg
+
+T_KEY = ("__T", None)  # the launch argument that stands for the sequence length
+MAX_POINTERS = 480     # CUDA kernel parameters: 4 KiB, 8 bytes a pointer
+
+
+@dataclass
+class Persistent:
+    """``steps``: ``(kernel name, elements per row, argument indices)`` in launch order;
+    ``strides[i]``: elements per row of pointer i (0: not per step); ``reverse``: t runs
+    T-1 … 0; ``nt``: threads per block."""
+
+    steps: tuple
+    strides: tuple
+    reverse: bool
+    nt: int
+
+
+def loop_launch(ks, layout, launches, reverse: bool, threads: int, where: str, launch_cls):
+    """One persistent launch that runs ``launches`` (one step's, in order) for every step."""
+    keys, steps, computes = [], [], []
+    for x in launches:
+        k = ks.kernels[x.kernel]
+        if k.per_row is None or isinstance(k.body, Tiled):
+            raise CompileError(f"{where}: internal: the persistent kernel needs a row-wise kernel, got "
+                               f"{k.name} ({k.doc})")
+        idx = []
+        for a in x.args:
+            if a not in keys:
+                keys.append(a)
+            idx.append(keys.index(a))
+        steps.append((x.kernel, k.per_row, tuple(idx)))
+        computes += list(x.computes)
+        k.entry = False
+    if len(keys) > MAX_POINTERS:
+        raise CompileError(f"{where}: the persistent kernel would take {len(keys)} pointers (CUDA allows "
+                           f"{MAX_POINTERS}); compile with persistent=False")
+    strides = []
+    for a in keys:
+        slot = layout.slots[layout.where[a][0]]
+        strides.append(slot.units if slot.extra_rows >= 0 else 0)
+    doc = f"{'backward' if reverse else 'forward'} pass, all steps: {len(steps)} kernels per step inlined"
+    name = ks.add("loop", len(keys) + 1, Persistent(tuple(steps), tuple(strides), reverse, threads),
+                  size=lambda R: R, block=threads, doc=doc)
+    return launch_cls(name, (T_KEY,) + tuple(keys), rows="B", note=doc, computes=tuple(computes))
+
+
+def emit_persistent(m, k, ty, pty, target):
+    """``k(N, R, T, ptrs…)``: block ``bid`` owns rows ``[bid·rb, min((bid+1)·rb, R))``,
+    ``rb = ⌈R / N⌉``; nvptx: ``tid.x`` walks the elements with stride ``nt`` and
+    ``llvm.nvvm.barrier0`` ends each kernel; host: a loop over blocks, then elements."""
+    prog: Persistent = k.body
+    fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [I64, I64, I64] + [pty] * (k.nptr - 1)), k.name)
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    N, R, T, ptrs = fn.args[0], fn.args[1], fn.args[2], list(fn.args[3:])
+    bodies = []
+    for name, _, _ in prog.steps:
+        body = m.globals.get(f"{name}_body")
+        if body is None:
+            raise CompileError(f"internal: kernel body {name}_body is not emitted before {k.name}")
+        bodies.append(body)
+    nvptx = target == "nvptx"
+    rb = b.udiv(b.add(R, b.sub(N, I64(1))), N)
+
+    def block(bid, tid, step):
+        r0 = b.mul(bid, rb)
+        r1 = b.add(r0, rb)
+        r1 = b.select(b.icmp_signed("<", r1, R), r1, R)
+        with for_range(b, T, name="s") as s:
+            t = b.sub(b.sub(T, I64(1)), s) if prog.reverse else s
+            tR = b.mul(t, R)
+            for (name, n, idx), body in zip(prog.steps, bodies):
+                args = []
+                for i in idx:
+                    st = prog.strides[i]
+                    args.append(ptrs[i] if not st else b.gep(ptrs[i], [b.mul(tR, I64(st))], inbounds=True))
+                lo = b.mul(r0, I64(n))
+                if tid is not None:
+                    lo = b.add(lo, tid)
+                with for_range(b, b.mul(r1, I64(n)), start=lo, step=I64(step), name="e") as e:
+                    b.call(body, [e, b.mul(R, I64(n)), R] + args)
+                if nvptx:
+                    b.call(barrier, [])
+
+    if nvptx:
+        fn.calling_convention = "ptx_kernel"
+        barrier = m.globals.get("llvm.nvvm.barrier0") or ir.Function(
+            m, ir.FunctionType(ir.VoidType(), []), "llvm.nvvm.barrier0")
+        tid = b.zext(b.call(sreg(m, "llvm.nvvm.read.ptx.sreg.tid.x"), []), I64)
+        bid = b.zext(b.call(sreg(m, "llvm.nvvm.read.ptx.sreg.ctaid.x"), []), I64)
+        block(bid, tid, prog.nt)
+    else:
+        with for_range(b, N, name="bid") as bid_:
+            block(bid_, None, 1)
+    b.ret_void()
