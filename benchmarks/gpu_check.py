@@ -10,8 +10,9 @@ the comparison columns (skipped if missing).  Nothing is installed.  Writes
 Every part runs in its own ``try``: a failure is printed, recorded under ``errors`` and the
 run goes on.
 
-Variants: pass "stack" on and off, and the persistent kernel (``persistent=True``; timing also
-with 512 threads a block); ``--no-persistent`` leaves the persistent kernel out.
+Variants: one launch per step (``persistent=False``) with pass "stack" on ("steps") and off
+("nostack"), and the default, the persistent kernel (block size chosen per call; timing also
+with 256 and 1024 threads a block); ``--no-persistent`` leaves the persistent kernel out.
 
 1. correctness: every zoo cell, float32, H=32 T=12 B=5, every variant: PTX model
    vs the NumPy oracle in float64 on the same data: loss rel 1e-4, each gradient max |Δ| ≤
@@ -293,6 +294,8 @@ def time_ptx(row, tag, cell, params, inputs, targets, **options):
     row[f"ptx_{tag}_ms"] = median_ms(lambda: m.loss_and_grad(params, inputs, targets, check_finite=False),
                                      lambda: None, repeats=reps)
     r, a = m.runner, m._arena
+    if isinstance(a["fwd"], dict):  # CUDA: the block size the persistent kernel was given
+        row[f"block_{tag}"] = [op[3] for op in a["fwd"]["seq"] if isinstance(op[1], str) and op[1].endswith("_loop")]
 
     def passes():
         r.execute(a["fwd"])
@@ -360,14 +363,15 @@ def table():
           "CUDA graphs alone):")
     tags = [t for t, _ in TIMED]
     head = "".join(f"{'ptx ' + t:>16}{'kernels':>9}" for t in tags)
-    print(f"{'case':<26}{head}{'cuDNN':>9}{'torch loop':>12}   launches/step fwd,bwd (stack | nostack)")
+    print(f"{'case':<26}{head}{'cuDNN':>9}{'torch loop':>12}   launches/step fwd,bwd (steps | nostack); "
+          "persistent block")
     for r in RESULT["timing"]:
         label = f"{r['cell']} H={r['H']} B={r['B']} T={r['T']}"
         if "skipped" in r:
             print(f"{label:<26}  {r['skipped']}")
             continue
         cols = "".join(f"{num(r, f'ptx_{t}_ms', 16)}{num(r, f'kernels_{t}_ms', 9)}" for t in tags)
-        steps = f"{r.get('per_step_stack')} | {r.get('per_step_nostack')}"
+        steps = f"{r.get('per_step_steps')} | {r.get('per_step_nostack')}; {r.get('block_persistent', '')}"
         print(f"{label:<26}{cols}{num(r, 'cudnn_ms', 9)}{num(r, 'torch_loop_ms', 12)}   {steps}"
               + (f"   error: {r['error'][:60]}" if "error" in r else ""))
 
@@ -399,15 +403,15 @@ def pick_features():
 
 
 ARCH, FEATURES = pick_features()
-# correctness and strict run every variant; timing also the persistent kernel with 512 threads a block
-VARIANTS = [("stack", {"stack": True}), ("nostack", {"stack": False})]
+# correctness and strict run every variant; timing also the persistent kernel with fixed block sizes
+VARIANTS = [("steps", {"persistent": False}), ("nostack", {"stack": False, "persistent": False})]
 if not ARGS.no_persistent:
-    VARIANTS.append(("persistent", {"persistent": True}))
+    VARIANTS.append(("persistent", {}))  # the default: persistent, block size chosen per call
 TIMED = list(VARIANTS)
 if not ARGS.no_persistent:
-    TIMED.append(("pers512", {"persistent": True, "block": 512}))
+    TIMED += [("p256", {"persistent_block": 256}), ("p1024", {"persistent_block": 1024})]
 if ARGS.simple:
-    TIMED.append(("simple", {"stack": False, "tiled": False, "fuse": False}))
+    TIMED.append(("simple", {"stack": False, "tiled": False, "fuse": False, "persistent": False}))
 RESULT["arch"], RESULT["features"] = ARCH, FEATURES
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 * every zoo cell (and the custom cells) compiles to PTX whose kernels are ``.entry``
   points that ``ptxas`` assembles for sm_80 and sm_90 with no local-memory spills
   (skipped, with the reason, when ``ptxas`` is not on PATH);
-* ``runner="host"`` runs the very same kernel bodies and launch plan on this CPU
+* ``runner="host"`` runs the very same kernel bodies and launch plan on this CPU (here with
+  one launch per step, ``persistent=False``; the persistent kernel: ``test_ptx_persistent``)
   (each wrapper loops over the thread index): it must match the NumPy oracle to
   float64 rounding, so an indexing bug shows here before any GPU is involved;
 * every vector-math function lowers for NVPTX (LLVM aborts the process on an
@@ -45,9 +46,9 @@ def _cuda_present():
 @pytest.mark.parametrize("name", ZOO)
 def test_zoo_ptx_assembles_without_spills(name, arch):
     dtype = "float32" if arch == "sm_90" else "float64"
-    m = rc.compile(rc.cells.get(name)(64, 256, 16), backend="ptx", dtype=dtype, arch=arch)
+    m = rc.compile(rc.cells.get(name)(64, 256, 16), backend="ptx", dtype=dtype, arch=arch, persistent=False)
     names = entries(m.ptx)
-    assert names and sorted(names) == sorted(m.plan.kernels.kernels)
+    assert names and sorted(names) == sorted(m.plan.kernels.kernels)  # one launch per step: all entries
     assert ".func" not in m.ptx.replace(".func_", "")  # every kernel is a launchable .entry
     report = ptxas(m.ptx, arch)
     sp_ = spills(report)
@@ -116,7 +117,7 @@ def compare_host(cell, T=5, B=3, seed=0, targets=None, options=None, **kw):
     params, inputs, tg = random_data(cell, T=T, B=B, seed=seed)
     tg = targets or tg
     l1, g1, h1 = numpy_model(cell).loss_and_grad(params, inputs, tg, **kw)
-    model = rc.compile(cell, backend="ptx", runner="host", **(options or {}))
+    model = rc.compile(cell, backend="ptx", runner="host", **({"persistent": False} | (options or {})))
     l2, g2, h2 = model.loss_and_grad(params, inputs, tg, **kw)
     assert l2 == pytest.approx(l1, rel=1e-11)
     assert g2.keys() == g1.keys()
@@ -221,7 +222,7 @@ def test_cuda_matches_oracle(name):
     params, inputs, targets = random_data(cell, T=7, B=4)
     l1, g1, h1 = numpy_model(cell).loss_and_grad(params, inputs, targets)
     for graphs in (True, False):
-        m = rc.compile(cell, backend="ptx", graphs=graphs)
+        m = rc.compile(cell, backend="ptx", graphs=graphs, persistent=False)
         l2, g2, h2 = m.loss_and_grad(params, inputs, targets)
         assert l2 == pytest.approx(l1, rel=1e-11)
         for k in g1:
@@ -238,7 +239,7 @@ def test_cuda_tiles_and_splits_match_oracle(name, options):
     cell = rc.cells.get(name)(37, 70, 3)
     params, inputs, targets = random_data(cell, T=30, B=20)
     l1, g1, h1 = numpy_model(cell).loss_and_grad(params, inputs, targets)
-    m = rc.compile(cell, backend="ptx", **options)
+    m = rc.compile(cell, backend="ptx", persistent=False, **options)
     l2, g2, h2 = m.loss_and_grad(params, inputs, targets)
     assert l2 == pytest.approx(l1, rel=1e-10)
     for k in g1:

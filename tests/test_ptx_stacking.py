@@ -1,5 +1,8 @@
 """Pass "stack" in the PTX backend (``stack=True``, default): fewer launches, same values.
 
+Run with one launch per step (``persistent=False``); stack on and off with the persistent
+kernel: ``test_ptx_persistent``.
+
 * the host semantics runner (``runner="host"``: the very kernels and launch plan, on this
   CPU) with stack on and off agrees with the NumPy oracle for every zoo cell and every
   custom cell, in float32 against the float64 oracle on the same float32-rounded data
@@ -45,7 +48,7 @@ def compare_f32(cell, T=5, B=3, targets=None):
     o1, _ = oracle.forward(up(params), up(inputs))
     got = {}
     for stack in (True, False):
-        m = rc.compile(cell, backend="ptx", dtype="float32", runner="host", stack=stack)
+        m = rc.compile(cell, backend="ptx", dtype="float32", runner="host", stack=stack, persistent=False)
         l2, g2, h2 = got[stack] = m.loss_and_grad(params, inputs, tg)
         assert l2 == pytest.approx(l1, rel=1e-5), f"stack={stack}"
         assert g2.keys() == g1.keys()
@@ -65,7 +68,8 @@ def compare_on_off_f64(cell, T=5, B=3, **options):
     l1, g1, h1 = numpy_model(cell).loss_and_grad(params, inputs, tg)
     models = {}
     for stack in (True, False):
-        m = models[stack] = rc.compile(cell, backend="ptx", runner="host", stack=stack, **options)
+        m = models[stack] = rc.compile(cell, backend="ptx", runner="host", stack=stack,
+                                       **({"persistent": False} | options))
         l2, g2, h2 = m.loss_and_grad(params, inputs, tg)
         assert l2 == pytest.approx(l1, rel=1e-11)
         for k in g1:
@@ -135,7 +139,7 @@ def test_masks_h0_and_other_shapes_stacked():
     mask[0, 0] = 1
     h0 = {"h": np.random.default_rng(8).normal(size=(B, 6))}
     ref = numpy_model(cell).loss_and_grad(params, inputs, targets, h0=h0, mask=mask)
-    m = rc.compile(cell, backend="ptx", runner="host")
+    m = rc.compile(cell, backend="ptx", runner="host", persistent=False)
     got = m.loss_and_grad(params, inputs, targets, h0=h0, mask=mask)
     assert got[0] == pytest.approx(ref[0], rel=1e-11)
     for k in ref[1]:
@@ -149,8 +153,8 @@ def test_masks_h0_and_other_shapes_stacked():
 @pytest.mark.parametrize("name, fwd_bwd", [("lstm", (5, 4)), ("gru", (7, 7))])
 def test_fewer_launches_per_step(name, fwd_bwd):
     cell = rc.cells.get(name)(8, 16, 3)
-    on = rc.compile(cell, backend="ptx").plan
-    off = rc.compile(cell, backend="ptx", stack=False).plan
+    on = rc.compile(cell, backend="ptx", persistent=False).plan
+    off = rc.compile(cell, backend="ptx", stack=False, persistent=False).plan
     assert on.per_step() == fwd_bwd
     assert on.per_step()[0] < off.per_step()[0] and on.per_step()[1] < off.per_step()[1]
     assert len(on.bwd_grads) < len(off.bwd_grads) and len(on.fwd_static) < len(off.fwd_static)
@@ -170,7 +174,7 @@ def test_fewer_launches_per_step(name, fwd_bwd):
 
 def test_launch_order_is_topological_and_members_cost_nothing():
     for stack in (True, False):
-        plan = rc.compile(rc.cells.lstm(8, 16, 3), backend="ptx", stack=stack).plan
+        plan = rc.compile(rc.cells.lstm(8, 16, 3), backend="ptx", stack=stack, persistent=False).plan
         for prog, launches in [(plan.fwd_prog, plan.fwd_static + plan.fwd_step), (plan.bwd_prog, plan.bwd_step)]:
             order = [k for x in launches for k in x.computes]
             assert len(order) == len(set(order))
@@ -200,7 +204,8 @@ def test_cuda_stack_on_off_match_oracle(name):
     params, inputs, targets = random_data(cell, T=30, B=20, seed=5)
     l1, g1, h1 = numpy_model(cell).loss_and_grad(params, inputs, targets)
     for stack in (True, False):
-        l2, g2, h2 = rc.compile(cell, backend="ptx", stack=stack).loss_and_grad(params, inputs, targets)
+        l2, g2, h2 = rc.compile(cell, backend="ptx", stack=stack, persistent=False).loss_and_grad(
+            params, inputs, targets)
         assert l2 == pytest.approx(l1, rel=1e-10)
         for k in g1:
             assert np.abs(g2[k] - g1[k]).max() <= 1e-10 * (np.abs(g1[k]).max() + 1e-6), (stack, k)
@@ -218,7 +223,7 @@ def test_cuda_stack_on_off_match_oracle(name):
                          ids=["lstm512-stacked", "lstm-unstacked", "gru-unstacked", "columns-stacked"])
 def test_ptx_assembles_without_spills(make, stack, arch):
     dtype = "float32" if arch == "sm_90" else "float64"
-    m = rc.compile(make(), backend="ptx", dtype=dtype, arch=arch, stack=stack)
+    m = rc.compile(make(), backend="ptx", dtype=dtype, arch=arch, stack=stack, persistent=False)
     names = entries(m.ptx)
     assert names and sorted(names) == sorted(m.plan.kernels.kernels)
     sp_ = spills(ptxas(m.ptx, arch))

@@ -13,7 +13,7 @@ from ...autodiff import backward_step
 from ...errors import CallError
 from ..validate import check_call, initial_states, step_weights
 from .codegen import emit_module
-from .persistent import T_KEY
+from .persistent import T_KEY, Persistent
 from .plan import build_plan
 from .ptxgen import DEFAULT_ARCH, DEFAULT_FEATURES, check_arch, entries, to_ptx
 from .runtime import CudaRunner, HostRunner
@@ -32,14 +32,20 @@ class PtxModel:
     products sharing an operand, and sums of products, as one product with a stacked weight;
     the gradients of such a group as one product; False: one product per term),
     ``persistent`` (one launch per pass runs every step, a block per sample: no launch per
-    step; see :mod:`.persistent`; ``block`` threads per block).
+    step, see :mod:`.persistent`; None, the default: on unless the cell is too wide for one
+    kernel's parameters; False: one launch per step), ``persistent_block`` (threads per block
+    of the persistent kernel; None: chosen per call from the batch size and the occupancy).
+
+    A call is one replay: the caller's arrays are copied into a pinned staging buffer, then
+    uploads, kernels and downloads run as one sequence (one CUDA graph), then the results
+    are copied out of the staging buffer.
     """
 
     backend = "ptx"
 
     def __init__(self, cell, dtype="float64", *, arch=DEFAULT_ARCH, features=DEFAULT_FEATURES,
                  runner="cuda", device=0, block=256, graphs=True, hoist=True, isolate=True, opt=3,
-                 tiled=True, fuse=True, stack=True, persistent=False):
+                 tiled=True, fuse=True, stack=True, persistent=None, persistent_block=None):
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
@@ -51,9 +57,10 @@ class PtxModel:
         self.cell_name = st.name
         self.bwd = backward_step(st) if st.has_loss else None
         self.stack = bool(stack)
-        self.persistent = bool(persistent)
+        self.persistent_block = persistent_block
         self.plan = build_plan(st, self.bwd, self.dtype, hoist=hoist, fuse=fuse, tiled=tiled, stack=self.stack,
-                               persistent=self.persistent, threads=block)
+                               persistent=persistent)
+        self.persistent = self.plan.fwd_loop is not None
         self.module = emit_module(self.plan.kernels, "nvptx", name=f"rnncomp_{st.name}")
         self.ir = str(self.module)
         self.ptx = to_ptx(self.ir, arch, features, opt=opt, isolate=isolate, where=f"cell {st.name!r}: ")
@@ -68,13 +75,15 @@ class PtxModel:
     @property
     def runner(self):
         if self._runner is None:
+            ks = self.plan.kernels.kernels
             if self.runner_kind == "host":
                 self._runner = HostRunner(self.plan.kernels)
             else:
-                ks = self.plan.kernels.kernels
+                loops = {k: v.body.width for k, v in ks.items() if isinstance(v.body, Persistent)}
                 self._runner = CudaRunner(self.ptx, [k for k, v in ks.items() if v.entry], self.device,
                                           self.block, self.graphs,
-                                          blocks={k: v.block for k, v in ks.items() if v.block})
+                                          blocks={k: v.block for k, v in ks.items() if v.block},
+                                          loops=loops, loop_block=self.persistent_block)
         return self._runner
 
     def _get_arena(self, T, B):
@@ -83,9 +92,10 @@ class PtxModel:
             return a
         r, L, P = self.runner, self.plan.layout, self.plan
         if a is not None:
-            r.release(a["fwd"])
-            r.release(a["bwd"])
+            for k in ("fwd", "bwd", "train", "run"):
+                r.release(a[k])
             r.free(a["base"])
+            r.free_host(a["stage_ptr"])
             self._arena = None
         isz = self.dtype.itemsize
         offsets, size = L.offsets(T, B, isz)
@@ -104,54 +114,97 @@ class PtxModel:
             fwd.append(resolve(P.fwd_loop, 0, 1))
         else:
             fwd += [resolve(x, t, 1) for t in range(T) for x in P.fwd_step]
-        bwd = [resolve(x, 0, 1) for x in P.bwd_prologue]
-        if P.bwd_loop is not None:
-            bwd.append(resolve(P.bwd_loop, 0, 1))
-        else:
-            bwd += [resolve(x, t, 1) for t in reversed(range(T)) for x in P.bwd_step]
-        bwd += [resolve(x, 0, T) for x in P.bwd_grads]
-        self._arena = a = {"TB": (T, B), "base": base, "offsets": offsets, "size": size,
-                           "fwd": r.prepare(fwd), "bwd": r.prepare(bwd) if self.bwd else None,
-                           "launches": (len(fwd), len(bwd))}
+        bwd = []
+        if self.bwd is not None:
+            bwd = [resolve(x, 0, 1) for x in P.bwd_prologue]
+            if P.bwd_loop is not None:
+                bwd.append(resolve(P.bwd_loop, 0, 1))
+            else:
+                bwd += [resolve(x, t, 1) for t in reversed(range(T)) for x in P.bwd_step]
+            bwd += [resolve(x, 0, T) for x in P.bwd_grads]
+        a = {"TB": (T, B), "base": base, "offsets": offsets, "size": size, "launches": (len(fwd), len(bwd))}
+        addr = lambda key, t=0: L.address(key, t, base, offsets, B, isz)  # noqa: E731
+        stage, run_ops, train_ops = self._staging(a, addr, T, B)
+        a["stage_ptr"], a["stage"] = stage
+        a["fwd"], a["bwd"] = r.prepare(fwd), (r.prepare(bwd) if self.bwd else None)  # the kernels alone
+        a["run"] = r.prepare(run_ops[0] + fwd + run_ops[1])
+        a["train"] = r.prepare(train_ops[0] + fwd + bwd + train_ops[1]) if self.bwd else None
+        self._arena = a
         return a
 
-    def _slot_ptr(self, a, slot):
-        return a["base"] + a["offsets"][slot]
+    def _staging(self, a, addr, T, B):
+        """A pinned host buffer with a region per array a call moves, and the copies.
 
-    def _key_ptr(self, a, key, t=0):
-        B = a["TB"][1]
-        return self.plan.layout.address(key, t, a["base"], a["offsets"], B, self.dtype.itemsize)
+        Returns ``((pointer, {name: array view}), (forward: uploads, downloads), (training:
+        uploads, downloads))``.  A value that is a column range of wider rows is moved with its
+        whole rows (``(T, B, ld)``) and the columns are picked on the host."""
+        st, P, L, dt = self.step, self.plan, self.plan.layout, self.dtype
+        isz = dt.itemsize
+        regions = []  # (name, device address, shape)
 
-    def _read(self, a, key, t, rows, n):
-        """``(rows, B, n)`` values of ``key`` from step ``t`` on (a column range of wider rows
-        when the value is a member of a stacked slot)."""
-        L, B = self.plan.layout, a["TB"][1]
-        ld, col = L.ld(key), L.where[key][2]
-        if ld == n:
-            return self.runner.download(self._key_ptr(a, key, t), (rows, B, n), self.dtype)
-        ptr = self._key_ptr(a, key, t) - col * self.dtype.itemsize
-        return self.runner.download(ptr, (rows, B, ld), self.dtype)[:, :, col:col + n].copy()
+        def region(name, ptr, shape):
+            regions.append((name, ptr, tuple(int(x) for x in shape)))
+            return ("h2d" if name[0] in ("param", "state", "io", "w") else "d2h", name)
 
-    def _load_inputs(self, a, call):
-        r, st, P, dt = self.runner, self.step, self.plan, self.dtype
-        for p, k in P.param_slot.items():
-            r.upload(self._slot_ptr(a, k), call.params[p])
-        init = initial_states(st, call, dt)
-        for s, k in P.state_slot.items():
-            r.upload(self._slot_ptr(a, k), init[s])
-        for name, k in P.io_slot.items():
-            arr = call.inputs.get(name, call.targets.get(name))
-            if arr is None:  # forward without targets: the loss nodes read zeros
-                arr = np.zeros((call.T, call.B, (st.inputs | st.targets)[name]), dtype=dt)
-            r.upload(self._slot_ptr(a, k), arr)
+        def rows_of(key, t, rows):
+            col = L.where[key][2]
+            return addr(key, t) - col * isz, (rows, B, L.ld(key))
 
-    def _final_states(self, a, call):
-        out = {}
-        for s, k in self.plan.state_slot.items():
-            n = self.step.states[s]
-            ptr = self._slot_ptr(a, k) + call.T * call.B * n * self.dtype.itemsize
-            out[s] = self.runner.download(ptr, (call.B, n), self.dtype)
-        return out
+        ups = [region(("param", p), addr((p, None)), (L.slots[k].units,))
+               for p, k in P.param_slot.items()]
+        ups += [region(("state", s), addr((s, "t-1"), 0), (B, st.states[s])) for s in P.state_slot]
+        io = {name: region(("io", name), addr((name, "t")), (T, B, (st.inputs | st.targets)[name]))
+              for name in P.io_slot}
+        finals = [region(("final", s), addr((s, "t-1"), T), (B, st.states[s])) for s in P.state_slot]
+        outs = [region(("out", o), *rows_of((o, "t"), 0, T)) for o in st.outputs]
+        train_up, train_down = [], []
+        if self.bwd is not None:
+            train_up = [region(("w",), addr(self.bwd.weight), (T, B))]
+            grad_slots = sorted(set(P.grad_slot.values()))
+            train_down = [region(("grad", k), a["base"] + a["offsets"][k], (L.slots[k].units,)) for k in grad_slots]
+            train_down.append(region(("cost",), *rows_of(st.loss_key, 0, T)))
+            train_down += [region(("dinit", s), *rows_of(self.bwd.carry_in[s], -1, 1))
+                           for s, p in st.state_init.items() if p is not None]
+        offs, pos = {}, 0
+        for name, _, shape in regions:
+            offs[name] = pos
+            pos += -(-int(np.prod(shape)) * isz // 64) * 64
+        ptr, raw = self.runner.alloc_host(max(pos, 1))
+        views = {name: raw[offs[name]:offs[name] + int(np.prod(shape)) * isz].view(dt).reshape(shape)
+                 for name, _, shape in regions}
+        dev = {name: d for name, d, _ in regions}
+
+        def ops(items):
+            out = []
+            for kind, name in items:
+                n = views[name].nbytes
+                out.append(("h2d", dev[name], ptr + offs[name], n) if kind == "h2d"
+                           else ("d2h", ptr + offs[name], dev[name], n))
+            return out
+
+        targets = [k for k in P.io_slot if k in st.targets]
+        run = (ops(ups + [io[k] for k in P.io_slot if k not in targets])
+               + [("memset", dev[("io", k)], views[("io", k)].nbytes) for k in targets],
+               ops(finals + outs))
+        grad_zero = [("memset", a["base"] + a["offsets"][k], L.slots[k].units * isz)
+                     for k in sorted(set(P.grad_slot.values()))] if self.bwd is not None else []
+        train = (ops(ups + list(io.values()) + train_up) + grad_zero, ops(finals + train_down))
+        return (ptr, views), run, train
+
+    def _upload_args(self, a, call, with_targets):
+        S, st = a["stage"], self.step
+        for p in self.plan.param_slot:
+            S[("param", p)].reshape(-1)[...] = np.asarray(call.params[p]).reshape(-1)
+        for s, v in initial_states(st, call, self.dtype).items():
+            S[("state", s)][...] = v
+        for name in self.plan.io_slot:
+            if name in st.inputs:
+                S[("io", name)][...] = call.inputs[name]
+            elif with_targets:
+                S[("io", name)][...] = call.targets[name]
+
+    def _finals(self, a):
+        return {s: a["stage"][("final", s)].copy() for s in self.plan.state_slot}
 
     # ------------------------------------------------------------------ the interface
     def forward(self, params, inputs, h0=None, *, check_finite=True):
@@ -159,12 +212,14 @@ class PtxModel:
         st = self.step
         call = check_call(st, self.dtype, params, inputs, None, h0, check_finite=check_finite)
         a = self._get_arena(call.T, call.B)
-        self._load_inputs(a, call)
-        self.runner.execute(a["fwd"])
+        self._upload_args(a, call, with_targets=False)
+        self.runner.execute(a["run"])
+        self.runner.sync()
         outs = {}
         for o, n in st.outputs.items():
-            outs[o] = self._read(a, (o, "t"), 0, call.T, n)
-        return outs, self._final_states(a, call)
+            col = self.plan.layout.where[(o, "t")][2]
+            outs[o] = a["stage"][("out", o)][:, :, col:col + n].copy()
+        return outs, self._finals(a)
 
     def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None, *, check_finite=True):
         """Loss (masked mean of the per-step costs), gradients of every parameter, final states."""
@@ -173,25 +228,24 @@ class PtxModel:
             raise CallError(f"cell {st.name!r} has no loss (declare one with cell.loss)")
         call = check_call(st, dt, params, inputs, targets, h0, mask, need_targets=True,
                           check_finite=check_finite)
-        T, B = call.T, call.B
-        a = self._get_arena(T, B)
-        r = self.runner
-        self._load_inputs(a, call)
-        w = np.ascontiguousarray(step_weights(call, dt))
-        r.upload(self._slot_ptr(a, P.weight_slot), w)
-        for k in sorted(set(P.grad_slot.values())):  # a gradient group shares one slot
-            r.zero(self._slot_ptr(a, k), P.layout.slots[k].units * dt.itemsize)
-        r.execute(a["fwd"])
-        r.execute(a["bwd"])
-        cost = self._read(a, st.loss_key, 0, T, 1)[:, :, 0]
+        a = self._get_arena(call.T, call.B)
+        S, L = a["stage"], P.layout
+        self._upload_args(a, call, with_targets=True)
+        w = step_weights(call, dt)
+        S[("w",)][...] = w
+        self.runner.execute(a["train"])
+        self.runner.sync()
+        cost = S[("cost",)][:, :, L.where[st.loss_key][2]]
         loss = float((w * cost).sum(dtype=np.float64))
         grads = {}
-        for p in P.grad_slot:
+        for p, k in P.grad_slot.items():
             shape = st.params[p]
-            grads[p] = r.download(self._key_ptr(a, ("__grad", p)), shape if isinstance(shape, tuple) else (shape,),
-                                  dt)
+            shape = shape if isinstance(shape, tuple) else (shape,)
+            at = L.where[("__grad", p)][2]
+            grads[p] = S[("grad", k)][at:at + int(np.prod(shape))].reshape(shape).copy()
         for s, p in st.state_init.items():
             if p is not None and s not in call.h0:
-                d = self._read(a, self.bwd.carry_in[s], -1, 1, st.states[s])[0]  # δh[-1]: row 0
-                grads[p] += d.sum(axis=0)
-        return loss, grads, self._final_states(a, call)
+                key = self.bwd.carry_in[s]
+                col = L.where[key][2]
+                grads[p] += S[("dinit", s)][0, :, col:col + st.states[s]].sum(axis=0)  # δh[-1]: row 0
+        return loss, grads, self._finals(a)

@@ -42,46 +42,72 @@ MAX_POINTERS = 480     # CUDA kernel parameters: 4 KiB, 8 bytes a pointer
 class Persistent:
     """``steps``: ``(kernel name, elements per row, argument indices)`` in launch order;
     ``strides[i]``: elements per row of pointer i (0: not per step); ``reverse``: t runs
-    T-1 … 0; ``nt``: threads per block."""
+    T-1 … 0.  The block size is chosen per launch (``ntid.x``): see :func:`pick_block`."""
 
     steps: tuple
     strides: tuple
     reverse: bool
-    nt: int
+
+    @property
+    def width(self) -> int:
+        """The most elements per row of one of the step's kernels (the work a block shares)."""
+        return max((n for _, n, _ in self.steps), default=1)
 
 
-def loop_launch(ks, layout, launches, reverse: bool, threads: int, where: str, launch_cls):
-    """One persistent launch that runs ``launches`` (one step's, in order) for every step."""
+def pick_block(width: int, rows: int, sms: int, occupancy) -> int:
+    """Threads per block for a persistent launch over ``rows`` samples (one block each).
+
+    The widest block that still lets every block be resident at once (no second wave):
+    one thread per element of the widest kernel, at most 1024, else the next smaller of
+    512, 256, 128, 64 for which ``occupancy(threads)`` blocks per multiprocessor times
+    ``sms`` cover ``rows``; if none does, 256.  (Measured on an H100: LSTM H=512 B=64 runs
+    faster with 512 threads than 256, LSTM H=128 B=512 slower: 3 blocks of 512 fit a
+    multiprocessor, so 512 rows need a second wave.)"""
+    top = min(1024, max(64, -(-width // 32) * 32))
+    for nt in sorted({top} | {c for c in (512, 256, 128, 64) if c < top}, reverse=True):
+        per_sm = occupancy(nt)
+        if per_sm >= 1 and rows <= per_sm * sms:
+            return nt
+    return min(256, top)
+
+
+def loop_launch(ks, layout, launches, reverse: bool, where: str, launch_cls, required=True):
+    """One persistent launch that runs ``launches`` (one step's, in order) for every step.
+
+    None (and the launches stay as they are) when the kernel would take more pointers than
+    CUDA allows and ``required`` is False; with ``required`` that is an error."""
     keys, steps, computes = [], [], []
+    for x in launches:
+        for a in x.args:
+            if a not in keys:
+                keys.append(a)
+    if len(keys) > MAX_POINTERS:
+        if not required:
+            return None
+        raise CompileError(f"{where}: the persistent kernel would take {len(keys)} pointers (CUDA allows "
+                           f"{MAX_POINTERS}); compile with persistent=False")
     for x in launches:
         k = ks.kernels[x.kernel]
         if k.per_row is None or isinstance(k.body, Tiled):
             raise CompileError(f"{where}: internal: the persistent kernel needs a row-wise kernel, got "
                                f"{k.name} ({k.doc})")
-        idx = []
-        for a in x.args:
-            if a not in keys:
-                keys.append(a)
-            idx.append(keys.index(a))
-        steps.append((x.kernel, k.per_row, tuple(idx)))
+        steps.append((x.kernel, k.per_row, tuple(keys.index(a) for a in x.args)))
         computes += list(x.computes)
-        k.entry = False
-    if len(keys) > MAX_POINTERS:
-        raise CompileError(f"{where}: the persistent kernel would take {len(keys)} pointers (CUDA allows "
-                           f"{MAX_POINTERS}); compile with persistent=False")
+    for x in launches:
+        ks.kernels[x.kernel].entry = False
     strides = []
     for a in keys:
         slot = layout.slots[layout.where[a][0]]
         strides.append(slot.units if slot.extra_rows >= 0 else 0)
     doc = f"{'backward' if reverse else 'forward'} pass, all steps: {len(steps)} kernels per step inlined"
-    name = ks.add("loop", len(keys) + 1, Persistent(tuple(steps), tuple(strides), reverse, threads),
-                  size=lambda R: R, block=threads, doc=doc)
+    name = ks.add("loop", len(keys) + 1, Persistent(tuple(steps), tuple(strides), reverse),
+                  size=lambda R: R, doc=doc)
     return launch_cls(name, (T_KEY,) + tuple(keys), rows="B", note=doc, computes=tuple(computes))
 
 
 def emit_persistent(m, k, ty, pty, target):
     """``k(N, R, T, ptrs…)``: block ``bid`` owns rows ``[bid·rb, min((bid+1)·rb, R))``,
-    ``rb = ⌈R / N⌉``; nvptx: ``tid.x`` walks the elements with stride ``nt`` and
+    ``rb = ⌈R / N⌉``; nvptx: ``tid.x`` walks the elements with stride ``ntid.x`` and
     ``llvm.nvvm.barrier0`` ends each kernel; host: a loop over blocks, then elements."""
     prog: Persistent = k.body
     fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [I64, I64, I64] + [pty] * (k.nptr - 1)), k.name)
@@ -111,7 +137,7 @@ def emit_persistent(m, k, ty, pty, target):
                 lo = b.mul(r0, I64(n))
                 if tid is not None:
                     lo = b.add(lo, tid)
-                with for_range(b, b.mul(r1, I64(n)), start=lo, step=I64(step), name="e") as e:
+                with for_range(b, b.mul(r1, I64(n)), start=lo, step=step, name="e") as e:
                     b.call(body, [e, b.mul(R, I64(n)), R] + args)
                 if nvptx:
                     b.call(barrier, [])
@@ -122,8 +148,8 @@ def emit_persistent(m, k, ty, pty, target):
             m, ir.FunctionType(ir.VoidType(), []), "llvm.nvvm.barrier0")
         tid = b.zext(b.call(sreg(m, "llvm.nvvm.read.ptx.sreg.tid.x"), []), I64)
         bid = b.zext(b.call(sreg(m, "llvm.nvvm.read.ptx.sreg.ctaid.x"), []), I64)
-        block(bid, tid, prog.nt)
+        block(bid, tid, b.zext(b.call(sreg(m, "llvm.nvvm.read.ptx.sreg.ntid.x"), []), I64))
     else:
         with for_range(b, N, name="bid") as bid_:
-            block(bid_, None, 1)
+            block(bid_, None, I64(1))
     b.ret_void()

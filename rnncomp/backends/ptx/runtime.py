@@ -32,7 +32,9 @@ import ctypes
 import numpy as np
 
 from ...errors import CompileError
+from .persistent import pick_block
 
+COPIES = ("h2d", "d2h", "memset")  # the copy operations a prepared sequence may hold besides launches
 NO_GPU = "no CUDA GPU/driver found: backend='ptx' can compile (model.ptx) but not run here"
 
 
@@ -70,10 +72,12 @@ class CudaRunner:
     """Loads the PTX once and launches its kernels on the current (primary) context."""
 
     def __init__(self, ptx: str, kernel_names, device: int = 0, block: int = 256, graphs: bool = True,
-                 blocks=None):
+                 blocks=None, loops=None, loop_block=None):
         self.drv = drv = import_driver()
         self.block = block
         self.blocks = dict(blocks or {})  # tiled kernels: fixed block size, N is the block count
+        self.loops = dict(loops or {})    # persistent kernels: name -> widest row; N blocks, size per call
+        self.loop_block = loop_block
         self.graphs = graphs
         err = drv.cuInit(0)[0]
         if err != drv.CUresult.CUDA_SUCCESS:
@@ -96,6 +100,9 @@ class CudaRunner:
         self.fns = {k: self._check(drv.cuModuleGetFunction(self.module, k.encode()), f"cuModuleGetFunction({k})")
                     for k in kernel_names}
         self._allocs = []
+        self._host = []
+        attr = drv.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
+        self.sms = self._check(drv.cuDeviceGetAttribute(attr, self.dev), "cuDeviceGetAttribute")
 
     # ------------------------------------------------------------------ status checks
     def _name(self, err):
@@ -129,6 +136,21 @@ class CudaRunner:
                 del self._allocs[i]
                 return
 
+    def alloc_host(self, nbytes: int):
+        """Pinned (page-locked) host memory: ``(address, uint8 array over it)``; copies from and
+        to it can be captured into a CUDA graph."""
+        self._check(self.drv.cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")
+        p = int(self._check(self.drv.cuMemHostAlloc(max(int(nbytes), 1), 0), f"cuMemHostAlloc({nbytes} bytes)"))
+        self._host.append(p)
+        arr = np.ctypeslib.as_array((ctypes.c_uint8 * max(int(nbytes), 1)).from_address(p))
+        return p, arr
+
+    def free_host(self, ptr: int):
+        if ptr in self._host:
+            self.sync()
+            self._check(self.drv.cuMemFreeHost(ptr), "cuMemFreeHost")
+            self._host.remove(ptr)
+
     def zero(self, ptr: int, nbytes: int):
         self._check(self.drv.cuMemsetD8Async(ptr, 0, nbytes, self.stream), "cuMemsetD8Async")
 
@@ -147,15 +169,34 @@ class CudaRunner:
         self._check(self.drv.cuStreamSynchronize(self.stream), "cuStreamSynchronize (a kernel failed?)")
 
     # ------------------------------------------------------------------ launches
-    def prepare(self, launches):
-        """``launches``: [(kernel name, N, R rows, [pointer ints])] → a replayable sequence.
+    def _loop_block(self, name, R):
+        if self.loop_block:
+            return int(self.loop_block)
+        fn, drv = self.fns[name], self.drv
 
-        ``N`` is the thread count, or the block count of a tiled kernel (``blocks[name]`` threads)."""
+        def occupancy(nt):
+            return self._check(drv.cuOccupancyMaxActiveBlocksPerMultiprocessor(fn, nt, 0),
+                               f"cuOccupancyMaxActiveBlocksPerMultiprocessor({name})")
+        return pick_block(self.loops[name], R, self.sms, occupancy)
+
+    def prepare(self, launches):
+        """``launches``: [(kernel name, N, R rows, [pointer ints])] and copies → a replayable sequence.
+
+        ``N`` is the thread count, or the block count of a tiled or persistent kernel (``blocks[name]``
+        threads; a persistent kernel's block size is chosen here, :func:`.persistent.pick_block`).
+        Copies: ``("h2d", device, host, bytes)``, ``("d2h", host, device, bytes)``, ``("memset",
+        device, bytes)`` (host memory from :meth:`alloc_host`)."""
         seq = []
-        for name, N, R, ptrs in launches:
+        for op in launches:
+            if op[0] in COPIES:
+                seq.append(op)
+                continue
+            name, N, R, ptrs = op
             vals = [ctypes.c_int64(N), ctypes.c_int64(R)] + [ctypes.c_void_p(p) for p in ptrs]
             arr = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
-            if name in self.blocks:
+            if name in self.loops:
+                grid, blk = max(1, N), self._loop_block(name, R)
+            elif name in self.blocks:
                 grid, blk = max(1, N), self.blocks[name]
             else:
                 grid, blk = max(1, -(-N // self.block)), self.block
@@ -168,11 +209,24 @@ class CudaRunner:
     def _launch_all(self, seq):
         drv, st = self.drv, self.stream
         ok = drv.CUresult.CUDA_SUCCESS
-        for fn, name, grid, blk, _vals, arr in seq:
+        for op in seq:
+            if op[0] in COPIES:
+                self._copy(op)
+                continue
+            fn, name, grid, blk, _vals, arr = op
             err = drv.cuLaunchKernel(fn, grid, 1, 1, blk, 1, 1, 0, st, ctypes.addressof(arr), 0)[0]
             if err != ok:
                 raise CompileError(f"CUDA driver call cuLaunchKernel({name}, grid={grid}, block={blk}) "
                                    f"failed: {self._name(err)}")
+
+    def _copy(self, op):
+        drv, st = self.drv, self.stream
+        if op[0] == "h2d":
+            self._check(drv.cuMemcpyHtoDAsync(op[1], op[2], op[3], st), "cuMemcpyHtoDAsync")
+        elif op[0] == "d2h":
+            self._check(drv.cuMemcpyDtoHAsync(op[1], op[2], op[3], st), "cuMemcpyDtoHAsync")
+        else:
+            self._check(drv.cuMemsetD8Async(op[1], 0, op[2], st), "cuMemsetD8Async")
 
     def _capture(self, seq):
         """Record ``seq`` into a CUDA graph; None (plain launches) if capture is unavailable."""
@@ -235,6 +289,12 @@ class HostRunner:
     def free(self, ptr: int):
         self._arrays.pop(ptr, None)
 
+    def alloc_host(self, nbytes: int):
+        p = self.alloc(nbytes)
+        return p, self._arrays[p][p - self._arrays[p].ctypes.data:][:max(int(nbytes), 1)]
+
+    free_host = free
+
     def zero(self, ptr: int, nbytes: int):
         ctypes.memset(ptr, 0, nbytes)
 
@@ -251,11 +311,17 @@ class HostRunner:
         pass
 
     def prepare(self, launches):
-        return [(self.fns[name], N, R, ptrs) for name, N, R, ptrs in launches]
+        return [op if op[0] in COPIES else (self.fns[op[0]], *op[1:]) for op in launches]
 
     def execute(self, prepared):
-        for fn, N, R, ptrs in prepared:
-            fn(N, R, *ptrs)
+        for op in prepared:
+            if op[0] == "h2d" or op[0] == "d2h":
+                ctypes.memmove(op[1], op[2], op[3])
+            elif op[0] == "memset":
+                ctypes.memset(op[1], 0, op[2])
+            else:
+                fn, N, R, ptrs = op
+                fn(N, R, *ptrs)
 
     def release(self, prepared):
         pass
