@@ -11,8 +11,9 @@ Every part runs in its own ``try``: a failure is printed, recorded under ``error
 run goes on.
 
 Variants: one launch per step (``persistent=False``) with pass "stack" on ("steps") and off
-("nostack"), and the default, the persistent kernel (block size chosen per call; timing also
-with 256 and 1024 threads a block); ``--no-persistent`` leaves the persistent kernel out.
+("nostack"), and the default, the persistent kernel (clusters and block size chosen per call;
+timing also without clusters, "nocluster", and with 256 threads a block and no clusters, "p256");
+``--no-persistent`` leaves the persistent kernel out, ``--no-cluster`` its clusters.
 
 1. correctness: every zoo cell, float32, H=32 T=12 B=5, every variant: PTX model
    vs the NumPy oracle in float64 on the same data: loss rel 1e-4, each gradient max |Δ| ≤
@@ -47,6 +48,7 @@ ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--dry", action="store_true", help="host runner, tiny sizes (no GPU needed)")
 ap.add_argument("--simple", action="store_true", help="also time tiled=False, fuse=False")
 ap.add_argument("--no-persistent", action="store_true", help="leave out the persistent kernel (persistent=True)")
+ap.add_argument("--no-cluster", action="store_true", help="the persistent kernel without thread-block clusters")
 ap.add_argument("--budget", type=float, default=None,
                 help=f"seconds after which no new work starts (default {BUDGET_S:.0f}; --dry: none)")
 ARGS = ap.parse_args()
@@ -295,7 +297,8 @@ def time_ptx(row, tag, cell, params, inputs, targets, **options):
                                      lambda: None, repeats=reps)
     r, a = m.runner, m._arena
     if isinstance(a["fwd"], dict):  # CUDA: the block size the persistent kernel was given
-        row[f"block_{tag}"] = [op[3] for op in a["fwd"]["seq"] if isinstance(op[1], str) and op[1].endswith("_loop")]
+        row[f"block_{tag}"] = [(op[2], op[3]) for op in a["fwd"]["seq"]  # (grid, threads a block)
+                               if isinstance(op[1], str) and op[1].endswith("_loop")]
 
     def passes():
         r.execute(a["fwd"])
@@ -405,11 +408,11 @@ def pick_features():
 ARCH, FEATURES = pick_features()
 # correctness and strict run every variant; timing also the persistent kernel with fixed block sizes
 VARIANTS = [("steps", {"persistent": False}), ("nostack", {"stack": False, "persistent": False})]
-if not ARGS.no_persistent:
-    VARIANTS.append(("persistent", {}))  # the default: persistent, block size chosen per call
+if not ARGS.no_persistent:  # the default: persistent, clusters and block size chosen per call
+    VARIANTS.append(("persistent", {"persistent_cluster": 1} if ARGS.no_cluster else {}))
 TIMED = list(VARIANTS)
-if not ARGS.no_persistent:
-    TIMED += [("p256", {"persistent_block": 256}), ("p1024", {"persistent_block": 1024})]
+if not ARGS.no_persistent and not ARGS.no_cluster:
+    TIMED += [("nocluster", {"persistent_cluster": 1}), ("p256", {"persistent_block": 256, "persistent_cluster": 1})]
 if ARGS.simple:
     TIMED.append(("simple", {"stack": False, "tiled": False, "fuse": False, "persistent": False}))
 RESULT["arch"], RESULT["features"] = ARCH, FEATURES

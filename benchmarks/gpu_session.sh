@@ -1,8 +1,9 @@
 #!/bin/bash
-# Every check that needs a GPU, in order of value, each bounded (about 8 minutes in all):
+# Every check that needs a GPU, in order of value, each bounded (about 6 minutes in all):
 #   bash benchmarks/gpu_session.sh          # on the GPU machine; logs and JSON under $OUT
-# 1. the persistent kernel against the oracle (float64); if it fails, step 2 leaves it out,
-#    so that a kernel fault cannot poison the CUDA context of the timing run;
+# 1. the persistent kernel against the oracle (float64), without and then with thread-block
+#    clusters; what fails is left out of step 2, so that a kernel fault or a hung barrier
+#    cannot poison the CUDA context of the timing run;
 # 2. benchmarks/gpu_check.py: zoo correctness, strict float64, timings vs cuDNN (< 5 min);
 # 3. the other GPU tests of the PTX backend; 4. a short GPU fuzz run (float64 + float32).
 # Uses the machine's python3 (PyTorch, cuda-python); llvmlite 0.50 is installed from .whl/
@@ -19,14 +20,17 @@ if [ "$V" != "0.50.0" ] && ls .whl/llvmlite-0.50.0-*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 python3 -c "import llvmlite; print('llvmlite used:', llvmlite.__version__)"
+PT="python3 -m pytest -q -p no:cacheprovider"
 
-timeout 110 python3 -m pytest -q -x -p no:cacheprovider tests/test_ptx_persistent.py -k cuda 2>&1 \
-  | tee "$OUT/pytest_persistent.log"
+timeout 90 $PT -x tests/test_ptx_persistent.py -k "cuda and nocluster" 2>&1 | tee "$OUT/pytest_persistent.log"
+P0=${PIPESTATUS[0]}
+timeout 90 $PT tests/test_ptx_persistent.py -k "cuda and not nocluster" 2>&1 | tee -a "$OUT/pytest_persistent.log"
+P1=${PIPESTATUS[0]}
 EXTRA=""
-[ "${PIPESTATUS[0]}" = 0 ] || EXTRA="--no-persistent"
-timeout 300 python3 benchmarks/gpu_check.py $EXTRA 2>&1 | tee "$OUT/gpu_check.log"
-timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_ptx.py tests/test_ptx_stacking.py -k cuda 2>&1 \
-  | tee "$OUT/pytest_cuda.log"
-RNNCOMP_FUZZ_EXAMPLES=40 RNNCOMP_FUZZ_LOG="$OUT/fuzz_cuda.jsonl" HYPOTHESIS_PROFILE=long timeout 80 \
-  python3 -m pytest -q -p no:cacheprovider -m fuzz tests/test_fuzz.py -k ptx_cuda 2>&1 | tee "$OUT/fuzz_cuda.log"
+if [ "$P0" != 0 ]; then EXTRA="--no-persistent"; elif [ "$P1" != 0 ]; then EXTRA="--no-cluster"; fi
+echo "persistent tests: $P0 (no clusters), $P1 (clusters); gpu_check $EXTRA"
+timeout 250 python3 benchmarks/gpu_check.py --budget 190 $EXTRA 2>&1 | tee "$OUT/gpu_check.log"
+timeout 60 $PT tests/test_ptx.py tests/test_ptx_stacking.py -k cuda 2>&1 | tee "$OUT/pytest_cuda.log"
+RNNCOMP_FUZZ_EXAMPLES=12 RNNCOMP_FUZZ_LOG="$OUT/fuzz_cuda.jsonl" HYPOTHESIS_PROFILE=long timeout 70 \
+  $PT -m fuzz tests/test_fuzz.py -k ptx_cuda 2>&1 | tee "$OUT/fuzz_cuda.log"
 echo "gpu_session done"

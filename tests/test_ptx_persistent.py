@@ -168,11 +168,14 @@ def _cuda_present():
 
 
 @pytest.mark.skipif(not _cuda_present(), reason="no CUDA GPU/driver or cuda-python in this process")
-@pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "launches"])
+@pytest.mark.parametrize("graphs, cluster", [(True, None), (False, None), (True, 1), (True, 8)],
+                         ids=["auto", "launches", "nocluster", "cluster8"])
 @pytest.mark.parametrize("name", ["lstm", "gru", "softsign_lstm"])
-def test_cuda_persistent_matches_oracle(name, graphs):
-    """float64 on the GPU: T·B = 600 rows, a block per sample, tiled hoisted and gradient GEMMs."""
-    check(rc.cells.get(name)(37, 70, 3), T=30, B=20, runner="cuda", tol=1e-10, graphs=graphs)
+def test_cuda_persistent_matches_oracle(name, graphs, cluster):
+    """float64 on the GPU: T·B = 600 rows, a block (or a cluster of blocks: auto picks 2 here,
+    and 8 blocks share 280-wide rows) per sample, tiled hoisted and gradient GEMMs."""
+    check(rc.cells.get(name)(37, 70, 3), T=30, B=20, runner="cuda", tol=1e-10, graphs=graphs,
+          persistent_cluster=cluster)
 
 
 # ----------------------------------------------------------------------------- staged calls
@@ -195,3 +198,31 @@ def test_results_are_fresh_arrays_and_calls_independent():
     np.testing.assert_allclose(outs["y"], ref_outs["y"], rtol=1e-12, atol=1e-13)
     outs["y"][...] = 0  # the caller owns it
     assert np.abs(m.forward(d2[0], d2[1])[0]["y"]).max() > 0
+
+
+# ----------------------------------------------------------------------------- launch shape
+def test_block_and_cluster_choice():
+    """pick_block: the widest block with every block resident; pick_cluster: split a sample
+    over up to 8 blocks only while the batch leaves multiprocessors idle."""
+    occ = {1024: 1, 512: 3, 256: 6, 128: 12, 64: 24}.__getitem__  # 40 registers a thread
+    assert pers.pick_block(512, 32, 132, occ) == 512
+    assert pers.pick_block(512, 512, 132, occ) == 256        # 3 × 132 < 512: a second wave
+    assert pers.pick_block(2048, 64, 132, occ) == 1024
+    assert pers.pick_block(100, 8, 132, occ) == 128          # one thread per element, whole warps
+    assert pers.pick_block(512, 10 ** 6, 132, occ) == 256    # nothing fits at once
+    assert pers.pick_cluster(512, 32, 132) == 4 and pers.pick_cluster(2048, 64, 132) == 2
+    assert pers.pick_cluster(2048, 8, 132) == 8 and pers.pick_cluster(2048, 100, 132) == 1
+    assert pers.pick_cluster(256, 8, 132) == 2               # at least 128 elements a block
+
+
+@needs_ptxas
+def test_clusters_only_from_sm_90():
+    cell = rc.cells.gru(8, 16, 2)
+    m90 = rc.compile(cell, backend="ptx", dtype="float32", arch="sm_90")
+    m80 = rc.compile(cell, backend="ptx", dtype="float32", arch="sm_80")
+    one = rc.compile(cell, backend="ptx", dtype="float32", arch="sm_90", persistent_cluster=1)
+    assert "barrier.cluster.arrive" in m90.ptx and "%cluster_ctarank" in m90.ptx
+    assert "barrier.cluster" not in m80.ptx and "barrier.cluster" not in one.ptx
+    assert "bar.sync" in m90.ptx  # a launch without clusters synchronises the block only
+    for m in (m90, m80):
+        assert not any(any(v) for v in spills(ptxas(m.ptx, m.arch)).values())

@@ -7,6 +7,8 @@ semantics check: slow, for tests).
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from ...autodiff import backward_step
@@ -34,7 +36,9 @@ class PtxModel:
     ``persistent`` (one launch per pass runs every step, a block per sample: no launch per
     step, see :mod:`.persistent`; None, the default: on unless the cell is too wide for one
     kernel's parameters; False: one launch per step), ``persistent_block`` (threads per block
-    of the persistent kernel; None: chosen per call from the batch size and the occupancy).
+    of the persistent kernel; None: chosen per call from the batch size and the occupancy),
+    ``persistent_cluster`` (sm_90+: blocks per sample, a thread-block cluster; None: chosen per
+    call, :func:`.persistent.pick_cluster`; 1: none).
 
     A call is one replay: the caller's arrays are copied into a pinned staging buffer, then
     uploads, kernels and downloads run as one sequence (one CUDA graph), then the results
@@ -45,7 +49,8 @@ class PtxModel:
 
     def __init__(self, cell, dtype="float64", *, arch=DEFAULT_ARCH, features=DEFAULT_FEATURES,
                  runner="cuda", device=0, block=256, graphs=True, hoist=True, isolate=True, opt=3,
-                 tiled=True, fuse=True, stack=True, persistent=None, persistent_block=None):
+                 tiled=True, fuse=True, stack=True, persistent=None, persistent_block=None,
+                 persistent_cluster=None):
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
@@ -57,9 +62,10 @@ class PtxModel:
         self.cell_name = st.name
         self.bwd = backward_step(st) if st.has_loss else None
         self.stack = bool(stack)
-        self.persistent_block = persistent_block
+        self.persistent_block, self.persistent_cluster = persistent_block, persistent_cluster
+        clusters = int(re.match(r"sm_(\d+)", self.arch).group(1)) >= 90 and persistent_cluster != 1
         self.plan = build_plan(st, self.bwd, self.dtype, hoist=hoist, fuse=fuse, tiled=tiled, stack=self.stack,
-                               persistent=persistent)
+                               persistent=persistent, clusters=clusters)
         self.persistent = self.plan.fwd_loop is not None
         self.module = emit_module(self.plan.kernels, "nvptx", name=f"rnncomp_{st.name}")
         self.ir = str(self.module)
@@ -79,11 +85,13 @@ class PtxModel:
             if self.runner_kind == "host":
                 self._runner = HostRunner(self.plan.kernels)
             else:
-                loops = {k: v.body.width for k, v in ks.items() if isinstance(v.body, Persistent)}
+                loops = {k: (v.body.width, v.body.clusters) for k, v in ks.items()
+                         if isinstance(v.body, Persistent)}
                 self._runner = CudaRunner(self.ptx, [k for k, v in ks.items() if v.entry], self.device,
                                           self.block, self.graphs,
                                           blocks={k: v.block for k, v in ks.items() if v.block},
-                                          loops=loops, loop_block=self.persistent_block)
+                                          loops=loops, loop_block=self.persistent_block,
+                                          loop_cluster=self.persistent_cluster)
         return self._runner
 
     def _get_arena(self, T, B):

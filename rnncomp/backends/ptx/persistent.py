@@ -47,6 +47,7 @@ class Persistent:
     steps: tuple
     strides: tuple
     reverse: bool
+    clusters: bool = False  # sm_90+: a sample's elements may be shared by a cluster of blocks
 
     @property
     def width(self) -> int:
@@ -71,7 +72,19 @@ def pick_block(width: int, rows: int, sms: int, occupancy) -> int:
     return min(256, top)
 
 
-def loop_launch(ks, layout, launches, reverse: bool, where: str, launch_cls, required=True):
+def pick_cluster(width: int, rows: int, sms: int) -> int:
+    """Blocks per sample (a thread-block cluster, sm_90+) when the batch leaves multiprocessors idle.
+
+    The largest of 8, 4, 2 with ``rows · C ≤ sms`` that leaves each block at least 128
+    elements of the widest kernel; else 1.  Each block of a cluster then reads 1/C of the
+    weights of a product, which for C ≥ 2 may stay in its L1 from step to step."""
+    for c in (8, 4, 2):
+        if rows * c <= sms and width >= 128 * c:
+            return c
+    return 1
+
+
+def loop_launch(ks, layout, launches, reverse: bool, where: str, launch_cls, required=True, clusters=False):
     """One persistent launch that runs ``launches`` (one step's, in order) for every step.
 
     None (and the launches stay as they are) when the kernel would take more pointers than
@@ -100,7 +113,7 @@ def loop_launch(ks, layout, launches, reverse: bool, where: str, launch_cls, req
         slot = layout.slots[layout.where[a][0]]
         strides.append(slot.units if slot.extra_rows >= 0 else 0)
     doc = f"{'backward' if reverse else 'forward'} pass, all steps: {len(steps)} kernels per step inlined"
-    name = ks.add("loop", len(keys) + 1, Persistent(tuple(steps), tuple(strides), reverse),
+    name = ks.add("loop", len(keys) + 1, Persistent(tuple(steps), tuple(strides), reverse, clusters),
                   size=lambda R: R, doc=doc)
     return launch_cls(name, (T_KEY,) + tuple(keys), rows="B", note=doc, computes=tuple(computes))
 
@@ -108,7 +121,13 @@ def loop_launch(ks, layout, launches, reverse: bool, where: str, launch_cls, req
 def emit_persistent(m, k, ty, pty, target):
     """``k(N, R, T, ptrs…)``: block ``bid`` owns rows ``[bid·rb, min((bid+1)·rb, R))``,
     ``rb = ⌈R / N⌉``; nvptx: ``tid.x`` walks the elements with stride ``ntid.x`` and
-    ``llvm.nvvm.barrier0`` ends each kernel; host: a loop over blocks, then elements."""
+    ``llvm.nvvm.barrier0`` ends each kernel; host: a loop over blocks, then elements.
+
+    With ``clusters`` (sm_90+), ``bid`` is the cluster's index and the ``C`` blocks of a
+    cluster share the elements (thread ``rank·ntid + tid``, stride ``C·ntid``); a kernel then
+    ends with the cluster barrier (``barrier.cluster.arrive`` / ``wait``: release and acquire
+    at cluster scope, so the next kernel's reads see every block's writes), or ``bar.sync``
+    when the launch has no clusters (``C`` = 1, a uniform branch)."""
     prog: Persistent = k.body
     fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [I64, I64, I64] + [pty] * (k.nptr - 1)), k.name)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -140,15 +159,35 @@ def emit_persistent(m, k, ty, pty, target):
                 with for_range(b, b.mul(r1, I64(n)), start=lo, step=step, name="e") as e:
                     b.call(body, [e, b.mul(R, I64(n)), R] + args)
                 if nvptx:
-                    b.call(barrier, [])
+                    sync()
 
     if nvptx:
         fn.calling_convention = "ptx_kernel"
         barrier = m.globals.get("llvm.nvvm.barrier0") or ir.Function(
             m, ir.FunctionType(ir.VoidType(), []), "llvm.nvvm.barrier0")
-        tid = b.zext(b.call(sreg(m, "llvm.nvvm.read.ptx.sreg.tid.x"), []), I64)
-        bid = b.zext(b.call(sreg(m, "llvm.nvvm.read.ptx.sreg.ctaid.x"), []), I64)
-        block(bid, tid, b.zext(b.call(sreg(m, "llvm.nvvm.read.ptx.sreg.ntid.x"), []), I64))
+        void = ir.FunctionType(ir.VoidType(), [])
+        reg = lambda name: b.zext(b.call(sreg(m, f"llvm.nvvm.read.ptx.sreg.{name}"), []), I64)  # noqa: E731
+        tid, ntid = reg("tid.x"), reg("ntid.x")
+        if not prog.clusters:
+            def sync():
+                b.call(barrier, [])
+            block(reg("ctaid.x"), tid, ntid)
+        else:
+            arrive = m.globals.get("llvm.nvvm.barrier.cluster.arrive") or ir.Function(
+                m, void, "llvm.nvvm.barrier.cluster.arrive")
+            wait = m.globals.get("llvm.nvvm.barrier.cluster.wait") or ir.Function(
+                m, void, "llvm.nvvm.barrier.cluster.wait")
+            ncta = reg("cluster.nctarank")
+            alone = b.icmp_unsigned("==", ncta, I64(1))
+
+            def sync():
+                with b.if_else(alone) as (one, many):
+                    with one:
+                        b.call(barrier, [])
+                    with many:
+                        b.call(arrive, [])
+                        b.call(wait, [])
+            block(reg("clusterid.x"), b.add(b.mul(reg("cluster.ctarank"), ntid), tid), b.mul(ncta, ntid))
     else:
         with for_range(b, N, name="bid") as bid_:
             block(bid_, None, I64(1))

@@ -146,13 +146,15 @@ class Plan:
         return len(self.fwd_step), len(self.bwd_step)
 
 
-def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, persistent=None) -> Plan:
+def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, persistent=None,
+               clusters=False) -> Plan:
     """Kernels and launch lists for a lowered cell (``bwd`` None: forward only).
 
     ``persistent``: the per-step launches become one persistent launch per pass
     (:mod:`.persistent`); their kernels are then simple (one thread per element) and their
     products read transposed weight copies, built once per call.  None: persistent unless
-    the kernel would take more pointers than CUDA allows (then one launch per step)."""
+    the kernel would take more pointers than CUDA allows (then one launch per step).
+    ``clusters``: the persistent kernels may be launched with thread-block clusters (sm_90+)."""
     required = bool(persistent)
     persistent = persistent is None or bool(persistent)
     bad = sorted({f for prog in [step.prog] + ([bwd.prog] if bwd else [])
@@ -216,7 +218,7 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
     where = f"cell {step.name!r}"
     if bwd is None:
         if persistent:
-            plan.fwd_loop = loop_launch(ks, L, plan.fwd_step, False, where, Launch, required)
+            plan.fwd_loop = loop_launch(ks, L, plan.fwd_step, False, where, Launch, required, clusters)
         return plan
 
     # backward values: one row block per step; δh[t-1] buffers get a zero row T for δ⁺h
@@ -266,8 +268,8 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
     plan.bwd_prologue += [_transpose_launch(ks, p, plan.transposed[p], shapes) for p in plan.transposed
                           if p not in fwd_tr]
     if persistent:
-        plan.fwd_loop = loop_launch(ks, L, plan.fwd_step, False, where, Launch, required)
-        plan.bwd_loop = loop_launch(ks, L, plan.bwd_step, True, where, Launch, required)
+        plan.fwd_loop = loop_launch(ks, L, plan.fwd_step, False, where, Launch, required, clusters)
+        plan.bwd_loop = loop_launch(ks, L, plan.bwd_step, True, where, Launch, required, clusters)
         if plan.fwd_loop is None or plan.bwd_loop is None:  # one pass too wide: both step by step
             plan.fwd_loop = plan.bwd_loop = None
             for x in plan.fwd_step + plan.bwd_step:

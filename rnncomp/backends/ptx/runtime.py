@@ -32,7 +32,7 @@ import ctypes
 import numpy as np
 
 from ...errors import CompileError
-from .persistent import pick_block
+from .persistent import pick_block, pick_cluster
 
 COPIES = ("h2d", "d2h", "memset")  # the copy operations a prepared sequence may hold besides launches
 NO_GPU = "no CUDA GPU/driver found: backend='ptx' can compile (model.ptx) but not run here"
@@ -72,12 +72,12 @@ class CudaRunner:
     """Loads the PTX once and launches its kernels on the current (primary) context."""
 
     def __init__(self, ptx: str, kernel_names, device: int = 0, block: int = 256, graphs: bool = True,
-                 blocks=None, loops=None, loop_block=None):
+                 blocks=None, loops=None, loop_block=None, loop_cluster=None):
         self.drv = drv = import_driver()
         self.block = block
         self.blocks = dict(blocks or {})  # tiled kernels: fixed block size, N is the block count
-        self.loops = dict(loops or {})    # persistent kernels: name -> widest row; N blocks, size per call
-        self.loop_block = loop_block
+        self.loops = dict(loops or {})    # persistent kernels: name -> (widest row, clusters allowed)
+        self.loop_block, self.loop_cluster = loop_block, loop_cluster
         self.graphs = graphs
         err = drv.cuInit(0)[0]
         if err != drv.CUresult.CUDA_SUCCESS:
@@ -169,15 +169,35 @@ class CudaRunner:
         self._check(self.drv.cuStreamSynchronize(self.stream), "cuStreamSynchronize (a kernel failed?)")
 
     # ------------------------------------------------------------------ launches
-    def _loop_block(self, name, R):
+    def _loop_shape(self, name, R):
+        """``(C blocks per sample, threads per block)`` of a persistent launch over R samples."""
+        width, clusters = self.loops[name]
+        C = 1
+        if clusters:
+            C = int(self.loop_cluster) if self.loop_cluster else pick_cluster(width, R, self.sms)
         if self.loop_block:
-            return int(self.loop_block)
+            return C, int(self.loop_block)
         fn, drv = self.fns[name], self.drv
 
         def occupancy(nt):
             return self._check(drv.cuOccupancyMaxActiveBlocksPerMultiprocessor(fn, nt, 0),
                                f"cuOccupancyMaxActiveBlocksPerMultiprocessor({name})")
-        return pick_block(self.loops[name], R, self.sms, occupancy)
+        return C, pick_block(-(-width // C), R * C, self.sms, occupancy)
+
+    def _cluster_config(self, grid, blk, C):
+        """A ``CUlaunchConfig`` for ``cuLaunchKernelEx`` with a cluster of C blocks."""
+        drv = self.drv
+        attr = drv.CUlaunchAttribute()
+        attr.id = drv.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+        attr.value.clusterDim.x, attr.value.clusterDim.y, attr.value.clusterDim.z = C, 1, 1
+        cfg = drv.CUlaunchConfig()
+        cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ = grid, 1, 1
+        cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = blk, 1, 1
+        cfg.sharedMemBytes = 0
+        cfg.hStream = self.stream
+        cfg.attrs = [attr]
+        cfg.numAttrs = 1
+        return cfg
 
     def prepare(self, launches):
         """``launches``: [(kernel name, N, R rows, [pointer ints])] and copies → a replayable sequence.
@@ -194,13 +214,17 @@ class CudaRunner:
             name, N, R, ptrs = op
             vals = [ctypes.c_int64(N), ctypes.c_int64(R)] + [ctypes.c_void_p(p) for p in ptrs]
             arr = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
+            cfg = None
             if name in self.loops:
-                grid, blk = max(1, N), self._loop_block(name, R)
+                C, blk = self._loop_shape(name, R)
+                grid = max(1, N) * C
+                if C > 1:
+                    cfg = self._cluster_config(grid, blk, C)
             elif name in self.blocks:
                 grid, blk = max(1, N), self.blocks[name]
             else:
                 grid, blk = max(1, -(-N // self.block)), self.block
-            seq.append((self.fns[name], name, grid, blk, vals, arr))
+            seq.append((self.fns[name], name, grid, blk, vals, arr, cfg))
         prepared = {"seq": seq, "graph": None}
         if self.graphs:
             prepared["graph"] = self._capture(seq)
@@ -213,8 +237,11 @@ class CudaRunner:
             if op[0] in COPIES:
                 self._copy(op)
                 continue
-            fn, name, grid, blk, _vals, arr = op
-            err = drv.cuLaunchKernel(fn, grid, 1, 1, blk, 1, 1, 0, st, ctypes.addressof(arr), 0)[0]
+            fn, name, grid, blk, _vals, arr, cfg = op
+            if cfg is None:
+                err = drv.cuLaunchKernel(fn, grid, 1, 1, blk, 1, 1, 0, st, ctypes.addressof(arr), 0)[0]
+            else:
+                err = drv.cuLaunchKernelEx(cfg, fn, ctypes.addressof(arr), 0)[0]
             if err != ok:
                 raise CompileError(f"CUDA driver call cuLaunchKernel({name}, grid={grid}, block={blk}) "
                                    f"failed: {self._name(err)}")
