@@ -49,6 +49,11 @@ ap.add_argument("--dry", action="store_true", help="host runner, tiny sizes (no 
 ap.add_argument("--simple", action="store_true", help="also time tiled=False, fuse=False")
 ap.add_argument("--no-persistent", action="store_true", help="leave out the persistent kernel (persistent=True)")
 ap.add_argument("--no-cluster", action="store_true", help="the persistent kernel without thread-block clusters")
+ap.add_argument("--parts", default="correctness,strict,timing",
+                help="which parts to run (comma-separated: correctness, strict, timing)")
+ap.add_argument("--cases", default=None,
+                help="timing cases cell:H:B:T, comma-separated (default: the seven of the docstring)")
+ap.add_argument("--variants", default=None, help="timed variants, comma-separated (default: all)")
 ap.add_argument("--budget", type=float, default=None,
                 help=f"seconds after which no new work starts (default {BUDGET_S:.0f}; --dry: none)")
 ARGS = ap.parse_args()
@@ -220,6 +225,21 @@ def median_ms(fn, sync, repeats=10, budget=6.0):
     return 1e3 * statistics.median(times)
 
 
+def fp32_only(fn):
+    """``fn`` with TF32 tensor-core math off in cuDNN and cuBLAS (PyTorch lets cuDNN use TF32,
+    a 10-bit mantissa, by default): the same float32 arithmetic as rnncomp's kernels."""
+    import torch
+
+    def run():
+        old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            fn()
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+    return run
+
+
 def torch_steps(kind, D, H, B, T, dev):
     import torch
     x = torch.randn(T, B, D, device=dev)
@@ -312,6 +332,8 @@ def timing():
              ("lstm", 128, 512, 50), ("lstm", 64, 8, 200), ("gru", 512, 64, 50)]
     if DRY:
         cases = [("lstm", 16, 4, 5), ("gru", 16, 4, 5), ("lstm", 32, 4, 3), ("gru", 32, 4, 3)]
+    if ARGS.cases:
+        cases = [(c.split(":")[0], *map(int, c.split(":")[1:])) for c in ARGS.cases.split(",")]
     variants = TIMED
     for kind, H, B, T in cases:
         D = H // 2
@@ -337,6 +359,7 @@ def timing():
             try:
                 cudnn, loop, sync = torch_steps(kind, D, H, B, T, dev)
                 row["cudnn_ms"] = median_ms(cudnn, sync, repeats=2 if DRY else 10)
+                row["cudnn_fp32_ms"] = median_ms(fp32_only(cudnn), sync, repeats=2 if DRY else 10)
                 row["torch_loop_ms"] = median_ms(loop, sync, repeats=2 if DRY else 5)
             except Exception as exc:  # noqa: BLE001
                 fail(row, exc)
@@ -366,7 +389,7 @@ def table():
           "CUDA graphs alone):")
     tags = [t for t, _ in TIMED]
     head = "".join(f"{'ptx ' + t:>16}{'kernels':>9}" for t in tags)
-    print(f"{'case':<26}{head}{'cuDNN':>9}{'torch loop':>12}   launches/step fwd,bwd (steps | nostack); "
+    print(f"{'case':<26}{head}{'cuDNN':>9}{'fp32':>7}{'torch loop':>12}   launches/step fwd,bwd (steps | nostack); "
           "persistent block")
     for r in RESULT["timing"]:
         label = f"{r['cell']} H={r['H']} B={r['B']} T={r['T']}"
@@ -375,7 +398,7 @@ def table():
             continue
         cols = "".join(f"{num(r, f'ptx_{t}_ms', 16)}{num(r, f'kernels_{t}_ms', 9)}" for t in tags)
         steps = f"{r.get('per_step_steps')} | {r.get('per_step_nostack')}; {r.get('block_persistent', '')}"
-        print(f"{label:<26}{cols}{num(r, 'cudnn_ms', 9)}{num(r, 'torch_loop_ms', 12)}   {steps}"
+        print(f"{label:<26}{cols}{num(r, 'cudnn_ms', 9)}{num(r, 'cudnn_fp32_ms', 7)}{num(r, 'torch_loop_ms', 12)}   {steps}"
               + (f"   error: {r['error'][:60]}" if "error" in r else ""))
 
 
@@ -413,12 +436,15 @@ if not ARGS.no_persistent:  # the default: persistent, clusters and block size c
 TIMED = list(VARIANTS)
 if not ARGS.no_persistent and not ARGS.no_cluster:
     TIMED += [("nocluster", {"persistent_cluster": 1}), ("p256", {"persistent_block": 256, "persistent_cluster": 1})]
+if ARGS.variants:
+    TIMED = [(t, o) for t, o in TIMED if t in ARGS.variants.split(",")]
 if ARGS.simple:
     TIMED.append(("simple", {"stack": False, "tiled": False, "fuse": False, "persistent": False}))
 RESULT["arch"], RESULT["features"] = ARCH, FEATURES
 
 if __name__ == "__main__":
-    for part in (correctness, strict, timing, table):
+    parts = [globals()[p] for p in ARGS.parts.split(",")] + [table]
+    for part in parts:
         try:
             part()
         except Exception as exc:  # noqa: BLE001 - one part failing must not cost the others

@@ -210,9 +210,10 @@ def test_block_and_cluster_choice():
     assert pers.pick_block(2048, 64, 132, occ) == 1024
     assert pers.pick_block(100, 8, 132, occ) == 128          # one thread per element, whole warps
     assert pers.pick_block(512, 10 ** 6, 132, occ) == 256    # nothing fits at once
-    assert pers.pick_cluster(512, 32, 132) == 4 and pers.pick_cluster(2048, 64, 132) == 2
-    assert pers.pick_cluster(2048, 8, 132) == 8 and pers.pick_cluster(2048, 100, 132) == 1
-    assert pers.pick_cluster(256, 8, 132) == 2               # at least 128 elements a block
+    assert pers.pick_cluster(2048, 64, 132) == 2 and pers.pick_cluster(2048, 100, 132) == 1
+    assert pers.pick_cluster(8192, 8, 132) == 8 and pers.pick_cluster(8192, 32, 132) == 4
+    assert pers.pick_cluster(1536, 8, 132) == 1              # at least 1024 elements a block
+    assert pers.pick_cluster(512, 32, 132) == 1
 
 
 @needs_ptxas
