@@ -16,6 +16,7 @@ import pytest
 
 import rnncomp as rc
 from rnncomp.backends.ptx import persistent as pers
+from rnncomp.backends.ptx.plan import split_factor
 from rnncomp.backends.ptx.ptxgen import entries, find_ptxas, ptxas, spills
 from rnncomp.errors import CompileError
 
@@ -124,20 +125,36 @@ def test_plan_one_launch_per_pass(stack):
     assert not any(ks[k].entry for k in step_kernels)
     assert all(ks[k].per_row and not ks[k].block for k in step_kernels)
     # the step products read transposed copies (coalesced), never the weight they copy
-    n_prod = 0
+    n_prod, n_split = 0, 0
     for prog, launches in [(P.fwd_prog, P.fwd_step), (P.bwd_prog, P.bwd_step)]:
-        for x in launches:
-            if ks[x.kernel].kind == "matvec":
-                terms = prog.nodes[x.computes[0]].attrs["terms"]
+        for i, x in enumerate(launches):
+            kind = ks[x.kernel].kind
+            if kind in ("matvec", "mvpart"):
+                key = x.computes[0] if kind == "matvec" else launches[i + 1].computes[0]
+                terms = prog.nodes[key].attrs["terms"]
                 assert [a[0] for a in x.args[1:-1]] == [p if tr else P.transposed[p] for p, tr, _ in terms]
                 n_prod += 1
-    assert n_prod >= 4
+            if kind == "mvpart":  # split-k: the partial sums, then their sum into the node's value
+                nxt = launches[i + 1]
+                assert ks[nxt.kernel].kind == "mvsum" and nxt.args[0] == x.args[-1] and not x.computes
+                assert ks[x.kernel].per_row == ks[nxt.kernel].per_row * split_factor(
+                    prog.node(x.args[0]).size, prog.nodes[key].size)
+                n_split += 1
+    assert n_prod >= 4 and (n_split >= 1 or not stack)  # stacked δh = [U]ᵀ·δa: 64 deep, 16 wide: 4 chunks
     built = {x.computes[0][0] for x in P.fwd_prologue + P.bwd_prologue}
     assert set(P.transposed.values()) <= built and P.transposed
     assert sorted(entries(m.ptx)) == sorted(k for k, v in ks.items() if v.entry)
     assert "persistent launch per pass" in P.summary()
     # the loop computes what the step launches compute, in their order
     assert P.fwd_loop.computes == tuple(k for x in P.fwd_step for k in x.computes)
+
+
+def test_split_factor():
+    assert split_factor(512, 128) == 8      # LSTM H=128 backward: δh = [U]ᵀ·δa
+    assert split_factor(128, 4) == 8        # an output layer: 4 wide, 128 deep
+    assert split_factor(128, 512) == 1      # [U]·h at H=128: 2 chunks would not pay
+    assert split_factor(4096, 4) == 64      # at most 64 chunks
+    assert split_factor(40, 4) == 1         # too shallow to split
 
 
 def test_too_many_pointers_is_a_clear_error(monkeypatch):

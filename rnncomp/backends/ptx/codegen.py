@@ -204,6 +204,55 @@ class KernelSet:
             b.store(total, b.gep(out, [oidx], inbounds=True))
         return self.add("matvec", len(terms) + 2, body, per_row=n_out, doc=doc)
 
+    def matvec_part(self, n_in: int, n_out: int, S: int, terms, shapes, doc="", lda=None) -> str:
+        """Split-k partial sums of a product whose terms read their weight transposed (``P[k, r]``):
+        ``part[b, s, r] = Σ_terms c · Σ_{k in chunk s} P[k, r] v[b, k]`` for the S chunks of
+        ``⌈n_in / S⌉`` (pointers v, P_1 … P_k, part).  The persistent kernel's threads then
+        share ``n_out · S`` elements instead of ``n_out`` serial sums of length ``n_in``."""
+        terms = tuple(float(c) for _, tr, c in terms if tr) if all(tr for _, tr, _ in terms) else None
+        if terms is None:
+            raise ValueError("matvec_part: every term must read its weight transposed")
+        shapes, lda, kc = tuple(shapes), lda or n_in, -(-n_in // S)
+
+        def body(g, gid, N, R, ptrs):
+            b = g.b
+            v, Ps, part = ptrs[0], ptrs[1:-1], ptrs[-1]
+            bi, q = g.divmod(gid, n_out * S)
+            s_, r = b.udiv(q, I64(n_out)), b.urem(q, I64(n_out))
+            k0 = b.mul(s_, I64(kc))
+            k1 = b.add(k0, I64(kc))
+            k1 = b.select(b.icmp_signed("<", k1, I64(n_in)), k1, I64(n_in))
+            vrow = b.gep(v, [b.mul(bi, I64(lda))], inbounds=True)
+            total = None
+            for c, P, (_, n_) in zip(terms, Ps, shapes):
+                acc = g.local_acc()
+                with for_range(b, k1, start=k0, name="k") as k:
+                    x = b.load(b.gep(vrow, [k], inbounds=True))
+                    p = b.load(b.gep(P, [b.add(b.mul(k, I64(n_)), r)], inbounds=True))
+                    b.store(b.fadd(b.load(acc), b.fmul(x, p, flags=("contract",)), flags=("contract",)), acc)
+                y = b.load(acc)
+                if c != 1.0:
+                    y = b.fmul(y, g.const(c))
+                total = y if total is None else b.fadd(total, y)
+            b.store(total, b.gep(part, [gid], inbounds=True))
+        return self.add("mvpart", len(terms) + 2, body, per_row=n_out * S, doc=doc)
+
+    def part_sum(self, n_out: int, S: int, doc="", ldc=None) -> str:
+        """``out[b, r] = Σ_s part[b, s, r]`` (pointers part, out): the second half of a split-k product."""
+        ldc = ldc or n_out
+
+        def body(g, gid, N, R, ptrs):
+            b = g.b
+            part, out = ptrs
+            bi, r = g.divmod(gid, n_out)
+            row = b.gep(part, [b.add(b.mul(bi, I64(n_out * S)), r)], inbounds=True)
+            total = b.load(row)
+            for s_ in range(1, S):  # in chunk order: the partial sums' rounding is fixed
+                total = b.fadd(total, b.load(b.gep(row, [I64(s_ * n_out)], inbounds=True)))
+            oidx = gid if ldc == n_out else g.row_index(bi, r if n_out > 1 else None, ldc)
+            b.store(total, b.gep(out, [oidx], inbounds=True))
+        return self.add("mvsum", 2, body, per_row=n_out, doc=doc)
+
     def slice(self, n_in: int, n_out: int, lo: int, doc="", ld_in=None, ld_out=None) -> str:
         ld_in, ld_out = ld_in or n_in, ld_out or n_out
 

@@ -51,9 +51,11 @@ FREE_OPS = frozenset({"view", "stackv"})  # pass "stack": names of memory, no ke
 class Slot:
     label: str
     units: int          # elements per row (per sample), or total elements if shared
-    extra_rows: int     # rows T + extra_rows (timed); -1: shared (no rows)
+    extra_rows: int     # rows T + extra_rows (timed); -1: shared (no rows); -2: a row per sample, not per step
 
     def elems(self, T: int, B: int) -> int:
+        if self.extra_rows == -2:
+            return B * self.units
         return self.units if self.extra_rows < 0 else (T + self.extra_rows) * B * self.units
 
 
@@ -209,7 +211,7 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
         plan.fwd_static.append(_group_launch(ks, fwd, group, "TB", L, shapes))
     ks.tiled = tiled and not persistent  # the persistent kernel inlines simple kernels
     for group in _groups(fwd, [k for k in todo if k not in static], fuse):
-        plan.fwd_step.append(_group_launch(ks, fwd, group, "B", L, shapes, tr_weight))
+        plan.fwd_step += _split(_group_launch(ks, fwd, group, "B", L, shapes, tr_weight))
     ks.tiled = tiled
     fwd_stacks = _stacks_used(fwd)
     plan.fwd_prologue = [_stack_launch(ks, plan.stacks[n], step.params) for n in plan.stacks if n in fwd_stacks]
@@ -260,7 +262,7 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
     todo = [k for k, n in bprog.nodes.items() if n.op not in LEAF_OPS | FREE_OPS and k not in balias]
     ks.tiled = tiled and not persistent
     for group in _groups(bprog, todo, fuse):
-        plan.bwd_step.append(_group_launch(ks, bprog, group, "B", L, shapes, tr_weight))
+        plan.bwd_step += _split(_group_launch(ks, bprog, group, "B", L, shapes, tr_weight))
     ks.tiled = tiled
     plan.bwd_step += copies
     plan.bwd_prologue = [_stack_launch(ks, plan.stacks[n], step.params) for n in plan.stacks
@@ -358,6 +360,18 @@ def _stacks_used(prog) -> set:
     return {p for n in prog.nodes.values() if n.op == "matvec" for p, _, _ in n.attrs["terms"]}
 
 
+def _split(x):
+    """A launch, or the two launches of a split-k product, as a list."""
+    return list(x) if isinstance(x, tuple) else [x]
+
+
+def split_factor(n_in: int, n_out: int) -> int:
+    """Chunks of a split-k product in the persistent kernel: about 16 products a partial sum,
+    at most 1024 partial sums a sample and 64 chunks; 1 (no split) below 4 chunks."""
+    S = min(-(-n_in // 16), max(1, 1024 // max(n_out, 1)), 64)
+    return S if S >= 4 else 1
+
+
 def _transposer(plan, shapes):
     """``p -> name`` of ``p``'s transposed copy (a slot, a shape; the launch is added later)."""
     def tr_weight(p):
@@ -451,7 +465,7 @@ def _arg_units(prog, L, a):
     return (_units(node), shared, None if shared else L.ld(a))
 
 
-def _group_launch(ks: KernelSet, prog, group, rows, L, shapes, tr_weight=None) -> Launch:
+def _group_launch(ks: KernelSet, prog, group, rows, L, shapes, tr_weight=None):
     if len(group) == 1:
         launch = _node_launch(ks, prog, group[0], prog.nodes[group[0]], rows, L, shapes, tr_weight)
     else:  # a fused run of element-wise nodes of one size
@@ -472,6 +486,10 @@ def _group_launch(ks: KernelSet, prog, group, rows, L, shapes, tr_weight=None) -
         doc = "; ".join(f"{key_str(k)} = {prog.nodes[k].attrs['expr']}" for k in group)
         name = ks.ew_run(items, prog.nodes[group[0]].size, ext_units, out_lds=[L.ld(k) for k in group], doc=doc)
         launch = Launch(name, tuple(ext) + tuple(group), note=", ".join(key_str(k) for k in group))
+    if isinstance(launch, tuple):  # a split-k product: the partial sums compute no node
+        for x in launch:
+            x.rows = rows
+        return launch
     launch.rows = rows
     launch.computes = tuple(group)
     return launch
@@ -490,6 +508,16 @@ def _node_launch(ks: KernelSet, prog, key, node, rows, L, shapes, tr_weight=None
             terms = tuple((p, tr, c) if tr else (tr_weight(p), True, c) for p, tr, c in terms)
         v = node.args[0]
         n_in = prog.node(v).size
+        S = split_factor(n_in, node.size) if tr_weight is not None else 1
+        if S > 1:  # persistent kernel: n_out·S partial sums, then n_out sums of S (two kernels)
+            scratch = ("__part", key)
+            L.place(scratch, L.slot(f"partial sums {doc}", node.size * S, -2))
+            part = ks.matvec_part(n_in, node.size, S, terms, [shapes[p] for p, _, _ in terms],
+                                  doc=f"{doc}: {S} partial sums", lda=L.ld(v))
+            total = ks.part_sum(node.size, S, doc=f"{doc} = Σ of {S} partial sums", ldc=ld)
+            weights = tuple((p, None) for p, _, _ in terms)
+            return (Launch(part, (v,) + weights + (scratch,), note=f"{doc} (partial)"),
+                    Launch(total, (scratch, key), note=doc, computes=(key,)))
         name = ks.matvec(n_in, node.size, terms, [shapes[p] for p, _, _ in terms], doc=doc,
                          tile="large" if rows == "TB" else "small", lda=L.ld(v), ldc=ld)
         return Launch(name, (v,) + tuple((p, None) for p, _, _ in terms) + (key,), note=doc)
