@@ -3,6 +3,7 @@
 codegen.py  kernels as LLVM IR (nvptx64 ``ptx_kernel`` entries, or host loops over the same bodies)
 plan.py     device-memory layout and launch lists (hoisted products, per-step nodes, gradients;
             pass "stack" through ..stackplan, shared with the native backend)
+persistent.py  one launch per pass: all T steps in a kernel, a block (or cluster) per sample
 ptxgen.py   LLVM IR → PTX (in a child process), ``ptxas`` checks
 runtime.py  CUDA driver API via cuda-python; the host emulator
 model.py    :class:`PtxModel`

@@ -1,6 +1,6 @@
 """Running the PTX kernels: the CUDA driver API through ``cuda-python``, or a host emulator.
 
-Both runners have one interface (``alloc``, ``zero``, ``upload``, ``download``,
+Both runners have one interface (``alloc``, ``alloc_host``, ``zero``, ``upload``, ``download``,
 ``prepare``, ``execute``), so :class:`~.model.PtxModel` drives either with the
 same launch plan:
 
@@ -12,18 +12,12 @@ same launch plan:
 * :class:`HostRunner`: the same kernel bodies compiled for this CPU (each
   wrapper loops over the thread index): the host semantics check.
 
-**The time loop runs on the host for now**: one launch per plan group per step
-(T × nodes launches per pass, prepared once per (T, B) and replayed).  With
-``graphs=True`` (default) the whole sequence of launches of a pass is captured
-once into a CUDA graph and replayed with one ``cuGraphLaunch``, which removes
-the per-launch Python and driver overhead but not the GPU's per-kernel gaps.
-
-Design notes for a persistent kernel (not implemented): one cooperative kernel
-per pass, grid-wide barrier (``cooperative_groups::grid_group::sync`` ≙
-``barrier.sync`` plus a global counter, or ``cuLaunchCooperativeKernel``)
-between the nodes of a step; recurrent weights U kept in shared memory /
-registers across steps (H ≤ ~256 per SM-slice), states in L2; the hoisted
-W·x products stay separate GEMM launches before the loop.
+With ``persistent=False`` the time loop runs on the host: one launch per plan group per
+step (T × kernels launches per pass); by default one persistent launch per pass runs all
+steps (:mod:`.persistent`), its block and cluster size chosen here per (T, B).  A call's
+sequence (uploads from a pinned staging buffer, memsets, launches, downloads) is prepared
+once per (T, B) and, with ``graphs=True`` (default), captured into one CUDA graph and
+replayed with one ``cuGraphLaunch``.
 """
 from __future__ import annotations
 
