@@ -1,6 +1,8 @@
 """The PTX backend (GitHub issue #6): ``rc.compile(cell, backend="ptx", arch="sm_90")``.
 
 codegen.py  kernels as LLVM IR (nvptx64 ``ptx_kernel`` entries, or host loops over the same bodies)
+tiled.py    products through shared memory (block programs)
+irgen.py    the NVPTX target, element types, body-emitter helpers
 plan.py     device-memory layout and launch lists (hoisted products, per-step nodes, gradients;
             pass "stack" through ..stackplan, shared with the native backend)
 persistent.py  one launch per pass: all T steps in a kernel, a block (or cluster) per sample

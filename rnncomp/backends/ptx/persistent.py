@@ -32,7 +32,8 @@ from llvmlite import ir
 
 from ...errors import CompileError
 from ..llvm.builder import I64, for_range
-from .codegen import Tiled, sreg
+from .irgen import sreg
+from .tiled import Tiled
 
 T_KEY = ("__T", None)  # the launch argument that stands for the sequence length
 MAX_POINTERS = 480     # CUDA kernel parameters: 4 KiB, 8 bytes a pointer

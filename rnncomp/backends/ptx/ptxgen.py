@@ -15,7 +15,7 @@ import sys
 import tempfile
 
 from ...errors import CompileError
-from .codegen import NVPTX_TRIPLE
+from .irgen import NVPTX_TRIPLE
 
 DEFAULT_ARCH = "sm_90"
 DEFAULT_FEATURES = "+ptx85"
