@@ -7,7 +7,8 @@ BACKENDS = ("numpy", "native", "ptx")
 def compile(cell, backend: str = "numpy", dtype: str = "float64", **options):
     """Compile ``cell`` for ``backend`` (``"numpy"`` reference, ``"native"`` LLVM CPU, ``"ptx"``).
 
-    The returned model has ``forward(params, inputs, h0=None)`` and
+    The returned model has ``forward(params, inputs, h0=None, *, targets=None)`` (targets only
+    for a cell whose outputs or state updates read one: teacher forcing) and
     ``loss_and_grad(params, inputs, targets, h0=None, mask=None)``.
     """
     if backend == "numpy":

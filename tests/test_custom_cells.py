@@ -90,8 +90,21 @@ def state_reads_new_and_output():
     return _finish(cell, h.new + c.new, 4, loss=lambda y, t: sp.log(1 + (y - t) ** 2))
 
 
+def copy_then_product():
+    """A defined copy of a value read by a product (found in review: the PTX scheduler put the
+    product before the copy's source, since the copy costs no launch and hid the dependency)."""
+    cell = rc.Cell("copy_then_product")
+    x, h = cell.input("x", 3), cell.state("h", 4)
+    a = cell.define("a", sp.tanh(cell.param("W", (4, 3)) @ x + cell.param("U", (4, 4)) @ h))
+    k = cell.define("k", a)
+    cell.update(h, a)
+    y = cell.output("y", cell.param("V", (2, 4)) @ k)
+    cell.loss((y - cell.target("t", 2)) ** 2 / 2)
+    return cell
+
+
 CUSTOM = [stacked_gates, piecewise_and_kinks, scalars_and_vectors, antisymmetric_and_transposes,
-          many_functions, jordan_with_xent, state_reads_new_and_output]
+          many_functions, jordan_with_xent, state_reads_new_and_output, copy_then_product]
 
 
 @pytest.mark.parametrize("make", CUSTOM, ids=lambda f: f.__name__)
@@ -131,3 +144,34 @@ def test_xent_is_stable_for_huge_logits():
     loss, grads, _ = numpy_model(cell).loss_and_grad(params, x, t)
     assert loss == pytest.approx(2e4, rel=1e-12)  # logsumexp(1e4, -1e4, 5e3) - (-1e4)
     assert np.isfinite(grads["s"]).all()
+
+
+def test_teacher_forcing_forward_takes_targets():
+    """A state update that reads a target (teacher forcing): forward() needs targets= and says
+    so when they are missing; numpy, native and the PTX kernels (host runner) agree."""
+    from rnncomp.errors import CallError
+    cell = rc.Cell("teacher_forced")
+    x, h = cell.input("x", 3), cell.state("h", 4)
+    t = cell.target("t", 2)
+    cell.update(h, sp.tanh(cell.param("W", (4, 3)) @ x + cell.param("U", (4, 4)) @ h
+                           + cell.param("A", (4, 2)) @ t))
+    y = cell.output("y", cell.param("V", (2, 4)) @ h.new)
+    cell.loss((y - t) ** 2 / 2)
+    params, inputs, targets = random_data(cell, T=4, B=3, seed=2)
+    models = [rc.compile(cell, backend="numpy"), rc.compile(cell, backend="native", cache=None),
+              rc.compile(cell, backend="ptx", runner="host")]
+    ref_out, ref_fin = models[0].forward(params, inputs, targets=targets)
+    _, _, fin_train = models[0].loss_and_grad(params, inputs, targets)
+    np.testing.assert_allclose(ref_fin["h"], fin_train["h"], rtol=1e-14)
+    zero_t = {"t": np.zeros_like(targets["t"])}
+    assert np.abs(models[0].forward(params, inputs, targets=zero_t)[0]["y"] - ref_out["y"]).max() > 1e-3
+    for m in models:
+        with pytest.raises(CallError, match="read target 't'.*pass targets= to forward"):
+            m.forward(params, inputs)
+        out, fin = m.forward(params, inputs, targets=targets)
+        np.testing.assert_allclose(out["y"], ref_out["y"], rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(fin["h"], ref_fin["h"], rtol=1e-12, atol=1e-13)
+    # a cell whose forward reads no target still runs without them
+    plain = rc.compile(rc.cells.elman(3, 4, 2), backend="ptx", runner="host")
+    p2, i2, _ = random_data(rc.cells.elman(3, 4, 2), T=3, B=2)
+    assert plain.forward(p2, i2)[0]["y"].shape == (3, 2, 2)

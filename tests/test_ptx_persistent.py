@@ -33,7 +33,7 @@ def check(cell, T=5, B=3, targets=None, runner="host", tol=1e-11, model=None, **
     tg = targets or tg
     kw = {k: options.pop(k) for k in ("mask", "h0") if k in options}
     l1, g1, h1 = numpy_model(cell).loss_and_grad(params, inputs, tg, **kw)
-    m = model or rc.compile(cell, backend="ptx", runner=runner, persistent=True, **options)
+    m = model or rc.compile(cell, backend="ptx", runner=runner, **({"persistent": True} | options))
     l2, g2, h2 = m.loss_and_grad(params, inputs, tg, **kw)
     assert l2 == pytest.approx(l1, rel=tol)
     assert g2.keys() == g1.keys()
@@ -157,10 +157,19 @@ def test_split_factor():
     assert split_factor(40, 4) == 1         # too shallow to split
 
 
-def test_too_many_pointers_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(pers, "MAX_POINTERS", 3)
+def test_too_many_pointers_is_a_clear_error_or_the_per_step_plan(monkeypatch):
+    monkeypatch.setattr(pers, "MAX_POINTERS", 12)
     with pytest.raises(CompileError, match="persistent=False"):
-        rc.compile(rc.cells.elman(3, 4, 2), backend="ptx", persistent=True)
+        rc.compile(rc.cells.lstm(3, 4, 2), backend="ptx", persistent=True)
+    # the default falls back to exactly the plan of persistent=False (tiled step products)
+    auto = check(rc.cells.lstm(3, 4, 2), persistent=None)
+    off = rc.compile(rc.cells.lstm(3, 4, 2), backend="ptx", persistent=False).plan
+    P = auto.plan
+    assert P.fwd_loop is None and P.bwd_loop is None and not P.transposed
+    assert all(k.entry for k in P.kernels.kernels.values())
+    assert [P.kernels.kernels[x.kernel].kind for x in P.fwd_step + P.bwd_step] == \
+        [off.kernels.kernels[x.kernel].kind for x in off.fwd_step + off.bwd_step]
+    assert any(P.kernels.kernels[x.kernel].block for x in P.fwd_step)  # tiled, as persistent=False
 
 
 # ----------------------------------------------------------------------------- ptxas
@@ -244,3 +253,29 @@ def test_clusters_only_from_sm_90():
     assert "bar.sync" in m90.ptx  # a launch without clusters synchronises the block only
     for m in (m90, m80):
         assert not any(any(v) for v in spills(ptxas(m.ptx, m.arch)).values())
+
+
+def test_memory_is_given_back(monkeypatch):
+    """close() (and a failed arena build) free the device arena and the staging buffer; the
+    model keeps working after close(); bad launch options are refused up front."""
+    cell = rc.cells.gru(3, 4, 2)
+    m = rc.compile(cell, backend="ptx", runner="host")
+    data = random_data(cell, T=3, B=2)
+    l1 = m.loss_and_grad(*data)[0]
+    r = m.runner
+    assert len(r._arrays) == 2  # the arena and the staging buffer
+    m.loss_and_grad(*random_data(cell, T=5, B=3))  # another (T, B): the old ones are freed
+    assert len(r._arrays) == 2
+    m.close()
+    assert not r._arrays
+    with m:
+        assert m.loss_and_grad(*data)[0] == l1
+    assert not r._arrays
+    monkeypatch.setattr(r, "prepare", lambda ops: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        m.loss_and_grad(*data)
+    assert not r._arrays and m._arena is None
+    for bad in ({"persistent_block": 100}, {"persistent_block": 2048}, {"persistent_cluster": 9},
+                {"persistent_cluster": 2, "arch": "sm_80"}):
+        with pytest.raises(ValueError, match="persistent_"):
+            rc.compile(cell, backend="ptx", **bad)

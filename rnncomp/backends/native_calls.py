@@ -18,7 +18,7 @@ from ..errors import CallError, CompileError
 from ..memory import schedule
 from . import native_fast
 from .llvm import gemm
-from .validate import check_call, step_weights
+from .validate import check_call, check_forward_call, step_weights
 
 
 class NativeCalls:
@@ -187,8 +187,10 @@ class NativeCalls:
         work = self._work(T, B)
         fn(T, B, ptrs, work.ctypes.data)  # ctypes releases the GIL during the call
 
-    def forward(self, params, inputs, h0=None, *, check_finite=True):
-        call = check_call(self.step, self.dtype, params, inputs, None, h0, check_finite=check_finite)
+    def forward(self, params, inputs, h0=None, *, targets=None, check_finite=True):
+        """``(outputs, final states)``; ``targets`` only for a cell whose outputs or state
+        updates read a target."""
+        call = check_forward_call(self.step, self.dtype, params, inputs, targets, h0, check_finite=check_finite)
         arrays, states, fwd = self._buffers(call, False)
         self._fresh_call()
         self._run(self._fwd, arrays, call.T, call.B)

@@ -15,7 +15,7 @@ from sympy.printing.numpy import NumPyPrinter
 
 from ..autodiff import backward_step
 from ..ir import LEAF_OPS, placeholder, prune
-from .validate import check_call, initial_states, step_weights
+from .validate import check_call, check_forward_call, initial_states, step_weights
 
 
 # ----------------------------------------------------------------------------- element-wise printer
@@ -174,9 +174,11 @@ class NumpyModel:
             envs.append(env if keep else {(o, "t"): env[(o, "t")] for o in st.outputs})
         return envs, states
 
-    def forward(self, params, inputs, h0=None, *, check_finite=True):
-        """Run the cell over the sequence: ``(outputs {name: (T, B, n)}, final states {name: (B, n)})``."""
-        call = check_call(self.step, self.dtype, params, inputs, None, h0, check_finite=check_finite)
+    def forward(self, params, inputs, h0=None, *, targets=None, check_finite=True):
+        """Run the cell over the sequence: ``(outputs {name: (T, B, n)}, final states {name: (B, n)})``.
+
+        ``targets``: only for a cell whose outputs or state updates read a target."""
+        call = check_forward_call(self.step, self.dtype, params, inputs, targets, h0, check_finite=check_finite)
         envs, final = self._forward_envs(call, keep=False)
         outs = {o: np.stack([np.broadcast_to(e[(o, "t")], (call.B, n)) for e in envs])
                 for o, n in self.step.outputs.items()}

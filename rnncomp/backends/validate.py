@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import CallError
+from ..ir import prune
 
 
 @dataclass
@@ -105,6 +106,28 @@ def check_call(step, dtype, params, inputs, targets=None, h0=None, mask=None, *,
               for n in h0}
     m = None if mask is None else check_mask(cell, mask, T, B, dtype)
     return Call(T, B, out_params, out_in, out_tg, out_h0, m)
+
+
+def forward_targets(step) -> tuple:
+    """The targets that the outputs or the state updates read (teacher forcing), in order."""
+    got = getattr(step, "_forward_targets", None)
+    if got is None:
+        keep = {(s, "t") for s in step.states} | {(o, "t") for o in step.outputs}
+        nodes = prune(step.prog, keep).nodes
+        got = tuple(n for n in step.targets if (n, "t") in nodes)
+        step._forward_targets = got
+    return got
+
+
+def check_forward_call(step, dtype, params, inputs, targets=None, h0=None, *, check_finite=True) -> Call:
+    """:func:`check_call` for ``forward``: targets are needed only by a cell whose outputs or
+    state updates read them, and then must be given."""
+    call = check_call(step, dtype, params, inputs, targets, h0, check_finite=check_finite)
+    missing = [n for n in forward_targets(step) if n not in call.targets]
+    if missing:
+        raise CallError(f"cell {step.name!r}: its outputs or state updates read target "
+                        f"{', '.join(map(repr, missing))} (teacher forcing): pass targets= to forward()")
+    return call
 
 
 def check_mask(cell: str, mask, T: int, B: int, dtype) -> np.ndarray:

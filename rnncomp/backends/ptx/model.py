@@ -13,7 +13,7 @@ import numpy as np
 
 from ...autodiff import backward_step
 from ...errors import CallError
-from ..validate import check_call, initial_states, step_weights
+from ..validate import check_call, check_forward_call, forward_targets, initial_states, step_weights
 from .codegen import emit_module
 from .persistent import T_KEY, Persistent
 from .plan import build_plan
@@ -62,8 +62,16 @@ class PtxModel:
         self.cell_name = st.name
         self.bwd = backward_step(st) if st.has_loss else None
         self.stack = bool(stack)
+        if persistent_block is not None and (not isinstance(persistent_block, int) or persistent_block % 32
+                                             or not 32 <= persistent_block <= 1024):
+            raise ValueError(f"persistent_block must be a multiple of 32 from 32 to 1024, got {persistent_block!r}")
+        sm = int(re.match(r"sm_(\d+)", self.arch).group(1))
+        if persistent_cluster is not None and (persistent_cluster not in range(1, 9) or
+                                               (persistent_cluster > 1 and sm < 90)):
+            raise ValueError(f"persistent_cluster must be 1 to 8 (above 1: sm_90 or newer; arch is "
+                             f"{self.arch}), got {persistent_cluster!r}")
         self.persistent_block, self.persistent_cluster = persistent_block, persistent_cluster
-        clusters = int(re.match(r"sm_(\d+)", self.arch).group(1)) >= 90 and persistent_cluster != 1
+        clusters = sm >= 90 and persistent_cluster != 1
         self.plan = build_plan(st, self.bwd, self.dtype, hoist=hoist, fuse=fuse, tiled=tiled, stack=self.stack,
                                persistent=persistent, clusters=clusters)
         self.persistent = self.plan.fwd_loop is not None
@@ -99,16 +107,53 @@ class PtxModel:
         if a is not None and a["TB"] == (T, B):
             return a
         r, L, P = self.runner, self.plan.layout, self.plan
-        if a is not None:
-            for k in ("fwd", "bwd", "train", "run"):
-                r.release(a[k])
-            r.free(a["base"])
-            r.free_host(a["stage_ptr"])
-            self._arena = None
+        self._free_arena()
         isz = self.dtype.itemsize
         offsets, size = L.offsets(T, B, isz)
-        base = r.alloc(size)
-        r.zero(base, size)  # rows T of the carried adjoints stay zero for good
+        a = {"TB": (T, B), "base": r.alloc(size), "offsets": offsets, "size": size}
+        try:
+            self._arena = self._fill_arena(a, T, B)
+        except BaseException:
+            self._arena = a
+            self._free_arena()
+            raise
+        return self._arena
+
+    def _free_arena(self):
+        """Give back the arena's device memory, pinned staging buffer and CUDA graphs."""
+        a, self._arena = self._arena, None
+        if a is None:
+            return
+        r = self.runner
+        for k in ("fwd", "bwd", "train", "run"):
+            if a.get(k) is not None:
+                r.release(a[k])
+        if a.get("stage_ptr") is not None:
+            r.free_host(a["stage_ptr"])
+        r.free(a["base"])
+
+    def close(self):
+        """Free the device and pinned host memory this model holds (a later call allocates
+        again).  Also on ``with`` exit and when the model is garbage-collected."""
+        if self._runner is not None:
+            self._free_arena()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: the driver may be gone
+            pass
+
+    def _fill_arena(self, a, T, B):
+        r, L, P = self.runner, self.plan.layout, self.plan
+        isz, base, offsets = self.dtype.itemsize, a["base"], a["offsets"]
+        r.zero(base, a["size"])  # rows T of the carried adjoints stay zero for good
         ks = P.kernels.kernels
 
         def resolve(launch, t, rows):
@@ -130,14 +175,14 @@ class PtxModel:
             else:
                 bwd += [resolve(x, t, 1) for t in reversed(range(T)) for x in P.bwd_step]
             bwd += [resolve(x, 0, T) for x in P.bwd_grads]
-        a = {"TB": (T, B), "base": base, "offsets": offsets, "size": size, "launches": (len(fwd), len(bwd))}
+        a["launches"] = (len(fwd), len(bwd))
         addr = lambda key, t=0: L.address(key, t, base, offsets, B, isz)  # noqa: E731
         stage, run_ops, train_ops = self._staging(a, addr, T, B)
         a["stage_ptr"], a["stage"] = stage
-        a["fwd"], a["bwd"] = r.prepare(fwd), (r.prepare(bwd) if self.bwd else None)  # the kernels alone
+        a["fwd"] = r.prepare(fwd)  # the kernels alone (benchmarks/gpu_check.py times them)
+        a["bwd"] = r.prepare(bwd) if self.bwd else None
         a["run"] = r.prepare(run_ops[0] + fwd + run_ops[1])
         a["train"] = r.prepare(train_ops[0] + fwd + bwd + train_ops[1]) if self.bwd else None
-        self._arena = a
         return a
 
     def _staging(self, a, addr, T, B):
@@ -178,6 +223,7 @@ class PtxModel:
             offs[name] = pos
             pos += -(-int(np.prod(shape)) * isz // 64) * 64
         ptr, raw = self.runner.alloc_host(max(pos, 1))
+        a["stage_ptr"] = ptr  # freed with the arena, also if what follows fails
         views = {name: raw[offs[name]:offs[name] + int(np.prod(shape)) * isz].view(dt).reshape(shape)
                  for name, _, shape in regions}
         dev = {name: d for name, d, _ in regions}
@@ -190,7 +236,7 @@ class PtxModel:
                            else ("d2h", ptr + offs[name], dev[name], n))
             return out
 
-        targets = [k for k in P.io_slot if k in st.targets]
+        targets = [k for k in P.io_slot if k in st.targets and k not in forward_targets(st)]  # read: zeros
         run = (ops(ups + [io[k] for k in P.io_slot if k not in targets])
                + [("memset", dev[("io", k)], views[("io", k)].nbytes) for k in targets],
                ops(finals + outs))
@@ -208,17 +254,18 @@ class PtxModel:
         for name in self.plan.io_slot:
             if name in st.inputs:
                 S[("io", name)][...] = call.inputs[name]
-            elif with_targets:
+            elif with_targets or name in forward_targets(st):
                 S[("io", name)][...] = call.targets[name]
 
     def _finals(self, a):
         return {s: a["stage"][("final", s)].copy() for s in self.plan.state_slot}
 
     # ------------------------------------------------------------------ the interface
-    def forward(self, params, inputs, h0=None, *, check_finite=True):
-        """``(outputs {name: (T, B, n)}, final states {name: (B, n)})``."""
+    def forward(self, params, inputs, h0=None, *, targets=None, check_finite=True):
+        """``(outputs {name: (T, B, n)}, final states {name: (B, n)})``; ``targets`` only for a
+        cell whose outputs or state updates read a target."""
         st = self.step
-        call = check_call(st, self.dtype, params, inputs, None, h0, check_finite=check_finite)
+        call = check_forward_call(st, self.dtype, params, inputs, targets, h0, check_finite=check_finite)
         a = self._get_arena(call.T, call.B)
         self._upload_args(a, call, with_targets=False)
         self.runner.execute(a["run"])

@@ -101,8 +101,8 @@ def loop_launch(ks, layout, launches, reverse: bool, where: str, launch_cls, req
     if len(keys) > MAX_POINTERS:
         if not required:
             return None
-        raise CompileError(f"{where}: the persistent kernel would take {len(keys)} pointers (CUDA allows "
-                           f"{MAX_POINTERS}); compile with persistent=False")
+        raise CompileError(f"{where}: the persistent kernel would take {len(keys)} pointers, more than "
+                           f"{MAX_POINTERS} (CUDA's 4 KiB of kernel parameters); compile with persistent=False")
     for x in launches:
         k = ks.kernels[x.kernel]
         if k.per_row is None or isinstance(k.body, Tiled):

@@ -207,10 +207,10 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
     tr_weight = _transposer(plan, shapes) if persistent else None
     static = state_independent(fwd, hoistable(fwd)) if hoist else set()
     todo = [k for k, n in fwd.nodes.items() if n.op not in LEAF_OPS | FREE_OPS and k not in falias]
-    for group in _groups(fwd, [k for k in todo if k in static], fuse):
+    for group in _groups(fwd, [k for k in todo if k in static], fuse, falias):
         plan.fwd_static.append(_group_launch(ks, fwd, group, "TB", L, shapes))
     ks.tiled = tiled and not persistent  # the persistent kernel inlines simple kernels
-    for group in _groups(fwd, [k for k in todo if k not in static], fuse):
+    for group in _groups(fwd, [k for k in todo if k not in static], fuse, falias):
         plan.fwd_step += _split(_group_launch(ks, fwd, group, "B", L, shapes, tr_weight))
     ks.tiled = tiled
     fwd_stacks = _stacks_used(fwd)
@@ -218,9 +218,12 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
     fwd_tr = set(plan.transposed)
     plan.fwd_prologue += [_transpose_launch(ks, p, plan.transposed[p], shapes) for p in plan.transposed]
     where = f"cell {step.name!r}"
+    again = lambda: build_plan(step, bwd, dtype, hoist, fuse, tiled, stack, False)  # noqa: E731
     if bwd is None:
         if persistent:
             plan.fwd_loop = loop_launch(ks, L, plan.fwd_step, False, where, Launch, required, clusters)
+            if plan.fwd_loop is None:  # too wide for one kernel: the plan of persistent=False
+                return again()
         return plan
 
     # backward values: one row block per step; δh[t-1] buffers get a zero row T for δ⁺h
@@ -261,7 +264,7 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
         plan.carry_slot[s] = slot
     todo = [k for k, n in bprog.nodes.items() if n.op not in LEAF_OPS | FREE_OPS and k not in balias]
     ks.tiled = tiled and not persistent
-    for group in _groups(bprog, todo, fuse):
+    for group in _groups(bprog, todo, fuse, balias):
         plan.bwd_step += _split(_group_launch(ks, bprog, group, "B", L, shapes, tr_weight))
     ks.tiled = tiled
     plan.bwd_step += copies
@@ -272,10 +275,8 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
     if persistent:
         plan.fwd_loop = loop_launch(ks, L, plan.fwd_step, False, where, Launch, required, clusters)
         plan.bwd_loop = loop_launch(ks, L, plan.bwd_step, True, where, Launch, required, clusters)
-        if plan.fwd_loop is None or plan.bwd_loop is None:  # one pass too wide: both step by step
-            plan.fwd_loop = plan.bwd_loop = None
-            for x in plan.fwd_step + plan.bwd_step:
-                ks.kernels[x.kernel].entry = True
+        if plan.fwd_loop is None or plan.bwd_loop is None:  # too wide: the plan of persistent=False
+            return again()
 
     # parameter gradients: a group's gradients are adjacent rows of one slot, summed by one launch
     plan.grad_groups = grad_groups(bwd, bprog, views) if stack else []
@@ -398,20 +399,21 @@ def _stack_launch(ks, stk, params) -> Launch:
                   note=f"stack {stk.name}", computes=((stk.name, None),))
 
 
-def _resolve_args(prog, key, order):
-    """The keys of ``order`` that ``key``'s arguments stand for (through views and stackv)."""
+def _resolve_args(prog, key, order, alias=()):
+    """The keys of ``order`` that ``key``'s arguments stand for (through views and stackv, and
+    through copy nodes placed on their argument: ``alias``, see :func:`_aliases`)."""
     out = []
     for a in prog.nodes[key].args:
         if a in order:
             out.append(a)
             continue
         node = prog.nodes.get(a)
-        if node is not None and node.op in FREE_OPS:
-            out += _resolve_args(prog, a, order)
+        if node is not None and (node.op in FREE_OPS or a in alias):
+            out += _resolve_args(prog, a, order, alias)
     return out
 
 
-def _groups(prog, keys, fuse):
+def _groups(prog, keys, fuse, alias=()):
     """Schedule ``keys`` (non-leaf nodes, in program order) into launch groups.
 
     A group is ``[key]`` or a run of element-wise keys of one size (fused into one kernel).
@@ -422,7 +424,7 @@ def _groups(prog, keys, fuse):
     if not fuse:
         return [[k] for k in keys]
     order = {k: i for i, k in enumerate(keys)}
-    deps = {k: set(_resolve_args(prog, k, order)) for k in keys}
+    deps = {k: set(_resolve_args(prog, k, order, alias)) for k in keys}
     users = {k: [] for k in keys}
     for k in keys:
         for a in deps[k]:

@@ -237,7 +237,8 @@ class CudaRunner:
             else:
                 err = drv.cuLaunchKernelEx(cfg, fn, ctypes.addressof(arr), 0)[0]
             if err != ok:
-                raise CompileError(f"CUDA driver call cuLaunchKernel({name}, grid={grid}, block={blk}) "
+                call = "cuLaunchKernel" if cfg is None else "cuLaunchKernelEx (a cluster launch)"
+                raise CompileError(f"CUDA driver call {call}({name}, grid={grid}, block={blk}) "
                                    f"failed: {self._name(err)}")
 
     def _copy(self, op):
