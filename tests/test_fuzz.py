@@ -244,6 +244,10 @@ def check_cell(cell, T, B, seed, mask_kind=None, h0_kind="none", opts=None, stat
 
 
 # ----------------------------------------------------------------------------- the tests
+FUZZ_CI_EXAMPLES = 30  # ~3.7 s each: CI's whole run must stay under 15 minutes
+
+
+@settings(max_examples=FUZZ_CI_EXAMPLES)
 @given(fuzz_cells(), calls(), st.sampled_from(["off", "f32"]))
 def test_fuzz_ci(cell, call, which):
     T, B, seed, mask, h0, opts = call
