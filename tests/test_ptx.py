@@ -42,13 +42,16 @@ def _cuda_present():
 
 # ----------------------------------------------------------------------------- PTX assembles
 @needs_ptxas
+@pytest.mark.parametrize("persistent", [False, True], ids=["steps", "persistent"])
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("name", ZOO)
-def test_zoo_ptx_assembles_without_spills(name, arch):
+def test_zoo_ptx_assembles_without_spills(name, arch, persistent):
     dtype = "float32" if arch == "sm_90" else "float64"
-    m = rc.compile(rc.cells.get(name)(64, 256, 16), backend="ptx", dtype=dtype, arch=arch, persistent=False)
+    m = rc.compile(rc.cells.get(name)(64, 256, 16), backend="ptx", dtype=dtype, arch=arch, persistent=persistent)
     names = entries(m.ptx)
-    assert names and sorted(names) == sorted(m.plan.kernels.kernels)  # one launch per step: all entries
+    ks = m.plan.kernels.kernels  # the persistent kernel inlines the step kernels: not entries
+    assert names and sorted(names) == sorted(k for k, v in ks.items() if v.entry)
+    assert sum("_loop" in n for n in names) == (2 if persistent else 0)
     assert ".func" not in m.ptx.replace(".func_", "")  # every kernel is a launchable .entry
     report = ptxas(m.ptx, arch)
     sp_ = spills(report)

@@ -8,7 +8,7 @@
   largest entry);
 * the plan: one launch per pass for the steps, the step kernels inlined (not entries),
   every step product reading a transposed weight built once per call;
-* the PTX assembles for sm_80 and sm_90 without spills;
+* the PTX assembles for sm_80 and sm_90 without spills (the zoo: ``test_ptx``, both modes);
 * on a GPU machine: the real thing against the oracle in float64.
 """
 import numpy as np
@@ -170,21 +170,6 @@ def test_too_many_pointers_is_a_clear_error_or_the_per_step_plan(monkeypatch):
     assert [P.kernels.kernels[x.kernel].kind for x in P.fwd_step + P.bwd_step] == \
         [off.kernels.kernels[x.kernel].kind for x in off.fwd_step + off.bwd_step]
     assert any(P.kernels.kernels[x.kernel].block for x in P.fwd_step)  # tiled, as persistent=False
-
-
-# ----------------------------------------------------------------------------- ptxas
-@needs_ptxas
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-@pytest.mark.parametrize("name", ZOO)
-def test_persistent_ptx_assembles_without_spills(name, arch):
-    dtype = "float32" if arch == "sm_90" else "float64"
-    m = rc.compile(rc.cells.get(name)(64, 256, 16), backend="ptx", dtype=dtype, arch=arch, persistent=True)
-    names = entries(m.ptx)
-    assert sum("_loop" in n for n in names) == 2
-    sp_ = spills(ptxas(m.ptx, arch))
-    assert set(sp_) == set(names)
-    bad = {k: v for k, v in sp_.items() if any(v)}
-    assert not bad, f"local memory (spill stores, spill loads, stack) in {bad}"
 
 
 # ----------------------------------------------------------------------------- on a GPU (skipped here)
