@@ -7,8 +7,6 @@ semantics check: slow, for tests).
 """
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from ...autodiff import backward_step
@@ -17,7 +15,7 @@ from ..validate import check_call, check_forward_call, forward_targets, initial_
 from .codegen import emit_module
 from .persistent import T_KEY, Persistent
 from .plan import build_plan
-from .ptxgen import DEFAULT_ARCH, DEFAULT_FEATURES, check_arch, entries, to_ptx
+from .ptxgen import DEFAULT_ARCH, DEFAULT_FEATURES, check_arch, entries, sm_version, to_ptx
 from .runtime import CudaRunner, HostRunner
 
 
@@ -65,7 +63,7 @@ class PtxModel:
         if persistent_block is not None and (not isinstance(persistent_block, int) or persistent_block % 32
                                              or not 32 <= persistent_block <= 1024):
             raise ValueError(f"persistent_block must be a multiple of 32 from 32 to 1024, got {persistent_block!r}")
-        sm = int(re.match(r"sm_(\d+)", self.arch).group(1))
+        sm = sm_version(self.arch)
         if persistent_cluster is not None and (persistent_cluster not in range(1, 9) or
                                                (persistent_cluster > 1 and sm < 90)):
             raise ValueError(f"persistent_cluster must be 1 to 8 (above 1: sm_90 or newer; arch is "
@@ -106,10 +104,9 @@ class PtxModel:
         a = self._arena
         if a is not None and a["TB"] == (T, B):
             return a
-        r, L, P = self.runner, self.plan.layout, self.plan
         self._free_arena()
-        isz = self.dtype.itemsize
-        offsets, size = L.offsets(T, B, isz)
+        r, isz = self.runner, self.dtype.itemsize
+        offsets, size = self.plan.layout.offsets(T, B, isz)
         a = {"TB": (T, B), "base": r.alloc(size), "offsets": offsets, "size": size}
         try:
             self._arena = self._fill_arena(a, T, B)
@@ -211,9 +208,9 @@ class PtxModel:
         finals = [region(("final", s), addr((s, "t-1"), T), (B, st.states[s])) for s in P.state_slot]
         outs = [region(("out", o), *rows_of((o, "t"), 0, T)) for o in st.outputs]
         train_up, train_down = [], []
+        grad_slots = sorted(set(P.grad_slot.values())) if self.bwd is not None else []  # groups share one
         if self.bwd is not None:
             train_up = [region(("w",), addr(self.bwd.weight), (T, B))]
-            grad_slots = sorted(set(P.grad_slot.values()))
             train_down = [region(("grad", k), a["base"] + a["offsets"][k], (L.slots[k].units,)) for k in grad_slots]
             train_down.append(region(("cost",), *rows_of(st.loss_key, 0, T)))
             train_down += [region(("dinit", s), *rows_of(self.bwd.carry_in[s], -1, 1))
@@ -240,8 +237,7 @@ class PtxModel:
         run = (ops(ups + [io[k] for k in P.io_slot if k not in targets])
                + [("memset", dev[("io", k)], views[("io", k)].nbytes) for k in targets],
                ops(finals + outs))
-        grad_zero = [("memset", a["base"] + a["offsets"][k], L.slots[k].units * isz)
-                     for k in sorted(set(P.grad_slot.values()))] if self.bwd is not None else []
+        grad_zero = [("memset", a["base"] + a["offsets"][k], L.slots[k].units * isz) for k in grad_slots]
         train = (ops(ups + list(io.values()) + train_up) + grad_zero, ops(finals + train_down))
         return (ptr, views), run, train
 

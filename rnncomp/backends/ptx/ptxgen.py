@@ -52,11 +52,16 @@ def _in_process(ir_text, arch, features, opt):
     return tm.emit_assembly(mod)
 
 
-def check_arch(arch: str) -> str:
+def sm_version(arch: str) -> int:
+    """90 for ``"sm_90"`` (or ``"sm_90a"``); a :class:`CompileError` for anything else."""
     m = re.fullmatch(r"sm_(\d+)[af]?", arch or "")
     if not m:
         raise CompileError(f"ptx backend: arch must look like 'sm_80' or 'sm_90', got {arch!r}")
-    if int(m.group(1)) < 75:
+    return int(m.group(1))
+
+
+def check_arch(arch: str) -> str:
+    if sm_version(arch) < 75:
         raise CompileError(f"ptx backend: arch {arch} is too old (CUDA 13's ptxas needs sm_75 or newer)")
     return arch
 

@@ -1,7 +1,7 @@
 """Running the PTX kernels: the CUDA driver API through ``cuda-python``, or a host emulator.
 
-Both runners have one interface (``alloc``, ``alloc_host``, ``zero``, ``upload``, ``download``,
-``prepare``, ``execute``), so :class:`~.model.PtxModel` drives either with the
+Both runners have one interface (``alloc``, ``alloc_host``, ``free``, ``free_host``, ``zero``,
+``prepare``, ``execute``, ``sync``; copies are operations of a prepared sequence), so :class:`~.model.PtxModel` drives either with the
 same launch plan:
 
 * :class:`CudaRunner`: ``from cuda.bindings import driver`` (``cuda.cuda`` in
@@ -147,17 +147,6 @@ class CudaRunner:
 
     def zero(self, ptr: int, nbytes: int):
         self._check(self.drv.cuMemsetD8Async(ptr, 0, nbytes, self.stream), "cuMemsetD8Async")
-
-    def upload(self, ptr: int, a: np.ndarray):
-        a = np.ascontiguousarray(a)
-        self._check(self.drv.cuMemcpyHtoDAsync(ptr, a.ctypes.data, a.nbytes, self.stream), "cuMemcpyHtoDAsync")
-        self.sync()  # ``a`` may be a temporary
-
-    def download(self, ptr: int, shape, dtype) -> np.ndarray:
-        out = np.empty(shape, dtype=dtype)
-        self.sync()
-        self._check(self.drv.cuMemcpyDtoH(out.ctypes.data, ptr, out.nbytes), "cuMemcpyDtoH")
-        return out
 
     def sync(self):
         self._check(self.drv.cuStreamSynchronize(self.stream), "cuStreamSynchronize (a kernel failed?)")
@@ -319,15 +308,6 @@ class HostRunner:
 
     def zero(self, ptr: int, nbytes: int):
         ctypes.memset(ptr, 0, nbytes)
-
-    def upload(self, ptr: int, a: np.ndarray):
-        a = np.ascontiguousarray(a)
-        ctypes.memmove(ptr, a.ctypes.data, a.nbytes)
-
-    def download(self, ptr: int, shape, dtype) -> np.ndarray:
-        out = np.empty(shape, dtype=dtype)
-        ctypes.memmove(out.ctypes.data, ptr, out.nbytes)
-        return out
 
     def sync(self):
         pass
