@@ -175,9 +175,10 @@ def adjoint_name(name: str) -> str:
     return f"δ{name}" if _NAME.match(name) or name == LOSS else f"δ({name})"
 
 
-def _active(fwd: Program) -> set:
-    """Keys whose value depends on a parameter or a state (the ones that need adjoints)."""
-    active = set()
+def _active(fwd: Program, leaves=()) -> set:
+    """Keys whose value depends on a parameter, a state or one of ``leaves`` (inputs whose
+    cotangent is wanted): the ones that need adjoints."""
+    active = set(leaves)
     for key, node in fwd.nodes.items():
         if node.op in ("param", "state") or any(a in active for a in node.args) or (
                 node.op == "matvec" and any((p, None) in active for p, _, _ in node.attrs["terms"])):
@@ -185,11 +186,13 @@ def _active(fwd: Program) -> set:
     return active
 
 
-def reverse(fwd: Program, seeds: dict, seed_nodes: dict, where: str = "") -> Reverse:
+def reverse(fwd: Program, seeds: dict, seed_nodes: dict, where: str = "", leaves=()) -> Reverse:
     """Reverse-mode walk over ``fwd``: iterative, reverse topological, deterministic.
 
     ``seeds`` maps forward keys to initial :class:`Contribution` lists; ``seed_nodes``
-    are the leaves those contributions read (added to the backward program first).
+    are the leaves those contributions read (added to the backward program first);
+    ``leaves`` the input leaves whose adjoints are wanted too (parameters and states
+    always get theirs).
     """
     out = Reverse(Program(external=dict(fwd.nodes), name=f"{fwd.name} backward"))
     for k, n in seed_nodes.items():
@@ -197,7 +200,7 @@ def reverse(fwd: Program, seeds: dict, seed_nodes: dict, where: str = "") -> Rev
     ctx = _Ctx(fwd, out, where or fwd.name)
     for k, cs in seeds.items():
         ctx.pending[k].extend(cs)
-    active = _active(fwd)
+    active = _active(fwd, leaves)
     for key in reversed(list(fwd.nodes)):
         cs = ctx.pending.pop(key, None)
         if not cs or key not in active:
@@ -290,9 +293,33 @@ RULES = {
 
 
 # ----------------------------------------------------------------------------- BPTT
+@dataclass(frozen=True)
+class Cotangents:
+    """What a backward step differentiates (its seeds) and which input cotangents it emits.
+
+    ``loss``: the cell's own cost, weighted by w[t]; ``outputs``: outputs that receive an
+    external cotangent δyᵉˣᵗ[t] from the caller (a later layer); ``inputs``: inputs whose
+    cotangent δx[t] the step computes (to send to an earlier layer).  The carried state
+    adjoints are always there: δ⁺h[T] is the caller's cotangent of the final state (0 for a
+    plain loss) and the adjoint carried out of step 1 is the cotangent of h[0].
+    """
+
+    loss: bool = True
+    outputs: tuple = ()
+    inputs: tuple = ()
+
+
+LOSS_ONLY = Cotangents()
+
+
 @dataclass
 class BackwardStep:
-    """The derived backward step f̄ of a cell (see the module docstring)."""
+    """The derived backward step f̄ of a cell (see the module docstring).
+
+    With external cotangents (:class:`Cotangents`) the step is
+
+        f̄ : (stored values at t, δ⁺h[t], w[t], δyᵉˣᵗ[t]; θ) → (δh[t-1], δx[t], ∂θ contributions at t)
+    """
 
     step: Step
     prog: Program
@@ -301,14 +328,22 @@ class BackwardStep:
     weight: tuple        # seed key w[t]
     grads: dict          # param -> list of specs ("batch", key) | ("outer", g, v, c, transposed)
     adjoints: dict = field(default_factory=dict)  # forward key -> key of its total adjoint
+    cot: Cotangents = LOSS_ONLY
+    out_seeds: dict = field(default_factory=dict)       # output -> seed key δyᵉˣᵗ[t]
+    input_adjoints: dict = field(default_factory=dict)  # input -> key of δx[t] (None: 0)
 
 
 def carry_key(state: str, t="t"):
     return (f"δ⁺{state}", t)
 
 
-def backward_step(step: Step) -> BackwardStep:
-    """Derive the backward step of a lowered cell."""
+def cotangent_key(output: str, t="t"):
+    """The seed of an output's external cotangent (a name no declaration can take)."""
+    return (f"δ{output}ᵉˣᵗ", t)
+
+
+def backward_step(step: Step, cot: Cotangents = LOSS_ONLY) -> BackwardStep:
+    """Derive the backward step of a lowered cell, seeded as ``cot`` says."""
     seed_nodes, seeds = {}, {}
     for s, n in step.states.items():
         k = carry_key(s)
@@ -316,10 +351,17 @@ def backward_step(step: Step) -> BackwardStep:
         seeds[(s, "t")] = [Contribution(placeholder(0), (k,), n)]
     w = ("w", "t")
     seed_nodes[w] = Node("seed", (), 1)
-    if step.has_loss:
+    if step.has_loss and cot.loss:
         seeds[(LOSS, "t")] = [Contribution(placeholder(0), (w,), 1)]
-    rev = reverse(step.prog, seeds, seed_nodes, where=f"cell {step.name!r}")
-    prog, alias = eliminate_aliases(rev.prog)
+    out_seeds = {}
+    for o in cot.outputs:
+        k = out_seeds[o] = cotangent_key(o)
+        seed_nodes[k] = Node("seed", (), step.outputs[o])
+        seeds.setdefault((o, "t"), []).append(Contribution(placeholder(0), (k,), step.outputs[o]))
+    leaves = [(x, "t") for x in cot.inputs]
+    rev = reverse(step.prog, seeds, seed_nodes, where=f"cell {step.name!r}", leaves=leaves)
+    # an input's cotangent is read step by step by the caller: it keeps a node of its own
+    prog, alias = eliminate_aliases(rev.prog, keep={rev.adjoints[x] for x in leaves if x in rev.adjoints})
     verify(prog)
     a = lambda k: alias.get(k, k)  # noqa: E731
     carry_out = {s: a(rev.adjoints[(s, "t-1")]) if (s, "t-1") in rev.adjoints else None
@@ -327,7 +369,8 @@ def backward_step(step: Step) -> BackwardStep:
     grads = {p: [(sp_[0], a(sp_[1])) if sp_[0] == "batch" else (sp_[0], a(sp_[1]), *sp_[2:])
                  for sp_ in specs] for p, specs in rev.grads.items()}
     return BackwardStep(step, prog, {s: carry_key(s) for s in step.states}, carry_out, w, grads,
-                        {k: a(v) for k, v in rev.adjoints.items()})
+                        {k: a(v) for k, v in rev.adjoints.items()}, cot, out_seeds,
+                        {x: rev.adjoints.get((x, "t")) for x in cot.inputs})
 
 
 # ----------------------------------------------------------------------------- unrolled
@@ -341,16 +384,29 @@ class Unrolled:
     rev: Reverse
 
 
-def unrolled(step: Step, k: int) -> Unrolled:
-    """Unfold ``k`` steps and run :func:`reverse` over the whole graph (no loop)."""
+def unrolled(step: Step, k: int, cot: Cotangents = LOSS_ONLY) -> Unrolled:
+    """Unfold ``k`` steps and run :func:`reverse` over the whole graph (no loop).
+
+    Seeds as ``cot`` says: w[s]·ℓ[s] for the loss, δyᵉˣᵗ[s] for each output in ``cot.outputs``
+    and δ⁺h[k] for each state (the final state's cotangent); the adjoints of the inputs in
+    ``cot.inputs`` at every step are derived too."""
     from .graph import unfold_program
 
     fwd = unfold_program(step, k)
     seed_nodes, seeds = {}, {}
-    if step.has_loss:
-        for s in range(1, k + 1):
+    for s in range(1, k + 1):
+        if step.has_loss and cot.loss:
             w = ("w", s)
             seed_nodes[w] = Node("seed", (), 1)
             seeds[(LOSS, s)] = [Contribution(placeholder(0), (w,), 1)]
-    rev = reverse(fwd, seeds, seed_nodes, where=f"cell {step.name!r} unfolded")
+        for o in cot.outputs:
+            d = cotangent_key(o, s)
+            seed_nodes[d] = Node("seed", (), step.outputs[o])
+            seeds[(o, s)] = [Contribution(placeholder(0), (d,), step.outputs[o])]
+    for st, n in step.states.items():
+        d = carry_key(st, k)
+        seed_nodes[d] = Node("seed", (), n)
+        seeds.setdefault((st, k), []).append(Contribution(placeholder(0), (d,), n))
+    leaves = [(x, s) for x in cot.inputs for s in range(1, k + 1)]
+    rev = reverse(fwd, seeds, seed_nodes, where=f"cell {step.name!r} unfolded", leaves=leaves)
     return Unrolled(step, k, fwd, rev)

@@ -150,8 +150,9 @@ def prune(prog: Program, keep) -> Program:
     return Program({k: n for k, n in prog.nodes.items() if k in need}, dict(prog.external), prog.name)
 
 
-def eliminate_aliases(prog: Program):
-    """Drop ``ew`` nodes that only copy another value of the same size (template ``_0``).
+def eliminate_aliases(prog: Program, keep=()):
+    """Drop ``ew`` nodes that only copy another value of the same size (template ``_0``),
+    except those in ``keep`` (values a caller reads step by step, which need a node of their own).
 
     Returns the new program and ``{dropped key: key it copied}``; readers are rewired.
     """
@@ -159,7 +160,7 @@ def eliminate_aliases(prog: Program):
     out = Program(external=prog.external, name=prog.name)
     for key, node in prog.nodes.items():
         args = tuple(alias.get(a, a) for a in node.args)
-        if (node.op == "ew" and len(args) == 1 and node.attrs["expr"] == placeholder(0)
+        if (key not in keep and node.op == "ew" and len(args) == 1 and node.attrs["expr"] == placeholder(0)
                 and _size_of(prog, args[0]) == node.size):
             alias[key] = args[0]
             continue

@@ -40,13 +40,14 @@ def footprint(model, B: int) -> Footprint:
     return Footprint(state=states * B * size, step=(sum(widths.values()) + states) * B * size, B=B)
 
 
-def run(model, call, w, plan, grads):
-    """Execute ``plan`` for one batch slice; gradients accumulate into ``grads``.
+def run(model, call, w, plan, grads, carry=None):
+    """Execute ``plan`` for one batch slice; gradients accumulate into ``grads``; ``carry``:
+    the cotangents of the final states (None: 0).
 
     Returns (loss, adjoints of the initial states, final states)."""
     T = call.T
     ckpt = {0: initial_states(model.step, call, model.dtype)}
-    cur, carry, loss, final = ckpt[0], None, 0.0, None
+    cur, loss, final = ckpt[0], 0.0, None
     chunk = max(1, plan.max_leaf)
     for act in plan.actions:
         op = act[0]
@@ -62,7 +63,7 @@ def run(model, call, w, plan, grads):
             a, b = act[1], act[2]
             h0 = call.h0 if a == 0 and b == T else cur
             part, carry, fin = model._segment(call, w, a, b, h0, carry, grads, backward=True)
-            loss += part
+            loss = None if part is None else loss + part
             if b == T:
                 final = fin
             cur = None

@@ -27,7 +27,7 @@ import numpy as np
 import sympy as sp
 from llvmlite import ir
 
-from ..autodiff import backward_step
+from ..autodiff import LOSS_ONLY, backward_step
 from ..errors import CompileError
 from ..memory import schedule
 from ..ir import LEAF_OPS, prune, state_independent
@@ -37,6 +37,7 @@ from .llvm.exprgen import unsupported
 from .llvm.finite import define_first_nonfinite
 from .llvm.jit import HostTarget, compile_keyed
 from .native_calls import NativeCalls
+from .native_vjp import NativeVjp
 from .native_emit import _DT, Gen, Layout, units_of
 
 
@@ -55,7 +56,7 @@ def _code_fingerprint() -> str:
     return h.hexdigest()
 
 
-class NativeModel(NativeCalls):
+class NativeModel(NativeCalls, NativeVjp):
     """``rc.compile(cell, backend="native")``: same interface as the NumPy model.
 
     This class compiles (passes, layout, code generation); calling it -- buffers, batch
@@ -64,7 +65,9 @@ class NativeModel(NativeCalls):
     backend = "native"
 
     def __init__(self, cell, dtype="float64", *, cache="default", hoist=True, grad_after=False,
-                 fuse=True, pack=True, stack=True, threads=None, memory="all"):
+                 fuse=True, pack=True, stack=True, threads=None, memory="all", _cot=LOSS_ONLY):
+        self._cell, self._cot = cell, _cot  # _cot: the cotangents of a VJP variant (native_vjp.py)
+        self._variants, self._vlock = {}, threading.Lock()
         self.dtype = np.dtype(dtype)
         if self.dtype not in _DT:
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
@@ -84,7 +87,8 @@ class NativeModel(NativeCalls):
         bad = sorted({f for n in st.prog.nodes.values() if n.op == "ew" for f in unsupported(n.attrs["expr"])})
         if bad:
             raise CompileError(f"cell {st.name!r}: the native backend cannot lower {', '.join(bad)}")
-        self.bwd = backward_step(st) if st.has_loss else None
+        variant = _cot is not LOSS_ONLY  # a VJP variant always has a backward (δh[0], ∂θ)
+        self.bwd = backward_step(st, _cot) if st.has_loss or variant else None
         self._transform()
         self._build_layout()
         self._plan()
@@ -97,7 +101,7 @@ class NativeModel(NativeCalls):
         # what native_fast checks a call against
         self._first_nonfinite = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p)(
             self.lib.address("first_nonfinite"))
-        self._fast_path = self.bwd is not None
+        self._fast_path = self.bwd is not None and not variant
         self._param_specs = [(p, self.param_slot[p], s if isinstance(s, tuple) else (s,))
                              for p, s in st.params.items()]
         self._io_specs = [(name, self.io_slot[name], n)
@@ -105,12 +109,24 @@ class NativeModel(NativeCalls):
         self._input_names, self._target_names = list(st.inputs), list(st.targets)
         self._state_names = list(st.states)
 
+    @property
+    def _has_loss(self) -> bool:
+        """Whether the programs compute the cell's loss (a VJP variant without targets does not)."""
+        return self.step.has_loss and self._cot.loss
+
+    def _timed_seeds(self) -> set:
+        """Backward values read or written for every step by the caller: the step weights, the
+        outputs' external cotangents, the inputs' cotangents."""
+        bwd = self.bwd
+        return ({bwd.weight} | set(bwd.out_seeds.values())
+                | {k for k in bwd.input_adjoints.values() if k is not None})
+
     # ------------------------------------------------------------------ layout
     def _transform(self):
         """The programs code is generated from: pruned, and with products stacked (pass "stack")."""
         st = self.step
         states = {(s, "t") for s in st.states}
-        keep = states | {(o, "t") for o in st.outputs} | ({st.loss_key} if st.has_loss else set())
+        keep = states | {(o, "t") for o in st.outputs} | ({st.loss_key} if self._has_loss else set())
         fwd = prune(st.prog, keep)
         bprog = self.bwd.prog if self.bwd is not None else None
         self.shapes, self.stacks, self.views = dict(st.params), {}, {}
@@ -175,7 +191,8 @@ class NativeModel(NativeCalls):
             members: dict = {}
             for key, (w, _, _) in self.views.items():
                 members.setdefault(w, []).append(key)
-            timed_of = lambda key: key == self.bwd.weight or key in self.deferred_keys  # noqa: E731
+            seeds = self._timed_seeds()
+            timed_of = lambda key: key in seeds or key in self.deferred_keys  # noqa: E731
             for key, node in bprog.nodes.items():
                 if key in self.views:
                     continue
@@ -205,9 +222,9 @@ class NativeModel(NativeCalls):
         step, the gradient specs, the carried adjoints, or the caller)."""
         st, bwd = self.step, self.bwd
         keys = {(s, t) for s in st.states for t in ("t", "t-1")} | {(o, "t") for o in st.outputs}
-        keys |= {st.loss_key} if st.has_loss else set()
+        keys |= {st.loss_key} if self._has_loss else set()
         if bwd is not None:
-            keys |= set(bwd.prog.external) | {bwd.weight} | set(bwd.carry_in.values())
+            keys |= set(bwd.prog.external) | self._timed_seeds() | set(bwd.carry_in.values())
             keys |= {k for k in bwd.carry_out.values() if k is not None}
             keys |= {k for specs in bwd.grads.values() for sp_ in specs
                      for k in (sp_[1:2] if sp_[0] == "batch" else sp_[1:3])}
@@ -328,7 +345,7 @@ class NativeModel(NativeCalls):
                 attrs = {k: (sp.srepr(v) if isinstance(v, sp.Basic) else v) for k, v in n.attrs.items()}
                 parts.append(repr((key, n.op, n.args, n.size, sorted(attrs.items()))))
         if self.bwd:
-            parts.append(repr((sorted(self.bwd.grads.items()), sorted(self.bwd.carry_out.items()))))
+            parts.append(repr((sorted(self.bwd.grads.items()), sorted(self.bwd.carry_out.items()), self._cot)))
         parts.append(repr(self.step.params))
         return "\n".join(parts)
 
@@ -410,11 +427,12 @@ class NativeModel(NativeCalls):
         self.deferred, self.deferred_keys = set(), set()
         if not self.grad_after:
             return
+        timed = self._timed_seeds()
         for p, specs in bwd.grads.items():
             for i, spec in enumerate(specs):
                 keys = [spec[1]] if spec[0] == "batch" else [spec[1], spec[2]]
                 mine = [k for k in keys if k in bwd.prog.nodes]
-                if all(bwd.prog.nodes[k].op != "seed" or k == bwd.weight for k in mine):
+                if all(bwd.prog.nodes[k].op != "seed" or k in timed for k in mine):
                     self.deferred.add((p, i))
                     self.deferred_keys.update(k for k in mine if bwd.prog.nodes[k].op != "seed")
 

@@ -155,11 +155,12 @@ class NativeCalls:
     def _scratch(self, name, shape) -> np.ndarray:
         """A buffer reused across calls of this thread (fresh pages cost more than the math:
         the kernel zero-fills every newly mapped page).  Never returned to the caller."""
-        pool = getattr(self._pool, "bufs", None)
+        owner = self._current_pool()
+        pool = getattr(owner, "bufs", None)
         if pool is None:
-            pool = self._pool.bufs = {}
-            self._pool.views, self._pool.ptrs, self._pool.gen = {}, {}, 0
-        views = self._pool.views
+            pool = owner.bufs = {}
+            owner.views, owner.ptrs, owner.gen = {}, {}, 0
+        views = owner.views
         v = views.get((name, shape))
         if v is not None:  # the same view object every call: its address is known (see _run)
             return v
@@ -167,29 +168,39 @@ class NativeCalls:
         a = pool.get(name)
         if a is None or a.size < size:  # grow only: a shorter segment reuses a prefix
             a = pool[name] = gemm.aligned_empty(size, self.dtype)
-            self._pool.gen += 1  # addresses changed: cached call frames are stale (native_fast)
+            owner.gen += 1  # addresses changed: cached call frames are stale (native_fast)
             for k in [k for k in views if k[0] == name]:  # views of the old buffer: forget them
-                self._pool.ptrs.pop(id(views.pop(k)), None)
+                owner.ptrs.pop(id(views.pop(k)), None)
         if len(views) > 512:  # many (T, B) shapes: start afresh rather than grow without bound
             views.clear()
-            self._pool.ptrs.clear()
-            self._pool.gen += 1
+            owner.ptrs.clear()
+            owner.gen += 1
         v = views[(name, shape)] = a[:size].reshape(shape)
-        self._pool.ptrs[id(v)] = v.ctypes.data
+        owner.ptrs[id(v)] = v.ctypes.data
         return v
+
+    def _current_pool(self):
+        """Where :meth:`_scratch` takes buffers: this thread's pool, or the private pool of a
+        forward kept for a later backward (``native_vjp.py``), which no other call reuses."""
+        return getattr(self._pool, "private", None) or self._pool
 
     def _run(self, fn, arrays, T, B):
         if fn is self._bwdfn:
             self._check_grad_arena(arrays)
-        known = getattr(self._pool, "ptrs", {})  # pooled views (alive in the pool: ids are stable)
+        known = getattr(self._current_pool(), "ptrs", {})  # pooled views (alive in the pool: ids are stable)
         ptrs = (ctypes.c_void_p * len(arrays))(*[None if a is None else known.get(id(a)) or a.ctypes.data
                                                  for a in arrays])
         work = self._work(T, B)
         fn(T, B, ptrs, work.ctypes.data)  # ctypes releases the GIL during the call
 
-    def forward(self, params, inputs, h0=None, *, targets=None, check_finite=True):
+    def forward(self, params, inputs, h0=None, *, targets=None, keep=False, mask=None, wrt=None,
+                outputs=None, check_finite=True):
         """``(outputs, final states)``; ``targets`` only for a cell whose outputs or state
-        updates read a target."""
+        updates read a target.  ``keep=True``: also keep what a backward needs and return a
+        :class:`~rnncomp.backends.vjp.Kept` (``.outputs``, ``.final``, ``.backward(...)``)."""
+        if keep:
+            return self.forward_keep(params, inputs, h0, targets=targets, mask=mask, wrt=wrt,
+                                     outputs=outputs, check_finite=check_finite)
         call = check_forward_call(self.step, self.dtype, params, inputs, targets, h0, check_finite=check_finite)
         arrays, states, fwd = self._buffers(call, False)
         self._fresh_call()
@@ -272,32 +283,59 @@ class NativeCalls:
 
     def _segment(self, call, w, a, b, h0, carry, grads, backward):
         """Steps a..b-1 from states ``h0``; the backward steps start from adjoints ``carry``."""
+        seg = self._seg_forward(call, w, a, b, h0)
+        if not backward:
+            return seg.loss, None, seg.final
+        return seg.loss, self._seg_backward(seg, carry, grads), seg.final
+
+    def _seg_forward(self, call, w, a, b, h0):
+        """The forward of steps a..b-1 into buffers the backward of those steps reads."""
         from .validate import Call
 
-        st, dt = self.step, self.dtype
+        st = self.step
         if a == 0 and b == call.T:
             sub, ws = call, w
         else:
             sub = Call(b - a, call.B, call.params, {k: v[a:b] for k, v in call.inputs.items()},
                        {k: v[a:b] for k, v in call.targets.items()}, h0, None)
-            ws = w[a:b]
+            ws = None if w is None else w[a:b]
         T, B = sub.T, sub.B
         arrays, states, fwd = self._buffers(sub, True)
-        self._bwd_arrays(arrays, T, B, ws)
-        for s_, key in self.bwd.carry_in.items():  # δ⁺h entering the segment's last step
-            buf = arrays[self.bwd_slot[key][0]]
-            buf[...] = 0 if carry is None else carry[s_]
-        for p, k in self.grad_slot.items():
-            arrays[k] = grads[p]  # the native code accumulates into these
+        self._bwd_arrays(arrays, T, B, ws if ws is not None else self._zero_weights(T, B))
         arrays[self.tmp_slot] = self._outer_tmp()
         self._run(self._fwd, arrays, T, B)
-        loss = float((ws * fwd[st.loss_key][:, :, 0]).sum(dtype=np.float64))
+        loss = float((ws * fwd[st.loss_key][:, :, 0]).sum(dtype=np.float64)) if self._has_loss else None
         final = {s: states[s][-1].copy() for s in st.states}
-        if not backward:
-            return loss, None, final
-        self._run(self._bwdfn, arrays, T, B)
-        carry = {s_: arrays[self.bwd_slot[key][0]].copy() for s_, key in self.bwd.carry_in.items()}
-        return loss, carry, final
+        return _Seg(a, b, T, B, arrays, states, fwd, loss, final, call)
+
+    def _zero_weights(self, T, B):
+        ws = self._scratch("zero weights", (T, B))
+        ws[...] = 0
+        return ws
+
+    def _seg_backward(self, seg, carry, grads):
+        """Backward steps b-1 … a of a segment's forward; returns the adjoints carried out."""
+        arrays, d_out = seg.arrays, seg.call.d_out or {}
+        for o, key in self.bwd.out_seeds.items():  # the outputs' cotangents (VJP), missing ones 0
+            slot = self.bwd_slot[key][0]
+            if o in d_out:
+                arrays[slot] = d_out[o][seg.a:seg.b]
+            else:
+                arrays[slot] = self._scratch(f"zero cotangent {o}", (seg.T, seg.B, self.step.outputs[o]))
+                arrays[slot][...] = 0
+        for s_, key in self.bwd.carry_in.items():  # δ⁺h entering the segment's last step
+            buf = arrays[self.bwd_slot[key][0]]
+            buf[...] = 0 if carry is None or s_ not in carry else carry[s_]
+        for p, k in self.grad_slot.items():
+            arrays[k] = grads[p]  # the native code accumulates into these
+        self._run(self._bwdfn, arrays, seg.T, seg.B)
+        d_in = seg.call.d_in
+        for x, key in self.bwd.input_adjoints.items():  # the inputs' cotangents of these steps
+            if d_in is not None and key is not None:
+                slot, n = self.bwd_slot[key]
+                col = self.layout.where[key][4]
+                d_in[x][seg.a:seg.b] = arrays[slot][:, :, col:col + n]
+        return {s_: arrays[self.bwd_slot[key][0]].copy() for s_, key in self.bwd.carry_in.items()}
 
     def activation_bytes(self, T: int, B: int) -> int:
         """Bytes of the per-step buffers a training call of (T, B) keeps, under ``memory=``:
@@ -329,6 +367,15 @@ class NativeCalls:
         return fn
 
 
+class _Seg:
+    """The forward of one segment (steps a..b-1) and the buffers its backward reads."""
+
+    def __init__(self, a, b, T, B, arrays, states, fwd, loss, final, call):
+        self.a, self.b, self.T, self.B = a, b, T, B
+        self.arrays, self.states, self.fwd = arrays, states, fwd
+        self.loss, self.final, self.call = loss, final, call
+
+
 def _slice_call(call, w, sl):
     """The sub-problem of batch rows ``sl`` (contiguous copies) and its global step weights."""
     from .validate import Call
@@ -337,4 +384,4 @@ def _slice_call(call, w, sl):
     sub = Call(call.T, sl.stop - sl.start, call.params, cut(call.inputs), cut(call.targets),
                {k: np.ascontiguousarray(v[sl]) for k, v in call.h0.items()},
                None if call.mask is None else np.ascontiguousarray(call.mask[:, sl]))
-    return sub, np.ascontiguousarray(w[:, sl])
+    return sub, None if w is None else np.ascontiguousarray(w[:, sl])

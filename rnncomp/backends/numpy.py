@@ -13,9 +13,11 @@ import numpy as np
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 
-from ..autodiff import backward_step
+from ..autodiff import LOSS_ONLY, Cotangents, backward_step
+from ..errors import CallError
 from ..ir import LEAF_OPS, placeholder, prune
 from .validate import check_call, check_forward_call, initial_states, step_weights
+from .vjp import VjpMixin, check_cotangents, resolve_wrt
 
 
 # ----------------------------------------------------------------------------- element-wise printer
@@ -135,7 +137,7 @@ def accumulate_grads(grads: dict, specs: dict, env: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- the model
-class NumpyModel:
+class NumpyModel(VjpMixin):
     """``rc.compile(cell, backend="numpy")``: forward and BPTT in plain NumPy."""
 
     backend = "numpy"
@@ -146,18 +148,24 @@ class NumpyModel:
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
         self.step = cell.step
-        self._bwd = None
+        self._bwds: dict = {}
         self._fwd_only = prune(self.step.prog, [(s, "t") for s in self.step.states]
                                + [(o, "t") for o in self.step.outputs])
 
     @property
     def backward(self):
-        if self._bwd is None:
-            self._bwd = backward_step(self.step)
-        return self._bwd
+        return self.backward_for(LOSS_ONLY)
 
-    def _forward_envs(self, call, keep: bool):
+    def backward_for(self, cot: Cotangents):
+        """The backward step seeded as ``cot`` says (derived once per model)."""
+        bwd = self._bwds.get(cot)
+        if bwd is None:
+            bwd = self._bwds[cot] = backward_step(self.step, cot)
+        return bwd
+
+    def _forward_envs(self, call, keep: bool, prog=None):
         st, dt = self.step, self.dtype
+        prog = prog or (st.prog if keep else self._fwd_only)
         states = initial_states(st, call, dt)
         shared = {(p, None): v for p, v in call.params.items()}
         envs = []
@@ -169,49 +177,90 @@ class NumpyModel:
                 env[(n, "t")] = a[t]
             for n, a in call.targets.items():
                 env[(n, "t")] = a[t]
-            run_program(st.prog if keep else self._fwd_only, env, call.B, dt)
+            run_program(prog, env, call.B, dt)
             states = {s: env[(s, "t")] for s in st.states}
             envs.append(env if keep else {(o, "t"): env[(o, "t")] for o in st.outputs})
         return envs, states
 
-    def forward(self, params, inputs, h0=None, *, targets=None, check_finite=True):
+    def forward(self, params, inputs, h0=None, *, targets=None, keep=False, mask=None, wrt=None,
+                outputs=None, check_finite=True):
         """Run the cell over the sequence: ``(outputs {name: (T, B, n)}, final states {name: (B, n)})``.
 
-        ``targets``: only for a cell whose outputs or state updates read a target."""
+        ``targets``: only for a cell whose outputs or state updates read a target.
+        ``keep=True``: also keep what a backward needs and return a
+        :class:`~rnncomp.backends.vjp.Kept` (``.outputs``, ``.final``, ``.backward(...)``)."""
+        if keep:
+            return self.forward_keep(params, inputs, h0, targets=targets, mask=mask, wrt=wrt,
+                                     outputs=outputs, check_finite=check_finite)
         call = check_forward_call(self.step, self.dtype, params, inputs, targets, h0, check_finite=check_finite)
         envs, final = self._forward_envs(call, keep=False)
-        outs = {o: np.stack([np.broadcast_to(e[(o, "t")], (call.B, n)) for e in envs])
+        return self._outputs(envs, call.B), {s: np.array(v) for s, v in final.items()}
+
+    def _outputs(self, envs, B):
+        return {o: np.stack([np.broadcast_to(e[(o, "t")], (B, n)) for e in envs])
                 for o, n in self.step.outputs.items()}
-        return outs, {s: np.array(v) for s, v in final.items()}
 
     def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None, *, check_finite=True):
         """Loss (masked mean of the per-step costs), gradients of every parameter, final states."""
         st, dt = self.step, self.dtype
         if not st.has_loss:
-            from ..errors import CallError
             raise CallError(f"cell {st.name!r} has no loss (declare one with cell.loss)")
         call = check_call(st, dt, params, inputs, targets, h0, mask, need_targets=True,
                           check_finite=check_finite)
         envs, final = self._forward_envs(call, keep=True)
         w = step_weights(call, dt)
-        loss = sum(float((w[t] * envs[t][st.loss_key][:, 0]).sum()) for t in range(call.T))
-        bwd = self.backward
+        loss = self._loss(envs, w)
+        grads, carry, _ = self._run_backward(self.backward, envs, call, w, {}, {})
+        self._add_initial_state_grads(grads, carry, call.h0)
+        return loss, grads, {s: np.array(v) for s, v in final.items()}
+
+    def _loss(self, envs, w):
+        return sum(float((w[t] * envs[t][self.step.loss_key][:, 0]).sum()) for t in range(len(envs)))
+
+    def _add_initial_state_grads(self, grads, carry, h0):
+        """A learned initial state's gradient: the adjoint carried out of step 1, summed over
+        the batch (not where the caller gave that state in ``h0``)."""
+        for s, p in self.step.state_init.items():
+            if p is not None and s not in h0:
+                grads[p] += carry[s].sum(axis=0)
+
+    def _run_backward(self, bwd, envs, call, w, d_out, d_fin, free=True):
+        """t = T … 1 from the carried cotangents ``d_fin``: (param grads, δh[0], {input: δx})."""
+        st, dt = self.step, self.dtype
         grads = {p: np.zeros(s if isinstance(s, tuple) else (s,), dtype=dt) for p, s in st.params.items()}
-        carry = {s: np.zeros((call.B, n), dtype=dt) for s, n in st.states.items()}
+        carry = {s: d_fin.get(s, np.zeros((call.B, n), dtype=dt)) for s, n in st.states.items()}
+        d_in = {x: np.zeros((call.T, call.B, st.inputs[x]), dtype=dt) for x in bwd.cot.inputs}
         for t in reversed(range(call.T)):
-            env = envs[t]
+            env = envs[t] if free else dict(envs[t])
             for s in st.states:
                 env[bwd.carry_in[s]] = carry[s]
-            env[bwd.weight] = w[t][:, None]
+            if w is not None:
+                env[bwd.weight] = w[t][:, None]
+            for o, k in bwd.out_seeds.items():
+                env[k] = d_out[o][t] if o in d_out else np.zeros((call.B, st.outputs[o]), dtype=dt)
             run_program(bwd.prog, env, call.B, dt)
             accumulate_grads(grads, bwd.grads, env)
+            for x, k in bwd.input_adjoints.items():
+                if k is not None:
+                    d_in[x][t] = env[k]
             carry = {s: (env[k] if k is not None else np.zeros_like(carry[s]))
                      for s, k in bwd.carry_out.items()}
-            envs[t] = None  # free as we go
-        for s, p in st.state_init.items():
-            if p is not None and s not in call.h0:
-                grads[p] += carry[s].sum(axis=0)
-        return loss, grads, {s: np.array(v) for s, v in final.items()}
+            if free:
+                envs[t] = None  # free as we go
+        return grads, carry, d_in
+
+    # ------------------------------------------------------------------ VJP hooks (backends/vjp.py)
+    def _vjp_forward(self, call, w, cot):
+        envs, final = self._forward_envs(call, keep=True, prog=None if w is not None else self._fwd_only)
+        loss = None if w is None else self._loss(envs, w)
+        state = (self.backward_for(cot), envs, call, w)
+        return state, self._outputs(envs, call.B), {s: np.array(v) for s, v in final.items()}, loss
+
+    def _vjp_backward(self, state, d_out, d_fin):
+        bwd, envs, call, w = state
+        grads, carry, d_in = self._run_backward(bwd, envs, call, w, d_out, d_fin, free=False)
+        self._add_initial_state_grads(grads, carry, call.h0)
+        return grads, d_in, {s: np.array(v) for s, v in carry.items()}
 
 
 def unrolled_loss_and_grad(cell, params, inputs, targets=None, h0=None, mask=None, dtype="float64"):
@@ -243,3 +292,52 @@ def unrolled_loss_and_grad(cell, params, inputs, targets=None, h0=None, mask=Non
         if p is not None and s not in call.h0 and (s, 0) in u.rev.adjoints:
             grads[p] += env[u.rev.adjoints[(s, 0)]].sum(axis=0)
     return loss, grads, {s: np.array(env[(s, call.T)]) for s in st.states}
+
+
+def unrolled_vjp(cell, params, inputs, h0=None, d_outputs=None, d_final=None, targets=None, mask=None,
+                 wrt=None, dtype="float64"):
+    """:meth:`NumpyModel.vjp` from the *unfolded* graph and one reverse walk over it (no loop,
+    no carried adjoints): the independent reference for the rolled VJP step.
+
+    Returns ``(loss or None, param grads, {input: δx (T, B, n)}, {state: δh[0]})``."""
+    from ..autodiff import carry_key, cotangent_key, unrolled
+
+    st, dt = cell.step, np.dtype(dtype)
+    if targets is None:
+        call, w = check_forward_call(st, dt, params, inputs, None, h0), None
+    else:
+        call = check_call(st, dt, params, inputs, targets, h0, mask, need_targets=True)
+        w = step_weights(call, dt)
+    d_out, d_fin = check_cotangents(st, dt, call.T, call.B, d_outputs, d_final)
+    cot = Cotangents(loss=w is not None, outputs=tuple(d_out), inputs=resolve_wrt(st, wrt))
+    u = unrolled(st, call.T, cot)
+    env = {(p, None): v for p, v in call.params.items()}
+    for s, v in initial_states(st, call, dt).items():
+        env[(s, 0)] = v
+    for n, a in list(call.inputs.items()) + list(call.targets.items()):
+        for t in range(call.T):
+            env[(n, t + 1)] = a[t]
+    for t in range(call.T):
+        if w is not None:
+            env[("w", t + 1)] = w[t][:, None]
+        for o, a in d_out.items():
+            env[cotangent_key(o, t + 1)] = a[t]
+    for s, n in st.states.items():
+        env[carry_key(s, call.T)] = d_fin.get(s, np.zeros((call.B, n), dtype=dt))
+    prog = u.fwd if w is not None else prune(u.fwd, [(n, t) for n in list(st.states) + list(st.outputs)
+                                                     for t in range(1, call.T + 1)])
+    run_program(prog, env, call.B, dt)
+    loss = None if w is None else sum(float((w[t] * env[(st.loss_key[0], t + 1)][:, 0]).sum())
+                                      for t in range(call.T))
+    run_program(u.rev.prog, env, call.B, dt)
+    grads = {p: np.zeros(s if isinstance(s, tuple) else (s,), dtype=dt) for p, s in st.params.items()}
+    accumulate_grads(grads, u.rev.grads, env)
+    zeros = lambda n: np.zeros((call.B, n), dtype=dt)  # noqa: E731
+    d_h0 = {s: env[u.rev.adjoints[(s, 0)]] if (s, 0) in u.rev.adjoints else zeros(n)
+            for s, n in st.states.items()}
+    for s, p in st.state_init.items():
+        if p is not None and s not in call.h0:
+            grads[p] += d_h0[s].sum(axis=0)
+    d_in = {x: np.stack([env[u.rev.adjoints[(x, t + 1)]] if (x, t + 1) in u.rev.adjoints
+                         else zeros(st.inputs[x]) for t in range(call.T)]) for x in cot.inputs}
+    return loss, grads, d_in, d_h0

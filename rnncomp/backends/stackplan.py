@@ -28,21 +28,23 @@ class StackedStep:
     views: dict = field(default_factory=dict)    # member key -> (whole key, column, whole width)
 
 
-def step_keep(step) -> set:
-    """Forward keys every backend must keep as dense values of their own."""
+def step_keep(step, loss=True) -> set:
+    """Forward keys every backend must keep as dense values of their own (``loss=False``: a
+    VJP variant without targets, which never computes the loss)."""
     keep = {(s, "t") for s in step.states} | {(o, "t") for o in step.outputs}
-    return keep | ({step.loss_key} if step.has_loss else set())
+    return keep | ({step.loss_key} if step.has_loss and loss else set())
 
 
 def stack_step(step, bwd, fwd: Program, static=frozenset()) -> StackedStep:
     """Stack the products of the (pruned) forward program ``fwd`` and of ``bwd.prog``.
 
     ``static``: forward keys hoisted out of the time loop (a group never mixes phases)."""
-    res = stack_products(fwd, step.params, keep=step_keep(step), static=static)
+    res = stack_products(fwd, step.params, keep=step_keep(step, bwd is None or bwd.cot.loss), static=static)
     out = StackedStep(res.prog, None, dict(res.stacks), dict(res.views))
     if bwd is not None:
         bprog = bwd.prog
         bkeep = {k for k in bwd.carry_out.values() if k is not None} | {bwd.weight}
+        bkeep |= {k for k in bwd.input_adjoints.values() if k is not None}  # read by the caller
         rb = stack_products(bprog, step.params, keep=bkeep)
         if set(rb.prog.nodes) & set(out.fwd.nodes) - set(bprog.nodes):
             raise CompileError(f"cell {step.name!r}: internal: stacked keys collide")

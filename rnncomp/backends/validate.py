@@ -25,6 +25,8 @@ class Call:
     targets: dict
     h0: dict
     mask: np.ndarray | None
+    d_out: dict | None = None  # a VJP call: the outputs' cotangents {name: (T, B, n)} ...
+    d_in: dict | None = None   # ... and the arrays its inputs' cotangents are written into
 
 
 def _as_dict(kind, value, names, cell):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...autodiff import backward_step
+from ...autodiff import LOSS_ONLY, backward_step
 from ...errors import CallError
 from ..validate import check_call, check_forward_call, forward_targets, initial_states, step_weights
 from .codegen import emit_module
@@ -17,9 +17,10 @@ from .persistent import T_KEY, Persistent
 from .plan import build_plan
 from .ptxgen import DEFAULT_ARCH, DEFAULT_FEATURES, check_arch, entries, sm_version, to_ptx
 from .runtime import CudaRunner, HostRunner
+from .vjp import PtxVjp
 
 
-class PtxModel:
+class PtxModel(PtxVjp):
     """Same interface as :class:`~rnncomp.backends.numpy.NumpyModel`.
 
     Options: ``arch`` (``"sm_90"``), ``features`` (PTX ISA, ``"+ptx85"``), ``runner``
@@ -48,7 +49,13 @@ class PtxModel:
     def __init__(self, cell, dtype="float64", *, arch=DEFAULT_ARCH, features=DEFAULT_FEATURES,
                  runner="cuda", device=0, block=256, graphs=True, hoist=True, isolate=True, opt=3,
                  tiled=True, fuse=True, stack=True, persistent=None, persistent_block=None,
-                 persistent_cluster=None):
+                 persistent_cluster=None, _cot=LOSS_ONLY):
+        # what a VJP variant (the same cell, other cotangents: ptx/vjp.py) is compiled with
+        self._cell, self._cot, self._variants = cell, _cot, {}
+        self._options = dict(arch=arch, features=features, runner=runner, device=device, block=block,
+                             graphs=graphs, hoist=hoist, isolate=isolate, opt=opt, tiled=tiled, fuse=fuse,
+                             stack=stack, persistent=persistent, persistent_block=persistent_block,
+                             persistent_cluster=persistent_cluster)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
@@ -58,7 +65,8 @@ class PtxModel:
         self.runner_kind, self.device, self.block, self.graphs = runner, device, block, graphs
         self.step = st = cell.step
         self.cell_name = st.name
-        self.bwd = backward_step(st) if st.has_loss else None
+        variant = _cot is not LOSS_ONLY  # a VJP variant always has a backward (δh[0], ∂θ)
+        self.bwd = backward_step(st, _cot) if st.has_loss or variant else None
         self.stack = bool(stack)
         if persistent_block is not None and (not isinstance(persistent_block, int) or persistent_block % 32
                                              or not 32 <= persistent_block <= 1024):
@@ -132,6 +140,8 @@ class PtxModel:
     def close(self):
         """Free the device and pinned host memory this model holds (a later call allocates
         again).  Also on ``with`` exit and when the model is garbage-collected."""
+        for v in getattr(self, "_variants", {}).values():  # VJP variants (ptx/vjp.py)
+            v.close()
         if self._runner is not None:
             self._free_arena()
 
@@ -194,7 +204,7 @@ class PtxModel:
 
         def region(name, ptr, shape):
             regions.append((name, ptr, tuple(int(x) for x in shape)))
-            return ("h2d" if name[0] in ("param", "state", "io", "w") else "d2h", name)
+            return ("h2d" if name[0] in ("param", "state", "io", "w", "cot", "dfinal") else "d2h", name)
 
         def rows_of(key, t, rows):
             col = L.where[key][2]
@@ -210,11 +220,19 @@ class PtxModel:
         train_up, train_down = [], []
         grad_slots = sorted(set(P.grad_slot.values())) if self.bwd is not None else []  # groups share one
         if self.bwd is not None:
+            variant = self._cot is not LOSS_ONLY
             train_up = [region(("w",), addr(self.bwd.weight), (T, B))]
+            # a VJP variant: the outputs' cotangents, and δ⁺h[T] (row T of the carry) for every state
+            train_up += [region(("cot", o), addr(k), (T, B, st.outputs[o])) for o, k in self.bwd.out_seeds.items()]
+            train_up += [region(("dfinal", s), *rows_of(self.bwd.carry_in[s], T - 1, 1))
+                         for s in st.states if variant]
             train_down = [region(("grad", k), a["base"] + a["offsets"][k], (L.slots[k].units,)) for k in grad_slots]
-            train_down.append(region(("cost",), *rows_of(st.loss_key, 0, T)))
+            if st.has_loss and self._cot.loss:
+                train_down.append(region(("cost",), *rows_of(st.loss_key, 0, T)))
             train_down += [region(("dinit", s), *rows_of(self.bwd.carry_in[s], -1, 1))
-                           for s, p in st.state_init.items() if p is not None]
+                           for s, p in st.state_init.items() if p is not None or variant]
+            train_down += [region(("dx", x), *rows_of(k, 0, T))
+                           for x, k in self.bwd.input_adjoints.items() if k is not None]
         offs, pos = {}, 0
         for name, _, shape in regions:
             offs[name] = pos
@@ -238,7 +256,8 @@ class PtxModel:
                + [("memset", dev[("io", k)], views[("io", k)].nbytes) for k in targets],
                ops(finals + outs))
         grad_zero = [("memset", a["base"] + a["offsets"][k], L.slots[k].units * isz) for k in grad_slots]
-        train = (ops(ups + list(io.values()) + train_up) + grad_zero, ops(finals + train_down))
+        variant_outs = outs if self._cot is not LOSS_ONLY else []  # a VJP variant's forward is this one
+        train = (ops(ups + list(io.values()) + train_up) + grad_zero, ops(finals + variant_outs + train_down))
         return (ptr, views), run, train
 
     def _upload_args(self, a, call, with_targets):
@@ -257,11 +276,21 @@ class PtxModel:
         return {s: a["stage"][("final", s)].copy() for s in self.plan.state_slot}
 
     # ------------------------------------------------------------------ the interface
-    def forward(self, params, inputs, h0=None, *, targets=None, check_finite=True):
+    def forward(self, params, inputs, h0=None, *, targets=None, keep=False, mask=None, wrt=None,
+                outputs=None, check_finite=True):
         """``(outputs {name: (T, B, n)}, final states {name: (B, n)})``; ``targets`` only for a
-        cell whose outputs or state updates read a target."""
+        cell whose outputs or state updates read a target.  ``keep=True``: return a
+        :class:`~rnncomp.backends.vjp.Kept` whose ``backward`` gives the gradients (on this
+        backend it runs the forward again with the backward: see ``ptx/vjp.py``)."""
+        if keep:
+            return self.forward_keep(params, inputs, h0, targets=targets, mask=mask, wrt=wrt,
+                                     outputs=outputs, check_finite=check_finite)
         st = self.step
         call = check_forward_call(st, self.dtype, params, inputs, targets, h0, check_finite=check_finite)
+        return self._forward(call)
+
+    def _forward(self, call):
+        st = self.step
         a = self._get_arena(call.T, call.B)
         self._upload_args(a, call, with_targets=False)
         self.runner.execute(a["run"])
@@ -274,29 +303,50 @@ class PtxModel:
 
     def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None, *, check_finite=True):
         """Loss (masked mean of the per-step costs), gradients of every parameter, final states."""
-        st, dt, P = self.step, self.dtype, self.plan
+        st, dt = self.step, self.dtype
         if self.bwd is None:
             raise CallError(f"cell {st.name!r} has no loss (declare one with cell.loss)")
         call = check_call(st, dt, params, inputs, targets, h0, mask, need_targets=True,
                           check_finite=check_finite)
+        loss, grads, final, _, _ = self._train(call, step_weights(call, dt))
+        return loss, grads, final
+
+    def _train(self, call, w, d_out=None, d_fin=None):
+        """One forward + backward: (loss or None, grads, final states, {input: δx}, {state: δh[0]})."""
+        st, P = self.step, self.plan
         a = self._get_arena(call.T, call.B)
         S, L = a["stage"], P.layout
-        self._upload_args(a, call, with_targets=True)
-        w = step_weights(call, dt)
-        S[("w",)][...] = w
+        self._upload_args(a, call, with_targets=w is not None)
+        S[("w",)][...] = 0 if w is None else w
+        for o in self.bwd.out_seeds:
+            S[("cot", o)][...] = (d_out or {}).get(o, 0)
+        cols = lambda key, n: slice(L.where[key][2], L.where[key][2] + n)  # noqa: E731
+        for s, n in st.states.items():
+            if ("dfinal", s) in S:  # a VJP variant: δ⁺h[T], the final state's cotangent
+                S[("dfinal", s)][...] = 0
+                S[("dfinal", s)][0, :, cols(self.bwd.carry_in[s], n)] = (d_fin or {}).get(s, 0)
         self.runner.execute(a["train"])
         self.runner.sync()
-        cost = S[("cost",)][:, :, L.where[st.loss_key][2]]
-        loss = float((w * cost).sum(dtype=np.float64))
+        loss = None
+        if ("cost",) in S:
+            cost = S[("cost",)][:, :, L.where[st.loss_key][2]]
+            loss = float((w * cost).sum(dtype=np.float64))
         grads = {}
         for p, k in P.grad_slot.items():
             shape = st.params[p]
             shape = shape if isinstance(shape, tuple) else (shape,)
             at = L.where[("__grad", p)][2]
             grads[p] = S[("grad", k)][at:at + int(np.prod(shape))].reshape(shape).copy()
+        d_h0 = {s: S[("dinit", s)][0, :, cols(self.bwd.carry_in[s], n)].copy()  # δh[-1]: row 0
+                for s, n in st.states.items() if ("dinit", s) in S}
         for s, p in st.state_init.items():
             if p is not None and s not in call.h0:
-                key = self.bwd.carry_in[s]
-                col = L.where[key][2]
-                grads[p] += S[("dinit", s)][0, :, col:col + st.states[s]].sum(axis=0)  # δh[-1]: row 0
-        return loss, grads, self._finals(a)
+                grads[p] += d_h0[s].sum(axis=0)
+        d_in = {x: S[("dx", x)][:, :, cols(k, st.inputs[x])].copy()
+                for x, k in self.bwd.input_adjoints.items() if k is not None}
+        return loss, grads, self._finals(a), d_in, d_h0
+
+    def _downloaded_outputs(self):
+        S, L = self._arena["stage"], self.plan.layout
+        return {o: S[("out", o)][:, :, L.where[(o, "t")][2]:L.where[(o, "t")][2] + n].copy()
+                for o, n in self.step.outputs.items()}

@@ -122,6 +122,7 @@ class Plan:
     fwd_slot: dict = field(default_factory=dict)
     weight_slot: int | None = None
     carry_slot: dict = field(default_factory=dict)   # state -> slot whose row 0 is δh[-1]
+    cot_slot: dict = field(default_factory=dict)     # output -> slot of its external cotangents
     fwd_prog: object = None                          # the programs launched (stacked or not)
     bwd_prog: object = None
     stacks: dict = field(default_factory=dict)       # pass "stack": name -> Stacked
@@ -166,7 +167,7 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
     ks, L = KernelSet(dtype, tiled=tiled), Layout()
     plan = Plan(ks, L)
     states = {(s, "t") for s in step.states}
-    fwd = prune(step.prog, step_keep(step))
+    fwd = prune(step.prog, step_keep(step, bwd is None or bwd.cot.loss))
     bprog = bwd.prog if bwd is not None else None
     hoistable = lambda prog: {k for k, n in prog.nodes.items()  # noqa: E731
                               if n.op not in LEAF_OPS and k not in states}
@@ -235,9 +236,13 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
             carried.setdefault(k, []).append(s)
     carried_roots = {root(k) for k in carried}
     carried_roots |= {views[k][0] for k in carried_roots if k in views}  # (never: carried keys are kept)
+    cot_seeds = {k: o for o, k in bwd.out_seeds.items()}
     for key, node in bprog.nodes.items():
         if key == bwd.weight:
             plan.weight_slot = k = L.slot("weight w[t]", 1, 0)
+            L.place(key, k, 0)
+        elif key in cot_seeds:  # an output's external cotangent, uploaded for every step
+            plan.cot_slot[cot_seeds[key]] = k = L.slot(f"cotangent {key_str(key)}", node.size, 0)
             L.place(key, k, 0)
         elif node.op in LEAF_OPS or key in views or key in balias:
             continue  # carry seeds, placed below; members and copies: where their whole / source is

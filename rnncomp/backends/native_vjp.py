@@ -1,0 +1,148 @@
+"""Gradients in and out on the native backend: the hooks of :class:`.vjp.VjpMixin`.
+
+A VJP call needs a backward program seeded differently from ``loss_and_grad``'s (the
+outputs' cotangents in, the inputs' cotangents out, the loss only with targets), so
+each :class:`~rnncomp.autodiff.Cotangents` gets a *variant*: the same cell compiled
+with the same options and that backward (``NativeModel(..., _cot=cot)``), made on first
+use and kept by the model (disk-cached like any other compile).
+
+A forward kept for a later backward (``forward(..., keep=True)``) runs in a private pool
+of buffers that no other call reuses, per batch slice; the backward reads them and
+nothing is recomputed.  Under a ``memory=`` schedule that does not keep every step, the
+kept forward holds only the call, and the backward runs the schedule's plan (which
+recomputes what it did not keep, as in ``loss_and_grad``).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from types import SimpleNamespace
+
+import numpy as np
+
+from .vjp import VjpMixin
+
+#: VJP variants kept per model (one per distinct set of cotangents); beyond, the oldest goes.
+MAX_VARIANTS = 8
+
+
+class _Part:
+    """One batch slice of a kept forward."""
+
+    def __init__(self, call, w, sl, pool, seg):
+        self.call, self.w, self.sl, self.pool, self.seg = call, w, sl, pool, seg
+
+
+class NativeVjp(VjpMixin):
+    """Mixin of ``NativeModel``: ``vjp`` and ``forward(..., keep=True)``."""
+
+    def _variant(self, cot):
+        """The model compiled for the cotangents ``cot`` (made once, then kept)."""
+        with self._vlock:
+            variants = self._variants
+            v = variants.get(cot)
+            if v is None:
+                if len(variants) >= MAX_VARIANTS:
+                    variants.pop(next(iter(variants)))
+                v = variants[cot] = type(self)(
+                    self._cell, self.dtype, cache=self._cache, hoist=self.hoist, grad_after=self.grad_after,
+                    fuse=self.fuse, pack=self.pack, stack=self.stack, threads=self.threads,
+                    memory=self.memory, _cot=cot)
+            if v.memory is not self.memory:  # model.memory was reassigned since
+                v.memory = self.memory
+            return v
+
+    @contextmanager
+    def _private(self, pool):
+        """Run this thread's calls in ``pool`` (buffers owned by a kept forward)."""
+        prev = getattr(self._pool, "private", None)
+        self._pool.private = pool
+        try:
+            yield
+        finally:
+            self._pool.private = prev
+
+    def _map(self, fn, items):
+        items = list(items)
+        if len(items) == 1:
+            return [fn(items[0])]
+        return list(self._executor().map(fn, items))
+
+    # ------------------------------------------------------------------ the hooks
+    def _vjp_forward(self, call, w, cot):
+        from .native_calls import _slice_call
+
+        v = self._variant(cot)
+        parts = v._split(call.B)
+        cuts = [(call, w, slice(0, call.B))] if len(parts) == 1 else [
+            (*_slice_call(call, w, sl), sl) for sl in parts]
+        keep_all = v._single_leaf(call.T, call.B)
+
+        def one(cut):
+            sub, ws, sl = cut
+            if not keep_all:  # a schedule: only the outputs now, the plan at backward time
+                return _Part(sub, ws, sl, None, None), v._plain_forward(sub, ws)
+            pool = SimpleNamespace()
+            with v._private(pool):
+                v._fresh_call()
+                seg = v._seg_forward(sub, ws, 0, sub.T, sub.h0)
+            outs = {o: (seg.fwd[(o, "t")] if (o, "t") in seg.fwd else seg.states[o][1:]).copy()
+                    for o in v.step.outputs}
+            return _Part(sub, ws, sl, pool, seg), (outs, seg.final, seg.loss)
+
+        done = self._map(one, cuts)
+        outs = {o: _cat([r[0][o] for _, r in done], 1) for o in v.step.outputs}
+        final = {s: _cat([r[1][s] for _, r in done], 0) for s in v.step.states}
+        loss = None if w is None else sum(r[2] for _, r in done)
+        return (v, [p for p, _ in done]), outs, final, loss
+
+    def _vjp_backward(self, state, d_out, d_fin):
+        from .checkpoint import run
+
+        v, parts = state
+        st, dt = v.step, v.dtype
+
+        def one(part):
+            sub, sl = part.call, part.sl
+            whole = sl.stop - sl.start == sub.B and len(parts) == 1
+            cut = (lambda a, ax: a) if whole else (  # noqa: E731
+                lambda a, ax: np.ascontiguousarray(a[:, sl] if ax == 1 else a[sl]))
+            sub.d_out = {o: cut(a, 1) for o, a in d_out.items()}
+            sub.d_in = {x: np.zeros((sub.T, sub.B, st.inputs[x]), dtype=dt) for x in v.bwd.cot.inputs}
+            carry = {s: cut(a, 0) for s, a in d_fin.items()}
+            grads = v._new_grads()
+            if part.seg is not None:
+                with v._private(part.pool):
+                    carry = v._seg_backward(part.seg, carry, grads)
+            else:
+                v._fresh_call()
+                _, carry, _ = run(v, sub, part.w, v.memory_plan(sub.T, self._batch(parts)), grads, carry)
+            v._add_initial_state_grads(grads, carry, sub.h0)
+            d_in, sub.d_out, sub.d_in = sub.d_in, None, None
+            return grads, d_in, carry
+
+        done = self._map(one, parts)
+        grads = done[0][0]
+        for r in done[1:]:
+            for p, g in r[0].items():
+                grads[p] += g
+        d_in = {x: _cat([r[1][x] for r in done], 1) for x in v.bwd.cot.inputs}
+        d_h0 = {s: _cat([r[2][s] for r in done], 0) for s in st.states}
+        return grads, d_in, d_h0
+
+    @staticmethod
+    def _batch(parts):
+        return sum(p.sl.stop - p.sl.start for p in parts)
+
+    def _plain_forward(self, sub, ws):
+        """(outputs, final states, loss) of one slice, in this thread's pool (nothing kept)."""
+        st = self.step
+        arrays, states, fwd = self._buffers(sub, False)
+        self._fresh_call()
+        self._run(self._fwd, arrays, sub.T, sub.B)
+        outs = {o: (fwd[(o, "t")] if (o, "t") in fwd else states[o][1:]).copy() for o in st.outputs}
+        loss = None if ws is None else float((ws * fwd[st.loss_key][:, :, 0]).sum(dtype=np.float64))
+        return outs, {s: states[s][-1].copy() for s in st.states}, loss
+
+
+def _cat(arrays, axis):
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=axis)

@@ -1,0 +1,198 @@
+"""Gradients in and out: the part of the VJP call contract every backend shares.
+
+A backend implements two hooks and inherits :class:`VjpMixin`'s public methods:
+
+    _vjp_forward(call, w, cot, d_final)    the forward over ``call``, keeping what the backward
+                                           of the cotangents ``cot`` needs → a backend state
+    _vjp_backward(state, d_outputs, d_final)   that backward → (grads, δinputs, δh0)
+
+Everything else -- which backward program a call needs (:class:`~rnncomp.autodiff.Cotangents`),
+checking the cotangents the caller passes, the weighted loss, learned initial states, the
+kept object and its lifetime -- is here, once.
+
+    >>> import numpy as np, rnncomp as rc
+    >>> cell = rc.cells.elman(2, 3)
+    >>> model = rc.compile(cell, backend="numpy")
+    >>> x = np.ones((4, 1, 2))
+    >>> fwd = model.forward(cell.init_params(seed=0), {"x": x}, keep=True)
+    >>> res = fwd.backward(d_outputs={"y": np.ones_like(fwd.outputs["y"])})
+    >>> res.inputs["x"].shape, res.h0["h"].shape
+    ((4, 1, 2), (1, 3))
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..autodiff import Cotangents
+from ..errors import CallError
+from .validate import _array, check_call, check_forward_call, step_weights
+
+
+@dataclass
+class Gradients:
+    """What a backward returns: cotangents of everything that came in.
+
+    ``params``: {name: array like the parameter}; ``inputs``: {name: (T, B, n)} for the
+    inputs differentiated (``wrt``); ``h0``: {state: (B, n)}, the cotangent of each
+    initial state (whether it came from ``h0``, a learned initial state or zeros);
+    ``loss``: the cell's loss when targets were given, else None."""
+
+    params: dict
+    inputs: dict
+    h0: dict
+    loss: float | None = None
+
+
+def resolve_wrt(step, wrt) -> tuple:
+    """The inputs to differentiate: ``None`` = every input, else names (a str or an iterable)."""
+    if wrt is None:
+        return tuple(step.inputs)
+    names = (wrt,) if isinstance(wrt, str) else tuple(wrt)
+    bad = [n for n in names if n not in step.inputs]
+    if bad:
+        raise CallError(f"cell {step.name!r}: wrt names {', '.join(map(repr, bad))}, which "
+                        f"{'is' if len(bad) == 1 else 'are'} not an input; inputs: "
+                        f"{', '.join(map(repr, step.inputs)) or 'none'}")
+    return tuple(n for n in step.inputs if n in names)
+
+
+def _checked_dict(step, kind, given, expected: dict, shape_of, dtype):
+    """``given`` as {name: contiguous array}: known names, right shapes and dtype, finite;
+    None values dropped (a zero cotangent)."""
+    if given is None:
+        return {}
+    if not isinstance(given, dict):
+        raise CallError(f"cell {step.name!r}: {kind} must be a dict keyed by "
+                        f"{', '.join(map(repr, expected)) or '(none declared)'}, got {type(given).__name__}")
+    unknown = sorted(n for n in given if n not in expected)
+    if unknown:
+        what = "output" if kind == "d_outputs" else "state"
+        raise CallError(f"cell {step.name!r}: {kind} names {', '.join(map(repr, unknown))}, which "
+                        f"{'is' if len(unknown) == 1 else 'are'} not a{'n' if what == 'output' else ''} "
+                        f"{what} of the cell; {what}s: {', '.join(map(repr, expected)) or 'none'}")
+    return {n: _array(step.name, f"{kind}[{n!r}]", a, shape_of(n), dtype, True)
+            for n, a in given.items() if a is not None}
+
+
+def check_cotangents(step, dtype, T, B, d_outputs, d_final):
+    """Validated external cotangents: ({output: (T, B, n)}, {state: (B, n)})."""
+    d_out = _checked_dict(step, "d_outputs", d_outputs, step.outputs,
+                          lambda n: (T, B, step.outputs[n]), dtype)
+    d_fin = _checked_dict(step, "d_final", d_final, step.states, lambda n: (B, step.states[n]), dtype)
+    return d_out, d_fin
+
+
+class Kept:
+    """``model.forward(..., keep=True)``: outputs, final states, and what the backward needs.
+
+    ``outputs`` {name: (T, B, n)}, ``final`` {state: (B, n)}, ``loss`` (when targets were
+    given, else None).  Unpacks like ``forward``'s ``(outputs, final)``.
+
+    :meth:`backward` may be called more than once (each call starts from the kept forward;
+    nothing is recomputed unless a ``memory=`` schedule said not to keep every step).
+    :meth:`free` (or dropping the object) gives the kept buffers back; a backward after
+    :meth:`free` is an error."""
+
+    def __init__(self, model, state, outputs, final, loss, cot, T, B):
+        self._model, self._state = model, state
+        self.outputs, self.final, self.loss = outputs, final, loss
+        self.cot, self.T, self.B = cot, T, B
+
+    def __iter__(self):
+        return iter((self.outputs, self.final))
+
+    def __repr__(self):
+        st = self._model.step
+        kept = "freed" if self._state is None else "kept"
+        return (f"<rnncomp forward of cell {st.name!r} on {self._model.backend}: T={self.T}, B={self.B}, "
+                f"{kept}; backward(d_outputs={{{', '.join(map(repr, self.cot.outputs))}}}, "
+                f"d_final={{{', '.join(map(repr, st.states))}}})>")
+
+    def backward(self, d_outputs=None, d_final=None) -> Gradients:
+        """Cotangents of the outputs ({name: (T, B, n)}; any subset, None = 0) and of the final
+        states ({state: (B, n)}) in; :class:`Gradients` out (the loss's gradient included when
+        the forward was given targets)."""
+        model, st = self._model, self._model.step
+        if self._state is None:
+            raise CallError(f"cell {st.name!r}: backward on a forward whose buffers were freed "
+                            "(call forward(..., keep=True) again)")
+        d_out, d_fin = check_cotangents(st, model.dtype, self.T, self.B, d_outputs, d_final)
+        missing = [o for o in d_out if o not in self.cot.outputs]
+        if missing:
+            raise CallError(f"cell {st.name!r}: d_outputs for {', '.join(map(repr, missing))}, but this "
+                            f"forward was kept for cotangents of {list(self.cot.outputs) or 'no output'} only")
+        grads, d_in, d_h0 = model._vjp_backward(self._state, d_out, d_fin)
+        return Gradients(grads, d_in, d_h0, self.loss)
+
+    def free(self) -> None:
+        """Give the kept buffers back now (a later :meth:`backward` is an error)."""
+        self._state = None
+
+
+class VjpMixin:
+    """``forward(..., keep=True)`` and ``vjp``, from a backend's two hooks (module docstring)."""
+
+    def _vjp_call(self, params, inputs, h0, targets, mask, check_finite):
+        st, dt = self.step, self.dtype
+        if targets is None:
+            if mask is not None:
+                raise CallError(f"cell {st.name!r}: mask= weighs the cell's loss, so it needs targets= too")
+            call = check_forward_call(st, dt, params, inputs, None, h0, check_finite=check_finite)
+            return call, None
+        if not st.has_loss:
+            raise CallError(f"cell {st.name!r}: targets given but the cell has no loss "
+                            "(declare one with cell.loss, or pass targets=None)")
+        call = check_call(st, dt, params, inputs, targets, h0, mask, need_targets=True,
+                          check_finite=check_finite)
+        return call, np.ascontiguousarray(step_weights(call, dt))
+
+    def _keep(self, call, w, cot):
+        state, outputs, final, loss = self._vjp_forward(call, w, cot)
+        return Kept(self, state, outputs, final, loss, cot, call.T, call.B)
+
+    def forward_keep(self, params, inputs, h0=None, *, targets=None, mask=None, wrt=None,
+                     outputs=None, check_finite=True) -> Kept:
+        """The forward that ``forward(..., keep=True)`` runs (see :class:`Kept`).
+
+        ``wrt``: the inputs whose cotangents the backward returns (default: every input;
+        ``()`` for none: their products are then never computed).  ``outputs``: the
+        outputs that may receive a cotangent (default: every output).  With ``targets``
+        the backward adds the gradient of the cell's loss (``mask``: its per-step weights)."""
+        call, w = self._vjp_call(params, inputs, h0, targets, mask, check_finite)
+        st = self.step
+        if outputs is None:
+            outs = tuple(st.outputs)
+        else:
+            named = (outputs,) if isinstance(outputs, str) else tuple(outputs)
+            _checked_dict(st, "d_outputs", dict.fromkeys(named), st.outputs, None, self.dtype)
+            outs = tuple(o for o in st.outputs if o in named)
+        cot = Cotangents(loss=w is not None, outputs=outs, inputs=resolve_wrt(st, wrt))
+        return self._keep(call, w, cot)
+
+    def vjp(self, params, inputs, h0=None, *, d_outputs=None, d_final=None, targets=None, mask=None,
+            wrt=None, check_finite=True) -> Gradients:
+        """Gradients in and out in one call: cotangents of the outputs (``d_outputs``
+        {name: (T, B, n)}, any subset) and of the final states (``d_final`` {state: (B, n)})
+        in; the gradients of the parameters, of the inputs in ``wrt`` (default: all) and of
+        the initial states out (:class:`Gradients`).  With ``targets`` the gradient of the
+        cell's loss (the masked mean of its per-step costs) is added, and ``.loss`` set.
+
+        Only the outputs given a cotangent are differentiated, and only the inputs in ``wrt``."""
+        call, w = self._vjp_call(params, inputs, h0, targets, mask, check_finite)
+        d_out, d_fin = check_cotangents(self.step, self.dtype, call.T, call.B, d_outputs, d_final)
+        cot = Cotangents(loss=w is not None, outputs=tuple(o for o in self.step.outputs if o in d_out),
+                         inputs=resolve_wrt(self.step, wrt))
+        grads, d_in, d_h0, loss = self._vjp_once(call, w, cot, d_out, d_fin)
+        return Gradients(grads, d_in, d_h0, loss)
+
+    def _vjp_once(self, call, w, cot, d_out, d_fin):
+        """A forward kept for one backward, then that backward (a backend may do it in one go)."""
+        kept = self._keep(call, w, cot)
+        try:
+            grads, d_in, d_h0 = self._vjp_backward(kept._state, d_out, d_fin)
+        finally:
+            kept.free()
+        return grads, d_in, d_h0, kept.loss
+

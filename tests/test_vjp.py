@@ -1,0 +1,296 @@
+"""Gradients in and out (``model.vjp``, ``forward(keep=True)`` + ``backward``) on every backend.
+
+Each fuzzed cell and call is checked five ways:
+
+1. the rolled NumPy VJP == the VJP of the *unfolded* graph (one reverse walk, no loop,
+   no carried adjoints: ``unrolled_vjp``), to 1e-11 relative;
+2. the NumPy VJP == central finite differences (float64) of
+   J = [loss] + Σ_t Σ ⟨δy[t], y[t]⟩ + Σ ⟨δh_T, h[T]⟩ in a random direction of the inputs,
+   of the initial states and of each parameter (``gradcheck``'s tolerances, rtol 1e-6 /
+   atol 1e-8, with Richardson extrapolation where truncation dominates);
+3. two chained chunks (the second's δh[0] is the first's ``d_final``) == the whole sequence;
+4. native float64 (random options) == NumPy to 1e-10 of each result's scale;
+5. native float32 == the float64 oracle on the same float32-rounded data, within
+   max(2e-4, 30 × the error of NumPy's own float32 VJP) of each result's scale.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import rnncomp as rc
+from rnncomp.backends.numpy import unrolled_vjp
+from rnncomp.backends.validate import initial_states, check_call
+from rnncomp.errors import CallError
+
+from fuzzgen import calls, fuzz_cells, fuzz_data
+from gradcheck import ATOL, EPS, RTOL
+
+KINK_MARGIN = 1e-4
+
+
+def _rel(a, ref):
+    a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
+    d = np.abs(a - ref).max() if a.size else 0.0
+    return 0.0 if d == 0 else d / max(np.abs(ref).max(), 1e-300)
+
+
+def _results(res):
+    """Every array of a Gradients, keyed by where it came from."""
+    out = {("param", k): v for k, v in res.params.items()}
+    out.update({("input", k): v for k, v in res.inputs.items()})
+    out.update({("h0", k): v for k, v in res.h0.items()})
+    return out
+
+
+def assert_same(got, ref, rtol, what, floor=1e-13):
+    a, b = _results(got), _results(ref)
+    assert a.keys() == b.keys(), f"{what}: {sorted(a)} vs {sorted(b)}"
+    big = max([np.abs(v).max() for v in b.values() if v.size] + [1e-300])
+    for k in b:
+        err = np.abs(np.asarray(a[k], np.float64) - b[k]).max() if b[k].size else 0.0
+        assert err <= rtol * np.abs(b[k]).max() + floor * big, f"{what}: {k}: error {err:.3g}"
+    if ref.loss is None:
+        assert got.loss is None
+    else:
+        assert abs(got.loss - ref.loss) <= rtol * abs(ref.loss) + 1e-300, f"{what}: loss"
+
+
+def cotangents(cell, T, B, seed, which_out, which_state):
+    rng = np.random.default_rng(seed + 7)
+    st_ = cell.step
+    outs = [o for i, o in enumerate(st_.outputs) if which_out >> i & 1]
+    states = [s for i, s in enumerate(st_.states) if which_state >> i & 1]
+    d_out = {o: rng.normal(size=(T, B, st_.outputs[o])) for o in outs}
+    d_fin = {s: rng.normal(size=(B, st_.states[s])) for s in states}
+    return d_out, d_fin
+
+
+def objective(model, params, inputs, h0, targets, mask, d_out, d_fin):
+    """J = [loss] + Σ⟨δy, y⟩ + Σ⟨δh_T, h_T⟩: its gradient is what vjp returns."""
+    outs, fin = model.forward(params, inputs, h0)
+    J = sum(float((outs[o] * d).sum()) for o, d in d_out.items())
+    J += sum(float((fin[s] * d).sum()) for s, d in d_fin.items())
+    if targets is not None:
+        J += model.loss_and_grad(params, inputs, targets, h0, mask)[0]
+    return J
+
+
+def check_fd(model, params, inputs, h0, targets, mask, d_out, d_fin, res, seed):
+    """Directional central differences: the inputs, the initial states, each parameter."""
+    rng = np.random.default_rng(seed + 11)
+    groups = [("inputs", inputs, res.inputs), ("h0", h0, res.h0)]
+    groups += [("param", {p: v}, {p: res.params[p]}) for p, v in params.items()]
+    for kind, values, grads in groups:
+        d = {k: rng.normal(size=v.shape) for k, v in values.items()}
+        an = sum(float((grads[k] * d[k]).sum()) for k in values)
+
+        def J(eps):
+            moved = {k: v + eps * d[k] for k, v in values.items()}
+            p = dict(params, **moved) if kind == "param" else params
+            x = moved if kind == "inputs" else inputs
+            h = moved if kind == "h0" else h0
+            return objective(model, p, x, h, targets, mask, d_out, d_fin)
+
+        fd = (J(EPS) - J(-EPS)) / (2 * EPS)
+        if abs(fd - an) > ATOL + RTOL * abs(fd):  # truncation? Richardson, then judge
+            fd = (4 * (J(EPS / 2) - J(-EPS / 2)) / EPS - fd) / 3
+        assert abs(fd - an) <= ATOL + RTOL * abs(fd), f"{kind}: finite difference {fd} vs vjp {an}"
+
+
+def check_chained(model, params, inputs, h0, d_out, d_fin, whole, cut):
+    """Two chunks chained by hand give the whole sequence's VJP (no loss: it is a per-call mean)."""
+    a = {k: v[:cut] for k, v in inputs.items()}
+    b = {k: v[cut:] for k, v in inputs.items()}
+    _, mid = model.forward(params, a, h0)
+    second = model.vjp(params, b, mid, d_outputs={o: v[cut:] for o, v in d_out.items()}, d_final=d_fin)
+    first = model.vjp(params, a, h0, d_outputs={o: v[:cut] for o, v in d_out.items()}, d_final=second.h0)
+    chained = rc.backends.vjp.Gradients(
+        {p: first.params[p] + second.params[p] for p in params},
+        {x: np.concatenate([first.inputs[x], second.inputs[x]]) for x in inputs}, first.h0)
+    assert_same(chained, whole, 1e-11, "two chained chunks vs the whole sequence")
+
+
+def check_vjp_cell(cell, T, B, seed, mask_kind, h0_kind, opts, with_targets, which_out, which_state,
+                   backends=("native", "f32")):
+    params, inputs, targets, mask, h0 = fuzz_data(cell, T, B, seed, mask_kind, h0_kind)
+    if not with_targets:
+        targets, mask = None, None
+    d_out, d_fin = cotangents(cell, T, B, seed, which_out, which_state)
+    oracle = rc.compile(cell, backend="numpy")
+    kw = dict(d_outputs=d_out, d_final=d_fin, targets=targets, mask=mask)
+    ref = oracle.vjp(params, inputs, h0, **kw)
+    # 1. rolled == unrolled
+    loss_u, g_u, in_u, h0_u = unrolled_vjp(cell, params, inputs, h0, **kw)
+    assert_same(rc.backends.vjp.Gradients(g_u, in_u, h0_u, loss_u), ref, 1e-11, "rolled vs unrolled")
+    # 2. finite differences, away from kinks (every initial state given, so each can move)
+    outs, _ = oracle.forward(params, inputs, h0)
+    margin = min([np.abs(v).min() for k, v in outs.items() if k.startswith("kink")] + [np.inf])
+    if margin >= KINK_MARGIN:
+        call = check_call(cell.step, np.float64, params, inputs, None, h0)
+        full_h0 = initial_states(cell.step, call, np.float64)
+        res_full = oracle.vjp(params, inputs, full_h0, **kw)
+        check_fd(oracle, params, inputs, full_h0, targets, mask, d_out, d_fin, res_full, seed)
+        for s in full_h0:  # the cotangent of h[0] does not depend on where h[0] came from
+            np.testing.assert_allclose(res_full.h0[s], ref.h0[s], rtol=1e-12, atol=1e-14)
+    # 3. chained chunks
+    if T >= 2:
+        whole = oracle.vjp(params, inputs, h0, d_outputs=d_out, d_final=d_fin)
+        check_chained(oracle, params, inputs, h0, d_out, d_fin, whole, T // 2)
+    # 4. native float64
+    if "native" in backends:
+        nat = rc.compile(cell, backend="native", cache=None, **opts)
+        assert_same(nat.vjp(params, inputs, h0, **kw), ref, 1e-10, "native float64 vs oracle")
+        kept = nat.forward(params, inputs, h0, keep=True, targets=targets, mask=mask)
+        assert_same(kept.backward(d_out, d_fin), ref, 1e-10, "native forward(keep) + backward vs oracle")
+    for kind, runner in (("ptx", "host"), ("cuda", "cuda")):
+        if kind in backends:
+            ptx = rc.compile(cell, backend="ptx", runner=runner)
+            assert_same(ptx.vjp(params, inputs, h0, **kw), ref, 1e-10, f"PTX ({runner} runner) vs oracle")
+            kept = ptx.forward(params, inputs, h0, keep=True, targets=targets, mask=mask)
+            assert_same(kept.backward(d_out, d_fin), ref, 1e-10, f"PTX ({runner}) forward(keep) + backward")
+    # 5. native float32 against the float64 oracle on float32-rounded data
+    if "f32" in backends and margin >= KINK_MARGIN:
+        r32 = lambda d: None if d is None else {k: np.asarray(v, np.float32) for k, v in d.items()}  # noqa: E731
+        args32 = (r32(params), r32(inputs), r32(h0))
+        kw32 = dict(d_outputs=r32(d_out), d_final=r32(d_fin), targets=r32(targets), mask=mask)
+        up = lambda d: None if d is None else {k: v.astype(np.float64) for k, v in d.items()}  # noqa: E731
+        ref64 = oracle.vjp(*(up(a) for a in args32), **{k: up(v) if k != "mask" else v for k, v in kw32.items()})
+        np32 = rc.compile(cell, backend="numpy", dtype="float32").vjp(*args32, **kw32)
+        got = rc.compile(cell, backend="native", dtype="float32", cache=None, **opts).vjp(*args32, **kw32)
+        a, b, c = _results(got), _results(ref64), _results(np32)
+        for k in b:
+            allowed = max(2e-4, 30 * _rel(c[k], b[k]))
+            assert _rel(a[k], b[k]) <= allowed, f"native float32 {k}: {_rel(a[k], b[k]):.3g} > {allowed:.3g}"
+
+
+VJP_CI_EXAMPLES = 12
+
+
+@settings(max_examples=VJP_CI_EXAMPLES)
+@given(fuzz_cells(max_depth=2), calls(max_T=5, max_B=4), st.booleans(), st.integers(0, 15), st.integers(0, 7))
+def test_fuzz_vjp_ci(cell, call, with_targets, which_out, which_state):
+    T, B, seed, mask, h0, opts = call
+    check_vjp_cell(cell, T, B, seed, mask, h0, opts, with_targets, which_out, which_state)
+
+
+@settings(max_examples=3)
+@given(fuzz_cells(max_depth=2), calls(max_T=3, max_B=3), st.booleans(), st.integers(0, 15), st.integers(0, 7))
+def test_fuzz_vjp_ptx_host_ci(cell, call, with_targets, which_out, which_state):
+    """The PTX kernels and launch plan of the VJP variants on the host runner; few examples:
+    each compiles the kernels twice (PTX text, then for this CPU)."""
+    T, B, seed, mask, h0, _ = call
+    check_vjp_cell(cell, T, B, seed, mask, h0, {}, with_targets, which_out, which_state, backends=("ptx",))
+
+
+@pytest.mark.fuzz
+@given(fuzz_cells(max_depth=3), calls(max_T=20, max_B=9), st.booleans(), st.integers(0, 15), st.integers(0, 7))
+def test_fuzz_vjp_cuda(cell, call, with_targets, which_out, which_state):
+    """On a CUDA GPU (skipped without one): the VJP variants' PTX against the oracle."""
+    from rnncomp.backends.ptx.runtime import cuda_available
+    if not cuda_available():
+        pytest.skip("needs a CUDA GPU, its driver and cuda-python")
+    T, B, seed, mask, h0, _ = call
+    check_vjp_cell(cell, T, B, seed, mask, h0, {}, with_targets, which_out, which_state, backends=("cuda",))
+
+
+@pytest.mark.fuzz
+@given(fuzz_cells(max_states=3, max_depth=4), calls(max_T=20, max_B=9), st.booleans(),
+       st.integers(0, 15), st.integers(0, 7))
+def test_fuzz_vjp_long(cell, call, with_targets, which_out, which_state):
+    T, B, seed, mask, h0, opts = call
+    check_vjp_cell(cell, T, B, seed, mask, h0, opts, with_targets, which_out, which_state)
+
+
+# ----------------------------------------------------------------------------- the zoo, float32
+@pytest.mark.parametrize("name", sorted(rc.cells.ZOO))
+def test_zoo_vjp_native_matches_oracle(name):
+    cell = rc.cells.get(name)(3, 5, 2)
+    check_vjp_cell(cell, 6, 9, 3, None, "some", {"threads": 2}, True, 15, 7, backends=("native",))
+
+
+def test_learned_initial_state_gets_the_h0_cotangent():
+    cell = rc.Cell("learned")
+    x, h = cell.input("x", 2), cell.state("h", 3, init="learn")
+    W, U = cell.param("W", (3, 2)), cell.param("U", (3, 3))
+    cell.update(h, rc.sigmoid(W @ x + U @ h))
+    cell.output("y", h.new)
+    params = cell.init_params(seed=0)
+    x_ = np.random.default_rng(0).normal(size=(4, 2, 2))
+    dy = np.random.default_rng(1).normal(size=(4, 2, 3))
+    for backend in ("numpy", "native"):
+        res = rc.compile(cell, backend=backend).vjp(params, {"x": x_}, d_outputs={"y": dy})
+        np.testing.assert_allclose(res.params["h_0"], res.h0["h"].sum(axis=0), rtol=1e-12)
+        with_h0 = rc.compile(cell, backend=backend).vjp(params, {"x": x_}, {"h": np.tile(params["h_0"], (2, 1))},
+                                                         d_outputs={"y": dy})
+        assert not with_h0.params["h_0"].any()  # given h0: the learned one is not used
+        np.testing.assert_allclose(with_h0.h0["h"], res.h0["h"], rtol=1e-12)
+
+
+def test_wrt_skips_inputs_and_costs_nothing_for_unused_outputs():
+    cell = rc.cells.lstm(3, 4, 2)
+    m = rc.compile(cell, backend="native")
+    params = cell.init_params(seed=0)
+    x = {"x": np.random.default_rng(0).normal(size=(5, 3, 3))}
+    none = m.vjp(params, x, d_final={"h": np.ones((3, 4))}, wrt=())
+    assert none.inputs == {}
+    every = m.vjp(params, x, d_final={"h": np.ones((3, 4))})
+    for p in params:
+        np.testing.assert_allclose(none.params[p], every.params[p], rtol=1e-12, atol=1e-15)
+    cot = {v._cot for v in m._variants.values()}
+    assert rc.autodiff.Cotangents(loss=False, outputs=(), inputs=()) in cot  # no cotangent of y: not seeded
+
+
+def test_kept_forward_backward_twice_and_free():
+    cell = rc.cells.gru(2, 3, 2)
+    params = cell.init_params(seed=0)
+    rng = np.random.default_rng(0)
+    x, tg = {"x": rng.normal(size=(4, 2, 2))}, {"target": rng.normal(size=(4, 2, 2))}
+    for backend in ("numpy", "native"):
+        m = rc.compile(cell, backend=backend)
+        fwd = m.forward(params, x, keep=True, targets=tg)
+        outs, fin = fwd  # unpacks like forward()
+        ref_outs, ref_fin = m.forward(params, x)
+        np.testing.assert_allclose(outs["y"], ref_outs["y"], rtol=1e-12)
+        dy = rng.normal(size=outs["y"].shape)
+        r1, r2 = fwd.backward({"y": dy}), fwd.backward({"y": dy})
+        for p in params:
+            np.testing.assert_array_equal(r1.params[p], r2.params[p])
+        assert r1.loss == pytest.approx(m.loss_and_grad(params, x, tg)[0], rel=1e-12)
+        fwd.free()
+        with pytest.raises(CallError, match="freed"):
+            fwd.backward({"y": dy})
+
+
+# ----------------------------------------------------------------------------- bad calls
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_bad_cotangents_are_named(backend):
+    cell = rc.cells.elman(2, 3, 2)
+    m = rc.compile(cell, backend=backend)
+    params = cell.init_params(seed=0)
+    x = {"x": np.zeros((4, 2, 2))}
+    cases = [
+        (dict(d_outputs={"y": np.zeros((4, 2, 3))}), r"d_outputs\['y'\] has shape \(4, 2, 3\), expected \(4, 2, 2\)"),
+        (dict(d_outputs={"y": np.zeros((4, 2, 2), np.float32)}), r"d_outputs\['y'\] has dtype float32"),
+        (dict(d_outputs={"z": np.zeros((4, 2, 2))}), r"d_outputs names 'z', which is not an output.*outputs: 'y'"),
+        (dict(d_final={"c": np.zeros((2, 3))}), r"d_final names 'c', which is not a state.*states: 'h'"),
+        (dict(d_final={"h": np.zeros((3, 3))}), r"d_final\['h'\] has shape \(3, 3\), expected \(2, 3\)"),
+        (dict(d_outputs=np.zeros((4, 2, 2))), r"d_outputs must be a dict keyed by 'y'"),
+        (dict(wrt=["h"]), r"wrt names 'h', which is not an input"),
+        (dict(mask=np.ones(4)), r"mask= weighs the cell's loss, so it needs targets="),
+        (dict(d_outputs={"y": np.full((4, 2, 2), np.nan)}), r"d_outputs\['y'\] contains nan"),
+    ]
+    for kw, msg in cases:
+        with pytest.raises(CallError, match=msg):
+            m.vjp(params, x, **kw)
+    fwd = m.forward(params, x, keep=True, outputs=())
+    with pytest.raises(CallError, match="kept for cotangents of no output only"):
+        fwd.backward({"y": np.zeros((4, 2, 2))})
+    with pytest.raises(CallError, match="not an output"):
+        m.forward(params, x, keep=True, outputs=("h",))
+    nl = rc.Cell("noloss")
+    xx, hh = nl.input("x", 2), nl.state("h", 2)
+    nl.update(hh, rc.sigmoid(nl.param("W", (2, 2)) @ xx + hh))
+    with pytest.raises(CallError, match="targets given but the cell has no loss"):
+        rc.compile(nl, backend=backend).vjp(nl.init_params(seed=0), x, targets={"t": np.zeros((4, 2, 2))})
