@@ -381,8 +381,11 @@ def main(args):
     for w in workers.values():
         w.close()
     shutil.rmtree(tmp, ignore_errors=True)
+    import bench_vjp  # gradients in and out: the same machine, the same run
+    vjp = bench_vjp.run(N, rounds=5 if args.quick else 15)
     load_end = os.getloadavg()
     report(rows, counts, N, mm, load_start, load_end, failures)
+    print(bench_vjp.report(vjp))
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as fh:
         json.dump({"machine": {"cores": all_cores(), "threads": N, "load_start": load_start,
@@ -390,7 +393,7 @@ def main(args):
                                "versions": versions, "repeats": reps,
                                "peers_unavailable": {k: w.error for k, w in workers.items() if not w.ready},
                                "wall_s": time.perf_counter() - started},
-                   "cases": rows, "check_failures": failures}, fh, indent=1)
+                   "cases": rows, "vjp": vjp, "check_failures": failures}, fh, indent=1)
     print(f"\nwrote {os.path.relpath(args.json)} ({time.perf_counter() - started:.0f} s)")
     return 1 if failures else 0
 

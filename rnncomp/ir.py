@@ -60,6 +60,7 @@ class NodeSym(sp.Symbol):
     def _latex(self, printer):
         name, t = self.key
         base = name.replace("δ⁺", r"\delta^{+}").replace("δ", r"\delta ").replace("ℓ", r"\ell")
+        base = base.replace("ᵉˣᵗ", r"^{\mathrm{ext}}")
         if "_" in base and "{" not in base:
             head, _, tail = base.partition("_")
             base = f"{head}_{{{tail}}}"

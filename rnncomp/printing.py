@@ -14,9 +14,10 @@ from collections import Counter
 
 import sympy as sp
 
-from .autodiff import backward_step
+from .autodiff import LOSS_ONLY, Cotangents, backward_step
 from .dsl import Concat, LogSumExp, MatVec, RowSum, Slice, Structural, Vec, _display
-from .ir import NodeSym, placeholder
+from .errors import CellError
+from .ir import NodeSym, key_str, placeholder
 from .lower import LOSS
 
 
@@ -160,9 +161,9 @@ def program_equations(prog, keep=(), names=()):
 class Explanation:
     """The forward and the derived backward step of a cell, printable several ways."""
 
-    def __init__(self, cell):
+    def __init__(self, cell, cot: Cotangents = LOSS_ONLY):
         self.cell = cell
-        self.bwd = backward_step(cell.step)
+        self.bwd = backward_step(cell.step, cot)
 
     def _grad_lines(self):
         out = []
@@ -188,8 +189,14 @@ class Explanation:
 
     def backward_text(self) -> str:
         st = self.bwd.step
-        zero = ", ".join(f"δ⁺{s}[T] = 0" for s in st.states)
+        cot = self.bwd.cot
+        if cot is LOSS_ONLY:
+            zero = ", ".join(f"δ⁺{s}[T] = 0" for s in st.states)
+        else:  # a VJP: the final states' cotangents come from the caller
+            zero = ", ".join(f"δ⁺{s}[T] = d_final[{s!r}]" for s in st.states)
         lines = [f"backward step of {st.name!r} (t = T … 1; {zero})"]
+        for o, k in self.bwd.out_seeds.items():
+            lines.append(f"  {key_str(k)}: the cotangent of output {o}[t] from the caller (d_outputs[{o!r}])")
         eqs, exprs = self._backward_eqs()
         lines += [f"  {lhs} = {sp.sstr(rhs)}" for lhs, rhs in eqs]
         for s, k in self.bwd.carry_out.items():
@@ -198,6 +205,8 @@ class Explanation:
                 lines.append(f"  (carried: δ⁺{s}[t-1] = δ{s}[t-1])")
             else:
                 lines.append(f"  δ{s}[t-1] = {sp.sstr(rhs)}   (carried: δ⁺{s}[t-1])")
+        if cot is not LOSS_ONLY:
+            lines.append("initial-state cotangents: " + ", ".join(f"δ{s}[0] = δ{s}[t-1] at t = 1" for s in st.states))
         lines.append("parameter gradients (w[t]: the weight of step t in the loss)")
         for p, e in self._grad_lines():
             lines.append(f"  ∂L/∂{p} = Σ_t Σ_batch {sp.sstr(e)}")
@@ -223,6 +232,23 @@ class Explanation:
         return f"$${self.latex()}$$"
 
 
-def explain(cell) -> Explanation:
-    """The cell's equations and its derived BPTT step: ``print(rc.explain(cell))``."""
-    return Explanation(cell)
+def explain(cell, wrt=None, d_outputs=None) -> Explanation:
+    """The cell's equations and its derived BPTT step: ``print(rc.explain(cell))``.
+
+    ``wrt="inputs"`` (or input names) adds the inputs' cotangents ``δx[t]`` (what
+    ``model.vjp`` returns); ``d_outputs=True`` (or output names) seeds the step with the
+    outputs' external cotangents ``δyᵉˣᵗ[t]`` and the final states' (``d_final``), as a
+    layer inside a larger model is differentiated."""
+    if wrt is None and d_outputs is None:
+        return Explanation(cell)
+    st = cell.step
+    pick = lambda v, every: tuple(every) if v is True or v == "inputs" else (  # noqa: E731
+        () if v is None else tuple(n for n in every if n in ((v,) if isinstance(v, str) else v)))
+    for v, every, kind in ((wrt, st.inputs, "input"), (d_outputs, st.outputs, "output")):
+        names = () if v in (None, True, "inputs") else ((v,) if isinstance(v, str) else tuple(v))
+        bad = [n for n in names if n not in every]
+        if bad:
+            raise CellError(f"cell {st.name!r}: explain: {', '.join(map(repr, bad))} is not an {kind}; "
+                            f"{kind}s: {', '.join(map(repr, every)) or 'none'}")
+    return Explanation(cell, Cotangents(loss=True, outputs=pick(d_outputs, st.outputs),
+                                        inputs=pick(wrt, st.inputs)))

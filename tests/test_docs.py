@@ -9,7 +9,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("doc", ["docs/dsl.md"])
+@pytest.mark.parametrize("doc", ["docs/dsl.md", "docs/vjp.md"])
 def test_markdown_python_blocks_run(doc):
     text = (ROOT / doc).read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
@@ -23,7 +23,8 @@ def test_markdown_python_blocks_run(doc):
                                  "rnncomp.cells", "rnncomp.printing", "rnncomp.backends.llvm.jit",
                                  "rnncomp.backends.llvm.builder", "rnncomp.backends.llvm.gemm",
                                  "rnncomp.backends.llvm.finite", "rnncomp.memory", "rnncomp.stacking",
-                                 "rnncomp.schedules", "rnncomp.inspect.memory",
+                                 "rnncomp.schedules", "rnncomp.inspect.memory", "rnncomp.passes.cotangents_after",
+                                 "rnncomp.backends.vjp",
                                  "rnncomp.train.optim", "rnncomp.train.trainer", "rnncomp.train.tasks",
                                  "rnncomp.train.data", "rnncomp.train.plot", "rnncomp.train.text"])
 def test_doctests(mod):

@@ -294,3 +294,16 @@ def test_bad_cotangents_are_named(backend):
     nl.update(hh, rc.sigmoid(nl.param("W", (2, 2)) @ xx + hh))
     with pytest.raises(CallError, match="targets given but the cell has no loss"):
         rc.compile(nl, backend=backend).vjp(nl.init_params(seed=0), x, targets={"t": np.zeros((4, 2, 2))})
+
+
+def test_explain_prints_the_input_and_output_cotangents():
+    cell = rc.cells.elman(8, 32, 4)
+    text = rc.explain(cell, wrt="inputs", d_outputs=True).backward_text()
+    assert "δx[t] = Wᵀ·δa1[t]" in text
+    assert "δy[t] = w[t]*(-target[t] + y[t]) + δyᵉˣᵗ[t]" in text
+    assert "δ⁺h[T] = d_final['h']" in text
+    plain = rc.explain(cell).backward_text()
+    assert "δx" not in plain and "ᵉˣᵗ" not in plain  # the plain BPTT step is unchanged
+    assert r"\delta y^{\mathrm{ext}}_{t}" in rc.explain(cell, d_outputs="y").latex()
+    with pytest.raises(rc.CellError, match="'z' is not an input; inputs: 'x'"):
+        rc.explain(cell, wrt="z")

@@ -31,6 +31,7 @@ from ..autodiff import LOSS_ONLY, backward_step
 from ..errors import CompileError
 from ..memory import schedule
 from ..ir import LEAF_OPS, prune, state_independent
+from ..passes.cotangents_after import after_loop
 from .stackplan import grad_groups, stack_step
 from .llvm.builder import I64, for_range
 from .llvm.exprgen import unsupported
@@ -67,7 +68,7 @@ class NativeModel(NativeCalls, NativeVjp):
     def __init__(self, cell, dtype="float64", *, cache="default", hoist=True, grad_after=False,
                  fuse=True, pack=True, stack=True, threads=None, memory="all", _cot=LOSS_ONLY):
         self._cell, self._cot = cell, _cot  # _cot: the cotangents of a VJP variant (native_vjp.py)
-        self._variants, self._vlock = {}, threading.Lock()
+        self._variants, self._vlock, self._spare = {}, threading.Lock(), []
         self.dtype = np.dtype(dtype)
         if self.dtype not in _DT:
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
@@ -403,7 +404,7 @@ class NativeModel(NativeCalls, NativeVjp):
         self._prologue(g, self._bwd_prog, set())
         with for_range(b, g.T, name="s") as s:
             t = b.sub(b.sub(g.T, I64(1)), s)  # t = T-1 … 0
-            self._emit_program(g, self._bwd_prog, t)
+            self._emit_program(g, self._bwd_prog, t, skip=self.after)
             self._emit_grads(g, t, deferred=False)
             for s_, k in bwd.carry_out.items():
                 dst = g.ptr(bwd.carry_in[s_], t)
@@ -413,6 +414,12 @@ class NativeModel(NativeCalls, NativeVjp):
                         b.store(ir.Constant(g.ty, 0.0), b.gep(dst, [z]))
                 else:
                     g.copy_loop(dst, g.ptr(k, t), b.mul(g.B, I64(n)))
+        if self.after:
+            # pass "cotangents after the loop" (the transpose of "hoist"): δx[t] = Wᵀ·δa[t]
+            # for every step as one product with T·B rows
+            per_step_B, g.B = g.B, b.mul(g.T, g.B)
+            self._emit_program(g, self._bwd_prog, I64(0), only=self.after)
+            g.B = per_step_B
         if self.deferred:
             # pass "grad_after": Σ_t δa[t]ᵀ v[t] as ONE product with T·B rows of depth, after the
             # loop, instead of T products of depth B (the δ values were kept for every step)
@@ -425,6 +432,15 @@ class NativeModel(NativeCalls, NativeVjp):
         """Gradient specs whose operands can be kept for all steps (no carried seed among them)."""
         bwd = self.bwd
         self.deferred, self.deferred_keys = set(), set()
+        self.after = set()
+        if self.hoist and bwd.cot.inputs:
+            outs = {k for k in bwd.input_adjoints.values() if k is not None}
+            self.after, keep = after_loop(self._bwd_prog, outs, self._readers() - outs, self._timed_seeds())
+            wholes = {}
+            for key, (w, _, _) in self.views.items():
+                wholes.setdefault(w, []).append(key)
+            timed = keep | self.after  # both exist for every step now
+            self.deferred_keys |= timed | {m for k in timed for m in wholes.get(k, ())}
         if not self.grad_after:
             return
         timed = self._timed_seeds()

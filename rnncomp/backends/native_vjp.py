@@ -23,6 +23,9 @@ from .vjp import VjpMixin
 
 #: VJP variants kept per model (one per distinct set of cotangents); beyond, the oldest goes.
 MAX_VARIANTS = 8
+#: Private pools of freed kept forwards, kept for the next one (fresh pages cost more than
+#: the math: a layer's forward/backward pair per training step reuses the same buffers).
+MAX_SPARE_POOLS = 4
 
 
 class _Part:
@@ -61,6 +64,18 @@ class NativeVjp(VjpMixin):
         finally:
             self._pool.private = prev
 
+    def _spare_pool(self):
+        with self._vlock:
+            return self._spare.pop() if self._spare else SimpleNamespace()
+
+    def _vjp_release(self, state):
+        v, parts = state
+        with v._vlock:
+            for p in parts:
+                if p.pool is not None and len(v._spare) < MAX_SPARE_POOLS:
+                    v._spare.append(p.pool)
+                p.pool = p.seg = None
+
     def _map(self, fn, items):
         items = list(items)
         if len(items) == 1:
@@ -81,7 +96,7 @@ class NativeVjp(VjpMixin):
             sub, ws, sl = cut
             if not keep_all:  # a schedule: only the outputs now, the plan at backward time
                 return _Part(sub, ws, sl, None, None), v._plain_forward(sub, ws)
-            pool = SimpleNamespace()
+            pool = v._spare_pool()
             with v._private(pool):
                 v._fresh_call()
                 seg = v._seg_forward(sub, ws, 0, sub.T, sub.h0)

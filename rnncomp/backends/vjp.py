@@ -11,7 +11,7 @@ checking the cotangents the caller passes, the weighted loss, learned initial st
 kept object and its lifetime -- is here, once.
 
     >>> import numpy as np, rnncomp as rc
-    >>> cell = rc.cells.elman(2, 3)
+    >>> cell = rc.cells.elman(2, 3, 1)
     >>> model = rc.compile(cell, backend="numpy")
     >>> x = np.ones((4, 1, 2))
     >>> fwd = model.forward(cell.init_params(seed=0), {"x": x}, keep=True)
@@ -128,7 +128,15 @@ class Kept:
 
     def free(self) -> None:
         """Give the kept buffers back now (a later :meth:`backward` is an error)."""
-        self._state = None
+        state, self._state = self._state, None
+        if state is not None:
+            self._model._vjp_release(state)
+
+    def __del__(self):
+        try:
+            self.free()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to give back
+            pass
 
 
 class VjpMixin:
@@ -186,6 +194,9 @@ class VjpMixin:
                          inputs=resolve_wrt(self.step, wrt))
         grads, d_in, d_h0, loss = self._vjp_once(call, w, cot, d_out, d_fin)
         return Gradients(grads, d_in, d_h0, loss)
+
+    def _vjp_release(self, state) -> None:
+        """A kept forward's buffers are no longer needed (a backend may reuse them)."""
 
     def _vjp_once(self, call, w, cot, d_out, d_fin):
         """A forward kept for one backward, then that backward (a backend may do it in one go)."""

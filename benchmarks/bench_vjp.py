@@ -1,0 +1,95 @@
+"""Gradients in and out (issue #15): what a VJP call costs next to ``loss_and_grad``.
+
+    python benchmarks/bench_vjp.py            # ~1 min: a table + benchmarks/results/vjp.json
+    python benchmarks/bench_vjp.py --quick
+
+LSTM H=128 D=128 B=32 T=100, float32, native backend, all cores, every column in one run
+(interleaved rounds, the median of each): a training step with the cell's own loss
+(``loss_and_grad``) against the same step as a layer would run it -- ``forward(keep=True)``
+then ``backward(d_outputs=...)`` -- with the input cotangents (δx, as a layer needs
+when something is below it) and without (``wrt=()``).  Goals: keep + backward ≤ 1.15×
+``loss_and_grad``; input cotangents on / off ≤ 1.10×.  ``bench_native.py`` prints the same
+rows after its own tables.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run(threads=None, rounds=15, D=128, H=128, B=32, T=100):
+    """The rows of the table: {case: median ms}, and the ratios against the goals."""
+    import numpy as np
+
+    sys.path.insert(0, os.path.join(HERE, ".."))
+    import rnncomp as rc
+
+    cell = rc.cells.lstm(D, H, H)
+    model = rc.compile(cell, backend="native", dtype="float32", threads=threads)
+    rng = np.random.default_rng(0)
+    params = {k: v.astype(np.float32) for k, v in cell.init_params(seed=0).items()}
+    x = {"x": rng.standard_normal((T, B, D)).astype(np.float32)}
+    tg = {"target": rng.standard_normal((T, B, H)).astype(np.float32)}
+    dy = {"y": rng.standard_normal((T, B, H)).astype(np.float32) / (T * B)}
+    cases = {
+        "loss_and_grad": lambda: model.loss_and_grad(params, x, tg),
+        "forward(keep) + backward, δx on": lambda: model.forward(params, x, keep=True).backward(d_outputs=dy),
+        "forward(keep) + backward, δx off": lambda: model.forward(params, x, keep=True, wrt=()).backward(
+            d_outputs=dy),
+        "vjp (one call), δx on": lambda: model.vjp(params, x, d_outputs=dy),
+    }
+    times = {k: [] for k in cases}
+    for f in cases.values():  # compile the variants, warm the buffers
+        f(), f()
+    for _ in range(rounds):
+        for k, f in cases.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    base = ms["loss_and_grad"]
+    ratios = {"keep+backward / loss_and_grad": ms["forward(keep) + backward, δx on"] / base,
+              "δx on / off": ms["forward(keep) + backward, δx on"] / ms["forward(keep) + backward, δx off"]}
+    goals = {"keep+backward / loss_and_grad": 1.15, "δx on / off": 1.10}
+    return {"case": f"LSTM H={H} D={D} B={B} T={T} float32", "ms": ms, "ratios": ratios, "goals": goals,
+            "threads": model.threads}
+
+
+def report(res) -> str:
+    lines = [f"\nGradients in and out, {res['case']}, {res['threads']} thread(s), median ms\n",
+             "| call | ms | vs loss_and_grad |", "|---|---|---|"]
+    base = res["ms"]["loss_and_grad"]
+    lines += [f"| {k} | {v:.2f} | {v / base:.2f}× |" for k, v in res["ms"].items()]
+    lines.append("")
+    for k, v in res["ratios"].items():
+        g = res["goals"][k]
+        lines.append(f"{k}: {v:.2f}× (goal ≤ {g:.2f}×: {'met' if v <= g else 'MISSED'})")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="VJP calls against loss_and_grad (native, float32)")
+    ap.add_argument("--quick", action="store_true", help="5 rounds instead of 15")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", default=os.path.join(HERE, "results", "vjp.json"))
+    args = ap.parse_args(argv)
+    load = os.getloadavg()
+    res = run(args.threads, rounds=5 if args.quick else 15)
+    res["load_start"], res["load_end"] = load, os.getloadavg()
+    print(report(res))
+    print(f"load average {load[0]:.2f} at the start, {res['load_end'][0]:.2f} at the end")
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as fh:
+        json.dump(res, fh, indent=1)
+    print(f"wrote {os.path.relpath(args.json)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
