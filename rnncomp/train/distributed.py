@@ -120,9 +120,24 @@ class Group:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return max(1, cores // self.local_size)
 
-    def gpu(self, count: int) -> int:
-        """The GPU of this rank: one rank per GPU, by rank on the node."""
-        return self.local_rank % max(1, count)
+    def gpu(self) -> int:
+        """The GPU of this rank: one rank per GPU, by rank on the node (modulo the GPUs it
+        sees, so a rank that sees only its own GPU, as under ``srun --gpus-per-task=1``, takes it)."""
+        from ..backends.ptx.runtime import import_driver
+        drv = import_driver()
+        drv.cuInit(0)
+        err, count = drv.cuDeviceGetCount()
+        return self.local_rank % count if err == drv.CUresult.CUDA_SUCCESS and count > 0 else 0
+
+    def compile_defaults(self, backend: str, options: dict) -> dict:
+        """``options`` with this rank's share of the node unless given: ``threads`` (native),
+        ``device`` (ptx)."""
+        options = dict(options)
+        if backend == "native" and "threads" not in options:
+            options["threads"] = self.threads_per_rank()
+        if backend == "ptx" and "device" not in options:
+            options["device"] = self.gpu()
+        return options
 
     def arena(self, n: int, dtype) -> np.ndarray:
         """The gradient arena: n gradient slots, the loss, the count of failed ranks (zeroed)."""

@@ -81,8 +81,8 @@ class Trainer:
             raise ValueError(f"distributed must be None or 'mpi', got {distributed!r}")
         self.accumulate = accumulate
         self.dist = Group(comm) if distributed == "mpi" or comm is not None else None
-        if self.dist is not None and backend == "native" and "threads" not in compile_options:
-            compile_options["threads"] = self.dist.threads_per_rank()  # the node's cores shared by its ranks
+        if self.dist is not None:  # this rank's threads (its share of the node's cores) or GPU
+            compile_options = self.dist.compile_defaults(backend, compile_options)
         self.cell, self.bptt = cell, bptt
         self.clip_norm, self.clip_value = clip_norm, clip_value
         self.backend, self.dtype = backend, np.dtype(dtype)
