@@ -3,7 +3,7 @@
 Each rank writes what it computed (parameters, losses, error messages) under OUT; the test
 compares them with a one-process run.  Scenarios:
   ranks  the cases of mpi_cases.py (and one with accumulate=2), a global batch smaller
-         than the ranks, a diverged rank, a rank failing inside a step, and a resume on
+         than the ranks, one rank given other data, a diverged rank, a rank failing inside a step, and a resume on
          all ranks of a checkpoint written by a run on one rank fewer
   die    rank 0 is killed while writing a checkpoint over a good one
   raise  rank 1 raises outside any step, while rank 0 trains
@@ -52,6 +52,12 @@ if scenario == "ranks":
         keep("stateful-accumulate", mpi_cases.run("stateful", distributed="mpi", accumulate=2))
     error_of("small-batch", lambda: mpi_cases.fit(mpi_cases.trainer("masked", distributed="mpi"), "masked",
                                                   batch_size=size - 1))
+
+    mine = mpi_cases.CASES["masked"]()[1]["inputs"].copy()
+    if rank == size - 1:
+        mine[3, 2, 1] += 1e-9  # one value differs on one rank
+    error_of("other-data", lambda: mpi_cases.fit(mpi_cases.trainer("masked", distributed="mpi"), "masked",
+                                                 inputs=mine))
 
     tr = mpi_cases.trainer("masked", distributed="mpi")
     tr.dist.check_every = 1

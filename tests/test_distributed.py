@@ -93,6 +93,8 @@ def test_ranks_give_the_one_process_parameters(tmp_path, ranks):
     for r in range(ranks):
         assert f"a global batch of {ranks - 1} sequences cannot be shared by {ranks} ranks" \
             in message(tmp_path, "small-batch", r)
+        assert f"fit: rank(s) [{ranks - 1}] were given other data or options than rank 0" \
+            in message(tmp_path, "other-data", r)
         assert "step 1: the parameters of rank(s) [" in message(tmp_path, "diverged", r)
         assert "the ranks have diverged" in message(tmp_path, "diverged", r)
         nan = message(tmp_path, "nan-shard", r)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import sys
+import zlib
 
 import numpy as np
 
@@ -163,6 +164,19 @@ class Group:
             odd = [r for r in range(self.size) if self._sums[r] != self._sums[0]]
             raise TrainingError(f"step {step}: the parameters of rank(s) {odd} differ from rank 0's "
                                 f"(checksums {self._sums.tolist()}): the ranks have diverged")
+
+    def check_same_data(self, arrays: dict, options: tuple) -> None:
+        """Raise on every rank unless every rank passed ``fit`` the same data and options: each
+        rank takes its rows of the global batches it computes from them."""
+        crc = zlib.crc32(repr(options).encode())
+        for name in sorted(k for k, v in arrays.items() if v is not None):
+            a = np.ascontiguousarray(arrays[name])
+            crc = zlib.crc32(memoryview(a).cast("B"), zlib.crc32(f"{name}{a.shape}{a.dtype}".encode(), crc))
+        self.comm.Allgather(np.array([crc], dtype=np.uint64), self._sums)
+        odd = [r for r in range(self.size) if self._sums[r] != self._sums[0]]
+        if odd:
+            raise CallError(f"fit: rank(s) {odd} were given other data or options than rank 0; every "
+                            f"rank passes the same global data (each takes its shard of every batch)")
 
     def on_root(self, fn, *args):
         """Run ``fn`` on rank 0 only; every rank returns its result or raises its error."""

@@ -207,6 +207,9 @@ class Trainer:
         shuffle = (not stateful) if shuffle is None else shuffle
         verbose = verbose if self.dist is None or self.dist.is_root else 0  # one progress bar: rank 0's
         mask = self._mask(mask, lengths, T, N)
+        if self.dist is not None:
+            self.dist.check_same_data({**x, **{"target:" + k: v for k, v in t.items()}, "mask": mask},
+                                      (epochs, batch_size, shuffle, seed, stateful))
         rng = np.random.default_rng(seed)
         for epoch in range(epochs):
             order = rng.permutation(N) if shuffle else np.arange(N)
