@@ -56,14 +56,13 @@ def _mpi():
 
 
 def launched_by_mpiexec() -> int:
-    """The number of processes an MPI launcher (MPICH/Hydra, Open MPI, PMIx, Slurm's srun)
-    started, read from the variables it sets; 1 when none did.  The CLI uses it to train
-    distributed under ``mpiexec`` without a flag (and says so)."""
-    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
+    """The number of processes an MPI launcher started, read from the variable it gives each
+    process (MPICH's Hydra: PMI_SIZE, Open MPI: OMPI_COMM_WORLD_SIZE, Slurm's srun:
+    SLURM_STEP_NUM_TASKS); 1 when none is set.  The CLI trains distributed under ``mpiexec``
+    without a flag when this is above 1 (and says so; ``--distributed`` overrides it)."""
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS"):
         if os.environ.get(var, "").isdigit():
             return int(os.environ[var])
-    if os.environ.get("SLURM_STEP_ID") is not None and os.environ.get("SLURM_NTASKS", "").isdigit():
-        return int(os.environ["SLURM_NTASKS"])
     return 1
 
 
