@@ -3,8 +3,9 @@
 Each rank writes what it computed (parameters, losses, error messages) under OUT; the test
 compares them with a one-process run.  Scenarios:
   ranks  the cases of mpi_cases.py (and one with accumulate=2), a global batch smaller
-         than the ranks, one rank given other data, a diverged rank, a rank failing inside a step, and a resume on
-         all ranks of a checkpoint written by a run on one rank fewer
+         than the ranks, one rank given other data, a diverged rank, a rank failing inside
+         a step, rank 0 failing to write a checkpoint, and a resume on all ranks of a
+         checkpoint written by a run on one rank fewer
   die    rank 0 is killed while writing a checkpoint over a good one
   raise  rank 1 raises outside any step, while rank 0 trains
 """
@@ -70,6 +71,8 @@ if scenario == "ranks":
     bad[0, 7] = np.nan  # sequence 7 of the first (unshuffled) batch of 8: the last rank's shard
     error_of("nan-shard", lambda: mpi_cases.fit(mpi_cases.trainer("masked", distributed="mpi"), "masked",
                                                 inputs=bad, shuffle=False, epochs=1))
+
+    error_of("save-fails", lambda: tr.save(os.path.join(out, "no-such-dir", "x.ckpt")))
 
     # resume: a run on ranks 0 … size-2 writes the checkpoint, all ranks continue from it
     ckpt = os.path.join(out, "resume.ckpt")

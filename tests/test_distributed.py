@@ -97,6 +97,8 @@ def test_ranks_give_the_one_process_parameters(tmp_path, ranks):
             in message(tmp_path, "other-data", r)
         assert "step 1: the parameters of rank(s) [" in message(tmp_path, "diverged", r)
         assert "the ranks have diverged" in message(tmp_path, "diverged", r)
+        save = message(tmp_path, "save-fails", r)
+        assert save.startswith("FileNotFoundError" if r == 0 else "TrainingError: rank 0 failed: FileNotFoundError")
         nan = message(tmp_path, "nan-shard", r)
         if r == ranks - 1:  # its shard holds the NaN
             assert f"step 1: rank {r} of {ranks} failed: CallError" in nan and "contains nan" in nan
