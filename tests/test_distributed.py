@@ -63,6 +63,20 @@ def test_accumulate_gives_the_one_batch_parameters(case, k):
     assert acc.step_count == ref.step_count > 0
 
 
+def test_accumulate_train_step_with_a_per_step_mask():
+    """train_step called directly, with a (T,) mask and initial states: the same update."""
+    rng = np.random.default_rng(7)
+    x, y = rng.normal(size=(6, 5, 3)), rng.normal(size=(6, 5, 2))
+    h0 = {"h": rng.normal(size=(5, 6)), "c": rng.normal(size=(5, 6))}
+    mask = np.array([0, 1, 1, 0.5, 1, 0])
+    one, two = (mpi_cases.trainer("masked", accumulate=k) for k in (1, 2))
+    (l1, f1), (l2, f2) = (tr.train_step({"x": x}, {"target": y}, h0=h0, mask=mask) for tr in (one, two))
+    np.testing.assert_allclose(two.flat, one.flat, rtol=0, atol=TOL)
+    assert abs(l2 - l1) < TOL
+    for s in f1:
+        np.testing.assert_allclose(f2[s], f1[s], rtol=0, atol=TOL)
+
+
 def test_accumulate_bad_values_are_named():
     tr = mpi_cases.trainer("masked", accumulate=4)
     with pytest.raises(rc.errors.CallError, match="3 sequences cannot be shared by 4 micro-batches"):

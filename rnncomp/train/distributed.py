@@ -202,6 +202,8 @@ def loss_and_grad(tr, inputs, targets, h0, mask):
     x0 = next(iter(inputs.values()))
     T, B = x0.shape[:2]
     ranks = 1 if group is None else group.size
+    if mask is not None and np.ndim(mask) == 1:  # (T,): the same weights for every row
+        mask = np.repeat(np.asarray(mask)[:, None], B, axis=1)
     total = float(mask.sum(dtype=np.float64)) if mask is not None else float(T * B)
     mine = shard(B, ranks)[0 if group is None else group.rank]
     pieces = shard(mine.stop - mine.start, tr.accumulate, f"micro-batches (accumulate={tr.accumulate}) of "
