@@ -77,6 +77,19 @@ def test_accumulate_train_step_with_a_per_step_mask():
         np.testing.assert_allclose(f2[s], f1[s], rtol=0, atol=TOL)
 
 
+def test_accumulate_stops_on_a_non_finite_gradient_as_one_batch_does():
+    messages = []
+    for k in (1, 2):
+        tr = rc.Trainer(rc.cells.elman(2, 4, 1), rc.SGD(0.1), backend="numpy", dtype="float64", accumulate=k)
+        tr.params["V"][...] = 1e300
+        before = tr.flat.copy()
+        with np.errstate(all="ignore"), pytest.raises(rc.TrainingError) as err:
+            tr.train_step(np.ones((3, 4, 2)), np.ones((3, 4, 1)))  # lone arrays, not dicts
+        np.testing.assert_array_equal(tr.flat, before)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and "non-finite gradient of" in messages[0]
+
+
 def test_accumulate_bad_values_are_named():
     tr = mpi_cases.trainer("masked", accumulate=4)
     with pytest.raises(rc.errors.CallError, match="3 sequences cannot be shared by 4 micro-batches"):

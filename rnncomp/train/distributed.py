@@ -198,7 +198,10 @@ def loss_and_grad(tr, inputs, targets, h0, mask):
     """The global batch's loss and flat gradient, this rank's rows computed in ``tr.accumulate``
     micro-batches and summed over the ranks.  Returns (loss, gradient: a view into the
     arena, final states (B, n) whose rows of other ranks are 0)."""
-    group = tr.dist
+    from .trainer import _as_dict
+    group, step = tr.dist, tr.cell.step
+    inputs = _as_dict(inputs, list(step.inputs), "inputs")  # a lone array, as the backends take
+    targets = None if targets is None else _as_dict(targets, list(step.targets), "targets")
     x0 = next(iter(inputs.values()))
     T, B = x0.shape[:2]
     ranks = 1 if group is None else group.size
@@ -210,7 +213,7 @@ def loss_and_grad(tr, inputs, targets, h0, mask):
                    f"{'this rank' if ranks > 1 else 'the batch'}")
     n = tr.flat.size
     arena = group.arena(n, tr.dtype) if group is not None else np.zeros(n + 2, dtype=tr.dtype)
-    final = {s: np.zeros((B, k), dtype=tr.dtype) for s, k in tr.cell.step.states.items()}
+    final = {s: np.zeros((B, k), dtype=tr.dtype) for s, k in step.states.items()}
     error = None
     for p in pieces:
         rows = slice(mine.start + p.start, mine.start + p.stop)

@@ -119,7 +119,7 @@ class Trainer:
         if self.dist is not None or self.accumulate > 1:  # shards and micro-batches, summed
             from .distributed import loss_and_grad
             loss, g, final = loss_and_grad(self, inputs, targets, h0, mask)
-            grads = {n: v.reshape(self.params[n].shape) for n, v in zip(self.names, np.split(g, self._ends[:-1]))}
+            grads = dict(zip(self.names, np.split(g, self._ends[:-1])))  # flat views, to name a bad one
         else:
             loss, grads, final = self.model.loss_and_grad(self.params, inputs, targets, h0=h0, mask=mask)
             g = np.concatenate([grads[n].ravel() for n in self.names])
