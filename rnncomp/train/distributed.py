@@ -123,8 +123,11 @@ class Group:
     def gpu(self) -> int:
         """The GPU of this rank: one rank per GPU, by rank on the node (modulo the GPUs it
         sees, so a rank that sees only its own GPU, as under ``srun --gpus-per-task=1``, takes it)."""
-        from ..backends.ptx.runtime import import_driver
-        drv = import_driver()
+        from ..backends.ptx.runtime import NoGPUError, import_driver
+        try:
+            drv = import_driver()
+        except NoGPUError:  # compiling PTX needs no GPU; running will say what is missing
+            return 0
         drv.cuInit(0)
         err, count = drv.cuDeviceGetCount()
         return self.local_rank % count if err == drv.CUresult.CUDA_SUCCESS and count > 0 else 0
