@@ -42,7 +42,8 @@ CASES = {"masked": _masked, "stateful": _stateful}
 
 def trainer(case, **options):
     kw, _ = CASES[case]()
-    return rc.Trainer(kw.pop("cell"), kw.pop("optimizer"), **kw, **options)
+    kw.update(options)  # e.g. backend="ptx"
+    return rc.Trainer(kw.pop("cell"), kw.pop("optimizer"), **kw)
 
 
 def fit(tr, case, **changes):

@@ -6,6 +6,7 @@ compares them with a one-process run.  Scenarios:
          than the ranks, one rank given other data, a diverged rank, a rank failing inside
          a step, rank 0 failing to write a checkpoint, and a resume on all ranks of a
          checkpoint written by a run on one rank fewer
+  gpu    the padded-sequence case on the PTX backend
   die    rank 0 is killed while writing a checkpoint over a good one
   raise  rank 1 raises outside any step, while rank 0 trains
 """
@@ -86,6 +87,9 @@ if scenario == "ranks":
     tr = rc.Trainer.load(ckpt, backend="numpy", dtype="float64", distributed="mpi")
     mpi_cases.fit(tr, "masked", epochs=1)
     keep("resumed", tr)
+
+elif scenario == "gpu":  # one rank per GPU (GPU local rank mod GPUs), gradients staged on the host
+    keep("masked-ptx", mpi_cases.run("masked", distributed="mpi", backend="ptx"))
 
 elif scenario == "die":
     ckpt = os.path.join(out, "good.ckpt")

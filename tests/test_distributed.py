@@ -133,6 +133,20 @@ def test_ranks_give_the_one_process_parameters(tmp_path, ranks):
             assert f"step 1: 1 of {ranks} ranks failed" in nan
 
 
+def _cuda_present():
+    from rnncomp.backends.ptx.runtime import cuda_available
+    return cuda_available()
+
+
+@pytest.mark.skipif(not _cuda_present(), reason="no CUDA GPU/driver or cuda-python in this process")
+def test_ranks_on_the_gpu_give_the_one_process_parameters(tmp_path):
+    ref = mpi_cases.run("masked", backend="ptx")
+    p, _ = mpiexec(2, os.path.join(HERE, "mpi_worker.py"), "gpu", str(tmp_path), cwd=tmp_path)
+    assert p.returncode == 0, ran(p)
+    for r in range(2):
+        same_as(ref, tmp_path / f"masked-ptx.rank{r}.npz")
+
+
 def test_a_rank_killed_while_saving_leaves_the_good_checkpoint(tmp_path):
     p, seconds = mpiexec(2, os.path.join(HERE, "mpi_worker.py"), "die", str(tmp_path), cwd=tmp_path)
     assert p.returncode != 0 and seconds < 120, ran(p)
