@@ -189,7 +189,8 @@ def main():
         print(f"  Allreduce of H={H}'s gradient ({a['bytes'] / 1e6:.2f} MB, 2 ranks): median "
               f"{a['allreduce_s'] * 1e3:.3f} ms, best {a['allreduce_best_s'] * 1e3:.3f} ms")
     for H, curve in compute.items():
-        print(f"  CPU time per step, 1 thread, H={H}: " + ", ".join(f"B={b} {t * 1e3:.1f} ms" for b, t in curve.items()))
+        points = ", ".join(f"B={b} {t * 1e3:.1f} ms" for b, t in curve.items())
+        print(f"  CPU time per step, 1 thread, H={H}: {points}")
     for name in ("model_shared_memory", "model_ib_100g", "model_10gbe"):
         for H, m in res[name].items():
             for kind in ("strong", "weak"):
