@@ -8,6 +8,7 @@
                                  --dot [step|unfolded|gradient] [--k K] [--png F|--svg F],
                                  --cost [--T 1000 --B 32 --dtype float32], --flow [--T 50] [--png F]
     rnncomp train CELL --task sine|adding|charlm|FILE [--epochs 5 --save F --resume F --plot F.png]
+    mpiexec -n 4 rnncomp train ...     the same, data-parallel over 4 MPI ranks (docs/distributed.md)
 """
 from __future__ import annotations
 
@@ -231,26 +232,58 @@ def _inspect_args(ins) -> None:
 def train_cmd(args) -> int:
     """Train a cell on a built-in task (sine, adding) or a text (charlm: the shipped corpus,
     or a FILE) as a character-level language model; with checkpoints and a learning curve."""
+    import contextlib
+    import os
+
     from .train.tasks import TASKS
 
-    tr = _train_task(args, TASKS[args.task]) if args.task in TASKS else _train_text(args)
-    if args.save:
-        tr.save(args.save)
-        print(f"  checkpoint: {args.save}")
-    if args.plot:
-        print(f"  learning curve: {tr.plot(args.plot)}")
+    with contextlib.ExitStack() as stack:
+        if _distributed(args):  # one output: rank 0's (the others train silently)
+            from .train.distributed import Group
+            group = Group()
+            if group.is_root:
+                print(f"distributed: {group.size} MPI ranks, each sharing the node's cores "
+                      f"({group.threads_per_rank()} thread(s) per rank on this node)")
+            else:
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+        tr = _train_task(args, TASKS[args.task]) if args.task in TASKS else _train_text(args)
+        if args.save:
+            tr.save(args.save)
+            print(f"  checkpoint: {args.save}")
+        if args.plot:
+            print(f"  learning curve: {tr.plot(args.plot)}")
     return 0
+
+
+def _distributed(args):
+    """"mpi" when asked to (``--distributed mpi``), or, by default, when an MPI launcher
+    started this process among others; None otherwise."""
+    from .train.distributed import launched_by_mpiexec
+
+    if args.distributed == "none":
+        return None
+    n = launched_by_mpiexec()
+    if args.distributed == "auto" and n <= 1:
+        return None
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        raise SystemExit(f"rnncomp: started as one of {n} MPI processes, but mpi4py is not installed; "
+                         "pip install 'rnncomp[mpi]' (or pass --distributed none to train "
+                         "independently)") from None
+    return "mpi"
 
 
 def _new_or_resumed(args, make_cell, lr, check=None):
     from .train import Adam, Trainer, Truncated
 
     if args.resume:
-        tr = Trainer.load(args.resume, backend=args.backend)
+        tr = Trainer.load(args.resume, backend=args.backend, distributed=_distributed(args))
         print(f"resumed {args.resume} at step {tr.step_count}")
     else:
         bptt = Truncated(args.k1, args.k2 or args.k1) if args.k1 else None
-        tr = Trainer(make_cell(), Adam(lr), clip_norm=1.0, bptt=bptt, backend=args.backend, seed=args.seed)
+        tr = Trainer(make_cell(), Adam(lr), clip_norm=1.0, bptt=bptt, backend=args.backend, seed=args.seed,
+                     distributed=_distributed(args))
     if check:
         check(tr.cell)
     return tr
@@ -373,6 +406,9 @@ def main(argv=None) -> int:
     tr.add_argument("--save", help="write a checkpoint here")
     tr.add_argument("--resume", help="continue from a checkpoint")
     tr.add_argument("--plot", metavar="PNG", help="write the learning curve here")
+    tr.add_argument("--distributed", choices=["auto", "mpi", "none"], default="auto",
+                    help="data-parallel over MPI ranks; auto: when started by mpiexec/srun among "
+                         "other processes")
     args = p.parse_args(argv)
     return {"demo": demo, "inspect": inspect_cmd, "compile": compile_cmd, "train": train_cmd}[args.cmd](args)
 

@@ -26,7 +26,8 @@ def test_markdown_python_blocks_run(doc):
                                  "rnncomp.schedules", "rnncomp.inspect.memory", "rnncomp.passes.cotangents_after",
                                  "rnncomp.backends.vjp",
                                  "rnncomp.train.optim", "rnncomp.train.trainer", "rnncomp.train.tasks",
-                                 "rnncomp.train.data", "rnncomp.train.plot", "rnncomp.train.text"])
+                                 "rnncomp.train.data", "rnncomp.train.plot", "rnncomp.train.text",
+                                 "rnncomp.train.distributed"])
 def test_doctests(mod):
     result = doctest.testmod(importlib.import_module(mod), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0

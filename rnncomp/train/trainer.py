@@ -66,9 +66,23 @@ class Trainer:
 
     def __init__(self, cell, optimizer: Optimizer | None = None, *, clip_norm=None, clip_value=None,
                  bptt: Truncated | None = None, backend="native", dtype="float32", seed=0,
-                 params=None, update=None, **compile_options):
+                 params=None, update=None, distributed=None, comm=None, accumulate=1, **compile_options):
         """``update``: "native" runs clipping + the optimizer as one compiled call (the default
-        with ``backend="native"`` when the optimizer is a built-in one), "numpy" with NumPy."""
+        with ``backend="native"`` when the optimizer is a built-in one), "numpy" with NumPy.
+
+        ``distributed="mpi"`` (or ``comm=`` an mpi4py communicator): data-parallel over the MPI
+        ranks, each taking its shard of every global batch (docs/distributed.md).
+        ``accumulate=k``: each (shard of a) batch runs as k micro-batches whose gradients are
+        summed before one update: the same result with a k-th of the activation memory."""
+        from .distributed import Group
+        if not (isinstance(accumulate, int) and accumulate >= 1):
+            raise ValueError(f"accumulate must be a positive integer, got {accumulate!r}")
+        if distributed not in (None, "mpi"):
+            raise ValueError(f"distributed must be None or 'mpi', got {distributed!r}")
+        self.accumulate = accumulate
+        self.dist = Group(comm) if distributed == "mpi" or comm is not None else None
+        if self.dist is not None:  # this rank's threads (its share of the node's cores) or GPU
+            compile_options = self.dist.compile_defaults(backend, compile_options)
         self.cell, self.bptt = cell, bptt
         self.clip_norm, self.clip_value = clip_norm, clip_value
         self.backend, self.dtype = backend, np.dtype(dtype)
@@ -102,8 +116,13 @@ class Trainer:
     # ------------------------------------------------------------------ one update
     def train_step(self, inputs, targets, h0=None, mask=None):
         """Forward + BPTT + clipping + optimizer update; returns (loss, final states)."""
-        loss, grads, final = self.model.loss_and_grad(self.params, inputs, targets, h0=h0, mask=mask)
-        g = np.concatenate([grads[n].ravel() for n in self.names])
+        if self.dist is not None or self.accumulate > 1:  # shards and micro-batches, summed
+            from .distributed import loss_and_grad
+            loss, g, final = loss_and_grad(self, inputs, targets, h0, mask)
+            grads = dict(zip(self.names, np.split(g, self._ends[:-1])))  # flat views, to name a bad one
+        else:
+            loss, grads, final = self.model.loss_and_grad(self.params, inputs, targets, h0=h0, mask=mask)
+            g = np.concatenate([grads[n].ravel() for n in self.names])
         first = -1  # with update="native": the index of the first non-finite gradient element
         if self._update is not None and np.isfinite(loss):
             # one native call: finite check, clipping, decay, optimizer update (writes nothing
@@ -112,6 +131,8 @@ class Trainer:
                                  self.clip_value, self.clip_norm)
             if first < 0:
                 self.step_count += 1
+                if self.dist is not None:
+                    self.dist.check_same(self.flat, self.step_count)
                 return loss, final
         if not np.isfinite(loss) or first >= 0 or not np.isfinite(g).all():
             if first >= 0:
@@ -129,6 +150,8 @@ class Trainer:
                 g *= self.clip_norm / norm
         self.step_count += 1
         self.optimizer.step(self.flat, g, self.step_count)
+        if self.dist is not None:
+            self.dist.check_same(self.flat, self.step_count)
         return loss, final
 
     def _sequence(self, x, t, mask, h0=None):
@@ -182,7 +205,11 @@ class Trainer:
             raise CallError("fit(stateful=True) carries the state of the last step to the next batch; "
                             "with lengths= it would be carried through the padding")
         shuffle = (not stateful) if shuffle is None else shuffle
+        verbose = verbose if self.dist is None or self.dist.is_root else 0  # one progress bar: rank 0's
         mask = self._mask(mask, lengths, T, N)
+        if self.dist is not None:
+            self.dist.check_same_data({**x, **{"target:" + k: v for k, v in t.items()}, "mask": mask},
+                                      (epochs, batch_size, shuffle, seed, stateful))
         rng = np.random.default_rng(seed)
         for epoch in range(epochs):
             order = rng.permutation(N) if shuffle else np.arange(N)
@@ -308,13 +335,22 @@ class Trainer:
             legend.append("epoch mean")
         if not series:
             raise TrainingError("plot: nothing to draw, the loss history is empty (train first)")
+        if self.dist is not None and not self.dist.is_root:  # every rank has the same history
+            return str(path)
         line_plot(path, series, title=title or f"{self.cell.name}: training loss", xlabel="epoch",
                   ylabel="loss", legend=legend)
         return str(path)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path) -> None:
-        """Cell, parameters, optimizer state and step, written atomically (temp file + rename)."""
+        """Cell, parameters, optimizer state and step, written atomically (temp file + rename).
+        Distributed: rank 0 writes, every rank returns once it has (or raises its error)."""
+        if self.dist is not None:
+            dist, self.dist = self.dist, None
+            try:
+                return dist.on_root(self.save, path)
+            finally:
+                self.dist = dist
         blob = {"format": 1, "cell": self.cell, "fingerprint": str(self.cell),
                 "params": {n: v.copy() for n, v in self.params.items()},
                 "optimizer": self.optimizer, "step": self.step_count, "history": self.history,

@@ -1,0 +1,108 @@
+"""Run by tests/test_distributed.py under ``mpiexec -n R``: ``python mpi_worker.py SCENARIO OUT``.
+
+Each rank writes what it computed (parameters, losses, error messages) under OUT; the test
+compares them with a one-process run.  Scenarios:
+  ranks  the cases of mpi_cases.py (and one with accumulate=2), a global batch smaller
+         than the ranks, one rank given other data, a diverged rank, a rank failing inside
+         a step, rank 0 failing to write a checkpoint, and a resume on all ranks of a
+         checkpoint written by a run on one rank fewer
+  gpu    the padded-sequence case on the PTX backend
+  die    rank 0 is killed while writing a checkpoint over a good one
+  raise  rank 1 raises outside any step, while rank 0 trains
+"""
+import os
+import signal
+import sys
+
+import numpy as np
+from mpi4py import MPI
+
+import mpi_cases
+import rnncomp as rc
+
+comm = MPI.COMM_WORLD
+rank, size = comm.Get_rank(), comm.Get_size()
+scenario, out = sys.argv[1], sys.argv[2]
+
+
+def keep(name, tr):
+    np.savez(os.path.join(out, f"{name}.rank{rank}.npz"), flat=tr.flat, history=np.array(tr.history))
+
+
+def error_of(name, fn):
+    """Run ``fn``, expecting it to raise; write its message (or that it did not raise)."""
+    try:
+        fn()
+        text = "no error"
+    except Exception as e:  # noqa: BLE001 -- the message is what the test checks
+        text = f"{type(e).__name__}: {e}"
+    with open(os.path.join(out, f"{name}.rank{rank}.txt"), "w") as fh:
+        fh.write(text)
+
+
+class KillOnPickle:
+    """Kills this process when pickled: a rank dying in the middle of writing a checkpoint."""
+
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+if scenario == "ranks":
+    for case in mpi_cases.CASES:
+        keep(case, mpi_cases.run(case, distributed="mpi"))
+    if size == 2:
+        keep("stateful-accumulate", mpi_cases.run("stateful", distributed="mpi", accumulate=2))
+    error_of("small-batch", lambda: mpi_cases.fit(mpi_cases.trainer("masked", distributed="mpi"), "masked",
+                                                  batch_size=size - 1))
+
+    mine = mpi_cases.CASES["masked"]()[1]["inputs"].copy()
+    if rank == size - 1:
+        mine[3, 2, 1] += 1e-9  # one value differs on one rank
+    error_of("other-data", lambda: mpi_cases.fit(mpi_cases.trainer("masked", distributed="mpi"), "masked",
+                                                 inputs=mine))
+
+    tr = mpi_cases.trainer("masked", distributed="mpi")
+    tr.dist.check_every = 1
+    if rank == size - 1:  # one ulp on one rank
+        tr.flat[0] = np.nextafter(tr.flat[0], np.inf)
+    error_of("diverged", lambda: mpi_cases.fit(tr, "masked", epochs=1))
+
+    x = mpi_cases.CASES["masked"]()[1]["inputs"]
+    bad = x.copy()
+    bad[0, 7] = np.nan  # sequence 7 of the first (unshuffled) batch of 8: the last rank's shard
+    error_of("nan-shard", lambda: mpi_cases.fit(mpi_cases.trainer("masked", distributed="mpi"), "masked",
+                                                inputs=bad, shuffle=False, epochs=1))
+
+    error_of("save-fails", lambda: tr.save(os.path.join(out, "no-such-dir", "x.ckpt")))
+
+    # resume: a run on ranks 0 … size-2 writes the checkpoint, all ranks continue from it
+    ckpt = os.path.join(out, "resume.ckpt")
+    first = comm.Split(0 if rank < size - 1 else MPI.UNDEFINED, rank)
+    if first != MPI.COMM_NULL:
+        tr = mpi_cases.trainer("masked", comm=first)
+        mpi_cases.fit(tr, "masked", epochs=1)
+        tr.save(ckpt)
+        first.Free()
+    comm.Barrier()
+    tr = rc.Trainer.load(ckpt, backend="numpy", dtype="float64", distributed="mpi")
+    mpi_cases.fit(tr, "masked", epochs=1)
+    keep("resumed", tr)
+
+elif scenario == "gpu":  # one rank per GPU (GPU local rank mod GPUs), gradients staged on the host
+    keep("masked-ptx", mpi_cases.run("masked", distributed="mpi", backend="ptx"))
+
+elif scenario == "die":
+    ckpt = os.path.join(out, "good.ckpt")
+    tr = mpi_cases.run("masked", distributed="mpi")
+    tr.save(ckpt)
+    keep("good", tr)
+    mpi_cases.fit(tr, "masked", epochs=1)
+    if rank == 0:
+        tr.history.append(KillOnPickle())
+    tr.save(ckpt)  # rank 0 dies writing; rank 1 waits for its outcome
+
+elif scenario == "raise":
+    tr = mpi_cases.trainer("masked", distributed="mpi")
+    if rank == 1:
+        raise RuntimeError("rank 1 stops outside any step")
+    mpi_cases.fit(tr, "masked", epochs=50)

@@ -1,0 +1,181 @@
+"""Data-parallel training: R MPI ranks (mpiexec, from the mpi extra) and k micro-batches give
+the parameters of one process on the same global batches; a failing rank stops them all.
+
+The MPI tests run tests/mpi_worker.py under ``mpiexec -n R``; without mpiexec they fail
+(the test extra installs it), they never skip."""
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import mpi_cases
+import rnncomp as rc
+from rnncomp.cli import main
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(rc.__file__)))  # the rnncomp under test
+TOL = 1e-12  # float64: one sum in another order
+
+
+def mpiexec(n, *args, cwd, timeout=240):
+    """Run ``python ARGS`` on n ranks; (completed process, seconds)."""
+    exe = shutil.which("mpiexec", path=os.pathsep.join([os.path.dirname(sys.executable),
+                                                        os.environ.get("PATH", "")]))
+    if exe is None:
+        pytest.fail("mpiexec not found: install the test extra, which brings mpi4py and MPICH "
+                    "(pip install '.[test]')")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]))
+    t0 = time.perf_counter()
+    p = subprocess.run([exe, "-n", str(n), sys.executable, *args], cwd=cwd, env=env,
+                       capture_output=True, text=True, timeout=timeout)
+    return p, time.perf_counter() - t0
+
+
+def ran(p):
+    return f"exit {p.returncode}\n--- stdout\n{p.stdout[-3000:]}\n--- stderr\n{p.stderr[-3000:]}"
+
+
+def same_as(ref, path):
+    """The parameters and losses a rank wrote equal the one-process run's."""
+    got = np.load(path)
+    np.testing.assert_allclose(got["flat"], ref.flat, rtol=0, atol=TOL, err_msg=path)
+    np.testing.assert_allclose(got["history"], ref.history, rtol=0, atol=TOL, err_msg=path)
+    return got["flat"]
+
+
+def message(out, name, rank):
+    with open(os.path.join(out, f"{name}.rank{rank}.txt")) as fh:
+        return fh.read()
+
+
+@pytest.mark.parametrize("case", list(mpi_cases.CASES))
+@pytest.mark.parametrize("k", [2, 3])
+def test_accumulate_gives_the_one_batch_parameters(case, k):
+    ref = mpi_cases.run(case)
+    acc = mpi_cases.run(case, accumulate=k)
+    np.testing.assert_allclose(acc.flat, ref.flat, rtol=0, atol=TOL)
+    np.testing.assert_allclose(acc.history, ref.history, rtol=0, atol=TOL)
+    assert acc.step_count == ref.step_count > 0
+
+
+def test_accumulate_train_step_with_a_per_step_mask():
+    """train_step called directly, with a (T,) mask and initial states: the same update."""
+    rng = np.random.default_rng(7)
+    x, y = rng.normal(size=(6, 5, 3)), rng.normal(size=(6, 5, 2))
+    h0 = {"h": rng.normal(size=(5, 6)), "c": rng.normal(size=(5, 6))}
+    mask = np.array([0, 1, 1, 0.5, 1, 0])
+    one, two = (mpi_cases.trainer("masked", accumulate=k) for k in (1, 2))
+    (l1, f1), (l2, f2) = (tr.train_step({"x": x}, {"target": y}, h0=h0, mask=mask) for tr in (one, two))
+    np.testing.assert_allclose(two.flat, one.flat, rtol=0, atol=TOL)
+    assert abs(l2 - l1) < TOL
+    for s in f1:
+        np.testing.assert_allclose(f2[s], f1[s], rtol=0, atol=TOL)
+
+
+def test_accumulate_stops_on_a_non_finite_gradient_as_one_batch_does():
+    messages = []
+    for k in (1, 2):
+        tr = rc.Trainer(rc.cells.elman(2, 4, 1), rc.SGD(0.1), backend="numpy", dtype="float64", accumulate=k)
+        tr.params["V"][...] = 1e300
+        before = tr.flat.copy()
+        with np.errstate(all="ignore"), pytest.raises(rc.TrainingError) as err:
+            tr.train_step(np.ones((3, 4, 2)), np.ones((3, 4, 1)))  # lone arrays, not dicts
+        np.testing.assert_array_equal(tr.flat, before)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and "non-finite gradient of" in messages[0]
+
+
+def test_accumulate_bad_values_are_named():
+    tr = mpi_cases.trainer("masked", accumulate=4)
+    with pytest.raises(rc.errors.CallError, match="3 sequences cannot be shared by 4 micro-batches"):
+        mpi_cases.fit(tr, "masked", batch_size=3)
+    with pytest.raises(ValueError, match="accumulate must be a positive integer, got 0"):
+        mpi_cases.trainer("masked", accumulate=0)
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_ranks_give_the_one_process_parameters(tmp_path, ranks):
+    refs = {case: mpi_cases.run(case) for case in mpi_cases.CASES}  # also fills the compile cache
+    resumed = mpi_cases.trainer("masked")
+    mpi_cases.fit(resumed, "masked", epochs=1)
+    resumed.save(tmp_path / "one.ckpt")
+    resumed = rc.Trainer.load(tmp_path / "one.ckpt", backend="numpy", dtype="float64")
+    mpi_cases.fit(resumed, "masked", epochs=1)
+
+    p, _ = mpiexec(ranks, os.path.join(HERE, "mpi_worker.py"), "ranks", str(tmp_path), cwd=tmp_path)
+    assert p.returncode == 0, ran(p)
+    runs = [(case, ref) for case, ref in refs.items()] + [("resumed", resumed)]
+    if ranks == 2:
+        runs.append(("stateful-accumulate", refs["stateful"]))
+    for name, ref in runs:
+        flats = [same_as(ref, tmp_path / f"{name}.rank{r}.npz") for r in range(ranks)]
+        for f in flats[1:]:
+            np.testing.assert_array_equal(f, flats[0])  # bit for bit the same on every rank
+
+    for r in range(ranks):
+        assert f"a global batch of {ranks - 1} sequences cannot be shared by {ranks} ranks" \
+            in message(tmp_path, "small-batch", r)
+        assert f"fit: rank(s) [{ranks - 1}] were given other data or options than rank 0" \
+            in message(tmp_path, "other-data", r)
+        assert "step 1: the parameters of rank(s) [" in message(tmp_path, "diverged", r)
+        assert "the ranks have diverged" in message(tmp_path, "diverged", r)
+        save = message(tmp_path, "save-fails", r)
+        assert save.startswith("FileNotFoundError" if r == 0 else "TrainingError: rank 0 failed: FileNotFoundError")
+        nan = message(tmp_path, "nan-shard", r)
+        if r == ranks - 1:  # its shard holds the NaN
+            assert f"step 1: rank {r} of {ranks} failed: CallError" in nan and "contains nan" in nan
+        else:
+            assert f"step 1: 1 of {ranks} ranks failed" in nan
+
+
+def _cuda_present():
+    from rnncomp.backends.ptx.runtime import cuda_available
+    return cuda_available()
+
+
+@pytest.mark.skipif(not _cuda_present(), reason="no CUDA GPU/driver or cuda-python in this process")
+def test_ranks_on_the_gpu_give_the_one_process_parameters(tmp_path):
+    ref = mpi_cases.run("masked", backend="ptx")
+    p, _ = mpiexec(2, os.path.join(HERE, "mpi_worker.py"), "gpu", str(tmp_path), cwd=tmp_path)
+    assert p.returncode == 0, ran(p)
+    for r in range(2):
+        same_as(ref, tmp_path / f"masked-ptx.rank{r}.npz")
+
+
+def test_a_rank_killed_while_saving_leaves_the_good_checkpoint(tmp_path):
+    p, seconds = mpiexec(2, os.path.join(HERE, "mpi_worker.py"), "die", str(tmp_path), cwd=tmp_path)
+    assert p.returncode != 0 and seconds < 120, ran(p)
+    with open(tmp_path / "good.ckpt", "rb") as fh:
+        blob = pickle.load(fh)
+    good = np.load(tmp_path / "good.rank0.npz")
+    saved = np.concatenate([blob["params"][n].ravel() for n in blob["params"]])
+    np.testing.assert_array_equal(saved, good["flat"])
+    assert blob["history"] == list(good["history"])
+
+
+def test_an_uncaught_exception_on_one_rank_stops_every_rank(tmp_path):
+    p, seconds = mpiexec(2, os.path.join(HERE, "mpi_worker.py"), "raise", str(tmp_path), cwd=tmp_path)
+    # without the abort, rank 0 would wait in its first Allreduce until the timeout
+    assert p.returncode != 0 and seconds < 120, ran(p)
+    assert "rank 1 of 2 stopped on an uncaught RuntimeError; aborting every rank" in p.stderr, ran(p)
+    assert "RuntimeError: rank 1 stops outside any step" in p.stderr, ran(p)
+
+
+def test_cli_under_mpiexec_trains_like_one_process(tmp_path, capsys):
+    args = ["train", "elman", "--task", "sine", "--N", "40", "--T", "12", "--hidden", "8", "--batch", "9",
+            "--epochs", "2", "--backend", "numpy"]
+    assert main(args + ["--save", str(tmp_path / "one.ckpt")]) == 0
+    capsys.readouterr()
+    p, _ = mpiexec(2, "-m", "rnncomp.cli", *args, "--save", "two.ckpt", "--plot", "two.png", cwd=tmp_path)
+    assert p.returncode == 0, ran(p)
+    assert p.stdout.count("training 'elman' on sine") == 1, ran(p)  # rank 0 speaks, alone
+    assert "distributed: 2 MPI ranks" in p.stdout, ran(p)
+    assert (tmp_path / "two.png").read_bytes()[:4] == b"\x89PNG"
+    one, two = (rc.Trainer.load(tmp_path / f, backend="numpy") for f in ("one.ckpt", "two.ckpt"))
+    assert one.step_count == two.step_count > 0
+    np.testing.assert_allclose(two.flat, one.flat, rtol=0, atol=1e-6)  # float32, sums in another order
