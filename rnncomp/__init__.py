@@ -5,7 +5,6 @@ BPTT step (:func:`explain`), unfold it (:func:`unfold`), and compile it
 (:func:`compile`).
 """
 from . import backends, cells, inspect
-from .backends.llvm import jit as _jit  # noqa: F401 (rc.backends.llvm.jit)
 from .autodiff import backward_step
 from .cell import Cell
 from .compile import compile
