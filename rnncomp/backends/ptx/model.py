@@ -181,7 +181,7 @@ class PtxModel(PtxVjp):
                 bwd.append(resolve(P.bwd_loop, 0, 1))
             else:
                 bwd += [resolve(x, t, 1) for t in reversed(range(T)) for x in P.bwd_step]
-            bwd += [resolve(x, 0, T) for x in P.bwd_grads]
+            bwd += [resolve(x, 0, T) for x in P.bwd_after + P.bwd_grads]
         a["launches"] = (len(fwd), len(bwd))
         addr = lambda key, t=0: L.address(key, t, base, offsets, B, isz)  # noqa: E731
         stage, run_ops, train_ops = self._staging(a, addr, T, B)

@@ -5,6 +5,8 @@ A cell compiles to a :class:`~.codegen.KernelSet` and four launch lists:
     fwd_static  once, rows T·B: forward nodes that read no state (all W·x[t]), hoisted
     fwd_step    every t = 0 … T-1, rows B
     bwd_step    every t = T-1 … 0, rows B (the backward step f̄, then carry copies)
+    bwd_after   once, rows T·B: what only the inputs' cotangents read (δx[t] = Wᵀ·δa[t]; pass
+                "cotangents after the loop", :mod:`rnncomp.passes.cotangents_after`)
     bwd_grads   once, rows T·B: parameter gradients summed over every step and sample
 
 Nodes are scheduled (any topological order of a step computes the same values, every
@@ -40,6 +42,7 @@ import numpy as np
 from ...errors import CompileError
 from ...ir import LEAF_OPS, key_str, placeholder, prune, state_independent
 from ..llvm.exprgen import unsupported
+from ...passes.cotangents_after import after_loop
 from ..stackplan import grad_groups, stack_step, step_keep
 from .codegen import KernelSet
 from .persistent import loop_launch
@@ -113,6 +116,7 @@ class Plan:
     fwd_step: list = field(default_factory=list)
     bwd_step: list = field(default_factory=list)
     bwd_grads: list = field(default_factory=list)
+    bwd_after: list = field(default_factory=list)
     fwd_prologue: list = field(default_factory=list)  # once per call: stacked weights of the forward
     bwd_prologue: list = field(default_factory=list)  # ... and those only the backward step uses
     param_slot: dict = field(default_factory=dict)
@@ -268,10 +272,18 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
                                      note=f"carry {s}"))
         plan.carry_slot[s] = slot
     todo = [k for k, n in bprog.nodes.items() if n.op not in LEAF_OPS | FREE_OPS and k not in balias]
+    # every backward value has a row block per step here, so what only the inputs' cotangents
+    # read runs after the loop, over T·B rows, as the gradients do
+    inside = {k for specs in bwd.grads.values() for sp_ in specs
+              for k in (sp_[1:2] if sp_[0] == "batch" else sp_[1:3])} | set(bwd.carry_out.values())
+    outs = {k for k in bwd.input_adjoints.values() if k is not None}
+    after, _ = after_loop(bprog, outs, inside, {bwd.weight} | set(bwd.out_seeds.values()))
     ks.tiled = tiled and not persistent
-    for group in _groups(bprog, todo, fuse, balias):
+    for group in _groups(bprog, [k for k in todo if k not in after], fuse, balias):
         plan.bwd_step += _split(_group_launch(ks, bprog, group, "B", L, shapes, tr_weight))
     ks.tiled = tiled
+    for group in _groups(bprog, [k for k in todo if k in after], fuse, balias):
+        plan.bwd_after.append(_group_launch(ks, bprog, group, "TB", L, shapes))
     plan.bwd_step += copies
     plan.bwd_prologue = [_stack_launch(ks, plan.stacks[n], step.params) for n in plan.stacks
                          if n in _stacks_used(bprog) and n not in fwd_stacks]
