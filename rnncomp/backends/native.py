@@ -31,7 +31,7 @@ from ..autodiff import LOSS_ONLY, backward_step
 from ..errors import CompileError
 from ..memory import schedule
 from ..ir import LEAF_OPS, prune, state_independent
-from ..passes.cotangents_after import after_loop
+from ..passes.cotangents_after import for_backward
 from .stackplan import grad_groups, stack_step
 from .llvm.builder import I64, for_range
 from .llvm.exprgen import unsupported
@@ -434,8 +434,7 @@ class NativeModel(NativeCalls, NativeVjp):
         self.deferred, self.deferred_keys = set(), set()
         self.after = set()
         if self.hoist and bwd.cot.inputs:
-            outs = {k for k in bwd.input_adjoints.values() if k is not None}
-            self.after, keep = after_loop(self._bwd_prog, outs, self._readers() - outs, self._timed_seeds())
+            self.after, keep = for_backward(bwd, self._bwd_prog, self._readers() - self._timed_seeds())
             wholes = {}
             for key, (w, _, _) in self.views.items():
                 wholes.setdefault(w, []).append(key)

@@ -328,13 +328,18 @@ class NativeCalls:
             buf[...] = 0 if carry is None or s_ not in carry else carry[s_]
         for p, k in self.grad_slot.items():
             arrays[k] = grads[p]  # the native code accumulates into these
-        self._run(self._bwdfn, arrays, seg.T, seg.B)
-        d_in = seg.call.d_in
+        d_in, copy_out = seg.call.d_in or {}, []
         for x, key in self.bwd.input_adjoints.items():  # the inputs' cotangents of these steps
-            if d_in is not None and key is not None:
-                slot, n = self.bwd_slot[key]
-                col = self.layout.where[key][4]
-                d_in[x][seg.a:seg.b] = arrays[slot][:, :, col:col + n]
+            if x not in d_in or key is None:
+                continue
+            slot, n = self.bwd_slot[key]
+            if self.slot_width.get(slot, n) == n:  # a slot of its own: written in place
+                arrays[slot] = d_in[x][seg.a:seg.b]
+            else:
+                copy_out.append((x, slot, self.layout.where[key][4], n))
+        self._run(self._bwdfn, arrays, seg.T, seg.B)
+        for x, slot, col, n in copy_out:
+            d_in[x][seg.a:seg.b] = arrays[slot][:, :, col:col + n]
         return {s_: arrays[self.bwd_slot[key][0]].copy() for s_, key in self.bwd.carry_in.items()}
 
     def activation_bytes(self, T: int, B: int) -> int:

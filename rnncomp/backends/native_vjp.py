@@ -122,7 +122,9 @@ class NativeVjp(VjpMixin):
             cut = (lambda a, ax: a) if whole else (  # noqa: E731
                 lambda a, ax: np.ascontiguousarray(a[:, sl] if ax == 1 else a[sl]))
             sub.d_out = {o: cut(a, 1) for o, a in d_out.items()}
-            sub.d_in = {x: np.zeros((sub.T, sub.B, st.inputs[x]), dtype=dt) for x in v.bwd.cot.inputs}
+            # written in full by the backward where a gradient reaches the input, else zeros
+            sub.d_in = {x: (np.empty if v.bwd.input_adjoints[x] is not None else np.zeros)(
+                (sub.T, sub.B, st.inputs[x]), dtype=dt) for x in v.bwd.cot.inputs}
             carry = {s: cut(a, 0) for s, a in d_fin.items()}
             grads = v._new_grads()
             if part.seg is not None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from ..errors import CompileError
 from ..ir import Program
+from ..passes.cotangents_after import for_backward
 from ..stacking import stack_products
 
 
@@ -45,7 +46,9 @@ def stack_step(step, bwd, fwd: Program, static=frozenset()) -> StackedStep:
         bprog = bwd.prog
         bkeep = {k for k in bwd.carry_out.values() if k is not None} | {bwd.weight}
         bkeep |= {k for k in bwd.input_adjoints.values() if k is not None}  # read by the caller
-        rb = stack_products(bprog, step.params, keep=bkeep)
+        # a product that only the inputs' cotangents read runs after the loop: never stacked
+        # with one the loop needs (pass "cotangents after the loop")
+        rb = stack_products(bprog, step.params, keep=bkeep, static=for_backward(bwd)[0])
         if set(rb.prog.nodes) & set(out.fwd.nodes) - set(bprog.nodes):
             raise CompileError(f"cell {step.name!r}: internal: stacked keys collide")
         out.bwd = rb.prog

@@ -21,6 +21,7 @@ kept object and its lifetime -- is here, once.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,12 +92,14 @@ class Kept:
     given, else None).  Unpacks like ``forward``'s ``(outputs, final)``.
 
     :meth:`backward` may be called more than once (each call starts from the kept forward;
-    nothing is recomputed unless a ``memory=`` schedule said not to keep every step).
+    nothing is recomputed unless a ``memory=`` schedule said not to keep every step), also
+    from several threads (they take turns: the kept buffers are one set).
     :meth:`free` (or dropping the object) gives the kept buffers back; a backward after
     :meth:`free` is an error."""
 
     def __init__(self, model, state, outputs, final, loss, cot, T, B):
         self._model, self._state = model, state
+        self._lock = threading.Lock()
         self.outputs, self.final, self.loss = outputs, final, loss
         self.cot, self.T, self.B = cot, T, B
 
@@ -123,12 +126,16 @@ class Kept:
         if missing:
             raise CallError(f"cell {st.name!r}: d_outputs for {', '.join(map(repr, missing))}, but this "
                             f"forward was kept for cotangents of {list(self.cot.outputs) or 'no output'} only")
-        grads, d_in, d_h0 = model._vjp_backward(self._state, d_out, d_fin)
+        with self._lock:
+            if self._state is None:
+                raise CallError(f"cell {st.name!r}: backward on a forward whose buffers were freed")
+            grads, d_in, d_h0 = model._vjp_backward(self._state, d_out, d_fin)
         return Gradients(grads, d_in, d_h0, self.loss)
 
     def free(self) -> None:
         """Give the kept buffers back now (a later :meth:`backward` is an error)."""
-        state, self._state = self._state, None
+        with self._lock:
+            state, self._state = self._state, None
         if state is not None:
             self._model._vjp_release(state)
 

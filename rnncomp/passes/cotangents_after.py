@@ -52,3 +52,17 @@ def after_loop(prog, outs, inside, timed):
     keep = {a for k in after for a in prog.nodes[k].args
             if a in prog.nodes and a not in after and prog.nodes[a].op not in LEAF_OPS}
     return after, keep
+
+
+def for_backward(bwd, prog=None, inside=()):
+    """:func:`after_loop` for a derived backward step (``prog``: its program after other
+    passes; default ``bwd.prog``): the outputs are its inputs' cotangents, what the
+    gradients and the carried adjoints read stays inside, the step weights and the
+    outputs' cotangents exist for every step."""
+    outs = {k for k in bwd.input_adjoints.values() if k is not None}
+    if not outs:
+        return set(), set()
+    inside = set(inside) | {k for k in bwd.carry_out.values() if k is not None}
+    inside |= {k for specs in bwd.grads.values() for s in specs for k in (s[1:2] if s[0] == "batch" else s[1:3])}
+    return after_loop(bwd.prog if prog is None else prog, outs, inside - outs,
+                      {bwd.weight} | set(bwd.out_seeds.values()))

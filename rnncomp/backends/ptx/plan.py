@@ -42,7 +42,7 @@ import numpy as np
 from ...errors import CompileError
 from ...ir import LEAF_OPS, key_str, placeholder, prune, state_independent
 from ..llvm.exprgen import unsupported
-from ...passes.cotangents_after import after_loop
+from ...passes.cotangents_after import for_backward
 from ..stackplan import grad_groups, stack_step, step_keep
 from .codegen import KernelSet
 from .persistent import loop_launch
@@ -274,10 +274,7 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
     todo = [k for k, n in bprog.nodes.items() if n.op not in LEAF_OPS | FREE_OPS and k not in balias]
     # every backward value has a row block per step here, so what only the inputs' cotangents
     # read runs after the loop, over T·B rows, as the gradients do
-    inside = {k for specs in bwd.grads.values() for sp_ in specs
-              for k in (sp_[1:2] if sp_[0] == "batch" else sp_[1:3])} | set(bwd.carry_out.values())
-    outs = {k for k in bwd.input_adjoints.values() if k is not None}
-    after, _ = after_loop(bprog, outs, inside, {bwd.weight} | set(bwd.out_seeds.values()))
+    after, _ = for_backward(bwd, bprog)
     ks.tiled = tiled and not persistent
     for group in _groups(bprog, [k for k in todo if k not in after], fuse, balias):
         plan.bwd_step += _split(_group_launch(ks, bprog, group, "B", L, shapes, tr_weight))

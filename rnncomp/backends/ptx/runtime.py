@@ -73,7 +73,10 @@ class CudaRunner:
         self.loops = dict(loops or {})    # persistent kernels: name -> (widest row, clusters allowed)
         self.loop_block, self.loop_cluster = loop_block, loop_cluster
         self.graphs = graphs
-        err = drv.cuInit(0)[0]
+        try:
+            err = drv.cuInit(0)[0]
+        except Exception as exc:  # noqa: BLE001 - cuda-python present, the driver library not
+            raise NoGPUError(f"{NO_GPU} (cuda-python cannot load the driver: {exc})") from None
         if err != drv.CUresult.CUDA_SUCCESS:
             raise NoGPUError(f"{NO_GPU} (cuInit failed: {self._name(err)})")
         n = self._check(drv.cuDeviceGetCount(), "cuDeviceGetCount")
