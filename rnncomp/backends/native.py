@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import ctypes
-import math
 import functools
 import os
 import threading
@@ -31,13 +30,13 @@ from ..autodiff import LOSS_ONLY, backward_step
 from ..errors import CompileError
 from ..memory import schedule
 from ..ir import LEAF_OPS, prune, state_independent
-from ..passes.cotangents_after import for_backward
-from .stackplan import grad_groups, stack_step
+from .stackplan import stack_step
 from .llvm.builder import I64, for_range
 from .llvm.exprgen import unsupported
 from .llvm.finite import define_first_nonfinite
 from .llvm.jit import HostTarget, compile_keyed
 from .native_calls import NativeCalls
+from .native_backward import NativeBackward
 from .native_vjp import NativeVjp
 from .native_emit import _DT, Gen, Layout, units_of
 
@@ -51,13 +50,14 @@ def _code_fingerprint() -> str:
     here = pathlib.Path(__file__).resolve().parent
     h = hashlib.sha256()
     for f in sorted([here / "native.py", here / "native_emit.py", here / "stackplan.py",
-                     *(here / "llvm").glob("*.py"), here.parent / "ir.py", here.parent / "autodiff.py",
-                     here.parent / "lower.py", here.parent / "stacking.py"]):
+                     here / "native_backward.py", *(here / "llvm").glob("*.py"), here.parent / "ir.py",
+                     here.parent / "autodiff.py", here.parent / "lower.py", here.parent / "stacking.py",
+                     *(here.parent / "passes").glob("*.py")]):
         h.update(f.read_bytes())
     return h.hexdigest()
 
 
-class NativeModel(NativeCalls, NativeVjp):
+class NativeModel(NativeBackward, NativeCalls, NativeVjp):
     """``rc.compile(cell, backend="native")``: same interface as the NumPy model.
 
     This class compiles (passes, layout, code generation); calling it -- buffers, batch
@@ -351,7 +351,6 @@ class NativeModel(NativeCalls, NativeVjp):
         return "\n".join(parts)
 
     def _gen_forward(self, module):
-        st = self.step
         g = Gen(module, self.dtype, self.layout, self.host, "forward")
         static = self._static()
         self._prologue(g, self._fwd_prog, static)
@@ -396,132 +395,6 @@ class NativeModel(NativeCalls, NativeVjp):
             return set()
         return {(p, tr) for k, n in prog.nodes.items() if n.op == "matvec" and k not in static
                 and all(c == 1 for _, _, c in n.attrs["terms"]) for p, tr, _ in n.attrs["terms"]}
-
-    def _gen_backward(self, module):
-        bwd, st = self.bwd, self.step
-        g = Gen(module, self.dtype, self.layout, self.host, "backward")
-        b = g.b
-        self._prologue(g, self._bwd_prog, set())
-        with for_range(b, g.T, name="s") as s:
-            t = b.sub(b.sub(g.T, I64(1)), s)  # t = T-1 … 0
-            self._emit_program(g, self._bwd_prog, t, skip=self.after)
-            self._emit_grads(g, t, deferred=False)
-            for s_, k in bwd.carry_out.items():
-                dst = g.ptr(bwd.carry_in[s_], t)
-                n = st.states[s_]
-                if k is None:
-                    with for_range(b, b.mul(g.B, I64(n)), name="zc") as z:
-                        b.store(ir.Constant(g.ty, 0.0), b.gep(dst, [z]))
-                else:
-                    g.copy_loop(dst, g.ptr(k, t), b.mul(g.B, I64(n)))
-        if self.after:
-            # pass "cotangents after the loop" (the transpose of "hoist"): δx[t] = Wᵀ·δa[t]
-            # for every step as one product with T·B rows
-            per_step_B, g.B = g.B, b.mul(g.T, g.B)
-            self._emit_program(g, self._bwd_prog, I64(0), only=self.after)
-            g.B = per_step_B
-        if self.deferred:
-            # pass "grad_after": Σ_t δa[t]ᵀ v[t] as ONE product with T·B rows of depth, after the
-            # loop, instead of T products of depth B (the δ values were kept for every step)
-            per_step_B, g.B = g.B, b.mul(g.T, g.B)
-            self._emit_grads(g, I64(0), deferred=True)
-            g.B = per_step_B
-        b.ret_void()
-
-    def _plan_deferred(self):
-        """Gradient specs whose operands can be kept for all steps (no carried seed among them)."""
-        bwd = self.bwd
-        self.deferred, self.deferred_keys = set(), set()
-        self.after = set()
-        if self.hoist and bwd.cot.inputs:
-            self.after, keep = for_backward(bwd, self._bwd_prog, self._readers() - self._timed_seeds())
-            wholes = {}
-            for key, (w, _, _) in self.views.items():
-                wholes.setdefault(w, []).append(key)
-            timed = keep | self.after  # both exist for every step now
-            self.deferred_keys |= timed | {m for k in timed for m in wholes.get(k, ())}
-        if not self.grad_after:
-            return
-        timed = self._timed_seeds()
-        for p, specs in bwd.grads.items():
-            for i, spec in enumerate(specs):
-                keys = [spec[1]] if spec[0] == "batch" else [spec[1], spec[2]]
-                mine = [k for k in keys if k in bwd.prog.nodes]
-                if all(bwd.prog.nodes[k].op != "seed" or k in timed for k in mine):
-                    self.deferred.add((p, i))
-                    self.deferred_keys.update(k for k in mine if bwd.prog.nodes[k].op != "seed")
-
-    def _plan_grad_groups(self):
-        """Pass "stack", gradients: when the members of a stacked value are each the δ of one
-        parameter's only gradient spec, with the same other operand (W_i: δa_iᵀ·x, b_i: Σ δa_i),
-        the parameters' gradients are laid out side by side (:meth:`_new_grads`) and
-        accumulated by ONE product (or one row loop) over the whole (``stackplan.grad_groups``)."""
-        self.grad_groups = grad_groups(self.bwd, self._bwd_prog, self.views, self.deferred)
-        self.grouped_params = {p for _, _, params, _ in self.grad_groups for p in params}
-        self._plan_grad_arena()
-
-    def _plan_grad_arena(self):
-        """Where each gradient lives in one arena: the parameters of a gradient group are
-        adjacent.  ``_grad_specs``: (param, slot, offset, elements, shape) in arena order."""
-        st, order = self.step, []
-        for _, _, params, _ in self.grad_groups:
-            order += params
-        order += [p for p in st.params if p not in self.grouped_params]
-        self._grad_specs, at = [], 0
-        for p in order:
-            shape = st.params[p] if isinstance(st.params[p], tuple) else (st.params[p],)
-            n = math.prod(shape)
-            self._grad_specs.append((p, self.grad_slot[p], at, n, shape))
-            at += n
-        self._grad_elems = at
-
-    def _emit_grads(self, g, t, deferred: bool):
-        """Accumulate the parameter-gradient specs (the deferred ones, or the others) at ``t``."""
-        bwd, st, b = self.bwd, self.step, g.b
-        for w, kind, params, dfr in self.grad_groups:
-            if dfr != deferred:
-                continue
-            grad = b.load(b.gep(g.bufs, [I64(self.grad_slot[params[0]])]))
-            width = self.slot_width[self.layout.where[w][0]]
-            whole = g.ptr(w, t)
-            if kind[0] == "batch":  # Σ_b δ[b, :] for all members at once
-                with for_range(b, g.B, name="gb") as bi:
-                    g.copy_loop(grad, b.gep(whole, [b.mul(bi, I64(width))]), I64(width), accumulate=True)
-                continue
-            vk = kind[1]
-            cols_ = st.params[params[0]][1]
-            # [grad P_1; …; grad P_k] += δ_wholeᵀ · v: one product of width·cols
-            g.call_gemm(I64(width), I64(cols_), g.B, whole, I64(width), True,
-                        g.ptr(vk, t), I64(self.layout.ld(vk, cols_)), False, grad, I64(cols_), 1)
-        for p, specs in bwd.grads.items():
-            if p in self.grouped_params:
-                continue
-            grad = b.load(b.gep(g.bufs, [I64(self.grad_slot[p])]))
-            shape = st.params[p]
-            for i, spec in enumerate(specs):
-                if ((p, i) in self.deferred) != deferred:
-                    continue
-                if spec[0] == "batch":
-                    src = g.ptr(spec[1], t)
-                    n = shape if isinstance(shape, int) else 1
-                    ld = self.layout.ld(spec[1], n)
-                    with for_range(b, g.B, name="gb") as bi:
-                        g.copy_loop(grad, b.gep(src, [b.mul(bi, I64(ld))]), I64(n), accumulate=True)
-                    continue
-                _, gk, vk, c, tr = spec
-                A, V = g.ptr(gk, t), g.ptr(vk, t)
-                rows_, cols_ = shape
-                # grad[m, n] += c · gᵀ v  (or c · vᵀ g when the term was transposed); depth = rows of g
-                (first, n1), (second, n2) = ((V, vk), (A, gk)) if tr else ((A, gk), (V, vk))
-                ld1, ld2 = self.layout.ld(n1, rows_), self.layout.ld(n2, cols_)
-                if c == 1:
-                    g.call_gemm(I64(rows_), I64(cols_), g.B, first, I64(ld1), True,
-                                second, I64(ld2), False, grad, I64(cols_), 1)
-                else:
-                    tmp = b.load(b.gep(g.bufs, [I64(self.tmp_slot)]))
-                    g.call_gemm(I64(rows_), I64(cols_), g.B, first, I64(ld1), True,
-                                second, I64(ld2), False, tmp, I64(cols_), 0)
-                    g.copy_loop(grad, tmp, I64(rows_ * cols_), scale=c, accumulate=True)
 
     # ------------------------------------------------------------------ inspection
     def ir(self) -> str:
