@@ -299,14 +299,15 @@ class Cotangents:
 
     ``loss``: the cell's own cost, weighted by w[t]; ``outputs``: outputs that receive an
     external cotangent δyᵉˣᵗ[t] from the caller (a later layer); ``inputs``: inputs whose
-    cotangent δx[t] the step computes (to send to an earlier layer).  The carried state
-    adjoints are always there: δ⁺h[T] is the caller's cotangent of the final state (0 for a
-    plain loss) and the adjoint carried out of step 1 is the cotangent of h[0].
+    cotangent δx[t] the step computes (to send to an earlier layer); ``final``: the final
+    states receive the caller's cotangent as δ⁺h[T] (a plain loss: 0).  The rolled step
+    carries δ⁺h either way, and the adjoint carried out of step 1 is the cotangent of h[0].
     """
 
     loss: bool = True
     outputs: tuple = ()
     inputs: tuple = ()
+    final: bool = False
 
 
 LOSS_ONLY = Cotangents()
@@ -388,8 +389,8 @@ def unrolled(step: Step, k: int, cot: Cotangents = LOSS_ONLY) -> Unrolled:
     """Unfold ``k`` steps and run :func:`reverse` over the whole graph (no loop).
 
     Seeds as ``cot`` says: w[s]·ℓ[s] for the loss, δyᵉˣᵗ[s] for each output in ``cot.outputs``
-    and δ⁺h[k] for each state (the final state's cotangent); the adjoints of the inputs in
-    ``cot.inputs`` at every step are derived too."""
+    and, with ``cot.final``, δ⁺h[k] for each state (the final state's cotangent); the adjoints
+    of the inputs in ``cot.inputs`` at every step are derived too."""
     from .graph import unfold_program
 
     fwd = unfold_program(step, k)
@@ -403,7 +404,7 @@ def unrolled(step: Step, k: int, cot: Cotangents = LOSS_ONLY) -> Unrolled:
             d = cotangent_key(o, s)
             seed_nodes[d] = Node("seed", (), step.outputs[o])
             seeds[(o, s)] = [Contribution(placeholder(0), (d,), step.outputs[o])]
-    for st, n in step.states.items():
+    for st, n in (step.states.items() if cot.final else ()):
         d = carry_key(st, k)
         seed_nodes[d] = Node("seed", (), n)
         seeds.setdefault((st, k), []).append(Contribution(placeholder(0), (d,), n))

@@ -190,7 +190,7 @@ class Explanation:
     def backward_text(self) -> str:
         st = self.bwd.step
         cot = self.bwd.cot
-        if cot is LOSS_ONLY:
+        if cot == LOSS_ONLY:
             zero = ", ".join(f"δ⁺{s}[T] = 0" for s in st.states)
         else:  # a VJP: the final states' cotangents come from the caller
             zero = ", ".join(f"δ⁺{s}[T] = d_final[{s!r}]" for s in st.states)
@@ -205,7 +205,7 @@ class Explanation:
                 lines.append(f"  (carried: δ⁺{s}[t-1] = δ{s}[t-1])")
             else:
                 lines.append(f"  δ{s}[t-1] = {sp.sstr(rhs)}   (carried: δ⁺{s}[t-1])")
-        if cot is not LOSS_ONLY:
+        if cot != LOSS_ONLY:
             lines.append("initial-state cotangents: " + ", ".join(f"δ{s}[0] = δ{s}[t-1] at t = 1" for s in st.states))
         lines.append("parameter gradients (w[t]: the weight of step t in the loss)")
         for p, e in self._grad_lines():
@@ -251,4 +251,4 @@ def explain(cell, wrt=None, d_outputs=None) -> Explanation:
             raise CellError(f"cell {st.name!r}: explain: {', '.join(map(repr, bad))} is not an {kind}; "
                             f"{kind}s: {', '.join(map(repr, every)) or 'none'}")
     return Explanation(cell, Cotangents(loss=True, outputs=pick(d_outputs, st.outputs),
-                                        inputs=pick(wrt, st.inputs)))
+                                        inputs=pick(wrt, st.inputs), final=True))

@@ -88,7 +88,7 @@ class NativeModel(NativeBackward, NativeCalls, NativeVjp):
         bad = sorted({f for n in st.prog.nodes.values() if n.op == "ew" for f in unsupported(n.attrs["expr"])})
         if bad:
             raise CompileError(f"cell {st.name!r}: the native backend cannot lower {', '.join(bad)}")
-        variant = _cot is not LOSS_ONLY  # a VJP variant always has a backward (δh[0], ∂θ)
+        variant = _cot != LOSS_ONLY  # a VJP variant always has a backward (δh[0], ∂θ)
         self.bwd = backward_step(st, _cot) if st.has_loss or variant else None
         self._transform()
         self._build_layout()

@@ -269,7 +269,7 @@ def unrolled_loss_and_grad(cell, params, inputs, targets=None, h0=None, mask=Non
     An independent path to the same numbers as :meth:`NumpyModel.loss_and_grad`
     (no loop, no carried adjoints): the rolled-vs-unrolled oracle.
     """
-    from ..autodiff import carry_key, unrolled
+    from ..autodiff import unrolled
 
     st, dt = cell.step, np.dtype(dtype)
     call = check_call(st, dt, params, inputs, targets, h0, mask, need_targets=True)
@@ -283,8 +283,6 @@ def unrolled_loss_and_grad(cell, params, inputs, targets=None, h0=None, mask=Non
     w = step_weights(call, dt)
     for t in range(call.T):
         env[("w", t + 1)] = w[t][:, None]
-    for s, n in st.states.items():  # the final states' cotangents: 0 for a loss alone
-        env[carry_key(s, call.T)] = np.zeros((call.B, n), dtype=dt)
     run_program(u.fwd, env, call.B, dt)
     loss = sum(float((w[t] * env[(st.loss_key[0], t + 1)][:, 0]).sum()) for t in range(call.T))
     run_program(u.rev.prog, env, call.B, dt)
@@ -311,7 +309,7 @@ def unrolled_vjp(cell, params, inputs, h0=None, d_outputs=None, d_final=None, ta
         call = check_call(st, dt, params, inputs, targets, h0, mask, need_targets=True)
         w = step_weights(call, dt)
     d_out, d_fin = check_cotangents(st, dt, call.T, call.B, d_outputs, d_final)
-    cot = Cotangents(loss=w is not None, outputs=tuple(d_out), inputs=resolve_wrt(st, wrt))
+    cot = Cotangents(loss=w is not None, outputs=tuple(d_out), inputs=resolve_wrt(st, wrt), final=True)
     u = unrolled(st, call.T, cot)
     env = {(p, None): v for p, v in call.params.items()}
     for s, v in initial_states(st, call, dt).items():

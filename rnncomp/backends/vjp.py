@@ -183,7 +183,7 @@ class VjpMixin:
             named = (outputs,) if isinstance(outputs, str) else tuple(outputs)
             _checked_dict(st, "d_outputs", dict.fromkeys(named), st.outputs, None, self.dtype)
             outs = tuple(o for o in st.outputs if o in named)
-        cot = Cotangents(loss=w is not None, outputs=outs, inputs=resolve_wrt(st, wrt))
+        cot = Cotangents(loss=w is not None, outputs=outs, inputs=resolve_wrt(st, wrt), final=True)
         return self._keep(call, w, cot)
 
     def vjp(self, params, inputs, h0=None, *, d_outputs=None, d_final=None, targets=None, mask=None,
@@ -198,7 +198,7 @@ class VjpMixin:
         call, w = self._vjp_call(params, inputs, h0, targets, mask, check_finite)
         d_out, d_fin = check_cotangents(self.step, self.dtype, call.T, call.B, d_outputs, d_final)
         cot = Cotangents(loss=w is not None, outputs=tuple(o for o in self.step.outputs if o in d_out),
-                         inputs=resolve_wrt(self.step, wrt))
+                         inputs=resolve_wrt(self.step, wrt), final=True)
         grads, d_in, d_h0, loss = self._vjp_once(call, w, cot, d_out, d_fin)
         return Gradients(grads, d_in, d_h0, loss)
 

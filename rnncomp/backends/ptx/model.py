@@ -65,7 +65,7 @@ class PtxModel(PtxVjp):
         self.runner_kind, self.device, self.block, self.graphs = runner, device, block, graphs
         self.step = st = cell.step
         self.cell_name = st.name
-        variant = _cot is not LOSS_ONLY  # a VJP variant always has a backward (δh[0], ∂θ)
+        variant = _cot != LOSS_ONLY  # a VJP variant always has a backward (δh[0], ∂θ)
         self.bwd = backward_step(st, _cot) if st.has_loss or variant else None
         self.stack = bool(stack)
         if persistent_block is not None and (not isinstance(persistent_block, int) or persistent_block % 32
@@ -220,7 +220,7 @@ class PtxModel(PtxVjp):
         train_up, train_down = [], []
         grad_slots = sorted(set(P.grad_slot.values())) if self.bwd is not None else []  # groups share one
         if self.bwd is not None:
-            variant = self._cot is not LOSS_ONLY
+            variant = self._cot != LOSS_ONLY
             train_up = [region(("w",), addr(self.bwd.weight), (T, B))]
             # a VJP variant: the outputs' cotangents, and δ⁺h[T] (row T of the carry) for every state
             train_up += [region(("cot", o), addr(k), (T, B, st.outputs[o])) for o, k in self.bwd.out_seeds.items()]
@@ -256,7 +256,7 @@ class PtxModel(PtxVjp):
                + [("memset", dev[("io", k)], views[("io", k)].nbytes) for k in targets],
                ops(finals + outs))
         grad_zero = [("memset", a["base"] + a["offsets"][k], L.slots[k].units * isz) for k in grad_slots]
-        variant_outs = outs if self._cot is not LOSS_ONLY else []  # a VJP variant's forward is this one
+        variant_outs = outs if self._cot != LOSS_ONLY else []  # a VJP variant's forward is this one
         train = (ops(ups + list(io.values()) + train_up) + grad_zero, ops(finals + variant_outs + train_down))
         return (ptr, views), run, train
 
