@@ -30,7 +30,7 @@ from llvmlite import ir
 from ..autodiff import backward_step
 from ..errors import CompileError
 from ..memory import schedule
-from ..ir import LEAF_OPS, prune, state_independent
+from ..ir import LEAF_OPS, internal, prune, state_independent
 from .stackplan import grad_groups, stack_step
 from .llvm.builder import I64, for_range
 from .llvm.exprgen import unsupported
@@ -275,7 +275,7 @@ class NativeModel(NativeCalls):
 
     @property
     def _scratch_key(self):
-        return ("__scratch", None)
+        return (internal("scratch"), None)
 
     def _plan(self):
         st = self.step

@@ -13,7 +13,7 @@ import numpy as np
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 
-from ..autodiff import backward_step
+from ..autodiff import WEIGHT, backward_step
 from ..ir import LEAF_OPS, placeholder, prune
 from .validate import check_call, check_forward_call, initial_states, step_weights
 
@@ -233,7 +233,7 @@ def unrolled_loss_and_grad(cell, params, inputs, targets=None, h0=None, mask=Non
             env[(n, t + 1)] = a[t]
     w = step_weights(call, dt)
     for t in range(call.T):
-        env[("w", t + 1)] = w[t][:, None]
+        env[(WEIGHT, t + 1)] = w[t][:, None]
     run_program(u.fwd, env, call.B, dt)
     loss = sum(float((w[t] * env[(st.loss_key[0], t + 1)][:, 0]).sum()) for t in range(call.T))
     run_program(u.rev.prog, env, call.B, dt)

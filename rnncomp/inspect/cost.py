@@ -22,7 +22,7 @@ import numpy as np
 import sympy as sp
 
 from ..autodiff import backward_step
-from ..ir import key_str
+from ..ir import key_str, time_label
 
 
 @lru_cache(maxsize=4096)
@@ -177,7 +177,10 @@ def cost(cell, T: int = 1000, B: int = 32, dtype="float32") -> Cost:
         elif node.op == "state" or (key[0] in step.states and key[1] == "t"):
             c.stored.setdefault(f"{key[0]}[t]", node.size)  # h[t-1] and h[t]: one array per step
         else:
-            c.stored[key_str(key)] = node.size
+            label = key_str(key)
+            if label in c.stored:  # a generated name printed like a user's: count both
+                label = f"{key[0]}{time_label(key[1])}"
+            c.stored[label] = node.size
     c.all_values = sum(n.size for n in fwd.nodes.values() if not n.is_leaf)
     c.state_units = sum(step.states.values())
     c.params = {p: _size(s) for p, s in step.params.items()}

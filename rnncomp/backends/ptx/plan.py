@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...errors import CompileError
-from ...ir import LEAF_OPS, key_str, placeholder, prune, state_independent
+from ...ir import LEAF_OPS, internal, key_str, placeholder, prune, state_independent
 from ..llvm.exprgen import unsupported
 from ..stackplan import grad_groups, stack_step, step_keep
 from .codegen import KernelSet
@@ -377,7 +377,7 @@ def _transposer(plan, shapes):
     """``p -> name`` of ``p``'s transposed copy (a slot, a shape; the launch is added later)."""
     def tr_weight(p):
         if p not in plan.transposed:
-            name = f"{p}ᵀ"
+            name = internal(f"{p}ᵀ")
             m_, n_ = shapes[p]
             k = plan.layout.slot(f"transposed {p}", m_ * n_, -1)
             plan.layout.place((name, None), k)
@@ -512,7 +512,7 @@ def _node_launch(ks: KernelSet, prog, key, node, rows, L, shapes, tr_weight=None
         n_in = prog.node(v).size
         S = split_factor(n_in, node.size) if tr_weight is not None else 1
         if S > 1:  # persistent kernel: n_out·S partial sums, then n_out sums of S (two kernels)
-            scratch = ("__part", key)
+            scratch = (internal("partial sums"), key)
             L.place(scratch, L.slot(f"partial sums {doc}", node.size * S, -2))
             part = ks.matvec_part(n_in, node.size, S, terms, [shapes[p] for p, _, _ in terms],
                                   doc=f"{doc}: {S} partial sums", lda=L.ld(v))
