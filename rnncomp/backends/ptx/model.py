@@ -7,6 +7,8 @@ semantics check: slow, for tests).
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from ...autodiff import backward_step
@@ -14,7 +16,7 @@ from ...errors import CallError
 from ..validate import check_call, check_forward_call, forward_targets, initial_states, step_weights
 from .codegen import emit_module
 from .persistent import T_KEY, Persistent
-from .plan import build_plan
+from .plan import build_plan, grad_key
 from .ptxgen import DEFAULT_ARCH, DEFAULT_FEATURES, check_arch, entries, sm_version, to_ptx
 from .runtime import CudaRunner, HostRunner
 
@@ -79,6 +81,8 @@ class PtxModel:
         self.kernel_names = entries(self.ptx)
         self._runner = None
         self._arena = None
+        # one arena and staging buffer per model: a call holds them from upload to results
+        self._lock = threading.RLock()
 
     def __repr__(self):
         return f"PtxModel({self.cell_name!r}, {self.dtype}, arch={self.arch!r}; {self.plan.summary()})"
@@ -133,7 +137,8 @@ class PtxModel:
         """Free the device and pinned host memory this model holds (a later call allocates
         again).  Also on ``with`` exit and when the model is garbage-collected."""
         if self._runner is not None:
-            self._free_arena()
+            with self._lock:
+                self._free_arena()
 
     def __enter__(self):
         return self
@@ -262,6 +267,11 @@ class PtxModel:
         cell whose outputs or state updates read a target."""
         st = self.step
         call = check_forward_call(st, self.dtype, params, inputs, targets, h0, check_finite=check_finite)
+        with self._lock:
+            return self._forward(call)
+
+    def _forward(self, call):
+        st = self.step
         a = self._get_arena(call.T, call.B)
         self._upload_args(a, call, with_targets=False)
         self.runner.execute(a["run"])
@@ -274,11 +284,16 @@ class PtxModel:
 
     def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None, *, check_finite=True):
         """Loss (masked mean of the per-step costs), gradients of every parameter, final states."""
-        st, dt, P = self.step, self.dtype, self.plan
+        st, dt = self.step, self.dtype
         if self.bwd is None:
             raise CallError(f"cell {st.name!r} has no loss (declare one with cell.loss)")
         call = check_call(st, dt, params, inputs, targets, h0, mask, need_targets=True,
                           check_finite=check_finite)
+        with self._lock:
+            return self._loss_and_grad(call)
+
+    def _loss_and_grad(self, call):
+        st, dt, P = self.step, self.dtype, self.plan
         a = self._get_arena(call.T, call.B)
         S, L = a["stage"], P.layout
         self._upload_args(a, call, with_targets=True)
@@ -292,7 +307,7 @@ class PtxModel:
         for p, k in P.grad_slot.items():
             shape = st.params[p]
             shape = shape if isinstance(shape, tuple) else (shape,)
-            at = L.where[("__grad", p)][2]
+            at = L.where[grad_key(p)][2]
             grads[p] = S[("grad", k)][at:at + int(np.prod(shape))].reshape(shape).copy()
         for s, p in st.state_init.items():
             if p is not None and s not in call.h0:

@@ -287,13 +287,13 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
         at = 0
         for p, n in zip(params, sizes):
             plan.grad_slot[p] = k
-            L.place(("__grad", p), k, 0, at)
+            L.place(grad_key(p), k, 0, at)
             at += n
         grouped.update(params)
         width = bprog.node(w).size
         if kind[0] == "batch":
             name = ks.grad_batch(width, doc=f"∂[{';'.join(params)}] += Σ {key_str(w)}", ld=L.ld(w))
-            plan.bwd_grads.append(Launch(name, (w, ("__grad", params[0])), rows="TB"))
+            plan.bwd_grads.append(Launch(name, (w, grad_key(params[0])), rows="TB"))
         else:
             vk = kind[1]
             cols = step.params[params[0]][1]
@@ -303,11 +303,11 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
             name = ks.grad_outer((width, cols), width, bprog.node(vk).size, 1, False,
                                  doc=f"∂[{';'.join(params)}] += {key_str(w)}ᵀ{key_str(vk)}",
                                  ld_g=L.ld(w), ld_v=L.ld(vk))
-            plan.bwd_grads.append(Launch(name, (w, vk, ("__grad", params[0])), rows="TB"))
+            plan.bwd_grads.append(Launch(name, (w, vk, grad_key(params[0])), rows="TB"))
     for p, shape in step.params.items():
         if p not in grouped:
             plan.grad_slot[p] = k = L.slot(f"grad {p}", int(np.prod(shape)), -1)
-            L.place(("__grad", p), k)
+            L.place(grad_key(p), k)
     for p, specs in bwd.grads.items():
         if p in grouped:
             continue
@@ -316,13 +316,13 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
             if spec[0] == "batch":
                 n = shape if isinstance(shape, int) else int(np.prod(shape))
                 name = ks.grad_batch(n, doc=f"∂{p} += Σ {key_str(spec[1])}", ld=L.ld(spec[1]))
-                plan.bwd_grads.append(Launch(name, (spec[1], ("__grad", p)), rows="TB"))
+                plan.bwd_grads.append(Launch(name, (spec[1], grad_key(p)), rows="TB"))
             else:
                 _, gk, vk, c, tr = spec
                 name = ks.grad_outer(shape, bprog.node(gk).size, bprog.node(vk).size, c, tr,
                                      doc=f"∂{p} += {c}·{key_str(gk)}ᵀ{key_str(vk)}",
                                      ld_g=L.ld(gk), ld_v=L.ld(vk))
-                plan.bwd_grads.append(Launch(name, (gk, vk, ("__grad", p)), rows="TB"))
+                plan.bwd_grads.append(Launch(name, (gk, vk, grad_key(p)), rows="TB"))
     return plan
 
 
@@ -371,6 +371,11 @@ def split_factor(n_in: int, n_out: int) -> int:
     at most 1024 partial sums a sample and 64 chunks; 1 (no split) below 4 chunks."""
     S = min(-(-n_in // 16), max(1, 1024 // max(n_out, 1)), 64)
     return S if S >= 4 else 1
+
+
+def grad_key(p):
+    """The layout key of parameter ``p``'s gradient (a generated name: never a user's key)."""
+    return (internal("grad"), p)
 
 
 def _transposer(plan, shapes):
