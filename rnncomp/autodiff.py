@@ -24,7 +24,7 @@ import sympy as sp
 
 from .dsl import _NAME
 from .errors import DifferentiationError
-from .ir import Node, Program, eliminate_aliases, key_str, placeholder, verify
+from .ir import Node, Program, display, eliminate_aliases, internal, key_str, placeholder, verify
 from .lower import LOSS, Step
 
 
@@ -171,8 +171,9 @@ class _Ctx:
 
 
 def adjoint_name(name: str) -> str:
-    """δh for a named value, δ(W·h) for a temporary."""
-    return f"δ{name}" if _NAME.match(name) or name == LOSS else f"δ({name})"
+    """δh for a named value, δ(W·h) for a temporary (the key's name is marked by ``fresh``)."""
+    name = display(name)
+    return f"δ{name}" if _NAME.match(name) or name == display(LOSS) else f"δ({name})"
 
 
 def _active(fwd: Program, leaves=()) -> set:
@@ -334,13 +335,16 @@ class BackwardStep:
     input_adjoints: dict = field(default_factory=dict)  # input -> key of δx[t] (None: 0)
 
 
+WEIGHT = internal("w")  # w[t], the weight of step t's cost: never the key of a user's `w`
+
+
 def carry_key(state: str, t="t"):
-    return (f"δ⁺{state}", t)
+    return (internal(f"δ⁺{state}"), t)
 
 
 def cotangent_key(output: str, t="t"):
     """The seed of an output's external cotangent (a name no declaration can take)."""
-    return (f"δ{output}ᵉˣᵗ", t)
+    return (internal(f"δ{output}ᵉˣᵗ"), t)
 
 
 def backward_step(step: Step, cot: Cotangents = LOSS_ONLY) -> BackwardStep:
@@ -350,7 +354,7 @@ def backward_step(step: Step, cot: Cotangents = LOSS_ONLY) -> BackwardStep:
         k = carry_key(s)
         seed_nodes[k] = Node("seed", (), n)
         seeds[(s, "t")] = [Contribution(placeholder(0), (k,), n)]
-    w = ("w", "t")
+    w = (WEIGHT, "t")
     seed_nodes[w] = Node("seed", (), 1)
     if step.has_loss and cot.loss:
         seeds[(LOSS, "t")] = [Contribution(placeholder(0), (w,), 1)]
@@ -397,7 +401,7 @@ def unrolled(step: Step, k: int, cot: Cotangents = LOSS_ONLY) -> Unrolled:
     seed_nodes, seeds = {}, {}
     for s in range(1, k + 1):
         if step.has_loss and cot.loss:
-            w = ("w", s)
+            w = (WEIGHT, s)
             seed_nodes[w] = Node("seed", (), 1)
             seeds[(LOSS, s)] = [Contribution(placeholder(0), (w,), 1)]
         for o in cot.outputs:

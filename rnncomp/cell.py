@@ -155,6 +155,7 @@ class Cell:
         if not isinstance(expr, sp.Expr):
             raise CellError(f"{where}: expected a sympy expression, got {type(expr).__name__}")
         check_functions(expr, where)
+        loose = _outside_products(expr)
         for s in expr.free_symbols:
             if isinstance(s, Vec):
                 base = s.name[:-4] if s.name.endswith(".new") else s.name
@@ -166,9 +167,16 @@ class Cell:
                     raise CellError(f"{where}: {base}.new but {base!r} is not a state")
                 if isinstance(d.shape, tuple):
                     raise ShapeError(f"{where}: matrix {base!r} used element-wise; use {base} @ v")
-            elif not (s.name.startswith("_") and isinstance(s, sp.Dummy)) and not _is_mat_name(s, expr):
-                raise CellError(f"{where}: unknown symbol {s.name!r} in {_display_expr(expr)}: "
+            elif s in loose:  # a matrix name is a symbol only inside a product's terms
+                d = self.decls.get(s.name)
+                hint = (f" (a plain sympy Symbol named like {d.kind} {s.name!r}; use the object "
+                        f"cell.{d.kind} returned)" if d else "")
+                raise CellError(f"{where}: unknown symbol {s.name!r} in {_display_expr(expr)}{hint}: "
                                 "use symbols returned by cell.input/state/param/output/define")
+        for m in sp.preorder_traversal(expr):
+            if isinstance(m, MatVec) and not m.args[0]:
+                raise CellError(f"{where}: the matrix of a product in {_display_expr(expr)} is zero "
+                                "(its terms cancel, as in (W - W) @ h); write 0 instead")
         return expr
 
     def size_of(self, expr, where) -> int:
@@ -251,9 +259,17 @@ def _operands(b) -> list:
     return out
 
 
-def _is_mat_name(s, expr) -> bool:
-    """Matrix-parameter name symbols live only inside MatVec's term tuples."""
-    return any(isinstance(m, MatVec) and s in m.args[0].free_symbols for m in sp.preorder_traversal(expr))
+def _outside_products(expr) -> set:
+    """The symbols of ``expr`` outside the term tuples of its products (where matrix
+    parameters are named by plain symbols)."""
+    out, it = set(), sp.preorder_traversal(expr)
+    for node in it:
+        if isinstance(node, MatVec):
+            out |= _outside_products(node.args[1])
+            it.skip()
+        elif isinstance(node, sp.Symbol):
+            out.add(node)
+    return out
 
 
 def _matvec_rows(cell, mv) -> int:

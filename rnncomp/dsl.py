@@ -313,6 +313,16 @@ def check_functions(expr, where: str) -> None:
                 raise CellError(f"{where}: non-finite constant {node} in {_display_expr(expr)}{hint}")
             if not node.is_real:
                 raise CellError(f"{where}: complex constant {node} in {_display_expr(expr)}")
+        if isinstance(node, sp.Expr) and node.is_number and node.is_real and not node.is_zero:
+            _check_float64(node, expr, where)
+
+
+def _check_float64(c, expr, where: str) -> None:
+    """A constant (or a function of constants, exp(1000)) must be a float64: not inf, not 0."""
+    v = float(sp.N(c))
+    if v in (float("inf"), float("-inf")) or v == 0:
+        what = "overflows to inf" if v else "underflows to 0"
+        raise CellError(f"{where}: the constant {sp.N(c, 6)} {what} in float64")
 
 
 def _check_conditions(pw, expr, where: str) -> None:

@@ -6,6 +6,11 @@ one-step program (the cell), and an integer in an unfolded program.  Renaming
 ``"t" → s`` and ``"t-1" → s-1`` is all that unfolding does, so the state node
 ``("h", "t")`` of step s is the ``("h", "t-1")`` read by step s+1.
 
+Names: a user's name is ASCII letters, digits and '_' (``dsl._NAME``); every name the
+compiler makes (temporaries, adjoints, the step weight, stacks, views, scratch) ends with
+:data:`INTERNAL`, which that grammar forbids, so a user's value and a generated one never
+share a key.  Make such names with :func:`internal`; printers show them without the mark.
+
 Values are per sample (a ``(B, n)`` array at run time, ``size == n``) except
 parameter leaves, which are shared: vectors ``(n,)`` and matrices ``(m, n)``.
 Element-wise nodes hold a sympy *template* over placeholders ``_0, _1, ...``
@@ -31,6 +36,19 @@ def placeholder(i: int) -> sp.Symbol:
     return sp.Symbol(f"_{i}", real=True)
 
 
+INTERNAL = "%"  # the mark of a generated name: not a character a declared name may contain
+
+
+def internal(name: str) -> str:
+    """The name of a compiler-generated value: ``name`` with the :data:`INTERNAL` mark (once)."""
+    return name if name.endswith(INTERNAL) else name + INTERNAL
+
+
+def display(name: str) -> str:
+    """A name as printed: generated names without their mark (printing only, never a key)."""
+    return name.replace(INTERNAL, "")
+
+
 def time_label(t) -> str:
     if t is None:
         return ""
@@ -39,26 +57,34 @@ def time_label(t) -> str:
 
 def key_str(key: Key) -> str:
     name, t = key
-    return f"{name}{time_label(t)}"
+    return f"{display(name)}{time_label(t)}"
 
 
 class NodeSym(sp.Symbol):
-    """A sympy symbol that stands for a node's value in printed equations."""
+    """A sympy symbol that stands for a node's value in printed equations.
+
+    Its sympy name keeps the mark of a generated name (so a user's ``a1`` and a temporary
+    ``a1`` stay two symbols); it prints without it."""
 
     def __new__(cls, key: Key):
-        obj = sp.Symbol.__new__(cls, key_str(key), real=True)
+        name, t = key
+        obj = sp.Symbol.__new__(cls, f"{name}{time_label(t)}", real=True)
         return obj
 
     @property
     def key(self) -> Key:
         name = self.name
         if name.endswith("]"):
-            base, _, t = name[:-1].partition("[")
+            base, _, t = name[:-1].rpartition("[")
             return (base, int(t) if t.lstrip("-").isdigit() else t)
         return (name, None)
 
+    def _sympystr(self, printer):
+        return display(self.name)
+
     def _latex(self, printer):
         name, t = self.key
+        name = display(name)
         base = name.replace("δ⁺", r"\delta^{+}").replace("δ", r"\delta ").replace("ℓ", r"\ell")
         base = base.replace("ᵉˣᵗ", r"^{\mathrm{ext}}")
         if "_" in base and "{" not in base:
@@ -105,11 +131,13 @@ class Program:
         return n if n is not None else self.external[key]
 
     def fresh(self, name: str, t: Hashable) -> Key:
-        """A key ``(name, t)`` not used yet (``name~2``, ``name~3`` ... on collision)."""
+        """A key ``(name, t)`` for a generated value, not used yet: the name is marked
+        :func:`internal` (``name~2``, ``name~3`` ... on collision)."""
+        name = internal(name)
         key, i = (name, t), self._next.get((name, t), 1)
         while key in self.nodes or key in self.external:
             i += 1
-            key = (f"{name}~{i}", t)
+            key = (internal(f"{display(name)}~{i}"), t)
         self._next[(name, t)] = i
         return key
 

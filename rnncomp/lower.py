@@ -14,9 +14,9 @@ import sympy as sp
 
 from .dsl import Vec, MatVec, Slice, Concat, RowSum, LogSumExp, Structural, _display_expr
 from .errors import CellError, ShapeError
-from .ir import Node, Program, placeholder, verify, key_str
+from .ir import Node, Program, internal, placeholder, verify, key_str
 
-LOSS = "ℓ"
+LOSS = internal("ℓ")
 
 
 class NodeRef(Vec):

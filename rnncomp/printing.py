@@ -17,7 +17,7 @@ import sympy as sp
 from .autodiff import LOSS_ONLY, Cotangents, backward_step
 from .dsl import Concat, LogSumExp, MatVec, RowSum, Slice, Structural, Vec, _display
 from .errors import CellError
-from .ir import NodeSym, key_str, placeholder
+from .ir import NodeSym, display, internal, key_str, placeholder
 from .lower import LOSS
 
 
@@ -142,7 +142,7 @@ def program_equations(prog, keep=(), names=()):
     keep, names = set(keep), set(names)
 
     def named(key):
-        return key in keep or key[0].lstrip("δ⁺") in names
+        return key in keep or display(key[0]).lstrip("δ⁺") in names
 
     inline = {k for k, n in prog.nodes.items() if not n.is_leaf and uses[k] <= 1 and not named(k)}
     exprs, eqs = {}, []
@@ -201,7 +201,7 @@ class Explanation:
         lines += [f"  {lhs} = {sp.sstr(rhs)}" for lhs, rhs in eqs]
         for s, k in self.bwd.carry_out.items():
             rhs = exprs.get(k, NodeSym(k)) if k else 0
-            if k == (f"δ{s}", "t-1"):
+            if k == (internal(f"δ{s}"), "t-1"):
                 lines.append(f"  (carried: δ⁺{s}[t-1] = δ{s}[t-1])")
             else:
                 lines.append(f"  δ{s}[t-1] = {sp.sstr(rhs)}   (carried: δ⁺{s}[t-1])")

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from .ir import Node, Program, placeholder
+from .ir import Node, Program, internal, placeholder
 
 
 @dataclass(frozen=True)
@@ -80,10 +80,10 @@ def stack_products(prog: Program, params: dict, keep=(), static=frozenset()) -> 
 
 def _stack_name(parts, axis, res):
     base = f"[{(';' if axis == 0 else ' ').join(parts)}]"
-    name, i = base, 1
+    name, i = internal(base), 1
     while name in res.stacks:
         i += 1
-        name = f"{base}~{i}"
+        name = internal(f"{base}~{i}")
     return name
 
 

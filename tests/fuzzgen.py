@@ -7,7 +7,9 @@ slices, gated and leaky updates, updates in a random order where each may read t
 value of any state updated before it (and outputs computed from those), a Jordan state fed
 from the output y (read as y[t-1]), learned initial states, element-wise trees over smooth
 functions and the kinked Abs / Max / Min / Piecewise (each kink argument also declared as
-an output ``kink<i>``), three losses.  ``calls``: T, B, a seed, an optional mask, which
+an output, listed in ``cell._fuzz_kinks``), three losses.  Every declared name is drawn from
+``NAME_POOL`` (the names the compiler's passes generate) or is a plain one; ``rename_cell``
+rebuilds a cell under other names (the renaming check).  ``calls``: T, B, a seed, an optional mask, which
 states get an h0, and random native options.  ``fuzz_data``: the arrays of one call.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sympy as sp
 from hypothesis import strategies as st
 
 import rnncomp as rc
+from rnncomp.dsl import Vec
 
 from gradcheck import random_data
 
@@ -47,20 +50,42 @@ BINARY = {
 }
 LOSSES = ["mse", "xent", "cauchy"]
 
+# Names the passes generate (temporaries of every kind: a<i>, <function><i>, cat<i>, lse<i>;
+# the step weight w; words of adjoint, stack, view and scratch names) and the loop variables
+# of generated code.  A user may declare any of them: it must never meet the generated value.
+NAME_POOL = ["w", "t", "T", "B", "b", "x", "y", "h", "W", "M", "d", "f1", "a1", "a2", "a3",
+             "a4", "a5", "a7", "tanh1", "tanh2", "tanh3", "sigmoid1", "sigmoid3", "softsign2",
+             "softplus2", "exp4", "sin1", "atan2", "gelu3", "Abs1", "Max2", "Min3",
+             "Piecewise2", "cat1", "cat2", "cat3", "lse1", "lse2", "rows", "part", "scratch",
+             "stacked", "packed", "grad", "loss", "delta", "carry", "seed"]
+
+
+def free_name(names, used, state=False):
+    """The names of ``names`` a new declaration may take (a learned state's ``<name>_0`` too)."""
+    return [n for n in names if n not in used and (not state or f"{n}_0" not in used)]
+
 
 class _Builder:
-    """Declares fresh parameters (P0, P1, ...) and kink outputs on one cell."""
+    """Declares parameters (P1, P2, ... or a drawn name) and kink outputs on one cell."""
 
-    def __init__(self, cell):
-        self.cell, self.n_params, self.n_kinks = cell, 0, 0
+    def __init__(self, cell, draw):
+        self.cell, self.draw, self.n_params, self.n_kinks = cell, draw, 0, 0
+        self.kinks = cell._fuzz_kinks = []
+
+    def name(self, plain, state=False):
+        """``plain`` or a name from ``NAME_POOL`` not declared yet (plain first: shrinks to it)."""
+        names = dict.fromkeys([plain] + NAME_POOL)  # plain "t", "y" are pool names too
+        return self.draw(st.sampled_from(free_name(names, self.cell.decls, state)))
 
     def param(self, shape, init=None):
         self.n_params += 1
-        return self.cell.param(f"P{self.n_params}", shape, init=init)
+        return self.cell.param(self.name(f"P{self.n_params}"), shape, init=init)
 
     def kink_output(self, expr):
         self.n_kinks += 1
-        return self.cell.output(f"kink{self.n_kinks}", expr)
+        out = self.cell.output(self.name(f"kink{self.n_kinks}"), expr)
+        self.kinks.append(out.name)
+        return out
 
 
 def _size(cell, v):
@@ -139,14 +164,14 @@ def trees(draw, b, leaf, depth, kinks):
 @st.composite
 def fuzz_cells(draw, sizes=SIZES, max_states=3, max_depth=3, kinks=True):
     cell = rc.Cell("fuzz")
-    b = _Builder(cell)
-    xs = [cell.input(f"x{i}", draw(st.sampled_from(sizes))) for i in range(draw(st.integers(1, 2)))]
+    b = _Builder(cell, draw)
+    xs = [cell.input(b.name(f"x{i}"), draw(st.sampled_from(sizes))) for i in range(draw(st.integers(1, 2)))]
     n_states = draw(st.integers(1, max_states))
-    hs = [cell.state(f"h{i}", draw(st.sampled_from(sizes)),
+    hs = [cell.state(b.name(f"h{i}", state=True), draw(st.sampled_from(sizes)),
                      init=draw(st.sampled_from(["zeros", "zeros", "learn"]))) for i in range(n_states)]
     ny = draw(st.integers(1, 4))
     # Jordan: a state j fed from the output y (j[t] = y[t] or tanh(y[t])), read as j[t-1] = y[t-1]
-    jordan = cell.state("j", ny, init=draw(st.sampled_from(["zeros", "learn"]))) \
+    jordan = cell.state(b.name("j", state=True), ny, init=draw(st.sampled_from(["zeros", "learn"]))) \
         if draw(st.integers(0, 2)) == 0 else None
     # the states' updates in a random order: each may read the new value of any state updated
     # before it in that order (not only of those declared before it), and outputs of those
@@ -161,8 +186,8 @@ def fuzz_cells(draw, sizes=SIZES, max_states=3, max_depth=3, kinks=True):
             k = draw(st.integers(1, 3))
             src = draw(st.lists(st.sampled_from(sources), min_size=1, max_size=3, unique=True))
             cat = rc.concat(*src) if len(src) > 1 else src[0]
-            z = cell.define(f"z{i}", b.param((k * n, sum(_size(cell, s) for s in src))) @ cat
-                            + b.param(k * n, init=("normal", 0.3)))
+            z = b.param((k * n, sum(_size(cell, s) for s in src))) @ cat + b.param(k * n, init=("normal", 0.3))
+            z = cell.define(b.name(f"z{i}"), z)
             block = (z, k)
         leaf = leaves(b, sources, h, n, block)
         body = draw(projections(b, sources, n)) + draw(trees(b, leaf, draw(st.integers(0, max_depth)), kinks))
@@ -177,7 +202,8 @@ def fuzz_cells(draw, sizes=SIZES, max_states=3, max_depth=3, kinks=True):
             cell.update(h, h / 2 + squash(body) / 2)
         if draw(st.integers(0, 3)) == 0:  # an output of h[t], read by the updates after it
             m = draw(st.sampled_from(sizes[:8]))
-            mids.append(cell.output(f"o{i}", sp.tanh(b.param((m, n)) @ h.new + b.param(m, init=("normal", 0.3)))))
+            o = sp.tanh(b.param((m, n)) @ h.new + b.param(m, init=("normal", 0.3)))
+            mids.append(cell.output(b.name(f"o{i}"), o))
     reads = draw(st.lists(st.sampled_from([h.new for h in hs] + xs[:1]), min_size=1, max_size=2, unique=True))
     if not any(r in [h.new for h in hs] for r in reads):
         reads = [hs[-1].new] + reads
@@ -185,10 +211,10 @@ def fuzz_cells(draw, sizes=SIZES, max_states=3, max_depth=3, kinks=True):
     y = b.param((ny, sum(_size(cell, r) for r in reads))) @ cat
     if draw(st.booleans()):
         y = y + b.param(ny, init=("normal", 0.3))
-    y = cell.output("y", y)
+    y = cell.output(b.name("y"), y)
     if jordan is not None:
         cell.update(jordan, y if draw(st.booleans()) else sp.tanh(y))
-    t = cell.target("t", ny)
+    t = cell.target(b.name("t"), ny)
     loss = draw(st.sampled_from(LOSSES))
     cell.loss({"mse": (y - t) ** 2 / 2, "xent": rc.softmax_xent(y, t),
                "cauchy": sp.log(1 + (y - t) ** 2)}[loss])
@@ -228,3 +254,66 @@ def fuzz_data(cell, T, B, seed, mask_kind, h0_kind):
     chosen = {"none": [], "some": states[:1], "all": states}[h0_kind]
     h0 = {s: rng.normal(0, 0.5, (B, cell.step.states[s])) for s in chosen}
     return params, inputs, targets, mask, h0
+
+
+# ----------------------------------------------------------------------------- renaming
+def renaming(cell, seed):
+    """A new name for every declaration of ``cell`` (a learned state's ``<name>_0`` follows its
+    state): pool names and plain ``v<i>`` in a seeded random order, never a name kept."""
+    rng = np.random.default_rng(seed)
+    own = [d.name for d in cell.decls.values() if not _learned_init(cell, d)]
+    pool = [n for n in NAME_POOL if n not in cell.decls] + [f"v{i}" for i in range(len(own))]
+    pool = [pool[i] for i in rng.permutation(len(pool))]
+    new, used = {}, set()
+    for name in own:
+        state = cell.decls[name].kind == "state"
+        new[name] = free_name(pool, used, state)[0]
+        used.update([new[name]] + ([f"{new[name]}_0"] if state else []))
+    for d in cell.decls.values():
+        if _learned_init(cell, d):
+            new[d.name] = new[d.name[:-2]] + "_0"
+    return new
+
+
+def _learned_init(cell, d):
+    s = cell.decls.get(d.name[:-2]) if d.kind == "param" and d.name.endswith("_0") else None
+    return s is not None and s.kind == "state" and s.init == "learn"
+
+
+def rename_cell(cell, new):
+    """The same cell with every declaration ``d`` renamed ``new[d]`` (data: ``rename_data``)."""
+    def expr(e):
+        repl = {}
+        for s in e.free_symbols:
+            base = s.name[:-4] if s.name.endswith(".new") else s.name
+            tail = s.name[len(base):]
+            if isinstance(s, Vec):
+                repl[s] = type(s)(new[base] + tail)
+            elif base in new:  # a matrix parameter's name inside a product
+                repl[s] = sp.Symbol(new[base], **s.assumptions0)
+        return e.xreplace(repl)
+
+    out = rc.Cell(cell.name)
+    for d in cell.decls.values():
+        if d.kind in ("input", "target"):
+            getattr(out, d.kind)(new[d.name], d.shape)
+        elif d.kind == "state":
+            out.state(new[d.name], d.shape, init=d.init)
+        elif d.kind == "param" and not _learned_init(cell, d):
+            out.param(new[d.name], d.shape, init=d.init)
+        elif d.kind in ("output", "define"):
+            getattr(out, d.kind)(new[d.name], expr(d.expr))
+    for s, e in cell.updates.items():
+        out.update(new[s], expr(e))
+    if cell.loss_expr is not None:
+        out.loss(expr(cell.loss_expr))
+    for attr in ("_fuzz_loss",):
+        if hasattr(cell, attr):
+            setattr(out, attr, getattr(cell, attr))
+    out._fuzz_kinks = [new[k] for k in getattr(cell, "_fuzz_kinks", [])]
+    return out
+
+
+def rename_data(new, *dicts):
+    """Each dict (params, inputs, targets, h0, gradients, ...) with its keys renamed."""
+    return [None if d is None else {new[k]: v for k, v in d.items()} for d in dicts]

@@ -250,3 +250,44 @@ def test_empty_batch_is_reported_for_every_backend():
 def test_bad_thread_count_is_a_clear_error(threads):
     with pytest.raises(ValueError, match=r"cell 'elman': threads must be a positive integer"):
         rc.compile(rc.cells.elman(2, 3, 1), backend="native", cache=None, threads=threads)
+
+
+# ----------------------------------------------------------------------------- issue #22: raw errors at declaration
+def test_a_matrix_whose_terms_cancel_is_named():
+    cell, x, h = base()
+    W = cell.param("W", (4, 4))
+    for expr in ((W - W) @ h, (W + W.T - W - W.T) @ h):
+        with pytest.raises(CellError, match=r"cell 'bad', update of state 'h': the matrix of a product .* is zero "
+                                            r"\(its terms cancel"):
+            cell.update(h, sp.tanh(expr))
+    with pytest.raises(CellError, match=r"cell 'bad', output 'y': the matrix of a product"):
+        cell.output("y", (2 * W - W - W) @ h)
+
+
+def test_a_plain_symbol_named_like_a_declaration_is_named():
+    cell, x, h = base()
+    W = cell.param("W", (4, 3))
+    with pytest.raises(CellError, match=r"update of state 'h': unknown symbol 'W' .*named like param 'W'"):
+        cell.update(h, sp.tanh(sp.Symbol("W") * h + W @ x))  # next to W @ x: was a TypeError
+    with pytest.raises(CellError, match=r"definition of 'd': unknown symbol 'x' .*named like input 'x'"):
+        cell.define("d", sp.Symbol("x") + h)
+    for dummy in (sp.Dummy("_0"), sp.Dummy(), sp.Dummy("q")):  # "_0" was an AssertionError in ir.verify
+        with pytest.raises(CellError, match=rf"cell 'bad', loss: unknown symbol {dummy.name!r}"):
+            cell.loss(dummy * h)
+
+
+@pytest.mark.parametrize("const, what", [(sp.Integer(10) ** 400, "overflows to inf"),
+                                         (sp.Float("1e400"), "overflows to inf"),
+                                         (sp.exp(1000), "overflows to inf"),
+                                         (-sp.Integer(10) ** 309, "overflows to inf"),
+                                         (sp.Rational(1, 10 ** 400), "underflows to 0"),
+                                         (sp.exp(-1000), "underflows to 0")])
+def test_a_constant_out_of_float64_range_is_named(const, what):
+    cell, x, h = base()
+    W = cell.param("W", (4, 4))
+    with pytest.raises(CellError, match=rf"cell 'bad', update of state 'h': the constant .* {what} in float64"):
+        cell.update(h, sp.tanh(const * h))  # 10**400 was an OverflowError from the generated NumPy code
+    with pytest.raises(CellError, match=rf"cell 'bad', output 'y': the constant .* {what}"):
+        cell.output("y", (const * W) @ h)
+    cell.update(h, sp.tanh(sp.Float("1e300") * h + sp.Float("1e-300") * (W @ h)))  # in range: accepted
+    assert np.isfinite(numpy_model(cell).forward(cell.init_params(), {"x": np.ones((2, 1, 3))})[1]["h"]).all()

@@ -7,6 +7,11 @@ three losses, optional masks and initial states).
 
 For every example (float64 data unless said otherwise):
 
+0. names: every declared name is drawn from ``fuzzgen.NAME_POOL`` (the names the passes
+   generate: temporaries, the step weight ``w``, ...) or a plain one, and the cell rebuilt
+   under another such drawing (``rename_cell``) gives the oracle's numbers (1e-11: sympy
+   orders sums by name, so only the summation order changes); the all-on native model of
+   check 3 and the persistent PTX model of check 6 are compiled from that renamed cell;
 1. rolled BPTT (the oracle) == the reverse walk over the unrolled graph (1e-11 relative);
 2. oracle == central finite differences in a random direction (``gradcheck.check_grads``);
 3. native float64, every optimisation on (hoist, fuse, pack, grad_after, 2 threads with the
@@ -59,7 +64,7 @@ from hypothesis.control import currently_in_test_context
 import rnncomp as rc
 from rnncomp.backends.numpy import unrolled_loss_and_grad
 
-from fuzzgen import BIG_SIZES, calls, fuzz_cells, fuzz_data
+from fuzzgen import BIG_SIZES, calls, fuzz_cells, fuzz_data, rename_cell, rename_data, renaming
 from gradcheck import check_grads
 
 KINK_MARGIN = 1e-4
@@ -112,9 +117,26 @@ def _cast(d, dtype):
     return None if d is None else {k: np.asarray(v, dtype=dtype) for k, v in d.items()}
 
 
-def kink_margin(outs):
-    vals = [np.abs(v).min() for k, v in outs.items() if k.startswith("kink")]
+def kink_margin(outs, kinks=None):
+    """Smallest |u| over the kink outputs (``cell._fuzz_kinks``; else those named kink<i>)."""
+    vals = [np.abs(v).min() for k, v in outs.items() if (k in kinks if kinks is not None else k.startswith("kink"))]
     return min(vals) if vals else np.inf
+
+
+class Renamed:
+    """A model of ``rename_cell(cell, new)``, called and answering with ``cell``'s names."""
+
+    def __init__(self, model, new):
+        self.model, self.new, self.back = model, new, {v: k for k, v in new.items()}
+
+    def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None):
+        p, i, t, h = rename_data(self.new, params, inputs, targets, h0)
+        loss, grads, final = self.model.loss_and_grad(p, i, t, h0=h, mask=mask)
+        return (loss, *rename_data(self.back, grads, final))
+
+    def forward(self, params, inputs, h0=None):
+        p, i, h = rename_data(self.new, params, inputs, h0)
+        return tuple(rename_data(self.back, *self.model.forward(p, i, h0=h)))
 
 
 def check_cell(cell, T, B, seed, mask_kind=None, h0_kind="none", opts=None, stats=None,
@@ -136,7 +158,7 @@ def check_cell(cell, T, B, seed, mask_kind=None, h0_kind="none", opts=None, stat
     outs, fin = oracle.forward(params, inputs, h0=h0)
     for s in fin:
         np.testing.assert_array_equal(fin[s], ref[2][s])
-    margin = kink_margin(outs)
+    margin = kink_margin(outs, getattr(cell, "_fuzz_kinks", None))
     smooth_here = margin >= KINK_MARGIN
     if not smooth_here:
         event("near a kink: finite differences and float32 skipped")
@@ -145,6 +167,14 @@ def check_cell(cell, T, B, seed, mask_kind=None, h0_kind="none", opts=None, stat
     # 1. rolled == unrolled
     _assert_close(unrolled_loss_and_grad(cell, params, inputs, targets, **kw), ref, ROLL_RTOL,
                   "rolled vs unrolled", floor=1e-14)
+
+    # 0. renaming: the cell with every declaration renamed (pool names: those the passes
+    #    generate) gives the same numbers; the all-on native model and the persistent PTX model
+    #    below are compiled from it too
+    new = renaming(cell, seed)
+    renamed = rename_cell(cell, new)
+    _assert_close(Renamed(rc.compile(renamed, backend="numpy"), new).loss_and_grad(params, inputs, targets, **kw),
+                  ref, ROLL_RTOL, "renamed cell (oracle) vs oracle", floor=1e-14)
 
     # 2. oracle == finite differences
     if smooth_here:
@@ -163,18 +193,19 @@ def check_cell(cell, T, B, seed, mask_kind=None, h0_kind="none", opts=None, stat
     # 3. native float64, all optimisations on
     got = None
     if "on" in native:
-        on = rc.compile(cell, backend="native", cache=None, hoist=True, fuse=True, pack=True,
-                        grad_after=True, threads=2)
-        on.min_batch_per_thread = 1  # split even tiny batches across the two threads
-        got = compare64(on, "native float64 (all on)")
+        onm = rc.compile(renamed, backend="native", cache=None, hoist=True, fuse=True, pack=True,
+                         grad_after=True, threads=2)
+        on = Renamed(onm, new)
+        onm.min_batch_per_thread = 1  # split even tiny batches across the two threads
+        got = compare64(on, "native float64 (all on, renamed cell)")
         # the general call path (checkpoint runner) gives the thin path's answer bit for bit
-        on._fast_path = False
+        onm._fast_path = False
         _assert_close(on.loss_and_grad(params, inputs, targets, **kw), got, 0.0, "general vs thin call path")
         # memory schedules: recomputed segments give the stored run's answer (segments change
         # only the summation order of grad_after's products)
-        on.memory = rc.Every(max(1, T // 2)) if seed % 2 else rc.Binomial(1)
+        onm.memory = rc.Every(max(1, T // 2)) if seed % 2 else rc.Binomial(1)
         _assert_close(on.loss_and_grad(params, inputs, targets, **kw), got, OFF_ON_RTOL,
-                      f"memory={on.memory} vs every step stored", floor=1e-13)
+                      f"memory={onm.memory} vs every step stored", floor=1e-13)
 
     # 4. every optimisation off == on
     if "off" in native:
@@ -191,7 +222,8 @@ def check_cell(cell, T, B, seed, mask_kind=None, h0_kind="none", opts=None, stat
         if kind in native:
             compare64(rc.compile(cell, backend="ptx", runner=runner, persistent=False),
                       f"PTX, a launch per step ({runner} runner)")
-            compare64(rc.compile(cell, backend="ptx", runner=runner), f"PTX persistent ({runner} runner)")
+            compare64(Renamed(rc.compile(renamed, backend="ptx", runner=runner), new),
+                      f"PTX persistent ({runner} runner, renamed cell)")
 
     # 5. float32 (native; PTX on the host runner or a GPU) vs the float64 oracle on the same
     #    float32-rounded data

@@ -7,7 +7,7 @@ import pytest
 
 import rnncomp as rc
 from rnncomp import inspect as ri
-from rnncomp.autodiff import unrolled
+from rnncomp.autodiff import WEIGHT, unrolled
 from rnncomp.backends.numpy import FORWARD, NumpyModel, run_program
 from rnncomp.cli import main
 from rnncomp.inspect import draw as render_mod
@@ -220,7 +220,7 @@ def test_flow_lstm_matches_unrolled_adjoints_and_directional_fd():
     env.update({(s, 0): np.zeros((B, n)) for s, n in st.states.items()})
     for n, a in list(inputs.items()) + list(targets.items()):
         env.update({(n, t + 1): a[t] for t in range(T)})
-    env.update({("w", t + 1): np.full((B, 1), 1 / (T * B)) for t in range(T)})
+    env.update({(WEIGHT, t + 1): np.full((B, 1), 1 / (T * B)) for t in range(T)})
     run_program(u.fwd, env, B, np.dtype("float64"))
     run_program(u.rev.prog, env, B, np.dtype("float64"))
     for s in st.states:

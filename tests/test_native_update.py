@@ -125,16 +125,15 @@ def test_non_finite_gradient_reports_first_index_and_writes_nothing(kernels, dty
 
 
 def test_huge_finite_gradient_is_not_reported():
-    # 1e200² overflows the float64 sum of squares: the norm is inf, the elements are finite
+    # 1e200² overflows a plain float64 sum of squares; the elements are finite, so the step is
+    # taken, clipped by the norm computed scaled (issue #22: it was inf, and the step a no-op)
     opt, flat = rc.SGD(1.0), np.zeros(10)
     opt.init(flat)
     up = NativeUpdate("float64", cache=None)
     g = np.full(10, 1e200)
-    ref_flat, ref_opt = flat.copy(), copy.deepcopy(opt)
-    assert up(opt, flat, g, 1, None, 1.0) == -1 and up.norm == np.inf
-    with np.errstate(over="ignore"):
-        numpy_update(ref_opt, ref_flat, g, 1, None, 1.0)
-    np.testing.assert_array_equal(flat, ref_flat)
+    assert up(opt, flat, g, 1, None, 1.0) == -1
+    assert up.norm == pytest.approx(1e200 * np.sqrt(10), rel=1e-15)
+    np.testing.assert_allclose(flat, -np.full(10, 1 / np.sqrt(10)), rtol=1e-15)
 
 
 def test_float32_norm_accumulates_in_float64():
@@ -314,3 +313,49 @@ def test_replaced_state_arrays_are_used_and_overlaps_refused():
         up(opt, flat, flat, 3)
     with pytest.raises(ValueError, match="'grad' must be a contiguous float64 vector of 40"):
         up(opt, flat, g[:20], 3)
+
+
+# ----------------------------------------------------------------------------- norms out of range
+# Issue #22: finite float64 gradients above ~1e154 made Σ g² overflow, the scale clip/norm 0,
+# and the step a silent no-op.  Expected norms here are c·‖v‖ for a moderate v.
+SCALES = [1e200, 1e300, 3e-170, 1e-300, 1.0]
+
+
+@pytest.mark.parametrize("c", SCALES)
+def test_global_norm_neither_overflows_nor_underflows(c):
+    from rnncomp.train.optim import global_norm
+    v = np.random.default_rng(3).normal(size=257)
+    assert global_norm(c * v) == pytest.approx(c * float(np.sqrt(np.dot(v, v))), rel=1e-14)
+
+
+@pytest.mark.parametrize("c", SCALES)
+@pytest.mark.parametrize("clip_value", [None, 1e305])
+def test_native_clip_norm_of_huge_and_tiny_gradients_takes_the_step(kernels, c, clip_value):
+    v = np.random.default_rng(4).normal(size=N)
+    g = c * v
+    clip = 1e-3 * c  # below the norm: the clipped step is lr·clip·v/‖v‖ whatever the scale
+    flat = np.zeros(N)
+    opt = rc.SGD(0.5)
+    opt.init(flat)
+    up = kernels["float64"]
+    assert up(opt, flat, g, 1, clip_value, clip) == -1
+    norm_v = float(np.sqrt(np.dot(v, v)))
+    assert up.norm == pytest.approx(c * norm_v, rel=1e-13)
+    np.testing.assert_allclose(flat, -0.5 * clip * v / norm_v, rtol=1e-12, atol=0)
+
+
+def test_trainer_clip_norm_of_a_huge_gradient_takes_the_step():
+    """The Trainer, NumPy update and native update, with a finite gradient of ~1e200."""
+    cell = rc.Cell("linear")
+    x, h = cell.input("x", 3), cell.state("h", 3)
+    cell.update(h, cell.param("b", 3) * x)
+    cell.loss(cell.param("a", 3) * x + 0 * h.new)  # ∂L/∂a = the mean of x over steps
+    d = np.array([1.0, -2.0, 0.5])
+    X = np.ones((2, 1, 3)) * d * 1e200
+    for update in ("numpy", "native"):
+        tr = rc.Trainer(cell, rc.SGD(0.1), clip_norm=1.0, backend="numpy", dtype="float64",
+                        update=update)
+        a0 = tr.params["a"].copy()
+        loss, _ = tr.train_step({"x": X}, {})
+        assert np.isfinite(loss)
+        np.testing.assert_allclose(tr.params["a"] - a0, -0.1 * d / np.sqrt(d @ d), rtol=1e-12, err_msg=update)

@@ -29,7 +29,7 @@ from llvmlite import ir
 from ..autodiff import LOSS_ONLY, backward_step
 from ..errors import CompileError
 from ..memory import schedule
-from ..ir import LEAF_OPS, prune, state_independent
+from ..ir import LEAF_OPS, internal, prune, state_independent
 from .stackplan import stack_step
 from .llvm.builder import I64, for_range
 from .llvm.exprgen import unsupported
@@ -293,7 +293,7 @@ class NativeModel(NativeBackward, NativeCalls, NativeVjp):
 
     @property
     def _scratch_key(self):
-        return ("__scratch", None)
+        return (internal("scratch"), None)
 
     def _plan(self):
         st = self.step

@@ -13,7 +13,7 @@ import numpy as np
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 
-from ..autodiff import LOSS_ONLY, Cotangents, backward_step
+from ..autodiff import LOSS_ONLY, WEIGHT, Cotangents, backward_step
 from ..errors import CallError
 from ..ir import LEAF_OPS, placeholder, prune
 from .validate import check_call, check_forward_call, initial_states, step_weights
@@ -282,7 +282,7 @@ def unrolled_loss_and_grad(cell, params, inputs, targets=None, h0=None, mask=Non
             env[(n, t + 1)] = a[t]
     w = step_weights(call, dt)
     for t in range(call.T):
-        env[("w", t + 1)] = w[t][:, None]
+        env[(WEIGHT, t + 1)] = w[t][:, None]
     run_program(u.fwd, env, call.B, dt)
     loss = sum(float((w[t] * env[(st.loss_key[0], t + 1)][:, 0]).sum()) for t in range(call.T))
     run_program(u.rev.prog, env, call.B, dt)
@@ -319,7 +319,7 @@ def unrolled_vjp(cell, params, inputs, h0=None, d_outputs=None, d_final=None, ta
             env[(n, t + 1)] = a[t]
     for t in range(call.T):
         if w is not None:
-            env[("w", t + 1)] = w[t][:, None]
+            env[(WEIGHT, t + 1)] = w[t][:, None]
         for o, a in d_out.items():
             env[cotangent_key(o, t + 1)] = a[t]
     for s, n in st.states.items():

@@ -22,7 +22,7 @@ import numpy as np
 import sympy as sp
 
 from ..autodiff import backward_step
-from ..ir import key_str
+from ..ir import key_str, time_label
 
 
 @lru_cache(maxsize=4096)
@@ -168,6 +168,7 @@ def cost(cell, T: int = 1000, B: int = 32, dtype="float32") -> Cost:
     for specs in bwd.grads.values():
         for spec in specs:
             read += [spec[1]] if spec[0] == "batch" else [spec[1], spec[2]]
+    stored = {}
     for key in dict.fromkeys(read):
         node = fwd.nodes.get(key)
         if node is None or node.op == "param":
@@ -175,9 +176,12 @@ def cost(cell, T: int = 1000, B: int = 32, dtype="float32") -> Cost:
         if node.op in ("input", "target"):
             c.inputs_read[key_str(key)] = node.size
         elif node.op == "state" or (key[0] in step.states and key[1] == "t"):
-            c.stored.setdefault(f"{key[0]}[t]", node.size)  # h[t-1] and h[t]: one array per step
+            stored.setdefault((key[0], "t"), node.size)  # h[t-1] and h[t]: one array per step
         else:
-            c.stored[key_str(key)] = node.size
+            stored[key] = node.size
+    for key, n in stored.items():  # a generated name printed like a user's: both counted
+        label = key_str(key)
+        c.stored[label if label not in c.stored else f"{key[0]}{time_label(key[1])}"] = n
     c.all_values = sum(n.size for n in fwd.nodes.values() if not n.is_leaf)
     c.state_units = sum(step.states.values())
     c.params = {p: _size(s) for p, s in step.params.items()}

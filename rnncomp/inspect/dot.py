@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from ..autodiff import backward_step
+from ..autodiff import backward_step, carry_key
 from ..graph import unfold_program
-from ..ir import key_str
+from ..ir import internal, key_str
+from ..lower import LOSS
 from ..printing import node_expr
 
 KINDS = ("step", "unfolded", "gradient")
@@ -122,7 +123,7 @@ def node_label(prog, key) -> str:
 def _role(node, key) -> str:
     if node.op in ("input", "target", "state", "param", "seed"):
         return node.op
-    return "loss" if key[0] == "ℓ" else "fwd"
+    return "loss" if key[0] == LOSS else "fwd"
 
 
 def _reads(node):
@@ -179,11 +180,11 @@ def gradient_graph(cell) -> Graph:
     _edges(g, bprog, bprog.nodes, lambda a, k: "bwd")
     for s, k in bwd.carry_out.items():
         if k is not None:
-            ck = (f"δ⁺{s}", "t-1")
+            ck = carry_key(s, "t-1")
             g.add_node(ck, f"δ⁺{s}[t-1]\ncarried to step t-1", "carry", 2)
             g.add_edge(k, ck, "bwd")
     for p, specs in bwd.grads.items():
-        gk = (f"∂L/∂{p}", None)
+        gk = (internal(f"∂L/∂{p}"), None)
         terms = []
         for spec in specs:
             if spec[0] == "batch":

@@ -38,7 +38,7 @@ from llvmlite import ir
 
 from ..backends.llvm.builder import I64, alloca_once, for_range, gep
 from ..backends.llvm.jit import HostTarget, compile_module
-from .optim import SGD, Adagrad, Adam, Optimizer, RMSprop
+from .optim import TINY_SUMSQ, SGD, Adagrad, Adam, Optimizer, RMSprop
 
 F64 = ir.DoubleType()
 I8 = ir.IntType(8)
@@ -218,7 +218,7 @@ def build_module(spec: UpdateSpec) -> ir.Module:
             with b.if_then(b.fcmp_unordered("==", b.call(fabs, [g]), inf)):
                 b.ret(j)
         b.ret(n)  # unreachable: the flag says there is one
-    norm = b.call(sqrt_d, [b.load(sq_acc)], name="norm")
+    norm = _scaled_norm(b, mod, n, grad, sq_acc, spec, lo, scalars, ty)
     b.store(norm, norm_out)
     scale = None
     if spec.clip_norm:
@@ -246,6 +246,36 @@ def build_module(spec: UpdateSpec) -> ir.Module:
             b.store(v, gep(b, state_ptrs[name], k))
     b.ret(I64(-1))
     return mod
+
+
+def _scaled_norm(b, mod, n, grad, sq_acc, spec, lo, scalars, ty):
+    """sqrt(Σ g²) from pass 1's sum; where that sum overflowed (finite g above ~1e154) or may
+    have lost terms to underflow (below TINY_SUMSQ), again over g/p with p the power of two
+    at the largest |g| (exact scaling): p·sqrt(Σ (g/p)²), as :func:`.optim.global_norm`."""
+    sqrt_d = mod.declare_intrinsic("llvm.sqrt", [F64])
+    fabs_d = mod.declare_intrinsic("llvm.fabs", [F64])
+    sumsq = b.load(sq_acc)
+    norm_acc, big_acc = alloca_once(b, F64, "norm"), alloca_once(b, F64, "maxabs")
+    b.store(b.call(sqrt_d, [sumsq]), norm_acc)
+    plain = b.and_(b.fcmp_ordered(">=", sumsq, F64(TINY_SUMSQ)), b.fcmp_ordered("<", sumsq, F64(float("inf"))))
+    with b.if_then(b.not_(plain), likely=False):
+        def clipped(i):
+            g = b.load(gep(b, grad, i))
+            g = _clip(b, g, lo, scalars["clip_value"]) if spec.clip_value else g
+            return g if ty == F64 else b.fpext(g, F64)
+        b.store(F64(0.0), big_acc)
+        with for_range(b, n, name="m") as i:
+            a, big = b.call(fabs_d, [clipped(i)]), b.load(big_acc)
+            b.store(b.select(b.fcmp_ordered(">", a, big), a, big), big_acc)
+        bits = b.and_(b.bitcast(b.load(big_acc), I64), I64(0x7FF0000000000000))  # 2^exponent
+        p = b.bitcast(bits, F64)
+        p = b.select(b.fcmp_ordered("==", p, F64(0.0)), F64(2.0 ** -1022), p)  # subnormal max
+        b.store(F64(0.0), sq_acc)
+        with for_range(b, n, name="s") as i:
+            q = b.fdiv(clipped(i), p)
+            b.store(b.fadd(b.load(sq_acc), b.fmul(q, q), flags=("reassoc", "contract")), sq_acc)
+        b.store(b.fmul(b.call(sqrt_d, [b.load(sq_acc)]), p), norm_acc)
+    return b.load(norm_acc, name="norm")
 
 
 # ---------------------------------------------------------------------------- calling it

@@ -11,7 +11,29 @@ of parameters: no Python loop per parameter.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+TINY_SUMSQ = 2.0 ** -960  # a sum of squares below it may have lost terms to underflow
+
+
+def global_norm(g: np.ndarray) -> float:
+    """‖g‖₂ summed in float64, without overflow or underflow: where the plain sum of squares
+    overflows (finite elements above ~1e154) or may have underflowed, the elements are
+    divided by p, the power of two at the largest magnitude (exact), and the norm is
+    p·sqrt(Σ (g/p)²).  The native update computes it the same way."""
+    g64 = g if g.dtype == np.float64 else g.astype(np.float64)
+    with np.errstate(over="ignore", under="ignore"):
+        s = float(np.dot(g64, g64))
+    if TINY_SUMSQ <= s < math.inf:
+        return math.sqrt(s)
+    m = float(np.abs(g64).max()) if g64.size else 0.0
+    if not math.isfinite(m):
+        return m
+    p = max(math.ldexp(1.0, math.frexp(m)[1] - 1), 2.0 ** -1022)
+    q = g64 / p
+    return math.sqrt(float(np.dot(q, q))) * p
 
 
 class Optimizer:

@@ -22,7 +22,7 @@ import numpy as np
 from ..compile import compile as rc_compile
 from ..errors import CallError, RnncompError
 from .data import check_lengths, lengths_mask
-from .optim import Adam, Optimizer
+from .optim import Adam, Optimizer, global_norm
 
 
 class TrainingError(RnncompError, RuntimeError):
@@ -144,8 +144,7 @@ class Trainer:
         if self.clip_value is not None:
             np.clip(g, -self.clip_value, self.clip_value, out=g)
         if self.clip_norm is not None:
-            g64 = g if g.dtype == np.float64 else g.astype(np.float64)  # accumulate in float64
-            norm = float(np.sqrt(np.dot(g64, g64)))
+            norm = global_norm(g)  # in float64, scaled where g² would overflow
             if norm > self.clip_norm:
                 g *= self.clip_norm / norm
         self.step_count += 1

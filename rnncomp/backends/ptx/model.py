@@ -7,6 +7,8 @@ semantics check: slow, for tests).
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from ...autodiff import LOSS_ONLY, backward_step
@@ -14,7 +16,7 @@ from ...errors import CallError
 from ..validate import check_call, check_forward_call, forward_targets, initial_states, step_weights
 from .codegen import emit_module
 from .persistent import T_KEY, Persistent
-from .plan import build_plan
+from .plan import build_plan, grad_key
 from .ptxgen import DEFAULT_ARCH, DEFAULT_FEATURES, check_arch, entries, sm_version, to_ptx
 from .runtime import CudaRunner, HostRunner
 from .vjp import PtxVjp
@@ -87,6 +89,8 @@ class PtxModel(PtxVjp):
         self.kernel_names = entries(self.ptx)
         self._runner = None
         self._arena = None
+        # one arena and staging buffer per model: a call holds them from upload to results
+        self._lock = threading.RLock()
 
     def __repr__(self):
         return f"PtxModel({self.cell_name!r}, {self.dtype}, arch={self.arch!r}; {self.plan.summary()})"
@@ -143,7 +147,8 @@ class PtxModel(PtxVjp):
         for v in getattr(self, "_variants", {}).values():  # VJP variants (ptx/vjp.py)
             v.close()
         if self._runner is not None:
-            self._free_arena()
+            with self._lock:
+                self._free_arena()
 
     def __enter__(self):
         return self
@@ -290,6 +295,10 @@ class PtxModel(PtxVjp):
         return self._forward(call)
 
     def _forward(self, call):
+        with self._lock:  # one arena per model: a call owns it from upload to copied results
+            return self._forward_locked(call)
+
+    def _forward_locked(self, call):
         st = self.step
         a = self._get_arena(call.T, call.B)
         self._upload_args(a, call, with_targets=False)
@@ -313,6 +322,10 @@ class PtxModel(PtxVjp):
 
     def _train(self, call, w, d_out=None, d_fin=None):
         """One forward + backward: (loss or None, grads, final states, {input: δx}, {state: δh[0]})."""
+        with self._lock:
+            return self._train_locked(call, w, d_out, d_fin)
+
+    def _train_locked(self, call, w, d_out, d_fin):
         st, P = self.step, self.plan
         a = self._get_arena(call.T, call.B)
         S, L = a["stage"], P.layout
@@ -335,7 +348,7 @@ class PtxModel(PtxVjp):
         for p, k in P.grad_slot.items():
             shape = st.params[p]
             shape = shape if isinstance(shape, tuple) else (shape,)
-            at = L.where[("__grad", p)][2]
+            at = L.where[grad_key(p)][2]
             grads[p] = S[("grad", k)][at:at + int(np.prod(shape))].reshape(shape).copy()
         d_h0 = {s: S[("dinit", s)][0, :, cols(self.bwd.carry_in[s], n)].copy()  # δh[-1]: row 0
                 for s, n in st.states.items() if ("dinit", s) in S}

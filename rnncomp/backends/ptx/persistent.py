@@ -31,11 +31,12 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from ...errors import CompileError
+from ...ir import internal
 from ..llvm.builder import I64, for_range
 from .irgen import sreg
 from .tiled import Tiled
 
-T_KEY = ("__T", None)  # the launch argument that stands for the sequence length
+T_KEY = (internal("T"), None)  # the launch argument that stands for the sequence length
 MAX_POINTERS = 480     # CUDA kernel parameters: 4 KiB, 8 bytes a pointer
 
 

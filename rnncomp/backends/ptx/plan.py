@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...errors import CompileError
-from ...ir import LEAF_OPS, key_str, placeholder, prune, state_independent
+from ...ir import LEAF_OPS, internal, key_str, placeholder, prune, state_independent
 from ..llvm.exprgen import unsupported
 from ...passes.cotangents_after import for_backward
 from ..stackplan import grad_groups, stack_step, step_keep
@@ -301,13 +301,13 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
         at = 0
         for p, n in zip(params, sizes):
             plan.grad_slot[p] = k
-            L.place(("__grad", p), k, 0, at)
+            L.place(grad_key(p), k, 0, at)
             at += n
         grouped.update(params)
         width = bprog.node(w).size
         if kind[0] == "batch":
             name = ks.grad_batch(width, doc=f"∂[{';'.join(params)}] += Σ {key_str(w)}", ld=L.ld(w))
-            plan.bwd_grads.append(Launch(name, (w, ("__grad", params[0])), rows="TB"))
+            plan.bwd_grads.append(Launch(name, (w, grad_key(params[0])), rows="TB"))
         else:
             vk = kind[1]
             cols = step.params[params[0]][1]
@@ -317,11 +317,11 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
             name = ks.grad_outer((width, cols), width, bprog.node(vk).size, 1, False,
                                  doc=f"∂[{';'.join(params)}] += {key_str(w)}ᵀ{key_str(vk)}",
                                  ld_g=L.ld(w), ld_v=L.ld(vk))
-            plan.bwd_grads.append(Launch(name, (w, vk, ("__grad", params[0])), rows="TB"))
+            plan.bwd_grads.append(Launch(name, (w, vk, grad_key(params[0])), rows="TB"))
     for p, shape in step.params.items():
         if p not in grouped:
             plan.grad_slot[p] = k = L.slot(f"grad {p}", int(np.prod(shape)), -1)
-            L.place(("__grad", p), k)
+            L.place(grad_key(p), k)
     for p, specs in bwd.grads.items():
         if p in grouped:
             continue
@@ -330,13 +330,13 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
             if spec[0] == "batch":
                 n = shape if isinstance(shape, int) else int(np.prod(shape))
                 name = ks.grad_batch(n, doc=f"∂{p} += Σ {key_str(spec[1])}", ld=L.ld(spec[1]))
-                plan.bwd_grads.append(Launch(name, (spec[1], ("__grad", p)), rows="TB"))
+                plan.bwd_grads.append(Launch(name, (spec[1], grad_key(p)), rows="TB"))
             else:
                 _, gk, vk, c, tr = spec
                 name = ks.grad_outer(shape, bprog.node(gk).size, bprog.node(vk).size, c, tr,
                                      doc=f"∂{p} += {c}·{key_str(gk)}ᵀ{key_str(vk)}",
                                      ld_g=L.ld(gk), ld_v=L.ld(vk))
-                plan.bwd_grads.append(Launch(name, (gk, vk, ("__grad", p)), rows="TB"))
+                plan.bwd_grads.append(Launch(name, (gk, vk, grad_key(p)), rows="TB"))
     return plan
 
 
@@ -387,11 +387,16 @@ def split_factor(n_in: int, n_out: int) -> int:
     return S if S >= 4 else 1
 
 
+def grad_key(p):
+    """The layout key of parameter ``p``'s gradient (a generated name: never a user's key)."""
+    return (internal("grad"), p)
+
+
 def _transposer(plan, shapes):
     """``p -> name`` of ``p``'s transposed copy (a slot, a shape; the launch is added later)."""
     def tr_weight(p):
         if p not in plan.transposed:
-            name = f"{p}ᵀ"
+            name = internal(f"{p}ᵀ")
             m_, n_ = shapes[p]
             k = plan.layout.slot(f"transposed {p}", m_ * n_, -1)
             plan.layout.place((name, None), k)
@@ -526,7 +531,7 @@ def _node_launch(ks: KernelSet, prog, key, node, rows, L, shapes, tr_weight=None
         n_in = prog.node(v).size
         S = split_factor(n_in, node.size) if tr_weight is not None else 1
         if S > 1:  # persistent kernel: n_out·S partial sums, then n_out sums of S (two kernels)
-            scratch = ("__part", key)
+            scratch = (internal("partial sums"), key)
             L.place(scratch, L.slot(f"partial sums {doc}", node.size * S, -2))
             part = ks.matvec_part(n_in, node.size, S, terms, [shapes[p] for p, _, _ in terms],
                                   doc=f"{doc}: {S} partial sums", lda=L.ld(v))
