@@ -223,10 +223,11 @@ class Cell:
         return step_graph(self)
 
     def init_params(self, seed: int = 0, dtype="float64") -> dict:
-        """A dict of freshly initialised parameter arrays (deterministic in ``seed``)."""
-        rng = np.random.default_rng(seed)
-        return {d.name: initializers.make(d.init, rng, d.shape, dtype)
-                for d in self.decls.values() if d.kind == "param"}
+        """A dict of freshly initialised parameter arrays (deterministic in ``seed``).
+
+        A compiled model checks the dtype of what it is given: pass the model's ``dtype``
+        here, or call ``model.init_params(seed)``, which does."""
+        return initializers.init_all(initializers.specs(self), seed, dtype)
 
     def __str__(self) -> str:
         from .printing import cell_text

@@ -38,6 +38,7 @@ from .llvm.finite import define_first_nonfinite
 from .llvm.jit import HostTarget, compile_keyed
 from .native_calls import NativeCalls
 from .native_emit import _DT, Gen, Layout, units_of
+from ..initializers import InitParams, specs as init_specs
 
 
 @functools.lru_cache(maxsize=1)
@@ -55,7 +56,7 @@ def _code_fingerprint() -> str:
     return h.hexdigest()
 
 
-class NativeModel(NativeCalls):
+class NativeModel(NativeCalls, InitParams):
     """``rc.compile(cell, backend="native")``: same interface as the NumPy model.
 
     This class compiles (passes, layout, code generation); calling it -- buffers, batch
@@ -69,6 +70,7 @@ class NativeModel(NativeCalls):
         if self.dtype not in _DT:
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
         self.step = st = cell.step
+        self._param_specs_init = init_specs(cell)
         self.cell_name = st.name
         self.host = HostTarget.detect()
         self._work_elems: dict = {}

@@ -16,6 +16,7 @@ from sympy.printing.numpy import NumPyPrinter
 from ..autodiff import backward_step
 from ..ir import LEAF_OPS, placeholder, prune
 from .validate import check_call, check_forward_call, initial_states, step_weights
+from ..initializers import InitParams, specs as init_specs
 
 
 # ----------------------------------------------------------------------------- element-wise printer
@@ -135,7 +136,7 @@ def accumulate_grads(grads: dict, specs: dict, env: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- the model
-class NumpyModel:
+class NumpyModel(InitParams):
     """``rc.compile(cell, backend="numpy")``: forward and BPTT in plain NumPy."""
 
     backend = "numpy"
@@ -146,6 +147,7 @@ class NumpyModel:
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
         self.step = cell.step
+        self._param_specs_init = init_specs(cell)
         self._bwd = None
         self._fwd_only = prune(self.step.prog, [(s, "t") for s in self.step.states]
                                + [(o, "t") for o in self.step.outputs])

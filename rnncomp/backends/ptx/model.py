@@ -17,9 +17,10 @@ from .persistent import T_KEY, Persistent
 from .plan import build_plan
 from .ptxgen import DEFAULT_ARCH, DEFAULT_FEATURES, check_arch, entries, sm_version, to_ptx
 from .runtime import CudaRunner, HostRunner
+from ...initializers import InitParams, specs as init_specs
 
 
-class PtxModel:
+class PtxModel(InitParams):
     """Same interface as :class:`~rnncomp.backends.numpy.NumpyModel`.
 
     Options: ``arch`` (``"sm_90"``), ``features`` (PTX ISA, ``"+ptx85"``), ``runner``
@@ -57,6 +58,7 @@ class PtxModel:
         self.arch, self.features = check_arch(arch), features
         self.runner_kind, self.device, self.block, self.graphs = runner, device, block, graphs
         self.step = st = cell.step
+        self._param_specs_init = init_specs(cell)
         self.cell_name = st.name
         self.bwd = backward_step(st) if st.has_loss else None
         self.stack = bool(stack)
