@@ -10,10 +10,7 @@
 """
 from __future__ import annotations
 
-import os
-import pickle
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -55,6 +52,18 @@ def _as_dict(a, names, what):
     return {names[0]: a}
 
 
+def _converted(d, dtype, what):
+    """``{name: array}`` as contiguous arrays of the model's ``dtype``: the Trainer takes
+    NumPy's default float64 (or ints, lists) for a float32 model and converts it once."""
+    out = {}
+    for k, v in d.items():
+        try:
+            out[k] = np.ascontiguousarray(v, dtype=dtype)
+        except (TypeError, ValueError) as exc:
+            raise CallError(f"{what}[{k!r}] cannot be read as {np.dtype(dtype).name} numbers: {exc}") from None
+    return out
+
+
 def _nanmean(values) -> float:
     kept = [v for v in values if not np.isnan(v)]
     return float(np.mean(kept)) if kept else float("nan")
@@ -73,6 +82,8 @@ class Trainer:
         self.clip_norm, self.clip_value = clip_norm, clip_value
         self.backend, self.dtype = backend, np.dtype(dtype)
         self.model = rc_compile(cell, backend=backend, dtype=dtype, **compile_options)
+        self.compile_options = dict(compile_options)  # saved in checkpoints
+        self.info: dict = {}  # free-form, JSON-able, saved in checkpoints (the CLI keeps its task here)
         params = params if params is not None else cell.init_params(seed, dtype)
         self.names = list(cell.step.params)
         self.flat = np.concatenate([np.asarray(params[n], dtype=self.dtype).ravel() for n in self.names])
@@ -163,8 +174,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ loops
     def fit(self, inputs, targets, epochs=1, batch_size=32, mask=None, shuffle=None, seed=0, verbose=1,
-            *, lengths=None, stateful=False):
+            *, lengths=None, stateful=False, callbacks=()):
         """Train on time-major arrays (T, N, n); returns the mean loss of each epoch.
+
+        Data of another dtype (NumPy's default float64 for a float32 model, say) is
+        converted to the model's dtype once per call (a copy).
 
         ``mask`` (T, N) or (T,) weights each step's cost (0: left out).  ``lengths`` (N,):
         the steps past each sequence's end are padding (:func:`rnncomp.pad_sequences`) and
@@ -172,9 +186,19 @@ class Trainer:
         final states of batch k-1 (the state is reset at each epoch; no shuffling), for long
         streams laid out by :func:`rnncomp.train.data.stream_batches`.  ``shuffle`` defaults
         to True unless stateful.  Each batch's loss is kept in ``batch_history``
-        (for :meth:`plot`)."""
-        x = _as_dict(inputs, list(self.cell.step.inputs), "inputs")
-        t = _as_dict(targets, list(self.cell.step.targets), "targets")
+        (for :meth:`plot`).  ``callbacks``: :class:`~.callbacks.Callback` objects called after
+        each epoch (one returning True stops), and on Ctrl-C before it propagates
+        (:class:`~.callbacks.Checkpoint` saves then)."""
+        try:
+            return self._fit(inputs, targets, epochs, batch_size, mask, shuffle, seed, verbose,
+                             lengths, stateful, list(callbacks))
+        except KeyboardInterrupt:
+            for cb in callbacks:
+                cb.on_interrupt(self)
+            raise
+
+    def _fit(self, inputs, targets, epochs, batch_size, mask, shuffle, seed, verbose, lengths, stateful, callbacks):
+        x, t = self._data(inputs, targets)
         T, N = next(iter(x.values())).shape[:2]
         if stateful and shuffle:
             raise CallError("fit(stateful=True): batches continue each other in order; pass shuffle=False")
@@ -184,6 +208,7 @@ class Trainer:
         shuffle = (not stateful) if shuffle is None else shuffle
         mask = self._mask(mask, lengths, T, N)
         rng = np.random.default_rng(seed)
+        first = len(self.history)
         for epoch in range(epochs):
             order = rng.permutation(N) if shuffle else np.arange(N)
             losses, t0, carry = [], time.perf_counter(), None
@@ -206,7 +231,20 @@ class Trainer:
             if verbose:
                 sys.stdout.write("\n")
             self.history.append(_nanmean(losses))  # nan: no batch had a step to learn from
-        return list(self.history[len(self.history) - epochs:])
+            if any([bool(cb.on_epoch_end(self, epoch + 1, self.history[-1])) for cb in callbacks]):
+                break
+        return list(self.history[first:])
+
+    def _data(self, inputs, targets=None):
+        """Inputs (and targets) as dicts of arrays in the model's dtype, converted once here:
+        data may come as NumPy's default float64 for a float32 model."""
+        x = _converted(_as_dict(inputs, list(self.cell.step.inputs), "inputs"), self.dtype, "inputs")
+        if targets is None:
+            return x
+        return x, _converted(_as_dict(targets, list(self.cell.step.targets), "targets"), self.dtype, "targets")
+
+    def _state(self, h0):
+        return None if h0 is None else _converted(h0, self.dtype, "h0")
 
     def _mask(self, mask, lengths, T, N):
         """The (T, N) step weights from ``mask`` and ``lengths`` (None: every step counts)."""
@@ -228,10 +266,10 @@ class Trainer:
 
         Long data runs in pieces with the same result: ``window`` steps at a time with the
         state carried across, ``batch_size`` sequences at a time."""
-        x = _as_dict(inputs, list(self.cell.step.inputs), "inputs")
-        t = _as_dict(targets, list(self.cell.step.targets), "targets")
+        x, t = self._data(inputs, targets)
         T, N = next(iter(x.values())).shape[:2]
         mask = self._mask(mask, lengths, T, N)
+        h0 = self._state(h0)
         total, weight = 0.0, 0.0
         bs, win = batch_size or N, window or T
         for c0 in range(0, N, bs):
@@ -255,9 +293,9 @@ class Trainer:
 
         With ``lengths``: the outputs past each sequence's end are 0 and the final states are
         those after each sequence's own last step."""
+        x, h0 = self._data(inputs), self._state(h0)
         if lengths is None:
-            return self.model.forward(self.params, inputs, h0=h0)
-        x = _as_dict(inputs, list(self.cell.step.inputs), "inputs")
+            return self.model.forward(self.params, x, h0=h0)
         T, N = next(iter(x.values())).shape[:2]
         lengths = check_lengths(lengths, T, N)
         pieces, final, state, lo = [], None, h0, 0
@@ -283,13 +321,14 @@ class Trainer:
         Returns the chosen inputs (steps, B, n_in) (a dict for several inputs) and the final states."""
         names, outs_names = list(self.cell.step.inputs), list(self.cell.step.outputs)
         rng = np.random.default_rng(seed)
-        out, state = self.model.forward(self.params, _as_dict(prime, names, "prime"), h0=h0)
+        out, state = self.model.forward(self.params, _converted(_as_dict(prime, names, "prime"), self.dtype, "prime"),
+                                        h0=self._state(h0))
         chosen = []
         for _ in range(steps):
             last = {k: v[-1] for k, v in out.items()}
             nxt = _as_dict(pick(last[outs_names[0]] if len(outs_names) == 1 else last, rng), names, "pick(...)")
             chosen.append(nxt)
-            out, state = self.model.forward(self.params, {k: np.asarray(v)[None] for k, v in nxt.items()},
+            out, state = self.model.forward(self.params, {k: np.asarray(v, self.dtype)[None] for k, v in nxt.items()},
                                             h0=state)
         seq = {k: np.stack([np.asarray(c[k]) for c in chosen]) for k in names} if chosen else {}
         return (seq[names[0]] if len(names) == 1 and chosen else seq), state
@@ -314,33 +353,87 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path) -> None:
-        """Cell, parameters, optimizer state and step, written atomically (temp file + rename)."""
-        blob = {"format": 1, "cell": self.cell, "fingerprint": str(self.cell),
-                "params": {n: v.copy() for n, v in self.params.items()},
-                "optimizer": self.optimizer, "step": self.step_count, "history": self.history,
-                "batch_history": list(self.batch_history), "update": self.update,
-                "options": {"clip_norm": self.clip_norm, "clip_value": self.clip_value, "bptt": self.bptt}}
-        d = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".rnncomp-ckpt-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                pickle.dump(blob, fh)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """Write a portable checkpoint (:mod:`.checkpoint`): parameters and optimizer state
+        as arrays, the cell as its declaration, backend, dtype, memory schedule and options;
+        atomically (temporary file + rename), so a killed save keeps the last good one."""
+        from . import checkpoint as ck
+        opts = {k: v for k, v in self.compile_options.items() if k != "cache"}  # the cache is this machine's
+        if "memory" in opts:
+            opts["memory"] = ck.memory_to_dict(opts["memory"])
+        bad = [k for k, v in opts.items() if not isinstance(v, (bool, int, float, str, dict, type(None)))]
+        if bad:
+            raise ck.CheckpointError(f"cannot save {path}: compile option(s) {', '.join(bad)} are not "
+                                     "numbers or text")
+        state = self.optimizer.state_dict()
+        meta = {"format": ck.FORMAT, "version": ck.VERSION, "cell": ck.cell_to_dict(self.cell),
+                "fingerprint": str(self.cell), "backend": self.backend, "dtype": self.dtype.name,
+                "compile_options": opts, "update": self.update, "params": self.names,
+                "optimizer": ck.optimizer_to_dict(self.optimizer), "optimizer_state": sorted(state),
+                "step": self.step_count, "history": list(self.history),
+                "batch_history": [list(p) for p in self.batch_history], "info": self.info,
+                "options": {"clip_norm": self.clip_norm, "clip_value": self.clip_value,
+                            "bptt": None if self.bptt is None else [self.bptt.k1, self.bptt.k2]}}
+        arrays = {f"param/{n}": self.params[n] for n in self.names}
+        arrays.update({f"opt/{k}": v for k, v in state.items()})
+        ck.write(path, meta, arrays)
 
     @classmethod
-    def load(cls, path, cell=None, backend="native", dtype="float32", **compile_options) -> "Trainer":
-        """Resume from :meth:`save`; with ``cell``, the checkpoint must be of that cell."""
-        with open(path, "rb") as fh:
-            blob = pickle.load(fh)
-        if not isinstance(blob, dict) or blob.get("format") != 1:
-            raise TrainingError(f"{path}: not an rnncomp checkpoint")
+    def load(cls, path, cell=None, backend=None, dtype=None, *, schedule=None, **compile_options) -> "Trainer":
+        """Resume from :meth:`save`: the same backend, dtype, memory schedule and options as
+        saved unless given here.  With ``cell``, the checkpoint must be of that cell (needed
+        for a cell using functions of your own); ``schedule``: the learning-rate schedule,
+        needed when the saved one was a Python function.  A file that is not a checkpoint,
+        or one that would load differently, is a :class:`~.checkpoint.CheckpointError`."""
+        from . import checkpoint as ck
+        meta, arrays = ck.read(path)
+        if meta == "legacy":
+            return cls._load_legacy(path, arrays, cell, backend or "native", dtype or "float32", compile_options)
+        where = str(path)
+        saved = ck.cell_from_dict(meta["cell"], where) if cell is None else cell
+        if str(saved) != meta["fingerprint"]:
+            raise ck.CheckpointError(
+                f"{where}: the checkpoint is of cell {meta['cell']['name']!r} with other equations or sizes "
+                f"than {'cell ' + repr(cell.name) if cell is not None else 'the cell rebuilt from it'} "
+                f"({ck.first_difference(meta['fingerprint'], str(saved))})")
+        params = ck.check_params({n: arrays[f"param/{n}"] for n in meta["params"] if f"param/{n}" in arrays},
+                                 saved, where)
+        if any(v.dtype != np.dtype(meta["dtype"]) for v in params.values()):
+            raise ck.CheckpointError(f"{where}: parameters are not all {meta['dtype']}, the dtype it records")
+        state = {}
+        for k in meta["optimizer_state"]:
+            if f"opt/{k}" not in arrays:
+                raise ck.CheckpointError(f"{where}: the optimizer state {k!r} is missing")
+            state[k] = arrays[f"opt/{k}"]
+        opts = dict(meta["compile_options"])
+        if "memory" in opts:
+            opts["memory"] = ck.memory_from_dict(opts["memory"])
+        opts.update(compile_options)
+        opts.setdefault("update", meta["update"])
+        o = meta["options"]
+        tr = cls(saved, ck.optimizer_from_dict(meta["optimizer"], schedule, where),
+                 backend=backend or meta["backend"], dtype=dtype or meta["dtype"], params=params,
+                 clip_norm=o["clip_norm"], clip_value=o["clip_value"],
+                 bptt=None if o["bptt"] is None else Truncated(*o["bptt"]), **opts)
+        size = tr.flat.size
+        bad = [k for k, v in state.items() if v.shape != (size,)]
+        if bad:
+            raise ck.CheckpointError(f"{where}: optimizer state {bad[0]!r} has shape {state[bad[0]].shape}, "
+                                     f"the parameters have {size} elements")
+        tr.optimizer.load_state_dict(state)
+        tr.step_count, tr.history = int(meta["step"]), [float(v) for v in meta["history"]]
+        tr.batch_history = [tuple(p) for p in meta["batch_history"]]
+        tr.info = dict(meta.get("info") or {})
+        return tr
+
+    @classmethod
+    def _load_legacy(cls, path, blob, cell, backend, dtype, compile_options) -> "Trainer":
+        """A format-1 checkpoint (a pickle, before version 2): it recorded neither backend nor
+        dtype, so they are the given ones (defaults: native, float32), as they always were."""
+        from . import checkpoint as ck
         if cell is not None and str(cell) != blob["fingerprint"]:
-            raise TrainingError(f"{path}: the checkpoint is of cell {blob['cell'].name!r} with other "
-                                f"equations or sizes than cell {cell.name!r}")
+            raise ck.CheckpointError(f"{path}: the checkpoint is of cell {blob['cell'].name!r} with other "
+                                     f"equations or sizes than cell {cell.name!r}")
+        ck.check_params(blob["params"], blob["cell"], str(path))
         opt_state = blob["optimizer"].state_dict()  # before __init__ re-initialises the optimizer
         compile_options.setdefault("update", blob.get("update"))
         tr = cls(blob["cell"], blob["optimizer"], backend=backend, dtype=dtype,
