@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 import time
 
@@ -21,32 +22,54 @@ import numpy as np
 
 from . import cells
 from .cell import Cell
+from .cli_train import add_arguments as _train_args, train_cmd
 from .compile import compile as rc_compile
+from .errors import RnncompError
 from .printing import explain
 
 
-def load_cell(spec: str, n_in=8, hidden=16, n_out=4) -> Cell:
-    """A zoo name, ``module:name``, or ``path/to/file.py[:name]`` holding a Cell."""
+def load_cell(spec: str, n_in=None, hidden=None, n_out=None) -> Cell:
+    """A zoo name, ``module:name``, or ``path/to/file.py[:name]`` holding a Cell.  The sizes
+    (default 8, 16, 4) are for a zoo cell; a cell of your own declares its own."""
     if spec in cells.ZOO:
-        return cells.ZOO[spec](n_in, hidden, n_out)
+        return cells.ZOO[spec](n_in or 8, hidden or 16, n_out or 4)
+    given = [f for f, v in (("--inputs", n_in), ("--hidden", hidden), ("--outputs", n_out)) if v is not None]
+    if given:
+        raise SystemExit(f"rnncomp: {', '.join(given)} set the sizes of a zoo cell; {spec!r} declares its own")
     path, _, name = spec.partition(":")
     if path.endswith(".py"):
+        if not os.path.isfile(path):
+            raise SystemExit(f"rnncomp: no file {path} (a cell is a zoo name, module:name or file.py[:name])")
         s = importlib.util.spec_from_file_location("_rnncomp_user_cell", path)
         if s is None or s.loader is None:
             raise SystemExit(f"rnncomp: cannot read {path}")
         mod = importlib.util.module_from_spec(s)
         s.loader.exec_module(mod)
     else:
+        here = os.getcwd()  # `rnncomp inspect mymod:cell` finds ./mymod.py, as `python -m` would
+        sys.path.insert(0, here)
         try:
             mod = importlib.import_module(path)
         except ImportError as exc:
             raise SystemExit(f"rnncomp: {spec!r} is neither a zoo cell ({', '.join(sorted(cells.ZOO))}) "
                              f"nor an importable module: {exc}") from None
+        finally:
+            sys.path.remove(here)
     found = [v for k, v in vars(mod).items() if isinstance(v, Cell) and (not name or k == name)]
     if len(found) != 1:
         raise SystemExit(f"rnncomp: {spec!r} must hold exactly one Cell (found {len(found)}); "
                          "name it with FILE.py:NAME")
     return found[0]
+
+
+def check_writable(*paths) -> None:
+    """Refuse, before any work, a file to write in a folder that does not exist."""
+    for path in paths:
+        if path and path != "-":
+            folder = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(folder):
+                raise SystemExit(f"rnncomp: cannot write {path}: folder {os.path.dirname(path) or folder} "
+                                 "does not exist")
 
 
 def demo(args) -> int:
@@ -134,6 +157,7 @@ def _timed(fn) -> float:
 
 
 def inspect_cmd(args) -> int:
+    check_writable(args.png, args.svg)
     cell = load_cell(args.cell, args.inputs, args.hidden, args.outputs)
     did = False
     if args.dot is not None or args.svg or (args.png and not args.flow):
@@ -209,7 +233,7 @@ def _inspect_args(ins) -> None:
     ins.add_argument("--markdown", action="store_true")
     ins.add_argument("--dot", nargs="?", const="step", choices=["step", "unfolded", "gradient"],
                      help="Graphviz DOT text of the one-step (default), unfolded (--k steps) or gradient graph")
-    ins.add_argument("--k", type=int, default=3, help="steps of the unfolded graph (default 3)")
+    ins.add_argument("--k", type=_positive, default=3, help="steps of the unfolded graph (default 3)")
     ins.add_argument("--png", metavar="FILE", help="draw the graph (with --flow: the flow plot) to a PNG")
     ins.add_argument("--svg", metavar="FILE", help="draw the graph to an SVG")
     ins.add_argument("--cost", action="store_true", help="FLOPs, stored activations and memory")
@@ -219,111 +243,43 @@ def _inspect_args(ins) -> None:
                      help="the checkpointing schedule for --budget (memory, recomputed steps, predicted time)")
     ins.add_argument("--budget", default=None, metavar="BYTES",
                      help="activation memory for --memory: 10000000, 10MB, 64MiB (default: 5%% of store-all)")
-    ins.add_argument("--T", type=int, default=None, help="sequence length (--cost, --memory: 1000, --flow: 50)")
-    ins.add_argument("--B", type=int, default=None, help="batch size (--cost, --memory: 32, --flow: 4)")
+    ins.add_argument("--T", type=_positive, default=None, help="sequence length (--cost, --memory: 1000, --flow: 50)")
+    ins.add_argument("--B", type=_positive, default=None, help="batch size (--cost, --memory: 32, --flow: 4)")
     ins.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="for --cost, --memory")
     ins.add_argument("--seed", type=int, default=0, help="random parameters and data for --flow")
-    ins.add_argument("--inputs", type=int, default=8)
-    ins.add_argument("--hidden", type=int, default=16)
-    ins.add_argument("--outputs", type=int, default=4)
+    _size_args(ins)
 
 
-def train_cmd(args) -> int:
-    """Train a cell on a built-in task (sine, adding) or a text (charlm: the shipped corpus,
-    or a FILE) as a character-level language model; with checkpoints and a learning curve."""
-    from .train.tasks import TASKS
-
-    tr = _train_task(args, TASKS[args.task]) if args.task in TASKS else _train_text(args)
-    if args.save:
-        tr.save(args.save)
-        print(f"  checkpoint: {args.save}")
-    if args.plot:
-        print(f"  learning curve: {tr.plot(args.plot)}")
-    return 0
+def _size_args(p) -> None:
+    for name, default in (("--inputs", 8), ("--hidden", 16), ("--outputs", 4)):
+        p.add_argument(name, type=_positive, default=None, help=f"size of a zoo cell (default {default})")
 
 
-def _new_or_resumed(args, make_cell, lr, check=None):
-    from .train import Adam, Trainer, Truncated
-
-    if args.resume:
-        tr = Trainer.load(args.resume, backend=args.backend)
-        print(f"resumed {args.resume} at step {tr.step_count}")
-    else:
-        bptt = Truncated(args.k1, args.k2 or args.k1) if args.k1 else None
-        tr = Trainer(make_cell(), Adam(lr), clip_norm=1.0, bptt=bptt, backend=args.backend, seed=args.seed)
-    if check:
-        check(tr.cell)
-    return tr
+def _positive(text: str) -> int:
+    return _number(text, int, lambda v: v >= 1, "a positive integer")
 
 
-def _train_task(args, task):
-    """A built-in task: ``--N`` sequences of ``--T`` steps, an eighth held out."""
-    T, hidden, lr = args.T or 50, args.hidden or 32, args.lr or 1e-2
-    x, y, mask = task(T=T, N=args.N, seed=args.seed)
-    n_in, n_out = x.shape[2], y.shape[2]
-    tr = _new_or_resumed(args, lambda: load_cell(args.cell, n_in, hidden, n_out), lr)
-    n_test = max(1, args.N // 8)
-    xt, yt = x[:, :n_test], y[:, :n_test]
-    mt = None if mask is None else mask[:, :n_test]
-    print(f"training {tr.cell.name!r} on {args.task} (T={T}, {args.N} sequences), {args.backend} backend")
-    print(f"  before: held-out loss {tr.evaluate(xt, yt, mask=mt):.5f}")
-    tr.fit(x[:, n_test:], y[:, n_test:], epochs=args.epochs, batch_size=args.batch,
-           mask=None if mask is None else mask[:, n_test:], verbose=1)
-    print(f"  after:  held-out loss {tr.evaluate(xt, yt, mask=mt):.5f}")
-    return tr
+def _natural(text: str) -> int:
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
 
 
-def _train_text(args):
-    """``--task charlm`` (the shipped corpus) or ``--task FILE``: next-character prediction with
-    softmax cross-entropy, stateful over ``--batch`` parallel streams of ``--T``-step windows;
-    the last 10 % of the text is held out."""
-    import os
+def _positive_float(text: str) -> float:
+    return _number(text, float, lambda v: v > 0 and np.isfinite(v), "a positive number")
 
-    from .train.text import CharVocab, bits_per_char, char_data, corpus, sample_text
 
-    if args.task == "charlm":
-        text, what = corpus(), "Pride and Prejudice, ch. 1-30 (shipped)"
-    elif os.path.isfile(args.task):
-        with open(args.task, encoding="utf-8", errors="replace") as fh:
-            text, what = fh.read(), args.task
-    else:
-        raise SystemExit(f"rnncomp: --task must be sine, adding, charlm or a text file; {args.task!r} is none")
-    T, hidden, lr = args.T or 100, args.hidden or 128, args.lr or 3e-3
-    vocab = CharVocab(text)
-    V = len(vocab)
-    if len(text) < 4 * args.batch * T:
-        raise SystemExit(f"rnncomp: {what} has {len(text)} characters, too few for --batch {args.batch} "
-                         f"streams of --T {T}; lower them")
-
-    def make_cell():
-        if args.cell in cells.ZOO:
-            return cells.ZOO[args.cell](V, hidden, V, loss="xent")
-        return load_cell(args.cell)
-
-    def check(cell):
-        sizes = list(cell.step.inputs.values()) + list(cell.step.targets.values())
-        if len(sizes) != 2 or sizes != [V, V]:
-            raise SystemExit(f"rnncomp: a character model of {what} needs one input and one target of "
-                             f"size {V} (its vocabulary); cell {cell.name!r} has {sizes}")
-
-    tr = _new_or_resumed(args, make_cell, lr, check)
-    data = char_data(text, T=T, batch_size=args.batch, vocab=vocab, dtype=tr.dtype)
-    print(f"training {tr.cell.name!r} as a character model of {what}: {len(text)} characters, "
-          f"{V} distinct, {args.backend} backend")
-
-    def bpc():
-        return bits_per_char(tr.evaluate(data.x_test, data.y_test, window=T))
-
-    print(f"  before: held-out {bpc():.3f} bits per character (uniform: {np.log2(V):.3f})")
-    tr.fit(data.x_train, data.y_train, epochs=args.epochs, batch_size=args.batch, stateful=True, verbose=1)
-    print(f"  after:  held-out {bpc():.3f} bits per character")
-    prime = text[:max(1, text.find(" "))][:20]
-    print("  sample: " + sample_text(tr, vocab, prime, 200, temperature=0.7).replace("\n", "\n          "))
-    return tr
+def _number(text, kind, ok, what):
+    try:
+        v = kind(text)
+    except ValueError:
+        v = None
+    if v is None or not ok(v):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return v
 
 
 def compile_cmd(args) -> int:
     """Write the compiled code of a cell: PTX for ``--target ptx``, LLVM IR or assembly for native."""
+    check_writable(args.output)
     cell = load_cell(args.cell, args.inputs, args.hidden, args.outputs)
     if args.target == "ptx":
         model = rc_compile(cell, backend="ptx", dtype=args.dtype, arch=args.arch)
@@ -341,8 +297,11 @@ def compile_cmd(args) -> int:
 
 
 def main(argv=None) -> int:
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="rnncomp", description="A symbolic autodiff compiler for recurrent networks.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p.add_argument("--version", action="version", version=f"rnncomp {__version__}")
+    sub = p.add_subparsers(dest="cmd")
     sub.add_parser("demo", help="declare a GRU, show its BPTT equations, check the gradient, train it")
     ins = sub.add_parser("inspect", help="a cell's equations, graphs (DOT), costs and gradient flow")
     _inspect_args(ins)
@@ -353,28 +312,20 @@ def main(argv=None) -> int:
     comp.add_argument("--emit", choices=["ir", "asm"], default="ir", help="for --target native")
     comp.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     comp.add_argument("-o", "--output", help="file to write (default: standard output)")
-    for name, default in (("--inputs", 8), ("--hidden", 16), ("--outputs", 4)):
-        comp.add_argument(name, type=int, default=default)
+    _size_args(comp)
     tr = sub.add_parser("train", help="train a cell on a built-in task or a text")
-    tr.add_argument("cell", nargs="?", default="gru", help="a zoo cell, module:name or file.py[:name]")
-    tr.add_argument("--task", default="sine", metavar="sine|adding|charlm|FILE",
-                    help="a built-in task, the shipped text (charlm) or a text FILE to model "
-                         "character by character (default: sine)")
-    tr.add_argument("--epochs", type=int, default=5)
-    tr.add_argument("--lr", type=float, default=None, help="Adam's step (default 1e-2; text: 3e-3)")
-    tr.add_argument("--hidden", type=int, default=None, help="hidden units (default 32; text: 128)")
-    tr.add_argument("--T", type=int, default=None, help="sequence length (default 50; text: 100)")
-    tr.add_argument("--N", type=int, default=256, help="number of sequences (sine, adding)")
-    tr.add_argument("--batch", type=int, default=32)
-    tr.add_argument("--k1", type=int, default=0, help="truncated BPTT: steps between updates")
-    tr.add_argument("--k2", type=int, default=0, help="truncated BPTT: steps back-propagated")
-    tr.add_argument("--backend", choices=["native", "numpy"], default="native")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--save", help="write a checkpoint here")
-    tr.add_argument("--resume", help="continue from a checkpoint")
-    tr.add_argument("--plot", metavar="PNG", help="write the learning curve here")
+    _train_args(tr, _positive, _natural, _positive_float)
     args = p.parse_args(argv)
-    return {"demo": demo, "inspect": inspect_cmd, "compile": compile_cmd, "train": train_cmd}[args.cmd](args)
+    if args.cmd is None:
+        p.print_help()
+        return 0
+    try:
+        return {"demo": demo, "inspect": inspect_cmd, "compile": compile_cmd, "train": train_cmd}[args.cmd](args)
+    except RnncompError as exc:  # a message, not a traceback: bad cells, checkpoints, options
+        raise SystemExit(f"rnncomp: {exc}") from None
+    except OSError as exc:  # files: the name and the reason
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise SystemExit(f"rnncomp: {where}{exc.strerror or exc}") from None
 
 
 if __name__ == "__main__":
