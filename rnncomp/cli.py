@@ -296,7 +296,8 @@ def compile_cmd(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``rnncomp`` argument parser (the docs' commands are checked against it)."""
     from . import __version__
 
     p = argparse.ArgumentParser(prog="rnncomp", description="A symbolic autodiff compiler for recurrent networks.")
@@ -315,6 +316,11 @@ def main(argv=None) -> int:
     _size_args(comp)
     tr = sub.add_parser("train", help="train a cell on a built-in task or a text")
     _train_args(tr, _positive, _natural, _positive_float)
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.cmd is None:
         p.print_help()
