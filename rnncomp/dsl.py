@@ -92,8 +92,9 @@ class MatVec(Structural):
     def _sympystr(self, printer):
         return f"{_mat_str(self.args[0])}·{_paren(printer, self.args[1])}"
 
-    def _latex(self, printer):
-        return r"%s\,%s" % (_mat_str(self.args[0], latex=True), _paren(printer, self.args[1], latex=True))
+    def _latex(self, printer, exp=None):
+        return _powered(r"%s\,%s" % (_mat_str(self.args[0], latex=True), _paren(printer, self.args[1], latex=True)),
+                        printer, exp)
 
     def _pretty(self, printer):
         return printer._print(sp.Symbol(f"{_mat_str(self.args[0])}·({sp.sstr(self.args[1])})"))
@@ -123,8 +124,8 @@ class RowSum(Structural):
     def _sympystr(self, printer):
         return "Σ " + printer._print(self.args[0])
 
-    def _latex(self, printer):
-        return r"\sum %s" % _paren(printer, self.args[0], latex=True)
+    def _latex(self, printer, exp=None):
+        return _powered(r"\sum %s" % _paren(printer, self.args[0], latex=True), printer, exp)
 
 
 class LogSumExp(Structural):
@@ -134,6 +135,12 @@ class LogSumExp(Structural):
 
     def _sympystr(self, printer):
         return f"logsumexp({printer._print(self.args[0])})"
+
+
+def _powered(tex: str, printer, exp) -> str:
+    """LaTeX of a structural atom raised to ``exp`` (sympy passes ``exp`` to a function's
+    ``_latex`` when it is the base of a power)."""
+    return tex if exp is None else r"\left(%s\right)^{%s}" % (tex, exp)
 
 
 def _paren(printer, e, latex=False):

@@ -37,8 +37,9 @@ class Outer(Structural):
     def _sympystr(self, printer):
         return f"{printer._print(self.args[0])}·{printer._print(self.args[1])}ᵀ"
 
-    def _latex(self, printer):
-        return f"{printer._print(self.args[0])}\\,{printer._print(self.args[1])}^T"
+    def _latex(self, printer, exp=None):
+        tex = f"{printer._print(self.args[0])}\\,{printer._print(self.args[1])}^T"
+        return tex if exp is None else f"\\left({tex}\\right)^{{{exp}}}"
 
 
 # ----------------------------------------------------------------------------- the cell
@@ -131,6 +132,15 @@ def node_expr(prog, key):
     return NodeSym(key)
 
 
+def stored_values(prog) -> dict:
+    """{NodeSym(key): what it computes} for the forward program's products and slices.
+
+    Such a node is stored at step t under a generated key, ``(Uo·h, t)``, while it reads
+    ``h[t-1]``: printed by its key it would read ``Uo·h[t]``, a product with the wrong time
+    index; printed by its expression it reads ``Uo·h[t-1]``."""
+    return {NodeSym(k): node_expr(prog, k) for k, n in prog.nodes.items() if n.op in ("matvec", "slice")}
+
+
 def program_equations(prog, keep=(), names=()):
     """[(lhs, rhs)] for the non-leaf nodes, inlining temporaries used once.
 
@@ -181,7 +191,10 @@ class Explanation:
     def _backward_eqs(self):
         keep = [s[1] for specs in self.bwd.grads.values() for s in specs if s[0] == "batch"]
         keep += [k for specs in self.bwd.grads.values() for s in specs if s[0] == "outer" for k in s[1:3]]
-        return program_equations(self.bwd.prog, keep, set(self.cell.decls))
+        eqs, exprs = program_equations(self.bwd.prog, keep, set(self.cell.decls))
+        stored = stored_values(self.cell.step.prog)
+        return ([(lhs, rhs.xreplace(stored)) for lhs, rhs in eqs],
+                {k: e.xreplace(stored) for k, e in exprs.items()})
 
     def forward_text(self) -> str:
         return str(self.cell)

@@ -27,7 +27,7 @@ import sympy as sp
 from ..autodiff import backward_step
 from ..graph import unfold_program
 from ..ir import key_str
-from ..printing import node_expr
+from ..printing import node_expr, stored_values
 
 KINDS = ("step", "unfolded", "gradient")
 MAX_LABEL = 44
@@ -110,12 +110,16 @@ def _short(text: str) -> str:
     return text if len(text) <= MAX_LABEL else text[:MAX_LABEL - 1] + "…"
 
 
-def node_label(prog, key) -> str:
+def node_label(prog, key, stored=None) -> str:
+    """``stored``: :func:`~rnncomp.printing.stored_values` of the forward program (default:
+    of ``prog``), so a product reads by what it computes (Uz·h[t-1]), not by its key."""
     node = prog.node(key)
     head = key_str(key)
     if node.is_leaf:
         return f"{head}\n∈ R^{_shape(node.size)}"
-    rhs = sp.sstr(node_expr(prog, key))
+    rhs = sp.sstr(node_expr(prog, key).xreplace(stored_values(prog) if stored is None else stored))
+    if node.op in ("matvec", "slice"):  # a generated name: its key would show the wrong time (Uz·h[t])
+        return _short(rhs)
     return head if rhs == head else f"{head}\n= {_short(rhs)}"
 
 
@@ -144,8 +148,9 @@ def step_graph(cell) -> Graph:
     step = cell.step
     prog = step.prog
     g = Graph(f"{step.name} step", "step", "TB", [f"step t of {step.name!r}"])
+    stored = stored_values(prog)
     for key, node in prog.nodes.items():
-        g.add_node(key, node_label(prog, key), _role(node, key), 0)
+        g.add_node(key, node_label(prog, key, stored), _role(node, key), 0)
     _edges(g, prog, prog.nodes, lambda a, k: "param" if a[1] is None else "fwd")
     for s in step.states:
         g.add_edge((s, "t"), (s, "t-1"), "recurrent", "t+1")
@@ -156,10 +161,11 @@ def unfolded_graph(cell, k: int = 3) -> Graph:
     step = cell.step
     prog = unfold_program(step, k)
     g = Graph(prog.name, "unfolded", "LR", ["parameters", "t = 0"] + [f"step {s}" for s in range(1, k + 1)])
+    stored = stored_values(prog)
     for key, node in prog.nodes.items():
         t = key[1]
         group = 0 if t is None else t + 1
-        g.add_node(key, node_label(prog, key), _role(node, key), group)
+        g.add_node(key, node_label(prog, key, stored), _role(node, key), group)
     _edges(g, prog, prog.nodes, lambda a, kk: "param" if a[1] is None else "fwd")
     return g
 
@@ -171,10 +177,11 @@ def gradient_graph(cell) -> Graph:
     g = Graph(f"{step.name} gradient", "gradient", "TB",
               ["parameters", f"forward step t of {step.name!r}", "backward step t (BPTT)",
                "parameter gradients (Σ over t, batch)"])
+    stored = stored_values(fwd)
     for key, node in fwd.nodes.items():
-        g.add_node(key, node_label(fwd, key), _role(node, key), 0 if node.op == "param" else 1)
+        g.add_node(key, node_label(fwd, key, stored), _role(node, key), 0 if node.op == "param" else 1)
     for key, node in bprog.nodes.items():
-        g.add_node(key, node_label(bprog, key), "seed" if node.is_leaf else "bwd", 2)
+        g.add_node(key, node_label(bprog, key, stored), "seed" if node.is_leaf else "bwd", 2)
     _edges(g, fwd, fwd.nodes, lambda a, k: "param" if a[1] is None else "fwd")
     _edges(g, bprog, bprog.nodes, lambda a, k: "bwd")
     for s, k in bwd.carry_out.items():
