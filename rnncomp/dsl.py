@@ -145,19 +145,25 @@ def _powered(tex: str, printer, exp) -> str:
 
 def _paren(printer, e, latex=False):
     s = sp.latex(e) if latex else printer._print(e)
-    return s if (e.is_Symbol or e.is_Function) else f"({s})"
+    if e.is_Symbol or e.is_Function:
+        return s
+    return rf"\left({s}\right)" if latex else f"({s})"
 
 
 def _mat_str(terms, latex=False) -> str:
     out = []
     for name, tr, coef in terms:
-        m = name.name + (("^T" if latex else "ᵀ") if int(tr) else "")
+        if latex:
+            from .latex import ident_latex
+            m = ident_latex(name.name) + (r"^{\top}" if int(tr) else "")
+        else:
+            m = name.name + ("ᵀ" if int(tr) else "")
         if coef == 1:
             piece = m
         elif coef == -1:
             piece = "-" + m
         else:
-            piece = f"{coef}{m}"
+            piece = f"{sp.latex(coef) if latex else coef}{m}"
         out.append(piece)
     s = " + ".join(out).replace("+ -", "- ")
     return s if len(out) == 1 else f"({s})"

@@ -53,17 +53,13 @@ class NodeSym(sp.Symbol):
     def key(self) -> Key:
         name = self.name
         if name.endswith("]"):
-            base, _, t = name[:-1].partition("[")
+            base, _, t = name[:-1].rpartition("[")
             return (base, int(t) if t.lstrip("-").isdigit() else t)
         return (name, None)
 
     def _latex(self, printer):
-        name, t = self.key
-        base = name.replace("δ⁺", r"\delta^{+}").replace("δ", r"\delta ").replace("ℓ", r"\ell")
-        if "_" in base and "{" not in base:
-            head, _, tail = base.partition("_")
-            base = f"{head}_{{{tail}}}"
-        return base if t is None else f"{base}_{{{t}}}"
+        from .latex import node_latex
+        return node_latex(*self.key)
 
 
 @dataclass
