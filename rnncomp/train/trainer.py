@@ -64,6 +64,19 @@ def _converted(d, dtype, what):
     return out
 
 
+def _live_bar(verbose, epoch, epochs, n_batches):
+    """A tqdm bar over an epoch's batches when standard output is a terminal, else None
+    (then ``fit`` prints one line per epoch)."""
+    if not verbose or not sys.stdout.isatty():
+        return None
+    import shutil
+
+    from tqdm import tqdm
+    size = shutil.get_terminal_size((100, 24))  # a terminal of unknown size reads 0 x 0: tqdm then hides the bar
+    return tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", file=sys.stdout,
+                leave=True, ncols=size.columns or 100, nrows=size.lines or 24)
+
+
 def _nanmean(values) -> float:
     kept = [v for v in values if not np.isnan(v)]
     return float(np.mean(kept)) if kept else float("nan")
@@ -213,6 +226,7 @@ class Trainer:
             order = rng.permutation(N) if shuffle else np.arange(N)
             losses, t0, carry = [], time.perf_counter(), None
             batches = [order[i:i + batch_size] for i in range(0, N, batch_size)]
+            bar = _live_bar(verbose, epoch, epochs, len(batches))
             for bi, idx in enumerate(batches):
                 sl = lambda d: {k: np.ascontiguousarray(v[:, idx]) for k, v in d.items()}  # noqa: E731
                 m = None if mask is None else np.ascontiguousarray(mask[:, idx])
@@ -221,15 +235,18 @@ class Trainer:
                 carry = final if stateful else None
                 losses.append(loss)
                 self.batch_history.append((len(self.history) + (bi + 1) / len(batches), loss))
-                if verbose and (bi + 1 == len(batches) or (bi + 1) % max(1, len(batches) // 10) == 0):
-                    dt = time.perf_counter() - t0
-                    done = sum(len(b) for b in batches[:bi + 1])
-                    bar = "#" * int(20 * (bi + 1) / len(batches))
-                    sys.stdout.write(f"\repoch {epoch + 1}/{epochs} [{bar:<20}] loss {_nanmean(losses):.5f}"
-                                     f"  {(bi + 1) / dt:.1f} steps/s  {done * T / dt:.0f} tokens/s")
-                    sys.stdout.flush()
+                if bar is not None:
+                    bar.set_postfix_str(f"loss {_nanmean(losses):.5f}", refresh=False)
+                    bar.update(1)
             if verbose:
-                sys.stdout.write("\n")
+                dt = time.perf_counter() - t0
+                line = (f"epoch {epoch + 1}/{epochs}: loss {_nanmean(losses):.5f}  {len(batches) / dt:.1f} steps/s  "
+                        f"{N * T / dt:.0f} tokens/s  ({dt:.2f} s)")
+                if bar is not None:
+                    bar.set_postfix_str(f"loss {_nanmean(losses):.5f}, {N * T / dt:.0f} tokens/s")
+                    bar.close()
+                else:  # a log file or a pipe: one line per epoch, no carriage returns
+                    print(line, flush=True)
             self.history.append(_nanmean(losses))  # nan: no batch had a step to learn from
             if any([bool(cb.on_epoch_end(self, epoch + 1, self.history[-1])) for cb in callbacks]):
                 break
