@@ -238,7 +238,17 @@ class Cell:
         return cell_latex(self)
 
     def __repr__(self) -> str:
-        return f"<Cell {self.name!r}: {len(self.decls)} declarations>"
+        count = lambda kind: sum(1 for d in self.decls.values() if d.kind == kind)  # noqa: E731
+        return (f"<Cell {self.name!r}: {count('input')} input(s), {count('state')} state(s), "
+                f"{count('param')} parameter(s), {'a loss' if self.loss_expr is not None else 'no loss'}; "
+                "print() it for its equations>")
+
+    def _repr_html_(self) -> str:
+        from .show import TextShown
+        return TextShown._repr_html_(self)
+
+    def _text(self) -> str:
+        return str(self)
 
 
 def _operands(b) -> list:

@@ -19,6 +19,7 @@ from .dsl import Concat, LogSumExp, MatVec, RowSum, Slice, Structural, Vec, _dis
 from .ir import NodeSym, placeholder
 from .latex import ident_latex
 from .lower import LOSS
+from .show import TextShown
 
 
 class Pad(Structural):
@@ -168,7 +169,7 @@ def program_equations(prog, keep=(), names=()):
     return eqs, exprs
 
 
-class Explanation:
+class Explanation(TextShown):
     """The forward and the derived backward step of a cell, printable several ways."""
 
     def __init__(self, cell):
@@ -263,6 +264,9 @@ class Explanation:
 
     def __str__(self) -> str:
         return self.forward_text() + "\n" + self.backward_text()
+
+    def _text(self) -> str:  # at a prompt, rc.explain(cell) shows the equations
+        return str(self)
 
     def _repr_latex_(self) -> str:
         return f"$${self.latex()}$$"

@@ -70,7 +70,7 @@ def test_every_documented_command_is_accepted(doc, command):
 
 
 @pytest.mark.parametrize("mod", ["rnncomp.dsl", "rnncomp.functions", "rnncomp.graph", "rnncomp.ops",
-                                 "rnncomp.cells", "rnncomp.printing", "rnncomp.latex", "rnncomp.train.checkpoint",
+                                 "rnncomp.cells", "rnncomp.printing", "rnncomp.latex", "rnncomp.show", "rnncomp.train.checkpoint",
                                  "rnncomp.train.lr_schedules", "rnncomp.backends.llvm.jit",
                                  "rnncomp.backends.llvm.builder", "rnncomp.backends.llvm.gemm",
                                  "rnncomp.backends.llvm.finite", "rnncomp.memory", "rnncomp.stacking",

@@ -38,7 +38,8 @@ from .llvm.finite import define_first_nonfinite
 from .llvm.jit import HostTarget, compile_keyed
 from .native_calls import NativeCalls
 from .native_emit import _DT, Gen, Layout, units_of
-from ..initializers import InitParams, specs as init_specs
+from ..initializers import specs as init_specs
+from .common import CompiledModel
 
 
 @functools.lru_cache(maxsize=1)
@@ -56,7 +57,7 @@ def _code_fingerprint() -> str:
     return h.hexdigest()
 
 
-class NativeModel(NativeCalls, InitParams):
+class NativeModel(NativeCalls, CompiledModel):
     """``rc.compile(cell, backend="native")``: same interface as the NumPy model.
 
     This class compiles (passes, layout, code generation); calling it -- buffers, batch

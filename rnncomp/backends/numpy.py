@@ -16,7 +16,8 @@ from sympy.printing.numpy import NumPyPrinter
 from ..autodiff import backward_step
 from ..ir import LEAF_OPS, placeholder, prune
 from .validate import check_call, check_forward_call, initial_states, step_weights
-from ..initializers import InitParams, specs as init_specs
+from ..initializers import specs as init_specs
+from .common import CompiledModel
 
 
 # ----------------------------------------------------------------------------- element-wise printer
@@ -136,7 +137,7 @@ def accumulate_grads(grads: dict, specs: dict, env: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- the model
-class NumpyModel(InitParams):
+class NumpyModel(CompiledModel):
     """``rc.compile(cell, backend="numpy")``: forward and BPTT in plain NumPy."""
 
     backend = "numpy"

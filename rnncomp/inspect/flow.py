@@ -22,6 +22,7 @@ import numpy as np
 from ..autodiff import backward_step
 from ..backends.numpy import NumpyModel, run_program
 from ..backends.validate import check_call, initial_states, step_weights
+from ..show import TextShown
 
 
 @dataclass
@@ -40,8 +41,8 @@ def backward_with_adjoints(step) -> _Bwd:
                 {s: bwd.adjoints[(s, "t")] for s in step.states}, bwd.carry_out)
 
 
-@dataclass
-class Flow:
+@dataclass(repr=False)
+class Flow(TextShown):
     """Gradient flow of one sequence.
 
     ``grad_norm[s][t]``: ‖∂L/∂s[t]‖ (Frobenius over the batch), t = 0 … T;
@@ -59,6 +60,9 @@ class Flow:
     sigma_max: np.ndarray = None
     adjoints: dict = field(default_factory=dict, repr=False)
     jacobians: list = field(default_factory=list, repr=False)
+
+    def _text(self) -> str:
+        return self.table()
 
     def table(self, every: int | None = None) -> str:
         return flow_table(self, every)

@@ -123,6 +123,16 @@ class Trainer:
         self.update = "native" if self._update is not None else "numpy"
         self._ends = np.cumsum([self.params[n].size for n in self.names])  # flat index -> parameter
 
+    def __repr__(self) -> str:
+        last = f", last epoch loss {self.history[-1]:.5g}" if self.history else ""
+        return (f"<Trainer of cell {self.cell.name!r}: {self.backend} {self.dtype.name}, "
+                f"{type(self.optimizer).__name__}(lr={self.optimizer.lr:g}), step {self.step_count}, "
+                f"{len(self.history)} epoch(s){last}>")
+
+    def _repr_html_(self) -> str:
+        import html
+        return f"<pre>{html.escape(repr(self))}</pre>"
+
     # ------------------------------------------------------------------ one update
     def train_step(self, inputs, targets, h0=None, mask=None):
         """Forward + BPTT + clipping + optimizer update; returns (loss, final states)."""

@@ -17,10 +17,11 @@ from .persistent import T_KEY, Persistent
 from .plan import build_plan
 from .ptxgen import DEFAULT_ARCH, DEFAULT_FEATURES, check_arch, entries, sm_version, to_ptx
 from .runtime import CudaRunner, HostRunner
-from ...initializers import InitParams, specs as init_specs
+from ...initializers import specs as init_specs
+from ..common import CompiledModel
 
 
-class PtxModel(InitParams):
+class PtxModel(CompiledModel):
     """Same interface as :class:`~rnncomp.backends.numpy.NumpyModel`.
 
     Options: ``arch`` (``"sm_90"``), ``features`` (PTX ISA, ``"+ptx85"``), ``runner``
