@@ -16,12 +16,12 @@ from .functions import gelu, hard_sigmoid, relu, sigmoid, softplus, softsign, sw
 from .graph import unfold
 from .memory import Binomial, Budget, Every
 from .printing import explain
-from .train import (SGD, Adagrad, Adam, AdamW, Callback, Checkpoint, CheckpointError, RMSprop, Trainer,
+from .train import (SGD, Adagrad, Adam, AdamW, Callback, Checkpoint, CheckpointError, EarlyStopping, RMSprop, Trainer,
                     TrainingError, Truncated, pad_sequences, stream_batches)
 
 __all__ = [
     "Cell", "compile", "Every", "Binomial", "Budget", "Trainer", "Truncated", "TrainingError", "pad_sequences", "stream_batches",
-    "Callback", "Checkpoint", "CheckpointError", "schedules",
+    "Callback", "Checkpoint", "CheckpointError", "EarlyStopping", "schedules",
     "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "unfold", "explain", "backward_step", "cells", "inspect",
     "concat", "vslice", "vsum", "logsumexp", "softmax", "softmax_xent",
     "sigmoid", "softplus", "relu", "softsign", "hard_sigmoid", "gelu", "swish",

@@ -88,9 +88,12 @@ class Trainer:
 
     def __init__(self, cell, optimizer: Optimizer | None = None, *, clip_norm=None, clip_value=None,
                  bptt: Truncated | None = None, backend="native", dtype="float32", seed=0,
-                 params=None, update=None, **compile_options):
+                 params=None, update=None, batch_first=False, **compile_options):
         """``update``: "native" runs clipping + the optimizer as one compiled call (the default
-        with ``backend="native"`` when the optimizer is a built-in one), "numpy" with NumPy."""
+        with ``backend="native"`` when the optimizer is a built-in one), "numpy" with NumPy.
+        ``batch_first=True``: every array this trainer takes or returns is (N, T, ...) instead
+        of time-major (T, N, ...): data, masks, predictions, generated sequences."""
+        self.batch_first = bool(batch_first)
         self.cell, self.bptt = cell, bptt
         self.clip_norm, self.clip_value = clip_norm, clip_value
         self.backend, self.dtype = backend, np.dtype(dtype)
@@ -109,6 +112,7 @@ class Trainer:
         self.optimizer = optimizer or Adam()
         self.optimizer.init(self.flat)
         self.step_count, self.history = 0, []
+        self.val_history: list = []  # fit(validation_data=...): the validation loss after each epoch
         self.batch_history: list = []  # (position in epochs, loss) of every batch
         if update not in (None, "native", "numpy"):
             raise ValueError(f"update must be 'native' or 'numpy', got {update!r}")
@@ -197,7 +201,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ loops
     def fit(self, inputs, targets, epochs=1, batch_size=32, mask=None, shuffle=None, seed=0, verbose=1,
-            *, lengths=None, stateful=False, callbacks=()):
+            *, lengths=None, stateful=False, callbacks=(), validation_data=None):
         """Train on time-major arrays (T, N, n); returns the mean loss of each epoch.
 
         Data of another dtype (NumPy's default float64 for a float32 model, say) is
@@ -211,17 +215,23 @@ class Trainer:
         to True unless stateful.  Each batch's loss is kept in ``batch_history``
         (for :meth:`plot`).  ``callbacks``: :class:`~.callbacks.Callback` objects called after
         each epoch (one returning True stops), and on Ctrl-C before it propagates
-        (:class:`~.callbacks.Checkpoint` saves then)."""
+        (:class:`~.callbacks.Checkpoint` saves then; :class:`~.callbacks.EarlyStopping` stops).
+        ``validation_data``: ``(inputs, targets)`` or ``(inputs, targets, mask)``, evaluated after
+        each epoch into ``val_history`` (what the callbacks can watch)."""
         try:
             return self._fit(inputs, targets, epochs, batch_size, mask, shuffle, seed, verbose,
-                             lengths, stateful, list(callbacks))
+                             lengths, stateful, list(callbacks), validation_data)
         except KeyboardInterrupt:
             for cb in callbacks:
                 cb.on_interrupt(self)
             raise
 
-    def _fit(self, inputs, targets, epochs, batch_size, mask, shuffle, seed, verbose, lengths, stateful, callbacks):
+    def _fit(self, inputs, targets, epochs, batch_size, mask, shuffle, seed, verbose, lengths, stateful, callbacks,
+             validation_data):
         x, t = self._data(inputs, targets)
+        if validation_data is not None and not (isinstance(validation_data, (tuple, list))
+                                                and len(validation_data) in (2, 3)):
+            raise CallError("fit(validation_data=...) must be (inputs, targets) or (inputs, targets, mask)")
         T, N = next(iter(x.values())).shape[:2]
         if stateful and shuffle:
             raise CallError("fit(stateful=True): batches continue each other in order; pass shuffle=False")
@@ -258,6 +268,10 @@ class Trainer:
                 else:  # a log file or a pipe: one line per epoch, no carriage returns
                     print(line, flush=True)
             self.history.append(_nanmean(losses))  # nan: no batch had a step to learn from
+            if validation_data is not None:
+                self.val_history.append(self.evaluate(*validation_data))
+                if verbose:
+                    print(f"  validation loss {self.val_history[-1]:.5f}", flush=True)
             if any([bool(cb.on_epoch_end(self, epoch + 1, self.history[-1])) for cb in callbacks]):
                 break
         return list(self.history[first:])
@@ -265,10 +279,15 @@ class Trainer:
     def _data(self, inputs, targets=None):
         """Inputs (and targets) as dicts of arrays in the model's dtype, converted once here:
         data may come as NumPy's default float64 for a float32 model."""
-        x = _converted(_as_dict(inputs, list(self.cell.step.inputs), "inputs"), self.dtype, "inputs")
+        x = _converted(self._time_major(_as_dict(inputs, list(self.cell.step.inputs), "inputs")), self.dtype, "inputs")
         if targets is None:
             return x
-        return x, _converted(_as_dict(targets, list(self.cell.step.targets), "targets"), self.dtype, "targets")
+        t = self._time_major(_as_dict(targets, list(self.cell.step.targets), "targets"))
+        return x, _converted(t, self.dtype, "targets")
+
+    def _time_major(self, d: dict) -> dict:
+        """With ``batch_first``: (N, T, ...) arrays as the (T, N, ...) the models take."""
+        return {k: np.swapaxes(np.asarray(v), 0, 1) for k, v in d.items()} if self.batch_first else d
 
     def _state(self, h0):
         return None if h0 is None else _converted(h0, self.dtype, "h0")
@@ -278,10 +297,13 @@ class Trainer:
         m = None
         if mask is not None:
             m = np.asarray(mask, dtype=self.dtype)
+            if self.batch_first and m.ndim == 2:
+                m = m.T
             if m.shape == (T,):
                 m = np.repeat(m[:, None], N, axis=1)
             if m.shape != (T, N):
-                raise CallError(f"mask has shape {np.shape(mask)}, expected ({T}, {N}) or ({T},)")
+                want = f"({N}, {T})" if self.batch_first else f"({T}, {N})"
+                raise CallError(f"mask has shape {np.shape(mask)}, expected {want} or ({T},)")
         if lengths is not None:
             lm = lengths_mask(check_lengths(lengths, T, N), T, self.dtype)
             m = lm if m is None else m * lm
@@ -322,7 +344,8 @@ class Trainer:
         those after each sequence's own last step."""
         x, h0 = self._data(inputs), self._state(h0)
         if lengths is None:
-            return self.model.forward(self.params, x, h0=h0)
+            out, final = self.model.forward(self.params, x, h0=h0)
+            return self._as_given(out), final
         T, N = next(iter(x.values())).shape[:2]
         lengths = check_lengths(lengths, T, N)
         pieces, final, state, lo = [], None, h0, 0
@@ -339,7 +362,15 @@ class Trainer:
             o = np.concatenate([o, np.zeros((T - lo,) + o.shape[1:], o.dtype)])
             o[np.arange(T)[:, None] >= lengths[None, :]] = 0
             outs[k] = o
-        return outs, final
+        return self._as_given(outs), final
+
+    def _as_given(self, out):
+        """Model outputs ((T, N, n), a dict or one array) laid out as this trainer's data."""
+        if not self.batch_first:
+            return out
+        if isinstance(out, dict):
+            return {k: np.swapaxes(v, 0, 1) for k, v in out.items()}
+        return np.swapaxes(out, 0, 1)
 
     def generate(self, prime, steps: int, pick, *, h0=None, seed=0):
         """Run on ``prime`` (T0, B, n_in), then feed the cell its own choices for ``steps``
@@ -348,8 +379,8 @@ class Trainer:
         Returns the chosen inputs (steps, B, n_in) (a dict for several inputs) and the final states."""
         names, outs_names = list(self.cell.step.inputs), list(self.cell.step.outputs)
         rng = np.random.default_rng(seed)
-        out, state = self.model.forward(self.params, _converted(_as_dict(prime, names, "prime"), self.dtype, "prime"),
-                                        h0=self._state(h0))
+        out, state = self.model.forward(self.params, _converted(self._time_major(_as_dict(prime, names, "prime")),
+                                                                self.dtype, "prime"), h0=self._state(h0))
         chosen = []
         for _ in range(steps):
             last = {k: v[-1] for k, v in out.items()}
@@ -358,7 +389,7 @@ class Trainer:
             out, state = self.model.forward(self.params, {k: np.asarray(v, self.dtype)[None] for k, v in nxt.items()},
                                             h0=state)
         seq = {k: np.stack([np.asarray(c[k]) for c in chosen]) for k in names} if chosen else {}
-        return (seq[names[0]] if len(names) == 1 and chosen else seq), state
+        return self._as_given(seq[names[0]] if len(names) == 1 and chosen else seq), state
 
     def plot(self, path, title=None) -> str:
         """Write the learning curve (the loss of every batch and the mean of every epoch) to a
@@ -398,7 +429,9 @@ class Trainer:
                 "optimizer": ck.optimizer_to_dict(self.optimizer), "optimizer_state": sorted(state),
                 "step": self.step_count, "history": list(self.history),
                 "batch_history": [list(p) for p in self.batch_history], "info": self.info,
+                "val_history": list(self.val_history),
                 "options": {"clip_norm": self.clip_norm, "clip_value": self.clip_value,
+                            "batch_first": self.batch_first,
                             "bptt": None if self.bptt is None else [self.bptt.k1, self.bptt.k2]}}
         arrays = {f"param/{n}": self.params[n] for n in self.names}
         arrays.update({f"opt/{k}": v for k, v in state.items()})
@@ -439,7 +472,7 @@ class Trainer:
         o = meta["options"]
         tr = cls(saved, ck.optimizer_from_dict(meta["optimizer"], schedule, where),
                  backend=backend or meta["backend"], dtype=dtype or meta["dtype"], params=params,
-                 clip_norm=o["clip_norm"], clip_value=o["clip_value"],
+                 clip_norm=o["clip_norm"], clip_value=o["clip_value"], batch_first=o.get("batch_first", False),
                  bptt=None if o["bptt"] is None else Truncated(*o["bptt"]), **opts)
         size = tr.flat.size
         bad = [k for k, v in state.items() if v.shape != (size,)]
@@ -449,6 +482,7 @@ class Trainer:
         tr.optimizer.load_state_dict(state)
         tr.step_count, tr.history = int(meta["step"]), [float(v) for v in meta["history"]]
         tr.batch_history = [tuple(p) for p in meta["batch_history"]]
+        tr.val_history = [float(v) for v in meta.get("val_history", [])]
         tr.info = dict(meta.get("info") or {})
         return tr
 
