@@ -156,9 +156,26 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def _trained(spec: str):
+    """``(cell, parameters)`` of a checkpoint file (``rnncomp inspect gru.ckpt``), or None
+    when ``spec`` is not a file or is a .py file."""
+    if spec.endswith(".py") or not os.path.isfile(spec):
+        return None
+    from .train import checkpoint as ck
+    meta, arrays = ck.read(spec)
+    if meta == "legacy":
+        return arrays["cell"], {k: np.asarray(v, dtype=np.float64) for k, v in arrays["params"].items()}
+    cell = ck.cell_from_dict(meta["cell"], spec)
+    return cell, {n: arrays[f"param/{n}"].astype(np.float64) for n in meta["params"]}
+
+
 def inspect_cmd(args) -> int:
     check_writable(args.png, args.svg)
-    cell = load_cell(args.cell, args.inputs, args.hidden, args.outputs)
+    trained = _trained(args.cell)
+    if trained and any(v is not None for v in (args.inputs, args.hidden, args.outputs)):
+        raise SystemExit(f"rnncomp: {args.cell} is a trained cell: its sizes are its own")
+    cell = trained[0] if trained else load_cell(args.cell, args.inputs, args.hidden, args.outputs)
+    args.trained_params = trained[1] if trained else None
     did = False
     if args.dot is not None or args.svg or (args.png and not args.flow):
         did = True
@@ -201,10 +218,14 @@ def _inspect_graph(cell, args) -> None:
 
 
 def _inspect_flow(cell, args) -> None:
-    """``--flow``: gradient flow through time for random parameters and data (``--seed``)."""
+    """``--flow``: gradient flow through time for random data (``--seed``) and random
+    parameters, or the trained ones of a checkpoint."""
     from .inspect import gradient_flow, random_problem
 
     params, inputs, targets = random_problem(cell, T=args.T or 50, B=args.B or 4, seed=args.seed)
+    if args.trained_params is not None:
+        params = args.trained_params
+        print(f"trained parameters of {args.cell}; random data (--seed {args.seed})")
     f = gradient_flow(cell, params, inputs, targets)
     print(f.table())
     if args.png:
@@ -226,7 +247,8 @@ def _inspect_memory(cell, args) -> None:
 
 
 def _inspect_args(ins) -> None:
-    ins.add_argument("cell", help=f"a zoo cell ({', '.join(sorted(cells.ZOO))}), module:name or file.py[:name]")
+    ins.add_argument("cell", help=f"a zoo cell ({', '.join(sorted(cells.ZOO))}), module:name, file.py[:name] "
+                                  "or a checkpoint (its trained cell; --flow with its parameters)")
     ins.add_argument("--equations", action="store_true",
                      help="the forward and backward equations (the default when nothing else is asked)")
     ins.add_argument("--latex", action="store_true")

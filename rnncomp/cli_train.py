@@ -31,11 +31,49 @@ def add_arguments(tr, positive, natural, positive_float) -> None:
     tr.add_argument("--k2", type=natural, default=0, help="truncated BPTT: steps back-propagated")
     tr.add_argument("--backend", choices=["native", "numpy"], default=None,
                     help="default native; with --resume: the saved one")
+    tr.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default=None, help="default adam")
+    tr.add_argument("--clip", type=float, default=None, metavar="NORM",
+                    help="clip the gradient's norm to NORM (default 1.0; 0: no clipping)")
+    tr.add_argument("--memory", default=None, metavar="all|every[:N]|binomial:S|budget:BYTES",
+                    help="what BPTT stores (native backend): all (default), every N steps (every: √T), "
+                         "revolve with S slots, or the fewest recomputations within BYTES (30MB)")
+    tr.add_argument("--dtype", choices=["float32", "float64"], default=None, help="default float32")
+    tr.add_argument("--threads", type=positive, default=None, help="native backend threads (default: all cores)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--save", help="write a checkpoint here after every epoch (see --save-every) and on Ctrl-C")
     tr.add_argument("--save-every", type=positive, default=1, metavar="K", help="save every K epochs (default 1)")
     tr.add_argument("--resume", help="continue from a checkpoint (its cell, task and sizes)")
     tr.add_argument("--plot", metavar="PNG", help="write the learning curve here")
+
+
+OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop", "adagrad": "Adagrad"}
+
+
+def parse_memory(text: str):
+    """``all``, ``every``, ``every:N``, ``binomial:S``, ``budget:30MB`` → a memory schedule."""
+    from .memory import Binomial, Budget, Every
+    kind, _, arg = text.partition(":")
+    try:
+        if kind == "all" and not arg:
+            return "all"
+        if kind == "every":
+            return Every(int(arg)) if arg else Every()
+        if kind == "binomial":
+            return Binomial(int(arg))
+        if kind == "budget":
+            return Budget(arg)
+    except ValueError as exc:
+        raise SystemExit(f"rnncomp: --memory {text}: {exc}") from None
+    raise SystemExit(f"rnncomp: --memory {text!r}: use all, every, every:N, binomial:S or budget:BYTES")
+
+
+def _compile_options(args) -> dict:
+    opts = {}
+    if args.memory is not None:
+        opts["memory"] = parse_memory(args.memory)
+    if args.threads is not None:
+        opts["threads"] = args.threads
+    return opts
 
 
 TASK_DEFAULTS = {"sine": {"T": 50, "N": 256, "hidden": 32, "lr": 1e-2},
@@ -53,7 +91,13 @@ def train_cmd(args) -> int:
     check_writable(args.save, args.plot)
     tr, run = None, {}
     if args.resume:
-        tr = Trainer.load(args.resume, backend=args.backend)
+        given = [f for f, v in (("--lr", args.lr), ("--optimizer", args.optimizer), ("--clip", args.clip)) if v is not None]
+        if given:
+            raise SystemExit(f"rnncomp: {', '.join(given)}: {args.resume} holds its optimizer, learning rate and "
+                             "clipping, and continues with them")
+        if (args.backend or "native") != "native" and (args.memory or args.threads):
+            raise SystemExit("rnncomp: --memory and --threads are for the native backend")
+        tr = Trainer.load(args.resume, backend=args.backend, dtype=args.dtype, **_compile_options(args))
         run = _resumed_run(args, tr)
     task = args.task or run.get("task") or "sine"
     kind = task if task in TASKS else "text"
@@ -93,13 +137,30 @@ def _resumed_run(args, tr) -> dict:
 
 
 def _new_trainer(args, run, cell, resumed):
-    from .train import Adam, Trainer, Truncated
+    from .train import Trainer, Truncated
 
     if resumed is not None:
         return resumed
+    from . import train
     bptt = Truncated(args.k1, args.k2 or args.k1) if args.k1 else None
-    return Trainer(cell, Adam(run["lr"]), clip_norm=1.0, bptt=bptt, backend=args.backend or "native",
-                   seed=args.seed)
+    backend = args.backend or "native"
+    if backend != "native" and (args.memory or args.threads):
+        raise SystemExit("rnncomp: --memory and --threads are for the native backend")
+    if args.clip is not None and args.clip < 0:
+        raise SystemExit(f"rnncomp: --clip {args.clip}: the norm must be >= 0 (0: no clipping)")
+    optimizer = getattr(train, OPTIMIZERS[args.optimizer or "adam"])(run["lr"])
+    clip = 1.0 if args.clip is None else (args.clip or None)
+    return Trainer(cell, optimizer, clip_norm=clip, bptt=bptt, backend=backend, seed=args.seed,
+                   dtype=args.dtype or "float32", **_compile_options(args))
+
+
+def _check_memory(tr, T: int, B: int) -> None:
+    """A --memory budget too small for a batch: a message before any work."""
+    if hasattr(tr.model, "memory_plan"):
+        try:
+            tr.model.memory_plan(T, B)
+        except ValueError as exc:
+            raise SystemExit(f"rnncomp: --memory: {exc}") from None
 
 
 def _fit(args, tr, run, x, y, **kw) -> None:
@@ -137,6 +198,7 @@ def _train_task(args, run, task, resumed):
         raise SystemExit(f"rnncomp: task {run['task']} needs a cell with one input of size {n_in} and one "
                          f"target of size {n_out}; cell {cell.name!r} has inputs {sizes[0]} and targets {sizes[1]}")
     tr = _new_trainer(args, run, cell, resumed)
+    _check_memory(tr, run["T"], min(args.batch, run["N"]))
     n_test = max(1, run["N"] // 8)
     xt, yt = x[:, :n_test], y[:, :n_test]
     mt = None if mask is None else mask[:, :n_test]
@@ -187,6 +249,7 @@ def _train_text(args, run, resumed):
                          "the model would read them as different letters")
     run["vocab"] = vocab.chars
     tr = _new_trainer(args, run, cell, resumed)
+    _check_memory(tr, T, args.batch)
     data = char_data(text, T=T, batch_size=args.batch, vocab=vocab, dtype=tr.dtype)
     print(f"training {tr.cell.name!r} as a character model of {what}: {len(text)} characters, "
           f"{V} distinct, {tr.backend} backend")

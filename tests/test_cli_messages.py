@@ -119,3 +119,25 @@ def test_sine_and_text_print_their_baselines(tmp_path, capsys):
                  "--hidden", "4"]) == 0
     out = capsys.readouterr().out
     assert f"uniform {np.log2(4):.3f}" in out and "character frequencies" in out
+
+
+def test_train_flags_reach_the_trainer_and_inspect_reads_the_checkpoint(tmp_path, capsys):
+    import rnncomp as rc
+    ckpt = str(tmp_path / "g.ckpt")
+    assert main(["train", "gru", "--epochs", "1", "--N", "16", "--T", "10", "--hidden", "4", "--optimizer", "sgd",
+                 "--clip", "0", "--memory", "every:3", "--dtype", "float64", "--threads", "1", "--save", ckpt]) == 0
+    tr = rc.Trainer.load(ckpt)
+    assert (type(tr.optimizer), tr.clip_norm, tr.dtype, tr.model.memory, tr.model.threads) == \
+        (rc.SGD, None, np.float64, rc.Every(3), 1)
+    capsys.readouterr()
+    assert main(["inspect", ckpt]) == 0                            # its equations
+    assert "backward step of 'gru'" in capsys.readouterr().out
+    assert main(["inspect", ckpt, "--flow", "--T", "8"]) == 0      # its flow, with its parameters
+    out = capsys.readouterr().out
+    assert "trained parameters of" in out and "gradient flow through time of 'gru': T = 8" in out
+    with pytest.raises(SystemExit, match="--lr: .* holds its optimizer"):
+        main(["train", "--resume", ckpt, "--lr", "0.5"])          # was: silently ignored
+    with pytest.raises(SystemExit, match="--memory 'most'"):
+        main(["train", "gru", "--memory", "most"])
+    with pytest.raises(SystemExit, match="--memory: memory budget of 10 bytes is below the minimum"):
+        main(["train", "gru", "--memory", "budget:10"])
