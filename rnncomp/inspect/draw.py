@@ -4,7 +4,7 @@ Route, in order:
 
 1. Graphviz: if the ``dot`` program is on ``PATH``, the DOT text of :mod:`.dot` is
    piped through ``dot -Tsvg`` / ``dot -Tpng``.
-2. matplotlib (``pip install 'rnncomp[plot]'``): a deterministic layered drawing of
+2. matplotlib (installed with rnncomp): a deterministic layered drawing of
    the same :class:`~rnncomp.inspect.dot.Graph`: columns left to right are the
    groups (parameters, then time steps), and within a group the longest-path depth;
    rows are the order of the nodes within a column.  SVG output carries no date

@@ -392,8 +392,8 @@ class Trainer:
         return self._as_given(seq[names[0]] if len(names) == 1 and chosen else seq), state
 
     def plot(self, path, title=None) -> str:
-        """Write the learning curve (the loss of every batch and the mean of every epoch) to a
-        PNG, without matplotlib; returns the path."""
+        """Write the learning curve (the loss of every batch, the mean of every epoch, and the
+        validation loss when there is one) to a PNG or SVG (matplotlib); returns the path."""
         from .plot import line_plot
         series, legend = [], []
         bh = [(p, v) for p, v in self.batch_history if np.isfinite(v)]
@@ -403,10 +403,13 @@ class Trainer:
         if self.history:
             series.append((np.arange(len(self.history)) + 0.5, self.history, (31, 119, 180), 2))
             legend.append("epoch mean")
+        if self.val_history:
+            series.append((np.arange(1, len(self.val_history) + 1), self.val_history, (214, 39, 40), 2))
+            legend.append("validation")
         if not series:
             raise TrainingError("plot: nothing to draw, the loss history is empty (train first)")
         line_plot(path, series, title=title or f"{self.cell.name}: training loss", xlabel="epoch",
-                  ylabel="loss", legend=legend)
+                  ylabel="loss", legend=legend, xinteger=True)
         return str(path)
 
     # ------------------------------------------------------------------ checkpoints
