@@ -208,10 +208,10 @@ def _inspect_graph(cell, args) -> None:
     kind = args.dot or "step"
     pictures = [] if args.flow else [f for f in (args.png, args.svg) if f]
     if not pictures:
-        print(to_dot(cell, kind, args.k), end="")
+        print(to_dot(cell, kind, args.k, args.detail), end="")
     for path in pictures:
         try:
-            engine = render(cell, path, kind=kind, k=args.k)
+            engine = render(cell, path, kind=kind, k=args.k, detail=args.detail)
         except RuntimeError as exc:
             raise SystemExit(f"rnncomp: {exc}") from None
         print(f"wrote {path} ({kind} graph, drawn with {engine})")
@@ -256,6 +256,8 @@ def _inspect_args(ins) -> None:
     ins.add_argument("--dot", nargs="?", const="step", choices=["step", "unfolded", "gradient"],
                      help="Graphviz DOT text of the one-step (default), unfolded (--k steps) or gradient graph")
     ins.add_argument("--k", type=_positive, default=3, help="steps of the unfolded graph (default 3)")
+    ins.add_argument("--detail", choices=["full", "compact"], default="full",
+                     help="compact: the step graph as the cell's equations, one node per named value")
     ins.add_argument("--png", metavar="FILE", help="draw the graph (with --flow: the flow plot) to a PNG")
     ins.add_argument("--svg", metavar="FILE", help="draw the graph to an SVG")
     ins.add_argument("--cost", action="store_true", help="FLOPs, stored activations and memory")

@@ -347,3 +347,23 @@ def test_doctests(mod):
 
     result = doctest.testmod(importlib.import_module(mod), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+@pytest.mark.parametrize("name", sorted(rc.cells.ZOO))
+def test_compact_step_graph_is_the_cells_equations(name, tmp_path):
+    """--detail compact: one node per input, target, previous state and named equation; no
+    parameter and no generated temporary as a node (the full LSTM step graph was a
+    400x2255 strip)."""
+    cell = rc.cells.ZOO[name](3, 4, 2)
+    nodes, edges = _parse(ri.to_dot(cell, "step", detail="compact"))
+    kinds = [d.kind for d in cell.decls.values()]
+    named = kinds.count("output") + kinds.count("define") + kinds.count("state") + 1   # + the loss
+    assert len(nodes) == kinds.count("input") + kinds.count("target") + kinds.count("state") + named
+    assert not any(lab.split("\\n")[0] in cell.decls and cell.decls[lab.split("\\n")[0]].kind == "param"
+                   for lab in nodes.values())
+    heads = {lab.split("\\n")[0] for lab in nodes.values()}
+    assert {f"{s} =" for s, d in cell.decls.items() if d.kind == "state"} <= {h.replace("[t] =", " =") for h in heads}
+    ri.render(cell, tmp_path / "c.png", kind="step", engine="matplotlib", detail="compact")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="compact' is drawn for the step view"):
+        ri.to_dot(cell, "gradient", detail="compact")

@@ -157,6 +157,35 @@ def step_graph(cell) -> Graph:
     return g
 
 
+def _wrapped(text: str, width: int = 40, lines: int = 4) -> str:
+    import textwrap
+    out = textwrap.wrap(" ".join(text.split()), width, break_long_words=False, break_on_hyphens=False)
+    return "\n".join(out[:lines - 1] + [_short(" ".join(out[lines - 1:]))] if len(out) > lines else out)
+
+
+def compact_step_graph(cell) -> Graph:
+    """The step as its equations (``detail="compact"``): one node per value the user named
+    (states, outputs, definitions, the loss) labelled with its whole expression, the
+    element-wise chains and products inside it; parameters appear in the labels, not as
+    nodes; inputs and previous states on the left, time flowing left to right."""
+    from ..printing import _ordered
+    step = cell.step
+    prog = step.prog
+    g = Graph(f"{step.name} step (compact)", "step", "LR", ["inputs, targets, states t-1", f"step t of {step.name!r}"])
+    for key, node in prog.nodes.items():
+        if node.op in ("input", "target", "state"):
+            g.add_node(key, f"{key_str(key)}\n∈ R^{_shape(node.size)}", _role(node, key), 0)
+    for lhs, rhs in _ordered(cell):
+        key = lhs.key
+        g.add_node(key, f"{key_str(key)} =\n{_wrapped(sp.sstr(rhs))}", "loss" if key == step.loss_key else "fwd", 1)
+        for s in sorted(rhs.free_symbols, key=str):
+            if getattr(s, "key", None) in g._ids:
+                g.add_edge(s.key, key, "fwd")
+    for s in step.states:
+        g.add_edge((s, "t"), (s, "t-1"), "recurrent", "t+1")
+    return g
+
+
 def unfolded_graph(cell, k: int = 3) -> Graph:
     step = cell.step
     prog = unfold_program(step, k)
@@ -206,8 +235,18 @@ def gradient_graph(cell) -> Graph:
     return g
 
 
-def build(cell, kind: str = "step", k: int = 3) -> Graph:
-    """The :class:`Graph` of one view (``kind`` in ``"step"``, ``"unfolded"``, ``"gradient"``)."""
+DETAILS = ("full", "compact")
+
+
+def build(cell, kind: str = "step", k: int = 3, detail: str = "full") -> Graph:
+    """The :class:`Graph` of one view (``kind`` in ``"step"``, ``"unfolded"``, ``"gradient"``);
+    ``detail="compact"`` (the step view): one node per named value, see :func:`compact_step_graph`."""
+    if detail not in DETAILS:
+        raise ValueError(f"graph detail must be one of {', '.join(DETAILS)}, got {detail!r}")
+    if detail == "compact":
+        if kind != "step":
+            raise ValueError(f"detail='compact' is drawn for the step view, not {kind!r}")
+        return compact_step_graph(cell)
     if kind == "step":
         return step_graph(cell)
     if kind == "unfolded":
@@ -253,6 +292,6 @@ def dot_text(g: Graph) -> str:
     return "\n".join(out) + "\n"
 
 
-def to_dot(cell, kind: str = "step", k: int = 3) -> str:
+def to_dot(cell, kind: str = "step", k: int = 3, detail: str = "full") -> str:
     """Graphviz DOT text of a cell's ``kind`` view (see the module docstring)."""
-    return dot_text(build(cell, kind, k))
+    return dot_text(build(cell, kind, k, detail))
