@@ -103,7 +103,7 @@ def test_named_schedules_are_saved_and_a_lambda_is_asked_for_again(tmp_path):
     assert rc.Trainer.load(tmp_path / "named.ckpt").optimizer.schedule == sched
     b, _, _ = _trained(optimizer=rc.Adam(0.01, schedule=lambda step: 0.5 ** step))
     b.save(tmp_path / "lambda.ckpt")
-    with pytest.raises(rc.CheckpointError, match=r"Python function \(.*lambda.*\).*schedule="):
+    with pytest.raises(rc.CheckpointError, match=r"Python function \(.*lambda.*\) that is not a module-level.*schedule="):
         rc.Trainer.load(tmp_path / "lambda.ckpt")
     c = rc.Trainer.load(tmp_path / "lambda.ckpt", schedule=lambda step: 0.5 ** step)
     assert c.optimizer.rate(3) == 0.01 * 0.5 ** 3
@@ -216,3 +216,13 @@ def test_checkpoint_callback_saves_every_epoch_and_on_ctrl_c(tmp_path):
     back = rc.Trainer.load(tmp_path / "run.ckpt")
     assert back.step_count == 6 and len(back.history) == 3
     np.testing.assert_array_equal(back.flat, tr.flat)
+
+
+def halve_every_step(step):
+    return 0.5 ** step
+
+
+def test_a_module_level_schedule_function_comes_back_by_name(tmp_path):
+    a, _, _ = _trained(optimizer=rc.Adam(0.01, schedule=halve_every_step))
+    a.save(tmp_path / "f.ckpt")
+    assert rc.Trainer.load(tmp_path / "f.ckpt").optimizer.schedule is halve_every_step

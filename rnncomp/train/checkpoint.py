@@ -169,17 +169,36 @@ def optimizer_to_dict(opt) -> dict:
         sched = None
     elif type(s) in lr_schedules.NAMED.values():
         sched = s.to_dict()
-    else:  # a lambda or function: kept out, and load asks for it again
-        sched = {"name": "callable", "repr": getattr(s, "__qualname__", repr(s))}
+    else:  # a function: kept by its name (module:qualname) when it has one, never pickled
+        qual, module = getattr(s, "__qualname__", ""), getattr(s, "__module__", None)
+        named = module and qual and "<" not in qual
+        sched = {"name": "callable", "repr": qual or repr(s), "ref": f"{module}:{qual}" if named else None}
     return {"name": name, "config": _OPTIMIZERS[name](opt), "schedule": sched}
+
+
+def _named_function(ref):
+    """The function ``module:qualname`` when its module is already imported (so that loading
+    a checkpoint never imports, that is runs, code a file names); else None."""
+    import sys
+    if not ref:
+        return None
+    module, _, qual = ref.partition(":")
+    obj = sys.modules.get(module)
+    for part in qual.split("."):
+        obj = getattr(obj, part, None)
+    return obj if callable(obj) else None
 
 
 def optimizer_from_dict(d: dict, schedule=None, where="checkpoint"):
     sched = d.get("schedule")
     if schedule is None and sched is not None:
         if sched["name"] == "callable":
+            found = _named_function(sched.get("ref"))
+            if found is not None:
+                return getattr(optim, d["name"])(**d["config"], schedule=found)
             raise CheckpointError(f"{where}: the optimizer's learning-rate schedule was a Python function "
-                                  f"({sched['repr']}), which a checkpoint does not hold; pass it again: "
+                                  f"({sched['repr']}) that is not a module-level function of an imported "
+                                  "module, which a checkpoint does not hold; pass it again: "
                                   "Trainer.load(path, schedule=...), or use a named one "
                                   "(rc.schedules.ExponentialDecay, Cosine, Warmup), which is saved")
         schedule = lr_schedules.from_dict(sched)
