@@ -55,7 +55,7 @@ are `n0, n1, ...` in program order, so the same cell gives byte-identical DOT.
 **Rendering** (`ri.render`, `--svg`, `--png`) takes the first route available:
 
 1. Graphviz: `dot` on `PATH` renders the DOT text (best pictures; `apt install graphviz`).
-2. matplotlib (`pip install 'rnncomp[plot]'`): a deterministic layered drawing of the same
+2. matplotlib (installed with rnncomp): a deterministic layered drawing of the same
    graph: one column per group (parameters, then each time step; for the gradient graph:
    parameters, forward, backward, gradients), nodes in program order down the column,
    shifted right by their depth so that skipping edges stay visible.  SVG output has no

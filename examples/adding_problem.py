@@ -83,7 +83,7 @@ def main(argv=None):
     if a.plot:
         t = np.arange(a.T + 1)
         line_plot(a.plot, [(t, r["flow"]) for r in results.values()], logy=True, xlabel="t",
-                  ylabel="gradient norm", title=f"adding problem T={a.T}: |dL/dh[t]| after training",
+                  ylabel="‖∂L/∂h[t]‖ (all states)", title=f"adding problem, T = {a.T}: gradient norm after training",
                   legend=list(results))
         print(f"wrote {a.plot}")
     return results

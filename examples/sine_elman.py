@@ -58,7 +58,7 @@ def main(argv=None):
     if a.plot:
         t = np.arange(prime + horizon)
         line_plot(a.plot, [(t, waves[:, 0, 0], (150, 150, 150), 2), (t[prime:], gen[:, 0, 0], None, 2)],
-                  title="Elman network continuing a sine wave", xlabel="t", logy=False,
+                  title="Elman network continuing a sine wave", xlabel="t (step)", ylabel="value", logy=False,
                   legend=["the wave", "the network, closed loop"])
         print(f"wrote {a.plot}")
     if a.curve:

@@ -4,7 +4,7 @@ Declare a cell with sympy (:class:`Cell`), look at its equations and its derived
 BPTT step (:func:`explain`), unfold it (:func:`unfold`), and compile it
 (:func:`compile`).
 """
-from . import backends, cells, inspect
+from . import backends, cells, inspect, schedules
 from .autodiff import backward_step
 from .cell import Cell
 from .compile import compile
@@ -15,11 +15,12 @@ from .functions import gelu, hard_sigmoid, relu, sigmoid, softplus, softsign, sw
 from .graph import unfold
 from .memory import Binomial, Budget, Every
 from .printing import explain
-from .train import (SGD, Adagrad, Adam, AdamW, RMSprop, Trainer, TrainingError, Truncated, pad_sequences,
-                    stream_batches)
+from .train import (SGD, Adagrad, Adam, AdamW, Callback, Checkpoint, CheckpointError, EarlyStopping, RMSprop, Trainer,
+                    TrainingError, Truncated, pad_sequences, stream_batches)
 
 __all__ = [
     "Cell", "compile", "Every", "Binomial", "Budget", "Trainer", "Truncated", "TrainingError", "pad_sequences", "stream_batches",
+    "Callback", "Checkpoint", "CheckpointError", "EarlyStopping", "schedules",
     "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "unfold", "explain", "backward_step", "cells", "inspect",
     "concat", "vslice", "vsum", "logsumexp", "softmax", "softmax_xent",
     "sigmoid", "softplus", "relu", "softsign", "hard_sigmoid", "gelu", "swish",

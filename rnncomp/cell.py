@@ -231,10 +231,11 @@ class Cell:
         return step_graph(self)
 
     def init_params(self, seed: int = 0, dtype="float64") -> dict:
-        """A dict of freshly initialised parameter arrays (deterministic in ``seed``)."""
-        rng = np.random.default_rng(seed)
-        return {d.name: initializers.make(d.init, rng, d.shape, dtype)
-                for d in self.decls.values() if d.kind == "param"}
+        """A dict of freshly initialised parameter arrays (deterministic in ``seed``).
+
+        A compiled model checks the dtype of what it is given: pass the model's ``dtype``
+        here, or call ``model.init_params(seed)``, which does."""
+        return initializers.init_all(initializers.specs(self), seed, dtype)
 
     def __str__(self) -> str:
         from .printing import cell_text
@@ -245,7 +246,17 @@ class Cell:
         return cell_latex(self)
 
     def __repr__(self) -> str:
-        return f"<Cell {self.name!r}: {len(self.decls)} declarations>"
+        count = lambda kind: sum(1 for d in self.decls.values() if d.kind == kind)  # noqa: E731
+        return (f"<Cell {self.name!r}: {count('input')} input(s), {count('state')} state(s), "
+                f"{count('param')} parameter(s), {'a loss' if self.loss_expr is not None else 'no loss'}; "
+                "print() it for its equations>")
+
+    def _repr_html_(self) -> str:
+        from .show import TextShown
+        return TextShown._repr_html_(self)
+
+    def _text(self) -> str:
+        return str(self)
 
 
 def _operands(b) -> list:

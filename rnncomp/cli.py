@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 import time
 
@@ -22,32 +23,54 @@ import numpy as np
 
 from . import cells
 from .cell import Cell
+from .cli_train import add_arguments as _train_args, train_cmd
 from .compile import compile as rc_compile
+from .errors import RnncompError
 from .printing import explain
 
 
-def load_cell(spec: str, n_in=8, hidden=16, n_out=4) -> Cell:
-    """A zoo name, ``module:name``, or ``path/to/file.py[:name]`` holding a Cell."""
+def load_cell(spec: str, n_in=None, hidden=None, n_out=None) -> Cell:
+    """A zoo name, ``module:name``, or ``path/to/file.py[:name]`` holding a Cell.  The sizes
+    (default 8, 16, 4) are for a zoo cell; a cell of your own declares its own."""
     if spec in cells.ZOO:
-        return cells.ZOO[spec](n_in, hidden, n_out)
+        return cells.ZOO[spec](n_in or 8, hidden or 16, n_out or 4)
+    given = [f for f, v in (("--inputs", n_in), ("--hidden", hidden), ("--outputs", n_out)) if v is not None]
+    if given:
+        raise SystemExit(f"rnncomp: {', '.join(given)} set the sizes of a zoo cell; {spec!r} declares its own")
     path, _, name = spec.partition(":")
     if path.endswith(".py"):
+        if not os.path.isfile(path):
+            raise SystemExit(f"rnncomp: no file {path} (a cell is a zoo name, module:name or file.py[:name])")
         s = importlib.util.spec_from_file_location("_rnncomp_user_cell", path)
         if s is None or s.loader is None:
             raise SystemExit(f"rnncomp: cannot read {path}")
         mod = importlib.util.module_from_spec(s)
         s.loader.exec_module(mod)
     else:
+        here = os.getcwd()  # `rnncomp inspect mymod:cell` finds ./mymod.py, as `python -m` would
+        sys.path.insert(0, here)
         try:
             mod = importlib.import_module(path)
         except ImportError as exc:
             raise SystemExit(f"rnncomp: {spec!r} is neither a zoo cell ({', '.join(sorted(cells.ZOO))}) "
                              f"nor an importable module: {exc}") from None
+        finally:
+            sys.path.remove(here)
     found = [v for k, v in vars(mod).items() if isinstance(v, Cell) and (not name or k == name)]
     if len(found) != 1:
         raise SystemExit(f"rnncomp: {spec!r} must hold exactly one Cell (found {len(found)}); "
                          "name it with FILE.py:NAME")
     return found[0]
+
+
+def check_writable(*paths) -> None:
+    """Refuse, before any work, a file to write in a folder that does not exist."""
+    for path in paths:
+        if path and path != "-":
+            folder = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(folder):
+                raise SystemExit(f"rnncomp: cannot write {path}: folder {os.path.dirname(path) or folder} "
+                                 "does not exist")
 
 
 def demo(args) -> int:
@@ -134,8 +157,26 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def _trained(spec: str):
+    """``(cell, parameters)`` of a checkpoint file (``rnncomp inspect gru.ckpt``), or None
+    when ``spec`` is not a file or is a .py file."""
+    if spec.endswith(".py") or not os.path.isfile(spec):
+        return None
+    from .train import checkpoint as ck
+    meta, arrays = ck.read(spec)
+    if meta == "legacy":
+        return arrays["cell"], {k: np.asarray(v, dtype=np.float64) for k, v in arrays["params"].items()}
+    cell = ck.cell_from_dict(meta["cell"], spec)
+    return cell, {n: arrays[f"param/{n}"].astype(np.float64) for n in meta["params"]}
+
+
 def inspect_cmd(args) -> int:
-    cell = load_cell(args.cell, args.inputs, args.hidden, args.outputs)
+    check_writable(args.png, args.svg)
+    trained = _trained(args.cell)
+    if trained and any(v is not None for v in (args.inputs, args.hidden, args.outputs)):
+        raise SystemExit(f"rnncomp: {args.cell} is a trained cell: its sizes are its own")
+    cell = trained[0] if trained else load_cell(args.cell, args.inputs, args.hidden, args.outputs)
+    args.trained_params = trained[1] if trained else None
     did = False
     if args.dot is not None or args.svg or (args.png and not args.flow):
         did = True
@@ -168,20 +209,24 @@ def _inspect_graph(cell, args) -> None:
     kind = args.dot or "step"
     pictures = [] if args.flow else [f for f in (args.png, args.svg) if f]
     if not pictures:
-        print(to_dot(cell, kind, args.k), end="")
+        print(to_dot(cell, kind, args.k, args.detail), end="")
     for path in pictures:
         try:
-            engine = render(cell, path, kind=kind, k=args.k)
+            engine = render(cell, path, kind=kind, k=args.k, detail=args.detail)
         except RuntimeError as exc:
             raise SystemExit(f"rnncomp: {exc}") from None
         print(f"wrote {path} ({kind} graph, drawn with {engine})")
 
 
 def _inspect_flow(cell, args) -> None:
-    """``--flow``: gradient flow through time for random parameters and data (``--seed``)."""
+    """``--flow``: gradient flow through time for random data (``--seed``) and random
+    parameters, or the trained ones of a checkpoint."""
     from .inspect import gradient_flow, random_problem
 
     params, inputs, targets = random_problem(cell, T=args.T or 50, B=args.B or 4, seed=args.seed)
+    if args.trained_params is not None:
+        params = args.trained_params
+        print(f"trained parameters of {args.cell}; random data (--seed {args.seed})")
     f = gradient_flow(cell, params, inputs, targets)
     print(f.table())
     if args.png:
@@ -203,14 +248,17 @@ def _inspect_memory(cell, args) -> None:
 
 
 def _inspect_args(ins) -> None:
-    ins.add_argument("cell", help=f"a zoo cell ({', '.join(sorted(cells.ZOO))}), module:name or file.py[:name]")
+    ins.add_argument("cell", help=f"a zoo cell ({', '.join(sorted(cells.ZOO))}), module:name, file.py[:name] "
+                                  "or a checkpoint (its trained cell; --flow with its parameters)")
     ins.add_argument("--equations", action="store_true",
                      help="the forward and backward equations (the default when nothing else is asked)")
     ins.add_argument("--latex", action="store_true")
     ins.add_argument("--markdown", action="store_true")
     ins.add_argument("--dot", nargs="?", const="step", choices=["step", "unfolded", "gradient"],
                      help="Graphviz DOT text of the one-step (default), unfolded (--k steps) or gradient graph")
-    ins.add_argument("--k", type=int, default=3, help="steps of the unfolded graph (default 3)")
+    ins.add_argument("--k", type=_positive, default=3, help="steps of the unfolded graph (default 3)")
+    ins.add_argument("--detail", choices=["full", "compact"], default="full",
+                     help="compact: the step graph as the cell's equations, one node per named value")
     ins.add_argument("--png", metavar="FILE", help="draw the graph (with --flow: the flow plot) to a PNG")
     ins.add_argument("--svg", metavar="FILE", help="draw the graph to an SVG")
     ins.add_argument("--cost", action="store_true", help="FLOPs, stored activations and memory")
@@ -220,143 +268,43 @@ def _inspect_args(ins) -> None:
                      help="the checkpointing schedule for --budget (memory, recomputed steps, predicted time)")
     ins.add_argument("--budget", default=None, metavar="BYTES",
                      help="activation memory for --memory: 10000000, 10MB, 64MiB (default: 5%% of store-all)")
-    ins.add_argument("--T", type=int, default=None, help="sequence length (--cost, --memory: 1000, --flow: 50)")
-    ins.add_argument("--B", type=int, default=None, help="batch size (--cost, --memory: 32, --flow: 4)")
+    ins.add_argument("--T", type=_positive, default=None, help="sequence length (--cost, --memory: 1000, --flow: 50)")
+    ins.add_argument("--B", type=_positive, default=None, help="batch size (--cost, --memory: 32, --flow: 4)")
     ins.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="for --cost, --memory")
     ins.add_argument("--seed", type=int, default=0, help="random parameters and data for --flow")
-    ins.add_argument("--inputs", type=int, default=8)
-    ins.add_argument("--hidden", type=int, default=16)
-    ins.add_argument("--outputs", type=int, default=4)
+    _size_args(ins)
 
 
-def train_cmd(args) -> int:
-    """Train a cell on a built-in task (sine, adding) or a text (charlm: the shipped corpus,
-    or a FILE) as a character-level language model; with checkpoints and a learning curve."""
-    import contextlib
-    import os
-
-    from .train.tasks import TASKS
-
-    with contextlib.ExitStack() as stack:
-        if _distributed(args):  # one output: rank 0's (the others train silently)
-            from .train.distributed import Group
-            group = Group()
-            if group.is_root:
-                print(f"distributed: {group.size} MPI ranks, each sharing the node's cores "
-                      f"({group.threads_per_rank()} thread(s) per rank on this node)")
-            else:
-                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
-        tr = _train_task(args, TASKS[args.task]) if args.task in TASKS else _train_text(args)
-        if args.save:
-            tr.save(args.save)
-            print(f"  checkpoint: {args.save}")
-        if args.plot:
-            print(f"  learning curve: {tr.plot(args.plot)}")
-    return 0
+def _size_args(p) -> None:
+    for name, default in (("--inputs", 8), ("--hidden", 16), ("--outputs", 4)):
+        p.add_argument(name, type=_positive, default=None, help=f"size of a zoo cell (default {default})")
 
 
-def _distributed(args):
-    """"mpi" when asked to (``--distributed mpi``), or, by default, when an MPI launcher
-    started this process among others; None otherwise."""
-    from .train.distributed import launched_by_mpiexec
+def _positive(text: str) -> int:
+    return _number(text, int, lambda v: v >= 1, "a positive integer")
 
-    if args.distributed == "none":
-        return None
-    n = launched_by_mpiexec()
-    if args.distributed == "auto" and n <= 1:
-        return None
+
+def _natural(text: str) -> int:
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
+def _positive_float(text: str) -> float:
+    return _number(text, float, lambda v: v > 0 and np.isfinite(v), "a positive number")
+
+
+def _number(text, kind, ok, what):
     try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        raise SystemExit(f"rnncomp: started as one of {n} MPI processes, but mpi4py is not installed; "
-                         "pip install 'rnncomp[mpi]' (or pass --distributed none to train "
-                         "independently)") from None
-    return "mpi"
-
-
-def _new_or_resumed(args, make_cell, lr, check=None):
-    from .train import Adam, Trainer, Truncated
-
-    if args.resume:
-        tr = Trainer.load(args.resume, backend=args.backend, distributed=_distributed(args))
-        print(f"resumed {args.resume} at step {tr.step_count}")
-    else:
-        bptt = Truncated(args.k1, args.k2 or args.k1) if args.k1 else None
-        tr = Trainer(make_cell(), Adam(lr), clip_norm=1.0, bptt=bptt, backend=args.backend, seed=args.seed,
-                     distributed=_distributed(args))
-    if check:
-        check(tr.cell)
-    return tr
-
-
-def _train_task(args, task):
-    """A built-in task: ``--N`` sequences of ``--T`` steps, an eighth held out."""
-    T, hidden, lr = args.T or 50, args.hidden or 32, args.lr or 1e-2
-    x, y, mask = task(T=T, N=args.N, seed=args.seed)
-    n_in, n_out = x.shape[2], y.shape[2]
-    tr = _new_or_resumed(args, lambda: load_cell(args.cell, n_in, hidden, n_out), lr)
-    n_test = max(1, args.N // 8)
-    xt, yt = x[:, :n_test], y[:, :n_test]
-    mt = None if mask is None else mask[:, :n_test]
-    print(f"training {tr.cell.name!r} on {args.task} (T={T}, {args.N} sequences), {args.backend} backend")
-    print(f"  before: held-out loss {tr.evaluate(xt, yt, mask=mt):.5f}")
-    tr.fit(x[:, n_test:], y[:, n_test:], epochs=args.epochs, batch_size=args.batch,
-           mask=None if mask is None else mask[:, n_test:], verbose=1)
-    print(f"  after:  held-out loss {tr.evaluate(xt, yt, mask=mt):.5f}")
-    return tr
-
-
-def _train_text(args):
-    """``--task charlm`` (the shipped corpus) or ``--task FILE``: next-character prediction with
-    softmax cross-entropy, stateful over ``--batch`` parallel streams of ``--T``-step windows;
-    the last 10 % of the text is held out."""
-    import os
-
-    from .train.text import CharVocab, bits_per_char, char_data, corpus, sample_text
-
-    if args.task == "charlm":
-        text, what = corpus(), "Pride and Prejudice, ch. 1-30 (shipped)"
-    elif os.path.isfile(args.task):
-        with open(args.task, encoding="utf-8", errors="replace") as fh:
-            text, what = fh.read(), args.task
-    else:
-        raise SystemExit(f"rnncomp: --task must be sine, adding, charlm or a text file; {args.task!r} is none")
-    T, hidden, lr = args.T or 100, args.hidden or 128, args.lr or 3e-3
-    vocab = CharVocab(text)
-    V = len(vocab)
-    if len(text) < 4 * args.batch * T:
-        raise SystemExit(f"rnncomp: {what} has {len(text)} characters, too few for --batch {args.batch} "
-                         f"streams of --T {T}; lower them")
-
-    def make_cell():
-        if args.cell in cells.ZOO:
-            return cells.ZOO[args.cell](V, hidden, V, loss="xent")
-        return load_cell(args.cell)
-
-    def check(cell):
-        sizes = list(cell.step.inputs.values()) + list(cell.step.targets.values())
-        if len(sizes) != 2 or sizes != [V, V]:
-            raise SystemExit(f"rnncomp: a character model of {what} needs one input and one target of "
-                             f"size {V} (its vocabulary); cell {cell.name!r} has {sizes}")
-
-    tr = _new_or_resumed(args, make_cell, lr, check)
-    data = char_data(text, T=T, batch_size=args.batch, vocab=vocab, dtype=tr.dtype)
-    print(f"training {tr.cell.name!r} as a character model of {what}: {len(text)} characters, "
-          f"{V} distinct, {args.backend} backend")
-
-    def bpc():
-        return bits_per_char(tr.evaluate(data.x_test, data.y_test, window=T))
-
-    print(f"  before: held-out {bpc():.3f} bits per character (uniform: {np.log2(V):.3f})")
-    tr.fit(data.x_train, data.y_train, epochs=args.epochs, batch_size=args.batch, stateful=True, verbose=1)
-    print(f"  after:  held-out {bpc():.3f} bits per character")
-    prime = text[:max(1, text.find(" "))][:20]
-    print("  sample: " + sample_text(tr, vocab, prime, 200, temperature=0.7).replace("\n", "\n          "))
-    return tr
+        v = kind(text)
+    except ValueError:
+        v = None
+    if v is None or not ok(v):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return v
 
 
 def compile_cmd(args) -> int:
     """Write the compiled code of a cell: PTX for ``--target ptx``, LLVM IR or assembly for native."""
+    check_writable(args.output)
     cell = load_cell(args.cell, args.inputs, args.hidden, args.outputs)
     if args.target == "ptx":
         model = rc_compile(cell, backend="ptx", dtype=args.dtype, arch=args.arch)
@@ -373,9 +321,13 @@ def compile_cmd(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``rnncomp`` argument parser (the docs' commands are checked against it)."""
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="rnncomp", description="A symbolic autodiff compiler for recurrent networks.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p.add_argument("--version", action="version", version=f"rnncomp {__version__}")
+    sub = p.add_subparsers(dest="cmd")
     sub.add_parser("demo", help="declare a GRU, show its BPTT equations, check the gradient, train it")
     ins = sub.add_parser("inspect", help="a cell's equations, graphs (DOT), costs and gradient flow")
     _inspect_args(ins)
@@ -386,31 +338,25 @@ def main(argv=None) -> int:
     comp.add_argument("--emit", choices=["ir", "asm"], default="ir", help="for --target native")
     comp.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     comp.add_argument("-o", "--output", help="file to write (default: standard output)")
-    for name, default in (("--inputs", 8), ("--hidden", 16), ("--outputs", 4)):
-        comp.add_argument(name, type=int, default=default)
+    _size_args(comp)
     tr = sub.add_parser("train", help="train a cell on a built-in task or a text")
-    tr.add_argument("cell", nargs="?", default="gru", help="a zoo cell, module:name or file.py[:name]")
-    tr.add_argument("--task", default="sine", metavar="sine|adding|charlm|FILE",
-                    help="a built-in task, the shipped text (charlm) or a text FILE to model "
-                         "character by character (default: sine)")
-    tr.add_argument("--epochs", type=int, default=5)
-    tr.add_argument("--lr", type=float, default=None, help="Adam's step (default 1e-2; text: 3e-3)")
-    tr.add_argument("--hidden", type=int, default=None, help="hidden units (default 32; text: 128)")
-    tr.add_argument("--T", type=int, default=None, help="sequence length (default 50; text: 100)")
-    tr.add_argument("--N", type=int, default=256, help="number of sequences (sine, adding)")
-    tr.add_argument("--batch", type=int, default=32)
-    tr.add_argument("--k1", type=int, default=0, help="truncated BPTT: steps between updates")
-    tr.add_argument("--k2", type=int, default=0, help="truncated BPTT: steps back-propagated")
-    tr.add_argument("--backend", choices=["native", "numpy"], default="native")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--save", help="write a checkpoint here")
-    tr.add_argument("--resume", help="continue from a checkpoint")
-    tr.add_argument("--plot", metavar="PNG", help="write the learning curve here")
-    tr.add_argument("--distributed", choices=["auto", "mpi", "none"], default="auto",
-                    help="data-parallel over MPI ranks; auto: when started by mpiexec/srun among "
-                         "other processes")
+    _train_args(tr, _positive, _natural, _positive_float)
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
-    return {"demo": demo, "inspect": inspect_cmd, "compile": compile_cmd, "train": train_cmd}[args.cmd](args)
+    if args.cmd is None:
+        p.print_help()
+        return 0
+    try:
+        return {"demo": demo, "inspect": inspect_cmd, "compile": compile_cmd, "train": train_cmd}[args.cmd](args)
+    except RnncompError as exc:  # a message, not a traceback: bad cells, checkpoints, options
+        raise SystemExit(f"rnncomp: {exc}") from None
+    except OSError as exc:  # files: the name and the reason
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise SystemExit(f"rnncomp: {where}{exc.strerror or exc}") from None
 
 
 if __name__ == "__main__":

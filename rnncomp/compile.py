@@ -9,17 +9,21 @@ def compile(cell, backend: str = "numpy", dtype: str = "float64", **options):
 
     The returned model has ``forward(params, inputs, h0=None, *, targets=None)`` (targets only
     for a cell whose outputs or state updates read one: teacher forcing) and
-    ``loss_and_grad(params, inputs, targets, h0=None, mask=None)``.
+    ``loss_and_grad(params, inputs, targets, h0=None, mask=None)``, ``init_params(seed)``
+    (in its dtype); it pickles (and is compiled again where it is unpickled).
     """
     if backend == "numpy":
         if options:
             raise TypeError(f"backend 'numpy' takes no options, got {sorted(options)}")
         from .backends.numpy import NumpyModel
-        return NumpyModel(cell, dtype)
-    if backend == "native":
+        model = NumpyModel(cell, dtype)
+    elif backend == "native":
         from .backends.native import NativeModel
-        return NativeModel(cell, dtype, **options)
-    if backend == "ptx":
+        model = NativeModel(cell, dtype, **options)
+    elif backend == "ptx":
         from .backends.ptx import PtxModel
-        return PtxModel(cell, dtype, **options)
-    raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        model = PtxModel(cell, dtype, **options)
+    else:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    model._made_by_compile(cell, options)  # pickling compiles it again from these
+    return model

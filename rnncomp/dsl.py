@@ -92,8 +92,9 @@ class MatVec(Structural):
     def _sympystr(self, printer):
         return f"{_mat_str(self.args[0])}·{_paren(printer, self.args[1])}"
 
-    def _latex(self, printer):
-        return r"%s\,%s" % (_mat_str(self.args[0], latex=True), _paren(printer, self.args[1], latex=True))
+    def _latex(self, printer, exp=None):
+        return _powered(r"%s\,%s" % (_mat_str(self.args[0], latex=True), _paren(printer, self.args[1], latex=True)),
+                        printer, exp)
 
     def _pretty(self, printer):
         return printer._print(sp.Symbol(f"{_mat_str(self.args[0])}·({sp.sstr(self.args[1])})"))
@@ -123,8 +124,8 @@ class RowSum(Structural):
     def _sympystr(self, printer):
         return "Σ " + printer._print(self.args[0])
 
-    def _latex(self, printer):
-        return r"\sum %s" % _paren(printer, self.args[0], latex=True)
+    def _latex(self, printer, exp=None):
+        return _powered(r"\sum %s" % _paren(printer, self.args[0], latex=True), printer, exp)
 
 
 class LogSumExp(Structural):
@@ -136,21 +137,33 @@ class LogSumExp(Structural):
         return f"logsumexp({printer._print(self.args[0])})"
 
 
+def _powered(tex: str, printer, exp) -> str:
+    """LaTeX of a structural atom raised to ``exp`` (sympy passes ``exp`` to a function's
+    ``_latex`` when it is the base of a power)."""
+    return tex if exp is None else r"\left(%s\right)^{%s}" % (tex, exp)
+
+
 def _paren(printer, e, latex=False):
     s = sp.latex(e) if latex else printer._print(e)
-    return s if (e.is_Symbol or e.is_Function) else f"({s})"
+    if e.is_Symbol or e.is_Function:
+        return s
+    return rf"\left({s}\right)" if latex else f"({s})"
 
 
 def _mat_str(terms, latex=False) -> str:
     out = []
     for name, tr, coef in terms:
-        m = name.name + (("^T" if latex else "ᵀ") if int(tr) else "")
+        if latex:
+            from .latex import ident_latex
+            m = ident_latex(name.name) + (r"^{\top}" if int(tr) else "")
+        else:
+            m = name.name + ("ᵀ" if int(tr) else "")
         if coef == 1:
             piece = m
         elif coef == -1:
             piece = "-" + m
         else:
-            piece = f"{coef}{m}"
+            piece = f"{sp.latex(coef) if latex else coef}{m}"
         out.append(piece)
     s = " + ".join(out).replace("+ -", "- ")
     return s if len(out) == 1 else f"({s})"

@@ -39,8 +39,9 @@ class sigmoid(sp.Function):
     def _eval_rewrite_as_exp(self, x, **kwargs):
         return 1 / (1 + sp.exp(-x))
 
-    def _latex(self, printer):
-        return r"\sigma\left(%s\right)" % printer._print(self.args[0])
+    def _latex(self, printer, exp=None):
+        head = r"\sigma" if exp is None else r"\sigma^{%s}" % exp
+        return r"%s\left(%s\right)" % (head, printer._print(self.args[0]))
 
 
 class softplus(sp.Function):

@@ -54,3 +54,22 @@ def make(spec, rng: np.random.Generator, shape, dtype) -> np.ndarray:
         q = q * np.sign(np.diag(r))
         out = (q if m >= n else q.T).reshape(shape)
     return np.ascontiguousarray(out, dtype=dtype)
+
+
+def specs(cell) -> dict:
+    """``{name: (shape, init)}`` of a cell's parameters, in declaration order."""
+    return {d.name: (d.shape, d.init) for d in cell.decls.values() if d.kind == "param"}
+
+
+def init_all(param_specs: dict, seed: int, dtype) -> dict:
+    """Fresh parameter arrays of ``dtype`` from :func:`specs` (deterministic in ``seed``)."""
+    rng = np.random.default_rng(seed)
+    return {name: make(init, rng, shape, dtype) for name, (shape, init) in param_specs.items()}
+
+
+class InitParams:
+    """Mixin of the compiled models: ``model.init_params(seed)`` gives parameters in the
+    model's own dtype (what its calls accept), so the easy path is the matching one."""
+
+    def init_params(self, seed: int = 0) -> dict:
+        return init_all(self._param_specs_init, seed, self.dtype)

@@ -83,14 +83,8 @@ class NodeSym(sp.Symbol):
         return display(self.name)
 
     def _latex(self, printer):
-        name, t = self.key
-        name = display(name)
-        base = name.replace("δ⁺", r"\delta^{+}").replace("δ", r"\delta ").replace("ℓ", r"\ell")
-        base = base.replace("ᵉˣᵗ", r"^{\mathrm{ext}}")
-        if "_" in base and "{" not in base:
-            head, _, tail = base.partition("_")
-            base = f"{head}_{{{tail}}}"
-        return base if t is None else f"{base}_{{{t}}}"
+        from .latex import node_latex
+        return node_latex(*self.key)
 
 
 @dataclass

@@ -18,7 +18,9 @@ from .autodiff import LOSS_ONLY, Cotangents, backward_step
 from .dsl import Concat, LogSumExp, MatVec, RowSum, Slice, Structural, Vec, _display
 from .errors import CellError
 from .ir import NodeSym, display, internal, key_str, placeholder
+from .latex import ident_latex
 from .lower import LOSS
+from .show import TextShown
 
 
 class Pad(Structural):
@@ -38,8 +40,9 @@ class Outer(Structural):
     def _sympystr(self, printer):
         return f"{printer._print(self.args[0])}·{printer._print(self.args[1])}ᵀ"
 
-    def _latex(self, printer):
-        return f"{printer._print(self.args[0])}\\,{printer._print(self.args[1])}^T"
+    def _latex(self, printer, exp=None):
+        tex = f"{printer._print(self.args[0])}\\,{printer._print(self.args[1])}^{{\\top}}"
+        return tex if exp is None else f"\\left({tex}\\right)^{{{exp}}}"
 
 
 # ----------------------------------------------------------------------------- the cell
@@ -132,6 +135,15 @@ def node_expr(prog, key):
     return NodeSym(key)
 
 
+def stored_values(prog) -> dict:
+    """{NodeSym(key): what it computes} for the forward program's products and slices.
+
+    Such a node is stored at step t under a generated key, ``(Uo·h, t)``, while it reads
+    ``h[t-1]``: printed by its key it would read ``Uo·h[t]``, a product with the wrong time
+    index; printed by its expression it reads ``Uo·h[t-1]``."""
+    return {NodeSym(k): node_expr(prog, k) for k, n in prog.nodes.items() if n.op in ("matvec", "slice")}
+
+
 def program_equations(prog, keep=(), names=()):
     """[(lhs, rhs)] for the non-leaf nodes, inlining temporaries used once.
 
@@ -158,7 +170,7 @@ def program_equations(prog, keep=(), names=()):
     return eqs, exprs
 
 
-class Explanation:
+class Explanation(TextShown):
     """The forward and the derived backward step of a cell, printable several ways."""
 
     def __init__(self, cell, cot: Cotangents = LOSS_ONLY):
@@ -182,7 +194,28 @@ class Explanation:
     def _backward_eqs(self):
         keep = [s[1] for specs in self.bwd.grads.values() for s in specs if s[0] == "batch"]
         keep += [k for specs in self.bwd.grads.values() for s in specs if s[0] == "outer" for k in s[1:3]]
-        return program_equations(self.bwd.prog, keep, set(self.cell.decls))
+        eqs, exprs = program_equations(self.bwd.prog, keep, set(self.cell.decls))
+        stored = stored_values(self.cell.step.prog)
+        return ([(lhs, rhs.xreplace(stored)) for lhs, rhs in eqs],
+                {k: e.xreplace(stored) for k, e in exprs.items()})
+
+    def _forward_values(self, exprs) -> list:
+        """[(lhs, rhs)] of the forward temporaries the backward step reads (a4[t], Abs9[t]...)
+        that the cell's equations do not name, each defined in terms the reader has: every
+        name a listing uses is defined somewhere in it."""
+        prog = self.cell.step.prog
+        named = {(n, "t") for n, d in self.cell.decls.items() if d.kind in ("output", "define", "state")}
+        named |= {(LOSS, "t")}
+        stored = stored_values(prog)
+        todo = [s for e in exprs for s in e.free_symbols if isinstance(s, NodeSym)]
+        need = set()
+        while todo:
+            k = todo.pop().key
+            if k in need or k in named or k not in prog.nodes or prog.node(k).is_leaf:
+                continue
+            need.add(k)
+            todo += [s for s in node_expr(prog, k).xreplace(stored).free_symbols if isinstance(s, NodeSym)]
+        return [(NodeSym(k), node_expr(prog, k).xreplace(stored)) for k in prog.nodes if k in need]
 
     def forward_text(self) -> str:
         return str(self.cell)
@@ -208,18 +241,31 @@ class Explanation:
         if cot != LOSS_ONLY:
             lines.append("initial-state cotangents: " + ", ".join(f"δ{s}[0] = δ{s}[t-1] at t = 1" for s in st.states))
         lines.append("parameter gradients (w[t]: the weight of step t in the loss)")
-        for p, e in self._grad_lines():
+        grads = self._grad_lines()
+        for p, e in grads:
             lines.append(f"  ∂L/∂{p} = Σ_t Σ_batch {sp.sstr(e)}")
+        used = self._forward_values([r for _, r in eqs] + list(exprs.values()) + [e for _, e in grads])
+        if used:
+            lines.append("forward values read above (computed and kept by the forward step t)")
+            lines += [f"  {lhs} = {sp.sstr(rhs)}" for lhs, rhs in used]
         return "\n".join(lines)
 
     def latex(self) -> str:
         rows = [f"{sp.latex(l)} &= {sp.latex(r)}" for l, r in _ordered(self.cell)]
         eqs, exprs = self._backward_eqs()
         rows += [f"{sp.latex(l)} &= {sp.latex(r)}" for l, r in eqs]
-        rows += [f"\\delta {s}_{{t-1}} &= {sp.latex(exprs.get(k, NodeSym(k)))}"
-                 for s, k in self.bwd.carry_out.items() if k]
-        rows += [f"\\frac{{\\partial L}}{{\\partial {p}}} &= \\sum_t {sp.latex(e)}"
-                 for p, e in self._grad_lines()]
+        for s, k in self.bwd.carry_out.items():
+            if k is None:
+                continue
+            carried = sp.latex(NodeSym((f"δ⁺{s}", "t-1")))
+            if k == (f"δ{s}", "t-1"):  # already an equation above: say only that it is carried
+                rows.append(f"{carried} &= {sp.latex(NodeSym(k))}")
+            else:
+                rows.append(f"{carried} &= {sp.latex(exprs.get(k, NodeSym(k)))}")
+        grads = self._grad_lines()
+        rows += [f"\\frac{{\\partial L}}{{\\partial {ident_latex(p)}}} &= \\sum_t {sp.latex(e)}" for p, e in grads]
+        used = self._forward_values([r for _, r in eqs] + list(exprs.values()) + [e for _, e in grads])
+        rows += [f"{sp.latex(lhs)} &= {sp.latex(rhs)}" for lhs, rhs in used]
         return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}"
 
     def markdown(self) -> str:
@@ -227,6 +273,9 @@ class Explanation:
 
     def __str__(self) -> str:
         return self.forward_text() + "\n" + self.backward_text()
+
+    def _text(self) -> str:  # at a prompt, rc.explain(cell) shows the equations
+        return str(self)
 
     def _repr_latex_(self) -> str:
         return f"$${self.latex()}$$"

@@ -299,3 +299,16 @@ def sqrt_segment(T: int) -> int:
     """⌈√T⌉, the segment of ``Every("sqrt")``."""
     r = isqrt(T)
     return max(1, r if r * r == T else r + 1)
+
+
+_LR_SCHEDULES = ("ExponentialDecay", "Cosine", "Warmup")
+
+
+def __getattr__(name):
+    """``rc.schedules.ExponentialDecay`` etc.: the learning-rate schedules of
+    :mod:`rnncomp.train.lr_schedules`, imported on first use (the training package imports
+    the compiler, which imports this module)."""
+    if name in _LR_SCHEDULES:
+        from .train import lr_schedules
+        return getattr(lr_schedules, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -180,3 +180,16 @@ def test_unwritable_cache_directory_warns_and_compiles_without_cache(tmp_path):
 def test_cache_argument_of_the_wrong_type_is_a_clear_error():
     with pytest.raises(CompileError, match=r"cache must be a directory.*'default' or None, got 5"):
         rc.compile(rc.cells.elman(2, 3, 1), backend="native", cache=5)
+
+
+def test_default_cache_dir_is_the_platform_one(tmp_path, monkeypatch):
+    import platformdirs
+
+    from rnncomp.backends.llvm.jit import default_cache_dir
+    monkeypatch.delenv("RNNCOMP_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_cache_dir() == platformdirs.user_cache_dir("rnncomp", appauthor=False)
+    if sys.platform.startswith("linux"):
+        assert default_cache_dir() == str(tmp_path / "rnncomp")
+    monkeypatch.setenv("RNNCOMP_CACHE_DIR", str(tmp_path / "mine"))
+    assert default_cache_dir() == str(tmp_path / "mine")

@@ -48,7 +48,8 @@ def test_unfolded_dot_draws_each_parameter_once():
         assert len(out) == 3, (p, out)  # one read per step
         # one edge into each of the three steps
         targets = sorted(nodes[e[1]].split("\\n")[0][-3:] for e in out)
-        assert targets == ["[1]", "[2]", "[3]"]
+        # U's products read h[0], h[1], h[2] (labelled by what they compute: U·h[k-1] in step k)
+        assert targets == (["[0]", "[1]", "[2]"] if p == "U" else ["[1]", "[2]", "[3]"]), p
     assert heads.count("h[0]") == 1 and "h[3]" in heads
 
 
@@ -63,7 +64,7 @@ def test_gradient_dot_marks_backward_nodes():
     shapes = dict(re.findall(r"^\s+(n\d+) \[label=.*?shape=(\w+)", dot, re.M))
     bwd_ids = {n for n, sh in shapes.items() if sh in ("octagon", "invhouse", "house", "note")}
     assert {nodes[n].split("\\n")[0] for n in bwd_ids} >= {"δ⁺h[t]", "w[t]", "δy[t]", "δh[t]", "δa1[t]",
-                                                            "Uᵀ·δ(U·h)[t]", "∂L/∂U", "δ⁺h[t-1]"}
+                                                            "Uᵀ·δa1[t]", "∂L/∂U", "δ⁺h[t-1]"}
     assert not any(nodes[n].startswith(("h[t]", "y[t]", "a1[t]")) for n in bwd_ids)
     into_bwd = [e for e in edges if e[1] in bwd_ids]
     assert into_bwd and all("style=dashed" in e[2] for e in into_bwd)
@@ -346,3 +347,23 @@ def test_doctests(mod):
 
     result = doctest.testmod(importlib.import_module(mod), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+@pytest.mark.parametrize("name", sorted(rc.cells.ZOO))
+def test_compact_step_graph_is_the_cells_equations(name, tmp_path):
+    """--detail compact: one node per input, target, previous state and named equation; no
+    parameter and no generated temporary as a node (the full LSTM step graph was a
+    400x2255 strip)."""
+    cell = rc.cells.ZOO[name](3, 4, 2)
+    nodes, edges = _parse(ri.to_dot(cell, "step", detail="compact"))
+    kinds = [d.kind for d in cell.decls.values()]
+    named = kinds.count("output") + kinds.count("define") + kinds.count("state") + 1   # + the loss
+    assert len(nodes) == kinds.count("input") + kinds.count("target") + kinds.count("state") + named
+    assert not any(lab.split("\\n")[0] in cell.decls and cell.decls[lab.split("\\n")[0]].kind == "param"
+                   for lab in nodes.values())
+    heads = {lab.split("\\n")[0] for lab in nodes.values()}
+    assert {f"{s} =" for s, d in cell.decls.items() if d.kind == "state"} <= {h.replace("[t] =", " =") for h in heads}
+    ri.render(cell, tmp_path / "c.png", kind="step", engine="matplotlib", detail="compact")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="compact' is drawn for the step view"):
+        ri.to_dot(cell, "gradient", detail="compact")

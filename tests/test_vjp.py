@@ -304,6 +304,6 @@ def test_explain_prints_the_input_and_output_cotangents():
     assert "δ⁺h[T] = d_final['h']" in text
     plain = rc.explain(cell).backward_text()
     assert "δx" not in plain and "ᵉˣᵗ" not in plain  # the plain BPTT step is unchanged
-    assert r"\delta y^{\mathrm{ext}}_{t}" in rc.explain(cell, d_outputs="y").latex()
+    assert r"{\delta y^{\mathrm{ext}}}_{t}" in rc.explain(cell, d_outputs="y").latex()
     with pytest.raises(rc.CellError, match="'z' is not an input; inputs: 'x'"):
         rc.explain(cell, wrt="z")

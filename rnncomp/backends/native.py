@@ -39,6 +39,8 @@ from .native_calls import NativeCalls
 from .native_backward import NativeBackward
 from .native_vjp import NativeVjp
 from .native_emit import _DT, Gen, Layout, units_of
+from ..initializers import specs as init_specs
+from .common import CompiledModel
 
 
 @functools.lru_cache(maxsize=1)
@@ -57,7 +59,7 @@ def _code_fingerprint() -> str:
     return h.hexdigest()
 
 
-class NativeModel(NativeBackward, NativeCalls, NativeVjp):
+class NativeModel(NativeBackward, NativeCalls, NativeVjp, CompiledModel):
     """``rc.compile(cell, backend="native")``: same interface as the NumPy model.
 
     This class compiles (passes, layout, code generation); calling it -- buffers, batch
@@ -73,6 +75,7 @@ class NativeModel(NativeBackward, NativeCalls, NativeVjp):
         if self.dtype not in _DT:
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
         self.step = st = cell.step
+        self._param_specs_init = init_specs(cell)
         self.cell_name = st.name
         self.host = HostTarget.detect()
         self._work_elems: dict = {}

@@ -18,6 +18,8 @@ from ..errors import CallError
 from ..ir import LEAF_OPS, placeholder, prune
 from .validate import check_call, check_forward_call, initial_states, step_weights
 from .vjp import VjpMixin, check_cotangents, resolve_wrt
+from ..initializers import specs as init_specs
+from .common import CompiledModel
 
 
 # ----------------------------------------------------------------------------- element-wise printer
@@ -137,7 +139,7 @@ def accumulate_grads(grads: dict, specs: dict, env: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- the model
-class NumpyModel(VjpMixin):
+class NumpyModel(VjpMixin, CompiledModel):
     """``rc.compile(cell, backend="numpy")``: forward and BPTT in plain NumPy."""
 
     backend = "numpy"
@@ -149,6 +151,7 @@ class NumpyModel(VjpMixin):
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
         self.step = cell.step
         self._bwds: dict = {}
+        self._param_specs_init = init_specs(cell)
         self._fwd_only = prune(self.step.prog, [(s, "t") for s in self.step.states]
                                + [(o, "t") for o in self.step.outputs])
 

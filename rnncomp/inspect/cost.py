@@ -23,6 +23,7 @@ import sympy as sp
 
 from ..autodiff import backward_step
 from ..ir import key_str, time_label
+from ..show import TextShown
 
 
 @lru_cache(maxsize=4096)
@@ -64,8 +65,8 @@ def _size(shape) -> int:
     return int(np.prod(shape)) if isinstance(shape, tuple) else int(shape)
 
 
-@dataclass
-class Cost:
+@dataclass(repr=False)
+class Cost(TextShown):
     """The costs of one cell at sequence length ``T``, batch ``B`` and ``dtype``."""
 
     cell: str
@@ -136,6 +137,9 @@ class Cost:
                 "stored_bytes": self.stored_bytes, "params": dict(self.params),
                 "n_params": self.n_params, "param_bytes": self.param_bytes,
                 "sequence_flops": self.sequence_flops, "memory": self.memory}
+
+    def _text(self) -> str:
+        return self.table()
 
     def table(self) -> str:
         return cost_table(self)

@@ -28,7 +28,7 @@ from ..autodiff import backward_step, carry_key
 from ..graph import unfold_program
 from ..ir import internal, key_str
 from ..lower import LOSS
-from ..printing import node_expr
+from ..printing import node_expr, stored_values
 
 KINDS = ("step", "unfolded", "gradient")
 MAX_LABEL = 44
@@ -111,12 +111,16 @@ def _short(text: str) -> str:
     return text if len(text) <= MAX_LABEL else text[:MAX_LABEL - 1] + "…"
 
 
-def node_label(prog, key) -> str:
+def node_label(prog, key, stored=None) -> str:
+    """``stored``: :func:`~rnncomp.printing.stored_values` of the forward program (default:
+    of ``prog``), so a product reads by what it computes (Uz·h[t-1]), not by its key."""
     node = prog.node(key)
     head = key_str(key)
     if node.is_leaf:
         return f"{head}\n∈ R^{_shape(node.size)}"
-    rhs = sp.sstr(node_expr(prog, key))
+    rhs = sp.sstr(node_expr(prog, key).xreplace(stored_values(prog) if stored is None else stored))
+    if node.op in ("matvec", "slice"):  # a generated name: its key would show the wrong time (Uz·h[t])
+        return _short(rhs)
     return head if rhs == head else f"{head}\n= {_short(rhs)}"
 
 
@@ -145,9 +149,39 @@ def step_graph(cell) -> Graph:
     step = cell.step
     prog = step.prog
     g = Graph(f"{step.name} step", "step", "TB", [f"step t of {step.name!r}"])
+    stored = stored_values(prog)
     for key, node in prog.nodes.items():
-        g.add_node(key, node_label(prog, key), _role(node, key), 0)
+        g.add_node(key, node_label(prog, key, stored), _role(node, key), 0)
     _edges(g, prog, prog.nodes, lambda a, k: "param" if a[1] is None else "fwd")
+    for s in step.states:
+        g.add_edge((s, "t"), (s, "t-1"), "recurrent", "t+1")
+    return g
+
+
+def _wrapped(text: str, width: int = 40, lines: int = 4) -> str:
+    import textwrap
+    out = textwrap.wrap(" ".join(text.split()), width, break_long_words=False, break_on_hyphens=False)
+    return "\n".join(out[:lines - 1] + [_short(" ".join(out[lines - 1:]))] if len(out) > lines else out)
+
+
+def compact_step_graph(cell) -> Graph:
+    """The step as its equations (``detail="compact"``): one node per value the user named
+    (states, outputs, definitions, the loss) labelled with its whole expression, the
+    element-wise chains and products inside it; parameters appear in the labels, not as
+    nodes; inputs and previous states on the left, time flowing left to right."""
+    from ..printing import _ordered
+    step = cell.step
+    prog = step.prog
+    g = Graph(f"{step.name} step (compact)", "step", "LR", ["inputs, targets, states t-1", f"step t of {step.name!r}"])
+    for key, node in prog.nodes.items():
+        if node.op in ("input", "target", "state"):
+            g.add_node(key, f"{key_str(key)}\n∈ R^{_shape(node.size)}", _role(node, key), 0)
+    for lhs, rhs in _ordered(cell):
+        key = lhs.key
+        g.add_node(key, f"{key_str(key)} =\n{_wrapped(sp.sstr(rhs))}", "loss" if key == step.loss_key else "fwd", 1)
+        for s in sorted(rhs.free_symbols, key=str):
+            if getattr(s, "key", None) in g._ids:
+                g.add_edge(s.key, key, "fwd")
     for s in step.states:
         g.add_edge((s, "t"), (s, "t-1"), "recurrent", "t+1")
     return g
@@ -157,10 +191,11 @@ def unfolded_graph(cell, k: int = 3) -> Graph:
     step = cell.step
     prog = unfold_program(step, k)
     g = Graph(prog.name, "unfolded", "LR", ["parameters", "t = 0"] + [f"step {s}" for s in range(1, k + 1)])
+    stored = stored_values(prog)
     for key, node in prog.nodes.items():
         t = key[1]
         group = 0 if t is None else t + 1
-        g.add_node(key, node_label(prog, key), _role(node, key), group)
+        g.add_node(key, node_label(prog, key, stored), _role(node, key), group)
     _edges(g, prog, prog.nodes, lambda a, kk: "param" if a[1] is None else "fwd")
     return g
 
@@ -172,10 +207,11 @@ def gradient_graph(cell) -> Graph:
     g = Graph(f"{step.name} gradient", "gradient", "TB",
               ["parameters", f"forward step t of {step.name!r}", "backward step t (BPTT)",
                "parameter gradients (Σ over t, batch)"])
+    stored = stored_values(fwd)
     for key, node in fwd.nodes.items():
-        g.add_node(key, node_label(fwd, key), _role(node, key), 0 if node.op == "param" else 1)
+        g.add_node(key, node_label(fwd, key, stored), _role(node, key), 0 if node.op == "param" else 1)
     for key, node in bprog.nodes.items():
-        g.add_node(key, node_label(bprog, key), "seed" if node.is_leaf else "bwd", 2)
+        g.add_node(key, node_label(bprog, key, stored), "seed" if node.is_leaf else "bwd", 2)
     _edges(g, fwd, fwd.nodes, lambda a, k: "param" if a[1] is None else "fwd")
     _edges(g, bprog, bprog.nodes, lambda a, k: "bwd")
     for s, k in bwd.carry_out.items():
@@ -200,8 +236,18 @@ def gradient_graph(cell) -> Graph:
     return g
 
 
-def build(cell, kind: str = "step", k: int = 3) -> Graph:
-    """The :class:`Graph` of one view (``kind`` in ``"step"``, ``"unfolded"``, ``"gradient"``)."""
+DETAILS = ("full", "compact")
+
+
+def build(cell, kind: str = "step", k: int = 3, detail: str = "full") -> Graph:
+    """The :class:`Graph` of one view (``kind`` in ``"step"``, ``"unfolded"``, ``"gradient"``);
+    ``detail="compact"`` (the step view): one node per named value, see :func:`compact_step_graph`."""
+    if detail not in DETAILS:
+        raise ValueError(f"graph detail must be one of {', '.join(DETAILS)}, got {detail!r}")
+    if detail == "compact":
+        if kind != "step":
+            raise ValueError(f"detail='compact' is drawn for the step view, not {kind!r}")
+        return compact_step_graph(cell)
     if kind == "step":
         return step_graph(cell)
     if kind == "unfolded":
@@ -247,6 +293,6 @@ def dot_text(g: Graph) -> str:
     return "\n".join(out) + "\n"
 
 
-def to_dot(cell, kind: str = "step", k: int = 3) -> str:
+def to_dot(cell, kind: str = "step", k: int = 3, detail: str = "full") -> str:
     """Graphviz DOT text of a cell's ``kind`` view (see the module docstring)."""
-    return dot_text(build(cell, kind, k))
+    return dot_text(build(cell, kind, k, detail))

@@ -4,7 +4,7 @@ Route, in order:
 
 1. Graphviz: if the ``dot`` program is on ``PATH``, the DOT text of :mod:`.dot` is
    piped through ``dot -Tsvg`` / ``dot -Tpng``.
-2. matplotlib (``pip install 'rnncomp[plot]'``): a deterministic layered drawing of
+2. matplotlib (installed with rnncomp): a deterministic layered drawing of
    the same :class:`~rnncomp.inspect.dot.Graph`: columns left to right are the
    groups (parameters, then time steps), and within a group the longest-path depth;
    rows are the order of the nodes within a column.  SVG output carries no date
@@ -52,7 +52,7 @@ def available_engine() -> str | None:
 
 
 def render(cell_or_graph, path, kind: str = "step", k: int = 3, fmt: str | None = None,
-           engine: str = "auto") -> str:
+           engine: str = "auto", detail: str = "full") -> str:
     """Draw a view of a cell (or a prepared :class:`Graph`) to ``path``; returns the engine used."""
     path = pathlib.Path(path)
     fmt = (fmt or path.suffix.lstrip(".")).lower()
@@ -60,7 +60,7 @@ def render(cell_or_graph, path, kind: str = "step", k: int = 3, fmt: str | None 
         raise ValueError(f"render: format must be one of {', '.join(FORMATS)}, got {fmt!r} (from {path})")
     if engine not in ENGINES:
         raise ValueError(f"render: engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    g = cell_or_graph if isinstance(cell_or_graph, Graph) else build(cell_or_graph, kind, k)
+    g = cell_or_graph if isinstance(cell_or_graph, Graph) else build(cell_or_graph, kind, k, detail)
     if engine == "auto":
         engine = available_engine() or ""
     if engine == "dot":
@@ -116,12 +116,16 @@ def draw_matplotlib(g: Graph, path, fmt: str) -> None:
     xs = [p[0] for p in pos.values()] or [0]
     ys = [p[1] for p in pos.values()] or [0]
     w, h = max(xs) - min(xs) + 1, max(ys) - min(ys) + 1
+    # room for the longest label line and the tallest label (the compact view's equations)
+    chars = max((len(line) for n in g.nodes for line in n.label.split("\n")), default=10)
+    lines = max((n.label.count("\n") + 1 for n in g.nodes), default=1)
     with mpl.rc_context({"svg.hashsalt": "rnncomp", "svg.fonttype": "path", "path.simplify": False}):
-        fig = Figure(figsize=(max(4.0, 0.75 * w), max(2.5, 0.55 * h)), dpi=100)
+        fig = Figure(figsize=(max(4.0, w * max(0.75, 0.025 * chars)), max(2.5, h * max(0.55, 0.17 * lines))),
+                     dpi=130)
         FigureCanvasAgg(fig)
         ax = fig.add_axes((0, 0, 1, 1))
         ax.set_xlim(min(xs) - 1.5, max(xs) + 2.5)
-        ax.set_ylim(min(ys) - 0.7, max(ys) + 0.7)
+        ax.set_ylim(min(ys) - 0.7, max(ys) + 1.0)
         ax.axis("off")
         for e in g.edges:
             style, col = EDGE_STYLES[e.role]
@@ -138,7 +142,7 @@ def draw_matplotlib(g: Graph, path, fmt: str) -> None:
         for gi, label in enumerate(g.groups):
             cx = [pos[n.id][0] for n in g.nodes if n.group == gi]
             if cx:
-                ax.text(sum(cx) / len(cx), max(ys) + 0.5, label, ha="center", va="center", fontsize=7,
+                ax.text(sum(cx) / len(cx), max(ys) + 0.75, label, ha="center", va="center", fontsize=7,
                         color="#4b5563")
         kw = {"metadata": {"Date": None}} if fmt == "svg" else {"metadata": {"Software": None}}
         fig.savefig(str(path), format=fmt, **kw)

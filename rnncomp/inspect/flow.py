@@ -22,6 +22,7 @@ import numpy as np
 from ..autodiff import backward_step
 from ..backends.numpy import NumpyModel, run_program
 from ..backends.validate import check_call, initial_states, step_weights
+from ..show import TextShown
 
 
 @dataclass
@@ -40,8 +41,8 @@ def backward_with_adjoints(step) -> _Bwd:
                 {s: bwd.adjoints[(s, "t")] for s in step.states}, bwd.carry_out)
 
 
-@dataclass
-class Flow:
+@dataclass(repr=False)
+class Flow(TextShown):
     """Gradient flow of one sequence.
 
     ``grad_norm[s][t]``: ‖∂L/∂s[t]‖ (Frobenius over the batch), t = 0 … T;
@@ -59,6 +60,9 @@ class Flow:
     sigma_max: np.ndarray = None
     adjoints: dict = field(default_factory=dict, repr=False)
     jacobians: list = field(default_factory=list, repr=False)
+
+    def _text(self) -> str:
+        return self.table()
 
     def table(self, every: int | None = None) -> str:
         return flow_table(self, every)
@@ -165,31 +169,26 @@ def flow_table(f: Flow, every: int | None = None) -> str:
 
 
 def plot_flow(f: Flow, path) -> None:
-    """A PNG/SVG of ‖∂L/∂s[t]‖ (log scale) and σmax over t; needs matplotlib (``rnncomp[plot]``)."""
-    try:
-        import matplotlib as mpl
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        from .draw import RenderError
-        raise RenderError("plotting the gradient flow needs matplotlib (pip install 'rnncomp[plot]'); "
-                          "the numbers are in Flow.grad_norm / Flow.sigma_max") from None
+    """A PNG/SVG of ‖∂L/∂s[t]‖ (log scale) and σmax of the step Jacobian over t."""
+    import matplotlib as mpl
+
+    from ..train.plot import legend_outside, new_figure, style_axes
+
     path = str(path)
     fmt = path.rsplit(".", 1)[-1].lower()
     with mpl.rc_context({"svg.hashsalt": "rnncomp"}):
-        fig = Figure(figsize=(7, 4.5), dpi=100)
-        FigureCanvasAgg(fig)
+        fig = new_figure((760, 520))
         ax1, ax2 = fig.subplots(2, 1, sharex=True)
         t = np.arange(f.T + 1)
         for s, g in f.grad_norm.items():
-            ax1.semilogy(t, np.maximum(g, 1e-300), label=f"‖∂L/∂{s}[t]‖")
-        ax1.legend(fontsize=8)
-        ax1.set_title(f"gradient flow through time: {f.cell}", fontsize=10)
+            ax1.plot(t, np.maximum(g, 1e-300), label=f"‖∂L/∂{s}[t]‖")
+        style_axes(ax1, "", "gradient norm", logy=True)
+        legend_outside(ax1)
+        ax1.set_title(f"gradient flow through time: {f.cell}")
         if f.sigma_max is not None:
-            ax2.plot(t[1:], f.sigma_max, color="#b91c1c")
-            ax2.axhline(1.0, color="#9ca3af", lw=0.8, ls="--")
-        ax2.set_ylabel("σmax ∂s[t]/∂s[t-1]", fontsize=8)
-        ax2.set_xlabel("t")
-        fig.tight_layout()
+            ax2.plot(t[1:], f.sigma_max, color="#b91c1c", label="σmax ∂s[t]/∂s[t-1]")
+            ax2.axhline(1.0, color="#9ca3af", lw=0.8, ls="--", label="1 (norm kept)")
+        style_axes(ax2, "t (step)", "largest singular value", logy=False)
+        legend_outside(ax2)
         kw = {"metadata": {"Date": None}} if fmt == "svg" else {"metadata": {"Software": None}}
         fig.savefig(path, format=fmt, **kw)

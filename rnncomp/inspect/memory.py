@@ -21,6 +21,7 @@ from ..ir import prune
 from ..memory import Budget, Every
 from ..schedules import Plan, make_plan
 from .cost import _bytes, cost, program_flops
+from ..show import TextShown
 
 
 @dataclass
@@ -31,8 +32,8 @@ class Row:
     overhead: float
 
 
-@dataclass
-class MemoryReport:
+@dataclass(repr=False)
+class MemoryReport(TextShown):
     cell: str
     T: int
     B: int
@@ -41,6 +42,9 @@ class MemoryReport:
     advance_cost: float          # one advanced step / one forward + backward step (FLOPs)
     plan_seconds: float          # time to plan the budget's schedule
     rows: list = field(default_factory=list)
+
+    def _text(self) -> str:
+        return self.table()
 
     def table(self) -> str:
         return memory_table(self)

@@ -13,10 +13,11 @@ import numpy as np
 from ..errors import CallError
 
 
-def pad_sequences(sequences, dtype="float32", value=0.0):
+def pad_sequences(sequences, dtype="float32", value=0.0, *, batch_first=False):
     """A list of N arrays ``(T_i, n)`` (or ``(T_i,)``, read as ``n = 1``) → the time-major
     padded array ``(max T_i, N, n)`` and the lengths ``(N,)``; steps past a sequence's end
-    hold ``value``.  Pass the lengths to ``Trainer.fit/evaluate/predict(lengths=...)``."""
+    hold ``value``.  Pass the lengths to ``Trainer.fit/evaluate/predict(lengths=...)``.
+    ``batch_first=True``: ``(N, max T_i, n)``, for a ``Trainer(batch_first=True)``."""
     seqs = [np.asarray(s, dtype=dtype) for s in sequences]
     if not seqs:
         raise ValueError("pad_sequences: no sequences")
@@ -32,7 +33,7 @@ def pad_sequences(sequences, dtype="float32", value=0.0):
     out = np.full((int(lengths.max()), len(seqs), widths.pop()), value, dtype=dtype)
     for i, s in enumerate(seqs):
         out[:len(s), i] = s
-    return out, lengths
+    return (np.ascontiguousarray(out.swapaxes(0, 1)) if batch_first else out), lengths
 
 
 def check_lengths(lengths, T: int, N: int) -> np.ndarray:
@@ -52,12 +53,13 @@ def lengths_mask(lengths, T: int, dtype="float32") -> np.ndarray:
     return (np.arange(T)[:, None] < lengths[None, :]).astype(dtype)
 
 
-def stream_batches(stream, T: int, batch_size: int) -> np.ndarray:
+def stream_batches(stream, T: int, batch_size: int, *, batch_first=False) -> np.ndarray:
     """Lay a long stream ``(L, n)`` (or ``(L,)``) out for ``fit(..., batch_size=batch_size,
     stateful=True, shuffle=False)``: cut into ``batch_size`` parallel streams of
     ``L // batch_size`` steps, each cut into windows of ``T``; batch k (columns
     ``k·B … k·B + B - 1``) holds window k of every stream, so each batch continues the
-    previous one.  Returns ``(T, K·B, n)``; the tail that does not fill a window is dropped."""
+    previous one.  Returns ``(T, K·B, n)`` (``batch_first=True``: ``(K·B, T, n)``); the tail
+    that does not fill a window is dropped."""
     s = np.asarray(stream)
     s = s[:, None] if s.ndim == 1 else s
     per = s.shape[0] // batch_size
@@ -67,4 +69,5 @@ def stream_batches(stream, T: int, batch_size: int) -> np.ndarray:
                          f"{batch_size} streams of windows of {T}")
     s = s[:per * batch_size].reshape(batch_size, per, -1)[:, :K * T]   # (B, K·T, n)
     s = s.reshape(batch_size, K, T, -1).transpose(2, 1, 0, 3)           # (T, K, B, n)
-    return np.ascontiguousarray(s.reshape(T, K * batch_size, -1))
+    s = s.reshape(T, K * batch_size, -1)
+    return np.ascontiguousarray(s.swapaxes(0, 1) if batch_first else s)

@@ -35,3 +35,24 @@ def adding(T=100, N=256, seed=0, dtype="float32"):
 
 
 TASKS = {"sine": sine, "adding": adding}
+
+
+def baseline(task: str, x, y, mask, xt, yt, mt) -> tuple:
+    """``(what, loss)``: the held-out loss of a prediction that learns nothing, in the zoo
+    cells' cost (½ Σ over units of the squared error, the masked mean over steps).  sine:
+    repeat the current value; adding: the mean target of the training data (≈ always 1).
+    ``x, y, mask``: training data; ``xt, yt, mt``: held out.
+
+    >>> x, y, m = adding(T=50, N=4000, seed=1)
+    >>> what, loss = baseline("adding", x, y, m, x, y, m)
+    >>> what, round(loss, 2)   # Var(U + V) / 2 = (1/6) / 2 for two uniform U, V
+    ('predicting the mean target', 0.08)
+    """
+    w = np.ones(yt.shape[:2]) if mt is None else np.asarray(mt, dtype=float)
+    if task == "sine":
+        what, pred = "repeating the current value", xt
+    else:
+        m = np.ones(y.shape[:2]) if mask is None else mask
+        what, pred = "predicting the mean target", (y * m[..., None]).sum(axis=(0, 1)) / m.sum()
+    cost = ((pred - yt) ** 2).sum(axis=-1) / 2
+    return what, float((cost * w).sum() / w.sum())

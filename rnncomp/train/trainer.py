@@ -10,10 +10,7 @@
 """
 from __future__ import annotations
 
-import os
-import pickle
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -55,6 +52,31 @@ def _as_dict(a, names, what):
     return {names[0]: a}
 
 
+def _converted(d, dtype, what):
+    """``{name: array}`` as contiguous arrays of the model's ``dtype``: the Trainer takes
+    NumPy's default float64 (or ints, lists) for a float32 model and converts it once."""
+    out = {}
+    for k, v in d.items():
+        try:
+            out[k] = np.ascontiguousarray(v, dtype=dtype)
+        except (TypeError, ValueError) as exc:
+            raise CallError(f"{what}[{k!r}] cannot be read as {np.dtype(dtype).name} numbers: {exc}") from None
+    return out
+
+
+def _live_bar(verbose, epoch, epochs, n_batches):
+    """A tqdm bar over an epoch's batches when standard output is a terminal, else None
+    (then ``fit`` prints one line per epoch)."""
+    if not verbose or not sys.stdout.isatty():
+        return None
+    import shutil
+
+    from tqdm import tqdm
+    size = shutil.get_terminal_size((100, 24))  # a terminal of unknown size reads 0 x 0: tqdm then hides the bar
+    return tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", file=sys.stdout,
+                leave=True, ncols=size.columns or 100, nrows=size.lines or 24)
+
+
 def _nanmean(values) -> float:
     kept = [v for v in values if not np.isnan(v)]
     return float(np.mean(kept)) if kept else float("nan")
@@ -66,15 +88,19 @@ class Trainer:
 
     def __init__(self, cell, optimizer: Optimizer | None = None, *, clip_norm=None, clip_value=None,
                  bptt: Truncated | None = None, backend="native", dtype="float32", seed=0,
-                 params=None, update=None, distributed=None, comm=None, accumulate=1, **compile_options):
+                 params=None, update=None, batch_first=False, distributed=None, comm=None, accumulate=1,
+                 **compile_options):
         """``update``: "native" runs clipping + the optimizer as one compiled call (the default
         with ``backend="native"`` when the optimizer is a built-in one), "numpy" with NumPy.
+        ``batch_first=True``: every array this trainer takes or returns is (N, T, ...) instead
+        of time-major (T, N, ...): data, masks, predictions, generated sequences.
 
         ``distributed="mpi"`` (or ``comm=`` an mpi4py communicator): data-parallel over the MPI
         ranks, each taking its shard of every global batch (docs/distributed.md).
         ``accumulate=k``: each (shard of a) batch runs as k micro-batches whose gradients are
         summed before one update: the same result with a k-th of the activation memory."""
         from .distributed import Group
+        self.batch_first = bool(batch_first)
         if not (isinstance(accumulate, int) and accumulate >= 1):
             raise ValueError(f"accumulate must be a positive integer, got {accumulate!r}")
         if distributed not in (None, "mpi"):
@@ -87,6 +113,8 @@ class Trainer:
         self.clip_norm, self.clip_value = clip_norm, clip_value
         self.backend, self.dtype = backend, np.dtype(dtype)
         self.model = rc_compile(cell, backend=backend, dtype=dtype, **compile_options)
+        self.compile_options = dict(compile_options)  # saved in checkpoints
+        self.info: dict = {}  # free-form, JSON-able, saved in checkpoints (the CLI keeps its task here)
         params = params if params is not None else cell.init_params(seed, dtype)
         self.names = list(cell.step.params)
         self.flat = np.concatenate([np.asarray(params[n], dtype=self.dtype).ravel() for n in self.names])
@@ -99,6 +127,7 @@ class Trainer:
         self.optimizer = optimizer or Adam()
         self.optimizer.init(self.flat)
         self.step_count, self.history = 0, []
+        self.val_history: list = []  # fit(validation_data=...): the validation loss after each epoch
         self.batch_history: list = []  # (position in epochs, loss) of every batch
         if update not in (None, "native", "numpy"):
             raise ValueError(f"update must be 'native' or 'numpy', got {update!r}")
@@ -112,6 +141,16 @@ class Trainer:
                 raise ValueError(f"update='native': no compiled rule for {type(self.optimizer).__name__}")
         self.update = "native" if self._update is not None else "numpy"
         self._ends = np.cumsum([self.params[n].size for n in self.names])  # flat index -> parameter
+
+    def __repr__(self) -> str:
+        last = f", last epoch loss {self.history[-1]:.5g}" if self.history else ""
+        return (f"<Trainer of cell {self.cell.name!r}: {self.backend} {self.dtype.name}, "
+                f"{type(self.optimizer).__name__}(lr={self.optimizer.lr:g}), step {self.step_count}, "
+                f"{len(self.history)} epoch(s){last}>")
+
+    def _repr_html_(self) -> str:
+        import html
+        return f"<pre>{html.escape(repr(self))}</pre>"
 
     # ------------------------------------------------------------------ one update
     def train_step(self, inputs, targets, h0=None, mask=None):
@@ -185,8 +224,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ loops
     def fit(self, inputs, targets, epochs=1, batch_size=32, mask=None, shuffle=None, seed=0, verbose=1,
-            *, lengths=None, stateful=False):
+            *, lengths=None, stateful=False, callbacks=(), validation_data=None):
         """Train on time-major arrays (T, N, n); returns the mean loss of each epoch.
+
+        Data of another dtype (NumPy's default float64 for a float32 model, say) is
+        converted to the model's dtype once per call (a copy).
 
         ``mask`` (T, N) or (T,) weights each step's cost (0: left out).  ``lengths`` (N,):
         the steps past each sequence's end are padding (:func:`rnncomp.pad_sequences`) and
@@ -194,9 +236,25 @@ class Trainer:
         final states of batch k-1 (the state is reset at each epoch; no shuffling), for long
         streams laid out by :func:`rnncomp.train.data.stream_batches`.  ``shuffle`` defaults
         to True unless stateful.  Each batch's loss is kept in ``batch_history``
-        (for :meth:`plot`)."""
-        x = _as_dict(inputs, list(self.cell.step.inputs), "inputs")
-        t = _as_dict(targets, list(self.cell.step.targets), "targets")
+        (for :meth:`plot`).  ``callbacks``: :class:`~.callbacks.Callback` objects called after
+        each epoch (one returning True stops), and on Ctrl-C before it propagates
+        (:class:`~.callbacks.Checkpoint` saves then; :class:`~.callbacks.EarlyStopping` stops).
+        ``validation_data``: ``(inputs, targets)`` or ``(inputs, targets, mask)``, evaluated after
+        each epoch into ``val_history`` (what the callbacks can watch)."""
+        try:
+            return self._fit(inputs, targets, epochs, batch_size, mask, shuffle, seed, verbose,
+                             lengths, stateful, list(callbacks), validation_data)
+        except KeyboardInterrupt:
+            for cb in callbacks:
+                cb.on_interrupt(self)
+            raise
+
+    def _fit(self, inputs, targets, epochs, batch_size, mask, shuffle, seed, verbose, lengths, stateful, callbacks,
+             validation_data):
+        x, t = self._data(inputs, targets)
+        if validation_data is not None and not (isinstance(validation_data, (tuple, list))
+                                                and len(validation_data) in (2, 3)):
+            raise CallError("fit(validation_data=...) must be (inputs, targets) or (inputs, targets, mask)")
         T, N = next(iter(x.values())).shape[:2]
         if stateful and shuffle:
             raise CallError("fit(stateful=True): batches continue each other in order; pass shuffle=False")
@@ -210,10 +268,12 @@ class Trainer:
             self.dist.check_same_data({**x, **{"target:" + k: v for k, v in t.items()}, "mask": mask},
                                       (epochs, batch_size, shuffle, seed, stateful))
         rng = np.random.default_rng(seed)
+        first = len(self.history)
         for epoch in range(epochs):
             order = rng.permutation(N) if shuffle else np.arange(N)
             losses, t0, carry = [], time.perf_counter(), None
             batches = [order[i:i + batch_size] for i in range(0, N, batch_size)]
+            bar = _live_bar(verbose, epoch, epochs, len(batches))
             for bi, idx in enumerate(batches):
                 sl = lambda d: {k: np.ascontiguousarray(v[:, idx]) for k, v in d.items()}  # noqa: E731
                 m = None if mask is None else np.ascontiguousarray(mask[:, idx])
@@ -222,27 +282,55 @@ class Trainer:
                 carry = final if stateful else None
                 losses.append(loss)
                 self.batch_history.append((len(self.history) + (bi + 1) / len(batches), loss))
-                if verbose and (bi + 1 == len(batches) or (bi + 1) % max(1, len(batches) // 10) == 0):
-                    dt = time.perf_counter() - t0
-                    done = sum(len(b) for b in batches[:bi + 1])
-                    bar = "#" * int(20 * (bi + 1) / len(batches))
-                    sys.stdout.write(f"\repoch {epoch + 1}/{epochs} [{bar:<20}] loss {_nanmean(losses):.5f}"
-                                     f"  {(bi + 1) / dt:.1f} steps/s  {done * T / dt:.0f} tokens/s")
-                    sys.stdout.flush()
+                if bar is not None:
+                    bar.set_postfix_str(f"loss {_nanmean(losses):.5f}", refresh=False)
+                    bar.update(1)
             if verbose:
-                sys.stdout.write("\n")
+                dt = time.perf_counter() - t0
+                line = (f"epoch {epoch + 1}/{epochs}: loss {_nanmean(losses):.5f}  {len(batches) / dt:.1f} steps/s  "
+                        f"{N * T / dt:.0f} tokens/s  ({dt:.2f} s)")
+                if bar is not None:
+                    bar.set_postfix_str(f"loss {_nanmean(losses):.5f}, {N * T / dt:.0f} tokens/s")
+                    bar.close()
+                else:  # a log file or a pipe: one line per epoch, no carriage returns
+                    print(line, flush=True)
             self.history.append(_nanmean(losses))  # nan: no batch had a step to learn from
-        return list(self.history[len(self.history) - epochs:])
+            if validation_data is not None:
+                self.val_history.append(self.evaluate(*validation_data))
+                if verbose:
+                    print(f"  validation loss {self.val_history[-1]:.5f}", flush=True)
+            if any([bool(cb.on_epoch_end(self, epoch + 1, self.history[-1])) for cb in callbacks]):
+                break
+        return list(self.history[first:])
+
+    def _data(self, inputs, targets=None):
+        """Inputs (and targets) as dicts of arrays in the model's dtype, converted once here:
+        data may come as NumPy's default float64 for a float32 model."""
+        x = _converted(self._time_major(_as_dict(inputs, list(self.cell.step.inputs), "inputs")), self.dtype, "inputs")
+        if targets is None:
+            return x
+        t = self._time_major(_as_dict(targets, list(self.cell.step.targets), "targets"))
+        return x, _converted(t, self.dtype, "targets")
+
+    def _time_major(self, d: dict) -> dict:
+        """With ``batch_first``: (N, T, ...) arrays as the (T, N, ...) the models take."""
+        return {k: np.swapaxes(np.asarray(v), 0, 1) for k, v in d.items()} if self.batch_first else d
+
+    def _state(self, h0):
+        return None if h0 is None else _converted(h0, self.dtype, "h0")
 
     def _mask(self, mask, lengths, T, N):
         """The (T, N) step weights from ``mask`` and ``lengths`` (None: every step counts)."""
         m = None
         if mask is not None:
             m = np.asarray(mask, dtype=self.dtype)
+            if self.batch_first and m.ndim == 2:
+                m = m.T
             if m.shape == (T,):
                 m = np.repeat(m[:, None], N, axis=1)
             if m.shape != (T, N):
-                raise CallError(f"mask has shape {np.shape(mask)}, expected ({T}, {N}) or ({T},)")
+                want = f"({N}, {T})" if self.batch_first else f"({T}, {N})"
+                raise CallError(f"mask has shape {np.shape(mask)}, expected {want} or ({T},)")
         if lengths is not None:
             lm = lengths_mask(check_lengths(lengths, T, N), T, self.dtype)
             m = lm if m is None else m * lm
@@ -254,10 +342,10 @@ class Trainer:
 
         Long data runs in pieces with the same result: ``window`` steps at a time with the
         state carried across, ``batch_size`` sequences at a time."""
-        x = _as_dict(inputs, list(self.cell.step.inputs), "inputs")
-        t = _as_dict(targets, list(self.cell.step.targets), "targets")
+        x, t = self._data(inputs, targets)
         T, N = next(iter(x.values())).shape[:2]
         mask = self._mask(mask, lengths, T, N)
+        h0 = self._state(h0)
         total, weight = 0.0, 0.0
         bs, win = batch_size or N, window or T
         for c0 in range(0, N, bs):
@@ -281,9 +369,10 @@ class Trainer:
 
         With ``lengths``: the outputs past each sequence's end are 0 and the final states are
         those after each sequence's own last step."""
+        x, h0 = self._data(inputs), self._state(h0)
         if lengths is None:
-            return self.model.forward(self.params, inputs, h0=h0)
-        x = _as_dict(inputs, list(self.cell.step.inputs), "inputs")
+            out, final = self.model.forward(self.params, x, h0=h0)
+            return self._as_given(out), final
         T, N = next(iter(x.values())).shape[:2]
         lengths = check_lengths(lengths, T, N)
         pieces, final, state, lo = [], None, h0, 0
@@ -300,7 +389,15 @@ class Trainer:
             o = np.concatenate([o, np.zeros((T - lo,) + o.shape[1:], o.dtype)])
             o[np.arange(T)[:, None] >= lengths[None, :]] = 0
             outs[k] = o
-        return outs, final
+        return self._as_given(outs), final
+
+    def _as_given(self, out):
+        """Model outputs ((T, N, n), a dict or one array) laid out as this trainer's data."""
+        if not self.batch_first:
+            return out
+        if isinstance(out, dict):
+            return {k: np.swapaxes(v, 0, 1) for k, v in out.items()}
+        return np.swapaxes(out, 0, 1)
 
     def generate(self, prime, steps: int, pick, *, h0=None, seed=0):
         """Run on ``prime`` (T0, B, n_in), then feed the cell its own choices for ``steps``
@@ -309,20 +406,21 @@ class Trainer:
         Returns the chosen inputs (steps, B, n_in) (a dict for several inputs) and the final states."""
         names, outs_names = list(self.cell.step.inputs), list(self.cell.step.outputs)
         rng = np.random.default_rng(seed)
-        out, state = self.model.forward(self.params, _as_dict(prime, names, "prime"), h0=h0)
+        out, state = self.model.forward(self.params, _converted(self._time_major(_as_dict(prime, names, "prime")),
+                                                                self.dtype, "prime"), h0=self._state(h0))
         chosen = []
         for _ in range(steps):
             last = {k: v[-1] for k, v in out.items()}
             nxt = _as_dict(pick(last[outs_names[0]] if len(outs_names) == 1 else last, rng), names, "pick(...)")
             chosen.append(nxt)
-            out, state = self.model.forward(self.params, {k: np.asarray(v)[None] for k, v in nxt.items()},
+            out, state = self.model.forward(self.params, {k: np.asarray(v, self.dtype)[None] for k, v in nxt.items()},
                                             h0=state)
         seq = {k: np.stack([np.asarray(c[k]) for c in chosen]) for k in names} if chosen else {}
-        return (seq[names[0]] if len(names) == 1 and chosen else seq), state
+        return self._as_given(seq[names[0]] if len(names) == 1 and chosen else seq), state
 
     def plot(self, path, title=None) -> str:
-        """Write the learning curve (the loss of every batch and the mean of every epoch) to a
-        PNG, without matplotlib; returns the path."""
+        """Write the learning curve (the loss of every batch, the mean of every epoch, and the
+        validation loss when there is one) to a PNG or SVG (matplotlib); returns the path."""
         from .plot import line_plot
         series, legend = [], []
         bh = [(p, v) for p, v in self.batch_history if np.isfinite(v)]
@@ -332,17 +430,22 @@ class Trainer:
         if self.history:
             series.append((np.arange(len(self.history)) + 0.5, self.history, (31, 119, 180), 2))
             legend.append("epoch mean")
+        if self.val_history:
+            series.append((np.arange(1, len(self.val_history) + 1), self.val_history, (214, 39, 40), 2))
+            legend.append("validation")
         if not series:
             raise TrainingError("plot: nothing to draw, the loss history is empty (train first)")
         if self.dist is not None and not self.dist.is_root:  # every rank has the same history
             return str(path)
         line_plot(path, series, title=title or f"{self.cell.name}: training loss", xlabel="epoch",
-                  ylabel="loss", legend=legend)
+                  ylabel="loss", legend=legend, xinteger=True)
         return str(path)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path) -> None:
-        """Cell, parameters, optimizer state and step, written atomically (temp file + rename).
+        """Write a portable checkpoint (:mod:`.checkpoint`): parameters and optimizer state
+        as arrays, the cell as its declaration, backend, dtype, memory schedule and options;
+        atomically (temporary file + rename), so a killed save keeps the last good one.
         Distributed: rank 0 writes, every rank returns once it has (or raises its error)."""
         if self.dist is not None:
             dist, self.dist = self.dist, None
@@ -350,32 +453,87 @@ class Trainer:
                 return dist.on_root(self.save, path)
             finally:
                 self.dist = dist
-        blob = {"format": 1, "cell": self.cell, "fingerprint": str(self.cell),
-                "params": {n: v.copy() for n, v in self.params.items()},
-                "optimizer": self.optimizer, "step": self.step_count, "history": self.history,
-                "batch_history": list(self.batch_history), "update": self.update,
-                "options": {"clip_norm": self.clip_norm, "clip_value": self.clip_value, "bptt": self.bptt}}
-        d = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".rnncomp-ckpt-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                pickle.dump(blob, fh)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        from . import checkpoint as ck
+        opts = {k: v for k, v in self.compile_options.items() if k != "cache"}  # the cache is this machine's
+        if "memory" in opts:
+            opts["memory"] = ck.memory_to_dict(opts["memory"])
+        bad = [k for k, v in opts.items() if not isinstance(v, (bool, int, float, str, dict, type(None)))]
+        if bad:
+            raise ck.CheckpointError(f"cannot save {path}: compile option(s) {', '.join(bad)} are not "
+                                     "numbers or text")
+        state = self.optimizer.state_dict()
+        meta = {"format": ck.FORMAT, "version": ck.VERSION, "cell": ck.cell_to_dict(self.cell),
+                "fingerprint": str(self.cell), "backend": self.backend, "dtype": self.dtype.name,
+                "compile_options": opts, "update": self.update, "params": self.names,
+                "optimizer": ck.optimizer_to_dict(self.optimizer), "optimizer_state": sorted(state),
+                "step": self.step_count, "history": list(self.history),
+                "batch_history": [list(p) for p in self.batch_history], "info": self.info,
+                "val_history": list(self.val_history),
+                "options": {"clip_norm": self.clip_norm, "clip_value": self.clip_value,
+                            "batch_first": self.batch_first,
+                            "bptt": None if self.bptt is None else [self.bptt.k1, self.bptt.k2]}}
+        arrays = {f"param/{n}": self.params[n] for n in self.names}
+        arrays.update({f"opt/{k}": v for k, v in state.items()})
+        ck.write(path, meta, arrays)
 
     @classmethod
-    def load(cls, path, cell=None, backend="native", dtype="float32", **compile_options) -> "Trainer":
-        """Resume from :meth:`save`; with ``cell``, the checkpoint must be of that cell."""
-        with open(path, "rb") as fh:
-            blob = pickle.load(fh)
-        if not isinstance(blob, dict) or blob.get("format") != 1:
-            raise TrainingError(f"{path}: not an rnncomp checkpoint")
+    def load(cls, path, cell=None, backend=None, dtype=None, *, schedule=None, **compile_options) -> "Trainer":
+        """Resume from :meth:`save`: the same backend, dtype, memory schedule and options as
+        saved unless given here.  With ``cell``, the checkpoint must be of that cell (needed
+        for a cell using functions of your own); ``schedule``: the learning-rate schedule,
+        needed when the saved one was a Python function.  A file that is not a checkpoint,
+        or one that would load differently, is a :class:`~.checkpoint.CheckpointError`."""
+        from . import checkpoint as ck
+        meta, arrays = ck.read(path)
+        if meta == "legacy":
+            return cls._load_legacy(path, arrays, cell, backend or "native", dtype or "float32", compile_options)
+        where = str(path)
+        saved = ck.cell_from_dict(meta["cell"], where) if cell is None else cell
+        if str(saved) != meta["fingerprint"]:
+            raise ck.CheckpointError(
+                f"{where}: the checkpoint is of cell {meta['cell']['name']!r} with other equations or sizes "
+                f"than {'cell ' + repr(cell.name) if cell is not None else 'the cell rebuilt from it'} "
+                f"({ck.first_difference(meta['fingerprint'], str(saved))})")
+        params = ck.check_params({n: arrays[f"param/{n}"] for n in meta["params"] if f"param/{n}" in arrays},
+                                 saved, where)
+        if any(v.dtype != np.dtype(meta["dtype"]) for v in params.values()):
+            raise ck.CheckpointError(f"{where}: parameters are not all {meta['dtype']}, the dtype it records")
+        state = {}
+        for k in meta["optimizer_state"]:
+            if f"opt/{k}" not in arrays:
+                raise ck.CheckpointError(f"{where}: the optimizer state {k!r} is missing")
+            state[k] = arrays[f"opt/{k}"]
+        opts = dict(meta["compile_options"])
+        if "memory" in opts:
+            opts["memory"] = ck.memory_from_dict(opts["memory"])
+        opts.update(compile_options)
+        opts.setdefault("update", meta["update"])
+        o = meta["options"]
+        tr = cls(saved, ck.optimizer_from_dict(meta["optimizer"], schedule, where),
+                 backend=backend or meta["backend"], dtype=dtype or meta["dtype"], params=params,
+                 clip_norm=o["clip_norm"], clip_value=o["clip_value"], batch_first=o.get("batch_first", False),
+                 bptt=None if o["bptt"] is None else Truncated(*o["bptt"]), **opts)
+        size = tr.flat.size
+        bad = [k for k, v in state.items() if v.shape != (size,)]
+        if bad:
+            raise ck.CheckpointError(f"{where}: optimizer state {bad[0]!r} has shape {state[bad[0]].shape}, "
+                                     f"the parameters have {size} elements")
+        tr.optimizer.load_state_dict(state)
+        tr.step_count, tr.history = int(meta["step"]), [float(v) for v in meta["history"]]
+        tr.batch_history = [tuple(p) for p in meta["batch_history"]]
+        tr.val_history = [float(v) for v in meta.get("val_history", [])]
+        tr.info = dict(meta.get("info") or {})
+        return tr
+
+    @classmethod
+    def _load_legacy(cls, path, blob, cell, backend, dtype, compile_options) -> "Trainer":
+        """A format-1 checkpoint (a pickle, before version 2): it recorded neither backend nor
+        dtype, so they are the given ones (defaults: native, float32), as they always were."""
+        from . import checkpoint as ck
         if cell is not None and str(cell) != blob["fingerprint"]:
-            raise TrainingError(f"{path}: the checkpoint is of cell {blob['cell'].name!r} with other "
-                                f"equations or sizes than cell {cell.name!r}")
+            raise ck.CheckpointError(f"{path}: the checkpoint is of cell {blob['cell'].name!r} with other "
+                                     f"equations or sizes than cell {cell.name!r}")
+        ck.check_params(blob["params"], blob["cell"], str(path))
         opt_state = blob["optimizer"].state_dict()  # before __init__ re-initialises the optimizer
         compile_options.setdefault("update", blob.get("update"))
         tr = cls(blob["cell"], blob["optimizer"], backend=backend, dtype=dtype,

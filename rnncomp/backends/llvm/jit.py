@@ -74,8 +74,9 @@ def default_cache_dir() -> str:
     env = os.environ.get("RNNCOMP_CACHE_DIR")
     if env:
         return env
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "rnncomp")
+    import platformdirs  # honours XDG_CACHE_HOME on Linux; the right place on macOS and Windows
+
+    return platformdirs.user_cache_dir("rnncomp", appauthor=False)
 
 
 def optimize(mod, tm, level: int = 3) -> None:

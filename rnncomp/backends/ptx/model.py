@@ -19,10 +19,12 @@ from .persistent import T_KEY, Persistent
 from .plan import build_plan, grad_key
 from .ptxgen import DEFAULT_ARCH, DEFAULT_FEATURES, check_arch, entries, sm_version, to_ptx
 from .runtime import CudaRunner, HostRunner
+from ...initializers import specs as init_specs
+from ..common import CompiledModel
 from .vjp import PtxVjp
 
 
-class PtxModel(PtxVjp):
+class PtxModel(PtxVjp, CompiledModel):
     """Same interface as :class:`~rnncomp.backends.numpy.NumpyModel`.
 
     Options: ``arch`` (``"sm_90"``), ``features`` (PTX ISA, ``"+ptx85"``), ``runner``
@@ -66,6 +68,7 @@ class PtxModel(PtxVjp):
         self.arch, self.features = check_arch(arch), features
         self.runner_kind, self.device, self.block, self.graphs = runner, device, block, graphs
         self.step = st = cell.step
+        self._param_specs_init = init_specs(cell)
         self.cell_name = st.name
         variant = _cot != LOSS_ONLY  # a VJP variant always has a backward (δh[0], ∂θ)
         self.bwd = backward_step(st, _cot) if st.has_loss or variant else None

@@ -1,0 +1,44 @@
+"""LaTeX of node names: user names with '_', generated names with ·, ᵀ, Σ, δ, and a time.
+
+KaTeX and TeX read the result (tests/test_latex_render.py renders every zoo cell and
+fuzzed cells):
+
+    >>> node_latex("h_1", "t-1"), node_latex("δ(Uz·h)", "t"), node_latex("Σ13", None)
+    ('h_{1,t-1}', '{\\\\delta \\\\left(Uz\\\\,h\\\\right)}_{t}', '\\\\Sigma_{13}')
+"""
+from __future__ import annotations
+
+import re
+
+_SYMBOLS = [("δ⁺", r"\delta^{+} "), ("δ", r"\delta "), ("ᵀ", r"^{\top}"), ("·", r"\,"), ("ℓ", r"\ell "),
+            ("∂", r"\partial "), ("Σ", r"\Sigma_"), ("~", r"{\sim}"), ("%", ""),
+            ("ᵉˣᵗ", r"^{\mathrm{ext}}")]
+
+
+def ident_latex(name: str) -> str:
+    """``W`` → ``W``, ``W_in`` → ``W_{in}``, ``h_1_b`` → ``h_{1\\_b}``."""
+    head, sep, tail = name.partition("_")
+    return head if not sep else f"{head}_{{{tail.replace('_', chr(92) + '_')}}}"
+
+
+def name_latex(name: str) -> str:
+    """A node's name (user or generated) as LaTeX, without a time index."""
+    out = re.sub(r"[A-Za-z][A-Za-z0-9_]*", lambda m: ident_latex(m.group(0)), name)
+    for raw, tex in _SYMBOLS:
+        out = out.replace(raw, tex)
+    out = re.sub(r"\\Sigma_(?!\{)", r"\\Sigma ", re.sub(r"\\Sigma_(\d+)", r"\\Sigma_{\1}", out))
+    out = out.replace("(", r"\left(").replace(")", r"\right)")
+    return out.strip()
+
+
+def node_latex(name: str, t) -> str:
+    """``name`` at time ``t`` (None: no time): ``h_{t-1}``, ``h_{1,t}``, ``{\\delta h}_{t}``."""
+    base = name_latex(name)
+    if t is None:
+        return base
+    if re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", base):
+        return f"{base}_{{{t}}}"
+    m = re.fullmatch(r"([A-Za-z]+)_\{([^{}]*)\}", base)
+    if m:
+        return f"{m.group(1)}_{{{m.group(2)},{t}}}"
+    return f"{{{base}}}_{{{t}}}"

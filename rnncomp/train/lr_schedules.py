@@ -1,0 +1,99 @@
+"""Named learning-rate schedules: a factor of the optimizer's ``lr`` at each (1-based) step.
+
+Unlike a lambda, a named schedule is saved in a checkpoint as its name and numbers and
+comes back from it.  Also reachable as ``rc.schedules.ExponentialDecay`` and so on.
+
+    >>> s = Warmup(10, then=ExponentialDecay(0.5, every=100))
+    >>> [round(s(k), 3) for k in (1, 5, 10, 110, 210)]
+    [0.1, 0.5, 1.0, 0.5, 0.25]
+    >>> from_dict(s.to_dict()) == s
+    True
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class ExponentialDecay:
+    """``rate ** (step // every)`` (``smooth=True``: ``rate ** (step / every)``)."""
+
+    rate: float
+    every: int = 1
+    smooth: bool = False
+
+    def __post_init__(self):
+        if not 0 < self.rate <= 1:
+            raise ValueError(f"ExponentialDecay: rate must lie in (0, 1], got {self.rate!r}")
+        _positive_int("ExponentialDecay", "every", self.every)
+
+    def __call__(self, step: int) -> float:
+        k = step / self.every if self.smooth else step // self.every
+        return self.rate ** k
+
+    def to_dict(self) -> dict:
+        return {"name": "ExponentialDecay", **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Cosine:
+    """Cosine annealing from 1 to ``floor`` over ``steps`` steps, ``floor`` after them."""
+
+    steps: int
+    floor: float = 0.0
+
+    def __post_init__(self):
+        _positive_int("Cosine", "steps", self.steps)
+        if not 0 <= self.floor <= 1:
+            raise ValueError(f"Cosine: floor must lie in [0, 1], got {self.floor!r}")
+
+    def __call__(self, step: int) -> float:
+        p = min(step, self.steps) / self.steps
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * p))
+
+    def to_dict(self) -> dict:
+        return {"name": "Cosine", **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """A linear ramp ``step / steps`` over the first ``steps`` steps, then ``then`` (a named
+    schedule counted from the end of the warm-up) or 1."""
+
+    steps: int
+    then: object = None
+
+    def __post_init__(self):
+        _positive_int("Warmup", "steps", self.steps)
+        if self.then is not None and type(self.then) not in NAMED.values():
+            raise ValueError(f"Warmup: then must be a named schedule ({', '.join(NAMED)}) or None, "
+                             f"got {self.then!r}")
+
+    def __call__(self, step: int) -> float:
+        if step <= self.steps:
+            return step / self.steps
+        return 1.0 if self.then is None else self.then(step - self.steps)
+
+    def to_dict(self) -> dict:
+        return {"name": "Warmup", "steps": self.steps,
+                "then": None if self.then is None else self.then.to_dict()}
+
+
+def _positive_int(cls: str, field: str, v) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{cls}: {field} must be a positive integer, got {v!r}")
+
+
+NAMED = {"ExponentialDecay": ExponentialDecay, "Cosine": Cosine, "Warmup": Warmup}
+
+
+def from_dict(d: dict):
+    """The schedule written by ``to_dict()``."""
+    d = dict(d)
+    name = d.pop("name", None)
+    if name not in NAMED:
+        raise ValueError(f"unknown learning-rate schedule {name!r}; known: {', '.join(NAMED)}")
+    if name == "Warmup" and d.get("then") is not None:
+        d["then"] = from_dict(d["then"])
+    return NAMED[name](**d)

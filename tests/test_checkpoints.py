@@ -1,0 +1,228 @@
+"""Checkpoints restore exactly what was saved, refuse what would load differently, and a
+save that fails or is killed never costs the last good checkpoint (issues #18, #22)."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import rnncomp as rc
+from rnncomp.train import checkpoint as ck
+
+from gradcheck import random_data
+
+
+def _trained(backend="numpy", dtype="float64", optimizer=None, **options):
+    cell = rc.cells.lstm(2, 4, 1)
+    params, inputs, targets = random_data(cell, T=5, B=4, dtype=dtype)
+    tr = rc.Trainer(cell, optimizer or rc.Adam(0.01), backend=backend, dtype=dtype, params=params, **options)
+    tr.fit(inputs, targets, epochs=2, batch_size=2, shuffle=False, verbose=0)
+    return tr, inputs, targets
+
+
+def test_float64_numpy_trainer_comes_back_as_saved(tmp_path):
+    """Trainer.load used to rebuild every checkpoint as native float32 (parameters off by 2.8e-8)."""
+    a, x, y = _trained("numpy", "float64", clip_norm=0.5, bptt=rc.Truncated(5, 5))
+    a.info["task"] = {"name": "mine", "T": 5}
+    a.save(tmp_path / "a.ckpt")
+    b = rc.Trainer.load(tmp_path / "a.ckpt")
+    assert (b.backend, b.dtype, b.clip_norm, b.bptt, b.info) == ("numpy", np.float64, 0.5, rc.Truncated(5, 5),
+                                                                 {"task": {"name": "mine", "T": 5}})
+    for n in a.params:
+        assert b.params[n].dtype == np.float64
+        np.testing.assert_array_equal(b.params[n], a.params[n])
+    assert (b.step_count, b.history, b.batch_history) == (a.step_count, a.history, a.batch_history)
+    a.fit(x, y, epochs=1, batch_size=2, shuffle=False, verbose=0)   # resumed == never stopped
+    b.fit(x, y, epochs=1, batch_size=2, shuffle=False, verbose=0)
+    np.testing.assert_array_equal(a.flat, b.flat)
+
+
+def test_native_options_and_memory_schedule_come_back(tmp_path):
+    a, _, _ = _trained("native", "float32", optimizer=rc.SGD(0.1, momentum=0.9, nesterov=True),
+                       memory=rc.Budget("1MB"), threads=1, cache=None)
+    a.save(tmp_path / "n.ckpt")
+    b = rc.Trainer.load(tmp_path / "n.ckpt", cache=None)
+    assert (b.backend, b.dtype, b.model.memory, b.model.threads) == ("native", np.float32, rc.Budget(10**6), 1)
+    assert isinstance(b.optimizer, rc.SGD) and (b.optimizer.momentum, b.optimizer.nesterov) == (0.9, True)
+    np.testing.assert_array_equal(b.optimizer.state["v"], a.optimizer.state["v"])
+    assert b.update == a.update == "native"
+
+
+def test_the_checkpoint_is_arrays_and_text_not_a_pickle(tmp_path):
+    a, _, _ = _trained()
+    a.save(tmp_path / "a.ckpt")
+    with np.load(tmp_path / "a.ckpt", allow_pickle=False) as z:   # no Python objects inside
+        meta = json.loads(str(z["__meta__"]))
+        assert sorted(k for k in z.files if k.startswith("param/")) == sorted(f"param/{n}" for n in a.names)
+    assert meta["version"] == ck.VERSION and meta["dtype"] == "float64"
+    assert "sigmoid(" in meta["cell"]["updates"]["c"]             # the equations, as text
+
+
+def test_a_cell_with_every_kind_of_declaration_survives_the_text(tmp_path):
+    cell = rc.Cell("gated")
+    x = cell.input("x", 3)
+    h = cell.state("h", 4)
+    c = cell.state("c", 4, init="learn")
+    W = cell.param("W", (8, 7))
+    b = cell.param("b", 8, init=("constant", 0.5))
+    alpha = cell.param("alpha", 1)
+    z = cell.define("z", W @ rc.concat(x, h) + b)
+    gate = rc.sigmoid(rc.vslice(z, 0, 4))
+    cell.update(c, gate * c + (1 - gate) * sp.Piecewise((rc.vslice(z, 4, 8), rc.vslice(z, 4, 8) > 0),
+                                                        (rc.softplus(rc.vslice(z, 4, 8)), True)))
+    cell.update(h, alpha * sp.tanh(c.new))
+    y = cell.output("y", cell.param("V", (2, 4)) @ h.new)
+    cell.loss(rc.softmax_xent(y, cell.target("t", 2)) + rc.vsum(h.new ** 2) / 10)
+    back = ck.cell_from_dict(json.loads(json.dumps(ck.cell_to_dict(cell))))
+    assert str(back) == str(cell)
+    params, inputs, targets = random_data(cell, T=3, B=2)
+    m1, m2 = rc.compile(cell), rc.compile(back)
+    l1, g1, _ = m1.loss_and_grad(params, inputs, targets)
+    l2, g2, _ = m2.loss_and_grad(params, inputs, targets)
+    assert l1 == l2 and all(np.array_equal(g1[k], g2[k]) for k in g1)
+
+
+def test_only_names_of_the_dsl_and_sympy_are_read_back(tmp_path):
+    def code(meta, arrays):
+        meta["cell"]["loss"] = "__import__('os').system('echo owned')"
+
+    with pytest.raises(rc.CheckpointError, match="uses __import__, system, which is not a name"):
+        rc.Trainer.load(_broken_copy(tmp_path, "code.ckpt", code))
+
+
+def test_named_schedules_are_saved_and_a_lambda_is_asked_for_again(tmp_path):
+    """A lambda schedule made Trainer.save fail with a PicklingError."""
+    sched = rc.schedules.Warmup(2, then=rc.schedules.Cosine(10, floor=0.1))
+    a, _, _ = _trained(optimizer=rc.Adam(0.01, schedule=sched))
+    a.save(tmp_path / "named.ckpt")
+    assert rc.Trainer.load(tmp_path / "named.ckpt").optimizer.schedule == sched
+    b, _, _ = _trained(optimizer=rc.Adam(0.01, schedule=lambda step: 0.5 ** step))
+    b.save(tmp_path / "lambda.ckpt")
+    with pytest.raises(rc.CheckpointError, match=r"Python function \(.*lambda.*\) that is not a module-level.*schedule="):
+        rc.Trainer.load(tmp_path / "lambda.ckpt")
+    c = rc.Trainer.load(tmp_path / "lambda.ckpt", schedule=lambda step: 0.5 ** step)
+    assert c.optimizer.rate(3) == 0.01 * 0.5 ** 3
+
+
+def _broken_copy(tmp_path, name, edit):
+    """A checkpoint written with ``edit(meta, arrays)`` applied."""
+    a, _, _ = _trained()
+    a.save(tmp_path / "good.ckpt")
+    meta, arrays = ck.read(tmp_path / "good.ckpt")
+    edit(meta, arrays)
+    ck.write(tmp_path / name, meta, arrays)
+    return tmp_path / name
+
+
+def test_bad_files_give_named_errors(tmp_path):
+    a, _, _ = _trained()
+    a.save(tmp_path / "good.ckpt")
+    data = (tmp_path / "good.ckpt").read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[:len(data) // 2])
+    (tmp_path / "text.ckpt").write_text("hello, I am a text file\n")
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    (tmp_path / "cut-legacy.ckpt").write_bytes(pickle.dumps({"format": 1, "x": list(range(1000))})[:50])
+    cases = {"cut.ckpt": "truncated or damaged", "text.ckpt": "not an rnncomp checkpoint",
+             "empty.ckpt": "not an rnncomp checkpoint", "cut-legacy.ckpt": "truncated or damaged format-1",
+             "missing.ckpt": "no such checkpoint file"}
+    for name, why in cases.items():
+        with pytest.raises(rc.CheckpointError, match=why) as e:
+            rc.Trainer.load(tmp_path / name)
+        assert name in str(e.value)
+
+
+def test_missing_wrong_shaped_or_foreign_parameters_are_refused(tmp_path):
+    def drop(meta, arrays):
+        del arrays["param/Uo"]
+
+    def reshape(meta, arrays):
+        arrays["param/Uo"] = arrays["param/Uo"][:, :3].copy()
+
+    def version(meta, arrays):
+        meta["version"] = 99
+
+    def equations(meta, arrays):
+        meta["cell"]["updates"]["h"] = meta["cell"]["updates"]["h"].replace("tanh", "sin")
+
+    def dtype(meta, arrays):
+        arrays["param/Uo"] = arrays["param/Uo"].astype(np.float32)
+
+    cases = [(drop, "missing: Uo"), (reshape, r"'Uo' has shape \(4, 3\), cell 'lstm' declares \(4, 4\)"),
+             (version, "format version 99"), (equations, "other equations or sizes"),
+             (dtype, "not all float64")]
+    for edit, why in cases:
+        with pytest.raises(rc.CheckpointError, match=why):
+            rc.Trainer.load(_broken_copy(tmp_path, edit.__name__ + ".ckpt", edit))
+
+
+def test_format_1_pickles_still_load(tmp_path):
+    cell = rc.cells.gru(1, 3, 1)
+    params = cell.init_params(1, "float32")
+    opt = rc.Adam(0.02)
+    opt.init(np.concatenate([v.ravel() for v in params.values()]))
+    blob = {"format": 1, "cell": cell, "fingerprint": str(cell), "params": params, "optimizer": opt,
+            "step": 7, "history": [0.5], "batch_history": [(1.0, 0.5)], "update": "numpy",
+            "options": {"clip_norm": 1.0, "clip_value": None, "bptt": None}}
+    (tmp_path / "old.ckpt").write_bytes(pickle.dumps(blob))
+    tr = rc.Trainer.load(tmp_path / "old.ckpt", cache=None)
+    assert (tr.step_count, tr.history, tr.backend, tr.dtype) == (7, [0.5], "native", np.float32)
+    np.testing.assert_array_equal(tr.params["Uz"], params["Uz"])
+
+
+def test_a_failed_save_keeps_the_last_good_checkpoint_and_no_temporary(tmp_path):
+    a, x, y = _trained()
+    path = tmp_path / "a.ckpt"
+    a.save(path)
+    before = path.read_bytes()
+    a.info["unsaveable"] = object()             # json cannot write it: the save fails midway
+    with pytest.raises(TypeError):
+        a.save(path)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["a.ckpt"]
+
+
+def test_temporaries_of_killed_saves_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    killed = tmp_path / f"{ck.TEMP_PREFIX}{dead}-abc"          # its writer is gone
+    old = tmp_path / f"{ck.TEMP_PREFIX}xyz"                    # format-1 name, an hour old
+    live = tmp_path / f"{ck.TEMP_PREFIX}{os.getppid()}-def"    # a save in progress elsewhere
+    for f in (killed, old, live):
+        f.write_bytes(b"\0" * 100)
+    os.utime(old, (time.time() - 2 * ck.STALE_SECONDS,) * 2)
+    a, _, _ = _trained()
+    a.save(tmp_path / "a.ckpt")
+    assert sorted(os.listdir(tmp_path)) == sorted(["a.ckpt", live.name])
+
+
+def test_checkpoint_callback_saves_every_epoch_and_on_ctrl_c(tmp_path):
+    class CtrlC(rc.Callback):
+        def on_epoch_end(self, trainer, epoch, loss):
+            if epoch == 3:
+                raise KeyboardInterrupt
+
+    cell = rc.cells.elman(1, 4, 1)
+    x = np.sin(np.linspace(0, 6, 21))[:, None, None].repeat(4, 1)
+    tr = rc.Trainer(cell, rc.Adam(0.01), backend="numpy", dtype="float64")
+    save = rc.Checkpoint(tmp_path / "run.ckpt", every=2)
+    with pytest.raises(KeyboardInterrupt):
+        tr.fit(x[:-1], x[1:], epochs=10, batch_size=2, verbose=0, callbacks=[save, CtrlC()])
+    assert save.saved_at == [4, 6]      # after epoch 2 (4 updates), then on Ctrl-C after epoch 3
+    back = rc.Trainer.load(tmp_path / "run.ckpt")
+    assert back.step_count == 6 and len(back.history) == 3
+    np.testing.assert_array_equal(back.flat, tr.flat)
+
+
+def halve_every_step(step):
+    return 0.5 ** step
+
+
+def test_a_module_level_schedule_function_comes_back_by_name(tmp_path):
+    a, _, _ = _trained(optimizer=rc.Adam(0.01, schedule=halve_every_step))
+    a.save(tmp_path / "f.ckpt")
+    assert rc.Trainer.load(tmp_path / "f.ckpt").optimizer.schedule is halve_every_step

@@ -1,0 +1,143 @@
+"""The command line answers mistakes with a message naming the problem, never a traceback;
+`rnncomp train --resume` continues the saved run; every task prints its trivial baseline
+(issue #18)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from rnncomp.cli import main
+
+CUSTOM = textwrap.dedent("""
+    import sympy as sp, rnncomp as rc
+    cell = rc.Cell("mine")
+    x, h = cell.input("x", 2), cell.state("h", 3)
+    cell.update(h, sp.tanh(cell.param("W", (3, 2)) @ x + h / 2))
+    y = cell.output("y", cell.param("V", (1, 3)) @ h.new)
+    cell.loss((y - cell.target("t", 1)) ** 2 / 2)
+""")
+
+
+def test_bare_command_prints_help_and_version(capsys):
+    assert main([]) == 0
+    assert "usage: rnncomp" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    from rnncomp import __version__
+    assert capsys.readouterr().out.strip() == f"rnncomp {__version__}"
+    r = subprocess.run([sys.executable, "-m", "rnncomp", "--version"], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert r.returncode == 0 and r.stdout.strip() == f"rnncomp {__version__}"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["inspect", "nofile.py"], "no file nofile.py"),
+    (["train", "--resume", "nofile.ckpt"], "nofile.ckpt: no such checkpoint file"),
+    (["inspect", "lstm", "--png", "nodir/x.png"], "cannot write nodir/x.png: folder nodir does not exist"),
+    (["train", "gru", "--save", "nodir/g.ckpt"], "cannot write nodir/g.ckpt"),
+    (["compile", "lstm", "--target", "ptx", "--arch", "sm_50"], "arch sm_50 is too old"),
+])
+def test_mistakes_are_messages(argv, message):
+    with pytest.raises(SystemExit, match=message):
+        main(argv)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "gru", "--T", "-5"], "--T: '-5' is not a positive integer"),
+    (["train", "gru", "--T", "0"], "--T: '0' is not a positive integer"),      # was: silently 50
+    (["train", "gru", "--batch", "0"], "--batch: '0' is not a positive integer"),
+    (["train", "gru", "--hidden", "0"], "--hidden: '0' is not a positive integer"),  # was: silently 32
+    (["train", "gru", "--lr", "0"], "--lr: '0' is not a positive number"),     # was: silently 1e-2
+    (["train", "gru", "--epochs", "-1"], "--epochs: '-1' is not an integer >= 0"),
+    (["inspect", "gru", "--T", "0", "--cost"], "--T: '0' is not a positive integer"),
+])
+def test_bad_numbers_are_refused_not_replaced(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_custom_cells_keep_their_sizes(tmp_path, monkeypatch, capsys):
+    (tmp_path / "mymod_cli_cell.py").write_text(CUSTOM)
+    monkeypatch.chdir(tmp_path)
+    assert main(["inspect", "mymod_cli_cell:cell"]) == 0          # found in the current folder
+    assert "backward step of 'mine'" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--hidden set the sizes of a zoo cell"):
+        main(["inspect", "mymod_cli_cell.py", "--hidden", "8"])   # was: silently ignored
+    with pytest.raises(SystemExit, match="--hidden sets the size of a zoo cell"):
+        main(["train", "mymod_cli_cell.py", "--hidden", "8"])
+    with pytest.raises(SystemExit, match=r"task sine needs a cell with one input of size 1 .* inputs \[2\]"):
+        main(["train", "mymod_cli_cell.py", "--task", "sine"])
+
+
+def test_resume_continues_the_saved_task_and_refuses_another_cell(tmp_path, capsys):
+    ckpt = str(tmp_path / "gru.ckpt")
+    assert main(["train", "gru", "--task", "adding", "--T", "12", "--N", "64", "--hidden", "6",
+                 "--epochs", "1", "--save", ckpt]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", ckpt, "--epochs", "1"]) == 0      # was: a traceback
+    out = capsys.readouterr().out
+    assert "task adding (T=12)" in out and "on adding (T=12, 64 sequences)" in out
+    with pytest.raises(SystemExit, match="holds cell 'gru', not 'lstm'"):
+        main(["train", "lstm", "--resume", ckpt])                       # was: trained the GRU
+    with pytest.raises(SystemExit, match="trained on 'adding', not 'sine'"):
+        main(["train", "--resume", ckpt, "--task", "sine"])
+    with pytest.raises(SystemExit, match="6 hidden units"):
+        main(["train", "--resume", ckpt, "--hidden", "7"])
+
+
+def test_the_readme_adding_command_beats_its_trivial_baseline(capsys):
+    """The README's command ended at 0.082 against the always-1 baseline's 0.083 and said nothing."""
+    from rnncomp.train.tasks import adding
+    assert main(["train", "gru", "--task", "adding", "--T", "100", "--epochs", "5"]) == 0
+    out = capsys.readouterr().out
+    x, y, m = adding(T=100, N=4096, seed=0)                      # the command's data; an eighth held out
+    yt, mt = y[:, :512, 0], m[:, :512]
+    c = y[:, 512:, 0][m[:, 512:] > 0].mean()                     # the best constant guess (≈ 1)
+    base = (((c - yt) ** 2 / 2) * mt).sum() / mt.sum()
+    printed = float(out.split("trivial baseline (predicting the mean target): held-out loss ")[1].split()[0])
+    assert printed == pytest.approx(base, abs=1e-5)
+    after = float(out.split("after:  held-out loss ")[1].split()[0])
+    assert after < 0.1 * base
+
+
+def test_sine_and_text_print_their_baselines(tmp_path, capsys):
+    from rnncomp.train.tasks import sine
+    assert main(["train", "gru", "--epochs", "0"]) == 0
+    out = capsys.readouterr().out
+    x, y, _ = sine(T=50, N=256, seed=0)
+    base = float(((x[:, :32] - y[:, :32]) ** 2).mean() / 2)     # repeat the current value
+    printed = float(out.split("(repeating the current value): held-out loss ")[1].split()[0])
+    assert printed == pytest.approx(base, abs=1e-5)
+    text = tmp_path / "t.txt"
+    text.write_text("abcabcabd" * 300)
+    assert main(["train", "gru", "--task", str(text), "--epochs", "0", "--T", "10", "--batch", "4",
+                 "--hidden", "4"]) == 0
+    out = capsys.readouterr().out
+    assert f"uniform {np.log2(4):.3f}" in out and "character frequencies" in out
+
+
+def test_train_flags_reach_the_trainer_and_inspect_reads_the_checkpoint(tmp_path, capsys):
+    import rnncomp as rc
+    ckpt = str(tmp_path / "g.ckpt")
+    assert main(["train", "gru", "--epochs", "1", "--N", "16", "--T", "10", "--hidden", "4", "--optimizer", "sgd",
+                 "--clip", "0", "--memory", "every:3", "--dtype", "float64", "--threads", "1", "--save", ckpt]) == 0
+    tr = rc.Trainer.load(ckpt)
+    assert (type(tr.optimizer), tr.clip_norm, tr.dtype, tr.model.memory, tr.model.threads) == \
+        (rc.SGD, None, np.float64, rc.Every(3), 1)
+    capsys.readouterr()
+    assert main(["inspect", ckpt]) == 0                            # its equations
+    assert "backward step of 'gru'" in capsys.readouterr().out
+    assert main(["inspect", ckpt, "--flow", "--T", "8"]) == 0      # its flow, with its parameters
+    out = capsys.readouterr().out
+    assert "trained parameters of" in out and "gradient flow through time of 'gru': T = 8" in out
+    with pytest.raises(SystemExit, match="--lr: .* holds its optimizer"):
+        main(["train", "--resume", ckpt, "--lr", "0.5"])          # was: silently ignored
+    with pytest.raises(SystemExit, match="--memory 'most'"):
+        main(["train", "gru", "--memory", "most"])
+    with pytest.raises(SystemExit, match="--memory: memory budget of 10 bytes is below the minimum"):
+        main(["train", "gru", "--memory", "budget:10"])

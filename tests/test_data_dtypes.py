@@ -1,0 +1,53 @@
+"""NumPy's default float64 data trains a float32 model: the Trainer converts once; the
+compiled model says which dtype it takes and makes matching parameters (issue #18)."""
+import numpy as np
+import pytest
+
+import rnncomp as rc
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_model_init_params_match_the_model_dtype(backend):
+    cell = rc.cells.gru(2, 3, 1)
+    model = rc.compile(cell, backend=backend, dtype="float32")
+    params = model.init_params(seed=0)
+    assert {v.dtype for v in params.values()} == {np.dtype("float32")}
+    x, y = np.zeros((4, 2, 2), np.float32), np.zeros((4, 2, 1), np.float32)
+    model.loss_and_grad(params, x, y)                         # accepted as it comes
+    with pytest.raises(rc.CallError, match="params\\['Wz'\\] has dtype float64"):
+        model.loss_and_grad(cell.init_params(seed=0), x, y)   # the low-level call stays strict
+    same = cell.init_params(seed=0, dtype="float32")
+    assert all(np.array_equal(same[k], params[k]) for k in params)
+
+
+def test_trainer_takes_float64_data_for_a_float32_model():
+    cell = rc.cells.elman(1, 6, 1)
+    s = np.sin(np.linspace(0, 6, 41))[:, None, None].repeat(4, 1)       # float64, as NumPy makes it
+    a = rc.Trainer(cell, rc.Adam(1e-2), backend="native", dtype="float32", cache=None)
+    b = rc.Trainer(cell, rc.Adam(1e-2), backend="native", dtype="float32", cache=None)
+    ha = a.fit(s[:-1], s[1:], epochs=2, batch_size=2, verbose=0, shuffle=False)
+    hb = b.fit(s[:-1].astype(np.float32), s[1:].astype(np.float32), epochs=2, batch_size=2, verbose=0,
+               shuffle=False)
+    assert ha == hb
+    assert a.evaluate(s[:-1], s[1:], mask=np.ones(40)) == b.evaluate(s[:-1].astype(np.float32), s[1:].astype(np.float32))
+    out, final = a.predict(s[:-1], h0={"h": np.zeros((4, 6))})
+    assert out["y"].dtype == np.float32 and final["h"].dtype == np.float32
+    out_l, _ = a.predict(s[:-1], lengths=[40, 30, 20, 10])
+    assert out_l["y"].dtype == np.float32
+    seq, _ = a.generate(s[:3], 2, lambda y, rng: y)                    # float32 outputs fed back
+    assert seq.shape == (2, 4, 1)
+
+
+def test_stream_batches_of_a_float64_stream_train_statefully():
+    cell = rc.cells.elman(1, 4, 1)
+    stream = np.sin(np.arange(401) * 0.3)                               # float64
+    xs, ys = (rc.stream_batches(s, T=10, batch_size=4) for s in (stream[:-1], stream[1:]))
+    tr = rc.Trainer(cell, rc.Adam(1e-2), backend="native", dtype="float32", cache=None)
+    hist = tr.fit(xs, ys, epochs=3, batch_size=4, stateful=True, shuffle=False, verbose=0)
+    assert hist[-1] < hist[0]
+
+
+def test_data_that_is_not_numbers_is_named():
+    tr = rc.Trainer(rc.cells.elman(1, 4, 1), backend="numpy", dtype="float64")
+    with pytest.raises(rc.CallError, match=r"inputs\['x'\] cannot be read as float64"):
+        tr.fit([["a"]], np.zeros((1, 1, 1)), verbose=0)
