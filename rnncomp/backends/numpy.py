@@ -266,6 +266,17 @@ class NumpyModel(VjpMixin, CompiledModel):
         return grads, d_in, {s: np.array(v) for s, v in carry.items()}
 
 
+def _unrolled_env(st, call, dt) -> dict:
+    """The leaves of an unfolded program: parameters, h[0], inputs and targets at steps 1..T."""
+    env = {(p, None): v for p, v in call.params.items()}
+    for s, v in initial_states(st, call, dt).items():
+        env[(s, 0)] = v
+    for n, a in list(call.inputs.items()) + list(call.targets.items()):
+        for t in range(call.T):
+            env[(n, t + 1)] = a[t]
+    return env
+
+
 def unrolled_loss_and_grad(cell, params, inputs, targets=None, h0=None, mask=None, dtype="float64"):
     """Loss and gradients from the *unfolded* graph and one reverse walk over it.
 
@@ -277,12 +288,7 @@ def unrolled_loss_and_grad(cell, params, inputs, targets=None, h0=None, mask=Non
     st, dt = cell.step, np.dtype(dtype)
     call = check_call(st, dt, params, inputs, targets, h0, mask, need_targets=True)
     u = unrolled(st, call.T)
-    env = {(p, None): v for p, v in call.params.items()}
-    for s, v in initial_states(st, call, dt).items():
-        env[(s, 0)] = v
-    for n, a in list(call.inputs.items()) + list(call.targets.items()):
-        for t in range(call.T):
-            env[(n, t + 1)] = a[t]
+    env = _unrolled_env(st, call, dt)
     w = step_weights(call, dt)
     for t in range(call.T):
         env[(WEIGHT, t + 1)] = w[t][:, None]
@@ -314,12 +320,7 @@ def unrolled_vjp(cell, params, inputs, h0=None, d_outputs=None, d_final=None, ta
     d_out, d_fin = check_cotangents(st, dt, call.T, call.B, d_outputs, d_final)
     cot = Cotangents(loss=w is not None, outputs=tuple(d_out), inputs=resolve_wrt(st, wrt), final=True)
     u = unrolled(st, call.T, cot)
-    env = {(p, None): v for p, v in call.params.items()}
-    for s, v in initial_states(st, call, dt).items():
-        env[(s, 0)] = v
-    for n, a in list(call.inputs.items()) + list(call.targets.items()):
-        for t in range(call.T):
-            env[(n, t + 1)] = a[t]
+    env = _unrolled_env(st, call, dt)
     for t in range(call.T):
         if w is not None:
             env[(WEIGHT, t + 1)] = w[t][:, None]
