@@ -25,8 +25,14 @@ rnncomp native with the NumPy reference; a failed check is reported and the scri
 torch's fused GRU is a variant (r ⊙ (Un h) in place of Un (r ⊙ h)), same FLOPs, unchecked.
 
 GFLOP/s: a training step's FLOPs are taken as 3 × the forward matrix-product FLOPs
-(2·m·n·B·T for each m×n weight product), set against numpy's float32 1024³ matmul measured
+(2·m·n·B·T for each m×n weight product), set against numpy's float32 2048³ matmul measured
 in the same run with 1 and N threads, so that each figure reads as a share of the machine.
+The matmul probe runs in its own process with ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE``
+removed from its environment (some machines here set them to an older core, which makes
+OpenBLAS run AVX2 kernels on an AVX-512 chip: the yardstick would read ~2x low) and reports
+the kernel OpenBLAS chose (threadpoolctl, when installed); the float32 FMA peak of the chip
+(``benchmarks/fma_peak.py``: a generated register-only FMA loop) is printed beside it.
+Neither variable is changed for rnncomp, the peers, the tests or CI.
 Ratios (> 1: rnncomp is faster): rnncomp Nt vs the fastest peer column (any thread count),
 vs the NumPy reference; rnncomp 1t vs the fastest 1-thread peer; the goals of issue #3.
 
@@ -70,21 +76,31 @@ LOSS_TOL, GRAD_TOL = 1e-4, 1e-3
 peers = None  # benchmarks/peers.py, imported in main() once OPENBLAS_NUM_THREADS is set
 XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
+MATMUL_N = 2048
 MATMUL_PROBE = r"""
 import json, statistics, time
 import numpy as np
+n = {n}
 rng = np.random.default_rng(0)
-a = rng.standard_normal((1024, 1024), dtype=np.float32)
-b = rng.standard_normal((1024, 1024), dtype=np.float32)
+a = rng.standard_normal((n, n), dtype=np.float32)
+b = rng.standard_normal((n, n), dtype=np.float32)
 c = a @ b
 ts = []
 for _ in range({reps}):
     t0 = time.perf_counter()
     np.matmul(a, b, out=c)
     ts.append(time.perf_counter() - t0)
-f = 2 * 1024 ** 3 / 1e9
-print(json.dumps({{"gflops": f / statistics.median(ts), "best_gflops": f / min(ts)}}))
+f = 2 * n ** 3 / 1e9
+try:
+    from threadpoolctl import threadpool_info
+    kernel = ", ".join(f"{{i.get('internal_api')}} {{i.get('version')}} {{i.get('architecture')}}"
+                       for i in threadpool_info() if i.get("user_api") == "blas")
+except ImportError:
+    kernel = "unknown (pip install threadpoolctl)"
+print(json.dumps({{"gflops": f / statistics.median(ts), "best_gflops": f / min(ts), "kernel": kernel}}))
 """
+# set on some machines for old OpenBLAS builds; they pin an older (slower) kernel
+OPENBLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
 def core_ids():
@@ -125,12 +141,23 @@ def parse_args(argv=None):
 
 # --------------------------------------------------------------------------- helpers
 
-def matmul_gflops(threads, reps=20):
+def matmul_gflops(threads, reps=10):
+    """numpy's float32 MATMUL_N³ matmul on ``threads`` threads, in a process of its own whose
+    environment has no OpenBLAS core override (only that process's)."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads))
-    out = subprocess.run([sys.executable, "-c", MATMUL_PROBE.format(reps=reps)], env=env,
+    for k in OPENBLAS_OVERRIDES:
+        env.pop(k, None)
+    out = subprocess.run([sys.executable, "-c", MATMUL_PROBE.format(reps=reps, n=MATMUL_N)], env=env,
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def fma_peak_gflops(counts):
+    """{threads: fma_peak.peak(threads)}: the chip's float32 FMA peak (benchmarks/fma_peak.py)."""
+    sys.path.insert(0, HERE)
+    import fma_peak
+    return {n: fma_peak.peak(n) for n in counts}
 
 
 def training_flops(cell, B, T):
@@ -267,7 +294,12 @@ def main(args):
           f"multi-thread columns: {N} thread{'s' if N > 1 else ''}; {reps} repeats", flush=True)
 
     mm = {n: matmul_gflops(n) for n in counts}
-    print("numpy float32 1024³ matmul: " + ", ".join(f"{mm[n]['gflops']:.1f} GFLOP/s ({n}t)" for n in counts),
+    fma = fma_peak_gflops(counts)
+    print(f"float32 FMA peak ({fma[counts[0]]['cpu']}, {fma[counts[0]]['lanes']} lanes): "
+          + ", ".join(f"{fma[n]['gflops']:.0f} GFLOP/s ({n}t)" for n in counts))
+    print(f"numpy float32 {MATMUL_N}³ matmul [{mm[counts[0]]['kernel']}]: "
+          + ", ".join(f"{mm[n]['gflops']:.1f} GFLOP/s ({n}t, {100 * mm[n]['gflops'] / fma[n]['gflops']:.0f}% of peak)"
+                      for n in counts),
           flush=True)
 
     workers = {}
@@ -389,7 +421,8 @@ def main(args):
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as fh:
         json.dump({"machine": {"cores": all_cores(), "threads": N, "load_start": load_start,
-                               "load_end": load_end, "matmul_1024_gflops": {str(n): mm[n] for n in counts},
+                               "load_end": load_end, f"matmul_{MATMUL_N}_gflops": {str(n): mm[n] for n in counts},
+                               "fma_peak_gflops": {str(n): fma[n] for n in counts},
                                "versions": versions, "repeats": reps,
                                "peers_unavailable": {k: w.error for k, w in workers.items() if not w.ready},
                                "wall_s": time.perf_counter() - started},
@@ -428,7 +461,7 @@ def report(rows, counts, N, mm, load_start, load_end, failures):
                      f"{jc:.1f} s" if jc else "n/a",
                      ("missed: " + "; ".join(missed)) if missed
                      else "all met" if r["fastest_peer"] else "met (no peer measured)"])
-    print(f"\nGFLOP = 3 × forward matrix-product FLOPs; (%) of numpy's float32 1024³ matmul with "
+    print(f"\nGFLOP = 3 × forward matrix-product FLOPs; (%) of numpy's float32 {MATMUL_N}³ matmul with "
           f"{N} thread{'s' if N > 1 else ''}: {mmN:.1f} GFLOP/s"
           + (f" ({mm1:.1f} with 1 thread)" if N > 1 else "") + "; ratios > 1: rnncomp faster\n")
     print(md_table(head, body))
