@@ -34,6 +34,7 @@ from .stackplan import stack_step
 from .llvm.builder import I64, for_range
 from .llvm.exprgen import unsupported
 from .llvm.finite import define_first_nonfinite
+from .llvm import kernel_library
 from .llvm.jit import HostTarget, compile_keyed
 from .native_calls import NativeCalls
 from .native_backward import NativeBackward
@@ -309,7 +310,7 @@ class NativeModel(NativeBackward, NativeCalls, NativeVjp, CompiledModel):
 
     def _compile(self, key, build):
         try:
-            return compile_keyed(key, build, cache=self._cache, host=self.host)
+            return compile_keyed(key, build, cache=self._cache, host=self.host, link=kernel_library.link)
         except CompileError:
             raise
         except Exception as exc:  # noqa: BLE001 - any LLVM failure becomes a clear error
