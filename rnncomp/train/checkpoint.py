@@ -34,10 +34,9 @@ import sympy as sp
 
 from .. import dsl, functions
 from ..cell import Cell
-from ..errors import RnncompError
+from ..errors import RnncompError, TrainingError
 from ..memory import ALL, Binomial, Budget, Every, StoreAll, schedule
 from . import lr_schedules, optim
-from .trainer import TrainingError
 
 FORMAT, VERSION = "rnncomp-checkpoint", 2
 TEMP_PREFIX = ".rnncomp-ckpt-"
