@@ -27,3 +27,7 @@ class CompileError(RnncompError, RuntimeError):
 
 class TrainingError(RnncompError, RuntimeError):
     """Training stopped: a non-finite loss or gradient, or a checkpoint that does not fit."""
+
+
+class CheckpointError(TrainingError, ValueError):
+    """A file that is not a checkpoint, or one that cannot load as it was saved."""
