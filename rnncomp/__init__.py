@@ -4,7 +4,7 @@ Declare a cell with sympy (:class:`Cell`), look at its equations and its derived
 BPTT step (:func:`explain`), unfold it (:func:`unfold`), and compile it
 (:func:`compile`).
 """
-from . import backends, cells, inspect, schedules
+from . import backends, cell_views, cells, inspect, schedules  # noqa: F401 - cell_views: Cell's compiler views
 from .autodiff import backward_step
 from .cell import Cell
 from .compile import compile

@@ -14,7 +14,7 @@ import numpy as np
 from ...autodiff import LOSS_ONLY, backward_step
 from ...errors import CallError
 from ..validate import check_call, check_forward_call, forward_targets, initial_states, step_weights
-from .codegen import emit_module
+from .emit import emit_module
 from .persistent import T_KEY, Persistent
 from .plan import build_plan, grad_key
 from .ptxgen import DEFAULT_ARCH, DEFAULT_FEATURES, check_arch, entries, sm_version, to_ptx
