@@ -48,8 +48,9 @@ class Layout:
 class Gen:
     """Generates one entry point: the per-step body for a program, inside a time loop."""
 
-    def __init__(self, module, dtype, layout, host, name):
+    def __init__(self, module, dtype, layout, host, name, profile=None):
         self.m, self.dtype, self.L, self.host = module, np.dtype(dtype), layout, host
+        self.profile = profile  # a profiled build: {part: work per row} (native_profile.py)
         self.ty = _DT[self.dtype]
         self.pty = self.ty.as_pointer()
         fnty = ir.FunctionType(ir.VoidType(), [I64, I64, self.pty.as_pointer(), self.pty])
