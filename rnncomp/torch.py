@@ -1,0 +1,271 @@
+"""rnncomp inside PyTorch: a compiled cell as an ``nn.Module`` (:class:`Recurrent`).
+
+The layer's parameters are the cell's, as ``nn.Parameter`` s of the same names; its call
+is one PyTorch op, ``rnncomp::recurrent`` (``torch.library.custom_op``, with a fake
+implementation and an autograd formula), so ``torch.compile(fullgraph=True)`` traces
+through it without a graph break.  Its backward is a second op, ``rnncomp::recurrent_vjp``,
+which calls the compiled model's ``vjp`` (docs/vjp.md): the forward once more, kept, then
+its backward (the op is a pure function of its tensors, so it runs the same eagerly, under
+``torch.compile`` and under ``torch.library.opcheck``).
+
+CPU tensors go to the model as NumPy views (``Tensor.numpy()``, no copy when contiguous)
+and its results come back as tensors over the model's fresh arrays (``torch.from_numpy``).
+The backends take host arrays only: a tensor on another device (CUDA included, also with
+``backend="ptx"``, whose entry points upload from host memory into its own device arena) is
+a :class:`~rnncomp.errors.CallError` naming the tensor and its device.  See docs/layers.md.
+
+    >>> import torch, rnncomp as rc
+    >>> from rnncomp.torch import Recurrent
+    >>> layer = Recurrent(rc.cells.elman(3, 5, 2), output="y", dtype=torch.float64)
+    >>> y, final = layer(torch.ones(4, 2, 3))
+    >>> tuple(y.shape), tuple(final["h"].shape)
+    ((4, 2, 2), (2, 5))
+"""
+from __future__ import annotations
+
+import itertools
+import weakref
+
+try:
+    import torch
+    from torch import nn
+except ImportError as e:  # pragma: no cover - exercised only without torch installed
+    raise ImportError("rnncomp.torch needs PyTorch: pip install 'rnncomp[torch]'") from e
+
+import numpy as np
+
+from .backends.validate import forward_targets
+from .errors import CallError, CellError
+
+_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+
+
+class _Models:
+    """The compiled models the ops run, by key (an op's arguments are tensors and strings).
+
+    Owned by this module; each :class:`Recurrent` adds its model when made (also when
+    copied or unpickled) and a finaliser drops it when the layer goes."""
+
+    def __init__(self):
+        self._models: dict[str, object] = {}
+        self._ids = itertools.count()
+
+    def add(self, owner, model) -> str:
+        key = f"{model.step.name}#{next(self._ids)}"
+        self._models[key] = model
+        weakref.finalize(owner, self._models.pop, key, None)
+        return key
+
+    def get(self, key: str):
+        model = self._models.get(key)
+        if model is None:
+            raise CallError(f"rnncomp layer {key!r} no longer exists (its Recurrent module was "
+                            "garbage-collected before this call or its backward)")
+        return model
+
+
+MODELS = _Models()
+
+
+def _on_cpu(model, what: str, t):
+    if t.device.type != "cpu":
+        raise CallError(f"cell {model.step.name!r}: {what} is on {t.device}, but backend "
+                        f"{model.backend!r} takes CPU tensors (the backends read host arrays; "
+                        "move it with .cpu(), see docs/layers.md)")
+    return t
+
+
+def _host(model, what: str, t):
+    """``t`` as a NumPy array sharing its memory (a copy only where it is not contiguous)."""
+    return _on_cpu(model, what, t).detach().numpy()
+
+
+def _tensor(a: np.ndarray):
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+# ----------------------------------------------------------------------------- the ops
+# recurrent(key, params, inputs, h0) -> outputs (T, B, n) in the cell's order, then final states
+# recurrent_vjp(key, params, inputs, h0, d_outputs, d_final) -> δparams, δinputs, δh0
+def _call_args(model, params, inputs, h0):
+    st = model.step
+    return ({n: _host(model, f"parameter {n!r}", t) for n, t in zip(st.params, params)},
+            {n: _host(model, f"input {n!r}", t) for n, t in zip(st.inputs, inputs)},
+            {n: _host(model, f"h0[{n!r}]", t) for n, t in zip(st.states, h0)})
+
+
+@torch.library.custom_op("rnncomp::recurrent", mutates_args=())
+def recurrent_op(key: str, params: list[torch.Tensor], inputs: list[torch.Tensor],
+                 h0: list[torch.Tensor]) -> list[torch.Tensor]:
+    model = MODELS.get(key)
+    outs, final = model.forward(*_call_args(model, params, inputs, h0))
+    return [_tensor(outs[o]) for o in model.step.outputs] + [_tensor(final[s]) for s in model.step.states]
+
+
+@recurrent_op.register_fake
+def _(key, params, inputs, h0):
+    st = MODELS.get(key).step
+    T, B = inputs[0].shape[0], inputs[0].shape[1]
+    like = inputs[0]
+    return ([like.new_empty((T, B, n)) for n in st.outputs.values()]
+            + [like.new_empty((B, n)) for n in st.states.values()])
+
+
+@torch.library.custom_op("rnncomp::recurrent_vjp", mutates_args=())
+def recurrent_vjp_op(key: str, params: list[torch.Tensor], inputs: list[torch.Tensor], h0: list[torch.Tensor],
+                     d_outputs: list[torch.Tensor], d_final: list[torch.Tensor]) -> list[torch.Tensor]:
+    model = MODELS.get(key)
+    st = model.step
+    p, x, h = _call_args(model, params, inputs, h0)
+    res = model.vjp(p, x, h,
+                    d_outputs={o: _host(model, f"the cotangent of output {o!r}", g)
+                               for o, g in zip(st.outputs, d_outputs)},
+                    d_final={s: _host(model, f"the cotangent of state {s!r}", g) for s, g in zip(st.states, d_final)})
+    # δh0 may be a view of the backend's buffers, reused by its next call: copied (B × n)
+    return ([_tensor(res.params[n]) for n in st.params] + [_tensor(res.inputs[n]) for n in st.inputs]
+            + [torch.from_numpy(np.array(res.h0[s])) for s in st.states])
+
+
+@recurrent_vjp_op.register_fake
+def _(key, params, inputs, h0, d_outputs, d_final):
+    return [t.new_empty(t.shape) for t in list(params) + list(inputs) + list(h0)]
+
+
+def _setup_context(ctx, inputs, output):
+    key, params, xs, h0 = inputs
+    ctx.key, ctx.sizes = key, (len(params), len(xs))
+    ctx.save_for_backward(*params, *xs, *h0)
+
+
+def _backward(ctx, grads):
+    n_p, n_x = ctx.sizes
+    saved = list(ctx.saved_tensors)
+    params, xs, h0 = saved[:n_p], saved[n_p:n_p + n_x], saved[n_p + n_x:]
+    n_out = len(grads) - len(h0)
+    got = recurrent_vjp_op(ctx.key, params, xs, h0, list(grads[:n_out]), list(grads[n_out:]))
+    return None, got[:n_p], got[n_p:n_p + n_x], got[n_p + n_x:]
+
+
+recurrent_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------- the layer
+class Recurrent(nn.Module):
+    """A compiled rnncomp cell as a PyTorch layer.
+
+    ``cell``: any :class:`rnncomp.Cell`; ``output``: the name of the output to return per
+    step (None: a dict of every output); ``backend``: ``"native"`` (default), ``"numpy"``
+    or ``"ptx"``; ``dtype``: ``torch.float32`` (default) or ``torch.float64``;
+    ``batch_first``: inputs and outputs are (B, T, n) instead of (T, B, n);
+    ``return_final``: with False, ``forward`` returns only the outputs (for
+    ``nn.Sequential``); ``seed``: of the cell's initialisers; ``options``: of
+    :func:`rnncomp.compile` for the backend.
+
+    The cell's parameters are this module's parameters, of the same names."""
+
+    def __init__(self, cell, output: str | None = None, backend: str = "native", dtype=torch.float32,
+                 batch_first: bool = False, return_final: bool = True, seed: int = 0, **options):
+        super().__init__()
+        from .compile import compile as rc_compile
+
+        if dtype not in _DTYPES:
+            raise ValueError(f"Recurrent: dtype must be torch.float32 or torch.float64, got {dtype}")
+        model = rc_compile(cell, backend=backend, dtype=_DTYPES[dtype], **options)
+        st = model.step
+        if output is not None and output not in st.outputs:
+            states = f"; {output!r} is a state: declare an output that returns it" if output in st.states else ""
+            raise CellError(f"cell {st.name!r}: Recurrent(output={output!r}) names no output of the cell "
+                            f"(outputs: {', '.join(map(repr, st.outputs)) or 'none'}){states}")
+        if not st.inputs:
+            raise CellError(f"cell {st.name!r}: Recurrent needs a cell with at least one input")
+        if forward_targets(st):
+            raise CellError(f"cell {st.name!r}: its outputs or updates read target "
+                            f"{', '.join(map(repr, forward_targets(st)))} (teacher forcing), which a "
+                            "Recurrent layer does not pass; make it an input of the cell")
+        self._model, self._dtype = model, dtype
+        self.output, self.batch_first, self.return_final = output, batch_first, return_final
+        for name, a in model.init_params(seed).items():
+            if hasattr(self, name):
+                raise CellError(f"cell {st.name!r}: parameter {name!r} has the name of an attribute of "
+                                "nn.Module; rename it in the cell to use it as a PyTorch layer")
+            self.register_parameter(name, nn.Parameter(torch.from_numpy(a)))
+        self._register()
+
+    def _register(self):
+        self._key = MODELS.add(self, self._model)
+
+    def __setstate__(self, state):  # a copy or an unpickled layer: its own key
+        super().__setstate__(state)
+        self._register()
+
+    def extra_repr(self) -> str:
+        st = self._model.step
+        sizes = ", ".join(f"{n}[{s}]" for n, s in list(st.inputs.items()) + list(st.states.items()))
+        return (f"cell={st.name!r} ({sizes}), output={self.output!r}, backend={self._model.backend!r}, "
+                f"dtype={self._dtype}, batch_first={self.batch_first}")
+
+    def _named(self, kind, value, names):
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - set(names))
+            if unknown:
+                raise CallError(f"cell {self._model.step.name!r}: {kind} names {', '.join(map(repr, unknown))}; "
+                                f"expected {', '.join(map(repr, names)) or 'none'}")
+            return value
+        if value is None:
+            return {}
+        if len(names) == 1:
+            return {names[0]: value}
+        raise CallError(f"cell {self._model.step.name!r}: {kind} must be a dict of tensors keyed by "
+                        f"{', '.join(map(repr, names))} (the cell has {len(names)}), got {type(value).__name__}")
+
+    def _checked(self, what, t, shape):
+        name = self._model.step.name
+        if not isinstance(t, torch.Tensor):
+            raise CallError(f"cell {name!r}: {what} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != self._dtype:
+            raise CallError(f"cell {name!r}: {what} has dtype {t.dtype}, but the layer is {self._dtype}; "
+                            f"convert it with .to({self._dtype})")
+        if tuple(t.shape) != shape:
+            raise CallError(f"cell {name!r}: {what} has shape {tuple(t.shape)}, expected {shape}")
+        return _on_cpu(self._model, what, t)
+
+    def forward(self, x, h0=None):
+        """``x``: a tensor (T, B, n) (``batch_first``: (B, T, n)) for a cell with one input, or
+        a dict {input: tensor}; ``h0``: a tensor (one state) or a dict {state: (B, n)}, any
+        subset (the others start from the learned initial state or zeros).
+
+        Returns ``(outputs, final)``: ``outputs`` the tensor of ``output`` (or a dict of every
+        output) per step, ``final`` {state: (B, n)}; only ``outputs`` with ``return_final=False``."""
+        st = self._model.step
+        xs = self._named("inputs", x, list(st.inputs))
+        missing = [n for n in st.inputs if n not in xs]
+        if missing:
+            raise CallError(f"cell {st.name!r}: missing input {', '.join(map(repr, missing))}")
+        first = next(iter(xs.values()))
+        if not isinstance(first, torch.Tensor) or first.dim() != 3:
+            shape = tuple(first.shape) if isinstance(first, torch.Tensor) else type(first).__name__
+            raise CallError(f"cell {st.name!r}: inputs must be 3-d tensors "
+                            f"{'(B, T, n)' if self.batch_first else '(T, B, n)'}, got {shape}")
+        T, B = (first.shape[1], first.shape[0]) if self.batch_first else (first.shape[0], first.shape[1])
+        inputs = []
+        for n, size in st.inputs.items():
+            t = self._checked(f"input {n!r}", xs[n], (B, T, size) if self.batch_first else (T, B, size))
+            inputs.append(t.transpose(0, 1).contiguous() if self.batch_first else t)
+        given = self._named("initial states (h0)", h0, list(st.states))
+        states = []
+        for s, size in st.states.items():
+            if s in given:
+                states.append(self._checked(f"h0[{s!r}]", given[s], (B, size)))
+            elif st.state_init[s] is not None:  # learned: its gradient flows through expand
+                states.append(getattr(self, st.state_init[s]).expand(B, size))
+            else:
+                states.append(first.new_zeros((B, size)))
+        params = [_on_cpu(self._model, f"parameter {p!r}", getattr(self, p)) for p in st.params]
+        got = recurrent_op(self._key, params, inputs, states)
+        outs = dict(zip(st.outputs, got[:len(st.outputs)]))
+        if self.batch_first:
+            outs = {o: v.transpose(0, 1) for o, v in outs.items()}
+        outs = outs if self.output is None else outs[self.output]
+        if not self.return_final:
+            return outs
+        return outs, dict(zip(st.states, got[len(st.outputs):]))
