@@ -34,8 +34,8 @@ except ImportError as e:  # pragma: no cover - exercised only without torch inst
 
 import numpy as np
 
-from .backends.validate import forward_targets
 from .errors import CallError, CellError
+from .layer_checks import check_layer_cell, missing_inputs, named
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
@@ -172,16 +172,7 @@ class Recurrent(nn.Module):
             raise ValueError(f"Recurrent: dtype must be torch.float32 or torch.float64, got {dtype}")
         model = rc_compile(cell, backend=backend, dtype=_DTYPES[dtype], **options)
         st = model.step
-        if output is not None and output not in st.outputs:
-            states = f"; {output!r} is a state: declare an output that returns it" if output in st.states else ""
-            raise CellError(f"cell {st.name!r}: Recurrent(output={output!r}) names no output of the cell "
-                            f"(outputs: {', '.join(map(repr, st.outputs)) or 'none'}){states}")
-        if not st.inputs:
-            raise CellError(f"cell {st.name!r}: Recurrent needs a cell with at least one input")
-        if forward_targets(st):
-            raise CellError(f"cell {st.name!r}: its outputs or updates read target "
-                            f"{', '.join(map(repr, forward_targets(st)))} (teacher forcing), which a "
-                            "Recurrent layer does not pass; make it an input of the cell")
+        check_layer_cell(st, output, "Recurrent")
         self._model, self._dtype = model, dtype
         self.output, self.batch_first, self.return_final = output, batch_first, return_final
         for name, a in model.init_params(seed).items():
@@ -204,20 +195,6 @@ class Recurrent(nn.Module):
         return (f"cell={st.name!r} ({sizes}), output={self.output!r}, backend={self._model.backend!r}, "
                 f"dtype={self._dtype}, batch_first={self.batch_first}")
 
-    def _named(self, kind, value, names):
-        if isinstance(value, dict):
-            unknown = sorted(set(value) - set(names))
-            if unknown:
-                raise CallError(f"cell {self._model.step.name!r}: {kind} names {', '.join(map(repr, unknown))}; "
-                                f"expected {', '.join(map(repr, names)) or 'none'}")
-            return value
-        if value is None:
-            return {}
-        if len(names) == 1:
-            return {names[0]: value}
-        raise CallError(f"cell {self._model.step.name!r}: {kind} must be a dict of tensors keyed by "
-                        f"{', '.join(map(repr, names))} (the cell has {len(names)}), got {type(value).__name__}")
-
     def _checked(self, what, t, shape):
         name = self._model.step.name
         if not isinstance(t, torch.Tensor):
@@ -237,10 +214,8 @@ class Recurrent(nn.Module):
         Returns ``(outputs, final)``: ``outputs`` the tensor of ``output`` (or a dict of every
         output) per step, ``final`` {state: (B, n)}; only ``outputs`` with ``return_final=False``."""
         st = self._model.step
-        xs = self._named("inputs", x, list(st.inputs))
-        missing = [n for n in st.inputs if n not in xs]
-        if missing:
-            raise CallError(f"cell {st.name!r}: missing input {', '.join(map(repr, missing))}")
+        xs = named(st, "inputs", x, list(st.inputs), "tensors")
+        missing_inputs(st, xs)
         first = next(iter(xs.values()))
         if not isinstance(first, torch.Tensor) or first.dim() != 3:
             shape = tuple(first.shape) if isinstance(first, torch.Tensor) else type(first).__name__
@@ -251,7 +226,7 @@ class Recurrent(nn.Module):
         for n, size in st.inputs.items():
             t = self._checked(f"input {n!r}", xs[n], (B, T, size) if self.batch_first else (T, B, size))
             inputs.append(t.transpose(0, 1).contiguous() if self.batch_first else t)
-        given = self._named("initial states (h0)", h0, list(st.states))
+        given = named(st, "initial states (h0)", h0, list(st.states), "tensors")
         states = []
         for s, size in st.states.items():
             if s in given:

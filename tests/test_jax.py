@@ -1,0 +1,153 @@
+"""rnncomp.jax: the layer against the NumPy oracle, finite differences, jit and vmap.
+
+Tolerances: float64 (x64 enabled per test).  The native layer and the oracle compute the
+same sums in different orders: rtol 1e-10.  ``jax.test_util.check_grads`` compares
+reverse-mode products with a central difference in one random direction; with a step of
+1e-6 its truncation error is ~1e-12 and its rounding error ~1e-10, so rtol = atol = 1e-7
+(its defaults, 1e-5 with a step of 1e-4, let a 0.1 % error through).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax", reason="rnncomp.jax needs JAX (pip install 'rnncomp[jax]')")
+
+import jax.numpy as jnp  # noqa: E402
+from jax.test_util import check_grads  # noqa: E402
+
+import rnncomp as rc  # noqa: E402
+import rnncomp.jax  # noqa: E402,F401
+from rnncomp.errors import CallError, CellError  # noqa: E402
+
+RTOL = 1e-10
+FD_EPS, FD_TOL = 1e-6, 1e-7
+
+
+@pytest.fixture(autouse=True)
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def _learned_cell():
+    """Two inputs, two states (one with a learned initial state), two outputs."""
+    import sympy as sp
+    cell = rc.Cell("two")
+    x, u = cell.input("x", 2), cell.input("u", 3)
+    h, c = cell.state("h", 3, init="learn"), cell.state("c", 2)
+    cell.update(h, sp.tanh(cell.param("W", (3, 2)) @ x + cell.param("U", (3, 3)) @ h + cell.param("A", (3, 3)) @ u))
+    cell.update(c, rc.sigmoid(cell.param("M", (2, 3)) @ h.new) * c + cell.param("K", (2, 3)) @ u)
+    cell.output("y", cell.param("V", (2, 3)) @ h.new)
+    cell.output("z", c.new * c.new)
+    return cell
+
+
+def _data(cell, T, B, seed):
+    rng = np.random.default_rng(seed)
+    st = cell.step
+    params = {n: v + rng.normal(0, 0.3, v.shape) for n, v in cell.init_params(seed).items()}
+    xs = {n: rng.normal(size=(T, B, s)) for n, s in st.inputs.items()}
+    d_out = {o: rng.normal(size=(T, B, n)) for o, n in st.outputs.items()}
+    d_fin = {s: rng.normal(size=(B, n)) for s, n in st.states.items()}
+    return rng, params, xs, d_out, d_fin
+
+
+def _close(a, b, what):
+    np.testing.assert_allclose(np.asarray(a), b, rtol=RTOL, atol=RTOL * (1 + np.abs(b).max()), err_msg=what)
+
+
+@pytest.mark.parametrize("name", ["elman", "gru", "lstm", "two"])
+def test_layer_matches_the_numpy_oracle_under_jit(name):
+    """Outputs, final states and jax.vjp's cotangents of params, inputs and the given h0,
+    under jax.jit, against the oracle's forward and vjp."""
+    cell = _learned_cell() if name == "two" else rc.cells.get(name)(3, 4, 2)
+    st = cell.step
+    rng, params, xs, d_out, d_fin = _data(cell, 5, 3, 0)
+    first = next(iter(st.states)) if name != "two" else "c"  # "two": h from its learned state
+    h0 = {first: rng.normal(size=(3, st.states[first]))}
+    layer = rc.jax.recurrent(cell, dtype="float64")
+
+    @jax.jit
+    def run(params, xs, h0):
+        return jax.vjp(lambda p, x, h: layer(p, x, h), params, xs, h0)
+
+    (outs, final), back = run(params, xs, h0)
+    d_params, d_xs, d_h0 = back((d_out, d_fin))
+    oracle = rc.compile(cell, backend="numpy")
+    want_outs, want_final = oracle.forward(params, xs, h0)
+    res = oracle.vjp(params, xs, h0, d_outputs=d_out, d_final=d_fin)
+    for o in st.outputs:
+        _close(outs[o], want_outs[o], f"output {o}")
+    for s in st.states:
+        _close(final[s], want_final[s], f"final {s}")
+    for p in st.params:
+        _close(d_params[p], res.params[p], f"gradient of {p}")
+    for x in st.inputs:
+        _close(d_xs[x], res.inputs[x], f"gradient of input {x}")
+    _close(d_h0[first], res.h0[first], f"gradient of h0 {first}")
+
+
+def test_check_grads_finite_differences():
+    """jax.test_util.check_grads (order 1, reverse mode) through params, both inputs, h0,
+    with a learned initial state among the parameters."""
+    cell = _learned_cell()
+    rng, params, xs, _, _ = _data(cell, 3, 2, 1)
+    layer = rc.jax.recurrent(cell, dtype="float64")
+    c0 = rng.normal(size=(2, 2))
+
+    def f(params, xs, c0):
+        outs, final = layer(params, xs, {"c": c0})
+        return outs["y"], outs["z"], final["h"], final["c"]
+
+    check_grads(f, (params, xs, c0), order=1, modes=["rev"], eps=FD_EPS, atol=FD_TOL, rtol=FD_TOL)
+    check_grads(jax.jit(f), (params, xs, c0), order=1, modes=["rev"], eps=FD_EPS, atol=FD_TOL, rtol=FD_TOL)
+
+
+def test_vmap_runs_one_call_per_element():
+    cell = rc.cells.elman(3, 4, 2)
+    _, params, _, _, _ = _data(cell, 4, 2, 2)
+    layer = rc.jax.recurrent(cell, output="y", dtype="float64")
+    xs = np.random.default_rng(3).normal(size=(3, 4, 2, 3))
+    got = jax.vmap(lambda x: layer(params, x)[0])(xs)
+    for i in range(3):
+        _close(got[i], np.asarray(layer(params, xs[i])[0]), f"element {i}")
+    grads = jax.vmap(jax.grad(lambda x: layer(params, x)[0].sum()))(xs)
+    for i in range(3):
+        _close(grads[i], np.asarray(jax.grad(lambda x: layer(params, x)[0].sum())(xs[i])), f"gradient {i}")
+
+
+def test_training_with_jax_grad_decreases_the_loss():
+    layer = rc.jax.recurrent(rc.cells.gru(2, 8, 1), output="y")  # float32
+    t = np.linspace(0, 6, 20, dtype=np.float32)
+    x = np.repeat(np.stack([np.sin(t), np.cos(t)], -1)[:, None], 4, 1)
+    target = np.repeat(np.sin(t + 0.5)[:, None, None], 4, 1)
+    loss = jax.jit(jax.value_and_grad(lambda p: jnp.mean((layer(p, x)[0] - target) ** 2)))
+    p = layer.init_params(seed=0)
+    first = None
+    for _ in range(60):
+        value, g = loss(p)
+        first = value if first is None else first
+        p = {k: v - 0.5 * g[k] for k, v in p.items()}
+    assert loss(p)[0] < 0.3 * first, (first, loss(p)[0])
+
+
+def test_bad_calls_are_named():
+    cell = rc.cells.lstm(3, 4, 2)
+    layer = rc.jax.recurrent(cell, output="y", dtype="float64")
+    p = layer.init_params()
+    x = np.zeros((5, 2, 3))
+    with pytest.raises(CallError, match=r"inputs\['x'\] has dtype float32, but the layer is float64"):
+        layer(p, x.astype(np.float32))
+    with pytest.raises(CallError, match=r"h0\['c'\] has shape \(3, 4\), expected \(2, 4\)"):
+        layer(p, x, {"c": np.zeros((3, 4))})
+    with pytest.raises(CallError, match=r"initial states \(h0\) names 'k'"):
+        layer(p, x, {"k": np.zeros((2, 4))})
+    with pytest.raises(CallError, match=r"params lacks 'Wi'"):
+        layer({k: v for k, v in p.items() if k != "Wi"}, x)
+    with pytest.raises(CallError, match=r"inputs must be \(T, B, n\) arrays, got shape \(2, 3\)"):
+        layer(p, x[0])
+    with pytest.raises(CellError, match=r"output='h'\) names no output.*'h' is a state"):
+        rc.jax.recurrent(cell, output="h")
+    with jax.enable_x64(False), pytest.raises(CallError, match="the layer is float64 but JAX runs in float32"):
+        layer(p, x)
