@@ -20,6 +20,8 @@ import rnncomp as rc  # noqa: E402
 import rnncomp.jax  # noqa: E402,F401
 from rnncomp.errors import CallError, CellError  # noqa: E402
 
+from layer_cells import two_inputs_learned_state  # noqa: E402
+
 RTOL = 1e-10
 FD_EPS, FD_TOL = 1e-6, 1e-7
 
@@ -28,19 +30,6 @@ FD_EPS, FD_TOL = 1e-6, 1e-7
 def x64():
     with jax.enable_x64(True):
         yield
-
-
-def _learned_cell():
-    """Two inputs, two states (one with a learned initial state), two outputs."""
-    import sympy as sp
-    cell = rc.Cell("two")
-    x, u = cell.input("x", 2), cell.input("u", 3)
-    h, c = cell.state("h", 3, init="learn"), cell.state("c", 2)
-    cell.update(h, sp.tanh(cell.param("W", (3, 2)) @ x + cell.param("U", (3, 3)) @ h + cell.param("A", (3, 3)) @ u))
-    cell.update(c, rc.sigmoid(cell.param("M", (2, 3)) @ h.new) * c + cell.param("K", (2, 3)) @ u)
-    cell.output("y", cell.param("V", (2, 3)) @ h.new)
-    cell.output("z", c.new * c.new)
-    return cell
 
 
 def _data(cell, T, B, seed):
@@ -61,7 +50,7 @@ def _close(a, b, what):
 def test_layer_matches_the_numpy_oracle_under_jit(name):
     """Outputs, final states and jax.vjp's cotangents of params, inputs and the given h0,
     under jax.jit, against the oracle's forward and vjp."""
-    cell = _learned_cell() if name == "two" else rc.cells.get(name)(3, 4, 2)
+    cell = two_inputs_learned_state() if name == "two" else rc.cells.get(name)(3, 4, 2)
     st = cell.step
     rng, params, xs, d_out, d_fin = _data(cell, 5, 3, 0)
     first = next(iter(st.states)) if name != "two" else "c"  # "two": h from its learned state
@@ -91,7 +80,7 @@ def test_layer_matches_the_numpy_oracle_under_jit(name):
 def test_check_grads_finite_differences():
     """jax.test_util.check_grads (order 1, reverse mode) through params, both inputs, h0,
     with a learned initial state among the parameters."""
-    cell = _learned_cell()
+    cell = two_inputs_learned_state()
     rng, params, xs, _, _ = _data(cell, 3, 2, 1)
     layer = rc.jax.recurrent(cell, dtype="float64")
     c0 = rng.normal(size=(2, 2))

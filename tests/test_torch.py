@@ -23,6 +23,7 @@ from rnncomp.errors import CallError, CellError  # noqa: E402
 from rnncomp.torch import Recurrent, recurrent_op  # noqa: E402
 
 from fuzzgen import fuzz_cells  # noqa: E402
+from layer_cells import two_inputs_learned_state  # noqa: E402
 
 F64 = torch.float64
 RTOL = 1e-10
@@ -103,21 +104,8 @@ def test_zoo_matches_a_pytorch_loop_with_gradients(name, backend):
         _close(got[k], want[k], f"gradient of {k}")
 
 
-def _learned_cell():
-    """Two inputs, two states (one with a learned initial state), two outputs."""
-    import sympy as sp
-    cell = rc.Cell("two")
-    x, u = cell.input("x", 2), cell.input("u", 3)
-    h, c = cell.state("h", 3, init="learn"), cell.state("c", 2)
-    cell.update(h, sp.tanh(cell.param("W", (3, 2)) @ x + cell.param("U", (3, 3)) @ h + cell.param("A", (3, 3)) @ u))
-    cell.update(c, rc.sigmoid(cell.param("M", (2, 3)) @ h.new) * c + cell.param("K", (2, 3)) @ u)
-    cell.output("y", cell.param("V", (2, 3)) @ h.new)
-    cell.output("z", c.new * c.new)
-    return cell
-
-
 def test_gradcheck_float64_params_inputs_h0_learned_state():
-    cell = _learned_cell()
+    cell = two_inputs_learned_state()
     layer = Recurrent(cell, dtype=F64, seed=0)
     with torch.no_grad():
         layer.h_0.normal_()  # a learned initial state that is not zero
@@ -140,7 +128,7 @@ def test_gradcheck_float64_params_inputs_h0_learned_state():
 
 
 def test_opcheck():
-    layer = Recurrent(_learned_cell(), dtype=F64)
+    layer = Recurrent(two_inputs_learned_state(), dtype=F64)
     g = torch.Generator().manual_seed(2)
     params = [p.detach().clone().requires_grad_() for p in layer.parameters()]
     xs = [torch.randn(4, 2, 2, dtype=F64, generator=g, requires_grad=True),
