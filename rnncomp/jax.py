@@ -37,13 +37,16 @@ class Recurrent:
 
         # forward  (params, inputs, h0)                     -> (outputs (T, B, n), final states (B, n))
         # backward (params, inputs, h0, δoutputs, δfinal)   -> (δparams, δinputs, δh0)
+        # No NaN/inf check inside: an exception in a pure_callback is undefined behaviour in
+        # JAX, so a NaN goes through as it does through any JAX op.
         def host_forward(params, inputs, h0):
-            outs, final = model.forward(dict(zip(P, params)), dict(zip(X, inputs)), dict(zip(S, h0)))
+            outs, final = model.forward(dict(zip(P, params)), dict(zip(X, inputs)), dict(zip(S, h0)),
+                                        check_finite=False)
             return tuple(outs[o] for o in O), tuple(final[s] for s in S)
 
         def host_vjp(params, inputs, h0, d_out, d_fin):
             res = model.vjp(dict(zip(P, params)), dict(zip(X, inputs)), dict(zip(S, h0)),
-                            d_outputs=dict(zip(O, d_out)), d_final=dict(zip(S, d_fin)))
+                            d_outputs=dict(zip(O, d_out)), d_final=dict(zip(S, d_fin)), check_finite=False)
             # δh0 may be a view of the backend's buffers, reused by its next call: copied
             return (tuple(res.params[p] for p in P), tuple(res.inputs[x] for x in X),
                     tuple(np.array(res.h0[s]) for s in S))
@@ -99,7 +102,7 @@ class Recurrent:
         st = self.model.step
         if self.model.dtype == np.float64 and not jax.config.jax_enable_x64:
             raise CallError(f"cell {st.name!r}: the layer is float64 but JAX runs in float32: enable "
-                            "float64 with jax.config.update('jax_enable_x64', True) (or jax.enable_x64(True))")
+                            "float64 with jax.config.update('jax_enable_x64', True)")
         if not isinstance(params, dict):
             raise CallError(f"cell {st.name!r}: params must be a dict of arrays keyed by the cell's "
                             f"parameters ({', '.join(map(repr, st.params))}), got {type(params).__name__}")

@@ -16,7 +16,7 @@ a :class:`~rnncomp.errors.CallError` naming the tensor and its device.  See docs
 
     >>> import torch, rnncomp as rc
     >>> from rnncomp.torch import Recurrent
-    >>> layer = Recurrent(rc.cells.elman(3, 5, 2), output="y", dtype=torch.float64)
+    >>> layer = Recurrent(rc.cells.elman(3, 5, 2), output="y")          # float32
     >>> y, final = layer(torch.ones(4, 2, 3))
     >>> tuple(y.shape), tuple(final["h"].shape)
     ((4, 2, 2), (2, 5))

@@ -8,6 +8,8 @@ reverse-mode products with a central difference in one random direction; with a 
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -26,9 +28,19 @@ RTOL = 1e-10
 FD_EPS, FD_TOL = 1e-6, 1e-7
 
 
+@contextlib.contextmanager
+def x64_enabled(on: bool):
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", on)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", before)
+
+
 @pytest.fixture(autouse=True)
 def x64():
-    with jax.enable_x64(True):
+    with x64_enabled(True):
         yield
 
 
@@ -138,5 +150,23 @@ def test_bad_calls_are_named():
         layer(p, x[0])
     with pytest.raises(CellError, match=r"output='h'\) names no output.*'h' is a state"):
         rc.jax.recurrent(cell, output="h")
-    with jax.enable_x64(False), pytest.raises(CallError, match="the layer is float64 but JAX runs in float32"):
+    with x64_enabled(False), pytest.raises(CallError, match="the layer is float64 but JAX runs in float32"):
         layer(p, x)
+
+
+def test_nan_goes_through_like_any_jax_op():
+    """No exception inside the callback (undefined behaviour in JAX): NaN in, NaN out."""
+    cell = rc.cells.elman(3, 4, 2)
+    layer = rc.jax.recurrent(cell, output="y", dtype="float64")
+    x = np.zeros((3, 2, 3))
+    x[1, 0, 0] = np.nan
+    y, final = jax.jit(layer)(layer.init_params(), x)
+    assert np.isnan(np.asarray(y)[1:, 0]).all() and np.isfinite(np.asarray(y)[:, 1]).all()
+    assert np.isfinite(np.asarray(y)[0]).all() and np.isnan(np.asarray(final["h"])[0]).all()
+
+
+def test_doctest():
+    import doctest
+    with x64_enabled(False):
+        result = doctest.testmod(rc.jax)
+    assert result.failed == 0 and result.attempted > 0

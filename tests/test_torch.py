@@ -270,3 +270,27 @@ def test_parameters_on_another_device_are_named():
     layer = Recurrent(rc.cells.elman(3, 4, 2), dtype=F64).to("meta")
     with pytest.raises(CallError, match=r"parameter 'W' is on meta, but backend 'native' takes CPU tensors"):
         layer(torch.zeros(5, 2, 3, dtype=F64))
+
+
+@pytest.mark.slow
+def test_torch_compile_inductor_same_loss_and_gradients():
+    """The default backend (inductor, a C++ compile: ~30 s on 2 cores)."""
+    torch.manual_seed(0)
+    layer = Recurrent(rc.cells.lstm(3, 4, 2), output="y", dtype=F64)
+
+    def loss(x):
+        y, final = layer(x)
+        return y.square().mean() + final["c"].sum()
+
+    x = torch.randn(5, 2, 3, dtype=F64)
+    want = torch.autograd.grad(loss(x), list(layer.parameters()))
+    got = torch.autograd.grad(torch.compile(loss, fullgraph=True)(x), list(layer.parameters()))
+    for a, b in zip(got, want):
+        _close(a, b, "gradient")
+
+
+def test_doctest():
+    import doctest
+    import rnncomp.torch
+    result = doctest.testmod(rnncomp.torch)
+    assert result.failed == 0 and result.attempted > 0
