@@ -3,10 +3,13 @@
 The layer's parameters are the cell's, as ``nn.Parameter`` s of the same names; its call
 is one PyTorch op, ``rnncomp::recurrent`` (``torch.library.custom_op``, with a fake
 implementation and an autograd formula), so ``torch.compile(fullgraph=True)`` traces
-through it without a graph break.  Its backward is a second op, ``rnncomp::recurrent_vjp``,
-which calls the compiled model's ``vjp`` (docs/vjp.md): the forward once more, kept, then
-its backward (the op is a pure function of its tensors, so it runs the same eagerly, under
-``torch.compile`` and under ``torch.library.opcheck``).
+through it without a graph break.  Its backward is a second op, ``rnncomp::recurrent_vjp``.
+When a backward will follow, the forward keeps what it needs (``model.forward(...,
+keep=True)``, docs/vjp.md) and returns a *handle*, a small tensor whose memory holds the
+kept forward alive: autograd saves it like any tensor, the backward finds the kept forward
+through it and recomputes nothing, and the kept buffers go when autograd drops it.  A
+handle that finds nothing (a copy) makes the backward run ``model.vjp`` (the forward again,
+then its backward): the same numbers.
 
 CPU tensors go to the model as NumPy views (``Tensor.numpy()``, no copy when contiguous)
 and its results come back as tensors over the model's fresh arrays (``torch.from_numpy``).
@@ -84,9 +87,42 @@ def _tensor(a: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
+# ----------------------------------------------------------------------------- kept forwards
+class _Handle(bytearray):
+    """The memory of a forward's handle tensor, holding the kept forward (``Kept``) alive
+    exactly as long as that tensor's storage: what autograd saves for the backward."""
+
+
+class _KeptForwards:
+    """Kept forwards by the address of their handle's memory.  A handle found here whose
+    holder is alive is that holder's memory (a live holder's memory is not reused), so a copy
+    of a handle, or one whose forward is gone, finds nothing, and the backward runs ``vjp``."""
+
+    def __init__(self):
+        self._by_address: dict[int, weakref.ref] = {}
+
+    def handle(self, kept):
+        holder = _Handle(8)
+        holder.kept = kept
+        t = torch.from_numpy(np.frombuffer(holder, dtype=np.int64))  # its storage keeps holder
+        address = t.data_ptr()
+        self._by_address[address] = weakref.ref(holder, lambda _: self._by_address.pop(address, None))
+        return t
+
+    def find(self, handle):
+        ref = self._by_address.get(handle.data_ptr()) if handle.numel() == 1 else None
+        holder = ref() if ref is not None else None
+        return None if holder is None else holder.kept
+
+
+KEPT = _KeptForwards()
+
+
 # ----------------------------------------------------------------------------- the ops
-# recurrent(key, params, inputs, h0) -> outputs (T, B, n) in the cell's order, then final states
-# recurrent_vjp(key, params, inputs, h0, d_outputs, d_final) -> δparams, δinputs, δh0
+# recurrent(key, params, inputs, h0, keep) -> outputs (T, B, n) in the cell's order, final states,
+#     a handle (int64 (1,): a kept forward where keep, else nothing to find)
+# recurrent_vjp(key, handle, params, inputs, h0, d_outputs, d_final) -> δparams, δinputs, δh0
+#     (from the kept forward the handle finds, else one vjp: the forward again, then its backward)
 def _call_args(model, params, inputs, h0):
     st = model.step
     return ({n: _host(model, f"parameter {n!r}", t) for n, t in zip(st.params, params)},
@@ -96,54 +132,62 @@ def _call_args(model, params, inputs, h0):
 
 @torch.library.custom_op("rnncomp::recurrent", mutates_args=())
 def recurrent_op(key: str, params: list[torch.Tensor], inputs: list[torch.Tensor],
-                 h0: list[torch.Tensor]) -> list[torch.Tensor]:
+                 h0: list[torch.Tensor], keep: bool) -> list[torch.Tensor]:
     model = MODELS.get(key)
-    outs, final = model.forward(*_call_args(model, params, inputs, h0))
-    return [_tensor(outs[o]) for o in model.step.outputs] + [_tensor(final[s]) for s in model.step.states]
+    if keep:
+        kept = model.forward(*_call_args(model, params, inputs, h0), keep=True)
+        outs, final, handle = kept.outputs, kept.final, KEPT.handle(kept)
+    else:
+        (outs, final), handle = model.forward(*_call_args(model, params, inputs, h0)), torch.zeros(1, dtype=torch.int64)
+    return ([_tensor(outs[o]) for o in model.step.outputs] + [_tensor(final[s]) for s in model.step.states]
+            + [handle])
 
 
 @recurrent_op.register_fake
-def _(key, params, inputs, h0):
+def _(key, params, inputs, h0, keep):
     st = MODELS.get(key).step
     T, B = inputs[0].shape[0], inputs[0].shape[1]
     like = inputs[0]
     return ([like.new_empty((T, B, n)) for n in st.outputs.values()]
-            + [like.new_empty((B, n)) for n in st.states.values()])
+            + [like.new_empty((B, n)) for n in st.states.values()] + [like.new_empty(1, dtype=torch.int64)])
 
 
 @torch.library.custom_op("rnncomp::recurrent_vjp", mutates_args=())
-def recurrent_vjp_op(key: str, params: list[torch.Tensor], inputs: list[torch.Tensor], h0: list[torch.Tensor],
-                     d_outputs: list[torch.Tensor], d_final: list[torch.Tensor]) -> list[torch.Tensor]:
+def recurrent_vjp_op(key: str, handle: torch.Tensor, params: list[torch.Tensor], inputs: list[torch.Tensor],
+                     h0: list[torch.Tensor], d_outputs: list[torch.Tensor],
+                     d_final: list[torch.Tensor]) -> list[torch.Tensor]:
     model = MODELS.get(key)
     st = model.step
-    p, x, h = _call_args(model, params, inputs, h0)
-    res = model.vjp(p, x, h,
-                    d_outputs={o: _host(model, f"the cotangent of output {o!r}", g)
-                               for o, g in zip(st.outputs, d_outputs)},
-                    d_final={s: _host(model, f"the cotangent of state {s!r}", g) for s, g in zip(st.states, d_final)})
+    d_out = {o: _host(model, f"the cotangent of output {o!r}", g) for o, g in zip(st.outputs, d_outputs)}
+    d_fin = {s: _host(model, f"the cotangent of state {s!r}", g) for s, g in zip(st.states, d_final)}
+    kept = KEPT.find(handle)
+    if kept is not None:
+        res = kept.backward(d_outputs=d_out, d_final=d_fin)
+    else:
+        res = model.vjp(*_call_args(model, params, inputs, h0), d_outputs=d_out, d_final=d_fin)
     # δh0 may be a view of the backend's buffers, reused by its next call: copied (B × n)
     return ([_tensor(res.params[n]) for n in st.params] + [_tensor(res.inputs[n]) for n in st.inputs]
             + [torch.from_numpy(np.array(res.h0[s])) for s in st.states])
 
 
 @recurrent_vjp_op.register_fake
-def _(key, params, inputs, h0, d_outputs, d_final):
+def _(key, handle, params, inputs, h0, d_outputs, d_final):
     return [t.new_empty(t.shape) for t in list(params) + list(inputs) + list(h0)]
 
 
 def _setup_context(ctx, inputs, output):
-    key, params, xs, h0 = inputs
+    key, params, xs, h0, _ = inputs
     ctx.key, ctx.sizes = key, (len(params), len(xs))
-    ctx.save_for_backward(*params, *xs, *h0)
+    ctx.save_for_backward(output[-1], *params, *xs, *h0)
 
 
 def _backward(ctx, grads):
     n_p, n_x = ctx.sizes
-    saved = list(ctx.saved_tensors)
+    handle, *saved = ctx.saved_tensors
     params, xs, h0 = saved[:n_p], saved[n_p:n_p + n_x], saved[n_p + n_x:]
-    n_out = len(grads) - len(h0)
-    got = recurrent_vjp_op(ctx.key, params, xs, h0, list(grads[:n_out]), list(grads[n_out:]))
-    return None, got[:n_p], got[n_p:n_p + n_x], got[n_p + n_x:]
+    n_out = len(grads) - 1 - len(h0)
+    got = recurrent_vjp_op(ctx.key, handle, params, xs, h0, list(grads[:n_out]), list(grads[n_out:-1]))
+    return None, got[:n_p], got[n_p:n_p + n_x], got[n_p + n_x:], None
 
 
 recurrent_op.register_autograd(_backward, setup_context=_setup_context)
@@ -236,11 +280,13 @@ class Recurrent(nn.Module):
             else:
                 states.append(first.new_zeros((B, size)))
         params = [_on_cpu(self._model, f"parameter {p!r}", getattr(self, p)) for p in st.params]
-        got = recurrent_op(self._key, params, inputs, states)
+        # a forward that a backward will follow keeps what the backward needs (docs/layers.md)
+        keep = torch.is_grad_enabled() and any(t.requires_grad for t in params + inputs + states)
+        got = recurrent_op(self._key, params, inputs, states, keep)
         outs = dict(zip(st.outputs, got[:len(st.outputs)]))
         if self.batch_first:
             outs = {o: v.transpose(0, 1) for o, v in outs.items()}
         outs = outs if self.output is None else outs[self.output]
         if not self.return_final:
             return outs
-        return outs, dict(zip(st.states, got[len(st.outputs):]))
+        return outs, dict(zip(st.states, got[len(st.outputs):-1]))

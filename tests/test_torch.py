@@ -8,8 +8,11 @@ T = 5 recurrence).  ``gradcheck`` compares with central differences of step 1e-6
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -134,7 +137,34 @@ def test_opcheck():
     xs = [torch.randn(4, 2, 2, dtype=F64, generator=g, requires_grad=True),
           torch.randn(4, 2, 3, dtype=F64, generator=g, requires_grad=True)]
     h0 = [torch.randn(2, 3, dtype=F64, generator=g), torch.randn(2, 2, dtype=F64, generator=g)]
-    torch.library.opcheck(recurrent_op, (layer._key, params, xs, h0))
+    torch.library.opcheck(recurrent_op, (layer._key, params, xs, h0, False))
+    torch.library.opcheck(recurrent_op, (layer._key, params, xs, h0, True))
+
+
+def test_a_kept_forward_lives_as_long_as_its_handle():
+    """With keep, the backward reads the kept forward (nothing recomputed) found through the
+    handle tensor autograd saves; the kept buffers go when the handle goes; a copy of the
+    handle, or a handle from keep=False, finds nothing and the backward runs vjp: same numbers."""
+    from rnncomp.torch import KEPT, recurrent_vjp_op
+    layer = Recurrent(rc.cells.gru(3, 4, 2), dtype=F64)
+    g = torch.Generator().manual_seed(4)
+    params = [p.detach() for p in layer.parameters()]
+    xs, h0 = [torch.randn(5, 2, 3, dtype=F64, generator=g)], [torch.randn(2, 4, dtype=F64, generator=g)]
+    d_out, d_fin = [torch.randn(5, 2, 2, dtype=F64, generator=g)], [torch.randn(2, 4, dtype=F64, generator=g)]
+    kept = recurrent_op(layer._key, params, xs, h0, True)
+    plain = recurrent_op(layer._key, params, xs, h0, False)
+    for a, b in zip(kept[:-1], plain[:-1]):
+        assert torch.equal(a, b)
+    assert KEPT.find(kept[-1]) is not None
+    assert KEPT.find(kept[-1].clone()) is None and KEPT.find(plain[-1]) is None
+    from_kept = recurrent_vjp_op(layer._key, kept[-1], params, xs, h0, d_out, d_fin)
+    recomputed = recurrent_vjp_op(layer._key, kept[-1].clone(), params, xs, h0, d_out, d_fin)
+    for a, b in zip(from_kept, recomputed):
+        _close(a, b, "kept vs recomputed")
+    before = len(KEPT._by_address)
+    del kept
+    gc.collect()
+    assert len(KEPT._by_address) == before - 1
 
 
 def test_torch_compile_fullgraph_has_no_graph_break():
@@ -150,13 +180,27 @@ def test_torch_compile_fullgraph_has_no_graph_break():
 
     x = torch.randn(5, 2, 3, dtype=F64)
     compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    eager_loss = loss(x)
-    eager = torch.autograd.grad(eager_loss, list(layer.parameters()))
-    got_loss = compiled(x)
-    got = torch.autograd.grad(got_loss, list(layer.parameters()))
+    with reads_the_kept_forward(layer):
+        eager_loss = loss(x)
+        eager = torch.autograd.grad(eager_loss, list(layer.parameters()))
+        got_loss = compiled(x)
+        got = torch.autograd.grad(got_loss, list(layer.parameters()))
     _close(got_loss, eager_loss, "loss")
     for a, b in zip(got, eager):
         _close(a, b, "gradient")
+
+
+@contextlib.contextmanager
+def reads_the_kept_forward(layer):
+    """Inside: every backward reads its kept forward (the model's vjp, which would run the
+    forward again, is never called); after: nothing is kept any more."""
+    from rnncomp.torch import KEPT, MODELS
+    model = MODELS.get(layer._key)
+    with mock.patch.object(model, "vjp", wraps=model.vjp) as vjp:
+        yield
+    gc.collect()
+    assert vjp.call_count == 0
+    assert not KEPT._by_address
 
 
 def test_training_with_torch_optim_decreases_the_loss():
@@ -284,7 +328,9 @@ def test_torch_compile_inductor_same_loss_and_gradients():
 
     x = torch.randn(5, 2, 3, dtype=F64)
     want = torch.autograd.grad(loss(x), list(layer.parameters()))
-    got = torch.autograd.grad(torch.compile(loss, fullgraph=True)(x), list(layer.parameters()))
+    compiled = torch.compile(loss, fullgraph=True)
+    with reads_the_kept_forward(layer):
+        got = torch.autograd.grad(compiled(x), list(layer.parameters()))
     for a, b in zip(got, want):
         _close(a, b, "gradient")
 
