@@ -250,13 +250,16 @@ class Recurrent(nn.Module):
             raise CallError(f"cell {name!r}: {what} has shape {tuple(t.shape)}, expected {shape}")
         return _on_cpu(self._model, what, t)
 
-    def forward(self, x, h0=None):
+    def forward(self, x, h0=None, lengths=None):
         """``x``: a tensor (T, B, n) (``batch_first``: (B, T, n)) for a cell with one input, or
         a dict {input: tensor}; ``h0``: a tensor (one state) or a dict {state: (B, n)}, any
-        subset (the others start from the learned initial state or zeros).
+        subset (the others start from the learned initial state or zeros); ``lengths``: for a
+        padded batch, each sequence's length (B ints from 1 to T; a list or a CPU tensor).
 
         Returns ``(outputs, final)``: ``outputs`` the tensor of ``output`` (or a dict of every
-        output) per step, ``final`` {state: (B, n)}; only ``outputs`` with ``return_final=False``."""
+        output) per step, ``final`` {state: (B, n)}; only ``outputs`` with ``return_final=False``.
+        With ``lengths``, a sequence's final states are those after its last step and its
+        outputs after it are zeros."""
         st = self._model.step
         xs = named(st, "inputs", x, list(st.inputs), "tensors")
         missing_inputs(st, xs)
@@ -280,13 +283,66 @@ class Recurrent(nn.Module):
             else:
                 states.append(first.new_zeros((B, size)))
         params = [_on_cpu(self._model, f"parameter {p!r}", getattr(self, p)) for p in st.params]
-        # a forward that a backward will follow keeps what the backward needs (docs/layers.md)
-        keep = torch.is_grad_enabled() and any(t.requires_grad for t in params + inputs + states)
-        got = recurrent_op(self._key, params, inputs, states, keep)
-        outs = dict(zip(st.outputs, got[:len(st.outputs)]))
+        if lengths is None:
+            outs, final = self._run(params, inputs, states)
+        else:
+            outs, final = self._packed(params, inputs, states, self._lengths(lengths, T, B))
+        outs = dict(zip(st.outputs, outs))
         if self.batch_first:
             outs = {o: v.transpose(0, 1) for o, v in outs.items()}
         outs = outs if self.output is None else outs[self.output]
         if not self.return_final:
             return outs
-        return outs, dict(zip(st.states, got[len(st.outputs):-1]))
+        return outs, dict(zip(st.states, final))
+
+    def _run(self, params, inputs, states):
+        """One call of the op: (outputs, final states), lists in the cell's order."""
+        # a forward that a backward will follow keeps what the backward needs (docs/layers.md)
+        keep = torch.is_grad_enabled() and any(t.requires_grad for t in params + inputs + states)
+        got = recurrent_op(self._key, params, inputs, states, keep)
+        n_out = len(self._model.step.outputs)
+        return got[:n_out], got[n_out:-1]
+
+    def _lengths(self, lengths, T, B) -> list:
+        name = self._model.step.name
+        if isinstance(lengths, torch.Tensor):
+            if lengths.dim() != 1 or lengths.dtype.is_floating_point or lengths.device.type != "cpu":
+                raise CallError(f"cell {name!r}: lengths must be a 1-d integer CPU tensor or a list of ints, "
+                                f"got a {lengths.dim()}-d {lengths.dtype} tensor on {lengths.device}")
+            lengths = lengths.tolist()
+        lengths = list(lengths)
+        if len(lengths) != B or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and 1 <= n <= T
+                                        for n in lengths):
+            raise CallError(f"cell {name!r}: lengths must be {B} ints (one per sequence) from 1 to T = {T}, "
+                            f"got {lengths}")
+        return [int(n) for n in lengths]
+
+    def _packed(self, params, inputs, states, lengths):
+        """A padded batch as one call per distinct length: steps [start, L) for the sequences
+        longer than ``start``; each chunk's final states are the next one's h0, so the
+        gradients chain through them (docs/vjp.md); a sequence's final states are taken when
+        it ends.  The steps after a sequence's end are never computed.  Which rows run is
+        decided from the Python ints, so ``torch.compile`` sees constant indices."""
+        T, B = inputs[0].shape[:2]
+        rows = list(range(B))  # the sequences still running, in batch order
+        out_parts = [[] for _ in self._model.step.outputs]
+        ended, final_parts = [], [[] for _ in states]
+        start = 0
+        for stop in sorted(set(lengths)):
+            index = torch.tensor(rows)
+            sub = [x[start:stop] if len(rows) == B else x[start:stop].index_select(1, index) for x in inputs]
+            outs, states = self._run(params, sub, states)
+            for parts, o in zip(out_parts, outs):
+                parts.append(o if len(rows) == B else o.new_zeros((stop - start, B, o.shape[2])).index_copy(1, index, o))
+            done = [i for i, r in enumerate(rows) if lengths[r] == stop]
+            going = [i for i, r in enumerate(rows) if lengths[r] != stop]
+            for parts, s in zip(final_parts, states):
+                parts.append(s.index_select(0, torch.tensor(done)))
+            ended += [rows[i] for i in done]
+            states = [s.index_select(0, torch.tensor(going)) for s in states] if going else []
+            rows, start = [rows[i] for i in going], stop
+        if start < T:
+            for parts, o in zip(out_parts, outs):
+                parts.append(o.new_zeros((T - start, B, o.shape[2])))
+        back = torch.tensor(sorted(range(B), key=ended.__getitem__))  # back[b]: where row b's finals are
+        return [torch.cat(parts) for parts in out_parts], [torch.cat(parts).index_select(0, back) for parts in final_parts]

@@ -188,6 +188,9 @@ def test_torch_compile_fullgraph_has_no_graph_break():
     _close(got_loss, eager_loss, "loss")
     for a, b in zip(got, eager):
         _close(a, b, "gradient")
+    # lengths as a list: constant row indices, still one graph
+    padded = torch.compile(lambda x: layer(x, lengths=[5, 3])[1]["h"].sum(), fullgraph=True, backend="aot_eager")
+    _close(padded(x), layer(x, lengths=[5, 3])[1]["h"].sum(), "final h of a padded batch")
 
 
 @contextlib.contextmanager
@@ -340,3 +343,38 @@ def test_doctest():
     import rnncomp.torch
     result = doctest.testmod(rnncomp.torch)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_lengths_of_a_padded_batch_match_one_call_per_sequence():
+    """Several inputs and states, a learned initial state, h0 for one state: the padded batch
+    against each sequence run alone over its own steps, outputs, final states and gradients."""
+    layer = Recurrent(two_inputs_learned_state(), dtype=F64, seed=1)
+    g = torch.Generator().manual_seed(5)
+    T, B, lengths = 6, 4, [3, 6, 1, 3]
+    x = torch.randn(T, B, 2, dtype=F64, generator=g, requires_grad=True)
+    u = torch.randn(T, B, 3, dtype=F64, generator=g, requires_grad=True)
+    c0 = torch.randn(B, 2, dtype=F64, generator=g, requires_grad=True)
+    dy, dz = torch.randn(T, B, 2, dtype=F64, generator=g), torch.randn(T, B, 2, dtype=F64, generator=g)
+    dh, dc = torch.randn(B, 3, dtype=F64, generator=g), torch.randn(B, 2, dtype=F64, generator=g)
+    wrt = [x, u, c0, *layer.parameters()]
+
+    outs, final = layer({"x": x, "u": u}, {"c": c0}, lengths=torch.tensor(lengths))
+    total = (outs["y"] * dy).sum() + (outs["z"] * dz).sum() + (final["h"] * dh).sum() + (final["c"] * dc).sum()
+    got = torch.autograd.grad(total, wrt)
+
+    want_total = 0
+    for b, n in enumerate(lengths):
+        o, f = layer({"x": x[:n, b:b + 1], "u": u[:n, b:b + 1]}, {"c": c0[b:b + 1]})
+        _close(outs["y"][:n, b], o["y"][:, 0], f"y of sequence {b}")
+        _close(final["h"][b], f["h"][0], f"final h of sequence {b}")
+        _close(final["c"][b], f["c"][0], f"final c of sequence {b}")
+        assert not outs["z"][n:, b].any(), "outputs after a sequence's end are zeros"
+        want_total = want_total + (o["y"][:, 0] * dy[:n, b]).sum() + (o["z"][:, 0] * dz[:n, b]).sum() \
+            + (f["h"][0] * dh[b]).sum() + (f["c"][0] * dc[b]).sum()
+    want = torch.autograd.grad(want_total, wrt)
+    for a, b, what in zip(got, want, ["x", "u", "c0", *(n for n, _ in layer.named_parameters())]):
+        _close(a, b, f"gradient of {what}")
+    with pytest.raises(CallError, match=r"lengths must be 4 ints \(one per sequence\) from 1 to T = 6, got \[3, 7, 1, 3\]"):
+        layer({"x": x, "u": u}, lengths=[3, 7, 1, 3])
+    with pytest.raises(CallError, match="lengths must be a 1-d integer CPU tensor"):
+        layer({"x": x, "u": u}, lengths=torch.ones(4))
