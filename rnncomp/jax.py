@@ -24,7 +24,7 @@ except ImportError as e:  # pragma: no cover - exercised only without jax instal
 import numpy as np
 
 from .errors import CallError
-from .layer_checks import check_layer_cell, missing_inputs, named
+from .layer_common import ArrayOps, check_layer_cell, check_lengths, missing_inputs, named, run_padded
 
 
 class Recurrent:
@@ -92,13 +92,16 @@ class Recurrent:
             raise CallError(f"cell {st.name!r}: {what} has shape {tuple(a.shape)}, expected {tuple(shape)}")
         return a
 
-    def __call__(self, params, x, h0=None):
+    def __call__(self, params, x, h0=None, lengths=None):
         """``params``: {name: array} (all the cell's parameters); ``x``: (T, B, n) for a cell
         with one input, or {input: array}; ``h0``: an array (one state) or {state: (B, n)},
-        any subset (the others: the learned initial state, or zeros).
+        any subset (the others: the learned initial state, or zeros); ``lengths``: for a
+        padded batch, each sequence's length (B ints from 1 to T, static: Python ints or a
+        NumPy array, not a traced value).
 
         Returns ``(outputs, final)``: ``outputs`` the (T, B, n) array of ``output`` (or a
-        dict of every output), ``final`` {state: (B, n)}."""
+        dict of every output), ``final`` {state: (B, n)}.  With ``lengths``, a sequence's
+        final states are those after its last step and its outputs after it are zeros."""
         st = self.model.step
         if self.model.dtype == np.float64 and not jax.config.jax_enable_x64:
             raise CallError(f"cell {st.name!r}: the layer is float64 but JAX runs in float32: enable "
@@ -128,9 +131,23 @@ class Recurrent:
                 states.append(jnp.broadcast_to(params[st.state_init[s]], (B, n)))
             else:
                 states.append(jnp.zeros((B, n), self.model.dtype))
-        outs, final = self._core(ps, inputs, tuple(states))
+        if lengths is None:
+            outs, final = self._core(ps, inputs, tuple(states))
+        else:
+            if isinstance(lengths, jax.core.Tracer):
+                raise CallError(f"cell {st.name!r}: lengths must be static (Python ints or a NumPy array), "
+                                "not a traced value: pass them from outside jax.jit, or as a static argument")
+            outs, final = run_padded(check_lengths(st, np.asarray(lengths).tolist(), T, B), T, list(inputs), states,
+                                     lambda xs, hs: self._core(ps, tuple(xs), tuple(hs)), JAX_OPS)
         outs = dict(zip(st.outputs, outs))
         return (outs if self.output is None else outs[self.output]), dict(zip(st.states, final))
+
+
+JAX_OPS = ArrayOps(
+    take=lambda a, rows, axis: jnp.take(a, np.asarray(rows), axis=axis),
+    spread=lambda o, rows, B: jnp.zeros((o.shape[0], B, o.shape[2]), o.dtype).at[:, np.asarray(rows)].set(o),
+    zeros=lambda like, shape: jnp.zeros(shape, like.dtype),
+    cat=jnp.concatenate)
 
 
 def recurrent(cell, backend: str = "native", dtype: str = "float32", output: str | None = None,

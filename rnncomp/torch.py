@@ -38,7 +38,7 @@ except ImportError as e:  # pragma: no cover - exercised only without torch inst
 import numpy as np
 
 from .errors import CallError, CellError
-from .layer_checks import check_layer_cell, missing_inputs, named
+from .layer_common import ArrayOps, check_layer_cell, check_lengths, missing_inputs, named, run_padded
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
@@ -304,45 +304,22 @@ class Recurrent(nn.Module):
         return got[:n_out], got[n_out:-1]
 
     def _lengths(self, lengths, T, B) -> list:
-        name = self._model.step.name
         if isinstance(lengths, torch.Tensor):
             if lengths.dim() != 1 or lengths.dtype.is_floating_point or lengths.device.type != "cpu":
-                raise CallError(f"cell {name!r}: lengths must be a 1-d integer CPU tensor or a list of ints, "
-                                f"got a {lengths.dim()}-d {lengths.dtype} tensor on {lengths.device}")
+                raise CallError(f"cell {self._model.step.name!r}: lengths must be a 1-d integer CPU tensor or a "
+                                f"list of ints, got a {lengths.dim()}-d {lengths.dtype} tensor on {lengths.device}")
             lengths = lengths.tolist()
-        lengths = list(lengths)
-        if len(lengths) != B or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and 1 <= n <= T
-                                        for n in lengths):
-            raise CallError(f"cell {name!r}: lengths must be {B} ints (one per sequence) from 1 to T = {T}, "
-                            f"got {lengths}")
-        return [int(n) for n in lengths]
+        return check_lengths(self._model.step, lengths, T, B)
 
     def _packed(self, params, inputs, states, lengths):
-        """A padded batch as one call per distinct length: steps [start, L) for the sequences
-        longer than ``start``; each chunk's final states are the next one's h0, so the
-        gradients chain through them (docs/vjp.md); a sequence's final states are taken when
-        it ends.  The steps after a sequence's end are never computed.  Which rows run is
-        decided from the Python ints, so ``torch.compile`` sees constant indices."""
-        T, B = inputs[0].shape[:2]
-        rows = list(range(B))  # the sequences still running, in batch order
-        out_parts = [[] for _ in self._model.step.outputs]
-        ended, final_parts = [], [[] for _ in states]
-        start = 0
-        for stop in sorted(set(lengths)):
-            index = torch.tensor(rows)
-            sub = [x[start:stop] if len(rows) == B else x[start:stop].index_select(1, index) for x in inputs]
-            outs, states = self._run(params, sub, states)
-            for parts, o in zip(out_parts, outs):
-                parts.append(o if len(rows) == B else o.new_zeros((stop - start, B, o.shape[2])).index_copy(1, index, o))
-            done = [i for i, r in enumerate(rows) if lengths[r] == stop]
-            going = [i for i, r in enumerate(rows) if lengths[r] != stop]
-            for parts, s in zip(final_parts, states):
-                parts.append(s.index_select(0, torch.tensor(done)))
-            ended += [rows[i] for i in done]
-            states = [s.index_select(0, torch.tensor(going)) for s in states] if going else []
-            rows, start = [rows[i] for i in going], stop
-        if start < T:
-            for parts, o in zip(out_parts, outs):
-                parts.append(o.new_zeros((T - start, B, o.shape[2])))
-        back = torch.tensor(sorted(range(B), key=ended.__getitem__))  # back[b]: where row b's finals are
-        return [torch.cat(parts) for parts in out_parts], [torch.cat(parts).index_select(0, back) for parts in final_parts]
+        """A padded batch (``layer_common.run_padded``); the rows come from Python ints, so
+        ``torch.compile`` sees constant indices."""
+        T = inputs[0].shape[0]
+        return run_padded(lengths, T, inputs, states, lambda xs, hs: self._run(params, xs, hs), TORCH_OPS)
+
+
+TORCH_OPS = ArrayOps(
+    take=lambda a, rows, axis: a.index_select(axis, torch.tensor(rows)),
+    spread=lambda o, rows, B: o.new_zeros((o.shape[0], B, o.shape[2])).index_copy(1, torch.tensor(rows), o),
+    zeros=lambda like, shape: like.new_zeros(shape),
+    cat=torch.cat)

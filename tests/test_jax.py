@@ -170,3 +170,41 @@ def test_doctest():
     with x64_enabled(False):
         result = doctest.testmod(rc.jax)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_lengths_of_a_padded_batch_match_one_call_per_sequence():
+    """Under jit (lengths static): outputs, final states and gradients of the padded batch
+    against each sequence run alone over its own steps."""
+    cell = two_inputs_learned_state()
+    rng, params, xs, _, _ = _data(cell, 6, 4, 5)
+    layer = rc.jax.recurrent(cell, dtype="float64")
+    lengths = [3, 6, 1, 3]
+    c0 = rng.normal(size=(4, 2))
+    d = {k: rng.normal(size=s) for k, s in (("y", (6, 4, 2)), ("z", (6, 4, 2)), ("h", (4, 3)), ("c", (4, 2)))}
+
+    def padded(params, xs, c0):
+        outs, final = layer(params, xs, {"c": c0}, lengths=lengths)
+        return (outs["y"] * d["y"]).sum() + (outs["z"] * d["z"]).sum() + (final["h"] * d["h"]).sum() \
+            + (final["c"] * d["c"]).sum(), (outs, final)
+
+    def alone(params, xs, c0):
+        total = 0
+        for b, n in enumerate(lengths):
+            o, f = layer(params, {k: v[:n, b:b + 1] for k, v in xs.items()}, {"c": c0[b:b + 1]})
+            total = total + (o["y"][:, 0] * d["y"][:n, b]).sum() + (o["z"][:, 0] * d["z"][:n, b]).sum() \
+                + (f["h"][0] * d["h"][b]).sum() + (f["c"][0] * d["c"][b]).sum()
+        return total
+
+    (value, (outs, final)), grads = jax.jit(jax.value_and_grad(padded, argnums=(0, 1, 2), has_aux=True))(
+        params, xs, c0)
+    want_value, want = jax.value_and_grad(alone, argnums=(0, 1, 2))(params, xs, c0)
+    _close(value, np.asarray(want_value), "the weighted sum")
+    for got_tree, want_tree in zip(grads, want):
+        for a, b in zip(jax.tree_util.tree_leaves(got_tree), jax.tree_util.tree_leaves(want_tree)):
+            _close(a, np.asarray(b), "gradient")
+    for b, n in enumerate(lengths):
+        assert not np.asarray(outs["z"])[n:, b].any(), "outputs after a sequence's end are zeros"
+    with pytest.raises(CallError, match="lengths must be static"):
+        jax.jit(lambda n: layer(params, xs, lengths=n))(np.array(lengths))
+    with pytest.raises(CallError, match=r"lengths must be 4 ints \(one per sequence\) from 1 to T = 6"):
+        layer(params, xs, lengths=[0, 6, 1, 3])
