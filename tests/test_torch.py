@@ -378,3 +378,19 @@ def test_lengths_of_a_padded_batch_match_one_call_per_sequence():
         layer({"x": x, "u": u}, lengths=[3, 7, 1, 3])
     with pytest.raises(CallError, match="lengths must be a 1-d integer CPU tensor"):
         layer({"x": x, "u": u}, lengths=torch.ones(4))
+
+
+def test_a_copy_is_a_layer_of_its_own():
+    """deepcopy (and unpickling) give the copy its own entry: it runs after the original is gone."""
+    import copy
+    layer = Recurrent(rc.cells.elman(3, 4, 2), output="y", dtype=F64)
+    x = torch.randn(5, 2, 3, dtype=F64)
+    want = layer(x)[0]
+    twin = copy.deepcopy(layer)
+    assert twin._key != layer._key
+    del layer
+    gc.collect()
+    assert torch.equal(twin(x)[0], want)
+    with torch.no_grad():
+        twin.W.mul_(2)
+    assert not torch.allclose(twin(x)[0], want)  # its parameters are its own
