@@ -27,3 +27,12 @@ __all__ = [
     "RnncompError", "CellError", "ShapeError", "DifferentiationError", "CallError", "CompileError",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    """``rc.torch`` and ``rc.jax`` (the framework layers) are imported on first use, so that
+    ``import rnncomp`` never imports PyTorch or JAX."""
+    if name in ("torch", "jax"):
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'rnncomp' has no attribute {name!r}")

@@ -36,6 +36,9 @@ def test_the_docs_have_python_blocks():
 def test_every_python_block_runs_by_itself(doc, n, code, tmp_path, monkeypatch):
     """Each block is complete, as a reader would paste it: a fresh namespace, an empty folder.
     (README's 'Run it' block failed: cell.init_params() is float64, the model float32.)"""
+    for framework in ("torch", "jax"):  # optional: pip install 'rnncomp[torch,jax]' (the test extra has them)
+        if re.search(rf"^\s*(import|from) {framework}\b", code, re.M):
+            pytest.importorskip(framework, reason=f"{doc} block {n} needs {framework}")
     monkeypatch.chdir(tmp_path)
     exec(compile(code, f"{doc} block {n}", "exec"), {"__name__": "__docs__"})  # noqa: S102 - our own docs
 
