@@ -31,6 +31,7 @@ from ..errors import CompileError
 from ..memory import schedule
 from ..ir import LEAF_OPS, internal, prune, state_independent
 from .stackplan import stack_step
+from .validate import float_dtype
 from .llvm.builder import I64, for_range
 from .llvm.exprgen import unsupported
 from .llvm.finite import define_first_nonfinite
@@ -39,7 +40,7 @@ from .llvm.jit import HostTarget, compile_keyed
 from .native_calls import NativeCalls
 from .native_backward import NativeBackward
 from .native_vjp import NativeVjp
-from .native_emit import _DT, Gen, Layout, units_of
+from .native_emit import Gen, Layout, units_of
 from .native_profile import define_tsc_reader, section
 from ..initializers import specs as init_specs
 from .common import CompiledModel
@@ -73,9 +74,7 @@ class NativeModel(NativeBackward, NativeCalls, NativeVjp, CompiledModel):
                  fuse=True, pack=True, stack=True, threads=None, memory="all", profile=False, _cot=LOSS_ONLY):
         self._cell, self._cot = cell, _cot  # _cot: the cotangents of a VJP variant (native_vjp.py)
         self._variants, self._vlock, self._spare = {}, threading.Lock(), []
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in _DT:
-            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        self.dtype = float_dtype(dtype)
         self.step = st = cell.step
         self._param_specs_init = init_specs(cell)
         self.cell_name = st.name

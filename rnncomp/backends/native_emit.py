@@ -14,10 +14,9 @@ from ..errors import CompileError
 from ..ir import placeholder
 from .llvm import kernel_library
 from .llvm import vecmath
-from .llvm.builder import I64, alloca_once, for_range, parallel_loop_md
+from .llvm.builder import I64, alloca_once, float_type, for_range, parallel_loop_md
 from .llvm.exprgen import LLVMPrinter
 
-_DT = {np.dtype("float64"): ir.DoubleType(), np.dtype("float32"): ir.FloatType()}
 
 
 class Layout:
@@ -51,7 +50,7 @@ class Gen:
     def __init__(self, module, dtype, layout, host, name, profile=None):
         self.m, self.dtype, self.L, self.host = module, np.dtype(dtype), layout, host
         self.profile = profile  # a profiled build: {part: work per row} (native_profile.py)
-        self.ty = _DT[self.dtype]
+        self.ty = float_type(self.dtype)
         self.pty = self.ty.as_pointer()
         fnty = ir.FunctionType(ir.VoidType(), [I64, I64, self.pty.as_pointer(), self.pty])
         self.fn = ir.Function(module, fnty, name)
