@@ -1,0 +1,12 @@
+"""Gradient algorithms beyond BPTT, derived from the same declaration (issue #20).
+
+* :class:`RTRL` — exact sensitivities carried forward (:mod:`.rtrl`);
+* :class:`SnAp` — the sensitivities n steps of the cell's structure reach (:mod:`.snap`);
+* :class:`UORO` — an unbiased rank-one estimate (:mod:`.uoro`);
+* :class:`BPTT` — back-propagation over each window of ``fit_online`` (:mod:`.online`);
+* :func:`sequence_grad` — a whole sequence's gradient accumulated forward by any of them.
+"""
+from .base import Algorithm, SensitivityMemoryError, sequence_grad
+from .rtrl import RTRL
+
+__all__ = ["Algorithm", "RTRL", "SensitivityMemoryError", "sequence_grad"]
