@@ -8,5 +8,7 @@
 """
 from .base import Algorithm, SensitivityMemoryError, sequence_grad
 from .rtrl import RTRL
+from .snap import SnAp
+from .uoro import UORO
 
-__all__ = ["Algorithm", "RTRL", "SensitivityMemoryError", "sequence_grad"]
+__all__ = ["Algorithm", "RTRL", "SnAp", "UORO", "SensitivityMemoryError", "sequence_grad"]
