@@ -7,8 +7,9 @@
 * :func:`sequence_grad` — a whole sequence's gradient accumulated forward by any of them.
 """
 from .base import Algorithm, SensitivityMemoryError, sequence_grad
+from .online import BPTT
 from .rtrl import RTRL
 from .snap import SnAp
 from .uoro import UORO
 
-__all__ = ["Algorithm", "RTRL", "SnAp", "UORO", "SensitivityMemoryError", "sequence_grad"]
+__all__ = ["Algorithm", "BPTT", "RTRL", "SnAp", "UORO", "SensitivityMemoryError", "sequence_grad"]
