@@ -351,3 +351,54 @@ def test_fit_online_bad_arguments():
         tr.fit_online(x, x, every=0)
     with pytest.raises(rc.CallError, match="elman"):
         tr.fit_online(np.zeros((3, 1, 2)), x)
+
+
+# ----------------------------------------------------------------------------- explain and costs
+from rnncomp.algorithms.cost import algorithm_costs  # noqa: E402
+
+
+def test_explain_rtrl_prints_the_derived_sensitivity_recursion():
+    text = str(rc.explain(rc.cells.elman(2, 3, 1), algorithm="rtrl"))
+    assert "h[t] = tanh(b + U·h[t-1] + W·x[t])" in text  # the cell first
+    assert "∂h[t] = (1 - h[t]**2)*(∂b + U·∂h[t-1] + ∂U·h[t-1] + ∂W·x[t])" in text
+    assert "∂ℓ[t] = Σ (-target[t] + y[t])*(∂by + V·∂h[t] + ∂V·h[t])" in text
+    assert "%" not in text  # generated names print without their mark
+
+
+@pytest.mark.parametrize("algorithm", ["snap", "snap2", "uoro", "rbp", "bptt", "SnAp-1", "RTRL"])
+def test_explain_every_algorithm(algorithm):
+    text = str(rc.explain(rc.cells.lstm(2, 3, 1), algorithm=algorithm))
+    assert "c[t] =" in text and ("∂c[t] =" in text or "δc[t-1]" in text or "δ⁺c" in text)
+
+
+def test_explain_unknown_algorithm():
+    with pytest.raises(rc.CellError, match=r"cell 'elman': explain: unknown algorithm 'kfrtrl'.*rtrl"):
+        rc.explain(rc.cells.elman(1, 2, 1), algorithm="kfrtrl")
+
+
+def test_algorithm_costs_table():
+    """RTRL's memory is B·P·n_s whatever T; BPTT's grows with T; SnAp-1 below RTRL on a dense cell."""
+    cell = rc.cells.elman(3, 8, 2)
+    P = sum(v.size for v in cell.init_params(0).values())
+    short, long = (algorithm_costs(cell, T=T, B=4, dtype="float64") for T in (10, 1000))
+    rows = {r["algorithm"]: r for r in short.rows}
+    assert rows["RTRL"]["memory"] == 4 * P * 8 * 8
+    assert rows["UORO"]["memory"] == 4 * (P + 8) * 8
+    assert rows["SnAp-1"]["memory"] == 4 * (8 * 3 + 8 * 8 + 8) * 8  # W, U, b rows: one unit each
+    assert rows["SnAp-1"]["flops"] < rows["RTRL"]["flops"] and rows["SnAp-1"]["exact"] == "biased, online"
+    assert rows["SnAp-2"]["exact"] == "exact (RTRL's pattern)"
+    long_rows = {r["algorithm"]: r for r in long.rows}
+    assert long_rows["BPTT"]["memory"] > 50 * rows["BPTT"]["memory"]
+    assert long_rows["RTRL"]["memory"] == rows["RTRL"]["memory"]
+    table = short.table()
+    for name in ("BPTT", "RTRL", "SnAp-1", "SnAp-2", "UORO"):
+        assert f"  {name}" in table
+
+
+def test_cli_inspect_cost_lists_the_algorithms(capsys):
+    from rnncomp.cli import main
+    assert main(["inspect", "gru", "--cost", "--T", "100", "--B", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "gradient algorithms for 'gru': T = 100, B = 4, float32" in out
+    for name in ("BPTT", "RTRL", "SnAp-1", "SnAp-2", "UORO"):
+        assert f"\n  {name} " in out

@@ -107,18 +107,23 @@ def _reach(ts, dirs, before: dict) -> dict:
             for s, k in ts.out.items()}
 
 
-def pattern(step, n: int = 1, ts=None) -> dict:
+def pattern(step, n: int | None = 1, ts=None) -> dict:
     """SnAp-n's pattern ``{state: (P, n_state) bool}``: which parameter entries (rows, in the
     flat parameter order) may reach which units of each state within n steps from J[0] = 0
-    (a learned initial state's own entries start on the diagonal)."""
+    (a learned initial state's own entries start on the diagonal).  ``n=None``: in any number
+    of steps (the entries of RTRL's sensitivity that can ever be nonzero)."""
     ts = ts or tangent_step(step)
     dirs = Directions.dense(step)
     m = {s: np.zeros((dirs.K, k), dtype=bool) for s, k in step.states.items()}
     for s, p in step.state_init.items():
         if p is not None:
             m[s][dirs.column[p], np.arange(step.states[s])] = True
-    for _ in range(n):
-        m = {s: m[s] | v for s, v in _reach(ts, dirs, m).items()}
+    i = 0
+    while n is None or i < n:
+        new = {s: m[s] | v for s, v in _reach(ts, dirs, m).items()}
+        if n is None and all((new[s] == m[s]).all() for s in m):
+            break
+        m, i = new, i + 1
     return m
 
 
