@@ -156,7 +156,7 @@ def test_snap_sparse_equals_its_dense_reference(name, n):
     cell = rc.cells.ZOO[name](2, 3, 2)
     params, x, y = random_data(cell, T=5, B=2, seed=3)
     _, g1, _ = sequence_grad(SnAp(n, sparse=False), cell, params, x, y)
-    _, g2, _ = sequence_grad(SnAp(n), cell, params, x, y)
+    _, g2, _ = sequence_grad(SnAp(n, sparse=True), cell, params, x, y)
     assert rel_err(g1, g2) < 1e-12
 
 
@@ -181,7 +181,7 @@ def test_snap1_is_rtrl_when_the_recurrence_is_diagonal(make):
     cell = make()
     params, x, y = random_data(cell, T=6, B=2, seed=5)
     _, g0, _ = oracle(cell, params, x, y)
-    _, g1, _ = sequence_grad(SnAp(1), cell, params, x, y)
+    _, g1, _ = sequence_grad(SnAp(1, sparse=True), cell, params, x, y)
     assert rel_err(g0, g1) < 1e-10
 
 
@@ -195,7 +195,7 @@ def test_snap1_is_cheaper_and_biased_when_it_is_not(name):
     assert nnz * 2 < full, (nnz, full)  # SnAp-1 keeps under half of RTRL's sensitivity
     params, x, y = random_data(cell, T=6, B=2, seed=5)
     _, g0, _ = oracle(cell, params, x, y)
-    _, g1, _ = sequence_grad(SnAp(1), cell, params, x, y)
+    _, g1, _ = sequence_grad(SnAp(1, sparse=True), cell, params, x, y)
     assert rel_err(g0, g1) > 1e-6  # truncated: not the exact gradient
     # ... but correlated with it (the point of SnAp)
     f0, f1 = (np.concatenate([g[k].ravel() for k in sorted(g)]) for g in (g0, g1))
@@ -227,6 +227,14 @@ def test_colouring_gives_disjoint_columns():
 def test_snap_rejects_a_bad_n():
     with pytest.raises(ValueError, match=r"SnAp\(n=0\).*positive integer"):
         SnAp(0)
+    with pytest.raises(ValueError, match=r"SnAp\(sparse='yes'\)"):
+        SnAp(1, sparse="yes")
+
+
+def test_snap_auto_picks_sparse_for_a_thin_pattern_only():
+    from rnncomp.algorithms.snap import _Dense, _Sparse
+    st = rc.cells.elman(2, 6, 1).step
+    assert isinstance(SnAp(1).prepare(st), _Sparse) and isinstance(SnAp(2).prepare(st), _Dense)
 
 
 # ----------------------------------------------------------------------------- UORO

@@ -32,22 +32,31 @@ from .tangents import Directions, run_tangents
 
 
 class SnAp(Algorithm):
-    """``rc.SnAp(n=1, sparse=True)``: SnAp-n; ``sparse=False`` runs the dense reference."""
+    """``rc.SnAp(n=1, sparse="auto")``: SnAp-n; ``sparse=True`` stores only the kept entries,
+    ``False`` runs the dense reference; "auto" is sparse while under a quarter of RTRL's entries
+    are kept (past that, the dense GEMMs beat the gathers)."""
 
-    def __init__(self, n: int = 1, sparse: bool = True, max_bytes: int | None = DEFAULT_MAX_BYTES):
+    def __init__(self, n: int = 1, sparse="auto", max_bytes: int | None = DEFAULT_MAX_BYTES):
         if not (isinstance(n, int) and n >= 1):
             raise ValueError(f"SnAp(n={n!r}): n must be a positive integer (SnAp-1, SnAp-2, ...)")
-        self.n, self.sparse, self.max_bytes = n, bool(sparse), max_bytes
+        if sparse not in (True, False, "auto"):
+            raise ValueError(f"SnAp(sparse={sparse!r}): True, False or 'auto'")
+        self.n, self.sparse, self.max_bytes = n, sparse, max_bytes
 
     @property
     def name(self) -> str:
         return f"SnAp-{self.n}"
 
     def __repr__(self) -> str:
-        return f"rc.SnAp({self.n}{'' if self.sparse else ', sparse=False'})"
+        return f"rc.SnAp({self.n}{'' if self.sparse == 'auto' else f', sparse={self.sparse}'})"
 
     def prepare(self, step):
-        return (_Sparse if self.sparse else _Dense)(step, self.n, self.max_bytes)
+        sparse = self.sparse
+        if sparse == "auto":
+            kept = sum(int(v.sum()) for v in pattern(step, self.n).values())
+            total = sum(int(np.prod(s)) for s in step.params.values()) * sum(step.states.values())
+            sparse = kept * 4 < total
+        return (_Sparse if sparse else _Dense)(step, self.n, self.max_bytes)
 
 
 # ----------------------------------------------------------------------------- the pattern
