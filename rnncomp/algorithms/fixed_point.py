@@ -39,17 +39,26 @@ class FixedPointError(RnncompError, ArithmeticError):
     residual, the tolerance and the iteration budget)."""
 
 
-def compile_fixed_point(cell, tol: float = 1e-8, max_iter: int = 500, dtype: str = "float64"):
+def compile_fixed_point(cell, tol: float = 1e-8, max_iter: int = 500, dtype: str = "float64", *,
+                        energy=None, step: float = 0.5):
     """A model that relaxes ``cell`` to a fixed point of its state update and differentiates
-    the loss there: ``forward(params, x, h0=None)``, ``loss_and_grad(params, x, y, method="rbp")``."""
+    the loss there: ``forward(params, x, h0=None)``, ``loss_and_grad(params, x, y, method="rbp")``.
+
+    ``energy=E`` (a DSL expression of the states, inputs and parameters, summed over its
+    units): the dynamics are ds/dt = −∂E/∂s instead (gradient descent with ``step``; the
+    cell's updates are not used), and ``method="eqprop"`` is available too
+    (:mod:`rnncomp.algorithms.energy`)."""
+    if not (tol > 0 and isinstance(max_iter, int) and max_iter >= 1):
+        raise ValueError(f"compile_fixed_point: need tol > 0 and an integer max_iter >= 1, "
+                         f"got tol={tol!r}, max_iter={max_iter!r}")
+    if energy is not None:
+        from .energy import EnergyModel
+        return EnergyModel(cell, energy, tol, max_iter, step, dtype)
     return FixedPointModel(cell, tol, max_iter, dtype)
 
 
 class FixedPointModel:
     def __init__(self, cell, tol, max_iter, dtype):
-        if not (tol > 0 and isinstance(max_iter, int) and max_iter >= 1):
-            raise ValueError(f"compile_fixed_point: need tol > 0 and an integer max_iter >= 1, "
-                             f"got tol={tol!r}, max_iter={max_iter!r}")
         self.cell, self.step = cell, cell.step
         if not self.step.states:
             raise CallError(f"cell {cell.name!r} has no state to settle")
