@@ -160,6 +160,23 @@ def test_snap_sparse_equals_its_dense_reference(name, n):
     assert rel_err(g1, g2) < 1e-12
 
 
+@settings(max_examples=10)
+@given(fuzz_cells(max_depth=2), calls(max_T=4, max_B=2))
+def test_snap_sparse_equals_dense_on_fuzzed_cells(cell, call):
+    """Slices, concats, stacked gates, Jordan states, learned h0: the pattern and the sparse
+    executor agree with the masked dense RTRL step (1e-11), and SnAp-n for n past the number
+    of state units is RTRL (1e-10)."""
+    T, B, seed, mask_kind, h0_kind, _ = call
+    params, x, y, mask, h0 = fuzz_data(cell, T, B, seed, mask_kind, h0_kind)
+    _, g1, _ = sequence_grad(SnAp(1, sparse=False), cell, params, x, y, h0=h0, mask=mask)
+    _, g2, _ = sequence_grad(SnAp(1, sparse=True), cell, params, x, y, h0=h0, mask=mask)
+    assert rel_err(g1, g2) < 1e-11
+    n = sum(cell.step.states.values()) + 1
+    _, g3, _ = sequence_grad(SnAp(n, sparse=True), cell, params, x, y, h0=h0, mask=mask)
+    _, g0, _ = oracle(cell, params, x, y, h0=h0, mask=mask)
+    assert rel_err(g0, g3) < 1e-10
+
+
 def _diagonal_cell():
     """Every recurrence element-wise (two states, one reading the other's new value)."""
     cell = rc.Cell("diagonal")

@@ -84,9 +84,8 @@ def _struct_pad(node, vals, dirs, tprog):
 
 
 STRUCTURE = {  # tangent op -> the pattern of its value from its tangent arguments' patterns
-    "ew": lambda node, vals, dirs, tprog: np.broadcast_to(
-        np.logical_or.reduce([np.broadcast_to(v, (dirs.K, v.shape[1])) for v in vals] or [np.zeros((dirs.K, 1), bool)]),
-        (dirs.K, node.size)),
+    "ew": lambda node, vals, dirs, tprog: np.logical_or.reduce(
+        [np.broadcast_to(v, (dirs.K, node.size)) for v in vals] or [np.zeros((dirs.K, node.size), bool)]),
     "matvec": _struct_matvec,
     "slice": lambda node, vals, dirs, tprog: vals[0][:, node.attrs["lo"]:node.attrs["lo"] + node.size],
     "pad": _struct_pad,
