@@ -12,7 +12,9 @@ The task: a delayed echo, y[t] = x[t - delay] for a stream of random ±1 inputs 
   (``rnncomp inspect --cost``'s numbers at T = 1000);
 * learning: ``Trainer.fit_online`` on a stream, an Adam update every ``every`` steps; the
   mean loss of the last 20% of updates (predicting 0 scores 0.5; BPTT runs truncated over
-  each window of ``every`` steps, so it cannot see a dependency longer than the window).
+  each window of ``every`` steps, so it cannot see a dependency longer than the window; DNI
+  is the same windows with a synthetic gradient at their ends: no one-sequence gradient or
+  cost-model row of its own).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ def _echo(T, B, delay, seed):
     return x, y
 
 
-def run(H=16, delay=3, stream=3000, every=2, quick=False):
+def run(H=16, delay=4, stream=3000, every=3, quick=False):
     import numpy as np
 
     sys.path.insert(0, os.path.join(HERE, ".."))
@@ -66,8 +68,9 @@ def run(H=16, delay=3, stream=3000, every=2, quick=False):
     xs, ys = (np.repeat(a, 64, axis=1) for a in (x, y))  # 64 copies per sample: 64 seeds' mean
     g = flat(sequence_grad(rc.UORO(seed=7), cell, params, {"x": xs}, {"target": ys})[1])
     rows["UORO"]["rel_error_mean_of_64"] = float(np.linalg.norm(g - ref) / np.linalg.norm(ref))
-    sx, sy = _echo(stream, 4, delay, 2)
-    for name, algo in [("BPTT", rc.BPTT())] + list(algos.items()):
+    sx, sy = _echo(stream, 8, delay, 2)
+    rows["DNI"] = {}
+    for name, algo in [("BPTT", rc.BPTT()), ("DNI", rc.DNI(lr=1e-3))] + list(algos.items()):
         tr = rc.Trainer(cell, optimizer=rc.Adam(0.01), gradient=algo, backend="numpy", dtype="float64",
                         clip_norm=1.0, seed=0)
         t0 = time.perf_counter()
@@ -75,35 +78,52 @@ def run(H=16, delay=3, stream=3000, every=2, quick=False):
         rows[name]["train_s"] = time.perf_counter() - t0
         k = max(1, len(losses) // 5)
         rows[name]["final_loss"] = float(np.mean(losses[-k:]))
-        rows[name]["memory_bytes_T1000_B8"] = costs[name]["memory"]
-        rows[name]["flops_per_sample_step"] = costs[name]["flops"]
+        if name in costs:
+            rows[name]["memory_bytes_T1000_B8"] = costs[name]["memory"]
+            rows[name]["flops_per_sample_step"] = costs[name]["flops"]
     return {"task": f"delayed echo, delay {delay}", "cell": f"elman(1, {H}, 1)", "stream": stream,
             "every": every, "rows": rows}
 
 
 def table(res) -> str:
-    out = [f"{res['task']}, {res['cell']}, stream {res['stream']} × 4, update every {res['every']} steps (NumPy float64)",
+    out = [f"{res['task']}, {res['cell']}, stream {res['stream']} × 8, update every {res['every']} steps (NumPy float64)",
            f"  {'algorithm':<9}{'grad rel.err':>13}{'cosine':>8}{'ms/step':>9}{'FLOPs/step':>12}{'memory@T=1000':>15}"
            f"{'final loss':>12}{'train s':>9}"]
     for name, r in res["rows"].items():
-        out.append(f"  {name:<9}{r['rel_error']:>13.3g}{r['cosine']:>8.3f}{r['ms_per_step']:>9.3f}"
-                   f"{r['flops_per_sample_step']:>12,}{r['memory_bytes_T1000_B8'] / 1024:>13.1f} K"
-                   f"{r['final_loss']:>12.4f}{r['train_s']:>9.1f}")
+        cell = lambda key, fmt, w: format(r[key], fmt).rjust(w) if key in r else "-".rjust(w)  # noqa: E731
+        mem = f"{r['memory_bytes_T1000_B8'] / 1024:>13.1f} K" if "memory_bytes_T1000_B8" in r else "-".rjust(15)
+        out.append(f"  {name:<9}{cell('rel_error', '.3g', 13)}{cell('cosine', '.3f', 8)}{cell('ms_per_step', '.3f', 9)}"
+                   f"{cell('flops_per_sample_step', ',', 12)}{mem}{cell('final_loss', '.4f', 12)}{cell('train_s', '.1f', 9)}")
     if "rel_error_mean_of_64" in res["rows"]["UORO"]:
         out.append(f"  UORO, mean of 64 seeds: rel. error {res['rows']['UORO']['rel_error_mean_of_64']:.3g}")
     return "\n".join(out)
 
 
+def one_blas_thread() -> str:
+    """NumPy's BLAS on one thread (threadpoolctl): the tangent products are skinny (B·P rows of
+    n_s), and OpenBLAS's threads on a shared machine made them 20-40x slower, not faster."""
+    import numpy  # noqa: F401 - threadpoolctl limits only the libraries already loaded
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return "BLAS threads as NumPy chose (threadpoolctl not installed)"
+    threadpool_limits(1)
+    return "one BLAS thread"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="BPTT, RTRL, SnAp-1/2, UORO on one task")
     ap.add_argument("--hidden", type=int, default=16)
-    ap.add_argument("--delay", type=int, default=3)
-    ap.add_argument("--every", type=int, default=2)
+    ap.add_argument("--delay", type=int, default=4)
+    ap.add_argument("--every", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="a short stream (a smoke test)")
     ap.add_argument("--json", default=os.path.join(HERE, "results", "algorithms.json"))
     args = ap.parse_args(argv)
+    blas = one_blas_thread()
     res = run(args.hidden, args.delay, every=args.every, quick=args.quick)
+    res["blas"] = blas
     print(table(res))
+    print(f"  ({blas})")
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as fh:
         json.dump(res, fh, indent=1)
