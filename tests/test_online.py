@@ -420,6 +420,16 @@ def test_algorithm_costs_table():
         assert f"  {name}" in table
 
 
+def test_algorithm_costs_skip_snap_past_the_pattern_limit():
+    cell = rc.cells.elman(3, 8, 2)
+    P = sum(v.size for v in cell.init_params(0).values())  # 114
+    c = algorithm_costs(cell, T=10, B=4, pattern_limit=100)
+    rows = {r["algorithm"]: r for r in c.rows}
+    assert rows["SnAp-1"]["flops"] is None and f"P·n_s = {P * 8:,} entries" in rows["SnAp-1"]["exact"]
+    assert rows["RTRL"]["flops"] > 0
+    assert "SnAp-1                       -" in c.table()
+
+
 def test_cli_inspect_cost_lists_the_algorithms(capsys):
     from rnncomp.cli import main
     assert main(["inspect", "gru", "--cost", "--T", "100", "--B", "4"]) == 0

@@ -22,6 +22,8 @@ from ..inspect.cost import _bytes, _si, cost, template_ops
 from ..show import TextShown
 from .snap import pattern
 
+PATTERN_LIMIT = 20_000_000  # P·n_s entries up to which the cost table derives SnAp's patterns
+
 
 def tangent_flops(ts, K: int) -> int:
     """FLOPs per sample of a tangent program run over K directions."""
@@ -53,6 +55,9 @@ class AlgorithmCosts(TextShown):
         out = [f"gradient algorithms for {self.cell!r}: T = {self.T}, B = {self.B}, {self.dtype}",
                f"  {'algorithm':<10}{'FLOPs/sample/step':>20}{'sequence FLOPs':>16}{'memory':>12}  gradient"]
         for r in self.rows:
+            if r["flops"] is None:
+                out.append(f"  {r['algorithm']:<10}{'-':>20}{'-':>16}{'-':>12}  {r['exact']}")
+                continue
             out.append(f"  {r['algorithm']:<10}{r['flops']:>20,}{_si(r['flops'] * self.T * self.B, 'FLOP'):>16}"
                        f"{_bytes(r['memory']):>12}  {r['exact']}")
         return "\n".join(out)
@@ -64,8 +69,10 @@ class AlgorithmCosts(TextShown):
         return self.table()
 
 
-def algorithm_costs(cell, T: int = 1000, B: int = 32, dtype="float32", snap=(1, 2)) -> AlgorithmCosts:
-    """FLOPs and memory of BPTT, RTRL, SnAp-n (each n in ``snap``) and UORO for ``cell``."""
+def algorithm_costs(cell, T: int = 1000, B: int = 32, dtype="float32", snap=(1, 2),
+                    pattern_limit: int = PATTERN_LIMIT) -> AlgorithmCosts:
+    """FLOPs and memory of BPTT, RTRL, SnAp-n (each n in ``snap``) and UORO for ``cell``
+    (SnAp's rows only while P·n_s ≤ ``pattern_limit``)."""
     c = cost(cell, T, B, dtype)
     st, item = cell.step, c.itemsize
     P, N = c.n_params, sum(st.states.values())
@@ -78,7 +85,12 @@ def algorithm_costs(cell, T: int = 1000, B: int = 32, dtype="float32", snap=(1, 
                      "exact": "exact, online"})
     jac = tangent_flops(tangent_step(st, params=()), N)
     imm_ts = tangent_step(st, states=False)
-    reachable = int(sum(v.sum() for v in pattern(st, None, full).values()))
+    if P * N > pattern_limit:  # the patterns are P × n_s booleans per node: too big to count here
+        out.rows += [{"algorithm": f"SnAp-{n}", "flops": None, "memory": None,
+                      "exact": f"not counted: its pattern has P·n_s = {P * N:,} entries"} for n in snap]
+        snap = ()
+    else:
+        reachable = int(sum(v.sum() for v in pattern(st, None, full).values()))
     for n in snap:
         m = np.concatenate([pattern(st, n, full)[s] for s in st.states], axis=1)  # (P, N)
         per_col = m.sum(axis=1).astype(np.int64)
