@@ -480,3 +480,14 @@ def test_dni_bad_arguments():
         rc.DNI(lr=0)
     with pytest.raises(TypeError, match="fit_online"):
         rc.DNI().prepare(rc.cells.elman(1, 2, 1).step)
+
+
+def test_fit_online_in_float32():
+    """A float32 trainer runs the online algorithms in float32 (the trainer's dtype)."""
+    cell = rc.cells.lstm(1, 4, 1)
+    s = np.sin(np.arange(61) * 0.3)[:, None, None].astype(np.float32)
+    for g in (rc.RTRL(), rc.SnAp(1), rc.UORO()):
+        tr = rc.Trainer(cell, optimizer=rc.Adam(0.01), gradient=g, backend="numpy", dtype="float32")
+        losses = tr.fit_online(s[:-1], s[1:], every=5)
+        assert len(losses) == 12 and np.isfinite(losses).all()
+        assert tr.flat.dtype == np.float32 and tr.online_state["c"].dtype == np.float32
