@@ -49,6 +49,13 @@ def is_tangent_param(name: str) -> bool:
     return name.startswith("∂") and name.endswith(INTERNAL)
 
 
+def tangent_of(name: str) -> str:
+    """The value a tangent name is the tangent of: ``tangent_of(tangent_name("U")) == "U"``."""
+    if not is_tangent_param(name):
+        raise ValueError(f"{name!r} is not a tangent's name")
+    return name[len("∂"):-len(INTERNAL)]
+
+
 @dataclass
 class Tangent:
     """What :func:`jvp` derives: the tangent program and where each tangent is."""

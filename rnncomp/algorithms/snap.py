@@ -24,7 +24,7 @@ import numpy as np
 
 from ..autodiff import backward_step
 from ..backends.numpy import run_program
-from ..forward_mode import is_tangent_param, tangent_step
+from ..forward_mode import is_tangent_param, tangent_of, tangent_step
 from .base import Algorithm, check_memory
 from .rtrl import DEFAULT_MAX_BYTES
 from .rtrl import _Prepared as _RtrlPrepared
@@ -64,7 +64,7 @@ def _struct_matvec(node, vals, dirs, tprog):
     out = np.zeros((dirs.K, node.size), dtype=bool)
     for name, tr, _ in node.attrs["terms"]:
         if is_tangent_param(name):
-            col = dirs.column.get(name[1:-1])
+            col = dirs.column.get(tangent_of(name))
             if col is not None:
                 rows, cols = np.nonzero(col >= 0)
                 out[col[rows, cols], cols if tr else rows] = True
@@ -103,7 +103,7 @@ def _reach(ts, dirs, before: dict) -> dict:
             if s is not None:
                 pat[key] = before[s]
             else:
-                col = dirs.column.get(key[0][1:-1])
+                col = dirs.column.get(tangent_of(key[0]))
                 v = np.zeros((dirs.K, node.size), dtype=bool)
                 if col is not None:
                     v[col, np.arange(node.size)] = True

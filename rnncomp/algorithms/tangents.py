@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backends.numpy import ew_function
-from ..forward_mode import is_tangent_param
+from ..forward_mode import is_tangent_param, tangent_of
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Directions:
 def _inject(node, v, term, directions, B, dtype):
     """``c·∂P·v`` for all directions: column[i, j] of unit i gets c·v[:, j] (transposed: unit j, v[:, i])."""
     name, tr, c = term
-    p = name[1:-1]  # ∂U% -> U
+    p = tangent_of(name)
     col = directions.column.get(p)
     out = np.zeros((B, directions.K, node.size), dtype=dtype)
     if col is None:
@@ -102,7 +102,7 @@ def run_tangents(tprog, env: dict, seeds: dict, directions: Directions, B: int, 
 
 
 def _param_seed(key, node, directions, dtype):
-    p = key[0][1:-1]
+    p = tangent_of(key[0])
     out = np.zeros((1, directions.K, node.size), dtype=dtype)
     col = directions.column.get(p)
     if col is not None:
