@@ -491,3 +491,14 @@ def test_fit_online_in_float32():
         losses = tr.fit_online(s[:-1], s[1:], every=5)
         assert len(losses) == 12 and np.isfinite(losses).all()
         assert tr.flat.dtype == np.float32 and tr.online_state["c"].dtype == np.float32
+
+
+def test_fit_online_batch_first_is_the_same_stream():
+    cell = rc.cells.elman(1, 3, 1)
+    s = np.sin(np.arange(21) * 0.3)[:, None, None].repeat(2, axis=1)
+    a = _trainer(cell, rc.RTRL())
+    b = _trainer(cell, rc.RTRL(), batch_first=True)
+    la = a.fit_online(s[:-1], s[1:], every=5)
+    lb = b.fit_online(s[:-1].swapaxes(0, 1), s[1:].swapaxes(0, 1), every=5)
+    np.testing.assert_allclose(la, lb, rtol=1e-13)
+    np.testing.assert_allclose(a.flat, b.flat, rtol=1e-13)
