@@ -5,6 +5,7 @@ BPTT step (:func:`explain`), unfold it (:func:`unfold`), and compile it
 (:func:`compile`).
 """
 from . import backends, cell_views, cells, inspect, schedules  # noqa: F401 - cell_views: Cell's compiler views
+from .algorithms import BPTT, DNI, RTRL, UORO, FixedPointError, SensitivityMemoryError, SnAp, compile_fixed_point
 from .autodiff import backward_step
 from .cell import Cell
 from .compile import compile
@@ -24,6 +25,7 @@ __all__ = [
     "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "unfold", "explain", "backward_step", "cells", "inspect",
     "concat", "vslice", "vsum", "logsumexp", "softmax", "softmax_xent",
     "sigmoid", "softplus", "relu", "softsign", "hard_sigmoid", "gelu", "swish",
+    "RTRL", "SnAp", "UORO", "BPTT", "DNI", "SensitivityMemoryError", "compile_fixed_point", "FixedPointError",
     "RnncompError", "CellError", "ShapeError", "DifferentiationError", "CallError", "CompileError",
 ]
 __version__ = "0.1.0"

@@ -139,6 +139,8 @@ def inspect_cmd(args) -> int:
         did = True
         from .inspect import cost
         print(cost(cell, T=args.T or 1000, B=args.B or 32, dtype=args.dtype).table())
+        from .algorithms.cost import algorithm_costs
+        print(algorithm_costs(cell, T=args.T or 1000, B=args.B or 32, dtype=args.dtype).table())
     if args.flow:
         did = True
         _inspect_flow(cell, args)
@@ -219,7 +221,7 @@ def _inspect_args(ins) -> None:
                      help="compact: the step graph as the cell's equations, one node per named value")
     ins.add_argument("--png", metavar="FILE", help="draw the graph (with --flow: the flow plot) to a PNG")
     ins.add_argument("--svg", metavar="FILE", help="draw the graph to an SVG")
-    ins.add_argument("--cost", action="store_true", help="FLOPs, stored activations and memory")
+    ins.add_argument("--cost", action="store_true", help="FLOPs, stored activations and memory; per gradient algorithm (BPTT, RTRL, SnAp, UORO)")
     ins.add_argument("--profile", action="store_true",
                      help="time one native training call by parts (products, element-wise, overhead) "
                           "against the machine's limits (--T 100 --B 32 --threads 1)")
