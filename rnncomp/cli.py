@@ -25,6 +25,7 @@ from . import cells
 from .cell import Cell
 from .cli_train import add_arguments as _train_args, train_cmd
 from .compile import compile as rc_compile
+from .compose import Composition
 from .errors import RnncompError
 from .printing import explain
 
@@ -56,10 +57,10 @@ def load_cell(spec: str, n_in=None, hidden=None, n_out=None) -> Cell:
                              f"nor an importable module: {exc}") from None
         finally:
             sys.path.remove(here)
-    found = [v for k, v in vars(mod).items() if isinstance(v, Cell) and (not name or k == name)]
+    found = [v for k, v in vars(mod).items() if isinstance(v, (Cell, Composition)) and (not name or k == name)]
     if len(found) != 1:
-        raise SystemExit(f"rnncomp: {spec!r} must hold exactly one Cell (found {len(found)}); "
-                         "name it with FILE.py:NAME")
+        raise SystemExit(f"rnncomp: {spec!r} must hold exactly one Cell, rc.Stack or rc.Bidirectional "
+                         f"(found {len(found)}); name it with FILE.py:NAME")
     return found[0]
 
 
@@ -177,6 +178,9 @@ def inspect_cmd(args) -> int:
         raise SystemExit(f"rnncomp: {args.cell} is a trained cell: its sizes are its own")
     cell = trained[0] if trained else load_cell(args.cell, args.inputs, args.hidden, args.outputs)
     args.trained_params = trained[1] if trained else None
+    if isinstance(cell, Composition) and (args.cost or args.flow or args.memory):
+        raise SystemExit(f"rnncomp: --cost, --flow and --memory look at one cell; {cell.name} is a composition: "
+                         "inspect its cells one by one (its equations and --dot show them all)")
     did = False
     if args.dot is not None or args.svg or (args.png and not args.flow):
         did = True
