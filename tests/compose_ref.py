@@ -125,4 +125,5 @@ def stackable(cell, n_in: int) -> rc.Cell:
         out.update(s, e)
     if cell.loss_expr is not None:
         out.loss(cell.loss_expr)
+    out._fuzz_loss = getattr(cell, "_fuzz_loss", None)
     return out

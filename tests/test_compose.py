@@ -97,14 +97,16 @@ def test_stack_matches_the_flattened_cell(name, backend):
     _close(out["y"], flat.forward(fp, fx, fh)[0][f"l{len(stack.layers) - 1}_y"], what="y")
 
 
-def test_forward_with_lengths_gives_each_sequences_own_final_states():
+@pytest.mark.parametrize("lengths", [LENGTHS, np.maximum(LENGTHS - 1, 1)], ids=["longest-T", "all-shorter"])
+def test_forward_with_lengths_gives_each_sequences_own_final_states(lengths):
     stack = STACKS["lstm-gru"]()
     model, flat = rc.compile(stack, backend="native"), rc.compile(flatten(stack))
     params, x, _, h0 = _data(model)
-    _, final = model.forward(params, x, h0, lengths=LENGTHS)
+    out, final = model.forward(params, x, h0, lengths=lengths)
     fp, fx, _, fh = to_flat(stack, params, x, None, h0)
+    _close(out["y"], flat.forward(fp, fx, fh)[0]["l1_y"], what="y")  # every step, padding too
     names = flat_names(stack)
-    for b, n in enumerate(LENGTHS):
+    for b, n in enumerate(lengths):
         _, ref = flat.forward(fp, {k: v[:n, b:b + 1] for k, v in fx.items()}, {k: v[b:b + 1] for k, v in fh.items()})
         for k, v in final.items():
             _close(v[b], ref[names[k]][0], what=f"{k}[{b}]")
@@ -280,3 +282,24 @@ def test_call_errors_name_the_composition_and_the_layer():
         bi.loss_and_grad(bi.init_params(0), x, t)
     with pytest.raises(rc.CallError, match=r"d_outputs\['y'\] has shape"):
         bi.vjp(bi.init_params(0), x, d_outputs={"y": np.zeros((T, B, 2))})
+
+
+# ----------------------------------------------------------------------------- PTX
+def test_ptx_stack_assembles_and_matches_numpy_on_the_host_runner():
+    """Each cell of the composition is one PTX model: ptxas accepts each (when on PATH), and
+    the host runner (the same kernels and launch plan on this CPU) gives the oracle's numbers."""
+    from rnncomp.backends.ptx.ptxgen import entries, find_ptxas, ptxas
+    stack = rc.Stack([rc.Bidirectional(rc.cells.gru(3, 8, 4)), rc.cells.elman(8, 8, 2)])
+    model = rc.compile(stack, backend="ptx", runner="host", persistent=False, arch="sm_80")
+    assert len(model.models) == 2 and not model.parallel
+    if find_ptxas() is not None:
+        for m in model.models:
+            assert entries(m.ptx)
+            ptxas(m.ptx, "sm_80")  # raises CompileError with ptxas's message when it refuses
+    ref = rc.compile(stack)
+    params, x, t, h0 = _data(ref)
+    l0, g0, _ = ref.loss_and_grad(params, x, t, h0, lengths=LENGTHS)
+    l1, g1, _ = model.loss_and_grad(params, x, t, h0, lengths=LENGTHS)
+    _close(l1, l0)
+    for k in g0:
+        _close(g1[k], g0[k], what=k)

@@ -68,6 +68,8 @@ class CellRun:
             for k, v in state.items():
                 final[k][ctx.lengths == end] = v[ctx.lengths == end]
             lo = int(end)
+        if lo < T:  # the padding after the longest sequence: its outputs, like one call's
+            pieces.append(fwd(cut(inputs, lo, T), state, cut(targets, lo, T))[0])
         return {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}, final
 
     def keep(self, params, inputs, h0, ctx, *, targets=None, mask=None, wrt=None, outputs=None):
