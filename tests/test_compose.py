@@ -38,6 +38,18 @@ def _close(a, b, rtol=1e-10, what=""):
     assert np.abs(np.asarray(a) - b).max() <= rtol * scale, f"{what}: {np.abs(np.asarray(a) - b).max()} vs {scale}"
 
 
+def _same_training_numbers(model, ref):
+    """Loss, gradients and final states of ``model`` == those of ``ref`` (1e-10), with lengths."""
+    params, x, t, h0 = _data(ref)
+    l0, g0, f0 = ref.loss_and_grad(params, x, t, h0, lengths=LENGTHS)
+    l1, g1, f1 = model.loss_and_grad(params, x, t, h0, lengths=LENGTHS)
+    _close(l1, l0)
+    for k in g0:
+        _close(g1[k], g0[k], what=k)
+    for k in f0:
+        _close(f1[k], f0[k], what=k)
+
+
 # ----------------------------------------------------------------------------- one cell
 @pytest.mark.parametrize("backend", ["numpy", "native"])
 def test_a_stack_of_one_cell_gives_exactly_the_cells_numbers(backend):
@@ -197,12 +209,7 @@ def test_native_matches_numpy_and_runs_both_directions_at_once():
     stack = rc.Stack([rc.Bidirectional(rc.cells.lstm(3, 6, 3)), rc.cells.gru(6, 5, 2)])
     ref, nat = rc.compile(stack), rc.compile(stack, backend="native", parallel=True)
     assert nat.parallel and not ref.parallel
-    params, x, t, h0 = _data(ref)
-    l0, g0, f0 = ref.loss_and_grad(params, x, t, h0, lengths=LENGTHS)
-    l1, g1, f1 = nat.loss_and_grad(params, x, t, h0, lengths=LENGTHS)
-    _close(l1, l0)
-    for k in g0:
-        _close(g1[k], g0[k], what=k)
+    _same_training_numbers(nat, ref)
 
 
 # ----------------------------------------------------------------------------- dropout
@@ -296,10 +303,4 @@ def test_ptx_stack_assembles_and_matches_numpy_on_the_host_runner():
         for m in model.models:
             assert entries(m.ptx)
             ptxas(m.ptx, "sm_80")  # raises CompileError with ptxas's message when it refuses
-    ref = rc.compile(stack)
-    params, x, t, h0 = _data(ref)
-    l0, g0, _ = ref.loss_and_grad(params, x, t, h0, lengths=LENGTHS)
-    l1, g1, _ = model.loss_and_grad(params, x, t, h0, lengths=LENGTHS)
-    _close(l1, l0)
-    for k in g0:
-        _close(g1[k], g0[k], what=k)
+    _same_training_numbers(model, rc.compile(stack))
