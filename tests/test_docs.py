@@ -78,7 +78,8 @@ def test_every_documented_command_is_accepted(doc, command):
                                  "rnncomp.backends.vjp",
                                  "rnncomp.train.optim", "rnncomp.train.trainer", "rnncomp.train.tasks",
                                  "rnncomp.train.data", "rnncomp.train.plot", "rnncomp.train.text",
-                                 "rnncomp.train.distributed"])
+                                 "rnncomp.train.distributed", "rnncomp.compose.stack", "rnncomp.compose.bidirectional",
+                                 "rnncomp.compose.model", "rnncomp.compose.explain", "rnncomp.compose.draw"])
 def test_doctests(mod):
     result = doctest.testmod(importlib.import_module(mod), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
