@@ -51,6 +51,9 @@ class CheckpointError(TrainingError, ValueError):
 # ----------------------------------------------------------------------------- the cell as text
 def cell_to_dict(cell: Cell) -> dict:
     """The cell's declarations and equations, each expression as sympy ``srepr`` text."""
+    if hasattr(cell, "layers"):  # rc.Stack, rc.Bidirectional: their cells, each as here
+        from ..compose.serial import to_dict
+        return to_dict(cell, cell_to_dict)
     decls = []
     for d in cell.decls.values():
         init = d.init
@@ -94,6 +97,9 @@ def _expr(text: str, ns: dict, where: str):
 
 def cell_from_dict(d: dict, where: str = "checkpoint") -> Cell:
     """The cell :func:`cell_to_dict` wrote, rebuilt through the DSL (so its checks run)."""
+    if isinstance(d, dict) and "composition" in d:
+        from ..compose.serial import from_dict
+        return from_dict(d, where, cell_from_dict, CheckpointError)
     ns = _namespace()
     try:
         cell = Cell(d["name"])
