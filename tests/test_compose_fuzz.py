@@ -13,8 +13,11 @@ gives and one output; the top layer is a plain cell (it has the loss).  Each exa
    (no VJP chaining), 1e-10 relative (the same operations, summed in another order);
 3. gradients == central differences in a random direction (``gradcheck.check_grads``:
    rtol 1e-6, atol 1e-8; its docstring says why), with random lengths and a random h0;
-4. (one example in five, each compiles 1–4 cells; every example in the slow variant) the
+4. (one example in five, each compiles 1–4 cells; every example of the long run) the
    native backend == NumPy, 1e-10.
+
+``pytest -m fuzz tests/test_compose_fuzz.py`` (with ``HYPOTHESIS_PROFILE=long``) runs the long
+variant: T up to 12, B up to 6, every example also on the native backend.
 """
 from __future__ import annotations
 
@@ -124,8 +127,7 @@ def test_fuzz_compositions(comp, T, B, seed, which):
     check_stack(stack, T, B, seed, native=which == 0)
 
 
-@pytest.mark.slow
-@settings(max_examples=200)
+@pytest.mark.fuzz
 @given(stacks(), st.integers(1, 12), st.integers(1, 6), st.integers(0, 2 ** 16))
 def test_fuzz_compositions_long(comp, T, B, seed):
     stack, _ = comp
