@@ -267,6 +267,17 @@ def test_trainer_checkpoint_of_a_composition_round_trips(tmp_path):
         ck.cell_from_dict(d, "here")
 
 
+def test_a_compiled_composition_pickles_and_is_compiled_again():
+    import pickle
+    stack = rc.Stack([rc.Bidirectional(rc.cells.gru(3, 4, 2)), rc.cells.elman(4, 4, 2)], dropout=0.5)
+    model = rc.compile(stack, seed=3)
+    back = pickle.loads(pickle.dumps(model))
+    assert str(back.comp) == str(stack) and back.backend == "numpy"
+    params, x, t, _ = _data(model)
+    assert np.array_equal(back.forward(params, x)[0]["y"], model.forward(params, x)[0]["y"])
+    assert back.loss_and_grad(params, x, t)[0] == rc.compile(stack, seed=3).loss_and_grad(params, x, t)[0]
+
+
 def test_memory_schedules_apply_to_each_cell():
     stack = rc.Stack([rc.cells.lstm(3, 6, 4), rc.cells.gru(4, 5, 2)])
     _same_training_numbers(rc.compile(stack, backend="native", memory=rc.Every(3)), rc.compile(stack))

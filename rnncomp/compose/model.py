@@ -29,7 +29,7 @@ import numpy as np
 from ..backends.vjp import Gradients, check_cotangents
 from ..errors import CallError
 from ..show import TextShown
-from .layers import Composition, _prefixed
+from .layers import Composition, _prefixed, split
 from .run import BiRun, CellRun, Ctx, StackRun
 from .stack import Stack
 
@@ -46,6 +46,7 @@ class ComposedModel(TextShown):
     def __init__(self, comp: Composition, backend: str, dtype="float64", *, seed: int = 0, parallel=None,
                  **options):
         from ..compile import compile as rc_compile
+        self._made_with = dict(options, seed=seed, parallel=parallel)  # what pickling compiles again with
         self.comp, self.step, self.backend = comp, comp.step, backend
         self.dtype = np.dtype(dtype)
         self.rng = np.random.default_rng(seed)
@@ -78,8 +79,9 @@ class ComposedModel(TextShown):
         return (f"<ComposedModel of {self.comp.name!r} ({len(self.step.params)} parameter arrays, "
                 f"{len(self._models)} compiled cell(s)): backend={self.backend!r}, dtype={self.dtype.name!r}>")
 
-    def __reduce__(self):
-        raise TypeError(f"{self.comp.name}: a compiled composition does not pickle; compile it where it runs")
+    def __reduce__(self):  # as a compiled cell: its declaration, compiled again where it is unpickled
+        from ..train.checkpoint import cell_to_dict
+        return (_recompile, (cell_to_dict(self.comp), self.backend, self.dtype.name, self._made_with))
 
     # ------------------------------------------------------------------ checking
     def _ctx(self, params, inputs, h0, mask, lengths, check_finite, training) -> Ctx:
@@ -163,7 +165,6 @@ class ComposedModel(TextShown):
         comp = self.comp
         if isinstance(comp, Stack) and len(comp.layers) == 1 and isinstance(self._run.runs[0], CellRun):
             self._ctx(params, inputs, h0, mask, lengths, check_finite, training=True)
-            from .layers import split
             (p,), (h,) = split(params, comp.prefixes), split(h0, comp.prefixes)
             loss, grads, final = self._run.runs[0].model.loss_and_grad(p, inputs, targets, h or None, mask,
                                                                        check_finite=check_finite)
@@ -186,6 +187,12 @@ class ComposedModel(TextShown):
             return kept.backward(d_outputs, d_final)
         finally:
             kept.free()
+
+
+def _recompile(declaration: dict, backend: str, dtype: str, options: dict):
+    from ..compile import compile as rc_compile
+    from ..train.checkpoint import cell_from_dict
+    return rc_compile(cell_from_dict(declaration, "pickled model"), backend=backend, dtype=dtype, **options)
 
 
 def lengths_from_mask(mask, T: int, B: int) -> np.ndarray:
