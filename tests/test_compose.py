@@ -220,6 +220,21 @@ def test_native_matches_numpy_and_runs_both_directions_at_once():
     _same_training_numbers(nat, ref)
 
 
+def test_deeply_nested_bidirectional_layers_in_two_threads_give_the_serial_numbers():
+    """Three levels of bidirectional layers on a pool of two threads: no deadlock (a nested
+    layer inside a pool thread runs its directions one after the other), the same numbers."""
+    inner = rc.Bidirectional(rc.Stack([rc.Bidirectional(rc.cells.elman(2, 3, 2), merge="sum"),
+                                       rc.cells.elman(2, 3, 2)]), merge="sum")
+    stack = rc.Stack([rc.Bidirectional(rc.Stack([inner, rc.cells.elman(2, 3, 2)]), merge="sum"),
+                      rc.cells.elman(2, 3, 1)])
+    ref = rc.compile(stack)
+    params = ref.init_params(0)
+    x = np.random.default_rng(0).normal(size=(5, 3, 2))
+    a = ref.loss_and_grad(params, x, x[..., :1], lengths=np.array([5, 2, 3]))
+    b = rc.compile(stack, parallel=True).loss_and_grad(params, x, x[..., :1], lengths=np.array([5, 2, 3]))
+    assert a[0] == b[0] and all(np.array_equal(a[1][k], b[1][k]) for k in a[1])
+
+
 # ----------------------------------------------------------------------------- dropout
 def test_dropout_only_in_training_calls_and_its_gradient():
     stack = rc.Stack([rc.cells.elman(3, 4, 5), rc.cells.gru(5, 4, 2)], dropout=0.5)

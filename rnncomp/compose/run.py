@@ -15,6 +15,7 @@ over the sequence and over each sequence reversed within its length.
 """
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ from ..backends.vjp import Gradients
 from ..errors import CallError
 from .bidirectional import reverse
 from .layers import _prefixed, split
+
+
+_worker = threading.local()  # .busy: this thread runs the second direction of a bidirectional layer
 
 
 @dataclass
@@ -166,10 +170,19 @@ class BiRun:
         self.sizes = dict(comp.cell.step.outputs)
 
     def _both(self, f, b):
-        """``(f(), b())``, at once when there is a pool."""
-        if self.pool is None:
+        """``(f(), b())``, at once when there is a pool (one after the other inside a pool's
+        thread: a bidirectional layer nested in another must not wait on a busy pool)."""
+        if self.pool is None or getattr(_worker, "busy", False):
             return f(), b()
-        fut = self.pool.submit(b)
+
+        def in_worker():
+            _worker.busy = True
+            try:
+                return b()
+            finally:
+                _worker.busy = False
+
+        fut = self.pool.submit(in_worker)
         try:
             first = f()
         finally:
