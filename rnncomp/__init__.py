@@ -9,6 +9,7 @@ from .algorithms import BPTT, DNI, RTRL, UORO, FixedPointError, SensitivityMemor
 from .autodiff import backward_step
 from .cell import Cell
 from .compile import compile
+from .compose import Bidirectional, Stack
 from .dsl import concat, logsumexp, softmax, softmax_xent, vslice, vsum
 from .errors import (CallError, CellError, CompileError, DifferentiationError, RnncompError,
                      ShapeError)
@@ -20,7 +21,7 @@ from .train import (SGD, Adagrad, Adam, AdamW, Callback, Checkpoint, CheckpointE
                     TrainingError, Truncated, pad_sequences, stream_batches)
 
 __all__ = [
-    "Cell", "compile", "Every", "Binomial", "Budget", "Trainer", "Truncated", "TrainingError", "pad_sequences", "stream_batches",
+    "Cell", "compile", "Stack", "Bidirectional", "Every", "Binomial", "Budget", "Trainer", "Truncated", "TrainingError", "pad_sequences", "stream_batches",
     "Callback", "Checkpoint", "CheckpointError", "EarlyStopping", "schedules",
     "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "unfold", "explain", "backward_step", "cells", "inspect",
     "concat", "vslice", "vsum", "logsumexp", "softmax", "softmax_xent",

@@ -23,6 +23,7 @@ from . import cells
 from .cli_common import check_writable, load_cell, positive
 from .cli_train import add_arguments as _train_args, train_cmd
 from .compile import compile as rc_compile
+from .compose import Composition
 from .errors import RnncompError
 from .printing import explain
 
@@ -131,6 +132,9 @@ def inspect_cmd(args) -> int:
         raise SystemExit(f"rnncomp: {args.cell} is a trained cell: its sizes are its own")
     cell = trained[0] if trained else load_cell(args.cell, args.inputs, args.hidden, args.outputs)
     args.trained_params = trained[1] if trained else None
+    if isinstance(cell, Composition) and (args.cost or args.flow or args.memory or args.profile):
+        raise SystemExit(f"rnncomp: --cost, --flow, --memory and --profile look at one cell; {cell.name} is a "
+                         "composition: inspect its cells one by one (its equations and --dot show them all)")
     did = False
     if args.dot is not None or args.svg or (args.png and not args.flow):
         did = True

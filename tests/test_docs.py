@@ -83,7 +83,9 @@ def test_every_documented_command_is_accepted(doc, command):
                                  "rnncomp.train.data", "rnncomp.train.plot", "rnncomp.train.text",
                                  "rnncomp.train.distributed", "rnncomp.train.resume", "rnncomp.cell_views", "rnncomp.serialize", "rnncomp.cli_common", "rnncomp.backends.ptx.layout",
                                  "rnncomp.backends.llvm.kernel_library", "rnncomp.backends.native_profile",
-                                 "rnncomp.inspect.peak", "rnncomp.inspect.profile"])
+                                 "rnncomp.inspect.peak", "rnncomp.inspect.profile",
+                                 "rnncomp.compose.stack", "rnncomp.compose.bidirectional",
+                                 "rnncomp.compose.model", "rnncomp.compose.explain", "rnncomp.compose.draw"])
 def test_doctests(mod):
     result = doctest.testmod(importlib.import_module(mod), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
