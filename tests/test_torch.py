@@ -374,7 +374,7 @@ def test_lengths_of_a_padded_batch_match_one_call_per_sequence():
     want = torch.autograd.grad(want_total, wrt)
     for a, b, what in zip(got, want, ["x", "u", "c0", *(n for n, _ in layer.named_parameters())]):
         _close(a, b, f"gradient of {what}")
-    with pytest.raises(CallError, match=r"lengths must be 4 ints \(one per sequence\) from 1 to T = 6, got \[3, 7, 1, 3\]"):
+    with pytest.raises(CallError, match=r"lengths must be 4 ints \(one per sequence\) from 1 to T = 6, got \[3, 7"):
         layer({"x": x, "u": u}, lengths=[3, 7, 1, 3])
     with pytest.raises(CallError, match="lengths must be a 1-d integer CPU tensor"):
         layer({"x": x, "u": u}, lengths=torch.ones(4))
