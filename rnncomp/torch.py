@@ -287,6 +287,11 @@ class Recurrent(nn.Module):
             else:
                 states.append(first.new_zeros((B, size)))
         params = [_on_cpu(self._model, f"parameter {p!r}", getattr(self, p)) for p in st.params]
+        for p, t in zip(st.params, params):
+            if t.dtype != self._dtype:
+                raise CallError(f"cell {st.name!r}: parameter {p!r} is {t.dtype} but the layer was compiled for "
+                                f"{self._dtype} (.to(dtype) or .double() cannot recompile it: make a Recurrent "
+                                "with dtype=)")
         if lengths is None:
             outs, final = self._run(params, inputs, states)
         else:

@@ -313,7 +313,10 @@ def test_import_rnncomp_does_not_import_torch():
     assert out.split() == ["False", "False"]
 
 
-def test_parameters_on_another_device_are_named():
+def test_parameters_on_another_device_or_converted_are_named():
+    layer = Recurrent(rc.cells.elman(3, 4, 2), dtype=F64)
+    with pytest.raises(CallError, match=r"parameter 'W' is torch.float32 but the layer was compiled for torch.float64"):
+        layer.float()(torch.zeros(5, 2, 3, dtype=F64))
     layer = Recurrent(rc.cells.elman(3, 4, 2), dtype=F64).to("meta")
     with pytest.raises(CallError, match=r"parameter 'W' is on meta, but backend 'native' takes CPU tensors"):
         layer(torch.zeros(5, 2, 3, dtype=F64))
