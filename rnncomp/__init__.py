@@ -13,6 +13,7 @@ from .errors import (CallError, CellError, CompileError, DifferentiationError, R
                      ShapeError)
 from .functions import gelu, hard_sigmoid, relu, sigmoid, softplus, softsign, swish
 from .graph import unfold
+from .weight_dsl import norm, weight
 from .memory import Binomial, Budget, Every
 from .printing import explain
 from .train import (SGD, Adagrad, Adam, AdamW, Callback, Checkpoint, CheckpointError, EarlyStopping, RMSprop, Trainer,
@@ -22,7 +23,7 @@ __all__ = [
     "Cell", "compile", "Every", "Binomial", "Budget", "Trainer", "Truncated", "TrainingError", "pad_sequences", "stream_batches",
     "Callback", "Checkpoint", "CheckpointError", "EarlyStopping", "schedules",
     "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "unfold", "explain", "backward_step", "cells", "inspect",
-    "concat", "vslice", "vsum", "logsumexp", "softmax", "softmax_xent",
+    "concat", "vslice", "vsum", "logsumexp", "softmax", "softmax_xent", "norm", "weight",
     "sigmoid", "softplus", "relu", "softsign", "hard_sigmoid", "gelu", "swish",
     "RnncompError", "CellError", "ShapeError", "DifferentiationError", "CallError", "CompileError",
 ]

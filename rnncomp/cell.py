@@ -15,11 +15,12 @@ from . import initializers
 from .dsl import (_NAME, MatExpr, MatParam, Structural, StateVec, Vec, MatVec, Slice, Concat,
                   RowSum, LogSumExp, _display, _display_expr, _shape, check_functions)
 from .errors import CellError, ShapeError
+from .weight_dsl import WMatVec, internal_name, is_weight_expr, weight_form, weight_shape
 
 
 @dataclass
 class Decl:
-    kind: str  # input | target | state | param | output | define
+    kind: str  # input | target | state | param | const | weight | output | define
     name: str
     shape: object  # int, or (m, n) for matrix params
     init: object = None
@@ -35,6 +36,7 @@ class Cell:
         self.updates: dict[str, sp.Expr] = {}
         self.loss_expr = None
         self._lowered = None
+        self._derived: dict = {}  # weight expression -> name of its derived weight
 
     # ------------------------------------------------------------------ declarations
     def _declare(self, kind, name, shape, init=None, expr=None):
@@ -92,6 +94,50 @@ class Cell:
         initializers.check(init, where)
         self._declare("param", name, shape, init)
         return MatParam(self, name, shape) if isinstance(shape, tuple) else Vec(name)
+
+    def const(self, name: str, value):
+        """A fixed array (a mask): a vector (n,) or a matrix (m, n), never trained.  Use it like
+        a parameter: ``W * M`` (a derived weight), ``M @ v``."""
+        where = f"cell {self.name!r}, constant {name!r}"
+        try:
+            a = np.array(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise CellError(f"{where}: expected an array of numbers, got {type(value).__name__}") from None
+        if a.ndim not in (1, 2) or a.size == 0:
+            raise CellError(f"{where}: expected a non-empty vector or matrix, got shape {a.shape}")
+        if not np.isfinite(a).all():
+            raise CellError(f"{where}: contains {a[~np.isfinite(a)][0]}")
+        shape = (a.shape[0], a.shape[1]) if a.ndim == 2 else a.shape[0]
+        self._declare("const", name, shape, init=a)
+        return MatParam(self, name, shape) if a.ndim == 2 else Vec(name)
+
+    def weight(self, name: str, expr):
+        """A named derived weight: a matrix computed from parameters and constants once per call
+        (``cell.weight("E", sp.exp(W))``), printed by name; use it like a matrix parameter."""
+        where = f"cell {self.name!r}, weight {name!r}"
+        expr = weight_form(expr, where)
+        shape = weight_shape(self, expr, where)
+        check_functions(expr, where)
+        self._declare("weight", name, shape, expr=expr)
+        return MatParam(self, name, shape)
+
+    def _resolve_weights(self, expr, where):
+        """``weight @ v`` → a product with a derived weight (declared once per weight expression)."""
+        if not isinstance(expr, sp.Basic) or not expr.has(WMatVec):
+            return expr
+        repl = {}
+        for node in sp.postorder_traversal(expr):
+            if isinstance(node, WMatVec) and node not in repl:
+                w, v = node.args
+                v = v.xreplace(repl)
+                shape = weight_shape(self, w, where)
+                check_functions(w, where)
+                name = self._derived.get(w)
+                if name is None:
+                    name = self._derived[w] = internal_name(w, self.decls)
+                    self.decls[name] = Decl("weight", name, shape, expr=w)
+                repl[node] = MatParam(self, name, shape) @ v
+        return expr.xreplace(repl)
 
     # ------------------------------------------------------------------ equations
     def update(self, state, expr) -> None:
@@ -154,6 +200,10 @@ class Cell:
             raise CellError(f"{where}: {expr} is a condition, not a number (use sp.Piecewise)")
         if not isinstance(expr, sp.Expr):
             raise CellError(f"{where}: expected a sympy expression, got {type(expr).__name__}")
+        expr = self._resolve_weights(expr, where)
+        if is_weight_expr(expr):
+            raise ShapeError(f"{where}: {_display_expr(expr)} is a matrix (it reads a matrix "
+                             "element-wise), not a vector; multiply it by a vector with @")
         check_functions(expr, where)
         loose = _outside_products(expr)
         for s in expr.free_symbols:

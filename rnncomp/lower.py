@@ -36,6 +36,7 @@ class Step:
     params: dict = field(default_factory=dict)    # name -> shape (int or (m, n))
     outputs: dict = field(default_factory=dict)   # name -> size
     has_loss: bool = False
+    derived: dict = field(default_factory=dict)   # constant or derived weight -> shape (read like params)
 
     @property
     def loss_key(self):
@@ -64,6 +65,9 @@ class _Lowerer:
             elif d.kind == "param":
                 self.prog.add((d.name, None), Node("param", (), d.shape))
                 step.params[d.name] = d.shape
+            elif d.kind in ("const", "weight"):  # computed before the time loop (rnncomp.weights)
+                self.prog.add((d.name, None), Node("param", (), d.shape))
+                step.derived[d.name] = d.shape
             elif d.kind == "state":
                 self.prog.add((d.name, "t-1"), Node("state", (), d.shape))
                 step.states[d.name] = d.shape
@@ -213,17 +217,7 @@ class _Lowerer:
     def elementwise(self, e, where, size, split=True) -> Node:
         if split:
             e = self.split(e, where, top=True)
-        atoms, it = [], sp.preorder_traversal(e)
-        for sub in it:
-            if isinstance(sub, (Vec, Structural)):
-                atoms.append(sub)
-                it.skip()
-        keys, repl = [], {}
-        for a in dict.fromkeys(atoms):
-            k = self.lower(a, where)
-            if k not in keys:
-                keys.append(k)
-            repl[a] = placeholder(keys.index(k))
+        keys, template = templated(e, lambda a: self.lower(a, where))
         sizes = {k: self.prog.node(k).size for k in keys}
         big = sorted({n for n in sizes.values() if n != 1})
         if len(big) > 1:
@@ -233,7 +227,24 @@ class _Lowerer:
         n = big[0] if big else 1
         if size is not None and n == 1:
             n = size
-        return Node("ew", tuple(keys), n, {"expr": e.xreplace(repl)})
+        return Node("ew", tuple(keys), n, {"expr": template})
+
+
+def templated(e, key_of) -> tuple:
+    """(keys, template): ``e`` with each vector or structural atom replaced by the placeholder of
+    its node's key (``key_of(atom)``, which lowers it); atoms with one key share a placeholder."""
+    atoms, it = [], sp.preorder_traversal(e)
+    for sub in it:
+        if isinstance(sub, (Vec, Structural)):
+            atoms.append(sub)
+            it.skip()
+    keys, repl = [], {}
+    for a in dict.fromkeys(atoms):
+        k = key_of(a)
+        if k not in keys:
+            keys.append(k)
+        repl[a] = placeholder(keys.index(k))
+    return keys, e.xreplace(repl)
 
 
 def _mat_label(terms) -> str:

@@ -38,6 +38,13 @@ OPS = {o.name: o for o in [
     OpInfo("concat", "[a; b; ...]", linear=True),
     OpInfo("sum", "Σ over units: (B, n) → (B, 1)", linear=True, reduction=True),
     OpInfo("lse", "stable log Σ exp over units: (B, n) → (B, 1)", reduction=True),
+    # derived weights (rnncomp.weights): shared (m, n) arrays computed once per call
+    OpInfo("wew", "element-wise sympy template over weight arrays, broadcasting (m, 1), (1, n), (1, 1)",
+           elementwise=True),
+    OpInfo("transpose", "Aᵀ of a weight array", linear=True),
+    OpInfo("matmul", "A·B of two weight arrays"),
+    OpInfo("sumto", "Σ of an (m, n) array over the axes where `size` is 1: row/column sums, and the "
+           "adjoint of broadcasting", linear=True, reduction=True),
 ]}
 
 
