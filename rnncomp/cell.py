@@ -121,6 +121,15 @@ class Cell:
         self._declare("weight", name, shape, expr=expr)
         return MatParam(self, name, shape)
 
+    def _restore_weight(self, name: str, expr) -> None:
+        """A derived weight read back from a declaration (a checkpoint): named, or generated."""
+        if name.isidentifier():
+            self.weight(name, expr)
+            return
+        self.decls[name] = Decl("weight", name, weight_shape(self, expr, f"cell {self.name!r}, weight {name!r}"),
+                                expr=expr)
+        self._derived[expr] = name
+
     def _resolve_weights(self, expr, where):
         """``weight @ v`` → a product with a derived weight (declared once per weight expression)."""
         if not isinstance(expr, sp.Basic) or not expr.has(WMatVec):

@@ -210,6 +210,18 @@ def test_vjp_forward_keep_trainer_and_pickle():
     assert tr.evaluate(x, t) < before and set(tr.params) == set(p)
 
 
+def test_checkpoint_round_trip(tmp_path):
+    for make in (masked_elman, product_cell):
+        cell = make()
+        p, x, t = random_data(cell, T, B)
+        tr = rc.Trainer(cell, optimizer=rc.SGD(lr=0.1), params=p)
+        tr.fit(x, t, epochs=1, verbose=0)
+        tr.save(tmp_path / "ck.npz")
+        back = rc.Trainer.load(tmp_path / "ck.npz")
+        assert str(back.cell) == str(cell)
+        assert back.evaluate(x, t) == tr.evaluate(x, t)
+
+
 def test_explain_prints_the_derived_weights_and_their_chain():
     text = str(rc.explain(masked_elman()))
     assert "consts:  M ∈ R^4×4 (fixed)" in text
@@ -228,6 +240,32 @@ def test_native_matches_the_oracle():
         assert got[0] == pytest.approx(ref[0], rel=1e-12)
         for n in p:
             np.testing.assert_allclose(got[1][n], ref[1][n], rtol=1e-9, atol=1e-12)
+
+
+def _cuda_present():
+    from rnncomp.backends.ptx.runtime import cuda_available
+    return cuda_available()
+
+
+@pytest.mark.skipif(not _cuda_present(), reason="no CUDA GPU/driver or cuda-python in this process")
+def test_ptx_matches_the_oracle():
+    for make in (masked_elman, weightnorm_gru, product_cell):
+        cell = make()
+        p, x, t = random_data(cell, T, B)
+        ref = rc.compile(cell).loss_and_grad(p, x, t)
+        got = rc.compile(cell, backend="ptx").loss_and_grad(p, x, t)
+        assert got[0] == pytest.approx(ref[0], rel=1e-11)
+        for n in p:
+            assert np.abs(got[1][n] - ref[1][n]).max() <= 1e-11 * (np.abs(ref[1][n]).max() + 1e-6), n
+
+
+@pytest.mark.skipif(_cuda_present(), reason="a CUDA GPU is present: the no-GPU error cannot be shown")
+def test_ptx_without_a_gpu_is_the_backends_own_error():
+    from rnncomp.backends.ptx import NoGPUError
+    cell = masked_elman()
+    p, x, t = random_data(cell, T, B)
+    with pytest.raises(NoGPUError, match="no CUDA GPU/driver found"):
+        rc.compile(cell, backend="ptx").loss_and_grad(p, x, t)
 
 
 def test_existing_cells_are_unchanged():
