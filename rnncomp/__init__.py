@@ -13,6 +13,7 @@ from .errors import (CallError, CellError, CompileError, DifferentiationError, R
                      ShapeError)
 from .functions import gelu, hard_sigmoid, relu, sigmoid, softplus, softsign, swish
 from .graph import unfold
+from .matrix_dsl import colsum, matvec, outer, rowsum
 from .weight_dsl import norm, weight
 from .memory import Binomial, Budget, Every
 from .printing import explain
@@ -24,6 +25,7 @@ __all__ = [
     "Callback", "Checkpoint", "CheckpointError", "EarlyStopping", "schedules",
     "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "unfold", "explain", "backward_step", "cells", "inspect",
     "concat", "vslice", "vsum", "logsumexp", "softmax", "softmax_xent", "norm", "weight",
+    "outer", "matvec", "rowsum", "colsum",
     "sigmoid", "softplus", "relu", "softsign", "hard_sigmoid", "gelu", "swish",
     "RnncompError", "CellError", "ShapeError", "DifferentiationError", "CallError", "CompileError",
 ]

@@ -24,6 +24,7 @@ import sympy as sp
 
 from .dsl import _NAME
 from .errors import DifferentiationError
+from .array_rules import ARRAY_RULES
 from .ir import Node, Program, display, eliminate_aliases, internal, key_str, placeholder, verify
 from .lower import LOSS, Step
 
@@ -294,23 +295,6 @@ def _vjp_wew(ctx, key, node, g, active):  # as ew, for operands that broadcast
         ctx.contribute(a, piece, keys, n)
 
 
-def _vjp_transpose(ctx, key, node, g, active):
-    n = ctx.fwd.node(node.args[0]).size
-    ctx.contribute(node.args[0], placeholder(0), (ctx.emit(f"δ{display(key[0])}ᵀ", None, Node("transpose", (g,), n)),), n)
-
-
-def _vjp_matmul(ctx, key, node, g, active):  # C = A·B: δA = δC·Bᵀ, δB = Aᵀ·δC
-    for i, (a, o) in enumerate(zip(node.args, node.args[::-1])):
-        if a in active:
-            t = ctx.emit(f"{display(o[0])}ᵀ", None, Node("transpose", (o,), ctx.fwd.node(o).size[::-1]))
-            d = ctx.emit(f"δ{display(a[0])}·part", None, Node("matmul", (g, t) if i == 0 else (t, g), ctx.fwd.node(a).size))
-            ctx.contribute(a, placeholder(0), (d,), ctx.fwd.node(a).size)
-
-
-def _vjp_sumto(ctx, key, node, g, active):  # a sum over the axes where the result has size 1: δ broadcast back
-    ctx.contribute(node.args[0], placeholder(0), (g,), ctx.fwd.node(node.args[0]).size)
-
-
 RULES = {
     "ew": _vjp_ew,
     "matvec": _vjp_matvec,
@@ -320,9 +304,7 @@ RULES = {
     "sum": _vjp_sum,
     "lse": _vjp_lse,
     "wew": _vjp_wew,
-    "transpose": _vjp_transpose,
-    "matmul": _vjp_matmul,
-    "sumto": _vjp_sumto,
+    **ARRAY_RULES,  # transpose, matmul, sumto (derived weights); outer, smatvec, mbcast, mreduce (matrix states)
 }
 
 

@@ -15,6 +15,7 @@ from . import initializers
 from .dsl import (_NAME, MatExpr, MatParam, Structural, StateVec, Vec, MatVec, Slice, Concat,
                   RowSum, LogSumExp, _display, _display_expr, _shape, check_functions)
 from .errors import CellError, ShapeError
+from .matrix_dsl import MATRIX_ATOMS, MatState, atom_shape, broadcast, check_matrix_shape
 from .weight_dsl import WMatVec, internal_name, is_weight_expr, weight_form, weight_shape
 
 
@@ -66,13 +67,21 @@ class Cell:
         return Vec(name)
 
     def state(self, name: str, size: int, init="zeros") -> StateVec:
-        """A recurrent state.  ``init``: ``"zeros"`` (default; or given per call) or
+        """A recurrent state of ``size`` units, or a matrix state of shape ``(m, n)``
+        (:mod:`rnncomp.matrix_dsl`).  ``init``: ``"zeros"`` (default; or given per call) or
         ``"learn"`` (a learnable parameter ``<name>_0``)."""
+        where = f"cell {self.name!r}, state {name!r}"
         if init not in ("zeros", "learn"):
-            raise CellError(f"cell {self.name!r}, state {name!r}: init must be 'zeros' or 'learn', got {init!r}")
-        self._declare("state", name, self._size(size, f"cell {self.name!r}, state {name!r}"), init)
+            raise CellError(f"{where}: init must be 'zeros' or 'learn', got {init!r}")
+        if isinstance(size, tuple):
+            check_matrix_shape(size, where)
+            self._declare("state", name, tuple(size), init)
+        else:
+            self._declare("state", name, self._size(size, where), init)
         if init == "learn":
-            self._declare("param", f"{name}_0", size, "zeros")
+            self._declare("param", f"{name}_0", _units(self.decls[name].shape), "zeros")
+        if isinstance(size, tuple):
+            return MatState(name)
         return StateVec(name)
 
     def param(self, name: str, shape, init=None):
@@ -172,15 +181,22 @@ class Cell:
         """A named per-step output y[t] (returned by ``forward``), usable in later equations."""
         where = f"cell {self.name!r}, output {name!r}"
         expr = self._check_expr(expr, where)
-        self._declare("output", name, self.size_of(expr, where), expr=expr)
+        self._declare("output", name, self._vector_size(expr, where), expr=expr)
         return Vec(name)
 
     def define(self, name: str, expr) -> Vec:
         """A named intermediate (printed by name, computed once)."""
         where = f"cell {self.name!r}, definition of {name!r}"
         expr = self._check_expr(expr, where)
-        self._declare("define", name, self.size_of(expr, where), expr=expr)
+        self._declare("define", name, self._vector_size(expr, where), expr=expr)
         return Vec(name)
+
+    def _vector_size(self, expr, where) -> int:
+        n = self.size_of(expr, where)
+        if isinstance(n, tuple):
+            raise ShapeError(f"{where}: {_display_expr(expr)} is a {n[0]}×{n[1]} matrix; outputs and "
+                             "definitions are vectors (read a matrix out with C @ q or rc.rowsum)")
+        return n
 
     def loss(self, expr) -> None:
         """The per-step cost: an expression summed over its units."""
@@ -224,7 +240,7 @@ class Cell:
                                     f"{', '.join(self.decls) or 'nothing'})")
                 if s.name.endswith(".new") and d.kind != "state":
                     raise CellError(f"{where}: {base}.new but {base!r} is not a state")
-                if isinstance(d.shape, tuple):
+                if isinstance(d.shape, tuple) and d.kind != "state":
                     raise ShapeError(f"{where}: matrix {base!r} used element-wise; use {base} @ v")
             elif s in loose:  # a matrix name is a symbol only inside a product's terms
                 d = self.decls.get(s.name)
@@ -238,13 +254,20 @@ class Cell:
                                 "(its terms cancel, as in (W - W) @ h); write 0 instead")
         return expr
 
-    def size_of(self, expr, where) -> int:
-        """Units of a vector expression (1 for a per-step scalar); checks broadcasting."""
+    def size_of(self, expr, where):
+        """Units of a vector expression (1 for a per-step scalar), or the (m, n) shape of a
+        matrix-valued one (a matrix state); checks broadcasting."""
         if isinstance(expr, Vec):
             name = expr.name[:-4] if expr.name.endswith(".new") else expr.name
             return self.decls[name].shape
         if isinstance(expr, MatVec):
             return _matvec_rows(self, expr)
+        if isinstance(expr, MATRIX_ATOMS):
+            return atom_shape(self.size_of, expr, where)
+        parts = expr.args[:1] if isinstance(expr, Slice) else expr.args if isinstance(expr, Concat) else ()
+        if any(isinstance(self.size_of(a, where), tuple) for a in parts):
+            raise ShapeError(f"{where}: {_display_expr(expr)}: slices and concatenations are of vectors, "
+                             "not matrices")
         if isinstance(expr, Slice):
             n = self.size_of(expr.args[0], where)
             lo, hi = int(expr.args[1]), int(expr.args[2])
@@ -264,6 +287,8 @@ class Cell:
             elif isinstance(a, sp.Basic) and not isinstance(a, sp.Symbol):  # Piecewise (expr, cond)
                 for sub in _operands(a):
                     sizes[sub] = self.size_of(sub, where)
+        if any(isinstance(n, tuple) for n in sizes.values()):
+            return broadcast(sizes, where, expr)
         big = {n for n in sizes.values() if n != 1}
         if len(big) > 1:
             detail = ", ".join(f"{_display_expr(a)}: {n}" for a, n in sizes.items() if n != 1)
@@ -347,3 +372,8 @@ def _matvec_rows(cell, mv) -> int:
     name, tr = terms[0][0].name, int(terms[0][1])
     shape = cell.decls[name].shape
     return shape[1] if tr else shape[0]
+
+
+def _units(shape) -> int:
+    """Units of a state: n, or m·n for a matrix state (kept flattened, row-major)."""
+    return shape[0] * shape[1] if isinstance(shape, tuple) else shape

@@ -280,6 +280,9 @@ class MatExpr:
             return self._weight() @ v
         v = self.cell._check_expr(v, f"cell {self.cell.name!r}: the vector in {self} @ (...)")
         n = self.cell.size_of(v, f"{self} @ ({v})")
+        if isinstance(n, tuple):
+            raise ShapeError(f"cell {self.cell.name!r}: {self} @ ({_display_expr(v)}): the right operand is a "
+                             f"{n[0]}×{n[1]} matrix; multiply a vector (W @ (C @ q))")
         if n != self.shape[1]:
             raise ShapeError(f"cell {self.cell.name!r}: {self} @ ({_display_expr(v)}): {self} is "
                              f"{_shape(self.shape)} but the vector has size {n}")

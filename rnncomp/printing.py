@@ -21,6 +21,7 @@ from .ir import NodeSym, display, internal, key_str, placeholder
 from .latex import ident_latex
 from .lower import LOSS
 from .show import TextShown
+from .matrix_dsl import MReduce, Outer as MOuter, SMatVec
 from .weight_dsl import WMatMul, WTranspose
 
 
@@ -95,7 +96,7 @@ def cell_text(cell) -> str:
     lines = [f"cell {cell.name!r}"]
     for label, kind, fmt in [
         ("inputs", "input", lambda d: f"{d.name}[t] ∈ R^{d.shape}"),
-        ("states", "state", lambda d: f"{d.name} ∈ R^{d.shape} ({d.name}[0] = "
+        ("states", "state", lambda d: f"{d.name} ∈ R^{_shape(d.shape)} ({d.name}[0] = "
                                       f"{'0' if d.init == 'zeros' else d.name + '_0, learned'})"),
         ("params", "param", lambda d: f"{d.name} ∈ R^{_shape(d.shape)}"),
         ("targets", "target", lambda d: f"{d.name}[t] ∈ R^{d.shape}"),
@@ -151,6 +152,12 @@ def node_expr(prog, key):
     args = [NodeSym(a) for a in node.args]
     if node.op in ("ew", "wew"):
         return node.attrs["expr"].xreplace({placeholder(i): a for i, a in enumerate(args)})
+    if node.op == "outer":
+        return MOuter(*args)
+    if node.op == "smatvec":
+        return SMatVec(args[0], args[1], sp.Integer(int(node.attrs["transposed"])))
+    if node.op in ("mreduce", "mbcast"):
+        return MReduce(args[0], sp.Integer(node.attrs["axis"])) if node.op == "mreduce" else NodeSym(key)
     if node.op == "transpose":
         return WTranspose(args[0])
     if node.op == "matmul":

@@ -16,7 +16,7 @@ import sympy as sp
 import rnncomp as rc
 from rnncomp.errors import CallError, CellError, ShapeError
 from rnncomp.weights import DerivedWeights
-from gradcheck import check_grads, random_data
+from gradcheck import assert_matches_oracle, check_grads, random_data
 
 T, B = 4, 3
 TRIL = np.tril(np.ones((4, 4)))
@@ -233,13 +233,7 @@ def test_explain_prints_the_derived_weights_and_their_chain():
 def test_native_matches_the_oracle():
     pytest.importorskip("llvmlite")
     for make in (masked_elman, weightnorm_gru):
-        cell = make()
-        p, x, t = random_data(cell, T, B)
-        ref = rc.compile(cell).loss_and_grad(p, x, t)
-        got = rc.compile(cell, backend="native").loss_and_grad(p, x, t)
-        assert got[0] == pytest.approx(ref[0], rel=1e-12)
-        for n in p:
-            np.testing.assert_allclose(got[1][n], ref[1][n], rtol=1e-9, atol=1e-12)
+        assert_matches_oracle(make(), "native", T, B)
 
 
 def _cuda_present():
@@ -250,13 +244,7 @@ def _cuda_present():
 @pytest.mark.skipif(not _cuda_present(), reason="no CUDA GPU/driver or cuda-python in this process")
 def test_ptx_matches_the_oracle():
     for make in (masked_elman, weightnorm_gru, product_cell):
-        cell = make()
-        p, x, t = random_data(cell, T, B)
-        ref = rc.compile(cell).loss_and_grad(p, x, t)
-        got = rc.compile(cell, backend="ptx").loss_and_grad(p, x, t)
-        assert got[0] == pytest.approx(ref[0], rel=1e-11)
-        for n in p:
-            assert np.abs(got[1][n] - ref[1][n]).max() <= 1e-11 * (np.abs(ref[1][n]).max() + 1e-6), n
+        assert_matches_oracle(make(), "ptx", T, B, rtol=1e-9, atol=1e-11)
 
 
 @pytest.mark.skipif(_cuda_present(), reason="a CUDA GPU is present: the no-GPU error cannot be shown")

@@ -36,6 +36,7 @@ from .. import dsl, functions
 from ..cell import Cell
 from ..errors import RnncompError
 from ..memory import ALL, Binomial, Budget, Every, StoreAll, schedule
+from ..matrix_dsl import MATRIX_ATOMS, MatState, MatStateNew
 from ..weight_dsl import WEIGHT_ATOMS
 from . import lr_schedules, optim
 from .trainer import TrainingError
@@ -75,7 +76,9 @@ def _namespace() -> dict:
     ns.update(Vec=lambda name, **assumptions: dsl.Vec(name),
               StateVec=lambda name, **assumptions: dsl.StateVec(name),
               MatVec=dsl.MatVec, Slice=dsl.Slice, Concat=dsl.Concat, RowSum=dsl.RowSum, LogSumExp=dsl.LogSumExp,
-              **{c.__name__: c for c in WEIGHT_ATOMS})
+              MatState=lambda name, **assumptions: MatState(name),
+              MatStateNew=lambda name, **assumptions: MatStateNew(name),
+              **{c.__name__: c for c in WEIGHT_ATOMS + MATRIX_ATOMS})
     return ns
 
 
