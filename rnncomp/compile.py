@@ -12,10 +12,10 @@ def compile(cell, backend: str = "numpy", dtype: str = "float64", **options):
     ``loss_and_grad(params, inputs, targets, h0=None, mask=None)``, ``init_params(seed)``
     (in its dtype); it pickles (and is compiled again where it is unpickled).
     """
-    if backend in ("native", "ptx") and cell.step.matrix_states:
+    if backend == "ptx" and cell.step.matrix_states:
         from .errors import CompileError
         raise CompileError(f"cell {cell.name!r}: matrix states ({', '.join(cell.step.matrix_states)}) run on "
-                           f"backend='numpy' only so far; backend={backend!r} has no outer/smatvec kernels yet")
+                           "backend='numpy' or 'native' only so far; backend='ptx' has no outer/smatvec kernels yet")
     if backend in BACKENDS and any(d.kind in ("const", "weight") for d in cell.decls.values()):
         from .backends.derived import DerivedModel  # computed before the loop, shared by every backend
         return DerivedModel(cell, backend, dtype, options)

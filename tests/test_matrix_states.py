@@ -5,8 +5,8 @@ that uses every matrix op) are checked three ways: gradients against central fin
 differences in float64 (tests/gradcheck.py: rtol 1e-6 / atol 1e-8, its docstring says why);
 loss, final states and gradients against a PyTorch float64 loop with autograd, written here
 from the papers' equations (rtol 1e-10: the same float64 arithmetic summed in another order);
-and bad declarations as named ShapeErrors.  The oracle (backend="numpy") only: the native and
-PTX backends refuse matrix states with a CompileError for now.
+and bad declarations as named ShapeErrors.  The native backend against the oracle (plain loops
+for the matrix ops); the PTX backend refuses matrix states with a CompileError for now.
 """
 import numpy as np
 import pytest
@@ -181,16 +181,37 @@ def test_inspect_draws_a_matrix_state_as_one_node_and_measures_its_flow():
     assert np.isfinite(flow.loss) and flow.loss == pytest.approx(rc.compile(cell).loss_and_grad(params, x, t)[0])
 
 
-def test_backends_without_matrix_kernels_refuse_clearly():
+def test_ptx_refuses_matrix_states_clearly():
     cell = MATRIX_ZOO["mlstm"](N_IN, N_H, N_OUT)
-    for backend in ("native", "ptx"):
-        with pytest.raises(CompileError, match=r"cell 'mlstm': matrix states \(C\) run on backend='numpy' only"):
-            rc.compile(cell, backend=backend)
+    with pytest.raises(CompileError, match=r"cell 'mlstm': matrix states \(C\) run on backend='numpy' or 'native' only"):
+        rc.compile(cell, backend="ptx")
 
 
-def test_diag_linear_runs_on_native_too():
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_native_matches_the_oracle(name):
     pytest.importorskip("llvmlite")
-    assert_matches_oracle(MATRIX_ZOO["diag_linear"](N_IN, N_H, N_OUT), "native", T, B)
+    assert_matches_oracle(CELLS[name](N_IN, N_H, N_OUT), "native", T, B)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [dict(hoist=False), dict(fuse=False, stack=False, pack=False), dict(threads=2),
+                                     dict(grad_after=True), dict(memory=rc.Every(2))], ids=str)
+def test_native_options_match_the_oracle(options):
+    for name in ("mlstm", "every_op"):
+        assert_matches_oracle(CELLS[name](N_IN, N_H, N_OUT), "native", 7, 5, **options)
+
+
+def test_native_vjp_with_a_given_initial_matrix_state():
+    cell = every_op()
+    params, x, _ = random_data(cell, T, B)
+    C0 = np.random.default_rng(1).normal(size=(B, N_H * N_IN))
+    dy = {"y": np.random.default_rng(2).normal(size=(T, B, N_OUT))}
+    ref = rc.compile(cell).vjp(params, x, h0={"C": C0}, d_outputs=dy)
+    got = rc.compile(cell, backend="native").vjp(params, x, h0={"C": C0}, d_outputs=dy)
+    for k in params:
+        np.testing.assert_allclose(got.params[k], ref.params[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    np.testing.assert_allclose(got.h0["C"], ref.h0["C"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got.inputs["x"], ref.inputs["x"], rtol=1e-9, atol=1e-12)
 
 
 def test_bad_declarations_are_named_shape_errors():
