@@ -180,8 +180,8 @@ def _mat_str(terms, latex=False) -> str:
     out = []
     for name, tr, coef in terms:
         if latex:
-            from .latex import ident_latex
-            m = ident_latex(name.name) + (r"^{\top}" if int(tr) else "")
+            from .latex import ident_latex, name_latex
+            m = (name_latex if "%" in name.name else ident_latex)(name.name) + (r"^{\top}" if int(tr) else "")
         else:
             m = name.name.replace("%", "") + ("ᵀ" if int(tr) else "")  # "%": a generated name's mark
         if coef == 1:
@@ -225,8 +225,8 @@ class MatExpr:
 
     def _combine(self, other, sign):
         from .weight_dsl import WeightExpr
-        if isinstance(other, WeightExpr):
-            return self._weight() + other * sign
+        if isinstance(other, WeightExpr) or (isinstance(other, (int, float, sp.Number)) and not isinstance(other, bool)):
+            return self._weight() + other * sign  # element-wise: a derived weight
         if not isinstance(other, MatExpr):
             raise ShapeError(f"cell {self.cell.name!r}: cannot combine the {_shape(self.shape)} matrix "
                              f"{self} with {other}: a matrix adds only to matrices of its shape "
@@ -248,8 +248,8 @@ class MatExpr:
     def __radd__(self, other):
         return self._combine(other, 1)
 
-    def __rsub__(self, other):
-        return self._combine(other, -1)
+    def __rsub__(self, other):  # other - self: only a number (or a weight) gets here
+        return (-self)._combine(other, 1) if isinstance(other, (int, float, sp.Number)) else self._combine(other, -1)
 
     def __neg__(self):
         return self * -1

@@ -18,7 +18,7 @@ from .autodiff import LOSS_ONLY, Cotangents, backward_step
 from .dsl import Concat, LogSumExp, MatVec, RowSum, Slice, Structural, Vec, _display
 from .errors import CellError
 from .ir import NodeSym, display, internal, key_str, placeholder
-from .latex import ident_latex
+from .latex import ident_latex, name_latex
 from .lower import LOSS
 from .show import TextShown
 from .matrix_dsl import MReduce, Outer as MOuter, SMatVec
@@ -313,7 +313,8 @@ class Explanation(TextShown):
             else:
                 rows.append(f"{carried} &= {sp.latex(exprs.get(k, NodeSym(k)))}")
         grads = self._grad_lines()
-        rows += [f"\\frac{{\\partial L}}{{\\partial {ident_latex(p)}}} &= \\sum_t {sp.latex(e)}" for p, e in grads]
+        rows += [f"\\frac{{\\partial L}}{{\\partial {(name_latex if '%' in p else ident_latex)(p)}}} &= \\sum_t {sp.latex(e)}"
+                 for p, e in grads]
         used = self._forward_values([r for _, r in eqs] + list(exprs.values()) + [e for _, e in grads])
         rows += [f"{sp.latex(lhs)} &= {sp.latex(rhs)}" for lhs, rhs in used]
         return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}"

@@ -188,6 +188,22 @@ def test_random_weight_expressions(seed):
 
 
 # ----------------------------------------------------------------------------- every entry point
+def test_numbers_combine_with_matrices_element_wise():
+    cell = rc.Cell("shifted")
+    x, h = cell.input("x", 2), cell.state("h", 2)
+    W = cell.param("W", (2, 2))
+    cell.update(h, sp.tanh((1 - W) @ h + (W + 2) @ x))
+    cell.loss(rc.vsum(h.new ** 2))
+    p, xs, ts = random_data(cell, T, B)
+    check_grads(rc.compile(cell), p, xs, ts)
+    loss = rc.compile(cell).loss_and_grad(p, xs, ts)[0]
+    hh, ref = np.zeros((B, 2)), 0.0
+    for s in range(T):
+        hh = np.tanh(hh @ (1 - p["W"]).T + xs["x"][s] @ (p["W"] + 2).T)
+        ref += (hh ** 2).sum()
+    assert loss == pytest.approx(ref / (T * B), rel=1e-12)
+
+
 def test_vjp_forward_keep_trainer_and_pickle():
     cell = weightnorm_gru()
     model = rc.compile(cell)
@@ -227,7 +243,8 @@ def test_explain_prints_the_derived_weights_and_their_chain():
     assert "consts:  M ∈ R^4×4 (fixed)" in text
     assert "(M*W) = M*W" in text and "h[t] = tanh(b + (M*W)·h[t-1] + U·x[t])" in text
     assert "δW = M*δ(M*W)" in text and "∂L/∂W += δW" in text
-    assert "%" not in text  # generated names print without their mark
+    assert "%" not in text  # generated names print without their mark (in LaTeX, % starts a comment)
+    assert "%" not in rc.explain(weightnorm_gru()).latex() and "%" not in masked_elman()._repr_latex_()
 
 
 def test_native_matches_the_oracle():
