@@ -131,6 +131,37 @@ def test_against_a_pytorch_float64_loop(name):
         np.testing.assert_allclose(grads[k], P[k].grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=k)
 
 
+def random_matrix_cell(seed):
+    """A random cell of the matrix forms: 2-3 update terms, a vector state beside the matrix one
+    (read through a masked derived weight), and a random read-out."""
+    rng = np.random.default_rng(seed)
+    cell = rc.Cell(f"random_matrix{seed}")
+    x, h = cell.input("x", N_IN), cell.state("h", N_H)
+    C = cell.state("C", (N_H, N_IN))
+    lin = lambda name, rows: cell.param(name, (rows, N_IN)) @ x  # noqa: E731
+    k, v = sp.tanh(lin("Wk", N_IN)), lin("Wv", N_H)
+    terms = [lambda: rc.sigmoid(lin("Wf", 1)) * C, lambda: rc.sigmoid(lin("Wg", N_H)) * C,
+             lambda: rc.outer(v, k), lambda: rc.outer(h, x) / 2, lambda: -rc.sigmoid(lin("Wb", 1)) * rc.outer(C @ k - v, k),
+             lambda: sp.tanh(C) / 2, lambda: rc.outer(h, C.T @ h) / 4]
+    picks = rng.choice(len(terms), size=rng.integers(2, 4), replace=False)
+    cell.update(C, sum(terms[i]() for i in sorted(picks)))
+    M = cell.const("M", rng.integers(0, 2, (N_H, N_H)))
+    cell.update(h, sp.tanh((cell.param("W", (N_H, N_H)) * M) @ h + C.new @ k))
+    reads = [lambda: C.new @ x, lambda: rc.rowsum(C.new * C.new), lambda: rc.vslice(C.new.T @ h, 0, N_H - 1)]
+    r = reads[rng.integers(3)]()
+    y = cell.output("y", cell.param("V", (N_OUT, cell.size_of(r, "read-out"))) @ r + cell.param("U", (N_OUT, N_H)) @ h.new)
+    cell.loss((y - cell.target("target", N_OUT)) ** 2 / 2)
+    return cell
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_matrix_cells(seed):
+    cell = random_matrix_cell(seed)
+    params, x, t = random_data(cell, T, B, seed=seed)
+    check_grads(rc.compile(cell), params, x, t)
+    assert_matches_oracle(cell, "native", T, B)
+
+
 def test_initial_matrix_state_given_and_learned():
     cell = every_op()
     params, x, t = random_data(cell, T, B)
