@@ -224,7 +224,7 @@ class _Lowerer:
         for k in keys:
             if self.prog.node(k).size == m and not self.mshape(k) and n != 1:
                 if ("mbcast", k) not in self.memo:
-                    self.memo[("mbcast", k)] = self.prog.add(self.prog.fresh(f"{k[0]}·rows", "t"), Node(
+                    self.memo[("mbcast", k)] = self.prog.add(self.prog.fresh(f"by_rows({k[0]})", "t"), Node(
                         "mbcast", (self.per_sample(k),), m * n, {"shape": shape, "axis": 1}))
                 k = self.memo[("mbcast", k)]
             out.append(k)

@@ -56,6 +56,15 @@ class SumTo(Structural):
         return f"{self.args[1]} {printer._print(self.args[0])}"
 
 
+class Bcast(Structural):
+    """Display atom: a vector repeated along each row (``by_rows``, one value per row) or column."""
+
+    nargs = 2
+
+    def _sympystr(self, printer):
+        return f"{'by_rows' if int(self.args[1]) == 1 else 'by_cols'}({printer._print(self.args[0])})"
+
+
 # ----------------------------------------------------------------------------- the cell
 def _user_symbols(cell, expr):
     repl = {}
@@ -156,8 +165,10 @@ def node_expr(prog, key):
         return MOuter(*args)
     if node.op == "smatvec":
         return SMatVec(args[0], args[1], sp.Integer(int(node.attrs["transposed"])))
-    if node.op in ("mreduce", "mbcast"):
-        return MReduce(args[0], sp.Integer(node.attrs["axis"])) if node.op == "mreduce" else NodeSym(key)
+    if node.op == "mreduce":
+        return MReduce(args[0], sp.Integer(node.attrs["axis"]))
+    if node.op == "mbcast":
+        return Bcast(args[0], sp.Integer(node.attrs["axis"]))
     if node.op == "transpose":
         return WTranspose(args[0])
     if node.op == "matmul":
