@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
+from .array_jvp import ARRAY_JVP_RULES
 from .autodiff import RULES, _nondiff_name, partials
 from .errors import DifferentiationError
 from .ir import INTERNAL, Node, Program, display, internal, key_str, placeholder, verify
@@ -211,6 +212,7 @@ JVP_RULES = {
     "concat": _jvp_concat,
     "sum": _jvp_sum,
     "lse": _jvp_lse,
+    **ARRAY_JVP_RULES,  # transpose, matmul, sumto, wew (derived weights); outer, smatvec, mbcast, mreduce
 }
 
 

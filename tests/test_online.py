@@ -502,3 +502,39 @@ def test_fit_online_batch_first_is_the_same_stream():
     lb = b.fit_online(s[:-1].swapaxes(0, 1), s[1:].swapaxes(0, 1), every=5)
     np.testing.assert_allclose(la, lb, rtol=1e-13)
     np.testing.assert_allclose(a.flat, b.flat, rtol=1e-13)
+
+
+# ----------------------------------------------------------------------------- array ops (#19)
+@pytest.mark.parametrize("name", ["mlstm", "fast_weights", "delta_rule", "diag_linear"])
+def test_rtrl_equals_bptt_on_matrix_state_cells(name):
+    """Matrix states (outer, smatvec, row/column broadcasts and sums) through the JVP rules of
+    rnncomp.array_jvp: the same sum as BPTT in another order, so 1e-10 as for the zoo."""
+    from rnncomp import zoo_matrix
+    cell = getattr(zoo_matrix, name)(2, 3, 2)
+    params, x, y = random_data(cell, T=5, B=2, seed=3)
+    l1, g1, _ = oracle(cell, params, x, y)
+    l2, g2, _ = sequence_grad(RTRL(), cell, params, x, y)
+    assert abs(l1 - l2) <= 1e-12 * abs(l1)
+    assert rel_err(g1, g2) < 1e-10
+
+
+@pytest.mark.parametrize("make", ["masked_elman", "skew_elman", "weightnorm_gru"])
+def test_rtrl_equals_bptt_with_derived_weights(make):
+    """Derived weights and constants (#19): RTRL runs on the plain cell and its gradient is chained
+    back through the weights' expressions, as the compiled models do; 1e-10 as above."""
+    import test_weight_ops
+    cell = getattr(test_weight_ops, make)()
+    params, x, y = random_data(cell, T=5, B=2, seed=4)
+    l1, g1, _ = oracle(cell, params, x, y)
+    l2, g2, _ = sequence_grad(RTRL(), cell, params, x, y)
+    assert g1.keys() == g2.keys()
+    assert abs(l1 - l2) <= 1e-12 * abs(l1)
+    assert rel_err(g1, g2) < 1e-10
+
+
+def test_fit_online_names_what_it_cannot_take_yet():
+    import test_weight_ops
+    trainer = rc.Trainer(test_weight_ops.masked_elman(), optimizer=rc.Adam(1e-3), gradient=RTRL())
+    params, x, y = random_data(trainer.cell, T=4, B=2, seed=5)
+    with pytest.raises(NotImplementedError, match="derived weights or constants"):
+        trainer.fit_online(x, y)

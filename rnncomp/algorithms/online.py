@@ -16,7 +16,7 @@ import numpy as np
 
 from ..backends.numpy import run_program
 from ..backends.validate import check_call, initial_states
-from .base import Algorithm, initial_learned, step_env
+from .base import Algorithm, has_derived_weights, initial_learned, step_env
 
 
 class BPTT(Algorithm):
@@ -43,6 +43,10 @@ def fit_online(trainer, inputs, targets, every=1, h0=None):
     if not (isinstance(every, int) and every >= 1):
         raise ValueError(f"fit_online(every={every!r}): every must be a positive integer (steps per update)")
     algo = trainer.gradient if trainer.gradient is not None else BPTT()
+    if not isinstance(algo, BPTT) and has_derived_weights(trainer.cell):
+        raise NotImplementedError(
+            f"fit_online with {algo!r}: cell {trainer.cell.name!r} has derived weights or constants, which the "
+            "online algorithms take only through sequence_grad so far; use gradient=rc.BPTT() here")
     x, t = trainer._data(inputs, targets)
     st, dt = trainer.cell.step, trainer.dtype
     call = check_call(st, dt, trainer.params, x, t, trainer._state(h0), need_targets=True)
