@@ -146,7 +146,8 @@ def test_rtrl_memory_limit_names_the_sizes():
 
 # ----------------------------------------------------------------------------- SnAp
 from rnncomp.algorithms import SnAp, UORO  # noqa: E402
-from rnncomp.algorithms.snap import colouring, pattern  # noqa: E402
+from rnncomp.algorithms.pattern import pattern
+from rnncomp.algorithms.snap import colouring  # noqa: E402
 
 
 @pytest.mark.parametrize("name", sorted(rc.cells.ZOO))
@@ -502,3 +503,42 @@ def test_fit_online_batch_first_is_the_same_stream():
     lb = b.fit_online(s[:-1].swapaxes(0, 1), s[1:].swapaxes(0, 1), every=5)
     np.testing.assert_allclose(la, lb, rtol=1e-13)
     np.testing.assert_allclose(a.flat, b.flat, rtol=1e-13)
+
+
+# ----------------------------------------------------------------------------- restricted Jacobian
+from rnncomp.algorithms.restricted import RestrictedJacobian  # noqa: E402
+
+
+@pytest.mark.parametrize("name", sorted(rc.cells.ZOO))
+def test_restricted_jacobian_entries_equal_the_full_jacobian(name):
+    """Random entries of D = ∂s[t]/∂s[t-1] (structural zeros among them) against D from the
+    tangent step run over one direction per state unit: the same products (1e-14)."""
+    cell = rc.cells.ZOO[name](2, 4, 2)
+    st, B = cell.step, 3
+    params, x, y = random_data(cell, T=1, B=B, seed=1)
+    rng = np.random.default_rng(0)
+    h = {s: rng.normal(size=(B, n)) for s, n in st.states.items()}
+    env = _one_step(cell, params, h, {k: v[0] for k, v in x.items()}, {k: v[0] for k, v in y.items()})
+    ts = tangent_step(st, params=())
+    N = sum(st.states.values())
+    offs = dict(zip(st.states, np.cumsum([0] + list(st.states.values()))))
+    seeds = {}
+    for s, n in st.states.items():
+        e = np.zeros((1, N, n))
+        e[0, offs[s] + np.arange(n), np.arange(n)] = 1
+        seeds[ts.state_seeds[s]] = e
+    tan = run_tangents(ts.prog, env, seeds, Directions(N, {}, {}, {}), B, np.float64)
+    D = np.zeros((B, N, N))
+    for s, n in st.states.items():
+        if ts.out[s] is not None:
+            D[:, offs[s]:offs[s] + n] = np.broadcast_to(tan[ts.out[s]], (B, N, n)).transpose(0, 2, 1)
+    rows, cols = np.nonzero(rng.random((N, N)) < 0.5)
+    got = RestrictedJacobian(st, rows, cols).evaluate(env, B, np.float64)
+    np.testing.assert_allclose(got, D[:, rows, cols], rtol=1e-13, atol=1e-14)
+
+
+def test_restricted_jacobian_computes_only_what_snap1_needs():
+    """Elman under SnAp-1 needs the diagonal of D: n_s entries in each tangent node."""
+    st = rc.cells.elman(1, 32, 1).step
+    rj = RestrictedJacobian(st, np.arange(32), np.arange(32))
+    assert max(len(d) for d, _ in rj.positions.values()) == 32

@@ -52,7 +52,7 @@ class AlgorithmExplanation(TextShown):
             lines += self._tangent_lines(ts)
             lines.append("gradient: ∂L/∂θ = Σ_t Σ_batch w[t]·∂ℓ[t]")
             if a == "snap":
-                from .snap import pattern
+                from .pattern import pattern
                 m = pattern(st, self.n, ts)
                 kept = sum(int(v.sum()) for v in m.values())
                 lines.append(f"kept: ∂s[t] ⊙ M{self.n} after every step, M{self.n} = the entries {self.n} step(s) of "
