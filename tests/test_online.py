@@ -44,6 +44,21 @@ def test_jvp_and_vjp_tables_cover_the_same_ops():
     check_rule_coverage()
 
 
+def test_tangent_executors_cover_the_ops_jvp_rules_emit():
+    """A JVP rule that emits a new op needs it in each executor of tangent programs."""
+    from rnncomp.algorithms.pattern import STRUCTURE
+    from rnncomp.algorithms.restricted import NEED
+    from rnncomp.algorithms.tangents import TANGENT_FORWARD
+    from rnncomp.forward_mode import TANGENT_OPS
+    for name, table in [("tangents.TANGENT_FORWARD", set(TANGENT_FORWARD) | {"matvec"}),
+                        ("pattern.STRUCTURE", set(STRUCTURE)), ("restricted.NEED", set(NEED))]:
+        missing = sorted(set(TANGENT_OPS) - table)
+        assert not missing, f"rnncomp.algorithms.{name} has no entry for tangent op(s) {missing}"
+    for name in sorted(rc.cells.ZOO):  # and the rules emit only those
+        ops = {n.op for n in tangent_step(rc.cells.ZOO[name](2, 3, 2).step).prog.nodes.values()}
+        assert ops <= set(TANGENT_OPS) | {"seed"}, (name, ops)
+
+
 def test_a_missing_jvp_rule_is_named():
     with pytest.raises(DifferentiationError, match=r"'weight_mul'.*VJP rule.*no JVP rule"):
         check_rule_coverage(dict(RULES, weight_mul=None), JVP_RULES)
