@@ -299,6 +299,33 @@ def test_uoro_mean_over_seeds_approaches_rtrl(name):
     assert e1024 < 0.1
 
 
+@settings(max_examples=10)
+@given(fuzz_cells(max_depth=2), calls(max_T=1, max_B=4))
+def test_per_sample_parameter_gradients_sum_to_the_batch_gradient(cell, call):
+    """UORO's per-sample ∂θ (transposed products, size-1 values, vector parameters read per
+    sample) summed over the batch == the executor's batch-summed gradient (1e-12)."""
+    from rnncomp.algorithms.base import flat_layout, per_sample_grads, step_env
+    from rnncomp.autodiff import backward_step
+    from rnncomp.backends.numpy import accumulate_grads
+    _, B, seed, _, _, _ = call
+    params, x, y, _, _ = fuzz_data(cell, 1, B, seed, None, "none")
+    st, dt = cell.step, np.dtype(np.float64)
+    rng = np.random.default_rng(seed)
+    env = step_env(st, params, {s: rng.normal(size=(B, n)) for s, n in st.states.items()}, {**x, **y}, 0)
+    run_program(st.prog, env, B, dt)
+    bwd = backward_step(st)
+    for s, n in st.states.items():
+        env[bwd.carry_in[s]] = rng.normal(size=(B, n))
+    env[bwd.weight] = rng.random((B, 1))
+    run_program(bwd.prog, env, B, dt)
+    layout = flat_layout(st)
+    per = per_sample_grads(bwd, env, B, layout, dt).sum(axis=0)
+    total = {p: np.zeros(np.shape(v)) for p, v in params.items()}
+    accumulate_grads(total, bwd.grads, env)
+    ref = np.concatenate([total[p].ravel() for p in st.params])
+    np.testing.assert_allclose(per, ref, rtol=1e-12, atol=1e-13)
+
+
 def test_uoro_learned_initial_state_is_unbiased():
     cell = _diagonal_cell()
     params, x, y = random_data(cell, T=4, B=1, seed=2)
