@@ -536,6 +536,21 @@ def test_fit_online_in_float32():
         assert tr.flat.dtype == np.float32 and tr.online_state["c"].dtype == np.float32
 
 
+def test_compositions_get_a_clear_error_and_train_with_bptt():
+    stack = rc.Stack([rc.cells.elman(2, 4, 3), rc.cells.elman(3, 4, 1)])
+    with pytest.raises(rc.CallError, match=r"rc.RTRL\(\) derives its recursion from one cell's step; "
+                                           r"'stack\(elman, elman\)' is a composition \(Stack\)"):
+        rc.Trainer(stack, gradient=rc.RTRL(), backend="numpy", dtype="float64")
+    with pytest.raises(rc.CellError, match=r"explain\(algorithm='rtrl'\).*composition"):
+        rc.explain(stack, algorithm="rtrl")
+    with pytest.raises(rc.CallError, match="composition"):
+        sequence_grad(rc.UORO(), stack, {}, {}, {})
+    tr = rc.Trainer(stack, optimizer=rc.SGD(0.1), gradient=rc.BPTT(), backend="numpy", dtype="float64")
+    rng = np.random.default_rng(0)
+    losses = tr.fit_online(rng.normal(size=(6, 2, 2)), rng.normal(size=(6, 2, 1)), every=3)
+    assert len(losses) == 2 and tr.step_count == 2
+
+
 def test_fit_online_batch_first_is_the_same_stream():
     cell = rc.cells.elman(1, 3, 1)
     s = np.sin(np.arange(21) * 0.3)[:, None, None].repeat(2, axis=1)

@@ -90,6 +90,9 @@ def sequence_grad(algorithm: Algorithm, cell, params, inputs, targets, h0=None, 
     (the loss is the masked mean of the per-step costs, as ``model.loss_and_grad``).
 
     Returns ``(loss, {param: gradient}, final states)``."""
+    if not hasattr(getattr(cell, "step", None), "prog"):
+        raise CallError(f"{algorithm!r} derives its recursion from one cell's step; {getattr(cell, 'name', cell)!r} "
+                        f"is a composition ({type(cell).__name__})")
     st, dt = cell.step, np.dtype(dtype)
     if not st.has_loss:
         raise CallError(f"cell {st.name!r} has no loss (declare one with cell.loss)")

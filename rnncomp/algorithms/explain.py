@@ -99,6 +99,8 @@ def _blocks(step):
 
 def explain_algorithm(cell, algorithm: str):
     """``"bptt"`` (the BPTT step), ``"rtrl"``, ``"snap"`` / ``"snap2"`` ..., ``"uoro"``, ``"rbp"``."""
+    from .online import check_single_cell
+    check_single_cell(cell, f"explain(algorithm={algorithm!r})", CellError)
     a = str(algorithm).lower().replace("-", "")
     n = 1
     if a.startswith("snap") and a[4:].isdigit():
