@@ -216,6 +216,11 @@ JVP_RULES = {
 }
 
 
+# The ops the JVP rules above emit: what an executor of tangent programs must run
+# (rnncomp.algorithms.tangents, .pattern, .restricted each have one entry per op here).
+TANGENT_OPS = ("ew", "matvec", "slice", "pad", "concat", "sum")
+
+
 def missing_jvp_rules(rules=None, jvp_rules=None) -> list:
     """Ops with a VJP rule (:data:`rnncomp.autodiff.RULES`) but no JVP rule, sorted."""
     return sorted(set(RULES if rules is None else rules) - set(JVP_RULES if jvp_rules is None else jvp_rules))

@@ -92,6 +92,9 @@ def sequence_grad(algorithm: Algorithm, cell, params, inputs, targets, h0=None, 
     Returns ``(loss, {param: gradient}, final states)``.  A cell with derived weights or
     constants (``cell.weight``, ``cell.const``): the algorithm runs on the plain cell whose
     parameters they are, and their gradients are chained back to the declared parameters."""
+    if not hasattr(getattr(cell, "step", None), "prog"):
+        raise CallError(f"{algorithm!r} derives its recursion from one cell's step; {getattr(cell, 'name', cell)!r} "
+                        f"is a composition ({type(cell).__name__})")
     if has_derived_weights(cell):
         from ..backends.validate import _array, _check_names
         from ..weights import DerivedWeights
