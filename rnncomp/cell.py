@@ -1,12 +1,17 @@
 """``Cell``: the user's declaration of one recurrent step.
 
-A cell records declarations and equations, checks each as it is written
-(sizes, unknown symbols, unsupported functions) and lowers lazily to the IR
-(:mod:`rnncomp.lower`).  See :mod:`rnncomp.dsl` for an example.
+A cell records declarations and equations and checks each as it is written
+(sizes, unknown symbols, unsupported functions).  See :mod:`rnncomp.dsl` for an example.
+
+The declaration imports nothing above it.  What the compiler makes of a cell (its
+lowered step, its graph, its equations as text and LaTeX) is computed by modules above
+it; ``Cell.compiler`` holds those functions (:class:`CompilerViews`), set by
+:mod:`rnncomp.cell_views` when ``import rnncomp`` runs.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import sympy as sp
@@ -28,8 +33,20 @@ class Decl:
     expr: object = None
 
 
+@dataclass(frozen=True)
+class CompilerViews:
+    """The functions above the declaration that a cell's views call, each taking the cell."""
+
+    lower: Callable  # -> the lowered one-step program (rnncomp.lower.lower)
+    graph: Callable  # -> the one-step networkx graph (rnncomp.graph.step_graph)
+    text: Callable  # -> the equations as text (rnncomp.printing.cell_text)
+    latex: Callable  # -> the equations as LaTeX (rnncomp.printing.cell_latex)
+
+
 class Cell:
     """A recurrent cell: see the module docstring of :mod:`rnncomp.dsl`."""
+
+    compiler: CompilerViews | None = None  # set by rnncomp.cell_views (see the module docstring)
 
     def __init__(self, name: str = "cell"):
         self.name = name
@@ -300,19 +317,22 @@ class Cell:
     def symbols(self, kind: str) -> list:
         return [d for d in self.decls.values() if d.kind == kind]
 
+    def _views(self) -> CompilerViews:
+        if Cell.compiler is None:  # only while `import rnncomp` has not finished
+            raise RuntimeError(f"cell {self.name!r}: the compiler is not loaded yet (import rnncomp first)")
+        return Cell.compiler
+
     @property
     def step(self):
-        """The lowered one-step program (:class:`rnncomp.lower.Step`)."""
+        """The lowered one-step program (:class:`rnncomp.lower.Step`), kept until the cell changes."""
         if self._lowered is None:
-            from .lower import lower
-            self._lowered = lower(self)
+            self._lowered = self._views().lower(self)
         return self._lowered
 
     @property
     def graph(self):
         """The one-step graph as a ``networkx.DiGraph`` (recurrent edges marked)."""
-        from .graph import step_graph
-        return step_graph(self)
+        return self._views().graph(self)
 
     def init_params(self, seed: int = 0, dtype="float64") -> dict:
         """A dict of freshly initialised parameter arrays (deterministic in ``seed``).
@@ -322,12 +342,10 @@ class Cell:
         return initializers.init_all(initializers.specs(self), seed, dtype)
 
     def __str__(self) -> str:
-        from .printing import cell_text
-        return cell_text(self)
+        return self._views().text(self)
 
     def _repr_latex_(self) -> str:
-        from .printing import cell_latex
-        return cell_latex(self)
+        return self._views().latex(self)
 
     def __repr__(self) -> str:
         count = lambda kind: sum(1 for d in self.decls.values() if d.kind == kind)  # noqa: E731

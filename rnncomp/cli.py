@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import os
 import sys
 import time
@@ -22,55 +20,12 @@ import time
 import numpy as np
 
 from . import cells
-from .cell import Cell
+from .cli_common import check_writable, load_cell, positive
 from .cli_train import add_arguments as _train_args, train_cmd
 from .compile import compile as rc_compile
+from .compose import Composition
 from .errors import RnncompError
 from .printing import explain
-
-
-def load_cell(spec: str, n_in=None, hidden=None, n_out=None) -> Cell:
-    """A zoo name, ``module:name``, or ``path/to/file.py[:name]`` holding a Cell.  The sizes
-    (default 8, 16, 4) are for a zoo cell; a cell of your own declares its own."""
-    if spec in cells.ZOO:
-        return cells.ZOO[spec](n_in or 8, hidden or 16, n_out or 4)
-    given = [f for f, v in (("--inputs", n_in), ("--hidden", hidden), ("--outputs", n_out)) if v is not None]
-    if given:
-        raise SystemExit(f"rnncomp: {', '.join(given)} set the sizes of a zoo cell; {spec!r} declares its own")
-    path, _, name = spec.partition(":")
-    if path.endswith(".py"):
-        if not os.path.isfile(path):
-            raise SystemExit(f"rnncomp: no file {path} (a cell is a zoo name, module:name or file.py[:name])")
-        s = importlib.util.spec_from_file_location("_rnncomp_user_cell", path)
-        if s is None or s.loader is None:
-            raise SystemExit(f"rnncomp: cannot read {path}")
-        mod = importlib.util.module_from_spec(s)
-        s.loader.exec_module(mod)
-    else:
-        here = os.getcwd()  # `rnncomp inspect mymod:cell` finds ./mymod.py, as `python -m` would
-        sys.path.insert(0, here)
-        try:
-            mod = importlib.import_module(path)
-        except ImportError as exc:
-            raise SystemExit(f"rnncomp: {spec!r} is neither a zoo cell ({', '.join(sorted(cells.ZOO))}) "
-                             f"nor an importable module: {exc}") from None
-        finally:
-            sys.path.remove(here)
-    found = [v for k, v in vars(mod).items() if isinstance(v, Cell) and (not name or k == name)]
-    if len(found) != 1:
-        raise SystemExit(f"rnncomp: {spec!r} must hold exactly one Cell (found {len(found)}); "
-                         "name it with FILE.py:NAME")
-    return found[0]
-
-
-def check_writable(*paths) -> None:
-    """Refuse, before any work, a file to write in a folder that does not exist."""
-    for path in paths:
-        if path and path != "-":
-            folder = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(folder):
-                raise SystemExit(f"rnncomp: cannot write {path}: folder {os.path.dirname(path) or folder} "
-                                 "does not exist")
 
 
 def demo(args) -> int:
@@ -177,6 +132,9 @@ def inspect_cmd(args) -> int:
         raise SystemExit(f"rnncomp: {args.cell} is a trained cell: its sizes are its own")
     cell = trained[0] if trained else load_cell(args.cell, args.inputs, args.hidden, args.outputs)
     args.trained_params = trained[1] if trained else None
+    if isinstance(cell, Composition) and (args.cost or args.flow or args.memory or args.profile):
+        raise SystemExit(f"rnncomp: --cost, --flow, --memory and --profile look at one cell; {cell.name} is a "
+                         "composition: inspect its cells one by one (its equations and --dot show them all)")
     did = False
     if args.dot is not None or args.svg or (args.png and not args.flow):
         did = True
@@ -185,9 +143,15 @@ def inspect_cmd(args) -> int:
         did = True
         from .inspect import cost
         print(cost(cell, T=args.T or 1000, B=args.B or 32, dtype=args.dtype).table())
+        from .algorithms.cost import algorithm_costs
+        print(algorithm_costs(cell, T=args.T or 1000, B=args.B or 32, dtype=args.dtype).table())
     if args.flow:
         did = True
         _inspect_flow(cell, args)
+    if args.profile:
+        did = True
+        from .inspect.profile import profile
+        print(profile(cell, T=args.T or 100, B=args.B or 32, dtype=args.dtype, threads=args.threads))
     if args.memory:
         did = True
         _inspect_memory(cell, args)
@@ -256,50 +220,32 @@ def _inspect_args(ins) -> None:
     ins.add_argument("--markdown", action="store_true")
     ins.add_argument("--dot", nargs="?", const="step", choices=["step", "unfolded", "gradient"],
                      help="Graphviz DOT text of the one-step (default), unfolded (--k steps) or gradient graph")
-    ins.add_argument("--k", type=_positive, default=3, help="steps of the unfolded graph (default 3)")
+    ins.add_argument("--k", type=positive, default=3, help="steps of the unfolded graph (default 3)")
     ins.add_argument("--detail", choices=["full", "compact"], default="full",
                      help="compact: the step graph as the cell's equations, one node per named value")
     ins.add_argument("--png", metavar="FILE", help="draw the graph (with --flow: the flow plot) to a PNG")
     ins.add_argument("--svg", metavar="FILE", help="draw the graph to an SVG")
-    ins.add_argument("--cost", action="store_true", help="FLOPs, stored activations and memory")
+    ins.add_argument("--cost", action="store_true", help="FLOPs, stored activations and memory; per gradient algorithm (BPTT, RTRL, SnAp, UORO)")
+    ins.add_argument("--profile", action="store_true",
+                     help="time one native training call by parts (products, element-wise, overhead) "
+                          "against the machine's limits (--T 100 --B 32 --threads 1)")
+    ins.add_argument("--threads", type=positive, default=1, help="threads for --profile (default 1)")
     ins.add_argument("--flow", action="store_true",
                      help="gradient flow through time for random parameters and data")
     ins.add_argument("--memory", action="store_true",
                      help="the checkpointing schedule for --budget (memory, recomputed steps, predicted time)")
     ins.add_argument("--budget", default=None, metavar="BYTES",
                      help="activation memory for --memory: 10000000, 10MB, 64MiB (default: 5%% of store-all)")
-    ins.add_argument("--T", type=_positive, default=None, help="sequence length (--cost, --memory: 1000, --flow: 50)")
-    ins.add_argument("--B", type=_positive, default=None, help="batch size (--cost, --memory: 32, --flow: 4)")
-    ins.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="for --cost, --memory")
+    ins.add_argument("--T", type=positive, default=None, help="sequence length (--cost, --memory: 1000, --flow: 50, --profile: 100)")
+    ins.add_argument("--B", type=positive, default=None, help="batch size (--cost, --memory: 32, --flow: 4, --profile: 32)")
+    ins.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="for --cost, --memory, --profile")
     ins.add_argument("--seed", type=int, default=0, help="random parameters and data for --flow")
     _size_args(ins)
 
 
 def _size_args(p) -> None:
     for name, default in (("--inputs", 8), ("--hidden", 16), ("--outputs", 4)):
-        p.add_argument(name, type=_positive, default=None, help=f"size of a zoo cell (default {default})")
-
-
-def _positive(text: str) -> int:
-    return _number(text, int, lambda v: v >= 1, "a positive integer")
-
-
-def _natural(text: str) -> int:
-    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
-
-
-def _positive_float(text: str) -> float:
-    return _number(text, float, lambda v: v > 0 and np.isfinite(v), "a positive number")
-
-
-def _number(text, kind, ok, what):
-    try:
-        v = kind(text)
-    except ValueError:
-        v = None
-    if v is None or not ok(v):
-        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
-    return v
+        p.add_argument(name, type=positive, default=None, help=f"size of a zoo cell (default {default})")
 
 
 def compile_cmd(args) -> int:
@@ -340,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("-o", "--output", help="file to write (default: standard output)")
     _size_args(comp)
     tr = sub.add_parser("train", help="train a cell on a built-in task or a text")
-    _train_args(tr, _positive, _natural, _positive_float)
+    _train_args(tr)
     return p
 
 

@@ -14,9 +14,10 @@ import sys
 import numpy as np
 
 from . import cells
+from .cli_common import check_writable, load_cell, natural, positive, positive_float
 
 
-def add_arguments(tr, positive, natural, positive_float) -> None:
+def add_arguments(tr) -> None:
     tr.add_argument("cell", nargs="?", default=None,
                     help="a zoo cell, module:name or file.py[:name] (default gru; with --resume: the saved one)")
     tr.add_argument("--task", default=None, metavar="sine|adding|charlm|FILE",
@@ -88,7 +89,6 @@ TASK_DEFAULTS = {"sine": {"T": 50, "N": 256, "hidden": 32, "lr": 1e-2},
 def train_cmd(args) -> int:
     """Train a cell on a built-in task (sine, adding) or a text (charlm: the shipped corpus,
     or a FILE) as a character-level language model; with checkpoints and a learning curve."""
-    from .cli import check_writable
     from .train import Trainer
     from .train.tasks import TASKS
 
@@ -221,7 +221,6 @@ def _fit(args, tr, run, x, y, **kw) -> None:
 
 def _train_task(args, run, task, resumed):
     """A built-in task: ``--N`` sequences of ``--T`` steps, an eighth held out."""
-    from .cli import load_cell
     from .train.tasks import baseline
 
     x, y, mask = task(T=run["T"], N=run["N"], seed=run["seed"])
@@ -255,7 +254,6 @@ def _train_text(args, run, resumed):
     """``--task charlm`` (the shipped corpus) or ``--task FILE``: next-character prediction with
     softmax cross-entropy, stateful over ``--batch`` parallel streams of ``--T``-step windows;
     the last 10 % of the text is held out."""
-    from .cli import load_cell
     from .train.text import CharVocab, bits_per_char, char_data, corpus, sample_text
 
     if run["task"] == "charlm":

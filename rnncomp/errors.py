@@ -23,3 +23,11 @@ class CallError(RnncompError, ValueError):
 
 class CompileError(RnncompError, RuntimeError):
     """A backend could not compile the cell."""
+
+
+class TrainingError(RnncompError, RuntimeError):
+    """Training stopped: a non-finite loss or gradient, or a checkpoint that does not fit."""
+
+
+class CheckpointError(TrainingError, ValueError):
+    """A file that is not a checkpoint, or one that cannot load as it was saved."""

@@ -343,13 +343,23 @@ class Explanation(TextShown):
         return f"$${self.latex()}$$"
 
 
-def explain(cell, wrt=None, d_outputs=None) -> Explanation:
+def explain(cell, wrt=None, d_outputs=None, algorithm=None) -> Explanation:
     """The cell's equations and its derived BPTT step: ``print(rc.explain(cell))``.
+
+    ``algorithm="rtrl"`` (or "snap", "snap2", "uoro", "rbp"): the recursion that gradient
+    algorithm derives instead (:mod:`rnncomp.algorithms.explain`).
 
     ``wrt="inputs"`` (or input names) adds the inputs' cotangents ``δx[t]`` (what
     ``model.vjp`` returns); ``d_outputs=True`` (or output names) seeds the step with the
     outputs' external cotangents ``δyᵉˣᵗ[t]`` and the final states' (``d_final``), as a
-    layer inside a larger model is differentiated."""
+    layer inside a larger model is differentiated.  A composition (``rc.Stack``,
+    ``rc.Bidirectional``): each cell in it, with the backward step it runs there."""
+    if algorithm is not None:
+        from .algorithms.explain import explain_algorithm
+        return explain_algorithm(cell, algorithm)
+    if hasattr(cell, "layers"):
+        from .compose.explain import ComposedExplanation
+        return ComposedExplanation(cell, wrt, d_outputs)
     if wrt is None and d_outputs is None:
         return Explanation(cell)
     st = cell.step

@@ -162,6 +162,19 @@ def test_random_matrix_cells(seed):
     assert_matches_oracle(cell, "native", T, B)
 
 
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_rtrl_equals_bptt(name):
+    """Forward mode (the JVP rules of outer, smatvec, mbcast, mreduce) against the reverse walk."""
+    from rnncomp.algorithms import RTRL, sequence_grad
+    cell = CELLS[name](N_IN, N_H, N_OUT)
+    params, x, t = random_data(cell, T, B, seed=2)
+    l1, g1, _ = rc.compile(cell).loss_and_grad(params, x, t)
+    l2, g2, _ = sequence_grad(RTRL(), cell, params, x, t)
+    assert l2 == pytest.approx(l1, rel=1e-12)
+    for k in params:
+        np.testing.assert_allclose(g2[k], g1[k], rtol=1e-10, atol=1e-13, err_msg=k)
+
+
 def test_initial_matrix_state_given_and_learned():
     cell = every_op()
     params, x, t = random_data(cell, T, B)

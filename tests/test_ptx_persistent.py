@@ -16,7 +16,7 @@ import pytest
 
 import rnncomp as rc
 from rnncomp.backends.ptx import persistent as pers
-from rnncomp.backends.ptx.plan import split_factor
+from rnncomp.backends.ptx.launches import split_factor
 from rnncomp.backends.ptx.ptxgen import entries, find_ptxas, ptxas, spills
 from rnncomp.errors import CompileError
 

@@ -21,7 +21,7 @@ import pytest
 import sympy as sp
 
 import rnncomp as rc
-from rnncomp.backends.ptx.plan import _resolve_args
+from rnncomp.backends.ptx.launches import resolve_args
 from rnncomp.backends.ptx.ptxgen import entries, find_ptxas, ptxas, spills
 
 from gradcheck import numpy_model, random_data
@@ -183,7 +183,7 @@ def test_launch_order_is_topological_and_members_cost_nothing():
             assert set(order) == want - set(plan.aliases)
             done = set()
             for k in order:
-                assert set(_resolve_args(prog, k, set(order), plan.aliases)) <= done, k
+                assert set(resolve_args(prog, k, set(order), plan.aliases)) <= done, k
                 done.add(k)
         L = plan.layout
         for key, (whole, col, width) in plan.views.items():

@@ -238,6 +238,20 @@ def test_checkpoint_round_trip(tmp_path):
         assert back.evaluate(x, t) == tr.evaluate(x, t)
 
 
+def test_rtrl_chains_the_derived_weights_and_fit_online_says_what_it_cannot():
+    from rnncomp.algorithms import RTRL, sequence_grad
+    cell = weightnorm_gru()
+    params, x, t = random_data(cell, T, B, seed=2)
+    l1, g1, _ = rc.compile(cell).loss_and_grad(params, x, t)
+    l2, g2, _ = sequence_grad(RTRL(), cell, params, x, t)
+    assert l2 == pytest.approx(l1, rel=1e-12)
+    for k in params:
+        np.testing.assert_allclose(g2[k], g1[k], rtol=1e-10, atol=1e-13, err_msg=k)
+    tr = rc.Trainer(cell, backend="numpy", gradient=RTRL())
+    with pytest.raises(CellError, match=r"cell 'wn_gru': fit_online with RTRL does not chain derived weights"):
+        tr.fit_online(x, t)
+
+
 def test_explain_prints_the_derived_weights_and_their_chain():
     text = str(rc.explain(masked_elman()))
     assert "consts:  M ∈ R^4×4 (fixed)" in text

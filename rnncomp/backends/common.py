@@ -1,7 +1,7 @@
 """What every compiled model shares: parameters in its dtype, how it shows itself, pickling.
 
 A model made by :func:`rnncomp.compile` pickles as its cell's portable declaration (the
-text of its equations, :mod:`rnncomp.train.checkpoint`), backend, dtype and options, and
+text of its equations, :mod:`rnncomp.serialize`), backend, dtype and options, and
 is compiled again where it is unpickled (the native backend reloads the object code from
 its cache), so it can go to worker processes.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..initializers import InitParams
+from ..serialize import cell_from_dict, cell_to_dict
 from ..show import TextShown
 
 
@@ -32,7 +33,6 @@ class CompiledModel(InitParams, TextShown):
         if self._source is None:
             raise TypeError(f"{type(self).__name__}: only a model made by rc.compile can be pickled "
                             "(it is compiled again from its cell where it is unpickled)")
-        from ..train.checkpoint import cell_to_dict
         cell, options = self._source
         return (recompile, (cell_to_dict(cell), self.backend, self.dtype.name, options))
 
@@ -40,5 +40,4 @@ class CompiledModel(InitParams, TextShown):
 def recompile(declaration: dict, backend: str, dtype: str, options: dict):
     """Unpickling: the cell rebuilt from its declaration, compiled again."""
     from ..compile import compile as rc_compile
-    from ..train.checkpoint import cell_from_dict
     return rc_compile(cell_from_dict(declaration, "pickled model"), backend=backend, dtype=dtype, **options)

@@ -12,12 +12,11 @@ from llvmlite import ir
 
 from ..errors import CompileError
 from ..ir import placeholder
-from .llvm import gemm
+from .llvm import kernel_library
 from .llvm import vecmath
-from .llvm.builder import I64, alloca_once, for_range, parallel_loop_md
+from .llvm.builder import I64, alloca_once, float_type, for_range, parallel_loop_md
 from .llvm.exprgen import LLVMPrinter
 
-_DT = {np.dtype("float64"): ir.DoubleType(), np.dtype("float32"): ir.FloatType()}
 
 
 class Layout:
@@ -48,9 +47,10 @@ class Layout:
 class Gen:
     """Generates one entry point: the per-step body for a program, inside a time loop."""
 
-    def __init__(self, module, dtype, layout, host, name):
+    def __init__(self, module, dtype, layout, host, name, profile=None):
         self.m, self.dtype, self.L, self.host = module, np.dtype(dtype), layout, host
-        self.ty = _DT[self.dtype]
+        self.profile = profile  # a profiled build: {part: work per row} (native_profile.py)
+        self.ty = float_type(self.dtype)
         self.pty = self.ty.as_pointer()
         fnty = ir.FunctionType(ir.VoidType(), [I64, I64, self.pty.as_pointer(), self.pty])
         self.fn = ir.Function(module, fnty, name)
@@ -76,9 +76,7 @@ class Gen:
     def gemm_fn(self, trans_a, trans_b):
         k = (trans_a, trans_b)
         if k not in self.gemms:
-            name = f"{self.fn.name}_gemm_{int(trans_a)}{int(trans_b)}"
-            existing = self.m.globals.get(name)
-            self.gemms[k] = existing or gemm.define_gemm(self.m, name, str(self.dtype), trans_a, trans_b, self.host)
+            self.gemms[k] = kernel_library.declare(self.m, "gemm", str(self.dtype), k, self.host)
         return self.gemms[k]
 
     def call_gemm(self, M, N, K, A, lda, trans_a, Bm, ldb, trans_b, C, ldc, acc):
@@ -135,9 +133,7 @@ class Gen:
                            P, I64(n_), not tr, out, I64(ldc), 1 if i else 0)
 
     def packed_gemm(self):
-        name = f"{self.fn.name}_gemm_packed"
-        f = self.m.globals.get(name)
-        return f or gemm.define_gemm_packed_b(self.m, name, str(self.dtype), False, self.host)
+        return kernel_library.declare(self.m, "gemm_packed_b", str(self.dtype), (False,), self.host)
 
     def packed_pointers(self, terms, slots):
         """Where op(P) of each packed (param, transposed) lives (loaded where it dominates
@@ -155,8 +151,7 @@ class Gen:
                 continue
             m_, n_ = shapes[p]
             K, N = (m_, n_) if tr else (n_, m_)
-            name = f"{self.fn.name}_pack_{int(not tr)}"
-            f = self.m.globals.get(name) or gemm.define_pack_b(self.m, name, str(self.dtype), not tr, self.host)
+            f = kernel_library.declare(self.m, "pack_b", str(self.dtype), (not tr,), self.host)
             src = b.load(b.gep(self.bufs, [I64(self.L.where[(p, None)][0])]))
             b.call(f, [I64(K), I64(N), src, I64(n_), self.packed[(p, tr)]])
 

@@ -16,7 +16,7 @@ from sympy.printing.numpy import NumPyPrinter
 from ..autodiff import LOSS_ONLY, WEIGHT, Cotangents, backward_step
 from ..errors import CallError
 from ..ir import LEAF_OPS, placeholder, prune
-from .validate import check_call, check_forward_call, initial_states, step_weights
+from .validate import check_call, check_forward_call, float_dtype, initial_states, step_weights
 from .vjp import VjpMixin, check_cotangents, resolve_wrt
 from ..initializers import specs as init_specs
 from .common import CompiledModel
@@ -163,9 +163,7 @@ class NumpyModel(VjpMixin, CompiledModel):
 
     def __init__(self, cell, dtype="float64"):
         self.cell_name = cell.name
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        self.dtype = float_dtype(dtype)
         self.step = cell.step
         self._bwds: dict = {}
         self._param_specs_init = init_specs(cell)

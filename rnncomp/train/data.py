@@ -1,4 +1,5 @@
-"""Batches for the Trainer: padding variable-length sequences, laying out long streams.
+"""Batches for the Trainer: padding variable-length sequences, laying out long streams,
+and reading the data it is given as ``{name: array}`` of the model's dtype.
 
     >>> x, lengths = pad_sequences([np.ones((3, 2)), np.ones((5, 2))])
     >>> x.shape, lengths.tolist(), lengths_mask(lengths, 5).sum(axis=0).tolist()
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import CallError
+from ..errors import CallError, TrainingError
 
 
 def pad_sequences(sequences, dtype="float32", value=0.0, *, batch_first=False):
@@ -71,3 +72,24 @@ def stream_batches(stream, T: int, batch_size: int, *, batch_first=False) -> np.
     s = s.reshape(batch_size, K, T, -1).transpose(2, 1, 0, 3)           # (T, K, B, n)
     s = s.reshape(T, K * batch_size, -1)
     return np.ascontiguousarray(s.swapaxes(0, 1) if batch_first else s)
+
+
+def as_dict(a, names, what):
+    """``a`` as ``{name: array}``: a dict as given, a lone array for the only name in ``names``."""
+    if isinstance(a, dict):
+        return a
+    if len(names) != 1:
+        raise TrainingError(f"{what} must be a dict keyed by {', '.join(names)}")
+    return {names[0]: a}
+
+
+def converted(d, dtype, what):
+    """``{name: array}`` as contiguous arrays of the model's ``dtype``: the Trainer takes
+    NumPy's default float64 (or ints, lists) for a float32 model and converts it once."""
+    out = {}
+    for k, v in d.items():
+        try:
+            out[k] = np.ascontiguousarray(v, dtype=dtype)
+        except (TypeError, ValueError) as exc:
+            raise CallError(f"{what}[{k!r}] cannot be read as {np.dtype(dtype).name} numbers: {exc}") from None
+    return out

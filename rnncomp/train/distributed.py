@@ -201,10 +201,10 @@ def loss_and_grad(tr, inputs, targets, h0, mask):
     """The global batch's loss and flat gradient, this rank's rows computed in ``tr.accumulate``
     micro-batches and summed over the ranks.  Returns (loss, gradient: a view into the
     arena, final states (B, n) whose rows of other ranks are 0)."""
-    from .trainer import _as_dict
+    from .data import as_dict
     group, step = tr.dist, tr.cell.step
-    inputs = _as_dict(inputs, list(step.inputs), "inputs")  # a lone array, as the backends take
-    targets = None if targets is None else _as_dict(targets, list(step.targets), "targets")
+    inputs = as_dict(inputs, list(step.inputs), "inputs")  # a lone array, as the backends take
+    targets = None if targets is None else as_dict(targets, list(step.targets), "targets")
     x0 = next(iter(inputs.values()))
     T, B = x0.shape[:2]
     ranks = 1 if group is None else group.size

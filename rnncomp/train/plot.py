@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import TrainingError
+
 COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
 MAX_TICKS = 8
 
@@ -86,3 +88,22 @@ def line_plot(path, series, title: str = "", xlabel: str = "", ylabel: str = "",
     legend_outside(ax)
     save(fig, path)
     return fig
+
+
+def learning_curve(history, batch_history, val_history):
+    """The series and legend of a trainer's learning curve: the loss of every batch (when
+    there are more batches than epochs), the mean of every epoch and the validation loss."""
+    series, legend = [], []
+    bh = [(p, v) for p, v in batch_history if np.isfinite(v)]
+    if len(bh) > len(history):
+        series.append(([p for p, _ in bh], [v for _, v in bh], (158, 190, 226), 1))
+        legend.append("batch")
+    if history:
+        series.append((np.arange(len(history)) + 0.5, history, (31, 119, 180), 2))
+        legend.append("epoch mean")
+    if val_history:
+        series.append((np.arange(1, len(val_history) + 1), val_history, (214, 39, 40), 2))
+        legend.append("validation")
+    if not series:
+        raise TrainingError("plot: nothing to draw, the loss history is empty (train first)")
+    return series, legend

@@ -1,4 +1,5 @@
-"""``Trainer``: training loops around a compiled model, truncated BPTT, checkpoints.
+"""``Trainer``: training loops around a compiled model, truncated BPTT; saving and resuming
+are in :mod:`.resume`, the data conversions in :mod:`.data`.
 
     >>> import numpy as np, rnncomp as rc
     >>> cell = rc.cells.elman(1, 8, 1)
@@ -17,13 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..compile import compile as rc_compile
-from ..errors import CallError, RnncompError
-from .data import check_lengths, lengths_mask
+from ..errors import CallError, TrainingError
+from .data import as_dict, check_lengths, converted, lengths_mask
 from .optim import Adam, Optimizer, global_norm
-
-
-class TrainingError(RnncompError, RuntimeError):
-    """Training stopped: a non-finite loss or gradient, or a checkpoint that does not fit."""
 
 
 @dataclass(frozen=True)
@@ -42,26 +39,6 @@ class Truncated:
         if k2 % self.k1:
             raise ValueError(f"Truncated(k1={self.k1}, k2={k2}): k2 must be a multiple of k1")
         object.__setattr__(self, "k2", k2)
-
-
-def _as_dict(a, names, what):
-    if isinstance(a, dict):
-        return a
-    if len(names) != 1:
-        raise TrainingError(f"{what} must be a dict keyed by {', '.join(names)}")
-    return {names[0]: a}
-
-
-def _converted(d, dtype, what):
-    """``{name: array}`` as contiguous arrays of the model's ``dtype``: the Trainer takes
-    NumPy's default float64 (or ints, lists) for a float32 model and converts it once."""
-    out = {}
-    for k, v in d.items():
-        try:
-            out[k] = np.ascontiguousarray(v, dtype=dtype)
-        except (TypeError, ValueError) as exc:
-            raise CallError(f"{what}[{k!r}] cannot be read as {np.dtype(dtype).name} numbers: {exc}") from None
-    return out
 
 
 def _live_bar(verbose, epoch, epochs, n_batches):
@@ -89,7 +66,7 @@ class Trainer:
     def __init__(self, cell, optimizer: Optimizer | None = None, *, clip_norm=None, clip_value=None,
                  bptt: Truncated | None = None, backend="native", dtype="float32", seed=0,
                  params=None, update=None, batch_first=False, distributed=None, comm=None, accumulate=1,
-                 **compile_options):
+                 gradient=None, **compile_options):
         """``update``: "native" runs clipping + the optimizer as one compiled call (the default
         with ``backend="native"`` when the optimizer is a built-in one), "numpy" with NumPy.
         ``batch_first=True``: every array this trainer takes or returns is (N, T, ...) instead
@@ -110,6 +87,8 @@ class Trainer:
         if self.dist is not None:  # this rank's threads (its share of the node's cores) or GPU
             compile_options = self.dist.compile_defaults(backend, compile_options)
         self.cell, self.bptt = cell, bptt
+        from ..algorithms.online import check_gradient
+        self.gradient = check_gradient(gradient)  # fit_online's algorithm (rnncomp/algorithms/online.py)
         self.clip_norm, self.clip_value = clip_norm, clip_value
         self.backend, self.dtype = backend, np.dtype(dtype)
         self.model = rc_compile(cell, backend=backend, dtype=dtype, **compile_options)
@@ -222,6 +201,12 @@ class Trainer:
                 del states[old]
         return (float(np.mean(losses)) if losses else float("nan")), states[T]
 
+    def fit_online(self, inputs, targets, every=1, h0=None):
+        """Learn from a stream with ``gradient=`` (rc.RTRL(), rc.SnAp(n), rc.UORO(), rc.BPTT()),
+        an update every ``every`` steps: :func:`rnncomp.algorithms.online.fit_online`."""
+        from ..algorithms.online import fit_online
+        return fit_online(self, inputs, targets, every, h0)
+
     # ------------------------------------------------------------------ loops
     def fit(self, inputs, targets, epochs=1, batch_size=32, mask=None, shuffle=None, seed=0, verbose=1,
             *, lengths=None, stateful=False, callbacks=(), validation_data=None):
@@ -306,18 +291,18 @@ class Trainer:
     def _data(self, inputs, targets=None):
         """Inputs (and targets) as dicts of arrays in the model's dtype, converted once here:
         data may come as NumPy's default float64 for a float32 model."""
-        x = _converted(self._time_major(_as_dict(inputs, list(self.cell.step.inputs), "inputs")), self.dtype, "inputs")
+        x = converted(self._time_major(as_dict(inputs, list(self.cell.step.inputs), "inputs")), self.dtype, "inputs")
         if targets is None:
             return x
-        t = self._time_major(_as_dict(targets, list(self.cell.step.targets), "targets"))
-        return x, _converted(t, self.dtype, "targets")
+        t = self._time_major(as_dict(targets, list(self.cell.step.targets), "targets"))
+        return x, converted(t, self.dtype, "targets")
 
     def _time_major(self, d: dict) -> dict:
         """With ``batch_first``: (N, T, ...) arrays as the (T, N, ...) the models take."""
         return {k: np.swapaxes(np.asarray(v), 0, 1) for k, v in d.items()} if self.batch_first else d
 
     def _state(self, h0):
-        return None if h0 is None else _converted(h0, self.dtype, "h0")
+        return None if h0 is None else converted(h0, self.dtype, "h0")
 
     def _mask(self, mask, lengths, T, N):
         """The (T, N) step weights from ``mask`` and ``lengths`` (None: every step counts)."""
@@ -376,7 +361,10 @@ class Trainer:
         T, N = next(iter(x.values())).shape[:2]
         lengths = check_lengths(lengths, T, N)
         pieces, final, state, lo = [], None, h0, 0
-        for end in np.unique(lengths):  # run up to each distinct length, keep who ends there
+        if getattr(self.model, "takes_lengths", False):  # a composition: one call (a reversed pass reads it all)
+            out, final = self.model.forward(self.params, x, h0=h0, lengths=lengths)
+            pieces, lo = [out], T
+        for end in [] if pieces else np.unique(lengths):  # run up to each distinct length, keep who ends there
             out, state = self.model.forward(self.params, {k: v[lo:end] for k, v in x.items()}, h0=state)
             pieces.append(out)
             final = final or {k: np.zeros_like(v) for k, v in state.items()}
@@ -406,12 +394,12 @@ class Trainer:
         Returns the chosen inputs (steps, B, n_in) (a dict for several inputs) and the final states."""
         names, outs_names = list(self.cell.step.inputs), list(self.cell.step.outputs)
         rng = np.random.default_rng(seed)
-        out, state = self.model.forward(self.params, _converted(self._time_major(_as_dict(prime, names, "prime")),
+        out, state = self.model.forward(self.params, converted(self._time_major(as_dict(prime, names, "prime")),
                                                                 self.dtype, "prime"), h0=self._state(h0))
         chosen = []
         for _ in range(steps):
             last = {k: v[-1] for k, v in out.items()}
-            nxt = _as_dict(pick(last[outs_names[0]] if len(outs_names) == 1 else last, rng), names, "pick(...)")
+            nxt = as_dict(pick(last[outs_names[0]] if len(outs_names) == 1 else last, rng), names, "pick(...)")
             chosen.append(nxt)
             out, state = self.model.forward(self.params, {k: np.asarray(v, self.dtype)[None] for k, v in nxt.items()},
                                             h0=state)
@@ -421,60 +409,24 @@ class Trainer:
     def plot(self, path, title=None) -> str:
         """Write the learning curve (the loss of every batch, the mean of every epoch, and the
         validation loss when there is one) to a PNG or SVG (matplotlib); returns the path."""
-        from .plot import line_plot
-        series, legend = [], []
-        bh = [(p, v) for p, v in self.batch_history if np.isfinite(v)]
-        if len(bh) > len(self.history):
-            series.append(([p for p, _ in bh], [v for _, v in bh], (158, 190, 226), 1))
-            legend.append("batch")
-        if self.history:
-            series.append((np.arange(len(self.history)) + 0.5, self.history, (31, 119, 180), 2))
-            legend.append("epoch mean")
-        if self.val_history:
-            series.append((np.arange(1, len(self.val_history) + 1), self.val_history, (214, 39, 40), 2))
-            legend.append("validation")
-        if not series:
-            raise TrainingError("plot: nothing to draw, the loss history is empty (train first)")
+        from .plot import learning_curve, line_plot
+        series, legend = learning_curve(self.history, self.batch_history, self.val_history)
         if self.dist is not None and not self.dist.is_root:  # every rank has the same history
             return str(path)
         line_plot(path, series, title=title or f"{self.cell.name}: training loss", xlabel="epoch",
                   ylabel="loss", legend=legend, xinteger=True)
         return str(path)
 
-    # ------------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------------ checkpoints (train/resume.py)
     def save(self, path) -> None:
         """Write a portable checkpoint (:mod:`.checkpoint`): parameters and optimizer state
         as arrays, the cell as its declaration, backend, dtype, memory schedule and options;
         atomically (temporary file + rename), so a killed save keeps the last good one.
         Distributed: rank 0 writes, every rank returns once it has (or raises its error)."""
-        if self.dist is not None:
-            dist, self.dist = self.dist, None
-            try:
-                return dist.on_root(self.save, path)
-            finally:
-                self.dist = dist
-        from . import checkpoint as ck
-        opts = {k: v for k, v in self.compile_options.items() if k != "cache"}  # the cache is this machine's
-        if "memory" in opts:
-            opts["memory"] = ck.memory_to_dict(opts["memory"])
-        bad = [k for k, v in opts.items() if not isinstance(v, (bool, int, float, str, dict, type(None)))]
-        if bad:
-            raise ck.CheckpointError(f"cannot save {path}: compile option(s) {', '.join(bad)} are not "
-                                     "numbers or text")
-        state = self.optimizer.state_dict()
-        meta = {"format": ck.FORMAT, "version": ck.VERSION, "cell": ck.cell_to_dict(self.cell),
-                "fingerprint": str(self.cell), "backend": self.backend, "dtype": self.dtype.name,
-                "compile_options": opts, "update": self.update, "params": self.names,
-                "optimizer": ck.optimizer_to_dict(self.optimizer), "optimizer_state": sorted(state),
-                "step": self.step_count, "history": list(self.history),
-                "batch_history": [list(p) for p in self.batch_history], "info": self.info,
-                "val_history": list(self.val_history),
-                "options": {"clip_norm": self.clip_norm, "clip_value": self.clip_value,
-                            "batch_first": self.batch_first,
-                            "bptt": None if self.bptt is None else [self.bptt.k1, self.bptt.k2]}}
-        arrays = {f"param/{n}": self.params[n] for n in self.names}
-        arrays.update({f"opt/{k}": v for k, v in state.items()})
-        ck.write(path, meta, arrays)
+        from .resume import save
+        if self.dist is None:
+            return save(self, path)
+        return self.dist.on_root(save, self, path)
 
     @classmethod
     def load(cls, path, cell=None, backend=None, dtype=None, *, schedule=None, **compile_options) -> "Trainer":
@@ -483,62 +435,5 @@ class Trainer:
         for a cell using functions of your own); ``schedule``: the learning-rate schedule,
         needed when the saved one was a Python function.  A file that is not a checkpoint,
         or one that would load differently, is a :class:`~.checkpoint.CheckpointError`."""
-        from . import checkpoint as ck
-        meta, arrays = ck.read(path)
-        if meta == "legacy":
-            return cls._load_legacy(path, arrays, cell, backend or "native", dtype or "float32", compile_options)
-        where = str(path)
-        saved = ck.cell_from_dict(meta["cell"], where) if cell is None else cell
-        if str(saved) != meta["fingerprint"]:
-            raise ck.CheckpointError(
-                f"{where}: the checkpoint is of cell {meta['cell']['name']!r} with other equations or sizes "
-                f"than {'cell ' + repr(cell.name) if cell is not None else 'the cell rebuilt from it'} "
-                f"({ck.first_difference(meta['fingerprint'], str(saved))})")
-        params = ck.check_params({n: arrays[f"param/{n}"] for n in meta["params"] if f"param/{n}" in arrays},
-                                 saved, where)
-        if any(v.dtype != np.dtype(meta["dtype"]) for v in params.values()):
-            raise ck.CheckpointError(f"{where}: parameters are not all {meta['dtype']}, the dtype it records")
-        state = {}
-        for k in meta["optimizer_state"]:
-            if f"opt/{k}" not in arrays:
-                raise ck.CheckpointError(f"{where}: the optimizer state {k!r} is missing")
-            state[k] = arrays[f"opt/{k}"]
-        opts = dict(meta["compile_options"])
-        if "memory" in opts:
-            opts["memory"] = ck.memory_from_dict(opts["memory"])
-        opts.update(compile_options)
-        opts.setdefault("update", meta["update"])
-        o = meta["options"]
-        tr = cls(saved, ck.optimizer_from_dict(meta["optimizer"], schedule, where),
-                 backend=backend or meta["backend"], dtype=dtype or meta["dtype"], params=params,
-                 clip_norm=o["clip_norm"], clip_value=o["clip_value"], batch_first=o.get("batch_first", False),
-                 bptt=None if o["bptt"] is None else Truncated(*o["bptt"]), **opts)
-        size = tr.flat.size
-        bad = [k for k, v in state.items() if v.shape != (size,)]
-        if bad:
-            raise ck.CheckpointError(f"{where}: optimizer state {bad[0]!r} has shape {state[bad[0]].shape}, "
-                                     f"the parameters have {size} elements")
-        tr.optimizer.load_state_dict(state)
-        tr.step_count, tr.history = int(meta["step"]), [float(v) for v in meta["history"]]
-        tr.batch_history = [tuple(p) for p in meta["batch_history"]]
-        tr.val_history = [float(v) for v in meta.get("val_history", [])]
-        tr.info = dict(meta.get("info") or {})
-        return tr
-
-    @classmethod
-    def _load_legacy(cls, path, blob, cell, backend, dtype, compile_options) -> "Trainer":
-        """A format-1 checkpoint (a pickle, before version 2): it recorded neither backend nor
-        dtype, so they are the given ones (defaults: native, float32), as they always were."""
-        from . import checkpoint as ck
-        if cell is not None and str(cell) != blob["fingerprint"]:
-            raise ck.CheckpointError(f"{path}: the checkpoint is of cell {blob['cell'].name!r} with other "
-                                     f"equations or sizes than cell {cell.name!r}")
-        ck.check_params(blob["params"], blob["cell"], str(path))
-        opt_state = blob["optimizer"].state_dict()  # before __init__ re-initialises the optimizer
-        compile_options.setdefault("update", blob.get("update"))
-        tr = cls(blob["cell"], blob["optimizer"], backend=backend, dtype=dtype,
-                 params=blob["params"], **blob["options"], **compile_options)
-        tr.optimizer.load_state_dict(opt_state)
-        tr.step_count, tr.history = blob["step"], list(blob["history"])
-        tr.batch_history = list(blob.get("batch_history", []))
-        return tr
+        from .resume import load
+        return load(cls, path, cell, backend, dtype, schedule=schedule, **compile_options)

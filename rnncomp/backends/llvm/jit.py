@@ -132,6 +132,13 @@ class NativeLibrary:
             raise CompileError(f"compiled library has no function {name!r}")
         return addr
 
+    def global_address(self, name: str) -> int:
+        """Address of global variable ``name`` of the library."""
+        addr = self._engine.get_global_value_address(name)
+        if not addr:
+            raise CompileError(f"compiled library has no global {name!r}")
+        return addr
+
     def asm(self) -> str:
         """Assembly of the (optimised) module, for inspection."""
         mod = llvm.parse_assembly(self._optimized_ir or self.ir_text)
@@ -198,24 +205,30 @@ def _cache_dir(cache) -> str:
 
 
 def compile_keyed(key: str, build, *, level: int = 3, cache: str | None = "default",
-                  host: HostTarget | None = None) -> NativeLibrary:
+                  host: HostTarget | None = None, link=None) -> NativeLibrary:
     """Like :func:`compile_module`, but looks the cache up by ``key`` (a description of what
-    ``build()`` would generate) *before* generating any IR: a warm compile skips codegen."""
+    ``build()`` would generate) *before* generating any IR: a warm compile skips codegen.
+
+    ``link(obj, host, cache)``, if given, runs before the object is loaded: it makes the
+    symbols the object refers to resolvable (see :mod:`.kernel_library`)."""
     host = host or HostTarget.detect()
     path = None
     if cache is not None:
         path = os.path.join(_cache_dir(cache), "obj", "k-" + _cache_key(key, host, level) + ".o")
         obj = _read_cache(path)
         if obj is not None:
+            if link is not None:
+                link(obj, host, cache)
             return NativeLibrary(obj, None, host, None, rebuild=build)
-    lib = compile_module(build(), level=level, cache=None, host=host)
+    lib = compile_module(build(), level=level, cache=None, host=host,   # the kernels keep `cache`
+                         link=None if link is None else (lambda obj, h, _: link(obj, h, cache)))
     if path is not None:
         _write_cache(path, lib._object)
     return lib
 
 
 def compile_module(ir_module, *, level: int = 3, cache: str | None = "default",
-                   host: HostTarget | None = None) -> NativeLibrary:
+                   host: HostTarget | None = None, link=None) -> NativeLibrary:
     """Verify, optimise and compile ``ir_module`` for the host; load it.
 
     ``cache``: a directory for object files, ``"default"`` for
@@ -229,6 +242,8 @@ def compile_module(ir_module, *, level: int = 3, cache: str | None = "default",
         path = os.path.join(_cache_dir(cache), "obj", _cache_key(ir_text, host, level) + ".o")
         obj = _read_cache(path)
         if obj is not None:
+            if link is not None:
+                link(obj, host, cache)
             return NativeLibrary(obj, ir_text, host, None)
     mod = parse_and_verify(ir_module)
     tm = host.machine()
@@ -237,4 +252,6 @@ def compile_module(ir_module, *, level: int = 3, cache: str | None = "default",
     obj = tm.emit_object(mod)
     if path is not None:
         _write_cache(path, obj)
+    if link is not None:
+        link(obj, host, cache)
     return NativeLibrary(obj, ir_text, host, str(mod) if level > 0 else None)

@@ -1,17 +1,9 @@
-"""Kernels for the PTX backend: one LLVM module per cell, emitted with llvmlite's IR builder.
+"""Kernels for the PTX backend: what each kind of kernel computes, written with llvmlite's IR builder.
 
 Every kernel is written once as a *body* ``body(gid, N, R, p0, p1, ...)``: the work
 of one thread ``gid`` out of ``N`` (``R`` is the number of rows the launch covers:
-the batch B, or T·B for hoisted products and parameter gradients).  Two wrappers
-call the same body:
-
-* ``nvptx``: a ``ptx_kernel`` entry ``k(N, R, p...)`` with
-  ``gid = ctaid.x · ntid.x + tid.x`` (the calling convention matters: without
-  it LLVM 22 emits a ``.func`` nobody can launch);
-* ``host``: a plain function ``k(N, R, p...)`` that loops ``gid = 0 … N-1``.
-  Compiled for this CPU, it runs the *same* indexing and math as the GPU
-  kernels, so the host semantics check (``runner="host"``) catches indexing
-  bugs without a GPU.
+the batch B, or T·B for hoisted products and parameter gradients).  :mod:`.emit` wraps
+the bodies of a :class:`KernelSet` into one LLVM module, as GPU kernels or as host loops.
 
 Element-wise math is printed by :class:`..llvm.exprgen.LLVMPrinter` (vector math
 from :mod:`..llvm.vecmath`: straight-line arithmetic, no libm calls, no
@@ -24,7 +16,7 @@ parameter-gradient ``δᵀv`` over T·B rows) are **tiled** through shared memor
 
 Element-wise nodes are fused: one kernel computes a run of element-wise nodes of
 one size (values produced earlier in the run come from registers), see
-:meth:`KernelSet.ew_run` and ``plan._groups``.
+:meth:`KernelSet.ew_run` and :func:`.launches.fusion_groups`.
 
 Every kernel kind takes the row stride of its per-sample pointers (``ld``, default: the
 value's size): with pass "stack" a value may be a column range of a wider row (a member of a
@@ -37,16 +29,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import sympy as sp
-from llvmlite import ir
 
 from ...ir import placeholder
 from ..llvm import vecmath
-from ..llvm.builder import I64, for_range
+from ..llvm.builder import I64, float_type, for_range
 from ..llvm.exprgen import LLVMPrinter
-from .irgen import DTYPES, NVPTX_DATALAYOUT, NVPTX_TRIPLE, BodyGen, sreg
-from .tiled import SPLIT_K, Tiled, emit_tiled, gemm
+from ..validate import float_dtype
+from .irgen import NVPTX_DATALAYOUT, NVPTX_TRIPLE, sreg
+from .tiled import SPLIT_K, Tiled, gemm
 
-__all__ = ["Kernel", "KernelSet", "emit_module", "NVPTX_TRIPLE", "NVPTX_DATALAYOUT", "Tiled", "sreg"]
+__all__ = ["Kernel", "KernelSet", "NVPTX_TRIPLE", "NVPTX_DATALAYOUT", "Tiled", "sreg"]
 
 
 @dataclass
@@ -78,10 +70,8 @@ class KernelSet:
     """The kernels of one cell, in definition order (names are unique)."""
 
     def __init__(self, dtype, tiled=True):
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-        self.ty = DTYPES[self.dtype]
+        self.dtype = float_dtype(dtype)
+        self.ty = float_type(self.dtype)
         self.tiled = tiled
         self.kernels: dict[str, Kernel] = {}
 
@@ -405,55 +395,3 @@ def _with_ld(u):
     """``(units, shared)`` or ``(units, shared, row stride)`` → the triple (stride default: units)."""
     return (u[0], u[1], u[2] if len(u) > 2 and u[2] else u[0])
 
-
-def emit_module(kernels: KernelSet, target: str, name: str = "rnncomp", host_triple: str | None = None):
-    """One ``ir.Module`` with every kernel, for ``target`` ``"nvptx"`` or ``"host"``."""
-    ty, pty = kernels.ty, kernels.ty.as_pointer()
-    m = ir.Module(name=name)
-    if target == "nvptx":
-        m.triple = NVPTX_TRIPLE
-        m.data_layout = NVPTX_DATALAYOUT
-    elif target == "host":
-        if host_triple:
-            m.triple = host_triple
-    else:
-        raise ValueError(f"target must be 'nvptx' or 'host', got {target!r}")
-    from .persistent import Persistent, emit_persistent
-    for k in kernels.kernels.values():
-        if isinstance(k.body, Tiled):
-            emit_tiled(m, k, ty, pty, target)
-            continue
-        if isinstance(k.body, Persistent):
-            emit_persistent(m, k, ty, pty, target)
-            continue
-        body = ir.Function(m, ir.FunctionType(ir.VoidType(), [I64, I64, I64] + [pty] * k.nptr),
-                           f"{k.name}_body")
-        body.linkage = "internal"
-        body.attributes.add("alwaysinline")
-        entry = body.append_basic_block("entry")
-        work = body.append_basic_block("work")
-        done = body.append_basic_block("done")
-        b = ir.IRBuilder(entry)
-        gid, N, R = body.args[:3]
-        b.cbranch(b.icmp_unsigned("<", gid, N), work, done)
-        b.position_at_end(work)
-        k.body(BodyGen(b, ty, body), gid, N, R, list(body.args[3:]))
-        b.branch(done)
-        b.position_at_end(done)
-        b.ret_void()
-        if not k.entry:
-            continue
-        wrapper = ir.Function(m, ir.FunctionType(ir.VoidType(), [I64, I64] + [pty] * k.nptr), k.name)
-        wb = ir.IRBuilder(wrapper.append_basic_block("entry"))
-        N_, R_, ptrs = wrapper.args[0], wrapper.args[1], list(wrapper.args[2:])
-        if target == "nvptx":
-            wrapper.calling_convention = "ptx_kernel"
-            tid = wb.zext(wb.call(sreg(m, "llvm.nvvm.read.ptx.sreg.tid.x"), []), I64)
-            ctaid = wb.zext(wb.call(sreg(m, "llvm.nvvm.read.ptx.sreg.ctaid.x"), []), I64)
-            ntid = wb.zext(wb.call(sreg(m, "llvm.nvvm.read.ptx.sreg.ntid.x"), []), I64)
-            wb.call(body, [wb.add(wb.mul(ctaid, ntid), tid), N_, R_] + ptrs)
-        else:
-            with for_range(wb, N_, name="gid") as g_:
-                wb.call(body, [g_, N_, R_] + ptrs)
-        wb.ret_void()
-    return m

@@ -19,7 +19,7 @@ call) so that the threads of a warp read consecutive addresses.  Hoisted product
 parameter gradients stay tiled GEMM launches before and after the loop.
 
 A value's address at step t is its address at step 0 plus ``t · B · units`` elements
-(:meth:`.plan.Layout.address`), so the kernel takes each distinct value's step-0 pointer
+(:meth:`.layout.Layout.address`), so the kernel takes each distinct value's step-0 pointer
 and its ``units`` (0 for parameters).  Signature: ``k(N blocks, R = B, T, p_1 … p_k)``.
 On the host runner a block is a loop over its elements, which is exact: no two blocks
 touch the same row.

@@ -9,19 +9,15 @@ A cell compiles to a :class:`~.codegen.KernelSet` and four launch lists:
                 "cotangents after the loop", :mod:`rnncomp.passes.cotangents_after`)
     bwd_grads   once, rows T·B: parameter gradients summed over every step and sample
 
-Nodes are scheduled (any topological order of a step computes the same values, every
-key has its own slot) so that products and other non-element-wise nodes come as early as
-they are ready and the element-wise nodes of one size form long runs, each fused into one
-kernel (:func:`_groups`; ``fuse=False``: one kernel per node, in program order).
+Nodes are scheduled and turned into launches by :mod:`.launches` (element-wise runs of one
+size fused into one kernel: :func:`.launches.fusion_groups`).
 
 Every backward value keeps one row block per step (``(T, B, n)``), which is what
 lets the gradient kernels run once over T·B rows instead of T times over B.
 The adjoint carried from t+1 needs no copy: ``δ⁺h`` at t reads row t+1 of the
 buffer of ``δh[t-1]`` (row T stays zero), except when that adjoint is itself a seed.
 
-A value ``key`` at step t is at ``base[slot] + (t + off)·B·units + col`` elements
-(parameters and gradients: ``base[slot] + col``), see :meth:`Layout.address`; its rows
-are ``units`` apart (:meth:`Layout.ld`).
+Where each value lives (its slot, step offset and column) is a :class:`.layout.Layout`.
 
 Pass "stack" (``stack=True``, :mod:`rnncomp.stacking` through
 :func:`..stackplan.stack_step`): products sharing an operand are one product with a
@@ -45,67 +41,9 @@ from ..llvm.exprgen import unsupported
 from ...passes.cotangents_after import for_backward
 from ..stackplan import grad_groups, stack_step, step_keep
 from .codegen import KernelSet
+from .launches import FREE_OPS, Launch, fusion_groups, group_launch, stack_launch, transpose_launch
+from .layout import Layout
 from .persistent import loop_launch
-
-FREE_OPS = frozenset({"view", "stackv"})  # pass "stack": names of memory, no kernel
-
-
-@dataclass
-class Slot:
-    label: str
-    units: int          # elements per row (per sample), or total elements if shared
-    extra_rows: int     # rows T + extra_rows (timed); -1: shared (no rows); -2: a row per sample, not per step
-
-    def elems(self, T: int, B: int) -> int:
-        if self.extra_rows == -2:
-            return B * self.units
-        return self.units if self.extra_rows < 0 else (T + self.extra_rows) * B * self.units
-
-
-@dataclass
-class Launch:
-    kernel: str
-    args: tuple          # keys, resolved by the layout at the launch's step
-    rows: str = "B"      # "B" or "TB"
-    note: str = ""
-    computes: tuple = ()  # the node keys this launch computes (a fused run: several)
-
-
-class Layout:
-    def __init__(self):
-        self.slots: list[Slot] = []
-        self.where: dict = {}   # key -> (slot, step offset, column)
-
-    def slot(self, label, units, extra_rows=0) -> int:
-        self.slots.append(Slot(label, units, extra_rows))
-        return len(self.slots) - 1
-
-    def place(self, key, slot, off=0, col=0):
-        self.where[key] = (slot, off, col)
-
-    def ld(self, key) -> int:
-        """Row stride (elements) of a per-sample value: its slot's width."""
-        return self.slots[self.where[key][0]].units
-
-    def offsets(self, T, B, itemsize, align=256):
-        """Byte offset of every slot in one arena, and the arena's size."""
-        out, pos = [], 0
-        for s in self.slots:
-            out.append(pos)
-            pos += -(-max(s.elems(T, B), 1) * itemsize // align) * align
-        return out, pos
-
-    def address(self, key, t, base, offsets, B, itemsize):
-        slot, off, col = self.where[key]
-        s = self.slots[slot]
-        a = base + offsets[slot] + col * itemsize
-        if s.extra_rows >= 0:
-            a += (t + off) * B * s.units * itemsize
-        return a
-
-
-def _units(node):
-    return node.size if isinstance(node.size, int) else 0
 
 
 @dataclass
@@ -212,16 +150,16 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
     tr_weight = _transposer(plan, shapes) if persistent else None
     static = state_independent(fwd, hoistable(fwd)) if hoist else set()
     todo = [k for k, n in fwd.nodes.items() if n.op not in LEAF_OPS | FREE_OPS and k not in falias]
-    for group in _groups(fwd, [k for k in todo if k in static], fuse, falias):
-        plan.fwd_static.append(_group_launch(ks, fwd, group, "TB", L, shapes))
+    for group in fusion_groups(fwd, [k for k in todo if k in static], fuse, falias):
+        plan.fwd_static.append(group_launch(ks, fwd, group, "TB", L, shapes))
     ks.tiled = tiled and not persistent  # the persistent kernel inlines simple kernels
-    for group in _groups(fwd, [k for k in todo if k not in static], fuse, falias):
-        plan.fwd_step += _split(_group_launch(ks, fwd, group, "B", L, shapes, tr_weight))
+    for group in fusion_groups(fwd, [k for k in todo if k not in static], fuse, falias):
+        plan.fwd_step += _split(group_launch(ks, fwd, group, "B", L, shapes, tr_weight))
     ks.tiled = tiled
     fwd_stacks = _stacks_used(fwd)
-    plan.fwd_prologue = [_stack_launch(ks, plan.stacks[n], step.params) for n in plan.stacks if n in fwd_stacks]
+    plan.fwd_prologue = [stack_launch(ks, plan.stacks[n], step.params) for n in plan.stacks if n in fwd_stacks]
     fwd_tr = set(plan.transposed)
-    plan.fwd_prologue += [_transpose_launch(ks, p, plan.transposed[p], shapes) for p in plan.transposed]
+    plan.fwd_prologue += [transpose_launch(ks, p, plan.transposed[p], shapes) for p in plan.transposed]
     where = f"cell {step.name!r}"
     again = lambda: build_plan(step, bwd, dtype, hoist, fuse, tiled, stack, False)  # noqa: E731
     if bwd is None:
@@ -276,15 +214,15 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
     # read runs after the loop, over T·B rows, as the gradients do
     after, _ = for_backward(bwd, bprog)
     ks.tiled = tiled and not persistent
-    for group in _groups(bprog, [k for k in todo if k not in after], fuse, balias):
-        plan.bwd_step += _split(_group_launch(ks, bprog, group, "B", L, shapes, tr_weight))
+    for group in fusion_groups(bprog, [k for k in todo if k not in after], fuse, balias):
+        plan.bwd_step += _split(group_launch(ks, bprog, group, "B", L, shapes, tr_weight))
     ks.tiled = tiled
-    for group in _groups(bprog, [k for k in todo if k in after], fuse, balias):
-        plan.bwd_after.append(_group_launch(ks, bprog, group, "TB", L, shapes))
+    for group in fusion_groups(bprog, [k for k in todo if k in after], fuse, balias):
+        plan.bwd_after.append(group_launch(ks, bprog, group, "TB", L, shapes))
     plan.bwd_step += copies
-    plan.bwd_prologue = [_stack_launch(ks, plan.stacks[n], step.params) for n in plan.stacks
+    plan.bwd_prologue = [stack_launch(ks, plan.stacks[n], step.params) for n in plan.stacks
                          if n in _stacks_used(bprog) and n not in fwd_stacks]
-    plan.bwd_prologue += [_transpose_launch(ks, p, plan.transposed[p], shapes) for p in plan.transposed
+    plan.bwd_prologue += [transpose_launch(ks, p, plan.transposed[p], shapes) for p in plan.transposed
                           if p not in fwd_tr]
     if persistent:
         plan.fwd_loop = loop_launch(ks, L, plan.fwd_step, False, where, Launch, required, clusters)
@@ -380,13 +318,6 @@ def _split(x):
     return list(x) if isinstance(x, tuple) else [x]
 
 
-def split_factor(n_in: int, n_out: int) -> int:
-    """Chunks of a split-k product in the persistent kernel: about 16 products a partial sum,
-    at most 1024 partial sums a sample and 64 chunks; 1 (no split) below 4 chunks."""
-    S = min(-(-n_in // 16), max(1, 1024 // max(n_out, 1)), 64)
-    return S if S >= 4 else 1
-
-
 def grad_key(p):
     """The layout key of parameter ``p``'s gradient (a generated name: never a user's key)."""
     return (internal("grad"), p)
@@ -405,155 +336,3 @@ def _transposer(plan, shapes):
         return plan.transposed[p]
     return tr_weight
 
-
-def _transpose_launch(ks, p, name, shapes) -> Launch:
-    kernel = ks.transpose(shapes[p], doc=f"{name} ← {p}ᵀ")
-    return Launch(kernel, ((p, None), (name, None)), note=f"transpose {p}", computes=((name, None),))
-
-
-def _stack_launch(ks, stk, params) -> Launch:
-    """One launch that builds a stacked weight from its parts (once per call)."""
-    name = ks.stack_weight([params[p] for p in stk.parts], stk.axis, doc=f"{stk.name} ← {', '.join(stk.parts)}")
-    return Launch(name, tuple((p, None) for p in stk.parts) + ((stk.name, None),),
-                  note=f"stack {stk.name}", computes=((stk.name, None),))
-
-
-def _resolve_args(prog, key, order, alias=()):
-    """The keys of ``order`` that ``key``'s arguments stand for (through views and stackv, and
-    through copy nodes placed on their argument: ``alias``, see :func:`_aliases`)."""
-    out = []
-    for a in prog.nodes[key].args:
-        if a in order:
-            out.append(a)
-            continue
-        node = prog.nodes.get(a)
-        if node is not None and (node.op in FREE_OPS or a in alias):
-            out += _resolve_args(prog, a, order, alias)
-    return out
-
-
-def _groups(prog, keys, fuse, alias=()):
-    """Schedule ``keys`` (non-leaf nodes, in program order) into launch groups.
-
-    A group is ``[key]`` or a run of element-wise keys of one size (fused into one kernel).
-    List scheduling: a ready non-element-wise node is emitted first (products start as
-    early as possible); otherwise the earliest ready element-wise node opens a run, which
-    takes every element-wise node of its size that is or becomes ready.  A view or stackv
-    argument (pass "stack") stands for the keys that write its memory."""
-    if not fuse:
-        return [[k] for k in keys]
-    order = {k: i for i, k in enumerate(keys)}
-    deps = {k: set(_resolve_args(prog, k, order, alias)) for k in keys}
-    users = {k: [] for k in keys}
-    for k in keys:
-        for a in deps[k]:
-            users[a].append(k)
-    wait = {k: len(d) for k, d in deps.items()}
-    ready = [k for k in keys if not wait[k]]
-    out = []
-
-    def take(k):
-        ready.remove(k)
-        for u in users[k]:
-            wait[u] -= 1
-            if not wait[u]:
-                ready.append(u)
-        ready.sort(key=order.__getitem__)
-
-    while ready:
-        other = [k for k in ready if prog.nodes[k].op != "ew"]
-        if other:
-            take(other[0])
-            out.append([other[0]])
-            continue
-        run = [ready[0]]
-        n = prog.nodes[run[0]].size
-        take(run[0])
-        while True:
-            nxt = next((k for k in ready if prog.nodes[k].op == "ew" and prog.nodes[k].size == n), None)
-            if nxt is None:
-                break
-            take(nxt)
-            run.append(nxt)
-        out.append(run)
-    assert sum(map(len, out)) == len(keys), "internal: cycle in a step program"
-    return out
-
-
-def _arg_units(prog, L, a):
-    node = prog.node(a)
-    shared = node.op == "param"
-    return (_units(node), shared, None if shared else L.ld(a))
-
-
-def _group_launch(ks: KernelSet, prog, group, rows, L, shapes, tr_weight=None):
-    if len(group) == 1:
-        launch = _node_launch(ks, prog, group[0], prog.nodes[group[0]], rows, L, shapes, tr_weight)
-    else:  # a fused run of element-wise nodes of one size
-        inside = {k: q for q, k in enumerate(group)}
-        ext, ext_units, items = [], [], []
-        for k in group:
-            node = prog.nodes[k]
-            refs = []
-            for a in node.args:
-                if a in inside:
-                    refs.append(("reg", inside[a]))
-                    continue
-                if a not in ext:
-                    ext.append(a)
-                    ext_units.append(_arg_units(prog, L, a))
-                refs.append(("ext", ext.index(a)))
-            items.append((node.attrs["expr"], refs))
-        doc = "; ".join(f"{key_str(k)} = {prog.nodes[k].attrs['expr']}" for k in group)
-        name = ks.ew_run(items, prog.nodes[group[0]].size, ext_units, out_lds=[L.ld(k) for k in group], doc=doc)
-        launch = Launch(name, tuple(ext) + tuple(group), note=", ".join(key_str(k) for k in group))
-    if isinstance(launch, tuple):  # a split-k product: the partial sums compute no node
-        for x in launch:
-            x.rows = rows
-        return launch
-    launch.rows = rows
-    launch.computes = tuple(group)
-    return launch
-
-
-def _node_launch(ks: KernelSet, prog, key, node, rows, L, shapes, tr_weight=None) -> Launch:
-    doc = key_str(key)
-    ld = L.ld(key)
-    if node.op == "ew":
-        units = [_arg_units(prog, L, a) for a in node.args]
-        name = ks.ew(node.attrs["expr"], node.size, units, out_ld=ld, doc=f"{doc} = {node.attrs['expr']}")
-        return Launch(name, tuple(node.args) + (key,), note=doc)
-    if node.op == "matvec":
-        terms = node.attrs["terms"]
-        if tr_weight is not None:  # out[r] = Σ P[r, k] v[k] reads Pᵀ[k, r]: coalesced over r
-            terms = tuple((p, tr, c) if tr else (tr_weight(p), True, c) for p, tr, c in terms)
-        v = node.args[0]
-        n_in = prog.node(v).size
-        S = split_factor(n_in, node.size) if tr_weight is not None else 1
-        if S > 1:  # persistent kernel: n_out·S partial sums, then n_out sums of S (two kernels)
-            scratch = (internal("partial sums"), key)
-            L.place(scratch, L.slot(f"partial sums {doc}", node.size * S, -2))
-            part = ks.matvec_part(n_in, node.size, S, terms, [shapes[p] for p, _, _ in terms],
-                                  doc=f"{doc}: {S} partial sums", lda=L.ld(v))
-            total = ks.part_sum(node.size, S, doc=f"{doc} = Σ of {S} partial sums", ldc=ld)
-            weights = tuple((p, None) for p, _, _ in terms)
-            return (Launch(part, (v,) + weights + (scratch,), note=f"{doc} (partial)"),
-                    Launch(total, (scratch, key), note=doc, computes=(key,)))
-        name = ks.matvec(n_in, node.size, terms, [shapes[p] for p, _, _ in terms], doc=doc,
-                         tile="large" if rows == "TB" else "small", lda=L.ld(v), ldc=ld)
-        return Launch(name, (v,) + tuple((p, None) for p, _, _ in terms) + (key,), note=doc)
-    a = node.args[0] if node.args else None
-    if node.op == "slice":
-        name = ks.slice(prog.node(a).size, node.size, node.attrs["lo"], doc=doc, ld_in=L.ld(a), ld_out=ld)
-        return Launch(name, (a, key), note=doc)
-    if node.op == "pad":
-        name = ks.pad(prog.node(a).size, node.size, node.attrs["lo"], doc=doc, ld_in=L.ld(a), ld_out=ld)
-        return Launch(name, (a, key), note=doc)
-    if node.op == "concat":
-        parts = [_arg_units(prog, L, x) for x in node.args]
-        name = ks.concat(parts, node.size, doc=doc, ld_out=ld)
-        return Launch(name, tuple(node.args) + (key,), note=doc)
-    if node.op in ("sum", "lse"):
-        name = ks.reduce(prog.node(a).size, node.op == "lse", doc=doc, ld_in=L.ld(a), ld_out=ld)
-        return Launch(name, (a, key), note=doc)
-    raise CompileError(f"ptx backend: no kernel for op {node.op!r} ({doc})")

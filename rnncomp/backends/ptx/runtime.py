@@ -279,7 +279,7 @@ class HostRunner:
 
     def __init__(self, kernels):
         from ..llvm.jit import HostTarget, compile_module
-        from .codegen import emit_module
+        from .emit import emit_module
 
         host = HostTarget.detect()
         module = emit_module(kernels, "host", name="rnncomp_ptx_host", host_triple=host.triple)

@@ -1,0 +1,88 @@
+"""What the ``rnncomp`` command's subcommands share (:mod:`.cli` and :mod:`.cli_train`):
+finding the cell a command names, refusing before any work a file that cannot be written,
+and the argument types for numbers.  Mistakes end the command with a message
+(``SystemExit``), never a traceback.
+
+    >>> load_cell("gru", 2, 3, 1).name, positive("3")
+    ('gru', 3)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+
+import numpy as np
+
+from . import cells
+from .cell import Cell
+from .compose import Composition
+
+
+def load_cell(spec: str, n_in=None, hidden=None, n_out=None) -> Cell:
+    """A zoo name, ``module:name``, or ``path/to/file.py[:name]`` holding a Cell.  The sizes
+    (default 8, 16, 4) are for a zoo cell; a cell of your own declares its own."""
+    if spec in cells.ZOO:
+        return cells.ZOO[spec](n_in or 8, hidden or 16, n_out or 4)
+    given = [f for f, v in (("--inputs", n_in), ("--hidden", hidden), ("--outputs", n_out)) if v is not None]
+    if given:
+        raise SystemExit(f"rnncomp: {', '.join(given)} set the sizes of a zoo cell; {spec!r} declares its own")
+    path, _, name = spec.partition(":")
+    if path.endswith(".py"):
+        if not os.path.isfile(path):
+            raise SystemExit(f"rnncomp: no file {path} (a cell is a zoo name, module:name or file.py[:name])")
+        s = importlib.util.spec_from_file_location("_rnncomp_user_cell", path)
+        if s is None or s.loader is None:
+            raise SystemExit(f"rnncomp: cannot read {path}")
+        mod = importlib.util.module_from_spec(s)
+        s.loader.exec_module(mod)
+    else:
+        here = os.getcwd()  # `rnncomp inspect mymod:cell` finds ./mymod.py, as `python -m` would
+        sys.path.insert(0, here)
+        try:
+            mod = importlib.import_module(path)
+        except ImportError as exc:
+            raise SystemExit(f"rnncomp: {spec!r} is neither a zoo cell ({', '.join(sorted(cells.ZOO))}) "
+                             f"nor an importable module: {exc}") from None
+        finally:
+            sys.path.remove(here)
+    found = [v for k, v in vars(mod).items() if isinstance(v, (Cell, Composition)) and (not name or k == name)]
+    if len(found) != 1:
+        raise SystemExit(f"rnncomp: {spec!r} must hold exactly one Cell, rc.Stack or rc.Bidirectional "
+                         f"(found {len(found)}); name it with FILE.py:NAME")
+    return found[0]
+
+
+def check_writable(*paths) -> None:
+    """Refuse, before any work, a file to write in a folder that does not exist."""
+    for path in paths:
+        if path and path != "-":
+            folder = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(folder):
+                raise SystemExit(f"rnncomp: cannot write {path}: folder {os.path.dirname(path) or folder} "
+                                 "does not exist")
+
+
+def positive(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    return _number(text, int, lambda v: v >= 1, "a positive integer")
+
+
+def natural(text: str) -> int:
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    return _number(text, float, lambda v: v > 0 and np.isfinite(v), "a positive number")
+
+
+def _number(text, kind, ok, what):
+    try:
+        v = kind(text)
+    except ValueError:
+        v = None
+    if v is None or not ok(v):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return v

@@ -1,0 +1,115 @@
+"""A cell's declaration as JSON-able text and back: what checkpoints and pickled models hold.
+
+Each sympy expression is its ``srepr`` text, read back through a namespace of the DSL's and
+sympy's own names (never a pickle, never ``eval`` of an unchecked name), and the cell is
+rebuilt through the DSL, so every declaration-time check runs again.  It sits just above the
+declaration, below the backends (pickling a model) and ``train/`` (checkpoints).
+
+    >>> import rnncomp as rc
+    >>> cell = rc.cells.elman(2, 3, 1)
+    >>> str(cell_from_dict(cell_to_dict(cell))) == str(cell)
+    True
+"""
+from __future__ import annotations
+
+import io
+import keyword
+import tokenize
+
+import numpy as np
+import sympy as sp
+
+from . import dsl, functions
+from .cell import Cell
+from .errors import CheckpointError, RnncompError
+from .matrix_dsl import MATRIX_ATOMS, MatState, MatStateNew
+from .weight_dsl import WEIGHT_ATOMS
+
+
+def cell_to_dict(cell: Cell) -> dict:
+    """The cell's declarations and equations, each expression as sympy ``srepr`` text."""
+    decls = []
+    for d in cell.decls.values():
+        init = d.init
+        if isinstance(init, np.ndarray):  # a constant's values
+            init = init.tolist()
+        elif callable(init):
+            init = {"callable": getattr(init, "__qualname__", repr(init))}  # its values are saved
+        elif isinstance(init, tuple):
+            init = list(init)
+        decls.append({"kind": d.kind, "name": d.name, "shape": d.shape if isinstance(d.shape, int) else list(d.shape),
+                      "init": init, "expr": None if d.expr is None else sp.srepr(d.expr)})
+    return {"name": cell.name, "decls": decls,
+            "updates": {k: sp.srepr(e) for k, e in cell.updates.items()},
+            "loss": None if cell.loss_expr is None else sp.srepr(cell.loss_expr)}
+
+
+def _namespace() -> dict:
+    ns = {k: v for k, v in vars(sp).items() if not k.startswith("_")}
+    ns.update({k: v for k, v in vars(functions).items() if isinstance(v, type) and issubclass(v, sp.Function)})
+    ns["ExprCondPair"] = sp.functions.elementary.piecewise.ExprCondPair
+    ns.update(Vec=lambda name, **assumptions: dsl.Vec(name),
+              StateVec=lambda name, **assumptions: dsl.StateVec(name),
+              MatVec=dsl.MatVec, Slice=dsl.Slice, Concat=dsl.Concat, RowSum=dsl.RowSum, LogSumExp=dsl.LogSumExp,
+              MatState=lambda name, **assumptions: MatState(name),
+              MatStateNew=lambda name, **assumptions: MatStateNew(name),
+              **{c.__name__: c for c in WEIGHT_ATOMS + MATRIX_ATOMS})
+    return ns
+
+
+def _expr(text: str, ns: dict, where: str):
+    """An expression from its ``srepr`` text; only names of the DSL and of sympy may occur."""
+    try:
+        names = {t.string for t in tokenize.generate_tokens(io.StringIO(text).readline) if t.type == tokenize.NAME}
+    except (tokenize.TokenError, SyntaxError) as exc:
+        raise CheckpointError(f"{where}: unreadable expression ({exc})") from None
+    unknown = sorted(n for n in names if n not in ns and not keyword.iskeyword(n)
+                     and n not in ("real", "positive", "integer", "commutative", "evaluate"))
+    if unknown:
+        raise CheckpointError(f"{where}: the expression uses {', '.join(unknown)}, which is not a name of "
+                              "rnncomp's DSL or of sympy (a damaged or foreign file?)")
+    try:
+        return eval(text, {"__builtins__": {}}, ns)  # noqa: S307 - names checked above
+    except Exception as exc:  # noqa: BLE001 - any failure is a damaged declaration
+        raise CheckpointError(f"{where}: cannot rebuild the expression: {exc}") from None
+
+
+def cell_from_dict(d: dict, where: str = "checkpoint") -> Cell:
+    """The cell :func:`cell_to_dict` wrote, rebuilt through the DSL (so its checks run)."""
+    ns = _namespace()
+    try:
+        cell = Cell(d["name"])
+        for decl in d["decls"]:
+            kind, name, init = decl["kind"], decl["name"], decl["init"]
+            shape = decl["shape"] if isinstance(decl["shape"], int) else tuple(decl["shape"])
+            if isinstance(init, dict):
+                init = None  # a callable initialiser: the checkpoint holds the values it made
+            elif isinstance(init, list):
+                init = tuple(init)
+            if kind == "param" and name in cell.decls:  # a learnable initial state's h_0
+                continue
+            if kind in ("input", "target"):
+                getattr(cell, kind)(name, shape)
+            elif kind == "state":
+                cell.state(name, shape, init=init)
+            elif kind == "param":
+                cell.param(name, shape, init=init)
+            elif kind == "const":
+                cell.const(name, init)
+            elif kind == "weight":
+                cell._restore_weight(name, _expr(decl["expr"], ns, f"{where}: weight {name!r}"))
+            elif kind in ("output", "define"):
+                getattr(cell, kind)(name, _expr(decl["expr"], ns, f"{where}: {kind} {name!r}"))
+            else:
+                raise CheckpointError(f"{where}: unknown declaration kind {kind!r}")
+        for name, text in d["updates"].items():
+            cell.update(name, _expr(text, ns, f"{where}: update of {name!r}"))
+        if d["loss"] is not None:
+            cell.loss(_expr(d["loss"], ns, f"{where}: loss"))
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{where}: the cell declaration is incomplete ({exc!r})") from None
+    except CheckpointError:
+        raise
+    except RnncompError as exc:
+        raise CheckpointError(f"{where}: the saved cell does not declare: {exc}") from None
+    return cell

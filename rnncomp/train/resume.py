@@ -1,0 +1,102 @@
+"""Saving a :class:`~.trainer.Trainer` to a portable checkpoint and resuming one from it:
+what of a trainer goes into the file (:mod:`.checkpoint` owns the file format itself) and how
+a trainer is rebuilt from it, with every check that it would train on as it was saved.
+
+    >>> import numpy as np, rnncomp as rc, tempfile, os
+    >>> tr = rc.Trainer(rc.cells.elman(1, 4, 1), backend="numpy", dtype="float64")
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.ckpt")
+    >>> save(tr, path); again = load(rc.Trainer, path)
+    >>> bool(np.array_equal(again.flat, tr.flat)), again.step_count
+    (True, 0)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import checkpoint as ck
+from .trainer import Truncated
+
+
+def save(tr, path) -> None:
+    """Write ``tr`` to ``path``: parameters and optimizer state as arrays, the cell as its
+    declaration, backend, dtype, memory schedule and options (:meth:`Trainer.save`)."""
+    opts = {k: v for k, v in tr.compile_options.items() if k != "cache"}  # the cache is this machine's
+    if "memory" in opts:
+        opts["memory"] = ck.memory_to_dict(opts["memory"])
+    bad = [k for k, v in opts.items() if not isinstance(v, (bool, int, float, str, dict, type(None)))]
+    if bad:
+        raise ck.CheckpointError(f"cannot save {path}: compile option(s) {', '.join(bad)} are not "
+                                 "numbers or text")
+    state = tr.optimizer.state_dict()
+    meta = {"format": ck.FORMAT, "version": ck.VERSION, "cell": ck.cell_to_dict(tr.cell),
+            "fingerprint": str(tr.cell), "backend": tr.backend, "dtype": tr.dtype.name,
+            "compile_options": opts, "update": tr.update, "params": tr.names,
+            "optimizer": ck.optimizer_to_dict(tr.optimizer), "optimizer_state": sorted(state),
+            "step": tr.step_count, "history": list(tr.history),
+            "batch_history": [list(p) for p in tr.batch_history], "info": tr.info,
+            "val_history": list(tr.val_history),
+            "options": {"clip_norm": tr.clip_norm, "clip_value": tr.clip_value,
+                        "batch_first": tr.batch_first,
+                        "bptt": None if tr.bptt is None else [tr.bptt.k1, tr.bptt.k2]}}
+    arrays = {f"param/{n}": tr.params[n] for n in tr.names}
+    arrays.update({f"opt/{k}": v for k, v in state.items()})
+    ck.write(path, meta, arrays)
+
+def load(cls, path, cell=None, backend=None, dtype=None, *, schedule=None, **compile_options):
+    """A trainer of class ``cls`` resumed from :func:`save`'s file (:meth:`Trainer.load`)."""
+    meta, arrays = ck.read(path)
+    if meta == "legacy":
+        return _load_legacy(cls, path, arrays, cell, backend or "native", dtype or "float32", compile_options)
+    where = str(path)
+    saved = ck.cell_from_dict(meta["cell"], where) if cell is None else cell
+    if str(saved) != meta["fingerprint"]:
+        raise ck.CheckpointError(
+            f"{where}: the checkpoint is of cell {meta['cell']['name']!r} with other equations or sizes "
+            f"than {'cell ' + repr(cell.name) if cell is not None else 'the cell rebuilt from it'} "
+            f"({ck.first_difference(meta['fingerprint'], str(saved))})")
+    params = ck.check_params({n: arrays[f"param/{n}"] for n in meta["params"] if f"param/{n}" in arrays},
+                             saved, where)
+    if any(v.dtype != np.dtype(meta["dtype"]) for v in params.values()):
+        raise ck.CheckpointError(f"{where}: parameters are not all {meta['dtype']}, the dtype it records")
+    state = {}
+    for k in meta["optimizer_state"]:
+        if f"opt/{k}" not in arrays:
+            raise ck.CheckpointError(f"{where}: the optimizer state {k!r} is missing")
+        state[k] = arrays[f"opt/{k}"]
+    opts = dict(meta["compile_options"])
+    if "memory" in opts:
+        opts["memory"] = ck.memory_from_dict(opts["memory"])
+    opts.update(compile_options)
+    opts.setdefault("update", meta["update"])
+    o = meta["options"]
+    tr = cls(saved, ck.optimizer_from_dict(meta["optimizer"], schedule, where),
+             backend=backend or meta["backend"], dtype=dtype or meta["dtype"], params=params,
+             clip_norm=o["clip_norm"], clip_value=o["clip_value"], batch_first=o.get("batch_first", False),
+             bptt=None if o["bptt"] is None else Truncated(*o["bptt"]), **opts)
+    size = tr.flat.size
+    bad = [k for k, v in state.items() if v.shape != (size,)]
+    if bad:
+        raise ck.CheckpointError(f"{where}: optimizer state {bad[0]!r} has shape {state[bad[0]].shape}, "
+                                 f"the parameters have {size} elements")
+    tr.optimizer.load_state_dict(state)
+    tr.step_count, tr.history = int(meta["step"]), [float(v) for v in meta["history"]]
+    tr.batch_history = [tuple(p) for p in meta["batch_history"]]
+    tr.val_history = [float(v) for v in meta.get("val_history", [])]
+    tr.info = dict(meta.get("info") or {})
+    return tr
+
+def _load_legacy(cls, path, blob, cell, backend, dtype, compile_options):
+    """A format-1 checkpoint (a pickle, before version 2): it recorded neither backend nor
+    dtype, so they are the given ones (defaults: native, float32), as they always were."""
+    if cell is not None and str(cell) != blob["fingerprint"]:
+        raise ck.CheckpointError(f"{path}: the checkpoint is of cell {blob['cell'].name!r} with other "
+                                 f"equations or sizes than cell {cell.name!r}")
+    ck.check_params(blob["params"], blob["cell"], str(path))
+    opt_state = blob["optimizer"].state_dict()  # before __init__ re-initialises the optimizer
+    compile_options.setdefault("update", blob.get("update"))
+    tr = cls(blob["cell"], blob["optimizer"], backend=backend, dtype=dtype,
+             params=blob["params"], **blob["options"], **compile_options)
+    tr.optimizer.load_state_dict(opt_state)
+    tr.step_count, tr.history = blob["step"], list(blob["history"])
+    tr.batch_history = list(blob.get("batch_history", []))
+    return tr
