@@ -284,3 +284,11 @@ def test_bad_declarations_are_named_shape_errors():
         cell.param("W", (2, 2)) @ C
     with pytest.raises(CellError, match=r"state 'D': a matrix state's shape must be \(m, n\) of positive integers"):
         cell.state("D", (2, 0))
+
+
+def test_in_a_stack_gradients_against_finite_differences():
+    """A layer with a matrix state under rc.Stack: the composition's gradient through its VJP."""
+    model = rc.compile(rc.Stack([MATRIX_ZOO["mlstm"](3, 4, 2), rc.cells.elman(2, 3, 2)]))
+    rng = np.random.default_rng(0)
+    params = {k: v + rng.normal(0, 0.1, v.shape) for k, v in model.init_params(0).items()}
+    check_grads(model, params, rng.normal(size=(4, 2, 3)), rng.normal(size=(4, 2, 2)))

@@ -352,3 +352,11 @@ def test_a_non_finite_derived_weight_is_a_call_error():
         rc.compile(cell).loss_and_grad(p, x, t)
     with pytest.raises(CallError, match=r"missing params 'U'"):
         rc.compile(cell).loss_and_grad({"W": p["W"], "V": p["V"]}, x, t)
+
+
+def test_in_a_stack_gradients_against_finite_differences():
+    """A layer with derived weights under rc.Stack: the composition's gradient through its VJP."""
+    model = rc.compile(rc.Stack([weightnorm_gru(), rc.cells.elman(2, 3, 2)]))
+    rng = np.random.default_rng(0)
+    params = {k: v + rng.normal(0, 0.1, v.shape) for k, v in model.init_params(0).items()}
+    check_grads(model, params, rng.normal(size=(4, 2, 3)), rng.normal(size=(4, 2, 2)))
