@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
+from .array_jvp import ARRAY_JVP_RULES
 from .autodiff import RULES, _nondiff_name, partials
 from .errors import DifferentiationError
 from .ir import INTERNAL, Node, Program, display, internal, key_str, placeholder, verify
@@ -136,7 +137,7 @@ def _jvp_ew(ctx, key, node):
     if not terms:
         return None
     args, expr = _compact(args, sp.Add(*terms))
-    return ctx.emit(f"∂{display(key[0])}", key[1], Node(node.op, args, node.size, {"expr": expr}))  # ew or wew
+    return ctx.emit(f"∂{display(key[0])}", key[1], Node("ew", args, node.size, {"expr": expr}))
 
 
 def _compact(args, expr):
@@ -203,28 +204,7 @@ def _jvp_lse(ctx, key, node):
     return ctx.emit(f"∂{display(key[0])}", key[1], Node("sum", (w,), 1))
 
 
-# the array ops (rnncomp.array_rules): each is linear or bilinear, so its tangent is the op itself
-def _jvp_linear(ctx, key, node):  # transpose, sumto, mbcast, mreduce: ∂y = op(∂x)
-    t = ctx.tan(node.args[0])
-    return None if t is None else ctx.emit(f"∂{display(key[0])}", key[1], Node(node.op, (t,), node.size, dict(node.attrs)))
-
-
-def _jvp_bilinear(ctx, key, node):  # matmul, outer, smatvec: ∂(a∘b) = ∂a∘b + a∘∂b
-    a, b = node.args
-    parts = [ctx.emit(f"∂{display(key[0])}", key[1], Node(node.op, args, node.size, dict(node.attrs)))
-             for args in ((ctx.tan(a), b), (a, ctx.tan(b))) if None not in args]
-    return ctx.add(key, node, parts)
-
-
 JVP_RULES = {
-    "wew": _jvp_ew,
-    "transpose": _jvp_linear,
-    "sumto": _jvp_linear,
-    "mbcast": _jvp_linear,
-    "mreduce": _jvp_linear,
-    "matmul": _jvp_bilinear,
-    "outer": _jvp_bilinear,
-    "smatvec": _jvp_bilinear,
     "ew": _jvp_ew,
     "matvec": _jvp_matvec,
     "slice": _jvp_slice,
@@ -232,7 +212,13 @@ JVP_RULES = {
     "concat": _jvp_concat,
     "sum": _jvp_sum,
     "lse": _jvp_lse,
+    **ARRAY_JVP_RULES,  # transpose, matmul, sumto, wew (derived weights); outer, smatvec, mbcast, mreduce
 }
+
+
+# The ops the JVP rules above emit: what an executor of tangent programs must run
+# (rnncomp.algorithms.tangents, .pattern, .restricted each have one entry per op here).
+TANGENT_OPS = ("ew", "matvec", "slice", "pad", "concat", "sum")
 
 
 def missing_jvp_rules(rules=None, jvp_rules=None) -> list:
