@@ -30,6 +30,7 @@ class ComposedStep:
     params: dict = field(default_factory=dict)    # prefixed name -> shape
     outputs: dict = field(default_factory=dict)   # name -> size
     has_loss: bool = False
+    _forward_targets: tuple = ()  # validate.forward_targets: a composition's forward reads no target
 
 
 def is_layer(obj) -> bool:
