@@ -15,6 +15,8 @@ from .errors import (CallError, CellError, CompileError, DifferentiationError, R
                      ShapeError)
 from .functions import gelu, hard_sigmoid, relu, sigmoid, softplus, softsign, swish
 from .graph import unfold
+from .matrix_dsl import colsum, matvec, outer, rowsum
+from .weight_dsl import norm, weight
 from .memory import Binomial, Budget, Every
 from .printing import explain
 from .train import (SGD, Adagrad, Adam, AdamW, Callback, Checkpoint, CheckpointError, EarlyStopping, RMSprop, Trainer,
@@ -24,7 +26,8 @@ __all__ = [
     "Cell", "compile", "Stack", "Bidirectional", "Every", "Binomial", "Budget", "Trainer", "Truncated", "TrainingError", "pad_sequences", "stream_batches",
     "Callback", "Checkpoint", "CheckpointError", "EarlyStopping", "schedules",
     "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "unfold", "explain", "backward_step", "cells", "inspect",
-    "concat", "vslice", "vsum", "logsumexp", "softmax", "softmax_xent",
+    "concat", "vslice", "vsum", "logsumexp", "softmax", "softmax_xent", "norm", "weight",
+    "outer", "matvec", "rowsum", "colsum",
     "sigmoid", "softplus", "relu", "softsign", "hard_sigmoid", "gelu", "swish",
     "RTRL", "SnAp", "UORO", "BPTT", "DNI", "SensitivityMemoryError", "compile_fixed_point", "FixedPointError",
     "RnncompError", "CellError", "ShapeError", "DifferentiationError", "CallError", "CompileError",

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
+from .array_jvp import ARRAY_JVP_RULES
 from .autodiff import RULES, _nondiff_name, partials
 from .errors import DifferentiationError
 from .ir import INTERNAL, Node, Program, display, internal, key_str, placeholder, verify
@@ -211,7 +212,13 @@ JVP_RULES = {
     "concat": _jvp_concat,
     "sum": _jvp_sum,
     "lse": _jvp_lse,
+    **ARRAY_JVP_RULES,  # transpose, matmul, sumto, wew (derived weights); outer, smatvec, mbcast, mreduce
 }
+
+
+# The ops the JVP rules above emit: what an executor of tangent programs must run
+# (rnncomp.algorithms.tangents, .pattern, .restricted each have one entry per op here).
+TANGENT_OPS = ("ew", "matvec", "slice", "pad", "concat", "sum", "outer", "smatvec", "mbcast", "mreduce")
 
 
 def missing_jvp_rules(rules=None, jvp_rules=None) -> list:

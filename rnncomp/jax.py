@@ -47,7 +47,7 @@ class Recurrent:
         def host_vjp(params, inputs, h0, d_out, d_fin):
             res = model.vjp(dict(zip(P, params)), dict(zip(X, inputs)), dict(zip(S, h0)),
                             d_outputs=dict(zip(O, d_out)), d_final=dict(zip(S, d_fin)), check_finite=False)
-            # δh0 may be a view of the backend's buffers, reused by its next call: copied
+            # δh0, the backward's carried cotangent, copied (B × n): no backend promises it is not a buffer it reuses
             return (tuple(res.params[p] for p in P), tuple(res.inputs[x] for x in X),
                     tuple(np.array(res.h0[s]) for s in S))
 

@@ -18,9 +18,11 @@ from .autodiff import LOSS_ONLY, Cotangents, backward_step
 from .dsl import Concat, LogSumExp, MatVec, RowSum, Slice, Structural, Vec, _display
 from .errors import CellError
 from .ir import NodeSym, display, internal, key_str, placeholder
-from .latex import ident_latex
+from .latex import ident_latex, name_latex
 from .lower import LOSS
 from .show import TextShown
+from .matrix_dsl import MReduce, Outer as MOuter, SMatVec
+from .weight_dsl import WMatMul, WTranspose
 
 
 class Pad(Structural):
@@ -43,6 +45,24 @@ class Outer(Structural):
     def _latex(self, printer, exp=None):
         tex = f"{printer._print(self.args[0])}\\,{printer._print(self.args[1])}^{{\\top}}"
         return tex if exp is None else f"\\left({tex}\\right)^{{{exp}}}"
+
+
+class SumTo(Structural):
+    """Display atom: the row sums (``Σ_cols``) or column sums (``Σ_rows``) of a weight array."""
+
+    nargs = 2
+
+    def _sympystr(self, printer):
+        return f"{self.args[1]} {printer._print(self.args[0])}"
+
+
+class Bcast(Structural):
+    """Display atom: a vector repeated along each row (``by_rows``, one value per row) or column."""
+
+    nargs = 2
+
+    def _sympystr(self, printer):
+        return f"{'by_rows' if int(self.args[1]) == 1 else 'by_cols'}({printer._print(self.args[0])})"
 
 
 # ----------------------------------------------------------------------------- the cell
@@ -85,7 +105,7 @@ def cell_text(cell) -> str:
     lines = [f"cell {cell.name!r}"]
     for label, kind, fmt in [
         ("inputs", "input", lambda d: f"{d.name}[t] ∈ R^{d.shape}"),
-        ("states", "state", lambda d: f"{d.name} ∈ R^{d.shape} ({d.name}[0] = "
+        ("states", "state", lambda d: f"{d.name} ∈ R^{_shape(d.shape)} ({d.name}[0] = "
                                       f"{'0' if d.init == 'zeros' else d.name + '_0, learned'})"),
         ("params", "param", lambda d: f"{d.name} ∈ R^{_shape(d.shape)}"),
         ("targets", "target", lambda d: f"{d.name}[t] ∈ R^{d.shape}"),
@@ -93,10 +113,34 @@ def cell_text(cell) -> str:
         g = group(kind, fmt)
         if g:
             lines.append(f"  {label + ':':<9}{g}")
+    consts = group("const", lambda d: f"{d.name} ∈ R^{_shape(d.shape)} (fixed)")
+    if consts:
+        lines.append(f"  {'consts:':<9}{consts}")
+    weights = [d for d in cell.decls.values() if d.kind == "weight"]
+    if weights:
+        lines.append("  derived weights (computed once per call, before the loop):")
+        lines += [f"    {display(d.name)} = {sp.sstr(d.expr)}" for d in weights]
     ordered = _ordered(cell)
     for lhs, rhs in ordered:
         lines.append(f"  {lhs} = {sp.sstr(rhs)}")
     return "\n".join(lines)
+
+
+def derived_gradient_lines(cell) -> list:
+    """The chain from the derived weights' gradients to the parameters' (once per call)."""
+    from .weights import DerivedWeights
+    D = DerivedWeights(cell)
+    keep = [k for specs in D.rev.grads.values() for _, k in specs]
+    eqs, _ = program_equations(D.rev.prog, keep, set(cell.decls))
+    read = [a for n in D.rev.prog.nodes.values() for a in n.args if a in D.prog.nodes]
+    fwd, _ = program_equations(D.prog, list(D.outs.values()) + read, set(cell.decls))
+    lines = ["derived weights, computed once per call before the loop"]
+    lines += [f"  {lhs} = {sp.sstr(rhs)}" for lhs, rhs in fwd if str(lhs) != sp.sstr(rhs)]
+    lines += ["their gradients, chained back once per call after it (δD = ∂L/∂D from above)"]
+    lines += [f"  {lhs} = {sp.sstr(rhs)}" for lhs, rhs in eqs]
+    lines += [f"  ∂L/∂{p} += {' + '.join(display(k[0]) for _, k in specs)}"
+              for p, specs in D.rev.grads.items() if p in D.params]
+    return lines
 
 
 def _ordered(cell):
@@ -115,8 +159,23 @@ def node_expr(prog, key):
     """The right-hand side of ``key`` as a sympy expression over NodeSyms."""
     node = prog.node(key)
     args = [NodeSym(a) for a in node.args]
-    if node.op == "ew":
+    if node.op in ("ew", "wew"):
         return node.attrs["expr"].xreplace({placeholder(i): a for i, a in enumerate(args)})
+    if node.op == "outer":
+        return MOuter(*args)
+    if node.op == "smatvec":
+        return SMatVec(args[0], args[1], sp.Integer(int(node.attrs["transposed"])))
+    if node.op == "mreduce":
+        return MReduce(args[0], sp.Integer(node.attrs["axis"]))
+    if node.op == "mbcast":
+        return Bcast(args[0], sp.Integer(node.attrs["axis"]))
+    if node.op == "transpose":
+        return WTranspose(args[0])
+    if node.op == "matmul":
+        return WMatMul(*args)
+    if node.op == "sumto":
+        m, n = node.size
+        return SumTo(args[0], sp.Symbol("Σ_cols" if n == 1 and m != 1 else "Σ_rows" if m == 1 and n != 1 else "Σ"))
     if node.op == "matvec":
         terms = sp.Tuple(*[sp.Tuple(sp.Symbol(p), sp.Integer(int(tr)), sp.sympify(c))
                            for p, tr, c in node.attrs["terms"]])
@@ -243,11 +302,13 @@ class Explanation(TextShown):
         lines.append("parameter gradients (w[t]: the weight of step t in the loss)")
         grads = self._grad_lines()
         for p, e in grads:
-            lines.append(f"  ∂L/∂{p} = Σ_t Σ_batch {sp.sstr(e)}")
+            lines.append(f"  ∂L/∂{display(p)} = Σ_t Σ_batch {sp.sstr(e)}")
         used = self._forward_values([r for _, r in eqs] + list(exprs.values()) + [e for _, e in grads])
         if used:
             lines.append("forward values read above (computed and kept by the forward step t)")
             lines += [f"  {lhs} = {sp.sstr(rhs)}" for lhs, rhs in used]
+        if st.derived:
+            lines += derived_gradient_lines(self.cell)
         return "\n".join(lines)
 
     def latex(self) -> str:
@@ -263,7 +324,8 @@ class Explanation(TextShown):
             else:
                 rows.append(f"{carried} &= {sp.latex(exprs.get(k, NodeSym(k)))}")
         grads = self._grad_lines()
-        rows += [f"\\frac{{\\partial L}}{{\\partial {ident_latex(p)}}} &= \\sum_t {sp.latex(e)}" for p, e in grads]
+        rows += [f"\\frac{{\\partial L}}{{\\partial {(name_latex if '%' in p else ident_latex)(p)}}} &= \\sum_t {sp.latex(e)}"
+                 for p, e in grads]
         used = self._forward_values([r for _, r in eqs] + list(exprs.values()) + [e for _, e in grads])
         rows += [f"{sp.latex(lhs)} &= {sp.latex(rhs)}" for lhs, rhs in used]
         return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}"

@@ -112,8 +112,12 @@ class _KeptForwards:
         holder.kept = kept
         t = torch.from_numpy(np.frombuffer(holder, dtype=np.int64))  # its storage keeps holder
         address = t.data_ptr()
-        self._by_address[address] = weakref.ref(holder, lambda _: self._by_address.pop(address, None))
+        self._by_address[address] = weakref.ref(holder, lambda ref: self._forget(address, ref))
         return t
+
+    def _forget(self, address, ref):
+        if self._by_address.get(address) is ref:
+            del self._by_address[address]
 
     def find(self, handle):
         ref = self._by_address.get(handle.data_ptr()) if handle.numel() == 1 else None
@@ -171,7 +175,7 @@ def recurrent_vjp_op(key: str, handle: torch.Tensor, params: list[torch.Tensor],
         res = kept.backward(d_outputs=d_out, d_final=d_fin)
     else:
         res = model.vjp(*_call_args(model, params, inputs, h0), d_outputs=d_out, d_final=d_fin)
-    # δh0 may be a view of the backend's buffers, reused by its next call: copied (B × n)
+    # δh0, the backward's carried cotangent, copied (B × n): no backend promises it is not a buffer it reuses
     return ([_tensor(res.params[n]) for n in st.params] + [_tensor(res.inputs[n]) for n in st.inputs]
             + [torch.from_numpy(np.array(res.h0[s])) for s in st.states])
 
@@ -290,6 +294,11 @@ class Recurrent(nn.Module):
             else:
                 states.append(first.new_zeros((B, size)))
         params = [_on_cpu(self._model, f"parameter {p!r}", getattr(self, _attr(p))) for p in st.params]
+        for p, t in zip(st.params, params):
+            if t.dtype != self._dtype:
+                raise CallError(f"cell {st.name!r}: parameter {p!r} is {t.dtype} but the layer was compiled for "
+                                f"{self._dtype} (.to(dtype) or .double() cannot recompile it: make a Recurrent "
+                                "with dtype=)")
         if lengths is None:
             outs, final = self._run(params, inputs, states)
         else:

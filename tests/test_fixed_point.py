@@ -84,6 +84,16 @@ def test_bptt_through_the_iterations_approaches_rbp(name):
         np.testing.assert_allclose(g_b[p], g_rbp[p], rtol=1e-8, atol=1e-10, err_msg=p)
 
 
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_rbp_direct_solve_equals_the_iteration(name):
+    """Both solve (I − Dᵀ) λ = ∂ℓ/∂s; the iteration to tol 1e-13 (1e-10 relative)."""
+    cell, model, params, x, y = _problem(name)
+    _, g_it, _ = model.loss_and_grad(params, x, y)
+    _, g_dir, _ = model.loss_and_grad(params, x, y, solve="direct")
+    for p in g_it:
+        np.testing.assert_allclose(g_dir[p], g_it[p], rtol=1e-10, atol=1e-12, err_msg=p)
+
+
 def _oscillator():
     cell = rc.Cell("flipflop")
     x, s = cell.input("x", 1), cell.state("s", 2)
@@ -111,6 +121,8 @@ def test_bad_arguments():
     x, y = _data(cell)
     with pytest.raises(ValueError, match="method must be one of rbp, bptt, got 'eqprop'"):
         model.loss_and_grad(params, x, y, method="eqprop")
+    with pytest.raises(ValueError, match="solve must be 'iterate' or 'direct', got 'lu'"):
+        model.loss_and_grad(params, x, y, solve="lu")
     with pytest.raises(rc.CallError, match="settle"):
         model.forward(params, {"x": np.ones((3, 4))})
 

@@ -44,6 +44,21 @@ def test_jvp_and_vjp_tables_cover_the_same_ops():
     check_rule_coverage()
 
 
+def test_tangent_executors_cover_the_ops_jvp_rules_emit():
+    """A JVP rule that emits a new op needs it in each executor of tangent programs."""
+    from rnncomp.algorithms.pattern import STRUCTURE
+    from rnncomp.algorithms.restricted import NEED
+    from rnncomp.algorithms.tangents import TANGENT_FORWARD
+    from rnncomp.forward_mode import TANGENT_OPS
+    for name, table in [("tangents.TANGENT_FORWARD", set(TANGENT_FORWARD) | {"matvec"}),
+                        ("pattern.STRUCTURE", set(STRUCTURE)), ("restricted.NEED", set(NEED))]:
+        missing = sorted(set(TANGENT_OPS) - table)
+        assert not missing, f"rnncomp.algorithms.{name} has no entry for tangent op(s) {missing}"
+    for name in sorted(rc.cells.ZOO):  # and the rules emit only those
+        ops = {n.op for n in tangent_step(rc.cells.ZOO[name](2, 3, 2).step).prog.nodes.values()}
+        assert ops <= set(TANGENT_OPS) | {"seed"}, (name, ops)
+
+
 def test_a_missing_jvp_rule_is_named():
     with pytest.raises(DifferentiationError, match=r"'weight_mul'.*VJP rule.*no JVP rule"):
         check_rule_coverage(dict(RULES, weight_mul=None), JVP_RULES)
@@ -146,7 +161,8 @@ def test_rtrl_memory_limit_names_the_sizes():
 
 # ----------------------------------------------------------------------------- SnAp
 from rnncomp.algorithms import SnAp, UORO  # noqa: E402
-from rnncomp.algorithms.snap import colouring, pattern  # noqa: E402
+from rnncomp.algorithms.pattern import pattern
+from rnncomp.algorithms.snap import colouring  # noqa: E402
 
 
 @pytest.mark.parametrize("name", sorted(rc.cells.ZOO))
@@ -281,6 +297,33 @@ def test_uoro_mean_over_seeds_approaches_rtrl(name):
     e64, e1024 = rms_error(64), rms_error(1024)
     assert 1 / 8 < e1024 / e64 < 1 / 2, (e64, e1024)
     assert e1024 < 0.1
+
+
+@settings(max_examples=10)
+@given(fuzz_cells(max_depth=2), calls(max_T=1, max_B=4))
+def test_per_sample_parameter_gradients_sum_to_the_batch_gradient(cell, call):
+    """UORO's per-sample ∂θ (transposed products, size-1 values, vector parameters read per
+    sample) summed over the batch == the executor's batch-summed gradient (1e-12)."""
+    from rnncomp.algorithms.base import flat_layout, per_sample_grads, step_env
+    from rnncomp.autodiff import backward_step
+    from rnncomp.backends.numpy import accumulate_grads
+    _, B, seed, _, _, _ = call
+    params, x, y, _, _ = fuzz_data(cell, 1, B, seed, None, "none")
+    st, dt = cell.step, np.dtype(np.float64)
+    rng = np.random.default_rng(seed)
+    env = step_env(st, params, {s: rng.normal(size=(B, n)) for s, n in st.states.items()}, {**x, **y}, 0)
+    run_program(st.prog, env, B, dt)
+    bwd = backward_step(st)
+    for s, n in st.states.items():
+        env[bwd.carry_in[s]] = rng.normal(size=(B, n))
+    env[bwd.weight] = rng.random((B, 1))
+    run_program(bwd.prog, env, B, dt)
+    layout = flat_layout(st)
+    per = per_sample_grads(bwd, env, B, layout, dt).sum(axis=0)
+    total = {p: np.zeros(np.shape(v)) for p, v in params.items()}
+    accumulate_grads(total, bwd.grads, env)
+    ref = np.concatenate([total[p].ravel() for p in st.params])
+    np.testing.assert_allclose(per, ref, rtol=1e-12, atol=1e-13)
 
 
 def test_uoro_learned_initial_state_is_unbiased():
@@ -493,6 +536,21 @@ def test_fit_online_in_float32():
         assert tr.flat.dtype == np.float32 and tr.online_state["c"].dtype == np.float32
 
 
+def test_compositions_get_a_clear_error_and_train_with_bptt():
+    stack = rc.Stack([rc.cells.elman(2, 4, 3), rc.cells.elman(3, 4, 1)])
+    with pytest.raises(rc.CallError, match=r"rc.RTRL\(\) derives its recursion from one cell's step; "
+                                           r"'stack\(elman, elman\)' is a composition \(Stack\)"):
+        rc.Trainer(stack, gradient=rc.RTRL(), backend="numpy", dtype="float64")
+    with pytest.raises(rc.CellError, match=r"explain\(algorithm='rtrl'\).*composition"):
+        rc.explain(stack, algorithm="rtrl")
+    with pytest.raises(rc.CallError, match="composition"):
+        sequence_grad(rc.UORO(), stack, {}, {}, {})
+    tr = rc.Trainer(stack, optimizer=rc.SGD(0.1), gradient=rc.BPTT(), backend="numpy", dtype="float64")
+    rng = np.random.default_rng(0)
+    losses = tr.fit_online(rng.normal(size=(6, 2, 2)), rng.normal(size=(6, 2, 1)), every=3)
+    assert len(losses) == 2 and tr.step_count == 2
+
+
 def test_fit_online_batch_first_is_the_same_stream():
     cell = rc.cells.elman(1, 3, 1)
     s = np.sin(np.arange(21) * 0.3)[:, None, None].repeat(2, axis=1)
@@ -502,3 +560,88 @@ def test_fit_online_batch_first_is_the_same_stream():
     lb = b.fit_online(s[:-1].swapaxes(0, 1), s[1:].swapaxes(0, 1), every=5)
     np.testing.assert_allclose(la, lb, rtol=1e-13)
     np.testing.assert_allclose(a.flat, b.flat, rtol=1e-13)
+
+
+# ----------------------------------------------------------------------------- array ops (#19)
+@pytest.mark.parametrize("name", ["mlstm", "fast_weights", "delta_rule", "diag_linear"])
+def test_rtrl_equals_bptt_on_matrix_state_cells(name):
+    """Matrix states (outer, smatvec, row/column broadcasts and sums) through the JVP rules of
+    rnncomp.array_jvp: the same sum as BPTT in another order, so 1e-10 as for the zoo."""
+    from rnncomp import zoo_matrix
+    cell = getattr(zoo_matrix, name)(2, 3, 2)
+    params, x, y = random_data(cell, T=5, B=2, seed=3)
+    l1, g1, _ = oracle(cell, params, x, y)
+    l2, g2, _ = sequence_grad(RTRL(), cell, params, x, y)
+    assert abs(l1 - l2) <= 1e-12 * abs(l1)
+    assert rel_err(g1, g2) < 1e-10
+    # SnAp over the same ops (the dense executor: the sparse one names what it lacks), and
+    # SnAp-n with n past the number of state units keeps every reachable entry: RTRL (1e-10)
+    _, g3, _ = sequence_grad(SnAp(1), cell, params, x, y)
+    assert all(np.isfinite(v).all() for v in g3.values())
+    if cell.step.matrix_states:
+        with pytest.raises(NotImplementedError, match="matrix states"):
+            sequence_grad(SnAp(1, sparse=True), cell, params, x, y)
+    big = sum(cell.step.states.values()) + 1
+    _, g5, _ = sequence_grad(SnAp(big), cell, params, x, y)
+    assert rel_err(g1, g5) < 1e-10
+
+
+@pytest.mark.parametrize("make", ["masked_elman", "skew_elman", "weightnorm_gru"])
+def test_rtrl_equals_bptt_with_derived_weights(make):
+    """Derived weights and constants (#19): RTRL runs on the plain cell and its gradient is chained
+    back through the weights' expressions, as the compiled models do; 1e-10 as above."""
+    import test_weight_ops
+    cell = getattr(test_weight_ops, make)()
+    params, x, y = random_data(cell, T=5, B=2, seed=4)
+    l1, g1, _ = oracle(cell, params, x, y)
+    l2, g2, _ = sequence_grad(RTRL(), cell, params, x, y)
+    assert g1.keys() == g2.keys()
+    assert abs(l1 - l2) <= 1e-12 * abs(l1)
+    assert rel_err(g1, g2) < 1e-10
+
+
+def test_fit_online_names_what_it_cannot_take_yet():
+    import test_weight_ops
+    trainer = rc.Trainer(test_weight_ops.masked_elman(), optimizer=rc.Adam(1e-3), gradient=RTRL())
+    params, x, y = random_data(trainer.cell, T=4, B=2, seed=5)
+    with pytest.raises(NotImplementedError, match="derived weights or constants"):
+        trainer.fit_online(x, y)
+
+
+# ----------------------------------------------------------------------------- restricted Jacobian
+from rnncomp.algorithms.restricted import RestrictedJacobian  # noqa: E402
+
+
+@pytest.mark.parametrize("name", sorted(rc.cells.ZOO))
+def test_restricted_jacobian_entries_equal_the_full_jacobian(name):
+    """Random entries of D = ∂s[t]/∂s[t-1] (structural zeros among them) against D from the
+    tangent step run over one direction per state unit: the same products (1e-14)."""
+    cell = rc.cells.ZOO[name](2, 4, 2)
+    st, B = cell.step, 3
+    params, x, y = random_data(cell, T=1, B=B, seed=1)
+    rng = np.random.default_rng(0)
+    h = {s: rng.normal(size=(B, n)) for s, n in st.states.items()}
+    env = _one_step(cell, params, h, {k: v[0] for k, v in x.items()}, {k: v[0] for k, v in y.items()})
+    ts = tangent_step(st, params=())
+    N = sum(st.states.values())
+    offs = dict(zip(st.states, np.cumsum([0] + list(st.states.values()))))
+    seeds = {}
+    for s, n in st.states.items():
+        e = np.zeros((1, N, n))
+        e[0, offs[s] + np.arange(n), np.arange(n)] = 1
+        seeds[ts.state_seeds[s]] = e
+    tan = run_tangents(ts.prog, env, seeds, Directions(N, {}, {}, {}), B, np.float64)
+    D = np.zeros((B, N, N))
+    for s, n in st.states.items():
+        if ts.out[s] is not None:
+            D[:, offs[s]:offs[s] + n] = np.broadcast_to(tan[ts.out[s]], (B, N, n)).transpose(0, 2, 1)
+    rows, cols = np.nonzero(rng.random((N, N)) < 0.5)
+    got = RestrictedJacobian(st, rows, cols).evaluate(env, B, np.float64)
+    np.testing.assert_allclose(got, D[:, rows, cols], rtol=1e-13, atol=1e-14)
+
+
+def test_restricted_jacobian_computes_only_what_snap1_needs():
+    """Elman under SnAp-1 needs the diagonal of D: n_s entries in each tangent node."""
+    st = rc.cells.elman(1, 32, 1).step
+    rj = RestrictedJacobian(st, np.arange(32), np.arange(32))
+    assert max(len(d) for d, _ in rj.positions.values()) == 32

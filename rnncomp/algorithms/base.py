@@ -89,7 +89,24 @@ def sequence_grad(algorithm: Algorithm, cell, params, inputs, targets, h0=None, 
     """The loss and gradient of a whole sequence, accumulated forward in time by ``algorithm``
     (the loss is the masked mean of the per-step costs, as ``model.loss_and_grad``).
 
-    Returns ``(loss, {param: gradient}, final states)``."""
+    Returns ``(loss, {param: gradient}, final states)``.  A cell with derived weights or
+    constants (``cell.weight``, ``cell.const``): the algorithm runs on the plain cell whose
+    parameters they are, and their gradients are chained back to the declared parameters."""
+    if not hasattr(getattr(cell, "step", None), "prog"):
+        raise CallError(f"{algorithm!r} derives its recursion from one cell's step; {getattr(cell, 'name', cell)!r} "
+                        f"is a composition ({type(cell).__name__})")
+    if has_derived_weights(cell):
+        from ..backends.validate import _array, _check_names
+        from ..weights import DerivedWeights
+        dw, dt = DerivedWeights(cell), np.dtype(dtype)
+        if not isinstance(params, dict):
+            raise CallError(f"cell {cell.name!r}: params must be a dict of arrays (from cell.init_params)")
+        _check_names(cell.name, "params", params, list(dw.params))
+        checked = {n: _array(cell.name, f"param {n!r}", params[n], s if isinstance(s, tuple) else (s,), dt, True)
+                   for n, s in dw.params.items()}
+        loss, g, final = sequence_grad(algorithm, dw.plain, dw.expand(checked, dt), inputs, targets, h0, mask,
+                                       dtype, prepared)
+        return loss, dw.pullback(checked, g, dt), final
     st, dt = cell.step, np.dtype(dtype)
     if not st.has_loss:
         raise CallError(f"cell {st.name!r} has no loss (declare one with cell.loss)")
@@ -108,6 +125,11 @@ def sequence_grad(algorithm: Algorithm, cell, params, inputs, targets, h0=None, 
         g += gt
         states = {s: env[(s, "t")] for s in st.states}
     return loss, unflatten(st, g), {s: np.array(v) for s, v in states.items()}
+
+
+def has_derived_weights(cell) -> bool:
+    """Whether ``cell`` declares derived weights or constants (``rnncomp.weights``)."""
+    return any(d.kind in ("const", "weight") for d in getattr(cell, "decls", {}).values())
 
 
 def step_env(step, params, states, seqs, t) -> dict:

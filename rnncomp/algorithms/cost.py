@@ -5,9 +5,10 @@ Counted from the derived programs with the rules of :mod:`rnncomp.inspect.cost`:
 * BPTT: forward + backward step; memory the activations stored over T steps;
 * RTRL: forward + the tangent step over P directions (``U·∂h`` is 2·m·n·P, ``∂U·h`` writes m·n
   entries); memory n_s·P per sample, whatever T;
-* SnAp-n: forward + the state Jacobian (the tangent step over n_s directions) + the immediate
-  term over as many directions as columns share a unit at most (the colouring's lower bound)
-  + 2 per same-column pair of stored entries + a backward step (∂ℓ/∂θ); memory nnz(M_n);
+* SnAp-n: forward + the entries of the state Jacobian the pattern links (2 per entry and term
+  of :mod:`.restricted`'s plans) + the immediate term over as many directions as columns
+  share a unit at most (the colouring's lower bound) + 2 per same-column pair of stored
+  entries + a backward step (∂ℓ/∂θ, ∂ℓ/∂s); memory nnz(M_n);
 * UORO: forward + the tangent step over 1 direction + two backward steps + 6(n_s + P);
   memory n_s + P per sample.
 """
@@ -20,7 +21,8 @@ import numpy as np
 from ..forward_mode import is_tangent_param, tangent_step
 from ..inspect.cost import _bytes, _si, cost, template_ops
 from ..show import TextShown
-from .snap import pattern
+from .restricted import RestrictedJacobian
+from .pattern import pattern
 
 PATTERN_LIMIT = 20_000_000  # P·n_s entries up to which the cost table derives SnAp's patterns
 
@@ -83,7 +85,6 @@ def algorithm_costs(cell, T: int = 1000, B: int = 32, dtype="float32", snap=(1, 
     full = tangent_step(st)
     out.rows.append({"algorithm": "RTRL", "flops": fwd + tangent_flops(full, P), "memory": B * P * N * item,
                      "exact": "exact, online"})
-    jac = tangent_flops(tangent_step(st, params=()), N)
     imm_ts = tangent_step(st, states=False)
     if P * N > pattern_limit:  # the patterns are P × n_s booleans per node: too big to count here
         out.rows += [{"algorithm": f"SnAp-{n}", "flops": None, "memory": None,
@@ -95,6 +96,8 @@ def algorithm_costs(cell, T: int = 1000, B: int = 32, dtype="float32", snap=(1, 
         m = np.concatenate([pattern(st, n, full)[s] for s in st.states], axis=1)  # (P, N)
         per_col = m.sum(axis=1).astype(np.int64)
         colours = int(m.sum(axis=0).max()) if m.any() else 0
+        linked = np.nonzero((m.T.astype(np.float32) @ m.astype(np.float32)) > 0)  # D[u, v] SnAp reads
+        jac = RestrictedJacobian(st, *linked).flops()
         flops = fwd + jac + tangent_flops(imm_ts, colours) + 2 * int((per_col ** 2).sum()) + bwd
         exact = "exact (RTRL's pattern)" if per_col.sum() == reachable else "biased, online"
         out.rows.append({"algorithm": f"SnAp-{n}", "flops": flops, "memory": B * int(m.sum()) * item, "exact": exact})

@@ -52,7 +52,7 @@ class AlgorithmExplanation(TextShown):
             lines += self._tangent_lines(ts)
             lines.append("gradient: ∂L/∂θ = Σ_t Σ_batch w[t]·∂ℓ[t]")
             if a == "snap":
-                from .snap import pattern
+                from .pattern import pattern
                 m = pattern(st, self.n, ts)
                 kept = sum(int(v.sum()) for v in m.values())
                 lines.append(f"kept: ∂s[t] ⊙ M{self.n} after every step, M{self.n} = the entries {self.n} step(s) of "
@@ -99,6 +99,8 @@ def _blocks(step):
 
 def explain_algorithm(cell, algorithm: str):
     """``"bptt"`` (the BPTT step), ``"rtrl"``, ``"snap"`` / ``"snap2"`` ..., ``"uoro"``, ``"rbp"``."""
+    from .online import check_single_cell
+    check_single_cell(cell, f"explain(algorithm={algorithm!r})", CellError)
     a = str(algorithm).lower().replace("-", "")
     n = 1
     if a.startswith("snap") and a[4:].isdigit():

@@ -9,6 +9,8 @@ loss is the cell's ℓ read there.  Differentiating ``s* = f(s*)``:
 at s*.  The adjoint fixed point is iterated with the cell's own backward step: seeded with
 δ⁺s = λ and the loss weight, its carried adjoint δs[t-1] *is* (∂f/∂s)ᵀλ + ∂ℓ/∂s, and its
 parameter contributions are the gradient once λ has converged.  Nothing is stored but s*.
+``solve="direct"`` instead forms ∂f/∂s at s* (forward mode, :mod:`.restricted`) and solves
+for λ: for small states, and where the adjoint iteration would not contract.
 ``method="bptt"`` back-propagates through the forward iterations instead (the reference:
 it approaches the RBP gradient as their number grows).
 
@@ -101,10 +103,16 @@ class FixedPointModel:
         only for a cell whose update reads one."""
         return self._relax(self._call(params, x, targets, h0=h0))[0]
 
-    def loss_and_grad(self, params, x, y, h0=None, method="rbp"):
-        """The loss at the fixed point (the mean of ℓ over the batch), its gradient, s*."""
+    def loss_and_grad(self, params, x, y, h0=None, method="rbp", solve="iterate"):
+        """The loss at the fixed point (the mean of ℓ over the batch), its gradient, s*.
+
+        ``solve`` (RBP): "iterate" the adjoint fixed point, or "direct": the state Jacobian
+        D = ∂f/∂s at s* per sample and one linear solve (I − Dᵀ) λ = ∂ℓ/∂s (small states;
+        it needs no contraction of the adjoint iteration)."""
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        if solve not in ("iterate", "direct"):
+            raise ValueError(f"solve must be 'iterate' or 'direct', got {solve!r}")
         if not self.step.has_loss:
             raise CallError(f"cell {self.step.name!r} has no loss (declare one with cell.loss)")
         call = self._call(params, x, y, h0)
@@ -115,22 +123,45 @@ class FixedPointModel:
         fixed = step_env(st, call.params, star, {**call.inputs, **call.targets}, 0)
         run_program(st.prog, fixed, B, dt)
         loss = float(fixed[st.loss_key].sum()) / B
-        lam = {s: np.zeros((B, n), dtype=dt) for s, n in st.states.items()}
-        for _ in range(self.max_iter):
-            env = self._adjoint(fixed, lam, B)
-            new = {s: np.zeros_like(lam[s]) if k is None else np.array(env[k]) for s, k in self.bwd.carry_out.items()}
-            res = max(float(np.abs(new[s] - lam[s]).max()) for s in st.states)
-            lam = new
-            if res <= self.tol:
-                break
-        else:
-            raise FixedPointError(f"cell {st.name!r}: the adjoint iteration λ = (∂f/∂s)ᵀλ + ∂ℓ/∂s did not converge: "
-                                  f"max |Δλ| = {res:.3g} after max_iter = {self.max_iter} iterations "
-                                  f"(tol = {self.tol:g})")
+        lam = self._solve(fixed, B) if solve == "direct" else self._iterate(fixed, B)
         env = self._adjoint(fixed, lam, B)
         grads = {p: np.zeros(s if isinstance(s, tuple) else (s,), dtype=dt) for p, s in st.params.items()}
         accumulate_grads(grads, self.bwd.grads, env)
         return loss, grads, star
+
+    def _carried(self, env, like):
+        return {s: np.zeros_like(like[s]) if k is None else np.array(env[k]) for s, k in self.bwd.carry_out.items()}
+
+    def _iterate(self, fixed, B):
+        st = self.step
+        lam = {s: np.zeros((B, n), dtype=self.dtype) for s, n in st.states.items()}
+        for _ in range(self.max_iter):
+            new = self._carried(self._adjoint(fixed, lam, B), lam)
+            res = max(float(np.abs(new[s] - lam[s]).max()) for s in st.states)
+            lam = new
+            if res <= self.tol:
+                return lam
+        raise FixedPointError(f"cell {st.name!r}: the adjoint iteration λ = (∂f/∂s)ᵀλ + ∂ℓ/∂s did not converge: "
+                              f"max |Δλ| = {res:.3g} after max_iter = {self.max_iter} iterations "
+                              f"(tol = {self.tol:g}); solve='direct' solves it instead")
+
+    def _solve(self, fixed, B):
+        from .restricted import RestrictedJacobian
+        st, names = self.step, list(self.step.states)
+        offs = np.cumsum([0] + [st.states[s] for s in names])
+        N = int(offs[-1])
+        rows, cols = np.divmod(np.arange(N * N), N)
+        D = RestrictedJacobian(st, rows, cols).evaluate(fixed, B, self.dtype).reshape(B, N, N)
+        zero = {s: np.zeros((B, n), dtype=self.dtype) for s, n in st.states.items()}
+        g = self._carried(self._adjoint(fixed, zero, B), zero)  # ∂ℓ/∂s at s* (λ = 0)
+        rhs = np.concatenate([g[s] for s in names], axis=1)
+        A = np.eye(N) - D.transpose(0, 2, 1)
+        try:
+            lam = np.linalg.solve(A, rhs[..., None])[..., 0]
+        except np.linalg.LinAlgError:
+            raise FixedPointError(f"cell {st.name!r}: I − (∂f/∂s)ᵀ is singular at the fixed point (an eigenvalue "
+                                  "1 of the state Jacobian): the gradient is not defined there") from None
+        return {s: np.ascontiguousarray(lam[:, offs[i]:offs[i + 1]]) for i, s in enumerate(names)}
 
     def _adjoint(self, fixed, lam, B):
         env = dict(fixed)

@@ -16,7 +16,8 @@ import numpy as np
 
 from ..backends.numpy import run_program
 from ..backends.validate import check_call, initial_states
-from .base import Algorithm, initial_learned, step_env
+from ..errors import CallError
+from .base import Algorithm, has_derived_weights, initial_learned, step_env
 
 
 class BPTT(Algorithm):
@@ -29,11 +30,22 @@ class BPTT(Algorithm):
                         "use the compiled model's loss_and_grad (fit_online does)")
 
 
-def check_gradient(gradient):
-    """``gradient=`` of a Trainer: None or one of rc.RTRL(), rc.SnAp(n), rc.UORO(), rc.BPTT()."""
+def check_gradient(gradient, cell=None):
+    """``gradient=`` of a Trainer: None or one of rc.RTRL(), rc.SnAp(n), rc.UORO(), rc.DNI(),
+    rc.BPTT(); the forward-step algorithms need a single cell (its step program)."""
     if gradient is not None and not isinstance(gradient, Algorithm):
-        raise ValueError(f"gradient must be rc.RTRL(), rc.SnAp(n), rc.UORO() or rc.BPTT(), got {gradient!r}")
+        raise ValueError(f"gradient must be rc.RTRL(), rc.SnAp(n), rc.UORO(), rc.DNI() or rc.BPTT(), got {gradient!r}")
+    if gradient is not None and not isinstance(gradient, BPTT) and cell is not None:
+        check_single_cell(cell, repr(gradient))
     return gradient
+
+
+def check_single_cell(cell, what: str, error=CallError) -> None:
+    """A composition (rc.Stack, rc.Bidirectional) has no step program of its own to derive from."""
+    if not hasattr(getattr(cell, "step", None), "prog"):
+        raise error(f"{what} derives its recursion from one cell's step; {getattr(cell, 'name', cell)!r} is a "
+                        f"composition ({type(cell).__name__}): train it with gradient=rc.BPTT() (or fit), or "
+                        "apply the algorithm to a single cell")
 
 
 def fit_online(trainer, inputs, targets, every=1, h0=None):
@@ -43,6 +55,10 @@ def fit_online(trainer, inputs, targets, every=1, h0=None):
     if not (isinstance(every, int) and every >= 1):
         raise ValueError(f"fit_online(every={every!r}): every must be a positive integer (steps per update)")
     algo = trainer.gradient if trainer.gradient is not None else BPTT()
+    if not isinstance(algo, BPTT) and has_derived_weights(trainer.cell):
+        raise NotImplementedError(
+            f"fit_online with {algo!r}: cell {trainer.cell.name!r} has derived weights or constants, which the "
+            "online algorithms take only through sequence_grad so far; use gradient=rc.BPTT() here")
     x, t = trainer._data(inputs, targets)
     st, dt = trainer.cell.step, trainer.dtype
     call = check_call(st, dt, trainer.params, x, t, trainer._state(h0), need_targets=True)

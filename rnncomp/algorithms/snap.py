@@ -1,19 +1,19 @@
 """SnAp-n (Menick et al. 2021): RTRL keeping only the sensitivities n steps of the cell reach.
 
-The pattern comes from the symbolic step, not from the user: :func:`pattern` pushes a
-boolean "may be nonzero" through the tangent program (one rule per tangent op, the
-structure of :mod:`rnncomp.forward_mode`'s JVP rules), so ``M[u, k]`` says whether
-parameter entry k can reach state unit u within n steps from J[0] = 0.  SnAp keeps
+The pattern comes from the symbolic step, not from the user (:func:`.pattern.pattern`):
+``M[u, k]`` says whether parameter entry k can reach state unit u within n steps from
+J[0] = 0.  SnAp keeps
 
     J[t] = M ⊙ (∂h[t]/∂h[t-1] · J[t-1] + ∂h[t]/∂θ|immediate)
 
 Two executors of the same recursion:
 
 * dense (``sparse=False``): the RTRL step on every column, then the mask (the reference);
-* sparse: only the entries of M stored.  Per step the state Jacobian D[t] (n_s directions
-  of the tangent step), the immediate term with parameter columns that touch disjoint units
-  sharing one direction (a greedy colouring), and Σ_v D[u, v]·J[v, k] over the pairs (u, v)
-  of the same column k only (a gather and one bincount).
+* sparse: only the entries of M stored.  Per step the entries D[u, v] of the state Jacobian
+  that M links (:mod:`.restricted`: forward mode computing only those), the immediate term
+  with parameter columns that touch disjoint units sharing one direction (a greedy
+  colouring), ∂ℓ/∂h[t-1] and ∂ℓ/∂θ from the backward step, and Σ_v D[u, v]·J[v, k] over the
+  pairs (u, v) of the same column k only (a gather and one bincount).
 
 With an element-wise (diagonal) recurrence SnAp-1 *is* RTRL: nothing outside M1 is ever
 reached.  Otherwise it is biased and cheaper: memory nnz(M) instead of n_s·P.
@@ -24,8 +24,10 @@ import numpy as np
 
 from ..autodiff import backward_step
 from ..backends.numpy import run_program
-from ..forward_mode import is_tangent_param, tangent_of, tangent_step
+from ..forward_mode import tangent_step
 from .base import Algorithm, check_memory
+from .pattern import reach, pattern
+from .restricted import RestrictedJacobian
 from .rtrl import DEFAULT_MAX_BYTES
 from .rtrl import _Prepared as _RtrlPrepared
 from .tangents import Directions, run_tangents
@@ -52,87 +54,19 @@ class SnAp(Algorithm):
 
     def prepare(self, step):
         sparse = self.sparse
-        if sparse == "auto":
+        matrix_ops = sorted({n.op for n in step.prog.nodes.values()} & {"outer", "smatvec", "mbcast", "mreduce"})
+        if matrix_ops and sparse is True:
+            raise NotImplementedError(
+                f"rc.SnAp({self.n}, sparse=True): cell {step.name!r} has matrix states (ops {', '.join(matrix_ops)}), "
+                "which the sparse executor (algorithms/restricted.py) has no plan for yet; sparse=False or "
+                "'auto' runs the dense executor with the same pattern")
+        if matrix_ops:
+            sparse = False
+        elif sparse == "auto":
             kept = sum(int(v.sum()) for v in pattern(step, self.n).values())
             total = sum(int(np.prod(s)) for s in step.params.values()) * sum(step.states.values())
             sparse = kept * 4 < total
         return (_Sparse if sparse else _Dense)(step, self.n, self.max_bytes)
-
-
-# ----------------------------------------------------------------------------- the pattern
-def _struct_matvec(node, vals, dirs, tprog):
-    out = np.zeros((dirs.K, node.size), dtype=bool)
-    for name, tr, _ in node.attrs["terms"]:
-        if is_tangent_param(name):
-            col = dirs.column.get(tangent_of(name))
-            if col is not None:
-                rows, cols = np.nonzero(col >= 0)
-                out[col[rows, cols], cols if tr else rows] = True
-        elif node.args[0] in tprog.nodes:
-            out |= vals[0].any(axis=1, keepdims=True)  # a dense matrix: every unit
-    return out
-
-
-def _struct_concat(node, vals, dirs, tprog):
-    return np.concatenate([np.broadcast_to(v, (dirs.K, v.shape[1])) for v in vals], axis=1)
-
-
-def _struct_pad(node, vals, dirs, tprog):
-    out = np.zeros((dirs.K, node.size), dtype=bool)
-    out[:, node.attrs["lo"]:node.attrs["lo"] + vals[0].shape[1]] = vals[0]
-    return out
-
-
-STRUCTURE = {  # tangent op -> the pattern of its value from its tangent arguments' patterns
-    "ew": lambda node, vals, dirs, tprog: np.logical_or.reduce(
-        [np.broadcast_to(v, (dirs.K, node.size)) for v in vals] or [np.zeros((dirs.K, node.size), bool)]),
-    "matvec": _struct_matvec,
-    "slice": lambda node, vals, dirs, tprog: vals[0][:, node.attrs["lo"]:node.attrs["lo"] + node.size],
-    "pad": _struct_pad,
-    "concat": _struct_concat,
-    "sum": lambda node, vals, dirs, tprog: vals[0].any(axis=1, keepdims=True),
-}
-
-
-def _reach(ts, dirs, before: dict) -> dict:
-    """{state: (K, n) pattern of ∂h[t]} from the patterns ``before`` of ∂h[t-1]."""
-    pat = {}
-    for key, node in ts.prog.nodes.items():
-        if node.op == "seed":
-            s = next((s for s, k in ts.state_seeds.items() if k == key), None)
-            if s is not None:
-                pat[key] = before[s]
-            else:
-                col = dirs.column.get(tangent_of(key[0]))
-                v = np.zeros((dirs.K, node.size), dtype=bool)
-                if col is not None:
-                    v[col, np.arange(node.size)] = True
-                pat[key] = v
-            continue
-        vals = [pat[a] for a in node.args if a in ts.prog.nodes]
-        pat[key] = STRUCTURE[node.op](node, vals, dirs, ts.prog)
-    return {s: (np.zeros_like(before[s]) if k is None else np.broadcast_to(pat[k], before[s].shape).copy())
-            for s, k in ts.out.items()}
-
-
-def pattern(step, n: int | None = 1, ts=None) -> dict:
-    """SnAp-n's pattern ``{state: (P, n_state) bool}``: which parameter entries (rows, in the
-    flat parameter order) may reach which units of each state within n steps from J[0] = 0
-    (a learned initial state's own entries start on the diagonal).  ``n=None``: in any number
-    of steps (the entries of RTRL's sensitivity that can ever be nonzero)."""
-    ts = ts or tangent_step(step)
-    dirs = Directions.dense(step)
-    m = {s: np.zeros((dirs.K, k), dtype=bool) for s, k in step.states.items()}
-    for s, p in step.state_init.items():
-        if p is not None:
-            m[s][dirs.column[p], np.arange(step.states[s])] = True
-    i = 0
-    while n is None or i < n:
-        new = {s: m[s] | v for s, v in _reach(ts, dirs, m).items()}
-        if n is None and all((new[s] == m[s]).all() for s in m):
-            break
-        m, i = new, i + 1
-    return m
 
 
 # ----------------------------------------------------------------------------- dense reference
@@ -191,9 +125,12 @@ class _Sparse:
                 e_in.append(np.tile(idx, len(idx)))
         self.e_out = np.concatenate(e_out) if e_out else np.zeros(0, int)
         self.e_in = np.concatenate(e_in) if e_in else np.zeros(0, int)
+        # the entries D[u, v] those pairs read, computed alone (restricted.py)
+        q, self.q_of_pair = np.unique(self.row[self.e_out] * self.N + self.row[self.e_in], return_inverse=True)
+        self.jac = RestrictedJacobian(step, q // self.N, q % self.N)
         # the immediate term: parameter columns with disjoint units share one direction
         zero = {s: np.zeros((self.layout.K, k), dtype=bool) for s, k in step.states.items()}
-        imm = np.concatenate([_reach(ts, self.layout, zero)[s] for s in step.states], axis=1)
+        imm = np.concatenate([reach(ts, self.layout, zero)[s] for s in step.states], axis=1)
         colour = colouring(imm)
         self.imm_ts = tangent_step(step, states=False)
         self.imm_dirs = Directions(int(colour.max()) + 1 if self.nnz and colour.max() >= 0 else 0,
@@ -201,7 +138,6 @@ class _Sparse:
                                     for p, o in self.layout.offsets.items()},
                                    self.layout.offsets, self.layout.sizes)
         self.imm_colour = np.where(imm[self.col, self.row], colour[self.col], -1)
-        self.jac_ts = tangent_step(step, params=())
         self.bwd = backward_step(step)
 
     def begin(self, params, states, learned, B, dtype):
@@ -214,30 +150,11 @@ class _Sparse:
             J[:, hit] = 1
         return J
 
-    def _jacobian(self, env, B, dtype):
-        """D[b, u, v] = ∂h[t]_u/∂h[t-1]_v over all state units, and ∂ℓ[t]/∂h[t-1] (B, N)."""
-        ts, N = self.jac_ts, self.N
-        seeds = {}
-        for s, n in self.st.states.items():
-            e = np.zeros((1, N, n), dtype=dtype)
-            e[0, self.state_off[s] + np.arange(n), np.arange(n)] = 1
-            seeds[ts.state_seeds[s]] = e
-        tan = run_tangents(ts.prog, env, seeds, Directions(N, {}, {}, {}), B, dtype)
-        D = np.zeros((B, N, N), dtype=dtype)
-        for s, n in self.st.states.items():
-            if ts.out[s] is not None:
-                o = self.state_off[s]
-                D[:, o:o + n, :] = np.broadcast_to(tan[ts.out[s]], (B, N, n)).transpose(0, 2, 1)
-        dl = np.zeros((B, N), dtype=dtype) if ts.loss is None else np.broadcast_to(tan[ts.loss][..., 0], (B, N))
-        return D, dl
-
     def step(self, env, w, J):
         B, dt = len(w), J.dtype
-        D, dl = self._jacobian(env, B, dt)
-        g = np.zeros(self.layout.K, dtype=dt)
-        g += np.bincount(self.col, weights=(w[:, None] * dl[:, self.row] * J).sum(axis=0), minlength=self.layout.K)
-        g += self._direct_loss_grad(env, w, B, dt)
-        prod = D[:, self.row[self.e_out], self.row[self.e_in]] * J[:, self.e_in]
+        direct, dl = self._loss_grads(env, w, B, dt)
+        g = direct + np.bincount(self.col, weights=(dl[:, self.row] * J).sum(axis=0), minlength=self.layout.K)
+        prod = self.jac.evaluate(env, B, dt)[:, self.q_of_pair] * J[:, self.e_in]
         flat = (np.arange(B)[:, None] * self.nnz + self.e_out[None, :]).ravel()
         new = np.bincount(flat, weights=prod.ravel(), minlength=B * self.nnz).reshape(B, self.nnz).astype(dt)
         if self.imm_dirs.K:
@@ -252,8 +169,9 @@ class _Sparse:
             new[:, has] += imm[:, self.imm_colour[has], self.row[has]]
         return g, new
 
-    def _direct_loss_grad(self, env, w, B, dt):
-        """Σ_b w[b]·∂ℓ[t]/∂θ|immediate: the backward step with δ⁺h[t] = 0."""
+    def _loss_grads(self, env, w, B, dt):
+        """Σ_b w[b]·∂ℓ[t]/∂θ|immediate (flat) and w[b]·∂ℓ[t]/∂h[t-1] (B, n_s): the backward
+        step with δ⁺h[t] = 0."""
         from ..backends.numpy import accumulate_grads
         bwd, e = self.bwd, dict(env)
         for s, n in self.st.states.items():
@@ -262,4 +180,8 @@ class _Sparse:
         run_program(bwd.prog, e, B, dt)
         grads = {p: np.zeros(s if isinstance(s, tuple) else (s,), dtype=dt) for p, s in self.st.params.items()}
         accumulate_grads(grads, bwd.grads, e)
-        return np.concatenate([grads[p].ravel() for p in self.st.params])
+        dl = np.zeros((B, self.N), dtype=dt)
+        for s, n in self.st.states.items():
+            if bwd.carry_out[s] is not None:
+                dl[:, self.state_off[s]:self.state_off[s] + n] = e[bwd.carry_out[s]]
+        return np.concatenate([grads[p].ravel() for p in self.st.params]), dl

@@ -130,7 +130,36 @@ def _concat(node, vals, B, K, dtype):
     return np.concatenate([np.broadcast_to(v, lead + (v.shape[-1],)) for v in vals], axis=-1)
 
 
+def _outer(node, vals, B, K, dtype):
+    a, b = vals
+    out = np.einsum("...i,...j->...ij", a, b)
+    return out.reshape(out.shape[:-2] + (node.size,))
+
+
+def _smatvec(node, vals, B, K, dtype):
+    X, v = vals
+    X = X.reshape(X.shape[:-1] + tuple(node.attrs["shape"]))
+    return np.einsum("...ij,...i->...j" if node.attrs["transposed"] else "...ij,...j->...i", X, v)
+
+
+def _mbcast(node, vals, B, K, dtype):
+    m, n = node.attrs["shape"]
+    v = vals[0]
+    return np.repeat(v, n, axis=-1) if node.attrs["axis"] == 1 else np.tile(v, (1,) * (v.ndim - 1) + (m,))
+
+
+def _mreduce(node, vals, B, K, dtype):
+    X = vals[0]
+    return X.reshape(X.shape[:-1] + tuple(node.attrs["shape"])).sum(axis=-1 if node.attrs["axis"] == 1 else -2)
+
+
 TANGENT_FORWARD = {
+    # matrix states (per-sample m·n units, row-major): the forward rules of backends/numpy.py
+    # over the extra leading axis of the K tangent directions
+    "outer": _outer,
+    "smatvec": _smatvec,
+    "mbcast": _mbcast,
+    "mreduce": _mreduce,
     "ew": _ew,
     "slice": lambda node, vals, B, K, dtype: vals[0][..., node.attrs["lo"]:node.attrs["lo"] + node.size],
     "pad": _pad,

@@ -298,6 +298,8 @@ class NativeModel(NativeBackward, NativeCalls, NativeVjp, CompiledModel):
                     lo += n
             elif node.op in ("sum", "lse"):
                 g.reduce(out, args[0], prog.node(node.args[0]).size, node.op == "lse", ld(key), ld(node.args[0]))
+            elif node.op in ("outer", "smatvec", "mbcast", "mreduce"):  # matrix states: plain loops
+                g.matrix(node, out, args, ld(key), [ld(a) for a in node.args])
             else:
                 raise CompileError(f"native backend: no code for op {node.op!r}")
         if run:

@@ -102,7 +102,24 @@ def _lse(node, vals, B, dtype):
     return m + np.log(np.exp(v - m).sum(axis=1, keepdims=True))
 
 
+def _smatvec(node, vals, B, dtype):
+    X, v = vals
+    X = X.reshape(-1, *node.attrs["shape"])
+    return np.einsum("bij,bi->bj" if node.attrs["transposed"] else "bij,bj->bi", X, v)
+
+
+def _mbcast(node, vals, B, dtype):
+    m, n = node.attrs["shape"]
+    v = np.broadcast_to(vals[0], (B, vals[0].shape[-1]))
+    return np.repeat(v, n, axis=1) if node.attrs["axis"] == 1 else np.tile(v, (1, m))
+
+
 FORWARD = {
+    "outer": lambda node, vals, B, dtype: np.einsum("bi,bj->bij", *vals).reshape(B, node.size),
+    "smatvec": _smatvec,
+    "mbcast": _mbcast,
+    "mreduce": lambda node, vals, B, dtype: vals[0].reshape(-1, *node.attrs["shape"]).sum(
+        axis=2 if node.attrs["axis"] == 1 else 1),
     "ew": _ew,
     "matvec": _matvec,
     "slice": lambda node, vals, B, dtype: vals[0][:, node.attrs["lo"]:node.attrs["lo"] + node.size],

@@ -88,7 +88,7 @@ class Trainer:
             compile_options = self.dist.compile_defaults(backend, compile_options)
         self.cell, self.bptt = cell, bptt
         from ..algorithms.online import check_gradient
-        self.gradient = check_gradient(gradient)  # fit_online's algorithm (rnncomp/algorithms/online.py)
+        self.gradient = check_gradient(gradient, cell)  # fit_online's algorithm (rnncomp/algorithms/online.py)
         self.clip_norm, self.clip_value = clip_norm, clip_value
         self.backend, self.dtype = backend, np.dtype(dtype)
         self.model = rc_compile(cell, backend=backend, dtype=dtype, **compile_options)
