@@ -78,7 +78,7 @@ def test_every_documented_command_is_accepted(doc, command):
                                  "rnncomp.backends.vjp",
                                  "rnncomp.train.optim", "rnncomp.train.trainer", "rnncomp.train.tasks",
                                  "rnncomp.train.data", "rnncomp.train.plot", "rnncomp.train.text",
-                                 "rnncomp.train.distributed", "rnncomp.train.resume", "rnncomp.cell_views", "rnncomp.serialize", "rnncomp.cli_common", "rnncomp.backends.ptx.layout"])
+                                 "rnncomp.train.distributed", "rnncomp.train.resume", "rnncomp.cell_views", "rnncomp.serialize", "rnncomp.cli_common", "rnncomp.backends.ptx.layout", "rnncomp.gradspec"])
 def test_doctests(mod):
     result = doctest.testmod(importlib.import_module(mod), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0

@@ -15,6 +15,7 @@ from sympy.printing.numpy import NumPyPrinter
 
 from ..autodiff import LOSS_ONLY, WEIGHT, Cotangents, backward_step
 from ..errors import CallError
+from ..gradspec import Batch
 from ..ir import LEAF_OPS, placeholder, prune
 from .validate import check_call, check_forward_call, float_dtype, initial_states, step_weights
 from .vjp import VjpMixin, check_cotangents, resolve_wrt
@@ -130,12 +131,11 @@ def accumulate_grads(grads: dict, specs: dict, env: dict) -> None:
     """Add one step's parameter-gradient contributions (the ``grads`` specs) into ``grads``."""
     for p, items in specs.items():
         for spec in items:
-            if spec[0] == "batch":
-                grads[p] += env[spec[1]].sum(axis=0)
+            if isinstance(spec, Batch):
+                grads[p] += env[spec.g].sum(axis=0)
             else:
-                _, g, v, c, tr = spec
-                m = env[g].T @ env[v]
-                grads[p] += (m.T if tr else m) * float(c)
+                m = env[spec.g].T @ env[spec.v]
+                grads[p] += (m.T if spec.tr else m) * float(spec.c)
 
 
 # ----------------------------------------------------------------------------- the model
