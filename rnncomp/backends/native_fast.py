@@ -28,7 +28,7 @@ import ctypes
 import numpy as np
 
 from ..errors import CallError
-from .validate import Call, check_mask, step_weights
+from .validate import Call, add_initial_state_grads, check_mask, step_weights
 
 #: Frames kept per thread (one per (T, B)); beyond this the cache starts afresh.
 MAX_FRAMES = 16
@@ -184,5 +184,5 @@ def _run(model, T, B, B_total, params, io, h0, w, check_finite):
     loss = float((ws * fr.loss).sum(dtype=np.float64))
     final = {s_: buf[-1].copy() for s_, buf in fr.states.items()}
     model._bwdfn(T, B, ptrs, fr.work)
-    model._add_initial_state_grads(grads, fr.carry, h0)
+    add_initial_state_grads(model.step, grads, fr.carry, h0)
     return loss, grads, final

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from .validate import add_initial_state_grads
 from .vjp import VjpMixin
 
 #: VJP variants kept per model (one per distinct set of cotangents); beyond, the oldest goes.
@@ -133,7 +134,7 @@ class NativeVjp(VjpMixin):
             else:
                 v._fresh_call()
                 _, carry, _ = run(v, sub, part.w, v.memory_plan(sub.T, self._batch(parts)), grads, carry)
-            v._add_initial_state_grads(grads, carry, sub.h0)
+            add_initial_state_grads(v.step, grads, carry, sub.h0)
             d_in, sub.d_out, sub.d_in = sub.d_in, None, None
             return grads, d_in, carry
 

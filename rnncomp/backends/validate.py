@@ -182,3 +182,13 @@ def initial_states(step, call: Call, dtype) -> dict:
         else:
             out[s] = np.zeros((call.B, n), dtype=dtype)
     return out
+
+
+def add_initial_state_grads(step, grads: dict, d_h0: dict, h0: dict) -> None:
+    """A learned initial state's gradient (``cell.state(..., init="learn")``): the adjoint
+    ``d_h0[s]`` carried out of the first step, summed over the batch -- except where the
+    caller gave that state in ``h0`` (then the parameter was not read).  ``d_h0[s]`` None:
+    no gradient reaches the initial state."""
+    for s, p in step.state_init.items():
+        if p is not None and s not in h0 and d_h0[s] is not None:
+            grads[p] += d_h0[s].sum(axis=0)
