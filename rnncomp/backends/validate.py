@@ -1,8 +1,9 @@
-"""Checking the arrays passed to a compiled model, shared by every backend.
+"""What every backend's call has in common: checking the arrays passed to a compiled
+model and its dtype, the step weights of the loss, the initial states and their gradient.
 
-Every problem is reported as a :class:`~rnncomp.errors.CallError` that names the
-cell, the argument and the shapes, before any computation (and before any
-native code) runs.
+Every problem with a call is reported as a :class:`~rnncomp.errors.CallError` that names
+the cell, the argument and the shapes, before any computation (and before any native
+code) runs.
 """
 from __future__ import annotations
 
