@@ -18,7 +18,7 @@ from ..errors import CallError, CompileError
 from ..memory import schedule
 from . import native_fast
 from .llvm import gemm
-from .validate import add_initial_state_grads, check_call, check_forward_call, step_weights
+from .validate import add_initial_state_grads, check_call, check_forward_call, step_weights, weighted_loss
 
 
 class NativeCalls:
@@ -297,7 +297,7 @@ class NativeCalls:
         self._bwd_arrays(arrays, T, B, ws if ws is not None else self._zero_weights(T, B))
         arrays[self.tmp_slot] = self._outer_tmp()
         self._run(self._fwd, arrays, T, B)
-        loss = float((ws * fwd[st.loss_key][:, :, 0]).sum(dtype=np.float64)) if self._has_loss else None
+        loss = weighted_loss(ws, fwd[st.loss_key][:, :, 0]) if self._has_loss else None
         final = {s: states[s][-1].copy() for s in st.states}
         return _Seg(a, b, T, B, arrays, states, fwd, loss, final, call)
 

@@ -173,6 +173,12 @@ def step_weights(call: Call, dtype) -> np.ndarray:
     return (call.mask / call.mask.sum()).astype(dtype)
 
 
+def weighted_loss(w: np.ndarray, cost: np.ndarray) -> float:
+    """The loss Σ_{t,b} w[t, b]·ℓ[t, b] of the per-step costs ``cost`` (T, B), summed in
+    float64 whatever the model's dtype (the NumPy oracle sums step by step, its own way)."""
+    return float((w * cost).sum(dtype=np.float64))
+
+
 def initial_states(step, call: Call, dtype) -> dict:
     out = {}
     for s, n in step.states.items():

@@ -14,7 +14,7 @@ import numpy as np
 from ...autodiff import LOSS_ONLY, backward_step
 from ...errors import CallError
 from ..validate import (add_initial_state_grads, check_call, check_forward_call, float_dtype, forward_targets,
-                        initial_states, step_weights)
+                        initial_states, step_weights, weighted_loss)
 from .emit import emit_module
 from .persistent import T_KEY, Persistent
 from .plan import build_plan, grad_key
@@ -345,7 +345,7 @@ class PtxModel(PtxVjp, CompiledModel):
         loss = None
         if ("cost",) in S:
             cost = S[("cost",)][:, :, L.where[st.loss_key][2]]
-            loss = float((w * cost).sum(dtype=np.float64))
+            loss = weighted_loss(w, cost)
         grads = {}
         for p, k in P.grad_slot.items():
             shape = st.params[p]
