@@ -25,6 +25,7 @@ import sympy as sp
 from .dsl import _NAME
 from .errors import DifferentiationError
 from .array_rules import ARRAY_RULES
+from .gradspec import Batch, Outer
 from .ir import Node, Program, display, eliminate_aliases, internal, key_str, placeholder, verify
 from .lower import LOSS, Step
 
@@ -143,7 +144,7 @@ class _Ctx:
             key = (key[0], at)
             # a parameter is read at every step: each read's contribution is its own
             # gradient term (summed by the executor), so an unfolded graph stays linear
-            self.out.grads[key[0]].append(("batch", self.materialize(key, node, [c])))
+            self.out.grads[key[0]].append(Batch(self.materialize(key, node, [c])))
         else:
             self.pending[key].append(c)
 
@@ -246,7 +247,7 @@ def _vjp_matvec(ctx, key, node, g, active):
         mv = ctx.emit(f"{label}·{adjoint_name(key[0])}", key[1], Node("matvec", (g,), ctx.fwd.node(v).size, {"terms": tt}))
         ctx.contribute(v, placeholder(0), (mv,), ctx.fwd.node(v).size)
     for p, tr, c in terms:
-        ctx.out.grads[p].append(("outer", g, v, c, tr))
+        ctx.out.grads[p].append(Outer(g, v, c, tr))
 
 
 def _vjp_slice(ctx, key, node, g, active):
@@ -343,7 +344,7 @@ class BackwardStep:
     carry_in: dict       # state -> seed key δ⁺h[t]
     carry_out: dict      # state -> key of δh[t-1] (None: no gradient reaches h[t-1])
     weight: tuple        # seed key w[t]
-    grads: dict          # param -> list of specs ("batch", key) | ("outer", g, v, c, transposed)
+    grads: dict          # param -> list of gradient specs (rnncomp.gradspec: Batch | Outer)
     adjoints: dict = field(default_factory=dict)  # forward key -> key of its total adjoint
     cot: Cotangents = LOSS_ONLY
     out_seeds: dict = field(default_factory=dict)       # output -> seed key δyᵉˣᵗ[t]
@@ -386,8 +387,7 @@ def backward_step(step: Step, cot: Cotangents = LOSS_ONLY) -> BackwardStep:
     a = lambda k: alias.get(k, k)  # noqa: E731
     carry_out = {s: a(rev.adjoints[(s, "t-1")]) if (s, "t-1") in rev.adjoints else None
                  for s in step.states}
-    grads = {p: [(sp_[0], a(sp_[1])) if sp_[0] == "batch" else (sp_[0], a(sp_[1]), *sp_[2:])
-                 for sp_ in specs] for p, specs in rev.grads.items()}
+    grads = {p: [spec.renamed(a) for spec in specs] for p, specs in rev.grads.items()}
     return BackwardStep(step, prog, {s: carry_key(s) for s in step.states}, carry_out, w, grads,
                         {k: a(v) for k, v in rev.adjoints.items()}, cot, out_seeds,
                         {x: rev.adjoints.get((x, "t")) for x in cot.inputs})

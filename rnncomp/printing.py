@@ -17,6 +17,7 @@ import sympy as sp
 from .autodiff import LOSS_ONLY, Cotangents, backward_step
 from .dsl import Concat, LogSumExp, MatVec, RowSum, Slice, Structural, Vec, _display
 from .errors import CellError
+from .gradspec import Batch
 from .ir import NodeSym, display, internal, key_str, placeholder
 from .latex import ident_latex, name_latex
 from .lower import LOSS
@@ -241,18 +242,16 @@ class Explanation(TextShown):
         for p, specs in self.bwd.grads.items():
             terms = []
             for spec in specs:
-                if spec[0] == "batch":
-                    terms.append(NodeSym(spec[1]))
+                if isinstance(spec, Batch):
+                    terms.append(NodeSym(spec.g))
                 else:
-                    _, g, v, c, tr = spec
-                    o = Outer(NodeSym(v), NodeSym(g)) if tr else Outer(NodeSym(g), NodeSym(v))
-                    terms.append(c * o)
+                    g, v = NodeSym(spec.g), NodeSym(spec.v)
+                    terms.append(spec.c * (Outer(v, g) if spec.tr else Outer(g, v)))
             out.append((p, sp.Add(*terms)))
         return out
 
     def _backward_eqs(self):
-        keep = [s[1] for specs in self.bwd.grads.values() for s in specs if s[0] == "batch"]
-        keep += [k for specs in self.bwd.grads.values() for s in specs if s[0] == "outer" for k in s[1:3]]
+        keep = [k for specs in self.bwd.grads.values() for s in specs for k in s.reads]
         eqs, exprs = program_equations(self.bwd.prog, keep, set(self.cell.decls))
         stored = stored_values(self.cell.step.prog)
         return ([(lhs, rhs.xreplace(stored)) for lhs, rhs in eqs],

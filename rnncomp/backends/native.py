@@ -233,8 +233,7 @@ class NativeModel(NativeBackward, NativeCalls, NativeVjp, CompiledModel):
         if bwd is not None:
             keys |= set(bwd.prog.external) | self._timed_seeds() | set(bwd.carry_in.values())
             keys |= {k for k in bwd.carry_out.values() if k is not None}
-            keys |= {k for specs in bwd.grads.values() for sp_ in specs
-                     for k in (sp_[1:2] if sp_[0] == "batch" else sp_[1:3])}
+            keys |= {k for specs in bwd.grads.values() for spec in specs for k in spec.reads}
         return keys
 
     def _emit_program(self, g, prog, t, skip=(), only=None):

@@ -15,6 +15,7 @@ import math
 
 from llvmlite import ir
 
+from ..gradspec import Batch
 from ..passes.cotangents_after import for_backward
 from .llvm.builder import I64, for_range
 from .native_emit import Gen
@@ -76,8 +77,7 @@ class NativeBackward:
         timed = self._timed_seeds()
         for p, specs in bwd.grads.items():
             for i, spec in enumerate(specs):
-                keys = [spec[1]] if spec[0] == "batch" else [spec[1], spec[2]]
-                mine = [k for k in keys if k in bwd.prog.nodes]
+                mine = [k for k in spec.reads if k in bwd.prog.nodes]
                 if all(bwd.prog.nodes[k].op != "seed" or k in timed for k in mine):
                     self.deferred.add((p, i))
                     self.deferred_keys.update(k for k in mine if bwd.prog.nodes[k].op != "seed")
@@ -133,14 +133,14 @@ class NativeBackward:
             for i, spec in enumerate(specs):
                 if ((p, i) in self.deferred) != deferred:
                     continue
-                if spec[0] == "batch":
-                    src = g.ptr(spec[1], t)
+                if isinstance(spec, Batch):
+                    src = g.ptr(spec.g, t)
                     n = shape if isinstance(shape, int) else 1
-                    ld = self.layout.ld(spec[1], n)
+                    ld = self.layout.ld(spec.g, n)
                     with for_range(b, g.B, name="gb") as bi:
                         g.copy_loop(grad, b.gep(src, [b.mul(bi, I64(ld))]), I64(n), accumulate=True)
                     continue
-                _, gk, vk, c, tr = spec
+                gk, vk, c, tr = spec.g, spec.v, spec.c, spec.tr
                 A, V = g.ptr(gk, t), g.ptr(vk, t)
                 rows_, cols_ = shape
                 # grad[m, n] += c · gᵀ v  (or c · vᵀ g when the term was transposed); depth = rows of g

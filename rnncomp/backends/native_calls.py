@@ -18,7 +18,7 @@ from ..errors import CallError, CompileError
 from ..memory import schedule
 from . import native_fast
 from .llvm import gemm
-from .validate import check_call, check_forward_call, step_weights
+from .validate import add_initial_state_grads, check_call, check_forward_call, step_weights, weighted_loss
 
 
 class NativeCalls:
@@ -54,13 +54,6 @@ class NativeCalls:
             a = h0.get(s_)
             p = self.step.state_init[s_]
             buf[0] = a if a is not None else params[p] if p is not None else 0
-
-    def _add_initial_state_grads(self, grads, carry, h0):
-        """A learned initial state's gradient: the adjoint carried out of step 0, summed over
-        the batch (not where the caller gave that state in ``h0``)."""
-        for s_, p in self.step.state_init.items():
-            if p is not None and s_ not in h0:
-                grads[p] += carry[s_].sum(axis=0)
 
     def _outer_tmp(self):
         """The scratch of scaled gradient products (``c != 1``): the largest matrix parameter."""
@@ -278,7 +271,7 @@ class NativeCalls:
         self._fresh_call()
         plan = self.memory_plan(call.T, B_total or call.B)
         loss, carry, final = run(self, call, w, plan, grads)
-        self._add_initial_state_grads(grads, carry, call.h0)
+        add_initial_state_grads(self.step, grads, carry, call.h0)
         return loss, grads, final
 
     def _segment(self, call, w, a, b, h0, carry, grads, backward):
@@ -304,7 +297,7 @@ class NativeCalls:
         self._bwd_arrays(arrays, T, B, ws if ws is not None else self._zero_weights(T, B))
         arrays[self.tmp_slot] = self._outer_tmp()
         self._run(self._fwd, arrays, T, B)
-        loss = float((ws * fwd[st.loss_key][:, :, 0]).sum(dtype=np.float64)) if self._has_loss else None
+        loss = weighted_loss(ws, fwd[st.loss_key][:, :, 0]) if self._has_loss else None
         final = {s: states[s][-1].copy() for s in st.states}
         return _Seg(a, b, T, B, arrays, states, fwd, loss, final, call)
 

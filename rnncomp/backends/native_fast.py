@@ -28,7 +28,7 @@ import ctypes
 import numpy as np
 
 from ..errors import CallError
-from .validate import Call, check_mask, step_weights
+from .validate import Call, add_initial_state_grads, check_mask, step_weights, weighted_loss
 
 #: Frames kept per thread (one per (T, B)); beyond this the cache starts afresh.
 MAX_FRAMES = 16
@@ -181,8 +181,8 @@ def _run(model, T, B, B_total, params, io, h0, w, check_finite):
         buf.fill(0)
     fr.flags.fill(0)
     model._fwd(T, B, ptrs, fr.work)  # ctypes releases the GIL during each call
-    loss = float((ws * fr.loss).sum(dtype=np.float64))
+    loss = weighted_loss(ws, fr.loss)
     final = {s_: buf[-1].copy() for s_, buf in fr.states.items()}
     model._bwdfn(T, B, ptrs, fr.work)
-    model._add_initial_state_grads(grads, fr.carry, h0)
+    add_initial_state_grads(model.step, grads, fr.carry, h0)
     return loss, grads, final

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from .validate import add_initial_state_grads, weighted_loss
 from .vjp import VjpMixin
 
 #: VJP variants kept per model (one per distinct set of cotangents); beyond, the oldest goes.
@@ -133,7 +134,7 @@ class NativeVjp(VjpMixin):
             else:
                 v._fresh_call()
                 _, carry, _ = run(v, sub, part.w, v.memory_plan(sub.T, self._batch(parts)), grads, carry)
-            v._add_initial_state_grads(grads, carry, sub.h0)
+            add_initial_state_grads(v.step, grads, carry, sub.h0)
             d_in, sub.d_out, sub.d_in = sub.d_in, None, None
             return grads, d_in, carry
 
@@ -157,7 +158,7 @@ class NativeVjp(VjpMixin):
         self._fresh_call()
         self._run(self._fwd, arrays, sub.T, sub.B)
         outs = {o: (fwd[(o, "t")] if (o, "t") in fwd else states[o][1:]).copy() for o in st.outputs}
-        loss = None if ws is None else float((ws * fwd[st.loss_key][:, :, 0]).sum(dtype=np.float64))
+        loss = None if ws is None else weighted_loss(ws, fwd[st.loss_key][:, :, 0])
         return outs, {s: states[s][-1].copy() for s in st.states}, loss
 
 

@@ -15,8 +15,10 @@ from sympy.printing.numpy import NumPyPrinter
 
 from ..autodiff import LOSS_ONLY, WEIGHT, Cotangents, backward_step
 from ..errors import CallError
+from ..gradspec import Batch
 from ..ir import LEAF_OPS, placeholder, prune
-from .validate import check_call, check_forward_call, float_dtype, initial_states, step_weights
+from .validate import (add_initial_state_grads, check_call, check_forward_call, float_dtype, initial_states,
+                       step_weights)
 from .vjp import VjpMixin, check_cotangents, resolve_wrt
 from ..initializers import specs as init_specs
 from .common import CompiledModel
@@ -147,12 +149,11 @@ def accumulate_grads(grads: dict, specs: dict, env: dict) -> None:
     """Add one step's parameter-gradient contributions (the ``grads`` specs) into ``grads``."""
     for p, items in specs.items():
         for spec in items:
-            if spec[0] == "batch":
-                grads[p] += env[spec[1]].sum(axis=0)
+            if isinstance(spec, Batch):
+                grads[p] += env[spec.g].sum(axis=0)
             else:
-                _, g, v, c, tr = spec
-                m = env[g].T @ env[v]
-                grads[p] += (m.T if tr else m) * float(c)
+                m = env[spec.g].T @ env[spec.v]
+                grads[p] += (m.T if spec.tr else m) * float(spec.c)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -229,18 +230,11 @@ class NumpyModel(VjpMixin, CompiledModel):
         w = step_weights(call, dt)
         loss = self._loss(envs, w)
         grads, carry, _ = self._run_backward(self.backward, envs, call, w, {}, {})
-        self._add_initial_state_grads(grads, carry, call.h0)
+        add_initial_state_grads(st, grads, carry, call.h0)
         return loss, grads, {s: np.array(v) for s, v in final.items()}
 
     def _loss(self, envs, w):
         return sum(float((w[t] * envs[t][self.step.loss_key][:, 0]).sum()) for t in range(len(envs)))
-
-    def _add_initial_state_grads(self, grads, carry, h0):
-        """A learned initial state's gradient: the adjoint carried out of step 1, summed over
-        the batch (not where the caller gave that state in ``h0``)."""
-        for s, p in self.step.state_init.items():
-            if p is not None and s not in h0:
-                grads[p] += carry[s].sum(axis=0)
 
     def _run_backward(self, bwd, envs, call, w, d_out, d_fin, free=True):
         """t = T … 1 from the carried cotangents ``d_fin``: (param grads, δh[0], {input: δx})."""
@@ -277,7 +271,7 @@ class NumpyModel(VjpMixin, CompiledModel):
     def _vjp_backward(self, state, d_out, d_fin):
         bwd, envs, call, w = state
         grads, carry, d_in = self._run_backward(bwd, envs, call, w, d_out, d_fin, free=False)
-        self._add_initial_state_grads(grads, carry, call.h0)
+        add_initial_state_grads(self.step, grads, carry, call.h0)
         return grads, d_in, {s: np.array(v) for s, v in carry.items()}
 
 
@@ -312,9 +306,8 @@ def unrolled_loss_and_grad(cell, params, inputs, targets=None, h0=None, mask=Non
     run_program(u.rev.prog, env, call.B, dt)
     grads = {p: np.zeros(s if isinstance(s, tuple) else (s,), dtype=dt) for p, s in st.params.items()}
     accumulate_grads(grads, u.rev.grads, env)
-    for s, p in st.state_init.items():
-        if p is not None and s not in call.h0 and (s, 0) in u.rev.adjoints:
-            grads[p] += env[u.rev.adjoints[(s, 0)]].sum(axis=0)
+    add_initial_state_grads(st, grads, {s: env[u.rev.adjoints[(s, 0)]] if (s, 0) in u.rev.adjoints else None
+                                        for s in st.states}, call.h0)
     return loss, grads, {s: np.array(env[(s, call.T)]) for s in st.states}
 
 
@@ -354,9 +347,7 @@ def unrolled_vjp(cell, params, inputs, h0=None, d_outputs=None, d_final=None, ta
     zeros = lambda n: np.zeros((call.B, n), dtype=dt)  # noqa: E731
     d_h0 = {s: env[u.rev.adjoints[(s, 0)]] if (s, 0) in u.rev.adjoints else zeros(n)
             for s, n in st.states.items()}
-    for s, p in st.state_init.items():
-        if p is not None and s not in call.h0:
-            grads[p] += d_h0[s].sum(axis=0)
+    add_initial_state_grads(st, grads, d_h0, call.h0)
     d_in = {x: np.stack([env[u.rev.adjoints[(x, t + 1)]] if (x, t + 1) in u.rev.adjoints
                          else zeros(st.inputs[x]) for t in range(call.T)]) for x in cot.inputs}
     return loss, grads, d_in, d_h0

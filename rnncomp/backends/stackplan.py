@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import CompileError
+from ..gradspec import Batch
 from ..ir import Program
 from ..passes.cotangents_after import for_backward
 from ..stacking import stack_products
@@ -70,14 +71,14 @@ def grad_groups(bwd, prog: Program, views: dict, deferred=None) -> list:
             members.setdefault(w, []).append((col, key))
     owner = {}  # δ key → [(param, spec)] of single-spec parameters reading it
     for p, specs in bwd.grads.items():
-        if len(specs) == 1 and (specs[0][0] == "batch" or (specs[0][3] == 1 and not specs[0][4])):
-            owner.setdefault(specs[0][1], []).append((p, specs[0]))
+        if len(specs) == 1 and (isinstance(specs[0], Batch) or (specs[0].c == 1 and not specs[0].tr)):
+            owner.setdefault(specs[0].g, []).append((p, specs[0]))
     for w, cols in members.items():
         keys = [k for _, k in sorted(cols)]
         by_kind: dict = {}
         for k in keys:
             for p, spec in owner.get(k, []):
-                kind = ("batch",) if spec[0] == "batch" else ("outer", spec[2])
+                kind = ("batch",) if isinstance(spec, Batch) else ("outer", spec.v)
                 by_kind.setdefault(kind, {})[k] = p
         for kind, of in by_kind.items():
             params = [of.get(k) for k in keys]

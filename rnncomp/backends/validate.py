@@ -1,8 +1,9 @@
-"""Checking the arrays passed to a compiled model, shared by every backend.
+"""What every backend's call has in common: checking the arrays passed to a compiled
+model and its dtype, the step weights of the loss, the initial states and their gradient.
 
-Every problem is reported as a :class:`~rnncomp.errors.CallError` that names the
-cell, the argument and the shapes, before any computation (and before any
-native code) runs.
+Every problem with a call is reported as a :class:`~rnncomp.errors.CallError` that names
+the cell, the argument and the shapes, before any computation (and before any native
+code) runs.
 """
 from __future__ import annotations
 
@@ -172,6 +173,12 @@ def step_weights(call: Call, dtype) -> np.ndarray:
     return (call.mask / call.mask.sum()).astype(dtype)
 
 
+def weighted_loss(w: np.ndarray, cost: np.ndarray) -> float:
+    """The loss Σ_{t,b} w[t, b]·ℓ[t, b] of the per-step costs ``cost`` (T, B), summed in
+    float64 whatever the model's dtype (the NumPy oracle sums step by step, its own way)."""
+    return float((w * cost).sum(dtype=np.float64))
+
+
 def initial_states(step, call: Call, dtype) -> dict:
     out = {}
     for s, n in step.states.items():
@@ -182,3 +189,13 @@ def initial_states(step, call: Call, dtype) -> dict:
         else:
             out[s] = np.zeros((call.B, n), dtype=dtype)
     return out
+
+
+def add_initial_state_grads(step, grads: dict, d_h0: dict, h0: dict) -> None:
+    """A learned initial state's gradient (``cell.state(..., init="learn")``): the adjoint
+    ``d_h0[s]`` carried out of the first step, summed over the batch -- except where the
+    caller gave that state in ``h0`` (then the parameter was not read).  ``d_h0[s]`` None:
+    no gradient reaches the initial state."""
+    for s, p in step.state_init.items():
+        if p is not None and s not in h0 and d_h0[s] is not None:
+            grads[p] += d_h0[s].sum(axis=0)

@@ -22,6 +22,7 @@ import numpy as np
 import sympy as sp
 
 from ..autodiff import backward_step
+from ..gradspec import Batch
 from ..ir import key_str, time_label
 from ..show import TextShown
 
@@ -166,17 +167,17 @@ def cost(cell, T: int = 1000, B: int = 32, dtype="float32") -> Cost:
     c.backward = program_flops(bwd.prog)
     for specs in bwd.grads.values():
         for spec in specs:
-            if spec[0] == "batch":
-                c.param_grads += bwd.prog.node(spec[1]).size
+            if isinstance(spec, Batch):
+                c.param_grads += bwd.prog.node(spec.g).size
             else:
-                a, v = bwd.prog.node(spec[1]).size, bwd.prog.node(spec[2]).size
+                a, v = bwd.prog.node(spec.g).size, bwd.prog.node(spec.v).size
                 c.param_grads += 2 * a * v
     read = []
     for node in bwd.prog.nodes.values():
         read += node.args
     for specs in bwd.grads.values():
         for spec in specs:
-            read += [spec[1]] if spec[0] == "batch" else [spec[1], spec[2]]
+            read += spec.reads
     stored = {}
     for key in dict.fromkeys(read):
         node = fwd.nodes.get(key)

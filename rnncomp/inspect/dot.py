@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from ..autodiff import backward_step, carry_key
+from ..gradspec import Batch
 from ..graph import unfold_program
 from ..ir import internal, key_str
 from ..lower import LOSS
@@ -223,15 +224,15 @@ def gradient_graph(cell) -> Graph:
         gk = (internal(f"∂L/∂{p}"), None)
         terms = []
         for spec in specs:
-            if spec[0] == "batch":
-                terms.append(key_str(spec[1]))
+            if isinstance(spec, Batch):
+                terms.append(key_str(spec.g))
             else:
-                _, a, v, c, tr = spec
-                o = f"{key_str(v)}·{key_str(a)}ᵀ" if tr else f"{key_str(a)}·{key_str(v)}ᵀ"
-                terms.append(o if c == 1 else f"{c}·{o}")
+                a, v = key_str(spec.g), key_str(spec.v)
+                o = f"{v}·{a}ᵀ" if spec.tr else f"{a}·{v}ᵀ"
+                terms.append(o if spec.c == 1 else f"{spec.c}·{o}")
         g.add_node(gk, f"∂L/∂{p}\n= Σ {_short(' + '.join(terms))}", "grad", 3)
         for spec in specs:
-            for src in ([spec[1]] if spec[0] == "batch" else [spec[1], spec[2]]):
+            for src in spec.reads:
                 g.add_edge(src, gk, "bwd")
     return g
 

@@ -63,6 +63,6 @@ def for_backward(bwd, prog=None, inside=()):
     if not outs:
         return set(), set()
     inside = set(inside) | {k for k in bwd.carry_out.values() if k is not None}
-    inside |= {k for specs in bwd.grads.values() for s in specs for k in (s[1:2] if s[0] == "batch" else s[1:3])}
+    inside |= {k for specs in bwd.grads.values() for s in specs for k in s.reads}
     return after_loop(bwd.prog if prog is None else prog, outs, inside - outs,
                       {bwd.weight} | set(bwd.out_seeds.values()))

@@ -13,7 +13,8 @@ import numpy as np
 
 from ...autodiff import LOSS_ONLY, backward_step
 from ...errors import CallError
-from ..validate import check_call, check_forward_call, float_dtype, forward_targets, initial_states, step_weights
+from ..validate import (add_initial_state_grads, check_call, check_forward_call, float_dtype, forward_targets,
+                        initial_states, step_weights, weighted_loss)
 from .emit import emit_module
 from .persistent import T_KEY, Persistent
 from .plan import build_plan, grad_key
@@ -344,7 +345,7 @@ class PtxModel(PtxVjp, CompiledModel):
         loss = None
         if ("cost",) in S:
             cost = S[("cost",)][:, :, L.where[st.loss_key][2]]
-            loss = float((w * cost).sum(dtype=np.float64))
+            loss = weighted_loss(w, cost)
         grads = {}
         for p, k in P.grad_slot.items():
             shape = st.params[p]
@@ -353,9 +354,7 @@ class PtxModel(PtxVjp, CompiledModel):
             grads[p] = S[("grad", k)][at:at + int(np.prod(shape))].reshape(shape).copy()
         d_h0 = {s: S[("dinit", s)][0, :, cols(self.bwd.carry_in[s], n)].copy()  # δh[-1]: row 0
                 for s, n in st.states.items() if ("dinit", s) in S}
-        for s, p in st.state_init.items():
-            if p is not None and s not in call.h0:
-                grads[p] += d_h0[s].sum(axis=0)
+        add_initial_state_grads(st, grads, d_h0, call.h0)
         d_in = {x: S[("dx", x)][:, :, cols(k, st.inputs[x])].copy()
                 for x, k in self.bwd.input_adjoints.items() if k is not None}
         return loss, grads, self._finals(a), d_in, d_h0

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...errors import CompileError
+from ...gradspec import Batch
 from ...ir import LEAF_OPS, internal, key_str, placeholder, prune, state_independent
 from ..llvm.exprgen import unsupported
 from ...passes.cotangents_after import for_backward
@@ -265,12 +266,12 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
             continue
         shape = step.params[p]
         for spec in specs:
-            if spec[0] == "batch":
+            if isinstance(spec, Batch):
                 n = shape if isinstance(shape, int) else int(np.prod(shape))
-                name = ks.grad_batch(n, doc=f"∂{p} += Σ {key_str(spec[1])}", ld=L.ld(spec[1]))
-                plan.bwd_grads.append(Launch(name, (spec[1], grad_key(p)), rows="TB"))
+                name = ks.grad_batch(n, doc=f"∂{p} += Σ {key_str(spec.g)}", ld=L.ld(spec.g))
+                plan.bwd_grads.append(Launch(name, (spec.g, grad_key(p)), rows="TB"))
             else:
-                _, gk, vk, c, tr = spec
+                gk, vk, c, tr = spec.g, spec.v, spec.c, spec.tr
                 name = ks.grad_outer(shape, bprog.node(gk).size, bprog.node(vk).size, c, tr,
                                      doc=f"∂{p} += {c}·{key_str(gk)}ᵀ{key_str(vk)}",
                                      ld_g=L.ld(gk), ld_v=L.ld(vk))
