@@ -41,6 +41,25 @@ INTRO = """\
 (`from rnncomp import inspect as ri`; `CELL` is a zoo name, `module:name` or `file.py[:name]`;
 `--hidden/--inputs/--outputs` size zoo cells.)
 
+## Names in the listings
+The compiler's temporaries have keys such as `a7` and `sigmoid8` (marked as generated, so
+they never meet a name you declare).  The listings, their LaTeX and the graphs show each
+under a readable alias instead (printing only: nothing computed changes):
+
+| alias | what it is |
+|---|---|
+| `pre(z)` | the pre-activation of `z`: the argument of the function that computes your `z` (GRU `z = sigmoid(...)`) or, for an unnamed value, of the gate its parameters spell (`Wo·x + Uo·h + bo` → `pre(o)`), or the argument of the one function in the equation of the value that reads it (`h = h + 0.1*tanh(...)` → `pre(h)`) |
+| `o` | an unnamed activation of such a gate (LSTM `sigmoid(pre(o))`), when you declared no `o` |
+| `tanh(c)`, `Abs(pre(o))` | another function of values of the same step |
+| `Uo·h`, `h[2:5]` | a product or a slice, by what it computes |
+| `a₁`, `cat₁`, `Σ₁` | anything else, numbered in order (subscript digits: never a declared name) |
+| `δpre(o)`, `δ(Uo·h)` | the adjoint of an aliased value |
+
+A name that is already taken (you declared `o`) gets another rule or primes (`o′`).  Every
+name the backward listing reads is defined: in the forward equations, in the backward step
+or in its `where` block (the forward values of step t it reads); in LaTeX `pre(o)` is
+$\\operatorname{{pre}}(o)$ and `a₁` is $\\mathsf{{a}}_1$.
+
 ## Graphs
 The DOT text is plain text and needs nothing installed.  It is deterministic: node ids
 are `n0, n1, ...` in program order, so the same cell gives byte-identical DOT.
