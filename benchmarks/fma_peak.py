@@ -1,103 +1,14 @@
-"""The machine's float32 FMA peak, measured: a generated loop of register-only fused
-multiply-adds, so that every other figure of the benchmarks reads as a share of the chip.
-
-The loop keeps ``ACC`` independent vector accumulators (enough to cover the FMA latency
-times the number of FMA ports on any x86 core seen here: 4-cycle latency × 2 ports = 8;
-12 leaves room) of the widest vector the host has (16 floats with AVX-512, 8 with AVX2,
-4 otherwise) and runs ``n`` iterations of ``acc_i = acc_i * m + a`` on them; nothing is
-loaded or stored inside the loop.  One call per thread; ``peak(threads)`` runs one thread
-per core at once (the native call releases the GIL) and adds their rates.
+"""The machine's float32 FMA peak (the code lives in ``rnncomp.inspect.peak``).
 
     python benchmarks/fma_peak.py            # prints {"threads": GFLOP/s, ...} and the vector width
-
-    >>> r = peak(1, iters=1_000_000)
-    >>> r["gflops"] > 0 and r["lanes"] in (4, 8, 16)
-    True
 """
-from __future__ import annotations
-
-import ctypes
 import json
-import threading
-import time
+import os
+import sys
 
-from llvmlite import ir
-
-from rnncomp.backends.llvm.jit import HostTarget, compile_module
-
-ACC = 12
-
-
-def _lanes(host: HostTarget) -> int:
-    if host.has("avx512f"):
-        return 16
-    if host.has("avx2") or host.has("avx"):
-        return 8
-    return 4
-
-
-def _build(lanes: int) -> ir.Module:
-    """``float fma_loop(int64 n)``: n iterations of ACC vector FMAs; returns a lane sum so
-    the work is not optimised away."""
-    f32, i64 = ir.FloatType(), ir.IntType(64)
-    vec = ir.VectorType(f32, lanes)
-    mod = ir.Module(name="fma_peak")
-    fma = ir.Function(mod, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{lanes}f32")
-    fn = ir.Function(mod, ir.FunctionType(f32, [i64]), "fma_loop")
-    entry, loop, done = (fn.append_basic_block(n) for n in ("entry", "loop", "done"))
-    b = ir.IRBuilder(entry)
-    m = ir.Constant(vec, [0.999999] * lanes)
-    a = ir.Constant(vec, [1e-7] * lanes)
-    inits = [ir.Constant(vec, [1.0 + 1e-3 * k] * lanes) for k in range(ACC)]
-    b.branch(loop)
-    b.position_at_end(loop)
-    i = b.phi(i64)
-    accs = [b.phi(vec) for _ in range(ACC)]
-    new = [b.call(fma, [acc, m, a]) for acc in accs]
-    i2 = b.add(i, ir.Constant(i64, 1))
-    i.add_incoming(ir.Constant(i64, 0), entry)
-    i.add_incoming(i2, loop)
-    for acc, init, nv in zip(accs, inits, new):
-        acc.add_incoming(init, entry)
-        acc.add_incoming(nv, loop)
-    b.cbranch(b.icmp_signed("<", i2, fn.args[0]), loop, done)
-    b.position_at_end(done)
-    s = new[0]
-    for nv in new[1:]:
-        s = b.fadd(s, nv)
-    b.ret(b.extract_element(s, ir.Constant(ir.IntType(32), 0)))
-    return mod
-
-
-def peak(threads: int = 1, iters: int = 20_000_000, repeats: int = 3) -> dict:
-    """Best of ``repeats`` runs: GFLOP/s summed over ``threads`` threads running at once
-    (each FMA lane counts 2 FLOPs)."""
-    host = HostTarget.detect()
-    lanes = _lanes(host)
-    lib = compile_module(_build(lanes), level=2, cache=None)
-    fn = ctypes.CFUNCTYPE(ctypes.c_float, ctypes.c_int64)(lib.address("fma_loop"))
-    fn(1000)  # warm up
-    best = 0.0
-    for _ in range(repeats):
-        start = threading.Barrier(threads + 1)
-
-        def work():
-            start.wait()
-            fn(iters)
-
-        ts = [threading.Thread(target=work) for _ in range(threads)]
-        for t in ts:
-            t.start()
-        start.wait()
-        t0 = time.perf_counter()
-        for t in ts:
-            t.join()
-        dt = time.perf_counter() - t0
-        best = max(best, threads * iters * ACC * lanes * 2 / dt / 1e9)
-    return {"gflops": best, "lanes": lanes, "threads": threads, "cpu": host.cpu}
-
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from rnncomp.inspect.peak import peak  # noqa: E402,F401  (bench_native imports it from here)
 
 if __name__ == "__main__":
-    import os
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     print(json.dumps({str(t): peak(t) for t in sorted({1, n})}))

@@ -24,6 +24,7 @@ import sympy as sp
 
 from .dsl import _NAME
 from .errors import DifferentiationError
+from .array_rules import ARRAY_RULES
 from .ir import Node, Program, display, eliminate_aliases, internal, key_str, placeholder, verify
 from .lower import LOSS, Step
 
@@ -215,20 +216,21 @@ def reverse(fwd: Program, seeds: dict, seed_nodes: dict, where: str = "", leaves
 
 
 # ----------------------------------------------------------------------------- the rule table
-def _vjp_ew(ctx, key, node, g, active):
-    n = len(node.args)
-    ds = partials(node.attrs["expr"], n)
-    G = placeholder(n + 1)
+def _ew_partials(ctx, key, node, active):  # [(argument, ∂template/∂argument)], active and nonzero
+    ds = partials(node.attrs["expr"], len(node.args))
     for i, a in enumerate(node.args):
-        if a not in active:
-            continue
-        if ds[i] is None:
+        if a in active and ds[i] is None:
             raise DifferentiationError(
                 f"{ctx.where}: {key_str(key)} = {node.attrs['expr']} uses "
                 f"{_nondiff_name(node.attrs['expr'])!r}, which has no derivative, but a gradient "
                 f"flows through it (to {key_str(a)})")
-        if ds[i] != 0:
-            ctx.contribute(a, G * ds[i], node.args + (key, g), node.size, at=key[1])
+    return [(a, d) for a, d in zip(node.args, ds) if a in active and d != 0]
+
+
+def _vjp_ew(ctx, key, node, g, active):
+    G = placeholder(len(node.args) + 1)
+    for a, d in _ew_partials(ctx, key, node, active):
+        ctx.contribute(a, G * d, node.args + (key, g), node.size, at=key[1])
 
 
 def _transpose_terms(terms):
@@ -282,6 +284,17 @@ def _vjp_lse(ctx, key, node, g, active):
                    ctx.fwd.node(v).size)
 
 
+# derived weights (rnncomp.weights): (m, n) arrays at time None, computed once per call
+def _vjp_wew(ctx, key, node, g, active):  # as ew, for operands that broadcast
+    G = placeholder(len(node.args) + 1)
+    for a, d in _ew_partials(ctx, key, node, active):
+        n, piece, keys = ctx.fwd.node(a).size, G * d, node.args + (key, g)
+        if n != node.size:  # the piece at full size, summed over the axes the operand was broadcast along
+            part = ctx.emit(f"δ{display(a[0])}·part", None, Node("wew", keys, node.size, {"expr": piece}))
+            piece, keys = placeholder(0), (ctx.emit(f"Σδ{display(a[0])}", None, Node("sumto", (part,), n)),)
+        ctx.contribute(a, piece, keys, n)
+
+
 RULES = {
     "ew": _vjp_ew,
     "matvec": _vjp_matvec,
@@ -290,6 +303,8 @@ RULES = {
     "concat": _vjp_concat,
     "sum": _vjp_sum,
     "lse": _vjp_lse,
+    "wew": _vjp_wew,
+    **ARRAY_RULES,  # transpose, matmul, sumto (derived weights); outer, smatvec, mbcast, mreduce (matrix states)
 }
 
 

@@ -20,11 +20,13 @@ from . import initializers
 from .dsl import (_NAME, MatExpr, MatParam, Structural, StateVec, Vec, MatVec, Slice, Concat,
                   RowSum, LogSumExp, _display, _display_expr, _shape, check_functions)
 from .errors import CellError, ShapeError
+from .matrix_dsl import MATRIX_ATOMS, MatState, atom_shape, broadcast, check_matrix_shape
+from .weight_dsl import WMatVec, internal_name, is_weight_expr, weight_form, weight_shape
 
 
 @dataclass
 class Decl:
-    kind: str  # input | target | state | param | output | define
+    kind: str  # input | target | state | param | const | weight | output | define
     name: str
     shape: object  # int, or (m, n) for matrix params
     init: object = None
@@ -52,6 +54,7 @@ class Cell:
         self.updates: dict[str, sp.Expr] = {}
         self.loss_expr = None
         self._lowered = None
+        self._derived: dict = {}  # weight expression -> name of its derived weight
 
     # ------------------------------------------------------------------ declarations
     def _declare(self, kind, name, shape, init=None, expr=None):
@@ -81,13 +84,21 @@ class Cell:
         return Vec(name)
 
     def state(self, name: str, size: int, init="zeros") -> StateVec:
-        """A recurrent state.  ``init``: ``"zeros"`` (default; or given per call) or
+        """A recurrent state of ``size`` units, or a matrix state of shape ``(m, n)``
+        (:mod:`rnncomp.matrix_dsl`).  ``init``: ``"zeros"`` (default; or given per call) or
         ``"learn"`` (a learnable parameter ``<name>_0``)."""
+        where = f"cell {self.name!r}, state {name!r}"
         if init not in ("zeros", "learn"):
-            raise CellError(f"cell {self.name!r}, state {name!r}: init must be 'zeros' or 'learn', got {init!r}")
-        self._declare("state", name, self._size(size, f"cell {self.name!r}, state {name!r}"), init)
+            raise CellError(f"{where}: init must be 'zeros' or 'learn', got {init!r}")
+        if isinstance(size, tuple):
+            check_matrix_shape(size, where)
+            self._declare("state", name, tuple(size), init)
+        else:
+            self._declare("state", name, self._size(size, where), init)
         if init == "learn":
-            self._declare("param", f"{name}_0", size, "zeros")
+            self._declare("param", f"{name}_0", _units(self.decls[name].shape), "zeros")
+        if isinstance(size, tuple):
+            return MatState(name)
         return StateVec(name)
 
     def param(self, name: str, shape, init=None):
@@ -109,6 +120,59 @@ class Cell:
         initializers.check(init, where)
         self._declare("param", name, shape, init)
         return MatParam(self, name, shape) if isinstance(shape, tuple) else Vec(name)
+
+    def const(self, name: str, value):
+        """A fixed array (a mask): a vector (n,) or a matrix (m, n), never trained.  Use it like
+        a parameter: ``W * M`` (a derived weight), ``M @ v``."""
+        where = f"cell {self.name!r}, constant {name!r}"
+        try:
+            a = np.array(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise CellError(f"{where}: expected an array of numbers, got {type(value).__name__}") from None
+        if a.ndim not in (1, 2) or a.size == 0:
+            raise CellError(f"{where}: expected a non-empty vector or matrix, got shape {a.shape}")
+        if not np.isfinite(a).all():
+            raise CellError(f"{where}: contains {a[~np.isfinite(a)][0]}")
+        shape = (a.shape[0], a.shape[1]) if a.ndim == 2 else a.shape[0]
+        self._declare("const", name, shape, init=a)
+        return MatParam(self, name, shape) if a.ndim == 2 else Vec(name)
+
+    def weight(self, name: str, expr):
+        """A named derived weight: a matrix computed from parameters and constants once per call
+        (``cell.weight("E", sp.exp(W))``), printed by name; use it like a matrix parameter."""
+        where = f"cell {self.name!r}, weight {name!r}"
+        expr = weight_form(expr, where)
+        shape = weight_shape(self, expr, where)
+        check_functions(expr, where)
+        self._declare("weight", name, shape, expr=expr)
+        return MatParam(self, name, shape)
+
+    def _restore_weight(self, name: str, expr) -> None:
+        """A derived weight read back from a declaration (a checkpoint): named, or generated."""
+        if name.isidentifier():
+            self.weight(name, expr)
+            return
+        self.decls[name] = Decl("weight", name, weight_shape(self, expr, f"cell {self.name!r}, weight {name!r}"),
+                                expr=expr)
+        self._derived[expr] = name
+
+    def _resolve_weights(self, expr, where):
+        """``weight @ v`` → a product with a derived weight (declared once per weight expression)."""
+        if not isinstance(expr, sp.Basic) or not expr.has(WMatVec):
+            return expr
+        repl = {}
+        for node in sp.postorder_traversal(expr):
+            if isinstance(node, WMatVec) and node not in repl:
+                w, v = node.args
+                v = v.xreplace(repl)
+                shape = weight_shape(self, w, where)
+                check_functions(w, where)
+                name = self._derived.get(w)
+                if name is None:
+                    name = self._derived[w] = internal_name(w, self.decls)
+                    self.decls[name] = Decl("weight", name, shape, expr=w)
+                repl[node] = MatParam(self, name, shape) @ v
+        return expr.xreplace(repl)
 
     # ------------------------------------------------------------------ equations
     def update(self, state, expr) -> None:
@@ -134,15 +198,22 @@ class Cell:
         """A named per-step output y[t] (returned by ``forward``), usable in later equations."""
         where = f"cell {self.name!r}, output {name!r}"
         expr = self._check_expr(expr, where)
-        self._declare("output", name, self.size_of(expr, where), expr=expr)
+        self._declare("output", name, self._vector_size(expr, where), expr=expr)
         return Vec(name)
 
     def define(self, name: str, expr) -> Vec:
         """A named intermediate (printed by name, computed once)."""
         where = f"cell {self.name!r}, definition of {name!r}"
         expr = self._check_expr(expr, where)
-        self._declare("define", name, self.size_of(expr, where), expr=expr)
+        self._declare("define", name, self._vector_size(expr, where), expr=expr)
         return Vec(name)
+
+    def _vector_size(self, expr, where) -> int:
+        n = self.size_of(expr, where)
+        if isinstance(n, tuple):
+            raise ShapeError(f"{where}: {_display_expr(expr)} is a {n[0]}×{n[1]} matrix; outputs and "
+                             "definitions are vectors (read a matrix out with C @ q or rc.rowsum)")
+        return n
 
     def loss(self, expr) -> None:
         """The per-step cost: an expression summed over its units."""
@@ -171,6 +242,10 @@ class Cell:
             raise CellError(f"{where}: {expr} is a condition, not a number (use sp.Piecewise)")
         if not isinstance(expr, sp.Expr):
             raise CellError(f"{where}: expected a sympy expression, got {type(expr).__name__}")
+        expr = self._resolve_weights(expr, where)
+        if is_weight_expr(expr):
+            raise ShapeError(f"{where}: {_display_expr(expr)} is a matrix (it reads a matrix "
+                             "element-wise), not a vector; multiply it by a vector with @")
         check_functions(expr, where)
         loose = _outside_products(expr)
         for s in expr.free_symbols:
@@ -182,7 +257,7 @@ class Cell:
                                     f"{', '.join(self.decls) or 'nothing'})")
                 if s.name.endswith(".new") and d.kind != "state":
                     raise CellError(f"{where}: {base}.new but {base!r} is not a state")
-                if isinstance(d.shape, tuple):
+                if isinstance(d.shape, tuple) and d.kind != "state":
                     raise ShapeError(f"{where}: matrix {base!r} used element-wise; use {base} @ v")
             elif s in loose:  # a matrix name is a symbol only inside a product's terms
                 d = self.decls.get(s.name)
@@ -196,13 +271,20 @@ class Cell:
                                 "(its terms cancel, as in (W - W) @ h); write 0 instead")
         return expr
 
-    def size_of(self, expr, where) -> int:
-        """Units of a vector expression (1 for a per-step scalar); checks broadcasting."""
+    def size_of(self, expr, where):
+        """Units of a vector expression (1 for a per-step scalar), or the (m, n) shape of a
+        matrix-valued one (a matrix state); checks broadcasting."""
         if isinstance(expr, Vec):
             name = expr.name[:-4] if expr.name.endswith(".new") else expr.name
             return self.decls[name].shape
         if isinstance(expr, MatVec):
             return _matvec_rows(self, expr)
+        if isinstance(expr, MATRIX_ATOMS):
+            return atom_shape(self.size_of, expr, where)
+        parts = expr.args[:1] if isinstance(expr, Slice) else expr.args if isinstance(expr, Concat) else ()
+        if any(isinstance(self.size_of(a, where), tuple) for a in parts):
+            raise ShapeError(f"{where}: {_display_expr(expr)}: slices and concatenations are of vectors, "
+                             "not matrices")
         if isinstance(expr, Slice):
             n = self.size_of(expr.args[0], where)
             lo, hi = int(expr.args[1]), int(expr.args[2])
@@ -222,6 +304,8 @@ class Cell:
             elif isinstance(a, sp.Basic) and not isinstance(a, sp.Symbol):  # Piecewise (expr, cond)
                 for sub in _operands(a):
                     sizes[sub] = self.size_of(sub, where)
+        if any(isinstance(n, tuple) for n in sizes.values()):
+            return broadcast(sizes, where, expr)
         big = {n for n in sizes.values() if n != 1}
         if len(big) > 1:
             detail = ", ".join(f"{_display_expr(a)}: {n}" for a, n in sizes.items() if n != 1)
@@ -306,3 +390,8 @@ def _matvec_rows(cell, mv) -> int:
     name, tr = terms[0][0].name, int(terms[0][1])
     shape = cell.decls[name].shape
     return shape[1] if tr else shape[0]
+
+
+def _units(shape) -> int:
+    """Units of a state: n, or m·n for a matrix state (kept flattened, row-major)."""
+    return shape[0] * shape[1] if isinstance(shape, tuple) else shape

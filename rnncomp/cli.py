@@ -23,6 +23,7 @@ from . import cells
 from .cli_common import check_writable, load_cell, positive
 from .cli_train import add_arguments as _train_args, train_cmd
 from .compile import compile as rc_compile
+from .compose import Composition
 from .errors import RnncompError
 from .printing import explain
 
@@ -131,6 +132,9 @@ def inspect_cmd(args) -> int:
         raise SystemExit(f"rnncomp: {args.cell} is a trained cell: its sizes are its own")
     cell = trained[0] if trained else load_cell(args.cell, args.inputs, args.hidden, args.outputs)
     args.trained_params = trained[1] if trained else None
+    if isinstance(cell, Composition) and (args.cost or args.flow or args.memory or args.profile):
+        raise SystemExit(f"rnncomp: --cost, --flow, --memory and --profile look at one cell; {cell.name} is a "
+                         "composition: inspect its cells one by one (its equations and --dot show them all)")
     did = False
     if args.dot is not None or args.svg or (args.png and not args.flow):
         did = True
@@ -139,9 +143,15 @@ def inspect_cmd(args) -> int:
         did = True
         from .inspect import cost
         print(cost(cell, T=args.T or 1000, B=args.B or 32, dtype=args.dtype).table())
+        from .algorithms.cost import algorithm_costs
+        print(algorithm_costs(cell, T=args.T or 1000, B=args.B or 32, dtype=args.dtype).table())
     if args.flow:
         did = True
         _inspect_flow(cell, args)
+    if args.profile:
+        did = True
+        from .inspect.profile import profile
+        print(profile(cell, T=args.T or 100, B=args.B or 32, dtype=args.dtype, threads=args.threads))
     if args.memory:
         did = True
         _inspect_memory(cell, args)
@@ -215,16 +225,20 @@ def _inspect_args(ins) -> None:
                      help="compact: the step graph as the cell's equations, one node per named value")
     ins.add_argument("--png", metavar="FILE", help="draw the graph (with --flow: the flow plot) to a PNG")
     ins.add_argument("--svg", metavar="FILE", help="draw the graph to an SVG")
-    ins.add_argument("--cost", action="store_true", help="FLOPs, stored activations and memory")
+    ins.add_argument("--cost", action="store_true", help="FLOPs, stored activations and memory; per gradient algorithm (BPTT, RTRL, SnAp, UORO)")
+    ins.add_argument("--profile", action="store_true",
+                     help="time one native training call by parts (products, element-wise, overhead) "
+                          "against the machine's limits (--T 100 --B 32 --threads 1)")
+    ins.add_argument("--threads", type=positive, default=1, help="threads for --profile (default 1)")
     ins.add_argument("--flow", action="store_true",
                      help="gradient flow through time for random parameters and data")
     ins.add_argument("--memory", action="store_true",
                      help="the checkpointing schedule for --budget (memory, recomputed steps, predicted time)")
     ins.add_argument("--budget", default=None, metavar="BYTES",
                      help="activation memory for --memory: 10000000, 10MB, 64MiB (default: 5%% of store-all)")
-    ins.add_argument("--T", type=positive, default=None, help="sequence length (--cost, --memory: 1000, --flow: 50)")
-    ins.add_argument("--B", type=positive, default=None, help="batch size (--cost, --memory: 32, --flow: 4)")
-    ins.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="for --cost, --memory")
+    ins.add_argument("--T", type=positive, default=None, help="sequence length (--cost, --memory: 1000, --flow: 50, --profile: 100)")
+    ins.add_argument("--B", type=positive, default=None, help="batch size (--cost, --memory: 32, --flow: 4, --profile: 32)")
+    ins.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="for --cost, --memory, --profile")
     ins.add_argument("--seed", type=int, default=0, help="random parameters and data for --flow")
     _size_args(ins)
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import cells
 from .cell import Cell
+from .compose import Composition
 
 
 def load_cell(spec: str, n_in=None, hidden=None, n_out=None) -> Cell:
@@ -47,10 +48,10 @@ def load_cell(spec: str, n_in=None, hidden=None, n_out=None) -> Cell:
                              f"nor an importable module: {exc}") from None
         finally:
             sys.path.remove(here)
-    found = [v for k, v in vars(mod).items() if isinstance(v, Cell) and (not name or k == name)]
+    found = [v for k, v in vars(mod).items() if isinstance(v, (Cell, Composition)) and (not name or k == name)]
     if len(found) != 1:
-        raise SystemExit(f"rnncomp: {spec!r} must hold exactly one Cell (found {len(found)}); "
-                         "name it with FILE.py:NAME")
+        raise SystemExit(f"rnncomp: {spec!r} must hold exactly one Cell, rc.Stack or rc.Bidirectional "
+                         f"(found {len(found)}); name it with FILE.py:NAME")
     return found[0]
 
 

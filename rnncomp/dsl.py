@@ -51,11 +51,37 @@ class Vec(sp.Symbol):
                         "product use rc.vsum(a * b)")
 
     def __rmatmul__(self, other):
+        from .weight_dsl import is_weight_expr, matvec
+        if is_weight_expr(other):  # sp.exp(W) @ h
+            return matvec(other, self)
         raise CellError(f"{other} @ {_display(self.name)}: the left operand of @ must be a matrix "
                         f"parameter of the cell (cell.param(name, (m, n))), not {type(other).__name__}")
 
     def __getnewargs_ex__(self):  # pickling: our __new__ fixes the assumptions itself
         return (self.name,), {}
+
+    @property
+    def T(self):
+        raise ShapeError(f"{_display(self.name)}.T: {_display(self.name)} is a vector; only a matrix "
+                         "(cell.param(name, (m, n)) or a weight expression) has a transpose")
+
+
+def _defer_to_matrices(op):
+    """Vec's sympy operator, except that a matrix operand handles it (``g * W``: a weight)."""
+    base = getattr(sp.Symbol, op)
+
+    def method(self, other):
+        from .weight_dsl import WeightExpr
+        if isinstance(other, (MatExpr, WeightExpr)):
+            return NotImplemented
+        return base(self, other)
+    method.__name__ = op
+    return method
+
+
+for _op in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
+            "__truediv__", "__rtruediv__"):
+    setattr(Vec, _op, _defer_to_matrices(_op))
 
 
 class StateVec(Vec):
@@ -154,10 +180,10 @@ def _mat_str(terms, latex=False) -> str:
     out = []
     for name, tr, coef in terms:
         if latex:
-            from .latex import ident_latex
-            m = ident_latex(name.name) + (r"^{\top}" if int(tr) else "")
+            from .latex import ident_latex, name_latex
+            m = (name_latex if "%" in name.name else ident_latex)(name.name) + (r"^{\top}" if int(tr) else "")
         else:
-            m = name.name + ("ᵀ" if int(tr) else "")
+            m = name.name.replace("%", "") + ("ᵀ" if int(tr) else "")  # "%": a generated name's mark
         if coef == 1:
             piece = m
         elif coef == -1:
@@ -171,10 +197,26 @@ def _mat_str(terms, latex=False) -> str:
 
 # ----------------------------------------------------------------------------- matrices
 class MatExpr:
-    """A linear combination of matrix parameters and their transposes."""
+    """A linear combination of matrix parameters and their transposes.  Anything else made of
+    matrices (``W * M``, ``sp.exp(W)``, ``W @ U``) is a :class:`~rnncomp.weight_dsl.WeightExpr`."""
+
+    __array_ufunc__ = None  # numpy defers: mask * W reaches __rmul__
 
     def __init__(self, cell, terms: dict, shape: tuple):
         self.cell, self.terms, self.shape = cell, dict(terms), shape
+
+    def _sympy_(self):
+        """The sympy form inside weight expressions (``sp.exp(W)``): Σ c·W or c·Wᵀ atoms."""
+        from .weight_dsl import WMat, WTranspose
+        out = sp.S.Zero
+        for (n, tr), c in sorted(self.terms.items()):
+            m = WMat(sp.Symbol(n), *map(sp.Integer, self.cell.decls[n].shape))
+            out += c * (WTranspose(m) if tr else m)
+        return out
+
+    def _weight(self):
+        from .weight_dsl import WeightExpr
+        return WeightExpr(self._sympy_(), self.cell)
 
     @property
     def T(self) -> "MatExpr":
@@ -182,6 +224,9 @@ class MatExpr:
                        (self.shape[1], self.shape[0]))
 
     def _combine(self, other, sign):
+        from .weight_dsl import WeightExpr
+        if isinstance(other, WeightExpr) or (isinstance(other, (int, float, sp.Number)) and not isinstance(other, bool)):
+            return self._weight() + other * sign  # element-wise: a derived weight
         if not isinstance(other, MatExpr):
             raise ShapeError(f"cell {self.cell.name!r}: cannot combine the {_shape(self.shape)} matrix "
                              f"{self} with {other}: a matrix adds only to matrices of its shape "
@@ -203,24 +248,41 @@ class MatExpr:
     def __radd__(self, other):
         return self._combine(other, 1)
 
-    def __rsub__(self, other):
-        return self._combine(other, -1)
+    def __rsub__(self, other):  # other - self: only a number (or a weight) gets here
+        return (-self)._combine(other, 1) if isinstance(other, (int, float, sp.Number)) else self._combine(other, -1)
 
     def __neg__(self):
         return self * -1
 
     def __mul__(self, c):
-        c = sp.sympify(c)
-        if not c.is_number:
-            raise CellError(f"cell {self.cell.name!r}: the matrix {self} can only be scaled by a number, "
-                            f"not {c} (multiply it by a vector with @)")
-        return MatExpr(self.cell, {k: v * c for k, v in self.terms.items()}, self.shape)
+        if isinstance(c, (int, float, sp.Number)) and not isinstance(c, bool):
+            c = sp.sympify(c)
+            return MatExpr(self.cell, {k: v * c for k, v in self.terms.items()}, self.shape)
+        return self._weight() * c  # element-wise: a mask, a gain, another matrix
 
-    __rmul__ = __mul__
+    def __rmul__(self, c):
+        if isinstance(c, (int, float, sp.Number)) and not isinstance(c, bool):
+            return self * c
+        return self._weight().__rmul__(c)
+
+    def __truediv__(self, c):
+        return self._weight() / c
+
+    def __rtruediv__(self, c):
+        return self._weight().__rtruediv__(c)
+
+    def __pow__(self, c):
+        return self._weight() ** c
 
     def __matmul__(self, v):
+        from .weight_dsl import WeightExpr
+        if isinstance(v, (MatExpr, WeightExpr)):
+            return self._weight() @ v
         v = self.cell._check_expr(v, f"cell {self.cell.name!r}: the vector in {self} @ (...)")
         n = self.cell.size_of(v, f"{self} @ ({v})")
+        if isinstance(n, tuple):
+            raise ShapeError(f"cell {self.cell.name!r}: {self} @ ({_display_expr(v)}): the right operand is a "
+                             f"{n[0]}×{n[1]} matrix; multiply a vector (W @ (C @ q))")
         if n != self.shape[1]:
             raise ShapeError(f"cell {self.cell.name!r}: {self} @ ({_display_expr(v)}): {self} is "
                              f"{_shape(self.shape)} but the vector has size {n}")

@@ -12,7 +12,7 @@ import re
 
 _SYMBOLS = [("δ⁺", r"\delta^{+} "), ("δ", r"\delta "), ("ᵀ", r"^{\top}"), ("·", r"\,"), ("ℓ", r"\ell "),
             ("∂", r"\partial "), ("Σ", r"\Sigma_"), ("~", r"{\sim}"), ("%", ""),
-            ("ᵉˣᵗ", r"^{\mathrm{ext}}")]
+            ("ᵉˣᵗ", r"^{\mathrm{ext}}"), ("‖", r"\|"), ("ᵣ", "_{r}"), ("ᶜ", "_{c}"), ("*", r"\odot ")]
 
 
 def ident_latex(name: str) -> str:

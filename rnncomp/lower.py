@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from .dsl import Vec, MatVec, Slice, Concat, RowSum, LogSumExp, Structural, _display_expr
+from .matrix_dsl import MATRIX_ATOMS, Outer, SMatVec
 from .errors import CellError, ShapeError
 from .ir import Node, Program, internal, placeholder, verify, key_str
 
@@ -36,6 +37,8 @@ class Step:
     params: dict = field(default_factory=dict)    # name -> shape (int or (m, n))
     outputs: dict = field(default_factory=dict)   # name -> size
     has_loss: bool = False
+    matrix_states: dict = field(default_factory=dict)  # matrix state -> (m, n); its value is m·n units
+    derived: dict = field(default_factory=dict)   # constant or derived weight -> shape (read like params)
 
     @property
     def loss_key(self):
@@ -54,6 +57,7 @@ class _Lowerer:
         self.busy: list[str] = []
         self.counter = 0
         self.refs: dict = {}
+        self.mshapes: dict = {}  # key -> (m, n) of a matrix value (flattened in the IR)
 
     def run(self) -> Step:
         cell, step = self.cell, Step(self.cell.name, self.prog)
@@ -64,9 +68,15 @@ class _Lowerer:
             elif d.kind == "param":
                 self.prog.add((d.name, None), Node("param", (), d.shape))
                 step.params[d.name] = d.shape
+            elif d.kind in ("const", "weight"):  # computed before the time loop (rnncomp.weights)
+                self.prog.add((d.name, None), Node("param", (), d.shape))
+                step.derived[d.name] = d.shape
             elif d.kind == "state":
-                self.prog.add((d.name, "t-1"), Node("state", (), d.shape))
-                step.states[d.name] = d.shape
+                n = d.shape[0] * d.shape[1] if isinstance(d.shape, tuple) else d.shape
+                self.prog.add((d.name, "t-1"), Node("state", (), n))
+                step.states[d.name] = n
+                if isinstance(d.shape, tuple):  # a matrix state, kept flattened row-major
+                    step.matrix_states[d.name] = self.mshapes[(d.name, "t-1")] = self.mshapes[(d.name, "t")] = d.shape
                 step.state_init[d.name] = f"{d.name}_0" if d.init == "learn" else None
         missing = [s for s in step.states if s not in cell.updates]
         if missing:
@@ -102,7 +112,7 @@ class _Lowerer:
             expr, where = self.cell.updates[name], f"cell {self.cell.name!r}, update of state {name!r}"
         else:
             expr, where = d.expr, f"cell {self.cell.name!r}, {d.kind} {name!r}"
-        self.lower(expr, where, dest=key, size=d.shape)
+        self.lower(expr, where, dest=key, size=d.shape[0] * d.shape[1] if isinstance(d.shape, tuple) else d.shape)
         self.busy.pop()
         return key
 
@@ -147,7 +157,8 @@ class _Lowerer:
             base = f"{node.args[0][0]}[{node.attrs['lo']}:{node.attrs['lo'] + node.size}]"
         else:
             self.counter += 1
-            base = {"ew": "a", "concat": "cat", "sum": "Σ", "lse": "lse"}[node.op] + str(self.counter)
+            base = {"ew": "a", "concat": "cat", "sum": "Σ", "lse": "lse", "outer": "outer", "smatvec": "Cv",
+                    "mreduce": "rowsum" if node.attrs.get("axis") == 1 else "colsum"}[node.op] + str(self.counter)
         return self.prog.fresh(base, "t")
 
     def per_sample(self, k):
@@ -179,8 +190,45 @@ class _Lowerer:
         if isinstance(e, Concat):
             ks = tuple(self.per_sample(self.lower(a, where)) for a in e.args)
             return Node("concat", ks, sum(self.prog.node(k).size for k in ks))
+        if isinstance(e, MATRIX_ATOMS):
+            return self.matrix_atom(e, where)
         op = "sum" if isinstance(e, RowSum) else "lse"
         return Node(op, (self.per_sample(self.lower(e.args[0], where)),), 1)
+
+    def mshape(self, k):
+        """(m, n) of a matrix value (a matrix state, an outer product, math over them), else None."""
+        if k not in self.mshapes:
+            node = self.prog.node(k)
+            shapes = [self.mshape(a) for a in node.args] if node.op == "ew" else []
+            self.mshapes[k] = node.attrs.get("shape") if node.op in ("outer", "mbcast") else next(
+                (s for s in shapes if s), None)
+        return self.mshapes[k]
+
+    def matrix_atom(self, e, where) -> Node:
+        args = [self.per_sample(self.lower(a, where)) for a in e.args if not a.is_Integer]
+        if isinstance(e, Outer):
+            m, n = (self.prog.node(a).size for a in args)
+            return Node("outer", tuple(args), m * n, {"shape": (m, n)})
+        (m, n), axis = self.mshape(args[0]), int(e.args[-1])
+        if isinstance(e, SMatVec):
+            return Node("smatvec", tuple(args), n if axis else m, {"shape": (m, n), "transposed": bool(axis)})
+        return Node("mreduce", tuple(args), m if axis == 1 else n, {"shape": (m, n), "axis": axis})
+
+    def rows(self, keys):
+        """Element-wise over a matrix: a vector operand of size m scales the rows (mbcast)."""
+        shape = next((s for s in map(self.mshape, keys) if s), None)
+        if shape is None:
+            return keys
+        m, n = shape
+        out = []
+        for k in keys:
+            if self.prog.node(k).size == m and not self.mshape(k) and n != 1:
+                if ("mbcast", k) not in self.memo:
+                    self.memo[("mbcast", k)] = self.prog.add(self.prog.fresh(f"by_rows({k[0]})", "t"), Node(
+                        "mbcast", (self.per_sample(k),), m * n, {"shape": shape, "axis": 1}))
+                k = self.memo[("mbcast", k)]
+            out.append(k)
+        return out
 
     def split(self, e, where, top=False):
         """Give every inner function application, and every compound argument of one, a node
@@ -213,17 +261,8 @@ class _Lowerer:
     def elementwise(self, e, where, size, split=True) -> Node:
         if split:
             e = self.split(e, where, top=True)
-        atoms, it = [], sp.preorder_traversal(e)
-        for sub in it:
-            if isinstance(sub, (Vec, Structural)):
-                atoms.append(sub)
-                it.skip()
-        keys, repl = [], {}
-        for a in dict.fromkeys(atoms):
-            k = self.lower(a, where)
-            if k not in keys:
-                keys.append(k)
-            repl[a] = placeholder(keys.index(k))
+        keys, template = templated(e, lambda a: self.lower(a, where))
+        keys = self.rows(keys)
         sizes = {k: self.prog.node(k).size for k in keys}
         big = sorted({n for n in sizes.values() if n != 1})
         if len(big) > 1:
@@ -233,7 +272,24 @@ class _Lowerer:
         n = big[0] if big else 1
         if size is not None and n == 1:
             n = size
-        return Node("ew", tuple(keys), n, {"expr": e.xreplace(repl)})
+        return Node("ew", tuple(keys), n, {"expr": template})
+
+
+def templated(e, key_of) -> tuple:
+    """(keys, template): ``e`` with each vector or structural atom replaced by the placeholder of
+    its node's key (``key_of(atom)``, which lowers it); atoms with one key share a placeholder."""
+    atoms, it = [], sp.preorder_traversal(e)
+    for sub in it:
+        if isinstance(sub, (Vec, Structural)):
+            atoms.append(sub)
+            it.skip()
+    keys, repl = [], {}
+    for a in dict.fromkeys(atoms):
+        k = key_of(a)
+        if k not in keys:
+            keys.append(k)
+        repl[a] = placeholder(keys.index(k))
+    return keys, e.xreplace(repl)
 
 
 def _mat_label(terms) -> str:

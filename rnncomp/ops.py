@@ -38,6 +38,20 @@ OPS = {o.name: o for o in [
     OpInfo("concat", "[a; b; ...]", linear=True),
     OpInfo("sum", "Σ over units: (B, n) → (B, 1)", linear=True, reduction=True),
     OpInfo("lse", "stable log Σ exp over units: (B, n) → (B, 1)", reduction=True),
+    # derived weights (rnncomp.weights): shared (m, n) arrays computed once per call
+    OpInfo("wew", "element-wise sympy template over weight arrays, broadcasting (m, 1), (1, n), (1, 1)",
+           elementwise=True),
+    OpInfo("transpose", "Aᵀ of a weight array", linear=True),
+    OpInfo("matmul", "A·B of two weight arrays"),
+    # matrix states (rnncomp.matrix_dsl): per-sample (m, n) matrices flattened row-major (attrs shape)
+    OpInfo("outer", "a bᵀ per sample: (B, m), (B, n) → (B, m·n)"),
+    OpInfo("smatvec", "X v per sample (Xᵀ v with attrs transposed): (B, m·n), (B, n) → (B, m)"),
+    OpInfo("mbcast", "a vector repeated along each row (attrs axis 1: (B, m) → (B, m·n)) or column (axis 0)",
+           linear=True),
+    OpInfo("mreduce", "Σ over each row (axis 1: (B, m·n) → (B, m)) or each column (axis 0: → (B, n))",
+           linear=True, reduction=True),
+    OpInfo("sumto", "Σ of an (m, n) array over the axes where `size` is 1: row/column sums, and the "
+           "adjoint of broadcasting", linear=True, reduction=True),
 ]}
 
 

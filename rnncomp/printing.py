@@ -19,9 +19,11 @@ from .dsl import Concat, LogSumExp, MatVec, RowSum, Slice, Structural, Vec, _dis
 from .errors import CellError
 from .ir import NodeSym, display, internal, key_str, placeholder
 from .aliases import backward_aliases, forward_aliases
-from .latex import ident_latex
+from .latex import ident_latex, name_latex
 from .lower import LOSS
 from .show import TextShown
+from .matrix_dsl import MReduce, Outer as MOuter, SMatVec
+from .weight_dsl import WMatMul, WTranspose
 
 
 class Pad(Structural):
@@ -44,6 +46,24 @@ class Outer(Structural):
     def _latex(self, printer, exp=None):
         tex = f"{printer._print(self.args[0])}\\,{printer._print(self.args[1])}^{{\\top}}"
         return tex if exp is None else f"\\left({tex}\\right)^{{{exp}}}"
+
+
+class SumTo(Structural):
+    """Display atom: the row sums (``Σ_cols``) or column sums (``Σ_rows``) of a weight array."""
+
+    nargs = 2
+
+    def _sympystr(self, printer):
+        return f"{self.args[1]} {printer._print(self.args[0])}"
+
+
+class Bcast(Structural):
+    """Display atom: a vector repeated along each row (``by_rows``, one value per row) or column."""
+
+    nargs = 2
+
+    def _sympystr(self, printer):
+        return f"{'by_rows' if int(self.args[1]) == 1 else 'by_cols'}({printer._print(self.args[0])})"
 
 
 # ----------------------------------------------------------------------------- the cell
@@ -86,7 +106,7 @@ def cell_text(cell) -> str:
     lines = [f"cell {cell.name!r}"]
     for label, kind, fmt in [
         ("inputs", "input", lambda d: f"{d.name}[t] ∈ R^{d.shape}"),
-        ("states", "state", lambda d: f"{d.name} ∈ R^{d.shape} ({d.name}[0] = "
+        ("states", "state", lambda d: f"{d.name} ∈ R^{_shape(d.shape)} ({d.name}[0] = "
                                       f"{'0' if d.init == 'zeros' else d.name + '_0, learned'})"),
         ("params", "param", lambda d: f"{d.name} ∈ R^{_shape(d.shape)}"),
         ("targets", "target", lambda d: f"{d.name}[t] ∈ R^{d.shape}"),
@@ -94,10 +114,34 @@ def cell_text(cell) -> str:
         g = group(kind, fmt)
         if g:
             lines.append(f"  {label + ':':<9}{g}")
+    consts = group("const", lambda d: f"{d.name} ∈ R^{_shape(d.shape)} (fixed)")
+    if consts:
+        lines.append(f"  {'consts:':<9}{consts}")
+    weights = [d for d in cell.decls.values() if d.kind == "weight"]
+    if weights:
+        lines.append("  derived weights (computed once per call, before the loop):")
+        lines += [f"    {display(d.name)} = {sp.sstr(d.expr)}" for d in weights]
     ordered = _ordered(cell)
     for lhs, rhs in ordered:
         lines.append(f"  {lhs} = {sp.sstr(rhs)}")
     return "\n".join(lines)
+
+
+def derived_gradient_lines(cell) -> list:
+    """The chain from the derived weights' gradients to the parameters' (once per call)."""
+    from .weights import DerivedWeights
+    D = DerivedWeights(cell)
+    keep = [k for specs in D.rev.grads.values() for _, k in specs]
+    eqs, _ = program_equations(D.rev.prog, keep, set(cell.decls))
+    read = [a for n in D.rev.prog.nodes.values() for a in n.args if a in D.prog.nodes]
+    fwd, _ = program_equations(D.prog, list(D.outs.values()) + read, set(cell.decls))
+    lines = ["derived weights, computed once per call before the loop"]
+    lines += [f"  {lhs} = {sp.sstr(rhs)}" for lhs, rhs in fwd if str(lhs) != sp.sstr(rhs)]
+    lines += ["their gradients, chained back once per call after it (δD = ∂L/∂D from above)"]
+    lines += [f"  {lhs} = {sp.sstr(rhs)}" for lhs, rhs in eqs]
+    lines += [f"  ∂L/∂{p} += {' + '.join(display(k[0]) for _, k in specs)}"
+              for p, specs in D.rev.grads.items() if p in D.params]
+    return lines
 
 
 def _ordered(cell):
@@ -116,8 +160,23 @@ def node_expr(prog, key):
     """The right-hand side of ``key`` as a sympy expression over NodeSyms."""
     node = prog.node(key)
     args = [NodeSym(a) for a in node.args]
-    if node.op == "ew":
+    if node.op in ("ew", "wew"):
         return node.attrs["expr"].xreplace({placeholder(i): a for i, a in enumerate(args)})
+    if node.op == "outer":
+        return MOuter(*args)
+    if node.op == "smatvec":
+        return SMatVec(args[0], args[1], sp.Integer(int(node.attrs["transposed"])))
+    if node.op == "mreduce":
+        return MReduce(args[0], sp.Integer(node.attrs["axis"]))
+    if node.op == "mbcast":
+        return Bcast(args[0], sp.Integer(node.attrs["axis"]))
+    if node.op == "transpose":
+        return WTranspose(args[0])
+    if node.op == "matmul":
+        return WMatMul(*args)
+    if node.op == "sumto":
+        m, n = node.size
+        return SumTo(args[0], sp.Symbol("Σ_cols" if n == 1 and m != 1 else "Σ_rows" if m == 1 and n != 1 else "Σ"))
     if node.op == "matvec":
         terms = sp.Tuple(*[sp.Tuple(sp.Symbol(p), sp.Integer(int(tr)), sp.sympify(c))
                            for p, tr, c in node.attrs["terms"]])
@@ -276,10 +335,12 @@ class Explanation(TextShown):
             lines.append("initial-state cotangents: " + ", ".join(f"δ{s}[0] = δ{s}[t-1] at t = 1" for s in st.states))
         w = self._alias.get(self.bwd.weight, "w")
         lines.append(f"parameter gradients ({w}[t]: the weight of step t in the loss)")
-        lines += [f"  ∂L/∂{p} = Σ_t Σ_batch {sp.sstr(e)}" for p, e in grads]
+        lines += [f"  ∂L/∂{display(p)} = Σ_t Σ_batch {sp.sstr(e)}" for p, e in grads]
         if used:
             lines.append("where (forward values of step t, kept by the forward pass)")
             lines += [f"  {lhs} = {sp.sstr(rhs)}" for lhs, rhs in used]
+        if st.derived:
+            lines += derived_gradient_lines(self.cell)
         return "\n".join(lines)
 
     def latex(self) -> str:
@@ -291,7 +352,8 @@ class Explanation(TextShown):
                 continue
             carried_sym = sp.latex(NodeSym((f"δ⁺{s}", "t-1")))
             rows.append(f"{carried_sym} &= {sp.latex(rhs)}")
-        rows += [f"\\frac{{\\partial L}}{{\\partial {ident_latex(p)}}} &= \\sum_t {sp.latex(e)}" for p, e in grads]
+        rows += [f"\\frac{{\\partial L}}{{\\partial {(name_latex if '%' in p else ident_latex)(p)}}} &= \\sum_t {sp.latex(e)}"
+                 for p, e in grads]
         if used:
             rows.append("&\\text{where}")
             rows += [f"{sp.latex(lhs)} &= {sp.latex(rhs)}" for lhs, rhs in used]
@@ -310,13 +372,23 @@ class Explanation(TextShown):
         return f"$${self.latex()}$$"
 
 
-def explain(cell, wrt=None, d_outputs=None) -> Explanation:
+def explain(cell, wrt=None, d_outputs=None, algorithm=None) -> Explanation:
     """The cell's equations and its derived BPTT step: ``print(rc.explain(cell))``.
+
+    ``algorithm="rtrl"`` (or "snap", "snap2", "uoro", "rbp"): the recursion that gradient
+    algorithm derives instead (:mod:`rnncomp.algorithms.explain`).
 
     ``wrt="inputs"`` (or input names) adds the inputs' cotangents ``δx[t]`` (what
     ``model.vjp`` returns); ``d_outputs=True`` (or output names) seeds the step with the
     outputs' external cotangents ``δyᵉˣᵗ[t]`` and the final states' (``d_final``), as a
-    layer inside a larger model is differentiated."""
+    layer inside a larger model is differentiated.  A composition (``rc.Stack``,
+    ``rc.Bidirectional``): each cell in it, with the backward step it runs there."""
+    if algorithm is not None:
+        from .algorithms.explain import explain_algorithm
+        return explain_algorithm(cell, algorithm)
+    if hasattr(cell, "layers"):
+        from .compose.explain import ComposedExplanation
+        return ComposedExplanation(cell, wrt, d_outputs)
     if wrt is None and d_outputs is None:
         return Explanation(cell)
     st = cell.step

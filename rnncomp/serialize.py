@@ -16,11 +16,14 @@ import io
 import keyword
 import tokenize
 
+import numpy as np
 import sympy as sp
 
 from . import dsl, functions
 from .cell import Cell
 from .errors import CheckpointError, RnncompError
+from .matrix_dsl import MATRIX_ATOMS, MatState, MatStateNew
+from .weight_dsl import WEIGHT_ATOMS
 
 
 def cell_to_dict(cell: Cell) -> dict:
@@ -28,7 +31,9 @@ def cell_to_dict(cell: Cell) -> dict:
     decls = []
     for d in cell.decls.values():
         init = d.init
-        if callable(init):
+        if isinstance(init, np.ndarray):  # a constant's values
+            init = init.tolist()
+        elif callable(init):
             init = {"callable": getattr(init, "__qualname__", repr(init))}  # its values are saved
         elif isinstance(init, tuple):
             init = list(init)
@@ -45,7 +50,10 @@ def _namespace() -> dict:
     ns["ExprCondPair"] = sp.functions.elementary.piecewise.ExprCondPair
     ns.update(Vec=lambda name, **assumptions: dsl.Vec(name),
               StateVec=lambda name, **assumptions: dsl.StateVec(name),
-              MatVec=dsl.MatVec, Slice=dsl.Slice, Concat=dsl.Concat, RowSum=dsl.RowSum, LogSumExp=dsl.LogSumExp)
+              MatVec=dsl.MatVec, Slice=dsl.Slice, Concat=dsl.Concat, RowSum=dsl.RowSum, LogSumExp=dsl.LogSumExp,
+              MatState=lambda name, **assumptions: MatState(name),
+              MatStateNew=lambda name, **assumptions: MatStateNew(name),
+              **{c.__name__: c for c in WEIGHT_ATOMS + MATRIX_ATOMS})
     return ns
 
 
@@ -86,6 +94,10 @@ def cell_from_dict(d: dict, where: str = "checkpoint") -> Cell:
                 cell.state(name, shape, init=init)
             elif kind == "param":
                 cell.param(name, shape, init=init)
+            elif kind == "const":
+                cell.const(name, init)
+            elif kind == "weight":
+                cell._restore_weight(name, _expr(decl["expr"], ns, f"{where}: weight {name!r}"))
             elif kind in ("output", "define"):
                 getattr(cell, kind)(name, _expr(decl["expr"], ns, f"{where}: {kind} {name!r}"))
             else:

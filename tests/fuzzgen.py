@@ -280,18 +280,23 @@ def _learned_init(cell, d):
     return s is not None and s.kind == "state" and s.init == "learn"
 
 
+def renamed(e, new):
+    """Expression ``e`` with every declared name ``n`` in it renamed ``new[n]``."""
+    repl = {}
+    for s in e.free_symbols:
+        base = s.name[:-4] if s.name.endswith(".new") else s.name
+        tail = s.name[len(base):]
+        if isinstance(s, Vec):
+            repl[s] = type(s)(new[base] + tail)
+        elif base in new:  # a matrix parameter's name inside a product
+            repl[s] = sp.Symbol(new[base], **s.assumptions0)
+    return e.xreplace(repl)
+
+
 def rename_cell(cell, new):
     """The same cell with every declaration ``d`` renamed ``new[d]`` (data: ``rename_data``)."""
     def expr(e):
-        repl = {}
-        for s in e.free_symbols:
-            base = s.name[:-4] if s.name.endswith(".new") else s.name
-            tail = s.name[len(base):]
-            if isinstance(s, Vec):
-                repl[s] = type(s)(new[base] + tail)
-            elif base in new:  # a matrix parameter's name inside a product
-                repl[s] = sp.Symbol(new[base], **s.assumptions0)
-        return e.xreplace(repl)
+        return renamed(e, new)
 
     out = rc.Cell(cell.name)
     for d in cell.decls.values():

@@ -69,3 +69,13 @@ def assert_grads_close(g1, g2, rtol=1e-12, atol=1e-14):
 
 def numpy_model(cell, dtype="float64"):
     return rc.compile(cell, backend="numpy", dtype=dtype)
+
+
+def assert_matches_oracle(cell, backend, T=4, B=3, rtol=1e-9, atol=1e-12, **options):
+    """A backend's loss and gradients against the NumPy oracle's, on :func:`random_data`."""
+    params, inputs, targets = random_data(cell, T, B)
+    ref = rc.compile(cell).loss_and_grad(params, inputs, targets)
+    got = rc.compile(cell, backend=backend, **options).loss_and_grad(params, inputs, targets)
+    assert abs(got[0] - ref[0]) <= rtol * abs(ref[0]), (got[0], ref[0])
+    for k in params:
+        np.testing.assert_allclose(got[1][k], ref[1][k], rtol=rtol, atol=atol, err_msg=k)

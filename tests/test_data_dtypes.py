@@ -51,3 +51,21 @@ def test_data_that_is_not_numbers_is_named():
     tr = rc.Trainer(rc.cells.elman(1, 4, 1), backend="numpy", dtype="float64")
     with pytest.raises(rc.CallError, match=r"inputs\['x'\] cannot be read as float64"):
         tr.fit([["a"]], np.zeros((1, 1, 1)), verbose=0)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native", "ptx"])
+@pytest.mark.parametrize("dtype", ["int32", "float16", "banana"])
+def test_every_backend_refuses_a_dtype_it_does_not_compute_in(backend, dtype):
+    """One check for all backends (backends/validate.float_dtype): a name NumPy does not know
+    is the same message as a dtype no backend computes in, not NumPy's TypeError."""
+    with pytest.raises(ValueError, match=f"^dtype must be float32 or float64, got {dtype}$"):
+        rc.compile(rc.cells.elman(1, 2, 1), backend=backend, dtype=dtype)
+
+
+def test_llvm_float_types_follow_the_dtype():
+    from llvmlite import ir
+
+    from rnncomp.backends.llvm.builder import float_type
+    assert float_type("float32") == ir.FloatType() and float_type(np.dtype("float64")) == ir.DoubleType()
+    with pytest.raises(ValueError, match="gemm: dtype must be float32 or float64, got int8"):
+        float_type("int8", "gemm: dtype")

@@ -31,6 +31,7 @@ from ..errors import CompileError
 from ..memory import schedule
 from ..ir import LEAF_OPS, internal, prune, state_independent
 from .stackplan import stack_step
+from .validate import float_dtype
 from .llvm.builder import I64, for_range
 from .llvm.exprgen import unsupported
 from .llvm.finite import define_first_nonfinite
@@ -39,7 +40,8 @@ from .llvm.jit import HostTarget, compile_keyed
 from .native_calls import NativeCalls
 from .native_backward import NativeBackward
 from .native_vjp import NativeVjp
-from .native_emit import _DT, Gen, Layout, units_of
+from .native_emit import Gen, Layout, units_of
+from .native_profile import define_tsc_reader, section
 from ..initializers import specs as init_specs
 from .common import CompiledModel
 
@@ -69,12 +71,10 @@ class NativeModel(NativeBackward, NativeCalls, NativeVjp, CompiledModel):
     backend = "native"
 
     def __init__(self, cell, dtype="float64", *, cache="default", hoist=True, grad_after=False,
-                 fuse=True, pack=True, stack=True, threads=None, memory="all", _cot=LOSS_ONLY):
+                 fuse=True, pack=True, stack=True, threads=None, memory="all", profile=False, _cot=LOSS_ONLY):
         self._cell, self._cot = cell, _cot  # _cot: the cotangents of a VJP variant (native_vjp.py)
         self._variants, self._vlock, self._spare = {}, threading.Lock(), []
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in _DT:
-            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        self.dtype = float_dtype(dtype)
         self.step = st = cell.step
         self._param_specs_init = init_specs(cell)
         self.cell_name = st.name
@@ -97,7 +97,9 @@ class NativeModel(NativeBackward, NativeCalls, NativeVjp, CompiledModel):
         self._transform()
         self._build_layout()
         self._plan()
-        self._cache, self._adv_lock = cache, threading.Lock()
+        # profile: cycle counters per part (native_profile.py); built afresh: work is counted in codegen
+        self.profile_work = {} if profile else None
+        self._cache, self._adv_lock = (None if profile else cache), threading.Lock()
         self.lib = self._compile(self._cache_description(), self._build_module)
         proto = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(ctypes.c_void_p),
                                  ctypes.c_void_p)
@@ -248,7 +250,11 @@ class NativeModel(NativeBackward, NativeCalls, NativeVjp, CompiledModel):
             # a value consumed only later in its own fused loop lives in a register: no store
             mine = {item[0] for item in run}
             nostore = {k for k in mine if k not in readers and uses.get(k, set()) <= mine}
-            g.ew(run, nostore if self.fuse else set())
+            loaded = {a: u for *_, units, keys in run for a, (u, shared, _) in zip(keys, units) if not shared}
+            moved = sum(loaded[a] for a in loaded if a not in mine) + sum(
+                it[1].size for it in run if it[0] not in nostore)
+            with section(g, "element-wise", moved * self.dtype.itemsize):
+                g.ew(run, nostore if self.fuse else set())
         for key, node in prog.nodes.items():
             if node.op in LEAF_OPS or key in skip or (only is not None and key not in only):
                 continue
@@ -270,15 +276,17 @@ class NativeModel(NativeBackward, NativeCalls, NativeVjp, CompiledModel):
                 terms = node.attrs["terms"]
                 v = node.args[0]
                 n_in = prog.node(v).size
-                if all(c == 1 for _, _, c in terms):
-                    g.matvec(node, out, args[0], n_in, [g.ptr((p, None), t) for p, _, _ in terms],
-                             [self.shapes[p] for p, _, _ in terms], ld(v), ld(key))
-                else:  # c·(v @ op(P)): one product per term into scratch, scaled and added
-                    tmp = g.ptr(self._scratch_key, t)
-                    for i, (p, tr, c) in enumerate(terms):
-                        one = type(node)(node.op, node.args, node.size, {"terms": ((p, tr, 1),)})
-                        g.matvec(one, tmp, args[0], n_in, [g.ptr((p, None), t)], [self.shapes[p]], ld(v))
-                        g.scaled_rows(out, tmp, node.size, ld(key), c, accumulate=i > 0)
+                part = "hoisted products" if g.B is not g.B_step else "step products"
+                with section(g, part, 2.0 * node.size * n_in * len(terms)):
+                    if all(c == 1 for _, _, c in terms):
+                        g.matvec(node, out, args[0], n_in, [g.ptr((p, None), t) for p, _, _ in terms],
+                                 [self.shapes[p] for p, _, _ in terms], ld(v), ld(key))
+                    else:  # c·(v @ op(P)): one product per term into scratch, scaled and added
+                        tmp = g.ptr(self._scratch_key, t)
+                        for i, (p, tr, c) in enumerate(terms):
+                            one = type(node)(node.op, node.args, node.size, {"terms": ((p, tr, 1),)})
+                            g.matvec(one, tmp, args[0], n_in, [g.ptr((p, None), t)], [self.shapes[p]], ld(v))
+                            g.scaled_rows(out, tmp, node.size, ld(key), c, accumulate=i > 0)
             elif node.op in ("slice", "pad"):
                 g.rows(out, node.size, args[0], prog.node(node.args[0]).size, node.attrs["lo"], node.op,
                        ld(key), ld(node.args[0]))
@@ -290,6 +298,8 @@ class NativeModel(NativeBackward, NativeCalls, NativeVjp, CompiledModel):
                     lo += n
             elif node.op in ("sum", "lse"):
                 g.reduce(out, args[0], prog.node(node.args[0]).size, node.op == "lse", ld(key), ld(node.args[0]))
+            elif node.op in ("outer", "smatvec", "mbcast", "mreduce"):  # matrix states: plain loops
+                g.matrix(node, out, args, ld(key), [ld(a) for a in node.args])
             else:
                 raise CompileError(f"native backend: no code for op {node.op!r}")
         if run:
@@ -321,6 +331,8 @@ class NativeModel(NativeBackward, NativeCalls, NativeVjp, CompiledModel):
         module.triple = self.host.triple
         self._gen_forward(module)
         define_first_nonfinite(module, "first_nonfinite", str(self.dtype))  # native_fast's check
+        if self.profile_work is not None:
+            define_tsc_reader(module)
         if self.bwd is not None:
             self._gen_backward(module)
         return module
@@ -342,7 +354,8 @@ class NativeModel(NativeBackward, NativeCalls, NativeVjp, CompiledModel):
     def _cache_description(self) -> str:
         """Everything the generated code depends on: programs, layout, options, code version."""
         parts = [_code_fingerprint(), str(self.dtype),
-                 repr((self.hoist, self.grad_after, self.fuse, self.pack, self.stack)), repr(self.stacks),
+                 repr((self.hoist, self.grad_after, self.fuse, self.pack, self.stack, self.profile_work is not None)),
+                 repr(self.stacks),
                  repr(self.layout.slots), repr(sorted(self.layout.where.items(), key=repr))]
         progs = [self._fwd_prog] + ([self._bwd_prog] if self.bwd else [])
         for prog in progs:
@@ -355,18 +368,19 @@ class NativeModel(NativeBackward, NativeCalls, NativeVjp, CompiledModel):
         return "\n".join(parts)
 
     def _gen_forward(self, module):
-        g = Gen(module, self.dtype, self.layout, self.host, "forward")
+        g = Gen(module, self.dtype, self.layout, self.host, "forward", self.profile_work)
         static = self._static()
-        self._prologue(g, self._fwd_prog, static)
-        if static:
-            # pass "hoist": values that do not depend on any state (all U·x[t]) are computed
-            # for every step at once before the loop: their (T, B, n) buffers are contiguous,
-            # so one product with T·B rows replaces T products with B rows
-            per_step_B, g.B = g.B, g.b.mul(g.T, g.B)
-            self._emit_program(g, self._fwd_prog, I64(0), only=static)
-            g.B = per_step_B
-        with for_range(g.b, g.T, name="t") as t:
-            self._emit_program(g, self._fwd_prog, t, skip=static)
+        with section(g, "native total"):
+            self._prologue(g, self._fwd_prog, static)
+            if static:
+                # pass "hoist": values that do not depend on any state (all U·x[t]) are computed
+                # for every step at once before the loop: their (T, B, n) buffers are contiguous,
+                # so one product with T·B rows replaces T products with B rows
+                per_step_B, g.B = g.B, g.b.mul(g.T, g.B)
+                self._emit_program(g, self._fwd_prog, I64(0), only=static)
+                g.B = per_step_B
+            with for_range(g.b, g.T, name="t") as t:
+                self._emit_program(g, self._fwd_prog, t, skip=static)
         g.b.ret_void()
 
     def _static(self) -> set:

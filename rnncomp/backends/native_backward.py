@@ -18,6 +18,7 @@ from llvmlite import ir
 from ..passes.cotangents_after import for_backward
 from .llvm.builder import I64, for_range
 from .native_emit import Gen
+from .native_profile import section
 from .stackplan import grad_groups
 
 
@@ -25,9 +26,13 @@ class NativeBackward:
     """Mixin of ``NativeModel``: the backward entry point and the gradient plan."""
 
     def _gen_backward(self, module):
-        bwd, st = self.bwd, self.step
-        g = Gen(module, self.dtype, self.layout, self.host, "backward")
-        b = g.b
+        g = Gen(module, self.dtype, self.layout, self.host, "backward", self.profile_work)
+        with section(g, "native total"):
+            self._backward_body(g)
+        g.b.ret_void()
+
+    def _backward_body(self, g):
+        bwd, st, b = self.bwd, self.step, g.b
         self._prologue(g, self._bwd_prog, set())
         with for_range(b, g.T, name="s") as s:
             t = b.sub(b.sub(g.T, I64(1)), s)  # t = T-1 … 0
@@ -53,7 +58,6 @@ class NativeBackward:
             per_step_B, g.B = g.B, b.mul(g.T, g.B)
             self._emit_grads(g, I64(0), deferred=True)
             g.B = per_step_B
-        b.ret_void()
 
     def _plan_deferred(self):
         """Gradient specs whose operands can be kept for all steps (no carried seed among them)."""
@@ -118,8 +122,9 @@ class NativeBackward:
             vk = kind[1]
             cols_ = st.params[params[0]][1]
             # [grad P_1; …; grad P_k] += δ_wholeᵀ · v: one product of width·cols
-            g.call_gemm(I64(width), I64(cols_), g.B, whole, I64(width), True,
-                        g.ptr(vk, t), I64(self.layout.ld(vk, cols_)), False, grad, I64(cols_), 1)
+            with section(g, "gradient products", 2.0 * width * cols_):
+                g.call_gemm(I64(width), I64(cols_), g.B, whole, I64(width), True,
+                            g.ptr(vk, t), I64(self.layout.ld(vk, cols_)), False, grad, I64(cols_), 1)
         for p, specs in bwd.grads.items():
             if p in self.grouped_params:
                 continue
@@ -141,11 +146,12 @@ class NativeBackward:
                 # grad[m, n] += c · gᵀ v  (or c · vᵀ g when the term was transposed); depth = rows of g
                 (first, n1), (second, n2) = ((V, vk), (A, gk)) if tr else ((A, gk), (V, vk))
                 ld1, ld2 = self.layout.ld(n1, rows_), self.layout.ld(n2, cols_)
-                if c == 1:
-                    g.call_gemm(I64(rows_), I64(cols_), g.B, first, I64(ld1), True,
-                                second, I64(ld2), False, grad, I64(cols_), 1)
-                else:
-                    tmp = b.load(b.gep(g.bufs, [I64(self.tmp_slot)]))
-                    g.call_gemm(I64(rows_), I64(cols_), g.B, first, I64(ld1), True,
-                                second, I64(ld2), False, tmp, I64(cols_), 0)
-                    g.copy_loop(grad, tmp, I64(rows_ * cols_), scale=c, accumulate=True)
+                with section(g, "gradient products", 2.0 * rows_ * cols_):
+                    if c == 1:
+                        g.call_gemm(I64(rows_), I64(cols_), g.B, first, I64(ld1), True,
+                                    second, I64(ld2), False, grad, I64(cols_), 1)
+                    else:
+                        tmp = b.load(b.gep(g.bufs, [I64(self.tmp_slot)]))
+                        g.call_gemm(I64(rows_), I64(cols_), g.B, first, I64(ld1), True,
+                                    second, I64(ld2), False, tmp, I64(cols_), 0)
+                        g.copy_loop(grad, tmp, I64(rows_ * cols_), scale=c, accumulate=True)

@@ -14,10 +14,9 @@ from ..errors import CompileError
 from ..ir import placeholder
 from .llvm import kernel_library
 from .llvm import vecmath
-from .llvm.builder import I64, alloca_once, for_range, parallel_loop_md
+from .llvm.builder import I64, alloca_once, float_type, for_range, parallel_loop_md
 from .llvm.exprgen import LLVMPrinter
 
-_DT = {np.dtype("float64"): ir.DoubleType(), np.dtype("float32"): ir.FloatType()}
 
 
 class Layout:
@@ -48,9 +47,10 @@ class Layout:
 class Gen:
     """Generates one entry point: the per-step body for a program, inside a time loop."""
 
-    def __init__(self, module, dtype, layout, host, name):
+    def __init__(self, module, dtype, layout, host, name, profile=None):
         self.m, self.dtype, self.L, self.host = module, np.dtype(dtype), layout, host
-        self.ty = _DT[self.dtype]
+        self.profile = profile  # a profiled build: {part: work per row} (native_profile.py)
+        self.ty = float_type(self.dtype)
         self.pty = self.ty.as_pointer()
         fnty = ir.FunctionType(ir.VoidType(), [I64, I64, self.pty.as_pointer(), self.pty])
         self.fn = ir.Function(module, fnty, name)
@@ -207,6 +207,32 @@ class Gen:
                     src = b.add(b.mul(bi, I64(ld_in)), j)
                     dst = b.add(b.mul(bi, I64(ld_out)), b.add(j, I64(lo)))
                 b.store(b.load(b.gep(v, [src])), b.gep(out, [dst]))
+
+    def matrix(self, node, out, args, ld_out, ld_args):
+        """A matrix-state op (:mod:`rnncomp.matrix_dsl`; (m, n) flattened row-major) as plain loops
+        per row: outer o[i·n+j] = a[i]·c[j]; mbcast o[i·n+j] = v[i] (rows) or v[j] (columns);
+        smatvec o[i] += X[i·n+j]·v[j] (transposed: o[j] += X[i·n+j]·v[i]); mreduce o[i or j] += X[i·n+j]."""
+        b, (m, n), op = self.b, node.attrs["shape"], node.op
+        axis, tr = node.attrs.get("axis", 1), node.attrs.get("transposed", False)
+        with for_range(b, self.B, name="mb") as r:
+            o = b.gep(out, [b.mul(r, I64(ld_out))])
+            a = [b.gep(p, [b.mul(r, I64(ld))]) for p, ld in zip(args, ld_args)]
+            if op in ("smatvec", "mreduce"):  # accumulated: zeroed first
+                with for_range(b, I64(node.size), name="z") as z:
+                    b.store(ir.Constant(self.ty, 0.0), b.gep(o, [z]))
+            with for_range(b, I64(m), name="i") as i:
+                with for_range(b, I64(n), name="j") as j:
+                    ij = b.add(b.mul(i, I64(n)), j)
+                    if op == "outer":
+                        b.store(b.fmul(b.load(b.gep(a[0], [i])), b.load(b.gep(a[1], [j]))), b.gep(o, [ij]))
+                    elif op == "mbcast":
+                        b.store(b.load(b.gep(a[0], [i if axis == 1 else j])), b.gep(o, [ij]))
+                    else:
+                        x = b.load(b.gep(a[0], [ij]))
+                        if op == "smatvec":
+                            x = b.fmul(x, b.load(b.gep(a[1], [i if tr else j])))
+                        dst = b.gep(o, [j if (tr if op == "smatvec" else axis == 0) else i])
+                        b.store(b.fadd(b.load(dst), x), dst)
 
     def reduce(self, out, v, n, lse, ld_out=1, ld_in=None):
         b = self.b

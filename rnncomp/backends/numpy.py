@@ -16,7 +16,7 @@ from sympy.printing.numpy import NumPyPrinter
 from ..autodiff import LOSS_ONLY, WEIGHT, Cotangents, backward_step
 from ..errors import CallError
 from ..ir import LEAF_OPS, placeholder, prune
-from .validate import check_call, check_forward_call, initial_states, step_weights
+from .validate import check_call, check_forward_call, float_dtype, initial_states, step_weights
 from .vjp import VjpMixin, check_cotangents, resolve_wrt
 from ..initializers import specs as init_specs
 from .common import CompiledModel
@@ -102,7 +102,24 @@ def _lse(node, vals, B, dtype):
     return m + np.log(np.exp(v - m).sum(axis=1, keepdims=True))
 
 
+def _smatvec(node, vals, B, dtype):
+    X, v = vals
+    X = X.reshape(-1, *node.attrs["shape"])
+    return np.einsum("bij,bi->bj" if node.attrs["transposed"] else "bij,bj->bi", X, v)
+
+
+def _mbcast(node, vals, B, dtype):
+    m, n = node.attrs["shape"]
+    v = np.broadcast_to(vals[0], (B, vals[0].shape[-1]))
+    return np.repeat(v, n, axis=1) if node.attrs["axis"] == 1 else np.tile(v, (1, m))
+
+
 FORWARD = {
+    "outer": lambda node, vals, B, dtype: np.einsum("bi,bj->bij", *vals).reshape(B, node.size),
+    "smatvec": _smatvec,
+    "mbcast": _mbcast,
+    "mreduce": lambda node, vals, B, dtype: vals[0].reshape(-1, *node.attrs["shape"]).sum(
+        axis=2 if node.attrs["axis"] == 1 else 1),
     "ew": _ew,
     "matvec": _matvec,
     "slice": lambda node, vals, B, dtype: vals[0][:, node.attrs["lo"]:node.attrs["lo"] + node.size],
@@ -146,9 +163,7 @@ class NumpyModel(VjpMixin, CompiledModel):
 
     def __init__(self, cell, dtype="float64"):
         self.cell_name = cell.name
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        self.dtype = float_dtype(dtype)
         self.step = cell.step
         self._bwds: dict = {}
         self._param_specs_init = init_specs(cell)

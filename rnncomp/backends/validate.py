@@ -29,6 +29,21 @@ class Call:
     d_in: dict | None = None   # ... and the arrays its inputs' cotangents are written into
 
 
+FLOAT_DTYPES = (np.dtype("float32"), np.dtype("float64"))  # what every backend computes in
+
+
+def float_dtype(dtype, what: str = "dtype") -> np.dtype:
+    """``dtype`` as the NumPy dtype a model computes in (float32 or float64); anything else,
+    a name NumPy does not know included, is a ValueError naming it."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt not in FLOAT_DTYPES:  # (np.dtype(None) is float64: None is not refused)
+        raise ValueError(f"{what} must be float32 or float64, got {dtype}")
+    return dt
+
+
 def _as_dict(kind, value, names, cell):
     if isinstance(value, dict):
         return value

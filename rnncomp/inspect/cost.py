@@ -45,6 +45,11 @@ def node_flops(prog, key) -> tuple:
         return "reduction", prog.node(node.args[0]).size
     if node.op == "lse":
         return "reduction", 4 * prog.node(node.args[0]).size
+    if node.op in ("outer", "smatvec"):  # matrix states: a bᵀ, X v per sample
+        m, n = node.attrs["shape"]
+        return "matvec", (1 if node.op == "outer" else 2) * m * n
+    if node.op == "mreduce":
+        return "reduction", prog.node(node.args[0]).size
     return "move", 0
 
 

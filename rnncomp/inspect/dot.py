@@ -244,6 +244,9 @@ def build(cell, kind: str = "step", k: int = 3, detail: str = "full") -> Graph:
     ``detail="compact"`` (the step view): one node per named value, see :func:`compact_step_graph`."""
     if detail not in DETAILS:
         raise ValueError(f"graph detail must be one of {', '.join(DETAILS)}, got {detail!r}")
+    if hasattr(cell, "layers"):  # rc.Stack, rc.Bidirectional: each cell in its layer's clusters
+        from ..compose.draw import composed_graph
+        return composed_graph(cell, kind, k, detail)
     if detail == "compact":
         if kind != "step":
             raise ValueError(f"detail='compact' is drawn for the step view, not {kind!r}")

@@ -77,6 +77,10 @@ class Flow(TextShown):
 def gradient_flow(cell, params, inputs, targets, h0=None, mask=None, *, jacobian=True,
                   keep_jacobians=False) -> Flow:
     """Run forward and backward over one sequence and measure the gradient flow (module docstring)."""
+    if cell.step.derived:  # derived weights and constants: the plain cell, given their values
+        from ..weights import DerivedWeights
+        derived = DerivedWeights(cell)
+        cell, params = derived.plain, derived.expand(params, np.float64)
     step = cell.step
     if not step.has_loss:
         from ..errors import CallError

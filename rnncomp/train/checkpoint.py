@@ -31,12 +31,30 @@ import numpy as np
 from ..cell import Cell
 from ..errors import CheckpointError
 from ..memory import ALL, Binomial, Budget, Every, StoreAll, schedule
-from ..serialize import cell_from_dict, cell_to_dict  # noqa: F401 - part of this module's API
+from .. import serialize
 from . import lr_schedules, optim
 
 FORMAT, VERSION = "rnncomp-checkpoint", 2
 TEMP_PREFIX = ".rnncomp-ckpt-"
 STALE_SECONDS = 3600  # a temporary without a live writer is removed after this long
+
+
+# ----------------------------------------------------------------------------- the cell as text
+def cell_to_dict(cell) -> dict:
+    """A cell's declaration as text (:func:`rnncomp.serialize.cell_to_dict`); a composition
+    (``rc.Stack``, ``rc.Bidirectional``) as its cells, each written the same way."""
+    if hasattr(cell, "layers"):
+        from ..compose.serial import to_dict
+        return to_dict(cell, cell_to_dict)
+    return serialize.cell_to_dict(cell)
+
+
+def cell_from_dict(d: dict, where: str = "checkpoint"):
+    """What :func:`cell_to_dict` wrote, rebuilt through the DSL (so its checks run)."""
+    if isinstance(d, dict) and "composition" in d:
+        from ..compose.serial import from_dict
+        return from_dict(d, where, cell_from_dict, CheckpointError)
+    return serialize.cell_from_dict(d, where)
 
 
 # ----------------------------------------------------------------------------- options as text

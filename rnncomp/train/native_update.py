@@ -36,8 +36,9 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from ..backends.llvm.builder import I64, alloca_once, for_range, gep
+from ..backends.llvm.builder import I64, alloca_once, float_type, for_range, gep
 from ..backends.llvm.jit import HostTarget, compile_module
+from ..backends.validate import float_dtype
 from .optim import TINY_SUMSQ, SGD, Adagrad, Adam, Optimizer, RMSprop
 
 F64 = ir.DoubleType()
@@ -177,7 +178,7 @@ def _clip(b, g, lo, hi):
 
 def build_module(spec: UpdateSpec) -> ir.Module:
     """The kernel ``update`` of ``spec`` (see the module docstring for its signature)."""
-    ty = ir.FloatType() if spec.dtype == "float32" else F64
+    ty = float_type(spec.dtype)
     ptr = ty.as_pointer()
     mod = ir.Module(name=f"update_{spec.kind}_{spec.dtype}")
     fn = ir.Function(mod, ir.FunctionType(I64, [I64, ptr, ptr, ptr, ptr, F64.as_pointer(), F64.as_pointer()]),
@@ -295,9 +296,7 @@ class NativeUpdate:
     the same arrays (the gradient is checked every call)."""
 
     def __init__(self, dtype, cache="default", host: HostTarget | None = None):
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise ValueError(f"native update: dtype must be float32 or float64, got {dtype}")
+        self.dtype = float_dtype(dtype, "native update: dtype")
         self.cache, self.host = cache, host or HostTarget.detect()
         self._kernels: dict = {}   # UpdateSpec -> (library, callable)
         self._by_flags: dict = {}  # _flags(...) -> (UpdateSpec, callable)

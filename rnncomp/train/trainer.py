@@ -66,7 +66,7 @@ class Trainer:
     def __init__(self, cell, optimizer: Optimizer | None = None, *, clip_norm=None, clip_value=None,
                  bptt: Truncated | None = None, backend="native", dtype="float32", seed=0,
                  params=None, update=None, batch_first=False, distributed=None, comm=None, accumulate=1,
-                 **compile_options):
+                 gradient=None, **compile_options):
         """``update``: "native" runs clipping + the optimizer as one compiled call (the default
         with ``backend="native"`` when the optimizer is a built-in one), "numpy" with NumPy.
         ``batch_first=True``: every array this trainer takes or returns is (N, T, ...) instead
@@ -87,6 +87,8 @@ class Trainer:
         if self.dist is not None:  # this rank's threads (its share of the node's cores) or GPU
             compile_options = self.dist.compile_defaults(backend, compile_options)
         self.cell, self.bptt = cell, bptt
+        from ..algorithms.online import check_gradient
+        self.gradient = check_gradient(gradient, cell)  # fit_online's algorithm (rnncomp/algorithms/online.py)
         self.clip_norm, self.clip_value = clip_norm, clip_value
         self.backend, self.dtype = backend, np.dtype(dtype)
         self.model = rc_compile(cell, backend=backend, dtype=dtype, **compile_options)
@@ -198,6 +200,12 @@ class Trainer:
             for old in [b for b in states if b < hi - k2]:
                 del states[old]
         return (float(np.mean(losses)) if losses else float("nan")), states[T]
+
+    def fit_online(self, inputs, targets, every=1, h0=None):
+        """Learn from a stream with ``gradient=`` (rc.RTRL(), rc.SnAp(n), rc.UORO(), rc.BPTT()),
+        an update every ``every`` steps: :func:`rnncomp.algorithms.online.fit_online`."""
+        from ..algorithms.online import fit_online
+        return fit_online(self, inputs, targets, every, h0)
 
     # ------------------------------------------------------------------ loops
     def fit(self, inputs, targets, epochs=1, batch_size=32, mask=None, shuffle=None, seed=0, verbose=1,
@@ -353,7 +361,10 @@ class Trainer:
         T, N = next(iter(x.values())).shape[:2]
         lengths = check_lengths(lengths, T, N)
         pieces, final, state, lo = [], None, h0, 0
-        for end in np.unique(lengths):  # run up to each distinct length, keep who ends there
+        if getattr(self.model, "takes_lengths", False):  # a composition: one call (a reversed pass reads it all)
+            out, final = self.model.forward(self.params, x, h0=h0, lengths=lengths)
+            pieces, lo = [out], T
+        for end in [] if pieces else np.unique(lengths):  # run up to each distinct length, keep who ends there
             out, state = self.model.forward(self.params, {k: v[lo:end] for k, v in x.items()}, h0=state)
             pieces.append(out)
             final = final or {k: np.zeros_like(v) for k, v in state.items()}

@@ -16,11 +16,21 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import numpy as np
 from llvmlite import ir
 
 I64 = ir.IntType(64)
 I32 = ir.IntType(32)
 I1 = ir.IntType(1)
+FLOAT_TYPES = {np.dtype("float32"): ir.FloatType(), np.dtype("float64"): ir.DoubleType()}
+
+
+def float_type(dtype, what: str = "dtype") -> ir.Type:
+    """The LLVM type of a float32 or float64 value (``dtype``: a name or a NumPy dtype)."""
+    try:
+        return FLOAT_TYPES[np.dtype(dtype)]
+    except (TypeError, KeyError):
+        raise ValueError(f"{what} must be float32 or float64, got {dtype}") from None
 
 
 def alloca_once(builder: ir.IRBuilder, ty, name: str = "", size=None):

@@ -23,12 +23,11 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from .builder import I64, for_range, gep
-from .gemm_kernel import scalar_type
+from .builder import I64, float_type, for_range, gep
 
 
 def define_first_nonfinite(module: ir.Module, name: str, dtype: str) -> ir.Function:
-    T = scalar_type(dtype)
+    T = float_type(dtype)
     bits = 32 if dtype == "float32" else 64
     IT = ir.IntType(bits)
     exp = IT(0x7F800000 if bits == 32 else 0x7FF0000000000000)

@@ -66,8 +66,8 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 
-from .builder import I1, I32, I64, for_range, gep, parallel_loop_md
-from .gemm_kernel import VOID, Blocking, declare, define_microkernel, define_packer, imin, scalar_type
+from .builder import I1, I32, I64, float_type, for_range, gep, parallel_loop_md
+from .gemm_kernel import VOID, Blocking, declare, define_microkernel, define_packer, imin
 
 __all__ = ["define_gemm", "define_gemm_packed_b", "define_pack_b", "workspace_elems",
            "packed_b_elems", "aligned_empty", "Blocking", "BUFFER_ALIGN"]
@@ -113,7 +113,7 @@ def packed_b_elems(K: int, N: int, dtype: str, host) -> int:
 def define_pack_b(module: ir.Module, name: str, dtype: str, trans_b: bool, host) -> ir.Function:
     """``void name(i64 K, i64 N, T* B, i64 ldb, T* packed)``: pack op(B) (K x N) whole."""
     bl = Blocking.for_host(dtype, host)
-    P = scalar_type(dtype).as_pointer()
+    P = float_type(dtype).as_pointer()
     fn = ir.Function(module, ir.FunctionType(VOID, [I64, I64, P, I64, P]), name)
     K, N, B, ldb, out = fn.args
     for arg, nm in zip(fn.args, ("K", "N", "B", "ldb", "packed")):
@@ -167,7 +167,7 @@ def _rank_k(b, bl, M, N, K, A, lda, trans_a, B, ldb, C, ldc, acc_in):
     """``C[i, :] (+)= sum_k op(A)[i, k] * B[k, :]`` for ``1 <= K <= SMALL_K``: one vectorised
     pass over each row of C per depth, in the micro-kernel's order (``s = 0; s = fma(a_k,
     b_k, s)`` for k = 0, 1, ...; then ``C = s (+ C)``), so both paths round alike."""
-    T = scalar_type(bl.dtype)
+    T = float_type(bl.dtype)
     fma = declare(b.module, f"llvm.fma.{'f32' if bl.esize == 4 else 'f64'}", ir.FunctionType(T, [T, T, T]))
     fn = b.function
     done = fn.append_basic_block("rank.done")
@@ -200,7 +200,7 @@ def _rank_k(b, bl, M, N, K, A, lda, trans_a, B, ldb, C, ldc, acc_in):
 def _define(module, name, dtype, trans_a, host, trans_b):
     """The driver around the micro-kernels; ``trans_b`` None: B comes packed."""
     bl = Blocking.for_host(dtype, host)
-    P = scalar_type(dtype).as_pointer()
+    P = float_type(dtype).as_pointer()
     packed = trans_b is None
     names = ("M", "N", "K", "A", "lda") + (("packedB",) if packed else ("B", "ldb")) + (
         "C", "ldc", "accumulate", "work")

@@ -21,17 +21,9 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from .builder import I1, I32, I64, alloca_once, for_range, gep
+from .builder import I1, I32, I64, alloca_once, float_type, for_range, gep
 
 VOID = ir.VoidType()
-
-
-def scalar_type(dtype: str) -> ir.Type:
-    if dtype == "float32":
-        return ir.FloatType()
-    if dtype == "float64":
-        return ir.DoubleType()
-    raise ValueError(f"gemm: unsupported dtype {dtype!r} (float32 or float64)")
 
 
 @dataclass(frozen=True)
@@ -59,7 +51,7 @@ class Blocking:
 
     @classmethod
     def for_host(cls, dtype: str, host) -> "Blocking":
-        scalar_type(dtype)
+        float_type(dtype, "gemm: dtype")  # refuses any other
         esize = 4 if dtype == "float32" else 8
         fma = host.has("fma") or host.has("avx512f")
         if host.has("avx512f"):      # 32 zmm: 8x3 accumulators + 3 B vectors + broadcast
@@ -129,7 +121,7 @@ def define_microkernel(module: ir.Module, bl: Blocking, nrv: int, copy_b: bool =
     ``a[k*aks + i*ais]`` read in place (few rows: packing A would cost more than it saves).
     ``copy_b``: also write the B rows it loads to ``bcopy[k*NR + j]`` -- packing B on the
     fly, from registers.  A tile that is not whole is stored with masked vector stores."""
-    T = scalar_type(bl.dtype)
+    T = float_type(bl.dtype)
     P = T.as_pointer()
     MR, NRV, V, U, E = bl.mr, nrv, bl.v, bl.unroll, bl.esize
     R = rows or MR
@@ -242,7 +234,7 @@ def define_packer(module: ir.Module, bl: Blocking, R: int, contiguous: bool) -> 
     """``pack(n, kc, src, stride, out)``: element ``(r, k)`` of the source, at
     ``src[r + k*stride]`` (``contiguous``) or ``src[r*stride + k]``, goes to
     ``out[(r // R)*kc*R + k*R + r % R]``; rows past ``n`` in the last panel are 0."""
-    T = scalar_type(bl.dtype)
+    T = float_type(bl.dtype)
     P = T.as_pointer()
     name = f"rnncomp.gemm.pack.{bl.dtype}.{R}.{'c' if contiguous else 's'}"
     if name in module.globals:

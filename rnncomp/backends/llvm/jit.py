@@ -132,6 +132,13 @@ class NativeLibrary:
             raise CompileError(f"compiled library has no function {name!r}")
         return addr
 
+    def global_address(self, name: str) -> int:
+        """Address of global variable ``name`` of the library."""
+        addr = self._engine.get_global_value_address(name)
+        if not addr:
+            raise CompileError(f"compiled library has no global {name!r}")
+        return addr
+
     def asm(self) -> str:
         """Assembly of the (optimised) module, for inspection."""
         mod = llvm.parse_assembly(self._optimized_ir or self.ir_text)

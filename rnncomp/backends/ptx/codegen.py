@@ -32,9 +32,10 @@ import sympy as sp
 
 from ...ir import placeholder
 from ..llvm import vecmath
-from ..llvm.builder import I64, for_range
+from ..llvm.builder import I64, float_type, for_range
 from ..llvm.exprgen import LLVMPrinter
-from .irgen import DTYPES, NVPTX_DATALAYOUT, NVPTX_TRIPLE, sreg
+from ..validate import float_dtype
+from .irgen import NVPTX_DATALAYOUT, NVPTX_TRIPLE, sreg
 from .tiled import SPLIT_K, Tiled, gemm
 
 __all__ = ["Kernel", "KernelSet", "NVPTX_TRIPLE", "NVPTX_DATALAYOUT", "Tiled", "sreg"]
@@ -69,10 +70,8 @@ class KernelSet:
     """The kernels of one cell, in definition order (names are unique)."""
 
     def __init__(self, dtype, tiled=True):
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-        self.ty = DTYPES[self.dtype]
+        self.dtype = float_dtype(dtype)
+        self.ty = float_type(self.dtype)
         self.tiled = tiled
         self.kernels: dict[str, Kernel] = {}
 

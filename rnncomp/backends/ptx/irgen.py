@@ -1,14 +1,12 @@
-"""Small shared pieces of the PTX backend's LLVM IR generation: the NVPTX target, the
-element types, what a kernel body emitter gets (:class:`BodyGen`) and special registers."""
+"""Small shared pieces of the PTX backend's LLVM IR generation: the NVPTX target
+(element types: :func:`..llvm.builder.float_type`), what a kernel body emitter gets (:class:`BodyGen`) and special registers."""
 from __future__ import annotations
 
-import numpy as np
 from llvmlite import ir
 
 from ..llvm.builder import I64
 
 I32 = ir.IntType(32)
-DTYPES = {np.dtype("float64"): ir.DoubleType(), np.dtype("float32"): ir.FloatType()}
 NVPTX_TRIPLE = "nvptx64-nvidia-cuda"
 NVPTX_DATALAYOUT = "e-p6:32:32-i64:64-i128:128-v16:16-v32:32-n16:32:64"
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ...autodiff import LOSS_ONLY, backward_step
 from ...errors import CallError
-from ..validate import check_call, check_forward_call, forward_targets, initial_states, step_weights
+from ..validate import check_call, check_forward_call, float_dtype, forward_targets, initial_states, step_weights
 from .emit import emit_module
 from .persistent import T_KEY, Persistent
 from .plan import build_plan, grad_key
@@ -60,9 +60,7 @@ class PtxModel(PtxVjp, CompiledModel):
                              graphs=graphs, hoist=hoist, isolate=isolate, opt=opt, tiled=tiled, fuse=fuse,
                              stack=stack, persistent=persistent, persistent_block=persistent_block,
                              persistent_cluster=persistent_cluster)
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        self.dtype = float_dtype(dtype)
         if runner not in ("cuda", "host"):
             raise ValueError(f"runner must be 'cuda' or 'host', got {runner!r}")
         self.arch, self.features = check_arch(arch), features

@@ -1,0 +1,107 @@
+"""What each gradient algorithm costs for one cell: FLOPs per sample per step, memory, bias.
+
+Counted from the derived programs with the rules of :mod:`rnncomp.inspect.cost`:
+
+* BPTT: forward + backward step; memory the activations stored over T steps;
+* RTRL: forward + the tangent step over P directions (``U·∂h`` is 2·m·n·P, ``∂U·h`` writes m·n
+  entries); memory n_s·P per sample, whatever T;
+* SnAp-n: forward + the entries of the state Jacobian the pattern links (2 per entry and term
+  of :mod:`.restricted`'s plans) + the immediate term over as many directions as columns
+  share a unit at most (the colouring's lower bound) + 2 per same-column pair of stored
+  entries + a backward step (∂ℓ/∂θ, ∂ℓ/∂s); memory nnz(M_n);
+* UORO: forward + the tangent step over 1 direction + two backward steps + 6(n_s + P);
+  memory n_s + P per sample.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..forward_mode import is_tangent_param, tangent_step
+from ..inspect.cost import _bytes, _si, cost, template_ops
+from ..show import TextShown
+from .restricted import RestrictedJacobian
+from .pattern import pattern
+
+PATTERN_LIMIT = 20_000_000  # P·n_s entries up to which the cost table derives SnAp's patterns
+
+
+def tangent_flops(ts, K: int) -> int:
+    """FLOPs per sample of a tangent program run over K directions."""
+    total = 0
+    for key, node in ts.prog.nodes.items():
+        if node.op == "matvec":
+            n_in = ts.prog.node(node.args[0]).size
+            for name, _, _ in node.attrs["terms"]:
+                total += node.size * n_in * (1 if is_tangent_param(name) else 2 * K)
+        elif node.op == "ew":
+            total += template_ops(node.attrs["expr"]) * node.size * K
+        elif node.op == "sum":
+            total += ts.prog.node(node.args[0]).size * K
+    return total
+
+
+@dataclass(repr=False)
+class AlgorithmCosts(TextShown):
+    cell: str
+    T: int
+    B: int
+    dtype: str
+    rows: list = field(default_factory=list)  # dicts: algorithm, flops (per sample per step), memory (bytes), exact
+
+    def as_dict(self) -> dict:
+        return {"cell": self.cell, "T": self.T, "B": self.B, "dtype": self.dtype, "algorithms": list(self.rows)}
+
+    def table(self) -> str:
+        out = [f"gradient algorithms for {self.cell!r}: T = {self.T}, B = {self.B}, {self.dtype}",
+               f"  {'algorithm':<10}{'FLOPs/sample/step':>20}{'sequence FLOPs':>16}{'memory':>12}  gradient"]
+        for r in self.rows:
+            if r["flops"] is None:
+                out.append(f"  {r['algorithm']:<10}{'-':>20}{'-':>16}{'-':>12}  {r['exact']}")
+                continue
+            out.append(f"  {r['algorithm']:<10}{r['flops']:>20,}{_si(r['flops'] * self.T * self.B, 'FLOP'):>16}"
+                       f"{_bytes(r['memory']):>12}  {r['exact']}")
+        return "\n".join(out)
+
+    def _text(self) -> str:
+        return self.table()
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def algorithm_costs(cell, T: int = 1000, B: int = 32, dtype="float32", snap=(1, 2),
+                    pattern_limit: int = PATTERN_LIMIT) -> AlgorithmCosts:
+    """FLOPs and memory of BPTT, RTRL, SnAp-n (each n in ``snap``) and UORO for ``cell``
+    (SnAp's rows only while P·n_s ≤ ``pattern_limit``)."""
+    c = cost(cell, T, B, dtype)
+    st, item = cell.step, c.itemsize
+    P, N = c.n_params, sum(st.states.values())
+    fwd, bwd = c.forward_flops, c.backward_flops
+    out = AlgorithmCosts(st.name, c.T, c.B, c.dtype)
+    out.rows.append({"algorithm": "BPTT", "flops": fwd + bwd, "memory": c.memory["activations"],
+                     "exact": "exact (memory grows with T)"})
+    full = tangent_step(st)
+    out.rows.append({"algorithm": "RTRL", "flops": fwd + tangent_flops(full, P), "memory": B * P * N * item,
+                     "exact": "exact, online"})
+    imm_ts = tangent_step(st, states=False)
+    if P * N > pattern_limit:  # the patterns are P × n_s booleans per node: too big to count here
+        out.rows += [{"algorithm": f"SnAp-{n}", "flops": None, "memory": None,
+                      "exact": f"not counted: its pattern has P·n_s = {P * N:,} entries"} for n in snap]
+        snap = ()
+    else:
+        reachable = int(sum(v.sum() for v in pattern(st, None, full).values()))
+    for n in snap:
+        m = np.concatenate([pattern(st, n, full)[s] for s in st.states], axis=1)  # (P, N)
+        per_col = m.sum(axis=1).astype(np.int64)
+        colours = int(m.sum(axis=0).max()) if m.any() else 0
+        linked = np.nonzero((m.T.astype(np.float32) @ m.astype(np.float32)) > 0)  # D[u, v] SnAp reads
+        jac = RestrictedJacobian(st, *linked).flops()
+        flops = fwd + jac + tangent_flops(imm_ts, colours) + 2 * int((per_col ** 2).sum()) + bwd
+        exact = "exact (RTRL's pattern)" if per_col.sum() == reachable else "biased, online"
+        out.rows.append({"algorithm": f"SnAp-{n}", "flops": flops, "memory": B * int(m.sum()) * item, "exact": exact})
+    out.rows.append({"algorithm": "UORO", "flops": fwd + tangent_flops(tangent_step(st, params=()), 1) + 2 * bwd
+                     + 6 * (N + P), "memory": B * (N + P) * item, "exact": "unbiased, noisy, online"})
+    return out
+

@@ -1,0 +1,198 @@
+"""Energy-based settling (``compile_fixed_point(cell, energy=E)``): the dynamics ds/dt = −∂E/∂s,
+recurrent backprop through Hessian-vector products, and equilibrium propagation.
+
+Everything is derived from two programs the compiler already knows how to make: the cell
+re-declared with ``E`` as its loss (reverse mode gives ∂E/∂s and ∂E/∂θ) and with the cell's
+own cost ``C`` (read at the old state: s.new → s).  The relaxation is gradient descent,
+``s ← s − η (∂E/∂s + β ∂C/∂s)``, to the minimum s^β of F = E + βC.
+
+* ``method="rbp"`` (the implicit gradient at s* = s⁰): solve H μ = ∂C/∂s by Richardson
+  iteration, μ ← μ − η (H μ − ∂C/∂s), then ∂L/∂θ = ∂C/∂θ − μᵀ ∂²E/∂s∂θ.  H μ and μᵀ∂²E/∂s∂θ
+  are forward mode over the reverse program (:func:`rnncomp.forward_mode.jvp` on the step
+  and its backward step together): Hessian-vector products from the same two rule tables.
+* ``method="eqprop"`` (Scellier & Bengio 2017): relax again with the cost nudged in, then
+  ∂L/∂θ ≈ (∂F/∂θ(s^β, β) − ∂E/∂θ(s⁰))/β, error O(β); ``symmetric=True`` nudges both ways,
+  (∂F/∂θ(s^β, β) − ∂F/∂θ(s^−β, −β))/(2β), error O(β²).  Only energies and the cost are read.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..autodiff import backward_step
+from ..backends.numpy import accumulate_grads, run_program
+from ..backends.validate import check_call, initial_states
+from ..cell import Cell
+from ..dsl import StateVec, Vec
+from ..errors import CallError
+from ..forward_mode import jvp, tangent_name
+from ..ir import Node, Program
+from .base import step_env
+from .fixed_point import FixedPointError, _named
+from .tangents import Directions, run_tangents
+
+
+def _clone(cell, loss, what):
+    """``cell`` re-declared with states held (s ← s) and ``loss``, its s.new read as s."""
+    old = {Vec(f"{s}.new"): StateVec(s) for s, d in cell.decls.items() if d.kind == "state"}
+    c = Cell(f"{cell.name}_{what}")
+    for d in cell.decls.values():
+        if d.name in c.decls:
+            continue
+        if d.kind in ("input", "target"):
+            getattr(c, d.kind)(d.name, d.shape)
+        elif d.kind == "param":
+            c.param(d.name, d.shape, init=d.init)
+        elif d.kind == "state":
+            c.state(d.name, d.shape, init=d.init or "zeros")
+        else:
+            getattr(c, d.kind)(d.name, d.expr.xreplace(old))
+    for s, d in cell.decls.items():
+        if d.kind == "state":
+            c.update(StateVec(s), StateVec(s))
+    c.loss(loss.xreplace(old))
+    return c
+
+
+class _Part:
+    """One scalar field of the state (E or C): value, ∂/∂s, ∂/∂θ, and for E the
+    Hessian-vector products."""
+
+    def __init__(self, cell):
+        self.step = cell.step
+        self.bwd = backward_step(self.step)
+        both = Program({**self.step.prog.nodes, **self.bwd.prog.nodes}, name=f"{self.step.name} and its gradient")
+        seeds = {(s, "t-1"): ((tangent_name(s), "t-1"), Node("seed", (), n)) for s, n in self.step.states.items()}
+        self.hvp = jvp(both, seeds, where=f"cell {self.step.name!r}, Hessian-vector product")
+
+    def evaluate(self, params, states, seqs, B, dt):
+        st, bwd = self.step, self.bwd
+        env = step_env(st, params, states, seqs, 0)
+        run_program(st.prog, env, B, dt)
+        for s, n in st.states.items():
+            env[bwd.carry_in[s]] = np.zeros((B, n), dtype=dt)
+        env[bwd.weight] = np.ones((B, 1), dtype=dt)
+        run_program(bwd.prog, env, B, dt)
+        return env
+
+    def d_state(self, env, B):
+        return {s: (np.zeros((B, n)) if self.bwd.carry_out[s] is None else np.broadcast_to(env[self.bwd.carry_out[s]], (B, n)))
+                for s, n in self.step.states.items()}
+
+    def d_params(self, env, dt):
+        g = {p: np.zeros(s if isinstance(s, tuple) else (s,), dtype=dt) for p, s in self.step.params.items()}
+        accumulate_grads(g, self.bwd.grads, env)
+        return g
+
+    def hessian_products(self, env, mu, B, dt):
+        """(H μ per state, Σ_b μᵀ ∂²E/∂s∂θ per parameter) at the point ``env`` was evaluated."""
+        t = self.hvp.tangents
+        seeds = {t[(s, "t-1")]: mu[s][:, None, :] for s in self.step.states}
+        tan = run_tangents(self.hvp.prog, env, seeds, Directions(1, {}, {}, {}), B, dt)
+        val = lambda k: None if k not in t else np.broadcast_to(tan[t[k]], (B, 1, tan[t[k]].shape[-1]))[:, 0]  # noqa: E731
+        hmu = {s: np.zeros((B, n), dtype=dt) if self.bwd.carry_out[s] is None or val(self.bwd.carry_out[s]) is None
+               else val(self.bwd.carry_out[s]) for s, n in self.step.states.items()}
+        mixed = {p: np.zeros(s if isinstance(s, tuple) else (s,), dtype=dt) for p, s in self.step.params.items()}
+        for p, specs in self.bwd.grads.items():
+            for spec in specs:
+                if spec[0] == "batch":
+                    d = val(spec[1])
+                    if d is not None:
+                        mixed[p] += np.broadcast_to(d, (B, d.shape[-1])).sum(axis=0)
+                    continue
+                _, g, v, c, tr = spec
+                dg, dv = val(g), val(v)
+                gv, vv = (np.broadcast_to(env[k], (B, np.shape(env[k])[-1])) for k in (g, v))
+                m = (0 if dg is None else dg.T @ vv) + (0 if dv is None else gv.T @ dv)
+                if not np.isscalar(m):
+                    mixed[p] += (m.T if tr else m) * float(c)
+        return hmu, mixed
+
+
+class EnergyModel:
+    """``rc.compile_fixed_point(cell, energy=E, step=η)``: see the module docstring."""
+
+    def __init__(self, cell, energy, tol, max_iter, step, dtype):
+        if not step > 0:
+            raise ValueError(f"compile_fixed_point(energy=...): step must be positive, got {step!r}")
+        if cell.loss_expr is None:
+            raise CallError(f"cell {cell.name!r} has no loss (declare one with cell.loss): it is the cost "
+                            "the settled state is judged by")
+        self.cell, self.tol, self.max_iter, self.eta, self.dtype = cell, float(tol), max_iter, float(step), np.dtype(dtype)
+        self.E, self.C = _Part(_clone(cell, energy, "energy")), _Part(_clone(cell, cell.loss_expr, "cost"))
+        self.step = self.E.step
+        self.iterations = 0
+
+    def init_params(self, seed=0):
+        return self.cell.init_params(seed, self.dtype.name)
+
+    def _call(self, params, x, y, h0):
+        seq = lambda d, what: {k: np.asarray(v, self.dtype)[None] for k, v in _named(d, what, self.step).items()}  # noqa: E731
+        return check_call(self.step, self.dtype, params, seq(x, "inputs"), seq(y, "targets"), h0, need_targets=True)
+
+    def _relax(self, call, beta, start=None):
+        """The minimum of E + βC by gradient descent from ``start`` (default: the initial states)."""
+        B, dt, seqs = call.B, self.dtype, {**call.inputs, **call.targets}
+        s = dict(start) if start is not None else initial_states(self.step, call, dt)
+        for i in range(1, self.max_iter + 1):
+            dE = self.E.d_state(self.E.evaluate(call.params, s, seqs, B, dt), B)
+            dC = self.C.d_state(self.C.evaluate(call.params, s, seqs, B, dt), B) if beta else None
+            move = {k: self.eta * (dE[k] + (beta * dC[k] if beta else 0)) for k in s}
+            s = {k: s[k] - move[k] for k in s}
+            res = max(float(np.abs(m).max()) for m in move.values())
+            if res <= self.tol:
+                self.iterations = i
+                return s
+        raise FixedPointError(f"cell {self.cell.name!r}: gradient descent on the energy (β = {beta:g}) did not "
+                              f"converge: max |Δs| = {res:.3g} after max_iter = {self.max_iter} iterations "
+                              f"(tol = {self.tol:g}, step = {self.eta:g}); a smaller step, or raise max_iter")
+
+    def forward(self, params, x, y, h0=None):
+        """The free-phase minimum s⁰ of E."""
+        return self._relax(self._call(params, x, y, h0), 0.0)
+
+    def loss_and_grad(self, params, x, y, h0=None, method="rbp", beta=0.01, symmetric=False):
+        if method not in ("rbp", "eqprop"):
+            raise ValueError(f"method must be 'rbp' or 'eqprop' for an energy model, got {method!r}")
+        call = self._call(params, x, y, h0)
+        B, dt, seqs = call.B, self.dtype, {**call.inputs, **call.targets}
+        s0 = self._relax(call, 0.0)
+        c_env = self.C.evaluate(call.params, s0, seqs, B, dt)
+        loss = float(np.sum(c_env[self.C.step.loss_key])) / B
+        if method == "rbp":
+            return loss, self._rbp(call, s0, c_env), s0
+        if not beta > 0:
+            raise ValueError(f"eqprop: beta must be positive, got {beta!r}")
+        dF = lambda s, b: self._dF(call, s, b)  # noqa: E731
+        if symmetric:
+            plus, minus = self._relax(call, beta, s0), self._relax(call, -beta, s0)
+            fp, fm = dF(plus, beta), dF(minus, -beta)
+            return loss, {p: (fp[p] - fm[p]) / (2 * beta * B) for p in fp}, s0
+        fp, f0 = dF(self._relax(call, beta, s0), beta), dF(s0, 0.0)
+        return loss, {p: (fp[p] - f0[p]) / (beta * B) for p in fp}, s0
+
+    def _dF(self, call, s, beta):
+        """Σ_b ∂(E + βC)/∂θ at the states ``s``."""
+        B, dt, seqs = call.B, self.dtype, {**call.inputs, **call.targets}
+        g = self.E.d_params(self.E.evaluate(call.params, s, seqs, B, dt), dt)
+        if beta:
+            gc = self.C.d_params(self.C.evaluate(call.params, s, seqs, B, dt), dt)
+            g = {p: g[p] + beta * gc[p] for p in g}
+        return g
+
+    def _rbp(self, call, s0, c_env):
+        B, dt, seqs = call.B, self.dtype, {**call.inputs, **call.targets}
+        dC = {k: v / B for k, v in self.C.d_state(c_env, B).items()}
+        e_env = self.E.evaluate(call.params, s0, seqs, B, dt)
+        mu = {k: np.zeros_like(v) for k, v in dC.items()}
+        for _ in range(self.max_iter):
+            hmu, _ = self.E.hessian_products(e_env, mu, B, dt)
+            move = {k: self.eta * (hmu[k] - dC[k]) for k in mu}
+            mu = {k: mu[k] - move[k] for k in mu}
+            if max(float(np.abs(m).max()) for m in move.values()) <= self.tol:
+                break
+        else:
+            raise FixedPointError(f"cell {self.cell.name!r}: the adjoint iteration H μ = ∂C/∂s did not converge "
+                                  f"after max_iter = {self.max_iter} iterations (tol = {self.tol:g})")
+        _, mixed = self.E.hessian_products(e_env, mu, B, dt)
+        gc = self.C.d_params(c_env, dt)
+        return {p: gc[p] / B - mixed[p] for p in gc}

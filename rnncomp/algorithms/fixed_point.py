@@ -1,0 +1,193 @@
+"""Settling networks: a cell iterated to a fixed point, and recurrent backprop (Almeida 1987,
+Pineda 1987) for its gradient.
+
+With the input held, the forward relaxes ``s ← f(s, x; θ)`` to ``s* = f(s*, x; θ)`` and the
+loss is the cell's ℓ read there.  Differentiating ``s* = f(s*)``:
+
+    ds*/dθ = (I − ∂f/∂s)⁻¹ ∂f/∂θ,    so    ∂L/∂θ = ∂ℓ/∂θ + λᵀ ∂f/∂θ,    λ = (∂f/∂s)ᵀ λ + ∂ℓ/∂s
+
+at s*.  The adjoint fixed point is iterated with the cell's own backward step: seeded with
+δ⁺s = λ and the loss weight, its carried adjoint δs[t-1] *is* (∂f/∂s)ᵀλ + ∂ℓ/∂s, and its
+parameter contributions are the gradient once λ has converged.  Nothing is stored but s*.
+``solve="direct"`` instead forms ∂f/∂s at s* (forward mode, :mod:`.restricted`) and solves
+for λ: for small states, and where the adjoint iteration would not contract.
+``method="bptt"`` back-propagates through the forward iterations instead (the reference:
+it approaches the RBP gradient as their number grows).
+
+    >>> import numpy as np, rnncomp as rc
+    >>> model = rc.compile_fixed_point(rc.cells.elman(2, 3, 1), tol=1e-10)
+    >>> params = {k: 0.3 * v for k, v in model.init_params(0).items()}
+    >>> x, y = np.ones((4, 2)), np.zeros((4, 1))
+    >>> loss, grads, s = model.loss_and_grad(params, x, y)
+    >>> sorted(grads) == sorted(params), s["h"].shape
+    (True, (4, 3))
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..autodiff import backward_step
+from ..backends.numpy import accumulate_grads, run_program
+from ..backends.validate import check_call, initial_states
+from ..errors import CallError, RnncompError
+from ..ir import prune
+from .base import step_env
+
+METHODS = ("rbp", "bptt")
+
+
+class FixedPointError(RnncompError, ArithmeticError):
+    """A forward relaxation or an adjoint iteration did not converge (names the cell, the
+    residual, the tolerance and the iteration budget)."""
+
+
+def compile_fixed_point(cell, tol: float = 1e-8, max_iter: int = 500, dtype: str = "float64", *,
+                        energy=None, step: float = 0.5):
+    """A model that relaxes ``cell`` to a fixed point of its state update and differentiates
+    the loss there: ``forward(params, x, h0=None)``, ``loss_and_grad(params, x, y, method="rbp")``.
+
+    ``energy=E`` (a DSL expression of the states, inputs and parameters, summed over its
+    units): the dynamics are ds/dt = −∂E/∂s instead (gradient descent with ``step``; the
+    cell's updates are not used), and ``method="eqprop"`` is available too
+    (:mod:`rnncomp.algorithms.energy`)."""
+    if not (tol > 0 and isinstance(max_iter, int) and max_iter >= 1):
+        raise ValueError(f"compile_fixed_point: need tol > 0 and an integer max_iter >= 1, "
+                         f"got tol={tol!r}, max_iter={max_iter!r}")
+    if energy is not None:
+        from .energy import EnergyModel
+        return EnergyModel(cell, energy, tol, max_iter, step, dtype)
+    return FixedPointModel(cell, tol, max_iter, dtype)
+
+
+class FixedPointModel:
+    def __init__(self, cell, tol, max_iter, dtype):
+        self.cell, self.step = cell, cell.step
+        if not self.step.states:
+            raise CallError(f"cell {cell.name!r} has no state to settle")
+        self.tol, self.max_iter, self.dtype = float(tol), max_iter, np.dtype(dtype)
+        self.bwd = backward_step(self.step)
+        self._settle = prune(self.step.prog, [(s, "t") for s in self.step.states])  # the update only
+        self.iterations = 0  # forward iterations of the last call
+
+    def init_params(self, seed=0):
+        return self.cell.init_params(seed, self.dtype.name)
+
+    def _call(self, params, x, y=None, h0=None):
+        seq = lambda d, what: {k: np.asarray(v, self.dtype)[None] for k, v in _named(d, what, self.step).items()}  # noqa: E731
+        call = check_call(self.step, self.dtype, params, seq(x, "inputs"),
+                          None if y is None else seq(y, "targets"), h0, need_targets=y is not None)
+        missing = [n for n in self._settle.leaves("target") if n[0] not in call.targets]
+        if missing:
+            raise CallError(f"cell {self.step.name!r}: its update reads target {missing[0][0]!r}: pass targets=")
+        return call
+
+    def _relax(self, call, what="forward"):
+        st, states = self.step, initial_states(self.step, call, self.dtype)
+        seqs = {**call.inputs, **call.targets}
+        for i in range(1, self.max_iter + 1):
+            env = step_env(st, call.params, states, seqs, 0)
+            run_program(self._settle, env, call.B, self.dtype)
+            new = {s: env[(s, "t")] for s in st.states}
+            res = max(float(np.abs(new[s] - states[s]).max()) for s in st.states)
+            states = new
+            if res <= self.tol:
+                self.iterations = i
+                return states, env
+        raise FixedPointError(f"cell {st.name!r}: the {what} relaxation did not converge: max |s[k] − s[k-1]| = "
+                              f"{res:.3g} after max_iter = {self.max_iter} iterations (tol = {self.tol:g}); "
+                              "the update may not be a contraction (smaller weights, a damped update "
+                              "s ← (s + f(s))/2), or raise max_iter")
+
+    def forward(self, params, x, h0=None, *, targets=None):
+        """The fixed point ``{state: (B, n)}`` for inputs ``x`` ((B, n) or a dict); ``targets``
+        only for a cell whose update reads one."""
+        return self._relax(self._call(params, x, targets, h0=h0))[0]
+
+    def loss_and_grad(self, params, x, y, h0=None, method="rbp", solve="iterate"):
+        """The loss at the fixed point (the mean of ℓ over the batch), its gradient, s*.
+
+        ``solve`` (RBP): "iterate" the adjoint fixed point, or "direct": the state Jacobian
+        D = ∂f/∂s at s* per sample and one linear solve (I − Dᵀ) λ = ∂ℓ/∂s (small states;
+        it needs no contraction of the adjoint iteration)."""
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        if solve not in ("iterate", "direct"):
+            raise ValueError(f"solve must be 'iterate' or 'direct', got {solve!r}")
+        if not self.step.has_loss:
+            raise CallError(f"cell {self.step.name!r} has no loss (declare one with cell.loss)")
+        call = self._call(params, x, y, h0)
+        star, _ = self._relax(call)
+        if method == "bptt":
+            return self._bptt(call, star)
+        B, dt, st = call.B, self.dtype, self.step
+        fixed = step_env(st, call.params, star, {**call.inputs, **call.targets}, 0)
+        run_program(st.prog, fixed, B, dt)
+        loss = float(fixed[st.loss_key].sum()) / B
+        lam = self._solve(fixed, B) if solve == "direct" else self._iterate(fixed, B)
+        env = self._adjoint(fixed, lam, B)
+        grads = {p: np.zeros(s if isinstance(s, tuple) else (s,), dtype=dt) for p, s in st.params.items()}
+        accumulate_grads(grads, self.bwd.grads, env)
+        return loss, grads, star
+
+    def _carried(self, env, like):
+        return {s: np.zeros_like(like[s]) if k is None else np.array(env[k]) for s, k in self.bwd.carry_out.items()}
+
+    def _iterate(self, fixed, B):
+        st = self.step
+        lam = {s: np.zeros((B, n), dtype=self.dtype) for s, n in st.states.items()}
+        for _ in range(self.max_iter):
+            new = self._carried(self._adjoint(fixed, lam, B), lam)
+            res = max(float(np.abs(new[s] - lam[s]).max()) for s in st.states)
+            lam = new
+            if res <= self.tol:
+                return lam
+        raise FixedPointError(f"cell {st.name!r}: the adjoint iteration λ = (∂f/∂s)ᵀλ + ∂ℓ/∂s did not converge: "
+                              f"max |Δλ| = {res:.3g} after max_iter = {self.max_iter} iterations "
+                              f"(tol = {self.tol:g}); solve='direct' solves it instead")
+
+    def _solve(self, fixed, B):
+        from .restricted import RestrictedJacobian
+        st, names = self.step, list(self.step.states)
+        offs = np.cumsum([0] + [st.states[s] for s in names])
+        N = int(offs[-1])
+        rows, cols = np.divmod(np.arange(N * N), N)
+        D = RestrictedJacobian(st, rows, cols).evaluate(fixed, B, self.dtype).reshape(B, N, N)
+        zero = {s: np.zeros((B, n), dtype=self.dtype) for s, n in st.states.items()}
+        g = self._carried(self._adjoint(fixed, zero, B), zero)  # ∂ℓ/∂s at s* (λ = 0)
+        rhs = np.concatenate([g[s] for s in names], axis=1)
+        A = np.eye(N) - D.transpose(0, 2, 1)
+        try:
+            lam = np.linalg.solve(A, rhs[..., None])[..., 0]
+        except np.linalg.LinAlgError:
+            raise FixedPointError(f"cell {st.name!r}: I − (∂f/∂s)ᵀ is singular at the fixed point (an eigenvalue "
+                                  "1 of the state Jacobian): the gradient is not defined there") from None
+        return {s: np.ascontiguousarray(lam[:, offs[i]:offs[i + 1]]) for i, s in enumerate(names)}
+
+    def _adjoint(self, fixed, lam, B):
+        env = dict(fixed)
+        for s in self.step.states:
+            env[self.bwd.carry_in[s]] = lam[s]
+        env[self.bwd.weight] = np.full((B, 1), 1.0 / B, dtype=self.dtype)
+        run_program(self.bwd.prog, env, B, self.dtype)
+        return env
+
+    def _bptt(self, call, star):
+        """BPTT through the forward iterations (as many as the relaxation took, plus the
+        step that reads the loss): the cost of the last step only."""
+        from ..backends.numpy import NumpyModel
+        T = self.iterations + 1
+        rep = lambda d: {k: np.repeat(v, T, axis=0) for k, v in d.items()}  # noqa: E731
+        mask = np.zeros((T, call.B), dtype=self.dtype)
+        mask[-1] = 1
+        loss, grads, _ = NumpyModel(self.cell, self.dtype.name).loss_and_grad(
+            call.params, rep(call.inputs), rep(call.targets), h0=call.h0 or None, mask=mask)
+        return loss, grads, star
+
+
+def _named(d, what, step):
+    names = list(step.inputs if what == "inputs" else step.targets)
+    if isinstance(d, dict):
+        return d
+    if len(names) != 1:
+        raise CallError(f"cell {step.name!r}: {what} must be a dict keyed by {', '.join(names)}")
+    return {names[0]: d}

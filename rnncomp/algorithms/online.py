@@ -1,0 +1,115 @@
+"""``Trainer.fit_online``: learning from a stream, updating every k steps, no stored history.
+
+    trainer = rc.Trainer(cell, optimizer=rc.Adam(1e-3), gradient=rc.RTRL())   # SnAp(1), UORO(), BPTT()
+    trainer.fit_online(stream_x, stream_y, every=1)
+
+For RTRL, SnAp and UORO each step adds its contribution to ∂L/∂θ as it runs forward
+(:mod:`.base`); every ``every`` steps the sum is applied (clipping as the trainer says, then
+its optimizer) and the carried sensitivities go on with the new parameters, as in Williams &
+Zipser's online RTRL.  :class:`BPTT` runs truncated BPTT over each window of ``every`` steps
+with the trainer's compiled model, the state carried across windows: the usual baseline.
+The online algorithms run on the NumPy executor in the trainer's dtype.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backends.numpy import run_program
+from ..backends.validate import check_call, initial_states
+from ..errors import CallError
+from .base import Algorithm, has_derived_weights, initial_learned, step_env
+
+
+class BPTT(Algorithm):
+    """``rc.BPTT()``: in ``fit_online``, back-propagation through each window of ``every`` steps."""
+
+    name = "BPTT"
+
+    def prepare(self, step):
+        raise TypeError("BPTT runs backward over a window, not forward step by step: "
+                        "use the compiled model's loss_and_grad (fit_online does)")
+
+
+def check_gradient(gradient, cell=None):
+    """``gradient=`` of a Trainer: None or one of rc.RTRL(), rc.SnAp(n), rc.UORO(), rc.DNI(),
+    rc.BPTT(); the forward-step algorithms need a single cell (its step program)."""
+    if gradient is not None and not isinstance(gradient, Algorithm):
+        raise ValueError(f"gradient must be rc.RTRL(), rc.SnAp(n), rc.UORO(), rc.DNI() or rc.BPTT(), got {gradient!r}")
+    if gradient is not None and not isinstance(gradient, BPTT) and cell is not None:
+        check_single_cell(cell, repr(gradient))
+    return gradient
+
+
+def check_single_cell(cell, what: str, error=CallError) -> None:
+    """A composition (rc.Stack, rc.Bidirectional) has no step program of its own to derive from."""
+    if not hasattr(getattr(cell, "step", None), "prog"):
+        raise error(f"{what} derives its recursion from one cell's step; {getattr(cell, 'name', cell)!r} is a "
+                        f"composition ({type(cell).__name__}): train it with gradient=rc.BPTT() (or fit), or "
+                        "apply the algorithm to a single cell")
+
+
+def fit_online(trainer, inputs, targets, every=1, h0=None):
+    """Train on one stream (T, B, n) (batch_first as the trainer says), applying an update
+    every ``every`` steps; returns the mean loss over each update's steps.  The final states
+    are kept in ``trainer.online_state`` (pass it as ``h0`` to continue the stream)."""
+    if not (isinstance(every, int) and every >= 1):
+        raise ValueError(f"fit_online(every={every!r}): every must be a positive integer (steps per update)")
+    algo = trainer.gradient if trainer.gradient is not None else BPTT()
+    if not isinstance(algo, BPTT) and has_derived_weights(trainer.cell):
+        raise NotImplementedError(
+            f"fit_online with {algo!r}: cell {trainer.cell.name!r} has derived weights or constants, which the "
+            "online algorithms take only through sequence_grad so far; use gradient=rc.BPTT() here")
+    x, t = trainer._data(inputs, targets)
+    st, dt = trainer.cell.step, trainer.dtype
+    call = check_call(st, dt, trainer.params, x, t, trainer._state(h0), need_targets=True)
+    losses = []
+    if isinstance(algo, BPTT):
+        state = call.h0 or None
+        for lo in range(0, call.T, every):
+            cut = lambda d: {k: v[lo:lo + every] for k, v in d.items()}  # noqa: E731
+            loss, state = trainer.train_step(cut(x), cut(t), h0=state)
+            losses.append(loss)
+        trainer.online_state = state
+        return losses
+    if hasattr(algo, "fit_windows"):  # DNI: windows of BPTT with a synthetic gradient at the end
+        trainer.online_state = algo.fit_windows(trainer, call, every, lambda g, loss: apply(trainer, algo, g, loss, losses))
+        return losses
+    prep = algo.prepare(st)
+    states = initial_states(st, call, dt)
+    carry = prep.begin(trainer.params, states, initial_learned(st, call.h0), call.B, dt)
+    acc, acc_loss, n = np.zeros(trainer.flat.size, dtype=dt), 0.0, 0
+    seqs = {**call.inputs, **call.targets}
+    for i in range(call.T):
+        left = min(every, call.T - (i - i % every))  # steps in this update's window
+        w = np.full(call.B, 1.0 / (left * call.B), dtype=dt)
+        env = step_env(st, trainer.params, states, seqs, i)
+        run_program(st.prog, env, call.B, dt)
+        acc_loss += float((w * env[st.loss_key][:, 0]).sum())
+        g, carry = prep.step(env, w, carry)
+        acc += g
+        n += 1
+        states = {s: env[(s, "t")] for s in st.states}
+        if n == left:
+            apply(trainer, algo, acc, acc_loss, losses)
+            acc, acc_loss, n = np.zeros_like(acc), 0.0, 0
+    trainer.online_state = {s: np.array(v) for s, v in states.items()}
+    return losses
+
+
+def apply(trainer, algo, g, loss, losses) -> None:
+    """One update from the flat gradient ``g``: finite check, clipping, the optimizer."""
+    from ..train.optim import global_norm
+    from ..train.trainer import TrainingError
+
+    if not (np.isfinite(loss) and np.isfinite(g).all()):
+        raise TrainingError(f"fit_online ({algo!r}), update {len(losses) + 1}: non-finite loss or "
+                            "gradient; parameters left unchanged")
+    if trainer.clip_value is not None:
+        np.clip(g, -trainer.clip_value, trainer.clip_value, out=g)
+    if trainer.clip_norm is not None:
+        norm = global_norm(g)
+        if norm > trainer.clip_norm:
+            g *= trainer.clip_norm / norm
+    trainer.step_count += 1
+    trainer.optimizer.step(trainer.flat, g, trainer.step_count)
+    losses.append(loss)

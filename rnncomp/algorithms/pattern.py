@@ -1,0 +1,88 @@
+"""Which tangent entries may be nonzero: a boolean pushed through the tangent program.
+
+One rule per tangent op (:data:`STRUCTURE`, the structure of :mod:`rnncomp.forward_mode`'s
+JVP rules): an element-wise node is nonzero where any tangent argument is, a product with a
+(dense) matrix wherever its argument is anywhere, ``∂P·v`` on the rows of P's entries.
+SnAp's pattern (:func:`pattern`) and the restricted Jacobian (:mod:`.restricted`) read it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..forward_mode import is_tangent_param, tangent_of, tangent_step
+from .tangents import Directions
+
+
+def _struct_matvec(node, vals, dirs, tprog):
+    out = np.zeros((dirs.K, node.size), dtype=bool)
+    for name, tr, _ in node.attrs["terms"]:
+        if is_tangent_param(name):
+            col = dirs.column.get(tangent_of(name))
+            if col is not None:
+                rows, cols = np.nonzero(col >= 0)
+                out[col[rows, cols], cols if tr else rows] = True
+        elif node.args[0] in tprog.nodes:
+            out |= vals[0].any(axis=1, keepdims=True)  # a dense matrix: every unit
+    return out
+
+
+def _struct_concat(node, vals, dirs, tprog):
+    return np.concatenate([np.broadcast_to(v, (dirs.K, v.shape[1])) for v in vals], axis=1)
+
+
+def _struct_pad(node, vals, dirs, tprog):
+    out = np.zeros((dirs.K, node.size), dtype=bool)
+    out[:, node.attrs["lo"]:node.attrs["lo"] + vals[0].shape[1]] = vals[0]
+    return out
+
+
+STRUCTURE = {  # tangent op -> the pattern of its value from its tangent arguments' patterns
+    "ew": lambda node, vals, dirs, tprog: np.logical_or.reduce(
+        [np.broadcast_to(v, (dirs.K, node.size)) for v in vals] or [np.zeros((dirs.K, node.size), bool)]),
+    "matvec": _struct_matvec,
+    "slice": lambda node, vals, dirs, tprog: vals[0][:, node.attrs["lo"]:node.attrs["lo"] + node.size],
+    "pad": _struct_pad,
+    "concat": _struct_concat,
+    "sum": lambda node, vals, dirs, tprog: vals[0].any(axis=1, keepdims=True),
+}
+
+
+def reach(ts, dirs, before: dict) -> dict:
+    """{state: (K, n) pattern of ∂h[t]} from the patterns ``before`` of ∂h[t-1]."""
+    pat = {}
+    for key, node in ts.prog.nodes.items():
+        if node.op == "seed":
+            s = next((s for s, k in ts.state_seeds.items() if k == key), None)
+            if s is not None:
+                pat[key] = before[s]
+            else:
+                col = dirs.column.get(tangent_of(key[0]))
+                v = np.zeros((dirs.K, node.size), dtype=bool)
+                if col is not None:
+                    v[col, np.arange(node.size)] = True
+                pat[key] = v
+            continue
+        vals = [pat[a] for a in node.args if a in ts.prog.nodes]
+        pat[key] = STRUCTURE[node.op](node, vals, dirs, ts.prog)
+    return {s: (np.zeros_like(before[s]) if k is None else np.broadcast_to(pat[k], before[s].shape).copy())
+            for s, k in ts.out.items()}
+
+
+def pattern(step, n: int | None = 1, ts=None) -> dict:
+    """SnAp-n's pattern ``{state: (P, n_state) bool}``: which parameter entries (rows, in the
+    flat parameter order) may reach which units of each state within n steps from J[0] = 0
+    (a learned initial state's own entries start on the diagonal).  ``n=None``: in any number
+    of steps (the entries of RTRL's sensitivity that can ever be nonzero)."""
+    ts = ts or tangent_step(step)
+    dirs = Directions.dense(step)
+    m = {s: np.zeros((dirs.K, k), dtype=bool) for s, k in step.states.items()}
+    for s, p in step.state_init.items():
+        if p is not None:
+            m[s][dirs.column[p], np.arange(step.states[s])] = True
+    i = 0
+    while n is None or i < n:
+        new = {s: m[s] | v for s, v in reach(ts, dirs, m).items()}
+        if n is None and all((new[s] == m[s]).all() for s in m):
+            break
+        m, i = new, i + 1
+    return m

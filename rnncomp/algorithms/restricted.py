@@ -1,0 +1,198 @@
+"""Chosen entries of the state Jacobian D = ∂s[t]/∂s[t-1], by forward mode that computes each
+tangent only where it is both reachable and needed.
+
+SnAp needs D[u, v] only for the pairs (u, v) its pattern links (the diagonal for an Elman
+cell under SnAp-1).  Run over one direction per state unit, the tangent step would compute
+all of D (n_s directions × a step).  Here each tangent node keeps only the (direction, unit)
+entries that a seed reaches (forward, as in :func:`rnncomp.algorithms.pattern.pattern`) and a
+wanted entry reads (backward from the wanted (u, v)); the evaluation is a gather, a
+multiply by the forward step's coefficients and a scatter per node.  For SnAp-1 on Elman
+that is n_s entries per node: the cost of a step, not of n_s steps.
+
+    >>> import numpy as np, rnncomp as rc
+    >>> rj = RestrictedJacobian(rc.cells.elman(1, 4, 1).step, np.arange(4), np.arange(4))
+    >>> [len(d) for d, _ in rj.positions.values()]  # ∂h[t-1], U·∂h, ∂a, ∂h[t]; the read-out: none
+    [4, 4, 4, 4, 0, 0, 0, 0]
+"""
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+
+from ..backends.numpy import ew_function
+from ..forward_mode import tangent_step
+from ..ir import placeholder
+from .pattern import STRUCTURE
+from .tangents import Directions
+
+
+def _need_ew(node, need, args, sizes):
+    out = []
+    for a in args:
+        out.append(need if sizes[a] == node.size else need.any(axis=1, keepdims=True))
+    return out
+
+
+def _need_slice(node, need, args, sizes):
+    x = np.zeros((need.shape[0], sizes[args[0]]), dtype=bool)
+    x[:, node.attrs["lo"]:node.attrs["lo"] + node.size] = need
+    return [x]
+
+
+def _need_concat(node, need, args, sizes):
+    out, lo = [], 0
+    for a in args:
+        out.append(need[:, lo:lo + sizes[a]])
+        lo += sizes[a]
+    return out
+
+
+NEED = {  # tangent op -> which entries of each tangent argument the needed entries read
+    "ew": _need_ew,
+    "matvec": lambda node, need, args, sizes: [np.repeat(need.any(axis=1, keepdims=True), sizes[args[0]], axis=1)],
+    "slice": _need_slice,
+    "pad": lambda node, need, args, sizes: [need[:, node.attrs["lo"]:node.attrs["lo"] + sizes[args[0]]]],
+    "concat": _need_concat,
+    "sum": lambda node, need, args, sizes: [np.repeat(need, sizes[args[0]], axis=1)],
+}
+
+
+class RestrictedJacobian:
+    """D[rows[i], cols[i]] for i = 0 … (see the module docstring); rows and columns index the
+    state units of all states in declaration order."""
+
+    def __init__(self, step, rows, cols):
+        self.st = step
+        ts = self.ts = tangent_step(step, params=())
+        prog = ts.prog
+        offs = np.cumsum([0] + list(step.states.values()))
+        self.off = dict(zip(step.states, offs[:-1]))
+        N = self.N = int(offs[-1])
+        dirs = Directions(N, {}, {}, {})
+        seed_state = {k: s for s, k in ts.state_seeds.items()}
+        tangent = lambda node: [a for a in node.args if a in prog.nodes]  # noqa: E731
+        sup = {}
+        for key, node in prog.nodes.items():  # reachable from a seed, forward
+            if node.op == "seed":
+                s = seed_state[key]
+                v = np.zeros((N, node.size), dtype=bool)
+                v[self.off[s] + np.arange(node.size), np.arange(node.size)] = True
+                sup[key] = v
+            else:
+                sup[key] = np.broadcast_to(STRUCTURE[node.op](node, [sup[a] for a in tangent(node)], dirs, prog),
+                                           (N, node.size))
+        need = {k: np.zeros_like(v) for k, v in sup.items()}
+        for s, k in ts.out.items():  # wanted, then read, backward
+            if k is not None:
+                o, n = self.off[s], step.states[s]
+                inside = (rows >= o) & (rows < o + n)
+                need[k][cols[inside], rows[inside] - o] = True
+        sizes = {k: prog.node(k).size for k in prog.nodes}
+        for key in reversed(list(prog.nodes)):
+            node = prog.nodes[key]
+            if node.op == "seed":
+                continue
+            args = tangent(node)
+            for a, n_a in zip(args, NEED[node.op](node, need[key] & sup[key], args, sizes)):
+                need[a] = need[a] | n_a
+        self.positions = {}  # key -> (direction, unit) of each computed entry
+        index = {}
+        for key in prog.nodes:
+            d, u = np.nonzero(need[key] & sup[key])
+            self.positions[key] = (d, u)
+            pos = np.full((N, sizes[key]), -1)
+            pos[d, u] = np.arange(len(d))
+            index[key] = pos
+        self.plans = {key: self._plan(key, node, index, sizes) for key, node in prog.nodes.items() if node.op != "seed"}
+        self.wanted = []  # per state: (positions in its tangent's values, positions in the output)
+        for s, k in ts.out.items():
+            o, n = self.off[s], step.states[s]
+            inside = np.nonzero((rows >= o) & (rows < o + n))[0]
+            if k is not None and len(inside):
+                src = index[k][cols[inside], rows[inside] - o]
+                self.wanted.append((k, src[src >= 0], inside[src >= 0]))  # the others are 0
+        self.count = len(rows)
+
+    def _plan(self, key, node, index, sizes):
+        """[(argument, y positions, x positions, what multiplies)] of one node."""
+        d, u = self.positions[key]
+        terms = []
+        if node.op == "ew":
+            expr = node.attrs["expr"]
+            for i, a in enumerate(node.args):
+                if a not in index:
+                    continue
+                coef = sp.diff(expr, placeholder(i))
+                xu = u if sizes[a] == node.size else np.zeros_like(u)
+                xp = index[a][d, xu]
+                ok = xp >= 0
+                terms.append((a, np.nonzero(ok)[0], xp[ok], ("ew", coef, len(node.args), u[ok])))
+        elif node.op == "matvec":
+            (a,) = node.args
+            ad, au = self.positions[a]
+            by_dir = {}
+            for j, dd in enumerate(ad):
+                by_dir.setdefault(int(dd), []).append(j)
+            yp, xp = [], []
+            for i, dd in enumerate(d):
+                js = by_dir.get(int(dd), [])
+                yp += [i] * len(js)
+                xp += js
+            yp, xp = np.array(yp, dtype=int), np.array(xp, dtype=int)
+            terms.append((a, yp, xp, ("matvec", node.attrs["terms"], u[yp] if len(yp) else yp,
+                                      au[xp] if len(xp) else xp)))
+        else:
+            lo = node.attrs.get("lo", 0)
+            starts = np.cumsum([0] + [sizes[a] for a in node.args])
+            for i, a in enumerate(node.args):
+                if a not in index:
+                    continue
+                if node.op == "slice":
+                    xu = u + lo
+                elif node.op == "pad":
+                    xu = u - lo
+                elif node.op == "concat":
+                    xu = u - starts[i]
+                else:  # sum: every unit of the argument into unit 0
+                    ad, au = self.positions[a]
+                    yp = index[key][ad, 0]
+                    ok = yp >= 0
+                    terms.append((a, yp[ok], np.nonzero(ok)[0], None))
+                    continue
+                ok = (xu >= 0) & (xu < sizes[a])
+                xp = np.full(len(u), -1)
+                xp[ok] = index[a][d[ok], xu[ok]]
+                ok &= xp >= 0
+                terms.append((a, np.nonzero(ok)[0], xp[ok], None))
+        return terms
+
+    def flops(self) -> int:
+        """Per sample: a multiply and an add per (entry, term) the plans read."""
+        return 2 * sum(len(yp) for plan in self.plans.values() for _, yp, _, _ in plan)
+
+    def evaluate(self, env, B, dtype) -> np.ndarray:
+        """The wanted entries, ``(B, len(rows))``, at the forward values ``env`` of step t."""
+        vals = {}
+        for key, node in self.ts.prog.nodes.items():
+            n = len(self.positions[key][0])
+            if node.op == "seed":
+                vals[key] = np.ones((B, n), dtype=dtype)
+                continue
+            y = np.zeros((B, n), dtype=dtype)
+            for a, yp, xp, how in self.plans[key]:
+                x = vals[a][:, xp]
+                if how is not None and how[0] == "ew":
+                    _, coef, nargs, units = how
+                    c = np.asarray(ew_function(coef, nargs)(*[env.get(k) for k in node.args]), dtype=dtype)
+                    c = np.broadcast_to(c if c.ndim == 2 else np.reshape(c, (1, -1)), (B, c.shape[-1] if c.ndim else 1))
+                    x = x * (c[:, units] if c.shape[1] > 1 else c[:, :1])
+                elif how is not None:
+                    _, mterms, yu, xu = how
+                    w = sum(float(cc) * (env[(p, None)].T if tr else env[(p, None)])[yu, xu] for p, tr, cc in mterms)
+                    x = x * w
+                np.add.at(y, (slice(None), yp), x)
+            vals[key] = y
+        out = np.zeros((B, self.count), dtype=dtype)
+        for k, src, dst in self.wanted:
+            out[:, dst] = vals[k][:, src]
+        return out

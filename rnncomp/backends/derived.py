@@ -1,0 +1,95 @@
+"""A compiled model of a cell with derived weights or constants, for every backend.
+
+The backend compiles the plain cell (:class:`rnncomp.weights.DerivedWeights`: derived
+weights and constants are ordinary parameters there); this model computes them before each
+call and chains their gradients back after it, so it takes and returns the parameters the
+user declared.  Everything else (validation, the time loop, memory schedules) is the inner
+model's.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..initializers import init_all, specs as init_specs
+from ..show import TextShown
+from .validate import _array, _check_names
+from .vjp import Gradients
+
+
+class DerivedModel(TextShown):
+    """``rc.compile`` of a cell with derived weights: same calls as the backend's model."""
+
+    def __init__(self, cell, backend: str, dtype, options: dict):
+        from ..compile import compile as rc_compile
+        from ..weights import DerivedWeights
+        self.weights = DerivedWeights(cell)
+        self.inner = rc_compile(self.weights.plain, backend=backend, dtype=dtype, **options)
+        self.backend, self.dtype, self.step = backend, self.inner.dtype, cell.step
+        self.cell, self._options = cell, dict(options)
+        self._param_specs_init = {n: s for n, s in init_specs(cell).items()}
+
+    def init_params(self, seed: int = 0) -> dict:
+        return init_all(self._param_specs_init, seed, self.dtype)
+
+    def _full(self, params):
+        """The inner model's parameters, after the declared ones are checked here (their names
+        are the user's, not the plain cell's)."""
+        name = self.cell.name
+        if not isinstance(params, dict):
+            from ..errors import CallError
+            raise CallError(f"cell {name!r}: params must be a dict of arrays (from model.init_params)")
+        _check_names(name, "params", params, list(self.weights.params))
+        checked = {n: _array(name, f"param {n!r}", params[n], s if isinstance(s, tuple) else (s,), self.dtype, True)
+                   for n, s in self.weights.params.items()}
+        return checked, self.weights.expand(checked, self.dtype)
+
+    def _grads(self, checked, grads):
+        return self.weights.pullback(checked, grads, self.dtype)
+
+    # ------------------------------------------------------------------ the calls
+    def forward(self, params, inputs, h0=None, *, keep=False, **kw):
+        checked, full = self._full(params)
+        out = self.inner.forward(full, inputs, h0, keep=keep, **kw)
+        return _Kept(self, checked, out) if keep else out
+
+    def forward_keep(self, params, inputs, h0=None, **kw):
+        return self.forward(params, inputs, h0, keep=True, **kw)
+
+    def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None, **kw):
+        checked, full = self._full(params)
+        loss, grads, final = self.inner.loss_and_grad(full, inputs, targets, h0, mask, **kw)
+        return loss, self._grads(checked, grads), final
+
+    def vjp(self, params, inputs, h0=None, **kw) -> Gradients:
+        checked, full = self._full(params)
+        g = self.inner.vjp(full, inputs, h0, **kw)
+        return Gradients(self._grads(checked, g.params), g.inputs, g.h0, g.loss)
+
+    def _text(self) -> str:
+        extra = ", ".join(n.replace("%", "") for n in self.weights.outs)
+        return self.inner._text().replace("<", "<derived weights (" + extra + ") over ", 1)
+
+    def __reduce__(self):
+        return (_recompile, (self.cell, self.backend, self.dtype.name, self._options))
+
+
+def _recompile(cell, backend, dtype, options):
+    return DerivedModel(cell, backend, np.dtype(dtype), options)
+
+
+class _Kept:
+    """A kept forward of the inner model whose backward returns the declared parameters' gradients."""
+
+    def __init__(self, model, checked, kept):
+        self._model, self._checked, self._kept = model, checked, kept
+        self.outputs, self.final, self.loss = kept.outputs, kept.final, kept.loss
+
+    def __iter__(self):
+        return iter((self.outputs, self.final))
+
+    def backward(self, d_outputs=None, d_final=None) -> Gradients:
+        g = self._kept.backward(d_outputs, d_final)
+        return Gradients(self._model._grads(self._checked, g.params), g.inputs, g.h0, g.loss)
+
+    def free(self) -> None:
+        self._kept.free()

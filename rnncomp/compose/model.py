@@ -1,0 +1,232 @@
+"""``rc.compile(composition, backend=...)``: a compiled model of a stack or bidirectional layer.
+
+Each distinct cell inside is compiled once for the backend (a cell used twice, as both
+directions of a bidirectional layer are, shares its compiled model), and the calls of the
+compiled cells are chained through their VJP entry points (:mod:`.run`).  The interface is a
+compiled cell's -- ``forward`` (also ``keep=True``), ``loss_and_grad``, ``vjp``,
+``init_params`` -- with names prefixed by layer (:mod:`.layers`), plus ``lengths=``.
+
+    >>> import numpy as np, rnncomp as rc
+    >>> model = rc.compile(rc.Stack([rc.cells.gru(3, 8, 4), rc.cells.elman(4, 8, 2)]))
+    >>> params = model.init_params(seed=0)
+    >>> x, t = np.ones((5, 2, 3)), np.zeros((5, 2, 2))
+    >>> loss, grads, final = model.loss_and_grad(params, {"x": x}, {"target": t})
+    >>> sorted(final), grads["l0.Wz"].shape
+    (['l0.h', 'l1.h'], (8, 3))
+
+Lengths: a model with a bidirectional layer reverses each sequence within its own length.
+Give ``lengths=`` (N,), or a ``mask=``: then each sequence's length is taken as its last
+step of nonzero weight (what ``rc.Trainer.fit(lengths=...)`` passes down), so the steps
+after it are padding.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ..backends.vjp import Gradients, check_cotangents
+from ..errors import CallError
+from ..show import TextShown
+from .layers import Composition, _prefixed, split
+from .run import BiRun, CellRun, Ctx, StackRun
+from .stack import Stack
+
+
+class ComposedModel(TextShown):
+    """The compiled model of a :class:`~.stack.Stack` or :class:`~.bidirectional.Bidirectional`.
+
+    ``seed``: of the generator that draws the dropout masks (``model.rng``, drawn from at each
+    training call).  ``parallel``: run the two directions of a bidirectional layer at once in
+    two threads (default: on the native backend when there are two cores or more)."""
+
+    takes_lengths = True  # forward(lengths=...): rc.Trainer.predict passes them in one call
+
+    def __init__(self, comp: Composition, backend: str, dtype="float64", *, seed: int = 0, parallel=None,
+                 **options):
+        from ..compile import compile as rc_compile
+        self._made_with = dict(options, seed=seed, parallel=parallel)  # what pickling compiles again with
+        self.comp, self.step, self.backend = comp, comp.step, backend
+        self.dtype = np.dtype(dtype)
+        self.rng = np.random.default_rng(seed)
+        if parallel is None:
+            parallel = backend == "native" and (os.cpu_count() or 1) >= 2
+        self.parallel = bool(parallel)
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="rnncomp-bidirectional") if self.parallel else None
+        self._options, self._models = dict(options), {}  # one compiled model per distinct cell
+        self._compile = lambda cell, opts: rc_compile(cell, backend=backend, dtype=dtype, **opts)
+        self._run = self._runner(comp, inside_bi=False)
+        self.models = list(self._models.values())
+
+    def _runner(self, layer, inside_bi: bool):
+        if isinstance(layer, Stack):
+            return StackRun(layer, [self._runner(l, inside_bi) for l in layer.layers])
+        if isinstance(layer, Composition):  # Bidirectional
+            return BiRun(layer, self._runner(layer.cell, True), self._pool)
+        opts = dict(self._options)
+        if inside_bi and self.parallel and self.backend == "native":
+            opts.setdefault("threads", 1)  # the two directions already take a core each
+        key = (id(layer), tuple(sorted(opts.items(), key=str)))
+        if key not in self._models:
+            self._models[key] = self._compile(layer, opts)
+        return CellRun(self._models[key])
+
+    def init_params(self, seed: int = 0) -> dict:
+        return self.comp.init_params(seed, self.dtype)
+
+    def _text(self) -> str:
+        return (f"<ComposedModel of {self.comp.name!r} ({len(self.step.params)} parameter arrays, "
+                f"{len(self._models)} compiled cell(s)): backend={self.backend!r}, dtype={self.dtype.name!r}>")
+
+    def __reduce__(self):  # as a compiled cell: its declaration, compiled again where it is unpickled
+        from ..train.checkpoint import cell_to_dict
+        return (_recompile, (cell_to_dict(self.comp), self.backend, self.dtype.name, self._made_with))
+
+    # ------------------------------------------------------------------ checking
+    def _ctx(self, params, inputs, h0, mask, lengths, check_finite, training) -> Ctx:
+        st, where = self.step, self.comp.name
+        if not isinstance(params, dict):
+            raise CallError(f"{where}: params must be a dict of arrays (from model.init_params)")
+        missing = [p for p in st.params if p not in params]
+        unknown = sorted(p for p in params if p not in st.params)
+        if missing or unknown:
+            what = (f"missing params {', '.join(map(repr, missing))}" if missing else
+                    f"unknown params {', '.join(map(repr, unknown))}")
+            raise CallError(f"{where}: {what}; its parameters are named <layer>.<name>: "
+                            f"{', '.join(map(repr, st.params))}")
+        if h0 is not None and not isinstance(h0, dict):
+            raise CallError(f"{where}: h0 must be a dict keyed by {', '.join(map(repr, st.states))}")
+        bad = sorted(s for s in (h0 or {}) if s not in st.states)
+        if bad:
+            raise CallError(f"{where}: unknown initial states (h0) {', '.join(map(repr, bad))}; states: "
+                            f"{', '.join(map(repr, st.states))}")
+        T, B = self._sizes(inputs)
+        if lengths is not None:
+            from ..train.data import check_lengths
+            lengths = check_lengths(lengths, T, B)
+        elif mask is not None and self.comp.reads_lengths:  # what Trainer.fit(lengths=) passes down
+            lengths = lengths_from_mask(mask, T, B)
+        return Ctx(lengths, self.rng if training else None, check_finite)
+
+    def _sizes(self, inputs):
+        first = next(iter(inputs.values()), None) if isinstance(inputs, dict) else inputs
+        shape = np.shape(first) if first is not None else ()
+        if len(shape) != 3:  # the bottom layer's model says what is wrong
+            return 0, 0
+        return shape[0], shape[1]
+
+    def _inputs(self, inputs) -> dict:
+        names = list(self.step.inputs)
+        if isinstance(inputs, dict) or len(names) != 1:
+            return inputs
+        return {names[0]: inputs}
+
+    def _targets(self, targets) -> dict | None:
+        names = list(self.step.targets)
+        if targets is None or isinstance(targets, dict) or len(names) != 1:
+            return targets
+        return {names[0]: targets}
+
+    # ------------------------------------------------------------------ calls
+    def forward(self, params, inputs, h0=None, *, targets=None, keep=False, mask=None, wrt=None, outputs=None,
+                lengths=None, check_finite=True):
+        """``(outputs {name: (T, B, n)}, final states {layer.state: (B, n)})``; with
+        ``keep=True`` a kept forward (``.outputs``, ``.final``, ``.backward(d_outputs, d_final)``,
+        docs/vjp.md).  ``lengths`` (B,): see the module docstring; with them the final states
+        of ``forward`` are those after each sequence's own last step (of a kept forward, after
+        step T)."""
+        inputs, targets = self._inputs(inputs), self._targets(targets)
+        if keep:
+            return self._keep(params, inputs, h0, targets, mask, wrt, outputs, lengths, check_finite)
+        ctx = self._ctx(params, inputs, h0, None, lengths, check_finite, training=False)
+        return self._run.forward(params, inputs, h0, ctx, targets)
+
+    def _keep(self, params, inputs, h0, targets, mask, wrt, outputs, lengths, check_finite):
+        ctx = self._ctx(params, inputs, h0, mask, lengths, check_finite, training=True)
+        if targets is not None and not self.step.has_loss:
+            raise CallError(f"{self.comp.name}: targets given but its top layer has no loss")
+        if isinstance(outputs, str):
+            outputs = (outputs,)
+        bad = [o for o in (outputs or ()) if o not in self.step.outputs]
+        if bad:
+            raise CallError(f"{self.comp.name}: outputs {', '.join(map(repr, bad))} are not outputs; outputs: "
+                            f"{', '.join(map(repr, self.step.outputs))}")
+        kept = self._run.keep(params, inputs, h0, ctx, targets=targets, mask=mask, wrt=wrt, outputs=outputs)
+        return ComposedKept(self, kept, self._sizes(inputs))
+
+    def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None, *, lengths=None, check_finite=True):
+        """Loss (the top layer's: the masked mean of its per-step costs), the gradient of every
+        parameter of every layer, final states."""
+        if not self.step.has_loss:
+            raise CallError(f"{self.comp.name} has no loss: its top layer declares none (put a cell with "
+                            "a loss on top with rc.Stack)")
+        inputs, targets = self._inputs(inputs), self._targets(targets)
+        comp = self.comp
+        if isinstance(comp, Stack) and len(comp.layers) == 1 and isinstance(self._run.runs[0], CellRun):
+            self._ctx(params, inputs, h0, mask, lengths, check_finite, training=True)
+            (p,), (h,) = split(params, comp.prefixes), split(h0, comp.prefixes)
+            loss, grads, final = self._run.runs[0].model.loss_and_grad(p, inputs, targets, h or None, mask,
+                                                                       check_finite=check_finite)
+            return loss, _prefixed(grads, "l0"), _prefixed(final, "l0")  # exactly the cell's numbers
+        kept = self._keep(params, inputs, h0, targets, mask, (), (), lengths, check_finite)
+        try:
+            g = kept.backward()
+        finally:
+            kept.free()
+        return g.loss, g.params, kept.final
+
+    def vjp(self, params, inputs, h0=None, *, d_outputs=None, d_final=None, targets=None, mask=None, wrt=None,
+            lengths=None, check_finite=True) -> Gradients:
+        """Gradients in and out in one call (docs/vjp.md): ``d_outputs`` {output: (T, B, n)},
+        ``d_final`` {layer.state: (B, n)} in; parameters, inputs (``wrt``) and initial states out."""
+        names = tuple(o for o in self.step.outputs if o in (d_outputs or {}))
+        kept = self._keep(params, self._inputs(inputs), h0, self._targets(targets), mask, wrt, names, lengths,
+                          check_finite)
+        try:
+            return kept.backward(d_outputs, d_final)
+        finally:
+            kept.free()
+
+
+def _recompile(declaration: dict, backend: str, dtype: str, options: dict):
+    from ..compile import compile as rc_compile
+    from ..train.checkpoint import cell_from_dict
+    return rc_compile(cell_from_dict(declaration, "pickled model"), backend=backend, dtype=dtype, **options)
+
+
+def lengths_from_mask(mask, T: int, B: int) -> np.ndarray:
+    """Each sequence's length from a (T, B) or (T,) mask: its last step of nonzero weight + 1
+    (T where no step has weight)."""
+    m = np.asarray(mask)
+    if m.shape == (T,):
+        m = np.repeat(m[:, None], B, axis=1)
+    if m.shape != (T, B):
+        raise CallError(f"mask has shape {m.shape}, expected ({T}, {B}) or ({T},)")
+    nz = m != 0
+    last = T - np.argmax(nz[::-1], axis=0)
+    return np.where(nz.any(axis=0), last, T).astype(np.int64)
+
+
+class ComposedKept:
+    """A composition's kept forward: like a cell's (docs/vjp.md), names prefixed by layer."""
+
+    def __init__(self, model, kept, sizes):
+        self._model, self._kept = model, kept
+        self.outputs, self.final, self.loss = kept.outputs, kept.final, kept.loss
+        self.T, self.B = sizes
+
+    def __iter__(self):
+        return iter((self.outputs, self.final))
+
+    def backward(self, d_outputs=None, d_final=None) -> Gradients:
+        m = self._model
+        if self._kept is None:
+            raise CallError(f"{m.comp.name}: backward on a forward whose buffers were freed")
+        d_out, d_fin = check_cotangents(m.step, m.dtype, self.T, self.B, d_outputs, d_final)
+        return self._kept.backward(d_out or None, d_fin or None)
+
+    def free(self) -> None:
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            kept.free()

@@ -1,0 +1,239 @@
+"""Running a composition: one runner per layer, and the kept forward whose backward chains them.
+
+Every runner has the same two calls, on names local to its layer:
+
+    forward(params, inputs, h0, ctx)   → (outputs, final)          no gradient kept
+    keep(params, inputs, h0, ctx, *, targets, mask, wrt, outputs)
+                                       → a kept forward: .outputs, .final, .loss,
+                                         .backward(d_outputs, d_final) → Gradients, .free()
+
+A cell's runner is its compiled model (``forward(keep=True)``, docs/vjp.md).  A stack's
+runs its layers one after the other over all T (each layer's products hoisted over all
+steps by its own compiled model), and its backward runs them top to bottom, the cotangent of
+layer k's input becoming that of layer k-1's output.  A bidirectional layer's runs its cell
+over the sequence and over each sequence reversed within its length.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..backends.vjp import Gradients
+from ..errors import CallError
+from .bidirectional import reverse
+from .layers import _prefixed, split
+
+
+_worker = threading.local()  # .busy: this thread runs the second direction of a bidirectional layer
+
+
+@dataclass
+class Ctx:
+    """What one call passes down to every layer: the sequence lengths (None: all T), the
+    dropout generator of a training call (None: no dropout), whether to check finiteness."""
+
+    lengths: np.ndarray | None
+    rng: np.random.Generator | None
+    check_finite: bool
+
+
+@contextmanager
+def in_layer(where: str):
+    """A call error inside a layer names the layer (``stack(lstm, gru), layer l1: cell 'gru': ...``)."""
+    try:
+        yield
+    except CallError as exc:
+        raise CallError(f"{where}: {exc}") from None
+
+
+class CellRun:
+    """A cell: its compiled model."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def forward(self, params, inputs, h0, ctx, targets=None):
+        """With lengths: run up to each distinct length in turn, so that the final states are
+        those after each sequence's own last step (the outputs are those of one call)."""
+        fwd = lambda x, h, t: self.model.forward(params, x, h, targets=t, check_finite=ctx.check_finite)  # noqa: E731
+        T = next(iter(inputs.values())).shape[0]
+        if ctx.lengths is None or ctx.lengths.min() == T:
+            return fwd(inputs, h0, targets)
+        cut = lambda d, lo, hi: None if d is None else {k: v[lo:hi] for k, v in d.items()}  # noqa: E731
+        pieces, final, state, lo = [], None, h0, 0
+        for end in np.unique(ctx.lengths):
+            out, state = fwd(cut(inputs, lo, end), state, cut(targets, lo, end))
+            pieces.append(out)
+            final = final or {k: np.zeros_like(v) for k, v in state.items()}
+            for k, v in state.items():
+                final[k][ctx.lengths == end] = v[ctx.lengths == end]
+            lo = int(end)
+        if lo < T:  # the padding after the longest sequence: its outputs, like one call's
+            pieces.append(fwd(cut(inputs, lo, T), state, cut(targets, lo, T))[0])
+        return {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}, final
+
+    def keep(self, params, inputs, h0, ctx, *, targets=None, mask=None, wrt=None, outputs=None):
+        return self.model.forward(params, inputs, h0, keep=True, targets=targets, mask=mask, wrt=wrt,
+                                  outputs=outputs, check_finite=ctx.check_finite)
+
+
+class StackRun:
+    """Layers bottom to top; ``feeds[k]`` = (output of layer k, input of layer k+1)."""
+
+    def __init__(self, comp, runs):
+        self.name, self.prefixes, self.runs = comp.name, comp.prefixes, runs
+        self.feeds, self.dropout = comp.feeds, comp.dropout
+
+    def forward(self, params, inputs, h0, ctx, targets=None):
+        ps, hs = split(params, self.prefixes), split(h0, self.prefixes)
+        final, x = {}, inputs
+        for i, run in enumerate(self.runs):
+            top = i == len(self.runs) - 1
+            with in_layer(f"{self.name}, layer {self.prefixes[i]}"):
+                out, fin = run.forward(ps[i], x, hs[i], ctx, targets if top else None)
+            final.update(_prefixed(fin, self.prefixes[i]))
+            if not top:
+                o, nxt = self.feeds[i]
+                x = {nxt: out[o]}
+        return out, final
+
+    def keep(self, params, inputs, h0, ctx, *, targets=None, mask=None, wrt=None, outputs=None):
+        ps, hs = split(params, self.prefixes), split(h0, self.prefixes)
+        kept, drops, x = [], [], inputs
+        try:
+            for i, run in enumerate(self.runs):
+                top = i == len(self.runs) - 1
+                below = wrt if i == 0 else (self.feeds[i - 1][1],)  # what the layer below needs
+                with in_layer(f"{self.name}, layer {self.prefixes[i]}"):
+                    k = run.keep(ps[i], x, hs[i], ctx, targets=targets if top else None,
+                                 mask=mask if top else None, wrt=below,
+                                 outputs=outputs if top else (self.feeds[i][0],))
+                kept.append(k)
+                if not top:
+                    o, nxt = self.feeds[i]
+                    y, keep_mask = k.outputs[o], None
+                    if self.dropout and ctx.rng is not None:  # inverted dropout on the wire
+                        keep_mask = (ctx.rng.random(y.shape) >= self.dropout) / (1.0 - self.dropout)
+                        y = np.ascontiguousarray(y * keep_mask.astype(y.dtype))
+                    drops.append(keep_mask)
+                    x = {nxt: y}
+        except BaseException:
+            for k in kept:
+                k.free()
+            raise
+        return StackKept(self, kept, drops)
+
+
+class StackKept:
+    def __init__(self, run, kept, drops):
+        self.run, self.kept, self.drops = run, kept, drops
+        top = kept[-1]
+        self.outputs, self.loss = top.outputs, top.loss
+        self.final = {}
+        for p, k in zip(run.prefixes, kept):
+            self.final.update(_prefixed(k.final, p))
+
+    def backward(self, d_outputs=None, d_final=None) -> Gradients:
+        run = self.run
+        fins = split(d_final, run.prefixes)
+        params, h0 = {}, {}
+        d_out = d_outputs
+        for i in reversed(range(len(self.kept))):
+            with in_layer(f"{run.name}, layer {run.prefixes[i]}"):
+                g = self.kept[i].backward(d_outputs=d_out, d_final=fins[i] or None)
+            params.update(_prefixed(g.params, run.prefixes[i]))
+            h0.update(_prefixed(g.h0, run.prefixes[i]))
+            if i:
+                o, x = run.feeds[i - 1]
+                d = g.inputs[x]
+                if self.drops[i - 1] is not None:
+                    d = np.ascontiguousarray(d * self.drops[i - 1].astype(d.dtype))
+                d_out = {o: d}
+        return Gradients(params, g.inputs, h0, self.loss)
+
+    def free(self) -> None:
+        for k in self.kept:
+            k.free()
+
+
+class BiRun:
+    """A cell (or stack) over the sequence (``fwd``) and over it reversed (``bwd``); on the
+    native backend the two directions run at once in two threads (the compiled calls
+    release the GIL), when ``pool`` is given."""
+
+    def __init__(self, comp, run, pool: ThreadPoolExecutor | None):
+        self.name, self.merge, self.run, self.pool = comp.name, comp.merge, run, pool
+        self.sizes = dict(comp.cell.step.outputs)
+
+    def _both(self, f, b):
+        """``(f(), b())``, at once when there is a pool (one after the other inside a pool's
+        thread: a bidirectional layer nested in another must not wait on a busy pool)."""
+        if self.pool is None or getattr(_worker, "busy", False):
+            return f(), b()
+
+        def in_worker():
+            _worker.busy = True
+            try:
+                return b()
+            finally:
+                _worker.busy = False
+
+        fut = self.pool.submit(in_worker)
+        try:
+            first = f()
+        finally:
+            second = fut.result()
+        return first, second
+
+    def _merged(self, yf: dict, yb: dict, lengths) -> dict:
+        out = {}
+        for o in self.sizes:
+            back = reverse(yb[o], lengths)
+            out[o] = np.concatenate([yf[o], back], axis=-1) if self.merge == "concat" else yf[o] + back
+        return out
+
+    def forward(self, params, inputs, h0, ctx, targets=None):
+        (pf, pb), (hf, hb) = split(params, ["fwd", "bwd"]), split(h0, ["fwd", "bwd"])
+        xr = {k: reverse(v, ctx.lengths) for k, v in inputs.items()}
+        with in_layer(f"{self.name}, layer fwd / bwd"):
+            (yf, ff), (yb, fb) = self._both(lambda: self.run.forward(pf, inputs, hf, ctx),
+                                            lambda: self.run.forward(pb, xr, hb, ctx))
+        return self._merged(yf, yb, ctx.lengths), {**_prefixed(ff, "fwd"), **_prefixed(fb, "bwd")}
+
+    def keep(self, params, inputs, h0, ctx, *, targets=None, mask=None, wrt=None, outputs=None):
+        (pf, pb), (hf, hb) = split(params, ["fwd", "bwd"]), split(h0, ["fwd", "bwd"])
+        xr = {k: reverse(v, ctx.lengths) for k, v in inputs.items()}
+        with in_layer(f"{self.name}, layer fwd / bwd"):
+            kf, kb = self._both(lambda: self.run.keep(pf, inputs, hf, ctx, wrt=wrt, outputs=outputs),
+                                lambda: self.run.keep(pb, xr, hb, ctx, wrt=wrt, outputs=outputs))
+        return BiKept(self, kf, kb, ctx.lengths)
+
+
+class BiKept:
+    def __init__(self, run, kf, kb, lengths):
+        self.run, self.kf, self.kb, self.lengths = run, kf, kb, lengths
+        self.outputs = run._merged(kf.outputs, kb.outputs, lengths)
+        self.final = {**_prefixed(kf.final, "fwd"), **_prefixed(kb.final, "bwd")}
+        self.loss = None
+
+    def backward(self, d_outputs=None, d_final=None) -> Gradients:
+        run, lengths = self.run, self.lengths
+        df, db = {}, {}
+        for o, d in (d_outputs or {}).items():
+            n = run.sizes[o]
+            f, b = (d[..., :n], d[..., n:]) if run.merge == "concat" else (d, d)
+            df[o], db[o] = np.ascontiguousarray(f), reverse(b, lengths)
+        ff, fb = split(d_final, ["fwd", "bwd"])
+        gf, gb = run._both(lambda: self.kf.backward(d_outputs=df, d_final=ff or None),
+                           lambda: self.kb.backward(d_outputs=db, d_final=fb or None))
+        d_in = {x: gf.inputs[x] + reverse(gb.inputs[x], lengths) for x in gf.inputs}
+        return Gradients({**_prefixed(gf.params, "fwd"), **_prefixed(gb.params, "bwd")}, d_in,
+                         {**_prefixed(gf.h0, "fwd"), **_prefixed(gb.h0, "bwd")}, None)
+
+    def free(self) -> None:
+        self.kf.free()
+        self.kb.free()

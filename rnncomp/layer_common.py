@@ -1,0 +1,123 @@
+"""What the framework layers (:mod:`rnncomp.torch`, :mod:`rnncomp.jax`) share: the checks
+(a cell can be a layer; the names a call passes; lengths) and the plan of a padded batch.
+Imports no framework."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .backends.validate import forward_targets
+from .errors import CallError, CellError
+
+
+def check_layer_cell(step, output, who: str) -> None:
+    """``step`` (a cell's) can be a layer returning ``output`` (an output name or None)."""
+    if output is not None and output not in step.outputs:
+        states = f"; {output!r} is a state: declare an output that returns it" if output in step.states else ""
+        raise CellError(f"cell {step.name!r}: {who}(output={output!r}) names no output of the cell "
+                        f"(outputs: {', '.join(map(repr, step.outputs)) or 'none'}){states}")
+    if not step.inputs:
+        raise CellError(f"cell {step.name!r}: {who} needs a cell with at least one input")
+    if forward_targets(step):
+        raise CellError(f"cell {step.name!r}: its outputs or updates read target "
+                        f"{', '.join(map(repr, forward_targets(step)))} (teacher forcing), which a "
+                        "layer does not pass; make it an input of the cell")
+
+
+def named(step, kind: str, value, names, arrays: str = "arrays") -> dict:
+    """``value`` as {name: array}: a dict with known names, None (empty), or one array where
+    the cell has one name of this kind."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(names))
+        if unknown:
+            raise CallError(f"cell {step.name!r}: {kind} names {', '.join(map(repr, unknown))}; "
+                            f"expected {', '.join(map(repr, names)) or 'none'}")
+        return value
+    if len(names) == 1:
+        return {names[0]: value}
+    raise CallError(f"cell {step.name!r}: {kind} must be a dict of {arrays} keyed by "
+                    f"{', '.join(map(repr, names))} (the cell has {len(names)}), got {type(value).__name__}")
+
+
+def missing_inputs(step, xs: dict) -> None:
+    missing = [n for n in step.inputs if n not in xs]
+    if missing:
+        raise CallError(f"cell {step.name!r}: missing input {', '.join(map(repr, missing))}")
+
+
+def check_lengths(step, lengths, T: int, B: int) -> list:
+    """``lengths`` as B Python ints from 1 to T."""
+    lengths = list(lengths)
+    if len(lengths) != B or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and 1 <= n <= T
+                                    for n in lengths):
+        raise CallError(f"cell {step.name!r}: lengths must be {B} ints (one per sequence) from 1 to T = {T}, "
+                        f"got {lengths}")
+    return [int(n) for n in lengths]
+
+
+@dataclass
+class Chunk:
+    """One call of a padded batch: steps ``start`` to ``stop`` of the batch ``rows`` (in
+    batch order); of those, the ones at positions ``done`` end at ``stop``, ``going`` go on."""
+
+    start: int
+    stop: int
+    rows: list
+    done: list
+    going: list
+
+
+def padded_plan(lengths: list) -> tuple[list, list]:
+    """A padded batch as one call per distinct length (each call's final states are the next
+    one's h0: chained calls, docs/vjp.md), and ``back``: for each batch row, where its final
+    states are among the finals of the ended sequences, concatenated in the order they ended.
+
+    >>> chunks, back = padded_plan([3, 1, 3])
+    >>> [(c.start, c.stop, c.rows, c.done) for c in chunks], back
+    ([(0, 1, [0, 1, 2], [1]), (1, 3, [0, 2], [0, 1])], [1, 0, 2])
+    """
+    rows, chunks, ended, start = list(range(len(lengths))), [], [], 0
+    for stop in sorted(set(lengths)):
+        done = [i for i, r in enumerate(rows) if lengths[r] == stop]
+        going = [i for i, r in enumerate(rows) if lengths[r] != stop]
+        chunks.append(Chunk(start, stop, rows, done, going))
+        ended += [rows[i] for i in done]
+        rows, start = [rows[i] for i in going], stop
+    return chunks, sorted(range(len(lengths)), key=ended.__getitem__)
+
+
+@dataclass
+class ArrayOps:
+    """The four array operations :func:`run_padded` needs, in one framework's terms."""
+
+    take: Callable    # take(a, rows: list, axis) -> the rows of a along axis
+    spread: Callable  # spread(o (t, r, n), rows: list, B) -> (t, B, n), o's rows at rows, zeros elsewhere
+    zeros: Callable   # zeros(like, shape) -> zeros of like's dtype
+    cat: Callable     # cat(list of arrays) along axis 0
+
+
+def run_padded(lengths: list, T: int, inputs: list, states: list, call, ops: ArrayOps):
+    """A padded batch by :func:`padded_plan`: ``call(inputs, states) -> (outputs, finals)``
+    (lists, time-major) once per chunk.  Returns (outputs (T, B, n), zeros after each
+    sequence's end; final states after each sequence's own last step)."""
+    B = len(lengths)
+    chunks, back = padded_plan(lengths)
+    out_parts, final_parts = None, [[] for _ in states]
+    for c in chunks:
+        whole = len(c.rows) == B
+        sub = [x[c.start:c.stop] if whole else ops.take(x[c.start:c.stop], c.rows, 1) for x in inputs]
+        outs, states = call(sub, states)
+        out_parts = out_parts or [[] for _ in outs]
+        for parts, o in zip(out_parts, outs):
+            parts.append(o if whole else ops.spread(o, c.rows, B))
+        for parts, s in zip(final_parts, states):
+            parts.append(ops.take(s, c.done, 0))
+        states = [ops.take(s, c.going, 0) for s in states] if c.going else []
+    if c.stop < T:
+        for parts, o in zip(out_parts, outs):
+            parts.append(ops.zeros(o, (T - c.stop, B, o.shape[2])))
+    return [ops.cat(p) for p in out_parts], [ops.take(ops.cat(p), back, 0) for p in final_parts]

@@ -1,0 +1,210 @@
+"""rnncomp.jax: the layer against the NumPy oracle, finite differences, jit and vmap.
+
+Tolerances: float64 (x64 enabled per test).  The native layer and the oracle compute the
+same sums in different orders: rtol 1e-10.  ``jax.test_util.check_grads`` compares
+reverse-mode products with a central difference in one random direction; with a step of
+1e-6 its truncation error is ~1e-12 and its rounding error ~1e-10, so rtol = atol = 1e-7
+(its defaults, 1e-5 with a step of 1e-4, let a 0.1 % error through).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax", reason="rnncomp.jax needs JAX (pip install 'rnncomp[jax]')")
+
+import jax.numpy as jnp  # noqa: E402
+from jax.test_util import check_grads  # noqa: E402
+
+import rnncomp as rc  # noqa: E402
+import rnncomp.jax  # noqa: E402,F401
+from rnncomp.errors import CallError, CellError  # noqa: E402
+
+from layer_cells import two_inputs_learned_state  # noqa: E402
+
+RTOL = 1e-10
+FD_EPS, FD_TOL = 1e-6, 1e-7
+
+
+@contextlib.contextmanager
+def x64_enabled(on: bool):
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", on)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", before)
+
+
+@pytest.fixture(autouse=True)
+def x64():
+    with x64_enabled(True):
+        yield
+
+
+def _data(cell, T, B, seed):
+    rng = np.random.default_rng(seed)
+    st = cell.step
+    params = {n: v + rng.normal(0, 0.3, v.shape) for n, v in cell.init_params(seed).items()}
+    xs = {n: rng.normal(size=(T, B, s)) for n, s in st.inputs.items()}
+    d_out = {o: rng.normal(size=(T, B, n)) for o, n in st.outputs.items()}
+    d_fin = {s: rng.normal(size=(B, n)) for s, n in st.states.items()}
+    return rng, params, xs, d_out, d_fin
+
+
+def _close(a, b, what):
+    np.testing.assert_allclose(np.asarray(a), b, rtol=RTOL, atol=RTOL * (1 + np.abs(b).max()), err_msg=what)
+
+
+@pytest.mark.parametrize("name", ["elman", "gru", "lstm", "two"])
+def test_layer_matches_the_numpy_oracle_under_jit(name):
+    """Outputs, final states and jax.vjp's cotangents of params, inputs and the given h0,
+    under jax.jit, against the oracle's forward and vjp."""
+    cell = two_inputs_learned_state() if name == "two" else rc.cells.get(name)(3, 4, 2)
+    st = cell.step
+    rng, params, xs, d_out, d_fin = _data(cell, 5, 3, 0)
+    first = next(iter(st.states)) if name != "two" else "c"  # "two": h from its learned state
+    h0 = {first: rng.normal(size=(3, st.states[first]))}
+    layer = rc.jax.recurrent(cell, dtype="float64")
+
+    @jax.jit
+    def run(params, xs, h0):
+        return jax.vjp(lambda p, x, h: layer(p, x, h), params, xs, h0)
+
+    (outs, final), back = run(params, xs, h0)
+    d_params, d_xs, d_h0 = back((d_out, d_fin))
+    oracle = rc.compile(cell, backend="numpy")
+    want_outs, want_final = oracle.forward(params, xs, h0)
+    res = oracle.vjp(params, xs, h0, d_outputs=d_out, d_final=d_fin)
+    for o in st.outputs:
+        _close(outs[o], want_outs[o], f"output {o}")
+    for s in st.states:
+        _close(final[s], want_final[s], f"final {s}")
+    for p in st.params:
+        _close(d_params[p], res.params[p], f"gradient of {p}")
+    for x in st.inputs:
+        _close(d_xs[x], res.inputs[x], f"gradient of input {x}")
+    _close(d_h0[first], res.h0[first], f"gradient of h0 {first}")
+
+
+def test_check_grads_finite_differences():
+    """jax.test_util.check_grads (order 1, reverse mode) through params, both inputs, h0,
+    with a learned initial state among the parameters."""
+    cell = two_inputs_learned_state()
+    rng, params, xs, _, _ = _data(cell, 3, 2, 1)
+    layer = rc.jax.recurrent(cell, dtype="float64")
+    c0 = rng.normal(size=(2, 2))
+
+    def f(params, xs, c0):
+        outs, final = layer(params, xs, {"c": c0})
+        return outs["y"], outs["z"], final["h"], final["c"]
+
+    check_grads(f, (params, xs, c0), order=1, modes=["rev"], eps=FD_EPS, atol=FD_TOL, rtol=FD_TOL)
+    check_grads(jax.jit(f), (params, xs, c0), order=1, modes=["rev"], eps=FD_EPS, atol=FD_TOL, rtol=FD_TOL)
+
+
+def test_vmap_runs_one_call_per_element():
+    cell = rc.cells.elman(3, 4, 2)
+    _, params, _, _, _ = _data(cell, 4, 2, 2)
+    layer = rc.jax.recurrent(cell, output="y", dtype="float64")
+    xs = np.random.default_rng(3).normal(size=(3, 4, 2, 3))
+    got = jax.vmap(lambda x: layer(params, x)[0])(xs)
+    for i in range(3):
+        _close(got[i], np.asarray(layer(params, xs[i])[0]), f"element {i}")
+    grads = jax.vmap(jax.grad(lambda x: layer(params, x)[0].sum()))(xs)
+    for i in range(3):
+        _close(grads[i], np.asarray(jax.grad(lambda x: layer(params, x)[0].sum())(xs[i])), f"gradient {i}")
+
+
+def test_training_with_jax_grad_decreases_the_loss():
+    layer = rc.jax.recurrent(rc.cells.gru(2, 8, 1), output="y")  # float32
+    t = np.linspace(0, 6, 20, dtype=np.float32)
+    x = np.repeat(np.stack([np.sin(t), np.cos(t)], -1)[:, None], 4, 1)
+    target = np.repeat(np.sin(t + 0.5)[:, None, None], 4, 1)
+    loss = jax.jit(jax.value_and_grad(lambda p: jnp.mean((layer(p, x)[0] - target) ** 2)))
+    p = layer.init_params(seed=0)
+    first = None
+    for _ in range(60):
+        value, g = loss(p)
+        first = value if first is None else first
+        p = {k: v - 0.5 * g[k] for k, v in p.items()}
+    assert loss(p)[0] < 0.3 * first, (first, loss(p)[0])
+
+
+def test_bad_calls_are_named():
+    cell = rc.cells.lstm(3, 4, 2)
+    layer = rc.jax.recurrent(cell, output="y", dtype="float64")
+    p = layer.init_params()
+    x = np.zeros((5, 2, 3))
+    with pytest.raises(CallError, match=r"inputs\['x'\] has dtype float32, but the layer is float64"):
+        layer(p, x.astype(np.float32))
+    with pytest.raises(CallError, match=r"h0\['c'\] has shape \(3, 4\), expected \(2, 4\)"):
+        layer(p, x, {"c": np.zeros((3, 4))})
+    with pytest.raises(CallError, match=r"initial states \(h0\) names 'k'"):
+        layer(p, x, {"k": np.zeros((2, 4))})
+    with pytest.raises(CallError, match=r"params lacks 'Wi'"):
+        layer({k: v for k, v in p.items() if k != "Wi"}, x)
+    with pytest.raises(CallError, match=r"inputs must be \(T, B, n\) arrays, got shape \(2, 3\)"):
+        layer(p, x[0])
+    with pytest.raises(CellError, match=r"output='h'\) names no output.*'h' is a state"):
+        rc.jax.recurrent(cell, output="h")
+    with x64_enabled(False), pytest.raises(CallError, match="the layer is float64 but JAX runs in float32"):
+        layer(p, x)
+
+
+def test_nan_goes_through_like_any_jax_op():
+    """No exception inside the callback (undefined behaviour in JAX): NaN in, NaN out."""
+    cell = rc.cells.elman(3, 4, 2)
+    layer = rc.jax.recurrent(cell, output="y", dtype="float64")
+    x = np.zeros((3, 2, 3))
+    x[1, 0, 0] = np.nan
+    y, final = jax.jit(layer)(layer.init_params(), x)
+    assert np.isnan(np.asarray(y)[1:, 0]).all() and np.isfinite(np.asarray(y)[:, 1]).all()
+    assert np.isfinite(np.asarray(y)[0]).all() and np.isnan(np.asarray(final["h"])[0]).all()
+
+
+def test_doctest():
+    import doctest
+    with x64_enabled(False):
+        result = doctest.testmod(rc.jax)
+    assert result.failed == 0 and result.attempted > 0
+
+
+def test_lengths_of_a_padded_batch_match_one_call_per_sequence():
+    """Under jit (lengths static): outputs, final states and gradients of the padded batch
+    against each sequence run alone over its own steps."""
+    cell = two_inputs_learned_state()
+    rng, params, xs, _, _ = _data(cell, 6, 4, 5)
+    layer = rc.jax.recurrent(cell, dtype="float64")
+    lengths = [3, 6, 1, 3]
+    c0 = rng.normal(size=(4, 2))
+    d = {k: rng.normal(size=s) for k, s in (("y", (6, 4, 2)), ("z", (6, 4, 2)), ("h", (4, 3)), ("c", (4, 2)))}
+
+    def padded(params, xs, c0):
+        outs, final = layer(params, xs, {"c": c0}, lengths=lengths)
+        return (outs["y"] * d["y"]).sum() + (outs["z"] * d["z"]).sum() + (final["h"] * d["h"]).sum() \
+            + (final["c"] * d["c"]).sum(), (outs, final)
+
+    def alone(params, xs, c0):
+        total = 0
+        for b, n in enumerate(lengths):
+            o, f = layer(params, {k: v[:n, b:b + 1] for k, v in xs.items()}, {"c": c0[b:b + 1]})
+            total = total + (o["y"][:, 0] * d["y"][:n, b]).sum() + (o["z"][:, 0] * d["z"][:n, b]).sum() \
+                + (f["h"][0] * d["h"][b]).sum() + (f["c"][0] * d["c"][b]).sum()
+        return total
+
+    (value, (outs, final)), grads = jax.jit(jax.value_and_grad(padded, argnums=(0, 1, 2), has_aux=True))(
+        params, xs, c0)
+    want_value, want = jax.value_and_grad(alone, argnums=(0, 1, 2))(params, xs, c0)
+    _close(value, np.asarray(want_value), "the weighted sum")
+    for got_tree, want_tree in zip(grads, want):
+        for a, b in zip(jax.tree_util.tree_leaves(got_tree), jax.tree_util.tree_leaves(want_tree)):
+            _close(a, np.asarray(b), "gradient")
+    for b, n in enumerate(lengths):
+        assert not np.asarray(outs["z"])[n:, b].any(), "outputs after a sequence's end are zeros"
+    with pytest.raises(CallError, match="lengths must be static"):
+        jax.jit(lambda n: layer(params, xs, lengths=n))(np.array(lengths))
+    with pytest.raises(CallError, match=r"lengths must be 4 ints \(one per sequence\) from 1 to T = 6"):
+        layer(params, xs, lengths=[0, 6, 1, 3])

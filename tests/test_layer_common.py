@@ -1,0 +1,51 @@
+"""What the framework layers share (rnncomp/layer_common.py), without either framework."""
+import doctest
+import subprocess
+import sys
+
+import pytest
+
+import rnncomp as rc
+import rnncomp.layer_common as lc
+from rnncomp.errors import CallError, CellError
+
+
+def test_doctest():
+    result = doctest.testmod(lc)
+    assert result.failed == 0 and result.attempted > 0
+
+
+def test_padded_plan_runs_each_sequence_over_its_own_steps():
+    lengths = [4, 2, 4, 1, 2]
+    chunks, back = lc.padded_plan(lengths)
+    steps = {b: [] for b in range(5)}
+    ended = []
+    for c in chunks:
+        for r in c.rows:
+            steps[r] += list(range(c.start, c.stop))
+        ended += [c.rows[i] for i in c.done]
+        assert sorted(c.done + c.going) == list(range(len(c.rows)))
+    assert all(steps[b] == list(range(n)) for b, n in enumerate(lengths))
+    assert [ended[k] for k in back] == list(range(5))  # back[b]: where row b's finals are
+
+
+def test_cells_that_cannot_be_layers_are_named():
+    tf = rc.Cell("forced")
+    x, h, t = tf.input("x", 2), tf.state("h", 2), tf.target("t", 2)
+    tf.update(h, h + x + t)
+    with pytest.raises(CellError, match="read target 't' \\(teacher forcing\\)"):
+        lc.check_layer_cell(tf.step, None, "Recurrent")
+    none = rc.Cell("closed")
+    h = none.state("h", 2)
+    none.update(h, none.param("A", (2, 2)) @ h)
+    with pytest.raises(CellError, match="Recurrent needs a cell with at least one input"):
+        lc.check_layer_cell(none.step, None, "Recurrent")
+    with pytest.raises(CallError, match="lengths must be 2 ints"):
+        lc.check_lengths(none.step, [1, True], 3, 2)
+
+
+@pytest.mark.parametrize("module, extra", [("torch", "torch"), ("jax", "jax")])
+def test_the_layers_say_what_to_install(module, extra):
+    code = f"import sys; sys.modules[{module!r}] = None; import rnncomp.{module}"
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stderr
+    assert f"pip install 'rnncomp[{extra}]'" in err

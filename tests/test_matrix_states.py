@@ -1,0 +1,273 @@
+"""Matrix-valued states (#19): C = cell.state("C", (m, n)), rc.outer, C @ v, row gates, row sums.
+
+The zoo's mLSTM, fast-weights, delta-rule and diagonal linear recurrence cells (and a cell
+that uses every matrix op) are checked three ways: gradients against central finite
+differences in float64 (tests/gradcheck.py: rtol 1e-6 / atol 1e-8, its docstring says why);
+loss, final states and gradients against a PyTorch float64 loop with autograd, written here
+from the papers' equations (rtol 1e-10: the same float64 arithmetic summed in another order);
+and bad declarations as named ShapeErrors.  The native backend against the oracle (plain loops
+for the matrix ops); the PTX backend refuses matrix states with a CompileError for now.
+"""
+import numpy as np
+import pytest
+import sympy as sp
+
+import rnncomp as rc
+from rnncomp.errors import CellError, CompileError, ShapeError
+from rnncomp.zoo_matrix import MATRIX_ZOO
+from gradcheck import assert_matches_oracle, check_grads, random_data
+
+T, B, N_IN, N_H, N_OUT = 5, 3, 3, 4, 2
+
+
+def every_op():
+    """Per-row gates, outer products, C @ v, Cᵀ @ u, row and column sums, a matrix loss term."""
+    cell = rc.Cell("every_op")
+    x = cell.input("x", N_IN)
+    C = cell.state("C", (N_H, N_IN))
+    g = rc.sigmoid(cell.param("Wg", (N_H, N_IN)) @ x)              # one gate per row
+    cell.update(C, g * C + rc.outer(sp.tanh(cell.param("Wv", (N_H, N_IN)) @ x), x) / 2)
+    u = cell.param("u", N_H, init="ones")
+    y = cell.output("y", cell.param("V", (N_OUT, N_H)) @ (C.new @ x + rc.rowsum(C.new))
+                    + cell.param("Vc", (N_OUT, N_IN)) @ (C.new.T @ u + rc.colsum(C.new * C.new)))
+    t = cell.target("target", N_OUT)
+    cell.loss((y - t) ** 2 / 2)
+    return cell
+
+
+CELLS = dict(MATRIX_ZOO, every_op=lambda *a: every_op())
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_gradients_against_finite_differences(name):
+    cell = CELLS[name](N_IN, N_H, N_OUT)
+    params, x, t = random_data(cell, T, B)
+    check_grads(rc.compile(cell), params, x, t)
+
+
+# ----------------------------------------------------------------------------- PyTorch references
+def _mlstm(P, x, tg, torch):
+    dk = P["Wk"].shape[0]
+    C, n, m = torch.zeros(B, N_H, dk, dtype=torch.float64), torch.zeros(B, dk, dtype=torch.float64), \
+        torch.zeros(B, 1, dtype=torch.float64)
+    loss = 0
+    for s in range(T):
+        lin = lambda g: x[s] @ P[f"W{g}"].T + P[f"b{g}"]  # noqa: E731
+        q, k, v = lin("q"), lin("k") / dk ** 0.5, lin("v")
+        log_f = -torch.nn.functional.softplus(-lin("f"))
+        m_new = torch.maximum(log_f + m, lin("i"))
+        i, f = torch.exp(lin("i") - m_new), torch.exp(log_f + m - m_new)
+        C = f[:, :, None] * C + i[:, :, None] * v[:, :, None] * k[:, None, :]
+        n, m = f * n + i * k, m_new
+        den = torch.maximum((n * q).sum(1, keepdim=True).abs(), torch.exp(-m))
+        h = torch.sigmoid(lin("o")) * torch.einsum("bij,bj->bi", C, q) / den
+        loss = loss + (((h @ P["V"].T + P["by"]) - tg[s]) ** 2 / 2).sum()
+    return loss, {"C": C, "n": n, "m": m}
+
+
+def _fast_weights(P, x, tg, torch):
+    h, A = torch.zeros(B, N_H, dtype=torch.float64), torch.zeros(B, N_H, N_H, dtype=torch.float64)
+    loss = 0
+    for s in range(T):
+        z = h @ P["W"].T + x[s] @ P["U"].T + P["b"]
+        A = 0.9 * A + 0.5 * h[:, :, None] * h[:, None, :]
+        h = torch.tanh(z + torch.einsum("bij,bj->bi", A, torch.tanh(z)))
+        loss = loss + (((h @ P["V"].T + P["by"]) - tg[s]) ** 2 / 2).sum()
+    return loss, {"h": h, "A": A}
+
+
+def _delta_rule(P, x, tg, torch):
+    C = torch.zeros(B, N_H, P["Wk"].shape[0], dtype=torch.float64)
+    loss = 0
+    for s in range(T):
+        kr = x[s] @ P["Wk"].T
+        k = kr / torch.sqrt((kr ** 2).sum(1, keepdim=True) + 1e-6)
+        v, q = x[s] @ P["Wv"].T, x[s] @ P["Wq"].T
+        beta = torch.sigmoid(x[s] @ P["Wb"].T + P["bb"])
+        C = C - beta[:, :, None] * (torch.einsum("bij,bj->bi", C, k) - v)[:, :, None] * k[:, None, :]
+        y = torch.einsum("bij,bj->bi", C, q) @ P["V"].T + P["by"]
+        loss = loss + ((y - tg[s]) ** 2 / 2).sum()
+    return loss, {"C": C}
+
+
+def _diag_linear(P, x, tg, torch):
+    a = torch.exp(-torch.exp(P["nu"]))
+    h, loss = torch.zeros(B, N_H, dtype=torch.float64), 0
+    for s in range(T):
+        h = a * h + torch.sqrt(1 - a ** 2) * (x[s] @ P["B"].T)
+        loss = loss + (((h @ P["C"].T + x[s] @ P["D"].T) - tg[s]) ** 2 / 2).sum()
+    return loss, {"h": h}
+
+
+def _every_op(P, x, tg, torch):
+    C, loss = torch.zeros(B, N_H, N_IN, dtype=torch.float64), 0
+    for s in range(T):
+        g = torch.sigmoid(x[s] @ P["Wg"].T)
+        C = g[:, :, None] * C + torch.tanh(x[s] @ P["Wv"].T)[:, :, None] * x[s][:, None, :] / 2
+        r = torch.einsum("bij,bj->bi", C, x[s]) + C.sum(2)
+        c = torch.einsum("bij,i->bj", C, P["u"]) + (C * C).sum(1)
+        loss = loss + (((r @ P["V"].T + c @ P["Vc"].T) - tg[s]) ** 2 / 2).sum()
+    return loss, {"C": C}
+
+
+TORCH = {"mlstm": _mlstm, "fast_weights": _fast_weights, "delta_rule": _delta_rule,
+         "diag_linear": _diag_linear, "every_op": _every_op}
+
+
+@pytest.mark.parametrize("name", sorted(TORCH))
+def test_against_a_pytorch_float64_loop(name):
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (the reference loop needs it)")
+    cell = CELLS[name](N_IN, N_H, N_OUT)
+    params, x, t = random_data(cell, T, B, seed=4)
+    loss, grads, final = rc.compile(cell).loss_and_grad(params, x, t)
+    P = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    ref, ref_final = TORCH[name](P, torch.tensor(x["x"]), torch.tensor(t["target"]), torch)
+    ref = ref / (T * B)  # the oracle's loss: the mean of the per-step costs
+    ref.backward()
+    assert loss == pytest.approx(float(ref.detach()), rel=1e-10)
+    for k, v in ref_final.items():  # a matrix state comes back flattened row-major: (B, m·n)
+        np.testing.assert_allclose(final[k], v.detach().numpy().reshape(B, -1), rtol=1e-10, atol=1e-13)
+    for k in params:
+        np.testing.assert_allclose(grads[k], P[k].grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+def random_matrix_cell(seed):
+    """A random cell of the matrix forms: 2-3 update terms, a vector state beside the matrix one
+    (read through a masked derived weight), and a random read-out."""
+    rng = np.random.default_rng(seed)
+    cell = rc.Cell(f"random_matrix{seed}")
+    x, h = cell.input("x", N_IN), cell.state("h", N_H)
+    C = cell.state("C", (N_H, N_IN))
+    lin = lambda name, rows: cell.param(name, (rows, N_IN)) @ x  # noqa: E731
+    k, v = sp.tanh(lin("Wk", N_IN)), lin("Wv", N_H)
+    terms = [lambda: rc.sigmoid(lin("Wf", 1)) * C, lambda: rc.sigmoid(lin("Wg", N_H)) * C,
+             lambda: rc.outer(v, k), lambda: rc.outer(h, x) / 2, lambda: -rc.sigmoid(lin("Wb", 1)) * rc.outer(C @ k - v, k),
+             lambda: sp.tanh(C) / 2, lambda: rc.outer(h, C.T @ h) / 4]
+    picks = rng.choice(len(terms), size=rng.integers(2, 4), replace=False)
+    cell.update(C, sum(terms[i]() for i in sorted(picks)))
+    M = cell.const("M", rng.integers(0, 2, (N_H, N_H)))
+    cell.update(h, sp.tanh((cell.param("W", (N_H, N_H)) * M) @ h + C.new @ k))
+    reads = [lambda: C.new @ x, lambda: rc.rowsum(C.new * C.new), lambda: rc.vslice(C.new.T @ h, 0, N_H - 1)]
+    r = reads[rng.integers(3)]()
+    y = cell.output("y", cell.param("V", (N_OUT, cell.size_of(r, "read-out"))) @ r + cell.param("U", (N_OUT, N_H)) @ h.new)
+    cell.loss((y - cell.target("target", N_OUT)) ** 2 / 2)
+    return cell
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_matrix_cells(seed):
+    cell = random_matrix_cell(seed)
+    params, x, t = random_data(cell, T, B, seed=seed)
+    check_grads(rc.compile(cell), params, x, t)
+    assert_matches_oracle(cell, "native", T, B)
+
+
+def test_initial_matrix_state_given_and_learned():
+    cell = every_op()
+    params, x, t = random_data(cell, T, B)
+    C0 = np.random.default_rng(5).normal(size=(B, N_H * N_IN))
+    model = rc.compile(cell)
+    check_grads(model, params, x, t, h0={"C": C0})
+    d = model.vjp(params, x, targets=t, h0={"C": C0})
+    eps, dC = 1e-6, np.random.default_rng(6).normal(size=C0.shape)
+    fd = (model.loss_and_grad(params, x, t, h0={"C": C0 + eps * dC})[0]
+          - model.loss_and_grad(params, x, t, h0={"C": C0 - eps * dC})[0]) / (2 * eps)
+    assert float((d.h0["C"] * dC).sum()) == pytest.approx(fd, rel=1e-6)
+
+    learned = rc.Cell("learned")
+    x_ = learned.input("x", 2)
+    C = learned.state("C", (2, 2), init="learn")
+    learned.update(C, C / 2 + rc.outer(x_, x_))
+    learned.loss(rc.vsum(learned.output("y", C.new @ x_) ** 2))
+    p, xs, ts = random_data(learned, T, B)
+    assert p["C_0"].shape == (4,)
+    check_grads(rc.compile(learned), p, xs, ts)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    cell = MATRIX_ZOO["mlstm"](N_IN, N_H, N_OUT)
+    params, x, t = random_data(cell, T, B)
+    tr = rc.Trainer(cell, backend="numpy", optimizer=rc.SGD(lr=0.05), params=params)
+    tr.fit(x, t, epochs=1, verbose=0)
+    tr.save(tmp_path / "ck.npz")
+    back = rc.Trainer.load(tmp_path / "ck.npz")
+    assert str(back.cell) == str(cell) and back.evaluate(x, t) == tr.evaluate(x, t)
+
+
+def test_printing_and_explain():
+    cell = MATRIX_ZOO["delta_rule"](N_IN, N_H, N_OUT)
+    text = str(rc.explain(cell))
+    assert "states:  C ∈ R^4×4 (C[0] = 0)" in text
+    assert "C[t] = C[t-1] - (-Wv·x[t] + C[t-1]·k[t])·k[t]ᵀ*sigmoid(bb + Wb·x[t])" in text
+    assert "δC[t-1] =" in text
+
+
+def test_inspect_draws_a_matrix_state_as_one_node_and_measures_its_flow():
+    from rnncomp import inspect as ri
+    cell = MATRIX_ZOO["delta_rule"](N_IN, N_H, N_OUT)
+    dot = ri.to_dot(cell, "step")
+    assert dot.count('label="C[t-1]') == 1 and dot.count('label="C[t]') == 1
+    params, x, t = random_data(cell, T, B)
+    flow = ri.gradient_flow(cell, params, x, t)
+    assert np.isfinite(flow.loss) and flow.loss == pytest.approx(rc.compile(cell).loss_and_grad(params, x, t)[0])
+
+
+def test_ptx_refuses_matrix_states_clearly():
+    cell = MATRIX_ZOO["mlstm"](N_IN, N_H, N_OUT)
+    with pytest.raises(CompileError, match=r"cell 'mlstm': matrix states \(C\) run on backend='numpy' or 'native' only"):
+        rc.compile(cell, backend="ptx")
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_native_matches_the_oracle(name):
+    pytest.importorskip("llvmlite")
+    assert_matches_oracle(CELLS[name](N_IN, N_H, N_OUT), "native", T, B)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [dict(hoist=False), dict(fuse=False, stack=False, pack=False), dict(threads=2),
+                                     dict(grad_after=True), dict(memory=rc.Every(2))], ids=str)
+def test_native_options_match_the_oracle(options):
+    for name in ("mlstm", "every_op"):
+        assert_matches_oracle(CELLS[name](N_IN, N_H, N_OUT), "native", 7, 5, **options)
+
+
+def test_native_vjp_with_a_given_initial_matrix_state():
+    cell = every_op()
+    params, x, _ = random_data(cell, T, B)
+    C0 = np.random.default_rng(1).normal(size=(B, N_H * N_IN))
+    dy = {"y": np.random.default_rng(2).normal(size=(T, B, N_OUT))}
+    ref = rc.compile(cell).vjp(params, x, h0={"C": C0}, d_outputs=dy)
+    got = rc.compile(cell, backend="native").vjp(params, x, h0={"C": C0}, d_outputs=dy)
+    for k in params:
+        np.testing.assert_allclose(got.params[k], ref.params[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    np.testing.assert_allclose(got.h0["C"], ref.h0["C"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got.inputs["x"], ref.inputs["x"], rtol=1e-9, atol=1e-12)
+
+
+def test_bad_declarations_are_named_shape_errors():
+    cell = rc.Cell("bad")
+    k, v, h = cell.input("k", 3), cell.input("v", 2), cell.state("h", 3)
+    C = cell.state("C", (2, 3))
+    with pytest.raises(ShapeError, match=r"update of state 'C': state has size \(2, 3\) but the expression "
+                                         r"k·vᵀ has size \(3, 2\)"):
+        cell.update(C, rc.outer(k, v))
+    with pytest.raises(ShapeError, match=r"output 'y': C @ \(v\): the matrix is 2×3 but the vector has size 2"):
+        cell.output("y", C @ v)
+    with pytest.raises(ShapeError, match=r"output 'y': rc.rowsum: h is a vector of size 3, not a matrix"):
+        cell.output("y", rc.rowsum(h))
+    with pytest.raises(ShapeError, match=r"output 'y': rc.outer: C is a 2×3 matrix, not a vector"):
+        cell.output("y", rc.outer(C, k))
+    with pytest.raises(ShapeError, match=r"output 'y': k \(size 3\) against a 2×3 matrix in C\*k: a vector "
+                                         r"scales the rows, so it must have size 2"):
+        cell.output("y", rc.rowsum(k * C))
+    with pytest.raises(ShapeError, match=r"output 'y': C is a 2×3 matrix; outputs and definitions are vectors"):
+        cell.output("y", C)
+    with pytest.raises(ShapeError, match=r"slices and concatenations are of vectors, not matrices"):
+        cell.output("y", rc.vslice(C, 0, 2))
+    with pytest.raises(ShapeError, match=r"matrices of different shapes \(C: 2×3, v·vᵀ: 2×2\)"):
+        cell.update(C, C + rc.outer(v, v))
+    with pytest.raises(ShapeError, match=r"W @ \(C\): the right operand is a 2×3 matrix"):
+        cell.param("W", (2, 2)) @ C
+    with pytest.raises(CellError, match=r"state 'D': a matrix state's shape must be \(m, n\) of positive integers"):
+        cell.state("D", (2, 0))
