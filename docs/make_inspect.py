@@ -36,6 +36,7 @@ INTRO = """\
 | a picture of any of them | `ri.render(cell, "g.svg", kind, k)` | `... --svg g.svg` / `--png g.png` |
 | FLOPs, stored activations, memory | `ri.cost(cell, T, B, dtype)` | `rnncomp inspect CELL --cost --T 1000 --B 32 --dtype float32` |
 | gradient flow through time | `ri.gradient_flow(cell, params, inputs, targets)` | `rnncomp inspect CELL --flow [--T 50] [--png flow.png]` |
+| where a native training call's time goes | `rnncomp.inspect.profile.profile(cell, T=, B=, dtype=)` | `rnncomp inspect CELL --profile --T 100 --B 32 --threads 1` |
 | checkpointing schedule for a memory budget | `rnncomp.inspect.memory.memory_report(cell, T, B, dtype, budget)` | `rnncomp inspect CELL --memory --T 1000 --B 32 --budget 10MB` ([memory.md](memory.md)) |
 
 (`from rnncomp import inspect as ri`; `CELL` is a zoo name, `module:name` or `file.py[:name]`;
@@ -111,6 +112,30 @@ was installed where they were generated, so the pictures are committed as DOT fi
 `python docs/make_inspect.py --images` where a renderer exists).
 """
 
+PROFILE = """
+## Where the time goes (`--profile`)
+`rnncomp inspect lstm --inputs 64 --hidden 128 --profile` compiles a *profiled* native build
+(`rc.compile(cell, backend="native", profile=True)`: the same code, with a cycle counter read
+before and after each part, `backends/native_profile.py`), runs five training calls on random
+data and splits one call into: per-step products (`U·h[t-1]` and `Uᵀ·δa[t]`), hoisted products
+(`W·x` for all T at once, and `δx` after the loop), gradient products (`Σ δa·vᵀ`), element-wise
+code, other native code (loops, slices, copies, packing) and what lies outside native code (the
+Python call, argument checks, ctypes). Products are reported in GFLOP/s against the FMA peak
+measured on the spot (`rnncomp/inspect/peak.py`: a generated register-only FMA loop), element-wise
+code in GB/s read and written against a large NumPy copy (a DRAM figure: data that stays in cache
+can beat it). FLOPs are counted while the code is generated (`2·m·n` per product row), so they
+are exactly what the compiled code does. With `--threads 2` the parts add both threads' time.
+
+```python
+import rnncomp as rc
+from rnncomp.inspect.profile import profile
+
+p = profile(rc.cells.gru(16, 32, 4), T=50, B=8, repeats=3)
+print(p)                                    # the table; p.rows holds the figures
+assert abs(sum(r.seconds for r in p.rows) - p.wall) < 1e-9
+```
+"""
+
 
 def section(name: str) -> tuple[str, dict]:
     cell = rc.cells.ZOO[name](*SIZES)
@@ -138,7 +163,7 @@ def generate() -> dict:
         text, files = section(name)
         parts.append(text)
         out.update({f"docs/img/{k}": v for k, v in files.items()})
-    out["docs/inspect.md"] = "\n".join(parts)
+    out["docs/inspect.md"] = "\n".join(parts) + PROFILE
     return out
 
 
