@@ -188,3 +188,23 @@ def backward_aliases(bwd, fwd_alias: dict, taken=()) -> dict:
             by_source[source] = namer.claim(wanted[bk])
         out[bk] = by_source[source]
     return out
+
+
+def plain_aliases(progs, taken=()) -> dict:
+    """{key: alias} for the generated counter names of ``progs`` (``w1`` → ``w₁``) and for the
+    numbered repeats of a name (``δV~2`` → ``δV′``): programs with no gates to name them by."""
+    namer, out, counters = _Namer(taken), {}, defaultdict(int)
+    keys = [k for p in progs for k in p.nodes if is_generated(k)]
+    namer.taken |= {display(k[0]) for k in keys if not re.search(r"~\d+$", display(k[0]))
+                    and not _GENERIC.fullmatch(display(k[0]))}
+    by_name = {}
+    for k in sorted(dict.fromkeys(keys), key=lambda k: display(k[0]).startswith("δ")):   # w₁ before δw₁
+        name = display(k[0])
+        if (m := re.fullmatch(r"(.*)~(\d+)", name)) is not None:
+            out[k] = namer.claim(m.group(1) + "′" * (int(m.group(2)) - 1))
+        elif name.startswith("δ") and name[1:] in by_name:
+            out[k] = namer.claim("δ" + by_name[name[1:]])
+        elif (m := _GENERIC.fullmatch(name)) is not None and not name.startswith("δ"):
+            counters[m.group(1)] += 1
+            out[k] = by_name[name] = namer.claim(m.group(1) + str(counters[m.group(1)]).translate(_SUB))
+    return out

@@ -18,7 +18,7 @@ from .autodiff import LOSS_ONLY, Cotangents, backward_step
 from .dsl import Concat, LogSumExp, MatVec, RowSum, Slice, Structural, Vec, _display
 from .errors import CellError
 from .ir import NodeSym, display, internal, key_str, placeholder
-from .aliases import backward_aliases, forward_aliases
+from .aliases import backward_aliases, forward_aliases, plain_aliases
 from .latex import ident_latex, name_latex
 from .lower import LOSS
 from .show import TextShown
@@ -135,11 +135,14 @@ def derived_gradient_lines(cell) -> list:
     eqs, _ = program_equations(D.rev.prog, keep, set(cell.decls))
     read = [a for n in D.rev.prog.nodes.values() for a in n.args if a in D.prog.nodes]
     fwd, _ = program_equations(D.prog, list(D.outs.values()) + read, set(cell.decls))
+    alias = plain_aliases([D.prog, D.rev.prog], set(cell.decls))   # w1 → w₁, δV~2 → δV′
+    r = lambda e: e.xreplace({s: NodeSym((internal(alias[s.key]), s.key[1]))  # noqa: E731
+                              for s in e.free_symbols if isinstance(s, NodeSym) and s.key in alias})
     lines = ["derived weights, computed once per call before the loop"]
-    lines += [f"  {lhs} = {sp.sstr(rhs)}" for lhs, rhs in fwd if str(lhs) != sp.sstr(rhs)]
+    lines += [f"  {r(lhs)} = {sp.sstr(r(rhs))}" for lhs, rhs in fwd if str(lhs) != sp.sstr(rhs)]
     lines += ["their gradients, chained back once per call after it (δD = ∂L/∂D from above)"]
-    lines += [f"  {lhs} = {sp.sstr(rhs)}" for lhs, rhs in eqs]
-    lines += [f"  ∂L/∂{p} += {' + '.join(display(k[0]) for _, k in specs)}"
+    lines += [f"  {r(lhs)} = {sp.sstr(r(rhs))}" for lhs, rhs in eqs]
+    lines += [f"  ∂L/∂{p} += {' + '.join(str(r(NodeSym(k))) for _, k in specs)}"
               for p, specs in D.rev.grads.items() if p in D.params]
     return lines
 

@@ -124,3 +124,12 @@ def test_latex_and_markdown_show_the_aliases():
 @given(fuzz_cells())
 def test_fuzzed_listings_define_every_name(cell):
     check(cell)
+
+
+def test_derived_weight_chain_prints_no_counter_or_repeat_names():
+    """The once-per-call chain of derived weights (weight norm): w1 and δV~2 were keys."""
+    from test_weight_ops import weightnorm_gru
+    text = str(rc.explain(weightnorm_gru()))
+    chain = text[text.index("derived weights, computed once"):]
+    assert "~" not in chain and not re.search(r"\bw\d", chain), chain
+    assert "  w₁ = Vz*gz/‖Vz‖" in chain and "  δw₁ = δ(gz*Vz/‖Vz‖ᵣ)" in chain and "δVz′" in chain
