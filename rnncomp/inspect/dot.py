@@ -205,10 +205,11 @@ def unfolded_graph(cell, k: int = 3) -> Graph:
     prog = unfold_program(step, k)
     g = Graph(prog.name, "unfolded", "LR", ["parameters", "t = 0"] + [f"step {s}" for s in range(1, k + 1)])
     stored = stored_values(prog)
+    alias = {(name, s): a for (name, _), a in forward_aliases(cell).items() for s in range(1, k + 1)}
     for key, node in prog.nodes.items():
         t = key[1]
         group = 0 if t is None else t + 1
-        g.add_node(key, node_label(prog, key, stored), _role(node, key), group)
+        g.add_node(key, node_label(prog, key, stored, alias), _role(node, key), group)
     _edges(g, prog, prog.nodes, lambda a, kk: "param" if a[1] is None else "fwd")
     return g
 
