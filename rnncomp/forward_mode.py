@@ -218,7 +218,7 @@ JVP_RULES = {
 
 # The ops the JVP rules above emit: what an executor of tangent programs must run
 # (rnncomp.algorithms.tangents, .pattern, .restricted each have one entry per op here).
-TANGENT_OPS = ("ew", "matvec", "slice", "pad", "concat", "sum")
+TANGENT_OPS = ("ew", "matvec", "slice", "pad", "concat", "sum", "outer", "smatvec", "mbcast", "mreduce")
 
 
 def missing_jvp_rules(rules=None, jvp_rules=None) -> list:

@@ -51,6 +51,10 @@ def missing_inputs(step, xs: dict) -> None:
 
 def check_lengths(step, lengths, T: int, B: int) -> list:
     """``lengths`` as B Python ints from 1 to T."""
+    if getattr(step, "reads_lengths", False):  # a padded batch runs in chunks: a reversed pass would see pieces
+        raise CallError(f"{step.name}: lengths= with a bidirectional layer inside is not supported by the "
+                        "framework layers (each sequence must be reversed within its length in one call); "
+                        "call the compiled model, rc.compile(...).forward/vjp(..., lengths=...)")
     lengths = list(lengths)
     if len(lengths) != B or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and 1 <= n <= T
                                     for n in lengths):

@@ -43,6 +43,12 @@ from .layer_common import ArrayOps, check_layer_cell, check_lengths, missing_inp
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
 
+def _attr(name: str) -> str:
+    """A parameter's name as a module attribute: a composition's ``l0.Wz`` is ``l0__Wz``
+    (PyTorch reserves '.' for submodules)."""
+    return name.replace(".", "__")
+
+
 class _Models:
     """The compiled models the ops run, by key (an op's arguments are tensors and strings).
 
@@ -209,7 +215,8 @@ class Recurrent(nn.Module):
     ``nn.Sequential``); ``seed``: of the cell's initialisers; ``options``: of
     :func:`rnncomp.compile` for the backend.
 
-    The cell's parameters are this module's parameters, of the same names."""
+    The cell's parameters are this module's parameters, of the same names (a composition's
+    ``l0.Wz``, ``rc.Stack``/``rc.Bidirectional``, is ``l0__Wz``)."""
 
     def __init__(self, cell, output: str | None = None, backend: str = "native", dtype=torch.float32,
                  batch_first: bool = False, return_final: bool = True, seed: int = 0, **options):
@@ -224,10 +231,10 @@ class Recurrent(nn.Module):
         self._model, self._dtype = model, dtype
         self.output, self.batch_first, self.return_final = output, batch_first, return_final
         for name, a in model.init_params(seed).items():
-            if hasattr(self, name):
+            if hasattr(self, _attr(name)):
                 raise CellError(f"cell {st.name!r}: parameter {name!r} has the name of an attribute of "
                                 "nn.Module; rename it in the cell to use it as a PyTorch layer")
-            self.register_parameter(name, nn.Parameter(torch.from_numpy(a)))
+            self.register_parameter(_attr(name), nn.Parameter(torch.from_numpy(a)))
         self._register()
 
     def _register(self):
@@ -283,10 +290,10 @@ class Recurrent(nn.Module):
             if s in given:
                 states.append(self._checked(f"h0[{s!r}]", given[s], (B, size)))
             elif st.state_init[s] is not None:  # learned: its gradient flows through expand
-                states.append(getattr(self, st.state_init[s]).expand(B, size))
+                states.append(getattr(self, _attr(st.state_init[s])).expand(B, size))
             else:
                 states.append(first.new_zeros((B, size)))
-        params = [_on_cpu(self._model, f"parameter {p!r}", getattr(self, p)) for p in st.params]
+        params = [_on_cpu(self._model, f"parameter {p!r}", getattr(self, _attr(p))) for p in st.params]
         for p, t in zip(st.params, params):
             if t.dtype != self._dtype:
                 raise CallError(f"cell {st.name!r}: parameter {p!r} is {t.dtype} but the layer was compiled for "

@@ -249,6 +249,10 @@ def test_dropout_only_in_training_calls_and_its_gradient():
             return model.loss_and_grad(p, xx, tt)
 
     check_grads(FixedMasks(), params, x, t)
+    assert model.loss_and_grad(params, x, t, training=False)[0] == plain.loss_and_grad(params, x, t)[0]
+    tr = rc.Trainer(stack, backend="numpy", dtype="float64", params=params)
+    assert tr.evaluate(x, t) == rc.Trainer(rc.Stack(stack.layers), backend="numpy", dtype="float64",
+                                           params=params).evaluate(x, t)  # evaluating drops nothing
 
 
 # ----------------------------------------------------------------------------- training

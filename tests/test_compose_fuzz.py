@@ -13,7 +13,9 @@ gives and one output; the top layer is a plain cell (it has the loss).  Each exa
    (no VJP chaining), 1e-10 relative (the same operations, summed in another order);
 3. gradients == central differences in a random direction (``gradcheck.check_grads``:
    rtol 1e-6, atol 1e-8; its docstring says why), with random lengths and a random h0;
-4. (one example in five, each compiles 1–4 cells; every example of the long run) the
+4. a bare bidirectional layer of a random cell (it has no loss): ``vjp`` (parameters, inputs
+   and initial states at once) against a central difference of ⟨outputs, dy⟩ + ⟨final, df⟩;
+5. (one example in five, each compiles 1–4 cells; every example of the long run) the
    native backend == NumPy, 1e-10.
 
 ``pytest -m fuzz tests/test_compose_fuzz.py`` (with ``HYPOTHESIS_PROFILE=long``) runs the long
@@ -125,6 +127,40 @@ def check_stack(stack, T, B, seed, native):
 def test_fuzz_compositions(comp, T, B, seed, which):
     stack, _ = comp
     check_stack(stack, T, B, seed, native=which == 0)
+
+
+def check_bidirectional_vjp(cell, merge, T, B, seed):
+    """A bare bidirectional layer (no loss): ``vjp`` against the central difference of
+    ⟨outputs, dy⟩ + ⟨final states, df⟩ in one random direction of parameters, inputs and
+    initial states together (rtol 1e-6, atol 1e-8, as ``gradcheck``)."""
+    model = rc.compile(Bidirectional(cell, merge=merge))
+    params, x, _, h0, lengths = _data(model, cell, T, B, seed)
+    rng = np.random.default_rng(seed + 7)
+    st_ = model.step
+    dy = {o: rng.normal(size=(T, B, n)) for o, n in st_.outputs.items()}
+    df = {s: rng.normal(size=(B, n)) for s, n in st_.states.items()}
+    h0 = {s: h0.get(s, np.zeros((B, n))) for s, n in st_.states.items()}
+    res = model.vjp(params, x, h0, d_outputs=dy, d_final=df, lengths=lengths)
+    dirs = [{k: rng.normal(size=v.shape) for k, v in d.items()} for d in (params, x, h0)]
+
+    def f(eps):
+        p, xx, hh = ({k: v + eps * d[k] for k, v in a.items()} for a, d in zip((params, x, h0), dirs))
+        kept = model.forward(p, xx, hh, keep=True, lengths=lengths)
+        return sum(float((kept.outputs[o] * dy[o]).sum()) for o in dy) + sum(float((kept.final[s] * df[s]).sum())
+                                                                             for s in df)
+
+    an = sum(float((g[k] * d[k]).sum()) for g, d in zip((res.params, res.inputs, res.h0), dirs) for k in d)
+    fd = (f(1e-6) - f(-1e-6)) / 2e-6
+    if abs(fd - an) > 1e-8 + 1e-6 * abs(fd):  # truncation? Richardson, as gradcheck does
+        fd = (4 * (f(5e-7) - f(-5e-7)) / 1e-6 - fd) / 3
+    assert abs(fd - an) <= 1e-8 + 1e-6 * abs(fd), f"directional derivative {fd} vs vjp {an}"
+
+
+@settings(max_examples=6, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@given(fuzz_cells(max_states=2, max_depth=2, kinks=False), st.sampled_from(SIZES[:9]),
+       st.sampled_from(["concat", "sum"]), st.integers(1, 6), st.integers(1, 4), st.integers(0, 2 ** 16))
+def test_fuzz_bidirectional_vjp(cell, n_in, merge, T, B, seed):
+    check_bidirectional_vjp(stackable(cell, n_in), merge, T, B, seed)
 
 
 @pytest.mark.fuzz

@@ -48,3 +48,17 @@ def test_cli_inspects_a_composition_from_a_file(tmp_path, capsys):
     assert "feeds" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="is a composition: inspect its cells one by one"):
         main(["inspect", str(f), "--cost"])
+
+
+def test_cli_trains_a_composition_and_resumes(tmp_path, capsys):
+    f = tmp_path / "bi.py"
+    f.write_text(textwrap.dedent("""
+        import rnncomp as rc
+        model = rc.Stack([rc.Bidirectional(rc.cells.gru(1, 8, 4)), rc.cells.elman(8, 8, 1)])
+    """))
+    ckpt = tmp_path / "bi.ckpt"
+    assert main(["train", str(f), "--task", "sine", "--epochs", "1", "--save", str(ckpt)]) == 0
+    assert "epoch 1/1: loss" in capsys.readouterr().out
+    assert main(["train", "--resume", str(ckpt), "--epochs", "1"]) == 0
+    assert main(["inspect", str(ckpt)]) == 0
+    assert "stack(bidirectional(gru), elman)" in capsys.readouterr().out

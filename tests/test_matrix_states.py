@@ -162,6 +162,19 @@ def test_random_matrix_cells(seed):
     assert_matches_oracle(cell, "native", T, B)
 
 
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_rtrl_equals_bptt(name):
+    """Forward mode (the JVP rules of outer, smatvec, mbcast, mreduce) against the reverse walk."""
+    from rnncomp.algorithms import RTRL, sequence_grad
+    cell = CELLS[name](N_IN, N_H, N_OUT)
+    params, x, t = random_data(cell, T, B, seed=2)
+    l1, g1, _ = rc.compile(cell).loss_and_grad(params, x, t)
+    l2, g2, _ = sequence_grad(RTRL(), cell, params, x, t)
+    assert l2 == pytest.approx(l1, rel=1e-12)
+    for k in params:
+        np.testing.assert_allclose(g2[k], g1[k], rtol=1e-10, atol=1e-13, err_msg=k)
+
+
 def test_initial_matrix_state_given_and_learned():
     cell = every_op()
     params, x, t = random_data(cell, T, B)
@@ -271,3 +284,11 @@ def test_bad_declarations_are_named_shape_errors():
         cell.param("W", (2, 2)) @ C
     with pytest.raises(CellError, match=r"state 'D': a matrix state's shape must be \(m, n\) of positive integers"):
         cell.state("D", (2, 0))
+
+
+def test_in_a_stack_gradients_against_finite_differences():
+    """A layer with a matrix state under rc.Stack: the composition's gradient through its VJP."""
+    model = rc.compile(rc.Stack([MATRIX_ZOO["mlstm"](3, 4, 2), rc.cells.elman(2, 3, 2)]))
+    rng = np.random.default_rng(0)
+    params = {k: v + rng.normal(0, 0.1, v.shape) for k, v in model.init_params(0).items()}
+    check_grads(model, params, rng.normal(size=(4, 2, 3)), rng.normal(size=(4, 2, 2)))

@@ -574,6 +574,16 @@ def test_rtrl_equals_bptt_on_matrix_state_cells(name):
     l2, g2, _ = sequence_grad(RTRL(), cell, params, x, y)
     assert abs(l1 - l2) <= 1e-12 * abs(l1)
     assert rel_err(g1, g2) < 1e-10
+    # SnAp over the same ops (the dense executor: the sparse one names what it lacks), and
+    # SnAp-n with n past the number of state units keeps every reachable entry: RTRL (1e-10)
+    _, g3, _ = sequence_grad(SnAp(1), cell, params, x, y)
+    assert all(np.isfinite(v).all() for v in g3.values())
+    if cell.step.matrix_states:
+        with pytest.raises(NotImplementedError, match="matrix states"):
+            sequence_grad(SnAp(1, sparse=True), cell, params, x, y)
+    big = sum(cell.step.states.values()) + 1
+    _, g5, _ = sequence_grad(SnAp(big), cell, params, x, y)
+    assert rel_err(g1, g5) < 1e-10
 
 
 @pytest.mark.parametrize("make", ["masked_elman", "skew_elman", "weightnorm_gru"])

@@ -238,6 +238,20 @@ def test_checkpoint_round_trip(tmp_path):
         assert back.evaluate(x, t) == tr.evaluate(x, t)
 
 
+def test_rtrl_chains_the_derived_weights_and_fit_online_says_what_it_cannot():
+    from rnncomp.algorithms import RTRL, sequence_grad
+    cell = weightnorm_gru()
+    params, x, t = random_data(cell, T, B, seed=2)
+    l1, g1, _ = rc.compile(cell).loss_and_grad(params, x, t)
+    l2, g2, _ = sequence_grad(RTRL(), cell, params, x, t)
+    assert l2 == pytest.approx(l1, rel=1e-12)
+    for k in params:
+        np.testing.assert_allclose(g2[k], g1[k], rtol=1e-10, atol=1e-13, err_msg=k)
+    tr = rc.Trainer(cell, backend="numpy", gradient=RTRL())
+    with pytest.raises(NotImplementedError, match=r"cell 'wn_gru' has derived weights or constants.*gradient=rc.BPTT\(\)"):
+        tr.fit_online(x, t)
+
+
 def test_explain_prints_the_derived_weights_and_their_chain():
     text = str(rc.explain(masked_elman()))
     assert "consts:  M ∈ R^4×4 (fixed)" in text
@@ -338,3 +352,11 @@ def test_a_non_finite_derived_weight_is_a_call_error():
         rc.compile(cell).loss_and_grad(p, x, t)
     with pytest.raises(CallError, match=r"missing params 'U'"):
         rc.compile(cell).loss_and_grad({"W": p["W"], "V": p["V"]}, x, t)
+
+
+def test_in_a_stack_gradients_against_finite_differences():
+    """A layer with derived weights under rc.Stack: the composition's gradient through its VJP."""
+    model = rc.compile(rc.Stack([weightnorm_gru(), rc.cells.elman(2, 3, 2)]))
+    rng = np.random.default_rng(0)
+    params = {k: v + rng.normal(0, 0.1, v.shape) for k, v in model.init_params(0).items()}
+    check_grads(model, params, rng.normal(size=(4, 2, 3)), rng.normal(size=(4, 2, 2)))

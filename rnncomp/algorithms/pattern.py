@@ -36,6 +36,29 @@ def _struct_pad(node, vals, dirs, tprog):
     return out
 
 
+def _struct_outer(node, vals, dirs, tprog):      # ∂a bᵀ: row i where ∂a[i] is; a ∂bᵀ: column j
+    m, n = node.attrs["shape"]
+    first = node.args[0] in tprog.nodes
+    return np.repeat(vals[0], n, axis=1) if first else np.tile(vals[0], (1, m))
+
+
+def _struct_smatvec(node, vals, dirs, tprog):    # ∂X v: the rows (columns) ∂X has; X ∂v: all of them
+    m, n = node.attrs["shape"]
+    if node.args[0] in tprog.nodes:
+        return vals[0].reshape(dirs.K, m, n).any(axis=1 if node.attrs["transposed"] else 2)
+    return np.repeat(vals[0].any(axis=1, keepdims=True), node.size, axis=1)
+
+
+def _struct_mbcast(node, vals, dirs, tprog):
+    m, n = node.attrs["shape"]
+    return np.repeat(vals[0], n, axis=1) if node.attrs["axis"] == 1 else np.tile(vals[0], (1, m))
+
+
+def _struct_mreduce(node, vals, dirs, tprog):
+    m, n = node.attrs["shape"]
+    return vals[0].reshape(dirs.K, m, n).any(axis=2 if node.attrs["axis"] == 1 else 1)
+
+
 STRUCTURE = {  # tangent op -> the pattern of its value from its tangent arguments' patterns
     "ew": lambda node, vals, dirs, tprog: np.logical_or.reduce(
         [np.broadcast_to(v, (dirs.K, node.size)) for v in vals] or [np.zeros((dirs.K, node.size), bool)]),
@@ -44,6 +67,11 @@ STRUCTURE = {  # tangent op -> the pattern of its value from its tangent argumen
     "pad": _struct_pad,
     "concat": _struct_concat,
     "sum": lambda node, vals, dirs, tprog: vals[0].any(axis=1, keepdims=True),
+    # matrix states (#19; m·n units per sample, row-major)
+    "outer": _struct_outer,
+    "smatvec": _struct_smatvec,
+    "mbcast": _struct_mbcast,
+    "mreduce": _struct_mreduce,
 }
 
 

@@ -47,6 +47,11 @@ def _need_concat(node, need, args, sizes):
     return out
 
 
+def _need_all(node, need, args, sizes):
+    anyrow = need.any(axis=1, keepdims=True)
+    return [np.repeat(anyrow, sizes[a], axis=1) for a in args]
+
+
 NEED = {  # tangent op -> which entries of each tangent argument the needed entries read
     "ew": _need_ew,
     "matvec": lambda node, need, args, sizes: [np.repeat(need.any(axis=1, keepdims=True), sizes[args[0]], axis=1)],
@@ -54,6 +59,9 @@ NEED = {  # tangent op -> which entries of each tangent argument the needed entr
     "pad": lambda node, need, args, sizes: [need[:, node.attrs["lo"]:node.attrs["lo"] + sizes[args[0]]]],
     "concat": _need_concat,
     "sum": lambda node, need, args, sizes: [np.repeat(need, sizes[args[0]], axis=1)],
+    # matrix states (#19): every entry of each tangent argument wherever an entry is needed
+    # (a superset: exact for outer/smatvec rows would be finer, the result is the same)
+    **{op: _need_all for op in ("outer", "smatvec", "mbcast", "mreduce")},
 }
 
 

@@ -54,7 +54,15 @@ class SnAp(Algorithm):
 
     def prepare(self, step):
         sparse = self.sparse
-        if sparse == "auto":
+        matrix_ops = sorted({n.op for n in step.prog.nodes.values()} & {"outer", "smatvec", "mbcast", "mreduce"})
+        if matrix_ops and sparse is True:
+            raise NotImplementedError(
+                f"rc.SnAp({self.n}, sparse=True): cell {step.name!r} has matrix states (ops {', '.join(matrix_ops)}), "
+                "which the sparse executor (algorithms/restricted.py) has no plan for yet; sparse=False or "
+                "'auto' runs the dense executor with the same pattern")
+        if matrix_ops:
+            sparse = False
+        elif sparse == "auto":
             kept = sum(int(v.sum()) for v in pattern(step, self.n).values())
             total = sum(int(np.prod(s)) for s in step.params.values()) * sum(step.states.values())
             sparse = kept * 4 < total

@@ -30,6 +30,8 @@ class ComposedStep:
     params: dict = field(default_factory=dict)    # prefixed name -> shape
     outputs: dict = field(default_factory=dict)   # name -> size
     has_loss: bool = False
+    _forward_targets: tuple = ()  # validate.forward_targets: a composition's forward reads no target
+    reads_lengths: bool = False   # whether sequence lengths change its numbers (a reversed pass inside)
 
 
 def is_layer(obj) -> bool:
@@ -75,7 +77,8 @@ class Composition:
     step: ComposedStep
 
     def _step(self, inputs, targets, outputs, has_loss) -> ComposedStep:
-        st = ComposedStep(self.name, dict(inputs), dict(targets), outputs=dict(outputs), has_loss=has_loss)
+        st = ComposedStep(self.name, dict(inputs), dict(targets), outputs=dict(outputs), has_loss=has_loss,
+                          reads_lengths=self.reads_lengths)
         for prefix, layer in zip(self.prefixes, self.layers):
             ls = layer.step
             st.states.update(_prefixed(ls.states, prefix))

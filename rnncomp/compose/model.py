@@ -50,6 +50,7 @@ class ComposedModel(TextShown):
         self.comp, self.step, self.backend = comp, comp.step, backend
         self.dtype = np.dtype(dtype)
         self.rng = np.random.default_rng(seed)
+        self.has_dropout = any(isinstance(l, Stack) and l.dropout for l in _all_layers(comp))
         if parallel is None:
             parallel = backend == "native" and (os.cpu_count() or 1) >= 2
         self.parallel = bool(parallel)
@@ -142,8 +143,8 @@ class ComposedModel(TextShown):
         ctx = self._ctx(params, inputs, h0, None, lengths, check_finite, training=False)
         return self._run.forward(params, inputs, h0, ctx, targets)
 
-    def _keep(self, params, inputs, h0, targets, mask, wrt, outputs, lengths, check_finite):
-        ctx = self._ctx(params, inputs, h0, mask, lengths, check_finite, training=True)
+    def _keep(self, params, inputs, h0, targets, mask, wrt, outputs, lengths, check_finite, training=True):
+        ctx = self._ctx(params, inputs, h0, mask, lengths, check_finite, training)
         if targets is not None and not self.step.has_loss:
             raise CallError(f"{self.comp.name}: targets given but its top layer has no loss")
         if isinstance(outputs, str):
@@ -155,9 +156,11 @@ class ComposedModel(TextShown):
         kept = self._run.keep(params, inputs, h0, ctx, targets=targets, mask=mask, wrt=wrt, outputs=outputs)
         return ComposedKept(self, kept, self._sizes(inputs))
 
-    def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None, *, lengths=None, check_finite=True):
+    def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None, *, lengths=None, check_finite=True,
+                      training=True):
         """Loss (the top layer's: the masked mean of its per-step costs), the gradient of every
-        parameter of every layer, final states."""
+        parameter of every layer, final states.  ``training=False``: no dropout (an
+        evaluation, as ``rc.Trainer.evaluate`` asks for)."""
         if not self.step.has_loss:
             raise CallError(f"{self.comp.name} has no loss: its top layer declares none (put a cell with "
                             "a loss on top with rc.Stack)")
@@ -169,7 +172,7 @@ class ComposedModel(TextShown):
             loss, grads, final = self._run.runs[0].model.loss_and_grad(p, inputs, targets, h or None, mask,
                                                                        check_finite=check_finite)
             return loss, _prefixed(grads, "l0"), _prefixed(final, "l0")  # exactly the cell's numbers
-        kept = self._keep(params, inputs, h0, targets, mask, (), (), lengths, check_finite)
+        kept = self._keep(params, inputs, h0, targets, mask, (), (), lengths, check_finite, training)
         try:
             g = kept.backward()
         finally:
@@ -187,6 +190,13 @@ class ComposedModel(TextShown):
             return kept.backward(d_outputs, d_final)
         finally:
             kept.free()
+
+
+def _all_layers(layer) -> list:
+    """``layer`` and every composition inside it."""
+    if not isinstance(layer, Composition):
+        return []
+    return [layer] + [c for sub in layer.layers for c in _all_layers(sub)]
 
 
 def _recompile(declaration: dict, backend: str, dtype: str, options: dict):

@@ -333,6 +333,7 @@ class Trainer:
         h0 = self._state(h0)
         total, weight = 0.0, 0.0
         bs, win = batch_size or N, window or T
+        no_dropout = {"training": False} if getattr(self.model, "has_dropout", False) else {}  # rc.Stack(dropout=)
         for c0 in range(0, N, bs):
             cols = slice(c0, c0 + bs)
             state = None if h0 is None else {k: np.asarray(v)[cols] for k, v in h0.items()}
@@ -341,7 +342,8 @@ class Trainer:
                 m = None if mask is None else mask[lo:lo + win, cols]
                 w = float(m.sum()) if m is not None else float(np.prod(next(iter(cut(x).values())).shape[:2]))
                 if w > 0:
-                    loss, _, state = self.model.loss_and_grad(self.params, cut(x), cut(t), h0=state, mask=m)
+                    loss, _, state = self.model.loss_and_grad(self.params, cut(x), cut(t), h0=state, mask=m,
+                                                              **no_dropout)
                     total, weight = total + float(loss) * w, weight + w
                 else:
                     state = self.model.forward(self.params, cut(x), h0=state)[1]
