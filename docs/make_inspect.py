@@ -101,8 +101,9 @@ are `n0, n1, ...` in program order, so the same cell gives byte-identical DOT.
   edges; seeds `δ⁺h[t]`, `w[t]` are red inverted houses), the carried adjoints
   `δ⁺h[t-1]` and the parameter-gradient terms `∂L/∂W = Σ δa·vᵀ`.
 
-In a notebook, `ri.picture(cell)` (default: the compact gradient graph; `kind=`, `detail=`
-as `to_dot`) shows itself as SVG; without a renderer it shows the DOT text and what to install.
+In a notebook, `ri.picture(cell)` or `rc.explain(cell).picture()` (default: the compact
+gradient graph; `kind=`, `detail=` as `to_dot`) shows itself as SVG; without a renderer it
+shows the DOT text and what to install.
 
 **Rendering** (`ri.render`, `--svg`, `--png`) takes the first route available:
 

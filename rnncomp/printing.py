@@ -362,6 +362,11 @@ class Explanation(TextShown):
             rows += [f"{sp.latex(lhs)} &= {sp.latex(rhs)}" for lhs, rhs in used]
         return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}"
 
+    def picture(self, kind: str = "gradient", detail: str = "compact"):
+        """The graph of these equations for a notebook (SVG): see :func:`rnncomp.inspect.picture`."""
+        from .inspect.draw import picture
+        return picture(self.cell, kind, detail=detail)
+
     def markdown(self) -> str:
         return f"$$\n{self.latex()}\n$$\n"
 

@@ -436,3 +436,5 @@ def test_picture_shows_itself_as_svg_in_a_notebook():
     assert "install Graphviz" in plain._repr_html_() and "digraph" in plain._repr_html_()
     mpl = ri.picture(rc.cells.gru(3, 4, 2), engine="matplotlib")._repr_svg_()
     assert "<svg" in mpl
+    assert rc.explain(rc.cells.gru(3, 4, 2)).picture().dot == ri.to_dot(rc.cells.gru(3, 4, 2), "gradient",
+                                                                         detail="compact")
