@@ -222,7 +222,8 @@ def _inspect_args(ins) -> None:
                      help="Graphviz DOT text of the one-step (default), unfolded (--k steps) or gradient graph")
     ins.add_argument("--k", type=positive, default=3, help="steps of the unfolded graph (default 3)")
     ins.add_argument("--detail", choices=["full", "compact"], default="full",
-                     help="compact: the step graph as the cell's equations, one node per named value")
+                     help="compact: the graph as the equations, one node per named value (step) "
+                          "or per line of the listing, clustered by gate (gradient)")
     ins.add_argument("--png", metavar="FILE", help="draw the graph (with --flow: the flow plot) to a PNG")
     ins.add_argument("--svg", metavar="FILE", help="draw the graph to an SVG")
     ins.add_argument("--cost", action="store_true", help="FLOPs, stored activations and memory; per gradient algorithm (BPTT, RTRL, SnAp, UORO)")

@@ -21,9 +21,26 @@ def ident_latex(name: str) -> str:
     return head if not sep else f"{head}_{{{tail.replace('_', chr(92) + '_')}}}"
 
 
+_FUNCS = {"tanh": r"\tanh", "exp": r"\exp", "sin": r"\sin", "cos": r"\cos", "log": r"\log",
+          "sigmoid": r"\sigma"}
+_SUB_DIGITS = str.maketrans("₀₁₂₃₄₅₆₇₈₉", "0123456789")
+
+
+def _ident_or_call(m) -> str:
+    name, call = m.group(1), m.group(2)
+    if call:  # a function in an alias: tanh(c), pre(o), Min(0,d)
+        return _FUNCS.get(name, f"\\operatorname{{{name}}}") + "("
+    return ident_latex(name)
+
+
 def name_latex(name: str) -> str:
-    """A node's name (user or generated) as LaTeX, without a time index."""
-    out = re.sub(r"[A-Za-z][A-Za-z0-9_]*", lambda m: ident_latex(m.group(0)), name)
+    """A node's name (user, generated or an alias of :mod:`rnncomp.aliases`) as LaTeX,
+    without a time index."""
+    name = re.sub(r"Abs(\((?:[^()]|\([^()]*\))*\))", lambda m: "|" + m.group(1)[1:-1] + "|", name)
+    name = re.sub(r"([A-Za-z]+)([₀-₉]+)", lambda m: f"\\mathsf{{{m.group(1)}}}_{{{m.group(2)}}}", name)
+    name = name.translate(_SUB_DIGITS)  # Σ₁ -> Σ1 -> \Sigma_{1} below
+    out = re.sub(r"(?<![\\{A-Za-z0-9_])([A-Za-z][A-Za-z0-9_]*)(\()?", _ident_or_call, name)
+    out = out.replace("′", "'")
     for raw, tex in _SYMBOLS:
         out = out.replace(raw, tex)
     out = re.sub(r"\\Sigma_(?!\{)", r"\\Sigma ", re.sub(r"\\Sigma_(\d+)", r"\\Sigma_{\1}", out))
@@ -38,7 +55,7 @@ def node_latex(name: str, t) -> str:
         return base
     if re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", base):
         return f"{base}_{{{t}}}"
-    m = re.fullmatch(r"([A-Za-z]+)_\{([^{}]*)\}", base)
+    m = re.fullmatch(r"([A-Za-z]+|\\mathsf\{[^{}]*\})_\{([^{}]*)\}", base)
     if m:
         return f"{m.group(1)}_{{{m.group(2)},{t}}}"
     return f"{{{base}}}_{{{t}}}"

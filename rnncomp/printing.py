@@ -4,8 +4,8 @@
     >>> print(rc.explain(rc.cells.elman(2, 3, 1)).backward_text())  # doctest: +ELLIPSIS
     backward step of 'elman' (t = T … 1; δ⁺h[T] = 0)
     ...
-      δa1[t] = δh[t]*(1 - h[t]**2)
-      δh[t-1] = Uᵀ·δa1[t]   (carried: δ⁺h[t-1])
+      δpre(h)[t] = δh[t]*(1 - h[t]**2)
+      δh[t-1] = Uᵀ·δpre(h)[t]   (carried: δ⁺h[t-1])
     ...
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from .dsl import Concat, LogSumExp, MatVec, RowSum, Slice, Structural, Vec, _dis
 from .errors import CellError
 from .gradspec import Batch
 from .ir import NodeSym, display, internal, key_str, placeholder
+from .aliases import backward_aliases, forward_aliases, plain_aliases
 from .latex import ident_latex, name_latex
 from .lower import LOSS
 from .show import TextShown
@@ -135,11 +136,14 @@ def derived_gradient_lines(cell) -> list:
     eqs, _ = program_equations(D.rev.prog, keep, set(cell.decls))
     read = [a for n in D.rev.prog.nodes.values() for a in n.args if a in D.prog.nodes]
     fwd, _ = program_equations(D.prog, list(D.outs.values()) + read, set(cell.decls))
+    alias = plain_aliases([D.prog, D.rev.prog], set(cell.decls))   # w1 → w₁, δV~2 → δV′
+    r = lambda e: e.xreplace({s: NodeSym((internal(alias[s.key]), s.key[1]))  # noqa: E731
+                              for s in e.free_symbols if isinstance(s, NodeSym) and s.key in alias})
     lines = ["derived weights, computed once per call before the loop"]
-    lines += [f"  {lhs} = {sp.sstr(rhs)}" for lhs, rhs in fwd if str(lhs) != sp.sstr(rhs)]
+    lines += [f"  {r(lhs)} = {sp.sstr(r(rhs))}" for lhs, rhs in fwd if str(lhs) != sp.sstr(rhs)]
     lines += ["their gradients, chained back once per call after it (δD = ∂L/∂D from above)"]
-    lines += [f"  {lhs} = {sp.sstr(rhs)}" for lhs, rhs in eqs]
-    lines += [f"  ∂L/∂{p} += {' + '.join(display(k[0]) for _, k in specs)}"
+    lines += [f"  {r(lhs)} = {sp.sstr(r(rhs))}" for lhs, rhs in eqs]
+    lines += [f"  ∂L/∂{p} += {' + '.join(str(r(NodeSym(k))) for _, k in specs)}"
               for p, specs in D.rev.grads.items() if p in D.params]
     return lines
 
@@ -200,8 +204,15 @@ def stored_values(prog) -> dict:
 
     Such a node is stored at step t under a generated key, ``(Uo·h, t)``, while it reads
     ``h[t-1]``: printed by its key it would read ``Uo·h[t]``, a product with the wrong time
-    index; printed by its expression it reads ``Uo·h[t-1]``."""
-    return {NodeSym(k): node_expr(prog, k) for k, n in prog.nodes.items() if n.op in ("matvec", "slice")}
+    index; printed by its expression it reads ``Uo·h[t-1]``.  A parameter's per-sample copy
+    (``b·rows``) prints as the parameter."""
+    out = {}
+    for k, n in prog.nodes.items():
+        if n.op in ("matvec", "slice"):
+            out[NodeSym(k)] = node_expr(prog, k).xreplace(out)
+        elif n.op == "ew" and n.attrs["expr"] == placeholder(0) and prog.node(n.args[0]).op == "param":
+            out[NodeSym(k)] = NodeSym(n.args[0])   # the per-sample copy of a parameter vector
+    return out
 
 
 def program_equations(prog, keep=(), names=()):
@@ -231,11 +242,22 @@ def program_equations(prog, keep=(), names=()):
 
 
 class Explanation(TextShown):
-    """The forward and the derived backward step of a cell, printable several ways."""
+    """The forward and the derived backward step of a cell, printable several ways.
+
+    Generated values print under readable aliases (:mod:`rnncomp.aliases`): ``pre(o)``,
+    ``o``, ``tanh(c)``, ``δpre(o)``; every name the backward listing reads is defined in the
+    forward listing, in the backward listing or in its ``where`` block."""
 
     def __init__(self, cell, cot: Cotangents = LOSS_ONLY):
         self.cell = cell
         self.bwd = backward_step(cell.step, cot)
+        fwd = forward_aliases(cell)
+        self._alias = {**fwd, **backward_aliases(self.bwd, fwd, set(cell.decls) | set(fwd.values()))}
+
+    def _renamed(self, e):
+        """``e`` with every aliased node under its alias (printing only: a key never changes)."""
+        return e.xreplace({s: NodeSym((internal(self._alias[s.key]), s.key[1]))
+                           for s in e.free_symbols if isinstance(s, NodeSym) and s.key in self._alias})
 
     def _grad_lines(self):
         out = []
@@ -258,9 +280,9 @@ class Explanation(TextShown):
                 {k: e.xreplace(stored) for k, e in exprs.items()})
 
     def _forward_values(self, exprs) -> list:
-        """[(lhs, rhs)] of the forward temporaries the backward step reads (a4[t], Abs9[t]...)
-        that the cell's equations do not name, each defined in terms the reader has: every
-        name a listing uses is defined somewhere in it."""
+        """[(lhs, rhs)] of the forward temporaries the backward step reads (pre(o)[t],
+        tanh(c)[t]...) that the cell's equations do not name, each defined in terms the
+        reader has: every name a listing uses is defined somewhere in it."""
         prog = self.cell.step.prog
         named = {(n, "t") for n, d in self.cell.decls.items() if d.kind in ("output", "define", "state")}
         named |= {(LOSS, "t")}
@@ -275,6 +297,21 @@ class Explanation(TextShown):
             todo += [s for s in node_expr(prog, k).xreplace(stored).free_symbols if isinstance(s, NodeSym)]
         return [(NodeSym(k), node_expr(prog, k).xreplace(stored)) for k in prog.nodes if k in need]
 
+    def _listing(self):
+        """The backward step's pieces, renamed: (equations, carried, gradients, where)."""
+        eqs, exprs = self._backward_eqs()
+        carried = []
+        for s, k in self.bwd.carry_out.items():
+            if k is None:
+                carried.append((s, None, sp.S.Zero))
+            else:
+                carried.append((s, k, exprs.get(k, NodeSym(k))))
+        grads = self._grad_lines()
+        used = self._forward_values([r for _, r in eqs] + [e for _, _, e in carried] + [e for _, e in grads])
+        r = self._renamed
+        return ([(r(lhs), r(rhs)) for lhs, rhs in eqs], [(s, k, r(e)) for s, k, e in carried],
+                [(p, r(e)) for p, e in grads], [(r(lhs), r(rhs)) for lhs, rhs in used])
+
     def forward_text(self) -> str:
         return str(self.cell)
 
@@ -288,23 +325,21 @@ class Explanation(TextShown):
         lines = [f"backward step of {st.name!r} (t = T … 1; {zero})"]
         for o, k in self.bwd.out_seeds.items():
             lines.append(f"  {key_str(k)}: the cotangent of output {o}[t] from the caller (d_outputs[{o!r}])")
-        eqs, exprs = self._backward_eqs()
+        eqs, carried, grads, used = self._listing()
         lines += [f"  {lhs} = {sp.sstr(rhs)}" for lhs, rhs in eqs]
-        for s, k in self.bwd.carry_out.items():
-            rhs = exprs.get(k, NodeSym(k)) if k else 0
-            if k == (internal(f"δ{s}"), "t-1"):
-                lines.append(f"  (carried: δ⁺{s}[t-1] = δ{s}[t-1])")
+        defined = {lhs.key for lhs, _ in eqs}
+        for s, k, rhs in carried:
+            if isinstance(rhs, NodeSym) and rhs.key in defined:
+                lines.append(f"  (carried: δ⁺{s}[t-1] = {sp.sstr(rhs)})")
             else:
                 lines.append(f"  δ{s}[t-1] = {sp.sstr(rhs)}   (carried: δ⁺{s}[t-1])")
         if cot != LOSS_ONLY:
             lines.append("initial-state cotangents: " + ", ".join(f"δ{s}[0] = δ{s}[t-1] at t = 1" for s in st.states))
-        lines.append("parameter gradients (w[t]: the weight of step t in the loss)")
-        grads = self._grad_lines()
-        for p, e in grads:
-            lines.append(f"  ∂L/∂{display(p)} = Σ_t Σ_batch {sp.sstr(e)}")
-        used = self._forward_values([r for _, r in eqs] + list(exprs.values()) + [e for _, e in grads])
+        w = self._alias.get(self.bwd.weight, "w")
+        lines.append(f"parameter gradients ({w}[t]: the weight of step t in the loss)")
+        lines += [f"  ∂L/∂{display(p)} = Σ_t Σ_batch {sp.sstr(e)}" for p, e in grads]
         if used:
-            lines.append("forward values read above (computed and kept by the forward step t)")
+            lines.append("where (forward values of step t, kept by the forward pass)")
             lines += [f"  {lhs} = {sp.sstr(rhs)}" for lhs, rhs in used]
         if st.derived:
             lines += derived_gradient_lines(self.cell)
@@ -312,22 +347,24 @@ class Explanation(TextShown):
 
     def latex(self) -> str:
         rows = [f"{sp.latex(l)} &= {sp.latex(r)}" for l, r in _ordered(self.cell)]
-        eqs, exprs = self._backward_eqs()
+        eqs, carried, grads, used = self._listing()
         rows += [f"{sp.latex(l)} &= {sp.latex(r)}" for l, r in eqs]
-        for s, k in self.bwd.carry_out.items():
+        for s, k, rhs in carried:
             if k is None:
                 continue
-            carried = sp.latex(NodeSym((f"δ⁺{s}", "t-1")))
-            if k == (f"δ{s}", "t-1"):  # already an equation above: say only that it is carried
-                rows.append(f"{carried} &= {sp.latex(NodeSym(k))}")
-            else:
-                rows.append(f"{carried} &= {sp.latex(exprs.get(k, NodeSym(k)))}")
-        grads = self._grad_lines()
+            carried_sym = sp.latex(NodeSym((f"δ⁺{s}", "t-1")))
+            rows.append(f"{carried_sym} &= {sp.latex(rhs)}")
         rows += [f"\\frac{{\\partial L}}{{\\partial {(name_latex if '%' in p else ident_latex)(p)}}} &= \\sum_t {sp.latex(e)}"
                  for p, e in grads]
-        used = self._forward_values([r for _, r in eqs] + list(exprs.values()) + [e for _, e in grads])
-        rows += [f"{sp.latex(lhs)} &= {sp.latex(rhs)}" for lhs, rhs in used]
+        if used:
+            rows.append("&\\text{where}")
+            rows += [f"{sp.latex(lhs)} &= {sp.latex(rhs)}" for lhs, rhs in used]
         return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}"
+
+    def picture(self, kind: str = "gradient", detail: str = "compact"):
+        """The graph of these equations for a notebook (SVG): see :func:`rnncomp.inspect.picture`."""
+        from .inspect.draw import picture
+        return picture(self.cell, kind, detail=detail)
 
     def markdown(self) -> str:
         return f"$$\n{self.latex()}\n$$\n"

@@ -19,7 +19,7 @@ def test_explain_shows_each_cell_with_the_backward_it_runs_as_a_layer():
     assert titles[1].startswith("layer l1: cell 'elman' (the top")
     low, top = (p.backward_text() for _, p in e.parts)
     assert "δyᵉˣᵗ[t]: the cotangent of output y[t] from the caller" in low and "δx[t]" not in low
-    assert "δx[t] = Wᵀ·δa1[t]" in top and "δy[t] = w[t]*(-target[t] + y[t])" in top  # the loss seeds the top
+    assert "δx[t] = Wᵀ·δpre(h)[t]" in top and "δy[t] = w[t]*(-target[t] + y[t])" in top  # the loss seeds the top
     text = str(e)
     assert text.startswith("stack(bidirectional(gru), elman): 2 layer(s)") and "\\begin{aligned}" in e.latex()
     alone = rc.explain(rc.Bidirectional(rc.cells.elman(2, 3, 1)))  # no loss: seeded by the outputs' cotangents

@@ -4,6 +4,7 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 import rnncomp as rc
 from rnncomp import inspect as ri
@@ -11,6 +12,8 @@ from rnncomp.autodiff import WEIGHT, unrolled
 from rnncomp.backends.numpy import FORWARD, NumpyModel, run_program
 from rnncomp.cli import main
 from rnncomp.inspect import draw as render_mod
+
+from fuzzgen import fuzz_cells
 
 D, H, O = 3, 4, 2
 
@@ -57,15 +60,15 @@ def test_gradient_dot_marks_backward_nodes():
     dot = ri.to_dot(elman(), "gradient")
     nodes, edges = _parse(dot)
     fwd_lines = [l for l in dot.splitlines() if 'label="h[t]' in l]
-    bwd_lines = [l for l in dot.splitlines() if 'label="δa1[t]' in l]
+    bwd_lines = [l for l in dot.splitlines() if 'label="δpre(h)[t]' in l]
     assert fwd_lines and bwd_lines
     assert "shape=octagon" in bwd_lines[0] and "shape=octagon" not in fwd_lines[0]
     assert "#fee2e2" in bwd_lines[0] and "#fee2e2" not in fwd_lines[0]
     shapes = dict(re.findall(r"^\s+(n\d+) \[label=.*?shape=(\w+)", dot, re.M))
     bwd_ids = {n for n, sh in shapes.items() if sh in ("octagon", "invhouse", "house", "note")}
-    assert {nodes[n].split("\\n")[0] for n in bwd_ids} >= {"δ⁺h[t]", "w[t]", "δy[t]", "δh[t]", "δa1[t]",
-                                                            "Uᵀ·δa1[t]", "∂L/∂U", "δ⁺h[t-1]"}
-    assert not any(nodes[n].startswith(("h[t]", "y[t]", "a1[t]")) for n in bwd_ids)
+    assert {nodes[n].split("\\n")[0] for n in bwd_ids} >= {"δ⁺h[t]", "w[t]", "δy[t]", "δh[t]", "δpre(h)[t]",
+                                                            "Uᵀ·δpre(h)[t]", "∂L/∂U", "δ⁺h[t-1]"}
+    assert not any(nodes[n].startswith(("h[t]", "y[t]", "pre(h)[t]")) for n in bwd_ids)
     into_bwd = [e for e in edges if e[1] in bwd_ids]
     assert into_bwd and all("style=dashed" in e[2] for e in into_bwd)
     assert all("style=dashed" not in e[2] for e in edges if e[1] not in bwd_ids)
@@ -340,7 +343,8 @@ def test_docs_inspect_md_is_generated_and_up_to_date():
     assert not stale, f"run python docs/make_inspect.py (stale: {stale})"
 
 
-@pytest.mark.parametrize("mod", ["rnncomp.inspect", "rnncomp.inspect.dot"])
+@pytest.mark.parametrize("mod", ["rnncomp.inspect", "rnncomp.inspect.dot", "rnncomp.inspect.compact",
+                                 "rnncomp.inspect.draw", "rnncomp.aliases", "rnncomp.latex"])
 def test_doctests(mod):
     import doctest
     import importlib
@@ -365,5 +369,72 @@ def test_compact_step_graph_is_the_cells_equations(name, tmp_path):
     assert {f"{s} =" for s, d in cell.decls.items() if d.kind == "state"} <= {h.replace("[t] =", " =") for h in heads}
     ri.render(cell, tmp_path / "c.png", kind="step", engine="matplotlib", detail="compact")
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(ValueError, match="compact' is drawn for the step view"):
-        ri.to_dot(cell, "gradient", detail="compact")
+    with pytest.raises(ValueError, match="compact' is drawn for the step and gradient views"):
+        ri.to_dot(cell, "unfolded", detail="compact")
+
+
+def _check_compact_gradient(cell):
+    """The compact gradient graph is the equation listing: one node per line of rc.explain
+    (its forward equations, backward equations, where block, carried adjoints, gradients)
+    plus the leaves they read; every backward node is reached by the adjoint flow."""
+    e = rc.explain(cell)
+    eqs, carried, grads, used = e._listing()
+    nodes, edges = _parse(ri.to_dot(cell, "gradient", detail="compact"))
+    heads = [lab.split("\\n")[0] for lab in nodes.values()]
+    lines = [f"{lhs} =" for lhs, _ in used + eqs] + [f"δ⁺{s}[t-1] =" for s, _, _ in carried]
+    lines += [f"∂L/∂{p} = Σ" for p, _ in grads]
+    for line in lines:
+        assert heads.count(line) == 1, (cell.name, line, heads)
+    text = str(e)
+    for lab in nodes.values():   # the names of the listing, never a generated key
+        for name in re.findall(r"(?<![\w′])([^\W\d][\w′]*(?:\([^()]*\))?)\[t", lab.replace("\\n", " ")):
+            assert name + "[t" in text, (cell.name, name, lab)
+    into = {d for _, d, style in edges if "dashed" in style}
+    for nid, lab in nodes.items():
+        if lab.startswith(("δ", "∂L")) and "∈ R^" not in lab and not lab.endswith("=\\n0"):  # 0: none reaches it
+            assert nid in into, (cell.name, lab)
+    assert len(nodes) <= len(lines) + len(_ordered_lines(cell)) + len(cell.decls), cell.name
+
+
+def _ordered_lines(cell):
+    from rnncomp.printing import _ordered
+    return _ordered(cell)
+
+
+@pytest.mark.parametrize("name", sorted(rc.cells.ZOO))
+def test_compact_gradient_graph_is_the_listing_clustered_by_gate(name, tmp_path):
+    cell = rc.cells.ZOO[name](3, 4, 2)
+    _check_compact_gradient(cell)
+    dot = ri.to_dot(cell, "gradient", detail="compact")
+    assert "rankdir=LR" in dot
+    if name == "lstm":   # one cluster per gate, with its forward, backward and gradient nodes
+        for gate in "figo":
+            block = dot.split(f'label="gate {gate}"')[1].split("subgraph")[0]
+            assert f"pre({gate})[t] =" in block and f"δpre({gate})[t] =" in block and f"∂L/∂W{gate} = Σ" in block
+    ri.render(cell, tmp_path / "g.png", kind="gradient", engine="matplotlib", detail="compact")
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@settings(max_examples=10, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(fuzz_cells())
+def test_compact_gradient_graph_of_fuzzed_cells(cell):
+    _check_compact_gradient(cell)
+
+
+def test_picture_shows_itself_as_svg_in_a_notebook():
+    """rc.inspect.picture: SVG from dot or matplotlib (matplotlib is a dependency, so one is
+    always there); without a renderer (engine=None) the notebook gets the DOT text and what
+    to install, and SVG is not offered."""
+    p = ri.picture(rc.cells.lstm(3, 4, 2))
+    svg = p._repr_svg_()
+    assert svg is not None and "<svg" in svg and "pre(o)" in svg and p._repr_html_() is None
+    assert repr(p).startswith("<lstm gradient (compact): ") and p.dot == ri.to_dot(rc.cells.lstm(3, 4, 2), "gradient",
+                                                                                   detail="compact")
+    plain = ri.picture(rc.cells.lstm(3, 4, 2), "step", detail="full", engine=None)
+    assert plain._repr_svg_() is None
+    assert "install Graphviz" in plain._repr_html_() and "digraph" in plain._repr_html_()
+    mpl = ri.picture(rc.cells.gru(3, 4, 2), engine="matplotlib")._repr_svg_()
+    assert "<svg" in mpl
+    assert rc.explain(rc.cells.gru(3, 4, 2)).picture().dot == ri.to_dot(rc.cells.gru(3, 4, 2), "gradient",
+                                                                         detail="compact")

@@ -299,7 +299,7 @@ def test_bad_cotangents_are_named(backend):
 def test_explain_prints_the_input_and_output_cotangents():
     cell = rc.cells.elman(8, 32, 4)
     text = rc.explain(cell, wrt="inputs", d_outputs=True).backward_text()
-    assert "δx[t] = Wᵀ·δa1[t]" in text
+    assert "δx[t] = Wᵀ·δpre(h)[t]" in text
     assert "δy[t] = w[t]*(-target[t] + y[t]) + δyᵉˣᵗ[t]" in text
     assert "δ⁺h[T] = d_final['h']" in text
     plain = rc.explain(cell).backward_text()

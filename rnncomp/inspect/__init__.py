@@ -16,8 +16,9 @@
 from .cost import Cost, cost, cost_table
 from .dot import KINDS, Graph, build, dot_text, to_dot
 from .flow import Flow, flow_table, gradient_flow, plot_flow, random_problem, step_jacobian
-from .draw import RenderError, available_engine, render
+from .draw import Picture, RenderError, available_engine, picture, render
 
 __all__ = ["to_dot", "dot_text", "build", "Graph", "KINDS", "render", "available_engine", "RenderError",
+           "picture", "Picture",
            "cost", "Cost", "cost_table", "gradient_flow", "Flow", "flow_table", "plot_flow",
            "random_problem", "step_jacobian"]

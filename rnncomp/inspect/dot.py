@@ -27,7 +27,8 @@ import sympy as sp
 from ..autodiff import backward_step, carry_key
 from ..gradspec import Batch
 from ..graph import unfold_program
-from ..ir import internal, key_str
+from ..aliases import backward_aliases, forward_aliases
+from ..ir import NodeSym, internal, key_str
 from ..lower import LOSS
 from ..printing import node_expr, stored_values
 
@@ -112,14 +113,26 @@ def _short(text: str) -> str:
     return text if len(text) <= MAX_LABEL else text[:MAX_LABEL - 1] + "…"
 
 
-def node_label(prog, key, stored=None) -> str:
+def _renamer(alias):
+    """A function that shows a key or an expression under the aliases of :mod:`rnncomp.aliases`."""
+    def sym(k):
+        return NodeSym((internal(alias[k]), k[1])) if k in alias else NodeSym(k)
+
+    def expr(e):
+        return e.xreplace({s: sym(s.key) for s in e.free_symbols if isinstance(s, NodeSym) and s.key in alias})
+    return sym, expr
+
+
+def node_label(prog, key, stored=None, alias=None) -> str:
     """``stored``: :func:`~rnncomp.printing.stored_values` of the forward program (default:
-    of ``prog``), so a product reads by what it computes (Uz·h[t-1]), not by its key."""
+    of ``prog``), so a product reads by what it computes (Uz·h[t-1]), not by its key;
+    ``alias``: {key: readable name} (:mod:`rnncomp.aliases`)."""
     node = prog.node(key)
-    head = key_str(key)
+    sym, rename = _renamer(alias or {})
+    head = str(sym(key))
     if node.is_leaf:
         return f"{head}\n∈ R^{_shape(node.size)}"
-    rhs = sp.sstr(node_expr(prog, key).xreplace(stored_values(prog) if stored is None else stored))
+    rhs = sp.sstr(rename(node_expr(prog, key).xreplace(stored_values(prog) if stored is None else stored)))
     if node.op in ("matvec", "slice"):  # a generated name: its key would show the wrong time (Uz·h[t])
         return _short(rhs)
     return head if rhs == head else f"{head}\n= {_short(rhs)}"
@@ -150,9 +163,9 @@ def step_graph(cell) -> Graph:
     step = cell.step
     prog = step.prog
     g = Graph(f"{step.name} step", "step", "TB", [f"step t of {step.name!r}"])
-    stored = stored_values(prog)
+    stored, alias = stored_values(prog), forward_aliases(cell)
     for key, node in prog.nodes.items():
-        g.add_node(key, node_label(prog, key, stored), _role(node, key), 0)
+        g.add_node(key, node_label(prog, key, stored, alias), _role(node, key), 0)
     _edges(g, prog, prog.nodes, lambda a, k: "param" if a[1] is None else "fwd")
     for s in step.states:
         g.add_edge((s, "t"), (s, "t-1"), "recurrent", "t+1")
@@ -193,10 +206,11 @@ def unfolded_graph(cell, k: int = 3) -> Graph:
     prog = unfold_program(step, k)
     g = Graph(prog.name, "unfolded", "LR", ["parameters", "t = 0"] + [f"step {s}" for s in range(1, k + 1)])
     stored = stored_values(prog)
+    alias = {(name, s): a for (name, _), a in forward_aliases(cell).items() for s in range(1, k + 1)}
     for key, node in prog.nodes.items():
         t = key[1]
         group = 0 if t is None else t + 1
-        g.add_node(key, node_label(prog, key, stored), _role(node, key), group)
+        g.add_node(key, node_label(prog, key, stored, alias), _role(node, key), group)
     _edges(g, prog, prog.nodes, lambda a, kk: "param" if a[1] is None else "fwd")
     return g
 
@@ -208,11 +222,13 @@ def gradient_graph(cell) -> Graph:
     g = Graph(f"{step.name} gradient", "gradient", "TB",
               ["parameters", f"forward step t of {step.name!r}", "backward step t (BPTT)",
                "parameter gradients (Σ over t, batch)"])
-    stored = stored_values(fwd)
+    stored, fa = {**stored_values(fwd), **stored_values(bprog)}, forward_aliases(cell)  # Vᵀ·δy, not its key
+    alias = {**fa, **backward_aliases(bwd, fa, set(cell.decls) | set(fa.values()))}
+    name = lambda k: str(_renamer(alias)[0](k))  # noqa: E731
     for key, node in fwd.nodes.items():
-        g.add_node(key, node_label(fwd, key, stored), _role(node, key), 0 if node.op == "param" else 1)
+        g.add_node(key, node_label(fwd, key, stored, alias), _role(node, key), 0 if node.op == "param" else 1)
     for key, node in bprog.nodes.items():
-        g.add_node(key, node_label(bprog, key, stored), "seed" if node.is_leaf else "bwd", 2)
+        g.add_node(key, node_label(bprog, key, stored, alias), "seed" if node.is_leaf else "bwd", 2)
     _edges(g, fwd, fwd.nodes, lambda a, k: "param" if a[1] is None else "fwd")
     _edges(g, bprog, bprog.nodes, lambda a, k: "bwd")
     for s, k in bwd.carry_out.items():
@@ -225,9 +241,9 @@ def gradient_graph(cell) -> Graph:
         terms = []
         for spec in specs:
             if isinstance(spec, Batch):
-                terms.append(key_str(spec.g))
+                terms.append(name(spec.g))
             else:
-                a, v = key_str(spec.g), key_str(spec.v)
+                a, v = name(spec.g), name(spec.v)
                 o = f"{v}·{a}ᵀ" if spec.tr else f"{a}·{v}ᵀ"
                 terms.append(o if spec.c == 1 else f"{spec.c}·{o}")
         g.add_node(gk, f"∂L/∂{p}\n= Σ {_short(' + '.join(terms))}", "grad", 3)
@@ -242,15 +258,19 @@ DETAILS = ("full", "compact")
 
 def build(cell, kind: str = "step", k: int = 3, detail: str = "full") -> Graph:
     """The :class:`Graph` of one view (``kind`` in ``"step"``, ``"unfolded"``, ``"gradient"``);
-    ``detail="compact"`` (the step view): one node per named value, see :func:`compact_step_graph`."""
+    ``detail="compact"``: one node per named value or equation, see :func:`compact_step_graph`
+    and :func:`~rnncomp.inspect.compact.compact_gradient_graph`."""
     if detail not in DETAILS:
         raise ValueError(f"graph detail must be one of {', '.join(DETAILS)}, got {detail!r}")
     if hasattr(cell, "layers"):  # rc.Stack, rc.Bidirectional: each cell in its layer's clusters
         from ..compose.draw import composed_graph
         return composed_graph(cell, kind, k, detail)
     if detail == "compact":
+        if kind == "gradient":
+            from .compact import compact_gradient_graph
+            return compact_gradient_graph(cell)
         if kind != "step":
-            raise ValueError(f"detail='compact' is drawn for the step view, not {kind!r}")
+            raise ValueError(f"detail='compact' is drawn for the step and gradient views, not {kind!r}")
         return compact_step_graph(cell)
     if kind == "step":
         return step_graph(cell)

@@ -82,6 +82,58 @@ def render(cell_or_graph, path, kind: str = "step", k: int = 3, fmt: str | None 
                       "or write the DOT text with rnncomp.inspect.to_dot / `rnncomp inspect --dot`")
 
 
+class Picture:
+    """A graph that shows itself in a notebook: SVG drawn by Graphviz's ``dot`` or, without it,
+    by matplotlib; with neither, the notebook shows an HTML note saying what to install and
+    the DOT text.  At a prompt: a one-line summary (``.dot`` holds the DOT text).
+
+        >>> import rnncomp as rc
+        >>> p = picture(rc.cells.gru(3, 4, 2))
+        >>> p
+        <gru gradient (compact): 34 nodes, 40 edges; .dot for the DOT text, .save(path) to draw it>
+    """
+
+    def __init__(self, graph: Graph, engine: str | None = "auto"):
+        """``engine``: as :func:`render`'s, or None to show the DOT text only."""
+        self.graph, self.engine = graph, engine
+        self.dot = dot_text(graph)
+
+    def _engine(self):
+        return available_engine() if self.engine == "auto" else self.engine
+
+    def save(self, path) -> str:
+        return render(self.graph, path, engine=self._engine() or "auto")
+
+    def svg(self) -> str | None:
+        """The SVG text, or None when there is no renderer."""
+        import tempfile
+        if self._engine() is None:
+            return None
+        with tempfile.TemporaryDirectory() as d:
+            path = pathlib.Path(d) / "graph.svg"
+            self.save(path)
+            return path.read_text()
+
+    def _repr_svg_(self):
+        return self.svg()
+
+    def _repr_html_(self):   # only without a renderer: a notebook prefers HTML to SVG
+        if self._engine() is not None:
+            return None
+        import html
+        return ("<p>No renderer for this graph: install Graphviz (<code>apt install graphviz</code>) "
+                "or matplotlib. Its DOT text:</p><pre>" + html.escape(self.dot) + "</pre>")
+
+    def __repr__(self) -> str:
+        return (f"<{self.graph.name}: {len(self.graph.nodes)} nodes, {len(self.graph.edges)} edges; "
+                ".dot for the DOT text, .save(path) to draw it>")
+
+
+def picture(cell, kind: str = "gradient", k: int = 3, detail: str = "compact", engine: str | None = "auto") -> Picture:
+    """A view of a cell for a notebook (default: the compact gradient graph)."""
+    return Picture(build(cell, kind, k, detail), engine)
+
+
 # ----------------------------------------------------------------------------- layered layout
 def layout(g: Graph) -> dict:
     """``{node id: (x, y)}``: one column per group (parameters, time steps ...), rows in program
