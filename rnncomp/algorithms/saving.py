@@ -37,10 +37,11 @@ def to_dict(algo) -> tuple[dict | None, dict]:
     if type(algo) not in CONFIG:
         raise CheckpointError(f"gradient={algo!r}: {type(algo).__qualname__} is not an algorithm a checkpoint "
                               f"can name ({', '.join(BY_NAME)})")
-    arrays = {}
-    if isinstance(algo, DNI) and algo.module is not None:
-        arrays = {"A": algo.module[0], "c": algo.module[1]}
-    return {"name": type(algo).__name__, "config": CONFIG[type(algo)](algo)}, arrays
+    d, arrays = {"name": type(algo).__name__, "config": CONFIG[type(algo)](algo)}, {}
+    if isinstance(algo, DNI) and algo.module is not None:  # the module and its Adam go on training
+        arrays = {"A": algo.module[0], "c": algo.module[1], **{f"opt/{k}": v for k, v in algo.opt.state_dict().items()}}
+        d["updates"] = algo.updates
+    return d, arrays
 
 
 def from_dict(d, arrays, where):
@@ -56,11 +57,14 @@ def from_dict(d, arrays, where):
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: the options of gradient algorithm {d['name']}: {e}") from None
     if isinstance(algo, DNI) and arrays:
-        if set(arrays) != {"A", "c"}:
+        if not {"A", "c"} <= set(arrays):
             raise CheckpointError(f"{where}: DNI's synthetic-gradient module needs arrays A and c, "
                                   f"got {', '.join(sorted(arrays))}")
         A, c = np.array(arrays["A"]), np.array(arrays["c"])
-        if A.ndim != 2 or A.shape[0] != A.shape[1] or c.shape != (A.shape[0],):
-            raise CheckpointError(f"{where}: DNI's module has A {A.shape} and c {c.shape}: need (N, N) and (N,)")
-        algo.module = (A, c)
+        opt = {k[4:]: v for k, v in arrays.items() if k.startswith("opt/")}
+        N = c.shape[0] if c.ndim == 1 else -1
+        if A.shape != (N, N) or any(v.shape != (N * N + N,) for v in opt.values()):
+            raise CheckpointError(f"{where}: DNI's module has A {A.shape}, c {c.shape} and optimizer state "
+                                  f"{sorted((k, v.shape) for k, v in opt.items())}: need (N, N), (N,), (N² + N,)")
+        algo.restore(A, c, opt, d.get("updates", 0))
     return algo
