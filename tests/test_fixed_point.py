@@ -245,6 +245,35 @@ def test_energy_bptt_through_the_descent():
     np.testing.assert_array_equal(s_all["s"], s0["s"])
 
 
+def test_energy_declared_on_the_cell():
+    """``cell.energy(E)`` stores E only: compile_fixed_point(cell) reads it and gives what
+    energy=E gives (the same programs: equal to the last bit), the BPTT step ignores it."""
+    cell, energy = energy_cell()
+    plain = rc.compile(cell, backend="numpy", dtype="float64")
+    before = str(cell)
+    cell.energy(energy)
+    assert cell.energy_expr == energy and str(cell) == before
+    model, params, x, t = _energy_problem()
+    declared = rc.compile_fixed_point(cell, tol=1e-13, max_iter=5000, step=0.5)
+    for method in ("rbp", "eqprop", "bptt"):
+        l1, g1, s1 = model.loss_and_grad(params, x, t, method=method)
+        l2, g2, s2 = declared.loss_and_grad(params, x, t, method=method)
+        assert l1 == l2 and all(np.array_equal(g1[k], g2[k]) for k in g1), method
+    seq = {"x": np.ones((2, 1, 3))}, {"t": np.ones((2, 1, 2))}
+    after = rc.compile(cell, backend="numpy", dtype="float64")
+    assert after.loss_and_grad(params, *seq)[0] == plain.loss_and_grad(params, *seq)[0]
+    with pytest.raises(rc.CallError, match=r"cell 'hopfield' declares its energy.*energy= would be a second"):
+        rc.compile_fixed_point(cell, energy=energy)
+    with pytest.raises(rc.CellError, match=r"cell 'hopfield', energy: the energy is declared twice"):
+        cell.energy(energy)
+    other = rc.Cell("other")
+    s = other.state("s", 2)
+    with pytest.raises(rc.CellError, match=r"cell 'other', energy: unknown symbol 'zz'"):
+        other.energy(sp.Symbol("zz") * s)
+    with pytest.raises(rc.ShapeError, match=r"cell 'other', energy: W is a 2×2 matrix"):
+        other.energy(other.param("W", (2, 2)))
+
+
 def test_energy_model_errors():
     cell, energy = energy_cell()
     model = rc.compile_fixed_point(cell, energy=energy, tol=1e-10, max_iter=20, step=0.5)

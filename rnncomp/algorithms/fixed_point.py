@@ -48,12 +48,17 @@ def compile_fixed_point(cell, tol: float = 1e-8, max_iter: int = 500, dtype: str
     the loss there: ``forward(params, x, h0=None)``, ``loss_and_grad(params, x, y, method="rbp")``.
 
     ``energy=E`` (a DSL expression of the states, inputs and parameters, summed over its
-    units): the dynamics are ds/dt = −∂E/∂s instead (gradient descent with ``step``; the
-    cell's updates are not used), and ``method="eqprop"`` is available too
-    (:mod:`rnncomp.algorithms.energy`)."""
+    units), or E declared with ``cell.energy(E)``: the dynamics are ds/dt = −∂E/∂s instead
+    (gradient descent with ``step``; the cell's updates are not used), and ``method="eqprop"``
+    is available too (:mod:`rnncomp.algorithms.energy`)."""
     if not (tol > 0 and isinstance(max_iter, int) and max_iter >= 1):
         raise ValueError(f"compile_fixed_point: need tol > 0 and an integer max_iter >= 1, "
                          f"got tol={tol!r}, max_iter={max_iter!r}")
+    declared = getattr(cell, "energy_expr", None)
+    if energy is not None and declared is not None:
+        raise CallError(f"compile_fixed_point: cell {cell.name!r} declares its energy (cell.energy); "
+                        "energy= would be a second one")
+    energy = declared if energy is None else energy
     if energy is not None:
         from .energy import EnergyModel
         return EnergyModel(cell, energy, tol, max_iter, step, dtype)
