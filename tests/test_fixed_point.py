@@ -262,6 +262,9 @@ def test_energy_declared_on_the_cell():
     seq = {"x": np.ones((2, 1, 3))}, {"t": np.ones((2, 1, 2))}
     after = rc.compile(cell, backend="numpy", dtype="float64")
     assert after.loss_and_grad(params, *seq)[0] == plain.loss_and_grad(params, *seq)[0]
+    from rnncomp.serialize import cell_from_dict, cell_to_dict
+    again = cell_from_dict(cell_to_dict(cell))   # the portable checkpoint's form keeps it
+    assert again.energy_expr == energy and cell_from_dict(cell_to_dict(energy_cell()[0])).energy_expr is None
     with pytest.raises(rc.CallError, match=r"cell 'hopfield' declares its energy.*energy= would be a second"):
         rc.compile_fixed_point(cell, energy=energy)
     with pytest.raises(rc.CellError, match=r"cell 'hopfield', energy: the energy is declared twice"):
