@@ -47,6 +47,7 @@ class Cell:
     """A recurrent cell: see the module docstring of :mod:`rnncomp.dsl`."""
 
     compiler: CompilerViews | None = None  # set by rnncomp.cell_views (see the module docstring)
+    energy_expr = None  # cell.energy(E): read only by rc.compile_fixed_point
 
     def __init__(self, name: str = "cell"):
         self.name = name
@@ -217,12 +218,22 @@ class Cell:
 
     def loss(self, expr) -> None:
         """The per-step cost: an expression summed over its units."""
-        where = f"cell {self.name!r}, loss"
-        if self.loss_expr is not None:
-            raise CellError(f"{where}: the loss is declared twice")
+        self._summed("loss", expr)
+
+    def energy(self, expr) -> None:
+        """A settling network's energy E, summed over its units: ``rc.compile_fixed_point(cell)``
+        relaxes ds/dt = −∂E/∂s (:mod:`rnncomp.algorithms.energy`).  Stored only: the step and
+        its gradient do not read it."""
+        self._summed("energy", expr)
+
+    def _summed(self, what, expr) -> None:
+        """Declare the scalar field ``what`` ("loss" or "energy"): ``expr`` summed over its units."""
+        where = f"cell {self.name!r}, {what}"
+        if getattr(self, f"{what}_expr") is not None:
+            raise CellError(f"{where}: the {what} is declared twice")
         expr = self._check_expr(expr, where)
         self.size_of(expr, where)
-        self.loss_expr = expr
+        setattr(self, f"{what}_expr", expr)
         self._lowered = None
 
     # ------------------------------------------------------------------ checking

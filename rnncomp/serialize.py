@@ -41,7 +41,8 @@ def cell_to_dict(cell: Cell) -> dict:
                       "init": init, "expr": None if d.expr is None else sp.srepr(d.expr)})
     return {"name": cell.name, "decls": decls,
             "updates": {k: sp.srepr(e) for k, e in cell.updates.items()},
-            "loss": None if cell.loss_expr is None else sp.srepr(cell.loss_expr)}
+            "loss": None if cell.loss_expr is None else sp.srepr(cell.loss_expr),
+            **({} if cell.energy_expr is None else {"energy": sp.srepr(cell.energy_expr)})}
 
 
 def _namespace() -> dict:
@@ -106,6 +107,8 @@ def cell_from_dict(d: dict, where: str = "checkpoint") -> Cell:
             cell.update(name, _expr(text, ns, f"{where}: update of {name!r}"))
         if d["loss"] is not None:
             cell.loss(_expr(d["loss"], ns, f"{where}: loss"))
+        if d.get("energy") is not None:  # cell.energy (issue #20); absent from older files
+            cell.energy(_expr(d["energy"], ns, f"{where}: energy"))
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{where}: the cell declaration is incomplete ({exc!r})") from None
     except CheckpointError:

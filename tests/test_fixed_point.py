@@ -84,6 +84,43 @@ def test_bptt_through_the_iterations_approaches_rbp(name):
         np.testing.assert_allclose(g_b[p], g_rbp[p], rtol=1e-8, atol=1e-10, err_msg=p)
 
 
+def _fd_check(f, grads, params, seed, eps=1e-6, rtol=1e-6):
+    """Central differences of the scalar ``f(params)`` in a random direction per parameter."""
+    rng = np.random.default_rng(seed)
+    for p, v in params.items():
+        d = rng.normal(size=v.shape)
+        fd = (f(dict(params, **{p: v + eps * d})) - f(dict(params, **{p: v - eps * d}))) / (2 * eps)
+        an = float((grads[p] * d).sum())
+        assert abs(fd - an) <= 1e-8 + rtol * abs(fd), (p, fd, an)
+
+
+@pytest.mark.parametrize("name", ["settle", "lstm"])
+def test_bptt_method_unrolled_k_iterations(name):
+    """``method="bptt", iterations=k``: the gradient of the loss after exactly k updates
+    (a smooth function of θ: central differences agree to 1e-6 relative, the O(eps²)
+    truncation at eps 1e-6), whose distance to RBP's falls geometrically in k (a contraction),
+    and an independent reference: the NumPy model over k repeated steps."""
+    cell, model, params, x, y = _problem(name)
+    _, g_rbp, _ = model.loss_and_grad(params, x, y)
+    errs = []
+    for k in (2, 4, 8, 16, 32):
+        loss, g, s_k = model.loss_and_grad(params, x, y, method="bptt", iterations=k)
+        errs.append(max(float(np.abs(g[p] - g_rbp[p]).max()) for p in g))
+        if k == 4:
+            _fd_check(lambda q: model.loss_and_grad(q, x, y, method="bptt", iterations=4)[0], g, params, seed=5)
+            rep = lambda d: {n: np.repeat(v[None], k, axis=0) for n, v in d.items()}  # noqa: E731
+            mask = np.zeros((k, 3))
+            mask[-1] = 1
+            ref_loss, ref, ref_s = rc.compile(cell, backend="numpy").loss_and_grad(params, rep(x), rep(y), mask=mask)
+            assert abs(loss - ref_loss) <= 1e-14 * abs(ref_loss)
+            for p in g:
+                np.testing.assert_allclose(g[p], ref[p], rtol=1e-12, atol=1e-14, err_msg=p)
+            for s in s_k:
+                np.testing.assert_allclose(s_k[s], ref_s[s], rtol=1e-14, atol=0)
+    assert all(b < a for a, b in zip(errs, errs[1:])), errs
+    assert errs[-1] < 1e-4 * errs[0], errs
+
+
 @pytest.mark.parametrize("name", sorted(CELLS))
 def test_rbp_direct_solve_equals_the_iteration(name):
     """Both solve (I − Dᵀ) λ = ∂ℓ/∂s; the iteration to tol 1e-13 (1e-10 relative)."""
@@ -123,6 +160,10 @@ def test_bad_arguments():
         model.loss_and_grad(params, x, y, method="eqprop")
     with pytest.raises(ValueError, match="solve must be 'iterate' or 'direct', got 'lu'"):
         model.loss_and_grad(params, x, y, solve="lu")
+    with pytest.raises(ValueError, match="iterations must be an integer >= 1, got 0"):
+        model.loss_and_grad(params, x, y, method="bptt", iterations=0)
+    with pytest.raises(ValueError, match="iterations= is for method='bptt'.*'rbp'"):
+        model.loss_and_grad(params, x, y, iterations=3)
     with pytest.raises(rc.CallError, match="settle"):
         model.forward(params, {"x": np.ones((3, 4))})
 
@@ -184,6 +225,58 @@ def test_eqprop_approaches_rbp_first_order_one_sided_second_order_symmetric():
     assert sym[-1] < 1e-5 * np.linalg.norm(ref)
 
 
+def test_energy_bptt_through_the_descent():
+    """BPTT through k gradient-descent steps on E (the transpose uses Hessian-vector
+    products): equal to central differences of the loss after exactly k steps (1e-6
+    relative), approaching RBP geometrically in k, and through all of the relaxation's
+    steps equal to RBP to ~1e-8 (the descent converged to tol 1e-13)."""
+    model, params, x, t = _energy_problem()
+    _, g_rbp, s0 = model.loss_and_grad(params, x, t)
+    flat = lambda g: np.concatenate([g[k].ravel() for k in sorted(g)])  # noqa: E731
+    ref = flat(g_rbp)
+    _, g5, _ = model.loss_and_grad(params, x, t, method="bptt", iterations=5)
+    _fd_check(lambda q: model.loss_and_grad(q, x, t, method="bptt", iterations=5)[0], g5, params, seed=6)
+    errs = [np.linalg.norm(flat(model.loss_and_grad(params, x, t, method="bptt", iterations=k)[1]) - ref)
+            for k in (5, 10, 20, 40, 80)]
+    assert all(b < a for a, b in zip(errs, errs[1:])), errs
+    assert errs[-1] < 1e-6 * errs[0], errs   # measured: 0.13 → 1.2e-11 relative
+    _, g_all, s_all = model.loss_and_grad(params, x, t, method="bptt")
+    np.testing.assert_allclose(flat(g_all), ref, rtol=0, atol=1e-8 * np.abs(ref).max())
+    np.testing.assert_array_equal(s_all["s"], s0["s"])
+
+
+def test_energy_declared_on_the_cell():
+    """``cell.energy(E)`` stores E only: compile_fixed_point(cell) reads it and gives what
+    energy=E gives (the same programs: equal to the last bit), the BPTT step ignores it."""
+    cell, energy = energy_cell()
+    plain = rc.compile(cell, backend="numpy", dtype="float64")
+    before = str(cell)
+    cell.energy(energy)
+    assert cell.energy_expr == energy and str(cell) == before
+    model, params, x, t = _energy_problem()
+    declared = rc.compile_fixed_point(cell, tol=1e-13, max_iter=5000, step=0.5)
+    for method in ("rbp", "eqprop", "bptt"):
+        l1, g1, s1 = model.loss_and_grad(params, x, t, method=method)
+        l2, g2, s2 = declared.loss_and_grad(params, x, t, method=method)
+        assert l1 == l2 and all(np.array_equal(g1[k], g2[k]) for k in g1), method
+    seq = {"x": np.ones((2, 1, 3))}, {"t": np.ones((2, 1, 2))}
+    after = rc.compile(cell, backend="numpy", dtype="float64")
+    assert after.loss_and_grad(params, *seq)[0] == plain.loss_and_grad(params, *seq)[0]
+    from rnncomp.serialize import cell_from_dict, cell_to_dict
+    again = cell_from_dict(cell_to_dict(cell))   # the portable checkpoint's form keeps it
+    assert again.energy_expr == energy and cell_from_dict(cell_to_dict(energy_cell()[0])).energy_expr is None
+    with pytest.raises(rc.CallError, match=r"cell 'hopfield' declares its energy.*energy= would be a second"):
+        rc.compile_fixed_point(cell, energy=energy)
+    with pytest.raises(rc.CellError, match=r"cell 'hopfield', energy: the energy is declared twice"):
+        cell.energy(energy)
+    other = rc.Cell("other")
+    s = other.state("s", 2)
+    with pytest.raises(rc.CellError, match=r"cell 'other', energy: unknown symbol 'zz'"):
+        other.energy(sp.Symbol("zz") * s)
+    with pytest.raises(rc.ShapeError, match=r"cell 'other', energy: W is a 2×2 matrix"):
+        other.energy(other.param("W", (2, 2)))
+
+
 def test_energy_model_errors():
     cell, energy = energy_cell()
     model = rc.compile_fixed_point(cell, energy=energy, tol=1e-10, max_iter=20, step=0.5)
@@ -194,8 +287,10 @@ def test_energy_model_errors():
     model = rc.compile_fixed_point(cell, energy=energy)
     with pytest.raises(ValueError, match="beta must be positive"):
         model.loss_and_grad(params, x, t, method="eqprop", beta=0)
-    with pytest.raises(ValueError, match="'rbp' or 'eqprop'"):
-        model.loss_and_grad(params, x, t, method="bptt")
+    with pytest.raises(ValueError, match="'rbp', 'eqprop' or 'bptt'"):
+        model.loss_and_grad(params, x, t, method="bp")
+    with pytest.raises(ValueError, match="iterations= is for method='bptt'"):
+        model.loss_and_grad(params, x, t, method="eqprop", iterations=5)
     with pytest.raises(ValueError, match="step must be positive"):
         rc.compile_fixed_point(cell, energy=energy, step=0)
     with pytest.raises(rc.CellError, match="hopfield_energy"):

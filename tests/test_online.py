@@ -25,6 +25,7 @@ from gradcheck import random_data  # noqa: E402
 from rnncomp.algorithms import RTRL, SensitivityMemoryError, sequence_grad  # noqa: E402
 from rnncomp.algorithms.tangents import Directions, run_tangents  # noqa: E402
 from rnncomp.backends.numpy import run_program  # noqa: E402
+from rnncomp.train.tasks import delayed_copy  # noqa: E402
 
 
 def rel_err(g1, g2):
@@ -484,11 +485,7 @@ def test_cli_inspect_cost_lists_the_algorithms(capsys):
 
 # ----------------------------------------------------------------------------- DNI
 def _echo(T, B, delay, seed):
-    rng = np.random.default_rng(seed)
-    x = rng.choice([-1.0, 1.0], size=(T, B, 1))
-    y = np.zeros_like(x)
-    y[delay:] = x[:-delay]
-    return x, y
+    return delayed_copy(T, B, delay, seed, dtype="float64")[:2]
 
 
 def test_dni_without_a_future_is_truncated_bptt():

@@ -13,6 +13,9 @@ own cost ``C`` (read at the old state: s.new → s).  The relaxation is gradient
 * ``method="eqprop"`` (Scellier & Bengio 2017): relax again with the cost nudged in, then
   ∂L/∂θ ≈ (∂F/∂θ(s^β, β) − ∂E/∂θ(s⁰))/β, error O(β); ``symmetric=True`` nudges both ways,
   (∂F/∂θ(s^β, β) − ∂F/∂θ(s^−β, −β))/(2β), error O(β²).  Only energies and the cost are read.
+* ``method="bptt"``: back-propagation through the descent's iterates s[0] … s[k] (stored):
+  λ[i] = λ[i+1] − η H(s[i]) λ[i+1], ∂L/∂θ −= η λ[i+1]ᵀ ∂²E/∂s∂θ(s[i]), from λ[k] = ∂C/∂s(s[k]);
+  k as many as the relaxation took, or ``iterations=k`` exactly.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from ..errors import CallError
 from ..forward_mode import jvp, tangent_name
 from ..ir import Node, Program
 from .base import step_env
-from .fixed_point import FixedPointError, _named
+from .fixed_point import FixedPointError, _check_iterations, _named
 from .tangents import Directions, run_tangents
 
 
@@ -129,17 +132,21 @@ class EnergyModel:
         seq = lambda d, what: {k: np.asarray(v, self.dtype)[None] for k, v in _named(d, what, self.step).items()}  # noqa: E731
         return check_call(self.step, self.dtype, params, seq(x, "inputs"), seq(y, "targets"), h0, need_targets=True)
 
-    def _relax(self, call, beta, start=None):
-        """The minimum of E + βC by gradient descent from ``start`` (default: the initial states)."""
+    def _relax(self, call, beta, start=None, *, iterations=None, trail=None):
+        """The minimum of E + βC by gradient descent from ``start`` (default: the initial
+        states); exactly ``iterations`` steps where given; each iterate before a step appended
+        to ``trail``."""
         B, dt, seqs = call.B, self.dtype, {**call.inputs, **call.targets}
         s = dict(start) if start is not None else initial_states(self.step, call, dt)
-        for i in range(1, self.max_iter + 1):
+        for i in range(1, (iterations or self.max_iter) + 1):
+            if trail is not None:
+                trail.append(s)
             dE = self.E.d_state(self.E.evaluate(call.params, s, seqs, B, dt), B)
             dC = self.C.d_state(self.C.evaluate(call.params, s, seqs, B, dt), B) if beta else None
             move = {k: self.eta * (dE[k] + (beta * dC[k] if beta else 0)) for k in s}
             s = {k: s[k] - move[k] for k in s}
             res = max(float(np.abs(m).max()) for m in move.values())
-            if res <= self.tol:
+            if i == iterations or (iterations is None and res <= self.tol):
                 self.iterations = i
                 return s
         raise FixedPointError(f"cell {self.cell.name!r}: gradient descent on the energy (β = {beta:g}) did not "
@@ -150,16 +157,20 @@ class EnergyModel:
         """The free-phase minimum s⁰ of E."""
         return self._relax(self._call(params, x, y, h0), 0.0)
 
-    def loss_and_grad(self, params, x, y, h0=None, method="rbp", beta=0.01, symmetric=False):
-        if method not in ("rbp", "eqprop"):
-            raise ValueError(f"method must be 'rbp' or 'eqprop' for an energy model, got {method!r}")
+    def loss_and_grad(self, params, x, y, h0=None, method="rbp", beta=0.01, symmetric=False, iterations=None):
+        if method not in ("rbp", "eqprop", "bptt"):
+            raise ValueError(f"method must be 'rbp', 'eqprop' or 'bptt' for an energy model, got {method!r}")
+        _check_iterations(method, iterations)
         call = self._call(params, x, y, h0)
         B, dt, seqs = call.B, self.dtype, {**call.inputs, **call.targets}
-        s0 = self._relax(call, 0.0)
+        trail = [] if method == "bptt" else None
+        s0 = self._relax(call, 0.0, iterations=iterations, trail=trail)
         c_env = self.C.evaluate(call.params, s0, seqs, B, dt)
         loss = float(np.sum(c_env[self.C.step.loss_key])) / B
         if method == "rbp":
             return loss, self._rbp(call, s0, c_env), s0
+        if method == "bptt":
+            return loss, self._bptt(call, trail, c_env), s0
         if not beta > 0:
             raise ValueError(f"eqprop: beta must be positive, got {beta!r}")
         dF = lambda s, b: self._dF(call, s, b)  # noqa: E731
@@ -177,6 +188,20 @@ class EnergyModel:
         if beta:
             gc = self.C.d_params(self.C.evaluate(call.params, s, seqs, B, dt), dt)
             g = {p: g[p] + beta * gc[p] for p in g}
+        return g
+
+    def _bptt(self, call, trail, c_env):
+        """The transpose of the descent s[i+1] = s[i] − η ∂E/∂s(s[i]) (H is symmetric)."""
+        B, dt, seqs = call.B, self.dtype, {**call.inputs, **call.targets}
+        lam = {k: v / B for k, v in self.C.d_state(c_env, B).items()}
+        g = {p: v / B for p, v in self.C.d_params(c_env, dt).items()}
+        for s in reversed(trail):
+            hlam, mixed = self.E.hessian_products(self.E.evaluate(call.params, s, seqs, B, dt), lam, B, dt)
+            g = {p: g[p] - self.eta * mixed[p] for p in g}
+            lam = {k: lam[k] - self.eta * hlam[k] for k in lam}
+        for s, p in self.step.state_init.items():   # a learned initial state: s[0]'s adjoint
+            if p is not None and s not in call.h0:
+                g[p] = g[p] + lam[s].sum(axis=0).reshape(g[p].shape)
         return g
 
     def _rbp(self, call, s0, c_env):

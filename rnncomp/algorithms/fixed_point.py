@@ -12,7 +12,8 @@ parameter contributions are the gradient once λ has converged.  Nothing is stor
 ``solve="direct"`` instead forms ∂f/∂s at s* (forward mode, :mod:`.restricted`) and solves
 for λ: for small states, and where the adjoint iteration would not contract.
 ``method="bptt"`` back-propagates through the forward iterations instead (the reference:
-it approaches the RBP gradient as their number grows).
+it approaches the RBP gradient as their number grows); ``iterations=k`` unrolls exactly k
+updates from the initial state, converged or not, and differentiates the loss read there.
 
     >>> import numpy as np, rnncomp as rc
     >>> model = rc.compile_fixed_point(rc.cells.elman(2, 3, 1), tol=1e-10)
@@ -47,12 +48,17 @@ def compile_fixed_point(cell, tol: float = 1e-8, max_iter: int = 500, dtype: str
     the loss there: ``forward(params, x, h0=None)``, ``loss_and_grad(params, x, y, method="rbp")``.
 
     ``energy=E`` (a DSL expression of the states, inputs and parameters, summed over its
-    units): the dynamics are ds/dt = −∂E/∂s instead (gradient descent with ``step``; the
-    cell's updates are not used), and ``method="eqprop"`` is available too
-    (:mod:`rnncomp.algorithms.energy`)."""
+    units), or E declared with ``cell.energy(E)``: the dynamics are ds/dt = −∂E/∂s instead
+    (gradient descent with ``step``; the cell's updates are not used), and ``method="eqprop"``
+    is available too (:mod:`rnncomp.algorithms.energy`)."""
     if not (tol > 0 and isinstance(max_iter, int) and max_iter >= 1):
         raise ValueError(f"compile_fixed_point: need tol > 0 and an integer max_iter >= 1, "
                          f"got tol={tol!r}, max_iter={max_iter!r}")
+    declared = getattr(cell, "energy_expr", None)
+    if energy is not None and declared is not None:
+        raise CallError(f"compile_fixed_point: cell {cell.name!r} declares its energy (cell.energy); "
+                        "energy= would be a second one")
+    energy = declared if energy is None else energy
     if energy is not None:
         from .energy import EnergyModel
         return EnergyModel(cell, energy, tol, max_iter, step, dtype)
@@ -103,9 +109,12 @@ class FixedPointModel:
         only for a cell whose update reads one."""
         return self._relax(self._call(params, x, targets, h0=h0))[0]
 
-    def loss_and_grad(self, params, x, y, h0=None, method="rbp", solve="iterate"):
+    def loss_and_grad(self, params, x, y, h0=None, method="rbp", solve="iterate", iterations=None):
         """The loss at the fixed point (the mean of ℓ over the batch), its gradient, s*.
 
+        ``method="bptt"``: back-propagation through the relaxation's iterations (as many as it
+        took, or exactly ``iterations`` = k: then the loss is ℓ of the k-th update, with
+        s.new = s[k], and the states returned are s[k]).
         ``solve`` (RBP): "iterate" the adjoint fixed point, or "direct": the state Jacobian
         D = ∂f/∂s at s* per sample and one linear solve (I − Dᵀ) λ = ∂ℓ/∂s (small states;
         it needs no contraction of the adjoint iteration)."""
@@ -115,10 +124,13 @@ class FixedPointModel:
             raise ValueError(f"solve must be 'iterate' or 'direct', got {solve!r}")
         if not self.step.has_loss:
             raise CallError(f"cell {self.step.name!r} has no loss (declare one with cell.loss)")
+        _check_iterations(method, iterations)
         call = self._call(params, x, y, h0)
+        if iterations is not None:
+            return self._bptt(call, iterations)
         star, _ = self._relax(call)
         if method == "bptt":
-            return self._bptt(call, star)
+            return self._bptt(call, self.iterations + 1, star)
         B, dt, st = call.B, self.dtype, self.step
         fixed = step_env(st, call.params, star, {**call.inputs, **call.targets}, 0)
         run_program(st.prog, fixed, B, dt)
@@ -171,17 +183,26 @@ class FixedPointModel:
         run_program(self.bwd.prog, env, B, self.dtype)
         return env
 
-    def _bptt(self, call, star):
-        """BPTT through the forward iterations (as many as the relaxation took, plus the
-        step that reads the loss): the cost of the last step only."""
+    def _bptt(self, call, T, star=None):
+        """BPTT through T unrolled steps, the loss read at the last (its s.new = s[T]).  After
+        a relaxation of k iterations T = k + 1, so the loss step sees s* as the rbp loss
+        does, and s* is returned; else the states after the T updates."""
         from ..backends.numpy import NumpyModel
-        T = self.iterations + 1
-        rep = lambda d: {k: np.repeat(v, T, axis=0) for k, v in d.items()}  # noqa: E731
+        rep = lambda d: {n: np.repeat(v, T, axis=0) for n, v in d.items()}  # noqa: E731
         mask = np.zeros((T, call.B), dtype=self.dtype)
         mask[-1] = 1
-        loss, grads, _ = NumpyModel(self.cell, self.dtype.name).loss_and_grad(
+        loss, grads, final = NumpyModel(self.cell, self.dtype.name).loss_and_grad(
             call.params, rep(call.inputs), rep(call.targets), h0=call.h0 or None, mask=mask)
-        return loss, grads, star
+        return loss, grads, final if star is None else star
+
+
+def _check_iterations(method, iterations):
+    if iterations is None:
+        return
+    if method != "bptt":
+        raise ValueError(f"iterations= is for method='bptt' (a fixed number of unrolled updates), not {method!r}")
+    if not (isinstance(iterations, (int, np.integer)) and iterations >= 1):
+        raise ValueError(f"method='bptt': iterations must be an integer >= 1, got {iterations!r}")
 
 
 def _named(d, what, step):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import checkpoint as ck
+from ..algorithms import saving as algorithms
 from .trainer import Truncated
 
 
@@ -28,18 +29,20 @@ def save(tr, path) -> None:
         raise ck.CheckpointError(f"cannot save {path}: compile option(s) {', '.join(bad)} are not "
                                  "numbers or text")
     state = tr.optimizer.state_dict()
+    gradient, learned = algorithms.to_dict(tr.gradient)
     meta = {"format": ck.FORMAT, "version": ck.VERSION, "cell": ck.cell_to_dict(tr.cell),
             "fingerprint": str(tr.cell), "backend": tr.backend, "dtype": tr.dtype.name,
             "compile_options": opts, "update": tr.update, "params": tr.names,
             "optimizer": ck.optimizer_to_dict(tr.optimizer), "optimizer_state": sorted(state),
             "step": tr.step_count, "history": list(tr.history),
             "batch_history": [list(p) for p in tr.batch_history], "info": tr.info,
-            "val_history": list(tr.val_history),
+            "val_history": list(tr.val_history), "gradient": gradient,
             "options": {"clip_norm": tr.clip_norm, "clip_value": tr.clip_value,
                         "batch_first": tr.batch_first,
                         "bptt": None if tr.bptt is None else [tr.bptt.k1, tr.bptt.k2]}}
     arrays = {f"param/{n}": tr.params[n] for n in tr.names}
     arrays.update({f"opt/{k}": v for k, v in state.items()})
+    arrays.update({f"gradient/{k}": v for k, v in learned.items()})
     ck.write(path, meta, arrays)
 
 def load(cls, path, cell=None, backend=None, dtype=None, *, schedule=None, **compile_options):
@@ -69,6 +72,8 @@ def load(cls, path, cell=None, backend=None, dtype=None, *, schedule=None, **com
     opts.update(compile_options)
     opts.setdefault("update", meta["update"])
     o = meta["options"]
+    learned = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("gradient/")}
+    opts.setdefault("gradient", algorithms.from_dict(meta.get("gradient"), learned, where))
     tr = cls(saved, ck.optimizer_from_dict(meta["optimizer"], schedule, where),
              backend=backend or meta["backend"], dtype=dtype or meta["dtype"], params=params,
              clip_norm=o["clip_norm"], clip_value=o["clip_value"], batch_first=o.get("batch_first", False),

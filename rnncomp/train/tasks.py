@@ -34,6 +34,16 @@ def adding(T=100, N=256, seed=0, dtype="float32"):
     return x, y, mask
 
 
+def delayed_copy(T=32, N=256, delay=6, seed=0, dtype="float32"):
+    """Recall the input ``delay`` steps ago: random ±1 inputs, y[t] = x[t − delay] (0 before).
+    Predicting 0 gives MSE (T − delay)/T (examples/dni_copy.py)."""
+    rng = np.random.default_rng(seed)
+    x = rng.choice(np.array([-1.0, 1.0], dtype=dtype), size=(T, N, 1))
+    y = np.zeros_like(x)
+    y[delay:] = x[:-delay]
+    return x, y, None
+
+
 TASKS = {"sine": sine, "adding": adding}
 
 

@@ -88,7 +88,7 @@ class Trainer:
             compile_options = self.dist.compile_defaults(backend, compile_options)
         self.cell, self.bptt = cell, bptt
         from ..algorithms.online import check_gradient
-        self.gradient = check_gradient(gradient, cell)  # fit_online's algorithm (rnncomp/algorithms/online.py)
+        self.gradient = check_gradient(gradient, cell, bptt)  # fit_online's algorithm (rnncomp/algorithms/online.py)
         self.clip_norm, self.clip_value = clip_norm, clip_value
         self.backend, self.dtype = backend, np.dtype(dtype)
         self.model = rc_compile(cell, backend=backend, dtype=dtype, **compile_options)
@@ -176,6 +176,8 @@ class Trainer:
         full BPTT, or truncated windows with the state carried.  Returns (mean loss over the
         updates, final states); steps whose mask is 0 add nothing to any gradient."""
         T = next(iter(x.values())).shape[0]
+        if self.bptt is not None and hasattr(self.gradient, "fit_truncated"):  # DNI (algorithms/dni.py)
+            return self.gradient.fit_truncated(self, x, t, mask, h0)
         if self.bptt is None or self.bptt.k1 >= T:
             if mask is not None and not mask.any():  # nothing to learn from: carry the state only
                 return float("nan"), self.model.forward(self.params, x, h0=h0)[1]
