@@ -11,8 +11,6 @@ are in :mod:`.resume`, the data conversions in :mod:`.data`.
 """
 from __future__ import annotations
 
-import sys
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +19,7 @@ from ..compile import compile as rc_compile
 from ..errors import CallError, TrainingError
 from .data import as_dict, check_lengths, converted, lengths_mask
 from .optim import Adam, Optimizer, global_norm
+from .progress import EpochProgress, nanmean
 
 
 @dataclass(frozen=True)
@@ -39,24 +38,6 @@ class Truncated:
         if k2 % self.k1:
             raise ValueError(f"Truncated(k1={self.k1}, k2={k2}): k2 must be a multiple of k1")
         object.__setattr__(self, "k2", k2)
-
-
-def _live_bar(verbose, epoch, epochs, n_batches):
-    """A tqdm bar over an epoch's batches when standard output is a terminal, else None
-    (then ``fit`` prints one line per epoch)."""
-    if not verbose or not sys.stdout.isatty():
-        return None
-    import shutil
-
-    from tqdm import tqdm
-    size = shutil.get_terminal_size((100, 24))  # a terminal of unknown size reads 0 x 0: tqdm then hides the bar
-    return tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", file=sys.stdout,
-                leave=True, ncols=size.columns or 100, nrows=size.lines or 24)
-
-
-def _nanmean(values) -> float:
-    kept = [v for v in values if not np.isnan(v)]
-    return float(np.mean(kept)) if kept else float("nan")
 
 
 class Trainer:
@@ -258,9 +239,9 @@ class Trainer:
         first = len(self.history)
         for epoch in range(epochs):
             order = rng.permutation(N) if shuffle else np.arange(N)
-            losses, t0, carry = [], time.perf_counter(), None
+            losses, carry = [], None
             batches = [order[i:i + batch_size] for i in range(0, N, batch_size)]
-            bar = _live_bar(verbose, epoch, epochs, len(batches))
+            progress = EpochProgress(verbose, epoch, epochs, len(batches))
             for bi, idx in enumerate(batches):
                 sl = lambda d: {k: np.ascontiguousarray(v[:, idx]) for k, v in d.items()}  # noqa: E731
                 m = None if mask is None else np.ascontiguousarray(mask[:, idx])
@@ -269,19 +250,9 @@ class Trainer:
                 carry = final if stateful else None
                 losses.append(loss)
                 self.batch_history.append((len(self.history) + (bi + 1) / len(batches), loss))
-                if bar is not None:
-                    bar.set_postfix_str(f"loss {_nanmean(losses):.5f}", refresh=False)
-                    bar.update(1)
-            if verbose:
-                dt = time.perf_counter() - t0
-                line = (f"epoch {epoch + 1}/{epochs}: loss {_nanmean(losses):.5f}  {len(batches) / dt:.1f} steps/s  "
-                        f"{N * T / dt:.0f} tokens/s  ({dt:.2f} s)")
-                if bar is not None:
-                    bar.set_postfix_str(f"loss {_nanmean(losses):.5f}, {N * T / dt:.0f} tokens/s")
-                    bar.close()
-                else:  # a log file or a pipe: one line per epoch, no carriage returns
-                    print(line, flush=True)
-            self.history.append(_nanmean(losses))  # nan: no batch had a step to learn from
+                progress.batch_done(losses)
+            progress.end(losses, tokens=N * T)
+            self.history.append(nanmean(losses))  # nan: no batch had a step to learn from
             if validation_data is not None:
                 self.val_history.append(self.evaluate(*validation_data))
                 if verbose:
