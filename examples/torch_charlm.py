@@ -18,9 +18,16 @@ import os
 import sys
 import time
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+# Run as a script, set before torch loads its OpenMP runtime: torch's threads otherwise spin
+# after each parallel op and, on a busy machine, take the cores from what runs next (here the
+# rnncomp layer, but every torch model was 2–4x slower on this project's shared 2-core
+# machine; see benchmarks/bench_layers.py).  An OMP_WAIT_POLICY already set is kept.
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from charlm_common import GATES, CharStreams, bits, peephole_cell, time_steps  # noqa: E402
@@ -159,7 +166,7 @@ def check_loop(embed=8, hidden=16, T=7, B=3):
 
 
 def step_times(kinds, vocab, embed, hidden, T, batch, steps=5, warmup=2):
-    """Seconds per training step (median of ``steps``) of each model kind on one random
+    """Seconds per training step (median and best of ``steps``) of each model kind on one random
     window, and the seconds of its first step (for torch.compile: the compile)."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.randint(0, vocab, (T, batch), generator=g), torch.randint(0, vocab, (T, batch), generator=g)
@@ -170,14 +177,14 @@ def step_times(kinds, vocab, embed, hidden, T, batch, steps=5, warmup=2):
         t0 = time.perf_counter()
         train_step(model, opt, x, y, None)
         first = time.perf_counter() - t0
-        out[kind] = {"step_s": time_steps(lambda: train_step(model, opt, x, y, None), steps, warmup),
-                     "first_step_s": first}
+        out[kind] = dict(time_steps(lambda: train_step(model, opt, x, y, None), steps, warmup),
+                         first_step_s=first)
     return out
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--embed", type=int, default=32)
     p.add_argument("--T", type=int, default=100, help="characters per window (the BPTT length)")
@@ -222,7 +229,8 @@ def main(argv=None):
     if a.time_steps:
         kinds = ["rnncomp", "loop"] + ([] if a.compile == "none" else [f"compiled {a.compile}"]) + ["nn.LSTM"]
         print(f"\ntime per training step (T = {a.T}, B = {a.batch}, H = {a.hidden}, median of {a.time_steps}; "
-              f"torch on {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}):")
+              f"torch on {torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+              f"load average {os.getloadavg()[0]:.1f}):")
         times = step_times(kinds, V, a.embed, a.hidden, a.T, a.batch, a.time_steps)
         ours = times["rnncomp"]["step_s"]
         for kind, t in times.items():
