@@ -21,11 +21,10 @@ PyTorch and JAX each run in their own worker process (``--worker``), one after t
 that neither framework's thread pool runs while the other is timed.  The torch worker runs
 with ``OMP_WAIT_POLICY=passive`` unless ``--omp-wait default`` (or the variable is already
 set): on this shared 2-core machine torch's OpenMP threads, spinning after each parallel op,
-made every torch model 2–4× slower (the loop 1248 → 353 ms, nn.LSTM 153 → 74 ms, the rnncomp
-layer, whose calls come between torch ops, 269 → 82 ms), so passive is the fairer setting for
-the peers too.  Ratios are peer time /
-rnncomp time on the best of the timed steps (on a shared machine the least disturbed one);
-the medians are in the JSON too.  The goals are those of issue #16.
+made every torch model 2–4× slower, the rnncomp layer (whose calls come between torch ops)
+included, so passive is the fairer setting for the peers too (figures: examples/README.md).
+Ratios are peer time / rnncomp time on the best of the timed steps (on a shared machine the
+least disturbed one); the medians are in the JSON too.  The goals are those of issue #16.
 """
 import argparse
 import json
