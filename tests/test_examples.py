@@ -4,6 +4,7 @@ import math
 import pathlib
 
 import numpy as np
+import pytest
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -58,3 +59,27 @@ def test_jordan_example(capsys):
     assert r["xent_after"] < 0.5 * r["xent_before"]
     assert r["accuracy"] > 0.6 and r["accuracy_long"] > 0.6  # chance: 1/6
     assert "s[t] = y[t]" in capsys.readouterr().out  # the state is the previous output
+
+
+def test_torch_charlm_example(capsys):
+    pytest.importorskip("torch", reason="examples/torch_charlm.py needs PyTorch")
+    r = load("torch_charlm").main(["--quick"])
+    d_out, d_grad = r["loop_difference"]
+    # the PyTorch loop and the rnncomp layer: the same cell, float32 (rounding of ~50 terms)
+    assert d_out < 1e-5 and d_grad < 1e-4
+    assert r["bpc"] < r["bpc_before"] - 0.5 and r["bpc_before"] < r["uniform_bpc"] + 0.1  # it learned
+    assert set(r["step_times"]) == {"rnncomp", "loop", "nn.LSTM"}  # --quick leaves out torch.compile
+    assert all(0 < t["best_s"] <= t["step_s"] for t in r["step_times"].values())
+    assert "bits per character" in capsys.readouterr().out
+
+
+def test_jax_charlm_example(capsys):
+    pytest.importorskip("jax", reason="examples/jax_charlm.py needs JAX")
+    pytest.importorskip("optax", reason="examples/jax_charlm.py needs optax")
+    r = load("jax_charlm").main(["--quick"])
+    d_out, d_grad = r["scan_difference"]
+    assert d_out < 1e-5 and d_grad < 1e-4  # lax.scan and the rnncomp layer: the same cell, float32
+    assert r["bpc"] < r["bpc_before"] - 0.5 and r["bpc_before"] < r["uniform_bpc"] + 0.1
+    assert set(r["step_times"]) == {"rnncomp", "lax.scan"}
+    assert all(0 < t["best_s"] <= t["step_s"] for t in r["step_times"].values())
+    assert "bits per character" in capsys.readouterr().out
