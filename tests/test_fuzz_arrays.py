@@ -15,18 +15,21 @@ check 1 (rolled vs unrolled BPTT: 1e-11), check 2 (oracle vs central finite diff
 float64: ``gradcheck`` rtol 1e-6 / atol 1e-8, its docstring says why), check 3 (native
 float64 with every optimisation on, 2 threads, from the renamed cell, vs oracle: 1e-10
 relative; general vs thin call path bit for bit; a memory schedule vs every step stored).
-The tolerances and their reasons are those of ``tests/test_fuzz.py``.
+The tolerances and their reasons are those of ``tests/test_fuzz.py``.  ``test_fuzz_arrays_long``
+(``pytest -m fuzz``, ``HYPOTHESIS_PROFILE=long``) adds checks 4–5 (all off, float32) and, for
+cells without a matrix state, check 6 (PTX on its host runner).
 """
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import sympy as sp
 from hypothesis import given, settings
 
 import rnncomp as rc
 from rnncomp.backends.numpy import unrolled_loss_and_grad, unrolled_vjp
 
-from fuzzgen import array_cells, calls
+from fuzzgen import SIZES, array_cells, calls
 from gradcheck import random_data
 from test_fuzz import check_cell
 
@@ -73,3 +76,13 @@ def test_unrolled_references_read_derived_weights():
     for k in ref.params:
         np.testing.assert_allclose(g_u[k], ref.params[k], rtol=1e-11, atol=1e-14, err_msg=k)
     np.testing.assert_allclose(d_in["x"], ref.inputs["x"], rtol=1e-11, atol=1e-14)
+
+
+@pytest.mark.fuzz
+@given(array_cells(sizes=SIZES), calls(max_T=12, max_B=6))
+def test_fuzz_arrays_long(cell, call):
+    """Every native model of ``check_cell`` (all on, all off, float32), and the PTX backend on
+    its host runner for cells without a matrix state (PTX refuses those for now)."""
+    T, B, seed, mask, h0, opts = call
+    ptx = () if cell.step.matrix_states else ("ptx",)
+    check_cell(cell, T, B, seed, mask, h0, opts, native=("on", "off", "f32") + ptx)
