@@ -10,7 +10,10 @@ functions and the kinked Abs / Max / Min / Piecewise (each kink argument also de
 an output, listed in ``cell._fuzz_kinks``), three losses.  Every declared name is drawn from
 ``NAME_POOL`` (the names the compiler's passes generate) or is a plain one; ``rename_cell``
 rebuilds a cell under other names (the renaming check).  ``calls``: T, B, a seed, an optional mask, which
-states get an h0, and random native options.  ``fuzz_data``: the arrays of one call.
+states get an h0, and random native options.  ``fuzz_data``: the arrays of one call.  ``array_cells`` (issue #19,
+``tests/test_fuzz_arrays.py``): cells with derived weights (constant masks, exp, weight norm,
+W − Wᵀ, products of parameters) and/or a matrix state (outer-product writes, the delta rule,
+C @ v, Cᵀ @ u, row/column sums); ``rename_cell`` renames constants and derived weights too.
 """
 from __future__ import annotations
 
