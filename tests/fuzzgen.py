@@ -10,7 +10,10 @@ functions and the kinked Abs / Max / Min / Piecewise (each kink argument also de
 an output, listed in ``cell._fuzz_kinks``), three losses.  Every declared name is drawn from
 ``NAME_POOL`` (the names the compiler's passes generate) or is a plain one; ``rename_cell``
 rebuilds a cell under other names (the renaming check).  ``calls``: T, B, a seed, an optional mask, which
-states get an h0, and random native options.  ``fuzz_data``: the arrays of one call.
+states get an h0, and random native options.  ``fuzz_data``: the arrays of one call.  ``array_cells`` (issue #19,
+``tests/test_fuzz_arrays.py``): cells with derived weights (constant masks, exp, weight norm,
+W − Wᵀ, products of parameters) and/or a matrix state (outer-product writes, the delta rule,
+C @ v, Cᵀ @ u, row/column sums); ``rename_cell`` renames constants and derived weights too.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from hypothesis import strategies as st
 
 import rnncomp as rc
 from rnncomp.dsl import Vec
+from rnncomp.weight_dsl import internal_name
 
 from gradcheck import random_data
 
@@ -261,7 +265,7 @@ def renaming(cell, seed):
     """A new name for every declaration of ``cell`` (a learned state's ``<name>_0`` follows its
     state): pool names and plain ``v<i>`` in a seeded random order, never a name kept."""
     rng = np.random.default_rng(seed)
-    own = [d.name for d in cell.decls.values() if not _learned_init(cell, d)]
+    own = [d.name for d in cell.decls.values() if not _learned_init(cell, d) and not _generated(d)]
     pool = [n for n in NAME_POOL if n not in cell.decls] + [f"v{i}" for i in range(len(own))]
     pool = [pool[i] for i in rng.permutation(len(pool))]
     new, used = {}, set()
@@ -273,6 +277,11 @@ def renaming(cell, seed):
         if _learned_init(cell, d):
             new[d.name] = new[d.name[:-2]] + "_0"
     return new
+
+
+def _generated(d):
+    """A derived weight the cell named itself (``(M*W)%``): renamed with its expression."""
+    return d.kind == "weight" and not d.name.isidentifier()
 
 
 def _learned_init(cell, d):
@@ -308,6 +317,13 @@ def rename_cell(cell, new):
             out.param(new[d.name], d.shape, init=d.init)
         elif d.kind in ("output", "define"):
             getattr(out, d.kind)(new[d.name], expr(d.expr))
+        elif d.kind == "const":
+            out.const(new[d.name], d.init)
+        elif d.kind == "weight" and not _generated(d):
+            out.weight(new[d.name], expr(d.expr))
+        elif d.kind == "weight":  # the renamed cell names it after its renamed expression
+            new[d.name] = internal_name(expr(d.expr), out.decls)
+            out._restore_weight(new[d.name], expr(d.expr))
     for s, e in cell.updates.items():
         out.update(new[s], expr(e))
     if cell.loss_expr is not None:
@@ -322,3 +338,126 @@ def rename_cell(cell, new):
 def rename_data(new, *dicts):
     """Each dict (params, inputs, targets, h0, gradients, ...) with its keys renamed."""
     return [None if d is None else {new[k]: v for k, v in d.items()} for d in dicts]
+
+
+# ----------------------------------------------------------------------------- derived weights, matrix states
+# ``array_cells`` (issue #19; ``tests/test_fuzz_arrays.py``): a strategy of its own, so that
+# ``fuzz_cells`` draws exactly what it drew before.  A vector state h and, drawn with some
+# probability (at least one of the two), derived weights in h's update and a matrix state C.
+MAT_SIZES = [1, 2, 3, 4, 5, 7]
+
+
+@st.composite
+def derived_weights(draw, b, m, n):
+    """An (m, n) matrix computed from parameters and constants (used as ``w @ v``)."""
+    cell = b.cell
+    kind = draw(st.sampled_from(["mask", "learned_mask", "exp", "wnorm", "wnorm_col", "product"]
+                                + (["anti", "square"] if m == n else [])))
+    W = b.param((m, n))
+    if kind == "mask":  # a fixed 0/1 mask, declared as a constant
+        rng = np.random.default_rng(draw(st.integers(0, 2 ** 16)))
+        M = cell.const(b.name(f"K{b.n_params}"), (rng.random((m, n)) < 0.6).astype(float))
+        w = W * M if draw(st.booleans()) else M * W
+    elif kind == "learned_mask":
+        w = W * sp.tanh(b.param((m, n), init="ones"))
+    elif kind == "exp":
+        w = sp.exp(W) / (2 * n)
+    elif kind == "wnorm":  # weight normalisation: one gain per row
+        w = b.param(m, init="ones") * W / rc.norm(W)
+    elif kind == "wnorm_col":
+        w = b.param(1, init="ones") * W / rc.norm(W, axis=0)
+    elif kind == "product":  # a product of two parameters
+        k = draw(st.sampled_from(MAT_SIZES))
+        w = W @ b.param((n, k)) @ b.param((n, k)).T / k if draw(st.booleans()) else W @ (b.param((n, n)) / n)
+    elif kind == "anti":
+        w = W - W.T
+    else:
+        w = W @ W.T / n
+    if draw(st.integers(0, 2)) == 0:  # a named derived weight (else the cell names it)
+        w = cell.weight(b.name(f"D{b.n_params}"), w)
+    return w
+
+
+@st.composite
+def matrix_update(draw, b, C, p, q, sources):
+    """C[t] from C[t-1]: a gated outer-product write, the delta rule, or a squashed write."""
+    def vec(size):
+        return draw(projections(b, sources, size))
+
+    kind = draw(st.sampled_from(["gated", "delta", "squash"]))
+    u, v = sp.tanh(vec(p)), sp.tanh(vec(q))
+    if kind == "gated":  # a gate per row, or one scalar gate
+        g = rc.sigmoid(vec(p) if draw(st.booleans()) else b.param(1, init=("constant", 0.5)))
+        return g * C + (1 - g) * rc.outer(u, v)
+    if kind == "delta":  # C − β (C k − v) kᵀ, |k| ≤ 1 per entry
+        beta = rc.sigmoid(b.param(1, init=("constant", -0.5)))
+        return C - beta * rc.outer(C @ v / q - u, v)
+    return sp.tanh(C / 2 + rc.outer(u, v))
+
+
+def matrix_reads(C, p, q, sources_p, sources_q, draw):
+    """A vector read from a matrix value C (old or new): C @ v, Cᵀ @ u, row or column sums."""
+    kind = draw(st.sampled_from(["matvec", "matvecT", "rowsum", "colsum"]))
+    if kind == "matvec":
+        return C @ draw(st.sampled_from(sources_q)), p
+    if kind == "matvecT":
+        return C.T @ draw(st.sampled_from(sources_p)), q
+    if kind == "rowsum":
+        return rc.rowsum(C) / q, p
+    return rc.colsum(C * C) / p, q
+
+
+@st.composite
+def array_cells(draw, sizes=SIZES[:9]):
+    """A cell with derived weights and/or a matrix state (see above), and a vector state h."""
+    cell = rc.Cell("fuzz_arrays")
+    b = _Builder(cell, draw)
+    xs = [cell.input(b.name(f"x{i}"), draw(st.sampled_from(sizes))) for i in range(draw(st.integers(1, 2)))]
+    n = draw(st.sampled_from(sizes))
+    h = cell.state(b.name("h", state=True), n, init=draw(st.sampled_from(["zeros", "zeros", "learn"])))
+    derived, matrix = draw(st.sampled_from([(True, False), (False, True), (True, True)]))
+    C = p = q = None
+    if matrix:
+        p, q = draw(st.sampled_from(MAT_SIZES)), draw(st.sampled_from(MAT_SIZES))
+        C = cell.state(b.name("C", state=True), (p, q), init=draw(st.sampled_from(["zeros", "learn"])))
+    c_first = matrix and draw(st.booleans())  # C updated before h (h reads C.new) or after
+    if c_first:
+        cell.update(C, draw(matrix_update(b, C, p, q, xs + [h])))
+    sources = xs + [h]
+    if matrix:  # a read of C (new when updated already), as a named vector
+        read, size = matrix_reads(C.new if c_first else C, p, q, [s for s in sources if _size(cell, s) == p]
+                                  or [b.param(p, init=("normal", 0.3))],
+                                  [s for s in sources if _size(cell, s) == q] or [b.param(q, init=("normal", 0.3))],
+                                  draw)
+        sources = sources + [cell.define(b.name("r"), read)]
+    body = draw(projections(b, sources, n))
+    if derived:
+        for _ in range(draw(st.integers(1, 2))):
+            src = draw(st.sampled_from(sources))
+            body = body + draw(derived_weights(b, n, _size(cell, src))) @ src
+    if matrix and sources[-1] not in xs + [h]:
+        body = body + draw(projections(b, [sources[-1]], n))
+    if draw(st.booleans()):
+        g = rc.sigmoid(draw(projections(b, sources, n)))
+        cell.update(h, g * h + (1 - g) * sp.tanh(body))
+    else:
+        cell.update(h, sp.tanh(body))
+    if matrix and not c_first:
+        cell.update(C, draw(matrix_update(b, C, p, q, xs + [h, h.new])))
+    reads = [h.new]
+    if matrix and draw(st.booleans()):  # an output read from C[t]
+        out, _ = matrix_reads(C.new, p, q, [s for s in xs + [h.new] if _size(cell, s) == p]
+                              or [b.param(p, init=("normal", 0.3))],
+                              [s for s in xs + [h.new] if _size(cell, s) == q] or [b.param(q, init=("normal", 0.3))],
+                              draw)
+        reads.append(cell.output(b.name("o"), out))
+    ny = draw(st.integers(1, 3))
+    cat = rc.concat(*reads) if len(reads) > 1 else reads[0]
+    y = b.param((ny, sum(_size(cell, r) for r in reads))) @ cat
+    y = cell.output(b.name("y"), y)
+    t = cell.target(b.name("t"), ny)
+    loss = draw(st.sampled_from(LOSSES))
+    cell.loss({"mse": (y - t) ** 2 / 2, "xent": rc.softmax_xent(y, t),
+               "cauchy": sp.log(1 + (y - t) ** 2)}[loss])
+    cell._fuzz_loss = loss
+    return cell

@@ -286,6 +286,15 @@ def _unrolled_env(st, call, dt) -> dict:
     return env
 
 
+def _derived_weights(cell):
+    """The cell's derived weights and constants (:mod:`rnncomp.weights`), or None: the unrolled
+    references run the plain cell, as ``rc.compile`` does (``backends/derived.py``)."""
+    if not any(d.kind in ("const", "weight") for d in cell.decls.values()):
+        return None
+    from ..weights import DerivedWeights
+    return DerivedWeights(cell)
+
+
 def unrolled_loss_and_grad(cell, params, inputs, targets=None, h0=None, mask=None, dtype="float64"):
     """Loss and gradients from the *unfolded* graph and one reverse walk over it.
 
@@ -294,6 +303,12 @@ def unrolled_loss_and_grad(cell, params, inputs, targets=None, h0=None, mask=Non
     """
     from ..autodiff import unrolled
 
+    derived = _derived_weights(cell)
+    if derived is not None:  # the plain cell over the expanded parameters, then the chain back
+        dt = np.dtype(dtype)
+        loss, grads, final = unrolled_loss_and_grad(derived.plain, derived.expand(params, dt), inputs,
+                                                    targets, h0, mask, dtype)
+        return loss, derived.pullback(params, grads, dt), final
     st, dt = cell.step, np.dtype(dtype)
     call = check_call(st, dt, params, inputs, targets, h0, mask, need_targets=True)
     u = unrolled(st, call.T)
@@ -319,6 +334,12 @@ def unrolled_vjp(cell, params, inputs, h0=None, d_outputs=None, d_final=None, ta
     Returns ``(loss or None, param grads, {input: δx (T, B, n)}, {state: δh[0]})``."""
     from ..autodiff import carry_key, cotangent_key, unrolled
 
+    derived = _derived_weights(cell)
+    if derived is not None:  # as unrolled_loss_and_grad
+        dt = np.dtype(dtype)
+        loss, grads, d_in, d_h0 = unrolled_vjp(derived.plain, derived.expand(params, dt), inputs, h0, d_outputs,
+                                               d_final, targets, mask, wrt, dtype)
+        return loss, derived.pullback(params, grads, dt), d_in, d_h0
     st, dt = cell.step, np.dtype(dtype)
     if targets is None:
         call, w = check_forward_call(st, dt, params, inputs, None, h0), None

@@ -21,7 +21,7 @@ import sympy as sp
 
 from ..aliases import is_generated
 from ..ir import NodeSym, display, internal, key_str
-from .dot import Graph, _shape, _wrapped
+from .dot import Graph, _space, _wrapped, carried_shapes
 
 _PRE = re.compile(r"pre\(([A-Za-z][A-Za-z0-9_]*)\)")
 _CALL = re.compile(r"[^\W\d][\w′]*\(([A-Za-z][A-Za-z0-9_]*)\)")
@@ -104,7 +104,7 @@ def compact_gradient_graph(cell) -> Graph:
         if node is None or not node.is_leaf or node.op == "param":
             return
         role = {"seed": "seed"}.get(node.op, node.op)
-        g.add_node(key, f"{key_str(key)}\n∈ R^{_shape(node.size)}", role, 0)
+        g.add_node(key, f"{key_str(key)}\n∈ {_space(node, original.get(key, key), carried_shapes(step))}", role, 0)
 
     def add(lhs, rhs, role, group):
         g.add_node(lhs.key, f"{lhs} =\n{_wrapped(sp.sstr(rhs))}", role, group)

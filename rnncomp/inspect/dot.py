@@ -123,15 +123,31 @@ def _renamer(alias):
     return sym, expr
 
 
-def node_label(prog, key, stored=None, alias=None) -> str:
+def _space(node, key, shapes=None) -> str:
+    """``R^n``; ``R^m×n`` for a matrix state (``shapes``: the step's ``matrix_states``, or the
+    carried adjoints' names; the IR keeps its value as m·n units)."""
+    shape = (shapes or {}).get(key[0], node.size)
+    return f"R^{_shape(shape if _units(shape) == node.size else node.size)}"
+
+
+def _units(s) -> int:
+    return s[0] * s[1] if isinstance(s, tuple) else s
+
+
+def carried_shapes(step) -> dict:
+    """The matrix states' shapes by state name and by the name of their adjoint δ⁺C."""
+    return {**step.matrix_states, **{carry_key(s)[0]: m for s, m in step.matrix_states.items()}}
+
+
+def node_label(prog, key, stored=None, alias=None, shapes=None) -> str:
     """``stored``: :func:`~rnncomp.printing.stored_values` of the forward program (default:
     of ``prog``), so a product reads by what it computes (Uz·h[t-1]), not by its key;
-    ``alias``: {key: readable name} (:mod:`rnncomp.aliases`)."""
+    ``alias``: {key: readable name} (:mod:`rnncomp.aliases`); ``shapes``: :func:`carried_shapes`."""
     node = prog.node(key)
     sym, rename = _renamer(alias or {})
     head = str(sym(key))
     if node.is_leaf:
-        return f"{head}\n∈ R^{_shape(node.size)}"
+        return f"{head}\n∈ {_space(node, key, shapes)}"
     rhs = sp.sstr(rename(node_expr(prog, key).xreplace(stored_values(prog) if stored is None else stored)))
     if node.op in ("matvec", "slice"):  # a generated name: its key would show the wrong time (Uz·h[t])
         return _short(rhs)
@@ -165,7 +181,7 @@ def step_graph(cell) -> Graph:
     g = Graph(f"{step.name} step", "step", "TB", [f"step t of {step.name!r}"])
     stored, alias = stored_values(prog), forward_aliases(cell)
     for key, node in prog.nodes.items():
-        g.add_node(key, node_label(prog, key, stored, alias), _role(node, key), 0)
+        g.add_node(key, node_label(prog, key, stored, alias, step.matrix_states), _role(node, key), 0)
     _edges(g, prog, prog.nodes, lambda a, k: "param" if a[1] is None else "fwd")
     for s in step.states:
         g.add_edge((s, "t"), (s, "t-1"), "recurrent", "t+1")
@@ -189,7 +205,7 @@ def compact_step_graph(cell) -> Graph:
     g = Graph(f"{step.name} step (compact)", "step", "LR", ["inputs, targets, states t-1", f"step t of {step.name!r}"])
     for key, node in prog.nodes.items():
         if node.op in ("input", "target", "state"):
-            g.add_node(key, f"{key_str(key)}\n∈ R^{_shape(node.size)}", _role(node, key), 0)
+            g.add_node(key, f"{key_str(key)}\n∈ {_space(node, key, step.matrix_states)}", _role(node, key), 0)
     for lhs, rhs in _ordered(cell):
         key = lhs.key
         g.add_node(key, f"{key_str(key)} =\n{_wrapped(sp.sstr(rhs))}", "loss" if key == step.loss_key else "fwd", 1)
@@ -210,7 +226,7 @@ def unfolded_graph(cell, k: int = 3) -> Graph:
     for key, node in prog.nodes.items():
         t = key[1]
         group = 0 if t is None else t + 1
-        g.add_node(key, node_label(prog, key, stored, alias), _role(node, key), group)
+        g.add_node(key, node_label(prog, key, stored, alias, step.matrix_states), _role(node, key), group)
     _edges(g, prog, prog.nodes, lambda a, kk: "param" if a[1] is None else "fwd")
     return g
 
@@ -226,9 +242,10 @@ def gradient_graph(cell) -> Graph:
     alias = {**fa, **backward_aliases(bwd, fa, set(cell.decls) | set(fa.values()))}
     name = lambda k: str(_renamer(alias)[0](k))  # noqa: E731
     for key, node in fwd.nodes.items():
-        g.add_node(key, node_label(fwd, key, stored, alias), _role(node, key), 0 if node.op == "param" else 1)
+        g.add_node(key, node_label(fwd, key, stored, alias, step.matrix_states), _role(node, key),
+                   0 if node.op == "param" else 1)
     for key, node in bprog.nodes.items():
-        g.add_node(key, node_label(bprog, key, stored, alias), "seed" if node.is_leaf else "bwd", 2)
+        g.add_node(key, node_label(bprog, key, stored, alias, carried_shapes(step)), "seed" if node.is_leaf else "bwd", 2)
     _edges(g, fwd, fwd.nodes, lambda a, k: "param" if a[1] is None else "fwd")
     _edges(g, bprog, bprog.nodes, lambda a, k: "bwd")
     for s, k in bwd.carry_out.items():

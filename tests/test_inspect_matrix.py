@@ -1,0 +1,30 @@
+"""``rnncomp inspect`` drawings of matrix-valued states (#19): one node per state and step,
+labelled with the state's shape ``R^m×n`` (the IR keeps it as m·n units: the label once read
+``R^16`` for a 4×4 state), in every view; vector states keep ``R^n``."""
+import re
+
+import pytest
+
+from rnncomp.inspect import to_dot
+from rnncomp.zoo_matrix import MATRIX_ZOO
+
+VIEWS = [("step", "full", "t-1"), ("unfolded", "full", "0"), ("gradient", "full", "t-1"),
+         ("step", "compact", "t-1"), ("gradient", "compact", "t-1")]
+
+
+@pytest.mark.parametrize("name", sorted(MATRIX_ZOO))
+@pytest.mark.parametrize("kind,detail,t", VIEWS)
+def test_a_matrix_state_is_one_node_labelled_with_its_shape(name, kind, detail, t):
+    cell = MATRIX_ZOO[name](3, 4, 2, **({"dk": 5} if name in ("mlstm", "delta_rule") else {}))
+    dot = to_dot(cell, kind, k=2, detail=detail)
+    for s in cell.step.states:
+        d = cell.decls[s].shape
+        want = f"{d[0]}×{d[1]}" if isinstance(d, tuple) else str(d)
+        labels = re.findall(rf'label="{re.escape(s)}\[{t}\]\\n∈ R\^([0-9×]+)"', dot)
+        assert labels == [want], (s, labels)
+
+
+@pytest.mark.parametrize("detail", ["full", "compact"])
+def test_the_carried_adjoint_of_a_matrix_state_has_its_shape(detail):
+    dot = to_dot(MATRIX_ZOO["fast_weights"](3, 4, 2), "gradient", detail=detail)
+    assert 'label="δ⁺A[t]\\n∈ R^4×4"' in dot and "R^16" not in dot
