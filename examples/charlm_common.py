@@ -17,6 +17,7 @@ example from these same equations, and each example checks them against the rnnc
 """
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
@@ -92,3 +93,16 @@ def time_steps(step, n: int, warmup: int = 2) -> dict:
 
 def bits(nats: float) -> float:
     return nats / np.log(2)
+
+
+def arguments(description: str) -> argparse.ArgumentParser:
+    """The flags both character-model examples take (each adds its own after these)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--embed", type=int, default=32)
+    p.add_argument("--T", type=int, default=100, help="characters per window (the BPTT length)")
+    p.add_argument("--batch", type=int, default=32, help="parallel streams")
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--time-steps", type=int, default=5, help="timed steps per model (0: no timing)")
+    return p

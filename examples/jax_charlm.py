@@ -10,7 +10,6 @@ truncated BPTT as in examples/torch_charlm.py.
     python examples/jax_charlm.py --epochs 1
     python examples/jax_charlm.py --quick                 # a few seconds (the smoke test)
 """
-import argparse
 import math
 import os
 import sys
@@ -22,7 +21,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from charlm_common import GATES, CharStreams, bits, peephole_cell, time_steps  # noqa: E402
+from charlm_common import GATES, CharStreams, arguments, bits, peephole_cell, time_steps  # noqa: E402
 
 import rnncomp.jax  # noqa: E402
 
@@ -137,14 +136,7 @@ def step_times(kinds, vocab, embed, hidden, T, batch, steps=5, warmup=1):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--embed", type=int, default=32)
-    p.add_argument("--T", type=int, default=100, help="characters per window (the BPTT length)")
-    p.add_argument("--batch", type=int, default=32, help="parallel streams")
-    p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--time-steps", type=int, default=5, help="timed steps per model (0: no timing)")
+    p = arguments(__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a small run for the smoke test")
     a = p.parse_args(argv)
     limit = None

@@ -12,7 +12,6 @@ starting from the state the previous one ended in.
     python examples/torch_charlm.py --epochs 1 --compile none
     python examples/torch_charlm.py --quick               # a few seconds (the smoke test)
 """
-import argparse
 import math
 import os
 import sys
@@ -30,7 +29,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from charlm_common import GATES, CharStreams, bits, peephole_cell, time_steps  # noqa: E402
+from charlm_common import GATES, CharStreams, arguments, bits, peephole_cell, time_steps  # noqa: E402
 
 from rnncomp.torch import Recurrent  # noqa: E402
 
@@ -183,14 +182,7 @@ def step_times(kinds, vocab, embed, hidden, T, batch, steps=5, warmup=1):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--embed", type=int, default=32)
-    p.add_argument("--T", type=int, default=100, help="characters per window (the BPTT length)")
-    p.add_argument("--batch", type=int, default=32, help="parallel streams")
-    p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--time-steps", type=int, default=5, help="timed steps per model (0: no timing)")
+    p = arguments(__doc__.splitlines()[0])
     p.add_argument("--compile", default="step", choices=["step", "loop", "none"],
                    help="time torch.compile of the cell's step (default), of the whole loop (its compile "
                         "unrolls T steps: minutes) or neither")

@@ -41,7 +41,7 @@ from .native_calls import NativeCalls
 from .native_backward import NativeBackward
 from .native_vjp import NativeVjp
 from .native_emit import Gen, Layout, units_of
-from .native_profile import define_tsc_reader, section
+from .native_profile import define_tsc_reader, ew_bytes, section
 from ..initializers import specs as init_specs
 from .common import CompiledModel
 
@@ -249,10 +249,8 @@ class NativeModel(NativeBackward, NativeCalls, NativeVjp, CompiledModel):
             # a value consumed only later in its own fused loop lives in a register: no store
             mine = {item[0] for item in run}
             nostore = {k for k in mine if k not in readers and uses.get(k, set()) <= mine}
-            loaded = {a: u for *_, units, keys in run for a, (u, shared, _) in zip(keys, units) if not shared}
-            moved = sum(loaded[a] for a in loaded if a not in mine) + sum(
-                it[1].size for it in run if it[0] not in nostore)
-            with section(g, "element-wise", moved * self.dtype.itemsize):
+            moved = ew_bytes(run, mine, nostore, self.dtype.itemsize) if g.profile is not None else 0
+            with section(g, "element-wise", moved):
                 g.ew(run, nostore if self.fuse else set())
         for key, node in prog.nodes.items():
             if node.op in LEAF_OPS or key in skip or (only is not None and key not in only):

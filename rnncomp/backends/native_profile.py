@@ -59,6 +59,13 @@ def section(g, part: str, work_per_row: float = 0.0):
     g.profile[part] = g.profile.get(part, 0.0) + work_per_row
 
 
+def ew_bytes(run, mine, nostore, itemsize: int) -> int:
+    """Bytes per row an element-wise run reads (its arguments from memory) and writes."""
+    loaded = {a: u for *_, units, keys in run for a, (u, shared, _) in zip(keys, units) if not shared}
+    return itemsize * (sum(u for a, u in loaded.items() if a not in mine)
+                       + sum(it[1].size for it in run if it[0] not in nostore))
+
+
 def define_tsc_reader(module: ir.Module) -> None:
     """``i64 rnncomp_profile_tsc()``: the cycle counter, to convert counts to seconds."""
     fn = ir.Function(module, ir.FunctionType(_I64, []), "rnncomp_profile_tsc")
