@@ -7,14 +7,15 @@ loss, final states and gradients against a PyTorch float64 loop with autograd, w
 from the papers' equations (rtol 1e-10: the same float64 arithmetic summed in another order);
 and bad declarations as named ShapeErrors.  The native backend against the oracle (vector code
 for the matrix ops: row lengths that take its vector chunks, scalar tails and chunk loops, in
-float64 and float32); the PTX backend refuses matrix states with a CompileError for now.
+float64 and float32); the PTX backend's kernels on its host runner against the oracle, and
+their PTX through ptxas.
 """
 import numpy as np
 import pytest
 import sympy as sp
 
 import rnncomp as rc
-from rnncomp.errors import CellError, CompileError, ShapeError
+from rnncomp.errors import CellError, ShapeError
 from rnncomp.zoo_matrix import MATRIX_ZOO
 from gradcheck import assert_matches_oracle, check_grads, random_data
 from matrix_torch_refs import TORCH
@@ -158,10 +159,48 @@ def test_inspect_draws_a_matrix_state_as_one_node_and_measures_its_flow():
     assert np.isfinite(flow.loss) and flow.loss == pytest.approx(rc.compile(cell).loss_and_grad(params, x, t)[0])
 
 
-def test_ptx_refuses_matrix_states_clearly():
-    cell = MATRIX_ZOO["mlstm"](N_IN, N_H, N_OUT)
-    with pytest.raises(CompileError, match=r"cell 'mlstm': matrix states \(C\) run on backend='numpy' or 'native' only"):
-        rc.compile(cell, backend="ptx")
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_ptx_host_runner_matches_the_oracle(name):
+    """The PTX kernels (one thread per output element) run on the host runner, stepwise and
+    as the persistent kernel, in float64 against the oracle (sums in the same order)."""
+    pytest.importorskip("llvmlite")
+    for options in (dict(persistent=False), dict()):
+        assert_matches_oracle(CELLS[name](N_IN, N_H, N_OUT), "ptx", T, B, runner="host", **options)
+
+
+def test_ptx_host_runner_with_a_given_initial_matrix_state_and_in_float32():
+    pytest.importorskip("llvmlite")
+    cell = every_op()
+    params, x, t = random_data(cell, T, B)
+    C0 = np.random.default_rng(1).normal(size=(B, N_H * N_IN))
+    dy = {"y": np.random.default_rng(2).normal(size=(T, B, N_OUT))}
+    ref = rc.compile(cell).vjp(params, x, h0={"C": C0}, d_outputs=dy)
+    got = rc.compile(cell, backend="ptx", runner="host").vjp(params, x, h0={"C": C0}, d_outputs=dy)
+    for k in params:
+        np.testing.assert_allclose(got.params[k], ref.params[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    np.testing.assert_allclose(got.h0["C"], ref.h0["C"], rtol=1e-9, atol=1e-12)
+    # float32 against the float64 oracle on float32-representable data: rounding only (2⁻²⁴
+    # per operation over sums of at most 4 terms and 5 steps), far inside 1e-5
+    as32 = [{k: np.asarray(v, np.float32) for k, v in d.items()} for d in (params, x, t)]
+    l32 = rc.compile(cell, backend="ptx", dtype="float32", runner="host").loss_and_grad(*as32)[0]
+    l64 = rc.compile(cell).loss_and_grad(*[{k: v.astype(np.float64) for k, v in d.items()} for d in as32])[0]
+    assert abs(l32 - l64) <= 1e-5 * abs(l64)
+
+
+@pytest.mark.parametrize("arch,dtype", [("sm_80", "float64"), ("sm_90", "float32")])
+def test_ptx_matrix_kernels_assemble_without_spills(arch, dtype):
+    from rnncomp.backends.ptx.ptxgen import find_ptxas, ptxas, spills
+    if find_ptxas() is None:
+        pytest.skip("ptxas (CUDA toolkit) not on PATH")
+    for name in sorted(CELLS):
+        for persistent in (False, True):
+            m = rc.compile(CELLS[name](16, 32, 8), backend="ptx", dtype=dtype, arch=arch, persistent=persistent)
+            kinds = {k: v.kind for k, v in m.plan.kernels.kernels.items()}
+            assert name == "diag_linear" or {"outer", "smatvec"} & set(kinds.values()), name
+            report = spills(ptxas(m.ptx, arch))
+            # the products (kind matvec: stacked input products of up to 6 terms) may spill
+            # in float64; every other entry, the matrix kernels and persistent loops included, not
+            assert not {k: v for k, v in report.items() if any(v) and kinds.get(k) != "matvec"}, (name, report)
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))
