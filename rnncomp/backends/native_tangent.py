@@ -32,13 +32,15 @@ from llvmlite import ir
 
 from ..errors import CompileError
 from ..forward_mode import is_tangent_param, tangent_of
-from ..ir import LEAF_OPS, placeholder
+from ..ir import LEAF_OPS, internal, placeholder
 from .llvm import gemm, kernel_library
 from .llvm.builder import I64, for_range, parallel_loop_md
 from .llvm.exprgen import LLVMPrinter, unsupported
 from .llvm.jit import HostTarget, compile_keyed
 from .native_emit import Gen, Layout
 
+# the step weights and the product scratch: generated names, never a user's (a state may be "w")
+WEIGHT, SCRATCH = (internal("w"), "t"), (internal("scratch"), None)
 FORWARD_OPS = ("ew", "matvec", "slice", "pad", "concat", "sum", "lse")
 TANGENT_OPS = ("seed", "ew", "matvec", "slice", "pad", "concat", "sum")
 
@@ -85,7 +87,7 @@ class _Plan:
             self.io[name] = k = slot(f"io {name}", "ext", n)
             L.place((name, "t"), k, n, 0)
         self.weight = slot("w", "ext", 1)
-        L.place(("w", "t"), self.weight, 1, 0)
+        L.place(WEIGHT, self.weight, 1, 0)
         self.state = {}
         for s, n in step.states.items():
             self.state[s] = k = slot(f"state {s}", "B", n)
@@ -115,7 +117,7 @@ class _Plan:
         maxn = max([n.size for prog in (step.prog, ts.prog) for n in prog.nodes.values()
                     if isinstance(n.size, int)] + [1])
         self.scratch = slot("scratch", "BK", maxn)
-        L.place(("scratch", None), self.scratch, 0, timed=False)
+        L.place(SCRATCH, self.scratch, 0, timed=False)
 
     def _tangent_buffers(self, ts):
         """Reuse a buffer once the last reader of its value has run (the step's results stay)."""
@@ -240,7 +242,7 @@ class OnlineKernel:
                 g.call_gemm(g.B, I64(node.size), I64(n_in), v, I64(n_in), False, P, I64(n_), not tr,
                             out, I64(node.size), 0 if first else 1)
             else:
-                tmp = g.ptr(("scratch", None), t)
+                tmp = g.ptr(SCRATCH, t)
                 g.call_gemm(g.B, I64(node.size), I64(n_in), v, I64(n_in), False, P, I64(n_), not tr,
                             tmp, I64(node.size), 0)
                 g.scaled_rows(out, tmp, node.size, node.size, c, accumulate=not first)
@@ -335,7 +337,7 @@ class OnlineKernel:
     def _accumulate(self, g, t):
         """loss += Σ_b w·ℓ;  g[k] += Σ_b w[b]·∂ℓ[b, k]."""
         b, K = g.b, self.K
-        w = g.ptr(("w", "t"), t)
+        w = g.ptr(WEIGHT, t)
         lossp = self._slot_ptr(g, self.plan.loss)
         ell = g.ptr(self.st.loss_key, t)
         with for_range(b, g.B, name="lb") as bi:
