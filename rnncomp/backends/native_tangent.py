@@ -110,14 +110,34 @@ class _Plan:
                 L.place(sk, k, 0, timed=False)
                 if readers.get(sk, set()) - {"ew"} or sk in ts.out.values():
                     self.seed_full[sk] = slot(f"seed {p} (B rows)", "BK", n)
+        # ∂P·v read only by element-wise nodes: no buffer, each reader computes its entries inline
+        keep = {k for k in list(ts.out.values()) + [ts.loss] if k is not None}
+        self.inline = {k for k, n in ts.prog.nodes.items() if n.op == "matvec" and k not in keep
+                       and all(is_tangent_param(p) for p, _, _ in n.attrs["terms"]) and readers.get(k) == {"ew"}}
+        self.keep = keep
         self.mask = {s: slot(f"mask {s}", "K", n) for s, n in step.states.items()} if masked else {}
         self.grad = slot("g", "1", K)
         self.loss = slot("loss", "1", 1)
+        self.aliased = {} if masked else self._aliases(ts)
         self._tangent_buffers(ts)
         maxn = max([n.size for prog in (step.prog, ts.prog) for n in prog.nodes.values()
                     if isinstance(n.size, int)] + [1])
         self.scratch = slot("scratch", "BK", maxn)
         L.place(SCRATCH, self.scratch, 0, timed=False)
+
+    def _aliases(self, ts):
+        """{state: ∂h[t]} written straight into the carried J (no copy at the step's end): where
+        ∂h[t] is element-wise and every reader of ∂h[t-1] comes before it in the program (a
+        reader in the same fused run reads the entry before it is overwritten, in one sweep)."""
+        order = {k: i for i, k in enumerate(ts.prog.nodes)}
+        out = {}
+        for s, key in ts.out.items():
+            seed = ts.state_seeds[s]
+            if key is None or ts.prog.nodes[key].op != "ew" or list(ts.out.values()).count(key) > 1:
+                continue
+            if all(order[r] < order[key] for r, n in ts.prog.nodes.items() if seed in n.args):
+                out[s] = key
+        return out
 
     def _tangent_buffers(self, ts):
         """Reuse a buffer once the last reader of its value has run (the step's results stay)."""
@@ -130,11 +150,17 @@ class _Plan:
         free, self.tan_slot = [], {}
         for i, key in enumerate(order):
             node = ts.prog.nodes[key]
-            if node.op == "seed":
+            if node.op == "seed" or key in self.inline:
                 continue
-            fits = [k for k in free if self.sizes[k][1] >= node.size]
+            alias = [s for s, k in self.aliased.items() if k == key]
+            if alias:  # lives in the carried J of its state
+                self.L.place(key, self.L.where[ts.state_seeds[alias[0]]][0], 0, timed=False)
+                continue
+            # the same width only: a fused run may write a reused buffer in the same sweep that
+            # still reads the old value, safe only when both walk the same (row, unit) entries
+            fits = [k for k in free if self.sizes[k][1] == node.size]
             if fits:
-                k = min(fits, key=lambda k: self.sizes[k][1])
+                k = fits[0]
                 free.remove(k)
             else:
                 k = self.L.slot(f"tangent {len(self.tan_slot)}")
@@ -251,13 +277,20 @@ class OnlineKernel:
 
     def _tangents(self, g, t):
         prog, B = self.ts.prog, g.B
+        run = []
         for key, node in prog.nodes.items():
-            if node.op == "seed":
+            if node.op == "seed" or key in self.plan.inline:
                 continue
-            out = g.ptr(key, t)
             if node.op == "ew":
-                self._tangent_ew(g, key, node, out, t)
+                if run and run[0][1].size != node.size:
+                    self._tangent_ew(g, run, t)
+                    run = []
+                run.append((key, node))
                 continue
+            if run:
+                self._tangent_ew(g, run, t)
+                run = []
+            out = g.ptr(key, t)
             args = [self._full(g, a, t) for a in node.args]
             g.B = self.BK
             try:
@@ -272,6 +305,8 @@ class OnlineKernel:
                     self._rows(g, prog, node, out, args)
             finally:
                 g.B = B
+        if run:
+            self._tangent_ew(g, run, t)
 
     def _full(self, g, key, t):
         """A tangent argument as B·K rows (a parameter's seed: its (B, K, n) copy)."""
@@ -279,34 +314,76 @@ class OnlineKernel:
         return self._slot_ptr(g, full) if full is not None else g.ptr(key, t)
 
     def _kind(self, key):
-        """How a tangent node reads ``key``: "tan" (B·K rows), "seed" (K rows), "fwd" (B rows), "param"."""
+        """How a tangent node reads ``key``: "tan" (B·K rows), "seed" (K rows), "inline" (∂P·v
+        computed in place), "fwd" (B rows), "param"."""
         if key in self.ts.prog.nodes:
+            if key in self.plan.inline:
+                return "inline"
             return "seed" if key in self.plan.seed_shared else "tan"
         return "param" if key[1] is None else "fwd"
 
-    def _tangent_ew(self, g, key, node, out, t):
-        """One loop over samples × directions × units: forward values broadcast over directions."""
-        b, K, n = g.b, self.K, node.size
+    def _tangent_ew(self, g, run, t):
+        """A run of element-wise tangent nodes of one size in one loop over samples × directions
+        × units; forward values broadcast over directions; a value produced earlier in the run
+        is taken from its register, and stored only where something outside the run reads it."""
+        b, K, n = g.b, self.K, run[0][1].size
+        tp = self.ts.prog
+        mine = {key for key, _ in run}
+        outside = set(self.plan.keep)
+        for key, node in tp.nodes.items():
+            if key not in mine:
+                outside.update(node.args)
         group, loop_id = parallel_loop_md(g.m)
         tag = lambda inst: inst.set_metadata("llvm.access.group", group)  # noqa: E731
-        sizes = [(self.ts.prog.nodes[a].size if a in self.ts.prog.nodes else self.st.prog.node(a).size)
-                 for a in node.args]
-        ptrs = [g.ptr(a, t) for a in node.args]
-        kinds = [self._kind(a) for a in node.args]
+        ptrs = {a: g.ptr(a, t) for _, node in run for a in node.args if a not in mine and self._kind(a) != "inline"}
+        outs = {key: g.ptr(key, t) for key, _ in run}
         with for_range(b, g.B, name="b") as bi:
             with for_range(b, I64(K), name="k") as k:
                 row = b.add(b.mul(bi, I64(K)), k)
                 with for_range(b, I64(n), name="j", loop_md=loop_id) as j:
-                    vals = {}
-                    for i, (p, kind, units) in enumerate(zip(ptrs, kinds, sizes)):
-                        r = {"tan": row, "seed": k, "fwd": bi, "param": None}[kind]
-                        col = j if units > 1 else I64(0)
-                        idx = col if r is None else b.add(b.mul(r, I64(units)), col)
-                        ld = b.load(b.gep(p, [idx], inbounds=True))
-                        tag(ld)
-                        vals[placeholder(i)] = ld
-                    v = LLVMPrinter(b, g.ty, vals).emit_all(node.attrs["expr"])
-                    tag(b.store(v, b.gep(out, [b.add(b.mul(row, I64(n)), j)], inbounds=True)))
+                    here = {}
+                    for key, node in run:
+                        vals = {}
+                        for i, a in enumerate(node.args):
+                            if a in here:
+                                vals[placeholder(i)] = here[a]
+                                continue
+                            kind = self._kind(a)
+                            units = tp.nodes[a].size if a in tp.nodes else self.st.prog.node(a).size
+                            if kind == "inline":
+                                vals[placeholder(i)] = here[a] = self._inline(g, tp.nodes[a], bi, k, j, t)
+                                continue
+                            r = {"tan": row, "seed": k, "fwd": bi, "param": None}[kind]
+                            col = j if units > 1 else I64(0)
+                            idx = col if r is None else b.add(b.mul(r, I64(units)), col)
+                            ld = b.load(b.gep(ptrs[a], [idx], inbounds=True))
+                            tag(ld)
+                            vals[placeholder(i)] = here[a] = ld
+                        v = here[key] = LLVMPrinter(b, g.ty, vals).emit_all(node.attrs["expr"])
+                        if key in outside:
+                            tag(b.store(v, b.gep(outs[key], [b.add(b.mul(row, I64(n)), j)], inbounds=True)))
+
+    def _inline(self, g, node, bi, k, j, t):
+        """Entry (b, k, j) of ``∂P·v`` = Σ c·v[b, src] over the terms whose direction k is the
+        entry P[i, jj] with unit j (i untransposed, jj transposed; src the other index)."""
+        b, zero = g.b, ir.Constant(g.ty, 0.0)
+        v = g.ptr(node.args[0], t)
+        shared = node.args[0][1] is None
+        acc = zero
+        for p, tr, c in node.attrs["terms"]:
+            m_, n_ = self.st.params[tangent_of(p)]
+            kk = b.sub(k, I64(self.dirs.offsets[tangent_of(p)]))
+            inside = b.icmp_unsigned("<", kk, I64(m_ * n_))
+            kk = b.select(inside, kk, I64(0))  # never an address outside v
+            i, jj = b.udiv(kk, I64(n_)), b.urem(kk, I64(n_))
+            unit, src = (jj, i) if tr else (i, jj)
+            at = src if shared else b.add(b.mul(bi, I64(m_ if tr else n_)), src)
+            x = b.load(b.gep(v, [at], inbounds=True))
+            if c != 1:
+                x = b.fmul(x, ir.Constant(g.ty, float(c)))
+            hit = b.and_(inside, b.icmp_unsigned("==", unit, j))
+            acc = b.fadd(acc, b.select(hit, x, zero))
+        return acc
 
     def _inject(self, g, node, out, v, empty):
         """out[b, col(i, j), unit] += c·v[b, src] for each term ``∂P·v`` (P (m, n): unit i, src j;
@@ -355,6 +432,9 @@ class OnlineKernel:
         """J[s] ← ∂h[t] (⊙ mask), h[t-1] ← h[t]."""
         b, K = g.b, self.K
         for s, n in self.st.states.items():
+            if s in self.plan.aliased:  # ∂h[t] was written into J
+                self._copy_state(g, s, n)
+                continue
             J = self._slot_ptr(g, self.plan.L.where[self.ts.state_seeds[s]][0])
             key = self.ts.out[s]
             src = None if key is None else g.ptr(key, I64(0))
@@ -371,9 +451,12 @@ class OnlineKernel:
                     if mask is not None:
                         x = b.fmul(x, b.load(b.gep(mask, [b.add(b.mul(kk, I64(n)), j)], inbounds=True)))
                     b.store(x, b.gep(J, [at], inbounds=True))
-            new = g.ptr((s, "t"), I64(0))
-            old = self._slot_ptr(g, self.plan.state[s])
-            g.copy_loop(old, new, b.mul(g.B, I64(n)))
+            self._copy_state(g, s, n)
+
+    def _copy_state(self, g, s, n):
+        new = g.ptr((s, "t"), I64(0))
+        old = self._slot_ptr(g, self.plan.state[s])
+        g.copy_loop(old, new, g.b.mul(g.B, I64(n)))
 
     # ------------------------------------------------------------------ calls
     def _buffers(self, B):
