@@ -129,3 +129,17 @@ def test_what_has_no_native_code_is_named_and_the_trainer_falls_back():
         else:
             res.append(tr.fit_online(x["x"], y["target"], every=1))
     np.testing.assert_allclose(res[0], res[1], rtol=1e-13)
+
+
+def test_default_trainer_runs_rtrl_natively_in_float32():
+    """Trainer's defaults (native, float32): the native executor in float32, no fallback."""
+    cell = rc.cells.lstm(1, 4, 1)
+    s = np.sin(np.arange(61) * 0.3)[:, None, None]
+    for g in (rc.RTRL(), rc.SnAp(1, sparse=False)):
+        tr = rc.Trainer(cell, optimizer=rc.Adam(0.01), gradient=g, clip_norm=1.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", NumpyFallbackWarning)
+            losses = tr.fit_online(s[:-1], s[1:], every=5)
+        assert len(losses) == 12 and np.isfinite(losses).all()
+        assert np.mean(losses[-3:]) < np.mean(losses[:3])  # it learns the sine
+        assert tr.flat.dtype == np.float32 and tr.online_state["c"].dtype == np.float32
