@@ -1,9 +1,11 @@
 """rnncomp inside JAX: ``recurrent(cell)`` is a function ``f(params, x, h0) -> (outputs, final)``.
 
-It is differentiable (``jax.custom_vjp``: the backward is the compiled model's ``vjp``,
-docs/vjp.md) and runs under ``jax.jit``: the forward and the backward are host calls
+It is differentiable (``jax.custom_vjp``: the backward is the compiled model's, docs/vjp.md)
+and runs under ``jax.jit``: the forward and the backward are host calls
 (``jax.pure_callback``) into the compiled model, which reads the arrays XLA hands it in
-place.  Under ``jax.vmap`` each mapped element is one call of the model, in turn
+place.  The forward of a differentiated call is ``model.forward(..., keep=True)``: its kept
+buffers (``Kept.residuals``) come back as JAX arrays, the custom_vjp's residuals, and the
+backward runs on them (``model.kept_from``) without running the forward again.  Under ``jax.vmap`` each mapped element is one call of the model, in turn
 (``vmap_method="sequential"``): correct, not fast; batch along the layer's B axis instead.
 See docs/layers.md.
 
@@ -35,18 +37,30 @@ class Recurrent:
         st, dt = model.step, model.dtype
         P, X, S, O = tuple(st.params), tuple(st.inputs), tuple(st.states), tuple(st.outputs)
 
-        # forward  (params, inputs, h0)                     -> (outputs (T, B, n), final states (B, n))
-        # backward (params, inputs, h0, δoutputs, δfinal)   -> (δparams, δinputs, δh0)
+        # forward  (params, inputs, h0)                      -> (outputs (T, B, n), final states (B, n))
+        # kept     (params, inputs, h0)                      -> (outputs, final states, residuals)
+        # backward (params, inputs, h0, residuals, δoutputs, δfinal) -> (δparams, δinputs, δh0)
+        # The residuals are the kept forward's buffers (``Kept.residuals``, shapes from
+        # ``model.residual_shapes(T, B)``), JAX arrays between the two callbacks: the backward
+        # reads them in place (``model.kept_from``) and recomputes nothing.
         # No NaN/inf check inside: an exception in a pure_callback is undefined behaviour in
         # JAX, so a NaN goes through as it does through any JAX op.
+        def args(params, inputs, h0):
+            return dict(zip(P, params)), dict(zip(X, inputs)), dict(zip(S, h0))
+
         def host_forward(params, inputs, h0):
-            outs, final = model.forward(dict(zip(P, params)), dict(zip(X, inputs)), dict(zip(S, h0)),
-                                        check_finite=False)
+            outs, final = model.forward(*args(params, inputs, h0), check_finite=False)
             return tuple(outs[o] for o in O), tuple(final[s] for s in S)
 
-        def host_vjp(params, inputs, h0, d_out, d_fin):
-            res = model.vjp(dict(zip(P, params)), dict(zip(X, inputs)), dict(zip(S, h0)),
-                            d_outputs=dict(zip(O, d_out)), d_final=dict(zip(S, d_fin)), check_finite=False)
+        def host_kept(params, inputs, h0):
+            kept = model.forward(*args(params, inputs, h0), keep=True, check_finite=False)
+            return (tuple(kept.outputs[o] for o in O), tuple(kept.final[s] for s in S),
+                    tuple(_holding(a, kept) for a in kept.residuals()))
+
+        def host_vjp(params, inputs, h0, residuals, d_out, d_fin):
+            kept = model.kept_from(list(residuals), *args(params, inputs, h0), check_finite=False)
+            res = kept.backward(d_outputs=dict(zip(O, d_out)), d_final=dict(zip(S, d_fin)))
+            kept.free()
             # δh0, the backward's carried cotangent, copied (B × n): no backend promises it is not a buffer it reuses
             return (tuple(res.params[p] for p in P), tuple(res.inputs[x] for x in X),
                     tuple(np.array(res.h0[s]) for s in S))
@@ -54,20 +68,26 @@ class Recurrent:
         def like(arrays):
             return tuple(jax.ShapeDtypeStruct(a.shape, dt) for a in arrays)
 
+        def results(inputs):
+            T, B = inputs[0].shape[:2]
+            return (tuple(jax.ShapeDtypeStruct((T, B, n), dt) for n in st.outputs.values()),
+                    tuple(jax.ShapeDtypeStruct((B, n), dt) for n in st.states.values()))
+
         @jax.custom_vjp
         def core(params, inputs, h0):
-            T, B = inputs[0].shape[:2]
-            shapes = (tuple(jax.ShapeDtypeStruct((T, B, n), dt) for n in st.outputs.values()),
-                      tuple(jax.ShapeDtypeStruct((B, n), dt) for n in st.states.values()))
-            return jax.pure_callback(host_forward, shapes, params, inputs, h0, vmap_method="sequential")
+            return jax.pure_callback(host_forward, results(inputs), params, inputs, h0, vmap_method="sequential")
 
         def core_fwd(params, inputs, h0):
-            return core(params, inputs, h0), (params, inputs, h0)
+            T, B = inputs[0].shape[:2]
+            kept = tuple(jax.ShapeDtypeStruct(s, dt) for s in model.residual_shapes(T, B))
+            outs, final, residuals = jax.pure_callback(host_kept, (*results(inputs), kept), params, inputs, h0,
+                                                       vmap_method="sequential")
+            return (outs, final), (params, inputs, h0, residuals)
 
         def core_bwd(saved, cot):
-            params, inputs, h0 = saved
+            params, inputs, h0, residuals = saved
             return jax.pure_callback(host_vjp, (like(params), like(inputs), like(h0)), params, inputs, h0,
-                                     *cot, vmap_method="sequential")
+                                     residuals, *cot, vmap_method="sequential")
 
         core.defvjp(core_fwd, core_bwd)
         self._core = core
@@ -141,6 +161,17 @@ class Recurrent:
                                      lambda xs, hs: self._core(ps, tuple(xs), tuple(hs)), JAX_OPS)
         outs = dict(zip(st.outputs, outs))
         return (outs if self.output is None else outs[self.output]), dict(zip(st.states, final))
+
+
+class _Holding(np.ndarray):
+    """A view of a kept forward's buffer that holds the kept forward: its buffers go back to
+    the model only when JAX has dropped every view (after copying them into its own)."""
+
+
+def _holding(a, kept):
+    view = a.view(_Holding)
+    view.kept = kept
+    return view
 
 
 JAX_OPS = ArrayOps(

@@ -1,0 +1,204 @@
+"""rnncomp.jax's backward reads the forward's kept buffers (JAX residuals) and runs no forward.
+
+Oracles: the same cells written as ``jax.lax.scan`` and differentiated by JAX (float64; the
+two compute the same sums in different orders: rtol 1e-10), the NumPy oracle's ``vjp``, and
+a count of the native entry points each training step calls.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax", reason="rnncomp.jax needs JAX (pip install 'rnncomp[jax]')")
+
+import jax.numpy as jnp  # noqa: E402
+
+import rnncomp as rc  # noqa: E402
+import rnncomp.jax  # noqa: E402,F401
+from rnncomp.errors import CallError  # noqa: E402
+
+RTOL = 1e-10
+
+
+@pytest.fixture(autouse=True)
+def x64():
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", before)
+
+
+# ----------------------------------------------------------------------------- lax.scan references
+def _affine(p, gate, x, h):
+    return x @ p[f"W{gate}"].T + h @ p[f"U{gate}"].T + p[f"b{gate}"]
+
+
+def _elman(p, x, h):
+    h = jnp.tanh(_affine(p, "", x, h["h"]))
+    return {"h": h}, h
+
+
+def _gru(p, x, h):
+    h = h["h"]
+    z, r = jax.nn.sigmoid(_affine(p, "z", x, h)), jax.nn.sigmoid(_affine(p, "r", x, h))
+    n = jnp.tanh(x @ p["Wn"].T + (r * h) @ p["Un"].T + p["bn"])
+    h = (1 - z) * n + z * h
+    return {"h": h}, h
+
+
+def _lstm(p, x, hc):
+    h, c = hc["h"], hc["c"]
+    i, f = jax.nn.sigmoid(_affine(p, "i", x, h)), jax.nn.sigmoid(_affine(p, "f", x, h))
+    g, o = jnp.tanh(_affine(p, "g", x, h)), jax.nn.sigmoid(_affine(p, "o", x, h))
+    c = f * c + i * g
+    h = o * jnp.tanh(c)
+    return {"h": h, "c": c}, h
+
+
+SCAN_STEPS = {"elman": _elman, "gru": _gru, "lstm": _lstm}
+
+
+def scan_layer(name):
+    """rc.cells.<name>'s step as a lax.scan: (params, x, h0) -> (y (T, B, n_out), final)."""
+    def run(p, x, h0):
+        def step(h, x_t):
+            h, h_new = SCAN_STEPS[name](p, x_t, h)
+            return h, h_new @ p["V"].T + p["by"]
+        final, y = jax.lax.scan(step, h0, x)
+        return y, final
+    return run
+
+
+def _problem(name, T, B, seed):
+    cell = rc.cells.get(name)(3, 4, 2)
+    rng = np.random.default_rng(seed)
+    params = {n: v + rng.normal(0, 0.3, v.shape) for n, v in cell.init_params(seed).items()}
+    x = rng.normal(size=(T, B, 3))
+    h0 = {s: rng.normal(size=(B, n)) for s, n in cell.step.states.items()}
+    dy = rng.normal(size=(T, B, 2))
+    d_fin = {s: rng.normal(size=(B, n)) for s, n in cell.step.states.items()}
+    return cell, params, x, h0, dy, d_fin
+
+
+def _weighted(layer, dy, d_fin):
+    """A scalar of every output and final state: its gradient is the layer's VJP of (dy, d_fin)."""
+    def f(p, x, h0):
+        y, final = layer(p, x, h0)
+        return (y * dy).sum() + sum((final[s] * d_fin[s]).sum() for s in d_fin)
+    return f
+
+
+def _close(got, want, what):
+    got, want = np.asarray(got), np.asarray(want)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=RTOL * (1 + np.abs(want).max()), err_msg=what)
+
+
+def _close_trees(got, want):
+    for path, a in jax.tree_util.tree_leaves_with_path(got):
+        b = want
+        for k in path:
+            b = b[k.key if hasattr(k, "key") else k.idx]
+        _close(a, b, jax.tree_util.keystr(path))
+
+
+# ----------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("name", ["elman", "gru", "lstm"])
+@pytest.mark.parametrize("B", [3, 17])  # 17 with threads=2: two batch slices, residuals of each
+def test_gradients_match_jax_scan_of_the_same_cell(name, B):
+    cell, params, x, h0, dy, d_fin = _problem(name, 6, B, 0)
+    layer = rc.jax.recurrent(cell, dtype="float64", output="y", threads=2)
+    got = jax.jit(jax.grad(_weighted(layer, dy, d_fin), argnums=(0, 1, 2)))(params, x, h0)
+    want = jax.grad(_weighted(scan_layer(name), dy, d_fin), argnums=(0, 1, 2))(params, x, h0)
+    _close_trees(got, want)
+    assert len(layer.model.residual_shapes(6, B)) > 0  # the backward ran on residuals
+
+
+def _count_entries(monkeypatch, model):
+    """Counts of the native forward and backward entry calls of ``model`` and its VJP variants."""
+    calls = {"forward": 0, "backward": 0}
+
+    def counted(fn, kind):
+        def call(*args):
+            calls[kind] += 1
+            return fn(*args)
+        return call
+
+    for m in [model, *model._variants.values()]:
+        monkeypatch.setattr(m, "_fwd", counted(m._fwd, "forward"))
+        if m._bwdfn is not None:
+            monkeypatch.setattr(m, "_bwdfn", counted(m._bwdfn, "backward"))
+    return calls
+
+
+@pytest.mark.parametrize("B, slices", [(3, 1), (17, 2)])
+def test_a_training_step_runs_each_native_entry_once_per_slice(monkeypatch, B, slices):
+    """One forward and one backward per batch slice: the backward recomputes nothing."""
+    cell, params, x, h0, dy, d_fin = _problem("lstm", 5, B, 1)
+    layer = rc.jax.recurrent(cell, dtype="float64", output="y", threads=2)
+    grad = jax.jit(jax.grad(_weighted(layer, dy, d_fin), argnums=(0, 1, 2)))
+    want = grad(params, x, h0)  # compiles; makes the VJP variant
+    calls = _count_entries(monkeypatch, layer.model)
+    got = grad(params, x, h0)
+    assert calls == {"forward": slices, "backward": slices}
+    _close_trees(got, jax.tree_util.tree_map(np.asarray, want))
+    calls.update(forward=0, backward=0)
+    jax.block_until_ready(jax.jit(layer)(params, x, h0))  # not differentiated: one plain forward
+    assert calls == {"forward": 1, "backward": 0}
+
+
+def test_a_memory_schedule_exports_nothing_and_recomputes():
+    """Under memory=Every(2) a kept forward keeps only the call: no residuals, and the
+    backward runs the schedule's plan (recomputing), with the same gradients."""
+    cell, params, x, h0, dy, d_fin = _problem("gru", 7, 3, 2)
+    every = rc.jax.recurrent(cell, dtype="float64", output="y", memory=rc.Every(2))
+    assert every.model.residual_shapes(7, 3) == []
+    got = jax.jit(jax.grad(_weighted(every, dy, d_fin), argnums=(0, 1, 2)))(params, x, h0)
+    want = jax.grad(_weighted(scan_layer("gru"), dy, d_fin), argnums=(0, 1, 2))(params, x, h0)
+    _close_trees(got, want)
+
+
+def test_kept_from_reads_the_residuals_in_place_and_leaves_them_unchanged():
+    """model.kept_from on copies of a kept forward's residuals, made read-only (as XLA's are):
+    the backward equals the NumPy oracle's vjp and writes nothing into them."""
+    cell, params, x, _, dy, d_fin = _problem("lstm", 4, 3, 3)
+    model = rc.compile(cell, backend="native", dtype="float64")
+    kept = model.forward(params, {"x": x}, keep=True)
+    residuals = [np.array(a) for a in kept.residuals()]
+    assert [a.shape for a in residuals] == model.residual_shapes(4, 3)
+    kept.free()
+    with pytest.raises(CallError, match="residuals of a forward whose buffers were freed"):
+        kept.residuals()
+    before = [a.copy() for a in residuals]
+    for a in residuals:
+        a.flags.writeable = False
+    got = model.kept_from(residuals, params, {"x": x}).backward({"y": dy}, d_fin)
+    want = rc.compile(cell, backend="numpy").vjp(params, {"x": x}, d_outputs={"y": dy}, d_final=d_fin)
+    for p in want.params:
+        _close(got.params[p], want.params[p], f"gradient of {p}")
+    _close(got.inputs["x"], want.inputs["x"], "gradient of x")
+    assert all(np.array_equal(a, b) for a, b in zip(residuals, before))
+
+
+def test_kept_from_names_wrong_residuals():
+    cell, params, x, _, _, _ = _problem("elman", 4, 3, 4)
+    model = rc.compile(cell, backend="native", dtype="float64")
+    shapes = model.residual_shapes(4, 3)
+    good = [np.zeros(s) for s in shapes]
+    with pytest.raises(CallError, match=rf"needs the {len(shapes)} residuals of a \(T=4, B=3\) forward.*got 1"):
+        model.kept_from(good[:1], params, {"x": x})
+    bad = good[:-1] + [np.zeros((9,) + shapes[-1][1:])]
+    with pytest.raises(CallError, match=rf"residual {len(shapes) - 1} has shape \(9, 3, 1\), expected"):
+        model.kept_from(bad, params, {"x": x})
+    with pytest.raises(CallError, match="residual 0 has dtype float32"):
+        model.kept_from([good[0].astype(np.float32)] + good[1:], params, {"x": x})
+
+
+def test_backends_without_residuals_run_the_forward_in_the_backward():
+    """The NumPy backend exports nothing: kept_from([]) runs the forward again, same numbers."""
+    cell, params, x, _, dy, d_fin = _problem("gru", 4, 2, 5)
+    model = rc.compile(cell, backend="numpy")
+    assert model.residual_shapes(4, 2) == [] and model.forward(params, {"x": x}, keep=True).residuals() == []
+    got = model.kept_from([], params, {"x": x}).backward({"y": dy}, d_fin)
+    want = model.vjp(params, {"x": x}, d_outputs={"y": dy}, d_final=d_fin)
+    for p in want.params:
+        _close(got.params[p], want.params[p], f"gradient of {p}")
