@@ -186,10 +186,11 @@ def test_kept_from_names_wrong_residuals():
     model = rc.compile(cell, backend="native", dtype="float64")
     shapes = model.residual_shapes(4, 3)
     good = [np.zeros(s) for s in shapes]
-    with pytest.raises(CallError, match=rf"needs the {len(shapes)} residuals of a \(T=4, B=3\) forward.*got 1"):
-        model.kept_from(good[:1], params, {"x": x})
+    with pytest.raises(CallError, match=rf"needs the {len(shapes)} residuals of a \(T=4, B=3\) forward.*"
+                                        rf"got {len(shapes) + 1}"):
+        model.kept_from(good + good[:1], params, {"x": x})
     bad = good[:-1] + [np.zeros((9,) + shapes[-1][1:])]
-    with pytest.raises(CallError, match=rf"residual {len(shapes) - 1} has shape \(9, 3, 1\), expected"):
+    with pytest.raises(CallError, match=rf"residual {len(shapes) - 1} has shape \(9, 3, {shapes[-1][2]}\), expected"):
         model.kept_from(bad, params, {"x": x})
     with pytest.raises(CallError, match="residual 0 has dtype float32"):
         model.kept_from([good[0].astype(np.float32)] + good[1:], params, {"x": x})
@@ -204,3 +205,31 @@ def test_backends_without_residuals_run_the_forward_in_the_backward():
     want = model.vjp(params, {"x": x}, d_outputs={"y": dy}, d_final=d_fin)
     for p in want.params:
         _close(got.params[p], want.params[p], f"gradient of {p}")
+
+
+@pytest.mark.parametrize("name, options", [(n, {}) for n in sorted(rc.cells.ZOO) + ["two"]] + [
+    (n, o) for n in ("lstm", "two") for o in ({"hoist": False, "stack": False}, {"grad_after": True})])
+def test_backward_keys_cover_every_address_the_backward_code_takes(monkeypatch, name, options):
+    """What a kept forward exports follows from ``_backward_keys``: it must name every value
+    whose address the code generator takes while emitting the backward entry point (else
+    ``kept_from``'s backward would read a buffer nobody wrote)."""
+    from llvmlite import ir
+
+    from rnncomp.autodiff import Cotangents
+    from rnncomp.backends.native_emit import Gen
+    from layer_cells import two_inputs_learned_state
+
+    cell = two_inputs_learned_state() if name == "two" else rc.cells.get(name)(3, 4, 2)
+    st = cell.step
+    model = rc.compile(cell, backend="native", dtype="float64", **options)
+    v = model._variant(Cotangents(loss=False, outputs=tuple(st.outputs), inputs=tuple(st.inputs), final=True))
+    asked, ptr = set(), Gen.ptr
+
+    def recording(self, key, t):
+        asked.add(key)
+        return ptr(self, key, t)
+
+    monkeypatch.setattr(Gen, "ptr", recording)
+    v._gen_backward(ir.Module(name="probe"))
+    assert asked, "the probe saw no address"
+    assert asked <= v._backward_keys(), sorted(asked - v._backward_keys(), key=repr)

@@ -83,14 +83,16 @@ class NativeCalls:
                 at += a.nbytes
 
     def _buffers(self, call, keep_bwd, timed=None):
-        """The buffers of a call: pooled, and the call's parameters and inputs; ``timed``: the
-        timed forward buffers of a forward that already ran (h0 is in their row 0)."""
+        """The buffers of a call: pooled, and the call's parameters and inputs; ``timed``:
+        {slot: array} of timed forward buffers of a forward that already ran (a state's has
+        h0 in its row 0), used in place and never written."""
         st = self.step
+        timed = timed or {}
         arrays, states, fwd = self._pooled_buffers(call.T, call.B, timed)
         for p, k in self.param_slot.items():
             arrays[k] = call.params[p]
-        if timed is None:
-            self._set_initial_states(states, call.params, call.h0)
+        self._set_initial_states({s_: a for s_, a in states.items() if self.state_slot[s_] not in timed},
+                                 call.params, call.h0)
         for name, k in self.io_slot.items():
             arrays[k] = call.inputs.get(name, call.targets.get(name))
             if arrays[k] is None:  # forward without targets: never read
@@ -100,11 +102,11 @@ class NativeCalls:
     def _pooled_buffers(self, T, B, timed=None):
         """The buffers of a (T, B) call that come from this thread's pool (everything but the
         parameters, inputs and targets, whose slots stay None, and the timed forward buffers
-        when ``timed`` gives them, in :meth:`_timed_forward_buffers`' order): the arrays by
-        slot, the state buffers (T+1, B, n) and the kept forward values by key."""
-        arrays = [None] * len(self.layout.slots)
-        for i, (k, name, shape) in enumerate(self._timed_forward_buffers(T, B)):
-            arrays[k] = self._scratch(name, shape) if timed is None else timed[i]
+        that ``timed`` {slot: array} gives): the arrays by slot, the state buffers (T+1, B, n)
+        and the kept forward values by key."""
+        arrays, timed = [None] * len(self.layout.slots), timed or {}
+        for k, name, shape in self._timed_forward_buffers(T, B):
+            arrays[k] = timed[k] if k in timed else self._scratch(name, shape)
         states = {s_: arrays[k] for s_, k in self.state_slot.items()}
         fwd = {}
         for key, (k, n) in self.fwd_slot.items():

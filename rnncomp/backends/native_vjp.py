@@ -160,12 +160,21 @@ class NativeVjp(VjpMixin):
         v = self._variant(cot)
         if not v._single_leaf(T, B):  # a schedule keeps the call only: nothing to export
             return []
-        return [shape for sl in v._split(B) for _, _, shape in v._timed_forward_buffers(T, sl.stop - sl.start)]
+        return [shape for sl in v._split(B) for _, _, shape in v._residual_buffers(T, sl.stop - sl.start)]
+
+    def _residual_buffers(self, T, B):
+        """(slot, pool name, shape) of the timed forward buffers the backward reads (of those
+        the forward writes, ``_timed_forward_buffers``): what a kept forward exports."""
+        read = self.__dict__.get("_read_slots")
+        if read is None:
+            where = self.layout.where
+            read = self._read_slots = frozenset(where[k][0] for k in self._backward_keys() if k in where)
+        return [b for b in self._timed_forward_buffers(T, B) if b[0] in read]
 
     def _vjp_export(self, state):
         v, parts = state
         return [p.seg.arrays[k] for p in parts if p.seg is not None
-                for k, _, _ in v._timed_forward_buffers(p.call.T, p.call.B)]
+                for k, _, _ in v._residual_buffers(p.call.T, p.call.B)]
 
     def _vjp_adopt(self, call, w, cot, arrays):
         from .native_calls import _Seg
@@ -174,14 +183,13 @@ class NativeVjp(VjpMixin):
         cuts = v._cuts(call, w)
         if not v._single_leaf(call.T, call.B):  # a schedule: the plan at backward time, as when kept
             return v, [_Part(sub, ws, sl, None, None) for sub, ws, sl in cuts]
-        parts, at = [], 0
+        parts, given = [], iter(arrays)
         for sub, ws, sl in cuts:
-            n = len(v._timed_forward_buffers(sub.T, sub.B))
+            timed = {k: next(given) for k, _, _ in v._residual_buffers(sub.T, sub.B)}
             pool = v._spare_pool()
             with v._private(pool):  # the given arrays are read in place by the backward, never written
                 v._fresh_call()
-                bufs, _, _ = v._seg_buffers(sub, ws, arrays[at:at + n])
-            at += n
+                bufs, _, _ = v._seg_buffers(sub, ws, timed)
             seg = _Seg(0, sub.T, sub.T, sub.B, bufs, None, None, None, None, sub)
             parts.append(_Part(sub, ws, sl, pool, seg))
         return v, parts
