@@ -41,29 +41,44 @@ class Recurrent:
         # kept     (params, inputs, h0)                      -> (outputs, final states, residuals)
         # backward (params, inputs, h0, residuals, δoutputs, δfinal) -> (δparams, δinputs, δh0)
         # The residuals are the kept forward's buffers (``Kept.residuals``, shapes from
-        # ``model.residual_shapes(T, B)``), JAX arrays between the two callbacks: the backward
-        # reads them in place (``model.kept_from``) and recomputes nothing.
-        # No NaN/inf check inside: an exception in a pure_callback is undefined behaviour in
-        # JAX, so a NaN goes through as it does through any JAX op.
-        def args(params, inputs, h0):
-            return dict(zip(P, params)), dict(zip(X, inputs)), dict(zip(S, h0))
+        # ``model.residual_shapes(T, B)``), JAX arrays between the two calls: the backward
+        # reads them in place (``model.kept_from``) and recomputes nothing.  Each host function
+        # gets XLA's flat argument and result buffers (``jax_ffi``) and writes the results.
+        # No NaN/inf check inside: a NaN goes through as it does through any JAX op.
+        nP, nX, nS, nO = len(P), len(X), len(S), len(O)
 
-        def host_forward(params, inputs, h0):
-            outs, final = model.forward(*args(params, inputs, h0), check_finite=False)
-            return tuple(outs[o] for o in O), tuple(final[s] for s in S)
+        def args(flat):
+            return (dict(zip(P, flat[:nP])), dict(zip(X, flat[nP:nP + nX])),
+                    dict(zip(S, flat[nP + nX:nP + nX + nS])))
 
-        def host_kept(params, inputs, h0):
-            kept = model.forward(*args(params, inputs, h0), keep=True, check_finite=False)
-            return (tuple(kept.outputs[o] for o in O), tuple(kept.final[s] for s in S),
-                    tuple(_holding(a, kept) for a in kept.residuals()))
+        def put(rets, arrays):
+            for r, a in zip(rets, arrays):
+                np.copyto(r, a)
 
-        def host_vjp(params, inputs, h0, residuals, d_out, d_fin):
-            kept = model.kept_from(list(residuals), *args(params, inputs, h0), check_finite=False)
-            res = kept.backward(d_outputs=dict(zip(O, d_out)), d_final=dict(zip(S, d_fin)))
-            kept.free()
-            # δh0, the backward's carried cotangent, copied (B × n): no backend promises it is not a buffer it reuses
-            return (tuple(res.params[p] for p in P), tuple(res.inputs[x] for x in X),
-                    tuple(np.array(res.h0[s]) for s in S))
+        def host_forward(flat, rets):
+            outs, final = model.forward(*args(flat), check_finite=False)
+            put(rets, [outs[o] for o in O] + [final[s] for s in S])
+
+        def host_kept(flat, rets):
+            kept = model.forward(*args(flat), keep=True, check_finite=False)
+            try:
+                put(rets, [kept.outputs[o] for o in O] + [kept.final[s] for s in S] + kept.residuals())
+            finally:
+                kept.free()
+
+        def host_vjp(flat, rets):
+            at = nP + nX + nS
+            n_res = len(flat) - at - nO - nS
+            kept = model.kept_from(flat[at:at + n_res], *args(flat), check_finite=False)
+            try:
+                res = kept.backward(d_outputs=dict(zip(O, flat[at + n_res:at + n_res + nO])),
+                                    d_final=dict(zip(S, flat[at + n_res + nO:])))
+            finally:
+                kept.free()
+            put(rets, [res.params[p] for p in P] + [res.inputs[x] for x in X] + [res.h0[s] for s in S])
+
+        call = _host_caller(self)
+        forward, kept_forward, backward = call(host_forward), call(host_kept), call(host_vjp)
 
         def like(arrays):
             return tuple(jax.ShapeDtypeStruct(a.shape, dt) for a in arrays)
@@ -75,19 +90,17 @@ class Recurrent:
 
         @jax.custom_vjp
         def core(params, inputs, h0):
-            return jax.pure_callback(host_forward, results(inputs), params, inputs, h0, vmap_method="sequential")
+            return forward(results(inputs), params, inputs, h0)
 
         def core_fwd(params, inputs, h0):
             T, B = inputs[0].shape[:2]
             kept = tuple(jax.ShapeDtypeStruct(s, dt) for s in model.residual_shapes(T, B))
-            outs, final, residuals = jax.pure_callback(host_kept, (*results(inputs), kept), params, inputs, h0,
-                                                       vmap_method="sequential")
+            outs, final, residuals = kept_forward((*results(inputs), kept), params, inputs, h0)
             return (outs, final), (params, inputs, h0, residuals)
 
         def core_bwd(saved, cot):
             params, inputs, h0, residuals = saved
-            return jax.pure_callback(host_vjp, (like(params), like(inputs), like(h0)), params, inputs, h0,
-                                     residuals, *cot, vmap_method="sequential")
+            return backward((like(params), like(inputs), like(h0)), params, inputs, h0, residuals, *cot)
 
         core.defvjp(core_fwd, core_bwd)
         self._core = core
@@ -163,15 +176,28 @@ class Recurrent:
         return (outs if self.output is None else outs[self.output]), dict(zip(st.states, final))
 
 
-class _Holding(np.ndarray):
-    """A view of a kept forward's buffer that holds the kept forward: its buffers go back to
-    the model only when JAX has dropped every view (after copying them into its own)."""
+def _host_caller(owner):
+    """``call(fn)``: a function ``(results, *args) -> results`` that runs ``fn(flat args,
+    flat results)`` on the host.  On JAX's CPU backend through the XLA FFI (``jax_ffi``: the
+    arrays are XLA's buffers), elsewhere through ``jax.pure_callback`` (copies to the host
+    and back)."""
+    if jax.default_backend() == "cpu":
+        from . import jax_ffi
 
+        def call(fn):
+            key = jax_ffi.FUNCTIONS.add(owner, fn)
+            return lambda results, *args: jax_ffi.host_call(key, results, *args)
+        return call
 
-def _holding(a, kept):
-    view = a.view(_Holding)
-    view.kept = kept
-    return view
+    def call(fn):
+        def run(results, *args):
+            def host(*a):
+                rets = [np.empty(r.shape, r.dtype) for r in jax.tree_util.tree_leaves(results)]
+                fn(jax.tree_util.tree_leaves(a), rets)
+                return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(results), rets)
+            return jax.pure_callback(host, results, *args, vmap_method="sequential")
+        return run
+    return call
 
 
 JAX_OPS = ArrayOps(
