@@ -32,7 +32,8 @@ from .layer_common import ArrayOps, check_layer_cell, check_lengths, missing_inp
 class Recurrent:
     """What :func:`recurrent` returns: call it as ``f(params, x, h0=None)``."""
 
-    def __init__(self, model, output):
+    def __init__(self, model, output, _ffi: bool | None = None):
+        """``_ffi``: host calls through the XLA FFI (default: on JAX's CPU backend) or not."""
         self.model, self.output = model, output
         st, dt = model.step, model.dtype
         P, X, S, O = tuple(st.params), tuple(st.inputs), tuple(st.states), tuple(st.outputs)
@@ -77,7 +78,7 @@ class Recurrent:
                 kept.free()
             put(rets, [res.params[p] for p in P] + [res.inputs[x] for x in X] + [res.h0[s] for s in S])
 
-        call = _host_caller(self)
+        call = _host_caller(self, jax.default_backend() == "cpu" if _ffi is None else _ffi)
         forward, kept_forward, backward = call(host_forward), call(host_kept), call(host_vjp)
 
         def like(arrays):
@@ -176,12 +177,12 @@ class Recurrent:
         return (outs if self.output is None else outs[self.output]), dict(zip(st.states, final))
 
 
-def _host_caller(owner):
+def _host_caller(owner, ffi: bool):
     """``call(fn)``: a function ``(results, *args) -> results`` that runs ``fn(flat args,
-    flat results)`` on the host.  On JAX's CPU backend through the XLA FFI (``jax_ffi``: the
-    arrays are XLA's buffers), elsewhere through ``jax.pure_callback`` (copies to the host
+    flat results)`` on the host: through the XLA FFI (``jax_ffi``: the arrays are XLA's
+    buffers; JAX's CPU backend only), or through ``jax.pure_callback`` (copies to the host
     and back)."""
-    if jax.default_backend() == "cpu":
+    if ffi:
         from . import jax_ffi
 
         def call(fn):

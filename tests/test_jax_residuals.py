@@ -233,3 +233,37 @@ def test_backward_keys_cover_every_address_the_backward_code_takes(monkeypatch, 
     v._gen_backward(ir.Module(name="probe"))
     assert asked, "the probe saw no address"
     assert asked <= v._backward_keys(), sorted(asked - v._backward_keys(), key=repr)
+
+
+def test_host_call_through_the_ffi_reads_and_writes_xla_buffers():
+    """jax_ffi.host_call under jit and vmap, and an exception of the host function raised
+    by JAX with its message (never a silent result)."""
+    from rnncomp import jax_ffi
+
+    class Owner:
+        pass
+
+    owner = Owner()
+
+    def axpy(args, rets):
+        rets[0][...] = 2 * args[0] + args[1]
+
+    def fails(args, rets):
+        raise ValueError("boom from the host")
+
+    key, bad = jax_ffi.FUNCTIONS.add(owner, axpy), jax_ffi.FUNCTIONS.add(owner, fails)
+    a, b = np.arange(6.0).reshape(2, 3), np.ones((2, 3))
+    f = jax.jit(lambda a, b: jax_ffi.host_call(key, jax.ShapeDtypeStruct((2, 3), jnp.float64), a, b))
+    _close(f(a, b), 2 * a + b, "jit")
+    _close(jax.vmap(f)(np.stack([a, b]), np.stack([b, a])), np.stack([2 * a + b, 2 * b + a]), "vmap")
+    with pytest.raises(Exception, match="boom from the host"):
+        jax.block_until_ready(jax_ffi.host_call(bad, jax.ShapeDtypeStruct((2,), jnp.float64), jnp.ones(2)))
+
+
+def test_the_pure_callback_path_gives_the_same_gradients():
+    """Off JAX's CPU backend the layer's host calls go through jax.pure_callback."""
+    cell, params, x, h0, dy, d_fin = _problem("gru", 5, 3, 6)
+    model = rc.compile(cell, backend="native", dtype="float64")
+    grads = [jax.jit(jax.grad(_weighted(rc.jax.Recurrent(model, "y", _ffi=ffi), dy, d_fin), argnums=(0, 1, 2)))(
+        params, x, h0) for ffi in (True, False)]
+    _close_trees(grads[1], jax.tree_util.tree_map(np.asarray, grads[0]))
