@@ -14,8 +14,9 @@ measured in this run, with the examples' own code (``step_times``):
   products hoisted, gates stacked); that loop calling ``torch.compile(cell_step)`` (or, with
   ``--compile loop``, ``torch.compile`` of the whole loop, unrolled over T: minutes of
   compiling); ``nn.LSTM`` (oneDNN; sigmoid/tanh, no peepholes: a different cell, a yardstick).
-- jax: rnncomp.jax.recurrent (a ``custom_vjp`` over ``pure_callback``; its backward runs the
-  forward again, docs/layers.md) and the same cell as a jitted ``jax.lax.scan``.
+- jax: rnncomp.jax.recurrent (a ``custom_vjp`` whose host calls are XLA FFI calls; its
+  backward reads the forward's kept buffers, JAX residuals, docs/layers.md) and the same
+  cell as a jitted ``jax.lax.scan``.
 
 PyTorch and JAX each run in their own worker process (``--worker``), one after the other, so
 that neither framework's thread pool runs while the other is timed.  The torch worker runs
