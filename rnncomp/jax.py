@@ -1,12 +1,14 @@
 """rnncomp inside JAX: ``recurrent(cell)`` is a function ``f(params, x, h0) -> (outputs, final)``.
 
 It is differentiable (``jax.custom_vjp``: the backward is the compiled model's, docs/vjp.md)
-and runs under ``jax.jit``: the forward and the backward are host calls
-(``jax.pure_callback``) into the compiled model, which reads the arrays XLA hands it in
-place.  The forward of a differentiated call is ``model.forward(..., keep=True)``: its kept
-buffers (``Kept.residuals``) come back as JAX arrays, the custom_vjp's residuals, and the
-backward runs on them (``model.kept_from``) without running the forward again.  Under ``jax.vmap`` each mapped element is one call of the model, in turn
-(``vmap_method="sequential"``): correct, not fast; batch along the layer's B axis instead.
+and runs under ``jax.jit``: the forward and the backward are host calls into the compiled
+model -- XLA FFI calls on JAX's CPU backend (:mod:`rnncomp.jax_ffi`: the model reads and
+writes XLA's buffers in place), ``jax.pure_callback`` elsewhere.  The forward of a
+differentiated call is ``model.forward(..., keep=True)``: its kept buffers
+(``Kept.residuals``) come back as JAX arrays, the custom_vjp's residuals, and the backward
+runs on them (``model.kept_from``) without running the forward again.  Under ``jax.vmap``
+each mapped element is one call of the model, in turn (``vmap_method="sequential"``):
+correct, not fast; batch along the layer's B axis instead.
 See docs/layers.md.
 
     >>> import numpy as np, rnncomp as rc, rnncomp.jax
