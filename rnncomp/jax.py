@@ -3,12 +3,15 @@
 It is differentiable (``jax.custom_vjp``: the backward is the compiled model's, docs/vjp.md)
 and runs under ``jax.jit``: the forward and the backward are host calls into the compiled
 model -- XLA FFI calls on JAX's CPU backend (:mod:`rnncomp.jax_ffi`: the model reads and
-writes XLA's buffers in place), ``jax.pure_callback`` elsewhere.  The forward of a
-differentiated call is ``model.forward(..., keep=True)``: its kept buffers
-(``Kept.residuals``) come back as JAX arrays, the custom_vjp's residuals, and the backward
-runs on them (``model.kept_from``) without running the forward again.  Under ``jax.vmap``
-each mapped element is one call of the model, in turn (``vmap_method="sequential"``):
-correct, not fast; batch along the layer's B axis instead.
+writes XLA's buffers in place), ``jax.pure_callback`` elsewhere.  Two strategies for the
+backward (``recurrent(..., residuals=)``): by default it runs ``model.vjp``, the forward
+again and then its backward; with ``residuals=True`` the forward of a differentiated call
+is ``model.forward(..., keep=True)``, its kept buffers (``Kept.residuals``) come back as
+JAX arrays, the custom_vjp's residuals, and the backward runs on them (``model.kept_from``)
+without running the forward again -- at the price of XLA's fresh memory for them each step
+(docs/layers.md says when each pays).  Under ``jax.vmap`` each mapped element is one call
+of the model, in turn (``vmap_method="sequential"``): correct, not fast; batch along the
+layer's B axis instead.
 See docs/layers.md.
 
     >>> import numpy as np, rnncomp as rc, rnncomp.jax
@@ -34,13 +37,17 @@ from .layer_common import ArrayOps, check_layer_cell, check_lengths, missing_inp
 class Recurrent:
     """What :func:`recurrent` returns: call it as ``f(params, x, h0=None)``."""
 
-    def __init__(self, model, output, _ffi: bool | None = None):
-        """``_ffi``: host calls through the XLA FFI (default: on JAX's CPU backend) or not."""
-        self.model, self.output = model, output
+    def __init__(self, model, output, residuals: bool = False, _ffi: bool | None = None):
+        """``residuals``: see :func:`recurrent`; ``_ffi``: host calls through the XLA FFI
+        (default: on JAX's CPU backend) or not."""
+        self.model, self.output, self.residuals = model, output, bool(residuals)
         st, dt = model.step, model.dtype
         P, X, S, O = tuple(st.params), tuple(st.inputs), tuple(st.states), tuple(st.outputs)
 
         # forward  (params, inputs, h0)                      -> (outputs (T, B, n), final states (B, n))
+        # backward (params, inputs, h0, δoutputs, δfinal)    -> (δparams, δinputs, δh0): model.vjp,
+        #          the forward again, then its backward (the default)
+        # With residuals=True:
         # kept     (params, inputs, h0)                      -> (outputs, final states, residuals)
         # backward (params, inputs, h0, residuals, δoutputs, δfinal) -> (δparams, δinputs, δh0)
         # The residuals are the kept forward's buffers (``Kept.residuals``, shapes from
@@ -58,9 +65,19 @@ class Recurrent:
             for r, a in zip(rets, arrays):
                 np.copyto(r, a)
 
+        def put_grads(rets, res):
+            put(rets, [res.params[p] for p in P] + [res.inputs[x] for x in X] + [res.h0[s] for s in S])
+
+        def cotangents(flat):  # the trailing δoutputs, δfinal
+            return dict(d_outputs=dict(zip(O, flat[len(flat) - nO - nS:len(flat) - nS])),
+                        d_final=dict(zip(S, flat[len(flat) - nS:])))
+
         def host_forward(flat, rets):
             outs, final = model.forward(*args(flat), check_finite=False)
             put(rets, [outs[o] for o in O] + [final[s] for s in S])
+
+        def host_vjp(flat, rets):
+            put_grads(rets, model.vjp(*args(flat), **cotangents(flat), check_finite=False))
 
         def host_kept(flat, rets):
             kept = model.forward(*args(flat), keep=True, check_finite=False)
@@ -69,19 +86,17 @@ class Recurrent:
             finally:
                 kept.free()
 
-        def host_vjp(flat, rets):
+        def host_kept_vjp(flat, rets):
             at = nP + nX + nS
-            n_res = len(flat) - at - nO - nS
-            kept = model.kept_from(flat[at:at + n_res], *args(flat), check_finite=False)
+            kept = model.kept_from(flat[at:len(flat) - nO - nS], *args(flat), check_finite=False)
             try:
-                res = kept.backward(d_outputs=dict(zip(O, flat[at + n_res:at + n_res + nO])),
-                                    d_final=dict(zip(S, flat[at + n_res + nO:])))
+                put_grads(rets, kept.backward(**cotangents(flat)))
             finally:
                 kept.free()
-            put(rets, [res.params[p] for p in P] + [res.inputs[x] for x in X] + [res.h0[s] for s in S])
 
         call = _host_caller(self, jax.default_backend() == "cpu" if _ffi is None else _ffi)
-        forward, kept_forward, backward = call(host_forward), call(host_kept), call(host_vjp)
+        forward = call(host_forward)
+        kept_forward, backward = (call(host_kept), call(host_kept_vjp)) if self.residuals else (None, call(host_vjp))
 
         def like(arrays):
             return tuple(jax.ShapeDtypeStruct(a.shape, dt) for a in arrays)
@@ -96,6 +111,8 @@ class Recurrent:
             return forward(results(inputs), params, inputs, h0)
 
         def core_fwd(params, inputs, h0):
+            if not self.residuals:
+                return forward(results(inputs), params, inputs, h0), (params, inputs, h0, ())
             T, B = inputs[0].shape[:2]
             kept = tuple(jax.ShapeDtypeStruct(s, dt) for s in model.residual_shapes(T, B))
             outs, final, residuals = kept_forward((*results(inputs), kept), params, inputs, h0)
@@ -111,7 +128,7 @@ class Recurrent:
     def __repr__(self):
         st = self.model.step
         return (f"<rnncomp.jax layer of cell {st.name!r} on {self.model.backend}, {self.model.dtype}, "
-                f"output={self.output!r}>")
+                f"output={self.output!r}, residuals={self.residuals}>")
 
     def init_params(self, seed: int = 0) -> dict:
         """The cell's parameters from its initialisers, as JAX arrays of the layer's dtype."""
@@ -211,13 +228,23 @@ JAX_OPS = ArrayOps(
 
 
 def recurrent(cell, backend: str = "native", dtype: str = "float32", output: str | None = None,
-              **options) -> Recurrent:
+              residuals: bool = False, **options) -> Recurrent:
     """``cell`` compiled for ``backend`` (``"native"``, ``"numpy"`` or ``"ptx"``) and ``dtype``
     (``"float32"`` or ``"float64"``; float64 needs ``jax_enable_x64``), as a JAX function
     ``f(params, x, h0=None) -> (outputs, final)`` (see :class:`Recurrent`); ``output``: the
-    output to return (None: a dict of all); ``options``: of :func:`rnncomp.compile`."""
+    output to return (None: a dict of all); ``options``: of :func:`rnncomp.compile`.
+
+    ``residuals``: how the backward gets the forward's values.  False (default): it runs
+    ``model.vjp``, the forward again then its backward; nothing is kept between the two
+    calls.  True: the forward keeps its buffers and returns them to JAX as the custom_vjp's
+    residuals, and the backward reads them (``model.kept_from``): no forward again, but XLA
+    hands out fresh memory for them every step (31 MB for the charlm LSTM, T = 100, B = 32,
+    H = 128), which on a CPU costs about what the forward it saves does (docs/layers.md).
+    Same gradients either way."""
     from .compile import compile as rc_compile
 
+    if not isinstance(residuals, bool):
+        raise CallError(f"recurrent: residuals must be True or False, got {residuals!r}")
     model = rc_compile(cell, backend=backend, dtype=dtype, **options)
     check_layer_cell(model.step, output, "recurrent")
-    return Recurrent(model, output)
+    return Recurrent(model, output, residuals)
