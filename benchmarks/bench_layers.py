@@ -14,8 +14,10 @@ measured in this run, with the examples' own code (``step_times``):
   products hoisted, gates stacked); that loop calling ``torch.compile(cell_step)`` (or, with
   ``--compile loop``, ``torch.compile`` of the whole loop, unrolled over T: minutes of
   compiling); ``nn.LSTM`` (oneDNN; sigmoid/tanh, no peepholes: a different cell, a yardstick).
-- jax: rnncomp.jax.recurrent (a ``custom_vjp`` over ``pure_callback``; its backward runs the
-  forward again, docs/layers.md) and the same cell as a jitted ``jax.lax.scan``.
+- jax: rnncomp.jax.recurrent (a ``custom_vjp`` whose host calls are XLA FFI calls) with its
+  default backward, which runs the forward again (``model.vjp``), and with
+  ``residuals=True`` ("rnncomp residuals": the backward reads the forward's kept buffers,
+  JAX residuals, docs/layers.md), and the same cell as a jitted ``jax.lax.scan``.
 
 PyTorch and JAX each run in their own worker process (``--worker``), one after the other, so
 that neither framework's thread pool runs while the other is timed.  The torch worker runs
@@ -60,7 +62,7 @@ def worker(framework, a):
     else:
         import jax_charlm as ex
 
-        kinds, threads = ["rnncomp", "lax.scan"], os.cpu_count()
+        kinds, threads = ["rnncomp", "rnncomp residuals", "lax.scan"], os.cpu_count()
     times = ex.step_times(kinds, vocab, a.embed, a.hidden, a.T, a.batch, steps=a.steps, warmup=a.warmup)
     print(TAG + json.dumps({"framework": framework, "threads": threads, "times": times}), flush=True)
 
@@ -107,14 +109,14 @@ def main(argv=None):
     print(f"time per training step, T = {a.T}, B = {a.batch}, E = {a.embed}, H = {a.hidden}, float32, "
           f"best (median) of {a.steps}; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after, "
           f"{os.cpu_count()} cores, OMP_WAIT_POLICY={omp or '(unset)'}")
-    print(f"{'framework':<10}{'model':<16}{'best ms':>10}{'median ms':>11}{'first s':>9}{'peer/rnncomp':>14}")
+    print(f"{'framework':<10}{'model':<19}{'best ms':>10}{'median ms':>11}{'first s':>9}{'peer/rnncomp':>14}")
     ratios = {}
     for fw, r in results.items():
         ours = r["times"]["rnncomp"]["best_s"]
         for kind, t in r["times"].items():
             ratio = t["best_s"] / ours
             ratios[f"{fw}/{kind}"] = ratio
-            print(f"{fw:<10}{kind:<16}{1e3 * t['best_s']:10.1f}{1e3 * t['step_s']:11.1f}{t['first_step_s']:9.1f}"
+            print(f"{fw:<10}{kind:<19}{1e3 * t['best_s']:10.1f}{1e3 * t['step_s']:11.1f}{t['first_step_s']:9.1f}"
                   f"{ratio:14.2f}")
     print("\ngoals (issue #16), on the custom cell:")
     goals = []

@@ -1,10 +1,17 @@
 """rnncomp inside JAX: ``recurrent(cell)`` is a function ``f(params, x, h0) -> (outputs, final)``.
 
-It is differentiable (``jax.custom_vjp``: the backward is the compiled model's ``vjp``,
-docs/vjp.md) and runs under ``jax.jit``: the forward and the backward are host calls
-(``jax.pure_callback``) into the compiled model, which reads the arrays XLA hands it in
-place.  Under ``jax.vmap`` each mapped element is one call of the model, in turn
-(``vmap_method="sequential"``): correct, not fast; batch along the layer's B axis instead.
+It is differentiable (``jax.custom_vjp``: the backward is the compiled model's, docs/vjp.md)
+and runs under ``jax.jit``: the forward and the backward are host calls into the compiled
+model -- XLA FFI calls on JAX's CPU backend (:mod:`rnncomp.jax_ffi`: the model reads and
+writes XLA's buffers in place), ``jax.pure_callback`` elsewhere.  Two strategies for the
+backward (``recurrent(..., residuals=)``): by default it runs ``model.vjp``, the forward
+again and then its backward; with ``residuals=True`` the forward of a differentiated call
+is ``model.forward(..., keep=True)``, its kept buffers (``Kept.residuals``) come back as
+JAX arrays, the custom_vjp's residuals, and the backward runs on them (``model.kept_from``)
+without running the forward again -- at the price of XLA's fresh memory for them each step
+(docs/layers.md says when each pays).  Under ``jax.vmap`` each mapped element is one call
+of the model, in turn (``vmap_method="sequential"``): correct, not fast; batch along the
+layer's B axis instead.
 See docs/layers.md.
 
     >>> import numpy as np, rnncomp as rc, rnncomp.jax
@@ -30,44 +37,90 @@ from .layer_common import ArrayOps, check_layer_cell, check_lengths, missing_inp
 class Recurrent:
     """What :func:`recurrent` returns: call it as ``f(params, x, h0=None)``."""
 
-    def __init__(self, model, output):
-        self.model, self.output = model, output
+    def __init__(self, model, output, residuals: bool = False, _ffi: bool | None = None):
+        """``residuals``: see :func:`recurrent`; ``_ffi``: host calls through the XLA FFI
+        (default: on JAX's CPU backend) or not."""
+        self.model, self.output, self.residuals = model, output, bool(residuals)
         st, dt = model.step, model.dtype
         P, X, S, O = tuple(st.params), tuple(st.inputs), tuple(st.states), tuple(st.outputs)
 
-        # forward  (params, inputs, h0)                     -> (outputs (T, B, n), final states (B, n))
-        # backward (params, inputs, h0, δoutputs, δfinal)   -> (δparams, δinputs, δh0)
-        # No NaN/inf check inside: an exception in a pure_callback is undefined behaviour in
-        # JAX, so a NaN goes through as it does through any JAX op.
-        def host_forward(params, inputs, h0):
-            outs, final = model.forward(dict(zip(P, params)), dict(zip(X, inputs)), dict(zip(S, h0)),
-                                        check_finite=False)
-            return tuple(outs[o] for o in O), tuple(final[s] for s in S)
+        # forward  (params, inputs, h0)                      -> (outputs (T, B, n), final states (B, n))
+        # backward (params, inputs, h0, δoutputs, δfinal)    -> (δparams, δinputs, δh0): model.vjp,
+        #          the forward again, then its backward (the default)
+        # With residuals=True:
+        # kept     (params, inputs, h0)                      -> (outputs, final states, residuals)
+        # backward (params, inputs, h0, residuals, δoutputs, δfinal) -> (δparams, δinputs, δh0)
+        # The residuals are the kept forward's buffers (``Kept.residuals``, shapes from
+        # ``model.residual_shapes(T, B)``), JAX arrays between the two calls: the backward
+        # reads them in place (``model.kept_from``) and recomputes nothing.  Each host function
+        # gets XLA's flat argument and result buffers (``jax_ffi``) and writes the results.
+        # No NaN/inf check inside: a NaN goes through as it does through any JAX op.
+        nP, nX, nS, nO = len(P), len(X), len(S), len(O)
 
-        def host_vjp(params, inputs, h0, d_out, d_fin):
-            res = model.vjp(dict(zip(P, params)), dict(zip(X, inputs)), dict(zip(S, h0)),
-                            d_outputs=dict(zip(O, d_out)), d_final=dict(zip(S, d_fin)), check_finite=False)
-            # δh0, the backward's carried cotangent, copied (B × n): no backend promises it is not a buffer it reuses
-            return (tuple(res.params[p] for p in P), tuple(res.inputs[x] for x in X),
-                    tuple(np.array(res.h0[s]) for s in S))
+        def args(flat):
+            return (dict(zip(P, flat[:nP])), dict(zip(X, flat[nP:nP + nX])),
+                    dict(zip(S, flat[nP + nX:nP + nX + nS])))
+
+        def put(rets, arrays):
+            for r, a in zip(rets, arrays):
+                np.copyto(r, a)
+
+        def put_grads(rets, res):
+            put(rets, [res.params[p] for p in P] + [res.inputs[x] for x in X] + [res.h0[s] for s in S])
+
+        def cotangents(flat):  # the trailing δoutputs, δfinal
+            return dict(d_outputs=dict(zip(O, flat[len(flat) - nO - nS:len(flat) - nS])),
+                        d_final=dict(zip(S, flat[len(flat) - nS:])))
+
+        def host_forward(flat, rets):
+            outs, final = model.forward(*args(flat), check_finite=False)
+            put(rets, [outs[o] for o in O] + [final[s] for s in S])
+
+        def host_vjp(flat, rets):
+            put_grads(rets, model.vjp(*args(flat), **cotangents(flat), check_finite=False))
+
+        def host_kept(flat, rets):
+            kept = model.forward(*args(flat), keep=True, check_finite=False)
+            try:
+                put(rets, [kept.outputs[o] for o in O] + [kept.final[s] for s in S] + kept.residuals())
+            finally:
+                kept.free()
+
+        def host_kept_vjp(flat, rets):
+            at = nP + nX + nS
+            kept = model.kept_from(flat[at:len(flat) - nO - nS], *args(flat), check_finite=False)
+            try:
+                put_grads(rets, kept.backward(**cotangents(flat)))
+            finally:
+                kept.free()
+
+        call = _host_caller(self, jax.default_backend() == "cpu" if _ffi is None else _ffi)
+        forward = call(host_forward)
+        kept_forward, backward = (call(host_kept), call(host_kept_vjp)) if self.residuals else (None, call(host_vjp))
 
         def like(arrays):
             return tuple(jax.ShapeDtypeStruct(a.shape, dt) for a in arrays)
 
+        def results(inputs):
+            T, B = inputs[0].shape[:2]
+            return (tuple(jax.ShapeDtypeStruct((T, B, n), dt) for n in st.outputs.values()),
+                    tuple(jax.ShapeDtypeStruct((B, n), dt) for n in st.states.values()))
+
         @jax.custom_vjp
         def core(params, inputs, h0):
-            T, B = inputs[0].shape[:2]
-            shapes = (tuple(jax.ShapeDtypeStruct((T, B, n), dt) for n in st.outputs.values()),
-                      tuple(jax.ShapeDtypeStruct((B, n), dt) for n in st.states.values()))
-            return jax.pure_callback(host_forward, shapes, params, inputs, h0, vmap_method="sequential")
+            return forward(results(inputs), params, inputs, h0)
 
         def core_fwd(params, inputs, h0):
-            return core(params, inputs, h0), (params, inputs, h0)
+            if not self.residuals:
+                return forward(results(inputs), params, inputs, h0), (params, inputs, h0, ())
+            T, B = inputs[0].shape[:2]
+            kept = tuple(jax.ShapeDtypeStruct(s, dt) for s in model.residual_shapes(T, B))
+            outs, final, residuals = kept_forward((*results(inputs), kept), params, inputs, h0)
+            return (outs, final), (params, inputs, h0, residuals)
 
         def core_bwd(saved, cot):
-            params, inputs, h0 = saved
-            return jax.pure_callback(host_vjp, (like(params), like(inputs), like(h0)), params, inputs, h0,
-                                     *cot, vmap_method="sequential")
+            params, inputs, h0, residuals = saved
+            return backward((like(params), like(inputs), like(h0)), params, inputs, h0, residuals, *cot)
 
         core.defvjp(core_fwd, core_bwd)
         self._core = core
@@ -75,7 +128,7 @@ class Recurrent:
     def __repr__(self):
         st = self.model.step
         return (f"<rnncomp.jax layer of cell {st.name!r} on {self.model.backend}, {self.model.dtype}, "
-                f"output={self.output!r}>")
+                f"output={self.output!r}, residuals={self.residuals}>")
 
     def init_params(self, seed: int = 0) -> dict:
         """The cell's parameters from its initialisers, as JAX arrays of the layer's dtype."""
@@ -144,6 +197,30 @@ class Recurrent:
         return (outs if self.output is None else outs[self.output]), dict(zip(st.states, final))
 
 
+def _host_caller(owner, ffi: bool):
+    """``call(fn)``: a function ``(results, *args) -> results`` that runs ``fn(flat args,
+    flat results)`` on the host: through the XLA FFI (``jax_ffi``: the arrays are XLA's
+    buffers; JAX's CPU backend only), or through ``jax.pure_callback`` (copies to the host
+    and back)."""
+    if ffi:
+        from . import jax_ffi
+
+        def call(fn):
+            key = jax_ffi.FUNCTIONS.add(owner, fn)
+            return lambda results, *args: jax_ffi.host_call(key, results, *args)
+        return call
+
+    def call(fn):
+        def run(results, *args):
+            def host(*a):
+                rets = [np.empty(r.shape, r.dtype) for r in jax.tree_util.tree_leaves(results)]
+                fn(jax.tree_util.tree_leaves(a), rets)
+                return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(results), rets)
+            return jax.pure_callback(host, results, *args, vmap_method="sequential")
+        return run
+    return call
+
+
 JAX_OPS = ArrayOps(
     take=lambda a, rows, axis: jnp.take(a, np.asarray(rows), axis=axis),
     spread=lambda o, rows, B: jnp.zeros((o.shape[0], B, o.shape[2]), o.dtype).at[:, np.asarray(rows)].set(o),
@@ -152,13 +229,23 @@ JAX_OPS = ArrayOps(
 
 
 def recurrent(cell, backend: str = "native", dtype: str = "float32", output: str | None = None,
-              **options) -> Recurrent:
+              residuals: bool = False, **options) -> Recurrent:
     """``cell`` compiled for ``backend`` (``"native"``, ``"numpy"`` or ``"ptx"``) and ``dtype``
     (``"float32"`` or ``"float64"``; float64 needs ``jax_enable_x64``), as a JAX function
     ``f(params, x, h0=None) -> (outputs, final)`` (see :class:`Recurrent`); ``output``: the
-    output to return (None: a dict of all); ``options``: of :func:`rnncomp.compile`."""
+    output to return (None: a dict of all); ``options``: of :func:`rnncomp.compile`.
+
+    ``residuals``: how the backward gets the forward's values.  False (default): it runs
+    ``model.vjp``, the forward again then its backward; nothing is kept between the two
+    calls.  True: the forward keeps its buffers and returns them to JAX as the custom_vjp's
+    residuals, and the backward reads them (``model.kept_from``): no forward again, but XLA
+    hands out fresh memory for them every step (31 MB for the charlm LSTM, T = 100, B = 32,
+    H = 128), which on a CPU costs about what the forward it saves does (docs/layers.md).
+    Same gradients either way."""
     from .compile import compile as rc_compile
 
+    if not isinstance(residuals, bool):
+        raise CallError(f"recurrent: residuals must be True or False, got {residuals!r}")
     model = rc_compile(cell, backend=backend, dtype=dtype, **options)
     check_layer_cell(model.step, output, "recurrent")
-    return Recurrent(model, output)
+    return Recurrent(model, output, residuals)

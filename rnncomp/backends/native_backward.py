@@ -16,6 +16,7 @@ import math
 from llvmlite import ir
 
 from ..gradspec import Batch
+from ..ir import LEAF_OPS
 from ..passes.cotangents_after import for_backward
 from .llvm.builder import I64, for_range
 from .native_emit import Gen
@@ -59,6 +60,31 @@ class NativeBackward:
             per_step_B, g.B = g.B, b.mul(g.T, g.B)
             self._emit_grads(g, I64(0), deferred=True)
             g.B = per_step_B
+
+    def _backward_keys(self) -> set:
+        """Every value whose address the backward entry takes (what :meth:`_backward_body`
+        emits reads or writes): the nodes of the backward program and their arguments, the
+        operands of the gradient products and the carried adjoints.  Which forward buffers a
+        kept forward must hand its backward (``native_vjp.py``) follows from it; a test checks
+        it against the addresses the code generator asks for."""
+        bwd, keys = self.bwd, set()
+        for key, node in self._bwd_prog.nodes.items():
+            if node.op not in LEAF_OPS and node.op not in ("view", "stackv"):
+                keys.add(key)
+                keys.update(node.args)
+                if node.op == "matvec":  # its parameters, and scratch for scaled terms
+                    keys.update((p, None) for p, _, _ in node.attrs["terms"])
+                    keys.add(self._scratch_key)
+        for w, kind, _, _ in self.grad_groups:
+            keys.add(w)
+            if kind[0] != "batch":
+                keys.add(kind[1])
+        for p, specs in bwd.grads.items():
+            if p not in self.grouped_params:
+                keys.update(k for spec in specs for k in spec.reads)
+        keys.update(bwd.carry_in.values())
+        keys.update(k for k in bwd.carry_out.values() if k is not None)
+        return keys
 
     def _plan_deferred(self):
         """Gradient specs whose operands can be kept for all steps (no carried seed among them)."""

@@ -82,36 +82,36 @@ class NativeCalls:
                                        "are not adjacent (allocate them with _new_grads)")
                 at += a.nbytes
 
-    def _buffers(self, call, keep_bwd):
+    def _buffers(self, call, keep_bwd, timed=None):
+        """The buffers of a call: pooled, and the call's parameters and inputs; ``timed``:
+        {slot: array} of timed forward buffers of a forward that already ran (a state's has
+        h0 in its row 0), used in place and never written."""
         st = self.step
-        arrays, states, fwd = self._pooled_buffers(call.T, call.B)
+        timed = timed or {}
+        arrays, states, fwd = self._pooled_buffers(call.T, call.B, timed)
         for p, k in self.param_slot.items():
             arrays[k] = call.params[p]
-        self._set_initial_states(states, call.params, call.h0)
+        self._set_initial_states({s_: a for s_, a in states.items() if self.state_slot[s_] not in timed},
+                                 call.params, call.h0)
         for name, k in self.io_slot.items():
             arrays[k] = call.inputs.get(name, call.targets.get(name))
             if arrays[k] is None:  # forward without targets: never read
                 arrays[k] = self._scratch(f"io {name}", (call.T, call.B, (st.inputs | st.targets)[name]))
         return arrays, states, fwd
 
-    def _pooled_buffers(self, T, B):
+    def _pooled_buffers(self, T, B, timed=None):
         """The buffers of a (T, B) call that come from this thread's pool (everything but the
-        parameters, inputs and targets, whose slots stay None): the arrays by slot, the state
-        buffers (T+1, B, n) and the kept forward values by key."""
-        st = self.step
-        arrays = [None] * len(self.layout.slots)
-        states = {}
-        for s_, k in self.state_slot.items():
-            arrays[k] = states[s_] = self._scratch(f"state {s_}", (T + 1, B, st.states[s_]))
+        parameters, inputs and targets, whose slots stay None, and the timed forward buffers
+        that ``timed`` {slot: array} gives): the arrays by slot, the state buffers (T+1, B, n)
+        and the kept forward values by key."""
+        arrays, timed = [None] * len(self.layout.slots), timed or {}
+        for k, name, shape in self._timed_forward_buffers(T, B):
+            arrays[k] = timed[k] if k in timed else self._scratch(name, shape)
+        states = {s_: arrays[k] for s_, k in self.state_slot.items()}
         fwd = {}
-        for key, (k, n) in self.fwd_slot.items():  # computed values: never a state or io slot
-            if arrays[k] is None:  # the first member of a stacked whole
-                arrays[k] = self._scratch(k, (T, B, self.slot_width.get(k, n)))
+        for key, (k, n) in self.fwd_slot.items():
             col = self.layout.where[key][4]
             fwd[key] = arrays[k][:, :, col:col + n]
-        for k, width in self.slot_width.items():
-            if arrays[k] is None and k not in self.bwd_timed:  # a forward whole
-                arrays[k] = self._scratch(k, (T, B, width))
         for name, k in self.stack_slot.items():
             arrays[k] = self._scratch(f"stacked {name}", (math.prod(self.shapes[name]),))
         for (p, tr), k in self.pack_slot.items():
@@ -120,6 +120,23 @@ class NativeCalls:
         arrays[self.scratch_slot] = self._scratch("scratch", (T * B * self.scratch_units,))
         arrays[self.prologue_slot] = self._scratch("prologue flags", (len(self.PROLOGUE_FLAG),))
         return arrays, states, fwd
+
+    def _timed_forward_buffers(self, T, B) -> list:
+        """(slot, pool name, shape) of the buffers the forward writes for every step -- the
+        states (T+1 rows: row 0 is h0) and the computed values (T rows; a stacked whole is one
+        slot) -- which are what a backward reads back."""
+        st, out, seen = self.step, [], set()
+        for s_, k in self.state_slot.items():
+            out.append((k, f"state {s_}", (T + 1, B, st.states[s_])))
+        for _, (k, n) in self.fwd_slot.items():  # computed values: never a state or io slot
+            if k not in seen:  # the first member of a stacked whole
+                seen.add(k)
+                out.append((k, k, (T, B, self.slot_width.get(k, n))))
+        for k, width in self.slot_width.items():
+            if k not in seen and k not in self.bwd_timed:  # a forward whole
+                seen.add(k)
+                out.append((k, k, (T, B, width)))
+        return out
 
     def _packed_elems(self, p, tr) -> int:
         cache = self.__dict__.setdefault("_packed_sizes", {})
@@ -293,13 +310,19 @@ class NativeCalls:
                        {k: v[a:b] for k, v in call.targets.items()}, h0, None)
             ws = None if w is None else w[a:b]
         T, B = sub.T, sub.B
-        arrays, states, fwd = self._buffers(sub, True)
-        self._bwd_arrays(arrays, T, B, ws if ws is not None else self._zero_weights(T, B))
-        arrays[self.tmp_slot] = self._outer_tmp()
+        arrays, states, fwd = self._seg_buffers(sub, ws)
         self._run(self._fwd, arrays, T, B)
         loss = weighted_loss(ws, fwd[st.loss_key][:, :, 0]) if self._has_loss else None
         final = {s: states[s][-1].copy() for s in st.states}
         return _Seg(a, b, T, B, arrays, states, fwd, loss, final, call)
+
+    def _seg_buffers(self, sub, ws, timed=None):
+        """The buffers of a segment's forward and backward: (arrays by slot, states, fwd);
+        ``timed``: as for :meth:`_buffers`."""
+        arrays, states, fwd = self._buffers(sub, True, timed)
+        self._bwd_arrays(arrays, sub.T, sub.B, ws if ws is not None else self._zero_weights(sub.T, sub.B))
+        arrays[self.tmp_slot] = self._outer_tmp()
+        return arrays, states, fwd
 
     def _zero_weights(self, T, B):
         ws = self._scratch("zero weights", (T, B))

@@ -11,6 +11,11 @@ of buffers that no other call reuses, per batch slice; the backward reads them a
 nothing is recomputed.  Under a ``memory=`` schedule that does not keep every step, the
 kept forward holds only the call, and the backward runs the schedule's plan (which
 recomputes what it did not keep, as in ``loss_and_grad``).
+
+The kept buffers the backward reads back -- per batch slice, the states and the forward's
+computed values (``NativeCalls._timed_forward_buffers``) -- can leave the kept forward
+(``Kept.residuals``: views of them) and come back (``model.kept_from``): the backward then
+runs on the caller's arrays in place, with the rest of its buffers from a spare pool.
 """
 from __future__ import annotations
 
@@ -84,13 +89,17 @@ class NativeVjp(VjpMixin):
         return list(self._executor().map(fn, items))
 
     # ------------------------------------------------------------------ the hooks
-    def _vjp_forward(self, call, w, cot):
+    def _cuts(self, call, w):
+        """(call, step weights, rows) of each batch slice a kept forward runs on its own thread."""
         from .native_calls import _slice_call
 
+        split = self._split(call.B)
+        return [(call, w, slice(0, call.B))] if len(split) == 1 else [
+            (*_slice_call(call, w, sl), sl) for sl in split]
+
+    def _vjp_forward(self, call, w, cot):
         v = self._variant(cot)
-        parts = v._split(call.B)
-        cuts = [(call, w, slice(0, call.B))] if len(parts) == 1 else [
-            (*_slice_call(call, w, sl), sl) for sl in parts]
+        cuts = v._cuts(call, w)
         keep_all = v._single_leaf(call.T, call.B)
 
         def one(cut):
@@ -146,6 +155,44 @@ class NativeVjp(VjpMixin):
         d_in = {x: _cat([r[1][x] for r in done], 1) for x in v.bwd.cot.inputs}
         d_h0 = {s: _cat([r[2][s] for r in done], 0) for s in st.states}
         return grads, d_in, d_h0
+
+    def _vjp_residual_shapes(self, T, B, cot):
+        v = self._variant(cot)
+        if not v._single_leaf(T, B):  # a schedule keeps the call only: nothing to export
+            return []
+        return [shape for sl in v._split(B) for _, _, shape in v._residual_buffers(T, sl.stop - sl.start)]
+
+    def _residual_buffers(self, T, B):
+        """(slot, pool name, shape) of the timed forward buffers the backward reads (of those
+        the forward writes, ``_timed_forward_buffers``): what a kept forward exports."""
+        read = self.__dict__.get("_read_slots")
+        if read is None:
+            where = self.layout.where
+            read = self._read_slots = frozenset(where[k][0] for k in self._backward_keys() if k in where)
+        return [b for b in self._timed_forward_buffers(T, B) if b[0] in read]
+
+    def _vjp_export(self, state):
+        v, parts = state
+        return [p.seg.arrays[k] for p in parts if p.seg is not None
+                for k, _, _ in v._residual_buffers(p.call.T, p.call.B)]
+
+    def _vjp_adopt(self, call, w, cot, arrays):
+        from .native_calls import _Seg
+
+        v = self._variant(cot)
+        cuts = v._cuts(call, w)
+        if not v._single_leaf(call.T, call.B):  # a schedule: the plan at backward time, as when kept
+            return v, [_Part(sub, ws, sl, None, None) for sub, ws, sl in cuts]
+        parts, given = [], iter(arrays)
+        for sub, ws, sl in cuts:
+            timed = {k: next(given) for k, _, _ in v._residual_buffers(sub.T, sub.B)}
+            pool = v._spare_pool()
+            with v._private(pool):  # the given arrays are read in place by the backward, never written
+                v._fresh_call()
+                bufs, _, _ = v._seg_buffers(sub, ws, timed)
+            seg = _Seg(0, sub.T, sub.T, sub.B, bufs, None, None, None, None, sub)
+            parts.append(_Part(sub, ws, sl, pool, seg))
+        return v, parts
 
     @staticmethod
     def _batch(parts):

@@ -2,9 +2,16 @@
 
 A backend implements two hooks and inherits :class:`VjpMixin`'s public methods:
 
-    _vjp_forward(call, w, cot, d_final)    the forward over ``call``, keeping what the backward
+    _vjp_forward(call, w, cot)             the forward over ``call``, keeping what the backward
                                            of the cotangents ``cot`` needs → a backend state
     _vjp_backward(state, d_outputs, d_final)   that backward → (grads, δinputs, δh0)
+
+and, to let a kept forward's buffers live outside it (a JAX layer's residuals), three more
+whose defaults export nothing and so make the backward run the forward again:
+
+    _vjp_residual_shapes(T, B, cot)        the shapes of the buffers a kept forward exports
+    _vjp_export(state)                     those buffers (arrays sharing the kept memory)
+    _vjp_adopt(call, w, cot, arrays)       a backend state whose backward reads ``arrays``
 
 Everything else -- which backward program a call needs (:class:`~rnncomp.autodiff.Cotangents`),
 checking the cotangents the caller passes, the weighted loss, learned initial states, the
@@ -132,6 +139,17 @@ class Kept:
             grads, d_in, d_h0 = model._vjp_backward(self._state, d_out, d_fin)
         return Gradients(grads, d_in, d_h0, self.loss)
 
+    def residuals(self) -> list:
+        """The kept buffers the backward reads, as arrays sharing their memory (valid until
+        :meth:`free`; shapes: ``model.residual_shapes``).  Copied anywhere and handed to
+        ``model.kept_from`` unchanged, they make a kept forward whose backward recomputes
+        nothing.  Empty where the backend keeps nothing it can export (the PTX and NumPy
+        backends) or a ``memory=`` schedule does not keep every step."""
+        with self._lock:
+            if self._state is None:
+                raise CallError(f"cell {self._model.step.name!r}: residuals of a forward whose buffers were freed")
+            return list(self._model._vjp_export(self._state))
+
     def free(self) -> None:
         """Give the kept buffers back now (a later :meth:`backward` is an error)."""
         with self._lock:
@@ -163,6 +181,18 @@ class VjpMixin:
                           check_finite=check_finite)
         return call, np.ascontiguousarray(step_weights(call, dt))
 
+    def _cotangents(self, loss: bool, wrt, outputs):
+        """The :class:`Cotangents` a kept forward is kept for: ``outputs`` (None: all) may
+        receive a cotangent, the inputs in ``wrt`` (None: all) get one."""
+        st = self.step
+        if outputs is None:
+            outs = tuple(st.outputs)
+        else:
+            named = (outputs,) if isinstance(outputs, str) else tuple(outputs)
+            _checked_dict(st, "d_outputs", dict.fromkeys(named), st.outputs, None, self.dtype)
+            outs = tuple(o for o in st.outputs if o in named)
+        return Cotangents(loss=loss, outputs=outs, inputs=resolve_wrt(st, wrt), final=True)
+
     def _keep(self, call, w, cot):
         state, outputs, final, loss = self._vjp_forward(call, w, cot)
         return Kept(self, state, outputs, final, loss, cot, call.T, call.B)
@@ -176,15 +206,31 @@ class VjpMixin:
         outputs that may receive a cotangent (default: every output).  With ``targets``
         the backward adds the gradient of the cell's loss (``mask``: its per-step weights)."""
         call, w = self._vjp_call(params, inputs, h0, targets, mask, check_finite)
-        st = self.step
-        if outputs is None:
-            outs = tuple(st.outputs)
-        else:
-            named = (outputs,) if isinstance(outputs, str) else tuple(outputs)
-            _checked_dict(st, "d_outputs", dict.fromkeys(named), st.outputs, None, self.dtype)
-            outs = tuple(o for o in st.outputs if o in named)
-        cot = Cotangents(loss=w is not None, outputs=outs, inputs=resolve_wrt(st, wrt), final=True)
-        return self._keep(call, w, cot)
+        return self._keep(call, w, self._cotangents(w is not None, wrt, outputs))
+
+    def residual_shapes(self, T: int, B: int, *, targets: bool = False, wrt=None, outputs=None) -> list:
+        """The shapes of what :meth:`Kept.residuals` returns for a (T, B) forward kept with
+        these options (``targets``: whether it was given targets), all of the model's dtype:
+        the buffers a caller holds between the forward and :meth:`kept_from`."""
+        return [tuple(s) for s in self._vjp_residual_shapes(T, B, self._cotangents(targets, wrt, outputs))]
+
+    def kept_from(self, residuals, params, inputs, h0=None, *, targets=None, mask=None, wrt=None,
+                  outputs=None, check_finite=True) -> Kept:
+        """A kept forward made from the buffers of another one (:meth:`Kept.residuals`, kept
+        by the caller and unchanged since) and that forward's arguments: its ``backward``
+        reads them in place (no copy) and recomputes nothing.  Its ``outputs``, ``final``
+        and ``loss`` are None (they were the other forward's results).  The caller keeps the
+        arrays alive and unchanged until the backward has returned."""
+        call, w = self._vjp_call(params, inputs, h0, targets, mask, check_finite)
+        cot = self._cotangents(w is not None, wrt, outputs)
+        st, shapes = self.step, self._vjp_residual_shapes(call.T, call.B, cot)
+        if not isinstance(residuals, (list, tuple)) or len(residuals) != len(shapes):
+            got = len(residuals) if isinstance(residuals, (list, tuple)) else type(residuals).__name__
+            raise CallError(f"cell {st.name!r}: kept_from needs the {len(shapes)} residuals of a (T={call.T}, "
+                            f"B={call.B}) forward (model.residual_shapes), got {got}")
+        arrays = [_array(st.name, f"residual {i}", a, s, self.dtype, False)
+                  for i, (a, s) in enumerate(zip(residuals, shapes))]
+        return Kept(self, self._vjp_adopt(call, w, cot, arrays), None, None, None, cot, call.T, call.B)
 
     def vjp(self, params, inputs, h0=None, *, d_outputs=None, d_final=None, targets=None, mask=None,
             wrt=None, check_finite=True) -> Gradients:
@@ -201,6 +247,17 @@ class VjpMixin:
                          inputs=resolve_wrt(self.step, wrt), final=True)
         grads, d_in, d_h0, loss = self._vjp_once(call, w, cot, d_out, d_fin)
         return Gradients(grads, d_in, d_h0, loss)
+
+    def _vjp_residual_shapes(self, T, B, cot) -> list:
+        """Shapes of the buffers :meth:`_vjp_export` returns: none unless a backend says."""
+        return []
+
+    def _vjp_export(self, state) -> list:
+        return []
+
+    def _vjp_adopt(self, call, w, cot, arrays):
+        """A state whose backward reads ``arrays``; with nothing exported, the forward again."""
+        return self._vjp_forward(call, w, cot)[0]
 
     def _vjp_release(self, state) -> None:
         """A kept forward's buffers are no longer needed (a backend may reuse them)."""

@@ -44,6 +44,9 @@ class PtxVjp(VjpMixin):
         _, grads, _, d_in, d_h0 = v._train(call, w, d_out, d_fin)
         return grads, self._all_inputs(v, call, d_in), d_h0
 
+    def _vjp_adopt(self, call, w, cot, arrays):  # nothing exported: the backward runs both anyway
+        return self._variant(cot), call, w
+
     def _vjp_once(self, call, w, cot, d_out, d_fin):
         v = self._variant(cot)
         loss, grads, _, d_in, d_h0 = v._train(call, w, d_out, d_fin)
