@@ -98,7 +98,7 @@ def test_errors_before_native_code_runs():
 def test_passes_on_and_off_agree(name, switch):
     cell = rc.cells.get(name)(3, 6, 2)
     params, inputs, targets = random_data(cell, T=7, B=3)
-    on = rc.compile(cell, backend="native", cache=None).loss_and_grad(params, inputs, targets)
+    on = rc.compile(cell, backend="native", cache=None, **{switch: True}).loss_and_grad(params, inputs, targets)
     off = rc.compile(cell, backend="native", cache=None, **{switch: False}).loss_and_grad(
         params, inputs, targets)
     assert on[0] == pytest.approx(off[0], rel=1e-13)

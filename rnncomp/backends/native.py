@@ -38,7 +38,7 @@ from .llvm.finite import define_first_nonfinite
 from .llvm import kernel_library
 from .llvm.jit import HostTarget, compile_keyed
 from .native_calls import NativeCalls
-from .native_backward import NativeBackward
+from .native_backward import NativeBackward, grads_outgrow_cache
 from .native_vjp import NativeVjp
 from .native_emit import Gen, Layout, units_of
 from .native_profile import define_tsc_reader, ew_bytes, section
@@ -70,7 +70,7 @@ class NativeModel(NativeBackward, NativeCalls, NativeVjp, CompiledModel):
 
     backend = "native"
 
-    def __init__(self, cell, dtype="float64", *, cache="default", hoist=True, grad_after=False,
+    def __init__(self, cell, dtype="float64", *, cache="default", hoist=True, grad_after=None,
                  fuse=True, pack=True, stack=True, threads=None, memory="all", profile=False, _cot=LOSS_ONLY):
         self._cell, self._cot = cell, _cot  # _cot: the cotangents of a VJP variant (native_vjp.py)
         self._variants, self._vlock, self._spare = {}, threading.Lock(), []
@@ -81,6 +81,8 @@ class NativeModel(NativeBackward, NativeCalls, NativeVjp, CompiledModel):
         self.host = HostTarget.detect()
         self._work_elems: dict = {}
         self._pool = threading.local()  # per-thread buffers: calls from several threads are safe
+        if grad_after is None:  # see grads_outgrow_cache
+            grad_after = grads_outgrow_cache(st.params, self.dtype)
         self.hoist, self.grad_after, self.fuse, self.pack, self.stack = hoist, grad_after, fuse, pack, stack
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"cell {st.name!r}: threads must be a positive integer or None (all cores), "

@@ -8,9 +8,9 @@ Blocking (after Goto & van de Geijn / BLIS), with ``V`` elements per vector
 register (AVX-512: 16 float32 / 8 float64, AVX2: 8 / 4, otherwise 4 / 2)::
 
     for jc in 0..N step NC:                 # NC = 4080 (float32, AVX-512)
-      for pc in 0..K step KC:               # KC = 256; C += from the second block on
+      for pc in 0..K step KC:               # KC = 512 (AVX-512), 256; C += from the second block on
         [pack op(B)[pc:+kc, jc:+nc] into NR-column panels]     (see below)
-        for ic in 0..M step MC:             # MC = 384: the A block (MC x KC) stays in L2
+        for ic in 0..M step MC:             # MC = 192: the A block (MC x KC) stays in L2
           pack op(A)[ic:+mc, pc:+kc] into MR-row panels
           for jr in 0..nc step NR:          # B micro-panel (KC x NR): L1 / L2
             for ir in 0..mc step MR:

@@ -63,8 +63,11 @@ class Blocking:
         nr = v * nrv
         # Measured on Sapphire Rapids (48 KiB L1d, 2 MiB L2): kc = 256 with the B
         # micro-panel streaming from L2 is as fast as L1-sized micro-panels, and
-        # longer k loops amortise the C tile updates better.
-        kc = 256
+        # longer k loops amortise the C tile updates better.  On Zen 4 (32 KiB L1d,
+        # 1 MiB L2, benchmarks/bench_gemm.py --cpu-time) kc = 512 (mc 192) ran the
+        # LSTM H=512 products of depth >= 512 3-8% faster than kc = 256 (mc 384), and
+        # kc = 128 or 192 (L1-sized B micro-panels) 2-9% slower.
+        kc = 512 if host.has("avx512f") else 256
         mc = max(mr, l2_bytes // (kc * esize) // mr * mr)
         nc = max(nr, 4096 // nr * nr)
         return cls(dtype, v, mr, nrv, kc, mc, nc, 4, fma, 4 * mr)
