@@ -1,6 +1,7 @@
 """The direction of imports inside the package (docs/architecture.md): the declaration
 imports nothing of the compiler, no backend imports train/ or inspect/, only the command's
-entry points import the CLI, and ``import rnncomp`` loads no LLVM.  Imports are read from
+entry points import the CLI, ``import rnncomp`` loads no LLVM (nor does a training call on the
+NumPy oracle), and the shared passes (``passes/``) import no backend.  Imports are read from
 the source (ast), lazy ones inside functions included."""
 import ast
 import pathlib
@@ -67,3 +68,18 @@ def test_import_rnncomp_loads_no_llvm():
     r = subprocess.run([sys.executable, "-c", "import sys, rnncomp; print('llvmlite' in sys.modules)"],
                        capture_output=True, text=True, cwd=PKG.parent)
     assert r.stdout.strip() == "False", r.stderr[-500:]
+
+
+def test_the_passes_import_no_backend():
+    passes = [m for m in IMPORTS if m.startswith("rnncomp.passes")]
+    assert {m: v for m, v in _reaching(passes, ["rnncomp.backends"]).items() if v} == {}
+
+
+def test_the_oracle_and_the_contract_load_no_llvm():
+    code = ("import sys, numpy as np, rnncomp as rc, rnncomp.backends.base, rnncomp.passes.prepare\n"
+            "cell = rc.cells.lstm(2, 3, 1)\n"
+            "m = rc.compile(cell, backend='numpy')\n"
+            "m.loss_and_grad(m.init_params(0), {'x': np.ones((4, 2, 2))}, {'target': np.zeros((4, 2, 1))})\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('llvmlite', 'rnncomp.backends.llvm'))))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PKG.parent)
+    assert r.stdout.strip() == "[]", r.stdout[-500:] + r.stderr[-500:]

@@ -33,10 +33,10 @@ def footprint(model, B: int) -> Footprint:
     widths = {}
     for key, node in model._fwd_prog.nodes.items():
         w = L.where.get(key)
-        if node.op in LEAF_OPS or w is None or not w[3] or not w[1] or w[0] in state_slots \
-                or w[0] in widths:
+        if node.op in LEAF_OPS or w is None or not w.timed or not w.units or w.slot in state_slots \
+                or w.slot in widths:
             continue  # an input or parameter, a shared value, a state, or a slot already counted
-        widths[w[0]] = model.slot_width.get(w[0], node.size)
+        widths[w.slot] = model.slot_width.get(w.slot, node.size)
     return Footprint(state=states * B * size, step=(sum(widths.values()) + states) * B * size, B=B)
 
 

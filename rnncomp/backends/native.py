@@ -9,7 +9,7 @@ does not grow with T; T and B are runtime arguments):
     advance (T, B, bufs, work)   t = 0 … T-1: the states only (memory schedules,
                                  ``backends/checkpoint.py``)
 
-``bufs`` is an array of pointers, one per value (see :class:`Layout`); a value
+``bufs`` is an array of pointers, one per value (see :mod:`.native_layout`); a value
 of node ``(name, "t")`` at step t lives at ``bufs[slot] + (t + off)·B·n``.
 Element-wise nodes are loops over batch × units printed by :mod:`.llvm.exprgen`
 (vectorisable vector math); products call the generated GEMM kernels.
@@ -29,8 +29,8 @@ from llvmlite import ir
 from ..autodiff import LOSS_ONLY, backward_step
 from ..errors import CompileError
 from ..memory import schedule
-from ..ir import LEAF_OPS, internal, prune, state_independent
-from .stackplan import stack_step
+from ..ir import LEAF_OPS, prune, state_independent
+from ..passes.prepare import prepare
 from .validate import float_dtype
 from .llvm.builder import I64, for_range
 from .llvm.exprgen import unsupported
@@ -40,10 +40,11 @@ from .llvm.jit import HostTarget, compile_keyed
 from .native_calls import NativeCalls
 from .native_backward import NativeBackward, grads_outgrow_cache
 from .native_vjp import NativeVjp
-from .native_emit import Gen, Layout, units_of
+from .native_emit import Gen, units_of
+from .native_layout import NativeLayout
 from .native_profile import define_tsc_reader, ew_bytes, section
 from ..initializers import specs as init_specs
-from .common import CompiledModel
+from .base import BackendModel
 
 
 @functools.lru_cache(maxsize=1)
@@ -54,7 +55,7 @@ def _code_fingerprint() -> str:
 
     here = pathlib.Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for f in sorted([*here.glob("native*.py"), here / "stackplan.py", *(here / "llvm").glob("*.py"),
+    for f in sorted([*here.glob("native*.py"), *(here / "llvm").glob("*.py"),
                      here.parent / "ir.py", here.parent / "array_rules.py",
                      here.parent / "autodiff.py", here.parent / "lower.py", here.parent / "stacking.py",
                      *(here.parent / "passes").glob("*.py")]):
@@ -62,7 +63,7 @@ def _code_fingerprint() -> str:
     return h.hexdigest()
 
 
-class NativeModel(NativeBackward, NativeCalls, NativeVjp, CompiledModel):
+class NativeModel(NativeLayout, NativeBackward, NativeCalls, NativeVjp, BackendModel):
     """``rc.compile(cell, backend="native")``: same interface as the NumPy model.
 
     This class compiles (passes, layout, code generation); calling it -- buffers, batch
@@ -123,121 +124,14 @@ class NativeModel(NativeBackward, NativeCalls, NativeVjp, CompiledModel):
         """Whether the programs compute the cell's loss (a VJP variant without targets does not)."""
         return self.step.has_loss and self._cot.loss
 
-    def _timed_seeds(self) -> set:
-        """Backward values read or written for every step by the caller: the step weights, the
-        outputs' external cotangents, the inputs' cotangents."""
-        bwd = self.bwd
-        return ({bwd.weight} | set(bwd.out_seeds.values())
-                | {k for k in bwd.input_adjoints.values() if k is not None})
-
-    # ------------------------------------------------------------------ layout
+    # ------------------------------------------------------------------ passes (the layout: native_layout.py)
     def _transform(self):
         """The programs code is generated from: pruned, and with products stacked (pass "stack")."""
-        st = self.step
-        states = {(s, "t") for s in st.states}
-        keep = states | {(o, "t") for o in st.outputs} | ({st.loss_key} if self._has_loss else set())
-        fwd = prune(st.prog, keep)
-        bprog = self.bwd.prog if self.bwd is not None else None
-        self.shapes, self.stacks, self.views = dict(st.params), {}, {}
-        if self.stack:
-            hoistable = {k for k, n in fwd.nodes.items() if n.op not in LEAF_OPS and k not in states}
-            static = state_independent(fwd, hoistable) if self.hoist else set()
-            res = stack_step(st, self.bwd, fwd, static)
-            fwd, bprog = res.fwd, res.bwd
-            self.stacks.update(res.stacks)
-            self.views.update(res.views)
-            self.shapes.update({name: stk.shape for name, stk in self.stacks.items()})
-        self._fwd_prog, self._bwd_prog = fwd, bprog
-
-    def _build_layout(self):
-        st, L = self.step, Layout()
-        self.layout = L
-        self.param_slot = {p: L.slot(f"param {p}") for p in st.params}
-        for p, s in self.param_slot.items():
-            L.place((p, None), s, 0, timed=False)
-        self.stack_slot = {name: L.slot(f"stacked {name}") for name in self.stacks}
-        for name, s in self.stack_slot.items():
-            L.place((name, None), s, 0, timed=False)
-        self.pack_slot = {(p, tr): L.slot(f"packed {p}{'ᵀ' if tr else ''}")
-                          for p, shp in self.shapes.items() if isinstance(shp, tuple) for tr in (False, True)}
-        self.state_slot = {}
-        for s_, n in st.states.items():
-            k = L.slot(f"state {s_}")
-            self.state_slot[s_] = k
-            L.place((s_, "t-1"), k, n, 0)
-            L.place((s_, "t"), k, n, 1)
-        self.io_slot = {}
-        for name, n in list(st.inputs.items()) + list(st.targets.items()):
-            k = L.slot(f"io {name}")
-            self.io_slot[name] = k
-            L.place((name, "t"), k, n, 0)
-        # fwd_slot / bwd_slot: key → (slot, size) of every value; members of a stacked
-        # product share their whole's slot, whose row width is slot_width[slot]
-        self.slot_width, self.bwd_timed = {}, {}
-        wholes = {w: width for w, _, width in self.views.values()}
-        self.fwd_slot = {}
-        fwd_nodes = dict(st.prog.nodes) | self._fwd_prog.nodes
-        for key, node in fwd_nodes.items():
-            if node.op in LEAF_OPS or key in L.where or key in self.views:
-                continue
-            k = L.slot(f"fwd {key}")
-            if key in wholes:
-                self.slot_width[k] = wholes[key]
-                L.place(key, k, wholes[key], 0)
-            else:
-                self.fwd_slot[key] = (k, node.size)
-                L.place(key, k, node.size, 0)
-        for key, (w, col, width) in self.views.items():
-            if key in fwd_nodes:
-                k = L.where[w][0]
-                self.fwd_slot[key] = (k, fwd_nodes[key].size)
-                L.place(key, k, width, 0, col=col)
-        self.bwd_slot = {}
-        self.grad_slot = {}
-        if self.bwd is not None:
-            self._plan_deferred()
-            bprog = self._bwd_prog
-            members: dict = {}
-            for key, (w, _, _) in self.views.items():
-                members.setdefault(w, []).append(key)
-            seeds = self._timed_seeds()
-            timed_of = lambda key: key in seeds or key in self.deferred_keys  # noqa: E731
-            for key, node in bprog.nodes.items():
-                if key in self.views:
-                    continue
-                k = L.slot(f"bwd {key}")
-                if key in wholes:  # a stacked slot keeps every step if any member must
-                    timed = any(timed_of(m) for m in members[key])
-                    self.slot_width[k], self.bwd_timed[k] = wholes[key], timed
-                    L.place(key, k, wholes[key] if timed else 0, 0, timed=timed, ld=wholes[key])
-                    continue
-                timed = timed_of(key)
-                self.bwd_slot[key] = (k, node.size)
-                self.bwd_timed[k] = timed
-                L.place(key, k, node.size if timed else 0, 0, timed=timed, ld=node.size)
-            for key, (w, col, width) in self.views.items():
-                if key in bprog.nodes:
-                    k = L.where[w][0]
-                    self.bwd_slot[key] = (k, bprog.nodes[key].size)
-                    L.place(key, k, width if self.bwd_timed[k] else 0, 0, timed=self.bwd_timed[k],
-                            col=col, ld=width)
-            self.grad_slot = {p: L.slot(f"grad {p}") for p in st.params}
-            self._plan_grad_groups()
-            self.tmp_slot = L.slot("outer scratch")
+        prep = prepare(self.step, self.bwd, hoist=self.hoist, stack=self.stack)
+        self.shapes, self.stacks, self.views = prep.shapes, prep.stacks, prep.views
+        self._fwd_prog, self._bwd_prog = prep.fwd, prep.bwd
 
     # ------------------------------------------------------------------ code generation
-    def _readers(self) -> set:
-        """Values read from memory outside the program that computes them (by the backward
-        step, the gradient specs, the carried adjoints, or the caller)."""
-        st, bwd = self.step, self.bwd
-        keys = {(s, t) for s in st.states for t in ("t", "t-1")} | {(o, "t") for o in st.outputs}
-        keys |= {st.loss_key} if self._has_loss else set()
-        if bwd is not None:
-            keys |= set(bwd.prog.external) | self._timed_seeds() | set(bwd.carry_in.values())
-            keys |= {k for k in bwd.carry_out.values() if k is not None}
-            keys |= {k for specs in bwd.grads.values() for spec in specs for k in spec.reads}
-        return keys
-
     def _emit_program(self, g, prog, t, skip=(), only=None):
         run, L = [], self.layout
         ld = lambda k: L.ld(k, prog.node(k).size)  # noqa: E731 - row stride of a value
@@ -305,19 +199,6 @@ class NativeModel(NativeBackward, NativeCalls, NativeVjp, CompiledModel):
                 raise CompileError(f"native backend: no code for op {node.op!r}")
         if run:
             flush(run)
-
-    @property
-    def _scratch_key(self):
-        return (internal("scratch"), None)
-
-    def _plan(self):
-        st = self.step
-        self.scratch_units = max([n.size for n in st.prog.nodes.values() if isinstance(n.size, int)] +
-                                 ([n.size for n in self.bwd.prog.nodes.values()] if self.bwd else []) + [1])
-        k = self.layout.slot("scratch")
-        self.layout.place(self._scratch_key, k, 0, timed=False)
-        self.scratch_slot = k
-        self.prologue_slot = self.layout.slot("prologue flags")
 
     def _compile(self, key, build):
         try:
@@ -388,7 +269,7 @@ class NativeModel(NativeBackward, NativeCalls, NativeVjp, CompiledModel):
         """Pass "hoist": forward values that depend on no state (computed before the loop)."""
         if not self.hoist:
             return set()
-        timed = {k for k, w in self.layout.where.items() if w[3] and w[1] and k[1] == "t"}
+        timed = {k for k, w in self.layout.where.items() if w.timed and w.units and k[1] == "t"}
         states = {(s, "t") for s in self.step.states}
         return state_independent(self._fwd_prog, timed - states)
 
@@ -433,12 +314,12 @@ class NativeModel(NativeBackward, NativeCalls, NativeVjp, CompiledModel):
         static = self._static() & set(prog.nodes)
         L = copy.copy(self.layout)
         L.where = dict(self.layout.where)
-        timed_slots = {L.where[k][0] for k in static | set(states)}
+        timed_slots = {L.where[k].slot for k in static | set(states)}
         for key, node in prog.nodes.items():
             w = L.where.get(key)
-            if node.op in LEAF_OPS or w is None or w[0] in timed_slots:
+            if node.op in LEAF_OPS or w is None or w.slot in timed_slots:
                 continue
-            L.where[key] = w[:3] + (False,) + w[4:]  # (slot, units, off, timed=False, ...)
+            L.where[key] = w._replace(timed=False)
         g = Gen(module, self.dtype, L, self.host, "advance")
         self._prologue(g, prog, static)
         if static:  # pass "hoist", as in "forward"

@@ -23,7 +23,7 @@ from ..passes.cotangents_after import for_backward
 from .llvm.builder import I64, for_range
 from .native_emit import Gen
 from .native_profile import section
-from .stackplan import grad_groups
+from ..passes.stack import grad_groups
 
 
 #: Parameter gradients larger than this (bytes, all matrices together) are accumulated after the
@@ -130,7 +130,7 @@ class NativeBackward:
         """Pass "stack", gradients: when the members of a stacked value are each the δ of one
         parameter's only gradient spec, with the same other operand (W_i: δa_iᵀ·x, b_i: Σ δa_i),
         the parameters' gradients are laid out side by side (:meth:`_new_grads`) and
-        accumulated by ONE product (or one row loop) over the whole (``stackplan.grad_groups``)."""
+        accumulated by ONE product (or one row loop) over the whole (``passes.stack.grad_groups``)."""
         self.grad_groups = grad_groups(self.bwd, self._bwd_prog, self.views, self.deferred)
         self.grouped_params = {p for _, _, params, _ in self.grad_groups for p in params}
         self._plan_grad_arena()
@@ -157,7 +157,7 @@ class NativeBackward:
             if dfr != deferred:
                 continue
             grad = b.load(b.gep(g.bufs, [I64(self.grad_slot[params[0]])]))
-            width = self.slot_width[self.layout.where[w][0]]
+            width = self.slot_width[self.layout.where[w].slot]
             whole = g.ptr(w, t)
             if kind[0] == "batch":  # Σ_b δ[b, :] for all members at once
                 with for_range(b, g.B, name="gb") as bi:

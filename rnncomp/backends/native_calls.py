@@ -14,11 +14,11 @@ import math
 
 import numpy as np
 
-from ..errors import CallError, CompileError
+from ..errors import CompileError
 from ..memory import schedule
 from . import native_fast
 from .llvm import gemm
-from .validate import add_initial_state_grads, check_call, check_forward_call, step_weights, weighted_loss
+from .validate import add_initial_state_grads, weighted_loss
 
 
 class NativeCalls:
@@ -110,7 +110,7 @@ class NativeCalls:
         states = {s_: arrays[k] for s_, k in self.state_slot.items()}
         fwd = {}
         for key, (k, n) in self.fwd_slot.items():
-            col = self.layout.where[key][4]
+            col = self.layout.where[key].col
             fwd[key] = arrays[k][:, :, col:col + n]
         for name, k in self.stack_slot.items():
             arrays[k] = self._scratch(f"stacked {name}", (math.prod(self.shapes[name]),))
@@ -203,15 +203,7 @@ class NativeCalls:
         work = self._work(T, B)
         fn(T, B, ptrs, work.ctypes.data)  # ctypes releases the GIL during the call
 
-    def forward(self, params, inputs, h0=None, *, targets=None, keep=False, mask=None, wrt=None,
-                outputs=None, check_finite=True):
-        """``(outputs, final states)``; ``targets`` only for a cell whose outputs or state
-        updates read a target.  ``keep=True``: also keep what a backward needs and return a
-        :class:`~rnncomp.backends.vjp.Kept` (``.outputs``, ``.final``, ``.backward(...)``)."""
-        if keep:
-            return self.forward_keep(params, inputs, h0, targets=targets, mask=mask, wrt=wrt,
-                                     outputs=outputs, check_finite=check_finite)
-        call = check_forward_call(self.step, self.dtype, params, inputs, targets, h0, check_finite=check_finite)
+    def _forward_call(self, call):
         arrays, states, fwd = self._buffers(call, False)
         self._fresh_call()
         self._run(self._fwd, arrays, call.T, call.B)
@@ -221,22 +213,16 @@ class NativeCalls:
             outs[o] = (fwd[key] if key in fwd else states[o][1:]).copy()
         return outs, {s: states[s][-1].copy() for s in self.step.states}
 
-    def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None, *, check_finite=True):
-        """Loss (masked mean of the per-step costs), gradients of every parameter, final states.
+    def _loss_and_grad_fast(self, params, inputs, targets, h0, mask, check_finite):
+        """One native call pair, its buffers cached (backends/native_fast.py), or None."""
+        if not self._fast_path:
+            return None
+        return native_fast.loss_and_grad(self, params, inputs, targets, h0, mask, check_finite)
 
-        With ``threads > 1`` the batch is split into independent slices run on separate cores
+    def _loss_and_grad_call(self, call, w):
+        """With ``threads > 1`` the batch is split into independent slices run on separate cores
         for the whole sequence (each in its own native call, GIL released); their gradients
         and loss terms are summed (the step weights are the global ones)."""
-        st, dt = self.step, self.dtype
-        if self.bwd is None:
-            raise CallError(f"cell {st.name!r} has no loss (declare one with cell.loss)")
-        if self._fast_path:  # one native call pair, its buffers cached (backends/native_fast.py)
-            out = native_fast.loss_and_grad(self, params, inputs, targets, h0, mask, check_finite)
-            if out is not None:
-                return out
-        call = check_call(st, dt, params, inputs, targets, h0, mask, need_targets=True,
-                          check_finite=check_finite)
-        w = np.ascontiguousarray(step_weights(call, dt))
         parts = self._split(call.B)
         if len(parts) == 1:
             return self._loss_and_grad(call, w)
@@ -352,7 +338,7 @@ class NativeCalls:
             if self.slot_width.get(slot, n) == n:  # a slot of its own: written in place
                 arrays[slot] = d_in[x][seg.a:seg.b]
             else:
-                copy_out.append((x, slot, self.layout.where[key][4], n))
+                copy_out.append((x, slot, self.layout.where[key].col, n))
         self._run(self._bwdfn, arrays, seg.T, seg.B)
         for x, slot, col, n in copy_out:
             d_in[x][seg.a:seg.b] = arrays[slot][:, :, col:col + n]

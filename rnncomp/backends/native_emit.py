@@ -1,6 +1,6 @@
-"""Code emission for the native backend: where values live (:class:`Layout`) and the
-per-step body of an entry point (:class:`Gen`): element-wise runs, products, slices,
-reductions, stacked weights, packed panels.
+"""Code emission for the native backend: the per-step body of an entry point
+(:class:`Gen`): element-wise runs, products, slices, reductions, stacked weights, packed
+panels, each value addressed through the :class:`.native_layout.Layout`.
 
 :mod:`.native` decides *what* is computed where (passes, layout, entry points);
 this module turns one node at one step into LLVM IR.
@@ -17,33 +17,6 @@ from .llvm import vecmath
 from .llvm.builder import I64, alloca_once, float_type, for_range, parallel_loop_md
 from .llvm.exprgen import LLVMPrinter
 from .native_matrix import MatrixEmitter
-
-
-
-class Layout:
-    """Where every value lives: ``key → (slot, units per sample (0: shared), step offset, timed,
-    column, row stride)``.
-
-    A value of n units at step t, sample b, unit j is at ``bufs[slot] + (t+off)·B·units +
-    b·ld + col + j``.  Most values have a slot of their own (col 0, ld = n); the members of
-    a stacked product (pass "stack") share one slot side by side (col > 0, ld = Σn)."""
-
-    def __init__(self):
-        self.slots: list[str] = []
-        self.where: dict = {}
-
-    def slot(self, label: str) -> int:
-        self.slots.append(label)
-        return len(self.slots) - 1
-
-    def place(self, key, slot, units, off=0, timed=True, col=0, ld=None):
-        self.where[key] = (slot, units, off, timed, col, units if ld is None else ld)
-
-    def ld(self, key, size):
-        """Row stride of ``key`` (its own size unless it lives in a stacked slot)."""
-        w = self.where.get(key)
-        return size if w is None or not w[5] else w[5]
-
 
 class Gen:
     """Generates one entry point: the per-step body for a program, inside a time loop."""
@@ -153,17 +126,17 @@ class Gen:
             m_, n_ = shapes[p]
             K, N = (m_, n_) if tr else (n_, m_)
             f = kernel_library.declare(self.m, "pack_b", str(self.dtype), (not tr,), self.host)
-            src = b.load(b.gep(self.bufs, [I64(self.L.where[(p, None)][0])]))
+            src = b.load(b.gep(self.bufs, [I64(self.L.where[(p, None)].slot)]))
             b.call(f, [I64(K), I64(N), src, I64(n_), self.packed[(p, tr)]])
 
     def build_stacks(self, stacks, shapes):
         """Pass "stack": fill each stacked weight from its parameters (once per call)."""
         b = self.b
         for stk in stacks.values():
-            dst = b.load(b.gep(self.bufs, [I64(self.L.where[(stk.name, None)][0])]))
+            dst = b.load(b.gep(self.bufs, [I64(self.L.where[(stk.name, None)].slot)]))
             at = 0
             for p in stk.parts:
-                src = b.load(b.gep(self.bufs, [I64(self.L.where[(p, None)][0])]))
+                src = b.load(b.gep(self.bufs, [I64(self.L.where[(p, None)].slot)]))
                 rows_, cols_ = shapes[p]
                 if stk.axis == 0:  # rows stacked: each part is one contiguous block
                     self.copy_loop(b.gep(dst, [I64(at * cols_)]), src, I64(rows_ * cols_))

@@ -168,7 +168,7 @@ class NativeVjp(VjpMixin):
         read = self.__dict__.get("_read_slots")
         if read is None:
             where = self.layout.where
-            read = self._read_slots = frozenset(where[k][0] for k in self._backward_keys() if k in where)
+            read = self._read_slots = frozenset(where[k].slot for k in self._backward_keys() if k in where)
         return [b for b in self._timed_forward_buffers(T, B) if b[0] in read]
 
     def _vjp_export(self, state):

@@ -14,14 +14,14 @@ import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 
 from ..autodiff import LOSS_ONLY, WEIGHT, Cotangents, backward_step
-from ..errors import CallError
 from ..gradspec import Batch
 from ..ir import LEAF_OPS, placeholder, prune
 from .validate import (add_initial_state_grads, check_call, check_forward_call, float_dtype, initial_states,
                        step_weights)
-from .vjp import VjpMixin, check_cotangents, resolve_wrt
+from ..passes.prepare import keep_set
+from .base import BackendModel
+from .vjp import check_cotangents, resolve_wrt
 from ..initializers import specs as init_specs
-from .common import CompiledModel
 
 
 # ----------------------------------------------------------------------------- element-wise printer
@@ -157,7 +157,7 @@ def accumulate_grads(grads: dict, specs: dict, env: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- the model
-class NumpyModel(VjpMixin, CompiledModel):
+class NumpyModel(BackendModel):
     """``rc.compile(cell, backend="numpy")``: forward and BPTT in plain NumPy."""
 
     backend = "numpy"
@@ -168,8 +168,7 @@ class NumpyModel(VjpMixin, CompiledModel):
         self.step = cell.step
         self._bwds: dict = {}
         self._param_specs_init = init_specs(cell)
-        self._fwd_only = prune(self.step.prog, [(s, "t") for s in self.step.states]
-                               + [(o, "t") for o in self.step.outputs])
+        self._fwd_only = prune(self.step.prog, keep_set(self.step, loss=False))
 
     @property
     def backward(self):
@@ -201,17 +200,7 @@ class NumpyModel(VjpMixin, CompiledModel):
             envs.append(env if keep else {(o, "t"): env[(o, "t")] for o in st.outputs})
         return envs, states
 
-    def forward(self, params, inputs, h0=None, *, targets=None, keep=False, mask=None, wrt=None,
-                outputs=None, check_finite=True):
-        """Run the cell over the sequence: ``(outputs {name: (T, B, n)}, final states {name: (B, n)})``.
-
-        ``targets``: only for a cell whose outputs or state updates read a target.
-        ``keep=True``: also keep what a backward needs and return a
-        :class:`~rnncomp.backends.vjp.Kept` (``.outputs``, ``.final``, ``.backward(...)``)."""
-        if keep:
-            return self.forward_keep(params, inputs, h0, targets=targets, mask=mask, wrt=wrt,
-                                     outputs=outputs, check_finite=check_finite)
-        call = check_forward_call(self.step, self.dtype, params, inputs, targets, h0, check_finite=check_finite)
+    def _forward_call(self, call):
         envs, final = self._forward_envs(call, keep=False)
         return self._outputs(envs, call.B), {s: np.array(v) for s, v in final.items()}
 
@@ -219,18 +208,11 @@ class NumpyModel(VjpMixin, CompiledModel):
         return {o: np.stack([np.broadcast_to(e[(o, "t")], (B, n)) for e in envs])
                 for o, n in self.step.outputs.items()}
 
-    def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None, *, check_finite=True):
-        """Loss (masked mean of the per-step costs), gradients of every parameter, final states."""
-        st, dt = self.step, self.dtype
-        if not st.has_loss:
-            raise CallError(f"cell {st.name!r} has no loss (declare one with cell.loss)")
-        call = check_call(st, dt, params, inputs, targets, h0, mask, need_targets=True,
-                          check_finite=check_finite)
+    def _loss_and_grad_call(self, call, w):
         envs, final = self._forward_envs(call, keep=True)
-        w = step_weights(call, dt)
         loss = self._loss(envs, w)
         grads, carry, _ = self._run_backward(self.backward, envs, call, w, {}, {})
-        add_initial_state_grads(st, grads, carry, call.h0)
+        add_initial_state_grads(self.step, grads, carry, call.h0)
         return loss, grads, {s: np.array(v) for s, v in final.items()}
 
     def _loss(self, envs, w):

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import CallError
 from ..ir import prune
+from ..passes.prepare import keep_set
 
 
 @dataclass
@@ -130,8 +131,7 @@ def forward_targets(step) -> tuple:
     """The targets that the outputs or the state updates read (teacher forcing), in order."""
     got = getattr(step, "_forward_targets", None)
     if got is None:
-        keep = {(s, "t") for s in step.states} | {(o, "t") for o in step.outputs}
-        nodes = prune(step.prog, keep).nodes
+        nodes = prune(step.prog, keep_set(step, loss=False)).nodes
         got = tuple(n for n in step.targets if (n, "t") in nodes)
         step._forward_targets = got
     return got

@@ -143,6 +143,10 @@ class ComposedModel(TextShown):
         ctx = self._ctx(params, inputs, h0, None, lengths, check_finite, training=False)
         return self._run.forward(params, inputs, h0, ctx, targets)
 
+    def forward_keep(self, params, inputs, h0=None, **kw):
+        """``forward(..., keep=True)``, as every compiled model has it (backends/base.py)."""
+        return self.forward(params, inputs, h0, keep=True, **kw)
+
     def _keep(self, params, inputs, h0, targets, mask, wrt, outputs, lengths, check_finite, training=True):
         ctx = self._ctx(params, inputs, h0, mask, lengths, check_finite, training)
         if targets is not None and not self.step.has_loss:

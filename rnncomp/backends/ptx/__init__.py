@@ -4,7 +4,7 @@ codegen.py  kernels as LLVM IR (nvptx64 ``ptx_kernel`` entries, or host loops ov
 tiled.py    products through shared memory (block programs)
 irgen.py    the NVPTX target, element types, body-emitter helpers
 plan.py     device-memory layout and launch lists (hoisted products, per-step nodes, gradients;
-            pass "stack" through ..stackplan, shared with the native backend)
+            pass "stack" through rnncomp.passes.stack, shared with the native backend)
 persistent.py  one launch per pass: all T steps in a kernel, a block (or cluster) per sample
 ptxgen.py   LLVM IR → PTX (in a child process), ``ptxas`` checks
 runtime.py  CUDA driver API via cuda-python; the host emulator

@@ -12,6 +12,7 @@ share the whole's slot at a column offset; :mod:`.plan` decides the slots and pl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass
@@ -26,21 +27,29 @@ class Slot:
         return self.units if self.extra_rows < 0 else (T + self.extra_rows) * B * self.units
 
 
+class Place(NamedTuple):
+    """Where one value lives (a value of :class:`Layout`'s ``where``)."""
+
+    slot: int   # index into ``Layout.slots``
+    off: int    # step offset: ``h[t-1]`` of a state is at off 0, ``h[t]`` at off 1
+    col: int    # first element inside the slot's rows (members of a stacked whole, grouped gradients)
+
+
 class Layout:
     def __init__(self):
         self.slots: list[Slot] = []
-        self.where: dict = {}   # key -> (slot, step offset, column)
+        self.where: dict = {}   # key -> Place
 
     def slot(self, label, units, extra_rows=0) -> int:
         self.slots.append(Slot(label, units, extra_rows))
         return len(self.slots) - 1
 
     def place(self, key, slot, off=0, col=0):
-        self.where[key] = (slot, off, col)
+        self.where[key] = Place(slot, off, col)
 
     def ld(self, key) -> int:
         """Row stride (elements) of a per-sample value: its slot's width."""
-        return self.slots[self.where[key][0]].units
+        return self.slots[self.where[key].slot].units
 
     def offsets(self, T, B, itemsize, align=256):
         """Byte offset of every slot in one arena, and the arena's size."""

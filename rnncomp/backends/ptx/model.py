@@ -12,20 +12,18 @@ import threading
 import numpy as np
 
 from ...autodiff import LOSS_ONLY, backward_step
-from ...errors import CallError
-from ..validate import (add_initial_state_grads, check_call, check_forward_call, float_dtype, forward_targets,
-                        initial_states, step_weights, weighted_loss)
+from ..validate import add_initial_state_grads, float_dtype, forward_targets, initial_states, weighted_loss
 from .emit import emit_module
 from .persistent import T_KEY, Persistent
 from .plan import build_plan, grad_key
 from .ptxgen import DEFAULT_ARCH, DEFAULT_FEATURES, check_arch, entries, sm_version, to_ptx
 from .runtime import CudaRunner, HostRunner
 from ...initializers import specs as init_specs
-from ..common import CompiledModel
+from ..base import BackendModel
 from .vjp import PtxVjp
 
 
-class PtxModel(PtxVjp, CompiledModel):
+class PtxModel(PtxVjp, BackendModel):
     """Same interface as :class:`~rnncomp.backends.numpy.NumpyModel`.
 
     Options: ``arch`` (``"sm_90"``), ``features`` (PTX ISA, ``"+ptx85"``), ``runner``
@@ -214,7 +212,7 @@ class PtxModel(PtxVjp, CompiledModel):
             return ("h2d" if name[0] in ("param", "state", "io", "w", "cot", "dfinal") else "d2h", name)
 
         def rows_of(key, t, rows):
-            col = L.where[key][2]
+            col = L.where[key].col
             return addr(key, t) - col * isz, (rows, B, L.ld(key))
 
         ups = [region(("param", p), addr((p, None)), (L.slots[k].units,))
@@ -283,17 +281,7 @@ class PtxModel(PtxVjp, CompiledModel):
         return {s: a["stage"][("final", s)].copy() for s in self.plan.state_slot}
 
     # ------------------------------------------------------------------ the interface
-    def forward(self, params, inputs, h0=None, *, targets=None, keep=False, mask=None, wrt=None,
-                outputs=None, check_finite=True):
-        """``(outputs {name: (T, B, n)}, final states {name: (B, n)})``; ``targets`` only for a
-        cell whose outputs or state updates read a target.  ``keep=True``: return a
-        :class:`~rnncomp.backends.vjp.Kept` whose ``backward`` gives the gradients (on this
-        backend it runs the forward again with the backward: see ``ptx/vjp.py``)."""
-        if keep:
-            return self.forward_keep(params, inputs, h0, targets=targets, mask=mask, wrt=wrt,
-                                     outputs=outputs, check_finite=check_finite)
-        st = self.step
-        call = check_forward_call(st, self.dtype, params, inputs, targets, h0, check_finite=check_finite)
+    def _forward_call(self, call):
         return self._forward(call)
 
     def _forward(self, call):
@@ -308,18 +296,12 @@ class PtxModel(PtxVjp, CompiledModel):
         self.runner.sync()
         outs = {}
         for o, n in st.outputs.items():
-            col = self.plan.layout.where[(o, "t")][2]
+            col = self.plan.layout.where[(o, "t")].col
             outs[o] = a["stage"][("out", o)][:, :, col:col + n].copy()
         return outs, self._finals(a)
 
-    def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None, *, check_finite=True):
-        """Loss (masked mean of the per-step costs), gradients of every parameter, final states."""
-        st, dt = self.step, self.dtype
-        if self.bwd is None:
-            raise CallError(f"cell {st.name!r} has no loss (declare one with cell.loss)")
-        call = check_call(st, dt, params, inputs, targets, h0, mask, need_targets=True,
-                          check_finite=check_finite)
-        loss, grads, final, _, _ = self._train(call, step_weights(call, dt))
+    def _loss_and_grad_call(self, call, w):
+        loss, grads, final, _, _ = self._train(call, w)
         return loss, grads, final
 
     def _train(self, call, w, d_out=None, d_fin=None):
@@ -335,7 +317,7 @@ class PtxModel(PtxVjp, CompiledModel):
         S[("w",)][...] = 0 if w is None else w
         for o in self.bwd.out_seeds:
             S[("cot", o)][...] = (d_out or {}).get(o, 0)
-        cols = lambda key, n: slice(L.where[key][2], L.where[key][2] + n)  # noqa: E731
+        cols = lambda key, n: slice(L.where[key].col, L.where[key].col + n)  # noqa: E731
         for s, n in st.states.items():
             if ("dfinal", s) in S:  # a VJP variant: δ⁺h[T], the final state's cotangent
                 S[("dfinal", s)][...] = 0
@@ -344,13 +326,13 @@ class PtxModel(PtxVjp, CompiledModel):
         self.runner.sync()
         loss = None
         if ("cost",) in S:
-            cost = S[("cost",)][:, :, L.where[st.loss_key][2]]
+            cost = S[("cost",)][:, :, L.where[st.loss_key].col]
             loss = weighted_loss(w, cost)
         grads = {}
         for p, k in P.grad_slot.items():
             shape = st.params[p]
             shape = shape if isinstance(shape, tuple) else (shape,)
-            at = L.where[grad_key(p)][2]
+            at = L.where[grad_key(p)].col
             grads[p] = S[("grad", k)][at:at + int(np.prod(shape))].reshape(shape).copy()
         d_h0 = {s: S[("dinit", s)][0, :, cols(self.bwd.carry_in[s], n)].copy()  # δh[-1]: row 0
                 for s, n in st.states.items() if ("dinit", s) in S}
@@ -361,5 +343,5 @@ class PtxModel(PtxVjp, CompiledModel):
 
     def _downloaded_outputs(self):
         S, L = self._arena["stage"], self.plan.layout
-        return {o: S[("out", o)][:, :, L.where[(o, "t")][2]:L.where[(o, "t")][2] + n].copy()
+        return {o: S[("out", o)][:, :, L.where[(o, "t")].col:L.where[(o, "t")].col + n].copy()
                 for o, n in self.step.outputs.items()}

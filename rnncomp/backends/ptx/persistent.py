@@ -115,7 +115,7 @@ def loop_launch(ks, layout, launches, reverse: bool, where: str, launch_cls, req
         ks.kernels[x.kernel].entry = False
     strides = []
     for a in keys:
-        slot = layout.slots[layout.where[a][0]]
+        slot = layout.slots[layout.where[a].slot]
         strides.append(slot.units if slot.extra_rows >= 0 else 0)
     doc = f"{'backward' if reverse else 'forward'} pass, all steps: {len(steps)} kernels per step inlined"
     name = ks.add("loop", len(keys) + 1, Persistent(tuple(steps), tuple(strides), reverse, clusters),

@@ -19,13 +19,13 @@ buffer of ``δh[t-1]`` (row T stays zero), except when that adjoint is itself a 
 
 Where each value lives (its slot, step offset and column) is a :class:`.layout.Layout`.
 
-Pass "stack" (``stack=True``, :mod:`rnncomp.stacking` through
-:func:`..stackplan.stack_step`): products sharing an operand are one product with a
-stacked weight, and a sum of products of different operands is one product over the
+The programs come from :func:`rnncomp.passes.prepare.prepare`, pass "stack" included
+(``stack=True``, :mod:`rnncomp.stacking` through :func:`rnncomp.passes.stack.stack_step`):
+products sharing an operand are one product with a stacked weight, and a sum of products of different operands is one product over the
 operands written side by side.  The members of such a whole share its slot (``col`` > 0,
 row stride = the whole's width) and cost no launch; the stacked weights are built once
 per call by one small kernel each (``fwd_prologue`` / ``bwd_prologue``); the gradients
-of a group (:func:`..stackplan.grad_groups`: ``[∂W_1; …; ∂W_k] += δ_wholeᵀ·x``) are
+of a group (:func:`rnncomp.passes.stack.grad_groups`: ``[∂W_1; …; ∂W_k] += δ_wholeᵀ·x``) are
 adjacent in one slot and summed by one launch.  A copy node (template ``_0``, same size)
 costs no launch either: its key is placed where its argument lives.
 """
@@ -37,10 +37,11 @@ import numpy as np
 
 from ...errors import CompileError
 from ...gradspec import Batch
-from ...ir import LEAF_OPS, internal, key_str, placeholder, prune, state_independent
+from ...ir import LEAF_OPS, internal, key_str, placeholder
 from ..llvm.exprgen import unsupported
 from ...passes.cotangents_after import for_backward
-from ..stackplan import grad_groups, stack_step, step_keep
+from ...passes.prepare import hoisted, prepare
+from ...passes.stack import grad_groups
 from .codegen import KernelSet
 from .launches import FREE_OPS, Launch, fusion_groups, group_launch, stack_launch, transpose_launch
 from .layout import Layout
@@ -109,17 +110,9 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
         raise CompileError(f"cell {step.name!r}: the ptx backend cannot lower {', '.join(bad)}")
     ks, L = KernelSet(dtype, tiled=tiled), Layout()
     plan = Plan(ks, L)
-    states = {(s, "t") for s in step.states}
-    fwd = prune(step.prog, step_keep(step, bwd is None or bwd.cot.loss))
-    bprog = bwd.prog if bwd is not None else None
-    hoistable = lambda prog: {k for k, n in prog.nodes.items()  # noqa: E731
-                              if n.op not in LEAF_OPS and k not in states}
-    shapes = dict(step.params)
-    if stack:
-        res = stack_step(step, bwd, fwd, state_independent(fwd, hoistable(fwd)) if hoist else set())
-        fwd, bprog, plan.stacks, plan.views = res.fwd, res.bwd, res.stacks, res.views
-        shapes.update({name: stk.shape for name, stk in plan.stacks.items()})
-    plan.fwd_prog, plan.bwd_prog = fwd, bprog
+    prep = prepare(step, bwd, hoist=hoist, stack=stack)
+    fwd, bprog, shapes = prep.fwd, prep.bwd, prep.shapes
+    plan.fwd_prog, plan.bwd_prog, plan.stacks, plan.views = fwd, bprog, prep.stacks, prep.views
     views = plan.views
 
     for p, shape in step.params.items():
@@ -149,7 +142,7 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
     plan.aliases.update(falias)
 
     tr_weight = _transposer(plan, shapes) if persistent else None
-    static = state_independent(fwd, hoistable(fwd)) if hoist else set()
+    static = hoisted(step, fwd) if hoist else set()
     todo = [k for k, n in fwd.nodes.items() if n.op not in LEAF_OPS | FREE_OPS and k not in falias]
     for group in fusion_groups(fwd, [k for k in todo if k in static], fuse, falias):
         plan.fwd_static.append(group_launch(ks, fwd, group, "TB", L, shapes))

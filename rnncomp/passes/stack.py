@@ -1,4 +1,4 @@
-"""Pass "stack" (:mod:`rnncomp.stacking`) as the compiled backends consume it.
+"""Pass "stack" (:mod:`rnncomp.stacking`) over a cell's step, as the compiled backends consume it.
 
 Shared by the native CPU backend and the PTX backend, so both stack the same products and
 group the same gradients:
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from ..errors import CompileError
 from ..gradspec import Batch
 from ..ir import Program
-from ..passes.cotangents_after import for_backward
+from .cotangents_after import for_backward
 from ..stacking import stack_products
 
 
@@ -30,18 +30,12 @@ class StackedStep:
     views: dict = field(default_factory=dict)    # member key -> (whole key, column, whole width)
 
 
-def step_keep(step, loss=True) -> set:
-    """Forward keys every backend must keep as dense values of their own (``loss=False``: a
-    VJP variant without targets, which never computes the loss)."""
-    keep = {(s, "t") for s in step.states} | {(o, "t") for o in step.outputs}
-    return keep | ({step.loss_key} if step.has_loss and loss else set())
-
-
-def stack_step(step, bwd, fwd: Program, static=frozenset()) -> StackedStep:
+def stack_step(step, bwd, fwd: Program, keep: set, static=frozenset()) -> StackedStep:
     """Stack the products of the (pruned) forward program ``fwd`` and of ``bwd.prog``.
 
+    ``keep``: the forward keys kept as dense values of their own (:func:`.prepare.keep_set`);
     ``static``: forward keys hoisted out of the time loop (a group never mixes phases)."""
-    res = stack_products(fwd, step.params, keep=step_keep(step, bwd is None or bwd.cot.loss), static=static)
+    res = stack_products(fwd, step.params, keep=keep, static=static)
     out = StackedStep(res.prog, None, dict(res.stacks), dict(res.views))
     if bwd is not None:
         bprog = bwd.prog
