@@ -303,7 +303,7 @@ class OnlineKernel:
             if s in self.plan.aliased:  # ∂h[t] was written into J
                 self._copy_state(g, s, n)
                 continue
-            J = self._slot_ptr(g, self.plan.L.where[self.ts.state_seeds[s]][0])
+            J = self._slot_ptr(g, self.plan.L.where[self.ts.state_seeds[s]].slot)
             key = self.ts.out[s]
             src = None if key is None else g.ptr(key, I64(0))
             shared = key in self.plan.seed_shared
@@ -376,7 +376,7 @@ class OnlineKernel:
         for s, k in self.plan.state.items():
             bufs[k][:] = np.asarray(states[s], dtype=dt).ravel()
         for s in self.st.states:
-            slot = self.plan.L.where[self.ts.state_seeds[s]][0]
+            slot = self.plan.L.where[self.ts.state_seeds[s]].slot
             if J[s].dtype != dt or not J[s].flags.c_contiguous:
                 raise CompileError(f"cell {self.st.name!r}: internal: the carried J[{s!r}] is not a "
                                    f"contiguous {dt} array")

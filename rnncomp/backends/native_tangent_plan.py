@@ -11,7 +11,7 @@ from ..errors import CompileError
 from ..forward_mode import is_tangent_param
 from ..ir import LEAF_OPS, internal
 from .llvm.exprgen import unsupported
-from .native_emit import Layout
+from .native_layout import Layout
 
 # the step weights and the product scratch: generated names, never a user's (a state may be "w")
 WEIGHT, SCRATCH = (internal("w"), "t"), (internal("scratch"), None)
@@ -128,7 +128,7 @@ class Plan:
                 continue
             alias = [s for s, k in self.aliased.items() if k == key]
             if alias:  # lives in the carried J of its state
-                self.L.place(key, self.L.where[ts.state_seeds[alias[0]]][0], 0, timed=False)
+                self.L.place(key, self.L.where[ts.state_seeds[alias[0]]].slot, 0, timed=False)
                 continue
             # the same width only: a fused run may write a reused buffer in the same sweep that
             # still reads the old value, safe only when both walk the same (row, unit) entries
