@@ -10,7 +10,9 @@ stacking the weights turns k products of width H into one of width k·H:
 * **sum of products** (rule B): an element-wise node adding ``P₁·d₁ + … + P_k·d_k``
   (coefficient 1) reads one product ``[P₁ … P_k]·[d₁; …; d_k]``; the operands ``d_i``
   are written side by side (a ``stackv`` pseudo-node names the whole) and the other
-  terms become 0 in the template.
+  terms become 0 in the template; a node that was nothing but that sum becomes the product
+  itself (no copy).  A second sum over the same operands (LSTM's input cotangent
+  ``Σ Wᵢᵀ·δaᵢ`` next to ``δh[t-1] = Σ Uᵢᵀ·δaᵢ``) reads the same whole.
 
 The stacked weight is a :class:`Stacked` parameter that a backend builds once per call
 from the real parameters (rows or columns concatenated).  Values are unchanged, only
@@ -140,6 +142,11 @@ def _linear_unit(expr, ph) -> bool:
         return False
 
 
+def _only_sum(expr, n) -> bool:
+    """``expr`` is ``_0 + … + _{n-1}`` and nothing else."""
+    return sp.expand(expr - sum(placeholder(i) for i in range(n))) == 0
+
+
 def _summed_products(res, prog, params, keep):
     """Rule B: an ew node adding P_i·d_i (coefficient 1, each product read only there).
 
@@ -194,7 +201,10 @@ def _summed_products(res, prog, params, keep):
             whole_at[ops] = last(p)
     whole_of = {}
     dropped = {a for p in plans for _, a, _ in p[2]}
-    out = Program(external=prog.external, name=prog.name, _next=dict(prog._next))
+    # a sum of nothing but the group (δx = Σ Wᵢᵀ·δaᵢ): the product writes the sum's own value
+    direct = {p[0] for p in plans if len(p[2]) == len(prog.nodes[p[0]].args)
+              and _only_sum(prog.nodes[p[0]].attrs["expr"], len(p[2]))}
+    out, made = Program(external=prog.external, name=prog.name, _next=dict(prog._next)), {}
     for key, node in prog.nodes.items():
         for ops in [o for o, k in whole_at.items() if k == key]:
             whole = out.fresh("[" + ",".join(d[0] for d in ops) + "]", key[1])
@@ -212,8 +222,15 @@ def _summed_products(res, prog, params, keep):
             # Σ d_i·op(P_i)ᵀ = [d_1 … d_k]·[op(P_1)ᵀ; …]: op(P_i) side by side in columns
             st = _new_stack(res, params, parts, 1 if not tr else 0)
             whole = whole_of[same or tuple(d for _, _, d in items)]
-            target = items[0][1]  # the first product's key now holds the whole sum
-            out.add(target, Node("matvec", (whole,), prog.nodes[target].size, {"terms": ((st.name, tr, 1),)}))
+            product = Node("matvec", (whole,), prog.nodes[e_key].size, {"terms": ((st.name, tr, 1),)})
+            if e_key in direct:
+                made[e_key] = product
+            else:  # the first product's key now holds the whole sum
+                out.add(items[0][1], product)
+        if key in direct:
+            out.add(key, made.pop(key))
+        elif key in last_member:
+            pass
         elif key in by_node:
             _, _, items, _ = by_node[key]
             gone = {i for i, _, _ in items[1:]}
