@@ -10,7 +10,9 @@ stacking the weights turns k products of width H into one of width k·H:
 * **sum of products** (rule B): an element-wise node adding ``P₁·d₁ + … + P_k·d_k``
   (coefficient 1) reads one product ``[P₁ … P_k]·[d₁; …; d_k]``; the operands ``d_i``
   are written side by side (a ``stackv`` pseudo-node names the whole) and the other
-  terms become 0 in the template.
+  terms become 0 in the template; a node that was nothing but that sum becomes the product
+  itself (no copy).  A second sum over the same operands (LSTM's input cotangent
+  ``Σ Wᵢᵀ·δaᵢ`` next to ``δh[t-1] = Σ Uᵢᵀ·δaᵢ``) reads the same whole.
 
 The stacked weight is a :class:`Stacked` parameter that a backend builds once per call
 from the real parameters (rows or columns concatenated).  Values are unchanged, only
@@ -140,13 +142,21 @@ def _linear_unit(expr, ph) -> bool:
         return False
 
 
+def _only_sum(expr, n) -> bool:
+    """``expr`` is ``_0 + … + _{n-1}`` and nothing else."""
+    return sp.expand(expr - sum(placeholder(i) for i in range(n))) == 0
+
+
 def _summed_products(res, prog, params, keep):
-    """Rule B: an ew node adding P_i·d_i (coefficient 1, each product read only there)."""
+    """Rule B: an ew node adding P_i·d_i (coefficient 1, each product read only there).
+
+    A second sum over the same operands (LSTM: δh[t-1] = Σ U_iᵀ·δa_i and δx = Σ W_iᵀ·δa_i)
+    reads the same side-by-side whole: its weights are stacked in the whole's column order."""
     uses = _uses(prog)
     # a value lives in one place: never in two groups, nor a stacked product's whole
     taken: set = set(res.views) | {w for w, _, _ in res.views.values()}
     order = {k: i for i, k in enumerate(prog.nodes)}
-    plans = []
+    plans, groups = [], {}  # groups: frozenset of operands → the first plan's operands, in order
     for key, node in prog.nodes.items():
         if node.op != "ew":
             continue
@@ -158,42 +168,71 @@ def _summed_products(res, prog, params, keep):
                 continue
             d = m.args[0]
             dn = prog.nodes.get(d)
-            if dn is None or dn.is_leaf or dn.op in ("view", "stackv") or d in keep or d in taken:
+            if dn is None or dn.is_leaf or dn.op in ("view", "stackv") or d in keep:
                 continue
             if not _linear_unit(node.attrs["expr"], placeholder(i)):
                 continue
             by_tr.setdefault(term[1], []).append((i, a, d))
         for tr, items in by_tr.items():
             operands = [d for _, _, d in items]
-            if len(items) >= 2 and len(set(operands)) == len(operands):
-                plans.append((key, tr, items))
-                taken.update(operands)
-                break  # one group per node: the other products stay as they are
+            if len(items) < 2 or len(set(operands)) != len(operands):
+                continue
+            same = groups.get(frozenset(operands))
+            if same is not None:  # the whole exists: reorder to its columns
+                at = {d: j for j, d in enumerate(same)}
+                plans.append((key, tr, sorted(items, key=lambda it: at[it[2]]), same))
+                break
+            if taken & set(operands):
+                continue
+            plans.append((key, tr, items, None))
+            groups[frozenset(operands)] = tuple(operands)
+            taken.update(operands)
+            break  # one group per node: the other products stay as they are
     if not plans:
         return prog
     by_node = {p[0]: p for p in plans}
-    last_member = {max((a for _, a, _ in p[2]), key=order.__getitem__): p for p in plans}
+    last = lambda p: max((a for _, a, _ in p[2]), key=order.__getitem__)  # noqa: E731
+    last_member = {last(p): p for p in plans}
+    # the whole is named where the first of the products reading it is computed
+    whole_at = {}
+    for p in plans:
+        ops = p[3] or tuple(d for _, _, d in p[2])
+        if ops not in whole_at or order[last(p)] < order[whole_at[ops]]:
+            whole_at[ops] = last(p)
+    whole_of = {}
     dropped = {a for p in plans for _, a, _ in p[2]}
-    out = Program(external=prog.external, name=prog.name, _next=dict(prog._next))
+    # a sum of nothing but the group (δx = Σ Wᵢᵀ·δaᵢ): the product writes the sum's own value
+    direct = {p[0] for p in plans if len(p[2]) == len(prog.nodes[p[0]].args)
+              and _only_sum(prog.nodes[p[0]].attrs["expr"], len(p[2]))}
+    out, made = Program(external=prog.external, name=prog.name, _next=dict(prog._next)), {}
     for key, node in prog.nodes.items():
-        if key in last_member:
-            e_key, tr, items = last_member[key]
-            parts = [_single_term(prog.nodes[a])[0] for _, a, _ in items]
-            # Σ d_i·op(P_i)ᵀ = [d_1 … d_k]·[op(P_1)ᵀ; …]: op(P_i) side by side in columns
-            st = _new_stack(res, params, parts, 1 if not tr else 0)
-            operands = [d for _, _, d in items]
-            width = sum(prog.node(d).size for d in operands)
-            whole = out.fresh("[" + ",".join(d[0] for d in operands) + "]", key[1])
-            out.add(whole, Node("stackv", tuple(operands), width))
+        for ops in [o for o, k in whole_at.items() if k == key]:
+            whole = out.fresh("[" + ",".join(d[0] for d in ops) + "]", key[1])
+            whole_of[ops] = whole
+            width = sum(prog.node(d).size for d in ops)
+            out.add(whole, Node("stackv", ops, width))
             col = 0
-            for d in operands:
+            for d in ops:
                 n = prog.node(d).size
                 res.views[d] = (whole, col, width)
                 col += n
-            target = items[0][1]  # the first product's key now holds the whole sum
-            out.add(target, Node("matvec", (whole,), prog.nodes[target].size, {"terms": ((st.name, tr, 1),)}))
+        if key in last_member:
+            e_key, tr, items, same = last_member[key]
+            parts = [_single_term(prog.nodes[a])[0] for _, a, _ in items]
+            # Σ d_i·op(P_i)ᵀ = [d_1 … d_k]·[op(P_1)ᵀ; …]: op(P_i) side by side in columns
+            st = _new_stack(res, params, parts, 1 if not tr else 0)
+            whole = whole_of[same or tuple(d for _, _, d in items)]
+            product = Node("matvec", (whole,), prog.nodes[e_key].size, {"terms": ((st.name, tr, 1),)})
+            if e_key in direct:
+                made[e_key] = product
+            else:  # the first product's key now holds the whole sum
+                out.add(items[0][1], product)
+        if key in direct:
+            out.add(key, made.pop(key))
+        elif key in last_member:
+            pass
         elif key in by_node:
-            _, _, items = by_node[key]
+            _, _, items, _ = by_node[key]
             gone = {i for i, _, _ in items[1:]}
             args, subs = [], {}
             for i, a in enumerate(node.args):

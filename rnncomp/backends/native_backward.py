@@ -116,12 +116,15 @@ class NativeBackward:
                 wholes.setdefault(w, []).append(key)
             timed = keep | self.after  # both exist for every step now
             self.deferred_keys |= timed | {m for k in timed for m in wholes.get(k, ())}
-        if not self.grad_after:
-            return
+        # without grad_after, only the specs whose δ values are kept for every step anyway (for
+        # the inputs' cotangents, or the caller's) are summed after the loop: it costs no memory
+        free = None if self.grad_after else set(self.deferred_keys)
         timed = self._timed_seeds()
         for p, specs in bwd.grads.items():
             for i, spec in enumerate(specs):
                 mine = [k for k in spec.reads if k in bwd.prog.nodes]
+                if free is not None and not all(k in free or k in timed for k in mine):
+                    continue
                 if all(bwd.prog.nodes[k].op != "seed" or k in timed for k in mine):
                     self.deferred.add((p, i))
                     self.deferred_keys.update(k for k in mine if bwd.prog.nodes[k].op != "seed")
