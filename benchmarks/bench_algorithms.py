@@ -124,10 +124,15 @@ def main(argv=None):
     res["blas"] = blas
     print(table(res))
     print(f"  ({blas})")
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    with open(args.json, "w") as fh:
+    write_json(res, args.json)
+
+
+def write_json(res, path) -> None:
+    """The results as JSON at ``path`` (its folder made if needed); says where."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
         json.dump(res, fh, indent=1)
-    print(f"wrote {os.path.relpath(args.json)}")
+    print(f"wrote {os.path.relpath(path)}")
 
 
 if __name__ == "__main__":

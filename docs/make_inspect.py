@@ -67,7 +67,8 @@ $\\operatorname{{pre}}(o)$ and `a₁` is $\\mathsf{{a}}_1$.
 before and after each part, `backends/native_profile.py`), runs five training calls on random
 data and splits one call into: per-step products (`U·h[t-1]` and `Uᵀ·δa[t]`), hoisted products
 (`W·x` for all T at once, and `δx` after the loop), gradient products (`Σ δa·vᵀ`), element-wise
-code, other native code (loops, slices, copies, packing) and what lies outside native code (the
+code, for a cell with a matrix state its matrix ops (outer products, `C·v`, row gates and sums, in
+GB/s), other native code (loops, slices, copies, packing) and what lies outside native code (the
 Python call, argument checks, ctypes). Products are reported in GFLOP/s against the FMA peak
 measured on the spot (`rnncomp/inspect/peak.py`: a generated register-only FMA loop), element-wise
 code in GB/s read and written against a large NumPy copy (a DRAM figure: data that stays in cache

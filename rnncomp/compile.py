@@ -18,10 +18,6 @@ def compile(cell, backend: str = "numpy", dtype: str = "float64", **options):
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         from .compose.model import ComposedModel
         return ComposedModel(cell, backend, dtype, **options)
-    if backend == "ptx" and cell.step.matrix_states:
-        from .errors import CompileError
-        raise CompileError(f"cell {cell.name!r}: matrix states ({', '.join(cell.step.matrix_states)}) run on "
-                           "backend='numpy' or 'native' only so far; backend='ptx' has no outer/smatvec kernels yet")
     if backend in BACKENDS and any(d.kind in ("const", "weight") for d in cell.decls.values()):
         from .backends.derived import DerivedModel  # computed before the loop, shared by every backend
         return DerivedModel(cell, backend, dtype, options)

@@ -24,7 +24,7 @@ except ImportError as e:  # pragma: no cover - exercised only without jax instal
 import numpy as np
 
 from .errors import CallError
-from .layer_common import ArrayOps, check_layer_cell, check_lengths, missing_inputs, named, run_padded
+from .layer_common import ArrayOps, check_layer_cell, check_lengths, missing_inputs, named, padded_runner
 
 
 class Recurrent:
@@ -137,8 +137,9 @@ class Recurrent:
             if isinstance(lengths, jax.core.Tracer):
                 raise CallError(f"cell {st.name!r}: lengths must be static (Python ints or a NumPy array), "
                                 "not a traced value: pass them from outside jax.jit, or as a static argument")
-            outs, final = run_padded(check_lengths(st, np.asarray(lengths).tolist(), T, B), T, list(inputs), states,
-                                     lambda xs, hs: self._core(ps, tuple(xs), tuple(hs)), JAX_OPS)
+            run = padded_runner(st)
+            outs, final = run(check_lengths(st, np.asarray(lengths).tolist(), T, B), T, list(inputs), states,
+                              lambda xs, hs: self._core(ps, tuple(xs), tuple(hs)), JAX_OPS)
         outs = dict(zip(st.outputs, outs))
         return (outs if self.output is None else outs[self.output]), dict(zip(st.states, final))
 

@@ -1,5 +1,7 @@
 """What the framework layers (:mod:`rnncomp.torch`, :mod:`rnncomp.jax`) share: the checks
-(a cell can be a layer; the names a call passes; lengths) and the plan of a padded batch.
+(a cell can be a layer; the names a call passes; lengths) and the two ways to run a padded
+batch: chained chunks (:func:`run_padded`) and, for a model with a reversed pass inside, one
+call per length (:func:`run_by_length`); :func:`padded_runner` picks.
 Imports no framework."""
 from __future__ import annotations
 
@@ -51,10 +53,6 @@ def missing_inputs(step, xs: dict) -> None:
 
 def check_lengths(step, lengths, T: int, B: int) -> list:
     """``lengths`` as B Python ints from 1 to T."""
-    if getattr(step, "reads_lengths", False):  # a padded batch runs in chunks: a reversed pass would see pieces
-        raise CallError(f"{step.name}: lengths= with a bidirectional layer inside is not supported by the "
-                        "framework layers (each sequence must be reversed within its length in one call); "
-                        "call the compiled model, rc.compile(...).forward/vjp(..., lengths=...)")
     lengths = list(lengths)
     if len(lengths) != B or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and 1 <= n <= T
                                     for n in lengths):
@@ -125,3 +123,35 @@ def run_padded(lengths: list, T: int, inputs: list, states: list, call, ops: Arr
         for parts, o in zip(out_parts, outs):
             parts.append(ops.zeros(o, (T - c.stop, B, o.shape[2])))
     return [ops.cat(p) for p in out_parts], [ops.take(ops.cat(p), back, 0) for p in final_parts]
+
+
+def run_by_length(lengths: list, T: int, inputs: list, states: list, call, ops: ArrayOps):
+    """A padded batch as one call per distinct length L, over the sequences of length L and
+    their steps 0 … L-1 only: every call sees whole sequences, so a reversed pass inside (an
+    ``rc.Bidirectional``) starts at each sequence's own last step, which chained chunks
+    (:func:`run_padded`) cannot give.  The same work (Σ of the lengths rows × steps); the
+    results as :func:`run_padded`'s: outputs (T, B, n), zeros after each sequence's end, and
+    the final states of each sequence's call."""
+    B = len(lengths)
+    outs_sum, final_parts, ended = None, [[] for _ in states], []
+    for L in sorted(set(lengths)):
+        rows = [b for b in range(B) if lengths[b] == L]
+        whole = len(rows) == B
+        sub = [x[:L] if whole else ops.take(x[:L], rows, 1) for x in inputs]
+        outs, finals = call(sub, [s if whole else ops.take(s, rows, 0) for s in states])
+        full = []
+        for o in outs:  # (L, rows, n) at its rows, zeros elsewhere and after step L
+            o = o if whole else ops.spread(o, rows, B)
+            full.append(o if L == T else ops.cat([o, ops.zeros(o, (T - L, B, o.shape[2]))]))
+        outs_sum = full if outs_sum is None else [a + o for a, o in zip(outs_sum, full)]
+        for parts, f in zip(final_parts, finals):
+            parts.append(f)
+        ended += rows
+    back = sorted(range(B), key=ended.__getitem__)
+    return outs_sum, [ops.take(ops.cat(p), back, 0) for p in final_parts]
+
+
+def padded_runner(step):
+    """How a layer runs a padded batch of ``step``'s model: by length where lengths change its
+    numbers beyond where each sequence ends (a reversed pass inside), else in chained chunks."""
+    return run_by_length if getattr(step, "reads_lengths", False) else run_padded

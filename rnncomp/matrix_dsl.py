@@ -5,8 +5,8 @@ level: ``C`` on a right-hand side is C[t-1], ``C.new`` is C[t]; ``rc.outer(a, b)
 ``C @ v`` and ``C.T @ u`` are per-sample products, ``rc.rowsum``/``rc.colsum`` reduce.
 Element-wise math applies to matrices of one shape; a scalar broadcasts, and a vector of size m
 scales the rows (one gate per row).  The IR keeps a matrix flattened row-major (m·n units) with
-ops that know its shape (``outer``, ``smatvec``, ``mbcast``, ``mreduce``: NumPy and native, not
-PTX yet); so do ``h0`` and the final states at call time: ``(B, m·n)``.
+ops that know its shape (``outer``, ``smatvec``, ``mbcast``, ``mreduce``: every backend); so
+do ``h0`` and the final states at call time: ``(B, m·n)``.
 
     >>> import sympy as sp, rnncomp as rc
     >>> cell = rc.Cell("fast")

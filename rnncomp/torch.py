@@ -38,7 +38,7 @@ except ImportError as e:  # pragma: no cover - exercised only without torch inst
 import numpy as np
 
 from .errors import CallError, CellError
-from .layer_common import ArrayOps, check_layer_cell, check_lengths, missing_inputs, named, run_padded
+from .layer_common import ArrayOps, check_layer_cell, check_lengths, missing_inputs, named, padded_runner
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
@@ -328,10 +328,12 @@ class Recurrent(nn.Module):
         return check_lengths(self._model.step, lengths, T, B)
 
     def _packed(self, params, inputs, states, lengths):
-        """A padded batch (``layer_common.run_padded``); the rows come from Python ints, so
+        """A padded batch (``layer_common.padded_runner``: chained chunks, or one call per length
+        where a reversed pass is inside); the rows come from Python ints, so
         ``torch.compile`` sees constant indices."""
         T = inputs[0].shape[0]
-        return run_padded(lengths, T, inputs, states, lambda xs, hs: self._run(params, xs, hs), TORCH_OPS)
+        run = padded_runner(self._model.step)
+        return run(lengths, T, inputs, states, lambda xs, hs: self._run(params, xs, hs), TORCH_OPS)
 
 
 TORCH_OPS = ArrayOps(

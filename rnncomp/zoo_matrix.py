@@ -1,9 +1,9 @@
 """Recurrences with matrix-valued states, and the diagonal linear recurrence, in the DSL.
 
-Each factory takes ``(n_in, n_hidden, n_out, loss="mse")`` like :mod:`rnncomp.cells`; the
-matrix cells run on the NumPy and native backends, not PTX yet (:mod:`rnncomp.matrix_dsl`), so
-they are not in ``rc.cells.ZOO`` (which every backend's tests sweep); :func:`diag_linear` has
-vector states only and runs everywhere.
+Each factory takes ``(n_in, n_hidden, n_out, loss="mse")`` like :mod:`rnncomp.cells`; every
+backend runs them.  They are kept out of ``rc.cells.ZOO``, whose sweeps include sizes and
+checks (PTX products without register spills at 64 → 256 in float64) that these cells' wide
+stacked input products do not meet; tests/test_matrix_states.py checks them on each backend.
 
     >>> sorted(MATRIX_ZOO)
     ['delta_rule', 'diag_linear', 'fast_weights', 'mlstm']

@@ -1,6 +1,8 @@
 """A composition inside the framework layers (rnncomp.jax, rnncomp.torch): the same numbers as the composed
-model's vjp; lengths, which the layers run in chunks, refused for a bidirectional layer
-rather than reversed piecewise."""
+model's vjp; with lengths and a bidirectional layer inside (run one call per length, so the
+reversed pass starts at each sequence's own last step), outputs, final states and gradients
+against a per-sequence reference: each sequence alone, cut to its length, through the
+composed model's forward and vjp (float64; rtol 1e-12: the same arithmetic in other calls)."""
 import numpy as np
 import pytest
 
@@ -30,8 +32,6 @@ def _check_jax(jax):
     for k in params:
         np.testing.assert_allclose(np.asarray(g[0][k]), ref.params[k], rtol=1e-12, atol=1e-14, err_msg=k)
     np.testing.assert_allclose(np.asarray(g[1]), ref.inputs["x"], rtol=1e-12, atol=1e-14)
-    with pytest.raises(rc.CallError, match="lengths= with a bidirectional layer inside is not supported"):
-        layer(params, x, lengths=[4, 2])
 
 
 def test_torch_layer_of_a_stack_gives_the_composed_models_gradients():
@@ -50,5 +50,89 @@ def test_torch_layer_of_a_stack_gives_the_composed_models_gradients():
     for k, p in layer.named_parameters():
         np.testing.assert_allclose(p.grad.numpy(), ref.params[k.replace("__", ".")], rtol=1e-12, atol=1e-14, err_msg=k)
     np.testing.assert_allclose(x.grad.numpy(), ref.inputs["x"], rtol=1e-12, atol=1e-14)
-    with pytest.raises(rc.CallError, match="lengths= with a bidirectional layer inside is not supported"):
-        layer(x, lengths=[4, 2])
+
+
+# ----------------------------------------------------------------------------- lengths, bidirectional inside
+LENGTHS = [5, 2, 5, 3]   # two sequences of the full T = 5, a 2 and a 3 (one call per length)
+
+
+def _bi_stack():
+    return rc.Stack([rc.Bidirectional(rc.cells.gru(3, 4, 3)), rc.cells.elman(6, 4, 2)])
+
+
+def _data():
+    rng = np.random.default_rng(1)
+    T, B = max(LENGTHS), len(LENGTHS)
+    x = rng.normal(size=(T, B, 3))
+    dy = rng.normal(size=(T, B, 2))              # the cotangent of y (read only up to each length)
+    return x, dy
+
+
+def per_sequence(stack, params, x, dy, d_final):
+    """Each sequence alone, cut to its length: outputs (zeros after it), finals, and the
+    gradients of Σ y·dy + Σ final·d_final summed over the sequences."""
+    model = rc.compile(stack)
+    T, B = x.shape[:2]
+    y, finals = np.zeros_like(dy), {}
+    grads, dx = {k: 0.0 for k in params}, np.zeros_like(x)
+    for b, L in enumerate(LENGTHS):
+        xb = {"x": x[:L, b:b + 1]}
+        out, fin = model.forward(params, xb)
+        y[:L, b] = out["y"][:, 0]
+        for s, v in fin.items():
+            finals.setdefault(s, np.zeros((B, v.shape[1])))[b] = v[0]
+        g = model.vjp(params, xb, d_outputs={"y": dy[:L, b:b + 1]},
+                      d_final={s: d[b:b + 1] for s, d in d_final.items()})
+        for k in params:
+            grads[k] = grads[k] + g.params[k]
+        dx[:L, b] = g.inputs["x"][:, 0]
+    return y, finals, grads, dx
+
+
+def test_torch_layer_with_lengths_and_a_bidirectional_layer_inside():
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    from rnncomp.torch import Recurrent
+    stack = _bi_stack()
+    layer = Recurrent(stack, output="y", backend="native", dtype=torch.float64)
+    x, dy = _data()
+    xt = torch.tensor(x, requires_grad=True)
+    y, final = layer(xt, lengths=LENGTHS)
+    d_final = {s: np.random.default_rng(2).normal(size=tuple(v.shape)) for s, v in final.items()}
+    ((y * torch.tensor(dy)).sum() + sum((v * torch.tensor(d_final[s])).sum() for s, v in final.items())).backward()
+    params = {k.replace("__", "."): v.detach().numpy() for k, v in layer.named_parameters()}
+    ry, rfinal, rgrads, rdx = per_sequence(stack, params, x, dy, d_final)
+    np.testing.assert_allclose(y.detach().numpy(), ry, rtol=1e-12, atol=1e-14)
+    assert sorted(final) == sorted(rfinal)
+    for s in final:
+        np.testing.assert_allclose(final[s].detach().numpy(), rfinal[s], rtol=1e-12, atol=1e-14, err_msg=s)
+    for k, p in layer.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), rgrads[k.replace("__", ".")], rtol=1e-10, atol=1e-12, err_msg=k)
+    np.testing.assert_allclose(xt.grad.numpy(), rdx, rtol=1e-10, atol=1e-12)
+
+
+def test_jax_layer_with_lengths_and_a_bidirectional_layer_inside():
+    jax = pytest.importorskip("jax", reason="JAX is not installed")
+    import rnncomp.jax  # noqa: F401
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)  # float64 for this test only
+    try:
+        stack = _bi_stack()
+        layer = rc.jax.recurrent(stack, output="y", backend="native", dtype="float64")
+        params = layer.init_params(seed=0)
+        x, dy = _data()
+        y, final = layer(params, x, lengths=LENGTHS)
+        d_final = {s: np.random.default_rng(2).normal(size=v.shape) for s, v in final.items()}
+
+        def f(p, xx):
+            y, fin = layer(p, xx, lengths=LENGTHS)
+            return (y * dy).sum() + sum((v * d_final[s]).sum() for s, v in fin.items())
+        g, gx = jax.grad(f, argnums=(0, 1))(params, x)
+    finally:
+        jax.config.update("jax_enable_x64", before)
+    ry, rfinal, rgrads, rdx = per_sequence(stack, params, x, dy, d_final)
+    np.testing.assert_allclose(np.asarray(y), ry, rtol=1e-12, atol=1e-14)
+    for s in rfinal:
+        np.testing.assert_allclose(np.asarray(final[s]), rfinal[s], rtol=1e-12, atol=1e-14, err_msg=s)
+    for k in params:
+        np.testing.assert_allclose(np.asarray(g[k]), rgrads[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    np.testing.assert_allclose(np.asarray(gx), rdx, rtol=1e-10, atol=1e-12)

@@ -82,7 +82,6 @@ def test_unrolled_references_read_derived_weights():
 @given(array_cells(sizes=SIZES), calls(max_T=12, max_B=6))
 def test_fuzz_arrays_long(cell, call):
     """Every native model of ``check_cell`` (all on, all off, float32), and the PTX backend on
-    its host runner for cells without a matrix state (PTX refuses those for now)."""
+    its host runner."""
     T, B, seed, mask, h0, opts = call
-    ptx = () if cell.step.matrix_states else ("ptx",)
-    check_cell(cell, T, B, seed, mask, h0, opts, native=("on", "off", "f32") + ptx)
+    check_cell(cell, T, B, seed, mask, h0, opts, native=("on", "off", "f32", "ptx"))

@@ -5,32 +5,35 @@ that uses every matrix op) are checked three ways: gradients against central fin
 differences in float64 (tests/gradcheck.py: rtol 1e-6 / atol 1e-8, its docstring says why);
 loss, final states and gradients against a PyTorch float64 loop with autograd, written here
 from the papers' equations (rtol 1e-10: the same float64 arithmetic summed in another order);
-and bad declarations as named ShapeErrors.  The native backend against the oracle (plain loops
-for the matrix ops); the PTX backend refuses matrix states with a CompileError for now.
+and bad declarations as named ShapeErrors.  The native backend against the oracle (vector code
+for the matrix ops: row lengths that take its vector chunks, scalar tails and chunk loops, in
+float64 and float32); the PTX backend's kernels on its host runner against the oracle, and
+their PTX through ptxas.
 """
 import numpy as np
 import pytest
 import sympy as sp
 
 import rnncomp as rc
-from rnncomp.errors import CellError, CompileError, ShapeError
+from rnncomp.errors import CellError, ShapeError
 from rnncomp.zoo_matrix import MATRIX_ZOO
 from gradcheck import assert_matches_oracle, check_grads, random_data
+from matrix_torch_refs import TORCH
 
 T, B, N_IN, N_H, N_OUT = 5, 3, 3, 4, 2
 
 
-def every_op():
+def every_op(n_in=N_IN, n_h=N_H, n_out=N_OUT):
     """Per-row gates, outer products, C @ v, Cᵀ @ u, row and column sums, a matrix loss term."""
     cell = rc.Cell("every_op")
-    x = cell.input("x", N_IN)
-    C = cell.state("C", (N_H, N_IN))
-    g = rc.sigmoid(cell.param("Wg", (N_H, N_IN)) @ x)              # one gate per row
-    cell.update(C, g * C + rc.outer(sp.tanh(cell.param("Wv", (N_H, N_IN)) @ x), x) / 2)
-    u = cell.param("u", N_H, init="ones")
-    y = cell.output("y", cell.param("V", (N_OUT, N_H)) @ (C.new @ x + rc.rowsum(C.new))
-                    + cell.param("Vc", (N_OUT, N_IN)) @ (C.new.T @ u + rc.colsum(C.new * C.new)))
-    t = cell.target("target", N_OUT)
+    x = cell.input("x", n_in)
+    C = cell.state("C", (n_h, n_in))
+    g = rc.sigmoid(cell.param("Wg", (n_h, n_in)) @ x)              # one gate per row
+    cell.update(C, g * C + rc.outer(sp.tanh(cell.param("Wv", (n_h, n_in)) @ x), x) / 2)
+    u = cell.param("u", n_h, init="ones")
+    y = cell.output("y", cell.param("V", (n_out, n_h)) @ (C.new @ x + rc.rowsum(C.new))
+                    + cell.param("Vc", (n_out, n_in)) @ (C.new.T @ u + rc.colsum(C.new * C.new)))
+    t = cell.target("target", n_out)
     cell.loss((y - t) ** 2 / 2)
     return cell
 
@@ -43,75 +46,6 @@ def test_gradients_against_finite_differences(name):
     cell = CELLS[name](N_IN, N_H, N_OUT)
     params, x, t = random_data(cell, T, B)
     check_grads(rc.compile(cell), params, x, t)
-
-
-# ----------------------------------------------------------------------------- PyTorch references
-def _mlstm(P, x, tg, torch):
-    dk = P["Wk"].shape[0]
-    C, n, m = torch.zeros(B, N_H, dk, dtype=torch.float64), torch.zeros(B, dk, dtype=torch.float64), \
-        torch.zeros(B, 1, dtype=torch.float64)
-    loss = 0
-    for s in range(T):
-        lin = lambda g: x[s] @ P[f"W{g}"].T + P[f"b{g}"]  # noqa: E731
-        q, k, v = lin("q"), lin("k") / dk ** 0.5, lin("v")
-        log_f = -torch.nn.functional.softplus(-lin("f"))
-        m_new = torch.maximum(log_f + m, lin("i"))
-        i, f = torch.exp(lin("i") - m_new), torch.exp(log_f + m - m_new)
-        C = f[:, :, None] * C + i[:, :, None] * v[:, :, None] * k[:, None, :]
-        n, m = f * n + i * k, m_new
-        den = torch.maximum((n * q).sum(1, keepdim=True).abs(), torch.exp(-m))
-        h = torch.sigmoid(lin("o")) * torch.einsum("bij,bj->bi", C, q) / den
-        loss = loss + (((h @ P["V"].T + P["by"]) - tg[s]) ** 2 / 2).sum()
-    return loss, {"C": C, "n": n, "m": m}
-
-
-def _fast_weights(P, x, tg, torch):
-    h, A = torch.zeros(B, N_H, dtype=torch.float64), torch.zeros(B, N_H, N_H, dtype=torch.float64)
-    loss = 0
-    for s in range(T):
-        z = h @ P["W"].T + x[s] @ P["U"].T + P["b"]
-        A = 0.9 * A + 0.5 * h[:, :, None] * h[:, None, :]
-        h = torch.tanh(z + torch.einsum("bij,bj->bi", A, torch.tanh(z)))
-        loss = loss + (((h @ P["V"].T + P["by"]) - tg[s]) ** 2 / 2).sum()
-    return loss, {"h": h, "A": A}
-
-
-def _delta_rule(P, x, tg, torch):
-    C = torch.zeros(B, N_H, P["Wk"].shape[0], dtype=torch.float64)
-    loss = 0
-    for s in range(T):
-        kr = x[s] @ P["Wk"].T
-        k = kr / torch.sqrt((kr ** 2).sum(1, keepdim=True) + 1e-6)
-        v, q = x[s] @ P["Wv"].T, x[s] @ P["Wq"].T
-        beta = torch.sigmoid(x[s] @ P["Wb"].T + P["bb"])
-        C = C - beta[:, :, None] * (torch.einsum("bij,bj->bi", C, k) - v)[:, :, None] * k[:, None, :]
-        y = torch.einsum("bij,bj->bi", C, q) @ P["V"].T + P["by"]
-        loss = loss + ((y - tg[s]) ** 2 / 2).sum()
-    return loss, {"C": C}
-
-
-def _diag_linear(P, x, tg, torch):
-    a = torch.exp(-torch.exp(P["nu"]))
-    h, loss = torch.zeros(B, N_H, dtype=torch.float64), 0
-    for s in range(T):
-        h = a * h + torch.sqrt(1 - a ** 2) * (x[s] @ P["B"].T)
-        loss = loss + (((h @ P["C"].T + x[s] @ P["D"].T) - tg[s]) ** 2 / 2).sum()
-    return loss, {"h": h}
-
-
-def _every_op(P, x, tg, torch):
-    C, loss = torch.zeros(B, N_H, N_IN, dtype=torch.float64), 0
-    for s in range(T):
-        g = torch.sigmoid(x[s] @ P["Wg"].T)
-        C = g[:, :, None] * C + torch.tanh(x[s] @ P["Wv"].T)[:, :, None] * x[s][:, None, :] / 2
-        r = torch.einsum("bij,bj->bi", C, x[s]) + C.sum(2)
-        c = torch.einsum("bij,i->bj", C, P["u"]) + (C * C).sum(1)
-        loss = loss + (((r @ P["V"].T + c @ P["Vc"].T) - tg[s]) ** 2 / 2).sum()
-    return loss, {"C": C}
-
-
-TORCH = {"mlstm": _mlstm, "fast_weights": _fast_weights, "delta_rule": _delta_rule,
-         "diag_linear": _diag_linear, "every_op": _every_op}
 
 
 @pytest.mark.parametrize("name", sorted(TORCH))
@@ -225,16 +159,86 @@ def test_inspect_draws_a_matrix_state_as_one_node_and_measures_its_flow():
     assert np.isfinite(flow.loss) and flow.loss == pytest.approx(rc.compile(cell).loss_and_grad(params, x, t)[0])
 
 
-def test_ptx_refuses_matrix_states_clearly():
-    cell = MATRIX_ZOO["mlstm"](N_IN, N_H, N_OUT)
-    with pytest.raises(CompileError, match=r"cell 'mlstm': matrix states \(C\) run on backend='numpy' or 'native' only"):
-        rc.compile(cell, backend="ptx")
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_ptx_host_runner_matches_the_oracle(name):
+    """The PTX kernels (one thread per output element) run on the host runner, stepwise and
+    as the persistent kernel, in float64 against the oracle (sums in the same order)."""
+    pytest.importorskip("llvmlite")
+    for options in (dict(persistent=False), dict()):
+        assert_matches_oracle(CELLS[name](N_IN, N_H, N_OUT), "ptx", T, B, runner="host", **options)
+
+
+def test_ptx_host_runner_with_a_given_initial_matrix_state_and_in_float32():
+    pytest.importorskip("llvmlite")
+    cell = every_op()
+    params, x, t = random_data(cell, T, B)
+    C0 = np.random.default_rng(1).normal(size=(B, N_H * N_IN))
+    dy = {"y": np.random.default_rng(2).normal(size=(T, B, N_OUT))}
+    ref = rc.compile(cell).vjp(params, x, h0={"C": C0}, d_outputs=dy)
+    got = rc.compile(cell, backend="ptx", runner="host").vjp(params, x, h0={"C": C0}, d_outputs=dy)
+    for k in params:
+        np.testing.assert_allclose(got.params[k], ref.params[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    np.testing.assert_allclose(got.h0["C"], ref.h0["C"], rtol=1e-9, atol=1e-12)
+    # float32 against the float64 oracle on float32-representable data: rounding only (2⁻²⁴
+    # per operation over sums of at most 4 terms and 5 steps), far inside 1e-5
+    as32 = [{k: np.asarray(v, np.float32) for k, v in d.items()} for d in (params, x, t)]
+    l32 = rc.compile(cell, backend="ptx", dtype="float32", runner="host").loss_and_grad(*as32)[0]
+    l64 = rc.compile(cell).loss_and_grad(*[{k: v.astype(np.float64) for k, v in d.items()} for d in as32])[0]
+    assert abs(l32 - l64) <= 1e-5 * abs(l64)
+
+
+@pytest.mark.parametrize("arch,dtype", [("sm_80", "float64"), ("sm_90", "float32")])
+def test_ptx_matrix_kernels_assemble_without_spills(arch, dtype):
+    from rnncomp.backends.ptx.ptxgen import find_ptxas, ptxas, spills
+    if find_ptxas() is None:
+        pytest.skip("ptxas (CUDA toolkit) not on PATH")
+    for name in sorted(CELLS):
+        for persistent in (False, True):
+            m = rc.compile(CELLS[name](16, 32, 8), backend="ptx", dtype=dtype, arch=arch, persistent=persistent)
+            kinds = {k: v.kind for k, v in m.plan.kernels.kernels.items()}
+            assert name == "diag_linear" or {"outer", "smatvec"} & set(kinds.values()), name
+            report = spills(ptxas(m.ptx, arch))
+            # the products (kind matvec: stacked input products of up to 6 terms) may spill
+            # in float64; every other entry, the matrix kernels and persistent loops included, not
+            assert not {k: v for k, v in report.items() if any(v) and kinds.get(k) != "matvec"}, (name, report)
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))
 def test_native_matches_the_oracle(name):
     pytest.importorskip("llvmlite")
     assert_matches_oracle(CELLS[name](N_IN, N_H, N_OUT), "native", T, B)
+
+
+# the native matrix ops walk rows in vectors of 64 bytes (16 float32 / 8 float64 lanes), a loop
+# over chunks beyond 16 of them, a scalar tail: rows of 35 have chunks and a tail in both dtypes;
+# rows of 300 take the loop (18 float32 / 37 float64 chunks) and several column groups
+@pytest.mark.parametrize("m,n", [(3, 35), (2, 300), (17, 16)])
+def test_native_vector_paths_match_the_oracle(m, n):
+    pytest.importorskip("llvmlite")
+    assert_matches_oracle(every_op(n, m, 2), "native", 3, 2)
+
+
+@pytest.mark.parametrize("m,n", [(3, 35), (2, 300)])
+@pytest.mark.parametrize("name", ["every_op", "mlstm", "delta_rule"])
+def test_native_float32_matches_the_float64_oracle(name, m, n):
+    """Native float32 against the float64 oracle on the same (float32-representable) data.
+    Tolerance: float32 rounding (2⁻²⁴ ≈ 6e-8) grows with sums of up to n terms per step over
+    T steps and through the backward pass; 1e-4 of the largest gradient entry (and 1e-5 of the
+    loss) leaves two orders of magnitude over what this sees, and a wrong index or a lost
+    tail chunk gives errors of order 1."""
+    pytest.importorskip("llvmlite")
+    cell = every_op(n, m, 2) if name == "every_op" else MATRIX_ZOO[name](3, m, 2, dk=n)  # C: (m, n)
+    params, x, t = random_data(cell, 3, 2)
+    f32 = lambda d: {k: np.asarray(v, np.float32) for k, v in d.items()}  # noqa: E731
+    params, x, t = f32(params), f32(x), f32(t)
+    f64 = lambda d: {k: v.astype(np.float64) for k, v in d.items()}  # noqa: E731
+    ref = rc.compile(cell).loss_and_grad(f64(params), f64(x), f64(t))
+    got = rc.compile(cell, backend="native", dtype="float32").loss_and_grad(params, x, t)
+    assert abs(got[0] - ref[0]) <= 1e-5 * abs(ref[0]), (got[0], ref[0])
+    big = max(np.abs(g).max() for g in ref[1].values())
+    for k in params:
+        assert got[1][k].dtype == np.float32
+        assert np.abs(got[1][k] - ref[1][k]).max() <= 1e-4 * big, k
 
 
 @pytest.mark.slow

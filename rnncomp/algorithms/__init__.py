@@ -6,7 +6,8 @@
 * :class:`DNI` — truncated BPTT with a synthetic gradient at each window's end (:mod:`.dni`);
 * :class:`BPTT` — back-propagation over each window of ``fit_online`` (:mod:`.online`);
 * :func:`compile_fixed_point` — settle to a fixed point, recurrent backprop (:mod:`.fixed_point`);
-* :func:`sequence_grad` — a whole sequence's gradient accumulated forward by any of them.
+* :func:`sequence_grad` — a whole sequence's gradient accumulated forward by any of them;
+* :mod:`.compiled` — which executor runs RTRL / SnAp: NumPy, or native (``backend="native"``).
 """
 from .base import Algorithm, SensitivityMemoryError, sequence_grad
 from .dni import DNI

@@ -85,9 +85,10 @@ def initial_learned(step, h0) -> set:
 
 
 def sequence_grad(algorithm: Algorithm, cell, params, inputs, targets, h0=None, mask=None, dtype="float64",
-                  prepared=None):
+                  prepared=None, backend="numpy"):
     """The loss and gradient of a whole sequence, accumulated forward in time by ``algorithm``
-    (the loss is the masked mean of the per-step costs, as ``model.loss_and_grad``).
+    (the loss is the masked mean of the per-step costs, as ``model.loss_and_grad``), on the
+    NumPy executor or, ``backend="native"``, compiled (:mod:`.compiled`; RTRL and dense SnAp).
 
     Returns ``(loss, {param: gradient}, final states)``.  A cell with derived weights or
     constants (``cell.weight``, ``cell.const``): the algorithm runs on the plain cell whose
@@ -105,26 +106,40 @@ def sequence_grad(algorithm: Algorithm, cell, params, inputs, targets, h0=None, 
         checked = {n: _array(cell.name, f"param {n!r}", params[n], s if isinstance(s, tuple) else (s,), dt, True)
                    for n, s in dw.params.items()}
         loss, g, final = sequence_grad(algorithm, dw.plain, dw.expand(checked, dt), inputs, targets, h0, mask,
-                                       dtype, prepared)
+                                       dtype, prepared, backend)
         return loss, dw.pullback(checked, g, dt), final
     st, dt = cell.step, np.dtype(dtype)
     if not st.has_loss:
         raise CallError(f"cell {st.name!r} has no loss (declare one with cell.loss)")
     call = check_call(st, dt, params, inputs, targets, h0, mask, need_targets=True)
     w = step_weights(call, dt)
-    prep = prepared or algorithm.prepare(st)
+    if prepared is None:
+        from .compiled import prepare
+        prepared = prepare(algorithm, st, backend, dt)
     states = initial_states(st, call, dt)
-    carry = prep.begin(call.params, states, initial_learned(st, call.h0), call.B, dt)
-    g = np.zeros(sum(n for _, n, _ in flat_layout(st).values()), dtype=dt)
-    loss = 0.0
-    for t in range(call.T):
-        env = step_env(st, call.params, states, {**call.inputs, **call.targets}, t)
-        run_program(st.prog, env, call.B, dt)
-        loss += float((w[t] * env[st.loss_key][:, 0]).sum())
-        gt, carry = prep.step(env, w[t], carry)
-        g += gt
-        states = {s: env[(s, "t")] for s in st.states}
+    carry = prepared.begin(call.params, states, initial_learned(st, call.h0), call.B, dt)
+    loss, g, states, _ = run_window(prepared, st, call.params, states, {**call.inputs, **call.targets},
+                                    0, call.T, w, carry)
     return loss, unflatten(st, g), {s: np.array(v) for s, v in states.items()}
+
+
+def run_window(prep, step, params, states, seqs, lo, hi, w, carry):
+    """Steps lo … hi-1 of the sequences ``seqs`` (weights ``w``, (hi-lo, B)) from ``states``:
+    ``(loss, flat ∂L/∂θ of these steps, states after, carry)``; natively where ``prep`` has
+    a ``window`` (:mod:`.compiled`), else one NumPy step at a time."""
+    if hasattr(prep, "window"):
+        return prep.window(params, states, seqs, lo, hi, w, carry)
+    B, dt = w.shape[1], w.dtype
+    g = np.zeros(sum(n for _, n, _ in flat_layout(step).values()), dtype=dt)
+    loss = 0.0
+    for t in range(lo, hi):
+        env = step_env(step, params, states, seqs, t)
+        run_program(step.prog, env, B, dt)
+        loss += float((w[t - lo] * env[step.loss_key][:, 0]).sum())
+        gt, carry = prep.step(env, w[t - lo], carry)
+        g += gt
+        states = {s: env[(s, "t")] for s in step.states}
+    return loss, g, states, carry
 
 
 def has_derived_weights(cell) -> bool:

@@ -8,16 +8,17 @@ For RTRL, SnAp and UORO each step adds its contribution to ∂L/∂θ as it runs
 its optimizer) and the carried sensitivities go on with the new parameters, as in Williams &
 Zipser's online RTRL.  :class:`BPTT` runs truncated BPTT over each window of ``every`` steps
 with the trainer's compiled model, the state carried across windows: the usual baseline.
-The online algorithms run on the NumPy executor in the trainer's dtype.
+The online algorithms run in the trainer's dtype on its backend: natively for RTRL and dense
+SnAp with ``backend="native"``, on the NumPy executor otherwise (with a warning where native
+was asked for, :mod:`.compiled`).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..backends.numpy import run_program
 from ..backends.validate import check_call, initial_states
 from ..errors import CallError
-from .base import Algorithm, has_derived_weights, initial_learned, step_env
+from .base import Algorithm, has_derived_weights, initial_learned, run_window
 
 
 class BPTT(Algorithm):
@@ -77,24 +78,16 @@ def fit_online(trainer, inputs, targets, every=1, h0=None):
     if hasattr(algo, "fit_windows"):  # DNI: windows of BPTT with a synthetic gradient at the end
         trainer.online_state = algo.fit_windows(trainer, call, every, lambda g, loss: apply(trainer, algo, g, loss, losses))
         return losses
-    prep = algo.prepare(st)
+    from .compiled import prepare
+    prep = prepare(algo, st, trainer.backend, dt, fallback=True)
     states = initial_states(st, call, dt)
     carry = prep.begin(trainer.params, states, initial_learned(st, call.h0), call.B, dt)
-    acc, acc_loss, n = np.zeros(trainer.flat.size, dtype=dt), 0.0, 0
     seqs = {**call.inputs, **call.targets}
-    for i in range(call.T):
-        left = min(every, call.T - (i - i % every))  # steps in this update's window
-        w = np.full(call.B, 1.0 / (left * call.B), dtype=dt)
-        env = step_env(st, trainer.params, states, seqs, i)
-        run_program(st.prog, env, call.B, dt)
-        acc_loss += float((w * env[st.loss_key][:, 0]).sum())
-        g, carry = prep.step(env, w, carry)
-        acc += g
-        n += 1
-        states = {s: env[(s, "t")] for s in st.states}
-        if n == left:
-            apply(trainer, algo, acc, acc_loss, losses)
-            acc, acc_loss, n = np.zeros_like(acc), 0.0, 0
+    for lo in range(0, call.T, every):
+        hi = min(lo + every, call.T)
+        w = np.full((hi - lo, call.B), 1.0 / ((hi - lo) * call.B), dtype=dt)
+        loss, g, states, carry = run_window(prep, st, trainer.params, states, seqs, lo, hi, w, carry)
+        apply(trainer, algo, g, loss, losses)
     trainer.online_state = {s: np.array(v) for s, v in states.items()}
     return losses
 

@@ -54,8 +54,8 @@ def _code_fingerprint() -> str:
 
     here = pathlib.Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for f in sorted([here / "native.py", here / "native_emit.py", here / "stackplan.py",
-                     here / "native_backward.py", *(here / "llvm").glob("*.py"), here.parent / "ir.py",
+    for f in sorted([*here.glob("native*.py"), here / "stackplan.py", *(here / "llvm").glob("*.py"),
+                     here.parent / "ir.py", here.parent / "array_rules.py",
                      here.parent / "autodiff.py", here.parent / "lower.py", here.parent / "stacking.py",
                      *(here.parent / "passes").glob("*.py")]):
         h.update(f.read_bytes())
@@ -295,8 +295,10 @@ class NativeModel(NativeBackward, NativeCalls, NativeVjp, CompiledModel):
                     lo += n
             elif node.op in ("sum", "lse"):
                 g.reduce(out, args[0], prog.node(node.args[0]).size, node.op == "lse", ld(key), ld(node.args[0]))
-            elif node.op in ("outer", "smatvec", "mbcast", "mreduce"):  # matrix states: plain loops
-                g.matrix(node, out, args, ld(key), [ld(a) for a in node.args])
+            elif node.op in ("outer", "smatvec", "mbcast", "mreduce"):  # matrix states: vector code
+                moved = self.dtype.itemsize * (node.size + sum(prog.node(a).size for a in node.args))
+                with section(g, "matrix ops", moved):
+                    g.matrix(node, out, args, ld(key), [ld(a) for a in node.args])
             else:
                 raise CompileError(f"native backend: no code for op {node.op!r}")
         if run:

@@ -16,6 +16,7 @@ from .llvm import kernel_library
 from .llvm import vecmath
 from .llvm.builder import I64, alloca_once, float_type, for_range, parallel_loop_md
 from .llvm.exprgen import LLVMPrinter
+from .native_matrix import MatrixEmitter
 
 
 
@@ -209,39 +210,28 @@ class Gen:
                 b.store(b.load(b.gep(v, [src])), b.gep(out, [dst]))
 
     def matrix(self, node, out, args, ld_out, ld_args):
-        """A matrix-state op (:mod:`rnncomp.matrix_dsl`; (m, n) flattened row-major) as plain loops
-        per row: outer o[i·n+j] = a[i]·c[j]; mbcast o[i·n+j] = v[i] (rows) or v[j] (columns);
-        smatvec o[i] += X[i·n+j]·v[j] (transposed: o[j] += X[i·n+j]·v[i]); mreduce o[i or j] += X[i·n+j]."""
-        b, (m, n), op = self.b, node.attrs["shape"], node.op
-        axis, tr = node.attrs.get("axis", 1), node.attrs.get("transposed", False)
+        """A matrix-state op (:mod:`rnncomp.matrix_dsl`; (m, n) flattened row-major) for every
+        sample, as vector code over the contiguous rows (:mod:`.native_matrix`)."""
+        b, em = self.b, MatrixEmitter(self.b, self.ty, self.dtype.itemsize)
         with for_range(b, self.B, name="mb") as r:
-            o = b.gep(out, [b.mul(r, I64(ld_out))])
-            a = [b.gep(p, [b.mul(r, I64(ld))]) for p, ld in zip(args, ld_args)]
-            if op in ("smatvec", "mreduce"):  # accumulated: zeroed first
-                with for_range(b, I64(node.size), name="z") as z:
-                    b.store(ir.Constant(self.ty, 0.0), b.gep(o, [z]))
-            with for_range(b, I64(m), name="i") as i:
-                with for_range(b, I64(n), name="j") as j:
-                    ij = b.add(b.mul(i, I64(n)), j)
-                    if op == "outer":
-                        b.store(b.fmul(b.load(b.gep(a[0], [i])), b.load(b.gep(a[1], [j]))), b.gep(o, [ij]))
-                    elif op == "mbcast":
-                        b.store(b.load(b.gep(a[0], [i if axis == 1 else j])), b.gep(o, [ij]))
-                    else:
-                        x = b.load(b.gep(a[0], [ij]))
-                        if op == "smatvec":
-                            x = b.fmul(x, b.load(b.gep(a[1], [i if tr else j])))
-                        dst = b.gep(o, [j if (tr if op == "smatvec" else axis == 0) else i])
-                        b.store(b.fadd(b.load(dst), x), dst)
+            o = b.gep(out, [b.mul(r, I64(ld_out))], inbounds=True)
+            a = [b.gep(p, [b.mul(r, I64(ld))], inbounds=True) for p, ld in zip(args, ld_args)]
+            em.emit(node.op, o, a, node.attrs["shape"], node.attrs.get("axis", 1), node.attrs.get("transposed", False))
 
     def reduce(self, out, v, n, lse, ld_out=1, ld_in=None):
+        """Σ_j v[b, j] (a row sum of a 1 × n matrix: vector lanes, :mod:`.native_matrix`) or,
+        ``lse``, the stable log Σ exp of ``vecmath.emit_row_reduce`` (shared with PTX)."""
         b = self.b
+        em = MatrixEmitter(b, self.ty, self.dtype.itemsize)
         acc = alloca_once(b, self.ty, "acc")
         mx = alloca_once(b, self.ty, "max")
         with for_range(b, self.B, name="b") as bi:
             row = b.gep(v, [b.mul(bi, I64(ld_in or n))])
-            r = vecmath.emit_row_reduce(b, row, n, lse, acc, mx)
-            b.store(r, b.gep(out, [b.mul(bi, I64(ld_out)) if ld_out != 1 else bi]))
+            dst = b.gep(out, [b.mul(bi, I64(ld_out)) if ld_out != 1 else bi])
+            if lse:
+                b.store(vecmath.emit_row_reduce(b, row, n, lse, acc, mx), dst)
+            else:
+                em.row_sums(dst, [row], 1, n)
 
 
 def units_of(node):

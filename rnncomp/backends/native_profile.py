@@ -20,10 +20,11 @@ import ctypes
 from llvmlite import ir
 
 #: the parts of a native call; "native total" is each entry point's whole body
-PARTS = ("step products", "hoisted products", "gradient products", "element-wise", "native total")
+PARTS = ("step products", "hoisted products", "gradient products", "element-wise", "matrix ops",
+         "native total")
 #: what the work of a part counts: FLOPs for products, bytes read and written otherwise
 UNITS = {"step products": "flop", "hoisted products": "flop", "gradient products": "flop",
-         "element-wise": "byte", "native total": "flop"}
+         "element-wise": "byte", "matrix ops": "byte", "native total": "flop"}
 _GLOBAL = "rnncomp_profile"
 _I64 = ir.IntType(64)
 

@@ -7,6 +7,8 @@ for the element-wise code) and that rate as a share of the machine's limit (the 
 ``inspect/peak.py`` for the products; for element-wise code the bandwidth of a large NumPy copy,
 a DRAM figure: values that stay in cache can beat it).
 
+"matrix ops" (a row only for cells with matrix states) are the per-sample outer products,
+matrix-vector products, broadcasts and reductions of ``backends/native_matrix.py``, in GB/s.
 "other native" is the native code outside those parts (the loops, slices, copies of the
 carried adjoints, packing of weights); "outside native" is the rest of the wall time: the
 Python call, argument checks and ctypes. With ``threads > 1`` the parts add the time of every
@@ -30,6 +32,7 @@ from ..backends import native_profile as counters
 from .flow import random_problem
 
 _PARTS = [p for p in counters.PARTS if p != "native total"]
+_ONLY_WHEN_USED = ("matrix ops",)  # a row only for cells with matrix states
 
 
 @dataclass
@@ -112,6 +115,8 @@ def profile(cell, *, T: int = 100, B: int = 32, dtype: str = "float32", threads:
         bytes_limit = _copy_bandwidth()
     rows = []
     for p in _PARTS:
+        if p in _ONLY_WHEN_USED and p not in model.profile_work:
+            continue
         unit = counters.UNITS[p]
         rows.append(Row(p, sec[p], sec[p] / wall, work[p] or None, unit,
                         flops_limit if unit == "flop" else bytes_limit))

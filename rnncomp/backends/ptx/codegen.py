@@ -267,6 +267,34 @@ class KernelSet:
             b.store(r, b.gep(out, [g.row_index(gid, None, ld_out)], inbounds=True))
         return self.add("lse" if lse else "sum", 2, body, per_row=1, doc=doc)
 
+    def matrix(self, op: str, shape, size: int, ld_args, axis=1, transposed=False, doc="", ld_out=None) -> str:
+        """A matrix-state op (:mod:`rnncomp.matrix_dsl`; (m, n) row-major per sample), one thread
+        per output element: ``outer`` o[i·n+j] = a[i]·c[j], ``mbcast`` o[i·n+j] = v[i] (axis 1)
+        or v[j]; ``smatvec`` o[i] = Σ_j X[i·n+j]·v[j] (transposed: o[j] = Σ_i X[i·n+j]·u[i]),
+        ``mreduce`` the same sums without the vector (axis 1: over each row)."""
+        (m, n), ld_args, ld_out = shape, tuple(ld_args), ld_out or size
+        along_rows = not transposed if op == "smatvec" else axis == 1   # a sum over j in row e
+
+        def body(g, gid, N, R, ptrs):
+            b = g.b
+            *args, out = ptrs
+            bi, e = g.divmod(gid, size)
+            rows = [b.gep(p, [b.mul(bi, I64(ld))], inbounds=True) for p, ld in zip(args, ld_args)]
+            at = lambda p, k: b.load(b.gep(p, [k], inbounds=True))  # noqa: E731
+            if op in ("outer", "mbcast"):
+                i, j = g.divmod(e, n)
+                v = b.fmul(at(rows[0], i), at(rows[1], j)) if op == "outer" else at(rows[0], i if axis == 1 else j)
+            else:
+                acc = g.local_acc()
+                with for_range(b, I64(n if along_rows else m), name="k") as k:
+                    x = at(rows[0], b.add(b.mul(e, I64(n)), k) if along_rows else b.add(b.mul(k, I64(n)), e))
+                    if op == "smatvec":
+                        x = b.fmul(x, at(rows[1], k))
+                    b.store(b.fadd(b.load(acc), x), acc)
+                v = b.load(acc)
+            b.store(v, b.gep(out, [g.row_index(bi, e, ld_out)], inbounds=True))
+        return self.add(op, len(ld_args) + 1, body, per_row=size, doc=doc)
+
     def copy(self, n: int, doc="", ld_src=None, ld_dst=None) -> str:
         ld_src, ld_dst = ld_src or n, ld_dst or n
 

@@ -190,4 +190,8 @@ def _node_launch(ks: KernelSet, prog, key, node, rows, L, shapes, tr_weight=None
     if node.op in ("sum", "lse"):
         name = ks.reduce(prog.node(a).size, node.op == "lse", doc=doc, ld_in=L.ld(a), ld_out=ld)
         return Launch(name, (a, key), note=doc)
+    if node.op in ("outer", "smatvec", "mbcast", "mreduce"):  # matrix states
+        name = ks.matrix(node.op, node.attrs["shape"], node.size, [L.ld(x) for x in node.args],
+                         node.attrs.get("axis", 1), node.attrs.get("transposed", False), doc=doc, ld_out=ld)
+        return Launch(name, tuple(node.args) + (key,), note=doc)
     raise CompileError(f"ptx backend: no kernel for op {node.op!r} ({doc})")

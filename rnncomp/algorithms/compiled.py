@@ -1,0 +1,79 @@
+"""Which executor runs an online algorithm's steps: the NumPy one (the reference) or native code.
+
+    prepare(algorithm, step, backend, dtype) → an object with ``begin``, ``step`` and ``window``
+
+``backend="native"`` compiles the forward step and the sensitivity recursion into one loop
+(:mod:`rnncomp.backends.native_tangent`) for RTRL and dense SnAp (``rc.SnAp(n, sparse=False)``,
+RTRL's recursion with the pattern applied).  UORO, sparse SnAp and cells with matrix states
+have no native executor yet: :func:`prepare` raises :class:`CompileError` saying so, and a
+Trainer with ``backend="native"`` runs them on the NumPy executor after a warning
+(:class:`NumpyFallbackWarning`).
+
+    >>> import numpy as np, rnncomp as rc
+    >>> from rnncomp.algorithms.base import sequence_grad
+    >>> cell = rc.cells.elman(2, 3, 1)
+    >>> params = cell.init_params(seed=0, dtype="float64")
+    >>> x, y = np.ones((4, 2, 2)), np.zeros((4, 2, 1))
+    >>> l1, g1, _ = sequence_grad(rc.RTRL(), cell, params, x, y, backend="native")
+    >>> l2, g2, _ = sequence_grad(rc.RTRL(), cell, params, x, y)
+    >>> bool(abs(l1 - l2) < 1e-12 and all(np.allclose(g1[p], g2[p], rtol=0, atol=1e-12) for p in g1))
+    True
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from ..errors import CompileError
+
+
+class NumpyFallbackWarning(UserWarning):
+    """A Trainer asked for the native backend runs its online algorithm on the NumPy executor."""
+
+
+def prepare(algorithm, step, backend: str = "numpy", dtype="float64", *, fallback: bool = False):
+    """``algorithm`` prepared for ``step`` on ``backend`` ("numpy" or "native").
+
+    ``fallback``: where the native executor has no code for this algorithm or cell, warn
+    (:class:`NumpyFallbackWarning`) and return the NumPy executor instead of raising."""
+    prep = algorithm.prepare(step)
+    if backend == "numpy":
+        return prep
+    try:
+        if backend != "native":
+            raise CompileError(f"{algorithm!r} has no executor for backend {backend!r} (native or numpy)")
+        return Native(algorithm, prep, dtype)
+    except CompileError as exc:
+        if not fallback:
+            raise
+        warnings.warn(f"{exc}; running {algorithm!r} on the NumPy executor", NumpyFallbackWarning, stacklevel=3)
+        return prep
+
+
+class Native:
+    """A prepared RTRL or dense SnAp whose windows run natively (``begin`` and ``step`` are
+    the NumPy executor's: the carry is the same ``{state: (B, K, n)}`` sensitivity)."""
+
+    def __init__(self, algorithm, prep, dtype):
+        from ..backends.native_tangent import OnlineKernel
+        from .rtrl import _Prepared as RtrlPrepared
+
+        if not isinstance(prep, RtrlPrepared):
+            why = ("sparse SnAp (rc.SnAp(n, sparse=False) runs natively, at RTRL's cost)"
+                   if type(prep).__name__ == "_Sparse" else f"{algorithm!r}")
+            raise CompileError(f"cell {prep.st.name!r}: the native online executor has no code for {why} yet")
+        self.prep, self.st = prep, prep.st
+        self.kernel = OnlineKernel(prep.st, prep.ts, prep.dirs, dtype, getattr(prep, "mask", None))
+
+    def begin(self, params, states, learned, B, dtype):
+        return {s: np.ascontiguousarray(J, dtype=dtype)
+                for s, J in self.prep.begin(params, states, learned, B, dtype).items()}
+
+    def step(self, env, w, carry):
+        return self.prep.step(env, w, carry)
+
+    def window(self, params, states, seqs, lo, hi, w, carry):
+        """Steps lo … hi-1 (``w``: their weights, (hi-lo, B)): (loss, flat ∂L/∂θ, states, carry)."""
+        loss, g, final = self.kernel.run(params, states, {k: v[lo:hi] for k, v in seqs.items()}, w, carry)
+        return loss, g, final, carry

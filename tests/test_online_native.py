@@ -1,0 +1,145 @@
+"""The native executor of RTRL and dense SnAp (rnncomp/backends/native_tangent.py, issue #20).
+
+Oracles: the NumPy executor of the same algorithm (same recursion, other code: 1e-10 relative
+to each gradient's largest entry in float64; observed ~1e-15), the rolled BPTT of the NumPy
+reference model (the same sum in another order: 1e-10 as in test_online.py), and for
+fit_online the NumPy trainer's parameters after the same updates.  float32: 1e-4 relative
+(a few hundred float32 roundings per entry over T steps).
+"""
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+import rnncomp as rc
+from rnncomp.algorithms import RTRL, SnAp, UORO, sequence_grad
+from rnncomp.algorithms.compiled import NumpyFallbackWarning, prepare
+from rnncomp.errors import CompileError
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from fuzzgen import calls, fuzz_cells, fuzz_data  # noqa: E402
+from gradcheck import random_data  # noqa: E402
+
+
+def rel_err(g1, g2):
+    return max(float(np.abs(g1[k] - g2[k]).max()) / max(float(np.abs(g1[k]).max()), 1e-300) for k in g1)
+
+
+def oracle(cell, *args, **kw):
+    return rc.compile(cell, backend="numpy").loss_and_grad(*args, **kw)
+
+
+@pytest.mark.parametrize("name", sorted(rc.cells.ZOO))
+@pytest.mark.parametrize("loss", ["mse", "xent"])
+def test_native_rtrl_equals_numpy_rtrl_and_bptt_on_the_zoo(name, loss):
+    cell = rc.cells.ZOO[name](2, 3, 2, loss=loss)
+    params, x, y = random_data(cell, T=6, B=3, seed=2)
+    l0, g0, f0 = oracle(cell, params, x, y)
+    l1, g1, f1 = sequence_grad(RTRL(), cell, params, x, y)
+    l2, g2, f2 = sequence_grad(RTRL(), cell, params, x, y, backend="native")
+    assert abs(l2 - l1) <= 1e-12 * abs(l1) and abs(l2 - l0) <= 1e-12 * abs(l0)
+    assert rel_err(g1, g2) < 1e-10
+    assert rel_err(g0, g2) < 1e-10
+    for s in f0:
+        np.testing.assert_allclose(f2[s], f0[s], rtol=1e-13, atol=1e-15)
+
+
+@settings(max_examples=12)
+@given(fuzz_cells(max_depth=2), calls(max_T=5, max_B=3))
+def test_rtrl_equals_bptt_on_fuzzed_cells(cell, call):
+    """Masks, given and learned initial states, kinks, slices, concats, Jordan states (fuzzgen);
+    both executors against the oracle, and each other."""
+    T, B, seed, mask_kind, h0_kind, _ = call
+    params, x, y, mask, h0 = fuzz_data(cell, T, B, seed, mask_kind, h0_kind)
+    l0, g0, _ = oracle(cell, params, x, y, h0=h0, mask=mask)
+    got = [sequence_grad(RTRL(), cell, params, x, y, h0=h0, mask=mask, backend=b) for b in ("numpy", "native")]
+    for loss, g, _ in got:
+        assert abs(loss - l0) <= 1e-11 * max(abs(l0), 1e-300)
+        assert rel_err(g0, g) < 1e-10
+    assert rel_err(got[0][1], got[1][1]) < 1e-10
+
+
+@pytest.mark.parametrize("name", ["elman", "gru", "lstm"])
+@pytest.mark.parametrize("n", [1, 2])
+def test_native_dense_snap_equals_numpy_snap(name, n):
+    cell = rc.cells.ZOO[name](2, 4, 2)
+    params, x, y = random_data(cell, T=6, B=2, seed=5)
+    _, g1, _ = sequence_grad(SnAp(n, sparse=False), cell, params, x, y)
+    _, g2, _ = sequence_grad(SnAp(n, sparse=False), cell, params, x, y, backend="native")
+    _, g3, _ = sequence_grad(SnAp(n, sparse=True), cell, params, x, y)
+    assert rel_err(g1, g2) < 1e-10
+    assert rel_err(g3, g2) < 1e-10  # and the sparse executor's, the same recursion once more
+    if n == 1:  # SnAp-1 of a dense recurrence is biased: the mask did act (SnAp-2 reaches every unit)
+        _, g0, _ = oracle(cell, params, x, y)
+        assert rel_err(g0, g2) > 1e-6
+
+
+def test_native_rtrl_float32():
+    cell = rc.cells.gru(3, 8, 2)
+    params, x, y = random_data(cell, T=10, B=4, seed=1)
+    _, g0, _ = oracle(cell, params, x, y)
+    f32 = lambda d: {k: v.astype(np.float32) for k, v in d.items()}  # noqa: E731
+    _, g2, _ = sequence_grad(RTRL(), cell, f32(params), f32(x), f32(y), dtype="float32", backend="native")
+    assert all(v.dtype == np.float32 for v in g2.values())
+    assert rel_err(g0, g2) < 1e-4
+
+
+@pytest.mark.parametrize("gradient", [RTRL(), SnAp(1, sparse=False)])
+def test_fit_online_native_follows_the_numpy_trainer(gradient):
+    """Same updates (every 3 steps, SGD, a last short window): same parameters and losses."""
+    cell = rc.cells.lstm(2, 4, 1)
+    params, x, y = random_data(cell, T=11, B=3, seed=6)
+    out = []
+    for backend in ("numpy", "native"):
+        tr = rc.Trainer(cell, optimizer=rc.SGD(0.1), gradient=gradient, backend=backend, dtype="float64",
+                        params={k: v.copy() for k, v in params.items()})
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", NumpyFallbackWarning)  # native means native here
+            losses = tr.fit_online(x["x"], y["target"], every=3)
+        out.append((losses, {k: np.array(v) for k, v in tr.params.items()}, tr.online_state))
+    (l1, p1, s1), (l2, p2, s2) = out
+    assert len(l2) == 4
+    np.testing.assert_allclose(l2, l1, rtol=1e-12)
+    assert rel_err(p1, p2) < 1e-12
+    for s in s1:
+        np.testing.assert_allclose(s2[s], s1[s], rtol=1e-12, atol=1e-14)
+
+
+def test_what_has_no_native_code_is_named_and_the_trainer_falls_back():
+    from rnncomp import zoo_matrix
+    cell = zoo_matrix.fast_weights(2, 3, 2)
+    params, x, y = random_data(cell, T=3, B=2, seed=3)
+    with pytest.raises(CompileError, match=r"fast_weights.*no code for op\(s\) .*outer.*backend='numpy'"):
+        sequence_grad(RTRL(), cell, params, x, y, backend="native")
+    elman = rc.cells.elman(2, 3, 1)
+    with pytest.raises(CompileError, match=r"no code for rc.UORO\(seed=0\)"):
+        prepare(UORO(), elman.step, "native")
+    with pytest.raises(CompileError, match=r"sparse SnAp.*sparse=False"):
+        prepare(SnAp(1, sparse=True), elman.step, "native")
+    # the trainer says so and runs the NumPy executor: the same numbers as backend="numpy"
+    res = []
+    for backend in ("native", "numpy"):
+        tr = rc.Trainer(cell, optimizer=rc.SGD(0.1), gradient=RTRL(), backend=backend, dtype="float64",
+                        params={k: v.copy() for k, v in params.items()})
+        if backend == "native":
+            with pytest.warns(NumpyFallbackWarning, match=r"fast_weights.*NumPy executor"):
+                res.append(tr.fit_online(x["x"], y["target"], every=1))
+        else:
+            res.append(tr.fit_online(x["x"], y["target"], every=1))
+    np.testing.assert_allclose(res[0], res[1], rtol=1e-13)
+
+
+def test_default_trainer_runs_rtrl_natively_in_float32():
+    """Trainer's defaults (native, float32): the native executor in float32, no fallback."""
+    cell = rc.cells.lstm(1, 4, 1)
+    s = np.sin(np.arange(61) * 0.3)[:, None, None]
+    for g in (rc.RTRL(), rc.SnAp(1, sparse=False)):
+        tr = rc.Trainer(cell, optimizer=rc.Adam(0.01), gradient=g, clip_norm=1.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", NumpyFallbackWarning)
+            losses = tr.fit_online(s[:-1], s[1:], every=5)
+        assert len(losses) == 12 and np.isfinite(losses).all()
+        assert np.mean(losses[-3:]) < np.mean(losses[:3])  # it learns the sine
+        assert tr.flat.dtype == np.float32 and tr.online_state["c"].dtype == np.float32
