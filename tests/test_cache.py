@@ -193,3 +193,30 @@ def test_default_cache_dir_is_the_platform_one(tmp_path, monkeypatch):
         assert default_cache_dir() == str(tmp_path / "rnncomp")
     monkeypatch.setenv("RNNCOMP_CACHE_DIR", str(tmp_path / "mine"))
     assert default_cache_dir() == str(tmp_path / "mine")
+
+
+def _twice_module():
+    from llvmlite import ir
+    m = ir.Module(name="twice")
+    f = ir.Function(m, ir.FunctionType(ir.DoubleType(), [ir.DoubleType()]), "twice")
+    b = ir.IRBuilder(f.append_basic_block())
+    b.ret(b.fadd(f.args[0], f.args[0]))
+    return m
+
+
+@pytest.mark.parametrize("entry", ["compile_module", "compile_keyed"])
+def test_the_optimisation_pipeline_is_part_of_the_cache_key(tmp_path, entry):
+    """Cells compile with ``unroll=False`` (jit.optimize), kernels with the full pipeline: the
+    same IR or key under the other pipeline must be a miss, never the other's object."""
+    host = jit.HostTarget.detect()
+    compile_ = (lambda unroll: jit.compile_module(_twice_module(), unroll=unroll, cache=str(tmp_path))) \
+        if entry == "compile_module" else \
+        (lambda unroll: jit.compile_keyed("twice", _twice_module, unroll=unroll, cache=str(tmp_path)))
+    key = str(_twice_module()) if entry == "compile_module" else "twice"
+    compile_(True)
+    assert len(glob.glob(str(tmp_path / "obj" / "*.o"))) == 1
+    compile_(False)
+    objs = glob.glob(str(tmp_path / "obj" / "*.o"))
+    assert len(objs) == 2                                   # a miss: a second object
+    assert jit._cache_key(key, host, 3, True) != jit._cache_key(key, host, 3, False)
+    assert jit._cache_key(key, host, 3, True) == jit._cache_key(key, host, 3)   # default unchanged

@@ -201,8 +201,12 @@ class NativeModel(NativeLayout, NativeBackward, NativeCalls, NativeVjp, BackendM
             flush(run)
 
     def _compile(self, key, build):
+        # unroll=False: the element-wise loops run over a constant number of units, and LLVM
+        # unrolled them in full: 4x the code for no measurable speed (jit.optimize). The
+        # products, where unrolling pays, are kernels compiled with the full pipeline
         try:
-            return compile_keyed(key, build, cache=self._cache, host=self.host, link=kernel_library.link)
+            return compile_keyed(key, build, unroll=False, cache=self._cache, host=self.host,
+                                 link=kernel_library.link)
         except CompileError:
             raise
         except Exception as exc:  # noqa: BLE001 - any LLVM failure becomes a clear error

@@ -43,11 +43,11 @@ class LLVMPrinter:
         return ir.Constant(self.ty, float(v))
 
     def emit_all(self, template: sp.Expr):
-        """Print with common sub-expressions shared (sympy's cse)."""
-        subs, (reduced,) = sp.cse([template], optimizations="basic")
-        for sym, e in subs:
-            self.args[sym] = self.print(e)
-        return self.print(reduced)
+        """Print with common sub-expressions shared: sympy expressions are hash-consed, so
+        :meth:`print`'s memo emits each distinct sub-expression once.  (``sp.cse`` before it
+        took 60-85% of a cell's IR generation; with or without it, the zoo's cells optimise
+        to the same number of instructions within 0.3%.)"""
+        return self.print(template)
 
     def print(self, e):
         if e in self.args:

@@ -1,8 +1,9 @@
 """Turning an llvmlite ``ir.Module`` into callable native code for this CPU.
 
 Owns: LLVM initialisation, the host target machine, the optimisation pipeline
-(new pass manager, O3, loop + SLP vectorisation), object emission, the on-disk
-object cache and loading objects into an MCJIT engine.  No global engines: every
+(new pass manager, O3, loop + SLP vectorisation; loop unrolling optional, see
+:func:`optimize`), object emission, the on-disk object cache and loading objects
+into an MCJIT engine.  No global engines: every
 ``NativeLibrary`` owns its engine and keeps it alive as long as it is referenced.
 
     >>> from llvmlite import ir
@@ -79,13 +80,19 @@ def default_cache_dir() -> str:
     return platformdirs.user_cache_dir("rnncomp", appauthor=False)
 
 
-def optimize(mod, tm, level: int = 3) -> None:
-    """Run the new pass manager's O``level`` pipeline with loop and SLP vectorisation."""
+def optimize(mod, tm, level: int = 3, unroll: bool = True) -> None:
+    """Run the new pass manager's O``level`` pipeline with loop and SLP vectorisation.
+
+    ``unroll=False`` turns off loop unrolling and interleaving.  A cell's element-wise loops
+    run over a compile-time number of units, so after vectorisation LLVM unrolled each one,
+    inlined vector math and all, completely: 4x the code and 2-3x the optimisation and code
+    generation time of an LSTM, for no speed we could measure (docs/architecture.md,
+    "Compile time")."""
     pto = llvm.PipelineTuningOptions(speed_level=level)
-    pto.loop_interleaving = True
+    pto.loop_interleaving = unroll
     pto.loop_vectorization = True
     pto.slp_vectorization = True
-    pto.loop_unrolling = True
+    pto.loop_unrolling = unroll
     pb = llvm.create_pass_builder(tm, pto)
     pm = pb.getModulePassManager()
     pm.run(mod, pb)
@@ -106,9 +113,9 @@ class NativeLibrary:
     """Compiled object code loaded into its own MCJIT engine."""
 
     def __init__(self, obj: bytes, ir_text: str | None, host: HostTarget, optimized_ir: str | None,
-                 rebuild=None):
+                 rebuild=None, unroll: bool = True):
         _ensure_init()
-        self._ir_text, self._rebuild = ir_text, rebuild
+        self._ir_text, self._rebuild, self._unroll = ir_text, rebuild, unroll
         self._optimized_ir = optimized_ir
         self.host = host
         self._object = obj
@@ -148,14 +155,15 @@ class NativeLibrary:
         if self._optimized_ir is None:
             mod = llvm.parse_assembly(self.ir_text)
             tm = self.host.machine()
-            optimize(mod, tm)
+            optimize(mod, tm, unroll=self._unroll)
             self._optimized_ir = str(mod)
         return self._optimized_ir
 
 
-def _cache_key(ir_text: str, host: HostTarget, level: int) -> str:
+def _cache_key(ir_text: str, host: HostTarget, level: int, unroll: bool = True) -> str:
     h = hashlib.sha256()
-    for part in (ir_text, host.triple, host.cpu, host.features, str(level), llvmlite.__version__,
+    pipeline = str(level) if unroll else f"{level} no-unroll"  # unchanged keys for the default
+    for part in (ir_text, host.triple, host.cpu, host.features, pipeline, llvmlite.__version__,
                  ".".join(map(str, llvm.llvm_version_info))):
         h.update(part.encode())
         h.update(b"\0")
@@ -204,7 +212,7 @@ def _cache_dir(cache) -> str:
     return os.fspath(cache)
 
 
-def compile_keyed(key: str, build, *, level: int = 3, cache: str | None = "default",
+def compile_keyed(key: str, build, *, level: int = 3, unroll: bool = True, cache: str | None = "default",
                   host: HostTarget | None = None, link=None) -> NativeLibrary:
     """Like :func:`compile_module`, but looks the cache up by ``key`` (a description of what
     ``build()`` would generate) *before* generating any IR: a warm compile skips codegen.
@@ -214,23 +222,24 @@ def compile_keyed(key: str, build, *, level: int = 3, cache: str | None = "defau
     host = host or HostTarget.detect()
     path = None
     if cache is not None:
-        path = os.path.join(_cache_dir(cache), "obj", "k-" + _cache_key(key, host, level) + ".o")
+        path = os.path.join(_cache_dir(cache), "obj", "k-" + _cache_key(key, host, level, unroll) + ".o")
         obj = _read_cache(path)
         if obj is not None:
             if link is not None:
                 link(obj, host, cache)
-            return NativeLibrary(obj, None, host, None, rebuild=build)
-    lib = compile_module(build(), level=level, cache=None, host=host,   # the kernels keep `cache`
+            return NativeLibrary(obj, None, host, None, rebuild=build, unroll=unroll)
+    lib = compile_module(build(), level=level, unroll=unroll, cache=None, host=host,  # kernels keep `cache`
                          link=None if link is None else (lambda obj, h, _: link(obj, h, cache)))
     if path is not None:
         _write_cache(path, lib._object)
     return lib
 
 
-def compile_module(ir_module, *, level: int = 3, cache: str | None = "default",
+def compile_module(ir_module, *, level: int = 3, unroll: bool = True, cache: str | None = "default",
                    host: HostTarget | None = None, link=None) -> NativeLibrary:
     """Verify, optimise and compile ``ir_module`` for the host; load it.
 
+    ``level`` and ``unroll``: the optimisation pipeline (:func:`optimize`).
     ``cache``: a directory for object files, ``"default"`` for
     :func:`default_cache_dir`, or ``None`` to compile without a cache.  An
     unwritable cache directory only costs the cache, never the compile.
@@ -239,19 +248,19 @@ def compile_module(ir_module, *, level: int = 3, cache: str | None = "default",
     ir_text = str(ir_module)
     path = None
     if cache is not None:
-        path = os.path.join(_cache_dir(cache), "obj", _cache_key(ir_text, host, level) + ".o")
+        path = os.path.join(_cache_dir(cache), "obj", _cache_key(ir_text, host, level, unroll) + ".o")
         obj = _read_cache(path)
         if obj is not None:
             if link is not None:
                 link(obj, host, cache)
-            return NativeLibrary(obj, ir_text, host, None)
+            return NativeLibrary(obj, ir_text, host, None, unroll=unroll)
     mod = parse_and_verify(ir_module)
     tm = host.machine()
     if level > 0:
-        optimize(mod, tm, level)
+        optimize(mod, tm, level, unroll)
     obj = tm.emit_object(mod)
     if path is not None:
         _write_cache(path, obj)
     if link is not None:
         link(obj, host, cache)
-    return NativeLibrary(obj, ir_text, host, str(mod) if level > 0 else None)
+    return NativeLibrary(obj, ir_text, host, str(mod) if level > 0 else None, unroll=unroll)
