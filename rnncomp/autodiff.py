@@ -106,9 +106,13 @@ def partials(template: sp.Expr, nargs: int) -> tuple:
 
 
 def _nondiff_name(template: sp.Expr) -> str:
+    """The function in ``template`` that has no derivative: judged on the function alone, so
+    in tanh(floor(x) + x) it is floor, not the tanh whose derivative contains floor's."""
     for f in sp.preorder_traversal(template):
-        if isinstance(f, sp.Function) and sp.diff(f, *[s for s in f.free_symbols][:1]).has(sp.Derivative):
-            return f.func.__name__
+        if isinstance(f, sp.Function) and not isinstance(f, sp.Piecewise):
+            xs = sp.symbols(f"u0:{len(f.args)}", real=True)
+            if any(sp.diff(f.func(*xs), x).has(sp.Derivative) for x in xs):
+                return f.func.__name__
     return str(template)
 
 

@@ -80,6 +80,15 @@ def test_unsupported_function_is_named_with_the_list():
         cell.update(h, g(h))
 
 
+def test_the_error_names_the_function_without_a_derivative_not_the_one_around_it():
+    cell, x, h = base()
+    W = cell.param("W", (4, 3))
+    cell.update(h, sp.tanh(sp.floor(W @ x) + W @ x) + h / 2)
+    cell.loss(h.new ** 2)
+    with pytest.raises(DifferentiationError, match=r"uses 'floor', which has no derivative"):
+        rc.backward_step(cell.step)
+
+
 def test_non_differentiable_function_where_gradient_is_required():
     cell, x, h = base()
     cell.update(h, sp.floor(cell.param("W", (4, 3)) @ x) + h / 2)

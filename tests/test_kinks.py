@@ -29,7 +29,9 @@ from hypothesis import event, given, settings, strategies as st
 
 import rnncomp as rc
 from rnncomp.backends.numpy import unrolled_loss_and_grad
+from rnncomp.autodiff import partials
 from rnncomp.errors import DifferentiationError
+from rnncomp.ir import placeholder
 
 N = 3                                    # units: [at the kink, above it, below it]
 OFFSETS = np.array([0.0, 0.25, -0.25])   # u = x - p at the three units
@@ -294,3 +296,18 @@ def test_fuzz_at_kinks_cuda(cell, tb, seed):
         pytest.skip("needs a CUDA GPU, its driver and cuda-python")
     hits = check_pl_cell(cell, *tb, seed, ptx="cuda", native=False)
     event(f"exact kink hits: {'0' if hits == 0 else '1-4' if hits < 5 else '5+'}")
+
+
+@pytest.mark.parametrize("f, point", [(sp.Max, (1.0, 0.0, 1.0)), (sp.Max, (2.0, 2.0, 2.0)), (sp.Max, (0.0, 3.0, 1.0)),
+                                      (sp.Min, (0.0, 1.0, 0.0)), (sp.Min, (-1.0, -1.0, -1.0))])
+def test_three_way_extreme_takes_the_first_tied_argument(f, point):
+    """Max/Min of three at a tie: the derivative 1 goes to the first argument (in sympy's order)
+    attaining the extreme, 0 to every other (the convention; a product over all the others,
+    so a rule that looked at one neighbour only would give two arguments a 1)."""
+    u = [placeholder(i) for i in range(3)]
+    tmpl = f(*u)
+    order = [tmpl.args.index(ui) for ui in u]
+    value = f(*point)
+    got = [float(sp.sympify(d).subs({**dict(zip(u, point)), placeholder(3): value})) for d in partials(tmpl, 3)]
+    first = min((i for i in range(3) if point[i] == value), key=order.__getitem__)
+    assert got == [1.0 if i == first else 0.0 for i in range(3)], (tmpl, point, got)

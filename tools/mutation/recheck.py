@@ -1,0 +1,53 @@
+"""Re-run chosen tests against chosen mutants of a tools/mutation.sh run.
+
+    python tools/mutation/recheck.py TARGET 'MUTANT_GLOB' TEST [TEST ...]
+
+e.g. ``python tools/mutation/recheck.py autodiff 'rnncomp.autodiff.x__vjp_pad__mutmut_*'
+tests/test_vjp_rules.py``.  The tests are copied from the repository as they are now (so a
+new test can be shown to kill a mutant of an earlier run); the mutants are those mutmut
+generated in .mutation/TARGET/mutants.  Each mutant runs in a fork of one process that has
+imported and collected the tests but run none (no cache holds an unmutated result), with an
+empty compile cache (see cache_plugin.py).  Prints one line per mutant, killed or SURVIVED,
+and exits non-zero if any survived.
+"""
+import fnmatch
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+root = Path(__file__).resolve().parents[2]
+target, pattern, tests = sys.argv[1], sys.argv[2], sys.argv[3:]
+work = root / ".mutation" / target / "mutants"
+names = []
+for meta in work.rglob("*.py.meta"):
+    names += [n for n in json.loads(meta.read_text())["exit_code_by_key"] if fnmatch.fnmatchcase(n, pattern)]
+names.sort(key=lambda n: (n.rsplit("_", 1)[0], int(n.rsplit("_", 1)[1])))
+if not names:
+    sys.exit(f"no mutant of {target} matches {pattern}")
+for t in tests:
+    f = t.split("::")[0]
+    shutil.copy(root / f, work / f)
+shutil.copy(root / "tools" / "mutation" / "cache_plugin.py", work / "mutation_cache_plugin.py")
+os.chdir(work)
+sys.path.insert(0, str(work))
+os.nice(10)
+import pytest  # noqa: E402
+
+args = ["-q", "-x", "-p", "mutation_cache_plugin", "-p", "no:cacheprovider", "-p", "no:xdist", *tests]
+pytest.main(["--collect-only", "-qqq", *args])
+survived = []
+for name in names:
+    pid = os.fork()
+    if pid == 0:
+        os.environ["MUTANT_UNDER_TEST"] = name
+        sys.stdout = sys.stderr = open(os.devnull, "w")
+        os._exit(int(pytest.main(args)))
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    print(f"{name}: {'SURVIVED' if code == 0 else f'killed (exit {code})'}", flush=True)
+    if code == 0:
+        survived.append(name)
+print(f"{len(names) - len(survived)} of {len(names)} killed")
+sys.exit(1 if survived else 0)
