@@ -112,17 +112,24 @@ def test_tangent_step_is_the_derivative_of_one_step(name):
 
 
 # ----------------------------------------------------------------------------- RTRL
+@pytest.mark.parametrize("backend", ["numpy", "native"])
 @pytest.mark.parametrize("name", sorted(rc.cells.ZOO))
 @pytest.mark.parametrize("loss", ["mse", "xent"])
-def test_rtrl_equals_bptt_on_the_zoo(name, loss):
+def test_rtrl_equals_bptt_on_the_zoo(name, loss, backend):
+    """Each executor against the rolled BPTT oracle; the native one also against the NumPy
+    executor of the same recursion (tolerances: tests/test_online_native.py's docstring)."""
     cell = rc.cells.ZOO[name](2, 3, 2, loss=loss)
     params, x, y = random_data(cell, T=6, B=3, seed=2)
     l1, g1, f1 = oracle(cell, params, x, y)
-    l2, g2, f2 = sequence_grad(RTRL(), cell, params, x, y)
+    l2, g2, f2 = sequence_grad(RTRL(), cell, params, x, y, backend=backend)
     assert abs(l1 - l2) <= 1e-12 * abs(l1)
     assert rel_err(g1, g2) < 1e-10
     for s in f1:
-        np.testing.assert_allclose(f2[s], f1[s], rtol=1e-13)
+        np.testing.assert_allclose(f2[s], f1[s], rtol=1e-13, atol=1e-15 if backend == "native" else 0)
+    if backend == "native":
+        l3, g3, _ = sequence_grad(RTRL(), cell, params, x, y)
+        assert abs(l2 - l3) <= 1e-12 * abs(l3)
+        assert rel_err(g3, g2) < 1e-10
 
 
 # test_rtrl_equals_bptt_on_fuzzed_cells: in test_online_native.py, over both executors

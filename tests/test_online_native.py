@@ -31,19 +31,7 @@ def oracle(cell, *args, **kw):
     return rc.compile(cell, backend="numpy").loss_and_grad(*args, **kw)
 
 
-@pytest.mark.parametrize("name", sorted(rc.cells.ZOO))
-@pytest.mark.parametrize("loss", ["mse", "xent"])
-def test_native_rtrl_equals_numpy_rtrl_and_bptt_on_the_zoo(name, loss):
-    cell = rc.cells.ZOO[name](2, 3, 2, loss=loss)
-    params, x, y = random_data(cell, T=6, B=3, seed=2)
-    l0, g0, f0 = oracle(cell, params, x, y)
-    l1, g1, f1 = sequence_grad(RTRL(), cell, params, x, y)
-    l2, g2, f2 = sequence_grad(RTRL(), cell, params, x, y, backend="native")
-    assert abs(l2 - l1) <= 1e-12 * abs(l1) and abs(l2 - l0) <= 1e-12 * abs(l0)
-    assert rel_err(g1, g2) < 1e-10
-    assert rel_err(g0, g2) < 1e-10
-    for s in f0:
-        np.testing.assert_allclose(f2[s], f0[s], rtol=1e-13, atol=1e-15)
+# the zoo, native RTRL against NumPy RTRL and BPTT: test_online.py::test_rtrl_equals_bptt_on_the_zoo
 
 
 @settings(max_examples=12)
