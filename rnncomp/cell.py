@@ -1,7 +1,8 @@
 """``Cell``: the user's declaration of one recurrent step.
 
 A cell records declarations and equations and checks each as it is written
-(sizes, unknown symbols, unsupported functions).  See :mod:`rnncomp.dsl` for an example.
+(sizes, unknown symbols, unsupported functions: :mod:`rnncomp.cell_check`).  See
+:mod:`rnncomp.dsl` for an example.
 
 The declaration imports nothing above it.  What the compiler makes of a cell (its
 lowered step, its graph, its equations as text and LaTeX) is computed by modules above
@@ -17,11 +18,11 @@ import numpy as np
 import sympy as sp
 
 from . import initializers
-from .dsl import (_NAME, MatExpr, MatParam, Structural, StateVec, Vec, MatVec, Slice, Concat,
-                  RowSum, LogSumExp, _display, _display_expr, _shape, check_functions)
+from .cell_check import check_expr, size_of
+from .dsl import _NAME, MatParam, StateVec, Vec, _display_expr, check_functions
 from .errors import CellError, ShapeError
-from .matrix_dsl import MATRIX_ATOMS, MatState, atom_shape, broadcast, check_matrix_shape
-from .weight_dsl import WMatVec, internal_name, is_weight_expr, weight_form, weight_shape
+from .matrix_dsl import MatState, check_matrix_shape
+from .weight_dsl import WMatVec, internal_name, weight_form, weight_shape
 
 
 @dataclass
@@ -236,93 +237,15 @@ class Cell:
         setattr(self, f"{what}_expr", expr)
         self._lowered = None
 
-    # ------------------------------------------------------------------ checking
+    # ------------------------------------------------------------------ checking (cell_check.py)
     def _check_expr(self, expr, where):
-        if isinstance(expr, MatExpr):
-            raise ShapeError(f"{where}: {expr} is a {_shape(expr.shape)} matrix, not a vector "
-                             "(multiply it by a vector with @)")
-        if isinstance(expr, (list, tuple, np.ndarray, sp.MatrixBase)):
-            raise CellError(f"{where}: expected a sympy expression of the cell's vectors, got "
-                            f"{type(expr).__name__} (use rc.concat to stack vectors)")
-        try:
-            expr = sp.sympify(expr, strict=True)
-        except (sp.SympifyError, TypeError):
-            raise CellError(f"{where}: expected a sympy expression, got {expr!r}") from None
-        if isinstance(expr, (sp.logic.boolalg.BooleanFunction, sp.logic.boolalg.BooleanAtom,
-                             sp.core.relational.Relational)):
-            raise CellError(f"{where}: {expr} is a condition, not a number (use sp.Piecewise)")
-        if not isinstance(expr, sp.Expr):
-            raise CellError(f"{where}: expected a sympy expression, got {type(expr).__name__}")
-        expr = self._resolve_weights(expr, where)
-        if is_weight_expr(expr):
-            raise ShapeError(f"{where}: {_display_expr(expr)} is a matrix (it reads a matrix "
-                             "element-wise), not a vector; multiply it by a vector with @")
-        check_functions(expr, where)
-        loose = _outside_products(expr)
-        for s in expr.free_symbols:
-            if isinstance(s, Vec):
-                base = s.name[:-4] if s.name.endswith(".new") else s.name
-                d = self.decls.get(base)
-                if d is None:
-                    raise CellError(f"{where}: unknown symbol {base!r} (declared: "
-                                    f"{', '.join(self.decls) or 'nothing'})")
-                if s.name.endswith(".new") and d.kind != "state":
-                    raise CellError(f"{where}: {base}.new but {base!r} is not a state")
-                if isinstance(d.shape, tuple) and d.kind != "state":
-                    raise ShapeError(f"{where}: matrix {base!r} used element-wise; use {base} @ v")
-            elif s in loose:  # a matrix name is a symbol only inside a product's terms
-                d = self.decls.get(s.name)
-                hint = (f" (a plain sympy Symbol named like {d.kind} {s.name!r}; use the object "
-                        f"cell.{d.kind} returned)" if d else "")
-                raise CellError(f"{where}: unknown symbol {s.name!r} in {_display_expr(expr)}{hint}: "
-                                "use symbols returned by cell.input/state/param/output/define")
-        for m in sp.preorder_traversal(expr):
-            if isinstance(m, MatVec) and not m.args[0]:
-                raise CellError(f"{where}: the matrix of a product in {_display_expr(expr)} is zero "
-                                "(its terms cancel, as in (W - W) @ h); write 0 instead")
-        return expr
+        """``expr`` as a checked sympy expression of this cell's vectors (:func:`.cell_check.check_expr`)."""
+        return check_expr(self, expr, where)
 
     def size_of(self, expr, where):
         """Units of a vector expression (1 for a per-step scalar), or the (m, n) shape of a
-        matrix-valued one (a matrix state); checks broadcasting."""
-        if isinstance(expr, Vec):
-            name = expr.name[:-4] if expr.name.endswith(".new") else expr.name
-            return self.decls[name].shape
-        if isinstance(expr, MatVec):
-            return _matvec_rows(self, expr)
-        if isinstance(expr, MATRIX_ATOMS):
-            return atom_shape(self.size_of, expr, where)
-        parts = expr.args[:1] if isinstance(expr, Slice) else expr.args if isinstance(expr, Concat) else ()
-        if any(isinstance(self.size_of(a, where), tuple) for a in parts):
-            raise ShapeError(f"{where}: {_display_expr(expr)}: slices and concatenations are of vectors, "
-                             "not matrices")
-        if isinstance(expr, Slice):
-            n = self.size_of(expr.args[0], where)
-            lo, hi = int(expr.args[1]), int(expr.args[2])
-            if not 0 <= lo < hi <= n:
-                raise ShapeError(f"{where}: slice [{lo}:{hi}] of {_display_expr(expr.args[0])} "
-                                 f"(size {n}) is out of range or empty")
-            return hi - lo
-        if isinstance(expr, Concat):
-            return sum(self.size_of(a, where) for a in expr.args)
-        if isinstance(expr, (RowSum, LogSumExp)):
-            self.size_of(expr.args[0], where)
-            return 1
-        sizes = {}
-        for a in expr.args:
-            if isinstance(a, sp.Expr) and not (isinstance(a, sp.Symbol) and not isinstance(a, Vec)):
-                sizes[a] = self.size_of(a, where)
-            elif isinstance(a, sp.Basic) and not isinstance(a, sp.Symbol):  # Piecewise (expr, cond)
-                for sub in _operands(a):
-                    sizes[sub] = self.size_of(sub, where)
-        if any(isinstance(n, tuple) for n in sizes.values()):
-            return broadcast(sizes, where, expr)
-        big = {n for n in sizes.values() if n != 1}
-        if len(big) > 1:
-            detail = ", ".join(f"{_display_expr(a)}: {n}" for a, n in sizes.items() if n != 1)
-            raise ShapeError(f"{where}: element-wise operands of different sizes ({detail}) "
-                             f"in {_display_expr(expr)}")
-        return big.pop() if big else 1
+        matrix-valued one (a matrix state); checks broadcasting (:func:`.cell_check.size_of`)."""
+        return size_of(self, expr, where)
 
     # ------------------------------------------------------------------ views
     def symbols(self, kind: str) -> list:
@@ -370,37 +293,6 @@ class Cell:
 
     def _text(self) -> str:
         return str(self)
-
-
-def _operands(b) -> list:
-    """The numeric operands inside a Piecewise pair or a condition (x > 0, And(...), ...)."""
-    out = []
-    for sub in b.args:
-        if isinstance(sub, sp.Expr):
-            out.append(sub)
-        elif isinstance(sub, sp.Basic) and not isinstance(sub, sp.logic.boolalg.BooleanAtom):
-            out.extend(_operands(sub))
-    return out
-
-
-def _outside_products(expr) -> set:
-    """The symbols of ``expr`` outside the term tuples of its products (where matrix
-    parameters are named by plain symbols)."""
-    out, it = set(), sp.preorder_traversal(expr)
-    for node in it:
-        if isinstance(node, MatVec):
-            out |= _outside_products(node.args[1])
-            it.skip()
-        elif isinstance(node, sp.Symbol):
-            out.add(node)
-    return out
-
-
-def _matvec_rows(cell, mv) -> int:
-    terms = mv.args[0]
-    name, tr = terms[0][0].name, int(terms[0][1])
-    shape = cell.decls[name].shape
-    return shape[1] if tr else shape[0]
 
 
 def _units(shape) -> int:

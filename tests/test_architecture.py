@@ -47,7 +47,7 @@ def test_the_imports_are_read():
     assert "rnncomp.train.checkpoint" in IMPORTS["rnncomp.train.resume"]
 
 
-@pytest.mark.parametrize("decl", ["dsl", "cell", "functions", "errors", "initializers"])
+@pytest.mark.parametrize("decl", ["dsl", "atoms", "cell", "cell_check", "functions", "errors", "initializers"])
 def test_the_declaration_imports_nothing_of_the_compiler(decl):
     above = [f"rnncomp.{m}" for m in ("lower", "graph", "autodiff", "printing", "backends", "train",
                                       "inspect", "cli", "compile", "passes", "stacking", "schedules")]

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import checkpoint as ck
 from ..algorithms import saving as algorithms
-from .trainer import Truncated
+from .truncated import Truncated
 
 
 def save(tr, path) -> None:

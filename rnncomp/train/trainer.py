@@ -1,5 +1,5 @@
-"""``Trainer``: training loops around a compiled model, truncated BPTT; saving and resuming
-are in :mod:`.resume`, the data conversions in :mod:`.data`.
+"""``Trainer``: training loops around a compiled model; truncated BPTT's windows are in
+:mod:`.truncated`, saving and resuming in :mod:`.resume`, the data conversions in :mod:`.data`.
 
     >>> import numpy as np, rnncomp as rc
     >>> cell = rc.cells.elman(1, 8, 1)
@@ -11,8 +11,6 @@ are in :mod:`.resume`, the data conversions in :mod:`.data`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from ..compile import compile as rc_compile
@@ -20,24 +18,7 @@ from ..errors import CallError, TrainingError
 from .data import as_dict, check_lengths, converted, lengths_mask
 from .optim import Adam, Optimizer, global_norm
 from .progress import EpochProgress, nanmean
-
-
-@dataclass(frozen=True)
-class Truncated:
-    """Truncated BPTT(k1, k2) (Williams & Peng 1990): every k1 steps, back-propagate the
-    last k1 steps' losses through the last k2 steps; the state is carried across windows.
-    k2 must be a multiple of k1 (k1 = k2 = T is full BPTT)."""
-
-    k1: int
-    k2: int | None = None
-
-    def __post_init__(self):
-        k2 = self.k1 if self.k2 is None else self.k2
-        if not (isinstance(self.k1, int) and self.k1 >= 1 and isinstance(k2, int) and k2 >= self.k1):
-            raise ValueError(f"Truncated(k1={self.k1}, k2={self.k2}): need integers k2 >= k1 >= 1")
-        if k2 % self.k1:
-            raise ValueError(f"Truncated(k1={self.k1}, k2={k2}): k2 must be a multiple of k1")
-        object.__setattr__(self, "k2", k2)
+from .truncated import Truncated, sequence
 
 
 class Trainer:
@@ -153,36 +134,8 @@ class Trainer:
         return loss, final
 
     def _sequence(self, x, t, mask, h0=None):
-        """One batch of whole sequences from the states ``h0`` (None: the initial states):
-        full BPTT, or truncated windows with the state carried.  Returns (mean loss over the
-        updates, final states); steps whose mask is 0 add nothing to any gradient."""
-        T = next(iter(x.values())).shape[0]
-        if self.bptt is not None and hasattr(self.gradient, "fit_truncated"):  # DNI (algorithms/dni.py)
-            return self.gradient.fit_truncated(self, x, t, mask, h0)
-        if self.bptt is None or self.bptt.k1 >= T:
-            if mask is not None and not mask.any():  # nothing to learn from: carry the state only
-                return float("nan"), self.model.forward(self.params, x, h0=h0)[1]
-            return self.train_step(x, t, h0=h0, mask=mask)
-        k1, k2 = self.bptt.k1, self.bptt.k2
-        B = next(iter(x.values())).shape[1]
-        states, losses = {0: h0}, []  # the state at each window boundary
-        for lo in range(0, T, k1):
-            hi = min(lo + k1, T)
-            start = max(0, lo - (k2 - k1))  # a boundary: k2 - k1 is a multiple of k1
-            m = np.zeros((hi - start, B), dtype=self.dtype)
-            m[lo - start:] = 1  # this window's losses only; gradients flow back to `start`
-            if mask is not None:
-                m *= mask[start:hi]
-            cut = lambda d: {k: v[start:hi] for k, v in d.items()}  # noqa: E731
-            if m.sum() > 0:
-                loss, final = self.train_step(cut(x), cut(t), h0=states[start], mask=m)
-                losses.append(loss)
-            else:
-                _, final = self.model.forward(self.params, cut(x), h0=states[start])
-            states[hi] = final  # carried, never reset within a sequence
-            for old in [b for b in states if b < hi - k2]:
-                del states[old]
-        return (float(np.mean(losses)) if losses else float("nan")), states[T]
+        """One batch of whole sequences: :func:`.truncated.sequence`."""
+        return sequence(self, x, t, mask, h0)
 
     def fit_online(self, inputs, targets, every=1, h0=None):
         """Learn from a stream with ``gradient=`` (rc.RTRL(), rc.SnAp(n), rc.UORO(), rc.BPTT()),
