@@ -31,3 +31,10 @@ class TrainingError(RnncompError, RuntimeError):
 
 class CheckpointError(TrainingError, ValueError):
     """A file that is not a checkpoint, or one that cannot load as it was saved."""
+
+
+class IRError(CompileError, AssertionError):
+    """A program breaks an invariant of the IR (an op outside :data:`rnncomp.ops.OPS`, a value read
+    before it is defined, a template reading an unbound argument): a compiler bug, not the user's;
+    the message names the program and the node.  An ``AssertionError`` too, as ``ir.verify``'s
+    checks always were."""

@@ -25,9 +25,12 @@ from typing import Any, Hashable
 
 import sympy as sp
 
+from .errors import IRError
+from .ops import LEAF, OPS
+
 Key = tuple  # (name: str, time: None | str | int)
 
-LEAF_OPS = frozenset({"input", "target", "param", "state", "seed"})
+LEAF_OPS = LEAF  # the leaf ops of rnncomp.ops.OPS (values read from outside a program)
 
 
 @lru_cache(maxsize=None)
@@ -143,22 +146,31 @@ class Program:
 
 
 def verify(prog: Program) -> None:
-    """Check the IR invariants: args defined before use, sizes consistent."""
+    """Check the IR invariants: every op in :data:`rnncomp.ops.OPS` with its number of
+    arguments, args defined before use, sizes consistent.  A broken one is an
+    :class:`~rnncomp.errors.IRError` naming the program and the node."""
     seen = set(prog.external)
     for key, node in prog.nodes.items():
+        op = OPS.get(node.op)
+        if op is None:
+            raise IRError(f"{prog.name}: {key_str(key)} has op {node.op!r}, which is not an IR op "
+                          f"(rnncomp.ops.OPS: {', '.join(sorted(OPS))})")
+        if op.arity is not None and len(node.args) != op.arity:
+            raise IRError(f"{prog.name}: {key_str(key)} ({node.op}) reads {len(node.args)} argument(s); "
+                          f"{node.op} takes {op.arity}")
         for a in node.args:
             if a not in seen:
-                raise AssertionError(f"{prog.name}: {key_str(key)} reads {key_str(a)} before it is defined")
+                raise IRError(f"{prog.name}: {key_str(key)} reads {key_str(a)} before it is defined")
         if node.op == "ew":
             tmpl = node.attrs["expr"]
             used = {s for s in tmpl.free_symbols if s.name.startswith("_")}
             allowed = {placeholder(i) for i in range(len(node.args))}
             if not used <= allowed:
-                raise AssertionError(f"{prog.name}: {key_str(key)} template uses unbound {used - allowed}")
+                raise IRError(f"{prog.name}: {key_str(key)} template uses unbound {used - allowed}")
             for a in node.args:
                 s = prog.node(a).size
                 if isinstance(s, tuple) or s not in (1, node.size):
-                    raise AssertionError(f"{prog.name}: {key_str(key)} size {node.size} reads {key_str(a)} of size {s}")
+                    raise IRError(f"{prog.name}: {key_str(key)} size {node.size} reads {key_str(a)} of size {s}")
         seen.add(key)
 
 

@@ -151,14 +151,14 @@ class _Lowerer:
         return k
 
     def temp(self, e, node):
-        if node.op == "matvec":
-            base = f"{_mat_label(node.attrs['terms'])}·{node.args[0][0]}"
-        elif node.op == "slice":
-            base = f"{node.args[0][0]}[{node.attrs['lo']}:{node.attrs['lo'] + node.size}]"
+        """A fresh key for a value the lowering generates: a product or a slice named after what
+        it computes (:data:`NAMED_TEMPS`), anything else numbered (:data:`NUMBERED_TEMPS`)."""
+        named = NAMED_TEMPS.get(node.op)
+        if named is not None:
+            base = named(node)
         else:
             self.counter += 1
-            base = {"ew": "a", "concat": "cat", "sum": "Σ", "lse": "lse", "outer": "outer", "smatvec": "Cv",
-                    "mreduce": "rowsum" if node.attrs.get("axis") == 1 else "colsum"}[node.op] + str(self.counter)
+            base = NUMBERED_TEMPS[node.op](node) + str(self.counter)
         return self.prog.fresh(base, "t")
 
     def per_sample(self, k):
@@ -297,3 +297,20 @@ def _mat_label(terms) -> str:
         name, tr, c = terms[0]
         return ("" if c == 1 else "-" if c == -1 else f"{c}") + name + ("ᵀ" if tr else "")
     return "M"
+
+
+# The names of the values the lowering generates, by op (``_Lowerer.temp``): a product or a slice
+# is named after what it computes (``Uz·h``, ``x[0:2]``); anything else is numbered (``a3``).
+NAMED_TEMPS = {
+    "matvec": lambda node: f"{_mat_label(node.attrs['terms'])}·{node.args[0][0]}",
+    "slice": lambda node: f"{node.args[0][0]}[{node.attrs['lo']}:{node.attrs['lo'] + node.size}]",
+}
+NUMBERED_TEMPS = {
+    "ew": lambda node: "a",
+    "concat": lambda node: "cat",
+    "sum": lambda node: "Σ",
+    "lse": lambda node: "lse",
+    "outer": lambda node: "outer",
+    "smatvec": lambda node: "Cv",
+    "mreduce": lambda node: "rowsum" if node.attrs.get("axis") == 1 else "colsum",
+}

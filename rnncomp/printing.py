@@ -1,4 +1,5 @@
-"""Equations of a cell and of its derived backward step, as text and LaTeX.
+"""Equations of a cell and of its derived backward step, as text and LaTeX (a program's nodes
+as expressions are :mod:`rnncomp.equations`).
 
     >>> import rnncomp as rc
     >>> print(rc.explain(rc.cells.elman(2, 3, 1)).backward_text())  # doctest: +ELLIPSIS
@@ -10,61 +11,18 @@
 """
 from __future__ import annotations
 
-from collections import Counter
-
 import sympy as sp
 
 from .autodiff import LOSS_ONLY, Cotangents, backward_step
-from .dsl import Concat, LogSumExp, MatVec, RowSum, Slice, Structural, Vec, _display
+from .dsl import RowSum, Vec
+from .equations import Outer, node_expr, program_equations, stored_values
 from .errors import CellError
 from .gradspec import Batch
-from .ir import NodeSym, display, internal, key_str, placeholder
+from .ir import NodeSym, display, internal, key_str
 from .aliases import backward_aliases, forward_aliases, plain_aliases
 from .latex import ident_latex, name_latex
 from .lower import LOSS
 from .show import TextShown
-from .matrix_dsl import MReduce, Outer as MOuter, SMatVec
-from .weight_dsl import WMatMul, WTranspose
-
-
-class Pad(Structural):
-    """Display atom: v placed at ``lo`` in a vector of zeros (the adjoint of a slice)."""
-
-    nargs = 3
-
-    def _sympystr(self, printer):
-        return f"pad({printer._print(self.args[0])}, at={self.args[1]}, size={self.args[2]})"
-
-
-class Outer(Structural):
-    """Display atom: Σ_b a bᵀ (a parameter-gradient contribution)."""
-
-    nargs = 2
-
-    def _sympystr(self, printer):
-        return f"{printer._print(self.args[0])}·{printer._print(self.args[1])}ᵀ"
-
-    def _latex(self, printer, exp=None):
-        tex = f"{printer._print(self.args[0])}\\,{printer._print(self.args[1])}^{{\\top}}"
-        return tex if exp is None else f"\\left({tex}\\right)^{{{exp}}}"
-
-
-class SumTo(Structural):
-    """Display atom: the row sums (``Σ_cols``) or column sums (``Σ_rows``) of a weight array."""
-
-    nargs = 2
-
-    def _sympystr(self, printer):
-        return f"{self.args[1]} {printer._print(self.args[0])}"
-
-
-class Bcast(Structural):
-    """Display atom: a vector repeated along each row (``by_rows``, one value per row) or column."""
-
-    nargs = 2
-
-    def _sympystr(self, printer):
-        return f"{'by_rows' if int(self.args[1]) == 1 else 'by_cols'}({printer._print(self.args[0])})"
 
 
 # ----------------------------------------------------------------------------- the cell
@@ -157,88 +115,6 @@ def _ordered(cell):
 def cell_latex(cell) -> str:
     rows = [f"{sp.latex(lhs)} &= {sp.latex(rhs)}" for lhs, rhs in _ordered(cell)]
     return "$$\\begin{aligned}" + " \\\\ ".join(rows) + "\\end{aligned}$$"
-
-
-# ----------------------------------------------------------------------------- programs
-def node_expr(prog, key):
-    """The right-hand side of ``key`` as a sympy expression over NodeSyms."""
-    node = prog.node(key)
-    args = [NodeSym(a) for a in node.args]
-    if node.op in ("ew", "wew"):
-        return node.attrs["expr"].xreplace({placeholder(i): a for i, a in enumerate(args)})
-    if node.op == "outer":
-        return MOuter(*args)
-    if node.op == "smatvec":
-        return SMatVec(args[0], args[1], sp.Integer(int(node.attrs["transposed"])))
-    if node.op == "mreduce":
-        return MReduce(args[0], sp.Integer(node.attrs["axis"]))
-    if node.op == "mbcast":
-        return Bcast(args[0], sp.Integer(node.attrs["axis"]))
-    if node.op == "transpose":
-        return WTranspose(args[0])
-    if node.op == "matmul":
-        return WMatMul(*args)
-    if node.op == "sumto":
-        m, n = node.size
-        return SumTo(args[0], sp.Symbol("Σ_cols" if n == 1 and m != 1 else "Σ_rows" if m == 1 and n != 1 else "Σ"))
-    if node.op == "matvec":
-        terms = sp.Tuple(*[sp.Tuple(sp.Symbol(p), sp.Integer(int(tr)), sp.sympify(c))
-                           for p, tr, c in node.attrs["terms"]])
-        return MatVec(terms, args[0])
-    if node.op == "slice":
-        lo = node.attrs["lo"]
-        return Slice(args[0], sp.Integer(lo), sp.Integer(lo + node.size))
-    if node.op == "pad":
-        return Pad(args[0], sp.Integer(node.attrs["lo"]), sp.Integer(node.size))
-    if node.op == "concat":
-        return Concat(*args)
-    if node.op == "sum":
-        return RowSum(args[0])
-    if node.op == "lse":
-        return LogSumExp(args[0])
-    return NodeSym(key)
-
-
-def stored_values(prog) -> dict:
-    """{NodeSym(key): what it computes} for the forward program's products and slices.
-
-    Such a node is stored at step t under a generated key, ``(Uo·h, t)``, while it reads
-    ``h[t-1]``: printed by its key it would read ``Uo·h[t]``, a product with the wrong time
-    index; printed by its expression it reads ``Uo·h[t-1]``.  A parameter's per-sample copy
-    (``b·rows``) prints as the parameter."""
-    out = {}
-    for k, n in prog.nodes.items():
-        if n.op in ("matvec", "slice"):
-            out[NodeSym(k)] = node_expr(prog, k).xreplace(out)
-        elif n.op == "ew" and n.attrs["expr"] == placeholder(0) and prog.node(n.args[0]).op == "param":
-            out[NodeSym(k)] = NodeSym(n.args[0])   # the per-sample copy of a parameter vector
-    return out
-
-
-def program_equations(prog, keep=(), names=()):
-    """[(lhs, rhs)] for the non-leaf nodes, inlining temporaries used once.
-
-    Kept (never inlined): keys in ``keep`` and nodes named in ``names`` or
-    adjoints of those (user-named values and their adjoints).
-    """
-    uses = Counter(a for n in prog.nodes.values() for a in n.args)
-    keep, names = set(keep), set(names)
-
-    def named(key):
-        return key in keep or display(key[0]).lstrip("δ⁺") in names
-
-    inline = {k for k, n in prog.nodes.items() if not n.is_leaf and uses[k] <= 1 and not named(k)}
-    exprs, eqs = {}, []
-    for key, node in prog.nodes.items():
-        if node.is_leaf:
-            continue
-        e = node_expr(prog, key)
-        e = e.xreplace({NodeSym(a): exprs[a] for a in node.args if a in exprs})
-        if key in inline:
-            exprs[key] = e
-        else:
-            eqs.append((NodeSym(key), e))
-    return eqs, exprs
 
 
 class Explanation(TextShown):

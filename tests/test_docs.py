@@ -72,15 +72,15 @@ def test_every_documented_command_is_accepted(doc, command):
         pytest.fail(f"{doc}: `{command}` is not accepted by rnncomp (exit {exc.code})")
 
 
-@pytest.mark.parametrize("mod", ["rnncomp.dsl", "rnncomp.functions", "rnncomp.graph", "rnncomp.ops",
+@pytest.mark.parametrize("mod", ["rnncomp.dsl", "rnncomp.atoms", "rnncomp.cell_check", "rnncomp.equations", "rnncomp.functions", "rnncomp.graph", "rnncomp.ops",
                                  "rnncomp.cells", "rnncomp.printing", "rnncomp.latex", "rnncomp.show", "rnncomp.train.checkpoint",
                                  "rnncomp.train.lr_schedules", "rnncomp.backends.llvm.jit",
                                  "rnncomp.backends.llvm.builder", "rnncomp.backends.llvm.gemm",
-                                 "rnncomp.backends.llvm.finite", "rnncomp.memory", "rnncomp.stacking",
+                                 "rnncomp.backends.llvm.finite", "rnncomp.memory", "rnncomp.passes.stacking",
                                  "rnncomp.schedules", "rnncomp.inspect.memory", "rnncomp.passes.cotangents_after",
                                  "rnncomp.backends.vjp", "rnncomp.backends.base", "rnncomp.passes.prepare", "rnncomp.backends.native_layout",
                                  "rnncomp.backends.llvm.update_kernel",
-                                 "rnncomp.train.optim", "rnncomp.train.trainer", "rnncomp.train.tasks",
+                                 "rnncomp.train.optim", "rnncomp.train.trainer", "rnncomp.train.truncated", "rnncomp.train.tasks",
                                  "rnncomp.train.data", "rnncomp.train.plot", "rnncomp.train.text",
                                  "rnncomp.train.distributed", "rnncomp.train.resume", "rnncomp.cell_views", "rnncomp.serialize", "rnncomp.cli_common", "rnncomp.backends.ptx.layout",
                                  "rnncomp.backends.llvm.kernel_library", "rnncomp.backends.native_profile",

@@ -13,7 +13,7 @@ import sympy as sp
 
 import rnncomp as rc
 from rnncomp.autodiff import Cotangents, backward_step
-from rnncomp.stacking import stack_products
+from rnncomp.passes.stacking import stack_products
 
 from gradcheck import numpy_model, random_data
 from test_custom_cells import CUSTOM

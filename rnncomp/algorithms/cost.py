@@ -27,18 +27,26 @@ from .pattern import pattern
 PATTERN_LIMIT = 20_000_000  # P·n_s entries up to which the cost table derives SnAp's patterns
 
 
+def _tangent_matvec(prog, node, K):
+    """A product's tangent: a parameter's tangent term is one pass, a state's runs over K directions."""
+    n_in = prog.node(node.args[0]).size
+    return sum(node.size * n_in * (1 if is_tangent_param(name) else 2 * K) for name, _, _ in node.attrs["terms"])
+
+
+TANGENT_FLOPS = {  # op -> (prog, node, K) -> FLOPs per sample over K directions; other ops move data
+    "matvec": _tangent_matvec,
+    "ew": lambda prog, node, K: template_ops(node.attrs["expr"]) * node.size * K,
+    "sum": lambda prog, node, K: prog.node(node.args[0]).size * K,
+}
+
+
 def tangent_flops(ts, K: int) -> int:
     """FLOPs per sample of a tangent program run over K directions."""
     total = 0
-    for key, node in ts.prog.nodes.items():
-        if node.op == "matvec":
-            n_in = ts.prog.node(node.args[0]).size
-            for name, _, _ in node.attrs["terms"]:
-                total += node.size * n_in * (1 if is_tangent_param(name) else 2 * K)
-        elif node.op == "ew":
-            total += template_ops(node.attrs["expr"]) * node.size * K
-        elif node.op == "sum":
-            total += ts.prog.node(node.args[0]).size * K
+    for node in ts.prog.nodes.values():
+        rule = TANGENT_FLOPS.get(node.op)
+        if rule is not None:
+            total += rule(ts.prog, node, K)
     return total
 
 

@@ -3,7 +3,7 @@
 RTRL's is the tangent step (:func:`rnncomp.forward_mode.tangent_step`) as equations; SnAp
 adds its pattern (which parameter entries each state keeps); UORO shows the one-direction
 tangent step it runs and its update; RBP the adjoint fixed point.  The same printer as the
-BPTT step (:func:`rnncomp.printing.program_equations`).
+BPTT step (:func:`rnncomp.equations.program_equations`).
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import sympy as sp
 from ..errors import CellError
 from ..forward_mode import tangent_step
 from ..ir import display
-from ..printing import Explanation, program_equations, stored_values
+from ..equations import program_equations, stored_values
+from ..printing import Explanation
 from ..show import TextShown
 
 ALGORITHMS = ("bptt", "rtrl", "snap", "uoro", "rbp")

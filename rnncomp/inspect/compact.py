@@ -47,7 +47,8 @@ BACKWARD = ("bwd", "carry", "grad")
 def _forward_lines(cell, e, shown) -> list:
     """The cell's equations over the values the picture shows (``c[t] = c[t-1]*f[t] + i[t]*g[t]``):
     a temporary that is not a node of its own is written out in place."""
-    from ..printing import _ordered, node_expr, stored_values
+    from ..equations import node_expr, stored_values
+    from ..printing import _ordered
     prog = cell.step.prog
     stored = stored_values(prog)
     shown = set(shown)

@@ -33,25 +33,49 @@ def template_ops(template: sp.Expr) -> int:
     return int(sp.count_ops(template))
 
 
+def _matvec(prog, node):
+    m, n = node.size, prog.node(node.args[0]).size
+    terms = node.attrs["terms"]
+    return "matvec", 2 * m * n * len(terms) + m * (len(terms) - 1)
+
+
+def _arg_units(factor):
+    """A reduction of ``factor`` operations per unit of its argument."""
+    return lambda prog, node: ("reduction", factor * prog.node(node.args[0]).size)
+
+
+def _per_sample_matrix(flops_per_entry):
+    """A matrix-state product over the (m, n) matrix of each sample (attrs shape)."""
+    def cost(prog, node):
+        m, n = node.attrs["shape"]
+        return "matvec", flops_per_entry * m * n
+    return cost
+
+
+def _free(prog, node):
+    return "move", 0
+
+
+FLOPS = {  # op -> (prog, node) -> (category, flops per sample); the counting rules above
+    "matvec": _matvec,
+    "ew": lambda prog, node: ("elementwise", template_ops(node.attrs["expr"]) * node.size),
+    "sum": _arg_units(1),
+    "lse": _arg_units(4),
+    "outer": _per_sample_matrix(1),   # matrix states: a bᵀ
+    "smatvec": _per_sample_matrix(2),  # X v
+    "mreduce": _arg_units(1),
+    # moves (slice, pad, concat, a broadcast, pass "stack"'s names of memory), leaves, and the
+    # derived weights' ops (their program runs once per call, outside the step: not counted)
+    **{op: _free for op in ("slice", "pad", "concat", "mbcast", "view", "stackv",
+                            "wew", "transpose", "matmul", "sumto",
+                            "input", "target", "param", "state", "seed")},
+}
+
+
 def node_flops(prog, key) -> tuple:
     """``(category, flops per sample)`` of one node: matvec, elementwise, reduction or move."""
     node = prog.node(key)
-    if node.op == "matvec":
-        m, n = node.size, prog.node(node.args[0]).size
-        terms = node.attrs["terms"]
-        return "matvec", 2 * m * n * len(terms) + m * (len(terms) - 1)
-    if node.op == "ew":
-        return "elementwise", template_ops(node.attrs["expr"]) * node.size
-    if node.op == "sum":
-        return "reduction", prog.node(node.args[0]).size
-    if node.op == "lse":
-        return "reduction", 4 * prog.node(node.args[0]).size
-    if node.op in ("outer", "smatvec"):  # matrix states: a bᵀ, X v per sample
-        m, n = node.attrs["shape"]
-        return "matvec", (1 if node.op == "outer" else 2) * m * n
-    if node.op == "mreduce":
-        return "reduction", prog.node(node.args[0]).size
-    return "move", 0
+    return FLOPS[node.op](prog, node)
 
 
 def _zero():

@@ -30,7 +30,7 @@ from ..graph import unfold_program
 from ..aliases import backward_aliases, forward_aliases
 from ..ir import NodeSym, internal, key_str
 from ..lower import LOSS
-from ..printing import node_expr, stored_values
+from ..equations import node_expr, stored_values
 
 KINDS = ("step", "unfolded", "gradient")
 MAX_LABEL = 44
@@ -140,7 +140,7 @@ def carried_shapes(step) -> dict:
 
 
 def node_label(prog, key, stored=None, alias=None, shapes=None) -> str:
-    """``stored``: :func:`~rnncomp.printing.stored_values` of the forward program (default:
+    """``stored``: :func:`~rnncomp.equations.stored_values` of the forward program (default:
     of ``prog``), so a product reads by what it computes (Uz·h[t-1]), not by its key;
     ``alias``: {key: readable name} (:mod:`rnncomp.aliases`); ``shapes``: :func:`carried_shapes`."""
     node = prog.node(key)
@@ -155,7 +155,7 @@ def node_label(prog, key, stored=None, alias=None, shapes=None) -> str:
 
 
 def _role(node, key) -> str:
-    if node.op in ("input", "target", "state", "param", "seed"):
+    if node.is_leaf:  # rnncomp.ops.LEAF: input, target, state, param, seed
         return node.op
     return "loss" if key[0] == LOSS else "fwd"
 

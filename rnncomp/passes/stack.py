@@ -1,10 +1,10 @@
-"""Pass "stack" (:mod:`rnncomp.stacking`) over a cell's step, as the compiled backends consume it.
+"""Pass "stack" (:mod:`rnncomp.passes.stacking`) over a cell's step, as the compiled backends consume it.
 
 Shared by the native CPU backend and the PTX backend, so both stack the same products and
 group the same gradients:
 
 * :func:`stack_step`: the forward and backward programs of a step with products stacked,
-  the stacked weights (:class:`~rnncomp.stacking.Stacked`) and the views
+  the stacked weights (:class:`~rnncomp.passes.stacking.Stacked`) and the views
   (``member key → (whole key, column, whole width)``);
 * :func:`grad_groups`: where the members of a stacked value are each the δ of one
   parameter's only gradient spec with the same other operand (``W_i``: ``δa_iᵀ·x``,
@@ -19,7 +19,7 @@ from ..errors import CompileError
 from ..gradspec import Batch
 from ..ir import Program
 from .cotangents_after import for_backward
-from ..stacking import stack_products
+from .stacking import stack_products
 
 
 @dataclass

@@ -20,7 +20,7 @@ buffer of ``δh[t-1]`` (row T stays zero), except when that adjoint is itself a 
 Where each value lives (its slot, step offset and column) is a :class:`.layout.Layout`.
 
 The programs come from :func:`rnncomp.passes.prepare.prepare`, pass "stack" included
-(``stack=True``, :mod:`rnncomp.stacking` through :func:`rnncomp.passes.stack.stack_step`):
+(``stack=True``, :mod:`rnncomp.passes.stacking` through :func:`rnncomp.passes.stack.stack_step`):
 products sharing an operand are one product with a stacked weight, and a sum of products of different operands is one product over the
 operands written side by side.  The members of such a whole share its slot (``col`` > 0,
 row stride = the whole's width) and cost no launch; the stacked weights are built once

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from .ir import Node, Program, internal, placeholder
+from ..ir import Node, Program, internal, placeholder
+from ..ops import MEMORY
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ def _summed_products(res, prog, params, keep):
                 continue
             d = m.args[0]
             dn = prog.nodes.get(d)
-            if dn is None or dn.is_leaf or dn.op in ("view", "stackv") or d in keep:
+            if dn is None or dn.is_leaf or dn.op in MEMORY or d in keep:
                 continue
             if not _linear_unit(node.attrs["expr"], placeholder(i)):
                 continue
