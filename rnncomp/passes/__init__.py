@@ -5,4 +5,5 @@ Each module is one pass with its rule written down; backends consume the decisio
 prepare.py           the programs native and PTX generate code from (keep set, prune, hoist, stack)
 stack.py             pass "stack" over a step and its backward; the gradient groups
 cotangents_after.py  pass "cotangents after the loop" (the transpose of hoisting)
+layout.py            where every value lives (slots, places, stacked members side by side): one builder
 """
