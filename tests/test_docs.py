@@ -78,7 +78,7 @@ def test_every_documented_command_is_accepted(doc, command):
                                  "rnncomp.backends.llvm.builder", "rnncomp.backends.llvm.gemm",
                                  "rnncomp.backends.llvm.finite", "rnncomp.memory", "rnncomp.passes.stacking",
                                  "rnncomp.schedules", "rnncomp.inspect.memory", "rnncomp.passes.cotangents_after",
-                                 "rnncomp.backends.vjp", "rnncomp.backends.base", "rnncomp.passes.prepare", "rnncomp.backends.native_layout",
+                                 "rnncomp.backends.vjp", "rnncomp.backends.base", "rnncomp.passes.prepare", "rnncomp.passes.layout",
                                  "rnncomp.backends.llvm.update_kernel",
                                  "rnncomp.train.optim", "rnncomp.train.trainer", "rnncomp.train.truncated", "rnncomp.train.tasks",
                                  "rnncomp.train.data", "rnncomp.train.plot", "rnncomp.train.text",

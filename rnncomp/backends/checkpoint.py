@@ -33,7 +33,7 @@ def footprint(model, B: int) -> Footprint:
     widths = {}
     for key, node in model._fwd_prog.nodes.items():
         w = L.where.get(key)
-        if node.op in LEAF_OPS or w is None or not w.timed or not w.units or w.slot in state_slots \
+        if node.op in LEAF_OPS or w is None or not L.step_units(key) or w.slot in state_slots \
                 or w.slot in widths:
             continue  # an input or parameter, a shared value, a state, or a slot already counted
         widths[w.slot] = model.slot_width.get(w.slot, node.size)

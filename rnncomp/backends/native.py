@@ -9,14 +9,13 @@ does not grow with T; T and B are runtime arguments):
     advance (T, B, bufs, work)   t = 0 … T-1: the states only (memory schedules,
                                  ``backends/checkpoint.py``)
 
-``bufs`` is an array of pointers, one per value (see :mod:`.native_layout`); a value
+``bufs`` is an array of pointers, one per value (see :mod:`rnncomp.passes.layout`); a value
 of node ``(name, "t")`` at step t lives at ``bufs[slot] + (t + off)·B·n``.
 Element-wise nodes are loops over batch × units printed by :mod:`.llvm.exprgen`
 (vectorisable vector math); products call the generated GEMM kernels.
 """
 from __future__ import annotations
 
-import copy
 import ctypes
 import functools
 import os
@@ -30,6 +29,7 @@ from ..autodiff import LOSS_ONLY, backward_step
 from ..errors import CompileError
 from ..memory import schedule
 from ..ir import LEAF_OPS, prune, state_independent
+from ..passes.layout import PER_SAMPLE
 from ..passes.prepare import prepare
 from .validate import float_dtype
 from .llvm.builder import I64, for_range
@@ -40,9 +40,10 @@ from .llvm.jit import HostTarget, compile_keyed
 from .native_calls import NativeCalls
 from .native_backward import NativeBackward, grads_outgrow_cache
 from .native_vjp import NativeVjp
-from .native_emit import Gen, units_of
+from .native_emit import Gen
+from .native_nodes import ProgramCode
 from .native_layout import NativeLayout
-from .native_profile import define_tsc_reader, ew_bytes, section
+from .native_profile import define_tsc_reader, section
 from ..initializers import specs as init_specs
 from .base import BackendModel
 
@@ -133,72 +134,8 @@ class NativeModel(NativeLayout, NativeBackward, NativeCalls, NativeVjp, BackendM
 
     # ------------------------------------------------------------------ code generation
     def _emit_program(self, g, prog, t, skip=(), only=None):
-        run, L = [], self.layout
-        ld = lambda k: L.ld(k, prog.node(k).size)  # noqa: E731 - row stride of a value
-        uses: dict = {}
-        for key, node in prog.nodes.items():
-            for a in node.args:
-                uses.setdefault(a, set()).add(key)
-        readers = self._readers()
-
-        def flush(run):
-            # a value consumed only later in its own fused loop lives in a register: no store
-            mine = {item[0] for item in run}
-            nostore = {k for k in mine if k not in readers and uses.get(k, set()) <= mine}
-            moved = ew_bytes(run, mine, nostore, self.dtype.itemsize) if g.profile is not None else 0
-            with section(g, "element-wise", moved):
-                g.ew(run, nostore if self.fuse else set())
-        for key, node in prog.nodes.items():
-            if node.op in LEAF_OPS or key in skip or (only is not None and key not in only):
-                continue
-            if node.op in ("view", "stackv"):  # pass "stack": members live inside the whole
-                continue
-            out = g.ptr(key, t)
-            args = [g.ptr(a, t) for a in node.args]
-            if node.op == "ew":
-                units = [(units_of(prog.node(a)), prog.node(a).op == "param", ld(a)) for a in node.args]
-                if run and (not self.fuse or run[0][1].size != node.size):
-                    flush(run)
-                    run = []
-                run.append((key, node, out, args, units, node.args))
-                continue
-            if run:
-                flush(run)
-                run = []
-            if node.op == "matvec":
-                terms = node.attrs["terms"]
-                v = node.args[0]
-                n_in = prog.node(v).size
-                part = "hoisted products" if g.B is not g.B_step else "step products"
-                with section(g, part, 2.0 * node.size * n_in * len(terms)):
-                    if all(c == 1 for _, _, c in terms):
-                        g.matvec(node, out, args[0], n_in, [g.ptr((p, None), t) for p, _, _ in terms],
-                                 [self.shapes[p] for p, _, _ in terms], ld(v), ld(key))
-                    else:  # c·(v @ op(P)): one product per term into scratch, scaled and added
-                        tmp = g.ptr(self._scratch_key, t)
-                        for i, (p, tr, c) in enumerate(terms):
-                            one = type(node)(node.op, node.args, node.size, {"terms": ((p, tr, 1),)})
-                            g.matvec(one, tmp, args[0], n_in, [g.ptr((p, None), t)], [self.shapes[p]], ld(v))
-                            g.scaled_rows(out, tmp, node.size, ld(key), c, accumulate=i > 0)
-            elif node.op in ("slice", "pad"):
-                g.rows(out, node.size, args[0], prog.node(node.args[0]).size, node.attrs["lo"], node.op,
-                       ld(key), ld(node.args[0]))
-            elif node.op == "concat":
-                lo = 0
-                for a, p in zip(node.args, args):
-                    n = prog.node(a).size
-                    g.rows(out, node.size, p, n, lo, "part", ld(key), ld(a))
-                    lo += n
-            elif node.op in ("sum", "lse"):
-                g.reduce(out, args[0], prog.node(node.args[0]).size, node.op == "lse", ld(key), ld(node.args[0]))
-            elif node.op in ("outer", "smatvec", "mbcast", "mreduce"):  # matrix states: vector code
-                moved = self.dtype.itemsize * (node.size + sum(prog.node(a).size for a in node.args))
-                with section(g, "matrix ops", moved):
-                    g.matrix(node, out, args, ld(key), [ld(a) for a in node.args])
-            else:
-                raise CompileError(f"native backend: no code for op {node.op!r}")
-        if run:
-            flush(run)
+        """``prog`` at step ``t``, node by node (:mod:`.native_nodes`)."""
+        ProgramCode(self, g, prog, t).emit(skip, only)
 
     def _compile(self, key, build):
         # unroll=False: the element-wise loops run over a constant number of units, and LLVM
@@ -273,7 +210,8 @@ class NativeModel(NativeLayout, NativeBackward, NativeCalls, NativeVjp, BackendM
         """Pass "hoist": forward values that depend on no state (computed before the loop)."""
         if not self.hoist:
             return set()
-        timed = {k for k, w in self.layout.where.items() if w.timed and w.units and k[1] == "t"}
+        L = self.layout
+        timed = {k for k in L.where if L.step_units(k) and k[1] == "t"}
         states = {(s, "t") for s in self.step.states}
         return state_independent(self._fwd_prog, timed - states)
 
@@ -316,14 +254,10 @@ class NativeModel(NativeLayout, NativeBackward, NativeCalls, NativeVjp, BackendM
         states = [(s, "t") for s in self.step.states]
         prog = prune(self._fwd_prog, states)
         static = self._static() & set(prog.nodes)
-        L = copy.copy(self.layout)
-        L.where = dict(self.layout.where)
+        L = self.layout
         timed_slots = {L.where[k].slot for k in static | set(states)}
-        for key, node in prog.nodes.items():
-            w = L.where.get(key)
-            if node.op in LEAF_OPS or w is None or w.slot in timed_slots:
-                continue
-            L.where[key] = w._replace(timed=False)
+        L = L.with_rows({L.where[k].slot for k, node in prog.nodes.items()
+                         if node.op not in LEAF_OPS and k in L.where} - timed_slots, PER_SAMPLE)
         g = Gen(module, self.dtype, L, self.host, "advance")
         self._prologue(g, prog, static)
         if static:  # pass "hoist", as in "forward"

@@ -1,6 +1,6 @@
 """Code emission for the native backend: the per-step body of an entry point
 (:class:`Gen`): element-wise runs, products, slices, reductions, stacked weights, packed
-panels, each value addressed through the :class:`.native_layout.Layout`.
+panels, each value addressed through the :class:`rnncomp.passes.layout.Layout`.
 
 :mod:`.native` decides *what* is computed where (passes, layout, entry points);
 this module turns one node at one step into LLVM IR.
@@ -36,12 +36,14 @@ class Gen:
 
     # ------------------------------------------------------------------ addressing
     def ptr(self, key, t):
-        slot, units, off, timed, col, _ = self.L.where[key]
+        L = self.L
+        slot, off, col = L.where[key]
+        units = L.step_units(key)
         b = self.b
         base = b.load(b.gep(self.bufs, [I64(slot)], inbounds=True))
         if col:
             base = b.gep(base, [I64(col)], inbounds=True)
-        if not timed or units == 0:
+        if units == 0:
             return base
         step = b.add(t, I64(off)) if off else t
         # addresses advance by the per-step batch even while self.B spans T·B rows

@@ -38,6 +38,7 @@ from .llvm.builder import I64, for_range, parallel_loop_md
 from .llvm.exprgen import LLVMPrinter
 from .llvm.jit import HostTarget, compile_keyed
 from .native_emit import Gen
+from .native_nodes import NODE_CODE, Site
 from .native_tangent_plan import SCRATCH, WEIGHT, Plan, check
 
 class OnlineKernel:
@@ -70,7 +71,8 @@ class OnlineKernel:
     def _description(self) -> str:
         here = pathlib.Path(__file__).resolve().parent
         h = hashlib.sha256()
-        for f in sorted([here / "native_tangent.py", here / "native_tangent_plan.py", here / "native_emit.py", *(here / "llvm").glob("*.py")]):
+        for f in sorted([here / "native_tangent.py", here / "native_tangent_plan.py", here / "native_emit.py",
+                        here / "native_nodes.py", here.parent / "passes" / "layout.py", *(here / "llvm").glob("*.py")]):
             h.update(f.read_bytes())
         parts = [h.hexdigest(), str(self.dtype), str(self.K), repr(sorted(self.mask)), repr(self.st.params)]
         for prog in (self.st.prog, self.ts.prog):
@@ -109,20 +111,12 @@ class OnlineKernel:
             elif node.op == "matvec":
                 self._products(g, node, out, args[0], prog.node(node.args[0]).size, t)
             else:
-                self._rows(g, prog, node, out, args)
+                self._rows(g, prog, key, node, out, args)
 
-    def _rows(self, g, prog, node, out, args):
-        """slice, pad, concat, sum, lse over g.B rows (the forward's B, the tangents' B·K)."""
-        if node.op in ("slice", "pad"):
-            g.rows(out, node.size, args[0], prog.node(node.args[0]).size, node.attrs["lo"], node.op)
-        elif node.op == "concat":
-            lo = 0
-            for a, p in zip(node.args, args):
-                n = prog.node(a).size
-                g.rows(out, node.size, p, n, lo, "part")
-                lo += n
-        else:
-            g.reduce(out, args[0], prog.node(node.args[0]).size, node.op == "lse")
+    def _rows(self, g, prog, key, node, out, args):
+        """slice, pad, concat, sum, lse over g.B rows (the forward's B, the tangents' B·K): the
+        native backend's code of the op (:data:`.native_nodes.NODE_CODE`)."""
+        NODE_CODE[node.op](Site(g, prog), key, node, out, args)
 
     def _products(self, g, node, out, v, n_in, t):
         """out (+)= Σ c·v·op(P)ᵀ over the terms that name a matrix (GEMMs over g.B rows)."""
@@ -170,7 +164,7 @@ class OnlineKernel:
                     g.B = B
                     self._inject(g, node, out, g.ptr(node.args[0], t), empty)
                 else:
-                    self._rows(g, prog, node, out, args)
+                    self._rows(g, prog, key, node, out, args)
             finally:
                 g.B = B
         if run:

@@ -11,7 +11,7 @@ from ..errors import CompileError
 from ..forward_mode import is_tangent_param
 from ..ir import LEAF_OPS, internal
 from .llvm.exprgen import unsupported
-from .native_layout import Layout
+from ..passes.layout import PER_SAMPLE, SHARED, Layout
 
 # the step weights and the product scratch: generated names, never a user's (a state may be "w")
 WEIGHT, SCRATCH = (internal("w"), "t"), (internal("scratch"), None)
@@ -47,28 +47,28 @@ class Plan:
         self.L, self.sizes, self.K = Layout(), {}, K
         L = self.L
 
-        def slot(label, rows, units):
-            k = L.slot(label)
+        def slot(label, rows, units, timed=False):  # the caller's arrays ("ext"): no rows of ours
+            k = L.slot(label, units, 0 if timed else SHARED if rows in ("ext", "1") else PER_SAMPLE)
             self.sizes[k] = (rows, units)
             return k
 
         self.param = {}
         for p, shape in step.params.items():
             self.param[p] = k = slot(f"param {p}", "ext", 0)
-            L.place((p, None), k, 0, timed=False)
+            L.place((p, None), k)
         self.io = {}
         for name, n in list(step.inputs.items()) + list(step.targets.items()):
-            self.io[name] = k = slot(f"io {name}", "ext", n)
-            L.place((name, "t"), k, n, 0)
-        self.weight = slot("w", "ext", 1)
-        L.place(WEIGHT, self.weight, 1, 0)
+            self.io[name] = k = slot(f"io {name}", "ext", n, timed=True)
+            L.place((name, "t"), k)
+        self.weight = slot("w", "ext", 1, timed=True)
+        L.place(WEIGHT, self.weight)
         self.state = {}
         for s, n in step.states.items():
             self.state[s] = k = slot(f"state {s}", "B", n)
-            L.place((s, "t-1"), k, 0, timed=False)
+            L.place((s, "t-1"), k)
         for key, node in step.prog.nodes.items():
             if node.op not in LEAF_OPS:
-                L.place(key, slot(f"fwd {key}", "B", node.size), 0, timed=False)
+                L.place(key, slot(f"fwd {key}", "B", node.size))
         self.seed_shared, self.seed_full = {}, {}
         readers = {}
         for key, node in ts.prog.nodes.items():
@@ -76,12 +76,12 @@ class Plan:
                 readers.setdefault(a, set()).add(node.op)
         for s in step.states:
             sk = ts.state_seeds[s]
-            L.place(sk, slot(f"J {s}", "ext", step.states[s]), 0, timed=False)  # the caller's carry
+            L.place(sk, slot(f"J {s}", "ext", step.states[s]))  # the caller's carry
         for p, sk in ts.param_seeds.items():
             if isinstance(sk, tuple):
                 n = ts.prog.nodes[sk].size
                 self.seed_shared[sk] = k = slot(f"seed {p}", "K", n)
-                L.place(sk, k, 0, timed=False)
+                L.place(sk, k)
                 if readers.get(sk, set()) - {"ew"} or sk in ts.out.values():
                     self.seed_full[sk] = slot(f"seed {p} (B rows)", "BK", n)
         # ∂P·v read only by element-wise nodes: no buffer, each reader computes its entries inline
@@ -97,7 +97,7 @@ class Plan:
         maxn = max([n.size for prog in (step.prog, ts.prog) for n in prog.nodes.values()
                     if isinstance(n.size, int)] + [1])
         self.scratch = slot("scratch", "BK", maxn)
-        L.place(SCRATCH, self.scratch, 0, timed=False)
+        L.place(SCRATCH, self.scratch)
 
     def _aliases(self, ts):
         """{state: ∂h[t]} written straight into the carried J (no copy at the step's end): where
@@ -128,7 +128,7 @@ class Plan:
                 continue
             alias = [s for s, k in self.aliased.items() if k == key]
             if alias:  # lives in the carried J of its state
-                self.L.place(key, self.L.where[ts.state_seeds[alias[0]]].slot, 0, timed=False)
+                self.L.place(key, self.L.where[ts.state_seeds[alias[0]]].slot)
                 continue
             # the same width only: a fused run may write a reused buffer in the same sweep that
             # still reads the old value, safe only when both walk the same (row, unit) entries
@@ -137,10 +137,10 @@ class Plan:
                 k = fits[0]
                 free.remove(k)
             else:
-                k = self.L.slot(f"tangent {len(self.tan_slot)}")
+                k = self.L.slot(f"tangent {len(self.tan_slot)}", node.size, PER_SAMPLE)
                 self.sizes[k] = ("BK", node.size)
             self.tan_slot[key] = k
-            self.L.place(key, k, 0, timed=False)
+            self.L.place(key, k)
             for a in set(node.args):
                 if a in self.tan_slot and last.get(a) == i and a not in keep:
                     free.append(self.tan_slot[a])

@@ -6,4 +6,5 @@ prepare.py           the programs native and PTX generate code from (keep set, p
 stacking.py          pass "stack" over one program: products sharing an operand, or summed, as one (IR → IR)
 stack.py             pass "stack" over a step and its backward; the gradient groups
 cotangents_after.py  pass "cotangents after the loop" (the transpose of hoisting)
+layout.py            where every value lives (slots, places, stacked members side by side): one builder
 """

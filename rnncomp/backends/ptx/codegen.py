@@ -21,13 +21,13 @@ one size (values produced earlier in the run come from registers), see
 Every kernel kind takes the row stride of its per-sample pointers (``ld``, default: the
 value's size): with pass "stack" a value may be a column range of a wider row (a member of a
 stacked product, or an operand written side by side for one summed product).
-:meth:`KernelSet.stack_weight` builds a stacked weight from its parts once per call.
+The kernels that run once per call over the weights (stacked and transposed weights, the
+parameter gradients over T·B rows) are :mod:`.weight_kernels`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import sympy as sp
 
 from ...ir import placeholder
@@ -36,7 +36,7 @@ from ..llvm.builder import I64, float_type, for_range
 from ..llvm.exprgen import LLVMPrinter
 from ..validate import float_dtype
 from .irgen import NVPTX_DATALAYOUT, NVPTX_TRIPLE, sreg
-from .tiled import SPLIT_K, Tiled, gemm
+from .tiled import Tiled, gemm
 
 __all__ = ["Kernel", "KernelSet", "NVPTX_TRIPLE", "NVPTX_DATALAYOUT", "Tiled", "sreg"]
 
@@ -275,23 +275,14 @@ class KernelSet:
         (m, n), ld_args, ld_out = shape, tuple(ld_args), ld_out or size
         along_rows = not transposed if op == "smatvec" else axis == 1   # a sum over j in row e
 
+        element = MATRIX_ELEMENT[op]
+
         def body(g, gid, N, R, ptrs):
             b = g.b
             *args, out = ptrs
             bi, e = g.divmod(gid, size)
             rows = [b.gep(p, [b.mul(bi, I64(ld))], inbounds=True) for p, ld in zip(args, ld_args)]
-            at = lambda p, k: b.load(b.gep(p, [k], inbounds=True))  # noqa: E731
-            if op in ("outer", "mbcast"):
-                i, j = g.divmod(e, n)
-                v = b.fmul(at(rows[0], i), at(rows[1], j)) if op == "outer" else at(rows[0], i if axis == 1 else j)
-            else:
-                acc = g.local_acc()
-                with for_range(b, I64(n if along_rows else m), name="k") as k:
-                    x = at(rows[0], b.add(b.mul(e, I64(n)), k) if along_rows else b.add(b.mul(k, I64(n)), e))
-                    if op == "smatvec":
-                        x = b.fmul(x, at(rows[1], k))
-                    b.store(b.fadd(b.load(acc), x), acc)
-                v = b.load(acc)
+            v = element(g, rows, e, m, n, axis, along_rows)
             b.store(v, b.gep(out, [g.row_index(bi, e, ld_out)], inbounds=True))
         return self.add(op, len(ld_args) + 1, body, per_row=size, doc=doc)
 
@@ -307,119 +298,43 @@ class KernelSet:
             b.store(b.load(b.gep(src, [s_], inbounds=True)), b.gep(dst, [d_], inbounds=True))
         return self.add("copy", 2, body, per_row=n, doc=doc)
 
-    def stack_weight(self, shapes, axis: int, doc="") -> str:
-        """Pass "stack": a stacked weight from its parts, pointers ``P_1 … P_k, out``.
-
-        ``axis`` 0: rows stacked, ((R_i, C) → (ΣR, C)): part i is the contiguous block at
-        Σ_{<i} R·C; 1: columns stacked ((R, C_i) → (R, ΣC)).  One thread per element."""
-        shapes = tuple(tuple(s) for s in shapes)
-        if axis == 0:
-            total = sum(r * c for r, c in shapes)
-            width = None
-        else:
-            width = sum(c for _, c in shapes)
-            total = shapes[0][0] * width
-
-        def body(g, gid, N, R, ptrs):
-            b = g.b
-            parts, out = ptrs[:-1], ptrs[-1]
-            if axis == 0:
-                pos, lo = gid, 0
-            else:
-                row, pos = g.divmod(gid, width)
-                lo = 0
-            res = g.local_acc()
-            for p, (r_, c_) in zip(parts, shapes):
-                n = r_ * c_ if axis == 0 else c_
-                inside = b.and_(b.icmp_unsigned(">=", pos, I64(lo)), b.icmp_unsigned("<", pos, I64(lo + n)))
-                with b.if_then(inside):
-                    idx = b.sub(pos, I64(lo))
-                    if axis == 1:
-                        idx = b.add(b.mul(row, I64(c_)), idx)
-                    b.store(b.load(b.gep(p, [idx], inbounds=True)), res)
-                lo += n
-            b.store(b.load(res), b.gep(out, [gid], inbounds=True))
-        return self.add("stackw", len(shapes) + 1, body, fixed=total, doc=doc)
-
-    def transpose(self, shape, doc="") -> str:
-        """``out = Pᵀ`` for an ``(m, n)`` weight, pointers ``P, out`` (one thread per element).
-
-        The persistent kernel reads a product's weight transposed, so that the threads of a
-        warp (consecutive outputs) load consecutive addresses."""
-        m_, n_ = (int(x) for x in shape)
-
-        def body(g, gid, N, R, ptrs):
-            b = g.b
-            P, out = ptrs
-            j, i = g.divmod(gid, m_)  # out[j, i] = P[i, j]
-            src = b.add(b.mul(i, I64(n_)), j)
-            b.store(b.load(b.gep(P, [src], inbounds=True)), b.gep(out, [gid], inbounds=True))
-        return self.add("transp", 2, body, fixed=m_ * n_, doc=doc)
-
-    def grad_batch(self, n: int, doc="", ld=None) -> str:
-        """grad[j] += Σ_rows src[row, j] over the launch's R rows (``ld``: row stride of src).
-
-        Tiled mode: thread ``gid`` sums rows ``[c·SPLIT_K, (c+1)·SPLIT_K)`` of unit ``j``
-        (``c, j = divmod(gid, n)``) and adds atomically; else one thread per unit."""
-        split = SPLIT_K if self.tiled else None
-        ld = ld or n
-
-        def body(g, gid, N, R, ptrs):
-            b = g.b
-            src, grad = ptrs
-            if split:
-                c, j = g.divmod(gid, n)
-                lo = b.mul(c, I64(split))
-                hi = b.add(lo, I64(split))
-                hi = b.select(b.icmp_signed("<", hi, R), hi, R)
-            else:
-                j, lo, hi = gid, I64(0), R
-            acc = g.local_acc()
-            with for_range(b, hi, start=lo, name="row") as row:
-                x = b.load(b.gep(src, [b.add(b.mul(row, I64(ld)), j)], inbounds=True))
-                b.store(b.fadd(b.load(acc), x), acc)
-            gp = b.gep(grad, [j], inbounds=True)
-            if split:
-                b.atomic_rmw("fadd", gp, b.load(acc), "monotonic")
-            else:
-                b.store(b.fadd(b.load(gp), b.load(acc)), gp)
-        if split:
-            return self.add("gradb", 2, body, size=lambda R: n * max(1, -(-R // split)), doc=doc)
-        return self.add("gradb", 2, body, fixed=n, doc=doc)
-
-    def grad_outer(self, shape, n_g: int, n_v: int, c: float, tr: bool, doc="", ld_g=None, ld_v=None) -> str:
-        """grad[r, col] += c · Σ_rows g[row, r] v[row, col] (transposed: v[row, r] g[row, col]).
-
-        ``ld_g`` / ``ld_v``: row strides of g and v (pass "stack": members of wider rows)."""
-        m_, n_ = shape
-        c = float(c)
-        n_g, n_v = ld_g or n_g, ld_v or n_v  # only the row strides matter below
-        if self.tiled:
-            # grad[M=m_ × N=n_] += c · Aᵀ·B over K = R rows: A(i, k) = A[k·na + i], B(k, j) = B[k·nb + j]
-            (ia, na), (ib, nb) = ((1, n_v), (0, n_g)) if tr else ((0, n_g), (1, n_v))
-            tile = "large" if m_ * n_ >= 256 * 256 else "small"
-            return gemm(self, "grado", 3, tile, m_, n_, "R", [(ia, 1, na, ib, nb, 1, 1.0)], 2,
-                              accumulate=True, c_out=c, split=SPLIT_K, doc=doc)
-
-        def body(g, gid, N, R, ptrs):
-            b = g.b
-            gk, vk, grad = ptrs
-            r, col = g.divmod(gid, n_)
-            (A, na), (Bm, nb) = ((vk, n_v), (gk, n_g)) if tr else ((gk, n_g), (vk, n_v))
-            acc = g.local_acc()
-            with for_range(b, R, name="row") as row:
-                x = b.load(b.gep(A, [b.add(b.mul(row, I64(na)), r)], inbounds=True))
-                y = b.load(b.gep(Bm, [b.add(b.mul(row, I64(nb)), col)], inbounds=True))
-                b.store(b.fadd(b.load(acc), b.fmul(x, y, flags=("contract",)), flags=("contract",)), acc)
-            s = b.load(acc)
-            if c != 1.0:
-                s = b.fmul(s, g.const(c))
-            gp = b.gep(grad, [gid], inbounds=True)
-            b.store(b.fadd(b.load(gp), s), gp)
-        return self.add("grado", 3, body, fixed=m_ * n_, doc=doc)
-
-
 def _with_ld(u):
     """``(units, shared)`` or ``(units, shared, row stride)`` → the triple (stride default: units)."""
     return (u[0], u[1], u[2] if len(u) > 2 and u[2] else u[0])
 
+
+def _at(b, p, k):
+    return b.load(b.gep(p, [k], inbounds=True))
+
+
+def _outer(g, rows, e, m, n, axis, along_rows):        # o[i·n+j] = a[i]·c[j]
+    i, j = g.divmod(e, n)
+    return g.b.fmul(_at(g.b, rows[0], i), _at(g.b, rows[1], j))
+
+
+def _bcast(g, rows, e, m, n, axis, along_rows):        # o[i·n+j] = v[i] (axis 1) or v[j]
+    i, j = g.divmod(e, n)
+    return _at(g.b, rows[0], i if axis == 1 else j)
+
+
+def _sums(g, rows, e, m, n, along_rows, vec):
+    """Σ over row e (``along_rows``) or column e of X, or of X ⊙ v (``vec``: smatvec)."""
+    b, acc = g.b, g.local_acc()
+    with for_range(b, I64(n if along_rows else m), name="k") as k:
+        x = _at(b, rows[0], b.add(b.mul(e, I64(n)), k) if along_rows else b.add(b.mul(k, I64(n)), e))
+        if vec is not None:
+            x = b.fmul(x, _at(b, vec, k))
+        b.store(b.fadd(b.load(acc), x), acc)
+    return b.load(acc)
+
+
+def _smatvec(g, rows, e, m, n, axis, along_rows):      # o[i] = Σ_j X[i·n+j]·v[j] (or Xᵀ u)
+    return _sums(g, rows, e, m, n, along_rows, rows[1])
+
+
+def _mreduce(g, rows, e, m, n, axis, along_rows):      # o[i] = Σ_j X[i·n+j] (or over columns)
+    return _sums(g, rows, e, m, n, along_rows, None)
+
+
+#: one output element of a matrix-state op, by op (:meth:`KernelSet.matrix`)
+MATRIX_ELEMENT = {"outer": _outer, "mbcast": _bcast, "smatvec": _smatvec, "mreduce": _mreduce}

@@ -14,10 +14,13 @@ from dataclasses import dataclass
 
 from ...errors import CompileError
 from ...ir import internal, key_str
+from ...ops import OPS
+from ...passes.layout import MEMORY_OPS, PER_SAMPLE
 from .codegen import KernelSet
+from .weight_kernels import stack_weight, transpose
 
 
-FREE_OPS = frozenset({"view", "stackv"})  # pass "stack": names of memory, no kernel
+FREE_OPS = MEMORY_OPS  # pass "stack": names of memory, no kernel
 
 
 @dataclass
@@ -41,13 +44,13 @@ def split_factor(n_in: int, n_out: int) -> int:
 
 
 def transpose_launch(ks, p, name, shapes) -> Launch:
-    kernel = ks.transpose(shapes[p], doc=f"{name} ← {p}ᵀ")
+    kernel = transpose(ks, shapes[p], doc=f"{name} ← {p}ᵀ")
     return Launch(kernel, ((p, None), (name, None)), note=f"transpose {p}", computes=((name, None),))
 
 
 def stack_launch(ks, stk, params) -> Launch:
     """One launch that builds a stacked weight from its parts (once per call)."""
-    name = ks.stack_weight([params[p] for p in stk.parts], stk.axis, doc=f"{stk.name} ← {', '.join(stk.parts)}")
+    name = stack_weight(ks, [params[p] for p in stk.parts], stk.axis, doc=f"{stk.name} ← {', '.join(stk.parts)}")
     return Launch(name, tuple((p, None) for p in stk.parts) + ((stk.name, None),),
                   note=f"stack {stk.name}", computes=((stk.name, None),))
 
@@ -69,7 +72,7 @@ def resolve_args(prog, key, order, alias=()):
 def fusion_groups(prog, keys, fuse, alias=()):
     """Schedule ``keys`` (non-leaf nodes, in program order) into launch groups.
 
-    A group is ``[key]`` or a run of element-wise keys of one size (fused into one kernel).
+    A group is ``[key]`` or a run of element-wise keys (``OPS[op].elementwise``) of one size (fused into one kernel).
     List scheduling: a ready non-element-wise node is emitted first (products start as
     early as possible); otherwise the earliest ready element-wise node opens a run, which
     takes every element-wise node of its size that is or becomes ready.  A view or stackv
@@ -95,7 +98,7 @@ def fusion_groups(prog, keys, fuse, alias=()):
         ready.sort(key=order.__getitem__)
 
     while ready:
-        other = [k for k in ready if prog.nodes[k].op != "ew"]
+        other = [k for k in ready if not OPS[prog.nodes[k].op].elementwise]
         if other:
             take(other[0])
             out.append([other[0]])
@@ -104,7 +107,7 @@ def fusion_groups(prog, keys, fuse, alias=()):
         n = prog.nodes[run[0]].size
         take(run[0])
         while True:
-            nxt = next((k for k in ready if prog.nodes[k].op == "ew" and prog.nodes[k].size == n), None)
+            nxt = next((k for k in ready if OPS[prog.nodes[k].op].elementwise and prog.nodes[k].size == n), None)
             if nxt is None:
                 break
             take(nxt)
@@ -151,47 +154,93 @@ def group_launch(ks: KernelSet, prog, group, rows, L, shapes, tr_weight=None):
 
 
 def _node_launch(ks: KernelSet, prog, key, node, rows, L, shapes, tr_weight=None) -> Launch:
-    doc = key_str(key)
-    ld = L.ld(key)
-    if node.op == "ew":
-        units = [_arg_units(prog, L, a) for a in node.args]
-        name = ks.ew(node.attrs["expr"], node.size, units, out_ld=ld, doc=f"{doc} = {node.attrs['expr']}")
-        return Launch(name, tuple(node.args) + (key,), note=doc)
-    if node.op == "matvec":
-        terms = node.attrs["terms"]
-        if tr_weight is not None:  # out[r] = Σ P[r, k] v[k] reads Pᵀ[k, r]: coalesced over r
-            terms = tuple((p, tr, c) if tr else (tr_weight(p), True, c) for p, tr, c in terms)
-        v = node.args[0]
-        n_in = prog.node(v).size
-        S = split_factor(n_in, node.size) if tr_weight is not None else 1
-        if S > 1:  # persistent kernel: n_out·S partial sums, then n_out sums of S (two kernels)
-            scratch = (internal("partial sums"), key)
-            L.place(scratch, L.slot(f"partial sums {doc}", node.size * S, -2))
-            part = ks.matvec_part(n_in, node.size, S, terms, [shapes[p] for p, _, _ in terms],
-                                  doc=f"{doc}: {S} partial sums", lda=L.ld(v))
-            total = ks.part_sum(node.size, S, doc=f"{doc} = Σ of {S} partial sums", ldc=ld)
-            weights = tuple((p, None) for p, _, _ in terms)
-            return (Launch(part, (v,) + weights + (scratch,), note=f"{doc} (partial)"),
-                    Launch(total, (scratch, key), note=doc, computes=(key,)))
-        name = ks.matvec(n_in, node.size, terms, [shapes[p] for p, _, _ in terms], doc=doc,
-                         tile="large" if rows == "TB" else "small", lda=L.ld(v), ldc=ld)
-        return Launch(name, (v,) + tuple((p, None) for p, _, _ in terms) + (key,), note=doc)
-    a = node.args[0] if node.args else None
-    if node.op == "slice":
-        name = ks.slice(prog.node(a).size, node.size, node.attrs["lo"], doc=doc, ld_in=L.ld(a), ld_out=ld)
-        return Launch(name, (a, key), note=doc)
-    if node.op == "pad":
-        name = ks.pad(prog.node(a).size, node.size, node.attrs["lo"], doc=doc, ld_in=L.ld(a), ld_out=ld)
-        return Launch(name, (a, key), note=doc)
-    if node.op == "concat":
-        parts = [_arg_units(prog, L, x) for x in node.args]
-        name = ks.concat(parts, node.size, doc=doc, ld_out=ld)
-        return Launch(name, tuple(node.args) + (key,), note=doc)
-    if node.op in ("sum", "lse"):
-        name = ks.reduce(prog.node(a).size, node.op == "lse", doc=doc, ld_in=L.ld(a), ld_out=ld)
-        return Launch(name, (a, key), note=doc)
-    if node.op in ("outer", "smatvec", "mbcast", "mreduce"):  # matrix states
-        name = ks.matrix(node.op, node.attrs["shape"], node.size, [L.ld(x) for x in node.args],
-                         node.attrs.get("axis", 1), node.attrs.get("transposed", False), doc=doc, ld_out=ld)
-        return Launch(name, tuple(node.args) + (key,), note=doc)
-    raise CompileError(f"ptx backend: no kernel for op {node.op!r} ({doc})")
+    launch = NODE_LAUNCH.get(node.op)
+    if launch is None:
+        raise CompileError(f"ptx backend: no kernel for op {node.op!r} ({key_str(key)})")
+    return launch(_Site(ks, prog, key, node, rows, L, shapes, tr_weight))
+
+
+@dataclass
+class _Site:
+    """What a node's launch is made from (the arguments of :data:`NODE_LAUNCH`'s entries)."""
+
+    ks: KernelSet
+    prog: object
+    key: tuple
+    node: object
+    rows: str
+    L: object
+    shapes: dict
+    tr_weight: object
+
+    @property
+    def doc(self):
+        return key_str(self.key)
+
+    def size(self, a):
+        return self.prog.node(a).size
+
+    def one(self, name) -> Launch:  # a kernel over (arguments..., out)
+        return Launch(name, tuple(self.node.args) + (self.key,), note=self.doc)
+
+
+def _ew(x):
+    node = x.node
+    units = [_arg_units(x.prog, x.L, a) for a in node.args]
+    return x.one(x.ks.ew(node.attrs["expr"], node.size, units, out_ld=x.L.ld(x.key),
+                         doc=f"{x.doc} = {node.attrs['expr']}"))
+
+
+def _matvec(x):
+    ks, node, L, key, doc, shapes = x.ks, x.node, x.L, x.key, x.doc, x.shapes
+    terms = node.attrs["terms"]
+    if x.tr_weight is not None:  # out[r] = Σ P[r, k] v[k] reads Pᵀ[k, r]: coalesced over r
+        terms = tuple((p, tr, c) if tr else (x.tr_weight(p), True, c) for p, tr, c in terms)
+    v = node.args[0]
+    n_in = x.size(v)
+    S = split_factor(n_in, node.size) if x.tr_weight is not None else 1
+    if S > 1:  # persistent kernel: n_out·S partial sums, then n_out sums of S (two kernels)
+        scratch = (internal("partial sums"), key)
+        L.place(scratch, L.slot(f"partial sums {doc}", node.size * S, PER_SAMPLE))
+        part = ks.matvec_part(n_in, node.size, S, terms, [shapes[p] for p, _, _ in terms],
+                              doc=f"{doc}: {S} partial sums", lda=L.ld(v))
+        total = ks.part_sum(node.size, S, doc=f"{doc} = Σ of {S} partial sums", ldc=L.ld(key))
+        weights = tuple((p, None) for p, _, _ in terms)
+        return (Launch(part, (v,) + weights + (scratch,), note=f"{doc} (partial)"),
+                Launch(total, (scratch, key), note=doc, computes=(key,)))
+    name = ks.matvec(n_in, node.size, terms, [shapes[p] for p, _, _ in terms], doc=doc,
+                     tile="large" if x.rows == "TB" else "small", lda=L.ld(v), ldc=L.ld(key))
+    return Launch(name, (v,) + tuple((p, None) for p, _, _ in terms) + (key,), note=doc)
+
+
+def _slice_or_pad(x):
+    node, a = x.node, x.node.args[0]
+    kernel = x.ks.slice if node.op == "slice" else x.ks.pad
+    return x.one(kernel(x.size(a), node.size, node.attrs["lo"], doc=x.doc, ld_in=x.L.ld(a), ld_out=x.L.ld(x.key)))
+
+
+def _concat(x):
+    parts = [_arg_units(x.prog, x.L, a) for a in x.node.args]
+    return x.one(x.ks.concat(parts, x.node.size, doc=x.doc, ld_out=x.L.ld(x.key)))
+
+
+def _reduce(x):  # sum, lse
+    a = x.node.args[0]
+    return x.one(x.ks.reduce(x.size(a), x.node.op == "lse", doc=x.doc, ld_in=x.L.ld(a), ld_out=x.L.ld(x.key)))
+
+
+def _matrix(x):  # matrix states
+    node = x.node
+    return x.one(x.ks.matrix(node.op, node.attrs["shape"], node.size, [x.L.ld(a) for a in node.args],
+                             node.attrs.get("axis", 1), node.attrs.get("transposed", False), doc=x.doc,
+                             ld_out=x.L.ld(x.key)))
+
+
+NODE_LAUNCH = {
+    "ew": _ew,
+    "matvec": _matvec,
+    "slice": _slice_or_pad, "pad": _slice_or_pad,
+    "concat": _concat,
+    "sum": _reduce, "lse": _reduce,
+    "outer": _matrix, "smatvec": _matrix, "mbcast": _matrix, "mreduce": _matrix,
+}

@@ -14,6 +14,7 @@ import numpy as np
 from ...autodiff import LOSS_ONLY, backward_step
 from ..validate import add_initial_state_grads, float_dtype, forward_targets, initial_states, weighted_loss
 from .emit import emit_module
+from .layout import address
 from .persistent import T_KEY, Persistent
 from .plan import build_plan, grad_key
 from .ptxgen import DEFAULT_ARCH, DEFAULT_FEATURES, check_arch, entries, sm_version, to_ptx
@@ -170,7 +171,7 @@ class PtxModel(PtxVjp, BackendModel):
 
         def resolve(launch, t, rows):
             R = rows * B if launch.rows == "TB" else B
-            ptrs = [T if k == T_KEY else L.address(k, t, base, offsets, B, isz) for k in launch.args]
+            ptrs = [T if k == T_KEY else address(L, k, t, base, offsets, B, isz) for k in launch.args]
             return (launch.kernel, ks[launch.kernel].threads(R), R, ptrs)
 
         fwd = [resolve(x, 0, 1) for x in P.fwd_prologue]  # stacked weights, once per call
@@ -188,7 +189,7 @@ class PtxModel(PtxVjp, BackendModel):
                 bwd += [resolve(x, t, 1) for t in reversed(range(T)) for x in P.bwd_step]
             bwd += [resolve(x, 0, T) for x in P.bwd_after + P.bwd_grads]
         a["launches"] = (len(fwd), len(bwd))
-        addr = lambda key, t=0: L.address(key, t, base, offsets, B, isz)  # noqa: E731
+        addr = lambda key, t=0: address(L, key, t, base, offsets, B, isz)  # noqa: E731
         stage, run_ops, train_ops = self._staging(a, addr, T, B)
         a["stage_ptr"], a["stage"] = stage
         a["fwd"] = r.prepare(fwd)  # the kernels alone (benchmarks/gpu_check.py times them)

@@ -14,12 +14,12 @@ No grid-wide barrier and no cooperative launch are needed: blocks never wait for
 other, and any number of them may run at once.  One launch replaces T × (launches per
 step) launches, and with them the GPU's gap between kernels.  The step kernels are the
 plan's *simple* kernels (one thread per element), whose bodies are inlined here; the
-products read their weight transposed (:meth:`.codegen.KernelSet.transpose`, once per
+products read their weight transposed (:func:`.weight_kernels.transpose`, once per
 call) so that the threads of a warp read consecutive addresses.  Hoisted products and
 parameter gradients stay tiled GEMM launches before and after the loop.
 
 A value's address at step t is its address at step 0 plus ``t · B · units`` elements
-(:meth:`.layout.Layout.address`), so the kernel takes each distinct value's step-0 pointer
+(:func:`.layout.address`), so the kernel takes each distinct value's step-0 pointer
 and its ``units`` (0 for parameters).  Signature: ``k(N blocks, R = B, T, p_1 … p_k)``.
 On the host runner a block is a loop over its elements, which is exact: no two blocks
 touch the same row.
@@ -113,10 +113,7 @@ def loop_launch(ks, layout, launches, reverse: bool, where: str, launch_cls, req
         computes += list(x.computes)
     for x in launches:
         ks.kernels[x.kernel].entry = False
-    strides = []
-    for a in keys:
-        slot = layout.slots[layout.where[a].slot]
-        strides.append(slot.units if slot.extra_rows >= 0 else 0)
+    strides = [layout.step_units(a) for a in keys]
     doc = f"{'backward' if reverse else 'forward'} pass, all steps: {len(steps)} kernels per step inlined"
     name = ks.add("loop", len(keys) + 1, Persistent(tuple(steps), tuple(strides), reverse, clusters),
                   size=lambda R: R, doc=doc)

@@ -17,7 +17,8 @@ lets the gradient kernels run once over T·B rows instead of T times over B.
 The adjoint carried from t+1 needs no copy: ``δ⁺h`` at t reads row t+1 of the
 buffer of ``δh[t-1]`` (row T stays zero), except when that adjoint is itself a seed.
 
-Where each value lives (its slot, step offset and column) is a :class:`.layout.Layout`.
+Where each value lives (its slot, step offset and column) is a :class:`rnncomp.passes.layout.Layout`,
+built by its shared builder; every backward value keeps every step here.
 
 The programs come from :func:`rnncomp.passes.prepare.prepare`, pass "stack" included
 (``stack=True``, :mod:`rnncomp.passes.stacking` through :func:`rnncomp.passes.stack.stack_step`):
@@ -40,12 +41,13 @@ from ...gradspec import Batch
 from ...ir import LEAF_OPS, internal, key_str, placeholder
 from ..llvm.exprgen import unsupported
 from ...passes.cotangents_after import for_backward
+from ...passes.layout import SHARED, Layout, place_sequences, place_values, place_weights
 from ...passes.prepare import hoisted, prepare
 from ...passes.stack import grad_groups
 from .codegen import KernelSet
 from .launches import FREE_OPS, Launch, fusion_groups, group_launch, stack_launch, transpose_launch
-from .layout import Layout
 from .persistent import loop_launch
+from .weight_kernels import grad_batch, grad_outer
 
 
 @dataclass
@@ -115,29 +117,14 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
     plan.fwd_prog, plan.bwd_prog, plan.stacks, plan.views = fwd, bprog, prep.stacks, prep.views
     views = plan.views
 
-    for p, shape in step.params.items():
-        plan.param_slot[p] = k = L.slot(f"param {p}", int(np.prod(shape)), -1)
-        L.place((p, None), k)
-    for name, stk in plan.stacks.items():
-        k = L.slot(f"stacked {name}", int(np.prod(stk.shape)), -1)
-        L.place((name, None), k)
-    for s, n in step.states.items():
-        plan.state_slot[s] = k = L.slot(f"state {s}", n, 1)
-        L.place((s, "t-1"), k, 0)
-        L.place((s, "t"), k, 1)
-    for name, n in list(step.inputs.items()) + list(step.targets.items()):
-        plan.io_slot[name] = k = L.slot(f"io {name}", n, 0)
-        L.place((name, "t"), k, 0)
+    plan.param_slot, _ = place_weights(L, step.params, plan.stacks, shapes)
+    plan.state_slot, plan.io_slot = place_sequences(L, step)
 
     # forward values: a slot each (the members of a stacked whole: a column range of its slot);
     # the nodes pruned away keep a slot too (never written, nobody reads them)
     falias = _aliases(fwd, views, L.where)
-    for key, node in (dict(step.prog.nodes) | fwd.nodes).items():
-        if node.op in LEAF_OPS or key in L.where or key in views or key in falias:
-            continue
-        plan.fwd_slot[key] = k = L.slot(f"fwd {key_str(key)}", node.size, 0)
-        L.place(key, k, 0)
-    _place_members(L, views, fwd)
+    placed = place_values(L, dict(step.prog.nodes) | fwd.nodes, views, "fwd", skip=falias)
+    plan.fwd_slot = {key: L.where[key].slot for key in placed}
     _place_aliases(L, falias)
     plan.aliases.update(falias)
 
@@ -172,20 +159,13 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
             carried.setdefault(k, []).append(s)
     carried_roots = {root(k) for k in carried}
     carried_roots |= {views[k][0] for k in carried_roots if k in views}  # (never: carried keys are kept)
+    # the step weights and the outputs' external cotangents are uploaded for every step; the
+    # carry seeds are placed below; members and copies: where their whole / source is
     cot_seeds = {k: o for o, k in bwd.out_seeds.items()}
-    for key, node in bprog.nodes.items():
-        if key == bwd.weight:
-            plan.weight_slot = k = L.slot("weight w[t]", 1, 0)
-            L.place(key, k, 0)
-        elif key in cot_seeds:  # an output's external cotangent, uploaded for every step
-            plan.cot_slot[cot_seeds[key]] = k = L.slot(f"cotangent {key_str(key)}", node.size, 0)
-            L.place(key, k, 0)
-        elif node.op in LEAF_OPS or key in views or key in balias:
-            continue  # carry seeds, placed below; members and copies: where their whole / source is
-        else:
-            k = L.slot(f"bwd {key_str(key)}", node.size, 1 if key in carried_roots else 0)
-            L.place(key, k, 0)
-    _place_members(L, views, bprog)
+    place_values(L, bprog.nodes, views, "bwd", lambda key: 1 if key in carried_roots else 0,
+                 skip=balias, leaves={bwd.weight} | set(cot_seeds))
+    plan.weight_slot = L.where[bwd.weight].slot if bwd.weight in L.where else None
+    plan.cot_slot = {cot_seeds[k]: L.where[k].slot for k in bprog.nodes if k in cot_seeds}
     _place_aliases(L, balias)
     plan.aliases.update(balias)
     copies = []
@@ -229,7 +209,7 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
     grouped = set()
     for w, kind, params, _ in plan.grad_groups:
         sizes = [int(np.prod(step.params[p])) for p in params]
-        k = L.slot(f"grad {'|'.join(params)}", sum(sizes), -1)
+        k = L.slot(f"grad {'|'.join(params)}", sum(sizes), SHARED)
         at = 0
         for p, n in zip(params, sizes):
             plan.grad_slot[p] = k
@@ -238,7 +218,7 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
         grouped.update(params)
         width = bprog.node(w).size
         if kind[0] == "batch":
-            name = ks.grad_batch(width, doc=f"∂[{';'.join(params)}] += Σ {key_str(w)}", ld=L.ld(w))
+            name = grad_batch(ks, width, doc=f"∂[{';'.join(params)}] += Σ {key_str(w)}", ld=L.ld(w))
             plan.bwd_grads.append(Launch(name, (w, grad_key(params[0])), rows="TB"))
         else:
             vk = kind[1]
@@ -246,13 +226,13 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
             if sum(step.params[p][0] for p in params) != width:
                 raise CompileError(f"cell {step.name!r}: internal: gradient group {params} does not "
                                    f"cover {key_str(w)}")
-            name = ks.grad_outer((width, cols), width, bprog.node(vk).size, 1, False,
+            name = grad_outer(ks, (width, cols), width, bprog.node(vk).size, 1, False,
                                  doc=f"∂[{';'.join(params)}] += {key_str(w)}ᵀ{key_str(vk)}",
                                  ld_g=L.ld(w), ld_v=L.ld(vk))
             plan.bwd_grads.append(Launch(name, (w, vk, grad_key(params[0])), rows="TB"))
     for p, shape in step.params.items():
         if p not in grouped:
-            plan.grad_slot[p] = k = L.slot(f"grad {p}", int(np.prod(shape)), -1)
+            plan.grad_slot[p] = k = L.slot(f"grad {p}", int(np.prod(shape)), SHARED)
             L.place(grad_key(p), k)
     for p, specs in bwd.grads.items():
         if p in grouped:
@@ -261,11 +241,11 @@ def build_plan(step, bwd, dtype, hoist=True, fuse=True, tiled=True, stack=True, 
         for spec in specs:
             if isinstance(spec, Batch):
                 n = shape if isinstance(shape, int) else int(np.prod(shape))
-                name = ks.grad_batch(n, doc=f"∂{p} += Σ {key_str(spec.g)}", ld=L.ld(spec.g))
+                name = grad_batch(ks, n, doc=f"∂{p} += Σ {key_str(spec.g)}", ld=L.ld(spec.g))
                 plan.bwd_grads.append(Launch(name, (spec.g, grad_key(p)), rows="TB"))
             else:
                 gk, vk, c, tr = spec.g, spec.v, spec.c, spec.tr
-                name = ks.grad_outer(shape, bprog.node(gk).size, bprog.node(vk).size, c, tr,
+                name = grad_outer(ks, shape, bprog.node(gk).size, bprog.node(vk).size, c, tr,
                                      doc=f"∂{p} += {c}·{key_str(gk)}ᵀ{key_str(vk)}",
                                      ld_g=L.ld(gk), ld_v=L.ld(vk))
                 plan.bwd_grads.append(Launch(name, (gk, vk, grad_key(p)), rows="TB"))
@@ -289,13 +269,6 @@ def _aliases(prog, views, placed) -> dict:
             continue
         out[key] = a
     return out
-
-
-def _place_members(L, views, prog):
-    for key, (w, col, _) in views.items():
-        if key in prog.nodes:
-            slot, off, c0 = L.where[w]
-            L.place(key, slot, off, c0 + col)
 
 
 def _place_aliases(L, alias):
@@ -323,7 +296,7 @@ def _transposer(plan, shapes):
         if p not in plan.transposed:
             name = internal(f"{p}ᵀ")
             m_, n_ = shapes[p]
-            k = plan.layout.slot(f"transposed {p}", m_ * n_, -1)
+            k = plan.layout.slot(f"transposed {p}", m_ * n_, SHARED)
             plan.layout.place((name, None), k)
             plan.transposed[p] = name
             shapes[name] = (n_, m_)
