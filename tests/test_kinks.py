@@ -1,6 +1,6 @@
 """Derivatives exactly at kinks: one convention, the same bits in every backend (issue #8).
 
-The convention (``rnncomp/autodiff.py``, above ``partials``): at a kink the derivative is
+The convention (``rnncomp/derivatives.py``, above ``partials``): at a kink the derivative is
 one of the one-sided derivatives — that of one of the pieces meeting there:
 
 =====================  ==========================================================
@@ -29,7 +29,7 @@ from hypothesis import event, given, settings, strategies as st
 
 import rnncomp as rc
 from rnncomp.backends.numpy import unrolled_loss_and_grad
-from rnncomp.autodiff import partials
+from rnncomp.derivatives import partials
 from rnncomp.errors import DifferentiationError
 from rnncomp.ir import placeholder
 

@@ -20,7 +20,7 @@ grad_tests="tests/test_hand_bptt.py tests/test_zoo.py tests/test_custom_cells.py
             tests/test_graph.py tests/test_names.py"
 case "$target" in
   autodiff)
-    files="rnncomp/autodiff.py"
+    files="rnncomp/autodiff.py rnncomp/derivatives.py"
     tests="$grad_tests tests/test_kinks.py tests/test_weight_ops.py tests/test_vjp_rules.py"
     kexpr="$numpy_only" ;;
   emit)
