@@ -1,6 +1,6 @@
 """Re-run chosen tests against chosen mutants of a tools/mutation.sh run.
 
-    python tools/mutation/recheck.py TARGET 'MUTANT_GLOB' TEST [TEST ...]
+    python tools/mutation/recheck.py [--sample N] TARGET 'MUTANT_GLOB' TEST [TEST ...]
 
 e.g. ``python tools/mutation/recheck.py autodiff 'rnncomp.autodiff.x__vjp_pad__mutmut_*'
 tests/test_vjp_rules.py``.  The tests are copied from the repository as they are now (so a
@@ -8,17 +8,23 @@ new test can be shown to kill a mutant of an earlier run); the mutants are those
 generated in .mutation/TARGET/mutants.  Each mutant runs in a fork of one process that has
 imported and collected the tests but run none (no cache holds an unmutated result), with an
 empty compile cache (see cache_plugin.py).  Prints one line per mutant, killed or SURVIVED,
-and exits non-zero if any survived.
+and exits non-zero if any survived.  ``--sample N``: only N of the matching mutants, drawn with a
+fixed seed (``random.Random(0)``: the same N every run), where checking them all would not fit.
 """
 import fnmatch
 import json
 import os
+import random
 import shutil
 import sys
 from pathlib import Path
 
 root = Path(__file__).resolve().parents[2]
-target, pattern, tests = sys.argv[1], sys.argv[2], sys.argv[3:]
+argv = sys.argv[1:]
+sample = None
+if argv[:1] == ["--sample"]:
+    sample, argv = int(argv[1]), argv[2:]
+target, pattern, tests = argv[0], argv[1], argv[2:]
 work = root / ".mutation" / target / "mutants"
 names = []
 for meta in work.rglob("*.py.meta"):
@@ -26,6 +32,9 @@ for meta in work.rglob("*.py.meta"):
 names.sort(key=lambda n: (n.rsplit("_", 1)[0], int(n.rsplit("_", 1)[1])))
 if not names:
     sys.exit(f"no mutant of {target} matches {pattern}")
+if sample is not None and sample < len(names):
+    print(f"a sample of {sample} of the {len(names)} mutants matching {pattern}")
+    names = sorted(random.Random(0).sample(names, sample), key=names.index)
 for t in tests:
     f = t.split("::")[0]
     shutil.copy(root / f, work / f)
