@@ -350,4 +350,5 @@ def unrolled(step: Step, k: int, cot: Cotangents = LOSS_ONLY) -> Unrolled:
         seeds.setdefault((st, k), []).append(Contribution(placeholder(0), (d,), n))
     leaves = [(x, s) for x in cot.inputs for s in range(1, k + 1)]
     rev = reverse(fwd, seeds, seed_nodes, where=f"cell {step.name!r} unfolded", leaves=leaves)
+    verify(rev.prog)  # as backward_step's: every read defined, every size consistent
     return Unrolled(step, k, fwd, rev)

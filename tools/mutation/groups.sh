@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The recheck runs behind docs/reliability.md's mutation tables: each group of a target's functions
+# against the few fast tests that check those functions against an independent reference.
+#
+#   tools/mutation.sh TARGET --generate-only && tools/mutation/groups.sh TARGET [GROUP ...]
+#
+# Logs go to .mutation/TARGET/recheck-GROUP.log (one line per mutant, then "K of N killed").
+# SAMPLE=N (default: every mutant) checks a fixed sample of N per group (recheck.py --sample).
+set -uo pipefail
+set -f  # the mutant globs are recheck.py's, not the shell's
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+target="${1:?usage: tools/mutation/groups.sh autodiff|lower|emit|printers [GROUP ...]}"
+shift
+vjp="tests/test_vjp.py::test_vjp_numpy_every_seed tests/test_vjp.py::test_vjp_numpy_zoo"
+declare -A glob tests
+case "$target" in
+  autodiff)
+    m=rnncomp.autodiff
+    glob[seeds]="$m.x_unrolled__* $m.x_carry_key__* $m.x_cotangent_key__*"
+    tests[seeds]="$vjp tests/test_zoo.py::test_rolled_equals_unrolled"
+    glob[step]="$m.x_backward_step__*"
+    tests[step]="$vjp tests/test_hand_bptt.py tests/test_zoo.py::test_rolled_equals_unrolled"
+    glob[walk]="$m.xǁ_Ctxǁ* $m.x_adjoint_name__* $m.x__active__* $m.x_reverse__*"
+    tests[walk]="tests/test_vjp_rules.py $vjp tests/test_hand_bptt.py tests/test_custom_cells.py"
+    glob[rules]="$m.x__ew_partials__* $m.x__vjp_* $m.x__transpose_terms__*"
+    tests[rules]="tests/test_vjp_rules.py $vjp tests/test_custom_cells.py tests/test_weight_ops.py"
+    glob[derivatives]="rnncomp.derivatives.*"
+    tests[derivatives]="tests/test_kinks.py tests/test_custom_cells.py tests/test_vjp_rules.py tests/test_errors.py"
+    ;;
+  *) echo "no groups for $target" >&2; exit 2 ;;
+esac
+groups=("$@")
+[ ${#groups[@]} -eq 0 ] && groups=("${!glob[@]}")
+for g in "${groups[@]}"; do
+  log="$root/.mutation/$target/recheck-$g.log"
+  : > "$log"
+  for pat in ${glob[$g]}; do
+    # shellcheck disable=SC2086
+    nice -n 10 python "$root/tools/mutation/recheck.py" ${SAMPLE:+--sample "$SAMPLE"} "$target" "$pat" ${tests[$g]} \
+      2>&1 | grep --line-buffered -E ': (killed|SURVIVED)|^a sample|killed$' >> "$log"
+  done
+  echo "$g: $(grep -c ': killed' "$log") killed, $(grep -c SURVIVED "$log") survived"
+done
