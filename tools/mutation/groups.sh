@@ -27,17 +27,34 @@ case "$target" in
     glob[derivatives]="rnncomp.derivatives.*"
     tests[derivatives]="tests/test_kinks.py tests/test_custom_cells.py tests/test_vjp_rules.py tests/test_errors.py"
     ;;
+  lower)  # a wrong forward passes finite differences: hand BPTT and the printed equations check it alone
+    m=rnncomp.lower
+    glob[lower]="$m.*"
+    tests[lower]="tests/test_hand_bptt.py tests/test_printing.py tests/test_custom_cells.py tests/test_zoo.py
+                  tests/test_errors.py tests/test_matrix_states.py tests/test_weight_ops.py"
+    ;;
+  emit)  # native against the NumPy oracle (each test compiles: a sample)
+    glob[emit]="rnncomp.backends.native_emit.*"
+    tests[emit]="tests/test_native.py::test_custom_cells_match_oracle tests/test_native.py::test_odd_sizes_masks_and_states
+                 tests/test_native.py::test_zoo_matches_oracle"
+    ;;
+  printers)  # the NumPy printer and per-op code; the LLVM expression printer (native and PTX)
+    m=rnncomp.backends.numpy
+    glob[numpy]="$m.xǁ_Printerǁ* $m.x__erf__* $m.x__ew__* $m.x__matvec__* $m.x__pad__* $m.x__lse__* $m.x__smatvec__*
+                 $m.x__mbcast__* $m.x_run_program__* $m.x_accumulate_grads__*"
+    tests[numpy]="tests/test_hand_bptt.py tests/test_vjp_rules.py tests/test_custom_cells.py tests/test_kinks.py
+                  tests/test_matrix_states.py"
+    glob[llvm]="rnncomp.backends.llvm.exprgen.*"
+    tests[llvm]="tests/test_native.py::test_custom_cells_match_oracle tests/llvm/test_vecmath.py tests/test_kinks.py"
+    ;;
   *) echo "no groups for $target" >&2; exit 2 ;;
 esac
 groups=("$@")
 [ ${#groups[@]} -eq 0 ] && groups=("${!glob[@]}")
 for g in "${groups[@]}"; do
   log="$root/.mutation/$target/recheck-$g.log"
-  : > "$log"
-  for pat in ${glob[$g]}; do
-    # shellcheck disable=SC2086
-    nice -n 10 python "$root/tools/mutation/recheck.py" ${SAMPLE:+--sample "$SAMPLE"} "$target" "$pat" ${tests[$g]} \
-      2>&1 | grep --line-buffered -E ': (killed|SURVIVED)|^a sample|killed$' >> "$log"
-  done
+  # shellcheck disable=SC2086
+  nice -n 10 python "$root/tools/mutation/recheck.py" ${SAMPLE:+--sample "$SAMPLE"} "$target" "${glob[$g]}" ${tests[$g]} \
+    2>&1 | grep --line-buffered -E ': (killed|SURVIVED)|^a sample|killed$' > "$log"
   echo "$g: $(grep -c ': killed' "$log") killed, $(grep -c SURVIVED "$log") survived"
 done

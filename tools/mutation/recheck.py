@@ -5,7 +5,7 @@
 e.g. ``python tools/mutation/recheck.py autodiff 'rnncomp.autodiff.x__vjp_pad__mutmut_*'
 tests/test_vjp_rules.py``.  The tests are copied from the repository as they are now (so a
 new test can be shown to kill a mutant of an earlier run); the mutants are those mutmut
-generated in .mutation/TARGET/mutants.  Each mutant runs in a fork of one process that has
+generated in .mutation/TARGET/mutants; MUTANT_GLOB may hold several globs separated by spaces.  Each mutant runs in a fork of one process that has
 imported and collected the tests but run none (no cache holds an unmutated result), with an
 empty compile cache (see cache_plugin.py).  Prints one line per mutant, killed or SURVIVED,
 and exits non-zero if any survived.  ``--sample N``: only N of the matching mutants, drawn with a
@@ -28,7 +28,8 @@ target, pattern, tests = argv[0], argv[1], argv[2:]
 work = root / ".mutation" / target / "mutants"
 names = []
 for meta in work.rglob("*.py.meta"):
-    names += [n for n in json.loads(meta.read_text())["exit_code_by_key"] if fnmatch.fnmatchcase(n, pattern)]
+    names += [n for n in json.loads(meta.read_text())["exit_code_by_key"]
+              if any(fnmatch.fnmatchcase(n, p) for p in pattern.split())]
 names.sort(key=lambda n: (n.rsplit("_", 1)[0], int(n.rsplit("_", 1)[1])))
 if not names:
     sys.exit(f"no mutant of {target} matches {pattern}")
