@@ -119,9 +119,9 @@ def reverse(fwd: Program, seeds: dict, seed_nodes: dict, where: str = "", leaves
     for k, n in seed_nodes.items():
         out.prog.add(k, n)
     ctx = _Ctx(fwd, out, where or fwd.name)
-    stray = [key_str(k) for k in seeds if k not in fwd.nodes]
-    if stray:  # a seed the walk would never meet: a caller's bug, not a zero gradient
-        raise AssertionError(f"{fwd.name}: seeds for values it does not compute: {', '.join(stray)}")
+    stray = [key_str(k) for k in (*seeds, *leaves) if k not in fwd.nodes]
+    if stray:  # a seed or leaf the walk would never meet: a caller's bug, not a zero gradient
+        raise AssertionError(f"{fwd.name}: seeds or leaves for values it does not compute: {', '.join(stray)}")
     for k, cs in seeds.items():
         ctx.pending[k].extend(cs)
     active = _active(fwd, leaves)

@@ -311,3 +311,20 @@ def test_three_way_extreme_takes_the_first_tied_argument(f, point):
     got = [float(sp.sympify(d).subs({**dict(zip(u, point)), placeholder(3): value})) for d in partials(tmpl, 3)]
     first = min((i for i in range(3) if point[i] == value), key=order.__getitem__)
     assert got == [1.0 if i == first else 0.0 for i in range(3)], (tmpl, point, got)
+
+
+@pytest.mark.parametrize("make", [lambda a, b: sp.Max(a, 0) ** 2 * b, lambda a, b: sp.Abs(a) * a + sp.Min(a, b) * b])
+def test_a_derivative_that_keeps_the_kink_function(make):
+    # d/da Max(a, 0)² = 2·Max(a, 0)·H(a): the kink function itself stays in the derivative and
+    # must come back as sympy's Max/Abs/Min; checked against central differences off the kinks
+    a, b = placeholder(0), placeholder(1)
+    tmpl = make(a, b)
+    ds = partials(tmpl, 2)
+    f = sp.lambdify((a, b), tmpl)
+    for pa, pb in [(0.7, -1.3), (-0.4, 0.9), (1.9, 2.6)]:
+        for i, d in enumerate(ds):
+            got = float(d.subs({a: pa, b: pb, placeholder(2): f(pa, pb)}))
+            h = 1e-6
+            up = f(pa + h, pb) if i == 0 else f(pa, pb + h)
+            dn = f(pa - h, pb) if i == 0 else f(pa, pb - h)
+            assert got == pytest.approx((up - dn) / (2 * h), rel=1e-7, abs=1e-9), (tmpl, i, pa, pb)

@@ -234,6 +234,22 @@ def test_vjp_numpy_every_seed(with_targets, which_out, which_state, h0_kind, mas
                    backends=())
 
 
+def test_every_seed_has_the_size_of_what_it_seeds():
+    # a backend allocates a seed's buffer from its node (the NumPy oracle does not look): the carry
+    # of h has h's 3 units, of c 2, each output's cotangent 2, the step weight 1; likewise unrolled
+    from rnncomp.autodiff import Cotangents, backward_step, carry_key, cotangent_key, unrolled
+    st_ = _every_seed().step
+    cot = Cotangents(loss=True, outputs=("y", "z"), inputs=("x1", "x2"), final=True)
+    bwd = backward_step(st_, cot)
+    size = lambda prog, k: prog.nodes[k].size  # noqa: E731
+    assert {s: size(bwd.prog, k) for s, k in bwd.carry_in.items()} == {"h": 3, "c": 2}
+    assert {o: size(bwd.prog, k) for o, k in bwd.out_seeds.items()} == {"y": 2, "z": 2}
+    assert size(bwd.prog, bwd.weight) == 1
+    u = unrolled(st_, 3, cot)
+    assert [size(u.rev.prog, cotangent_key(o, t)) for t in (1, 2, 3) for o in ("y", "z")] == [2] * 6
+    assert [size(u.rev.prog, carry_key(s, 3)) for s in ("h", "c")] == [3, 2]
+
+
 @pytest.mark.parametrize("name", ["lstm", "jordan"])
 def test_vjp_numpy_zoo(name):
     cell = rc.cells.get(name)(2, 3, 2)

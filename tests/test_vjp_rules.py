@@ -114,5 +114,7 @@ def test_a_seed_for_a_value_the_program_lacks_is_refused():
     fwd = Program(name="one op")
     fwd.add(("x0", "t"), Node("input", (), 2))
     fwd.add(("y", "t"), Node("ew", (("x0", "t"),), 2, {"expr": sp.tanh(placeholder(0))}))
-    with pytest.raises(AssertionError, match=r"one op: seeds for values it does not compute: y\[t-1\]"):
+    with pytest.raises(AssertionError, match=r"one op: seeds or leaves for values it does not compute: y\[t-1\]"):
         reverse(fwd, {("y", "t-1"): [Contribution(placeholder(0), (G,), 2)]}, {G: Node("seed", (), 2)})
+    with pytest.raises(AssertionError, match=r"values it does not compute: x0\[t-1\]"):
+        reverse(fwd, {}, {}, leaves=[("x0", "t-1")])
