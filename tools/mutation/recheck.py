@@ -37,8 +37,9 @@ if sample is not None and sample < len(names):
     print(f"a sample of {sample} of the {len(names)} mutants matching {pattern}")
     names = sorted(random.Random(0).sample(names, sample), key=names.index)
 for t in tests:
-    f = t.split("::")[0]
-    shutil.copy(root / f, work / f)
+    if not t.startswith("-"):  # pytest options (--deselect ID) pass through
+        f = t.split("::")[0]
+        shutil.copy(root / f, work / f)
 shutil.copy(root / "tools" / "mutation" / "cache_plugin.py", work / "mutation_cache_plugin.py")
 os.chdir(work)
 sys.path.insert(0, str(work))
@@ -47,15 +48,24 @@ import pytest  # noqa: E402
 
 args = ["-q", "-x", "-p", "mutation_cache_plugin", "-p", "no:cacheprovider", "-p", "no:xdist", *tests]
 pytest.main(["--collect-only", "-qqq", *args])
-survived = []
-for name in names:
+
+def run(mutant):
+    """Exit code of the tests in a fresh fork with ``mutant`` switched on ("" runs the original)."""
     pid = os.fork()
     if pid == 0:
-        os.environ["MUTANT_UNDER_TEST"] = name
+        os.environ["MUTANT_UNDER_TEST"] = mutant
         sys.stdout = sys.stderr = open(os.devnull, "w")
         os._exit(int(pytest.main(args)))
     _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
+    return os.waitstatus_to_exitcode(status)
+
+
+# a test that fails without any mutant would "kill" every mutant: the clean run must pass first
+if (code := run("")) != 0:
+    sys.exit(f"the tests fail without a mutant (exit {code}): run them in {work} and fix or deselect them")
+survived = []
+for name in names:
+    code = run(name)
     print(f"{name}: {'SURVIVED' if code == 0 else f'killed (exit {code})'}", flush=True)
     if code == 0:
         survived.append(name)
