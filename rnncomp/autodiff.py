@@ -319,8 +319,6 @@ def backward_step(step: Step, cot: Cotangents = LOSS_ONLY) -> BackwardStep:
 class Unrolled:
     """The unfolded forward program and its reverse: the reference for the rolled step."""
 
-    step: Step
-    k: int
     fwd: Program
     rev: Reverse
 
@@ -351,4 +349,4 @@ def unrolled(step: Step, k: int, cot: Cotangents = LOSS_ONLY) -> Unrolled:
     leaves = [(x, s) for x in cot.inputs for s in range(1, k + 1)]
     rev = reverse(fwd, seeds, seed_nodes, where=f"cell {step.name!r} unfolded", leaves=leaves)
     verify(rev.prog)  # as backward_step's: every read defined, every size consistent
-    return Unrolled(step, k, fwd, rev)
+    return Unrolled(fwd, rev)
