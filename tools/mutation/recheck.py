@@ -37,8 +37,8 @@ if sample is not None and sample < len(names):
     print(f"a sample of {sample} of the {len(names)} mutants matching {pattern}")
     names = sorted(random.Random(0).sample(names, sample), key=names.index)
 for t in tests:
-    if not t.startswith("-"):  # pytest options (--deselect ID) pass through
-        f = t.split("::")[0]
+    f = t.split("::")[0]
+    if f.endswith(".py"):  # other arguments are pytest's (-k EXPR) and pass through
         shutil.copy(root / f, work / f)
 shutil.copy(root / "tools" / "mutation" / "cache_plugin.py", work / "mutation_cache_plugin.py")
 os.chdir(work)
