@@ -328,3 +328,12 @@ def test_a_derivative_that_keeps_the_kink_function(make):
             up = f(pa + h, pb) if i == 0 else f(pa, pb + h)
             dn = f(pa - h, pb) if i == 0 else f(pa, pb - h)
             assert got == pytest.approx((up - dn) / (2 * h), rel=1e-7, abs=1e-9), (tmpl, i, pa, pb)
+
+
+@pytest.mark.parametrize("make", [lambda a: sp.Abs(a) + sp.floor(a), lambda a: sp.tanh(sp.floor(a) + a),
+                                  lambda a: sp.Piecewise((sp.floor(a), a > 0), (a, True))])
+def test_nondiff_name_judges_each_function_alone(make):
+    # on a template as the walk sees it (lowering may split a cell's expression into several):
+    # Abs (differentiable for real arguments), tanh around floor, a Piecewise are not named
+    from rnncomp.derivatives import nondiff_name
+    assert nondiff_name(make(placeholder(0))) == "floor"
