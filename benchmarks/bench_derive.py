@@ -11,7 +11,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import rnncomp as rc  # noqa: E402
-from rnncomp.autodiff import partials, unrolled  # noqa: E402
+from rnncomp.autodiff import unrolled  # noqa: E402
+from rnncomp.derivatives import partials  # noqa: E402
 from sympy.core.cache import clear_cache  # noqa: E402
 
 

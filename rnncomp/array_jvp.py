@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .autodiff import partials
+from .derivatives import partials
 from .errors import DifferentiationError
 from .ir import Node, display, key_str, placeholder
 

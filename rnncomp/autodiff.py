@@ -18,102 +18,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import sympy as sp
 
 from .dsl import _NAME
 from .errors import DifferentiationError
 from .array_rules import ARRAY_RULES
+from .derivatives import nondiff_name, partials
 from .gradspec import Batch, Outer
 from .ir import Node, Program, display, eliminate_aliases, internal, key_str, placeholder, verify
 from .lower import LOSS, Step
-
-
-# ----------------------------------------------------------------------------- symbolic partials
-# Derivatives at a kink (one convention for every backend: they all print these templates).
-# Each is one of the two one-sided derivatives, so a gradient at a kink is a gradient of one
-# of the pieces that meet there:
-#   Max(a, b, ...)  the derivative of the FIRST argument (in sympy's order) attaining the max;
-#                   sympy lists numbers first, so relu'(0) = Max(0, z)'(0) = 0;
-#   Min(a, b, ...)  likewise the first argument attaining the min (Min(0, z)'(0) = 0);
-#   Abs(a)          +1 at a = 0 for a as sympy stores it (sympy writes |x − p| as |p − x|);
-#   Piecewise       the derivative of the piece whose condition selects the point (the first
-#                   true condition, as in the forward pass);
-#   Heaviside, sign 0 everywhere (their DiracDelta is dropped); floor, ceiling: no derivative.
-# An indicator "a_i is the first extreme" is Π_{j<i} H(a_i − a_j, 0) · Π_{j>i} H(a_i − a_j, 1),
-# with Heaviside's second argument its value at 0.
-def _first_extreme(args, i, sign):
-    ind = sp.S.One
-    for j, b in enumerate(args):
-        if j != i:
-            ind *= sp.Heaviside(sign * (args[i] - b), 0 if j < i else 1)
-    return ind
-
-
-class _KinkMax(sp.Function):
-    def fdiff(self, argindex=1):
-        return _first_extreme(self.args, argindex - 1, 1)
-
-
-class _KinkMin(sp.Function):
-    def fdiff(self, argindex=1):
-        return _first_extreme(self.args, argindex - 1, -1)
-
-
-class _KinkAbs(sp.Function):
-    def fdiff(self, argindex=1):
-        return 2 * sp.Heaviside(self.args[0], 1) - 1
-
-
-_KINKS = ((sp.Max, _KinkMax), (sp.Min, _KinkMin), (sp.Abs, _KinkAbs))
-
-
-def _diff(template: sp.Expr, x) -> sp.Expr:
-    """sympy's derivative with the kink convention above."""
-    if not template.has(sp.Max, sp.Min, sp.Abs):
-        return sp.diff(template, x)
-    for f, k in _KINKS:
-        template = template.replace(f, lambda *a, k=k: k(*a))
-    d = sp.diff(template, x)
-    for f, k in _KINKS:
-        d = d.replace(k, lambda *a, f=f: f(*a))
-    return d
-
-
-@lru_cache(maxsize=4096)
-def partials(template: sp.Expr, nargs: int) -> tuple:
-    """∂template/∂_i for each argument, as templates over ``_0.._{n-1}`` and ``_n`` = the
-    forward value (substituted where the derivative repeats it, e.g. tanh' = 1 − y²).
-
-    Almost-everywhere derivatives: at a kink, one of the one-sided derivatives (the
-    convention above); DiracDelta (from sign, Heaviside) is 0.
-    Returns ``None`` in a slot whose derivative sympy cannot express.
-    """
-    y = placeholder(nargs)
-    out = []
-    for i in range(nargs):
-        d = _diff(template, placeholder(i))
-        if d.has(sp.DiracDelta):
-            d = d.replace(sp.DiracDelta, lambda *a: sp.S.Zero)
-        if d.has(sp.Derivative) or d.has(sp.Subs):
-            out.append(None)
-            continue
-        if not template.is_Symbol and not template.is_Number:
-            d = d.subs(template, y)
-        out.append(d)
-    return tuple(out)
-
-
-def _nondiff_name(template: sp.Expr) -> str:
-    """The function in ``template`` that has no derivative: judged on the function alone, so
-    in tanh(floor(x) + x) it is floor, not the tanh whose derivative contains floor's."""
-    for f in sp.preorder_traversal(template):
-        if isinstance(f, sp.Function) and not isinstance(f, sp.Piecewise):
-            xs = sp.symbols(f"u0:{len(f.args)}", real=True)
-            if any(sp.diff(f.func(*xs), x).has(sp.Derivative) for x in xs):
-                return f.func.__name__
-    return str(template)
 
 
 # ----------------------------------------------------------------------------- the walk
@@ -205,6 +119,9 @@ def reverse(fwd: Program, seeds: dict, seed_nodes: dict, where: str = "", leaves
     for k, n in seed_nodes.items():
         out.prog.add(k, n)
     ctx = _Ctx(fwd, out, where or fwd.name)
+    stray = [key_str(k) for k in (*seeds, *leaves) if k not in fwd.nodes]
+    if stray:  # a seed or leaf the walk would never meet: a caller's bug, not a zero gradient
+        raise AssertionError(f"{fwd.name}: seeds or leaves for values it does not compute: {', '.join(stray)}")
     for k, cs in seeds.items():
         ctx.pending[k].extend(cs)
     active = _active(fwd, leaves)
@@ -227,7 +144,7 @@ def _ew_partials(ctx, key, node, active):  # [(argument, ∂template/∂argument
         if a in active and ds[i] is None:
             raise DifferentiationError(
                 f"{ctx.where}: {key_str(key)} = {node.attrs['expr']} uses "
-                f"{_nondiff_name(node.attrs['expr'])!r}, which has no derivative, but a gradient "
+                f"{nondiff_name(node.attrs['expr'])!r}, which has no derivative, but a gradient "
                 f"flows through it (to {key_str(a)})")
     return [(a, d) for a, d in zip(node.args, ds) if a in active and d != 0]
 
@@ -402,8 +319,6 @@ def backward_step(step: Step, cot: Cotangents = LOSS_ONLY) -> BackwardStep:
 class Unrolled:
     """The unfolded forward program and its reverse: the reference for the rolled step."""
 
-    step: Step
-    k: int
     fwd: Program
     rev: Reverse
 
@@ -433,4 +348,5 @@ def unrolled(step: Step, k: int, cot: Cotangents = LOSS_ONLY) -> Unrolled:
         seeds.setdefault((st, k), []).append(Contribution(placeholder(0), (d,), n))
     leaves = [(x, s) for x in cot.inputs for s in range(1, k + 1)]
     rev = reverse(fwd, seeds, seed_nodes, where=f"cell {step.name!r} unfolded", leaves=leaves)
-    return Unrolled(step, k, fwd, rev)
+    verify(rev.prog)  # as backward_step's: every read defined, every size consistent
+    return Unrolled(fwd, rev)

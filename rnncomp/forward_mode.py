@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from .array_jvp import ARRAY_JVP_RULES
-from .autodiff import RULES, _nondiff_name, partials
+from .autodiff import RULES
+from .derivatives import nondiff_name, partials
 from .errors import DifferentiationError
 from .ir import INTERNAL, Node, Program, display, internal, key_str, placeholder, verify
 from .lower import Step
@@ -129,7 +130,7 @@ def _jvp_ew(ctx, key, node):
         if ds[i] is None:
             raise DifferentiationError(
                 f"{ctx.where}: {key_str(key)} = {node.attrs['expr']} uses "
-                f"{_nondiff_name(node.attrs['expr'])!r}, which has no derivative, but a tangent "
+                f"{nondiff_name(node.attrs['expr'])!r}, which has no derivative, but a tangent "
                 f"flows through it (from {key_str(a)})")
         if ds[i] != 0:
             args.append(ta)

@@ -63,7 +63,7 @@ class softplus(sp.Function):
 
 
 def relu(z):
-    """max(0, z); its derivative is the Heaviside step, 0 at z = 0 (see ``autodiff.partials``)."""
+    """max(0, z); its derivative is the Heaviside step, 0 at z = 0 (see ``derivatives.partials``)."""
     return sp.Max(0, z)
 
 

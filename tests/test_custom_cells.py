@@ -175,3 +175,22 @@ def test_teacher_forcing_forward_takes_targets():
     plain = rc.compile(rc.cells.elman(3, 4, 2), backend="ptx", runner="host")
     p2, i2, _ = random_data(rc.cells.elman(3, 4, 2), T=3, B=2)
     assert plain.forward(p2, i2)[0]["y"].shape == (3, 2, 2)
+
+
+@pytest.mark.parametrize("c", [2, -3, 0.5])
+def test_a_scaled_product_is_the_product_with_the_scaled_matrix(c):
+    # (c·W) @ x is lowered to a product term with coefficient c: loss and gradients must be those
+    # of the plain cell at W' = c·W (∂/∂W = c·∂/∂W'), an identity the code does not use
+    def make(scale):
+        cell = rc.Cell("scaled")
+        x, h = cell.input("x", 3), cell.state("h", 4)
+        cell.update(h, sp.tanh((scale * cell.param("W", (4, 3))) @ x + cell.param("U", (4, 4)) @ h))
+        return _finish(cell, h.new, 4)
+    scaled, plain = make(c), make(1)
+    params, inputs, targets = random_data(scaled, T=4, B=2)
+    l1, g1, _ = numpy_model(scaled).loss_and_grad(params, inputs, targets)
+    l2, g2, _ = numpy_model(plain).loss_and_grad(dict(params, W=c * params["W"]), inputs, targets)
+    assert l1 == pytest.approx(l2, rel=1e-12)
+    np.testing.assert_allclose(g1["W"], c * g2["W"], rtol=1e-10, atol=1e-14)
+    for p in ("U", "V"):
+        np.testing.assert_allclose(g1[p], g2[p], rtol=1e-10, atol=1e-14)

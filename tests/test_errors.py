@@ -80,15 +80,6 @@ def test_unsupported_function_is_named_with_the_list():
         cell.update(h, g(h))
 
 
-def test_the_error_names_the_function_without_a_derivative_not_the_one_around_it():
-    cell, x, h = base()
-    W = cell.param("W", (4, 3))
-    cell.update(h, sp.tanh(sp.floor(W @ x) + W @ x) + h / 2)
-    cell.loss(h.new ** 2)
-    with pytest.raises(DifferentiationError, match=r"uses 'floor', which has no derivative"):
-        rc.backward_step(cell.step)
-
-
 def test_non_differentiable_function_where_gradient_is_required():
     cell, x, h = base()
     cell.update(h, sp.floor(cell.param("W", (4, 3)) @ x) + h / 2)
@@ -300,3 +291,27 @@ def test_a_constant_out_of_float64_range_is_named(const, what):
         cell.output("y", (const * W) @ h)
     cell.update(h, sp.tanh(sp.Float("1e300") * h + sp.Float("1e-300") * (W @ h)))  # in range: accepted
     assert np.isfinite(numpy_model(cell).forward(cell.init_params(), {"x": np.ones((2, 1, 3))})[1]["h"]).all()
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda a: sp.floor(a) + a, "floor"),           # not the tanh around it, whose derivative holds floor's
+    (lambda a: sp.Abs(a) + sp.floor(a), "floor"),   # Abs comes first and has a derivative (real arguments)
+    (lambda a: sp.Piecewise((sp.floor(a), a > 0), (a, True)), "floor"),  # inside a Piecewise
+    (lambda a: sp.Max(a, 0) + sp.ceiling(a), "ceiling"),
+])
+def test_the_error_names_the_function_without_a_derivative_not_the_one_around_it(make, name):
+    cell, x, h = base()
+    W = cell.param("W", (4, 3))
+    cell.update(h, sp.tanh(make(W @ x)) + h / 2)
+    cell.loss(h.new ** 2)
+    with pytest.raises(DifferentiationError, match=rf"uses '{name}', which has no derivative"):
+        rc.backward_step(cell.step)
+
+
+def test_the_unrolled_reference_names_the_cell_in_its_errors():
+    from rnncomp.autodiff import unrolled
+    cell, x, h = base()
+    cell.update(h, sp.floor(cell.param("W", (4, 3)) @ x) + h / 2)
+    cell.loss(h.new ** 2)
+    with pytest.raises(DifferentiationError, match=r"cell 'bad' unfolded: .* uses 'floor'"):
+        unrolled(cell.step, 2)

@@ -179,3 +179,16 @@ def test_unwritable_cache_directory_still_compiles(tmp_path):
     model = rc.compile(rc.cells.elman(2, 3, 1), backend="native", cache=str(blocker / "sub"))
     params, inputs, targets = random_data(rc.cells.elman(2, 3, 1))
     assert np.isfinite(model.loss_and_grad(params, inputs, targets)[0])
+
+
+def test_integer_and_half_powers_match_oracle():
+    # the LLVM printer writes x**n by repeated squaring (n with several set bits: 3, 5, 6, 7),
+    # x**-n as 1/x**n and x**(±1/2) through sqrt; their derivatives (5a⁴, −3(2 + a²)⁻⁴·2a, …) too
+    cell = rc.Cell("powers")
+    x, h = cell.input("x", 3), cell.state("h", 4)
+    a = cell.param("W", (4, 3)) @ x + cell.param("U", (4, 4)) @ h
+    cell.update(h, sp.tanh(a ** 3 / 3 + a ** 5 / 10 + a ** 6 / 20 + a ** 7 / 40 + (2 + a ** 2) ** -3
+                           + (1 + a ** 2) ** sp.Rational(-1, 2) + sp.sqrt(3 + a ** 2) / 4))
+    y = cell.output("y", cell.param("V", (2, 4)) @ h.new)
+    cell.loss((y - cell.target("t", 2)) ** 2 / 2)
+    compare(cell)

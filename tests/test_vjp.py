@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import sympy as sp
 from hypothesis import given, settings, strategies as st
 
 import rnncomp as rc
@@ -201,6 +202,58 @@ def test_fuzz_vjp_cuda(cell, call, with_targets, which_out, which_state):
 def test_fuzz_vjp_long(cell, call, with_targets, which_out, which_state):
     T, B, seed, mask, h0, opts = call
     check_vjp_cell(cell, T, B, seed, mask, h0, opts, with_targets, which_out, which_state)
+
+
+# ----------------------------------------------------------------------------- fixed cells, NumPy only
+def _every_seed():
+    """Two inputs, two states, two outputs and a loss: every kind of seed a backward step and
+    the unrolled reference take (loss weight, output cotangents, final-state cotangents, input
+    adjoints), in a cell whose states read each other and an output that reads an input."""
+    cell = rc.Cell("every_seed")
+    x1, x2 = cell.input("x1", 2), cell.input("x2", 3)
+    h, c = cell.state("h", 3), cell.state("c", 2)
+    cell.update(h, sp.tanh(cell.param("W", (3, 2)) @ x1 + cell.param("U", (3, 2)) @ c))
+    cell.update(c, rc.sigmoid(cell.param("A", (2, 3)) @ x2) * c + cell.param("B", (2, 3)) @ h.new / 2)
+    y = cell.output("y", cell.param("V", (2, 3)) @ h.new)
+    cell.output("z", c.new * x1 + y)
+    cell.loss((y - cell.target("t", 2)) ** 2 / 2)
+    return cell
+
+
+@pytest.mark.parametrize("with_targets, which_out, which_state, h0_kind, mask", [
+    (True, 0b11, 0b11, "some", "binary"),   # everything seeded at once
+    (False, 0b01, 0b00, "none", None),      # one output's cotangent alone
+    (False, 0b10, 0b00, "all", None),       # the other output alone (it reads an input)
+    (False, 0b00, 0b10, "some", None),      # one final state's cotangent alone
+    (True, 0b00, 0b00, "none", "weights"),  # the loss alone
+])
+def test_vjp_numpy_every_seed(with_targets, which_out, which_state, h0_kind, mask):
+    """The NumPy VJP against central differences and the unrolled graph, each seed alone and all
+    together (no compiler: seconds; the fuzzed cases above also compile native)."""
+    check_vjp_cell(_every_seed(), 3, 2, 4, mask, h0_kind, {}, with_targets, which_out, which_state,
+                   backends=())
+
+
+def test_every_seed_has_the_size_of_what_it_seeds():
+    # a backend allocates a seed's buffer from its node (the NumPy oracle does not look): the carry
+    # of h has h's 3 units, of c 2, each output's cotangent 2, the step weight 1; likewise unrolled
+    from rnncomp.autodiff import Cotangents, backward_step, carry_key, cotangent_key, unrolled
+    st_ = _every_seed().step
+    cot = Cotangents(loss=True, outputs=("y", "z"), inputs=("x1", "x2"), final=True)
+    bwd = backward_step(st_, cot)
+    size = lambda prog, k: prog.nodes[k].size  # noqa: E731
+    assert {s: size(bwd.prog, k) for s, k in bwd.carry_in.items()} == {"h": 3, "c": 2}
+    assert {o: size(bwd.prog, k) for o, k in bwd.out_seeds.items()} == {"y": 2, "z": 2}
+    assert size(bwd.prog, bwd.weight) == 1
+    u = unrolled(st_, 3, cot)
+    assert [size(u.rev.prog, cotangent_key(o, t)) for t in (1, 2, 3) for o in ("y", "z")] == [2] * 6
+    assert [size(u.rev.prog, carry_key(s, 3)) for s in ("h", "c")] == [3, 2]
+
+
+@pytest.mark.parametrize("name", ["lstm", "jordan"])
+def test_vjp_numpy_zoo(name):
+    cell = rc.cells.get(name)(2, 3, 2)
+    check_vjp_cell(cell, 4, 3, 9, "binary", "some", {}, True, 1, 0b11, backends=())
 
 
 # ----------------------------------------------------------------------------- the zoo, float32

@@ -106,3 +106,15 @@ def test_matvec_with_two_terms(tr):
     U = rng.normal(size=(4, 3))
     terms = (("W", tr, 1), ("U", False, 1))
     _check(xs, Node("matvec", (("x0", "t"),), 4, {"terms": terms}), params={"W": W, "U": U})
+
+
+def test_a_seed_for_a_value_the_program_lacks_is_refused():
+    # a seed the walk never meets would silently contribute nothing (a seed at step 0 or k + 1 of
+    # an unfolded program, a misspelt key): the walk refuses it and names it
+    fwd = Program(name="one op")
+    fwd.add(("x0", "t"), Node("input", (), 2))
+    fwd.add(("y", "t"), Node("ew", (("x0", "t"),), 2, {"expr": sp.tanh(placeholder(0))}))
+    with pytest.raises(AssertionError, match=r"one op: seeds or leaves for values it does not compute: y\[t-1\]"):
+        reverse(fwd, {("y", "t-1"): [Contribution(placeholder(0), (G,), 2)]}, {G: Node("seed", (), 2)})
+    with pytest.raises(AssertionError, match=r"values it does not compute: x0\[t-1\]"):
+        reverse(fwd, {}, {}, leaves=[("x0", "t-1")])

@@ -2,6 +2,7 @@
 # Mutation testing (issue #22): mutmut over one target's source with a fast subset of the CI tests.
 #
 #   tools/mutation.sh TARGET [MUTANT_GLOB ...]     TARGET: autodiff | emit | lower | printers
+#   tools/mutation.sh TARGET --generate-only        write the mutants, run no test (then recheck.py)
 #
 # Needs `pip install '.[mutation]'` (mutmut 3).  Works in .mutation/TARGET/ (a copy of rnncomp/
 # and tests/ plus the generated setup.cfg): the repository's own pytest and CI never see
@@ -20,7 +21,7 @@ grad_tests="tests/test_hand_bptt.py tests/test_zoo.py tests/test_custom_cells.py
             tests/test_graph.py tests/test_names.py"
 case "$target" in
   autodiff)
-    files="rnncomp/autodiff.py"
+    files="rnncomp/autodiff.py rnncomp/derivatives.py"
     tests="$grad_tests tests/test_kinks.py tests/test_weight_ops.py tests/test_vjp_rules.py"
     kexpr="$numpy_only" ;;
   emit)
@@ -62,6 +63,15 @@ cp "$root/tools/mutation/cache_plugin.py" "$work/mutation_cache_plugin.py"
 } > "$work/setup.cfg"
 
 cd "$work"
+if [ "${1:-}" = "--generate-only" ]; then
+  nice -n 10 python "$root/tools/mutation/generate.py"
+  python - <<'PY'
+import json, pathlib
+n = sum(len(json.loads(m.read_text())["exit_code_by_key"]) for m in pathlib.Path("mutants").rglob("*.py.meta"))
+print(f"{n} mutants in mutants/")
+PY
+  exit 0
+fi
 nice -n 10 mutmut run --max-children 1 "$@" || true
 mutmut results --all true > results.txt 2>&1 || true
 echo "== $target: $files"

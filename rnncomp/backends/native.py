@@ -58,7 +58,8 @@ def _code_fingerprint() -> str:
     h = hashlib.sha256()
     for f in sorted([*here.glob("native*.py"), *(here / "llvm").glob("*.py"),
                      here.parent / "ir.py", here.parent / "array_rules.py",
-                     here.parent / "autodiff.py", here.parent / "lower.py",
+                     here.parent / "autodiff.py", here.parent / "derivatives.py",
+                     here.parent / "lower.py", here.parent / "ops.py",
                      *(here.parent / "passes").glob("*.py")]):
         h.update(f.read_bytes())
     return h.hexdigest()

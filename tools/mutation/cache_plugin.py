@@ -18,7 +18,7 @@ def pytest_runtest_setup(item):
     functions it calls, and a test served from a cache filled by an earlier test would not be
     mapped to (nor rerun against a mutant of) ``_diff``, the kink rules or the NumPy printer."""
     import sys
-    for mod, fn in (("rnncomp.autodiff", "partials"), ("rnncomp.backends.numpy", "ew_function")):
+    for mod, fn in (("rnncomp.derivatives", "partials"), ("rnncomp.backends.numpy", "ew_function")):
         f = getattr(sys.modules.get(mod), fn, None)
         if f is not None:
             f.cache_clear()

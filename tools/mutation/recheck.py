@@ -1,34 +1,45 @@
 """Re-run chosen tests against chosen mutants of a tools/mutation.sh run.
 
-    python tools/mutation/recheck.py TARGET 'MUTANT_GLOB' TEST [TEST ...]
+    python tools/mutation/recheck.py [--sample N] TARGET 'MUTANT_GLOB' TEST [TEST ...]
 
 e.g. ``python tools/mutation/recheck.py autodiff 'rnncomp.autodiff.x__vjp_pad__mutmut_*'
 tests/test_vjp_rules.py``.  The tests are copied from the repository as they are now (so a
 new test can be shown to kill a mutant of an earlier run); the mutants are those mutmut
-generated in .mutation/TARGET/mutants.  Each mutant runs in a fork of one process that has
+generated in .mutation/TARGET/mutants; MUTANT_GLOB may hold several globs separated by spaces.  Each mutant runs in a fork of one process that has
 imported and collected the tests but run none (no cache holds an unmutated result), with an
 empty compile cache (see cache_plugin.py).  Prints one line per mutant, killed or SURVIVED,
-and exits non-zero if any survived.
+and exits non-zero if any survived.  ``--sample N``: only N of the matching mutants, drawn with a
+fixed seed (``random.Random(0)``: the same N every run), where checking them all would not fit.
 """
 import fnmatch
 import json
 import os
+import random
 import shutil
 import sys
 from pathlib import Path
 
 root = Path(__file__).resolve().parents[2]
-target, pattern, tests = sys.argv[1], sys.argv[2], sys.argv[3:]
+argv = sys.argv[1:]
+sample = None
+if argv[:1] == ["--sample"]:
+    sample, argv = int(argv[1]), argv[2:]
+target, pattern, tests = argv[0], argv[1], argv[2:]
 work = root / ".mutation" / target / "mutants"
 names = []
 for meta in work.rglob("*.py.meta"):
-    names += [n for n in json.loads(meta.read_text())["exit_code_by_key"] if fnmatch.fnmatchcase(n, pattern)]
+    names += [n for n in json.loads(meta.read_text())["exit_code_by_key"]
+              if any(fnmatch.fnmatchcase(n, p) for p in pattern.split())]
 names.sort(key=lambda n: (n.rsplit("_", 1)[0], int(n.rsplit("_", 1)[1])))
 if not names:
     sys.exit(f"no mutant of {target} matches {pattern}")
+if sample is not None and sample < len(names):
+    print(f"a sample of {sample} of the {len(names)} mutants matching {pattern}")
+    names = sorted(random.Random(0).sample(names, sample), key=names.index)
 for t in tests:
     f = t.split("::")[0]
-    shutil.copy(root / f, work / f)
+    if f.endswith(".py"):  # other arguments are pytest's (-k EXPR) and pass through
+        shutil.copy(root / f, work / f)
 shutil.copy(root / "tools" / "mutation" / "cache_plugin.py", work / "mutation_cache_plugin.py")
 os.chdir(work)
 sys.path.insert(0, str(work))
@@ -37,15 +48,24 @@ import pytest  # noqa: E402
 
 args = ["-q", "-x", "-p", "mutation_cache_plugin", "-p", "no:cacheprovider", "-p", "no:xdist", *tests]
 pytest.main(["--collect-only", "-qqq", *args])
-survived = []
-for name in names:
+
+def run(mutant):
+    """Exit code of the tests in a fresh fork with ``mutant`` switched on ("" runs the original)."""
     pid = os.fork()
     if pid == 0:
-        os.environ["MUTANT_UNDER_TEST"] = name
+        os.environ["MUTANT_UNDER_TEST"] = mutant
         sys.stdout = sys.stderr = open(os.devnull, "w")
         os._exit(int(pytest.main(args)))
     _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
+    return os.waitstatus_to_exitcode(status)
+
+
+# a test that fails without any mutant would "kill" every mutant: the clean run must pass first
+if (code := run("")) != 0:
+    sys.exit(f"the tests fail without a mutant (exit {code}): run them in {work} and fix or deselect them")
+survived = []
+for name in names:
+    code = run(name)
     print(f"{name}: {'SURVIVED' if code == 0 else f'killed (exit {code})'}", flush=True)
     if code == 0:
         survived.append(name)
