@@ -307,6 +307,8 @@ def test_bad_declarations_are_named_cell_errors():
         U @ W
     with pytest.raises(CellError, match=r"cell 'bad'.*h is a state; a derived weight reads only parameters"):
         h * W
+    with pytest.raises(CellError, match=r"cell 'bad'.*x is an input; a derived weight reads only parameters"):
+        x * W
     with pytest.raises(CellError, match=r"declared first: M = cell.const\('M', array\)"):
         W * np.ones((4, 4))
     with pytest.raises(ShapeError, match=r"rc.norm\(g\): g is a vector"):
