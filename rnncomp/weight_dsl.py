@@ -148,7 +148,7 @@ class WeightExpr:
         return self._new(WTranspose(self.expr))
 
     def __matmul__(self, o):
-        if isinstance(o, (WeightExpr, MatExpr)):
+        if isinstance(o, (WeightExpr, MatExpr)) or is_weight_expr(o):  # is_weight_expr: sp.cos(t) * W
             return self._new(WMatMul(self.expr, _w(o)))
         return matvec(self.expr, o)
 
