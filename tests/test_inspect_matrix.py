@@ -42,3 +42,6 @@ def test_cli_prints_and_draws_a_matrix_state_cell_from_a_file(tmp_path, capsys):
     assert main(["inspect", str(f), "--dot", "step"]) == 0
     dot = capsys.readouterr().out
     assert re.findall(r'label="C\[t-1\]\\n∈ R\^([0-9×]+)"', dot) == ["4×5"]
+    with pytest.raises(SystemExit, match=r"mlstm is a factory of rnncomp.zoo_matrix: write `from rnncomp.zoo_matrix "
+                                         r"import mlstm`"):
+        main(["inspect", "mlstm"])  # the zoo name alone: where to find it
