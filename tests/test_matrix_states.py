@@ -269,6 +269,11 @@ def test_bad_declarations_are_named_shape_errors():
     with pytest.raises(ShapeError, match=r"update of state 'C': state has size \(2, 3\) but the expression "
                                          r"k·vᵀ has size \(3, 2\)"):
         cell.update(C, rc.outer(k, v))
+    with pytest.raises(ShapeError, match=r"update of state 'C': state has size \(2, 3\) but the expression "
+                                         r"tanh\(k\) has size 3"):
+        cell.update(C, sp.tanh(k))  # a vector where the matrix state is expected
+    with pytest.raises(ShapeError, match=r"update of state 'h': state has size 3 but the expression C has size \(2, 3\)"):
+        cell.update(h, C)
     with pytest.raises(ShapeError, match=r"output 'y': C @ \(v\): the matrix is 2×3 but the vector has size 2"):
         cell.output("y", C @ v)
     with pytest.raises(ShapeError, match=r"output 'y': rc.rowsum: h is a vector of size 3, not a matrix"):

@@ -326,6 +326,14 @@ def test_ptx_matches_the_oracle():
         assert_matches_oracle(make(), "ptx", T, B, rtol=1e-9, atol=1e-11)
 
 
+def test_ptx_host_runner_matches_the_oracle():
+    """The PTX kernels of the plain cell on the host runner (no GPU needed), with the derived
+    weights computed and chained by the shared host code, against the oracle."""
+    pytest.importorskip("llvmlite")
+    for make in (orthogonal_elman, weightnorm_gru, product_cell):
+        assert_matches_oracle(make(), "ptx", T, B, runner="host")
+
+
 @pytest.mark.skipif(_cuda_present(), reason="a CUDA GPU is present: the no-GPU error cannot be shown")
 def test_ptx_without_a_gpu_is_the_backends_own_error():
     from rnncomp.backends.ptx import NoGPUError
