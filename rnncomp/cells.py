@@ -130,4 +130,5 @@ def get(name: str):
     try:
         return ZOO[name]
     except KeyError:
-        raise KeyError(f"no cell {name!r} in rnncomp.cells; known: {', '.join(sorted(ZOO))}") from None
+        raise KeyError(f"no cell {name!r} in rnncomp.cells; known: {', '.join(sorted(ZOO))} (the matrix-state "
+                       "cells are in rnncomp.zoo_matrix.MATRIX_ZOO)") from None

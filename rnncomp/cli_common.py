@@ -44,8 +44,11 @@ def load_cell(spec: str, n_in=None, hidden=None, n_out=None) -> Cell:
         try:
             mod = importlib.import_module(path)
         except ImportError as exc:
+            from .zoo_matrix import MATRIX_ZOO
+            hint = (f"; {spec} is a factory of rnncomp.zoo_matrix: write `from rnncomp.zoo_matrix import {spec}`"
+                    f" and `cell = {spec}(8, 16, 4)` in a file and give FILE.py") if spec in MATRIX_ZOO else ""
             raise SystemExit(f"rnncomp: {spec!r} is neither a zoo cell ({', '.join(sorted(cells.ZOO))}) "
-                             f"nor an importable module: {exc}") from None
+                             f"nor an importable module: {exc}{hint}") from None
         finally:
             sys.path.remove(here)
     found = [v for k, v in vars(mod).items() if isinstance(v, (Cell, Composition)) and (not name or k == name)]

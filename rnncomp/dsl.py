@@ -67,7 +67,8 @@ class Vec(sp.Symbol):
     @property
     def T(self):
         raise ShapeError(f"{_display(self.name)}.T: {_display(self.name)} is a vector; only a matrix "
-                         "(cell.param(name, (m, n)) or a weight expression) has a transpose")
+                         "(cell.param(name, (m, n)) or a weight expression) has a transpose (a column for "
+                         "v vᵀ: cell.param(name, (n, 1)))")
 
 
 def _defer_to_matrices(op):
@@ -129,8 +130,9 @@ class MatExpr:
                        (self.shape[1], self.shape[0]))
 
     def _combine(self, other, sign):
-        from .weight_dsl import WeightExpr
-        if isinstance(other, WeightExpr) or (isinstance(other, (int, float, sp.Number)) and not isinstance(other, bool)):
+        from .weight_dsl import WeightExpr, is_weight_expr
+        if isinstance(other, WeightExpr) or is_weight_expr(other) or \
+                (isinstance(other, (int, float, sp.Number)) and not isinstance(other, bool)):
             return self._weight() + other * sign  # element-wise: a derived weight
         if not isinstance(other, MatExpr):
             raise ShapeError(f"cell {self.cell.name!r}: cannot combine the {_shape(self.shape)} matrix "
@@ -170,6 +172,13 @@ class MatExpr:
             return self * c
         return self._weight().__rmul__(c)
 
+    def __rmatmul__(self, a):  # sp.exp(U) @ W: sympy has no @, so it reaches here
+        from .weight_dsl import WeightExpr, is_weight_expr
+        if is_weight_expr(a):
+            return WeightExpr(a, self.cell) @ self
+        raise CellError(f"cell {self.cell.name!r}: {type(a).__name__} @ {self}: the left operand must be a matrix "
+                        "of the cell (a parameter, cell.const(name, array), or an expression of them)")
+
     def __truediv__(self, c):
         return self._weight() / c
 
@@ -180,8 +189,8 @@ class MatExpr:
         return self._weight() ** c
 
     def __matmul__(self, v):
-        from .weight_dsl import WeightExpr
-        if isinstance(v, (MatExpr, WeightExpr)):
+        from .weight_dsl import WeightExpr, is_weight_expr
+        if isinstance(v, (MatExpr, WeightExpr)) or is_weight_expr(v):  # is_weight_expr: sp.cos(t) * W
             return self._weight() @ v
         v = self.cell._check_expr(v, f"cell {self.cell.name!r}: the vector in {self} @ (...)")
         n = self.cell.size_of(v, f"{self} @ ({v})")

@@ -84,11 +84,22 @@ class MatStateNew(_MatrixValue, Vec):
 
 
 class _Transposed:
+    """``C.T``: read only as ``C.T @ u``; anything else is a ShapeError naming the state."""
+
     def __init__(self, x):
         self.x = x
 
     def __matmul__(self, v):
         return matvec(self.x, v, transpose=True)
+
+    def _refuse(self, *_):
+        n = self.x.name  # as written: C or C.new
+        raise ShapeError(f"{n}.T: the transpose of the matrix state {n} is read only as a product with a "
+                         f"vector, {n}.T @ u (rc.matvec({n}, u, transpose=True)); element-wise math and "
+                         f"sums apply to {n} itself")
+
+    _sympy_ = __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _refuse
+    __truediv__ = __rtruediv__ = __pow__ = __rpow__ = __neg__ = __rmatmul__ = _refuse
 
 
 def matvec(X, v, transpose: bool = False):

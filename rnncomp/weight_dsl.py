@@ -19,6 +19,7 @@ import sympy as sp
 
 from .dsl import MatExpr, Structural, Vec, _display
 from .errors import CellError, ShapeError
+from .matrix_dsl import _MatrixValue
 
 
 # ----------------------------------------------------------------------------- atoms
@@ -147,7 +148,7 @@ class WeightExpr:
         return self._new(WTranspose(self.expr))
 
     def __matmul__(self, o):
-        if isinstance(o, (WeightExpr, MatExpr)):
+        if isinstance(o, (WeightExpr, MatExpr)) or is_weight_expr(o):  # is_weight_expr: sp.cos(t) * W
             return self._new(WMatMul(self.expr, _w(o)))
         return matvec(self.expr, o)
 
@@ -183,6 +184,11 @@ def norm(w, axis: int = 1) -> WeightExpr:
     ``g * V / rc.norm(V)`` with g of size m) or of each column (``axis=0``, a (1, n) row)."""
     if axis not in (0, 1) or isinstance(axis, bool):
         raise CellError(f"rc.norm: axis must be 0 (each column) or 1 (each row), got {axis!r}")
+    if isinstance(w, _MatrixValue):
+        n = _display(w.name)
+        raise ShapeError(f"rc.norm({n}): {n} is a matrix state; rc.norm takes a matrix of parameters "
+                         f"(computed once, before the time loop); the norms of a state's rows are "
+                         f"sp.sqrt(rc.rowsum({w.name}**2))")
     if isinstance(w, Vec):
         raise ShapeError(f"rc.norm({_display(w.name)}): {_display(w.name)} is a vector; rc.norm "
                          "takes a matrix (for a vector's length use sp.sqrt(rc.vsum(v**2)))")
@@ -198,7 +204,7 @@ def weight_shape(cell, e, where: str) -> tuple:
     if isinstance(e, Vec):
         d = cell.decls.get(e.name)
         if d is None or d.kind not in ("param", "const"):
-            kind = "undeclared" if d is None else f"a {d.kind}"
+            kind = "undeclared" if d is None else f"{'an' if d.kind[0] in 'aeiou' else 'a'} {d.kind}"
             raise CellError(f"{where}: {_display(e.name)} is {kind}; a derived weight reads only "
                             "parameters and constants (it is computed once, before the time loop)")
         return (d.shape, 1)

@@ -15,7 +15,8 @@ import sympy as sp
 
 import rnncomp as rc
 
-from fuzzgen import _learned_init, renamed
+from fuzzgen import _generated, _learned_init, renamed
+from rnncomp.weight_dsl import internal_name
 
 
 def flatten(stack) -> rc.Cell:
@@ -40,6 +41,8 @@ def flatten(stack) -> rc.Cell:
                 out.param(new[d.name], d.shape, init=d.init)
             elif d.kind in ("output", "define"):
                 getattr(out, "output" if (d.kind == "output" and top) else "define")(new[d.name], expr(d.expr))
+            else:
+                _array_decl(out, d, new, expr)
         for s, e in layer.updates.items():
             out.update(new[s], expr(e))
         if top and layer.loss_expr is not None:
@@ -121,9 +124,23 @@ def stackable(cell, n_in: int) -> rc.Cell:
             out.param(d.name, d.shape, init=d.init)
         elif d.kind in ("output", "define"):
             getattr(out, "output" if d.name == last else "define")(d.name, d.expr)
+        else:
+            _array_decl(out, d, {n: n for n in cell.decls}, lambda e: e)
     for s, e in cell.updates.items():
         out.update(s, e)
     if cell.loss_expr is not None:
         out.loss(cell.loss_expr)
     out._fuzz_loss = getattr(cell, "_fuzz_loss", None)
     return out
+
+
+def _array_decl(out, d, new, expr) -> None:
+    """A constant or a derived weight of a layer, declared in ``out`` under ``new`` names (a
+    weight the cell named itself is named after its renamed expression, as ``rename_cell`` does)."""
+    if d.kind == "const":
+        out.const(new[d.name], d.init)
+    elif d.kind == "weight" and not _generated(d):
+        out.weight(new[d.name], expr(d.expr))
+    elif d.kind == "weight":
+        new[d.name] = internal_name(expr(d.expr), out.decls)
+        out._restore_weight(new[d.name], expr(d.expr))

@@ -329,6 +329,10 @@ def test_declaration_errors_name_the_layers_and_sizes():
     with pytest.raises(rc.CellError, match=r"rc.Bidirectional \(cell 'forced'\): its outputs or state updates "
                                            r"read target 't'"):
         rc.Bidirectional(forced)
+    with pytest.raises(rc.CellError, match=r"rc.Stack: name must be a non-empty string, got 3"):
+        rc.Stack([rc.cells.gru(3, 2, 1)], name=3)
+    with pytest.raises(rc.CellError, match=r"rc.Bidirectional: name must be a non-empty string, got ''"):
+        rc.Bidirectional(rc.cells.gru(3, 2, 1), name="")
 
 
 def test_call_errors_name_the_composition_and_the_layer():
@@ -348,6 +352,9 @@ def test_call_errors_name_the_composition_and_the_layer():
         bi.loss_and_grad(bi.init_params(0), x, t)
     with pytest.raises(rc.CallError, match=r"d_outputs\['y'\] has shape"):
         bi.vjp(bi.init_params(0), x, d_outputs={"y": np.zeros((T, B, 2))})
+    with pytest.raises(rc.TrainingError, match=r"'bidirectional\(gru\)' declares no loss.*put a cell with a loss "
+                                               r"on top of it"):
+        rc.Trainer(rc.Bidirectional(rc.cells.gru(3, 4, 2)), backend="numpy").fit(x, np.zeros((T, B, 4)), verbose=0)
 
 
 # ----------------------------------------------------------------------------- PTX

@@ -28,3 +28,20 @@ def test_a_matrix_state_is_one_node_labelled_with_its_shape(name, kind, detail, 
 def test_the_carried_adjoint_of_a_matrix_state_has_its_shape(detail):
     dot = to_dot(MATRIX_ZOO["fast_weights"](3, 4, 2), "gradient", detail=detail)
     assert 'label="δ⁺A[t]\\n∈ R^4×4"' in dot and "R^16" not in dot
+
+
+def test_cli_prints_and_draws_a_matrix_state_cell_from_a_file(tmp_path, capsys):
+    """``rnncomp inspect mymodel.py`` (the way a user reaches the drawings): equations with the
+    matrix state's shape and its update at matrix level, and the DOT with one node for C[t-1]."""
+    from rnncomp.cli import main
+    f = tmp_path / "mymodel.py"
+    f.write_text("from rnncomp.zoo_matrix import delta_rule\ncell = delta_rule(3, 4, 2, dk=5)\n")
+    assert main(["inspect", str(f)]) == 0
+    out = capsys.readouterr().out
+    assert "states:  C ∈ R^4×5 (C[0] = 0)" in out and "C[t] = C[t-1] - " in out and "δC[t-1] =" in out
+    assert main(["inspect", str(f), "--dot", "step"]) == 0
+    dot = capsys.readouterr().out
+    assert re.findall(r'label="C\[t-1\]\\n∈ R\^([0-9×]+)"', dot) == ["4×5"]
+    with pytest.raises(SystemExit, match=r"mlstm is a factory of rnncomp.zoo_matrix: write `from rnncomp.zoo_matrix "
+                                         r"import mlstm`"):
+        main(["inspect", "mlstm"])  # the zoo name alone: where to find it

@@ -269,6 +269,11 @@ def test_bad_declarations_are_named_shape_errors():
     with pytest.raises(ShapeError, match=r"update of state 'C': state has size \(2, 3\) but the expression "
                                          r"k·vᵀ has size \(3, 2\)"):
         cell.update(C, rc.outer(k, v))
+    with pytest.raises(ShapeError, match=r"update of state 'C': state has size \(2, 3\) but the expression "
+                                         r"tanh\(k\) has size 3"):
+        cell.update(C, sp.tanh(k))  # a vector where the matrix state is expected
+    with pytest.raises(ShapeError, match=r"update of state 'h': state has size 3 but the expression C has size \(2, 3\)"):
+        cell.update(h, C)
     with pytest.raises(ShapeError, match=r"output 'y': C @ \(v\): the matrix is 2×3 but the vector has size 2"):
         cell.output("y", C @ v)
     with pytest.raises(ShapeError, match=r"output 'y': rc.rowsum: h is a vector of size 3, not a matrix"):
@@ -288,6 +293,16 @@ def test_bad_declarations_are_named_shape_errors():
         cell.param("W", (2, 2)) @ C
     with pytest.raises(CellError, match=r"state 'D': a matrix state's shape must be \(m, n\) of positive integers"):
         cell.state("D", (2, 0))
+    # C.T is read only as C.T @ u: any other use of it names the state (not a TypeError of Python's)
+    for use in (lambda: C.T * 2, lambda: C + C.T, lambda: sp.tanh(C.T), lambda: rc.rowsum(C.T),
+                lambda: cell.update(C, C.T)):
+        with pytest.raises(ShapeError, match=r"C.T: the transpose of the matrix state C is read only as a product "
+                                             r"with a vector, C.T @ u"):
+            use()
+    with pytest.raises(ShapeError, match=r"C.new.T: the transpose of the matrix state C.new"):
+        -C.new.T
+    with pytest.raises(ShapeError, match=r"rc.norm\(C\): C is a matrix state; rc.norm takes a matrix of parameters"):
+        rc.norm(C)
 
 
 def test_in_a_stack_gradients_against_finite_differences():

@@ -89,7 +89,24 @@ def product_cell():
     return cell
 
 
-CELLS = {"masked_elman": masked_elman, "learned_mask": lambda: masked_elman(True), "skew": skew_elman,
+def orthogonal_elman():
+    """An orthogonal recurrent matrix without expm or an inverse: two Householder reflections
+    I − 2 v vᵀ/‖v‖² (v a 4×1 parameter) times a rotation cos θ·I + sin θ·S (S fixed, skew)."""
+    cell = rc.Cell("orthogonal")
+    x, h = cell.input("x", 3), cell.state("h", 4)
+    I, S = cell.const("I", np.eye(4)), cell.const("S", ROT)
+    v1, v2, th = cell.param("v1", (4, 1)), cell.param("v2", (4, 1)), cell.param("th", 1)
+    H1 = I - 2 * (v1 @ v1.T) / rc.norm(v1, axis=0) ** 2
+    H2 = I - 2 * (v2 @ v2.T) / rc.norm(v2, axis=0) ** 2
+    Q = cell.weight("Q", (H1 @ H2) @ (sp.cos(th) * I + sp.sin(th) * S))  # a sympy-built right operand
+    cell.update(h, sp.tanh(Q @ h + cell.param("U", (4, 3)) @ x))
+    _head(cell, h.new, 4)
+    return cell
+
+
+ROT = np.kron(np.eye(2), [[0.0, -1.0], [1.0, 0.0]])
+
+CELLS = {"orthogonal": orthogonal_elman, "masked_elman": masked_elman, "learned_mask": lambda: masked_elman(True), "skew": skew_elman,
          "exp": exp_elman, "weightnorm_gru": weightnorm_gru, "products": product_cell}
 
 
@@ -160,6 +177,37 @@ def test_exp_and_weight_norm_chains_by_hand():
         np.testing.assert_allclose(g[f"g{gate}"], (dU * Vh).sum(1), rtol=1e-10, atol=1e-14)
         np.testing.assert_allclose(g[f"V{gate}"], gain[:, None] / nrm * (dU - Vh * (dU * Vh).sum(1, keepdims=True)),
                                    rtol=1e-10, atol=1e-14)
+
+
+def test_products_of_reflections_and_a_rotation_against_a_numpy_loop():
+    """The orthogonal cell's Q built by hand in NumPy: QᵀQ = I, and the loss of the plain loop."""
+    cell = orthogonal_elman()
+    p, x, t = random_data(cell, T, B)
+    eye = np.eye(4)
+    H = [eye - 2 * v @ v.T / (v.T @ v) for v in (p["v1"], p["v2"])]
+    Q = H[0] @ H[1] @ (np.cos(p["th"][0]) * eye + np.sin(p["th"][0]) * ROT)
+    np.testing.assert_allclose(Q.T @ Q, eye, atol=1e-14)
+    np.testing.assert_allclose(DerivedWeights(cell).expand(p, np.dtype("float64"))["Q"], Q, rtol=1e-13, atol=1e-15)
+    loss, g, _ = rc.compile(cell).loss_and_grad(p, x, t)
+    assert loss == pytest.approx(_elman_loss(Q, p["U"], None, p["V"], x["x"], t["t"]), rel=1e-12)
+    assert set(g) == {"v1", "v2", "th", "U", "V"}
+
+
+def test_matrices_that_sympy_built_combine_with_parameters():
+    """sp.exp(W) @ U, W + sp.exp(U), W @ (sp.cos(s) * I): products and sums with a matrix that
+    sympy built (no rc.weight needed), against a NumPy loop."""
+    cell = rc.Cell("sympy_built")
+    x, h = cell.input("x", 3), cell.state("h", 4)
+    W, U, s_ = cell.param("W", (4, 4), init=("normal", 0.3)), cell.param("U", (4, 4), init=("normal", 0.3)), cell.param("s", 1)
+    I = cell.const("I", np.eye(4))
+    cell.update(h, sp.tanh((sp.exp(W) @ U) @ h / 8 + (W + sp.exp(U)) @ h / 8 + (W @ (sp.cos(s_) * I)) @ h
+                           + cell.param("Ux", (4, 3)) @ x))
+    _head(cell, h.new, 4)
+    p, xs, ts = random_data(cell, T, B)
+    Wr = np.exp(p["W"]) @ p["U"] / 8 + (p["W"] + np.exp(p["U"])) / 8 + p["W"] * np.cos(p["s"][0])
+    loss = rc.compile(cell).loss_and_grad(p, xs, ts)[0]
+    assert loss == pytest.approx(_elman_loss(Wr, p["Ux"], None, p["V"], xs["x"], ts["t"]), rel=1e-12)
+    check_grads(rc.compile(cell), p, xs, ts)
 
 
 # ----------------------------------------------------------------------------- random weight expressions
@@ -278,6 +326,14 @@ def test_ptx_matches_the_oracle():
         assert_matches_oracle(make(), "ptx", T, B, rtol=1e-9, atol=1e-11)
 
 
+def test_ptx_host_runner_matches_the_oracle():
+    """The PTX kernels of the plain cell on the host runner (no GPU needed), with the derived
+    weights computed and chained by the shared host code, against the oracle."""
+    pytest.importorskip("llvmlite")
+    for make in (orthogonal_elman, weightnorm_gru, product_cell):
+        assert_matches_oracle(make(), "ptx", T, B, runner="host")
+
+
 @pytest.mark.skipif(_cuda_present(), reason="a CUDA GPU is present: the no-GPU error cannot be shown")
 def test_ptx_without_a_gpu_is_the_backends_own_error():
     from rnncomp.backends.ptx import NoGPUError
@@ -307,6 +363,8 @@ def test_bad_declarations_are_named_cell_errors():
         U @ W
     with pytest.raises(CellError, match=r"cell 'bad'.*h is a state; a derived weight reads only parameters"):
         h * W
+    with pytest.raises(CellError, match=r"cell 'bad'.*x is an input; a derived weight reads only parameters"):
+        x * W
     with pytest.raises(CellError, match=r"declared first: M = cell.const\('M', array\)"):
         W * np.ones((4, 4))
     with pytest.raises(ShapeError, match=r"rc.norm\(g\): g is a vector"):
@@ -328,6 +386,8 @@ def test_bad_declarations_are_named_cell_errors():
         cell.update(h, sp.gamma(W) @ h)
     with pytest.raises(CellError, match=r"weight 'E': expected an expression of matrices"):
         cell.weight("E", h)
+    with pytest.raises(CellError, match=r"cell 'bad': ndarray @ W: the left operand must be a matrix of the cell"):
+        np.eye(4) @ W
 
 
 def test_no_derivative_is_named_when_a_gradient_is_asked_for():

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CellError
-from .layers import Composition, check_layer, describe
+from .layers import Composition, check_layer, describe, layer_name
 
 MERGES = ("concat", "sum")
 
@@ -50,7 +50,7 @@ class Bidirectional(Composition):
             raise CellError(f"rc.Bidirectional({describe(cell)}): the cell declares no output to merge")
         self.cell, self.merge = cell, merge
         self.layers, self.prefixes = [cell, cell], ["fwd", "bwd"]
-        self.name = name or f"bidirectional({cell.name})"
+        self.name = layer_name(name, f"bidirectional({cell.name})", "rc.Bidirectional")
         sizes = {o: 2 * n if merge == "concat" else n for o, n in outs.items()}
         self.step = self._step(cell.step.inputs, {}, sizes, False)
 

@@ -147,3 +147,12 @@ def check_layer(obj, where: str, targets_ok: bool = False) -> None:
         raise CellError(f"{where} ({describe(obj)}): its outputs or state updates read target "
                         f"{', '.join(map(repr, bad))} (teacher forcing); inside a composition only the top "
                         "layer of a stack is given targets, and only for its loss")
+
+
+def layer_name(name, default: str, where: str) -> str:
+    """The composition's name: ``name`` (a non-empty string) or ``default``."""
+    if name is None:
+        return default
+    if not isinstance(name, str) or not name:
+        raise CellError(f"{where}: name must be a non-empty string, got {name!r}")
+    return name

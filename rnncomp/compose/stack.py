@@ -13,7 +13,7 @@ layer's own targets and loss are not used.
 from __future__ import annotations
 
 from ..errors import CellError
-from .layers import Composition, check_layer, describe
+from .layers import Composition, check_layer, describe, layer_name
 
 
 class Stack(Composition):
@@ -37,7 +37,7 @@ class Stack(Composition):
             raise CellError(f"rc.Stack: dropout must be a number in [0, 1), got {dropout!r}")
         self.layers, self.dropout = layers, float(dropout)
         self.prefixes = [f"l{i}" for i in range(len(layers))]
-        self.name = name or f"stack({', '.join(l.name for l in layers)})"
+        self.name = layer_name(name, f"stack({', '.join(l.name for l in layers)})", "rc.Stack")
         self.feeds = [self._feed(i) for i in range(1, len(layers))]
         top = layers[-1].step
         self.step = self._step(layers[0].step.inputs, top.targets, top.outputs, top.has_loss)

@@ -78,9 +78,21 @@ def as_dict(a, names, what):
     """``a`` as ``{name: array}``: a dict as given, a lone array for the only name in ``names``."""
     if isinstance(a, dict):
         return a
+    if not names:
+        raise TrainingError(f"{what}: the model declares none (give {{}})")
     if len(names) != 1:
         raise TrainingError(f"{what} must be a dict keyed by {', '.join(names)}")
     return {names[0]: a}
+
+
+def targets_of(targets, model) -> dict:
+    """``targets`` as ``{name: array}`` for a model (cell or composition) that has a loss to train."""
+    st = model.step
+    if not st.has_loss:
+        raise TrainingError(f"{st.name!r} declares no loss, so there is nothing to train or evaluate: give "
+                            "a cell a loss with cell.loss(...); a Bidirectional has none, so put a cell with a "
+                            "loss on top of it: rc.Stack([rc.Bidirectional(...), head])")
+    return as_dict(targets, list(st.targets), "targets")
 
 
 def converted(d, dtype, what):

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..compile import compile as rc_compile
 from ..errors import CallError, TrainingError
-from .data import as_dict, check_lengths, converted, lengths_mask
+from .data import as_dict, check_lengths, converted, lengths_mask, targets_of
 from .optim import Adam, Optimizer, global_norm
 from .progress import EpochProgress, nanmean
 from .truncated import Truncated, sequence
@@ -220,7 +220,7 @@ class Trainer:
         x = converted(self._time_major(as_dict(inputs, list(self.cell.step.inputs), "inputs")), self.dtype, "inputs")
         if targets is None:
             return x
-        t = self._time_major(as_dict(targets, list(self.cell.step.targets), "targets"))
+        t = self._time_major(targets_of(targets, self.cell))
         return x, converted(t, self.dtype, "targets")
 
     def _time_major(self, d: dict) -> dict:
