@@ -1,6 +1,7 @@
 """The cell zoo, each written in the DSL with nothing special-cased in the compiler.
 
-Every factory takes ``(n_in, n_hidden, n_out, loss="mse")``; ``loss="xent"``
+Every factory takes ``(n_in, n_hidden, n_out=None, loss="mse")``: ``n_out``
+defaults to ``n_hidden`` (what a layer of a stack reads on), and ``loss="xent"``
 uses softmax cross-entropy against a one-hot (or probability) target.
 
     >>> sorted(ZOO)
@@ -17,6 +18,7 @@ from .functions import relu, sigmoid, softsign
 
 def _head(cell, h_new, n_hidden, n_out, loss):
     """A linear read-out y = V h + c and the per-step loss."""
+    n_out = n_hidden if n_out is None else n_out
     y = cell.output("y", cell.param("V", (n_out, n_hidden)) @ h_new + cell.param("by", n_out))
     t = cell.target("target", n_out)
     if loss == "mse":
@@ -35,7 +37,7 @@ def _affine(cell, gate, x, h, n_in, n_hidden):
     return W @ x + U @ h + b
 
 
-def elman(n_in, n_hidden, n_out, loss="mse", activation=sp.tanh) -> Cell:
+def elman(n_in, n_hidden, n_out=None, loss="mse", activation=sp.tanh) -> Cell:
     """Elman (1990): h[t] = tanh(W x[t] + U h[t-1] + b)."""
     cell = Cell("elman")
     x, h = cell.input("x", n_in), cell.state("h", n_hidden)
@@ -44,8 +46,9 @@ def elman(n_in, n_hidden, n_out, loss="mse", activation=sp.tanh) -> Cell:
     return cell
 
 
-def jordan(n_in, n_hidden, n_out, loss="mse") -> Cell:
+def jordan(n_in, n_hidden, n_out=None, loss="mse") -> Cell:
     """Jordan (1986): the hidden layer reads the previous *output*, fed back as a state."""
+    n_out = n_hidden if n_out is None else n_out
     cell = Cell("jordan")
     x, s = cell.input("x", n_in), cell.state("s", n_out)
     W, U, b = cell.param("W", (n_hidden, n_in)), cell.param("U", (n_hidden, n_out)), cell.param("b", n_hidden)
@@ -55,7 +58,7 @@ def jordan(n_in, n_hidden, n_out, loss="mse") -> Cell:
     return cell
 
 
-def gru(n_in, n_hidden, n_out, loss="mse") -> Cell:
+def gru(n_in, n_hidden, n_out=None, loss="mse") -> Cell:
     """GRU (Cho et al. 2014)."""
     cell = Cell("gru")
     x, h = cell.input("x", n_in), cell.state("h", n_hidden)
@@ -68,7 +71,7 @@ def gru(n_in, n_hidden, n_out, loss="mse") -> Cell:
     return cell
 
 
-def lstm(n_in, n_hidden, n_out, loss="mse", gate=sigmoid, squash=sp.tanh, name="lstm") -> Cell:
+def lstm(n_in, n_hidden, n_out=None, loss="mse", gate=sigmoid, squash=sp.tanh, name="lstm") -> Cell:
     """LSTM (Hochreiter & Schmidhuber 1997, with forget gate, Gers et al. 2000)."""
     cell = Cell(name)
     x = cell.input("x", n_in)
@@ -84,13 +87,13 @@ def lstm(n_in, n_hidden, n_out, loss="mse", gate=sigmoid, squash=sp.tanh, name="
     return cell
 
 
-def softsign_lstm(n_in, n_hidden, n_out, loss="mse") -> Cell:
+def softsign_lstm(n_in, n_hidden, n_out=None, loss="mse") -> Cell:
     """An LSTM whose gates are softsign-based, (1 + softsign)/2: built into no framework."""
     return lstm(n_in, n_hidden, n_out, loss, gate=lambda z: (1 + softsign(z)) / 2,
                 squash=softsign, name="softsign_lstm")
 
 
-def mgu(n_in, n_hidden, n_out, loss="mse") -> Cell:
+def mgu(n_in, n_hidden, n_out=None, loss="mse") -> Cell:
     """Minimal gated unit (Zhou et al. 2016): one forget gate."""
     cell = Cell("mgu")
     x, h = cell.input("x", n_in), cell.state("h", n_hidden)
@@ -102,7 +105,7 @@ def mgu(n_in, n_hidden, n_out, loss="mse") -> Cell:
     return cell
 
 
-def indrnn(n_in, n_hidden, n_out, loss="mse") -> Cell:
+def indrnn(n_in, n_hidden, n_out=None, loss="mse") -> Cell:
     """IndRNN (Li et al. 2018): h[t] = relu(W x[t] + u ⊙ h[t-1] + b), an element-wise recurrence."""
     cell = Cell("indrnn")
     x, h = cell.input("x", n_in), cell.state("h", n_hidden)
@@ -113,7 +116,7 @@ def indrnn(n_in, n_hidden, n_out, loss="mse") -> Cell:
     return cell
 
 
-def antisymmetric(n_in, n_hidden, n_out, loss="mse", eps=0.1, gamma=0.01) -> Cell:
+def antisymmetric(n_in, n_hidden, n_out=None, loss="mse", eps=0.1, gamma=0.01) -> Cell:
     """AntisymmetricRNN (Chang et al. 2019): h += ε tanh((W − Wᵀ − γI) h + V x + b)."""
     cell = Cell("antisymmetric")
     x, h = cell.input("x", n_in), cell.state("h", n_hidden)

@@ -74,3 +74,20 @@ def test_float32_close_to_float64():
     assert l32 == pytest.approx(l64, rel=1e-5)
     for k in g64:  # float32 rounding accumulated over 20 steps: 1e-4 relative to the gradient's norm
         assert np.abs(g32[k] - g64[k]).max() <= 1e-4 * (np.abs(g64[k]).max() + 1e-3), k
+
+
+@pytest.mark.parametrize("name", sorted(rc.cells.ZOO))
+def test_n_out_defaults_to_n_hidden(name):
+    """``rc.cells.lstm(64, 256)`` (issue #19's stack snippet) is the cell with n_out = n_hidden."""
+    make = rc.cells.ZOO[name]
+    short, full = make(3, 5), make(3, 5, 5)
+    assert str(short) == str(full)
+    assert rc.compile(short).step.outputs == rc.compile(full).step.outputs == {"y": 5}
+    assert str(make(3, 5, 2)) != str(short)
+
+
+def test_the_issue_stack_snippet_runs_with_default_output_sizes():
+    model = rc.compile(rc.Stack([rc.cells.lstm(4, 6), rc.cells.gru(6, 6)], dropout=0.0))
+    x = {"x": np.random.default_rng(0).normal(size=(3, 2, 4))}
+    outputs, _final = model.forward(model.init_params(0), x)
+    assert outputs["y"].shape == (3, 2, 6)
