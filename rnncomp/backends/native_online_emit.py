@@ -8,13 +8,102 @@ from __future__ import annotations
 
 import ctypes
 
+import numpy as np
+from llvmlite import ir
+
 from ..errors import CompileError
 from ..forward_mode import is_tangent_param
+from ..gradspec import Batch
 from ..ir import LEAF_OPS
+from .llvm import gemm
 from .llvm import kernel_library
-from .llvm.builder import I64
+from .llvm.builder import I64, for_range
 from .llvm.jit import compile_keyed
+from .native_layout import Layout
 from .native_tangent_plan import SCRATCH
+
+
+class OnlineSlots:
+    """Where the values of a native online kernel live (the part the kernels share): slots of
+    the ``bufs`` pointer array with ``sizes[slot] = (rows, units)``, rows "B" (per sample),
+    "1", or "ext" (the caller's array).  Parameters, inputs and targets, the caller's (T, B)
+    step weights at ``weight_key``, h[t-1] of each state, every computed node of ``progs``,
+    the product scratch, the gradient g, the loss, and the scratch of a scaled gradient term."""
+
+    def __init__(self, step, progs, bwd, weight_key):
+        self.step, self.L, self.sizes = step, Layout(), {}
+        self.param = {p: self.slot(f"param {p}", "ext", 0) for p in step.params}
+        for p, k in self.param.items():
+            self.place((p, None), k)
+        self.io = {}
+        for name, n in list(step.inputs.items()) + list(step.targets.items()):
+            self.io[name] = k = self.slot(f"io {name}", "ext", n)
+            self.place((name, "t"), k, n, timed=True)
+        self.weight = self.slot("w", "ext", 1)
+        self.place(weight_key, self.weight, 1, timed=True)
+        self.state = {s: self.slot(f"state {s}", "B", n) for s, n in step.states.items()}
+        for s, k in self.state.items():
+            self.place((s, "t-1"), k)
+        for prog in progs:
+            for key, node in prog.nodes.items():
+                if node.op not in LEAF_OPS:
+                    self.place(key, self.slot(f"value {key}", "B", node.size))
+        maxn = max([n.size for prog in progs for n in prog.nodes.values() if isinstance(n.size, int)] + [1])
+        self.place(SCRATCH, self.slot("scratch", "B", maxn))
+        self.P = sum(int(np.prod(s)) for s in step.params.values())
+        self.grad = self.slot("g", "1", self.P)
+        self.loss = self.slot("loss", "1", 1)
+        outer = [int(np.prod(step.params[p])) for p, specs in bwd.grads.items() for s_ in specs
+                 if not isinstance(s_, Batch) and s_.c != 1]
+        self.tmp = self.slot("gradient scratch", "1", max(outer + [1]))
+
+    def slot(self, label, rows, units):
+        k = self.L.slot(label)
+        self.sizes[k] = (rows, units)
+        return k
+
+    def place(self, key, k, units=0, timed=False):
+        if key in self.L.where:
+            raise CompileError(f"cell {self.step.name!r}: internal: two values named {key!r} in the online step")
+        self.L.place(key, k, units, 0, timed=timed)
+
+    def buffers(self, B, dtype, host):
+        """(the internal buffers for batch B, the products' workspace)."""
+        rows = {"B": B, "1": 1}
+        bufs = {k: np.zeros(rows[r] * max(u, 1), dtype=dtype) for k, (r, u) in self.sizes.items() if r != "ext"}
+        S = max([n.size for n in self.step.prog.nodes.values() if isinstance(n.size, int)]
+                + [d for s in self.step.params.values() if isinstance(s, tuple) for d in s] + [B])
+        return bufs, np.zeros(max(gemm.workspace_elems(S, S, S, str(dtype), host), 1), dtype=dtype)
+
+
+    def call(self, fn, bufs, work, params, states, seqs, w, extra):
+        """Run ``fn`` over the steps of ``w`` (T, B): the internal ``bufs``, the caller's
+        parameters, sequences, weights and states, and ``extra`` {slot: array} (carries and
+        tables, used in place: they must be contiguous).  Returns (loss, g, final states)."""
+        T, B = w.shape
+        dt = work.dtype
+        keep, ptrs = [], (ctypes.c_void_p * len(self.L.slots))()
+
+        def put(slot, a):
+            keep.append(a)
+            ptrs[slot] = a.ctypes.data
+
+        for k, a in list(bufs.items()) + list(extra.items()):
+            if not a.flags.c_contiguous:
+                raise CompileError(f"cell {self.step.name!r}: internal: {self.L.slots[k]} is not contiguous")
+            put(k, a)
+        for p, k in self.param.items():
+            put(k, np.ascontiguousarray(params[p], dtype=dt))
+        for name, k in self.io.items():
+            put(k, np.ascontiguousarray(seqs[name], dtype=dt))
+        put(self.weight, np.ascontiguousarray(w, dtype=dt))
+        for s, k in self.state.items():
+            bufs[k][:] = np.asarray(states[s], dtype=dt).ravel()
+        bufs[self.grad][:] = 0
+        bufs[self.loss][:] = 0
+        fn(T, B, ptrs, work.ctypes.data)
+        final = {s: bufs[k].reshape(B, n).copy() for (s, n), k in zip(self.step.states.items(), self.state.values())}
+        return float(bufs[self.loss][0]), bufs[self.grad].copy(), final
 
 
 def compile_online(step, description, build, host, cache, what):
@@ -82,6 +171,51 @@ class StepEmitter:
                 g.scaled_rows(out, tmp, node.size, node.size, c, accumulate=not first)
             first = False
         return first  # True: nothing written yet
+
+    def _grad_terms(self, g, bwd, t, grad, tmp, per_sample=False):
+        """The backward step's parameter terms at ``t`` (``w`` is inside them) added into the flat
+        ``grad``: summed over the batch (Batch sums, Outer products as GEMMs of depth B; ``tmp``
+        holds a scaled one) or, ``per_sample``, into the rows of a (B, P) array."""
+        b = g.b
+        sizes = [int(np.prod(shape)) for shape in self.st.params.values()]
+        P, off = sum(sizes), 0
+        for (p, shape), size in zip(self.st.params.items(), sizes):
+            for spec in bwd.grads.get(p, []):
+                if isinstance(spec, Batch):
+                    n_src, src = bwd.prog.node(spec.g).size, g.ptr(spec.g, t)
+                    with for_range(b, g.B, name="gb") as bi:
+                        row = b.gep(grad, [b.add(b.mul(bi, I64(P)), I64(off)) if per_sample else I64(off)])
+                        with for_range(b, I64(size), name="gj") as j:
+                            x = b.load(b.gep(src, [b.add(b.mul(bi, I64(n_src)), j if n_src > 1 else I64(0))]))
+                            at = b.gep(row, [j])
+                            b.store(b.fadd(b.load(at), x), at)
+                    continue
+                rows_, cols_ = shape
+                A, V = g.ptr(spec.g, t), g.ptr(spec.v, t)
+                first, second = (V, A) if spec.tr else (A, V)   # grad[i, j] += c · first[i] second[j]
+                if per_sample:
+                    self._outer_rows(g, grad, P, off, first, second, rows_, cols_, spec.c)
+                    continue
+                dst = b.gep(grad, [I64(off)])
+                target = dst if spec.c == 1 else tmp
+                g.call_gemm(I64(rows_), I64(cols_), g.B, first, I64(rows_), True, second, I64(cols_), False,
+                            target, I64(cols_), 1 if spec.c == 1 else 0)
+                if spec.c != 1:
+                    g.copy_loop(dst, target, I64(size), scale=spec.c, accumulate=True)
+            off += size
+
+    def _outer_rows(self, g, grad, P, off, first, second, rows_, cols_, c):
+        b = g.b
+        with for_range(b, g.B, name="ob") as bi:
+            row = b.gep(grad, [b.add(b.mul(bi, I64(P)), I64(off))])
+            with for_range(b, I64(rows_), name="oi") as i:
+                x = b.load(b.gep(first, [b.add(b.mul(bi, I64(rows_)), i)]))
+                if c != 1:
+                    x = b.fmul(x, ir.Constant(g.ty, float(c)))
+                with for_range(b, I64(cols_), name="oj") as j:
+                    y = b.load(b.gep(second, [b.add(b.mul(bi, I64(cols_)), j)]))
+                    at = b.gep(row, [b.add(b.mul(i, I64(cols_)), j)])
+                    b.store(b.fadd(b.load(at), b.fmul(x, y)), at)
 
     def _copy_state(self, g, s, n):
         new = g.ptr((s, "t"), I64(0))

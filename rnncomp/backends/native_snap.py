@@ -18,7 +18,6 @@ term's coefficients Σ c·P[yu, xu] are gathered once per window (θ is constant
 """
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import pathlib
 
@@ -28,64 +27,25 @@ from llvmlite import ir
 
 from ..autodiff import backward_step
 from ..errors import CompileError
-from ..gradspec import Batch
 from ..ir import LEAF_OPS, placeholder
-from .llvm import gemm
 from .llvm.builder import I64, for_range
 from .llvm.exprgen import LLVMPrinter, unsupported
 from .llvm.jit import HostTarget
 from .native_emit import Gen
-from .native_layout import Layout
-from .native_online_emit import StepEmitter, compile_online
-from .native_tangent_plan import FORWARD_OPS, SCRATCH, WEIGHT, check
+from .native_online_emit import OnlineSlots, StepEmitter, compile_online
+from .native_tangent_plan import FORWARD_OPS, WEIGHT, check
 
 
-class _Slots:
-    """Where each value lives: ``sizes[slot] = (rows, units)``, rows "B" (per sample), "1",
-    or "ext" (the caller's array: parameters, sequences, weights, J, index tables)."""
+class _Slots(OnlineSlots):
+    """:class:`.native_online_emit.OnlineSlots`, the backward step's zero seeds δ⁺h[t], the
+    carried entries J, each tangent node's entries and the index tables ("ext": made once)."""
 
     def __init__(self, step, bwd, sp_plan):
-        self.L, self.sizes = Layout(), {}
-        L = self.L
-
-        def slot(label, rows, units):
-            k = L.slot(label)
-            self.sizes[k] = (rows, units)
-            return k
-
-        def place(key, k, units=0, timed=False):
-            if key in L.where:
-                raise CompileError(f"cell {step.name!r}: internal: two values named {key!r} in the online step")
-            L.place(key, k, units, 0, timed=timed)
-
-        self.param = {p: slot(f"param {p}", "ext", 0) for p in step.params}
-        for p, k in self.param.items():
-            place((p, None), k)
-        self.io = {}
-        for name, n in list(step.inputs.items()) + list(step.targets.items()):
-            self.io[name] = k = slot(f"io {name}", "ext", n)
-            place((name, "t"), k, n, timed=True)
-        self.weight = slot("w", "ext", 1)
-        place(WEIGHT, self.weight, 1, timed=True)
-        self.state = {s: slot(f"state {s}", "B", n) for s, n in step.states.items()}
-        for s, k in self.state.items():
-            place((s, "t-1"), k)
-        for prog in (step.prog, bwd.prog):
-            for key, node in prog.nodes.items():
-                if node.op not in LEAF_OPS:
-                    place(key, slot(f"value {key}", "B", node.size))
+        super().__init__(step, (step.prog, bwd.prog), bwd, WEIGHT)
         for s, key in bwd.carry_in.items():  # δ⁺h[t] = 0: a buffer never written
-            place(key, slot(f"zero {s}", "B", step.states[s]))
-        maxn = max([n.size for prog in (step.prog, bwd.prog) for n in prog.nodes.values()
-                    if isinstance(n.size, int)] + [1])
-        place(SCRATCH, slot("scratch", "B", maxn))
-        self.J = slot("J", "ext", 0)
-        self.grad = slot("g", "1", sum(int(np.prod(s)) for s in step.params.values()))
-        self.loss = slot("loss", "1", 1)
-        outer = [int(np.prod(step.params[p])) for p, specs in bwd.grads.items() for sp_ in specs
-                 if not isinstance(sp_, Batch) and sp_.c != 1]
-        self.tmp = slot("gradient scratch", "1", max(outer + [1]))
-        self.entries = {key: slot(f"entries {key}", "B", len(sp_plan.entries[key][0])) for key in sp_plan.order}
+            self.place(key, self.slot(f"zero {s}", "B", step.states[s]))
+        self.J = self.slot("J", "ext", 0)
+        self.entries = {key: self.slot(f"entries {key}", "B", len(sp_plan.entries[key][0])) for key in sp_plan.order}
         self.tables = {}   # slot -> int64 or float array, made once
 
     def table(self, label, array, dtype=np.int64):
@@ -174,7 +134,7 @@ class SparseKernel(StepEmitter):
             self._program(g, self.st.prog, t)
             self._loss(g, t)
             self._program(g, self.bwd.prog, t)
-            self._direct(g, t)
+            self._grad_terms(g, self.bwd, t, self._slot_ptr(g, self.plan.grad), self._slot_ptr(g, self.plan.tmp))
             self._gather(g, t)
             for key in self.sp.order:
                 self._node(g, key, t)
@@ -196,34 +156,6 @@ class SparseKernel(StepEmitter):
         lossp, w, ell = self._slot_ptr(g, self.plan.loss), g.ptr(WEIGHT, t), g.ptr(self.st.loss_key, t)
         with for_range(b, g.B, name="lb") as bi:
             b.store(b.fadd(b.load(lossp), b.fmul(self._at(g, w, bi), self._at(g, ell, bi))), lossp)
-
-    def _direct(self, g, t):
-        """g += Σ_b the backward step's parameter terms (w is inside them): Batch sums, Outer products."""
-        b, grad = g.b, self._slot_ptr(g, self.plan.grad)
-        off = 0
-        for p, shape in self.st.params.items():
-            size = int(np.prod(shape))
-            dst = b.gep(grad, [I64(off)], inbounds=True)
-            for spec in self.bwd.grads.get(p, []):
-                if isinstance(spec, Batch):
-                    n_src = self.bwd.prog.node(spec.g).size
-                    src = g.ptr(spec.g, t)
-                    with for_range(b, g.B, name="gb") as bi:
-                        with for_range(b, I64(size), name="gj") as j:
-                            x = self._at(g, src, b.add(b.mul(bi, I64(n_src)), j if n_src > 1 else I64(0)))
-                            at = b.gep(dst, [j], inbounds=True)
-                            b.store(b.fadd(b.load(at), x), at)
-                    continue
-                rows_, cols_ = shape
-                A, V = g.ptr(spec.g, t), g.ptr(spec.v, t)
-                first, second = (V, A) if spec.tr else (A, V)
-                # grad[rows, cols] += c · firstᵀ second (depth: the batch)
-                target = dst if spec.c == 1 else self._slot_ptr(g, self.plan.tmp)
-                g.call_gemm(I64(rows_), I64(cols_), g.B, first, I64(rows_), True, second, I64(cols_), False,
-                            target, I64(cols_), 1 if spec.c == 1 else 0)
-                if spec.c != 1:
-                    g.copy_loop(dst, target, I64(size), scale=spec.c, accumulate=True)
-            off += size
 
     def _gather(self, g, t):
         """g[k] += Σ_b δh[t-1][b, u]·J[b, (u, k)] over the stored entries (J still J[t-1])."""
@@ -310,18 +242,6 @@ class SparseKernel(StepEmitter):
                     b.store(x, b.gep(J, [b.add(b.mul(bi, I64(nnz)), self._at(g, dst, i))], inbounds=True))
 
     # ------------------------------------------------------------------ calls
-    def _buffers(self, B):
-        if self._B == B:
-            return self._bufs
-        rows = {"B": B, "1": 1}
-        self._bufs = {k: np.zeros(rows[r] * max(u, 1), dtype=self.dtype)
-                      for k, (r, u) in self.plan.sizes.items() if r != "ext"}
-        S = max([n.size for n in self.st.prog.nodes.values() if isinstance(n.size, int)]
-                + [d for s in self.st.params.values() if isinstance(s, tuple) for d in s] + [B])
-        self._work = np.zeros(max(gemm.workspace_elems(S, S, S, str(self.dtype), self.host), 1), dtype=self.dtype)
-        self._B = B
-        return self._bufs
-
     def run(self, params, states, seqs, w, J):
         """Run ``w.shape[0]`` steps from ``states`` {s: (B, n)} with the carried ``J`` (B, nnz),
         updated in place; ``seqs`` {input/target: (T, B, n)}.  Returns (loss, g (P,), final states)."""
@@ -330,27 +250,8 @@ class SparseKernel(StepEmitter):
         if J.dtype != dt or not J.flags.c_contiguous or J.shape != (B, self.sp.nnz):
             raise CompileError(f"cell {self.st.name!r}: internal: the carried SnAp entries are not a "
                                f"contiguous {dt} ({B}, {self.sp.nnz}) array")
-        bufs = self._buffers(B)
+        if self._B != B:
+            (self._bufs, self._work), self._B = P.buffers(B, dt, self.host), B
         for k, tm in self.matw.items():
             P.tables[k][:] = self.sp.mat_weights(tm, params, dt)
-        keep, ptrs = [], (ctypes.c_void_p * len(P.L.slots))()
-
-        def put(slot, a):
-            keep.append(a)
-            ptrs[slot] = a.ctypes.data
-
-        for k, a in list(bufs.items()) + list(P.tables.items()):
-            put(k, a)
-        for p, k in P.param.items():
-            put(k, np.ascontiguousarray(params[p], dtype=dt))
-        for name, k in P.io.items():
-            put(k, np.ascontiguousarray(seqs[name], dtype=dt))
-        put(P.weight, np.ascontiguousarray(w, dtype=dt))
-        put(P.J, J)
-        for s, k in P.state.items():
-            bufs[k][:] = np.asarray(states[s], dtype=dt).ravel()
-        bufs[P.grad][:] = 0
-        bufs[P.loss][:] = 0
-        self._fn(T, B, ptrs, self._work.ctypes.data)
-        final = {s: bufs[k].reshape(B, n).copy() for (s, n), k in zip(self.st.states.items(), P.state.values())}
-        return float(bufs[P.loss][0]), bufs[P.grad].copy(), final
+        return P.call(self._fn, self._bufs, self._work, params, states, seqs, w, {**P.tables, P.J: J})
