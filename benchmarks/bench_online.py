@@ -9,7 +9,8 @@ per step of:
 * BPTT: ``loss_and_grad`` over the T steps divided by T, native (``threads=1``) and NumPy;
 * RTRL and dense SnAp-1 (``rc.SnAp(1, sparse=False)``): ``sequence_grad`` on the NumPy
   executor and on the native one (:mod:`rnncomp.backends.native_tangent`);
-* SnAp-1 sparse and UORO: the NumPy executor only (they have no native executor yet).
+* SnAp-1 sparse (only the kept entries; :mod:`rnncomp.backends.native_snap`) and UORO
+  (:mod:`rnncomp.backends.native_uoro`, the same random draws as NumPy's): both executors.
 
 Next to each: FLOPs per sample per step from the cost model (``rnncomp inspect --cost``),
 the GFLOP/s that makes, and the time over one native BPTT step (CPU time: see ``best``).  Every native result is first
@@ -62,7 +63,7 @@ def run_case(kind, D, H, O, B, T, repeat):
     rows["BPTT native"] = best(lambda: native.loss_and_grad(params, x, y), repeat), flops["BPTT"]
     rows["BPTT numpy"] = best(lambda: oracle.loss_and_grad(params, x, y), repeat), flops["BPTT"]
     algos = [("RTRL", rc.RTRL(), "RTRL", True), ("SnAp-1 dense", rc.SnAp(1, sparse=False), "SnAp-1", True),
-             ("SnAp-1 sparse", rc.SnAp(1, sparse=True), "SnAp-1", False), ("UORO", rc.UORO(), "UORO", False)]
+             ("SnAp-1 sparse", rc.SnAp(1, sparse=True), "SnAp-1", True), ("UORO", rc.UORO(), "UORO", True)]
     for label, algo, cost_row, has_native in algos:
         backends = ("numpy", "native") if has_native else ("numpy",)
         grads = {}
@@ -110,7 +111,11 @@ def table(res) -> str:
                        f"{r['flops_per_sample_step']:>19,}{gf:>9}{r['x_bptt_native_step_cpu']:>13.0f}")
         rt = {k: v["cpu_ms_per_step"] for k, v in case["rows"].items()}
         out.append(f"  native / NumPy (CPU time): RTRL {rt['RTRL numpy'] / rt['RTRL native']:.1f}x, "
-                   f"SnAp-1 dense {rt['SnAp-1 dense numpy'] / rt['SnAp-1 dense native']:.1f}x")
+                   f"SnAp-1 dense {rt['SnAp-1 dense numpy'] / rt['SnAp-1 dense native']:.1f}x, "
+                   f"SnAp-1 sparse {rt['SnAp-1 sparse numpy'] / rt['SnAp-1 sparse native']:.1f}x, "
+                   f"UORO {rt['UORO numpy'] / rt['UORO native']:.1f}x")
+        out.append(f"  SnAp-1 sparse native per step = {rt['SnAp-1 sparse native'] / rt['BPTT native']:.1f} native "
+                   f"BPTT steps (forward + backward), UORO native {rt['UORO native'] / rt['BPTT native']:.1f}")
     m = res["machine"]
     out.append(f"{m['cpu']}, {m['cores']} cores, load {m['load_1_5_15'][0]:.1f} before / "
                f"{res['load_after'][0]:.1f} after (loaded: shared machine)")

@@ -596,14 +596,6 @@ def test_rtrl_equals_bptt_with_derived_weights(make):
     assert rel_err(g1, g2) < 1e-10
 
 
-def test_fit_online_names_what_it_cannot_take_yet():
-    import test_weight_ops
-    trainer = rc.Trainer(test_weight_ops.masked_elman(), optimizer=rc.Adam(1e-3), gradient=RTRL())
-    params, x, y = random_data(trainer.cell, T=4, B=2, seed=5)
-    with pytest.raises(NotImplementedError, match="derived weights or constants"):
-        trainer.fit_online(x, y)
-
-
 # ----------------------------------------------------------------------------- restricted Jacobian
 from rnncomp.algorithms.restricted import RestrictedJacobian  # noqa: E402
 

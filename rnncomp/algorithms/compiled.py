@@ -2,10 +2,11 @@
 
     prepare(algorithm, step, backend, dtype) → an object with ``begin``, ``step`` and ``window``
 
-``backend="native"`` compiles the forward step and the sensitivity recursion into one loop
-(:mod:`rnncomp.backends.native_tangent`) for RTRL and dense SnAp (``rc.SnAp(n, sparse=False)``,
-RTRL's recursion with the pattern applied).  UORO, sparse SnAp and cells with matrix states
-have no native executor yet: :func:`prepare` raises :class:`CompileError` saying so, and a
+``backend="native"`` compiles the forward step and the sensitivity recursion into one loop:
+RTRL and dense SnAp (``rc.SnAp(n, sparse=False)``, RTRL's recursion with the pattern applied)
+in :mod:`rnncomp.backends.native_tangent`, sparse SnAp (only the kept entries) in
+:mod:`rnncomp.backends.native_snap`, UORO (the same random draws as the NumPy executor) in
+:mod:`rnncomp.backends.native_uoro`.  Cells with matrix states have no native executor yet: :func:`prepare` raises :class:`CompileError` saying so, and a
 Trainer with ``backend="native"`` runs them on the NumPy executor after a warning
 (:class:`NumpyFallbackWarning`).
 
@@ -52,28 +53,54 @@ def prepare(algorithm, step, backend: str = "numpy", dtype="float64", *, fallbac
 
 
 class Native:
-    """A prepared RTRL or dense SnAp whose windows run natively (``begin`` and ``step`` are
-    the NumPy executor's: the carry is the same ``{state: (B, K, n)}`` sensitivity)."""
+    """A prepared RTRL, SnAp or UORO whose windows run natively (``begin`` and ``step`` are the
+    NumPy executor's: the carry is the same ``{state: (B, K, n)}`` sensitivity, sparse SnAp's
+    ``(B, stored entries)``, or UORO's ``(generator, s̃, θ̃)``)."""
 
     def __init__(self, algorithm, prep, dtype):
-        from ..backends.native_tangent import OnlineKernel
         from .rtrl import _Prepared as RtrlPrepared
+        from .snap import _Sparse
+        from .uoro import _Prepared as UoroPrepared
 
-        if not isinstance(prep, RtrlPrepared):
-            why = ("sparse SnAp (rc.SnAp(n, sparse=False) runs natively, at RTRL's cost)"
-                   if type(prep).__name__ == "_Sparse" else f"{algorithm!r}")
-            raise CompileError(f"cell {prep.st.name!r}: the native online executor has no code for {why} yet")
         self.prep, self.st = prep, prep.st
+        if isinstance(prep, UoroPrepared):
+            from ..backends.native_uoro import UoroKernel
+            self.kernel = UoroKernel(prep.st, dtype)
+            return
+        if isinstance(prep, _Sparse):
+            from ..backends.native_snap import SparseKernel
+            from .pattern import pattern
+            from .sparse_plan import SparsePlan
+
+            self.kernel = SparseKernel(prep.st, SparsePlan(prep.st, pattern(prep.st, prep.n)), dtype)
+            return
+        if not isinstance(prep, RtrlPrepared):
+            raise CompileError(f"cell {prep.st.name!r}: the native online executor has no code for {algorithm!r} yet")
+        from ..backends.native_tangent import OnlineKernel
         self.kernel = OnlineKernel(prep.st, prep.ts, prep.dirs, dtype, getattr(prep, "mask", None))
 
     def begin(self, params, states, learned, B, dtype):
-        return {s: np.ascontiguousarray(J, dtype=dtype)
-                for s, J in self.prep.begin(params, states, learned, B, dtype).items()}
+        J = self.prep.begin(params, states, learned, B, dtype)
+        if isinstance(J, tuple):  # UORO: (generator, s̃, θ̃)
+            rng, s, theta = J
+            return rng, {k: np.ascontiguousarray(v, dtype=dtype) for k, v in s.items()}, np.ascontiguousarray(theta, dtype=dtype)
+        if isinstance(J, np.ndarray):
+            return np.ascontiguousarray(J, dtype=dtype)
+        return {s: np.ascontiguousarray(v, dtype=dtype) for s, v in J.items()}
 
     def step(self, env, w, carry):
         return self.prep.step(env, w, carry)
 
     def window(self, params, states, seqs, lo, hi, w, carry):
         """Steps lo … hi-1 (``w``: their weights, (hi-lo, B)): (loss, flat ∂L/∂θ, states, carry)."""
-        loss, g, final = self.kernel.run(params, states, {k: v[lo:hi] for k, v in seqs.items()}, w, carry)
+        seqs = {k: v[lo:hi] for k, v in seqs.items()}
+        if isinstance(carry, tuple):  # UORO: the signs drawn here, in the NumPy executor's order
+            rng, s, theta = carry
+            B, dt = w.shape[1], w.dtype
+            draws = [{k: rng.choice([-1.0, 1.0], size=(B, n)).astype(dt) for k, n in self.st.states.items()}
+                     for _ in range(hi - lo)]
+            nu = {k: np.stack([d[k] for d in draws]) for k in self.st.states}
+            loss, g, final = self.kernel.run(params, states, seqs, w, s, theta, nu)
+            return loss, g, final, carry
+        loss, g, final = self.kernel.run(params, states, seqs, w, carry)
         return loss, g, final, carry

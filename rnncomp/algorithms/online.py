@@ -8,9 +8,10 @@ For RTRL, SnAp and UORO each step adds its contribution to ∂L/∂θ as it runs
 its optimizer) and the carried sensitivities go on with the new parameters, as in Williams &
 Zipser's online RTRL.  :class:`BPTT` runs truncated BPTT over each window of ``every`` steps
 with the trainer's compiled model, the state carried across windows: the usual baseline.
-The online algorithms run in the trainer's dtype on its backend: natively for RTRL and dense
-SnAp with ``backend="native"``, on the NumPy executor otherwise (with a warning where native
-was asked for, :mod:`.compiled`).
+The online algorithms run in the trainer's dtype on its backend: natively for RTRL and SnAp
+with ``backend="native"``, on the NumPy executor otherwise (with a warning where native was
+asked for, :mod:`.compiled`).  A cell with derived weights or constants runs on its plain
+cell, each update's gradient chained back to the declared parameters (:class:`Derived`).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from ..backends.validate import check_call, initial_states
 from ..errors import CallError
-from .base import Algorithm, has_derived_weights, initial_learned, run_window
+from .base import Algorithm, has_derived_weights, initial_learned, run_window, unflatten
 
 
 class BPTT(Algorithm):
@@ -59,10 +60,6 @@ def fit_online(trainer, inputs, targets, every=1, h0=None):
     if not (isinstance(every, int) and every >= 1):
         raise ValueError(f"fit_online(every={every!r}): every must be a positive integer (steps per update)")
     algo = trainer.gradient if trainer.gradient is not None else BPTT()
-    if not isinstance(algo, BPTT) and has_derived_weights(trainer.cell):
-        raise NotImplementedError(
-            f"fit_online with {algo!r}: cell {trainer.cell.name!r} has derived weights or constants, which the "
-            "online algorithms take only through sequence_grad so far; use gradient=rc.BPTT() here")
     x, t = trainer._data(inputs, targets)
     st, dt = trainer.cell.step, trainer.dtype
     call = check_call(st, dt, trainer.params, x, t, trainer._state(h0), need_targets=True)
@@ -79,17 +76,43 @@ def fit_online(trainer, inputs, targets, every=1, h0=None):
         trainer.online_state = algo.fit_windows(trainer, call, every, lambda g, loss: apply(trainer, algo, g, loss, losses))
         return losses
     from .compiled import prepare
-    prep = prepare(algo, st, trainer.backend, dt, fallback=True)
+    derived = Derived(trainer) if has_derived_weights(trainer.cell) else None
+    run_st = derived.step if derived else st
+    prep = prepare(algo, run_st, trainer.backend, dt, fallback=True)
     states = initial_states(st, call, dt)
-    carry = prep.begin(trainer.params, states, initial_learned(st, call.h0), call.B, dt)
+    params = derived.expand() if derived else trainer.params
+    carry = prep.begin(params, states, initial_learned(st, call.h0), call.B, dt)
     seqs = {**call.inputs, **call.targets}
     for lo in range(0, call.T, every):
         hi = min(lo + every, call.T)
         w = np.full((hi - lo, call.B), 1.0 / ((hi - lo) * call.B), dtype=dt)
-        loss, g, states, carry = run_window(prep, st, trainer.params, states, seqs, lo, hi, w, carry)
-        apply(trainer, algo, g, loss, losses)
+        params = derived.expand() if derived else trainer.params
+        loss, g, states, carry = run_window(prep, run_st, params, states, seqs, lo, hi, w, carry)
+        apply(trainer, algo, derived.pullback(g) if derived else g, loss, losses)
     trainer.online_state = {s: np.array(v) for s, v in states.items()}
     return losses
+
+
+class Derived:
+    """A cell with derived weights or constants (``cell.weight``, ``cell.const``): the algorithm
+    runs on the plain cell whose parameters they are (:class:`rnncomp.weights.DerivedWeights`),
+    its carried sensitivities are with respect to them, and each update's gradient is chained
+    back to the declared parameters at the parameters of that update, as ``sequence_grad`` does
+    for a whole sequence."""
+
+    def __init__(self, trainer):
+        from ..weights import DerivedWeights
+        self.trainer, self.dw = trainer, DerivedWeights(trainer.cell)
+        self.step = self.dw.plain.step
+
+    def expand(self) -> dict:
+        return self.dw.expand(self.trainer.params, self.trainer.dtype)
+
+    def pullback(self, g):
+        """The flat gradient of the plain cell's parameters → the trainer's flat vector's."""
+        tr = self.trainer
+        grads = self.dw.pullback(tr.params, unflatten(self.step, g), tr.dtype)
+        return np.concatenate([np.asarray(grads[n], dtype=tr.dtype).ravel() for n in tr.names])
 
 
 def apply(trainer, algo, g, loss, losses) -> None:

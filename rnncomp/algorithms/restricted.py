@@ -65,6 +65,27 @@ NEED = {  # tangent op -> which entries of each tangent argument the needed entr
 }
 
 
+def kept_entries(prog, sup, need, sizes):
+    """The entries each tangent node of ``prog`` computes: reachable (``sup``, (K, size) per
+    node) and read by a wanted entry (``need``: the wanted entries, updated in place backward).
+    Returns ``({key: (directions, units)}, {key: (K, size) position of each entry, -1 if none})``."""
+    for key in reversed(list(prog.nodes)):
+        node = prog.nodes[key]
+        args = [a for a in node.args if a in prog.nodes]
+        if node.op == "seed" or not args:  # a seed, ∂P·v: nothing tangent to read
+            continue
+        for a, n_a in zip(args, NEED[node.op](node, need[key] & sup[key], args, sizes)):
+            need[a] = need[a] | n_a
+    entries, index = {}, {}
+    for key in prog.nodes:
+        d, u = np.nonzero(need[key] & sup[key])
+        entries[key] = (d, u)
+        pos = np.full(sup[key].shape, -1)
+        pos[d, u] = np.arange(len(d))
+        index[key] = pos
+    return entries, index
+
+
 class RestrictedJacobian:
     """D[rows[i], cols[i]] for i = 0 … (see the module docstring); rows and columns index the
     state units of all states in declaration order."""
@@ -96,21 +117,7 @@ class RestrictedJacobian:
                 inside = (rows >= o) & (rows < o + n)
                 need[k][cols[inside], rows[inside] - o] = True
         sizes = {k: prog.node(k).size for k in prog.nodes}
-        for key in reversed(list(prog.nodes)):
-            node = prog.nodes[key]
-            if node.op == "seed":
-                continue
-            args = tangent(node)
-            for a, n_a in zip(args, NEED[node.op](node, need[key] & sup[key], args, sizes)):
-                need[a] = need[a] | n_a
-        self.positions = {}  # key -> (direction, unit) of each computed entry
-        index = {}
-        for key in prog.nodes:
-            d, u = np.nonzero(need[key] & sup[key])
-            self.positions[key] = (d, u)
-            pos = np.full((N, sizes[key]), -1)
-            pos[d, u] = np.arange(len(d))
-            index[key] = pos
+        self.positions, index = kept_entries(prog, sup, need, sizes)  # key -> (direction, unit) of each entry
         self.plans = {key: self._plan(key, node, index, sizes) for key, node in prog.nodes.items() if node.op != "seed"}
         self.wanted = []  # per state: (positions in its tangent's values, positions in the output)
         for s, k in ts.out.items():

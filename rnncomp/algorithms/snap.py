@@ -105,7 +105,7 @@ def colouring(support: np.ndarray) -> np.ndarray:
 
 class _Sparse:
     def __init__(self, step, n, max_bytes):
-        self.st, self.max_bytes = step, max_bytes
+        self.st, self.max_bytes, self.n = step, max_bytes, n
         ts = tangent_step(step)
         self.layout = Directions.dense(step)
         mask = pattern(step, n, ts)

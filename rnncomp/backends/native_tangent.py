@@ -23,8 +23,6 @@ What is not compiled raises :class:`CompileError` naming the cell and the ops: m
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import pathlib
 
 import numpy as np
 import sympy as sp
@@ -32,16 +30,16 @@ from llvmlite import ir
 
 from ..errors import CompileError
 from ..forward_mode import is_tangent_param, tangent_of
-from ..ir import LEAF_OPS, placeholder
-from .llvm import gemm, kernel_library
+from ..ir import placeholder
+from .llvm import gemm
 from .llvm.builder import I64, for_range, parallel_loop_md
 from .llvm.exprgen import LLVMPrinter
-from .llvm.jit import HostTarget, compile_keyed
+from .llvm.jit import HostTarget
 from .native_emit import Gen
-from .native_nodes import NODE_CODE, Site
-from .native_tangent_plan import SCRATCH, WEIGHT, Plan, check
+from .native_online_emit import StepEmitter, compile_online, sources_hash
+from .native_tangent_plan import WEIGHT, Plan, check
 
-class OnlineKernel:
+class OnlineKernel(StepEmitter):
     """The compiled window of the sensitivity recursion of one cell (see the module docstring).
 
     ``mask``: SnAp's pattern ``{state: (K, n) bool}`` applied to J every step (None: RTRL)."""
@@ -56,24 +54,13 @@ class OnlineKernel:
         self.dirs, self.host = dirs, HostTarget.detect()
         self.plan = Plan(step, ts, self.K, mask is not None)
         self.mask = {s: np.ascontiguousarray(m, dtype=self.dtype) for s, m in (mask or {}).items()}
-        try:
-            self.lib = compile_keyed(self._description(), self._build, cache=cache, host=self.host,
-                                     link=kernel_library.link)
-        except CompileError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any LLVM failure becomes a clear error
-            raise CompileError(f"cell {step.name!r}: LLVM failed to compile the online step: {exc}") from None
-        self._fn = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(ctypes.c_void_p),
-                                    ctypes.c_void_p)(self.lib.address("online"))
+        self.lib, self._fn = compile_online(step, self._description(), self._build, self.host, cache,
+                                            "the online step")
         self._bufs, self._B = {}, None
 
     # ------------------------------------------------------------------ code generation
     def _description(self) -> str:
-        here = pathlib.Path(__file__).resolve().parent
-        h = hashlib.sha256()
-        for f in sorted([here / "native_tangent.py", here / "native_tangent_plan.py", here / "native_emit.py",
-                        here / "native_nodes.py", here.parent / "passes" / "layout.py", *(here / "llvm").glob("*.py")]):
-            h.update(f.read_bytes())
+        h = sources_hash("native_tangent.py", "native_tangent_plan.py")
         parts = [h.hexdigest(), str(self.dtype), str(self.K), repr(sorted(self.mask)), repr(self.st.params)]
         for prog in (self.st.prog, self.ts.prog):
             for key, n in prog.nodes.items():
@@ -89,53 +76,12 @@ class OnlineKernel:
         b = g.b
         self.BK = b.mul(g.B, I64(self.K))
         with for_range(b, g.T, name="t") as t:
-            self._forward(g, t)
+            self._program(g, self.st.prog, t)
             self._tangents(g, t)
             self._accumulate(g, t)
             self._carry(g)
         b.ret_void()
         return module
-
-    def _slot_ptr(self, g, slot):
-        return g.b.load(g.b.gep(g.bufs, [I64(slot)], inbounds=True))
-
-    def _forward(self, g, t):
-        prog = self.st.prog
-        for key, node in prog.nodes.items():
-            if node.op in LEAF_OPS:
-                continue
-            out, args = g.ptr(key, t), [g.ptr(a, t) for a in node.args]
-            if node.op == "ew":
-                units = [(prog.node(a).size, a[1] is None, prog.node(a).size) for a in node.args]
-                g.ew([(key, node, out, args, units, node.args)])
-            elif node.op == "matvec":
-                self._products(g, node, out, args[0], prog.node(node.args[0]).size, t)
-            else:
-                self._rows(g, prog, key, node, out, args)
-
-    def _rows(self, g, prog, key, node, out, args):
-        """slice, pad, concat, sum, lse over g.B rows (the forward's B, the tangents' B·K): the
-        native backend's code of the op (:data:`.native_nodes.NODE_CODE`)."""
-        NODE_CODE[node.op](Site(g, prog), key, node, out, args)
-
-    def _products(self, g, node, out, v, n_in, t):
-        """out (+)= Σ c·v·op(P)ᵀ over the terms that name a matrix (GEMMs over g.B rows)."""
-        first = True
-        for p, tr, c in node.attrs["terms"]:
-            if is_tangent_param(p):
-                continue
-            m_, n_ = self.st.params[p]
-            P = g.ptr((p, None), t)
-            if c == 1:
-                g.call_gemm(g.B, I64(node.size), I64(n_in), v, I64(n_in), False, P, I64(n_), not tr,
-                            out, I64(node.size), 0 if first else 1)
-            else:
-                tmp = g.ptr(SCRATCH, t)
-                g.call_gemm(g.B, I64(node.size), I64(n_in), v, I64(n_in), False, P, I64(n_), not tr,
-                            tmp, I64(node.size), 0)
-                g.scaled_rows(out, tmp, node.size, node.size, c, accumulate=not first)
-            first = False
-        return first  # True: nothing written yet
 
     def _tangents(self, g, t):
         prog, B = self.ts.prog, g.B
@@ -314,11 +260,6 @@ class OnlineKernel:
                         x = b.fmul(x, b.load(b.gep(mask, [b.add(b.mul(kk, I64(n)), j)], inbounds=True)))
                     b.store(x, b.gep(J, [at], inbounds=True))
             self._copy_state(g, s, n)
-
-    def _copy_state(self, g, s, n):
-        new = g.ptr((s, "t"), I64(0))
-        old = self._slot_ptr(g, self.plan.state[s])
-        g.copy_loop(old, new, g.b.mul(g.B, I64(n)))
 
     # ------------------------------------------------------------------ calls
     def _buffers(self, B):

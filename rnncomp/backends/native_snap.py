@@ -1,0 +1,250 @@
+"""The native executor of sparse SnAp-n (issue #20): only the kept sensitivity entries, compiled.
+
+One entry point, the time loop inside native code, for a window of T steps:
+
+    online(T, B, bufs, work)    t = 0 … T-1:
+        forward step      h[t], ℓ[t] from h[t-1], x[t]                         (B rows)
+        backward step     δh[t-1] = ∂(w·ℓ[t])/∂h[t-1], g += ∂(w·ℓ[t])/∂θ|immediate   (δ⁺h[t] = 0)
+        gather            g[k] += Σ_b Σ_{u: (u,k) kept} δh[t-1][b, u] · J[b, (u,k)]
+        sweep             each tangent node's entries, term by term (:mod:`rnncomp.algorithms.sparse_plan`):
+                          y[b, yp[i]] += coefficient · x[b, xp[i]]
+        scatter           J[b, e] = the state tangent's entry e (0 where never reached);  h[t-1] ← h[t]
+
+Storage per sample: the stored entries and each node's entries.  For SnAp-1 a weight
+W[i, j] reaches unit i only, so each node holds about one entry per parameter entry: the
+sweep is O(B·|θ|) element-wise work, the backward step a BPTT step's.  The index tables
+are the caller's int64 arrays (``bufs`` slots, not constants in the code); a ``mat``
+term's coefficients Σ c·P[yu, xu] are gathered once per window (θ is constant within it).
+"""
+from __future__ import annotations
+
+
+import numpy as np
+import sympy as sp
+from llvmlite import ir
+
+from ..autodiff import backward_step
+from ..errors import CompileError
+from ..ir import LEAF_OPS, placeholder
+from .llvm.builder import I64, for_range
+from .llvm.exprgen import LLVMPrinter, unsupported
+from .llvm.jit import HostTarget
+from .native_emit import Gen
+from .native_online_emit import OnlineSlots, StepEmitter, compile_online, sources_hash
+from .native_tangent_plan import FORWARD_OPS, WEIGHT, check
+
+
+class _Slots(OnlineSlots):
+    """:class:`.native_online_emit.OnlineSlots`, the backward step's zero seeds δ⁺h[t], the
+    carried entries J, each tangent node's entries and the index tables ("ext": made once)."""
+
+    def __init__(self, step, bwd, sp_plan):
+        super().__init__(step, (step.prog, bwd.prog), bwd, WEIGHT)
+        for s, key in bwd.carry_in.items():  # δ⁺h[t] = 0: a buffer never written
+            self.place(key, self.slot(f"zero {s}", "B", step.states[s]))
+        self.J = self.slot("J", "ext", 0)
+        self.entries = {key: self.slot(f"entries {key}", "B", len(sp_plan.entries[key][0])) for key in sp_plan.order}
+        self.tables = {}   # slot -> int64 or float array, made once
+
+    def table(self, label, array, dtype=np.int64):
+        k = self.slot(label, "ext", 0)
+        self.tables[k] = np.ascontiguousarray(array, dtype=dtype)
+        return k
+
+
+class SparseKernel(StepEmitter):
+    """The compiled window of sparse SnAp for one cell (see the module docstring)."""
+
+    def __init__(self, step, sp_plan, dtype, cache="default"):
+        self.st, self.sp, self.dtype = step, sp_plan, np.dtype(dtype)
+        check(step, sp_plan.ts)
+        self.bwd = bwd = backward_step(step)
+        self._check_backward()
+        self.host = HostTarget.detect()
+        self.plan = _Slots(step, bwd, sp_plan)
+        self._make_tables()
+        self.lib, self._fn = compile_online(step, self._description(), self._build, self.host, cache,
+                                            "the sparse SnAp step")
+        self._bufs, self._B = {}, None
+
+    def _check_backward(self):
+        prog = self.bwd.prog
+        ops = sorted({n.op for n in prog.nodes.values() if n.op not in LEAF_OPS and n.op not in FORWARD_OPS})
+        funcs = sorted({f for n in prog.nodes.values() if n.op == "ew" for f in unsupported(n.attrs["expr"])}
+                       | {f for terms in self.sp.terms.values() for tm in terms if tm.kind == "ew"
+                          for f in unsupported(tm.expr)})
+        if ops or funcs:
+            raise CompileError(f"cell {self.st.name!r}: the native sparse SnAp executor has no code for "
+                               f"{', '.join(ops + funcs)} in its backward step (use backend='numpy')")
+
+    # ------------------------------------------------------------------ index tables
+    def _make_tables(self):
+        P, sp_ = self.plan, self.sp
+        self.term_slots = {}   # (node, i) -> {"yp": slot, "xp": slot, "units"/"coef"/"matw": slot}
+        self.matw = {}         # slot -> the mat term whose coefficients it holds (per window)
+        for key in sp_.order:
+            for i, tm in enumerate(sp_.terms[key]):
+                s = {"yp": P.table(f"yp {key} {i}", tm.yp), "xp": P.table(f"xp {key} {i}", tm.xp)}
+                if tm.kind == "ew":
+                    s["units"] = P.table(f"units {key} {i}", tm.units)
+                elif tm.kind == "inject":
+                    s["coef"] = P.table(f"coef {key} {i}", tm.coef, self.dtype)
+                elif tm.kind == "mat":
+                    s["matw"] = P.table(f"matw {key} {i}", np.zeros(len(tm.yp)), self.dtype)
+                    self.matw[s["matw"]] = tm
+                self.term_slots[(key, i)] = s
+        self.out_slots = [(k, P.table(f"out src {k}", src), P.table(f"out dst {k}", dst), len(src))
+                          for k, src, dst in sp_.out]
+        self.gather = []       # per state with a δh[t-1]: (its key, n, stored, unit, column slots, count)
+        for s, n in self.st.states.items():
+            key = self.bwd.carry_out[s]
+            if key is None:
+                continue
+            o = sp_.state_off[s]
+            e = np.nonzero((sp_.row >= o) & (sp_.row < o + n))[0]
+            self.gather.append((key, n, P.table(f"gather e {s}", e), P.table(f"gather u {s}", sp_.row[e] - o),
+                                P.table(f"gather k {s}", sp_.col[e]), len(e)))
+
+    def _description(self) -> str:
+        h = sources_hash("native_snap.py")
+        for k in sorted(self.plan.tables):
+            h.update(repr((k, self.plan.L.slots[k], self.plan.tables[k].dtype.str, len(self.plan.tables[k]))).encode())
+        for prog in (self.st.prog, self.sp.ts.prog, self.bwd.prog):
+            for key, n in prog.nodes.items():
+                attrs = {k: (sp.srepr(v) if isinstance(v, sp.Basic) else v) for k, v in n.attrs.items()}
+                h.update(repr((key, n.op, n.args, n.size, sorted(attrs.items()))).encode())
+        h.update(repr((self.bwd.carry_out, self.bwd.grads, self.st.loss_key, self.plan.L.slots,
+                       [(k, tm.kind, tm.arg, sp.srepr(tm.expr) if tm.expr is not None else None)
+                        for k in self.sp.order for tm in self.sp.terms[k]], str(self.dtype))).encode())
+        return h.hexdigest()
+
+    # ------------------------------------------------------------------ code generation
+    def _build(self):
+        module = ir.Module(name=f"rnncomp_snap_{self.st.name}")
+        module.triple = self.host.triple
+        g = Gen(module, self.dtype, self.plan.L, self.host, "online")
+        with for_range(g.b, g.T, name="t") as t:
+            self._program(g, self.st.prog, t)
+            self._loss(g, t)
+            self._program(g, self.bwd.prog, t)
+            self._grad_terms(g, self.bwd, t, self._slot_ptr(g, self.plan.grad), self._slot_ptr(g, self.plan.tmp))
+            self._gather(g, t)
+            for key in self.sp.order:
+                self._node(g, key, t)
+            self._scatter(g)
+            for s, n in self.st.states.items():
+                self._copy_state(g, s, n)
+        g.b.ret_void()
+        return module
+
+    def _tab(self, g, slot, int_table=True):
+        p = self._slot_ptr(g, slot)
+        return g.b.bitcast(p, I64.as_pointer()) if int_table else p
+
+    def _at(self, g, p, i):
+        return g.b.load(g.b.gep(p, [i], inbounds=True))
+
+    def _loss(self, g, t):
+        b = g.b
+        lossp, w, ell = self._slot_ptr(g, self.plan.loss), g.ptr(WEIGHT, t), g.ptr(self.st.loss_key, t)
+        with for_range(b, g.B, name="lb") as bi:
+            b.store(b.fadd(b.load(lossp), b.fmul(self._at(g, w, bi), self._at(g, ell, bi))), lossp)
+
+    def _gather(self, g, t):
+        """g[k] += Σ_b δh[t-1][b, u]·J[b, (u, k)] over the stored entries (J still J[t-1])."""
+        b, nnz = g.b, self.sp.nnz
+        grad, J = self._slot_ptr(g, self.plan.grad), self._slot_ptr(g, self.plan.J)
+        for key, n, es, us, ks, count in self.gather:
+            dl, e, u, k = g.ptr(key, t), self._tab(g, es), self._tab(g, us), self._tab(g, ks)
+            with for_range(b, g.B, name="qb") as bi:
+                with for_range(b, I64(count), name="qi") as i:
+                    x = self._at(g, dl, b.add(b.mul(bi, I64(n)), self._at(g, u, i)))
+                    j = self._at(g, J, b.add(b.mul(bi, I64(nnz)), self._at(g, e, i)))
+                    at = b.gep(grad, [self._at(g, k, i)], inbounds=True)
+                    b.store(b.fadd(b.load(at), b.fmul(x, j)), at)
+
+    def _node(self, g, key, t):
+        """One tangent node's entries: zeroed, then each term added (see the module docstring)."""
+        b, ny = g.b, len(self.sp.entries[key][0])
+        y = self._slot_ptr(g, self.plan.entries[key])
+        with for_range(b, b.mul(g.B, I64(ny)), name="z") as z:
+            b.store(ir.Constant(g.ty, 0.0), b.gep(y, [z], inbounds=True))
+        node = self.sp.ts.prog.nodes[key]
+        for i, tm in enumerate(self.sp.terms[key]):
+            if len(tm.yp):
+                self._term(g, key, node, tm, self.term_slots[(key, i)], y, ny, t)
+
+    def _source(self, g, tm, t):
+        """(pointer, row stride) of what a term reads: J, a tangent node's entries, a forward value."""
+        if tm.arg == "J":
+            return self._slot_ptr(g, self.plan.J), self.sp.nnz
+        if tm.kind == "inject":
+            return g.ptr(tm.arg, t), (0 if tm.arg[1] is None else self.st.prog.node(tm.arg).size)
+        return self._slot_ptr(g, self.plan.entries[tm.arg]), len(self.sp.entries[tm.arg][0])
+
+    def _term(self, g, key, node, tm, slots, y, ny, t):
+        b = g.b
+        yp = self._tab(g, slots["yp"])
+        xp = self._tab(g, slots["xp"])
+        src, nx = (None, 0) if tm.kind == "one" else self._source(g, tm, t)
+        extra = {k: self._tab(g, v, k == "units") for k, v in slots.items() if k not in ("yp", "xp")}
+        fwd = {}
+        if tm.kind == "ew":
+            for a in node.args:
+                if a not in self.sp.ts.prog.nodes:
+                    fwd[a] = (g.ptr(a, t), self.st.prog.node(a).size, a[1] is None)
+        with for_range(b, g.B, name="sb") as bi:
+            with for_range(b, I64(len(tm.yp)), name="si") as i:
+                if tm.kind == "one":
+                    x = ir.Constant(g.ty, 1.0)
+                else:
+                    xi = self._at(g, xp, i)
+                    x = self._at(g, src, b.add(b.mul(bi, I64(nx)), xi) if nx else xi)
+                if tm.kind == "ew":
+                    x = b.fmul(x, self._coefficient(g, node, tm, fwd, bi, self._at(g, extra["units"], i)))
+                elif tm.kind in ("inject", "mat"):
+                    x = b.fmul(x, self._at(g, extra["coef" if tm.kind == "inject" else "matw"], i))
+                at = b.gep(y, [b.add(b.mul(bi, I64(ny)), self._at(g, yp, i))], inbounds=True)
+                b.store(b.fadd(b.load(at), x), at)
+
+    def _coefficient(self, g, node, tm, fwd, bi, unit):
+        """∂expr/∂x at sample ``bi``, unit ``unit``: the forward arguments loaded there (tangent
+        arguments are 0: the expression is linear in them, the coefficient does not read them)."""
+        b, vals = g.b, {}
+        for i, a in enumerate(node.args):
+            if a not in fwd:
+                vals[placeholder(i)] = ir.Constant(g.ty, 0.0)
+                continue
+            p, n, shared = fwd[a]
+            col = unit if n > 1 else I64(0)
+            vals[placeholder(i)] = self._at(g, p, col if shared else b.add(b.mul(bi, I64(n)), col))
+        return LLVMPrinter(b, g.ty, vals).emit_all(tm.expr)
+
+    def _scatter(self, g):
+        """J[b, e] = the output entries (J zeroed first: an entry never reached stays 0)."""
+        b, nnz = g.b, self.sp.nnz
+        J = self._slot_ptr(g, self.plan.J)
+        with for_range(b, b.mul(g.B, I64(nnz)), name="jz") as z:
+            b.store(ir.Constant(g.ty, 0.0), b.gep(J, [z], inbounds=True))
+        for key, src_s, dst_s, count in self.out_slots:
+            y, ny = self._slot_ptr(g, self.plan.entries[key]), len(self.sp.entries[key][0])
+            src, dst = self._tab(g, src_s), self._tab(g, dst_s)
+            with for_range(b, g.B, name="ob") as bi:
+                with for_range(b, I64(count), name="oi") as i:
+                    x = self._at(g, y, b.add(b.mul(bi, I64(ny)), self._at(g, src, i)))
+                    b.store(x, b.gep(J, [b.add(b.mul(bi, I64(nnz)), self._at(g, dst, i))], inbounds=True))
+
+    # ------------------------------------------------------------------ calls
+    def run(self, params, states, seqs, w, J):
+        """Run ``w.shape[0]`` steps from ``states`` {s: (B, n)} with the carried ``J`` (B, nnz),
+        updated in place; ``seqs`` {input/target: (T, B, n)}.  Returns (loss, g (P,), final states)."""
+        T, B = w.shape
+        dt, P = self.dtype, self.plan
+        if J.dtype != dt or not J.flags.c_contiguous or J.shape != (B, self.sp.nnz):
+            raise CompileError(f"cell {self.st.name!r}: internal: the carried SnAp entries are not a "
+                               f"contiguous {dt} ({B}, {self.sp.nnz}) array")
+        if self._B != B:
+            (self._bufs, self._work), self._B = P.buffers(B, dt, self.host), B
+        for k, tm in self.matw.items():
+            P.tables[k][:] = self.sp.mat_weights(tm, params, dt)
+        return P.call(self._fn, self._bufs, self._work, params, states, seqs, w, {**P.tables, P.J: J})
