@@ -33,14 +33,14 @@ class BPTT(Algorithm):
 
 def check_gradient(gradient, cell=None, bptt=None):
     """``gradient=`` of a Trainer: None or one of rc.RTRL(), rc.SnAp(n), rc.UORO(), rc.DNI(),
-    rc.BPTT(); the forward-step algorithms need a single cell (its step program), DNI
-    windows that do not overlap (``bptt``)."""
+    rc.BPTT(); the forward-step algorithms need a single cell (its step program); DNI checks
+    its truncation (``bptt``) against the cell."""
     if gradient is not None and not isinstance(gradient, Algorithm):
         raise ValueError(f"gradient must be rc.RTRL(), rc.SnAp(n), rc.UORO(), rc.DNI() or rc.BPTT(), got {gradient!r}")
     if gradient is not None and not isinstance(gradient, BPTT) and cell is not None:
         check_single_cell(cell, repr(gradient))
     if hasattr(gradient, "check_truncation"):
-        gradient.check_truncation(bptt)
+        gradient.check_truncation(bptt, getattr(cell, "step", None))
     return gradient
 
 
