@@ -97,57 +97,73 @@ def _flat(g, names):
     return np.concatenate([np.asarray(g[n]).ravel() for n in names])
 
 
+@pytest.mark.parametrize("k2, masked", [(6, False), (6, True), (2, True)])
 @pytest.mark.parametrize("cell", [rc.cells.elman(2, 3, 1), rc.cells.lstm(2, 3, 1)], ids=lambda c: c.name)
-def test_overlapping_windows_credit_the_synthetic_gradient_to_the_first_k1_steps(cell):
+def test_overlapping_windows_credit_the_synthetic_gradient_to_the_first_k1_steps(cell, k2, masked):
     """Truncated(2, 6) over 12 steps: window [lo, lo + 2) back-propagates its losses to
     max(0, lo − 4), and γ ĝ(s[lo + 2]) is credited to steps [lo − 4, lo − 2) only (lo ≥ 4).
     Reference: the trainer's own truncated BPTT for the losses, plus the seed pulled back by
     the *unrolled* VJP (rnncomp.backends.numpy.unrolled_vjp: one reverse walk over the unfolded
     graph) through [lo − 2, lo + 2) without credit and [lo − 4, lo − 2) with; float64, 1e-10
     relative (the sums differ in order only).  The bootstrap target at s[lo] is the unrolled
-    VJP of the window's losses and its seed.  Central differences of the window's loss plus
-    seedᵀ s[hi], with θ perturbed in the losses and in the first chunk's steps only, agree to
-    1e-7 relative (eps 1e-6: truncation error ~1e-12, rounding ~1e-10)."""
+    VJP of the window's losses and its seed.  ``masked``: steps 0–4 have no loss (a copy
+    task's input phase); their windows learn from ĝ alone, and update only where it is
+    credited.  Central differences of window 3's loss plus seedᵀ s[hi], with θ perturbed in
+    the losses and in the first chunk's steps only, agree to 1e-7 relative (eps 1e-6:
+    truncation error ~1e-12, rounding ~1e-10)."""
     from rnncomp.backends.numpy import unrolled_vjp
-    k1, k2, T = 2, 6, 12
+    k1, T = 2, 12
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(T, 3, 2)), rng.normal(size=(T, 3, 1))
+    mask = np.ones((T, 3))
+    mask[:5 if masked else 0] = 0
     dni = _Spy(gamma=0.8)
     N = sum(cell.step.states.values())
     dni.restore(rng.normal(size=(N, N)), rng.normal(size=N), {}, 0)
     rec = _Record()
     tr = rc.Trainer(cell, optimizer=rec, gradient=dni, bptt=rc.Truncated(k1, k2), backend="numpy", dtype="float64")
-    tr.fit({"x": x}, {"target": y}, epochs=1, batch_size=3, shuffle=False, verbose=0)
+    tr.fit({"x": x}, {"target": y}, epochs=1, batch_size=3, shuffle=False, verbose=0, mask=mask)
     model = rc.compile(cell, backend="numpy", dtype="float64")
     p = {k: np.array(v) for k, v in tr.params.items()}
     names, join = tr.names, lambda d: np.concatenate([d[s] for s in cell.step.states], axis=1)
     split = lambda v: dict(zip(cell.step.states, np.split(v, np.cumsum(list(cell.step.states.values()))[:-1], axis=1)))
     state = {b: model.forward(p, {"x": x[:b]})[1] if b else None for b in range(0, T + 1, k1)}
 
-    def pulled(a, b, seed, params=p):  # seedᵀ ∂s[b]/∂(s[a], θ in [a, b)), unrolled
-        _, g, _, d_h0 = unrolled_vjp(cell, params, {"x": x[a:b]}, h0=state[a], d_final=seed)
+    def pulled(a, b, seed):  # seedᵀ ∂s[b]/∂(s[a], θ in [a, b)), unrolled
+        _, g, _, d_h0 = unrolled_vjp(cell, p, {"x": x[a:b]}, h0=state[a], d_final=seed)
         return g, d_h0
 
-    assert len(rec.grads) == T // k1 and len(dni.seeds) == T // k1 - 1 and len(dni.targets) == T // k1 - 1
+    assert len(dni.seeds) == T // k1 - 1 and len(dni.targets) == T // k1 - 1
+    expected = []
     for w, lo in enumerate(range(0, T, k1)):
         hi, start = lo + k1, max(0, lo - (k2 - k1))
         m = np.zeros((hi - start, 3))
-        m[lo - start:] = 1
-        loss, g_real, _ = model.loss_and_grad(p, {"x": x[start:hi]}, {"target": y[start:hi]}, h0=state[start], mask=m)
-        ref = _flat(g_real, names)
-        if hi < T:
-            end, seed = dni.seeds[w]
-            np.testing.assert_allclose(end, join(state[hi]), rtol=1e-12)
-            if lo >= k2 - k1:
-                _, d_mid = pulled(start + k1, hi, split(seed))
-                ref = ref + _flat(pulled(start, start + k1, d_mid)[0], names)
-        np.testing.assert_allclose(rec.grads[w], ref, rtol=1e-10, atol=1e-13 * np.abs(ref).max(), err_msg=f"window {w}")
+        m[lo - start:] = mask[lo:hi]
+        lossy = m.any()
+        ref = np.zeros_like(tr.flat)
+        if lossy:
+            ref += _flat(model.loss_and_grad(p, {"x": x[start:hi]}, {"target": y[start:hi]}, h0=state[start], mask=m)[1], names)
+        seed = dni.seeds[w][1] if hi < T else None
+        if seed is not None:
+            np.testing.assert_allclose(dni.seeds[w][0], join(state[hi]), rtol=1e-12)
         if lo > 0:  # ĝ(s[lo])'s target: ∂(window loss + seedᵀ s[hi])/∂s[lo]
             start_state, target = dni.targets[w - 1]
             np.testing.assert_allclose(start_state, join(state[lo]), rtol=1e-12)
-            _, _, _, d_lo = unrolled_vjp(cell, p, {"x": x[lo:hi]}, h0=state[lo], targets={"target": y[lo:hi]},
-                                         d_final=split(dni.seeds[w][1]) if hi < T else None)
+            labels = {"targets": {"target": y[lo:hi]}, "mask": mask[lo:hi]} if lossy else {}
+            d_lo = unrolled_vjp(cell, p, {"x": x[lo:hi]}, h0=state[lo], d_final=None if seed is None else split(seed),
+                                **labels)[3]
             np.testing.assert_allclose(target, join(d_lo), rtol=1e-10, atol=1e-14)
+        if seed is not None and lo >= k2 - k1:
+            d_mid = pulled(start + k1, hi, split(seed))[1] if hi > start + k1 else split(seed)
+            ref += _flat(pulled(start, start + k1, d_mid)[0], names)
+        elif not lossy:
+            continue  # no update
+        expected.append(ref)
+    assert len(rec.grads) == len(expected)
+    for w, (got, ref) in enumerate(zip(rec.grads, expected)):
+        np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-13 * np.abs(ref).max(), err_msg=f"update {w}")
+    if masked or k2 == k1:
+        return
     # central differences of window 3 (lo = 6: start 2, the seed credited to steps 2, 3)
     lo, hi, start, seed = 6, 8, 2, dni.seeds[3][1]
     d = {k: rng.normal(size=v.shape) for k, v in p.items()}

@@ -128,13 +128,22 @@ class DNI(Algorithm):
         states = {0: h0}  # the state at each boundary, carried, never reset within a sequence
         for lo in range(0, T, k1):
             hi = min(lo + k1, T)
-            if mask is not None and not mask[lo:hi].any():  # padding: carry the state, learn nothing
+            if mask is not None and not mask[lo:hi].any() and not self._future(mask, hi, st):
+                # padding, or no synthetic future: carry the state, learn nothing
                 states[hi] = trainer.model.forward(trainer.params, _cut(x, lo, hi), h0=states[lo])[1]
             else:
                 states[hi] = self._window(trainer, x, t, mask, states, (max(0, lo - (k2 - k1)), lo, hi, k1, k2), io, apply)
             for old in [b for b in states if b < hi - k2]:
                 del states[old]
         return states[T]
+
+    def _future(self, mask, hi, step) -> bool:
+        """Whether a window without losses still learns: a synthetic gradient at its end (γ > 0,
+        later steps unmasked) reaches back through it, as DNI lets a network learn what to keep
+        from steps that have no loss (the bits of a copy task).  Not for a cell whose updates
+        read a target: its forward needs targets, and a window without losses has no weights."""
+        from ..backends.validate import forward_targets
+        return self.gamma > 0 and hi < mask.shape[0] and bool(mask[hi:].any()) and not forward_targets(step)
 
     def _window(self, trainer, x, t, mask, states, span, io, apply):
         """One window [start, hi) with losses on [lo, hi): its update; returns s[hi]."""
@@ -145,16 +154,19 @@ class DNI(Algorithm):
         for a in range(start, lo, k1):  # the chunks before the losses: no targets
             kept.append(model.forward(params, _cut(x, a, a + k1), h0=state, keep=True, wrt=()))
             state = _copy(kept[-1].final)
-        last = model.forward(params, _cut(x, lo, hi), h0=state, targets=_cut(t, lo, hi), keep=True, wrt=(),
-                             mask=None if mask is None else mask[lo:hi])
+        lossy = mask is None or bool(mask[lo:hi].any())  # else only ĝ(s[hi]) reaches back
+        labels = {"targets": _cut(t, lo, hi), "mask": None if mask is None else mask[lo:hi]} if lossy else {}
+        last = model.forward(params, _cut(x, lo, hi), h0=state, keep=True, wrt=(), **labels)
         seed = None
         if hi < T:
             seed = self.synthetic(io.join(last.final))
             if mask is not None:  # no synthetic future for a sample whose later steps are all masked
                 seed *= mask[hi:].any(axis=0)[:, None]
         credited = seed is not None and lo - (k2 - k1) >= 0  # ĝ(s[hi]) credited to the first chunk
-        real = last.backward()
-        grads, target = io.flat(real.params, trainer.names), io.join(real.h0)
+        real = last.backward() if lossy else None
+        d_real = real.h0 if lossy else io.split(np.zeros_like(io.join(last.final)))
+        grads = io.flat(real.params, trainer.names) if lossy else np.zeros_like(trainer.flat)
+        target = io.join(d_real)
         if seed is not None:  # δs[lo] = δr + δg
             both = last.backward(d_final=io.split(seed))
             d_syn, target = io.join(both.h0) - target, io.join(both.h0)
@@ -162,7 +174,6 @@ class DNI(Algorithm):
                 grads = io.flat(both.params, trainer.names)
         if lo > 0:  # ĝ(s[lo]) was used as the previous window's seed: train it
             self.learn(io.join(state), target)
-        d_real = real.h0
         for j in range(len(kept) - 1, -1, -1):
             if j == 0 and credited:
                 res = kept[j].backward(d_final=io.split(io.join(d_real) + d_syn))
@@ -172,7 +183,8 @@ class DNI(Algorithm):
                     d_syn = io.join(kept[j].backward(d_final=io.split(d_syn)).h0)
             grads += io.flat(res.params, trainer.names)
             d_real = res.h0
-        apply(grads, float(last.loss))
+        if lossy or credited:  # a window without losses learns from ĝ only where it is credited
+            apply(grads, float(last.loss) if lossy else None)
         return _copy(last.final)
 
 

@@ -93,11 +93,12 @@ def fit_online(trainer, inputs, targets, every=1, h0=None):
 
 
 def apply(trainer, algo, g, loss, losses) -> None:
-    """One update from the flat gradient ``g``: finite check, clipping, the optimizer."""
+    """One update from the flat gradient ``g``: finite check, clipping, the optimizer; the
+    window's ``loss`` (None for a window without losses) is appended to ``losses``."""
     from ..train.optim import global_norm
     from ..train.trainer import TrainingError
 
-    if not (np.isfinite(loss) and np.isfinite(g).all()):
+    if not ((loss is None or np.isfinite(loss)) and np.isfinite(g).all()):
         raise TrainingError(f"fit_online ({algo!r}), update {len(losses) + 1}: non-finite loss or "
                             "gradient; parameters left unchanged")
     if trainer.clip_value is not None:
@@ -108,4 +109,5 @@ def apply(trainer, algo, g, loss, losses) -> None:
             g *= trainer.clip_norm / norm
     trainer.step_count += 1
     trainer.optimizer.step(trainer.flat, g, trainer.step_count)
-    losses.append(loss)
+    if loss is not None:  # None: an update without losses of its own (DNI's synthetic gradient only)
+        losses.append(loss)
