@@ -15,7 +15,7 @@ import pytest
 
 import rnncomp as rc
 from rnncomp.train.optim import Optimizer
-from rnncomp.train.tasks import delayed_copy
+from rnncomp.train.tasks import delayed_copy, repeat_copy
 
 
 @pytest.mark.parametrize("cell", [rc.cells.gru(1, 4, 1), rc.cells.lstm(1, 3, 1)], ids=lambda c: c.name)
@@ -236,3 +236,33 @@ def test_the_copy_example_learns_past_the_window_only_with_dni():
     r = mod.main(["--quick"])
     assert r["truncated BPTT"]["accuracy"] < 0.8 and r["truncated BPTT"]["mse"] > 0.5, r
     assert r["DNI"]["accuracy"] > 0.95 and r["DNI"]["mse"] < 0.2, r
+
+
+def test_repeat_copy_data():
+    """Each sample: L bits, the marker with R / repeats, then the bits R times and zeros."""
+    L, rep = 3, 3
+    x, y, m = repeat_copy(L, rep, N=40, seed=4, dtype="float64")
+    assert x.shape == (L + 1 + rep * L, 40, 3) and y.shape == (L + 1 + rep * L, 40, 1)
+    for n in range(40):
+        R = int(round(x[L, n, 2] * rep))
+        assert 1 <= R <= rep and x[L, n, 1] == 1 and set(np.abs(x[:L, n, 0])) == {1.0}
+        want = list(x[:L, n, 0]) * R + [0.0] * ((rep - R) * L)
+        assert list(y[L + 1:, n, 0]) == want and not y[:L + 1, n].any()
+        assert list(m[:, n]) == [0.0] * (L + 1) + [1.0] * (rep * L)
+    assert {int(round(v * rep)) for v in x[L, :, 2]} == {1, 2, 3}
+    assert (repeat_copy(L, rep, N=5, vary=False)[0][L, :, 2] == 1).all()
+
+
+def test_the_repeat_copy_example_runs_and_dni_learns_in_the_input_phase():
+    """examples/dni_repeat_copy.py --quick: the code path (two epochs, too short to learn).
+    T = 13, windows of 3: the mask leaves steps 0–4 without a loss, so truncated BPTT skips
+    the window [0, 3) (4 updates a batch) and DNI trains it through ĝ(s[3]) (5 a batch).
+    The learning itself, seeds 0–2, is measured in docs/algorithms.md (about a minute a run)."""
+    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / "dni_repeat_copy.py"
+    spec = importlib.util.spec_from_file_location("dni_repeat_copy", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    r = mod.main(["--quick"])
+    assert r["truncated BPTT"]["updates"] == 2 * 2 * 4 and r["DNI"]["updates"] == 2 * 2 * 5, r
+    for v in r.values():
+        assert np.isfinite(v["mse"]) and 0 <= v["accuracy"] <= 1 and len(v["history"]) == 2
