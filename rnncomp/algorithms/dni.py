@@ -11,6 +11,20 @@ and trains ĝ on the cotangent BPTT computes at the window's start, which alread
 window's losses and γ·ĝ at its end: the target of ĝ(s[lo]) is δs[lo] (a bootstrap, like a
 TD target; γ ≤ 1 discounts the far future).  The window's backward is the compiled model's
 VJP (``forward(keep=True)`` then ``backward(d_final=...)``), so DNI runs on any backend.
+
+Overlapping windows, ``rc.Truncated(k1, k2)`` with k2 > k1: every k1 steps the last k1 steps'
+losses are back-propagated through the last k2 steps (Williams & Peng), and ĝ(s[hi]) is
+injected at the window's end.  Each step τ must get every later loss once.  The windows'
+real losses reach τ up to the end H(τ) of the last window whose k2 steps contain τ, so the
+synthetic gradient at H stands for the losses after H and is credited to the steps τ with
+that H: the first k1 steps of the window ending at H (all of them when k2 = k1; none in the
+first windows, whose k2 steps would start before step 0: their steps meet a later boundary).
+The window runs as its k1-step chunks; the cotangents of the losses (credited to every
+chunk) and of ĝ (to the first chunk only) are carried back separately:
+
+    chunk c_j = [lo_j, lo_j + k1):   (δr[lo_j], g_r) = vjp_j(δr[lo_j + k1]),  δr[hi] = 0 + losses of the last chunk
+                                      δg[lo_j] = vjp_j(δg[lo_j + k1]),         δg[hi] = γ ĝ(s[hi])
+    ∂θ = Σ_j g_r(c_j) + g(c_0; δg)    and ĝ(s[lo]) is trained towards δr[lo] + δg[lo], lo = hi − k1.
 """
 from __future__ import annotations
 
@@ -56,66 +70,144 @@ class DNI(Algorithm):
         raise TypeError("DNI runs backward over windows (fit_online, or fit with bptt=rc.Truncated); "
                         "it has no forward-only step")
 
-    def check_truncation(self, bptt) -> None:
-        """DNI's windows do not overlap: a synthetic gradient at s[lo] predicts the gradient of
-        everything from lo on, which an overlapping window (k2 > k1) would count twice."""
-        if bptt is not None and bptt.k2 != bptt.k1:
-            raise ValueError(f"{self!r} with bptt=rc.Truncated(k1={bptt.k1}, k2={bptt.k2}): DNI needs "
-                             "non-overlapping windows, k2 = k1")
+    def check_truncation(self, bptt, step=None) -> None:
+        """Overlapping windows (k2 > k1) run their first k2 − k1 steps without a loss, as a
+        forward without targets: not for a cell whose updates read one (teacher forcing)."""
+        if bptt is None or bptt.k2 == bptt.k1 or step is None:
+            return
+        from ..backends.validate import forward_targets
+        read = forward_targets(step)
+        if read:
+            raise ValueError(f"{self!r} with bptt=rc.Truncated(k1={bptt.k1}, k2={bptt.k2}): cell {step.name!r} "
+                             f"reads target {', '.join(map(repr, read))} in its updates (teacher forcing), and "
+                             "the steps before a window's losses run without targets; use k2 = k1")
 
     def fit_windows(self, trainer, call, every, apply):
         """Train over the stream's windows (``fit_online``); returns the final states."""
         return self.windows(trainer, call.inputs, call.targets, call.h0 or None, every, apply)
 
     def fit_truncated(self, trainer, x, t, mask, h0):
-        """``Trainer.fit`` with ``bptt=rc.Truncated(k)``: one batch of sequences; returns (mean
-        loss over the updates, final states), as the trainer's truncated BPTT does."""
+        """``Trainer.fit`` with ``bptt=rc.Truncated(k1, k2)``: one batch of sequences; returns
+        (mean loss over the updates, final states), as the trainer's truncated BPTT does."""
         from .online import apply
         if trainer.dist is not None:
             raise ValueError(f"{self!r} with distributed training: the synthetic-gradient module is per process "
                              "and its updates are not reduced across ranks; train DNI on one process")
         losses = []
         final = self.windows(trainer, x, t, h0, trainer.bptt.k1,
-                             lambda g, loss: apply(trainer, self, g, loss, losses), mask)
+                             lambda g, loss: apply(trainer, self, g, loss, losses), mask, trainer.bptt.k2)
         return (float(np.mean(losses)) if losses else float("nan")), final
 
-    def windows(self, trainer, x, t, h0, every, apply, mask=None):
-        """BPTT over each window [lo, lo + every) of the (T, B, n) sequences ``x``, ``t``, its
-        final-state cotangent seeded with γ ĝ(s[hi]) (0 after the last window); ĝ(s[lo]) is
-        trained towards the cotangent at the window's start.  ``apply(g, loss)`` updates the
-        cell's parameters (not for a window that ``mask`` zeroes: it only carries the state)."""
-        st, dt = trainer.cell.step, trainer.dtype
-        T, B = next(iter(x.values())).shape[:2]
+    def synthetic(self, end):
+        """γ ĝ(s) = γ (A s + c) for the joined final states ``end`` (B, N)."""
+        A, c = self.module
+        return self.gamma * (end @ A.T + c)
+
+    def learn(self, start, target) -> None:
+        """One Adam step of ĝ on ½|ĝ(s[lo]) − δs[lo]|² (the bootstrap)."""
+        A, c = self.module
+        err = start @ A.T + c - target
+        self.updates += 1
+        self.opt.step(self.flat, np.concatenate([(err.T @ start).ravel(), err.sum(axis=0)]), self.updates)
+
+    def windows(self, trainer, x, t, h0, k1, apply, mask=None, k2=None):
+        """Truncated BPTT(k1, k2) over the (T, B, n) sequences ``x``, ``t``, each window's
+        final-state cotangent seeded with γ ĝ(s[hi]) (none after the last window); ĝ(s[lo]) is
+        trained towards the cotangent at the start of the window's losses.  ``apply(g, loss)``
+        updates the cell's parameters (not for a window that ``mask`` zeroes: it only carries
+        the state)."""
+        k2 = k1 if k2 is None else k2
+        st = trainer.cell.step
+        T = next(iter(x.values())).shape[0]
         names = list(st.states)
         offs = np.cumsum([0] + [st.states[s] for s in names])
         N = int(offs[-1])
         if self.flat is None or self.flat.size != N * N + N:
-            self.restore(np.zeros((N, N), dtype=dt), np.zeros(N, dtype=dt), {}, 0)
-        A, c = self.module
-        join = lambda d: np.concatenate([np.asarray(d[s]) for s in names], axis=1)  # noqa: E731
-        split = lambda v: {s: np.ascontiguousarray(v[:, offs[i]:offs[i + 1]]) for i, s in enumerate(names)}  # noqa: E731
-        state, prev = h0, None  # prev: s[lo], the last window's end
-        for lo in range(0, T, every):
-            cut = lambda d: {n: v[lo:lo + every] for n, v in d.items()}  # noqa: E731
-            m = None if mask is None else mask[lo:lo + every]
-            if m is not None and not m.any():  # padding: carry the state, learn nothing
-                state, prev = trainer.model.forward(trainer.params, cut(x), h0=state)[1], None
-                continue
-            kept = trainer.model.forward(trainer.params, cut(x), h0=state, targets=cut(t), keep=True, wrt=(), mask=m)
-            end = join(kept.final)
-            seed = self.gamma * (end @ A.T + c)
+            self.restore(np.zeros((N, N), dtype=trainer.dtype), np.zeros(N, dtype=trainer.dtype), {}, 0)
+        io = _Joined(names, offs)
+        states = {0: h0}  # the state at each boundary, carried, never reset within a sequence
+        for lo in range(0, T, k1):
+            hi = min(lo + k1, T)
+            if mask is not None and not mask[lo:hi].any() and not self._future(mask, hi, st):
+                # padding, or no synthetic future: carry the state, learn nothing
+                states[hi] = trainer.model.forward(trainer.params, _cut(x, lo, hi), h0=states[lo])[1]
+            else:
+                states[hi] = self._window(trainer, x, t, mask, states, (max(0, lo - (k2 - k1)), lo, hi, k1, k2), io, apply)
+            for old in [b for b in states if b < hi - k2]:
+                del states[old]
+        return states[T]
+
+    def _future(self, mask, hi, step) -> bool:
+        """Whether a window without losses still learns: a synthetic gradient at its end (γ > 0,
+        later steps unmasked) reaches back through it, as DNI lets a network learn what to keep
+        from steps that have no loss (the bits of a copy task).  Not for a cell whose updates
+        read a target: its forward needs targets, and a window without losses has no weights."""
+        from ..backends.validate import forward_targets
+        return self.gamma > 0 and hi < mask.shape[0] and bool(mask[hi:].any()) and not forward_targets(step)
+
+    def _window(self, trainer, x, t, mask, states, span, io, apply):
+        """One window [start, hi) with losses on [lo, hi): its update; returns s[hi]."""
+        start, lo, hi, k1, k2 = span
+        model, params = trainer.model, trainer.params
+        T = next(iter(x.values())).shape[0]
+        kept, state = [], states[start]
+        for a in range(start, lo, k1):  # the chunks before the losses: no targets
+            kept.append(model.forward(params, _cut(x, a, a + k1), h0=state, keep=True, wrt=()))
+            state = _copy(kept[-1].final)
+        lossy = mask is None or bool(mask[lo:hi].any())  # else only ĝ(s[hi]) reaches back
+        labels = {"targets": _cut(t, lo, hi), "mask": None if mask is None else mask[lo:hi]} if lossy else {}
+        last = model.forward(params, _cut(x, lo, hi), h0=state, keep=True, wrt=(), **labels)
+        seed = None
+        if hi < T:
+            seed = self.synthetic(io.join(last.final))
             if mask is not None:  # no synthetic future for a sample whose later steps are all masked
-                seed *= mask[lo + every:].any(axis=0)[:, None]
-            res = kept.backward(d_final=split(seed) if hi_left(lo, every, T) else None)
-            if prev is not None:  # bootstrap: ĝ(s[lo]) should be δs[lo]; ½|ĝ − δs|² by Adam
-                err = prev @ A.T + c - join(res.h0)
-                self.updates += 1
-                self.opt.step(self.flat, np.concatenate([(err.T @ prev).ravel(), err.sum(axis=0)]), self.updates)
-            apply(np.concatenate([res.params[p].ravel() for p in trainer.names]), float(kept.loss))
-            prev, state = end, {s: np.array(v) for s, v in kept.final.items()}
-        return state
+                seed *= mask[hi:].any(axis=0)[:, None]
+        credited = seed is not None and lo - (k2 - k1) >= 0  # ĝ(s[hi]) credited to the first chunk
+        real = last.backward() if lossy else None
+        d_real = real.h0 if lossy else io.split(np.zeros_like(io.join(last.final)))
+        grads = io.flat(real.params, trainer.names) if lossy else np.zeros_like(trainer.flat)
+        target = io.join(d_real)
+        if seed is not None:  # δs[lo] = δr + δg
+            both = last.backward(d_final=io.split(seed))
+            d_syn, target = io.join(both.h0) - target, io.join(both.h0)
+            if credited and not kept:
+                grads = io.flat(both.params, trainer.names)
+        if lo > 0:  # ĝ(s[lo]) was used as the previous window's seed: train it
+            self.learn(io.join(state), target)
+        for j in range(len(kept) - 1, -1, -1):
+            if j == 0 and credited:
+                res = kept[j].backward(d_final=io.split(io.join(d_real) + d_syn))
+            else:
+                res = kept[j].backward(d_final=d_real)
+                if credited:
+                    d_syn = io.join(kept[j].backward(d_final=io.split(d_syn)).h0)
+            grads += io.flat(res.params, trainer.names)
+            d_real = res.h0
+        if lossy or credited:  # a window without losses learns from ĝ only where it is credited
+            apply(grads, float(last.loss) if lossy else None)
+        return _copy(last.final)
 
 
-def hi_left(lo, every, T) -> bool:
-    """Whether steps follow the window starting at ``lo`` (the last window's end has no future)."""
-    return lo + every < T
+class _Joined:
+    """States as {name: (B, n)} and as one (B, N) array, in the cell's order."""
+
+    def __init__(self, names, offs):
+        self.names, self.offs = names, offs
+
+    def join(self, d):
+        return np.concatenate([np.asarray(d[s]) for s in self.names], axis=1)
+
+    def split(self, v):
+        return {s: np.ascontiguousarray(v[:, self.offs[i]:self.offs[i + 1]]) for i, s in enumerate(self.names)}
+
+    @staticmethod
+    def flat(grads, order):
+        return np.concatenate([np.asarray(grads[p]).ravel() for p in order])
+
+
+def _cut(d, lo, hi):
+    return {n: v[lo:hi] for n, v in d.items()}
+
+
+def _copy(states):
+    return {s: np.array(v) for s, v in states.items()}

@@ -21,16 +21,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..autodiff import backward_step
-from ..backends.numpy import accumulate_grads, run_program
+import warnings
+from functools import cached_property
+
 from ..backends.validate import check_call, initial_states
 from ..cell import Cell
 from ..dsl import StateVec, Vec
 from ..errors import CallError
 from ..forward_mode import jvp, tangent_name
 from ..ir import Node, Program
-from .base import step_env
+from .compiled import NumpyFallbackWarning
 from .fixed_point import FixedPointError, _check_iterations, _named
+from .settle_exec import NumpySettle, executor
 from .tangents import Directions, run_tangents
 
 
@@ -57,34 +59,18 @@ def _clone(cell, loss, what):
 
 
 class _Part:
-    """One scalar field of the state (E or C): value, ∂/∂s, ∂/∂θ, and for E the
-    Hessian-vector products."""
+    """One scalar field of the state (E or C) on NumPy: value, ∂/∂s, ∂/∂θ (the executor's), and
+    the Hessian-vector products (forward mode over the step and its backward step)."""
 
-    def __init__(self, cell):
-        self.step = cell.step
-        self.bwd = backward_step(self.step)
+    def __init__(self, cell, dtype, ex=None):
+        self.ex = ex if isinstance(ex, NumpySettle) else NumpySettle(cell, dtype)
+        self.step, self.bwd = self.ex.step, self.ex.bwd
         both = Program({**self.step.prog.nodes, **self.bwd.prog.nodes}, name=f"{self.step.name} and its gradient")
         seeds = {(s, "t-1"): ((tangent_name(s), "t-1"), Node("seed", (), n)) for s, n in self.step.states.items()}
         self.hvp = jvp(both, seeds, where=f"cell {self.step.name!r}, Hessian-vector product")
 
     def evaluate(self, params, states, seqs, B, dt):
-        st, bwd = self.step, self.bwd
-        env = step_env(st, params, states, seqs, 0)
-        run_program(st.prog, env, B, dt)
-        for s, n in st.states.items():
-            env[bwd.carry_in[s]] = np.zeros((B, n), dtype=dt)
-        env[bwd.weight] = np.ones((B, 1), dtype=dt)
-        run_program(bwd.prog, env, B, dt)
-        return env
-
-    def d_state(self, env, B):
-        return {s: (np.zeros((B, n)) if self.bwd.carry_out[s] is None else np.broadcast_to(env[self.bwd.carry_out[s]], (B, n)))
-                for s, n in self.step.states.items()}
-
-    def d_params(self, env, dt):
-        g = {p: np.zeros(s if isinstance(s, tuple) else (s,), dtype=dt) for p, s in self.step.params.items()}
-        accumulate_grads(g, self.bwd.grads, env)
-        return g
+        return self.ex.evaluate(params, states, seqs, B)
 
     def hessian_products(self, env, mu, B, dt):
         """(H μ per state, Σ_b μᵀ ∂²E/∂s∂θ per parameter) at the point ``env`` was evaluated."""
@@ -114,16 +100,26 @@ class _Part:
 class EnergyModel:
     """``rc.compile_fixed_point(cell, energy=E, step=η)``: see the module docstring."""
 
-    def __init__(self, cell, energy, tol, max_iter, step, dtype):
+    def __init__(self, cell, energy, tol, max_iter, step, dtype, backend="numpy", options=None):
         if not step > 0:
             raise ValueError(f"compile_fixed_point(energy=...): step must be positive, got {step!r}")
         if cell.loss_expr is None:
             raise CallError(f"cell {cell.name!r} has no loss (declare one with cell.loss): it is the cost "
                             "the settled state is judged by")
         self.cell, self.tol, self.max_iter, self.eta, self.dtype = cell, float(tol), max_iter, float(step), np.dtype(dtype)
-        self.E, self.C = _Part(_clone(cell, energy, "energy")), _Part(_clone(cell, cell.loss_expr, "cost"))
-        self.step = self.E.step
+        self._cells = _clone(cell, energy, "energy"), _clone(cell, cell.loss_expr, "cost")
+        # value, ∂/∂s, ∂/∂θ of E and of C on the backend (.settle_exec); HVPs on NumPy (_Part)
+        self.gE, self.gC = (executor(c, backend, self.dtype, options) for c in self._cells)
+        self.step, self.backend = self._cells[0].step, backend
         self.iterations = 0
+
+    @cached_property
+    def E(self):
+        return _Part(self._cells[0], self.dtype, self.gE)
+
+    @cached_property
+    def C(self):
+        return _Part(self._cells[1], self.dtype, self.gC)
 
     def init_params(self, seed=0):
         return self.cell.init_params(seed, self.dtype.name)
@@ -136,13 +132,12 @@ class EnergyModel:
         """The minimum of E + βC by gradient descent from ``start`` (default: the initial
         states); exactly ``iterations`` steps where given; each iterate before a step appended
         to ``trail``."""
-        B, dt, seqs = call.B, self.dtype, {**call.inputs, **call.targets}
-        s = dict(start) if start is not None else initial_states(self.step, call, dt)
+        s = dict(start) if start is not None else initial_states(self.step, call, self.dtype)
         for i in range(1, (iterations or self.max_iter) + 1):
             if trail is not None:
                 trail.append(s)
-            dE = self.E.d_state(self.E.evaluate(call.params, s, seqs, B, dt), B)
-            dC = self.C.d_state(self.C.evaluate(call.params, s, seqs, B, dt), B) if beta else None
+            dE = self.gE.grad(call, s)[1]
+            dC = self.gC.grad(call, s)[1] if beta else None
             move = {k: self.eta * (dE[k] + (beta * dC[k] if beta else 0)) for k in s}
             s = {k: s[k] - move[k] for k in s}
             res = max(float(np.abs(m).max()) for m in move.values())
@@ -162,15 +157,19 @@ class EnergyModel:
             raise ValueError(f"method must be 'rbp', 'eqprop' or 'bptt' for an energy model, got {method!r}")
         _check_iterations(method, iterations)
         call = self._call(params, x, y, h0)
-        B, dt, seqs = call.B, self.dtype, {**call.inputs, **call.targets}
+        B = call.B
         trail = [] if method == "bptt" else None
         s0 = self._relax(call, 0.0, iterations=iterations, trail=trail)
-        c_env = self.C.evaluate(call.params, s0, seqs, B, dt)
-        loss = float(np.sum(c_env[self.C.step.loss_key])) / B
+        value, dC, gC = self.gC.grad(call, s0)
+        loss = value / B
+        if method != "eqprop" and self.backend != "numpy":
+            warnings.warn(f"compile_fixed_point(cell {self.cell.name!r}, energy, backend={self.backend!r}): "
+                          f"method={method!r} needs Hessian-vector products, which run on the NumPy executor "
+                          "(the relaxation runs natively)", NumpyFallbackWarning, stacklevel=2)
         if method == "rbp":
-            return loss, self._rbp(call, s0, c_env), s0
+            return loss, self._rbp(call, s0, dC, gC), s0
         if method == "bptt":
-            return loss, self._bptt(call, trail, c_env), s0
+            return loss, self._bptt(call, trail, dC, gC), s0
         if not beta > 0:
             raise ValueError(f"eqprop: beta must be positive, got {beta!r}")
         dF = lambda s, b: self._dF(call, s, b)  # noqa: E731
@@ -183,18 +182,17 @@ class EnergyModel:
 
     def _dF(self, call, s, beta):
         """Σ_b ∂(E + βC)/∂θ at the states ``s``."""
-        B, dt, seqs = call.B, self.dtype, {**call.inputs, **call.targets}
-        g = self.E.d_params(self.E.evaluate(call.params, s, seqs, B, dt), dt)
+        g = self.gE.grad(call, s)[2]
         if beta:
-            gc = self.C.d_params(self.C.evaluate(call.params, s, seqs, B, dt), dt)
+            gc = self.gC.grad(call, s)[2]
             g = {p: g[p] + beta * gc[p] for p in g}
         return g
 
-    def _bptt(self, call, trail, c_env):
+    def _bptt(self, call, trail, dC, gC):
         """The transpose of the descent s[i+1] = s[i] − η ∂E/∂s(s[i]) (H is symmetric)."""
         B, dt, seqs = call.B, self.dtype, {**call.inputs, **call.targets}
-        lam = {k: v / B for k, v in self.C.d_state(c_env, B).items()}
-        g = {p: v / B for p, v in self.C.d_params(c_env, dt).items()}
+        lam = {k: v / B for k, v in dC.items()}
+        g = {p: v / B for p, v in gC.items()}
         for s in reversed(trail):
             hlam, mixed = self.E.hessian_products(self.E.evaluate(call.params, s, seqs, B, dt), lam, B, dt)
             g = {p: g[p] - self.eta * mixed[p] for p in g}
@@ -204,9 +202,9 @@ class EnergyModel:
                 g[p] = g[p] + lam[s].sum(axis=0).reshape(g[p].shape)
         return g
 
-    def _rbp(self, call, s0, c_env):
+    def _rbp(self, call, s0, dC, gc):
         B, dt, seqs = call.B, self.dtype, {**call.inputs, **call.targets}
-        dC = {k: v / B for k, v in self.C.d_state(c_env, B).items()}
+        dC = {k: v / B for k, v in dC.items()}
         e_env = self.E.evaluate(call.params, s0, seqs, B, dt)
         mu = {k: np.zeros_like(v) for k, v in dC.items()}
         for _ in range(self.max_iter):
@@ -219,5 +217,4 @@ class EnergyModel:
             raise FixedPointError(f"cell {self.cell.name!r}: the adjoint iteration H μ = ∂C/∂s did not converge "
                                   f"after max_iter = {self.max_iter} iterations (tol = {self.tol:g})")
         _, mixed = self.E.hessian_products(e_env, mu, B, dt)
-        gc = self.C.d_params(c_env, dt)
         return {p: gc[p] / B - mixed[p] for p in gc}

@@ -27,12 +27,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..autodiff import backward_step
-from ..backends.numpy import accumulate_grads, run_program
-from ..backends.validate import check_call, initial_states
+from ..backends.validate import check_call, forward_targets, initial_states
 from ..errors import CallError, RnncompError
-from ..ir import prune
-from .base import step_env
+from .settle_exec import executor
 
 METHODS = ("rbp", "bptt")
 
@@ -43,14 +40,19 @@ class FixedPointError(RnncompError, ArithmeticError):
 
 
 def compile_fixed_point(cell, tol: float = 1e-8, max_iter: int = 500, dtype: str = "float64", *,
-                        energy=None, step: float = 0.5):
+                        energy=None, step: float = 0.5, backend: str = "numpy", **options):
     """A model that relaxes ``cell`` to a fixed point of its state update and differentiates
     the loss there: ``forward(params, x, h0=None)``, ``loss_and_grad(params, x, y, method="rbp")``.
 
     ``energy=E`` (a DSL expression of the states, inputs and parameters, summed over its
     units), or E declared with ``cell.energy(E)``: the dynamics are ds/dt = −∂E/∂s instead
     (gradient descent with ``step``; the cell's updates are not used), and ``method="eqprop"``
-    is available too (:mod:`rnncomp.algorithms.energy`)."""
+    is available too (:mod:`rnncomp.algorithms.energy`).
+
+    ``backend="native"``: the relaxation, the adjoint iteration and the Jacobian of
+    ``solve="direct"`` call the natively compiled cell (``options``: ``rc.compile``'s, e.g.
+    ``cache=None``) one step at a time (:mod:`.settle_exec`); an energy model's Hessian-vector
+    products (its "rbp" and "bptt") stay on NumPy, with a warning."""
     if not (tol > 0 and isinstance(max_iter, int) and max_iter >= 1):
         raise ValueError(f"compile_fixed_point: need tol > 0 and an integer max_iter >= 1, "
                          f"got tol={tol!r}, max_iter={max_iter!r}")
@@ -61,18 +63,18 @@ def compile_fixed_point(cell, tol: float = 1e-8, max_iter: int = 500, dtype: str
     energy = declared if energy is None else energy
     if energy is not None:
         from .energy import EnergyModel
-        return EnergyModel(cell, energy, tol, max_iter, step, dtype)
-    return FixedPointModel(cell, tol, max_iter, dtype)
+        return EnergyModel(cell, energy, tol, max_iter, step, dtype, backend, options)
+    return FixedPointModel(cell, tol, max_iter, dtype, backend, options)
 
 
 class FixedPointModel:
-    def __init__(self, cell, tol, max_iter, dtype):
+    def __init__(self, cell, tol, max_iter, dtype, backend="numpy", options=None):
         self.cell, self.step = cell, cell.step
         if not self.step.states:
             raise CallError(f"cell {cell.name!r} has no state to settle")
         self.tol, self.max_iter, self.dtype = float(tol), max_iter, np.dtype(dtype)
-        self.bwd = backward_step(self.step)
-        self._settle = prune(self.step.prog, [(s, "t") for s in self.step.states])  # the update only
+        self.ex = executor(cell, backend, self.dtype, options)  # one update; its VJP at a point
+        self.backend = backend
         self.iterations = 0  # forward iterations of the last call
 
     def init_params(self, seed=0):
@@ -82,23 +84,20 @@ class FixedPointModel:
         seq = lambda d, what: {k: np.asarray(v, self.dtype)[None] for k, v in _named(d, what, self.step).items()}  # noqa: E731
         call = check_call(self.step, self.dtype, params, seq(x, "inputs"),
                           None if y is None else seq(y, "targets"), h0, need_targets=y is not None)
-        missing = [n for n in self._settle.leaves("target") if n[0] not in call.targets]
+        missing = [n for n in forward_targets(self.step) if n not in call.targets]
         if missing:
-            raise CallError(f"cell {self.step.name!r}: its update reads target {missing[0][0]!r}: pass targets=")
+            raise CallError(f"cell {self.step.name!r}: its update reads target {missing[0]!r}: pass targets=")
         return call
 
     def _relax(self, call, what="forward"):
         st, states = self.step, initial_states(self.step, call, self.dtype)
-        seqs = {**call.inputs, **call.targets}
         for i in range(1, self.max_iter + 1):
-            env = step_env(st, call.params, states, seqs, 0)
-            run_program(self._settle, env, call.B, self.dtype)
-            new = {s: env[(s, "t")] for s in st.states}
+            new = self.ex.update(call, states)
             res = max(float(np.abs(new[s] - states[s]).max()) for s in st.states)
             states = new
             if res <= self.tol:
                 self.iterations = i
-                return states, env
+                return states
         raise FixedPointError(f"cell {st.name!r}: the {what} relaxation did not converge: max |s[k] − s[k-1]| = "
                               f"{res:.3g} after max_iter = {self.max_iter} iterations (tol = {self.tol:g}); "
                               "the update may not be a contraction (smaller weights, a damped update "
@@ -107,7 +106,7 @@ class FixedPointModel:
     def forward(self, params, x, h0=None, *, targets=None):
         """The fixed point ``{state: (B, n)}`` for inputs ``x`` ((B, n) or a dict); ``targets``
         only for a cell whose update reads one."""
-        return self._relax(self._call(params, x, targets, h0=h0))[0]
+        return self._relax(self._call(params, x, targets, h0=h0))
 
     def loss_and_grad(self, params, x, y, h0=None, method="rbp", solve="iterate", iterations=None):
         """The loss at the fixed point (the mean of ℓ over the batch), its gradient, s*.
@@ -128,27 +127,18 @@ class FixedPointModel:
         call = self._call(params, x, y, h0)
         if iterations is not None:
             return self._bptt(call, iterations)
-        star, _ = self._relax(call)
+        star = self._relax(call)
         if method == "bptt":
             return self._bptt(call, self.iterations + 1, star)
-        B, dt, st = call.B, self.dtype, self.step
-        fixed = step_env(st, call.params, star, {**call.inputs, **call.targets}, 0)
-        run_program(st.prog, fixed, B, dt)
-        loss = float(fixed[st.loss_key].sum()) / B
-        lam = self._solve(fixed, B) if solve == "direct" else self._iterate(fixed, B)
-        env = self._adjoint(fixed, lam, B)
-        grads = {p: np.zeros(s if isinstance(s, tuple) else (s,), dtype=dt) for p, s in st.params.items()}
-        accumulate_grads(grads, self.bwd.grads, env)
-        return loss, grads, star
+        point = self.ex.point(call, star)  # the step kept at s*: its loss and its VJP
+        lam = self._solve(point, call.B) if solve == "direct" else self._iterate(point, call.B)
+        return point.loss, point.vjp(lam)[1], star
 
-    def _carried(self, env, like):
-        return {s: np.zeros_like(like[s]) if k is None else np.array(env[k]) for s, k in self.bwd.carry_out.items()}
-
-    def _iterate(self, fixed, B):
+    def _iterate(self, point, B):
         st = self.step
         lam = {s: np.zeros((B, n), dtype=self.dtype) for s, n in st.states.items()}
         for _ in range(self.max_iter):
-            new = self._carried(self._adjoint(fixed, lam, B), lam)
+            new = point.vjp(lam, grads=False)[0]
             res = max(float(np.abs(new[s] - lam[s]).max()) for s in st.states)
             lam = new
             if res <= self.tol:
@@ -157,15 +147,13 @@ class FixedPointModel:
                               f"max |Δλ| = {res:.3g} after max_iter = {self.max_iter} iterations "
                               f"(tol = {self.tol:g}); solve='direct' solves it instead")
 
-    def _solve(self, fixed, B):
-        from .restricted import RestrictedJacobian
+    def _solve(self, point, B):
         st, names = self.step, list(self.step.states)
         offs = np.cumsum([0] + [st.states[s] for s in names])
         N = int(offs[-1])
-        rows, cols = np.divmod(np.arange(N * N), N)
-        D = RestrictedJacobian(st, rows, cols).evaluate(fixed, B, self.dtype).reshape(B, N, N)
+        D = point.jacobian()  # D[b, i, j] = ∂f_i/∂s_j at s*
         zero = {s: np.zeros((B, n), dtype=self.dtype) for s, n in st.states.items()}
-        g = self._carried(self._adjoint(fixed, zero, B), zero)  # ∂ℓ/∂s at s* (λ = 0)
+        g = point.vjp(zero, grads=False)[0]  # ∂ℓ/∂s at s* (λ = 0)
         rhs = np.concatenate([g[s] for s in names], axis=1)
         A = np.eye(N) - D.transpose(0, 2, 1)
         try:
@@ -175,23 +163,14 @@ class FixedPointModel:
                                   "1 of the state Jacobian): the gradient is not defined there") from None
         return {s: np.ascontiguousarray(lam[:, offs[i]:offs[i + 1]]) for i, s in enumerate(names)}
 
-    def _adjoint(self, fixed, lam, B):
-        env = dict(fixed)
-        for s in self.step.states:
-            env[self.bwd.carry_in[s]] = lam[s]
-        env[self.bwd.weight] = np.full((B, 1), 1.0 / B, dtype=self.dtype)
-        run_program(self.bwd.prog, env, B, self.dtype)
-        return env
-
     def _bptt(self, call, T, star=None):
         """BPTT through T unrolled steps, the loss read at the last (its s.new = s[T]).  After
         a relaxation of k iterations T = k + 1, so the loss step sees s* as the rbp loss
         does, and s* is returned; else the states after the T updates."""
-        from ..backends.numpy import NumpyModel
         rep = lambda d: {n: np.repeat(v, T, axis=0) for n, v in d.items()}  # noqa: E731
         mask = np.zeros((T, call.B), dtype=self.dtype)
         mask[-1] = 1
-        loss, grads, final = NumpyModel(self.cell, self.dtype.name).loss_and_grad(
+        loss, grads, final = self.ex.model.loss_and_grad(
             call.params, rep(call.inputs), rep(call.targets), h0=call.h0 or None, mask=mask)
         return loss, grads, final if star is None else star
 

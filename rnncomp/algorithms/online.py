@@ -34,14 +34,14 @@ class BPTT(Algorithm):
 
 def check_gradient(gradient, cell=None, bptt=None):
     """``gradient=`` of a Trainer: None or one of rc.RTRL(), rc.SnAp(n), rc.UORO(), rc.DNI(),
-    rc.BPTT(); the forward-step algorithms need a single cell (its step program), DNI
-    windows that do not overlap (``bptt``)."""
+    rc.BPTT(); the forward-step algorithms need a single cell (its step program); DNI checks
+    its truncation (``bptt``) against the cell."""
     if gradient is not None and not isinstance(gradient, Algorithm):
         raise ValueError(f"gradient must be rc.RTRL(), rc.SnAp(n), rc.UORO(), rc.DNI() or rc.BPTT(), got {gradient!r}")
     if gradient is not None and not isinstance(gradient, BPTT) and cell is not None:
         check_single_cell(cell, repr(gradient))
     if hasattr(gradient, "check_truncation"):
-        gradient.check_truncation(bptt)
+        gradient.check_truncation(bptt, getattr(cell, "step", None))
     return gradient
 
 
@@ -116,11 +116,12 @@ class Derived:
 
 
 def apply(trainer, algo, g, loss, losses) -> None:
-    """One update from the flat gradient ``g``: finite check, clipping, the optimizer."""
+    """One update from the flat gradient ``g``: finite check, clipping, the optimizer; the
+    window's ``loss`` (None for a window without losses) is appended to ``losses``."""
     from ..train.optim import global_norm
     from ..train.trainer import TrainingError
 
-    if not (np.isfinite(loss) and np.isfinite(g).all()):
+    if not ((loss is None or np.isfinite(loss)) and np.isfinite(g).all()):
         raise TrainingError(f"fit_online ({algo!r}), update {len(losses) + 1}: non-finite loss or "
                             "gradient; parameters left unchanged")
     if trainer.clip_value is not None:
@@ -131,4 +132,5 @@ def apply(trainer, algo, g, loss, losses) -> None:
             g *= trainer.clip_norm / norm
     trainer.step_count += 1
     trainer.optimizer.step(trainer.flat, g, trainer.step_count)
-    losses.append(loss)
+    if loss is not None:  # None: an update without losses of its own (DNI's synthetic gradient only)
+        losses.append(loss)

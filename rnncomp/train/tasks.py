@@ -44,6 +44,35 @@ def delayed_copy(T=32, N=256, delay=6, seed=0, dtype="float32"):
     return x, y, None
 
 
+def repeat_copy(L=6, repeats=2, N=256, seed=0, dtype="float32", vary=True):
+    """The repeat-copy task (Graves et al. 2014; Jaderberg et al. 2017's DNI experiments) with
+    one bit per step: L random ±1 bits (channel 0), then one step that marks the end (channel 1)
+    with the repeat count R ∈ 1 … ``repeats`` as R / repeats (channel 2), then the pattern R
+    times as targets and 0 after them, inputs 0 (``vary=False``: R = ``repeats`` always).  T = L + 1 + repeats·L; the mask is 1 on the
+    repeats·L steps after the marker.  Recalling bit i first needs a dependency of L + 1 steps,
+    its r-th repeat r·L + 1; the count, up to repeats·L steps.  Predicting 0 gives MSE
+    E[R]/repeats on the masked steps, sign accuracy 0.5 on the recall steps
+    (examples/dni_repeat_copy.py).
+
+    >>> x, y, m = repeat_copy(L=3, repeats=2, N=2, seed=0)
+    >>> x.shape, y.shape, m.shape, m.sum(axis=0)
+    ((10, 2, 3), (10, 2, 1), (10, 2), array([6., 6.], dtype=float32))
+    """
+    rng = np.random.default_rng(seed)
+    T = L + 1 + repeats * L
+    bits = rng.choice(np.array([-1.0, 1.0]), size=(L, N))
+    R = rng.integers(1, repeats + 1, N) if vary else np.full(N, repeats)
+    x = np.zeros((T, N, 3), dtype=dtype)
+    x[:L, :, 0] = bits
+    x[L, :, 1], x[L, :, 2] = 1, R / repeats
+    y = np.zeros((T, N, 1), dtype=dtype)
+    y[L + 1:, :, 0] = np.tile(bits, (repeats, 1))
+    y[:, :, 0] *= np.arange(T)[:, None] < L + 1 + R * L  # 0 after the R-th repeat
+    mask = np.zeros((T, N), dtype=dtype)
+    mask[L + 1:] = 1
+    return x, y, mask
+
+
 TASKS = {"sine": sine, "adding": adding}
 
 

@@ -1,0 +1,71 @@
+"""Settling networks on the native backend (issue #20: "Native and NumPy backends for all").
+
+``compile_fixed_point(cell, backend="native")`` relaxes with the natively compiled step and
+takes the adjoint fixed point from its VJP entry points; the NumPy executor (the reference,
+itself checked against finite differences and BPTT in tests/test_fixed_point.py) must agree
+within 1e-10 relative in float64.  Relaxed to 1e-13, both executors stop at the same
+iteration (asserted), and their states differ by rounding only (~1e-16 per step, damped by
+the contraction); the adjoint solves to 1e-13 likewise.
+"""
+import numpy as np
+import pytest
+
+import rnncomp as rc
+from rnncomp.algorithms.compiled import NumpyFallbackWarning
+from test_fixed_point import CELLS, _data, _scaled, energy_cell
+
+
+def _close(a, b, what, rtol=1e-10):
+    """Relative to the largest entry of all of ``a``: a gradient that vanishes at the fixed
+    point (the GRU's update gate: h̃ = h there) is compared at the scale of the others."""
+    scale = max(float(np.abs(v).max()) for v in a.values())
+    for k in a:
+        assert np.abs(np.asarray(a[k]) - np.asarray(b[k])).max() <= rtol * scale, (what, k)
+
+
+def _models(cell, **kw):
+    return [rc.compile_fixed_point(cell, backend=b, **kw, **({"cache": None} if b == "native" else {}))
+            for b in ("numpy", "native")]
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_native_settling_equals_numpy(name):
+    cell = CELLS[name]()
+    ref, nat = _models(cell, tol=1e-13, max_iter=2000)
+    params = _scaled(ref)
+    x, y = _data(cell)
+    _close(ref.forward(params, x), nat.forward(params, x), "s*")
+    assert ref.iterations == nat.iterations
+    for kw in ({}, {"solve": "direct"}, {"method": "bptt"}, {"method": "bptt", "iterations": 5}):
+        (la, ga, sa), (lb, gb, sb) = ref.loss_and_grad(params, x, y, **kw), nat.loss_and_grad(params, x, y, **kw)
+        assert abs(la - lb) <= 1e-10 * abs(la), kw
+        _close(ga, gb, kw)
+        _close(sa, sb, kw)
+
+
+def test_native_energy_model_equals_numpy():
+    """Free and nudged relaxations and EqProp run natively; RBP and BPTT through the descent
+    need Hessian-vector products, which stay on NumPy (a NumpyFallbackWarning says so)."""
+    cell, energy = energy_cell()
+    ref, nat = _models(cell, energy=energy, tol=1e-13, max_iter=5000, step=0.5)
+    rng = np.random.default_rng(0)
+    params = {k: 0.5 * v + 0.2 * rng.normal(size=v.shape) for k, v in ref.init_params(0).items()}
+    x, y = rng.normal(size=(4, 3)), np.eye(2)[rng.integers(0, 2, 4)]
+    _close(ref.forward(params, x, y), nat.forward(params, x, y), "s0")
+    assert ref.iterations == nat.iterations
+    for kw in ({"method": "eqprop", "beta": 0.05}, {"method": "eqprop", "beta": 0.05, "symmetric": True}):
+        (la, ga, _), (lb, gb, _) = ref.loss_and_grad(params, x, y, **kw), nat.loss_and_grad(params, x, y, **kw)
+        assert abs(la - lb) <= 1e-10 * abs(la)
+        _close(ga, gb, kw, rtol=1e-8)  # (∂F(s^β) − ∂F(s⁰))/β: rounding divided by β = 0.05
+    for kw in ({"method": "rbp"}, {"method": "bptt", "iterations": 30}):
+        with pytest.warns(NumpyFallbackWarning, match="Hessian-vector products"):
+            _, gb, _ = nat.loss_and_grad(params, x, y, **kw)
+        _close(ref.loss_and_grad(params, x, y, **kw)[1], gb, kw)
+
+
+def test_backend_errors():
+    cell = CELLS["elman"]()
+    with pytest.raises(ValueError, match="backend='ptx'.*'numpy', 'native'"):
+        rc.compile_fixed_point(cell, backend="ptx")
+    with pytest.raises(ValueError, match=r"\['threads'\] are for backend='native'"):
+        rc.compile_fixed_point(cell, threads=1)
