@@ -15,9 +15,10 @@ measured in this run, with the examples' own code (``step_times``):
   ``--compile loop``, ``torch.compile`` of the whole loop, unrolled over T: minutes of
   compiling); ``nn.LSTM`` (oneDNN; sigmoid/tanh, no peepholes: a different cell, a yardstick).
 - jax: rnncomp.jax.recurrent (a ``custom_vjp`` whose host calls are XLA FFI calls) with its
-  default backward, which runs the forward again (``model.vjp``), and with
-  ``residuals=True`` ("rnncomp residuals": the backward reads the forward's kept buffers,
-  JAX residuals, docs/layers.md), and the same cell as a jitted ``jax.lax.scan``.
+  default backward, which runs on the forward kept on rnncomp's side behind a handle, with
+  ``backward="residuals"`` ("rnncomp residuals": the kept buffers are JAX residuals) and
+  ``backward="recompute"`` ("rnncomp recompute": the forward again, ``model.vjp``), see
+  docs/layers.md; and the same cell as a jitted ``jax.lax.scan``.
 
 PyTorch and JAX each run in their own worker process (``--worker``), one after the other, so
 that neither framework's thread pool runs while the other is timed.  The torch worker runs
@@ -62,7 +63,7 @@ def worker(framework, a):
     else:
         import jax_charlm as ex
 
-        kinds, threads = ["rnncomp", "rnncomp residuals", "lax.scan"], os.cpu_count()
+        kinds, threads = ["rnncomp", "rnncomp residuals", "rnncomp recompute", "lax.scan"], os.cpu_count()
     times = ex.step_times(kinds, vocab, a.embed, a.hidden, a.T, a.batch, steps=a.steps, warmup=a.warmup)
     print(TAG + json.dumps({"framework": framework, "threads": threads, "times": times}), flush=True)
 

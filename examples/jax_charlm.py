@@ -111,14 +111,14 @@ def check_scan(embed=8, hidden=16, T=7, B=3):
 
 def step_times(kinds, vocab, embed, hidden, T, batch, steps=5, warmup=1):
     """Seconds per training step (median and best of ``steps``) of each kind ("rnncomp": the
-    layer's default, its backward running the forward again; "rnncomp residuals": the layer
-    with ``residuals=True``; "lax.scan") on one random window, and of its first step (the
-    jit compile)."""
+    layer's default, its backward on the forward kept behind a handle; "rnncomp residuals" and
+    "rnncomp recompute": the layer with ``backward="residuals"`` / ``"recompute"``;
+    "lax.scan") on one random window, and of its first step (the jit compile)."""
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, vocab, (T, batch)), rng.integers(0, vocab, (T, batch))
     layer = rnncomp.jax.recurrent(peephole_cell(embed, hidden), output="y")
-    layers = {"rnncomp": layer, "rnncomp residuals": rnncomp.jax.Recurrent(layer.model, "y", residuals=True),
-              "lax.scan": scan_lstm}
+    layers = {"rnncomp": layer, "lax.scan": scan_lstm,
+              **{f"rnncomp {b}": rnncomp.jax.Recurrent(layer.model, "y", b) for b in ("residuals", "recompute")}}
     out = {}
     for kind in kinds:
         rnn = layers[kind]

@@ -3,15 +3,15 @@
 It is differentiable (``jax.custom_vjp``: the backward is the compiled model's, docs/vjp.md)
 and runs under ``jax.jit``: the forward and the backward are host calls into the compiled
 model -- XLA FFI calls on JAX's CPU backend (:mod:`rnncomp.jax_ffi`: the model reads and
-writes XLA's buffers in place), ``jax.pure_callback`` elsewhere.  Two strategies for the
-backward (``recurrent(..., residuals=)``): by default it runs ``model.vjp``, the forward
-again and then its backward; with ``residuals=True`` the forward of a differentiated call
-is ``model.forward(..., keep=True)``, its kept buffers (``Kept.residuals``) come back as
-JAX arrays, the custom_vjp's residuals, and the backward runs on them (``model.kept_from``)
-without running the forward again -- at the price of XLA's fresh memory for them each step
-(docs/layers.md says when each pays).  Under ``jax.vmap`` each mapped element is one call
-of the model, in turn (``vmap_method="sequential"``): correct, not fast; batch along the
-layer's B axis instead.
+writes XLA's buffers in place), ``jax.pure_callback`` elsewhere.  Three strategies for the
+backward (``recurrent(..., backward=)``): by default (``"kept"``) the forward of a
+differentiated call is ``model.forward(..., keep=True)``, kept on rnncomp's side
+(:mod:`rnncomp.jax_kept`) with JAX holding only an integer handle, and the backward runs on
+it and recomputes nothing; ``"residuals"`` returns the kept buffers to JAX as the
+custom_vjp's residuals (XLA's fresh memory for them every step); ``"recompute"`` runs
+``model.vjp``, the forward again then its backward (docs/layers.md says what each costs).
+Under ``jax.vmap`` each mapped element is one call of the model, in turn
+(``vmap_method="sequential"``): correct, not fast; batch along the layer's B axis instead.
 See docs/layers.md.
 
     >>> import numpy as np, rnncomp as rc, rnncomp.jax
@@ -31,39 +31,55 @@ except ImportError as e:  # pragma: no cover - exercised only without jax instal
 import numpy as np
 
 from .errors import CallError
+from .jax_kept import KeptForwards, checked_bound
 from .layer_common import ArrayOps, check_layer_cell, check_lengths, missing_inputs, named, padded_runner
+
+#: How the backward gets the forward's values (see :func:`recurrent`).
+BACKWARDS = ("kept", "residuals", "recompute")
+#: Kept forwards a layer holds for backwards still to come (``backward="kept"``); beyond, the
+#: least recently kept is freed and its backward runs the forward again.
+MAX_KEPT = 16
 
 
 class Recurrent:
     """What :func:`recurrent` returns: call it as ``f(params, x, h0=None)``."""
 
-    def __init__(self, model, output, residuals: bool = False, _ffi: bool | None = None):
-        """``residuals``: see :func:`recurrent`; ``_ffi``: host calls through the XLA FFI
-        (default: on JAX's CPU backend) or not."""
-        self.model, self.output, self.residuals = model, output, bool(residuals)
-        st, dt = model.step, model.dtype
+    def __init__(self, model, output, backward: str = "kept", max_kept: int = MAX_KEPT,
+                 _ffi: bool | None = None):
+        """``backward``, ``max_kept``: see :func:`recurrent`; ``_ffi``: host calls through the
+        XLA FFI (default: on JAX's CPU backend) or not."""
+        if backward not in BACKWARDS:
+            raise CallError(f"recurrent: backward must be one of {', '.join(map(repr, BACKWARDS))}, "
+                            f"got {backward!r}")
+        self.model, self.output, self.backward = model, output, backward
+        self.kept = KeptForwards(max_kept)
+        st, dt, kept = model.step, model.dtype, self.kept
         P, X, S, O = tuple(st.params), tuple(st.inputs), tuple(st.states), tuple(st.outputs)
 
-        # forward  (params, inputs, h0)                      -> (outputs (T, B, n), final states (B, n))
-        # backward (params, inputs, h0, δoutputs, δfinal)    -> (δparams, δinputs, δh0): model.vjp,
-        #          the forward again, then its backward (the default)
-        # With residuals=True:
-        # kept     (params, inputs, h0)                      -> (outputs, final states, residuals)
-        # backward (params, inputs, h0, residuals, δoutputs, δfinal) -> (δparams, δinputs, δh0)
-        # The residuals are the kept forward's buffers (``Kept.residuals``, shapes from
-        # ``model.residual_shapes(T, B)``), JAX arrays between the two calls: the backward
-        # reads them in place (``model.kept_from``) and recomputes nothing.  Each host function
-        # gets XLA's flat argument and result buffers (``jax_ffi``) and writes the results.
-        # No NaN/inf check inside: a NaN goes through as it does through any JAX op.
+        # forward  (params, inputs, h0)                          -> (outputs (T, B, n), final states (B, n))
+        # A differentiated call runs, by ``backward``:
+        # fwd      (params, inputs, h0)                          -> (outputs, final states, saved)
+        # bwd      (params, inputs, h0, saved, δoutputs, δfinal) -> (δparams, δinputs, δh0)
+        #   "kept":      saved = a handle (int32 scalar) of the kept forward in ``self.kept``;
+        #                bwd takes it back and runs its backward (model.vjp if it is gone)
+        #   "residuals": saved = the kept forward's buffers (``Kept.residuals``, shapes from
+        #                ``model.residual_shapes(T, B)``) as JAX arrays; bwd reads them in
+        #                place (``model.kept_from``)
+        #   "recompute": fwd = forward, saved = (); bwd = model.vjp, the forward again
+        # Each host function gets XLA's flat argument and result buffers (``jax_ffi``) and
+        # writes the results.  No NaN/inf check inside: a NaN goes through as through any JAX op.
         nP, nX, nS, nO = len(P), len(X), len(S), len(O)
+        at = nP + nX + nS  # where ``saved`` starts in a bwd's flat arguments
 
         def args(flat):
-            return (dict(zip(P, flat[:nP])), dict(zip(X, flat[nP:nP + nX])),
-                    dict(zip(S, flat[nP + nX:nP + nX + nS])))
+            return (dict(zip(P, flat[:nP])), dict(zip(X, flat[nP:nP + nX])), dict(zip(S, flat[nP + nX:at])))
 
         def put(rets, arrays):
             for r, a in zip(rets, arrays):
                 np.copyto(r, a)
+
+        def put_results(rets, outs, final):
+            put(rets, [outs[o] for o in O] + [final[s] for s in S])
 
         def put_grads(rets, res):
             put(rets, [res.params[p] for p in P] + [res.inputs[x] for x in X] + [res.h0[s] for s in S])
@@ -73,30 +89,66 @@ class Recurrent:
                         d_final=dict(zip(S, flat[len(flat) - nS:])))
 
         def host_forward(flat, rets):
-            outs, final = model.forward(*args(flat), check_finite=False)
-            put(rets, [outs[o] for o in O] + [final[s] for s in S])
+            put_results(rets, *model.forward(*args(flat), check_finite=False))
 
         def host_vjp(flat, rets):
             put_grads(rets, model.vjp(*args(flat), **cotangents(flat), check_finite=False))
 
-        def host_kept(flat, rets):
-            kept = model.forward(*args(flat), keep=True, check_finite=False)
+        def backward_of(k, flat, rets):  # a kept forward's backward, then its buffers go back
             try:
-                put(rets, [kept.outputs[o] for o in O] + [kept.final[s] for s in S] + kept.residuals())
+                put_grads(rets, k.backward(**cotangents(flat)))
             finally:
-                kept.free()
+                k.free()
 
-        def host_kept_vjp(flat, rets):
-            at = nP + nX + nS
-            kept = model.kept_from(flat[at:len(flat) - nO - nS], *args(flat), check_finite=False)
+        def where(flat):
+            """Where the arguments are, for an FFI call.  Its arrays are views of XLA's buffers,
+            valid during the call only, and a kept forward reads its arguments (parameters,
+            inputs) where the forward found them: its backward may run only on arguments at the
+            same addresses (then the same values: the backward's are the forward's, saved).
+            pure_callback's arrays hold their buffers (the kept call keeps them): no check."""
+            return tuple(a.ctypes.data for a in flat[:at]) if ffi else None
+
+        def host_keep(flat, rets):
+            k = model.forward(*args(flat), keep=True, check_finite=False)
             try:
-                put_grads(rets, kept.backward(**cotangents(flat)))
-            finally:
-                kept.free()
+                put_results(rets, k.outputs, k.final)
+            except BaseException:
+                k.free()
+                raise
+            rets[-1][...] = kept.put(k, where(flat))
 
-        call = _host_caller(self, jax.default_backend() == "cpu" if _ffi is None else _ffi)
-        forward = call(host_forward)
-        kept_forward, backward = (call(host_kept), call(host_kept_vjp)) if self.residuals else (None, call(host_vjp))
+        def host_taken_vjp(flat, rets):
+            k, at_forward = kept.take(int(flat[at]))
+            if k is not None and at_forward != where(flat):  # XLA moved the arguments
+                k.free()
+                k = None
+            if k is None:  # evicted, taken by an earlier backward of the same residual, or moved
+                host_vjp(flat, rets)
+            else:
+                backward_of(k, flat, rets)
+
+        def host_export(flat, rets):
+            k = model.forward(*args(flat), keep=True, check_finite=False)
+            try:
+                put(rets, [k.outputs[o] for o in O] + [k.final[s] for s in S] + k.residuals())
+            finally:
+                k.free()
+
+        def host_adopt_vjp(flat, rets):
+            backward_of(model.kept_from(flat[at:len(flat) - nO - nS], *args(flat), check_finite=False),
+                        flat, rets)
+
+        handle = jax.ShapeDtypeStruct((), jnp.int32)
+        saved_like = {  # the results a fwd adds to the forward's, for inputs (T, B, n)
+            "kept": lambda T, B: handle,
+            "residuals": lambda T, B: tuple(jax.ShapeDtypeStruct(s, dt) for s in model.residual_shapes(T, B)),
+            "recompute": lambda T, B: (),
+        }[backward]
+        fwd_fn, bwd_fn = {"kept": (host_keep, host_taken_vjp), "residuals": (host_export, host_adopt_vjp),
+                          "recompute": (host_forward, host_vjp)}[backward]
+        ffi = jax.default_backend() == "cpu" if _ffi is None else _ffi
+        call = _host_caller(self, ffi)
+        forward, fwd, bwd = call(host_forward), call(fwd_fn), call(bwd_fn)
 
         def like(arrays):
             return tuple(jax.ShapeDtypeStruct(a.shape, dt) for a in arrays)
@@ -111,16 +163,12 @@ class Recurrent:
             return forward(results(inputs), params, inputs, h0)
 
         def core_fwd(params, inputs, h0):
-            if not self.residuals:
-                return forward(results(inputs), params, inputs, h0), (params, inputs, h0, ())
-            T, B = inputs[0].shape[:2]
-            kept = tuple(jax.ShapeDtypeStruct(s, dt) for s in model.residual_shapes(T, B))
-            outs, final, residuals = kept_forward((*results(inputs), kept), params, inputs, h0)
-            return (outs, final), (params, inputs, h0, residuals)
+            outs, final, saved = fwd((*results(inputs), saved_like(*inputs[0].shape[:2])), params, inputs, h0)
+            return (outs, final), (params, inputs, h0, saved)
 
         def core_bwd(saved, cot):
-            params, inputs, h0, residuals = saved
-            return backward((like(params), like(inputs), like(h0)), params, inputs, h0, residuals, *cot)
+            params, inputs, h0, extra = saved
+            return bwd((like(params), like(inputs), like(h0)), params, inputs, h0, extra, *cot)
 
         core.defvjp(core_fwd, core_bwd)
         self._core = core
@@ -128,7 +176,7 @@ class Recurrent:
     def __repr__(self):
         st = self.model.step
         return (f"<rnncomp.jax layer of cell {st.name!r} on {self.model.backend}, {self.model.dtype}, "
-                f"output={self.output!r}, residuals={self.residuals}>")
+                f"output={self.output!r}, backward={self.backward!r}>")
 
     def init_params(self, seed: int = 0) -> dict:
         """The cell's parameters from its initialisers, as JAX arrays of the layer's dtype."""
@@ -229,23 +277,35 @@ JAX_OPS = ArrayOps(
 
 
 def recurrent(cell, backend: str = "native", dtype: str = "float32", output: str | None = None,
-              residuals: bool = False, **options) -> Recurrent:
+              backward: str = "kept", max_kept: int = MAX_KEPT, **options) -> Recurrent:
     """``cell`` compiled for ``backend`` (``"native"``, ``"numpy"`` or ``"ptx"``) and ``dtype``
     (``"float32"`` or ``"float64"``; float64 needs ``jax_enable_x64``), as a JAX function
     ``f(params, x, h0=None) -> (outputs, final)`` (see :class:`Recurrent`); ``output``: the
     output to return (None: a dict of all); ``options``: of :func:`rnncomp.compile`.
 
-    ``residuals``: how the backward gets the forward's values.  False (default): it runs
-    ``model.vjp``, the forward again then its backward; nothing is kept between the two
-    calls.  True: the forward keeps its buffers and returns them to JAX as the custom_vjp's
-    residuals, and the backward reads them (``model.kept_from``): no forward again, but XLA
-    hands out fresh memory for them every step (31 MB for the charlm LSTM, T = 100, B = 32,
-    H = 128), which on a CPU costs about what the forward it saves does (docs/layers.md).
-    Same gradients either way."""
+    ``backward``: how the backward gets the forward's values; the same gradients each way.
+
+    - ``"kept"`` (default): the forward keeps its buffers on rnncomp's side and gives JAX an
+      int32 handle as the custom_vjp's residual; the backward takes the kept forward back by
+      it, runs its backward on those (warm) buffers and gives them back for the next
+      forward.  At most ``max_kept`` kept forwards wait for their backward (one whose
+      backward never comes, as after a ``jax.vjp`` whose vjp function is dropped, stays
+      until ``max_kept`` newer ones push it out); a backward whose kept forward is gone
+      (pushed out, or taken by an earlier backward of the same residual, as ``jax.jacrev``'s
+      rows do) runs ``model.vjp``, the forward again.
+    - ``"residuals"``: the kept buffers are copied out to JAX as the custom_vjp's residuals
+      and the backward reads them (``model.kept_from``): no forward again, but XLA hands
+      out fresh memory for them every step (31 MB for the charlm LSTM, T = 100, B = 32,
+      H = 128), which on a CPU costs about what the forward it saves does.
+    - ``"recompute"``: the backward runs ``model.vjp``, the forward again then its
+      backward; nothing is held between the two calls.
+
+    docs/layers.md, "What it costs", has the measurements."""
     from .compile import compile as rc_compile
 
-    if not isinstance(residuals, bool):
-        raise CallError(f"recurrent: residuals must be True or False, got {residuals!r}")
+    if backward not in BACKWARDS:  # before compiling
+        raise CallError(f"recurrent: backward must be one of {', '.join(map(repr, BACKWARDS))}, got {backward!r}")
+    checked_bound(max_kept)
     model = rc_compile(cell, backend=backend, dtype=dtype, **options)
     check_layer_cell(model.step, output, "recurrent")
-    return Recurrent(model, output, residuals)
+    return Recurrent(model, output, backward, max_kept)

@@ -58,9 +58,9 @@ def _close(a, b, what):
     np.testing.assert_allclose(np.asarray(a), b, rtol=RTOL, atol=RTOL * (1 + np.abs(b).max()), err_msg=what)
 
 
-@pytest.mark.parametrize("residuals", [False, True])
+@pytest.mark.parametrize("backward", rc.jax.BACKWARDS)
 @pytest.mark.parametrize("name", ["elman", "gru", "lstm", "two"])
-def test_layer_matches_the_numpy_oracle_under_jit(name, residuals):
+def test_layer_matches_the_numpy_oracle_under_jit(name, backward):
     """Outputs, final states and jax.vjp's cotangents of params, inputs and the given h0,
     under jax.jit, against the oracle's forward and vjp."""
     cell = two_inputs_learned_state() if name == "two" else rc.cells.get(name)(3, 4, 2)
@@ -68,7 +68,7 @@ def test_layer_matches_the_numpy_oracle_under_jit(name, residuals):
     rng, params, xs, d_out, d_fin = _data(cell, 5, 3, 0)
     first = next(iter(st.states)) if name != "two" else "c"  # "two": h from its learned state
     h0 = {first: rng.normal(size=(3, st.states[first]))}
-    layer = rc.jax.recurrent(cell, dtype="float64", residuals=residuals)
+    layer = rc.jax.recurrent(cell, dtype="float64", backward=backward)
 
     @jax.jit
     def run(params, xs, h0):
@@ -90,13 +90,13 @@ def test_layer_matches_the_numpy_oracle_under_jit(name, residuals):
     _close(d_h0[first], res.h0[first], f"gradient of h0 {first}")
 
 
-@pytest.mark.parametrize("residuals", [False, True])
-def test_check_grads_finite_differences(residuals):
+@pytest.mark.parametrize("backward", rc.jax.BACKWARDS)
+def test_check_grads_finite_differences(backward):
     """jax.test_util.check_grads (order 1, reverse mode) through params, both inputs, h0,
     with a learned initial state among the parameters."""
     cell = two_inputs_learned_state()
     rng, params, xs, _, _ = _data(cell, 3, 2, 1)
-    layer = rc.jax.recurrent(cell, dtype="float64", residuals=residuals)
+    layer = rc.jax.recurrent(cell, dtype="float64", backward=backward)
     c0 = rng.normal(size=(2, 2))
 
     def f(params, xs, c0):
@@ -107,11 +107,11 @@ def test_check_grads_finite_differences(residuals):
     check_grads(jax.jit(f), (params, xs, c0), order=1, modes=["rev"], eps=FD_EPS, atol=FD_TOL, rtol=FD_TOL)
 
 
-@pytest.mark.parametrize("residuals", [False, True])
-def test_vmap_runs_one_call_per_element(residuals):
+@pytest.mark.parametrize("backward", rc.jax.BACKWARDS)
+def test_vmap_runs_one_call_per_element(backward):
     cell = rc.cells.elman(3, 4, 2)
     _, params, _, _, _ = _data(cell, 4, 2, 2)
-    layer = rc.jax.recurrent(cell, output="y", dtype="float64", residuals=residuals)
+    layer = rc.jax.recurrent(cell, output="y", dtype="float64", backward=backward)
     xs = np.random.default_rng(3).normal(size=(3, 4, 2, 3))
     got = jax.vmap(lambda x: layer(params, x)[0])(xs)
     for i in range(3):
@@ -175,13 +175,13 @@ def test_doctest():
     assert result.failed == 0 and result.attempted > 0
 
 
-@pytest.mark.parametrize("residuals", [False, True])
-def test_lengths_of_a_padded_batch_match_one_call_per_sequence(residuals):
+@pytest.mark.parametrize("backward", rc.jax.BACKWARDS)
+def test_lengths_of_a_padded_batch_match_one_call_per_sequence(backward):
     """Under jit (lengths static): outputs, final states and gradients of the padded batch
     against each sequence run alone over its own steps."""
     cell = two_inputs_learned_state()
     rng, params, xs, _, _ = _data(cell, 6, 4, 5)
-    layer = rc.jax.recurrent(cell, dtype="float64", residuals=residuals)
+    layer = rc.jax.recurrent(cell, dtype="float64", backward=backward)
     lengths = [3, 6, 1, 3]
     c0 = rng.normal(size=(4, 2))
     d = {k: rng.normal(size=s) for k, s in (("y", (6, 4, 2)), ("z", (6, 4, 2)), ("h", (4, 3)), ("c", (4, 2)))}

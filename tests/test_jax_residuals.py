@@ -1,5 +1,7 @@
-"""rnncomp.jax's two backward strategies: ``residuals=True`` reads the forward's kept buffers
-(JAX residuals) and runs no forward again; the default runs ``model.vjp`` (the forward again).
+"""rnncomp.jax's three backward strategies: ``"kept"`` (the default) runs the backward of the
+forward kept on rnncomp's side behind a handle, ``"residuals"`` reads the forward's kept
+buffers returned to JAX as residuals, both running no forward again; ``"recompute"`` runs
+``model.vjp`` (the forward again).  (tests/test_jax_kept.py: the handles' own behaviour.)
 
 Oracles: the same cells written as ``jax.lax.scan`` and differentiated by JAX (float64; the
 two compute the same sums in different orders: rtol 1e-10), the NumPy oracle's ``vjp``, and
@@ -103,16 +105,16 @@ def _close_trees(got, want):
 
 
 # ----------------------------------------------------------------------------- tests
-@pytest.mark.parametrize("residuals", [False, True])
+@pytest.mark.parametrize("backward", rc.jax.BACKWARDS)
 @pytest.mark.parametrize("name", ["elman", "gru", "lstm"])
 @pytest.mark.parametrize("B", [3, 17])  # 17 with threads=2: two batch slices, residuals of each
-def test_gradients_match_jax_scan_of_the_same_cell(name, B, residuals):
+def test_gradients_match_jax_scan_of_the_same_cell(name, B, backward):
     cell, params, x, h0, dy, d_fin = _problem(name, 6, B, 0)
-    layer = rc.jax.recurrent(cell, dtype="float64", output="y", threads=2, residuals=residuals)
+    layer = rc.jax.recurrent(cell, dtype="float64", output="y", threads=2, backward=backward)
     got = jax.jit(jax.grad(_weighted(layer, dy, d_fin), argnums=(0, 1, 2)))(params, x, h0)
     want = jax.grad(_weighted(scan_layer(name), dy, d_fin), argnums=(0, 1, 2))(params, x, h0)
     _close_trees(got, want)
-    assert len(layer.model.residual_shapes(6, B)) > 0  # with residuals=True the backward ran on some
+    assert len(layer.model.residual_shapes(6, B)) > 0  # "kept" and "residuals" ran their backward on some
 
 
 def _count_entries(monkeypatch, model):
@@ -132,21 +134,21 @@ def _count_entries(monkeypatch, model):
     return calls
 
 
-@pytest.mark.parametrize("residuals", [False, True])
+@pytest.mark.parametrize("backward", rc.jax.BACKWARDS)
 @pytest.mark.parametrize("B, slices", [(3, 1), (17, 2)])
-def test_native_entry_calls_of_a_training_step(monkeypatch, B, slices, residuals):
-    """residuals=True: one forward and one backward per batch slice, the backward recomputes
-    nothing.  The default: the plain forward (one call, its threads inside it), then
+def test_native_entry_calls_of_a_training_step(monkeypatch, B, slices, backward):
+    """"kept" and "residuals": one forward and one backward per batch slice, the backward
+    recomputes nothing.  "recompute": the plain forward (one call, its threads inside it), then
     ``model.vjp``, which runs the forward again and the backward, each once per slice.  (The
     value too, so that the forward's outputs are used: a jitted gradient of a function linear
     in the outputs needs only their cotangents, and XLA drops a forward nothing reads.)"""
     cell, params, x, h0, dy, d_fin = _problem("lstm", 5, B, 1)
-    layer = rc.jax.recurrent(cell, dtype="float64", output="y", threads=2, residuals=residuals)
+    layer = rc.jax.recurrent(cell, dtype="float64", output="y", threads=2, backward=backward)
     grad = jax.jit(jax.value_and_grad(_weighted(layer, dy, d_fin), argnums=(0, 1, 2)))
     want = grad(params, x, h0)  # compiles; makes the VJP variant
     calls = _count_entries(monkeypatch, layer.model)
     got = grad(params, x, h0)
-    assert calls == {"forward": slices if residuals else 1 + slices, "backward": slices}
+    assert calls == {"forward": 1 + slices if backward == "recompute" else slices, "backward": slices}
     _close_trees(got, jax.tree_util.tree_map(np.asarray, want))
     calls.update(forward=0, backward=0)
     jax.block_until_ready(jax.jit(layer)(params, x, h0))  # not differentiated: one plain forward
@@ -157,7 +159,7 @@ def test_a_memory_schedule_exports_nothing_and_recomputes():
     """Under memory=Every(2) a kept forward keeps only the call: no residuals, and the
     backward runs the schedule's plan (recomputing), with the same gradients."""
     cell, params, x, h0, dy, d_fin = _problem("gru", 7, 3, 2)
-    every = rc.jax.recurrent(cell, dtype="float64", output="y", memory=rc.Every(2), residuals=True)
+    every = rc.jax.recurrent(cell, dtype="float64", output="y", memory=rc.Every(2), backward="residuals")
     assert every.model.residual_shapes(7, 3) == []
     got = jax.jit(jax.grad(_weighted(every, dy, d_fin), argnums=(0, 1, 2)))(params, x, h0)
     want = jax.grad(_weighted(scan_layer("gru"), dy, d_fin), argnums=(0, 1, 2))(params, x, h0)
@@ -265,18 +267,18 @@ def test_host_call_through_the_ffi_reads_and_writes_xla_buffers():
         jax.block_until_ready(jax_ffi.host_call(bad, jax.ShapeDtypeStruct((2,), jnp.float64), jnp.ones(2)))
 
 
-@pytest.mark.parametrize("residuals", [False, True])
-def test_the_pure_callback_path_gives_the_same_gradients(residuals):
+@pytest.mark.parametrize("backward", rc.jax.BACKWARDS)
+def test_the_pure_callback_path_gives_the_same_gradients(backward):
     """Off JAX's CPU backend the layer's host calls go through jax.pure_callback."""
     cell, params, x, h0, dy, d_fin = _problem("gru", 5, 3, 6)
     model = rc.compile(cell, backend="native", dtype="float64")
-    grads = [jax.jit(jax.grad(_weighted(rc.jax.Recurrent(model, "y", residuals, _ffi=ffi), dy, d_fin),
+    grads = [jax.jit(jax.grad(_weighted(rc.jax.Recurrent(model, "y", backward, _ffi=ffi), dy, d_fin),
                               argnums=(0, 1, 2)))(params, x, h0) for ffi in (True, False)]
     want = jax.grad(_weighted(scan_layer("gru"), dy, d_fin), argnums=(0, 1, 2))(params, x, h0)
     _close_trees(grads[0], want)
     _close_trees(grads[1], jax.tree_util.tree_map(np.asarray, grads[0]))
 
 
-def test_residuals_must_be_a_bool():
-    with pytest.raises(CallError, match="residuals must be True or False, got 'yes'"):
-        rc.jax.recurrent(rc.cells.elman(3, 4, 2), residuals="yes")
+def test_backward_must_be_a_known_strategy():
+    with pytest.raises(CallError, match="backward must be one of 'kept', 'residuals', 'recompute', got 'yes'"):
+        rc.jax.recurrent(rc.cells.elman(3, 4, 2), backward="yes")
