@@ -191,29 +191,3 @@ def test_arrays_changed_in_place_are_read_again():
     m._fast_path = False
     _equal(second, m.loss_and_grad(params, x, y))
     assert second[0] != first[0]
-
-
-@pytest.mark.parametrize("name,make", CELLS[:3], ids=[c[0] for c in CELLS[:3]])
-def test_small_batches_sum_gradients_after_the_loop(name, make):
-    """Fewer than DEFER_GRADS_BELOW rows: the call runs the sibling compiled with
-    grad_after=True, so it computes bit for bit what that model computes (thin and general
-    path alike); from that many rows on, the model's own per-step code runs.  Both agree
-    with the NumPy reference to float64 rounding (1e-10 relative: sums in another order)."""
-    from rnncomp.backends.native_backward import DEFER_GRADS_BELOW
-    cell = make()
-    m = rc.compile(cell, backend="native", threads=1)
-    after = rc.compile(cell, backend="native", threads=1, grad_after=True)
-    ref = rc.compile(cell, backend="numpy")
-    assert not m.grad_after and m._small_batch(DEFER_GRADS_BELOW) is m
-    for B in (1, DEFER_GRADS_BELOW - 1, DEFER_GRADS_BELOW):
-        params, x, y = _data(cell, 6, B, seed=B)
-        fast, slow, took = _both(m, params, x, y)
-        assert took
-        _equal(fast, slow)
-        if B < DEFER_GRADS_BELOW:
-            _equal(fast, after.loss_and_grad(params, x, y))
-        want = ref.loss_and_grad(params, x, y)
-        assert abs(fast[0] - want[0]) <= 1e-10 * abs(want[0])
-        for k, g in want[1].items():
-            np.testing.assert_allclose(fast[1][k], g, rtol=1e-10, atol=1e-12, err_msg=k)
-    assert m._small is not None and m._small.grad_after

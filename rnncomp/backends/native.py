@@ -39,7 +39,7 @@ from .llvm import kernel_library
 from .llvm.jit import HostTarget, compile_keyed
 from . import native_plan_cache as plan_cache
 from .native_calls import NativeCalls
-from .native_backward import DEFER_GRADS_BELOW, NativeBackward, grads_outgrow_cache
+from .native_backward import NativeBackward, grads_outgrow_cache
 from .native_vjp import NativeVjp
 from .native_emit import Gen, units_of
 from .native_layout import NativeLayout
@@ -84,11 +84,8 @@ class NativeModel(NativeLayout, NativeBackward, NativeCalls, NativeVjp, BackendM
         # profile: cycle counters per part (native_profile.py); built afresh: work is counted in codegen
         self.profile_work = {} if profile else None
         self._cache, self._adv_lock = (None if profile else cache), threading.Lock()
-        self._small = None  # the sibling of small batches (_small_batch), made on first use
         self._derive(cell, variant)
         self.lib = self._compile(self._object_key, self._build_module)
-        self._defers = (not self.grad_after and self.profile_work is None and not variant
-                        and self.bwd is not None and self._grads_per_step())  # see _small_batch
         proto = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(ctypes.c_void_p),
                                  ctypes.c_void_p)
         self._fwd = proto(self.lib.address("forward"))
@@ -124,31 +121,6 @@ class NativeModel(NativeLayout, NativeBackward, NativeCalls, NativeVjp, BackendM
         self._object_key = hashlib.sha256(self._cache_description().encode()).hexdigest()
         if key is not None:
             plan_cache.store(self._cache, key, {k: v for k, v in self.__dict__.items() if k not in before}, st)
-
-    def _small_batch(self, B: int):
-        """The model that runs a training call of ``B`` rows: this one, or for B below
-        ``DEFER_GRADS_BELOW`` where this one sums gradients per step, a sibling compiled with
-        ``grad_after=True`` (made on the first such call, then kept): same code otherwise,
-        gradients rounded as one product after the loop."""
-        if B >= DEFER_GRADS_BELOW or not self._defers:
-            return self
-        small = self._small
-        if small is None:
-            with self._vlock:
-                if self._small is None:
-                    self._small = type(self)(self._cell, self.dtype, cache=self._cache, hoist=self.hoist,
-                                             grad_after=True, fuse=self.fuse, pack=self.pack, stack=self.stack,
-                                             threads=1, memory=self.memory)
-                small = self._small
-        if small.memory is not self.memory:  # model.memory was reassigned since
-            small.memory = self.memory
-        return small
-
-    def _grads_per_step(self) -> bool:
-        """Whether any gradient is summed inside the backward loop."""
-        return (any(not dfr for *_, dfr in self.grad_groups)
-                or any((p, i) not in self.deferred for p, specs in self.bwd.grads.items()
-                       if p not in self.grouped_params for i in range(len(specs))))
 
     @property
     def _has_loss(self) -> bool:

@@ -29,12 +29,6 @@ from ..passes.stack import grad_groups
 #: Parameter gradients larger than this (bytes, all matrices together) are accumulated after the
 #: backward loop (pass "grad_after") unless ``grad_after=`` says otherwise; see grads_outgrow_cache.
 GRAD_AFTER_BYTES = 1 << 20
-#: A training call with fewer batch rows than this (per slice) runs a sibling model compiled with
-#: ``grad_after`` on (``NativeModel._small_batch``): per-step gradient products of depth B < 8
-#: are rank-B updates that read and write every gradient at every step.  Measured (float32, one
-#: Sapphire Rapids core, CPU time, T=100, Elman): H=32 B=1 1.24x faster after the loop, B=2
-#: 1.07x, B=4 1.00x; H=128 B=1 1.47x, B=4 1.21x, B=8 1.04x; B=16 and B=32 per step 3-6% faster.
-DEFER_GRADS_BELOW = 8
 
 
 def grads_outgrow_cache(params: dict, dtype) -> bool:

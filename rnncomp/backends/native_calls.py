@@ -223,8 +223,6 @@ class NativeCalls:
         """With ``threads > 1`` the batch is split into independent slices run on separate cores
         for the whole sequence (each in its own native call, GIL released); their gradients
         and loss terms are summed (the step weights are the global ones)."""
-        if self._small_batch(call.B) is not self:  # few rows: gradients after the loop
-            return self._small_batch(call.B)._loss_and_grad_call(call, w)
         parts = self._split(call.B)
         if len(parts) == 1:
             return self._loss_and_grad(call, w)

@@ -116,7 +116,6 @@ def loss_and_grad(model, params, inputs, targets, h0, mask, check_finite):
     if len(shape) != 3 or shape[0] == 0 or shape[1] == 0:
         return None
     T, B = shape[0], shape[1]
-    model = model._small_batch(B)  # few rows: the sibling that sums gradients after the loop
     if not model._single_leaf(T, B):
         return None
     for name, _, shp in model._param_specs:
