@@ -17,7 +17,7 @@ Element-wise nodes are loops over batch × units printed by :mod:`.llvm.exprgen`
 from __future__ import annotations
 
 import ctypes
-import functools
+import hashlib
 import os
 import threading
 
@@ -37,6 +37,7 @@ from .llvm.exprgen import unsupported
 from .llvm.finite import define_first_nonfinite
 from .llvm import kernel_library
 from .llvm.jit import HostTarget, compile_keyed
+from . import native_plan_cache as plan_cache
 from .native_calls import NativeCalls
 from .native_backward import NativeBackward, grads_outgrow_cache
 from .native_vjp import NativeVjp
@@ -46,23 +47,6 @@ from .native_layout import NativeLayout
 from .native_profile import define_tsc_reader, section
 from ..initializers import specs as init_specs
 from .base import BackendModel
-
-
-@functools.lru_cache(maxsize=1)
-def _code_fingerprint() -> str:
-    """A hash of the code generators' sources: cached objects never outlive a code change."""
-    import hashlib
-    import pathlib
-
-    here = pathlib.Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for f in sorted([*here.glob("native*.py"), *(here / "llvm").glob("*.py"),
-                     here.parent / "ir.py", here.parent / "array_rules.py",
-                     here.parent / "autodiff.py", here.parent / "derivatives.py",
-                     here.parent / "lower.py", here.parent / "ops.py",
-                     *(here.parent / "passes").glob("*.py")]):
-        h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 class NativeModel(NativeLayout, NativeBackward, NativeCalls, NativeVjp, BackendModel):
@@ -98,14 +82,11 @@ class NativeModel(NativeLayout, NativeBackward, NativeCalls, NativeVjp, BackendM
         if bad:
             raise CompileError(f"cell {st.name!r}: the native backend cannot lower {', '.join(bad)}")
         variant = _cot != LOSS_ONLY  # a VJP variant always has a backward (δh[0], ∂θ)
-        self.bwd = backward_step(st, _cot) if st.has_loss or variant else None
-        self._transform()
-        self._build_layout()
-        self._plan()
         # profile: cycle counters per part (native_profile.py); built afresh: work is counted in codegen
         self.profile_work = {} if profile else None
         self._cache, self._adv_lock = (None if profile else cache), threading.Lock()
-        self.lib = self._compile(self._cache_description(), self._build_module)
+        self._derive(cell, variant)
+        self.lib = self._compile(self._object_key, self._build_module)
         proto = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(ctypes.c_void_p),
                                  ctypes.c_void_p)
         self._fwd = proto(self.lib.address("forward"))
@@ -120,6 +101,27 @@ class NativeModel(NativeLayout, NativeBackward, NativeCalls, NativeVjp, BackendM
                           for name, n in list(st.inputs.items()) + list(st.targets.items())]
         self._input_names, self._target_names = list(st.inputs), list(st.targets)
         self._state_names = list(st.states)
+
+    def _derive(self, cell, variant):
+        """Everything code generation reads (backward step, passes, layout, the object's key):
+        restored from the declaration cache when it holds this cell (native_plan_cache.py),
+        else derived and stored there."""
+        st = self.step
+        options = (self.hoist, self.grad_after, self.fuse, self.pack, self.stack, self._cot)
+        key = None if self._cache is None else plan_cache.declaration_key(cell, self.dtype, options, self.host)
+        plan = None if key is None else plan_cache.load(self._cache, key, st)
+        self._plan_restored = plan is not None  # for tests and inspection
+        if plan is not None:
+            self.__dict__.update(plan)
+            return
+        before = set(self.__dict__)
+        self.bwd = backward_step(st, self._cot) if st.has_loss or variant else None
+        self._transform()
+        self._build_layout()
+        self._plan()
+        self._object_key = hashlib.sha256(self._cache_description().encode()).hexdigest()
+        if key is not None:
+            plan_cache.store(self._cache, key, {k: v for k, v in self.__dict__.items() if k not in before}, st)
 
     @property
     def _has_loss(self) -> bool:
@@ -172,12 +174,12 @@ class NativeModel(NativeLayout, NativeBackward, NativeCalls, NativeVjp, BackendM
                     module.triple = self.host.triple
                     self._gen_advance(module)
                     return module
-                lib = self._advlib = self._compile(self._cache_description() + "\nentry: advance", build)
+                lib = self._advlib = self._compile(self._object_key + "\nentry: advance", build)
             return lib
 
     def _cache_description(self) -> str:
         """Everything the generated code depends on: programs, layout, options, code version."""
-        parts = [_code_fingerprint(), str(self.dtype),
+        parts = [plan_cache.package_fingerprint(), str(self.dtype),
                  repr((self.hoist, self.grad_after, self.fuse, self.pack, self.stack, self.profile_work is not None)),
                  repr(self.stacks),
                  repr(self.layout.slots), repr(sorted(self.layout.where.items(), key=repr))]

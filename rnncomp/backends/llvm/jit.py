@@ -183,7 +183,9 @@ def _read_cache(path: str) -> bytes | None:
     return payload
 
 
-def _write_cache(path: str, obj: bytes) -> bool:
+def _write_cache(path: str, obj: bytes, warn: bool = True) -> bool:
+    """Install ``obj`` at ``path`` atomically; False (and, if ``warn``, a RuntimeWarning
+    naming the directory) when the cache cannot be written."""
     tmp = None
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -198,6 +200,8 @@ def _write_cache(path: str, obj: bytes) -> bool:
                 os.unlink(tmp)
             except OSError:
                 pass
+        if not warn:
+            return False
         warnings.warn(f"rnncomp: cannot write to the compile cache {os.path.dirname(os.path.dirname(path))!r} "
                       f"({exc.strerror or exc}); compiled without caching. Pass cache=None, or set "
                       "RNNCOMP_CACHE_DIR to a writable directory", RuntimeWarning, stacklevel=2)
