@@ -23,14 +23,7 @@ import rnncomp.jax  # noqa: E402,F401
 from rnncomp.errors import CallError  # noqa: E402
 
 from test_jax_residuals import _close_trees, _count_entries, _problem, _weighted  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def x64():
-    before = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", before)
+from test_jax_residuals import x64  # noqa: E402,F401 - the autouse float64 fixture, here too
 
 
 def _equal_trees(got, want):
