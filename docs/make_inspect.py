@@ -102,6 +102,19 @@ are `n0, n1, ...` in program order, so the same cell gives byte-identical DOT.
   edges; seeds `δ⁺h[t]`, `w[t]` are red inverted houses), the carried adjoints
   `δ⁺h[t-1]` and the parameter-gradient terms `∂L/∂W = Σ δa·vᵀ`.
 
+A matrix-valued state (`cell.state("C", (m, n))`, [dsl.md](dsl.md#matrix-valued-states)) is
+one node in every view, labelled with its shape (`C[t-1] ∈ R^m×n`), as are its carried adjoint
+`δ⁺C[t-1]` and the outer products, `C·v` and row sums that read it; a `Stack` or
+`Bidirectional` draws each cell in clusters of its layer, wired bottom to top:
+
+```python
+from rnncomp import inspect as ri
+from rnncomp.zoo_matrix import delta_rule
+
+dot = ri.to_dot(delta_rule(3, 4, 2), "step")
+assert dot.count('label="C[t-1]') == 1 and "R^4×4" in dot
+```
+
 In a notebook, `ri.picture(cell)` or `rc.explain(cell).picture()` (default: the compact
 gradient graph; `kind=`, `detail=` as `to_dot`) shows itself as SVG; without a renderer it
 shows the DOT text and what to install.

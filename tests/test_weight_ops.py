@@ -286,7 +286,9 @@ def test_checkpoint_round_trip(tmp_path):
         assert back.evaluate(x, t) == tr.evaluate(x, t)
 
 
-def test_rtrl_chains_the_derived_weights_and_fit_online_says_what_it_cannot():
+def test_rtrl_chains_the_derived_weights():
+    """sequence_grad(RTRL) on derived weights is BPTT's gradient; fit_online on them is
+    tests/test_online_derived.py's (it used to be refused here)."""
     from rnncomp.algorithms import RTRL, sequence_grad
     cell = weightnorm_gru()
     params, x, t = random_data(cell, T, B, seed=2)
@@ -295,9 +297,6 @@ def test_rtrl_chains_the_derived_weights_and_fit_online_says_what_it_cannot():
     assert l2 == pytest.approx(l1, rel=1e-12)
     for k in params:
         np.testing.assert_allclose(g2[k], g1[k], rtol=1e-10, atol=1e-13, err_msg=k)
-    tr = rc.Trainer(cell, backend="numpy", gradient=RTRL())
-    with pytest.raises(NotImplementedError, match=r"cell 'wn_gru' has derived weights or constants.*gradient=rc.BPTT\(\)"):
-        tr.fit_online(x, t)
 
 
 def test_explain_prints_the_derived_weights_and_their_chain():
