@@ -141,3 +141,29 @@ def test_fit_learns_a_sine(capsys):
     hist = tr.fit(s[:-1].astype(np.float32), s[1:].astype(np.float32), epochs=30, batch_size=8, verbose=1)
     assert hist[-1] < 0.2 * hist[0]
     assert "tokens/s" in capsys.readouterr().out
+
+
+def test_missing_targets_and_a_cell_without_parameters_are_named_errors():
+    """Found by the #19 audit: both were bare ValueErrors from tuple unpacking and np.concatenate."""
+    tr = rc.Trainer(rc.cells.elman(2, 3, 1), backend="numpy")
+    x = np.zeros((4, 2, 2))
+    for call in (lambda: tr.fit(x, None), lambda: tr.evaluate(x, None)):
+        with pytest.raises(rc.TrainingError, match=r"'elman': targets is None, but its loss reads target"):
+            call()
+    free = rc.Cell("free")
+    xin, h = free.input("x", 2), free.state("h", 2)
+    free.update(h, sp.tanh(h + xin))
+    y = free.output("y", h.new)
+    free.loss(y ** 2)
+    with pytest.raises(rc.TrainingError, match=r"'free' declares no parameters, so a Trainer has nothing to train"):
+        rc.Trainer(free, backend="numpy")
+    # a loss that reads no target trains with targets=None
+    own = rc.Cell("own_target")
+    xin, h = own.input("x", 2), own.state("h", 2)
+    W = own.param("W", (2, 2))
+    own.update(h, sp.tanh(W @ h + xin))
+    own.loss(own.output("y", h.new) ** 2)
+    tr = rc.Trainer(own, backend="numpy", optimizer=rc.SGD(0.1))
+    before = tr.evaluate(np.ones((4, 2, 2)), None)
+    tr.fit(np.ones((4, 2, 2)), None, epochs=3)
+    assert tr.evaluate(np.ones((4, 2, 2)), None) < before

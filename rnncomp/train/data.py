@@ -92,6 +92,11 @@ def targets_of(targets, model) -> dict:
         raise TrainingError(f"{st.name!r} declares no loss, so there is nothing to train or evaluate: give "
                             "a cell a loss with cell.loss(...); a Bidirectional has none, so put a cell with a "
                             "loss on top of it: rc.Stack([rc.Bidirectional(...), head])")
+    if targets is None:
+        if st.targets:
+            raise TrainingError(f"{st.name!r}: targets is None, but its loss reads {', '.join(st.targets)}: give "
+                                "them as an array (one target) or a dict keyed by name")
+        return {}
     return as_dict(targets, list(st.targets), "targets")
 
 

@@ -58,6 +58,9 @@ class Trainer:
         self.info: dict = {}  # free-form, JSON-able, saved in checkpoints (the CLI keeps its task here)
         params = params if params is not None else cell.init_params(seed, dtype)
         self.names = list(cell.step.params)
+        if not self.names:
+            raise TrainingError(f"{cell.step.name!r} declares no parameters, so a Trainer has nothing to "
+                                "train: declare them with cell.param(...) (rc.compile runs a cell without any)")
         self.flat = np.concatenate([np.asarray(params[n], dtype=self.dtype).ravel() for n in self.names])
         self.params, off = {}, 0
         for n in self.names:  # views into the flat vector: one vectorised update for all
@@ -214,14 +217,15 @@ class Trainer:
                 break
         return list(self.history[first:])
 
-    def _data(self, inputs, targets=None):
-        """Inputs (and targets) as dicts of arrays in the model's dtype, converted once here:
-        data may come as NumPy's default float64 for a float32 model."""
-        x = converted(self._time_major(as_dict(inputs, list(self.cell.step.inputs), "inputs")), self.dtype, "inputs")
-        if targets is None:
-            return x
+    def _inputs(self, inputs):
+        """Inputs as a dict of arrays in the model's dtype, converted once here: data may come
+        as NumPy's default float64 for a float32 model."""
+        return converted(self._time_major(as_dict(inputs, list(self.cell.step.inputs), "inputs")), self.dtype, "inputs")
+
+    def _data(self, inputs, targets):
+        """(inputs, targets) as :meth:`_inputs` (targets None: a loss that reads none)."""
         t = self._time_major(targets_of(targets, self.cell))
-        return x, converted(t, self.dtype, "targets")
+        return self._inputs(inputs), converted(t, self.dtype, "targets")
 
     def _time_major(self, d: dict) -> dict:
         """With ``batch_first``: (N, T, ...) arrays as the (T, N, ...) the models take."""
@@ -282,7 +286,7 @@ class Trainer:
 
         With ``lengths``: the outputs past each sequence's end are 0 and the final states are
         those after each sequence's own last step."""
-        x, h0 = self._data(inputs), self._state(h0)
+        x, h0 = self._inputs(inputs), self._state(h0)
         if lengths is None:
             out, final = self.model.forward(self.params, x, h0=h0)
             return self._as_given(out), final
