@@ -98,7 +98,10 @@ def _address(L, key, t, offsets, B, isz) -> int:
 
 def online_text(cell, dtype, algorithm) -> str | None:
     """The native online executor's module for ``algorithm`` (None: it has no code for the cell)."""
-    import rnncomp.backends.native_tangent as nt
+    try:  # where the online kernels call compile_keyed (native_tangent itself before the split)
+        import rnncomp.backends.native_online_emit as nt
+    except ImportError:
+        import rnncomp.backends.native_tangent as nt
     from rnncomp.algorithms.compiled import prepare
     from rnncomp.errors import CompileError
     seen = []
