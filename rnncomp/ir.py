@@ -19,6 +19,8 @@ unfolded graph and its derivatives are derived once.
 """
 from __future__ import annotations
 
+import numbers
+
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Hashable
@@ -161,6 +163,9 @@ def verify(prog: Program) -> None:
         for a in node.args:
             if a not in seen:
                 raise IRError(f"{prog.name}: {key_str(key)} reads {key_str(a)} before it is defined")
+        if not _valid_size(node):
+            raise IRError(f"{prog.name}: {key_str(key)} ({node.op}) has size {node.size!r}; a value has a "
+                          "positive integer size (a parameter leaf: its shape, a tuple of them)")
         if node.op == "ew":
             tmpl = node.attrs["expr"]
             used = {s for s in tmpl.free_symbols if s.name.startswith("_")}
@@ -172,6 +177,12 @@ def verify(prog: Program) -> None:
                 if isinstance(s, tuple) or s not in (1, node.size):
                     raise IRError(f"{prog.name}: {key_str(key)} size {node.size} reads {key_str(a)} of size {s}")
         seen.add(key)
+
+
+def _valid_size(node: Node) -> bool:
+    s = node.size
+    dims = s if node.op == "param" and isinstance(s, tuple) and s else (s,)
+    return all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1 for d in dims)
 
 
 def prune(prog: Program, keep) -> Program:

@@ -123,7 +123,7 @@ class _Lowerer:
         d = self.cell.decls[name]
         if d.kind in ("input", "target"):
             return (name, "t")
-        if d.kind == "param":
+        if d.kind in ("param", "const", "weight"):  # leaves: a vector constant reads like a parameter
             return (name, None)
         if d.kind == "state":
             return (name, "t-1")

@@ -1,0 +1,122 @@
+"""Lowering paths no zoo cell takes, each against a forward written by hand in NumPy.
+
+Found by mutation (docs/reliability.md, ``lower`` #47, #53, #56): a constant read directly in
+the step (not only inside a derived weight), a per-step scalar assigned to a vector, and the
+size of every leaf (``ir.verify`` now refuses a node without one).  References: the loss of a
+NumPy loop written here (float64, equal within 1e-12 relative: the same operations in another
+order) and, for the gradients, central differences of that hand-written loss (step 1e-6:
+truncation ~1e-12, rounding ~1e-10 relative, checked at 1e-7), so nothing of rnncomp's
+differentiation is its own reference.  The native backend is compared with the NumPy one.
+"""
+import numpy as np
+import pytest
+import sympy as sp
+
+import rnncomp as rc
+from rnncomp.errors import IRError
+from rnncomp.ir import Node, Program, verify
+
+T, B = 5, 3
+K = np.array([[0.5, -0.2, 0.0], [0.1, 0.3, -0.4], [0.0, 0.2, 0.6]])
+C = np.array([0.2, -0.5, 0.9])
+
+
+def const_cell():
+    """h[t] = tanh(W x + K h[t-1] + c ⊙ h[t-1]): K and c are constants read by the update itself."""
+    cell = rc.Cell("const_read")
+    x, h = cell.input("x", 2), cell.state("h", 3)
+    W, Kc, c = cell.param("W", (3, 2)), cell.const("K", K), cell.const("c", C)
+    cell.update(h, sp.tanh(W @ x + Kc @ h + c * h))
+    y, t = cell.output("y", h.new), cell.target("t", 3)
+    cell.loss((y - t) ** 2 / 2)
+    return cell
+
+
+def const_by_hand(p, x, tg):
+    h, loss = np.zeros((x.shape[1], 3)), 0.0
+    for s in range(x.shape[0]):
+        h = np.tanh(x[s] @ p["W"].T + h @ K.T + C * h)
+        loss += ((h - tg[s]) ** 2 / 2).sum()
+    return loss / (x.shape[0] * x.shape[1])
+
+
+def scalar_cell():
+    """h[t] = Σ_j tanh(W x + A h[t-1])_j in every unit: a per-step scalar (a sum node) assigned to
+    a vector state, which lowering broadcasts through a node of its own."""
+    cell = rc.Cell("scalar_to_vector")
+    x, h = cell.input("x", 2), cell.state("h", 3)
+    W, A = cell.param("W", (4, 2)), cell.param("A", (4, 3))
+    cell.update(h, rc.vsum(sp.tanh(W @ x + A @ h)))
+    y, t = cell.output("y", h.new), cell.target("t", 3)
+    cell.loss((y - t) ** 2 / 2)
+    return cell
+
+
+def scalar_by_hand(p, x, tg):
+    h, loss = np.zeros((x.shape[1], 3)), 0.0
+    for s in range(x.shape[0]):
+        h = np.tanh(x[s] @ p["W"].T + h @ p["A"].T).sum(1, keepdims=True) * np.ones(3)
+        loss += ((h - tg[s]) ** 2 / 2).sum()
+    return loss / (x.shape[0] * x.shape[1])
+
+
+def _data(cell, seed=0):
+    rng = np.random.default_rng(seed)
+    params = {k: rng.normal(0, 0.5, v.shape) for k, v in cell.init_params(seed).items()}
+    return params, {"x": rng.normal(0, 0.7, (T, B, 2))}, {"t": rng.normal(0, 0.5, (T, B, 3))}
+
+
+def _central(by_hand, params, x, tg, eps=1e-6):
+    g = {}
+    for k, v in params.items():
+        g[k] = np.zeros_like(v)
+        for i in np.ndindex(v.shape):
+            up, down = ({**params, k: v.copy()} for _ in range(2))
+            up[k][i] += eps
+            down[k][i] -= eps
+            g[k][i] = (by_hand(up, x, tg) - by_hand(down, x, tg)) / (2 * eps)
+    return g
+
+
+@pytest.mark.parametrize("make, by_hand", [(const_cell, const_by_hand), (scalar_cell, scalar_by_hand)])
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_against_the_hand_written_loop(make, by_hand, backend):
+    cell = make()
+    params, x, tg = _data(cell)
+    loss, grads, _ = rc.compile(cell, backend=backend).loss_and_grad(params, x, tg["t"])
+    assert loss == pytest.approx(by_hand(params, x["x"], tg["t"]), rel=1e-12)
+    ref = _central(by_hand, params, x["x"], tg["t"])
+    for k in params:
+        scale = np.abs(ref[k]).max()
+        assert np.abs(grads[k] - ref[k]).max() <= 1e-7 * scale, k
+
+
+def test_the_scalar_is_broadcast_by_a_node_of_its_own():
+    nodes = scalar_cell().step.prog.nodes
+    (arg,) = nodes[("h", "t")].args
+    assert nodes[("h", "t")].size == 3 and arg[0].startswith("h·b") and arg[1] == "t"
+    assert nodes[arg].op == "sum" and nodes[arg].size == 1
+
+
+def test_a_constant_read_by_the_step_is_a_leaf_of_its_program():
+    st = const_cell().step
+    assert st.derived == {"K": (3, 3), "c": 3} and not {"K", "c"} & set(st.params)
+    assert st.prog.nodes[("K", None)].size == (3, 3) and st.prog.nodes[("c", None)].size == 3
+
+
+def test_every_leaf_has_a_size():
+    """A leaf without a size (or with a zero one) is a compiler bug: ir.verify names it."""
+    for bad in (None, 0, (3, 0), "3"):
+        prog = Program({("W", None): Node("param", (), bad)}, name="p")
+        with pytest.raises(IRError, match=r"p: W .*param.* size"):
+            verify(prog)
+
+
+def test_a_derived_weights_leaf_has_its_shape():
+    cell = rc.Cell("derived_leaf")
+    x, h = cell.input("x", 2), cell.state("h", 3)
+    E = cell.weight("E", sp.exp(cell.param("W", (3, 3))))
+    cell.update(h, sp.tanh(E @ h + cell.param("U", (3, 2)) @ x))
+    cell.loss(cell.output("y", h.new) ** 2)
+    st = cell.step
+    assert st.derived == {"E": (3, 3)} and st.prog.nodes[("E", None)].size == (3, 3)
