@@ -21,43 +21,44 @@ K = np.array([[0.5, -0.2, 0.0], [0.1, 0.3, -0.4], [0.0, 0.2, 0.6]])
 C = np.array([0.2, -0.5, 0.9])
 
 
-def const_cell():
-    """h[t] = tanh(W x + K h[t-1] + c ⊙ h[t-1]): K and c are constants read by the update itself."""
-    cell = rc.Cell("const_read")
+def _cell(name, update, **params):
+    """x ∈ R², h ∈ R³ with ``update(cell, x, h, params)``, y = h[t], ℓ = ‖y − t‖²/2."""
+    cell = rc.Cell(name)
     x, h = cell.input("x", 2), cell.state("h", 3)
-    W, Kc, c = cell.param("W", (3, 2)), cell.const("K", K), cell.const("c", C)
-    cell.update(h, sp.tanh(W @ x + Kc @ h + c * h))
+    cell.update(h, update(cell, x, h, {k: cell.param(k, shape) for k, shape in params.items()}))
     y, t = cell.output("y", h.new), cell.target("t", 3)
     cell.loss((y - t) ** 2 / 2)
     return cell
 
 
-def const_by_hand(p, x, tg):
-    h, loss = np.zeros((x.shape[1], 3)), 0.0
-    for s in range(x.shape[0]):
-        h = np.tanh(x[s] @ p["W"].T + h @ K.T + C * h)
-        loss += ((h - tg[s]) ** 2 / 2).sum()
-    return loss / (x.shape[0] * x.shape[1])
+def _loop(step):
+    """The cells' loss written by hand: ``step(p, x_t, h)`` is h[t]; the mean over T and B."""
+    def loss_of(p, x, tg):
+        h, loss = np.zeros((x.shape[1], 3)), 0.0
+        for s in range(x.shape[0]):
+            h = step(p, x[s], h)
+            loss += ((h - tg[s]) ** 2 / 2).sum()
+        return loss / (x.shape[0] * x.shape[1])
+    return loss_of
+
+
+def const_cell():
+    """h[t] = tanh(W x + K h[t-1] + c ⊙ h[t-1]): K and c are constants read by the update itself."""
+    return _cell("const_read", lambda cell, x, h, p: sp.tanh(p["W"] @ x + cell.const("K", K) @ h
+                                                             + cell.const("c", C) * h), W=(3, 2))
+
+
+const_by_hand = _loop(lambda p, x, h: np.tanh(x @ p["W"].T + h @ K.T + C * h))
 
 
 def scalar_cell():
     """h[t] = Σ_j tanh(W x + A h[t-1])_j in every unit: a per-step scalar (a sum node) assigned to
     a vector state, which lowering broadcasts through a node of its own."""
-    cell = rc.Cell("scalar_to_vector")
-    x, h = cell.input("x", 2), cell.state("h", 3)
-    W, A = cell.param("W", (4, 2)), cell.param("A", (4, 3))
-    cell.update(h, rc.vsum(sp.tanh(W @ x + A @ h)))
-    y, t = cell.output("y", h.new), cell.target("t", 3)
-    cell.loss((y - t) ** 2 / 2)
-    return cell
+    return _cell("scalar_to_vector", lambda cell, x, h, p: rc.vsum(sp.tanh(p["W"] @ x + p["A"] @ h)),
+                 W=(4, 2), A=(4, 3))
 
 
-def scalar_by_hand(p, x, tg):
-    h, loss = np.zeros((x.shape[1], 3)), 0.0
-    for s in range(x.shape[0]):
-        h = np.tanh(x[s] @ p["W"].T + h @ p["A"].T).sum(1, keepdims=True) * np.ones(3)
-        loss += ((h - tg[s]) ** 2 / 2).sum()
-    return loss / (x.shape[0] * x.shape[1])
+scalar_by_hand = _loop(lambda p, x, h: np.tanh(x @ p["W"].T + h @ p["A"].T).sum(1, keepdims=True) * np.ones(3))
 
 
 def _data(cell, seed=0):
