@@ -303,6 +303,10 @@ def recurrent(cell, backend: str = "native", dtype: str = "float32", output: str
     docs/layers.md, "What it costs", has the measurements."""
     from .compile import compile as rc_compile
 
+    if "residuals" in options:  # the option before backward= (docs/layers.md)
+        raise CallError(f"recurrent: residuals= is now backward=: residuals=True is backward='residuals', "
+                        f"residuals=False backward='recompute' (the default now: backward='kept'); got "
+                        f"residuals={options['residuals']!r}")
     if backward not in BACKWARDS:  # before compiling
         raise CallError(f"recurrent: backward must be one of {', '.join(map(repr, BACKWARDS))}, got {backward!r}")
     checked_bound(max_kept)

@@ -160,3 +160,12 @@ def test_handles_without_x64():
 def test_max_kept_must_be_a_positive_int(bad):
     with pytest.raises(CallError, match=rf"max_kept must be a positive int .*got {bad!r}"):
         rc.jax.recurrent(rc.cells.elman(3, 4, 2), max_kept=bad)
+
+
+def test_the_old_residuals_option_and_an_unknown_backward_are_named():
+    cell = rc.cells.elman(3, 4, 2)
+    for old, new in ((True, "backward='residuals'"), (False, "backward='recompute'")):
+        with pytest.raises(CallError, match=rf"residuals= is now backward=: .*{new}.*got residuals={old}"):
+            rc.jax.recurrent(cell, residuals=old)
+    with pytest.raises(CallError, match=r"backward must be one of 'kept', 'residuals', 'recompute', got 'keep'"):
+        rc.jax.recurrent(cell, backward="keep")
