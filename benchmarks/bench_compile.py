@@ -15,6 +15,8 @@ Columns, for each zoo cell (float32, D = H/2, n_out = 8):
   on a loaded machine they move far less than the wall times; XLA may compile on several
   threads), and cold/jax, the ratio of the wall times.
 Medians over ``--repeats`` processes; the machine is shared, so compare columns of one run.
+The children run with Python's bytecode cache (``_child_env``: rnncomp's sources are
+byte-compiled first), as an installed package has it.
 
 ``--phases``: a cold compile split into phases (benchmarks/compile_phases.py: import,
 derive, IR generation, parse, LLVM optimisation, code generation, load), wall and CPU.
@@ -72,8 +74,22 @@ print(json.dumps({{"seconds": time.perf_counter() - t0, "cpu": time.process_time
 """
 
 
+def _child_env(**extra) -> dict:
+    """The children's environment: Python's bytecode cache on, as an installed package has it
+    (pip writes the .pyc files at install); ``PYTHONDONTWRITEBYTECODE=1``, set on some machines,
+    would add compiling rnncomp's own sources (~40 ms) to every figure."""
+    env = dict(os.environ, **extra)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def _byte_compile(root: str) -> None:
+    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(root, "rnncomp")],
+                   env=_child_env(), check=True, capture_output=True)
+
+
 def _run(code, cache_dir: str, script_args=None) -> dict:
-    env = dict(os.environ, RNNCOMP_CACHE_DIR=cache_dir)
+    env = _child_env(RNNCOMP_CACHE_DIR=cache_dir)
     cmd = [sys.executable, "-c", code] if script_args is None else [sys.executable, code, *script_args]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
@@ -132,6 +148,8 @@ def main(argv=None):
         have_jax = False
     roots = [ROOT] + ([os.path.abspath(args.baseline)] if args.baseline else [])
     label = {ROOT: "this"} | ({roots[1]: "baseline"} if args.baseline else {})
+    for root in roots:
+        _byte_compile(root)
     rows, split = [], {}
     for c in args.cells.split(","):
         for root in roots:
