@@ -1,0 +1,133 @@
+"""Which tangent nodes of sparse SnAp's sweep one element-wise loop computes (issue #20).
+
+:class:`.sparse_plan.SparsePlan` writes each node as terms ``y[b, yp[i]] += c·x[b, xp[i]]``.
+Most of them are plain: for SnAp-1 on Elman, GRU or LSTM nearly every term's ``yp`` is the
+node's entries in order, or a contiguous range of them (the entries of one parameter's
+directions), and consecutive nodes hold the same entries (∂a, ∂tanh(a), ∂h: one entry per
+parameter entry).  A *run* is a list of consecutive nodes with the same entries whose terms
+all write contiguous ranges: one loop over the entries computes them all, every value in a
+register, each term's ``x`` read
+
+    from a register        x is a node earlier in the run, at the same entry;
+    at x0 + (e - y0)       x's positions are contiguous (no index table);
+    through xp[e - y0]     otherwise (an indexed load from a node outside the run, J, or v).
+
+The loop over entries is cut into *segments* where the set of terms that write there is
+constant, so every loop body is straight-line code.  A node is stored only where a term
+outside its run reads it, or the state's entries J are copied from it.  A node with a term
+whose ``yp`` is not contiguous (GRU's U·∂(r⊙h): all pairs of entries in one direction) is
+*general*: its terms run one by one.  Sums keep each node's term order, so the numbers are
+the unfused sweep's.
+
+    >>> import rnncomp as rc
+    >>> from rnncomp.algorithms.pattern import pattern
+    >>> from rnncomp.algorithms.sparse_plan import SparsePlan
+    >>> st = rc.cells.elman(2, 4, 1).step
+    >>> steps = fuse(SparsePlan(st, pattern(st, 1)))
+    >>> [[k[0] for k in s.keys] for s in steps]   # ∂P·v and ∂b read no node: they go first
+    [['∂U·h%'], ['∂W·x%'], ['∂b%'], ['∂h%', 'U·∂h%', '∂U·h·sum%', '∂a1%', '∂h%']]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def contiguous(a):
+    """a[0] if ``a`` is a[0], a[0] + 1, …; else None (an empty array is contiguous from 0)."""
+    if not len(a):
+        return 0
+    return int(a[0]) if np.array_equal(a, np.arange(a[0], a[0] + len(a))) else None
+
+
+@dataclass
+class FusedTerm:
+    """Term ``term`` of a run's node, writing the node's entries y0 … y0 + n - 1."""
+
+    term: int
+    y0: int
+    n: int
+    reg: bool          # x is a node of the run at the same entry (its register)
+    x0: object = None  # x read at x0 + (e - y0); None: through the term's xp table
+
+
+@dataclass
+class Run:
+    """Nodes ``keys`` (same entries, ``ny`` of them) computed by one loop (module docstring)."""
+
+    keys: list
+    ny: int
+    terms: list = field(default_factory=list)   # per node: its FusedTerms
+    store: list = field(default_factory=list)   # per node: written to its entries' buffer
+
+    def segments(self):
+        """(s0, s1) pieces of 0 … ny - 1 in which every term writes all entries or none."""
+        cuts = sorted({0, self.ny} | {c for ts in self.terms for ft in ts for c in (ft.y0, ft.y0 + ft.n)})
+        return [(a, b) for a, b in zip(cuts, cuts[1:]) if a < b]
+
+    def describe(self):
+        return (self.keys, self.ny, [[(f.term, f.y0, f.n, f.reg, f.x0) for f in ts] for ts in self.terms],
+                self.store)
+
+
+def _same_entries(plan, a, b):
+    (da, ua), (db, ub) = plan.entries[a], plan.entries[b]
+    return np.array_equal(da, db) and np.array_equal(ua, ub)
+
+
+def _fused_terms(plan, key, run):
+    """The FusedTerms of ``key`` as a member of ``run`` (None: it cannot join it)."""
+    out = []
+    for i, tm in enumerate(plan.terms[key]):
+        if not len(tm.yp):
+            continue
+        y0, x0 = contiguous(tm.yp), (None if tm.kind == "one" else contiguous(tm.xp))
+        if y0 is None:
+            return None
+        reg = run is not None and tm.arg in run.keys
+        if reg and x0 != y0:  # another entry of a node the same loop writes: not a register
+            return None
+        out.append(FusedTerm(i, y0, len(tm.yp), reg, x0))
+    return out
+
+
+def fuse(plan):
+    """The sweep of ``plan`` as a list of :class:`Run` and keys of general nodes, in an order
+    that respects every term's reads.  A node joins the last run with its entries when what
+    it reads is computed by then; a node that reads no other node (a seed, ∂P·v) may move
+    ahead of that run to let it."""
+    steps, where = [], {}
+    tangent = lambda key: [tm.arg for tm in plan.terms[key] if tm.arg in plan.entries and len(tm.yp)]  # noqa: E731
+    leaf = lambda s: not any(tangent(k) for k in (s.keys if isinstance(s, Run) else [s]))  # noqa: E731
+    for key in plan.order:
+        run = next((s for s in reversed(steps) if isinstance(s, Run) and _same_entries(plan, s.keys[0], key)), None)
+        terms = None if run is None else _fused_terms(plan, key, run)
+        if terms is not None:
+            late = []
+            for a in tangent(key):
+                s = where[a]
+                if s is not run and steps.index(s) > steps.index(run) and not any(s is m for m in late):
+                    late.append(s)
+            if all(leaf(s) for s in late):
+                for s in late:   # reads nothing: computed before the run instead
+                    steps.pop(next(i for i, m in enumerate(steps) if m is s))
+                    steps.insert(next(i for i, m in enumerate(steps) if m is run), s)
+                run.keys.append(key)
+                run.terms.append(terms)
+                where[key] = run
+                continue
+        terms = _fused_terms(plan, key, None)
+        step = key if terms is None else Run([key], len(plan.entries[key][0]), [terms])
+        steps.append(step)
+        where[key] = step
+    read = {k for k, _, _ in plan.out}   # what must be in memory: J's source, reads outside a register
+    for s in steps:
+        if isinstance(s, Run):
+            read |= {plan.terms[k][f.term].arg for k, ts in zip(s.keys, s.terms) for f in ts if not f.reg}
+        else:
+            read |= {tm.arg for tm in plan.terms[s]}
+    for s in steps:
+        if isinstance(s, Run):
+            s.store = [k in read for k in s.keys]
+    return steps
