@@ -60,6 +60,7 @@ class Run:
     ny: int
     terms: list = field(default_factory=list)   # per node: its FusedTerms
     store: list = field(default_factory=list)   # per node: written to its entries' buffer
+    pieces: tuple = ()   # (per segment (p0, p1), each piece's start (and the end), each piece's unit)
 
     def segments(self):
         """(s0, s1) pieces of 0 … ny - 1 in which every term writes all entries or none."""
@@ -68,7 +69,18 @@ class Run:
 
     def describe(self):
         return (self.keys, self.ny, [[(f.term, f.y0, f.n, f.reg, f.x0) for f in ts] for ts in self.terms],
-                self.store)
+                self.store, self.pieces[0])
+
+    def cut(self, units):
+        """Set ``pieces``: each segment cut where the unit of the entries changes (an element-wise
+        coefficient is one value over a piece: for SnAp-1, a weight row's directions)."""
+        starts, punits, ranges = [], [], []
+        for s0, s1 in self.segments():
+            at = s0 + np.concatenate([[0], np.nonzero(np.diff(units[s0:s1]))[0] + 1])
+            ranges.append((len(starts), len(starts) + len(at)))
+            starts.extend(int(a) for a in at)
+            punits.extend(int(units[a]) for a in at)
+        self.pieces = (ranges, np.array(starts + [self.ny]), np.array(punits))
 
 
 def _same_entries(plan, a, b):
@@ -130,4 +142,5 @@ def fuse(plan):
     for s in steps:
         if isinstance(s, Run):
             s.store = [k in read for k in s.keys]
+            s.cut(plan.entries[s.keys[0]][1])
     return steps

@@ -83,6 +83,8 @@ class SparseKernel(SweepEmitter, StepEmitter):
     def _make_tables(self):
         P, sp_ = self.plan, self.sp
         self.steps = fuse(sp_)
+        self.run_pieces = {id(r): (P.table(f"piece starts {r.keys[0]}", r.pieces[1]),
+                                   P.table(f"piece units {r.keys[0]}", r.pieces[2])) for r in self.steps if isinstance(r, Run)}
         self.term_slots = {}   # (node, i) -> {"yp": slot, "xp": slot, "units"/"coef"/"matw": slot}
         self.coef_slots = {}   # (node, i) -> the slot of an ew term's coefficient per (sample, unit)
         self.matw = {}         # slot -> the mat term whose coefficients it holds (per window)

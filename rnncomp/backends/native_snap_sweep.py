@@ -85,7 +85,7 @@ class SweepEmitter:
         b and index i of the term's tables; its pointers loaded here, before any loop."""
         b, tm, slots = g.b, self.sp.terms[key][i], self.term_slots[(key, i)]
         if tm.kind == "one":
-            return lambda bi, k, regs, tag: ir.Constant(g.ty, 1.0)
+            return lambda bi, k, regs, tag, unit=None: ir.Constant(g.ty, 1.0)
         src, nx = (None, 0) if reg else self._source(g, tm, t)
         xp = None if reg or x0 is not None else self._tab(g, slots["xp"])
         if tm.kind == "ew":
@@ -94,14 +94,15 @@ class SweepEmitter:
         elif tm.kind in ("inject", "mat"):
             coef = self._tab(g, slots["coef" if tm.kind == "inject" else "matw"], False)
 
-        def read(bi, k, regs, tag):
+        def read(bi, k, regs, tag, unit=None):
             if reg:
                 x = regs[tm.arg]
             else:
                 xi = b.add(I64(x0), k) if x0 is not None else self._at(g, xp, k, tag)
                 x = self._at(g, src, b.add(b.mul(bi, I64(nx)), xi) if nx else xi, tag)
             if tm.kind == "ew":
-                return b.fmul(x, self._at(g, coef, b.add(b.mul(bi, I64(n)), self._at(g, units, k, tag)), tag))
+                unit = self._at(g, units, k, tag) if unit is None else unit
+                return b.fmul(x, self._at(g, coef, b.add(b.mul(bi, I64(n)), unit), tag))
             if tm.kind in ("inject", "mat"):
                 return b.fmul(x, self._at(g, coef, k, tag))
             return x
@@ -114,22 +115,25 @@ class SweepEmitter:
         readers = [[(f, self._reader(g, key, f.term, t, f.x0, f.reg)) for f in terms]
                    for key, terms in zip(run.keys, run.terms)]
         outs = [self._slot_ptr(g, self.plan.entries[key]) if keep else None for key, keep in zip(run.keys, run.store)]
-        for s0, s1 in run.segments():
+        starts, units = (self._tab(g, k) for k in self.run_pieces[id(run)])
+        for (s0, s1), (p0, p1) in zip(run.segments(), run.pieces[0]):
             group, loop_id = parallel_loop_md(g.m)
             tag = lambda inst: inst.set_metadata("llvm.access.group", group) or inst  # noqa: E731
             with for_range(b, g.B, name="rb") as bi:
                 row = b.mul(bi, I64(run.ny))
-                with for_range(b, I64(s1), start=I64(s0), name="re", loop_md=loop_id) as e:
-                    regs = {}
-                    for key, terms, out in zip(run.keys, readers, outs):
-                        v = None
-                        for f, read in terms:
-                            if f.y0 <= s0 and s1 <= f.y0 + f.n:
-                                x = read(bi, b.sub(e, I64(f.y0)) if f.y0 else e, regs, tag)
-                                v = x if v is None else b.fadd(v, x)
-                        regs[key] = ir.Constant(g.ty, 0.0) if v is None else v
-                        if out is not None:
-                            tag(b.store(regs[key], b.gep(out, [b.add(row, e)], inbounds=True)))
+                with for_range(b, I64(p1), start=I64(p0), name="rp") as p:
+                    lo, hi, unit = self._at(g, starts, p), self._at(g, starts, b.add(p, I64(1))), self._at(g, units, p)
+                    with for_range(b, hi, start=lo, name="re", loop_md=loop_id) as e:
+                        regs = {}
+                        for key, terms, out in zip(run.keys, readers, outs):
+                            v = None
+                            for f, read in terms:
+                                if f.y0 <= s0 and s1 <= f.y0 + f.n:
+                                    x = read(bi, b.sub(e, I64(f.y0)) if f.y0 else e, regs, tag, unit)
+                                    v = x if v is None else b.fadd(v, x)
+                            regs[key] = ir.Constant(g.ty, 0.0) if v is None else v
+                            if out is not None:
+                                tag(b.store(regs[key], b.gep(out, [b.add(row, e)], inbounds=True)))
 
     # ------------------------------------------------------------------ a general node
     def _general(self, g, key, t):
