@@ -16,7 +16,7 @@ import sympy as sp
 import rnncomp as rc
 from rnncomp.algorithms import SnAp, sequence_grad
 from rnncomp.algorithms.pattern import pattern
-from rnncomp.algorithms.sparse_fuse import Run, contiguous, fuse
+from rnncomp.algorithms.sparse_fuse import Run, contiguous, fuse, row_groups
 from rnncomp.algorithms.sparse_plan import SparsePlan
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
@@ -83,6 +83,15 @@ def test_gru_has_general_nodes():
     general = [s for s in steps if not isinstance(s, Run)]
     assert general and all(any(contiguous(tm.yp) is None for tm in plan.terms[k]) for k in general)
     assert any(k[0].startswith("Un·∂") for k in general)
+    mats = [tm for k in general for tm in plan.terms[k] if tm.kind == "mat"]
+    assert mats and all(row_groups(tm.yp, tm.xp) is not None for tm in mats)   # dot products per entry
+
+
+def test_row_groups():
+    ys, lo, xs = row_groups(np.array([1, 1, 1, 4, 4]), np.array([7, 8, 9, 0, 1]))
+    assert ys.tolist() == [1, 4] and lo.tolist() == [0, 3, 5] and xs.tolist() == [7, 0]
+    assert row_groups(np.array([1, 1]), np.array([7, 9])) is None      # x not contiguous in a group
+    assert row_groups(np.array([2, 1]), np.array([0, 1])) is None      # y not grouped
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))

@@ -144,3 +144,21 @@ def fuse(plan):
             s.store = [k in read for k in s.keys]
             s.cut(plan.entries[s.keys[0]][1])
     return steps
+
+
+def row_groups(yp, xp):
+    """(ys, lo, xs) when the pairs (yp, xp) come grouped by y entry, each group's x positions a
+    contiguous run: group r is pairs lo[r] … lo[r+1] - 1, writing ys[r], reading from xs[r]
+    (a ``mat`` term: every entry of a direction against the entries of x in it); else None.
+
+    >>> row_groups(np.array([0, 0, 2]), np.array([5, 6, 1]))
+    (array([0, 2]), array([0, 2, 3]), array([5, 1]))
+    """
+    if not len(yp) or (np.diff(yp) < 0).any():
+        return None
+    ys, lo = np.unique(yp, return_index=True)
+    lo = np.append(lo, len(yp))
+    xs = xp[lo[:-1]]
+    if not np.array_equal(xp, np.repeat(xs - lo[:-1], np.diff(lo)) + np.arange(len(yp))):
+        return None
+    return ys, lo, xs

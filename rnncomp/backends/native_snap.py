@@ -25,7 +25,7 @@ from llvmlite import ir
 
 from ..autodiff import backward_step
 from ..errors import CompileError
-from ..algorithms.sparse_fuse import Run, contiguous, fuse
+from ..algorithms.sparse_fuse import Run, contiguous, fuse, row_groups
 from ..ir import LEAF_OPS
 from .llvm.builder import I64, for_range, parallel_loop_md
 from .llvm.exprgen import unsupported
@@ -88,6 +88,7 @@ class SparseKernel(SweepEmitter, StepEmitter):
         self.term_slots = {}   # (node, i) -> {"yp": slot, "xp": slot, "units"/"coef"/"matw": slot}
         self.coef_slots = {}   # (node, i) -> the slot of an ew term's coefficient per (sample, unit)
         self.matw = {}         # slot -> the mat term whose coefficients it holds (per window)
+        self.rows_of = {}      # (node, i) -> slots of a mat term's (ys, lo, xs): see _row_sums
         for key in sp_.order:
             for i, tm in enumerate(sp_.terms[key]):
                 s = {"yp": P.table(f"yp {key} {i}", tm.yp), "xp": P.table(f"xp {key} {i}", tm.xp)}
@@ -99,6 +100,10 @@ class SparseKernel(SweepEmitter, StepEmitter):
                 elif tm.kind == "mat":
                     s["matw"] = P.table(f"matw {key} {i}", np.zeros(len(tm.yp)), self.dtype)
                     self.matw[s["matw"]] = tm
+                    rows = row_groups(tm.yp, tm.xp)
+                    if rows is not None:
+                        self.rows_of[(key, i)] = tuple(P.table(f"{what} {key} {i}", a)
+                                                       for what, a in zip(("rows y", "rows lo", "rows x"), rows))
                 self.term_slots[(key, i)] = s
         # an index table that counts up by one is a start instead (a plain, vectorisable loop)
         pos = lambda label, a: ("+", contiguous(a)) if contiguous(a) is not None else ("[]", P.table(label, a))  # noqa: E731,E501
@@ -120,7 +125,7 @@ class SparseKernel(SweepEmitter, StepEmitter):
     def _description(self) -> str:
         h = sources_hash("native_snap.py", "native_snap_sweep.py")
         h.update(repr([s.describe() if isinstance(s, Run) else s for s in self.steps]).encode())
-        h.update(repr((self.out_slots, self.unreached, self.gather)).encode())
+        h.update(repr((self.out_slots, self.unreached, self.gather, sorted(self.rows_of))).encode())
         for k in sorted(self.plan.tables):
             h.update(repr((k, self.plan.L.slots[k], self.plan.tables[k].dtype.str, len(self.plan.tables[k]))).encode())
         for prog in (self.st.prog, self.sp.ts.prog, self.bwd.prog):

@@ -14,11 +14,12 @@ provides ``sp`` (the plan), ``st``, ``plan`` (slots), ``term_slots``, ``coef_slo
 """
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
 
 from ..algorithms.sparse_fuse import Run
 from ..ir import placeholder
-from .llvm.builder import I64, for_range, parallel_loop_md
+from .llvm.builder import I64, alloca_once, for_range, parallel_loop_md
 from .llvm.exprgen import LLVMPrinter
 
 
@@ -145,8 +146,33 @@ class SweepEmitter:
         for i, tm in enumerate(self.sp.terms[key]):
             if not len(tm.yp):
                 continue
+            if (key, i) in self.rows_of:
+                self._row_sums(g, key, i, t, y, ny)
+                continue
             read, yp = self._reader(g, key, i, t), self._tab(g, self.term_slots[(key, i)]["yp"])
             with for_range(b, g.B, name="sb") as bi:
                 with for_range(b, I64(len(tm.yp)), name="si") as k:
                     at = b.gep(y, [b.add(b.mul(bi, I64(ny)), self._at(g, yp, k))], inbounds=True)
                     b.store(b.fadd(b.load(at), read(bi, k, {}, no_tag)), at)
+
+    def _row_sums(self, g, key, i, t, y, ny):
+        """A ``mat`` term whose pairs come grouped by y entry, each group reading a contiguous
+        run of x: y[b, ys[r]] += Σ_j w[j]·x[b, xs[r] + j - lo[r]], j = lo[r] … lo[r+1] - 1
+        (a dot product per y entry; its sum is reassociated, so it vectorises)."""
+        b, tm = g.b, self.sp.terms[key][i]
+        ys, lo, xs = (self._tab(g, k) for k in self.rows_of[(key, i)])
+        w = self._tab(g, self.term_slots[(key, i)]["matw"], False)
+        src, nx = self._source(g, tm, t)
+        acc = alloca_once(b, g.ty, "acc")
+        fast = ("reassoc", "nsz")
+        with for_range(b, g.B, name="mb") as bi:
+            x = b.gep(src, [b.mul(bi, I64(nx))], inbounds=True)
+            with for_range(b, I64(len(np.unique(tm.yp))), name="mr") as r:
+                j0, j1 = self._at(g, lo, r), self._at(g, lo, b.add(r, I64(1)))
+                shift = b.sub(self._at(g, xs, r), j0)
+                b.store(ir.Constant(g.ty, 0.0), acc)
+                with for_range(b, j1, start=j0, name="mj") as j:
+                    v = b.fmul(self._at(g, w, j), self._at(g, x, b.add(shift, j)))
+                    b.store(b.fadd(b.load(acc), v, flags=fast), acc)
+                at = b.gep(y, [b.add(b.mul(bi, I64(ny)), self._at(g, ys, r))], inbounds=True)
+                b.store(b.fadd(b.load(at), b.load(acc)), at)
