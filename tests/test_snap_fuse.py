@@ -53,13 +53,14 @@ def test_contiguous():
 def test_elman_is_one_run_without_index_tables():
     """Elman under SnAp-1: ∂h[t-1], U·∂h (U's diagonal), ∂U·h + …, ∂a, ∂h[t] hold the same
     entries (one per W, U, b entry), so one loop computes them, each reading the one before
-    from a register or a range; only ∂h[t] is stored (J is copied from it)."""
+    from a register or a range; nothing is stored but ∂h[t], straight into J (its entries
+    are J's, in order: SnAp-1 keeps one unit per parameter entry)."""
     plan, steps = steps_of(CELLS["elman"]())
     (run,) = [s for s in steps if isinstance(s, Run) and len(s.keys) > 1]
     assert [k[0] for k in run.keys] == ["∂h%", "U·∂h%", "∂U·h·sum%", "∂a1%", "∂h%"]
     assert run.ny == 5 * 3 + 5 * 5 + 5
     assert all(f.reg or f.x0 is not None for ts in run.terms for f in ts)
-    assert run.store == [False, False, False, False, True]
+    assert run.store == [False] * 5 and run.to_j == [None] * 4 + [0]
     assert not [s for s in steps if not isinstance(s, Run)]   # no general node
 
 
@@ -75,6 +76,7 @@ def test_lstm_run_reads_the_carried_entries_through_a_table():
               if plan.terms[k][f.term].arg == plan.ts.state_seeds["c"]]
     assert read_c and all(not f.reg and f.x0 is not None for f in read_c)
     assert plan.ts.state_seeds["c"] not in big.keys
+    assert all(d is None for s in steps if isinstance(s, Run) for d in s.to_j)   # J's h entries are not a range
 
 
 def test_gru_has_general_nodes():

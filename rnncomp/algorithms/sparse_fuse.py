@@ -52,7 +52,7 @@ class FusedTerm:
     x0: object = None  # x read at x0 + (e - y0); None: through the term's xp table
 
 
-@dataclass
+@dataclass(eq=False)
 class Run:
     """Nodes ``keys`` (same entries, ``ny`` of them) computed by one loop (module docstring)."""
 
@@ -61,6 +61,7 @@ class Run:
     terms: list = field(default_factory=list)   # per node: its FusedTerms
     store: list = field(default_factory=list)   # per node: written to its entries' buffer
     pieces: tuple = ()   # (per segment (p0, p1), each piece's start (and the end), each piece's unit)
+    to_j: list = field(default_factory=list)    # per node: None, or d0: entry e is J's entry d0 + e
 
     def segments(self):
         """(s0, s1) pieces of 0 … ny - 1 in which every term writes all entries or none."""
@@ -69,7 +70,7 @@ class Run:
 
     def describe(self):
         return (self.keys, self.ny, [[(f.term, f.y0, f.n, f.reg, f.x0) for f in ts] for ts in self.terms],
-                self.store, self.pieces[0])
+                self.store, self.pieces[0], self.to_j)
 
     def cut(self, units):
         """Set ``pieces``: each segment cut where the unit of the entries changes (an element-wise
@@ -110,6 +111,7 @@ def fuse(plan):
     it reads is computed by then; a node that reads no other node (a seed, ∂P·v) may move
     ahead of that run to let it."""
     steps, where = [], {}
+    at = lambda s: next(i for i, m in enumerate(steps) if m is s)  # noqa: E731
     tangent = lambda key: [tm.arg for tm in plan.terms[key] if tm.arg in plan.entries and len(tm.yp)]  # noqa: E731
     leaf = lambda s: not any(tangent(k) for k in (s.keys if isinstance(s, Run) else [s]))  # noqa: E731
     for key in plan.order:
@@ -119,12 +121,12 @@ def fuse(plan):
             late = []
             for a in tangent(key):
                 s = where[a]
-                if s is not run and steps.index(s) > steps.index(run) and not any(s is m for m in late):
+                if s is not run and at(s) > at(run) and not any(s is m for m in late):
                     late.append(s)
             if all(leaf(s) for s in late):
                 for s in late:   # reads nothing: computed before the run instead
-                    steps.pop(next(i for i, m in enumerate(steps) if m is s))
-                    steps.insert(next(i for i, m in enumerate(steps) if m is run), s)
+                    steps.pop(at(s))
+                    steps.insert(at(run), s)
                 run.keys.append(key)
                 run.terms.append(terms)
                 where[key] = run
@@ -133,7 +135,8 @@ def fuse(plan):
         step = key if terms is None else Run([key], len(plan.entries[key][0]), [terms])
         steps.append(step)
         where[key] = step
-    read = {k for k, _, _ in plan.out}   # what must be in memory: J's source, reads outside a register
+    direct = _direct_outs(plan, steps, where)
+    read = {k for k, _, _ in plan.out if k not in direct}   # what must be in memory: J's source, reads outside a register
     for s in steps:
         if isinstance(s, Run):
             read |= {plan.terms[k][f.term].arg for k, ts in zip(s.keys, s.terms) for f in ts if not f.reg}
@@ -142,8 +145,32 @@ def fuse(plan):
     for s in steps:
         if isinstance(s, Run):
             s.store = [k in read for k in s.keys]
+            s.to_j = [direct.get(k) for k in s.keys]
             s.cut(plan.entries[s.keys[0]][1])
     return steps
+
+
+def _direct_outs(plan, steps, where):
+    """{node: d0} for the state entries a run can write into J itself (J[b, d0 + e] = entry e):
+    the node's entries in order are a range of J, and nothing reads J after that entry is
+    written (every read of J is in an earlier step, or in the run at the entry it writes)."""
+    order = {id(s): i for i, s in enumerate(steps)}
+    reads = []   # (step index, the run's FusedTerm or None) of every term reading J
+    for s in steps:
+        for k, ts in (zip(s.keys, s.terms) if isinstance(s, Run) else [(s, None)]):
+            fts = ts if ts is not None else [None] * len(plan.terms[k])
+            for i, tm in enumerate(plan.terms[k]):
+                if tm.arg == "J" and len(tm.yp):
+                    reads.append((order[id(s)], next((f for f in fts if f is not None and f.term == i), None)))
+    direct = {}
+    for k, src, dst in plan.out:
+        s, d0 = where.get(k), contiguous(dst)
+        if not isinstance(s, Run) or d0 is None or len(src) != s.ny or contiguous(src) != 0:
+            continue
+        if all(i < order[id(s)] or (i == order[id(s)] and f is not None and f.x0 is not None and f.x0 - f.y0 == d0)
+               for i, f in reads):
+            direct[k] = d0
+    return direct
 
 
 def row_groups(yp, xp):

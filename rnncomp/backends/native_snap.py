@@ -107,7 +107,9 @@ class SparseKernel(SweepEmitter, StepEmitter):
                 self.term_slots[(key, i)] = s
         # an index table that counts up by one is a start instead (a plain, vectorisable loop)
         pos = lambda label, a: ("+", contiguous(a)) if contiguous(a) is not None else ("[]", P.table(label, a))  # noqa: E731,E501
-        self.out_slots = [(k, pos(f"out src {k}", src), pos(f"out dst {k}", dst), len(src)) for k, src, dst in sp_.out]
+        direct = {k for r in self.steps if isinstance(r, Run) for k, d0 in zip(r.keys, r.to_j) if d0 is not None}
+        self.out_slots = [(k, pos(f"out src {k}", src), pos(f"out dst {k}", dst), len(src))
+                          for k, src, dst in sp_.out if k not in direct]
         hit = np.zeros(sp_.nnz, dtype=bool)
         for _, _, dst in sp_.out:
             hit[dst] = True

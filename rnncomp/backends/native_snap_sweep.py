@@ -116,17 +116,18 @@ class SweepEmitter:
         readers = [[(f, self._reader(g, key, f.term, t, f.x0, f.reg)) for f in terms]
                    for key, terms in zip(run.keys, run.terms)]
         outs = [self._slot_ptr(g, self.plan.entries[key]) if keep else None for key, keep in zip(run.keys, run.store)]
+        J = self._slot_ptr(g, self.plan.J) if any(d is not None for d in run.to_j) else None
         starts, units = (self._tab(g, k) for k in self.run_pieces[id(run)])
         for (s0, s1), (p0, p1) in zip(run.segments(), run.pieces[0]):
             group, loop_id = parallel_loop_md(g.m)
             tag = lambda inst: inst.set_metadata("llvm.access.group", group) or inst  # noqa: E731
             with for_range(b, g.B, name="rb") as bi:
-                row = b.mul(bi, I64(run.ny))
+                row, jrow = b.mul(bi, I64(run.ny)), b.mul(bi, I64(self.sp.nnz))
                 with for_range(b, I64(p1), start=I64(p0), name="rp") as p:
                     lo, hi, unit = self._at(g, starts, p), self._at(g, starts, b.add(p, I64(1))), self._at(g, units, p)
                     with for_range(b, hi, start=lo, name="re", loop_md=loop_id) as e:
                         regs = {}
-                        for key, terms, out in zip(run.keys, readers, outs):
+                        for key, terms, out, d0 in zip(run.keys, readers, outs, run.to_j):
                             v = None
                             for f, read in terms:
                                 if f.y0 <= s0 and s1 <= f.y0 + f.n:
@@ -135,6 +136,8 @@ class SweepEmitter:
                             regs[key] = ir.Constant(g.ty, 0.0) if v is None else v
                             if out is not None:
                                 tag(b.store(regs[key], b.gep(out, [b.add(row, e)], inbounds=True)))
+                            if d0 is not None:   # J's entries, written here instead of by the scatter
+                                tag(b.store(regs[key], b.gep(J, [b.add(b.add(jrow, e), I64(d0))], inbounds=True)))
 
     # ------------------------------------------------------------------ a general node
     def _general(self, g, key, t):
