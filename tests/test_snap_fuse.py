@@ -16,7 +16,7 @@ import sympy as sp
 import rnncomp as rc
 from rnncomp.algorithms import SnAp, sequence_grad
 from rnncomp.algorithms.pattern import pattern
-from rnncomp.algorithms.sparse_fuse import Run, contiguous, fuse, row_groups
+from rnncomp.algorithms.sparse_fuse import Run, contiguous, fuse, row_groups, stretches
 from rnncomp.algorithms.sparse_plan import SparsePlan
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
@@ -36,7 +36,8 @@ def coupled():
     return cell
 
 
-CELLS = {"elman": lambda: rc.cells.elman(3, 5, 2), "lstm": lambda: rc.cells.lstm(3, 5, 2),
+CELLS = {"elman": lambda: rc.cells.elman(3, 5, 2), "elman wide": lambda: rc.cells.elman(6, 8, 2),
+         "lstm": lambda: rc.cells.lstm(3, 5, 2),
          "gru": lambda: rc.cells.gru(3, 5, 2), "coupled": coupled}
 
 
@@ -89,6 +90,12 @@ def test_gru_has_general_nodes():
     assert mats and all(row_groups(tm.yp, tm.xp) is not None for tm in mats)   # dot products per entry
 
 
+def test_stretches():
+    up, same = np.array([3, 4, 5, 6, 9, 10]), np.array([1, 1, 2, 2, 2, 2])
+    assert stretches((up,), (same,)).tolist() == [0, 2, 4, 6]
+    assert stretches((up,), ()).tolist() == [0, 4, 6] and stretches((), (same,)).tolist() == [0, 2, 6]
+
+
 def test_row_groups():
     ys, lo, xs = row_groups(np.array([1, 1, 1, 4, 4]), np.array([7, 8, 9, 0, 1]))
     assert ys.tolist() == [1, 4] and lo.tolist() == [0, 3, 5] and xs.tolist() == [7, 0]
@@ -110,6 +117,16 @@ def test_runs_are_cut_into_pieces_of_one_unit(name):
         for ts in run.terms:   # a term writes whole segments
             for f in ts:
                 assert f.y0 in starts and f.y0 + f.n in starts
+
+
+def test_gather_by_stretches():
+    """Elman 6→8: δh·J gathered over stretches of one unit (a weight row: 6 or 8 entries, e
+    and k counting up) where they are long enough; LSTM's h and c entries alternate in J."""
+    from rnncomp.backends.native_snap import SparseKernel
+    for name, pieces in (("elman wide", True), ("lstm", False)):
+        st = CELLS[name]().step
+        kernel = SparseKernel(st, SparsePlan(st, pattern(st, 1)), "float64")
+        assert all((gth[7] is not None) == pieces for gth in kernel.gather), name
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))

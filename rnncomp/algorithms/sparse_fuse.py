@@ -189,3 +189,20 @@ def row_groups(yp, xp):
     if not np.array_equal(xp, np.repeat(xs - lo[:-1], np.diff(lo)) + np.arange(len(yp))):
         return None
     return ys, lo, xs
+
+
+def stretches(up, same):
+    """Starts (and the end) of the longest stretches of 0 … n-1 over which every array of ``up``
+    counts up by one and every array of ``same`` stays equal.
+
+    >>> stretches((np.array([0, 1, 2, 5, 6]),), (np.array([3, 3, 4, 4, 4]),)).tolist()
+    [0, 2, 3, 5]
+    """
+    n = len((up + same)[0])
+    new = np.zeros(n, dtype=bool)
+    new[:1] = True
+    for a in up:
+        new[1:] |= np.diff(a) != 1
+    for a in same:
+        new[1:] |= np.diff(a) != 0
+    return np.append(np.nonzero(new)[0], n)

@@ -25,7 +25,7 @@ from llvmlite import ir
 
 from ..autodiff import backward_step
 from ..errors import CompileError
-from ..algorithms.sparse_fuse import Run, contiguous, fuse, row_groups
+from ..algorithms.sparse_fuse import Run, contiguous, fuse, row_groups, stretches
 from ..ir import LEAF_OPS
 from .llvm.builder import I64, for_range, parallel_loop_md
 from .llvm.exprgen import unsupported
@@ -121,8 +121,13 @@ class SparseKernel(SweepEmitter, StepEmitter):
                 continue
             o = sp_.state_off[s]
             e = np.nonzero((sp_.row >= o) & (sp_.row < o + n))[0]
-            self.gather.append((key, n, pos(f"gather e {s}", e), pos(f"gather u {s}", sp_.row[e] - o),
-                                pos(f"gather k {s}", sp_.col[e]), len(e), len(np.unique(sp_.col[e])) == len(e)))
+            u, k = sp_.row[e] - o, sp_.col[e]
+            cut = stretches((e, k), (u,))   # e and k count up, u stays: δh[b, u] is one value
+            pieces = None if 4 * (len(cut) - 1) > len(e) else \
+                tuple(P.table(f"gather {w} {s}", a) for w, a in (("starts", cut), ("e0", e[cut[:-1]]),
+                                                                  ("k0", k[cut[:-1]]), ("u", u[cut[:-1]])))
+            self.gather.append((key, n, pos(f"gather e {s}", e), pos(f"gather u {s}", u), pos(f"gather k {s}", k),
+                                len(e), len(np.unique(k)) == len(e), pieces, len(cut) - 1))
 
     def _description(self) -> str:
         h = sources_hash("native_snap.py", "native_snap_sweep.py")
@@ -176,15 +181,34 @@ class SparseKernel(SweepEmitter, StepEmitter):
         the loop over entries is parallel where no parameter entry k comes twice."""
         b, nnz = g.b, self.sp.nnz
         grad, J = self._slot_ptr(g, self.plan.grad), self._slot_ptr(g, self.plan.J)
-        for key, n, es, us, ks, count, distinct in self.gather:
+        for key, n, es, us, ks, count, distinct, pieces, npieces in self.gather:
             dl, e, u, k = g.ptr(key, t), self._index(g, es), self._index(g, us), self._index(g, ks)
             group, loop_id = parallel_loop_md(g.m) if distinct else (None, None)
             tag = (lambda inst: inst.set_metadata("llvm.access.group", group) or inst) if distinct else no_tag
+            if pieces is not None:
+                self._gather_pieces(g, dl, n, pieces, npieces, grad, J, loop_id, tag)
+                continue
             with for_range(b, g.B, name="qb") as bi:
                 with for_range(b, I64(count), name="qi", loop_md=loop_id) as i:
                     x = self._at(g, dl, b.add(b.mul(bi, I64(n)), u(i, tag)), tag)
                     j = self._at(g, J, b.add(b.mul(bi, I64(nnz)), e(i, tag)), tag)
                     at = b.gep(grad, [k(i, tag)], inbounds=True)
+                    tag(b.store(b.fadd(tag(b.load(at)), b.fmul(x, j)), at))
+
+    def _gather_pieces(self, g, dl, n, pieces, npieces, grad, J, loop_id, tag):
+        """The gather over stretches of entries whose e and k count up and whose unit stays:
+        g[k0 + i] += δh[b, u]·J[b, e0 + i], contiguous loads and stores."""
+        b, nnz = g.b, self.sp.nnz
+        starts, e0, k0, u = (self._tab(g, p) for p in pieces)
+        with for_range(b, g.B, name="qb") as bi:
+            row = b.gep(J, [b.mul(bi, I64(nnz))], inbounds=True)
+            with for_range(b, I64(npieces), name="qp") as p:
+                lo, hi = self._at(g, starts, p), self._at(g, starts, b.add(p, I64(1)))
+                x = self._at(g, dl, b.add(b.mul(bi, I64(n)), self._at(g, u, p)))
+                de, dk = b.sub(self._at(g, e0, p), lo), b.sub(self._at(g, k0, p), lo)
+                with for_range(b, hi, start=lo, name="qi", loop_md=loop_id) as i:
+                    j = self._at(g, row, b.add(de, i), tag)
+                    at = b.gep(grad, [b.add(dk, i)], inbounds=True)
                     tag(b.store(b.fadd(tag(b.load(at)), b.fmul(x, j)), at))
 
     def _scatter(self, g):
