@@ -244,4 +244,4 @@ class SparseKernel(SweepEmitter, StepEmitter):
             (self._bufs, self._work), self._B = P.buffers(B, dt, self.host), B
         for k, tm in self.matw.items():
             P.tables[k][:] = self.sp.mat_weights(tm, params, dt)
-        return P.call(self._fn, self._bufs, self._work, params, states, seqs, w, {**P.tables, P.J: J})
+        return P.call(self._fn, self._bufs, self._work, params, states, seqs, w, {P.J: J}, fixed=P.tables)
