@@ -66,7 +66,7 @@ def test_elman_is_one_run_without_index_tables():
 
 
 def test_lstm_run_reads_the_carried_entries_through_a_table():
-    """LSTM: J stores h's and c's entries of one parameter entry next to each other, so ∂h[t-1]
+    """LSTM, J in the NumPy executor's order: J stores h's and c's entries of one parameter entry next to each other, so ∂h[t-1]
     reads J at every other position (an index table), and ∂c[t] reads ∂c[t-1] (other entries:
     W, U, b of the cell gate ... reach c only through the gates) from memory."""
     plan, steps = steps_of(CELLS["lstm"]())
@@ -78,6 +78,22 @@ def test_lstm_run_reads_the_carried_entries_through_a_table():
     assert read_c and all(not f.reg and f.x0 is not None for f in read_c)
     assert plan.ts.state_seeds["c"] not in big.keys
     assert all(d is None for s in steps if isinstance(s, Run) for d in s.to_j)   # J's h entries are not a range
+
+
+def test_lstm_by_state_reads_and_writes_j_as_ranges():
+    """The same LSTM plan with J's entries state by state (the native executor's order): ∂h[t-1]
+    reads J's first range, ∂c[t-1] the next, and ∂h[t] is written straight into J."""
+    st = CELLS["lstm"]().step
+    mask = pattern(st, 1)
+    plan, numpy_order = SparsePlan(st, mask, by_state=True), SparsePlan(st, mask)
+    n_h = int(mask["h"].sum())
+    assert (plan.row[:n_h] < 5).all() and (plan.row[n_h:] >= 5).all()
+    assert (plan.col == numpy_order.col[plan.perm]).all() and (plan.row == numpy_order.row[plan.perm]).all()
+    steps = fuse(plan)
+    big = max((s for s in steps if isinstance(s, Run)), key=lambda s: len(s.keys))
+    assert big.terms[0][0].x0 == 0 and big.to_j[-1] == 0 and big.keys[-1] == plan.ts.out["h"]
+    (seed_c,) = [s for s in steps if isinstance(s, Run) and s.keys == [plan.ts.state_seeds["c"]]]
+    assert seed_c.terms[0][0].x0 == n_h
 
 
 def test_gru_has_general_nodes():

@@ -68,6 +68,8 @@ class SparseKernel(SweepEmitter, StepEmitter):
         self.lib, self._fn = compile_online(step, self._description(), self._build, self.host, cache,
                                             "the sparse SnAp step")
         self._bufs, self._B = {}, None
+        ident = np.array_equal(sp_plan.perm, np.arange(len(sp_plan.perm)))
+        self._perm = None if ident else sp_plan.perm   # the caller's J is in np.nonzero's order
 
     def _check_backward(self):
         prog = self.bwd.prog
@@ -233,8 +235,8 @@ class SparseKernel(SweepEmitter, StepEmitter):
 
     # ------------------------------------------------------------------ calls
     def run(self, params, states, seqs, w, J):
-        """Run ``w.shape[0]`` steps from ``states`` {s: (B, n)} with the carried ``J`` (B, nnz),
-        updated in place; ``seqs`` {input/target: (T, B, n)}.  Returns (loss, g (P,), final states)."""
+        """Run ``w.shape[0]`` steps from ``states`` {s: (B, n)} with the carried ``J`` (B, nnz, in
+        the NumPy executor's order: :class:`.SparsePlan`'s ``perm``), updated in place; ``seqs`` {input/target: (T, B, n)}.  Returns (loss, g (P,), final states)."""
         T, B = w.shape
         dt, P = self.dtype, self.plan
         if J.dtype != dt or not J.flags.c_contiguous or J.shape != (B, self.sp.nnz):
@@ -244,4 +246,10 @@ class SparseKernel(SweepEmitter, StepEmitter):
             (self._bufs, self._work), self._B = P.buffers(B, dt, self.host), B
         for k, tm in self.matw.items():
             P.tables[k][:] = self.sp.mat_weights(tm, params, dt)
-        return P.call(self._fn, self._bufs, self._work, params, states, seqs, w, {P.J: J}, fixed=P.tables)
+        perm = self._perm
+        if perm is None:
+            return P.call(self._fn, self._bufs, self._work, params, states, seqs, w, {P.J: J}, fixed=P.tables)
+        Jp = np.ascontiguousarray(J[:, perm])   # the plan's order of the stored entries (by state)
+        out = P.call(self._fn, self._bufs, self._work, params, states, seqs, w, {P.J: Jp}, fixed=P.tables)
+        J[:, perm] = Jp
+        return out
