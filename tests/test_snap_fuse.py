@@ -120,29 +120,49 @@ def test_row_groups():
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))
-def test_runs_are_cut_into_pieces_of_one_unit(name):
+def test_runs_are_cut_into_pieces_of_one_unit_and_counting_directions(name):
     plan, steps = steps_of(CELLS[name]())
     for run in (s for s in steps if isinstance(s, Run)):
-        units = plan.entries[run.keys[0]][1]
-        ranges, starts, punits = run.pieces
+        dirs, units = plan.entries[run.keys[0]]
+        ranges, starts, punits, pdirs = run.pieces
         assert starts[0] == 0 and starts[-1] == run.ny and (np.diff(starts) > 0).all()
         for (s0, s1), (p0, p1) in zip(run.segments(), ranges):
             assert starts[p0] == s0 and starts[p1] == s1
-        for p, u in enumerate(punits):
+        for p, (u, d) in enumerate(zip(punits, pdirs)):
             assert (units[starts[p]:starts[p + 1]] == u).all()
+            assert (dirs[starts[p]:starts[p + 1]] == d + np.arange(starts[p + 1] - starts[p])).all()
         for ts in run.terms:   # a term writes whole segments
             for f in ts:
                 assert f.y0 in starts and f.y0 + f.n in starts
 
 
-def test_gather_by_stretches():
-    """Elman 6→8: δh·J gathered over stretches of one unit (a weight row: 6 or 8 entries, e
-    and k counting up) where they are long enough; LSTM's h and c entries alternate in J."""
+def test_gather_joins_the_run_that_reads_j():
+    """With J state by state, each state's seed reads all its stored entries as a range of J:
+    the run that reads them gathers δh·J too.  In the NumPy executor's order (LSTM: h and c
+    entries alternate) the gather stays a loop of its own over index tables."""
     from rnncomp.backends.native_snap import SparseKernel
-    for name, pieces in (("elman wide", True), ("lstm", False)):
+    for name, by_state, fused in (("elman wide", True, {"h"}), ("lstm", True, {"h", "c"}), ("lstm", False, set()),
+                                  ("coupled", True, {"h", "c"})):
         st = CELLS[name]().step
-        kernel = SparseKernel(st, SparsePlan(st, pattern(st, 1)), "float64")
-        assert all((gth[7] is not None) == pieces for gth in kernel.gather), name
+        kernel = SparseKernel(st, SparsePlan(st, pattern(st, 1), by_state=by_state), "float64")
+        assert {s for r in kernel.steps if isinstance(r, Run) for s in r.gather if s} == fused, name
+        assert len(kernel.gather) == len(st.states) - len(fused)
+
+
+@pytest.mark.parametrize("name", ["lstm", "coupled"])
+def test_unfused_gather_equals_numpy(name):
+    """The gather on its own (J in the NumPy executor's order), against the NumPy executor."""
+    from rnncomp.algorithms.compiled import prepare
+    from rnncomp.backends.native_snap import SparseKernel
+    cell = CELLS[name]()
+    params, x, y = random_data(cell, T=5, B=3, seed=4)
+    prep = prepare(SnAp(1, sparse=True), cell.step, "native", "float64")
+    prep.kernel = SparseKernel(cell.step, SparsePlan(cell.step, pattern(cell.step, 1)), "float64")
+    assert len(prep.kernel.gather) == 2
+    _, g1, _ = sequence_grad(SnAp(1, sparse=True), cell, params, x, y)
+    _, g2, _ = sequence_grad(SnAp(1, sparse=True), cell, params, x, y, prepared=prep)
+    for k in g1:
+        assert np.abs(g1[k] - g2[k]).max() <= 1e-10 * max(np.abs(g1[k]).max(), 1e-300), (name, k)
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))

@@ -62,6 +62,7 @@ class Run:
     store: list = field(default_factory=list)   # per node: written to its entries' buffer
     pieces: tuple = ()   # (per segment (p0, p1), each piece's start (and the end), each piece's unit)
     to_j: list = field(default_factory=list)    # per node: None, or d0: entry e is J's entry d0 + e
+    gather: list = field(default_factory=list)  # per node: None, or the state whose δh·J it gathers
 
     def segments(self):
         """(s0, s1) pieces of 0 … ny - 1 in which every term writes all entries or none."""
@@ -70,18 +71,20 @@ class Run:
 
     def describe(self):
         return (self.keys, self.ny, [[(f.term, f.y0, f.n, f.reg, f.x0) for f in ts] for ts in self.terms],
-                self.store, self.pieces[0], self.to_j)
+                self.store, self.pieces[0], self.to_j, self.gather)
 
-    def cut(self, units):
-        """Set ``pieces``: each segment cut where the unit of the entries changes (an element-wise
-        coefficient is one value over a piece: for SnAp-1, a weight row's directions)."""
-        starts, punits, ranges = [], [], []
+    def cut(self, units, dirs):
+        """Set ``pieces``: each segment cut where the unit of the entries changes or their
+        direction stops counting up (an element-wise coefficient is one value over a piece, and
+        a gathered gradient entry a range: for SnAp-1, a weight row's directions)."""
+        starts, punits, pdirs, ranges = [], [], [], []
         for s0, s1 in self.segments():
-            at = s0 + np.concatenate([[0], np.nonzero(np.diff(units[s0:s1]))[0] + 1])
+            at = s0 + stretches((dirs[s0:s1],), (units[s0:s1],))[:-1]
             ranges.append((len(starts), len(starts) + len(at)))
             starts.extend(int(a) for a in at)
             punits.extend(int(units[a]) for a in at)
-        self.pieces = (ranges, np.array(starts + [self.ny]), np.array(punits))
+            pdirs.extend(int(dirs[a]) for a in at)
+        self.pieces = (ranges, np.array(starts + [self.ny]), np.array(punits), np.array(pdirs))
 
 
 def _same_entries(plan, a, b):
@@ -105,11 +108,12 @@ def _fused_terms(plan, key, run):
     return out
 
 
-def fuse(plan):
+def fuse(plan, gathered=()):
     """The sweep of ``plan`` as a list of :class:`Run` and keys of general nodes, in an order
     that respects every term's reads.  A node joins the last run with its entries when what
     it reads is computed by then; a node that reads no other node (a seed, ∂P·v) may move
-    ahead of that run to let it."""
+    ahead of that run to let it.  ``gathered``: the states whose g[k] += δh[b, u]·J[b, (u, k)]
+    the run that reads the state's seed may do as it loads J (see :func:`_gathers`)."""
     steps, where = [], {}
     at = lambda s: next(i for i, m in enumerate(steps) if m is s)  # noqa: E731
     tangent = lambda key: [tm.arg for tm in plan.terms[key] if tm.arg in plan.entries and len(tm.yp)]  # noqa: E731
@@ -146,8 +150,27 @@ def fuse(plan):
         if isinstance(s, Run):
             s.store = [k in read for k in s.keys]
             s.to_j = [direct.get(k) for k in s.keys]
-            s.cut(plan.entries[s.keys[0]][1])
+            s.gather = _gathers(plan, s, gathered)
+            d, u = plan.entries[s.keys[0]]
+            s.cut(u, d)
     return steps
+
+
+def _gathers(plan, run, gathered):
+    """Per node of ``run``: the state of ``gathered`` whose seed it is, where the seed reads every
+    one of the state's stored entries, in order, as a range of J (each entry once: its
+    direction is the parameter entry k, its unit u)."""
+    out = []
+    for key, ts in zip(run.keys, run.terms):
+        s = next((s for s in gathered if plan.ts.state_seeds.get(s) == key), None)
+        if s is not None:
+            o, n = plan.state_off[s], plan.st.states[s]
+            e = np.nonzero((plan.row >= o) & (plan.row < o + n))[0]
+            f = ts[0] if len(ts) == 1 and plan.terms[key][ts[0].term].arg == "J" else None
+            ok = f is not None and f.x0 is not None and f.n == len(e) and contiguous(e) == f.x0
+            s = s if ok else None
+        out.append(s)
+    return out
 
 
 def _direct_outs(plan, steps, where):

@@ -25,7 +25,7 @@ from llvmlite import ir
 
 from ..autodiff import backward_step
 from ..errors import CompileError
-from ..algorithms.sparse_fuse import Run, contiguous, fuse, row_groups, stretches
+from ..algorithms.sparse_fuse import Run, contiguous, fuse, row_groups
 from ..ir import LEAF_OPS
 from .llvm.builder import I64, for_range, parallel_loop_md
 from .llvm.exprgen import unsupported
@@ -84,9 +84,11 @@ class SparseKernel(SweepEmitter, StepEmitter):
     # ------------------------------------------------------------------ index tables
     def _make_tables(self):
         P, sp_ = self.plan, self.sp
-        self.steps = fuse(sp_)
-        self.run_pieces = {id(r): (P.table(f"piece starts {r.keys[0]}", r.pieces[1]),
-                                   P.table(f"piece units {r.keys[0]}", r.pieces[2])) for r in self.steps if isinstance(r, Run)}
+        self.steps = fuse(sp_, [s for s in self.st.states if self.bwd.carry_out[s] is not None])
+        self.run_pieces = {id(r): tuple(P.table(f"piece {w} {r.keys[0]}", a) for w, a in zip(("starts", "units", "dirs"),
+                                                                                           r.pieces[1:]))
+                           for r in self.steps if isinstance(r, Run)}
+        fused = {s for r in self.steps if isinstance(r, Run) for s in r.gather if s is not None}
         self.term_slots = {}   # (node, i) -> {"yp": slot, "xp": slot, "units"/"coef"/"matw": slot}
         self.coef_slots = {}   # (node, i) -> the slot of an ew term's coefficient per (sample, unit)
         self.matw = {}         # slot -> the mat term whose coefficients it holds (per window)
@@ -119,17 +121,13 @@ class SparseKernel(SweepEmitter, StepEmitter):
         self.gather = []       # per state with a δh[t-1]: (its key, n, stored, unit, column, count, distinct)
         for s, n in self.st.states.items():
             key = self.bwd.carry_out[s]
-            if key is None:
+            if key is None or s in fused:   # gathered by the run that reads its seed
                 continue
             o = sp_.state_off[s]
             e = np.nonzero((sp_.row >= o) & (sp_.row < o + n))[0]
             u, k = sp_.row[e] - o, sp_.col[e]
-            cut = stretches((e, k), (u,))   # e and k count up, u stays: δh[b, u] is one value
-            pieces = None if 4 * (len(cut) - 1) > len(e) else \
-                tuple(P.table(f"gather {w} {s}", a) for w, a in (("starts", cut), ("e0", e[cut[:-1]]),
-                                                                  ("k0", k[cut[:-1]]), ("u", u[cut[:-1]])))
             self.gather.append((key, n, pos(f"gather e {s}", e), pos(f"gather u {s}", u), pos(f"gather k {s}", k),
-                                len(e), len(np.unique(k)) == len(e), pieces, len(cut) - 1))
+                                len(e), len(np.unique(k)) == len(e)))
 
     def _description(self) -> str:
         h = sources_hash("native_snap.py", "native_snap_sweep.py")
@@ -179,38 +177,20 @@ class SparseKernel(SweepEmitter, StepEmitter):
         return lambda k, tag: self._at(g, p, k, tag)
 
     def _gather(self, g, t):
-        """g[k] += Σ_b δh[t-1][b, u]·J[b, (u, k)] over the stored entries (J still J[t-1]);
-        the loop over entries is parallel where no parameter entry k comes twice."""
+        """g[k] += Σ_b δh[t-1][b, u]·J[b, (u, k)] over the stored entries (J still J[t-1]) of the
+        states no run gathers as it reads them (:func:`.sparse_fuse._gathers`); the loop over
+        entries is parallel where no parameter entry k comes twice."""
         b, nnz = g.b, self.sp.nnz
         grad, J = self._slot_ptr(g, self.plan.grad), self._slot_ptr(g, self.plan.J)
-        for key, n, es, us, ks, count, distinct, pieces, npieces in self.gather:
+        for key, n, es, us, ks, count, distinct in self.gather:
             dl, e, u, k = g.ptr(key, t), self._index(g, es), self._index(g, us), self._index(g, ks)
             group, loop_id = parallel_loop_md(g.m) if distinct else (None, None)
             tag = (lambda inst: inst.set_metadata("llvm.access.group", group) or inst) if distinct else no_tag
-            if pieces is not None:
-                self._gather_pieces(g, dl, n, pieces, npieces, grad, J, loop_id, tag)
-                continue
             with for_range(b, g.B, name="qb") as bi:
                 with for_range(b, I64(count), name="qi", loop_md=loop_id) as i:
                     x = self._at(g, dl, b.add(b.mul(bi, I64(n)), u(i, tag)), tag)
                     j = self._at(g, J, b.add(b.mul(bi, I64(nnz)), e(i, tag)), tag)
                     at = b.gep(grad, [k(i, tag)], inbounds=True)
-                    tag(b.store(b.fadd(tag(b.load(at)), b.fmul(x, j)), at))
-
-    def _gather_pieces(self, g, dl, n, pieces, npieces, grad, J, loop_id, tag):
-        """The gather over stretches of entries whose e and k count up and whose unit stays:
-        g[k0 + i] += δh[b, u]·J[b, e0 + i], contiguous loads and stores."""
-        b, nnz = g.b, self.sp.nnz
-        starts, e0, k0, u = (self._tab(g, p) for p in pieces)
-        with for_range(b, g.B, name="qb") as bi:
-            row = b.gep(J, [b.mul(bi, I64(nnz))], inbounds=True)
-            with for_range(b, I64(npieces), name="qp") as p:
-                lo, hi = self._at(g, starts, p), self._at(g, starts, b.add(p, I64(1)))
-                x = self._at(g, dl, b.add(b.mul(bi, I64(n)), self._at(g, u, p)))
-                de, dk = b.sub(self._at(g, e0, p), lo), b.sub(self._at(g, k0, p), lo)
-                with for_range(b, hi, start=lo, name="qi", loop_md=loop_id) as i:
-                    j = self._at(g, row, b.add(de, i), tag)
-                    at = b.gep(grad, [b.add(dk, i)], inbounds=True)
                     tag(b.store(b.fadd(tag(b.load(at)), b.fmul(x, j)), at))
 
     def _scatter(self, g):

@@ -117,7 +117,9 @@ class SweepEmitter:
                    for key, terms in zip(run.keys, run.terms)]
         outs = [self._slot_ptr(g, self.plan.entries[key]) if keep else None for key, keep in zip(run.keys, run.store)]
         J = self._slot_ptr(g, self.plan.J) if any(d is not None for d in run.to_j) else None
-        starts, units = (self._tab(g, k) for k in self.run_pieces[id(run)])
+        starts, units, dirs = (self._tab(g, k) for k in self.run_pieces[id(run)])
+        grad = self._slot_ptr(g, self.plan.grad)
+        deltas = [None if s is None else (g.ptr(self.bwd.carry_out[s], t), self.st.states[s]) for s in run.gather]
         for (s0, s1), (p0, p1) in zip(run.segments(), run.pieces[0]):
             group, loop_id = parallel_loop_md(g.m)
             tag = lambda inst: inst.set_metadata("llvm.access.group", group) or inst  # noqa: E731
@@ -125,9 +127,11 @@ class SweepEmitter:
                 row, jrow = b.mul(bi, I64(run.ny)), b.mul(bi, I64(self.sp.nnz))
                 with for_range(b, I64(p1), start=I64(p0), name="rp") as p:
                     lo, hi, unit = self._at(g, starts, p), self._at(g, starts, b.add(p, I64(1))), self._at(g, units, p)
+                    k0 = b.sub(self._at(g, dirs, p), lo)    # the gradient entry of entry e: k0 + e
+                    dl = [None if d is None else self._at(g, d[0], b.add(b.mul(bi, I64(d[1])), unit)) for d in deltas]
                     with for_range(b, hi, start=lo, name="re", loop_md=loop_id) as e:
                         regs = {}
-                        for key, terms, out, d0 in zip(run.keys, readers, outs, run.to_j):
+                        for key, terms, out, d0, delta in zip(run.keys, readers, outs, run.to_j, dl):
                             v = None
                             for f, read in terms:
                                 if f.y0 <= s0 and s1 <= f.y0 + f.n:
@@ -138,6 +142,9 @@ class SweepEmitter:
                                 tag(b.store(regs[key], b.gep(out, [b.add(row, e)], inbounds=True)))
                             if d0 is not None:   # J's entries, written here instead of by the scatter
                                 tag(b.store(regs[key], b.gep(J, [b.add(b.add(jrow, e), I64(d0))], inbounds=True)))
+                            if delta is not None:   # the gather: g[k] += δh[b, u]·J[t-1][b, (u, k)]
+                                at = b.gep(grad, [b.add(k0, e)], inbounds=True)
+                                tag(b.store(b.fadd(tag(b.load(at)), b.fmul(delta, regs[key])), at))
 
     # ------------------------------------------------------------------ a general node
     def _general(self, g, key, t):
