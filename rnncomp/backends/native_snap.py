@@ -6,15 +6,20 @@ One entry point, the time loop inside native code, for a window of T steps:
         forward step      h[t], ℓ[t] from h[t-1], x[t]                         (B rows)
         backward step     δh[t-1] = ∂(w·ℓ[t])/∂h[t-1], g += ∂(w·ℓ[t])/∂θ|immediate   (δ⁺h[t] = 0)
         gather            g[k] += Σ_b Σ_{u: (u,k) kept} δh[t-1][b, u] · J[b, (u,k)]
-        sweep             each tangent node's entries, term by term (:mod:`rnncomp.algorithms.sparse_plan`):
+                          (done by the sweep's run that loads J, where it can: :mod:`.native_snap_sweep`)
+        sweep             each tangent node's entries (:mod:`rnncomp.algorithms.sparse_plan`), nodes
+                          with the same entries fused (:mod:`rnncomp.algorithms.sparse_fuse`):
                           y[b, yp[i]] += coefficient · x[b, xp[i]]
-        scatter           J[b, e] = the state tangent's entry e (0 where never reached);  h[t-1] ← h[t]
+        scatter           J[b, e] = the state tangent's entry e (0 where never reached; written by
+                          the sweep where they are a range of J);  h[t-1] ← h[t]
 
 Storage per sample: the stored entries and each node's entries.  For SnAp-1 a weight
 W[i, j] reaches unit i only, so each node holds about one entry per parameter entry: the
 sweep is O(B·|θ|) element-wise work, the backward step a BPTT step's.  The index tables
 are the caller's int64 arrays (``bufs`` slots, not constants in the code); a ``mat``
 term's coefficients Σ c·P[yu, xu] are gathered once per window (θ is constant within it).
+J is kept state by state (``SparsePlan(by_state=True)``: each state's entries a range), and
+permuted from and to the caller's order (the NumPy executor's) once per window.
 """
 from __future__ import annotations
 
