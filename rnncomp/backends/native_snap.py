@@ -18,8 +18,9 @@ W[i, j] reaches unit i only, so each node holds about one entry per parameter en
 sweep is O(B·|θ|) element-wise work, the backward step a BPTT step's.  The index tables
 are the caller's int64 arrays (``bufs`` slots, not constants in the code); a ``mat``
 term's coefficients Σ c·P[yu, xu] are gathered once per window (θ is constant within it).
-J is kept state by state (``SparsePlan(by_state=True)``: each state's entries a range), and
-permuted from and to the caller's order (the NumPy executor's) once per window.
+J is kept state by state (``SparsePlan(by_state=True)``: each state's entries a range), in a
+buffer of the kernel filled from and emptied into the caller's (the NumPy executor's order)
+once per call.
 """
 from __future__ import annotations
 
@@ -49,7 +50,11 @@ class _Slots(OnlineSlots):
         super().__init__(step, (step.prog, bwd.prog), bwd, WEIGHT)
         for s, key in bwd.carry_in.items():  # δ⁺h[t] = 0: a buffer never written
             self.place(key, self.slot(f"zero {s}", "B", step.states[s]))
-        self.J = self.slot("J", "ext", 0)
+        # J in the plan's order: the caller's array itself, or (the plan's order differs from the
+        # caller's, the NumPy executor's) a buffer of the kernel filled and emptied once per call
+        self.permuted = not np.array_equal(sp_plan.perm, np.arange(len(sp_plan.perm)))
+        self.J = self.slot("J", "B", sp_plan.nnz) if self.permuted else self.slot("J", "ext", 0)
+        self.J_caller = self.slot("J caller", "ext", 0) if self.permuted else self.J
         self.entries = {key: self.slot(f"entries {key}", "B", len(sp_plan.entries[key][0])) for key in sp_plan.order}
         self.tables = {}   # slot -> int64 or float array, made once
 
@@ -73,8 +78,6 @@ class SparseKernel(SweepEmitter, StepEmitter):
         self.lib, self._fn = compile_online(step, self._description(), self._build, self.host, cache,
                                             "the sparse SnAp step")
         self._bufs, self._B = {}, None
-        ident = np.array_equal(sp_plan.perm, np.arange(len(sp_plan.perm)))
-        self._perm = None if ident else sp_plan.perm   # the caller's J is in np.nonzero's order
 
     def _check_backward(self):
         prog = self.bwd.prog
@@ -90,6 +93,7 @@ class SparseKernel(SweepEmitter, StepEmitter):
     def _make_tables(self):
         P, sp_ = self.plan, self.sp
         self.steps = fuse(sp_, [s for s in self.st.states if self.bwd.carry_out[s] is not None])
+        self.perm_slot = P.table("J order", sp_.perm) if P.permuted else None
         self.run_pieces = {id(r): tuple(P.table(f"piece {w} {r.keys[0]}", a) for w, a in zip(("starts", "units", "dirs"),
                                                                                            r.pieces[1:]))
                            for r in self.steps if isinstance(r, Run)}
@@ -154,6 +158,8 @@ class SparseKernel(SweepEmitter, StepEmitter):
         module = ir.Module(name=f"rnncomp_snap_{self.st.name}")
         module.triple = self.host.triple
         g = Gen(module, self.dtype, self.plan.L, self.host, "online")
+        if self.plan.permuted:
+            self._permute(g, into_plan=True)
         with for_range(g.b, g.T, name="t") as t:
             self._program(g, self.st.prog, t)
             self._loss(g, t)
@@ -164,8 +170,25 @@ class SparseKernel(SweepEmitter, StepEmitter):
             self._scatter(g)
             for s, n in self.st.states.items():
                 self._copy_state(g, s, n)
+        if self.plan.permuted:
+            self._permute(g, into_plan=False)
         g.b.ret_void()
         return module
+
+    def _permute(self, g, into_plan):
+        """J (plan's order)[b, i] = J (caller's)[b, perm[i]], or back."""
+        b, nnz = g.b, self.sp.nnz
+        mine, theirs, perm = (self._slot_ptr(g, k) for k in (self.plan.J, self.plan.J_caller, self.perm_slot))
+        perm = b.bitcast(perm, I64.as_pointer())
+        group, loop_id = parallel_loop_md(g.m)
+        tag = lambda inst: inst.set_metadata("llvm.access.group", group) or inst  # noqa: E731
+        with for_range(b, g.B, name="pb") as bi:
+            row = b.mul(bi, I64(nnz))
+            with for_range(b, I64(nnz), name="pi", loop_md=loop_id) as i:
+                a = b.gep(mine, [b.add(row, i)], inbounds=True)
+                c = b.gep(theirs, [b.add(row, self._at(g, perm, i, tag))], inbounds=True)
+                src, dst = (c, a) if into_plan else (a, c)
+                tag(b.store(tag(b.load(src)), dst))
 
     def _loss(self, g, t):
         b = g.b
@@ -231,10 +254,4 @@ class SparseKernel(SweepEmitter, StepEmitter):
             (self._bufs, self._work), self._B = P.buffers(B, dt, self.host), B
         for k, tm in self.matw.items():
             P.tables[k][:] = self.sp.mat_weights(tm, params, dt)
-        perm = self._perm
-        if perm is None:
-            return P.call(self._fn, self._bufs, self._work, params, states, seqs, w, {P.J: J}, fixed=P.tables)
-        Jp = np.ascontiguousarray(J[:, perm])   # the plan's order of the stored entries (by state)
-        out = P.call(self._fn, self._bufs, self._work, params, states, seqs, w, {P.J: Jp}, fixed=P.tables)
-        J[:, perm] = Jp
-        return out
+        return P.call(self._fn, self._bufs, self._work, params, states, seqs, w, {P.J_caller: J}, fixed=P.tables)
