@@ -13,11 +13,13 @@ register, each term's ``x`` read
     through xp[e - y0]     otherwise (an indexed load from a node outside the run, J, or v).
 
 The loop over entries is cut into *segments* where the set of terms that write there is
-constant, so every loop body is straight-line code.  A node is stored only where a term
-outside its run reads it, or the state's entries J are copied from it.  A node with a term
+constant, so every loop body is straight-line code, and each segment into *pieces* of one unit
+whose directions count up (an element-wise coefficient is a scalar over a piece).  A node is
+stored only where a term outside its run reads it or the state's entries J are copied from it;
+a state's new entries go straight into J where they are a range of it and nothing reads J
+after; the run that loads a state's entries from J gathers δh·J as well.  A node with a term
 whose ``yp`` is not contiguous (GRU's U·∂(r⊙h): all pairs of entries in one direction) is
-*general*: its terms run one by one.  Sums keep each node's term order, so the numbers are
-the unfused sweep's.
+*general*: its terms run one by one.  Sums in a run keep each node's term order.
 
     >>> import rnncomp as rc
     >>> from rnncomp.algorithms.pattern import pattern

@@ -3,10 +3,15 @@ node's kept entries, term by term, as :func:`rnncomp.algorithms.sparse_fuse.fuse
 
     coefficients   c[b, j] = ∂expr/∂x at (b, unit j), per element-wise term: once per unit,
                    not once per entry (SnAp-1 holds about |θ|/n entries per unit)
-    run            for b, for each segment [s0, s1), for e in it (the inner, contiguous loop,
+    run            for b, for each segment [s0, s1), for each piece of it (one unit u, the
+                   directions counting up from k0), for e in it (the inner, contiguous loop,
                    marked parallel: it writes only entry e of nodes nothing in it reads back):
-                       v[node] = Σ_terms coefficient · x     (x a register, x0 + i, or xp[i])
+                       v[node] = Σ_terms coefficient · x     (x a register, x0 + i, or xp[i];
+                                                              the coefficient c[b, u] a scalar)
+                       stored, and/or written to J[b, d0 + e]; a state's seed also gathers
+                       g[k0 + e] += δh[b, u]·v
     general        y zeroed, then per term:  y[b, yp[i]] += coefficient · x[b, xp[i]]
+                   (a mat term: one dot product per y entry over a contiguous run of x)
 
 Every pointer is loaded before the loops (a store through a float pointer may alias the
 ``bufs`` array as far as LLVM knows).  A mixin of :class:`.native_snap.SparseKernel`: it
