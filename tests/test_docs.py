@@ -88,7 +88,8 @@ def test_every_documented_command_is_accepted(doc, command):
                                  "rnncomp.compose.stack", "rnncomp.compose.bidirectional",
                                  "rnncomp.compose.model", "rnncomp.compose.explain", "rnncomp.compose.draw", "rnncomp.gradspec",
                                  "rnncomp.algorithms.saving", "rnncomp.algorithms.fixed_point", "rnncomp.train.progress",
-                                 "rnncomp.algorithms.compiled", "rnncomp.derivatives"])
+                                 "rnncomp.algorithms.compiled", "rnncomp.derivatives",
+                                 "rnncomp.algorithms.sparse_plan", "rnncomp.algorithms.sparse_fuse"])
 def test_doctests(mod):
     result = doctest.testmod(importlib.import_module(mod), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0

@@ -72,7 +72,7 @@ class Native:
             from .pattern import pattern
             from .sparse_plan import SparsePlan
 
-            self.kernel = SparseKernel(prep.st, SparsePlan(prep.st, pattern(prep.st, prep.n)), dtype)
+            self.kernel = SparseKernel(prep.st, SparsePlan(prep.st, pattern(prep.st, prep.n), by_state=True), dtype)
             return
         if not isinstance(prep, RtrlPrepared):
             raise CompileError(f"cell {prep.st.name!r}: the native online executor has no code for {algorithm!r} yet")

@@ -57,9 +57,13 @@ class Term:
 class SparsePlan:
     """The entries and terms of every tangent node (see the module docstring).
 
-    ``mask``: {state: (P, n) bool}, SnAp's pattern (:func:`.pattern.pattern`)."""
+    ``mask``: {state: (P, n) bool}, SnAp's pattern (:func:`.pattern.pattern`).  The stored
+    entries come in the order of ``np.nonzero`` (by parameter entry, then unit: the NumPy
+    executor's carry), or, ``by_state``, state by state in that order (each state's entries a
+    range of J: the native executor reads and writes them contiguously); ``perm[i]`` is the
+    position of stored entry i in the ``np.nonzero`` order."""
 
-    def __init__(self, step, mask, ts=None):
+    def __init__(self, step, mask, ts=None, by_state=False):
         self.st = step
         ts = self.ts = ts or tangent_step(step)
         dirs = self.dirs = Directions.dense(step)
@@ -69,6 +73,9 @@ class SparsePlan:
         self.N = int(offs[-1])
         full = np.concatenate([mask[s] for s in step.states], axis=1)   # (P, N)
         self.col, self.row = np.nonzero(full)                           # the stored entries
+        state = np.searchsorted(offs, self.row, side="right")
+        self.perm = np.argsort(state, kind="stable") if by_state else np.arange(len(self.col))
+        self.col, self.row = self.col[self.perm], self.row[self.perm]
         self.nnz = len(self.col)
         stored = np.full(full.shape, -1)
         stored[self.col, self.row] = np.arange(self.nnz)

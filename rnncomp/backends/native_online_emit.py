@@ -35,6 +35,7 @@ class OnlineSlots:
 
     def __init__(self, step, progs, bwd, weight_key):
         self.step, self.L, self.sizes = step, Layout(), {}
+        self._fixed_for, self._ptrs = None, None   # the pointer array of the last bufs (see call)
         self.param = {p: self.slot(f"param {p}", "ext", 0) for p in step.params}
         for p, k in self.param.items():
             self.place((p, None), k)
@@ -81,21 +82,29 @@ class OnlineSlots:
         return bufs, np.zeros(max(gemm.workspace_elems(S, S, S, str(dtype), host), 1), dtype=dtype)
 
 
-    def call(self, fn, bufs, work, params, states, seqs, w, extra):
+    def call(self, fn, bufs, work, params, states, seqs, w, extra, fixed=None):
         """Run ``fn`` over the steps of ``w`` (T, B): the internal ``bufs``, the caller's
         parameters, sequences, weights and states, and ``extra`` {slot: array} (carries and
-        tables, used in place: they must be contiguous).  Returns (loss, g, final states)."""
+        tables, used in place: they must be contiguous).  ``fixed`` {slot: array}: arrays that
+        live, unmoved, as long as ``bufs`` (index tables): their pointers, with those of ``bufs``,
+        are written once per ``bufs`` (one pointer array kept, for the last ``bufs``).
+        Returns (loss, g, final states)."""
         T, B = w.shape
         dt = work.dtype
-        keep, ptrs = [], (ctypes.c_void_p * len(self.L.slots))()
+        if self._fixed_for is not bufs:
+            self._ptrs = (ctypes.c_void_p * len(self.L.slots))()
+            for k, a in list(bufs.items()) + list((fixed or {}).items()):
+                self._check_contiguous(k, a)
+                self._ptrs[k] = a.ctypes.data
+            self._fixed_for = bufs
+        keep, ptrs = [], self._ptrs
 
         def put(slot, a):
             keep.append(a)
             ptrs[slot] = a.ctypes.data
 
-        for k, a in list(bufs.items()) + list(extra.items()):
-            if not a.flags.c_contiguous:
-                raise CompileError(f"cell {self.step.name!r}: internal: {self.L.slots[k].label} is not contiguous")
+        for k, a in extra.items():
+            self._check_contiguous(k, a)
             put(k, a)
         for p, k in self.param.items():
             put(k, np.ascontiguousarray(params[p], dtype=dt))
@@ -109,6 +118,11 @@ class OnlineSlots:
         fn(T, B, ptrs, work.ctypes.data)
         final = {s: bufs[k].reshape(B, n).copy() for (s, n), k in zip(self.step.states.items(), self.state.values())}
         return float(bufs[self.loss][0]), bufs[self.grad].copy(), final
+
+
+    def _check_contiguous(self, k, a):
+        if not a.flags.c_contiguous:
+            raise CompileError(f"cell {self.step.name!r}: internal: {self.L.slots[k].label} is not contiguous")
 
 
 def sources_hash(*own):

@@ -6,15 +6,21 @@ One entry point, the time loop inside native code, for a window of T steps:
         forward step      h[t], ℓ[t] from h[t-1], x[t]                         (B rows)
         backward step     δh[t-1] = ∂(w·ℓ[t])/∂h[t-1], g += ∂(w·ℓ[t])/∂θ|immediate   (δ⁺h[t] = 0)
         gather            g[k] += Σ_b Σ_{u: (u,k) kept} δh[t-1][b, u] · J[b, (u,k)]
-        sweep             each tangent node's entries, term by term (:mod:`rnncomp.algorithms.sparse_plan`):
+                          (done by the sweep's run that loads J, where it can: :mod:`.native_snap_sweep`)
+        sweep             each tangent node's entries (:mod:`rnncomp.algorithms.sparse_plan`), nodes
+                          with the same entries fused (:mod:`rnncomp.algorithms.sparse_fuse`):
                           y[b, yp[i]] += coefficient · x[b, xp[i]]
-        scatter           J[b, e] = the state tangent's entry e (0 where never reached);  h[t-1] ← h[t]
+        scatter           J[b, e] = the state tangent's entry e (0 where never reached; written by
+                          the sweep where they are a range of J);  h[t-1] ← h[t]
 
 Storage per sample: the stored entries and each node's entries.  For SnAp-1 a weight
 W[i, j] reaches unit i only, so each node holds about one entry per parameter entry: the
 sweep is O(B·|θ|) element-wise work, the backward step a BPTT step's.  The index tables
 are the caller's int64 arrays (``bufs`` slots, not constants in the code); a ``mat``
 term's coefficients Σ c·P[yu, xu] are gathered once per window (θ is constant within it).
+J is kept state by state (``SparsePlan(by_state=True)``: each state's entries a range), in a
+buffer of the kernel filled from and emptied into the caller's (the NumPy executor's order)
+once per call.
 """
 from __future__ import annotations
 
@@ -25,12 +31,14 @@ from llvmlite import ir
 
 from ..autodiff import backward_step
 from ..errors import CompileError
-from ..ir import LEAF_OPS, placeholder
-from .llvm.builder import I64, for_range
-from .llvm.exprgen import LLVMPrinter, unsupported
+from ..algorithms.sparse_fuse import Run, contiguous, fuse, row_groups
+from ..ir import LEAF_OPS
+from .llvm.builder import I64, for_range, parallel_loop_md
+from .llvm.exprgen import unsupported
 from .llvm.jit import HostTarget
 from .native_emit import Gen
 from .native_online_emit import OnlineSlots, StepEmitter, compile_online, sources_hash
+from .native_snap_sweep import SweepEmitter, no_tag
 from .native_tangent_plan import FORWARD_OPS, WEIGHT, check
 
 
@@ -42,7 +50,11 @@ class _Slots(OnlineSlots):
         super().__init__(step, (step.prog, bwd.prog), bwd, WEIGHT)
         for s, key in bwd.carry_in.items():  # δ⁺h[t] = 0: a buffer never written
             self.place(key, self.slot(f"zero {s}", "B", step.states[s]))
-        self.J = self.slot("J", "ext", 0)
+        # J in the plan's order: the caller's array itself, or (the plan's order differs from the
+        # caller's, the NumPy executor's) a buffer of the kernel filled and emptied once per call
+        self.permuted = not np.array_equal(sp_plan.perm, np.arange(len(sp_plan.perm)))
+        self.J = self.slot("J", "B", sp_plan.nnz) if self.permuted else self.slot("J", "ext", 0)
+        self.J_caller = self.slot("J caller", "ext", 0) if self.permuted else self.J
         self.entries = {key: self.slot(f"entries {key}", "B", len(sp_plan.entries[key][0])) for key in sp_plan.order}
         self.tables = {}   # slot -> int64 or float array, made once
 
@@ -52,7 +64,7 @@ class _Slots(OnlineSlots):
         return k
 
 
-class SparseKernel(StepEmitter):
+class SparseKernel(SweepEmitter, StepEmitter):
     """The compiled window of sparse SnAp for one cell (see the module docstring)."""
 
     def __init__(self, step, sp_plan, dtype, cache="default"):
@@ -80,33 +92,56 @@ class SparseKernel(StepEmitter):
     # ------------------------------------------------------------------ index tables
     def _make_tables(self):
         P, sp_ = self.plan, self.sp
+        self.steps = fuse(sp_, [s for s in self.st.states if self.bwd.carry_out[s] is not None])
+        self.perm_slot = P.table("J order", sp_.perm) if P.permuted else None
+        self.run_pieces = {id(r): tuple(P.table(f"piece {w} {r.keys[0]}", a) for w, a in zip(("starts", "units", "dirs"),
+                                                                                           r.pieces[1:]))
+                           for r in self.steps if isinstance(r, Run)}
+        fused = {s for r in self.steps if isinstance(r, Run) for s in r.gather if s is not None}
         self.term_slots = {}   # (node, i) -> {"yp": slot, "xp": slot, "units"/"coef"/"matw": slot}
+        self.coef_slots = {}   # (node, i) -> the slot of an ew term's coefficient per (sample, unit)
         self.matw = {}         # slot -> the mat term whose coefficients it holds (per window)
+        self.rows_of = {}      # (node, i) -> slots of a mat term's (ys, lo, xs): see _row_sums
         for key in sp_.order:
             for i, tm in enumerate(sp_.terms[key]):
                 s = {"yp": P.table(f"yp {key} {i}", tm.yp), "xp": P.table(f"xp {key} {i}", tm.xp)}
                 if tm.kind == "ew":
                     s["units"] = P.table(f"units {key} {i}", tm.units)
+                    self.coef_slots[(key, i)] = P.slot(f"dcoef {key} {i}", "B", sp_.ts.prog.nodes[key].size)
                 elif tm.kind == "inject":
                     s["coef"] = P.table(f"coef {key} {i}", tm.coef, self.dtype)
                 elif tm.kind == "mat":
                     s["matw"] = P.table(f"matw {key} {i}", np.zeros(len(tm.yp)), self.dtype)
                     self.matw[s["matw"]] = tm
+                    rows = row_groups(tm.yp, tm.xp)
+                    if rows is not None:
+                        self.rows_of[(key, i)] = tuple(P.table(f"{what} {key} {i}", a)
+                                                       for what, a in zip(("rows y", "rows lo", "rows x"), rows))
                 self.term_slots[(key, i)] = s
-        self.out_slots = [(k, P.table(f"out src {k}", src), P.table(f"out dst {k}", dst), len(src))
-                          for k, src, dst in sp_.out]
-        self.gather = []       # per state with a δh[t-1]: (its key, n, stored, unit, column slots, count)
+        # an index table that counts up by one is a start instead (a plain, vectorisable loop)
+        pos = lambda label, a: ("+", contiguous(a)) if contiguous(a) is not None else ("[]", P.table(label, a))  # noqa: E731,E501
+        direct = {k for r in self.steps if isinstance(r, Run) for k, d0 in zip(r.keys, r.to_j) if d0 is not None}
+        self.out_slots = [(k, pos(f"out src {k}", src), pos(f"out dst {k}", dst), len(src))
+                          for k, src, dst in sp_.out if k not in direct]
+        hit = np.zeros(sp_.nnz, dtype=bool)
+        for _, _, dst in sp_.out:
+            hit[dst] = True
+        self.unreached = (pos("unreached", np.nonzero(~hit)[0]), int((~hit).sum()))   # J's entries left 0
+        self.gather = []       # per state with a δh[t-1]: (its key, n, stored, unit, column, count, distinct)
         for s, n in self.st.states.items():
             key = self.bwd.carry_out[s]
-            if key is None:
+            if key is None or s in fused:   # gathered by the run that reads its seed
                 continue
             o = sp_.state_off[s]
             e = np.nonzero((sp_.row >= o) & (sp_.row < o + n))[0]
-            self.gather.append((key, n, P.table(f"gather e {s}", e), P.table(f"gather u {s}", sp_.row[e] - o),
-                                P.table(f"gather k {s}", sp_.col[e]), len(e)))
+            u, k = sp_.row[e] - o, sp_.col[e]
+            self.gather.append((key, n, pos(f"gather e {s}", e), pos(f"gather u {s}", u), pos(f"gather k {s}", k),
+                                len(e), len(np.unique(k)) == len(e)))
 
     def _description(self) -> str:
-        h = sources_hash("native_snap.py")
+        h = sources_hash("native_snap.py", "native_snap_sweep.py")
+        h.update(repr([s.describe() if isinstance(s, Run) else s for s in self.steps]).encode())
+        h.update(repr((self.out_slots, self.unreached, self.gather, sorted(self.rows_of))).encode())
         for k in sorted(self.plan.tables):
             h.update(repr((k, self.plan.L.slots[k], self.plan.tables[k].dtype.str, len(self.plan.tables[k]))).encode())
         for prog in (self.st.prog, self.sp.ts.prog, self.bwd.prog):
@@ -123,26 +158,37 @@ class SparseKernel(StepEmitter):
         module = ir.Module(name=f"rnncomp_snap_{self.st.name}")
         module.triple = self.host.triple
         g = Gen(module, self.dtype, self.plan.L, self.host, "online")
+        if self.plan.permuted:
+            self._permute(g, into_plan=True)
         with for_range(g.b, g.T, name="t") as t:
             self._program(g, self.st.prog, t)
             self._loss(g, t)
             self._program(g, self.bwd.prog, t)
             self._grad_terms(g, self.bwd, t, self._slot_ptr(g, self.plan.grad), self._slot_ptr(g, self.plan.tmp))
             self._gather(g, t)
-            for key in self.sp.order:
-                self._node(g, key, t)
+            self._sweep(g, t)
             self._scatter(g)
             for s, n in self.st.states.items():
                 self._copy_state(g, s, n)
+        if self.plan.permuted:
+            self._permute(g, into_plan=False)
         g.b.ret_void()
         return module
 
-    def _tab(self, g, slot, int_table=True):
-        p = self._slot_ptr(g, slot)
-        return g.b.bitcast(p, I64.as_pointer()) if int_table else p
-
-    def _at(self, g, p, i):
-        return g.b.load(g.b.gep(p, [i], inbounds=True))
+    def _permute(self, g, into_plan):
+        """J (plan's order)[b, i] = J (caller's)[b, perm[i]], or back."""
+        b, nnz = g.b, self.sp.nnz
+        mine, theirs, perm = (self._slot_ptr(g, k) for k in (self.plan.J, self.plan.J_caller, self.perm_slot))
+        perm = b.bitcast(perm, I64.as_pointer())
+        group, loop_id = parallel_loop_md(g.m)
+        tag = lambda inst: inst.set_metadata("llvm.access.group", group) or inst  # noqa: E731
+        with for_range(b, g.B, name="pb") as bi:
+            row = b.mul(bi, I64(nnz))
+            with for_range(b, I64(nnz), name="pi", loop_md=loop_id) as i:
+                a = b.gep(mine, [b.add(row, i)], inbounds=True)
+                c = b.gep(theirs, [b.add(row, self._at(g, perm, i, tag))], inbounds=True)
+                src, dst = (c, a) if into_plan else (a, c)
+                tag(b.store(tag(b.load(src)), dst))
 
     def _loss(self, g, t):
         b = g.b
@@ -150,94 +196,55 @@ class SparseKernel(StepEmitter):
         with for_range(b, g.B, name="lb") as bi:
             b.store(b.fadd(b.load(lossp), b.fmul(self._at(g, w, bi), self._at(g, ell, bi))), lossp)
 
+    def _index(self, g, spec):
+        """k -> the k-th position of an index table ("[]", slot) or a range ("+", start)."""
+        b = g.b
+        if spec[0] == "+":
+            return lambda k, tag: b.add(k, I64(spec[1])) if spec[1] else k
+        p = self._tab(g, spec[1])
+        return lambda k, tag: self._at(g, p, k, tag)
+
     def _gather(self, g, t):
-        """g[k] += Σ_b δh[t-1][b, u]·J[b, (u, k)] over the stored entries (J still J[t-1])."""
+        """g[k] += Σ_b δh[t-1][b, u]·J[b, (u, k)] over the stored entries (J still J[t-1]) of the
+        states no run gathers as it reads them (:func:`.sparse_fuse._gathers`); the loop over
+        entries is parallel where no parameter entry k comes twice."""
         b, nnz = g.b, self.sp.nnz
         grad, J = self._slot_ptr(g, self.plan.grad), self._slot_ptr(g, self.plan.J)
-        for key, n, es, us, ks, count in self.gather:
-            dl, e, u, k = g.ptr(key, t), self._tab(g, es), self._tab(g, us), self._tab(g, ks)
+        for key, n, es, us, ks, count, distinct in self.gather:
+            dl, e, u, k = g.ptr(key, t), self._index(g, es), self._index(g, us), self._index(g, ks)
+            group, loop_id = parallel_loop_md(g.m) if distinct else (None, None)
+            tag = (lambda inst: inst.set_metadata("llvm.access.group", group) or inst) if distinct else no_tag
             with for_range(b, g.B, name="qb") as bi:
-                with for_range(b, I64(count), name="qi") as i:
-                    x = self._at(g, dl, b.add(b.mul(bi, I64(n)), self._at(g, u, i)))
-                    j = self._at(g, J, b.add(b.mul(bi, I64(nnz)), self._at(g, e, i)))
-                    at = b.gep(grad, [self._at(g, k, i)], inbounds=True)
-                    b.store(b.fadd(b.load(at), b.fmul(x, j)), at)
-
-    def _node(self, g, key, t):
-        """One tangent node's entries: zeroed, then each term added (see the module docstring)."""
-        b, ny = g.b, len(self.sp.entries[key][0])
-        y = self._slot_ptr(g, self.plan.entries[key])
-        with for_range(b, b.mul(g.B, I64(ny)), name="z") as z:
-            b.store(ir.Constant(g.ty, 0.0), b.gep(y, [z], inbounds=True))
-        node = self.sp.ts.prog.nodes[key]
-        for i, tm in enumerate(self.sp.terms[key]):
-            if len(tm.yp):
-                self._term(g, key, node, tm, self.term_slots[(key, i)], y, ny, t)
-
-    def _source(self, g, tm, t):
-        """(pointer, row stride) of what a term reads: J, a tangent node's entries, a forward value."""
-        if tm.arg == "J":
-            return self._slot_ptr(g, self.plan.J), self.sp.nnz
-        if tm.kind == "inject":
-            return g.ptr(tm.arg, t), (0 if tm.arg[1] is None else self.st.prog.node(tm.arg).size)
-        return self._slot_ptr(g, self.plan.entries[tm.arg]), len(self.sp.entries[tm.arg][0])
-
-    def _term(self, g, key, node, tm, slots, y, ny, t):
-        b = g.b
-        yp = self._tab(g, slots["yp"])
-        xp = self._tab(g, slots["xp"])
-        src, nx = (None, 0) if tm.kind == "one" else self._source(g, tm, t)
-        extra = {k: self._tab(g, v, k == "units") for k, v in slots.items() if k not in ("yp", "xp")}
-        fwd = {}
-        if tm.kind == "ew":
-            for a in node.args:
-                if a not in self.sp.ts.prog.nodes:
-                    fwd[a] = (g.ptr(a, t), self.st.prog.node(a).size, a[1] is None)
-        with for_range(b, g.B, name="sb") as bi:
-            with for_range(b, I64(len(tm.yp)), name="si") as i:
-                if tm.kind == "one":
-                    x = ir.Constant(g.ty, 1.0)
-                else:
-                    xi = self._at(g, xp, i)
-                    x = self._at(g, src, b.add(b.mul(bi, I64(nx)), xi) if nx else xi)
-                if tm.kind == "ew":
-                    x = b.fmul(x, self._coefficient(g, node, tm, fwd, bi, self._at(g, extra["units"], i)))
-                elif tm.kind in ("inject", "mat"):
-                    x = b.fmul(x, self._at(g, extra["coef" if tm.kind == "inject" else "matw"], i))
-                at = b.gep(y, [b.add(b.mul(bi, I64(ny)), self._at(g, yp, i))], inbounds=True)
-                b.store(b.fadd(b.load(at), x), at)
-
-    def _coefficient(self, g, node, tm, fwd, bi, unit):
-        """∂expr/∂x at sample ``bi``, unit ``unit``: the forward arguments loaded there (tangent
-        arguments are 0: the expression is linear in them, the coefficient does not read them)."""
-        b, vals = g.b, {}
-        for i, a in enumerate(node.args):
-            if a not in fwd:
-                vals[placeholder(i)] = ir.Constant(g.ty, 0.0)
-                continue
-            p, n, shared = fwd[a]
-            col = unit if n > 1 else I64(0)
-            vals[placeholder(i)] = self._at(g, p, col if shared else b.add(b.mul(bi, I64(n)), col))
-        return LLVMPrinter(b, g.ty, vals).emit_all(tm.expr)
+                with for_range(b, I64(count), name="qi", loop_md=loop_id) as i:
+                    x = self._at(g, dl, b.add(b.mul(bi, I64(n)), u(i, tag)), tag)
+                    j = self._at(g, J, b.add(b.mul(bi, I64(nnz)), e(i, tag)), tag)
+                    at = b.gep(grad, [k(i, tag)], inbounds=True)
+                    tag(b.store(b.fadd(tag(b.load(at)), b.fmul(x, j)), at))
 
     def _scatter(self, g):
-        """J[b, e] = the output entries (J zeroed first: an entry never reached stays 0)."""
+        """J[b, e] = the output entries (0 where never reached); every entry written once."""
         b, nnz = g.b, self.sp.nnz
         J = self._slot_ptr(g, self.plan.J)
-        with for_range(b, b.mul(g.B, I64(nnz)), name="jz") as z:
-            b.store(ir.Constant(g.ty, 0.0), b.gep(J, [z], inbounds=True))
-        for key, src_s, dst_s, count in self.out_slots:
-            y, ny = self._slot_ptr(g, self.plan.entries[key]), len(self.sp.entries[key][0])
-            src, dst = self._tab(g, src_s), self._tab(g, dst_s)
+        spec, count = self.unreached
+        copies = [(None, None, spec, count)] + [(key, src, dst, count) for key, src, dst, count in self.out_slots]
+        for key, src_s, dst_s, count in copies:
+            if not count:
+                continue
+            ny = len(self.sp.entries[key][0]) if key is not None else 0
+            y = self._slot_ptr(g, self.plan.entries[key]) if key is not None else None
+            src, dst = (self._index(g, src_s) if key is not None else None), self._index(g, dst_s)
+            group, loop_id = parallel_loop_md(g.m)
+            tag = lambda inst: inst.set_metadata("llvm.access.group", group) or inst  # noqa: E731
             with for_range(b, g.B, name="ob") as bi:
-                with for_range(b, I64(count), name="oi") as i:
-                    x = self._at(g, y, b.add(b.mul(bi, I64(ny)), self._at(g, src, i)))
-                    b.store(x, b.gep(J, [b.add(b.mul(bi, I64(nnz)), self._at(g, dst, i))], inbounds=True))
+                with for_range(b, I64(count), name="oi", loop_md=loop_id) as i:
+                    x = ir.Constant(g.ty, 0.0) if y is None else \
+                        self._at(g, y, b.add(b.mul(bi, I64(ny)), src(i, tag)), tag)
+                    tag(b.store(x, b.gep(J, [b.add(b.mul(bi, I64(nnz)), dst(i, tag))], inbounds=True)))
 
     # ------------------------------------------------------------------ calls
     def run(self, params, states, seqs, w, J):
-        """Run ``w.shape[0]`` steps from ``states`` {s: (B, n)} with the carried ``J`` (B, nnz),
-        updated in place; ``seqs`` {input/target: (T, B, n)}.  Returns (loss, g (P,), final states)."""
+        """Run ``w.shape[0]`` steps from ``states`` {s: (B, n)} with the carried ``J`` (B, nnz, in
+        the NumPy executor's order: :class:`.SparsePlan`'s ``perm``), updated in place; ``seqs`` {input/target: (T, B, n)}.  Returns (loss, g (P,), final states)."""
         T, B = w.shape
         dt, P = self.dtype, self.plan
         if J.dtype != dt or not J.flags.c_contiguous or J.shape != (B, self.sp.nnz):
@@ -247,4 +254,4 @@ class SparseKernel(StepEmitter):
             (self._bufs, self._work), self._B = P.buffers(B, dt, self.host), B
         for k, tm in self.matw.items():
             P.tables[k][:] = self.sp.mat_weights(tm, params, dt)
-        return P.call(self._fn, self._bufs, self._work, params, states, seqs, w, {**P.tables, P.J: J})
+        return P.call(self._fn, self._bufs, self._work, params, states, seqs, w, {P.J_caller: J}, fixed=P.tables)

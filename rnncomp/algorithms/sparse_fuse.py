@@ -1,0 +1,233 @@
+"""Which tangent nodes of sparse SnAp's sweep one element-wise loop computes (issue #20).
+
+:class:`.sparse_plan.SparsePlan` writes each node as terms ``y[b, yp[i]] += c·x[b, xp[i]]``.
+Most of them are plain: for SnAp-1 on Elman, GRU or LSTM nearly every term's ``yp`` is the
+node's entries in order, or a contiguous range of them (the entries of one parameter's
+directions), and consecutive nodes hold the same entries (∂a, ∂tanh(a), ∂h: one entry per
+parameter entry).  A *run* is a list of consecutive nodes with the same entries whose terms
+all write contiguous ranges: one loop over the entries computes them all, every value in a
+register, each term's ``x`` read
+
+    from a register        x is a node earlier in the run, at the same entry;
+    at x0 + (e - y0)       x's positions are contiguous (no index table);
+    through xp[e - y0]     otherwise (an indexed load from a node outside the run, J, or v).
+
+The loop over entries is cut into *segments* where the set of terms that write there is
+constant, so every loop body is straight-line code, and each segment into *pieces* of one unit
+whose directions count up (an element-wise coefficient is a scalar over a piece).  A node is
+stored only where a term outside its run reads it or the state's entries J are copied from it;
+a state's new entries go straight into J where they are a range of it and nothing reads J
+after; the run that loads a state's entries from J gathers δh·J as well.  A node with a term
+whose ``yp`` is not contiguous (GRU's U·∂(r⊙h): all pairs of entries in one direction) is
+*general*: its terms run one by one.  Sums in a run keep each node's term order.
+
+    >>> import rnncomp as rc
+    >>> from rnncomp.algorithms.pattern import pattern
+    >>> from rnncomp.algorithms.sparse_plan import SparsePlan
+    >>> st = rc.cells.elman(2, 4, 1).step
+    >>> steps = fuse(SparsePlan(st, pattern(st, 1)))
+    >>> [[k[0] for k in s.keys] for s in steps]   # ∂P·v and ∂b read no node: they go first
+    [['∂U·h%'], ['∂W·x%'], ['∂b%'], ['∂h%', 'U·∂h%', '∂U·h·sum%', '∂a1%', '∂h%']]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def contiguous(a):
+    """a[0] if ``a`` is a[0], a[0] + 1, …; else None (an empty array is contiguous from 0)."""
+    if not len(a):
+        return 0
+    return int(a[0]) if np.array_equal(a, np.arange(a[0], a[0] + len(a))) else None
+
+
+@dataclass
+class FusedTerm:
+    """Term ``term`` of a run's node, writing the node's entries y0 … y0 + n - 1."""
+
+    term: int
+    y0: int
+    n: int
+    reg: bool          # x is a node of the run at the same entry (its register)
+    x0: object = None  # x read at x0 + (e - y0); None: through the term's xp table
+
+
+@dataclass(eq=False)
+class Run:
+    """Nodes ``keys`` (same entries, ``ny`` of them) computed by one loop (module docstring)."""
+
+    keys: list
+    ny: int
+    terms: list = field(default_factory=list)   # per node: its FusedTerms
+    store: list = field(default_factory=list)   # per node: written to its entries' buffer
+    pieces: tuple = ()   # (per segment (p0, p1), each piece's start (and the end), each piece's unit)
+    to_j: list = field(default_factory=list)    # per node: None, or d0: entry e is J's entry d0 + e
+    gather: list = field(default_factory=list)  # per node: None, or the state whose δh·J it gathers
+
+    def segments(self):
+        """(s0, s1) pieces of 0 … ny - 1 in which every term writes all entries or none."""
+        cuts = sorted({0, self.ny} | {c for ts in self.terms for ft in ts for c in (ft.y0, ft.y0 + ft.n)})
+        return [(a, b) for a, b in zip(cuts, cuts[1:]) if a < b]
+
+    def describe(self):
+        return (self.keys, self.ny, [[(f.term, f.y0, f.n, f.reg, f.x0) for f in ts] for ts in self.terms],
+                self.store, self.pieces[0], self.to_j, self.gather)
+
+    def cut(self, units, dirs):
+        """Set ``pieces``: each segment cut where the unit of the entries changes or their
+        direction stops counting up (an element-wise coefficient is one value over a piece, and
+        a gathered gradient entry a range: for SnAp-1, a weight row's directions)."""
+        starts, punits, pdirs, ranges = [], [], [], []
+        for s0, s1 in self.segments():
+            at = s0 + stretches((dirs[s0:s1],), (units[s0:s1],))[:-1]
+            ranges.append((len(starts), len(starts) + len(at)))
+            starts.extend(int(a) for a in at)
+            punits.extend(int(units[a]) for a in at)
+            pdirs.extend(int(dirs[a]) for a in at)
+        self.pieces = (ranges, np.array(starts + [self.ny]), np.array(punits), np.array(pdirs))
+
+
+def _same_entries(plan, a, b):
+    (da, ua), (db, ub) = plan.entries[a], plan.entries[b]
+    return np.array_equal(da, db) and np.array_equal(ua, ub)
+
+
+def _fused_terms(plan, key, run):
+    """The FusedTerms of ``key`` as a member of ``run`` (None: it cannot join it)."""
+    out = []
+    for i, tm in enumerate(plan.terms[key]):
+        if not len(tm.yp):
+            continue
+        y0, x0 = contiguous(tm.yp), (None if tm.kind == "one" else contiguous(tm.xp))
+        if y0 is None:
+            return None
+        reg = run is not None and tm.arg in run.keys
+        if reg and x0 != y0:  # another entry of a node the same loop writes: not a register
+            return None
+        out.append(FusedTerm(i, y0, len(tm.yp), reg, x0))
+    return out
+
+
+def fuse(plan, gathered=()):
+    """The sweep of ``plan`` as a list of :class:`Run` and keys of general nodes, in an order
+    that respects every term's reads.  A node joins the last run with its entries when what
+    it reads is computed by then; a node that reads no other node (a seed, ∂P·v) may move
+    ahead of that run to let it.  ``gathered``: the states whose g[k] += δh[b, u]·J[b, (u, k)]
+    the run that reads the state's seed may do as it loads J (see :func:`_gathers`)."""
+    steps, where = [], {}
+    at = lambda s: next(i for i, m in enumerate(steps) if m is s)  # noqa: E731
+    tangent = lambda key: [tm.arg for tm in plan.terms[key] if tm.arg in plan.entries and len(tm.yp)]  # noqa: E731
+    leaf = lambda s: not any(tangent(k) for k in (s.keys if isinstance(s, Run) else [s]))  # noqa: E731
+    for key in plan.order:
+        run = next((s for s in reversed(steps) if isinstance(s, Run) and _same_entries(plan, s.keys[0], key)), None)
+        terms = None if run is None else _fused_terms(plan, key, run)
+        if terms is not None:
+            late = []
+            for a in tangent(key):
+                s = where[a]
+                if s is not run and at(s) > at(run) and not any(s is m for m in late):
+                    late.append(s)
+            if all(leaf(s) for s in late):
+                for s in late:   # reads nothing: computed before the run instead
+                    steps.pop(at(s))
+                    steps.insert(at(run), s)
+                run.keys.append(key)
+                run.terms.append(terms)
+                where[key] = run
+                continue
+        terms = _fused_terms(plan, key, None)
+        step = key if terms is None else Run([key], len(plan.entries[key][0]), [terms])
+        steps.append(step)
+        where[key] = step
+    direct = _direct_outs(plan, steps, where)
+    read = {k for k, _, _ in plan.out if k not in direct}   # what must be in memory: J's source, reads outside a register
+    for s in steps:
+        if isinstance(s, Run):
+            read |= {plan.terms[k][f.term].arg for k, ts in zip(s.keys, s.terms) for f in ts if not f.reg}
+        else:
+            read |= {tm.arg for tm in plan.terms[s]}
+    for s in steps:
+        if isinstance(s, Run):
+            s.store = [k in read for k in s.keys]
+            s.to_j = [direct.get(k) for k in s.keys]
+            s.gather = _gathers(plan, s, gathered)
+            d, u = plan.entries[s.keys[0]]
+            s.cut(u, d)
+    return steps
+
+
+def _gathers(plan, run, gathered):
+    """Per node of ``run``: the state of ``gathered`` whose seed it is, where the seed reads every
+    one of the state's stored entries, in order, as a range of J (each entry once: its
+    direction is the parameter entry k, its unit u)."""
+    out = []
+    for key, ts in zip(run.keys, run.terms):
+        s = next((s for s in gathered if plan.ts.state_seeds.get(s) == key), None)
+        if s is not None:
+            o, n = plan.state_off[s], plan.st.states[s]
+            e = np.nonzero((plan.row >= o) & (plan.row < o + n))[0]
+            f = ts[0] if len(ts) == 1 and plan.terms[key][ts[0].term].arg == "J" else None
+            ok = f is not None and f.x0 is not None and f.n == len(e) and contiguous(e) == f.x0
+            s = s if ok else None
+        out.append(s)
+    return out
+
+
+def _direct_outs(plan, steps, where):
+    """{node: d0} for the state entries a run can write into J itself (J[b, d0 + e] = entry e):
+    the node's entries in order are a range of J, and nothing reads J after that entry is
+    written (every read of J is in an earlier step, or in the run at the entry it writes)."""
+    order = {id(s): i for i, s in enumerate(steps)}
+    reads = []   # (step index, the run's FusedTerm or None) of every term reading J
+    for s in steps:
+        for k, ts in (zip(s.keys, s.terms) if isinstance(s, Run) else [(s, None)]):
+            fts = ts if ts is not None else [None] * len(plan.terms[k])
+            for i, tm in enumerate(plan.terms[k]):
+                if tm.arg == "J" and len(tm.yp):
+                    reads.append((order[id(s)], next((f for f in fts if f is not None and f.term == i), None)))
+    direct = {}
+    for k, src, dst in plan.out:
+        s, d0 = where.get(k), contiguous(dst)
+        if not isinstance(s, Run) or d0 is None or len(src) != s.ny or contiguous(src) != 0:
+            continue
+        if all(i < order[id(s)] or (i == order[id(s)] and f is not None and f.x0 is not None and f.x0 - f.y0 == d0)
+               for i, f in reads):
+            direct[k] = d0
+    return direct
+
+
+def row_groups(yp, xp):
+    """(ys, lo, xs) when the pairs (yp, xp) come grouped by y entry, each group's x positions a
+    contiguous run: group r is pairs lo[r] … lo[r+1] - 1, writing ys[r], reading from xs[r]
+    (a ``mat`` term: every entry of a direction against the entries of x in it); else None.
+
+    >>> row_groups(np.array([0, 0, 2]), np.array([5, 6, 1]))
+    (array([0, 2]), array([0, 2, 3]), array([5, 1]))
+    """
+    if not len(yp) or (np.diff(yp) < 0).any():
+        return None
+    ys, lo = np.unique(yp, return_index=True)
+    lo = np.append(lo, len(yp))
+    xs = xp[lo[:-1]]
+    if not np.array_equal(xp, np.repeat(xs - lo[:-1], np.diff(lo)) + np.arange(len(yp))):
+        return None
+    return ys, lo, xs
+
+
+def stretches(up, same):
+    """Starts (and the end) of the longest stretches of 0 … n-1 over which every array of ``up``
+    counts up by one and every array of ``same`` stays equal.
+
+    >>> stretches((np.array([0, 1, 2, 5, 6]),), (np.array([3, 3, 4, 4, 4]),)).tolist()
+    [0, 2, 3, 5]
+    """
+    n = len((up + same)[0])
+    new = np.zeros(n, dtype=bool)
+    new[:1] = True
+    for a in up:
+        new[1:] |= np.diff(a) != 1
+    for a in same:
+        new[1:] |= np.diff(a) != 0
+    return np.append(np.nonzero(new)[0], n)

@@ -1,0 +1,193 @@
+"""The sweep of the native sparse SnAp executor (:mod:`.native_snap`, issue #20): each tangent
+node's kept entries, term by term, as :func:`rnncomp.algorithms.sparse_fuse.fuse` groups them.
+
+    coefficients   c[b, j] = ∂expr/∂x at (b, unit j), per element-wise term: once per unit,
+                   not once per entry (SnAp-1 holds about |θ|/n entries per unit)
+    run            for b, for each segment [s0, s1), for each piece of it (one unit u, the
+                   directions counting up from k0), for e in it (the inner, contiguous loop,
+                   marked parallel: it writes only entry e of nodes nothing in it reads back):
+                       v[node] = Σ_terms coefficient · x     (x a register, x0 + i, or xp[i];
+                                                              the coefficient c[b, u] a scalar)
+                       stored, and/or written to J[b, d0 + e]; a state's seed also gathers
+                       g[k0 + e] += δh[b, u]·v
+    general        y zeroed, then per term:  y[b, yp[i]] += coefficient · x[b, xp[i]]
+                   (a mat term: one dot product per y entry over a contiguous run of x)
+
+Every pointer is loaded before the loops (a store through a float pointer may alias the
+``bufs`` array as far as LLVM knows).  A mixin of :class:`.native_snap.SparseKernel`: it
+provides ``sp`` (the plan), ``st``, ``plan`` (slots), ``term_slots``, ``coef_slots`` and ``steps``.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+
+from ..algorithms.sparse_fuse import Run
+from ..ir import placeholder
+from .llvm.builder import I64, alloca_once, for_range, parallel_loop_md
+from .llvm.exprgen import LLVMPrinter
+
+
+def no_tag(inst):
+    return inst
+
+
+class SweepEmitter:
+    """Code of the sweep (see the module docstring)."""
+
+    def _tab(self, g, slot, int_table=True):
+        p = self._slot_ptr(g, slot)
+        return g.b.bitcast(p, I64.as_pointer()) if int_table else p
+
+    def _at(self, g, p, i, tag=no_tag):
+        return tag(g.b.load(g.b.gep(p, [i], inbounds=True)))
+
+    def _sweep(self, g, t):
+        self._coefficients(g, t)
+        for s in self.steps:
+            if isinstance(s, Run):
+                self._run(g, s, t)
+            else:
+                self._general(g, s, t)
+
+    # ------------------------------------------------------------------ coefficients per unit
+    def _coefficients(self, g, t):
+        b, nodes = g.b, self.sp.ts.prog.nodes
+        for (key, i), slot in self.coef_slots.items():
+            node, tm = nodes[key], self.sp.terms[key][i]
+            fwd = {a: (g.ptr(a, t), self.st.prog.node(a).size, a[1] is None) for a in node.args if a not in nodes}
+            out, n = self._slot_ptr(g, slot), node.size
+            group, loop_id = parallel_loop_md(g.m)
+            tag = lambda inst: inst.set_metadata("llvm.access.group", group) or inst  # noqa: E731
+            with for_range(b, g.B, name="cb") as bi:
+                with for_range(b, I64(n), name="cj", loop_md=loop_id) as j:
+                    v = self._coefficient(g, node, tm, fwd, bi, j, tag)
+                    tag(b.store(v, b.gep(out, [b.add(b.mul(bi, I64(n)), j)], inbounds=True)))
+
+    def _coefficient(self, g, node, tm, fwd, bi, unit, tag):
+        """∂expr/∂x at sample ``bi``, unit ``unit``: the forward arguments loaded there (tangent
+        arguments are 0: the expression is linear in them, the coefficient does not read them)."""
+        b, vals = g.b, {}
+        for i, a in enumerate(node.args):
+            if a not in fwd:
+                vals[placeholder(i)] = ir.Constant(g.ty, 0.0)
+                continue
+            p, n, shared = fwd[a]
+            col = unit if n > 1 else I64(0)
+            vals[placeholder(i)] = self._at(g, p, col if shared else b.add(b.mul(bi, I64(n)), col), tag)
+        return LLVMPrinter(b, g.ty, vals).emit_all(tm.expr)
+
+    # ------------------------------------------------------------------ one term
+    def _source(self, g, tm, t):
+        """(pointer, row stride) of what a term reads: J, a tangent node's entries, a forward value."""
+        if tm.arg == "J":
+            return self._slot_ptr(g, self.plan.J), self.sp.nnz
+        if tm.kind == "inject":
+            return g.ptr(tm.arg, t), (0 if tm.arg[1] is None else self.st.prog.node(tm.arg).size)
+        return self._slot_ptr(g, self.plan.entries[tm.arg]), len(self.sp.entries[tm.arg][0])
+
+    def _reader(self, g, key, i, t, x0=None, reg=False):
+        """A function (b, i, registers, tag) -> coefficient · x of term ``i`` of ``key`` at sample
+        b and index i of the term's tables; its pointers loaded here, before any loop."""
+        b, tm, slots = g.b, self.sp.terms[key][i], self.term_slots[(key, i)]
+        if tm.kind == "one":
+            return lambda bi, k, regs, tag, unit=None: ir.Constant(g.ty, 1.0)
+        src, nx = (None, 0) if reg else self._source(g, tm, t)
+        xp = None if reg or x0 is not None else self._tab(g, slots["xp"])
+        if tm.kind == "ew":
+            coef, n, units = self._slot_ptr(g, self.coef_slots[(key, i)]), self.sp.ts.prog.nodes[key].size, \
+                self._tab(g, slots["units"])
+        elif tm.kind in ("inject", "mat"):
+            coef = self._tab(g, slots["coef" if tm.kind == "inject" else "matw"], False)
+
+        def read(bi, k, regs, tag, unit=None):
+            if reg:
+                x = regs[tm.arg]
+            else:
+                xi = b.add(I64(x0), k) if x0 is not None else self._at(g, xp, k, tag)
+                x = self._at(g, src, b.add(b.mul(bi, I64(nx)), xi) if nx else xi, tag)
+            if tm.kind == "ew":
+                unit = self._at(g, units, k, tag) if unit is None else unit
+                return b.fmul(x, self._at(g, coef, b.add(b.mul(bi, I64(n)), unit), tag))
+            if tm.kind in ("inject", "mat"):
+                return b.fmul(x, self._at(g, coef, k, tag))
+            return x
+        return read
+
+    # ------------------------------------------------------------------ a fused run
+    def _run(self, g, run, t):
+        """Every node of ``run``, one loop over its entries per segment (module docstring)."""
+        b = g.b
+        readers = [[(f, self._reader(g, key, f.term, t, f.x0, f.reg)) for f in terms]
+                   for key, terms in zip(run.keys, run.terms)]
+        outs = [self._slot_ptr(g, self.plan.entries[key]) if keep else None for key, keep in zip(run.keys, run.store)]
+        J = self._slot_ptr(g, self.plan.J) if any(d is not None for d in run.to_j) else None
+        starts, units, dirs = (self._tab(g, k) for k in self.run_pieces[id(run)])
+        grad = self._slot_ptr(g, self.plan.grad)
+        deltas = [None if s is None else (g.ptr(self.bwd.carry_out[s], t), self.st.states[s]) for s in run.gather]
+        for (s0, s1), (p0, p1) in zip(run.segments(), run.pieces[0]):
+            group, loop_id = parallel_loop_md(g.m)
+            tag = lambda inst: inst.set_metadata("llvm.access.group", group) or inst  # noqa: E731
+            with for_range(b, g.B, name="rb") as bi:
+                row, jrow = b.mul(bi, I64(run.ny)), b.mul(bi, I64(self.sp.nnz))
+                with for_range(b, I64(p1), start=I64(p0), name="rp") as p:
+                    lo, hi, unit = self._at(g, starts, p), self._at(g, starts, b.add(p, I64(1))), self._at(g, units, p)
+                    k0 = b.sub(self._at(g, dirs, p), lo)    # the gradient entry of entry e: k0 + e
+                    dl = [None if d is None else self._at(g, d[0], b.add(b.mul(bi, I64(d[1])), unit)) for d in deltas]
+                    with for_range(b, hi, start=lo, name="re", loop_md=loop_id) as e:
+                        regs = {}
+                        for key, terms, out, d0, delta in zip(run.keys, readers, outs, run.to_j, dl):
+                            v = None
+                            for f, read in terms:
+                                if f.y0 <= s0 and s1 <= f.y0 + f.n:
+                                    x = read(bi, b.sub(e, I64(f.y0)) if f.y0 else e, regs, tag, unit)
+                                    v = x if v is None else b.fadd(v, x)
+                            regs[key] = ir.Constant(g.ty, 0.0) if v is None else v
+                            if out is not None:
+                                tag(b.store(regs[key], b.gep(out, [b.add(row, e)], inbounds=True)))
+                            if d0 is not None:   # J's entries, written here instead of by the scatter
+                                tag(b.store(regs[key], b.gep(J, [b.add(b.add(jrow, e), I64(d0))], inbounds=True)))
+                            if delta is not None:   # the gather: g[k] += δh[b, u]·J[t-1][b, (u, k)]
+                                at = b.gep(grad, [b.add(k0, e)], inbounds=True)
+                                tag(b.store(b.fadd(tag(b.load(at)), b.fmul(delta, regs[key])), at))
+
+    # ------------------------------------------------------------------ a general node
+    def _general(self, g, key, t):
+        """A node whose terms write scattered entries: zeroed, then each term added."""
+        b, ny = g.b, len(self.sp.entries[key][0])
+        y = self._slot_ptr(g, self.plan.entries[key])
+        with for_range(b, b.mul(g.B, I64(ny)), name="z") as z:
+            b.store(ir.Constant(g.ty, 0.0), b.gep(y, [z], inbounds=True))
+        for i, tm in enumerate(self.sp.terms[key]):
+            if not len(tm.yp):
+                continue
+            if (key, i) in self.rows_of:
+                self._row_sums(g, key, i, t, y, ny)
+                continue
+            read, yp = self._reader(g, key, i, t), self._tab(g, self.term_slots[(key, i)]["yp"])
+            with for_range(b, g.B, name="sb") as bi:
+                with for_range(b, I64(len(tm.yp)), name="si") as k:
+                    at = b.gep(y, [b.add(b.mul(bi, I64(ny)), self._at(g, yp, k))], inbounds=True)
+                    b.store(b.fadd(b.load(at), read(bi, k, {}, no_tag)), at)
+
+    def _row_sums(self, g, key, i, t, y, ny):
+        """A ``mat`` term whose pairs come grouped by y entry, each group reading a contiguous
+        run of x: y[b, ys[r]] += Σ_j w[j]·x[b, xs[r] + j - lo[r]], j = lo[r] … lo[r+1] - 1
+        (a dot product per y entry; its sum is reassociated, so it vectorises)."""
+        b, tm = g.b, self.sp.terms[key][i]
+        ys, lo, xs = (self._tab(g, k) for k in self.rows_of[(key, i)])
+        w = self._tab(g, self.term_slots[(key, i)]["matw"], False)
+        src, nx = self._source(g, tm, t)
+        acc = alloca_once(b, g.ty, "acc")
+        fast = ("reassoc", "nsz")
+        with for_range(b, g.B, name="mb") as bi:
+            x = b.gep(src, [b.mul(bi, I64(nx))], inbounds=True)
+            with for_range(b, I64(len(np.unique(tm.yp))), name="mr") as r:
+                j0, j1 = self._at(g, lo, r), self._at(g, lo, b.add(r, I64(1)))
+                shift = b.sub(self._at(g, xs, r), j0)
+                b.store(ir.Constant(g.ty, 0.0), acc)
+                with for_range(b, j1, start=j0, name="mj") as j:
+                    v = b.fmul(self._at(g, w, j), self._at(g, x, b.add(shift, j)))
+                    b.store(b.fadd(b.load(acc), v, flags=fast), acc)
+                at = b.gep(y, [b.add(b.mul(bi, I64(ny)), self._at(g, ys, r))], inbounds=True)
+                b.store(b.fadd(b.load(at), b.load(acc)), at)

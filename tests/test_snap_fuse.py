@@ -1,0 +1,179 @@
+"""The fused sweep of native sparse SnAp (rnncomp/algorithms/sparse_fuse.py, issue #20).
+
+Which path each node takes is checked against the cell's structure (what SnAp-1 keeps, worked
+out by hand below), and every path against the NumPy sparse executor (other code: 1e-10
+relative to each gradient's largest entry, float64) on Elman (one run, no index table), LSTM
+(a run that reads the carried entries through an index table, two states), GRU (general nodes:
+U·∂(r⊙h) pairs every entry of a direction with every other) and a cell with two coupled states
+of different sizes.
+"""
+import sys
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import rnncomp as rc
+from rnncomp.algorithms import SnAp, sequence_grad
+from rnncomp.algorithms.pattern import pattern
+from rnncomp.algorithms.sparse_fuse import Run, contiguous, fuse, row_groups, stretches
+from rnncomp.algorithms.sparse_plan import SparsePlan
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from gradcheck import random_data  # noqa: E402
+
+
+def coupled():
+    """c reads h[t-1] through a matrix, h reads the new c through another: two coupled states."""
+    cell = rc.Cell("coupled")
+    x, h, c = cell.input("x", 3), cell.state("h", 5), cell.state("c", 4)
+    K, d = cell.param("K", (4, 5)), cell.param("d", 4)
+    W, U, A, b = cell.param("W", (5, 3)), cell.param("U", (5, 5)), cell.param("A", (5, 4)), cell.param("b", 5)
+    cell.update(c, sp.tanh(K @ h + d * c))
+    cell.update(h, sp.tanh(W @ x + U @ h + A @ c.new + b))
+    y = cell.output("y", cell.param("V", (2, 5)) @ h.new)
+    cell.loss(rc.softmax_xent(y, cell.target("t", 2)))
+    return cell
+
+
+CELLS = {"elman": lambda: rc.cells.elman(3, 5, 2), "elman wide": lambda: rc.cells.elman(6, 8, 2),
+         "lstm": lambda: rc.cells.lstm(3, 5, 2),
+         "gru": lambda: rc.cells.gru(3, 5, 2), "coupled": coupled}
+
+
+def steps_of(cell, n=1):
+    plan = SparsePlan(cell.step, pattern(cell.step, n))
+    return plan, fuse(plan)
+
+
+def test_contiguous():
+    assert contiguous(np.array([4, 5, 6])) == 4 and contiguous(np.array([], dtype=int)) == 0
+    assert contiguous(np.array([4, 6])) is None and contiguous(np.array([1, 0])) is None
+
+
+def test_elman_is_one_run_without_index_tables():
+    """Elman under SnAp-1: ∂h[t-1], U·∂h (U's diagonal), ∂U·h + …, ∂a, ∂h[t] hold the same
+    entries (one per W, U, b entry), so one loop computes them, each reading the one before
+    from a register or a range; nothing is stored but ∂h[t], straight into J (its entries
+    are J's, in order: SnAp-1 keeps one unit per parameter entry)."""
+    plan, steps = steps_of(CELLS["elman"]())
+    (run,) = [s for s in steps if isinstance(s, Run) and len(s.keys) > 1]
+    assert [k[0] for k in run.keys] == ["∂h%", "U·∂h%", "∂U·h·sum%", "∂a1%", "∂h%"]
+    assert run.ny == 5 * 3 + 5 * 5 + 5
+    assert all(f.reg or f.x0 is not None for ts in run.terms for f in ts)
+    assert run.store == [False] * 5 and run.to_j == [None] * 4 + [0]
+    assert not [s for s in steps if not isinstance(s, Run)]   # no general node
+
+
+def test_lstm_run_reads_the_carried_entries_through_a_table():
+    """LSTM, J in the NumPy executor's order: J stores h's and c's entries of one parameter entry next to each other, so ∂h[t-1]
+    reads J at every other position (an index table), and ∂c[t] reads ∂c[t-1] (other entries:
+    W, U, b of the cell gate ... reach c only through the gates) from memory."""
+    plan, steps = steps_of(CELLS["lstm"]())
+    big = max((s for s in steps if isinstance(s, Run)), key=lambda s: len(s.keys))
+    first = big.terms[0][0]
+    assert big.keys[0] == plan.ts.state_seeds["h"] and first.x0 is None and not first.reg
+    read_c = [f for k, ts in zip(big.keys, big.terms) for f in ts
+              if plan.terms[k][f.term].arg == plan.ts.state_seeds["c"]]
+    assert read_c and all(not f.reg and f.x0 is not None for f in read_c)
+    assert plan.ts.state_seeds["c"] not in big.keys
+    assert all(d is None for s in steps if isinstance(s, Run) for d in s.to_j)   # J's h entries are not a range
+
+
+def test_lstm_by_state_reads_and_writes_j_as_ranges():
+    """The same LSTM plan with J's entries state by state (the native executor's order): ∂h[t-1]
+    reads J's first range, ∂c[t-1] the next, and ∂h[t] is written straight into J."""
+    st = CELLS["lstm"]().step
+    mask = pattern(st, 1)
+    plan, numpy_order = SparsePlan(st, mask, by_state=True), SparsePlan(st, mask)
+    n_h = int(mask["h"].sum())
+    assert (plan.row[:n_h] < 5).all() and (plan.row[n_h:] >= 5).all()
+    assert (plan.col == numpy_order.col[plan.perm]).all() and (plan.row == numpy_order.row[plan.perm]).all()
+    steps = fuse(plan)
+    big = max((s for s in steps if isinstance(s, Run)), key=lambda s: len(s.keys))
+    assert big.terms[0][0].x0 == 0 and big.to_j[-1] == 0 and big.keys[-1] == plan.ts.out["h"]
+    (seed_c,) = [s for s in steps if isinstance(s, Run) and s.keys == [plan.ts.state_seeds["c"]]]
+    assert seed_c.terms[0][0].x0 == n_h
+
+
+def test_gru_has_general_nodes():
+    """GRU: U_n·∂(r⊙h) pairs each entry with every entry of its direction: a scattered yp."""
+    plan, steps = steps_of(CELLS["gru"]())
+    general = [s for s in steps if not isinstance(s, Run)]
+    assert general and all(any(contiguous(tm.yp) is None for tm in plan.terms[k]) for k in general)
+    assert any(k[0].startswith("Un·∂") for k in general)
+    mats = [tm for k in general for tm in plan.terms[k] if tm.kind == "mat"]
+    assert mats and all(row_groups(tm.yp, tm.xp) is not None for tm in mats)   # dot products per entry
+
+
+def test_stretches():
+    up, same = np.array([3, 4, 5, 6, 9, 10]), np.array([1, 1, 2, 2, 2, 2])
+    assert stretches((up,), (same,)).tolist() == [0, 2, 4, 6]
+    assert stretches((up,), ()).tolist() == [0, 4, 6] and stretches((), (same,)).tolist() == [0, 2, 6]
+
+
+def test_row_groups():
+    ys, lo, xs = row_groups(np.array([1, 1, 1, 4, 4]), np.array([7, 8, 9, 0, 1]))
+    assert ys.tolist() == [1, 4] and lo.tolist() == [0, 3, 5] and xs.tolist() == [7, 0]
+    assert row_groups(np.array([1, 1]), np.array([7, 9])) is None      # x not contiguous in a group
+    assert row_groups(np.array([2, 1]), np.array([0, 1])) is None      # y not grouped
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_runs_are_cut_into_pieces_of_one_unit_and_counting_directions(name):
+    plan, steps = steps_of(CELLS[name]())
+    for run in (s for s in steps if isinstance(s, Run)):
+        dirs, units = plan.entries[run.keys[0]]
+        ranges, starts, punits, pdirs = run.pieces
+        assert starts[0] == 0 and starts[-1] == run.ny and (np.diff(starts) > 0).all()
+        for (s0, s1), (p0, p1) in zip(run.segments(), ranges):
+            assert starts[p0] == s0 and starts[p1] == s1
+        for p, (u, d) in enumerate(zip(punits, pdirs)):
+            assert (units[starts[p]:starts[p + 1]] == u).all()
+            assert (dirs[starts[p]:starts[p + 1]] == d + np.arange(starts[p + 1] - starts[p])).all()
+        for ts in run.terms:   # a term writes whole segments
+            for f in ts:
+                assert f.y0 in starts and f.y0 + f.n in starts
+
+
+def test_gather_joins_the_run_that_reads_j():
+    """With J state by state, each state's seed reads all its stored entries as a range of J:
+    the run that reads them gathers δh·J too.  In the NumPy executor's order (LSTM: h and c
+    entries alternate) the gather stays a loop of its own over index tables."""
+    from rnncomp.backends.native_snap import SparseKernel
+    for name, by_state, fused in (("elman wide", True, {"h"}), ("lstm", True, {"h", "c"}), ("lstm", False, set()),
+                                  ("coupled", True, {"h", "c"})):
+        st = CELLS[name]().step
+        kernel = SparseKernel(st, SparsePlan(st, pattern(st, 1), by_state=by_state), "float64")
+        assert {s for r in kernel.steps if isinstance(r, Run) for s in r.gather if s} == fused, name
+        assert len(kernel.gather) == len(st.states) - len(fused)
+
+
+@pytest.mark.parametrize("name", ["lstm", "coupled"])
+def test_unfused_gather_equals_numpy(name):
+    """The gather on its own (J in the NumPy executor's order), against the NumPy executor."""
+    from rnncomp.algorithms.compiled import prepare
+    from rnncomp.backends.native_snap import SparseKernel
+    cell = CELLS[name]()
+    params, x, y = random_data(cell, T=5, B=3, seed=4)
+    prep = prepare(SnAp(1, sparse=True), cell.step, "native", "float64")
+    prep.kernel = SparseKernel(cell.step, SparsePlan(cell.step, pattern(cell.step, 1)), "float64")
+    assert len(prep.kernel.gather) == 2
+    _, g1, _ = sequence_grad(SnAp(1, sparse=True), cell, params, x, y)
+    _, g2, _ = sequence_grad(SnAp(1, sparse=True), cell, params, x, y, prepared=prep)
+    for k in g1:
+        assert np.abs(g1[k] - g2[k]).max() <= 1e-10 * max(np.abs(g1[k]).max(), 1e-300), (name, k)
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_fused_sweep_equals_numpy(name):
+    cell = CELLS[name]()
+    params, x, y = random_data(cell, T=5, B=3, seed=2)
+    for n in (1, 2):
+        l1, g1, s1 = sequence_grad(SnAp(n, sparse=True), cell, params, x, y)
+        l2, g2, s2 = sequence_grad(SnAp(n, sparse=True), cell, params, x, y, backend="native")
+        assert abs(l1 - l2) <= 1e-12 * abs(l1)
+        for k in g1:
+            assert np.abs(g1[k] - g2[k]).max() <= 1e-10 * max(np.abs(g1[k]).max(), 1e-300), (name, n, k)
+        for s in s1:
+            np.testing.assert_allclose(s2[s], s1[s], rtol=1e-12, atol=1e-14)
