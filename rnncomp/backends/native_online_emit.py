@@ -17,13 +17,13 @@ from ..errors import CompileError
 from ..forward_mode import is_tangent_param
 from ..gradspec import Batch
 from ..ir import LEAF_OPS
-from ..passes.layout import PER_SAMPLE, SHARED, Layout
+from ..passes.layout import Layout
 from .llvm import gemm
 from .llvm import kernel_library
 from .llvm.builder import I64, for_range
 from .llvm.jit import compile_keyed
 from .native_nodes import NODE_CODE, Site
-from .native_tangent_plan import SCRATCH
+from .native_tangent_plan import SCRATCH, new_slot
 
 
 class OnlineSlots:
@@ -62,11 +62,9 @@ class OnlineSlots:
         self.tmp = self.slot("gradient scratch", "1", max(outer + [1]))
 
     def slot(self, label, rows, units, timed=False):
-        """A slot of ``units`` per row: ``rows`` "B" (per sample), "1" (shared) or "ext" (the
-        caller's array: ``timed`` a (T, B, units) sequence, else shared)."""
-        k = self.L.slot(label, units, 0 if timed else PER_SAMPLE if rows == "B" else SHARED)
-        self.sizes[k] = (rows, units)
-        return k
+        """A slot of ``units`` per row: ``rows`` "B" (per sample), "1" (shared) or "ext"
+        (:func:`.native_tangent_plan.new_slot`)."""
+        return new_slot(self.L, self.sizes, label, rows, units, timed)
 
     def place(self, key, k):
         if key in self.L.where:

@@ -15,6 +15,15 @@ from ..passes.layout import PER_SAMPLE, SHARED, Layout
 
 # the step weights and the product scratch: generated names, never a user's (a state may be "w")
 WEIGHT, SCRATCH = (internal("w"), "t"), (internal("scratch"), None)
+
+
+def new_slot(L: Layout, sizes: dict, label: str, rows: str, units: int, timed: bool = False) -> int:
+    """A slot of ``L`` for a native online kernel, its ``(rows, units)`` recorded in ``sizes``:
+    rows "ext" (the caller's array: ``timed`` a (T, B, units) sequence, else no rows of ours),
+    "1" (shared), or per sample ("B", "K", "BK": the buffers the kernel sizes per call)."""
+    k = L.slot(label, units, 0 if timed else SHARED if rows in ("ext", "1") else PER_SAMPLE)
+    sizes[k] = (rows, units)
+    return k
 FORWARD_OPS = ("ew", "matvec", "slice", "pad", "concat", "sum", "lse")
 TANGENT_OPS = ("seed", "ew", "matvec", "slice", "pad", "concat", "sum")
 
@@ -47,10 +56,8 @@ class Plan:
         self.L, self.sizes, self.K = Layout(), {}, K
         L = self.L
 
-        def slot(label, rows, units, timed=False):  # the caller's arrays ("ext"): no rows of ours
-            k = L.slot(label, units, 0 if timed else SHARED if rows in ("ext", "1") else PER_SAMPLE)
-            self.sizes[k] = (rows, units)
-            return k
+        def slot(label, rows, units, timed=False):
+            return new_slot(L, self.sizes, label, rows, units, timed)
 
         self.param = {}
         for p, shape in step.params.items():
@@ -137,8 +144,7 @@ class Plan:
                 k = fits[0]
                 free.remove(k)
             else:
-                k = self.L.slot(f"tangent {len(self.tan_slot)}", node.size, PER_SAMPLE)
-                self.sizes[k] = ("BK", node.size)
+                k = new_slot(self.L, self.sizes, f"tangent {len(self.tan_slot)}", "BK", node.size)
             self.tan_slot[key] = k
             self.L.place(key, k)
             for a in set(node.args):
