@@ -107,18 +107,18 @@ def _active(fwd: Program, leaves=()) -> set:
     return active
 
 
-def reverse(fwd: Program, seeds: dict, seed_nodes: dict, where: str = "", leaves=()) -> Reverse:
+def reverse(fwd: Program, seeds: dict, seed_nodes: dict, where: str, leaves=()) -> Reverse:
     """Reverse-mode walk over ``fwd``: iterative, reverse topological, deterministic.
 
     ``seeds`` maps forward keys to initial :class:`Contribution` lists; ``seed_nodes``
     are the leaves those contributions read (added to the backward program first);
-    ``leaves`` the input leaves whose adjoints are wanted too (parameters and states
-    always get theirs).
+    ``where`` names the program in errors (``"cell 'lstm'"``); ``leaves`` the input leaves
+    whose adjoints are wanted too (parameters and states always get theirs).
     """
     out = Reverse(Program(external=dict(fwd.nodes), name=f"{fwd.name} backward"))
     for k, n in seed_nodes.items():
         out.prog.add(k, n)
-    ctx = _Ctx(fwd, out, where or fwd.name)
+    ctx = _Ctx(fwd, out, where)
     stray = [key_str(k) for k in (*seeds, *leaves) if k not in fwd.nodes]
     if stray:  # a seed or leaf the walk would never meet: a caller's bug, not a zero gradient
         raise AssertionError(f"{fwd.name}: seeds or leaves for values it does not compute: {', '.join(stray)}")

@@ -98,7 +98,10 @@ def nondiff_name(template: sp.Expr) -> str:
     in tanh(floor(x) + x) it is floor, not the tanh whose derivative contains floor's."""
     for f in sp.preorder_traversal(template):
         if isinstance(f, sp.Function) and not isinstance(f, sp.Piecewise):
-            xs = sp.symbols(f"u0:{len(f.args)}", real=True)
-            if any(sp.diff(f.func(*xs), x).has(sp.Derivative) for x in xs):
+            # only the arguments that vary: Heaviside(x, 1/2) has a derivative in x, none in
+            # its constant value at 0, and is not the function to name
+            xs = [sp.Symbol(f"u{i}", real=True) if a.free_symbols else a for i, a in enumerate(f.args)]
+            g = f.func(*xs)
+            if any(sp.diff(g, x).has(sp.Derivative) for x, a in zip(xs, f.args) if a.free_symbols):
                 return f.func.__name__
     return str(template)

@@ -298,6 +298,7 @@ def test_a_constant_out_of_float64_range_is_named(const, what):
     (lambda a: sp.Abs(a) + sp.floor(a), "floor"),   # Abs comes first and has a derivative (real arguments)
     (lambda a: sp.Piecewise((sp.floor(a), a > 0), (a, True)), "floor"),  # inside a Piecewise
     (lambda a: sp.Max(a, 0) + sp.ceiling(a), "ceiling"),
+    (lambda a: sp.Heaviside(a) + sp.floor(a), "floor"),  # Heaviside's constant second argument is no variable
 ])
 def test_the_error_names_the_function_without_a_derivative_not_the_one_around_it(make, name):
     cell, x, h = base()

@@ -331,9 +331,11 @@ def test_a_derivative_that_keeps_the_kink_function(make):
 
 
 @pytest.mark.parametrize("make", [lambda a: sp.Abs(a) + sp.floor(a), lambda a: sp.tanh(sp.floor(a) + a),
-                                  lambda a: sp.Piecewise((sp.floor(a), a > 0), (a, True))])
+                                  lambda a: sp.Piecewise((sp.floor(a), a > 0), (a, True)),
+                                  lambda a: sp.Max(a, 0) + sp.floor(a), lambda a: sp.Heaviside(a) + sp.floor(a)])
 def test_nondiff_name_judges_each_function_alone(make):
     # on a template as the walk sees it (lowering may split a cell's expression into several):
-    # Abs (differentiable for real arguments), tanh around floor, a Piecewise are not named
+    # Abs (differentiable for real arguments), tanh around floor, a Piecewise, Max, Heaviside
+    # (met first; a derivative in x, none in its constant second argument) are not named
     from rnncomp.derivatives import nondiff_name
     assert nondiff_name(make(placeholder(0))) == "floor"
