@@ -194,3 +194,44 @@ def test_a_scaled_product_is_the_product_with_the_scaled_matrix(c):
     np.testing.assert_allclose(g1["W"], c * g2["W"], rtol=1e-10, atol=1e-14)
     for p in ("U", "V"):
         np.testing.assert_allclose(g1[p], g2[p], rtol=1e-10, atol=1e-14)
+
+
+def test_a_float32_oracle_stays_float32_through_every_function():
+    # the NumPy oracle of a float32 model computes in float32 (as the native backend does):
+    # erf is not a numpy ufunc (math.erf per element, then cast); a float64 value leaking out of
+    # it would widen every later value, the final states and the gradients
+    cell = many_functions()
+    model = rc.compile(cell, backend="numpy", dtype="float32")
+    params = {k: v.astype(np.float32) for k, v in cell.init_params(seed=0).items()}
+    rng = np.random.default_rng(0)
+    x = {"x": rng.normal(size=(3, 2, 3)).astype(np.float32)}
+    t = {"t": rng.normal(size=(3, 2, 2)).astype(np.float32)}
+    outs, final = model.forward(params, x)
+    loss, grads, _ = model.loss_and_grad(params, x, t)
+    assert {a.dtype for a in [*outs.values(), *final.values(), *grads.values()]} == {np.dtype(np.float32)}
+    ref = rc.compile(cell, backend="numpy", dtype="float64")   # and the same numbers, to float32's rounding
+    loss64, grads64, _ = ref.loss_and_grad({k: v.astype(np.float64) for k, v in params.items()},
+                                           {"x": x["x"].astype(np.float64)}, {"t": t["t"].astype(np.float64)})
+    assert loss == pytest.approx(loss64, rel=1e-5)
+    for k in grads:
+        np.testing.assert_allclose(grads[k], grads64[k], rtol=1e-3, atol=1e-6 * np.abs(grads64[k]).max())
+
+
+def test_a_function_without_a_derivative_of_data_only_is_fine():
+    # floor of an input, in one template with the state: no gradient flows to the input (it is
+    # data, not learned), so floor needs no derivative; its partial is never formed (asking
+    # for the input's cotangent names floor instead, as every gradient through it does)
+    cell = rc.Cell("floor_of_data")
+    x, h = cell.input("x", 3), cell.state("h", 3)
+    cell.update(h, sp.tanh(cell.param("W", (3, 3)) @ x + cell.param("U", (3, 3)) @ h) * (1 + sp.floor(x) / 4))
+    cell = _finish(cell, h.new, 3)
+    params, inputs, targets = random_data(cell, T=5, B=3, seed=4, scale=2.0)
+    model = numpy_model(cell)
+    check_grads(model, params, inputs, targets)
+    native = rc.compile(cell, backend="native", dtype="float64")
+    l1, g1, _ = model.loss_and_grad(params, inputs, targets)
+    l2, g2, _ = native.loss_and_grad(params, inputs, targets)
+    assert l2 == pytest.approx(l1, rel=1e-12)
+    assert_grads_close(g2, g1)
+    with pytest.raises(rc.DifferentiationError, match=r"uses 'floor', which has no derivative"):
+        model.vjp(params, inputs, d_outputs={"y": np.ones((5, 3, 2))})
