@@ -339,3 +339,13 @@ def test_nondiff_name_judges_each_function_alone(make):
     # (met first; a derivative in x, none in its constant second argument) are not named
     from rnncomp.derivatives import nondiff_name
     assert nondiff_name(make(placeholder(0))) == "floor"
+
+
+def test_nondiff_name_names_heaviside_when_its_value_at_zero_varies():
+    # Heaviside(x, h0) with h0 a value that a gradient may reach: no derivative in h0 (the
+    # step's value at 0), so a gradient through it names Heaviside; with h0 a number it does not
+    from rnncomp.derivatives import nondiff_name
+    a, b = placeholder(0), placeholder(1)
+    assert nondiff_name(sp.Heaviside(a, b) + a) == "Heaviside"
+    assert partials(sp.Heaviside(a, b), 2)[1] is None
+    assert partials(sp.Heaviside(a), 1)[0] is not None
