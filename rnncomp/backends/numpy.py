@@ -47,7 +47,7 @@ class _Printer(NumPyPrinter):
         return f"numpy.logaddexp(0, {self._print(e.args[0])})"
 
     def _print_Heaviside(self, e):
-        h0 = e.args[1] if len(e.args) > 1 else sp.Rational(1, 2)  # the value at 0
+        h0 = e.args[1]  # the value at 0: sympy (>= 1.9) gives every Heaviside one, 1/2 by default
         return f"numpy.heaviside({self._print(e.args[0])}, {self._print(h0)})"
 
     def _print_erf(self, e):

@@ -142,7 +142,7 @@ class LLVMPrinter:
 
     def _print_Heaviside(self, e):
         x = self.print(e.args[0])
-        half = e.args[1] if len(e.args) > 1 else sp.Rational(1, 2)
+        half = e.args[1]  # the value at 0: sympy (>= 1.9) gives every Heaviside one, 1/2 by default
         pos = self.b.select(self.b.fcmp_ordered(">", x, self.const(0)), self.const(1), self.const(0))
         return self.b.select(self.b.fcmp_ordered("==", x, self.const(0)), self.print(half), pos)
 
