@@ -144,6 +144,16 @@ def test_xent_is_stable_for_huge_logits():
     loss, grads, _ = numpy_model(cell).loss_and_grad(params, x, t)
     assert loss == pytest.approx(2e4, rel=1e-12)  # logsumexp(1e4, -1e4, 5e3) - (-1e4)
     assert np.isfinite(grads["s"]).all()
+    # each sample is shifted by its own largest logit: a batch with logits 1e4 apart loses no row
+    x2 = np.array([[[1.0, -1.0, 0.5], [-0.1, 0.0, -0.2]]])
+    t2 = np.array([[[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]])
+    loss2, grads2, _ = numpy_model(cell).loss_and_grad(params, x2, t2)
+    # row 2: logsumexp(-1e3, 0, -2e3) - (-1e3) = 1e3 + log(1 + e^-1000 + e^-2000) = 1e3; the mean of the rows
+    assert loss2 == pytest.approx((2e4 + 1e3) / 2, rel=1e-12)
+    assert np.isfinite(grads2["s"]).all()
+    loss3, grads3, _ = rc.compile(cell, backend="native", dtype="float64").loss_and_grad(params, x2, t2)
+    assert loss3 == pytest.approx(loss2, rel=1e-12)
+    np.testing.assert_allclose(grads3["s"], grads2["s"], rtol=1e-12)
 
 
 def test_teacher_forcing_forward_takes_targets():

@@ -30,8 +30,8 @@ case "$target" in
   lower)  # a wrong forward passes finite differences: hand BPTT and the printed equations check it alone
     m=rnncomp.lower
     glob[lower]="$m.*"
-    tests[lower]="tests/test_hand_bptt.py tests/test_printing.py tests/test_custom_cells.py tests/test_zoo.py
-                  tests/test_errors.py tests/test_matrix_states.py tests/test_weight_ops.py"
+    tests[lower]="tests/test_lower_paths.py tests/test_hand_bptt.py tests/test_printing.py tests/test_custom_cells.py
+                  tests/test_zoo.py tests/test_errors.py tests/test_matrix_states.py tests/test_weight_ops.py"
     ;;
   emit)  # native against the NumPy oracle (each test compiles: a sample)
     glob[emit]="rnncomp.backends.native_emit.*"
