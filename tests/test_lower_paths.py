@@ -1,8 +1,9 @@
 """Lowering paths no zoo cell takes, each against a forward written by hand in NumPy.
 
-Found by mutation (docs/reliability.md, ``lower`` #47, #53, #56): a constant read directly in
-the step (not only inside a derived weight), a per-step scalar assigned to a vector, and the
-size of every leaf (``ir.verify`` now refuses a node without one).  References: the loss of a
+Found by mutation (docs/reliability.md, ``lower`` #47, #53, #56, and in round three #12 of
+``mshape``): a constant read directly in the step (not only inside a derived weight), a
+per-step scalar assigned to a vector, a reduction of an outer product, and the size of every
+leaf (``ir.verify`` now refuses a node without one).  References: the loss of a
 NumPy loop written here (float64, equal within 1e-12 relative: the same operations in another
 order) and, for the gradients, central differences of that hand-written loss (step 1e-6:
 truncation ~1e-12, rounding ~1e-10 relative, checked at 1e-7), so nothing of rnncomp's
@@ -61,6 +62,16 @@ def scalar_cell():
 scalar_by_hand = _loop(lambda p, x, h: np.tanh(x @ p["W"].T + h @ p["A"].T).sum(1, keepdims=True) * np.ones(3))
 
 
+def outer_cell():
+    """h[t] = tanh(W x + rowsum((A h[t-1]) xᵀ)): a reduction read straight off an outer product
+    (its matrix shape is the outer node's own, not an operand's)."""
+    return _cell("outer_reduced", lambda cell, x, h, p: sp.tanh(p["W"] @ x + rc.rowsum(rc.outer(p["A"] @ h, x))),
+                 W=(3, 2), A=(3, 3))
+
+
+outer_by_hand = _loop(lambda p, x, h: np.tanh(x @ p["W"].T + (h @ p["A"].T) * x.sum(1, keepdims=True)))
+
+
 def _data(cell, seed=0):
     rng = np.random.default_rng(seed)
     params = {k: rng.normal(0, 0.5, v.shape) for k, v in cell.init_params(seed).items()}
@@ -79,7 +90,8 @@ def _central(by_hand, params, x, tg, eps=1e-6):
     return g
 
 
-@pytest.mark.parametrize("make, by_hand", [(const_cell, const_by_hand), (scalar_cell, scalar_by_hand)])
+@pytest.mark.parametrize("make, by_hand", [(const_cell, const_by_hand), (scalar_cell, scalar_by_hand),
+                                           (outer_cell, outer_by_hand)])
 @pytest.mark.parametrize("backend", ["numpy", "native"])
 def test_against_the_hand_written_loop(make, by_hand, backend):
     cell = make()
