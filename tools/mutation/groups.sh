@@ -36,7 +36,8 @@ case "$target" in
   emit)  # native against the NumPy oracle (each test compiles: a sample)
     glob[emit]="rnncomp.backends.native_emit.*"
     tests[emit]="tests/test_native.py::test_custom_cells_match_oracle tests/test_native.py::test_odd_sizes_masks_and_states
-                 tests/test_native.py::test_zoo_matches_oracle"
+                 tests/test_native.py::test_zoo_matches_oracle tests/test_native.py::test_passes_on_and_off_agree
+                 tests/test_matrix_states.py::test_native_matches_the_oracle"
     ;;
   printers)  # the NumPy printer and per-op code; the LLVM expression printer (native and PTX)
     m=rnncomp.backends.numpy
