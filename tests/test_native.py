@@ -181,41 +181,34 @@ def test_unwritable_cache_directory_still_compiles(tmp_path):
     assert np.isfinite(model.loss_and_grad(params, inputs, targets)[0])
 
 
+def _compare_update(name, update, n=3):
+    """A cell h[t] = tanh(update(a, x)), a = W x + U h[t-1] (x ∈ R³, h ∈ R^n), a linear read-out
+    and a squared loss, compared with the oracle: a test of how the LLVM printer writes ``update``."""
+    cell = rc.Cell(name)
+    x, h = cell.input("x", 3), cell.state("h", n)
+    a = cell.param("W", (n, 3)) @ x + cell.param("U", (n, n)) @ h
+    cell.update(h, sp.tanh(update(a, x)))
+    y = cell.output("y", cell.param("V", (2, n)) @ h.new)
+    cell.loss((y - cell.target("t", 2)) ** 2 / 2)
+    compare(cell)
+
+
 def test_a_product_of_reciprocals_matches_oracle():
     # 1/((2 + a²)(3 + a²)) is, to sympy, a product with nothing but reciprocal factors: the
     # LLVM printer's product with an empty numerator (1 / the product of the denominators)
-    cell = rc.Cell("reciprocals")
-    x, h = cell.input("x", 3), cell.state("h", 3)
-    a = cell.param("W", (3, 3)) @ x + cell.param("U", (3, 3)) @ h
-    cell.update(h, sp.tanh(a + 1 / ((2 + a ** 2) * (3 + a ** 2))))
-    y = cell.output("y", cell.param("V", (2, 3)) @ h.new)
-    cell.loss((y - cell.target("t", 2)) ** 2 / 2)
-    compare(cell)
+    _compare_update("reciprocals", lambda a, x: a + 1 / ((2 + a ** 2) * (3 + a ** 2)))
 
 
 def test_piecewise_on_equalities_matches_oracle():
     # Piecewise conditions with == and != (on floor(2x), an integer: exact): the LLVM printer's
     # comparison table, every relation of which a cell may use (floor(2x) is
     # 0 for 31 % of the entries of the test data and 1 for 20 %: both branches of both taken)
-    cell = rc.Cell("eq_ne")
-    x, h = cell.input("x", 3), cell.state("h", 3)
-    a = cell.param("W", (3, 3)) @ x + cell.param("U", (3, 3)) @ h
-    k = sp.floor(2 * x)
-    cell.update(h, sp.tanh(sp.Piecewise((a, sp.Ne(k, 0)), (a / 2, True))
-                           + sp.Piecewise((a / 3, sp.Eq(k, 1)), (0, True))))
-    y = cell.output("y", cell.param("V", (2, 3)) @ h.new)
-    cell.loss((y - cell.target("t", 2)) ** 2 / 2)
-    compare(cell)
+    _compare_update("eq_ne", lambda a, x: sp.Piecewise((a, sp.Ne(sp.floor(2 * x), 0)), (a / 2, True))
+                    + sp.Piecewise((a / 3, sp.Eq(sp.floor(2 * x), 1)), (0, True)))
 
 
 def test_integer_and_half_powers_match_oracle():
     # the LLVM printer writes x**n by repeated squaring (n with several set bits: 3, 5, 6, 7),
     # x**-n as 1/x**n and x**(±1/2) through sqrt; their derivatives (5a⁴, −3(2 + a²)⁻⁴·2a, …) too
-    cell = rc.Cell("powers")
-    x, h = cell.input("x", 3), cell.state("h", 4)
-    a = cell.param("W", (4, 3)) @ x + cell.param("U", (4, 4)) @ h
-    cell.update(h, sp.tanh(a ** 3 / 3 + a ** 5 / 10 + a ** 6 / 20 + a ** 7 / 40 + (2 + a ** 2) ** -3
-                           + (1 + a ** 2) ** sp.Rational(-1, 2) + sp.sqrt(3 + a ** 2) / 4))
-    y = cell.output("y", cell.param("V", (2, 4)) @ h.new)
-    cell.loss((y - cell.target("t", 2)) ** 2 / 2)
-    compare(cell)
+    _compare_update("powers", lambda a, x: a ** 3 / 3 + a ** 5 / 10 + a ** 6 / 20 + a ** 7 / 40 + (2 + a ** 2) ** -3
+                    + (1 + a ** 2) ** sp.Rational(-1, 2) + sp.sqrt(3 + a ** 2) / 4, n=4)

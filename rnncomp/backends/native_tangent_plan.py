@@ -24,6 +24,8 @@ def new_slot(L: Layout, sizes: dict, label: str, rows: str, units: int, timed: b
     k = L.slot(label, units, 0 if timed else SHARED if rows in ("ext", "1") else PER_SAMPLE)
     sizes[k] = (rows, units)
     return k
+
+
 FORWARD_OPS = ("ew", "matvec", "slice", "pad", "concat", "sum", "lse")
 TANGENT_OPS = ("seed", "ew", "matvec", "slice", "pad", "concat", "sum")
 
