@@ -35,3 +35,19 @@ def test_latex_and_determinism():
     assert r"\frac{\partial L}{\partial Un}" in e1.latex()
     assert e1.markdown().startswith("$$")
     assert rc.cells.gru(3, 4, 2)._repr_latex_().startswith("$$")
+
+
+def test_products_are_named_after_their_scaled_transposed_matrices():
+    """In the derived equations a product's value is named after its matrix: scaled by 2 or -1,
+    transposed, or a sum of matrices."""
+    import sympy as sp
+    c = rc.Cell("names")
+    x, h = c.input("x", 3), c.state("h", 3)
+    W, U = c.param("W", (3, 3)), c.param("U", (3, 3))
+    c.update(h, sp.tanh((2 * W) @ x) * ((-U) @ h) + sp.sin((W - U) @ h) + sp.cos(U.T @ h))
+    c.loss(rc.vsum(h.new ** 2))
+    text = rc.explain(c).backward_text()
+    assert "δ(-U·h)[t] = tanh(2W·x)[t]*δh[t]" in text
+    assert "δ((-U + W)·h)[t] = δh[t]*cos((-U + W)·h[t-1])" in text
+    assert "δ(Uᵀ·h)[t] = -δh[t]*sin(Uᵀ·h[t-1])" in text
+    assert "∂L/∂W = Σ_t Σ_batch δ((-U + W)·h)[t]·h[t-1]ᵀ + 2*δ(2W·x)[t]·x[t]ᵀ" in text

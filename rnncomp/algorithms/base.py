@@ -12,6 +12,8 @@ applies them as they come (:func:`rnncomp.algorithms.online.fit_online`).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..backends.numpy import run_program
@@ -39,7 +41,7 @@ def flat_layout(step) -> dict:
     """``{param: (offset, size, shape)}`` of the flat parameter vector (declaration order)."""
     out, off = {}, 0
     for p, shape in step.params.items():
-        size = int(np.prod(shape))
+        size = math.prod(shape) if isinstance(shape, tuple) else int(shape)
         out[p] = (off, size, shape)
         off += size
     return out

@@ -54,6 +54,12 @@ class OnlineSlots:
                     self.place(key, self.slot(f"value {key}", "B", node.size))
         maxn = max([n.size for prog in progs for n in prog.nodes.values() if isinstance(n.size, int)] + [1])
         self.place(SCRATCH, self.slot("scratch", "B", maxn))
+        self.packed = {}   # (param, transposed) -> the slot of op(P) packed once per call (GEMM panels)
+        for prog in progs:
+            for node in prog.nodes.values():
+                for p, tr, _ in node.attrs["terms"] if node.op == "matvec" else ():
+                    if not is_tangent_param(p) and (p, tr) not in self.packed:
+                        self.packed[(p, tr)] = self.slot(f"packed {p}{'ᵀ' if tr else ''}", "packed", 0)
         self.P = sum(int(np.prod(s)) for s in step.params.values())
         self.grad = self.slot("g", "1", self.P)
         self.loss = self.slot("loss", "1", 1)
@@ -74,7 +80,12 @@ class OnlineSlots:
     def buffers(self, B, dtype, host):
         """(the internal buffers for batch B, the products' workspace)."""
         rows = {"B": B, "1": 1}
-        bufs = {k: np.zeros(rows[r] * max(u, 1), dtype=dtype) for k, (r, u) in self.sizes.items() if r != "ext"}
+        bufs = {k: np.zeros(rows[r] * max(u, 1), dtype=dtype) for k, (r, u) in self.sizes.items()
+                if r not in ("ext", "packed")}
+        for (p, tr), k in self.packed.items():   # op(P): K × N (aligned: the panels are read by vector loads)
+            m_, n_ = self.step.params[p]
+            bufs[k] = gemm.aligned_empty(gemm.packed_b_elems(*((m_, n_) if tr else (n_, m_)), str(dtype), host),
+                                         dtype)
         S = max([n.size for n in self.step.prog.nodes.values() if isinstance(n.size, int)]
                 + [d for s in self.step.params.values() if isinstance(s, tuple) for d in s] + [B])
         return bufs, np.zeros(max(gemm.workspace_elems(S, S, S, str(dtype), host), 1), dtype=dtype)
@@ -174,15 +185,30 @@ class StepEmitter:
         native backend's code of the op (:data:`.native_nodes.NODE_CODE`)."""
         NODE_CODE[node.op](Site(g, prog), key, node, out, args)
 
+    def _pack_weights(self, g):
+        """Before the time loop: op(P) of every per-step product packed into GEMM panels, once
+        per call (the weights are constant within it), as the native backend packs its
+        recurrent weights (:meth:`.native_emit.Gen.pack_weights`)."""
+        slots = getattr(self.plan, "packed", {})
+        g.packed_pointers(slots, slots)
+        g.pack_weights(slots, slots, self.st.params)
+
     def _products(self, g, node, out, v, n_in, t):
-        """out (+)= Σ c·v·op(P)ᵀ over the terms that name a matrix (GEMMs over g.B rows)."""
+        """out (+)= Σ c·v·op(P)ᵀ over the terms that name a matrix (GEMMs over g.B rows; from
+        op(P) packed before the loop where :meth:`_pack_weights` did)."""
         first = True
         for p, tr, c in node.attrs["terms"]:
             if is_tangent_param(p):
                 continue
             m_, n_ = self.st.params[p]
             P = g.ptr((p, None), t)
-            if c == 1:
+            if (p, tr) in g.packed:
+                dst = out if c == 1 else g.ptr(SCRATCH, t)
+                g.b.call(g.packed_gemm(), [g.B, I64(node.size), I64(n_in), v, I64(n_in), g.packed[(p, tr)],
+                                           dst, I64(node.size), ir.IntType(32)(0 if first or c != 1 else 1), g.work])
+                if c != 1:
+                    g.scaled_rows(out, dst, node.size, node.size, c, accumulate=not first)
+            elif c == 1:
                 g.call_gemm(g.B, I64(node.size), I64(n_in), v, I64(n_in), False, P, I64(n_), not tr,
                             out, I64(node.size), 0 if first else 1)
             else:

@@ -100,7 +100,7 @@ class SparseKernel(SweepEmitter, StepEmitter):
         fused = {s for r in self.steps if isinstance(r, Run) for s in r.gather if s is not None}
         self.term_slots = {}   # (node, i) -> {"yp": slot, "xp": slot, "units"/"coef"/"matw": slot}
         self.coef_slots = {}   # (node, i) -> the slot of an ew term's coefficient per (sample, unit)
-        self.matw = {}         # slot -> the mat term whose coefficients it holds (per window)
+        self.matw = {}         # slot -> [(param, flat positions, c)]: its Σ c·P[yu, xu] (per window)
         self.rows_of = {}      # (node, i) -> slots of a mat term's (ys, lo, xs): see _row_sums
         for key in sp_.order:
             for i, tm in enumerate(sp_.terms[key]):
@@ -112,7 +112,9 @@ class SparseKernel(SweepEmitter, StepEmitter):
                     s["coef"] = P.table(f"coef {key} {i}", tm.coef, self.dtype)
                 elif tm.kind == "mat":
                     s["matw"] = P.table(f"matw {key} {i}", np.zeros(len(tm.yp)), self.dtype)
-                    self.matw[s["matw"]] = tm
+                    yu, xu, mterms = tm.coef   # Σ c·P[yu, xu] (P transposed: P[xu, yu]) from flat P
+                    self.matw[s["matw"]] = [(p, np.ravel_multi_index((xu, yu) if tr else (yu, xu), self.st.params[p]),
+                                             float(c)) for p, tr, c in mterms]
                     rows = row_groups(tm.yp, tm.xp)
                     if rows is not None:
                         self.rows_of[(key, i)] = tuple(P.table(f"{what} {key} {i}", a)
@@ -158,6 +160,7 @@ class SparseKernel(SweepEmitter, StepEmitter):
         module = ir.Module(name=f"rnncomp_snap_{self.st.name}")
         module.triple = self.host.triple
         g = Gen(module, self.dtype, self.plan.L, self.host, "online")
+        self._pack_weights(g)
         if self.plan.permuted:
             self._permute(g, into_plan=True)
         with for_range(g.b, g.T, name="t") as t:
@@ -252,6 +255,9 @@ class SparseKernel(SweepEmitter, StepEmitter):
                                f"contiguous {dt} ({B}, {self.sp.nnz}) array")
         if self._B != B:
             (self._bufs, self._work), self._B = P.buffers(B, dt, self.host), B
-        for k, tm in self.matw.items():
-            P.tables[k][:] = self.sp.mat_weights(tm, params, dt)
+        for k, picks in self.matw.items():   # SparsePlan.mat_weights, from precomputed flat indices
+            w_ = P.tables[k]
+            w_[:] = 0
+            for p, at, c in picks:
+                w_ += c * np.asarray(params[p]).ravel()[at]
         return P.call(self._fn, self._bufs, self._work, params, states, seqs, w, {P.J_caller: J}, fixed=P.tables)

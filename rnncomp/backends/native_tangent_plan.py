@@ -20,8 +20,9 @@ WEIGHT, SCRATCH = (internal("w"), "t"), (internal("scratch"), None)
 def new_slot(L: Layout, sizes: dict, label: str, rows: str, units: int, timed: bool = False) -> int:
     """A slot of ``L`` for a native online kernel, its ``(rows, units)`` recorded in ``sizes``:
     rows "ext" (the caller's array: ``timed`` a (T, B, units) sequence, else no rows of ours),
-    "1" (shared), or per sample ("B", "K", "BK": the buffers the kernel sizes per call)."""
-    k = L.slot(label, units, 0 if timed else SHARED if rows in ("ext", "1") else PER_SAMPLE)
+    "1" (shared), "packed" (a weight's GEMM panels, sized by the kernel for its dtype), or per
+    sample ("B", "K", "BK": the buffers the kernel sizes per call)."""
+    k = L.slot(label, units, 0 if timed else SHARED if rows in ("ext", "1", "packed") else PER_SAMPLE)
     sizes[k] = (rows, units)
     return k
 

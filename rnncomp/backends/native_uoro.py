@@ -96,6 +96,7 @@ class UoroKernel(StepEmitter):
         module = ir.Module(name=f"rnncomp_uoro_{self.st.name}")
         module.triple = self.host.triple
         g = Gen(module, self.dtype, self.plan.L, self.host, "online")
+        self._pack_weights(g)
         self._sqrt = module.declare_intrinsic("llvm.sqrt", [g.ty])
         P = self.plan
         with for_range(g.b, g.T, name="t") as t:
