@@ -36,9 +36,21 @@ def coupled():
     return cell
 
 
+def two_matrices():
+    """One product of two matrices, one scaled (∂A·h's entries carry the coefficient 2), a
+    transposed one (Wᵀ·x: a unit's directions step by rows, pieces of one entry) and a bias
+    that multiplies (∂b meets the coefficient tanh(…))."""
+    cell = rc.Cell("two_matrices")
+    x, h = cell.input("x", 4), cell.state("h", 4)
+    W, U, A, b = cell.param("W", (4, 4)), cell.param("U", (4, 4)), cell.param("A", (4, 4)), cell.param("b", 4)
+    cell.update(h, sp.tanh(W.T @ x + (U + 2 * A) @ h) * b)
+    cell.loss(rc.vsum((h.new - cell.target("t", 4)) ** 2))
+    return cell
+
+
 CELLS = {"elman": lambda: rc.cells.elman(3, 5, 2), "elman wide": lambda: rc.cells.elman(6, 8, 2),
          "lstm": lambda: rc.cells.lstm(3, 5, 2),
-         "gru": lambda: rc.cells.gru(3, 5, 2), "coupled": coupled}
+         "gru": lambda: rc.cells.gru(3, 5, 2), "coupled": coupled, "two matrices": two_matrices}
 
 
 def steps_of(cell, n=1):
@@ -63,6 +75,30 @@ def test_elman_is_one_run_without_index_tables():
     assert all(f.reg or f.x0 is not None for ts in run.terms for f in ts)
     assert run.store == [False] * 5 and run.to_j == [None] * 4 + [0]
     assert not [s for s in steps if not isinstance(s, Run)]   # no general node
+
+
+def test_leaf_nodes_are_computed_inside_the_run_that_reads_them():
+    """∂P·v and a parameter vector's seed read no other node: the run that reads them computes
+    them in place (v read at a per-piece start, contiguous over the piece) and no run of their
+    own is left.  The numbers: test_fused_sweep_equals_numpy."""
+    for name, names in (("elman", {"∂U·h%", "∂W·x%", "∂b%"}), ("two matrices", {"∂U·h%", "∂A·h%", "∂W·x%", "∂b%"})):
+        plan, steps = steps_of(CELLS[name]())
+        leaves = {k for k in plan.order if len(plan.terms[k]) == 1 and plan.terms[k][0].kind in ("inject", "one")}
+        inlined = {f.inline[1] for s in steps if isinstance(s, Run) for ts in s.terms for f in ts if f.inline}
+        assert inlined == leaves and {k[0] for k in leaves} == names, (name, leaves)
+        assert not any(isinstance(s, Run) and s.keys[0] in inlined for s in steps)
+        coefs = {k[0]: set(plan.terms[k][0].coef) for k in leaves if plan.terms[k][0].kind == "inject"}
+        assert coefs.get("∂A·h%", {2.0}) == {2.0} and coefs["∂U·h%"] == {1.0}   # 2A: a scaled inject
+        for s in steps:
+            for ts in s.terms if isinstance(s, Run) else ():
+                for f in ts:
+                    if f.inline and f.inline[0] == "inject":   # v's start per piece, read in order
+                        tm = plan.terms[f.inline[1]][0]
+                        (ranges, starts, _, _), segs = s.pieces, s.segments()
+                        for (s0, s1), (p0, p1) in zip(segs, ranges):
+                            for p in range(p0, p1) if f.y0 <= s0 and s1 <= f.y0 + f.n else ():
+                                e = np.arange(starts[p], starts[p + 1])
+                                assert (tm.xp[f.x0 + e - f.y0] == f.inline[2][p] + e - starts[p]).all()
 
 
 def test_lstm_run_reads_the_carried_entries_through_a_table():

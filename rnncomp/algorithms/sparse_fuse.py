@@ -10,7 +10,9 @@ register, each term's ``x`` read
 
     from a register        x is a node earlier in the run, at the same entry;
     at x0 + (e - y0)       x's positions are contiguous (no index table);
-    through xp[e - y0]     otherwise (an indexed load from a node outside the run, J, or v).
+    through xp[e - y0]     otherwise (an indexed load from a node outside the run, J, or v);
+    computed in place      x a *leaf* node (∂b: 1; ∂P·v: c·v[b, j] with j counting up over each
+                           piece, as a weight row's directions do), not stored and read back.
 
 The loop over entries is cut into *segments* where the set of terms that write there is
 constant, so every loop body is straight-line code, and each segment into *pieces* of one unit
@@ -26,8 +28,10 @@ whose ``yp`` is not contiguous (GRU's U·∂(r⊙h): all pairs of entries in one
     >>> from rnncomp.algorithms.sparse_plan import SparsePlan
     >>> st = rc.cells.elman(2, 4, 1).step
     >>> steps = fuse(SparsePlan(st, pattern(st, 1)))
-    >>> [[k[0] for k in s.keys] for s in steps]   # ∂P·v and ∂b read no node: they go first
-    [['∂U·h%'], ['∂W·x%'], ['∂b%'], ['∂h%', 'U·∂h%', '∂U·h·sum%', '∂a1%', '∂h%']]
+    >>> [[k[0] for k in s.keys] for s in steps]   # ∂U·h, ∂W·x and ∂b are computed inside the run
+    [['∂h%', 'U·∂h%', '∂U·h·sum%', '∂a1%', '∂h%']]
+    >>> [f.inline[0] for ts in steps[0].terms for f in ts if f.inline]
+    ['inject', 'inject', 'one']
 """
 from __future__ import annotations
 
@@ -52,6 +56,7 @@ class FusedTerm:
     n: int
     reg: bool          # x is a node of the run at the same entry (its register)
     x0: object = None  # x read at x0 + (e - y0); None: through the term's xp table
+    inline: object = None  # x a leaf node computed here: ("one",) or ("inject", node, starts): see _inline
 
 
 @dataclass(eq=False)
@@ -72,7 +77,8 @@ class Run:
         return [(a, b) for a, b in zip(cuts, cuts[1:]) if a < b]
 
     def describe(self):
-        return (self.keys, self.ny, [[(f.term, f.y0, f.n, f.reg, f.x0) for f in ts] for ts in self.terms],
+        inl = lambda f: f.inline and (f.inline[:2], [np.asarray(a).tolist() for a in f.inline[2:]])  # noqa: E731
+        return (self.keys, self.ny, [[(f.term, f.y0, f.n, f.reg, f.x0, inl(f)) for f in ts] for ts in self.terms],
                 self.store, self.pieces[0], self.to_j, self.gather)
 
     def cut(self, units, dirs):
@@ -141,11 +147,17 @@ def fuse(plan, gathered=()):
         step = key if terms is None else Run([key], len(plan.entries[key][0]), [terms])
         steps.append(step)
         where[key] = step
+    for s in steps:
+        if isinstance(s, Run):
+            d, u = plan.entries[s.keys[0]]
+            s.cut(u, d)
+    steps = _inline(plan, steps)
     direct = _direct_outs(plan, steps, where)
     read = {k for k, _, _ in plan.out if k not in direct}   # what must be in memory: J's source, reads outside a register
     for s in steps:
         if isinstance(s, Run):
-            read |= {plan.terms[k][f.term].arg for k, ts in zip(s.keys, s.terms) for f in ts if not f.reg}
+            read |= {plan.terms[k][f.term].arg for k, ts in zip(s.keys, s.terms) for f in ts
+                     if not f.reg and f.inline is None}
         else:
             read |= {tm.arg for tm in plan.terms[s]}
     for s in steps:
@@ -153,9 +165,65 @@ def fuse(plan, gathered=()):
             s.store = [k in read for k in s.keys]
             s.to_j = [direct.get(k) for k in s.keys]
             s.gather = _gathers(plan, s, gathered)
-            d, u = plan.entries[s.keys[0]]
-            s.cut(u, d)
     return steps
+
+
+def _leaf(plan, s):
+    """The one term of ``s`` when it is a run of one node computed from no other node: a
+    parameter vector's seed ("one") or ∂P·v ("inject") written to every entry in order."""
+    if not isinstance(s, Run) or len(s.keys) != 1 or len(plan.terms[s.keys[0]]) != 1:
+        return None
+    tm = plan.terms[s.keys[0]][0]
+    return tm if tm.kind in ("one", "inject") and contiguous(tm.yp) == 0 and len(tm.yp) == s.ny else None
+
+
+def _inline(plan, steps):
+    """Leaf runs (:func:`_leaf`) computed inside the runs that read them instead of stored and
+    read back: a "one" term is the constant 1; an "inject" term c·v[b, xp[i]] (one c) where, over
+    each piece of the reading run, xp counts up by one (SnAp-1: a weight row's directions read
+    v[0 … n-1]), so v is read at starts[piece] + (e - piece start), contiguous like the rest of
+    the loop.  A leaf run every reader of which computes it is dropped."""
+    leaves = {s.keys[0]: tm for s in steps for tm in [_leaf(plan, s)] if tm is not None}
+    if not leaves:
+        return steps
+    kept = {k for k, _, _ in plan.out} & set(leaves)
+    for s in steps:
+        if not isinstance(s, Run):
+            kept |= {tm.arg for tm in plan.terms[s]} & set(leaves)
+            continue
+        (ranges, starts, _, _), segs = s.pieces, s.segments()
+        for key, ts in zip(s.keys, s.terms):
+            for f in ts:
+                arg = plan.terms[key][f.term].arg
+                if arg not in leaves or key in leaves:
+                    continue
+                tm = leaves[arg]
+                if f.reg or f.x0 is None:
+                    kept.add(arg)
+                elif tm.kind == "one":
+                    f.inline = ("one", arg)
+                else:
+                    at = _piece_starts(tm.xp, f, segs, ranges, starts)
+                    if at is None or len(set(tm.coef)) > 1:
+                        kept.add(arg)
+                    else:
+                        f.inline = ("inject", arg, at)
+    return [s for s in steps if not (isinstance(s, Run) and s.keys[0] in leaves and s.keys[0] not in kept)]
+
+
+def _piece_starts(xp, f, segs, ranges, starts):
+    """Per piece of the reading run, xp at its first entry (0 outside the term's entries), when
+    xp counts up by one over every piece the term writes; else None."""
+    out = np.zeros(len(starts) - 1, dtype=np.int64)
+    for (s0, s1), (p0, p1) in zip(segs, ranges):
+        if not (f.y0 <= s0 and s1 <= f.y0 + f.n):
+            continue
+        for p in range(p0, p1):
+            i0, i1 = f.x0 + starts[p] - f.y0, f.x0 + starts[p + 1] - f.y0
+            if contiguous(xp[i0:i1]) is None:
+                return None
+            out[p] = xp[i0]
+    return out
 
 
 def _gathers(plan, run, gathered):

@@ -98,6 +98,9 @@ class SparseKernel(SweepEmitter, StepEmitter):
                                                                                            r.pieces[1:]))
                            for r in self.steps if isinstance(r, Run)}
         fused = {s for r in self.steps if isinstance(r, Run) for s in r.gather if s is not None}
+        self.inline_slots = {id(f): P.table(f"inline starts {key} {f.term}", f.inline[2])   # v's start per piece
+                             for r in self.steps if isinstance(r, Run) for key, ts in zip(r.keys, r.terms)
+                             for f in ts if f.inline and f.inline[0] == "inject"}
         self.term_slots = {}   # (node, i) -> {"yp": slot, "xp": slot, "units"/"coef"/"matw": slot}
         self.coef_slots = {}   # (node, i) -> the slot of an ew term's coefficient per (sample, unit)
         self.matw = {}         # slot -> [(param, flat positions, c)]: its Σ c·P[yu, xu] (per window)

@@ -86,14 +86,15 @@ class SweepEmitter:
             return g.ptr(tm.arg, t), (0 if tm.arg[1] is None else self.st.prog.node(tm.arg).size)
         return self._slot_ptr(g, self.plan.entries[tm.arg]), len(self.sp.entries[tm.arg][0])
 
-    def _reader(self, g, key, i, t, x0=None, reg=False):
+    def _reader(self, g, key, i, t, x0=None, reg=False, inline=None):
         """A function (b, i, registers, tag) -> coefficient · x of term ``i`` of ``key`` at sample
-        b and index i of the term's tables; its pointers loaded here, before any loop."""
+        b and index i of the term's tables; its pointers loaded here, before any loop.
+        ``inline``: a function giving x (a leaf node computed in place, :meth:`_inline_x`)."""
         b, tm, slots = g.b, self.sp.terms[key][i], self.term_slots[(key, i)]
         if tm.kind == "one":
             return lambda bi, k, regs, tag, unit=None: ir.Constant(g.ty, 1.0)
-        src, nx = (None, 0) if reg else self._source(g, tm, t)
-        xp = None if reg or x0 is not None else self._tab(g, slots["xp"])
+        src, nx = (None, 0) if reg or inline else self._source(g, tm, t)
+        xp = None if reg or inline or x0 is not None else self._tab(g, slots["xp"])
         if tm.kind == "ew":
             coef, n, units = self._slot_ptr(g, self.coef_slots[(key, i)]), self.sp.ts.prog.nodes[key].size, \
                 self._tab(g, slots["units"])
@@ -101,7 +102,9 @@ class SweepEmitter:
             coef = self._tab(g, slots["coef" if tm.kind == "inject" else "matw"], False)
 
         def read(bi, k, regs, tag, unit=None):
-            if reg:
+            if inline:
+                x = inline(bi, k, regs, tag)
+            elif reg:
                 x = regs[tm.arg]
             else:
                 xi = b.add(I64(x0), k) if x0 is not None else self._at(g, xp, k, tag)
@@ -114,12 +117,31 @@ class SweepEmitter:
             return x
         return read
 
+    def _inline_x(self, g, f, t):
+        """x of a FusedTerm whose leaf node the run computes itself
+        (:func:`rnncomp.algorithms.sparse_fuse._inline`): 1, or c·v[b, shift + e] with the
+        piece's shift (v's start over the piece, less the piece's first entry) in ``regs``."""
+        b, (kind, arg) = g.b, f.inline[:2]
+        if kind == "one":
+            return lambda bi, k, regs, tag: ir.Constant(g.ty, 1.0)
+        tm = self.sp.terms[arg][0]
+        src, nx = self._source(g, tm, t)
+        c = float(tm.coef[0])   # one coefficient (sparse_fuse._inline)
+
+        def read(bi, k, regs, tag):
+            xi = b.add(regs["shift"][id(f)], regs["e"])
+            x = self._at(g, src, b.add(b.mul(bi, I64(nx)), xi) if nx else xi, tag)
+            return x if c == 1 else b.fmul(x, ir.Constant(g.ty, c))
+        return read
+
     # ------------------------------------------------------------------ a fused run
     def _run(self, g, run, t):
         """Every node of ``run``, one loop over its entries per segment (module docstring)."""
         b = g.b
-        readers = [[(f, self._reader(g, key, f.term, t, f.x0, f.reg)) for f in terms]
-                   for key, terms in zip(run.keys, run.terms)]
+        readers = [[(f, self._reader(g, key, f.term, t, f.x0, f.reg, f.inline and self._inline_x(g, f, t)))
+                    for f in terms] for key, terms in zip(run.keys, run.terms)]
+        injected = [(f, self._tab(g, self.inline_slots[id(f)])) for ts in run.terms for f in ts
+                    if f.inline and f.inline[0] == "inject"]
         outs = [self._slot_ptr(g, self.plan.entries[key]) if keep else None for key, keep in zip(run.keys, run.store)]
         J = self._slot_ptr(g, self.plan.J) if any(d is not None for d in run.to_j) else None
         starts, units, dirs = (self._tab(g, k) for k in self.run_pieces[id(run)])
@@ -134,8 +156,9 @@ class SweepEmitter:
                     lo, hi, unit = self._at(g, starts, p), self._at(g, starts, b.add(p, I64(1))), self._at(g, units, p)
                     k0 = b.sub(self._at(g, dirs, p), lo)    # the gradient entry of entry e: k0 + e
                     dl = [None if d is None else self._at(g, d[0], b.add(b.mul(bi, I64(d[1])), unit)) for d in deltas]
+                    shift = {id(f): b.sub(self._at(g, at, p), lo) for f, at in injected}   # v at shift + e
                     with for_range(b, hi, start=lo, name="re", loop_md=loop_id) as e:
-                        regs = {}
+                        regs = {"shift": shift, "e": e}
                         for key, terms, out, d0, delta in zip(run.keys, readers, outs, run.to_j, dl):
                             v = None
                             for f, read in terms:
