@@ -102,13 +102,13 @@ class SparseKernel(SweepEmitter, StepEmitter):
                              for r in self.steps if isinstance(r, Run) for key, ts in zip(r.keys, r.terms)
                              for f in ts if f.inline and f.inline[0] == "inject"}
         self.term_slots = {}   # (node, i) -> {"yp": slot, "xp": slot, "units"/"coef"/"matw": slot}
-        self.coef_slots = {}   # (node, i) -> the slot of an ew term's coefficient per (sample, unit)
+        self.coef_slots = {}   # (node, i) -> the slot of an ew term's coefficient per (sample, unit), unless constant
         self.matw = {}         # slot -> [(param, flat positions, c)]: its Σ c·P[yu, xu] (per window)
         self.rows_of = {}      # (node, i) -> slots of a mat term's (ys, lo, xs): see _row_sums
         for key in sp_.order:
             for i, tm in enumerate(sp_.terms[key]):
                 s = {"yp": P.table(f"yp {key} {i}", tm.yp), "xp": P.table(f"xp {key} {i}", tm.xp)}
-                if tm.kind == "ew":
+                if tm.kind == "ew" and not tm.expr.is_Number:   # a constant coefficient is in the code
                     s["units"] = P.table(f"units {key} {i}", tm.units)
                     self.coef_slots[(key, i)] = P.slot(f"dcoef {key} {i}", "B", sp_.ts.prog.nodes[key].size)
                 elif tm.kind == "inject":

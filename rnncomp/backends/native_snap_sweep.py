@@ -95,7 +95,8 @@ class SweepEmitter:
             return lambda bi, k, regs, tag, unit=None: ir.Constant(g.ty, 1.0)
         src, nx = (None, 0) if reg or inline else self._source(g, tm, t)
         xp = None if reg or inline or x0 is not None else self._tab(g, slots["xp"])
-        if tm.kind == "ew":
+        const = float(tm.expr) if tm.kind == "ew" and tm.expr.is_Number else None
+        if tm.kind == "ew" and const is None:
             coef, n, units = self._slot_ptr(g, self.coef_slots[(key, i)]), self.sp.ts.prog.nodes[key].size, \
                 self._tab(g, slots["units"])
         elif tm.kind in ("inject", "mat"):
@@ -109,6 +110,8 @@ class SweepEmitter:
             else:
                 xi = b.add(I64(x0), k) if x0 is not None else self._at(g, xp, k, tag)
                 x = self._at(g, src, b.add(b.mul(bi, I64(nx)), xi) if nx else xi, tag)
+            if const is not None:
+                return x if const == 1 else b.fmul(x, ir.Constant(g.ty, const))
             if tm.kind == "ew":
                 unit = self._at(g, units, k, tag) if unit is None else unit
                 return b.fmul(x, self._at(g, coef, b.add(b.mul(bi, I64(n)), unit), tag))
