@@ -128,6 +128,12 @@ def test_lstm_by_state_reads_and_writes_j_as_ranges():
     steps = fuse(plan)
     big = max((s for s in steps if isinstance(s, Run)), key=lambda s: len(s.keys))
     assert big.terms[0][0].x0 == 0 and big.to_j[-1] == 0 and big.keys[-1] == plan.ts.out["h"]
+    # ∂c[t] too, in the same loop that reads J's h range: its entries in the directions that
+    # reach c (not the output gate's) are J's c range, in order
+    at = big.keys.index(plan.ts.out["c"])
+    n_c = int(mask["c"].sum())
+    assert (big.to_j[at], big.j_count[at]) == (n_h, n_c) and n_c < big.ny
+    assert n_c in {c for seg in big.segments() for c in seg}
     (seed_c,) = [s for s in steps if isinstance(s, Run) and s.keys == [plan.ts.state_seeds["c"]]]
     assert seed_c.terms[0][0].x0 == n_h
 

@@ -69,17 +69,19 @@ class Run:
     store: list = field(default_factory=list)   # per node: written to its entries' buffer
     pieces: tuple = ()   # (per segment (p0, p1), each piece's start (and the end), each piece's unit)
     to_j: list = field(default_factory=list)    # per node: None, or d0: entry e is J's entry d0 + e
+    j_count: list = field(default_factory=list)  # per node: entries 0 … count-1 go to J (None: none)
     gather: list = field(default_factory=list)  # per node: None, or the state whose δh·J it gathers
 
     def segments(self):
         """(s0, s1) pieces of 0 … ny - 1 in which every term writes all entries or none."""
-        cuts = sorted({0, self.ny} | {c for ts in self.terms for ft in ts for c in (ft.y0, ft.y0 + ft.n)})
+        cuts = sorted({0, self.ny} | {c for ts in self.terms for ft in ts for c in (ft.y0, ft.y0 + ft.n)}
+                      | {c for c in self.j_count if c is not None})
         return [(a, b) for a, b in zip(cuts, cuts[1:]) if a < b]
 
     def describe(self):
         inl = lambda f: f.inline and (f.inline[:2], [np.asarray(a).tolist() for a in f.inline[2:]])  # noqa: E731
         return (self.keys, self.ny, [[(f.term, f.y0, f.n, f.reg, f.x0, inl(f)) for f in ts] for ts in self.terms],
-                self.store, self.pieces[0], self.to_j, self.gather)
+                self.store, self.pieces[0], self.to_j, self.j_count, self.gather)
 
     def cut(self, units, dirs):
         """Set ``pieces``: each segment cut where the unit of the entries changes or their
@@ -147,12 +149,14 @@ def fuse(plan, gathered=()):
         step = key if terms is None else Run([key], len(plan.entries[key][0]), [terms])
         steps.append(step)
         where[key] = step
+    direct = _direct_outs(plan, steps, where)
     for s in steps:
         if isinstance(s, Run):
+            s.to_j = [direct[k][0] if k in direct else None for k in s.keys]
+            s.j_count = [direct[k][1] if k in direct else None for k in s.keys]
             d, u = plan.entries[s.keys[0]]
             s.cut(u, d)
     steps = _inline(plan, steps)
-    direct = _direct_outs(plan, steps, where)
     read = {k for k, _, _ in plan.out if k not in direct}   # what must be in memory: J's source, reads outside a register
     for s in steps:
         if isinstance(s, Run):
@@ -163,7 +167,6 @@ def fuse(plan, gathered=()):
     for s in steps:
         if isinstance(s, Run):
             s.store = [k in read for k in s.keys]
-            s.to_j = [direct.get(k) for k in s.keys]
             s.gather = _gathers(plan, s, gathered)
     return steps
 
@@ -244,9 +247,11 @@ def _gathers(plan, run, gathered):
 
 
 def _direct_outs(plan, steps, where):
-    """{node: d0} for the state entries a run can write into J itself (J[b, d0 + e] = entry e):
-    the node's entries in order are a range of J, and nothing reads J after that entry is
-    written (every read of J is in an earlier step, or in the run at the entry it writes)."""
+    """{node: (d0, count)} for the state entries a run can write into J itself (J[b, d0 + e] =
+    entry e, e < count): the node's first ``count`` entries in order are a range of J (the
+    others reach no stored entry: LSTM's ∂c in the output gate's directions), and nothing
+    reads J after that entry is written (every read of J is in an earlier step, or in the run
+    at the entry it writes or outside the range it writes)."""
     order = {id(s): i for i, s in enumerate(steps)}
     reads = []   # (step index, the run's FusedTerm or None) of every term reading J
     for s in steps:
@@ -258,11 +263,13 @@ def _direct_outs(plan, steps, where):
     direct = {}
     for k, src, dst in plan.out:
         s, d0 = where.get(k), contiguous(dst)
-        if not isinstance(s, Run) or d0 is None or len(src) != s.ny or contiguous(src) != 0:
+        if not isinstance(s, Run) or d0 is None or len(src) > s.ny or contiguous(src) != 0:
             continue
-        if all(i < order[id(s)] or (i == order[id(s)] and f is not None and f.x0 is not None and f.x0 - f.y0 == d0)
+        n = len(src)
+        if all(i < order[id(s)] or (i == order[id(s)] and f is not None and f.x0 is not None
+                                    and (f.x0 - f.y0 == d0 or f.x0 + f.n <= d0 or d0 + n <= f.x0))
                for i, f in reads):
-            direct[k] = d0
+            direct[k] = (d0, n)
     return direct
 
 

@@ -162,7 +162,7 @@ class SweepEmitter:
                     shift = {id(f): b.sub(self._at(g, at, p), lo) for f, at in injected}   # v at shift + e
                     with for_range(b, hi, start=lo, name="re", loop_md=loop_id) as e:
                         regs = {"shift": shift, "e": e}
-                        for key, terms, out, d0, delta in zip(run.keys, readers, outs, run.to_j, dl):
+                        for key, terms, out, d0, nj, delta in zip(run.keys, readers, outs, run.to_j, run.j_count, dl):
                             v = None
                             for f, read in terms:
                                 if f.y0 <= s0 and s1 <= f.y0 + f.n:
@@ -171,7 +171,7 @@ class SweepEmitter:
                             regs[key] = ir.Constant(g.ty, 0.0) if v is None else v
                             if out is not None:
                                 tag(b.store(regs[key], b.gep(out, [b.add(row, e)], inbounds=True)))
-                            if d0 is not None:   # J's entries, written here instead of by the scatter
+                            if d0 is not None and s1 <= nj:   # J's entries, written here, not by the scatter
                                 tag(b.store(regs[key], b.gep(J, [b.add(b.add(jrow, e), I64(d0))], inbounds=True)))
                             if delta is not None:   # the gather: g[k] += δh[b, u]·J[t-1][b, (u, k)]
                                 at = b.gep(grad, [b.add(k0, e)], inbounds=True)
