@@ -92,13 +92,14 @@ def test_leaf_nodes_are_computed_inside_the_run_that_reads_them():
         for s in steps:
             for ts in s.terms if isinstance(s, Run) else ():
                 for f in ts:
-                    if f.inline and f.inline[0] == "inject":   # v's start per piece, read in order
-                        tm = plan.terms[f.inline[1]][0]
+                    if f.inline and f.inline[0] == "inject":   # v's start per piece, read in order or held
+                        tm, (_, _, at, step) = plan.terms[f.inline[1]][0], f.inline
                         (ranges, starts, _, _), segs = s.pieces, s.segments()
-                        for (s0, s1), (p0, p1) in zip(segs, ranges):
-                            for p in range(p0, p1) if f.y0 <= s0 and s1 <= f.y0 + f.n else ():
+                        for (s0, s1), (p0, p1), st in zip(segs, ranges, step):
+                            assert (st is None) == (not (f.y0 <= s0 and s1 <= f.y0 + f.n))
+                            for p in range(p0, p1) if st is not None else ():
                                 e = np.arange(starts[p], starts[p + 1])
-                                assert (tm.xp[f.x0 + e - f.y0] == f.inline[2][p] + e - starts[p]).all()
+                                assert (tm.xp[f.x0 + e - f.y0] == at[p] + st * (e - starts[p])).all()
 
 
 def test_lstm_run_reads_the_carried_entries_through_a_table():
@@ -163,16 +164,21 @@ def test_row_groups():
 
 @pytest.mark.parametrize("name", sorted(CELLS))
 def test_runs_are_cut_into_pieces_of_one_unit_and_counting_directions(name):
+    """Each segment into the fewer pieces of the two ways: one unit with directions counting up,
+    or (diagonal) unit and direction counting up together (a parameter vector's directions)."""
     plan, steps = steps_of(CELLS[name]())
     for run in (s for s in steps if isinstance(s, Run)):
         dirs, units = plan.entries[run.keys[0]]
         ranges, starts, punits, pdirs = run.pieces
         assert starts[0] == 0 and starts[-1] == run.ny and (np.diff(starts) > 0).all()
-        for (s0, s1), (p0, p1) in zip(run.segments(), ranges):
+        for (s0, s1), (p0, p1), diag in zip(run.segments(), ranges, run.diag):
             assert starts[p0] == s0 and starts[p1] == s1
-        for p, (u, d) in enumerate(zip(punits, pdirs)):
-            assert (units[starts[p]:starts[p + 1]] == u).all()
-            assert (dirs[starts[p]:starts[p + 1]] == d + np.arange(starts[p + 1] - starts[p])).all()
+            for p in range(p0, p1):   # one unit (a diagonal segment: the unit counts up with the direction)
+                step = np.arange(starts[p + 1] - starts[p])
+                assert (units[starts[p]:starts[p + 1]] == punits[p] + (step if diag else 0)).all()
+                assert (dirs[starts[p]:starts[p + 1]] == pdirs[p] + step).all()
+            one_unit = len(stretches((dirs[s0:s1],), (units[s0:s1],))) - 1
+            assert p1 - p0 == min(one_unit, len(stretches((dirs[s0:s1], units[s0:s1]), ())) - 1)
         for ts in run.terms:   # a term writes whole segments
             for f in ts:
                 assert f.y0 in starts and f.y0 + f.n in starts

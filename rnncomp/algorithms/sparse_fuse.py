@@ -56,7 +56,7 @@ class FusedTerm:
     n: int
     reg: bool          # x is a node of the run at the same entry (its register)
     x0: object = None  # x read at x0 + (e - y0); None: through the term's xp table
-    inline: object = None  # x a leaf node computed here: ("one",) or ("inject", node, starts): see _inline
+    inline: object = None  # x a leaf node computed here: ("one", node) or ("inject", node, starts, steps): _inline
 
 
 @dataclass(eq=False)
@@ -71,6 +71,7 @@ class Run:
     to_j: list = field(default_factory=list)    # per node: None, or d0: entry e is J's entry d0 + e
     j_count: list = field(default_factory=list)  # per node: entries 0 … count-1 go to J (None: none)
     gather: list = field(default_factory=list)  # per node: None, or the state whose δh·J it gathers
+    diag: list = field(default_factory=list)    # per segment: its pieces' units count up with e (see cut)
 
     def segments(self):
         """(s0, s1) pieces of 0 … ny - 1 in which every term writes all entries or none."""
@@ -81,15 +82,20 @@ class Run:
     def describe(self):
         inl = lambda f: f.inline and (f.inline[:2], [np.asarray(a).tolist() for a in f.inline[2:]])  # noqa: E731
         return (self.keys, self.ny, [[(f.term, f.y0, f.n, f.reg, f.x0, inl(f)) for f in ts] for ts in self.terms],
-                self.store, self.pieces[0], self.to_j, self.j_count, self.gather)
+                self.store, self.pieces[0], self.to_j, self.j_count, self.gather, self.diag)
 
     def cut(self, units, dirs):
         """Set ``pieces``: each segment cut where the unit of the entries changes or their
         direction stops counting up (an element-wise coefficient is one value over a piece, and
-        a gathered gradient entry a range: for SnAp-1, a weight row's directions)."""
-        starts, punits, pdirs, ranges = [], [], [], []
+        a gathered gradient entry a range: for SnAp-1, a weight row's directions) -- or, a
+        *diagonal* segment, where unit and direction stop counting up together (a parameter
+        vector's directions: one piece where the first way gives a piece per entry), whichever
+        gives fewer pieces; over a diagonal piece the unit is the piece's plus e - start."""
+        starts, punits, pdirs, ranges, self.diag = [], [], [], [], []
         for s0, s1 in self.segments():
-            at = s0 + stretches((dirs[s0:s1],), (units[s0:s1],))[:-1]
+            at, diag = stretches((dirs[s0:s1],), (units[s0:s1],)), stretches((dirs[s0:s1], units[s0:s1]), ())
+            self.diag.append(len(diag) < len(at))
+            at = s0 + (diag if self.diag[-1] else at)[:-1]
             ranges.append((len(starts), len(starts) + len(at)))
             starts.extend(int(a) for a in at)
             punits.extend(int(units[a]) for a in at)
@@ -185,7 +191,8 @@ def _inline(plan, steps):
     read back: a "one" term is the constant 1; an "inject" term c·v[b, xp[i]] (one c) where, over
     each piece of the reading run, xp counts up by one (SnAp-1: a weight row's directions read
     v[0 … n-1]), so v is read at starts[piece] + (e - piece start), contiguous like the rest of
-    the loop.  A leaf run every reader of which computes it is dropped."""
+    the loop, or, over each piece of a segment, stays at starts[piece].  A leaf run every reader
+    of which computes it is dropped."""
     leaves = {s.keys[0]: tm for s in steps for tm in [_leaf(plan, s)] if tm is not None}
     if not leaves:
         return steps
@@ -210,23 +217,29 @@ def _inline(plan, steps):
                     if at is None or len(set(tm.coef)) > 1:
                         kept.add(arg)
                     else:
-                        f.inline = ("inject", arg, at)
+                        f.inline = ("inject", arg, *at)
     return [s for s in steps if not (isinstance(s, Run) and s.keys[0] in leaves and s.keys[0] not in kept)]
 
 
 def _piece_starts(xp, f, segs, ranges, starts):
-    """Per piece of the reading run, xp at its first entry (0 outside the term's entries), when
-    xp counts up by one over every piece the term writes; else None."""
-    out = np.zeros(len(starts) - 1, dtype=np.int64)
+    """(per piece of the reading run, xp at its first entry (0 outside the term's entries); per
+    segment, 1 where xp counts up by one over each of its pieces, 0 where it stays (a diagonal
+    segment of Wᵀ·x: the unit moves, x's entry does not), None where the term does not write),
+    or None when some segment is neither."""
+    out, steps = np.zeros(len(starts) - 1, dtype=np.int64), []
     for (s0, s1), (p0, p1) in zip(segs, ranges):
         if not (f.y0 <= s0 and s1 <= f.y0 + f.n):
+            steps.append(None)
             continue
-        for p in range(p0, p1):
-            i0, i1 = f.x0 + starts[p] - f.y0, f.x0 + starts[p + 1] - f.y0
-            if contiguous(xp[i0:i1]) is None:
-                return None
-            out[p] = xp[i0]
-    return out
+        pieces = [xp[f.x0 + starts[p] - f.y0:f.x0 + starts[p + 1] - f.y0] for p in range(p0, p1)]
+        if all(contiguous(a) is not None for a in pieces):
+            steps.append(1)
+        elif all((a == a[0]).all() for a in pieces):
+            steps.append(0)
+        else:
+            return None
+        out[p0:p1] = [a[0] for a in pieces]
+    return out, steps
 
 
 def _gathers(plan, run, gathered):

@@ -123,7 +123,8 @@ class SweepEmitter:
     def _inline_x(self, g, f, t):
         """x of a FusedTerm whose leaf node the run computes itself
         (:func:`rnncomp.algorithms.sparse_fuse._inline`): 1, or c·v[b, shift + e] with the
-        piece's shift (v's start over the piece, less the piece's first entry) in ``regs``."""
+        piece's shift (v's start over the piece, less the piece's first entry) in ``regs``, or
+        c·v[b, shift] in a segment where v's entry stays over each piece."""
         b, (kind, arg) = g.b, f.inline[:2]
         if kind == "one":
             return lambda bi, k, regs, tag: ir.Constant(g.ty, 1.0)
@@ -132,7 +133,8 @@ class SweepEmitter:
         c = float(tm.coef[0])   # one coefficient (sparse_fuse._inline)
 
         def read(bi, k, regs, tag):
-            xi = b.add(regs["shift"][id(f)], regs["e"])
+            xi = regs["shift"][id(f)]
+            xi = b.add(xi, regs["e"]) if f.inline[3][regs["segment"]] else xi
             x = self._at(g, src, b.add(b.mul(bi, I64(nx)), xi) if nx else xi, tag)
             return x if c == 1 else b.fmul(x, ir.Constant(g.ty, c))
         return read
@@ -150,7 +152,7 @@ class SweepEmitter:
         starts, units, dirs = (self._tab(g, k) for k in self.run_pieces[id(run)])
         grad = self._slot_ptr(g, self.plan.grad)
         deltas = [None if s is None else (g.ptr(self.bwd.carry_out[s], t), self.st.states[s]) for s in run.gather]
-        for (s0, s1), (p0, p1) in zip(run.segments(), run.pieces[0]):
+        for si, ((s0, s1), (p0, p1), diag) in enumerate(zip(run.segments(), run.pieces[0], run.diag)):
             group, loop_id = parallel_loop_md(g.m)
             tag = lambda inst: inst.set_metadata("llvm.access.group", group) or inst  # noqa: E731
             with for_range(b, g.B, name="rb") as bi:
@@ -158,15 +160,20 @@ class SweepEmitter:
                 with for_range(b, I64(p1), start=I64(p0), name="rp") as p:
                     lo, hi, unit = self._at(g, starts, p), self._at(g, starts, b.add(p, I64(1))), self._at(g, units, p)
                     k0 = b.sub(self._at(g, dirs, p), lo)    # the gradient entry of entry e: k0 + e
-                    dl = [None if d is None else self._at(g, d[0], b.add(b.mul(bi, I64(d[1])), unit)) for d in deltas]
-                    shift = {id(f): b.sub(self._at(g, at, p), lo) for f, at in injected}   # v at shift + e
+                    delta_at = lambda u: [None if d is None else self._at(g, d[0], b.add(b.mul(bi, I64(d[1])), u), tag)  # noqa: E731,E501
+                                          for d in deltas]
+                    dl = None if diag else delta_at(unit)
+                    shift = {id(f): (b.sub(self._at(g, at, p), lo) if f.inline[3][si] else self._at(g, at, p))
+                             for f, at in injected if f.inline[3][si] is not None}   # v at shift (+ e)
                     with for_range(b, hi, start=lo, name="re", loop_md=loop_id) as e:
-                        regs = {"shift": shift, "e": e}
-                        for key, terms, out, d0, nj, delta in zip(run.keys, readers, outs, run.to_j, run.j_count, dl):
+                        regs = {"shift": shift, "e": e, "segment": si}
+                        u_e = b.add(unit, b.sub(e, lo)) if diag else unit   # a diagonal piece's unit counts up
+                        dl_e = delta_at(u_e) if diag else dl
+                        for key, terms, out, d0, nj, delta in zip(run.keys, readers, outs, run.to_j, run.j_count, dl_e):
                             v = None
                             for f, read in terms:
                                 if f.y0 <= s0 and s1 <= f.y0 + f.n:
-                                    x = read(bi, b.sub(e, I64(f.y0)) if f.y0 else e, regs, tag, unit)
+                                    x = read(bi, b.sub(e, I64(f.y0)) if f.y0 else e, regs, tag, u_e)
                                     v = x if v is None else b.fadd(v, x)
                             regs[key] = ir.Constant(g.ty, 0.0) if v is None else v
                             if out is not None:
