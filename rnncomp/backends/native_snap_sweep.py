@@ -3,9 +3,10 @@ node's kept entries, term by term, as :func:`rnncomp.algorithms.sparse_fuse.fuse
 
     coefficients   c[b, j] = ∂expr/∂x at (b, unit j), per element-wise term: once per unit,
                    not once per entry (SnAp-1 holds about |θ|/n entries per unit)
-    run            for b, for each segment [s0, s1), for each piece of it (one unit u, the
-                   directions counting up from k0), for e in it (the inner, contiguous loop,
-                   marked parallel: it writes only entry e of nodes nothing in it reads back):
+    run            for each segment [s0, s1), for each piece of it (one unit u, the directions
+                   counting up from k0; a diagonal piece: u counting up with them), for b (the
+                   piece's tables read once for the batch), for e in it (the inner, contiguous
+                   loop, marked parallel: it writes only entry e of nodes nothing in it reads back):
                        v[node] = Σ_terms coefficient · x     (x a register, x0 + i, or xp[i];
                                                               the coefficient c[b, u] a scalar)
                        stored, and/or written to J[b, d0 + e]; a state's seed also gathers
@@ -155,11 +156,11 @@ class SweepEmitter:
         for si, ((s0, s1), (p0, p1), diag) in enumerate(zip(run.segments(), run.pieces[0], run.diag)):
             group, loop_id = parallel_loop_md(g.m)
             tag = lambda inst: inst.set_metadata("llvm.access.group", group) or inst  # noqa: E731
-            with for_range(b, g.B, name="rb") as bi:
-                row, jrow = b.mul(bi, I64(run.ny)), b.mul(bi, I64(self.sp.nnz))
-                with for_range(b, I64(p1), start=I64(p0), name="rp") as p:
-                    lo, hi, unit = self._at(g, starts, p), self._at(g, starts, b.add(p, I64(1))), self._at(g, units, p)
-                    k0 = b.sub(self._at(g, dirs, p), lo)    # the gradient entry of entry e: k0 + e
+            with for_range(b, I64(p1), start=I64(p0), name="rp") as p:
+                lo, hi, unit = self._at(g, starts, p), self._at(g, starts, b.add(p, I64(1))), self._at(g, units, p)
+                k0 = b.sub(self._at(g, dirs, p), lo)    # the gradient entry of entry e: k0 + e
+                with for_range(b, g.B, name="rb") as bi:
+                    row, jrow = b.mul(bi, I64(run.ny)), b.mul(bi, I64(self.sp.nnz))
                     delta_at = lambda u: [None if d is None else self._at(g, d[0], b.add(b.mul(bi, I64(d[1])), u), tag)  # noqa: E731,E501
                                           for d in deltas]
                     dl = None if diag else delta_at(unit)
