@@ -119,7 +119,7 @@ def test_lstm_run_reads_the_carried_entries_through_a_table():
 
 def test_lstm_by_state_reads_and_writes_j_as_ranges():
     """The same LSTM plan with J's entries state by state (the native executor's order): ∂h[t-1]
-    reads J's first range, ∂c[t-1] the next, and ∂h[t] is written straight into J."""
+    reads J's first range, ∂c[t-1] the next, and ∂h[t] and ∂c[t] are written straight into J."""
     st = CELLS["lstm"]().step
     mask = pattern(st, 1)
     plan, numpy_order = SparsePlan(st, mask, by_state=True), SparsePlan(st, mask)
@@ -135,8 +135,26 @@ def test_lstm_by_state_reads_and_writes_j_as_ranges():
     n_c = int(mask["c"].sum())
     assert (big.to_j[at], big.j_count[at]) == (n_h, n_c) and n_c < big.ny
     assert n_c in {c for seg in big.segments() for c in seg}
-    (seed_c,) = [s for s in steps if isinstance(s, Run) and s.keys == [plan.ts.state_seeds["c"]]]
-    assert seed_c.terms[0][0].x0 == n_h
+    # ∂c[t-1] is no run of its own: ∂c[t] reads it in J's c range at the entry it writes there
+    # (read first), and gathers δc·J[t-1] as it does (fuse's gathered states)
+    assert not [s for s in steps if isinstance(s, Run) and s.keys == [plan.ts.state_seeds["c"]]]
+    (read_c,) = [f for f in big.terms[at] if f.inline and f.inline[0] == "J"]
+    assert read_c.inline[1:] == (plan.ts.state_seeds["c"], n_h, None) and read_c.x0 - read_c.y0 == 0
+    gathering = fuse(plan, ["h", "c"])
+    big = max((s for s in gathering if isinstance(s, Run)), key=lambda s: len(s.keys))
+    assert [f.inline[3] for f in big.terms[at] if f.inline and f.inline[0] == "J"] == ["c"]
+
+
+def test_a_seed_is_read_in_j_only_before_j_is_written_there():
+    """sparse_fuse._unwritten: a FusedTerm reading J[j0 + x0 + (e - y0)] (here J[10 … 19] at
+    entries 0 … 9 of node 2 of run 1) against writes (run, node, d0, count) of J[d0 + e]."""
+    from rnncomp.algorithms.sparse_fuse import FusedTerm, _unwritten
+    f = FusedTerm(0, y0=0, n=10, reg=False, x0=0)
+    assert _unwritten([(1, 3, 10, 10), (0, 0, 0, 10), (2, 0, 10, 10)], 1, 2, f, 10)  # later node, same entry; apart; later run
+    assert not _unwritten([(0, 5, 15, 10)], 1, 2, f, 10)         # an earlier run wrote J[15 …]
+    assert not _unwritten([(1, 1, 10, 10)], 1, 2, f, 10)         # an earlier node of the run did
+    assert not _unwritten([(1, 3, 11, 10)], 1, 2, f, 10)         # the same run, another entry
+    assert _unwritten([(1, 2, 10, 10)], 1, 2, f, 10)             # the node itself: read, then written
 
 
 def test_gru_has_general_nodes():
@@ -186,14 +204,17 @@ def test_runs_are_cut_into_pieces_of_one_unit_and_counting_directions(name):
 
 def test_gather_joins_the_run_that_reads_j():
     """With J state by state, each state's seed reads all its stored entries as a range of J:
-    the run that reads them gathers δh·J too.  In the NumPy executor's order (LSTM: h and c
-    entries alternate) the gather stays a loop of its own over index tables."""
+    the run that reads them gathers δh·J too (or, LSTM's c, the term that reads the seed in J
+    itself).  In the NumPy executor's order (LSTM: h and c entries alternate) the gather stays
+    a loop of its own over index tables."""
     from rnncomp.backends.native_snap import SparseKernel
     for name, by_state, fused in (("elman wide", True, {"h"}), ("lstm", True, {"h", "c"}), ("lstm", False, set()),
                                   ("coupled", True, {"h", "c"})):
         st = CELLS[name]().step
         kernel = SparseKernel(st, SparsePlan(st, pattern(st, 1), by_state=by_state), "float64")
-        assert {s for r in kernel.steps if isinstance(r, Run) for s in r.gather if s} == fused, name
+        runs = [r for r in kernel.steps if isinstance(r, Run)]
+        in_place = {f.inline[3] for r in runs for ts in r.terms for f in ts if f.inline and f.inline[0] == "J"}
+        assert {s for r in runs for s in r.gather if s} | (in_place - {None}) == fused, name
         assert len(kernel.gather) == len(st.states) - len(fused)
 
 

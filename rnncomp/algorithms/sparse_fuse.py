@@ -56,7 +56,8 @@ class FusedTerm:
     n: int
     reg: bool          # x is a node of the run at the same entry (its register)
     x0: object = None  # x read at x0 + (e - y0); None: through the term's xp table
-    inline: object = None  # x a leaf node computed here: ("one", node) or ("inject", node, starts, steps): _inline
+    inline: object = None  # x computed here: ("one", node), ("inject", node, starts, steps): _inline;
+    #                        ("J", seed, j0, state or None): _inline_seeds
 
 
 @dataclass(eq=False)
@@ -162,7 +163,7 @@ def fuse(plan, gathered=()):
             s.j_count = [direct[k][1] if k in direct else None for k in s.keys]
             d, u = plan.entries[s.keys[0]]
             s.cut(u, d)
-    steps = _inline(plan, steps)
+    steps = _inline_seeds(plan, _inline(plan, steps), gathered)
     read = {k for k, _, _ in plan.out if k not in direct}   # what must be in memory: J's source, reads outside a register
     for s in steps:
         if isinstance(s, Run):
@@ -219,6 +220,65 @@ def _inline(plan, steps):
                     else:
                         f.inline = ("inject", arg, *at)
     return [s for s in steps if not (isinstance(s, Run) and s.keys[0] in leaves and s.keys[0] not in kept)]
+
+
+def _seed(plan, s):
+    """(state, j0) when ``s`` is a run of one state seed that copies the state's stored entries,
+    in order, from J[j0 …] (J kept state by state)."""
+    key = s.keys[0] if isinstance(s, Run) and len(s.keys) == 1 and len(s.terms[0]) == 1 else None
+    state = next((st for st, k in plan.ts.state_seeds.items() if k == key), None)
+    if state is None or len(plan.terms[key]) != 1 or plan.terms[key][0].arg != "J":
+        return None
+    f, o = s.terms[0][0], plan.state_off[state]
+    stored = np.nonzero((plan.row >= o) & (plan.row < o + plan.st.states[state]))[0]
+    ok = f.y0 == 0 and f.n == s.ny == len(stored) and f.x0 is not None and contiguous(stored) == f.x0
+    return (state, f.x0) if ok else None
+
+
+def _inline_seeds(plan, steps, gathered):
+    """A state's seed run (:func:`_seed`: LSTM's ∂c[t-1]) dropped where every reader is a
+    FusedTerm at contiguous positions: they read J in place, J[b, j0 + x0 + (e - y0)], and
+    the one that reads every entry at the run's entry of the same direction and unit gathers
+    δs·J[t-1] as it does (for a state of ``gathered``).  Not where a J entry so read is written
+    first: by an earlier run, or in the same run by an earlier node or at another entry."""
+    writes = [(i, j, d0, n) for i, s in enumerate(steps) if isinstance(s, Run)
+              for j, (d0, n) in enumerate(zip(s.to_j, s.j_count)) if d0 is not None]
+    drop = []
+    for seed in steps:
+        info = _seed(plan, seed)
+        if info is None:
+            continue
+        (state, j0), key = info, seed.keys[0]
+        readers = [(i, j, f) for i, s in enumerate(steps) if isinstance(s, Run) and s is not seed
+                   for j, (k, ts) in enumerate(zip(s.keys, s.terms)) for f in ts if plan.terms[k][f.term].arg == key]
+        general = any(key in {tm.arg for tm in plan.terms[s]} for s in steps if not isinstance(s, Run))
+        if general or not readers or key in {k for k, _, _ in plan.out} or any(
+                f.reg or f.x0 is None or f.inline is not None or not _unwritten(writes, i, j, f, j0) for i, j, f in readers):
+            continue
+        carrier = None
+        if state in gathered:
+            (d, u), whole = plan.entries[key], [(i, f) for i, _, f in readers if f.x0 == 0 and f.n == seed.ny]
+            rd, ru = plan.entries[steps[whole[0][0]].keys[0]] if whole else (None, None)
+            same = whole and (rd[whole[0][1].y0:whole[0][1].y0 + len(d)] == d).all() and \
+                (ru[whole[0][1].y0:whole[0][1].y0 + len(u)] == u).all()
+            if not same:
+                continue
+            carrier = whole[0][1]
+        for _, _, f in readers:
+            f.inline = ("J", key, j0, state if f is carrier else None)
+        drop.append(seed)
+    return [s for s in steps if not any(s is d for d in drop)]
+
+
+def _unwritten(writes, i, j, f, j0):
+    """Whether FusedTerm ``f`` of node j of run i reads J[j0 + f.x0 + (e - f.y0)] before any
+    write (``writes``: (run, node, d0, count)) changes that entry."""
+    lo, hi = j0 + f.x0, j0 + f.x0 + f.n
+    for wi, wj, d0, n in writes:
+        apart = hi <= d0 or d0 + n <= lo
+        if wi < i and not apart or wi == i and not apart and not (lo - f.y0 == d0 and j <= wj):
+            return False
+    return True
 
 
 def _piece_starts(xp, f, segs, ranges, starts):

@@ -98,6 +98,8 @@ class SparseKernel(SweepEmitter, StepEmitter):
                                                                                            r.pieces[1:]))
                            for r in self.steps if isinstance(r, Run)}
         fused = {s for r in self.steps if isinstance(r, Run) for s in r.gather if s is not None}
+        fused |= {f.inline[3] for r in self.steps if isinstance(r, Run) for ts in r.terms for f in ts
+                  if f.inline and f.inline[0] == "J" and f.inline[3] is not None}   # gathered as J is read
         self.inline_slots = {id(f): P.table(f"inline starts {key} {f.term}", f.inline[2])   # v's start per piece
                              for r in self.steps if isinstance(r, Run) for key, ts in zip(r.keys, r.terms)
                              for f in ts if f.inline and f.inline[0] == "inject"}

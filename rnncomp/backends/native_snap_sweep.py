@@ -129,6 +129,8 @@ class SweepEmitter:
         b, (kind, arg) = g.b, f.inline[:2]
         if kind == "one":
             return lambda bi, k, regs, tag: ir.Constant(g.ty, 1.0)
+        if kind == "J":
+            return self._seed_x(g, f, t)
         tm = self.sp.terms[arg][0]
         src, nx = self._source(g, tm, t)
         c = float(tm.coef[0])   # one coefficient (sparse_fuse._inline)
@@ -138,6 +140,25 @@ class SweepEmitter:
             xi = b.add(xi, regs["e"]) if f.inline[3][regs["segment"]] else xi
             x = self._at(g, src, b.add(b.mul(bi, I64(nx)), xi) if nx else xi, tag)
             return x if c == 1 else b.fmul(x, ir.Constant(g.ty, c))
+        return read
+
+    def _seed_x(self, g, f, t):
+        """x of a FusedTerm reading a state's seed in J itself (sparse_fuse._inline_seeds):
+        J[b, j0 + x0 + (e - y0)]; the term that carries the state's gather also adds
+        δs[b, u]·x to g[k0 + e] (``regs``: the piece's k0, the entry's unit)."""
+        b, (_, _, j0, state) = g.b, f.inline
+        J, nnz = self._slot_ptr(g, self.plan.J), self.sp.nnz
+        if state is not None:
+            delta, n_s = g.ptr(self.bwd.carry_out[state], t), self.st.states[state]
+            grad = self._slot_ptr(g, self.plan.grad)
+
+        def read(bi, k, regs, tag):
+            x = self._at(g, J, b.add(b.mul(bi, I64(nnz)), b.add(I64(j0 + f.x0), k)), tag)
+            if state is not None:
+                d = self._at(g, delta, b.add(b.mul(bi, I64(n_s)), regs["unit"]), tag)
+                at = b.gep(grad, [b.add(regs["k0"], regs["e"])], inbounds=True)
+                tag(b.store(b.fadd(tag(b.load(at)), b.fmul(d, x)), at))
+            return x
         return read
 
     # ------------------------------------------------------------------ a fused run
@@ -167,8 +188,8 @@ class SweepEmitter:
                     shift = {id(f): (b.sub(self._at(g, at, p), lo) if f.inline[3][si] else self._at(g, at, p))
                              for f, at in injected if f.inline[3][si] is not None}   # v at shift (+ e)
                     with for_range(b, hi, start=lo, name="re", loop_md=loop_id) as e:
-                        regs = {"shift": shift, "e": e, "segment": si}
                         u_e = b.add(unit, b.sub(e, lo)) if diag else unit   # a diagonal piece's unit counts up
+                        regs = {"shift": shift, "e": e, "segment": si, "k0": k0, "unit": u_e}
                         dl_e = delta_at(u_e) if diag else dl
                         for key, terms, out, d0, nj, delta in zip(run.keys, readers, outs, run.to_j, run.j_count, dl_e):
                             v = None
