@@ -106,11 +106,12 @@ class OnlineSlots:
                 self._check_contiguous(k, a)
                 self._ptrs[k] = a.ctypes.data
             self._fixed_for = bufs
-        keep, ptrs = [], self._ptrs
+        ptrs, last = self._ptrs, self.__dict__.setdefault("_last_put", {})
 
-        def put(slot, a):
-            keep.append(a)
-            ptrs[slot] = a.ctypes.data
+        def put(slot, a):   # the same array as the last call's (held here, so its data stays): no lookup
+            if last.get(slot, (None,))[0] is not a:
+                last[slot] = (a, a.ctypes.data)
+            ptrs[slot] = last[slot][1]
 
         for k, a in extra.items():
             self._check_contiguous(k, a)

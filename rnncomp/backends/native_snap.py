@@ -105,7 +105,7 @@ class SparseKernel(SweepEmitter, StepEmitter):
                              for f in ts if f.inline and f.inline[0] == "inject"}
         self.term_slots = {}   # (node, i) -> {"yp": slot, "xp": slot, "units"/"coef"/"matw": slot}
         self.coef_slots = {}   # (node, i) -> the slot of an ew term's coefficient per (sample, unit), unless constant
-        self.matw = {}         # slot -> [(param, flat positions, c)]: its Σ c·P[yu, xu] (per window)
+        self.matw = {}         # slot -> [(param, flat positions' table, c, n)]: Σ c·P[yu, xu], once per call
         self.rows_of = {}      # (node, i) -> slots of a mat term's (ys, lo, xs): see _row_sums
         for key in sp_.order:
             for i, tm in enumerate(sp_.terms[key]):
@@ -116,10 +116,10 @@ class SparseKernel(SweepEmitter, StepEmitter):
                 elif tm.kind == "inject":
                     s["coef"] = P.table(f"coef {key} {i}", tm.coef, self.dtype)
                 elif tm.kind == "mat":
-                    s["matw"] = P.table(f"matw {key} {i}", np.zeros(len(tm.yp)), self.dtype)
+                    s["matw"] = P.slot(f"matw {key} {i}", "1", len(tm.yp))
                     yu, xu, mterms = tm.coef   # Σ c·P[yu, xu] (P transposed: P[xu, yu]) from flat P
-                    self.matw[s["matw"]] = [(p, np.ravel_multi_index((xu, yu) if tr else (yu, xu), self.st.params[p]),
-                                             float(c)) for p, tr, c in mterms]
+                    self.matw[s["matw"]] = [(p, P.table(f"matw at {key} {i} {p}", np.ravel_multi_index(
+                        (xu, yu) if tr else (yu, xu), self.st.params[p])), float(c), len(yu)) for p, tr, c in mterms]
                     rows = row_groups(tm.yp, tm.xp)
                     if rows is not None:
                         self.rows_of[(key, i)] = tuple(P.table(f"{what} {key} {i}", a)
@@ -166,6 +166,7 @@ class SparseKernel(SweepEmitter, StepEmitter):
         module.triple = self.host.triple
         g = Gen(module, self.dtype, self.plan.L, self.host, "online")
         self._pack_weights(g)
+        self._mat_weights(g)
         if self.plan.permuted:
             self._permute(g, into_plan=True)
         with for_range(g.b, g.T, name="t") as t:
@@ -182,6 +183,20 @@ class SparseKernel(SweepEmitter, StepEmitter):
             self._permute(g, into_plan=False)
         g.b.ret_void()
         return module
+
+    def _mat_weights(self, g):
+        """Before the time loop (θ is constant within a call): each ``mat`` term's coefficients
+        w[i] = Σ c·P[flat[i]] (:meth:`.SparsePlan.mat_weights`)."""
+        b = g.b
+        for slot, picks in self.matw.items():
+            w = self._slot_ptr(g, slot)
+            for j, (p, at_slot, c, n) in enumerate(picks):
+                src, at = g.ptr((p, None), I64(0)), self._tab(g, at_slot)
+                with for_range(b, I64(n), name="mw") as i:
+                    x = b.load(b.gep(src, [self._at(g, at, i)], inbounds=True))
+                    x = x if c == 1 else b.fmul(x, ir.Constant(g.ty, c))
+                    dst = b.gep(w, [i], inbounds=True)
+                    b.store(x if j == 0 else b.fadd(b.load(dst), x), dst)
 
     def _permute(self, g, into_plan):
         """J (plan's order)[b, i] = J (caller's)[b, perm[i]], or back."""
@@ -260,9 +275,4 @@ class SparseKernel(SweepEmitter, StepEmitter):
                                f"contiguous {dt} ({B}, {self.sp.nnz}) array")
         if self._B != B:
             (self._bufs, self._work), self._B = P.buffers(B, dt, self.host), B
-        for k, picks in self.matw.items():   # SparsePlan.mat_weights, from precomputed flat indices
-            w_ = P.tables[k]
-            w_[:] = 0
-            for p, at, c in picks:
-                w_ += c * np.asarray(params[p]).ravel()[at]
         return P.call(self._fn, self._bufs, self._work, params, states, seqs, w, {P.J_caller: J}, fixed=P.tables)
