@@ -168,18 +168,35 @@ class StepEmitter:
         return g.b.load(g.b.gep(g.bufs, [I64(slot)], inbounds=True))
 
     def _program(self, g, prog, t):
-        """Every computed node of ``prog`` (the forward step, or a backward step) over g.B rows."""
+        """Every computed node of ``prog`` (the forward step, or a backward step) over g.B rows.
+        Element-wise nodes wait while the nodes after them that do not read them go first, so
+        that consecutive ones of one size run as one loop (:meth:`.native_emit.Gen.ew`: a value
+        made earlier in the loop is taken from its register)."""
+        pending = []
+
+        def flush():
+            while pending:
+                size = pending[0][1].size
+                n = next((i for i, (_, nd) in enumerate(pending) if nd.size != size), len(pending))
+                g.ew([(key, node, g.ptr(key, t), [g.ptr(a, t) for a in node.args],
+                       [(prog.node(a).size, a[1] is None, prog.node(a).size) for a in node.args], node.args)
+                      for key, node in pending[:n]])
+                del pending[:n]
+
         for key, node in prog.nodes.items():
             if node.op in LEAF_OPS:
                 continue
-            out, args = g.ptr(key, t), [g.ptr(a, t) for a in node.args]
             if node.op == "ew":
-                units = [(prog.node(a).size, a[1] is None, prog.node(a).size) for a in node.args]
-                g.ew([(key, node, out, args, units, node.args)])
-            elif node.op == "matvec":
+                pending.append((key, node))
+                continue
+            if any(a == k for a in node.args for k, _ in pending):
+                flush()
+            out, args = g.ptr(key, t), [g.ptr(a, t) for a in node.args]
+            if node.op == "matvec":
                 self._products(g, node, out, args[0], prog.node(node.args[0]).size, t)
             else:
                 self._rows(g, prog, key, node, out, args)
+        flush()
 
     def _rows(self, g, prog, key, node, out, args):
         """slice, pad, concat, sum, lse over g.B rows (the forward's B, the tangents' B·K): the
