@@ -89,7 +89,8 @@ def test_every_documented_command_is_accepted(doc, command):
                                  "rnncomp.compose.model", "rnncomp.compose.explain", "rnncomp.compose.draw", "rnncomp.gradspec",
                                  "rnncomp.algorithms.saving", "rnncomp.algorithms.fixed_point", "rnncomp.train.progress",
                                  "rnncomp.algorithms.compiled", "rnncomp.derivatives",
-                                 "rnncomp.algorithms.sparse_plan", "rnncomp.algorithms.sparse_fuse"])
+                                 "rnncomp.algorithms.sparse_plan", "rnncomp.algorithms.sparse_fuse",
+                                 "rnncomp.algorithms.sparse_blocks"])
 def test_doctests(mod):
     result = doctest.testmod(importlib.import_module(mod), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0

@@ -167,6 +167,33 @@ def test_gru_has_general_nodes():
     assert mats and all(row_groups(tm.yp, tm.xp) is not None for tm in mats)   # dot products per entry
 
 
+def test_gru_dense_blocks_are_whole_directions():
+    """sparse_blocks: GRU's general mat terms split into runs of directions whose y and x
+    entries are every unit in order, one after another (checked entry by entry here), and the
+    other pairs; together they are the term's pairs, each once."""
+    from rnncomp.algorithms.sparse_blocks import dense_blocks
+    plan, steps = steps_of(CELLS["gru"]())
+    found = 0
+    for key in (s for s in steps if not isinstance(s, Run)):
+        for tm in plan.terms[key]:
+            if tm.kind != "mat":
+                continue
+            blocks, rest = dense_blocks(plan, key, tm)
+            (d, u), (ad, au) = plan.entries[key], plan.entries[tm.arg]
+            m, n = plan.ts.prog.nodes[key].size, plan.ts.prog.nodes[tm.arg].size
+            pairs = set()
+            for y0, x0, count in blocks:
+                for j in range(count):
+                    ys, xs = np.arange(y0 + j * m, y0 + (j + 1) * m), np.arange(x0 + j * n, x0 + (j + 1) * n)
+                    assert (u[ys] == np.arange(m)).all() and (au[xs] == np.arange(n)).all()
+                    assert (d[ys] == d[ys[0]]).all() and (ad[xs] == d[ys[0]]).all()
+                    pairs |= {(a, c) for a in ys.tolist() for c in xs.tolist()}
+            found += len(blocks)
+            assert pairs.isdisjoint(zip(rest.yp.tolist(), rest.xp.tolist()))
+            assert pairs | set(zip(rest.yp.tolist(), rest.xp.tolist())) == set(zip(tm.yp.tolist(), tm.xp.tolist()))
+    assert found
+
+
 def test_stretches():
     up, same = np.array([3, 4, 5, 6, 9, 10]), np.array([1, 1, 2, 2, 2, 2])
     assert stretches((up,), (same,)).tolist() == [0, 2, 4, 6]

@@ -54,6 +54,7 @@ class OnlineSlots:
                     self.place(key, self.slot(f"value {key}", "B", node.size))
         maxn = max([n.size for prog in progs for n in prog.nodes.values() if isinstance(n.size, int)] + [1])
         self.place(SCRATCH, self.slot("scratch", "B", maxn))
+        self.gemm_rows = 0   # the most rows of a kernel's own products over entries (native_snap's blocks)
         self.packed = {}   # (param, transposed) -> the slot of op(P) packed once per call (GEMM panels)
         for prog in progs:
             for node in prog.nodes.values():
@@ -87,7 +88,7 @@ class OnlineSlots:
             bufs[k] = gemm.aligned_empty(gemm.packed_b_elems(*((m_, n_) if tr else (n_, m_)), str(dtype), host),
                                          dtype)
         S = max([n.size for n in self.step.prog.nodes.values() if isinstance(n.size, int)]
-                + [d for s in self.step.params.values() if isinstance(s, tuple) for d in s] + [B])
+                + [d for s in self.step.params.values() if isinstance(s, tuple) for d in s] + [B, self.gemm_rows])
         return bufs, np.zeros(max(gemm.workspace_elems(S, S, S, str(dtype), host), 1), dtype=dtype)
 
 

@@ -24,6 +24,7 @@ once per call.
 """
 from __future__ import annotations
 
+import copy
 
 import numpy as np
 import sympy as sp
@@ -31,6 +32,7 @@ from llvmlite import ir
 
 from ..autodiff import backward_step
 from ..errors import CompileError
+from ..algorithms.sparse_blocks import dense_blocks
 from ..algorithms.sparse_fuse import Run, contiguous, fuse, row_groups
 from ..ir import LEAF_OPS
 from .llvm.builder import I64, for_range, parallel_loop_md
@@ -93,6 +95,19 @@ class SparseKernel(SweepEmitter, StepEmitter):
     def _make_tables(self):
         P, sp_ = self.plan, self.sp
         self.steps = fuse(sp_, [s for s in self.st.states if self.bwd.carry_out[s] is not None])
+        self.blocks = {}   # (node, i) -> [(y0, x0, count)]: a general node's mat term's GEMMs (sparse_blocks)
+        terms = dict(sp_.terms)
+        for key in (s for s in self.steps if not isinstance(s, Run)):
+            terms[key] = list(terms[key])
+            for i, tm in enumerate(terms[key]):
+                if tm.kind == "mat":
+                    found, terms[key][i] = dense_blocks(sp_, key, tm)   # the other pairs stay a term
+                    if found:
+                        self.blocks[(key, i)] = found
+        if self.blocks:   # the kernel's own copy of the plan, with those terms
+            self.sp = sp_ = copy.copy(sp_)
+            sp_.terms = terms
+            P.gemm_rows = max(c for found in self.blocks.values() for _, _, c in found)
         self.perm_slot = P.table("J order", sp_.perm) if P.permuted else None
         self.run_pieces = {id(r): tuple(P.table(f"piece {w} {r.keys[0]}", a) for w, a in zip(("starts", "units", "dirs"),
                                                                                            r.pieces[1:]))
@@ -148,7 +163,7 @@ class SparseKernel(SweepEmitter, StepEmitter):
     def _description(self) -> str:
         h = sources_hash("native_snap.py", "native_snap_sweep.py")
         h.update(repr([s.describe() if isinstance(s, Run) else s for s in self.steps]).encode())
-        h.update(repr((self.out_slots, self.unreached, self.gather, sorted(self.rows_of))).encode())
+        h.update(repr((self.out_slots, self.unreached, self.gather, sorted(self.rows_of), sorted(self.blocks.items()))).encode())
         for k in sorted(self.plan.tables):
             h.update(repr((k, self.plan.L.slots[k], self.plan.tables[k].dtype.str, len(self.plan.tables[k]))).encode())
         for prog in (self.st.prog, self.sp.ts.prog, self.bwd.prog):

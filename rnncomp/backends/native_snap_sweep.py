@@ -12,11 +12,12 @@ node's kept entries, term by term, as :func:`rnncomp.algorithms.sparse_fuse.fuse
                        stored, and/or written to J[b, d0 + e]; a state's seed also gathers
                        g[k0 + e] += δh[b, u]·v
     general        y zeroed, then per term:  y[b, yp[i]] += coefficient · x[b, xp[i]]
-                   (a mat term: one dot product per y entry over a contiguous run of x)
+                   (a mat term: its dense blocks as GEMMs, :mod:`rnncomp.algorithms.sparse_blocks`,
+                   the rest one dot product per y entry over a contiguous run of x)
 
 Every pointer is loaded before the loops (a store through a float pointer may alias the
 ``bufs`` array as far as LLVM knows).  A mixin of :class:`.native_snap.SparseKernel`: it
-provides ``sp`` (the plan), ``st``, ``plan`` (slots), ``term_slots``, ``coef_slots`` and ``steps``.
+provides ``sp`` (the plan), ``st``, ``plan`` (slots), ``term_slots``, ``coef_slots``, ``blocks`` and ``steps``.
 """
 from __future__ import annotations
 
@@ -214,6 +215,8 @@ class SweepEmitter:
         with for_range(b, b.mul(g.B, I64(ny)), name="z") as z:
             b.store(ir.Constant(g.ty, 0.0), b.gep(y, [z], inbounds=True))
         for i, tm in enumerate(self.sp.terms[key]):
+            if (key, i) in self.blocks:
+                self._blocks(g, key, i, t, y, ny)
             if not len(tm.yp):
                 continue
             if (key, i) in self.rows_of:
@@ -224,6 +227,21 @@ class SweepEmitter:
                 with for_range(b, I64(len(tm.yp)), name="si") as k:
                     at = b.gep(y, [b.add(b.mul(bi, I64(ny)), self._at(g, yp, k))], inbounds=True)
                     b.store(b.fadd(b.load(at), read(bi, k, {}, no_tag)), at)
+
+    def _blocks(self, g, key, i, t, y, ny):
+        """The dense blocks of a ``mat`` term (:mod:`rnncomp.algorithms.sparse_blocks`): per
+        sample and block, y[y0 + j·m + u] += Σ_v P[u, v]·x[x0 + j·n + v] as one GEMM of
+        ``count`` rows against op(P)."""
+        b, tm = g.b, self.sp.terms[key][i]
+        (p, tr, _), = tm.coef[2]
+        src, nx = self._source(g, tm, t)
+        m, n, cols = self.sp.ts.prog.nodes[key].size, self.sp.ts.prog.nodes[tm.arg].size, self.st.params[p][1]
+        P = g.ptr((p, None), t)
+        with for_range(b, g.B, name="kb") as bi:
+            for y0, x0, count in self.blocks[(key, i)]:
+                out = b.gep(y, [b.add(b.mul(bi, I64(ny)), I64(y0))], inbounds=True)
+                x = b.gep(src, [b.add(b.mul(bi, I64(nx)), I64(x0))], inbounds=True)
+                g.call_gemm(I64(count), I64(m), I64(n), x, I64(n), False, P, I64(cols), not tr, out, I64(m), 1)
 
     def _row_sums(self, g, key, i, t, y, ny):
         """A ``mat`` term whose pairs come grouped by y entry, each group reading a contiguous
