@@ -160,3 +160,28 @@ def test_fused_gate_loops_still_vectorise():
     fwd = fwd[:fwd.index("\n}\n")]
     assert re.search(r"fdiv [a-z ]*<\d+ x float>", fwd), "sigmoid's division is not vectorised"
     assert not re.search(r"fdiv [a-z ]*float ", fwd), "a scalar sigmoid loop remains"
+
+
+def summed_weights():
+    """Products of several matrices on one operand: W - Wᵀ (antisymmetric), U + 2A, -Cᵀ + B
+    (transposed and scaled terms), one of them read inside the loop, one on the input."""
+    c = rc.Cell("summed")
+    x, h = c.input("x", 4), c.state("h", 4)
+    W, U, A, Cm, Bm = (c.param(n, (4, 4)) for n in ("W", "U", "A", "C", "B"))
+    c.update(h, sp.tanh((W - W.T) @ h + (U + 2 * A) @ x) + 0.5 * sp.tanh((Bm - Cm.T) @ h))
+    c.loss(rc.vsum((h.new - c.target("t", 4)) ** 2))
+    return c
+
+
+def test_a_product_of_several_matrices_is_one_product_of_their_sum():
+    """Rule C: Σ c·op(P)·v → (Σ c·op(P))·v with the sum built once per call; forward and
+    backward (δh = (Wᵀ - W)·δa) each read one summed weight per product."""
+    cell = summed_weights()
+    res = stack_products(cell.step.prog, cell.step.params)
+    sums = {s.name[:-1]: s.terms for s in res.stacks.values() if s.axis == "sum"}
+    assert sums == {"(W - Wᵀ)": (("W", False, 1), ("W", True, -1)), "(2A + U)": (("A", False, 2), ("U", False, 1)),
+                    "(B - Cᵀ)": (("B", False, 1), ("C", True, -1))}
+    assert all(len(n.attrs["terms"]) == 1 for n in res.prog.nodes.values() if n.op == "matvec")
+    _agree(cell)
+    m = rc.compile(cell, backend="native", cache=None)
+    assert sum(s.axis == "sum" for s in m.stacks.values()) >= 5   # the backward's transposed sums too

@@ -136,6 +136,9 @@ class Gen:
         b = self.b
         for stk in stacks.values():
             dst = b.load(b.gep(self.bufs, [I64(self.L.where[(stk.name, None)].slot)]))
+            if stk.axis == "sum":   # Σ c·op(P): row r, column j of every term added in turn
+                self._sum_weights(dst, stk)
+                continue
             at = 0
             for p in stk.parts:
                 src = b.load(b.gep(self.bufs, [I64(self.L.where[(p, None)].slot)]))
@@ -148,6 +151,19 @@ class Gen:
                         self.copy_loop(b.gep(dst, [b.add(b.mul(r, I64(stk.shape[1])), I64(at))]),
                                        b.gep(src, [b.mul(r, I64(cols_))]), I64(cols_))
                     at += cols_
+
+    def _sum_weights(self, dst, stk):
+        b = self.b
+        rows_, cols_ = stk.shape
+        for i, (p, tr, c) in enumerate(stk.terms):
+            src = b.load(b.gep(self.bufs, [I64(self.L.where[(p, None)].slot)]))
+            with for_range(b, I64(rows_), name="wr") as r:
+                with for_range(b, I64(cols_), name="wc") as j:
+                    at = b.add(b.mul(j, I64(rows_)), r) if tr else b.add(b.mul(r, I64(cols_)), j)
+                    x = b.load(b.gep(src, [at], inbounds=True))
+                    x = x if c == 1 else b.fmul(x, ir.Constant(self.ty, float(c)))
+                    out = b.gep(dst, [b.add(b.mul(r, I64(cols_)), j)], inbounds=True)
+                    b.store(x if i == 0 else b.fadd(b.load(out), x), out)
 
     def scaled_rows(self, out, tmp, n, ld_out, scale, accumulate):
         """out[b, :n] (+)= scale · tmp[b, :n] for every row (``out`` may be strided)."""

@@ -41,12 +41,14 @@ from ..ops import MEMORY
 @dataclass(frozen=True)
 class Stacked:
     """A weight built from parameters: ``axis`` 0 stacks rows ((R_i, C) → (ΣR, C)),
-    1 stacks columns ((R, C_i) → (R, ΣC))."""
+    1 stacks columns ((R, C_i) → (R, ΣC)); ``axis`` "sum" adds them, Σ c·op(P) over
+    ``terms`` ((P, transposed, c): antisymmetric W - Wᵀ, or W + U on the same operand)."""
 
     name: str
     parts: tuple
-    axis: int
+    axis: object
     shape: tuple
+    terms: tuple = ()
 
 
 @dataclass
@@ -56,9 +58,11 @@ class Result:
     views: dict = field(default_factory=dict)   # member key -> (whole key, column, whole size)
 
 
-def _single_term(node):
+def _single_term(node, params):
+    """The one term (P, transposed, 1) of a product of a parameter (not of a summed weight:
+    stacks are never stacked again)."""
     terms = node.attrs.get("terms", ()) if node.op == "matvec" else ()
-    if len(terms) == 1 and terms[0][2] == 1:
+    if len(terms) == 1 and terms[0][2] == 1 and terms[0][0] in params:
         return terms[0]
     return None
 
@@ -72,11 +76,12 @@ def _uses(prog: Program) -> dict:
 
 
 def stack_products(prog: Program, params: dict, keep=(), static=frozenset()) -> Result:
-    """Apply rules A then B to ``prog``.  ``keep``: keys that must stay dense values of
+    """Apply rules C, A then B to ``prog``.  ``keep``: keys that must stay dense values of
     their own (states, outputs, carried adjoints); ``static``: keys hoisted out of the time
     loop (a group never mixes hoisted and looped products)."""
     res = Result(prog)
-    res.prog = _shared_operand(res, prog, params, set(keep), set(static))
+    res.prog = _summed_weights(res, prog, params)
+    res.prog = _shared_operand(res, res.prog, params, set(keep), set(static))
     res.prog = _summed_products(res, res.prog, params, set(keep))
     return res
 
@@ -101,11 +106,33 @@ def _new_stack(res, params, parts, axis):
     return st
 
 
+def _summed_weights(res, prog, params):
+    """Rule C: one product with several matrices, Σ c_i·op(P_i)·v → (Σ c_i·op(P_i))·v, the sum
+    a weight built once per call (one product a step instead of k)."""
+    out, changed = Program(external=prog.external, name=prog.name, _next=dict(prog._next)), False
+    for key, node in prog.nodes.items():
+        terms = node.attrs.get("terms", ()) if node.op == "matvec" else ()
+        if len(terms) >= 2 and all(p in params and isinstance(params[p], tuple) for p, _, _ in terms):
+            shapes = {params[p][::-1] if tr else params[p] for p, tr, _ in terms}
+            if len(shapes) == 1:
+                label = "".join(f"{' - ' if c < 0 and k else '-' if c < 0 else ' + ' if k else ''}"
+                                f"{'' if abs(c) == 1 else abs(c)}{p}{'ᵀ' if tr else ''}"
+                                for k, (p, tr, c) in enumerate(terms))
+                name, i = internal(f"({label})"), 1
+                while name in res.stacks:
+                    i += 1
+                    name = internal(f"({label})~{i}")
+                res.stacks[name] = Stacked(name, tuple(p for p, _, _ in terms), "sum", shapes.pop(), tuple(terms))
+                node, changed = Node("matvec", node.args, node.size, {**node.attrs, "terms": ((name, False, 1),)}), True
+        out.add(key, node)
+    return out if changed else prog
+
+
 def _shared_operand(res, prog, params, keep, static):
     """Rule A: P_i·v (same v, same transposition, same phase) → one product and views."""
     groups: dict = {}
     for key, node in prog.nodes.items():
-        term = _single_term(node)
+        term = _single_term(node, params)
         if term is None or key in keep:
             continue
         groups.setdefault((node.args[0], term[1], key in static), []).append(key)
@@ -118,7 +145,7 @@ def _shared_operand(res, prog, params, keep, static):
     for key, node in prog.nodes.items():
         if key in first:
             (v, tr, _), ks = first[key]
-            parts = [_single_term(prog.nodes[k])[0] for k in ks]
+            parts = [_single_term(prog.nodes[k], params)[0] for k in ks]
             # v·op(P_i)ᵀ side by side: untransposed P_i stack by rows, transposed by columns
             st = _new_stack(res, params, parts, 0 if not tr else 1)
             width = sum(prog.nodes[k].size for k in ks)
@@ -164,7 +191,7 @@ def _summed_products(res, prog, params, keep):
         by_tr: dict = {}
         for i, a in enumerate(node.args):
             m = prog.nodes.get(a)
-            term = None if m is None else _single_term(m)
+            term = None if m is None else _single_term(m, params)
             if term is None or a in keep or uses.get(a) != [key] or node.args.count(a) != 1:
                 continue
             d = m.args[0]
@@ -219,7 +246,7 @@ def _summed_products(res, prog, params, keep):
                 col += n
         if key in last_member:
             e_key, tr, items, same = last_member[key]
-            parts = [_single_term(prog.nodes[a])[0] for _, a, _ in items]
+            parts = [_single_term(prog.nodes[a], params)[0] for _, a, _ in items]
             # Σ d_i·op(P_i)ᵀ = [d_1 … d_k]·[op(P_1)ᵀ; …]: op(P_i) side by side in columns
             st = _new_stack(res, params, parts, 1 if not tr else 0)
             whole = whole_of[same or tuple(d for _, _, d in items)]

@@ -50,7 +50,8 @@ def transpose_launch(ks, p, name, shapes) -> Launch:
 
 def stack_launch(ks, stk, params) -> Launch:
     """One launch that builds a stacked weight from its parts (once per call)."""
-    name = stack_weight(ks, [params[p] for p in stk.parts], stk.axis, doc=f"{stk.name} ← {', '.join(stk.parts)}")
+    name = stack_weight(ks, [params[p] for p in stk.parts], stk.axis, doc=f"{stk.name} ← {', '.join(stk.parts)}",
+                        terms=stk.terms)
     return Launch(name, tuple((p, None) for p in stk.parts) + ((stk.name, None),),
                   note=f"stack {stk.name}", computes=((stk.name, None),))
 

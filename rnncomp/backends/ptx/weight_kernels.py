@@ -13,12 +13,15 @@ from .codegen import KernelSet
 from .tiled import SPLIT_K, gemm
 
 
-def stack_weight(ks: KernelSet, shapes, axis: int, doc="") -> str:
+def stack_weight(ks: KernelSet, shapes, axis, doc="", terms=()) -> str:
     """Pass "stack": a stacked weight from its parts, pointers ``P_1 … P_k, out``.
 
     ``axis`` 0: rows stacked, ((R_i, C) → (ΣR, C)): part i is the contiguous block at
-    Σ_{<i} R·C; 1: columns stacked ((R, C_i) → (R, ΣC)).  One thread per element."""
+    Σ_{<i} R·C; 1: columns stacked ((R, C_i) → (R, ΣC)); "sum": Σ c·op(P_i) over ``terms``
+    ((P, transposed, c), one per part).  One thread per element."""
     shapes = tuple(tuple(s) for s in shapes)
+    if axis == "sum":
+        return _sum_weight(ks, shapes, tuple(terms), doc)
     if axis == 0:
         total = sum(r * c for r, c in shapes)
         width = None
@@ -46,6 +49,24 @@ def stack_weight(ks: KernelSet, shapes, axis: int, doc="") -> str:
             lo += n
         b.store(b.load(res), b.gep(out, [gid], inbounds=True))
     return ks.add("stackw", len(shapes) + 1, body, fixed=total, doc=doc)
+
+
+def _sum_weight(ks, shapes, terms, doc):
+    m0, n0 = shapes[0]
+    rows_, cols_ = (n0, m0) if terms[0][1] else (m0, n0)
+
+    def body(g, gid, N, R, ptrs):
+        b = g.b
+        parts, out = ptrs[:-1], ptrs[-1]
+        r, j = g.divmod(gid, cols_)
+        acc = None
+        for p, (_, tr, c) in zip(parts, terms):
+            at = b.add(b.mul(j, I64(rows_)), r) if tr else b.add(b.mul(r, I64(cols_)), j)
+            x = b.load(b.gep(p, [at], inbounds=True))
+            x = x if c == 1 else b.fmul(x, g.const(float(c)))
+            acc = x if acc is None else b.fadd(acc, x)
+        b.store(acc, b.gep(out, [gid], inbounds=True))
+    return ks.add("sumw", len(shapes) + 1, body, fixed=rows_ * cols_, doc=doc)
 
 
 def transpose(ks: KernelSet, shape, doc="") -> str:
