@@ -1,0 +1,213 @@
+"""Cells that bench_native.py does not contain, against JAX (issue #21: "≥ 2× JAX's
+jit(value_and_grad(scan)) on any cell, including ones with two coupled states and
+element-wise-only recurrences").
+
+    python benchmarks/bench_custom_cells.py [--quick] [--cells a,b]   # a table + results/custom_cells.json
+
+The JAX side is not written per cell: :func:`jax_loss` translates the cell's own step program
+(the IR every rnncomp backend reads) into ``jax.numpy`` -- element-wise nodes through
+``sympy.lambdify(..., "jax")``, products as ``v @ P.T`` -- the way a careful JAX user writes a
+cell: every value that reads no state (W·x and the element-wise work on it) for all steps at
+once before ``lax.scan``, the rest inside it, the loss the mean of the per-step costs, and
+``jax.jit(jax.value_and_grad(...))`` around it.  Its loss and gradients are checked against
+rnncomp's first (relative 1e-4 / 1e-3, float32).  Cells: the zoo's Jordan, MGU, IndRNN
+(element-wise recurrence) and antisymmetric RNN, a minimal GRU whose recurrence is
+element-wise only (z and h̃ read x alone), and two coupled states of different sizes.
+H = 128, D = 64, B = 32, T = 100, float32; rnncomp's native ``loss_and_grad`` on all cores,
+JAX in its own process (``--worker``) with XLA's default threading.  Ratio = JAX / rnncomp,
+medians of the timed calls.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def mingru(n_in, n_hidden, n_out):
+    """h = (1 - z) ⊙ h + z ⊙ h̃ with z, h̃ from x alone: the recurrence is element-wise."""
+    import sympy as sp
+    import rnncomp as rc
+    c = rc.Cell("mingru")
+    x, h = c.input("x", n_in), c.state("h", n_hidden)
+    z = rc.sigmoid(c.param("Wz", (n_hidden, n_in)) @ x + c.param("bz", n_hidden))
+    ht = sp.tanh(c.param("Wh", (n_hidden, n_in)) @ x + c.param("bh", n_hidden))
+    c.update(h, (1 - z) * h + z * ht)
+    y = c.output("y", c.param("V", (n_out, n_hidden)) @ h.new + c.param("by", n_out))
+    c.loss(rc.vsum((y - c.target("target", n_out)) ** 2) / 2)
+    return c
+
+
+def coupled(n_in, n_hidden, n_out):
+    """Two coupled states of different sizes: c reads h[t-1], h reads the new c."""
+    import sympy as sp
+    import rnncomp as rc
+    m = 3 * n_hidden // 4
+    cell = rc.Cell("coupled")
+    x, h, c = cell.input("x", n_in), cell.state("h", n_hidden), cell.state("c", m)
+    cell.update(c, sp.tanh(cell.param("K", (m, n_hidden)) @ h + cell.param("d", m) * c + cell.param("bc", m)))
+    cell.update(h, sp.tanh(cell.param("W", (n_hidden, n_in)) @ x + cell.param("U", (n_hidden, n_hidden)) @ h
+                           + cell.param("A", (n_hidden, m)) @ c.new + cell.param("b", n_hidden)))
+    y = cell.output("y", cell.param("V", (n_out, n_hidden)) @ h.new + cell.param("by", n_out))
+    cell.loss(rc.vsum((y - cell.target("target", n_out)) ** 2) / 2)
+    return cell
+
+
+def make_cell(name, D, H):
+    import rnncomp as rc
+    extra = {"mingru": mingru, "coupled": coupled}
+    return (extra[name] if name in extra else rc.cells.ZOO[name])(D, H, H)
+
+
+CELLS = ["jordan", "mgu", "indrnn", "antisymmetric", "mingru", "coupled"]
+
+
+# --------------------------------------------------------------------------- the JAX side
+def jax_loss(step):
+    """f(params, inputs, targets) -> the mean per-step cost, from the step program (module
+    docstring): values that read no state are computed for all T steps before the scan."""
+    import jax
+    import jax.numpy as jnp
+    import sympy as sp
+    from rnncomp.ir import LEAF_OPS, placeholder
+
+    prog, states = step.prog, list(step.states)
+    known = {"sigmoid": jax.nn.sigmoid, "softplus": jax.nn.softplus, "erf": jax.scipy.special.erf}
+    fns = {k: sp.lambdify([placeholder(i) for i in range(len(n.args))], n.attrs["expr"], modules=[known, "jax"])
+           for k, n in prog.nodes.items() if n.op == "ew"}
+    looped = {(s, "t-1") for s in states}
+    for key, node in prog.nodes.items():
+        if any(a in looped for a in node.args):
+            looped.add(key)
+    computed = [k for k, n in prog.nodes.items() if n.op not in LEAF_OPS]
+    before = [k for k in computed if k not in looped]
+    inside = [k for k in computed if k in looped]
+    carried_in = sorted({a for k in inside for a in prog.nodes[k].args if a in before or
+                         (prog.nodes[a].op in ("input", "target"))}, key=str)
+
+    def run(keys, env):
+        for key in keys:
+            node, v = prog.nodes[key], [env[a] for a in prog.nodes[key].args]
+            op = node.op
+            if op == "ew":
+                out = fns[key](*v)
+            elif op == "matvec":
+                out = sum(float(c) * (v[0] @ (env[(p, None)] if tr else env[(p, None)].T))
+                          for p, tr, c in node.attrs["terms"])
+            elif op == "slice":
+                out = v[0][..., node.attrs["lo"]:node.attrs["lo"] + node.size]
+            elif op == "concat":
+                out = jnp.concatenate(v, axis=-1)
+            elif op == "sum":
+                out = v[0].sum(axis=-1, keepdims=True)
+            elif op == "lse":
+                out = jax.nn.logsumexp(v[0], axis=-1, keepdims=True)
+            elif op == "pad":
+                lo = node.attrs["lo"]
+                out = jnp.pad(v[0], [(0, 0)] * (v[0].ndim - 1) + [(lo, node.size - lo - v[0].shape[-1])])
+            else:
+                raise NotImplementedError(f"{op} in the JAX translation")
+            env[key] = out
+        return env
+
+    def loss(params, inputs, targets):
+        T, B = next(iter(inputs.values())).shape[:2]
+        env = {(p, None): v for p, v in params.items()}
+        env.update({(n, "t"): v for n, v in {**inputs, **targets}.items()})
+        run(before, env)
+        h0 = {s: jnp.zeros((B, n), jnp.float32) for s, n in step.states.items()}
+
+        def body(h, xs):
+            e = {(p, None): v for p, v in params.items()}
+            e.update({(s, "t-1"): h[s] for s in states})
+            e.update(zip(carried_in, xs))
+            run(inside, e)
+            return {s: e[(s, "t")] for s in states}, e[step.loss_key][:, 0]
+
+        _, ell = jax.lax.scan(body, h0, [env[k] for k in carried_in])
+        return ell.mean()
+    return loss
+
+
+def worker(path, name, repeats):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    jax.config.update("jax_platforms", "cpu")
+    z = np.load(path)
+    cell = make_cell(name, int(z["D"]), int(z["H"]))
+    P = {k[2:]: jnp.asarray(z[k]) for k in z.files if k.startswith("p:")}
+    x, t = {"x": jnp.asarray(z["x"])}, {"target": jnp.asarray(z["target"])}
+    t0 = time.perf_counter()
+    fn = jax.jit(jax.value_and_grad(jax_loss(cell.step))).lower(P, x, t).compile()
+    compile_s = time.perf_counter() - t0
+    loss, grads = fn(P, x, t)
+    ref = float(z["loss"])
+    err = max(float(np.abs(np.asarray(grads[k]) - z["g:" + k]).max() / max(np.abs(z["g:" + k]).max(), 1e-30))
+              for k in grads)
+    out = {"compile_s": compile_s, "loss_rel_err": abs(float(loss) - ref) / abs(ref), "grad_rel_err": err,
+           "ms": 1e3 * median(lambda: jax.block_until_ready(fn(P, x, t)), repeats), "jax": jax.__version__}
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def median(fn, repeats):
+    """Median wall time of ``fn()`` over ``repeats`` calls after one untimed (peers.py's)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from peers import median_time
+    return median_time(fn, repeats, budget=60.0)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="H=32, T=20, 3 repeats (a smoke test)")
+    ap.add_argument("--cells", default=",".join(CELLS))
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--worker", nargs=2, metavar=("NPZ", "CELL"), help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        return worker(a.worker[0], a.worker[1], a.repeats)
+    import numpy as np
+    import rnncomp as rc
+    D, H, B, T, repeats = (16, 32, 8, 20, 3) if a.quick else (64, 128, 32, 100, a.repeats)
+    rows, tmp = [], tempfile.mkdtemp()
+    for name in a.cells.split(","):
+        cell = make_cell(name, D, H)
+        params = {k: v.astype(np.float32) for k, v in cell.init_params(seed=0).items()}
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((T, B, D)).astype(np.float32)
+        tg = rng.standard_normal((T, B, H)).astype(np.float32)
+        model = rc.compile(cell, backend="native", dtype="float32")
+        loss, grads, _ = model.loss_and_grad(params, {"x": x}, {"target": tg})
+        ms = 1e3 * median(lambda: model.loss_and_grad(params, {"x": x}, {"target": tg}), repeats)
+        path = os.path.join(tmp, f"{name}.npz")
+        np.savez(path, D=D, H=H, x=x, target=tg, loss=loss, **{"p:" + k: v for k, v in params.items()},
+                 **{"g:" + k: np.asarray(v, np.float64) for k, v in grads.items()})
+        proc = subprocess.run([sys.executable, __file__, "--worker", path, name, "--repeats", str(repeats)],
+                              capture_output=True, text=True)
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if not line:
+            raise SystemExit(f"{name}: the JAX worker failed:\n{proc.stderr[-3000:]}")
+        j = json.loads(line[0][7:])
+        if j["loss_rel_err"] > 1e-4 or j["grad_rel_err"] > 1e-3:
+            raise SystemExit(f"{name}: JAX and rnncomp disagree: {j}")
+        rows.append({"cell": name, "rnncomp_ms": ms, "jax_ms": j["ms"], "ratio": j["ms"] / ms, **j})
+        print(f"{name:14s} rnncomp {ms:8.2f} ms   JAX {j['ms']:8.2f} ms   {j['ms'] / ms:5.2f}x   "
+              f"(agree: loss {j['loss_rel_err']:.1e}, grads {j['grad_rel_err']:.1e})", flush=True)
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+               platform.processor())
+    print(f"H={H} D={D} B={B} T={T} float32, {cpu}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
+    os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
+    with open(os.path.join(ROOT, "benchmarks", "results", "custom_cells.json"), "w") as f:
+        json.dump({"shape": {"D": D, "H": H, "B": B, "T": T}, "cpu": cpu, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
