@@ -153,14 +153,17 @@ class Gen:
                     at += cols_
 
     def _sum_weights(self, dst, stk):
+        """dst = Σ c·op(P) over a summed weight's terms (an untransposed P is one flat run)."""
         b = self.b
         rows_, cols_ = stk.shape
         for i, (p, tr, c) in enumerate(stk.terms):
             src = b.load(b.gep(self.bufs, [I64(self.L.where[(p, None)].slot)]))
+            if not tr:
+                self.copy_loop(dst, src, I64(rows_ * cols_), scale=None if c == 1 else c, accumulate=i > 0)
+                continue
             with for_range(b, I64(rows_), name="wr") as r:
                 with for_range(b, I64(cols_), name="wc") as j:
-                    at = b.add(b.mul(j, I64(rows_)), r) if tr else b.add(b.mul(r, I64(cols_)), j)
-                    x = b.load(b.gep(src, [at], inbounds=True))
+                    x = b.load(b.gep(src, [b.add(b.mul(j, I64(rows_)), r)], inbounds=True))
                     x = x if c == 1 else b.fmul(x, ir.Constant(self.ty, float(c)))
                     out = b.gep(dst, [b.add(b.mul(r, I64(cols_)), j)], inbounds=True)
                     b.store(x if i == 0 else b.fadd(b.load(out), x), out)

@@ -36,6 +36,7 @@ class OnlineSlots:
     def __init__(self, step, progs, bwd, weight_key):
         self.step, self.L, self.sizes = step, Layout(), {}
         self._fixed_for, self._ptrs = None, None   # the pointer array of the last bufs (see call)
+        self._last_put = {}   # slot -> (the array the last call passed, its address): see call
         self.param = {p: self.slot(f"param {p}", "ext", 0) for p in step.params}
         for p, k in self.param.items():
             self.place((p, None), k)
@@ -54,7 +55,6 @@ class OnlineSlots:
                     self.place(key, self.slot(f"value {key}", "B", node.size))
         maxn = max([n.size for prog in progs for n in prog.nodes.values() if isinstance(n.size, int)] + [1])
         self.place(SCRATCH, self.slot("scratch", "B", maxn))
-        self.gemm_rows = 0   # the most rows of a kernel's own products over entries (native_snap's blocks)
         self.packed = {}   # (param, transposed) -> the slot of op(P) packed once per call (GEMM panels)
         for prog in progs:
             for node in prog.nodes.values():
@@ -78,8 +78,9 @@ class OnlineSlots:
             raise CompileError(f"cell {self.step.name!r}: internal: two values named {key!r} in the online step")
         self.L.place(key, k)
 
-    def buffers(self, B, dtype, host):
-        """(the internal buffers for batch B, the products' workspace)."""
+    def buffers(self, B, dtype, host, gemm_rows=0):
+        """(the internal buffers for batch B, the products' workspace; ``gemm_rows``: the most
+        rows of a product of the kernel's own beyond the step's, native_snap's dense blocks)."""
         rows = {"B": B, "1": 1}
         bufs = {k: np.zeros(rows[r] * max(u, 1), dtype=dtype) for k, (r, u) in self.sizes.items()
                 if r not in ("ext", "packed")}
@@ -88,7 +89,7 @@ class OnlineSlots:
             bufs[k] = gemm.aligned_empty(gemm.packed_b_elems(*((m_, n_) if tr else (n_, m_)), str(dtype), host),
                                          dtype)
         S = max([n.size for n in self.step.prog.nodes.values() if isinstance(n.size, int)]
-                + [d for s in self.step.params.values() if isinstance(s, tuple) for d in s] + [B, self.gemm_rows])
+                + [d for s in self.step.params.values() if isinstance(s, tuple) for d in s] + [B, gemm_rows])
         return bufs, np.zeros(max(gemm.workspace_elems(S, S, S, str(dtype), host), 1), dtype=dtype)
 
 
@@ -107,7 +108,7 @@ class OnlineSlots:
                 self._check_contiguous(k, a)
                 self._ptrs[k] = a.ctypes.data
             self._fixed_for = bufs
-        ptrs, last = self._ptrs, self.__dict__.setdefault("_last_put", {})
+        ptrs, last = self._ptrs, self._last_put
 
         def put(slot, a):   # the same array as the last call's (held here, so its data stays): no lookup
             if last.get(slot, (None,))[0] is not a:
@@ -208,7 +209,7 @@ class StepEmitter:
         """Before the time loop: op(P) of every per-step product packed into GEMM panels, once
         per call (the weights are constant within it), as the native backend packs its
         recurrent weights (:meth:`.native_emit.Gen.pack_weights`)."""
-        slots = getattr(self.plan, "packed", {})
+        slots = self.plan.packed
         g.packed_pointers(slots, slots)
         g.pack_weights(slots, slots, self.st.params)
 
@@ -220,21 +221,16 @@ class StepEmitter:
             if is_tangent_param(p):
                 continue
             m_, n_ = self.st.params[p]
-            P = g.ptr((p, None), t)
+            dst = out if c == 1 else g.ptr(SCRATCH, t)   # a scaled term goes through the scratch
+            acc = 0 if first or c != 1 else 1
             if (p, tr) in g.packed:
-                dst = out if c == 1 else g.ptr(SCRATCH, t)
                 g.b.call(g.packed_gemm(), [g.B, I64(node.size), I64(n_in), v, I64(n_in), g.packed[(p, tr)],
-                                           dst, I64(node.size), ir.IntType(32)(0 if first or c != 1 else 1), g.work])
-                if c != 1:
-                    g.scaled_rows(out, dst, node.size, node.size, c, accumulate=not first)
-            elif c == 1:
-                g.call_gemm(g.B, I64(node.size), I64(n_in), v, I64(n_in), False, P, I64(n_), not tr,
-                            out, I64(node.size), 0 if first else 1)
+                                           dst, I64(node.size), ir.IntType(32)(acc), g.work])
             else:
-                tmp = g.ptr(SCRATCH, t)
-                g.call_gemm(g.B, I64(node.size), I64(n_in), v, I64(n_in), False, P, I64(n_), not tr,
-                            tmp, I64(node.size), 0)
-                g.scaled_rows(out, tmp, node.size, node.size, c, accumulate=not first)
+                g.call_gemm(g.B, I64(node.size), I64(n_in), v, I64(n_in), False, g.ptr((p, None), t), I64(n_),
+                            not tr, dst, I64(node.size), acc)
+            if c != 1:
+                g.scaled_rows(out, dst, node.size, node.size, c, accumulate=not first)
             first = False
         return first  # True: nothing written yet
 

@@ -95,19 +95,8 @@ class SparseKernel(SweepEmitter, StepEmitter):
     def _make_tables(self):
         P, sp_ = self.plan, self.sp
         self.steps = fuse(sp_, [s for s in self.st.states if self.bwd.carry_out[s] is not None])
-        self.blocks = {}   # (node, i) -> [(y0, x0, count)]: a general node's mat term's GEMMs (sparse_blocks)
-        terms = dict(sp_.terms)
-        for key in (s for s in self.steps if not isinstance(s, Run)):
-            terms[key] = list(terms[key])
-            for i, tm in enumerate(terms[key]):
-                if tm.kind == "mat":
-                    found, terms[key][i] = dense_blocks(sp_, key, tm)   # the other pairs stay a term
-                    if found:
-                        self.blocks[(key, i)] = found
-        if self.blocks:   # the kernel's own copy of the plan, with those terms
-            self.sp = sp_ = copy.copy(sp_)
-            sp_.terms = terms
-            P.gemm_rows = max(c for found in self.blocks.values() for _, _, c in found)
+        self._dense_blocks()
+        sp_ = self.sp
         self.perm_slot = P.table("J order", sp_.perm) if P.permuted else None
         self.run_pieces = {id(r): tuple(P.table(f"piece {w} {r.keys[0]}", a) for w, a in zip(("starts", "units", "dirs"),
                                                                                            r.pieces[1:]))
@@ -159,6 +148,23 @@ class SparseKernel(SweepEmitter, StepEmitter):
             u, k = sp_.row[e] - o, sp_.col[e]
             self.gather.append((key, n, pos(f"gather e {s}", e), pos(f"gather u {s}", u), pos(f"gather k {s}", k),
                                 len(e), len(np.unique(k)) == len(e)))
+
+    def _dense_blocks(self):
+        """``blocks`` {(node, i): [(y0, x0, count)]}: the GEMMs of each general node's mat term
+        (:func:`.sparse_blocks.dense_blocks`); where there are any, ``sp`` becomes the kernel's
+        own copy of the plan whose such terms hold the other pairs only."""
+        self.blocks, terms = {}, dict(self.sp.terms)
+        for key in (s for s in self.steps if not isinstance(s, Run)):
+            terms[key] = list(terms[key])
+            for i, tm in enumerate(terms[key]):
+                if tm.kind == "mat":
+                    found, terms[key][i] = dense_blocks(self.sp, key, tm)
+                    if found:
+                        self.blocks[(key, i)] = found
+        if self.blocks:
+            self.sp = copy.copy(self.sp)
+            self.sp.terms = terms
+        self.gemm_rows = max([c for found in self.blocks.values() for _, _, c in found] + [0])
 
     def _description(self) -> str:
         h = sources_hash("native_snap.py", "native_snap_sweep.py")
@@ -289,5 +295,5 @@ class SparseKernel(SweepEmitter, StepEmitter):
             raise CompileError(f"cell {self.st.name!r}: internal: the carried SnAp entries are not a "
                                f"contiguous {dt} ({B}, {self.sp.nnz}) array")
         if self._B != B:
-            (self._bufs, self._work), self._B = P.buffers(B, dt, self.host), B
+            (self._bufs, self._work), self._B = P.buffers(B, dt, self.host, self.gemm_rows), B
         return P.call(self._fn, self._bufs, self._work, params, states, seqs, w, {P.J_caller: J}, fixed=P.tables)

@@ -86,8 +86,8 @@ def stack_products(prog: Program, params: dict, keep=(), static=frozenset()) -> 
     return res
 
 
-def _stack_name(parts, axis, res):
-    base = f"[{(';' if axis == 0 else ' ').join(parts)}]"
+def _stack_name(base, res):
+    """``base`` as an internal name no stack of ``res`` has yet (``base~2``, … after the first)."""
     name, i = internal(base), 1
     while name in res.stacks:
         i += 1
@@ -101,7 +101,7 @@ def _new_stack(res, params, parts, axis):
         shape = (sum(s[0] for s in shapes), shapes[0][1])
     else:
         shape = (shapes[0][0], sum(s[1] for s in shapes))
-    st = Stacked(_stack_name(parts, axis, res), tuple(parts), axis, shape)
+    st = Stacked(_stack_name(f"[{(';' if axis == 0 else ' ').join(parts)}]", res), tuple(parts), axis, shape)
     res.stacks[st.name] = st
     return st
 
@@ -118,10 +118,7 @@ def _summed_weights(res, prog, params):
                 label = "".join(f"{' - ' if c < 0 and k else '-' if c < 0 else ' + ' if k else ''}"
                                 f"{'' if abs(c) == 1 else abs(c)}{p}{'ᵀ' if tr else ''}"
                                 for k, (p, tr, c) in enumerate(terms))
-                name, i = internal(f"({label})"), 1
-                while name in res.stacks:
-                    i += 1
-                    name = internal(f"({label})~{i}")
+                name = _stack_name(f"({label})", res)
                 res.stacks[name] = Stacked(name, tuple(p for p, _, _ in terms), "sum", shapes.pop(), tuple(terms))
                 node, changed = Node("matvec", node.args, node.size, {**node.attrs, "terms": ((name, False, 1),)}), True
         out.add(key, node)
