@@ -37,8 +37,8 @@ TESTS = {
     "tests/test_fuzz.py::test_fuzz_ptx_host_long": 30,
     "tests/test_kinks.py::test_fuzz_at_kinks_long": 100,
 }
-# hypothesis < 6.16x: "150 passing examples, 0 failing examples, 12 invalid examples";
-# later: "150 passing, 0 failing, 12 invalid"
+# hypothesis's statistics line: "150 passing examples, 0 failing examples, 12 invalid examples"
+# (the version that ran chunks 0-4), "150 passing, 0 failing, and 12 invalid test cases" (6.170)
 STATS = re.compile(r"(\d+) passing(?: examples?)?, (\d+) failing(?: examples?)?, (?:and )?(\d+) invalid")
 
 
