@@ -6,6 +6,7 @@
 #
 # Logs go to .mutation/TARGET/recheck-GROUP.log (one line per mutant, then "K of N killed").
 # SAMPLE=N (default: every mutant) checks a fixed sample of N per group (recheck.py --sample).
+# RESUME=1 keeps the group's log and checks only the mutants it does not report yet (recheck.py --done).
 set -uo pipefail
 set -f  # the mutant globs are recheck.py's, not the shell's
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -55,7 +56,9 @@ groups=("$@")
 for g in "${groups[@]}"; do
   log="$root/.mutation/$target/recheck-$g.log"
   # shellcheck disable=SC2086
-  nice -n 10 python "$root/tools/mutation/recheck.py" ${SAMPLE:+--sample "$SAMPLE"} "$target" "${glob[$g]}" ${tests[$g]} \
-    2>&1 | grep --line-buffered -E ': (killed|SURVIVED)|^a sample|killed$' > "$log"
+  [ -n "${RESUME:-}" ] || rm -f "$log"
+  nice -n 10 python "$root/tools/mutation/recheck.py" ${SAMPLE:+--sample "$SAMPLE"} ${RESUME:+--done "$log"} \
+    "$target" "${glob[$g]}" ${tests[$g]} \
+    2>&1 | grep --line-buffered -E ': (killed|SURVIVED)|^a sample|already checked|killed$' >> "$log"
   echo "$g: $(grep -c ': killed' "$log") killed, $(grep -c SURVIVED "$log") survived"
 done

@@ -10,6 +10,8 @@ imported and collected the tests but run none (no cache holds an unmutated resul
 empty compile cache (see cache_plugin.py).  Prints one line per mutant, killed or SURVIVED,
 and exits non-zero if any survived.  ``--sample N``: only N of the matching mutants, drawn with a
 fixed seed (``random.Random(0)``: the same N every run), where checking them all would not fit.
+``--done LOG``: skip the mutants LOG already reports (killed or SURVIVED), so a run too long for
+one session goes on where the last one stopped (tools/mutation/groups.sh does this with RESUME=1).
 """
 import fnmatch
 import json
@@ -21,9 +23,14 @@ from pathlib import Path
 
 root = Path(__file__).resolve().parents[2]
 argv = sys.argv[1:]
-sample = None
-if argv[:1] == ["--sample"]:
-    sample, argv = int(argv[1]), argv[2:]
+sample, done = None, set()
+while argv[:1] in (["--sample"], ["--done"]):
+    if argv[0] == "--sample":
+        sample = int(argv[1])
+    elif Path(argv[1]).exists():
+        done = {line.split(":", 1)[0] for line in Path(argv[1]).read_text().splitlines()
+                if line.endswith(("SURVIVED", ")")) and ": " in line}
+    argv = argv[2:]
 target, pattern, tests = argv[0], argv[1], argv[2:]
 work = root / ".mutation" / target / "mutants"
 names = []
@@ -36,6 +43,9 @@ if not names:
 if sample is not None and sample < len(names):
     print(f"a sample of {sample} of the {len(names)} mutants matching {pattern}")
     names = sorted(random.Random(0).sample(names, sample), key=names.index)
+if done:
+    print(f"{len(done & set(names))} of the {len(names)} already checked in an earlier run: skipped")
+    names = [n for n in names if n not in done]
 for t in tests:
     f = t.split("::")[0]
     if f.endswith(".py"):  # other arguments are pytest's (-k EXPR) and pass through
