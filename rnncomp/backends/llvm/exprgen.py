@@ -147,10 +147,10 @@ class LLVMPrinter:
         return self.b.select(self.b.fcmp_ordered("==", x, self.const(0)), self.print(half), pos)
 
     def _cond(self, c):
-        if c is sp.true or c == True:  # noqa: E712 - sympy's true
+        # sympy's Piecewise drops a branch whose condition is false (even with evaluate=False)
+        # and folds a false operand of And/Or/Not, so only true, the last branch's, arrives
+        if c is sp.true:
             return ir.Constant(ir.IntType(1), 1)
-        if c is sp.false or c == False:  # noqa: E712
-            return ir.Constant(ir.IntType(1), 0)
         if isinstance(c, sp.core.relational.Relational):
             op = {"<": "<", ">": ">", "<=": "<=", ">=": ">=", "==": "==", "!=": "!="}[c.rel_op]
             return self.b.fcmp_ordered(op, self.print(c.lhs), self.print(c.rhs))

@@ -1,0 +1,159 @@
+"""The LLVM expression printer (``rnncomp.backends.llvm.exprgen``) on its own, against sympy.
+
+Each template is printed into a loop kernel ``void f(i64 n, T* x, T* y, T* out)`` (the
+placeholders bound to the loaded values, as the native and PTX emitters bind theirs), compiled
+for the host and run on a grid of points that holds the edge cases of every construct: zeros
+(Heaviside's value at 0, sign, floor), ties x == y (Max, Min, Eq, Ne, <=) and both signs.  The
+reference is sympy itself: the template with the point substituted and evaluated to 30 digits.
+
+Tolerance, float64: |got − ref| ≤ 1e-13 (1 + |ref|): vecmath's functions are within 2.5 ulp
+(tests/llvm/test_vecmath.py), a template chains a few of them and sinh/cosh are printed as
+(e^x ∓ e^−x)/2, whose cancellation near 0 costs absolute, not relative, accuracy; a wrong
+branch, constant, operator or exponent is off by far more than that on some point of the grid.
+"""
+from __future__ import annotations
+
+import ctypes
+import itertools
+
+import numpy as np
+import pytest
+import sympy as sp
+from llvmlite import ir
+
+from rnncomp.backends.llvm.builder import for_range, gep
+from rnncomp.backends.llvm.exprgen import LLVMPrinter, unsupported
+from rnncomp.backends.llvm.jit import compile_module
+from rnncomp.errors import CompileError
+from rnncomp.functions import SUPPORTED_FUNCTIONS, sigmoid, softplus
+
+x, y = sp.symbols("x y", real=True)
+XS = [-2.5, -1.0, -0.25, 0.0, 0.25, 1.0, 2.5]
+YS = [-1.0, 0.0, 0.25, 1.5]
+GRID = np.array(list(itertools.product(XS, YS)))  # holds x == y at -1, 0 and 0.25
+POS = 2 + x ** 2  # a base that is never 0 or negative
+
+TEMPLATES = {
+    # arithmetic: sums, products, quotients (a product of nothing but reciprocals too)
+    "add_mul": 3 * x + x * y - sp.Rational(1, 3),
+    "quotient": x / POS,
+    "reciprocals": 1 / (POS * (3 + y ** 2)),
+    "memo": sp.exp(x) + sp.exp(x) * y,
+    # integer powers by squaring, negative powers, square roots and general powers
+    **{f"pow{n}": x ** n for n in (2, 3, 4, 5, 6, 7, 8, 11)},
+    "pow_neg3": POS ** -3,
+    "pow_neg1": POS ** -1 * y,
+    "sqrt": POS ** sp.Rational(1, 2),
+    "rsqrt": POS ** sp.Rational(-1, 2),
+    "pow_3_2": POS ** sp.Rational(3, 2),
+    "pow_var": POS ** y,
+    "exp_var": sp.E ** (x * y),
+    "constants": sp.pi * x + sp.E * y,
+    # every function the DSL admits (functions.SUPPORTED_FUNCTIONS)
+    "exp": sp.exp(x), "log": sp.log(POS), "tanh": sp.tanh(x), "sinh": sp.sinh(x), "cosh": sp.cosh(x),
+    "sin": sp.sin(x), "cos": sp.cos(x), "atan": sp.atan(x), "erf": sp.erf(x), "abs": sp.Abs(x - y),
+    "sign": sp.sign(x), "sigmoid": sigmoid(x), "softplus": softplus(x),
+    "floor": sp.floor(x), "ceiling": sp.ceiling(x),
+    "max2": sp.Max(x, y), "min2": sp.Min(x, y),
+    "max3": sp.Max(x, y, sp.Rational(1, 2)), "min3": sp.Min(x, y, -sp.Rational(1, 2)),
+    "heaviside_half": sp.Heaviside(x), "heaviside_0": sp.Heaviside(x, 0),
+    "heaviside_1": sp.Heaviside(x, 1), "heaviside_var": sp.Heaviside(x, y),
+    # conditions: every relation, And, Or, Not; a Piecewise with and without a True branch
+    **{f"pw_{name}": sp.Piecewise((x + 10, rel(x, y)), (y - 10, True))
+       for name, rel in [("lt", sp.Lt), ("gt", sp.Gt), ("le", sp.Le), ("ge", sp.Ge), ("eq", sp.Eq),
+                         ("ne", sp.Ne)]},
+    "pw_and": sp.Piecewise((1, sp.And(x > -1, y < 1, x < 2)), (2, True)),
+    "pw_or": sp.Piecewise((1, sp.Or(x > 1, y < 0, sp.Eq(x, 0))), (2, True)),
+    "pw_not": sp.Piecewise((x, sp.Not(sp.And(x > 0, y > 0))), (-x, True)),
+    "pw_three": sp.Piecewise((0, x < -2), (1, x > 2), (x / 4 + sp.Rational(1, 2), True)),
+}
+
+
+def _reference(e, px, py):
+    v = e.subs({x: sp.Float(px, 30), y: sp.Float(py, 30)}).evalf(30)
+    return float(v) if v.is_real else float("nan")
+
+
+def _kernel(m, T, name, template):
+    fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [ir.IntType(64)] + [T.as_pointer()] * 3), name=name)
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    n, px, py, out = fn.args
+    with for_range(b, n) as i:
+        args = {x: b.load(gep(b, px, i)), y: b.load(gep(b, py, i))}
+        b.store(LLVMPrinter(b, T, args).emit_all(template), gep(b, out, i))
+    b.ret_void()
+
+
+@pytest.fixture(scope="module")
+def lib():
+    m = ir.Module(name="exprgen_test")
+    names = {}
+    for k, (key, e) in enumerate(sorted(TEMPLATES.items())):
+        names[key] = f"t{k}_f64"
+        _kernel(m, ir.DoubleType(), names[key], e)
+    _kernel(m, ir.FloatType(), "gelu_f32", x * (1 + sp.erf(x / sp.sqrt(2))) / 2 + sp.Max(x, y))
+    return compile_module(m, cache=None), names
+
+
+def _run(lib, name, dtype):
+    n = len(GRID)
+    px, py = (np.ascontiguousarray(GRID[:, j], dtype=dtype) for j in (0, 1))
+    out = np.full(n, -12345.0, dtype=dtype)
+    f = ctypes.CFUNCTYPE(None, ctypes.c_int64, *[ctypes.c_void_p] * 3)(lib.address(name))
+    f(n, px.ctypes.data, py.ctypes.data, out.ctypes.data)
+    return out
+
+
+@pytest.mark.parametrize("key", sorted(TEMPLATES))
+def test_template_matches_sympy(lib, key):
+    library, names = lib
+    got = _run(library, names[key], np.float64)
+    ref = np.array([_reference(TEMPLATES[key], px, py) for px, py in GRID])
+    assert np.isfinite(ref).all(), key  # the grid stays where every template is real and finite
+    err = np.abs(got - ref) / (1 + np.abs(ref))
+    worst = int(np.argmax(err))
+    assert err[worst] <= 1e-13, (key, GRID[worst], got[worst], ref[worst])
+
+
+def test_float32_kernel_uses_the_float_type(lib):
+    library, _ = lib
+    got = _run(library, "gelu_f32", np.float32)
+    e = x * (1 + sp.erf(x / sp.sqrt(2))) / 2 + sp.Max(x, y)
+    ref = np.array([_reference(e, float(np.float32(px)), float(np.float32(py))) for px, py in GRID])
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, rtol=2e-6, atol=2e-7)  # a few float32 ulps
+
+
+def test_piecewise_with_no_branch_true_is_nan(lib):
+    m = ir.Module(name="exprgen_nan")
+    _kernel(m, ir.DoubleType(), "pw", sp.Piecewise((x, x > 0), (y, x < -1)))
+    got = _run(compile_module(m, cache=None), "pw", np.float64)
+    px, py = GRID[:, 0], GRID[:, 1]
+    want = np.where(px > 0, px, np.where(px < -1, py, np.nan))
+    np.testing.assert_array_equal(got, want)  # NaN where no condition holds, as sympy's nan
+
+
+def test_every_function_the_dsl_admits_is_lowered():
+    for f in SUPPORTED_FUNCTIONS:
+        if f is sp.Piecewise:
+            e = sp.Piecewise((x, x > 0), (y, True))
+        elif f in (sp.Max, sp.Min):
+            e = f(x, y)
+        else:
+            e = f(x)
+        assert unsupported(e + y) == [], f
+
+
+def test_unsupported_names_each_function_once_sorted():
+    e = sp.gamma(x) + sp.besselj(0, x) * sp.gamma(y) + sp.tanh(sp.loggamma(x))
+    assert unsupported(e) == ["besselj", "gamma", "loggamma"]
+
+
+@pytest.mark.parametrize("template, match", [
+    (sp.gamma(x) + 1, r"cannot lower gamma \(gamma\(x\)\)"),
+    (sp.Piecewise((x, sp.Xor(x > 0, y > 0)), (y, True)), r"cannot lower the condition"),
+])
+def test_what_cannot_be_lowered_is_a_compile_error(template, match):
+    m = ir.Module(name="exprgen_bad")
+    with pytest.raises(CompileError, match=match):
+        _kernel(m, ir.DoubleType(), "bad", template)
