@@ -36,7 +36,8 @@ case "$target" in
     ;;
   emit)  # native against the NumPy oracle (each test compiles: a sample)
     glob[emit]="rnncomp.backends.native_emit.*"
-    tests[emit]="tests/test_native.py::test_custom_cells_match_oracle tests/test_native.py::test_odd_sizes_masks_and_states
+    tests[emit]="tests/test_native_emit.py
+                 tests/test_native.py::test_custom_cells_match_oracle tests/test_native.py::test_odd_sizes_masks_and_states
                  tests/test_native.py::test_zoo_matches_oracle tests/test_native.py::test_passes_on_and_off_agree
                  tests/test_matrix_states.py::test_native_matches_the_oracle"
     ;;
@@ -47,7 +48,11 @@ case "$target" in
     tests[numpy]="tests/test_hand_bptt.py tests/test_vjp_rules.py tests/test_custom_cells.py tests/test_kinks.py
                   tests/test_matrix_states.py"
     glob[llvm]="rnncomp.backends.llvm.exprgen.*"
-    tests[llvm]="tests/test_native.py::test_custom_cells_match_oracle tests/llvm/test_vecmath.py tests/test_kinks.py"
+    tests[llvm]="tests/llvm/test_exprgen.py tests/test_native.py::test_custom_cells_match_oracle
+                 tests/test_native.py::test_integer_and_half_powers_match_oracle
+                 tests/test_native.py::test_piecewise_on_equalities_matches_oracle
+                 tests/test_native.py::test_a_product_of_reciprocals_matches_oracle tests/llvm/test_vecmath.py
+                 tests/test_kinks.py"
     ;;
   *) echo "no groups for $target" >&2; exit 2 ;;
 esac
