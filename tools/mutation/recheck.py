@@ -17,8 +17,11 @@ import fnmatch
 import json
 import os
 import random
+import resource
 import shutil
+import signal
 import sys
+import time
 from pathlib import Path
 
 root = Path(__file__).resolve().parents[2]
@@ -59,24 +62,45 @@ import pytest  # noqa: E402
 args = ["-q", "-x", "-p", "mutation_cache_plugin", "-p", "no:cacheprovider", "-p", "no:xdist", *tests]
 pytest.main(["--collect-only", "-qqq", *args])
 
+# A mutant that loops forever or grows without bound (``n >>= 1`` made ``n = 1`` in a loop that
+# emits IR) would hang the run or take the machine's memory: each fork gets an address-space
+# limit and an alarm (ten times the clean run, at least five minutes); either ends it as killed,
+# as a CI run that hangs or dies fails.
+MEMORY = 8 << 30
+TIMEOUT = {"s": 0}
+
+
 def run(mutant):
     """Exit code of the tests in a fresh fork with ``mutant`` switched on ("" runs the original)."""
     pid = os.fork()
     if pid == 0:
         os.environ["MUTANT_UNDER_TEST"] = mutant
         sys.stdout = sys.stderr = open(os.devnull, "w")
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY, MEMORY))
+        if TIMEOUT["s"]:
+            signal.alarm(TIMEOUT["s"])  # SIGALRM's default action ends the process
         os._exit(int(pytest.main(args)))
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
 
 
+def verdict(code):
+    if code == 0:
+        return "SURVIVED"
+    if code == -signal.SIGALRM:
+        return f"killed (timeout, {TIMEOUT['s']} s)"
+    return f"killed (exit {code})"
+
+
 # a test that fails without any mutant would "kill" every mutant: the clean run must pass first
+t0 = time.monotonic()
 if (code := run("")) != 0:
     sys.exit(f"the tests fail without a mutant (exit {code}): run them in {work} and fix or deselect them")
+TIMEOUT["s"] = max(300, int(10 * (time.monotonic() - t0)))
 survived = []
 for name in names:
     code = run(name)
-    print(f"{name}: {'SURVIVED' if code == 0 else f'killed (exit {code})'}", flush=True)
+    print(f"{name}: {verdict(code)}", flush=True)
     if code == 0:
         survived.append(name)
 print(f"{len(names) - len(survived)} of {len(names)} killed")
