@@ -262,10 +262,10 @@ def test_build_stacks_sum_of_scaled_and_transposed_terms():
 
 def test_build_stacks_sum_whose_first_term_is_transposed():
     W, U = rand(3, 5), rand(5, 3)
-    stk = Stacked("S%", ("W", "U"), "sum", (5, 3), terms=(("W", True, 3), ("U", False, 1)))
+    stk = Stacked("S%", ("W", "U"), "sum", (5, 3), terms=(("W", True, 2), ("U", False, 1)))
     L = _stacks_layout([("W", (3, 5)), ("U", (5, 3))], stk)
     got = run([W, U, rand(5, 3)], lambda g, s: g.build_stacks({"S%": stk}, {}), layout=L)[2]
-    np.testing.assert_allclose(got, 3 * W.T + U, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(got, 2 * W.T + U, rtol=1e-14, atol=1e-15)
 
 
 # ---------------------------------------------------------------------------- matrix-state ops

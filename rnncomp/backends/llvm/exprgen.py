@@ -108,8 +108,7 @@ class LLVMPrinter:
             return vecmath.emit(self.b, "sqrt", [self.print(base)])
         if p == sp.Rational(-1, 2):
             return self.b.fdiv(self.const(1), vecmath.emit(self.b, "sqrt", [self.print(base)]))
-        if base == sp.E:
-            return vecmath.emit(self.b, "exp", [self.print(p)])
+        # (no base-E case: sympy makes E**p exp(p), printed through _VECMATH)
         return vecmath.emit(self.b, "pow", [self.print(base), self.print(p)])
 
     def _print_Exp1(self, e):
