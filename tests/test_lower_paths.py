@@ -1,8 +1,9 @@
 """Lowering paths no zoo cell takes, each against a forward written by hand in NumPy.
 
 Found by mutation (docs/reliability.md, ``lower`` #47, #53, #56, and in round three #12 of
-``mshape``): a constant read directly in the step (not only inside a derived weight), a
-per-step scalar assigned to a vector, a reduction of an outer product, and the size of every
+``mshape``, in round four #1 of ``_copy``): a constant read directly in the step (not only inside
+a derived weight), a per-step scalar assigned to a vector, a reduction of an outer product, two
+parameter vectors read by structural ops (each its own per-sample copy), and the size of every
 leaf (``ir.verify`` now refuses a node without one).  References: the loss of a
 NumPy loop written here (float64, equal within 1e-12 relative: the same operations in another
 order) and, for the gradients, central differences of that hand-written loss (step 1e-6:
@@ -72,6 +73,18 @@ def outer_cell():
 outer_by_hand = _loop(lambda p, x, h: np.tanh(x @ p["W"].T + (h @ p["A"].T) * x.sum(1, keepdims=True)))
 
 
+def shared_vectors_cell():
+    """h[t] = tanh(W x + concat(b1, b2) ⊙ h[t-1] + Σ b1): two parameter vectors read by structural
+    ops, each through a per-sample copy of its own (b1's made once, read twice)."""
+    return _cell("shared_vectors", lambda cell, x, h, p: sp.tanh(p["W"] @ x + rc.concat(p["b1"], p["b2"]) * h
+                                                                 + rc.vsum(p["b1"])),
+                 W=(3, 2), b1=2, b2=1)
+
+
+shared_vectors_by_hand = _loop(lambda p, x, h: np.tanh(x @ p["W"].T + np.concatenate([p["b1"], p["b2"]]) * h
+                                                       + p["b1"].sum()))
+
+
 def _data(cell, seed=0):
     rng = np.random.default_rng(seed)
     params = {k: rng.normal(0, 0.5, v.shape) for k, v in cell.init_params(seed).items()}
@@ -91,7 +104,8 @@ def _central(by_hand, params, x, tg, eps=1e-6):
 
 
 @pytest.mark.parametrize("make, by_hand", [(const_cell, const_by_hand), (scalar_cell, scalar_by_hand),
-                                           (outer_cell, outer_by_hand)])
+                                           (outer_cell, outer_by_hand),
+                                           (shared_vectors_cell, shared_vectors_by_hand)])
 @pytest.mark.parametrize("backend", ["numpy", "native"])
 def test_against_the_hand_written_loop(make, by_hand, backend):
     cell = make()
