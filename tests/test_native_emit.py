@@ -242,12 +242,15 @@ def _stacks_layout(names_shapes, stk):
 
 @pytest.mark.parametrize("axis", [0, 1])
 def test_build_stacks_rows_and_columns(axis):
-    A, Bm = (rand(2, 3), rand(4, 3)) if axis == 0 else (rand(3, 2), rand(3, 4))
-    stk = Stacked("S%", ("A", "B"), axis, (6, 3) if axis == 0 else (3, 6))
-    L = _stacks_layout([("A", A.shape), ("B", Bm.shape)], stk)
-    got = run([A, Bm, rand(*stk.shape)], lambda g, s: g.build_stacks({"S%": stk}, {"A": A.shape, "B": Bm.shape}),
-              layout=L)[2]
-    np.testing.assert_array_equal(got, np.concatenate([A, Bm], axis=axis))
+    """Three parts (the third's offset is the sum of two widths) of different sizes."""
+    sizes = (2, 4, 1)
+    parts = [rand(k, 3) if axis == 0 else rand(3, k) for k in sizes]
+    names = ("A", "B", "C")
+    stk = Stacked("S%", names, axis, (sum(sizes), 3) if axis == 0 else (3, sum(sizes)))
+    L = _stacks_layout([(n, a.shape) for n, a in zip(names, parts)], stk)
+    got = run([*parts, rand(*stk.shape)], lambda g, s: g.build_stacks({"S%": stk}, {n: a.shape for n, a in
+                                                                                   zip(names, parts)}), layout=L)[3]
+    np.testing.assert_array_equal(got, np.concatenate(parts, axis=axis))
 
 
 def test_build_stacks_sum_of_scaled_and_transposed_terms():
