@@ -147,3 +147,20 @@ def test_a_derived_weights_leaf_has_its_shape():
     cell.loss(cell.output("y", h.new) ** 2)
     st = cell.step
     assert st.derived == {"E": (3, 3)} and st.prog.nodes[("E", None)].size == (3, 3)
+
+
+def test_lowering_refuses_operands_of_different_sizes_itself():
+    """``cell.update`` refuses ``h + a·x`` for h ∈ R³, x ∈ R² (test_errors.py); lowering checks
+    again, so a cell changed behind the DSL's back (here: ``cell.updates`` written directly) gets
+    the same kind of named error, listing every operand that is not a scalar, never a program
+    that reads past the end of a vector."""
+    from rnncomp.errors import ShapeError
+    from rnncomp.lower import lower
+
+    cell = rc.Cell("bypass")
+    x, a, h = cell.input("x", 2), cell.input("a", 1), cell.state("h", 3)
+    cell.updates["h"] = sp.tanh(h + a * x) + 1
+    with pytest.raises(ShapeError) as err:
+        lower(cell)
+    assert str(err.value) == ("cell 'bypass', update of state 'h': element-wise operands of different sizes "
+                              "(x[t]: 2, h[t-1]: 3) in a*x + h")
