@@ -164,3 +164,24 @@ def test_lowering_refuses_operands_of_different_sizes_itself():
         lower(cell)
     assert str(err.value) == ("cell 'bypass', update of state 'h': element-wise operands of different sizes "
                               "(x[t]: 2, h[t-1]: 3) in a*x + h")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_a_declaration_equal_to_a_lowered_sub_expression_gets_its_own_value(backend):
+    """An output that repeats a product the update already lowered (``W x``), and a define
+    equal to the update's gate: each declaration is a value of its own, equal to the hand-written
+    one (lowering reuses a lowered sub-expression only where no declaration is being defined)."""
+    cell = rc.Cell("repeated")
+    x, h = cell.input("x", 2), cell.state("h", 3)
+    W, U = cell.param("W", (3, 2)), cell.param("U", (3, 3))
+    cell.update(h, sp.tanh(W @ x + U @ h))
+    cell.output("wx", W @ x)
+    cell.output("g", sp.tanh(W @ x + U @ h))
+    params, xs, _ = _data(cell)
+    outs, final = rc.compile(cell, backend=backend).forward(params, xs)
+    hh = np.zeros((B, 3))
+    for s in range(T):
+        np.testing.assert_allclose(outs["wx"][s], xs["x"][s] @ params["W"].T, rtol=1e-12)
+        hh = np.tanh(xs["x"][s] @ params["W"].T + hh @ params["U"].T)
+        np.testing.assert_allclose(outs["g"][s], hh, rtol=1e-12)
+    np.testing.assert_allclose(final["h"], hh, rtol=1e-12)
