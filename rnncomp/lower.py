@@ -145,12 +145,12 @@ class _Lowerer:
             inner = self.prog.add(self.prog.fresh(f"{dest[0]}·b", "t"), node)
             node = Node("ew", (inner,), size, {"expr": placeholder(0)})
         if node is not None:
-            k = self.prog.add(dest or self.temp(e, node), node)
+            k = self.prog.add(dest or self.temp(node), node)
         if dest is None:
             self.memo[e] = k
         return k
 
-    def temp(self, e, node):
+    def temp(self, node):
         """A fresh key for a value the lowering generates: a product or a slice named after what
         it computes (:data:`NAMED_TEMPS`), anything else numbered (:data:`NUMBERED_TEMPS`)."""
         named = NAMED_TEMPS.get(node.op)

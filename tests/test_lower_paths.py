@@ -185,3 +185,15 @@ def test_a_declaration_equal_to_a_lowered_sub_expression_gets_its_own_value(back
         hh = np.tanh(xs["x"][s] @ params["W"].T + hh @ params["U"].T)
         np.testing.assert_allclose(outs["g"][s], hh, rtol=1e-12)
     np.testing.assert_allclose(final["h"], hh, rtol=1e-12)
+
+
+def test_a_repeated_product_is_lowered_once():
+    """``W x`` read three times (twice in one update, once by an output) and ``U h`` twice:
+    one product node each, so the compiled step runs each GEMM once."""
+    cell = rc.Cell("shared_products")
+    x, h = cell.input("x", 2), cell.state("h", 3)
+    W, U = cell.param("W", (3, 2)), cell.param("U", (3, 3))
+    cell.update(h, sp.tanh(W @ x + U @ h) * rc.sigmoid(W @ x - U @ h))
+    cell.output("y", (W @ x) ** 2)
+    products = [n for n in cell.step.prog.nodes.values() if n.op == "matvec"]
+    assert sorted(t[0][0] for n in products for t in [n.attrs["terms"]]) == ["U", "W"], products
