@@ -187,13 +187,17 @@ def test_a_declaration_equal_to_a_lowered_sub_expression_gets_its_own_value(back
     np.testing.assert_allclose(final["h"], hh, rtol=1e-12)
 
 
-def test_a_repeated_product_is_lowered_once():
-    """``W x`` read three times (twice in one update, once by an output) and ``U h`` twice:
-    one product node each, so the compiled step runs each GEMM once."""
+def test_a_repeated_product_or_function_is_lowered_once():
+    """``W x`` read four times (in one update and by an output), ``U h`` three times and
+    ``tanh(W x + U h)`` twice: one node each, so the compiled step runs each GEMM and each
+    activation once."""
     cell = rc.Cell("shared_products")
     x, h = cell.input("x", 2), cell.state("h", 3)
     W, U = cell.param("W", (3, 2)), cell.param("U", (3, 3))
-    cell.update(h, sp.tanh(W @ x + U @ h) * rc.sigmoid(W @ x - U @ h))
+    cell.update(h, sp.tanh(W @ x + U @ h) * rc.sigmoid(W @ x - U @ h) + sp.tanh(W @ x + U @ h) ** 3)
     cell.output("y", (W @ x) ** 2)
-    products = [n for n in cell.step.prog.nodes.values() if n.op == "matvec"]
+    nodes = cell.step.prog.nodes.values()
+    products = [n for n in nodes if n.op == "matvec"]
     assert sorted(t[0][0] for n in products for t in [n.attrs["terms"]]) == ["U", "W"], products
+    tanhs = [n for n in nodes if n.op == "ew" and n.attrs["expr"].has(sp.tanh)]
+    assert len(tanhs) == 1, tanhs
