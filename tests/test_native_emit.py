@@ -201,12 +201,12 @@ def test_ew_run_reads_registers_shared_vectors_scalars_and_strides():
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("packed", [False, True])
 def test_matvec_sums_terms_with_transposes_and_strides(dtype, packed):
-    """out[:, :R] = v₁·P₁ᵀ + v₂·P₂ (the second term transposed, accumulated onto the first);
+    """out[:, :R] = v₂·P₂ + v₁·P₁ᵀ (the first term transposed, the second accumulated onto it);
     v with a row stride wider than its columns, out too; P₁ packed before the call or not."""
     B, n_in, R, lda, ldc = 5, 7, 6, 9, 8
     P1, P2 = rand(R, n_in), rand(n_in, R)
     v, out = rand(B, lda), rand(B, ldc)
-    node = Node("matvec", (), R, {"terms": (("P1", False, 1), ("P2", True, 1))})
+    node = Node("matvec", (), R, {"terms": (("P2", True, 1), ("P1", False, 1))})
     pk = gemm.packed_b_elems(n_in, R, np.dtype(dtype).name, HOST)
     work = gemm.workspace_elems(B, R, n_in, np.dtype(dtype).name, HOST)
 
@@ -214,7 +214,7 @@ def test_matvec_sums_terms_with_transposes_and_strides(dtype, packed):
         if packed:
             g.packed_pointers({("P1", False)}, {("P1", False): 4})
             g.pack_weights({("P1", False)}, {("P1", False): 4}, {"P1": (R, n_in)})
-        g.matvec(node, s(3), s(2), n_in, [s(0), s(1)], [(R, n_in), (n_in, R)], lda=lda, ldc=ldc)
+        g.matvec(node, s(3), s(2), n_in, [s(1), s(0)], [(n_in, R), (R, n_in)], lda=lda, ldc=ldc)
 
     L = Layout()
     L.place(("P1", None), L.slot("P1", R * n_in))  # pack_weights reads P1 through the layout
@@ -227,7 +227,7 @@ def test_matvec_sums_terms_with_transposes_and_strides(dtype, packed):
 
 def test_matvec_refuses_a_scaled_term():
     node = Node("matvec", (), 2, {"terms": (("P", False, 2),)})
-    with pytest.raises(CompileError, match="scaled terms"):
+    with pytest.raises(CompileError, match=r"^internal: scaled terms are lowered before code generation$"):
         run([rand(2, 2), rand(1, 2), rand(1, 2)], lambda g, s: g.matvec(node, s(2), s(1), 2, [s(0)], [(2, 2)]))
 
 

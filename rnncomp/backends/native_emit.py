@@ -93,7 +93,6 @@ class Gen:
                     here[key] = v
 
     def matvec(self, node, out, v, n_in, params, shapes, lda=None, ldc=None):
-        b = self.b
         lda, ldc = lda or n_in, ldc or node.size
         for i, ((p, tr, c), P, shape) in enumerate(zip(node.attrs["terms"], params, shapes)):
             m_, n_ = shape
@@ -212,7 +211,7 @@ class Gen:
             a = [b.gep(p, [b.mul(r, I64(ld))], inbounds=True) for p, ld in zip(args, ld_args)]
             em.emit(node.op, o, a, node.attrs["shape"], node.attrs.get("axis", 1), node.attrs.get("transposed", False))
 
-    def reduce(self, out, v, n, lse, ld_out=1, ld_in=None):
+    def reduce(self, out, v, n, lse, ld_out, ld_in=None):
         """Σ_j v[b, j] (a row sum of a 1 × n matrix: vector lanes, :mod:`.native_matrix`) or,
         ``lse``, the stable log Σ exp of ``vecmath.emit_row_reduce`` (shared with PTX)."""
         b = self.b
