@@ -85,6 +85,15 @@ shared_vectors_by_hand = _loop(lambda p, x, h: np.tanh(x @ p["W"].T + np.concate
                                                        + p["b1"].sum()))
 
 
+def transposed_cell():
+    """h[t] = tanh(Vᵀ x + U h[t-1]) with V ∈ R^{2×3}: a transposed product of a non-square
+    parameter has the size of V's columns (a square one cannot tell rows from columns)."""
+    return _cell("transposed", lambda cell, x, h, p: sp.tanh(p["V"].T @ x + p["U"] @ h), V=(2, 3), U=(3, 3))
+
+
+transposed_by_hand = _loop(lambda p, x, h: np.tanh(x @ p["V"] + h @ p["U"].T))
+
+
 def _data(cell, seed=0):
     rng = np.random.default_rng(seed)
     params = {k: rng.normal(0, 0.5, v.shape) for k, v in cell.init_params(seed).items()}
@@ -105,7 +114,8 @@ def _central(by_hand, params, x, tg, eps=1e-6):
 
 @pytest.mark.parametrize("make, by_hand", [(const_cell, const_by_hand), (scalar_cell, scalar_by_hand),
                                            (outer_cell, outer_by_hand),
-                                           (shared_vectors_cell, shared_vectors_by_hand)])
+                                           (shared_vectors_cell, shared_vectors_by_hand),
+                                           (transposed_cell, transposed_by_hand)])
 @pytest.mark.parametrize("backend", ["numpy", "native"])
 def test_against_the_hand_written_loop(make, by_hand, backend):
     cell = make()
