@@ -15,8 +15,9 @@ import pytest
 import sympy as sp
 
 import rnncomp as rc
-from rnncomp.errors import IRError
+from rnncomp.errors import IRError, ShapeError
 from rnncomp.ir import Node, Program, verify
+from rnncomp.lower import lower
 
 T, B = 5, 3
 K = np.array([[0.5, -0.2, 0.0], [0.1, 0.3, -0.4], [0.0, 0.2, 0.6]])
@@ -164,9 +165,6 @@ def test_lowering_refuses_operands_of_different_sizes_itself():
     again, so a cell changed behind the DSL's back (here: ``cell.updates`` written directly) gets
     the same kind of named error, listing every operand that is not a scalar, never a program
     that reads past the end of a vector."""
-    from rnncomp.errors import ShapeError
-    from rnncomp.lower import lower
-
     cell = rc.Cell("bypass")
     x, a, h = cell.input("x", 2), cell.input("a", 1), cell.state("h", 3)
     cell.updates["h"] = sp.tanh(h + a * x) + 1
@@ -178,8 +176,8 @@ def test_lowering_refuses_operands_of_different_sizes_itself():
 
 @pytest.mark.parametrize("backend", ["numpy", "native"])
 def test_a_declaration_equal_to_a_lowered_sub_expression_gets_its_own_value(backend):
-    """An output that repeats a product the update already lowered (``W x``), and a define
-    equal to the update's gate: each declaration is a value of its own, equal to the hand-written
+    """An output that repeats a product the update already lowered (``W x``), and one equal to
+    the update's whole gate: each declaration is a value of its own, equal to the hand-written
     one (lowering reuses a lowered sub-expression only where no declaration is being defined)."""
     cell = rc.Cell("repeated")
     x, h = cell.input("x", 2), cell.state("h", 3)

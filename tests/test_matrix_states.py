@@ -48,11 +48,10 @@ def test_gradients_against_finite_differences(name):
     check_grads(rc.compile(cell), params, x, t)
 
 
-@pytest.mark.parametrize("name", sorted(TORCH))
-def test_against_a_pytorch_float64_loop(name):
+def _against_pytorch(cell, name, seed):
+    """Loss, final states and gradients of ``cell`` against ``TORCH[name]``'s float64 loop."""
     torch = pytest.importorskip("torch", reason="PyTorch is not installed (the reference loop needs it)")
-    cell = CELLS[name](N_IN, N_H, N_OUT)
-    params, x, t = random_data(cell, T, B, seed=4)
+    params, x, t = random_data(cell, T, B, seed=seed)
     loss, grads, final = rc.compile(cell).loss_and_grad(params, x, t)
     P = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
     ref, ref_final = TORCH[name](P, torch.tensor(x["x"]), torch.tensor(t["target"]), torch)
@@ -65,22 +64,17 @@ def test_against_a_pytorch_float64_loop(name):
         np.testing.assert_allclose(grads[k], P[k].grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=k)
 
 
+@pytest.mark.parametrize("name", sorted(TORCH))
+def test_against_a_pytorch_float64_loop(name):
+    _against_pytorch(CELLS[name](N_IN, N_H, N_OUT), name, seed=4)
+
+
 @pytest.mark.parametrize("n_in", [1, 2])
 def test_row_gates_on_one_and_two_columns_against_pytorch(n_in):
     """``every_op`` with a state of one or two columns: a per-row gate on a one-column matrix is
     the vector itself (no broadcast node), on two columns it must be broadcast along the rows
     (mutation round four, ``lower`` ``rows`` #19: every other test's matrix had 3+ columns)."""
-    torch = pytest.importorskip("torch", reason="PyTorch is not installed (the reference loop needs it)")
-    cell = every_op(n_in=n_in)
-    params, x, t = random_data(cell, T, B, seed=5)
-    loss, grads, final = rc.compile(cell).loss_and_grad(params, x, t)
-    P = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
-    ref, ref_final = TORCH["every_op"](P, torch.tensor(x["x"]), torch.tensor(t["target"]), torch)
-    (ref / (T * B)).backward()
-    assert loss == pytest.approx(float(ref.detach()) / (T * B), rel=1e-10)
-    np.testing.assert_allclose(final["C"], ref_final["C"].detach().numpy().reshape(B, -1), rtol=1e-10, atol=1e-13)
-    for k in params:
-        np.testing.assert_allclose(grads[k], P[k].grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=k)
+    _against_pytorch(every_op(n_in=n_in), "every_op", seed=5)
 
 
 def random_matrix_cell(seed):

@@ -69,6 +69,9 @@ TEMPLATES = {
 }
 
 
+GELU_MAX = x * (1 + sp.erf(x / sp.sqrt(2))) / 2 + sp.Max(x, y)  # the float32 kernel's template
+
+
 def _reference(e, px, py):
     v = e.subs({x: sp.Float(px, 30), y: sp.Float(py, 30)}).evalf(30)
     return float(v) if v.is_real else float("nan")
@@ -91,16 +94,16 @@ def lib():
     for k, (key, e) in enumerate(sorted(TEMPLATES.items())):
         names[key] = f"t{k}_f64"
         _kernel(m, ir.DoubleType(), names[key], e)
-    _kernel(m, ir.FloatType(), "gelu_f32", x * (1 + sp.erf(x / sp.sqrt(2))) / 2 + sp.Max(x, y))
+    _kernel(m, ir.FloatType(), "gelu_f32", GELU_MAX)
     return compile_module(m, cache=None), names
 
 
-def _run(lib, name, dtype):
-    n = len(GRID)
-    px, py = (np.ascontiguousarray(GRID[:, j], dtype=dtype) for j in (0, 1))
-    out = np.full(n, -12345.0, dtype=dtype)
+def _run(lib, name, dtype, px=GRID[:, 0], py=GRID[:, 1]):
+    """Kernel ``name`` of ``lib`` over the points (px, py) (the grid unless given)."""
+    px, py = (np.ascontiguousarray(a, dtype=dtype) for a in (px, py))
+    out = np.full(px.size, -12345.0, dtype=dtype)
     f = ctypes.CFUNCTYPE(None, ctypes.c_int64, *[ctypes.c_void_p] * 3)(lib.address(name))
-    f(n, px.ctypes.data, py.ctypes.data, out.ctypes.data)
+    f(px.size, px.ctypes.data, py.ctypes.data, out.ctypes.data)
     return out
 
 
@@ -118,8 +121,7 @@ def test_template_matches_sympy(lib, key):
 def test_float32_kernel_uses_the_float_type(lib):
     library, _ = lib
     got = _run(library, "gelu_f32", np.float32)
-    e = x * (1 + sp.erf(x / sp.sqrt(2))) / 2 + sp.Max(x, y)
-    ref = np.array([_reference(e, float(np.float32(px)), float(np.float32(py))) for px, py in GRID])
+    ref = np.array([_reference(GELU_MAX, float(np.float32(px)), float(np.float32(py))) for px, py in GRID])
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, ref, rtol=2e-6, atol=2e-7)  # a few float32 ulps
 
@@ -133,10 +135,7 @@ def test_square_roots_are_correctly_rounded():
     library = compile_module(m, cache=None)
     v = np.exp(np.random.default_rng(3).uniform(-30, 30, 4096))
     for name, want in (("sqrt", np.sqrt(v)), ("rsqrt", 1 / np.sqrt(v))):
-        out = np.empty_like(v)
-        f = ctypes.CFUNCTYPE(None, ctypes.c_int64, *[ctypes.c_void_p] * 3)(library.address(name))
-        f(v.size, v.ctypes.data, v.ctypes.data, out.ctypes.data)
-        np.testing.assert_array_equal(out, want, err_msg=name)
+        np.testing.assert_array_equal(_run(library, name, np.float64, v, v), want, err_msg=name)
 
 
 def test_piecewise_with_no_branch_true_is_nan(lib):

@@ -17,6 +17,7 @@ import fnmatch
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -30,9 +31,8 @@ sample, done = None, set()
 while argv[:1] in (["--sample"], ["--done"]):
     if argv[0] == "--sample":
         sample = int(argv[1])
-    elif Path(argv[1]).exists():
-        done = {line.split(":", 1)[0] for line in Path(argv[1]).read_text().splitlines()
-                if line.endswith(("SURVIVED", ")")) and ": " in line}
+    elif Path(argv[1]).exists():  # the lines verdict() below writes: "NAME: killed (…)" / "NAME: SURVIVED"
+        done = set(re.findall(r"^(\S+): (?:killed|SURVIVED)", Path(argv[1]).read_text(), re.M))
     argv = argv[2:]
 target, pattern, tests = argv[0], argv[1], argv[2:]
 work = root / ".mutation" / target / "mutants"
@@ -67,28 +67,27 @@ pytest.main(["--collect-only", "-qqq", *args])
 # limit and an alarm (ten times the clean run, at least five minutes); either ends it as killed,
 # as a CI run that hangs or dies fails.
 MEMORY = 8 << 30
-TIMEOUT = {"s": 0}
 
 
-def run(mutant):
-    """Exit code of the tests in a fresh fork with ``mutant`` switched on ("" runs the original)."""
+def run(mutant, timeout=0):
+    """Exit code of the tests in a fresh fork with ``mutant`` switched on ("" runs the original),
+    ended by SIGALRM after ``timeout`` seconds (0: never)."""
     pid = os.fork()
     if pid == 0:
         os.environ["MUTANT_UNDER_TEST"] = mutant
         sys.stdout = sys.stderr = open(os.devnull, "w")
         resource.setrlimit(resource.RLIMIT_AS, (MEMORY, MEMORY))
-        if TIMEOUT["s"]:
-            signal.alarm(TIMEOUT["s"])  # SIGALRM's default action ends the process
+        signal.alarm(timeout)  # SIGALRM's default action ends the process; alarm(0) sets none
         os._exit(int(pytest.main(args)))
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
 
 
-def verdict(code):
+def verdict(code, timeout):
     if code == 0:
         return "SURVIVED"
     if code == -signal.SIGALRM:
-        return f"killed (timeout, {TIMEOUT['s']} s)"
+        return f"killed (timeout, {timeout} s)"
     return f"killed (exit {code})"
 
 
@@ -96,11 +95,11 @@ def verdict(code):
 t0 = time.monotonic()
 if (code := run("")) != 0:
     sys.exit(f"the tests fail without a mutant (exit {code}): run them in {work} and fix or deselect them")
-TIMEOUT["s"] = max(300, int(10 * (time.monotonic() - t0)))
+timeout = max(300, int(10 * (time.monotonic() - t0)))
 survived = []
 for name in names:
-    code = run(name)
-    print(f"{name}: {verdict(code)}", flush=True)
+    code = run(name, timeout)
+    print(f"{name}: {verdict(code, timeout)}", flush=True)
     if code == 0:
         survived.append(name)
 print(f"{len(names) - len(survived)} of {len(names)} killed")
