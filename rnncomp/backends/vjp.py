@@ -29,13 +29,13 @@ kept object and its lifetime -- is here, once.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..autodiff import Cotangents
 from ..errors import CallError
-from .validate import _array, check_call, check_forward_call, step_weights
+from .validate import Call, _array, check_call, check_forward_call, step_weights
 
 
 @dataclass
@@ -164,6 +164,16 @@ class Kept:
             pass
 
 
+def owned(call: Call) -> Call:
+    """``call`` with arrays of its own: a kept forward's backward may read the arguments (the
+    inputs of a weight gradient, h0, the parameters) after the caller has reused their memory,
+    e.g. loaded the next batch into ``x``.  Its cost, one copy of the arguments, is small next to
+    what a forward keeps for every step."""
+    own = lambda d: {n: np.array(a) for n, a in d.items()}  # noqa: E731
+    return replace(call, params=own(call.params), inputs=own(call.inputs), targets=own(call.targets),
+                   h0=own(call.h0), mask=None if call.mask is None else np.array(call.mask))
+
+
 class VjpMixin:
     """``forward(..., keep=True)`` and ``vjp``, from a backend's two hooks (module docstring)."""
 
@@ -206,7 +216,7 @@ class VjpMixin:
         outputs that may receive a cotangent (default: every output).  With ``targets``
         the backward adds the gradient of the cell's loss (``mask``: its per-step weights)."""
         call, w = self._vjp_call(params, inputs, h0, targets, mask, check_finite)
-        return self._keep(call, w, self._cotangents(w is not None, wrt, outputs))
+        return self._keep(owned(call), w, self._cotangents(w is not None, wrt, outputs))
 
     def residual_shapes(self, T: int, B: int, *, targets: bool = False, wrt=None, outputs=None) -> list:
         """The shapes of what :meth:`Kept.residuals` returns for a (T, B) forward kept with
