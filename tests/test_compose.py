@@ -149,9 +149,13 @@ def test_vjp_input_and_initial_state_cotangents_against_central_differences():
     df = {s: rng.normal(size=(B, n)) for s, n in model.step.states.items()}
     res = model.vjp(params, x, h0, d_outputs={"y": dy}, d_final=df, lengths=LENGTHS)
 
-    def f(xx, hh):  # the final states of a kept forward (d_final's) are those after step T
-        out, fin = model.forward(params, {"x": xx}, hh, lengths=LENGTHS, keep=True)
+    def f(xx, hh):  # the final states (d_final's) are those after each sequence's own last step
+        out, fin = model.forward(params, {"x": xx}, hh, lengths=LENGTHS)
         return float((out["y"] * dy).sum() + sum((fin[s] * df[s]).sum() for s in df))
+
+    kept = model.forward(params, x, h0, lengths=LENGTHS, keep=True)
+    for s, v in model.forward(params, x, h0, lengths=LENGTHS)[1].items():
+        np.testing.assert_array_equal(kept.final[s], v, err_msg=s)
 
     v = rng.normal(size=x["x"].shape)
     fd = (f(x["x"] + 1e-6 * v, h0) - f(x["x"] - 1e-6 * v, h0)) / 2e-6

@@ -135,8 +135,8 @@ class ComposedModel(TextShown):
         """``(outputs {name: (T, B, n)}, final states {layer.state: (B, n)})``; with
         ``keep=True`` a kept forward (``.outputs``, ``.final``, ``.backward(d_outputs, d_final)``,
         docs/vjp.md).  ``lengths`` (B,): see the module docstring; with them the final states
-        of ``forward`` are those after each sequence's own last step (of a kept forward, after
-        step T)."""
+        are those after each sequence's own last step, also of a kept forward, whose
+        ``d_final`` is their cotangent (:mod:`.by_length`)."""
         inputs, targets = self._inputs(inputs), self._targets(targets)
         if keep:
             return self._keep(params, inputs, h0, targets, mask, wrt, outputs, lengths, check_finite)

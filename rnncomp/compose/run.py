@@ -25,6 +25,7 @@ import numpy as np
 from ..backends.vjp import Gradients
 from ..errors import CallError
 from .bidirectional import reverse
+from .by_length import ByLengthKept
 from .layers import _prefixed, split
 
 
@@ -77,8 +78,18 @@ class CellRun:
         return {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}, final
 
     def keep(self, params, inputs, h0, ctx, *, targets=None, mask=None, wrt=None, outputs=None):
-        return self.model.forward(params, inputs, h0, keep=True, targets=targets, mask=mask, wrt=wrt,
+        """With lengths shorter than T: final states (and their cotangents) at each sequence's
+        own last step, as :meth:`forward` gives them (:mod:`.by_length`)."""
+        kept = self.model.forward(params, inputs, h0, keep=True, targets=targets, mask=mask, wrt=wrt,
                                   outputs=outputs, check_finite=ctx.check_finite)
+        T = next(iter(inputs.values())).shape[0]
+        if ctx.lengths is None or ctx.lengths.min() == T:
+            return kept
+        try:
+            return ByLengthKept(self.model, kept, params, inputs, h0, targets, ctx.lengths, wrt, ctx.check_finite)
+        except BaseException:
+            kept.free()
+            raise
 
 
 class StackRun:
