@@ -397,3 +397,13 @@ def test_explain_prints_the_input_and_output_cotangents():
     assert r"{\delta y^{\mathrm{ext}}}_{t}" in rc.explain(cell, d_outputs="y").latex()
     with pytest.raises(rc.CellError, match="'z' is not an input; inputs: 'x'"):
         rc.explain(cell, wrt="z")
+
+
+def test_the_backward_step_docs_vjp_shows_is_what_explain_prints():
+    """docs/vjp.md "What is derived" prints the step, then shows it: the lines it shows (up to
+    its "...") are the printed ones (they had drifted: δa1 where the printer says δpre(h))."""
+    import pathlib
+    doc = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "vjp.md").read_text()
+    shown = doc.split("backward_text())\n```\n\n```\n", 1)[1].split("...\n```", 1)[0].splitlines()
+    printed = rc.explain(rc.cells.elman(8, 32, 4), wrt="inputs", d_outputs=True).backward_text().splitlines()
+    assert len(shown) >= 5 and printed[:len(shown)] == shown
