@@ -53,7 +53,11 @@ def missing_inputs(step, xs: dict) -> None:
 
 def check_lengths(step, lengths, T: int, B: int) -> list:
     """``lengths`` as B Python ints from 1 to T."""
-    lengths = list(lengths)
+    try:
+        lengths = list(lengths)
+    except TypeError:
+        raise CallError(f"cell {step.name!r}: lengths must be {B} ints (one per sequence) from 1 to T = {T}, "
+                        f"got {lengths!r}") from None
     if len(lengths) != B or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and 1 <= n <= T
                                     for n in lengths):
         raise CallError(f"cell {step.name!r}: lengths must be {B} ints (one per sequence) from 1 to T = {T}, "

@@ -42,6 +42,8 @@ def test_cells_that_cannot_be_layers_are_named():
         lc.check_layer_cell(none.step, None, "Recurrent")
     with pytest.raises(CallError, match="lengths must be 2 ints"):
         lc.check_lengths(none.step, [1, True], 3, 2)
+    with pytest.raises(CallError, match="lengths must be 2 ints .*, got 4"):  # not a list at all
+        lc.check_lengths(none.step, 4, 3, 2)
 
 
 @pytest.mark.parametrize("module, extra", [("torch", "torch"), ("jax", "jax")])

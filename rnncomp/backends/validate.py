@@ -62,11 +62,14 @@ def _array(cell, what, a, shape, dtype, check_finite):
         raise CallError(f"cell {cell!r}: {what} is a masked array; pass plain arrays "
                         "(and mask= for steps to leave out of the loss)")
     if not isinstance(a, np.ndarray):
+        if a is None:
+            raise CallError(f"cell {cell!r}: {what} is None; pass an array")
         try:
             a = np.asarray(a)
-        except Exception:  # noqa: BLE001 - anything numpy cannot read is the caller's problem
-            raise CallError(f"cell {cell!r}: {what} is not an array (ragged or not numbers: "
-                            f"{type(a).__name__})") from None
+        except Exception as exc:  # noqa: BLE001 - anything numpy cannot read is the caller's problem
+            reason = str(exc).splitlines()[0] if str(exc) else "ragged or not numbers"
+            raise CallError(f"cell {cell!r}: {what} ({type(a).__name__}) cannot be read as an array: "
+                            f"{reason}") from None
     if a.dtype != dtype:
         raise CallError(f"cell {cell!r}: {what} has dtype {a.dtype}, but the model was compiled "
                         f"for {dtype}; convert it with .astype({str(dtype)!r})")
@@ -96,7 +99,7 @@ def check_call(step, dtype, params, inputs, targets=None, h0=None, mask=None, *,
     _check_names(cell, "params", params, list(step.params))
     inputs = _as_dict("inputs", inputs, list(step.inputs), cell)
     targets = _as_dict("targets", targets, list(step.targets), cell)
-    h0 = _as_dict("h0", h0, list(step.states), cell)
+    h0 = {n: a for n, a in _as_dict("h0", h0, list(step.states), cell).items() if a is not None}  # None: as left out
     _check_names(cell, "inputs", inputs, list(step.inputs))
     _check_names(cell, "targets", targets, list(step.targets), allow_missing=not need_targets)
     _check_names(cell, "initial states (h0)", h0, list(step.states), allow_missing=True)
@@ -108,6 +111,9 @@ def check_call(step, dtype, params, inputs, targets=None, h0=None, mask=None, *,
         fshape = np.shape(first)
     except ValueError:  # ragged nested lists
         raise CallError(f"cell {cell!r}: inputs[{first_name!r}] is not a rectangular array") from None
+    except Exception:  # noqa: BLE001 - something numpy cannot read at all: _array says why
+        _array(cell, f"inputs[{first_name!r}]", first, (), dtype, False)
+        raise
     if len(fshape) != 3:
         raise CallError(f"cell {cell!r}: inputs[{first_name!r}] must be time-major (T, B, n), "
                         f"got shape {fshape}")

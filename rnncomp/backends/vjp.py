@@ -53,11 +53,25 @@ class Gradients:
     loss: float | None = None
 
 
+def names_of(step, kind: str, given) -> tuple:
+    """``given`` (a name, or an iterable of names) as a tuple of str; anything else is a
+    CallError naming ``kind``."""
+    if isinstance(given, str):
+        return (given,)
+    try:
+        names = tuple(given)
+    except TypeError:
+        names = None
+    if names is None or not all(isinstance(n, str) for n in names):
+        raise CallError(f"cell {step.name!r}: {kind} must be a name or a list of names, got {given!r}")
+    return names
+
+
 def resolve_wrt(step, wrt) -> tuple:
     """The inputs to differentiate: ``None`` = every input, else names (a str or an iterable)."""
     if wrt is None:
         return tuple(step.inputs)
-    names = (wrt,) if isinstance(wrt, str) else tuple(wrt)
+    names = names_of(step, "wrt", wrt)
     bad = [n for n in names if n not in step.inputs]
     if bad:
         raise CallError(f"cell {step.name!r}: wrt names {', '.join(map(repr, bad))}, which "
@@ -198,7 +212,7 @@ class VjpMixin:
         if outputs is None:
             outs = tuple(st.outputs)
         else:
-            named = (outputs,) if isinstance(outputs, str) else tuple(outputs)
+            named = names_of(st, "outputs", outputs)
             _checked_dict(st, "d_outputs", dict.fromkeys(named), st.outputs, None, self.dtype)
             outs = tuple(o for o in st.outputs if o in named)
         return Cotangents(loss=loss, outputs=outs, inputs=resolve_wrt(st, wrt), final=True)
@@ -222,6 +236,9 @@ class VjpMixin:
         """The shapes of what :meth:`Kept.residuals` returns for a (T, B) forward kept with
         these options (``targets``: whether it was given targets), all of the model's dtype:
         the buffers a caller holds between the forward and :meth:`kept_from`."""
+        for what, n in (("T", T), ("B", B)):
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+                raise CallError(f"cell {self.step.name!r}: residual_shapes: {what} must be a positive int, got {n!r}")
         return [tuple(s) for s in self._vjp_residual_shapes(T, B, self._cotangents(targets, wrt, outputs))]
 
     def kept_from(self, residuals, params, inputs, h0=None, *, targets=None, mask=None, wrt=None,
