@@ -107,9 +107,9 @@ class _KeptForwards:
     def __init__(self):
         self._by_address: dict[int, weakref.ref] = {}
 
-    def handle(self, kept):
+    def handle(self, kept, model):
         holder = _Handle(8)
-        holder.kept = kept
+        holder.kept, holder.model = kept, model  # the model: its backward needs no live layer
         t = torch.from_numpy(np.frombuffer(holder, dtype=np.int64))  # its storage keeps holder
         address = t.data_ptr()
         self._by_address[address] = weakref.ref(holder, lambda ref: self._forget(address, ref))
@@ -120,9 +120,10 @@ class _KeptForwards:
             del self._by_address[address]
 
     def find(self, handle):
+        """(kept forward, its model), or (None, None)."""
         ref = self._by_address.get(handle.data_ptr()) if handle.numel() == 1 else None
         holder = ref() if ref is not None else None
-        return None if holder is None else holder.kept
+        return (None, None) if holder is None else (holder.kept, holder.model)
 
 
 KEPT = _KeptForwards()
@@ -146,7 +147,7 @@ def recurrent_op(key: str, params: list[torch.Tensor], inputs: list[torch.Tensor
     model = MODELS.get(key)
     if keep:
         kept = model.forward(*_call_args(model, params, inputs, h0), keep=True)
-        outs, final, handle = kept.outputs, kept.final, KEPT.handle(kept)
+        outs, final, handle = kept.outputs, kept.final, KEPT.handle(kept, model)
     else:
         (outs, final), handle = model.forward(*_call_args(model, params, inputs, h0)), torch.zeros(1, dtype=torch.int64)
     return ([_tensor(outs[o]) for o in model.step.outputs] + [_tensor(final[s]) for s in model.step.states]
@@ -166,11 +167,11 @@ def _(key, params, inputs, h0, keep):
 def recurrent_vjp_op(key: str, handle: torch.Tensor, params: list[torch.Tensor], inputs: list[torch.Tensor],
                      h0: list[torch.Tensor], d_outputs: list[torch.Tensor],
                      d_final: list[torch.Tensor]) -> list[torch.Tensor]:
-    model = MODELS.get(key)
+    kept, model = KEPT.find(handle)  # a kept forward holds its model: the layer may be gone
+    model = model or MODELS.get(key)
     st = model.step
     d_out = {o: _host(model, f"the cotangent of output {o!r}", g) for o, g in zip(st.outputs, d_outputs)}
     d_fin = {s: _host(model, f"the cotangent of state {s!r}", g) for s, g in zip(st.states, d_final)}
-    kept = KEPT.find(handle)
     if kept is not None:
         res = kept.backward(d_outputs=d_out, d_final=d_fin)
     else:
@@ -201,6 +202,18 @@ def _backward(ctx, grads):
 
 
 recurrent_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _no_second_order(ctx, inputs, output):
+    ctx.key = inputs[0]
+
+
+def _second_order(ctx, grads):
+    raise CallError(f"rnncomp layer {ctx.key!r}: the gradient of its gradient (create_graph=True, e.g. a "
+                    "gradient penalty) is not derived: rnncomp layers give first-order gradients only")
+
+
+recurrent_vjp_op.register_autograd(_second_order, setup_context=_no_second_order)
 
 
 # ----------------------------------------------------------------------------- the layer

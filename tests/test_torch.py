@@ -155,8 +155,8 @@ def test_a_kept_forward_lives_as_long_as_its_handle():
     plain = recurrent_op(layer._key, params, xs, h0, False)
     for a, b in zip(kept[:-1], plain[:-1]):
         assert torch.equal(a, b)
-    assert KEPT.find(kept[-1]) is not None
-    assert KEPT.find(kept[-1].clone()) is None and KEPT.find(plain[-1]) is None
+    assert KEPT.find(kept[-1])[0] is not None
+    assert KEPT.find(kept[-1].clone()) == (None, None) and KEPT.find(plain[-1]) == (None, None)
     from_kept = recurrent_vjp_op(layer._key, kept[-1], params, xs, h0, d_out, d_fin)
     recomputed = recurrent_vjp_op(layer._key, kept[-1].clone(), params, xs, h0, d_out, d_fin)
     for a, b in zip(from_kept, recomputed):
@@ -397,3 +397,31 @@ def test_a_copy_is_a_layer_of_its_own():
     with torch.no_grad():
         twin.W.mul_(2)
     assert not torch.allclose(twin(x)[0], want)  # its parameters are its own
+
+
+def test_the_backward_runs_after_the_layer_is_gone():
+    """A helper that makes a layer, runs it and returns the loss: the layer is collected before
+    ``backward`` (found by an adversarial probe: "layer no longer exists").  The kept forward
+    holds its model; exact against the same graph with the layer alive."""
+    import gc
+    x = torch.randn(4, 2, 3, dtype=F64, generator=torch.Generator().manual_seed(7), requires_grad=True)
+
+    def loss_of(layer):
+        y, _ = layer(x)
+        return y.square().sum()
+
+    keep = Recurrent(rc.cells.elman(3, 5, 2), output="y", dtype=F64)
+    (want,) = torch.autograd.grad(loss_of(keep), x)
+    loss = loss_of(Recurrent(rc.cells.elman(3, 5, 2), output="y", dtype=F64))
+    gc.collect()
+    (got,) = torch.autograd.grad(loss, x)
+    assert torch.equal(got, want)
+
+
+def test_a_second_order_gradient_is_a_clear_error():
+    layer = Recurrent(rc.cells.gru(3, 5, 2), output="y", dtype=F64)
+    x = torch.randn(4, 2, 3, dtype=F64, requires_grad=True)
+    y, _ = layer(x)
+    (g,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(CallError, match="gradient of its gradient .* first-order gradients only"):
+        g.square().sum().backward()
