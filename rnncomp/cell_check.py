@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import sympy as sp
+from sympy.matrices.expressions import MatrixExpr as SympyMatrixExpr
 
 from .dsl import MatExpr, MatVec, Slice, Concat, RowSum, LogSumExp, Vec, _display_expr, _shape, check_functions
 from .errors import CellError, ShapeError
@@ -41,6 +42,12 @@ def check_expr(cell, expr, where):
         raise CellError(f"{where}: {expr} is a condition, not a number (use sp.Piecewise)")
     if not isinstance(expr, sp.Expr):
         raise CellError(f"{where}: expected a sympy expression, got {type(expr).__name__}")
+    foreign = next((m for m in sp.preorder_traversal(expr) if isinstance(m, SympyMatrixExpr)), None)
+    if foreign is not None:
+        names = sorted(str(a) for a in foreign.atoms(sp.MatrixSymbol)) or [str(foreign)]
+        raise CellError(f"{where}: {', '.join(names)} is a sympy matrix ({type(foreign).__name__}), "
+                        "not a parameter of the cell: declare matrices with cell.param(name, (m, n)) "
+                        "and multiply them with @")
     expr = cell._resolve_weights(expr, where)
     if is_weight_expr(expr):
         raise ShapeError(f"{where}: {_display_expr(expr)} is a matrix (it reads a matrix "

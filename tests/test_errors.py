@@ -316,3 +316,15 @@ def test_the_unrolled_reference_names_the_cell_in_its_errors():
     cell.loss(h.new ** 2)
     with pytest.raises(DifferentiationError, match=r"cell 'bad' unfolded: .* uses 'floor'"):
         unrolled(cell.step, 2)
+
+
+@pytest.mark.parametrize("matrix", [lambda: sp.MatrixSymbol("Q", 4, 4), lambda: sp.Identity(4)])
+def test_a_sympy_matrix_that_is_not_a_parameter_is_named(matrix):
+    """Found by an adversarial probe: ``sp.MatrixSymbol("Q", 4, 4) @ h`` was accepted, then the
+    NumPy backend failed at call time (NameError inside lambdify) and native with "cannot lower
+    MatMul (_0*Q)", naming no cell or equation."""
+    c = rc.Cell("e")
+    h = c.state("h", 4)
+    with pytest.raises(CellError, match=r"cell 'e', update of state 'h': .* is a sympy matrix \(MatMul\), "
+                                        r"not a parameter of the cell: declare matrices with cell.param"):
+        c.update(h, sp.tanh(matrix() @ h))
