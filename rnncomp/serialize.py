@@ -58,6 +58,11 @@ def _namespace() -> dict:
     return ns
 
 
+# keyword arguments that srepr writes: Symbol assumptions, and a Float's binary precision
+# (``Float('0.10000000000000001', precision=53)``: enough digits to give back the same bits)
+_KEYWORDS = ("real", "positive", "integer", "commutative", "evaluate", "precision")
+
+
 def _expr(text: str, ns: dict, where: str):
     """An expression from its ``srepr`` text; only names of the DSL and of sympy may occur."""
     try:
@@ -65,7 +70,7 @@ def _expr(text: str, ns: dict, where: str):
     except (tokenize.TokenError, SyntaxError) as exc:
         raise CheckpointError(f"{where}: unreadable expression ({exc})") from None
     unknown = sorted(n for n in names if n not in ns and not keyword.iskeyword(n)
-                     and n not in ("real", "positive", "integer", "commutative", "evaluate"))
+                     and n not in _KEYWORDS)
     if unknown:
         raise CheckpointError(f"{where}: the expression uses {', '.join(unknown)}, which is not a name of "
                               "rnncomp's DSL or of sympy (a damaged or foreign file?)")

@@ -95,6 +95,38 @@ def test_only_names_of_the_dsl_and_sympy_are_read_back(tmp_path):
         rc.Trainer.load(_broken_copy(tmp_path, "code.ckpt", code))
 
 
+def _float_bits(cell):
+    """The binary values (mpmath's sign, mantissa, exponent, bits) of every Float in the cell."""
+    exprs = [cell.loss_expr, *cell.updates.values(), *(d.expr for d in cell.decls.values() if d.expr is not None)]
+    return {f._mpf_ for e in exprs for f in e.atoms(sp.Float)}
+
+
+def test_float_constants_come_back_bit_for_bit(tmp_path):
+    """A cell with a float constant (0.5*h, docs/dsl.md's memory cell) saved but did not load:
+    srepr writes Float('0.1...', precision=53) and the loader refused the keyword `precision`
+    as a foreign name (found by an adversarial probe)."""
+    cell = rc.Cell("floats")
+    x, h = cell.input("x", 2), cell.state("h", 3)
+    z = cell.define("z", cell.param("W", (3, 2)) @ x + sp.Float(1 / 3) * h)
+    cell.update(h, sp.Piecewise((sp.tanh(z), z > 0.2), (0.1 * z, True)))
+    y = cell.output("y", cell.param("V", (1, 3)) @ h.new)
+    cell.loss((y - cell.target("t", 1)) ** 2)
+    params, inputs, targets = random_data(cell, T=4, B=3)
+    a = rc.Trainer(cell, rc.Adam(0.01), backend="numpy", dtype="float64", params=params)
+    a.save(tmp_path / "f.ckpt")
+    b = rc.Trainer.load(tmp_path / "f.ckpt")
+    assert _float_bits(b.cell) == _float_bits(cell) and len(_float_bits(cell)) == 3   # 1/3, 0.2, 0.1
+    l1, g1, _ = rc.compile(cell).loss_and_grad(params, inputs, targets)
+    l2, g2, _ = rc.compile(b.cell).loss_and_grad(b.params, inputs, targets)
+    assert l1 == l2 and all(np.array_equal(g1[k], g2[k]) for k in g1)
+
+    def bare(meta, arrays):                                         # the keyword, not a name to read
+        meta["cell"]["loss"] = "precision"
+
+    with pytest.raises(rc.CheckpointError, match="loss: cannot rebuild the expression"):
+        rc.Trainer.load(_broken_copy(tmp_path, "bare.ckpt", bare))
+
+
 def test_named_schedules_are_saved_and_a_lambda_is_asked_for_again(tmp_path):
     """A lambda schedule made Trainer.save fail with a PicklingError."""
     sched = rc.schedules.Warmup(2, then=rc.schedules.Cosine(10, floor=0.1))
