@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from . import cells
-from .cli_common import check_writable, load_cell, positive
+from .cli_common import check_picture, check_writable, load_cell, natural, option, positive
 from .cli_train import add_arguments as _train_args, train_cmd
 from .compile import compile as rc_compile
 from .compose import Composition
@@ -127,6 +127,12 @@ def _trained(spec: str):
 
 def inspect_cmd(args) -> int:
     check_writable(args.png, args.svg)
+    check_picture("--png", args.png)
+    check_picture("--svg", args.svg, ("svg",))
+    if args.dot is not None or args.svg or (args.png and not args.flow):
+        from .inspect.dot import check_view
+        with option("--dot/--detail"):
+            check_view(args.dot or "step", args.detail)
     trained = _trained(args.cell)
     if trained and any(v is not None for v in (args.inputs, args.hidden, args.outputs)):
         raise SystemExit(f"rnncomp: {args.cell} is a trained cell: its sizes are its own")
@@ -205,10 +211,9 @@ def _inspect_memory(cell, args) -> None:
     """``--memory``: the checkpointing schedule of ``--budget`` against store-all and Every(√T)."""
     from .inspect.memory import memory_report
 
-    try:
-        print(memory_report(cell, T=args.T or 1000, B=args.B or 32, dtype=args.dtype, budget=args.budget).table())
-    except ValueError as exc:
-        raise SystemExit(f"rnncomp: {exc}") from None
+    with option("--budget"):
+        report = memory_report(cell, T=args.T or 1000, B=args.B or 32, dtype=args.dtype, budget=args.budget)
+    print(report.table())
 
 
 def _inspect_args(ins) -> None:
@@ -240,7 +245,7 @@ def _inspect_args(ins) -> None:
     ins.add_argument("--T", type=positive, default=None, help="sequence length (--cost, --memory: 1000, --flow: 50, --profile: 100)")
     ins.add_argument("--B", type=positive, default=None, help="batch size (--cost, --memory: 32, --flow: 4, --profile: 32)")
     ins.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="for --cost, --memory, --profile")
-    ins.add_argument("--seed", type=int, default=0, help="random parameters and data for --flow")
+    ins.add_argument("--seed", type=natural, default=0, help="random parameters and data for --flow")
     _size_args(ins)
 
 

@@ -1,7 +1,7 @@
 """What the ``rnncomp`` command's subcommands share (:mod:`.cli` and :mod:`.cli_train`):
 finding the cell a command names, refusing before any work a file that cannot be written,
-and the argument types for numbers.  Mistakes end the command with a message
-(``SystemExit``), never a traceback.
+the argument types for numbers, and :func:`option`, through which an option's value reaches
+the library.  Mistakes end the command with a message (``SystemExit``), never a traceback.
 
     >>> load_cell("gru", 2, 3, 1).name, positive("3")
     ('gru', 3)
@@ -9,6 +9,7 @@ and the argument types for numbers.  Mistakes end the command with a message
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -19,6 +20,7 @@ import numpy as np
 from . import cells
 from .cell import Cell
 from .compose import Composition
+from .errors import RnncompError
 
 
 def load_cell(spec: str, n_in=None, hidden=None, n_out=None) -> Cell:
@@ -68,6 +70,25 @@ def check_writable(*paths) -> None:
                                  "does not exist")
 
 
+@contextlib.contextmanager
+def option(name: str):
+    """Wrap the call that hands an option's value to the library: what the library refuses on
+    purpose (an :class:`~rnncomp.errors.RnncompError`) becomes ``rnncomp: NAME: why``.  Any
+    other exception is a bug, not the user's mistake, and keeps its traceback."""
+    try:
+        yield
+    except RnncompError as exc:
+        raise SystemExit(f"rnncomp: {name}: {exc}") from None
+
+
+def check_picture(name: str, path, formats=("png",)) -> None:
+    """Refuse, before any work, a picture whose file name does not say its format (``--png
+    graph.txt``): the drawing code picks the format by the name's ending."""
+    if path and not any(str(path).lower().endswith("." + f) for f in formats):
+        raise SystemExit(f"rnncomp: {name} {path}: the file name must end in "
+                         f"{' or '.join('.' + f for f in formats)}")
+
+
 def positive(text: str) -> int:
     """An argparse type: an integer >= 1."""
     return _number(text, int, lambda v: v >= 1, "a positive integer")
@@ -79,6 +100,10 @@ def natural(text: str) -> int:
 
 def positive_float(text: str) -> float:
     return _number(text, float, lambda v: v > 0 and np.isfinite(v), "a positive number")
+
+
+def natural_float(text: str) -> float:
+    return _number(text, float, lambda v: v >= 0 and np.isfinite(v), "a number >= 0")
 
 
 def _number(text, kind, ok, what):

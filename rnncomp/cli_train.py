@@ -14,7 +14,8 @@ import sys
 import numpy as np
 
 from . import cells
-from .cli_common import check_writable, load_cell, natural, positive, positive_float
+from .cli_common import (check_picture, check_writable, load_cell, natural, natural_float, option, positive,
+                         positive_float)
 
 
 def add_arguments(tr) -> None:
@@ -34,14 +35,14 @@ def add_arguments(tr) -> None:
     tr.add_argument("--backend", choices=["native", "numpy"], default=None,
                     help="default native; with --resume: the saved one")
     tr.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default=None, help="default adam")
-    tr.add_argument("--clip", type=float, default=None, metavar="NORM",
+    tr.add_argument("--clip", type=natural_float, default=None, metavar="NORM",
                     help="clip the gradient's norm to NORM (default 1.0; 0: no clipping)")
     tr.add_argument("--memory", default=None, metavar="all|every[:N]|binomial:S|budget:BYTES",
                     help="what BPTT stores (native backend): all (default), every N steps (every: √T), "
                          "revolve with S slots, or the fewest recomputations within BYTES (30MB)")
     tr.add_argument("--dtype", choices=["float32", "float64"], default=None, help="default float32")
     tr.add_argument("--threads", type=positive, default=None, help="native backend threads (default: all cores)")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=natural, default=0)
     tr.add_argument("--save", help="write a checkpoint here after every epoch (see --save-every) and on Ctrl-C")
     tr.add_argument("--save-every", type=positive, default=1, metavar="K", help="save every K epochs (default 1)")
     tr.add_argument("--resume", help="continue from a checkpoint (its cell, task and sizes)")
@@ -93,6 +94,7 @@ def train_cmd(args) -> int:
     from .train.tasks import TASKS
 
     check_writable(args.save, args.plot)
+    check_picture("--plot", args.plot, ("png", "svg"))
     with contextlib.ExitStack() as stack:
         if _distributed(args):  # one output: rank 0's (the others train silently)
             from .train.distributed import Group
@@ -179,12 +181,11 @@ def _new_trainer(args, run, cell, resumed):
     if resumed is not None:
         return resumed
     from . import train
-    bptt = Truncated(args.k1, args.k2 or args.k1) if args.k1 else None
+    with option("--k1/--k2"):
+        bptt = Truncated(args.k1, args.k2 or args.k1) if args.k1 else None
     backend = args.backend or "native"
     if backend != "native" and (args.memory or args.threads):
         raise SystemExit("rnncomp: --memory and --threads are for the native backend")
-    if args.clip is not None and args.clip < 0:
-        raise SystemExit(f"rnncomp: --clip {args.clip}: the norm must be >= 0 (0: no clipping)")
     optimizer = getattr(train, OPTIMIZERS[args.optimizer or "adam"])(run["lr"])
     clip = 1.0 if args.clip is None else (args.clip or None)
     return Trainer(cell, optimizer, clip_norm=clip, bptt=bptt, backend=backend, seed=args.seed,
@@ -192,12 +193,13 @@ def _new_trainer(args, run, cell, resumed):
 
 
 def _check_memory(tr, T: int, B: int) -> None:
-    """A --memory budget too small for a batch: a message before any work."""
-    if hasattr(tr.model, "memory_plan"):
-        try:
-            tr.model.memory_plan(T, B)
-        except ValueError as exc:
-            raise SystemExit(f"rnncomp: --memory: {exc}") from None
+    """A --memory budget too small for a batch: a message before any work, for every compiled
+    cell of a composition and for the plain cell under derived weights or constants."""
+    for model in getattr(tr.model, "models", [tr.model]):
+        model = getattr(model, "inner", model)
+        if hasattr(model, "memory_plan"):
+            with option("--memory"):
+                model.memory_plan(T, B)
 
 
 def _fit(args, tr, run, x, y, **kw) -> None:
@@ -223,6 +225,7 @@ def _train_task(args, run, task, resumed):
     """A built-in task: ``--N`` sequences of ``--T`` steps, an eighth held out."""
     from .train.tasks import baseline
 
+    n_test = max(1, run["N"] // 8)
     x, y, mask = task(T=run["T"], N=run["N"], seed=run["seed"])
     n_in, n_out = x.shape[2], y.shape[2]
     if resumed is not None:
@@ -234,8 +237,7 @@ def _train_task(args, run, task, resumed):
         raise SystemExit(f"rnncomp: task {run['task']} needs a cell with one input of size {n_in} and one "
                          f"target of size {n_out}; cell {cell.name!r} has inputs {sizes[0]} and targets {sizes[1]}")
     tr = _new_trainer(args, run, cell, resumed)
-    _check_memory(tr, run["T"], min(args.batch, run["N"]))
-    n_test = max(1, run["N"] // 8)
+    _check_memory(tr, run["T"], min(args.batch, run["N"] - n_test))
     xt, yt = x[:, :n_test], y[:, :n_test]
     mt = None if mask is None else mask[:, :n_test]
     what, base = baseline(run["task"], x[:, n_test:], y[:, n_test:], None if mask is None else mask[:, n_test:],
@@ -264,11 +266,11 @@ def _train_text(args, run, resumed):
     else:
         raise SystemExit(f"rnncomp: --task must be sine, adding, charlm or a text file; {run['task']!r} is none")
     T = run["T"]
-    vocab = CharVocab(text)
-    V = len(vocab)
     if len(text) < 4 * args.batch * T:
         raise SystemExit(f"rnncomp: {what} has {len(text)} characters, too few for --batch {args.batch} "
                          f"streams of --T {T}; lower them")
+    vocab = CharVocab(text)
+    V = len(vocab)
     if resumed is not None:
         cell = resumed.cell
     elif run["cell"] in cells.ZOO:

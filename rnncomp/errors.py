@@ -21,6 +21,11 @@ class CallError(RnncompError, ValueError):
     """Arrays passed at call time do not fit the compiled cell."""
 
 
+class ArgumentError(RnncompError, ValueError):
+    """A value an option or argument cannot take (a truncation, a memory schedule, a graph view):
+    names the class or function and the value.  The command line names its option too."""
+
+
 class CompileError(RnncompError, RuntimeError):
     """A backend could not compile the cell."""
 

@@ -18,6 +18,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from .errors import ArgumentError
+
 
 @dataclass(frozen=True)
 class Every:
@@ -27,7 +29,7 @@ class Every:
 
     def __post_init__(self):
         if self.n != "sqrt" and not (isinstance(self.n, int) and self.n >= 1):
-            raise ValueError(f"Every(n): n must be a positive integer or 'sqrt', got {self.n!r}")
+            raise ArgumentError(f"Every(n): n must be a positive integer or 'sqrt', got {self.n!r}")
 
     def segment(self, T: int) -> int:
         return max(1, math.ceil(math.sqrt(T))) if self.n == "sqrt" else self.n
@@ -53,7 +55,7 @@ class Binomial:
 
     def __post_init__(self):
         if not (isinstance(self.slots, int) and self.slots >= 0):
-            raise ValueError(f"Binomial(slots): slots must be an integer >= 0, got {self.slots!r}")
+            raise ArgumentError(f"Binomial(slots): slots must be an integer >= 0, got {self.slots!r}")
 
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9,
@@ -66,7 +68,7 @@ def parse_bytes(text) -> int:
         return int(text)
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
     if not m or m.group(2).upper() not in _UNITS:
-        raise ValueError(f"cannot read {text!r} as a number of bytes (examples: 10000000, '10MB', '64MiB')")
+        raise ArgumentError(f"cannot read {text!r} as a number of bytes (examples: 10000000, '10MB', '64MiB')")
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
@@ -74,14 +76,15 @@ def parse_bytes(text) -> int:
 class Budget:
     """At most ``nbytes`` of activation buffers (an int, or ``"10MB"``, ``"64MiB"``) for a whole
     call: the schedule with the fewest recomputed steps that fits (Gruslys et al. 2016).
-    A budget below the minimum for the call's T and B is a ``ValueError`` naming it."""
+    A budget below the minimum for the call's T and B is an ``ArgumentError`` (a ``ValueError``)
+    naming it."""
 
     nbytes: int
 
     def __post_init__(self):
         n = parse_bytes(self.nbytes)
         if n <= 0:
-            raise ValueError(f"Budget: the number of bytes must be positive, got {self.nbytes!r}")
+            raise ArgumentError(f"Budget: the number of bytes must be positive, got {self.nbytes!r}")
         object.__setattr__(self, "nbytes", n)
 
 
@@ -90,5 +93,5 @@ def schedule(memory) -> object:
         return ALL
     if isinstance(memory, (Every, StoreAll, Binomial, Budget)):
         return memory
-    raise ValueError("memory must be 'all', rc.Every(n), rc.Binomial(slots) or rc.Budget(bytes), "
+    raise ArgumentError("memory must be 'all', rc.Every(n), rc.Binomial(slots) or rc.Budget(bytes), "
                      f"got {memory!r}")

@@ -49,6 +49,7 @@ from math import comb, isqrt
 
 import numpy as np
 
+from .errors import ArgumentError
 from .memory import Binomial, Budget, Every, StoreAll, schedule
 
 _INF = np.iinfo(np.int64).max // 4
@@ -243,7 +244,7 @@ def binomial(T: int, slots: int) -> Plan:
 def best_split(T: int, nbytes: int, fp: Footprint) -> tuple:
     """(advanced steps, L, k) with the fewest advanced steps within ``nbytes`` (then the least memory)."""
     if nbytes < fp.minimum(T):
-        raise ValueError(f"memory budget of {nbytes} bytes is below the minimum for T={T}, B={fp.B}: "
+        raise ArgumentError(f"memory budget of {nbytes} bytes is below the minimum for T={T}, B={fp.B}: "
                          f"{fp.minimum(T)} bytes (one step's activations and one set of states)")
     best = None
     for L in range(1, T + 1):

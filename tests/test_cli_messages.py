@@ -141,3 +141,57 @@ def test_train_flags_reach_the_trainer_and_inspect_reads_the_checkpoint(tmp_path
         main(["train", "gru", "--memory", "most"])
     with pytest.raises(SystemExit, match="--memory: memory budget of 10 bytes is below the minimum"):
         main(["train", "gru", "--memory", "budget:10"])
+
+
+MADE = {"stack.py": "import rnncomp as rc\nmodel = rc.Stack([rc.cells.gru(1, 8, 4), rc.cells.elman(4, 8, 1)])\n",
+        "masked.py": CUSTOM.replace("2)", "1)").replace("@ x + h / 2", "@ x + cell.const('M', np.eye(3) / 2) @ h")
+                                 .replace("import sympy", "import numpy as np, sympy"),
+        "empty.txt": ""}
+FAST = ["--epochs", "1", "--N", "32", "--T", "10"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "gru", "--k1", "5", "--k2", "2", *FAST], "--k1/--k2: Truncated(k1=5, k2=2): need integers k2 >= k1"),
+    (["train", "gru", "--k1", "3", "--k2", "4", *FAST], "--k1/--k2: Truncated(k1=3, k2=4): k2 must be a multiple"),
+    (["inspect", "gru", "--png", "graph.txt"], "--png graph.txt: the file name must end in .png"),
+    (["inspect", "gru", "--svg", "graph.png"], "--svg graph.png: the file name must end in .svg"),  # was: a PNG
+    (["inspect", "gru", "--flow", "--png", "flow.txt"], "--png flow.txt: the file name must end in .png"),
+    (["train", "gru", "--plot", "curve.txt", *FAST], "--plot curve.txt: the file name must end in .png or .svg"),
+    (["inspect", "gru", "--dot", "unfolded", "--detail", "compact"], "--dot/--detail: detail='compact' is drawn"),
+    (["inspect", "gru", "--memory", "--budget", "1B"], "--budget: memory budget of 1 bytes is below the minimum"),
+    (["train", "gru", "--memory", "budget:1B", *FAST], "--memory: memory budget of 1 bytes is below"),
+    (["train", "stack.py", "--memory", "budget:1B", *FAST], "--memory: memory budget of 1 bytes is below"),
+    (["train", "masked.py", "--memory", "budget:1B", *FAST], "--memory: memory budget of 1 bytes is below"),
+    (["train", "gru", "--task", "empty.txt"], "empty.txt has 0 characters"),
+])
+def test_an_option_the_library_refuses_is_named_without_a_traceback(argv, message, tmp_path, monkeypatch):
+    """Raw ValueErrors from Truncated, render, the memory planner (on a Stack or a cell with
+    constants, where the early check was skipped) and others (found by an adversarial probe)."""
+    for name, text in MADE.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    said = str(e.value.code)
+    assert said.startswith("rnncomp: ") and message in said and "\n" not in said
+    assert not (tmp_path / argv[-1]).exists() or argv[-1] in MADE   # refused before any picture was drawn
+
+
+@pytest.mark.parametrize("argv", [["train", "gru", "--seed", "-1"], ["train", "gru", "--clip", "nan"],
+                                  ["inspect", "gru", "--flow", "--seed", "-1"]])
+def test_bad_numbers_for_seed_and_clip_are_refused(argv, capsys):
+    """--seed -1 ended in numpy's ValueError; --clip nan trained without clipping."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and f"{argv[-2]}: '{argv[-1]}' is not" in capsys.readouterr().err
+
+
+def test_an_option_is_named_but_an_internal_error_keeps_its_traceback():
+    from rnncomp.cli_common import option
+    from rnncomp.errors import ArgumentError
+    with pytest.raises(SystemExit, match="^rnncomp: --k1 5: too small$"):
+        with option("--k1 5"):
+            raise ArgumentError("too small")
+    with pytest.raises(ValueError, match="a bug"):           # not the user's mistake: not reworded
+        with option("--k1 5"):
+            raise ValueError("a bug")

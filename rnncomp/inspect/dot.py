@@ -31,6 +31,7 @@ from ..aliases import backward_aliases, forward_aliases
 from ..ir import NodeSym, internal, key_str
 from ..lower import LOSS
 from ..equations import node_expr, stored_values
+from ..errors import ArgumentError
 
 KINDS = ("step", "unfolded", "gradient")
 MAX_LABEL = 44
@@ -273,12 +274,22 @@ def gradient_graph(cell) -> Graph:
 DETAILS = ("full", "compact")
 
 
+def check_view(kind: str, detail: str = "full") -> None:
+    """Refuse a view :func:`build` cannot draw, before any work (``rnncomp inspect`` checks its
+    ``--dot``/``--detail`` with it)."""
+    if detail not in DETAILS:
+        raise ArgumentError(f"graph detail must be one of {', '.join(DETAILS)}, got {detail!r}")
+    if kind not in KINDS:
+        raise ArgumentError(f"graph kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if detail == "compact" and kind not in ("step", "gradient"):
+        raise ArgumentError(f"detail='compact' is drawn for the step and gradient views, not {kind!r}")
+
+
 def build(cell, kind: str = "step", k: int = 3, detail: str = "full") -> Graph:
     """The :class:`Graph` of one view (``kind`` in ``"step"``, ``"unfolded"``, ``"gradient"``);
     ``detail="compact"``: one node per named value or equation, see :func:`compact_step_graph`
     and :func:`~rnncomp.inspect.compact.compact_gradient_graph`."""
-    if detail not in DETAILS:
-        raise ValueError(f"graph detail must be one of {', '.join(DETAILS)}, got {detail!r}")
+    check_view(kind, detail)
     if hasattr(cell, "layers"):  # rc.Stack, rc.Bidirectional: each cell in its layer's clusters
         from ..compose.draw import composed_graph
         return composed_graph(cell, kind, k, detail)
@@ -286,16 +297,12 @@ def build(cell, kind: str = "step", k: int = 3, detail: str = "full") -> Graph:
         if kind == "gradient":
             from .compact import compact_gradient_graph
             return compact_gradient_graph(cell)
-        if kind != "step":
-            raise ValueError(f"detail='compact' is drawn for the step and gradient views, not {kind!r}")
         return compact_step_graph(cell)
     if kind == "step":
         return step_graph(cell)
     if kind == "unfolded":
         return unfolded_graph(cell, k)
-    if kind == "gradient":
-        return gradient_graph(cell)
-    raise ValueError(f"graph kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    return gradient_graph(cell)
 
 
 # ----------------------------------------------------------------------------- DOT text

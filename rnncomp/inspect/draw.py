@@ -17,7 +17,7 @@ import pathlib
 import shutil
 import subprocess
 
-from ..errors import RnncompError
+from ..errors import ArgumentError, RnncompError
 from .dot import EDGE_STYLES, STYLES, Graph, build, dot_text
 
 FORMATS = ("svg", "png")
@@ -57,9 +57,9 @@ def render(cell_or_graph, path, kind: str = "step", k: int = 3, fmt: str | None 
     path = pathlib.Path(path)
     fmt = (fmt or path.suffix.lstrip(".")).lower()
     if fmt not in FORMATS:
-        raise ValueError(f"render: format must be one of {', '.join(FORMATS)}, got {fmt!r} (from {path})")
+        raise ArgumentError(f"render: format must be one of {', '.join(FORMATS)}, got {fmt!r} (from {path})")
     if engine not in ENGINES:
-        raise ValueError(f"render: engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        raise ArgumentError(f"render: engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     g = cell_or_graph if isinstance(cell_or_graph, Graph) else build(cell_or_graph, kind, k, detail)
     if engine == "auto":
         engine = available_engine() or ""

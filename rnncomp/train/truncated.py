@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ArgumentError
+
 
 @dataclass(frozen=True)
 class Truncated:
@@ -29,9 +31,9 @@ class Truncated:
     def __post_init__(self):
         k2 = self.k1 if self.k2 is None else self.k2
         if not (isinstance(self.k1, int) and self.k1 >= 1 and isinstance(k2, int) and k2 >= self.k1):
-            raise ValueError(f"Truncated(k1={self.k1}, k2={self.k2}): need integers k2 >= k1 >= 1")
+            raise ArgumentError(f"Truncated(k1={self.k1}, k2={self.k2}): need integers k2 >= k1 >= 1")
         if k2 % self.k1:
-            raise ValueError(f"Truncated(k1={self.k1}, k2={k2}): k2 must be a multiple of k1")
+            raise ArgumentError(f"Truncated(k1={self.k1}, k2={k2}): k2 must be a multiple of k1")
         object.__setattr__(self, "k2", k2)
 
 
