@@ -226,6 +226,9 @@ def _train_task(args, run, task, resumed):
     from .train.tasks import baseline
 
     n_test = max(1, run["N"] // 8)
+    if run["N"] - n_test < 1:
+        raise SystemExit(f"rnncomp: --N {run['N']}: the task holds out {n_test} of {run['N']} sequences (an eighth, "
+                         "at least one) and trains on the rest: it needs --N 2 or more")
     x, y, mask = task(T=run["T"], N=run["N"], seed=run["seed"])
     n_in, n_out = x.shape[2], y.shape[2]
     if resumed is not None:
@@ -266,9 +269,10 @@ def _train_text(args, run, resumed):
     else:
         raise SystemExit(f"rnncomp: --task must be sine, adding, charlm or a text file; {run['task']!r} is none")
     T = run["T"]
-    if len(text) < 4 * args.batch * T:
+    need = max(4 * args.batch * T, 10 * (T + 1))  # char_data holds out the last tenth: T + 1 or more
+    if len(text) < need:
         raise SystemExit(f"rnncomp: {what} has {len(text)} characters, too few for --batch {args.batch} "
-                         f"streams of --T {T}; lower them")
+                         f"streams of --T {T} and a held-out tenth of one window ({need} or more); lower them")
     vocab = CharVocab(text)
     V = len(vocab)
     if resumed is not None:

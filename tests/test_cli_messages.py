@@ -195,3 +195,24 @@ def test_an_option_is_named_but_an_internal_error_keeps_its_traceback():
     with pytest.raises(ValueError, match="a bug"):           # not the user's mistake: not reworded
         with option("--k1 5"):
             raise ValueError("a bug")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "gru", "--N", "1"], "--N 1: the task holds out 1 of 1 sequences (an eighth, at least one) and "
+                                   "trains on the rest: it needs --N 2 or more"),
+    (["train", "gru", "--task", "adding", "--N", "1"], "--N 1: the task holds out"),
+])
+def test_a_split_with_nothing_to_train_on_is_refused(argv, message):
+    """`train gru --N 1` trained on nothing, printed `loss nan` and exited 0 (found by an adversarial probe)."""
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--T", "10", "--epochs", "2"])
+    said = str(e.value.code)
+    assert said.startswith("rnncomp: --N 1: ") and message in said
+
+
+def test_the_smallest_split_trains_and_a_text_without_held_out_windows_is_refused(tmp_path, capsys):
+    assert main(["train", "gru", "--N", "2", "--T", "10", "--epochs", "1"]) == 0
+    assert "loss nan" not in capsys.readouterr().out
+    (tmp_path / "t.txt").write_text("abcd")
+    with pytest.raises(SystemExit, match="t.txt has 4 characters, too few"):
+        main(["train", "gru", "--task", str(tmp_path / "t.txt"), "--T", "1", "--batch", "1", "--epochs", "1"])
