@@ -64,17 +64,23 @@ def _demo_training() -> None:
     import os
     import tempfile
 
+    from .cli_train import held_out
     from .train import Adam, Trainer
     from .train.tasks import sine
 
+    # the run as `rnncomp train` records it, so that the printed --resume continues it
+    run = {"task": "sine", "cell": "gru", "T": 50, "N": 576, "hidden": 32, "lr": 1e-2, "seed": 1, "batch": 32}
     print("\ntraining a GRU (H=32) to continue sine waves: native backend, float32, Adam, clip 1.0")
-    xs, ys, _ = sine(T=50, N=544, seed=1)
-    xt, yt, x, y = xs[:, :32], ys[:, :32], xs[:, 32:], ys[:, 32:]  # 32 held-out waves, 512 to train on
-    tr = Trainer(cells.gru(1, 32, 1), Adam(1e-2), clip_norm=1.0, backend="native", dtype="float32")
+    xs, ys, _ = sine(T=run["T"], N=run["N"], seed=run["seed"])
+    n = held_out(run["N"])  # 72 held-out waves, 504 to train on
+    xt, yt, x, y = xs[:, :n], ys[:, :n], xs[:, n:], ys[:, n:]
+    tr = Trainer(cells.gru(1, run["hidden"], 1), Adam(run["lr"]), clip_norm=1.0, backend="native",
+                 dtype="float32", seed=run["seed"])
+    tr.info["task"] = run
     print(f"  held-out loss before: {tr.evaluate(xt, yt):.5f}")
     t0 = time.perf_counter()
     for epoch in range(8):
-        tr.fit(x, y, epochs=1, batch_size=32, seed=epoch, verbose=0)
+        tr.fit(x, y, epochs=1, batch_size=run["batch"], seed=epoch, verbose=0)
         print(f"  epoch {epoch + 1}: training loss {tr.history[-1]:.5f}   held-out {tr.evaluate(xt, yt):.5f}")
     print(f"  {tr.step_count} updates (forward + BPTT + clip + Adam) in {time.perf_counter() - t0:.2f} s")
     ref = rc_compile(tr.cell, backend="numpy", dtype="float32")

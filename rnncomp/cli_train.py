@@ -42,7 +42,8 @@ def add_arguments(tr) -> None:
                          "revolve with S slots, or the fewest recomputations within BYTES (30MB)")
     tr.add_argument("--dtype", choices=["float32", "float64"], default=None, help="default float32")
     tr.add_argument("--threads", type=positive, default=None, help="native backend threads (default: all cores)")
-    tr.add_argument("--seed", type=natural, default=0)
+    tr.add_argument("--seed", type=natural, default=None,
+                    help="of the data and the initial parameters (default 0; with --resume: the saved one)")
     tr.add_argument("--save", help="write a checkpoint here after every epoch (see --save-every) and on Ctrl-C")
     tr.add_argument("--save-every", type=positive, default=1, metavar="K", help="save every K epochs (default 1)")
     tr.add_argument("--resume", help="continue from a checkpoint (its cell, task and sizes)")
@@ -144,7 +145,8 @@ def _train(args, Trainer, TASKS) -> int:
     run = {"task": task, "cell": args.cell or run.get("cell") or "gru",
            "T": args.T or run.get("T") or d["T"], "N": args.N or run.get("N") or d["N"],
            "hidden": args.hidden or run.get("hidden") or d["hidden"],
-           "lr": args.lr or run.get("lr") or d["lr"], "seed": args.seed, "batch": args.batch}
+           "lr": args.lr or run.get("lr") or d["lr"], "batch": args.batch,
+           "seed": run.get("seed", 0) if args.seed is None else args.seed}
     if args.cell and args.cell not in cells.ZOO and args.hidden:
         raise SystemExit(f"rnncomp: --hidden sets the size of a zoo cell; {args.cell!r} declares its own sizes")
     if kind == "text":
@@ -188,7 +190,7 @@ def _new_trainer(args, run, cell, resumed):
         raise SystemExit("rnncomp: --memory and --threads are for the native backend")
     optimizer = getattr(train, OPTIMIZERS[args.optimizer or "adam"])(run["lr"])
     clip = 1.0 if args.clip is None else (args.clip or None)
-    return Trainer(cell, optimizer, clip_norm=clip, bptt=bptt, backend=backend, seed=args.seed,
+    return Trainer(cell, optimizer, clip_norm=clip, bptt=bptt, backend=backend, seed=run["seed"],
                    dtype=args.dtype or "float32", distributed=_distributed(args), **_compile_options(args))
 
 
@@ -221,11 +223,17 @@ def _fit(args, tr, run, x, y, **kw) -> None:
         print(f"  checkpoint: {args.save} (continue: rnncomp train --resume {args.save})")
 
 
+def held_out(N: int) -> int:
+    """How many of a task's N sequences are held out (the first ones): an eighth, at least one.
+    ``rnncomp demo`` splits its data so too, so that ``--resume`` continues on the same data."""
+    return max(1, N // 8)
+
+
 def _train_task(args, run, task, resumed):
     """A built-in task: ``--N`` sequences of ``--T`` steps, an eighth held out."""
     from .train.tasks import baseline
 
-    n_test = max(1, run["N"] // 8)
+    n_test = held_out(run["N"])
     if run["N"] - n_test < 1:
         raise SystemExit(f"rnncomp: --N {run['N']}: the task holds out {n_test} of {run['N']} sequences (an eighth, "
                          "at least one) and trains on the rest: it needs --N 2 or more")

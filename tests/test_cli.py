@@ -20,6 +20,15 @@ def test_demo_succeeds(capsys):
     png = pathlib.Path(out.split("learning curve: ")[1].split()[0])
     ckpt = pathlib.Path(out.split("checkpoint: ")[1].split()[0])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and ckpt.exists()
+    # the printed resume command continues the demo's run on the demo's data: the held-out loss
+    # it starts from is the demo's last one (it said "no task recorded" and trained on other
+    # data; found by an adversarial probe)
+    resume = out.split("(resume: ")[1].split(")")[0].split()
+    assert resume[:3] == ["rnncomp", "train", "--resume"] and main(resume[1:] + ["--epochs", "0"]) == 0
+    again = capsys.readouterr().out
+    assert "task sine (T=50)" in again and "on sine (T=50, 576 sequences)" in again
+    last = out.split("held-out ")[-1].split()[0]
+    assert again.split("before: held-out loss ")[1].split()[0] == last
 
 
 def test_inspect_zoo_and_file(tmp_path, capsys):

@@ -216,3 +216,13 @@ def test_the_smallest_split_trains_and_a_text_without_held_out_windows_is_refuse
     (tmp_path / "t.txt").write_text("abcd")
     with pytest.raises(SystemExit, match="t.txt has 4 characters, too few"):
         main(["train", "gru", "--task", str(tmp_path / "t.txt"), "--T", "1", "--batch", "1", "--epochs", "1"])
+
+
+def test_resume_keeps_the_saved_seed_of_the_data(tmp_path, capsys):
+    """--resume made its data with --seed's default 0 whatever seed the run was saved with."""
+    ckpt = str(tmp_path / "s.ckpt")
+    assert main(["train", "gru", "--seed", "3", "--N", "16", "--T", "10", "--hidden", "4", "--epochs", "1",
+                 "--save", ckpt]) == 0
+    after = capsys.readouterr().out.split("after:  held-out loss ")[1].split()[0]
+    assert main(["train", "--resume", ckpt, "--epochs", "0"]) == 0
+    assert capsys.readouterr().out.split("before: held-out loss ")[1].split()[0] == after
