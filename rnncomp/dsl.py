@@ -320,3 +320,16 @@ def _check_conditions(pw, expr, where: str) -> None:
                                  sp.logic.boolalg.BooleanAtom)):
             raise CellError(f"{where}: Piecewise condition {_display_expr(cond)} is not a comparison "
                             f"(write e.g. {_display_expr(cond)} > 0) in {_display_expr(expr)}")
+    if pw.args[-1][1] is not sp.true and _may_fail(sp.Or(*(c for _, c in pw.args))):
+        raise CellError(f"{where}: {_display_expr(pw)} has no otherwise branch, so its value is "
+                        "undefined (NaN) wherever no condition holds; end it with (value, True)")
+
+
+def _may_fail(cond) -> bool:
+    """Whether sympy cannot show that ``cond`` (a Piecewise's conditions, or-ed) always holds."""
+    if cond is sp.true:
+        return False
+    try:
+        return sp.simplify(cond) is not sp.true
+    except Exception:  # noqa: BLE001 - whatever sympy cannot decide may fail
+        return True

@@ -328,3 +328,18 @@ def test_a_sympy_matrix_that_is_not_a_parameter_is_named(matrix):
     with pytest.raises(CellError, match=r"cell 'e', update of state 'h': .* is a sympy matrix \(MatMul\), "
                                         r"not a parameter of the cell: declare matrices with cell.param"):
         c.update(h, sp.tanh(matrix() @ h))
+
+
+def test_a_piecewise_that_may_select_nothing_is_named():
+    """Found by an adversarial probe: a Piecewise without an otherwise branch compiled and gave
+    loss NaN on every backend.  Conditions sympy shows to cover everything are accepted."""
+    c = rc.Cell("pw")
+    x, h = c.input("x", 3), c.state("h", 3)
+    for pieces in (((sp.tanh(x + h), x > 0),), ((x, x + h > 0), (h, x + h < 0))):
+        with pytest.raises(CellError, match=r"cell 'pw', update of state 'h': Piecewise\(.*\) has no otherwise "
+                                            r"branch, so its value is undefined \(NaN\) .* end it with \(value, True\)"):
+            c.update(h, sp.Piecewise(*pieces))
+    c.update(h, sp.Piecewise((x, x + h > 0), (h, x + h <= 0)))  # the complement: sympy makes it True
+    c.loss(rc.vsum(h.new ** 2))
+    assert np.isfinite(rc.compile(c, backend="numpy").loss_and_grad(
+        c.init_params(seed=0), np.ones((2, 1, 3)), {})[0])
