@@ -4,7 +4,9 @@ The backend compiles the plain cell (:class:`rnncomp.weights.DerivedWeights`: de
 weights and constants are ordinary parameters there); this model computes them before each
 call and chains their gradients back after it, so it takes and returns the parameters the
 user declared.  Everything else (validation, the time loop, memory schedules) is the inner
-model's.
+model's, and so is what the model says about itself (:data:`INSPECTION`, ``memory``): the
+derived weights are computed once per call, outside the per-step buffers, so the plan, its
+bytes and the code are the plain cell's.
 """
 from __future__ import annotations
 
@@ -14,6 +16,10 @@ from ..initializers import init_all, specs as init_specs
 from ..show import TextShown
 from .validate import _array, _check_names
 from .vjp import Gradients
+
+#: What a compiled model says about itself, read through to the wrapped one (docs/memory.md,
+#: docs/inspect.md); a name its backend does not offer is an AttributeError naming the backend.
+INSPECTION = ("memory", "memory_plan", "activation_bytes", "ir", "asm", "lib", "threads", "profile_work")
 
 
 class DerivedModel(TextShown):
@@ -46,6 +52,30 @@ class DerivedModel(TextShown):
     def _grads(self, checked, grads):
         return self.weights.pullback(checked, grads, self.dtype)
 
+    # ------------------------------------------------------------------ the wrapped model's own answers
+    def __getattr__(self, name):  # only for names not found on the wrapper itself
+        inner = self.__dict__.get("inner")
+        if name not in INSPECTION or inner is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return self._inner_attr(name)
+
+    def _inner_attr(self, name):
+        try:
+            return getattr(self.inner, name)
+        except AttributeError:
+            raise AttributeError(f"cell {self.cell.name!r}: {name} is not offered by the {self.backend!r} "
+                                 f"backend's model (the native backend's is)") from None
+
+    @property
+    def memory(self):
+        """The wrapped model's ``memory=`` schedule; assigning one changes the plan its calls run."""
+        return self._inner_attr("memory")
+
+    @memory.setter
+    def memory(self, value):
+        self._inner_attr("memory")
+        self.inner.memory = value
+
     # ------------------------------------------------------------------ the calls
     def forward(self, params, inputs, h0=None, *, keep=False, **kw):
         checked, full = self._full(params)
@@ -59,6 +89,15 @@ class DerivedModel(TextShown):
         checked, full = self._full(params)
         loss, grads, final = self.inner.loss_and_grad(full, inputs, targets, h0, mask, **kw)
         return loss, self._grads(checked, grads), final
+
+    def residual_shapes(self, T: int, B: int, **kw) -> list:
+        """The wrapped model's: the derived weights are inputs of the backward, not residuals."""
+        return self.inner.residual_shapes(T, B, **kw)
+
+    def kept_from(self, residuals, params, inputs, h0=None, **kw):
+        """The wrapped model's ``kept_from``, called with the weights derived from ``params``."""
+        checked, full = self._full(params)
+        return _Kept(self, checked, self.inner.kept_from(residuals, full, inputs, h0, **kw))
 
     def vjp(self, params, inputs, h0=None, **kw) -> Gradients:
         checked, full = self._full(params)
@@ -90,6 +129,9 @@ class _Kept:
     def backward(self, d_outputs=None, d_final=None) -> Gradients:
         g = self._kept.backward(d_outputs, d_final)
         return Gradients(self._model._grads(self._checked, g.params), g.inputs, g.h0, g.loss)
+
+    def residuals(self) -> list:
+        return self._kept.residuals()
 
     def free(self) -> None:
         self._kept.free()

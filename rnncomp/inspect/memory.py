@@ -57,9 +57,12 @@ def memory_report(cell, T: int = 1000, B: int = 32, dtype="float32", budget=None
     """Store-all, ``Every(√T)`` and ``Budget(budget)`` (default: 5% of store-all, at least the
     minimum) for a training call of (T, B)."""
     from ..backends.checkpoint import footprint
+    from ..backends.derived import DerivedModel
     from ..compile import compile as rc_compile
 
     model = rc_compile(cell, backend="native", dtype=dtype)
+    if isinstance(model, DerivedModel):  # derived weights are computed once per call: the plain cell's buffers
+        model = model.inner
     fp = footprint(model, B)
     full = make_plan("all", T, fp)
     nbytes = Budget(budget).nbytes if budget is not None else max(fp.minimum(T), full.memory(fp) // 20)
