@@ -35,6 +35,7 @@ class OpInfo:
     linear: bool = False
     reduction: bool = False
     memory: bool = False  # a name of memory (pass "stack"): computed by its operands, no code of its own
+    matrix: bool = False  # an op of matrix states (per-sample m·n units): some executors have no plan for it
     arity: int | None = 1  # arguments a node of this op reads (ANY: any number)
 
 
@@ -59,13 +60,13 @@ OPS = {o.name: o for o in [
     OpInfo("transpose", "Aᵀ of a weight array", linear=True),
     OpInfo("matmul", "A·B of two weight arrays", arity=2),
     # matrix states (rnncomp.matrix_dsl): per-sample (m, n) matrices flattened row-major (attrs shape)
-    OpInfo("outer", "a bᵀ per sample: (B, m), (B, n) → (B, m·n)", arity=2),
+    OpInfo("outer", "a bᵀ per sample: (B, m), (B, n) → (B, m·n)", matrix=True, arity=2),
     OpInfo("smatvec", "X v per sample (Xᵀ v with attrs transposed): (B, m·n), (B, n) → (B, m)",
-           arity=2),
+           matrix=True, arity=2),
     OpInfo("mbcast", "a vector repeated along each row (attrs axis 1: (B, m) → (B, m·n)) or column (axis 0)",
-           linear=True),
+           linear=True, matrix=True),
     OpInfo("mreduce", "Σ over each row (axis 1: (B, m·n) → (B, m)) or each column (axis 0: → (B, n))",
-           linear=True, reduction=True),
+           linear=True, reduction=True, matrix=True),
     OpInfo("sumto", "Σ of an (m, n) array over the axes where `size` is 1: row/column sums, and the "
            "adjoint of broadcasting", linear=True, reduction=True),
     # pass "stack" (rnncomp.passes.stacking): names of memory inside a stacked whole
@@ -76,6 +77,12 @@ OPS = {o.name: o for o in [
 LEAF = frozenset(o for o, i in OPS.items() if i.leaf)
 ELEMENTWISE = frozenset(o for o, i in OPS.items() if i.elementwise)
 MEMORY = frozenset(o for o, i in OPS.items() if i.memory)
+MATRIX = frozenset(o for o, i in OPS.items() if i.matrix)
+
+
+def matrix_ops(prog) -> list:
+    """The matrix-state ops (:data:`MATRIX`) a program's nodes use, sorted (empty: none)."""
+    return sorted({n.op for n in prog.nodes.values()} & MATRIX)
 
 
 

@@ -1,10 +1,13 @@
 """``rnncomp inspect`` drawings of matrix-valued states (#19): one node per state and step,
 labelled with the state's shape ``R^m×n`` (the IR keeps it as m·n units: the label once read
-``R^16`` for a 4×4 state), in every view; vector states keep ``R^n``."""
+``R^16`` for a 4×4 state), in every view; vector states keep ``R^n``.  ``--cost`` of every
+matrix zoo cell: each gradient algorithm's FLOPs and memory, SnAp's as the dense executor's."""
 import re
 
+import numpy as np
 import pytest
 
+from rnncomp.errors import CompileError
 from rnncomp.inspect import to_dot
 from rnncomp.zoo_matrix import MATRIX_ZOO
 
@@ -45,3 +48,58 @@ def test_cli_prints_and_draws_a_matrix_state_cell_from_a_file(tmp_path, capsys):
     with pytest.raises(SystemExit, match=r"mlstm is a factory of rnncomp.zoo_matrix: write `from rnncomp.zoo_matrix "
                                          r"import mlstm`"):
         main(["inspect", "mlstm"])  # the zoo name alone: where to find it
+
+
+# ----------------------------------------------------------------------------- --cost
+@pytest.mark.parametrize("name", sorted(MATRIX_ZOO))
+def test_algorithm_costs_of_every_matrix_zoo_cell(name):
+    """Found by an adversarial probe: a raw KeyError from SnAp's sparse plan (algorithms/restricted.py,
+    which has none for matrix ops).  A matrix-state cell's SnAp runs the dense executor
+    (docs/algorithms.md, ``rc.SnAp`` picks it): RTRL's work and memory, then the pattern's mask."""
+    from rnncomp.algorithms.cost import algorithm_costs
+    cell = MATRIX_ZOO[name](3, 4, 2)
+    c = algorithm_costs(cell, T=10, B=2, dtype="float64")
+    rows = {r["algorithm"]: r for r in c.rows}
+    assert list(rows) == ["BPTT", "RTRL", "SnAp-1", "SnAp-2", "UORO"]
+    assert all(r["flops"] > 0 and r["memory"] > 0 for r in rows.values())
+    P, N = sum(v.size for v in cell.init_params(0).values()), sum(cell.step.states.values())
+    assert rows["RTRL"]["memory"] == 2 * P * N * 8
+    matrix = any(isinstance(d.shape, tuple) for d in map(cell.decls.get, cell.step.states))
+    for n in ("SnAp-1", "SnAp-2"):
+        if matrix:
+            assert rows[n]["memory"] == rows["RTRL"]["memory"]  # the dense executor's J
+            assert rows[n]["flops"] == rows["RTRL"]["flops"] + P * N  # and its mask
+            assert "dense executor: matrix states" in rows[n]["exact"]
+        else:
+            assert rows[n]["memory"] < rows["RTRL"]["memory"]
+    assert "  SnAp-1" in c.table()
+
+
+def test_rtrl_cost_counts_the_tangents_of_matrix_products():
+    """Each direction of the delta rule's tangent step runs four X·v products (∂C·k, C·∂k, ∂C·q,
+    C·∂q: 2·m·dk each) and two outer products (∂a kᵀ, a ∂kᵀ: m·dk each); they were once free."""
+    from rnncomp.algorithms.cost import TANGENT_FLOPS
+    from rnncomp.forward_mode import tangent_step
+    from rnncomp.ops import MATRIX
+    m, dk, K = 4, 5, 7
+    prog = tangent_step(MATRIX_ZOO["delta_rule"](3, m, 2, dk=dk).step).prog
+    counted = sum(TANGENT_FLOPS.get(n.op, lambda *a: 0)(prog, n, K) for n in prog.nodes.values() if n.op in MATRIX)
+    assert counted == K * (4 * 2 * m * dk + 2 * m * dk)
+
+
+def test_cli_cost_of_a_matrix_state_cell_from_a_file(tmp_path, capsys):
+    from rnncomp.cli import main
+    f = tmp_path / "m.py"
+    f.write_text("from rnncomp.zoo_matrix import delta_rule\ncell = delta_rule(3, 4, 2)\n")
+    assert main(["inspect", str(f), "--cost", "--T", "10", "--B", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "gradient algorithms for 'delta_rule': T = 10, B = 2, float32" in out
+    for name in ("BPTT", "RTRL", "SnAp-1", "SnAp-2", "UORO"):
+        assert f"\n  {name} " in out
+
+
+def test_the_sparse_jacobian_of_a_matrix_state_cell_is_a_named_error():
+    from rnncomp.algorithms.restricted import RestrictedJacobian
+    step = MATRIX_ZOO["fast_weights"](3, 4, 2).step
+    with pytest.raises(CompileError, match=r"cell 'fast_weights' has matrix states \(ops outer, smatvec\)"):
+        RestrictedJacobian(step, np.arange(4), np.arange(4))

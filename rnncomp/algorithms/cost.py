@@ -8,7 +8,8 @@ Counted from the derived programs with the rules of :mod:`rnncomp.inspect.cost`:
 * SnAp-n: forward + the entries of the state Jacobian the pattern links (2 per entry and term
   of :mod:`.restricted`'s plans) + the immediate term over as many directions as columns
   share a unit at most (the colouring's lower bound) + 2 per same-column pair of stored
-  entries + a backward step (∂ℓ/∂θ, ∂ℓ/∂s); memory nnz(M_n);
+  entries + a backward step (∂ℓ/∂θ, ∂ℓ/∂s); memory nnz(M_n).  A cell with matrix states has
+  no sparse plan: ``rc.SnAp`` runs the dense executor, RTRL + P·n_s for the mask, RTRL's memory;
 * UORO: forward + the tangent step over 1 direction + two backward steps + 6(n_s + P);
   memory n_s + P per sample.
 """
@@ -19,7 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..forward_mode import is_tangent_param, tangent_step
-from ..inspect.cost import _bytes, _si, cost, template_ops
+from ..ops import matrix_ops
+from ..inspect.cost import FLOPS, _bytes, _si, cost, template_ops
 from ..show import TextShown
 from .restricted import RestrictedJacobian
 from .pattern import pattern
@@ -33,10 +35,17 @@ def _tangent_matvec(prog, node, K):
     return sum(node.size * n_in * (1 if is_tangent_param(name) else 2 * K) for name, _, _ in node.attrs["terms"])
 
 
+def _per_direction(prog, node, K):
+    """An op whose tangent is the op itself on one tangent argument: the forward's FLOPs, K times."""
+    return FLOPS[node.op](prog, node)[1] * K
+
+
 TANGENT_FLOPS = {  # op -> (prog, node, K) -> FLOPs per sample over K directions; other ops move data
     "matvec": _tangent_matvec,
     "ew": lambda prog, node, K: template_ops(node.attrs["expr"]) * node.size * K,
     "sum": lambda prog, node, K: prog.node(node.args[0]).size * K,
+    # matrix states: ∂a bᵀ, ∂X v, X ∂v, Σ rows of ∂X (mbcast moves data)
+    **{op: _per_direction for op in ("outer", "smatvec", "mreduce")},
 }
 
 
@@ -91,8 +100,9 @@ def algorithm_costs(cell, T: int = 1000, B: int = 32, dtype="float32", snap=(1, 
     out.rows.append({"algorithm": "BPTT", "flops": fwd + bwd, "memory": c.memory["activations"],
                      "exact": "exact (memory grows with T)"})
     full = tangent_step(st)
-    out.rows.append({"algorithm": "RTRL", "flops": fwd + tangent_flops(full, P), "memory": B * P * N * item,
-                     "exact": "exact, online"})
+    rtrl = {"algorithm": "RTRL", "flops": fwd + tangent_flops(full, P), "memory": B * P * N * item,
+            "exact": "exact, online"}
+    out.rows.append(rtrl)
     imm_ts = tangent_step(st, states=False)
     if P * N > pattern_limit:  # the patterns are P × n_s booleans per node: too big to count here
         out.rows += [{"algorithm": f"SnAp-{n}", "flops": None, "memory": None,
@@ -103,11 +113,15 @@ def algorithm_costs(cell, T: int = 1000, B: int = 32, dtype="float32", snap=(1, 
     for n in snap:
         m = np.concatenate([pattern(st, n, full)[s] for s in st.states], axis=1)  # (P, N)
         per_col = m.sum(axis=1).astype(np.int64)
+        exact = "exact (RTRL's pattern)" if per_col.sum() == reachable else "biased, online"
+        if matrix_ops(st.prog):  # rc.SnAp runs the dense executor: RTRL's step and J, then the mask
+            out.rows.append({"algorithm": f"SnAp-{n}", "flops": rtrl["flops"] + P * N, "memory": rtrl["memory"],
+                             "exact": f"{exact}; dense executor: matrix states"})
+            continue
         colours = int(m.sum(axis=0).max()) if m.any() else 0
         linked = np.nonzero((m.T.astype(np.float32) @ m.astype(np.float32)) > 0)  # D[u, v] SnAp reads
         jac = RestrictedJacobian(st, *linked).flops()
         flops = fwd + jac + tangent_flops(imm_ts, colours) + 2 * int((per_col ** 2).sum()) + bwd
-        exact = "exact (RTRL's pattern)" if per_col.sum() == reachable else "biased, online"
         out.rows.append({"algorithm": f"SnAp-{n}", "flops": flops, "memory": B * int(m.sum()) * item, "exact": exact})
     out.rows.append({"algorithm": "UORO", "flops": fwd + tangent_flops(tangent_step(st, params=()), 1) + 2 * bwd
                      + 6 * (N + P), "memory": B * (N + P) * item, "exact": "unbiased, noisy, online"})

@@ -20,8 +20,10 @@ import numpy as np
 import sympy as sp
 
 from ..backends.numpy import ew_function
+from ..errors import CompileError
 from ..forward_mode import tangent_step
 from ..ir import placeholder
+from ..ops import MATRIX, matrix_ops
 from .pattern import STRUCTURE
 from .tangents import Directions
 
@@ -61,7 +63,7 @@ NEED = {  # tangent op -> which entries of each tangent argument the needed entr
     "sum": lambda node, need, args, sizes: [np.repeat(need, sizes[args[0]], axis=1)],
     # matrix states (#19): every entry of each tangent argument wherever an entry is needed
     # (a superset: exact for outer/smatvec rows would be finer, the result is the same)
-    **{op: _need_all for op in ("outer", "smatvec", "mbcast", "mreduce")},
+    **{op: _need_all for op in MATRIX},
 }
 
 
@@ -91,6 +93,11 @@ class RestrictedJacobian:
     state units of all states in declaration order."""
 
     def __init__(self, step, rows, cols):
+        matrix = matrix_ops(step.prog)
+        if matrix:  # the plans below gather and scatter vector entries only
+            raise CompileError(f"cell {step.name!r} has matrix states (ops {', '.join(matrix)}): the sparse "
+                               "state Jacobian (algorithms/restricted.py) has no plan for them; the dense "
+                               "tangent step (rc.RTRL, rc.SnAp(n, sparse=False)) runs them")
         self.st = step
         ts = self.ts = tangent_step(step, params=())
         prog = ts.prog

@@ -25,6 +25,7 @@ import numpy as np
 from ..autodiff import backward_step
 from ..backends.numpy import run_program
 from ..forward_mode import tangent_step
+from ..ops import matrix_ops
 from .base import Algorithm, check_memory
 from .pattern import reach, pattern
 from .restricted import RestrictedJacobian
@@ -54,13 +55,13 @@ class SnAp(Algorithm):
 
     def prepare(self, step):
         sparse = self.sparse
-        matrix_ops = sorted({n.op for n in step.prog.nodes.values()} & {"outer", "smatvec", "mbcast", "mreduce"})
-        if matrix_ops and sparse is True:
+        matrix = matrix_ops(step.prog)
+        if matrix and sparse is True:
             raise NotImplementedError(
-                f"rc.SnAp({self.n}, sparse=True): cell {step.name!r} has matrix states (ops {', '.join(matrix_ops)}), "
+                f"rc.SnAp({self.n}, sparse=True): cell {step.name!r} has matrix states (ops {', '.join(matrix)}), "
                 "which the sparse executor (algorithms/restricted.py) has no plan for yet; sparse=False or "
                 "'auto' runs the dense executor with the same pattern")
-        if matrix_ops:
+        if matrix:
             sparse = False
         elif sparse == "auto":
             kept = sum(int(v.sum()) for v in pattern(step, self.n).values())
