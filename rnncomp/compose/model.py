@@ -4,7 +4,8 @@ Each distinct cell inside is compiled once for the backend (a cell used twice, a
 directions of a bidirectional layer are, shares its compiled model), and the calls of the
 compiled cells are chained through their VJP entry points (:mod:`.run`).  The interface is a
 compiled cell's -- ``forward`` (also ``keep=True``), ``loss_and_grad``, ``vjp``,
-``init_params`` -- with names prefixed by layer (:mod:`.layers`), plus ``lengths=``.
+``init_params``, ``residual_shapes`` / ``kept_from`` -- with names prefixed by layer
+(:mod:`.layers`), plus ``lengths=``.
 
     >>> import numpy as np, rnncomp as rc
     >>> model = rc.compile(rc.Stack([rc.cells.gru(3, 8, 4), rc.cells.elman(4, 8, 2)]))
@@ -151,14 +152,48 @@ class ComposedModel(TextShown):
         ctx = self._ctx(params, inputs, h0, mask, lengths, check_finite, training)
         if targets is not None and not self.step.has_loss:
             raise CallError(f"{self.comp.name}: targets given but its top layer has no loss")
+        kept = self._run.keep(params, inputs, h0, ctx, targets=targets, mask=mask, wrt=wrt,
+                              outputs=self._outputs(outputs))
+        return ComposedKept(self, kept, self._sizes(inputs))
+
+    def _outputs(self, outputs):
+        """``outputs=`` of a kept forward as a tuple of known outputs (None: all)."""
         if isinstance(outputs, str):
             outputs = (outputs,)
         bad = [o for o in (outputs or ()) if o not in self.step.outputs]
         if bad:
             raise CallError(f"{self.comp.name}: outputs {', '.join(map(repr, bad))} are not outputs; outputs: "
                             f"{', '.join(map(repr, self.step.outputs))}")
-        kept = self._run.keep(params, inputs, h0, ctx, targets=targets, mask=mask, wrt=wrt, outputs=outputs)
-        return ComposedKept(self, kept, self._sizes(inputs))
+        return outputs
+
+    # ------------------------------------------------------------------ residuals (docs/vjp.md)
+    def residual_shapes(self, T: int, B: int, *, targets: bool = False, wrt=None, outputs=None) -> list:
+        """The shapes of a (T, B) kept forward's ``residuals()`` (run.py: the cells' residuals,
+        the wires between layers and their dropout masks), all of the model's dtype."""
+        shapes = self._run.residual_shapes(T, B, targets=bool(targets), wrt=wrt, outputs=self._outputs(outputs))
+        return [tuple(s) for s in shapes]
+
+    def kept_from(self, residuals, params, inputs, h0=None, *, targets=None, mask=None, wrt=None, outputs=None,
+                  lengths=None, check_finite=True):
+        """A kept forward made from another one's ``residuals()`` and its arguments: its
+        ``backward`` reads them (each cell's as its own ``kept_from`` does: in place, or its
+        forward again where the backend exports nothing), the dropout masks included.  Its
+        ``outputs``, ``final`` and ``loss`` are None."""
+        inputs, targets = self._inputs(inputs), self._targets(targets)
+        ctx = self._ctx(params, inputs, h0, mask, lengths, check_finite, training=False)
+        outputs, (T, B) = self._outputs(outputs), self._sizes(inputs)
+        shapes = self.residual_shapes(T, B, targets=targets is not None, wrt=wrt, outputs=outputs)
+        if not isinstance(residuals, (list, tuple)) or len(residuals) != len(shapes):
+            got = len(residuals) if isinstance(residuals, (list, tuple)) else type(residuals).__name__
+            raise CallError(f"{self.comp.name}: kept_from needs the {len(shapes)} residuals of a (T={T}, B={B}) "
+                            f"forward (model.residual_shapes), got {got}")
+        for i, (a, s) in enumerate(zip(residuals, shapes)):
+            if tuple(np.shape(a)) != s or np.asarray(a).dtype != self.dtype:
+                raise CallError(f"{self.comp.name}: residual {i} has shape {tuple(np.shape(a))} and dtype "
+                                f"{np.asarray(a).dtype}, expected {s} of {self.dtype}")
+        kept = self._run.kept_from(iter(residuals), params, inputs, h0, ctx, targets=targets, mask=mask, wrt=wrt,
+                                   outputs=outputs)
+        return ComposedKept(self, kept, (T, B))
 
     def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None, *, lengths=None, check_finite=True,
                       training=True):
@@ -239,6 +274,12 @@ class ComposedKept:
             raise CallError(f"{m.comp.name}: backward on a forward whose buffers were freed")
         d_out, d_fin = check_cotangents(m.step, m.dtype, self.T, self.B, d_outputs, d_final)
         return self._kept.backward(d_out or None, d_fin or None)
+
+    def residuals(self) -> list:
+        """The buffers its backward reads (``model.residual_shapes``), valid until :meth:`free`."""
+        if self._kept is None:
+            raise CallError(f"{self._model.comp.name}: residuals of a forward whose buffers were freed")
+        return self._kept.residuals()
 
     def free(self) -> None:
         kept, self._kept = self._kept, None

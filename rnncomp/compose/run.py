@@ -1,11 +1,21 @@
 """Running a composition: one runner per layer, and the kept forward whose backward chains them.
 
-Every runner has the same two calls, on names local to its layer:
+Every runner has the same calls, on names local to its layer:
 
     forward(params, inputs, h0, ctx)   → (outputs, final)          no gradient kept
     keep(params, inputs, h0, ctx, *, targets, mask, wrt, outputs)
                                        → a kept forward: .outputs, .final, .loss,
-                                         .backward(d_outputs, d_final) → Gradients, .free()
+                                         .backward(d_outputs, d_final) → Gradients, .free(),
+                                         .residuals() → [arrays]
+    residual_shapes(T, B, *, targets, wrt, outputs)    → the shapes of those residuals
+    kept_from(res, params, inputs, h0, ctx, *, targets, mask, wrt, outputs)
+                                       → a kept forward whose backward reads the residuals
+                                         taken from the iterator ``res`` (no forward runs;
+                                         .outputs, .final, .loss are None)
+
+The residuals of a stack are its layers', bottom first, each followed by the wire to the layer
+above (that layer's input) and, under dropout, the wire's mask; a bidirectional layer's are
+its forward direction's, then its backward one's.
 
 A cell's runner is its compiled model (``forward(keep=True)``, docs/vjp.md).  A stack's
 runs its layers one after the other over all T (each layer's products hoisted over all
@@ -91,6 +101,15 @@ class CellRun:
             kept.free()
             raise
 
+    def residual_shapes(self, T, B, *, targets, wrt, outputs):
+        return self.model.residual_shapes(T, B, targets=bool(targets), wrt=wrt, outputs=outputs)
+
+    def kept_from(self, res, params, inputs, h0, ctx, *, targets=None, mask=None, wrt=None, outputs=None):
+        T, B = next(iter(inputs.values())).shape[:2]
+        n = len(self.residual_shapes(T, B, targets=targets is not None, wrt=wrt, outputs=outputs))
+        return self.model.kept_from([next(res) for _ in range(n)], params, inputs, h0, targets=targets, mask=mask,
+                                    wrt=wrt, outputs=outputs, check_finite=ctx.check_finite)
+
 
 class StackRun:
     """Layers bottom to top; ``feeds[k]`` = (output of layer k, input of layer k+1)."""
@@ -98,6 +117,7 @@ class StackRun:
     def __init__(self, comp, runs):
         self.name, self.prefixes, self.runs = comp.name, comp.prefixes, runs
         self.feeds, self.dropout = comp.feeds, comp.dropout
+        self.wire_sizes = [layer.step.outputs[o] for layer, (o, _) in zip(comp.layers, comp.feeds)]
 
     def forward(self, params, inputs, h0, ctx, targets=None):
         ps, hs = split(params, self.prefixes), split(h0, self.prefixes)
@@ -112,41 +132,84 @@ class StackRun:
                 x = {nxt: out[o]}
         return out, final
 
-    def keep(self, params, inputs, h0, ctx, *, targets=None, mask=None, wrt=None, outputs=None):
+    def _layer(self, i, targets, mask, wrt, outputs) -> dict:
+        """The keyword arguments of layer i's kept forward: the stack's targets, mask and
+        outputs at the top; below, the wire's output, and the inputs the layer below needs."""
+        top = i == len(self.runs) - 1
+        return dict(targets=targets if top else None, mask=mask if top else None,
+                    wrt=wrt if i == 0 else (self.feeds[i - 1][1],),
+                    outputs=outputs if top else (self.feeds[i][0],))
+
+    def _chain(self, params, inputs, h0, how, targets, mask, wrt, outputs):
+        """Layer i's kept forward is ``how(i, params, inputs, h0, kwargs)`` → (kept, wire to the
+        layer above (None at the top), its dropout mask or None), bottom to top."""
         ps, hs = split(params, self.prefixes), split(h0, self.prefixes)
-        kept, drops, x = [], [], inputs
+        kept, drops, wires, x = [], [], [], inputs
         try:
-            for i, run in enumerate(self.runs):
-                top = i == len(self.runs) - 1
-                below = wrt if i == 0 else (self.feeds[i - 1][1],)  # what the layer below needs
+            for i in range(len(self.runs)):
                 with in_layer(f"{self.name}, layer {self.prefixes[i]}"):
-                    k = run.keep(ps[i], x, hs[i], ctx, targets=targets if top else None,
-                                 mask=mask if top else None, wrt=below,
-                                 outputs=outputs if top else (self.feeds[i][0],))
+                    k, y, keep_mask = how(i, ps[i], x, hs[i], self._layer(i, targets, mask, wrt, outputs))
                 kept.append(k)
-                if not top:
-                    o, nxt = self.feeds[i]
-                    y, keep_mask = k.outputs[o], None
-                    if self.dropout and ctx.rng is not None:  # inverted dropout on the wire
-                        keep_mask = (ctx.rng.random(y.shape) >= self.dropout) / (1.0 - self.dropout)
-                        y = np.ascontiguousarray(y * keep_mask.astype(y.dtype))
+                if y is not None:
+                    wires.append(y)
                     drops.append(keep_mask)
-                    x = {nxt: y}
+                    x = {self.feeds[i][1]: y}
         except BaseException:
             for k in kept:
                 k.free()
             raise
-        return StackKept(self, kept, drops)
+        return StackKept(self, kept, drops, wires)
+
+    def keep(self, params, inputs, h0, ctx, *, targets=None, mask=None, wrt=None, outputs=None):
+        def how(i, p, x, h, kw):
+            k = self.runs[i].keep(p, x, h, ctx, **kw)
+            if i == len(self.runs) - 1:
+                return k, None, None
+            y, keep_mask = k.outputs[self.feeds[i][0]], None
+            if self.dropout and ctx.rng is not None:  # inverted dropout on the wire
+                keep_mask = (ctx.rng.random(y.shape) >= self.dropout) / (1.0 - self.dropout)
+                y = np.ascontiguousarray(y * keep_mask.astype(y.dtype))
+            return k, y, keep_mask
+        return self._chain(params, inputs, h0, how, targets, mask, wrt, outputs)
+
+    def residual_shapes(self, T, B, *, targets, wrt, outputs):
+        shapes = []
+        for i, run in enumerate(self.runs):
+            kw = self._layer(i, targets, None, wrt, outputs)
+            shapes += run.residual_shapes(T, B, targets=kw["targets"], wrt=kw["wrt"], outputs=kw["outputs"])
+            if i < len(self.runs) - 1:
+                wire = (T, B, self.wire_sizes[i])
+                shapes += [wire, wire] if self.dropout else [wire]
+        return shapes
+
+    def kept_from(self, res, params, inputs, h0, ctx, *, targets=None, mask=None, wrt=None, outputs=None):
+        def how(i, p, x, h, kw):
+            k = self.runs[i].kept_from(res, p, x, h, ctx, **kw)
+            if i == len(self.runs) - 1:
+                return k, None, None
+            return k, next(res), next(res) if self.dropout else None
+        return self._chain(params, inputs, h0, how, targets, mask, wrt, outputs)
 
 
 class StackKept:
-    def __init__(self, run, kept, drops):
-        self.run, self.kept, self.drops = run, kept, drops
+    def __init__(self, run, kept, drops, wires):
+        self.run, self.kept, self.drops, self.wires = run, kept, drops, wires
         top = kept[-1]
         self.outputs, self.loss = top.outputs, top.loss
-        self.final = {}
-        for p, k in zip(run.prefixes, kept):
-            self.final.update(_prefixed(k.final, p))
+        self.final = None  # made by kept_from: the forward's results are elsewhere
+        if all(k.final is not None for k in kept):
+            self.final = {n: v for p, k in zip(run.prefixes, kept) for n, v in _prefixed(k.final, p).items()}
+
+    def residuals(self) -> list:
+        out = []
+        for i, k in enumerate(self.kept):
+            out += k.residuals()
+            if i < len(self.wires):
+                y, keep_mask = self.wires[i], self.drops[i]
+                out.append(y)
+                if self.run.dropout:  # no mask drawn (no training call): all ones
+                    out.append(np.ones_like(y) if keep_mask is None else keep_mask.astype(y.dtype))
+        return out
 
     def backward(self, d_outputs=None, d_final=None) -> Gradients:
         run = self.run
@@ -223,13 +286,32 @@ class BiRun:
                                 lambda: self.run.keep(pb, xr, hb, ctx, wrt=wrt, outputs=outputs))
         return BiKept(self, kf, kb, ctx.lengths)
 
+    def residual_shapes(self, T, B, *, targets, wrt, outputs):
+        return 2 * self.run.residual_shapes(T, B, targets=False, wrt=wrt, outputs=outputs)
+
+    def kept_from(self, res, params, inputs, h0, ctx, *, targets=None, mask=None, wrt=None, outputs=None):
+        (pf, pb), (hf, hb) = split(params, ["fwd", "bwd"]), split(h0, ["fwd", "bwd"])
+        xr = {k: reverse(v, ctx.lengths) for k, v in inputs.items()}
+        with in_layer(f"{self.name}, layer fwd / bwd"):
+            kf = self.run.kept_from(res, pf, inputs, hf, ctx, wrt=wrt, outputs=outputs)
+            try:
+                kb = self.run.kept_from(res, pb, xr, hb, ctx, wrt=wrt, outputs=outputs)
+            except BaseException:
+                kf.free()
+                raise
+        return BiKept(self, kf, kb, ctx.lengths)
+
 
 class BiKept:
     def __init__(self, run, kf, kb, lengths):
         self.run, self.kf, self.kb, self.lengths = run, kf, kb, lengths
-        self.outputs = run._merged(kf.outputs, kb.outputs, lengths)
-        self.final = {**_prefixed(kf.final, "fwd"), **_prefixed(kb.final, "bwd")}
+        made = kf.outputs is not None  # else made by kept_from: the forward's results are elsewhere
+        self.outputs = run._merged(kf.outputs, kb.outputs, lengths) if made else None
+        self.final = {**_prefixed(kf.final, "fwd"), **_prefixed(kb.final, "bwd")} if made else None
         self.loss = None
+
+    def residuals(self) -> list:
+        return self.kf.residuals() + self.kb.residuals()
 
     def backward(self, d_outputs=None, d_final=None) -> Gradients:
         run, lengths = self.run, self.lengths
