@@ -168,6 +168,26 @@ def test_vjp_input_and_initial_state_cotangents_against_central_differences():
         assert abs(fd - (res.h0[s] * u).sum()) <= 1e-8 + 1e-6 * abs(fd), s
 
 
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_a_kept_forward_from_residuals_puts_d_final_at_each_sequences_end(backend):
+    """``kept_from`` (what rc.jax's backward="residuals" runs) with lengths: the same gradients
+    as the kept forward whose residuals it reads, d_final at each sequence's own last step
+    (exact: the same arithmetic)."""
+    model = rc.compile(rc.Stack([rc.Bidirectional(rc.cells.gru(3, 4, 2)), rc.cells.elman(4, 5, 2)]), backend=backend)
+    params, x, _, h0 = _data(model, seed=3)
+    rng = np.random.default_rng(8)
+    dy = {"y": rng.normal(size=(T, B, 2))}
+    df = {s: rng.normal(size=(B, n)) for s, n in model.step.states.items()}
+    kept = model.forward(params, x, h0, lengths=LENGTHS, keep=True)
+    want = kept.backward(dy, df)
+    again = model.kept_from(kept.residuals(), params, x, h0, lengths=LENGTHS).backward(dy, df)
+    for k in want.params:
+        np.testing.assert_array_equal(again.params[k], want.params[k], err_msg=k)
+    for k in want.h0:
+        np.testing.assert_array_equal(again.h0[k], want.h0[k], err_msg=k)
+    np.testing.assert_array_equal(again.inputs["x"], want.inputs["x"])
+
+
 def test_kept_forward_backward_twice_and_free():
     model = rc.compile(STACKS["lstm-gru"](), backend="native")
     params, x, _, _ = _data(model)

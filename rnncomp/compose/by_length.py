@@ -29,7 +29,7 @@ class ByLengthKept:
     """A kept forward (``kept``, over all T) whose final states and their cotangents are at
     each sequence's own last step (module docstring)."""
 
-    def __init__(self, model, kept, params, inputs, h0, targets, lengths, wrt, check_finite):
+    def __init__(self, model, kept, params, inputs, h0, targets, lengths, wrt, check_finite, finals=True):
         self.kept, self.outputs, self.loss = kept, kept.outputs, kept.loss
         own = lambda d: None if d is None else {k: np.array(v) for k, v in d.items()}  # noqa: E731
         self._model, self._lengths, self._wrt, self._check = model, lengths, wrt, check_finite
@@ -38,7 +38,7 @@ class ByLengthKept:
         self._targets = own({k: targets[k] for k in reads}) if reads and targets else None
         self._ends = [int(e) for e in np.unique(lengths)]
         self.final, state, lo = None, self._h0, 0
-        for end in self._ends:
+        for end in self._ends if finals else ():  # (a kept_from returns no final states)
             _, state = model.forward(self._params, cut(self._inputs, lo, end), state,
                                      targets=cut(self._targets, lo, end), check_finite=check_finite)
             self.final = self.final or {k: np.zeros_like(v) for k, v in state.items()}
@@ -82,6 +82,9 @@ class ByLengthKept:
         for s, v in carried.items():  # the first piece's: the cotangent of the initial states
             g.h0[s] = g.h0[s] + v
         return g
+
+    def residuals(self) -> list:
+        return self.kept.residuals()
 
     def free(self) -> None:
         self.kept.free()

@@ -92,11 +92,17 @@ class CellRun:
         own last step, as :meth:`forward` gives them (:mod:`.by_length`)."""
         kept = self.model.forward(params, inputs, h0, keep=True, targets=targets, mask=mask, wrt=wrt,
                                   outputs=outputs, check_finite=ctx.check_finite)
+        return self._by_length(kept, params, inputs, h0, targets, ctx, wrt, finals=True)
+
+    def _by_length(self, kept, params, inputs, h0, targets, ctx, wrt, finals):
+        """``kept``, or with lengths shorter than T a :class:`.by_length.ByLengthKept` around it
+        (``finals``: compute its final states, which a ``kept_from`` does not return)."""
         T = next(iter(inputs.values())).shape[0]
         if ctx.lengths is None or ctx.lengths.min() == T:
             return kept
         try:
-            return ByLengthKept(self.model, kept, params, inputs, h0, targets, ctx.lengths, wrt, ctx.check_finite)
+            return ByLengthKept(self.model, kept, params, inputs, h0, targets, ctx.lengths, wrt, ctx.check_finite,
+                                finals)
         except BaseException:
             kept.free()
             raise
@@ -107,8 +113,9 @@ class CellRun:
     def kept_from(self, res, params, inputs, h0, ctx, *, targets=None, mask=None, wrt=None, outputs=None):
         T, B = next(iter(inputs.values())).shape[:2]
         n = len(self.residual_shapes(T, B, targets=targets is not None, wrt=wrt, outputs=outputs))
-        return self.model.kept_from([next(res) for _ in range(n)], params, inputs, h0, targets=targets, mask=mask,
+        kept = self.model.kept_from([next(res) for _ in range(n)], params, inputs, h0, targets=targets, mask=mask,
                                     wrt=wrt, outputs=outputs, check_finite=ctx.check_finite)
+        return self._by_length(kept, params, inputs, h0, targets, ctx, wrt, finals=False)
 
 
 class StackRun:
