@@ -23,7 +23,8 @@ import rnncomp.jax  # noqa: E402,F401
 from rnncomp.errors import CallError  # noqa: E402
 
 from test_jax_residuals import _close_trees, _count_entries, _problem, _weighted  # noqa: E402
-from test_jax_residuals import x64  # noqa: E402,F401 - the autouse float64 fixture, here too
+
+pytestmark = pytest.mark.usefixtures("jax_x64")  # float64 in every test (conftest.py), restored after it
 
 
 def _equal_trees(got, want):
