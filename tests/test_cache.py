@@ -180,6 +180,20 @@ def test_unwritable_cache_directory_warns_and_compiles_without_cache(tmp_path):
 def test_cache_argument_of_the_wrong_type_is_a_clear_error():
     with pytest.raises(CompileError, match=r"cache must be a directory.*'default' or None, got 5"):
         rc.compile(rc.cells.elman(2, 3, 1), backend="native", cache=5)
+    with pytest.raises(CompileError, match=r"cache must be a directory.*'default' or None, got ''"):
+        rc.compile(rc.cells.elman(2, 3, 1), backend="native", cache="")  # it wrote into the working folder
+
+
+def test_a_cache_under_the_home_folder_is_there(tmp_path, monkeypatch):
+    """``cache="~/x"`` (and RNNCOMP_CACHE_DIR=~/x) is the home's x, not a folder named "~" in
+    the working one (found by an adversarial probe)."""
+    from rnncomp.backends.llvm.jit import default_cache_dir
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    rc.compile(rc.cells.elman(2, 3, 1), backend="native", cache="~/rc-cache")
+    assert (tmp_path / "home" / "rc-cache" / "obj").is_dir() and not (tmp_path / "~").exists()
+    monkeypatch.setenv("RNNCOMP_CACHE_DIR", "~/env-cache")
+    assert default_cache_dir() == str(tmp_path / "home" / "env-cache")
 
 
 def test_default_cache_dir_is_the_platform_one(tmp_path, monkeypatch):

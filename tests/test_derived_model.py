@@ -110,3 +110,10 @@ def test_memory_report_sizes_are_the_plain_cells():
     got = memory_report(cell, T=60, B=2, budget="4KB")
     want = memory_report(DerivedWeights(cell).plain, T=60, B=2, budget="4KB")
     assert [r.memory for r in got.rows] == [r.memory for r in want.rows]
+
+
+def test_the_ptx_text_and_plan_of_a_cell_with_derived_weights():
+    """docs/gpu.md: ``model.ptx`` and ``model.plan`` exist after compiling; with derived weights
+    they are the plain cell's (found by an adversarial probe: an AttributeError)."""
+    model = rc.compile(masked(), backend="ptx", runner="host")
+    assert ".entry" in model.ptx and model.plan is model.inner.plan

@@ -19,7 +19,8 @@ from .vjp import Gradients
 
 #: What a compiled model says about itself, read through to the wrapped one (docs/memory.md,
 #: docs/inspect.md); a name its backend does not offer is an AttributeError naming the backend.
-INSPECTION = ("memory", "memory_plan", "activation_bytes", "ir", "asm", "lib", "threads", "profile_work")
+INSPECTION = ("memory", "memory_plan", "activation_bytes", "ir", "asm", "lib", "threads", "profile_work",
+              "ptx", "plan")
 
 
 class DerivedModel(TextShown):

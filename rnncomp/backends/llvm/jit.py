@@ -74,7 +74,7 @@ def default_cache_dir() -> str:
     """``$RNNCOMP_CACHE_DIR`` if set, else the platform cache directory."""
     env = os.environ.get("RNNCOMP_CACHE_DIR")
     if env:
-        return env
+        return os.path.expanduser(env)
     import platformdirs  # honours XDG_CACHE_HOME on Linux; the right place on macOS and Windows
 
     return platformdirs.user_cache_dir("rnncomp", appauthor=False)
@@ -211,9 +211,9 @@ def _write_cache(path: str, obj: bytes, warn: bool = True) -> bool:
 def _cache_dir(cache) -> str:
     if cache == "default":
         return default_cache_dir()
-    if not isinstance(cache, (str, os.PathLike)):
+    if not isinstance(cache, (str, os.PathLike)) or not os.fspath(cache):
         raise CompileError(f"cache must be a directory (a str or path), 'default' or None, got {cache!r}")
-    return os.fspath(cache)
+    return os.path.expanduser(os.fspath(cache))  # "~/x" is the home's x, not ./~/x
 
 
 def compile_keyed(key: str, build, *, level: int = 3, unroll: bool = True, cache: str | None = "default",
