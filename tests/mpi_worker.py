@@ -61,11 +61,21 @@ if scenario == "ranks":
     error_of("other-data", lambda: mpi_cases.fit(mpi_cases.trainer("masked", distributed="mpi"), "masked",
                                                  inputs=mine))
 
+    # other initial parameters on each rank (seed=rank): refused when fit starts, not at step check_every
+    error_of("other-start", lambda: mpi_cases.fit(mpi_cases.trainer("masked", distributed="mpi", seed=rank),
+                                                  "masked", epochs=1))
+
+    class Nudge:  # after the first epoch, one ulp on the last rank: the ranks diverge mid-fit
+        def on_epoch_end(self, trainer, epoch, loss):
+            if rank == size - 1:
+                trainer.flat[0] = np.nextafter(trainer.flat[0], np.inf)
+
+        def on_interrupt(self, trainer):
+            return None
+
     tr = mpi_cases.trainer("masked", distributed="mpi")
     tr.dist.check_every = 1
-    if rank == size - 1:  # one ulp on one rank
-        tr.flat[0] = np.nextafter(tr.flat[0], np.inf)
-    error_of("diverged", lambda: mpi_cases.fit(tr, "masked", epochs=1))
+    error_of("diverged", lambda: mpi_cases.fit(tr, "masked", epochs=2, callbacks=[Nudge()]))
 
     x = mpi_cases.CASES["masked"]()[1]["inputs"]
     bad = x.copy()

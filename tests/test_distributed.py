@@ -121,7 +121,12 @@ def test_ranks_give_the_one_process_parameters(tmp_path, ranks):
             in message(tmp_path, "small-batch", r)
         assert f"fit: rank(s) [{ranks - 1}] were given other data or options than rank 0" \
             in message(tmp_path, "other-data", r)
-        assert "step 1: the parameters of rank(s) [" in message(tmp_path, "diverged", r)
+        assert f"step 0: the parameters of rank(s) [{', '.join(map(str, range(1, ranks)))}] differ from rank 0's" \
+            in message(tmp_path, "other-start", r)
+        assert "every rank must start from the same parameters: give each Trainer the same seed=" \
+            in message(tmp_path, "other-start", r)
+        steps = -(-23 // 8)  # the masked case's steps per epoch: the first after the nudge is caught
+        assert f"step {steps + 1}: the parameters of rank(s) [{ranks - 1}] differ" in message(tmp_path, "diverged", r)
         assert "the ranks have diverged" in message(tmp_path, "diverged", r)
         save = message(tmp_path, "save-fails", r)
         assert save.startswith("CheckpointError" if r == 0 else "TrainingError: rank 0 failed: CheckpointError")

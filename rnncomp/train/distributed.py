@@ -154,9 +154,10 @@ class Group:
         """Sum ``buf`` over the ranks, in place (one buffer-based Allreduce, no pickling)."""
         self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
 
-    def check_same(self, flat: np.ndarray, step: int) -> None:
-        """Every ``check_every`` steps: raise if the parameters differ between ranks."""
-        if step % self.check_every:
+    def check_same(self, flat: np.ndarray, step: int, start: bool = False) -> None:
+        """Every ``check_every`` steps (and with ``start``, when ``fit`` starts): raise if the
+        parameters differ between ranks."""
+        if step % self.check_every and not start:
             return
         bits = flat.view(np.uint32 if flat.dtype.itemsize == 4 else np.uint64)
         mine = np.array([bits.sum(dtype=np.uint64)], dtype=np.uint64)  # wraps: exact, order-free
@@ -164,8 +165,10 @@ class Group:
         if (self._sums != self._sums[0]).any():
             from .trainer import TrainingError
             odd = [r for r in range(self.size) if self._sums[r] != self._sums[0]]
+            why = ("every rank must start from the same parameters: give each Trainer the same seed= "
+                   "(or load the same checkpoint)") if start else "the ranks have diverged"
             raise TrainingError(f"step {step}: the parameters of rank(s) {odd} differ from rank 0's "
-                                f"(checksums {self._sums.tolist()}): the ranks have diverged")
+                                f"(checksums {self._sums.tolist()}): {why}")
 
     def check_same_data(self, arrays: dict, options: tuple) -> None:
         """Raise on every rank unless every rank passed ``fit`` the same data and options: each

@@ -191,6 +191,7 @@ class Trainer:
         if self.dist is not None:
             self.dist.check_same_data({**x, **{"target:" + k: v for k, v in t.items()}, "mask": mask},
                                       (epochs, batch_size, shuffle, seed, stateful))
+            self.dist.check_same(self.flat, self.step_count, start=True)  # not only every check_every steps
         rng = np.random.default_rng(seed)
         first = len(self.history)
         for epoch in range(epochs):
