@@ -21,7 +21,7 @@ import sympy as sp
 from .atoms import Concat, LogSumExp, MatVec, RowSum, Slice, Structural
 from .errors import IRError
 from .ir import NodeSym, display, key_str, placeholder
-from .matrix_dsl import MReduce, Outer as MOuter, SMatVec
+from .matrix_dsl import MReduce, Outer as MOuter, SMatVec, _power
 from .weight_dsl import WMatMul, WTranspose
 
 
@@ -43,8 +43,7 @@ class Outer(Structural):
         return f"{printer._print(self.args[0])}·{printer._print(self.args[1])}ᵀ"
 
     def _latex(self, printer, exp=None):
-        tex = f"{printer._print(self.args[0])}\\,{printer._print(self.args[1])}^{{\\top}}"
-        return tex if exp is None else f"\\left({tex}\\right)^{{{exp}}}"
+        return _power(f"{printer._print(self.args[0])}\\,{printer._print(self.args[1])}^{{\\top}}", exp)
 
 
 class SumTo(Structural):
@@ -55,6 +54,11 @@ class SumTo(Structural):
     def _sympystr(self, printer):
         return f"{self.args[1]} {printer._print(self.args[0])}"
 
+    def _latex(self, printer, exp=None):
+        axis = {"Σ_cols": "\\mathrm{cols}", "Σ_rows": "\\mathrm{rows}"}.get(str(self.args[1]))
+        sigma = "\\Sigma" + (f"_{{{axis}}}" if axis else "")
+        return _power(f"{sigma} {printer._print(self.args[0])}", exp)
+
 
 class Bcast(Structural):
     """Display atom: a vector repeated along each row (``by_rows``, one value per row) or column."""
@@ -63,6 +67,10 @@ class Bcast(Structural):
 
     def _sympystr(self, printer):
         return f"{'by_rows' if int(self.args[1]) == 1 else 'by_cols'}({printer._print(self.args[0])})"
+
+    def _latex(self, printer, exp=None):
+        name = "by\\_rows" if int(self.args[1]) == 1 else "by\\_cols"
+        return _power(f"\\operatorname{{{name}}}\\left({printer._print(self.args[0])}\\right)", exp)
 
 
 # ----------------------------------------------------------------------------- one rule per op

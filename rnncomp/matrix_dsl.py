@@ -33,6 +33,9 @@ class Outer(Structural):
     def _sympystr(self, printer):
         return f"{_p(printer, self.args[0])}·{_p(printer, self.args[1])}ᵀ"
 
+    def _latex(self, printer, exp=None):
+        return _power(f"{_tex(printer, self.args[0])}\\,{_tex(printer, self.args[1])}^{{\\top}}", exp)
+
 
 class SMatVec(Structural):
     """A matrix value times a vector, per sample: args (X, v, transposed)."""
@@ -41,6 +44,10 @@ class SMatVec(Structural):
 
     def _sympystr(self, printer):
         return f"{_p(printer, self.args[0])}{'ᵀ' if int(self.args[2]) else ''}·{_p(printer, self.args[1])}"
+
+    def _latex(self, printer, exp=None):
+        tr = "^{\\top}" if int(self.args[2]) else ""
+        return _power(f"{_tex(printer, self.args[0])}{tr}\\,{_tex(printer, self.args[1])}", exp)
 
 
 class MReduce(Structural):
@@ -51,6 +58,10 @@ class MReduce(Structural):
     def _sympystr(self, printer):
         return f"{'rowsum' if int(self.args[1]) == 1 else 'colsum'}({printer._print(self.args[0])})"
 
+    def _latex(self, printer, exp=None):
+        name = "rowsum" if int(self.args[1]) == 1 else "colsum"
+        return _power(f"\\operatorname{{{name}}}\\left({printer._print(self.args[0])}\\right)", exp)
+
 
 MATRIX_ATOMS = (Outer, SMatVec, MReduce)
 
@@ -58,6 +69,16 @@ MATRIX_ATOMS = (Outer, SMatVec, MReduce)
 def _p(printer, e):
     s = printer._print(e)
     return s if e.is_Symbol or isinstance(e, MReduce) else f"({s})"
+
+
+def _tex(printer, e):
+    """:func:`_p` for LaTeX: an operand in parentheses unless it is a name or a sum of rows."""
+    s = printer._print(e)
+    return s if e.is_Symbol or isinstance(e, MReduce) else f"\\left({s}\\right)"
+
+
+def _power(tex: str, exp) -> str:
+    return tex if exp is None else f"\\left({tex}\\right)^{{{exp}}}"
 
 
 class _MatrixValue:

@@ -103,3 +103,20 @@ def test_the_sparse_jacobian_of_a_matrix_state_cell_is_a_named_error():
     step = MATRIX_ZOO["fast_weights"](3, 4, 2).step
     with pytest.raises(CompileError, match=r"cell 'fast_weights' has matrix states \(ops outer, smatvec\)"):
         RestrictedJacobian(step, np.arange(4), np.arange(4))
+
+
+@pytest.mark.parametrize("name", sorted(MATRIX_ZOO))
+def test_the_latex_of_a_matrix_cell_shows_the_maths_not_the_atoms(name):
+    """Found by an adversarial probe: the LaTeX printed sympy's reading of the internal atoms,
+    ``\\vec{SMat}(C, k, 0)``, ``\\operatorname{Outer}``, ``MReduce(C, 0)``, a transpose flag as
+    an argument.  Each atom now prints as the listing writes it (C·k, a·bᵀ, colsum(C))."""
+    import rnncomp as rc
+    e = rc.explain(MATRIX_ZOO[name](3, 4, 2))
+    tex = e.latex()
+    for atom in ("SMat", "Outer", "MReduce", "SumTo", "Bcast", "by_rows", "Σ_"):
+        assert atom not in tex, (atom, tex[:300])
+    text = str(e)
+    if "colsum(" in text or "rowsum(" in text:
+        assert r"\operatorname{colsum}" in tex or r"\operatorname{rowsum}" in tex
+    if "ᵀ" in text:
+        assert r"^{\top}" in tex

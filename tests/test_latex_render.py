@@ -51,7 +51,9 @@ def _latex_of(cell):
 
 
 def test_latex_of_the_zoo_and_underscored_names_renders(tmp_path):
+    from rnncomp.zoo_matrix import MATRIX_ZOO
     cells = [rc.cells.ZOO[n](3, 4, 2) for n in sorted(rc.cells.ZOO)] + [_underscored()]
+    cells += [MATRIX_ZOO[n](3, 4, 2) for n in sorted(MATRIX_ZOO)]  # outer products, C·k, colsum
     strings = [s for c in cells for s in _latex_of(c)]
     for s in strings:
         for raw in ("ᵀ", "·", "Σ", "δ", "ℓ", "⁺"):   # KaTeX would render these as text
