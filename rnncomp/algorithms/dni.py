@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..checks import real
 from .base import Algorithm
 
 
@@ -41,9 +42,7 @@ class DNI(Algorithm):
     name = "DNI"
 
     def __init__(self, lr: float = 1e-3, gamma: float = 1.0):
-        if not (lr > 0 and 0 <= gamma <= 1):
-            raise ValueError(f"DNI(lr={lr!r}, gamma={gamma!r}): need lr > 0 and 0 <= gamma <= 1")
-        self.lr, self.gamma = float(lr), float(gamma)
+        self.lr, self.gamma = real("DNI", "lr", lr, above=0), real("DNI", "gamma", gamma, at_least=0, at_most=1)
         self.flat, self.updates, self.opt = None, 0, None  # the module's [A.ravel(), c], its Adam
 
     def __repr__(self) -> str:

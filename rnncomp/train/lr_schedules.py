@@ -14,6 +14,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from ..checks import count, real
+from ..errors import ArgumentError
+
 
 @dataclass(frozen=True)
 class ExponentialDecay:
@@ -24,9 +27,8 @@ class ExponentialDecay:
     smooth: bool = False
 
     def __post_init__(self):
-        if not 0 < self.rate <= 1:
-            raise ValueError(f"ExponentialDecay: rate must lie in (0, 1], got {self.rate!r}")
-        _positive_int("ExponentialDecay", "every", self.every)
+        _set(self, rate=real("ExponentialDecay", "rate", self.rate, above=0, at_most=1),
+             every=count("ExponentialDecay", "every", self.every))
 
     def __call__(self, step: int) -> float:
         k = step / self.every if self.smooth else step // self.every
@@ -44,9 +46,8 @@ class Cosine:
     floor: float = 0.0
 
     def __post_init__(self):
-        _positive_int("Cosine", "steps", self.steps)
-        if not 0 <= self.floor <= 1:
-            raise ValueError(f"Cosine: floor must lie in [0, 1], got {self.floor!r}")
+        _set(self, steps=count("Cosine", "steps", self.steps),
+             floor=real("Cosine", "floor", self.floor, at_least=0, at_most=1))
 
     def __call__(self, step: int) -> float:
         p = min(step, self.steps) / self.steps
@@ -65,9 +66,9 @@ class Warmup:
     then: object = None
 
     def __post_init__(self):
-        _positive_int("Warmup", "steps", self.steps)
+        _set(self, steps=count("Warmup", "steps", self.steps))
         if self.then is not None and type(self.then) not in NAMED.values():
-            raise ValueError(f"Warmup: then must be a named schedule ({', '.join(NAMED)}) or None, "
+            raise ArgumentError(f"Warmup: then must be a named schedule ({', '.join(NAMED)}) or None, "
                              f"got {self.then!r}")
 
     def __call__(self, step: int) -> float:
@@ -80,9 +81,10 @@ class Warmup:
                 "then": None if self.then is None else self.then.to_dict()}
 
 
-def _positive_int(cls: str, field: str, v) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{cls}: {field} must be a positive integer, got {v!r}")
+def _set(schedule, **checked) -> None:
+    """Keep the checked values (a NumPy integer as a Python int: the checkpoint is JSON)."""
+    for k, v in checked.items():
+        object.__setattr__(schedule, k, v)
 
 
 NAMED = {"ExponentialDecay": ExponentialDecay, "Cosine": Cosine, "Warmup": Warmup}

@@ -15,6 +15,9 @@ import math
 
 import numpy as np
 
+from ..checks import real
+from ..errors import ArgumentError
+
 TINY_SUMSQ = 2.0 ** -960  # a sum of squares below it may have lost terms to underflow
 
 
@@ -37,13 +40,26 @@ def global_norm(g: np.ndarray) -> float:
 
 
 class Optimizer:
-    """Base: ``init(flat)`` allocates state, ``step(flat, grad, step)`` updates in place."""
+    """Base: ``init(flat)`` allocates state, ``step(flat, grad, step)`` updates in place.
+
+    Every hyper-parameter is checked when given (an :class:`~rnncomp.errors.ArgumentError`
+    naming the optimizer, the option and the value): ``lr`` > 0, ``weight_decay`` >= 0, the
+    decay rates (``momentum``, ``betas``, ``alpha``) in [0, 1), ``eps`` > 0, all finite."""
 
     def __init__(self, lr=1e-3, weight_decay=0.0, schedule=None):
-        if lr <= 0:
-            raise ValueError(f"{type(self).__name__}: lr must be positive, got {lr}")
-        self.lr, self.weight_decay, self.schedule = float(lr), float(weight_decay), schedule
+        self.lr, self.weight_decay = self._real("lr", lr, above=0), self._real("weight_decay", weight_decay, at_least=0)
+        if schedule is not None and not callable(schedule):
+            raise ArgumentError(f"{type(self).__name__}: schedule must be a function of the step (1, 2, ...) "
+                                f"giving a factor of lr, or a named one (rc.schedules), got {schedule!r}")
+        self.schedule = schedule
         self.state: dict = {}
+
+    def _real(self, option, v, **bounds) -> float:
+        return real(type(self).__name__, option, v, **bounds)
+
+    def _rate(self, option, v) -> float:
+        """A decay rate of a running average: in [0, 1) (1 would never forget, above 1 diverges)."""
+        return self._real(option, v, at_least=0, below=1)
 
     def rate(self, step: int) -> float:
         """The learning rate at ``step`` (1-based): ``schedule(step) * lr`` if a schedule is set."""
@@ -65,7 +81,7 @@ class Optimizer:
 class SGD(Optimizer):
     def __init__(self, lr=1e-2, momentum=0.0, nesterov=False, **kw):
         super().__init__(lr, **kw)
-        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+        self.momentum, self.nesterov = self._rate("momentum", momentum), bool(nesterov)
 
     def init(self, flat):
         self.state = {"v": np.zeros_like(flat)} if self.momentum else {}
@@ -85,8 +101,10 @@ class Adam(Optimizer):
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, decoupled=False, **kw):
         super().__init__(lr, **kw)
-        self.b1, self.b2 = map(float, betas)
-        self.eps, self.decoupled = float(eps), bool(decoupled)
+        if np.ndim(betas) != 1 or len(betas) != 2:
+            raise ArgumentError(f"{type(self).__name__}: betas must be a pair (beta1, beta2), got {betas!r}")
+        self.b1, self.b2 = (self._rate(f"betas[{i}]", b) for i, b in enumerate(betas))
+        self.eps, self.decoupled = self._real("eps", eps, above=0), bool(decoupled)
 
     def init(self, flat):
         self.state = {"m": np.zeros_like(flat), "v": np.zeros_like(flat)}
@@ -114,7 +132,7 @@ class AdamW(Adam):
 class RMSprop(Optimizer):
     def __init__(self, lr=1e-3, alpha=0.99, eps=1e-8, **kw):
         super().__init__(lr, **kw)
-        self.alpha, self.eps = float(alpha), float(eps)
+        self.alpha, self.eps = self._rate("alpha", alpha), self._real("eps", eps, above=0)
 
     def init(self, flat):
         self.state = {"s": np.zeros_like(flat)}
@@ -130,7 +148,7 @@ class RMSprop(Optimizer):
 class Adagrad(Optimizer):
     def __init__(self, lr=1e-2, eps=1e-10, **kw):
         super().__init__(lr, **kw)
-        self.eps = float(eps)
+        self.eps = self._real("eps", eps, above=0)
 
     def init(self, flat):
         self.state = {"s": np.zeros_like(flat)}

@@ -1,0 +1,54 @@
+"""Checks of the numbers a user gives an option or argument (a learning rate, a clip, a batch
+size, a seed): each refusal is an :class:`~rnncomp.errors.ArgumentError` naming the owner
+(the class or function), the option and the value, raised where the value is given rather
+than as a wrong result or a raw traceback later.
+
+    >>> real("Adam", "lr", 1e-3, above=0)
+    0.001
+    >>> real("Adam", "betas[0]", 1.0, at_least=0, below=1)
+    Traceback (most recent call last):
+    ...
+    rnncomp.errors.ArgumentError: Adam: betas[0] must be a finite number in [0, 1), got 1.0
+    >>> count("fit", "batch_size", 0)
+    Traceback (most recent call last):
+    ...
+    rnncomp.errors.ArgumentError: fit: batch_size must be a positive integer, got 0
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+from .errors import ArgumentError
+
+
+def real(owner: str, option: str, v, *, above=None, at_least=None, below=None, at_most=None) -> float:
+    """``v`` as a float: a finite real number (a NumPy one too; not a bool or a string) with
+    ``above < v``, ``at_least <= v``, ``v < below``, ``v <= at_most`` where given."""
+    ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+    ok = ok and (above is None or v > above) and (at_least is None or v >= at_least) \
+        and (below is None or v < below) and (at_most is None or v <= at_most)
+    if not ok:
+        raise ArgumentError(f"{owner}: {option} must be a finite number{_bounds(above, at_least, below, at_most)}, "
+                            f"got {v!r}")
+    return float(v)
+
+
+def count(owner: str, option: str, v, *, at_least: int = 1) -> int:
+    """``v`` as an int: an integer (a NumPy one too; not a bool or a float) >= ``at_least``."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < at_least:
+        what = "a positive integer" if at_least == 1 else f"an integer >= {at_least}"
+        raise ArgumentError(f"{owner}: {option} must be {what}, got {v!r}")
+    return int(v)
+
+
+def _bounds(above, at_least, below, at_most) -> str:
+    lo, lo_open = (above, True) if above is not None else (at_least, False)
+    hi, hi_open = (below, True) if below is not None else (at_most, False)
+    if lo is not None and hi is not None:
+        return f" in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f" {'>' if lo_open else '>='} {lo:g}"
+    if hi is not None:
+        return f" {'<' if hi_open else '<='} {hi:g}"
+    return ""
