@@ -22,24 +22,29 @@ import numbers
 from .errors import ArgumentError
 
 
-def real(owner: str, option: str, v, *, above=None, at_least=None, below=None, at_most=None) -> float:
+def real(owner: str, option: str, v, *, above=None, at_least=None, below=None, at_most=None, hint="") -> float:
     """``v`` as a float: a finite real number (a NumPy one too; not a bool or a string) with
-    ``above < v``, ``at_least <= v``, ``v < below``, ``v <= at_most`` where given."""
+    ``above < v``, ``at_least <= v``, ``v < below``, ``v <= at_most`` where given; ``hint``
+    (what to pass instead) ends the message in parentheses."""
     ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
     ok = ok and (above is None or v > above) and (at_least is None or v >= at_least) \
         and (below is None or v < below) and (at_most is None or v <= at_most)
     if not ok:
         raise ArgumentError(f"{owner}: {option} must be a finite number{_bounds(above, at_least, below, at_most)}, "
-                            f"got {v!r}")
+                            f"got {v!r}{_hint(hint)}")
     return float(v)
 
 
-def count(owner: str, option: str, v, *, at_least: int = 1) -> int:
+def count(owner: str, option: str, v, *, at_least: int = 1, hint="") -> int:
     """``v`` as an int: an integer (a NumPy one too; not a bool or a float) >= ``at_least``."""
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < at_least:
         what = "a positive integer" if at_least == 1 else f"an integer >= {at_least}"
-        raise ArgumentError(f"{owner}: {option} must be {what}, got {v!r}")
+        raise ArgumentError(f"{owner}: {option} must be {what}, got {v!r}{_hint(hint)}")
     return int(v)
+
+
+def _hint(hint: str) -> str:
+    return f" ({hint})" if hint else ""
 
 
 def _bounds(above, at_least, below, at_most) -> str:

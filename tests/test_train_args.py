@@ -50,3 +50,32 @@ def test_optimizer_edge_values_that_mean_something_are_accepted():
     rc.schedules.ExponentialDecay(1.0, every=np.int64(3))
     s = rc.schedules.ExponentialDecay(1.0, every=np.int64(3))
     assert type(s.every) is int and s.to_dict() == {"name": "ExponentialDecay", "rate": 1.0, "every": 3, "smooth": False}
+
+
+def _elman():
+    return rc.cells.elman(2, 3, 1)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"clip_norm": -1.0}, r"Trainer: clip_norm must be a finite number > 0, got -1.0 \(None: no clipping\)"),
+    ({"clip_norm": 0.0}, r"Trainer: clip_norm must be a finite number > 0, got 0.0 \(None: no clipping\)"),
+    ({"clip_norm": NAN}, r"Trainer: clip_norm must be a finite number > 0, got nan"),
+    ({"clip_norm": "1"}, r"Trainer: clip_norm must be a finite number > 0, got '1'"),
+    ({"clip_value": -1.0}, r"Trainer: clip_value must be a finite number > 0, got -1.0"),
+    ({"clip_value": 0}, r"Trainer: clip_value must be a finite number > 0, got 0"),
+    ({"clip_value": INF}, r"Trainer: clip_value must be a finite number > 0, got inf"),
+    ({"optimizer": "adam"}, r"Trainer: optimizer must be an rc\.Optimizer \(rc\.Adam\(1e-3\), rc\.SGD\(\.\.\.\), \.\.\.\), got 'adam'"),
+    ({"accumulate": 0}, r"Trainer: accumulate must be a positive integer, got 0"),
+])
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_trainer_options_are_checked_when_given(kw, message, backend):
+    """A negative clip_norm flipped the gradient (training climbed), clip_value < 0 replaced
+    every element by -|c|, clip_norm = 0 froze training: on both update paths."""
+    with pytest.raises(ArgumentError, match=message):
+        rc.Trainer(_elman(), backend=backend, dtype="float64", cache=None, **kw) if backend == "native" \
+            else rc.Trainer(_elman(), backend=backend, dtype="float64", **kw)
+
+
+def test_clip_options_that_are_numbers_of_numpy_are_kept_as_floats():
+    tr = rc.Trainer(_elman(), backend="numpy", clip_norm=np.float32(0.5), clip_value=2)
+    assert (tr.clip_norm, tr.clip_value) == (0.5, 2.0) and type(tr.clip_norm) is float

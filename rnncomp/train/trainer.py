@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..checks import count, real
 from ..compile import compile as rc_compile
-from ..errors import CallError, TrainingError
+from ..errors import ArgumentError, CallError, TrainingError
 from .data import as_dict, check_lengths, converted, lengths_mask, targets_of
 from .optim import Adam, Optimizer, global_norm
 from .progress import EpochProgress, nanmean
@@ -37,21 +38,26 @@ class Trainer:
         ``distributed="mpi"`` (or ``comm=`` an mpi4py communicator): data-parallel over the MPI
         ranks, each taking its shard of every global batch (docs/distributed.md).
         ``accumulate=k``: each (shard of a) batch runs as k micro-batches whose gradients are
-        summed before one update: the same result with a k-th of the activation memory."""
+        summed before one update: the same result with a k-th of the activation memory.
+
+        ``clip_norm`` / ``clip_value``: None (no clipping) or a finite number > 0 (0 would
+        freeze training, a negative one flip the gradient: both refused)."""
         from .distributed import Group
         self.batch_first = bool(batch_first)
-        if not (isinstance(accumulate, int) and accumulate >= 1):
-            raise ValueError(f"accumulate must be a positive integer, got {accumulate!r}")
+        self.accumulate = count("Trainer", "accumulate", accumulate)
+        if optimizer is not None and not isinstance(optimizer, Optimizer):
+            raise ArgumentError(f"Trainer: optimizer must be an rc.Optimizer (rc.Adam(1e-3), rc.SGD(...), ...), "
+                                f"got {optimizer!r}")
+        self.clip_norm, self.clip_value = (None if v is None else real("Trainer", k, v, above=0, hint="None: no clipping")
+                                           for k, v in (("clip_norm", clip_norm), ("clip_value", clip_value)))
         if distributed not in (None, "mpi"):
             raise ValueError(f"distributed must be None or 'mpi', got {distributed!r}")
-        self.accumulate = accumulate
         self.dist = Group(comm) if distributed == "mpi" or comm is not None else None
         if self.dist is not None:  # this rank's threads (its share of the node's cores) or GPU
             compile_options = self.dist.compile_defaults(backend, compile_options)
         self.cell, self.bptt = cell, bptt
         from ..algorithms.online import check_gradient
         self.gradient = check_gradient(gradient, cell, bptt)  # fit_online's algorithm (rnncomp/algorithms/online.py)
-        self.clip_norm, self.clip_value = clip_norm, clip_value
         self.backend, self.dtype = backend, np.dtype(dtype)
         self.model = rc_compile(cell, backend=backend, dtype=dtype, **compile_options)
         self.compile_options = dict(compile_options)  # saved in checkpoints
