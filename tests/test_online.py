@@ -415,7 +415,7 @@ def test_fit_online_bad_arguments():
         _trainer(cell, "rtrl")
     tr = _trainer(cell, rc.RTRL())
     x = np.zeros((3, 1, 1))
-    with pytest.raises(ValueError, match=r"every=0.*positive integer"):
+    with pytest.raises(ValueError, match=r"fit_online: every must be a positive integer, got 0"):
         tr.fit_online(x, x, every=0)
     with pytest.raises(rc.CallError, match="elman"):
         tr.fit_online(np.zeros((3, 1, 2)), x)
@@ -515,7 +515,7 @@ def test_dni_learns_a_dependency_longer_than_the_window():
 
 
 def test_dni_bad_arguments():
-    with pytest.raises(ValueError, match=r"DNI\(lr=0, gamma=1.0\).*lr > 0"):
+    with pytest.raises(ValueError, match=r"DNI: lr must be a finite number > 0, got 0"):
         rc.DNI(lr=0)
     with pytest.raises(TypeError, match="fit_online"):
         rc.DNI().prepare(rc.cells.elman(1, 2, 1).step)
