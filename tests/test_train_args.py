@@ -79,3 +79,81 @@ def test_trainer_options_are_checked_when_given(kw, message, backend):
 def test_clip_options_that_are_numbers_of_numpy_are_kept_as_floats():
     tr = rc.Trainer(_elman(), backend="numpy", clip_norm=np.float32(0.5), clip_value=2)
     assert (tr.clip_norm, tr.clip_value) == (0.5, 2.0) and type(tr.clip_norm) is float
+
+
+def _data(T=6, N=4):
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(T, N, 2)), rng.normal(size=(T, N, 1))
+
+
+def _trainer(**kw):
+    return rc.Trainer(_elman(), rc.Adam(1e-2), backend="numpy", dtype="float64", **kw)
+
+
+@pytest.mark.parametrize("call", ["fit", "evaluate", "fit_online"])
+def test_inputs_and_targets_must_hold_the_same_sequences_and_steps(call):
+    """fit with 4 input sequences and 3 targets was a raw IndexError; 3 and 4 silently
+    ignored the 4th target."""
+    x, y = _data()
+    run = lambda tr, a, b: getattr(tr, call)(a, b, **({"verbose": 0} if call == "fit" else {}))  # noqa: E731
+    tr = _trainer()
+    p0 = tr.flat.copy()
+    with pytest.raises(rc.CallError, match=rf"^{call}: targets\['target'\] has shape \(6, 3, 1\), but inputs\['x'\] "
+                                           r"has \(6, 4, 2\): every input and target needs the same N \(sequences\)"):
+        run(tr, x, y[:, :3])
+    with pytest.raises(rc.CallError, match=r"targets\['target'\] has shape \(6, 4, 1\), but inputs\['x'\] has \(6, 3, 2\)"):
+        run(tr, x[:, :3], y)
+    with pytest.raises(rc.CallError, match=r"targets\['target'\] has shape \(5, 4, 1\), but inputs\['x'\] has "
+                                           r"\(6, 4, 2\): every input and target needs the same T \(steps\)"):
+        run(tr, x, y[:5])
+    with pytest.raises(rc.CallError, match=rf"^{call}: inputs\['x'\] has shape \(6, 0, 2\): no sequences"):
+        run(tr, x[:, :0], y[:, :0])
+    with pytest.raises(rc.CallError, match=rf"^{call}: inputs\['x'\] has shape \(6, 2\), expected \(T, N, n\)"):
+        run(tr, x[:, 0], y[:, 0])
+    np.testing.assert_array_equal(tr.flat, p0)
+
+
+def test_batch_first_errors_show_the_shapes_as_given():
+    x, y = _data()
+    tr = _trainer(batch_first=True)
+    bf = lambda a: np.swapaxes(a, 0, 1)  # noqa: E731
+    with pytest.raises(rc.CallError, match=r"^fit: targets\['target'\] has shape \(3, 6, 1\), but inputs\['x'\] has "
+                                           r"\(4, 6, 2\): every input and target needs the same N \(sequences\)"):
+        tr.fit(bf(x), bf(y[:, :3]), verbose=0)
+    with pytest.raises(rc.CallError, match=r"^predict: inputs\['x'\] has shape \(6,\), expected \(N, T, n\)"):
+        tr.predict(x[:, 0, 0])
+    with pytest.raises(rc.CallError, match=r"^predict: inputs\['x'\] has shape \(4, 6\), expected \(N, T, n\)"):
+        tr.predict(bf(x[..., 0]))
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"batch_size": 0}, r"^fit: batch_size must be a positive integer, got 0$"),
+    ({"batch_size": -1}, r"^fit: batch_size must be a positive integer, got -1$"),
+    ({"batch_size": 2.0}, r"^fit: batch_size must be a positive integer, got 2.0$"),
+    ({"epochs": -1}, r"^fit: epochs must be an integer >= 0, got -1$"),
+])
+def test_fit_batch_size_and_epochs_are_checked(kw, message):
+    """batch_size=0 was range()'s ValueError; -1 trained nothing and returned [nan]."""
+    x, y = _data()
+    tr = _trainer()
+    with pytest.raises(ArgumentError, match=message):
+        tr.fit(x, y, verbose=0, **kw)
+    assert tr.step_count == 0 and tr.history == []
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"window": -1}, r"^evaluate: window must be a positive integer, got -1 \(None: all steps at once\)$"),
+    ({"window": 0}, r"^evaluate: window must be a positive integer, got 0"),
+    ({"batch_size": -2}, r"^evaluate: batch_size must be a positive integer, got -2 \(None: all sequences at once\)$"),
+])
+def test_evaluate_pieces_are_checked(kw, message):
+    """Both were "evaluate: the mask selects no step"."""
+    x, y = _data()
+    with pytest.raises(ArgumentError, match=message):
+        _trainer().evaluate(x, y, **kw)
+
+
+def test_fit_online_every_is_checked():
+    x, y = _data()
+    with pytest.raises(ArgumentError, match=r"^fit_online: every must be a positive integer, got 0 \(steps per update\)$"):
+        _trainer().fit_online(x, y, every=0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backends.validate import check_call, initial_states
+from ..checks import count
 from ..errors import CallError
 from .base import Algorithm, has_derived_weights, initial_learned, run_window, unflatten
 
@@ -57,10 +58,9 @@ def fit_online(trainer, inputs, targets, every=1, h0=None):
     """Train on one stream (T, B, n) (batch_first as the trainer says), applying an update
     every ``every`` steps; returns the mean loss over each update's steps.  The final states
     are kept in ``trainer.online_state`` (pass it as ``h0`` to continue the stream)."""
-    if not (isinstance(every, int) and every >= 1):
-        raise ValueError(f"fit_online(every={every!r}): every must be a positive integer (steps per update)")
+    count("fit_online", "every", every, hint="steps per update")
     algo = trainer.gradient if trainer.gradient is not None else BPTT()
-    x, t = trainer._data(inputs, targets)
+    x, t, _, _ = trainer._data("fit_online", inputs, targets)
     st, dt = trainer.cell.step, trainer.dtype
     call = check_call(st, dt, trainer.params, x, t, trainer._state(h0), need_targets=True)
     losses = []

@@ -100,6 +100,29 @@ def targets_of(targets, model) -> dict:
     return as_dict(targets, list(st.targets), "targets")
 
 
+def batch_dims(where: str, arrays: dict, batch_first=False) -> tuple:
+    """(T, N) shared by the time-major arrays ``{label: array}`` (``inputs['x']``,
+    ``targets['y']``, ...), with T, N >= 1: else a CallError naming ``where`` and the
+    arrays, their shapes as given ((N, T, ...) with ``batch_first``)."""
+    if not arrays:
+        raise CallError(f"{where}: no inputs or targets, so the sequence length is unknown")
+    axes = "(N, T, n)" if batch_first else "(T, N, n)"
+    given = lambda a: (a.shape[1], a.shape[0]) + a.shape[2:] if batch_first and a.ndim >= 2 else a.shape  # noqa: E731
+    for label, a in arrays.items():
+        if a.ndim != 3:
+            raise CallError(f"{where}: {label} has shape {given(a)}, expected {axes}")
+    (first, a0), *rest = arrays.items()
+    T, N = a0.shape[:2]
+    for label, a in rest:
+        if a.shape[:2] != (T, N):
+            which = "N (sequences)" if a.shape[1] != N else "T (steps)"
+            raise CallError(f"{where}: {label} has shape {given(a)}, but {first} has {given(a0)}: every input "
+                            f"and target needs the same {which}")
+    if not (T and N):
+        raise CallError(f"{where}: {first} has shape {given(a0)}: no {'sequences' if not N else 'steps'}")
+    return T, N
+
+
 def converted(d, dtype, what):
     """``{name: array}`` as contiguous arrays of the model's ``dtype``: the Trainer takes
     NumPy's default float64 (or ints, lists) for a float32 model and converts it once."""

@@ -16,7 +16,7 @@ import numpy as np
 from ..checks import count, real
 from ..compile import compile as rc_compile
 from ..errors import ArgumentError, CallError, TrainingError
-from .data import as_dict, check_lengths, converted, lengths_mask, targets_of
+from .data import as_dict, batch_dims, check_lengths, converted, lengths_mask, targets_of
 from .optim import Adam, Optimizer, global_norm
 from .progress import EpochProgress, nanmean
 from .truncated import Truncated, sequence
@@ -181,11 +181,11 @@ class Trainer:
 
     def _fit(self, inputs, targets, epochs, batch_size, mask, shuffle, seed, verbose, lengths, stateful, callbacks,
              validation_data):
-        x, t = self._data(inputs, targets)
+        x, t, T, N = self._data("fit", inputs, targets)
+        epochs, batch_size = count("fit", "epochs", epochs, at_least=0), count("fit", "batch_size", batch_size)
         if validation_data is not None and not (isinstance(validation_data, (tuple, list))
                                                 and len(validation_data) in (2, 3)):
             raise CallError("fit(validation_data=...) must be (inputs, targets) or (inputs, targets, mask)")
-        T, N = next(iter(x.values())).shape[:2]
         if stateful and shuffle:
             raise CallError("fit(stateful=True): batches continue each other in order; pass shuffle=False")
         if stateful and lengths is not None:
@@ -224,19 +224,22 @@ class Trainer:
                 break
         return list(self.history[first:])
 
-    def _inputs(self, inputs):
-        """Inputs as a dict of arrays in the model's dtype, converted once here: data may come
-        as NumPy's default float64 for a float32 model."""
-        return converted(self._time_major(as_dict(inputs, list(self.cell.step.inputs), "inputs")), self.dtype, "inputs")
-
-    def _data(self, inputs, targets):
-        """(inputs, targets) as :meth:`_inputs` (targets None: a loss that reads none)."""
-        t = self._time_major(targets_of(targets, self.cell))
-        return self._inputs(inputs), converted(t, self.dtype, "targets")
+    def _data(self, where: str, inputs, targets, *, with_targets=True):
+        """(inputs, targets, T, N): dicts of arrays in the model's dtype, converted once here
+        (data may come as NumPy's default float64 for a float32 model), holding the same T steps
+        of N sequences (:func:`.data.batch_dims`; errors name ``where``).  Targets None: a
+        loss that reads none; ``with_targets=False``: inputs only (``{}`` for the targets)."""
+        x = converted(self._time_major(as_dict(inputs, list(self.cell.step.inputs), "inputs")), self.dtype, "inputs")
+        t = converted(self._time_major(targets_of(targets, self.cell)), self.dtype, "targets") if with_targets else {}
+        labelled = {**{f"inputs[{k!r}]": v for k, v in x.items()}, **{f"targets[{k!r}]": v for k, v in t.items()}}
+        return (x, t, *batch_dims(where, labelled, self.batch_first))
 
     def _time_major(self, d: dict) -> dict:
-        """With ``batch_first``: (N, T, ...) arrays as the (T, N, ...) the models take."""
-        return {k: np.swapaxes(np.asarray(v), 0, 1) for k, v in d.items()} if self.batch_first else d
+        """With ``batch_first``: (N, T, ...) arrays as the (T, N, ...) the models take (one of
+        fewer axes is left for :func:`.data.batch_dims` to name)."""
+        if not self.batch_first:
+            return d
+        return {k: np.swapaxes(a, 0, 1) if a.ndim >= 2 else a for k, a in ((k, np.asarray(v)) for k, v in d.items())}
 
     def _state(self, h0):
         return None if h0 is None else converted(h0, self.dtype, "h0")
@@ -264,12 +267,12 @@ class Trainer:
 
         Long data runs in pieces with the same result: ``window`` steps at a time with the
         state carried across, ``batch_size`` sequences at a time."""
-        x, t = self._data(inputs, targets)
-        T, N = next(iter(x.values())).shape[:2]
+        x, t, T, N = self._data("evaluate", inputs, targets)
+        bs, win = (N if v is None else count("evaluate", k, v, hint=f"None: all {what} at once")
+                   for k, v, what in (("batch_size", batch_size, "sequences"), ("window", window, "steps")))
         mask = self._mask(mask, lengths, T, N)
         h0 = self._state(h0)
         total, weight = 0.0, 0.0
-        bs, win = batch_size or N, window or T
         no_dropout = {"training": False} if getattr(self.model, "has_dropout", False) else {}  # rc.Stack(dropout=)
         for c0 in range(0, N, bs):
             cols = slice(c0, c0 + bs)
@@ -293,11 +296,11 @@ class Trainer:
 
         With ``lengths``: the outputs past each sequence's end are 0 and the final states are
         those after each sequence's own last step."""
-        x, h0 = self._inputs(inputs), self._state(h0)
+        x, _, T, N = self._data("predict", inputs, None, with_targets=False)
+        h0 = self._state(h0)
         if lengths is None:
             out, final = self.model.forward(self.params, x, h0=h0)
             return self._as_given(out), final
-        T, N = next(iter(x.values())).shape[:2]
         lengths = check_lengths(lengths, T, N)
         pieces, final, state, lo = [], None, h0, 0
         if getattr(self.model, "takes_lengths", False):  # a composition: one call (a reversed pass reads it all)
