@@ -116,21 +116,9 @@ class Derived:
 
 
 def apply(trainer, algo, g, loss, losses) -> None:
-    """One update from the flat gradient ``g``: finite check, clipping, the optimizer; the
-    window's ``loss`` (None for a window without losses) is appended to ``losses``."""
-    from ..train.optim import global_norm
-    from ..train.trainer import TrainingError
-
-    if not ((loss is None or np.isfinite(loss)) and np.isfinite(g).all()):
-        raise TrainingError(f"fit_online ({algo!r}), update {len(losses) + 1}: non-finite loss or "
-                            "gradient; parameters left unchanged")
-    if trainer.clip_value is not None:
-        np.clip(g, -trainer.clip_value, trainer.clip_value, out=g)
-    if trainer.clip_norm is not None:
-        norm = global_norm(g)
-        if norm > trainer.clip_norm:
-            g *= trainer.clip_norm / norm
-    trainer.step_count += 1
-    trainer.optimizer.step(trainer.flat, g, trainer.step_count)
+    """One update from the flat gradient ``g`` (:func:`rnncomp.train.apply.apply`, with NumPy);
+    the window's ``loss`` (None for a window without losses) is appended to ``losses``."""
+    from ..train.apply import apply as update
+    update(trainer, g, loss, f"fit_online ({algo!r}), update {len(losses) + 1}", native=False)
     if loss is not None:  # None: an update without losses of its own (DNI's synthetic gradient only)
         losses.append(loss)

@@ -17,7 +17,8 @@ from ..checks import count, real
 from ..compile import compile as rc_compile
 from ..errors import ArgumentError, CallError, TrainingError
 from .data import as_dict, batch_dims, check_lengths, converted, lengths_mask, targets_of
-from .optim import Adam, Optimizer, global_norm
+from .apply import Undo, apply
+from .optim import Adam, Optimizer
 from .progress import EpochProgress, nanmean
 from .truncated import Truncated, sequence
 
@@ -91,6 +92,7 @@ class Trainer:
                 raise ValueError(f"update='native': no compiled rule for {type(self.optimizer).__name__}")
         self.update = "native" if self._update is not None else "numpy"
         self._ends = np.cumsum([self.params[n].size for n in self.names])  # flat index -> parameter
+        self._undo = Undo()  # the state before each update, to put back if it made a parameter non-finite
 
     def __repr__(self) -> str:
         last = f", last epoch loss {self.history[-1]:.5g}" if self.history else ""
@@ -108,36 +110,10 @@ class Trainer:
         if self.dist is not None or self.accumulate > 1:  # shards and micro-batches, summed
             from .distributed import loss_and_grad
             loss, g, final = loss_and_grad(self, inputs, targets, h0, mask)
-            grads = dict(zip(self.names, np.split(g, self._ends[:-1])))  # flat views, to name a bad one
         else:
             loss, grads, final = self.model.loss_and_grad(self.params, inputs, targets, h0=h0, mask=mask)
             g = np.concatenate([grads[n].ravel() for n in self.names])
-        first = -1  # with update="native": the index of the first non-finite gradient element
-        if self._update is not None and np.isfinite(loss):
-            # one native call: finite check, clipping, decay, optimizer update (writes nothing
-            # when a gradient element is non-finite)
-            first = self._update(self.optimizer, self.flat, g, self.step_count + 1,
-                                 self.clip_value, self.clip_norm)
-            if first < 0:
-                self.step_count += 1
-                if self.dist is not None:
-                    self.dist.check_same(self.flat, self.step_count)
-                return loss, final
-        if not np.isfinite(loss) or first >= 0 or not np.isfinite(g).all():
-            if first >= 0:
-                bad = self.names[int(np.searchsorted(self._ends, first, side="right"))]
-            else:
-                bad = next((n for n in self.names if not np.isfinite(grads[n]).all()), None)
-            what = f"gradient of {bad!r} (loss {loss})" if bad else f"loss ({loss})"
-            raise TrainingError(f"step {self.step_count + 1}: non-finite {what}; parameters left unchanged")
-        if self.clip_value is not None:
-            np.clip(g, -self.clip_value, self.clip_value, out=g)
-        if self.clip_norm is not None:
-            norm = global_norm(g)  # in float64, scaled where g² would overflow
-            if norm > self.clip_norm:
-                g *= self.clip_norm / norm
-        self.step_count += 1
-        self.optimizer.step(self.flat, g, self.step_count)
+        apply(self, g, loss, f"step {self.step_count + 1}")
         if self.dist is not None:
             self.dist.check_same(self.flat, self.step_count)
         return loss, final
