@@ -7,6 +7,8 @@ within 1e-10 relative in float64.  Relaxed to 1e-13, both executors stop at the 
 iteration (asserted), and their states differ by rounding only (~1e-16 per step, damped by
 the contraction); the adjoint solves to 1e-13 likewise.
 """
+import re
+
 import numpy as np
 import pytest
 
@@ -69,3 +71,43 @@ def test_backend_errors():
         rc.compile_fixed_point(cell, backend="ptx")
     with pytest.raises(ValueError, match=r"\['threads'\] are for backend='native'"):
         rc.compile_fixed_point(cell, threads=1)
+
+
+def _diverging():
+    """s ← 2s + b: no fixed point to reach, |s| doubles each iteration."""
+    cell = rc.Cell("blow")
+    cell.input("x", 1)
+    h = cell.state("h", 2)
+    cell.update(h, 2.0 * h + cell.param("b", 2))
+    cell.loss(rc.vsum(h.new ** 2))
+    return cell
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_a_diverging_relaxation_is_the_same_fixed_point_error_on_both_backends(backend):
+    """Found by an adversarial probe: native said "CallError: h0['h'] contains inf" (its own
+    iterate re-checked as if the caller had passed it), NumPy ran all max_iter iterations on
+    NaN before "did not converge: ... = nan"."""
+    model = rc.compile_fixed_point(_diverging(), tol=1e-10, max_iter=5000, backend=backend,
+                                   **({"cache": None} if backend == "native" else {}))
+    params, x = {"b": np.array([1.0, 2.0])}, np.ones((2, 1))
+    message = (r"^cell 'blow': the forward relaxation diverged: state 'h' is not finite after (\d+) iterations; "
+               r"the update may not be a contraction")
+    for call in (lambda: model.forward(params, x), lambda: model.loss_and_grad(params, x, {})):
+        with np.errstate(all="ignore"), pytest.raises(rc.FixedPointError, match=message) as err:
+            call()
+        assert int(re.match(message, str(err.value)).group(1)) < 1100   # stopped where it diverged
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_a_diverging_energy_descent_is_a_fixed_point_error(backend):
+    cell = rc.Cell("hill")
+    x, s = cell.input("x", 1), cell.state("s", 2)
+    cell.update(s, s)
+    cell.loss(rc.vsum(s.new ** 2))
+    model = rc.compile_fixed_point(cell, energy=-s ** 2 - cell.param("b", 2) * s, max_iter=5000, step=0.5,
+                                   backend=backend, **({"cache": None} if backend == "native" else {}))
+    with np.errstate(all="ignore"), pytest.raises(
+            rc.FixedPointError, match=r"^cell 'hill': gradient descent on the energy \(β = 0\) diverged: state 's' "
+                                      r"is not finite after \d+ iterations"):
+        model.forward({"b": np.array([1.0, 2.0])}, np.ones((2, 1)), {})

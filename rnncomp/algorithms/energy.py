@@ -31,7 +31,7 @@ from ..errors import CallError
 from ..forward_mode import jvp, tangent_name
 from ..ir import Node, Program
 from .compiled import NumpyFallbackWarning
-from .fixed_point import FixedPointError, _check_iterations, _named
+from .fixed_point import FixedPointError, _check_iterations, _named, check_finite
 from .settle_exec import NumpySettle, executor
 from .tangents import Directions, run_tangents
 
@@ -140,6 +140,8 @@ class EnergyModel:
             dC = self.gC.grad(call, s)[1] if beta else None
             move = {k: self.eta * (dE[k] + (beta * dC[k] if beta else 0)) for k in s}
             s = {k: s[k] - move[k] for k in s}
+            check_finite(s, self.cell.name, f"gradient descent on the energy (β = {beta:g})", i,
+                         f"a smaller step (step = {self.eta:g})")
             res = max(float(np.abs(m).max()) for m in move.values())
             if i == iterations or (iterations is None and res <= self.tol):
                 self.iterations = i

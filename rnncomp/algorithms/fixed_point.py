@@ -91,8 +91,10 @@ class FixedPointModel:
 
     def _relax(self, call, what="forward"):
         st, states = self.step, initial_states(self.step, call, self.dtype)
+        hint = "the update may not be a contraction (smaller weights, a damped update s ← (s + f(s))/2)"
         for i in range(1, self.max_iter + 1):
             new = self.ex.update(call, states)
+            check_finite(new, st.name, f"the {what} relaxation", i, hint)
             res = max(float(np.abs(new[s] - states[s]).max()) for s in st.states)
             states = new
             if res <= self.tol:
@@ -100,8 +102,7 @@ class FixedPointModel:
                 return states
         raise FixedPointError(f"cell {st.name!r}: the {what} relaxation did not converge: max |s[k] − s[k-1]| = "
                               f"{res:.3g} after max_iter = {self.max_iter} iterations (tol = {self.tol:g}); "
-                              "the update may not be a contraction (smaller weights, a damped update "
-                              "s ← (s + f(s))/2), or raise max_iter")
+                              f"{hint}, or raise max_iter")
 
     def forward(self, params, x, h0=None, *, targets=None):
         """The fixed point ``{state: (B, n)}`` for inputs ``x`` ((B, n) or a dict); ``targets``
@@ -137,8 +138,9 @@ class FixedPointModel:
     def _iterate(self, point, B):
         st = self.step
         lam = {s: np.zeros((B, n), dtype=self.dtype) for s, n in st.states.items()}
-        for _ in range(self.max_iter):
+        for i in range(1, self.max_iter + 1):
             new = point.vjp(lam, grads=False)[0]
+            check_finite(new, st.name, "the adjoint iteration λ = (∂f/∂s)ᵀλ + ∂ℓ/∂s", i, "solve='direct' solves it instead")
             res = max(float(np.abs(new[s] - lam[s]).max()) for s in st.states)
             lam = new
             if res <= self.tol:
@@ -173,6 +175,15 @@ class FixedPointModel:
         loss, grads, final = self.ex.model.loss_and_grad(
             call.params, rep(call.inputs), rep(call.targets), h0=call.h0 or None, mask=mask)
         return loss, grads, final if star is None else star
+
+
+def check_finite(states: dict, cell: str, what: str, i: int, hint: str) -> None:
+    """A FixedPointError as soon as iterate ``i`` of ``what`` is no longer finite: it diverged
+    (rather than running on NaN to max_iter, or the native step refusing it as its input)."""
+    bad = next((s for s, v in states.items() if not np.isfinite(v).all()), None)
+    if bad is not None:
+        raise FixedPointError(f"cell {cell!r}: {what} diverged: state {bad!r} is not finite after {i} "
+                              f"iterations; {hint}")
 
 
 def _check_iterations(method, iterations):
