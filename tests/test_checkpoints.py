@@ -258,3 +258,57 @@ def test_a_module_level_schedule_function_comes_back_by_name(tmp_path):
     a, _, _ = _trained(optimizer=rc.Adam(0.01, schedule=halve_every_step))
     a.save(tmp_path / "f.ckpt")
     assert rc.Trainer.load(tmp_path / "f.ckpt").optimizer.schedule is halve_every_step
+
+
+# Every option of Trainer's constructor: saved and restored (a value other than the default
+# each), or not saved, for the reason given.
+SAVED_OPTIONS = {"optimizer": rc.SGD(0.3, momentum=0.5), "clip_norm": 0.5, "clip_value": 2.0,
+                 "bptt": rc.Truncated(2, 4), "backend": "native", "dtype": "float64", "update": "numpy",
+                 "batch_first": True, "accumulate": 4, "gradient": rc.UORO(seed=3)}
+NOT_SAVED = {"cell": "saved as its declaration", "params": "saved as arrays",
+             "seed": "draws the initial parameters only, and they are saved",
+             "distributed": "the processes of one run: given again to Trainer.load",
+             "comm": "the processes of one run: given again to Trainer.load",
+             "compile_options": "saved one by one (test_native_options_and_memory_schedule_come_back)"}
+
+
+def _option(tr, name):
+    value = getattr(tr, name)
+    if name == "optimizer":
+        return ck.optimizer_to_dict(value)
+    return repr(value) if name == "gradient" else value
+
+
+def test_every_trainer_option_is_saved_or_said_not_to_be():
+    import inspect
+    options = set(inspect.signature(rc.Trainer.__init__).parameters) - {"self"}
+    assert options == set(SAVED_OPTIONS) | set(NOT_SAVED)
+
+
+@pytest.mark.parametrize("name", sorted(SAVED_OPTIONS))
+def test_each_saved_trainer_option_comes_back(tmp_path, name):
+    """Found by an adversarial probe: accumulate=4 came back as 1 (the resumed run then
+    differed from the uninterrupted one, with 4x the activation memory)."""
+    base = {"backend": "native" if name == "update" else "numpy", "dtype": "float32"}
+    given = {**base, name: SAVED_OPTIONS[name]}
+    cache = lambda kw: {"cache": None} if kw["backend"] == "native" else {}  # noqa: E731
+    a = rc.Trainer(rc.cells.elman(2, 3, 1), **given, **cache(given))
+    a.save(tmp_path / "a.ckpt")
+    b = rc.Trainer.load(tmp_path / "a.ckpt", **cache(given))
+    assert _option(b, name) == _option(a, name)
+    assert _option(b, name) != _option(rc.Trainer(rc.cells.elman(2, 3, 1), **base, **cache(base)), name)  # not the default
+
+
+def test_a_resumed_run_with_accumulate_equals_the_uninterrupted_one(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(12, 8, 2)), rng.normal(size=(12, 8, 1))
+    make = lambda: rc.Trainer(rc.cells.gru(2, 5, 1), rc.Adam(1e-2), backend="numpy", dtype="float64", accumulate=4)  # noqa: E731
+    a, b = make(), make()
+    a.fit(x, y, epochs=3, batch_size=8, shuffle=False, verbose=0)
+    b.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    b.save(tmp_path / "b.ckpt")
+    c = rc.Trainer.load(tmp_path / "b.ckpt")
+    c.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0)
+    np.testing.assert_array_equal(c.flat, a.flat)
+    d = rc.Trainer.load(tmp_path / "b.ckpt", accumulate=2, clip_norm=1.0)   # given here: instead of the saved
+    assert (d.accumulate, d.clip_norm) == (2, 1.0)

@@ -20,7 +20,9 @@ from .truncated import Truncated
 
 def save(tr, path) -> None:
     """Write ``tr`` to ``path``: parameters and optimizer state as arrays, the cell as its
-    declaration, backend, dtype, memory schedule and options (:meth:`Trainer.save`)."""
+    declaration, backend, dtype, memory schedule and options (:meth:`Trainer.save`): every
+    option of the constructor but ``seed`` (the parameters it drew are saved) and
+    ``distributed`` / ``comm`` (the processes of one run: given again to load)."""
     opts = {k: v for k, v in tr.compile_options.items() if k != "cache"}  # the cache is this machine's
     if "memory" in opts:
         opts["memory"] = ck.memory_to_dict(opts["memory"])
@@ -38,7 +40,7 @@ def save(tr, path) -> None:
             "batch_history": [list(p) for p in tr.batch_history], "info": tr.info,
             "val_history": list(tr.val_history), "gradient": gradient,
             "options": {"clip_norm": tr.clip_norm, "clip_value": tr.clip_value,
-                        "batch_first": tr.batch_first,
+                        "batch_first": tr.batch_first, "accumulate": tr.accumulate,
                         "bptt": None if tr.bptt is None else [tr.bptt.k1, tr.bptt.k2]}}
     arrays = {f"param/{n}": tr.params[n] for n in tr.names}
     arrays.update({f"opt/{k}": v for k, v in state.items()})
@@ -73,11 +75,13 @@ def load(cls, path, cell=None, backend=None, dtype=None, *, schedule=None, **com
     opts.setdefault("update", meta["update"])
     o = meta["options"]
     learned = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("gradient/")}
-    opts.setdefault("gradient", algorithms.from_dict(meta.get("gradient"), learned, where))
+    saved_options = {"gradient": algorithms.from_dict(meta.get("gradient"), learned, where),
+                     "clip_norm": o["clip_norm"], "clip_value": o["clip_value"],
+                     "batch_first": o.get("batch_first", False), "accumulate": o.get("accumulate", 1),
+                     "bptt": None if o["bptt"] is None else Truncated(*o["bptt"])}
+    opts = {**saved_options, **opts}  # as saved unless given here
     tr = cls(saved, ck.optimizer_from_dict(meta["optimizer"], schedule, where),
-             backend=backend or meta["backend"], dtype=dtype or meta["dtype"], params=params,
-             clip_norm=o["clip_norm"], clip_value=o["clip_value"], batch_first=o.get("batch_first", False),
-             bptt=None if o["bptt"] is None else Truncated(*o["bptt"]), **opts)
+             backend=backend or meta["backend"], dtype=dtype or meta["dtype"], params=params, **opts)
     size = tr.flat.size
     bad = [k for k, v in state.items() if v.shape != (size,)]
     if bad:
