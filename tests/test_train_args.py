@@ -193,3 +193,64 @@ def test_fit_online_undoes_a_non_finite_update_too():
         tr.fit_online(x, y, every=4)
     np.testing.assert_array_equal(tr.flat, flat)
     assert tr.step_count == 0
+
+
+def test_trainer_params_missing_or_misshaped_are_named():
+    """Trainer(cell, params={}) was a bare KeyError: 'W'."""
+    p = _elman().init_params(0)
+    with pytest.raises(rc.CallError, match=r"^cell 'elman': missing params 'W', 'U', 'b', 'V', 'by'$"):
+        rc.Trainer(_elman(), params={}, backend="numpy")
+    with pytest.raises(rc.CallError, match=r"^cell 'elman': missing params 'b'$"):
+        rc.Trainer(_elman(), params={k: v for k, v in p.items() if k != "b"}, backend="numpy")
+    with pytest.raises(rc.CallError, match=r"^cell 'elman': params\['W'\] has shape \(3,\), expected \(3, 2\)$"):
+        rc.Trainer(_elman(), params={**p, "W": np.zeros(3)}, backend="numpy")
+    with pytest.raises(rc.CallError, match=r"^cell 'elman': unknown params 'w'"):
+        rc.Trainer(_elman(), params={**p, "w": np.zeros(3)}, backend="numpy")
+    with pytest.raises(rc.CallError, match=r"^params\['W'\] cannot be read as float32 numbers"):
+        rc.Trainer(_elman(), params={**p, "W": np.full((3, 2), "a")}, backend="numpy")
+    with pytest.raises(rc.CallError, match=r"^cell 'elman': params must be a dict of arrays"):
+        rc.Trainer(_elman(), params=[1.0], backend="numpy")
+
+
+def _no_param_cell():
+    import sympy as sp
+    c = rc.Cell("noparam")
+    x, h = c.input("x", 2), c.state("h", 2)
+    c.update(h, sp.tanh(x + 0.5 * h))
+    c.loss(rc.vsum((h.new - c.target("t", 2)) ** 2))
+    return c
+
+
+def test_sequence_grad_of_a_cell_without_parameters_is_its_loss_and_no_gradient():
+    """SnAp(1, sparse=True) on the NumPy executor said "need at least one array to
+    concatenate"; RTRL, dense SnAp and UORO return the loss and {}."""
+    from rnncomp.algorithms import sequence_grad
+    x, t = {"x": np.ones((4, 2, 2))}, {"t": np.ones((4, 2, 2))}
+    ref = sequence_grad(rc.RTRL(), _no_param_cell(), {}, x, t)
+    for algo in (rc.SnAp(1, sparse=True), rc.SnAp(2, sparse=True)):
+        loss, grads, final = sequence_grad(algo, _no_param_cell(), {}, x, t)
+        assert loss == pytest.approx(ref[0], rel=1e-14) and grads == {}
+        np.testing.assert_allclose(final["h"], ref[2]["h"], rtol=1e-14)
+
+
+def test_explain_refuses_snap0_as_snap_does():
+    with pytest.raises(ArgumentError, match=r"^SnAp\(n=0\): n must be a positive integer, got 0 \(SnAp-1, SnAp-2, \.\.\.\)$"):
+        rc.SnAp(0)
+    with pytest.raises(ArgumentError, match=r"^SnAp\(n=0\): n must be a positive integer, got 0 \(SnAp-1, SnAp-2, \.\.\.\)$"):
+        rc.explain(_elman(), algorithm="snap0")
+    assert "SnAp-2" in str(rc.explain(_elman(), algorithm="snap2"))
+
+
+def test_sequence_grad_and_uoro_arguments_are_named():
+    from rnncomp.algorithms import sequence_grad
+    cell, x, y = _elman(), np.ones((4, 2, 2)), np.ones((4, 2, 1))
+    p = cell.init_params(0)
+    with pytest.raises(ArgumentError, match=r"^sequence_grad: algorithm must be rc\.RTRL\(\), rc\.SnAp\(n\) or "
+                                            r"rc\.UORO\(\), got None$"):
+        sequence_grad(None, cell, p, x, y)
+    with pytest.raises(ArgumentError, match=r"^UORO: seed must be an integer >= 0, got 'a'$"):
+        rc.UORO(seed="a")
+    with pytest.raises(ArgumentError, match=r"^UORO: seed must be an integer >= 0, got -1$"):
+        rc.UORO(seed=-1)
+    with pytest.raises(ArgumentError, match=r"^sequence_grad: dtype must be float32 or float64, got int64$"):
+        sequence_grad(rc.RTRL(), cell, p, x, y, dtype="int64")

@@ -17,8 +17,8 @@ import math
 import numpy as np
 
 from ..backends.numpy import run_program
-from ..backends.validate import check_call, initial_states, step_weights
-from ..errors import CallError, RnncompError
+from ..backends.validate import check_call, float_dtype, initial_states, step_weights
+from ..errors import ArgumentError, CallError, RnncompError
 
 
 class SensitivityMemoryError(RnncompError, MemoryError):
@@ -95,6 +95,9 @@ def sequence_grad(algorithm: Algorithm, cell, params, inputs, targets, h0=None, 
     Returns ``(loss, {param: gradient}, final states)``.  A cell with derived weights or
     constants (``cell.weight``, ``cell.const``): the algorithm runs on the plain cell whose
     parameters they are, and their gradients are chained back to the declared parameters."""
+    if not isinstance(algorithm, Algorithm):
+        raise ArgumentError(f"sequence_grad: algorithm must be rc.RTRL(), rc.SnAp(n) or rc.UORO(), got {algorithm!r}")
+    float_dtype(dtype, "sequence_grad: dtype")
     if not hasattr(getattr(cell, "step", None), "prog"):
         raise CallError(f"{algorithm!r} derives its recursion from one cell's step; {getattr(cell, 'name', cell)!r} "
                         f"is a composition ({type(cell).__name__})")

@@ -105,7 +105,8 @@ def explain_algorithm(cell, algorithm: str):
     a = str(algorithm).lower().replace("-", "")
     n = 1
     if a.startswith("snap") and a[4:].isdigit():
-        a, n = "snap", int(a[4:])
+        from .snap import SnAp
+        a, n = "snap", SnAp(int(a[4:])).n  # SnAp-0 is refused as rc.SnAp(0) is
     if a not in ALGORITHMS:
         raise CellError(f"cell {cell.name!r}: explain: unknown algorithm {algorithm!r}; "
                         f"choose one of {', '.join(ALGORITHMS)} (snap2, snap3 ... for SnAp-n)")

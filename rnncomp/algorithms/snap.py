@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..autodiff import backward_step
+from ..checks import count
 from ..backends.numpy import run_program
 from ..forward_mode import tangent_step
 from ..ops import matrix_ops
@@ -40,8 +41,7 @@ class SnAp(Algorithm):
     are kept (past that, the dense GEMMs beat the gathers)."""
 
     def __init__(self, n: int = 1, sparse="auto", max_bytes: int | None = DEFAULT_MAX_BYTES):
-        if not (isinstance(n, int) and n >= 1):
-            raise ValueError(f"SnAp(n={n!r}): n must be a positive integer (SnAp-1, SnAp-2, ...)")
+        count(f"SnAp(n={n!r})", "n", n, hint="SnAp-1, SnAp-2, ...")
         if sparse not in (True, False, "auto"):
             raise ValueError(f"SnAp(sparse={sparse!r}): True, False or 'auto'")
         self.n, self.sparse, self.max_bytes = n, sparse, max_bytes
@@ -185,4 +185,4 @@ class _Sparse:
         for s, n in self.st.states.items():
             if bwd.carry_out[s] is not None:
                 dl[:, self.state_off[s]:self.state_off[s] + n] = e[bwd.carry_out[s]]
-        return np.concatenate([grads[p].ravel() for p in self.st.params]), dl
+        return np.concatenate([grads[p].ravel() for p in self.st.params] or [np.zeros(0, dt)]), dl  # none: P = 0

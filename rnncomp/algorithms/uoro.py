@@ -17,6 +17,7 @@ import numpy as np
 
 from ..autodiff import backward_step
 from ..backends.numpy import run_program
+from ..checks import count
 from ..forward_mode import tangent_step
 from .base import Algorithm, flat_layout, per_sample_grads
 from .tangents import Directions, run_tangents
@@ -30,7 +31,7 @@ class UORO(Algorithm):
     name = "UORO"
 
     def __init__(self, seed: int = 0):
-        self.seed = seed
+        self.seed = count("UORO", "seed", seed, at_least=0)
 
     def __repr__(self) -> str:
         return f"rc.UORO(seed={self.seed})"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import CallError
+from ..errors import ArgumentError, CallError
 from ..ir import prune
 from ..passes.prepare import keep_set
 
@@ -36,13 +36,13 @@ FLOAT_DTYPES = (np.dtype("float32"), np.dtype("float64"))  # what every backend 
 
 def float_dtype(dtype, what: str = "dtype") -> np.dtype:
     """``dtype`` as the NumPy dtype a model computes in (float32 or float64); anything else,
-    a name NumPy does not know included, is a ValueError naming it."""
+    a name NumPy does not know included, is an ArgumentError (a ValueError) naming it."""
     try:
         dt = np.dtype(dtype)
     except TypeError:
         dt = None
     if dt is None or dt not in FLOAT_DTYPES:  # (np.dtype(None) is float64: None is not refused)
-        raise ValueError(f"{what} must be float32 or float64, got {dtype}")
+        raise ArgumentError(f"{what} must be float32 or float64, got {dtype}")
     return dt
 
 
@@ -89,6 +89,18 @@ def _check_names(cell, kind, given, expected, allow_missing=False):
                         f"expected {', '.join(map(repr, expected)) or 'none'}")
     if missing and not allow_missing:
         raise CallError(f"cell {cell!r}: missing {kind} {', '.join(map(repr, missing))}")
+
+
+def check_param_shapes(cell: str, params, declared: dict) -> None:
+    """``params`` a dict of every ``declared`` parameter ({name: size or shape}), none other,
+    each of its declared shape (of any dtype: a Trainer converts them)."""
+    if not isinstance(params, dict):
+        raise CallError(f"cell {cell!r}: params must be a dict of arrays (from cell.init_params)")
+    _check_names(cell, "params", params, list(declared))
+    for n, s in declared.items():
+        want = s if isinstance(s, tuple) else (s,)
+        if np.shape(params[n]) != want:
+            raise CallError(f"cell {cell!r}: params[{n!r}] has shape {np.shape(params[n])}, expected {want}")
 
 
 def check_call(step, dtype, params, inputs, targets=None, h0=None, mask=None, *,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backends.validate import check_param_shapes
 from ..checks import count, real
 from ..compile import compile as rc_compile
 from ..errors import ArgumentError, CallError, TrainingError
@@ -63,12 +64,15 @@ class Trainer:
         self.model = rc_compile(cell, backend=backend, dtype=dtype, **compile_options)
         self.compile_options = dict(compile_options)  # saved in checkpoints
         self.info: dict = {}  # free-form, JSON-able, saved in checkpoints (the CLI keeps its task here)
-        params = params if params is not None else cell.init_params(seed, dtype)
         self.names = list(cell.step.params)
         if not self.names:
             raise TrainingError(f"{cell.step.name!r} declares no parameters, so a Trainer has nothing to "
                                 "train: declare them with cell.param(...) (rc.compile runs a cell without any)")
-        self.flat = np.concatenate([np.asarray(params[n], dtype=self.dtype).ravel() for n in self.names])
+        if params is None:
+            params = cell.init_params(seed, dtype)
+        check_param_shapes(cell.step.name, params, cell.step.params)
+        params = converted(params, self.dtype, "params")
+        self.flat = np.concatenate([params[n].ravel() for n in self.names])
         self.params, off = {}, 0
         for n in self.names:  # views into the flat vector: one vectorised update for all
             shape = np.shape(params[n])
