@@ -95,3 +95,22 @@ def test_doctests(mod):
     result = doctest.testmod(importlib.import_module(mod), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
     assert result.attempted > 0
+
+
+def test_the_rtrl_memory_sample_shows_what_it_prints():
+    """docs/algorithms.md showed '32 × 330506 × 512 values = 41313.2 MiB' for an LSTM of
+    331,274 parameters (found by an adversarial probe).  Each '...'-separated piece of the
+    comment must appear, in order, in the message the sample prints."""
+    import numpy as np
+    import rnncomp as rc
+    from rnncomp.algorithms import sequence_grad
+    text = (ROOT / "docs/algorithms.md").read_text()
+    shown = re.search(r"print\(e\)\s+# (cell 'lstm': RTRL's sensitivity .*)", text).group(1)
+    cell = rc.cells.lstm(64, 256, 10)
+    with pytest.raises(rc.SensitivityMemoryError) as err:
+        sequence_grad(rc.RTRL(), cell, cell.init_params(0), {"x": np.zeros((2, 32, 64))},
+                      {"target": np.zeros((2, 32, 10))})
+    printed, at = str(err.value), 0
+    for piece in (p.strip(" ,") for p in shown.split("...")):
+        at = printed.find(piece, at)
+        assert at >= 0, (piece, printed)

@@ -254,3 +254,14 @@ def test_sequence_grad_and_uoro_arguments_are_named():
         rc.UORO(seed=-1)
     with pytest.raises(ArgumentError, match=r"^sequence_grad: dtype must be float32 or float64, got int64$"):
         sequence_grad(rc.RTRL(), cell, p, x, y, dtype="int64")
+
+
+def test_predict_returns_a_dict_for_a_single_output_as_its_docstring_says():
+    """The docstring said "an array for a single output"; docs/dsl.md, examples/jordan.py and
+    the tests read out["y"]: the docstring now says a dict."""
+    tr = _trainer()
+    x = np.zeros((5, 2, 2))
+    for kw in ({}, {"lengths": np.array([5, 2])}):
+        out, final = tr.predict(x, **kw)
+        assert list(out) == ["y"] and out["y"].shape == (5, 2, 1) and final["h"].shape == (2, 3)
+    assert "a dict, for a single output too" in rc.Trainer.predict.__doc__

@@ -272,7 +272,8 @@ class Trainer:
         return total / weight
 
     def predict(self, inputs, h0=None, *, lengths=None):
-        """Outputs {name: (T, N, n)} (an array for a single output) and final states.
+        """Outputs ``{name: (T, N, n)}`` (a dict, for a single output too: ``out["y"]``) and
+        final states ``{name: (N, n)}``; (N, T, n) with ``batch_first``.
 
         With ``lengths``: the outputs past each sequence's end are 0 and the final states are
         those after each sequence's own last step."""
