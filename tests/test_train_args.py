@@ -126,6 +126,24 @@ def test_batch_first_errors_show_the_shapes_as_given():
         tr.predict(bf(x[..., 0]))
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_a_nan_in_the_data_is_named_where_the_caller_put_it(batch_first):
+    """Found by an adversarial probe: the index was the one inside the shuffled batch (and,
+    under MPI, inside the rank's shard), not in the data given to fit."""
+    x, y = _data()
+    x[3, 2, 1] = np.nan
+    y[2, 3, 0] = np.inf
+    tr = _trainer(batch_first=batch_first)
+    bf = (lambda a: np.swapaxes(a, 0, 1)) if batch_first else (lambda a: a)  # noqa: E731
+    where = r"\(2, 3, 1\)" if batch_first else r"\(3, 2, 1\)"
+    with pytest.raises(rc.CallError, match=rf"^fit: inputs\['x'\] contains nan at index {where}$"):
+        tr.fit(bf(x), bf(y), batch_size=2, verbose=0, seed=1)
+    x[3, 2, 1] = 0
+    with pytest.raises(rc.CallError, match=r"^evaluate: targets\['target'\] contains inf at index "
+                                           + (r"\(3, 2, 0\)$" if batch_first else r"\(2, 3, 0\)$")):
+        tr.evaluate(bf(x), bf(y))
+
+
 @pytest.mark.parametrize("kw, message", [
     ({"batch_size": 0}, r"^fit: batch_size must be a positive integer, got 0$"),
     ({"batch_size": -1}, r"^fit: batch_size must be a positive integer, got -1$"),

@@ -102,8 +102,9 @@ def targets_of(targets, model) -> dict:
 
 def batch_dims(where: str, arrays: dict, batch_first=False) -> tuple:
     """(T, N) shared by the time-major arrays ``{label: array}`` (``inputs['x']``,
-    ``targets['y']``, ...), with T, N >= 1: else a CallError naming ``where`` and the
-    arrays, their shapes as given ((N, T, ...) with ``batch_first``)."""
+    ``targets['y']``, ...), with T, N >= 1 and every value finite: else a CallError naming
+    ``where`` and the array, its shape or the index of its first NaN/inf as given ((N, T, ...)
+    with ``batch_first``; a batch's own check would give the index inside a shuffled batch)."""
     if not arrays:
         raise CallError(f"{where}: no inputs or targets, so the sequence length is unknown")
     axes = "(N, T, n)" if batch_first else "(T, N, n)"
@@ -120,6 +121,13 @@ def batch_dims(where: str, arrays: dict, batch_first=False) -> tuple:
                             f"and target needs the same {which}")
     if not (T and N):
         raise CallError(f"{where}: {first} has shape {given(a0)}: no {'sequences' if not N else 'steps'}")
+    for label, a in arrays.items():
+        if not np.isfinite(a).all():
+            bad = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
+            value = a[bad]
+            if batch_first:
+                bad = (bad[1], bad[0]) + bad[2:]
+            raise CallError(f"{where}: {label} contains {value} at index {bad}")
     return T, N
 
 
