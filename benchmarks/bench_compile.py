@@ -134,7 +134,7 @@ def phases(name: str, H: int, repeats: int, root: str) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--H", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cells", default=",".join(CELLS))

@@ -166,7 +166,7 @@ def median(fn, repeats):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--quick", action="store_true", help="H=32, T=20, 3 repeats (a smoke test)")
     ap.add_argument("--cells", default=",".join(CELLS))
     ap.add_argument("--repeats", type=int, default=15)

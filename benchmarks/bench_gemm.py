@@ -191,7 +191,7 @@ def contender(lib, mod, host, s, a, b, c):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--quick", action="store_true", help="short timing budget per shape")
     ap.add_argument("--shapes", choices=sorted(SHAPE_SETS), default="all")
     ap.add_argument("--baseline", metavar="REV", help="also time the kernels of git revision REV")

@@ -116,7 +116,7 @@ def median_time(fn, repeats):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--repeats", type=int, default=31)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),

@@ -44,7 +44,7 @@ import traceback
 START = time.perf_counter()
 BUDGET_S = 240.0  # stop starting new work after this (the whole run must stay < 5 min)
 
-ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
 ap.add_argument("--dry", action="store_true", help="host runner, tiny sizes (no GPU needed)")
 ap.add_argument("--simple", action="store_true", help="also time tiled=False, fuse=False")
 ap.add_argument("--no-persistent", action="store_true", help="leave out the persistent kernel (persistent=True)")

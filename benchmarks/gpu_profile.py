@@ -16,7 +16,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import rnncomp as rc  # noqa: E402
 
-ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
 ap.add_argument("cases", nargs="+", help="cell:H:B:T")
 ap.add_argument("--runner", default="cuda")
 args = ap.parse_args()

@@ -291,7 +291,7 @@ def worker(framework, threads):
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--worker", choices=["jax", "torch"], required=True)
     ap.add_argument("--threads", default="1", help="jax: the one thread count this process was "
                     "started for; torch: comma-separated counts, each measured")

@@ -32,7 +32,7 @@ def flow(cell, params, T, seed=7):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--T", type=int, default=100, help="sequence length")
     p.add_argument("--N", type=int, default=10000, help="training sequences")
     p.add_argument("--hidden", type=int, default=64)

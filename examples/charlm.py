@@ -23,7 +23,7 @@ from rnncomp.train.text import CharVocab, bits_per_char, char_data, corpus, samp
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--text", help="a text file (default: the shipped Pride and Prejudice)")
     p.add_argument("--cell", default="gru", choices=["gru", "lstm", "mgu", "elman"])
     p.add_argument("--hidden", type=int, default=256)
@@ -64,7 +64,7 @@ def main(argv=None):
         print(f"  epoch {epoch + 1}: train {bits_per_char(tr.history[-1]):.3f} bpc, "
               f"held-out {curve[-1]:.3f} bpc  ({time.perf_counter() - t0:.0f} s)", flush=True)
     seconds = time.perf_counter() - t0
-    print(f"held-out: {curve[-1]:.3f} bits per character after {a.epochs} epochs ({seconds:.0f} s)")
+    print(f"held-out: {curve[-1]:.3f} bits per character after {a.epochs} epoch{'s' if a.epochs != 1 else ''} ({seconds:.0f} s)")
     sample = sample_text(tr, vocab, "Elizabeth", a.sample, temperature=a.temperature)
     print(f"\nsampled at temperature {a.temperature}:\n{sample}\n")
     if a.save:

@@ -1,7 +1,9 @@
 """A custom recurrent cell in a few lines: see its derived BPTT step, check it, run it natively.
 
-    python examples/custom_cell.py
+    python examples/custom_cell.py [--quick]
 """
+import argparse
+
 import numpy as np
 import sympy as sp
 
@@ -32,4 +34,9 @@ def main(T=50, B=8):
 
 
 if __name__ == "__main__":
-    main()
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    ap.add_argument("--T", type=int, default=50, help="steps (default 50)")
+    ap.add_argument("--B", type=int, default=8, help="sequences (default 8)")
+    ap.add_argument("--quick", action="store_true", help="T = 5, B = 2 (a smoke test)")
+    a = ap.parse_args()
+    main(*((5, 2) if a.quick else (a.T, a.B)))

@@ -35,7 +35,7 @@ def run(gradient, args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--D", type=int, default=6, help="the delay (the dependency's length)")
     p.add_argument("--k", type=int, default=4, help="the truncation window, k1 = k2")
     p.add_argument("--T", type=int, default=32)

@@ -35,7 +35,7 @@ def run(gradient, args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--L", type=int, default=4, help="bits in the pattern")
     p.add_argument("--repeats", type=int, default=2, help="the largest repeat count")
     p.add_argument("--k1", type=int, default=3, help="steps between updates")

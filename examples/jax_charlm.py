@@ -140,7 +140,7 @@ def step_times(kinds, vocab, embed, hidden, T, batch, steps=5, warmup=1):
 
 
 def main(argv=None):
-    p = arguments(__doc__.splitlines()[0])
+    p = arguments(" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--quick", action="store_true", help="a small run for the smoke test")
     a = p.parse_args(argv)
     limit = None
@@ -173,7 +173,7 @@ def main(argv=None):
     seconds = time.perf_counter() - t0
     result = {"bpc_before": before, "bpc": curve[-1] if curve else before, "curve": curve,
               "uniform_bpc": math.log2(V), "seconds": seconds, "scan_difference": (d_out, d_grad)}
-    print(f"held-out: {result['bpc']:.3f} bits per character after {a.epochs} epochs ({seconds:.0f} s)")
+    print(f"held-out: {result['bpc']:.3f} bits per character after {a.epochs} epoch{'s' if a.epochs != 1 else ''} ({seconds:.0f} s)")
 
     if a.time_steps:
         print(f"\ntime per training step (T = {a.T}, B = {a.batch}, H = {a.hidden}, median of {a.time_steps}, "
@@ -181,7 +181,7 @@ def main(argv=None):
         times = step_times(["rnncomp", "lax.scan"], V, a.embed, a.hidden, a.T, a.batch, a.time_steps)
         ours = times["rnncomp"]["step_s"]
         for kind, t in times.items():
-            print(f"  {kind:<10} {1e3 * t['step_s']:8.1f} ms   rnncomp is {t['step_s'] / ours:5.2f}× faster, "
+            print(f"  {kind:<10} {1e3 * t['step_s']:8.1f} ms   {t['step_s'] / ours:5.2f}× rnncomp's time, "
                   f"first step (the jit compile) {t['first_step_s']:.1f} s")
         result["step_times"] = times
     return result

@@ -28,7 +28,7 @@ def plans(n_plans, n_symbols, T, seed=0):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--plans", type=int, default=4)
     p.add_argument("--symbols", type=int, default=6)
     p.add_argument("--hidden", type=int, default=32)

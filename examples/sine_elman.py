@@ -20,7 +20,7 @@ from rnncomp.train.tasks import sine
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--T", type=int, default=50, help="training sequence length")
     p.add_argument("--N", type=int, default=1024, help="training sequences")

@@ -182,7 +182,7 @@ def step_times(kinds, vocab, embed, hidden, T, batch, steps=5, warmup=1):
 
 
 def main(argv=None):
-    p = arguments(__doc__.splitlines()[0])
+    p = arguments(" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--compile", default="step", choices=["step", "loop", "none"],
                    help="time torch.compile of the cell's step (default), of the whole loop (its compile "
                         "unrolls T steps: minutes) or neither")
@@ -216,7 +216,7 @@ def main(argv=None):
     seconds = time.perf_counter() - t0
     result = {"bpc_before": before, "bpc": curve[-1] if curve else before, "curve": curve,
               "uniform_bpc": math.log2(V), "seconds": seconds, "loop_difference": (d_out, d_grad)}
-    print(f"held-out: {result['bpc']:.3f} bits per character after {a.epochs} epochs ({seconds:.0f} s)")
+    print(f"held-out: {result['bpc']:.3f} bits per character after {a.epochs} epoch{'s' if a.epochs != 1 else ''} ({seconds:.0f} s)")
 
     if a.time_steps:
         kinds = ["rnncomp", "loop"] + ([] if a.compile == "none" else [f"compiled {a.compile}"]) + ["nn.LSTM"]
@@ -228,7 +228,7 @@ def main(argv=None):
         for kind, t in times.items():
             note = "  (a different cell: sigmoid/tanh, no peepholes)" if kind == "nn.LSTM" else ""
             first = f", first step (the compile) {t['first_step_s']:.1f} s" if "compiled" in kind else ""
-            print(f"  {kind:<14} {1e3 * t['step_s']:8.1f} ms   rnncomp is {t['step_s'] / ours:5.2f}× faster"
+            print(f"  {kind:<14} {1e3 * t['step_s']:8.1f} ms   {t['step_s'] / ours:5.2f}× rnncomp's time"
                   f"{first}{note}")
         result["step_times"] = times
     return result
