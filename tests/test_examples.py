@@ -1,7 +1,10 @@
 """Smoke tests: every example runs in its small (--quick) configuration and reaches something real."""
+import ast
 import importlib.util
 import math
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -83,3 +86,18 @@ def test_jax_charlm_example(capsys):
     assert set(r["step_times"]) == {"rnncomp", "lax.scan"}
     assert all(0 < t["best_s"] <= t["step_s"] for t in r["step_times"].values())
     assert "bits per character" in capsys.readouterr().out
+
+
+NAMES = sorted(p.stem for p in EXAMPLES.glob("*.py") if p.stem != "charlm_common")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_example_answers_help_with_its_whole_summary(name):
+    """examples/README.md: each example takes --help (custom_cell.py ran in full on any flag), and
+    the description is the docstring's whole first paragraph (it stopped mid-sentence)."""
+    r = subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py"), "--help"], capture_output=True,
+                       text=True, timeout=120, cwd=EXAMPLES.parent)
+    assert r.returncode == 0 and r.stdout.startswith("usage:"), r.stderr[-500:]
+    doc = ast.get_docstring(ast.parse((EXAMPLES / f"{name}.py").read_text()))
+    summary = "".join(doc.split("\n\n")[0].split())  # argparse wraps lines, also after a hyphen
+    assert summary in "".join(r.stdout.split()), (summary, r.stdout[:400])
