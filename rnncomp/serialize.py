@@ -21,20 +21,35 @@ import sympy as sp
 
 from . import dsl, functions
 from .cell import Cell
-from .errors import CheckpointError, RnncompError
+from .errors import CellError, CheckpointError, RnncompError
 from .matrix_dsl import MATRIX_ATOMS, MatState, MatStateNew
 from .weight_dsl import WEIGHT_ATOMS
 
 
-def cell_to_dict(cell: Cell) -> dict:
-    """The cell's declarations and equations, each expression as sympy ``srepr`` text."""
+class LostInitializer:
+    """A custom initialiser a checkpoint could not hold (a Python function): drawing from it is
+    an error naming it, never the default initialiser in its place."""
+
+    def __init__(self, param: str, name: str):
+        self.param, self.__qualname__ = param, name
+
+    def __call__(self, rng, shape):
+        raise CellError(f"parameter {self.param!r} was initialised by {self.__qualname__}, a Python function the "
+                        "checkpoint does not hold (it holds the values it made); to draw new initial values, "
+                        "declare the cell again")
+
+
+def cell_to_dict(cell: Cell, callables: bool = False) -> dict:
+    """The cell's declarations and equations, each expression as sympy ``srepr`` text.
+    ``callables``: a custom initialiser is kept as the function itself (for pickle, which
+    stores it by name), else only its name."""
     decls = []
     for d in cell.decls.values():
         init = d.init
         if isinstance(init, np.ndarray):  # a constant's values
             init = init.tolist()
         elif callable(init):
-            init = {"callable": getattr(init, "__qualname__", repr(init))}  # its values are saved
+            init = {"callable": getattr(init, "__qualname__", repr(init)), **({"object": init} if callables else {})}
         elif isinstance(init, tuple):
             init = list(init)
         decls.append({"kind": d.kind, "name": d.name, "shape": d.shape if isinstance(d.shape, int) else list(d.shape),
@@ -88,8 +103,8 @@ def cell_from_dict(d: dict, where: str = "checkpoint") -> Cell:
         for decl in d["decls"]:
             kind, name, init = decl["kind"], decl["name"], decl["init"]
             shape = decl["shape"] if isinstance(decl["shape"], int) else tuple(decl["shape"])
-            if isinstance(init, dict):
-                init = None  # a callable initialiser: the checkpoint holds the values it made
+            if isinstance(init, dict):  # a callable initialiser: itself (pickle), or only its name
+                init = init["object"] if callable(init.get("object")) else LostInitializer(name, str(init["callable"]))
             elif isinstance(init, list):
                 init = tuple(init)
             if kind == "param" and name in cell.decls:  # a learnable initial state's h_0

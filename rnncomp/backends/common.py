@@ -34,7 +34,7 @@ class CompiledModel(InitParams, TextShown):
             raise TypeError(f"{type(self).__name__}: only a model made by rc.compile can be pickled "
                             "(it is compiled again from its cell where it is unpickled)")
         cell, options = self._source
-        return (recompile, (cell_to_dict(cell), self.backend, self.dtype.name, options))
+        return (recompile, (cell_to_dict(cell, callables=True), self.backend, self.dtype.name, options))
 
 
 def recompile(declaration: dict, backend: str, dtype: str, options: dict):

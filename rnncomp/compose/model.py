@@ -83,7 +83,7 @@ class ComposedModel(TextShown):
 
     def __reduce__(self):  # as a compiled cell: its declaration, compiled again where it is unpickled
         from ..train.checkpoint import cell_to_dict
-        return (_recompile, (cell_to_dict(self.comp), self.backend, self.dtype.name, self._made_with))
+        return (_recompile, (cell_to_dict(self.comp, callables=True), self.backend, self.dtype.name, self._made_with))
 
     # ------------------------------------------------------------------ checking
     def _ctx(self, params, inputs, h0, mask, lengths, check_finite, training) -> Ctx:

@@ -40,13 +40,14 @@ STALE_SECONDS = 3600  # a temporary without a live writer is removed after this 
 
 
 # ----------------------------------------------------------------------------- the cell as text
-def cell_to_dict(cell) -> dict:
-    """A cell's declaration as text (:func:`rnncomp.serialize.cell_to_dict`); a composition
-    (``rc.Stack``, ``rc.Bidirectional``) as its cells, each written the same way."""
+def cell_to_dict(cell, callables: bool = False) -> dict:
+    """A cell's declaration as text (:func:`rnncomp.serialize.cell_to_dict`; ``callables``:
+    custom initialisers as themselves, for pickle); a composition (``rc.Stack``,
+    ``rc.Bidirectional``) as its cells, each written the same way."""
     if hasattr(cell, "layers"):
         from ..compose.serial import to_dict
-        return to_dict(cell, cell_to_dict)
-    return serialize.cell_to_dict(cell)
+        return to_dict(cell, lambda c: cell_to_dict(c, callables))
+    return serialize.cell_to_dict(cell, callables)
 
 
 def cell_from_dict(d: dict, where: str = "checkpoint"):
