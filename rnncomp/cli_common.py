@@ -39,12 +39,17 @@ def load_cell(spec: str, n_in=None, hidden=None, n_out=None) -> Cell:
         if s is None or s.loader is None:
             raise SystemExit(f"rnncomp: cannot read {path}")
         mod = importlib.util.module_from_spec(s)
-        s.loader.exec_module(mod)
+        try:
+            s.loader.exec_module(mod)
+        except SyntaxError as exc:  # the user's file: where, not the import machinery's traceback
+            raise SystemExit(f"rnncomp: {path}, line {exc.lineno}: {exc.msg}") from None
     else:
         here = os.getcwd()  # `rnncomp inspect mymod:cell` finds ./mymod.py, as `python -m` would
         sys.path.insert(0, here)
         try:
             mod = importlib.import_module(path)
+        except SyntaxError as exc:
+            raise SystemExit(f"rnncomp: {exc.filename}, line {exc.lineno}: {exc.msg}") from None
         except ImportError as exc:
             from .zoo_matrix import MATRIX_ZOO
             hint = (f"; {spec} is a factory of rnncomp.zoo_matrix: write `from rnncomp.zoo_matrix import {spec}`"
@@ -53,11 +58,22 @@ def load_cell(spec: str, n_in=None, hidden=None, n_out=None) -> Cell:
                              f"nor an importable module: {exc}{hint}") from None
         finally:
             sys.path.remove(here)
-    found = [v for k, v in vars(mod).items() if isinstance(v, (Cell, Composition)) and (not name or k == name)]
+    kinds = (Cell, Composition)
+    if name:
+        if name not in vars(mod):
+            raise SystemExit(f"rnncomp: {path} has no {name!r}; its cells: "
+                             f"{', '.join(k for k, v in vars(mod).items() if isinstance(v, kinds)) or 'none'}")
+        v = vars(mod)[name]
+        if not isinstance(v, kinds):
+            hint = f" (make the cell in a file, cell = {name}(...), and give FILE.py)" if callable(v) else ""
+            raise SystemExit(f"rnncomp: {spec!r} is a {type(v).__name__}, not a Cell, rc.Stack or "
+                             f"rc.Bidirectional{hint}")
+        return v
+    found = {k: v for k, v in vars(mod).items() if isinstance(v, kinds)}
     if len(found) != 1:
-        raise SystemExit(f"rnncomp: {spec!r} must hold exactly one Cell, rc.Stack or rc.Bidirectional "
-                         f"(found {len(found)}); name it with FILE.py:NAME")
-    return found[0]
+        raise SystemExit(f"rnncomp: {spec!r} must hold exactly one Cell, rc.Stack or rc.Bidirectional (found "
+                         f"{len(found)}{': ' + ', '.join(found) if found else ''}); name one with {spec}:NAME")
+    return next(iter(found.values()))
 
 
 def check_writable(*paths) -> None:

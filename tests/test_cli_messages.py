@@ -2,6 +2,7 @@
 `rnncomp train --resume` continues the saved run; every task prints its trivial baseline
 (issue #18)."""
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -226,3 +227,23 @@ def test_resume_keeps_the_saved_seed_of_the_data(tmp_path, capsys):
     after = capsys.readouterr().out.split("after:  held-out loss ")[1].split()[0]
     assert main(["train", "--resume", ckpt, "--epochs", "0"]) == 0
     assert capsys.readouterr().out.split("before: held-out loss ")[1].split()[0] == after
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("two.py:nope", r"^rnncomp: two.py has no 'nope'; its cells: a, b$"),
+    ("two.py", r"^rnncomp: 'two.py' must hold exactly one Cell, rc.Stack or rc.Bidirectional \(found 2: a, b\); "
+               r"name one with two.py:NAME$"),
+    ("rnncomp.cells:elman", r"^rnncomp: 'rnncomp.cells:elman' is a function, not a Cell, rc.Stack or "
+                            r"rc.Bidirectional \(make the cell in a file, cell = elman\(...\), and give FILE.py\)$"),
+    ("bad.py", r"^rnncomp: bad.py, line 2: '\(' was never closed$"),
+])
+def test_a_named_cell_that_is_not_there_or_a_file_that_does_not_parse_is_a_message(spec, message, tmp_path,
+                                                                                     monkeypatch):
+    """Found by an adversarial probe: FILE.py:NAME naming nothing said "found 0; name it with
+    FILE.py:NAME" (it was named), and a syntax error in the file was a 27-line traceback."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "two.py").write_text("import rnncomp as rc\na = rc.cells.elman(2, 3, 1)\nb = rc.cells.gru(2, 3, 1)\n")
+    (tmp_path / "bad.py").write_text("import rnncomp as rc\ncell = rc.cells.elman(2, 3, 1\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["inspect", spec])
+    assert re.match(message, str(exc.value)), str(exc.value)
