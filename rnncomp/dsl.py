@@ -102,7 +102,29 @@ def _display(name: str) -> str:
 
 
 # ----------------------------------------------------------------------------- matrices
-class MatExpr:
+class NoConditions:
+    """Matrices (a :class:`MatExpr`, a derived weight) take no comparisons: ``W > 0`` is a
+    CellError saying how to write the condition, not Python's TypeError."""
+
+    def _condition(self, op, other):
+        raise CellError(f"cell {self.cell.name!r}: a condition on the matrix {self} ({self} {op} {other}): Piecewise "
+                        "conditions are of vectors; on a matrix write it with sp.Heaviside, sp.Max or sp.Min "
+                        "(e.g. sp.Max(W, 0.1*W))")
+
+    def __gt__(self, other):
+        self._condition(">", other)
+
+    def __lt__(self, other):
+        self._condition("<", other)
+
+    def __ge__(self, other):
+        self._condition(">=", other)
+
+    def __le__(self, other):
+        self._condition("<=", other)
+
+
+class MatExpr(NoConditions):
     """A linear combination of matrix parameters and their transposes.  Anything else made of
     matrices (``W * M``, ``sp.exp(W)``, ``W @ U``) is a :class:`~rnncomp.weight_dsl.WeightExpr`."""
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .dsl import MatExpr, Structural, Vec, _display
+from .dsl import MatExpr, NoConditions, Structural, Vec, _display
 from .errors import CellError, ShapeError
 from .matrix_dsl import _MatrixValue
 
@@ -97,7 +97,7 @@ def _w(x):
         raise CellError(f"weight expression: cannot use a {type(x).__name__} ({x!r})") from None
 
 
-class WeightExpr:
+class WeightExpr(NoConditions):
     """A matrix computed from parameters: element-wise math (``W * M``, ``exp``), ``.T``,
     ``@`` with another matrix, :func:`norm`.  ``weight @ vector`` is a product with it."""
 

@@ -374,6 +374,12 @@ def test_bad_declarations_are_named_cell_errors():
         cell.const("N", [[1.0, np.nan]])
     with pytest.raises(CellError, match=r"constant 'N': expected a non-empty vector or matrix"):
         cell.const("N", np.ones((2, 2, 2)))
+    with pytest.raises(CellError, match=r"constant 'N': complex values; a constant is real"):  # the imaginary
+        cell.const("N", np.full((2, 2), 0.1 + 5j))  # part was dropped with only numpy's ComplexWarning
+    for cond in (lambda: W > 0, lambda: 0 >= W.T, lambda: (W * W) < 1):  # Python's TypeError before
+        with pytest.raises(CellError, match=r"cell 'bad': a condition on the matrix .*: Piecewise conditions are "
+                                            r"of vectors; on a matrix write it with sp.Heaviside, sp.Max or sp.Min"):
+            cond()
     with pytest.raises(ShapeError, match=r"update of state 'h': .* is a matrix .*multiply it by a vector with @"):
         cell.update(h, sp.tanh(sp.exp(W)))
     with pytest.raises(ShapeError, match=r"update of state 'h': element-wise operands of shapes that do not "
