@@ -117,3 +117,11 @@ def test_the_ptx_text_and_plan_of_a_cell_with_derived_weights():
     they are the plain cell's (found by an adversarial probe: an AttributeError)."""
     model = rc.compile(masked(), backend="ptx", runner="host")
     assert ".entry" in model.ptx and model.plan is model.inner.plan
+
+
+def test_the_text_of_the_model_counts_the_declared_parameters():
+    """Found by an adversarial probe: the repr counted the wrapped model's parameters (the
+    derived weights and the constants too): 143 where init_params holds 67."""
+    model = rc.compile(masked(), backend="numpy")
+    n = sum(a.size for a in model.init_params(0).values())
+    assert f"; {n} parameters)" in repr(model) and repr(model).startswith("<derived weights (")

@@ -10,6 +10,8 @@ bytes and the code are the plain cell's.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from ..initializers import init_all, specs as init_specs
@@ -106,8 +108,12 @@ class DerivedModel(TextShown):
         return Gradients(self._grads(checked, g.params), g.inputs, g.h0, g.loss)
 
     def _text(self) -> str:
+        """The inner model's, with the parameters counted as declared (the inner model's count
+        includes the derived weights and the constants, which are not trained)."""
         extra = ", ".join(n.replace("%", "") for n in self.weights.outs)
-        return self.inner._text().replace("<", "<derived weights (" + extra + ") over ", 1)
+        declared = sum(int(np.prod(s)) for s in self.weights.params.values())
+        text = re.sub(r"; \d+ parameters\)", f"; {declared} parameters)", self.inner._text(), count=1)
+        return text.replace("<", "<derived weights (" + extra + ") over ", 1)
 
     def __reduce__(self):
         return (_recompile, (self.cell, self.backend, self.dtype.name, self._options))
