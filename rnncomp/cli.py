@@ -263,6 +263,8 @@ def _size_args(p) -> None:
 def compile_cmd(args) -> int:
     """Write the compiled code of a cell: PTX for ``--target ptx``, LLVM IR or assembly for native."""
     check_writable(args.output)
+    if args.target == "ptx" and args.emit is not None:
+        raise SystemExit(f"rnncomp: --emit {args.emit} is for --target native; --target ptx writes PTX")
     cell = load_cell(args.cell, args.inputs, args.hidden, args.outputs)
     if args.target == "ptx":
         model = rc_compile(cell, backend="ptx", dtype=args.dtype, arch=args.arch)
@@ -270,6 +272,7 @@ def compile_cmd(args) -> int:
     else:
         model = rc_compile(cell, backend="native", dtype=args.dtype, cache=None)
         text = model.asm() if args.emit == "asm" else model.ir()
+    text = text if text.endswith("\n") else text + "\n"
     if args.output in (None, "-"):
         sys.stdout.write(text)
     else:
@@ -293,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("cell", help="a zoo cell, module:name or file.py[:name]")
     comp.add_argument("--target", choices=["ptx", "native"], default="native")
     comp.add_argument("--arch", default="sm_90", help="GPU architecture for --target ptx (sm_75 and newer)")
-    comp.add_argument("--emit", choices=["ir", "asm"], default="ir", help="for --target native")
+    comp.add_argument("--emit", choices=["ir", "asm"], default=None, help="for --target native (default ir)")
     comp.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     comp.add_argument("-o", "--output", help="file to write (default: standard output)")
     _size_args(comp)

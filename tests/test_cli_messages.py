@@ -247,3 +247,13 @@ def test_a_named_cell_that_is_not_there_or_a_file_that_does_not_parse_is_a_messa
     with pytest.raises(SystemExit) as exc:
         main(["inspect", spec])
     assert re.match(message, str(exc.value)), str(exc.value)
+
+
+def test_compile_refuses_emit_for_ptx_and_ends_its_text_with_a_newline(capsys):
+    """Found by an adversarial probe: --emit asm with --target ptx was ignored without a word,
+    and the IR written to stdout had no final newline."""
+    with pytest.raises(SystemExit, match=r"--emit asm is for --target native; --target ptx writes PTX"):
+        main(["compile", "elman", "--target", "ptx", "--emit", "asm"])
+    assert main(["compile", "elman"]) == 0
+    out = capsys.readouterr().out
+    assert "define" in out and out.endswith("\n")
