@@ -18,7 +18,7 @@ from ..checks import count, real
 from ..compile import compile as rc_compile
 from ..errors import ArgumentError, CallError, TrainingError
 from .data import as_dict, batch_dims, check_lengths, converted, lengths_mask, targets_of
-from .apply import Undo, apply
+from .apply import apply, unbroken
 from .optim import Adam, Optimizer
 from .progress import EpochProgress, nanmean
 from .truncated import Truncated, sequence
@@ -96,7 +96,7 @@ class Trainer:
                 raise ValueError(f"update='native': no compiled rule for {type(self.optimizer).__name__}")
         self.update = "native" if self._update is not None else "numpy"
         self._ends = np.cumsum([self.params[n].size for n in self.names])  # flat index -> parameter
-        self._undo = Undo()  # the state before each update, to put back if it made a parameter non-finite
+        self._broken = None  # the error of an update that made a parameter non-finite (train/apply.py)
 
     def __repr__(self) -> str:
         last = f", last epoch loss {self.history[-1]:.5g}" if self.history else ""
@@ -111,6 +111,7 @@ class Trainer:
     # ------------------------------------------------------------------ one update
     def train_step(self, inputs, targets, h0=None, mask=None):
         """Forward + BPTT + clipping + optimizer update; returns (loss, final states)."""
+        unbroken(self)  # not the caller's arrays blamed for a parameter an update made non-finite
         if self.dist is not None or self.accumulate > 1:  # shards and micro-batches, summed
             from .distributed import loss_and_grad
             loss, g, final = loss_and_grad(self, inputs, targets, h0, mask)
@@ -130,6 +131,7 @@ class Trainer:
         """Learn from a stream with ``gradient=`` (rc.RTRL(), rc.SnAp(n), rc.UORO(), rc.BPTT()),
         an update every ``every`` steps: :func:`rnncomp.algorithms.online.fit_online`."""
         from ..algorithms.online import fit_online
+        unbroken(self)
         return fit_online(self, inputs, targets, every, h0)
 
     # ------------------------------------------------------------------ loops
