@@ -28,9 +28,15 @@ def load_cell(spec: str, n_in=None, hidden=None, n_out=None) -> Cell:
     (default 8, 16, 4) are for a zoo cell; a cell of your own declares its own."""
     if spec in cells.ZOO:
         return cells.ZOO[spec](n_in or 8, hidden or 16, n_out or 4)
+    cell = _load(spec)
     given = [f for f, v in (("--inputs", n_in), ("--hidden", hidden), ("--outputs", n_out)) if v is not None]
     if given:
         raise SystemExit(f"rnncomp: {', '.join(given)} set the sizes of a zoo cell; {spec!r} declares its own")
+    return cell
+
+
+def _load(spec: str):
+    """The Cell (or composition) ``module:name`` or ``file.py[:name]`` holds."""
     path, _, name = spec.partition(":")
     if path.endswith(".py"):
         if not os.path.isfile(path):

@@ -29,7 +29,7 @@ _SUB_DIGITS = str.maketrans("₀₁₂₃₄₅₆₇₈₉", "0123456789")
 def _ident_or_call(m) -> str:
     name, call = m.group(1), m.group(2)
     if call:  # a function in an alias: tanh(c), pre(o), Min(0,d)
-        return _FUNCS.get(name, f"\\operatorname{{{name}}}") + "("
+        return _FUNCS.get(name, f"\\operatorname{{{name.replace('_', chr(92) + '_')}}}") + "("
     return ident_latex(name)
 
 

@@ -257,3 +257,12 @@ def test_compile_refuses_emit_for_ptx_and_ends_its_text_with_a_newline(capsys):
     assert main(["compile", "elman"]) == 0
     out = capsys.readouterr().out
     assert "define" in out and out.endswith("\n")
+
+
+def test_sizes_given_to_a_factory_get_the_factorys_message_not_a_cells():
+    """Found by an adversarial probe: with --hidden, module:factory said it "declares its own"
+    sizes; without, that it is a function: now the same message, the one that is true."""
+    for argv in (["inspect", "rnncomp.zoo_matrix:delta_rule", "--hidden", "5"],
+                 ["inspect", "rnncomp.zoo_matrix:delta_rule"]):
+        with pytest.raises(SystemExit, match=r"'rnncomp.zoo_matrix:delta_rule' is a function, not a Cell"):
+            main(argv)

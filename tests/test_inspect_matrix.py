@@ -120,3 +120,16 @@ def test_the_latex_of_a_matrix_cell_shows_the_maths_not_the_atoms(name):
         assert r"\operatorname{colsum}" in tex or r"\operatorname{rowsum}" in tex
     if "ᵀ" in text:
         assert r"^{\top}" in tex
+
+
+def test_the_latex_of_a_row_gate_escapes_its_operator_name():
+    """Found by an adversarial probe: a row-gated state's listing named a value
+    ``\\operatorname{by_rows}(…)``: in math mode "by" with a subscript "r", then "ows"."""
+    import sympy as sp
+    import rnncomp as rc
+    cell = rc.Cell("gate")
+    x, C = cell.input("x", 3), cell.state("C", (2, 3))
+    cell.update(C, rc.sigmoid(cell.param("Wg", (2, 3)) @ x) * C + rc.outer(cell.param("Wv", (2, 3)) @ x, x))
+    cell.loss(rc.vsum(cell.output("y", C.new @ x) ** 2))
+    tex = rc.explain(cell).latex()
+    assert r"\operatorname{by\_rows}" in tex and not re.search(r"\\operatorname\{[^}]*[^\\]_", tex)
