@@ -178,12 +178,16 @@ class Kept:
             pass
 
 
+def own(arrays: dict | None) -> dict | None:
+    """``{name: array}`` copied (None stays None): arrays the caller may reuse once a call returns."""
+    return None if arrays is None else {n: np.array(a) for n, a in arrays.items()}
+
+
 def owned(call: Call) -> Call:
     """``call`` with arrays of its own: a kept forward's backward may read the arguments (the
     inputs of a weight gradient, h0, the parameters) after the caller has reused their memory,
     e.g. loaded the next batch into ``x``.  Its cost, one copy of the arguments, is small next to
     what a forward keeps for every step."""
-    own = lambda d: {n: np.array(a) for n, a in d.items()}  # noqa: E731
     return replace(call, params=own(call.params), inputs=own(call.inputs), targets=own(call.targets),
                    h0=own(call.h0), mask=None if call.mask is None else np.array(call.mask))
 

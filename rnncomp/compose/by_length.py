@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backends.validate import forward_targets
+from ..backends.vjp import own
 from ..errors import CallError
 
 
@@ -31,7 +32,6 @@ class ByLengthKept:
 
     def __init__(self, model, kept, params, inputs, h0, targets, lengths, wrt, check_finite, finals=True):
         self.kept, self.outputs, self.loss = kept, kept.outputs, kept.loss
-        own = lambda d: None if d is None else {k: np.array(v) for k, v in d.items()}  # noqa: E731
         self._model, self._lengths, self._wrt, self._check = model, lengths, wrt, check_finite
         self._params, self._inputs, self._h0 = own(params), own(inputs), own(h0)
         reads = forward_targets(model.step)  # a teacher-forced cell's forward reads targets

@@ -35,7 +35,7 @@ import numpy as np
 from ..backends.vjp import Gradients
 from ..errors import CallError
 from .bidirectional import reverse
-from .by_length import ByLengthKept
+from .by_length import ByLengthKept, cut
 from .layers import _prefixed, split
 
 
@@ -74,7 +74,6 @@ class CellRun:
         T = next(iter(inputs.values())).shape[0]
         if ctx.lengths is None or ctx.lengths.min() == T:
             return fwd(inputs, h0, targets)
-        cut = lambda d, lo, hi: None if d is None else {k: v[lo:hi] for k, v in d.items()}  # noqa: E731
         pieces, final, state, lo = [], None, h0, 0
         for end in np.unique(ctx.lengths):
             out, state = fwd(cut(inputs, lo, end), state, cut(targets, lo, end))
