@@ -91,12 +91,17 @@ def _check_names(cell, kind, given, expected, allow_missing=False):
         raise CallError(f"cell {cell!r}: missing {kind} {', '.join(map(repr, missing))}")
 
 
-def check_param_shapes(cell: str, params, declared: dict) -> None:
-    """``params`` a dict of every ``declared`` parameter ({name: size or shape}), none other,
-    each of its declared shape (of any dtype: a Trainer converts them)."""
+def _check_param_names(cell: str, params, declared) -> None:
+    """``params`` a dict of every ``declared`` parameter, none other."""
     if not isinstance(params, dict):
         raise CallError(f"cell {cell!r}: params must be a dict of arrays (from cell.init_params)")
     _check_names(cell, "params", params, list(declared))
+
+
+def check_param_shapes(cell: str, params, declared: dict) -> None:
+    """``params`` a dict of every ``declared`` parameter ({name: size or shape}), none other,
+    each of its declared shape (of any dtype: a Trainer converts them)."""
+    _check_param_names(cell, params, declared)
     for n, s in declared.items():
         want = s if isinstance(s, tuple) else (s,)
         if np.shape(params[n]) != want:
@@ -106,9 +111,7 @@ def check_param_shapes(cell: str, params, declared: dict) -> None:
 def check_call(step, dtype, params, inputs, targets=None, h0=None, mask=None, *,
                need_targets=False, check_finite=True) -> Call:
     cell, dtype = step.name, np.dtype(dtype)
-    if not isinstance(params, dict):
-        raise CallError(f"cell {cell!r}: params must be a dict of arrays (from cell.init_params)")
-    _check_names(cell, "params", params, list(step.params))
+    _check_param_names(cell, params, step.params)
     inputs = _as_dict("inputs", inputs, list(step.inputs), cell)
     targets = _as_dict("targets", targets, list(step.targets), cell)
     h0 = {n: a for n, a in _as_dict("h0", h0, list(step.states), cell).items() if a is not None}  # None: as left out

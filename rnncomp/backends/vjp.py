@@ -178,6 +178,14 @@ class Kept:
             pass
 
 
+def check_residual_count(where: str, residuals, shapes, T: int, B: int) -> None:
+    """``kept_from``'s ``residuals``: a list or tuple of as many arrays as ``shapes`` says."""
+    if not isinstance(residuals, (list, tuple)) or len(residuals) != len(shapes):
+        got = len(residuals) if isinstance(residuals, (list, tuple)) else type(residuals).__name__
+        raise CallError(f"{where}: kept_from needs the {len(shapes)} residuals of a (T={T}, B={B}) forward "
+                        f"(model.residual_shapes), got {got}")
+
+
 def own(arrays: dict | None) -> dict | None:
     """``{name: array}`` copied (None stays None): arrays the caller may reuse once a call returns."""
     return None if arrays is None else {n: np.array(a) for n, a in arrays.items()}
@@ -255,10 +263,7 @@ class VjpMixin:
         call, w = self._vjp_call(params, inputs, h0, targets, mask, check_finite)
         cot = self._cotangents(w is not None, wrt, outputs)
         st, shapes = self.step, self._vjp_residual_shapes(call.T, call.B, cot)
-        if not isinstance(residuals, (list, tuple)) or len(residuals) != len(shapes):
-            got = len(residuals) if isinstance(residuals, (list, tuple)) else type(residuals).__name__
-            raise CallError(f"cell {st.name!r}: kept_from needs the {len(shapes)} residuals of a (T={call.T}, "
-                            f"B={call.B}) forward (model.residual_shapes), got {got}")
+        check_residual_count(f"cell {st.name!r}", residuals, shapes, call.T, call.B)
         arrays = [_array(st.name, f"residual {i}", a, s, self.dtype, False)
                   for i, (a, s) in enumerate(zip(residuals, shapes))]
         return Kept(self, self._vjp_adopt(call, w, cot, arrays), None, None, None, cot, call.T, call.B)

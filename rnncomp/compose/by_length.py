@@ -26,6 +26,21 @@ def cut(d, lo, hi):
     return None if d is None else {k: v[lo:hi] for k, v in d.items()}
 
 
+def by_length(run, inputs, h0, targets, lengths):
+    """``run(inputs, h0, targets) -> (outputs, states)`` up to each distinct length in turn,
+    each piece from the states the one before ended with: (the pieces' outputs, the states
+    after each sequence's own last step, the states after the longest, its length)."""
+    outs, final, state, lo = [], None, h0, 0
+    for end in (int(e) for e in np.unique(lengths)):
+        out, state = run(cut(inputs, lo, end), state, cut(targets, lo, end))
+        outs.append(out)
+        final = final or {k: np.zeros_like(v) for k, v in state.items()}
+        for k, v in state.items():
+            final[k][lengths == end] = v[lengths == end]
+        lo = end
+    return outs, final, state, lo
+
+
 class ByLengthKept:
     """A kept forward (``kept``, over all T) whose final states and their cotangents are at
     each sequence's own last step (module docstring)."""
@@ -37,14 +52,9 @@ class ByLengthKept:
         reads = forward_targets(model.step)  # a teacher-forced cell's forward reads targets
         self._targets = own({k: targets[k] for k in reads}) if reads and targets else None
         self._ends = [int(e) for e in np.unique(lengths)]
-        self.final, state, lo = None, self._h0, 0
-        for end in self._ends if finals else ():  # (a kept_from returns no final states)
-            _, state = model.forward(self._params, cut(self._inputs, lo, end), state,
-                                     targets=cut(self._targets, lo, end), check_finite=check_finite)
-            self.final = self.final or {k: np.zeros_like(v) for k, v in state.items()}
-            for k, v in state.items():
-                self.final[k][lengths == end] = v[lengths == end]
-            lo = end
+        self.final = None if not finals else by_length(  # (a kept_from returns no final states)
+            lambda x, h, t: model.forward(self._params, x, h, targets=t, check_finite=check_finite),
+            self._inputs, self._h0, self._targets, lengths)[1]
 
     def backward(self, d_outputs=None, d_final=None):
         g = self.kept.backward(d_outputs=d_outputs, d_final=None)

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..backends.vjp import Gradients, check_cotangents
+from ..backends.vjp import Gradients, check_cotangents, check_residual_count
 from ..errors import CallError
 from ..show import TextShown
 from .layers import Composition, _prefixed, split
@@ -183,10 +183,7 @@ class ComposedModel(TextShown):
         ctx = self._ctx(params, inputs, h0, mask, lengths, check_finite, training=False)
         outputs, (T, B) = self._outputs(outputs), self._sizes(inputs)
         shapes = self.residual_shapes(T, B, targets=targets is not None, wrt=wrt, outputs=outputs)
-        if not isinstance(residuals, (list, tuple)) or len(residuals) != len(shapes):
-            got = len(residuals) if isinstance(residuals, (list, tuple)) else type(residuals).__name__
-            raise CallError(f"{self.comp.name}: kept_from needs the {len(shapes)} residuals of a (T={T}, B={B}) "
-                            f"forward (model.residual_shapes), got {got}")
+        check_residual_count(self.comp.name, residuals, shapes, T, B)
         for i, (a, s) in enumerate(zip(residuals, shapes)):
             if tuple(np.shape(a)) != s or np.asarray(a).dtype != self.dtype:
                 raise CallError(f"{self.comp.name}: residual {i} has shape {tuple(np.shape(a))} and dtype "

@@ -35,7 +35,7 @@ import numpy as np
 from ..backends.vjp import Gradients
 from ..errors import CallError
 from .bidirectional import reverse
-from .by_length import ByLengthKept, cut
+from .by_length import ByLengthKept, by_length, cut
 from .layers import _prefixed, split
 
 
@@ -74,14 +74,7 @@ class CellRun:
         T = next(iter(inputs.values())).shape[0]
         if ctx.lengths is None or ctx.lengths.min() == T:
             return fwd(inputs, h0, targets)
-        pieces, final, state, lo = [], None, h0, 0
-        for end in np.unique(ctx.lengths):
-            out, state = fwd(cut(inputs, lo, end), state, cut(targets, lo, end))
-            pieces.append(out)
-            final = final or {k: np.zeros_like(v) for k, v in state.items()}
-            for k, v in state.items():
-                final[k][ctx.lengths == end] = v[ctx.lengths == end]
-            lo = int(end)
+        pieces, final, state, lo = by_length(fwd, inputs, h0, targets, ctx.lengths)
         if lo < T:  # the padding after the longest sequence: its outputs, like one call's
             pieces.append(fwd(cut(inputs, lo, T), state, cut(targets, lo, T))[0])
         return {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}, final
