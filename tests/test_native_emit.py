@@ -15,6 +15,7 @@ products and row sums at 1e-11 / 1e-4 (another summation order and blocking than
 from __future__ import annotations
 
 import ctypes
+import re
 
 import numpy as np
 import pytest
@@ -36,16 +37,22 @@ _0, _1, _2 = placeholder(0), placeholder(1), placeholder(2)
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
 
 
-def run(arrays, emit, layout=None, T=1, B=1, dtype=np.float64, work=0):
-    """Build ``f`` with ``emit(g, slot)`` (``slot(i)``: the pointer held in ``bufs[i]``), run it
-    on ``arrays`` (one per slot, written in place) and return them."""
+def build(emit, layout=None, dtype=np.float64):
+    """The compiled library of ``f(T, B, bufs, work)`` whose body ``emit(g, slot)`` writes
+    (``slot(i)``: the pointer held in ``bufs[i]``)."""
     m = ir.Module(name="emit_test")
     m.triple = HOST.triple
     g = Gen(m, np.dtype(dtype), layout or Layout(), HOST, "f")
     slot = lambda i: g.b.load(g.b.gep(g.bufs, [I64(i)]))  # noqa: E731
     emit(g, slot)
     g.b.ret_void()
-    lib = compile_module(m, cache=None, link=kernel_library.link, host=HOST)
+    return compile_module(m, cache=None, link=kernel_library.link, host=HOST)
+
+
+def run(arrays, emit, layout=None, T=1, B=1, dtype=np.float64, work=0):
+    """Build ``f`` with ``emit(g, slot)`` (``slot(i)``: the pointer held in ``bufs[i]``), run it
+    on ``arrays`` (one per slot, written in place) and return them."""
+    lib = build(emit, layout, dtype)
     arrays = [np.array(a, dtype=dtype, order="C") for a in arrays]  # copies: the inputs stay as given
     ptrs = (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])
     scratch = np.zeros(max(work, 1), dtype=dtype)
@@ -197,6 +204,31 @@ def test_ew_run_reads_registers_shared_vectors_scalars_and_strides():
     np.testing.assert_allclose(got[5], wb, rtol=1e-14)
     np.testing.assert_allclose(got[6][:, :n], np.maximum(wa, wb), rtol=1e-14)
     np.testing.assert_array_equal(got[6][:, n:], d[:, n:])  # the wide row's tail untouched
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_ew_run_over_many_buffers_is_vectorised(dtype):
+    """A fused run reads and writes many buffers.  Without a promise that they do not overlap,
+    LLVM still vectorises the loop but guards it, on every row, with runtime overlap checks (the
+    buffers' addresses compared as integers: ``ptrtoint``).  The run's loop carries
+    ``llvm.loop.parallel_accesses`` over its loads and stores (builder's ``parallel_loop_md``),
+    so the optimised body works on vectors with no such check.  Values are checked too."""
+    B, n, k = 3, 37, 12  # 37: a vector body and a scalar tail
+    L = Layout()
+    L.place(("y", "t"), L.slot("y", n, rows=PER_SAMPLE))
+    ins = [rand(B, n) for _ in range(k)]
+    node = Node("ew", (), n, {"expr": sum(placeholder(i) * (i + 1) for i in range(k))})
+
+    def emit(g, s):
+        g.ew([(("y", "t"), node, s(k), [s(i) for i in range(k)], [(n, False, n)] * k, [f"x{i}" for i in range(k)])])
+
+    got = run(ins + [rand(B, n)], emit, layout=L, B=B, dtype=dtype)
+    want = sum(x.astype(dtype) * (i + 1) for i, x in enumerate(ins))
+    np.testing.assert_allclose(got[k], want, rtol=TOL[dtype] * 10, atol=TOL[dtype] * 10)
+    body = build(emit, L, dtype).optimized_ir()
+    scalar = "double" if dtype == np.float64 else "float"
+    assert re.search(rf"fmul [a-z ]*<\d+ x {scalar}>", body), "the run's loop was not vectorised"
+    assert "ptrtoint" not in body, "the vector loop is guarded by runtime overlap checks"
 
 
 # ---------------------------------------------------------------------------- products
