@@ -222,7 +222,8 @@ class Recurrent(nn.Module):
 
     ``cell``: any :class:`rnncomp.Cell`; ``output``: the name of the output to return per
     step (None: a dict of every output); ``backend``: ``"native"`` (default), ``"numpy"``
-    or ``"ptx"``; ``dtype``: ``torch.float32`` (default) or ``torch.float64``;
+    or ``"ptx"``; ``dtype``: ``torch.float32`` (default) or ``torch.float64`` (``.double()``
+    and ``.float()`` convert the layer, compiling the cell for the new dtype);
     ``batch_first``: inputs and outputs are (B, T, n) instead of (T, B, n);
     ``return_final``: with False, ``forward`` returns only the outputs (for
     ``nn.Sequential``); ``seed``: of the cell's initialisers; ``options``: of
@@ -252,10 +253,35 @@ class Recurrent(nn.Module):
 
     def _register(self):
         self._key = MODELS.add(self, self._model)
+        self._by_dtype = {self._dtype: (self._model, self._key)}  # the models of the dtypes it had
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_by_dtype", None)  # a copy compiles only the model of its own dtype
+        return state
 
     def __setstate__(self, state):  # a copy or an unpickled layer: its own key
         super().__setstate__(state)
         self._register()
+
+    def _apply(self, fn, *args, **kwargs):  # .double(), .float(), .to(dtype), ...: eagerly, not in a traced call
+        module = super()._apply(fn, *args, **kwargs)
+        self._follow_dtype()
+        return module
+
+    def _follow_dtype(self):
+        """A layer converted with ``.double()``, ``.float()`` or ``.to(dtype)`` runs a model of
+        its parameters' dtype: compiled again from the same cell and options on first use
+        (from the compile cache after that), kept for the next conversion back."""
+        dtypes = {getattr(self, _attr(p)).dtype for p in self._model.step.params}
+        if len(dtypes) != 1 or (dtype := dtypes.pop()) == self._dtype or dtype not in _DTYPES:
+            return
+        if dtype not in self._by_dtype:
+            again, (cell, backend, _, options) = self._model.__reduce__()  # how pickling compiles it again
+            model = again(cell, backend, _DTYPES[dtype], options)
+            self._by_dtype[dtype] = (model, MODELS.add(self, model))
+        self._dtype = dtype
+        self._model, self._key = self._by_dtype[dtype]
 
     def extra_repr(self) -> str:
         st = self._model.step
@@ -284,6 +310,8 @@ class Recurrent(nn.Module):
         output) per step, ``final`` {state: (B, n)}; only ``outputs`` with ``return_final=False``.
         With ``lengths``, a sequence's final states are those after its last step and its
         outputs after it are zeros."""
+        _no_functorch(self._model.step.name)
+        self._follow_dtype()
         st = self._model.step
         xs = named(st, "inputs", x, list(st.inputs), "tensors")
         missing_inputs(st, xs)
@@ -309,9 +337,8 @@ class Recurrent(nn.Module):
         params = [_on_cpu(self._model, f"parameter {p!r}", getattr(self, _attr(p))) for p in st.params]
         for p, t in zip(st.params, params):
             if t.dtype != self._dtype:
-                raise CallError(f"cell {st.name!r}: parameter {p!r} is {t.dtype} but the layer was compiled for "
-                                f"{self._dtype} (.to(dtype) or .double() cannot recompile it: make a Recurrent "
-                                "with dtype=)")
+                raise CallError(f"cell {st.name!r}: parameter {p!r} is {t.dtype} but the layer runs in "
+                                f"{self._dtype} (its parameters must all be torch.float32 or all torch.float64)")
         if lengths is None:
             outs, final = self._run(params, inputs, states)
         else:
@@ -347,6 +374,15 @@ class Recurrent(nn.Module):
         T = inputs[0].shape[0]
         run = padded_runner(self._model.step)
         return run(lengths, T, inputs, states, lambda xs, hs: self._run(params, xs, hs), TORCH_OPS)
+
+
+def _no_functorch(name):
+    """``torch.func`` transforms (grad, vmap, jacrev, ...) cannot run the layer's op (PyTorch's
+    custom ops need rules of their own for them): a named error, not PyTorch's internal one."""
+    if not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is not None:
+        raise CallError(f"cell {name!r}: an rnncomp layer cannot run under torch.func transforms (grad, vmap, "
+                        "jacrev, ...); use loss.backward() or torch.autograd.grad, and batch along the layer's "
+                        "B axis instead of vmap (docs/layers.md)")
 
 
 TORCH_OPS = ArrayOps(

@@ -313,10 +313,14 @@ def test_import_rnncomp_does_not_import_torch():
     assert out.split() == ["False", "False"]
 
 
-def test_parameters_on_another_device_or_converted_are_named():
+def test_parameters_on_another_device_or_of_mixed_dtypes_are_named():
     layer = Recurrent(rc.cells.elman(3, 4, 2), dtype=F64)
-    with pytest.raises(CallError, match=r"parameter 'W' is torch.float32 but the layer was compiled for torch.float64"):
-        layer.float()(torch.zeros(5, 2, 3, dtype=F64))
+    layer.W.data = layer.W.data.float()  # one parameter converted behind the module's back
+    with pytest.raises(CallError, match=r"parameter 'W' is torch.float32 but the layer runs in torch.float64 "
+                                        r"\(its parameters must all be torch.float32 or all torch.float64\)"):
+        layer(torch.zeros(5, 2, 3, dtype=F64))
+    with pytest.raises(CallError, match=r"parameter 'W' is torch.float16 but the layer runs in torch.float32"):
+        Recurrent(rc.cells.elman(3, 4, 2)).half()(torch.zeros(5, 2, 3))
     layer = Recurrent(rc.cells.elman(3, 4, 2), dtype=F64).to("meta")
     with pytest.raises(CallError, match=r"parameter 'W' is on meta, but backend 'native' takes CPU tensors"):
         layer(torch.zeros(5, 2, 3, dtype=F64))
@@ -425,3 +429,39 @@ def test_a_second_order_gradient_is_a_clear_error():
     (g,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
     with pytest.raises(CallError, match="gradient of its gradient .* first-order gradients only"):
         g.square().sum().backward()
+
+
+def test_a_converted_layer_runs_in_its_parameters_dtype():
+    """``.double()`` / ``.float()`` / ``.to(dtype)`` compile the model of the new dtype from the
+    same cell and options; converting back reuses the first model.  The converted layer's
+    numbers are those of a layer made in that dtype with the same parameters, bit for bit, and
+    it passes gradcheck (float64) like one; a pickled converted layer keeps its dtype."""
+    import pickle
+    cell = rc.cells.gru(3, 5, 2)
+    layer = Recurrent(cell, output="y")                        # float32
+    first = (layer._model, layer._key)
+    x = torch.randn(6, 2, 3, dtype=F64, generator=torch.Generator().manual_seed(3))
+    layer.double()
+    made = Recurrent(cell, output="y", dtype=F64)
+    made.load_state_dict(layer.state_dict())
+    assert layer._model.dtype == np.float64 and layer._key != first[1]
+    assert torch.equal(layer(x)[0], made(x)[0])
+    assert torch.autograd.gradcheck(lambda x: layer(x)[0], (x[:3].clone().requires_grad_(),))
+    assert torch.equal(pickle.loads(pickle.dumps(layer))(x)[0], made(x)[0])
+    layer.to(torch.float32)
+    assert (layer._model, layer._key) == first
+    assert torch.equal(layer(x.float())[0], made.float()(x.float())[0])
+
+
+def test_torch_func_transforms_are_a_named_error():
+    """PyTorch's custom ops run under ``torch.func`` only with rules of their own; the layer's
+    call names the limit instead of PyTorch's internal error (found by a probe: "Batching rule
+    not implemented for rnncomp::recurrent", "must override the setup_context staticmethod")."""
+    layer = Recurrent(rc.cells.elman(3, 4, 2), output="y", dtype=F64)
+    x = torch.randn(5, 2, 3, dtype=F64)
+    named_limit = "cell 'elman': an rnncomp layer cannot run under torch.func transforms"
+    with pytest.raises(CallError, match=named_limit):
+        torch.func.vmap(lambda x: layer(x)[0])(x[None].expand(2, -1, -1, -1))
+    with pytest.raises(CallError, match=named_limit):
+        torch.func.grad(lambda p: torch.func.functional_call(layer, p, (x,))[0].sum())(dict(layer.named_parameters()))
+    assert layer(x)[0].shape == (5, 2, 2)  # and outside them it runs
