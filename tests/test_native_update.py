@@ -344,17 +344,21 @@ def test_native_clip_norm_of_huge_and_tiny_gradients_takes_the_step(kernels, c, 
     np.testing.assert_allclose(flat, -0.5 * clip * v / norm_v, rtol=1e-12, atol=0)
 
 
-def test_trainer_clip_norm_of_a_huge_gradient_takes_the_step():
-    """The Trainer, NumPy update and native update, with a finite gradient of ~1e200."""
+@pytest.mark.parametrize("c", [1e200, 1e308])
+def test_trainer_clip_norm_of_a_huge_gradient_takes_the_step(c):
+    """The Trainer, NumPy update and native update, with a finite gradient of ~1e200, and one
+    whose norm (2.3e308) is past the float range though every element is finite (found by an
+    audit of #22: the scale clip/inf was 0, the step a silent no-op)."""
     cell = rc.Cell("linear")
     x, h = cell.input("x", 3), cell.state("h", 3)
     cell.update(h, cell.param("b", 3) * x)
     cell.loss(cell.param("a", 3) * x + 0 * h.new)  # ∂L/∂a = the mean of x over steps
-    d = np.array([1.0, -2.0, 0.5])
-    X = np.ones((2, 1, 3)) * d * 1e200
+    d = np.array([1.0, -1.5, 1.25])
+    X = np.ones((2, 1, 3)) * d * c
     for update in ("numpy", "native"):
         tr = rc.Trainer(cell, rc.SGD(0.1), clip_norm=1.0, backend="numpy", dtype="float64",
                         update=update)
+        tr.params["a"][...], tr.params["b"][...] = 0.25, 0.5  # a·x, b·x finite at 1e308
         a0 = tr.params["a"].copy()
         loss, _ = tr.train_step({"x": X}, {})
         assert np.isfinite(loss)

@@ -170,14 +170,15 @@ def build_module(spec: UpdateSpec, tiny_sumsq: float) -> ir.Module:
             with b.if_then(b.fcmp_unordered("==", b.call(fabs, [g]), inf)):
                 b.ret(j)
         b.ret(n)  # unreachable: the flag says there is one
-    norm = _scaled_norm(b, mod, n, grad, sq_acc, spec, lo, scalars, ty, tiny_sumsq)
+    norm, pre, in_range = _scaled_norm(b, mod, n, grad, sq_acc, spec, lo, scalars, ty, tiny_sumsq)
     b.store(norm, norm_out)
     scale = None
     if spec.clip_norm:
         cn = b.load(gep(b, scal, SLOT["clip_norm"]))
-        ratio = b.fdiv(cn, norm)
+        ratio = b.fdiv(cn, in_range)
         ratio = ratio if ty == F64 else b.fptrunc(ratio, ty)
         scale = b.select(b.fcmp_ordered(">", norm, cn), ratio, ir.Constant(ty, 1.0), name="scale")
+        pre = pre if ty == F64 else b.fptrunc(pre, ty)
 
     # pass 2: clip, decay, update (the NumPy optimizer's operations in its order)
     e = _Emitter(b, ty, scalars, sqrt_t)
@@ -187,7 +188,7 @@ def build_module(spec: UpdateSpec, tiny_sumsq: float) -> ir.Module:
         if spec.clip_value:
             g = _clip(b, g, lo, scalars["clip_value"])
         if scale is not None:
-            g = b.fmul(g, scale)
+            g = b.fmul(b.fmul(g, pre), scale)  # pre: 1, or exact scaling where the norm overflowed
         p = b.load(gep(b, flat, k))
         st = {name: b.load(gep(b, q, k)) for name, q in state_ptrs.items()}
         if spec.decay == "l2":
@@ -201,14 +202,19 @@ def build_module(spec: UpdateSpec, tiny_sumsq: float) -> ir.Module:
 
 
 def _scaled_norm(b, mod, n, grad, sq_acc, spec, lo, scalars, ty, tiny_sumsq):
-    """sqrt(Σ g²) from pass 1's sum; where that sum overflowed (finite g above ~1e154) or may
-    have lost terms to underflow (below ``tiny_sumsq``), again over g/p with p the power of
-    two at the largest |g| (exact scaling): p·sqrt(Σ (g/p)²), as
-    :func:`rnncomp.train.optim.global_norm`."""
+    """(norm, pre, in_range): norm = sqrt(Σ g²) from pass 1's sum; where that sum overflowed
+    (finite g above ~1e154) or may have lost terms to underflow (below ``tiny_sumsq``), again
+    over g/p with p the power of two at the largest |g| (exact scaling): p·sqrt(Σ (g/p)²), as
+    :func:`rnncomp.train.optim.global_norm`.  Where even that norm is past the float range
+    (inf from finite g), clipping scales g by ``pre`` = 1/p (exact) and divides by
+    ``in_range`` = sqrt(Σ (g/p)²); otherwise ``pre`` is 1 and ``in_range`` the norm."""
     sqrt_d = mod.declare_intrinsic("llvm.sqrt", [F64])
     fabs_d = mod.declare_intrinsic("llvm.fabs", [F64])
     sumsq = b.load(sq_acc)
     norm_acc, big_acc = alloca_once(b, F64, "norm"), alloca_once(b, F64, "maxabs")
+    pre_acc, range_acc = alloca_once(b, F64, "pre"), alloca_once(b, F64, "in_range")
+    b.store(F64(1.0), pre_acc)
+    b.store(F64(0.0), range_acc)
     b.store(b.call(sqrt_d, [sumsq]), norm_acc)
     plain = b.and_(b.fcmp_ordered(">=", sumsq, F64(tiny_sumsq)), b.fcmp_ordered("<", sumsq, F64(float("inf"))))
     with b.if_then(b.not_(plain), likely=False):
@@ -227,5 +233,11 @@ def _scaled_norm(b, mod, n, grad, sq_acc, spec, lo, scalars, ty, tiny_sumsq):
         with for_range(b, n, name="s") as i:
             q = b.fdiv(clipped(i), p)
             b.store(b.fadd(b.load(sq_acc), b.fmul(q, q), flags=("reassoc", "contract")), sq_acc)
-        b.store(b.fmul(b.call(sqrt_d, [b.load(sq_acc)]), p), norm_acc)
-    return b.load(norm_acc, name="norm")
+        s = b.call(sqrt_d, [b.load(sq_acc)])
+        b.store(b.fmul(s, p), norm_acc)
+        with b.if_then(b.fcmp_ordered("==", b.load(norm_acc), F64(float("inf"))), likely=False):
+            b.store(b.fdiv(F64(1.0), p), pre_acc)  # a power of two: exact
+            b.store(s, range_acc)
+    norm = b.load(norm_acc, name="norm")
+    in_range = b.select(b.fcmp_ordered("==", b.load(pre_acc), F64(1.0)), norm, b.load(range_acc), name="in_range")
+    return norm, b.load(pre_acc, name="pre"), in_range
