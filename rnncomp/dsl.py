@@ -37,7 +37,7 @@ from .errors import CellError, ShapeError
 from .atoms import Concat, LogSumExp, MatVec, RowSum, Slice, Structural, _mat_str
 from .functions import SUPPORTED_FUNCTIONS, supported_names
 
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")  # \Z: "$" would also match before a final newline
 
 
 # ----------------------------------------------------------------------------- symbols

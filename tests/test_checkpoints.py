@@ -184,9 +184,17 @@ def test_missing_wrong_shaped_or_foreign_parameters_are_refused(tmp_path):
     def dtype(meta, arrays):
         arrays["param/Uo"] = arrays["param/Uo"].astype(np.float32)
 
+    def foreign(meta, arrays):  # a parameter the cell does not declare, listed in the record
+        meta["params"].append("Zz")
+        arrays["param/Zz"] = np.zeros(3)
+
+    def unlisted(meta, arrays):  # an array the record does not list
+        arrays["param/Zz"] = np.zeros(3)
+
     cases = [(drop, "missing: Uo"), (reshape, r"'Uo' has shape \(4, 3\), cell 'lstm' declares \(4, 4\)"),
              (version, "format version 99"), (equations, "other equations or sizes"),
-             (dtype, "not all float64")]
+             (dtype, "not all float64"), (foreign, "parameters of cell 'lstm' not in the cell: Zz"),
+             (unlisted, r"holds parameters its record does not list: Zz \(damaged\?\)")]
     for edit, why in cases:
         with pytest.raises(rc.CheckpointError, match=why):
             rc.Trainer.load(_broken_copy(tmp_path, edit.__name__ + ".ckpt", edit))

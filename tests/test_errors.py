@@ -107,6 +107,8 @@ def test_name_collisions_and_bad_names():
         cell.param("x", 3)
     with pytest.raises(CellError, match="must be a letter"):
         cell.input("_x", 3)
+    with pytest.raises(CellError, match="must be a letter"):  # the audit of #22: "$" let a final newline in
+        cell.input("x2\n", 3)
     with pytest.raises(CellError, match="positive integer"):
         cell.input("y", 0)
     with pytest.raises(CellError, match="positive integer"):

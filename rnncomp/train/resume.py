@@ -59,6 +59,10 @@ def load(cls, path, cell=None, backend=None, dtype=None, *, schedule=None, **com
             f"{where}: the checkpoint is of cell {meta['cell']['name']!r} with other equations or sizes "
             f"than {'cell ' + repr(cell.name) if cell is not None else 'the cell rebuilt from it'} "
             f"({ck.first_difference(meta['fingerprint'], str(saved))})")
+    unlisted = [k[len("param/"):] for k in arrays if k.startswith("param/") and k[len("param/"):] not in meta["params"]]
+    if unlisted:
+        raise ck.CheckpointError(f"{where}: the file holds parameters its record does not list: "
+                                 f"{', '.join(unlisted)} (damaged?)")
     params = ck.check_params({n: arrays[f"param/{n}"] for n in meta["params"] if f"param/{n}" in arrays},
                              saved, where)
     if any(v.dtype != np.dtype(meta["dtype"]) for v in params.values()):
