@@ -9,6 +9,7 @@ reverse-mode products with a central difference in one random direction; with a 
 from __future__ import annotations
 
 import contextlib
+import importlib
 
 import numpy as np
 import pytest
@@ -172,7 +173,9 @@ def test_doctest():
     import doctest
     with x64_enabled(False):
         result = doctest.testmod(rc.jax)
+        kept = doctest.testmod(importlib.import_module("rnncomp.jax_kept"))
     assert result.failed == 0 and result.attempted > 0
+    assert kept.failed == 0 and kept.attempted > 0
 
 
 @pytest.mark.parametrize("backward", rc.jax.BACKWARDS)

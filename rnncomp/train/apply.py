@@ -12,9 +12,7 @@ before every update, measured at 3 ms a step for an LSTM H = 512 (P = 1.7M, floa
 of its 81 ms training step, 20 MB more memory) to serve an error that a checkpoint serves
 too; the check itself is one pass over the parameters (0.3 ms there).
 
-    >>> import math
-
-import numpy as np, rnncomp as rc
+    >>> import numpy as np, rnncomp as rc
     >>> tr = rc.Trainer(rc.cells.elman(1, 2, 1), rc.SGD(1e39), backend="numpy", dtype="float32")
     >>> g = np.ones_like(tr.flat)
     >>> try:
