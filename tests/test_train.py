@@ -167,3 +167,43 @@ def test_missing_targets_and_a_cell_without_parameters_are_named_errors():
     before = tr.evaluate(np.ones((4, 2, 2)), None)
     tr.fit(np.ones((4, 2, 2)), None, epochs=3)
     assert tr.evaluate(np.ones((4, 2, 2)), None) < before
+
+
+@pytest.mark.parametrize("update", ["numpy", "native"])
+def test_ctrl_c_during_an_update_is_raised_when_the_update_is_whole(update, tmp_path):
+    """A Ctrl-C that lands after the optimizer wrote the parameters but before the step count
+    advanced left them disagreeing, and the checkpoint ``fit`` saves on Ctrl-C held an update
+    under the previous count (found by the audit of #22).  Now ``fit`` holds it until the
+    update is whole: the parameters, the optimizer state and the count, in memory and in the
+    checkpoint, equal a run of two steps with no Ctrl-C."""
+    import signal
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(6, 2, 1)), rng.normal(size=(6, 2, 1))
+    make = lambda: rc.Trainer(rc.cells.elman(1, 3, 1), rc.Adam(0.1), backend="numpy",  # noqa: E731
+                              dtype="float64", update=update)
+    ref, tr = make(), make()
+    ref.fit(x, y, epochs=2, batch_size=2, shuffle=False)
+    calls = []
+
+    def interrupted_second(real):
+        def call(*a):
+            out = real(*a)
+            calls.append(1)
+            if len(calls) == 2:
+                signal.raise_signal(signal.SIGINT)  # after the write, before the count
+            return out
+        return call
+
+    if update == "native":
+        tr._update = interrupted_second(tr._update)
+    else:
+        tr.optimizer.step = interrupted_second(tr.optimizer.step)
+    with pytest.raises(KeyboardInterrupt):
+        tr.fit(x, y, epochs=5, batch_size=2, shuffle=False, callbacks=[rc.train.Checkpoint(tmp_path / "c.ckpt")])
+    saved = rc.Trainer.load(tmp_path / "c.ckpt")
+    for got in (tr, saved):
+        assert got.step_count == ref.step_count == 2
+        np.testing.assert_array_equal(got.flat, ref.flat)
+        for k, v in ref.optimizer.state.items():
+            np.testing.assert_array_equal(got.optimizer.state[k], v)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back

@@ -26,6 +26,9 @@ too; the check itself is one pass over the parameters (0.3 ms there).
 from __future__ import annotations
 
 import math
+import signal
+import threading
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -37,7 +40,44 @@ def apply(tr, g: np.ndarray, loss, where: str, native: bool = True) -> None:
     """Update ``tr``'s parameters from the flat gradient ``g`` (clipped in place) of a step
     whose loss is ``loss`` (None: an update without losses of its own); ``where`` names the
     step in errors ("step 3").  ``native``: through the trainer's compiled update when it
-    has one.  The step count advances only when the update is kept."""
+    has one.  The step count advances only when the update is kept.  Under
+    :func:`updates_whole` a Ctrl-C that lands in the update is raised when it is whole."""
+    tr._updating = True
+    try:
+        _apply(tr, g, loss, where, native)
+    finally:
+        tr._updating = False
+        interrupted, tr._interrupted = tr._interrupted, False
+    if interrupted:
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def updates_whole(tr):
+    """While ``tr`` trains (``Trainer.fit``): a Ctrl-C (SIGINT) that lands inside an update is
+    held until the update is whole, so the parameters, the optimizer state and the step count
+    change together or not at all, and the checkpoint ``callbacks.Checkpoint`` saves on
+    Ctrl-C never holds a half-made update.  Elsewhere Ctrl-C is raised at once, as always.
+    Only where Python's own handler is installed, in the main thread (a handler of the
+    caller's is left alone); per step it costs two attribute stores."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def held(signum, frame):
+        if not tr._updating:
+            raise KeyboardInterrupt
+        tr._interrupted = True
+
+    signal.signal(signal.SIGINT, held)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _apply(tr, g, loss, where, native) -> None:
     unbroken(tr)
     step, opt = tr.step_count + 1, tr.optimizer
     finite_loss = loss is None or np.isfinite(loss)

@@ -18,7 +18,7 @@ from ..checks import count, real
 from ..compile import compile as rc_compile
 from ..errors import ArgumentError, CallError, TrainingError
 from .data import as_dict, batch_dims, check_lengths, converted, lengths_mask, targets_of
-from .apply import apply, unbroken
+from .apply import apply, unbroken, updates_whole
 from .optim import Adam, Optimizer
 from .progress import EpochProgress, nanmean
 from .truncated import Truncated, sequence
@@ -97,6 +97,7 @@ class Trainer:
         self.update = "native" if self._update is not None else "numpy"
         self._ends = np.cumsum([self.params[n].size for n in self.names])  # flat index -> parameter
         self._broken = None  # the error of an update that made a parameter non-finite (train/apply.py)
+        self._updating = self._interrupted = False  # a Ctrl-C held until the update is whole (apply.updates_whole)
 
     def __repr__(self) -> str:
         last = f", last epoch loss {self.history[-1]:.5g}" if self.history else ""
@@ -154,8 +155,9 @@ class Trainer:
         ``validation_data``: ``(inputs, targets)`` or ``(inputs, targets, mask)``, evaluated after
         each epoch into ``val_history`` (what the callbacks can watch)."""
         try:
-            return self._fit(inputs, targets, epochs, batch_size, mask, shuffle, seed, verbose,
-                             lengths, stateful, list(callbacks), validation_data)
+            with updates_whole(self):
+                return self._fit(inputs, targets, epochs, batch_size, mask, shuffle, seed, verbose,
+                                 lengths, stateful, list(callbacks), validation_data)
         except KeyboardInterrupt:
             for cb in callbacks:
                 cb.on_interrupt(self)
