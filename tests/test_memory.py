@@ -205,3 +205,71 @@ def test_activation_bytes_is_what_the_buffers_grow_by_per_step(name):
                             rng.normal(size=(T, 4, 3)).astype(np.float32))
         total[T] = sum(a.nbytes for a in model._current_pool().bufs.values())
     assert total[600] - total[300] == model.activation_bytes(600, 4) - model.activation_bytes(300, 4)
+
+
+#: pooled buffers whose size does not depend on T (the GEMM kernels' work space, weights
+#: packed or stacked once per call, flags)
+FIXED = ("gemm work", "packed ", "stacked ", "outer tmp", "prologue flags", "zero weights")
+
+
+def _pool_bytes(model):
+    """Bytes of the buffers that depend on T in this thread's pools of ``model`` and of its
+    VJP variants (docs/vjp.md)."""
+    models = [model, *model._variants.values()]
+    return sum(a.nbytes for m in models for k, a in getattr(m._current_pool(), "bufs", {}).items()
+               if not str(k).startswith(FIXED))
+
+
+@pytest.mark.parametrize("name, dtype", [("lstm", "float64"), ("gru", "float32"), ("elman", "float64")])
+def test_a_forward_in_chunks_equals_one_call_bit_for_bit(name, dtype, monkeypatch):
+    """``forward`` without keep runs in chunks of steps (``backends/native_forward.py``), each
+    from the last one's final states: outputs and final states bit for bit one call's, at an
+    uneven last chunk, with learned, given and zero initial states."""
+    from rnncomp.backends import native_forward
+    cell = rc.cells.get(name)(3, 16, 2)
+    model = rc.compile(cell, backend="native", dtype=dtype)
+    params = model.init_params(seed=1)
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(103, 5, 3)).astype(dtype)
+    h0 = {s: rng.normal(size=(5, 16)).astype(dtype) for s in list(model.step.states)[:1]}
+    want = model.forward(params, x, h0)
+    assert native_forward.chunk_steps(model, 103, 5) == 103  # one chunk at this size
+    per_step = footprint(model, 5).step
+    monkeypatch.setattr(native_forward, "CHUNK_BYTES", 10 * per_step)  # 10 steps a chunk: 11 chunks
+    assert native_forward.chunk_steps(model, 103, 5) == 10
+    got = model.forward(params, x, h0)
+    for a, b in zip(want, got):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_forward_kept_forward_and_vjp_under_a_schedule_hold_one_chunk():
+    """Found by a probe (LSTM, T = 20000, ``memory=rc.Budget("2MB")``): ``loss_and_grad`` kept
+    to the budget, but ``forward``, a kept forward + backward and ``vjp`` allocated every
+    step's buffers (377-381 MiB of peak RSS against 1.9 MiB of ``activation_bytes``), and so
+    did a Stack's training call, which runs its cells through the VJP.  Now their forwards run
+    in chunks of the plan's longest leaf: the pool's per-step buffers stay within the plan's
+    memory; the outputs are the store-all forward's bit for bit, the gradients to rounding."""
+    cell = rc.cells.lstm(3, 32, 2)
+    T, B = 2000, 4
+    rng = np.random.default_rng(0)
+    x, dy = rng.normal(size=(T, B, 3)), rng.normal(size=(T, B, 2))
+    every = rc.compile(cell, backend="native", dtype="float64", threads=1)
+    params = every.init_params(seed=0)
+    want = every.forward(params, x, keep=True)
+    want_grads = want.backward(d_outputs={"y": dy})
+    model = rc.compile(cell, backend="native", dtype="float64", threads=1, memory=rc.Budget("100KB"))
+    plan_bytes = model.memory_plan(T, B).memory(footprint(model, B))
+    for call in (lambda: model.forward(params, x),
+                 lambda: model.forward(params, x, keep=True).backward(d_outputs={"y": dy}),
+                 lambda: model.vjp(params, x, d_outputs={"y": dy})):
+        got = call()
+        assert _pool_bytes(model) <= plan_bytes < every.activation_bytes(T, B) / 50
+    outs, final = model.forward(params, x)
+    np.testing.assert_array_equal(outs["y"], want.outputs["y"])
+    for s in final:
+        np.testing.assert_array_equal(final[s], want.final[s])
+    for p in params:
+        np.testing.assert_allclose(got.params[p], want_grads.params[p], rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(got.inputs["x"], want_grads.inputs["x"], rtol=1e-12, atol=1e-13)

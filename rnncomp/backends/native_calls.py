@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import CompileError
 from ..memory import schedule
-from . import native_fast
+from . import native_fast, native_forward
 from .llvm import gemm
 from .validate import add_initial_state_grads, weighted_loss
 
@@ -204,14 +204,9 @@ class NativeCalls:
         fn(T, B, ptrs, work.ctypes.data)  # ctypes releases the GIL during the call
 
     def _forward_call(self, call):
-        arrays, states, fwd = self._buffers(call, False)
-        self._fresh_call()
-        self._run(self._fwd, arrays, call.T, call.B)
-        outs = {}
-        for o, n in self.step.outputs.items():
-            key = (o, "t")
-            outs[o] = (fwd[key] if key in fwd else states[o][1:]).copy()
-        return outs, {s: states[s][-1].copy() for s in self.step.states}
+        """Forward only: in chunks of steps, one chunk's buffers (``native_forward``)."""
+        outs, final, _ = native_forward.forward(self, call)
+        return outs, final
 
     def _loss_and_grad_fast(self, params, inputs, targets, h0, mask, check_finite):
         """One native call pair, its buffers cached (backends/native_fast.py), or None."""
@@ -240,6 +235,7 @@ class NativeCalls:
     def memory(self, value):
         self._memory = schedule(value)
         self.__dict__.pop("_plans", None)
+        self.__dict__.pop("_chunks", None)  # native_forward.chunk_steps
         self._leaf_only = {}
 
     def _single_leaf(self, T, B) -> bool:

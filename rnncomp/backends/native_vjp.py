@@ -9,8 +9,9 @@ use and kept by the model (disk-cached like any other compile).
 A forward kept for a later backward (``forward(..., keep=True)``) runs in a private pool
 of buffers that no other call reuses, per batch slice; the backward reads them and
 nothing is recomputed.  Under a ``memory=`` schedule that does not keep every step, the
-kept forward holds only the call, and the backward runs the schedule's plan (which
-recomputes what it did not keep, as in ``loss_and_grad``).
+kept forward runs in chunks of the plan's longest leaf (``native_forward``) and holds only
+the call, and the backward runs the schedule's plan (which recomputes what it did not keep,
+as in ``loss_and_grad``).
 
 The kept buffers the backward reads back -- per batch slice, the states and the forward's
 computed values (``NativeCalls._timed_forward_buffers``) -- can leave the kept forward
@@ -24,7 +25,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .validate import add_initial_state_grads, weighted_loss
+from . import native_forward
+from .validate import add_initial_state_grads
 from .vjp import VjpMixin
 
 #: VJP variants kept per model (one per distinct set of cotangents); beyond, the oldest goes.
@@ -104,8 +106,8 @@ class NativeVjp(VjpMixin):
 
         def one(cut):
             sub, ws, sl = cut
-            if not keep_all:  # a schedule: only the outputs now, the plan at backward time
-                return _Part(sub, ws, sl, None, None), v._plain_forward(sub, ws)
+            if not keep_all:  # a schedule: only the outputs now (chunked), the plan at backward time
+                return _Part(sub, ws, sl, None, None), native_forward.forward(v, sub, ws, call.B)
             pool = v._spare_pool()
             with v._private(pool):
                 v._fresh_call()
@@ -197,16 +199,6 @@ class NativeVjp(VjpMixin):
     @staticmethod
     def _batch(parts):
         return sum(p.sl.stop - p.sl.start for p in parts)
-
-    def _plain_forward(self, sub, ws):
-        """(outputs, final states, loss) of one slice, in this thread's pool (nothing kept)."""
-        st = self.step
-        arrays, states, fwd = self._buffers(sub, False)
-        self._fresh_call()
-        self._run(self._fwd, arrays, sub.T, sub.B)
-        outs = {o: (fwd[(o, "t")] if (o, "t") in fwd else states[o][1:]).copy() for o in st.outputs}
-        loss = None if ws is None else weighted_loss(ws, fwd[st.loss_key][:, :, 0])
-        return outs, {s: states[s][-1].copy() for s in st.states}, loss
 
 
 def _cat(arrays, axis):
