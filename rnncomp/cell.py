@@ -21,6 +21,7 @@ from . import initializers
 from .cell_check import check_expr, size_of
 from .dsl import _NAME, MatParam, StateVec, Vec, _display_expr, check_functions
 from .errors import CellError, ShapeError
+from .exprwalk import contains
 from .matrix_dsl import MatState, check_matrix_shape
 from .weight_dsl import WMatVec, internal_name, weight_form, weight_shape
 
@@ -162,7 +163,7 @@ class Cell:
 
     def _resolve_weights(self, expr, where):
         """``weight @ v`` → a product with a derived weight (declared once per weight expression)."""
-        if not isinstance(expr, sp.Basic) or not expr.has(WMatVec):
+        if not isinstance(expr, sp.Basic) or not contains(expr, WMatVec):
             return expr
         repl = {}
         for node in sp.postorder_traversal(expr):

@@ -20,6 +20,7 @@ from sympy.matrices.expressions import MatrixExpr as SympyMatrixExpr
 
 from .dsl import MatExpr, MatVec, Slice, Concat, RowSum, LogSumExp, Vec, _display_expr, _shape, check_functions
 from .errors import CellError, ShapeError
+from .exprwalk import distinct_subexpressions, free_symbols
 from .matrix_dsl import MATRIX_ATOMS, atom_shape, broadcast
 from .weight_dsl import is_weight_expr
 
@@ -42,7 +43,7 @@ def check_expr(cell, expr, where):
         raise CellError(f"{where}: {expr} is a condition, not a number (use sp.Piecewise)")
     if not isinstance(expr, sp.Expr):
         raise CellError(f"{where}: expected a sympy expression, got {type(expr).__name__}")
-    foreign = next((m for m in sp.preorder_traversal(expr) if isinstance(m, SympyMatrixExpr)), None)
+    foreign = next((m for m in distinct_subexpressions(expr) if isinstance(m, SympyMatrixExpr)), None)
     if foreign is not None:
         names = sorted(str(a) for a in foreign.atoms(sp.MatrixSymbol)) or [str(foreign)]
         raise CellError(f"{where}: {', '.join(names)} is a sympy matrix ({type(foreign).__name__}), "
@@ -54,7 +55,7 @@ def check_expr(cell, expr, where):
                          "element-wise), not a vector; multiply it by a vector with @")
     check_functions(expr, where)
     loose = _outside_products(expr)
-    for s in expr.free_symbols:
+    for s in free_symbols(expr):
         if isinstance(s, Vec):
             base = s.name[:-4] if s.name.endswith(".new") else s.name
             d = cell.decls.get(base)
@@ -71,7 +72,7 @@ def check_expr(cell, expr, where):
                     f"cell.{d.kind} returned)" if d else "")
             raise CellError(f"{where}: unknown symbol {s.name!r} in {_display_expr(expr)}{hint}: "
                             "use symbols returned by cell.input/state/param/output/define")
-    for m in sp.preorder_traversal(expr):
+    for m in distinct_subexpressions(expr):
         if isinstance(m, MatVec) and not m.args[0]:
             raise CellError(f"{where}: the matrix of a product in {_display_expr(expr)} is zero "
                             "(its terms cancel, as in (W - W) @ h); write 0 instead")
@@ -80,37 +81,50 @@ def check_expr(cell, expr, where):
 
 def size_of(cell, expr, where):
     """Units of a vector expression (1 for a per-step scalar), or the (m, n) shape of a
-    matrix-valued one (a matrix state); checks broadcasting."""
+    matrix-valued one (a matrix state); checks broadcasting.  Each distinct sub-expression is
+    sized once (``exprwalk``: a shared one would be sized once per path to it)."""
+    memo = {}
+
+    def size(e, where=where):
+        if e not in memo:
+            memo[e] = _size(cell, e, where, size)
+        return memo[e]
+
+    return size(expr)
+
+
+def _size(cell, expr, where, size):
+    """:func:`size_of` of one node, ``size`` sizing its operands."""
     if isinstance(expr, Vec):
         name = expr.name[:-4] if expr.name.endswith(".new") else expr.name
         return cell.decls[name].shape
     if isinstance(expr, MatVec):
         return _matvec_rows(cell, expr)
     if isinstance(expr, MATRIX_ATOMS):
-        return atom_shape(cell.size_of, expr, where)
+        return atom_shape(size, expr, where)
     parts = expr.args[:1] if isinstance(expr, Slice) else expr.args if isinstance(expr, Concat) else ()
-    if any(isinstance(cell.size_of(a, where), tuple) for a in parts):
+    if any(isinstance(size(a), tuple) for a in parts):
         raise ShapeError(f"{where}: {_display_expr(expr)}: slices and concatenations are of vectors, "
                          "not matrices")
     if isinstance(expr, Slice):
-        n = cell.size_of(expr.args[0], where)
+        n = size(expr.args[0])
         lo, hi = int(expr.args[1]), int(expr.args[2])
         if not 0 <= lo < hi <= n:
             raise ShapeError(f"{where}: slice [{lo}:{hi}] of {_display_expr(expr.args[0])} "
                              f"(size {n}) is out of range or empty")
         return hi - lo
     if isinstance(expr, Concat):
-        return sum(cell.size_of(a, where) for a in expr.args)
+        return sum(size(a) for a in expr.args)
     if isinstance(expr, (RowSum, LogSumExp)):
-        cell.size_of(expr.args[0], where)
+        size(expr.args[0])
         return 1
     sizes = {}
     for a in expr.args:
         if isinstance(a, sp.Expr) and not (isinstance(a, sp.Symbol) and not isinstance(a, Vec)):
-            sizes[a] = cell.size_of(a, where)
+            sizes[a] = size(a)
         elif isinstance(a, sp.Basic) and not isinstance(a, sp.Symbol):  # Piecewise (expr, cond)
             for sub in _operands(a):
-                sizes[sub] = cell.size_of(sub, where)
+                sizes[sub] = size(sub)
     if any(isinstance(n, tuple) for n in sizes.values()):
         return broadcast(sizes, where, expr)
     big = {n for n in sizes.values() if n != 1}
@@ -135,11 +149,10 @@ def _operands(b) -> list:
 def _outside_products(expr) -> set:
     """The symbols of ``expr`` outside the term tuples of its products (where matrix
     parameters are named by plain symbols)."""
-    out, it = set(), sp.preorder_traversal(expr)
-    for node in it:
+    out = set()
+    for node in distinct_subexpressions(expr, skip=MatVec):
         if isinstance(node, MatVec):
             out |= _outside_products(node.args[1])
-            it.skip()
         elif isinstance(node, sp.Symbol):
             out.add(node)
     return out

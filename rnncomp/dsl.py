@@ -34,6 +34,7 @@ import re
 import sympy as sp
 
 from .errors import CellError, ShapeError
+from .exprwalk import distinct_subexpressions
 from .atoms import Concat, LogSumExp, MatVec, RowSum, Slice, Structural, _mat_str
 from .functions import SUPPORTED_FUNCTIONS, supported_names
 
@@ -306,7 +307,7 @@ def softmax_xent(logits, target):
 
 def check_functions(expr, where: str) -> None:
     """Reject sympy functions the compiler has no derivative/backend for."""
-    for node in sp.preorder_traversal(expr):
+    for node in distinct_subexpressions(expr):
         if isinstance(node, Structural) or not isinstance(node, sp.Basic):
             continue
         if isinstance(node, sp.Function) or isinstance(node, sp.core.function.AppliedUndef):

@@ -54,6 +54,7 @@ class _Lowerer:
         self.cell = cell
         self.prog = Program(name=cell.name)
         self.memo: dict = {}
+        self.splits: dict = {}  # split()'s results
         self.busy: list[str] = []
         self.counter = 0
         self.refs: dict = {}
@@ -235,6 +236,12 @@ class _Lowerer:
         of its own: the backward step then reuses σ(a) and a instead of recomputing them."""
         if isinstance(e, (Vec, Structural)) or not e.args or not isinstance(e, sp.Basic):
             return e
+        done = self.splits.get((e, top))  # a shared sub-expression is split once, not once per path
+        if done is None:
+            done = self.splits[(e, top)] = self._split(e, where, top)
+        return done
+
+    def _split(self, e, where, top):
         is_call = isinstance(e, (sp.Function, sp.Max, sp.Min)) and not isinstance(e, sp.Piecewise)
         args = []
         for a in e.args:

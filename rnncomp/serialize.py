@@ -39,10 +39,11 @@ class LostInitializer:
                         "declare the cell again")
 
 
-def cell_to_dict(cell: Cell, callables: bool = False) -> dict:
+def cell_to_dict(cell: Cell, callables: bool = False, text=sp.srepr) -> dict:
     """The cell's declarations and equations, each expression as sympy ``srepr`` text.
     ``callables``: a custom initialiser is kept as the function itself (for pickle, which
-    stores it by name), else only its name."""
+    stores it by name), else only its name.  ``text``: what each expression is written as
+    (``exprwalk.digest`` for a key that need not be read back)."""
     decls = []
     for d in cell.decls.values():
         init = d.init
@@ -53,11 +54,11 @@ def cell_to_dict(cell: Cell, callables: bool = False) -> dict:
         elif isinstance(init, tuple):
             init = list(init)
         decls.append({"kind": d.kind, "name": d.name, "shape": d.shape if isinstance(d.shape, int) else list(d.shape),
-                      "init": init, "expr": None if d.expr is None else sp.srepr(d.expr)})
+                      "init": init, "expr": None if d.expr is None else text(d.expr)})
     return {"name": cell.name, "decls": decls,
-            "updates": {k: sp.srepr(e) for k, e in cell.updates.items()},
-            "loss": None if cell.loss_expr is None else sp.srepr(cell.loss_expr),
-            **({} if cell.energy_expr is None else {"energy": sp.srepr(cell.energy_expr)})}
+            "updates": {k: text(e) for k, e in cell.updates.items()},
+            "loss": None if cell.loss_expr is None else text(cell.loss_expr),
+            **({} if cell.energy_expr is None else {"energy": text(cell.energy_expr)})}
 
 
 def _namespace() -> dict:

@@ -19,6 +19,7 @@ import sympy as sp
 
 from .dsl import MatExpr, NoConditions, Structural, Vec, _display
 from .errors import CellError, ShapeError
+from .exprwalk import contains
 from .matrix_dsl import _MatrixValue
 
 
@@ -78,7 +79,7 @@ def _wrapped(printer, e) -> str:
 
 def is_weight_expr(e) -> bool:
     """A sympy expression that contains a matrix atom (so it is a matrix, not a vector)."""
-    return isinstance(e, sp.Basic) and e.has(*WEIGHT_ATOMS)
+    return isinstance(e, sp.Basic) and contains(e, *WEIGHT_ATOMS)
 
 
 # ----------------------------------------------------------------------------- the user's object

@@ -63,10 +63,11 @@ def package_fingerprint() -> str:
 def declaration_key(cell, dtype, options: tuple, host) -> str | None:
     """The key of a plan: a hex SHA-256 of everything a plan is derived from, or None when
     the declaration does not serialize."""
+    from ..exprwalk import digest
     from ..serialize import cell_to_dict
 
-    try:
-        decl = json.dumps(cell_to_dict(cell), sort_keys=True, ensure_ascii=False)
+    try:  # each expression by its structure's digest: srepr's text grows with the tree, not the graph
+        decl = json.dumps(cell_to_dict(cell, text=digest), sort_keys=True, ensure_ascii=False)
     except (TypeError, ValueError):
         return None
     h = hashlib.sha256()
