@@ -163,3 +163,23 @@ def _matvec_rows(cell, mv) -> int:
     name, tr = terms[0][0].name, int(terms[0][1])
     shape = cell.decls[name].shape
     return shape[1] if tr else shape[0]
+
+
+def check_constants_fit(cell, dtype) -> None:
+    """Every non-zero constant of the cell's equations is finite and not 0 in ``dtype`` (float64
+    is checked as each equation is declared; a float32 model checks here, at compile time:
+    1e-46 would silently be 0 and 1e39 inf)."""
+    dtype = np.dtype(dtype)
+    exprs = [(f"update of state {k!r}", e) for k, e in cell.updates.items()]
+    exprs += [(f"{d.kind} {d.name!r}", d.expr) for d in cell.decls.values() if d.expr is not None]
+    exprs += [("loss", cell.loss_expr)] if cell.loss_expr is not None else []
+    for where, e in exprs:
+        for node in distinct_subexpressions(e):
+            if isinstance(node, sp.Number) and node != 0:
+                with np.errstate(over="ignore", under="ignore"):
+                    v = dtype.type(float(node))
+                if not np.isfinite(v) or v == 0:
+                    what = "overflows to inf" if v else "underflows to 0"
+                    raise CellError(f"cell {cell.name!r}, {where}: the constant {sp.N(node, 6)} {what} in "
+                                    f"{dtype.name}; rescale it, or compile with dtype='float64'")
+

@@ -18,6 +18,10 @@ def compile(cell, backend: str = "numpy", dtype: str = "float64", **options):
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         from .compose.model import ComposedModel
         return ComposedModel(cell, backend, dtype, **options)
+    from .backends.validate import float_dtype
+    if float_dtype(dtype) == "float32" and hasattr(cell, "updates"):  # float64: checked as it is declared
+        from .cell_check import check_constants_fit
+        check_constants_fit(cell, "float32")
     if backend in BACKENDS and any(d.kind in ("const", "weight") for d in cell.decls.values()):
         from .backends.derived import DerivedModel  # computed before the loop, shared by every backend
         return DerivedModel(cell, backend, dtype, options)

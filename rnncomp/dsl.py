@@ -62,6 +62,18 @@ class Vec(sp.Symbol):
         raise CellError(f"{other} @ {_display(self.name)}: the left operand of @ must be a matrix "
                         f"parameter of the cell (cell.param(name, (m, n))), not {type(other).__name__}")
 
+    def __mod__(self, other):  # sympy's Mod would ask its gcd to iterate the vector (__iter__ = None)
+        raise _no_mod(_display(self.name), other)
+
+    def __rmod__(self, other):
+        raise _no_mod(other, _display(self.name))
+
+    def __divmod__(self, other):
+        raise _no_mod(_display(self.name), other)
+
+    def __rdivmod__(self, other):
+        raise _no_mod(other, _display(self.name))
+
     def __getnewargs_ex__(self):  # pickling: our __new__ fixes the assumptions itself
         return (self.name,), {}
 
@@ -70,6 +82,11 @@ class Vec(sp.Symbol):
         raise ShapeError(f"{_display(self.name)}.T: {_display(self.name)} is a vector; only a matrix "
                          "(cell.param(name, (m, n)) or a weight expression) has a transpose (a column for "
                          "v vᵀ: cell.param(name, (n, 1)))")
+
+
+def _no_mod(a, b) -> CellError:
+    return CellError(f"{a} % {b}: function 'Mod' is not supported element-wise (no derivative); supported: "
+                     f"{supported_names()}, and any expression built from them with + - * / **")
 
 
 def _defer_to_matrices(op):
@@ -211,6 +228,24 @@ class MatExpr(NoConditions):
     def __pow__(self, c):
         return self._weight() ** c
 
+    def __rpow__(self, c):  # 2 ** W: element-wise, as sp.Pow(2, W)
+        return sp.Pow(c, self)
+
+    def __abs__(self):  # abs(W), as sp.Abs(W)
+        return sp.Abs(self)
+
+    def __floordiv__(self, c):  # W // 2, as for a vector: floor(W / 2)
+        return sp.floor(self / c)
+
+    def __rfloordiv__(self, c):
+        return sp.floor(c / self)
+
+    def __mod__(self, c):
+        raise _no_mod(self, c)
+
+    def __rmod__(self, c):
+        raise _no_mod(c, self)
+
     def __matmul__(self, v):
         from .weight_dsl import WeightExpr, is_weight_expr
         if isinstance(v, (MatExpr, WeightExpr)) or is_weight_expr(v):  # is_weight_expr: sp.cos(t) * W
@@ -317,6 +352,11 @@ def check_functions(expr, where: str) -> None:
                                 "and any expression built from them with + - * / **")
             if isinstance(node, sp.Piecewise):
                 _check_conditions(node, expr, where)
+        elif isinstance(node, sp.Pow) and node.base.is_number and node.base.is_negative \
+                and not node.exp.is_number:
+            raise CellError(f"{where}: {_display_expr(node)}: a negative base to a variable power is complex "
+                            f"(its derivative has log({node.base}) = log({-node.base}) + iπ); for an integer "
+                            f"power of a sign write e.g. sp.cos(sp.pi*n)*{-node.base}**n")
         elif isinstance(node, (sp.Integral, sp.Derivative, sp.Sum, sp.Product)):
             raise CellError(f"{where}: {type(node).__name__} cannot be used element-wise")
         elif node.is_Atom and node.is_number:

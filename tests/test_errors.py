@@ -345,3 +345,43 @@ def test_a_piecewise_that_may_select_nothing_is_named():
     c.loss(rc.vsum(h.new ** 2))
     assert np.isfinite(rc.compile(c, backend="numpy").loss_and_grad(
         c.init_params(seed=0), np.ones((2, 1, 3)), {})[0])
+
+
+def test_probe_of_element_wise_functions_named_errors():
+    """Found by a probe of sympy functions in cells (2026-12-07), each a named CellError now:
+    a negative constant base to a variable power (its derivative is complex: the oracle dropped
+    the imaginary part, the native printer failed on `I`), `%`/divmod on a vector (sympy's Mod
+    asked its gcd to iterate the vector: a TypeError from sympy.polys), `%` on a matrix, and a
+    constant a float32 model cannot hold (1e-46 was 0, 1e39 inf, on every backend alike)."""
+    cell, x, h = base(H=3)
+    c = cell.param("c", 3)
+    with pytest.raises(CellError, match=r"\(-2\)\*\*\(c \+ x\): a negative base to a variable power is complex"):
+        cell.update(h, (-2) ** (x + c) + 0 * h)
+    for op in (lambda: x % 2, lambda: 2 % x, lambda: divmod(x, 2)):
+        with pytest.raises(CellError, match="function 'Mod' is not supported element-wise"):
+            op()
+    A = cell.param("A", (3, 3))
+    with pytest.raises(CellError, match=r"A % 2: function 'Mod' is not supported"):
+        A % 2
+    cell.update(h, sp.tanh(x * 1e-46) + h)
+    rc.compile(cell, backend="numpy")  # float64: 1e-46 is a float64
+    for dtype in ("float32", np.float32):
+        with pytest.raises(CellError, match=r"cell 'bad', update of state 'h': the constant 1\.00000E-46 underflows "
+                                            r"to 0 in float32"):
+            rc.compile(cell, backend="numpy", dtype=dtype)
+
+
+def test_python_operators_on_a_matrix_are_its_sympy_functions():
+    """`2 ** A`, `abs(A)`, `A // 2` on a matrix parameter were Python TypeErrors while
+    sp.Pow(2, A), sp.Abs(A) and x // 2 on a vector worked (the probe above): they are those."""
+    cell, x, h = base(H=3)
+    A = cell.param("A", (3, 3))
+    assert (2 ** A) == sp.Pow(2, A) and abs(A) == sp.Abs(A) and (A // 2) == sp.floor(A / 2)
+    cell.update(h, sp.tanh(rc.weight(2 ** A + abs(A)) @ h + x))
+    cell.loss(h.new ** 2)
+    params = cell.init_params(seed=0)
+    xs = np.random.default_rng(0).normal(size=(4, 2, 3))
+    native = rc.compile(cell, backend="native").loss_and_grad(params, {"x": xs}, {})
+    oracle = rc.compile(cell, backend="numpy").loss_and_grad(params, {"x": xs}, {})
+    assert native[0] == pytest.approx(oracle[0], rel=1e-12)
+    np.testing.assert_allclose(native[1]["A"], oracle[1]["A"], rtol=1e-10)

@@ -207,6 +207,23 @@ def test_piecewise_on_equalities_matches_oracle():
                     + sp.Piecewise((a / 3, sp.Eq(sp.floor(2 * x), 1)), (0, True)))
 
 
+@pytest.mark.parametrize("logic", ["Xor", "Implies", "Equivalent", "ITE"])
+def test_conditions_of_any_boolean_function_match_oracle(logic):
+    # found by a probe (2026-12-07): Xor, Implies, Equivalent and ITE ran on the oracle, and the
+    # native and PTX printers refused them ("cannot lower the condition (_3 > 0) ^ ..."); the
+    # printer now writes them in And/Or/Not (sympy's to_nnf); both outcomes are taken on the data
+    make = {"Xor": lambda p, q: sp.Xor(p, q), "Implies": lambda p, q: sp.Implies(p, q),
+            "Equivalent": lambda p, q: sp.Equivalent(p, q), "ITE": lambda p, q: sp.ITE(p, q, sp.Not(q))}[logic]
+    _compare_update(f"cond_{logic}", lambda a, x: sp.Piecewise((a, make(x > 0, a > 0.1)), (a / 2, True)))
+
+
+def test_named_constants_match_oracle():
+    # found by the same probe: GoldenRatio, EulerGamma, Catalan (sympy's NumberSymbols) ran on the
+    # oracle and were "cannot lower GoldenRatio" on native and PTX; any real constant now prints
+    # as its value
+    _compare_update("constants", lambda a, x: sp.GoldenRatio * a + sp.EulerGamma * a ** 2 / 4 + sp.Catalan * x)
+
+
 def test_integer_and_half_powers_match_oracle():
     # the LLVM printer writes x**n by repeated squaring (n with several set bits: 3, 5, 6, 7),
     # x**-n as 1/x**n and x**(±1/2) through sqrt; their derivatives (5a⁴, −3(2 + a²)⁻⁴·2a, …) too

@@ -66,6 +66,13 @@ TEMPLATES = {
     "pw_or": sp.Piecewise((1, sp.Or(x > 1, y < 0, sp.Eq(x, 0))), (2, True)),
     "pw_not": sp.Piecewise((x, sp.Not(sp.And(x > 0, y > 0))), (-x, True)),
     "pw_three": sp.Piecewise((0, x < -2), (1, x > 2), (x / 4 + sp.Rational(1, 2), True)),
+    # any other boolean function, through And/Or/Not (sympy's to_nnf)
+    "pw_xor": sp.Piecewise((x, sp.Xor(x > 0, y > 0)), (y, True)),
+    "pw_implies": sp.Piecewise((x, sp.Implies(x > 0, y > 0)), (y, True)),
+    "pw_equivalent": sp.Piecewise((x, sp.Equivalent(x > 0, y > 0)), (y, True)),
+    "pw_ite": sp.Piecewise((x, sp.ITE(x > 0, y > 0, y < -1)), (y, True)),
+    # real constants that are not numbers: sympy's NumberSymbols, by value
+    "golden_catalan": sp.GoldenRatio * x + sp.Catalan - sp.EulerGamma * y,
 }
 
 
@@ -165,7 +172,7 @@ def test_unsupported_names_each_function_once_sorted():
 
 @pytest.mark.parametrize("template, match", [
     (sp.gamma(x) + 1, r"cannot lower gamma \(gamma\(x\)\)"),
-    (sp.Piecewise((x, sp.Xor(x > 0, y > 0)), (y, True)), r"cannot lower the condition"),
+    (sp.Piecewise((x, sp.Q.positive(x)), (y, True)), r"cannot compile the condition Q.positive\(x\)"),
 ])
 def test_what_cannot_be_lowered_is_a_compile_error(template, match):
     m = ir.Module(name="exprgen_bad")

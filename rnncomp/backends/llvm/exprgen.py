@@ -58,6 +58,8 @@ class LLVMPrinter:
         if method is None:
             if e.is_Number:
                 out = self.const(e)
+            elif e.is_number and e.is_real and not isinstance(e, sp.Function):  # GoldenRatio, Catalan, ...
+                out = self.const(sp.N(e, 30))
             elif isinstance(e, sp.Function) and e.func in _VECMATH:
                 out = vecmath.emit(self.b, _VECMATH[e.func], [self.print(e.args[0])])
             else:
@@ -165,7 +167,9 @@ class LLVMPrinter:
             return out
         if isinstance(c, sp.Not):
             return self.b.not_(self._cond(c.args[0]))
-        raise CompileError(f"native backend: cannot lower the condition {c}")
+        if isinstance(c, sp.logic.boolalg.BooleanFunction):  # Xor, Implies, Equivalent, ITE, Nand, Nor
+            return self._cond(sp.logic.boolalg.to_nnf(c, simplify=False))  # in And, Or, Not
+        raise CompileError(f"cannot compile the condition {c}")
 
     def _print_Piecewise(self, e):
         # evaluate every branch (no control flow: vectorisable), select from the last up
