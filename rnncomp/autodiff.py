@@ -26,7 +26,7 @@ from .errors import DifferentiationError
 from .array_rules import ARRAY_RULES
 from .derivatives import nondiff_name, partials
 from .gradspec import Batch, Outer
-from .ir import Node, Program, display, eliminate_aliases, internal, key_str, placeholder, verify
+from .ir import Node, Program, display, eliminate_aliases, internal, key_str, placeholder, readable, verify
 from .lower import LOSS, Step
 
 
@@ -143,9 +143,8 @@ def _ew_partials(ctx, key, node, active):  # [(argument, ∂template/∂argument
     for i, a in enumerate(node.args):
         if a in active and ds[i] is None:
             raise DifferentiationError(
-                f"{ctx.where}: {key_str(key)} = {node.attrs['expr']} uses "
-                f"{nondiff_name(node.attrs['expr'])!r}, which has no derivative, but a gradient "
-                f"flows through it (to {key_str(a)})")
+                f"{ctx.where}: {readable(ctx.fwd, key)} uses {nondiff_name(node.attrs['expr'])!r}, which has "
+                f"no derivative there, but a gradient flows through it (to {readable(ctx.fwd, a)})")
     return [(a, d) for a, d in zip(node.args, ds) if a in active and d != 0]
 
 

@@ -65,6 +65,18 @@ def key_str(key: Key) -> str:
     return f"{display(name)}{time_label(t)}"
 
 
+def readable(prog, key: Key, depth: int = 6) -> str:
+    """``key``'s value in the names a user declared: a generated element-wise value is its
+    expression with its arguments written the same way (``depth`` levels deep), any other
+    generated value (a product, a slice) its name; for error messages."""
+    def expr_of(k, d):
+        node = prog.nodes.get(k)
+        if node is not None and k[0].endswith(INTERNAL) and d and node.op == "ew":
+            return node.attrs["expr"].xreplace({placeholder(i): expr_of(a, d - 1) for i, a in enumerate(node.args)})
+        return sp.Symbol(key_str(k))
+    return str(expr_of(key, depth))
+
+
 class NodeSym(sp.Symbol):
     """A sympy symbol that stands for a node's value in printed equations.
 

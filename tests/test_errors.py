@@ -311,6 +311,18 @@ def test_the_error_names_the_function_without_a_derivative_not_the_one_around_it
         rc.backward_step(cell.step)
 
 
+def test_a_gradient_through_floor_is_named_in_the_users_terms():
+    """The message wrote compiler temporaries ("floor2[t] = floor(_0) ... (to a1[t])", found by
+    a probe); it now writes the value as the cell declares it."""
+    cell, x, h = base(H=3)
+    b = cell.param("b", 3)
+    cell.update(h, sp.floor(x + b) * sp.tanh(x) + h / 2)
+    cell.loss(h.new ** 2)
+    with pytest.raises(DifferentiationError, match=r"cell 'bad': floor\(b \+ x\[t\]\) uses 'floor', which has no "
+                                                   r"derivative there, but a gradient flows through it \(to b \+ x\[t\]\)"):
+        rc.backward_step(cell.step)
+
+
 def test_the_unrolled_reference_names_the_cell_in_its_errors():
     from rnncomp.autodiff import unrolled
     cell, x, h = base()
