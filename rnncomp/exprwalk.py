@@ -47,20 +47,29 @@ def contains(expr, *types) -> bool:
     return any(isinstance(e, types) for e in distinct_subexpressions(expr))
 
 
-def digest(expr) -> str:
-    """A hex SHA-256 of ``expr``'s structure (each distinct sub-expression once: its type, and
-    its ``srepr`` if an atom, else its arguments' numbers), equal exactly when the expressions
-    are; linear in the graph where ``srepr``'s text is the size of the tree."""
-    ids, h, stack = {}, hashlib.sha256(), [(expr, False)]
+def postorder(expr):
+    """Each distinct sub-expression of ``expr`` once, every one after its arguments."""
+    done, stack = set(), [(expr, False)]
     while stack:
         e, ready = stack.pop()
-        if e in ids:
+        if e in done:
             continue
         args = e.args if isinstance(e, sp.Basic) else ()
         if not ready and args:
             stack.append((e, True))
-            stack.extend((a, False) for a in reversed(args) if a not in ids)
+            stack.extend((a, False) for a in reversed(args) if a not in done)
             continue
+        done.add(e)
+        yield e
+
+
+def digest(expr) -> str:
+    """A hex SHA-256 of ``expr``'s structure (each distinct sub-expression once: its type, and
+    its ``srepr`` if an atom, else its arguments' numbers), equal exactly when the expressions
+    are; linear in the graph where ``srepr``'s text is the size of the tree."""
+    ids, h = {}, hashlib.sha256()
+    for e in postorder(expr):
+        args = e.args if isinstance(e, sp.Basic) else ()
         kind = f"{type(e).__module__}.{type(e).__qualname__}"
         body = " ".join(str(ids[a]) for a in args) if args else sp.srepr(e)
         h.update(f"{kind}({body})\n".encode())

@@ -18,10 +18,12 @@ import tokenize
 
 import numpy as np
 import sympy as sp
+from sympy.printing.repr import ReprPrinter
 
 from . import dsl, functions
 from .cell import Cell
 from .errors import CellError, CheckpointError, RnncompError
+from .exprwalk import postorder
 from .matrix_dsl import MATRIX_ATOMS, MatState, MatStateNew
 from .weight_dsl import WEIGHT_ATOMS
 
@@ -39,8 +41,47 @@ class LostInitializer:
                         "declare the cell again")
 
 
-def cell_to_dict(cell: Cell, callables: bool = False, text=sp.srepr) -> dict:
-    """The cell's declarations and equations, each expression as sympy ``srepr`` text.
+#: the names a shared sub-expression is bound to in a written expression (a declared name
+#: starts with a letter, so none is one)
+_SHARED = "_shared_"
+
+
+class _SharedRepr(ReprPrinter):
+    """``srepr`` writing each sub-expression of ``names`` as its name."""
+
+    def __init__(self, names: dict):
+        super().__init__()
+        self.names = names
+
+    def _print(self, expr, **kwargs):
+        name = self.names.get(expr) if isinstance(expr, sp.Basic) else None
+        return name if name is not None else super()._print(expr, **kwargs)
+
+
+def expression_text(expr):
+    """``srepr(expr)``; where ``expr`` shares sub-expressions so much that its text would grow with
+    its paths rather than its nodes (more than 4 tree nodes per distinct one: an Euler-integrated
+    cell doubles its paths per sub-step), ``{"let": [[name, text], ...], "in": text}``, each
+    shared sub-expression written once and named by those after it."""
+    size, uses = {}, {}
+    for e in postorder(expr):
+        args = e.args if isinstance(e, sp.Basic) else ()
+        size[e] = 1 + sum(size[a] for a in args)
+        for a in args:
+            uses[a] = uses.get(a, 0) + 1
+    if size[expr] <= 4 * len(size):
+        return sp.srepr(expr)
+    names, lets = {}, []
+    for e in postorder(expr):
+        if e is not expr and uses.get(e, 0) > 1 and isinstance(e, sp.Basic) and e.args:
+            lets.append([f"{_SHARED}{len(lets)}", _SharedRepr(names).doprint(e)])
+            names[e] = lets[-1][0]
+    return {"let": lets, "in": _SharedRepr(names).doprint(expr)}
+
+
+def cell_to_dict(cell: Cell, callables: bool = False, text=expression_text) -> dict:
+    """The cell's declarations and equations, each expression as sympy ``srepr`` text
+    (:func:`expression_text`).
     ``callables``: a custom initialiser is kept as the function itself (for pickle, which
     stores it by name), else only its name.  ``text``: what each expression is written as
     (``exprwalk.digest`` for a key that need not be read back)."""
@@ -79,8 +120,21 @@ def _namespace() -> dict:
 _KEYWORDS = ("real", "positive", "integer", "commutative", "evaluate", "precision")
 
 
-def _expr(text: str, ns: dict, where: str):
-    """An expression from its ``srepr`` text; only names of the DSL and of sympy may occur."""
+def _expr(text, ns: dict, where: str):
+    """An expression from its ``srepr`` text (or :func:`expression_text`'s shared form); only
+    names of the DSL and of sympy may occur."""
+    if isinstance(text, dict):  # {"let": [[name, text], ...], "in": text}
+        try:
+            lets, body = list(text["let"]), text["in"]
+        except (KeyError, TypeError):
+            raise CheckpointError(f"{where}: unreadable expression (a 'let' form without 'let' and 'in')") from None
+        ns = dict(ns)
+        for item in lets:
+            name, sub = item
+            if not (isinstance(name, str) and name.startswith(_SHARED) and name[len(_SHARED):].isdigit()):
+                raise CheckpointError(f"{where}: unreadable expression (a shared name {name!r})")
+            ns[name] = _expr(sub, ns, where)
+        return _expr(body, ns, where)
     try:
         names = {t.string for t in tokenize.generate_tokens(io.StringIO(text).readline) if t.type == tokenize.NAME}
     except (tokenize.TokenError, SyntaxError) as exc:

@@ -93,3 +93,31 @@ def test_the_shared_form_computes_what_the_defined_form_computes():
     host = HostTarget.detect()
     assert declaration_key(euler_cell(10)[0], "float64", (), host) == declaration_key(shared, "float64", (), host)
     assert declaration_key(euler_cell(9)[0], "float64", (), host) != declaration_key(shared, "float64", (), host)
+
+
+def test_a_shared_expression_is_written_once_per_node_and_read_back(tmp_path):
+    """Checkpoints and pickles write each expression as text: ``srepr``'s grew with the paths
+    (K = 14: 2 MB and 5 s for one update), so a shared sub-expression is now written once and
+    named where it recurs (``serialize.expression_text``); ordinary cells keep plain srepr."""
+    import json
+    import pickle
+    from rnncomp.errors import CheckpointError
+    from rnncomp.serialize import cell_from_dict, cell_to_dict
+    cell, _ = euler_cell(12)
+    d = cell_to_dict(cell)
+    text = json.dumps(d)
+    assert isinstance(d["updates"]["h"], dict) and len(text) < 10_000  # srepr: 516,000 characters
+    again = cell_from_dict(json.loads(text))
+    assert again.updates["h"] == cell.updates["h"] and again.loss_expr == cell.loss_expr
+    assert isinstance(cell_to_dict(rc.cells.lstm(3, 4, 2))["updates"]["h"], str)
+    model = rc.compile(cell, backend="numpy")
+    params = cell.init_params(seed=0)
+    x, t = np.ones((3, 2, 3)), np.zeros((3, 2, 2))
+    assert pickle.loads(pickle.dumps(model)).loss_and_grad(params, x, t)[0] == model.loss_and_grad(params, x, t)[0]
+    tr = rc.Trainer(cell, rc.SGD(0.1), backend="numpy")
+    tr.save(tmp_path / "c.ckpt")
+    assert rc.Trainer.load(tmp_path / "c.ckpt").model.step.prog.nodes.keys() == tr.model.step.prog.nodes.keys()
+    bad = json.loads(text)
+    bad["updates"]["h"]["let"][0][0] = "os"
+    with pytest.raises(CheckpointError, match="unreadable expression \\(a shared name 'os'\\)"):
+        cell_from_dict(bad)
