@@ -12,9 +12,9 @@ declaration, below the backends (pickling a model) and ``train/`` (checkpoints).
 """
 from __future__ import annotations
 
-import io
+import ast
 import keyword
-import tokenize
+import re
 
 import numpy as np
 import sympy as sp
@@ -120,6 +120,38 @@ def _namespace() -> dict:
 _KEYWORDS = ("real", "positive", "integer", "commutative", "evaluate", "precision")
 
 
+#: the calls whose first argument srepr writes as a string: a name or a number's digits
+_STRING_CALLS = {"Symbol", "Dummy", "Vec", "StateVec", "MatState", "MatStateNew", "Float", "Str"}
+_PLAIN_STRING = re.compile(r"[A-Za-z0-9_.%+-]*\Z")
+
+
+def _not_srepr(tree) -> str | None:
+    """What in ``tree`` is not srepr's grammar -- calls of names with numbers, names and keyword
+    arguments, strings only as a name or a number (sympy turns a string given to any other call
+    into code: ``tanh("...")``) -- or None."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name):
+                return "a call of something that is not a name"
+            for a in node.args[1:] + [k.value for k in node.keywords]:
+                if isinstance(a, ast.Constant) and isinstance(a.value, str):
+                    return f"a string given to {node.func.id}"
+            first = node.args[0] if node.args else None
+            if isinstance(first, ast.Constant) and isinstance(first.value, str) and not (
+                    node.func.id in _STRING_CALLS and _PLAIN_STRING.match(first.value)):
+                return f"the string {first.value!r:.40} given to {node.func.id}"
+        elif isinstance(node, ast.Constant):
+            if not isinstance(node.value, (str, int, float, bool)):
+                return f"the constant {node.value!r:.40}"
+        elif isinstance(node, ast.UnaryOp):
+            if not isinstance(node.op, (ast.USub, ast.UAdd)):
+                return "an operator"
+        elif not isinstance(node, (ast.Expression, ast.Name, ast.Load, ast.keyword, ast.USub, ast.UAdd,
+                                   ast.Tuple, ast.List)):
+            return f"a {type(node).__name__}"
+    return None
+
+
 def _expr(text, ns: dict, where: str):
     """An expression from its ``srepr`` text (or :func:`expression_text`'s shared form); only
     names of the DSL and of sympy may occur."""
@@ -130,15 +162,24 @@ def _expr(text, ns: dict, where: str):
             raise CheckpointError(f"{where}: unreadable expression (a 'let' form without 'let' and 'in')") from None
         ns = dict(ns)
         for item in lets:
+            if not (isinstance(item, (list, tuple)) and len(item) == 2):
+                raise CheckpointError(f"{where}: unreadable expression (a 'let' item {item!r:.60} is not [name, text])")
             name, sub = item
             if not (isinstance(name, str) and name.startswith(_SHARED) and name[len(_SHARED):].isdigit()):
                 raise CheckpointError(f"{where}: unreadable expression (a shared name {name!r})")
             ns[name] = _expr(sub, ns, where)
         return _expr(body, ns, where)
+    if not isinstance(text, str):
+        raise CheckpointError(f"{where}: unreadable expression (a {type(text).__name__}, not text)")
     try:
-        names = {t.string for t in tokenize.generate_tokens(io.StringIO(text).readline) if t.type == tokenize.NAME}
-    except (tokenize.TokenError, SyntaxError) as exc:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError) as exc:
         raise CheckpointError(f"{where}: unreadable expression ({exc})") from None
+    bad = _not_srepr(tree)
+    if bad:
+        raise CheckpointError(f"{where}: the expression holds {bad}, which srepr never writes (a damaged or "
+                              "foreign file?)")
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
     unknown = sorted(n for n in names if n not in ns and not keyword.iskeyword(n)
                      and n not in _KEYWORDS)
     if unknown:

@@ -117,7 +117,14 @@ def test_a_shared_expression_is_written_once_per_node_and_read_back(tmp_path):
     tr = rc.Trainer(cell, rc.SGD(0.1), backend="numpy")
     tr.save(tmp_path / "c.ckpt")
     assert rc.Trainer.load(tmp_path / "c.ckpt").model.step.prog.nodes.keys() == tr.model.step.prog.nodes.keys()
+    for damage, why in [(lambda let: let[0].__setitem__(0, "os"), r"a shared name 'os'"),
+                        (lambda let: let[0].pop(), r"a 'let' item .* is not \[name, text\]"),
+                        (lambda let: let[0].append("x"), r"a 'let' item .* is not \[name, text\]")]:
+        bad = json.loads(text)
+        damage(bad["updates"]["h"]["let"])
+        with pytest.raises(CheckpointError, match=f"unreadable expression \\({why}"):
+            cell_from_dict(bad)
     bad = json.loads(text)
-    bad["updates"]["h"]["let"][0][0] = "os"
-    with pytest.raises(CheckpointError, match="unreadable expression \\(a shared name 'os'\\)"):
+    bad["updates"]["h"]["let"] = "xy"
+    with pytest.raises(CheckpointError, match="unreadable expression"):
         cell_from_dict(bad)
