@@ -174,10 +174,10 @@ def check_constants_fit(cell, dtype) -> None:
     exprs += [(f"{d.kind} {d.name!r}", d.expr) for d in cell.decls.values() if d.expr is not None]
     exprs += [("loss", cell.loss_expr)] if cell.loss_expr is not None else []
     for where, e in exprs:
-        for node in distinct_subexpressions(e):
-            if isinstance(node, sp.Number) and node != 0:
+        for node in distinct_subexpressions(e):  # numbers and constant expressions (exp(200), pi**90)
+            if isinstance(node, sp.Expr) and node.is_number and node.is_real and not node.is_zero:
                 with np.errstate(over="ignore", under="ignore"):
-                    v = dtype.type(float(node))
+                    v = dtype.type(float(sp.N(node)))
                 if not np.isfinite(v) or v == 0:
                     what = "overflows to inf" if v else "underflows to 0"
                     raise CellError(f"cell {cell.name!r}, {where}: the constant {sp.N(node, 6)} {what} in "

@@ -16,6 +16,7 @@ from functools import lru_cache
 
 import sympy as sp
 
+from .exprwalk import replace, tree_size
 from .ir import placeholder
 
 
@@ -69,6 +70,10 @@ def _diff(template: sp.Expr, x) -> sp.Expr:
     return d
 
 
+#: the largest template (as a tree) whose derivative sympy's ``subs`` rewrites in the forward value
+SUBS_TREE_LIMIT = 2000
+
+
 @lru_cache(maxsize=4096)
 def partials(template: sp.Expr, nargs: int) -> tuple:
     """∂template/∂_i for each argument, as templates over ``_0.._{n-1}`` and ``_n`` = the
@@ -88,7 +93,10 @@ def partials(template: sp.Expr, nargs: int) -> tuple:
             out.append(None)
             continue
         if not template.is_Symbol and not template.is_Number:
-            d = d.subs(template, y)
+            # sympy's subs also matches parts of products and sums, but walks the tree (its
+            # powsimp): on a template that shares sub-expressions deeply (2^K paths) only the
+            # whole template is replaced, each distinct sub-expression once
+            d = d.subs(template, y) if tree_size(template) <= SUBS_TREE_LIMIT else replace(d, {template: y})
         out.append(d)
     return tuple(out)
 

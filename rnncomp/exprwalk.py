@@ -63,6 +63,29 @@ def postorder(expr):
         yield e
 
 
+def tree_size(expr) -> int:
+    """The number of nodes of ``expr`` as a tree (what a tree walk visits), counted on the graph."""
+    size = {}
+    for e in postorder(expr):
+        size[e] = 1 + sum(size[a] for a in (e.args if isinstance(e, sp.Basic) else ()))
+    return size[expr]
+
+
+def replace(expr, mapping: dict):
+    """``expr.xreplace(mapping)``, each distinct sub-expression rebuilt once."""
+    new = {}
+    for e in postorder(expr):
+        args = e.args if isinstance(e, sp.Basic) else ()
+        if e in mapping:
+            new[e] = mapping[e]
+        elif args:
+            changed = tuple(new[a] for a in args)
+            new[e] = e.func(*changed) if changed != args else e
+        else:
+            new[e] = e
+    return new[expr]
+
+
 def digest(expr) -> str:
     """A hex SHA-256 of ``expr``'s structure (each distinct sub-expression once: its type, and
     its ``srepr`` if an atom, else its arguments' numbers), equal exactly when the expressions

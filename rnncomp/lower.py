@@ -15,6 +15,7 @@ import sympy as sp
 from .dsl import Vec, MatVec, Slice, Concat, RowSum, LogSumExp, Structural, _display_expr
 from .matrix_dsl import MATRIX_ATOMS, Outer, SMatVec
 from .errors import CellError, ShapeError
+from .exprwalk import distinct_subexpressions, replace
 from .ir import Node, Program, internal, placeholder, verify, key_str
 
 LOSS = internal("ℓ")
@@ -285,18 +286,14 @@ class _Lowerer:
 def templated(e, key_of) -> tuple:
     """(keys, template): ``e`` with each vector or structural atom replaced by the placeholder of
     its node's key (``key_of(atom)``, which lowers it); atoms with one key share a placeholder."""
-    atoms, it = [], sp.preorder_traversal(e)
-    for sub in it:
-        if isinstance(sub, (Vec, Structural)):
-            atoms.append(sub)
-            it.skip()
+    atoms = [sub for sub in distinct_subexpressions(e, skip=(Vec, Structural)) if isinstance(sub, (Vec, Structural))]
     keys, repl = [], {}
-    for a in dict.fromkeys(atoms):
+    for a in atoms:
         k = key_of(a)
         if k not in keys:
             keys.append(k)
         repl[a] = placeholder(keys.index(k))
-    return keys, e.xreplace(repl)
+    return keys, replace(e, repl)
 
 
 def _mat_label(terms) -> str:

@@ -266,14 +266,19 @@ class Recurrent(nn.Module):
 
     def _apply(self, fn, *args, **kwargs):  # .double(), .float(), .to(dtype), ...: eagerly, not in a traced call
         module = super()._apply(fn, *args, **kwargs)
-        self._follow_dtype()
+        try:  # what fn makes of a tensor of the layer's dtype (a layer may have no parameters)
+            dtype = fn(torch.empty(0, dtype=self._dtype)).dtype
+        except Exception:  # noqa: BLE001 - not a conversion a CPU tensor takes (.cuda() without CUDA)
+            dtype = None
+        self._follow_dtype(dtype)
         return module
 
-    def _follow_dtype(self):
+    def _follow_dtype(self, dtype=None):
         """A layer converted with ``.double()``, ``.float()`` or ``.to(dtype)`` runs a model of
-        its parameters' dtype: compiled again from the same cell and options on first use
-        (from the compile cache after that), kept for the next conversion back."""
-        dtypes = {getattr(self, _attr(p)).dtype for p in self._model.step.params}
+        its parameters' dtype (``dtype``: of a conversion, for a layer with no parameters):
+        compiled again from the same cell and options on first use (from the compile cache
+        after that), kept for the next conversion back."""
+        dtypes = {getattr(self, _attr(p)).dtype for p in self._model.step.params} or {dtype}
         if len(dtypes) != 1 or (dtype := dtypes.pop()) == self._dtype or dtype not in _DTYPES:
             return
         if dtype not in self._by_dtype:

@@ -381,6 +381,10 @@ def test_probe_of_element_wise_functions_named_errors():
         with pytest.raises(CellError, match=r"cell 'bad', update of state 'h': the constant 1\.00000E-46 underflows "
                                             r"to 0 in float32"):
             rc.compile(cell, backend="numpy", dtype=dtype)
+    cell, x, h = base(H=3)  # a constant expression too (the review of session 16)
+    cell.update(h, sp.tanh(x * sp.exp(200)) + h)
+    with pytest.raises(CellError, match=r"the constant 7\.22597E\+86 overflows to inf in float32"):
+        rc.compile(cell, backend="numpy", dtype="float32")
 
 
 def test_python_operators_on_a_matrix_are_its_sympy_functions():

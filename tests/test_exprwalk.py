@@ -128,3 +128,32 @@ def test_a_shared_expression_is_written_once_per_node_and_read_back(tmp_path):
     bad["updates"]["h"]["let"] = "xy"
     with pytest.raises(CheckpointError, match="unreadable expression"):
         cell_from_dict(bad)
+
+
+def test_sharing_outside_function_calls_is_templated_once_per_node(monkeypatch):
+    """z = (z + x)(z - x)/4, K times: no function call, so lowering's split makes no nodes and
+    the whole update is one element-wise template whose tree has 2^K paths.  Its atoms and
+    placeholders are found per distinct sub-expression (the review of session 16 found
+    ``templated`` still walking the tree).  (Differentiating it is still slow: sympy's own
+    ``diff`` of such a product, K = 12: ~7 s for the native compile.)"""
+    from rnncomp.exprwalk import tree_size
+    K = 14
+    c = rc.Cell("poly")
+    x, h = c.input("x", 3), c.state("h", 3)
+    z = h
+    for _ in range(K):
+        z = (z + x) * (z - x) / 4
+    c.update(h, z)
+    c.loss(h.new ** 2)
+    assert tree_size(z) > 2 ** K
+    seen = {"n": 0}
+    real = lower.distinct_subexpressions
+
+    def counting(*a, **kw):
+        for e in real(*a, **kw):
+            seen["n"] += 1
+            yield e
+
+    monkeypatch.setattr(lower, "distinct_subexpressions", counting)
+    c.step
+    assert 0 < seen["n"] <= 10 * sum(1 for _ in distinct_subexpressions(z))

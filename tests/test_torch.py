@@ -465,3 +465,16 @@ def test_torch_func_transforms_are_a_named_error():
     with pytest.raises(CallError, match=named_limit):
         torch.func.grad(lambda p: torch.func.functional_call(layer, p, (x,))[0].sum())(dict(layer.named_parameters()))
     assert layer(x)[0].shape == (5, 2, 2)  # and outside them it runs
+
+
+def test_a_layer_without_parameters_converts_too():
+    """``.double()`` took the dtype from the parameters, so a layer with none stayed float32
+    (found by the review of session 16); the conversion's own dtype is used."""
+    import sympy as sp
+    cell = rc.Cell("fixed")
+    x, h = cell.input("x", 3), cell.state("h", 3)
+    cell.update(h, sp.tanh(h + x))
+    cell.output("y", h.new)
+    layer = Recurrent(cell, output="y").double()
+    xs = torch.randn(4, 2, 3, dtype=F64)
+    assert torch.equal(layer(xs)[0], Recurrent(cell, output="y", dtype=F64)(xs)[0])

@@ -207,3 +207,15 @@ def test_ctrl_c_during_an_update_is_raised_when_the_update_is_whole(update, tmp_
         for k, v in ref.optimizer.state.items():
             np.testing.assert_array_equal(got.optimizer.state[k], v)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_a_flag_a_second_ctrl_c_left_behind_is_no_interrupt():
+    """Found by the review of session 16: a second Ctrl-C landing after an update cleared its
+    'updating' mark but before it read the held flag raised at once and left the flag set, so
+    the next fit raised KeyboardInterrupt after its first update.  A new update clears it."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(6, 2, 1)), rng.normal(size=(6, 2, 1))
+    tr = rc.Trainer(rc.cells.elman(1, 3, 1), rc.Adam(0.1), backend="numpy", dtype="float64")
+    tr._interrupted = True  # what that race leaves
+    tr.fit(x, y, epochs=2, batch_size=2)
+    assert tr.step_count == 2

@@ -27,6 +27,7 @@ from llvmlite import ir
 
 from ..autodiff import LOSS_ONLY, backward_step
 from ..errors import CompileError
+from ..exprwalk import digest
 from ..memory import schedule
 from ..ir import LEAF_OPS, prune, state_independent
 from ..passes.layout import PER_SAMPLE
@@ -186,7 +187,7 @@ class NativeModel(NativeLayout, NativeBackward, NativeCalls, NativeVjp, BackendM
         progs = [self._fwd_prog] + ([self._bwd_prog] if self.bwd else [])
         for prog in progs:
             for key, n in prog.nodes.items():
-                attrs = {k: (sp.srepr(v) if isinstance(v, sp.Basic) else v) for k, v in n.attrs.items()}
+                attrs = {k: (digest(v) if isinstance(v, sp.Basic) else v) for k, v in n.attrs.items()}  # srepr: tree-sized
                 parts.append(repr((key, n.op, n.args, n.size, sorted(attrs.items()))))
         if self.bwd:
             parts.append(repr((sorted(self.bwd.grads.items()), sorted(self.bwd.carry_out.items()), self._cot)))

@@ -26,12 +26,16 @@ def chunk_steps(model, T: int, B: int) -> int:
     kept per shape until ``model.memory`` changes, like the plans)."""
     chunks = model.__dict__.setdefault("_chunks", {})
     key = (T, B, CHUNK_BYTES)
-    if key not in chunks:
+    n = chunks.get(key)
+    if n is None:
         if len(chunks) > 64:
             chunks.clear()
-        per_step = max(footprint(model, B).step, 1)
-        chunks[key] = max(1, min(T, model.memory_plan(T, B).max_leaf or T, CHUNK_BYTES // per_step))
-    return chunks[key]
+        fp = footprint(model, B)
+        plan = model.memory_plan(T, B)
+        # a forward holds no checkpoints: the plan's whole memory goes to one chunk's steps
+        fits = max(plan.max_leaf, plan.memory(fp) // max(fp.step, 1)) if plan.max_leaf < T else T
+        n = chunks[key] = max(1, min(T, fits, CHUNK_BYTES // max(fp.step, 1)))
+    return n
 
 
 def forward(model, call, ws=None, B_plan=None):

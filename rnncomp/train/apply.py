@@ -42,7 +42,7 @@ def apply(tr, g: np.ndarray, loss, where: str, native: bool = True) -> None:
     step in errors ("step 3").  ``native``: through the trainer's compiled update when it
     has one.  The step count advances only when the update is kept.  Under
     :func:`updates_whole` a Ctrl-C that lands in the update is raised when it is whole."""
-    tr._updating = True
+    tr._interrupted, tr._updating = False, True  # (a flag a second Ctrl-C left behind is no interrupt now)
     try:
         _apply(tr, g, loss, where, native)
     finally:
