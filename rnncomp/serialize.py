@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ast
 import keyword
-import re
 
 import numpy as np
 import sympy as sp
@@ -120,15 +119,15 @@ def _namespace() -> dict:
 _KEYWORDS = ("real", "positive", "integer", "commutative", "evaluate", "precision")
 
 
-#: the calls whose first argument srepr writes as a string: a name or a number's digits
+#: the calls whose first argument srepr writes as a string: a symbol's name (never parsed:
+#: a derived weight's is its expression, '(M*W)%') or a Float's digits (parsed by mpmath)
 _STRING_CALLS = {"Symbol", "Dummy", "Vec", "StateVec", "MatState", "MatStateNew", "Float", "Str"}
-_PLAIN_STRING = re.compile(r"[A-Za-z0-9_.%+-]*\Z")
 
 
 def _not_srepr(tree) -> str | None:
     """What in ``tree`` is not srepr's grammar -- calls of names with numbers, names and keyword
-    arguments, strings only as a name or a number (sympy turns a string given to any other call
-    into code: ``tanh("...")``) -- or None."""
+    arguments, strings only as a symbol's name or a Float's digits (sympy turns a string given
+    to any other call into code: ``tanh("...")``) -- or None."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             if not isinstance(node.func, ast.Name):
@@ -137,8 +136,7 @@ def _not_srepr(tree) -> str | None:
                 if isinstance(a, ast.Constant) and isinstance(a.value, str):
                     return f"a string given to {node.func.id}"
             first = node.args[0] if node.args else None
-            if isinstance(first, ast.Constant) and isinstance(first.value, str) and not (
-                    node.func.id in _STRING_CALLS and _PLAIN_STRING.match(first.value)):
+            if isinstance(first, ast.Constant) and isinstance(first.value, str) and node.func.id not in _STRING_CALLS:
                 return f"the string {first.value!r:.40} given to {node.func.id}"
         elif isinstance(node, ast.Constant):
             if not isinstance(node.value, (str, int, float, bool)):
