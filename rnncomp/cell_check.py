@@ -18,7 +18,8 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions import MatrixExpr as SympyMatrixExpr
 
-from .dsl import MatExpr, MatVec, Slice, Concat, RowSum, LogSumExp, Vec, _display_expr, _shape, check_functions
+from .dsl import (MatExpr, MatVec, Slice, Concat, RowSum, LogSumExp, Vec, _display_expr, _shape, check_constant,
+                  check_functions)
 from .errors import CellError, ShapeError
 from .exprwalk import distinct_subexpressions, free_symbols
 from .matrix_dsl import MATRIX_ATOMS, atom_shape, broadcast
@@ -169,17 +170,12 @@ def check_constants_fit(cell, dtype) -> None:
     """Every non-zero constant of the cell's equations is finite and not 0 in ``dtype`` (float64
     is checked as each equation is declared; a float32 model checks here, at compile time:
     1e-46 would silently be 0 and 1e39 inf)."""
-    dtype = np.dtype(dtype)
     exprs = [(f"update of state {k!r}", e) for k, e in cell.updates.items()]
     exprs += [(f"{d.kind} {d.name!r}", d.expr) for d in cell.decls.values() if d.expr is not None]
     exprs += [("loss", cell.loss_expr)] if cell.loss_expr is not None else []
     for where, e in exprs:
         for node in distinct_subexpressions(e):  # numbers and constant expressions (exp(200), pi**90)
             if isinstance(node, sp.Expr) and node.is_number and node.is_real and not node.is_zero:
-                with np.errstate(over="ignore", under="ignore"):
-                    v = dtype.type(float(sp.N(node)))
-                if not np.isfinite(v) or v == 0:
-                    what = "overflows to inf" if v else "underflows to 0"
-                    raise CellError(f"cell {cell.name!r}, {where}: the constant {sp.N(node, 6)} {what} in "
-                                    f"{dtype.name}; rescale it, or compile with dtype='float64'")
+                check_constant(node, f"cell {cell.name!r}, {where}", dtype,
+                               "; rescale it, or compile with dtype='float64'")
 

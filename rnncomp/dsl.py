@@ -31,6 +31,7 @@ from __future__ import annotations
 import operator
 import re
 
+import numpy as np
 import sympy as sp
 
 from .errors import CellError, ShapeError
@@ -68,11 +69,7 @@ class Vec(sp.Symbol):
     def __rmod__(self, other):
         raise _no_mod(other, _display(self.name))
 
-    def __divmod__(self, other):
-        raise _no_mod(_display(self.name), other)
-
-    def __rdivmod__(self, other):
-        raise _no_mod(other, _display(self.name))
+    __divmod__, __rdivmod__ = __mod__, __rmod__
 
     def __getnewargs_ex__(self):  # pickling: our __new__ fixes the assumptions itself
         return (self.name,), {}
@@ -366,15 +363,18 @@ def check_functions(expr, where: str) -> None:
             if not node.is_real:
                 raise CellError(f"{where}: complex constant {node} in {_display_expr(expr)}")
         if isinstance(node, sp.Expr) and node.is_number and node.is_real and not node.is_zero:
-            _check_float64(node, expr, where)
+            check_constant(node, where)
 
 
-def _check_float64(c, expr, where: str) -> None:
-    """A constant (or a function of constants, exp(1000)) must be a float64: not inf, not 0."""
-    v = float(sp.N(c))
-    if v in (float("inf"), float("-inf")) or v == 0:
+def check_constant(c, where: str, dtype="float64", hint: str = "") -> None:
+    """A non-zero constant (or a function of constants, exp(1000)) must be a number of ``dtype``:
+    not inf, not 0 (float64 as it is declared; float32 when a float32 model is compiled)."""
+    dtype = np.dtype(dtype)
+    with np.errstate(over="ignore", under="ignore"):
+        v = dtype.type(float(sp.N(c)))
+    if not np.isfinite(v) or v == 0:
         what = "overflows to inf" if v else "underflows to 0"
-        raise CellError(f"{where}: the constant {sp.N(c, 6)} {what} in float64")
+        raise CellError(f"{where}: the constant {sp.N(c, 6)} {what} in {dtype.name}{hint}")
 
 
 def _check_conditions(pw, expr, where: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import keyword
+from collections import Counter
 
 import numpy as np
 import sympy as sp
@@ -22,7 +23,7 @@ from sympy.printing.repr import ReprPrinter
 from . import dsl, functions
 from .cell import Cell
 from .errors import CellError, CheckpointError, RnncompError
-from .exprwalk import postorder
+from .exprwalk import postorder, tree_size
 from .matrix_dsl import MATRIX_ATOMS, MatState, MatStateNew
 from .weight_dsl import WEIGHT_ATOMS
 
@@ -62,17 +63,13 @@ def expression_text(expr):
     its paths rather than its nodes (more than 4 tree nodes per distinct one: an Euler-integrated
     cell doubles its paths per sub-step), ``{"let": [[name, text], ...], "in": text}``, each
     shared sub-expression written once and named by those after it."""
-    size, uses = {}, {}
-    for e in postorder(expr):
-        args = e.args if isinstance(e, sp.Basic) else ()
-        size[e] = 1 + sum(size[a] for a in args)
-        for a in args:
-            uses[a] = uses.get(a, 0) + 1
-    if size[expr] <= 4 * len(size):
+    nodes = list(postorder(expr))
+    if tree_size(expr) <= 4 * len(nodes):
         return sp.srepr(expr)
+    uses = Counter(a for e in nodes if isinstance(e, sp.Basic) for a in e.args)
     names, lets = {}, []
-    for e in postorder(expr):
-        if e is not expr and uses.get(e, 0) > 1 and isinstance(e, sp.Basic) and e.args:
+    for e in nodes:
+        if e is not expr and uses[e] > 1 and e.args:
             lets.append([f"{_SHARED}{len(lets)}", _SharedRepr(names).doprint(e)])
             names[e] = lets[-1][0]
     return {"let": lets, "in": _SharedRepr(names).doprint(expr)}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from ..ir import LEAF_OPS
 from ..schedules import Footprint
-from .validate import Call, initial_states
+from .validate import initial_states
 
 
 def footprint(model, B: int) -> Footprint:
@@ -85,9 +85,7 @@ def advance(model, call, a: int, b: int, h0: dict, chunk: int) -> dict:
     fn, st = model._advance_entry(), model.step
     for lo in range(a, b, chunk):
         hi = min(lo + chunk, b)
-        sub = Call(hi - lo, call.B, call.params, {k: v[lo:hi] for k, v in call.inputs.items()},
-                   {k: v[lo:hi] for k, v in call.targets.items()}, h0, None)
-        arrays, states, _ = model._buffers(sub, False)
+        arrays, states, _ = model._buffers(call.window(lo, hi, h0), False)
         model._run(fn, arrays, hi - lo, call.B)
         h0 = {s: states[s][-1].copy() for s in st.states}
     return h0

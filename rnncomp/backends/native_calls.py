@@ -282,15 +282,11 @@ class NativeCalls:
 
     def _seg_forward(self, call, w, a, b, h0):
         """The forward of steps a..b-1 into buffers the backward of those steps reads."""
-        from .validate import Call
-
         st = self.step
         if a == 0 and b == call.T:
             sub, ws = call, w
         else:
-            sub = Call(b - a, call.B, call.params, {k: v[a:b] for k, v in call.inputs.items()},
-                       {k: v[a:b] for k, v in call.targets.items()}, h0, None)
-            ws = None if w is None else w[a:b]
+            sub, ws = call.window(a, b, h0), None if w is None else w[a:b]
         T, B = sub.T, sub.B
         arrays, states, fwd = self._seg_buffers(sub, ws)
         self._run(self._fwd, arrays, T, B)

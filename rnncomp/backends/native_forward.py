@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .checkpoint import footprint
-from .validate import Call, weighted_loss
+from .validate import weighted_loss
 
 #: The most bytes of per-step buffers one chunk of a forward-only call takes (a chunk is at
 #: least one step).  64 MiB: an LSTM H=128 at B=32 computes ~5,000 steps per chunk.
@@ -48,8 +48,7 @@ def forward(model, call, ws=None, B_plan=None):
     for a in range(0, T, chunk):
         b = min(a + chunk, T)
         whole = b - a == T
-        sub = call if whole else Call(b - a, call.B, call.params, {k: v[a:b] for k, v in call.inputs.items()},
-                                      {k: v[a:b] for k, v in call.targets.items()}, h0, None)
+        sub = call if whole else call.window(a, b, h0)
         arrays, states, fwd = model._buffers(sub, False)
         if a == 0:  # the weights are stacked and packed once: every chunk reads the same
             model._fresh_call()

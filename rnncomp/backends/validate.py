@@ -30,6 +30,12 @@ class Call:
     d_out: dict | None = None  # a VJP call: the outputs' cotangents {name: (T, B, n)} ...
     d_in: dict | None = None   # ... and the arrays its inputs' cotangents are written into
 
+    def window(self, a: int, b: int, h0) -> "Call":
+        """Steps a..b-1 of this call from the states ``h0`` (views of its inputs and targets;
+        no mask: a window's step weights come with it)."""
+        return Call(b - a, self.B, self.params, {k: v[a:b] for k, v in self.inputs.items()},
+                    {k: v[a:b] for k, v in self.targets.items()}, h0, None)
+
 
 FLOAT_DTYPES = (np.dtype("float32"), np.dtype("float64"))  # what every backend computes in
 

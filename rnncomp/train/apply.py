@@ -33,7 +33,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from ..errors import TrainingError
-from .optim import global_norm
+from .optim import scaled_norm
 
 
 def apply(tr, g: np.ndarray, loss, where: str, native: bool = True) -> None:
@@ -119,11 +119,12 @@ def clip(g: np.ndarray, clip_value, clip_norm) -> None:
     if clip_value is not None:
         np.clip(g, -clip_value, clip_value, out=g)
     if clip_norm is not None:
-        norm = global_norm(g)  # in float64, scaled where g² would overflow
+        s, p = scaled_norm(g)  # ‖g‖ = s·p, in float64, scaled where g² would overflow
+        norm = s * p
         if norm > clip_norm:
-            if math.isinf(norm):  # finite elements whose norm is past the float range (~1e308):
-                g *= 2.0 ** -math.frexp(float(np.abs(g).max()))[1]  # scaled into (-1, 1) first, exactly
-                norm = global_norm(g)
+            if math.isinf(norm) and math.isfinite(s):  # finite elements, the norm past the float range:
+                g /= p  # exact (a power of two), then clipped by its own norm
+                norm = s
             g *= clip_norm / norm
 
 

@@ -22,21 +22,28 @@ TINY_SUMSQ = 2.0 ** -960  # a sum of squares below it may have lost terms to und
 
 
 def global_norm(g: np.ndarray) -> float:
-    """‖g‖₂ summed in float64, without overflow or underflow: where the plain sum of squares
-    overflows (finite elements above ~1e154) or may have underflowed, the elements are
-    divided by p, the power of two at the largest magnitude (exact), and the norm is
-    p·sqrt(Σ (g/p)²).  The native update computes it the same way."""
+    """‖g‖₂ summed in float64, without overflow or underflow (:func:`scaled_norm`'s s·p; inf
+    when the norm itself is past the float range)."""
+    s, p = scaled_norm(g)
+    return s * p
+
+
+def scaled_norm(g: np.ndarray) -> tuple:
+    """(s, p) with ‖g‖₂ = s·p: where the plain sum of squares overflows (finite elements above
+    ~1e154) or may have underflowed, the elements are divided by p, the power of two at the
+    largest magnitude (exact), and s = sqrt(Σ (g/p)²); else p = 1.  The native update computes
+    it the same way."""
     g64 = g if g.dtype == np.float64 else g.astype(np.float64)
     with np.errstate(over="ignore", under="ignore"):
         s = float(np.dot(g64, g64))
     if TINY_SUMSQ <= s < math.inf:
-        return math.sqrt(s)
+        return math.sqrt(s), 1.0
     m = float(np.abs(g64).max()) if g64.size else 0.0
     if not math.isfinite(m):
-        return m
+        return m, 1.0
     p = max(math.ldexp(1.0, math.frexp(m)[1] - 1), 2.0 ** -1022)
     q = g64 / p
-    return math.sqrt(float(np.dot(q, q))) * p
+    return math.sqrt(float(np.dot(q, q))), p
 
 
 class Optimizer:
