@@ -1,6 +1,7 @@
 """Running a checkpointing plan (:mod:`rnncomp.schedules`) on the native backend.
 
     footprint(model, B)                  the exact bytes of a state and of a step's activations
+    walk(plan, h0, advance, leaf)        a plan's actions and checkpoints (every backend's executor)
     run(model, call, w, plan, grads)     the plan's actions, in order → loss, δh[0], final states
     advance(model, call, a, b, h0, n)    states a → b with the "advance" entry point (states
                                          only, no output or loss), n steps per native call
@@ -48,19 +49,16 @@ def footprint(model, B: int) -> Footprint:
     return Footprint(state=states * B * size, step=(sum(widths.values()) + states + scratch) * B * size, B=B)
 
 
-def run(model, call, w, plan, grads, carry=None):
-    """Execute ``plan`` for one batch slice; gradients accumulate into ``grads``; ``carry``:
-    the cotangents of the final states (None: 0).
-
-    Returns (loss, adjoints of the initial states, final states)."""
-    T = call.T
-    ckpt = {0: initial_states(model.step, call, model.dtype)}
-    cur, loss, final = ckpt[0], 0.0, None
-    chunk = max(1, plan.max_leaf)
+def walk(plan, h0: dict, advance, leaf) -> None:
+    """Run ``plan``'s actions from the states ``h0``: ``advance(a, b, states)`` returns the
+    states at b, ``leaf(a, b, states)`` runs a leaf (right to left); the checkpoints are kept
+    here.  The plan executor of every backend (native: :func:`run`; PTX: ``ptx/checkpoint.py``)."""
+    ckpt = {0: h0}
+    cur = h0
     for act in plan.actions:
         op = act[0]
         if op == "advance":
-            cur = advance(model, call, act[1], act[2], cur, chunk)
+            cur = advance(act[1], act[2], cur)
         elif op == "store":
             ckpt[act[1]] = cur
         elif op == "restore":
@@ -68,16 +66,31 @@ def run(model, call, w, plan, grads, carry=None):
         elif op == "free":
             del ckpt[act[1]]
         elif op == "leaf":
-            a, b = act[1], act[2]
-            h0 = call.h0 if a == 0 and b == T else cur
-            part, carry, fin = model._segment(call, w, a, b, h0, carry, grads, backward=True)
-            loss = None if part is None else loss + part
-            if b == T:
-                final = fin
+            leaf(act[1], act[2], cur)
             cur = None
         else:
             raise ValueError(f"unknown plan action {act!r}")
-    return loss, carry, final
+
+
+def run(model, call, w, plan, grads, carry=None):
+    """Execute ``plan`` for one batch slice; gradients accumulate into ``grads``; ``carry``:
+    the cotangents of the final states (None: 0).
+
+    Returns (loss, adjoints of the initial states, final states)."""
+    T = call.T
+    out = {"loss": 0.0, "carry": carry, "final": None}
+    chunk = max(1, plan.max_leaf)
+
+    def leaf(a, b, cur):
+        h0 = call.h0 if a == 0 and b == T else cur
+        part, out["carry"], fin = model._segment(call, w, a, b, h0, out["carry"], grads, backward=True)
+        out["loss"] = None if part is None else out["loss"] + part
+        if b == T:
+            out["final"] = fin
+
+    walk(plan, initial_states(model.step, call, model.dtype),
+         lambda a, b, cur: advance(model, call, a, b, cur, chunk), leaf)
+    return out["loss"], out["carry"], out["final"]
 
 
 def advance(model, call, a: int, b: int, h0: dict, chunk: int) -> dict:

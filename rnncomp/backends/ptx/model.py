@@ -13,6 +13,10 @@ import numpy as np
 
 from ...autodiff import LOSS_ONLY, backward_step
 from ..validate import add_initial_state_grads, float_dtype, forward_targets, initial_states, weighted_loss
+from ...memory import schedule
+from ...schedules import make_plan
+from . import checkpoint
+from .checkpoint import footprint
 from .emit import emit_module
 from .layout import address
 from .persistent import T_KEY, Persistent
@@ -41,7 +45,9 @@ class PtxModel(PtxVjp, BackendModel):
     kernel's parameters; False: one launch per step), ``persistent_block`` (threads per block
     of the persistent kernel; None: chosen per call from the batch size and the occupancy),
     ``persistent_cluster`` (sm_90+: blocks per sample, a thread-block cluster; None: chosen per
-    call, :func:`.persistent.pick_cluster`; 1: none).
+    call, :func:`.persistent.pick_cluster`; 1: none), ``memory`` (``"all"``, ``rc.Every``,
+    ``rc.Binomial``, ``rc.Budget``: the device arena holds one leaf of the plan, see
+    :mod:`.checkpoint`).
 
     A call is one replay: the caller's arrays are copied into a pinned staging buffer, then
     uploads, kernels and downloads run as one sequence (one CUDA graph), then the results
@@ -53,13 +59,14 @@ class PtxModel(PtxVjp, BackendModel):
     def __init__(self, cell, dtype="float64", *, arch=DEFAULT_ARCH, features=DEFAULT_FEATURES,
                  runner="cuda", device=0, block=256, graphs=True, hoist=True, isolate=True, opt=3,
                  tiled=True, fuse=True, stack=True, persistent=None, persistent_block=None,
-                 persistent_cluster=None, _cot=LOSS_ONLY):
+                 persistent_cluster=None, memory="all", _cot=LOSS_ONLY):
         # what a VJP variant (the same cell, other cotangents: ptx/vjp.py) is compiled with
         self._cell, self._cot, self._variants = cell, _cot, {}
         self._options = dict(arch=arch, features=features, runner=runner, device=device, block=block,
                              graphs=graphs, hoist=hoist, isolate=isolate, opt=opt, tiled=tiled, fuse=fuse,
                              stack=stack, persistent=persistent, persistent_block=persistent_block,
                              persistent_cluster=persistent_cluster)
+        self.memory = memory
         self.dtype = float_dtype(dtype)
         if runner not in ("cuda", "host"):
             raise ValueError(f"runner must be 'cuda' or 'host', got {runner!r}")
@@ -95,6 +102,37 @@ class PtxModel(PtxVjp, BackendModel):
 
     def __repr__(self):
         return f"PtxModel({self.cell_name!r}, {self.dtype}, arch={self.arch!r}; {self.plan.summary()})"
+
+    # ------------------------------------------------------------------ memory schedules
+    @property
+    def memory(self):
+        """The activation-memory schedule (``memory=``); assigning one takes effect at the
+        next call, with no recompile (also in the VJP variants made so far)."""
+        return self._memory
+
+    @memory.setter
+    def memory(self, value):
+        self._memory, self._plans = schedule(value), {}
+        self._options["memory"] = self._memory
+        for v in self._variants.values():
+            v.memory = self._memory
+
+    def memory_plan(self, T: int, B: int):
+        """The checkpointing plan (``rnncomp.schedules.Plan``) of ``memory=`` for a call of (T, B)."""
+        plan = self._plans.get((T, B))
+        if plan is None:
+            if len(self._plans) > 64:
+                self._plans.clear()
+            plan = self._plans[(T, B)] = make_plan(self._memory, T, footprint(self, B))
+        return plan
+
+    def activation_bytes(self, T: int, B: int) -> int:
+        """Bytes of the arena's per-step buffers a training call of (T, B) holds under ``memory=``
+        (the longest leaf's steps and the checkpoints held at once, :func:`.checkpoint.footprint`)."""
+        return self.memory_plan(T, B).memory(footprint(self, B))
+
+    def _one_leaf(self, T: int, B: int) -> bool:
+        return self.memory_plan(T, B).max_leaf >= T
 
     # ------------------------------------------------------------------ runner and memory
     @property
@@ -286,6 +324,8 @@ class PtxModel(PtxVjp, BackendModel):
         return self._forward(call)
 
     def _forward(self, call):
+        if not self._one_leaf(call.T, call.B):  # a forward under a schedule: a leaf's steps a call
+            return checkpoint.forward(self, call, self.memory_plan(call.T, call.B).max_leaf)
         with self._lock:  # one arena per model: a call owns it from upload to copied results
             return self._forward_locked(call)
 
@@ -307,6 +347,8 @@ class PtxModel(PtxVjp, BackendModel):
 
     def _train(self, call, w, d_out=None, d_fin=None):
         """One forward + backward: (loss or None, grads, final states, {input: δx}, {state: δh[0]})."""
+        if not self._one_leaf(call.T, call.B):
+            return checkpoint.train(self, call, w, d_out, d_fin, self.memory_plan(call.T, call.B))
         with self._lock:
             return self._train_locked(call, w, d_out, d_fin)
 
