@@ -270,6 +270,36 @@ def goals(case_id, r, mm_nt):
     return out
 
 
+def speed_goals(rows, N, mm_nt, fma_nt):
+    """Issue #21's CPU goals, each with the rate it needs: (case, goal, measured, met, needed
+    GFLOP/s, reachable).  A goal "k× a peer" needs the case's matrix-product FLOPs (the GFLOP
+    column; the element-wise work not counted) at k× the peer's rate; where that is above the
+    FMA peak measured in the same run, no code reaches it on this machine."""
+    out = []  # (case, goal, measured, threshold, needed GFLOP/s)
+    for r in rows:  # the faster of torch's 1- and N-thread columns, as issue #3's goals take it
+        fused = min([r[k] for k in ("torch_fused_1t_ms", "torch_fused_ms") if r.get(k)], default=None)
+        if r["id"] == "lstm" and fused:
+            out.append((r["case"], "≥ 2× torch fused (oneDNN)", fused / r["native_ms"], 2.0,
+                        2.0 * r["flops"] / fused / 1e6))
+        if r["id"] == "lstm-512" and fused:
+            out.append((r["case"], "≥ 1.3× torch fused (oneDNN)", fused / r["native_ms"], 1.3,
+                        1.3 * r["flops"] / fused / 1e6))
+        if r["id"] == "lstm-512" and mm_nt:
+            out.append((r["case"], "≥ 95% of numpy's matmul", r["native_gflops"] / mm_nt, 0.95, 0.95 * mm_nt))
+    return [(c, g, v, v >= k, need, need <= fma_nt) for c, g, v, k, need in out]
+
+
+def report_speed_goals(rows, N, mm_nt, fma_nt):
+    goals21 = speed_goals(rows, N, mm_nt, fma_nt)
+    if not goals21:
+        return
+    print(f"\nIssue #21's CPU goals, {N} thread(s); the rate each needs (matrix products only) against the "
+          f"float32 FMA peak measured in this run, {fma_nt:.0f} GFLOP/s\n")
+    print(md_table(["case", "goal", "measured", "met", "needs GFLOP/s", "reachable here"],
+                   [[c, g, f"{v:.2f}", "met" if m else "MISSED", f"{need:.0f} ({100 * need / fma_nt:.0f}% of peak)",
+                     "yes" if ok else "no: above the FMA peak"] for c, g, v, m, need, ok in goals21]))
+
+
 # --------------------------------------------------------------------------- main
 
 def main(args):
@@ -417,6 +447,7 @@ def main(args):
     vjp = bench_vjp.run(N, rounds=5 if args.quick else 15)
     load_end = os.getloadavg()
     report(rows, counts, N, mm, load_start, load_end, failures)
+    report_speed_goals(rows, N, mm[N]["gflops"], fma[N]["gflops"])
     print(bench_vjp.report(vjp))
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as fh:
@@ -426,7 +457,9 @@ def main(args):
                                "versions": versions, "repeats": reps,
                                "peers_unavailable": {k: w.error for k, w in workers.items() if not w.ready},
                                "wall_s": time.perf_counter() - started},
-                   "cases": rows, "vjp": vjp, "check_failures": failures}, fh, indent=1)
+                   "cases": rows, "vjp": vjp, "check_failures": failures,
+                   "speed_goals": [dict(zip(("case", "goal", "measured", "met", "needs_gflops", "reachable"), g))
+                                   for g in speed_goals(rows, N, mm[N]["gflops"], fma[N]["gflops"])]}, fh, indent=1)
     print(f"\nwrote {os.path.relpath(args.json)} ({time.perf_counter() - started:.0f} s)")
     return 1 if failures else 0
 
