@@ -86,6 +86,28 @@ def test_the_arena_holds_one_leaf():
     assert model.activation_bytes(T, B) == model.memory_plan(T, B).memory(fp)
 
 
+def test_a_plans_two_lengths_keep_their_arenas():
+    """Every(4) at T = 11: leaves and advances of 4 steps and one leaf of 3.  The model keeps
+    both arenas, so a second call makes none; storing all again gives the spare back."""
+    cell = rc.cells.elman(3, 5, 2)
+    params, inputs, targets, _, _ = _data(cell)
+    model = rc.compile(cell, backend="ptx", runner="host", memory=rc.Every(4))
+    lm = leaf_model(model)
+    made = []
+    fill = lm._fill_arena
+    lm._fill_arena = lambda a, T_, B_: made.append(T_) or fill(a, T_, B_)
+    model.loss_and_grad(params, inputs, targets)
+    assert sorted(set(made)) == [3, 4], made
+    made.clear()
+    want = model.loss_and_grad(params, inputs, targets)
+    assert made == [], f"a second call made arenas of {made} steps"
+    assert {lm._arena["TB"][0], lm._spare["TB"][0]} == {3, 4}
+    model.memory = "all"
+    assert lm._spare is None
+    got = model.loss_and_grad(params, inputs, targets)
+    _close(got[1], want[1], "store-all after a schedule")
+
+
 def test_a_new_schedule_reaches_the_variants():
     cell = rc.cells.elman(3, 5, 2)
     params, inputs, _, d_out, _ = _data(cell)

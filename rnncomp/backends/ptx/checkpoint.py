@@ -18,9 +18,10 @@ training call runs the plan's actions on the host side:
 So the device holds one leaf's arena: ``activation_bytes`` (the plan's memory of
 :func:`footprint`) instead of T steps.  Leaves run right to left, their parameter
 gradients summed on the host in that order, so the gradients equal storing all to float
-rounding (another order of the same sum), as on the native backend.  A call whose length
-differs from the arena's makes a new arena (``_get_arena``): a plan whose leaves and
-advances all have one length (``Every(n)`` with n dividing T) makes it once.
+rounding (another order of the same sum), as on the native backend.  An arena (and its
+CUDA graphs) is made per call length; under a schedule the model keeps two (``_get_arena``):
+the plans' leaves and advances have at most two lengths, the longest leaf and the rest, so
+from the second call on a plan makes none.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ...autodiff import LOSS_ONLY, backward_step
 from ..validate import add_initial_state_grads, float_dtype, forward_targets, initial_states, weighted_loss
-from ...memory import schedule
+from ...memory import StoreAll, schedule
 from ...schedules import make_plan
 from . import checkpoint
 from .checkpoint import footprint
@@ -96,7 +96,7 @@ class PtxModel(PtxVjp, BackendModel):
         self.ptx = to_ptx(self.ir, arch, features, opt=opt, isolate=isolate, where=f"cell {st.name!r}: ")
         self.kernel_names = entries(self.ptx)
         self._runner = None
-        self._arena = None
+        self._arena = self._spare = None
         # one arena and staging buffer per model: a call holds them from upload to results
         self._lock = threading.RLock()
 
@@ -116,6 +116,11 @@ class PtxModel(PtxVjp, BackendModel):
         self._options["memory"] = self._memory
         for v in self._variants.values():
             v.memory = self._memory
+        spare = getattr(self, "_spare", None)
+        if spare is not None and not self._spare_kept():
+            with self._lock:
+                self._spare = None
+                self._release(spare)
 
     def memory_plan(self, T: int, B: int):
         """The checkpointing plan (``rnncomp.schedules.Plan``) of ``memory=`` for a call of (T, B)."""
@@ -152,10 +157,17 @@ class PtxModel(PtxVjp, BackendModel):
         return self._runner
 
     def _get_arena(self, T, B):
-        a = self._arena
+        """The arena of a (T, B) call.  Under a checkpointing plan the model keeps a second one,
+        of the last other length (a plan's leaves and advances have at most two: the longest
+        leaf and what is left), so that its calls do not make a new arena and graph each time
+        the length changes; under store-all a new length frees the old arena."""
+        a, spare = self._arena, self._spare
         if a is not None and a["TB"] == (T, B):
             return a
-        self._free_arena()
+        if spare is not None and spare["TB"] == (T, B):
+            self._arena, self._spare = spare, a
+            return spare
+        self._free_arena(self._spare_kept())
         r, isz = self.runner, self.dtype.itemsize
         offsets, size = self.plan.layout.offsets(T, B, isz)
         a = {"TB": (T, B), "base": r.alloc(size), "offsets": offsets, "size": size}
@@ -167,11 +179,21 @@ class PtxModel(PtxVjp, BackendModel):
             raise
         return self._arena
 
-    def _free_arena(self):
-        """Give back the arena's device memory, pinned staging buffer and CUDA graphs."""
-        a, self._arena = self._arena, None
-        if a is None:
-            return
+    def _spare_kept(self) -> bool:
+        return not isinstance(self._memory, StoreAll)
+
+    def _free_arena(self, keep_spare=False):
+        """Give back the arena's device memory, pinned staging buffer and CUDA graphs, and the
+        spare arena's; ``keep_spare``: the current arena becomes the spare instead."""
+        a, old_spare = self._arena, self._spare
+        self._arena = self._spare = None
+        if keep_spare:
+            self._spare, a = a, None
+        for x in (a, old_spare):
+            if x is not None:
+                self._release(x)
+
+    def _release(self, a):
         r = self.runner
         for k in ("fwd", "bwd", "train", "run"):
             if a.get(k) is not None:
