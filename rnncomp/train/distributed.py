@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+import traceback
 import zlib
 
 import numpy as np
@@ -79,10 +81,15 @@ def abort_on_uncaught_exception(comm) -> None:
     previous = sys.excepthook
 
     def hook(kind, value, tb):
-        previous(kind, value, tb)
-        sys.stderr.write(f"rnncomp: rank {comm.Get_rank()} of {comm.Get_size()} stopped on an uncaught "
-                         f"{kind.__name__}; aborting every rank\n")
+        note = (f"rnncomp: rank {comm.Get_rank()} of {comm.Get_size()} stopped on an uncaught "
+                f"{kind.__name__}; aborting every rank\n")
+        if previous is sys.__excepthook__:  # the traceback and the note in one write: MPI_Abort
+            sys.stderr.write("".join(traceback.format_exception(kind, value, tb)) + note)
+        else:  # a hook of the program's own (IPython's, ...) prints the traceback its way
+            previous(kind, value, tb)
+            sys.stderr.write(note)
         sys.stderr.flush()
+        time.sleep(0.2)  # mpiexec forwards this rank's stderr: let it read the text before the abort
         comm.Abort(1)
 
     sys.excepthook = hook
