@@ -6,8 +6,10 @@
 RTRL and dense SnAp (``rc.SnAp(n, sparse=False)``, RTRL's recursion with the pattern applied)
 in :mod:`rnncomp.backends.native_tangent`, sparse SnAp (only the kept entries) in
 :mod:`rnncomp.backends.native_snap`, UORO (the same random draws as the NumPy executor) in
-:mod:`rnncomp.backends.native_uoro`.  Cells with matrix states have no native executor yet: :func:`prepare` raises :class:`CompileError` saying so, and a
-Trainer with ``backend="native"`` runs them on the NumPy executor after a warning
+:mod:`rnncomp.backends.native_uoro`; cells with matrix states included (sparse SnAp has no
+plan for them: ``sparse="auto"`` runs the dense executor).  Where a native executor has no
+code for an algorithm or a cell, :func:`prepare` raises :class:`CompileError` naming it, and a
+Trainer with ``backend="native"`` runs the NumPy executor after a warning
 (:class:`NumpyFallbackWarning`).
 
     >>> import numpy as np, rnncomp as rc

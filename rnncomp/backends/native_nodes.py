@@ -119,7 +119,7 @@ def _reduce(pc, key, node, out, args):  # sum, lse
 
 
 def _matrix(pc, key, node, out, args):  # matrix states: vector code
-    moved = pc.model.dtype.itemsize * (node.size + sum(pc.prog.node(a).size for a in node.args))
+    moved = pc.g.dtype.itemsize * (node.size + sum(pc.prog.node(a).size for a in node.args))
     with section(pc.g, "matrix ops", moved):
         pc.g.matrix(node, out, args, pc.ld(key), [pc.ld(a) for a in node.args])
 

@@ -17,8 +17,11 @@ scatter).  A forward value read by a tangent node is broadcast over the directio
 vector parameter's seed ``∂b`` is a constant ``(K, n)`` table (made ``(B, K, n)`` where a
 product or a copy reads it).  Tangent buffers are reused once their last reader has run.
 
-What is not compiled raises :class:`CompileError` naming the cell and the ops: matrix states
-(outer, smatvec, mbcast, mreduce) and products of a parameter vector.
+Matrix states (:mod:`rnncomp.matrix_dsl`): their ops run on :mod:`.native_matrix`'s vector
+code, a sample's (m, n) block at a time -- in the tangent program over B·K rows, the product
+rule's forward factor of ``outer`` / ``smatvec`` read once per sample for its K directions.
+What is not compiled raises :class:`CompileError` naming the cell and the ops: products of a
+parameter vector.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from .llvm.builder import I64, for_range, parallel_loop_md
 from .llvm.exprgen import LLVMPrinter
 from .llvm.jit import HostTarget
 from .native_emit import Gen
+from .native_matrix import MatrixEmitter
 from .native_online_emit import StepEmitter, compile_online, sources_hash
 from .native_tangent_plan import WEIGHT, Plan, check
 
@@ -102,7 +106,10 @@ class OnlineKernel(StepEmitter):
             args = [self._full(g, a, t) for a in node.args]
             g.B = self.BK
             try:
-                if node.op == "matvec":
+                if node.op in ("outer", "smatvec"):
+                    g.B = B
+                    self._matrix_bilinear(g, key, node, out, args)
+                elif node.op == "matvec":
                     if any(not is_tangent_param(p) for p, _, _ in node.attrs["terms"]):
                         empty = self._products(g, node, out, args[0], prog.node(node.args[0]).size, t)
                     else:
@@ -115,6 +122,28 @@ class OnlineKernel(StepEmitter):
                 g.B = B
         if run:
             self._tangent_ew(g, run, t)
+
+    def _matrix_bilinear(self, g, key, node, out, args):
+        """``outer`` / ``smatvec`` of the tangent program, one term of the product rule: one
+        factor a tangent (a row per sample and direction), the other a forward value (a row
+        per sample, read for each of its K directions) or a parameter (one row)."""
+        b, K, tp = g.b, self.K, self.ts.prog
+        em = MatrixEmitter(b, g.ty, self.dtype.itemsize)
+        kinds = []
+        for a in node.args:
+            kind = "tan" if a in self.plan.seed_full else self._kind(a)
+            if kind in ("inline", "seed"):  # the plan gives such readers a buffer of B·K rows
+                raise CompileError(f"cell {self.st.name!r}: internal: a matrix op reads {a!r} as {kind}")
+            units = tp.nodes[a].size if a in tp.nodes else self.st.prog.node(a).size
+            kinds.append((kind, g.L.ld(a, units)))
+        with for_range(b, g.B, name="mb") as bi:
+            with for_range(b, I64(K), name="mk") as k:
+                row = b.add(b.mul(bi, I64(K)), k)
+                at = {"tan": row, "fwd": bi, "param": I64(0)}
+                o = b.gep(out, [b.mul(row, I64(g.L.ld(key, node.size)))], inbounds=True)
+                ptrs = [b.gep(p, [b.mul(at[kind], I64(ld))], inbounds=True) for p, (kind, ld) in zip(args, kinds)]
+                em.emit(node.op, o, ptrs, node.attrs["shape"], node.attrs.get("axis", 1),
+                        node.attrs.get("transposed", False))
 
     def _full(self, g, key, t):
         """A tangent argument as B·K rows (a parameter's seed: its (B, K, n) copy)."""

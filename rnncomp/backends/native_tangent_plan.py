@@ -27,8 +27,9 @@ def new_slot(L: Layout, sizes: dict, label: str, rows: str, units: int, timed: b
     return k
 
 
-FORWARD_OPS = ("ew", "matvec", "slice", "pad", "concat", "sum", "lse")
-TANGENT_OPS = ("seed", "ew", "matvec", "slice", "pad", "concat", "sum")
+MATRIX_OPS = ("outer", "smatvec", "mbcast", "mreduce")  # matrix states: .native_matrix
+FORWARD_OPS = ("ew", "matvec", "slice", "pad", "concat", "sum", "lse") + MATRIX_OPS
+TANGENT_OPS = ("seed", "ew", "matvec", "slice", "pad", "concat", "sum") + MATRIX_OPS
 
 
 def check(step, ts) -> None:
@@ -41,7 +42,7 @@ def check(step, ts) -> None:
                            for p in [n.args[0][0]] if n.args[0][1] is None})
     parts = []
     if bad_ops:
-        parts.append(f"op(s) {', '.join(bad_ops)} (matrix states run on the NumPy executor)")
+        parts.append(f"op(s) {', '.join(bad_ops)}")
     if funcs:
         parts.append(f"function(s) {', '.join(funcs)}")
     if vec_products:
