@@ -27,7 +27,7 @@ from functools import cached_property
 from ..backends.validate import check_call, initial_states
 from ..cell import Cell
 from ..dsl import StateVec, Vec
-from ..errors import CallError
+from ..errors import CallError, CompileError
 from ..forward_mode import jvp, tangent_name
 from ..ir import Node, Program
 from .compiled import NumpyFallbackWarning
@@ -59,8 +59,10 @@ def _clone(cell, loss, what):
 
 
 class _Part:
-    """One scalar field of the state (E or C) on NumPy: value, ∂/∂s, ∂/∂θ (the executor's), and
-    the Hessian-vector products (forward mode over the step and its backward step)."""
+    """One scalar field of the state (E or C): value, ∂/∂s, ∂/∂θ (the executor's), and the
+    Hessian-vector products (forward mode over the step and its backward step), run by the
+    NumPy printer or, next to a native executor, compiled (:mod:`rnncomp.backends.native_hvp`;
+    where it has no code, ``native_error`` says why and NumPy runs them)."""
 
     def __init__(self, cell, dtype, ex=None):
         self.ex = ex if isinstance(ex, NumpySettle) else NumpySettle(cell, dtype)
@@ -68,16 +70,32 @@ class _Part:
         both = Program({**self.step.prog.nodes, **self.bwd.prog.nodes}, name=f"{self.step.name} and its gradient")
         seeds = {(s, "t-1"): ((tangent_name(s), "t-1"), Node("seed", (), n)) for s, n in self.step.states.items()}
         self.hvp = jvp(both, seeds, where=f"cell {self.step.name!r}, Hessian-vector product")
+        self.kernel, self.native_error = None, None
+        if getattr(ex, "backend", "numpy") == "native":
+            from ..backends.native_hvp import HvpKernel
+            try:
+                self.kernel = HvpKernel(self.step, self.bwd, self.hvp, dtype, ex.options.get("cache", "default"))
+            except CompileError as exc:
+                self.native_error = str(exc)
 
     def evaluate(self, params, states, seqs, B, dt):
+        """The point the products are taken at: the NumPy env of the step and its backward, or
+        the arguments the compiled kernel evaluates them at."""
+        if self.kernel is not None:
+            return params, states, seqs
         return self.ex.evaluate(params, states, seqs, B)
 
-    def hessian_products(self, env, mu, B, dt):
-        """(H μ per state, Σ_b μᵀ ∂²E/∂s∂θ per parameter) at the point ``env`` was evaluated."""
+    def hessian_products(self, point, mu, B, dt):
+        """(H μ per state, Σ_b μᵀ ∂²E/∂s∂θ per parameter) at ``point`` (:meth:`evaluate`'s)."""
         t = self.hvp.tangents
-        seeds = {t[(s, "t-1")]: mu[s][:, None, :] for s in self.step.states}
-        tan = run_tangents(self.hvp.prog, env, seeds, Directions(1, {}, {}, {}), B, dt)
-        val = lambda k: None if k not in t else np.broadcast_to(tan[t[k]], (B, 1, tan[t[k]].shape[-1]))[:, 0]  # noqa: E731
+        if self.kernel is not None:
+            value = self.kernel.values(*point, mu, B)
+            val = lambda k: None if k not in t else value(t[k])  # noqa: E731
+        else:
+            value = point.__getitem__
+            seeds = {t[(s, "t-1")]: mu[s][:, None, :] for s in self.step.states}
+            tan = run_tangents(self.hvp.prog, point, seeds, Directions(1, {}, {}, {}), B, dt)
+            val = lambda k: None if k not in t else np.broadcast_to(tan[t[k]], (B, 1, tan[t[k]].shape[-1]))[:, 0]  # noqa: E731
         hmu = {s: np.zeros((B, n), dtype=dt) if self.bwd.carry_out[s] is None or val(self.bwd.carry_out[s]) is None
                else val(self.bwd.carry_out[s]) for s, n in self.step.states.items()}
         mixed = {p: np.zeros(s if isinstance(s, tuple) else (s,), dtype=dt) for p, s in self.step.params.items()}
@@ -90,7 +108,7 @@ class _Part:
                     continue
                 _, g, v, c, tr = spec
                 dg, dv = val(g), val(v)
-                gv, vv = (np.broadcast_to(env[k], (B, np.shape(env[k])[-1])) for k in (g, v))
+                gv, vv = (np.broadcast_to(value(k), (B, np.shape(value(k))[-1])) for k in (g, v))
                 m = (0 if dg is None else dg.T @ vv) + (0 if dv is None else gv.T @ dv)
                 if not np.isscalar(m):
                     mixed[p] += (m.T if tr else m) * float(c)
@@ -108,7 +126,7 @@ class EnergyModel:
                             "the settled state is judged by")
         self.cell, self.tol, self.max_iter, self.eta, self.dtype = cell, float(tol), max_iter, float(step), np.dtype(dtype)
         self._cells = _clone(cell, energy, "energy"), _clone(cell, cell.loss_expr, "cost")
-        # value, ∂/∂s, ∂/∂θ of E and of C on the backend (.settle_exec); HVPs on NumPy (_Part)
+        # value, ∂/∂s, ∂/∂θ of E and of C on the backend (.settle_exec); HVPs: _Part
         self.gE, self.gC = (executor(c, backend, self.dtype, options) for c in self._cells)
         self.step, self.backend = self._cells[0].step, backend
         self.iterations = 0
@@ -164,10 +182,11 @@ class EnergyModel:
         s0 = self._relax(call, 0.0, iterations=iterations, trail=trail)
         value, dC, gC = self.gC.grad(call, s0)
         loss = value / B
-        if method != "eqprop" and self.backend != "numpy":
+        if method != "eqprop" and self.backend != "numpy" and self.E.kernel is None:
             warnings.warn(f"compile_fixed_point(cell {self.cell.name!r}, energy, backend={self.backend!r}): "
                           f"method={method!r} needs Hessian-vector products, which run on the NumPy executor "
-                          "(the relaxation runs natively)", NumpyFallbackWarning, stacklevel=2)
+                          f"(the relaxation runs natively): {self.E.native_error}", NumpyFallbackWarning,
+                          stacklevel=2)
         if method == "rbp":
             return loss, self._rbp(call, s0, dC, gC), s0
         if method == "bptt":

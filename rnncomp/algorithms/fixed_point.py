@@ -52,7 +52,7 @@ def compile_fixed_point(cell, tol: float = 1e-8, max_iter: int = 500, dtype: str
     ``backend="native"``: the relaxation, the adjoint iteration and the Jacobian of
     ``solve="direct"`` call the natively compiled cell (``options``: ``rc.compile``'s, e.g.
     ``cache=None``) one step at a time (:mod:`.settle_exec`); an energy model's Hessian-vector
-    products (its "rbp" and "bptt") stay on NumPy, with a warning."""
+    products (its "rbp" and "bptt") are compiled too (:mod:`rnncomp.backends.native_hvp`)."""
     if not (tol > 0 and isinstance(max_iter, int) and max_iter >= 1):
         raise ValueError(f"compile_fixed_point: need tol > 0 and an integer max_iter >= 1, "
                          f"got tol={tol!r}, max_iter={max_iter!r}")

@@ -105,8 +105,8 @@ class NativeSettle:
 
     def __init__(self, cell, dtype, options=None):
         from ..compile import compile as rc_compile
-        self.step, self.dtype = cell.step, np.dtype(dtype)
-        self.model = rc_compile(cell, backend="native", dtype=self.dtype.name, **(options or {}))
+        self.step, self.dtype, self.options = cell.step, np.dtype(dtype), dict(options or {})
+        self.model = rc_compile(cell, backend="native", dtype=self.dtype.name, **self.options)
         self._teacher = bool(forward_targets(self.step))
 
     def update(self, call, states):

@@ -11,6 +11,7 @@ import hashlib
 import pathlib
 
 import numpy as np
+import sympy as sp
 from llvmlite import ir
 
 from ..errors import CompileError
@@ -147,6 +148,15 @@ def sources_hash(*own):
                      here / "native_nodes.py", here.parent / "passes" / "layout.py", *(here / "llvm").glob("*.py")]):
         h.update(f.read_bytes())
     return h
+
+
+def hash_programs(h, progs) -> None:
+    """Add every node of ``progs`` (key, op, arguments, size, attributes) to the hash ``h``: the
+    part of a native online kernel's cache key its programs make."""
+    for prog in progs:
+        for key, n in prog.nodes.items():
+            attrs = {k: (sp.srepr(v) if isinstance(v, sp.Basic) else v) for k, v in n.attrs.items()}
+            h.update(repr((key, n.op, n.args, n.size, sorted(attrs.items()))).encode())
 
 
 def compile_online(step, description, build, host, cache, what):

@@ -19,9 +19,7 @@ seeds δ⁺h and w live in buffers filled before each run.
 """
 from __future__ import annotations
 
-
 import numpy as np
-import sympy as sp
 from llvmlite import ir
 
 from ..autodiff import backward_step
@@ -32,7 +30,7 @@ from .llvm.builder import I64, alloca_once, for_range
 from .llvm.exprgen import unsupported
 from .llvm.jit import HostTarget
 from .native_emit import Gen
-from .native_online_emit import OnlineSlots, StepEmitter, compile_online, sources_hash
+from .native_online_emit import OnlineSlots, StepEmitter, compile_online, hash_programs, sources_hash
 from .native_tangent_plan import FORWARD_OPS, WEIGHT, check
 
 EPS = 1e-7   # as the NumPy executor's (rnncomp/algorithms/uoro.py)
@@ -83,10 +81,7 @@ class UoroKernel(StepEmitter):
 
     def _description(self) -> str:
         h = sources_hash("native_uoro.py")
-        for prog in (self.st.prog, self.ts.prog, self.bwd.prog):
-            for key, n in prog.nodes.items():
-                attrs = {k: (sp.srepr(v) if isinstance(v, sp.Basic) else v) for k, v in n.attrs.items()}
-                h.update(repr((key, n.op, n.args, n.size, sorted(attrs.items()))).encode())
+        hash_programs(h, (self.st.prog, self.ts.prog, self.bwd.prog))
         h.update(repr((self.bwd.carry_out, self.bwd.grads, self.ts.out, self.st.loss_key, self.plan.L.slots,
                        str(self.dtype))).encode())
         return h.hexdigest()
