@@ -1,6 +1,7 @@
-"""``memory=`` on the PTX backend (backends/ptx/checkpoint.py), on the host runner: every
-schedule gives the oracle's loss, gradients, outputs and VJP, and the device arena holds one
-leaf of the plan instead of every step.
+"""``memory=`` on the PTX backend (backends/ptx/checkpoint.py), on the host runner (and on a
+CUDA GPU where one is present: ``-k cuda``, run by benchmarks/gpu_session.sh): every schedule
+gives the oracle's loss, gradients, outputs and VJP, and the device arena holds one leaf of the
+plan instead of every step.
 
 Tolerance 1e-10 (float64): a schedule sums the same per-step terms in another order (leaf
 by leaf), so the results differ from the oracle's only by rounding, ~1e-15 relative here.
@@ -14,6 +15,14 @@ from rnncomp.backends.ptx.checkpoint import footprint, leaf_model
 from layer_cells import two_inputs_learned_state
 
 T, B = 11, 3
+
+
+def _cuda_present():
+    from rnncomp.backends.ptx.runtime import cuda_available
+    return cuda_available()
+
+
+RUNNERS = ["host", pytest.param("cuda", marks=pytest.mark.skipif(not _cuda_present(), reason="needs a CUDA GPU"))]
 
 
 def _data(cell, seed=0):
@@ -37,15 +46,16 @@ def _schedules(model):
     return [rc.Every(4), rc.Binomial(2), rc.Budget(whole // 3)]
 
 
+@pytest.mark.parametrize("runner", RUNNERS)
 @pytest.mark.parametrize("make", [lambda: rc.cells.elman(3, 5, 2), lambda: rc.cells.lstm(2, 4, 2),
                                   two_inputs_learned_state], ids=["elman", "lstm", "two-learned"])
-def test_every_schedule_gives_the_oracles_numbers(make):
+def test_every_schedule_gives_the_oracles_numbers(make, runner):
     cell = make()
     params, inputs, targets, d_out, d_fin = _data(cell)
     mask = np.ones((T, B))
     mask[7:, 1] = 0  # a padded sample
     ref = rc.compile(cell, backend="numpy")
-    model = rc.compile(cell, backend="ptx", runner="host")
+    model = rc.compile(cell, backend="ptx", runner=runner)
     for memory in _schedules(model):
         model.memory = memory
         plan = model.memory_plan(T, B)
@@ -70,10 +80,11 @@ def test_every_schedule_gives_the_oracles_numbers(make):
             _close(got.h0, want.h0, f"{memory}: VJP initial state")
 
 
-def test_the_arena_holds_one_leaf():
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_the_arena_holds_one_leaf(runner):
     cell = rc.cells.lstm(2, 4, 2)
     params, inputs, targets, _, _ = _data(cell)
-    model = rc.compile(cell, backend="ptx", runner="host", memory=rc.Every(4))
+    model = rc.compile(cell, backend="ptx", runner=runner, memory=rc.Every(4))
     isz = model.dtype.itemsize
     whole = model.plan.layout.offsets(T, B, isz)[1]
     model.loss_and_grad(params, inputs, targets)
