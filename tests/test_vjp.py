@@ -100,7 +100,7 @@ def check_fd(model, params, inputs, h0, targets, mask, d_out, d_fin, res, seed):
         assert abs(fd - an) <= ATOL + RTOL * abs(fd), f"{kind}: finite difference {fd} vs vjp {an}"
 
 
-def check_chained(model, params, inputs, h0, d_out, d_fin, whole, cut):
+def check_chained(model, params, inputs, h0, d_out, d_fin, whole, cut, rtol=1e-11, floor=1e-13, what=""):
     """Two chunks chained by hand give the whole sequence's VJP (no loss: it is a per-call mean)."""
     a = {k: v[:cut] for k, v in inputs.items()}
     b = {k: v[cut:] for k, v in inputs.items()}
@@ -110,7 +110,7 @@ def check_chained(model, params, inputs, h0, d_out, d_fin, whole, cut):
     chained = rc.backends.vjp.Gradients(
         {p: first.params[p] + second.params[p] for p in params},
         {x: np.concatenate([first.inputs[x], second.inputs[x]]) for x in inputs}, first.h0)
-    assert_same(chained, whole, 1e-11, "two chained chunks vs the whole sequence")
+    assert_same(chained, whole, rtol, f"{what}two chained chunks vs the whole sequence", floor)
 
 
 def check_vjp_cell(cell, T, B, seed, mask_kind, h0_kind, opts, with_targets, which_out, which_state,
@@ -145,12 +145,18 @@ def check_vjp_cell(cell, T, B, seed, mask_kind, h0_kind, opts, with_targets, whi
         assert_same(nat.vjp(params, inputs, h0, **kw), ref, 1e-10, "native float64 vs oracle")
         kept = nat.forward(params, inputs, h0, keep=True, targets=targets, mask=mask)
         assert_same(kept.backward(d_out, d_fin), ref, 1e-10, "native forward(keep) + backward vs oracle")
+        if T >= 2:  # rounding only: the chunks sum the same terms in another order
+            check_chained(nat, params, inputs, h0, d_out, d_fin, nat.vjp(params, inputs, h0, d_outputs=d_out,
+                          d_final=d_fin), T // 2, 1e-10, what="native float64: ")
     for kind, runner in (("ptx", "host"), ("cuda", "cuda")):
         if kind in backends:
             ptx = rc.compile(cell, backend="ptx", runner=runner)
             assert_same(ptx.vjp(params, inputs, h0, **kw), ref, 1e-10, f"PTX ({runner} runner) vs oracle")
             kept = ptx.forward(params, inputs, h0, keep=True, targets=targets, mask=mask)
             assert_same(kept.backward(d_out, d_fin), ref, 1e-10, f"PTX ({runner}) forward(keep) + backward")
+            if T >= 2:
+                check_chained(ptx, params, inputs, h0, d_out, d_fin, ptx.vjp(params, inputs, h0, d_outputs=d_out,
+                              d_final=d_fin), T // 2, 1e-10, what=f"PTX ({runner}): ")
     # 5. native float32 against the float64 oracle on float32-rounded data
     if "f32" in backends and margin >= KINK_MARGIN:
         r32 = lambda d: None if d is None else {k: np.asarray(v, np.float32) for k, v in d.items()}  # noqa: E731
@@ -159,7 +165,12 @@ def check_vjp_cell(cell, T, B, seed, mask_kind, h0_kind, opts, with_targets, whi
         up = lambda d: None if d is None else {k: v.astype(np.float64) for k, v in d.items()}  # noqa: E731
         ref64 = oracle.vjp(*(up(a) for a in args32), **{k: up(v) if k != "mask" else v for k, v in kw32.items()})
         np32 = rc.compile(cell, backend="numpy", dtype="float32").vjp(*args32, **kw32)
-        got = rc.compile(cell, backend="native", dtype="float32", cache=None, **opts).vjp(*args32, **kw32)
+        nat32 = rc.compile(cell, backend="native", dtype="float32", cache=None, **opts)
+        got = nat32.vjp(*args32, **kw32)
+        if T >= 2:  # float32 rounding of two partial sums against one: 1e-4 of each array, 1e-5 of the largest
+            d32 = dict(d_outputs=kw32["d_outputs"], d_final=kw32["d_final"])
+            check_chained(nat32, *args32, kw32["d_outputs"], kw32["d_final"], nat32.vjp(*args32, **d32), T // 2,
+                          1e-4, 1e-5, what="native float32: ")
         a, b, c = _results(got), _results(ref64), _results(np32)
         for k in b:
             allowed = max(2e-4, 30 * _rel(c[k], b[k]))
