@@ -134,3 +134,46 @@ def test_a_new_schedule_reaches_the_variants():
 def test_a_bad_schedule_is_named():
     with pytest.raises(ArgumentError, match="memory"):
         rc.compile(rc.cells.elman(3, 5, 2), backend="ptx", runner="host", memory="half")
+
+
+def test_a_kept_forward_with_targets_keeps_every_steps_outputs():
+    """Found by a probe: under a schedule the kept forward's outputs were the last leaf's
+    (3 of 11 steps); they are every step's, for a cell and a stack."""
+    cell = rc.cells.elman(3, 5, 2)
+    params, inputs, targets, _, _ = _data(cell)
+    want = rc.compile(cell, backend="numpy").forward(params, inputs, keep=True, targets=targets)
+    got = rc.compile(cell, backend="ptx", runner="host", memory=rc.Every(4)).forward(
+        params, inputs, keep=True, targets=targets)
+    _close(got.outputs, want.outputs, "kept outputs")
+    assert abs(got.loss - want.loss) <= 1e-12 * abs(want.loss)
+    comp = rc.Stack([rc.cells.lstm(3, 4, 4), rc.cells.elman(4, 5, 2)])
+    p = comp.init_params(0)
+    x = {k: np.random.default_rng(1).standard_normal((9, 2, n)) for k, n in comp.step.inputs.items()}
+    y = {k: np.random.default_rng(2).standard_normal((9, 2, n)) for k, n in comp.step.targets.items()}
+    want = rc.compile(comp, backend="numpy").forward(p, x, keep=True, targets=y)
+    got = rc.compile(comp, backend="ptx", runner="host", memory=rc.Every(4)).forward(p, x, keep=True, targets=y)
+    _close(got.outputs, want.outputs, "a stack's kept outputs")
+
+
+def test_a_new_schedule_gives_back_the_arenas_of_the_old():
+    """Found by a probe: after store-all, a schedule kept the T-step arena as its spare (T = 8
+    and Every(4): every call of the plan has 4 steps, so no other length evicts it)."""
+    cell = rc.cells.lstm(2, 4, 2)
+    params, inputs, targets, _, _ = _data(cell)
+    inputs, targets = ({k: v[:8] for k, v in d.items()} for d in (inputs, targets))
+    model = rc.compile(cell, backend="ptx", runner="host")
+    model.loss_and_grad(params, inputs, targets)
+    model.memory = rc.Every(4)
+    model.loss_and_grad(params, inputs, targets)
+    model.forward(params, inputs)
+    held = [a for m in [model, *model._variants.values()] for a in (m._arena, m._spare) if a is not None]
+    assert held and all(a["TB"][0] <= 4 for a in held), [a["TB"] for a in held]
+
+
+@pytest.mark.parametrize("backend", ["native", "ptx"])
+def test_a_schedule_assigned_after_compile_survives_pickling(backend):
+    import pickle
+    opts = {"runner": "host"} if backend == "ptx" else {"cache": None}
+    model = rc.compile(rc.cells.elman(3, 5, 2), backend=backend, **opts)
+    model.memory = rc.Every(4)
+    assert pickle.loads(pickle.dumps(model)).memory == rc.Every(4)

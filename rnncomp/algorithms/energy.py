@@ -19,10 +19,11 @@ own cost ``C`` (read at the old state: s.new → s).  The relaxation is gradient
 """
 from __future__ import annotations
 
-import numpy as np
-
 import warnings
 from functools import cached_property
+
+import numpy as np
+import sympy as sp
 
 from ..backends.validate import check_call, initial_states
 from ..cell import Cell
@@ -30,6 +31,7 @@ from ..dsl import StateVec, Vec
 from ..errors import CallError, CompileError
 from ..forward_mode import jvp, tangent_name
 from ..ir import Node, Program
+from .base import has_derived_weights
 from .compiled import NumpyFallbackWarning
 from .fixed_point import FixedPointError, _check_iterations, _named, check_finite
 from .settle_exec import NumpySettle, executor
@@ -88,16 +90,20 @@ class _Part:
     def hessian_products(self, point, mu, B, dt):
         """(H μ per state, Σ_b μᵀ ∂²E/∂s∂θ per parameter) at ``point`` (:meth:`evaluate`'s)."""
         t = self.hvp.tangents
-        if self.kernel is not None:
-            value = self.kernel.values(*point, mu, B)
-            val = lambda k: None if k not in t else value(t[k])  # noqa: E731
-        else:
-            value = point.__getitem__
+        if self.kernel is None:
             seeds = {t[(s, "t-1")]: mu[s][:, None, :] for s in self.step.states}
             tan = run_tangents(self.hvp.prog, point, seeds, Directions(1, {}, {}, {}), B, dt)
             val = lambda k: None if k not in t else np.broadcast_to(tan[t[k]], (B, 1, tan[t[k]].shape[-1]))[:, 0]  # noqa: E731
+            return self._products(point.__getitem__, val, B, dt)
+        with self.kernel.lock:  # its buffers hold the values until the sums below are made
+            value = self.kernel.values(*point, mu, B)
+            return self._products(value, lambda k: None if k not in t else value(t[k]), B, dt)
+
+    def _products(self, value, val, B, dt):
+        """H μ and the mixed sums from ``value(key)`` (a value at the point) and ``val(key)`` (its
+        tangent along μ, None where zero)."""
         hmu = {s: np.zeros((B, n), dtype=dt) if self.bwd.carry_out[s] is None or val(self.bwd.carry_out[s]) is None
-               else val(self.bwd.carry_out[s]) for s, n in self.step.states.items()}
+               else np.array(val(self.bwd.carry_out[s])) for s, n in self.step.states.items()}
         mixed = {p: np.zeros(s if isinstance(s, tuple) else (s,), dtype=dt) for p, s in self.step.params.items()}
         for p, specs in self.bwd.grads.items():
             for spec in specs:
@@ -125,7 +131,13 @@ class EnergyModel:
             raise CallError(f"cell {cell.name!r} has no loss (declare one with cell.loss): it is the cost "
                             "the settled state is judged by")
         self.cell, self.tol, self.max_iter, self.eta, self.dtype = cell, float(tol), max_iter, float(step), np.dtype(dtype)
-        self._cells = _clone(cell, energy, "energy"), _clone(cell, cell.loss_expr, "cost")
+        self.dw, base = None, cell
+        if has_derived_weights(cell):  # run on the plain cell whose parameters they are; chained back
+            from ..weights import DerivedWeights
+            self.dw = DerivedWeights(cell)
+            base = self.dw.plain
+            energy = energy.xreplace({sp.Symbol(a): sp.Symbol(b) for a, b in self.dw.rename.items()})
+        self._cells = _clone(base, energy, "energy"), _clone(base, base.loss_expr, "cost")
         # value, ∂/∂s, ∂/∂θ of E and of C on the backend (.settle_exec); HVPs: _Part
         self.gE, self.gC = (executor(c, backend, self.dtype, options) for c in self._cells)
         self.step, self.backend = self._cells[0].step, backend
@@ -168,11 +180,27 @@ class EnergyModel:
                               f"converge: max |Δs| = {res:.3g} after max_iter = {self.max_iter} iterations "
                               f"(tol = {self.tol:g}, step = {self.eta:g}); a smaller step, or raise max_iter")
 
+    def _expand(self, params):
+        """The plain cell's parameters (derived weights and constants computed) from the declared ones."""
+        if self.dw is None:
+            return params
+        if not isinstance(params, dict) or sorted(params) != sorted(self.dw.params):
+            raise CallError(f"cell {self.cell.name!r}: params must be a dict of its parameters "
+                            f"{sorted(self.dw.params)}, got {sorted(params) if isinstance(params, dict) else params!r}")
+        return self.dw.expand(params, self.dtype)
+
     def forward(self, params, x, y, h0=None):
         """The free-phase minimum s⁰ of E."""
-        return self._relax(self._call(params, x, y, h0), 0.0)
+        return self._relax(self._call(self._expand(params), x, y, h0), 0.0)
 
     def loss_and_grad(self, params, x, y, h0=None, method="rbp", beta=0.01, symmetric=False, iterations=None):
+        """(loss at s⁰, gradient of every declared parameter, s⁰); see the module docstring."""
+        loss, grads, s0 = self._loss_and_grad(self._expand(params), x, y, h0, method, beta, symmetric, iterations)
+        if self.dw is not None:  # chained back through the derived weights, at these parameters
+            grads = self.dw.pullback(params, grads, self.dtype)
+        return loss, grads, s0
+
+    def _loss_and_grad(self, params, x, y, h0, method, beta, symmetric, iterations):
         if method not in ("rbp", "eqprop", "bptt"):
             raise ValueError(f"method must be 'rbp', 'eqprop' or 'bptt' for an energy model, got {method!r}")
         _check_iterations(method, iterations)

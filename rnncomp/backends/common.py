@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..initializers import InitParams
+from ..memory import StoreAll
 from ..serialize import cell_from_dict, cell_to_dict
 from ..show import TextShown
 
@@ -34,6 +35,9 @@ class CompiledModel(InitParams, TextShown):
             raise TypeError(f"{type(self).__name__}: only a model made by rc.compile can be pickled "
                             "(it is compiled again from its cell where it is unpickled)")
         cell, options = self._source
+        memory = getattr(self, "memory", None)  # a schedule assigned after compile travels too
+        if memory is not None and ("memory" in options or not isinstance(memory, StoreAll)):
+            options = dict(options, memory=memory)
         return (recompile, (cell_to_dict(cell, callables=True), self.backend, self.dtype.name, options))
 
 

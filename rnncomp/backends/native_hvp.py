@@ -16,6 +16,8 @@ NumPy executor's code on the values this kernel leaves in its buffers (``values`
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from llvmlite import ir
 
@@ -64,6 +66,7 @@ class HvpKernel(StepEmitter):
         self.lib, self._fn = compile_online(step, self._description(), self._build, self.host, cache,
                                             "the Hessian-vector product")
         self._bufs, self._B = {}, None
+        self.lock = threading.Lock()  # one set of buffers: a caller holds it while it reads them
 
     def _description(self) -> str:
         h = sources_hash("native_hvp.py")
@@ -83,7 +86,8 @@ class HvpKernel(StepEmitter):
 
     def values(self, params, states, seqs, mu, B):
         """Evaluate at ``states`` along ``mu`` {state: (B, n)}: a function of a key giving its
-        value, (B, n) for a value of a sample, as the NumPy executor's env holds it."""
+        value, (B, n) for a value of a sample, as the NumPy executor's env holds it (views of
+        the kernel's buffers: call and read with :attr:`lock` held)."""
         dt, P = self.dtype, self.plan
         if self._B != B:
             (self._bufs, self._work), self._B = P.buffers(B, dt, self.host), B

@@ -48,8 +48,9 @@ def leaf_model(model):
     return model if model._cot.final else model._variant(replace(model._cot, final=True))
 
 
-def train(model, call, w, d_out, d_fin, plan):
-    """Run ``plan`` for ``call``: (loss or None, grads, final states, {input: δx}, {state: δh[0]})."""
+def train(model, call, w, d_out, d_fin, plan, outputs=None):
+    """Run ``plan`` for ``call``: (loss or None, grads, final states, {input: δx}, {state: δh[0]});
+    ``outputs``: a dict that receives the outputs of every step (leaf by leaf)."""
     st, T, B = model.step, call.T, call.B
     lm = leaf_model(model)
     out = {"loss": None if w is None else 0.0, "grads": None, "carry": d_fin or {}, "final": None}
@@ -57,8 +58,10 @@ def train(model, call, w, d_out, d_fin, plan):
 
     def leaf(a, b, cur):
         sub, cot = call.window(a, b, cur), {o: v[a:b] for o, v in (d_out or {}).items()}
-        with lm._lock:
+        with lm._lock:  # the outputs are read from the arena's staging buffer
             part, g, fin, dx, out["carry"] = lm._train_locked(sub, None if w is None else w[a:b], cot, out["carry"])
+            for o, v in (lm._downloaded_outputs() if outputs is not None else {}).items():
+                outputs.setdefault(o, np.empty((T,) + v.shape[1:], v.dtype))[a:b] = v
         if part is not None and out["loss"] is not None:
             out["loss"] += part
         if out["grads"] is None:

@@ -116,11 +116,9 @@ class PtxModel(PtxVjp, BackendModel):
         self._options["memory"] = self._memory
         for v in self._variants.values():
             v.memory = self._memory
-        spare = getattr(self, "_spare", None)
-        if spare is not None and not self._spare_kept():
+        if getattr(self, "_runner", None) is not None:  # arenas sized for the old plan: made again
             with self._lock:
-                self._spare = None
-                self._release(spare)
+                self._free_arena()
 
     def memory_plan(self, T: int, B: int):
         """The checkpointing plan (``rnncomp.schedules.Plan``) of ``memory=`` for a call of (T, B)."""
@@ -366,6 +364,18 @@ class PtxModel(PtxVjp, BackendModel):
     def _loss_and_grad_call(self, call, w):
         loss, grads, final, _, _ = self._train(call, w)
         return loss, grads, final
+
+    def _train_outputs(self, call, w):
+        """(loss, final states, outputs) of a training sequence (a VJP variant's: it downloads
+        its outputs), the outputs of every step also under a schedule (leaf by leaf)."""
+        if not self._one_leaf(call.T, call.B):
+            outs = {}
+            loss, _, final, _, _ = checkpoint.train(self, call, w, None, None, self.memory_plan(call.T, call.B),
+                                                    outputs=outs)
+            return loss, final, outs
+        with self._lock:  # the outputs are read from the arena's staging buffer
+            loss, _, final, _, _ = self._train_locked(call, w, None, None)
+            return loss, final, self._downloaded_outputs()
 
     def _train(self, call, w, d_out=None, d_fin=None):
         """One forward + backward: (loss or None, grads, final states, {input: δx}, {state: δh[0]})."""

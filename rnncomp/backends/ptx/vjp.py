@@ -34,9 +34,7 @@ class PtxVjp(VjpMixin):
             outs, final = v._forward(call)
             loss = None
         else:  # the cost is downloaded by the training sequence only (it also brings the outputs)
-            with v._lock:  # the outputs are read from the arena's staging buffer
-                loss, _, final, _, _ = v._train(call, w)
-                outs = v._downloaded_outputs()
+            loss, final, outs = v._train_outputs(call, w)
         return (v, call, w), outs, final, loss
 
     def _vjp_backward(self, state, d_out, d_fin):
