@@ -176,3 +176,31 @@ def test_default_trainer_runs_rtrl_natively_in_float32():
         assert len(losses) == 12 and np.isfinite(losses).all()
         assert np.mean(losses[-3:]) < np.mean(losses[:3])  # it learns the sine
         assert tr.flat.dtype == np.float32 and tr.online_state["c"].dtype == np.float32
+
+
+@pytest.mark.parametrize("gradient", [RTRL(), SnAp(1, sparse=False), UORO(seed=2)], ids=["rtrl", "snap-dense", "uoro"])
+def test_threads_split_the_batch_with_the_same_numbers(gradient, monkeypatch):
+    """The batch cut into three slices, each run by a fork of the kernel in its own thread on
+    its rows of the carry: the losses, parameters and carried state of fit_online equal one
+    thread's to rounding (the same terms summed in another order: 1e-12)."""
+    from rnncomp.algorithms.compiled import Native
+    monkeypatch.setattr(Native, "MIN_WORK", 1)  # every window splits, however small
+    split = []
+    run = Native._run
+    monkeypatch.setattr(Native, "_run", lambda self, slices, part: split.append(len(slices)) or run(self, slices, part))
+    cell = rc.cells.lstm(2, 4, 1)
+    params, x, y = random_data(cell, T=11, B=7, seed=6)
+    out = []
+    for threads in (1, 3):
+        tr = rc.Trainer(cell, optimizer=rc.SGD(0.1), gradient=gradient, backend="native", dtype="float64",
+                        params={k: v.copy() for k, v in params.items()}, threads=threads)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", NumpyFallbackWarning)
+            losses = tr.fit_online(x["x"], y["target"], every=3)
+        out.append((losses, {k: np.array(v) for k, v in tr.params.items()}, tr.online_state))
+    assert split and set(split) == {3}, split  # the three-thread trainer's every window, cut in three
+    (l1, p1, s1), (l3, p3, s3) = out
+    np.testing.assert_allclose(l3, l1, rtol=1e-12)
+    assert rel_err(p1, p3) < 1e-12
+    for s in s1:
+        np.testing.assert_allclose(s3[s], s1[s], rtol=1e-12, atol=1e-14)

@@ -24,6 +24,7 @@ Trainer with ``backend="native"`` runs the NumPy executor after a warning
 """
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -35,18 +36,19 @@ class NumpyFallbackWarning(UserWarning):
     """A Trainer asked for the native backend runs its online algorithm on the NumPy executor."""
 
 
-def prepare(algorithm, step, backend: str = "numpy", dtype="float64", *, fallback: bool = False):
+def prepare(algorithm, step, backend: str = "numpy", dtype="float64", *, fallback: bool = False, threads=None):
     """``algorithm`` prepared for ``step`` on ``backend`` ("numpy" or "native").
 
     ``fallback``: where the native executor has no code for this algorithm or cell, warn
-    (:class:`NumpyFallbackWarning`) and return the NumPy executor instead of raising."""
+    (:class:`NumpyFallbackWarning`) and return the NumPy executor instead of raising.
+    ``threads``: the native executor's (None: every core; see :class:`Native`)."""
     prep = algorithm.prepare(step)
     if backend == "numpy":
         return prep
     try:
         if backend != "native":
             raise CompileError(f"{algorithm!r} has no executor for backend {backend!r} (native or numpy)")
-        return Native(algorithm, prep, dtype)
+        return Native(algorithm, prep, dtype, threads)
     except CompileError as exc:
         if not fallback:
             raise
@@ -57,17 +59,37 @@ def prepare(algorithm, step, backend: str = "numpy", dtype="float64", *, fallbac
 class Native:
     """A prepared RTRL, SnAp or UORO whose windows run natively (``begin`` and ``step`` are the
     NumPy executor's: the carry is the same ``{state: (B, K, n)}`` sensitivity, sparse SnAp's
-    ``(B, stored entries)``, or UORO's ``(generator, s̃, θ̃)``)."""
+    ``(B, stored entries)``, or UORO's ``(generator, s̃, θ̃)``).
 
-    def __init__(self, algorithm, prep, dtype):
+    Threads: a window whose batch is big enough is cut into slices of samples, one per thread,
+    each run by a fork of the kernel (the same code, buffers of its own) on its rows of the
+    carry, in place; the losses and gradients are summed over the slices (the same terms, summed
+    in another order: equal to rounding).  A slice must hold at least :data:`MIN_WORK`
+    element-wise updates of the carry (samples × its entries per sample × steps): the hand-off
+    to a thread costs tens of µs.  Measured on two cores (Zen 3, float64, T = 20): RTRL 1.8–1.9×
+    (LSTM 8→32, B = 16), dense SnAp-1 1.7× (GRU), UORO 1.4–1.6×.  Sparse SnAp runs in one
+    thread: cut in two, its slices were no faster than the whole batch (Elman 8→32, B = 64:
+    1.5–1.8 ms a slice run alone, 1.6–1.8 ms the whole in one call; the cause is not found)."""
+
+    #: the least carry updates (samples × entries per sample × steps) a thread's slice must hold
+    MIN_WORK = 400_000
+
+    def __init__(self, algorithm, prep, dtype, threads=None):
         from .rtrl import _Prepared as RtrlPrepared
         from .snap import _Sparse
         from .uoro import _Prepared as UoroPrepared
 
         self.prep, self.st = prep, prep.st
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None (every core), got {threads!r}")
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.threads = threads or cores
+        self._forks, self._pool = [], None
+        n_s = sum(prep.st.states.values())
         if isinstance(prep, UoroPrepared):
             from ..backends.native_uoro import UoroKernel
             self.kernel = UoroKernel(prep.st, dtype)
+            self.entries = self.kernel.plan.P + n_s
             return
         if isinstance(prep, _Sparse):
             from ..backends.native_snap import SparseKernel
@@ -75,11 +97,32 @@ class Native:
             from .sparse_plan import SparsePlan
 
             self.kernel = SparseKernel(prep.st, SparsePlan(prep.st, pattern(prep.st, prep.n), by_state=True), dtype)
+            self.entries, self.threads = self.kernel.sp.nnz, 1
             return
         if not isinstance(prep, RtrlPrepared):
             raise CompileError(f"cell {prep.st.name!r}: the native online executor has no code for {algorithm!r} yet")
         from ..backends.native_tangent import OnlineKernel
         self.kernel = OnlineKernel(prep.st, prep.ts, prep.dirs, dtype, getattr(prep, "mask", None))
+        self.entries = self.kernel.K * n_s
+
+    def _slices(self, T, B):
+        """The batch rows of each thread's share of a window of T steps."""
+        n = min(self.threads, B, max(1, T * B * self.entries // self.MIN_WORK))
+        if n <= 1:
+            return None
+        edges = np.linspace(0, B, n + 1).round().astype(int)
+        return [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+    def _run(self, slices, part):
+        """``part(kernel, rows)`` for every slice, the first in this thread: their results."""
+        from concurrent.futures import ThreadPoolExecutor
+        while len(self._forks) < len(slices) - 1:
+            self._forks.append(self.kernel.fork())
+        if self._pool is None or self._pool._max_workers < len(slices) - 1:
+            self._pool = ThreadPoolExecutor(len(slices) - 1, thread_name_prefix="rnncomp-online")
+        futures = [self._pool.submit(part, k, sl) for k, sl in zip(self._forks, slices[1:])]
+        first = part(self.kernel, slices[0])
+        return [first] + [f.result() for f in futures]
 
     def begin(self, params, states, learned, B, dtype):
         J = self.prep.begin(params, states, learned, B, dtype)
@@ -96,13 +139,29 @@ class Native:
     def window(self, params, states, seqs, lo, hi, w, carry):
         """Steps lo … hi-1 (``w``: their weights, (hi-lo, B)): (loss, flat ∂L/∂θ, states, carry)."""
         seqs = {k: v[lo:hi] for k, v in seqs.items()}
+        T, B = w.shape
         if isinstance(carry, tuple):  # UORO: the signs drawn here, in the NumPy executor's order
             rng, s, theta = carry
-            B, dt = w.shape[1], w.dtype
+            dt = w.dtype
             draws = [{k: rng.choice([-1.0, 1.0], size=(B, n)).astype(dt) for k, n in self.st.states.items()}
                      for _ in range(hi - lo)]
             nu = {k: np.stack([d[k] for d in draws]) for k in self.st.states}
-            loss, g, final = self.kernel.run(params, states, seqs, w, s, theta, nu)
+            run = lambda k, r: k.run(params, rows(states, r), rows(seqs, r, 1), w[:, r], rows(s, r),  # noqa: E731
+                                     theta[r], rows(nu, r, 1))
+        else:
+            run = lambda k, r: k.run(params, rows(states, r), rows(seqs, r, 1), w[:, r], rows(carry, r))  # noqa: E731
+        slices = self._slices(T, B)
+        if slices is None:
+            loss, g, final = run(self.kernel, slice(0, B))
             return loss, g, final, carry
-        loss, g, final = self.kernel.run(params, states, seqs, w, carry)
-        return loss, g, final, carry
+        parts = self._run(slices, run)
+        final = {k: np.concatenate([p[2][k] for p in parts]) for k in self.st.states}
+        return sum(p[0] for p in parts), sum(p[1] for p in parts), final, carry
+
+
+def rows(d, r, axis=0):
+    """Rows ``r`` (a slice) of the batch of an array, or of each array of a dict: a view (the
+    kernels update a carry's rows in place; a leading batch axis keeps them contiguous)."""
+    if not isinstance(d, dict):
+        return d[r] if axis == 0 else d[:, r]
+    return {k: v[r] if axis == 0 else v[:, r] for k, v in d.items()}

@@ -78,7 +78,7 @@ def fit_online(trainer, inputs, targets, every=1, h0=None):
     from .compiled import prepare
     derived = Derived(trainer) if has_derived_weights(trainer.cell) else None
     run_st = derived.step if derived else st
-    prep = prepare(algo, run_st, trainer.backend, dt, fallback=True)
+    prep = prepare(algo, run_st, trainer.backend, dt, fallback=True, threads=getattr(trainer.model, "threads", None))
     states = initial_states(st, call, dt)
     params = derived.expand() if derived else trainer.params
     carry = prep.begin(params, states, initial_learned(st, call.h0), call.B, dt)

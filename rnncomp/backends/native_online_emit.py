@@ -6,6 +6,7 @@ each state's h[t-1]).
 """
 from __future__ import annotations
 
+import copy
 import ctypes
 import hashlib
 import pathlib
@@ -175,6 +176,16 @@ def compile_online(step, description, build, host, cache, what):
 
 class StepEmitter:
     """Program emission shared by the native online kernels."""
+
+    def fork(self):
+        """The same compiled kernel with buffers of its own, for another thread's share of a
+        batch (:class:`rnncomp.algorithms.compiled.Native`)."""
+        k = copy.copy(self)
+        k._bufs, k._B = {}, None
+        if isinstance(self.plan, OnlineSlots):  # the pointer array of the last buffers is per kernel
+            k.plan = copy.copy(self.plan)
+            k.plan._fixed_for, k.plan._ptrs, k.plan._last_put = None, None, {}
+        return k
 
     def _slot_ptr(self, g, slot):
         return g.b.load(g.b.gep(g.bufs, [I64(slot)], inbounds=True))
