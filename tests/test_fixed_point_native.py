@@ -228,3 +228,33 @@ def test_one_native_energy_model_from_several_threads():
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+def test_a_fixed_point_of_an_update_with_derived_weights():
+    """The same KeyError, for compile_fixed_point without an energy, on NumPy (native ran the
+    derived model): both run the plain cell now; RBP (iterated and direct) and BPTT through the
+    relaxation against each other (1e-10) and central differences of the loss (1e-6)."""
+    cell = rc.Cell("fixed_point_derived")
+    x, h = cell.input("x", 2), cell.state("h", 3)
+    W = cell.param("W", (3, 3))
+    Wd = cell.weight("Wd", W * 0.5)
+    cell.update(h, sp.tanh(Wd @ h + cell.param("U", (3, 2)) @ x))
+    y = cell.output("y", cell.param("V", (2, 3)) @ h.new)
+    cell.loss((y - cell.target("t", 2)) ** 2 / 2)
+    rng = np.random.default_rng(0)
+    xx, yy = rng.normal(size=(4, 2)), rng.normal(size=(4, 2))
+    models = _models(cell, tol=1e-13, max_iter=2000)
+    params = {k: 0.3 * v for k, v in models[0].init_params(0).items()}
+    want = models[0].loss_and_grad(params, xx, yy)[1]
+    for m in models:
+        for kw in ({}, {"solve": "direct"}, {"method": "bptt"}):
+            _close(want, m.loss_and_grad(params, xx, yy, **kw)[1], (m.ex.backend, kw))
+    eps, fd = 1e-5, np.zeros_like(params["W"])
+    for i in np.ndindex(fd.shape):
+        loss = []
+        for sign in (1, -1):
+            p = {k: v.copy() for k, v in params.items()}
+            p["W"][i] += sign * eps
+            loss.append(models[0].loss_and_grad(p, xx, yy)[0])
+        fd[i] = (loss[0] - loss[1]) / (2 * eps)
+    _close({"W": fd}, {"W": want["W"]}, "rbp vs central differences", rtol=1e-6)

@@ -31,9 +31,8 @@ from ..dsl import StateVec, Vec
 from ..errors import CallError, CompileError
 from ..forward_mode import jvp, tangent_name
 from ..ir import Node, Program
-from .base import has_derived_weights
 from .compiled import NumpyFallbackWarning
-from .fixed_point import FixedPointError, _check_iterations, _named, check_finite
+from .fixed_point import FixedPointError, _check_iterations, _named, check_finite, expand, plain_of
 from .settle_exec import NumpySettle, executor
 from .tangents import Directions, run_tangents
 
@@ -131,11 +130,8 @@ class EnergyModel:
             raise CallError(f"cell {cell.name!r} has no loss (declare one with cell.loss): it is the cost "
                             "the settled state is judged by")
         self.cell, self.tol, self.max_iter, self.eta, self.dtype = cell, float(tol), max_iter, float(step), np.dtype(dtype)
-        self.dw, base = None, cell
-        if has_derived_weights(cell):  # run on the plain cell whose parameters they are; chained back
-            from ..weights import DerivedWeights
-            self.dw = DerivedWeights(cell)
-            base = self.dw.plain
+        self.dw, base = plain_of(cell)  # run on the plain cell of its derived weights; chained back
+        if self.dw is not None:
             energy = energy.xreplace({sp.Symbol(a): sp.Symbol(b) for a, b in self.dw.rename.items()})
         self._cells = _clone(base, energy, "energy"), _clone(base, base.loss_expr, "cost")
         # value, ∂/∂s, ∂/∂θ of E and of C on the backend (.settle_exec); HVPs: _Part
@@ -181,13 +177,7 @@ class EnergyModel:
                               f"(tol = {self.tol:g}, step = {self.eta:g}); a smaller step, or raise max_iter")
 
     def _expand(self, params):
-        """The plain cell's parameters (derived weights and constants computed) from the declared ones."""
-        if self.dw is None:
-            return params
-        if not isinstance(params, dict) or sorted(params) != sorted(self.dw.params):
-            raise CallError(f"cell {self.cell.name!r}: params must be a dict of its parameters "
-                            f"{sorted(self.dw.params)}, got {sorted(params) if isinstance(params, dict) else params!r}")
-        return self.dw.expand(params, self.dtype)
+        return expand(self.dw, self.cell, params, self.dtype)
 
     def forward(self, params, x, y, h0=None):
         """The free-phase minimum s⁰ of E."""

@@ -67,13 +67,35 @@ def compile_fixed_point(cell, tol: float = 1e-8, max_iter: int = 500, dtype: str
     return FixedPointModel(cell, tol, max_iter, dtype, backend, options)
 
 
+def plain_of(cell):
+    """(``weights.DerivedWeights`` of ``cell``, the plain cell whose parameters its derived
+    weights and constants are), or (None, ``cell``) when it has none: a settling model runs the
+    plain cell and chains each gradient back to the declared parameters."""
+    if not any(d.kind in ("const", "weight") for d in cell.decls.values()):
+        return None, cell
+    from ..weights import DerivedWeights
+    dw = DerivedWeights(cell)
+    return dw, dw.plain
+
+
+def expand(dw, cell, params, dtype):
+    """The plain cell's parameters from the declared ones (``dw`` None: ``params`` as given)."""
+    if dw is None:
+        return params
+    if not isinstance(params, dict) or sorted(params) != sorted(dw.params):
+        raise CallError(f"cell {cell.name!r}: params must be a dict of its parameters {sorted(dw.params)}, "
+                        f"got {sorted(params) if isinstance(params, dict) else type(params).__name__}")
+    return dw.expand(params, dtype)
+
+
 class FixedPointModel:
     def __init__(self, cell, tol, max_iter, dtype, backend="numpy", options=None):
-        self.cell, self.step = cell, cell.step
+        self.dw, plain = plain_of(cell)
+        self.cell, self.step = cell, plain.step
         if not self.step.states:
             raise CallError(f"cell {cell.name!r} has no state to settle")
         self.tol, self.max_iter, self.dtype = float(tol), max_iter, np.dtype(dtype)
-        self.ex = executor(cell, backend, self.dtype, options)  # one update; its VJP at a point
+        self.ex = executor(plain, backend, self.dtype, options)  # one update; its VJP at a point
         self.backend = backend
         self.iterations = 0  # forward iterations of the last call
 
@@ -107,7 +129,7 @@ class FixedPointModel:
     def forward(self, params, x, h0=None, *, targets=None):
         """The fixed point ``{state: (B, n)}`` for inputs ``x`` ((B, n) or a dict); ``targets``
         only for a cell whose update reads one."""
-        return self._relax(self._call(params, x, targets, h0=h0))
+        return self._relax(self._call(expand(self.dw, self.cell, params, self.dtype), x, targets, h0=h0))
 
     def loss_and_grad(self, params, x, y, h0=None, method="rbp", solve="iterate", iterations=None):
         """The loss at the fixed point (the mean of ℓ over the batch), its gradient, s*.
@@ -118,6 +140,13 @@ class FixedPointModel:
         ``solve`` (RBP): "iterate" the adjoint fixed point, or "direct": the state Jacobian
         D = ∂f/∂s at s* per sample and one linear solve (I − Dᵀ) λ = ∂ℓ/∂s (small states;
         it needs no contraction of the adjoint iteration)."""
+        loss, grads, states = self._loss_and_grad(expand(self.dw, self.cell, params, self.dtype), x, y, h0, method,
+                                                  solve, iterations)
+        if self.dw is not None:  # chained back through the derived weights, at these parameters
+            grads = self.dw.pullback(params, grads, self.dtype)
+        return loss, grads, states
+
+    def _loss_and_grad(self, params, x, y, h0, method, solve, iterations):
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         if solve not in ("iterate", "direct"):
