@@ -84,7 +84,7 @@ class Native:
             raise ValueError(f"threads must be a positive integer or None (every core), got {threads!r}")
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self.threads = threads or cores
-        self._forks, self._pool = [], None
+        self._forks, self._pool, self._pool_size = [], None, 0
         n_s = sum(prep.st.states.values())
         if isinstance(prep, UoroPrepared):
             from ..backends.native_uoro import UoroKernel
@@ -118,8 +118,9 @@ class Native:
         from concurrent.futures import ThreadPoolExecutor
         while len(self._forks) < len(slices) - 1:
             self._forks.append(self.kernel.fork())
-        if self._pool is None or self._pool._max_workers < len(slices) - 1:
-            self._pool = ThreadPoolExecutor(len(slices) - 1, thread_name_prefix="rnncomp-online")
+        if self._pool_size < len(slices) - 1:
+            self._pool_size = len(slices) - 1
+            self._pool = ThreadPoolExecutor(self._pool_size, thread_name_prefix="rnncomp-online")
         futures = [self._pool.submit(part, k, sl) for k, sl in zip(self._forks, slices[1:])]
         first = part(self.kernel, slices[0])
         return [first] + [f.result() for f in futures]
