@@ -163,6 +163,19 @@ def test_a_diverging_energy_descent_is_a_fixed_point_error(backend):
         model.forward({"b": np.array([1.0, 2.0])}, np.ones((2, 1)), {})
 
 
+def _central_W(loss_of, params, eps=1e-5):
+    """Central differences of ``loss_of(params)`` over the entries of params["W"]."""
+    fd = np.zeros_like(params["W"])
+    for i in np.ndindex(fd.shape):
+        loss = []
+        for sign in (1, -1):
+            p = {k: v.copy() for k, v in params.items()}
+            p["W"][i] += sign * eps
+            loss.append(loss_of(p))
+        fd[i] = (loss[0] - loss[1]) / (2 * eps)
+    return fd
+
+
 def _derived_energy_cell():
     """The probe's case: an energy reading a derived weight Wd = W Wᵀ/3 (``cell.weight``)."""
     cell = rc.Cell("derived_energy")
@@ -191,14 +204,7 @@ def test_an_energy_with_derived_weights_has_the_gradient_of_its_declared_paramet
     grads = [m.loss_and_grad(params, x, y, method="rbp")[1] for m in models]
     _close(grads[0], grads[1], "numpy vs native")
     _close(grads[0], models[1].loss_and_grad(params, x, y, method="bptt", iterations=400)[1], "bptt", rtol=1e-6)
-    eps, fd = 1e-5, np.zeros_like(params["W"])
-    for i in np.ndindex(fd.shape):
-        loss = []
-        for sign in (1, -1):
-            p = {k: v.copy() for k, v in params.items()}
-            p["W"][i] += sign * eps
-            loss.append(models[0].loss_and_grad(p, x, y, method="eqprop")[0])
-        fd[i] = (loss[0] - loss[1]) / (2 * eps)
+    fd = _central_W(lambda p: models[0].loss_and_grad(p, x, y, method="eqprop")[0], params)
     _close({"W": fd}, {"W": grads[1]["W"]}, "rbp vs central differences", rtol=1e-6)
 
 
@@ -249,12 +255,5 @@ def test_a_fixed_point_of_an_update_with_derived_weights():
     for m in models:
         for kw in ({}, {"solve": "direct"}, {"method": "bptt"}):
             _close(want, m.loss_and_grad(params, xx, yy, **kw)[1], (m.ex.backend, kw))
-    eps, fd = 1e-5, np.zeros_like(params["W"])
-    for i in np.ndindex(fd.shape):
-        loss = []
-        for sign in (1, -1):
-            p = {k: v.copy() for k, v in params.items()}
-            p["W"][i] += sign * eps
-            loss.append(models[0].loss_and_grad(p, xx, yy)[0])
-        fd[i] = (loss[0] - loss[1]) / (2 * eps)
+    fd = _central_W(lambda p: models[0].loss_and_grad(p, xx, yy)[0], params)
     _close({"W": fd}, {"W": want["W"]}, "rbp vs central differences", rtol=1e-6)
