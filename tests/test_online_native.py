@@ -178,13 +178,15 @@ def test_default_trainer_runs_rtrl_natively_in_float32():
         assert tr.flat.dtype == np.float32 and tr.online_state["c"].dtype == np.float32
 
 
-@pytest.mark.parametrize("gradient", [RTRL(), SnAp(1, sparse=False), UORO(seed=2)], ids=["rtrl", "snap-dense", "uoro"])
+@pytest.mark.parametrize("gradient", [RTRL(), SnAp(1, sparse=False), SnAp(1, sparse=True), UORO(seed=2)],
+                         ids=["rtrl", "snap-dense", "snap-sparse", "uoro"])
 def test_threads_split_the_batch_with_the_same_numbers(gradient, monkeypatch):
     """The batch cut into three slices, each run by a fork of the kernel in its own thread on
     its rows of the carry: the losses, parameters and carried state of fit_online equal one
     thread's to rounding (the same terms summed in another order: 1e-12)."""
     from rnncomp.algorithms.compiled import Native
     monkeypatch.setattr(Native, "MIN_WORK", 1)  # every window splits, however small
+    monkeypatch.setattr(Native, "SPARSE_ROWS", 1)
     split = []
     run = Native._run
     monkeypatch.setattr(Native, "_run", lambda self, slices, part: split.append(len(slices)) or run(self, slices, part))

@@ -67,12 +67,15 @@ class Native:
     in another order: equal to rounding).  A slice must hold at least :data:`MIN_WORK`
     element-wise updates of the carry (samples × its entries per sample × steps): the hand-off
     to a thread costs tens of µs.  Measured on two cores (Zen 3, float64, T = 20): RTRL 1.8–1.9×
-    (LSTM 8→32, B = 16), dense SnAp-1 1.7× (GRU), UORO 1.4–1.6×.  Sparse SnAp runs in one
-    thread: cut in two, its slices were no faster than the whole batch (Elman 8→32, B = 64:
-    1.5–1.8 ms a slice run alone, 1.6–1.8 ms the whole in one call; the cause is not found)."""
+    (LSTM 8→32, B = 16), dense SnAp-1 1.7× (GRU), UORO 1.4–1.6×.  A sparse SnAp call costs about
+    as much again whatever its batch (Elman 8→32, T = 20: 0.23 ms at B = 4, 0.82 ms at B = 32),
+    which every slice pays, so it is cut only into slices of ≥ :data:`SPARSE_ROWS` samples:
+    two threads against one, B = 32: 0.78–0.90×, 64: 0.96–1.08×, 128: 1.22–1.47×, 256: 1.32×."""
 
     #: the least carry updates (samples × entries per sample × steps) a thread's slice must hold
     MIN_WORK = 400_000
+    #: the least samples a slice of sparse SnAp holds
+    SPARSE_ROWS = 64
 
     def __init__(self, algorithm, prep, dtype, threads=None):
         from .rtrl import _Prepared as RtrlPrepared
@@ -85,6 +88,7 @@ class Native:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self.threads = threads or cores
         self._forks, self._pool, self._pool_size = [], None, 0
+        self.min_rows = 1  # samples a slice holds at least
         n_s = sum(prep.st.states.values())
         if isinstance(prep, UoroPrepared):
             from ..backends.native_uoro import UoroKernel
@@ -97,7 +101,7 @@ class Native:
             from .sparse_plan import SparsePlan
 
             self.kernel = SparseKernel(prep.st, SparsePlan(prep.st, pattern(prep.st, prep.n), by_state=True), dtype)
-            self.entries, self.threads = self.kernel.sp.nnz, 1
+            self.entries, self.min_rows = self.kernel.sp.nnz, self.SPARSE_ROWS
             return
         if not isinstance(prep, RtrlPrepared):
             raise CompileError(f"cell {prep.st.name!r}: the native online executor has no code for {algorithm!r} yet")
@@ -107,7 +111,7 @@ class Native:
 
     def _slices(self, T, B):
         """The batch rows of each thread's share of a window of T steps."""
-        n = min(self.threads, B, max(1, T * B * self.entries // self.MIN_WORK))
+        n = min(self.threads, B // self.min_rows, max(1, T * B * self.entries // self.MIN_WORK))
         if n <= 1:
             return None
         edges = np.linspace(0, B, n + 1).round().astype(int)
