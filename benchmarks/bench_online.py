@@ -68,7 +68,7 @@ def run_case(kind, D, H, O, B, T, repeat):
         backends = ("numpy", "native") if has_native else ("numpy",)
         grads = {}
         for backend in backends:
-            prep = prepare(algo, cell.step, backend, "float64")
+            prep = prepare(algo, cell.step, backend, "float64", threads=1)
 
             def one():
                 grads[backend] = sequence_grad(algo, cell, params, x, y, prepared=prep)[1]

@@ -44,7 +44,7 @@ def case(kind, D, H, B, T=20, repeat=7):
     x, y = {"x": rng.normal(size=(T, B, D))}, {"target": rng.normal(size=(T, B, 4))}
     native = rc.compile(cell, backend="native", dtype="float64", threads=1)
     algo = SnAp(1, sparse=True)
-    prep = prepare(algo, cell.step, "native", "float64")
+    prep = prepare(algo, cell.step, "native", "float64", threads=1)
     g1 = sequence_grad(algo, cell, params, x, y)[1]
     g2 = sequence_grad(algo, cell, params, x, y, prepared=prep)[1]
     err = max(float(np.abs(g1[k] - g2[k]).max()) / max(float(np.abs(g1[k]).max()), 1e-300) for k in g1)
