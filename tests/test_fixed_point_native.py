@@ -257,3 +257,35 @@ def test_a_fixed_point_of_an_update_with_derived_weights():
             _close(want, m.loss_and_grad(params, xx, yy, **kw)[1], (m.ex.backend, kw))
     fd = _central_W(lambda p: models[0].loss_and_grad(p, xx, yy)[0], params)
     _close({"W": fd}, {"W": want["W"]}, "rbp vs central differences", rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_an_inline_weight_in_energy_is_declared_as_cell_energy_would(backend):
+    """Found by a probe: energy= with an inline weight (((W + Wᵀ)/2) @ r) was a bare KeyError
+    on both backends; cell.energy(E) declared it.  Both forms now give the same numbers, and a
+    parameter of the wrong shape is a CallError naming it (was a reshape ValueError)."""
+    def make(declare):
+        c = rc.Cell("inline_energy")
+        x, s = c.input("x", 2), c.state("s", 3)
+        W = c.param("W", (3, 3))
+        c.update(s, s)
+        r = sp.tanh(s)
+        E = s ** 2 / 2 - r * (((W + W.T) / 2) @ r) / 2 - r * (c.param("U", (3, 2)) @ x)
+        y = c.output("y", c.param("V", (2, 3)) @ s.new)
+        c.loss((y - c.target("t", 2)) ** 2 / 2)
+        if declare:
+            c.energy(E)
+        opts = {"cache": None} if backend == "native" else {}
+        return rc.compile_fixed_point(c, energy=None if declare else E, tol=1e-12, max_iter=5000, step=0.3,
+                                      backend=backend, **opts)
+    given, declared = make(False), make(True)
+    params = {k: 0.3 * v for k, v in declared.init_params(0).items()}
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(4, 2)), rng.normal(size=(4, 2))
+    for kw in ({"method": "rbp"}, {"method": "bptt", "iterations": 8}):
+        (la, ga, _), (lb, gb, _) = given.loss_and_grad(params, x, y, **kw), declared.loss_and_grad(params, x, y, **kw)
+        assert abs(la - lb) <= 1e-12 * abs(lb), kw
+        _close(gb, ga, kw, rtol=1e-12)
+    bad = dict(params, W=np.zeros((2, 3)))
+    with pytest.raises(rc.errors.CallError, match=r"params\['W'\] has shape \(2, 3\), expected \(3, 3\)"):
+        given.loss_and_grad(bad, x, y)

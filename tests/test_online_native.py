@@ -206,3 +206,37 @@ def test_threads_split_the_batch_with_the_same_numbers(gradient, monkeypatch):
     assert rel_err(p1, p3) < 1e-12
     for s in s1:
         np.testing.assert_allclose(s3[s], s1[s], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_one_prepared_executor_from_several_python_threads(threads, monkeypatch):
+    """Found by a probe: four Python threads calling sequence_grad with one prepared native
+    executor got wrong gradients (threads=2) or corrupted the heap (threads=1, an abort): the
+    kernels' buffers serve one window at a time.  Each call must give its serial answer."""
+    import threading
+    from rnncomp.algorithms.compiled import Native, prepare
+    monkeypatch.setattr(Native, "MIN_WORK", 1)
+    monkeypatch.setattr(Native, "SPARSE_ROWS", 1)
+    cell = rc.cells.lstm(2, 4, 1)
+    params = cell.init_params(seed=0, dtype="float64")
+    rng = np.random.default_rng(0)
+    data = [({"x": rng.normal(size=(6, B, 2))}, {"target": rng.normal(size=(6, B, 1))}) for B in (4, 6, 3, 5)]
+    for make in (RTRL, lambda: SnAp(1, sparse=True), lambda: UORO(seed=1)):
+        want = [sequence_grad(make(), cell, params, x, y) for x, y in data]
+        prepared = prepare(make(), cell.step, "native", "float64", threads=threads)
+        errors = []
+
+        def work(i):
+            x, y = data[i]
+            for _ in range(10):
+                loss, g, _ = sequence_grad(make(), cell, params, x, y, backend="native", prepared=prepared)
+                if abs(loss - want[i][0]) > 1e-10 or rel_err(want[i][1], g) > 1e-10:
+                    errors.append((i, loss, want[i][0]))
+                    return
+
+        workers = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        assert not errors, (make(), errors)

@@ -25,6 +25,7 @@ Trainer with ``backend="native"`` runs the NumPy executor after a warning
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -88,6 +89,7 @@ class Native:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self.threads = threads or cores
         self._forks, self._pool, self._pool_size = [], None, 0
+        self._lock = threading.Lock()  # the kernels' buffers serve one window at a time
         self.min_rows = 1  # samples a slice holds at least
         n_s = sum(prep.st.states.values())
         if isinstance(prep, UoroPrepared):
@@ -156,10 +158,11 @@ class Native:
         else:
             run = lambda k, r: k.run(params, rows(states, r), rows(seqs, r, 1), w[:, r], rows(carry, r))  # noqa: E731
         slices = self._slices(T, B)
-        if slices is None:
-            loss, g, final = run(self.kernel, slice(0, B))
-            return loss, g, final, carry
-        parts = self._run(slices, run)
+        with self._lock:  # a second caller's window waits (the buffers are the kernels' own)
+            if slices is None:
+                loss, g, final = run(self.kernel, slice(0, B))
+                return loss, g, final, carry
+            parts = self._run(slices, run)
         final = {k: np.concatenate([p[2][k] for p in parts]) for k in self.st.states}
         return sum(p[0] for p in parts), sum(p[1] for p in parts), final, carry
 

@@ -19,6 +19,7 @@ own cost ``C`` (read at the old state: s.new → s).  The relaxation is gradient
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from functools import cached_property
 
@@ -130,6 +131,10 @@ class EnergyModel:
             raise CallError(f"cell {cell.name!r} has no loss (declare one with cell.loss): it is the cost "
                             "the settled state is judged by")
         self.cell, self.tol, self.max_iter, self.eta, self.dtype = cell, float(tol), max_iter, float(step), np.dtype(dtype)
+        if energy is not getattr(cell, "energy_expr", None):  # energy=: its inline weights, as cell.energy would
+            cell = copy.copy(cell)                            # declare them (on a copy: the caller's cell stays)
+            cell.decls, cell._lowered = dict(cell.decls), None
+            energy = cell._check_expr(energy, f"cell {cell.name!r}, energy")
         self.dw, base = plain_of(cell)  # run on the plain cell of its derived weights; chained back
         if self.dw is not None:
             energy = energy.xreplace({sp.Symbol(a): sp.Symbol(b) for a, b in self.dw.rename.items()})

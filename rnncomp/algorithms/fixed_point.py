@@ -85,6 +85,10 @@ def expand(dw, cell, params, dtype):
     if not isinstance(params, dict) or sorted(params) != sorted(dw.params):
         raise CallError(f"cell {cell.name!r}: params must be a dict of its parameters {sorted(dw.params)}, "
                         f"got {sorted(params) if isinstance(params, dict) else type(params).__name__}")
+    for p, shape in dw.params.items():
+        want = shape if isinstance(shape, tuple) else (shape,)
+        if np.shape(params[p]) != want:
+            raise CallError(f"cell {cell.name!r}: params[{p!r}] has shape {np.shape(params[p])}, expected {want}")
     return dw.expand(params, dtype)
 
 
