@@ -83,7 +83,7 @@ def train(model, call, w, d_out, d_fin, plan, outputs=None):
 
 def forward(model, call, chunk: int, outputs: bool = True):
     """(outputs, final states) of ``call`` in calls of at most ``chunk`` steps."""
-    st, T = model.step, call.T
+    T = call.T
     if chunk >= T:
         with model._lock:
             return model._forward_locked(call)
