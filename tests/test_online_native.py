@@ -240,3 +240,48 @@ def test_one_prepared_executor_from_several_python_threads(threads, monkeypatch)
         for t in workers:
             t.join()
         assert not errors, (make(), errors)
+
+
+def test_fit_online_keeps_its_prepared_executor(monkeypatch):
+    """Preparing sparse SnAp took ~50 ms (its pattern, colouring and plan) and fit_online did
+    it every call: a stream fed in chunks paid it every chunk.  The trainer keeps it while the
+    algorithm, backend, dtype and threads stay; a new gradient= prepares again."""
+    from rnncomp.algorithms import compiled
+    made = []
+    real = compiled.prepare
+    monkeypatch.setattr(compiled, "prepare", lambda *a, **k: (a[2] == "native" and made.append(a[0])) or real(*a, **k))
+    cell = rc.cells.elman(2, 4, 1)
+    params, x, y = random_data(cell, T=9, B=3, seed=2)
+    tr = rc.Trainer(cell, optimizer=rc.SGD(0.1), gradient=SnAp(1), backend="native", dtype="float64",
+                    params={k: v.copy() for k, v in params.items()})
+    ref = rc.Trainer(cell, optimizer=rc.SGD(0.1), gradient=SnAp(1), backend="numpy", dtype="float64",
+                     params={k: v.copy() for k, v in params.items()})
+    for lo in (0, 3, 6):  # the stream in three chunks, the state carried
+        chunk = (x["x"][lo:lo + 3], y["target"][lo:lo + 3])
+        got = tr.fit_online(*chunk, every=1, h0=tr.online_state if lo else None)
+        want = ref.fit_online(*chunk, every=1, h0=ref.online_state if lo else None)
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert len(made) == 1, made
+    tr.gradient = RTRL()
+    tr.fit_online(x["x"], y["target"], every=3)
+    assert len(made) == 2 and isinstance(made[-1], RTRL)
+
+
+def test_a_pickled_trainer_trains_on_as_the_original():
+    """Pickling copied each parameter view of the flat vector, so an unpickled trainer's updates
+    never reached the arrays its model read (its second fit_online loss already differed), and
+    a trainer that had run the native update did not pickle (ctypes pointers)."""
+    import pickle
+    cell = rc.cells.gru(3, 8, 2)
+    params, x, y = random_data(cell, T=12, B=6, seed=3)
+    for gradient in (None, RTRL()):
+        tr = rc.Trainer(cell, optimizer=rc.Adam(1e-2), clip_norm=1.0, gradient=gradient, dtype="float64",
+                        params={k: v.copy() for k, v in params.items()})
+        train = (lambda t: t.fit(x["x"], y["target"], epochs=2, verbose=0)) if gradient is None else \
+            (lambda t: t.fit_online(x["x"], y["target"], every=3))
+        train(tr)
+        copy = pickle.loads(pickle.dumps(tr))
+        train(tr)
+        train(copy)
+        np.testing.assert_array_equal(copy.flat, tr.flat)
+        assert all(np.shares_memory(copy.params[n], copy.flat) for n in copy.params)

@@ -75,10 +75,7 @@ def fit_online(trainer, inputs, targets, every=1, h0=None):
     if hasattr(algo, "fit_windows"):  # DNI: windows of BPTT with a synthetic gradient at the end
         trainer.online_state = algo.fit_windows(trainer, call, every, lambda g, loss: apply(trainer, algo, g, loss, losses))
         return losses
-    from .compiled import prepare
-    derived = Derived(trainer) if has_derived_weights(trainer.cell) else None
-    run_st = derived.step if derived else st
-    prep = prepare(algo, run_st, trainer.backend, dt, fallback=True, threads=getattr(trainer.model, "threads", None))
+    derived, run_st, prep = prepared(trainer, algo)
     states = initial_states(st, call, dt)
     params = derived.expand() if derived else trainer.params
     carry = prep.begin(params, states, initial_learned(st, call.h0), call.B, dt)
@@ -91,6 +88,24 @@ def fit_online(trainer, inputs, targets, every=1, h0=None):
         apply(trainer, algo, derived.pullback(g) if derived else g, loss, losses)
     trainer.online_state = {s: np.array(v) for s, v in states.items()}
     return losses
+
+
+def prepared(trainer, algo):
+    """(Derived or None, the step the algorithm runs, its prepared executor) for ``trainer``,
+    made on its first fit_online and kept while the algorithm, backend, dtype and threads stay
+    (preparing sparse SnAp -- its pattern, colouring and plan -- took ~50 ms for Elman 4→32,
+    against ~0.15 ms a step: a stream fed in chunks of a few steps paid it every chunk)."""
+    from .compiled import prepare
+    threads = getattr(trainer.model, "threads", None)
+    key = (algo, trainer.cell, trainer.backend, np.dtype(trainer.dtype), threads)
+    held = trainer.__dict__.get("_online_prepared")
+    if held is not None and len(held[0]) == len(key) and all(a is b or a == b for a, b in zip(held[0], key)):
+        return held[1]
+    derived = Derived(trainer) if has_derived_weights(trainer.cell) else None
+    run_st = derived.step if derived else trainer.cell.step
+    made = derived, run_st, prepare(algo, run_st, trainer.backend, trainer.dtype, fallback=True, threads=threads)
+    trainer._online_prepared = (key, made)
+    return made
 
 
 class Derived:

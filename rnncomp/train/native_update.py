@@ -100,6 +100,9 @@ class NativeUpdate:
         self._scalars_at, self._norm_at = self._scalars.ctypes.data, self._norm.ctypes.data
         self.norm = float("nan")
 
+    def __reduce__(self):  # compiled code and addresses do not travel: made again where unpickled
+        return (NativeUpdate, (self.dtype.name, self.cache))
+
     def supports(self, optimizer) -> bool:
         return spec_for(optimizer, self.dtype) is not None
 

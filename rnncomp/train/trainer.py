@@ -28,6 +28,22 @@ class Trainer:
     """Fit a cell's parameters: ``Trainer(cell, optimizer=rc.Adam(1e-3), clip_norm=1.0,
     bptt=rc.Truncated(k1, k2), backend="native")``."""
 
+    def __getstate__(self):
+        """Pickled without the online executor fit_online keeps (compiled code, locks): made again
+        on the next fit_online (:func:`rnncomp.algorithms.online.prepared`)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_online_prepared"}
+
+    def __setstate__(self, state):
+        """The parameter dict as views into the flat vector again (a pickle copies each view:
+        updates of ``flat`` would no longer reach the arrays the model is called with)."""
+        self.__dict__.update(state)
+        off = 0
+        for n in self.names:
+            shape = np.shape(self.params[n])
+            size = int(np.prod(shape))
+            self.params[n] = self.flat[off:off + size].reshape(shape)
+            off += size
+
     def __init__(self, cell, optimizer: Optimizer | None = None, *, clip_norm=None, clip_value=None,
                  bptt: Truncated | None = None, backend="native", dtype="float32", seed=0,
                  params=None, update=None, batch_first=False, distributed=None, comm=None, accumulate=1,
