@@ -265,6 +265,10 @@ def test_fit_online_keeps_its_prepared_executor(monkeypatch):
     tr.gradient = RTRL()
     tr.fit_online(x["x"], y["target"], every=3)
     assert len(made) == 2 and isinstance(made[-1], RTRL)
+    tr.gradient.max_bytes = 100  # an option changed in place (found by a probe): prepared again
+    with pytest.raises(Exception, match="max_bytes"):
+        tr.fit_online(x["x"], y["target"], every=3)
+    assert len(made) == 3
 
 
 def test_a_pickled_trainer_trains_on_as_the_original():

@@ -97,7 +97,9 @@ def prepared(trainer, algo):
     against ~0.15 ms a step: a stream fed in chunks of a few steps paid it every chunk)."""
     from .compiled import prepare
     threads = getattr(trainer.model, "threads", None)
-    key = (algo, trainer.cell, trainer.backend, np.dtype(trainer.dtype), threads)
+    # the algorithm's options too: one changed in place (trainer.gradient.seed = 9) prepares again
+    options = tuple(sorted((k, repr(v)) for k, v in vars(algo).items()))
+    key = (algo, options, trainer.cell, trainer.backend, np.dtype(trainer.dtype), threads)
     held = trainer.__dict__.get("_online_prepared")
     if held is not None and len(held[0]) == len(key) and all(a is b or a == b for a, b in zip(held[0], key)):
         return held[1]
