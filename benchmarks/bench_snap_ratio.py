@@ -9,7 +9,7 @@ sparse=True), backend="native")``, each the least of several runs, BPTT timed be
 SnAp (the least of both kept).  The ratio of two times taken in one process moments apart is
 robust to the load of a shared machine; the native gradient is checked against the NumPy
 executor's first.  Each line also gives the ratio of the two steps' FLOPs by the cost model
-(``rnncomp inspect --cost``, the derived programs' flops, not the algorithms' least): the time
+(``rnncomp inspect CELL --cost``, the derived programs' flops, not the algorithms' least): the time
 ratio the derived SnAp-1 step would have at BPTT's FLOP rate.
 """
 from __future__ import annotations
