@@ -30,6 +30,7 @@ import warnings
 
 import numpy as np
 
+from ..checks import count
 from ..errors import CompileError
 
 
@@ -84,10 +85,9 @@ class Native:
         from .uoro import _Prepared as UoroPrepared
 
         self.prep, self.st = prep, prep.st
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be a positive integer or None (every core), got {threads!r}")
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self.threads = threads or cores
+        # None: every core, as the native model's threads=
+        self.threads = (os.cpu_count() or 1) if threads is None else \
+            count("native online executor", "threads", threads, hint="or None: every core")
         self._forks, self._pool, self._pool_size = [], None, 0
         self._lock = threading.Lock()  # the kernels' buffers serve one window at a time
         self.min_rows = 1  # samples a slice holds at least

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..backends.validate import check_call, forward_targets, initial_states
 from ..errors import CallError, RnncompError
+from .base import has_derived_weights
 from .settle_exec import executor
 
 METHODS = ("rbp", "bptt")
@@ -71,7 +72,7 @@ def plain_of(cell):
     """(``weights.DerivedWeights`` of ``cell``, the plain cell whose parameters its derived
     weights and constants are), or (None, ``cell``) when it has none: a settling model runs the
     plain cell and chains each gradient back to the declared parameters."""
-    if not any(d.kind in ("const", "weight") for d in cell.decls.values()):
+    if not has_derived_weights(cell):
         return None, cell
     from ..weights import DerivedWeights
     dw = DerivedWeights(cell)

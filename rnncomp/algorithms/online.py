@@ -99,9 +99,10 @@ def prepared(trainer, algo):
     threads = getattr(trainer.model, "threads", None)
     # the algorithm's options too: one changed in place (trainer.gradient.seed = 9) prepares again
     options = tuple(sorted((k, repr(v)) for k, v in vars(algo).items()))
-    key = (algo, options, trainer.cell, trainer.backend, np.dtype(trainer.dtype), threads)
+    # (a cell is equal to itself only)
+    key = (type(algo), options, trainer.cell, trainer.backend, np.dtype(trainer.dtype), threads)
     held = trainer.__dict__.get("_online_prepared")
-    if held is not None and len(held[0]) == len(key) and all(a is b or a == b for a, b in zip(held[0], key)):
+    if held is not None and held[0] == key:
         return held[1]
     derived = Derived(trainer) if has_derived_weights(trainer.cell) else None
     run_st = derived.step if derived else trainer.cell.step

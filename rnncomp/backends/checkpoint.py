@@ -18,6 +18,8 @@ takes ``Footprint.memory(longest leaf, checkpoints held)`` bytes of per-step buf
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..ir import LEAF_OPS
 from ..schedules import Footprint
 from .validate import initial_states
@@ -47,6 +49,13 @@ def footprint(model, B: int) -> Footprint:
             widths[k] = model.slot_width.get(k, n)
     scratch = getattr(model, "scratch_units", 0)
     return Footprint(state=states * B * size, step=(sum(widths.values()) + states + scratch) * B * size, B=B)
+
+
+def put_steps(dest: dict, part: dict, a: int, b: int, T: int) -> None:
+    """Write the (b-a, ...) arrays of ``part`` into steps a..b of ``dest``'s (T, ...) arrays
+    (made on first use): a chunk's or a leaf's outputs, input cotangents."""
+    for k, v in part.items():
+        dest.setdefault(k, np.empty((T,) + v.shape[1:], v.dtype))[a:b] = v
 
 
 def walk(plan, h0: dict, advance, leaf) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checkpoint import footprint
+from .checkpoint import footprint, put_steps
 from .validate import weighted_loss
 
 #: The most bytes of per-step buffers one chunk of a forward-only call takes (a chunk is at
@@ -58,7 +58,7 @@ def forward(model, call, ws=None, B_plan=None):
             if whole:
                 outs[o] = v.copy()
             else:
-                outs.setdefault(o, np.empty((T,) + v.shape[1:], dtype=v.dtype))[a:b] = v
+                put_steps(outs, {o: v}, a, b, T)
         if ws is not None:
             loss += weighted_loss(ws[a:b], fwd[st.loss_key][:, :, 0])
         h0 = {s: states[s][-1].copy() for s in st.states}

@@ -108,12 +108,6 @@ class HvpKernel(StepEmitter):
             rows, units = P.sizes[w.slot]
             if rows != "B":
                 raise CompileError(f"cell {self.st.name!r}: internal: {key!r} is not a per-sample value")
-            return self._bufs[w.slot].reshape(B, units)[:, w.col:w.col + self._size(key)]
+            return self._bufs[w.slot].reshape(B, units)[:, w.col:w.col + self.hvp.prog.node(key).size]
 
         return value
-
-    def _size(self, key):
-        for prog in (self.hvp.prog, self.bwd.prog, self.st.prog):
-            if key in prog.nodes:
-                return prog.nodes[key].size
-        return self.st.states[key[0]]

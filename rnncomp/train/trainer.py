@@ -37,11 +37,14 @@ class Trainer:
         """The parameter dict as views into the flat vector again (a pickle copies each view:
         updates of ``flat`` would no longer reach the arrays the model is called with)."""
         self.__dict__.update(state)
-        off = 0
+        self._views({n: np.shape(v) for n, v in self.params.items()})
+
+    def _views(self, shapes: dict) -> None:
+        """``params`` as views into ``flat``, in ``names`` order: one vectorised update for all."""
+        self.params, off = {}, 0
         for n in self.names:
-            shape = np.shape(self.params[n])
-            size = int(np.prod(shape))
-            self.params[n] = self.flat[off:off + size].reshape(shape)
+            size = int(np.prod(shapes[n]))
+            self.params[n] = self.flat[off:off + size].reshape(shapes[n])
             off += size
 
     def __init__(self, cell, optimizer: Optimizer | None = None, *, clip_norm=None, clip_value=None,
@@ -89,12 +92,7 @@ class Trainer:
         check_param_shapes(cell.step.name, params, cell.step.params)
         params = converted(params, self.dtype, "params")
         self.flat = np.concatenate([params[n].ravel() for n in self.names])
-        self.params, off = {}, 0
-        for n in self.names:  # views into the flat vector: one vectorised update for all
-            shape = np.shape(params[n])
-            size = int(np.prod(shape))
-            self.params[n] = self.flat[off:off + size].reshape(shape)
-            off += size
+        self._views({n: np.shape(params[n]) for n in self.names})
         self.optimizer = optimizer or Adam()
         self.optimizer.init(self.flat)
         self.step_count, self.history = 0, []

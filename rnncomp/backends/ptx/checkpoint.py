@@ -27,10 +27,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
-
 from ...schedules import Footprint
-from ..checkpoint import walk
+from ..checkpoint import put_steps, walk
 from ..validate import add_initial_state_grads, initial_states
 
 
@@ -51,7 +49,7 @@ def leaf_model(model):
 def train(model, call, w, d_out, d_fin, plan, outputs=None):
     """Run ``plan`` for ``call``: (loss or None, grads, final states, {input: δx}, {state: δh[0]});
     ``outputs``: a dict that receives the outputs of every step (leaf by leaf)."""
-    st, T, B = model.step, call.T, call.B
+    st, T = model.step, call.T
     lm = leaf_model(model)
     out = {"loss": None if w is None else 0.0, "grads": None, "carry": d_fin or {}, "final": None}
     d_in = {}
@@ -60,8 +58,8 @@ def train(model, call, w, d_out, d_fin, plan, outputs=None):
         sub, cot = call.window(a, b, cur), {o: v[a:b] for o, v in (d_out or {}).items()}
         with lm._lock:  # the outputs are read from the arena's staging buffer
             part, g, fin, dx, out["carry"] = lm._train_locked(sub, None if w is None else w[a:b], cot, out["carry"])
-            for o, v in (lm._downloaded_outputs() if outputs is not None else {}).items():
-                outputs.setdefault(o, np.empty((T,) + v.shape[1:], v.dtype))[a:b] = v
+            if outputs is not None:
+                put_steps(outputs, lm._downloaded_outputs(), a, b, T)
         if part is not None and out["loss"] is not None:
             out["loss"] += part
         if out["grads"] is None:
@@ -69,8 +67,7 @@ def train(model, call, w, d_out, d_fin, plan, outputs=None):
         else:
             for p, v in g.items():
                 out["grads"][p] += v
-        for x, v in dx.items():
-            d_in.setdefault(x, np.empty((T, B) + v.shape[2:], model.dtype))[a:b] = v
+        put_steps(d_in, dx, a, b, T)
         if b == T:
             out["final"] = fin
 
@@ -93,6 +90,5 @@ def forward(model, call, chunk: int, outputs: bool = True):
         with model._lock:
             part, h0 = model._forward_locked(call.window(a, b, h0))
         if outputs:
-            for o, v in part.items():
-                outs.setdefault(o, np.empty((T,) + v.shape[1:], v.dtype))[a:b] = v
+            put_steps(outs, part, a, b, T)
     return outs, h0
