@@ -273,3 +273,43 @@ def test_fused_sweep_equals_numpy(name):
             assert np.abs(g1[k] - g2[k]).max() <= 1e-10 * max(np.abs(g1[k]).max(), 1e-300), (name, n, k)
         for s in s1:
             np.testing.assert_allclose(s2[s], s1[s], rtol=1e-12, atol=1e-14)
+
+
+def test_lstm_run_folds_to_the_new_entries_of_each_direction():
+    """SnAp-1 on an LSTM keeps (c_u, h_u) per entry of a weight row u (worked out by hand:
+    c' = f⊙c + i⊙g̃, h' = o⊙tanh(c'); a gate's pre-activation reaches c_u and h_u only).  Folded
+    per unit, every segment (a gate's W, U or b) computes only the seed it gathers and the new
+    ∂c, ∂h: each a sum over J's ∂c[t-1], ∂h[t-1] and the weight's input (h, x or 1), three
+    things at most; the output gate's directions reach no c entry, so ∂c is not written there."""
+    from rnncomp.algorithms.sparse_fold import fold
+    st = rc.cells.lstm(3, 5, 2).step
+    plan = SparsePlan(st, pattern(st, 1), by_state=True)
+    (run,) = [r for r in fuse(plan, list(st.states)) if isinstance(r, Run) and len(r.keys) > 1]
+    f = fold(plan, run)
+    assert len(f.segments) == 12 and all(s is not None for s in f.segments)   # 4 gates × (W, U, b)
+    names = [k[0] for k in run.keys]
+    seed, dc, dh = names.index("∂h%"), names.index("∂c%"), len(names) - 1 - names[::-1].index("∂h%")
+    for s in f.segments:
+        written = dict(s)
+        assert set(written) <= {seed, dc, dh} and dh in written
+        assert written[seed] == [((seed, 0), 1.0)]          # the gathered seed: J's ∂h[t-1] itself
+        assert all(len(combo) <= 3 for combo in written.values())
+    assert sum(dc in dict(s) for s in f.segments) == 9      # i, f, g gates' W, U, b
+
+
+@pytest.mark.parametrize("folded", [True, False])
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_folded_and_unfolded_runs_equal_numpy(name, folded, monkeypatch):
+    """Both ways of emitting a run (the chain rule folded per unit, or every node per entry:
+    ``SparseKernel.fold``) against the NumPy executor, 1e-10 as above."""
+    from rnncomp.algorithms.compiled import prepare
+    from rnncomp.backends.native_snap import SparseKernel
+    monkeypatch.setattr(SparseKernel, "fold", folded)
+    cell = CELLS[name]()
+    params, x, y = random_data(cell, T=5, B=3, seed=6)
+    prep = prepare(SnAp(1, sparse=True), cell.step, "native", "float64")
+    assert bool(prep.kernel.folds) == folded
+    _, g1, _ = sequence_grad(SnAp(1, sparse=True), cell, params, x, y)
+    _, g2, _ = sequence_grad(SnAp(1, sparse=True), cell, params, x, y, prepared=prep)
+    for k in g1:
+        assert np.abs(g1[k] - g2[k]).max() <= 1e-10 * max(np.abs(g1[k]).max(), 1e-300), (name, folded, k)

@@ -33,6 +33,7 @@ from llvmlite import ir
 from ..autodiff import backward_step
 from ..errors import CompileError
 from ..algorithms.sparse_blocks import dense_blocks
+from ..algorithms import sparse_fold
 from ..algorithms.sparse_fuse import Run, contiguous, fuse, row_groups
 from ..ir import LEAF_OPS
 from .llvm.builder import I64, for_range, parallel_loop_md
@@ -68,6 +69,10 @@ class _Slots(OnlineSlots):
 
 class SparseKernel(SweepEmitter, StepEmitter):
     """The compiled window of sparse SnAp for one cell (see the module docstring)."""
+
+    #: fold each run's chain rule per unit where it can (:mod:`rnncomp.algorithms.sparse_fold`);
+    #: False emits every node of a run per entry (the tests check both against NumPy)
+    fold = True
 
     def __init__(self, step, sp_plan, dtype, cache="default"):
         self.st, self.sp, self.dtype = step, sp_plan, np.dtype(dtype)
@@ -129,6 +134,7 @@ class SparseKernel(SweepEmitter, StepEmitter):
                         self.rows_of[(key, i)] = tuple(P.table(f"{what} {key} {i}", a)
                                                        for what, a in zip(("rows y", "rows lo", "rows x"), rows))
                 self.term_slots[(key, i)] = s
+        self._folds()
         # an index table that counts up by one is a start instead (a plain, vectorisable loop)
         pos = lambda label, a: ("+", contiguous(a)) if contiguous(a) is not None else ("[]", P.table(label, a))  # noqa: E731,E501
         direct = {k for r in self.steps if isinstance(r, Run) for k, d0 in zip(r.keys, r.to_j) if d0 is not None}
@@ -148,6 +154,27 @@ class SparseKernel(SweepEmitter, StepEmitter):
             u, k = sp_.row[e] - o, sp_.col[e]
             self.gather.append((key, n, pos(f"gather e {s}", e), pos(f"gather u {s}", u), pos(f"gather k {s}", k),
                                 len(e), len(np.unique(k)) == len(e)))
+
+    def _folds(self):
+        """``folds`` {id(run): (its :class:`.sparse_fold.Fold`, an F slot per coefficient,
+        {symbol: its slot})}: the runs with a segment whose chain rule folds per unit (a
+        weight symbol's per-unit sums Σ c·P[yu, xu] are made once per call, as ``matw``)."""
+        self.folds, P = {}, self.plan
+        if not self.fold:
+            return
+        for ri, r in enumerate(s for s in self.steps if isinstance(s, Run)):
+            f = sparse_fold.fold(self.sp, r)
+            if all(s is None for s in f.segments):
+                continue
+            slots = {}
+            for sym, src in f.symbols.items():
+                if src[0] == "ew":
+                    slots[sym] = self.coef_slots[src[1:]]
+                    continue
+                slots[sym] = P.slot(f"fold w {ri} {sym}", "1", f.units)
+                self.matw[slots[sym]] = [(p, P.table(f"fold w at {ri} {sym} {p}", flat), c, f.units)
+                                         for p, _, c, flat in src[3]]
+            self.folds[id(r)] = (f, [P.slot(f"fold {ri} {i}", "B", f.units) for i in range(len(f.coefs))], slots)
 
     def _dense_blocks(self):
         """``blocks`` {(node, i): [(y0, x0, count)]}: the GEMMs of each general node's mat term
@@ -169,7 +196,9 @@ class SparseKernel(SweepEmitter, StepEmitter):
     def _description(self) -> str:
         h = sources_hash("native_snap.py", "native_snap_sweep.py")
         h.update(repr([s.describe() if isinstance(s, Run) else s for s in self.steps]).encode())
-        h.update(repr((self.out_slots, self.unreached, self.gather, sorted(self.rows_of), sorted(self.blocks.items()))).encode())
+        h.update(repr((self.out_slots, self.unreached, self.gather, sorted(self.rows_of), sorted(self.blocks.items()),
+                       self.fold, [f.describe() for s in self.steps if id(s) in self.folds
+                                   for f in self.folds[id(s)][:1]])).encode())
         for k in sorted(self.plan.tables):
             h.update(repr((k, self.plan.L.slots[k], self.plan.tables[k].dtype.str, len(self.plan.tables[k]))).encode())
         for prog in (self.st.prog, self.sp.ts.prog, self.bwd.prog):

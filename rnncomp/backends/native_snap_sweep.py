@@ -46,6 +46,7 @@ class SweepEmitter:
 
     def _sweep(self, g, t):
         self._coefficients(g, t)
+        self._fold_coefficients(g)
         for s in self.steps:
             if isinstance(s, Run):
                 self._run(g, s, t)
@@ -65,6 +66,27 @@ class SweepEmitter:
                 with for_range(b, I64(n), name="cj", loop_md=loop_id) as j:
                     v = self._coefficient(g, node, tm, fwd, bi, j, tag)
                     tag(b.store(v, b.gep(out, [b.add(b.mul(bi, I64(n)), j)], inbounds=True)))
+
+    def _fold_coefficients(self, g):
+        """Each folded run's F[b, u] (:mod:`rnncomp.algorithms.sparse_fold`), from the element-wise
+        coefficients c[b, u] and the per-unit weight sums of this step, once per (sample, unit)."""
+        b, nodes = g.b, self.sp.ts.prog.nodes
+        for fold, slots, syms in self.folds.values():
+            U = fold.units
+            outs = [self._slot_ptr(g, s) for s in slots]
+            srcs = {sym: (self._slot_ptr(g, syms[sym]), nodes[src[1]].size if src[0] == "ew" else None)
+                    for sym, src in fold.symbols.items()}
+            group, loop_id = parallel_loop_md(g.m)
+            tag = lambda inst: inst.set_metadata("llvm.access.group", group) or inst  # noqa: E731
+            with for_range(b, g.B, name="fb") as bi:
+                with for_range(b, I64(U), name="fu", loop_md=loop_id) as u:
+                    vals = {}
+                    for sym, (p, n) in srcs.items():   # c[b, u] (a node of one unit: c[b, 0]), or w[u]
+                        at = u if n is None else b.add(b.mul(bi, I64(n)), u if n > 1 else I64(0))
+                        vals[sym] = self._at(g, p, at, tag)
+                    printer = LLVMPrinter(b, g.ty, vals)
+                    for out, expr in zip(outs, fold.coefs):
+                        tag(b.store(printer.print(expr), b.gep(out, [b.add(b.mul(bi, I64(U)), u)], inbounds=True)))
 
     def _coefficient(self, g, node, tm, fwd, bi, unit, tag):
         """∂expr/∂x at sample ``bi``, unit ``unit``: the forward arguments loaded there (tangent
@@ -88,10 +110,11 @@ class SweepEmitter:
             return g.ptr(tm.arg, t), (0 if tm.arg[1] is None else self.st.prog.node(tm.arg).size)
         return self._slot_ptr(g, self.plan.entries[tm.arg]), len(self.sp.entries[tm.arg][0])
 
-    def _reader(self, g, key, i, t, x0=None, reg=False, inline=None):
+    def _reader(self, g, key, i, t, x0=None, reg=False, inline=None, raw=False):
         """A function (b, i, registers, tag) -> coefficient · x of term ``i`` of ``key`` at sample
         b and index i of the term's tables; its pointers loaded here, before any loop.
-        ``inline``: a function giving x (a leaf node computed in place, :meth:`_inline_x`)."""
+        ``inline``: a function giving x (a leaf node computed in place, :meth:`_inline_x`);
+        ``raw``: x alone (a folded run's coefficients are elsewhere)."""
         b, tm, slots = g.b, self.sp.terms[key][i], self.term_slots[(key, i)]
         if tm.kind == "one":
             return lambda bi, k, regs, tag, unit=None: ir.Constant(g.ty, 1.0)
@@ -112,6 +135,8 @@ class SweepEmitter:
             else:
                 xi = b.add(I64(x0), k) if x0 is not None else self._at(g, xp, k, tag)
                 x = self._at(g, src, b.add(b.mul(bi, I64(nx)), xi) if nx else xi, tag)
+            if raw:
+                return x
             if const is not None:
                 return x if const == 1 else b.fmul(x, ir.Constant(g.ty, const))
             if tm.kind == "ew":
@@ -164,10 +189,17 @@ class SweepEmitter:
 
     # ------------------------------------------------------------------ a fused run
     def _run(self, g, run, t):
-        """Every node of ``run``, one loop over its entries per segment (module docstring)."""
+        """Every node of ``run``, one loop over its entries per segment (module docstring); a
+        folded segment computes only the nodes it writes, Σ F[b, u]·x (:meth:`_folded`)."""
         b = g.b
-        readers = [[(f, self._reader(g, key, f.term, t, f.x0, f.reg, f.inline and self._inline_x(g, f, t)))
-                    for f in terms] for key, terms in zip(run.keys, run.terms)]
+        inline = lambda f: f.inline and self._inline_x(g, f, t)  # noqa: E731
+        readers = [[(f, self._reader(g, key, f.term, t, f.x0, f.reg, inline(f))) for f in terms]
+                   for key, terms in zip(run.keys, run.terms)]
+        fold, fslots, _ = self.folds.get(id(run), (None, (), None))
+        if fold is not None:
+            raws = [[self._reader(g, key, f.term, t, f.x0, f.reg, inline(f), raw=True) for f in terms]
+                    for key, terms in zip(run.keys, run.terms)]
+            fptr = [self._slot_ptr(g, s) for s in fslots]
         injected = [(f, self._tab(g, self.inline_slots[id(f)])) for ts in run.terms for f in ts
                     if f.inline and f.inline[0] == "inject"]
         outs = [self._slot_ptr(g, self.plan.entries[key]) if keep else None for key, keep in zip(run.keys, run.store)]
@@ -176,6 +208,7 @@ class SweepEmitter:
         grad = self._slot_ptr(g, self.plan.grad)
         deltas = [None if s is None else (g.ptr(self.bwd.carry_out[s], t), self.st.states[s]) for s in run.gather]
         for si, ((s0, s1), (p0, p1), diag) in enumerate(zip(run.segments(), run.pieces[0], run.diag)):
+            folded = fold is not None and fold.segments[si] is not None
             group, loop_id = parallel_loop_md(g.m)
             tag = lambda inst: inst.set_metadata("llvm.access.group", group) or inst  # noqa: E731
             with for_range(b, I64(p1), start=I64(p0), name="rp") as p:
@@ -185,27 +218,64 @@ class SweepEmitter:
                     row, jrow = b.mul(bi, I64(run.ny)), b.mul(bi, I64(self.sp.nnz))
                     delta_at = lambda u: [None if d is None else self._at(g, d[0], b.add(b.mul(bi, I64(d[1])), u), tag)  # noqa: E731,E501
                                           for d in deltas]
-                    dl = None if diag else delta_at(unit)
+                    F_at = lambda u: {i: self._at(g, fp, b.add(b.mul(bi, I64(fold.units)), u), tag)  # noqa: E731
+                                      for i, fp in enumerate(fptr)}
+                    dl, F = (None, None) if diag else (delta_at(unit), folded and F_at(unit))
                     shift = {id(f): (b.sub(self._at(g, at, p), lo) if f.inline[3][si] else self._at(g, at, p))
                              for f, at in injected if f.inline[3][si] is not None}   # v at shift (+ e)
                     with for_range(b, hi, start=lo, name="re", loop_md=loop_id) as e:
                         u_e = b.add(unit, b.sub(e, lo)) if diag else unit   # a diagonal piece's unit counts up
                         regs = {"shift": shift, "e": e, "segment": si, "k0": k0, "unit": u_e}
+                        at = lambda f: b.sub(e, I64(f.y0)) if f.y0 else e  # noqa: E731
+                        if folded:
+                            vals = self._folded(g, run, fold.segments[si], raws, (s0, s1),
+                                                lambda f, read: read(bi, at(f), regs, tag, u_e),
+                                                F_at(u_e) if diag else F)
+                        else:
+                            vals = {}
+                            for j, (key, terms) in enumerate(zip(run.keys, readers)):
+                                v = None
+                                for f, read in terms:
+                                    if f.y0 <= s0 and s1 <= f.y0 + f.n:
+                                        x = read(bi, at(f), regs, tag, u_e)
+                                        v = x if v is None else b.fadd(v, x)
+                                vals[j] = regs[key] = ir.Constant(g.ty, 0.0) if v is None else v
                         dl_e = delta_at(u_e) if diag else dl
-                        for key, terms, out, d0, nj, delta in zip(run.keys, readers, outs, run.to_j, run.j_count, dl_e):
-                            v = None
-                            for f, read in terms:
-                                if f.y0 <= s0 and s1 <= f.y0 + f.n:
-                                    x = read(bi, b.sub(e, I64(f.y0)) if f.y0 else e, regs, tag, u_e)
-                                    v = x if v is None else b.fadd(v, x)
-                            regs[key] = ir.Constant(g.ty, 0.0) if v is None else v
+                        for j, v in vals.items():
+                            out, d0, delta = outs[j], run.to_j[j], dl_e[j]
                             if out is not None:
-                                tag(b.store(regs[key], b.gep(out, [b.add(row, e)], inbounds=True)))
-                            if d0 is not None and s1 <= nj:   # J's entries, written here, not by the scatter
-                                tag(b.store(regs[key], b.gep(J, [b.add(b.add(jrow, e), I64(d0))], inbounds=True)))
+                                tag(b.store(v, b.gep(out, [b.add(row, e)], inbounds=True)))
+                            if d0 is not None and s1 <= run.j_count[j]:   # J's entries, written here, not by the scatter
+                                tag(b.store(v, b.gep(J, [b.add(b.add(jrow, e), I64(d0))], inbounds=True)))
                             if delta is not None:   # the gather: g[k] += δh[b, u]·J[t-1][b, (u, k)]
-                                at = b.gep(grad, [b.add(k0, e)], inbounds=True)
-                                tag(b.store(b.fadd(tag(b.load(at)), b.fmul(delta, regs[key])), at))
+                                at_g = b.gep(grad, [b.add(k0, e)], inbounds=True)
+                                tag(b.store(b.fadd(tag(b.load(at_g)), b.fmul(delta, v)), at_g))
+
+    def _folded(self, g, run, written, raws, seg, read, F):
+        """{node index: its value at this entry} for the nodes a folded segment writes: Σ F·x over
+        what the segment reads (``read(f, raw reader)``: x at this entry), F a number or ``F[i]``.
+        Every x that gathers as it is read (a state's seed in J) is read, used or not."""
+        b, (s0, s1) = g.b, seg
+        xs = {}
+        for j, (terms, raw) in enumerate(zip(run.terms, raws)):
+            for pos, (f, r) in enumerate(zip(terms, raw)):
+                if f.y0 <= s0 and s1 <= f.y0 + f.n and f.inline and f.inline[0] == "J" and f.inline[3] is not None:
+                    xs[(j, pos)] = read(f, r)
+        out = {}
+        for j, combo in written:
+            v = None
+            for beta, c in combo:
+                if beta == "one":
+                    x = ir.Constant(g.ty, 1.0)
+                else:
+                    if beta not in xs:
+                        xs[beta] = read(run.terms[beta[0]][beta[1]], raws[beta[0]][beta[1]])
+                    x = xs[beta]
+                c = F[c] if isinstance(c, int) else (None if c == 1 else ir.Constant(g.ty, c))
+                x = x if c is None else (c if beta == "one" else b.fmul(c, x))
+                v = x if v is None else b.fadd(v, x)
+            out[j] = ir.Constant(g.ty, 0.0) if v is None else v
+        return out
 
     # ------------------------------------------------------------------ a general node
     def _general(self, g, key, t):
