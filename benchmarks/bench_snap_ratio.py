@@ -9,8 +9,8 @@ sparse=True), backend="native")``, each the least of several runs, BPTT timed be
 SnAp (the least of both kept).  The ratio of two times taken in one process moments apart is
 robust to the load of a shared machine; the native gradient is checked against the NumPy
 executor's first.  Each line also gives the ratio of the two steps' FLOPs by the cost model
-(``rnncomp inspect CELL --cost``, the derived programs' flops, not the algorithms' least): the time
-ratio the derived SnAp-1 step would have at BPTT's FLOP rate.
+(``rnncomp inspect CELL --cost``: the steps the native executors run, SnAp-1's chain rule folded
+per unit, with its backward step): the time ratio SnAp-1 would have at BPTT's FLOP rate.
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def case(kind, D, H, B, T=20, repeat=7):
     flops = {r["algorithm"]: r["flops"] for r in algorithm_costs(cell, T=T, B=B, dtype="float64").rows}
     by_flops = flops["SnAp-1"] / flops["BPTT"]
     print(f"{kind} {D}->{H} B={B}: BPTT {tb * 1e3 / T:.4f} ms/step, SnAp-1 sparse {ts * 1e3 / T:.4f} ms/step, "
-          f"ratio {ts / tb:.1f}x; by the cost model's FLOPs of the derived programs per sample and step ({flops['SnAp-1']:,} against "
+          f"ratio {ts / tb:.1f}x; by the cost model's FLOPs per sample and step ({flops['SnAp-1']:,} against "
           f"{flops['BPTT']:,}) {by_flops:.1f}x, so SnAp-1 runs at {by_flops * tb / ts:.1f}x BPTT's FLOP rate "
           f"(a ratio of 1 needs {by_flops:.1f}x)", flush=True)
 

@@ -5,11 +5,15 @@ Counted from the derived programs with the rules of :mod:`rnncomp.inspect.cost`:
 * BPTT: forward + backward step; memory the activations stored over T steps;
 * RTRL: forward + the tangent step over P directions (``U·∂h`` is 2·m·n·P, ``∂U·h`` writes m·n
   entries); memory n_s·P per sample, whatever T;
-* SnAp-n: forward + the entries of the state Jacobian the pattern links (2 per entry and term
-  of :mod:`.restricted`'s plans) + the immediate term over as many directions as columns
-  share a unit at most (the colouring's lower bound) + 2 per same-column pair of stored
-  entries + a backward step (∂ℓ/∂θ, ∂ℓ/∂s); memory nnz(M_n).  A cell with matrix states has
-  no sparse plan: ``rc.SnAp`` runs the dense executor, RTRL + P·n_s for the mask, RTRL's memory;
+* SnAp-n: what the native sparse executor runs, the chain rule folded per unit
+  (:mod:`.sparse_fold`): forward + a backward step (∂ℓ/∂θ, ∂ℓ/∂s[t-1]) + the entries of the
+  state Jacobian the pattern links (2 per entry and term of :mod:`.restricted`'s plans) + the
+  immediate term's coefficient per unit (the tangent program over one direction per
+  parameter: an upper bound) + per stored entry, 2 per stored entry of its column (D·J), 2
+  where the immediate term reaches it (coefficient · the weight's input) and 2 for the gather
+  δs·J; memory nnz(M_n).  (The NumPy executor runs the immediate term over as many directions
+  as columns share a unit: more.)  A cell with matrix states has no sparse plan: ``rc.SnAp``
+  runs the dense executor, RTRL + P·n_s for the mask, RTRL's memory;
 * UORO: forward + the tangent step over 1 direction + two backward steps + 6(n_s + P);
   memory n_s + P per sample.
 """
@@ -24,7 +28,8 @@ from ..ops import matrix_ops
 from ..inspect.cost import FLOPS, _bytes, _si, cost, template_ops
 from ..show import TextShown
 from .restricted import RestrictedJacobian
-from .pattern import pattern
+from .pattern import pattern, reach
+from .tangents import Directions
 
 PATTERN_LIMIT = 20_000_000  # P·n_s entries up to which the cost table derives SnAp's patterns
 
@@ -110,6 +115,9 @@ def algorithm_costs(cell, T: int = 1000, B: int = 32, dtype="float32", snap=(1, 
         snap = ()
     else:
         reachable = int(sum(v.sum() for v in pattern(st, None, full).values()))
+        dirs = Directions.dense(st)   # the entries the immediate term reaches, from J[t-1] = 0
+        first = reach(full, dirs, {s: np.zeros((dirs.K, k), dtype=bool) for s, k in st.states.items()})
+        imm = np.concatenate([first[s] for s in st.states], axis=1)
     for n in snap:
         m = np.concatenate([pattern(st, n, full)[s] for s in st.states], axis=1)  # (P, N)
         per_col = m.sum(axis=1).astype(np.int64)
@@ -118,10 +126,10 @@ def algorithm_costs(cell, T: int = 1000, B: int = 32, dtype="float32", snap=(1, 
             out.rows.append({"algorithm": f"SnAp-{n}", "flops": rtrl["flops"] + P * N, "memory": rtrl["memory"],
                              "exact": f"{exact}; dense executor: matrix states"})
             continue
-        colours = int(m.sum(axis=0).max()) if m.any() else 0
         linked = np.nonzero((m.T.astype(np.float32) @ m.astype(np.float32)) > 0)  # D[u, v] SnAp reads
         jac = RestrictedJacobian(st, *linked).flops()
-        flops = fwd + jac + tangent_flops(imm_ts, colours) + 2 * int((per_col ** 2).sum()) + bwd
+        entries = 2 * int((per_col ** 2).sum()) + 2 * int((m & imm).sum()) + 2 * int(m.sum())
+        flops = fwd + bwd + jac + tangent_flops(imm_ts, len(st.params)) + entries
         out.rows.append({"algorithm": f"SnAp-{n}", "flops": flops, "memory": B * int(m.sum()) * item, "exact": exact})
     out.rows.append({"algorithm": "UORO", "flops": fwd + tangent_flops(tangent_step(st, params=()), 1) + 2 * bwd
                      + 6 * (N + P), "memory": B * (N + P) * item, "exact": "unbiased, noisy, online"})
