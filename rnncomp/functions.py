@@ -20,6 +20,11 @@ from __future__ import annotations
 
 import sympy as sp
 
+#: every printer divides by a denominator's base one time after another, up to this power:
+#: x/z/z, not x/z**2, which overflows (or underflows) where z² does and x/z/z does not
+#: (float32: the derivative of e/(1+e) at e = exp(60), -e/(1+e)**2 + 1/(1+e), is ~0)
+SEQUENTIAL_DIVISIONS = 4
+
 
 class sigmoid(sp.Function):
     """The logistic function 1 / (1 + e^−x)."""

@@ -14,6 +14,7 @@ import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 
 from ..autodiff import LOSS_ONLY, WEIGHT, Cotangents, backward_step
+from ..functions import SEQUENTIAL_DIVISIONS as SEQUENTIAL
 from ..gradspec import Batch
 from ..ir import LEAF_OPS, placeholder, prune
 from .validate import (add_initial_state_grads, check_call, check_forward_call, float_dtype, initial_states,
@@ -27,6 +28,21 @@ from ..initializers import specs as init_specs
 # ----------------------------------------------------------------------------- element-wise printer
 class _Printer(NumPyPrinter):
     """sympy's NumPy printer with broadcasting Max/Min and the stable activations."""
+
+    def _print_Mul(self, e):
+        """A power's base in the denominator (up to the 4th) divided one time after another, as
+        the LLVM printer does (:meth:`.llvm.exprgen.LLVMPrinter._print_Mul`): x/z/z, not x/z**2."""
+        seq = [a for a in e.args if a.is_Pow and a.exp.is_Integer and -SEQUENTIAL <= a.exp < -1]
+        if not seq:
+            return super()._print_Mul(e)
+        rest = [a for a in e.args if not any(a is b for b in seq)]
+        out = f"({self._print(sp.Mul(*rest))})" if rest else "1.0"
+        return out + "".join(f"/({self._print(a.base)})" * int(-a.exp) for a in seq)
+
+    def _print_Pow(self, e, rational=False):
+        if e.exp.is_Integer and -SEQUENTIAL <= e.exp < -1:
+            return self._print_Mul(sp.Mul(sp.Integer(1), e, evaluate=False))
+        return super()._print_Pow(e, rational=rational)
 
     def _print_Max(self, e):
         out = self._print(e.args[0])

@@ -43,6 +43,9 @@ TEMPLATES = {
     **{f"pow{n}": x ** n for n in (2, 3, 4, 5, 6, 7, 8, 11)},
     "pow_neg3": POS ** -3,
     "pow_neg1": POS ** -1 * y,
+    "pow_neg2": POS ** -2,
+    "quotient_sq": x * y / (POS ** 2 * (3 + y ** 2) ** 3 * (1 + x ** 2)),   # divided one time after another
+    "pow_neg5": POS ** -5,    # past SEQUENTIAL_DIVISIONS: one division by the power
     "sqrt": POS ** sp.Rational(1, 2),
     "rsqrt": POS ** sp.Rational(-1, 2),
     "pow_3_2": POS ** sp.Rational(3, 2),
@@ -77,6 +80,8 @@ TEMPLATES = {
 
 
 GELU_MAX = x * (1 + sp.erf(x / sp.sqrt(2))) / 2 + sp.Max(x, y)  # the float32 kernel's template
+E = sp.exp(x)
+QUOTIENT = E * (-E / (1 + E) ** 2 + 1 / (1 + E))  # d/dx of e/(1+e), e = exp(x), as sympy writes it
 
 
 def _reference(e, px, py):
@@ -102,6 +107,7 @@ def lib():
         names[key] = f"t{k}_f64"
         _kernel(m, ir.DoubleType(), names[key], e)
     _kernel(m, ir.FloatType(), "gelu_f32", GELU_MAX)
+    _kernel(m, ir.FloatType(), "quotient_f32", QUOTIENT)
     return compile_module(m, cache=None), names
 
 
@@ -131,6 +137,18 @@ def test_float32_kernel_uses_the_float_type(lib):
     ref = np.array([_reference(GELU_MAX, float(np.float32(px)), float(np.float32(py))) for px, py in GRID])
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, ref, rtol=2e-6, atol=2e-7)  # a few float32 ulps
+
+
+def test_float32_quotient_derivative_does_not_overflow(lib):
+    """σ'(x) written by hand, e·(-e/(1+e)² + 1/(1+e)): at x = 60 in float32, (1+e)² overflows,
+    and x/(1+e)**2 printed as one division gave e·(0 + 1/(1+e)) = 1.  Divided one time after
+    another, (e/(1+e))/(1+e) stays finite and the result is the true ~0 (8.7e-27).  At x = ±2 it
+    is σ'(x) to a few float32 ulps."""
+    library, _ = lib
+    got = _run(library, "quotient_f32", np.float32, np.array([60.0, 2.0, -2.0]), np.zeros(3))
+    assert abs(got[0]) <= 1e-6, got[0]
+    ref = [_reference(QUOTIENT, v, 0.0) for v in (2.0, -2.0)]
+    np.testing.assert_allclose(got[1:], ref, rtol=1e-6)
 
 
 def test_square_roots_are_correctly_rounded():

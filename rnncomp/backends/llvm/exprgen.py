@@ -12,7 +12,7 @@ import sympy as sp
 from llvmlite import ir
 
 from ...errors import CompileError
-from ...functions import sigmoid, softplus
+from ...functions import SEQUENTIAL_DIVISIONS as SEQUENTIAL, sigmoid, softplus
 from . import vecmath
 
 _VECMATH = {
@@ -80,21 +80,31 @@ class LLVMPrinter:
         return self._fold(self.b.fadd, e.args)
 
     def _print_Mul(self, e):
-        num, den = [], []
+        """x·y⁻¹·z⁻² as x / (y·…) / z / z: a power's base in the denominator (up to
+        :data:`rnncomp.functions.SEQUENTIAL_DIVISIONS`) divided one time after another."""
+        num, den, seq = [], [], []
         for a in e.args:
-            if a.is_Pow and a.exp.is_Number and a.exp < 0:
+            if a.is_Pow and a.exp.is_Integer and -SEQUENTIAL <= a.exp < -1:
+                seq.append(a)
+            elif a.is_Pow and a.exp.is_Number and a.exp < 0:
                 den.append(a.base ** (-a.exp))
             else:
                 num.append(a)
         out = self._fold(self.b.fmul, num) if num else self.const(1)
         if den:
             out = self.b.fdiv(out, self._fold(self.b.fmul, den))
+        for a in seq:
+            base = self.print(a.base)
+            for _ in range(-int(a.exp)):
+                out = self.b.fdiv(out, base)
         return out
 
     def _print_Pow(self, e):
         base, p = e.base, e.exp
         if p.is_Integer:
             n = int(p)
+            if -SEQUENTIAL <= n < 0:   # 1 / z / z …: see _print_Mul
+                return self._print_Mul(sp.Mul(sp.Integer(1), e, evaluate=False))
             if n < 0:
                 return self.b.fdiv(self.const(1), self._print_Pow(sp.Pow(base, -n, evaluate=False)))
             x, out = self.print(base), None
