@@ -164,6 +164,32 @@ def test_what_has_no_native_code_is_named_and_the_trainer_falls_back(monkeypatch
     np.testing.assert_allclose(res[0], res[1], rtol=1e-13)
 
 
+@pytest.mark.parametrize("algorithm", [RTRL(), SnAp(1, sparse=False), SnAp(1, sparse=True), UORO()])
+def test_a_derived_weight_step_is_named_and_falls_back(algorithm):
+    """The native executors run a plain cell's step (sequence_grad and fit_online give them
+    one).  Prepared directly on a step with a derived weight, sparse SnAp stopped on a bare
+    KeyError that fallback=True did not catch, and RTRL said "LLVM failed ... 'D'".  Now a
+    CompileError names the weight, and fallback gives the NumPy executor, which runs it."""
+    import sympy as sp
+    from rnncomp.algorithms.compiled import prepare
+    cell = rc.Cell("derived")
+    x, h = cell.input("x", 3), cell.state("h", 5)
+    W, V = cell.param("W", (5, 5)), cell.param("V", (5, 3))
+    D = cell.weight("D", W - W.T)
+    cell.update(h, sp.tanh(D @ h + V @ x))
+    cell.loss(rc.vsum((h.new - cell.target("t", 5)) ** 2))
+    with pytest.raises(CompileError, match=r"cell 'derived'.*D is a derived weight.*sequence_grad"):
+        prepare(algorithm, cell.step, "native")
+    with pytest.warns(NumpyFallbackWarning, match="D is a derived weight"):
+        prep = prepare(algorithm, cell.step, "native", fallback=True)
+    assert not hasattr(prep, "kernel")
+    params, xs, ys = random_data(cell, T=3, B=2, seed=0)   # the user's way runs natively, on the plain cell
+    _, g1, _ = sequence_grad(algorithm, cell, params, xs, ys)
+    _, g2, _ = sequence_grad(algorithm, cell, params, xs, ys, backend="native")
+    for k in g1:
+        np.testing.assert_allclose(g2[k], g1[k], rtol=1e-10, atol=1e-12)
+
+
 def test_default_trainer_runs_rtrl_natively_in_float32():
     """Trainer's defaults (native, float32): the native executor in float32, no fallback."""
     cell = rc.cells.lstm(1, 4, 1)

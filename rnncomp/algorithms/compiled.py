@@ -50,6 +50,12 @@ def prepare(algorithm, step, backend: str = "numpy", dtype="float64", *, fallbac
     try:
         if backend != "native":
             raise CompileError(f"{algorithm!r} has no executor for backend {backend!r} (native or numpy)")
+        derived = sorted({k[0] for k, n in step.prog.nodes.items() if n.op == "param" and k[0] not in step.params})
+        if derived:   # sequence_grad and fit_online run the plain cell and chain the gradient back
+            raise CompileError(f"cell {step.name!r}: the native online executors run a plain cell's step; "
+                               f"{', '.join(derived)} {'is a derived weight or constant' if len(derived) == 1 else 'are derived weights or constants'} "
+                               "(cell.weight, cell.const): sequence_grad and Trainer.fit_online run the plain "
+                               "cell (rnncomp.weights.DerivedWeights) and chain the gradient back")
         return Native(algorithm, prep, dtype, threads)
     except CompileError as exc:
         if not fallback:
