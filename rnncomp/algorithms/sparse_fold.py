@@ -99,8 +99,7 @@ def fold(plan, run) -> Fold:
             to_j = run.to_j[j] is not None and s1 <= run.j_count[j]
             if run.store[j] or to_j or run.gather[j] is not None:
                 combo = []
-                for beta, e in v.items():
-                    e = sp.expand(e)
+                for beta, e in v.items():   # (not expanded: a sum over paths grows exponentially)
                     if e == 0:
                         continue
                     if not e.is_Number and e not in index:
