@@ -204,13 +204,21 @@ def test_an_update_that_makes_a_parameter_non_finite_is_named_and_stops_training
     assert tr.step_count == 2 and np.isfinite(tr.flat).all()
 
 
-def test_fit_online_names_a_non_finite_update_too():
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_fit_online_names_a_non_finite_update_too(backend, monkeypatch):
+    """fit_online updates as a training step does: through the trainer's compiled update where it
+    has one (the native backend's), NumPy's optimizer otherwise; a bad update is named either way."""
     x, y = _data(T=8, N=2)
-    tr = rc.Trainer(_elman(), rc.SGD(1e39), gradient=rc.RTRL(), backend="numpy", dtype="float32")
+    tr = rc.Trainer(_elman(), rc.SGD(1e39), gradient=rc.RTRL(), backend=backend, dtype="float32")
+    assert (tr._update is not None) == (backend == "native")
+    calls = []
+    if tr._update is not None:
+        compiled = tr._update
+        monkeypatch.setattr(tr, "_update", lambda *a: calls.append(1) or compiled(*a))
     with np.errstate(over="ignore"), pytest.raises(
             rc.TrainingError, match=r"^fit_online \(rc.RTRL\(\)\), update 1: the update made parameter '\w+' non-finite"):
         tr.fit_online(x, y, every=4)
-    assert tr.step_count == 0
+    assert tr.step_count == 0 and len(calls) == (backend == "native")
 
 
 def test_trainer_params_missing_or_misshaped_are_named():

@@ -134,9 +134,10 @@ class Derived:
 
 
 def apply(trainer, algo, g, loss, losses) -> None:
-    """One update from the flat gradient ``g`` (:func:`rnncomp.train.apply.apply`, with NumPy);
+    """One update from the flat gradient ``g`` (:func:`rnncomp.train.apply.apply`: the trainer's
+    compiled update where it has one, as a training step's);
     the window's ``loss`` (None for a window without losses) is appended to ``losses``."""
     from ..train.apply import apply as update
-    update(trainer, g, loss, f"fit_online ({algo!r}), update {len(losses) + 1}", native=False)
+    update(trainer, g, loss, f"fit_online ({algo!r}), update {len(losses) + 1}")
     if loss is not None:  # None: an update without losses of its own (DNI's synthetic gradient only)
         losses.append(loss)
