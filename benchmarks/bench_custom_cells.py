@@ -3,6 +3,7 @@ jit(value_and_grad(scan)) on any cell, including ones with two coupled states an
 element-wise-only recurrences").
 
     python benchmarks/bench_custom_cells.py [--quick] [--cells a,b]   # a table + results/custom_cells.json
+                                                                      # (--quick: custom_cells-quick.json)
 
 The JAX side is not written per cell: :func:`jax_loss` translates the cell's own step program
 (the IR every rnncomp backend reads) into ``jax.numpy`` -- element-wise nodes through
@@ -12,7 +13,10 @@ once before ``lax.scan``, the rest inside it, the loss the mean of the per-step 
 ``jax.jit(jax.value_and_grad(...))`` around it.  Its loss and gradients are checked against
 rnncomp's first (relative 1e-4 / 1e-3, float32).  Cells: the zoo's Jordan, MGU, IndRNN
 (element-wise recurrence) and antisymmetric RNN, a minimal GRU whose recurrence is
-element-wise only (z and h̃ read x alone), and two coupled states of different sizes.
+element-wise only (z and h̃ read x alone), two coupled states of different sizes, a damped
+oscillator (two states, an element-wise recurrence with parameter-only coefficients), a
+multiplicative RNN ((A·h) ⊙ (B·x)), a four-layer highway ladder of element-wise gates with
+per-unit parameters, and a clipped leaky ReLU (Max/Min kinks).
 H = 128, D = 64, B = 32, T = 100, float32; rnncomp's native ``loss_and_grad`` on all cores,
 JAX in its own process (``--worker``) with XLA's default threading.  Ratio = JAX / rnncomp,
 medians of the timed calls.
@@ -61,13 +65,74 @@ def coupled(n_in, n_hidden, n_out):
     return cell
 
 
+def _readout(cell, state, n_hidden, n_out):
+    """y = V·state[t], the loss ½‖y − target‖² (the new cells' common tail)."""
+    import rnncomp as rc
+    y = cell.output("y", cell.param("V", (n_out, n_hidden)) @ state.new)
+    cell.loss(rc.vsum((y - cell.target("target", n_out)) ** 2) / 2)
+    return cell
+
+
+def ladder(n_in, n_hidden, n_out, L=4):
+    """Four highway layers of element-wise gates with per-unit parameters after one product."""
+    import sympy as sp
+    import rnncomp as rc
+    cell = rc.Cell("ladder")
+    x, h = cell.input("x", n_in), cell.state("h", n_hidden)
+    z = cell.define("z0", cell.param("W", (n_hidden, n_in)) @ x + cell.param("U", (n_hidden, n_hidden)) @ h)
+    for layer in range(L):
+        a, c = cell.param(f"a{layer}", n_hidden), cell.param(f"c{layer}", n_hidden)
+        t = rc.sigmoid(z * c)
+        z = cell.define(f"z{layer + 1}", t * sp.tanh(z * a) + (1 - t) * z)
+    cell.update(h, z)
+    return _readout(cell, h, n_hidden, n_out)
+
+
+def mrnn(n_in, n_hidden, n_out):
+    """A multiplicative RNN: tanh(W·x + U·h + (A·h) ⊙ (B·x) + b)."""
+    import sympy as sp
+    import rnncomp as rc
+    cell = rc.Cell("mrnn")
+    x, h = cell.input("x", n_in), cell.state("h", n_hidden)
+    m = (cell.param("A", (n_hidden, n_hidden)) @ h) * (cell.param("Bm", (n_hidden, n_in)) @ x)
+    cell.update(h, sp.tanh(cell.param("W", (n_hidden, n_in)) @ x + cell.param("U", (n_hidden, n_hidden)) @ h + m
+                           + cell.param("b", n_hidden)))
+    return _readout(cell, h, n_hidden, n_out)
+
+
+def oscillator(n_in, n_hidden, n_out):
+    """A damped oscillator per unit, driven by the input: two states, an element-wise recurrence
+    whose coefficients (k², σ(c)) read parameters only."""
+    import sympy as sp
+    import rnncomp as rc
+    cell = rc.Cell("oscillator")
+    u, p, v = cell.input("x", n_in), cell.state("p", n_hidden), cell.state("v", n_hidden)
+    k, c = cell.param("k", n_hidden), cell.param("c", n_hidden)
+    f = sp.tanh(cell.param("W", (n_hidden, n_in)) @ u + cell.param("b", n_hidden))
+    cell.update(v, v + sp.Rational(1, 10) * (-(k * k) * p - rc.sigmoid(c) * v + f))
+    cell.update(p, p + sp.Rational(1, 10) * v.new)
+    return _readout(cell, p, n_hidden, n_out)
+
+
+def reluclip(n_in, n_hidden, n_out):
+    """A clipped leaky ReLU recurrence: min(max(a, 0), 6) + min(a, 0)/100 (Max/Min kinks)."""
+    import sympy as sp
+    import rnncomp as rc
+    cell = rc.Cell("reluclip")
+    x, h = cell.input("x", n_in), cell.state("h", n_hidden)
+    a = cell.param("W", (n_hidden, n_in)) @ x + cell.param("U", (n_hidden, n_hidden)) @ h + cell.param("b", n_hidden)
+    cell.update(h, sp.Min(sp.Max(a, 0), 6) + sp.Rational(1, 100) * sp.Min(a, 0))
+    return _readout(cell, h, n_hidden, n_out)
+
+
 def make_cell(name, D, H):
     import rnncomp as rc
-    extra = {"mingru": mingru, "coupled": coupled}
+    extra = {"mingru": mingru, "coupled": coupled, "ladder": ladder, "mrnn": mrnn, "oscillator": oscillator,
+             "reluclip": reluclip}
     return (extra[name] if name in extra else rc.cells.ZOO[name])(D, H, H)
 
 
-CELLS = ["jordan", "mgu", "indrnn", "antisymmetric", "mingru", "coupled"]
+CELLS = ["jordan", "mgu", "indrnn", "antisymmetric", "mingru", "coupled", "oscillator", "mrnn", "ladder", "reluclip"]
 
 
 # --------------------------------------------------------------------------- the JAX side
@@ -90,8 +155,13 @@ def jax_loss(step):
     computed = [k for k, n in prog.nodes.items() if n.op not in LEAF_OPS]
     before = [k for k in computed if k not in looped]
     inside = [k for k in computed if k in looped]
-    carried_in = sorted({a for k in inside for a in prog.nodes[k].args if a in before or
-                         (prog.nodes[a].op in ("input", "target"))}, key=str)
+    timed = {k for k, n in prog.nodes.items() if n.op in ("input", "target")}
+    for key, node in prog.nodes.items():   # what changes with t (the rest reads parameters only)
+        if any(a in timed for a in node.args):
+            timed.add(key)
+    read = {a for k in inside for a in prog.nodes[k].args if a in before or prog.nodes[a].op in ("input", "target")}
+    carried_in = sorted(read & timed, key=str)     # scanned over t
+    fixed = sorted(read - timed, key=str)          # the same every step: closed over
 
     def run(keys, env):
         for key in keys:
@@ -127,6 +197,7 @@ def jax_loss(step):
 
         def body(h, xs):
             e = {(p, None): v for p, v in params.items()}
+            e.update({k: env[k] for k in fixed})
             e.update({(s, "t-1"): h[s] for s in states})
             e.update(zip(carried_in, xs))
             run(inside, e)
@@ -205,7 +276,8 @@ def main():
                platform.processor())
     print(f"H={H} D={D} B={B} T={T} float32, {cpu}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
     os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
-    with open(os.path.join(ROOT, "benchmarks", "results", "custom_cells.json"), "w") as f:
+    name = "custom_cells-quick.json" if a.quick else "custom_cells.json"   # a smoke test never overwrites a run
+    with open(os.path.join(ROOT, "benchmarks", "results", name), "w") as f:
         json.dump({"shape": {"D": D, "H": H, "B": B, "T": T}, "cpu": cpu, "rows": rows}, f, indent=1)
 
 
