@@ -199,6 +199,29 @@ def test_trainer_defaults_and_fallback():
         rc.Trainer(cell, backend="numpy", update="fast")
 
 
+@pytest.mark.parametrize("loop", ["train_step", "fit_online"])
+def test_an_optimizer_assigned_later_without_a_compiled_rule_runs_with_numpy(loop):
+    """trainer.optimizer = a subclass overriding step, after the trainer chose its compiled
+    update: it stopped train_step (and, once fit_online used the compiled update too,
+    fit_online) on "native update: no compiled rule".  It runs with NumPy, as it would have
+    at construction: the same parameters as a trainer with update="numpy"."""
+    class Halved(rc.SGD):
+        def step(self, flat, grad, step):
+            super().step(flat, grad / 2, step)
+
+    cell = rc.cells.elman(2, 3, 1)
+    rng = np.random.default_rng(0)
+    x, y = {"x": rng.normal(size=(4, 2, 2))}, {"target": rng.normal(size=(4, 2, 1))}
+    out = []
+    for update in ("native", "numpy"):
+        tr = rc.Trainer(cell, rc.Adam(1e-2), gradient=rc.RTRL(), backend="numpy", dtype="float64", update=update)
+        tr.optimizer = Halved(0.1)
+        tr.optimizer.init(tr.flat)
+        tr.train_step(x, y) if loop == "train_step" else tr.fit_online(x, y)
+        out.append(tr.flat.copy())
+    np.testing.assert_array_equal(out[0], out[1])
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("make", [lambda: rc.Adam(0.01), lambda: rc.SGD(0.1, momentum=0.9, nesterov=True),
                                   lambda: rc.AdamW(0.01, schedule=halving)], ids=["adam", "nesterov", "adamw"])

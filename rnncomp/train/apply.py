@@ -81,7 +81,9 @@ def _apply(tr, g, loss, where, native) -> None:
     unbroken(tr)
     step, opt = tr.step_count + 1, tr.optimizer
     finite_loss = loss is None or np.isfinite(loss)
-    if finite_loss and native and tr._update is not None:  # checks g, clips, updates; writes nothing on a bad element
+    # the compiled update checks g, clips, updates; writes nothing on a bad element.  An optimizer
+    # assigned after the trainer was made may have no compiled rule: NumPy runs it, as at construction
+    if finite_loss and native and tr._update is not None and tr._update.supports(opt):
         bad = tr._update(opt, tr.flat, g, step, tr.clip_value, tr.clip_norm)
     else:
         bad = first_nonfinite(g)

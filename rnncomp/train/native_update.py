@@ -95,6 +95,7 @@ class NativeUpdate:
         self.cache, self.host = cache, host or HostTarget.detect()
         self._kernels: dict = {}   # UpdateSpec -> (library, callable)
         self._by_flags: dict = {}  # _flags(...) -> (UpdateSpec, callable)
+        self._supported: dict = {}  # optimizer class -> whether a compiled rule runs it (spec_for: by class)
         self._bound = ((), ())     # (flat and state arrays, their addresses) of the last call
         self._scalars, self._norm = np.zeros(len(SCALARS)), np.zeros(1)
         self._scalars_at, self._norm_at = self._scalars.ctypes.data, self._norm.ctypes.data
@@ -104,7 +105,11 @@ class NativeUpdate:
         return (NativeUpdate, (self.dtype.name, self.cache))
 
     def supports(self, optimizer) -> bool:
-        return spec_for(optimizer, self.dtype) is not None
+        """Whether a compiled rule runs ``optimizer`` (decided by its class: cached)."""
+        ok = self._supported.get(type(optimizer))
+        if ok is None:
+            ok = self._supported[type(optimizer)] = spec_for(optimizer, self.dtype) is not None
+        return ok
 
     def kernel(self, spec: UpdateSpec):
         """(library, callable) of ``spec``, compiled on first use."""
