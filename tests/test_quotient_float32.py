@@ -25,6 +25,20 @@ def quotient_cell():
     return cell
 
 
+def shared_denominator_cell():
+    """Two states read one quotient's denominator: (1+e)**-2 comes twice in the backward, and
+    the NumPy oracle's common sub-expressions made it a value of its own, 1/z/z, which is 0 in
+    float32 (found by a review: the gradient was 3.6e3 again, on NumPy only)."""
+    cell = rc.Cell("quotient2")
+    x, h, g = cell.input("x", 1), cell.state("h", 1), cell.state("g", 1)
+    w, v = cell.param("w", 1), cell.param("v", 1)
+    e = sp.exp(w * x)
+    cell.update(h, e / (1 + e) + h)
+    cell.update(g, v / (1 + e) + g)
+    cell.loss(rc.vsum(h.new * x + g.new))
+    return cell
+
+
 def closed_form(wx, x):
     """∂/∂w of x·σ(w·x) (one step from h = 0)."""
     s = 1 / (1 + math.exp(-wx))
@@ -43,3 +57,21 @@ def test_float32_quotient_gradient(backend, x):
         assert abs(float(g["w"][0])) <= 1e-6, (backend, g["w"])
     else:
         assert float(g["w"][0]) == pytest.approx(want, rel=1e-5), backend
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native", "ptx"])
+@pytest.mark.parametrize("x", [60.0, 1.5])
+def test_float32_shared_denominator(backend, x):
+    """One step from zero states: ℓ = x·σ(wx) + v·(1 − σ(wx)), so ∂ℓ/∂w = (x − v)·x·σ'(wx) and
+    ∂ℓ/∂v = 1 − σ(wx); ~0 and ~0 at wx = 60 (|g| ≤ 1e-6), 1e-5 relative at 1.5."""
+    opts = {"runner": "host"} if backend == "ptx" else {}
+    model = rc.compile(shared_denominator_cell(), backend=backend, dtype="float32", **opts)
+    params = {"w": np.ones(1, dtype=np.float32), "v": np.ones(1, dtype=np.float32)}
+    _, g, *_ = model.loss_and_grad(params, {"x": np.full((1, 1, 1), x, dtype=np.float32)}, {})
+    s = 1 / (1 + math.exp(-x))
+    want_w, want_v = (x - 1) * x * s * (1 - s), 1 - s
+    if x > 50:
+        assert abs(float(g["w"][0])) <= 1e-6 and abs(float(g["v"][0])) <= 1e-6, (backend, g)
+    else:
+        assert float(g["w"][0]) == pytest.approx(want_w, rel=1e-5), backend
+        assert float(g["v"][0]) == pytest.approx(want_v, rel=1e-5), backend

@@ -87,7 +87,23 @@ def ew_function(template: sp.Expr, nargs: int):
     """A NumPy function of ``nargs`` arrays computing ``template`` (cached per template)."""
     args = [placeholder(i) for i in range(nargs)]
     return sp.lambdify(args, template, modules=[{"_rc_erf": _erf}, "numpy"], printer=_Printer(
-        {"fully_qualified_modules": True, "inline": True, "allow_unknown_functions": False}), cse=True)
+        {"fully_qualified_modules": True, "inline": True, "allow_unknown_functions": False}), cse=_cse)
+
+
+def _cse(expr):
+    """sympy's common sub-expressions, less a power z**-k (k = 2 … SEQUENTIAL) made one of its
+    own: put back where it is used, it is printed divided one time after another there
+    (:meth:`_Printer._print_Mul`), where ``x1 = 1/z/z`` alone underflows in float32 and the
+    product that reads it is 0·inf or a lost term (e/(1+e)'s derivative at e = exp(60))."""
+    reps, out = sp.cse(expr, list=False)
+    kept, back = [], {}
+    for s, e in reps:
+        e = e.xreplace(back)
+        if e.is_Pow and e.exp.is_Integer and -SEQUENTIAL <= e.exp < -1:
+            back[s] = e
+        else:
+            kept.append((s, e))
+    return kept, out.xreplace(back)
 
 
 # ----------------------------------------------------------------------------- forward rules
