@@ -11,6 +11,9 @@ node's kept entries, term by term, as :func:`rnncomp.algorithms.sparse_fuse.fuse
                                                               the coefficient c[b, u] a scalar)
                        stored, and/or written to J[b, d0 + e]; a state's seed also gathers
                        g[k0 + e] += δh[b, u]·v
+                   a folded segment (:mod:`rnncomp.algorithms.sparse_fold`): only the nodes
+                   stored, written to J or gathered, v = Σ F[b, u]·x, the F made per (sample,
+                   unit) before the run
     general        y zeroed, then per term:  y[b, yp[i]] += coefficient · x[b, xp[i]]
                    (a mat term: its dense blocks as GEMMs, :mod:`rnncomp.algorithms.sparse_blocks`,
                    the rest one dot product per y entry over a contiguous run of x)
