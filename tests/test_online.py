@@ -6,6 +6,7 @@ Tolerances (float64): RTRL and BPTT compute the same sum in another order, so 1e
 to each gradient's largest entry (observed ~1e-15 on the zoo, ~1e-13 on fuzzed cells);
 the one-step finite difference at eps 1e-6 has error ~1e-10, checked at 1e-7.
 """
+import re
 import sys
 
 import numpy as np
@@ -437,6 +438,25 @@ def test_explain_rtrl_prints_the_derived_sensitivity_recursion():
 def test_explain_every_algorithm(algorithm):
     text = str(rc.explain(rc.cells.lstm(2, 3, 1), algorithm=algorithm))
     assert "c[t] =" in text and ("∂c[t] =" in text or "δc[t-1]" in text or "δ⁺c" in text)
+
+
+def test_explain_snap_prints_the_folded_recursion_per_kept_entry():
+    """Worked out by hand: SnAp-1 on Elman keeps W[u, j] → h_u, which moves as
+    (1 - h_u²)·(U[u,u]·∂h_u[t-1] + x_j); on an LSTM the output gate's weights reach h only
+    (no ∂c line, no ∂c term), the other gates' reach c and h; a matrix-state cell has no
+    sparse plan, so no folded section."""
+    text = str(rc.explain(rc.cells.elman(2, 3, 1), algorithm="snap"))
+    assert "  W[u, j]:\n    ∂h_u[t] = U[u,u]*(1 - h[t]**2)·∂h_u[t-1] + (1 - h[t]**2)·x[t]_j" in text
+    assert "  b[u]:\n    ∂h_u[t] = U[u,u]*(1 - h[t]**2)·∂h_u[t-1] + (1 - h[t]**2)\n" in text + "\n"
+    lstm = str(rc.explain(rc.cells.lstm(2, 3, 1), algorithm="snap")).split("folded per kept entry")[1]
+    groups = dict(re.findall(r"  (\w+)\[u(?:, j)?\]:\n((?:    .*\n)+)", lstm + "\n"))
+    assert sorted(groups) == sorted(f"{w}{g}" for w in "WUb" for g in "ifgo")
+    for name, body in groups.items():
+        assert body.startswith("    ∂c_u[t] = ") == (not name.endswith("o")), name
+        # the output gate's directions keep no c entry to carry
+        assert "∂h_u[t] = " in body and "·∂h_u[t-1]" in body and ("·∂c_u[t-1]" in body) == (name[-1] != "o"), name
+    from rnncomp import zoo_matrix
+    assert "folded per kept entry" not in str(rc.explain(zoo_matrix.fast_weights(2, 3, 2), algorithm="snap"))
 
 
 def test_explain_unknown_algorithm():

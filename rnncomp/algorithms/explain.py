@@ -1,7 +1,8 @@
 """``rc.explain(cell, algorithm="rtrl")``: the derived recursion of an online algorithm, printed.
 
 RTRL's is the tangent step (:func:`rnncomp.forward_mode.tangent_step`) as equations; SnAp
-adds its pattern (which parameter entries each state keeps); UORO shows the one-direction
+adds its pattern (which parameter entries each state keeps) and its recursion per kept entry
+as the native executor runs it (:mod:`.fold_text`); UORO shows the one-direction
 tangent step it runs and its update; RBP the adjoint fixed point.  The same printer as the
 BPTT step (:func:`rnncomp.equations.program_equations`).
 """
@@ -61,6 +62,8 @@ class AlgorithmExplanation(TextShown):
                 for s, v in m.items():
                     lines.append(f"  {s}: " + ", ".join(f"{p} {int(v[o:o + _size(sh)].sum())}"
                                                         for p, sh, o in _blocks(st)))
+                from .fold_text import folded_lines
+                lines += folded_lines(self.cell, self.n)
             return display("\n".join(lines))
         if a == "uoro":
             ts = tangent_step(st, params=())
