@@ -75,3 +75,35 @@ def test_float32_shared_denominator(backend, x):
     else:
         assert float(g["w"][0]) == pytest.approx(want_w, rel=1e-5), backend
         assert float(g["v"][0]) == pytest.approx(want_v, rel=1e-5), backend
+
+
+def temperature_cell():
+    """h' = e/(1+e)/τ + h, e = exp(w·x): sympy keeps e·(e+1)⁻¹·τ⁻¹, which the printers wrote
+    e/((e+1)·τ); at w·x = 86, τ = 100, (e+1)·τ = 2.2e39 is inf in float32 (found by a probe:
+    loss 0 for 0.01 on every backend, ∂ℓ/∂w −0.86 for ~0 on native and PTX)."""
+    cell = rc.Cell("temperature")
+    x, h = cell.input("x", 1), cell.state("h", 1)
+    w, tau = cell.param("w", 1), cell.param("tau", 1)
+    e = sp.exp(w * x)
+    cell.update(h, e / (1 + e) / tau + h)
+    cell.loss(rc.vsum(h.new))
+    return cell
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native", "ptx"])
+@pytest.mark.parametrize("x", [86.0, 1.5])
+def test_float32_denominator_of_two_factors(backend, x):
+    """ℓ = σ(wx)/τ: ∂ℓ/∂w = x·σ'(wx)/τ, ∂ℓ/∂τ = −σ(wx)/τ²; at 86, ℓ = 0.01, ∂ℓ/∂w ~0 (|g| ≤ 1e-6),
+    ∂ℓ/∂τ = −1e-4; everything 1e-5 relative to the closed form where it is not ~0."""
+    opts = {"runner": "host"} if backend == "ptx" else {}
+    model = rc.compile(temperature_cell(), backend=backend, dtype="float32", **opts)
+    params = {"w": np.ones(1, dtype=np.float32), "tau": np.full(1, 100.0, dtype=np.float32)}
+    loss, g, *_ = model.loss_and_grad(params, {"x": np.full((1, 1, 1), x, dtype=np.float32)}, {})
+    s = 1 / (1 + math.exp(-x))
+    assert float(loss) == pytest.approx(s / 100, rel=1e-5), backend
+    assert float(g["tau"][0]) == pytest.approx(-s / 100 ** 2, rel=1e-5), backend
+    want_w = x * s * (1 - s) / 100
+    if x > 50:
+        assert abs(float(g["w"][0])) <= 1e-6, (backend, g["w"])
+    else:
+        assert float(g["w"][0]) == pytest.approx(want_w, rel=1e-5), backend

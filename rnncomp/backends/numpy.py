@@ -30,14 +30,21 @@ class _Printer(NumPyPrinter):
     """sympy's NumPy printer with broadcasting Max/Min and the stable activations."""
 
     def _print_Mul(self, e):
-        """A power's base in the denominator (up to the 4th) divided one time after another, as
-        the LLVM printer does (:meth:`.llvm.exprgen.LLVMPrinter._print_Mul`): x/z/z, not x/z**2."""
-        seq = [a for a in e.args if a.is_Pow and a.exp.is_Integer and -SEQUENTIAL <= a.exp < -1]
-        if not seq:
+        """The numerator divided by each factor of the denominator one after another, as the
+        LLVM printer does (:meth:`.llvm.exprgen.LLVMPrinter._print_Mul`): x/y/z/z, not
+        x/(y*z**2), whose product overflows or underflows where the quotient does not."""
+        den = [a for a in e.args if a.is_Pow and a.exp.is_Number and a.exp < 0]
+        seq = [a for a in den if a.exp.is_Integer and -SEQUENTIAL <= a.exp < -1]
+        if not seq and len(den) < 2:
             return super()._print_Mul(e)
-        rest = [a for a in e.args if not any(a is b for b in seq)]
+        rest = [a for a in e.args if not any(a is d for d in den)]
         out = f"({self._print(sp.Mul(*rest))})" if rest else "1.0"
-        return out + "".join(f"/({self._print(a.base)})" * int(-a.exp) for a in seq)
+        for a in den:
+            if a.exp.is_Integer and a.exp >= -SEQUENTIAL:
+                out += f"/({self._print(a.base)})" * int(-a.exp)
+            else:
+                out += f"/({self._print(a.base ** (-a.exp))})"
+        return out
 
     def _print_Pow(self, e, rational=False):
         if e.exp.is_Integer and -SEQUENTIAL <= e.exp < -1:

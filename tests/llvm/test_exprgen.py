@@ -108,6 +108,9 @@ def lib():
         _kernel(m, ir.DoubleType(), names[key], e)
     _kernel(m, ir.FloatType(), "gelu_f32", GELU_MAX)
     _kernel(m, ir.FloatType(), "quotient_f32", QUOTIENT)
+    for f in (sp.sinh, sp.cosh):
+        _kernel(m, ir.FloatType(), f"{f.__name__}_f32", f(x))
+        _kernel(m, ir.DoubleType(), f"{f.__name__}_f64", f(x))
     return compile_module(m, cache=None), names
 
 
@@ -149,6 +152,23 @@ def test_float32_quotient_derivative_does_not_overflow(lib):
     assert abs(got[0]) <= 1e-6, got[0]
     ref = [_reference(QUOTIENT, v, 0.0) for v in (2.0, -2.0)]
     np.testing.assert_allclose(got[1:], ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sinh", "cosh"])
+@pytest.mark.parametrize("dtype, points", [
+    (np.float32, [1e-8, -1e-7, 0.3, 0.999, 1.0, 1.001, 5.0, 20.0, 88.5, 89.0, -89.0, 0.0]),
+    (np.float64, [1e-17, 1e-300, -0.3, 0.999, 1.0, 1.001, 30.0, 709.0, 710.0, -710.0])])
+def test_hyperbolic_functions_near_zero_and_near_the_range(lib, name, dtype, points):
+    """sinh and cosh within 2 ulp of the true value (30 digits) from 1e-300 to the edge of the
+    dtype's range.  Printed as (e^x ∓ e^-x)/2 they lost every digit near 0 (sinh(1e-8) = 0 in
+    float32, sinh(1e-17) = 0 in float64) and overflowed where e^x does, short of the result's
+    own limit (sinh(89) = 2.2e38 → inf in float32, sinh(710) in float64); found by a probe."""
+    library, _ = lib
+    got = _run(library, f"{name}_{'f32' if dtype == np.float32 else 'f64'}", dtype, np.array(points), np.zeros(len(points)))
+    ref = np.array([_reference(getattr(sp, name)(x), v, 0.0) for v in points]).astype(dtype)
+    assert np.isfinite(ref).all() and np.isfinite(got).all(), (got, ref)
+    ulps = np.abs(got.astype(np.float64) - ref) / np.spacing(np.abs(ref)).astype(np.float64)
+    assert ulps.max() <= 2, dict(zip(points, ulps))
 
 
 def test_square_roots_are_correctly_rounded():

@@ -80,23 +80,21 @@ class LLVMPrinter:
         return self._fold(self.b.fadd, e.args)
 
     def _print_Mul(self, e):
-        """x·y⁻¹·z⁻² as x / (y·…) / z / z: a power's base in the denominator (up to
-        :data:`rnncomp.functions.SEQUENTIAL_DIVISIONS`) divided one time after another."""
-        num, den, seq = [], [], []
+        """x·y⁻¹·z⁻² as x / y / z / z: the numerator divided by each factor of the denominator
+        one after another (a power's base up to :data:`rnncomp.functions.SEQUENTIAL_DIVISIONS`
+        times), never by their product, which overflows (or underflows) where the quotient does
+        not: e/((1+e)·τ) at e = exp(86), τ = 100 is inf/inf in float32, e/(1+e)/τ is 0.01."""
+        num, den = [], []
         for a in e.args:
-            if a.is_Pow and a.exp.is_Integer and -SEQUENTIAL <= a.exp < -1:
-                seq.append(a)
-            elif a.is_Pow and a.exp.is_Number and a.exp < 0:
-                den.append(a.base ** (-a.exp))
-            else:
-                num.append(a)
+            (den if a.is_Pow and a.exp.is_Number and a.exp < 0 else num).append(a)
         out = self._fold(self.b.fmul, num) if num else self.const(1)
-        if den:
-            out = self.b.fdiv(out, self._fold(self.b.fmul, den))
-        for a in seq:
-            base = self.print(a.base)
-            for _ in range(-int(a.exp)):
-                out = self.b.fdiv(out, base)
+        for a in den:
+            if a.exp.is_Integer and a.exp >= -SEQUENTIAL:
+                base = self.print(a.base)
+                for _ in range(-int(a.exp)):
+                    out = self.b.fdiv(out, base)
+            else:
+                out = self.b.fdiv(out, self.print(a.base ** (-a.exp)))
         return out
 
     def _print_Pow(self, e):
@@ -129,13 +127,31 @@ class LLVMPrinter:
     def _print_Pi(self, e):
         return self.const(sp.pi.evalf())
 
+    def _hyperbolic(self, x, odd: bool):
+        """sinh (``odd``) or cosh of x without (e^x ∓ e^-x)/2's faults: that form loses every
+        digit of sinh near 0 (1e-8 → 0 in float32) and overflows where e^x does, short of the
+        result's own limit (sinh(89) = 2.2e38 → inf).  Below |x| = 1, from E = expm1(|x|):
+        sinh = (E + E/(E+1))/2, cosh = 1 + E²/(2(E+1)); above, with h = e^(|x|/2):
+        (h/2)·h ∓ 1/(2h²)."""
+        b, half = self.b, self.const(0.5)
+        a = vecmath.emit(b, "abs", [x])
+        E = vecmath.emit(b, "expm1", [a])
+        E1 = b.fadd(E, self.const(1))
+        if odd:
+            small = b.fmul(b.fadd(E, b.fdiv(E, E1)), half)
+        else:
+            small = b.fadd(self.const(1), b.fdiv(b.fmul(E, E), b.fmul(self.const(2), E1)))
+        h = vecmath.emit(b, "exp", [b.fmul(a, half)])
+        tail = b.fdiv(half, b.fmul(h, h))
+        big = (b.fsub if odd else b.fadd)(b.fmul(b.fmul(h, half), h), tail)
+        out = b.select(b.fcmp_ordered("<", a, self.const(1)), small, big)
+        return vecmath.emit(b, "copysign", [out, x]) if odd else out
+
     def _print_sinh(self, e):
-        a = vecmath.emit(self.b, "exp", [self.print(e.args[0])])
-        return self.b.fmul(self.b.fsub(a, self.b.fdiv(self.const(1), a)), self.const(0.5))
+        return self._hyperbolic(self.print(e.args[0]), odd=True)
 
     def _print_cosh(self, e):
-        a = vecmath.emit(self.b, "exp", [self.print(e.args[0])])
-        return self.b.fmul(self.b.fadd(a, self.b.fdiv(self.const(1), a)), self.const(0.5))
+        return self._hyperbolic(self.print(e.args[0]), odd=False)
 
     def _print_Max(self, e):
         vals = [self.print(a) for a in e.args]
