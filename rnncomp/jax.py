@@ -220,14 +220,19 @@ class Recurrent:
             raise CallError(f"cell {st.name!r}: inputs must be (T, B, n) arrays, got shape "
                             f"{getattr(first, 'shape', type(first).__name__)}")
         T, B = first.shape[:2]
-        ps = tuple(self._checked(f"params[{p!r}]", params[p], s if isinstance(s, tuple) else (s,))
+        if T == 0 or B == 0:   # checked here: inside the host call it would surface as XLA's internal error
+            raise CallError(f"cell {st.name!r}: inputs have T = {T}, B = {B}: an empty sequence or batch has "
+                            "nothing to run")
+        # as JAX arrays: a NumPy array is copied to XLA at each call, so the backward of a kept
+        # forward would find its arguments moved and run the forward again (backward="kept")
+        ps = tuple(jnp.asarray(self._checked(f"params[{p!r}]", params[p], s if isinstance(s, tuple) else (s,)))
                    for p, s in st.params.items())
-        inputs = tuple(self._checked(f"inputs[{n!r}]", xs[n], (T, B, s)) for n, s in st.inputs.items())
+        inputs = tuple(jnp.asarray(self._checked(f"inputs[{n!r}]", xs[n], (T, B, s))) for n, s in st.inputs.items())
         given = named(st, "initial states (h0)", h0, list(st.states))
         states = []
         for s, n in st.states.items():
             if s in given:
-                states.append(self._checked(f"h0[{s!r}]", given[s], (B, n)))
+                states.append(jnp.asarray(self._checked(f"h0[{s!r}]", given[s], (B, n))))
             elif st.state_init[s] is not None:  # learned: its gradient flows through the broadcast
                 states.append(jnp.broadcast_to(params[st.state_init[s]], (B, n)))
             else:
@@ -312,4 +317,9 @@ def recurrent(cell, backend: str = "native", dtype: str = "float32", output: str
     checked_bound(max_kept)
     model = rc_compile(cell, backend=backend, dtype=dtype, **options)
     check_layer_cell(model.step, output, "recurrent")
+    if getattr(model, "has_dropout", False):
+        raise CallError(f"recurrent: {model.step.name!r} has dropout (rc.Stack(..., dropout=p)), and this layer "
+                        "takes no random key: its masks would come from rnncomp's own generator, not JAX's "
+                        "functional randomness, and a forward made again for the backward would draw others. "
+                        "Build the stack without dropout and apply it in JAX between layers (docs/layers.md)")
     return Recurrent(model, output, backward, max_kept)

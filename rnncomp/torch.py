@@ -130,9 +130,9 @@ KEPT = _KeptForwards()
 
 
 # ----------------------------------------------------------------------------- the ops
-# recurrent(key, params, inputs, h0, keep) -> outputs (T, B, n) in the cell's order, final states,
-#     a handle (int64 (1,): a kept forward where keep, else nothing to find)
-# recurrent_vjp(key, handle, params, inputs, h0, d_outputs, d_final) -> δparams, δinputs, δh0
+# recurrent(key, params, inputs, h0, keep, dropout_seed) -> outputs (T, B, n) in the cell's order,
+#     final states, a handle (int64 (1,): a kept forward where keep, else nothing to find)
+# recurrent_vjp(key, handle, params, inputs, h0, d_outputs, d_final, dropout_seed) -> δparams, δinputs, δh0
 #     (from the kept forward the handle finds, else one vjp: the forward again, then its backward)
 def _call_args(model, params, inputs, h0):
     st = model.step
@@ -141,21 +141,35 @@ def _call_args(model, params, inputs, h0):
             {n: _host(model, f"h0[{n!r}]", t) for n, t in zip(st.states, h0)})
 
 
+def _dropout(model, seed: torch.Tensor) -> dict:
+    """The keyword arguments of a call of a model with dropout (``rc.Stack(..., dropout=p)``):
+    ``seed`` (an int64 tensor (1,), not an int: torch.compile would specialise on each value)
+    ≥ 0, this call's masks (a training call; the same seed draws the same masks, so a forward
+    made again -- the backward's ``vjp``, ``torch.utils.checkpoint`` -- drops the same units);
+    -1, none (evaluation).  Nothing for a model without dropout."""
+    if not getattr(model, "has_dropout", False):
+        return {}
+    s = int(seed[0])
+    return {"training": True, "dropout_seed": s} if s >= 0 else {"training": False}
+
+
 @torch.library.custom_op("rnncomp::recurrent", mutates_args=())
 def recurrent_op(key: str, params: list[torch.Tensor], inputs: list[torch.Tensor],
-                 h0: list[torch.Tensor], keep: bool) -> list[torch.Tensor]:
+                 h0: list[torch.Tensor], keep: bool, dropout_seed: torch.Tensor) -> list[torch.Tensor]:
     model = MODELS.get(key)
+    drop = _dropout(model, dropout_seed)
     if keep:
-        kept = model.forward(*_call_args(model, params, inputs, h0), keep=True)
+        kept = model.forward(*_call_args(model, params, inputs, h0), keep=True, **drop)
         outs, final, handle = kept.outputs, kept.final, KEPT.handle(kept, model)
     else:
-        (outs, final), handle = model.forward(*_call_args(model, params, inputs, h0)), torch.zeros(1, dtype=torch.int64)
+        (outs, final), handle = model.forward(*_call_args(model, params, inputs, h0), **drop), \
+            torch.zeros(1, dtype=torch.int64)
     return ([_tensor(outs[o]) for o in model.step.outputs] + [_tensor(final[s]) for s in model.step.states]
             + [handle])
 
 
 @recurrent_op.register_fake
-def _(key, params, inputs, h0, keep):
+def _(key, params, inputs, h0, keep, dropout_seed):
     st = MODELS.get(key).step
     T, B = inputs[0].shape[0], inputs[0].shape[1]
     like = inputs[0]
@@ -166,7 +180,7 @@ def _(key, params, inputs, h0, keep):
 @torch.library.custom_op("rnncomp::recurrent_vjp", mutates_args=())
 def recurrent_vjp_op(key: str, handle: torch.Tensor, params: list[torch.Tensor], inputs: list[torch.Tensor],
                      h0: list[torch.Tensor], d_outputs: list[torch.Tensor],
-                     d_final: list[torch.Tensor]) -> list[torch.Tensor]:
+                     d_final: list[torch.Tensor], dropout_seed: torch.Tensor) -> list[torch.Tensor]:
     kept, model = KEPT.find(handle)  # a kept forward holds its model: the layer may be gone
     model = model or MODELS.get(key)
     st = model.step
@@ -175,30 +189,31 @@ def recurrent_vjp_op(key: str, handle: torch.Tensor, params: list[torch.Tensor],
     if kept is not None:
         res = kept.backward(d_outputs=d_out, d_final=d_fin)
     else:
-        res = model.vjp(*_call_args(model, params, inputs, h0), d_outputs=d_out, d_final=d_fin)
+        res = model.vjp(*_call_args(model, params, inputs, h0), d_outputs=d_out, d_final=d_fin,
+                        **_dropout(model, dropout_seed))   # the forward's masks again
     # δh0, the backward's carried cotangent, copied (B × n): no backend promises it is not a buffer it reuses
     return ([_tensor(res.params[n]) for n in st.params] + [_tensor(res.inputs[n]) for n in st.inputs]
             + [torch.from_numpy(np.array(res.h0[s])) for s in st.states])
 
 
 @recurrent_vjp_op.register_fake
-def _(key, handle, params, inputs, h0, d_outputs, d_final):
+def _(key, handle, params, inputs, h0, d_outputs, d_final, dropout_seed):
     return [t.new_empty(t.shape) for t in list(params) + list(inputs) + list(h0)]
 
 
 def _setup_context(ctx, inputs, output):
-    key, params, xs, h0, _ = inputs
+    key, params, xs, h0, _, seed = inputs
     ctx.key, ctx.sizes = key, (len(params), len(xs))
-    ctx.save_for_backward(output[-1], *params, *xs, *h0)
+    ctx.save_for_backward(output[-1], seed, *params, *xs, *h0)
 
 
 def _backward(ctx, grads):
     n_p, n_x = ctx.sizes
-    handle, *saved = ctx.saved_tensors
+    handle, seed, *saved = ctx.saved_tensors
     params, xs, h0 = saved[:n_p], saved[n_p:n_p + n_x], saved[n_p + n_x:]
     n_out = len(grads) - 1 - len(h0)
-    got = recurrent_vjp_op(ctx.key, handle, params, xs, h0, list(grads[:n_out]), list(grads[n_out:-1]))
-    return None, got[:n_p], got[n_p:n_p + n_x], got[n_p + n_x:], None
+    got = recurrent_vjp_op(ctx.key, handle, params, xs, h0, list(grads[:n_out]), list(grads[n_out:-1]), seed)
+    return None, got[:n_p], got[n_p:n_p + n_x], got[n_p + n_x:], None, None
 
 
 recurrent_op.register_autograd(_backward, setup_context=_setup_context)
@@ -360,7 +375,11 @@ class Recurrent(nn.Module):
         """One call of the op: (outputs, final states), lists in the cell's order."""
         # a forward that a backward will follow keeps what the backward needs (docs/layers.md)
         keep = torch.is_grad_enabled() and any(t.requires_grad for t in params + inputs + states)
-        got = recurrent_op(self._key, params, inputs, states, keep)
+        # dropout follows the module's mode, as nn.Dropout does; its seed comes from torch's
+        # generator (torch.manual_seed sets it; torch.utils.checkpoint restores it to recompute)
+        drops = getattr(self._model, "has_dropout", False) and self.training
+        seed = torch.randint(0, 2 ** 62, (1,)) if drops else torch.full((1,), -1, dtype=torch.int64)
+        got = recurrent_op(self._key, params, inputs, states, keep, seed)
         n_out = len(self._model.step.outputs)
         return got[:n_out], got[n_out:-1]
 

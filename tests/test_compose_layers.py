@@ -136,3 +136,83 @@ def test_jax_layer_with_lengths_and_a_bidirectional_layer_inside():
     for k in params:
         np.testing.assert_allclose(np.asarray(g[k]), rgrads[k], rtol=1e-10, atol=1e-12, err_msg=k)
     np.testing.assert_allclose(np.asarray(gx), rdx, rtol=1e-10, atol=1e-12)
+
+
+def _dropout_stacks(torch, Recurrent):
+    cells = lambda: [rc.cells.gru(3, 8), rc.cells.gru(8, 8, 2)]  # noqa: E731
+    layer = Recurrent(rc.Stack(cells(), dropout=0.5), output="y", dtype=torch.float64)
+    plain = Recurrent(rc.Stack(cells()), output="y", dtype=torch.float64)
+    plain.load_state_dict(layer.state_dict())
+    return layer, plain
+
+
+def test_torch_layer_dropout_follows_the_module_mode_and_its_seed():
+    """rc.Stack(..., dropout=p) in rnncomp.torch.Recurrent (found by a probe): dropout followed
+    grad mode, not .train()/.eval(), and a forward made again (torch.utils.checkpoint, the op's
+    vjp fallback) drew other masks than the one its loss came from.  Now, as nn.Dropout: eval
+    drops nothing, with or without grad (the same numbers as the stack without dropout); train
+    drops, under no_grad too; the masks come from torch's generator (torch.manual_seed), so a
+    recomputed forward drops the same units: checkpoint gives the plain call's loss and
+    gradients, the recomputing vjp the kept one's (rtol 1e-12: the same arithmetic), and with
+    the seed fixed the gradient passes gradcheck (float64, central differences)."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    from torch.utils.checkpoint import checkpoint
+    from rnncomp.torch import Recurrent, recurrent_op, recurrent_vjp_op
+    layer, plain = _dropout_stacks(torch, Recurrent)
+    x = torch.randn(6, 4, 3, dtype=torch.float64)
+    layer.eval()
+    with torch.no_grad():
+        ref = plain(x)[0]
+        assert torch.equal(layer(x)[0], ref)
+    assert torch.equal(layer(x)[0].detach(), ref)                 # grad enabled: still no dropout
+    layer.train()
+    with torch.no_grad():
+        a, b = layer(x)[0], layer(x)[0]
+    assert not torch.equal(a, b) and not torch.equal(a, ref)      # dropout, without grad too
+    torch.manual_seed(3)
+    c = layer(x)[0].detach()
+    torch.manual_seed(3)
+    assert torch.equal(layer(x)[0].detach(), c)                   # the masks follow torch's seed
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    torch.manual_seed(7)
+    la = layer(xa)[0].pow(3).sum()
+    la.backward()
+    ga = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+    torch.manual_seed(7)
+    lb = checkpoint(lambda z: layer(z)[0].pow(3).sum(), xb, use_reentrant=False)
+    lb.backward()
+    assert torch.allclose(la, lb, rtol=1e-12, atol=0)
+    assert torch.allclose(xa.grad, xb.grad, rtol=1e-12, atol=1e-15)
+    for g, p in zip(ga, layer.parameters()):
+        assert torch.allclose(g, p.grad, rtol=1e-12, atol=1e-15)
+    # the op's backward without its kept forward runs the forward again, with the same masks
+    st = layer._model.step
+    params = [getattr(layer, n.replace(".", "__")) for n in st.params]
+    h0 = [torch.zeros(4, n, dtype=torch.float64) for n in st.states.values()]
+    seed = torch.tensor([11])
+    kept = recurrent_op(layer._key, params, [x], h0, True, seed)
+    d_out = [torch.ones_like(kept[0])]
+    d_fin = [torch.zeros(4, n, dtype=torch.float64) for n in st.states.values()]
+    from_kept = recurrent_vjp_op(layer._key, kept[-1], params, [x], h0, d_out, d_fin, seed)
+    again = recurrent_vjp_op(layer._key, kept[-1].clone(), params, [x], h0, d_out, d_fin, seed)
+    for u, v in zip(from_kept, again):
+        assert torch.allclose(u, v, rtol=1e-12, atol=1e-15)
+    fixed = lambda z: (torch.manual_seed(5), layer(z)[0])[1]  # noqa: E731
+    assert torch.autograd.gradcheck(fixed, (x.clone().requires_grad_(),), eps=1e-6, atol=1e-7)
+
+
+def test_jax_layer_refuses_dropout_and_empty_calls():
+    """rnncomp.jax takes no random key, so a stack with dropout would draw its masks from
+    rnncomp's generator and another for a recomputed forward (wrong gradients, found by a
+    probe): refused, named.  An empty sequence or batch ended in XLA's internal error from the
+    host call (B = 0 only in the backward): named before the call."""
+    pytest.importorskip("jax", reason="JAX is not installed")
+    import rnncomp.jax  # noqa: F401
+    with pytest.raises(rc.CallError, match=r"has dropout .*takes no random key"):
+        rc.jax.recurrent(rc.Stack([rc.cells.gru(3, 8), rc.cells.gru(8, 8, 2)], dropout=0.5), output="y")
+    layer = rc.jax.recurrent(rc.cells.lstm(3, 4, 2), output="y")
+    params = layer.init_params(seed=0)
+    for T, B in ((0, 2), (5, 0)):
+        with pytest.raises(rc.CallError, match=rf"inputs have T = {T}, B = {B}: an empty sequence or batch"):
+            layer(params, np.zeros((T, B, 3), np.float32))

@@ -215,3 +215,19 @@ def test_lengths_of_a_padded_batch_match_one_call_per_sequence(backward):
         jax.jit(lambda n: layer(params, xs, lengths=n))(np.array(lengths))
     with pytest.raises(CallError, match=r"lengths must be 4 ints \(one per sequence\) from 1 to T = 6"):
         layer(params, xs, lengths=[0, 6, 1, 3])
+
+
+def test_an_eager_kept_backward_with_numpy_inputs_uses_its_kept_forward(monkeypatch):
+    """backward="kept" with NumPy arrays, eagerly (found by a probe): each host call got its own
+    copy of x, so the backward found its arguments moved and ran model.vjp -- the forward again
+    -- on 3 to 5 of 5 steps, silently.  The layer makes its arguments JAX arrays once per call."""
+    layer = rc.jax.recurrent(rc.cells.gru(4, 16, 2), output="y")
+    params = layer.init_params(seed=0)
+    x = np.random.default_rng(0).normal(size=(10, 3, 4)).astype(np.float32)
+    again = []
+    vjp = layer.model.vjp
+    monkeypatch.setattr(layer.model, "vjp", lambda *a, **k: again.append(1) or vjp(*a, **k))
+    g = jax.grad(lambda p: layer(p, x)[0].sum())
+    for _ in range(5):
+        g(params)
+    assert again == []

@@ -25,6 +25,8 @@ from rnncomp.backends.numpy import unrolled_vjp  # noqa: E402
 from rnncomp.errors import CallError, CellError  # noqa: E402
 from rnncomp.torch import Recurrent, recurrent_op  # noqa: E402
 
+NO_DROPOUT = torch.full((1,), -1, dtype=torch.int64)   # the ops' dropout seed: none
+
 from fuzzgen import fuzz_cells  # noqa: E402
 from layer_cells import two_inputs_learned_state  # noqa: E402
 
@@ -137,8 +139,8 @@ def test_opcheck():
     xs = [torch.randn(4, 2, 2, dtype=F64, generator=g, requires_grad=True),
           torch.randn(4, 2, 3, dtype=F64, generator=g, requires_grad=True)]
     h0 = [torch.randn(2, 3, dtype=F64, generator=g), torch.randn(2, 2, dtype=F64, generator=g)]
-    torch.library.opcheck(recurrent_op, (layer._key, params, xs, h0, False))
-    torch.library.opcheck(recurrent_op, (layer._key, params, xs, h0, True))
+    torch.library.opcheck(recurrent_op, (layer._key, params, xs, h0, False, NO_DROPOUT))
+    torch.library.opcheck(recurrent_op, (layer._key, params, xs, h0, True, NO_DROPOUT))
 
 
 def test_a_kept_forward_lives_as_long_as_its_handle():
@@ -151,14 +153,14 @@ def test_a_kept_forward_lives_as_long_as_its_handle():
     params = [p.detach() for p in layer.parameters()]
     xs, h0 = [torch.randn(5, 2, 3, dtype=F64, generator=g)], [torch.randn(2, 4, dtype=F64, generator=g)]
     d_out, d_fin = [torch.randn(5, 2, 2, dtype=F64, generator=g)], [torch.randn(2, 4, dtype=F64, generator=g)]
-    kept = recurrent_op(layer._key, params, xs, h0, True)
-    plain = recurrent_op(layer._key, params, xs, h0, False)
+    kept = recurrent_op(layer._key, params, xs, h0, True, NO_DROPOUT)
+    plain = recurrent_op(layer._key, params, xs, h0, False, NO_DROPOUT)
     for a, b in zip(kept[:-1], plain[:-1]):
         assert torch.equal(a, b)
     assert KEPT.find(kept[-1])[0] is not None
     assert KEPT.find(kept[-1].clone()) == (None, None) and KEPT.find(plain[-1]) == (None, None)
-    from_kept = recurrent_vjp_op(layer._key, kept[-1], params, xs, h0, d_out, d_fin)
-    recomputed = recurrent_vjp_op(layer._key, kept[-1].clone(), params, xs, h0, d_out, d_fin)
+    from_kept = recurrent_vjp_op(layer._key, kept[-1], params, xs, h0, d_out, d_fin, NO_DROPOUT)
+    recomputed = recurrent_vjp_op(layer._key, kept[-1].clone(), params, xs, h0, d_out, d_fin, NO_DROPOUT)
     for a, b in zip(from_kept, recomputed):
         _close(a, b, "kept vs recomputed")
     before = len(KEPT._by_address)

@@ -86,7 +86,7 @@ class ComposedModel(TextShown):
         return (_recompile, (cell_to_dict(self.comp, callables=True), self.backend, self.dtype.name, self._made_with))
 
     # ------------------------------------------------------------------ checking
-    def _ctx(self, params, inputs, h0, mask, lengths, check_finite, training) -> Ctx:
+    def _ctx(self, params, inputs, h0, mask, lengths, check_finite, training, dropout_seed=None) -> Ctx:
         st, where = self.step, self.comp.name
         if not isinstance(params, dict):
             raise CallError(f"{where}: params must be a dict of arrays (from model.init_params)")
@@ -109,7 +109,11 @@ class ComposedModel(TextShown):
             lengths = check_lengths(lengths, T, B)
         elif mask is not None and self.comp.reads_lengths:  # what Trainer.fit(lengths=) passes down
             lengths = lengths_from_mask(mask, T, B)
-        return Ctx(lengths, self.rng if training else None, check_finite)
+        if dropout_seed is not None and (isinstance(dropout_seed, bool) or not isinstance(dropout_seed, (int, np.integer))):
+            raise CallError(f"{where}: dropout_seed must be an int (the seed of this call's dropout masks) or "
+                            f"None (the model's generator, model.rng), got {dropout_seed!r}")
+        rng = None if not training else self.rng if dropout_seed is None else np.random.default_rng(dropout_seed)
+        return Ctx(lengths, rng, check_finite)
 
     def _sizes(self, inputs):
         first = next(iter(inputs.values()), None) if isinstance(inputs, dict) else inputs
@@ -132,24 +136,31 @@ class ComposedModel(TextShown):
 
     # ------------------------------------------------------------------ calls
     def forward(self, params, inputs, h0=None, *, targets=None, keep=False, mask=None, wrt=None, outputs=None,
-                lengths=None, check_finite=True):
+                lengths=None, check_finite=True, training=None, dropout_seed=None):
         """``(outputs {name: (T, B, n)}, final states {layer.state: (B, n)})``; with
         ``keep=True`` a kept forward (``.outputs``, ``.final``, ``.backward(d_outputs, d_final)``,
         docs/vjp.md).  ``lengths`` (B,): see the module docstring; with them the final states
         are those after each sequence's own last step, also of a kept forward, whose
-        ``d_final`` is their cotangent (:mod:`.by_length`)."""
+        ``d_final`` is their cotangent (:mod:`.by_length`).
+
+        Dropout (``rc.Stack(..., dropout=p)``): ``training`` says whether this call drops
+        units (default: a kept forward does, a plain one does not); ``dropout_seed``: the
+        seed of its masks (default: drawn from ``model.rng``), so that a call made again with
+        the same seed (a framework's recomputed forward) draws the same masks."""
         inputs, targets = self._inputs(inputs), self._targets(targets)
         if keep:
-            return self._keep(params, inputs, h0, targets, mask, wrt, outputs, lengths, check_finite)
-        ctx = self._ctx(params, inputs, h0, None, lengths, check_finite, training=False)
+            return self._keep(params, inputs, h0, targets, mask, wrt, outputs, lengths, check_finite,
+                              True if training is None else training, dropout_seed)
+        ctx = self._ctx(params, inputs, h0, None, lengths, check_finite, bool(training), dropout_seed)
         return self._run.forward(params, inputs, h0, ctx, targets)
 
     def forward_keep(self, params, inputs, h0=None, **kw):
         """``forward(..., keep=True)``, as every compiled model has it (backends/base.py)."""
         return self.forward(params, inputs, h0, keep=True, **kw)
 
-    def _keep(self, params, inputs, h0, targets, mask, wrt, outputs, lengths, check_finite, training=True):
-        ctx = self._ctx(params, inputs, h0, mask, lengths, check_finite, training)
+    def _keep(self, params, inputs, h0, targets, mask, wrt, outputs, lengths, check_finite, training=True,
+              dropout_seed=None):
+        ctx = self._ctx(params, inputs, h0, mask, lengths, check_finite, training, dropout_seed)
         if targets is not None and not self.step.has_loss:
             raise CallError(f"{self.comp.name}: targets given but its top layer has no loss")
         kept = self._run.keep(params, inputs, h0, ctx, targets=targets, mask=mask, wrt=wrt,
@@ -216,12 +227,13 @@ class ComposedModel(TextShown):
         return g.loss, g.params, kept.final
 
     def vjp(self, params, inputs, h0=None, *, d_outputs=None, d_final=None, targets=None, mask=None, wrt=None,
-            lengths=None, check_finite=True) -> Gradients:
+            lengths=None, check_finite=True, training=True, dropout_seed=None) -> Gradients:
         """Gradients in and out in one call (docs/vjp.md): ``d_outputs`` {output: (T, B, n)},
-        ``d_final`` {layer.state: (B, n)} in; parameters, inputs (``wrt``) and initial states out."""
+        ``d_final`` {layer.state: (B, n)} in; parameters, inputs (``wrt``) and initial states out.
+        ``training``, ``dropout_seed``: as :meth:`forward`'s."""
         names = tuple(o for o in self.step.outputs if o in (d_outputs or {}))
         kept = self._keep(params, self._inputs(inputs), h0, self._targets(targets), mask, wrt, names, lengths,
-                          check_finite)
+                          check_finite, training, dropout_seed)
         try:
             return kept.backward(d_outputs, d_final)
         finally:

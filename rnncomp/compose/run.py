@@ -128,8 +128,16 @@ class StackRun:
             final.update(_prefixed(fin, self.prefixes[i]))
             if not top:
                 o, nxt = self.feeds[i]
-                x = {nxt: out[o]}
+                x = {nxt: self._dropped(out[o], ctx)[0]}
         return out, final
+
+    def _dropped(self, y, ctx):
+        """(the wire ``y`` after inverted dropout, its mask) in a call that drops (``ctx.rng``),
+        else (``y``, None)."""
+        if not (self.dropout and ctx.rng is not None):
+            return y, None
+        keep_mask = (ctx.rng.random(y.shape) >= self.dropout) / (1.0 - self.dropout)
+        return np.ascontiguousarray(y * keep_mask.astype(y.dtype)), keep_mask
 
     def _layer(self, i, targets, mask, wrt, outputs) -> dict:
         """The keyword arguments of layer i's kept forward: the stack's targets, mask and
@@ -164,10 +172,7 @@ class StackRun:
             k = self.runs[i].keep(p, x, h, ctx, **kw)
             if i == len(self.runs) - 1:
                 return k, None, None
-            y, keep_mask = k.outputs[self.feeds[i][0]], None
-            if self.dropout and ctx.rng is not None:  # inverted dropout on the wire
-                keep_mask = (ctx.rng.random(y.shape) >= self.dropout) / (1.0 - self.dropout)
-                y = np.ascontiguousarray(y * keep_mask.astype(y.dtype))
+            y, keep_mask = self._dropped(k.outputs[self.feeds[i][0]], ctx)   # inverted dropout on the wire
             return k, y, keep_mask
         return self._chain(params, inputs, h0, how, targets, mask, wrt, outputs)
 
