@@ -22,12 +22,12 @@ def compile(cell, backend: str = "numpy", dtype: str = "float64", **options):
     if float_dtype(dtype) == "float32" and hasattr(cell, "updates"):  # float64: checked as it is declared
         from .cell_check import check_constants_fit
         check_constants_fit(cell, "float32")
+    if backend in BACKENDS:
+        _check_options(backend, options)
     if backend in BACKENDS and any(d.kind in ("const", "weight") for d in cell.decls.values()):
         from .backends.derived import DerivedModel  # computed before the loop, shared by every backend
         return DerivedModel(cell, backend, dtype, options)
     if backend == "numpy":
-        if options:
-            raise TypeError(f"backend 'numpy' takes no options, got {sorted(options)}")
         from .backends.numpy import NumpyModel
         model = NumpyModel(cell, dtype)
     elif backend == "native":
@@ -40,3 +40,23 @@ def compile(cell, backend: str = "numpy", dtype: str = "float64", **options):
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     model._made_by_compile(cell, options)  # pickling compiles it again from these
     return model
+
+
+def _check_options(backend: str, options: dict) -> None:
+    """An option ``backend`` does not take is named with the ones it does (it was the
+    constructor's "NativeModel.__init__() got an unexpected keyword argument")."""
+    if backend == "numpy":
+        if options:
+            raise TypeError(f"backend 'numpy' takes no options, got {sorted(options)}")
+        return
+    import inspect
+    if backend == "native":
+        from .backends.native import NativeModel as model
+    else:
+        from .backends.ptx import PtxModel as model
+    known = [n for n, p in inspect.signature(model.__init__).parameters.items()
+             if p.kind == p.KEYWORD_ONLY and not n.startswith("_")]
+    bad = sorted(o for o in options if o not in known)
+    if bad:
+        raise TypeError(f"rc.compile(backend={backend!r}): unknown option{'s' if len(bad) > 1 else ''} "
+                        f"{', '.join(map(repr, bad))}; its options: {', '.join(known)}")

@@ -401,3 +401,13 @@ def test_python_operators_on_a_matrix_are_its_sympy_functions():
     oracle = rc.compile(cell, backend="numpy").loss_and_grad(params, {"x": xs}, {})
     assert native[0] == pytest.approx(oracle[0], rel=1e-12)
     np.testing.assert_allclose(native[1]["A"], oracle[1]["A"], rtol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ["native", "ptx"])
+def test_an_unknown_compile_option_is_named_with_the_backends_options(backend):
+    """It was the constructor's "NativeModel.__init__() got an unexpected keyword argument
+    'foo'" (found by a probe), through rc.compile, Trainer and the layers alike."""
+    with pytest.raises(TypeError, match=rf"rc.compile\(backend='{backend}'\): unknown option 'foo'; its options: .*memory"):
+        rc.compile(rc.cells.elman(2, 3, 1), backend=backend, foo=1)
+    with pytest.raises(TypeError, match=r"unknown options 'bar', 'foo'"):
+        rc.compile(rc.Stack([rc.cells.elman(2, 3, 1)]), backend=backend, foo=1, bar=2)
