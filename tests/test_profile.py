@@ -48,6 +48,19 @@ def test_profile_report_adds_up_to_the_wall_time():
     assert "gradient products" in text and "GFLOP/s" in text
 
 
+def test_profile_of_two_threads_reports_cpu_time_not_negative_parts():
+    # each part adds both threads' time: read against the wall time, the parts came to more
+    # than the call and "outside native" to a negative number
+    p = profile(rc.cells.gru(16, 64, 8), T=50, B=16, dtype="float64", threads=2, repeats=3, limits=False)
+    assert p.threads == 2 and p.cpu is not None
+    assert all(r.seconds >= 0 for r in p.rows)
+    assert abs(sum(r.seconds for r in p.rows) - p.cpu) < 1e-9
+    assert abs(sum(r.share for r in p.rows) - 1) < 1e-9
+    native = sum(r.seconds for r in p.rows if r.part != "outside native")
+    assert native > p.wall  # the two threads' native time is more than one call's wall time
+    assert "ms CPU: each part adds every thread's time" in str(p)
+
+
 def test_inspect_profile_command_prints_the_table(capsys):
     assert main(["inspect", "elman", "--profile", "--T", "8", "--B", "2", "--dtype", "float64"]) == 0
     out = capsys.readouterr().out

@@ -12,7 +12,9 @@ matrix-vector products, broadcasts and reductions of ``backends/native_matrix.py
 "other native" is the native code outside those parts (the loops, slices, copies of the
 carried adjoints, packing of weights); "outside native" is the rest of the wall time: the
 Python call, argument checks and ctypes. With ``threads > 1`` the parts add the time of every
-thread, so read their shares as shares of CPU time.
+thread: the report gives them in CPU time, their shares of the call's CPU time (every thread's
+native time and the caller's time outside it) and their rates per thread against the limits of
+one core; "outside native" is then the wall time minus the native time per thread.
 
     >>> import rnncomp as rc
     >>> p = profile(rc.cells.elman(4, 8, 2), T=20, B=4, repeats=2, limits=False)
@@ -58,10 +60,14 @@ class Profile:
     threads: int
     wall: float              # seconds per training call
     rows: list
+    cpu: float | None = None  # with threads > 1: the CPU seconds the rows add up to
 
     def __str__(self) -> str:
         out = [f"profile of one training call of {self.cell!r}: T={self.T} B={self.B} {self.dtype}, "
                f"{self.threads} thread(s), {1e3 * self.wall:.3f} ms"]
+        if self.threads > 1:
+            out[0] += (f" wall, {1e3 * self.cpu:.3f} ms CPU: each part adds every thread's time, "
+                       "its rate is per thread, against one core's limit")
         out.append(f"  {'part':<20}{'ms':>9}{'share':>8}{'rate':>16}{'of limit':>10}")
         for r in self.rows:
             rate = r.rate
@@ -95,6 +101,7 @@ def profile(cell, *, T: int = 100, B: int = 32, dtype: str = "float32", threads:
     if T < 1 or B < 1 or repeats < 1:
         raise ValueError(f"profile: T, B and repeats must be positive, got T={T}, B={B}, repeats={repeats}")
     model = compile_(cell, backend="native", dtype=dtype, threads=threads, profile=True)
+    threads = model.threads
     st = model.step
     as_dtype = lambda d: {k: np.asarray(v, dtype) for k, v in d.items()}  # noqa: E731
     params, inputs, targets = map(as_dtype, random_problem(cell, T=T, B=B, seed=seed))
@@ -111,17 +118,15 @@ def profile(cell, *, T: int = 100, B: int = 32, dtype: str = "float32", threads:
     flops_limit = bytes_limit = None
     if limits:
         from .peak import peak
-        flops_limit = peak(min(threads, model.threads), iters=5_000_000, dtype=dtype)["gflops"] * 1e9
+        flops_limit = peak(1, iters=5_000_000, dtype=dtype)["gflops"] * 1e9  # the parts' rates are per thread
         bytes_limit = _copy_bandwidth()
-    rows = []
-    for p in _PARTS:
-        if p in _ONLY_WHEN_USED and p not in model.profile_work:
-            continue
-        unit = counters.UNITS[p]
-        rows.append(Row(p, sec[p], sec[p] / wall, work[p] or None, unit,
-                        flops_limit if unit == "flop" else bytes_limit))
-    other = max(sec["native total"] - sum(sec[p] for p in _PARTS), 0.0)
-    rows.append(Row("other native", other, other / wall, None, "", None))
-    outside = wall - sum(r.seconds for r in rows)
-    rows.append(Row("outside native", outside, outside / wall, None, "", None))
-    return Profile(st.name, T, B, str(np.dtype(dtype)), threads, wall, rows)
+    parts = [p for p in _PARTS if p not in _ONLY_WHEN_USED or p in model.profile_work]
+    other = max(sec["native total"] - sum(sec[p] for p in parts), 0.0)
+    native = sum(sec[p] for p in parts) + other            # CPU time: every thread's
+    outside = max(wall - native / threads, 0.0)            # the threads run the native code side by side
+    total = native + outside                               # = wall for one thread
+    rows = [Row(p, sec[p], sec[p] / total, work[p] or None, counters.UNITS[p],
+                flops_limit if counters.UNITS[p] == "flop" else bytes_limit) for p in parts]
+    rows.append(Row("other native", other, other / total, None, "", None))
+    rows.append(Row("outside native", outside, outside / total, None, "", None))
+    return Profile(st.name, T, B, str(np.dtype(dtype)), threads, wall, rows, total if threads > 1 else None)
