@@ -213,6 +213,10 @@ class Recurrent:
         missing = [p for p in st.params if p not in params]
         if missing:
             raise CallError(f"cell {st.name!r}: params lacks {', '.join(map(repr, missing))}")
+        unknown = sorted(set(params) - set(st.params))
+        if unknown:  # otherwise ignored: jax.grad would give it a zero gradient without a word
+            raise CallError(f"cell {st.name!r}: unknown params {', '.join(map(repr, unknown))}; "
+                            f"expected {', '.join(map(repr, st.params))}")
         xs = named(st, "inputs", x, list(st.inputs))
         missing_inputs(st, xs)
         first = next(iter(xs.values()))

@@ -314,7 +314,8 @@ class Recurrent(nn.Module):
         if not isinstance(t, torch.Tensor):
             raise CallError(f"cell {name!r}: {what} must be a torch.Tensor, got {type(t).__name__}")
         if t.dtype != self._dtype:
-            raise CallError(f"cell {name!r}: {what} has dtype {t.dtype}, but the layer is {self._dtype}; "
+            only = "" if t.dtype in _DTYPES else " (rnncomp compiles float32 and float64 code only)"
+            raise CallError(f"cell {name!r}: {what} has dtype {t.dtype}, but the layer is {self._dtype}{only}; "
                             f"convert it with .to({self._dtype})")
         if tuple(t.shape) != shape:
             raise CallError(f"cell {name!r}: {what} has shape {tuple(t.shape)}, expected {shape}")
@@ -356,6 +357,10 @@ class Recurrent(nn.Module):
                 states.append(first.new_zeros((B, size)))
         params = [_on_cpu(self._model, f"parameter {p!r}", getattr(self, _attr(p))) for p in st.params]
         for p, t in zip(st.params, params):
+            if t.dtype not in _DTYPES:  # .half(), .bfloat16(), .to(torch.float16) left the layer's model as it was
+                raise CallError(f"cell {st.name!r}: parameter {p!r} is {t.dtype}, and rnncomp compiles cells for "
+                                f"torch.float32 and torch.float64 only: convert the layer back with .float() "
+                                f"(the rest of the model may stay {t.dtype}; give the layer {self._dtype} inputs)")
             if t.dtype != self._dtype:
                 raise CallError(f"cell {st.name!r}: parameter {p!r} is {t.dtype} but the layer runs in "
                                 f"{self._dtype} (its parameters must all be torch.float32 or all torch.float64)")

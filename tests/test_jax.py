@@ -150,6 +150,8 @@ def test_bad_calls_are_named():
         layer(p, x, {"k": np.zeros((2, 4))})
     with pytest.raises(CallError, match=r"params lacks 'Wi'"):
         layer({k: v for k, v in p.items() if k != "Wi"}, x)
+    with pytest.raises(CallError, match=r"unknown params 'Wii'; expected 'Wi', "):
+        layer({**p, "Wii": p["Wi"]}, x)
     with pytest.raises(CallError, match=r"inputs must be \(T, B, n\) arrays, got shape \(2, 3\)"):
         layer(p, x[0])
     with pytest.raises(CellError, match=r"output='h'\) names no output.*'h' is a state"):

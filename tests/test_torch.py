@@ -321,8 +321,12 @@ def test_parameters_on_another_device_or_of_mixed_dtypes_are_named():
     with pytest.raises(CallError, match=r"parameter 'W' is torch.float32 but the layer runs in torch.float64 "
                                         r"\(its parameters must all be torch.float32 or all torch.float64\)"):
         layer(torch.zeros(5, 2, 3, dtype=F64))
-    with pytest.raises(CallError, match=r"parameter 'W' is torch.float16 but the layer runs in torch.float32"):
+    with pytest.raises(CallError, match=r"parameter 'W' is torch.float16, and rnncomp compiles cells for "
+                                        r"torch.float32 and torch.float64 only: convert the layer back with .float\(\)"):
         Recurrent(rc.cells.elman(3, 4, 2)).half()(torch.zeros(5, 2, 3))
+    with pytest.raises(CallError, match=r"has dtype torch.bfloat16, but the layer is torch.float32 \(rnncomp "
+                                        r"compiles float32 and float64 code only\)"):
+        Recurrent(rc.cells.elman(3, 4, 2))(torch.zeros(5, 2, 3, dtype=torch.bfloat16))
     layer = Recurrent(rc.cells.elman(3, 4, 2), dtype=F64).to("meta")
     with pytest.raises(CallError, match=r"parameter 'W' is on meta, but backend 'native' takes CPU tensors"):
         layer(torch.zeros(5, 2, 3, dtype=F64))
