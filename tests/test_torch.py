@@ -309,6 +309,26 @@ def test_bad_calls_are_named():
         Recurrent(clash)
 
 
+def test_autograd_functional_jacobian_matches_central_differences():
+    # docs/layers.md: the Jacobian works row by row (vectorize=False, the default); the
+    # vectorised one runs PyTorch's legacy vmap, which has no fallback for this op
+    torch.manual_seed(0)
+    layer = Recurrent(rc.cells.gru(2, 3, 2), output="y", dtype=F64)
+    x = torch.randn(4, 2, 2, dtype=F64)
+    f = lambda x: layer(x)[0]  # noqa: E731
+    J = torch.autograd.functional.jacobian(f, x)
+    eps, fd = 1e-6, torch.empty_like(J)
+    for i in range(x.numel()):
+        e = torch.zeros(x.numel(), dtype=F64)
+        e[i] = eps
+        e = e.view_as(x)
+        fd.view(-1, x.numel())[:, i] = ((f(x + e) - f(x - e)) / (2 * eps)).reshape(-1)
+    # central differences in float64: truncation ~eps² and rounding ~1e-16/eps, ~1e-10 here
+    torch.testing.assert_close(J, fd, rtol=1e-7, atol=1e-8)
+    with pytest.raises(RuntimeError, match="Batching rule not implemented for rnncomp::recurrent_vjp"):
+        torch.autograd.functional.jacobian(f, x, vectorize=True)
+
+
 def test_import_rnncomp_does_not_import_torch():
     code = "import sys, rnncomp; print('torch' in sys.modules, 'jax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
