@@ -63,19 +63,25 @@ def _as_dict(kind, value, names, cell):
                     f"{', '.join(names) or '(none declared)'}, got {type(value).__name__}")
 
 
-def _array(cell, what, a, shape, dtype, check_finite):
+def read_array(where: str, what: str, a) -> np.ndarray:
+    """``a`` as an ndarray (nested lists read as one), or a CallError ``where: what ...``."""
     if isinstance(a, np.ma.MaskedArray):
-        raise CallError(f"cell {cell!r}: {what} is a masked array; pass plain arrays "
+        raise CallError(f"{where}: {what} is a masked array; pass plain arrays "
                         "(and mask= for steps to leave out of the loss)")
     if not isinstance(a, np.ndarray):
         if a is None:
-            raise CallError(f"cell {cell!r}: {what} is None; pass an array")
+            raise CallError(f"{where}: {what} is None; pass an array")
         try:
             a = np.asarray(a)
         except Exception as exc:  # noqa: BLE001 - anything numpy cannot read is the caller's problem
             reason = str(exc).splitlines()[0] if str(exc) else "ragged or not numbers"
-            raise CallError(f"cell {cell!r}: {what} ({type(a).__name__}) cannot be read as an array: "
+            raise CallError(f"{where}: {what} ({type(a).__name__}) cannot be read as an array: "
                             f"{reason}") from None
+    return a
+
+
+def _array(cell, what, a, shape, dtype, check_finite):
+    a = read_array(f"cell {cell!r}", what, a)
     if a.dtype != dtype:
         raise CallError(f"cell {cell!r}: {what} has dtype {a.dtype}, but the model was compiled "
                         f"for {dtype}; convert it with .astype({str(dtype)!r})")

@@ -27,11 +27,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..backends.validate import read_array
 from ..backends.vjp import Gradients, check_cotangents, check_residual_count
 from ..errors import CallError
 from ..show import TextShown
 from .layers import Composition, _prefixed, split
-from .run import BiRun, CellRun, Ctx, StackRun
+from .run import BiRun, CellRun, Ctx, StackRun, in_layer
 from .stack import Stack
 
 
@@ -47,6 +48,11 @@ class ComposedModel(TextShown):
     def __init__(self, comp: Composition, backend: str, dtype="float64", *, seed: int = 0, parallel=None,
                  **options):
         from ..compile import compile as rc_compile
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise CallError(f"{comp.name}: seed must be an int (of the dropout generator, model.rng), got {seed!r}")
+        if parallel is not None and not isinstance(parallel, (bool, np.bool_)):
+            raise CallError(f"{comp.name}: parallel must be True, False or None (default: on the native backend "
+                            f"with two cores or more), got {parallel!r}")
         self._made_with = dict(options, seed=seed, parallel=parallel)  # what pickling compiles again with
         self.comp, self.step, self.backend = comp, comp.step, backend
         self.dtype = np.dtype(dtype)
@@ -83,7 +89,8 @@ class ComposedModel(TextShown):
 
     def __reduce__(self):  # as a compiled cell: its declaration, compiled again where it is unpickled
         from ..train.checkpoint import cell_to_dict
-        return (_recompile, (cell_to_dict(self.comp, callables=True), self.backend, self.dtype.name, self._made_with))
+        return (_recompile, (cell_to_dict(self.comp, callables=True), self.backend, self.dtype.name, self._made_with,
+                             self.rng.bit_generator.state))
 
     # ------------------------------------------------------------------ checking
     def _ctx(self, params, inputs, h0, mask, lengths, check_finite, training, dropout_seed=None) -> Ctx:
@@ -104,16 +111,24 @@ class ComposedModel(TextShown):
             raise CallError(f"{where}: unknown initial states (h0) {', '.join(map(repr, bad))}; states: "
                             f"{', '.join(map(repr, st.states))}")
         T, B = self._sizes(inputs)
-        if lengths is not None:
-            from ..train.data import check_lengths
-            lengths = check_lengths(lengths, T, B)
-        elif mask is not None and self.comp.reads_lengths:  # what Trainer.fit(lengths=) passes down
-            lengths = lengths_from_mask(mask, T, B)
+        with in_layer(where):  # the message names the model
+            if lengths is not None:
+                from ..train.data import check_lengths
+                lengths = check_lengths(lengths, T, B)
+            elif mask is not None and self.comp.reads_lengths:  # what Trainer.fit(lengths=) passes down
+                lengths = lengths_from_mask(mask, T, B)
         if dropout_seed is not None and (isinstance(dropout_seed, bool) or not isinstance(dropout_seed, (int, np.integer))):
             raise CallError(f"{where}: dropout_seed must be an int (the seed of this call's dropout masks) or "
                             f"None (the model's generator, model.rng), got {dropout_seed!r}")
         rng = None if not training else self.rng if dropout_seed is None else np.random.default_rng(dropout_seed)
         return Ctx(lengths, rng, check_finite)
+
+    def _training(self, training, default: bool) -> bool:
+        if training is None:
+            return default
+        if not isinstance(training, (bool, np.bool_)):  # "no" would be true, and drop units
+            raise CallError(f"{self.comp.name}: training must be True, False or None, got {training!r}")
+        return bool(training)
 
     def _sizes(self, inputs):
         first = next(iter(inputs.values()), None) if isinstance(inputs, dict) else inputs
@@ -123,10 +138,31 @@ class ComposedModel(TextShown):
         return shape[0], shape[1]
 
     def _inputs(self, inputs) -> dict:
-        names = list(self.step.inputs)
-        if isinstance(inputs, dict) or len(names) != 1:
-            return inputs
-        return {names[0]: inputs}
+        """``inputs`` as {name: (T, B, n) array} (a lone array for a one-input model; nested
+        lists read as arrays, as a cell's model reads them), its names and ranks checked here:
+        the layers read their shapes before the bottom cell's model sees them."""
+        names, where = list(self.step.inputs), self.comp.name
+        if not isinstance(inputs, dict):
+            if len(names) != 1 or inputs is None:
+                raise CallError(f"{where}: inputs must be a dict of (T, B, n) arrays keyed by "
+                                f"{', '.join(map(repr, names))}, got {type(inputs).__name__}")
+            inputs = {names[0]: inputs}
+        missing, unknown = [n for n in names if n not in inputs], sorted(set(inputs) - set(names))
+        if missing or unknown:
+            what = (f"missing inputs {', '.join(map(repr, missing))}" if missing else
+                    f"unknown inputs {', '.join(map(repr, unknown))}")
+            raise CallError(f"{where}: {what}; inputs: {', '.join(map(repr, names))}")
+        out = {}
+        for n in names:
+            a = read_array(where, f"input {n!r}", inputs[n])
+            if a.ndim != 3:
+                raise CallError(f"{where}: input {n!r} must be time-major (T, B, n), got shape {a.shape}")
+            out[n] = a
+        sizes = {n: a.shape[:2] for n, a in out.items()}
+        if len(set(sizes.values())) > 1:
+            raise CallError(f"{where}: inputs disagree on (T, B): "
+                            f"{', '.join(f'{n!r} {s}' for n, s in sizes.items())}")
+        return out
 
     def _targets(self, targets) -> dict | None:
         names = list(self.step.targets)
@@ -150,8 +186,9 @@ class ComposedModel(TextShown):
         inputs, targets = self._inputs(inputs), self._targets(targets)
         if keep:
             return self._keep(params, inputs, h0, targets, mask, wrt, outputs, lengths, check_finite,
-                              True if training is None else training, dropout_seed)
-        ctx = self._ctx(params, inputs, h0, None, lengths, check_finite, bool(training), dropout_seed)
+                              self._training(training, True), dropout_seed)
+        ctx = self._ctx(params, inputs, h0, None, lengths, check_finite, self._training(training, False),
+                        dropout_seed)
         return self._run.forward(params, inputs, h0, ctx, targets)
 
     def forward_keep(self, params, inputs, h0=None, **kw):
@@ -212,9 +249,19 @@ class ComposedModel(TextShown):
             raise CallError(f"{self.comp.name} has no loss: its top layer declares none (put a cell with "
                             "a loss on top with rc.Stack)")
         inputs, targets = self._inputs(inputs), self._targets(targets)
+        training = self._training(training, True)
+        if targets is not None and not isinstance(targets, dict):
+            raise CallError(f"{self.comp.name}: targets must be a dict of arrays keyed by "
+                            f"{', '.join(map(repr, self.step.targets))}, got {type(targets).__name__}")
+        missing = [n for n in self.step.targets if n not in (targets or {})]
+        if missing:  # else the top layer's kept forward computes no loss, and every gradient is 0
+            raise CallError(f"{self.comp.name}: missing targets {', '.join(map(repr, missing))} (of its top layer)")
         comp = self.comp
-        if isinstance(comp, Stack) and len(comp.layers) == 1 and isinstance(self._run.runs[0], CellRun):
-            self._ctx(params, inputs, h0, mask, lengths, check_finite, training=True)
+        ctx = self._ctx(params, inputs, h0, mask, lengths, check_finite, training=False)
+        if isinstance(comp, Stack) and len(comp.layers) == 1 and isinstance(self._run.runs[0], CellRun) and (
+                ctx.lengths is None or ctx.lengths.min() == self._sizes(inputs)[0]):
+            # one cell, every sequence T long: exactly the cell's numbers (with shorter lengths
+            # the final states are those at each sequence's end: the general path below)
             (p,), (h,) = split(params, comp.prefixes), split(h0, comp.prefixes)
             loss, grads, final = self._run.runs[0].model.loss_and_grad(p, inputs, targets, h or None, mask,
                                                                        check_finite=check_finite)
@@ -233,7 +280,7 @@ class ComposedModel(TextShown):
         ``training``, ``dropout_seed``: as :meth:`forward`'s."""
         names = tuple(o for o in self.step.outputs if o in (d_outputs or {}))
         kept = self._keep(params, self._inputs(inputs), h0, self._targets(targets), mask, wrt, names, lengths,
-                          check_finite, training, dropout_seed)
+                          check_finite, self._training(training, True), dropout_seed)
         try:
             return kept.backward(d_outputs, d_final)
         finally:
@@ -247,10 +294,13 @@ def _all_layers(layer) -> list:
     return [layer] + [c for sub in layer.layers for c in _all_layers(sub)]
 
 
-def _recompile(declaration: dict, backend: str, dtype: str, options: dict):
+def _recompile(declaration: dict, backend: str, dtype: str, options: dict, rng_state=None):
     from ..compile import compile as rc_compile
     from ..train.checkpoint import cell_from_dict
-    return rc_compile(cell_from_dict(declaration, "pickled model"), backend=backend, dtype=dtype, **options)
+    model = rc_compile(cell_from_dict(declaration, "pickled model"), backend=backend, dtype=dtype, **options)
+    if rng_state is not None:  # the dropout generator goes on where the pickled one was
+        model.rng.bit_generator.state = rng_state
+    return model
 
 
 def lengths_from_mask(mask, T: int, B: int) -> np.ndarray:

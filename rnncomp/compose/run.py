@@ -28,7 +28,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -267,6 +267,21 @@ class BiRun:
             second = fut.result()
         return first, second
 
+    def _directions(self, f, b, ctx):
+        """``(f(ctx_f), b(ctx_b))`` through :meth:`_both`, an error naming its direction.  In a
+        call that drops units each direction draws its masks from a generator of its own,
+        seeded from the call's before either runs: the two may run at once, and drawing from
+        one generator would make the masks depend on which thread came first."""
+        cf = cb = ctx
+        if ctx.rng is not None:
+            sf, sb = ctx.rng.integers(0, 2 ** 63, size=2)
+            cf, cb = replace(ctx, rng=np.random.default_rng(sf)), replace(ctx, rng=np.random.default_rng(sb))
+
+        def named(run, c, direction):
+            with in_layer(f"{self.name}, layer {direction}"):
+                return run(c)
+        return self._both(lambda: named(f, cf, "fwd"), lambda: named(b, cb, "bwd"))
+
     def _merged(self, yf: dict, yb: dict, lengths) -> dict:
         out = {}
         for o in self.sizes:
@@ -277,17 +292,15 @@ class BiRun:
     def forward(self, params, inputs, h0, ctx, targets=None):
         (pf, pb), (hf, hb) = split(params, ["fwd", "bwd"]), split(h0, ["fwd", "bwd"])
         xr = {k: reverse(v, ctx.lengths) for k, v in inputs.items()}
-        with in_layer(f"{self.name}, layer fwd / bwd"):
-            (yf, ff), (yb, fb) = self._both(lambda: self.run.forward(pf, inputs, hf, ctx),
-                                            lambda: self.run.forward(pb, xr, hb, ctx))
+        (yf, ff), (yb, fb) = self._directions(lambda c: self.run.forward(pf, inputs, hf, c),
+                                              lambda c: self.run.forward(pb, xr, hb, c), ctx)
         return self._merged(yf, yb, ctx.lengths), {**_prefixed(ff, "fwd"), **_prefixed(fb, "bwd")}
 
     def keep(self, params, inputs, h0, ctx, *, targets=None, mask=None, wrt=None, outputs=None):
         (pf, pb), (hf, hb) = split(params, ["fwd", "bwd"]), split(h0, ["fwd", "bwd"])
         xr = {k: reverse(v, ctx.lengths) for k, v in inputs.items()}
-        with in_layer(f"{self.name}, layer fwd / bwd"):
-            kf, kb = self._both(lambda: self.run.keep(pf, inputs, hf, ctx, wrt=wrt, outputs=outputs),
-                                lambda: self.run.keep(pb, xr, hb, ctx, wrt=wrt, outputs=outputs))
+        kf, kb = self._directions(lambda c: self.run.keep(pf, inputs, hf, c, wrt=wrt, outputs=outputs),
+                                  lambda c: self.run.keep(pb, xr, hb, c, wrt=wrt, outputs=outputs), ctx)
         return BiKept(self, kf, kb, ctx.lengths)
 
     def residual_shapes(self, T, B, *, targets, wrt, outputs):
@@ -296,14 +309,18 @@ class BiRun:
     def kept_from(self, res, params, inputs, h0, ctx, *, targets=None, mask=None, wrt=None, outputs=None):
         (pf, pb), (hf, hb) = split(params, ["fwd", "bwd"]), split(h0, ["fwd", "bwd"])
         xr = {k: reverse(v, ctx.lengths) for k, v in inputs.items()}
-        with in_layer(f"{self.name}, layer fwd / bwd"):
+        with in_layer(f"{self.name}, layer fwd"):
             kf = self.run.kept_from(res, pf, inputs, hf, ctx, wrt=wrt, outputs=outputs)
-            try:
+        try:
+            with in_layer(f"{self.name}, layer bwd"):
                 kb = self.run.kept_from(res, pb, xr, hb, ctx, wrt=wrt, outputs=outputs)
-            except BaseException:
-                kf.free()
-                raise
+        except BaseException:
+            kf.free()
+            raise
         return BiKept(self, kf, kb, ctx.lengths)
+
+
+_NO_DRAWS = Ctx(None, None, True)  # a backward draws no masks: its directions need no generators
 
 
 class BiKept:
@@ -325,8 +342,8 @@ class BiKept:
             f, b = (d[..., :n], d[..., n:]) if run.merge == "concat" else (d, d)
             df[o], db[o] = np.ascontiguousarray(f), reverse(b, lengths)
         ff, fb = split(d_final, ["fwd", "bwd"])
-        gf, gb = run._both(lambda: self.kf.backward(d_outputs=df, d_final=ff or None),
-                           lambda: self.kb.backward(d_outputs=db, d_final=fb or None))
+        gf, gb = run._directions(lambda c: self.kf.backward(d_outputs=df, d_final=ff or None),
+                                 lambda c: self.kb.backward(d_outputs=db, d_final=fb or None), _NO_DRAWS)
         d_in = {x: gf.inputs[x] + reverse(gb.inputs[x], lengths) for x in gf.inputs}
         return Gradients({**_prefixed(gf.params, "fwd"), **_prefixed(gb.params, "bwd")}, d_in,
                          {**_prefixed(gf.h0, "fwd"), **_prefixed(gb.h0, "bwd")}, None)

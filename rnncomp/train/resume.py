@@ -42,6 +42,8 @@ def save(tr, path) -> None:
             "options": {"clip_norm": tr.clip_norm, "clip_value": tr.clip_value,
                         "batch_first": tr.batch_first, "accumulate": tr.accumulate,
                         "bptt": None if tr.bptt is None else [tr.bptt.k1, tr.bptt.k2]}}
+    if getattr(tr.model, "has_dropout", False):  # a resumed run draws the masks the saved one would have
+        meta["dropout_rng"] = tr.model.rng.bit_generator.state
     arrays = {f"param/{n}": tr.params[n] for n in tr.names}
     arrays.update({f"opt/{k}": v for k, v in state.items()})
     arrays.update({f"gradient/{k}": v for k, v in learned.items()})
@@ -92,6 +94,11 @@ def load(cls, path, cell=None, backend=None, dtype=None, *, schedule=None, **com
         raise ck.CheckpointError(f"{where}: optimizer state {bad[0]!r} has shape {state[bad[0]].shape}, "
                                  f"the parameters have {size} elements")
     tr.optimizer.load_state_dict(state)
+    if meta.get("dropout_rng") is not None and getattr(tr.model, "has_dropout", False):
+        try:
+            tr.model.rng.bit_generator.state = meta["dropout_rng"]
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ck.CheckpointError(f"{where}: its dropout generator's state cannot be restored ({exc})") from None
     tr.step_count, tr.history = int(meta["step"]), [float(v) for v in meta["history"]]
     tr.batch_history = [tuple(p) for p in meta["batch_history"]]
     tr.val_history = [float(v) for v in meta.get("val_history", [])]

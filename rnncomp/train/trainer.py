@@ -81,6 +81,8 @@ class Trainer:
         self.gradient = check_gradient(gradient, cell, bptt)  # fit_online's algorithm (rnncomp/algorithms/online.py)
         self.backend, self.dtype = backend, np.dtype(dtype)
         self.model = rc_compile(cell, backend=backend, dtype=dtype, **compile_options)
+        if getattr(self.model, "has_dropout", False):  # the dropout masks follow the trainer's seed too
+            self.model.rng = np.random.default_rng([seed, 1])  # (a stream apart from init_params')
         self.compile_options = dict(compile_options)  # saved in checkpoints
         self.info: dict = {}  # free-form, JSON-able, saved in checkpoints (the CLI keeps its task here)
         self.names = list(cell.step.params)
