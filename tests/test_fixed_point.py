@@ -285,7 +285,7 @@ def test_energy_model_errors():
     with pytest.raises(rc.FixedPointError, match=r"cell 'hopfield': gradient descent on the energy.*max_iter = 20"):
         model.forward(params, x, t)
     model = rc.compile_fixed_point(cell, energy=energy)
-    with pytest.raises(ValueError, match="beta must be positive"):
+    with pytest.raises(ValueError, match="beta must be a finite number > 0"):
         model.loss_and_grad(params, x, t, method="eqprop", beta=0)
     with pytest.raises(ValueError, match="'rbp', 'eqprop' or 'bptt'"):
         model.loss_and_grad(params, x, t, method="bp")

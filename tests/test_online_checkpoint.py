@@ -44,9 +44,8 @@ def test_gradient_round_trips_and_training_resumes_identically(gradient, tmp_pat
             np.testing.assert_array_equal(a, b)
         for k, v in gradient.opt.state_dict().items():
             np.testing.assert_array_equal(again.gradient.opt.state_dict()[k], v)
-    h0 = tr.online_state
-    ref = tr.fit_online(x[12:], y[12:], every=3, h0=h0)
-    got = again.fit_online(x[12:], y[12:], every=3, h0=h0)
+    ref = tr.fit_online(x[12:], y[12:], every=3, continue_stream=True)  # states and sensitivities go on
+    got = again.fit_online(x[12:], y[12:], every=3, continue_stream=True)
     assert got == ref
     np.testing.assert_array_equal(again.flat, tr.flat)
 

@@ -27,6 +27,7 @@ import numpy as np
 import sympy as sp
 
 from ..backends.validate import check_call, initial_states
+from ..checks import real
 from ..cell import Cell
 from ..dsl import StateVec, Vec
 from ..errors import CallError, CompileError
@@ -157,7 +158,11 @@ class EnergyModel:
 
     def _call(self, params, x, y, h0):
         seq = lambda d, what: {k: np.asarray(v, self.dtype)[None] for k, v in _named(d, what, self.step).items()}  # noqa: E731
-        return check_call(self.step, self.dtype, params, seq(x, "inputs"), seq(y, "targets"), h0, need_targets=True)
+        try:
+            return check_call(self.step, self.dtype, params, seq(x, "inputs"), seq(y, "targets"), h0,
+                              need_targets=True)
+        except CallError as exc:  # named after the user's cell, not the energy's clone of it
+            raise CallError(str(exc).replace(f"cell {self.step.name!r}", f"cell {self.cell.name!r}")) from None
 
     def _relax(self, call, beta, start=None, *, iterations=None, trail=None):
         """The minimum of E + βC by gradient descent from ``start`` (default: the initial
@@ -188,8 +193,15 @@ class EnergyModel:
         """The free-phase minimum s⁰ of E."""
         return self._relax(self._call(self._expand(params), x, y, h0), 0.0)
 
-    def loss_and_grad(self, params, x, y, h0=None, method="rbp", beta=0.01, symmetric=False, iterations=None):
-        """(loss at s⁰, gradient of every declared parameter, s⁰); see the module docstring."""
+    def loss_and_grad(self, params, x, y, h0=None, method="rbp", beta=0.01, symmetric=False, iterations=None,
+                      solve="iterate"):
+        """(loss at s⁰, gradient of every declared parameter, s⁰); see the module docstring.
+        ``solve``: "iterate" only (H μ = ∂C/∂s is solved by iteration for an energy model)."""
+        if solve != "iterate":
+            raise ValueError(f"cell {self.cell.name!r}: an energy model solves H μ = ∂C/∂s by iteration only "
+                             f"(solve='iterate'), got solve={solve!r}")
+        if method == "eqprop":
+            beta = real("eqprop", "beta", beta, above=0, hint="the nudging strength, e.g. 0.01")
         loss, grads, s0 = self._loss_and_grad(self._expand(params), x, y, h0, method, beta, symmetric, iterations)
         if self.dw is not None:  # chained back through the derived weights, at these parameters
             grads = self.dw.pullback(params, grads, self.dtype)

@@ -25,6 +25,8 @@ updates from the initial state, converged or not, and differentiates the loss re
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from ..backends.validate import check_call, forward_targets, initial_states
@@ -54,7 +56,10 @@ def compile_fixed_point(cell, tol: float = 1e-8, max_iter: int = 500, dtype: str
     ``solve="direct"`` call the natively compiled cell (``options``: ``rc.compile``'s, e.g.
     ``cache=None``) one step at a time (:mod:`.settle_exec`); an energy model's Hessian-vector
     products (its "rbp" and "bptt") are compiled too (:mod:`rnncomp.backends.native_hvp`)."""
-    if not (tol > 0 and isinstance(max_iter, int) and max_iter >= 1):
+    from .online import check_single_cell
+    check_single_cell(cell, "compile_fixed_point")  # a composition has no step of its own to settle
+    if not (isinstance(tol, numbers.Real) and not isinstance(tol, bool) and tol > 0
+            and isinstance(max_iter, int) and not isinstance(max_iter, bool) and max_iter >= 1):
         raise ValueError(f"compile_fixed_point: need tol > 0 and an integer max_iter >= 1, "
                          f"got tol={tol!r}, max_iter={max_iter!r}")
     declared = getattr(cell, "energy_expr", None)
@@ -65,6 +70,10 @@ def compile_fixed_point(cell, tol: float = 1e-8, max_iter: int = 500, dtype: str
     if energy is not None:
         from .energy import EnergyModel
         return EnergyModel(cell, energy, tol, max_iter, step, dtype, backend, options)
+    if step != 0.5:  # the default: only an energy's descent takes a step
+        raise ValueError(f"compile_fixed_point: step={step!r} is the step of the descent on an energy, and cell "
+                         f"{cell.name!r} declares none (cell.energy(E) or energy=E): its updates are iterated as "
+                         "they are")
     return FixedPointModel(cell, tol, max_iter, dtype, backend, options)
 
 

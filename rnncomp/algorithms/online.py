@@ -19,7 +19,7 @@ import numpy as np
 
 from ..backends.validate import check_call, initial_states
 from ..checks import count
-from ..errors import CallError
+from ..errors import CallError, TrainingError
 from .base import Algorithm, has_derived_weights, initial_learned, run_window, unflatten
 
 
@@ -46,6 +46,18 @@ def check_gradient(gradient, cell=None, bptt=None):
     return gradient
 
 
+def check_fit_gradient(trainer) -> None:
+    """``Trainer.fit`` trains by BPTT over each batch (DNI: over rc.Truncated's windows); an
+    online algorithm asked for would otherwise be dropped without a word."""
+    g = trainer.gradient
+    if g is None or isinstance(g, BPTT) or (hasattr(g, "fit_truncated") and trainer.bptt is not None):
+        return
+    need = "bptt=rc.Truncated(k1, k2) for fit, or " if hasattr(g, "fit_truncated") else ""
+    raise TrainingError(f"Trainer.fit trains each batch by BPTT; gradient={g!r} is the algorithm of "
+                        f"fit_online: give {need}call trainer.fit_online(stream_x, stream_y), or make the "
+                        "trainer without gradient= to train with fit")
+
+
 def check_single_cell(cell, what: str, error=CallError) -> None:
     """A composition (rc.Stack, rc.Bidirectional) has no step program of its own to derive from."""
     if not hasattr(getattr(cell, "step", None), "prog"):
@@ -54,31 +66,60 @@ def check_single_cell(cell, what: str, error=CallError) -> None:
                         "apply the algorithm to a single cell")
 
 
-def fit_online(trainer, inputs, targets, every=1, h0=None):
+def fit_online(trainer, inputs, targets, every=1, h0=None, continue_stream=False):
     """Train on one stream (T, B, n) (batch_first as the trainer says), applying an update
     every ``every`` steps; returns the mean loss over each update's steps.  The final states
-    are kept in ``trainer.online_state`` (pass it as ``h0`` to continue the stream)."""
+    are kept in ``trainer.online_state``.
+
+    ``continue_stream=True`` (or ``h0=trainer.online_state``, that very dict): these steps go
+    on from where the last call ended: its final states *and* the algorithm's carry (RTRL's and
+    SnAp's sensitivities, UORO's factors and generator), so a stream fed in pieces trains as
+    the whole stream would, also across ``trainer.save`` / ``rc.Trainer.load``.  Otherwise a
+    call starts a new stream: sensitivities from zero (a piece of k steps with ``every=k``
+    would be truncated BPTT(k)).  DNI carries the states and its module; its last window in a
+    call gets no synthetic gradient, as at a stream's end."""
     count("fit_online", "every", every, hint="steps per update")
     algo = trainer.gradient if trainer.gradient is not None else BPTT()
+    going_on = getattr(trainer, "online_state", None)
+    if h0 is not None and h0 is going_on:
+        continue_stream = True
+    if not isinstance(continue_stream, (bool, np.bool_)):
+        raise CallError(f"fit_online: continue_stream must be True or False, got {continue_stream!r}")
+    if continue_stream:
+        if going_on is None:
+            raise CallError("fit_online(continue_stream=True): there is no stream to continue (no fit_online call "
+                            "has ended one on this trainer, or its checkpoint held none)")
+        if h0 is not None and h0 is not going_on:
+            raise CallError("fit_online: give h0= (a new stream from these states) or continue_stream=True "
+                            "(go on from trainer.online_state), not both")
+        h0 = going_on
     x, t, _, _ = trainer._data("fit_online", inputs, targets)
     st, dt = trainer.cell.step, trainer.dtype
     call = check_call(st, dt, trainer.params, x, t, trainer._state(h0), need_targets=True)
     losses = []
-    if isinstance(algo, BPTT):
+    if isinstance(algo, BPTT):  # (continuing needs the states only)
         state = call.h0 or None
         for lo in range(0, call.T, every):
             cut = lambda d: {k: v[lo:lo + every] for k, v in d.items()}  # noqa: E731
             loss, state = trainer.train_step(cut(x), cut(t), h0=state)
             losses.append(loss)
-        trainer.online_state = state
+        trainer.online_state, trainer._online_carry = state, None
         return losses
     if hasattr(algo, "fit_windows"):  # DNI: windows of BPTT with a synthetic gradient at the end
+        trainer._online_carry = None
         trainer.online_state = algo.fit_windows(trainer, call, every, lambda g, loss: apply(trainer, algo, g, loss, losses))
         return losses
     derived, run_st, prep = prepared(trainer, algo)
     states = initial_states(st, call, dt)
     params = derived.expand() if derived else trainer.params
-    carry = prep.begin(params, states, initial_learned(st, call.h0), call.B, dt)
+    if continue_stream:
+        carry = carried(trainer, prep, prep.begin(params, states, {}, call.B, dt), call.B, algo)
+    else:  # a new stream: UORO draws its own signs for each (its generator: the seed and k)
+        core = getattr(prep, "prep", prep)
+        if hasattr(core, "stream"):
+            core.stream = trainer.__dict__.get("_online_streams", 0)
+            trainer._online_streams = core.stream + 1
+        carry = prep.begin(params, states, initial_learned(st, call.h0), call.B, dt)
     seqs = {**call.inputs, **call.targets}
     for lo in range(0, call.T, every):
         hi = min(lo + every, call.T)
@@ -87,7 +128,26 @@ def fit_online(trainer, inputs, targets, every=1, h0=None):
         loss, g, states, carry = run_window(prep, run_st, params, states, seqs, lo, hi, w, carry)
         apply(trainer, algo, derived.pullback(g) if derived else g, loss, losses)
     trainer.online_state = {s: np.array(v) for s, v in states.items()}
+    trainer._online_carry = (prep, call.B, carry)
     return losses
+
+
+def carried(trainer, prep, fresh, B: int, algo):
+    """The carry the last call ended with (its executor's, for this batch), or the one a
+    checkpoint held, copied into ``fresh`` (what ``prep.begin`` made: the shapes it checks)."""
+    held, trainer._online_carry = trainer.__dict__.get("_online_carry"), None  # (a failed call leaves none)
+    if held is not None and held[0] is prep and held[1] == B:
+        return held[2]
+    saved = trainer.__dict__.get("_online_saved")
+    if held is None and saved is not None and saved[0] == B:
+        from .carry import restore
+        trainer._online_saved = None
+        return restore(fresh, saved[1], saved[2], prep)
+    made_for = held[1] if held is not None else saved[0] if saved is not None else None
+    what = (f"a carry for a batch of {made_for}" if made_for not in (None, B) else
+            "no carry of this algorithm, backend and dtype (its last call ran another one, or rc.BPTT / rc.DNI)")
+    raise CallError(f"fit_online(continue_stream=True) with {algo!r}: the last call left {what}, so the "
+                    f"sensitivities cannot go on with a batch of {B}: start a new stream (continue_stream=False)")
 
 
 def prepared(trainer, algo):

@@ -12,11 +12,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..checks import count
 from ..forward_mode import tangent_step
 from .base import Algorithm, check_memory
 from .tangents import Directions, run_tangents
 
 DEFAULT_MAX_BYTES = 1 << 30
+
+
+def checked_bytes(owner: str, max_bytes):
+    """``max_bytes=``: a positive integer, or None (no limit)."""
+    return None if max_bytes is None else count(owner, "max_bytes", max_bytes,
+                                                hint="bytes the sensitivities may take; None: no limit")
 
 
 class RTRL(Algorithm):
@@ -26,7 +33,7 @@ class RTRL(Algorithm):
     name = "RTRL"
 
     def __init__(self, max_bytes: int | None = DEFAULT_MAX_BYTES):
-        self.max_bytes = max_bytes
+        self.max_bytes = checked_bytes("RTRL", max_bytes)
 
     def __repr__(self) -> str:
         return "rc.RTRL()" if self.max_bytes == DEFAULT_MAX_BYTES else f"rc.RTRL(max_bytes={self.max_bytes})"

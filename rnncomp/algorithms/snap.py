@@ -30,7 +30,7 @@ from ..ops import matrix_ops
 from .base import Algorithm, check_memory
 from .pattern import reach, pattern
 from .restricted import RestrictedJacobian
-from .rtrl import DEFAULT_MAX_BYTES
+from .rtrl import DEFAULT_MAX_BYTES, checked_bytes
 from .rtrl import _Prepared as _RtrlPrepared
 from .tangents import Directions, run_tangents
 
@@ -44,7 +44,7 @@ class SnAp(Algorithm):
         count(f"SnAp(n={n!r})", "n", n, hint="SnAp-1, SnAp-2, ...")
         if sparse not in (True, False, "auto"):
             raise ValueError(f"SnAp(sparse={sparse!r}): True, False or 'auto'")
-        self.n, self.sparse, self.max_bytes = n, sparse, max_bytes
+        self.n, self.sparse, self.max_bytes = n, sparse, checked_bytes(f"SnAp({n})", max_bytes)
 
     @property
     def name(self) -> str:

@@ -43,13 +43,17 @@ class UORO(Algorithm):
 class _Prepared:
     def __init__(self, step, seed):
         self.st, self.seed = step, seed
+        self.stream = 0  # set by fit_online for each new stream (algorithms/online.py)
         self.jvp = tangent_step(step, params=())
         self.bwd = backward_step(step)
         self.layout = flat_layout(step)
         self.P = sum(n for _, n, _ in self.layout.values())
 
     def begin(self, params, states, learned, B, dtype):
-        rng = np.random.default_rng(self.seed)
+        # stream k of a trainer's fit_online calls draws from its own generator (stream 0, and
+        # every sequence_grad call: from the seed alone), not each from the seed again, which
+        # drew the same signs for every stream; a continued stream's carry holds its generator
+        rng = np.random.default_rng(self.seed if not self.stream else [self.seed, self.stream])
         s = {k: np.zeros((B, n), dtype=dtype) for k, n in self.st.states.items()}
         theta = np.zeros((B, self.P), dtype=dtype)
         for k in learned:

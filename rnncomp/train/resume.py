@@ -32,6 +32,9 @@ def save(tr, path) -> None:
                                  "numbers or text")
     state = tr.optimizer.state_dict()
     gradient, learned = algorithms.to_dict(tr.gradient)
+    arrays = {f"param/{n}": tr.params[n] for n in tr.names}
+    arrays.update({f"opt/{k}": v for k, v in state.items()})
+    arrays.update({f"gradient/{k}": v for k, v in learned.items()})
     meta = {"format": ck.FORMAT, "version": ck.VERSION, "cell": ck.cell_to_dict(tr.cell),
             "fingerprint": str(tr.cell), "backend": tr.backend, "dtype": tr.dtype.name,
             "compile_options": opts, "update": tr.update, "params": tr.names,
@@ -44,10 +47,37 @@ def save(tr, path) -> None:
                         "bptt": None if tr.bptt is None else [tr.bptt.k1, tr.bptt.k2]}}
     if getattr(tr.model, "has_dropout", False):  # a resumed run draws the masks the saved one would have
         meta["dropout_rng"] = tr.model.rng.bit_generator.state
-    arrays = {f"param/{n}": tr.params[n] for n in tr.names}
-    arrays.update({f"opt/{k}": v for k, v in state.items()})
-    arrays.update({f"gradient/{k}": v for k, v in learned.items()})
+    meta["online"] = _online(tr, arrays)
     ck.write(path, meta, arrays)
+
+
+def _online(tr, arrays: dict) -> dict | None:
+    """Where fit_online's stream stands (its final states, the algorithm's carry) into
+    ``arrays``; its record for the checkpoint's meta, None when no stream was run."""
+    from ..algorithms.carry import to_arrays
+    states = getattr(tr, "online_state", None)
+    if states is None:
+        return None
+    arrays.update({f"online/state/{s}": v for s, v in states.items()})
+    record = {"states": list(states), "carry": None, "streams": tr.__dict__.get("_online_streams", 0)}
+    held, saved = tr.__dict__.get("_online_carry"), tr.__dict__.get("_online_saved")
+    if held is not None:
+        saved = (held[1], *to_arrays(held[2]))
+    if saved is not None:  # (batch, arrays, generator state)
+        arrays.update({f"online/carry/{k}": v for k, v in saved[1].items()})
+        record["carry"] = {"B": saved[0], "names": sorted(saved[1]), "rng": saved[2]}
+    return record
+
+
+def _restore_online(tr, record, arrays, where) -> None:
+    try:
+        tr.online_state = {s: arrays[f"online/state/{s}"] for s in record["states"]}
+        tr._online_streams = int(record.get("streams", 0))
+        carry = record["carry"]
+        if carry is not None:
+            tr._online_saved = (int(carry["B"]), {k: arrays[f"online/carry/{k}"] for k in carry["names"]}, carry["rng"])
+    except (KeyError, TypeError) as exc:
+        raise ck.CheckpointError(f"{where}: its online stream's record is damaged ({exc!r} missing)") from None
 
 def load(cls, path, cell=None, backend=None, dtype=None, *, schedule=None, **compile_options):
     """A trainer of class ``cls`` resumed from :func:`save`'s file (:meth:`Trainer.load`)."""
@@ -99,6 +129,8 @@ def load(cls, path, cell=None, backend=None, dtype=None, *, schedule=None, **com
             tr.model.rng.bit_generator.state = meta["dropout_rng"]
         except (TypeError, ValueError, KeyError) as exc:
             raise ck.CheckpointError(f"{where}: its dropout generator's state cannot be restored ({exc})") from None
+    if meta.get("online") is not None:  # a stream fit_online can continue (continue_stream=True)
+        _restore_online(tr, meta["online"], arrays, where)
     tr.step_count, tr.history = int(meta["step"]), [float(v) for v in meta["history"]]
     tr.batch_history = [tuple(p) for p in meta["batch_history"]]
     tr.val_history = [float(v) for v in meta.get("val_history", [])]

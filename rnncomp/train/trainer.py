@@ -30,8 +30,15 @@ class Trainer:
 
     def __getstate__(self):
         """Pickled without the online executor fit_online keeps (compiled code, locks): made again
-        on the next fit_online (:func:`rnncomp.algorithms.online.prepared`)."""
-        return {k: v for k, v in self.__dict__.items() if k != "_online_prepared"}
+        on the next fit_online (:func:`rnncomp.algorithms.online.prepared`); the carry of its
+        stream goes as arrays, as a checkpoint holds it (``continue_stream=True`` restores it)."""
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_online_prepared", "_online_carry")}
+        held = self.__dict__.get("_online_carry")
+        if held is not None:
+            from ..algorithms.carry import to_arrays
+            arrays, rng = to_arrays(held[2])
+            state["_online_saved"] = (held[1], {k: np.array(v) for k, v in arrays.items()}, rng)
+        return state
 
     def __setstate__(self, state):
         """The parameter dict as views into the flat vector again (a pickle copies each view:
@@ -144,12 +151,13 @@ class Trainer:
         """One batch of whole sequences: :func:`.truncated.sequence`."""
         return sequence(self, x, t, mask, h0)
 
-    def fit_online(self, inputs, targets, every=1, h0=None):
+    def fit_online(self, inputs, targets, every=1, h0=None, *, continue_stream=False):
         """Learn from a stream with ``gradient=`` (rc.RTRL(), rc.SnAp(n), rc.UORO(), rc.BPTT()),
-        an update every ``every`` steps: :func:`rnncomp.algorithms.online.fit_online`."""
+        an update every ``every`` steps; ``continue_stream=True`` goes on from the last call's
+        states and sensitivities: :func:`rnncomp.algorithms.online.fit_online`."""
         from ..algorithms.online import fit_online
         unbroken(self)
-        return fit_online(self, inputs, targets, every, h0)
+        return fit_online(self, inputs, targets, every, h0, continue_stream)
 
     # ------------------------------------------------------------------ loops
     def fit(self, inputs, targets, epochs=1, batch_size=32, mask=None, shuffle=None, seed=0, verbose=1,
@@ -170,6 +178,8 @@ class Trainer:
         (:class:`~.callbacks.Checkpoint` saves then; :class:`~.callbacks.EarlyStopping` stops).
         ``validation_data``: ``(inputs, targets)`` or ``(inputs, targets, mask)``, evaluated after
         each epoch into ``val_history`` (what the callbacks can watch)."""
+        from ..algorithms.online import check_fit_gradient
+        check_fit_gradient(self)
         try:
             with updates_whole(self):
                 return self._fit(inputs, targets, epochs, batch_size, mask, shuffle, seed, verbose,
