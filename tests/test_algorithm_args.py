@@ -55,3 +55,23 @@ def test_energy_model_arguments_are_checked_and_named_after_the_users_cell():
     with pytest.raises(CallError, match=r"cell 'hopfield': inputs\['x'\] has shape") as err:
         model.loss_and_grad(p, np.ones((2, 4)), t)
     assert "hopfield_" not in str(err.value)
+
+
+def test_a_direct_solve_at_an_unstable_fixed_point_warns():
+    import sympy as sp
+    cell = rc.Cell("unstable")
+    x, s = cell.input("x", 2), cell.state("s", 2)
+    cell.update(s, sp.tanh(cell.param("U", (2, 2)) @ s + cell.param("W", (2, 2)) @ x))
+    cell.loss(rc.vsum((s.new - cell.target("t", 2)) ** 2))
+    model = rc.compile_fixed_point(cell, tol=1e-12)
+    p = {"U": 2 * np.eye(2), "W": np.eye(2)}  # s = 0 is a fixed point for x = 0, with ∂f/∂s = 2I
+    x0, t = np.zeros((1, 2)), np.ones((1, 2))
+    with pytest.warns(RuntimeWarning, match=r"not attracting \(spectral radius of ∂f/∂s 2 ≥ 1 for sample 0\)"):
+        model.loss_and_grad(p, x0, t, solve="direct")
+    with pytest.raises(rc.FixedPointError):
+        model.loss_and_grad(p, x0, t, solve="iterate")
+    p["U"] = 0.5 * np.eye(2)  # attracting: no warning
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.loss_and_grad(p, x0, t, solve="direct")

@@ -26,6 +26,7 @@ updates from the initial state, converged or not, and differentiates the loss re
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
 
@@ -197,6 +198,13 @@ class FixedPointModel:
         offs = np.cumsum([0] + [st.states[s] for s in names])
         N = int(offs[-1])
         D = point.jacobian()  # D[b, i, j] = ∂f_i/∂s_j at s*
+        rho = np.abs(np.linalg.eigvals(D)).max(axis=1)
+        if (rho >= 1).any():  # the implicit gradient still holds, but not for a state one settles to
+            b = int(np.argmax(rho))
+            warnings.warn(f"cell {st.name!r}: the fixed point is not attracting (spectral radius of ∂f/∂s "
+                          f"{rho[b]:.4g} ≥ 1 for sample {b}): iterating the update would leave it, and "
+                          "solve='iterate' would diverge; the gradient given is that of an unstable "
+                          "equilibrium", RuntimeWarning, stacklevel=3)
         zero = {s: np.zeros((B, n), dtype=self.dtype) for s, n in st.states.items()}
         g = point.vjp(zero, grads=False)[0]  # ∂ℓ/∂s at s* (λ = 0)
         rhs = np.concatenate([g[s] for s in names], axis=1)
