@@ -73,7 +73,10 @@ Python call, argument checks, ctypes). Products are reported in GFLOP/s against 
 measured on the spot (`rnncomp/inspect/peak.py`: a generated register-only FMA loop), element-wise
 code in GB/s read and written against a large NumPy copy (a DRAM figure: data that stays in cache
 can beat it). FLOPs are counted while the code is generated (`2·m·n` per product row), so they
-are exactly what the compiled code does. With `--threads 2` the parts add both threads' time.
+are exactly what the compiled code does. With `--threads 2` the parts add both threads' time:
+the table gives CPU milliseconds, shares of the call's CPU time, and rates per thread against one
+core's peak; "outside native" is the wall time less the native time per thread (the Python call,
+and the threads waiting for each other).
 
 ```python
 import rnncomp as rc

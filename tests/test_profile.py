@@ -56,8 +56,6 @@ def test_profile_of_two_threads_reports_cpu_time_not_negative_parts():
     assert all(r.seconds >= 0 for r in p.rows)
     assert abs(sum(r.seconds for r in p.rows) - p.cpu) < 1e-9
     assert abs(sum(r.share for r in p.rows) - 1) < 1e-9
-    native = sum(r.seconds for r in p.rows if r.part != "outside native")
-    assert native > p.wall  # the two threads' native time is more than one call's wall time
     assert "ms CPU: each part adds every thread's time" in str(p)
 
 
