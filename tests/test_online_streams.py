@@ -114,3 +114,16 @@ def test_a_pickled_trainer_continues_the_stream():
     copy = pickle.loads(pickle.dumps(first))
     copy.fit_online(x[12:], y[12:], every=4, continue_stream=True)
     np.testing.assert_array_equal(copy.flat, whole.flat)
+
+
+def test_a_checkpoints_carry_is_not_used_after_another_call(tmp_path):
+    x, y = _stream()
+    tr = _trainer("rtrl", "numpy")
+    tr.fit_online(x[:8], y[:8], every=4)
+    tr.save(tmp_path / "a.ckpt")
+    back = rc.Trainer.load(tmp_path / "a.ckpt")
+    back.gradient = rc.BPTT()
+    back.fit_online(x[8:16], y[8:16], every=4, continue_stream=True)  # the states move on by BPTT
+    back.gradient = rc.RTRL()
+    with pytest.raises(CallError, match="the last call left no carry of this algorithm"):
+        back.fit_online(x[16:], y[16:], every=4, continue_stream=True)

@@ -97,6 +97,8 @@ def fit_online(trainer, inputs, targets, every=1, h0=None, continue_stream=False
     st, dt = trainer.cell.step, trainer.dtype
     call = check_call(st, dt, trainer.params, x, t, trainer._state(h0), need_targets=True)
     losses = []
+    if not (continue_stream and not isinstance(algo, BPTT) and not hasattr(algo, "fit_windows")):
+        trainer._online_saved = None  # a checkpoint's carry is for the next continuing call only
     if isinstance(algo, BPTT):  # (continuing needs the states only)
         state = call.h0 or None
         for lo in range(0, call.T, every):
