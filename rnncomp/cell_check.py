@@ -77,6 +77,13 @@ def check_expr(cell, expr, where):
         if isinstance(m, MatVec) and not m.args[0]:
             raise CellError(f"{where}: the matrix of a product in {_display_expr(expr)} is zero "
                             "(its terms cancel, as in (W - W) @ h); write 0 instead")
+        if isinstance(m, MatVec):
+            for term in m.args[0]:
+                d = cell.decls.get(term[0].name)
+                if d is None or d.kind not in ("param", "weight", "const") or not isinstance(d.shape, tuple):
+                    raise CellError(f"{where}: {term[0].name} @ (...) multiplies by {term[0].name!r}, which is not a "
+                                    f"matrix parameter of cell {cell.name!r} (one of another cell?); its matrix "
+                                    f"parameters: {', '.join(n for n, d_ in cell.decls.items() if d_.kind == 'param' and isinstance(d_.shape, tuple)) or 'none'}")  # noqa: E501
     return expr
 
 

@@ -57,3 +57,21 @@ def _bounds(above, at_least, below, at_most) -> str:
     if hi is not None:
         return f" {'<' if hi_open else '<='} {hi:g}"
     return ""
+
+
+def a_cell(who: str, cell) -> None:
+    """``cell`` is an rc.Cell or a composition (what ``rc.compile`` takes), not, say, its name."""
+    if not hasattr(type(cell), "step") and not hasattr(cell, "step"):
+        hint = (f"; a zoo cell by name is rc.cells.get({cell!r})(n_in, n_hidden, n_out)" if isinstance(cell, str)
+                else "")
+        raise ArgumentError(f"{who}: the cell must be an rc.Cell or a composition (rc.Stack, rc.Bidirectional), "
+                            f"got {type(cell).__name__}{hint}")
+
+
+def one_cell(who: str, cell) -> None:
+    """What reads one cell's step program refuses a composition by name (the CLI does too)."""
+    from .errors import CellError
+    a_cell(who, cell)
+    if not hasattr(getattr(cell, "step", None), "prog"):
+        raise CellError(f"{who} looks at one cell; {cell.name} is a composition: inspect its cells one by one "
+                        "(rc.explain(...) and the DOT graphs show them all)")

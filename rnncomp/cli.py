@@ -131,7 +131,24 @@ def _trained(spec: str):
     return cell, {n: arrays[f"param/{n}"].astype(np.float64) for n in meta["params"]}
 
 
+def _unused_options(args) -> None:
+    """Options given without the one they belong to: refused, not ignored."""
+    if args.latex and args.markdown:
+        raise SystemExit("rnncomp: --latex and --markdown: give one")
+    if args.svg and args.flow:
+        raise SystemExit("rnncomp: --svg draws a graph; the --flow plot is written with --png")
+    drawn = args.dot is not None or args.svg or (args.png and not args.flow)
+    for flag, given, needs, ok in (("--threads", args.threads is not None, "--profile", args.profile),
+                                   ("--budget", args.budget is not None, "--memory", args.memory),
+                                   ("--k", args.k is not None, "--dot unfolded", args.dot == "unfolded"),
+                                   ("--detail", args.detail is not None, "--dot, --png or --svg", drawn)):
+        if given and not ok:
+            raise SystemExit(f"rnncomp: {flag} is for {needs}, which was not asked for")
+
+
 def inspect_cmd(args) -> int:
+    _unused_options(args)
+    args.threads, args.k, args.detail = args.threads or 1, args.k or 3, args.detail or "full"
     check_writable(args.png, args.svg)
     check_picture("--png", args.png)
     check_picture("--svg", args.svg, ("svg",))
@@ -231,8 +248,8 @@ def _inspect_args(ins) -> None:
     ins.add_argument("--markdown", action="store_true")
     ins.add_argument("--dot", nargs="?", const="step", choices=["step", "unfolded", "gradient"],
                      help="Graphviz DOT text of the one-step (default), unfolded (--k steps) or gradient graph")
-    ins.add_argument("--k", type=positive, default=3, help="steps of the unfolded graph (default 3)")
-    ins.add_argument("--detail", choices=["full", "compact"], default="full",
+    ins.add_argument("--k", type=positive, default=None, help="steps of the unfolded graph (default 3)")
+    ins.add_argument("--detail", choices=["full", "compact"], default=None,
                      help="compact: the graph as the equations, one node per named value (step) "
                           "or per line of the listing, clustered by gate (gradient)")
     ins.add_argument("--png", metavar="FILE", help="draw the graph (with --flow: the flow plot) to a PNG")
@@ -241,7 +258,7 @@ def _inspect_args(ins) -> None:
     ins.add_argument("--profile", action="store_true",
                      help="time one native training call by parts (products, element-wise, overhead) "
                           "against the machine's limits (--T 100 --B 32 --threads 1)")
-    ins.add_argument("--threads", type=positive, default=1, help="threads for --profile (default 1)")
+    ins.add_argument("--threads", type=positive, default=None, help="threads for --profile (default 1)")
     ins.add_argument("--flow", action="store_true",
                      help="gradient flow through time for random parameters and data")
     ins.add_argument("--memory", action="store_true",
@@ -265,9 +282,14 @@ def compile_cmd(args) -> int:
     check_writable(args.output)
     if args.target == "ptx" and args.emit is not None:
         raise SystemExit(f"rnncomp: --emit {args.emit} is for --target native; --target ptx writes PTX")
+    if args.target == "native" and args.arch is not None:
+        raise SystemExit(f"rnncomp: --arch {args.arch} is for --target ptx; --target native compiles for this CPU")
     cell = load_cell(args.cell, args.inputs, args.hidden, args.outputs)
+    if isinstance(cell, Composition):
+        raise SystemExit(f"rnncomp: compile writes one cell's code; {cell.name} is a composition: compile its "
+                         "cells one by one")
     if args.target == "ptx":
-        model = rc_compile(cell, backend="ptx", dtype=args.dtype, arch=args.arch)
+        model = rc_compile(cell, backend="ptx", dtype=args.dtype, arch=args.arch or "sm_90")
         text = model.ptx
     else:
         model = rc_compile(cell, backend="native", dtype=args.dtype, cache=None)
@@ -295,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compile", help="write a cell's compiled code (PTX, LLVM IR, assembly)")
     comp.add_argument("cell", help="a zoo cell, module:name or file.py[:name]")
     comp.add_argument("--target", choices=["ptx", "native"], default="native")
-    comp.add_argument("--arch", default="sm_90", help="GPU architecture for --target ptx (sm_75 and newer)")
+    comp.add_argument("--arch", default=None, help="GPU architecture for --target ptx (sm_75 and newer; default sm_90)")
     comp.add_argument("--emit", choices=["ir", "asm"], default=None, help="for --target native (default ir)")
     comp.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     comp.add_argument("-o", "--output", help="file to write (default: standard output)")

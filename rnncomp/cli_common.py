@@ -49,6 +49,13 @@ def _load(spec: str):
             s.loader.exec_module(mod)
         except SyntaxError as exc:  # the user's file: where, not the import machinery's traceback
             raise SystemExit(f"rnncomp: {path}, line {exc.lineno}: {exc.msg}") from None
+        except RnncompError:
+            raise  # a bad cell declared there: main prints its message
+        except Exception as exc:  # noqa: BLE001 - the user's code failed: its line, not our frames
+            raise SystemExit(f"rnncomp: {path}, line {_user_line(exc, path)}: {type(exc).__name__}: {exc}") from None
+    elif not path or path.startswith(".") or not all(p.isidentifier() for p in path.split(".")):
+        raise SystemExit(f"rnncomp: {spec!r} is neither a zoo cell ({', '.join(sorted(cells.ZOO))}), "
+                         "file.py[:name] nor module:name (a module's dotted name)")
     else:
         here = os.getcwd()  # `rnncomp inspect mymod:cell` finds ./mymod.py, as `python -m` would
         sys.path.insert(0, here)
@@ -82,10 +89,22 @@ def _load(spec: str):
     return next(iter(found.values()))
 
 
+def _user_line(exc: BaseException, path: str):
+    """The line of ``path`` (the user's file) where ``exc`` was raised, or '?'."""
+    tb, line = exc.__traceback__, "?"
+    while tb is not None:
+        if os.path.abspath(tb.tb_frame.f_code.co_filename) == os.path.abspath(path):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
 def check_writable(*paths) -> None:
     """Refuse, before any work, a file to write in a folder that does not exist."""
     for path in paths:
         if path and path != "-":
+            if path.endswith(os.sep):
+                raise SystemExit(f"rnncomp: cannot write {path}: give a file name, not a folder")
             folder = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(folder):
                 raise SystemExit(f"rnncomp: cannot write {path}: folder {os.path.dirname(path) or folder} "

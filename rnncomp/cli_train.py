@@ -30,7 +30,7 @@ def add_arguments(tr) -> None:
     tr.add_argument("--T", type=positive, default=None, help="sequence length (default 50; text: 100)")
     tr.add_argument("--N", type=positive, default=None, help="number of sequences (sine: 256, adding: 4096)")
     tr.add_argument("--batch", type=positive, default=32)
-    tr.add_argument("--k1", type=natural, default=0, help="truncated BPTT: steps between updates")
+    tr.add_argument("--k1", type=natural, default=0, help="truncated BPTT: steps between updates (0: off, whole sequences)")
     tr.add_argument("--k2", type=natural, default=0, help="truncated BPTT: steps back-propagated")
     tr.add_argument("--backend", choices=["native", "numpy"], default=None,
                     help="default native; with --resume: the saved one")
@@ -63,9 +63,13 @@ def parse_memory(text: str):
     try:
         if kind == "all" and not arg:
             return "all"
+        if kind in ("every", "binomial") and arg and not arg.isdigit():
+            raise SystemExit(f"rnncomp: --memory {text}: {kind}:{'N' if kind == 'every' else 'S'} takes a whole number, got {arg!r}")
         if kind == "every":
             return Every(int(arg)) if arg else Every()
         if kind == "binomial":
+            if not arg:
+                raise SystemExit(f"rnncomp: --memory {text}: binomial:S needs S, the number of checkpoint slots")
             return Binomial(int(arg))
         if kind == "budget":
             return Budget(arg)
@@ -93,6 +97,8 @@ def train_cmd(args) -> int:
     or a FILE) as a character-level language model; with checkpoints and a learning curve."""
     from .train import Trainer
     from .train.tasks import TASKS
+    if args.cell is not None and not args.cell.strip():
+        raise SystemExit("rnncomp: the cell is an empty name: give a zoo cell, module:name or file.py[:name]")
 
     check_writable(args.save, args.plot)
     check_picture("--plot", args.plot, ("png", "svg"))
@@ -183,6 +189,8 @@ def _new_trainer(args, run, cell, resumed):
     if resumed is not None:
         return resumed
     from . import train
+    if args.k2 and not args.k1:
+        raise SystemExit(f"rnncomp: --k2 {args.k2} needs --k1 (the steps between updates of truncated BPTT)")
     with option("--k1/--k2"):
         bptt = Truncated(args.k1, args.k2 or args.k1) if args.k1 else None
     backend = args.backend or "native"

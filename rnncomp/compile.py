@@ -12,7 +12,9 @@ def compile(cell, backend: str = "numpy", dtype: str = "float64", **options):
     ``loss_and_grad(params, inputs, targets, h0=None, mask=None)``, ``init_params(seed)``
     (in its dtype); it pickles (and is compiled again where it is unpickled).
     """
+    from .checks import a_cell
     from .compose import Composition
+    a_cell("rc.compile", cell)
     if isinstance(cell, Composition):  # a stack or bidirectional layer: its cells, compiled and chained
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

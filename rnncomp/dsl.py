@@ -247,7 +247,13 @@ class MatExpr(NoConditions):
         from .weight_dsl import WeightExpr, is_weight_expr
         if isinstance(v, (MatExpr, WeightExpr)) or is_weight_expr(v):  # is_weight_expr: sp.cos(t) * W
             return self._weight() @ v
-        v = self.cell._check_expr(v, f"cell {self.cell.name!r}: the vector in {self} @ (...)")
+        try:
+            v = self.cell._check_expr(v, f"cell {self.cell.name!r}: the vector in {self} @ (...)")
+        except CellError as exc:
+            if "unknown symbol" not in str(exc):
+                raise
+            raise CellError(f"{exc}; {self} is a parameter of cell {self.cell.name!r}: is the vector of another "
+                            "cell?") from None
         n = self.cell.size_of(v, f"{self} @ ({v})")
         if isinstance(n, tuple):
             raise ShapeError(f"cell {self.cell.name!r}: {self} @ ({_display_expr(v)}): the right operand is a "

@@ -266,6 +266,12 @@ def explain(cell, wrt=None, d_outputs=None, algorithm=None) -> Explanation:
     outputs' external cotangents ``δyᵉˣᵗ[t]`` and the final states' (``d_final``), as a
     layer inside a larger model is differentiated.  A composition (``rc.Stack``,
     ``rc.Bidirectional``): each cell in it, with the backward step it runs there."""
+    from .checks import a_cell
+    a_cell("rc.explain", cell)
+    if algorithm is not None and (wrt is not None or d_outputs is not None):
+        from .errors import ArgumentError
+        raise ArgumentError(f"rc.explain: wrt= and d_outputs= shape the BPTT listing; algorithm={algorithm!r} "
+                            "prints that algorithm's recursion, which takes neither")
     if algorithm is not None:
         from .algorithms.explain import explain_algorithm
         return explain_algorithm(cell, algorithm)

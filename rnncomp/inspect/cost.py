@@ -180,9 +180,11 @@ class Cost(TextShown):
 
 def cost(cell, T: int = 1000, B: int = 32, dtype="float32") -> Cost:
     """FLOPs, stored activations and memory of ``cell`` (see the module docstring)."""
-    if int(T) < 1 or int(B) < 1:
-        raise ValueError(f"cost: T and B must be positive, got T={T}, B={B}")
-    dt = np.dtype(dtype)
+    from ..backends.validate import float_dtype
+    from ..checks import count, one_cell
+    one_cell("cost", cell)
+    T, B = count("cost", "T", T), count("cost", "B", B)
+    dt = float_dtype(dtype, "cost: dtype")
     step = cell.step
     bwd = backward_step(step)
     fwd = step.prog

@@ -77,6 +77,8 @@ class Flow(TextShown):
 def gradient_flow(cell, params, inputs, targets, h0=None, mask=None, *, jacobian=True,
                   keep_jacobians=False) -> Flow:
     """Run forward and backward over one sequence and measure the gradient flow (module docstring)."""
+    from ..checks import one_cell
+    one_cell("gradient_flow", cell)
     if cell.step.derived:  # derived weights and constants: the plain cell, given their values
         from ..weights import DerivedWeights
         derived = DerivedWeights(cell)

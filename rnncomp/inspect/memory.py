@@ -58,8 +58,11 @@ def memory_report(cell, T: int = 1000, B: int = 32, dtype="float32", budget=None
     minimum) for a training call of (T, B)."""
     from ..backends.checkpoint import footprint
     from ..backends.derived import DerivedModel
+    from ..checks import count, one_cell
     from ..compile import compile as rc_compile
 
+    one_cell("memory_report", cell)
+    T, B = count("memory_report", "T", T), count("memory_report", "B", B)
     model = rc_compile(cell, backend="native", dtype=dtype)
     if isinstance(model, DerivedModel):  # derived weights are computed once per call: the plain cell's buffers
         model = model.inner

@@ -98,6 +98,8 @@ def profile(cell, *, T: int = 100, B: int = 32, dtype: str = "float32", threads:
     """Profile ``repeats`` training calls (``loss_and_grad``) of ``cell`` on random data."""
     from ..compile import compile as compile_
 
+    from ..checks import one_cell
+    one_cell("profile", cell)
     if T < 1 or B < 1 or repeats < 1:
         raise ValueError(f"profile: T, B and repeats must be positive, got T={T}, B={B}, repeats={repeats}")
     model = compile_(cell, backend="native", dtype=dtype, threads=threads, profile=True)

@@ -21,6 +21,9 @@ def sine(T=50, N=64, seed=0, dtype="float32"):
 def adding(T=100, N=256, seed=0, dtype="float32"):
     """The adding problem (Hochreiter & Schmidhuber 1997): input (value, marker); the target,
     at the last step only, is the sum of the two marked values.  Predicting 1 gives MSE ≈ 1/6·½."""
+    if T < 2:
+        from ..errors import ArgumentError
+        raise ArgumentError(f"the adding task needs T >= 2 (a marked value in each half of the sequence), got T={T}")
     rng = np.random.default_rng(seed)
     x = np.zeros((T, N, 2), dtype=dtype)
     x[:, :, 0] = rng.uniform(0, 1, (T, N))

@@ -1,0 +1,101 @@
+"""What a probe of the command line and the inspection API found taken silently or ending in a
+traceback: each is now one line naming the mistake (every case fails on the code before)."""
+import numpy as np
+import pytest
+import sympy as sp
+
+import rnncomp as rc
+from rnncomp.cli import main
+from rnncomp.errors import ArgumentError, CellError
+
+
+@pytest.fixture
+def files(tmp_path):
+    stack = tmp_path / "stack.py"
+    stack.write_text("import rnncomp as rc\nmodel = rc.Stack([rc.Bidirectional(rc.cells.gru(1, 8, 4)), "
+                     "rc.cells.elman(8, 8, 1)])\n")
+    broken = tmp_path / "broken.py"
+    broken.write_text("import rnncomp as rc\nx = 1\nraise RuntimeError('boom in user file')\n")
+    return stack, broken, tmp_path
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compile", "{stack}"], "compile writes one cell's code; stack\\(bidirectional\\(gru\\), elman\\) is a composition"),
+    (["inspect", "gru", "--flow", "--svg", "{dir}/f.svg"], "--svg draws a graph; the --flow plot is written with --png"),
+    (["train", "gru", "--task", "adding", "--T", "1"], "the adding task needs T >= 2"),
+    (["inspect", ":cell"], "':cell' is neither a zoo cell .*, file.py\\[:name\\] nor module:name"),
+    (["inspect", ".cells:x"], "'.cells:x' is neither a zoo cell"),
+    (["compile", "{dir}/g.ckpt"], "g.ckpt' is neither a zoo cell"),
+    (["inspect", "{broken}"], "broken.py, line 3: RuntimeError: boom in user file"),
+    (["compile", "gru", "-o", "{dir}/no_such_dir/"], "give a file name, not a folder"),
+    (["train", "gru", "--memory", "binomial:abc"], "binomial:S takes a whole number, got 'abc'"),
+    (["train", "gru", "--memory", "binomial"], "binomial:S needs S, the number of checkpoint slots"),
+    (["train", "gru", "--memory", "every:1.5"], "every:N takes a whole number, got '1.5'"),
+    (["train", "gru", "--k2", "5"], "--k2 5 needs --k1"),
+    (["compile", "gru", "--arch", "sm_90"], "--arch sm_90 is for --target ptx"),
+    (["inspect", "gru", "--latex", "--markdown"], "--latex and --markdown: give one"),
+    (["inspect", "gru", "--threads", "2"], "--threads is for --profile"),
+    (["inspect", "gru", "--budget", "10MB"], "--budget is for --memory"),
+    (["inspect", "gru", "--dot", "step", "--k", "3"], "--k is for --dot unfolded"),
+    (["inspect", "gru", "--detail", "compact"], "--detail is for --dot, --png or --svg"),
+    (["train", ""], "the cell is an empty name"),
+])
+def test_mistakes_are_one_line_refusals(argv, message, files):
+    stack, broken, d = files
+    argv = [a.format(stack=stack, broken=broken, dir=d) for a in argv]
+    with pytest.raises(SystemExit, match=message) as e:
+        main(argv)
+    assert "\n" not in str(e.value.code)
+
+
+def test_the_options_still_work_with_what_they_belong_to(capsys):
+    assert main(["inspect", "elman", "--dot", "unfolded", "--k", "2"]) == 0
+    assert main(["inspect", "elman", "--dot", "step", "--detail", "compact"]) == 0
+    assert "digraph" in capsys.readouterr().out
+    assert main(["inspect", "elman", "--memory", "--budget", "1MB", "--T", "50"]) == 0
+
+
+COMP = rc.Stack([rc.cells.lstm(3, 4, 4), rc.cells.gru(4, 4, 2)])
+
+
+@pytest.mark.parametrize("call", [
+    lambda: rc.inspect.cost(COMP, 10, 2, "float32"),
+    lambda: rc.inspect.gradient_flow(COMP, {}, np.ones((3, 2, 3)), np.ones((3, 2, 2))),
+    lambda: __import__("rnncomp.inspect.memory", fromlist=["x"]).memory_report(COMP, 10, 2, "float32"),
+    lambda: __import__("rnncomp.inspect.profile", fromlist=["x"]).profile(COMP, T=5, B=2),
+], ids=["cost", "gradient_flow", "memory_report", "profile"])
+def test_the_inspection_api_refuses_a_composition_by_name(call):
+    with pytest.raises(CellError, match=r"looks at one cell; stack\(lstm, gru\) is a composition"):
+        call()
+
+
+def test_inspection_sizes_and_cells_are_checked():
+    from rnncomp.inspect.memory import memory_report
+    with pytest.raises(ArgumentError, match="memory_report: T must be a positive integer, got 0"):
+        memory_report(rc.cells.gru(3, 4, 2), 0, 4, "float32", "1MB")
+    with pytest.raises(ArgumentError, match="cost: T must be a positive integer, got 10.5"):
+        rc.inspect.cost(rc.cells.gru(3, 4, 2), 10.5, 2)
+    with pytest.raises(ArgumentError, match="cost: dtype must be float32 or float64, got float16"):
+        rc.inspect.cost(rc.cells.gru(3, 4, 2), 10, 2, "float16")
+    for f in (rc.compile, rc.explain):
+        with pytest.raises(ArgumentError, match=r"the cell must be an rc.Cell or a composition .* got str; a zoo "
+                                                r"cell by name is rc.cells.get\('gru'\)"):
+            f("gru")
+    with pytest.raises(ArgumentError, match="wrt= and d_outputs= shape the BPTT listing; algorithm='rtrl'"):
+        rc.explain(rc.cells.gru(3, 4, 2), wrt=["x"], algorithm="rtrl")
+
+
+def test_a_parameter_of_another_cell_is_named():
+    other = rc.Cell("other")
+    Wo = other.param("W", (4, 4))
+    other.state("h", 4)
+    cell = rc.Cell("mine")
+    x, h = cell.input("x", 4), cell.state("h", 4)
+    with pytest.raises(CellError, match=r"cell 'mine', update of state 'h': W @ \(...\) multiplies by 'W', which is "
+                                        r"not a matrix parameter of cell 'mine' \(one of another cell\?\)"):
+        cell.update(h, sp.tanh(Wo @ h + x))
+    lone = rc.Cell("lone")
+    W2 = lone.param("W", (4, 4))
+    with pytest.raises(CellError, match=r"unknown symbol 'h' \(declared: W\); W is a parameter of cell 'lone': is "
+                                        "the vector of another cell\\?"):
+        W2 @ h
