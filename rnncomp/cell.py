@@ -276,7 +276,10 @@ class Cell:
 
         A compiled model checks the dtype of what it is given: pass the model's ``dtype``
         here, or call ``model.init_params(seed)``, which does."""
-        return initializers.init_all(initializers.specs(self), seed, dtype)
+        try:
+            return initializers.init_all(initializers.specs(self), seed, dtype)
+        except CellError as exc:
+            raise CellError(f"cell {self.name!r}, {exc}") from None
 
     def __str__(self) -> str:
         return self._views().text(self)

@@ -20,6 +20,11 @@ def compile(cell, backend: str = "numpy", dtype: str = "float64", **options):
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         from .compose.model import ComposedModel
         return ComposedModel(cell, backend, dtype, **options)
+    if not cell.step.inputs and not cell.step.targets:  # every call reads T from its sequences
+        from .errors import CellError
+        raise CellError(f"cell {cell.name!r} reads no input and no target, so a call could not say how many "
+                        "steps to run: declare an input (a size-1 input of zeros drives an autonomous "
+                        "recurrence) or a target")
     from .backends.validate import float_dtype
     if float_dtype(dtype) == "float32" and hasattr(cell, "updates"):  # float64: checked as it is declared
         from .cell_check import check_constants_fit

@@ -64,7 +64,13 @@ def specs(cell) -> dict:
 def init_all(param_specs: dict, seed: int, dtype) -> dict:
     """Fresh parameter arrays of ``dtype`` from :func:`specs` (deterministic in ``seed``)."""
     rng = np.random.default_rng(seed)
-    return {name: make(init, rng, shape, dtype) for name, (shape, init) in param_specs.items()}
+    out = {}
+    for name, (shape, init) in param_specs.items():
+        try:
+            out[name] = make(init, rng, shape, dtype)
+        except CellError as exc:  # which parameter's initialiser
+            raise CellError(f"parameter {name!r}: {exc}") from None
+    return out
 
 
 class InitParams:

@@ -99,3 +99,24 @@ def test_a_parameter_of_another_cell_is_named():
     with pytest.raises(CellError, match=r"unknown symbol 'h' \(declared: W\); W is a parameter of cell 'lone': is "
                                         "the vector of another cell\\?"):
         W2 @ h
+
+
+def test_a_cell_no_call_could_run_is_refused_when_compiled():
+    # it compiled, and then no call could say T (no input or target to read it from)
+    gen = rc.Cell("gen")
+    h = gen.state("h", 4, init="learn")
+    gen.update(h, sp.tanh(gen.param("U", (4, 4)) @ h))
+    gen.loss(rc.vsum(h.new ** 2))
+    with pytest.raises(CellError, match="cell 'gen' reads no input and no target, so a call could not say how "
+                                        "many steps to run"):
+        rc.compile(gen, backend="native")
+
+
+def test_an_initialiser_of_the_wrong_shape_names_its_cell_and_parameter():
+    c = rc.Cell("c")
+    x, h = c.input("x", 4), c.state("h", 4)
+    p = c.param("P", 4, init=lambda rng, shape: np.ones(3))
+    c.update(h, h * p + x)
+    with pytest.raises(CellError, match=r"cell 'c', parameter 'P': initialiser .* returned shape \(3,\), expected "
+                                        r"\(4,\)"):
+        c.init_params()
