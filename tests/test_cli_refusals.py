@@ -120,3 +120,10 @@ def test_an_initialiser_of_the_wrong_shape_names_its_cell_and_parameter():
     with pytest.raises(CellError, match=r"cell 'c', parameter 'P': initialiser .* returned shape \(3,\), expected "
                                         r"\(4,\)"):
         c.init_params()
+
+
+def test_the_cost_table_names_stored_values_as_the_listings_do():
+    table = rc.inspect.cost(rc.cells.gru(3, 4, 2), 10, 2, "float32").table()
+    stored = next(line for line in table.splitlines() if "stored for BPTT" in line)
+    assert "a₁[t] (4)" in stored and "a4[t]" not in stored  # rc.explain's name for h[t-1]*r[t]
+    assert "a₁[t] = h[t-1]*r[t]" in str(rc.explain(rc.cells.gru(3, 4, 2)))

@@ -21,6 +21,7 @@ from functools import lru_cache
 import numpy as np
 import sympy as sp
 
+from ..aliases import forward_aliases
 from ..autodiff import backward_step
 from ..gradspec import Batch
 from ..ir import key_str, time_label
@@ -215,8 +216,9 @@ def cost(cell, T: int = 1000, B: int = 32, dtype="float32") -> Cost:
             stored.setdefault((key[0], "t"), node.size)  # h[t-1] and h[t]: one array per step
         else:
             stored[key] = node.size
+    alias = forward_aliases(cell)  # a generated value under the name the listings give it (a₁, pre(o))
     for key, n in stored.items():  # a generated name printed like a user's: both counted
-        label = key_str(key)
+        label = f"{alias[key]}{time_label(key[1])}" if key in alias else key_str(key)
         c.stored[label if label not in c.stored else f"{key[0]}{time_label(key[1])}"] = n
     c.all_values = sum(n.size for n in fwd.nodes.values() if not n.is_leaf)
     c.state_units = sum(step.states.values())
