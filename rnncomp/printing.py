@@ -264,7 +264,8 @@ def explain(cell, wrt=None, d_outputs=None, algorithm=None) -> Explanation:
     ``wrt="inputs"`` (or input names) adds the inputs' cotangents ``δx[t]`` (what
     ``model.vjp`` returns); ``d_outputs=True`` (or output names) seeds the step with the
     outputs' external cotangents ``δyᵉˣᵗ[t]`` and the final states' (``d_final``), as a
-    layer inside a larger model is differentiated.  A composition (``rc.Stack``,
+    layer inside a larger model is differentiated (the default for a cell that declares no
+    loss: without them its backward step would be all zeros).  A composition (``rc.Stack``,
     ``rc.Bidirectional``): each cell in it, with the backward step it runs there."""
     from .checks import a_cell
     a_cell("rc.explain", cell)
@@ -279,7 +280,9 @@ def explain(cell, wrt=None, d_outputs=None, algorithm=None) -> Explanation:
         from .compose.explain import ComposedExplanation
         return ComposedExplanation(cell, wrt, d_outputs)
     if wrt is None and d_outputs is None:
-        return Explanation(cell)
+        if cell.step.has_loss or not cell.step.outputs:
+            return Explanation(cell)
+        d_outputs = True  # no loss: its gradient comes from its outputs' cotangents, as in a layer
     st = cell.step
     pick = lambda v, every: tuple(every) if v is True or v == "inputs" else (  # noqa: E731
         () if v is None else tuple(n for n in every if n in ((v,) if isinstance(v, str) else v)))

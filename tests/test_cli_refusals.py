@@ -127,3 +127,14 @@ def test_the_cost_table_names_stored_values_as_the_listings_do():
     stored = next(line for line in table.splitlines() if "stored for BPTT" in line)
     assert "a₁[t] (4)" in stored and "a4[t]" not in stored  # rc.explain's name for h[t-1]*r[t]
     assert "a₁[t] = h[t-1]*r[t]" in str(rc.explain(rc.cells.gru(3, 4, 2)))
+
+
+def test_explain_of_a_cell_without_a_loss_seeds_its_outputs_cotangents():
+    # it printed a backward step whose every adjoint is 0 (δ⁺h[T] = 0 and nothing else)
+    c = rc.Cell("noloss")
+    x, h = c.input("x", 2), c.state("h", 3)
+    c.update(h, sp.tanh(c.param("W", (3, 2)) @ x + c.param("U", (3, 3)) @ h))
+    c.output("y", c.param("V", (1, 3)) @ h.new)
+    text = str(rc.explain(c))
+    assert "δh[t] = δ⁺h[t] + Vᵀ·δyᵉˣᵗ[t]" in text and "∂L/∂V" in text
+    assert text == str(rc.explain(c, d_outputs=True))
