@@ -291,7 +291,7 @@ def test_nan_inf_or_negative_mask_is_refused(two, bad):
     model, params, inputs, targets = two
     mask = np.ones((4, 3))
     mask[1, 2] = bad
-    with pytest.raises(CallError, match="mask must be finite and non-negative"):
+    with pytest.raises(CallError, match=rf"mask must be finite and non-negative; mask\[1, 2\] = {bad}"):
         model.loss_and_grad(params, inputs, targets, mask=mask)
 
 

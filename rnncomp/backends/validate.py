@@ -192,8 +192,10 @@ def check_mask(cell: str, mask, T: int, B: int, dtype) -> np.ndarray:
         m = np.repeat(m[:, None], B, axis=1)
     if m.shape != (T, B):
         raise CallError(f"cell {cell!r}: mask has shape {np.shape(mask)}, expected ({T}, {B}) or ({T},)")
-    if not np.isfinite(m).all() or (m < 0).any():
-        raise CallError(f"cell {cell!r}: mask must be finite and non-negative")
+    bad = ~np.isfinite(m) | (m < 0)
+    if bad.any():
+        t, b = (int(i) for i in np.argwhere(bad)[0])
+        raise CallError(f"cell {cell!r}: mask must be finite and non-negative; mask[{t}, {b}] = {m[t, b]}")
     if m.sum() <= 0:
         raise CallError(f"cell {cell!r}: mask selects no step (its sum is 0)")
     return np.ascontiguousarray(m)
