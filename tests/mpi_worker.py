@@ -98,6 +98,24 @@ if scenario == "ranks":
     mpi_cases.fit(tr, "masked", epochs=1)
     keep("resumed", tr)
 
+elif scenario == "states":  # what a probe found: states, online algorithms, micro-batches, options
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(6, 5, 2)), rng.normal(size=(6, 5, 1))
+
+    def make(**kw):
+        return rc.Trainer(rc.cells.gru(2, 4, 1), rc.Adam(1e-2), backend="native", dtype="float64",
+                          distributed="mpi", **kw)
+    tr = make()
+    _, final = tr.train_step(x, y)  # every row's final state, not only this rank's
+    np.savez(os.path.join(out, f"states.rank{rank}.npz"), h=final["h"])
+    st = make()
+    st.fit(x, y, epochs=1, batch_size=3, stateful=True, shuffle=False, verbose=0)  # 3 then 2: shares move
+    keep("stateful", st)
+    error_of("rtrl", lambda: make(gradient=rc.RTRL()).fit_online(x, y, every=2))
+    error_of("accumulate", lambda: make(accumulate=3).train_step(x, y))
+    tr.save(os.path.join(out, "opts.ckpt"))
+    error_of("comm", lambda: rc.Trainer(rc.cells.gru(2, 4, 1), comm=object()))
+
 elif scenario == "gpu":  # one rank per GPU (GPU local rank mod GPUs), gradients staged on the host
     keep("masked-ptx", mpi_cases.run("masked", distributed="mpi", backend="ptx"))
 

@@ -91,7 +91,8 @@ def test_accumulate_stops_on_a_non_finite_gradient_as_one_batch_does():
 
 def test_accumulate_bad_values_are_named():
     tr = mpi_cases.trainer("masked", accumulate=4)
-    with pytest.raises(rc.errors.CallError, match="3 sequences cannot be shared by 4 micro-batches"):
+    with pytest.raises(rc.errors.CallError, match=r"a batch of 3 sequences over 1 rank\(s\), each in accumulate=4 "
+                                                  "micro-batches, needs at least 4"):
         mpi_cases.fit(tr, "masked", batch_size=3)
     with pytest.raises(ValueError, match="accumulate must be a positive integer, got 0"):
         mpi_cases.trainer("masked", accumulate=0)
@@ -180,3 +181,28 @@ def test_cli_under_mpiexec_trains_like_one_process(tmp_path, capsys):
     one, two = (rc.Trainer.load(tmp_path / f, backend="numpy") for f in ("one.ckpt", "two.ckpt"))
     assert one.step_count == two.step_count > 0
     np.testing.assert_allclose(two.flat, one.flat, rtol=0, atol=1e-6)  # float32, sums in another order
+
+
+def test_states_online_algorithms_micro_batches_and_options_under_ranks(tmp_path):
+    """Found by a probe: each rank's final states had the other ranks' rows at 0 (so stateful
+    fit with a smaller last batch, and train_step's states, were wrong); RTRL's fit_online ran
+    undistributed on every rank; a batch too small for ranks × accumulate failed on one rank
+    only (the others waited); a checkpoint saved each rank's threads= as the user's."""
+    p, _ = mpiexec(2, os.path.join(HERE, "mpi_worker.py"), "states", str(tmp_path), cwd=tmp_path, timeout=120)
+    assert p.returncode == 0, ran(p)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(6, 5, 2)), rng.normal(size=(6, 5, 1))
+
+    def make(**kw):
+        return rc.Trainer(rc.cells.gru(2, 4, 1), rc.Adam(1e-2), backend="native", dtype="float64", **kw)
+    _, final = make().train_step(x, y)
+    st = make()
+    st.fit(x, y, epochs=1, batch_size=3, stateful=True, shuffle=False, verbose=0)
+    for r in (0, 1):
+        np.testing.assert_allclose(np.load(tmp_path / f"states.rank{r}.npz")["h"], final["h"], rtol=0, atol=TOL)
+        same_as(st, tmp_path / f"stateful.rank{r}.npz")
+        assert "fit_online with rc.RTRL() runs on one process" in message(tmp_path, "rtrl", r)
+        assert ("a batch of 5 sequences over 2 rank(s), each in accumulate=3 micro-batches, needs at least 6"
+                in message(tmp_path, "accumulate", r))
+    assert "comm must be an mpi4py communicator" in message(tmp_path, "comm", 0)
+    assert "threads" not in rc.Trainer.load(tmp_path / "opts.ckpt").compile_options

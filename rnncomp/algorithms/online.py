@@ -93,8 +93,15 @@ def fit_online(trainer, inputs, targets, every=1, h0=None, continue_stream=False
             raise CallError("fit_online: give h0= (a new stream from these states) or continue_stream=True "
                             "(go on from trainer.online_state), not both")
         h0 = going_on
+    if trainer.dist is not None and not isinstance(algo, BPTT):  # its carry is per process, never reduced
+        raise TrainingError(f"fit_online with {algo!r} runs on one process: its carried state is this process's "
+                            "and no rank's update would reach the others; train it without distributed= (or use "
+                            "rc.BPTT(), whose windows are trained data-parallel like fit)")
     x, t, _, _ = trainer._data("fit_online", inputs, targets)
     st, dt = trainer.cell.step, trainer.dtype
+    if trainer.dist is not None:  # every rank the same stream, as fit checks its data
+        trainer.dist.check_same_data({**x, **{"target:" + k: v for k, v in t.items()}}, (every, bool(continue_stream)),
+                                       "fit_online")
     call = check_call(st, dt, trainer.params, x, t, trainer._state(h0), need_targets=True)
     losses = []
     if not (continue_stream and not isinstance(algo, BPTT) and not hasattr(algo, "fit_windows")):

@@ -106,8 +106,11 @@ class Group:
         MPI = _mpi()
         self.MPI = MPI
         self.comm = MPI.COMM_WORLD if comm is None else comm
+        if not isinstance(self.comm, MPI.Comm) or self.comm == MPI.COMM_NULL:
+            raise ValueError(f"comm must be an mpi4py communicator (MPI.COMM_WORLD, or one made from it), got "
+                             f"{'MPI.COMM_NULL' if isinstance(self.comm, MPI.Comm) else repr(comm)}")
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
-        if not (isinstance(check_every, int) and check_every >= 1):
+        if isinstance(check_every, bool) or not (isinstance(check_every, int) and check_every >= 1):
             raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
         self.check_every = check_every
         local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
@@ -161,10 +164,10 @@ class Group:
         """Sum ``buf`` over the ranks, in place (one buffer-based Allreduce, no pickling)."""
         self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
 
-    def check_same(self, flat: np.ndarray, step: int, start: bool = False) -> None:
-        """Every ``check_every`` steps (and with ``start``, when ``fit`` starts): raise if the
-        parameters differ between ranks."""
-        if step % self.check_every and not start:
+    def check_same(self, flat: np.ndarray, step: int, start: bool = False, end: bool = False) -> None:
+        """Every ``check_every`` steps (and with ``start`` / ``end``, when ``fit`` starts and
+        ends: a short run is checked too): raise if the parameters differ between ranks."""
+        if step % self.check_every and not (start or end):
             return
         bits = flat.view(np.uint32 if flat.dtype.itemsize == 4 else np.uint64)
         mine = np.array([bits.sum(dtype=np.uint64)], dtype=np.uint64)  # wraps: exact, order-free
@@ -177,7 +180,7 @@ class Group:
             raise TrainingError(f"step {step}: the parameters of rank(s) {odd} differ from rank 0's "
                                 f"(checksums {self._sums.tolist()}): {why}")
 
-    def check_same_data(self, arrays: dict, options: tuple) -> None:
+    def check_same_data(self, arrays: dict, options: tuple, who: str = "fit") -> None:
         """Raise on every rank unless every rank passed ``fit`` the same data and options: each
         rank takes its rows of the global batches it computes from them."""
         crc = zlib.crc32(repr(options).encode())
@@ -187,7 +190,7 @@ class Group:
         self.comm.Allgather(np.array([crc], dtype=np.uint64), self._sums)
         odd = [r for r in range(self.size) if self._sums[r] != self._sums[0]]
         if odd:
-            raise CallError(f"fit: rank(s) {odd} were given other data or options than rank 0; every "
+            raise CallError(f"{who}: rank(s) {odd} were given other data or options than rank 0; every "
                             f"rank passes the same global data (each takes its shard of every batch)")
 
     def on_root(self, fn, *args):
@@ -210,7 +213,7 @@ class Group:
 def loss_and_grad(tr, inputs, targets, h0, mask):
     """The global batch's loss and flat gradient, this rank's rows computed in ``tr.accumulate``
     micro-batches and summed over the ranks.  Returns (loss, gradient: a view into the
-    arena, final states (B, n) whose rows of other ranks are 0)."""
+    arena, final states (B, n) of every row, gathered from the ranks that ran them)."""
     from .data import as_dict
     group, step = tr.dist, tr.cell.step
     inputs = as_dict(inputs, list(step.inputs), "inputs")  # a lone array, as the backends take
@@ -222,12 +225,19 @@ def loss_and_grad(tr, inputs, targets, h0, mask):
         mask = np.repeat(np.asarray(mask)[:, None], B, axis=1)
     total = float(mask.sum(dtype=np.float64)) if mask is not None else float(T * B)
     mine = shard(B, ranks)[0 if group is None else group.rank]
-    pieces = shard(mine.stop - mine.start, tr.accumulate, f"micro-batches (accumulate={tr.accumulate}) of "
-                   f"{'this rank' if ranks > 1 else 'the batch'}")
     n = tr.flat.size
     arena = group.arena(n, tr.dtype) if group is not None else np.zeros(n + 2, dtype=tr.dtype)
     final = {s: np.zeros((B, k), dtype=tr.dtype) for s, k in step.states.items()}
+    if B < ranks * tr.accumulate:  # every rank sees it (the same B): no rank waits for another
+        raise CallError(f"a batch of {B} sequences over {ranks} rank(s), each in accumulate={tr.accumulate} "
+                        f"micro-batches, needs at least {ranks * tr.accumulate} sequences (batch_size >= "
+                        f"{ranks * tr.accumulate})")
     error = None
+    try:  # a share too small for the micro-batches fails here on some ranks only: reported to all below
+        pieces = shard(mine.stop - mine.start, tr.accumulate, f"micro-batches (accumulate={tr.accumulate}) of "
+                       f"{f'rank {group.rank} share of the batch of {B}' if ranks > 1 else 'the batch'}")
+    except Exception as e:  # noqa: BLE001
+        pieces, error = [], e
     for p in pieces:
         rows = slice(mine.start + p.start, mine.start + p.stop)
         cut = lambda d: None if d is None else {k: np.ascontiguousarray(v[:, rows]) for k, v in d.items()}  # noqa: E731
@@ -263,4 +273,12 @@ def loss_and_grad(tr, inputs, targets, h0, mask):
                                 f"{error}") from error
         raise TrainingError(f"step {tr.step_count + 1}: {failed} of {ranks} ranks failed (their own "
                             f"error names the cause); no rank updated its parameters")
+    if group is not None and group.size > 1:  # every row's final state, from the rank that ran it
+        names = list(final)
+        buf = np.concatenate([final[k].ravel() for k in names]) if names else np.zeros(0, tr.dtype)
+        group.allreduce(buf)  # the other ranks' rows are 0 here: the sum is exact
+        off = 0
+        for k in names:
+            final[k] = buf[off:off + final[k].size].reshape(final[k].shape)
+            off += final[k].size
     return float(arena[n]), arena[:n], final

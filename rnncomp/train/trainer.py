@@ -81,6 +81,7 @@ class Trainer:
         if distributed not in (None, "mpi"):
             raise ValueError(f"distributed must be None or 'mpi', got {distributed!r}")
         self.dist = Group(comm) if distributed == "mpi" or comm is not None else None
+        given = dict(compile_options)  # what a checkpoint saves: not this rank's threads= or device=
         if self.dist is not None:  # this rank's threads (its share of the node's cores) or GPU
             compile_options = self.dist.compile_defaults(backend, compile_options)
         self.cell, self.bptt = cell, bptt
@@ -90,7 +91,7 @@ class Trainer:
         self.model = rc_compile(cell, backend=backend, dtype=dtype, **compile_options)
         if getattr(self.model, "has_dropout", False):  # the dropout masks follow the trainer's seed too
             self.model.rng = np.random.default_rng([seed, 1])  # (a stream apart from init_params')
-        self.compile_options = dict(compile_options)  # saved in checkpoints
+        self.compile_options = given  # saved in checkpoints
         self.info: dict = {}  # free-form, JSON-able, saved in checkpoints (the CLI keeps its task here)
         self.names = list(cell.step.params)
         if not self.names:
@@ -232,6 +233,8 @@ class Trainer:
                     print(f"  validation loss {self.val_history[-1]:.5f}", flush=True)
             if any([bool(cb.on_epoch_end(self, epoch + 1, self.history[-1])) for cb in callbacks]):
                 break
+        if self.dist is not None:  # a run shorter than check_every steps is compared too
+            self.dist.check_same(self.flat, self.step_count, end=True)
         return list(self.history[first:])
 
     def _data(self, where: str, inputs, targets, *, with_targets=True):
