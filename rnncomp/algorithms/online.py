@@ -52,9 +52,9 @@ def check_fit_gradient(trainer) -> None:
     g = trainer.gradient
     if g is None or isinstance(g, BPTT) or (hasattr(g, "fit_truncated") and trainer.bptt is not None):
         return
-    need = "bptt=rc.Truncated(k1, k2) for fit, or " if hasattr(g, "fit_truncated") else ""
+    need = "give bptt=rc.Truncated(k1, k2) for fit, " if hasattr(g, "fit_truncated") else ""
     raise TrainingError(f"Trainer.fit trains each batch by BPTT; gradient={g!r} is the algorithm of "
-                        f"fit_online: give {need}call trainer.fit_online(stream_x, stream_y), or make the "
+                        f"fit_online: {need}call trainer.fit_online(stream_x, stream_y), or make the "
                         "trainer without gradient= to train with fit")
 
 

@@ -167,7 +167,10 @@ class Group:
     def check_same(self, flat: np.ndarray, step: int, start: bool = False, end: bool = False) -> None:
         """Every ``check_every`` steps (and with ``start`` / ``end``, when ``fit`` starts and
         ends: a short run is checked too): raise if the parameters differ between ranks."""
-        if step % self.check_every and not (start or end):
+        every = self.check_every  # an attribute a user may set: checked where it is read
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"trainer.dist.check_every must be a positive integer, got {every!r}")
+        if step % every and not (start or end):
             return
         bits = flat.view(np.uint32 if flat.dtype.itemsize == 4 else np.uint64)
         mine = np.array([bits.sum(dtype=np.uint64)], dtype=np.uint64)  # wraps: exact, order-free
