@@ -115,6 +115,7 @@ elif scenario == "states":  # what a probe found: states, online algorithms, mic
     error_of("accumulate", lambda: make(accumulate=3).train_step(x, y))
     tr.save(os.path.join(out, "opts.ckpt"))
     error_of("comm", lambda: rc.Trainer(rc.cells.gru(2, 4, 1), comm=object()))
+    error_of("pickle", lambda: __import__("pickle").dumps(tr))
 
 elif scenario == "gpu":  # one rank per GPU (GPU local rank mod GPUs), gradients staged on the host
     keep("masked-ptx", mpi_cases.run("masked", distributed="mpi", backend="ptx"))

@@ -205,4 +205,5 @@ def test_states_online_algorithms_micro_batches_and_options_under_ranks(tmp_path
         assert ("a batch of 5 sequences over 2 rank(s), each in accumulate=3 micro-batches, needs at least 6"
                 in message(tmp_path, "accumulate", r))
     assert "comm must be an mpi4py communicator" in message(tmp_path, "comm", 0)
+    assert "a distributed Trainer does not pickle" in message(tmp_path, "pickle", 0)
     assert "threads" not in rc.Trainer.load(tmp_path / "opts.ckpt").compile_options

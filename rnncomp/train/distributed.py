@@ -121,6 +121,11 @@ class Group:
         if self.size > 1:
             abort_on_uncaught_exception(self.comm)
 
+    def __reduce__(self):  # an MPI communicator belongs to the processes of one run
+        raise TypeError("a distributed Trainer does not pickle (its MPI communicator belongs to this run's "
+                        "processes): save it with trainer.save(path) and load it with "
+                        "rc.Trainer.load(path, distributed='mpi')")
+
     @property
     def is_root(self) -> bool:
         return self.rank == 0
