@@ -81,9 +81,10 @@ def check_expr(cell, expr, where):
             for term in m.args[0]:
                 d = cell.decls.get(term[0].name)
                 if d is None or d.kind not in ("param", "weight", "const") or not isinstance(d.shape, tuple):
+                    mats = [n for n, d_ in cell.decls.items() if d_.kind == "param" and isinstance(d_.shape, tuple)]
                     raise CellError(f"{where}: {term[0].name} @ (...) multiplies by {term[0].name!r}, which is not a "
                                     f"matrix parameter of cell {cell.name!r} (one of another cell?); its matrix "
-                                    f"parameters: {', '.join(n for n, d_ in cell.decls.items() if d_.kind == 'param' and isinstance(d_.shape, tuple)) or 'none'}")  # noqa: E501
+                                    f"parameters: {', '.join(mats) or 'none'}")
     return expr
 
 

@@ -68,10 +68,15 @@ def a_cell(who: str, cell) -> None:
                             f"got {type(cell).__name__}{hint}")
 
 
+def is_composition(cell) -> bool:
+    """A composition (rc.Stack, rc.Bidirectional) has no step program of its own."""
+    return not hasattr(getattr(cell, "step", None), "prog")
+
+
 def one_cell(who: str, cell) -> None:
     """What reads one cell's step program refuses a composition by name (the CLI does too)."""
     from .errors import CellError
     a_cell(who, cell)
-    if not hasattr(getattr(cell, "step", None), "prog"):
+    if is_composition(cell):
         raise CellError(f"{who} looks at one cell; {cell.name} is a composition: inspect its cells one by one "
                         "(rc.explain(...) and the DOT graphs show them all)")

@@ -30,6 +30,13 @@ def to_arrays(carry) -> tuple[dict, dict | None]:
     return {f"J/{k}": v for k, v in carry.items()}, None
 
 
+def snapshot(held) -> tuple:
+    """``(batch, arrays, generator state)`` of a held carry ``(executor, batch, carry)``: what a
+    checkpoint or a pickle keeps of it (copies: the native kernels update the carry in place)."""
+    arrays, rng = to_arrays(held[2])
+    return held[1], {k: np.array(v) for k, v in arrays.items()}, rng
+
+
 def restore(fresh, arrays: dict, rng_state, prep):
     """``fresh`` (a carry ``prep.begin`` made) holding the saved ``arrays`` and generator state."""
     names, _ = to_arrays(fresh)

@@ -60,7 +60,8 @@ def check_fit_gradient(trainer) -> None:
 
 def check_single_cell(cell, what: str, error=CallError) -> None:
     """A composition (rc.Stack, rc.Bidirectional) has no step program of its own to derive from."""
-    if not hasattr(getattr(cell, "step", None), "prog"):
+    from ..checks import is_composition
+    if is_composition(cell):
         raise error(f"{what} derives its recursion from one cell's step; {getattr(cell, 'name', cell)!r} is a "
                         f"composition ({type(cell).__name__}): train it with gradient=rc.BPTT() (or fit), or "
                         "apply the algorithm to a single cell")
@@ -104,25 +105,24 @@ def fit_online(trainer, inputs, targets, every=1, h0=None, continue_stream=False
                                        "fit_online")
     call = check_call(st, dt, trainer.params, x, t, trainer._state(h0), need_targets=True)
     losses = []
-    if not (continue_stream and not isinstance(algo, BPTT) and not hasattr(algo, "fit_windows")):
-        trainer._online_saved = None  # a checkpoint's carry is for the next continuing call only
     if isinstance(algo, BPTT):  # (continuing needs the states only)
         state = call.h0 or None
         for lo in range(0, call.T, every):
             cut = lambda d: {k: v[lo:lo + every] for k, v in d.items()}  # noqa: E731
             loss, state = trainer.train_step(cut(x), cut(t), h0=state)
             losses.append(loss)
-        trainer.online_state, trainer._online_carry = state, None
+        trainer.online_state, trainer._online_carry, trainer._online_saved = state, None, None
         return losses
     if hasattr(algo, "fit_windows"):  # DNI: windows of BPTT with a synthetic gradient at the end
-        trainer._online_carry = None
+        trainer._online_carry = trainer._online_saved = None
         trainer.online_state = algo.fit_windows(trainer, call, every, lambda g, loss: apply(trainer, algo, g, loss, losses))
         return losses
     derived, run_st, prep = prepared(trainer, algo)
     states = initial_states(st, call, dt)
     params = derived.expand() if derived else trainer.params
+    saved = trainer.__dict__.pop("_online_saved", None)  # a checkpoint's carry: for this call only
     if continue_stream:
-        carry = carried(trainer, prep, prep.begin(params, states, {}, call.B, dt), call.B, algo)
+        carry = carried(trainer, prep, prep.begin(params, states, {}, call.B, dt), call.B, algo, saved)
     else:  # a new stream: UORO draws its own signs for each (its generator: the seed and k)
         core = getattr(prep, "prep", prep)
         if hasattr(core, "stream"):
@@ -141,16 +141,14 @@ def fit_online(trainer, inputs, targets, every=1, h0=None, continue_stream=False
     return losses
 
 
-def carried(trainer, prep, fresh, B: int, algo):
+def carried(trainer, prep, fresh, B: int, algo, saved):
     """The carry the last call ended with (its executor's, for this batch), or the one a
-    checkpoint held, copied into ``fresh`` (what ``prep.begin`` made: the shapes it checks)."""
+    checkpoint held (``saved``), copied into ``fresh`` (what ``prep.begin`` made: the shapes it checks)."""
     held, trainer._online_carry = trainer.__dict__.get("_online_carry"), None  # (a failed call leaves none)
     if held is not None and held[0] is prep and held[1] == B:
         return held[2]
-    saved = trainer.__dict__.get("_online_saved")
     if held is None and saved is not None and saved[0] == B:
         from .carry import restore
-        trainer._online_saved = None
         return restore(fresh, saved[1], saved[2], prep)
     made_for = held[1] if held is not None else saved[0] if saved is not None else None
     what = (f"a carry for a batch of {made_for}" if made_for not in (None, B) else

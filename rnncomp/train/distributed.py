@@ -110,8 +110,6 @@ class Group:
             raise ValueError(f"comm must be an mpi4py communicator (MPI.COMM_WORLD, or one made from it), got "
                              f"{'MPI.COMM_NULL' if isinstance(self.comm, MPI.Comm) else repr(comm)}")
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
-        if isinstance(check_every, bool) or not (isinstance(check_every, int) and check_every >= 1):
-            raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
         self.check_every = check_every
         local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
         self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
@@ -125,6 +123,16 @@ class Group:
         raise TypeError("a distributed Trainer does not pickle (its MPI communicator belongs to this run's "
                         "processes): save it with trainer.save(path) and load it with "
                         "rc.Trainer.load(path, distributed='mpi')")
+
+    @property
+    def check_every(self) -> int:
+        return self._check_every
+
+    @check_every.setter
+    def check_every(self, v) -> None:  # a user may set it on trainer.dist: checked when set
+        if isinstance(v, bool) or not (isinstance(v, int) and v >= 1):
+            raise ValueError(f"check_every must be a positive integer, got {v!r}")
+        self._check_every = v
 
     @property
     def is_root(self) -> bool:
@@ -172,10 +180,7 @@ class Group:
     def check_same(self, flat: np.ndarray, step: int, start: bool = False, end: bool = False) -> None:
         """Every ``check_every`` steps (and with ``start`` / ``end``, when ``fit`` starts and
         ends: a short run is checked too): raise if the parameters differ between ranks."""
-        every = self.check_every  # an attribute a user may set: checked where it is read
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"trainer.dist.check_every must be a positive integer, got {every!r}")
-        if step % every and not (start or end):
+        if step % self.check_every and not (start or end):
             return
         bits = flat.view(np.uint32 if flat.dtype.itemsize == 4 else np.uint64)
         mine = np.array([bits.sum(dtype=np.uint64)], dtype=np.uint64)  # wraps: exact, order-free
@@ -240,12 +245,8 @@ def loss_and_grad(tr, inputs, targets, h0, mask):
         raise CallError(f"a batch of {B} sequences over {ranks} rank(s), each in accumulate={tr.accumulate} "
                         f"micro-batches, needs at least {ranks * tr.accumulate} sequences (batch_size >= "
                         f"{ranks * tr.accumulate})")
+    pieces = shard(mine.stop - mine.start, tr.accumulate, "micro-batches")  # each share >= accumulate (above)
     error = None
-    try:  # a share too small for the micro-batches fails here on some ranks only: reported to all below
-        pieces = shard(mine.stop - mine.start, tr.accumulate, f"micro-batches (accumulate={tr.accumulate}) of "
-                       f"{f'rank {group.rank} share of the batch of {B}' if ranks > 1 else 'the batch'}")
-    except Exception as e:  # noqa: BLE001
-        pieces, error = [], e
     for p in pieces:
         rows = slice(mine.start + p.start, mine.start + p.stop)
         cut = lambda d: None if d is None else {k: np.ascontiguousarray(v[:, rows]) for k, v in d.items()}  # noqa: E731

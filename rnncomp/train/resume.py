@@ -54,7 +54,7 @@ def save(tr, path) -> None:
 def _online(tr, arrays: dict) -> dict | None:
     """Where fit_online's stream stands (its final states, the algorithm's carry) into
     ``arrays``; its record for the checkpoint's meta, None when no stream was run."""
-    from ..algorithms.carry import to_arrays
+    from ..algorithms.carry import snapshot
     states = getattr(tr, "online_state", None)
     if states is None:
         return None
@@ -62,7 +62,7 @@ def _online(tr, arrays: dict) -> dict | None:
     record = {"states": list(states), "carry": None, "streams": tr.__dict__.get("_online_streams", 0)}
     held, saved = tr.__dict__.get("_online_carry"), tr.__dict__.get("_online_saved")
     if held is not None:
-        saved = (held[1], *to_arrays(held[2]))
+        saved = snapshot(held)
     if saved is not None:  # (batch, arrays, generator state)
         arrays.update({f"online/carry/{k}": v for k, v in saved[1].items()})
         record["carry"] = {"B": saved[0], "names": sorted(saved[1]), "rng": saved[2]}

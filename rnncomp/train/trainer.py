@@ -33,11 +33,9 @@ class Trainer:
         on the next fit_online (:func:`rnncomp.algorithms.online.prepared`); the carry of its
         stream goes as arrays, as a checkpoint holds it (``continue_stream=True`` restores it)."""
         state = {k: v for k, v in self.__dict__.items() if k not in ("_online_prepared", "_online_carry")}
-        held = self.__dict__.get("_online_carry")
-        if held is not None:
-            from ..algorithms.carry import to_arrays
-            arrays, rng = to_arrays(held[2])
-            state["_online_saved"] = (held[1], {k: np.array(v) for k, v in arrays.items()}, rng)
+        if self.__dict__.get("_online_carry") is not None:
+            from ..algorithms.carry import snapshot
+            state["_online_saved"] = snapshot(self._online_carry)
         return state
 
     def __setstate__(self, state):
