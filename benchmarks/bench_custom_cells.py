@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -136,9 +137,10 @@ CELLS = ["jordan", "mgu", "indrnn", "antisymmetric", "mingru", "coupled", "oscil
 
 
 # --------------------------------------------------------------------------- the JAX side
-def jax_loss(step):
+def jax_loss(step, after_scan=True):
     """f(params, inputs, targets) -> the mean per-step cost, from the step program (module
-    docstring): values that read no state are computed for all T steps before the scan."""
+    docstring): values that read no state are computed for all T steps before the scan and, with
+    ``after_scan``, values the next states do not need (read-out, loss) for all T steps after it."""
     import jax
     import jax.numpy as jnp
     import sympy as sp
@@ -159,7 +161,18 @@ def jax_loss(step):
     for key, node in prog.nodes.items():   # what changes with t (the rest reads parameters only)
         if any(a in timed for a in node.args):
             timed.add(key)
-    read = {a for k in inside for a in prog.nodes[k].args if a in before or prog.nodes[a].op in ("input", "target")}
+    if after_scan:   # what the next states do not need (read-out, loss) runs on all T steps after the scan
+        need = {(s, "t") for s in states}
+        for key in reversed(inside):
+            if key in need:
+                need.update(a for a in prog.nodes[key].args if a in looped)
+        scanned, after = [k for k in inside if k in need], [k for k in inside if k not in need]
+    else:
+        scanned, after = inside, []
+    prev = {(s, "t-1") for s in states}
+    kept = sorted({a for k in after for a in prog.nodes[k].args if a in scanned or a in prev}
+                  | ({step.loss_key} & set(scanned)), key=str)   # handed out of the scan, stacked over t
+    read = {a for k in scanned for a in prog.nodes[k].args if a in before or prog.nodes[a].op in ("input", "target")}
     carried_in = sorted(read & timed, key=str)     # scanned over t
     fixed = sorted(read - timed, key=str)          # the same every step: closed over
 
@@ -200,15 +213,20 @@ def jax_loss(step):
             e.update({k: env[k] for k in fixed})
             e.update({(s, "t-1"): h[s] for s in states})
             e.update(zip(carried_in, xs))
-            run(inside, e)
-            return {s: e[(s, "t")] for s in states}, e[step.loss_key][:, 0]
+            run(scanned, e)
+            return {s: e[(s, "t")] for s in states}, [e[k] for k in kept]
 
-        _, ell = jax.lax.scan(body, h0, [env[k] for k in carried_in])
-        return ell.mean()
+        _, ys = jax.lax.scan(body, h0, [env[k] for k in carried_in])
+        env.update(zip(kept, ys))
+        run(after, env)
+        return env[step.loss_key].mean()
     return loss
 
 
 def worker(path, name, repeats):
+    """The JAX side, in its own process: both translations (the read-out inside the scan and
+    after it) compiled, checked against rnncomp's loss and gradients, the faster one kept; then
+    it answers ``time`` lines on stdin with a median, so the parent can alternate the two sides."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -217,20 +235,30 @@ def worker(path, name, repeats):
     cell = make_cell(name, int(z["D"]), int(z["H"]))
     P = {k[2:]: jnp.asarray(z[k]) for k in z.files if k.startswith("p:")}
     x, t = {"x": jnp.asarray(z["x"])}, {"target": jnp.asarray(z["target"])}
-    t0 = time.perf_counter()
-    fn = jax.jit(jax.value_and_grad(jax_loss(cell.step))).lower(P, x, t).compile()
-    compile_s = time.perf_counter() - t0
-    loss, grads = fn(P, x, t)
-    ref = float(z["loss"])
-    err = max(float(np.abs(np.asarray(grads[k]) - z["g:" + k]).max() / max(np.abs(z["g:" + k]).max(), 1e-30))
-              for k in grads)
-    out = {"compile_s": compile_s, "loss_rel_err": abs(float(loss) - ref) / abs(ref), "grad_rel_err": err,
-           "ms": 1e3 * median(lambda: jax.block_until_ready(fn(P, x, t)), repeats), "jax": jax.__version__}
+    ref, variants = float(z["loss"]), {}
+    for after_scan in (False, True):
+        t0 = time.perf_counter()
+        fn = jax.jit(jax.value_and_grad(jax_loss(cell.step, after_scan))).lower(P, x, t).compile()
+        compile_s = time.perf_counter() - t0
+        loss, grads = fn(P, x, t)
+        err = max(float(np.abs(np.asarray(grads[k]) - z["g:" + k]).max() / max(np.abs(z["g:" + k]).max(), 1e-30))
+                  for k in grads)
+        run = (lambda f: lambda: jax.block_until_ready(f(P, x, t)))(fn)
+        variants["after" if after_scan else "inside"] = {
+            "run": run, "compile_s": compile_s, "loss_rel_err": abs(float(loss) - ref) / abs(ref),
+            "grad_rel_err": err, "ms": 1e3 * median(run, repeats)}
+    kind = min(variants, key=lambda k: variants[k]["ms"])
+    best = variants[kind]
+    out = {k: v for k, v in best.items() if k != "run"}
+    out.update(readout=kind, jax=jax.__version__, **{f"{k}_ms": v["ms"] for k, v in variants.items()})
     print("RESULT " + json.dumps(out), flush=True)
+    for line in sys.stdin:
+        if line.startswith("time"):
+            print(f"MS {1e3 * median(best['run'], int(line.split()[1]))}", flush=True)
 
 
 def median(fn, repeats):
-    """Median wall time of ``fn()`` over ``repeats`` calls after one untimed (peers.py's)."""
+    """Median wall time of ``fn()`` over ``repeats`` calls after a warm-up (peers.py's)."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from peers import median_time
     return median_time(fn, repeats, budget=60.0)
@@ -238,9 +266,10 @@ def median(fn, repeats):
 
 def main():
     ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
-    ap.add_argument("--quick", action="store_true", help="H=32, T=20, 3 repeats (a smoke test)")
+    ap.add_argument("--quick", action="store_true", help="H=32, T=20, 3 repeats, 2 rounds (a smoke test)")
     ap.add_argument("--cells", default=",".join(CELLS))
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--repeats", type=int, default=15, help="timed calls per side per round")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds alternating rnncomp and JAX")
     ap.add_argument("--worker", nargs=2, metavar=("NPZ", "CELL"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -248,6 +277,7 @@ def main():
     import numpy as np
     import rnncomp as rc
     D, H, B, T, repeats = (16, 32, 8, 20, 3) if a.quick else (64, 128, 32, 100, a.repeats)
+    rounds = 2 if a.quick else a.rounds
     rows, tmp = [], tempfile.mkdtemp()
     for name in a.cells.split(","):
         cell = make_cell(name, D, H)
@@ -257,24 +287,36 @@ def main():
         tg = rng.standard_normal((T, B, H)).astype(np.float32)
         model = rc.compile(cell, backend="native", dtype="float32")
         loss, grads, _ = model.loss_and_grad(params, {"x": x}, {"target": tg})
-        ms = 1e3 * median(lambda: model.loss_and_grad(params, {"x": x}, {"target": tg}), repeats)
         path = os.path.join(tmp, f"{name}.npz")
         np.savez(path, D=D, H=H, x=x, target=tg, loss=loss, **{"p:" + k: v for k, v in params.items()},
                  **{"g:" + k: np.asarray(v, np.float64) for k, v in grads.items()})
-        proc = subprocess.run([sys.executable, __file__, "--worker", path, name, "--repeats", str(repeats)],
-                              capture_output=True, text=True)
-        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if not line:
-            raise SystemExit(f"{name}: the JAX worker failed:\n{proc.stderr[-3000:]}")
-        j = json.loads(line[0][7:])
+        proc = subprocess.Popen([sys.executable, __file__, "--worker", path, name, "--repeats", str(repeats)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = next((ln for ln in proc.stdout if ln.startswith("RESULT ")), None)
+        if line is None:
+            raise SystemExit(f"{name}: the JAX worker failed:\n{proc.stderr.read()[-3000:]}")
+        j = json.loads(line[7:])
         if j["loss_rel_err"] > 1e-4 or j["grad_rel_err"] > 1e-3:
             raise SystemExit(f"{name}: JAX and rnncomp disagree: {j}")
-        rows.append({"cell": name, "rnncomp_ms": ms, "jax_ms": j["ms"], "ratio": j["ms"] / ms, **j})
-        print(f"{name:14s} rnncomp {ms:8.2f} ms   JAX {j['ms']:8.2f} ms   {j['ms'] / ms:5.2f}x   "
+        ours, theirs = [], []
+        for _ in range(rounds):   # alternate the sides, so a slower minute of the machine hits both
+            ours.append(1e3 * median(lambda: model.loss_and_grad(params, {"x": x}, {"target": tg}), repeats))
+            proc.stdin.write(f"time {repeats}\n")
+            proc.stdin.flush()
+            theirs.append(float(proc.stdout.readline().split()[1]))
+        proc.stdin.close()
+        proc.wait()
+        ratios = sorted(b / a for a, b in zip(ours, theirs))
+        ms, jms = statistics.median(ours), statistics.median(theirs)
+        rows.append({"cell": name, "rnncomp_ms": ms, "jax_ms": jms, "ratio": statistics.median(ratios),
+                     "round_ratios": ratios, "rnncomp_rounds_ms": ours, "jax_rounds_ms": theirs, **j})
+        print(f"{name:14s} rnncomp {ms:8.2f} ms   JAX {jms:8.2f} ms ({j['readout']:6s})  "
+              f"{statistics.median(ratios):5.2f}x  [{ratios[0]:.2f}-{ratios[-1]:.2f}]   "
               f"(agree: loss {j['loss_rel_err']:.1e}, grads {j['grad_rel_err']:.1e})", flush=True)
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
                platform.processor())
-    print(f"H={H} D={D} B={B} T={T} float32, {cpu}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
+    print(f"H={H} D={D} B={B} T={T} float32, {cpu}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; "
+          f"ratio = JAX / rnncomp, median of {rounds} alternating rounds [lowest-highest round]")
     os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
     name = "custom_cells-quick.json" if a.quick else "custom_cells.json"   # a smoke test never overwrites a run
     with open(os.path.join(ROOT, "benchmarks", "results", name), "w") as f:

@@ -41,6 +41,7 @@ no framework's thread pool runs inside the process that times rnncomp.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -58,10 +59,19 @@ GATES = {"elman": [""], "gru": ["z", "r", "n"], "lstm": ["i", "f", "g", "o"],
 TAG = "@@peer "
 
 
-def median_time(fn, repeats, budget=20.0, warmup=1):
-    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` calls; stops early
-    (with at least 3 calls, or 1 if a call alone exceeds the budget) once ``budget`` s are spent."""
-    for _ in range(warmup):
+def median_time(fn, repeats, budget=20.0, warmup=1, warm_s=0.3):
+    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` calls and at least
+    ``warm_s`` seconds of calls; stops early (with at least 3 calls, or 1 if a call alone exceeds
+    the budget) once ``budget`` s are spent.
+
+    The warm-up by time is for every side alike: on these shared 2-core machines the first ~10
+    calls after an idle moment (a compile, a peer's process ending) run up to 2x slow (measured
+    2026-12-07 on a Zen 5: 2.5 ms calls at 4-5 ms for ~50 ms), which one untimed call does not
+    absorb, so whichever side was timed right after idling read slow."""
+    start = time.perf_counter()
+    for i in itertools.count():
+        if i >= warmup and time.perf_counter() - start >= warm_s:
+            break
         fn()
     times, start = [], time.perf_counter()
     for _ in range(repeats):
