@@ -1,7 +1,8 @@
 """Calls of a compiled composition that a probe from the outside got wrong: dropout masks in
 a bidirectional layer whose directions run in two threads, dropout across a saved and loaded
-trainer, a loss without targets, a one-layer stack's lengths, which direction an error is in,
-and arguments that are not what they should be."""
+trainer, the rows of a batch (MPI shards) dropped as the whole batch, a loss without targets,
+a one-layer stack's lengths, which direction an error is in, and arguments that are not what
+they should be."""
 import pickle
 import threading
 import time
@@ -76,6 +77,26 @@ def test_a_resumed_trainer_draws_the_dropout_masks_the_saved_one_would_have(tmp_
     d.fit(x, y, epochs=1, batch_size=8, verbose=0)
     e.fit(x, y, epochs=1, batch_size=8, verbose=0)
     assert not np.array_equal(d.model.rng.random(4), e.model.rng.random(4))
+
+
+def test_rows_of_a_batch_drop_what_the_whole_batch_drops():
+    """``dropout_rows=(first, B)`` (what MPI ranks and micro-batches pass): a call on some rows
+    drops those rows' units of a call on all B, inside the bidirectional layer too, and leaves
+    the generator where the whole call does."""
+    comp = rc.Stack([_bi_dropout(), rc.cells.elman(2, 4, 2)], dropout=0.3)
+    m = rc.compile(comp, backend="numpy", dtype="float64", seed=3)
+    p, x = m.init_params(0), np.random.default_rng(1).normal(size=(6, 5, 3))
+    start = m.rng.bit_generator.state
+    whole = m.forward(p, {"x": x}, training=True)[0]["y"]
+    after = m.rng.bit_generator.state
+    for rows in (slice(0, 2), slice(2, 5), slice(4, 5)):
+        m.rng.bit_generator.state = start
+        part = m.forward(p, {"x": x[:, rows]}, training=True, dropout_rows=(rows.start, 5))[0]["y"]
+        np.testing.assert_allclose(part, whole[:, rows], rtol=0, atol=1e-15)
+        assert m.rng.bit_generator.state == after
+    for bad in [(4, 5), (0,), (-1, 5), ("0", 5), (True, 5)]:
+        with pytest.raises(CallError, match=r"dropout_rows must be \(first, B\)"):
+            m.loss_and_grad(p, {"x": x[:, :2]}, {"target": np.zeros((6, 2, 2))}, dropout_rows=bad)
 
 
 def test_a_pickled_model_keeps_its_dropout_generator():

@@ -93,7 +93,8 @@ class ComposedModel(TextShown):
                              self.rng.bit_generator.state))
 
     # ------------------------------------------------------------------ checking
-    def _ctx(self, params, inputs, h0, mask, lengths, check_finite, training, dropout_seed=None) -> Ctx:
+    def _ctx(self, params, inputs, h0, mask, lengths, check_finite, training, dropout_seed=None,
+             dropout_rows=None) -> Ctx:
         st, where = self.step, self.comp.name
         if not isinstance(params, dict):
             raise CallError(f"{where}: params must be a dict of arrays (from model.init_params)")
@@ -121,7 +122,7 @@ class ComposedModel(TextShown):
             raise CallError(f"{where}: dropout_seed must be an int (the seed of this call's dropout masks) or "
                             f"None (the model's generator, model.rng), got {dropout_seed!r}")
         rng = None if not training else self.rng if dropout_seed is None else np.random.default_rng(dropout_seed)
-        return Ctx(lengths, rng, check_finite)
+        return Ctx(lengths, rng, check_finite, _rows(where, dropout_rows, B))
 
     def _training(self, training, default: bool) -> bool:
         if training is None:
@@ -172,7 +173,7 @@ class ComposedModel(TextShown):
 
     # ------------------------------------------------------------------ calls
     def forward(self, params, inputs, h0=None, *, targets=None, keep=False, mask=None, wrt=None, outputs=None,
-                lengths=None, check_finite=True, training=None, dropout_seed=None):
+                lengths=None, check_finite=True, training=None, dropout_seed=None, dropout_rows=None):
         """``(outputs {name: (T, B, n)}, final states {layer.state: (B, n)})``; with
         ``keep=True`` a kept forward (``.outputs``, ``.final``, ``.backward(d_outputs, d_final)``,
         docs/vjp.md).  ``lengths`` (B,): see the module docstring; with them the final states
@@ -182,13 +183,16 @@ class ComposedModel(TextShown):
         Dropout (``rc.Stack(..., dropout=p)``): ``training`` says whether this call drops
         units (default: a kept forward does, a plain one does not); ``dropout_seed``: the
         seed of its masks (default: drawn from ``model.rng``), so that a call made again with
-        the same seed (a framework's recomputed forward) draws the same masks."""
+        the same seed (a framework's recomputed forward) draws the same masks.  ``dropout_rows``
+        ``(first, B)``: this call's b sequences are rows first … first+b-1 of a batch of B; its
+        masks are those rows of the masks one call on the whole batch draws, and the generator
+        advances as that call's would (how MPI ranks and micro-batches train as one process)."""
         inputs, targets = self._inputs(inputs), self._targets(targets)
         if keep:
             return self._keep(params, inputs, h0, targets, mask, wrt, outputs, lengths, check_finite,
-                              self._training(training, True), dropout_seed)
+                              self._training(training, True), dropout_seed, dropout_rows)
         ctx = self._ctx(params, inputs, h0, None, lengths, check_finite, self._training(training, False),
-                        dropout_seed)
+                        dropout_seed, dropout_rows)
         return self._run.forward(params, inputs, h0, ctx, targets)
 
     def forward_keep(self, params, inputs, h0=None, **kw):
@@ -196,8 +200,8 @@ class ComposedModel(TextShown):
         return self.forward(params, inputs, h0, keep=True, **kw)
 
     def _keep(self, params, inputs, h0, targets, mask, wrt, outputs, lengths, check_finite, training=True,
-              dropout_seed=None):
-        ctx = self._ctx(params, inputs, h0, mask, lengths, check_finite, training, dropout_seed)
+              dropout_seed=None, dropout_rows=None):
+        ctx = self._ctx(params, inputs, h0, mask, lengths, check_finite, training, dropout_seed, dropout_rows)
         if targets is not None and not self.step.has_loss:
             raise CallError(f"{self.comp.name}: targets given but its top layer has no loss")
         kept = self._run.keep(params, inputs, h0, ctx, targets=targets, mask=mask, wrt=wrt,
@@ -241,10 +245,10 @@ class ComposedModel(TextShown):
         return ComposedKept(self, kept, (T, B))
 
     def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None, *, lengths=None, check_finite=True,
-                      training=True):
+                      training=True, dropout_rows=None):
         """Loss (the top layer's: the masked mean of its per-step costs), the gradient of every
         parameter of every layer, final states.  ``training=False``: no dropout (an
-        evaluation, as ``rc.Trainer.evaluate`` asks for)."""
+        evaluation, as ``rc.Trainer.evaluate`` asks for); ``dropout_rows``: as :meth:`forward`'s."""
         if not self.step.has_loss:
             raise CallError(f"{self.comp.name} has no loss: its top layer declares none (put a cell with "
                             "a loss on top with rc.Stack)")
@@ -257,7 +261,7 @@ class ComposedModel(TextShown):
         if missing:  # else the top layer's kept forward computes no loss, and every gradient is 0
             raise CallError(f"{self.comp.name}: missing targets {', '.join(map(repr, missing))} (of its top layer)")
         comp = self.comp
-        ctx = self._ctx(params, inputs, h0, mask, lengths, check_finite, training=False)
+        ctx = self._ctx(params, inputs, h0, mask, lengths, check_finite, False, None, dropout_rows)
         if isinstance(comp, Stack) and len(comp.layers) == 1 and isinstance(self._run.runs[0], CellRun) and (
                 ctx.lengths is None or ctx.lengths.min() == self._sizes(inputs)[0]):
             # one cell, every sequence T long: exactly the cell's numbers (with shorter lengths
@@ -266,7 +270,8 @@ class ComposedModel(TextShown):
             loss, grads, final = self._run.runs[0].model.loss_and_grad(p, inputs, targets, h or None, mask,
                                                                        check_finite=check_finite)
             return loss, _prefixed(grads, "l0"), _prefixed(final, "l0")  # exactly the cell's numbers
-        kept = self._keep(params, inputs, h0, targets, mask, (), (), lengths, check_finite, training)
+        kept = self._keep(params, inputs, h0, targets, mask, (), (), lengths, check_finite, training, None,
+                          dropout_rows)
         try:
             g = kept.backward()
         finally:
@@ -285,6 +290,18 @@ class ComposedModel(TextShown):
             return kept.backward(d_outputs, d_final)
         finally:
             kept.free()
+
+
+def _rows(where: str, rows, b: int):
+    """``dropout_rows`` checked: None, or ``(first, B)`` with rows first … first+b-1 in a batch of B."""
+    if rows is None:
+        return None
+    ok = isinstance(rows, (tuple, list)) and len(rows) == 2 and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in rows)
+    if not ok or not 0 <= rows[0] <= rows[0] + b <= rows[1]:
+        raise CallError(f"{where}: dropout_rows must be (first, B): this call's {b} sequences are rows first … "
+                        f"first+{b}-1 of a batch of B, got {rows!r}")
+    return int(rows[0]), int(rows[1])
 
 
 def _all_layers(layer) -> list:

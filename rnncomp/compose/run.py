@@ -45,11 +45,24 @@ _worker = threading.local()  # .busy: this thread runs the second direction of a
 @dataclass
 class Ctx:
     """What one call passes down to every layer: the sequence lengths (None: all T), the
-    dropout generator of a training call (None: no dropout), whether to check finiteness."""
+    dropout generator of a training call (None: no dropout), whether to check finiteness, and
+    the rows of a larger batch the call computes (None: a batch of its own)."""
 
     lengths: np.ndarray | None
     rng: np.random.Generator | None
     check_finite: bool
+    rows: tuple | None = None  # (first, B): this call's b sequences are rows first … first+b-1 of B
+
+
+def uniform(ctx: Ctx, shape: tuple) -> np.ndarray:
+    """The uniform draws of a (T, b, n) wire's dropout mask from ``ctx.rng``; in a call on rows
+    first … first+b-1 of a batch of B (``ctx.rows``), those rows of the draws for (T, B, n), so
+    that its masks, and the generator's state after it, are those of one call on the whole batch
+    (a shard of an MPI rank, a micro-batch: rnncomp/train/distributed.py)."""
+    if ctx.rows is None:
+        return ctx.rng.random(shape)
+    first, B = ctx.rows
+    return ctx.rng.random((shape[0], B) + tuple(shape[2:]))[:, first:first + shape[1]]
 
 
 @contextmanager
@@ -136,7 +149,7 @@ class StackRun:
         else (``y``, None)."""
         if not (self.dropout and ctx.rng is not None):
             return y, None
-        keep_mask = (ctx.rng.random(y.shape) >= self.dropout) / (1.0 - self.dropout)
+        keep_mask = (uniform(ctx, y.shape) >= self.dropout) / (1.0 - self.dropout)
         return np.ascontiguousarray(y * keep_mask.astype(y.dtype)), keep_mask
 
     def _layer(self, i, targets, mask, wrt, outputs) -> dict:
