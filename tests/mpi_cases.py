@@ -37,17 +37,46 @@ def _stateful():
     return trainer, fit
 
 
+def _dropout():
+    """Dropout on the wires of a stack and, inside a bidirectional layer, on those of each
+    direction's stack (each direction its own generator); padded sequences, shuffled batches
+    of 8, 8 then 7 sequences (uneven over 2 and 3 ranks), Adam with clipping by norm, NumPy."""
+    rng = np.random.default_rng(3)
+    T, N = 7, 23
+    x, y = rng.normal(0, 0.7, (T, N, 3)), rng.normal(0, 0.7, (T, N, 2))
+    lengths = rng.integers(1, T + 1, N)
+    inner = rc.Stack([rc.cells.gru(3, 4, 3), rc.cells.elman(3, 4, 3)], dropout=0.4)
+    comp = rc.Stack([rc.Bidirectional(inner, merge="concat"), rc.cells.gru(6, 5, 2)], dropout=0.3)
+    trainer = dict(cell=comp, optimizer=rc.Adam(2e-2), clip_norm=0.5, backend="numpy", dtype="float64", seed=4)
+    fit = dict(inputs=x, targets=y, lengths=lengths, batch_size=8, epochs=2, seed=6)
+    return trainer, fit
+
+
+def _dropout_stateful():
+    """A stack with dropout over 7 streams, stateful truncated BPTT(3, 6) on the native
+    backend: its final states (dropped wires included) carried across batches.  Streams 5 and
+    6 have no weight in the first two batches of 7, so a shard or micro-batch of only them
+    computes no gradient there: it carries their states (dropped as in the whole batch) to the
+    batches where they count, and must draw the masks as the whole batch does."""
+    trainer, fit = _stateful()
+    fit["mask"][:, [5, 6, N_STREAMS + 5, N_STREAMS + 6]] = 0
+    trainer["cell"] = rc.Stack([rc.cells.gru(2, 5, 4), rc.cells.elman(4, 5, 1)], dropout=0.35)
+    return trainer, fit
+
+
 CASES = {"masked": _masked, "stateful": _stateful}
+DROPOUT = {"dropout": _dropout, "dropout-stateful": _dropout_stateful}  # rc.Stack(..., dropout=p)
+ALL = {**CASES, **DROPOUT}
 
 
 def trainer(case, **options):
-    kw, _ = CASES[case]()
+    kw, _ = ALL[case]()
     kw.update(options)  # e.g. backend="ptx"
     return rc.Trainer(kw.pop("cell"), kw.pop("optimizer"), **kw)
 
 
 def fit(tr, case, **changes):
-    _, kw = CASES[case]()
+    _, kw = ALL[case]()
     kw.update(changes)
     return tr.fit(kw.pop("inputs"), kw.pop("targets"), verbose=0, **kw)
 

@@ -6,6 +6,9 @@ compares them with a one-process run.  Scenarios:
          than the ranks, one rank given other data, a diverged rank, a rank failing inside
          a step, rank 0 failing to write a checkpoint, and a resume on all ranks of a
          checkpoint written by a run on one rank fewer
+  dropout  the cases of mpi_cases.DROPOUT (rc.Stack(..., dropout=p)) with accumulate=1 and 2,
+         a resume on all ranks of a checkpoint written on one rank fewer, and a step failing
+         on the last rank's rows (each rank writes its dropout generator's next draws)
   gpu    the padded-sequence case on the PTX backend
   die    rank 0 is killed while writing a checkpoint over a good one
   raise  rank 1 raises outside any step, while rank 0 trains
@@ -47,6 +50,22 @@ class KillOnPickle:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def resumed_on_all(case, **options):
+    """An epoch of ``case`` on ranks 0 … size-2 written to a checkpoint, then an epoch of all
+    ranks from it (``options``: of the first run's Trainer); returns the resumed Trainer."""
+    ckpt = os.path.join(out, f"{case}-resume.ckpt")
+    first = comm.Split(0 if rank < size - 1 else MPI.UNDEFINED, rank)
+    if first != MPI.COMM_NULL:
+        tr = mpi_cases.trainer(case, comm=first, **options)
+        mpi_cases.fit(tr, case, epochs=1)
+        tr.save(ckpt)
+        first.Free()
+    comm.Barrier()
+    tr = rc.Trainer.load(ckpt, backend="numpy", dtype="float64", distributed="mpi")
+    mpi_cases.fit(tr, case, epochs=1)
+    return tr
+
+
 if scenario == "ranks":
     for case in mpi_cases.CASES:
         keep(case, mpi_cases.run(case, distributed="mpi"))
@@ -85,18 +104,20 @@ if scenario == "ranks":
 
     error_of("save-fails", lambda: tr.save(os.path.join(out, "no-such-dir", "x.ckpt")))
 
-    # resume: a run on ranks 0 … size-2 writes the checkpoint, all ranks continue from it
-    ckpt = os.path.join(out, "resume.ckpt")
-    first = comm.Split(0 if rank < size - 1 else MPI.UNDEFINED, rank)
-    if first != MPI.COMM_NULL:
-        tr = mpi_cases.trainer("masked", comm=first)
-        mpi_cases.fit(tr, "masked", epochs=1)
-        tr.save(ckpt)
-        first.Free()
-    comm.Barrier()
-    tr = rc.Trainer.load(ckpt, backend="numpy", dtype="float64", distributed="mpi")
-    mpi_cases.fit(tr, "masked", epochs=1)
-    keep("resumed", tr)
+    keep("resumed", resumed_on_all("masked"))
+
+elif scenario == "dropout":  # every rank and micro-batch drops what one process on the whole batch drops
+    for case in mpi_cases.DROPOUT:
+        for k in (1, 2):
+            keep(f"{case}-acc{k}", mpi_cases.run(case, distributed="mpi", accumulate=k))
+
+    keep("dropout-resumed", resumed_on_all("dropout", accumulate=2))  # the generator's state is saved too
+
+    tr = mpi_cases.trainer("dropout", distributed="mpi")
+    x = mpi_cases.ALL["dropout"]()[1]["inputs"][:, :8].copy()
+    x[2, 7] = np.nan  # the last rank's rows: it fails, the others finish their draws
+    error_of("dropout-nan", lambda: tr.train_step(x, np.zeros((x.shape[0], 8, 2))))
+    np.save(os.path.join(out, f"dropout-rng.rank{rank}.npy"), tr.model.rng.random(4))
 
 elif scenario == "states":  # what a probe found: states, online algorithms, micro-batches, options
     rng = np.random.default_rng(0)

@@ -52,7 +52,17 @@ def message(out, name, rank):
         return fh.read()
 
 
-@pytest.mark.parametrize("case", list(mpi_cases.CASES))
+def resumed_in_one_process(case, tmp_path):
+    """What the worker's resumed_on_all gives, in one process: an epoch, a checkpoint, an epoch."""
+    tr = mpi_cases.trainer(case)
+    mpi_cases.fit(tr, case, epochs=1)
+    tr.save(tmp_path / "one.ckpt")
+    tr = rc.Trainer.load(tmp_path / "one.ckpt", backend="numpy", dtype="float64")
+    mpi_cases.fit(tr, case, epochs=1)
+    return tr
+
+
+@pytest.mark.parametrize("case", list(mpi_cases.ALL))
 @pytest.mark.parametrize("k", [2, 3])
 def test_accumulate_gives_the_one_batch_parameters(case, k):
     ref = mpi_cases.run(case)
@@ -101,11 +111,7 @@ def test_accumulate_bad_values_are_named():
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_ranks_give_the_one_process_parameters(tmp_path, ranks):
     refs = {case: mpi_cases.run(case) for case in mpi_cases.CASES}  # also fills the compile cache
-    resumed = mpi_cases.trainer("masked")
-    mpi_cases.fit(resumed, "masked", epochs=1)
-    resumed.save(tmp_path / "one.ckpt")
-    resumed = rc.Trainer.load(tmp_path / "one.ckpt", backend="numpy", dtype="float64")
-    mpi_cases.fit(resumed, "masked", epochs=1)
+    resumed = resumed_in_one_process("masked", tmp_path)
 
     p, _ = mpiexec(ranks, os.path.join(HERE, "mpi_worker.py"), "ranks", str(tmp_path), cwd=tmp_path)
     assert p.returncode == 0, ran(p)
@@ -133,6 +139,31 @@ def test_ranks_give_the_one_process_parameters(tmp_path, ranks):
         assert save.startswith("CheckpointError" if r == 0 else "TrainingError: rank 0 failed: CheckpointError")
         # every rank holds the global data: each names the NaN where the caller put it, before any step
         assert message(tmp_path, "nan-shard", r) == "CallError: fit: inputs['x'] contains nan at index (0, 7, 0)"
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_ranks_with_dropout_give_the_one_process_parameters(tmp_path, ranks):
+    """rc.Stack(..., dropout=p): every rank and micro-batch draws the masks of the whole global
+    batch from the same generator state and takes its rows, so the masks, and the generator
+    after the step, are one process's (before: each rank drew masks for its own rows' shape,
+    every rank the same, and the parameters ended 0.2 away from one process's).  Uneven
+    shards, accumulate=2, bidirectional layers (a generator per direction), stateful
+    truncated BPTT with shards and micro-batches that only carry their states, a resume."""
+    refs = {case: mpi_cases.run(case) for case in mpi_cases.DROPOUT}
+    resumed = resumed_in_one_process("dropout", tmp_path)
+
+    p, _ = mpiexec(ranks, os.path.join(HERE, "mpi_worker.py"), "dropout", str(tmp_path), cwd=tmp_path)
+    assert p.returncode == 0, ran(p)
+    runs = [(f"{case}-acc{k}", ref) for case, ref in refs.items() for k in (1, 2)] + [("dropout-resumed", resumed)]
+    for name, ref in runs:
+        flats = [same_as(ref, tmp_path / f"{name}.rank{r}.npz") for r in range(ranks)]
+        for f in flats[1:]:
+            np.testing.assert_array_equal(f, flats[0])
+    start = mpi_cases.trainer("dropout").model.rng.random(4)  # a failed step leaves it where the step started
+    for r in range(ranks):
+        said = message(tmp_path, "dropout-nan", r)
+        assert ("contains nan" if r == ranks - 1 else f"1 of {ranks} ranks failed") in said
+        np.testing.assert_array_equal(np.load(tmp_path / f"dropout-rng.rank{r}.npy"), start)
 
 
 def _cuda_present():

@@ -12,6 +12,8 @@ One step of a global batch of B rows, R ranks, k micro-batches per rank:
     rows of rank r:      shard(B, R)[r]          contiguous, sizes differ by at most 1
     micro-batch j:       shard(len(rows), k)[j]
     weight of a piece:   S_piece / S_global      S: the summed mask (T·rows without a mask)
+    dropout masks:       the global batch's      each piece draws them from the step's start
+                                                 state and keeps its rows (``dropout_rows``)
     arena (n + 2):       Σ_pieces weight · ∇loss_piece | Σ weight · loss_piece | failed ranks
     MPI Allreduce(IN_PLACE, arena, SUM)          the only difference from one process:
                                                  the order of this sum
@@ -246,18 +248,24 @@ def loss_and_grad(tr, inputs, targets, h0, mask):
                         f"micro-batches, needs at least {ranks * tr.accumulate} sequences (batch_size >= "
                         f"{ranks * tr.accumulate})")
     pieces = shard(mine.stop - mine.start, tr.accumulate, "micro-batches")  # each share >= accumulate (above)
-    error = None
+    error, drops = None, getattr(tr.model, "has_dropout", False)
+    drawn_from = tr.model.rng.bit_generator.state if drops else None  # the dropout generator at the step's start
     for p in pieces:
         rows = slice(mine.start + p.start, mine.start + p.stop)
         cut = lambda d: None if d is None else {k: np.ascontiguousarray(v[:, rows]) for k, v in d.items()}  # noqa: E731
         m = None if mask is None else np.ascontiguousarray(mask[:, rows])
         h = None if h0 is None else {k: np.ascontiguousarray(np.asarray(v)[rows]) for k, v in h0.items()}
         part = float(m.sum(dtype=np.float64)) if m is not None else float(T * (rows.stop - rows.start))
+        kw = carry_kw = {}
+        if drops:  # rc.Stack(dropout=): every piece draws the whole batch's masks and takes its rows
+            tr.model.rng.bit_generator.state = drawn_from
+            kw = {"dropout_rows": (rows.start, B)}
+            carry_kw = dict(kw, training=True)  # the states of a training call on the whole batch
         try:
             if part == 0:  # no step of these rows counts: carry their states only
-                fin = tr.model.forward(tr.params, cut(inputs), h0=h)[1]
+                fin = tr.model.forward(tr.params, cut(inputs), h0=h, **carry_kw)[1]
             else:
-                loss, grads, fin = tr.model.loss_and_grad(tr.params, cut(inputs), cut(targets), h0=h, mask=m)
+                loss, grads, fin = tr.model.loss_and_grad(tr.params, cut(inputs), cut(targets), h0=h, mask=m, **kw)
                 w, off = part / total, 0
                 for name in tr.names:
                     g = grads[name].ravel()
@@ -275,6 +283,8 @@ def loss_and_grad(tr, inputs, targets, h0, mask):
         group.allreduce(arena)
     if arena[n + 1] > 0:
         from .trainer import TrainingError
+        if drops:  # every rank's generator where the step started (the failed rank's stopped halfway)
+            tr.model.rng.bit_generator.state = drawn_from
         failed = int(round(float(arena[n + 1])))
         where = f"rank {group.rank} of {ranks}" if group is not None else "this process"
         if error is not None:
