@@ -1,12 +1,12 @@
-"""The ``rnncomp`` command: ``demo``, ``inspect``.
+"""The ``rnncomp`` command: ``demo``, ``inspect``, ``compile``, ``train``.
 
     rnncomp demo                 declare a GRU, show its equations and derived BPTT step,
                                  check the gradient against finite differences, time it
                                  against the NumPy reference, train it (checkpoint + PNG)
-    rnncomp inspect CELL         equations, graphs, costs, gradient flow of a cell
-    rnncomp compile CELL --target ptx --arch sm_80 -o cell.ptx     compiled code;
-                                 --dot [step|unfolded|gradient] [--k K] [--png F|--svg F],
-                                 --cost [--T 1000 --B 32 --dtype float32], --flow [--T 50] [--png F]
+    rnncomp inspect CELL         equations [--latex|--markdown], graphs (--dot [step|unfolded|gradient]
+                                 [--k K] [--png F|--svg F]), costs (--cost [--T 1000 --B 32 --dtype float32]),
+                                 gradient flow (--flow [--T 50] [--png F]), --profile, --memory [--budget 10MB]
+    rnncomp compile CELL --target ptx --arch sm_80 -o cell.ptx     compiled code (PTX, LLVM IR, assembly)
     rnncomp train CELL --task sine|adding|charlm|FILE [--epochs 5 --save F --resume F --plot F.png]
     mpiexec -n 4 rnncomp train ...     the same, data-parallel over 4 MPI ranks (docs/distributed.md)
 """
@@ -244,8 +244,8 @@ def _inspect_args(ins) -> None:
                                   "or a checkpoint (its trained cell; --flow with its parameters)")
     ins.add_argument("--equations", action="store_true",
                      help="the forward and backward equations (the default when nothing else is asked)")
-    ins.add_argument("--latex", action="store_true")
-    ins.add_argument("--markdown", action="store_true")
+    ins.add_argument("--latex", action="store_true", help="the equations as LaTeX (an aligned block)")
+    ins.add_argument("--markdown", action="store_true", help="the equations as Markdown with $$ LaTeX blocks")
     ins.add_argument("--dot", nargs="?", const="step", choices=["step", "unfolded", "gradient"],
                      help="Graphviz DOT text of the one-step (default), unfolded (--k steps) or gradient graph")
     ins.add_argument("--k", type=positive, default=None, help="steps of the unfolded graph (default 3)")
@@ -304,6 +304,48 @@ def compile_cmd(args) -> int:
     return 0
 
 
+DEMO_HELP = """\
+A tour of a few seconds: declares a GRU in the DSL, prints its forward equations and
+the BPTT step rnncomp derived, checks that gradient against central finite differences,
+compiles it for this CPU and times it against the NumPy reference, then trains it on sine
+waves. Writes rnncomp-demo-gru.ckpt and rnncomp-demo-gru.png to the temporary directory."""
+
+INSPECT_HELP = """\
+Shows what rnncomp derived for a cell: its forward and backward equations (the default),
+graphs as DOT text or pictures, FLOP and memory costs, gradient norms through time, a
+profile of one native training call, or a checkpointing schedule (docs/inspect.md)."""
+
+INSPECT_EXAMPLES = """\
+examples:
+  rnncomp inspect lstm                              equations and the derived BPTT step
+  rnncomp inspect lstm --latex
+  rnncomp inspect gru --dot gradient --svg g.svg    draw the gradient graph
+  rnncomp inspect lstm --cost --T 1000 --B 32       FLOPs and memory
+  rnncomp inspect lstm --flow --png flow.png        gradient norms through time
+  rnncomp inspect lstm --memory --budget 10MB       checkpointing schedule"""
+
+COMPILE_HELP = """\
+Writes the code rnncomp generates for a cell's forward and backward (BPTT) passes: LLVM IR
+or assembly for this CPU, or PTX for an NVIDIA GPU."""
+
+COMPILE_EXAMPLES = """\
+examples:
+  rnncomp compile lstm                               LLVM IR to standard output
+  rnncomp compile lstm --emit asm -o lstm.s          this CPU's assembly
+  rnncomp compile gru --target ptx --arch sm_80 -o gru.ptx"""
+
+TRAIN_HELP = """\
+Trains a cell (a zoo cell by default) on a built-in task or a text file and prints the
+loss next to the task's trivial baseline."""
+
+TRAIN_EXAMPLES = """\
+examples:
+  rnncomp train gru --task adding --T 100 --epochs 5 --save gru.ckpt
+  rnncomp train --resume gru.ckpt --save gru.ckpt     5 more epochs, saved again
+  rnncomp train lstm --task charlm --plot curve.png   character model of the shipped text
+  mpiexec -n 4 rnncomp train lstm --task charlm       data-parallel over 4 MPI ranks"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``rnncomp`` argument parser (the docs' commands are checked against it)."""
     from . import __version__
@@ -311,18 +353,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rnncomp", description="A symbolic autodiff compiler for recurrent networks.")
     p.add_argument("--version", action="version", version=f"rnncomp {__version__}")
     sub = p.add_subparsers(dest="cmd")
-    sub.add_parser("demo", help="declare a GRU, show its BPTT equations, check the gradient, train it")
-    ins = sub.add_parser("inspect", help="a cell's equations, graphs (DOT), costs and gradient flow")
+    raw = argparse.RawDescriptionHelpFormatter  # keeps the examples' lines as written
+    sub.add_parser("demo", help="declare a GRU, show its BPTT equations, check the gradient, train it",
+                   formatter_class=raw, description=DEMO_HELP)
+    ins = sub.add_parser("inspect", help="a cell's equations, graphs (DOT), costs and gradient flow",
+                         formatter_class=raw, description=INSPECT_HELP, epilog=INSPECT_EXAMPLES)
     _inspect_args(ins)
-    comp = sub.add_parser("compile", help="write a cell's compiled code (PTX, LLVM IR, assembly)")
+    comp = sub.add_parser("compile", help="write a cell's compiled code (PTX, LLVM IR, assembly)",
+                          formatter_class=raw, description=COMPILE_HELP, epilog=COMPILE_EXAMPLES)
     comp.add_argument("cell", help="a zoo cell, module:name or file.py[:name]")
-    comp.add_argument("--target", choices=["ptx", "native"], default="native")
+    comp.add_argument("--target", choices=["ptx", "native"], default="native",
+                      help="native: this CPU, via LLVM (default); ptx: NVIDIA GPUs (no GPU needed to compile)")
     comp.add_argument("--arch", default=None, help="GPU architecture for --target ptx (sm_75 and newer; default sm_90)")
     comp.add_argument("--emit", choices=["ir", "asm"], default=None, help="for --target native (default ir)")
-    comp.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    comp.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="default float32")
     comp.add_argument("-o", "--output", help="file to write (default: standard output)")
     _size_args(comp)
-    tr = sub.add_parser("train", help="train a cell on a built-in task or a text")
+    tr = sub.add_parser("train", help="train a cell on a built-in task or a text",
+                        formatter_class=raw, description=TRAIN_HELP, epilog=TRAIN_EXAMPLES)
     _train_args(tr)
     return p
 

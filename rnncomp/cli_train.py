@@ -24,12 +24,12 @@ def add_arguments(tr) -> None:
     tr.add_argument("--task", default=None, metavar="sine|adding|charlm|FILE",
                     help="a built-in task, the shipped text (charlm) or a text FILE to model "
                          "character by character (default: sine; with --resume: the saved one)")
-    tr.add_argument("--epochs", type=natural, default=5)
-    tr.add_argument("--lr", type=positive_float, default=None, help="Adam's step (default 1e-2; text: 3e-3)")
+    tr.add_argument("--epochs", type=natural, default=5, help="passes over the training data (default 5)")
+    tr.add_argument("--lr", type=positive_float, default=None, help="the optimizer's learning rate (default 1e-2; text: 3e-3)")
     tr.add_argument("--hidden", type=positive, default=None, help="hidden units of a zoo cell (default 32; text: 128)")
     tr.add_argument("--T", type=positive, default=None, help="sequence length (default 50; text: 100)")
     tr.add_argument("--N", type=positive, default=None, help="number of sequences (sine: 256, adding: 4096)")
-    tr.add_argument("--batch", type=positive, default=32)
+    tr.add_argument("--batch", type=positive, default=32, help="sequences per update (default 32)")
     tr.add_argument("--k1", type=natural, default=0, help="truncated BPTT: steps between updates (0: off, whole sequences)")
     tr.add_argument("--k2", type=natural, default=0, help="truncated BPTT: steps back-propagated")
     tr.add_argument("--backend", choices=["native", "numpy"], default=None,
@@ -46,7 +46,8 @@ def add_arguments(tr) -> None:
                     help="of the data and the initial parameters (default 0; with --resume: the saved one)")
     tr.add_argument("--save", help="write a checkpoint here after every epoch (see --save-every) and on Ctrl-C")
     tr.add_argument("--save-every", type=positive, default=1, metavar="K", help="save every K epochs (default 1)")
-    tr.add_argument("--resume", help="continue from a checkpoint (its cell, task and sizes)")
+    tr.add_argument("--resume", help="continue from a checkpoint (its cell, task and sizes); it is not written "
+                         "again unless --save is given")
     tr.add_argument("--plot", metavar="PNG", help="write the learning curve here")
     tr.add_argument("--distributed", choices=["auto", "mpi", "none"], default="auto",
                     help="data-parallel over MPI ranks; auto: when started by mpiexec/srun among "
