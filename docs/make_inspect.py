@@ -175,10 +175,12 @@ def section(name: str) -> tuple[str, dict]:
     text = (f"## `{name}`\n\nGraphs (DOT): {links}.\n\n"
             f"![the gradient graph of {name}, compact](img/{name}_gradient-compact.svg)\n\n"
             f"```text\n{rc.explain(cell)}\n```\n\n"
-            f"Costs at n_in = 64, hidden = 256, n_out = 10 (`rnncomp inspect {name} --inputs 64 "
-            f"--hidden 256 --outputs 10 --cost`):\n\n```text\n{c.table()}\n```\n\n"
+            f"Costs at n_in = 64, hidden = 256, n_out = 10 (the first table of `rnncomp inspect {name} "
+            f"--inputs 64 --hidden 256 --outputs 10 --cost`, which then compares the gradient "
+            f"algorithms):\n\n```text\n{c.table()}\n```\n\n"
             f"Gradient flow, `init_params(seed=0)`, standard normal data, T = 30, B = 4 "
-            f"(`rnncomp inspect {name} --inputs 3 --hidden 4 --outputs 2 --flow --T 30`):\n\n"
+            f"(every 5th step of `rnncomp inspect {name} --inputs 3 --hidden 4 --outputs 2 --flow --T 30`, "
+            f"which prints every step while T < 40):\n\n"
             f"```text\n{f.table(every=5)}\n```\n")
     return text, files
 
