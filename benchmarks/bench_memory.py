@@ -148,12 +148,13 @@ def _cpu_name() -> str:
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="T = 100, 1000")
     ap.add_argument("--full", action="store_true", help="add T = 10,000 (store-all: 6 GB, minutes)")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=3, help="timed rounds per (T, schedule); the least is kept (default 3)")
     ap.add_argument("--T", type=int, nargs="+", help="these sequence lengths instead")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
+                    help="a directory for memory.json and memory.png (default benchmarks/results)")
     args = ap.parse_args()
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     Ts = (100, 1000) if args.quick else (100, 300, 1000, 3000) + ((10_000,) if args.full else ())

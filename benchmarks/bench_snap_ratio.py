@@ -65,7 +65,14 @@ def case(kind, D, H, B, T=20, repeat=7):
 
 
 def main(argv=None):
-    names = (sys.argv[1:] if argv is None else argv) or list(CASES)
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog="See the module docstring for what is timed and how.")
+    ap.add_argument("cases", nargs="*", metavar="CASE", help=f"which cells ({', '.join(CASES)}; default: all)")
+    names = ap.parse_args(argv).cases or list(CASES)
+    for name in names:
+        if name not in CASES:
+            ap.error(f"unknown case {name!r} (choose from {', '.join(CASES)})")
     for name in names:
         case(*CASES[name], repeat=3 if name == "gru" else 7)
 
