@@ -31,15 +31,24 @@ def flow(cell, params, T, seed=7):
     return gradient_flow(cell, p64, x, y, mask=m, jacobian=False).grad_norm_joint
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default (not for flags, nor where the default is None)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()), formatter_class=_Defaults)
     p.add_argument("--T", type=int, default=100, help="sequence length")
     p.add_argument("--N", type=int, default=10000, help="training sequences")
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--cells", default="gru,lstm,elman")
-    p.add_argument("--backend", default="native", choices=["native", "numpy"])
+    p.add_argument("--hidden", type=int, default=64, help="hidden units")
+    p.add_argument("--epochs", type=int, default=6, help="passes over the training sequences")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam's learning rate")
+    p.add_argument("--cells", default="gru,lstm,elman", help="zoo cells to train, comma-separated")
+    p.add_argument("--backend", default="native", choices=["native", "numpy"], help="rnncomp backend")
     p.add_argument("--plot", help="PNG of ‖∂L/∂h[t]‖ against t for the trained networks")
     p.add_argument("--quick", action="store_true", help="a small run for the smoke test")
     a = p.parse_args(argv)

@@ -22,17 +22,26 @@ import rnncomp as rc
 from rnncomp.train.text import CharVocab, bits_per_char, char_data, corpus, sample_text
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default (not for flags, nor where the default is None)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()), formatter_class=_Defaults)
     p.add_argument("--text", help="a text file (default: the shipped Pride and Prejudice)")
-    p.add_argument("--cell", default="gru", choices=["gru", "lstm", "mgu", "elman"])
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--cell", default="gru", choices=["gru", "lstm", "mgu", "elman"], help="zoo cell")
+    p.add_argument("--hidden", type=int, default=256, help="hidden units")
+    p.add_argument("--epochs", type=int, default=10, help="passes over the text")
     p.add_argument("--T", type=int, default=100, help="characters per batch (the BPTT window)")
     p.add_argument("--batch", type=int, default=32, help="parallel streams")
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam's learning rate")
     p.add_argument("--sample", type=int, default=400, help="characters to sample")
-    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
     p.add_argument("--save", help="write a checkpoint here")
     p.add_argument("--curve", help="PNG of the learning curve")
     p.add_argument("--quick", action="store_true", help="a small run for the smoke test")

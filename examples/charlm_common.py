@@ -95,14 +95,23 @@ def bits(nats: float) -> float:
     return nats / np.log(2)
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default (not for flags, nor where the default is None)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def arguments(description: str) -> argparse.ArgumentParser:
     """The flags both character-model examples take (each adds its own after these)."""
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--embed", type=int, default=32)
+    p = argparse.ArgumentParser(description=description, formatter_class=_Defaults)
+    p.add_argument("--epochs", type=int, default=10, help="passes over the text")
+    p.add_argument("--hidden", type=int, default=128, help="hidden units")
+    p.add_argument("--embed", type=int, default=32, help="embedding width")
     p.add_argument("--T", type=int, default=100, help="characters per window (the BPTT length)")
     p.add_argument("--batch", type=int, default=32, help="parallel streams")
-    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--lr", type=float, default=1e-2, help="AdamW's learning rate")
     p.add_argument("--time-steps", type=int, default=5, help="timed steps per model (0: no timing)")
     return p

@@ -21,6 +21,15 @@ y = cell.output("y", cell.param("V", (2, 16)) @ h.new)
 cell.loss((y - cell.target("t", 2)) ** 2 / 2)
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default (not for flags, nor where the default is None)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def main(T=50, B=8):
     print(rc.explain(cell))
     rng = np.random.default_rng(0)
@@ -34,9 +43,9 @@ def main(T=50, B=8):
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
-    ap.add_argument("--T", type=int, default=50, help="steps (default 50)")
-    ap.add_argument("--B", type=int, default=8, help="sequences (default 8)")
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()), formatter_class=_Defaults)
+    ap.add_argument("--T", type=int, default=50, help="steps")
+    ap.add_argument("--B", type=int, default=8, help="sequences")
     ap.add_argument("--quick", action="store_true", help="T = 5, B = 2 (a smoke test)")
     a = ap.parse_args()
     main(*((5, 2) if a.quick else (a.T, a.B)))

@@ -34,15 +34,24 @@ def run(gradient, args):
             "accuracy": float((np.sign(out) == yt[args.D:]).mean()), "seconds": time.perf_counter() - start}
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default (not for flags, nor where the default is None)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()), formatter_class=_Defaults)
     p.add_argument("--D", type=int, default=6, help="the delay (the dependency's length)")
     p.add_argument("--k", type=int, default=4, help="the truncation window, k1 = k2")
-    p.add_argument("--T", type=int, default=32)
+    p.add_argument("--T", type=int, default=32, help="steps per sequence")
     p.add_argument("--N", type=int, default=512, help="training sequences")
-    p.add_argument("--H", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--H", type=int, default=16, help="hidden units")
+    p.add_argument("--epochs", type=int, default=6, help="passes over the sequences")
+    p.add_argument("--seed", type=int, default=0, help="the initialisation")
     p.add_argument("--quick", action="store_true", help="fewer sequences and epochs")
     args = p.parse_args(argv)
     if args.quick:

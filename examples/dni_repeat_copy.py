@@ -34,16 +34,25 @@ def run(gradient, args):
             "history": history, "updates": tr.step_count, "seconds": time.perf_counter() - start}
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default (not for flags, nor where the default is None)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()), formatter_class=_Defaults)
     p.add_argument("--L", type=int, default=4, help="bits in the pattern")
     p.add_argument("--repeats", type=int, default=2, help="the largest repeat count")
     p.add_argument("--k1", type=int, default=3, help="steps between updates")
     p.add_argument("--k2", type=int, default=None, help="steps back-propagated (default k1)")
     p.add_argument("--N", type=int, default=1024, help="training sequences")
-    p.add_argument("--H", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.003)
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--H", type=int, default=32, help="hidden units")
+    p.add_argument("--lr", type=float, default=0.003, help="Adam's learning rate")
+    p.add_argument("--epochs", type=int, default=40, help="passes over the sequences")
     p.add_argument("--seed", type=int, default=0, help="the initialisation (the data are fixed)")
     p.add_argument("--quick", action="store_true", help="a small run: the code path only")
     args = p.parse_args(argv)

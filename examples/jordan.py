@@ -27,14 +27,23 @@ def plans(n_plans, n_symbols, T, seed=0):
     return x, np.eye(n_symbols, dtype="float32")[symbols], symbols, orders
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default (not for flags, nor where the default is None)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
-    p.add_argument("--plans", type=int, default=4)
-    p.add_argument("--symbols", type=int, default=6)
-    p.add_argument("--hidden", type=int, default=32)
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()), formatter_class=_Defaults)
+    p.add_argument("--plans", type=int, default=4, help="plans (sequences to learn)")
+    p.add_argument("--symbols", type=int, default=6, help="symbols in each sequence")
+    p.add_argument("--hidden", type=int, default=32, help="hidden units")
     p.add_argument("--T", type=int, default=20, help="training length (tested on 3 T)")
     p.add_argument("--steps", type=int, default=400, help="updates")
-    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate")
     p.add_argument("--quick", action="store_true", help="a small run for the smoke test")
     a = p.parse_args(argv)
     if a.quick:

@@ -19,14 +19,23 @@ from rnncomp.train.plot import line_plot
 from rnncomp.train.tasks import sine
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default (not for flags, nor where the default is None)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
-    p.add_argument("--hidden", type=int, default=32)
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()), formatter_class=_Defaults)
+    p.add_argument("--hidden", type=int, default=32, help="hidden units")
     p.add_argument("--T", type=int, default=50, help="training sequence length")
     p.add_argument("--N", type=int, default=1024, help="training sequences")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--backend", default="native", choices=["native", "numpy"])
+    p.add_argument("--epochs", type=int, default=30, help="passes over the training sequences")
+    p.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate")
+    p.add_argument("--backend", default="native", choices=["native", "numpy"], help="rnncomp backend")
     p.add_argument("--plot", help="PNG of a held-out wave and the closed-loop continuation")
     p.add_argument("--curve", help="PNG of the learning curve")
     p.add_argument("--quick", action="store_true", help="a small run for the smoke test")

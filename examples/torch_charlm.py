@@ -184,7 +184,7 @@ def step_times(kinds, vocab, embed, hidden, T, batch, steps=5, warmup=1):
 def main(argv=None):
     p = arguments(" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--compile", default="step", choices=["step", "loop", "none"],
-                   help="time torch.compile of the cell's step (default), of the whole loop (its compile "
+                   help="time torch.compile of the cell's step, of the whole loop (its compile "
                         "unrolls T steps: minutes) or neither")
     p.add_argument("--quick", action="store_true", help="a small run for the smoke test")
     a = p.parse_args(argv)
