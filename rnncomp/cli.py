@@ -341,7 +341,7 @@ loss next to the task's trivial baseline."""
 TRAIN_EXAMPLES = """\
 examples:
   rnncomp train gru --task adding --T 100 --epochs 5 --save gru.ckpt
-  rnncomp train --resume gru.ckpt --save gru.ckpt     5 more epochs, saved again
+  rnncomp train --resume gru.ckpt                     5 more epochs, saved back to gru.ckpt
   rnncomp train lstm --task charlm --plot curve.png   character model of the shipped text
   mpiexec -n 4 rnncomp train lstm --task charlm       data-parallel over 4 MPI ranks"""
 
@@ -385,6 +385,10 @@ def main(argv=None) -> int:
         return {"demo": demo, "inspect": inspect_cmd, "compile": compile_cmd, "train": train_cmd}[args.cmd](args)
     except RnncompError as exc:  # a message, not a traceback: bad cells, checkpoints, options
         raise SystemExit(f"rnncomp: {exc}") from None
+    except BrokenPipeError:  # `rnncomp ... | head`: the reader took what it wanted and left
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not fail the same way again
+        return 0
     except OSError as exc:  # files: the name and the reason
         where = f"{exc.filename}: " if exc.filename else ""
         raise SystemExit(f"rnncomp: {where}{exc.strerror or exc}") from None

@@ -2,7 +2,8 @@
 
 The task and its sizes are kept in the checkpoint (``Trainer.info["task"]``), so
 ``rnncomp train --resume F`` continues the same run; each epoch's state is saved to
-``--save`` (every ``--save-every`` epochs, and on Ctrl-C), atomically.  Every task prints
+``--save`` (by default, with ``--resume F``: back to F; every ``--save-every`` epochs, and on
+Ctrl-C), atomically.  Every task prints
 its trivial baseline next to the loss, so a loss that learnt nothing reads as such.
 """
 from __future__ import annotations
@@ -46,8 +47,8 @@ def add_arguments(tr) -> None:
                     help="of the data and the initial parameters (default 0; with --resume: the saved one)")
     tr.add_argument("--save", help="write a checkpoint here after every epoch (see --save-every) and on Ctrl-C")
     tr.add_argument("--save-every", type=positive, default=1, metavar="K", help="save every K epochs (default 1)")
-    tr.add_argument("--resume", help="continue from a checkpoint (its cell, task and sizes); it is not written "
-                         "again unless --save is given")
+    tr.add_argument("--resume", help="continue from a checkpoint (its cell, task and sizes), saved back to it "
+                         "as the run goes on (--save elsewhere to keep it as it is)")
     tr.add_argument("--plot", metavar="PNG", help="write the learning curve here")
     tr.add_argument("--distributed", choices=["auto", "mpi", "none"], default="auto",
                     help="data-parallel over MPI ranks; auto: when started by mpiexec/srun among "
@@ -101,6 +102,8 @@ def train_cmd(args) -> int:
     if args.cell is not None and not args.cell.strip():
         raise SystemExit("rnncomp: the cell is an empty name: give a zoo cell, module:name or file.py[:name]")
 
+    if args.resume and not args.save:  # a continued run is saved where it came from, not lost
+        args.save = args.resume
     check_writable(args.save, args.plot)
     check_picture("--plot", args.plot, ("png", "svg"))
     with contextlib.ExitStack() as stack:

@@ -70,8 +70,13 @@ def test_train_save_and_resume(tmp_path, capsys):
     before = float(out.split("before: held-out loss ")[1].split()[0])
     after = float(out.split("after:  held-out loss ")[1].split()[0])
     assert after < before
+    from rnncomp.train import Trainer
+    saved = Trainer.load(ckpt).step_count
     assert main(["train", "--resume", ckpt, "--epochs", "1", "--N", "32", "--T", "20", "--k1", "5", "--k2", "10"]) == 0
-    assert "resumed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resumed" in out and f"continue: rnncomp train --resume {ckpt}" in out
+    # the continued run is saved back where it came from (it was lost without --save)
+    assert Trainer.load(ckpt).step_count > saved
 
 
 def test_inspect_memory_prints_the_chosen_schedule(capsys):
@@ -119,3 +124,14 @@ def test_train_charlm_reads_the_shipped_text(capsys):
     assert "Pride and Prejudice" in out and "74 distinct" in out and "(uniform: 6.209)" in out
     with pytest.raises(SystemExit, match="sine, adding, charlm or a text file"):
         main(["train", "gru", "--task", "no_such_file.txt"])
+
+
+def test_inspect_memory_columns_line_up_with_a_long_plan_name(capsys):
+    """A Budget plan's long name pushed the rest of its row out of line (a newcomer's find):
+    every row's memory column ends where the header's does."""
+    assert main(["inspect", "lstm", "--memory", "--budget", "10MB"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    head = next(ln for ln in lines if ln.lstrip().startswith("schedule"))
+    end = head.index("memory") + len("memory")
+    rows = [ln for ln in lines[lines.index(head) + 1:] if "MiB" in ln or "KiB" in ln][:3]
+    assert len(rows) == 3 and all(ln[:end].endswith("iB") for ln in rows), (head, rows)

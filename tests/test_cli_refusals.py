@@ -138,3 +138,17 @@ def test_explain_of_a_cell_without_a_loss_seeds_its_outputs_cotangents():
     text = str(rc.explain(c))
     assert "δh[t] = δ⁺h[t] + Vᵀ·δyᵉˣᵗ[t]" in text and "∂L/∂V" in text
     assert text == str(rc.explain(c, d_outputs=True))
+
+
+def test_a_reader_that_leaves_early_is_no_error():
+    """`rnncomp compile lstm | head -1`: stdout's reader closed before the listing was written.
+    That printed "rnncomp: Broken pipe" and exited 1 (found by a newcomer's walk-through)."""
+    import os
+    import subprocess
+    import sys
+    r, w = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-m", "rnncomp", "compile", "lstm"], stdout=w, stderr=subprocess.PIPE)
+    os.close(w)
+    os.close(r)  # the reader is gone before the child writes its first line
+    err = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 0 and err == "", (proc.returncode, err)

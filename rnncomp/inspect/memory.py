@@ -93,13 +93,15 @@ def _actions(plan: Plan, n=6) -> str:
 
 def memory_table(r: MemoryReport) -> str:
     full = r.rows[0].memory
+    w1 = max([16] + [len(row.name) for row in r.rows])   # columns as wide as their longest entry
+    w2 = max([36] + [len(row.plan.name) for row in r.rows])
     lines = [f"memory schedules of {r.cell!r} for T={r.T}, B={r.B}, {r.dtype}: activation buffers, "
              "recomputed forward steps, predicted time (FLOPs)",
-             f"  {'schedule':<16} {'plan':<36} {'memory':>10} {'vs all':>7} {'recomputed':>11} "
+             f"  {'schedule':<{w1}} {'plan':<{w2}} {'memory':>10} {'vs all':>7} {'recomputed':>11} "
              f"{'leaves':>7} {'checkpoints':>12} {'time':>7}"]
     for row in r.rows:
         p = row.plan
-        lines.append(f"  {row.name:<16} {p.name:<36} {_bytes(row.memory):>10} {row.memory / full:>7.1%} "
+        lines.append(f"  {row.name:<{w1}} {p.name:<{w2}} {_bytes(row.memory):>10} {row.memory / full:>7.1%} "
                      f"{p.advanced:>11} {p.leaves:>7} {p.max_held:>12} {row.overhead:>6.2f}x")
     chosen, sqrt = r.rows[2], r.rows[1]
     lines += ["",
