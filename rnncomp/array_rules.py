@@ -18,7 +18,11 @@ def _vjp_transpose(ctx, key, node, g, active):
 def _vjp_matmul(ctx, key, node, g, active):  # C = A·B: δA = δC·Bᵀ, δB = Aᵀ·δC
     for i, (a, o) in enumerate(zip(node.args, node.args[::-1])):
         if a in active:
-            t = ctx.emit(f"{display(o[0])}ᵀ", None, Node("transpose", (o,), ctx.fwd.node(o).size[::-1]))
+            on = ctx.fwd.node(o)
+            if on.op == "transpose":  # (Xᵀ)ᵀ is X: no second transpose (it printed as δD·Xᵀᵀ)
+                t = on.args[0]
+            else:
+                t = ctx.emit(f"{display(o[0])}ᵀ", None, Node("transpose", (o,), on.size[::-1]))
             d = ctx.emit(f"δ{display(a[0])}·part", None, Node("matmul", (g, t) if i == 0 else (t, g), ctx.fwd.node(a).size))
             ctx.contribute(a, placeholder(0), (d,), ctx.fwd.node(a).size)
 

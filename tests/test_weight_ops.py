@@ -425,3 +425,30 @@ def test_in_a_stack_gradients_against_finite_differences():
     rng = np.random.default_rng(0)
     params = {k: v + rng.normal(0, 0.1, v.shape) for k, v in model.init_params(0).items()}
     check_grads(model, params, rng.normal(size=(4, 2, 3)), rng.normal(size=(4, 2, 2)))
+
+
+def test_a_product_with_a_transpose_chains_back_through_the_matrix_itself():
+    """D = W·Wᵀ: δW = δD·(Wᵀ)ᵀ is δD·W.  The listing read "δW = δ(W·Wᵀ)′·Wᵀᵀ" and the code
+    transposed W twice (found by a newcomer's walk-through); the gradient is checked against
+    central differences (float64, 1e-7 relative: h = 1e-6 leaves ~1e-10 of truncation)."""
+    cell = rc.Cell("wwt")
+    x, h = cell.input("x", 3), cell.state("h", 4)
+    W, V = cell.param("W", (4, 4)), cell.param("V", (4, 3))
+    cell.update(h, sp.tanh((W @ W.T) @ h + V @ x))
+    cell.loss(rc.vsum(h.new ** 2))
+    text = str(rc.explain(cell))
+    assert "ᵀᵀ" not in text and "δW = δ(W·Wᵀ)′·W\n" in text
+    p = {k: v.astype(np.float64) for k, v in cell.init_params(seed=1).items()}
+    xs = np.random.default_rng(0).standard_normal((5, 2, 3))
+    ref = rc.compile(cell, backend="numpy", dtype="float64")
+    fd = np.zeros((4, 4))
+    for i in range(4):
+        for j in range(4):
+            q = {k: v.copy() for k, v in p.items()}
+            q["W"][i, j] += 1e-6
+            up = ref.loss_and_grad(q, {"x": xs})[0]
+            q["W"][i, j] -= 2e-6
+            fd[i, j] = (up - ref.loss_and_grad(q, {"x": xs})[0]) / 2e-6
+    for backend in ("numpy", "native"):
+        g = rc.compile(cell, backend=backend, dtype="float64").loss_and_grad(p, {"x": xs})[1]["W"]
+        np.testing.assert_allclose(g, fd, rtol=1e-7, atol=1e-9)
