@@ -18,8 +18,12 @@ oscillator (two states, an element-wise recurrence with parameter-only coefficie
 multiplicative RNN ((A·h) ⊙ (B·x)), a four-layer highway ladder of element-wise gates with
 per-unit parameters, and a clipped leaky ReLU (Max/Min kinks).
 H = 128, D = 64, B = 32, T = 100, float32; rnncomp's native ``loss_and_grad`` on all cores,
-JAX in its own process (``--worker``) with XLA's default threading.  Ratio = JAX / rnncomp,
-medians of the timed calls.
+JAX in its own process (``--worker``) with XLA's default threading, compiled in two forms (the
+read-out inside the scan, and after it: the values the next states do not need computed for
+all T steps at once), both checked, the faster one timed.  The worker stays up and the parent
+alternates a block of rnncomp calls with a block of JAX calls (``--rounds``), each block the
+median of ``--repeats`` calls after 0.3 s of warm-up; ratio = JAX / rnncomp of the median
+round, with the lowest and highest round's printed beside it.
 """
 from __future__ import annotations
 
