@@ -148,7 +148,7 @@ class Recurrent:
                           "recompute": (host_forward, host_vjp)}[backward]
         ffi = jax.default_backend() == "cpu" if _ffi is None else _ffi
         call = _host_caller(self, ffi)
-        forward, fwd, bwd = call(host_forward), call(fwd_fn), call(bwd_fn)
+        forward, fwd, bwd = (_first_order_only(call(f), st.name) for f in (host_forward, fwd_fn, bwd_fn))
 
         def like(arrays):
             return tuple(jax.ShapeDtypeStruct(a.shape, dt) for a in arrays)
@@ -276,6 +276,25 @@ def _host_caller(owner, ffi: bool):
             return jax.pure_callback(host, results, *args, vmap_method="sequential")
         return run
     return call
+
+
+def _first_order_only(run, name: str):
+    """``run`` (a host call) made differentiable by nobody with a named error: a jvp of a host
+    call (``jax.grad`` of a ``jax.grad``, ``jax.hessian``, a jvp of a gradient all differentiate
+    the custom_vjp's fwd and bwd) would be JAX's "The FFI call to `rnncomp_host_call` cannot be
+    differentiated ... use jax.custom_jvp" (found by a probe)."""
+    def wrapped(results, *args):
+        @jax.custom_jvp
+        def host(*args):
+            return run(results, *args)
+
+        @host.defjvp
+        def _(primals, tangents):
+            raise CallError(f"cell {name!r}: the gradient of its gradient (jax.grad of a jax.grad, jax.hessian, "
+                            "a jvp of a gradient) is not derived: rnncomp layers give first-order gradients "
+                            "only (docs/layers.md)")
+        return host(*args)
+    return wrapped
 
 
 JAX_OPS = ArrayOps(

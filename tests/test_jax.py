@@ -122,6 +122,29 @@ def test_vmap_runs_one_call_per_element(backward):
         _close(grads[i], np.asarray(jax.grad(lambda x: layer(params, x)[0].sum())(xs[i])), f"gradient {i}")
 
 
+@pytest.mark.parametrize("ffi", [True, False])
+@pytest.mark.parametrize("backward", rc.jax.BACKWARDS)
+def test_a_second_order_gradient_is_a_named_error(backward, ffi):
+    """jax.grad of a jax.grad, jax.hessian and a jvp of a gradient differentiate the host calls;
+    a named CallError, not JAX's "The FFI call to `rnncomp_host_call` cannot be differentiated.
+    You can use `jax.custom_jvp`..." (found by a probe).  First order is unchanged."""
+    cell = rc.cells.elman(3, 4, 2)
+    _, params, xs, _, _ = _data(cell, 4, 2, 5)
+    layer = rc.jax.Recurrent(rc.compile(cell, dtype="float64"), "y", backward, _ffi=ffi)
+
+    def loss(p):
+        return jnp.sum(layer(p, xs["x"])[0] ** 2)
+
+    first_order_only = "cell 'elman': the gradient of its gradient .* first-order gradients only"
+    with pytest.raises(CallError, match=first_order_only):
+        jax.grad(lambda p: jnp.sum(jax.grad(loss)(p)["W"] ** 2))(params)
+    with pytest.raises(CallError, match=first_order_only):
+        jax.hessian(loss)(params)
+    with pytest.raises(CallError, match=first_order_only):
+        jax.jvp(jax.grad(loss), (params,), (params,))
+    check_grads(loss, (params,), order=1, modes=["rev"], eps=FD_EPS, atol=FD_TOL, rtol=FD_TOL)
+
+
 def test_training_with_jax_grad_decreases_the_loss():
     layer = rc.jax.recurrent(rc.cells.gru(2, 8, 1), output="y")  # float32
     t = np.linspace(0, 6, 20, dtype=np.float32)
