@@ -303,6 +303,10 @@ class Recurrent(nn.Module):
         self._dtype = dtype
         self._model, self._key = self._by_dtype[dtype]
 
+    def __prepare_scriptable__(self):  # torch.jit.script calls it on every submodule before compiling
+        raise CallError(f"cell {self._model.step.name!r}: torch.jit.script cannot compile an rnncomp layer (its "
+                        "forward is Python calling a compiled model); use torch.compile, or torch.jit.trace")
+
     def extra_repr(self) -> str:
         st = self._model.step
         sizes = ", ".join(f"{n}[{s}]" for n, s in list(st.inputs.items()) + list(st.states.items()))
@@ -379,7 +383,10 @@ class Recurrent(nn.Module):
     def _run(self, params, inputs, states):
         """One call of the op: (outputs, final states), lists in the cell's order."""
         # a forward that a backward will follow keeps what the backward needs (docs/layers.md)
-        keep = torch.is_grad_enabled() and any(t.requires_grad for t in params + inputs + states)
+        # (not in a torch.jit.trace: the trace would fix keep as a constant, and its check, run
+        # under no_grad, failed with "Graphs differed across invocations"; a traced backward runs vjp)
+        keep = (torch.is_grad_enabled() and any(t.requires_grad for t in params + inputs + states)
+                and not torch.jit.is_tracing())
         # dropout follows the module's mode, as nn.Dropout does; its seed comes from torch's
         # generator (torch.manual_seed sets it; torch.utils.checkpoint restores it to recompute)
         drops = getattr(self._model, "has_dropout", False) and self.training

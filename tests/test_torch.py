@@ -504,3 +504,27 @@ def test_a_layer_without_parameters_converts_too():
     layer = Recurrent(cell, output="y").double()
     xs = torch.randn(4, 2, 3, dtype=F64)
     assert torch.equal(layer(xs)[0], Recurrent(cell, output="y", dtype=F64)(xs)[0])
+
+
+def test_torch_jit_trace_runs_and_script_is_a_named_error():
+    """``torch.jit.trace`` failed its own check ("Graphs differed across invocations": the op's
+    keep flag was True in the trace and False in the check, traced again under no_grad), and
+    ``torch.jit.script`` ended in TorchScript's "Don't support conversion in JoinedStr" at an
+    f-string of rnncomp/torch.py (found by a probe).  A trace now runs, other shapes and its
+    backward included (the same numbers as eager); scripting is a named CallError."""
+    import warnings
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4, dtype=F64),
+                              Recurrent(rc.cells.gru(4, 5, 2), output="y", dtype=F64, return_final=False))
+    with pytest.raises(CallError, match="cell 'gru': torch.jit.script cannot compile an rnncomp layer"):
+        torch.jit.script(net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(net, (torch.randn(6, 2, 3, dtype=F64),))
+    x = torch.randn(9, 3, 3, dtype=F64)
+    traced(x).square().sum().backward()
+    got = {n: p.grad.clone() for n, p in net.named_parameters()}
+    net.zero_grad()
+    net(x).square().sum().backward()
+    for n, p in net.named_parameters():
+        _close(got[n], p.grad, n)
