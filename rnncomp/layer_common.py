@@ -1,10 +1,14 @@
 """What the framework layers (:mod:`rnncomp.torch`, :mod:`rnncomp.jax`) share: the checks
 (a cell can be a layer; the names a call passes; lengths) and the two ways to run a padded
 batch: chained chunks (:func:`run_padded`) and, for a model with a reversed pass inside, one
-call per length (:func:`run_by_length`); :func:`padded_runner` picks.
-Imports no framework."""
+call per length (:func:`run_by_length`); :func:`padded_runner` picks; the models a
+framework's ops find by key (:class:`LayerModels`).  Imports no framework."""
 from __future__ import annotations
 
+import hashlib
+import itertools
+import os
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -12,6 +16,47 @@ import numpy as np
 
 from .backends.validate import forward_targets
 from .errors import CallError, CellError
+
+
+class LayerModels:
+    """The compiled models a framework's ops run, by key (an op's arguments are tensors and
+    strings): ``rnncomp.torch`` owns one; each ``Recurrent`` adds its model when made (also
+    when copied or unpickled) and a finaliser drops it when the layer goes."""
+
+    def __init__(self):
+        self._models: dict[str, object] = {}
+        self._ids: dict[str, itertools.count] = {}
+
+    def add(self, owner, model) -> str:
+        """``"<cell name>#<fingerprint>.<n>"``: the n-th layer of this process whose model has that
+        fingerprint (its cell, backend, dtype, options).  A key is what a ``torch.jit`` trace
+        records, so a trace saved and loaded in another process runs the layer of that process
+        with the same fingerprint, never another cell that happens to have the same name (a
+        counter alone ran a relu cell's model for a saved tanh trace)."""
+        fp = _fingerprint(model)
+        key = f"{model.step.name}#{fp}.{next(self._ids.setdefault(fp, itertools.count()))}"
+        self._models[key] = model
+        weakref.finalize(owner, self._models.pop, key, None)
+        return key
+
+    def get(self, key: str):
+        model = self._models.get(key)
+        if model is None:
+            raise CallError(f"rnncomp layer {key!r} does not exist in this process: its Recurrent module "
+                            "was garbage-collected before this call or its backward, or the call comes from "
+                            "a torch.jit trace saved by another process (make the same Recurrent layer here, "
+                            "same cell and options, before running it; see docs/layers.md)")
+        return model
+
+
+def _fingerprint(model) -> str:
+    """A short digest of how ``model`` was compiled (what pickling it keeps: the cell's
+    declarations, backend, dtype, options); a model that cannot say gets this process's own."""
+    try:
+        text = repr(model.__reduce__()[1])
+    except Exception:  # noqa: BLE001 - no portable description: a key of this process only
+        text = f"{os.getpid()}:{id(model)}"
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def check_layer_cell(step, output, who: str) -> None:

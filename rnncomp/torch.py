@@ -26,7 +26,6 @@ a :class:`~rnncomp.errors.CallError` naming the tensor and its device.  See docs
 """
 from __future__ import annotations
 
-import itertools
 import weakref
 
 try:
@@ -38,7 +37,7 @@ except ImportError as e:  # pragma: no cover - exercised only without torch inst
 import numpy as np
 
 from .errors import CallError, CellError
-from .layer_common import ArrayOps, check_layer_cell, check_lengths, missing_inputs, named, padded_runner
+from .layer_common import ArrayOps, LayerModels, check_layer_cell, check_lengths, missing_inputs, named, padded_runner
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
@@ -49,31 +48,7 @@ def _attr(name: str) -> str:
     return name.replace(".", "__")
 
 
-class _Models:
-    """The compiled models the ops run, by key (an op's arguments are tensors and strings).
-
-    Owned by this module; each :class:`Recurrent` adds its model when made (also when
-    copied or unpickled) and a finaliser drops it when the layer goes."""
-
-    def __init__(self):
-        self._models: dict[str, object] = {}
-        self._ids = itertools.count()
-
-    def add(self, owner, model) -> str:
-        key = f"{model.step.name}#{next(self._ids)}"
-        self._models[key] = model
-        weakref.finalize(owner, self._models.pop, key, None)
-        return key
-
-    def get(self, key: str):
-        model = self._models.get(key)
-        if model is None:
-            raise CallError(f"rnncomp layer {key!r} no longer exists (its Recurrent module was "
-                            "garbage-collected before this call or its backward)")
-        return model
-
-
-MODELS = _Models()
+MODELS = LayerModels()  # the compiled models of this process's layers, by the key their ops take
 
 
 def _on_cpu(model, what: str, t):
