@@ -58,7 +58,8 @@ def compile_fixed_point(cell, tol: float = 1e-8, max_iter: int = 500, dtype: str
     ``cache=None``) one step at a time (:mod:`.settle_exec`); an energy model's Hessian-vector
     products (its "rbp" and "bptt") are compiled too (:mod:`rnncomp.backends.native_hvp`)."""
     from .online import check_single_cell
-    check_single_cell(cell, "compile_fixed_point")  # a composition has no step of its own to settle
+    check_single_cell(cell, "compile_fixed_point", way_out="settle one cell (its state is what relaxes "
+                      "to a fixed point), or train the composition with rc.Trainer")  # no step of its own
     if not (isinstance(tol, numbers.Real) and not isinstance(tol, bool) and tol > 0
             and isinstance(max_iter, int) and not isinstance(max_iter, bool) and max_iter >= 1):
         raise ValueError(f"compile_fixed_point: need tol > 0 and an integer max_iter >= 1, "

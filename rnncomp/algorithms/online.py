@@ -58,13 +58,13 @@ def check_fit_gradient(trainer) -> None:
                         "trainer without gradient= to train with fit")
 
 
-def check_single_cell(cell, what: str, error=CallError) -> None:
+def check_single_cell(cell, what: str, error=CallError, way_out: str | None = None) -> None:
     """A composition (rc.Stack, rc.Bidirectional) has no step program of its own to derive from."""
     from ..checks import is_composition
     if is_composition(cell):
+        way_out = way_out or "train it with gradient=rc.BPTT() (or fit), or apply the algorithm to a single cell"
         raise error(f"{what} derives its recursion from one cell's step; {getattr(cell, 'name', cell)!r} is a "
-                        f"composition ({type(cell).__name__}): train it with gradient=rc.BPTT() (or fit), or "
-                        "apply the algorithm to a single cell")
+                    f"composition ({type(cell).__name__}): {way_out}")
 
 
 def fit_online(trainer, inputs, targets, every=1, h0=None, continue_stream=False):
