@@ -82,10 +82,11 @@ def run(T, sched, reps, root):
 
 
 def table(rows) -> str:
-    lines = [f"{'T':>6} {'schedule':<16} {'plan':<38} {'ms/step':>8} {'activations':>12} {'vs all':>7} "
+    w = max([38] + [len(r["plan"]) for r in rows])   # a Budget plan's name is longer than most
+    lines = [f"{'T':>6} {'schedule':<16} {'plan':<{w}} {'ms/step':>8} {'activations':>12} {'vs all':>7} "
              f"{'time vs all':>11} {'(CPU)':>6} {'recomputed':>10} {'peak RSS':>9} {'Δ RSS':>8}"]
     for r in rows:
-        lines.append(f"{r['T']:>6} {NAMES[r['schedule']]:<16} {r['plan']:<38} {1e3 * r['seconds'] / r['T']:>8.3f} "
+        lines.append(f"{r['T']:>6} {NAMES[r['schedule']]:<16} {r['plan']:<{w}} {1e3 * r['seconds'] / r['T']:>8.3f} "
                      f"{r['activation_bytes'] / 2**20:>10.1f}MB {r['activation_bytes'] / r['all_activation_bytes']:>7.1%} "
                      f"{r['seconds'] / r['all_seconds']:>10.2f}x {r['cpu_seconds'] / r['all_cpu_seconds']:>5.2f}x "
                      f"{r['advanced']:>10} "
