@@ -25,6 +25,7 @@ over the sequence and over each sequence reversed within its length.
 """
 from __future__ import annotations
 
+import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -62,7 +63,28 @@ def uniform(ctx: Ctx, shape: tuple) -> np.ndarray:
     if ctx.rows is None:
         return ctx.rng.random(shape)
     first, B = ctx.rows
-    return ctx.rng.random((shape[0], B) + tuple(shape[2:]))[:, first:first + shape[1]]
+    T, b, rest = shape[0], shape[1], math.prod(shape[2:])
+    gen = ctx.rng.bit_generator
+    if b == B or type(gen).__name__ not in _ADVANCES or gen.state.get("has_uint32") or T * (B - b) * rest < _SKIP_MIN:
+        return ctx.rng.random((T, B) + tuple(shape[2:]))[:, first:first + b]
+    # for PCG64 a uniform is one 64-bit draw and advance(n) skips n of them: skip the other rows'
+    # draws instead of drawing them (R·k times the work under R ranks and k micro-batches)
+    out = np.empty(shape)
+    rows = out.reshape(T, b * rest)
+    before, after = first * rest, (B - first - b) * rest
+    for t in range(T):
+        if before:
+            gen.advance(before)
+        ctx.rng.random(out=rows[t])
+        if after:
+            gen.advance(after)
+    return out
+
+
+#: below this many skipped draws a call draws the whole batch (T calls of advance cost more)
+_SKIP_MIN = 1 << 16
+#: the bit generators whose advance(n) is n uniforms (Philox's counts blocks of four; others have none)
+_ADVANCES = ("PCG64", "PCG64DXSM")
 
 
 @contextmanager
