@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 import weakref
 from dataclasses import dataclass
@@ -51,12 +52,32 @@ class LayerModels:
 
 def _fingerprint(model) -> str:
     """A short digest of how ``model`` was compiled (what pickling it keeps: the cell's
-    declarations, backend, dtype, options); a model that cannot say gets this process's own."""
+    declarations, backend, dtype, options), the same in every process; a model that cannot
+    say gets this process's own."""
     try:
-        text = repr(model.__reduce__()[1])
+        text = json.dumps(model.__reduce__()[1], default=_portable, sort_keys=True)
     except Exception:  # noqa: BLE001 - no portable description: a key of this process only
         text = f"{os.getpid()}:{id(model)}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _portable(obj):
+    """What a fingerprint reads of an object JSON does not write: a cell or composition as its
+    declaration (its repr names only its sizes), a function (a custom initialiser) by its name
+    (its repr holds an address); anything else by a repr that holds no address."""
+    from .cell import Cell
+    from .compose.layers import Composition
+    from .train.checkpoint import cell_to_dict
+    if isinstance(obj, (Cell, Composition)):
+        return cell_to_dict(obj)
+    if callable(obj):
+        return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+    if isinstance(obj, (set, frozenset)):
+        return sorted(map(repr, obj))
+    text = repr(obj)
+    if " at 0x" in text:
+        raise TypeError(f"no portable description: {text}")
+    return text
 
 
 def check_layer_cell(step, output, who: str) -> None:

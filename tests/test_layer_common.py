@@ -51,3 +51,44 @@ def test_the_layers_say_what_to_install(module, extra):
     code = f"import sys; sys.modules[{module!r}] = None; import rnncomp.{module}"
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stderr
     assert f"pip install 'rnncomp[{extra}]'" in err
+
+
+_CELLS = '''
+import numpy as np, sympy as sp
+import rnncomp as rc
+
+
+def small(shape, rng):  # a custom initialiser: the model's __reduce__ holds the function itself
+    return rng.normal(0, 0.1, shape)
+
+
+def cell(act, derived):
+    c = rc.Cell("mine")
+    x, h = c.input("x", 3), c.state("h", 4)
+    W, V = c.param("W", (4, 4), init=small), c.param("V", (4, 3))
+    c.update(h, act(((W @ W.T) if derived else W) @ h + V @ x))
+    c.output("y", h.new)
+    return c
+
+
+def fingerprints():
+    from rnncomp.layer_common import _fingerprint
+    relu = lambda a: sp.Max(a, 0)  # noqa: E731
+    return [_fingerprint(rc.compile(cell(act, derived), backend="numpy", dtype="float64"))
+            for derived in (False, True) for act in (sp.tanh, relu)]
+'''
+
+
+def test_a_layer_fingerprint_names_its_equations_and_is_the_same_in_every_process(tmp_path):
+    """A saved torch.jit trace finds its layer by fingerprint.  A cell with derived weights
+    (W·Wᵀ) was fingerprinted by its Cell's repr, which names only its sizes: a relu cell had a
+    tanh cell's fingerprint.  A custom initialiser was fingerprinted by its repr, which holds
+    its address: the same layer had another fingerprint in another process."""
+    (tmp_path / "fp_cells.py").write_text(_CELLS)
+    code = "import fp_cells; print(' '.join(fp_cells.fingerprints()))"
+    runs = [subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+            for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:]
+    here, there = (r.stdout.split() for r in runs)
+    assert here == there                       # plain tanh, plain relu, derived tanh, derived relu
+    assert len(set(here)) == 4, here           # four models, four fingerprints
