@@ -238,3 +238,19 @@ def test_states_online_algorithms_micro_batches_and_options_under_ranks(tmp_path
     assert "comm must be an mpi4py communicator" in message(tmp_path, "comm", 0)
     assert "a distributed Trainer does not pickle" in message(tmp_path, "pickle", 0)
     assert "threads" not in rc.Trainer.load(tmp_path / "opts.ckpt").compile_options
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_a_failed_step_leaves_the_dropout_generator_where_it_started(k):
+    """A step that fails after the lower layers drew their masks (a nan in the top layer's
+    targets) put the generator back with accumulate=2 but left it advanced with accumulate=1:
+    from there on one process and its micro-batches dropped different units."""
+    comp = rc.Stack([rc.cells.gru(3, 4, 3), rc.cells.elman(3, 4, 2)], dropout=0.4)
+    tr = rc.Trainer(comp, rc.Adam(1e-2), backend="numpy", dtype="float64", seed=4, accumulate=k)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(5, 8, 3)), rng.normal(size=(5, 8, 2))
+    y[2, 7] = np.nan
+    start = tr.model.rng.bit_generator.state
+    with pytest.raises(rc.errors.RnncompError, match=r"targets\['target'\] contains nan"):
+        tr.train_step(x, y)
+    assert tr.model.rng.bit_generator.state == start

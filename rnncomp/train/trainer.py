@@ -139,7 +139,14 @@ class Trainer:
             from .distributed import loss_and_grad
             loss, g, final = loss_and_grad(self, inputs, targets, h0, mask)
         else:
-            loss, grads, final = self.model.loss_and_grad(self.params, inputs, targets, h0=h0, mask=mask)
+            drops = getattr(self.model, "has_dropout", False)
+            start = self.model.rng.bit_generator.state if drops else None
+            try:
+                loss, grads, final = self.model.loss_and_grad(self.params, inputs, targets, h0=h0, mask=mask)
+            except BaseException:  # the dropout generator where the step started, as distributed.loss_and_grad
+                if drops:
+                    self.model.rng.bit_generator.state = start
+                raise
             g = np.concatenate([grads[n].ravel() for n in self.names])
         apply(self, g, loss, f"step {self.step_count + 1}")
         if self.dist is not None:
