@@ -385,10 +385,10 @@ def main(argv=None) -> int:
         return {"demo": demo, "inspect": inspect_cmd, "compile": compile_cmd, "train": train_cmd}[args.cmd](args)
     except RnncompError as exc:  # a message, not a traceback: bad cells, checkpoints, options
         raise SystemExit(f"rnncomp: {exc}") from None
-    except BrokenPipeError:  # `rnncomp ... | head`: the reader took what it wanted and left
-        devnull = os.open(os.devnull, os.O_WRONLY)
+    except BrokenPipeError:  # `rnncomp ... | head`: the reader left; no message (it is gone too),
+        devnull = os.open(os.devnull, os.O_WRONLY)  # but not a success: the command stopped there
         os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not fail the same way again
-        return 0
+        return 1
     except OSError as exc:  # files: the name and the reason
         where = f"{exc.filename}: " if exc.filename else ""
         raise SystemExit(f"rnncomp: {where}{exc.strerror or exc}") from None

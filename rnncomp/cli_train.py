@@ -103,6 +103,10 @@ def train_cmd(args) -> int:
         raise SystemExit("rnncomp: the cell is an empty name: give a zoo cell, module:name or file.py[:name]")
 
     if args.resume and not args.save:  # a continued run is saved where it came from, not lost
+        target = args.resume if os.path.exists(args.resume) else os.path.dirname(os.path.abspath(args.resume))
+        if os.path.exists(target) and not os.access(target, os.W_OK):
+            raise SystemExit(f"rnncomp: --resume {args.resume} saves the continued run back to it, but it is "
+                             "read-only here: give --save FILE to write it elsewhere")
         args.save = args.resume
     check_writable(args.save, args.plot)
     check_picture("--plot", args.plot, ("png", "svg"))

@@ -42,6 +42,11 @@ class LayerModels:
 
     def get(self, key: str):
         model = self._models.get(key)
+        if model is None:  # its own layer is gone: one of the same fingerprint computes the same
+            # (parameters are the op's inputs); keys differ only in the count, which depends on how
+            # many such layers were made before (copies, dtype changes) in the process that traced
+            same = key.rpartition(".")[0] + "."
+            model = next((m for k, m in list(self._models.items()) if k.startswith(same)), None)
         if model is None:
             raise CallError(f"rnncomp layer {key!r} does not exist in this process: its Recurrent module "
                             "was garbage-collected before this call or its backward, or the call comes from "

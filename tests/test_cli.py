@@ -135,3 +135,18 @@ def test_inspect_memory_columns_line_up_with_a_long_plan_name(capsys):
     end = head.index("memory") + len("memory")
     rows = [ln for ln in lines[lines.index(head) + 1:] if "MiB" in ln or "KiB" in ln][:3]
     assert len(rows) == 3 and all(ln[:end].endswith("iB") for ln in rows), (head, rows)
+
+
+def test_resume_of_a_read_only_checkpoint_asks_for_save_before_training(tmp_path, monkeypatch):
+    """--resume F saves back to F: a read-only F (a shared model) would train an epoch and then
+    fail on 'Permission denied' (found by the review); it is refused first, naming --save."""
+    import os
+    import pytest
+    from rnncomp import cli_train
+    ckpt = str(tmp_path / "gru.ckpt")
+    assert main(["train", "gru", "--epochs", "1", "--N", "32", "--T", "10", "--hidden", "4", "--save", ckpt]) == 0
+    real = os.access
+    monkeypatch.setattr(cli_train.os, "access", lambda p, mode: False if p == ckpt else real(p, mode))
+    with pytest.raises(SystemExit, match="read-only here: give --save FILE"):
+        main(["train", "--resume", ckpt, "--epochs", "1"])
+    assert main(["train", "--resume", ckpt, "--epochs", "1", "--save", str(tmp_path / "other.ckpt")]) == 0

@@ -92,3 +92,33 @@ def test_a_layer_fingerprint_names_its_equations_and_is_the_same_in_every_proces
     here, there = (r.stdout.split() for r in runs)
     assert here == there                       # plain tanh, plain relu, derived tanh, derived relu
     assert len(set(here)) == 4, here           # four models, four fingerprints
+
+
+def test_a_key_whose_own_layer_is_gone_runs_a_layer_of_the_same_fingerprint():
+    """Keys count the layers of one fingerprint, so a trace made after a copy (key ….1) found
+    nothing in a process that made the layer once (….0), nor after its layer A was collected
+    and an identical B made (found by the review): a refusal for a layer that exists.  A
+    same-fingerprint model computes the same, so it runs; another cell's never does."""
+    import gc
+    from rnncomp.errors import CallError
+    from rnncomp.layer_common import LayerModels
+
+    class Owner:
+        pass
+
+    reg, elman = LayerModels(), rc.cells.elman(2, 3, 1)
+    a = Owner()
+    key_a = reg.add(a, rc.compile(elman, backend="numpy"))
+    del a
+    gc.collect()
+    b = Owner()
+    model_b = rc.compile(elman, backend="numpy")
+    key_b = reg.add(b, model_b)
+    assert key_a != key_b and key_a.rpartition(".")[0] == key_b.rpartition(".")[0]
+    assert reg.get(key_a) is model_b
+    other = Owner()
+    reg.add(other, rc.compile(rc.cells.gru(2, 3, 1), backend="numpy"))
+    del b
+    gc.collect()
+    with pytest.raises(CallError, match="does not exist in this process"):
+        reg.get(key_a)   # the gru layer's fingerprint is another
