@@ -80,7 +80,7 @@ def _demo_training() -> None:
     print(f"  held-out loss before: {tr.evaluate(xt, yt):.5f}")
     t0 = time.perf_counter()
     for epoch in range(8):
-        tr.fit(x, y, epochs=1, batch_size=run["batch"], seed=epoch, verbose=0)
+        tr.fit(x, y, epochs=1, batch_size=run["batch"], verbose=0)  # the orders of fit(epochs=8)
         print(f"  epoch {epoch + 1}: training loss {tr.history[-1]:.5f}   held-out {tr.evaluate(xt, yt):.5f}")
     print(f"  {tr.step_count} updates (forward + BPTT + clip + Adam) in {time.perf_counter() - t0:.2f} s")
     ref = rc_compile(tr.cell, backend="numpy", dtype="float32")

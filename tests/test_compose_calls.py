@@ -64,7 +64,7 @@ def test_a_resumed_trainer_draws_the_dropout_masks_the_saved_one_would_have(tmp_
         return rc.Trainer(comp, rc.Adam(1e-2), backend="native", dtype="float64", seed=seed)
 
     a = make()
-    for _ in range(2):  # two calls, as below (each fit call shuffles from its own seed)
+    for _ in range(2):  # two calls, as below (the orders of fit(epochs=2) either way)
         a.fit(x, y, epochs=1, batch_size=8, verbose=0)
     b = make()
     b.fit(x, y, epochs=1, batch_size=8, verbose=0)

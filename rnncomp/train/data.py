@@ -74,6 +74,17 @@ def stream_batches(stream, T: int, batch_size: int, *, batch_first=False) -> np.
     return np.ascontiguousarray(s.swapaxes(0, 1) if batch_first else s)
 
 
+def shuffled_orders(seed, N: int, done: int):
+    """The generator of ``fit``'s shuffled orders past the ``done`` epochs a trainer has run:
+    epoch k of a trainer's life is the k-th permutation drawn from ``seed``, whether it runs in
+    one ``fit`` call or after others (a checkpoint keeps the epochs run), so training on after
+    ``Trainer.load`` or ``rnncomp train --resume`` sees the orders an uninterrupted run sees."""
+    rng = np.random.default_rng(seed)
+    for _ in range(done):
+        rng.permutation(N)
+    return rng
+
+
 def as_dict(a, names, what):
     """``a`` as ``{name: array}``: a dict as given, a lone array for the only name in ``names``."""
     if isinstance(a, dict):

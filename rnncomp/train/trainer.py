@@ -17,7 +17,7 @@ from ..backends.validate import check_param_shapes
 from ..checks import count, real
 from ..compile import compile as rc_compile
 from ..errors import ArgumentError, CallError, TrainingError
-from .data import as_dict, batch_dims, check_lengths, converted, lengths_mask, targets_of
+from .data import as_dict, batch_dims, check_lengths, converted, lengths_mask, shuffled_orders, targets_of
 from .apply import apply, unbroken, updates_whole
 from .optim import Adam, Optimizer
 from .progress import EpochProgress, nanmean
@@ -178,7 +178,8 @@ class Trainer:
         add nothing to the loss or the gradients.  ``stateful=True``: batch k starts from the
         final states of batch k-1 (the state is reset at each epoch; no shuffling), for long
         streams laid out by :func:`rnncomp.train.data.stream_batches`.  ``shuffle`` defaults
-        to True unless stateful.  Each batch's loss is kept in ``batch_history``
+        to True unless stateful; ``seed`` draws the orders, epoch k of the trainer's life the k-th
+        (counted over its fit calls and checkpoints: fit(4) = fit(2) + fit(2)).  Each batch's loss is kept in ``batch_history``
         (for :meth:`plot`).  ``callbacks``: :class:`~.callbacks.Callback` objects called after
         each epoch (one returning True stops), and on Ctrl-C before it propagates
         (:class:`~.callbacks.Checkpoint` saves then; :class:`~.callbacks.EarlyStopping` stops).
@@ -214,8 +215,8 @@ class Trainer:
             self.dist.check_same_data({**x, **{"target:" + k: v for k, v in t.items()}, "mask": mask},
                                       (epochs, batch_size, shuffle, seed, stateful))
             self.dist.check_same(self.flat, self.step_count, start=True)  # not only every check_every steps
-        rng = np.random.default_rng(seed)
         first = len(self.history)
+        rng = shuffled_orders(seed, N, first if shuffle else 0)
         for epoch in range(epochs):
             order = rng.permutation(N) if shuffle else np.arange(N)
             losses, carry = [], None
