@@ -30,9 +30,12 @@ def add_arguments(tr) -> None:
     tr.add_argument("--hidden", type=positive, default=None, help="hidden units of a zoo cell (default 32; text: 128)")
     tr.add_argument("--T", type=positive, default=None, help="sequence length (default 50; text: 100)")
     tr.add_argument("--N", type=positive, default=None, help="number of sequences (sine: 256, adding: 4096)")
-    tr.add_argument("--batch", type=positive, default=32, help="sequences per update (default 32)")
-    tr.add_argument("--k1", type=natural, default=0, help="truncated BPTT: steps between updates (0: off, whole sequences)")
-    tr.add_argument("--k2", type=natural, default=0, help="truncated BPTT: steps back-propagated")
+    tr.add_argument("--batch", type=positive, default=None,
+                    help="sequences per update (default 32; with --resume: the saved one)")
+    tr.add_argument("--k1", type=natural, default=None,
+                    help="truncated BPTT: steps between updates (0, the default: off, whole sequences; "
+                         "with --resume: the saved one)")
+    tr.add_argument("--k2", type=natural, default=None, help="truncated BPTT: steps back-propagated (default --k1)")
     tr.add_argument("--backend", choices=["native", "numpy"], default=None,
                     help="default native; with --resume: the saved one")
     tr.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default=None, help="default adam")
@@ -150,8 +153,9 @@ def _train(args, Trainer, TASKS) -> int:
                              "clipping, and continues with them")
         if (args.backend or "native") != "native" and (args.memory or args.threads):
             raise SystemExit("rnncomp: --memory and --threads are for the native backend")
+        given = {} if args.k1 is None and args.k2 is None else {"bptt": _bptt(args)}  # else the saved one
         tr = Trainer.load(args.resume, backend=args.backend, dtype=args.dtype, distributed=_distributed(args),
-                          **_compile_options(args))
+                          **_compile_options(args), **given)
         run = _resumed_run(args, tr)
     task = args.task or run.get("task") or "sine"
     kind = task if task in TASKS else "text"
@@ -159,8 +163,9 @@ def _train(args, Trainer, TASKS) -> int:
     run = {"task": task, "cell": args.cell or run.get("cell") or "gru",
            "T": args.T or run.get("T") or d["T"], "N": args.N or run.get("N") or d["N"],
            "hidden": args.hidden or run.get("hidden") or d["hidden"],
-           "lr": args.lr or run.get("lr") or d["lr"], "batch": args.batch,
+           "lr": args.lr or run.get("lr") or d["lr"], "batch": args.batch or run.get("batch") or 32,
            "seed": run.get("seed", 0) if args.seed is None else args.seed}
+    args.batch = run["batch"]  # a resumed run goes on with its own batch size unless given
     if args.cell and args.cell not in cells.ZOO and args.hidden:
         raise SystemExit(f"rnncomp: --hidden sets the size of a zoo cell; {args.cell!r} declares its own sizes")
     if kind == "text":
@@ -192,15 +197,12 @@ def _resumed_run(args, tr) -> dict:
 
 
 def _new_trainer(args, run, cell, resumed):
-    from .train import Trainer, Truncated
+    from .train import Trainer
 
     if resumed is not None:
         return resumed
     from . import train
-    if args.k2 and not args.k1:
-        raise SystemExit(f"rnncomp: --k2 {args.k2} needs --k1 (the steps between updates of truncated BPTT)")
-    with option("--k1/--k2"):
-        bptt = Truncated(args.k1, args.k2 or args.k1) if args.k1 else None
+    bptt = _bptt(args)
     backend = args.backend or "native"
     if backend != "native" and (args.memory or args.threads):
         raise SystemExit("rnncomp: --memory and --threads are for the native backend")
@@ -208,6 +210,15 @@ def _new_trainer(args, run, cell, resumed):
     clip = 1.0 if args.clip is None else (args.clip or None)
     return Trainer(cell, optimizer, clip_norm=clip, bptt=bptt, backend=backend, seed=run["seed"],
                    dtype=args.dtype or "float32", distributed=_distributed(args), **_compile_options(args))
+
+
+def _bptt(args):
+    """``--k1``/``--k2`` as a :class:`Truncated` (None: whole sequences)."""
+    from .train import Truncated
+    if args.k2 and not args.k1:
+        raise SystemExit(f"rnncomp: --k2 {args.k2} needs --k1 (the steps between updates of truncated BPTT)")
+    with option("--k1/--k2"):
+        return Truncated(args.k1, args.k2 or args.k1) if args.k1 else None
 
 
 def _check_memory(tr, T: int, B: int) -> None:

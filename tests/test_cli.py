@@ -1,9 +1,11 @@
 """The command line: the demo passes its own checks; inspect reads zoo cells and files."""
 import textwrap
 
+import numpy as np
 import pytest
 
 from rnncomp.cli import main
+from rnncomp.train import Truncated
 
 
 def test_demo_succeeds(capsys):
@@ -61,6 +63,26 @@ def test_compile_writes_ptx_and_llvm(tmp_path, capsys):
         r = subprocess.run(["ptxas", "--gpu-name", "sm_80", str(out), "-o", str(tmp_path / "a.o")],
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
+
+
+def test_resume_continues_with_the_saved_batch_and_shuffle_and_takes_k1(tmp_path, capsys):
+    # --resume trained on with --batch 32 whatever the run had used, from the shuffle of epoch 1,
+    # and ignored --k1/--k2 (found by a probe): now 2 + 2 epochs are 4 epochs bit for bit
+    from rnncomp.train import Trainer
+    a, b = str(tmp_path / "a.ckpt"), str(tmp_path / "b.ckpt")
+    run = ["train", "gru", "--N", "24", "--T", "10", "--hidden", "4", "--batch", "7", "--dtype", "float64"]
+    assert main(run + ["--epochs", "2", "--save", a]) == 0
+    assert main(["train", "--resume", a, "--epochs", "2"]) == 0
+    assert main(run + ["--epochs", "4", "--save", b]) == 0
+    ta, tb = Trainer.load(a), Trainer.load(b)
+    assert ta.step_count == tb.step_count == 12 and ta.info == tb.info
+    np.testing.assert_array_equal(ta.flat, tb.flat)
+    assert ta.bptt is None
+    assert main(["train", "--resume", a, "--epochs", "0", "--k1", "5", "--k2", "10"]) == 0
+    assert Trainer.load(a).bptt == Truncated(5, 10)
+    assert main(["train", "--resume", a, "--epochs", "0"]) == 0  # kept when not given again
+    assert Trainer.load(a).bptt == Truncated(5, 10)
+    capsys.readouterr()
 
 
 def test_train_save_and_resume(tmp_path, capsys):
