@@ -290,6 +290,18 @@ def _train_task(args, run, task, resumed):
     return tr
 
 
+def _read_utf8(path: str) -> str:
+    """A text file as UTF-8; another encoding is refused by name (read with replacement, every
+    byte it cannot decode became one character, so é, à and ç of latin-1 were one letter)."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SystemExit(f"rnncomp: {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                         f"convert it first, e.g. iconv -f latin1 -t utf-8 {path} > utf8.txt") from None
+
+
 def _train_text(args, run, resumed):
     """``--task charlm`` (the shipped corpus) or ``--task FILE``: next-character prediction with
     softmax cross-entropy, stateful over ``--batch`` parallel streams of ``--T``-step windows;
@@ -299,8 +311,7 @@ def _train_text(args, run, resumed):
     if run["task"] == "charlm":
         text, what = corpus(), "Pride and Prejudice, ch. 1-30 (shipped)"
     elif os.path.isfile(run["task"]):
-        with open(run["task"], encoding="utf-8", errors="replace") as fh:
-            text, what = fh.read(), run["task"]
+        text, what = _read_utf8(run["task"]), run["task"]
     else:
         raise SystemExit(f"rnncomp: --task must be sine, adding, charlm or a text file; {run['task']!r} is none")
     T = run["T"]
@@ -326,7 +337,13 @@ def _train_text(args, run, resumed):
     run["vocab"] = vocab.chars
     tr = _new_trainer(args, run, cell, resumed)
     _check_memory(tr, T, args.batch)
-    data = char_data(text, T=T, batch_size=args.batch, vocab=vocab, dtype=tr.dtype)
+    try:
+        data = char_data(text, T=T, batch_size=args.batch, vocab=vocab, dtype=tr.dtype)
+    except MemoryError:  # one-hot rows of V numbers per character, inputs and targets
+        need = 2 * len(text) * V * tr.dtype.itemsize
+        raise SystemExit(f"rnncomp: {what} has {V} distinct characters: as one-hot rows its {len(text)} characters "
+                         f"take {need / 2**30:.1f} GiB (inputs and targets, {tr.dtype.name}), more than this "
+                         "machine could allocate; train on a shorter text or one with fewer distinct characters") from None
     print(f"training {tr.cell.name!r} as a character model of {what}: {len(text)} characters, "
           f"{V} distinct, {tr.backend} backend")
 

@@ -154,3 +154,26 @@ def test_a_reader_that_leaves_early_gets_no_message():
     os.close(r)  # the reader is gone before the child writes its first line
     err = proc.communicate(timeout=120)[1].decode()
     assert proc.returncode == 1 and err == "", (proc.returncode, err)
+
+
+def test_a_text_that_is_not_utf8_is_refused_not_read_with_replacement(tmp_path):
+    # latin-1 é, ï, à, ç were each read as U+FFFD: one letter for four, silently (found by a probe)
+    f = tmp_path / "latin1.txt"
+    f.write_bytes(("caf\xe9 na\xefve \xe0 la fa\xe7on " * 200).encode("latin-1"))
+    with pytest.raises(SystemExit, match=r"latin1.txt is not UTF-8 text \(byte 0xe9 at offset 3\); convert it"):
+        main(["train", "--task", str(f), "--T", "10", "--batch", "2", "--epochs", "0"])
+
+
+def test_a_text_whose_one_hot_data_does_not_fit_says_so(tmp_path, monkeypatch):
+    # a CJK text of 5,000 distinct characters ended in numpy's _ArrayMemoryError traceback
+    # (300 KB of text: 11 GiB of one-hot rows; found by a probe)
+    from rnncomp.train.text import CharVocab
+
+    def no_memory(self, ids, dtype="float32"):
+        raise MemoryError("Unable to allocate")
+    monkeypatch.setattr(CharVocab, "one_hot", no_memory)
+    f = tmp_path / "cjk.txt"
+    f.write_text("".join(chr(0x4e00 + i % 50) for i in range(2000)), encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"has 50 distinct characters: as one-hot rows its 2000 characters take "
+                                         r"0\.0 GiB .* train on a shorter text or one with fewer distinct"):
+        main(["train", "--task", str(f), "--T", "10", "--batch", "2", "--epochs", "0"])
