@@ -79,3 +79,30 @@ def test_padding_and_streams_lay_out_batch_first():
     s = np.arange(40.0)
     np.testing.assert_array_equal(np.swapaxes(rc.stream_batches(s, T=4, batch_size=2), 0, 1),
                                   rc.stream_batches(s, T=4, batch_size=2, batch_first=True))
+
+
+def test_mistakes_in_fit_options_and_data_are_named_before_training():
+    # found by a probe: each trained a whole epoch first, or ended in a raw error, or dropped data
+    x, y, (vx, vy) = _diverging()
+    tr = rc.Trainer(rc.cells.elman(1, 6, 1), rc.Adam(0.02), backend="numpy", dtype="float64")
+    before = tr.flat.copy()
+    # a validation input of the wrong size named "inputs['x']" after an epoch on the training data
+    with pytest.raises(rc.CallError, match=r"^fit\(validation_data=...\): cell 'elman': inputs\['x'\] has shape "
+                                           r"\(40, 8, 2\), expected \(40, 8, 1\)"):
+        tr.fit(x, y, epochs=1, verbose=0, validation_data=(np.concatenate([vx, vx], 2), vy))
+    with pytest.raises(rc.CallError, match=r"fit\(validation_data=...\): .*contains nan"):
+        tr.fit(x, y, epochs=1, verbose=0, validation_data=(vx * np.nan, vy))
+    # a function as a callback: AttributeError after the first epoch
+    with pytest.raises(TypeError, match=r"fit\(callbacks=...\): .* is not a callback: give rc.Callback objects"):
+        tr.fit(x, y, epochs=1, verbose=0, callbacks=[lambda *a: None])
+    np.testing.assert_array_equal(tr.flat, before)  # nothing trained by the refused calls
+    # one callback, not in a list: "'Keep' object is not iterable"
+    keep = Keep()
+    tr.fit(x, y, epochs=2, verbose=0, callbacks=keep)
+    assert len(keep.flats) == 2
+    # complex data: NumPy dropped the imaginary part with a ComplexWarning only
+    with pytest.raises(rc.CallError, match=r"inputs\['x'\] is complex \(complex128\); .* pass .real"):
+        tr.fit(x + 1j, y, epochs=1, verbose=0)
+    # predict(x, y): y was taken as h0 and ended in "'numpy.ndarray' object has no attribute 'items'"
+    with pytest.raises(rc.CallError, match=r"h0 must be a dict \{name: array\}, got ndarray \(predict\(inputs, h0\)"):
+        tr.predict(x, y)

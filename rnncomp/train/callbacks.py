@@ -13,6 +13,17 @@ import math
 import numpy as np
 
 
+def checked(callbacks) -> list:
+    """``fit``'s ``callbacks``: one callback or several, each with ``on_epoch_end`` (checked
+    before training: a function failed after the first epoch with an AttributeError)."""
+    callbacks = [callbacks] if hasattr(callbacks, "on_epoch_end") else list(callbacks)
+    for cb in callbacks:
+        if not callable(getattr(cb, "on_epoch_end", None)):
+            raise TypeError(f"fit(callbacks=...): {cb!r} is not a callback: give rc.Callback objects "
+                            "(a subclass with on_epoch_end(trainer, epoch, loss)), e.g. rc.EarlyStopping()")
+    return callbacks
+
+
 class Callback:
     def on_epoch_end(self, trainer, epoch: int, loss: float):
         return None

@@ -145,10 +145,31 @@ def batch_dims(where: str, arrays: dict, batch_first=False) -> tuple:
 def converted(d, dtype, what):
     """``{name: array}`` as contiguous arrays of the model's ``dtype``: the Trainer takes
     NumPy's default float64 (or ints, lists) for a float32 model and converts it once."""
+    if not isinstance(d, dict):  # predict(x, y): the second argument is h0
+        raise CallError(f"{what} must be a dict {{name: array}}, got {type(d).__name__}"
+                        + (" (predict(inputs, h0): it takes no targets)" if what == "h0" else ""))
     out = {}
     for k, v in d.items():
+        if np.iscomplexobj(v):  # NumPy's cast would drop the imaginary part with a ComplexWarning only
+            raise CallError(f"{what}[{k!r}] is complex ({np.asarray(v).dtype}); the model computes with real "
+                            f"{np.dtype(dtype).name} numbers: pass .real if that is what you mean")
         try:
             out[k] = np.ascontiguousarray(v, dtype=dtype)
         except (TypeError, ValueError) as exc:
             raise CallError(f"{what}[{k!r}] cannot be read as {np.dtype(dtype).name} numbers: {exc}") from None
     return out
+
+
+def check_validation(trainer, validation_data) -> None:
+    """``fit(validation_data=...)`` checked before the first epoch (it was read after one, its
+    errors naming ``inputs['x']`` as if the training data were wrong)."""
+    from ..backends.validate import check_call
+    if not (isinstance(validation_data, (tuple, list)) and len(validation_data) in (2, 3)):
+        raise CallError("fit(validation_data=...) must be (inputs, targets) or (inputs, targets, mask)")
+    where = "fit(validation_data=...)"
+    x, t, T, N = trainer._data(where, *validation_data[:2])
+    try:
+        mask = trainer._mask(validation_data[2], None, T, N) if len(validation_data) == 3 else None
+        check_call(trainer.cell.step, trainer.dtype, trainer.params, x, t, mask=mask, need_targets=True)
+    except CallError as exc:
+        raise CallError(f"{where}: {exc}") from None

@@ -17,7 +17,9 @@ from ..backends.validate import check_param_shapes
 from ..checks import count, real
 from ..compile import compile as rc_compile
 from ..errors import ArgumentError, CallError, TrainingError
-from .data import as_dict, batch_dims, check_lengths, converted, lengths_mask, shuffled_orders, targets_of
+from .callbacks import checked
+from .data import (as_dict, batch_dims, check_lengths, check_validation, converted, lengths_mask, shuffled_orders,
+                   targets_of)
 from .apply import apply, unbroken, updates_whole
 from .optim import Adam, Optimizer
 from .progress import EpochProgress, nanmean
@@ -187,22 +189,22 @@ class Trainer:
         each epoch into ``val_history`` (what the callbacks can watch)."""
         from ..algorithms.online import check_fit_gradient
         check_fit_gradient(self)
+        callbacks = checked(callbacks)
+        if validation_data is not None:
+            check_validation(self, validation_data)
         try:
             with updates_whole(self):
                 return self._fit(inputs, targets, epochs, batch_size, mask, shuffle, seed, verbose,
-                                 lengths, stateful, list(callbacks), validation_data)
+                                 lengths, stateful, callbacks, validation_data)
         except KeyboardInterrupt:
             for cb in callbacks:
-                cb.on_interrupt(self)
+                getattr(cb, "on_interrupt", lambda tr: None)(self)
             raise
 
     def _fit(self, inputs, targets, epochs, batch_size, mask, shuffle, seed, verbose, lengths, stateful, callbacks,
              validation_data):
         x, t, T, N = self._data("fit", inputs, targets)
         epochs, batch_size = count("fit", "epochs", epochs, at_least=0), count("fit", "batch_size", batch_size)
-        if validation_data is not None and not (isinstance(validation_data, (tuple, list))
-                                                and len(validation_data) in (2, 3)):
-            raise CallError("fit(validation_data=...) must be (inputs, targets) or (inputs, targets, mask)")
         if stateful and shuffle:
             raise CallError("fit(stateful=True): batches continue each other in order; pass shuffle=False")
         if stateful and lengths is not None:
