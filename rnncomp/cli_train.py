@@ -290,6 +290,18 @@ def _train_task(args, run, task, resumed):
     return tr
 
 
+def _check_cross_entropy(cell) -> None:
+    """A text is scored in bits per character, its loss read as a cross-entropy in nats: a cell
+    whose loss has no log in it (a squared error) printed its loss as bits per character."""
+    import sympy as sp
+    loss = getattr(cell, "loss_expr", None)  # (a composition's is its last layer's: not checked)
+    if loss is None or any(isinstance(n, sp.log) or type(n).__name__ == "LogSumExp" for n in sp.preorder_traversal(loss)):
+        return
+    raise SystemExit(f"rnncomp: a character model is scored in bits per character, from a cross-entropy loss; "
+                     f"the loss of cell {cell.name!r} has no log in it ({loss}): declare "
+                     "cell.loss(rc.softmax_xent(y, target))")
+
+
 def _read_utf8(path: str) -> str:
     """A text file as UTF-8; another encoding is refused by name (read with replacement, every
     byte it cannot decode became one character, so é, à and ç of latin-1 were one letter)."""
@@ -331,6 +343,7 @@ def _train_text(args, run, resumed):
     if len(sizes) != 2 or sizes != [V, V]:
         raise SystemExit(f"rnncomp: a character model of {what} needs one input and one target of "
                          f"size {V} (its vocabulary); cell {cell.name!r} has {sizes}")
+    _check_cross_entropy(cell)
     if resumed is not None and run.get("vocab") not in (None, vocab.chars):
         raise SystemExit(f"rnncomp: {what} has other characters than the text {args.resume} was trained on; "
                          "the model would read them as different letters")

@@ -177,3 +177,12 @@ def test_a_text_whose_one_hot_data_does_not_fit_says_so(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"has 50 distinct characters: as one-hot rows its 2000 characters take "
                                          r"0\.0 GiB .* train on a shorter text or one with fewer distinct"):
         main(["train", "--task", str(f), "--T", "10", "--batch", "2", "--epochs", "0"])
+
+
+def test_a_text_task_refuses_a_cell_whose_loss_is_not_a_cross_entropy(tmp_path):
+    # a squared-error cell of the text's sizes printed its loss as "0.318 bits per character" (found by a probe)
+    f, cell = tmp_path / "t.txt", tmp_path / "mse.py"
+    f.write_text("abcab cba " * 100, encoding="utf-8")
+    cell.write_text("import sympy as sp, rnncomp as rc\ncell = rc.cells.elman(4, 3, 4)\n")
+    with pytest.raises(SystemExit, match=r"the loss of cell 'elman' has no log in it .*rc.softmax_xent"):
+        main(["train", str(cell), "--task", str(f), "--T", "5", "--batch", "2", "--epochs", "0"])
