@@ -151,8 +151,12 @@ def _train(args, Trainer, TASKS) -> int:
         if given:
             raise SystemExit(f"rnncomp: {', '.join(given)}: {args.resume} holds its optimizer, learning rate and "
                              "clipping, and continues with them")
-        if (args.backend or "native") != "native" and (args.memory or args.threads):
-            raise SystemExit("rnncomp: --memory and --threads are for the native backend")
+        if args.memory or args.threads:  # the backend is the saved one unless given (not always native)
+            backend = args.backend or _saved_backend(args.resume)
+            if backend != "native":
+                raise SystemExit("rnncomp: --memory and --threads are for the native backend" + (
+                    "" if args.backend else f"; {args.resume} trains on the {backend} backend (--backend "
+                                            "native moves it)"))
         given = {} if args.k1 is None and args.k2 is None else {"bptt": _bptt(args)}  # else the saved one
         tr = Trainer.load(args.resume, backend=args.backend, dtype=args.dtype, distributed=_distributed(args),
                           **_compile_options(args), **given)
@@ -175,6 +179,12 @@ def _train(args, Trainer, TASKS) -> int:
     if args.plot:
         print(f"  learning curve: {tr.plot(args.plot)}")
     return 0
+
+
+def _saved_backend(path) -> str:
+    from .train import checkpoint
+    meta, _ = checkpoint.read(path)
+    return "native" if meta == "legacy" else meta.get("backend", "native")
 
 
 def _resumed_run(args, tr) -> dict:

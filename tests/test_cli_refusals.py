@@ -186,3 +186,14 @@ def test_a_text_task_refuses_a_cell_whose_loss_is_not_a_cross_entropy(tmp_path):
     cell.write_text("import sympy as sp, rnncomp as rc\ncell = rc.cells.elman(4, 3, 4)\n")
     with pytest.raises(SystemExit, match=r"the loss of cell 'elman' has no log in it .*rc.softmax_xent"):
         main(["train", str(cell), "--task", str(f), "--T", "5", "--batch", "2", "--epochs", "0"])
+
+
+def test_resume_of_a_numpy_run_with_memory_is_refused_by_name(tmp_path):
+    # --memory on --resume of a run saved on the numpy backend: TypeError "backend 'numpy' takes no
+    # options" from rc.compile (the check assumed the saved backend was native; found by a probe)
+    ckpt = str(tmp_path / "n.ckpt")
+    assert main(["train", "elman", "--backend", "numpy", "--N", "8", "--T", "5", "--epochs", "1", "--save", ckpt]) == 0
+    with pytest.raises(SystemExit, match=r"for the native backend; .*n.ckpt trains on the numpy backend "
+                                         r"\(--backend native moves it\)"):
+        main(["train", "--resume", ckpt, "--memory", "budget:1MB", "--epochs", "0"])
+    assert main(["train", "--resume", ckpt, "--memory", "budget:1MB", "--backend", "native", "--epochs", "0"]) == 0
