@@ -106,3 +106,15 @@ def test_mistakes_in_fit_options_and_data_are_named_before_training():
     # predict(x, y): y was taken as h0 and ended in "'numpy.ndarray' object has no attribute 'items'"
     with pytest.raises(rc.CallError, match=r"h0 must be a dict \{name: array\}, got ndarray \(predict\(inputs, h0\)"):
         tr.predict(x, y)
+
+
+def test_a_last_batch_too_small_for_accumulate_is_refused_before_any_update():
+    # 24 sequences in batches of 7 with accumulate=4: three updates, then "needs at least 4
+    # sequences (batch_size >= 4)" of a batch_size of 7 (found by a probe)
+    x, y = np.ones((5, 24, 1)), np.ones((5, 24, 1))
+    tr = rc.Trainer(rc.cells.elman(1, 3, 1), rc.Adam(0.02), backend="numpy", dtype="float64", accumulate=4)
+    with pytest.raises(rc.CallError, match=r"^fit: 24 sequences in batches of 7 leave a last batch of 3, fewer than "
+                                           r"the 4 that accumulate=4 .* remainder of 24 is 0 or 4 or more"):
+        tr.fit(x, y, epochs=1, batch_size=7, verbose=0)
+    assert tr.step_count == 0
+    assert len(tr.fit(x, y, epochs=1, batch_size=10, verbose=0)) == 1  # a last batch of 4 is enough

@@ -225,6 +225,18 @@ class Group:
         return result
 
 
+def check_last_batch(tr, N: int, batch_size: int) -> None:
+    """``fit``'s last batch of an epoch, when N is no multiple of ``batch_size``, too small for
+    ranks × ``accumulate``: refused before the first update (it failed after the epoch's others,
+    saying batch_size >= k of a batch_size that was)."""
+    k = tr.accumulate * (1 if tr.dist is None else tr.dist.size)
+    last = N % batch_size
+    if k > 1 and batch_size >= k and 0 < last < k:
+        raise CallError(f"fit: {N} sequences in batches of {batch_size} leave a last batch of {last}, fewer than the "
+                        f"{k} that accumulate={tr.accumulate} micro-batches on {k // tr.accumulate} rank(s) need: use "
+                        f"a batch_size whose remainder of {N} is 0 or {k} or more, or drop {last} sequences")
+
+
 def loss_and_grad(tr, inputs, targets, h0, mask):
     """The global batch's loss and flat gradient, this rank's rows computed in ``tr.accumulate``
     micro-batches and summed over the ranks.  Returns (loss, gradient: a view into the

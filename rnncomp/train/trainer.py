@@ -18,6 +18,7 @@ from ..checks import count, real
 from ..compile import compile as rc_compile
 from ..errors import ArgumentError, CallError, TrainingError
 from .callbacks import checked
+from .distributed import check_last_batch
 from .data import (as_dict, batch_dims, check_lengths, check_validation, converted, lengths_mask, shuffled_orders,
                    targets_of)
 from .apply import apply, unbroken, updates_whole
@@ -213,6 +214,7 @@ class Trainer:
         shuffle = (not stateful) if shuffle is None else shuffle
         verbose = verbose if self.dist is None or self.dist.is_root else 0  # one progress bar: rank 0's
         mask = self._mask(mask, lengths, T, N)
+        check_last_batch(self, N, batch_size)  # not after the epoch's other updates
         if self.dist is not None:
             self.dist.check_same_data({**x, **{"target:" + k: v for k, v in t.items()}, "mask": mask},
                                       (epochs, batch_size, shuffle, seed, stateful))
