@@ -150,6 +150,13 @@ def test_shuffled_epochs_continue_across_fit_calls_and_checkpoints(tmp_path):
     b.fit(inputs, targets, epochs=2, batch_size=3, verbose=0)
     np.testing.assert_array_equal(a.flat, b.flat)
     assert a.history == b.history and a.batch_history == b.batch_history
+    # epoch by epoch in one trainer (a loop of fit(epochs=1)): the same, and each call starts
+    # from where the last left the orders, not by redrawing every earlier epoch's (quadratic)
+    c = make()
+    for k in range(4):
+        c.fit(inputs, targets, epochs=1, batch_size=3, verbose=0)
+        assert c._orders["at"] == (0, 12, k + 1)
+    np.testing.assert_array_equal(a.flat, c.flat)
 
 
 def test_fit_learns_a_sine(capsys):

@@ -74,15 +74,26 @@ def stream_batches(stream, T: int, batch_size: int, *, batch_first=False) -> np.
     return np.ascontiguousarray(s.swapaxes(0, 1) if batch_first else s)
 
 
-def shuffled_orders(seed, N: int, done: int):
+def shuffled_orders(seed, N: int, done: int, memo: dict):
     """The generator of ``fit``'s shuffled orders past the ``done`` epochs a trainer has run:
     epoch k of a trainer's life is the k-th permutation drawn from ``seed``, whether it runs in
     one ``fit`` call or after others (a checkpoint keeps the epochs run), so training on after
-    ``Trainer.load`` or ``rnncomp train --resume`` sees the orders an uninterrupted run sees."""
+    ``Trainer.load`` or ``rnncomp train --resume`` sees the orders an uninterrupted run sees.
+    ``memo`` (the trainer's, see :func:`remember_orders`) holds where the last call left the
+    generator, so a loop of ``fit(epochs=1)`` calls does not redraw every earlier epoch's order
+    (quadratic in the epochs); after a load, the first call draws them once."""
     rng = np.random.default_rng(seed)
+    if memo.get("at") == (seed, N, done) and isinstance(seed, (int, np.integer)):
+        rng.bit_generator.state = memo["state"]
+        return rng
     for _ in range(done):
         rng.permutation(N)
     return rng
+
+
+def remember_orders(memo: dict, rng, seed, N: int, done: int) -> None:
+    """Keep where ``rng`` is after ``done`` epochs of orders (for the next :func:`shuffled_orders`)."""
+    memo.update(at=(seed, N, done), state=rng.bit_generator.state)
 
 
 def as_dict(a, names, what):

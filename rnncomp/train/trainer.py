@@ -19,8 +19,8 @@ from ..compile import compile as rc_compile
 from ..errors import ArgumentError, CallError, TrainingError
 from .callbacks import checked
 from .distributed import check_last_batch
-from .data import (as_dict, batch_dims, check_lengths, check_validation, converted, lengths_mask, shuffled_orders,
-                   targets_of)
+from .data import (as_dict, batch_dims, check_lengths, check_validation, converted, lengths_mask, remember_orders,
+                   shuffled_orders, targets_of)
 from .apply import apply, unbroken, updates_whole
 from .optim import Adam, Optimizer
 from .progress import EpochProgress, nanmean
@@ -220,7 +220,7 @@ class Trainer:
                                       (epochs, batch_size, shuffle, seed, stateful))
             self.dist.check_same(self.flat, self.step_count, start=True)  # not only every check_every steps
         first = len(self.history)
-        rng = shuffled_orders(seed, N, first if shuffle else 0)
+        rng = shuffled_orders(seed, N, first if shuffle else 0, self.__dict__.setdefault("_orders", {}))
         for epoch in range(epochs):
             order = rng.permutation(N) if shuffle else np.arange(N)
             losses, carry = [], None
@@ -241,6 +241,8 @@ class Trainer:
                 self.val_history.append(self.evaluate(*validation_data))
                 if verbose:
                     print(f"  validation loss {self.val_history[-1]:.5f}", flush=True)
+            if shuffle:
+                remember_orders(self._orders, rng, seed, N, len(self.history))
             if any([bool(cb.on_epoch_end(self, epoch + 1, self.history[-1])) for cb in callbacks]):
                 break
         if self.dist is not None:  # a run shorter than check_every steps is compared too
