@@ -38,11 +38,18 @@ def test_early_stopping_stops_and_restores_the_best_parameters(tmp_path):
     assert saved.val_history == v[:b + 1]
 
 
-def test_monitoring_the_validation_loss_without_validation_data_is_named():
+def test_monitoring_the_validation_loss_without_validation_data_is_named(tmp_path):
     x, y, _ = _diverging()
     tr = rc.Trainer(rc.cells.elman(1, 3, 1), backend="numpy", dtype="float64")
     with pytest.raises(ValueError, match="needs fit\\(validation_data="):
         tr.fit(x, y, epochs=2, verbose=0, callbacks=[rc.EarlyStopping()])
+    # before the first update (it trained an epoch, then failed; found by a probe)
+    assert tr.step_count == 0 and tr.history == []
+    with pytest.raises(ValueError, match="Checkpoint watches monitor='val_loss'"):
+        tr.fit(x, y, epochs=2, verbose=0, callbacks=[rc.Checkpoint(str(tmp_path / "c.ckpt"), best=True)])
+    tr.fit(x, y, epochs=1, verbose=0, callbacks=[rc.Checkpoint(str(tmp_path / "d.ckpt")),   # best=False: no loss
+                                                 rc.EarlyStopping(monitor="loss")])
+    assert tr.step_count > 0
 
 
 def test_batch_first_trains_exactly_as_time_major(tmp_path):

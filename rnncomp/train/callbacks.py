@@ -13,14 +13,20 @@ import math
 import numpy as np
 
 
-def checked(callbacks) -> list:
-    """``fit``'s ``callbacks``: one callback or several, each with ``on_epoch_end`` (checked
-    before training: a function failed after the first epoch with an AttributeError)."""
+def checked(callbacks, validation: bool = True) -> list:
+    """``fit``'s ``callbacks``: one callback or several, each with ``on_epoch_end``, and one that
+    watches the validation loss only with ``validation`` data (checked before training: a
+    function, or ``EarlyStopping()`` without validation data, failed after the first epoch)."""
     callbacks = [callbacks] if hasattr(callbacks, "on_epoch_end") else list(callbacks)
     for cb in callbacks:
         if not callable(getattr(cb, "on_epoch_end", None)):
             raise TypeError(f"fit(callbacks=...): {cb!r} is not a callback: give rc.Callback objects "
                             "(a subclass with on_epoch_end(trainer, epoch, loss)), e.g. rc.EarlyStopping()")
+        watches = getattr(cb, "monitor", None) == "val_loss" and (getattr(cb, "best", True) is not False)
+        if watches and not validation:
+            raise ValueError(f"fit(callbacks=...): {type(cb).__name__} watches monitor='val_loss' (its default), "
+                             "which needs fit(validation_data=(inputs, targets)); give validation data or "
+                             "monitor='loss'")
     return callbacks
 
 

@@ -190,7 +190,7 @@ class Trainer:
         each epoch into ``val_history`` (what the callbacks can watch)."""
         from ..algorithms.online import check_fit_gradient
         check_fit_gradient(self)
-        callbacks = checked(callbacks)
+        callbacks = checked(callbacks, validation_data is not None)
         if validation_data is not None:
             check_validation(self, validation_data)
         try:
