@@ -375,7 +375,7 @@ def _train_text(args, run, resumed):
 
     freq = data.x_train.reshape(-1, V).sum(axis=0) + 1  # add-one: no character has probability 0
     p = freq / freq.sum()
-    unigram = float(-(data.y_test.reshape(-1, V) @ np.log2(p)).mean())
+    unigram = float(-(data.y_test.reshape(-1, V) @ np.log2(p)).mean()) + 0.0  # not -0.000 for one character
     print(f"  trivial baselines: uniform {np.log2(V):.3f}, character frequencies {unigram:.3f} bits per character")
     print(f"  before: held-out {bpc():.3f} bits per character (uniform: {np.log2(V):.3f})")
     _fit(args, tr, run, data.x_train, data.y_train, stateful=True)

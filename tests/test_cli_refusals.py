@@ -197,3 +197,12 @@ def test_resume_of_a_numpy_run_with_memory_is_refused_by_name(tmp_path):
                                          r"\(--backend native moves it\)"):
         main(["train", "--resume", ckpt, "--memory", "budget:1MB", "--epochs", "0"])
     assert main(["train", "--resume", ckpt, "--memory", "budget:1MB", "--backend", "native", "--epochs", "0"]) == 0
+
+
+def test_a_text_of_one_character_prints_no_negative_zero(tmp_path, capsys):
+    # its character-frequency baseline is -0 bits, printed "-0.000" (found by a probe)
+    f = tmp_path / "a.txt"
+    f.write_text("a" * 2000, encoding="utf-8")
+    assert main(["train", "--task", str(f), "--T", "10", "--batch", "2", "--epochs", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "character frequencies 0.000 bits" in out and "-0.000" not in out
