@@ -40,6 +40,10 @@ def test_float64_numpy_trainer_comes_back_as_saved(tmp_path):
     a.fit(x, y, epochs=1, batch_size=2, shuffle=False, verbose=0)   # resumed == never stopped
     b.fit(x, y, epochs=1, batch_size=2, shuffle=False, verbose=0)
     np.testing.assert_array_equal(a.flat, b.flat)
+    # loaded at another dtype, the optimizer's moments are in it too (the NumPy updates kept
+    # float64 moments for float32 parameters; the native ones converted: found by a probe)
+    c = rc.Trainer.load(tmp_path / "a.ckpt", dtype="float32")
+    assert c.optimizer.state and all(v.dtype == np.float32 for v in c.optimizer.state.values())
 
 
 def test_native_options_and_memory_schedule_come_back(tmp_path):

@@ -123,7 +123,8 @@ def load(cls, path, cell=None, backend=None, dtype=None, *, schedule=None, **com
     if bad:
         raise ck.CheckpointError(f"{where}: optimizer state {bad[0]!r} has shape {state[bad[0]].shape}, "
                                  f"the parameters have {size} elements")
-    tr.optimizer.load_state_dict(state)
+    # in the trainer's dtype (loaded at another dtype, the NumPy updates kept the saved one's)
+    tr.optimizer.load_state_dict({k: np.asarray(v, dtype=tr.dtype) for k, v in state.items()})
     if meta.get("dropout_rng") is not None and getattr(tr.model, "has_dropout", False):
         try:
             tr.model.rng.bit_generator.state = meta["dropout_rng"]
