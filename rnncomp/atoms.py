@@ -13,6 +13,7 @@ builds them; they import nothing of the compiler.
 from __future__ import annotations
 
 import sympy as sp
+from sympy.printing.precedence import PRECEDENCE
 
 class Structural(sp.Function):
     """Base of the non-element-wise operations inside a sympy expression."""
@@ -60,12 +61,15 @@ class Concat(Structural):
 
 
 class RowSum(Structural):
-    """Σ over the units of a vector (a size-1 result)."""
+    """Σ over the units of a vector (a size-1 result).  Printed with a product's precedence,
+    so that the printer groups it where it is a factor or a base, ``(Σ v)**2`` and ``(Σ v)/4``
+    (not ``Σ v**2``, which reads as Σ v²), and a sum it reduces in parentheses, ``Σ (a + b)``."""
 
     nargs = 1
+    precedence = PRECEDENCE["Mul"]
 
     def _sympystr(self, printer):
-        return "Σ " + printer._print(self.args[0])
+        return "Σ " + printer.parenthesize(self.args[0], PRECEDENCE["Add"])
 
     def _latex(self, printer, exp=None):
         return _powered(r"\sum %s" % _paren(printer, self.args[0], latex=True), printer, exp)

@@ -51,3 +51,21 @@ def test_products_are_named_after_their_scaled_transposed_matrices():
     assert "δ((-U + W)·h)[t] = δh[t]*cos((-U + W)·h[t-1])" in text
     assert "δ(Uᵀ·h)[t] = -δh[t]*sin(Uᵀ·h[t-1])" in text
     assert "∂L/∂W = Σ_t Σ_batch δ((-U + W)·h)[t]·h[t-1]ᵀ + 2*δ(2W·x)[t]·x[t]ᵀ" in text
+
+
+def test_vsum_printed_grouped_where_it_is_a_factor_or_a_base():
+    """(Σ h)² and Σ h² printed alike ("Σ h**2"), Σ(a + h)/4 as "Σ a + h/4": the listing, and the
+    checkpoint fingerprint that is its text, could not tell different cells apart."""
+    import sympy as sp
+    import rnncomp as rc
+    cell = rc.Cell("sig")
+    x, h = cell.input("x", 3), cell.state("h", 4)
+    a = cell.param("W", (4, 3)) @ x
+    cell.define("sq_of_sum", rc.vsum(h) ** 2)
+    cell.define("sum_of_sq", rc.vsum(h ** 2))
+    cell.define("mean_of_add", rc.vsum(a + h) / 4)
+    cell.update(h, sp.tanh(a + h))
+    text = str(cell)
+    assert "sq_of_sum[t] = (Σ h[t-1])**2" in text
+    assert "sum_of_sq[t] = Σ h[t-1]**2" in text
+    assert "mean_of_add[t] = (Σ (h[t-1] + W·x[t]))/4" in text
