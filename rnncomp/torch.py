@@ -228,7 +228,8 @@ class Recurrent(nn.Module):
         from .compile import compile as rc_compile
 
         if dtype not in _DTYPES:
-            raise ValueError(f"Recurrent: dtype must be torch.float32 or torch.float64, got {dtype}")
+            raise ValueError(f"Recurrent: dtype must be torch.float32 or torch.float64, got {dtype!r}"
+                             + (f" (a string: pass torch.{dtype})" if isinstance(dtype, str) else ""))
         model = rc_compile(cell, backend=backend, dtype=_DTYPES[dtype], **options)
         st = model.step
         check_layer_cell(st, output, "Recurrent")

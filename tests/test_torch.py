@@ -302,6 +302,8 @@ def test_bad_calls_are_named():
         Recurrent(cell, output="h")
     with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.float64"):
         Recurrent(cell, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"got 'float64' \(a string: pass torch.float64\)"):
+        Recurrent(cell, dtype="float64")   # rc.compile's spelling: "got float64" read as the allowed value
     clash = rc.Cell("clash")
     h = clash.state("h", 2)
     clash.update(h, clash.param("training", (2, 2)) @ h + clash.input("x", 2))
