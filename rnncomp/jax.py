@@ -282,19 +282,16 @@ def _first_order_only(run, name: str):
     """``run`` (a host call) made differentiable by nobody with a named error: a jvp of a host
     call (``jax.grad`` of a ``jax.grad``, ``jax.hessian``, a jvp of a gradient all differentiate
     the custom_vjp's fwd and bwd) would be JAX's "The FFI call to `rnncomp_host_call` cannot be
-    differentiated ... use jax.custom_jvp" (found by a probe)."""
-    def wrapped(results, *args):
-        @jax.custom_jvp
-        def host(*args):
-            return run(results, *args)
+    differentiated ... use jax.custom_jvp" (found by a probe).  Made once per layer: the shapes
+    of the results (the first argument) are static, not differentiated."""
+    host = jax.custom_jvp(run, nondiff_argnums=(0,))
 
-        @host.defjvp
-        def _(primals, tangents):
-            raise CallError(f"cell {name!r}: the gradient of its gradient (jax.grad of a jax.grad, jax.hessian, "
-                            "a jvp of a gradient) is not derived: rnncomp layers give first-order gradients "
-                            "only (docs/layers.md)")
-        return host(*args)
-    return wrapped
+    @host.defjvp
+    def _(results, primals, tangents):
+        raise CallError(f"cell {name!r}: the gradient of its gradient (jax.grad of a jax.grad, jax.hessian, "
+                        "a jvp of a gradient) is not derived: rnncomp layers give first-order gradients "
+                        "only (docs/layers.md)")
+    return host
 
 
 JAX_OPS = ArrayOps(

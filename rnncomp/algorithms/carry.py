@@ -37,6 +37,14 @@ def snapshot(held) -> tuple:
     return held[1], {k: np.array(v) for k, v in arrays.items()}, rng
 
 
+def kept(trainer):
+    """What a checkpoint or a pickle of ``trainer`` keeps of its online stream's carry: a
+    snapshot of the one its last ``fit_online`` call holds, or the one it was loaded with and
+    has not used yet (``_online_saved``), or None."""
+    held = trainer.__dict__.get("_online_carry")
+    return snapshot(held) if held is not None else trainer.__dict__.get("_online_saved")
+
+
 def restore(fresh, arrays: dict, rng_state, prep):
     """``fresh`` (a carry ``prep.begin`` made) holding the saved ``arrays`` and generator state."""
     names, _ = to_arrays(fresh)

@@ -56,15 +56,13 @@ def save(tr, path) -> None:
 def _online(tr, arrays: dict) -> dict | None:
     """Where fit_online's stream stands (its final states, the algorithm's carry) into
     ``arrays``; its record for the checkpoint's meta, None when no stream was run."""
-    from ..algorithms.carry import snapshot
+    from ..algorithms.carry import kept
     states = getattr(tr, "online_state", None)
     if states is None:
         return None
     arrays.update({f"online/state/{s}": v for s, v in states.items()})
     record = {"states": list(states), "carry": None, "streams": tr.__dict__.get("_online_streams", 0)}
-    held, saved = tr.__dict__.get("_online_carry"), tr.__dict__.get("_online_saved")
-    if held is not None:
-        saved = snapshot(held)
+    saved = kept(tr)
     if saved is not None:  # (batch, arrays, generator state)
         arrays.update({f"online/carry/{k}": v for k, v in saved[1].items()})
         record["carry"] = {"B": saved[0], "names": sorted(saved[1]), "rng": saved[2]}

@@ -35,10 +35,9 @@ class Trainer:
         """Pickled without the online executor fit_online keeps (compiled code, locks): made again
         on the next fit_online (:func:`rnncomp.algorithms.online.prepared`); the carry of its
         stream goes as arrays, as a checkpoint holds it (``continue_stream=True`` restores it)."""
+        from ..algorithms.carry import kept
         state = {k: v for k, v in self.__dict__.items() if k not in ("_online_prepared", "_online_carry")}
-        if self.__dict__.get("_online_carry") is not None:
-            from ..algorithms.carry import snapshot
-            state["_online_saved"] = snapshot(self._online_carry)
+        state["_online_saved"] = kept(self)
         return state
 
     def __setstate__(self, state):
