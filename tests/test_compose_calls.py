@@ -13,6 +13,7 @@ import pytest
 import rnncomp as rc
 from rnncomp.compose import run
 from rnncomp.errors import CallError
+from resume_check import resumed
 
 
 def _bi_dropout():
@@ -66,11 +67,7 @@ def test_a_resumed_trainer_draws_the_dropout_masks_the_saved_one_would_have(tmp_
     a = make()
     for _ in range(2):  # two calls, as below (the orders of fit(epochs=2) either way)
         a.fit(x, y, epochs=1, batch_size=8, verbose=0)
-    b = make()
-    b.fit(x, y, epochs=1, batch_size=8, verbose=0)
-    b.save(tmp_path / "t.ckpt")
-    c = rc.Trainer.load(tmp_path / "t.ckpt")
-    c.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    c = resumed(make, x, y, tmp_path / "t.ckpt", 1, 1, batch_size=8)
     np.testing.assert_array_equal(a.flat, c.flat)
     # the trainer's seed reaches the masks: two seeds, two runs
     d, e = make(seed=1), make(seed=2)

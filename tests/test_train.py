@@ -6,6 +6,7 @@ import sympy as sp
 import rnncomp as rc
 
 from gradcheck import random_data
+from resume_check import resumed
 
 
 def ref_update(kind, p, g, st, t, lr, **hp):
@@ -143,11 +144,7 @@ def test_shuffled_epochs_continue_across_fit_calls_and_checkpoints(tmp_path):
                               params=params)
     a = make()
     a.fit(inputs, targets, epochs=4, batch_size=3, verbose=0)
-    b = make()
-    b.fit(inputs, targets, epochs=2, batch_size=3, verbose=0)
-    b.save(tmp_path / "t.ckpt")
-    b = rc.Trainer.load(tmp_path / "t.ckpt")
-    b.fit(inputs, targets, epochs=2, batch_size=3, verbose=0)
+    b = resumed(make, inputs, targets, tmp_path / "t.ckpt", 2, 2, batch_size=3)
     np.testing.assert_array_equal(a.flat, b.flat)
     assert a.history == b.history and a.batch_history == b.batch_history
     # epoch by epoch in one trainer (a loop of fit(epochs=1)): the same, and each call starts
