@@ -81,20 +81,27 @@ class DNI(Algorithm):
                              f"reads target {', '.join(map(repr, read))} in its updates (teacher forcing), and "
                              "the steps before a window's losses run without targets; use k2 = k1")
 
-    def fit_windows(self, trainer, call, every, apply):
-        """Train over the stream's windows (``fit_online``); returns the final states."""
-        return self.windows(trainer, call.inputs, call.targets, call.h0 or None, every, apply)
+    def fit_windows(self, trainer, call, every, apply, continued=False, goes_on=False):
+        """Train over the stream's windows (``fit_online``); returns the final states.
+        ``continued``: these steps go on from the last call's (ĝ at their start is trained,
+        as at any boundary inside a stream); ``goes_on``: more of the stream follows (the
+        last window's end is seeded with ĝ, as any window's inside a stream)."""
+        return self.windows(trainer, call.inputs, call.targets, call.h0 or None, every, apply,
+                            continued=continued, goes_on=goes_on)
 
-    def fit_truncated(self, trainer, x, t, mask, h0):
+    def fit_truncated(self, trainer, x, t, mask, h0, goes_on=False):
         """``Trainer.fit`` with ``bptt=rc.Truncated(k1, k2)``: one batch of sequences; returns
-        (mean loss over the updates, final states), as the trainer's truncated BPTT does."""
+        (mean loss over the updates, final states), as the trainer's truncated BPTT does.
+        ``h0`` given (``fit(stateful=True)``: the previous batch's final states) continues a
+        stream, ``goes_on``: the next batch continues this one (see :meth:`windows`)."""
         from .online import apply
         if trainer.dist is not None:
             raise ValueError(f"{self!r} with distributed training: the synthetic-gradient module is per process "
                              "and its updates are not reduced across ranks; train DNI on one process")
         losses = []
         final = self.windows(trainer, x, t, h0, trainer.bptt.k1,
-                             lambda g, loss: apply(trainer, self, g, loss, losses), mask, trainer.bptt.k2)
+                             lambda g, loss: apply(trainer, self, g, loss, losses), mask, trainer.bptt.k2,
+                             continued=h0 is not None, goes_on=goes_on)
         return (float(np.mean(losses)) if losses else float("nan")), final
 
     def synthetic(self, end):
@@ -109,12 +116,13 @@ class DNI(Algorithm):
         self.updates += 1
         self.opt.step(self.flat, np.concatenate([(err.T @ start).ravel(), err.sum(axis=0)]), self.updates)
 
-    def windows(self, trainer, x, t, h0, k1, apply, mask=None, k2=None):
+    def windows(self, trainer, x, t, h0, k1, apply, mask=None, k2=None, *, continued=False, goes_on=False):
         """Truncated BPTT(k1, k2) over the (T, B, n) sequences ``x``, ``t``, each window's
-        final-state cotangent seeded with γ ĝ(s[hi]) (none after the last window); ĝ(s[lo]) is
-        trained towards the cotangent at the start of the window's losses.  ``apply(g, loss)``
-        updates the cell's parameters (not for a window that ``mask`` zeroes: it only carries
-        the state)."""
+        final-state cotangent seeded with γ ĝ(s[hi]) (none after the last window unless the
+        stream ``goes_on`` in a later call); ĝ(s[lo]) is trained towards the cotangent at the
+        start of the window's losses (at step 0 too where these steps ``continued`` a stream:
+        ĝ(s[0]) seeded the previous piece's last window).  ``apply(g, loss)`` updates the
+        cell's parameters (not for a window that ``mask`` zeroes: it only carries the state)."""
         k2 = k1 if k2 is None else k2
         st = trainer.cell.step
         T = next(iter(x.values())).shape[0]
@@ -127,25 +135,29 @@ class DNI(Algorithm):
         states = {0: h0}  # the state at each boundary, carried, never reset within a sequence
         for lo in range(0, T, k1):
             hi = min(lo + k1, T)
-            if mask is not None and not mask[lo:hi].any() and not self._future(mask, hi, st):
+            if mask is not None and not mask[lo:hi].any() and not self._future(mask, hi, st, goes_on):
                 # padding, or no synthetic future: carry the state, learn nothing
                 states[hi] = trainer.model.forward(trainer.params, _cut(x, lo, hi), h0=states[lo])[1]
             else:
-                states[hi] = self._window(trainer, x, t, mask, states, (max(0, lo - (k2 - k1)), lo, hi, k1, k2), io, apply)
+                span = (max(0, lo - (k2 - k1)), lo, hi, k1, k2)
+                states[hi] = self._window(trainer, x, t, mask, states, span, io, apply, (continued, goes_on))
             for old in [b for b in states if b < hi - k2]:
                 del states[old]
         return states[T]
 
-    def _future(self, mask, hi, step) -> bool:
+    def _future(self, mask, hi, step, goes_on=False) -> bool:
         """Whether a window without losses still learns: a synthetic gradient at its end (γ > 0,
-        later steps unmasked) reaches back through it, as DNI lets a network learn what to keep
-        from steps that have no loss (the bits of a copy task).  Not for a cell whose updates
-        read a target: its forward needs targets, and a window without losses has no weights."""
+        later steps unmasked, or the stream ``goes_on``) reaches back through it, as DNI lets a
+        network learn what to keep from steps that have no loss (the bits of a copy task).  Not
+        for a cell whose updates read a target: its forward needs targets, and a window without
+        losses has no weights."""
         from ..backends.validate import forward_targets
-        return self.gamma > 0 and hi < mask.shape[0] and bool(mask[hi:].any()) and not forward_targets(step)
+        later = goes_on or (hi < mask.shape[0] and bool(mask[hi:].any()))
+        return self.gamma > 0 and later and not forward_targets(step)
 
-    def _window(self, trainer, x, t, mask, states, span, io, apply):
-        """One window [start, hi) with losses on [lo, hi): its update; returns s[hi]."""
+    def _window(self, trainer, x, t, mask, states, span, io, apply, piece):
+        """One window [start, hi) with losses on [lo, hi): its update; returns s[hi].
+        ``piece``: (continued, goes_on) of :meth:`windows`."""
         start, lo, hi, k1, k2 = span
         model, params = trainer.model, trainer.params
         T = next(iter(x.values())).shape[0]
@@ -156,10 +168,10 @@ class DNI(Algorithm):
         lossy = mask is None or bool(mask[lo:hi].any())  # else only ĝ(s[hi]) reaches back
         labels = {"targets": _cut(t, lo, hi), "mask": None if mask is None else mask[lo:hi]} if lossy else {}
         last = model.forward(params, _cut(x, lo, hi), h0=state, keep=True, wrt=(), **labels)
-        seed = None
-        if hi < T:
+        seed, (continued, goes_on) = None, piece
+        if hi < T or goes_on:
             seed = self.synthetic(io.join(last.final))
-            if mask is not None:  # no synthetic future for a sample whose later steps are all masked
+            if mask is not None and hi < T and not goes_on:  # no synthetic future for a sample whose later steps are all masked
                 seed *= mask[hi:].any(axis=0)[:, None]
         credited = seed is not None and lo - (k2 - k1) >= 0  # ĝ(s[hi]) credited to the first chunk
         real = last.backward() if lossy else None
@@ -171,7 +183,7 @@ class DNI(Algorithm):
             d_syn, target = io.join(both.h0) - target, io.join(both.h0)
             if credited and not kept:
                 grads = io.flat(both.params, trainer.names)
-        if lo > 0:  # ĝ(s[lo]) was used as the previous window's seed: train it
+        if lo > 0 or continued:  # ĝ(s[lo]) seeded the previous window (of this call or the last): train it
             self.learn(io.join(state), target)
         for j in range(len(kept) - 1, -1, -1):
             if j == 0 and credited:

@@ -67,7 +67,7 @@ def check_single_cell(cell, what: str, error=CallError, way_out: str | None = No
                     f"composition ({type(cell).__name__}): {way_out}")
 
 
-def fit_online(trainer, inputs, targets, every=1, h0=None, continue_stream=False):
+def fit_online(trainer, inputs, targets, every=1, h0=None, continue_stream=False, more_follows=False):
     """Train on one stream (T, B, n) (batch_first as the trainer says), applying an update
     every ``every`` steps; returns the mean loss over each update's steps.  The final states
     are kept in ``trainer.online_state``.
@@ -77,15 +77,19 @@ def fit_online(trainer, inputs, targets, every=1, h0=None, continue_stream=False
     SnAp's sensitivities, UORO's factors and generator), so a stream fed in pieces trains as
     the whole stream would, also across ``trainer.save`` / ``rc.Trainer.load``.  Otherwise a
     call starts a new stream: sensitivities from zero (a piece of k steps with ``every=k``
-    would be truncated BPTT(k)).  DNI carries the states and its module; its last window in a
-    call gets no synthetic gradient, as at a stream's end."""
+    would be truncated BPTT(k)).  DNI carries the states and its module, and trains ĝ at a
+    continued piece's first step; its last window gets a synthetic gradient only where
+    ``more_follows=True`` says that more of the stream comes in a later call (else it is the
+    stream's end): pieces whose lengths are multiples of ``every`` then train as the whole
+    stream.  The other algorithms' updates do not depend on ``more_follows``."""
     count("fit_online", "every", every, hint="steps per update")
     algo = trainer.gradient if trainer.gradient is not None else BPTT()
     going_on = getattr(trainer, "online_state", None)
     if h0 is not None and h0 is going_on:
         continue_stream = True
-    if not isinstance(continue_stream, (bool, np.bool_)):
-        raise CallError(f"fit_online: continue_stream must be True or False, got {continue_stream!r}")
+    for flag, value in (("continue_stream", continue_stream), ("more_follows", more_follows)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise CallError(f"fit_online: {flag} must be True or False, got {value!r}")
     if continue_stream:
         if going_on is None:
             raise CallError("fit_online(continue_stream=True): there is no stream to continue (no fit_online call "
@@ -115,7 +119,8 @@ def fit_online(trainer, inputs, targets, every=1, h0=None, continue_stream=False
         return losses
     if hasattr(algo, "fit_windows"):  # DNI: windows of BPTT with a synthetic gradient at the end
         trainer._online_carry = trainer._online_saved = None
-        trainer.online_state = algo.fit_windows(trainer, call, every, lambda g, loss: apply(trainer, algo, g, loss, losses))
+        trainer.online_state = algo.fit_windows(trainer, call, every, lambda g, loss: apply(trainer, algo, g, loss, losses),
+                                                continued=bool(continue_stream), goes_on=bool(more_follows))
         return losses
     derived, run_st, prep = prepared(trainer, algo)
     states = initial_states(st, call, dt)

@@ -155,17 +155,16 @@ class Trainer:
             self.dist.check_same(self.flat, self.step_count)
         return loss, final
 
-    def _sequence(self, x, t, mask, h0=None):
-        """One batch of whole sequences: :func:`.truncated.sequence`."""
-        return sequence(self, x, t, mask, h0)
+    def _sequence(self, x, t, mask, h0=None, goes_on=False):
+        """One batch of sequences (the next continues them: ``goes_on``): :func:`.truncated.sequence`."""
+        return sequence(self, x, t, mask, h0, goes_on)
 
-    def fit_online(self, inputs, targets, every=1, h0=None, *, continue_stream=False):
-        """Learn from a stream with ``gradient=`` (rc.RTRL(), rc.SnAp(n), rc.UORO(), rc.BPTT()),
-        an update every ``every`` steps; ``continue_stream=True`` goes on from the last call's
-        states and sensitivities: :func:`rnncomp.algorithms.online.fit_online`."""
+    def fit_online(self, inputs, targets, every=1, h0=None, *, continue_stream=False, more_follows=False):
+        """Learn from a stream with ``gradient=``, an update every ``every`` steps; ``continue_stream``
+        / ``more_follows``: a stream in pieces: :func:`rnncomp.algorithms.online.fit_online`."""
         from ..algorithms.online import fit_online
         unbroken(self)
-        return fit_online(self, inputs, targets, every, h0, continue_stream)
+        return fit_online(self, inputs, targets, every, h0, continue_stream, more_follows)
 
     # ------------------------------------------------------------------ loops
     def fit(self, inputs, targets, epochs=1, batch_size=32, mask=None, shuffle=None, seed=0, verbose=1,
@@ -229,7 +228,7 @@ class Trainer:
                 sl = lambda d: {k: np.ascontiguousarray(v[:, idx]) for k, v in d.items()}  # noqa: E731
                 m = None if mask is None else np.ascontiguousarray(mask[:, idx])
                 h0 = None if carry is None else {k: v[:len(idx)] for k, v in carry.items()}
-                loss, final = self._sequence(sl(x), sl(t), m, h0)
+                loss, final = self._sequence(sl(x), sl(t), m, h0, stateful and bi + 1 < len(batches))
                 carry = final if stateful else None
                 losses.append(loss)
                 self.batch_history.append((len(self.history) + (bi + 1) / len(batches), loss))

@@ -37,13 +37,14 @@ class Truncated:
         object.__setattr__(self, "k2", k2)
 
 
-def sequence(trainer, x, t, mask, h0=None):
+def sequence(trainer, x, t, mask, h0=None, goes_on=False):
     """One batch of whole sequences from the states ``h0`` (None: the initial states):
     full BPTT, or truncated windows with the state carried.  Returns (mean loss over the
-    updates, final states); steps whose mask is 0 add nothing to any gradient."""
+    updates, final states); steps whose mask is 0 add nothing to any gradient.  ``goes_on``:
+    the next batch continues these sequences (only DNI's updates depend on it)."""
     T = next(iter(x.values())).shape[0]
     if trainer.bptt is not None and hasattr(trainer.gradient, "fit_truncated"):  # DNI (algorithms/dni.py)
-        return trainer.gradient.fit_truncated(trainer, x, t, mask, h0)
+        return trainer.gradient.fit_truncated(trainer, x, t, mask, h0, goes_on)
     if trainer.bptt is None or trainer.bptt.k1 >= T:
         if mask is not None and not mask.any():  # nothing to learn from: carry the state only
             return float("nan"), trainer.model.forward(trainer.params, x, h0=h0)[1]
