@@ -385,6 +385,9 @@ def main(argv=None) -> int:
         return {"demo": demo, "inspect": inspect_cmd, "compile": compile_cmd, "train": train_cmd}[args.cmd](args)
     except RnncompError as exc:  # a message, not a traceback: bad cells, checkpoints, options
         raise SystemExit(f"rnncomp: {exc}") from None
+    except KeyboardInterrupt:  # Ctrl-C: a line, and the shell's status of a SIGINT (128 + 2)
+        sys.stderr.write("\nrnncomp: interrupted\n")
+        return 130
     except BrokenPipeError:  # `rnncomp ... | head`: the reader left; no message (it is gone too),
         devnull = os.open(os.devnull, os.O_WRONLY)  # but not a success: the command stopped there
         os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not fail the same way again

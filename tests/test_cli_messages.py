@@ -266,3 +266,18 @@ def test_sizes_given_to_a_factory_get_the_factorys_message_not_a_cells():
                  ["inspect", "rnncomp.zoo_matrix:delta_rule"]):
         with pytest.raises(SystemExit, match=r"'rnncomp.zoo_matrix:delta_rule' is a function, not a Cell"):
             main(argv)
+
+
+def test_ctrl_c_is_a_line_and_status_130_not_a_traceback(tmp_path):
+    """A real SIGINT while a command runs (here: while it loads the user's cell file)."""
+    import signal
+    slow = tmp_path / "slow.py"
+    slow.write_text("import sys, time\nimport rnncomp as rc\nprint('loading', file=sys.stderr, flush=True)\n"
+                    "time.sleep(60)\ncell = rc.cells.elman(2, 3, 1)\n")
+    proc = subprocess.Popen([sys.executable, "-m", "rnncomp", "inspect", f"{slow}:cell"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr.readline().strip() == "loading"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().endswith("rnncomp: interrupted")
