@@ -161,21 +161,23 @@ def test_threads_each_use_their_own_frame():
     assert not errors, errors[0]
 
 
-def test_split_batch_equals_general_path_and_reports_bad_values():
-    """threads=2 splits the batch: each slice runs the thin path on its own core."""
+@pytest.mark.parametrize("threads", [2, 3])
+def test_split_batch_equals_general_path_and_reports_bad_values(threads):
+    """threads=2 splits the batch: each slice runs the thin path on its own core (its buffers
+    in a pool of its own, prepared by the calling thread)."""
     cell = many_functions()  # a learned initial state: its gradient sums over both slices
-    m = rc.compile(cell, backend="native", threads=2)
-    params, x, y = _data(cell, 6, 17, seed=5)
-    assert len(m._split(17)) == 2
+    m = rc.compile(cell, backend="native", threads=threads)
+    params, x, y = _data(cell, 6, 8 * threads + 1, seed=5)
+    assert len(m._split(8 * threads + 1)) == threads
     fast, slow, took = _both(m, params, x, y)
     assert took
     _equal(fast, slow)
-    mask = (np.random.default_rng(7).random((6, 17)) > 0.3).astype(float)
+    mask = (np.random.default_rng(7).random((6, 8 * threads + 1)) > 0.3).astype(float)
     fast, slow, took = _both(m, params, x, y, mask=mask)
     assert took
     _equal(fast, slow)
-    x["x"][4, 16, 2] = np.inf  # in the second slice
-    with pytest.raises(CallError, match=r"inputs\['x'\] contains inf at index \(4, 16, 2\)"):
+    x["x"][4, 8 * threads, 2] = np.inf  # in the last slice
+    with pytest.raises(CallError, match=rf"inputs\['x'\] contains inf at index \(4, {8 * threads}, 2\)"):
         m.loss_and_grad(params, x, y)
 
 
