@@ -185,7 +185,7 @@ class Cell:
         name = state.name if isinstance(state, Vec) else state
         d = self.decls.get(name)
         if d is None or d.kind != "state":
-            kind = f"a {d.kind}" if d else "not declared"
+            kind = f"{'an' if d.kind[0] in 'aeiou' else 'a'} {d.kind}" if d else "not declared"
             raise CellError(f"cell {self.name!r}: update of {name!r}, which is {kind}; "
                             "only states (cell.state) are updated")
         if name in self.updates:

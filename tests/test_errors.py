@@ -36,7 +36,7 @@ def test_state_without_update():
 
 def test_update_of_non_state():
     cell, x, h = base()
-    with pytest.raises(CellError, match=r"update of 'x', which is a input"):
+    with pytest.raises(CellError, match=r"update of 'x', which is an input"):
         cell.update(x, x)
 
 
