@@ -92,6 +92,54 @@ def swish(z):
     return z * sigmoid(z)
 
 
+def _odd_series(x, coeffs):
+    """Σ_k coeffs[k] x^(2k+1): a Taylor series of an odd function near 0."""
+    return sum(c * x ** (2 * k + 1) for k, c in enumerate(coeffs))
+
+
+_SMALL, _LARGE = sp.Rational(1, 10), sp.Integer(10) ** 4
+# Taylor coefficients: 8 to x^15 (the next term is below 1e-17 of the value for |x| < 1/10)
+_ASINH = [sp.Integer(-1) ** n * sp.factorial(2 * n) / (4 ** n * sp.factorial(n) ** 2 * (2 * n + 1)) for n in range(10)]
+_ATANH = [sp.Rational(1, 2 * n + 1) for n in range(8)]
+
+
+def _asinh(x):
+    # log(|x| + √(x²+1)) alone loses relative accuracy near 0 (log of 1 + small) and overflows
+    # x² for large |x| (float32: |x| > 1.8e19), where asinh(x) = ±(log 2|x| + 1/(4x²) + O(x⁻⁴))
+    return sp.Piecewise((_odd_series(x, _ASINH[:8]), sp.Abs(x) < _SMALL),
+                        (sp.sign(x) * (sp.log(2 * sp.Abs(x)) + 1 / (4 * x ** 2)), sp.Abs(x) > _LARGE),
+                        (sp.sign(x) * sp.log(sp.Abs(x) + sp.sqrt(x ** 2 + 1)), True))
+
+
+def _acosh(x):
+    # near 1, log(1 + δ) with δ ≈ √(2t) again loses relative accuracy: there acosh(1 + t) =
+    # √(2t) Σ a_n (t/2)^n with asinh's coefficients a_n (10 terms: below 1e-18 for t < 1/20)
+    t = x - 1
+    near = sp.sqrt(2 * t) * sum(c * (t / 2) ** n for n, c in enumerate(_ASINH))
+    return sp.Piecewise((near, t < sp.Rational(1, 20)),
+                        (sp.log(2 * x) - 1 / (4 * x ** 2), x > _LARGE),
+                        (sp.log(x + sp.sqrt((x - 1) * (x + 1))), True))   # x < 1: √ of a negative, NaN
+
+
+def _atanh(x):
+    return sp.Piecewise((_odd_series(x, _ATANH), sp.Abs(x) < _SMALL),
+                        (sp.log((1 + x) / (1 - x)) / 2, True))
+
+
+#: Functions a target without them evaluates as these expressions of the functions it has
+#: (the native and PTX printers: ``llvm/exprgen.py``; the NumPy oracle calls NumPy's own
+#: np.tan, np.arcsinh, ..., so the fuzzer and the tests compare the two).  Their derivatives
+#: are sympy's (1 + tan², 1/√(1 − x²), ...), written with the functions here too.
+EVALUATED_AS = {
+    sp.tan: lambda x: sp.sin(x) / sp.cos(x),
+    sp.cot: lambda x: sp.cos(x) / sp.sin(x),
+    sp.sec: lambda x: 1 / sp.cos(x),
+    sp.csc: lambda x: 1 / sp.sin(x),
+    sp.asin: lambda x: sp.atan(x / sp.sqrt((1 - x) * (1 + x))),       # ±1: x/0 = ±inf, atan ±π/2
+    sp.acos: lambda x: 2 * sp.atan(sp.sqrt((1 - x) / (1 + x))),       # accurate near 1: no π/2 − asin
+    sp.asinh: _asinh, sp.acosh: _acosh, sp.atanh: _atanh,
+}
+
 # The sympy function classes a cell may use element-wise.  Everything else
 # (an undefined sp.Function, Integral, ...) is rejected at declaration with
 # this list in the message.
@@ -101,6 +149,7 @@ SUPPORTED_FUNCTIONS: dict[type, str] = {
     sp.Abs: "Abs", sp.sign: "sign", sp.Max: "Max", sp.Min: "Min",
     sp.Piecewise: "Piecewise", sp.Heaviside: "Heaviside",
     sigmoid: "sigmoid", softplus: "softplus",
+    **{f: f.__name__ for f in EVALUATED_AS},
     # piecewise constant: fine in a forward pass, an error where a gradient must flow
     sp.floor: "floor", sp.ceiling: "ceiling",
 }

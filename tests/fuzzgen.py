@@ -39,8 +39,11 @@ SMOOTH = {
     "sin": sp.sin,
     "atan": sp.atan,
     "gelu": rc.gelu,
+    "asinh": sp.asinh,
+    "asin": lambda z: sp.asin(sp.tanh(z) * 0.9),     # evaluated as rewrites natively (EVALUATED_AS)
+    "atanh": lambda z: sp.atanh(sp.tanh(z) * 0.9),
 }
-BOUNDED = ["tanh", "sigmoid", "softsign", "atan", "sin"]
+BOUNDED = ["tanh", "sigmoid", "softsign", "atan", "sin", "asin", "atanh"]
 KINKS = {  # f(u), the kink at u = 0
     "abs": sp.Abs,
     "max": lambda u: sp.Max(u, 0),

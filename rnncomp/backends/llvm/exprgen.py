@@ -12,7 +12,7 @@ import sympy as sp
 from llvmlite import ir
 
 from ...errors import CompileError
-from ...functions import SEQUENTIAL_DIVISIONS as SEQUENTIAL, sigmoid, softplus
+from ...functions import EVALUATED_AS, SEQUENTIAL_DIVISIONS as SEQUENTIAL, sigmoid, softplus
 from . import vecmath
 
 _VECMATH = {
@@ -27,7 +27,7 @@ def unsupported(template: sp.Expr) -> list[str]:
     bad = []
     for e in sp.preorder_traversal(template):
         if isinstance(e, sp.Function) and not isinstance(e, sp.Piecewise) and e.func not in _VECMATH \
-                and e.func not in (sp.sinh, sp.cosh, sp.Heaviside):
+                and e.func not in EVALUATED_AS and e.func not in (sp.sinh, sp.cosh, sp.Heaviside):
             bad.append(e.func.__name__)
     return sorted(set(bad))
 
@@ -62,6 +62,8 @@ class LLVMPrinter:
                 out = self.const(sp.N(e, 30))
             elif isinstance(e, sp.Function) and e.func in _VECMATH:
                 out = vecmath.emit(self.b, _VECMATH[e.func], [self.print(e.args[0])])
+            elif isinstance(e, sp.Function) and e.func in EVALUATED_AS:  # tan = sin/cos, asinh, ...
+                out = self.print(EVALUATED_AS[e.func](e.args[0]))
             else:
                 raise CompileError(f"native backend: cannot lower {type(e).__name__} ({e})")
         else:

@@ -1,0 +1,117 @@
+"""Functions the native (and PTX) code evaluates as expressions of others (``functions.EVALUATED_AS``:
+tan = sin/cos, asin, acos, asinh, acosh, atanh with series near 0 or 1 and asymptotic forms).
+
+References: mpmath at 40 digits (sympy's own arbitrary-precision library, independent of the
+rewrites) for the values; central differences in float64 and the NumPy oracle (which calls
+NumPy's np.tan, np.arcsinh, ... rather than the rewrites) for the gradients.  Tolerance of the
+values: 8 units in the last place of the dtype (each rewrite is a few rounded operations; an
+unguarded log(1 + δ) near asinh's 0 or acosh's 1 would be off by 1e4-1e9 units there).
+"""
+import mpmath as mp
+import numpy as np
+import pytest
+import sympy as sp
+
+import rnncomp as rc
+from rnncomp.functions import EVALUATED_AS
+
+from gradcheck import check_grads, numpy_model, random_data
+
+mp.mp.dps = 40
+_TINY = np.geomspace(1e-12, 0.3, 120)
+POINTS = {  # where each function is real and finite: both signs, near 0, near the domain's edges, large
+    sp.tan: np.concatenate([np.linspace(-1.55, 1.55, 301), _TINY, -_TINY]),
+    sp.cot: np.concatenate([np.linspace(0.01, 3.1, 301), _TINY, -_TINY]),
+    sp.sec: np.concatenate([np.linspace(-1.55, 1.55, 301), _TINY]),
+    sp.csc: np.concatenate([np.linspace(0.01, 3.1, 301), _TINY, -_TINY]),
+    sp.asin: np.concatenate([np.linspace(-1, 1, 301), _TINY, -_TINY, 1 - _TINY, -1 + _TINY]),
+    sp.acos: np.concatenate([np.linspace(-1, 1, 301), _TINY, -_TINY, 1 - _TINY, -1 + _TINY]),
+    sp.asinh: np.concatenate([np.linspace(-20, 20, 301), _TINY, -_TINY, np.geomspace(1, 1e30, 80),
+                              -np.geomspace(1, 1e30, 80)]),
+    sp.acosh: np.concatenate([np.linspace(1, 20, 301), 1 + _TINY, np.geomspace(1, 1e30, 80)]),
+    sp.atanh: np.concatenate([np.linspace(-0.999, 0.999, 301), _TINY, -_TINY, 1 - _TINY, -1 + _TINY]),
+}
+
+
+def _cell(f):
+    c = rc.Cell(f"f_{f.__name__}")
+    x, h = c.input("x", 1), c.state("h", 1)
+    c.update(h, f(x))
+    c.output("y", h.new)
+    return c
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("f", list(EVALUATED_AS), ids=lambda f: f.__name__)
+def test_native_values_are_within_a_few_ulp_of_mpmath(f, dtype):
+    assert f in POINTS
+    model = rc.compile(_cell(f), backend="native", dtype=dtype)
+    x = POINTS[f].astype(dtype)
+    with mp.workdps(40):
+        exact = np.array([float(getattr(mp, f.__name__)(mp.mpf(float(v)))) if abs(v) != 1 or f is not sp.atanh
+                          else float(np.sign(v)) * np.inf for v in x])
+    got = model.forward({}, {"x": x[:, None, None]})[0]["y"].ravel().astype(np.float64)
+    finite = np.isfinite(exact) & (np.abs(exact) < np.finfo(dtype).max)
+    np.testing.assert_array_equal(got[~finite], exact[~finite])  # atanh(±1) = ±inf
+    ulp = np.spacing(np.abs(exact[finite]).astype(dtype)).astype(np.float64)
+    err = np.abs(got[finite] - exact[finite]) / np.maximum(ulp, np.finfo(dtype).tiny)
+    worst = int(np.argmax(err))
+    assert err[worst] <= 8, f"{f.__name__}({x[finite][worst]!r}) = {got[finite][worst]!r}, " \
+                            f"exact {exact[finite][worst]!r}: {err[worst]:.1f} ulp"
+
+
+def test_outside_the_domain_is_nan_as_in_numpy():
+    for f, bad in ((sp.asin, 1.5), (sp.acos, -1.5), (sp.acosh, 0.5), (sp.atanh, 2.0)):
+        model = rc.compile(_cell(f), backend="native", dtype="float64")
+        got = model.forward({}, {"x": np.full((1, 1, 1), bad)}, check_finite=False)[0]["y"]
+        assert np.isnan(got).all(), (f, got)
+
+
+def every_evaluated_function():
+    """Each function of EVALUATED_AS on a pre-activation kept inside its domain."""
+    cell = rc.Cell("evaluated")
+    x, h = cell.input("x", 3), cell.state("h", 3)
+    a = cell.param("W", (3, 3)) @ x + cell.param("U", (3, 3)) @ h
+    s = sp.tanh(a)  # in (-1, 1)
+    e = (sp.tan(s) / 3 + sp.cot(2 + s) / 4 + sp.sec(s) / 5 + sp.csc(2 + s) / 6 + sp.asin(0.9 * s)
+         + sp.acos(0.9 * s) / 2 + sp.asinh(3 * a) / 3 + sp.acosh(2 + a ** 2) / 4 + sp.atanh(0.9 * s) / 2)
+    cell.update(h, sp.tanh(e))
+    y = cell.output("y", cell.param("V", (2, 3)) @ h.new)
+    cell.loss(rc.vsum((y - cell.target("t", 2)) ** 2) / 2)
+    return cell
+
+
+def test_gradients_through_every_evaluated_function():
+    cell = every_evaluated_function()
+    params, inputs, targets = random_data(cell, T=5, B=3, seed=4)
+    oracle = numpy_model(cell)
+    check_grads(oracle, params, inputs, targets)  # central differences, float64
+    native = rc.compile(cell, backend="native", dtype="float64")
+    l1, g1, _ = oracle.loss_and_grad(params, inputs, targets)
+    l2, g2, _ = native.loss_and_grad(params, inputs, targets)
+    assert l2 == pytest.approx(l1, rel=1e-13)
+    for k in g1:  # NumPy's np.tan, np.arcsinh, ... against the rewrites: rounding only
+        np.testing.assert_allclose(g2[k], g1[k], rtol=1e-11, atol=1e-13, err_msg=k)
+
+
+def test_a_function_without_an_implementation_is_still_named():
+    cell = rc.Cell("g")
+    x, h = cell.input("x", 2), cell.state("h", 2)
+    with pytest.raises(rc.CellError, match=r"function 'gamma' is not supported .*supported: .*asinh"):
+        cell.update(h, sp.gamma(x + h))
+
+
+def test_the_ptx_code_computes_the_same_and_assembles():
+    """The PTX backend prints through the same printer: its code run on the host (runner="host")
+    equals the oracle, and ptxas (when installed) assembles it."""
+    from rnncomp.backends.ptx.ptxgen import find_ptxas, ptxas
+    cell = every_evaluated_function()
+    params, inputs, targets = random_data(cell, T=5, B=3, seed=4)
+    ptx = rc.compile(cell, backend="ptx", dtype="float64", runner="host")
+    l1, g1, _ = numpy_model(cell).loss_and_grad(params, inputs, targets)
+    l2, g2, _ = ptx.loss_and_grad(params, inputs, targets)
+    assert l2 == pytest.approx(l1, rel=1e-13)
+    for k in g1:
+        np.testing.assert_allclose(g2[k], g1[k], rtol=1e-11, atol=1e-13, err_msg=k)
+    if find_ptxas() is not None:
+        ptxas(rc.compile(cell, backend="ptx", dtype="float32").ptx, "sm_90")
