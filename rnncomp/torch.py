@@ -15,7 +15,9 @@ CPU tensors go to the model as NumPy views (``Tensor.numpy()``, no copy when con
 and its results come back as tensors over the model's fresh arrays (``torch.from_numpy``).
 The backends take host arrays only: a tensor on another device (CUDA included, also with
 ``backend="ptx"``, whose entry points upload from host memory into its own device arena) is
-a :class:`~rnncomp.errors.CallError` naming the tensor and its device.  See docs/layers.md.
+a :class:`~rnncomp.errors.CallError` naming the tensor and its device.  Under ``torch.func``
+transforms (grad, vjp, jacrev, vmap) the call goes through :mod:`rnncomp.torch_func`, which
+also owns the ops' vmap rules.  See docs/layers.md.
 
     >>> import torch, rnncomp as rc
     >>> from rnncomp.torch import Recurrent
@@ -199,8 +201,7 @@ def _no_second_order(ctx, inputs, output):
 
 
 def _second_order(ctx, grads):
-    raise CallError(f"rnncomp layer {ctx.key!r}: the gradient of its gradient (create_graph=True, e.g. a "
-                    "gradient penalty) is not derived: rnncomp layers give first-order gradients only")
+    raise torch_func.second_order_error(ctx.key)
 
 
 recurrent_vjp_op.register_autograd(_second_order, setup_context=_no_second_order)
@@ -311,7 +312,6 @@ class Recurrent(nn.Module):
         output) per step, ``final`` {state: (B, n)}; only ``outputs`` with ``return_final=False``.
         With ``lengths``, a sequence's final states are those after its last step and its
         outputs after it are zeros."""
-        _no_functorch(self._model.step.name)
         self._follow_dtype()
         st = self._model.step
         xs = named(st, "inputs", x, list(st.inputs), "tensors")
@@ -367,6 +367,8 @@ class Recurrent(nn.Module):
         # generator (torch.manual_seed sets it; torch.utils.checkpoint restores it to recompute)
         drops = getattr(self._model, "has_dropout", False) and self.training
         seed = torch.randint(0, 2 ** 62, (1,)) if drops else torch.full((1,), -1, dtype=torch.int64)
+        if torch_func.active():  # torch.func.grad, vmap, ...: through an autograd.Function they accept
+            return torch_func.call(self._key, params, inputs, states, seed)
         got = recurrent_op(self._key, params, inputs, states, keep, seed)
         n_out = len(self._model.step.outputs)
         return got[:n_out], got[n_out:-1]
@@ -388,17 +390,11 @@ class Recurrent(nn.Module):
         return run(lengths, T, inputs, states, lambda xs, hs: self._run(params, xs, hs), TORCH_OPS)
 
 
-def _no_functorch(name):
-    """``torch.func`` transforms (grad, vmap, jacrev, ...) cannot run the layer's op (PyTorch's
-    custom ops need rules of their own for them): a named error, not PyTorch's internal one."""
-    if not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is not None:
-        raise CallError(f"cell {name!r}: an rnncomp layer cannot run under torch.func transforms (grad, vmap, "
-                        "jacrev, ...); use loss.backward() or torch.autograd.grad, and batch along the layer's "
-                        "B axis instead of vmap (docs/layers.md)")
-
-
 TORCH_OPS = ArrayOps(
     take=lambda a, rows, axis: a.index_select(axis, torch.tensor(rows)),
     spread=lambda o, rows, B: o.new_zeros((o.shape[0], B, o.shape[2])).index_copy(1, torch.tensor(rows), o),
     zeros=lambda like, shape: like.new_zeros(shape),
     cat=torch.cat)
+
+
+from . import torch_func  # noqa: E402 - registers the ops' vmap rules (it reads the ops above)
