@@ -368,7 +368,7 @@ class Recurrent(nn.Module):
         drops = getattr(self._model, "has_dropout", False) and self.training
         seed = torch.randint(0, 2 ** 62, (1,)) if drops else torch.full((1,), -1, dtype=torch.int64)
         if torch_func.active():  # torch.func.grad, vmap, ...: through an autograd.Function they accept
-            return torch_func.call(self._key, params, inputs, states, seed)
+            return torch_func.call(self._key, params, inputs, states, keep, seed)
         got = recurrent_op(self._key, params, inputs, states, keep, seed)
         n_out = len(self._model.step.outputs)
         return got[:n_out], got[n_out:-1]

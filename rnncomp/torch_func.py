@@ -15,8 +15,10 @@ eager and ``torch.compile`` path, which this module leaves as it is.  This modul
 - :func:`call`, the layer's call while a ``torch.func`` transform is active: an
   ``autograd.Function`` with ``setup_context`` (the autograd that ``register_autograd``
   generates has none, and ``torch.func.grad`` refuses such a function) whose forward and
-  backward are the two ops.  It keeps no forward (``keep=False``): each backward runs
-  ``model.vjp``, the forward again then its backward.  Forward-mode (``jvp``, ``jacfwd``) and
+  backward are the two ops.  Under ``grad``, ``vjp`` and ``jacrev`` its forward keeps what the
+  backward needs, as the eager call does; a forward under vmap keeps nothing (a kept forward
+  of V·B rows is no element's), so each element's backward runs ``model.vjp``, the forward
+  again then its backward.  Forward-mode (``jvp``, ``jacfwd``) and
   the gradient of a gradient are not derived: each is an :class:`~rnncomp.errors.CallError`
   naming the cell.
 
@@ -61,12 +63,13 @@ def no_handle() -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- the layer's call
-def call(key, params, inputs, states, seed):
-    """The layer's op under ``torch.func``: (outputs, final states), lists in the cell's order."""
+def call(key, params, inputs, states, keep, seed):
+    """The layer's op under ``torch.func``: (outputs, final states), lists in the cell's order.
+    ``keep``: a backward will follow (the vmap rule keeps nothing, whatever it says)."""
     sizes = (len(params), len(inputs), len(states))
-    got = _Recurrent.apply(key, sizes, seed, *params, *inputs, *states)
-    n_out = len(got) - len(states)
-    return list(got[:n_out]), list(got[n_out:])
+    got = _Recurrent.apply(key, sizes, keep, seed, *params, *inputs, *states)
+    n_out = len(got) - 1 - len(states)
+    return list(got[:n_out]), list(got[n_out:-1])
 
 
 def _split(tensors, sizes):
@@ -75,26 +78,28 @@ def _split(tensors, sizes):
 
 
 class _Recurrent(torch.autograd.Function):
-    """forward(key, sizes, seed, *params, *inputs, *h0) -> (*outputs, *final states)
-    backward(*their cotangents) -> (δparams..., δinputs..., δh0...), through :class:`_Vjp`."""
+    """forward(key, sizes, keep, seed, *params, *inputs, *h0) -> (*outputs, *final states, handle)
+    backward(*their cotangents) -> (δparams..., δinputs..., δh0...), through :class:`_Vjp`, from
+    the kept forward the handle finds (under ``torch.func.grad``, vjp, jacrev), else ``vjp``."""
 
     generate_vmap_rule = True  # vmaps forward and backward, reaching the ops' own vmap rules
 
     @staticmethod
-    def forward(key, sizes, seed, *tensors):
+    def forward(key, sizes, keep, seed, *tensors):
         params, xs, h0 = _split(tensors, sizes)
-        return tuple(layer.recurrent_op(key, params, xs, h0, False, seed)[:-1])  # no handle: nothing kept
+        return tuple(layer.recurrent_op(key, params, xs, h0, keep, seed))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        key, sizes, seed, *tensors = inputs
+        key, sizes, _, seed, *tensors = inputs
         ctx.key, ctx.sizes = key, sizes
-        ctx.save_for_backward(seed, *tensors)
+        ctx.mark_non_differentiable(output[-1])
+        ctx.save_for_backward(output[-1], seed, *tensors)
 
     @staticmethod
     def backward(ctx, *grads):
-        seed, *tensors = ctx.saved_tensors
-        return (None, None, None, *_Vjp.apply(ctx.key, ctx.sizes, seed, *tensors, *grads))
+        handle, seed, *tensors = ctx.saved_tensors
+        return (None, None, None, None, *_Vjp.apply(ctx.key, ctx.sizes, handle, seed, *tensors, *grads[:-1]))
 
     @staticmethod
     def jvp(ctx, *tangents):
@@ -102,18 +107,18 @@ class _Recurrent(torch.autograd.Function):
 
 
 class _Vjp(torch.autograd.Function):
-    """forward(key, sizes, seed, *params, *inputs, *h0, *d_outputs, *d_final) -> (δparams..., δinputs..., δh0...);
+    """forward(key, sizes, handle, seed, *params, *inputs, *h0, *d_outputs, *d_final) -> (δparams..., δinputs..., δh0...);
     its own backward (a gradient of a gradient) is refused by name."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(key, sizes, seed, *tensors):
+    def forward(key, sizes, handle, seed, *tensors):
         params, xs, h0 = _split(tensors, sizes)
         cot = tensors[sum(sizes):]
         n_out = len(cot) - sizes[2]
-        return tuple(layer.recurrent_vjp_op(key, no_handle(), params, xs, h0, list(cot[:n_out]),
-                                            list(cot[n_out:]), seed))
+        got = layer.recurrent_vjp_op(key, handle, params, xs, h0, list(cot[:n_out]), list(cot[n_out:]), seed)
+        return tuple(got)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
