@@ -19,6 +19,7 @@ way; each also rewrites to ``exp``/``log`` for targets without them.
 from __future__ import annotations
 
 import sympy as sp
+from sympy.codegen.cfunctions import exp2, expm1, log1p, log2, log10
 
 #: every printer divides by a denominator's base one time after another, up to this power:
 #: x/z/z, not x/z**2, which overflows (or underflows) where z² does and x/z/z does not
@@ -138,6 +139,11 @@ EVALUATED_AS = {
     sp.asin: lambda x: sp.atan(x / sp.sqrt((1 - x) * (1 + x))),       # ±1: x/0 = ±inf, atan ±π/2
     sp.acos: lambda x: 2 * sp.atan(sp.sqrt((1 - x) / (1 + x))),       # accurate near 1: no π/2 − asin
     sp.asinh: _asinh, sp.acosh: _acosh, sp.atanh: _atanh,
+    # sympy.codegen.cfunctions (C's math functions as sympy classes; not its Cbrt, whose sympy
+    # derivative 1/(3 x^(2/3)) is NaN for x < 0)
+    exp2: lambda x: sp.Pow(2, x),      # the vector pow: exp(x·log 2) would lose |x|·ε
+    log2: lambda x: sp.log(x) / sp.log(2),
+    log10: lambda x: sp.log(x) / sp.log(10),
 }
 
 # The sympy function classes a cell may use element-wise.  Everything else
@@ -149,6 +155,7 @@ SUPPORTED_FUNCTIONS: dict[type, str] = {
     sp.Abs: "Abs", sp.sign: "sign", sp.Max: "Max", sp.Min: "Min",
     sp.Piecewise: "Piecewise", sp.Heaviside: "Heaviside",
     sigmoid: "sigmoid", softplus: "softplus",
+    log1p: "log1p", expm1: "expm1",   # sympy.codegen.cfunctions: log(1 + x), exp(x) − 1 accurate near 0
     **{f: f.__name__ for f in EVALUATED_AS},
     # piecewise constant: fine in a forward pass, an error where a gradient must flow
     sp.floor: "floor", sp.ceiling: "ceiling",

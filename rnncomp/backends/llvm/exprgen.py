@@ -12,13 +12,13 @@ import sympy as sp
 from llvmlite import ir
 
 from ...errors import CompileError
-from ...functions import EVALUATED_AS, SEQUENTIAL_DIVISIONS as SEQUENTIAL, sigmoid, softplus
+from ...functions import EVALUATED_AS, SEQUENTIAL_DIVISIONS as SEQUENTIAL, expm1, log1p, sigmoid, softplus
 from . import vecmath
 
 _VECMATH = {
     sp.exp: "exp", sp.log: "log", sp.tanh: "tanh", sp.sin: "sin", sp.cos: "cos", sp.atan: "atan",
     sp.erf: "erf", sigmoid: "sigmoid", softplus: "softplus", sp.Abs: "abs", sp.sign: "sign",
-    sp.floor: "floor", sp.ceiling: "ceil",
+    sp.floor: "floor", sp.ceiling: "ceil", log1p: "log1p", expm1: "expm1",
 }
 
 
