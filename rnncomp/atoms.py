@@ -15,6 +15,15 @@ from __future__ import annotations
 import sympy as sp
 from sympy.printing.precedence import PRECEDENCE
 
+#: The precedence of a product of matrices (``W·h``) or of a prefix Σ in text.  It is the
+#: precedence of ``+``: sympy's printer then groups such a value where it is a factor, a divisor
+#: or a base, ``r*(U·h)``, ``x/(W·h)``, ``(U·x)**2``, a negated product's too (``x - (W·h)/2``:
+#: a product with a minus sign prints at the level of ``+``), and leaves it bare as a term,
+#: ``b + U·h``, or an argument, ``tanh(W·h)``.  ``-(U·h)`` is grouped as well (sympy's rule for
+#: a function below ``*``).  Without it ``U·x**2`` read as U·x², ``x/W·h`` as (x/W)·h.
+GROUPED = PRECEDENCE["Add"]
+
+
 class Structural(sp.Function):
     """Base of the non-element-wise operations inside a sympy expression."""
 
@@ -29,9 +38,11 @@ class MatVec(Structural):
     """``M @ v`` where M is a linear combination of (possibly transposed) matrix parameters.
 
     args: (terms, v) with terms a Tuple of (Symbol(param), Integer(transposed), coef).
+    Printed grouped where it is a factor, a divisor or a base (:data:`GROUPED`).
     """
 
     nargs = 2
+    precedence = GROUPED
 
     def _sympystr(self, printer):
         return f"{_mat_str(self.args[0])}·{_paren(printer, self.args[1])}"
@@ -61,15 +72,15 @@ class Concat(Structural):
 
 
 class RowSum(Structural):
-    """Σ over the units of a vector (a size-1 result).  Printed with a product's precedence,
-    so that the printer groups it where it is a factor or a base, ``(Σ v)**2`` and ``(Σ v)/4``
-    (not ``Σ v**2``, which reads as Σ v²), and a sum it reduces in parentheses, ``Σ (a + b)``."""
+    """Σ over the units of a vector (a size-1 result).  Printed grouped where it is a factor or
+    a base (:data:`GROUPED`), ``(Σ v)**2`` and ``(Σ v)/4`` (not ``Σ v**2``, which reads as
+    Σ v²), and a sum it reduces in parentheses, ``Σ (a + b)``."""
 
     nargs = 1
-    precedence = PRECEDENCE["Mul"]
+    precedence = GROUPED
 
     def _sympystr(self, printer):
-        return "Σ " + printer.parenthesize(self.args[0], PRECEDENCE["Add"])
+        return "Σ " + operand(printer, self.args[0])
 
     def _latex(self, printer, exp=None):
         return _powered(r"\sum %s" % _paren(printer, self.args[0], latex=True), printer, exp)
@@ -82,6 +93,13 @@ class LogSumExp(Structural):
 
     def _sympystr(self, printer):
         return f"logsumexp({printer._print(self.args[0])})"
+
+
+def operand(printer, e) -> str:
+    """The text of ``e`` after a prefix Σ: a sum (or a negated value) in parentheses, a
+    product or another Σ bare (``Σ W·h``, ``Σ Σ v``: the Σ takes all of it)."""
+    grouped = isinstance(e, Structural) and getattr(e, "precedence", None) == GROUPED
+    return printer.parenthesize(e, PRECEDENCE["Add"], strict=grouped)
 
 
 def _powered(tex: str, printer, exp) -> str:

@@ -18,7 +18,7 @@ from collections import Counter
 
 import sympy as sp
 
-from .atoms import Concat, LogSumExp, MatVec, RowSum, Slice, Structural
+from .atoms import GROUPED, Concat, LogSumExp, MatVec, RowSum, Slice, Structural, operand
 from .errors import IRError
 from .ir import NodeSym, display, key_str, placeholder
 from .matrix_dsl import MReduce, Outer as MOuter, SMatVec, _power
@@ -35,7 +35,8 @@ class Pad(Structural):
 
 
 class Outer(Structural):
-    """Display atom: Σ_b a bᵀ (a parameter-gradient contribution)."""
+    """Display atom: Σ_b a bᵀ (a parameter-gradient contribution).  Only ever scaled by a
+    number (``2*δa[t]·x[t]ᵀ``), so it keeps a function's precedence: never grouped."""
 
     nargs = 2
 
@@ -47,12 +48,14 @@ class Outer(Structural):
 
 
 class SumTo(Structural):
-    """Display atom: the row sums (``Σ_cols``) or column sums (``Σ_rows``) of a weight array."""
+    """Display atom: the row sums (``Σ_cols``) or column sums (``Σ_rows``) of a weight array,
+    grouped as :class:`~rnncomp.atoms.RowSum` is: ``v1*(Σ a*b)/n``, ``Σ (a + b)``."""
 
     nargs = 2
+    precedence = GROUPED
 
     def _sympystr(self, printer):
-        return f"{self.args[1]} {printer._print(self.args[0])}"
+        return f"{self.args[1]} {operand(printer, self.args[0])}"
 
     def _latex(self, printer, exp=None):
         axis = {"Σ_cols": "\\mathrm{cols}", "Σ_rows": "\\mathrm{rows}"}.get(str(self.args[1]))
@@ -127,7 +130,10 @@ def node_expr(prog, key):
     if rule is None:
         raise IRError(f"{prog.name}: {key_str(key)} has op {node.op!r}, which has no printing rule "
                       f"(rnncomp.equations.EXPRS; ops: {', '.join(sorted(EXPRS))})")
-    return rule(node, [NodeSym(a) for a in node.args], key)
+    e = rule(node, [NodeSym(a) for a in node.args], key)
+    if node.op == "sum" and prog.node(node.args[0]).size == 1:  # Σ over one unit: ℓ of a loss rc.vsum(h)
+        return e.args[0]
+    return e
 
 
 # ----------------------------------------------------------------------------- programs

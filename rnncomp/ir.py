@@ -26,6 +26,7 @@ from functools import lru_cache
 from typing import Any, Hashable
 
 import sympy as sp
+from sympy.printing.precedence import PRECEDENCE
 
 from .errors import IRError
 from .ops import LEAF, OPS
@@ -98,6 +99,18 @@ class NodeSym(sp.Symbol):
 
     def _sympystr(self, printer):
         return display(self.name)
+
+    @property
+    def precedence(self) -> int:
+        """A name that reads as a product (``W·∂h[t]``, ``v1·v1ᵀ``: a value named after what it
+        computes) is grouped where it is a factor, a divisor or a base, as the product itself
+        is (:data:`rnncomp.atoms.GROUPED`, the precedence of ``+``); any other name is an atom."""
+        depth = 0
+        for ch in self.name:
+            depth += (ch in "([") - (ch in ")]")
+            if ch == "·" and depth == 0:
+                return PRECEDENCE["Add"]
+        return PRECEDENCE["Atom"]
 
     def _latex(self, printer):
         from .latex import node_latex

@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import sympy as sp
 
+from .atoms import GROUPED
 from .dsl import Structural, StateVec, Vec, _display, _operand
 from .errors import CellError, ShapeError
 
 
 class Outer(Structural):
-    """a bᵀ: (m,) and (n,) → (m, n)."""
+    """a bᵀ: (m,) and (n,) → (m, n); grouped where it is a factor or a base (``i*(v·kᵀ)``,
+    :data:`~rnncomp.atoms.GROUPED`)."""
 
     nargs = 2
+    precedence = GROUPED
 
     def _sympystr(self, printer):
         return f"{_p(printer, self.args[0])}·{_p(printer, self.args[1])}ᵀ"
@@ -38,9 +41,11 @@ class Outer(Structural):
 
 
 class SMatVec(Structural):
-    """A matrix value times a vector, per sample: args (X, v, transposed)."""
+    """A matrix value times a vector, per sample: args (X, v, transposed); grouped where it is
+    a factor, a divisor or a base (``x*(C·q)``, :data:`~rnncomp.atoms.GROUPED`)."""
 
     nargs = 3
+    precedence = GROUPED
 
     def _sympystr(self, printer):
         return f"{_p(printer, self.args[0])}{'ᵀ' if int(self.args[2]) else ''}·{_p(printer, self.args[1])}"

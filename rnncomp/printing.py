@@ -53,7 +53,10 @@ def cell_equations(cell):
     for s, e in cell.updates.items():
         eqs.append((NodeSym((s, "t")), _user_symbols(cell, e)))
     if cell.loss_expr is not None:
-        eqs.append((NodeSym((LOSS, "t")), RowSum(_user_symbols(cell, cell.loss_expr))))
+        loss = _user_symbols(cell, cell.loss_expr)
+        prog = cell.step.prog   # ℓ is Σ over the loss's units; one unit (rc.vsum(h)) is ℓ itself
+        one = prog.node(prog.node((LOSS, "t")).args[0]).size == 1
+        eqs.append((NodeSym((LOSS, "t")), loss if one else RowSum(loss)))
     return eqs
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sympy as sp
 
+from .atoms import GROUPED
 from .dsl import MatExpr, NoConditions, Structural, Vec, _display
 from .errors import CellError, ShapeError
 from .exprwalk import contains
@@ -43,9 +44,11 @@ class WTranspose(Structural):
 
 
 class WMatMul(Structural):
-    """A·B, a product of two weight expressions."""
+    """A·B, a product of two weight expressions; grouped where it is a factor, a divisor or a
+    base (``M*(W·A)``, not ``M*W·A``: :data:`~rnncomp.atoms.GROUPED`)."""
 
     nargs = 2
+    precedence = GROUPED
 
     def _sympystr(self, printer):
         return "·".join(_wrapped(printer, a) for a in self.args)
@@ -61,9 +64,11 @@ class WNorm(Structural):
 
 
 class WMatVec(Structural):
-    """``weight @ v`` before a cell resolves it into a product with a derived weight."""
+    """``weight @ v`` before a cell resolves it into a product with a derived weight (grouped
+    as :class:`~rnncomp.atoms.MatVec` is)."""
 
     nargs = 2
+    precedence = GROUPED
 
     def _sympystr(self, printer):
         return f"({printer._print(self.args[0])})·{_wrapped(printer, self.args[1])}"

@@ -357,8 +357,8 @@ def test_a_checkpoint_whose_text_an_older_printer_wrote_still_loads(tmp_path):
     with np.load(path) as z:   # what the printer before wrote: "Σ h[t-1] + 1/3"
         arrays = {k: z[k] for k in z.files}
     meta = json.loads(str(arrays.pop("__meta__")))
-    assert "Σ (h[t-1] + 1)/3" in meta["fingerprint"]
-    meta["fingerprint"] = meta["fingerprint"].replace("Σ (h[t-1] + 1)/3", "Σ h[t-1] + 1/3")
+    assert "(Σ (h[t-1] + 1))/3" in meta["fingerprint"]
+    meta["fingerprint"] = meta["fingerprint"].replace("(Σ (h[t-1] + 1))/3", "Σ h[t-1] + 1/3")
     ck.write(path, meta, arrays)
     assert zipfile.is_zipfile(path)
     assert str(rc.Trainer.load(path).cell) == str(cell)

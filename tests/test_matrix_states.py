@@ -157,7 +157,7 @@ def test_printing_and_explain():
     cell = MATRIX_ZOO["delta_rule"](N_IN, N_H, N_OUT)
     text = str(rc.explain(cell))
     assert "states:  C ∈ R^4×4 (C[0] = 0)" in text
-    assert "C[t] = C[t-1] - (-Wv·x[t] + C[t-1]·k[t])·k[t]ᵀ*sigmoid(bb + Wb·x[t])" in text
+    assert "C[t] = C[t-1] - ((-(Wv·x[t]) + C[t-1]·k[t])·k[t]ᵀ)*sigmoid(bb + Wb·x[t])" in text
     assert "δC[t-1] =" in text
 
 

@@ -69,3 +69,72 @@ def test_vsum_printed_grouped_where_it_is_a_factor_or_a_base():
     assert "sq_of_sum[t] = (Σ h[t-1])**2" in text
     assert "sum_of_sq[t] = Σ h[t-1]**2" in text
     assert "mean_of_add[t] = (Σ (h[t-1] + W·x[t]))/4" in text
+
+
+def _read(text: str, values: dict):
+    """A printed right-hand side evaluated as Python, ``·`` as ``@`` (which binds as ``*`` and
+    ``/`` do, from the left, and below ``**``): the value a reader takes the text to mean."""
+    import re
+    import numpy as np
+    code = text.replace("·", "@").replace("[t-1]", "_p").replace("[t]", "")
+    code = re.sub(r"(\d)([A-Z])", r"\1*\2", re.sub(r"\b(tanh|exp)\(", r"np.\1(", code))  # 2W·x: (2*W)@x
+    return eval(code, {"np": np, **values})  # noqa: S307
+
+
+def test_products_printed_grouped_where_they_are_a_factor_a_divisor_or_a_base():
+    """``U·x[t]**2`` read as U·x², ``x[t]/W·h[t-1]`` as (x/W)·h and ``x[t]*W·x[t]`` as (x*W)·x:
+    the text of a product inside a power, a divisor or a product misread the equation (and
+    the checkpoint fingerprint, which is this text, confused such cells).  Each right-hand
+    side, read as Python with · for @, computes the cell's own value."""
+    import numpy as np
+    import sympy as sp
+    c = rc.Cell("p")
+    x, h = c.input("x", 4), c.state("h", 4)
+    W, U, b = c.param("W", (4, 4)), c.param("U", (4, 4)), c.param("b", 4)
+    c.define("a", sp.tanh(W @ h) ** 2 + x / (W @ h) + (U @ x) ** 2 + 2 * (W @ h) ** 3)
+    c.define("m", x * (W @ x) - (W @ x) * (U @ h) / (1 + (U @ h) ** 2) + h * ((2 * W) @ x))
+    c.define("n", b - U @ h - (W @ x) / (1 + x))
+    c.update(h, sp.tanh(b + U @ h))
+    c.loss(rc.vsum(h.new))
+    text = str(c)
+    lines = dict(line.strip().split(" = ", 1) for line in text.splitlines() if " = " in line)
+    assert lines["a[t]"] == "x[t]/(W·h[t-1]) + tanh(W·h[t-1])**2 + (U·x[t])**2 + 2*(W·h[t-1])**3"
+    assert lines["h[t]"] == "tanh(b + U·h[t-1])"                # bare where nothing binds tighter
+    assert lines["ℓ[t]"] == "Σ h[t]"       # rc.vsum is one unit: ℓ is it, not Σ Σ h[t]
+    rng = np.random.default_rng(0)
+    v = {k: rng.normal(size=s) for k, s in [("x", 4), ("h_p", 4), ("W", (4, 4)), ("U", (4, 4)), ("b", 4)]}
+    xv, hv, Wv, Uv, bv = v["x"], v["h_p"], v["W"], v["U"], v["b"]
+    want = {"a[t]": np.tanh(Wv @ hv) ** 2 + xv / (Wv @ hv) + (Uv @ xv) ** 2 + 2 * (Wv @ hv) ** 3,
+            "m[t]": xv * (Wv @ xv) - (Wv @ xv) * (Uv @ hv) / (1 + (Uv @ hv) ** 2) + hv * (2 * Wv @ xv),
+            "n[t]": bv - Uv @ hv - (Wv @ xv) / (1 + xv)}
+    for lhs, value in want.items():
+        np.testing.assert_allclose(_read(lines[lhs], v), value, rtol=1e-12, err_msg=lines[lhs])
+    r = rc.Cell("p")                  # the report's cell: its backward step and its LaTeX
+    x, h = r.input("x", 4), r.state("h", 4)
+    W, U = r.param("W", (4, 4)), r.param("U", (4, 4))
+    r.update(h, sp.tanh(W @ h) ** 2 + x / (W @ h) + (U @ x) ** 2 + 2 * (W @ h) ** 3 + x * (W @ x))
+    r.loss(rc.vsum(h.new))
+    back = rc.explain(r).backward_text()
+    assert "-x[t]/(W·h[t-1])**2 + 6*(W·h[t-1])**2" in back and "W·h[t-1]**2" not in back
+    tex = rc.explain(r).latex()
+    assert r"\left(U\,x_{t}\right)^{2}" in tex and r"x_{t} \left(W\,x_{t}\right)" in tex
+    assert r"{\ell}_{t} &= \sum h_{t}" in tex
+
+
+def test_matrix_and_weight_products_printed_grouped():
+    """The same for a matrix state's products and a derived weight's: ``C[t-1]·x[t]**2``,
+    ``0.1*v·kᵀ**2`` and the weight ``M*W·A`` (read (M*W)·A) misread their equations."""
+    import numpy as np
+    import sympy as sp
+    c = rc.Cell("ms")
+    x, C, h = c.input("x", 3), c.state("C", (3, 3)), c.state("h", 3)
+    W, A = c.param("W", (3, 3)), c.param("A", (3, 3))
+    M = c.const("M", np.tril(np.ones((3, 3))))
+    c.update(C, 0.9 * C + rc.outer(x, x) ** 2)
+    c.update(h, sp.tanh(x * (C @ x) + (C @ x) ** 2 + ((W @ A) * M) @ h))
+    text = str(c)
+    assert "C[t] = 0.9*C[t-1] + (x[t]·x[t]ᵀ)**2" in text
+    assert "h[t] = tanh(x[t]*(C[t-1]·x[t]) + (M*(W·A))·h[t-1] + (C[t-1]·x[t])**2)" in text
+    assert "(M*(W·A)) = M*(W·A)" in text
+    tex = rc.explain(c).latex()
+    assert r"x_{t} \left(C_{t-1}\,x_{t}\right)" in tex

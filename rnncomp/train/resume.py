@@ -12,10 +12,13 @@ a trainer is rebuilt from it, with every check that it would train on as it was 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
+import sympy as sp
 
 from . import checkpoint as ck
+from .. import serialize
 from ..algorithms import saving as algorithms
 from .truncated import Truncated
 
@@ -140,24 +143,58 @@ def load(cls, path, cell=None, backend=None, dtype=None, *, schedule=None, **com
 
 def _same_declaration(cell, meta: dict, given: bool) -> bool:
     """Whether a cell whose printed text differs from the checkpoint's fingerprint still is its
-    cell.  The text changes when the printer does (``Σ`` grouped since session 20), so a
-    checkpoint written before such a change is compared otherwise: a ``cell`` given to ``load``
-    by its declaration (the record's); the cell rebuilt from the record by its text without
-    parentheses, so that a record damaged elsewhere (``tanh`` for ``sin``) is still refused."""
+    cell.  The text changes when the printer does (``Σ`` grouped since session 20, products
+    since session 21), so a checkpoint written before such a change is compared otherwise: a
+    ``cell`` given to ``load`` by its declaration (the record's, the names a printer gives
+    derived weights aside: :func:`_unnamed`); the cell rebuilt from the record by
+    :func:`_printed_alike`, so that a record damaged elsewhere (``tanh`` for ``sin``) is still
+    refused."""
     if not given:
-        def bare(text):
-            return text.replace("(", "").replace(")", "")
-        return bare(str(cell)) == bare(meta["fingerprint"])
+        return _printed_alike(str(cell), meta["fingerprint"])
     try:
-        return json.loads(json.dumps(ck.cell_to_dict(cell))) == meta["cell"]
+        return (json.loads(json.dumps(ck.cell_to_dict(cell))) == meta["cell"]
+                or _unnamed(cell) == _unnamed(ck.cell_from_dict(meta["cell"])))
     except Exception:  # noqa: BLE001 - a cell that cannot be written as a record declares something else
         return False
 
 
+def _unnamed(cell) -> dict:
+    """A cell's record (a composition's: its cells'), each generated name of a derived weight
+    (its expression as printed, ``(M*(W·A))%``, once ``(M*W·A)%``) written as its place among
+    them, so that two records of one declaration printed by different printers compare equal."""
+    if hasattr(cell, "layers"):
+        from ..compose.serial import to_dict
+        return to_dict(cell, _unnamed)
+    names = [n for n, d in cell.decls.items() if d.kind == "weight" and n.endswith("%")]
+    place = {sp.Symbol(n): sp.Symbol(f"#{i}%") for i, n in enumerate(names)}
+    record = serialize.cell_to_dict(cell, text=lambda e: sp.srepr(e.xreplace(place)))
+    for d in record["decls"]:
+        d["name"] = str(place.get(sp.Symbol(d["name"]), d["name"]))
+    return json.loads(json.dumps(record))
+
+
+def _printed_alike(text: str, fingerprint: str) -> bool:
+    """Whether two texts of a cell differ at most as printers of different versions write
+    them: in parentheses (``(U·x)**2`` for ``U·x**2``), in the order of a line's terms (it
+    follows the generated name of a derived weight, its printed expression: ``(M*(W·A))`` for
+    ``(M*W·A)``) and in the Σ of the loss line (``ℓ[t] = Σ h`` for ``Σ Σ h``: a Σ over one unit
+    is no longer printed).  Each line is compared as the multiset of its names, numbers and
+    operators."""
+    def tokens(line):
+        found = _TOKEN.findall(line)
+        return sorted(t for t in found if t != "Σ") if line.lstrip().startswith("ℓ[t] =") else sorted(found)
+    return [tokens(x) for x in text.splitlines()] == [tokens(x) for x in fingerprint.splitlines()]
+
+
+_TOKEN = re.compile(r"[^\s()+\-*/·,=]+|[+\-*/·,=]")  # a name, number or function, or an operator
+
+
 def _load_legacy(cls, path, blob, cell, backend, dtype, compile_options):
     """A format-1 checkpoint (a pickle, before version 2): it recorded neither backend nor
-    dtype, so they are the given ones (defaults: native, float32), as they always were."""
-    if cell is not None and str(cell) != blob["fingerprint"]:
+    dtype, so they are the given ones (defaults: native, float32), as they always were.  A given
+    cell is compared with the text the file recorded and, printed by today's printer, with the
+    cell the file holds."""
+    if cell is not None and str(cell) not in (blob["fingerprint"], str(blob["cell"])):
         raise ck.CheckpointError(f"{path}: the checkpoint is of cell {blob['cell'].name!r} with other "
                                  f"equations or sizes than cell {cell.name!r}")
     ck.check_params(blob["params"], blob["cell"], str(path))
