@@ -17,6 +17,7 @@ from .matrix_dsl import MATRIX_ATOMS, Outer, SMatVec
 from .errors import CellError, ShapeError
 from .exprwalk import distinct_subexpressions, replace
 from .ir import Node, Program, internal, placeholder, verify, key_str
+from .logistic import logistic_form
 
 LOSS = internal("ℓ")
 
@@ -267,8 +268,8 @@ class _Lowerer:
         return sym
 
     def elementwise(self, e, where, size, split=True) -> Node:
-        if split:
-            e = self.split(e, where, top=True)
+        if split:  # a hand-written e/(1 + e) as σ first: exp(2u)/(1 + exp(u))**2 overflows (rnncomp.logistic)
+            e = self.split(logistic_form(e), where, top=True)
         keys, template = templated(e, lambda a: self.lower(a, where))
         keys = self.rows(keys)
         sizes = {k: self.prog.node(k).size for k in keys}

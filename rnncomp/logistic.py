@@ -1,0 +1,67 @@
+"""A ratio of exponentials written by hand, as the logistic function it is (at lowering).
+
+``e/(1 + e)`` with ``e = exp(u)`` is σ(u), bounded, but sympy evaluates ``(e/(1 + e))**2`` to
+``exp(2*u)/(exp(u) + 1)**2`` as the user writes it, and in float32 ``exp(2u)`` and the
+square overflow from u ≈ 44 (``exp(u)`` from 89): inf/inf, a NaN, where the value is ~1 (and
+the derivative of ``1/(1 + exp(-u))``, ``exp(-u)/(1 + exp(-u))**2``, is NaN for u ≲ -44).
+:func:`logistic_form` writes each such factor as powers of σ, which every backend evaluates
+stably and whose derivative reuses its value (σ' = σ(1 − σ)):
+
+    exp(m·b) · (1 + exp(b))^-k  =  σ(b)^m · σ(-b)^(k-m)      (0 ≤ m ≤ k, rational)
+
+(e^b/(1 + e^b) = σ(b), 1/(1 + e^b) = σ(-b)).  Both sides are the same function, so only the
+rounding differs; an exponential the denominator does not bound (m > k: ``exp(3b)``, or not a
+multiple of b) stays as written, beside σ(-b)^k.  :mod:`rnncomp.lower` applies it to every
+element-wise expression of a cell, so the IR, the backward step and every backend see σ; the
+cell's own text keeps what the user wrote.
+
+    >>> import sympy as sp
+    >>> u = sp.Symbol("u", real=True)
+    >>> e = sp.exp(u)
+    >>> (e / (1 + e)) ** 2, logistic_form((e / (1 + e)) ** 2)
+    (exp(2*u)/(exp(u) + 1)**2, sigmoid(u)**2)
+    >>> logistic_form(1 / (1 + sp.exp(-u))), logistic_form(e / (1 + e) ** 3)
+    (sigmoid(u), sigmoid(-u)**2*sigmoid(u))
+"""
+from __future__ import annotations
+
+import sympy as sp
+
+from .functions import sigmoid
+
+
+def logistic_form(e):
+    """``e`` with every factor ``exp(m·b)·(1 + exp(b))^-k`` (0 ≤ m ≤ k) as ``σ(b)^m·σ(-b)^(k-m)``."""
+    if not isinstance(e, sp.Expr) or not e.has(sp.exp):
+        return e
+    factors = sp.Mul.make_args(e) if e.is_Mul or e.is_Pow else (e,)
+    bases = [_logistic_base(f) for f in factors]
+    if not any(bases):
+        args = [logistic_form(a) for a in e.args]
+        return e.func(*args) if args != list(e.args) else e
+    rest = [f for f, bk in zip(factors, bases) if bk is None]
+    out = []
+    for b, k in filter(None, bases):   # each denominator takes the first exponential it bounds
+        num = next((g for g in rest if g.func is sp.exp and _multiple(g.args[0], b, k) is not None), None)
+        m = sp.Integer(0) if num is None else _multiple(num.args[0], b, k)
+        if num is not None:
+            rest.remove(num)
+        b = logistic_form(b)
+        out.append(sigmoid(b) ** m * sigmoid(-b) ** (k - m))
+    return sp.Mul(*[logistic_form(f) for f in rest], *out)
+
+
+def _logistic_base(f):
+    """(b, k) where ``f`` is ``(1 + exp(b))**-k`` with k > 0 rational, else None."""
+    if not (f.is_Pow and f.exp.is_Rational and f.exp < 0 and f.base.is_Add and len(f.base.args) == 2):
+        return None
+    one, other = sorted(f.base.args, key=lambda a: not a.is_Number)
+    if one != 1 or other.func is not sp.exp:
+        return None
+    return other.args[0], -f.exp
+
+
+def _multiple(a, b, k):
+    """m where ``a`` is m·``b`` with 0 < m ≤ k rational, else None."""
+    m = sp.cancel(a / b)
+    return m if m.is_Rational and 0 < m <= k else None
