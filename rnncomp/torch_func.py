@@ -139,8 +139,13 @@ def _take(t, dim, i):
 
 
 def _logical(t, dim):
-    """The shape of an element of ``t``, vmapped along ``dim``."""
-    return t.shape if dim is None else t.shape[:dim] + t.shape[dim + 1:]
+    """The shape of an element of ``t``, vmapped along ``dim`` (negative: from the end)."""
+    return t.shape if dim is None else t.shape[:dim % t.dim()] + t.shape[dim % t.dim() + 1:]
+
+
+def _leading(t, dim, at, shape):
+    """``t`` with its vmapped axis ``dim`` moved to ``at`` (a shared ``t``: expanded to ``shape``)."""
+    return t.movedim(dim, at) if dim is not None else t.unsqueeze(at).expand(shape)
 
 
 def _stacked(calls):
@@ -162,10 +167,11 @@ def _recurrent_vmap(info, in_dims, key, params, inputs, h0, keep, dropout_seed):
         got = _stacked(calls)
         return got + [no_handle()], [0] * len(got) + [None]
     T, B = _logical(inputs[0], x_dims[0])[:2]
-    folded_x = [(x.movedim(d, 1) if d is not None else x.unsqueeze(1).expand(T, V, B, x.shape[-1]))
-                .reshape(T, V * B, x.shape[-1]) for x, d in zip(inputs, x_dims)]
-    folded_h = [(h.movedim(d, 0) if d is not None else h.expand(V, B, h.shape[-1])).reshape(V * B, h.shape[-1])
-                for h, d in zip(h0, h_dims)]
+    # the sizes after the move: an axis vmapped last (in_dims=-1) is not the units' axis
+    folded_x = [x.reshape(T, V * B, x.shape[-1]) for x in
+                (_leading(x, d, 1, (T, V, B, x.shape[-1])) for x, d in zip(inputs, x_dims))]
+    folded_h = [h.reshape(V * B, h.shape[-1]) for h in
+                (_leading(h, d, 0, (V, B, h.shape[-1])) for h, d in zip(h0, h_dims))]
     got = layer.recurrent_op(key, params, folded_x, folded_h, False, dropout_seed)
     n_out = len(got) - 1 - len(h0)
     outs = [o.reshape(T, V, B, o.shape[-1]) for o in got[:n_out]]

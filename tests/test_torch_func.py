@@ -187,6 +187,21 @@ def test_vmap_of_the_forward_over_inputs_h0_and_parameters(dtype):
     _close_tree(both, vmap(ref, in_dims=(0, 1, 0))(ensemble, xs, h0s), "vmap over all", RTOL[dtype])
 
 
+def test_vmap_over_the_last_axis_of_inputs_and_h0():
+    """in_dims=-1 (an input (T, B, D, V), h0 (B, H, V)): the units' axis is not the last one
+    of the tensor the rule receives (before: a reshape to (T, V·B, V) failed)."""
+    layer, step, p, x, h0, _, _ = _setup("lstm", F64, seed=6)
+    g = torch.Generator().manual_seed(6)
+    V = 3
+    xs = torch.randn(T, B, D, V, dtype=F64, generator=g)
+    h0s = {s: torch.randn(B, H, V, dtype=F64, generator=g) for s in h0}
+    f = lambda x, h0: functional_call(layer, p, (x, h0))  # noqa: E731
+    ref = lambda x, h0: reference(step, p, x, h0)  # noqa: E731
+    for dims in ((-1, None), (None, -1), (-1, -1)):
+        args = (xs if dims[0] else x, h0s if dims[1] else h0)
+        _close_tree(vmap(f, in_dims=dims)(*args), vmap(ref, in_dims=dims)(*args), f"in_dims={dims}", RTOL[F64])
+
+
 @pytest.mark.parametrize("dtype", [F32, F64])
 def test_per_sample_gradients_vmap_of_grad(dtype):
     """The torch.func recipe: one gradient per sample, each a batch of one, against the loop
