@@ -94,3 +94,32 @@ def test_a_checkpoint_between_pieces_trains_as_the_whole_stream(tmp_path):
     second = rc.Trainer.load(tmp_path / "piece.npz")
     second.fit_online(x[12:], y[12:], every=3, continue_stream=True)
     _same(second, whole)
+
+
+def test_a_stateful_batchs_last_overlapping_window_gets_the_synthetic_gradient_at_every_step():
+    """Truncated(2, 6), stateful batches of 4 steps: the batch's last window [0, 4) (losses on
+    [2, 4)) is seeded with γ ĝ(s[4]), and the next batch's windows start at its step 0, so
+    ĝ(s[4]) is the only future any of steps 0-3 get: it is credited to all of them.  (Before,
+    only to a first chunk that the clipped window lacks: batches shorter than k2 trained as
+    truncated BPTT, γ or not.)  Reference: the window's loss gradient from the compiled model
+    plus the seed pulled back through [0, 4) by the unrolled VJP, 1e-10 relative."""
+    from test_online_dni import _Record, _Spy
+
+    from rnncomp.backends.numpy import unrolled_vjp
+    cell = rc.cells.elman(2, 3, 1)
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(4, 6, 2)), rng.normal(size=(4, 6, 1))  # rows 3-5 continue rows 0-2
+    dni, rec = _Spy(gamma=0.8), _Record()
+    dni.restore(rng.normal(size=(3, 3)), rng.normal(size=3), {}, 0)
+    tr = rc.Trainer(cell, optimizer=rec, gradient=dni, bptt=rc.Truncated(2, 6), backend="numpy", dtype="float64")
+    tr.fit({"x": x}, {"target": y}, epochs=1, batch_size=3, stateful=True, shuffle=False, verbose=0)
+    model = rc.compile(cell, backend="numpy", dtype="float64")
+    p = {k: np.array(v) for k, v in tr.params.items()}
+    x0, y0 = x[:, :3], y[:, :3]
+    m = np.zeros((4, 3))
+    m[2:] = 1
+    loss_grad = model.loss_and_grad(p, {"x": x0}, {"target": y0}, mask=m)[1]
+    seed = dni.seeds[1][1]  # γ ĝ(s[4]) of the batch's last window (the first: ĝ(s[2]))
+    seed_grad = unrolled_vjp(cell, p, {"x": x0}, d_final={"h": seed})[1]
+    ref = np.concatenate([(np.asarray(loss_grad[n]) + seed_grad[n]).ravel() for n in tr.names])
+    np.testing.assert_allclose(rec.grads[1], ref, rtol=1e-10, atol=1e-13 * np.abs(ref).max())

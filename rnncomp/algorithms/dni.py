@@ -18,7 +18,8 @@ injected at the window's end.  Each step τ must get every later loss once.  The
 real losses reach τ up to the end H(τ) of the last window whose k2 steps contain τ, so the
 synthetic gradient at H stands for the losses after H and is credited to the steps τ with
 that H: the first k1 steps of the window ending at H (all of them when k2 = k1; none in the
-first windows, whose k2 steps would start before step 0: their steps meet a later boundary).
+first windows, whose k2 steps would start before step 0: their steps meet a later boundary;
+all steps of a batch's last window where the next batch continues it: none meets a later one).
 The window runs as its k1-step chunks; the cotangents of the losses (credited to every
 chunk) and of ĝ (to the first chunk only) are carried back separately:
 
@@ -173,7 +174,11 @@ class DNI(Algorithm):
             seed = self.synthetic(io.join(last.final))
             if mask is not None and hi < T and not goes_on:  # no synthetic future for a sample whose later steps are all masked
                 seed *= mask[hi:].any(axis=0)[:, None]
-        credited = seed is not None and lo - (k2 - k1) >= 0  # ĝ(s[hi]) credited to the first chunk
+        # ĝ(s[hi]) credited to the first chunk; at the end of a batch the next one continues
+        # (stateful fit), to the whole window: no later window of this batch holds its steps and
+        # the next batch's windows start at its step 0, so ĝ(s[T]) is the only future they get
+        whole = seed is not None and hi == T and k2 > k1
+        credited = seed is not None and (lo - (k2 - k1) >= 0 or whole)
         real = last.backward() if lossy else None
         d_real = real.h0 if lossy else io.split(np.zeros_like(io.join(last.final)))
         grads = io.flat(real.params, trainer.names) if lossy else np.zeros_like(trainer.flat)
@@ -181,8 +186,10 @@ class DNI(Algorithm):
         if seed is not None:  # δs[lo] = δr + δg
             both = last.backward(d_final=io.split(seed))
             d_syn, target = io.join(both.h0) - target, io.join(both.h0)
-            if credited and not kept:
+            if credited and (whole or not kept):
                 grads = io.flat(both.params, trainer.names)
+            if whole:  # every chunk gets both: carry their sum back
+                d_real, credited = both.h0, False
         if lo > 0 or continued:  # ĝ(s[lo]) seeded the previous window (of this call or the last): train it
             self.learn(io.join(state), target)
         for j in range(len(kept) - 1, -1, -1):
@@ -194,7 +201,7 @@ class DNI(Algorithm):
                     d_syn = io.join(kept[j].backward(d_final=io.split(d_syn)).h0)
             grads += io.flat(res.params, trainer.names)
             d_real = res.h0
-        if lossy or credited:  # a window without losses learns from ĝ only where it is credited
+        if lossy or credited or whole:  # a window without losses learns from ĝ only where it is credited
             apply(grads, float(last.loss) if lossy else None)
         return _copy(last.final)
 
