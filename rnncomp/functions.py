@@ -93,38 +93,33 @@ def swish(z):
     return z * sigmoid(z)
 
 
-def _odd_series(x, coeffs):
-    """Σ_k coeffs[k] x^(2k+1): a Taylor series of an odd function near 0."""
-    return sum(c * x ** (2 * k + 1) for k, c in enumerate(coeffs))
-
-
-_SMALL, _LARGE = sp.Rational(1, 10), sp.Integer(10) ** 4
-# Taylor coefficients: 8 to x^15 (the next term is below 1e-17 of the value for |x| < 1/10)
-_ASINH = [sp.Integer(-1) ** n * sp.factorial(2 * n) / (4 ** n * sp.factorial(n) ** 2 * (2 * n + 1)) for n in range(10)]
-_ATANH = [sp.Rational(1, 2 * n + 1) for n in range(8)]
+_LARGE = sp.Integer(10) ** 4
 
 
 def _asinh(x):
-    # log(|x| + √(x²+1)) alone loses relative accuracy near 0 (log of 1 + small) and overflows
-    # x² for large |x| (float32: |x| > 1.8e19), where asinh(x) = ±(log 2|x| + 1/(4x²) + O(x⁻⁴))
-    return sp.Piecewise((_odd_series(x, _ASINH[:8]), sp.Abs(x) < _SMALL),
-                        (sp.sign(x) * (sp.log(2 * sp.Abs(x)) + 1 / (4 * x ** 2)), sp.Abs(x) > _LARGE),
-                        (sp.sign(x) * sp.log(sp.Abs(x) + sp.sqrt(x ** 2 + 1)), True))
+    # log(|x| + √(x²+1)) loses relative accuracy near 0 (log of 1 + small: a series up to 0.1
+    # was still 15 ulp off just above it); log1p(|x| + x²/(1 + √(x²+1))) is the same number,
+    # accurate everywhere x² does not overflow (float32: |x| > 1.8e19).  For large |x|,
+    # asinh(x) = ±(log |x| + log 2 + 1/(4x²) + O(x⁻⁴)), log 2 added outside the log: log(2|x|)
+    # overflows where 2|x| does (float32: |x| > 1.7e38)
+    a = sp.Abs(x)
+    return sp.Piecewise((sp.sign(x) * (sp.log(a) + sp.log(2) + 1 / (4 * x ** 2)), a > _LARGE),
+                        (sp.sign(x) * log1p(a + x ** 2 / (1 + sp.sqrt(x ** 2 + 1))), True))
 
 
 def _acosh(x):
-    # near 1, log(1 + δ) with δ ≈ √(2t) again loses relative accuracy: there acosh(1 + t) =
-    # √(2t) Σ a_n (t/2)^n with asinh's coefficients a_n (10 terms: below 1e-18 for t < 1/20)
+    # acosh(1 + t) = log1p(t + √(t(x + 1))) (t = x − 1 exact near 1, where log(1 + δ) is not);
+    # x < 1: √ of a negative, NaN.  Large x: log x + log 2 − 1/(4x²), as asinh's
     t = x - 1
-    near = sp.sqrt(2 * t) * sum(c * (t / 2) ** n for n, c in enumerate(_ASINH))
-    return sp.Piecewise((near, t < sp.Rational(1, 20)),
-                        (sp.log(2 * x) - 1 / (4 * x ** 2), x > _LARGE),
-                        (sp.log(x + sp.sqrt((x - 1) * (x + 1))), True))   # x < 1: √ of a negative, NaN
+    return sp.Piecewise((sp.log(x) + sp.log(2) - 1 / (4 * x ** 2), x > _LARGE),
+                        (log1p(t + sp.sqrt(t * (x + 1))), True))
 
 
 def _atanh(x):
-    return sp.Piecewise((_odd_series(x, _ATANH), sp.Abs(x) < _SMALL),
-                        (sp.log((1 + x) / (1 - x)) / 2, True))
+    # ½ log((1+x)/(1−x)) = ±½ log1p(2|x|/(1 − |x|)): accurate near 0, and near −1 too by the
+    # symmetry (2x/(1 − x) there is −1 + δ, rounded); ±1 give ±inf, |x| > 1 NaN
+    a = sp.Abs(x)
+    return sp.sign(x) * log1p(2 * a / (1 - a)) / 2
 
 
 #: Functions a target without them evaluates as these expressions of the functions it has

@@ -1,5 +1,5 @@
 """Functions the native (and PTX) code evaluates as expressions of others (``functions.EVALUATED_AS``:
-tan = sin/cos, asin, acos, asinh, acosh, atanh with series near 0 or 1 and asymptotic forms;
+tan = sin/cos, asin, acos, asinh, acosh, atanh as log1p forms and asymptotic forms;
 sympy.codegen.cfunctions' exp2, log2, log10), and that module's log1p and expm1, which
 the vector math has.
 
@@ -71,6 +71,26 @@ def test_native_values_are_within_a_few_ulp_of_mpmath(f, dtype):
     worst = int(np.argmax(err))
     assert err[worst] <= 8, f"{f.__name__}({x[finite][worst]!r}) = {got[finite][worst]!r}, " \
                             f"exact {exact[finite][worst]!r}: {err[worst]:.1f} ulp"
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_past_the_series_and_near_the_largest_float(dtype):
+    """asinh just above 0.1 (where its Taylor series gave way to log(|x| + √(x²+1)): 15 ulp),
+    atanh at 0.1 to 0.3, and asinh, acosh of the largest floats (log(2|x|) overflowed: inf for
+    float32 3e38): within 8 ulp of mpmath, as the test above asks of the whole range."""
+    big = np.finfo(dtype).max
+    cases = {sp.asinh: np.concatenate([np.linspace(0.1, 0.3, 2001), [big / 1.5, -big, 1e15]]),
+             sp.acosh: np.array([big / 1.5, big, 1e15, 1.0499, 1.0501]),
+             sp.atanh: np.linspace(0.1, 0.3, 2001)}
+    for f, x in cases.items():
+        model = rc.compile(_cell(f), backend="native", dtype=dtype)
+        x = x.astype(dtype)
+        got = model.forward({}, {"x": x[:, None, None]})[0]["y"].ravel().astype(np.float64)
+        with mp.workdps(40):
+            exact = np.array([float(getattr(mp, f.__name__)(mp.mpf(float(v)))) for v in x])
+        err = np.abs(got - exact) / np.spacing(np.abs(exact).astype(dtype)).astype(np.float64)
+        worst = int(np.argmax(err))
+        assert err[worst] <= 8, f"{f.__name__}({x[worst]!r}) = {got[worst]!r}, exact {exact[worst]!r}: {err[worst]:.1f} ulp"
 
 
 def test_outside_the_domain_is_nan_as_in_numpy():
