@@ -21,8 +21,8 @@ def ident_latex(name: str) -> str:
     return head if not sep else f"{head}_{{{tail.replace('_', chr(92) + '_')}}}"
 
 
-_FUNCS = {"tanh": r"\tanh", "exp": r"\exp", "sin": r"\sin", "cos": r"\cos", "log": r"\log",
-          "sigmoid": r"\sigma"}
+_FUNCS = {**{f: "\\" + f for f in ("tanh", "exp", "sin", "cos", "tan", "cot", "sec", "csc", "sinh", "cosh", "log")},
+          "sigmoid": r"\sigma"}   # as sympy's LaTeX printer writes them (asin: \operatorname{asin})
 _SUB_DIGITS = str.maketrans("₀₁₂₃₄₅₆₇₈₉", "0123456789")
 
 

@@ -150,3 +150,11 @@ def test_the_ptx_code_computes_the_same_and_assembles():
         np.testing.assert_allclose(g2[k], g1[k], rtol=1e-11, atol=1e-13, err_msg=k)
     if find_ptxas() is not None:
         ptxas(rc.compile(cell, backend="ptx", dtype="float32").ptx, "sm_90")
+
+
+def test_latex_writes_the_trig_functions_as_latex_does():
+    """In the backward listing too, where a value is named after its function (tan(a)[t]);
+    asin, acos, asinh, ... stay sympy's \operatorname{asin} (LaTeX has no command for them)."""
+    tex = rc.explain(every_evaluated_function()).latex()
+    assert r"\tan" in tex and r"\sec" in tex
+    assert not any(rf"\operatorname{{{f}}}" in tex for f in ("tan", "cot", "sec", "csc"))
