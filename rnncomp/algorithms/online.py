@@ -102,8 +102,13 @@ def fit_online(trainer, inputs, targets, every=1, h0=None, continue_stream=False
         raise TrainingError(f"fit_online with {algo!r} runs on one process: its carried state is this process's "
                             "and no rank's update would reach the others; train it without distributed= (or use "
                             "rc.BPTT(), whose windows are trained data-parallel like fit)")
-    x, t, _, _ = trainer._data("fit_online", inputs, targets)
+    x, t, _, B = trainer._data("fit_online", inputs, targets)
     st, dt = trainer.cell.step, trainer.dtype
+    was = len(next(iter(going_on.values()))) if continue_stream and going_on else B
+    if was != B:
+        raise CallError(f"fit_online(continue_stream=True): these steps hold {B} sequences, but the stream they "
+                        f"would continue has {was} (trainer.online_state): give its {was} sequences, or start "
+                        "a new stream (without continue_stream)")
     if trainer.dist is not None:  # every rank the same stream, as fit checks its data
         trainer.dist.check_same_data({**x, **{"target:" + k: v for k, v in t.items()}}, (every, bool(continue_stream)),
                                        "fit_online")
