@@ -7,7 +7,8 @@ by the cell's declaration, the options and every rnncomp source.  Checked here:
   compile without any cache computes (loss, gradients, final states, outputs; a memory
   schedule's ``advance`` entry, compiled on first use from a restored plan, included);
 * a changed equation, a changed option or a changed rnncomp source misses (the results are
-  those of the changed model, compiled without a cache).
+  those of the changed model, compiled without a cache);
+* so does a native online kernel (RTRL's here) after an edit of any rnncomp source.
 """
 from __future__ import annotations
 
@@ -131,3 +132,51 @@ def test_a_changed_rnncomp_source_misses(tmp_path):
         fh.write("\n# an edit\n")
     edited = run()
     assert edited == ["False", first[1]] and len(_plans(cache)) == 2
+
+
+# a child: RTRL's native online kernel (its own cache key, native_online_emit.sources_hash) for a
+# cell with tan, which the printer evaluates as functions.EVALUATED_AS says, with the rnncomp of
+# argv[1] and the cache argv[2]; print its loss and the NumPy executor's
+ONLINE_CHILD = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, sys.argv[1])
+    os.environ["RNNCOMP_CACHE_DIR"] = sys.argv[2]
+    import numpy as np, sympy as sp
+    import rnncomp as rc
+    from rnncomp.algorithms.base import sequence_grad
+    assert rc.__file__.startswith(sys.argv[1]), rc.__file__
+    c = rc.Cell("tan")
+    x, y, h = c.input("x", 2), c.target("y", 1), c.state("h", 3)
+    W, U, V = c.param("W", (3, 2)), c.param("U", (3, 3)), c.param("V", (1, 3))
+    c.update(h, sp.tan(0.3 * (W @ x + U @ h)))
+    c.loss((V @ h - y) ** 2)
+    rng = np.random.default_rng(0)
+    xs, ys = rng.normal(size=(4, 2, 2)), rng.normal(size=(4, 2, 1))
+    native = sequence_grad(rc.RTRL(), c, c.init_params(0), xs, ys, backend="native")[0]
+    print(repr(native), repr(sequence_grad(rc.RTRL(), c, c.init_params(0), xs, ys)[0]))
+""")
+
+
+def test_an_online_kernel_of_another_rnncomp_source_is_not_loaded(tmp_path):
+    """The online kernels' key once hashed a list of files that missed functions.py: code an
+    older rnncomp compiled (here tan evaluated as 2 sin/cos) was loaded by a newer one."""
+    copy, cache = tmp_path / "src", str(tmp_path / "cache")
+    shutil.copytree(os.path.join(ROOT, "rnncomp"), copy / "rnncomp",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    functions = copy / "rnncomp" / "functions.py"
+    right = functions.read_text()
+    wrong = right.replace("sp.tan: lambda x: sp.sin(x) / sp.cos(x),", "sp.tan: lambda x: 2 * sp.sin(x) / sp.cos(x),")
+    assert wrong != right
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", ONLINE_CHILD, str(copy), cache], capture_output=True,
+                             text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return [float(v) for v in out.stdout.split()]
+
+    functions.write_text(wrong)
+    native, reference = run()
+    assert abs(native - reference) > 1e-3   # the edit changed the code
+    functions.write_text(right)
+    native, reference = run()
+    assert native == pytest.approx(reference, rel=1e-12, abs=1e-12)

@@ -69,7 +69,7 @@ class HvpKernel(StepEmitter):
         self.lock = threading.Lock()  # one set of buffers: a caller holds it while it reads them
 
     def _description(self) -> str:
-        h = sources_hash("native_hvp.py")
+        h = sources_hash()
         hash_programs(h, (self.st.prog, self.bwd.prog, self.hvp.prog))
         h.update(repr((self.plan.L.slots, str(self.dtype))).encode())
         return h.hexdigest()

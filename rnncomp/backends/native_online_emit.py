@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import ctypes
 import hashlib
-import pathlib
 
 import numpy as np
 import sympy as sp
@@ -25,6 +24,7 @@ from .llvm import kernel_library
 from .llvm.builder import I64, for_range
 from .llvm.jit import compile_keyed
 from .native_nodes import NODE_CODE, Site
+from .native_plan_cache import package_fingerprint
 from .native_tangent_plan import SCRATCH, new_slot
 
 
@@ -139,16 +139,12 @@ class OnlineSlots:
             raise CompileError(f"cell {self.step.name!r}: internal: {self.L.slots[k].label} is not contiguous")
 
 
-def sources_hash(*own):
-    """A sha256 of the sources a native online kernel's code comes from: ``own`` (file names in
-    this folder) and what every such kernel uses (this module, the emitter, the op table, the
-    layout, the LLVM helpers)."""
-    here = pathlib.Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for f in sorted([*(here / name for name in own), here / "native_online_emit.py", here / "native_emit.py",
-                     here / "native_nodes.py", here.parent / "passes" / "layout.py", *(here / "llvm").glob("*.py")]):
-        h.update(f.read_bytes())
-    return h
+def sources_hash():
+    """A sha256 seeded with every rnncomp source (:func:`.native_plan_cache.package_fingerprint`),
+    as the native model's object key is: a native online kernel's code also comes from modules
+    no short list keeps up with (``functions.EVALUATED_AS`` through the printer, the matrix
+    emitter, the op table), and an edit of one of those must not load the code it replaced."""
+    return hashlib.sha256(package_fingerprint().encode())
 
 
 def hash_programs(h, progs) -> None:

@@ -194,7 +194,7 @@ class SparseKernel(SweepEmitter, StepEmitter):
         self.gemm_rows = max([c for found in self.blocks.values() for _, _, c in found] + [0])
 
     def _description(self) -> str:
-        h = sources_hash("native_snap.py", "native_snap_sweep.py")
+        h = sources_hash()
         h.update(repr([s.describe() if isinstance(s, Run) else s for s in self.steps]).encode())
         h.update(repr((self.out_slots, self.unreached, self.gather, sorted(self.rows_of), sorted(self.blocks.items()),
                        self.fold, [f.describe() for s in self.steps if id(s) in self.folds

@@ -64,7 +64,7 @@ class OnlineKernel(StepEmitter):
 
     # ------------------------------------------------------------------ code generation
     def _description(self) -> str:
-        h = sources_hash("native_tangent.py", "native_tangent_plan.py")
+        h = sources_hash()
         parts = [h.hexdigest(), str(self.dtype), str(self.K), repr(sorted(self.mask)), repr(self.st.params)]
         for prog in (self.st.prog, self.ts.prog):
             for key, n in prog.nodes.items():

@@ -80,7 +80,7 @@ class UoroKernel(StepEmitter):
         self._bufs, self._B = {}, None
 
     def _description(self) -> str:
-        h = sources_hash("native_uoro.py")
+        h = sources_hash()
         hash_programs(h, (self.st.prog, self.ts.prog, self.bwd.prog))
         h.update(repr((self.bwd.carry_out, self.bwd.grads, self.ts.out, self.st.loss_key, self.plan.L.slots,
                        str(self.dtype))).encode())
