@@ -315,3 +315,20 @@ def test_a_pickled_trainer_trains_on_as_the_original():
         train(copy)
         np.testing.assert_array_equal(copy.flat, tr.flat)
         assert all(np.shares_memory(copy.params[n], copy.flat) for n in copy.params)
+
+
+@pytest.mark.parametrize("gradient", [RTRL(), SnAp(1, sparse=True), UORO(seed=2)])
+def test_fit_online_caches_its_kernel_where_the_trainer_was_told(gradient, tmp_path, monkeypatch):
+    """``cache=`` of a Trainer is the online kernel's too: it went to the default cache always
+    (written there with cache=None, and not in the folder given)."""
+    default, mine = tmp_path / "default", tmp_path / "mine"
+    monkeypatch.setenv("RNNCOMP_CACHE_DIR", str(default))
+    cell = rc.cells.elman(2, 4, 1)
+    params, x, y = random_data(cell, T=6, B=2, seed=1)
+    for cache in (None, str(mine)):
+        tr = rc.Trainer(cell, optimizer=rc.SGD(0.1), gradient=gradient, backend="native", threads=1,
+                        params={k: v.copy() for k, v in params.items()}, cache=cache)
+        before = set(mine.glob("obj/*.o"))
+        tr.fit_online(x["x"], y["target"], every=3)
+        assert not default.exists()
+    assert set(mine.glob("obj/*.o")) - before   # the kernel's object (and the update's), beside the model's

@@ -38,12 +38,14 @@ class NumpyFallbackWarning(UserWarning):
     """A Trainer asked for the native backend runs its online algorithm on the NumPy executor."""
 
 
-def prepare(algorithm, step, backend: str = "numpy", dtype="float64", *, fallback: bool = False, threads=None):
+def prepare(algorithm, step, backend: str = "numpy", dtype="float64", *, fallback: bool = False, threads=None,
+            cache="default"):
     """``algorithm`` prepared for ``step`` on ``backend`` ("numpy" or "native").
 
     ``fallback``: where the native executor has no code for this algorithm or cell, warn
     (:class:`NumpyFallbackWarning`) and return the NumPy executor instead of raising.
-    ``threads``: the native executor's (None: every core; see :class:`Native`)."""
+    ``threads``: the native executor's (None: every core; see :class:`Native`); ``cache``: where its
+    kernel's object code is cached, as ``rc.compile``'s (None: nowhere)."""
     prep = algorithm.prepare(step)
     if backend == "numpy":
         return prep
@@ -56,7 +58,7 @@ def prepare(algorithm, step, backend: str = "numpy", dtype="float64", *, fallbac
                                f"{', '.join(derived)} {'is a derived weight or constant' if len(derived) == 1 else 'are derived weights or constants'} "
                                "(cell.weight, cell.const): sequence_grad and Trainer.fit_online run the plain "
                                "cell (rnncomp.weights.DerivedWeights) and chain the gradient back")
-        return Native(algorithm, prep, dtype, threads)
+        return Native(algorithm, prep, dtype, threads, cache)
     except CompileError as exc:
         if not fallback:
             raise
@@ -85,7 +87,7 @@ class Native:
     #: the least samples a slice of sparse SnAp holds
     SPARSE_ROWS = 64
 
-    def __init__(self, algorithm, prep, dtype, threads=None):
+    def __init__(self, algorithm, prep, dtype, threads=None, cache="default"):
         from .rtrl import _Prepared as RtrlPrepared
         from .snap import _Sparse
         from .uoro import _Prepared as UoroPrepared
@@ -100,7 +102,7 @@ class Native:
         n_s = sum(prep.st.states.values())
         if isinstance(prep, UoroPrepared):
             from ..backends.native_uoro import UoroKernel
-            self.kernel = UoroKernel(prep.st, dtype)
+            self.kernel = UoroKernel(prep.st, dtype, cache)
             self.entries = self.kernel.plan.P + n_s
             return
         if isinstance(prep, _Sparse):
@@ -108,13 +110,14 @@ class Native:
             from .pattern import pattern
             from .sparse_plan import SparsePlan
 
-            self.kernel = SparseKernel(prep.st, SparsePlan(prep.st, pattern(prep.st, prep.n), by_state=True), dtype)
+            plan = SparsePlan(prep.st, pattern(prep.st, prep.n), by_state=True)
+            self.kernel = SparseKernel(prep.st, plan, dtype, cache)
             self.entries, self.min_rows = self.kernel.sp.nnz, self.SPARSE_ROWS
             return
         if not isinstance(prep, RtrlPrepared):
             raise CompileError(f"cell {prep.st.name!r}: the native online executor has no code for {algorithm!r} yet")
         from ..backends.native_tangent import OnlineKernel
-        self.kernel = OnlineKernel(prep.st, prep.ts, prep.dirs, dtype, getattr(prep, "mask", None))
+        self.kernel = OnlineKernel(prep.st, prep.ts, prep.dirs, dtype, getattr(prep, "mask", None), cache)
         self.entries = self.kernel.K * n_s
 
     def _slices(self, T, B):

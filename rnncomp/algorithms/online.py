@@ -174,16 +174,18 @@ def prepared(trainer, algo):
     against ~0.15 ms a step: a stream fed in chunks of a few steps paid it every chunk)."""
     from .compiled import prepare
     threads = getattr(trainer.model, "threads", None)
+    cache = trainer.compile_options.get("cache", "default")  # the model's: None caches nowhere
     # the algorithm's options too: one changed in place (trainer.gradient.seed = 9) prepares again
     options = tuple(sorted((k, repr(v)) for k, v in vars(algo).items()))
     # (a cell is equal to itself only)
-    key = (type(algo), options, trainer.cell, trainer.backend, np.dtype(trainer.dtype), threads)
+    key = (type(algo), options, trainer.cell, trainer.backend, np.dtype(trainer.dtype), threads, cache)
     held = trainer.__dict__.get("_online_prepared")
     if held is not None and held[0] == key:
         return held[1]
     derived = Derived(trainer) if has_derived_weights(trainer.cell) else None
     run_st = derived.step if derived else trainer.cell.step
-    made = derived, run_st, prepare(algo, run_st, trainer.backend, trainer.dtype, fallback=True, threads=threads)
+    made = derived, run_st, prepare(algo, run_st, trainer.backend, trainer.dtype, fallback=True, threads=threads,
+                                     cache=cache)
     trainer._online_prepared = (key, made)
     return made
 
