@@ -234,3 +234,27 @@ def test_the_optimisation_pipeline_is_part_of_the_cache_key(tmp_path, entry):
     assert len(objs) == 2                                   # a miss: a second object
     assert jit._cache_key(key, host, 3, True) != jit._cache_key(key, host, 3, False)
     assert jit._cache_key(key, host, 3, True) == jit._cache_key(key, host, 3)   # default unchanged
+
+
+def test_a_cache_folder_keeps_its_recently_used_entries_up_to_a_bound(tmp_path):
+    """The cache grew without bound (every cell, under every rnncomp source: 180 MB on one
+    machine); past jit.MAX_ENTRIES a write removes the least recently used quarter, a read
+    counting as a use, and a killed writer's old temporary files."""
+    folder = tmp_path / "obj"
+    names = [f"k-{i}.o" for i in range(6)]
+    for i, name in enumerate(names):
+        assert jit._write_cache(str(folder / name), name.encode())
+        os.utime(folder / name, (1000 + i, 1000 + i))   # written one after another, long ago
+    (folder / ".tmp-old").write_bytes(b"half")
+    os.utime(folder / ".tmp-old", (1000, 1000))
+    (folder / ".tmp-writing").write_bytes(b"half")            # a writer at work now
+    assert jit._read_cache(str(folder / names[0])) == b"k-0.o"   # the oldest, used again
+    jit._prune(str(folder), keep=4)                           # 6 > 4: down to 3
+    assert sorted(os.listdir(folder)) == [".tmp-writing", "k-0.o", "k-4.o", "k-5.o"]
+    jit._prune(str(folder), keep=4)                           # within the bound: nothing goes
+    assert len(os.listdir(folder)) == 4
+    for i in range(jit.MAX_ENTRIES + 1):                      # a full folder, then one write
+        (folder / f"f-{i}.o").write_bytes(b"x")
+    assert jit._write_cache(str(folder / "new.o"), b"new")
+    left = os.listdir(folder)
+    assert len(left) <= jit.MAX_ENTRIES * 3 // 4 + 1 and "new.o" in left

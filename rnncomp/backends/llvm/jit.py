@@ -2,8 +2,9 @@
 
 Owns: LLVM initialisation, the host target machine, the optimisation pipeline
 (new pass manager, O3, loop + SLP vectorisation; loop unrolling optional, see
-:func:`optimize`), object emission, the on-disk object cache and loading objects
-into an MCJIT engine.  No global engines: every
+:func:`optimize`), object emission, the on-disk object cache (each folder bounded:
+:data:`MAX_ENTRIES`, the least recently used removed) and loading objects into an MCJIT
+engine.  No global engines: every
 ``NativeLibrary`` owns its engine and keeps it alive as long as it is referenced.
 
     >>> from llvmlite import ir
@@ -22,6 +23,7 @@ import hashlib
 import os
 import tempfile
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -170,6 +172,13 @@ def _cache_key(ir_text: str, host: HostTarget, level: int, unroll: bool = True) 
     return h.hexdigest()
 
 
+#: entries one cache folder (``obj/``, ``plan/``, ``kernels/obj/``) keeps: a write past it
+#: removes the least recently used quarter. Unbounded, a machine's cache held every cell ever
+#: compiled under every rnncomp source (each edit changes every key): 14,600 files, 180 MB
+MAX_ENTRIES = 2000
+_STALE_TMP_S = 3600  # a temporary file this old was left by a writer that was killed
+
+
 def _read_cache(path: str) -> bytes | None:
     try:
         with open(path, "rb") as fh:
@@ -180,7 +189,32 @@ def _read_cache(path: str) -> bytes | None:
     digest, _, payload = data.partition(b"\n")
     if not payload or hashlib.sha256(payload).hexdigest().encode() != digest:
         return None
+    try:
+        os.utime(path)  # its time is its last use: what _prune keeps
+    except OSError:
+        pass  # a read-only cache is still read
     return payload
+
+
+def _prune(folder: str, keep: int = MAX_ENTRIES) -> None:
+    """Remove the least recently used entries of ``folder`` down to ``keep * 3 // 4`` when it
+    holds more than ``keep``, and temporary files of killed writers. Another process reading an
+    entry removed here either has it open (and reads it whole) or misses and compiles it."""
+    now, entries = time.time(), []
+    try:
+        with os.scandir(folder) as it:
+            for e in it:
+                if e.is_file(follow_symlinks=False):
+                    entries.append((e.stat().st_mtime, e.name, e.path))
+    except OSError:
+        return
+    stale = [e for e in entries if e[1].startswith(".tmp-") and now - e[0] > _STALE_TMP_S]
+    entries = sorted(e for e in entries if not e[1].startswith(".tmp-"))
+    for _, _, path in stale + (entries[:len(entries) - keep * 3 // 4] if len(entries) > keep else []):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def _write_cache(path: str, obj: bytes, warn: bool = True) -> bool:
@@ -193,6 +227,7 @@ def _write_cache(path: str, obj: bytes, warn: bool = True) -> bool:
         with os.fdopen(fd, "wb") as fh:
             fh.write(hashlib.sha256(obj).hexdigest().encode() + b"\n" + obj)
         os.replace(tmp, path)  # atomic: concurrent writers each install a complete file
+        _prune(os.path.dirname(path))
         return True
     except OSError as exc:
         if tmp is not None:
