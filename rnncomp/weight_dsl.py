@@ -20,7 +20,7 @@ import sympy as sp
 from .atoms import GROUPED
 from .dsl import MatExpr, NoConditions, Structural, Vec, _display
 from .errors import CellError, ShapeError
-from .exprwalk import contains
+from .exprwalk import distinct_subexpressions
 from .matrix_dsl import _MatrixValue
 
 
@@ -83,8 +83,10 @@ def _wrapped(printer, e) -> str:
 
 
 def is_weight_expr(e) -> bool:
-    """A sympy expression that contains a matrix atom (so it is a matrix, not a vector)."""
-    return isinstance(e, sp.Basic) and contains(e, *WEIGHT_ATOMS)
+    """A sympy expression that contains a matrix atom (so it is a matrix, not a vector) outside
+    a product with a vector: ``tanh(exp(A) @ x)`` reads matrices but is a vector."""
+    return isinstance(e, sp.Basic) and any(isinstance(s, WEIGHT_ATOMS)
+                                           for s in distinct_subexpressions(e, skip=WMatVec))
 
 
 # ----------------------------------------------------------------------------- the user's object
