@@ -107,6 +107,24 @@ def test_budget_too_small_names_the_minimum(objs):
     assert ok.memory_plan(50, 4).advanced == 50 * 49 // 2  # nothing kept: quadratic recomputation
 
 
+def test_a_budget_too_small_for_a_layer_names_the_layer(objs):
+    """In a composition each layer's call has the budget to itself: a budget below one layer's
+    minimum names that layer (it named none, so raising the budget to the minimum it gave
+    failed again with another layer's minimum, unnamed; found by a probe, s21)."""
+    model = rc.Stack([rc.cells.elman(3, 2, 4), rc.cells.lstm(4, 6, 2)])
+    rng = np.random.default_rng(0)
+    x, t = {"x": rng.normal(size=(6, 3, 3))}, {"target": rng.normal(size=(6, 3, 2))}
+    params = rc.compile(model).init_params(0)
+    budget = 1
+    for layer in ("l0", "l1"):
+        m = rc.compile(model, backend="native", cache=objs, memory=rc.Budget(budget))
+        with pytest.raises(rc.errors.ArgumentError, match=rf"^stack\(elman, lstm\), layer {layer}: memory budget "
+                                                          rf"of {budget} bytes is below the minimum for T=6, B=3") as exc:
+            m.loss_and_grad(params, x, t)
+        budget = int(str(exc.value).split(": ")[-1].split()[0])   # the minimum it names
+    rc.compile(model, backend="native", cache=objs, memory=rc.Budget(budget)).loss_and_grad(params, x, t)
+
+
 def test_grad_after_under_a_budget_equals_to_rounding(objs):
     cell = rc.cells.gru(3, 5, 2)
     params, inputs, targets, mask = _data(cell, 30, 4)

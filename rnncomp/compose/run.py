@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..backends.vjp import Gradients
-from ..errors import CallError
+from ..errors import ArgumentError, CallError
 from .bidirectional import reverse
 from .by_length import ByLengthKept, by_length, cut
 from .layers import _prefixed, split
@@ -89,11 +89,13 @@ _ADVANCES = ("PCG64", "PCG64DXSM")
 
 @contextmanager
 def in_layer(where: str):
-    """A call error inside a layer names the layer (``stack(lstm, gru), layer l1: cell 'gru': ...``)."""
+    """A call error inside a layer names the layer (``stack(lstm, gru), layer l1: cell 'gru': ...``);
+    so does an argument that layer cannot take (a memory budget below its minimum: each layer
+    has its own)."""
     try:
         yield
-    except CallError as exc:
-        raise CallError(f"{where}: {exc}") from None
+    except (CallError, ArgumentError) as exc:
+        raise type(exc)(f"{where}: {exc}") from None
 
 
 class CellRun:
