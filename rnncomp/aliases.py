@@ -136,6 +136,8 @@ def forward_aliases(cell) -> dict:
             alias[key] = namer.claim(gates[key])
         elif node.op == "matvec":
             alias[key] = namer.claim(f"{_mat_label(node.attrs['terms'])}·{name(node.args[0])}")
+        elif node.op == "mbcast":   # a row gate of a matrix: named after the gate, not its key
+            alias[key] = namer.claim(f"by_rows({name(node.args[0])})")
         elif node.op == "slice":
             lo = node.attrs["lo"]
             alias[key] = namer.claim(f"{name(node.args[0])}[{lo}:{lo + node.size}]")
@@ -179,6 +181,8 @@ def backward_aliases(bwd, fwd_alias: dict, taken=()) -> dict:
             renamed = pattern.sub(lambda m: words[m.group(0)], text)
             if renamed != text:
                 wanted[bk] = renamed
+        if bk not in wanted and (m := re.fullmatch(r"(.*)~(\d+)", display(bk[0]))) is not None:
+            wanted[bk] = m.group(1) + "′" * (int(m.group(2)) - 1)   # δbq~2, a second term of δbq: δbq′
     namer = _Namer(set(taken) | {display(k[0]) for k in bwd.prog.nodes if k not in wanted})
     first = sorted(wanted, key=lambda bk: bk in owner and is_generated(owner[bk]))  # δh before δpre(h)
     out, by_source = {}, {}

@@ -133,3 +133,24 @@ def test_derived_weight_chain_prints_no_counter_or_repeat_names():
     chain = text[text.index("derived weights, computed once"):]
     assert "~" not in chain and not re.search(r"\bw\d", chain), chain
     assert "  w₁ = Vz*gz/‖Vz‖" in chain and "  δw₁ = δ(gz*Vz/‖Vz‖ᵣ)" in chain and "δVz′" in chain
+
+
+@pytest.mark.parametrize("name", ["mlstm", "delta_rule", "gated_memory"])
+def test_matrix_listings_name_a_row_gate_after_the_gate(name):
+    """A gate that scales a matrix state's rows is broadcast (by_rows(...)): the broadcast was
+    named after the gate's key, so the listing read ``by_rows(sigmoid1)[t]``, sigmoid1 a name
+    it never defines; and mLSTM's second per-step term of a bias printed as the key ``δbq~2[t]``
+    (found by a probe, s21)."""
+    from rnncomp.zoo_matrix import MATRIX_ZOO
+    if name == "gated_memory":
+        cell = rc.Cell(name)
+        x = cell.input("x", 3)
+        S = cell.state("S", (2, 3))
+        cell.update(S, rc.sigmoid(cell.param("Wg", (2, 3)) @ x) * S + rc.outer(cell.param("Wv", (2, 3)) @ x, x))
+        cell.loss(rc.vsum(cell.output("y", S.new @ x) ** 2))
+    else:
+        cell = MATRIX_ZOO[name](3, 4, 2)
+    text = check(cell)
+    assert not re.search(rf"(?<![\w′])({GENERATED.pattern})(?![\w′])", text), text
+    if name == "gated_memory":
+        assert "  by_rows(sigmoid(Wg·x))[t] = by_rows(sigmoid(Wg·x)[t])\n" in text + "\n", text
