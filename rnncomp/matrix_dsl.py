@@ -118,6 +118,10 @@ class _Transposed:
     def __matmul__(self, v):
         return matvec(self.x, v, transpose=True)
 
+    @property
+    def T(self):
+        return self.x  # (Cᵀ)ᵀ is C, so C.T.T @ v is C @ v
+
     def _refuse(self, *_):
         n = self.x.name  # as written: C or C.new
         raise ShapeError(f"{n}.T: the transpose of the matrix state {n} is read only as a product with a "

@@ -317,6 +317,14 @@ def test_bad_declarations_are_named_shape_errors():
         rc.norm(C)
 
 
+def test_the_transpose_of_a_transpose_is_the_matrix_state():
+    """C.T.T @ v was an AttributeError of Python's ('_Transposed' object has no attribute 'T')."""
+    cell = rc.Cell("tt")
+    x, C = cell.input("x", 3), cell.state("C", (2, 3))
+    cell.update(C, C / 2 + rc.outer(cell.param("W", (2, 3)) @ x, x))
+    assert C.T.T is C and str(C.new.T.T @ x) == str(C.new @ x)
+
+
 def test_in_a_stack_gradients_against_finite_differences():
     """A layer with a matrix state under rc.Stack: the composition's gradient through its VJP."""
     model = rc.compile(rc.Stack([MATRIX_ZOO["mlstm"](3, 4, 2), rc.cells.elman(2, 3, 2)]))
