@@ -37,7 +37,7 @@ import sympy as sp
 from .errors import CellError, ShapeError
 from .exprwalk import distinct_subexpressions
 from .atoms import Concat, LogSumExp, MatVec, RowSum, Slice, Structural, _mat_str
-from .functions import SUPPORTED_FUNCTIONS, supported_names
+from .functions import SUPPORTED_FUNCTIONS, cfunction, supported_names
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")  # \Z: "$" would also match before a final newline
 
@@ -349,7 +349,8 @@ def check_functions(expr, where: str) -> None:
         if isinstance(node, Structural) or not isinstance(node, sp.Basic):
             continue
         if isinstance(node, sp.Function) or isinstance(node, sp.core.function.AppliedUndef):
-            if type(node) not in SUPPORTED_FUNCTIONS and node.func not in SUPPORTED_FUNCTIONS:
+            if type(node) not in SUPPORTED_FUNCTIONS and node.func not in SUPPORTED_FUNCTIONS \
+                    and cfunction(node.func) is None:
                 raise CellError(f"{where}: function {node.func.__name__!r} is not supported "
                                 f"(in {_display_expr(expr)}); supported: {supported_names()}, "
                                 "and any expression built from them with + - * / **")

@@ -18,8 +18,9 @@ way; each also rewrites to ``exp``/``log`` for targets without them.
 """
 from __future__ import annotations
 
+import sys
+
 import sympy as sp
-from sympy.codegen.cfunctions import exp2, expm1, log1p, log2, log10
 
 #: every printer divides by a denominator's base one time after another, up to this power:
 #: x/z/z, not x/z**2, which overflows (or underflows) where z² does and x/z/z does not
@@ -134,12 +135,41 @@ EVALUATED_AS = {
     sp.asin: lambda x: sp.atan(x / sp.sqrt((1 - x) * (1 + x))),       # ±1: x/0 = ±inf, atan ±π/2
     sp.acos: lambda x: 2 * sp.atan(sp.sqrt((1 - x) / (1 + x))),       # accurate near 1: no π/2 − asin
     sp.asinh: _asinh, sp.acosh: _acosh, sp.atanh: _atanh,
-    # sympy.codegen.cfunctions (C's math functions as sympy classes; not its Cbrt, whose sympy
-    # derivative 1/(3 x^(2/3)) is NaN for x < 0)
-    exp2: lambda x: sp.Pow(2, x),      # the vector pow: exp(x·log 2) would lose |x|·ε
-    log2: lambda x: sp.log(x) / sp.log(2),
-    log10: lambda x: sp.log(x) / sp.log(10),
 }
+
+#: The classes of ``sympy.codegen.cfunctions`` (C's math functions) a cell may use: (the vector
+#: math's name, or a rewrite as for :data:`EVALUATED_AS`).  Not its Cbrt, whose sympy derivative
+#: 1/(3 x^(2/3)) is NaN for x < 0.  That module is not imported here (it adds ~9 ms to every
+#: ``import rnncomp``): a cell holds its functions only once the user imported them, and
+#: :func:`cfunction` finds them then.
+_CFUNCTIONS = {
+    "log1p": ("log1p", None), "expm1": ("expm1", None),   # log(1 + x), exp(x) − 1, accurate near 0
+    "exp2": (None, lambda x: sp.Pow(2, x)),               # the vector pow: exp(x·log 2) would lose |x|·ε
+    "log2": (None, lambda x: sp.log(x) / sp.log(2)),
+    "log10": (None, lambda x: sp.log(x) / sp.log(10)),
+}
+
+
+def cfunction(func):
+    """(vector-math name or None, rewrite or None) of a ``sympy.codegen.cfunctions`` class a
+    cell may use, else None."""
+    module, name = sys.modules.get("sympy.codegen.cfunctions"), getattr(func, "__name__", None)
+    if module is None or name not in _CFUNCTIONS or getattr(module, name, None) is not func:
+        return None
+    return _CFUNCTIONS[name]
+
+
+def cfunction_classes() -> dict:
+    """{name: class} of the ``sympy.codegen.cfunctions`` classes a cell may use (imports that
+    module: for reading a declaration back, ``serialize``)."""
+    import sympy.codegen.cfunctions as module
+    return {name: getattr(module, name) for name in _CFUNCTIONS}
+
+
+def log1p(x):
+    """``sympy.codegen.cfunctions.log1p(x)`` (imported on first use: see :func:`cfunction`)."""
+    from sympy.codegen.cfunctions import log1p as f
+    return f(x)
 
 # The sympy function classes a cell may use element-wise.  Everything else
 # (an undefined sp.Function, Integral, ...) is rejected at declaration with
@@ -150,7 +180,6 @@ SUPPORTED_FUNCTIONS: dict[type, str] = {
     sp.Abs: "Abs", sp.sign: "sign", sp.Max: "Max", sp.Min: "Min",
     sp.Piecewise: "Piecewise", sp.Heaviside: "Heaviside",
     sigmoid: "sigmoid", softplus: "softplus",
-    log1p: "log1p", expm1: "expm1",   # sympy.codegen.cfunctions: log(1 + x), exp(x) − 1 accurate near 0
     **{f: f.__name__ for f in EVALUATED_AS},
     # piecewise constant: fine in a forward pass, an error where a gradient must flow
     sp.floor: "floor", sp.ceiling: "ceiling",
@@ -158,4 +187,5 @@ SUPPORTED_FUNCTIONS: dict[type, str] = {
 
 
 def supported_names() -> str:
-    return ", ".join(sorted(SUPPORTED_FUNCTIONS.values()))
+    return ", ".join(sorted(SUPPORTED_FUNCTIONS.values())) + ", and from sympy.codegen.cfunctions " \
+        + ", ".join(_CFUNCTIONS)

@@ -101,6 +101,7 @@ def cell_to_dict(cell: Cell, callables: bool = False, text=expression_text) -> d
 def _namespace() -> dict:
     ns = {k: v for k, v in vars(sp).items() if not k.startswith("_")}
     ns.update({k: v for k, v in vars(functions).items() if isinstance(v, type) and issubclass(v, sp.Function)})
+    ns.update(functions.cfunction_classes())   # log1p, expm1, ... (sympy.codegen's)
     ns["ExprCondPair"] = sp.functions.elementary.piecewise.ExprCondPair
     ns.update(Vec=lambda name, **assumptions: dsl.Vec(name),
               StateVec=lambda name, **assumptions: dsl.StateVec(name),

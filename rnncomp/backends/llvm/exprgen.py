@@ -12,13 +12,13 @@ import sympy as sp
 from llvmlite import ir
 
 from ...errors import CompileError
-from ...functions import EVALUATED_AS, SEQUENTIAL_DIVISIONS as SEQUENTIAL, expm1, log1p, sigmoid, softplus
+from ...functions import EVALUATED_AS, SEQUENTIAL_DIVISIONS as SEQUENTIAL, cfunction, sigmoid, softplus
 from . import vecmath
 
 _VECMATH = {
     sp.exp: "exp", sp.log: "log", sp.tanh: "tanh", sp.sin: "sin", sp.cos: "cos", sp.atan: "atan",
     sp.erf: "erf", sigmoid: "sigmoid", softplus: "softplus", sp.Abs: "abs", sp.sign: "sign",
-    sp.floor: "floor", sp.ceiling: "ceil", log1p: "log1p", expm1: "expm1",
+    sp.floor: "floor", sp.ceiling: "ceil",
 }
 
 
@@ -27,7 +27,8 @@ def unsupported(template: sp.Expr) -> list[str]:
     bad = []
     for e in sp.preorder_traversal(template):
         if isinstance(e, sp.Function) and not isinstance(e, sp.Piecewise) and e.func not in _VECMATH \
-                and e.func not in EVALUATED_AS and e.func not in (sp.sinh, sp.cosh, sp.Heaviside):
+                and e.func not in EVALUATED_AS and cfunction(e.func) is None \
+                and e.func not in (sp.sinh, sp.cosh, sp.Heaviside):
             bad.append(e.func.__name__)
     return sorted(set(bad))
 
@@ -64,6 +65,9 @@ class LLVMPrinter:
                 out = vecmath.emit(self.b, _VECMATH[e.func], [self.print(e.args[0])])
             elif isinstance(e, sp.Function) and e.func in EVALUATED_AS:  # tan = sin/cos, asinh, ...
                 out = self.print(EVALUATED_AS[e.func](e.args[0]))
+            elif isinstance(e, sp.Function) and (c := cfunction(e.func)) is not None:  # log1p, exp2, ...
+                name, rewrite = c
+                out = vecmath.emit(self.b, name, [self.print(e.args[0])]) if name else self.print(rewrite(e.args[0]))
             else:
                 raise CompileError(f"native backend: cannot lower {type(e).__name__} ({e})")
         else:
