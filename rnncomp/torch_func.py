@@ -202,8 +202,9 @@ def _recurrent_vjp_vmap(info, in_dims, key, handle, params, inputs, h0, d_output
     return got, [0] * len(got)
 
 
-layer.recurrent_op.register_vmap(_recurrent_vmap)
-layer.recurrent_vjp_op.register_vmap(_recurrent_vjp_vmap)
+if hasattr(layer.recurrent_op, "register_vmap"):  # torch >= 2.5 (the extra allows 2.4: vmap is PyTorch's error there)
+    layer.recurrent_op.register_vmap(_recurrent_vmap)
+    layer.recurrent_vjp_op.register_vmap(_recurrent_vjp_vmap)
 
 
 # ----------------------------------------------------------------------------- PyTorch's older vmap
