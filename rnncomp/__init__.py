@@ -11,7 +11,7 @@ from .cell import Cell
 from .compile import compile
 from .compose import Bidirectional, Stack
 from .dsl import concat, logsumexp, softmax, softmax_xent, vslice, vsum
-from .errors import (CallError, CellError, CompileError, DifferentiationError, RnncompError,
+from .errors import (ArgumentError, CallError, CellError, CompileError, DifferentiationError, RnncompError,
                      ShapeError)
 from .functions import gelu, hard_sigmoid, relu, sigmoid, softplus, softsign, swish
 from .graph import unfold
@@ -30,7 +30,7 @@ __all__ = [
     "outer", "matvec", "rowsum", "colsum",
     "sigmoid", "softplus", "relu", "softsign", "hard_sigmoid", "gelu", "swish",
     "RTRL", "SnAp", "UORO", "BPTT", "DNI", "SensitivityMemoryError", "compile_fixed_point", "FixedPointError",
-    "RnncompError", "CellError", "ShapeError", "DifferentiationError", "CallError", "CompileError",
+    "RnncompError", "CellError", "ShapeError", "DifferentiationError", "CallError", "CompileError", "ArgumentError",
 ]
 __version__ = "0.1.0"
 

@@ -411,3 +411,11 @@ def test_an_unknown_compile_option_is_named_with_the_backends_options(backend):
         rc.compile(rc.cells.elman(2, 3, 1), backend=backend, foo=1)
     with pytest.raises(TypeError, match=r"unknown options 'bar', 'foo'"):
         rc.compile(rc.Stack([rc.cells.elman(2, 3, 1)]), backend=backend, foo=1, bar=2)
+
+
+def test_argument_errors_are_catchable_by_their_exported_class():
+    """rc.ArgumentError is what a bad option raises (memory="sqrt", a budget below the minimum)."""
+    import rnncomp.errors
+    assert rc.ArgumentError is rnncomp.errors.ArgumentError
+    with pytest.raises(rc.ArgumentError, match="memory"):
+        rc.compile(rc.cells.elman(2, 3, 1), backend="native", memory="sqrt")
