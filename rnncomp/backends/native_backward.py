@@ -163,8 +163,7 @@ class NativeBackward:
             width = self.slot_width[self.layout.where[w].slot]
             whole = g.ptr(w, t)
             if kind[0] == "batch":  # Σ_b δ[b, :] for all members at once
-                with for_range(b, g.B, name="gb") as bi:
-                    g.copy_loop(grad, b.gep(whole, [b.mul(bi, I64(width))]), I64(width), accumulate=True)
+                g.add_batch_sums(grad, whole, width, width)
                 continue
             vk = kind[1]
             cols_ = st.params[params[0]][1]
@@ -184,8 +183,7 @@ class NativeBackward:
                     src = g.ptr(spec.g, t)
                     n = shape if isinstance(shape, int) else 1
                     ld = self.layout.ld(spec.g, n)
-                    with for_range(b, g.B, name="gb") as bi:
-                        g.copy_loop(grad, b.gep(src, [b.mul(bi, I64(ld))]), I64(n), accumulate=True)
+                    g.add_batch_sums(grad, src, n, ld)
                     continue
                 gk, vk, c, tr = spec.g, spec.v, spec.c, spec.tr
                 A, V = g.ptr(gk, t), g.ptr(vk, t)

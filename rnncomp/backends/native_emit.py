@@ -174,6 +174,10 @@ class Gen:
             self.copy_loop(b.gep(out, [b.mul(bi, I64(ld_out))]), b.gep(tmp, [b.mul(bi, I64(n))]),
                            I64(n), scale=scale, accumulate=accumulate)
 
+    def add_batch_sums(self, dst, src, n, ld):
+        """dst[:n] += Σ over the batch rows (``self.B``: T·B after the loop) of src[b, :n] (row stride ``ld``)."""
+        MatrixEmitter(self.b, self.ty, self.dtype.itemsize).add_column_sums(dst, src, self.B, n, ld)
+
     def copy_loop(self, dst, src, count, scale=None, accumulate=False):
         b = self.b
         with for_range(b, count, name="k") as k:

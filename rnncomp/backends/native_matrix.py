@@ -167,6 +167,31 @@ class MatrixEmitter:
             for acc, (j, _) in zip(accs, group):
                 self._store(b.load(acc), o, I64(j))
 
+    def add_column_sums(self, o, X, rows, n, ld):
+        """o[j] += Σ_{i < rows} X[i·ld + j] for j < n (``rows`` known at run time): a parameter's
+        gradient summed over a step's batch, or over all T·B rows after the loop.  Each chunk's
+        sum is carried down the rows in double and rounded to ``o``'s type once: in float32 a
+        sum run in float32 over 10⁷ rows (T = 5000, B = 2048) stalls once it is large beside each
+        row's term, and came out 1.4 % off (a product's depth-B sums lose nothing like that)."""
+        b, chunks = self.b, self._chunks(n)
+        wide = ir.DoubleType()
+        for g in range(0, len(chunks), GROUP):
+            group = chunks[g:g + GROUP]
+            types = [ir.VectorType(wide, w) if w > 1 else wide for _, w in group]
+            accs = [alloca_once(b, t, "sumacc") for t in types]  # registers after mem2reg
+            for acc, t in zip(accs, types):
+                b.store(ir.Constant(t, None), acc)
+            with for_range(b, rows, name="si") as i:
+                base = b.mul(i, I64(ld))
+                for acc, t, (j, w) in zip(accs, types, group):
+                    x = self._load(X, b.add(base, I64(j)), w)
+                    x = b.fpext(x, t) if x.type != t else x
+                    b.store(b.fadd(b.load(acc), x), acc)
+            for acc, (j, w) in zip(accs, group):
+                old = self._load(o, I64(j), w)
+                s = b.fadd(b.fpext(old, acc.type.pointee) if old.type != acc.type.pointee else old, b.load(acc))
+                self._store(b.fptrunc(s, old.type) if s.type != old.type else s, o, I64(j))
+
     def _hsum(self, v):
         """Σ of the lanes of ``v`` by halving: a fixed order, the same for every row."""
         b, w = self.b, v.type.count
