@@ -9,7 +9,11 @@ stably and whose derivative reuses its value (σ' = σ(1 − σ)):
 
     exp(m·b) · (1 + exp(b))^-k  =  σ(b)^m · σ(-b)^(k-m)      (0 ≤ m ≤ k, rational)
 
-(e^b/(1 + e^b) = σ(b), 1/(1 + e^b) = σ(-b)).  Both sides are the same function, so only the
+(e^b/(1 + e^b) = σ(b), 1/(1 + e^b) = σ(-b)).  A hand-written ``log(1 + exp(b))`` is
+softplus(b) and ``log σ(b)`` is −softplus(−b): as written, ``exp(b)`` overflows float32 from
+b ≈ 89 and the log is inf (``b·σ(b) − log(1 + exp(b))``, ≈ 0, came out −inf and a tanh of it
+−1), its derivative ``exp(b)/(1 + exp(b))`` inf/inf; σ(b) underflows from b ≈ −104 and
+``log σ(b)`` is −inf where it is ≈ b.  Both sides are the same function, so only the
 rounding differs; an exponential the denominator does not bound (m > k: ``exp(3b)``, or not a
 multiple of b) stays as written, beside σ(-b)^k.  :mod:`rnncomp.lower` applies it to every
 element-wise expression of a cell, so the IR, the backward step and every backend see σ; the
@@ -22,18 +26,27 @@ cell's own text keeps what the user wrote.
     (exp(2*u)/(exp(u) + 1)**2, sigmoid(u)**2)
     >>> logistic_form(1 / (1 + sp.exp(-u))), logistic_form(e / (1 + e) ** 3)
     (sigmoid(u), sigmoid(-u)**2*sigmoid(u))
+    >>> logistic_form(sp.log(1 + e)), logistic_form(sp.log(1 / (1 + sp.exp(-u))))
+    (softplus(u), -softplus(-u))
 """
 from __future__ import annotations
 
 import sympy as sp
 
-from .functions import sigmoid
+from .functions import sigmoid, softplus
 
 
 def logistic_form(e):
-    """``e`` with every factor ``exp(m·b)·(1 + exp(b))^-k`` (0 ≤ m ≤ k) as ``σ(b)^m·σ(-b)^(k-m)``."""
-    if not isinstance(e, sp.Expr) or not e.has(sp.exp):
+    """``e`` with every factor ``exp(m·b)·(1 + exp(b))^-k`` (0 ≤ m ≤ k) as ``σ(b)^m·σ(-b)^(k-m)``,
+    and ``log(1 + exp(b))`` as softplus(b), ``log σ(b)`` as −softplus(−b)."""
+    if not isinstance(e, sp.Expr) or not e.has(sp.exp, sigmoid):
         return e
+    if e.func is sp.log:
+        a = logistic_form(e.args[0])
+        if a.func is sigmoid:
+            return -softplus(-a.args[0])
+        b = _softplus_arg(a)
+        return sp.log(a) if b is None else softplus(b)
     factors = sp.Mul.make_args(e) if e.is_Mul or e.is_Pow else (e,)
     bases = [_logistic_base(f) for f in factors]
     if not any(bases):
@@ -49,6 +62,15 @@ def logistic_form(e):
         b = logistic_form(b)
         out.append(sigmoid(b) ** m * sigmoid(-b) ** (k - m))
     return sp.Mul(*[logistic_form(f) for f in rest], *out)
+
+
+def _softplus_arg(a):
+    """b where ``a`` is ``1 + exp(b)``, else None."""
+    if a.is_Add and len(a.args) == 2:
+        one, other = sorted(a.args, key=lambda x: not x.is_Number)
+        if one == 1 and other.func is sp.exp:
+            return other.args[0]
+    return None
 
 
 def _logistic_base(f):

@@ -70,3 +70,34 @@ def test_the_cell_text_keeps_what_was_written_and_the_listing_shows_sigma():
     cell = squared_ratio_cell()
     assert "exp(2*b + 2*(W·x[t]))/(exp(b + W·x[t]) + 1)**2" in str(cell)
     assert "sigmoid(" in rc.explain(cell).backward_text()
+
+
+def hand_softplus_cell():
+    """u·σ(u) − log(1 + exp(u)) (≈ 0 for large u) and log(1/(1 + exp(-u))): in float32
+    exp(u) overflows from u ≈ 89, and the first came out −inf (the state tanh of it −1, where
+    float64 says ≈ 0), the gradients NaN; σ(u) underflows from u ≈ −104 and the log of it is −inf.
+    Lowered as u·σ(u) − softplus(u) and −softplus(−u)."""
+    cell = rc.Cell("hand_softplus")
+    x, h = cell.input("x", 3), cell.state("h", 4)
+    u = cell.param("W", (4, 3)) @ x + cell.param("b", 4)
+    cell.update(h, h / 2 + sp.tanh(u * rc.sigmoid(u) - sp.log(1 + sp.exp(u)))
+                + sp.tanh(sp.log(1 / (1 + sp.exp(-u))) / 200))
+    cell.loss(h.new ** 2)
+    return cell
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native", "ptx"])
+def test_hand_softplus_float32_matches_float64(backend):
+    opts = {"runner": "host"} if backend == "ptx" else {}
+    cell = hand_softplus_cell()
+    p64, x64 = _data("float64", scale=300.0)
+    u = np.einsum("ij,tbj->tbi", p64["W"], x64["x"]) + p64["b"]
+    assert u.max() > 150 and u.min() < -150
+    want_loss, want, _ = rc.compile(cell, backend="numpy", dtype="float64").loss_and_grad(p64, x64, {})
+    p32, x32 = _data("float32", scale=300.0)
+    loss, g, _ = rc.compile(cell, backend=backend, dtype="float32", **opts).loss_and_grad(p32, x32, {})
+    # float64 on data rounded to float32 would be closer; 1e-4 leaves room for the rounded data
+    assert np.isfinite(loss) and loss == pytest.approx(want_loss, rel=1e-4), backend
+    for k in want:
+        assert np.isfinite(g[k]).all(), (backend, k, g[k])
+        np.testing.assert_allclose(g[k], want[k], rtol=1e-4, atol=1e-4 * np.abs(want[k]).max(), err_msg=k)
