@@ -217,12 +217,21 @@ class Explanation(TextShown):
         w = self._alias.get(self.bwd.weight, "w")
         lines.append(f"parameter gradients ({w}[t]: the weight of step t in the loss)")
         lines += [f"  ∂L/∂{display(p)} = Σ_t Σ_batch {sp.sstr(e)}" for p, e in grads]
+        lines += [f"  ∂L/∂{display(p)} = " + (f"Σ_batch δ⁺{s_}[0]" if carried else "0")
+                  for p, s_, carried in self._learned_initial_states()]
         if used:
             lines.append("where (forward values of step t, kept by the forward pass)")
             lines += [f"  {lhs} = {sp.sstr(rhs)}" for lhs, rhs in used]
         if st.derived:
             lines += derived_gradient_lines(self.cell)
         return "\n".join(lines)
+
+    def _learned_initial_states(self) -> list:
+        """(parameter, state, whether a cotangent is carried) of each learned initial state: its
+        gradient is the cotangent the backward carries out of step 1, summed over the batch
+        (0 where the step reads no previous value of the state)."""
+        return [(p, s, self.bwd.carry_out.get(s) is not None)
+                for s, p in self.bwd.step.state_init.items() if p is not None]
 
     def latex(self) -> str:
         rows = [f"{sp.latex(l)} &= {sp.latex(r)}" for l, r in _ordered(self.cell)]
@@ -235,6 +244,9 @@ class Explanation(TextShown):
             rows.append(f"{carried_sym} &= {sp.latex(rhs)}")
         rows += [f"\\frac{{\\partial L}}{{\\partial {(name_latex if '%' in p else ident_latex)(p)}}} &= \\sum_t {sp.latex(e)}"
                  for p, e in grads]
+        rows += [f"\\frac{{\\partial L}}{{\\partial {ident_latex(p)}}} &= "
+                 + (sp.latex(NodeSym((f"δ⁺{s_}", 0))) if carried else "0")
+                 for p, s_, carried in self._learned_initial_states()]
         if used:
             rows.append("&\\text{where}")
             rows += [f"{sp.latex(lhs)} &= {sp.latex(rhs)}" for lhs, rhs in used]

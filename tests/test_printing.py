@@ -1,4 +1,7 @@
 """The printed equations: content checks, LaTeX, determinism."""
+import numpy as np
+import sympy as sp
+
 import rnncomp as rc
 
 
@@ -138,3 +141,22 @@ def test_matrix_and_weight_products_printed_grouped():
     assert "(M*(W·A)) = M*(W·A)" in text
     tex = rc.explain(c).latex()
     assert r"x_{t} \left(C_{t-1}\,x_{t}\right)" in tex
+
+
+def test_the_listing_gives_a_learned_initial_states_gradient():
+    """∂L/∂h_0 is listed with the other parameters' (it was missing): the cotangent carried out of
+    step 1, summed over the batch; 0 for a state the step never reads back (checked numerically)."""
+    c = rc.Cell("learned")
+    x, h = c.input("x", 2), c.state("h", 3, init="learn")
+    g = c.state("g", 2, init="learn")
+    c.update(h, sp.tanh(c.param("W", (3, 2)) @ x + c.param("U", (3, 3)) @ h))
+    c.update(g, sp.tanh(c.param("V", (2, 2)) @ x))
+    c.loss(rc.vsum(h.new ** 2) + rc.vsum(g.new))
+    e = rc.explain(c)
+    lines = e.backward_text().splitlines()
+    assert "  ∂L/∂h_0 = Σ_batch δ⁺h[0]" in lines and "  ∂L/∂g_0 = 0" in lines
+    assert r"\frac{\partial L}{\partial h_{0}} &= {\delta^{+} h}_{0}" in e.latex()
+    params = c.init_params(seed=1)
+    x_ = np.random.default_rng(0).normal(size=(4, 3, 2))
+    _, grads, _ = rc.compile(c, backend="numpy", dtype="float64").loss_and_grad(params, {"x": x_}, {})
+    assert not grads["g_0"].any() and grads["h_0"].any()

@@ -64,6 +64,8 @@ def parse(text, cell):
     for name, t in list(defined):  # δ⁺h[T] = 0 and δ⁺h[t-1] carried: δ⁺h[t] for every t
         if t == "T" and (name, "t-1") in defined:
             defined.append((name, "t"))
+        if t == "t-1" and name.startswith("δ⁺") and (name, "0") not in defined:
+            defined.append((name, "0"))  # ... and at t = 1, δ⁺h[0] (a learned h_0's gradient reads it)
     return defined, used
 
 
