@@ -150,22 +150,13 @@ class MatrixEmitter:
     def _column_dots(self, o, X, u, m, n):
         """o[j] = Σ_i X[i, j] · u[i] (u None: 1): a group of column chunks at a time, each chunk's
         accumulator carried down the rows in a register (independent chains, so the adds overlap)."""
-        b, chunks = self.b, self._chunks(n)
+        chunks, scale = self._chunks(n), None if u is None else (lambda i: self._at(u, i))
         for g in range(0, len(chunks), GROUP):
             group = chunks[g:g + GROUP]
-            accs = [alloca_once(b, self.vt if w > 1 else self.ty, "colacc") for _, w in group]  # registers after mem2reg
-            for acc in accs:
-                b.store(ir.Constant(acc.type.pointee, None), acc)
-            with for_range(b, I64(m), name="mi") as i:
-                base = b.mul(i, I64(n))
-                ui = self._at(u, i) if u is not None else None
-                for acc, (j, w) in zip(accs, group):
-                    x = self._load(X, b.add(base, I64(j)), w)
-                    if ui is not None:
-                        x = b.fmul(x, self._splat(ui, w), flags=("contract",))
-                    b.store(b.fadd(b.load(acc), x, flags=("contract",)), acc)
+            accs = self._down_columns(X, I64(m), I64(n), group, [self.vt if w > 1 else self.ty for _, w in group],
+                                      scale)
             for acc, (j, _) in zip(accs, group):
-                self._store(b.load(acc), o, I64(j))
+                self._store(self.b.load(acc), o, I64(j))
 
     def add_column_sums(self, o, X, rows, n, ld):
         """o[j] += Σ_{i < rows} X[i·ld + j] for j < n (``rows`` known at run time): a parameter's
@@ -177,20 +168,32 @@ class MatrixEmitter:
         wide = ir.DoubleType()
         for g in range(0, len(chunks), GROUP):
             group = chunks[g:g + GROUP]
-            types = [ir.VectorType(wide, w) if w > 1 else wide for _, w in group]
-            accs = [alloca_once(b, t, "sumacc") for t in types]  # registers after mem2reg
-            for acc, t in zip(accs, types):
-                b.store(ir.Constant(t, None), acc)
-            with for_range(b, rows, name="si") as i:
-                base = b.mul(i, I64(ld))
-                for acc, t, (j, w) in zip(accs, types, group):
-                    x = self._load(X, b.add(base, I64(j)), w)
-                    x = b.fpext(x, t) if x.type != t else x
-                    b.store(b.fadd(b.load(acc), x), acc)
+            accs = self._down_columns(X, rows, I64(ld), group, [ir.VectorType(wide, w) if w > 1 else wide
+                                                                for _, w in group])
             for acc, (j, w) in zip(accs, group):
                 old = self._load(o, I64(j), w)
                 s = b.fadd(b.fpext(old, acc.type.pointee) if old.type != acc.type.pointee else old, b.load(acc))
                 self._store(b.fptrunc(s, old.type) if s.type != old.type else s, o, I64(j))
+
+    def _down_columns(self, X, rows, ld, group, types, scale=None):
+        """Accumulators (of ``types``, one per column chunk (j, w) of ``group``) holding
+        Σ_{i < rows} X[i·ld + j : j + w] · scale(i) (``scale`` None: 1), each carried down the
+        rows in a register: independent chains, so the adds overlap; a narrower X is widened."""
+        b = self.b
+        accs = [alloca_once(b, t, "colacc") for t in types]  # registers after mem2reg
+        for acc, t in zip(accs, types):
+            b.store(ir.Constant(t, None), acc)
+        with for_range(b, rows, name="mi") as i:
+            base = b.mul(i, ld)
+            s = scale(i) if scale is not None else None
+            for acc, t, (j, w) in zip(accs, types, group):
+                x = self._load(X, b.add(base, I64(j)), w)
+                if s is not None:
+                    x = b.fmul(x, self._splat(s, w), flags=("contract",))
+                if x.type != t:
+                    x = b.fpext(x, t)
+                b.store(b.fadd(b.load(acc), x, flags=("contract",)), acc)
+        return accs
 
     def _hsum(self, v):
         """Σ of the lanes of ``v`` by halving: a fixed order, the same for every row."""
