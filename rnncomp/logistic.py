@@ -45,7 +45,7 @@ def logistic_form(e):
         a = logistic_form(e.args[0])
         if a.func is sigmoid:
             return -softplus(-a.args[0])
-        b = _softplus_arg(a)
+        b = _one_plus_exp(a)
         return sp.log(a) if b is None else softplus(b)
     factors = sp.Mul.make_args(e) if e.is_Mul or e.is_Pow else (e,)
     bases = [_logistic_base(f) for f in factors]
@@ -64,7 +64,7 @@ def logistic_form(e):
     return sp.Mul(*[logistic_form(f) for f in rest], *out)
 
 
-def _softplus_arg(a):
+def _one_plus_exp(a):
     """b where ``a`` is ``1 + exp(b)``, else None."""
     if a.is_Add and len(a.args) == 2:
         one, other = sorted(a.args, key=lambda x: not x.is_Number)
@@ -75,12 +75,10 @@ def _softplus_arg(a):
 
 def _logistic_base(f):
     """(b, k) where ``f`` is ``(1 + exp(b))**-k`` with k > 0 rational, else None."""
-    if not (f.is_Pow and f.exp.is_Rational and f.exp < 0 and f.base.is_Add and len(f.base.args) == 2):
+    if not (f.is_Pow and f.exp.is_Rational and f.exp < 0):
         return None
-    one, other = sorted(f.base.args, key=lambda a: not a.is_Number)
-    if one != 1 or other.func is not sp.exp:
-        return None
-    return other.args[0], -f.exp
+    b = _one_plus_exp(f.base)
+    return None if b is None else (b, -f.exp)
 
 
 def _multiple(a, b, k):
