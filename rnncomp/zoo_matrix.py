@@ -81,11 +81,16 @@ def delta_rule(n_in, n_hidden, n_out, loss="mse", dk=None) -> Cell:
 def diag_linear(n_in, n_hidden, n_out, loss="mse") -> Cell:
     """A diagonal linear recurrence (LRU, Orvieto et al. 2023, real-valued; the element-wise
     a ⊙ h + B x of Mamba-style models): a = exp(−exp(ν)) ∈ (0, 1),
-    h[t] = a ⊙ h[t-1] + sqrt(1 − a²) ⊙ B x[t], y = C h + D x."""
+    h[t] = a ⊙ h[t-1] + sqrt(1 − a²) ⊙ B x[t], y = C h + D x.
+
+    1 − a² is written −expm1(−2·exp(ν)): as 1 − a², it cancels where a is near 1 (a rounds to 1
+    in float32 once exp(ν) < 6e-8, and the ν gradient of the square root is then inf)."""
+    from sympy.codegen.cfunctions import expm1
     cell = Cell("diag_linear")
     x, h = cell.input("x", n_in), cell.state("h", n_hidden)
-    a = sp.exp(-sp.exp(cell.param("nu", n_hidden, init=("uniform", 1.0))))
-    cell.update(h, a * h + sp.sqrt(1 - a ** 2) * (cell.param("B", (n_hidden, n_in)) @ x))
+    rate = sp.exp(cell.param("nu", n_hidden, init=("uniform", 1.0)))
+    a = sp.exp(-rate)
+    cell.update(h, a * h + sp.sqrt(-expm1(-2 * rate)) * (cell.param("B", (n_hidden, n_in)) @ x))
     y = cell.output("y", cell.param("C", (n_out, n_hidden)) @ h.new + cell.param("D", (n_out, n_in)) @ x)
     t = cell.target("target", n_out)
     if loss not in ("mse", "xent"):

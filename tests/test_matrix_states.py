@@ -253,6 +253,29 @@ def test_native_float32_matches_the_float64_oracle(name, m, n):
         assert np.abs(got[1][k] - ref[1][k]).max() <= 1e-4 * big, k
 
 
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_diag_linear_float32_where_the_decay_rounds_to_one(backend):
+    """a = exp(−exp(ν)) rounds to 1 in float32 once exp(ν) < 6e-8: sqrt(1 − a²) was 0 there and
+    its ν gradient inf.  With ν from −30 to −12 the float32 loss, final state and every
+    gradient entry stay within 1e-3 (relative, per entry, where float32 rounding through
+    T steps gives ~1e-6) of the float64 oracle on the same data."""
+    if backend == "native":
+        pytest.importorskip("llvmlite")
+    cell = MATRIX_ZOO["diag_linear"](3, 6, 2)
+    params, x, t = random_data(cell, 6, 3, seed=3)
+    params["nu"] = np.linspace(-30.0, -12.0, 6)
+    f32 = lambda d: {k: np.asarray(v, np.float32) for k, v in d.items()}  # noqa: E731
+    params, x, t = f32(params), f32(x), f32(t)
+    f64 = lambda d: {k: v.astype(np.float64) for k, v in d.items()}  # noqa: E731
+    ref = rc.compile(cell).loss_and_grad(f64(params), f64(x), f64(t))
+    got = rc.compile(cell, backend=backend, dtype="float32").loss_and_grad(params, x, t)
+    assert abs(got[0] - ref[0]) <= 1e-5 * abs(ref[0]), (got[0], ref[0])
+    np.testing.assert_allclose(got[2]["h"], ref[2]["h"], rtol=1e-3, atol=1e-30)
+    for k in params:
+        assert np.all(np.isfinite(got[1][k])), k
+        np.testing.assert_allclose(got[1][k], ref[1][k], rtol=1e-3, atol=1e-30, err_msg=k)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("options", [dict(hoist=False), dict(fuse=False, stack=False, pack=False), dict(threads=2),
                                      dict(grad_after=True), dict(memory=rc.Every(2))], ids=str)
