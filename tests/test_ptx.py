@@ -203,6 +203,22 @@ def test_learned_initial_state_and_float32():
         assert np.abs(g2[k] - g1[k]).max() <= 1e-4 * (np.abs(g1[k]).max() + 1e-6), k
 
 
+def test_untiled_float32_gradient_sums_run_in_double():
+    """``tiled=False`` gives one thread all T·B rows of a gradient sum; summed in float32 that
+    lost ~T·B·2⁻²⁴ (7e-6 to 3e-5 of the largest entry here, 1e-2 at T = B = 2,000).  With the
+    sum in double, what is left is the float32 δ values' own rounding: ≤ 1.3e-7 measured over
+    400,000 rows whose terms share a sign (targets offset by 30), so 1e-6 has 8× room."""
+    cell = rc.cells.elman(2, 3, 1)
+    params, inputs, targets = random_data(cell, T=1000, B=400, dtype="float32", seed=1)
+    targets = {k: v + 30 for k, v in targets.items()}
+    f64 = lambda d: {k: v.astype(np.float64) for k, v in d.items()}  # noqa: E731
+    _, g1, _ = numpy_model(cell).loss_and_grad(f64(params), f64(inputs), f64(targets))
+    m = rc.compile(cell, backend="ptx", dtype="float32", runner="host", tiled=False, persistent=False)
+    _, g2, _ = m.loss_and_grad(params, inputs, targets)
+    for k in g1:
+        assert np.abs(g2[k] - g1[k]).max() <= 1e-6 * np.abs(g1[k]).max(), k
+
+
 # ----------------------------------------------------------------------------- no GPU
 @pytest.mark.skipif(_cuda_present(), reason="a CUDA GPU is present: the no-GPU error cannot be shown")
 def test_running_without_gpu_is_a_clear_error():

@@ -8,6 +8,8 @@ made by :mod:`.launches` (``stack_launch``, ``transpose_launch``) and :mod:`.pla
 """
 from __future__ import annotations
 
+from llvmlite import ir
+
 from ..llvm.builder import I64, for_range
 from .codegen import KernelSet
 from .tiled import SPLIT_K, gemm
@@ -89,7 +91,8 @@ def grad_batch(ks: KernelSet, n: int, doc="", ld=None) -> str:
     """grad[j] += Σ_rows src[row, j] over the launch's R rows (``ld``: row stride of src).
 
     Tiled mode: thread ``gid`` sums rows ``[c·SPLIT_K, (c+1)·SPLIT_K)`` of unit ``j``
-    (``c, j = divmod(gid, n)``) and adds atomically; else one thread per unit."""
+    (``c, j = divmod(gid, n)``) and adds atomically; else one thread per unit (its sum over
+    all rows in double: :meth:`.irgen.BodyGen.wide_acc`)."""
     split = SPLIT_K if ks.tiled else None
     ld = ld or n
 
@@ -103,15 +106,16 @@ def grad_batch(ks: KernelSet, n: int, doc="", ld=None) -> str:
             hi = b.select(b.icmp_signed("<", hi, R), hi, R)
         else:
             j, lo, hi = gid, I64(0), R
-        acc = g.local_acc()
+        acc = g.local_acc() if split else g.wide_acc()  # one thread's T·B rows: summed in double
+        ext = (lambda v: v) if split else g.widen
         with for_range(b, hi, start=lo, name="row") as row:
             x = b.load(b.gep(src, [b.add(b.mul(row, I64(ld)), j)], inbounds=True))
-            b.store(b.fadd(b.load(acc), x), acc)
+            b.store(b.fadd(b.load(acc), ext(x)), acc)
         gp = b.gep(grad, [j], inbounds=True)
         if split:
             b.atomic_rmw("fadd", gp, b.load(acc), "monotonic")
         else:
-            b.store(b.fadd(b.load(gp), b.load(acc)), gp)
+            b.store(g.narrow(b.fadd(g.widen(b.load(gp)), b.load(acc))), gp)
     if split:
         return ks.add("gradb", 2, body, size=lambda R: n * max(1, -(-R // split)), doc=doc)
     return ks.add("gradb", 2, body, fixed=n, doc=doc)
@@ -120,7 +124,8 @@ def grad_batch(ks: KernelSet, n: int, doc="", ld=None) -> str:
 def grad_outer(ks: KernelSet, shape, n_g: int, n_v: int, c: float, tr: bool, doc="", ld_g=None, ld_v=None) -> str:
     """grad[r, col] += c · Σ_rows g[row, r] v[row, col] (transposed: v[row, r] g[row, col]).
 
-    ``ld_g`` / ``ld_v``: row strides of g and v (pass "stack": members of wider rows)."""
+    ``ld_g`` / ``ld_v``: row strides of g and v (pass "stack": members of wider rows).  Tiled:
+    a split-K GEMM; else one thread per entry, its sum over all rows in double."""
     m_, n_ = shape
     c = float(c)
     n_g, n_v = ld_g or n_g, ld_v or n_v  # only the row strides matter below
@@ -136,14 +141,14 @@ def grad_outer(ks: KernelSet, shape, n_g: int, n_v: int, c: float, tr: bool, doc
         gk, vk, grad = ptrs
         r, col = g.divmod(gid, n_)
         (A, na), (Bm, nb) = ((vk, n_v), (gk, n_g)) if tr else ((gk, n_g), (vk, n_v))
-        acc = g.local_acc()
+        acc = g.wide_acc()  # one thread sums all T·B rows: in double (a float32 product is exact there)
         with for_range(b, R, name="row") as row:
-            x = b.load(b.gep(A, [b.add(b.mul(row, I64(na)), r)], inbounds=True))
-            y = b.load(b.gep(Bm, [b.add(b.mul(row, I64(nb)), col)], inbounds=True))
+            x = g.widen(b.load(b.gep(A, [b.add(b.mul(row, I64(na)), r)], inbounds=True)))
+            y = g.widen(b.load(b.gep(Bm, [b.add(b.mul(row, I64(nb)), col)], inbounds=True)))
             b.store(b.fadd(b.load(acc), b.fmul(x, y, flags=("contract",)), flags=("contract",)), acc)
         s = b.load(acc)
         if c != 1.0:
-            s = b.fmul(s, g.const(c))
+            s = b.fmul(s, ir.Constant(ir.DoubleType(), c))
         gp = b.gep(grad, [gid], inbounds=True)
-        b.store(b.fadd(b.load(gp), s), gp)
+        b.store(g.narrow(b.fadd(g.widen(b.load(gp)), s)), gp)
     return ks.add("grado", 3, body, fixed=m_ * n_, doc=doc)
