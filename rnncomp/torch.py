@@ -290,10 +290,12 @@ class Recurrent(nn.Module):
         return (f"cell={st.name!r} ({sizes}), output={self.output!r}, backend={self._model.backend!r}, "
                 f"dtype={self._dtype}, batch_first={self.batch_first}")
 
-    def _checked(self, what, t, shape):
+    def _checked(self, what, t, shape):  # t, under autocast cast up to the layer's dtype
         name = self._model.step.name
         if not isinstance(t, torch.Tensor):
             raise CallError(f"cell {name!r}: {what} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(t.device.type):
+            t = t.to(self._dtype)  # autocast's lower precision (a Linear's before it): up, as its float32 ops do
         if t.dtype != self._dtype:
             only = "" if t.dtype in _DTYPES else " (rnncomp compiles float32 and float64 code only)"
             raise CallError(f"cell {name!r}: {what} has dtype {t.dtype}, but the layer is {self._dtype}{only}; "
@@ -334,7 +336,7 @@ class Recurrent(nn.Module):
             elif st.state_init[s] is not None:  # learned: its gradient flows through expand
                 states.append(getattr(self, _attr(st.state_init[s])).expand(B, size))
             else:
-                states.append(first.new_zeros((B, size)))
+                states.append(inputs[0].new_zeros((B, size)))
         params = [_on_cpu(self._model, f"parameter {p!r}", getattr(self, _attr(p))) for p in st.params]
         for p, t in zip(st.params, params):
             if t.dtype not in _DTYPES:  # .half(), .bfloat16(), .to(torch.float16) left the layer's model as it was
@@ -344,17 +346,13 @@ class Recurrent(nn.Module):
             if t.dtype != self._dtype:
                 raise CallError(f"cell {st.name!r}: parameter {p!r} is {t.dtype} but the layer runs in "
                                 f"{self._dtype} (its parameters must all be torch.float32 or all torch.float64)")
-        if lengths is None:
-            outs, final = self._run(params, inputs, states)
-        else:
-            outs, final = self._packed(params, inputs, states, self._lengths(lengths, T, B))
+        outs, final = (self._run(params, inputs, states) if lengths is None
+                       else self._packed(params, inputs, states, self._lengths(lengths, T, B)))
         outs = dict(zip(st.outputs, outs))
         if self.batch_first:
             outs = {o: v.transpose(0, 1) for o, v in outs.items()}
         outs = outs if self.output is None else outs[self.output]
-        if not self.return_final:
-            return outs
-        return outs, dict(zip(st.states, final))
+        return (outs, dict(zip(st.states, final))) if self.return_final else outs
 
     def _run(self, params, inputs, states):
         """One call of the op: (outputs, final states), lists in the cell's order."""

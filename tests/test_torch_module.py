@@ -1,0 +1,35 @@
+"""rnncomp.torch.Recurrent as one module of a PyTorch model: mixed precision (torch.autocast),
+packed sequences, and the checks that name what a call got wrong."""
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="rnncomp.torch needs PyTorch (pip install 'rnncomp[torch]')")
+
+import rnncomp as rc  # noqa: E402
+from rnncomp.torch import Recurrent  # noqa: E402
+
+
+@pytest.mark.parametrize("low", [torch.bfloat16, torch.float16])
+def test_under_autocast_the_layer_takes_the_lower_precision_of_the_layer_before_it(low):
+    """Under ``torch.autocast("cpu")`` a Linear before the layer returns bfloat16 (float16), which
+    the layer refused ("has dtype torch.bfloat16, but the layer is torch.float32"): a model with
+    the layer inside could not run under autocast (found by a probe).  The layer now casts such
+    inputs and h0 up to its own dtype, as autocast does for the ops it runs in float32; its
+    numbers are those of the layer called with the cast inputs, and the gradients reach the
+    Linear's parameters."""
+    torch.manual_seed(0)
+    emb, layer = torch.nn.Linear(4, 3), Recurrent(rc.cells.lstm(3, 6, 2), output="y")
+    x = torch.randn(5, 2, 4)
+    with torch.autocast("cpu", dtype=low):
+        u, h = emb(x), emb(torch.randn(2, 4)).repeat(1, 2)
+        assert u.dtype == low
+        y, final = layer(u, {"h": h})
+    assert y.dtype == torch.float32 and final["c"].dtype == torch.float32
+    want, want_final = layer(u.float(), {"h": h.float()})
+    assert torch.equal(y, want) and torch.equal(final["c"], want_final["c"])
+    (y.square().sum() + final["c"].sum()).backward()
+    assert emb.weight.grad is not None and emb.weight.grad.abs().sum() > 0
+    assert layer.Wi.grad.dtype == torch.float32
+    with pytest.raises(rc.CallError, match=r"has dtype torch.bfloat16, but the layer is torch.float32"):
+        layer(u.to(torch.bfloat16))  # outside autocast, still the named error
