@@ -316,6 +316,16 @@ class Recurrent(nn.Module):
         outputs after it are zeros."""
         self._follow_dtype()
         st = self._model.step
+        params = [_on_cpu(self._model, f"parameter {p!r}", getattr(self, _attr(p))) for p in st.params]
+        for p, t in zip(st.params, params):
+            if t.dtype not in _DTYPES:  # .half(), .bfloat16(): named before the inputs (of the same dtype then)
+                back = ".float()" if self._dtype == torch.float32 else ".double()"
+                raise CallError(f"cell {st.name!r}: parameter {p!r} is {t.dtype}, and rnncomp compiles cells for "
+                                f"torch.float32 and torch.float64 only: convert the layer back with {back} "
+                                f"(the rest of the model may stay {t.dtype}; give the layer {self._dtype} inputs)")
+            if t.dtype != self._dtype:
+                raise CallError(f"cell {st.name!r}: parameter {p!r} is {t.dtype} but the layer runs in "
+                                f"{self._dtype} (its parameters must all be torch.float32 or all torch.float64)")
         xs = named(st, "inputs", x, list(st.inputs), "tensors")
         missing_inputs(st, xs)
         first = next(iter(xs.values()))
@@ -337,15 +347,6 @@ class Recurrent(nn.Module):
                 states.append(getattr(self, _attr(st.state_init[s])).expand(B, size))
             else:
                 states.append(inputs[0].new_zeros((B, size)))
-        params = [_on_cpu(self._model, f"parameter {p!r}", getattr(self, _attr(p))) for p in st.params]
-        for p, t in zip(st.params, params):
-            if t.dtype not in _DTYPES:  # .half(), .bfloat16(), .to(torch.float16) left the layer's model as it was
-                raise CallError(f"cell {st.name!r}: parameter {p!r} is {t.dtype}, and rnncomp compiles cells for "
-                                f"torch.float32 and torch.float64 only: convert the layer back with .float() "
-                                f"(the rest of the model may stay {t.dtype}; give the layer {self._dtype} inputs)")
-            if t.dtype != self._dtype:
-                raise CallError(f"cell {st.name!r}: parameter {p!r} is {t.dtype} but the layer runs in "
-                                f"{self._dtype} (its parameters must all be torch.float32 or all torch.float64)")
         outs, final = (self._run(params, inputs, states) if lengths is None
                        else self._packed(params, inputs, states, self._lengths(lengths, T, B)))
         outs = dict(zip(st.outputs, outs))

@@ -33,3 +33,16 @@ def test_under_autocast_the_layer_takes_the_lower_precision_of_the_layer_before_
     assert layer.Wi.grad.dtype == torch.float32
     with pytest.raises(rc.CallError, match=r"has dtype torch.bfloat16, but the layer is torch.float32"):
         layer(u.to(torch.bfloat16))  # outside autocast, still the named error
+
+
+@pytest.mark.parametrize("dtype, back", [(torch.float32, r"\.float\(\)"), (torch.float64, r"\.double\(\)")])
+def test_a_half_layer_called_with_half_inputs_names_its_parameters(dtype, back):
+    """``layer.half()`` then a float16 input: the error named the input ("has dtype
+    torch.float16, but the layer is torch.float32 ... convert it with .to(torch.float32)"),
+    whose advice led to the parameters' error next; the parameters are now checked first, and
+    the way back names the layer's own dtype (``.float()`` was given to a float64 layer too)."""
+    cell = rc.cells.gru(3, 4, 2)
+    for low in (torch.float16, torch.bfloat16):
+        layer = Recurrent(cell, output="y", dtype=dtype).to(low)
+        with pytest.raises(rc.CallError, match=rf"parameter 'Wz' is {low}, .* convert the layer back with {back}"):
+            layer(torch.zeros(5, 2, 3, dtype=low))
