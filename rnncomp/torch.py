@@ -331,8 +331,9 @@ class Recurrent(nn.Module):
         first = next(iter(xs.values()))
         if not isinstance(first, torch.Tensor) or first.dim() != 3:
             shape = tuple(first.shape) if isinstance(first, torch.Tensor) else type(first).__name__
+            how = "; pass the padded tensor and lengths= (pad_packed_sequence)" if shape == "PackedSequence" else ""
             raise CallError(f"cell {st.name!r}: inputs must be 3-d tensors "
-                            f"{'(B, T, n)' if self.batch_first else '(T, B, n)'}, got {shape}")
+                            f"{'(B, T, n)' if self.batch_first else '(T, B, n)'}, got {shape}{how}")
         T, B = (first.shape[1], first.shape[0]) if self.batch_first else (first.shape[0], first.shape[1])
         inputs = []
         for n, size in st.inputs.items():
@@ -384,8 +385,7 @@ class Recurrent(nn.Module):
         """A padded batch (``layer_common.padded_runner``: chained chunks, or one call per length
         where a reversed pass is inside); the rows come from Python ints, so
         ``torch.compile`` sees constant indices."""
-        T = inputs[0].shape[0]
-        run = padded_runner(self._model.step)
+        run, T = padded_runner(self._model.step), inputs[0].shape[0]
         return run(lengths, T, inputs, states, lambda xs, hs: self._run(params, xs, hs), TORCH_OPS)
 
 

@@ -46,3 +46,20 @@ def test_a_half_layer_called_with_half_inputs_names_its_parameters(dtype, back):
         layer = Recurrent(cell, output="y", dtype=dtype).to(low)
         with pytest.raises(rc.CallError, match=rf"parameter 'Wz' is {low}, .* convert the layer back with {back}"):
             layer(torch.zeros(5, 2, 3, dtype=low))
+
+
+def test_a_packed_sequence_is_refused_with_the_way_to_pass_it():
+    """nn.LSTM takes a PackedSequence; the layer takes the padded tensor and ``lengths=``.  Its
+    error said only "got PackedSequence"; it now says how, and that way gives the same numbers
+    as one call per sequence."""
+    layer = Recurrent(rc.cells.gru(3, 4, 2), output="y", dtype=torch.float64)
+    seqs = [torch.randn(n, 3, dtype=torch.float64) for n in (5, 2, 4)]
+    packed = torch.nn.utils.rnn.pack_sequence(seqs, enforce_sorted=False)
+    with pytest.raises(rc.CallError, match=r"got PackedSequence; pass the padded tensor and lengths="):
+        layer(packed)
+    padded, lengths = torch.nn.utils.rnn.pad_packed_sequence(packed)
+    y, final = layer(padded, lengths=lengths)
+    for b, s in enumerate(seqs):
+        alone, last = layer(s[:, None])
+        assert torch.allclose(y[:len(s), b], alone[:, 0], rtol=1e-12, atol=1e-14)
+        assert torch.allclose(final["h"][b], last["h"][0], rtol=1e-12, atol=1e-14)
