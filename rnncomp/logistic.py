@@ -19,6 +19,11 @@ multiple of b) stays as written, beside σ(-b)^k.  :mod:`rnncomp.lower` applies 
 element-wise expression of a cell, so the IR, the backward step and every backend see σ; the
 cell's own text keeps what the user wrote.
 
+A product of exponentials is one exponential of the summed exponents (:func:`exp_products`):
+``exp(2u)·exp(-exp(u))`` (a Gumbel density squared) is inf·0 = NaN in float32 from u ≈ 44, where
+``exp(2u - exp(u))`` is 0; the backward step, derived from the lowered form, then multiplies
+no overflowed factor either.
+
     >>> import sympy as sp
     >>> u = sp.Symbol("u", real=True)
     >>> e = sp.exp(u)
@@ -28,6 +33,8 @@ cell's own text keeps what the user wrote.
     (sigmoid(u), sigmoid(-u)**2*sigmoid(u))
     >>> logistic_form(sp.log(1 + e)), logistic_form(sp.log(1 / (1 + sp.exp(-u))))
     (softplus(u), -softplus(-u))
+    >>> exp_products(e * sp.exp(-e)), exp_products(sp.exp(2 * u) * sp.exp(-e) * sp.tanh(u))
+    (exp(u - exp(u)), exp(2*u - exp(u))*tanh(u))
 """
 from __future__ import annotations
 
@@ -85,3 +92,28 @@ def _multiple(a, b, k):
     """m where ``a`` is m·``b`` with 0 < m ≤ k rational, else None."""
     m = sp.cancel(a / b)
     return m if m.is_Rational and 0 < m <= k else None
+
+
+def exp_products(e):
+    """``e`` with every product of two or more exponentials ``exp(a)·exp(b)·…`` (a factor may be a
+    power of one) as the one exponential ``exp(a + b + …)``: bounded where the factors are not."""
+    if not isinstance(e, sp.Expr) or not e.args or not e.has(sp.exp):
+        return e
+    args = [exp_products(a) for a in e.args]
+    e = e.func(*args) if args != list(e.args) else e
+    if not e.is_Mul:
+        return e
+    exps = [f for f in e.args if _exponent(f) is not None]
+    if len(exps) < 2:
+        return e
+    rest = [f for f in e.args if _exponent(f) is None]
+    return sp.Mul(*rest, sp.exp(sp.Add(*[_exponent(f) for f in exps])))
+
+
+def _exponent(f):
+    """a where ``f`` is ``exp(a)`` or ``exp(b)**r`` (a = r·b, r rational), else None."""
+    if f.func is sp.exp:
+        return f.args[0]
+    if f.is_Pow and f.base.func is sp.exp and f.exp.is_Rational:
+        return f.exp * f.base.args[0]
+    return None

@@ -17,7 +17,7 @@ from .matrix_dsl import MATRIX_ATOMS, Outer, SMatVec
 from .errors import CellError, ShapeError
 from .exprwalk import distinct_subexpressions, replace
 from .ir import Node, Program, internal, placeholder, verify, key_str
-from .logistic import logistic_form
+from .logistic import exp_products, logistic_form
 
 LOSS = internal("ℓ")
 
@@ -268,8 +268,9 @@ class _Lowerer:
         return sym
 
     def elementwise(self, e, where, size, split=True) -> Node:
-        if split:  # a hand-written e/(1 + e) as σ first: exp(2u)/(1 + exp(u))**2 overflows (rnncomp.logistic)
-            e = self.split(logistic_form(e), where, top=True)
+        if split:  # a hand-written e/(1 + e) as σ first: exp(2u)/(1 + exp(u))**2 overflows; then
+            # exp(a)·exp(b) as exp(a + b): exp(2u)·exp(-exp(u)) is inf·0 (rnncomp.logistic)
+            e = self.split(exp_products(logistic_form(e)), where, top=True)
         keys, template = templated(e, lambda a: self.lower(a, where))
         keys = self.rows(keys)
         sizes = {k: self.prog.node(k).size for k in keys}
