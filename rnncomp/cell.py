@@ -18,8 +18,8 @@ import numpy as np
 import sympy as sp
 
 from . import initializers
-from .cell_check import check_expr, size_of
-from .dsl import _NAME, MatParam, StateVec, Vec, _display_expr, check_functions
+from .cell_check import check_expr, check_functions, size_of
+from .dsl import _NAME, MatParam, StateVec, Vec, _display_expr
 from .errors import CellError, ShapeError
 from .exprwalk import contains
 from .matrix_dsl import MatState, check_matrix_shape

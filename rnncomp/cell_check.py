@@ -18,12 +18,12 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions import MatrixExpr as SympyMatrixExpr
 
-from .dsl import (MatExpr, MatVec, Slice, Concat, RowSum, LogSumExp, Vec, _display_expr, _shape, check_constant,
-                  check_functions)
+from .dsl import MatExpr, MatVec, Slice, Concat, RowSum, LogSumExp, Structural, Vec, _display, _display_expr, _shape
 from .errors import CellError, ShapeError
 from .exprwalk import distinct_subexpressions, free_symbols
-from .matrix_dsl import MATRIX_ATOMS, atom_shape, broadcast
-from .weight_dsl import is_weight_expr
+from .functions import SUPPORTED_FUNCTIONS, cfunction, supported_names
+from .matrix_dsl import MATRIX_ATOMS, _MatrixValue, atom_shape, broadcast
+from .weight_dsl import WMat, WMatVec, is_weight_expr
 
 
 def check_expr(cell, expr, where):
@@ -52,6 +52,7 @@ def check_expr(cell, expr, where):
                         "and multiply them with @")
     expr = cell._resolve_weights(expr, where)
     if is_weight_expr(expr):
+        _refuse_matrix_state_weights(cell, expr, where)
         raise ShapeError(f"{where}: {_display_expr(expr)} is a matrix (it reads a matrix "
                          "element-wise), not a vector; multiply it by a vector with @")
     check_functions(expr, where)
@@ -86,6 +87,27 @@ def check_expr(cell, expr, where):
                                     f"matrix parameter of cell {cell.name!r} (one of another cell?); its matrix "
                                     f"parameters: {', '.join(mats) or 'none'}")
     return expr
+
+
+def _refuse_matrix_state_weights(cell, expr, where):
+    """A matrix state read element-wise with a matrix of parameters (``S * L``, a learned decay):
+    a CellError naming the equation, both and what is supported instead."""
+    states = sorted({s.name for s in free_symbols(expr) if isinstance(s, _MatrixValue)})
+    mats = sorted({str(a.args[0]) for a in distinct_subexpressions(expr, skip=WMatVec) if isinstance(a, WMat)})
+    if not states or not mats:
+        return
+    s = _display(states[0])
+    m, n = cell.decls[states[0].removesuffix(".new")].shape
+    kinds = {"param": "matrix parameter", "const": "constant", "weight": "derived weight"}
+    what = " and ".join(f"the {kinds.get(cell.decls[a].kind, cell.decls[a].kind)} {a} "
+                        f"({_shape(cell.decls[a].shape)})" for a in mats)
+    L = mats[0]
+    raise CellError(f"{where}: {_display_expr(expr)} reads the matrix state {s} element-wise with {what}: not "
+                    f"supported (a matrix of parameters enters the step only through a product with a vector, "
+                    f"{L} @ v); supported: a scalar, or a vector of size {m} scaling the rows of {s} "
+                    f"(g * {s}, g = cell.param('g', {m})); for a learned {m}×{n} decay declare {L} as a matrix "
+                    f"state carried unchanged from a learned initial value: {L} = cell.state('{L}', ({m}, {n}), "
+                    f"init='learn'), cell.update({L}, {L}), then {L} * {s} (trained as {L}_0)")
 
 
 def size_of(cell, expr, where):
@@ -187,3 +209,64 @@ def check_constants_fit(cell, dtype) -> None:
                 check_constant(node, f"cell {cell.name!r}, {where}", dtype,
                                "; rescale it, or compile with dtype='float64'")
 
+
+def check_functions(expr, where: str) -> None:
+    """Reject sympy functions the compiler has no derivative/backend for."""
+    for node in distinct_subexpressions(expr):
+        if isinstance(node, Structural) or not isinstance(node, sp.Basic):
+            continue
+        if isinstance(node, sp.Function) or isinstance(node, sp.core.function.AppliedUndef):
+            if type(node) not in SUPPORTED_FUNCTIONS and node.func not in SUPPORTED_FUNCTIONS \
+                    and cfunction(node.func) is None:
+                raise CellError(f"{where}: function {node.func.__name__!r} is not supported "
+                                f"(in {_display_expr(expr)}); supported: {supported_names()}, "
+                                "and any expression built from them with + - * / **")
+            if isinstance(node, sp.Piecewise):
+                _check_conditions(node, expr, where)
+        elif isinstance(node, sp.Pow) and node.base.is_number and node.base.is_negative \
+                and not node.exp.is_number:
+            raise CellError(f"{where}: {_display_expr(node)}: a negative base to a variable power is complex "
+                            f"(its derivative has log({node.base}) = log({-node.base}) + iπ); for an integer "
+                            f"power of a sign write e.g. sp.cos(sp.pi*n)*{-node.base}**n")
+        elif isinstance(node, (sp.Integral, sp.Derivative, sp.Sum, sp.Product)):
+            raise CellError(f"{where}: {type(node).__name__} cannot be used element-wise")
+        elif node.is_Atom and node.is_number:
+            if node in (sp.nan, sp.zoo, sp.oo, -sp.oo):
+                hint = " (a division by zero?)" if node == sp.zoo else ""
+                raise CellError(f"{where}: non-finite constant {node} in {_display_expr(expr)}{hint}")
+            if not node.is_real:
+                raise CellError(f"{where}: complex constant {node} in {_display_expr(expr)}")
+        if isinstance(node, sp.Expr) and node.is_number and node.is_real and not node.is_zero:
+            check_constant(node, where)
+
+
+def check_constant(c, where: str, dtype="float64", hint: str = "") -> None:
+    """A non-zero constant (or a function of constants, exp(1000)) must be a number of ``dtype``:
+    not inf, not 0 (float64 as it is declared; float32 when a float32 model is compiled)."""
+    dtype = np.dtype(dtype)
+    with np.errstate(over="ignore", under="ignore"):
+        v = dtype.type(float(sp.N(c)))
+    if not np.isfinite(v) or v == 0:
+        what = "overflows to inf" if v else "underflows to 0"
+        raise CellError(f"{where}: the constant {sp.N(c, 6)} {what} in {dtype.name}{hint}")
+
+
+def _check_conditions(pw, expr, where: str) -> None:
+    for _, cond in pw.args:
+        if not isinstance(cond, (sp.core.relational.Relational, sp.logic.boolalg.BooleanFunction,
+                                 sp.logic.boolalg.BooleanAtom)):
+            raise CellError(f"{where}: Piecewise condition {_display_expr(cond)} is not a comparison "
+                            f"(write e.g. {_display_expr(cond)} > 0) in {_display_expr(expr)}")
+    if pw.args[-1][1] is not sp.true and _may_fail(sp.Or(*(c for _, c in pw.args))):
+        raise CellError(f"{where}: {_display_expr(pw)} has no otherwise branch, so its value is "
+                        "undefined (NaN) wherever no condition holds; end it with (value, True)")
+
+
+def _may_fail(cond) -> bool:
+    """Whether sympy cannot show that ``cond`` (a Piecewise's conditions, or-ed) always holds."""
+    if cond is sp.true:
+        return False
+    try:
+        return sp.simplify(cond) is not sp.true
+    except Exception:  # noqa: BLE001 - whatever sympy cannot decide may fail
+        return True

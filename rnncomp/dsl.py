@@ -31,13 +31,11 @@ from __future__ import annotations
 import operator
 import re
 
-import numpy as np
 import sympy as sp
 
 from .errors import CellError, ShapeError
-from .exprwalk import distinct_subexpressions
 from .atoms import Concat, LogSumExp, MatVec, RowSum, Slice, Structural, _mat_str
-from .functions import SUPPORTED_FUNCTIONS, cfunction, supported_names
+from .functions import supported_names
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")  # \Z: "$" would also match before a final newline
 
@@ -112,6 +110,11 @@ class StateVec(Vec):
         return Vec(self.name + ".new")
 
 
+def _is_matrix_state(v) -> bool:
+    from .matrix_dsl import _MatrixValue
+    return isinstance(v, _MatrixValue)
+
+
 def _display(name: str) -> str:
     return name[:-4] + "[t]" if name.endswith(".new") else name
 
@@ -168,6 +171,8 @@ class MatExpr(NoConditions):
 
     def _combine(self, other, sign):
         from .weight_dsl import WeightExpr, is_weight_expr
+        if _is_matrix_state(other):  # S + L: refused by the equation that reads it, which names it
+            return self._sympy_() + sign * other
         if isinstance(other, WeightExpr) or is_weight_expr(other) or \
                 (isinstance(other, (int, float, sp.Number)) and not isinstance(other, bool)):
             return self._weight() + other * sign  # element-wise: a derived weight
@@ -192,8 +197,9 @@ class MatExpr(NoConditions):
     def __radd__(self, other):
         return self._combine(other, 1)
 
-    def __rsub__(self, other):  # other - self: only a number (or a weight) gets here
-        return (-self)._combine(other, 1) if isinstance(other, (int, float, sp.Number)) else self._combine(other, -1)
+    def __rsub__(self, other):  # other - self: only a number, a matrix state (or a weight) gets here
+        negated = isinstance(other, (int, float, sp.Number)) or _is_matrix_state(other)
+        return (-self)._combine(other, 1) if negated else self._combine(other, -1)
 
     def __neg__(self):
         return self * -1
@@ -341,65 +347,3 @@ def softmax(z):
 def softmax_xent(logits, target):
     """Softmax cross-entropy −Σ t log softmax(z) = logsumexp(z)·Σt − Σ t z, stable."""
     return logsumexp(logits) * vsum(target) - vsum(target * logits)
-
-
-def check_functions(expr, where: str) -> None:
-    """Reject sympy functions the compiler has no derivative/backend for."""
-    for node in distinct_subexpressions(expr):
-        if isinstance(node, Structural) or not isinstance(node, sp.Basic):
-            continue
-        if isinstance(node, sp.Function) or isinstance(node, sp.core.function.AppliedUndef):
-            if type(node) not in SUPPORTED_FUNCTIONS and node.func not in SUPPORTED_FUNCTIONS \
-                    and cfunction(node.func) is None:
-                raise CellError(f"{where}: function {node.func.__name__!r} is not supported "
-                                f"(in {_display_expr(expr)}); supported: {supported_names()}, "
-                                "and any expression built from them with + - * / **")
-            if isinstance(node, sp.Piecewise):
-                _check_conditions(node, expr, where)
-        elif isinstance(node, sp.Pow) and node.base.is_number and node.base.is_negative \
-                and not node.exp.is_number:
-            raise CellError(f"{where}: {_display_expr(node)}: a negative base to a variable power is complex "
-                            f"(its derivative has log({node.base}) = log({-node.base}) + iπ); for an integer "
-                            f"power of a sign write e.g. sp.cos(sp.pi*n)*{-node.base}**n")
-        elif isinstance(node, (sp.Integral, sp.Derivative, sp.Sum, sp.Product)):
-            raise CellError(f"{where}: {type(node).__name__} cannot be used element-wise")
-        elif node.is_Atom and node.is_number:
-            if node in (sp.nan, sp.zoo, sp.oo, -sp.oo):
-                hint = " (a division by zero?)" if node == sp.zoo else ""
-                raise CellError(f"{where}: non-finite constant {node} in {_display_expr(expr)}{hint}")
-            if not node.is_real:
-                raise CellError(f"{where}: complex constant {node} in {_display_expr(expr)}")
-        if isinstance(node, sp.Expr) and node.is_number and node.is_real and not node.is_zero:
-            check_constant(node, where)
-
-
-def check_constant(c, where: str, dtype="float64", hint: str = "") -> None:
-    """A non-zero constant (or a function of constants, exp(1000)) must be a number of ``dtype``:
-    not inf, not 0 (float64 as it is declared; float32 when a float32 model is compiled)."""
-    dtype = np.dtype(dtype)
-    with np.errstate(over="ignore", under="ignore"):
-        v = dtype.type(float(sp.N(c)))
-    if not np.isfinite(v) or v == 0:
-        what = "overflows to inf" if v else "underflows to 0"
-        raise CellError(f"{where}: the constant {sp.N(c, 6)} {what} in {dtype.name}{hint}")
-
-
-def _check_conditions(pw, expr, where: str) -> None:
-    for _, cond in pw.args:
-        if not isinstance(cond, (sp.core.relational.Relational, sp.logic.boolalg.BooleanFunction,
-                                 sp.logic.boolalg.BooleanAtom)):
-            raise CellError(f"{where}: Piecewise condition {_display_expr(cond)} is not a comparison "
-                            f"(write e.g. {_display_expr(cond)} > 0) in {_display_expr(expr)}")
-    if pw.args[-1][1] is not sp.true and _may_fail(sp.Or(*(c for _, c in pw.args))):
-        raise CellError(f"{where}: {_display_expr(pw)} has no otherwise branch, so its value is "
-                        "undefined (NaN) wherever no condition holds; end it with (value, True)")
-
-
-def _may_fail(cond) -> bool:
-    """Whether sympy cannot show that ``cond`` (a Piecewise's conditions, or-ed) always holds."""
-    if cond is sp.true:
-        return False
-    try:
-        return sp.simplify(cond) is not sp.true
-    except Exception:  # noqa: BLE001 - whatever sympy cannot decide may fail
-        return True

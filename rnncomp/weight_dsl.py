@@ -15,6 +15,8 @@ for an (m, 1) column (one value per row: per output unit), a scalar for (1, 1).
 """
 from __future__ import annotations
 
+import operator
+
 import sympy as sp
 
 from .atoms import GROUPED
@@ -121,29 +123,37 @@ class WeightExpr(NoConditions):
     def _new(self, expr):
         return WeightExpr(expr, self.cell)
 
+    def _op(self, op, o, reflected=False):
+        """``self op o`` (``o op self``): a weight, or with a matrix state (``L * S``) the plain
+        expression, which the equation reading it refuses by name (:func:`rnncomp.cell_check.check_expr`)."""
+        if isinstance(o, _MatrixValue):
+            return op(o, self.expr) if reflected else op(self.expr, o)
+        o = _w(o)
+        return self._new(op(o, self.expr) if reflected else op(self.expr, o))
+
     def __add__(self, o):
-        return self._new(self.expr + _w(o))
+        return self._op(operator.add, o)
 
     def __radd__(self, o):
-        return self._new(_w(o) + self.expr)
+        return self._op(operator.add, o, True)
 
     def __sub__(self, o):
-        return self._new(self.expr - _w(o))
+        return self._op(operator.sub, o)
 
     def __rsub__(self, o):
-        return self._new(_w(o) - self.expr)
+        return self._op(operator.sub, o, True)
 
     def __mul__(self, o):
-        return self._new(self.expr * _w(o))
+        return self._op(operator.mul, o)
 
     def __rmul__(self, o):
-        return self._new(_w(o) * self.expr)
+        return self._op(operator.mul, o, True)
 
     def __truediv__(self, o):
-        return self._new(self.expr / _w(o))
+        return self._op(operator.truediv, o)
 
     def __rtruediv__(self, o):
-        return self._new(_w(o) / self.expr)
+        return self._op(operator.truediv, o, True)
 
     def __pow__(self, o):
         return self._new(self.expr ** _w(o))

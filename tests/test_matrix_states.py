@@ -354,3 +354,42 @@ def test_in_a_stack_gradients_against_finite_differences():
     rng = np.random.default_rng(0)
     params = {k: v + rng.normal(0, 0.1, v.shape) for k, v in model.init_params(0).items()}
     check_grads(model, params, rng.normal(size=(4, 2, 3)), rng.normal(size=(4, 2, 2)))
+
+
+@pytest.mark.parametrize("write", ["S * L", "L * S", "S / L", "S + L", "L - S", "sp.exp(L) * S", "rc.sigmoid(L) * S"])
+def test_a_matrix_of_parameters_read_with_a_matrix_state_is_refused_by_its_equation(write):
+    """S ⊙ L (a learned element-wise decay) was refused by the operator, naming no equation: now by
+    the equation that reads it, with the cell, the state, the matrix and what is supported instead."""
+    cell = rc.Cell("decay")
+    x, S, L = cell.input("x", 3), cell.state("S", (2, 3)), cell.param("L", (2, 3))
+    write_v = rc.outer(cell.param("Wv", (2, 3)) @ x, x)
+    expr = eval(write, {"S": S, "L": L, "sp": sp, "rc": rc})
+    with pytest.raises(CellError, match=r"cell 'decay', update of state 'S': .* reads the matrix state S element-wise "
+                                        r"with the matrix parameter L \(2×3\): not supported .* a vector of size 2 scaling "
+                                        r"the rows of S .* L = cell.state\('L', \(2, 3\), init='learn'\), "
+                                        r"cell.update\(L, L\), then L \* S"):
+        cell.update(S, expr + write_v)
+    cell.update(S, S / 2 + write_v)
+    with pytest.raises(CellError, match=r"cell 'decay', output 'y': .* the matrix state S\[t\] element-wise with the "
+                                        r"matrix parameter L"):
+        cell.output("y", rc.rowsum(S.new * L))
+
+
+def learned_decay(n_in=N_IN, m=N_H):
+    """The form the refusal above suggests: a learned m×n decay as a matrix state carried unchanged."""
+    cell = rc.Cell("learned_decay")
+    x = cell.input("x", n_in)
+    S, L = cell.state("S", (m, n_in)), cell.state("L", (m, n_in), init="learn")
+    cell.update(L, L)
+    cell.update(S, rc.sigmoid(L) * S + rc.outer(sp.tanh(cell.param("Wv", (m, n_in)) @ x), x))
+    y = cell.output("y", cell.param("V", (2, m)) @ (S.new @ x))
+    cell.loss((y - cell.target("t", 2)) ** 2 / 2)
+    return cell
+
+
+def test_a_learned_decay_carried_as_a_matrix_state_is_trained_as_its_initial_value():
+    cell = learned_decay()
+    params, x, t = random_data(cell, T, B)
+    params["L_0"] = np.random.default_rng(1).normal(size=N_H * N_IN)
+    check_grads(rc.compile(cell), params, x, t)
+    assert_matches_oracle(cell, "native", T, B)
