@@ -190,11 +190,38 @@ def matvec(wexpr, v):
 
 
 def weight(expr) -> WeightExpr:
-    """A matrix expression that sympy built (``sp.tanh(W)``) as a weight again, so that ``.T``
-    and ``@`` apply to it: ``rc.weight(sp.tanh(W)).T @ h``.  (``sp.exp(W) @ h`` works as it is.)"""
+    """A matrix expression that sympy built (``sp.tanh(W)``) as a weight again, named as such
+    (``sp.tanh(W).T @ sp.tanh(h)`` works as it is too)."""
     if not is_weight_expr(sp.sympify(_w(expr))):
         raise CellError(f"rc.weight({expr!r}): expected an expression of matrices (sp.exp(W), W * M)")
     return expr if isinstance(expr, WeightExpr) else WeightExpr(_w(expr), getattr(expr, "cell", None))
+
+
+# sympy's scalar expressions have no @ and no .T: a weight that sympy built met anything but a bare
+# vector with Python's TypeError (sp.exp(W) @ sp.tanh(h): 'exp' and 'tanh'), and sp.exp(W).T with an
+# AttributeError.  sympy.Expr gets both, where sympy defines neither, acting only on expressions of a
+# cell's matrices or vectors: for any other, @ returns NotImplemented and .T raises AttributeError, as
+# before (what a matrix or a weight on the right handles, it still handles: NotImplemented).
+def _expr_matmul(a, b):
+    if isinstance(b, (MatExpr, WeightExpr)):
+        return NotImplemented
+    if is_weight_expr(a):
+        return WeightExpr(a) @ b
+    if any(isinstance(s, Vec) for s in getattr(a, "free_symbols", ())):
+        raise CellError(f"({a}) @ ({b}): the left operand of @ is a vector expression; @ needs a matrix of the "
+                        "cell on the left (a parameter, cell.const, or an expression of them such as sp.exp(W)); "
+                        "for a dot product use rc.vsum(a * b)")
+    return NotImplemented
+
+
+def _expr_transpose(a):
+    if is_weight_expr(a):
+        return WeightExpr(a).T
+    raise AttributeError(f"{type(a).__name__!r} object has no attribute 'T'")
+
+
+if not hasattr(sp.Expr, "__matmul__") and not hasattr(sp.Expr, "T"):
+    sp.Expr.__matmul__, sp.Expr.T = _expr_matmul, property(_expr_transpose)
 
 
 def norm(w, axis: int = 1) -> WeightExpr:

@@ -452,3 +452,58 @@ def test_a_product_with_a_transpose_chains_back_through_the_matrix_itself():
     for backend in ("numpy", "native"):
         g = rc.compile(cell, backend=backend, dtype="float64").loss_and_grad(p, {"x": xs})[1]["W"]
         np.testing.assert_allclose(g, fd, rtol=1e-7, atol=1e-9)
+
+
+# sympy's own expressions had no @ and no .T: a weight that sympy built met anything but a bare vector
+# with Python's TypeError ('exp' and 'tanh'), and sp.exp(W).T with an AttributeError (found by the
+# matrix-state probe).  Each form now equals the one wrapped in rc.weight, whose gradients are checked above.
+SYMPY_BUILT = {
+    "exp(W) @ tanh(h + x)": (lambda W, A, h, x: sp.exp(W) @ sp.tanh(h + x),
+                             lambda W, A, h, x: rc.weight(sp.exp(W)) @ sp.tanh(h + x)),
+    "exp(W) @ (A.T @ x)": (lambda W, A, h, x: sp.exp(W) @ (A.T @ x),
+                           lambda W, A, h, x: rc.weight(sp.exp(W)) @ (A.T @ x)),
+    "exp(W) @ vslice": (lambda W, A, h, x: sp.exp(W) @ rc.vslice(rc.concat(x, h), 0, 4),
+                        lambda W, A, h, x: rc.weight(sp.exp(W)) @ rc.vslice(rc.concat(x, h), 0, 4)),
+    "exp(W).T @ (h + x)": (lambda W, A, h, x: sp.exp(W).T @ (h + x),
+                           lambda W, A, h, x: rc.weight(sp.exp(W)).T @ (h + x)),
+    "tanh(W) @ (h + x)": (lambda W, A, h, x: sp.tanh(W) @ (h + x),
+                          lambda W, A, h, x: rc.weight(sp.tanh(W)) @ (h + x)),
+    "exp(W) @ A @ tanh(h)": (lambda W, A, h, x: sp.exp(W) @ A @ sp.tanh(h + x),
+                             lambda W, A, h, x: rc.weight(sp.exp(W)) @ A @ sp.tanh(h + x)),
+    "exp(W) @ exp(A) @ h": (lambda W, A, h, x: sp.exp(W) @ sp.exp(A) @ (h + x),
+                            lambda W, A, h, x: rc.weight(sp.exp(W)) @ rc.weight(sp.exp(A)) @ (h + x)),
+}
+
+
+def _sympy_built(write):
+    cell = rc.Cell("sympy_built")
+    x, h = cell.input("x", 4), cell.state("h", 4)
+    W, A = cell.param("W", (4, 4)), cell.param("A", (4, 4))
+    cell.update(h, sp.tanh(write(W, A, h, x) / 4 + x))
+    _head(cell, h.new, 4)
+    return cell
+
+
+@pytest.mark.parametrize("form", sorted(SYMPY_BUILT))
+def test_a_weight_that_sympy_built_multiplies_any_vector_and_has_a_transpose(form):
+    bare, wrapped = SYMPY_BUILT[form]
+    cell = _sympy_built(bare)
+    params, x, t = random_data(cell, T, B)
+    want = rc.compile(_sympy_built(wrapped)).loss_and_grad(params, x, t)
+    got = rc.compile(cell).loss_and_grad(params, x, t)
+    assert got[0] == want[0] and all(np.array_equal(got[1][k], want[1][k]) for k in params)
+    check_grads(rc.compile(cell), params, x, t)
+
+
+def test_at_and_transpose_of_other_sympy_expressions_are_as_before():
+    cell = rc.Cell("bad")
+    x, h = cell.input("x", 3), cell.state("h", 3)
+    with pytest.raises(CellError, match=r"\(tanh\(h\)\) @ \(x\): the left operand of @ is a vector expression.*"
+                                        r"rc.vsum\(a \* b\)"):
+        sp.tanh(h) @ x
+    a, b = sp.symbols("a b")
+    with pytest.raises(TypeError, match="unsupported operand type"):
+        a @ b                                  # sympy's own expressions: Python's TypeError, as ever
+    assert not hasattr(a + b, "T") and not hasattr(sp.tanh(h), "T")
+    M = sp.MatrixSymbol("M", 2, 2)
+    assert (a @ M) == sp.MatMul(a, M) and (M @ M).shape == (2, 2)
