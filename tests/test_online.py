@@ -249,6 +249,30 @@ def test_snap_pattern_from_the_structure_of_the_step():
     assert not m2[18:].any()  # V (3 entries) and by (1)
 
 
+def _pattern_per_entry(step, n):
+    """SnAp-n's pattern pushed through the tangent program with one direction per entry (as
+    before the classes of entries): the reference for :func:`pattern`."""
+    from rnncomp.algorithms.pattern import reach
+    ts, dirs = tangent_step(step), Directions.dense(step)
+    m = {s: np.zeros((dirs.K, k), dtype=bool) for s, k in step.states.items()}
+    for s, p in step.state_init.items():
+        if p is not None:
+            m[s][dirs.column[p], np.arange(step.states[s])] = True
+    for _ in range(n):
+        m = {s: m[s] | v for s, v in reach(ts, dirs, m).items()}
+    return m
+
+
+@settings(max_examples=40, deadline=None)
+@given(fuzz_cells())
+def test_snap_pattern_per_class_of_entries_equals_the_pattern_per_entry(cell):
+    """pattern() pushes one direction per class of entries whose seeds reach the same units
+    (pattern.entry_classes); spread back to the entries it is the per-entry pattern."""
+    for n in (1, 2):
+        want, got = _pattern_per_entry(cell.step, n), pattern(cell.step, n)
+        assert got.keys() == want.keys() and all(np.array_equal(got[s], want[s]) for s in want)
+
+
 def test_colouring_gives_disjoint_columns():
     rng = np.random.default_rng(0)
     s = rng.random((40, 12)) < 0.15
@@ -488,9 +512,22 @@ def test_algorithm_costs_skip_snap_past_the_pattern_limit():
     P = sum(v.size for v in cell.init_params(0).values())  # 114
     c = algorithm_costs(cell, T=10, B=4, pattern_limit=100)
     rows = {r["algorithm"]: r for r in c.rows}
-    assert rows["SnAp-1"]["flops"] is None and f"P·n_s = {P * 8:,} entries" in rows["SnAp-1"]["exact"]
+    # classes of entries: W's, U's, V's rows, b's and by's entries: 8 + 8 + 2 + 8 + 2 = 28 < P
+    assert P == 114 and rows["SnAp-1"]["flops"] is None
+    assert "28 classes of entries × n_s = 8" in rows["SnAp-1"]["exact"]
     assert rows["RTRL"]["flops"] > 0
     assert "SnAp-1                       -" in c.table()
+
+
+def test_algorithm_costs_count_snap_for_an_lstm_with_128_units():
+    """P·n_s = 29.5 M for LSTM 64 → 128: past the limit while the pattern had a row per entry
+    ("not counted"); per class of entries it is 1,792 × 256.  SnAp-1 keeps, per gate row i,
+    the entries of Wf, Wi, Wg, Uf, Ui, Ug, bf, bi, bg on c[i] and h[i], those of Wo, Uo, bo on
+    h[i] only: (3·2 + 1)·(64 + 128 + 1)·128 values per sample."""
+    rows = {r["algorithm"]: r for r in algorithm_costs(rc.cells.lstm(64, 128, 128), T=100, B=32).rows}
+    assert rows["SnAp-1"]["memory"] == 32 * 4 * (3 * 2 + 1) * (64 + 128 + 1) * 128
+    assert rows["SnAp-1"]["exact"] == "biased, online" and rows["SnAp-2"]["exact"] == "exact (RTRL's pattern)"
+    assert rows["BPTT"]["flops"] < rows["SnAp-1"]["flops"] < rows["UORO"]["flops"] * 10 < rows["RTRL"]["flops"]
 
 
 def test_cli_inspect_cost_lists_the_algorithms(capsys):

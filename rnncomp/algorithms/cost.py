@@ -28,10 +28,9 @@ from ..ops import matrix_ops
 from ..inspect.cost import FLOPS, _bytes, _si, cost, template_ops
 from ..show import TextShown
 from .restricted import RestrictedJacobian
-from .pattern import pattern, reach
-from .tangents import Directions
+from .pattern import entry_classes, pattern_classes, reach
 
-PATTERN_LIMIT = 20_000_000  # P·n_s entries up to which the cost table derives SnAp's patterns
+PATTERN_LIMIT = 20_000_000  # (classes of entries)·n_s up to which the cost table derives SnAp's patterns
 
 
 def _tangent_matvec(prog, node, K):
@@ -96,7 +95,8 @@ class AlgorithmCosts(TextShown):
 def algorithm_costs(cell, T: int = 1000, B: int = 32, dtype="float32", snap=(1, 2),
                     pattern_limit: int = PATTERN_LIMIT) -> AlgorithmCosts:
     """FLOPs and memory of BPTT, RTRL, SnAp-n (each n in ``snap``) and UORO for ``cell``
-    (SnAp's rows only while P·n_s ≤ ``pattern_limit``)."""
+    (SnAp's rows only while K·n_s ≤ ``pattern_limit``, K the classes of entries whose seeds
+    reach the same units: :func:`.pattern.entry_classes`)."""
     c = cost(cell, T, B, dtype)
     st, item = cell.step, c.itemsize
     P, N = c.n_params, sum(st.states.values())
@@ -109,28 +109,34 @@ def algorithm_costs(cell, T: int = 1000, B: int = 32, dtype="float32", snap=(1, 
             "exact": "exact, online"}
     out.rows.append(rtrl)
     imm_ts = tangent_step(st, states=False)
-    if P * N > pattern_limit:  # the patterns are P × n_s booleans per node: too big to count here
+    if snap:
+        classes = dirs, index = entry_classes(st, full)   # the patterns per class of entries (pattern.py)
+        w = np.bincount(index, minlength=dirs.K).astype(np.int64)   # entries per class
+    if snap and dirs.K * N > pattern_limit:  # P·n_s booleans per tangent node, K of them per class
         out.rows += [{"algorithm": f"SnAp-{n}", "flops": None, "memory": None,
-                      "exact": f"not counted: its pattern has P·n_s = {P * N:,} entries"} for n in snap]
+                      "exact": f"not counted: its pattern has {dirs.K:,} classes of entries × n_s = {N:,}"}
+                     for n in snap]
         snap = ()
-    else:
-        reachable = int(sum(v.sum() for v in pattern(st, None, full).values()))
-        dirs = Directions.dense(st)   # the entries the immediate term reaches, from J[t-1] = 0
-        first = reach(full, dirs, {s: np.zeros((dirs.K, k), dtype=bool) for s, k in st.states.items()})
-        imm = np.concatenate([first[s] for s in st.states], axis=1)
+    elif snap:
+        flat = lambda m: np.concatenate([m[s] for s in st.states], axis=1)  # noqa: E731  (K, N)
+        reachable = int(w @ flat(pattern_classes(st, None, full, classes)[0]).sum(axis=1))
+        # the entries the immediate term reaches, from J[t-1] = 0
+        imm = flat(reach(full, dirs, {s: np.zeros((dirs.K, k), dtype=bool) for s, k in st.states.items()}))
     for n in snap:
-        m = np.concatenate([pattern(st, n, full)[s] for s in st.states], axis=1)  # (P, N)
+        m = flat(pattern_classes(st, n, full, classes)[0])          # (K, N), class k standing for w[k] entries
         per_col = m.sum(axis=1).astype(np.int64)
-        exact = "exact (RTRL's pattern)" if per_col.sum() == reachable else "biased, online"
+        exact = "exact (RTRL's pattern)" if int(w @ per_col) == reachable else "biased, online"
         if matrix_ops(st.prog):  # rc.SnAp runs the dense executor: RTRL's step and J, then the mask
             out.rows.append({"algorithm": f"SnAp-{n}", "flops": rtrl["flops"] + P * N, "memory": rtrl["memory"],
                              "exact": f"{exact}; dense executor: matrix states"})
             continue
-        linked = np.nonzero((m.T.astype(np.float32) @ m.astype(np.float32)) > 0)  # D[u, v] SnAp reads
+        mf = m.astype(np.float32)
+        linked = np.nonzero((mf.T @ (mf * w[:, None].astype(np.float32))) > 0)  # D[u, v] SnAp reads
         jac = RestrictedJacobian(st, *linked).flops()
-        entries = 2 * int((per_col ** 2).sum()) + 2 * int((m & imm).sum()) + 2 * int(m.sum())
+        kept = int(w @ per_col)
+        entries = 2 * int(w @ per_col ** 2) + 2 * int(w @ (m & imm).sum(axis=1)) + 2 * kept
         flops = fwd + bwd + jac + tangent_flops(imm_ts, len(st.params)) + entries
-        out.rows.append({"algorithm": f"SnAp-{n}", "flops": flops, "memory": B * int(m.sum()) * item, "exact": exact})
+        out.rows.append({"algorithm": f"SnAp-{n}", "flops": flops, "memory": B * kept * item, "exact": exact})
     out.rows.append({"algorithm": "UORO", "flops": fwd + tangent_flops(tangent_step(st, params=()), 1) + 2 * bwd
                      + 6 * (N + P), "memory": B * (N + P) * item, "exact": "unbiased, noisy, online"})
     return out
