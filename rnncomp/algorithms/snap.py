@@ -20,6 +20,8 @@ reached.  Otherwise it is biased and cheaper: memory nnz(M) instead of n_s·P.
 """
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 
 from ..autodiff import backward_step
@@ -28,7 +30,7 @@ from ..backends.numpy import run_program
 from ..forward_mode import tangent_step
 from ..ops import matrix_ops
 from .base import Algorithm, check_memory
-from .pattern import reach, pattern
+from .pattern import entry_classes, reach, pattern
 from .restricted import RestrictedJacobian
 from .rtrl import DEFAULT_MAX_BYTES, checked_bytes
 from .rtrl import _Prepared as _RtrlPrepared
@@ -116,30 +118,33 @@ class _Sparse:
         full = np.concatenate([mask[s] for s in step.states], axis=1)  # (P, N)
         self.col, self.row = np.nonzero(full)                          # the stored entries, by column
         self.nnz = len(self.col)
+        self.ts, self.bwd = ts, backward_step(step)
+
+    @cached_property
+    def _tables(self):
+        """What the NumPy step reads, made on its first step (the native executor, which has a
+        plan of its own, begins here and never steps: an LSTM with 128 units took 5 s for them)."""
+        step, ts = self.st, self.ts
         # pairs (e_out, e_in) of entries in the same column: J[u, k] += D[u, v]·J[v, k]
-        starts = np.searchsorted(self.col, np.arange(self.layout.K + 1))
-        e_out, e_in = [], []
-        for k in range(self.layout.K):
-            idx = np.arange(starts[k], starts[k + 1])
-            if len(idx):
-                e_out.append(np.repeat(idx, len(idx)))
-                e_in.append(np.tile(idx, len(idx)))
-        self.e_out = np.concatenate(e_out) if e_out else np.zeros(0, int)
-        self.e_in = np.concatenate(e_in) if e_in else np.zeros(0, int)
+        count = np.bincount(self.col, minlength=self.layout.K)
+        first = np.repeat(np.cumsum(count) - count, count ** 2)        # each column's first entry
+        within = np.arange(int((count ** 2).sum())) - np.repeat(np.cumsum(count ** 2) - count ** 2, count ** 2)
+        size = np.repeat(count, count ** 2)
+        e_out, e_in = first + within // np.maximum(size, 1), first + within % np.maximum(size, 1)
         # the entries D[u, v] those pairs read, computed alone (restricted.py)
-        q, self.q_of_pair = np.unique(self.row[self.e_out] * self.N + self.row[self.e_in], return_inverse=True)
-        self.jac = RestrictedJacobian(step, q // self.N, q % self.N)
+        q, q_of_pair = np.unique(self.row[e_out] * self.N + self.row[e_in], return_inverse=True)
+        jac = RestrictedJacobian(step, q // self.N, q % self.N)
         # the immediate term: parameter columns with disjoint units share one direction
-        zero = {s: np.zeros((self.layout.K, k), dtype=bool) for s, k in step.states.items()}
-        imm = np.concatenate([reach(ts, self.layout, zero)[s] for s in step.states], axis=1)
+        dirs, classes = entry_classes(step, ts)
+        zero = {s: np.zeros((dirs.K, k), dtype=bool) for s, k in step.states.items()}
+        imm = np.concatenate([reach(ts, dirs, zero)[s] for s in step.states], axis=1)[classes]
         colour = colouring(imm)
-        self.imm_ts = tangent_step(step, states=False)
-        self.imm_dirs = Directions(int(colour.max()) + 1 if self.nnz and colour.max() >= 0 else 0,
-                                   {p: colour[o:o + self.layout.sizes[p]].reshape(np.shape(self.layout.column[p]))
-                                    for p, o in self.layout.offsets.items()},
-                                   self.layout.offsets, self.layout.sizes)
-        self.imm_colour = np.where(imm[self.col, self.row], colour[self.col], -1)
-        self.bwd = backward_step(step)
+        imm_dirs = Directions(int(colour.max()) + 1 if self.nnz and colour.max() >= 0 else 0,
+                              {p: colour[o:o + self.layout.sizes[p]].reshape(np.shape(self.layout.column[p]))
+                               for p, o in self.layout.offsets.items()},
+                              self.layout.offsets, self.layout.sizes)
+        imm_colour = np.where(imm[self.col, self.row], colour[self.col], -1)
+        return e_out, e_in, q_of_pair.reshape(-1), jac, tangent_step(step, states=False), imm_dirs, imm_colour
 
     def begin(self, params, states, learned, B, dtype):
         check_memory("SnAp's sensitivity entries (batch × stored entries)", self.st.name,
@@ -153,21 +158,22 @@ class _Sparse:
 
     def step(self, env, w, J):
         B, dt = len(w), J.dtype
+        e_out, e_in, q_of_pair, jac, imm_ts, imm_dirs, imm_colour = self._tables
         direct, dl = self._loss_grads(env, w, B, dt)
         g = direct + np.bincount(self.col, weights=(dl[:, self.row] * J).sum(axis=0), minlength=self.layout.K)
-        prod = self.jac.evaluate(env, B, dt)[:, self.q_of_pair] * J[:, self.e_in]
-        flat = (np.arange(B)[:, None] * self.nnz + self.e_out[None, :]).ravel()
+        prod = jac.evaluate(env, B, dt)[:, q_of_pair] * J[:, e_in]
+        flat = (np.arange(B)[:, None] * self.nnz + e_out[None, :]).ravel()
         new = np.bincount(flat, weights=prod.ravel(), minlength=B * self.nnz).reshape(B, self.nnz).astype(dt)
-        if self.imm_dirs.K:
-            tan = run_tangents(self.imm_ts.prog, env, {}, self.imm_dirs, B, dt)
-            imm = np.zeros((B, self.imm_dirs.K, self.N), dtype=dt)
+        if imm_dirs.K:
+            tan = run_tangents(imm_ts.prog, env, {}, imm_dirs, B, dt)
+            imm = np.zeros((B, imm_dirs.K, self.N), dtype=dt)
             for s, n in self.st.states.items():
-                k = self.imm_ts.out[s]
+                k = imm_ts.out[s]
                 if k is not None:
                     o = self.state_off[s]
                     imm[:, :, o:o + n] = tan[k]
-            has = self.imm_colour >= 0
-            new[:, has] += imm[:, self.imm_colour[has], self.row[has]]
+            has = imm_colour >= 0
+            new[:, has] += imm[:, imm_colour[has], self.row[has]]
         return g, new
 
     def _loss_grads(self, env, w, B, dt):

@@ -36,8 +36,8 @@ import sympy as sp
 from ..backends.numpy import ew_function
 from ..forward_mode import is_tangent_param, tangent_of, tangent_step
 from ..ir import placeholder
-from .pattern import STRUCTURE
-from .restricted import kept_entries
+from .pattern import STRUCTURE, entry_classes
+from .restricted import Positions, expand_rows, kept_entries
 from .tangents import Directions
 
 
@@ -66,19 +66,24 @@ class SparsePlan:
     def __init__(self, step, mask, ts=None, by_state=False):
         self.st = step
         ts = self.ts = ts or tangent_step(step)
-        dirs = self.dirs = Directions.dense(step)
-        K = dirs.K
+        self.dirs = Directions.dense(step)
         offs = np.cumsum([0] + list(step.states.values()))
         self.state_off = dict(zip(step.states, offs[:-1]))
         self.N = int(offs[-1])
         full = np.concatenate([mask[s] for s in step.states], axis=1)   # (P, N)
-        self.col, self.row = np.nonzero(full)                           # the stored entries
-        state = np.searchsorted(offs, self.row, side="right")
-        self.perm = np.argsort(state, kind="stable") if by_state else np.arange(len(self.col))
-        self.col, self.row = self.col[self.perm], self.row[self.perm]
+        col, row = np.nonzero(full)                                     # the stored entries
+        state = np.searchsorted(offs, row, side="right")
+        self.perm = np.argsort(state, kind="stable") if by_state else np.arange(len(col))
+        self.col, self.row = col[self.perm], row[self.perm]
         self.nnz = len(self.col)
-        stored = np.full(full.shape, -1)
-        stored[self.col, self.row] = np.arange(self.nnz)
+        stored = Positions(col, row, self.N, np.argsort(self.perm))   # (k, unit) -> its place in J
+        # the reach and need of each node per class of entries with one pattern (pattern.py)
+        dirs, classes = entry_classes(step, ts)
+        first = np.unique(classes, return_index=True)[1]
+        if not all(np.array_equal(mask[s][first][classes], mask[s]) for s in step.states):
+            dirs, classes, first = self.dirs, None, slice(None)   # a mask of another shape: per entry
+        mask = {s: mask[s][first] for s in step.states}
+        K = dirs.K
         prog = ts.prog
         seed_state = {k: s for s, k in ts.state_seeds.items()}
         sizes = {k: n.size for k, n in prog.nodes.items()}
@@ -102,7 +107,7 @@ class SparsePlan:
         for s, k in ts.out.items():                    # a kept entry, then what it reads
             if k is not None:
                 need[k] |= mask[s]
-        self.entries, index = kept_entries(prog, sup, need, sizes)
+        self.entries, index = kept_entries(prog, sup, need, sizes, classes)
         self.order = [k for k in prog.nodes if len(self.entries[k][0])]
         self.terms = {key: self._terms(key, prog.nodes[key], index, stored, seed_state, sizes) for key in self.order}
         self.out = []   # per state: (node, positions in its entries, stored positions)
@@ -110,7 +115,7 @@ class SparsePlan:
             if k is None:
                 continue
             o = self.state_off[s]
-            cols, units = np.nonzero(mask[s])
+            cols, units = np.nonzero(mask[s]) if classes is None else expand_rows(mask[s], classes)
             src = index[k][cols, units]
             ok = src >= 0                                # the others stay 0: never reached
             self.out.append((k, src[ok], stored[cols[ok], units[ok] + o]))
