@@ -17,7 +17,7 @@ import numpy as np
 from ..initializers import init_all, specs as init_specs
 from ..show import TextShown
 from .validate import _array, _check_names
-from .vjp import Gradients
+from .vjp import Gradients, own
 
 #: What a compiled model says about itself, read through to the wrapped one (docs/memory.md,
 #: docs/inspect.md); a name its backend does not offer is an AttributeError naming the backend.
@@ -83,7 +83,9 @@ class DerivedModel(TextShown):
     def forward(self, params, inputs, h0=None, *, keep=False, **kw):
         checked, full = self._full(params)
         out = self.inner.forward(full, inputs, h0, keep=keep, **kw)
-        return _Kept(self, checked, out) if keep else out
+        # a kept forward's backward pulls the gradients back through the declared parameters:
+        # it owns copies of them, as the inner kept forward owns its arguments (vjp.owned)
+        return _Kept(self, own(checked), out) if keep else out
 
     def forward_keep(self, params, inputs, h0=None, **kw):
         return self.forward(params, inputs, h0, keep=True, **kw)
