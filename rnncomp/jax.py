@@ -100,14 +100,9 @@ class Recurrent:
             finally:
                 k.free()
 
-        def where(flat):
-            """Where the arguments are, for an FFI call.  Its arrays are views of XLA's buffers,
-            valid during the call only, and a kept forward reads its arguments (parameters,
-            inputs) where the forward found them: its backward may run only on arguments at the
-            same addresses (then the same values: the backward's are the forward's, saved).
-            pure_callback's arrays hold their buffers (the kept call keeps them): no check."""
-            return tuple(a.ctypes.data for a in flat[:at]) if ffi else None
-
+        # An FFI call's arrays are views of XLA's buffers, valid during the call only; a kept
+        # forward owns copies of its arguments (``vjp.owned``), so its backward may run wherever
+        # XLA put the backward's own arguments (inside lax.scan or vmap they are always elsewhere)
         def host_keep(flat, rets):
             k = model.forward(*args(flat), keep=True, check_finite=False)
             try:
@@ -115,14 +110,11 @@ class Recurrent:
             except BaseException:
                 k.free()
                 raise
-            rets[-1][...] = kept.put(k, where(flat))
+            rets[-1][...] = kept.put(k)
 
         def host_taken_vjp(flat, rets):
-            k, at_forward = kept.take(int(flat[at]))
-            if k is not None and at_forward != where(flat):  # XLA moved the arguments
-                k.free()
-                k = None
-            if k is None:  # evicted, taken by an earlier backward of the same residual, or moved
+            k, _ = kept.take(int(flat[at]))
+            if k is None:  # evicted, or taken by an earlier backward of the same residual
                 host_vjp(flat, rets)
             else:
                 backward_of(k, flat, rets)
@@ -227,8 +219,7 @@ class Recurrent:
         if T == 0 or B == 0:   # checked here: inside the host call it would surface as XLA's internal error
             raise CallError(f"cell {st.name!r}: inputs have T = {T}, B = {B}: an empty sequence or batch has "
                             "nothing to run")
-        # as JAX arrays: a NumPy array is copied to XLA at each call, so the backward of a kept
-        # forward would find its arguments moved and run the forward again (backward="kept")
+        # as JAX arrays: a NumPy array would be copied to XLA at each host call
         ps = tuple(jnp.asarray(self._checked(f"params[{p!r}]", params[p], s if isinstance(s, tuple) else (s,)))
                    for p, s in st.params.items())
         inputs = tuple(jnp.asarray(self._checked(f"inputs[{n!r}]", xs[n], (T, B, s))) for n, s in st.inputs.items())
