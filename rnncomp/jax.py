@@ -170,9 +170,11 @@ class Recurrent:
         return (f"<rnncomp.jax layer of cell {st.name!r} on {self.model.backend}, {self.model.dtype}, "
                 f"output={self.output!r}, backward={self.backward!r}>")
 
-    def init_params(self, seed: int = 0) -> dict:
-        """The cell's parameters from its initialisers, as JAX arrays of the layer's dtype."""
-        return {n: jnp.asarray(a) for n, a in self.model.init_params(seed).items()}
+    def init_params(self, seed=0) -> dict:
+        """The cell's parameters from its initialisers, as JAX arrays of the layer's dtype;
+        ``seed``: an int, or a JAX PRNG key (``jax.random.key(0)``, ``jax.random.PRNGKey(0)``),
+        from whose bits an int seed is drawn (deterministic in the key)."""
+        return {n: jnp.asarray(a) for n, a in self.model.init_params(_seed(seed, self.model.step.name)).items()}
 
     def _checked(self, what, a, shape):
         st, dt = self.model.step, self.model.dtype
@@ -243,6 +245,22 @@ class Recurrent:
                               lambda xs, hs: self._core(ps, tuple(xs), tuple(hs)), JAX_OPS)
         outs = dict(zip(st.outputs, outs))
         return (outs if self.output is None else outs[self.output]), dict(zip(st.states, final))
+
+
+def _seed(seed, name: str):
+    """``init_params``'s seed as what the initialisers take (an int, or None: fresh entropy):
+    a JAX PRNG key, typed or raw (uint32), becomes an int drawn from its bits; NumPy's own
+    error for a key ("SeedSequence expects int ...") did not say what to pass."""
+    if isinstance(seed, jax.core.Tracer):
+        raise CallError(f"cell {name!r}: init_params runs on the host (NumPy initialisers): call it outside "
+                        "jax.jit and other transformations")
+    if isinstance(seed, jax.Array) and (jnp.issubdtype(seed.dtype, jax.dtypes.prng_key) or seed.dtype == jnp.uint32):
+        bits = jax.random.key_data(seed) if jnp.issubdtype(seed.dtype, jax.dtypes.prng_key) else seed
+        return int(np.random.SeedSequence(np.asarray(bits).ravel().tolist()).generate_state(1)[0])
+    if seed is None or (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0):
+        return seed
+    raise CallError(f"cell {name!r}: init_params takes a seed (an int >= 0) or a JAX PRNG key "
+                    f"(jax.random.key(0)), got {seed!r}")
 
 
 def _host_caller(owner, ffi: bool):

@@ -183,6 +183,25 @@ def test_bad_calls_are_named():
         layer(p, x)
 
 
+def test_init_params_takes_a_jax_prng_key():
+    """A JAX user's seed is a key (found by a probe: ``init_params(jax.random.PRNGKey(0))`` was
+    NumPy's "SeedSequence expects int or sequence of ints", naming neither the call nor what
+    to pass).  A typed or raw key gives an int seed drawn from its bits: the same parameters
+    for the same key, others for another; anything else that is no seed is named."""
+    layer = rc.jax.recurrent(rc.cells.gru(3, 4, 2), output="y", dtype="float64")
+    typed, raw = layer.init_params(jax.random.key(7)), layer.init_params(jax.random.PRNGKey(7))
+    assert set(typed) == set(layer.model.step.params)
+    for n in typed:
+        assert typed[n].dtype == np.float64 and np.array_equal(typed[n], raw[n]), n
+    assert not np.array_equal(typed["Wz"], layer.init_params(jax.random.key(8))["Wz"])
+    assert np.array_equal(layer.init_params(3)["Wz"], layer.model.init_params(3)["Wz"])  # an int: as before
+    for bad in (1.5, -1, "0"):
+        with pytest.raises(CallError, match=r"init_params takes a seed \(an int >= 0\) or a JAX PRNG key"):
+            layer.init_params(bad)
+    with pytest.raises(CallError, match="init_params runs on the host"):
+        jax.jit(layer.init_params)(jax.random.key(0))
+
+
 def test_nan_goes_through_like_any_jax_op():
     """No exception inside the callback (undefined behaviour in JAX): NaN in, NaN out."""
     cell = rc.cells.elman(3, 4, 2)
