@@ -122,7 +122,10 @@ class HostFunctions:
         fn = self._fns.get(key)
         if fn is None:
             raise CallError(f"rnncomp host function {key} no longer exists: the layer that made it was "
-                            "garbage-collected before this call (keep the layer alive until its backward has run)")
+                            "garbage-collected before this call. A compiled JAX function holds this key, not "
+                            "the layer (a layer made inside a jitted function dies once it is traced): make "
+                            "the layer once, outside jax.jit, and keep it alive while the functions that call "
+                            "it, and the backwards of their calls, may run")
         return fn
 
 

@@ -202,6 +202,24 @@ def test_init_params_takes_a_jax_prng_key():
         jax.jit(layer.init_params)(jax.random.key(0))
 
 
+def test_a_layer_made_inside_jit_is_named_with_the_way_out():
+    """A layer made inside a jitted function dies once traced: the compiled function holds only
+    the key of its host functions (found by a probe, where even the forward failed with "keep
+    the layer alive until its backward has run").  The message says to make the layer outside."""
+    cell = rc.cells.elman(3, 4, 2)
+    x = np.zeros((3, 2, 3))
+    params = rc.jax.recurrent(cell, output="y", dtype="float64").init_params()
+
+    @jax.jit
+    def inside(p, x):
+        return rc.jax.recurrent(cell, output="y", dtype="float64")(p, x)[0].sum()
+    with pytest.raises(Exception, match=r"(?s)no longer exists.*a layer made inside a jitted function dies "
+                                        r"once it is traced.*make the layer once, outside jax.jit"):
+        jax.block_until_ready(inside(params, x))
+    layer = rc.jax.recurrent(cell, output="y", dtype="float64")  # the way out: made outside
+    assert np.isfinite(float(jax.jit(lambda p, x: layer(p, x)[0].sum())(params, x)))
+
+
 def test_nan_goes_through_like_any_jax_op():
     """No exception inside the callback (undefined behaviour in JAX): NaN in, NaN out."""
     cell = rc.cells.elman(3, 4, 2)
