@@ -237,7 +237,8 @@ class Recurrent:
         if lengths is None:
             outs, final = self._core(ps, inputs, tuple(states))
         else:
-            if isinstance(lengths, jax.core.Tracer):
+            # a list or tuple passed through jax.jit arrives as a list of tracers
+            if any(isinstance(n, jax.core.Tracer) for n in jax.tree_util.tree_leaves(lengths)):
                 raise CallError(f"cell {st.name!r}: lengths must be static (Python ints or a NumPy array), "
                                 "not a traced value: pass them from outside jax.jit, or as a static argument")
             run = padded_runner(st)

@@ -279,6 +279,20 @@ def test_lengths_of_a_padded_batch_match_one_call_per_sequence(backward):
         layer(params, xs, lengths=[0, 6, 1, 3])
 
 
+def test_lengths_given_to_jit_as_a_list_are_named():
+    """``jax.jit(layer)(p, x, lengths=[2, 4])``: jit makes each int of a list or tuple a tracer
+    (found by a probe: NumPy's TracerArrayConversionError from inside the layer, where an
+    array of lengths got the named error).  Closed over, or static, they still run."""
+    layer = rc.jax.recurrent(rc.cells.elman(3, 4, 2), output="y", dtype="float64")
+    params, x = layer.init_params(), np.ones((4, 2, 3))
+    for lengths in ([2, 4], (2, 4)):
+        with pytest.raises(CallError, match=r"lengths must be static .* not a traced value"):
+            jax.jit(layer)(params, x, lengths=lengths)
+    want = layer(params, x, lengths=[2, 4])
+    got = jax.jit(layer, static_argnames="lengths")(params, x, lengths=(2, 4))
+    _close(got[0], np.asarray(want[0]), "outputs")
+
+
 def test_an_eager_kept_backward_with_numpy_inputs_uses_its_kept_forward(monkeypatch):
     """backward="kept" with NumPy arrays, eagerly (found by a probe): each host call got its own
     copy of x, so the backward found its arguments moved and ran model.vjp -- the forward again
