@@ -161,6 +161,18 @@ def test_rtrl_memory_limit_names_the_sizes():
 
 
 # ----------------------------------------------------------------------------- SnAp
+def test_dense_snap_memory_limit_says_it_is_snap_running_rtrls_sensitivity():
+    """SnAp(2) of Elman keeps every one of RTRL's entries (its pattern is full after two
+    steps), so it runs the dense executor: the limit's message named only RTRL before."""
+    cell = rc.cells.elman(2, 8, 1)
+    params, x, y = random_data(cell, T=2, B=4, seed=0)
+    P = sum(v.size for v in params.values())
+    kept = (8 * 2 + 8 * 8 + 8) * 8   # W, U, b reach every unit in two steps; V, by none
+    with pytest.raises(SensitivityMemoryError, match=rf"cell 'elman': rc.SnAp\(2\) keeps {kept:,} of RTRL's "
+                       rf"{P * 8:,} entries per sample here, so it runs the dense executor.*4 × {P} × 8 values"):
+        sequence_grad(rc.SnAp(2, sparse=False, max_bytes=1000), cell, params, x, y)
+
+
 from rnncomp.algorithms import SnAp, UORO  # noqa: E402
 from rnncomp.algorithms.pattern import pattern
 from rnncomp.algorithms.snap import colouring  # noqa: E402

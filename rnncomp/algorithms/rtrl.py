@@ -43,6 +43,8 @@ class RTRL(Algorithm):
 
 
 class _Prepared:
+    what = "RTRL's sensitivity ∂state/∂θ"   # in the memory check's message
+
     def __init__(self, step, max_bytes):
         self.st, self.max_bytes = step, max_bytes
         self.ts = tangent_step(step)
@@ -50,7 +52,7 @@ class _Prepared:
 
     def begin(self, params, states, learned, B, dtype):
         st, K = self.st, self.dirs.K
-        check_memory("RTRL's sensitivity ∂state/∂θ (batch × parameters × state units)", st.name,
+        check_memory(f"{self.what} (batch × parameters × state units)", st.name,
                      (B, K, sum(st.states.values())), np.dtype(dtype).itemsize, self.max_bytes)
         J = {}
         for s, n in st.states.items():

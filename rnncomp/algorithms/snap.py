@@ -77,6 +77,9 @@ class _Dense(_RtrlPrepared):
     def __init__(self, step, n, max_bytes):
         super().__init__(step, max_bytes)
         self.mask = pattern(step, n, self.ts)
+        kept = sum(int(m.sum()) for m in self.mask.values())
+        self.what = (f"rc.SnAp({n}) keeps {kept:,} of RTRL's {self.dirs.K * sum(step.states.values()):,} "
+                     "entries per sample here, so it runs the dense executor, whose sensitivity ∂state/∂θ")
 
     def begin(self, params, states, learned, B, dtype):
         return {s: J * self.mask[s] for s, J in super().begin(params, states, learned, B, dtype).items()}
