@@ -28,6 +28,8 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without jax installed
     raise ImportError("rnncomp.jax needs JAX: pip install 'rnncomp[jax]'") from e
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from .errors import CallError
@@ -201,13 +203,15 @@ class Recurrent:
         if self.model.dtype == np.float64 and not jax.config.jax_enable_x64:
             raise CallError(f"cell {st.name!r}: the layer is float64 but JAX runs in float32: enable "
                             "float64 with jax.config.update('jax_enable_x64', True)")
-        if not isinstance(params, dict):
+        if not isinstance(params, Mapping):   # a dict, or a mapping (flax's FrozenDict)
             raise CallError(f"cell {st.name!r}: params must be a dict of arrays keyed by the cell's "
                             f"parameters ({', '.join(map(repr, st.params))}), got {type(params).__name__}")
-        missing = [p for p in st.params if p not in params]
+        missing, unknown = [p for p in st.params if p not in params], sorted(set(params) - set(st.params), key=str)
         if missing:
-            raise CallError(f"cell {st.name!r}: params lacks {', '.join(map(repr, missing))}")
-        unknown = sorted(set(params) - set(st.params))
+            inner = [k for k in unknown if isinstance(params[k], Mapping) and set(st.params) <= set(params[k])]
+            has = f"; it has {', '.join(map(repr, unknown))} instead" if unknown else ""
+            raise CallError(f"cell {st.name!r}: params lacks {', '.join(map(repr, missing))}{has}"
+                            + (f" (the cell's parameters are in params[{inner[0]!r}]: pass that)" if inner else ""))
         if unknown:  # otherwise ignored: jax.grad would give it a zero gradient without a word
             raise CallError(f"cell {st.name!r}: unknown params {', '.join(map(repr, unknown))}; "
                             f"expected {', '.join(map(repr, st.params))}")

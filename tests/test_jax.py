@@ -160,6 +160,16 @@ def test_training_with_jax_grad_decreases_the_loss():
     assert loss(p)[0] < 0.3 * first, (first, loss(p)[0])
 
 
+def test_params_may_be_any_mapping():
+    """flax's FrozenDict and other read-only mappings: the same results as a dict (they were
+    refused: 'params must be a dict')."""
+    import types
+    layer = rc.jax.recurrent(rc.cells.elman(3, 4, 2), dtype="float64")
+    p, x = layer.init_params(0), np.ones((5, 2, 3))
+    got, want = layer(types.MappingProxyType(p), x), layer(p, x)
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda u, v: bool((u == v).all()), got, want))
+
+
 def test_bad_calls_are_named():
     cell = rc.cells.lstm(3, 4, 2)
     layer = rc.jax.recurrent(cell, output="y", dtype="float64")
@@ -175,6 +185,9 @@ def test_bad_calls_are_named():
         layer({k: v for k, v in p.items() if k != "Wi"}, x)
     with pytest.raises(CallError, match=r"unknown params 'Wii'; expected 'Wi', "):
         layer({**p, "Wii": p["Wi"]}, x)
+    with pytest.raises(CallError, match=r"params lacks 'Wi', .*; it has 'emb', 'rnn' instead \(the cell's "
+                                        r"parameters are in params\['rnn'\]: pass that\)"):
+        layer({"rnn": p, "emb": np.zeros(3)}, x)   # a model's whole parameter tree
     with pytest.raises(CallError, match=r"inputs must be \(T, B, n\) arrays, got shape \(2, 3\)"):
         layer(p, x[0])
     with pytest.raises(CellError, match=r"output='h'\) names no output.*'h' is a state"):
