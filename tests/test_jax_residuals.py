@@ -112,6 +112,33 @@ def test_gradients_match_jax_scan_of_the_same_cell(name, B, backward):
     assert len(layer.model.residual_shapes(6, B)) > 0  # "kept" and "residuals" ran their backward on some
 
 
+@pytest.mark.parametrize("backward", rc.jax.BACKWARDS)
+@pytest.mark.parametrize("name, ffi", [("elman", True), ("gru", True), ("lstm", True), ("lstm", False)],
+                         ids=["elman", "gru", "lstm", "lstm-pure_callback"])
+def test_an_inf_or_nan_cotangent_flows_through_as_in_jax_scan(name, ffi, backward):
+    """An inf or NaN cotangent reaches the layer's backward (``(y * jnp.inf).sum()``, an
+    overflowing loss) as it reaches any JAX op: no error, and the gradients are non-finite
+    exactly where the lax.scan's are, the finite ones equal.  (Where lax.scan has NaN the layer
+    may have ±inf: JAX's tanh rule computes g + g·tanh(u) before multiplying by 1 − tanh(u),
+    ∞ − ∞ for an infinite g, where the layer, as PyTorch's loop, computes g·(1 − tanh²u).)"""
+    cell, params, x, h0, dy, d_fin = _problem(name, 5, 3, 0)
+    model = rc.compile(cell, backend="native", dtype="float64")
+    layer = rc.jax.Recurrent(model, "y", backward, _ffi=ffi)
+    spoiled = [(dy * np.inf, d_fin), (dy.copy(), {s: v.copy() for s, v in d_fin.items()})]
+    spoiled[1][0][4, 0, 0], spoiled[1][0][2, 1, 1], spoiled[1][1]["h"][0, 0] = np.inf, np.nan, -np.inf
+    for dy_, d_fin_ in spoiled:
+        got = jax.jit(jax.grad(_weighted(layer, dy_, d_fin_), argnums=(0, 1, 2)))(params, x, h0)
+        want = jax.grad(_weighted(scan_layer(name), dy_, d_fin_), argnums=(0, 1, 2))(params, x, h0)
+        for path, a in jax.tree_util.tree_leaves_with_path(got):
+            b = want
+            for k in path:
+                b = b[k.key if hasattr(k, "key") else k.idx]
+            a, b = np.asarray(a), np.asarray(b)
+            assert (np.isfinite(a) == np.isfinite(b)).all(), jax.tree_util.keystr(path)
+            if np.isfinite(b).any():
+                _close(a[np.isfinite(b)], b[np.isfinite(b)], jax.tree_util.keystr(path))
+        assert not np.isfinite(np.asarray(got[0]["W" if name == "elman" else "Wz" if name == "gru" else "Wi"])).all()
+
 def _count_entries(monkeypatch, model):
     """Counts of the native forward and backward entry calls of ``model`` and its VJP variants."""
     calls = {"forward": 0, "backward": 0}

@@ -397,6 +397,77 @@ def test_bad_cotangents_are_named(backend):
         rc.compile(nl, backend=backend).vjp(nl.init_params(seed=0), x, targets={"t": np.zeros((4, 2, 2))})
 
 
+def _same_nonfinite(got, want, what):
+    """NaN where ``want`` has NaN, ±inf where it has ±inf, and the finite entries equal to rounding."""
+    got, want = np.asarray(got), np.asarray(want)
+    for test in (np.isnan, np.isposinf, np.isneginf):
+        assert (test(got) == test(want)).all(), f"{what}: {test.__name__} differs"
+    fin = np.isfinite(want)
+    assert np.allclose(got[fin], want[fin], rtol=1e-10, atol=1e-12), what
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the NumPy oracle's invalid-value warnings
+@pytest.mark.parametrize("backend", ["numpy", "native", "ptx"])
+def test_a_nonfinite_cotangent_is_refused_unless_the_forward_said_check_finite_false(backend):
+    """rnncomp's own calls refuse an inf or NaN cotangent by name (vjp, a kept forward's
+    backward, one made by kept_from); a forward called with check_finite=False (what the
+    PyTorch and JAX layers call) lets it through, as the oracle of the unfolded graph does."""
+    cell = rc.cells.lstm(2, 3, 2)
+    m = rc.compile(cell, backend=backend, **({"runner": "host"} if backend == "ptx" else {}))
+    params = cell.init_params(seed=0)
+    x = {"x": np.random.default_rng(0).normal(size=(4, 2, 2))}
+    dy = np.random.default_rng(1).normal(size=(4, 2, 2))
+    dy[3, 0, 0], dy[1, 1, 1] = np.inf, np.nan
+    d_fin = {"c": np.zeros((2, 3))}
+    d_fin["c"][0, 2] = -np.inf
+    for kw, msg in ((dict(d_outputs={"y": dy}), r"cell 'lstm': d_outputs\['y'\] contains nan at index \(1, 1, 1\)"),
+                    (dict(d_final=d_fin), r"cell 'lstm': d_final\['c'\] contains -inf at index \(0, 2\)")):
+        with pytest.raises(CallError, match=msg):
+            m.vjp(params, x, **kw)
+        with pytest.raises(CallError, match=msg):
+            m.forward(params, x, keep=True).backward(**kw)
+        k = m.forward(params, x, keep=True)
+        with pytest.raises(CallError, match=msg):
+            m.kept_from(k.residuals(), params, x).backward(**kw)
+    _, grads, d_in, d_h0 = unrolled_vjp(cell, params, x, d_outputs={"y": dy}, d_final=d_fin, check_finite=False)
+    k = m.forward(params, x, keep=True, check_finite=False)
+    for how, res in (("vjp", m.vjp(params, x, d_outputs={"y": dy}, d_final=d_fin, check_finite=False)),
+                     ("kept", k.backward(d_outputs={"y": dy}, d_final=d_fin)),
+                     ("kept_from", m.kept_from(k.residuals(), params, x, check_finite=False).backward(
+                         d_outputs={"y": dy}, d_final=d_fin))):
+        for n in grads:
+            _same_nonfinite(res.params[n], grads[n], f"{how}: params[{n!r}]")
+        _same_nonfinite(res.inputs["x"], d_in["x"], f"{how}: inputs['x']")
+        for s in d_h0:
+            _same_nonfinite(res.h0[s], d_h0[s], f"{how}: h0[{s!r}]")
+    assert np.isnan(res.params["Wi"]).all() and np.isfinite(res.inputs["x"]).any()  # it flowed through
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the NumPy oracle's invalid-value warnings
+@pytest.mark.parametrize("comp", ["stack", "bidirectional"])
+def test_a_composition_refuses_a_nonfinite_cotangent_unless_its_forward_said_check_finite_false(comp):
+    """As a cell's (above), for a stack and a bidirectional layer: native against NumPy."""
+    cells = lambda: (rc.Stack([rc.cells.elman(2, 3, 3), rc.cells.gru(3, 3, 2)]) if comp == "stack"  # noqa: E731
+                     else rc.Bidirectional(rc.cells.lstm(2, 3, 2)))
+    models = [rc.compile(cells(), backend=b) for b in ("numpy", "native")]
+    params = models[0].init_params(seed=0)
+    x = {"x": np.random.default_rng(0).normal(size=(4, 2, 2))}
+    (out, y), = models[0].forward(params, x)[0].items()
+    dy = np.random.default_rng(1).normal(size=y.shape)
+    dy[3, 0, 0], dy[0, 1, 1] = np.inf, -np.inf
+    with pytest.raises(CallError, match=r"d_outputs\['%s'\] contains -inf at index \(0, 1, 1\)" % out):
+        models[1].vjp(params, x, d_outputs={out: dy})
+    with pytest.raises(CallError, match="contains -inf"):
+        models[1].forward(params, x, keep=True).backward(d_outputs={out: dy})
+    want, got = (m.forward(params, x, keep=True, check_finite=False).backward(d_outputs={out: dy}) for m in models)
+    assert any(np.isnan(g).any() for g in want.params.values())  # the inf reached the parameters
+    for n in want.params:
+        _same_nonfinite(got.params[n], want.params[n], f"params[{n!r}]")
+    _same_nonfinite(got.inputs["x"], want.inputs["x"], "inputs['x']")
+    vjp = models[1].vjp(params, x, d_outputs={out: dy}, check_finite=False)
+    for n in want.params:
+        _same_nonfinite(vjp.params[n], want.params[n], f"vjp: params[{n!r}]")
+
 def test_explain_prints_the_input_and_output_cotangents():
     cell = rc.cells.elman(8, 32, 4)
     text = rc.explain(cell, wrt="inputs", d_outputs=True).backward_text()

@@ -348,7 +348,7 @@ def unrolled_loss_and_grad(cell, params, inputs, targets=None, h0=None, mask=Non
 
 
 def unrolled_vjp(cell, params, inputs, h0=None, d_outputs=None, d_final=None, targets=None, mask=None,
-                 wrt=None, dtype="float64"):
+                 wrt=None, dtype="float64", check_finite=True):
     """:meth:`NumpyModel.vjp` from the *unfolded* graph and one reverse walk over it (no loop,
     no carried adjoints): the independent reference for the rolled VJP step.
 
@@ -358,16 +358,16 @@ def unrolled_vjp(cell, params, inputs, h0=None, d_outputs=None, d_final=None, ta
     derived = _derived_weights(cell)
     if derived is not None:  # as unrolled_loss_and_grad
         dt = np.dtype(dtype)
-        loss, grads, d_in, d_h0 = unrolled_vjp(derived.plain, derived.expand(params, dt), inputs, h0, d_outputs,
-                                               d_final, targets, mask, wrt, dtype)
+        loss, grads, d_in, d_h0 = unrolled_vjp(derived.plain, derived.expand(params, dt, check_finite), inputs, h0,
+                                               d_outputs, d_final, targets, mask, wrt, dtype, check_finite)
         return loss, derived.pullback(params, grads, dt), d_in, d_h0
     st, dt = cell.step, np.dtype(dtype)
     if targets is None:
-        call, w = check_forward_call(st, dt, params, inputs, None, h0), None
+        call, w = check_forward_call(st, dt, params, inputs, None, h0, check_finite=check_finite), None
     else:
-        call = check_call(st, dt, params, inputs, targets, h0, mask, need_targets=True)
+        call = check_call(st, dt, params, inputs, targets, h0, mask, need_targets=True, check_finite=check_finite)
         w = step_weights(call, dt)
-    d_out, d_fin = check_cotangents(st, dt, call.T, call.B, d_outputs, d_final)
+    d_out, d_fin = check_cotangents(st, dt, call.T, call.B, d_outputs, d_final, check_finite)
     cot = Cotangents(loss=w is not None, outputs=tuple(d_out), inputs=resolve_wrt(st, wrt), final=True)
     u = unrolled(st, call.T, cot)
     env = _unrolled_env(st, call, dt)

@@ -80,9 +80,9 @@ def resolve_wrt(step, wrt) -> tuple:
     return tuple(n for n in step.inputs if n in names)
 
 
-def _checked_dict(step, kind, given, expected: dict, shape_of, dtype):
-    """``given`` as {name: contiguous array}: known names, right shapes and dtype, finite;
-    None values dropped (a zero cotangent)."""
+def _checked_dict(step, kind, given, expected: dict, shape_of, dtype, check_finite=True):
+    """``given`` as {name: contiguous array}: known names, right shapes and dtype, finite
+    (unless ``check_finite`` is false); None values dropped (a zero cotangent)."""
     if given is None:
         return {}
     if not isinstance(given, dict):
@@ -94,15 +94,18 @@ def _checked_dict(step, kind, given, expected: dict, shape_of, dtype):
         raise CallError(f"cell {step.name!r}: {kind} names {', '.join(map(repr, unknown))}, which "
                         f"{'is' if len(unknown) == 1 else 'are'} not a{'n' if what == 'output' else ''} "
                         f"{what} of the cell; {what}s: {', '.join(map(repr, expected)) or 'none'}")
-    return {n: _array(step.name, f"{kind}[{n!r}]", a, shape_of(n), dtype, True)
+    return {n: _array(step.name, f"{kind}[{n!r}]", a, shape_of(n), dtype, check_finite)
             for n, a in given.items() if a is not None}
 
 
-def check_cotangents(step, dtype, T, B, d_outputs, d_final):
-    """Validated external cotangents: ({output: (T, B, n)}, {state: (B, n)})."""
+def check_cotangents(step, dtype, T, B, d_outputs, d_final, check_finite=True):
+    """Validated external cotangents: ({output: (T, B, n)}, {state: (B, n)}).  A NaN or inf
+    in one is a CallError unless ``check_finite`` is false (the forward's: a framework layer
+    lets them flow through, as its own ops do, for its GradScaler or anomaly mode to see)."""
     d_out = _checked_dict(step, "d_outputs", d_outputs, step.outputs,
-                          lambda n: (T, B, step.outputs[n]), dtype)
-    d_fin = _checked_dict(step, "d_final", d_final, step.states, lambda n: (B, step.states[n]), dtype)
+                          lambda n: (T, B, step.outputs[n]), dtype, check_finite)
+    d_fin = _checked_dict(step, "d_final", d_final, step.states, lambda n: (B, step.states[n]), dtype,
+                          check_finite)
     return d_out, d_fin
 
 
@@ -116,10 +119,11 @@ class Kept:
     nothing is recomputed unless a ``memory=`` schedule said not to keep every step), also
     from several threads (they take turns: the kept buffers are one set).
     :meth:`free` (or dropping the object) gives the kept buffers back; a backward after
-    :meth:`free` is an error."""
+    :meth:`free` is an error.  The backward checks its cotangents as the forward checked its
+    arguments: finite unless the forward had ``check_finite=False``."""
 
-    def __init__(self, model, state, outputs, final, loss, cot, T, B):
-        self._model, self._state = model, state
+    def __init__(self, model, state, outputs, final, loss, cot, T, B, check_finite=True):
+        self._model, self._state, self._check_finite = model, state, check_finite
         self._lock = threading.Lock()
         self.outputs, self.final, self.loss = outputs, final, loss
         self.cot, self.T, self.B = cot, T, B
@@ -142,7 +146,7 @@ class Kept:
         if self._state is None:
             raise CallError(f"cell {st.name!r}: backward on a forward whose buffers were freed "
                             "(call forward(..., keep=True) again)")
-        d_out, d_fin = check_cotangents(st, model.dtype, self.T, self.B, d_outputs, d_final)
+        d_out, d_fin = check_cotangents(st, model.dtype, self.T, self.B, d_outputs, d_final, self._check_finite)
         missing = [o for o in d_out if o not in self.cot.outputs]
         if missing:
             raise CallError(f"cell {st.name!r}: d_outputs for {', '.join(map(repr, missing))}, but this "
@@ -229,9 +233,9 @@ class VjpMixin:
             outs = tuple(o for o in st.outputs if o in named)
         return Cotangents(loss=loss, outputs=outs, inputs=resolve_wrt(st, wrt), final=True)
 
-    def _keep(self, call, w, cot):
+    def _keep(self, call, w, cot, check_finite=True):
         state, outputs, final, loss = self._vjp_forward(call, w, cot)
-        return Kept(self, state, outputs, final, loss, cot, call.T, call.B)
+        return Kept(self, state, outputs, final, loss, cot, call.T, call.B, check_finite)
 
     def forward_keep(self, params, inputs, h0=None, *, targets=None, mask=None, wrt=None,
                      outputs=None, check_finite=True) -> Kept:
@@ -242,7 +246,7 @@ class VjpMixin:
         outputs that may receive a cotangent (default: every output).  With ``targets``
         the backward adds the gradient of the cell's loss (``mask``: its per-step weights)."""
         call, w = self._vjp_call(params, inputs, h0, targets, mask, check_finite)
-        return self._keep(owned(call), w, self._cotangents(w is not None, wrt, outputs))
+        return self._keep(owned(call), w, self._cotangents(w is not None, wrt, outputs), check_finite)
 
     def residual_shapes(self, T: int, B: int, *, targets: bool = False, wrt=None, outputs=None) -> list:
         """The shapes of what :meth:`Kept.residuals` returns for a (T, B) forward kept with
@@ -266,7 +270,8 @@ class VjpMixin:
         check_residual_count(f"cell {st.name!r}", residuals, shapes, call.T, call.B)
         arrays = [_array(st.name, f"residual {i}", a, s, self.dtype, False)
                   for i, (a, s) in enumerate(zip(residuals, shapes))]
-        return Kept(self, self._vjp_adopt(call, w, cot, arrays), None, None, None, cot, call.T, call.B)
+        return Kept(self, self._vjp_adopt(call, w, cot, arrays), None, None, None, cot, call.T, call.B,
+                    check_finite)
 
     def vjp(self, params, inputs, h0=None, *, d_outputs=None, d_final=None, targets=None, mask=None,
             wrt=None, check_finite=True) -> Gradients:
@@ -278,7 +283,7 @@ class VjpMixin:
 
         Only the outputs given a cotangent are differentiated, and only the inputs in ``wrt``."""
         call, w = self._vjp_call(params, inputs, h0, targets, mask, check_finite)
-        d_out, d_fin = check_cotangents(self.step, self.dtype, call.T, call.B, d_outputs, d_final)
+        d_out, d_fin = check_cotangents(self.step, self.dtype, call.T, call.B, d_outputs, d_final, check_finite)
         cot = Cotangents(loss=w is not None, outputs=tuple(o for o in self.step.outputs if o in d_out),
                          inputs=resolve_wrt(self.step, wrt), final=True)
         grads, d_in, d_h0, loss = self._vjp_once(call, w, cot, d_out, d_fin)

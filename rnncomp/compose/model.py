@@ -206,7 +206,7 @@ class ComposedModel(TextShown):
             raise CallError(f"{self.comp.name}: targets given but its top layer has no loss")
         kept = self._run.keep(params, inputs, h0, ctx, targets=targets, mask=mask, wrt=wrt,
                               outputs=self._outputs(outputs))
-        return ComposedKept(self, kept, self._sizes(inputs))
+        return ComposedKept(self, kept, self._sizes(inputs), check_finite)
 
     def _outputs(self, outputs):
         """``outputs=`` of a kept forward as a tuple of known outputs (None: all)."""
@@ -242,7 +242,7 @@ class ComposedModel(TextShown):
                                 f"{np.asarray(a).dtype}, expected {s} of {self.dtype}")
         kept = self._run.kept_from(iter(residuals), params, inputs, h0, ctx, targets=targets, mask=mask, wrt=wrt,
                                    outputs=outputs)
-        return ComposedKept(self, kept, (T, B))
+        return ComposedKept(self, kept, (T, B), check_finite)
 
     def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None, *, lengths=None, check_finite=True,
                       training=True, dropout_rows=None):
@@ -334,10 +334,11 @@ def lengths_from_mask(mask, T: int, B: int) -> np.ndarray:
 
 
 class ComposedKept:
-    """A composition's kept forward: like a cell's (docs/vjp.md), names prefixed by layer."""
+    """A composition's kept forward: like a cell's (docs/vjp.md), names prefixed by layer; its
+    backward checks the cotangents finite unless the forward had ``check_finite=False``."""
 
-    def __init__(self, model, kept, sizes):
-        self._model, self._kept = model, kept
+    def __init__(self, model, kept, sizes, check_finite=True):
+        self._model, self._kept, self._check_finite = model, kept, check_finite
         self.outputs, self.final, self.loss = kept.outputs, kept.final, kept.loss
         self.T, self.B = sizes
 
@@ -348,7 +349,7 @@ class ComposedKept:
         m = self._model
         if self._kept is None:
             raise CallError(f"{m.comp.name}: backward on a forward whose buffers were freed")
-        d_out, d_fin = check_cotangents(m.step, m.dtype, self.T, self.B, d_outputs, d_final)
+        d_out, d_fin = check_cotangents(m.step, m.dtype, self.T, self.B, d_outputs, d_final, self._check_finite)
         return self._kept.backward(d_out or None, d_fin or None)
 
     def residuals(self) -> list:
