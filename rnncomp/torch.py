@@ -118,28 +118,28 @@ def _call_args(model, params, inputs, h0):
             {n: _host(model, f"h0[{n!r}]", t) for n, t in zip(st.states, h0)})
 
 
-def _dropout(model, seed: torch.Tensor) -> dict:
-    """The keyword arguments of a call of a model with dropout (``rc.Stack(..., dropout=p)``):
-    ``seed`` (an int64 tensor (1,), not an int: torch.compile would specialise on each value)
-    ≥ 0, this call's masks (a training call; the same seed draws the same masks, so a forward
-    made again -- the backward's ``vjp``, ``torch.utils.checkpoint`` -- drops the same units);
-    -1, none (evaluation).  Nothing for a model without dropout."""
-    if not getattr(model, "has_dropout", False):
-        return {}
-    s = int(seed[0])
-    return {"training": True, "dropout_seed": s} if s >= 0 else {"training": False}
+def _options(model, seed: torch.Tensor) -> dict:
+    """A call's keyword arguments.  ``check_finite=False``: a NaN or inf (an argument's, a
+    cotangent's) flows through as through any torch op, for PyTorch's tools to see (GradScaler
+    skips the step).  Dropout (``rc.Stack(..., dropout=p)``): ``seed`` (an int64 tensor (1,), not
+    an int: torch.compile would specialise on each value) ≥ 0, this call's masks (the same seed
+    draws the same masks, so a forward made again -- the backward's ``vjp``,
+    ``torch.utils.checkpoint`` -- drops the same units); -1, none (evaluation)."""
+    s = int(seed[0]) if getattr(model, "has_dropout", False) else None
+    drop = {} if s is None else {"training": True, "dropout_seed": s} if s >= 0 else {"training": False}
+    return {"check_finite": False, **drop}
 
 
 @torch.library.custom_op("rnncomp::recurrent", mutates_args=())
 def recurrent_op(key: str, params: list[torch.Tensor], inputs: list[torch.Tensor],
                  h0: list[torch.Tensor], keep: bool, dropout_seed: torch.Tensor) -> list[torch.Tensor]:
     model = MODELS.get(key)
-    drop = _dropout(model, dropout_seed)
+    opts = _options(model, dropout_seed)
     if keep:
-        kept = model.forward(*_call_args(model, params, inputs, h0), keep=True, **drop)
+        kept = model.forward(*_call_args(model, params, inputs, h0), keep=True, **opts)
         outs, final, handle = kept.outputs, kept.final, KEPT.handle(kept, model)
     else:
-        (outs, final), handle = model.forward(*_call_args(model, params, inputs, h0), **drop), \
+        (outs, final), handle = model.forward(*_call_args(model, params, inputs, h0), **opts), \
             torch.zeros(1, dtype=torch.int64)
     return ([_tensor(outs[o]) for o in model.step.outputs] + [_tensor(final[s]) for s in model.step.states]
             + [handle])
@@ -167,7 +167,7 @@ def recurrent_vjp_op(key: str, handle: torch.Tensor, params: list[torch.Tensor],
         res = kept.backward(d_outputs=d_out, d_final=d_fin)
     else:
         res = model.vjp(*_call_args(model, params, inputs, h0), d_outputs=d_out, d_final=d_fin,
-                        **_dropout(model, dropout_seed))   # the forward's masks again
+                        **_options(model, dropout_seed))   # the forward's masks again
     # δh0, the backward's carried cotangent, copied (B × n): no backend promises it is not a buffer it reuses
     return ([_tensor(res.params[n]) for n in st.params] + [_tensor(res.inputs[n]) for n in st.inputs]
             + [torch.from_numpy(np.array(res.h0[s])) for s in st.states])

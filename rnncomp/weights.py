@@ -168,15 +168,16 @@ class DerivedWeights:
     def plain_name(self, name: str) -> str:
         return self.rename.get(name, name)
 
-    def expand(self, params: dict, dtype) -> dict:
-        """The plain cell's parameters: the declared ones, the constants and the derived weights."""
+    def expand(self, params: dict, dtype, check_finite: bool = True) -> dict:
+        """The plain cell's parameters: the declared ones, the constants and the derived weights
+        (a non-finite one is a CallError unless ``check_finite`` is false, as for the parameters)."""
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # reported below, by name
             env = self._env(params, dtype)
         out = dict(params)
         out.update({n: np.asarray(v, dtype=dtype) for n, v in self.consts.items()})
         for n, k in self.outs.items():
             v = np.ascontiguousarray(env[k], dtype=dtype)
-            if not np.isfinite(v).all():
+            if check_finite and not np.isfinite(v).all():
                 raise CallError(f"cell {self.cell.name!r}: the derived weight {n.replace('%', '')} has a "
                                 f"non-finite value ({v[~np.isfinite(v)][0]}) for these parameters")
             out[self.plain_name(n)] = v

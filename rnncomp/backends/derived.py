@@ -40,17 +40,18 @@ class DerivedModel(TextShown):
     def init_params(self, seed: int = 0) -> dict:
         return init_all(self._param_specs_init, seed, self.dtype)
 
-    def _full(self, params):
+    def _full(self, params, kw):
         """The inner model's parameters, after the declared ones are checked here (their names
-        are the user's, not the plain cell's)."""
+        are the user's, not the plain cell's; finite unless the call's ``check_finite`` is false)."""
         name = self.cell.name
         if not isinstance(params, dict):
             from ..errors import CallError
             raise CallError(f"cell {name!r}: params must be a dict of arrays (from model.init_params)")
         _check_names(name, "params", params, list(self.weights.params))
-        checked = {n: _array(name, f"param {n!r}", params[n], s if isinstance(s, tuple) else (s,), self.dtype, True)
+        check = kw.get("check_finite", True)
+        checked = {n: _array(name, f"param {n!r}", params[n], s if isinstance(s, tuple) else (s,), self.dtype, check)
                    for n, s in self.weights.params.items()}
-        return checked, self.weights.expand(checked, self.dtype)
+        return checked, self.weights.expand(checked, self.dtype, check)
 
     def _grads(self, checked, grads):
         return self.weights.pullback(checked, grads, self.dtype)
@@ -81,7 +82,7 @@ class DerivedModel(TextShown):
 
     # ------------------------------------------------------------------ the calls
     def forward(self, params, inputs, h0=None, *, keep=False, **kw):
-        checked, full = self._full(params)
+        checked, full = self._full(params, kw)
         out = self.inner.forward(full, inputs, h0, keep=keep, **kw)
         # a kept forward's backward pulls the gradients back through the declared parameters:
         # it owns copies of them, as the inner kept forward owns its arguments (vjp.owned)
@@ -91,7 +92,7 @@ class DerivedModel(TextShown):
         return self.forward(params, inputs, h0, keep=True, **kw)
 
     def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None, **kw):
-        checked, full = self._full(params)
+        checked, full = self._full(params, kw)
         loss, grads, final = self.inner.loss_and_grad(full, inputs, targets, h0, mask, **kw)
         return loss, self._grads(checked, grads), final
 
@@ -101,11 +102,11 @@ class DerivedModel(TextShown):
 
     def kept_from(self, residuals, params, inputs, h0=None, **kw):
         """The wrapped model's ``kept_from``, called with the weights derived from ``params``."""
-        checked, full = self._full(params)
+        checked, full = self._full(params, kw)
         return _Kept(self, checked, self.inner.kept_from(residuals, full, inputs, h0, **kw))
 
     def vjp(self, params, inputs, h0=None, **kw) -> Gradients:
-        checked, full = self._full(params)
+        checked, full = self._full(params, kw)
         g = self.inner.vjp(full, inputs, h0, **kw)
         return Gradients(self._grads(checked, g.params), g.inputs, g.h0, g.loss)
 
