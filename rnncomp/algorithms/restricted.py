@@ -16,6 +16,8 @@ that is n_s entries per node: the cost of a step, not of n_s steps.
 """
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 import sympy as sp
 
@@ -156,7 +158,7 @@ class RestrictedJacobian:
                 need[k][cols[inside], rows[inside] - o] = True
         sizes = {k: prog.node(k).size for k in prog.nodes}
         self.positions, index = kept_entries(prog, sup, need, sizes)  # key -> (direction, unit) of each entry
-        self.plans = {key: self._plan(key, node, index, sizes) for key, node in prog.nodes.items() if node.op != "seed"}
+        self._index, self._sizes = index, sizes
         self.wanted = []  # per state: (positions in its tangent's values, positions in the output)
         for s, k in ts.out.items():
             o, n = self.off[s], step.states[s]
@@ -166,8 +168,17 @@ class RestrictedJacobian:
                 self.wanted.append((k, src[src >= 0], inside[src >= 0]))  # the others are 0
         self.count = len(rows)
 
-    def _plan(self, key, node, index, sizes):
-        """[(argument, y positions, x positions, what multiplies)] of one node."""
+    @cached_property
+    def plans(self):
+        """{key: [(argument, y positions, x positions, what multiplies)]}, made on first use (a
+        full pattern's products pair every entry of a direction with every other: :meth:`flops`
+        counts them without the tables)."""
+        return {key: self._plan(key, node, self._index, self._sizes)
+                for key, node in self.ts.prog.nodes.items() if node.op != "seed"}
+
+    def _plan(self, key, node, index, sizes, count_only=False):
+        """[(argument, y positions, x positions, what multiplies)] of one node (``count_only``:
+        a product's terms only counted, as [(argument, range(n), None, None)])."""
         d, u = self.positions[key]
         terms = []
         if node.op == "ew":
@@ -183,17 +194,15 @@ class RestrictedJacobian:
         elif node.op == "matvec":
             (a,) = node.args
             ad, au = self.positions[a]
-            by_dir = {}
-            for j, dd in enumerate(ad):
-                by_dir.setdefault(int(dd), []).append(j)
-            yp, xp = [], []
-            for i, dd in enumerate(d):
-                js = by_dir.get(int(dd), [])
-                yp += [i] * len(js)
-                xp += js
-            yp, xp = np.array(yp, dtype=int), np.array(xp, dtype=int)
-            terms.append((a, yp, xp, ("matvec", node.attrs["terms"], u[yp] if len(yp) else yp,
-                                      au[xp] if len(xp) else xp)))
+            # pairs (y entry, x entry) in the same direction: x's entries are sorted by direction
+            start = np.searchsorted(ad, d, side="left")
+            count = np.searchsorted(ad, d, side="right") - start
+            if count_only:
+                terms.append((a, range(int(count.sum())), None, None))
+                return terms
+            yp = np.repeat(np.arange(len(d)), count)
+            xp = np.repeat(start - np.cumsum(count) + count, count) + np.arange(int(count.sum()))
+            terms.append((a, yp, xp, ("matvec", node.attrs["terms"], u[yp], au[xp])))
         else:
             lo = node.attrs.get("lo", 0)
             starts = np.cumsum([0] + [sizes[a] for a in node.args])
@@ -221,7 +230,10 @@ class RestrictedJacobian:
 
     def flops(self) -> int:
         """Per sample: a multiply and an add per (entry, term) the plans read."""
-        return 2 * sum(len(yp) for plan in self.plans.values() for _, yp, _, _ in plan)
+        plans = self.__dict__.get("plans") or {
+            key: self._plan(key, node, self._index, self._sizes, count_only=True)
+            for key, node in self.ts.prog.nodes.items() if node.op != "seed"}
+        return 2 * sum(len(yp) for plan in plans.values() for _, yp, _, _ in plan)
 
     def evaluate(self, env, B, dtype) -> np.ndarray:
         """The wanted entries, ``(B, len(rows))``, at the forward values ``env`` of step t."""
