@@ -19,6 +19,7 @@ import sympy as sp
 
 from . import initializers
 from .cell_check import check_expr, check_functions, size_of
+from .checks import float_dtype
 from .dsl import _NAME, MatParam, StateVec, Vec, _display_expr
 from .errors import CellError, ShapeError
 from .exprwalk import contains
@@ -276,6 +277,7 @@ class Cell:
 
         A compiled model checks the dtype of what it is given: pass the model's ``dtype``
         here, or call ``model.init_params(seed)``, which does."""
+        dtype = float_dtype(dtype, f"cell {self.name!r}: init_params: dtype")  # int32 would round every weight
         try:
             return initializers.init_all(initializers.specs(self), seed, dtype)
         except CellError as exc:

@@ -19,7 +19,23 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
+
 from .errors import ArgumentError
+
+FLOAT_DTYPES = (np.dtype("float32"), np.dtype("float64"))  # what every backend computes in
+
+
+def float_dtype(dtype, what: str = "dtype") -> np.dtype:
+    """``dtype`` as the NumPy dtype a model computes in (float32 or float64); anything else,
+    a name NumPy does not know included, is an ArgumentError (a ValueError) naming it."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt not in FLOAT_DTYPES:  # (np.dtype(None) is float64: None is not refused)
+        raise ArgumentError(f"{what} must be float32 or float64, got {dtype}")
+    return dt
 
 
 def real(owner: str, option: str, v, *, above=None, at_least=None, below=None, at_most=None, hint="") -> float:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ArgumentError, CallError
+from ..checks import FLOAT_DTYPES, float_dtype  # noqa: F401 - read from here by the backends
+from ..errors import CallError
 from ..ir import prune
 from ..passes.prepare import keep_set
 
@@ -35,21 +36,6 @@ class Call:
         no mask: a window's step weights come with it)."""
         return Call(b - a, self.B, self.params, {k: v[a:b] for k, v in self.inputs.items()},
                     {k: v[a:b] for k, v in self.targets.items()}, h0, None)
-
-
-FLOAT_DTYPES = (np.dtype("float32"), np.dtype("float64"))  # what every backend computes in
-
-
-def float_dtype(dtype, what: str = "dtype") -> np.dtype:
-    """``dtype`` as the NumPy dtype a model computes in (float32 or float64); anything else,
-    a name NumPy does not know included, is an ArgumentError (a ValueError) naming it."""
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt is None or dt not in FLOAT_DTYPES:  # (np.dtype(None) is float64: None is not refused)
-        raise ArgumentError(f"{what} must be float32 or float64, got {dtype}")
-    return dt
 
 
 def _as_dict(kind, value, names, cell):
