@@ -15,6 +15,11 @@ def check(spec, where: str) -> None:
         return
     if isinstance(spec, tuple) and len(spec) == 2 and spec[0] in ("normal", "uniform", "constant") \
             and isinstance(spec[1], (int, float)):
+        kind, a = spec  # a NaN or inf would fill the parameter with it; a negative std was NumPy's "scale < 0"
+        if not np.isfinite(a) or (kind != "constant" and a < 0):
+            need = "a finite number" if kind == "constant" else "a finite number >= 0"
+            raise CellError(f"{where}: initialiser {spec!r}: its {'value' if kind == 'constant' else 'scale'} "
+                            f"must be {need}, got {a}")
         return
     raise CellError(f"{where}: unknown initialiser {spec!r}; use one of {', '.join(NAMES)}, "
                     "('normal', std), ('uniform', a), ('constant', c) or a callable f(rng, shape)")

@@ -13,3 +13,21 @@ def test_init_params_refuses_a_dtype_no_model_computes_in(dtype):
     # int32 rounded every weight to 0 or ±1, silently
     with pytest.raises(ArgumentError, match=r"cell 'elman': init_params: dtype must be float32 or float64"):
         rc.cells.elman(2, 3, 1).init_params(0, dtype)
+
+
+@pytest.mark.parametrize("init, what", [(("normal", -1.0), r"scale must be a finite number >= 0, got -1.0"),
+                                        (("uniform", float("inf")), r"scale must be a finite number >= 0, got inf"),
+                                        (("normal", float("nan")), r"scale must be a finite number >= 0, got nan"),
+                                        (("constant", float("nan")), r"value must be a finite number, got nan"),
+                                        (("constant", -float("inf")), r"value must be a finite number, got -inf")])
+def test_an_initialiser_of_a_non_finite_or_negative_scale_is_refused_where_declared(init, what):
+    # NaN and inf filled the parameter silently; a negative std was NumPy's "scale < 0"
+    with pytest.raises(rc.CellError, match=rf"cell 'c', param 'W': initialiser .*: its {what}"):
+        rc.Cell("c").param("W", (3, 2), init=init)
+
+
+def test_a_zero_scale_and_a_negative_constant_are_initialisers():
+    cell = rc.Cell("c")
+    cell.param("A", 2, init=("normal", 0.0))
+    cell.param("B", 2, init=("constant", -0.5))
+    assert cell.init_params(0)["B"].tolist() == [-0.5, -0.5]
