@@ -59,6 +59,16 @@ def count(owner: str, option: str, v, *, at_least: int = 1, hint="") -> int:
     return int(v)
 
 
+def generator(owner: str, seed) -> np.random.Generator:
+    """``np.random.default_rng(seed)``: a seed NumPy cannot take (a string, a float, a negative
+    number) is an ArgumentError naming ``owner``, not NumPy's "SeedSequence expects int"."""
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError):
+        raise ArgumentError(f"{owner}: seed must be a non-negative integer (or a sequence of them), "
+                            f"got {seed!r}") from None
+
+
 def _hint(hint: str) -> str:
     return f" ({hint})" if hint else ""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .checks import generator
 from .errors import CellError
 
 NAMES = ("zeros", "ones", "normal", "uniform", "glorot", "orthogonal")
@@ -68,7 +69,7 @@ def specs(cell) -> dict:
 
 def init_all(param_specs: dict, seed: int, dtype) -> dict:
     """Fresh parameter arrays of ``dtype`` from :func:`specs` (deterministic in ``seed``)."""
-    rng = np.random.default_rng(seed)
+    rng = generator("init_params", seed)
     out = {}
     for name, (shape, init) in param_specs.items():
         try:

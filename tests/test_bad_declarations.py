@@ -31,3 +31,17 @@ def test_a_zero_scale_and_a_negative_constant_are_initialisers():
     cell.param("A", 2, init=("normal", 0.0))
     cell.param("B", 2, init=("constant", -0.5))
     assert cell.init_params(0)["B"].tolist() == [-0.5, -0.5]
+
+
+@pytest.mark.parametrize("call, owner", [
+    (lambda s: rc.cells.elman(2, 3, 1).init_params(s), "init_params"),
+    (lambda s: rc.compile(rc.cells.elman(2, 3, 1)).init_params(s), "init_params"),
+    (lambda s: rc.Trainer(rc.cells.elman(2, 3, 1), backend="numpy", seed=s), "Trainer"),
+    (lambda s: rc.Trainer(rc.cells.elman(2, 3, 1), backend="numpy").fit(np.ones((3, 2, 2)), np.ones((3, 2, 1)),
+                                                                          seed=s, verbose=0), "fit"),
+    (lambda s: rc.compile(rc.Stack([rc.cells.elman(2, 3, 1)]), seed=s), r"stack\(elman\)")])
+@pytest.mark.parametrize("seed", ["a", 1.5, -1])
+def test_a_seed_numpy_cannot_take_is_refused_naming_the_call(call, owner, seed):
+    # NumPy's "SeedSequence expects int or sequence of ints" / "expected non-negative integer" before
+    with pytest.raises(rc.RnncompError, match=rf"{owner}: seed must be (a non-negative integer|an int).* got {seed!r}"):
+        call(seed)

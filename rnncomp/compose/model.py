@@ -29,6 +29,7 @@ import numpy as np
 
 from ..backends.validate import read_array
 from ..backends.vjp import Gradients, check_cotangents, check_residual_count
+from ..checks import generator
 from ..errors import CallError
 from ..show import TextShown
 from .layers import Composition, _prefixed, split
@@ -56,7 +57,7 @@ class ComposedModel(TextShown):
         self._made_with = dict(options, seed=seed, parallel=parallel)  # what pickling compiles again with
         self.comp, self.step, self.backend = comp, comp.step, backend
         self.dtype = np.dtype(dtype)
-        self.rng = np.random.default_rng(seed)
+        self.rng = generator(comp.name, seed)  # a negative seed: NumPy's "expected non-negative integer" before
         self.has_dropout = any(isinstance(l, Stack) and l.dropout for l in _all_layers(comp))
         if parallel is None:
             parallel = backend == "native" and (os.cpu_count() or 1) >= 2

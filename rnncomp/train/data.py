@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..checks import generator
 from ..errors import CallError, TrainingError
 
 
@@ -82,7 +83,7 @@ def shuffled_orders(seed, N: int, done: int, memo: dict):
     ``memo`` (the trainer's, see :func:`remember_orders`) holds where the last call left the
     generator, so a loop of ``fit(epochs=1)`` calls does not redraw every earlier epoch's order
     (quadratic in the epochs); after a load, the first call draws them once."""
-    rng = np.random.default_rng(seed)
+    rng = generator("fit", seed)
     if memo.get("at") == (seed, N, done) and isinstance(seed, (int, np.integer)):
         rng.bit_generator.state = memo["state"]
         return rng

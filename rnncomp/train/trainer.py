@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backends.validate import check_param_shapes
-from ..checks import count, real
+from ..checks import count, generator, real
 from ..compile import compile as rc_compile
 from ..errors import ArgumentError, CallError, TrainingError
 from .callbacks import checked
@@ -72,6 +72,7 @@ class Trainer:
         freeze training, a negative one flip the gradient: both refused)."""
         from .distributed import Group
         self.batch_first = bool(batch_first)
+        generator("Trainer", seed)  # a seed init_params and the dropout masks can take
         self.accumulate = count("Trainer", "accumulate", accumulate)
         if optimizer is not None and not isinstance(optimizer, Optimizer):
             raise ArgumentError(f"Trainer: optimizer must be an rc.Optimizer (rc.Adam(1e-3), rc.SGD(...), ...), "
@@ -359,7 +360,7 @@ class Trainer:
         single output, else a dict) to the next input ((B, n_in) array, or a dict).
         Returns the chosen inputs (steps, B, n_in) (a dict for several inputs) and the final states."""
         names, outs_names = list(self.cell.step.inputs), list(self.cell.step.outputs)
-        rng = np.random.default_rng(seed)
+        rng = generator("generate", seed)
         out, state = self.model.forward(self.params, converted(self._time_major(as_dict(prime, names, "prime")),
                                                                 self.dtype, "prime"), h0=self._state(h0))
         chosen = []
