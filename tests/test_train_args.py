@@ -291,3 +291,15 @@ def test_predict_returns_a_dict_for_a_single_output_as_its_docstring_says():
         out, final = tr.predict(x, **kw)
         assert list(out) == ["y"] and out["y"].shape == (5, 2, 1) and final["h"].shape == (2, 3)
     assert "a dict, for a single output too" in rc.Trainer.predict.__doc__
+
+
+@pytest.mark.parametrize("mask", [np.zeros((6, 4)), np.zeros(6)])
+def test_fit_refuses_a_mask_that_selects_no_step(mask):
+    """fit skipped every batch and returned an epoch loss of NaN, without a word."""
+    x, y = _data()
+    tr = _trainer()
+    with pytest.raises(rc.CallError, match=r"^fit: the mask selects no step \(all its weights are 0\)$"):
+        tr.fit(x, y, mask=mask, verbose=0)
+    with pytest.raises(rc.CallError, match=r"^evaluate: the mask selects no step"):
+        tr.evaluate(x, y, mask=mask)
+    assert tr.history == []

@@ -268,8 +268,8 @@ class Trainer:
     def _state(self, h0):
         return None if h0 is None else converted(h0, self.dtype, "h0")
 
-    def _mask(self, mask, lengths, T, N):
-        """The (T, N) step weights from ``mask`` and ``lengths`` (None: every step counts)."""
+    def _mask(self, mask, lengths, T, N, where="fit"):
+        """The (T, N) step weights from ``mask`` and ``lengths`` (None: every step counts; all 0: refused)."""
         m = None
         if mask is not None:
             m = np.asarray(mask, dtype=self.dtype)
@@ -283,6 +283,8 @@ class Trainer:
         if lengths is not None:
             lm = lengths_mask(check_lengths(lengths, T, N), T, self.dtype)
             m = lm if m is None else m * lm
+        if m is not None and not m.any():
+            raise CallError(f"{where}: the mask selects no step (all its weights are 0)")
         return m
 
     def evaluate(self, inputs, targets, mask=None, *, lengths=None, h0=None, window=None,
@@ -294,7 +296,7 @@ class Trainer:
         x, t, T, N = self._data("evaluate", inputs, targets)
         bs, win = (N if v is None else count("evaluate", k, v, hint=f"None: all {what} at once")
                    for k, v, what in (("batch_size", batch_size, "sequences"), ("window", window, "steps")))
-        mask = self._mask(mask, lengths, T, N)
+        mask = self._mask(mask, lengths, T, N, "evaluate")
         h0 = self._state(h0)
         total, weight = 0.0, 0.0
         no_dropout = {"training": False} if getattr(self.model, "has_dropout", False) else {}  # rc.Stack(dropout=)
@@ -311,8 +313,6 @@ class Trainer:
                     total, weight = total + float(loss) * w, weight + w
                 else:
                     state = self.model.forward(self.params, cut(x), h0=state)[1]
-        if weight == 0:
-            raise CallError("evaluate: the mask selects no step")
         return total / weight
 
     def predict(self, inputs, h0=None, *, lengths=None):
