@@ -303,3 +303,10 @@ def test_fit_refuses_a_mask_that_selects_no_step(mask):
     with pytest.raises(rc.CallError, match=r"^evaluate: the mask selects no step"):
         tr.evaluate(x, y, mask=mask)
     assert tr.history == []
+
+
+@pytest.mark.parametrize("bptt", [5, "trunc", (5, 10)])
+def test_trainer_bptt_must_be_a_truncation(bptt):
+    """An int or a string was taken and failed at the first fit with "'int' object has no attribute 'k1'"."""
+    with pytest.raises(ArgumentError, match=r"^Trainer: bptt must be None \(full BPTT\) or rc\.Truncated\(k1, k2\), got "):
+        _trainer(bptt=bptt)

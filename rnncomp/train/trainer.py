@@ -24,7 +24,7 @@ from .data import (as_dict, batch_dims, check_lengths, check_validation, convert
 from .apply import apply, unbroken, updates_whole
 from .optim import Adam, Optimizer
 from .progress import EpochProgress, nanmean
-from .truncated import Truncated, sequence
+from .truncated import Truncated, sequence, truncation
 
 
 class Trainer:
@@ -85,7 +85,7 @@ class Trainer:
         given = dict(compile_options)  # what a checkpoint saves: not this rank's threads= or device=
         if self.dist is not None:  # this rank's threads (its share of the node's cores) or GPU
             compile_options = self.dist.compile_defaults(backend, compile_options)
-        self.cell, self.bptt = cell, bptt
+        self.cell, self.bptt = cell, truncation(bptt)
         from ..algorithms.online import check_gradient
         self.gradient = check_gradient(gradient, cell, bptt)  # fit_online's algorithm (rnncomp/algorithms/online.py)
         self.backend, self.dtype = backend, np.dtype(dtype)

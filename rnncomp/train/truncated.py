@@ -37,6 +37,14 @@ class Truncated:
         object.__setattr__(self, "k2", k2)
 
 
+def truncation(bptt):
+    """``rc.Trainer(bptt=...)``: None (full BPTT) or a :class:`Truncated` (an int or a string
+    failed at the first ``fit`` with "'int' object has no attribute 'k1'")."""
+    if bptt is None or isinstance(bptt, Truncated):
+        return bptt
+    raise ArgumentError(f"Trainer: bptt must be None (full BPTT) or rc.Truncated(k1, k2), got {bptt!r}")
+
+
 def sequence(trainer, x, t, mask, h0=None, goes_on=False):
     """One batch of whole sequences from the states ``h0`` (None: the initial states):
     full BPTT, or truncated windows with the state carried.  Returns (mean loss over the
