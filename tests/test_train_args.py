@@ -310,3 +310,10 @@ def test_trainer_bptt_must_be_a_truncation(bptt):
     """An int or a string was taken and failed at the first fit with "'int' object has no attribute 'k1'"."""
     with pytest.raises(ArgumentError, match=r"^Trainer: bptt must be None \(full BPTT\) or rc\.Truncated\(k1, k2\), got "):
         _trainer(bptt=bptt)
+
+
+@pytest.mark.parametrize("k1, k2", [(True, None), (2, True), ("5", None)])
+def test_truncated_takes_integers_not_booleans_or_strings(k1, k2):
+    """Truncated(True) was Truncated(k1=True, k2=True): a window of one step."""
+    with pytest.raises(ArgumentError, match=rf"^Truncated\(k1={k1!r}, k2={k2!r}\): need integers k2 >= k1 >= 1$"):
+        rc.Truncated(k1, k2)

@@ -30,8 +30,9 @@ class Truncated:
 
     def __post_init__(self):
         k2 = self.k1 if self.k2 is None else self.k2
-        if not (isinstance(self.k1, int) and self.k1 >= 1 and isinstance(k2, int) and k2 >= self.k1):
-            raise ArgumentError(f"Truncated(k1={self.k1}, k2={self.k2}): need integers k2 >= k1 >= 1")
+        whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731 - True was k1 = k2 = 1
+        if not (whole(self.k1) and self.k1 >= 1 and whole(k2) and k2 >= self.k1):
+            raise ArgumentError(f"Truncated(k1={self.k1!r}, k2={self.k2!r}): need integers k2 >= k1 >= 1")
         if k2 % self.k1:
             raise ArgumentError(f"Truncated(k1={self.k1}, k2={k2}): k2 must be a multiple of k1")
         object.__setattr__(self, "k2", k2)
