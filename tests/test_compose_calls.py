@@ -254,3 +254,12 @@ def test_a_slice_of_rows_skips_the_other_rows_draws_exactly(bitgen, half):
         assert np.array_equal(g1.random(4), g2.random(4))
     skips = bitgen.__name__.startswith("PCG64") and not half
     assert advanced == [skips, skips, skips, False]   # the last one is too small to skip
+
+
+@pytest.mark.parametrize("d_outputs", [np.ones((4, 3, 2)), [np.ones((4, 3, 2))], "y"])
+def test_a_vjp_cotangent_that_is_not_a_dict_is_named(d_outputs):
+    """An array for d_outputs failed in the composition's vjp with NumPy's "The truth value of
+    an array with more than one element is ambiguous"; a plain cell's vjp names it."""
+    model = rc.compile(rc.Stack([rc.cells.elman(2, 3, 2), rc.cells.elman(2, 3, 2)]))
+    with pytest.raises(rc.CallError, match=r"stack\(elman, elman\)'?: d_outputs must be a dict keyed by 'y', got "):
+        model.vjp(model.init_params(0), np.ones((4, 3, 2)), d_outputs=d_outputs)

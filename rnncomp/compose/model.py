@@ -284,7 +284,7 @@ class ComposedModel(TextShown):
         """Gradients in and out in one call (docs/vjp.md): ``d_outputs`` {output: (T, B, n)},
         ``d_final`` {layer.state: (B, n)} in; parameters, inputs (``wrt``) and initial states out.
         ``training``, ``dropout_seed``: as :meth:`forward`'s."""
-        names = tuple(o for o in self.step.outputs if o in (d_outputs or {}))
+        names = tuple(o for o in self.step.outputs if isinstance(d_outputs, dict) and o in d_outputs)  # else: refused below
         kept = self._keep(params, self._inputs(inputs), h0, self._targets(targets), mask, wrt, names, lengths,
                           check_finite, self._training(training, True), dropout_seed)
         try:
