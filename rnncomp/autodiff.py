@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from .dsl import _NAME
-from .errors import DifferentiationError
+from .errors import ArgumentError, DifferentiationError
 from .array_rules import ARRAY_RULES
 from .derivatives import nondiff_name, partials
 from .gradspec import Batch, Outer
@@ -285,6 +285,9 @@ def cotangent_key(output: str, t="t"):
 
 def backward_step(step: Step, cot: Cotangents = LOSS_ONLY) -> BackwardStep:
     """Derive the backward step of a lowered cell, seeded as ``cot`` says."""
+    if not isinstance(step, Step):  # a Cell, a composition's step or None: "... has no attribute 'states'"
+        raise ArgumentError(f"rc.backward_step takes one cell's lowered step (cell.step), got {type(step).__name__}"
+                            f"{'; rc.explain(cell) prints it' if hasattr(step, 'step') else ''}")
     seed_nodes, seeds = {}, {}
     for s, n in step.states.items():
         k = carry_key(s)

@@ -87,6 +87,9 @@ def _bounds(above, at_least, below, at_most) -> str:
 
 def a_cell(who: str, cell) -> None:
     """``cell`` is an rc.Cell or a composition (what ``rc.compile`` takes), not, say, its name."""
+    if isinstance(cell, type):  # rc.Cell itself: its properties answered "'property' object has no attribute"
+        raise ArgumentError(f"{who}: the cell must be an rc.Cell or a composition, got the class "
+                            f"{cell.__name__} itself; build one first (rc.Cell('name'), rc.cells.elman(...))")
     if not hasattr(type(cell), "step") and not hasattr(cell, "step"):
         hint = (f"; a zoo cell by name is rc.cells.get({cell!r})(n_in, n_hidden, n_out)" if isinstance(cell, str)
                 else "")

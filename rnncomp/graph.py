@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import networkx as nx
 
+from .checks import one_cell
 from .ir import Node, Program, verify
 
 
@@ -69,6 +70,7 @@ def unfold_program(step, k: int) -> Program:
 
 def unfold(cell, k: int) -> nx.DiGraph:
     """The cell unfolded over ``k`` steps, as a ``networkx.DiGraph`` (see module docstring)."""
+    one_cell("rc.unfold", cell)  # None or a Stack failed with "... has no attribute 'step'" / "'prog'"
     prog = unfold_program(cell.step, k)
     verify(prog)
     return to_networkx(prog)

@@ -45,3 +45,19 @@ def test_a_seed_numpy_cannot_take_is_refused_naming_the_call(call, owner, seed):
     # NumPy's "SeedSequence expects int or sequence of ints" / "expected non-negative integer" before
     with pytest.raises(rc.RnncompError, match=rf"{owner}: seed must be (a non-negative integer|an int).* got {seed!r}"):
         call(seed)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: rc.compile(rc.Cell), r"rc\.compile: the cell must be .* got the class Cell itself"),
+    (lambda: rc.explain(rc.Cell), r"rc\.explain: the cell must be .* got the class Cell itself"),
+    (lambda: rc.unfold(None, 3), r"rc\.unfold: the cell must be .* got NoneType"),
+    (lambda: rc.unfold(rc.Stack([rc.cells.elman(2, 3, 2)] * 2), 3), r"rc\.unfold looks at one cell"),
+    (lambda: rc.inspect.to_dot(None), r"to_dot: the cell must be .* got NoneType"),
+    (lambda: rc.backward_step(None), r"rc\.backward_step takes one cell's lowered step \(cell\.step\), got NoneType"),
+    (lambda: rc.backward_step(rc.cells.elman(2, 3, 1)), r"got Cell; rc\.explain\(cell\) prints it"),
+])
+def test_an_entry_point_given_something_other_than_a_cell_says_so(call, message):
+    # each was an AttributeError from inside: "'property' object has no attribute 'inputs'",
+    # "'NoneType' object has no attribute 'step'", "'ComposedStep' object has no attribute 'prog'"
+    with pytest.raises(rc.RnncompError, match=message):
+        call()

@@ -31,6 +31,7 @@ from ..aliases import backward_aliases, forward_aliases
 from ..ir import NodeSym, internal, key_str
 from ..lower import LOSS
 from ..equations import node_expr, stored_values
+from ..checks import a_cell
 from ..errors import ArgumentError
 
 KINDS = ("step", "unfolded", "gradient")
@@ -343,4 +344,5 @@ def dot_text(g: Graph) -> str:
 
 def to_dot(cell, kind: str = "step", k: int = 3, detail: str = "full") -> str:
     """Graphviz DOT text of a cell's ``kind`` view (see the module docstring)."""
+    a_cell("to_dot", cell)
     return dot_text(build(cell, kind, k, detail))
