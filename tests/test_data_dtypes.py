@@ -69,3 +69,16 @@ def test_llvm_float_types_follow_the_dtype():
     assert float_type("float32") == ir.FloatType() and float_type(np.dtype("float64")) == ir.DoubleType()
     with pytest.raises(ValueError, match="gemm: dtype must be float32 or float64, got int8"):
         float_type("int8", "gemm: dtype")
+
+
+@pytest.mark.parametrize("args, message", [
+    ((np.arange(100.0), 0, 4), r"stream_batches: T must be a positive integer, got 0"),
+    ((np.arange(100.0), 5, 0), r"stream_batches: batch_size must be a positive integer, got 0"),
+    ((np.arange(100.0), 2.5, 4), r"stream_batches: T must be a positive integer, got 2.5"),
+    (("abc", 1, 1), r"stream_batches: the stream must be an \(L, n\) or \(L,\) array of numbers, got shape \(\) of <U3"),
+    ((np.zeros((4, 5, 6)), 1, 1), r"the stream must be an \(L, n\) or \(L,\) array of numbers, got shape \(4, 5, 6\)"),
+])
+def test_stream_batches_names_a_bad_argument(args, message):
+    """Were ZeroDivisionError, "tuple index out of range" and "slice indices must be integers"."""
+    with pytest.raises(rc.RnncompError, match=message):
+        rc.stream_batches(*args)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks import generator
+from ..checks import count, generator
 from ..errors import CallError, TrainingError
 
 
@@ -62,7 +62,11 @@ def stream_batches(stream, T: int, batch_size: int, *, batch_first=False) -> np.
     ``k·B … k·B + B - 1``) holds window k of every stream, so each batch continues the
     previous one.  Returns ``(T, K·B, n)`` (``batch_first=True``: ``(K·B, T, n)``); the tail
     that does not fill a window is dropped."""
+    T, batch_size = count("stream_batches", "T", T), count("stream_batches", "batch_size", batch_size)
     s = np.asarray(stream)
+    if s.ndim not in (1, 2) or s.dtype.kind not in "biuf":  # a string: "tuple index out of range"
+        raise CallError(f"stream_batches: the stream must be an (L, n) or (L,) array of numbers, "
+                        f"got shape {s.shape} of {s.dtype}")
     s = s[:, None] if s.ndim == 1 else s
     per = s.shape[0] // batch_size
     K = per // T
