@@ -369,3 +369,12 @@ def test_a_checkpoint_whose_text_an_older_printer_wrote_still_loads(tmp_path):
     other.loss(rc.vsum(h.new) ** 2)
     with pytest.raises(ck.CheckpointError, match="other equations"):
         rc.Trainer.load(path, cell=other)
+
+
+def test_saving_to_a_folder_says_it_is_a_folder(tmp_path):
+    """Was "IsADirectoryError: [Errno 21] Is a directory: '<parent>/.rnncomp-ckpt-…' -> '<folder>'",
+    after writing the temporary into the folder's parent."""
+    tr = rc.Trainer(rc.cells.elman(2, 3, 1), backend="numpy")
+    with pytest.raises(rc.CheckpointError, match=r"cannot save .*: it is a folder; give a file name"):
+        tr.save(tmp_path)
+    assert os.listdir(tmp_path) == [] and not [f for f in os.listdir(tmp_path.parent) if "rnncomp-ckpt" in f]

@@ -172,6 +172,8 @@ def write(path, meta: dict, arrays: dict) -> None:
     """``meta`` (JSON) and ``arrays`` into ``path``, atomically; stale temporaries are removed."""
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):  # the temporary went to its parent and os.replace failed: "Is a directory"
+        raise CheckpointError(f"cannot save {path}: it is a folder; give a file name (e.g. {os.path.join(path, 'model.ckpt')})")
     if not os.path.isdir(d):
         raise CheckpointError(f"cannot save {path}: folder {d} does not exist")
     clean_stale(d)
