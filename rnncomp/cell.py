@@ -129,7 +129,11 @@ class Cell:
         """A fixed array (a mask): a vector (n,) or a matrix (m, n), never trained.  Use it like
         a parameter: ``W * M`` (a derived weight), ``M @ v``."""
         where = f"cell {self.name!r}, constant {name!r}"
-        if np.iscomplexobj(value):  # np.array(..., float64) would drop the imaginary part with a warning
+        try:  # a ragged list: NumPy's "inhomogeneous shape" from here before
+            is_complex = np.iscomplexobj(value)
+        except ValueError:
+            is_complex = False  # refused just below
+        if is_complex:  # np.array(..., float64) would drop the imaginary part with a warning
             raise CellError(f"{where}: complex values; a constant is real (pass .real or .imag)")
         try:
             a = np.array(value, dtype=np.float64)

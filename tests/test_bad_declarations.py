@@ -61,3 +61,9 @@ def test_an_entry_point_given_something_other_than_a_cell_says_so(call, message)
     # "'NoneType' object has no attribute 'step'", "'ComposedStep' object has no attribute 'prog'"
     with pytest.raises(rc.RnncompError, match=message):
         call()
+
+
+def test_a_ragged_constant_is_refused_naming_it():
+    # NumPy's "setting an array element with a sequence ... inhomogeneous shape" before
+    with pytest.raises(rc.CellError, match=r"cell 'c', constant 'M': expected an array of numbers, got list"):
+        rc.Cell("c").const("M", [[1.0, 2.0], [3.0]])
