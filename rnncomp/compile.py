@@ -61,9 +61,34 @@ def _check_options(backend: str, options: dict) -> None:
         from .backends.native import NativeModel as model
     else:
         from .backends.ptx import PtxModel as model
-    known = [n for n, p in inspect.signature(model.__init__).parameters.items()
-             if p.kind == p.KEYWORD_ONLY and not n.startswith("_")]
+    params = inspect.signature(model.__init__).parameters
+    known = [n for n, p in params.items() if p.kind == p.KEYWORD_ONLY and not n.startswith("_")]
     bad = sorted(o for o in options if o not in known)
     if bad:
         raise TypeError(f"rc.compile(backend={backend!r}): unknown option{'s' if len(bad) > 1 else ''} "
                         f"{', '.join(map(repr, bad))}; its options: {', '.join(known)}")
+    _check_values(backend, options, {o: params[o].default for o in options})
+
+
+def _check_values(backend: str, options: dict, defaults: dict) -> None:
+    """A switch is True or False (``hoist="no"`` switched the pass on); the PTX launch numbers
+    are what a launch takes (``block=0`` divided by zero at the first call on a GPU, ``features=3``
+    failed inside subprocess)."""
+    import numpy as np
+
+    from .errors import ArgumentError
+    where = f"rc.compile(backend={backend!r})"
+    for o, v in options.items():
+        tri = o in ("grad_after", "persistent")  # None: chosen by the backend
+        if (isinstance(defaults[o], bool) or tri) and not (isinstance(v, (bool, np.bool_)) or (tri and v is None)):
+            raise ArgumentError(f"{where}: {o} must be True or False{' or None (chosen for you)' if tri else ''}, "
+                                f"got {v!r}")
+    whole = lambda v, lo, hi: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi  # noqa: E731
+    if backend == "ptx" and not whole(options.get("block", 256), 1, 1024):
+        raise ArgumentError(f"{where}: block (threads per block) must be an integer from 1 to 1024, "
+                            f"got {options['block']!r}")
+    if backend == "ptx" and not whole(options.get("device", 0), 0, 2**31 - 1):
+        raise ArgumentError(f"{where}: device (a CUDA ordinal) must be an integer >= 0, got {options['device']!r}")
+    if backend == "ptx" and not isinstance(options.get("features", ""), str):
+        raise ArgumentError(f"{where}: features must be a string of LLVM target features like '+ptx85', "
+                            f"got {options['features']!r}")

@@ -116,3 +116,24 @@ def test_every_backend_raises_the_same_named_errors(backend):
     nl.update(hh, rc.sigmoid(nl.param("W", (2, 2)) @ xx + hh))
     with pytest.raises(CallError, match=r"cell 'noloss' has no loss \(declare one with cell.loss\)"):
         rc.compile(nl, backend=backend, **OPTIONS[backend]).loss_and_grad(nl.init_params(seed=0), x, {})
+
+
+@pytest.mark.parametrize("backend, option, value, message", [
+    ("native", "hoist", "no", r"hoist must be True or False, got 'no'"),  # "no" switched the pass on
+    ("native", "fuse", None, r"fuse must be True or False, got None"),
+    ("native", "grad_after", "x", r"grad_after must be True or False or None \(chosen for you\), got 'x'"),
+    ("ptx", "tiled", "no", r"tiled must be True or False, got 'no'"),
+    ("ptx", "persistent", 1, r"persistent must be True or False or None \(chosen for you\), got 1"),
+    ("ptx", "block", 0, r"block \(threads per block\) must be an integer from 1 to 1024, got 0"),  # ÷ 0 on a GPU
+    ("ptx", "block", "256", r"block \(threads per block\) must be an integer from 1 to 1024, got '256'"),
+    ("ptx", "device", -1, r"device \(a CUDA ordinal\) must be an integer >= 0, got -1"),
+    ("ptx", "features", 3, r"features must be a string of LLVM target features"),  # a TypeError in subprocess
+])
+def test_an_option_value_a_backend_cannot_take_is_refused_by_rc_compile(backend, option, value, message):
+    with pytest.raises(rc.ArgumentError, match=rf"^rc\.compile\(backend='{backend}'\): {message}"):
+        rc.compile(rc.cells.elman(2, 3, 1), backend=backend, **{option: value})
+
+
+def test_switches_of_numpy_booleans_and_none_where_it_means_automatic_are_taken():
+    rc.compile(rc.cells.elman(2, 3, 1), backend="native", hoist=np.bool_(False), grad_after=None)
+    rc.compile(rc.cells.elman(2, 3, 1), backend="ptx", runner="host", persistent=None, block=128, device=0)
