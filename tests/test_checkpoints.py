@@ -378,3 +378,13 @@ def test_saving_to_a_folder_says_it_is_a_folder(tmp_path):
     with pytest.raises(rc.CheckpointError, match=r"cannot save .*: it is a folder; give a file name"):
         tr.save(tmp_path)
     assert os.listdir(tmp_path) == [] and not [f for f in os.listdir(tmp_path.parent) if "rnncomp-ckpt" in f]
+
+
+@pytest.mark.parametrize("call, who", [(lambda: rc.Checkpoint(None), "Checkpoint"),
+                                       (lambda: rc.Trainer.load(None), "load"),
+                                       (lambda: rc.Trainer(rc.cells.elman(2, 3, 1), backend="numpy").save(3), "save")])
+def test_a_path_that_is_not_a_file_name_is_named(call, who):
+    """os.fspath's "expected str, bytes or os.PathLike object, not NoneType" before; rc.Checkpoint(None)
+    was taken and failed at the first save, after an epoch of training."""
+    with pytest.raises(rc.ArgumentError, match=rf"^{who}: the path must be a file name \(a str or pathlib.Path\), got "):
+        call()

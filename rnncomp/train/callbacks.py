@@ -58,6 +58,8 @@ class Checkpoint(Callback):
                  monitor: str = "val_loss"):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"Checkpoint: every must be a positive integer, got {every!r}")
+        from .checkpoint import file_path
+        path = file_path("Checkpoint", path)  # None failed at the first save, after an epoch of training
         self.path, self.every, self.epochs, self.best, self.monitor = path, every, epochs, best, monitor
         self.best_value = math.inf
         self.saved_at: list = []  # trainer.step_count at each save

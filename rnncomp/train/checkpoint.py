@@ -29,7 +29,7 @@ import zipfile
 import numpy as np
 
 from ..cell import Cell
-from ..errors import CheckpointError
+from ..errors import ArgumentError, CheckpointError
 from ..memory import ALL, Binomial, Budget, Every, StoreAll, schedule
 from .. import serialize
 from . import lr_schedules, optim
@@ -168,9 +168,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def file_path(who: str, path) -> str:
+    """``path`` (a str or a pathlib.Path) as a str; anything else (None) is named, where
+    ``os.fspath`` said "expected str, bytes or os.PathLike object, not NoneType"."""
+    try:
+        return os.fspath(path)
+    except TypeError:
+        raise ArgumentError(f"{who}: the path must be a file name (a str or pathlib.Path), got {path!r}") from None
+
+
 def write(path, meta: dict, arrays: dict) -> None:
     """``meta`` (JSON) and ``arrays`` into ``path``, atomically; stale temporaries are removed."""
-    path = os.fspath(path)
+    path = file_path("save", path)
     d = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):  # the temporary went to its parent and os.replace failed: "Is a directory"
         raise CheckpointError(f"cannot save {path}: it is a folder; give a file name (e.g. {os.path.join(path, 'model.ckpt')})")
@@ -194,7 +203,7 @@ def write(path, meta: dict, arrays: dict) -> None:
 def read(path):
     """``(meta, arrays)`` of a version-2 checkpoint, or ``("legacy", blob)`` for a format-1
     pickle; anything else is a :class:`CheckpointError` naming the file and what is wrong."""
-    path = os.fspath(path)
+    path = file_path("load", path)
     try:
         with open(path, "rb") as fh:
             head = fh.read(4)
