@@ -65,6 +65,8 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9,
 def parse_bytes(text) -> int:
     """``10_000_000``, ``"10MB"`` (10⁶ bytes), ``"64MiB"`` or ``"64M"`` (2²⁰ bytes) → bytes."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if not math.isfinite(text):  # int(nan): "cannot convert float NaN to integer"
+            raise ArgumentError(f"cannot read {text!r} as a number of bytes (examples: 10000000, '10MB', '64MiB')")
         return int(text)
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
     if not m or m.group(2).upper() not in _UNITS:

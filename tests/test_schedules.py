@@ -174,3 +174,10 @@ def test_specs_and_bytes():
     assert S.make_plan("all", 9, fp).name == "store all"
     assert S.make_plan(rc.Every(3), 9, fp).advanced == 6
     assert S.make_plan(rc.Binomial(2), 9, fp).advanced == S.advances(9, 2, 1)
+
+
+@pytest.mark.parametrize("nbytes", [float("nan"), float("inf"), -float("inf")])
+def test_a_budget_of_a_non_finite_number_is_named(nbytes):
+    """int(nan) said "cannot convert float NaN to integer" from memory.parse_bytes."""
+    with pytest.raises(rc.ArgumentError, match=rf"^cannot read {nbytes!r} as a number of bytes"):
+        rc.Budget(nbytes)
