@@ -59,6 +59,12 @@ def count(owner: str, option: str, v, *, at_least: int = 1, hint="") -> int:
     return int(v)
 
 
+def a_function(owner: str, option: str, v, signature: str) -> None:
+    """``v`` is callable; else an ArgumentError naming ``owner``, the option and the ``signature`` wanted."""
+    if not callable(v):
+        raise ArgumentError(f"{owner}: {option} must be a function {signature}, got {v!r}")
+
+
 def generator(owner: str, seed) -> np.random.Generator:
     """``np.random.default_rng(seed)``: a seed NumPy cannot take (a string, a float, a negative
     number) is an ArgumentError naming ``owner``, not NumPy's "SeedSequence expects int"."""

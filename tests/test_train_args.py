@@ -317,3 +317,15 @@ def test_truncated_takes_integers_not_booleans_or_strings(k1, k2):
     """Truncated(True) was Truncated(k1=True, k2=True): a window of one step."""
     with pytest.raises(ArgumentError, match=rf"^Truncated\(k1={k1!r}, k2={k2!r}\): need integers k2 >= k1 >= 1$"):
         rc.Truncated(k1, k2)
+
+
+@pytest.mark.parametrize("steps, pick, message", [
+    (3, "argmax", r"^generate: pick must be a function pick\(outputs, rng\) -> the next input, got 'argmax'$"),
+    ("3", lambda out, rng: out, r"^generate: steps must be an integer >= 0, got '3'$"),
+    (-1, lambda out, rng: out, r"^generate: steps must be an integer >= 0, got -1$"),
+])
+def test_generate_names_a_bad_pick_or_steps(steps, pick, message):
+    """Were "'str' object is not callable", "'str' object cannot be interpreted as an integer";
+    steps=-1 returned nothing without a word."""
+    with pytest.raises(ArgumentError, match=message):
+        _trainer().generate(np.zeros((2, 1, 2)), steps, pick)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backends.validate import check_param_shapes
-from ..checks import count, generator, real
+from ..checks import a_function, count, generator, real
 from ..compile import compile as rc_compile
 from ..errors import ArgumentError, CallError, TrainingError
 from .callbacks import checked
@@ -360,7 +360,8 @@ class Trainer:
         single output, else a dict) to the next input ((B, n_in) array, or a dict).
         Returns the chosen inputs (steps, B, n_in) (a dict for several inputs) and the final states."""
         names, outs_names = list(self.cell.step.inputs), list(self.cell.step.outputs)
-        rng = generator("generate", seed)
+        steps, rng = count("generate", "steps", steps, at_least=0), generator("generate", seed)
+        a_function("generate", "pick", pick, "pick(outputs, rng) -> the next input")  # was "'str' object is not callable"
         out, state = self.model.forward(self.params, converted(self._time_major(as_dict(prime, names, "prime")),
                                                                 self.dtype, "prime"), h0=self._state(h0))
         chosen = []
