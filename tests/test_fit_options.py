@@ -125,3 +125,13 @@ def test_a_last_batch_too_small_for_accumulate_is_refused_before_any_update():
         tr.fit(x, y, epochs=1, batch_size=7, verbose=0)
     assert tr.step_count == 0
     assert len(tr.fit(x, y, epochs=1, batch_size=10, verbose=0)) == 1  # a last batch of 4 is enough
+
+
+@pytest.mark.parametrize("callbacks", [lambda tr, epoch, loss: None, 3])
+def test_a_function_or_a_number_as_callbacks_is_named_as_not_a_callback(callbacks):
+    """Was "'function' object is not iterable" (the check of each callback was never reached)."""
+    x, y, _ = _diverging()
+    tr = rc.Trainer(rc.cells.elman(1, 3, 1), backend="numpy", dtype="float64")
+    with pytest.raises(TypeError, match=r"^fit\(callbacks=\.\.\.\): .* is not a callback: give rc\.Callback objects"):
+        tr.fit(x, y, epochs=1, verbose=0, callbacks=callbacks)
+    assert tr.step_count == 0

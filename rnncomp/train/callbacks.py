@@ -17,7 +17,8 @@ def checked(callbacks, validation: bool = True) -> list:
     """``fit``'s ``callbacks``: one callback or several, each with ``on_epoch_end``, and one that
     watches the validation loss only with ``validation`` data (checked before training: a
     function, or ``EarlyStopping()`` without validation data, failed after the first epoch)."""
-    callbacks = [callbacks] if hasattr(callbacks, "on_epoch_end") else list(callbacks)
+    iterable = hasattr(callbacks, "__iter__") and not hasattr(callbacks, "on_epoch_end")
+    callbacks = list(callbacks) if iterable else [callbacks]  # a function: named below, not "not iterable"
     for cb in callbacks:
         if not callable(getattr(cb, "on_epoch_end", None)):
             raise TypeError(f"fit(callbacks=...): {cb!r} is not a callback: give rc.Callback objects "
