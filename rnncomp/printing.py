@@ -302,6 +302,9 @@ def explain(cell, wrt=None, d_outputs=None, algorithm=None) -> Explanation:
     pick = lambda v, every: tuple(every) if v is True or v == "inputs" else (  # noqa: E731
         () if v is None else tuple(n for n in every if n in ((v,) if isinstance(v, str) else v)))
     for v, every, kind in ((wrt, st.inputs, "input"), (d_outputs, st.outputs, "output")):
+        if not (v is None or v is True or isinstance(v, str) or hasattr(v, "__iter__")):  # tuple(3): "not iterable"
+            raise CellError(f"cell {st.name!r}: explain: {'wrt' if kind == 'input' else 'd_outputs'} must be "
+                            f"a name, a list of names, True or None, got {v!r}")
         names = () if v in (None, True, "inputs") else ((v,) if isinstance(v, str) else tuple(v))
         bad = [n for n in names if n not in every]
         if bad:

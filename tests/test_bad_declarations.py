@@ -67,3 +67,13 @@ def test_a_ragged_constant_is_refused_naming_it():
     # NumPy's "setting an array element with a sequence ... inhomogeneous shape" before
     with pytest.raises(rc.CellError, match=r"cell 'c', constant 'M': expected an array of numbers, got list"):
         rc.Cell("c").const("M", [[1.0, 2.0], [3.0]])
+
+
+@pytest.mark.parametrize("kw", [{"wrt": 3}, {"d_outputs": 2.5}, {"wrt": False}])
+def test_explain_names_a_wrt_or_d_outputs_that_is_not_names(kw):
+    # tuple(3) raised "'int' object is not iterable" inside rc.explain
+    (key, value), = kw.items()
+    with pytest.raises(rc.CellError, match=rf"cell 'elman': explain: {key} must be a name, a list of names, "
+                                           rf"True or None, got {value!r}"):
+        rc.explain(rc.cells.elman(2, 3, 1), **kw)
+    assert "x" in str(rc.explain(rc.cells.elman(2, 3, 1), wrt="x"))
