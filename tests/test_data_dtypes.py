@@ -82,3 +82,13 @@ def test_stream_batches_names_a_bad_argument(args, message):
     """Were ZeroDivisionError, "tuple index out of range" and "slice indices must be integers"."""
     with pytest.raises(rc.RnncompError, match=message):
         rc.stream_batches(*args)
+
+
+@pytest.mark.parametrize("sequences, message", [
+    (None, r"^pad_sequences: expected a list of arrays, got NoneType$"),
+    ([[1.0, 2.0], "ab"], r"^pad_sequences: sequence 1 cannot be read as float32 numbers: could not convert"),
+])
+def test_pad_sequences_names_what_it_cannot_read(sequences, message):
+    """Were "'NoneType' object is not iterable" and NumPy's message naming no sequence."""
+    with pytest.raises(ValueError, match=message):
+        rc.pad_sequences(sequences)

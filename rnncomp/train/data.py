@@ -20,7 +20,14 @@ def pad_sequences(sequences, dtype="float32", value=0.0, *, batch_first=False):
     padded array ``(max T_i, N, n)`` and the lengths ``(N,)``; steps past a sequence's end
     hold ``value``.  Pass the lengths to ``Trainer.fit/evaluate/predict(lengths=...)``.
     ``batch_first=True``: ``(N, max T_i, n)``, for a ``Trainer(batch_first=True)``."""
-    seqs = [np.asarray(s, dtype=dtype) for s in sequences]
+    if not hasattr(sequences, "__iter__") or isinstance(sequences, (str, bytes)):  # None: "not iterable"
+        raise ValueError(f"pad_sequences: expected a list of arrays, got {type(sequences).__name__}")
+    seqs = []
+    for i, s in enumerate(sequences):
+        try:
+            seqs.append(np.asarray(s, dtype=dtype))
+        except (TypeError, ValueError) as exc:  # NumPy's "could not convert string to float" named no sequence
+            raise ValueError(f"pad_sequences: sequence {i} cannot be read as {dtype} numbers: {exc}") from None
     if not seqs:
         raise ValueError("pad_sequences: no sequences")
     seqs = [s[:, None] if s.ndim == 1 else s for s in seqs]
