@@ -16,6 +16,7 @@ from __future__ import annotations
 import networkx as nx
 
 from .checks import one_cell
+from .errors import ArgumentError
 from .ir import Node, Program, verify
 
 
@@ -50,6 +51,9 @@ def _shift(key, s):
     return key
 
 
+MAX_UNFOLDED = 2_000_000  # nodes of an unfolded program (unfold(lstm, 20000) is 500,000 nodes, 0.7 GB)
+
+
 def unfold_program(step, k: int) -> Program:
     """The step program repeated for s = 1..k; state leaves only at time 0."""
     if not isinstance(k, int) or k < 1:
@@ -61,6 +65,10 @@ def unfold_program(step, k: int) -> Program:
     for s, n in step.states.items():
         prog.add((s, 0), Node("state", (), n))
     body = [(key, node) for key, node in step.prog.nodes.items() if node.op not in ("param", "state")]
+    if k * len(body) > MAX_UNFOLDED:  # k = 10**9 ran until the kernel killed the process for memory
+        raise ArgumentError(f"unfold: {k:,} steps of cell {step.name!r} would be {k * len(body):,} nodes, over "
+                            f"{MAX_UNFOLDED:,} (about a kilobyte each as a networkx graph): unfold a few steps "
+                            "to look at; a compiled model runs any number")
     for s in range(1, k + 1):
         for key, node in body:
             prog.add(_shift(key, s), Node(node.op, tuple(_shift(a, s) for a in node.args),

@@ -77,3 +77,11 @@ def test_explain_names_a_wrt_or_d_outputs_that_is_not_names(kw):
                                            rf"True or None, got {value!r}"):
         rc.explain(rc.cells.elman(2, 3, 1), **kw)
     assert "x" in str(rc.explain(rc.cells.elman(2, 3, 1), wrt="x"))
+
+
+def test_unfolding_a_billion_steps_is_refused_before_it_allocates():
+    # it ran until the kernel killed the process for memory
+    with pytest.raises(ArgumentError, match=r"^unfold: 1,000,000,000 steps of cell 'elman' would be [\d,]+ nodes, "
+                                            r"over 2,000,000"):
+        rc.unfold(rc.cells.elman(2, 3, 1), 10**9)
+    assert rc.unfold(rc.cells.elman(2, 3, 1), 1000).number_of_nodes() > 1000
