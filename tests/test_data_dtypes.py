@@ -92,3 +92,22 @@ def test_pad_sequences_names_what_it_cannot_read(sequences, message):
     """Were "'NoneType' object is not iterable" and NumPy's message naming no sequence."""
     with pytest.raises(ValueError, match=message):
         rc.pad_sequences(sequences)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+@pytest.mark.parametrize("scale", [3e38, 1e-44, 1e300, 1e-320])
+def test_a_mask_of_any_finite_scale_weighs_the_steps_as_a_mask_of_ones(backend, scale):
+    """The loss is a masked mean: a float32 mask of 3e38s summed to inf and made every step
+    weight 0 (a loss of 0.0 and zero gradients, silently); a float64 mask of 1e300s was refused
+    as 'inf' by a float32 model, one of 1e-320s as selecting no step."""
+    model = rc.compile(rc.cells.elman(2, 3, 2), backend=backend, dtype="float32")
+    p = model.init_params(0)
+    rng = np.random.default_rng(0)
+    x, t = rng.normal(size=(4, 3, 2)).astype(np.float32), rng.normal(size=(4, 3, 2)).astype(np.float32)
+    pattern = np.array([[1, 1, 0], [1, 0, 1], [1, 1, 1], [0, 1, 1]])
+    ones = model.loss_and_grad(p, x, t, mask=pattern.astype(np.float32))
+    mask = (pattern * scale).astype(np.float32 if scale in (3e38, 1e-44) else np.float64)
+    scaled = model.loss_and_grad(p, x, t, mask=mask)
+    assert scaled[0] == pytest.approx(ones[0], rel=1e-6) and ones[0] > 0
+    for k in ones[1]:
+        np.testing.assert_allclose(scaled[1][k], ones[1][k], rtol=1e-5, atol=1e-7)

@@ -169,11 +169,13 @@ def check_forward_call(step, dtype, params, inputs, targets=None, h0=None, *, ch
 
 def check_mask(cell: str, mask, T: int, B: int, dtype) -> np.ndarray:
     """A (T, B) contiguous array of ``dtype`` from a (T, B) or (T,) mask of real numbers or
-    booleans, finite, non-negative and not all zero."""
+    booleans, finite, non-negative and not all zero, scaled to a largest weight of 1: the loss is
+    a masked mean, so the scale is the caller's to choose, and in float32 a mask of 3e38s summed
+    to inf (every step weight 0: a loss of 0, silently) and one of 1e-46s rounded to 0."""
     if isinstance(mask, np.ma.MaskedArray) or np.asarray(mask).dtype.kind not in "biuf":
         raise CallError(f"cell {cell!r}: mask must be a plain array of real numbers or booleans, "
                         f"got {type(mask).__name__} of {np.asarray(mask).dtype}")
-    m = np.asarray(mask, dtype=dtype)
+    m = np.asarray(mask, dtype=np.float64)  # the caller's values, checked before rounding to dtype
     if m.shape == (T,):
         m = np.repeat(m[:, None], B, axis=1)
     if m.shape != (T, B):
@@ -182,9 +184,10 @@ def check_mask(cell: str, mask, T: int, B: int, dtype) -> np.ndarray:
     if bad.any():
         t, b = (int(i) for i in np.argwhere(bad)[0])
         raise CallError(f"cell {cell!r}: mask must be finite and non-negative; mask[{t}, {b}] = {m[t, b]}")
-    if m.sum() <= 0:
+    top = m.max()
+    if top <= 0:
         raise CallError(f"cell {cell!r}: mask selects no step (its sum is 0)")
-    return np.ascontiguousarray(m)
+    return np.ascontiguousarray(m / top if top != 1 else m, dtype=dtype)
 
 
 def step_weights(call: Call, dtype) -> np.ndarray:
