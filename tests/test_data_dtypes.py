@@ -111,3 +111,17 @@ def test_a_mask_of_any_finite_scale_weighs_the_steps_as_a_mask_of_ones(backend, 
     assert scaled[0] == pytest.approx(ones[0], rel=1e-6) and ones[0] > 0
     for k in ones[1]:
         np.testing.assert_allclose(scaled[1][k], ones[1][k], rtol=1e-5, atol=1e-7)
+
+
+def test_a_trainer_weighs_a_mask_of_any_finite_scale_as_its_pattern():
+    """evaluate with a float32 mask of 3e38s summed its weights to inf and returned NaN; a
+    float64 mask of 1e300s, made float32 first, was refused as holding 'inf'."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(6, 4, 2)), rng.normal(size=(6, 4, 2))
+    pattern = (rng.random((6, 4)) > 0.3).astype(np.float32)
+    tr = rc.Trainer(rc.cells.elman(2, 3, 2), rc.SGD(0.01), backend="numpy")
+    want = tr.evaluate(x, y, mask=pattern)
+    for mask in (pattern * np.float32(3e38), pattern.astype(np.float64) * 1e300):
+        assert tr.evaluate(x, y, mask=mask) == pytest.approx(want, rel=1e-6)
+    tr.fit(x, y, mask=pattern.astype(np.float64) * 1e300, verbose=0, batch_size=2)
+    assert np.isfinite(tr.history).all()

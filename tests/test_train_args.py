@@ -293,14 +293,15 @@ def test_predict_returns_a_dict_for_a_single_output_as_its_docstring_says():
     assert "a dict, for a single output too" in rc.Trainer.predict.__doc__
 
 
-@pytest.mark.parametrize("mask", [np.zeros((6, 4)), np.zeros(6)])
+@pytest.mark.parametrize("mask", [np.zeros((6, 4)), np.zeros(6), np.full(6, np.nan), np.full(6, -1.0)])
 def test_fit_refuses_a_mask_that_selects_no_step(mask):
-    """fit skipped every batch and returned an epoch loss of NaN, without a word."""
+    """fit skipped every batch and returned an epoch loss of NaN, without a word (an all-zero mask;
+    a NaN one skipped every batch too, and evaluate divided by a weight of 0)."""
     x, y = _data()
     tr = _trainer()
-    with pytest.raises(rc.CallError, match=r"^fit: the mask selects no step \(all its weights are 0\)$"):
+    with pytest.raises(rc.CallError, match=r"^fit: the mask must be finite and non-negative, and select a step"):
         tr.fit(x, y, mask=mask, verbose=0)
-    with pytest.raises(rc.CallError, match=r"^evaluate: the mask selects no step"):
+    with pytest.raises(rc.CallError, match=r"^evaluate: the mask must be .* and select a step"):
         tr.evaluate(x, y, mask=mask)
     assert tr.history == []
 

@@ -272,7 +272,7 @@ class Trainer:
         """The (T, N) step weights from ``mask`` and ``lengths`` (None: every step counts; all 0: refused)."""
         m = None
         if mask is not None:
-            m = np.asarray(mask, dtype=self.dtype)
+            m = np.asarray(mask, dtype=np.float64)  # scaled below, then made the model's dtype
             if self.batch_first and m.ndim == 2:
                 m = m.T
             if m.shape == (T,):
@@ -283,9 +283,9 @@ class Trainer:
         if lengths is not None:
             lm = lengths_mask(check_lengths(lengths, T, N), T, self.dtype)
             m = lm if m is None else m * lm
-        if m is not None and not m.any():
-            raise CallError(f"{where}: the mask selects no step (all its weights are 0)")
-        return m
+        if m is not None and (not np.isfinite(m).all() or (m < 0).any() or not m.any()):
+            raise CallError(f"{where}: the mask must be finite and non-negative, and select a step (a weight > 0)")
+        return m if m is None else (m / m.max()).astype(self.dtype)  # a float32 sum of 3e38s was inf: NaN
 
     def evaluate(self, inputs, targets, mask=None, *, lengths=None, h0=None, window=None,
                  batch_size=None) -> float:
