@@ -76,6 +76,8 @@ def init_all(param_specs: dict, seed: int, dtype) -> dict:
             out[name] = make(init, rng, shape, dtype)
         except CellError as exc:  # which parameter's initialiser
             raise CellError(f"parameter {name!r}: {exc}") from None
+        except MemoryError as exc:  # NumPy's "Unable to allocate 6.94 EiB for an array with shape ..." named none
+            raise MemoryError(f"parameter {name!r} of shape {shape}: {exc}") from None
     return out
 
 

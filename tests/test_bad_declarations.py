@@ -85,3 +85,10 @@ def test_unfolding_a_billion_steps_is_refused_before_it_allocates():
                                             r"over 2,000,000"):
         rc.unfold(rc.cells.elman(2, 3, 1), 10**9)
     assert rc.unfold(rc.cells.elman(2, 3, 1), 1000).number_of_nodes() > 1000
+
+
+def test_a_parameter_too_large_to_allocate_is_named():
+    cell = rc.Cell("big")
+    cell.param("W", (10**9, 10**9))  # 8 EB: NumPy refuses at once, naming no parameter
+    with pytest.raises(MemoryError, match=r"^parameter 'W' of shape \(1000000000, 1000000000\): Unable to allocate"):
+        cell.init_params(0)
