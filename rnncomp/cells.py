@@ -12,6 +12,7 @@ from __future__ import annotations
 import sympy as sp
 
 from .cell import Cell
+from .checks import a_function
 from .dsl import softmax_xent
 from .functions import relu, sigmoid, softsign
 
@@ -39,6 +40,7 @@ def _affine(cell, gate, x, h, n_in, n_hidden):
 
 def elman(n_in, n_hidden, n_out=None, loss="mse", activation=sp.tanh) -> Cell:
     """Elman (1990): h[t] = tanh(W x[t] + U h[t-1] + b)."""
+    a_function("rc.cells.elman", "activation", activation, "of a sympy expression (sp.tanh, rc.relu)")
     cell = Cell("elman")
     x, h = cell.input("x", n_in), cell.state("h", n_hidden)
     cell.update(h, activation(_affine(cell, "", x, h, n_in, n_hidden)))
@@ -73,6 +75,8 @@ def gru(n_in, n_hidden, n_out=None, loss="mse") -> Cell:
 
 def lstm(n_in, n_hidden, n_out=None, loss="mse", gate=sigmoid, squash=sp.tanh, name="lstm") -> Cell:
     """LSTM (Hochreiter & Schmidhuber 1997, with forget gate, Gers et al. 2000)."""
+    for option, f in (("gate", gate), ("squash", squash)):  # "'str' object is not callable" before
+        a_function("rc.cells.lstm", option, f, "of a sympy expression (rc.sigmoid, sp.tanh)")
     cell = Cell(name)
     x = cell.input("x", n_in)
     h, c = cell.state("h", n_hidden), cell.state("c", n_hidden)

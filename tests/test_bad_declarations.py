@@ -92,3 +92,14 @@ def test_a_parameter_too_large_to_allocate_is_named():
     cell.param("W", (10**9, 10**9))  # 8 EB: NumPy refuses at once, naming no parameter
     with pytest.raises(MemoryError, match=r"^parameter 'W' of shape \(1000000000, 1000000000\): Unable to allocate"):
         cell.init_params(0)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: rc.cells.elman(2, 3, 1, activation="tanh"), r"^rc\.cells\.elman: activation must be a function of a sympy"),
+    (lambda: rc.cells.lstm(2, 3, 1, gate=None), r"^rc\.cells\.lstm: gate must be a function of a sympy"),
+    (lambda: rc.cells.lstm(2, 3, 1, squash="tanh"), r"^rc\.cells\.lstm: squash must be a function of a sympy"),
+])
+def test_a_zoo_activation_that_is_not_a_function_is_named(call, message):
+    # "'str' object is not callable" / "'NoneType' object is not callable" from inside rc.cells
+    with pytest.raises(ArgumentError, match=message):
+        call()
