@@ -102,10 +102,16 @@ def _view(address: int) -> np.ndarray:
 
 
 class HostFunctions:
-    """The Python functions the handler runs, by key; each owner's go when the owner goes."""
+    """The Python functions the handler runs, by key; each owner's go when the owner goes,
+    unless a call of theirs was traced (:meth:`pin`): a compiled function holds only the key,
+    and jax.jit may run it again after the owner is gone (a layer made inside the function it
+    is jitted with dies once traced)."""
 
     def __init__(self):
         self._fns: dict[int, object] = {}
+        self._owner: dict[int, int] = {}      # key -> id of its owner's group
+        self._groups: dict[int, set] = {}     # group -> its keys
+        self._pinned: set[int] = set()        # groups kept for the process
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -115,17 +121,34 @@ class HostFunctions:
         with self._lock:
             key = next(self._ids)
             self._fns[key] = fn
-        weakref.finalize(owner, self._fns.pop, key, None)
+            group = getattr(owner, "_rnncomp_host_group", None)
+            if group is None:
+                group = owner._rnncomp_host_group = next(self._ids)
+                self._groups[group] = set()
+                weakref.finalize(owner, self._drop, group)
+            self._owner[key] = group
+            self._groups[group].add(key)
         return key
+
+    def pin(self, key: int):
+        """Keep the functions of ``key``'s owner for the life of the process: a call of one was
+        traced (all of them: JAX may trace the backward after the owner is gone)."""
+        with self._lock:
+            self._pinned.add(self._owner.get(key))
+
+    def _drop(self, group: int):
+        with self._lock:
+            if group not in self._pinned:
+                for key in self._groups.pop(group, ()):
+                    self._fns.pop(key, None)
+                    self._owner.pop(key, None)
 
     def get(self, key: int):
         fn = self._fns.get(key)
         if fn is None:
             raise CallError(f"rnncomp host function {key} no longer exists: the layer that made it was "
-                            "garbage-collected before this call. A compiled JAX function holds this key, not "
-                            "the layer (a layer made inside a jitted function dies once it is traced): make "
-                            "the layer once, outside jax.jit, and keep it alive while the functions that call "
-                            "it, and the backwards of their calls, may run")
+                            "garbage-collected before this call, which was never traced (a traced call keeps "
+                            "its layer's functions): keep the layer alive while the backwards of its calls may run")
         return fn
 
 
@@ -166,6 +189,8 @@ def host_call(key: int, results, *args, vmap_method: str = "sequential"):
     """Run ``FUNCTIONS.get(key)(flat args, flat results)`` from XLA; ``results``: a pytree of
     ``jax.ShapeDtypeStruct``; returns the same pytree of arrays."""
     flat_args = jax.tree_util.tree_leaves(args)
+    if any(isinstance(a, jax.core.Tracer) for a in flat_args):   # staged: the compiled function keeps the key
+        FUNCTIONS.pin(key)
     flat_res, tree = jax.tree_util.tree_flatten(results)
     out = jax.ffi.ffi_call(TARGET, flat_res, vmap_method=vmap_method)(*flat_args, key=np.int64(key))
     return jax.tree_util.tree_unflatten(tree, out)

@@ -215,22 +215,37 @@ def test_init_params_takes_a_jax_prng_key():
         jax.jit(layer.init_params)(jax.random.key(0))
 
 
-def test_a_layer_made_inside_jit_is_named_with_the_way_out():
-    """A layer made inside a jitted function dies once traced: the compiled function holds only
-    the key of its host functions (found by a probe, where even the forward failed with "keep
-    the layer alive until its backward has run").  The message says to make the layer outside."""
+def test_a_layer_made_inside_jit_runs_and_differentiates():
+    """A layer made inside the function it is jitted with (as a flax or haiku module makes
+    its layers in ``__call__``) dies once traced, and the compiled function holds only the
+    key of its host functions: every call then failed ("host function … no longer exists",
+    found by a probe).  A traced call now keeps its functions; an eager-only layer's go
+    with it."""
+    import gc
+    from rnncomp import jax_ffi
     cell = rc.cells.elman(3, 4, 2)
-    x = np.zeros((3, 2, 3))
-    params = rc.jax.recurrent(cell, output="y", dtype="float64").init_params()
+    x = np.random.default_rng(0).standard_normal((3, 2, 3))
+    made_outside = rc.jax.recurrent(cell, output="y", dtype="float64")
+    params = made_outside.init_params()
 
     @jax.jit
     def inside(p, x):
-        return rc.jax.recurrent(cell, output="y", dtype="float64")(p, x)[0].sum()
-    with pytest.raises(Exception, match=r"(?s)no longer exists.*a layer made inside a jitted function dies "
-                                        r"once it is traced.*make the layer once, outside jax.jit"):
-        jax.block_until_ready(inside(params, x))
-    layer = rc.jax.recurrent(cell, output="y", dtype="float64")  # the way out: made outside
-    assert np.isfinite(float(jax.jit(lambda p, x: layer(p, x)[0].sum())(params, x)))
+        return (rc.jax.recurrent(cell, output="y", dtype="float64")(p, x)[0] ** 2).sum()
+    want = jax.value_and_grad(lambda p, x: (made_outside(p, x)[0] ** 2).sum())(params, x)
+    for _ in range(2):
+        gc.collect()
+        assert float(inside(params, x)) == pytest.approx(float(want[0]), rel=1e-12)
+        got = jax.jit(jax.value_and_grad(lambda p, x: (rc.jax.recurrent(cell, output="y", dtype="float64")(
+            p, x)[0] ** 2).sum()))(params, x)
+        for k in params:
+            np.testing.assert_allclose(got[1][k], want[1][k], rtol=1e-12, atol=1e-14)
+    before = len(jax_ffi.FUNCTIONS._fns)
+    eager = rc.jax.recurrent(cell, output="y", dtype="float64")
+    eager(params, x)
+    assert len(jax_ffi.FUNCTIONS._fns) > before
+    del eager
+    gc.collect()
+    assert len(jax_ffi.FUNCTIONS._fns) == before
 
 
 def test_nan_goes_through_like_any_jax_op():
