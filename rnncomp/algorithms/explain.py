@@ -54,12 +54,13 @@ class AlgorithmExplanation(TextShown):
             lines += self._tangent_lines(ts)
             lines.append("gradient: ∂L/∂θ = Σ_t Σ_batch w[t]·∂ℓ[t]")
             if a == "snap":
-                from .pattern import pattern
-                m = pattern(st, self.n, ts)
-                kept = sum(int(v.sum()) for v in m.values())
+                from .pattern import pattern_classes
+                m, index = pattern_classes(st, self.n, ts)   # per class of entries: no P × N table
+                per_entry = {s: v.sum(axis=1)[index] for s, v in m.items()}   # units each entry reaches
+                kept = sum(int(v.sum()) for v in per_entry.values())
                 lines.append(f"kept: ∂s[t] ⊙ M{self.n} after every step, M{self.n} = the entries {self.n} step(s) of "
                              f"the cell reach: {kept} of {N * P}")
-                for s, v in m.items():
+                for s, v in per_entry.items():
                     lines.append(f"  {s}: " + ", ".join(f"{p} {int(v[o:o + _size(sh)].sum())}"
                                                         for p, sh, o in _blocks(st)))
                 from .fold_text import folded_lines
