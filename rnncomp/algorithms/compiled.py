@@ -107,10 +107,10 @@ class Native:
             return
         if isinstance(prep, _Sparse):
             from ..backends.native_snap import SparseKernel
-            from .pattern import pattern
+            from .pattern import pattern_classes
             from .sparse_plan import SparsePlan
 
-            plan = SparsePlan(prep.st, pattern(prep.st, prep.n), by_state=True)
+            plan = SparsePlan(prep.st, pattern_classes(prep.st, prep.n, prep.ts), ts=prep.ts, by_state=True)
             self.kernel = SparseKernel(prep.st, plan, dtype, cache)
             self.entries, self.min_rows = self.kernel.sp.nnz, self.SPARSE_ROWS
             return

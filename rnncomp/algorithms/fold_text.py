@@ -33,7 +33,7 @@ def folded_lines(cell, n: int) -> list:
     """The lines of the folded recursion of SnAp-n for ``cell`` ([] where there is none to show:
     matrix states, a pattern past :data:`PRINT_LIMIT`, no run that folds)."""
     from ..ops import matrix_ops
-    from .pattern import pattern
+    from .pattern import pattern_classes
     from .sparse_fold import fold
     from .sparse_fuse import Run, fuse
     from .sparse_plan import SparsePlan
@@ -43,7 +43,7 @@ def folded_lines(cell, n: int) -> list:
     P = sum(int(np.prod(s)) for s in step.params.values())
     if matrix_ops(step.prog) or P * sum(step.states.values()) > PRINT_LIMIT:
         return []
-    plan = SparsePlan(step, pattern(step, n), by_state=True)
+    plan = SparsePlan(step, pattern_classes(step, n), by_state=True)
     state_of = {k: s for s, k in plan.ts.state_seeds.items()}
     new_of = {k: s for s, k in plan.ts.out.items() if k is not None}
     stored = stored_values(step.prog)

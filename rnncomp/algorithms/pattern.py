@@ -148,6 +148,20 @@ def pattern_classes(step, n: int | None = 1, ts=None, classes=None) -> tuple[dic
     return m, index
 
 
+def stored_entries(m, index, states):
+    """``np.nonzero`` of the (P, N) pattern (the states' ``pattern`` side by side, in ``states``'
+    order) from :func:`pattern_classes`'s ``(m, index)``, without making it: (entries, units).
+    The dense table is P·N bytes (an LSTM with 512 units: 1.1 GB, where SnAp-1 keeps 2.2 M entries)."""
+    from .restricted import expand_rows
+    return expand_rows(np.concatenate([m[s] for s in states], axis=1), index)
+
+
+def kept_count(m, index) -> int:
+    """How many entries :func:`pattern` keeps, from :func:`pattern_classes`'s ``(m, index)``."""
+    per = np.bincount(index, minlength=len(next(iter(m.values()), ())))   # entries per class
+    return sum(int(per @ v.sum(axis=1)) for v in m.values())
+
+
 def pattern(step, n: int | None = 1, ts=None) -> dict:
     """SnAp-n's pattern ``{state: (P, n_state) bool}``: which parameter entries (rows, in the
     flat parameter order) may reach which units of each state within n steps from J[0] = 0

@@ -30,7 +30,7 @@ from ..backends.numpy import run_program
 from ..forward_mode import tangent_step
 from ..ops import matrix_ops
 from .base import Algorithm, check_memory
-from .pattern import entry_classes, reach, pattern
+from .pattern import entry_classes, kept_count, pattern, pattern_classes, reach, stored_entries
 from .restricted import RestrictedJacobian
 from .rtrl import DEFAULT_MAX_BYTES, checked_bytes
 from .rtrl import _Prepared as _RtrlPrepared
@@ -66,7 +66,7 @@ class SnAp(Algorithm):
         if matrix:
             sparse = False
         elif sparse == "auto":
-            kept = sum(int(v.sum()) for v in pattern(step, self.n).values())
+            kept = kept_count(*pattern_classes(step, self.n))
             total = sum(int(np.prod(s)) for s in step.params.values()) * sum(step.states.values())
             sparse = kept * 4 < total
         return (_Sparse if sparse else _Dense)(step, self.n, self.max_bytes)
@@ -114,12 +114,11 @@ class _Sparse:
         self.st, self.max_bytes, self.n = step, max_bytes, n
         ts = tangent_step(step)
         self.layout = Directions.dense(step)
-        mask = pattern(step, n, ts)
         offs = np.cumsum([0] + list(step.states.values()))
         self.state_off = dict(zip(step.states, offs[:-1]))
         self.N = int(offs[-1])
-        full = np.concatenate([mask[s] for s in step.states], axis=1)  # (P, N)
-        self.col, self.row = np.nonzero(full)                          # the stored entries, by column
+        # the stored entries, by column: np.nonzero of the (P, N) pattern, without making it
+        self.col, self.row = stored_entries(*pattern_classes(step, n, ts), step.states)
         self.nnz = len(self.col)
         self.ts, self.bwd = ts, backward_step(step)
 

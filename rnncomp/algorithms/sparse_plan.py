@@ -36,7 +36,7 @@ import sympy as sp
 from ..backends.numpy import ew_function
 from ..forward_mode import is_tangent_param, tangent_of, tangent_step
 from ..ir import placeholder
-from .pattern import STRUCTURE, entry_classes
+from .pattern import STRUCTURE, entry_classes, stored_entries
 from .restricted import Positions, expand_rows, kept_entries
 from .tangents import Directions
 
@@ -57,7 +57,9 @@ class Term:
 class SparsePlan:
     """The entries and terms of every tangent node (see the module docstring).
 
-    ``mask``: {state: (P, n) bool}, SnAp's pattern (:func:`.pattern.pattern`).  The stored
+    ``mask``: {state: (P, n) bool}, SnAp's pattern (:func:`.pattern.pattern`), or the same as
+    :func:`.pattern.pattern_classes`'s ``(patterns per class, index)``, which plans without a
+    (P, n) table (O(kept entries) memory: the native executor's and explain's form).  The stored
     entries come in the order of ``np.nonzero`` (by parameter entry, then unit: the NumPy
     executor's carry), or, ``by_state``, state by state in that order (each state's entries a
     range of J: the native executor reads and writes them contiguously); ``perm[i]`` is the
@@ -70,19 +72,26 @@ class SparsePlan:
         offs = np.cumsum([0] + list(step.states.values()))
         self.state_off = dict(zip(step.states, offs[:-1]))
         self.N = int(offs[-1])
-        full = np.concatenate([mask[s] for s in step.states], axis=1)   # (P, N)
-        col, row = np.nonzero(full)                                     # the stored entries
+        # the reach and need of each node per class of entries with one pattern (pattern.py)
+        dirs, classes = entry_classes(step, ts)
+        by_class = isinstance(mask, tuple) and np.array_equal(mask[1], classes)
+        if isinstance(mask, tuple) and not by_class:   # classes of another split: per entry
+            mask = {s: v[mask[1]] for s, v in mask[0].items()}
+        if by_class:
+            mask = mask[0]
+            col, row = stored_entries(mask, classes, step.states)      # the stored entries
+        else:
+            col, row = np.nonzero(np.concatenate([mask[s] for s in step.states], axis=1))   # (P, N)
         state = np.searchsorted(offs, row, side="right")
         self.perm = np.argsort(state, kind="stable") if by_state else np.arange(len(col))
         self.col, self.row = col[self.perm], row[self.perm]
         self.nnz = len(self.col)
         stored = Positions(col, row, self.N, np.argsort(self.perm))   # (k, unit) -> its place in J
-        # the reach and need of each node per class of entries with one pattern (pattern.py)
-        dirs, classes = entry_classes(step, ts)
-        first = np.unique(classes, return_index=True)[1]
-        if not all(np.array_equal(mask[s][first][classes], mask[s]) for s in step.states):
-            dirs, classes, first = self.dirs, None, slice(None)   # a mask of another shape: per entry
-        mask = {s: mask[s][first] for s in step.states}
+        if not by_class:
+            first = np.unique(classes, return_index=True)[1]
+            if not all(np.array_equal(mask[s][first][classes], mask[s]) for s in step.states):
+                dirs, classes, first = self.dirs, None, slice(None)   # a mask of another shape: per entry
+            mask = {s: mask[s][first] for s in step.states}
         K = dirs.K
         prog = ts.prog
         seed_state = {k: s for s, k in ts.state_seeds.items()}
