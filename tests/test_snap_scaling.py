@@ -51,3 +51,19 @@ def test_class_form_gives_the_dense_pattern_plan(make, n):
             assert all(np.array_equal(t.yp, u.yp) and np.array_equal(t.xp, u.xp) for t, u in zip(a.terms[k], b.terms[k]))
         assert all(ka == kb and np.array_equal(sa, sb) and np.array_equal(da, db)
                    for (ka, sa, da), (kb, sb, db) in zip(a.out, b.out))
+
+
+def test_a_sensitivity_over_the_limit_fails_before_the_native_kernel_is_built():
+    """Dense SnAp (and RTRL) checked max_bytes at the window's start, after the native kernel
+    had made its tables, among them the mask as a (P × n_s) array of the dtype: a GRU 16→512
+    under SnAp(1) took 3.9 GB and 10 s to say 'over the limit'.  One sample over it now fails
+    first: LSTM 16→96, 79 MB peak before, under 20 MB now."""
+    from rnncomp.algorithms import sequence_grad
+    cell = rc.cells.lstm(16, 96, 4)
+    params, x, y = cell.init_params(0), {"x": np.zeros((2, 1, 16))}, {"target": np.zeros((2, 1, 4))}
+
+    def run():
+        with pytest.raises(rc.SensitivityMemoryError, match=r"1 × \d+ × 192 values"):
+            sequence_grad(SnAp(2, max_bytes=10 ** 6), cell, params, x, y, backend="native")
+    _, peak = _peak(run)
+    assert peak < 20 * 2 ** 20, peak / 2 ** 20

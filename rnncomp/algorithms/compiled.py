@@ -117,6 +117,9 @@ class Native:
         if not isinstance(prep, RtrlPrepared):
             raise CompileError(f"cell {prep.st.name!r}: the native online executor has no code for {algorithm!r} yet")
         from ..backends.native_tangent import OnlineKernel
+        from .base import check_memory   # one sample over the limit: say so before the kernel's tables
+        check_memory(f"{prep.what} (batch × parameters × state units)", prep.st.name, (1, prep.dirs.K, n_s),
+                     np.dtype(dtype).itemsize, prep.max_bytes)   # (dense SnAp's mask: as big as J)
         self.kernel = OnlineKernel(prep.st, prep.ts, prep.dirs, dtype, getattr(prep, "mask", None), cache)
         self.entries = self.kernel.K * n_s
 
