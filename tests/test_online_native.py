@@ -332,3 +332,24 @@ def test_fit_online_caches_its_kernel_where_the_trainer_was_told(gradient, tmp_p
         tr.fit_online(x["x"], y["target"], every=3)
         assert not default.exists()
     assert set(mine.glob("obj/*.o")) - before   # the kernel's object (and the update's), beside the model's
+
+
+def test_rtrl_max_bytes_counts_the_native_working_buffers():
+    """RTRL's max_bytes bounded the sensitivity J only, while the native kernel's working buffers
+    (the tangent step's values over B·P directions) are about 3× J more (an LSTM with 200 units
+    peaked at 2.9 GB under a 1 GiB limit on a 558 MB J): a limit of 2·J ran.  Now J and the
+    buffers are counted together, named; 20·J runs and equals the NumPy executor."""
+    from rnncomp.algorithms import sequence_grad
+    cell = rc.cells.lstm(4, 16, 2)
+    params = cell.init_params(0)
+    rng = np.random.default_rng(0)
+    x, y = {"x": rng.standard_normal((3, 4, 4))}, {"target": rng.standard_normal((3, 4, 2))}
+    J = 4 * sum(v.size for v in params.values()) * 32 * 8
+    with pytest.raises(rc.SensitivityMemoryError, match=r"RTRL's sensitivity ∂state/∂θ \(.* at B = 4\) and "
+                                                        r"the native executor's working buffers \(.*\) need"):
+        sequence_grad(rc.RTRL(max_bytes=2 * J), cell, params, x, y, backend="native")
+    got = sequence_grad(rc.RTRL(max_bytes=20 * J), cell, params, x, y, backend="native")
+    want = sequence_grad(rc.RTRL(), cell, params, x, y)
+    assert got[0] == pytest.approx(want[0], rel=1e-12)
+    for k in want[1]:
+        np.testing.assert_allclose(got[1][k], want[1][k], rtol=1e-10, atol=1e-14)

@@ -170,6 +170,7 @@ class Native:
         else:
             run = lambda k, r: k.run(params, rows(states, r), rows(seqs, r, 1), w[:, r], rows(carry, r))  # noqa: E731
         slices = self._slices(T, B)
+        _check_buffers(self, B, slices, w.dtype)
         with self._lock:  # a second caller's window waits (the buffers are the kernels' own)
             if slices is None:
                 loss, g, final = run(self.kernel, slice(0, B))
@@ -177,6 +178,28 @@ class Native:
             parts = self._run(slices, run)
         final = {k: np.concatenate([p[2][k] for p in parts]) for k in self.st.states}
         return sum(p[0] for p in parts), sum(p[1] for p in parts), final, carry
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _check_buffers(native, B, slices, dtype):
+    """RTRL's and dense SnAp's ``max_bytes`` counts the sensitivity J and the kernels' working
+    buffers for this batch (one set per slice): the buffers alone are several times J (an LSTM
+    with 200 units peaked at 2.9 GB for a 558 MB J), so a limit on J let a run be killed."""
+    from .base import SensitivityMemoryError
+    kernel, prep = native.kernel, native.prep
+    limit = getattr(prep, "max_bytes", None)
+    if limit is None or not hasattr(kernel, "buffer_bytes"):
+        return
+    J = B * kernel.K * sum(native.st.states.values()) * np.dtype(dtype).itemsize
+    bufs = sum(kernel.buffer_bytes(sl.stop - sl.start) for sl in (slices or [slice(0, B)]))
+    if J + bufs > limit:
+        raise SensitivityMemoryError(
+            f"cell {native.st.name!r}: {prep.what} ({_mib(J)} at B = {B}) and the native executor's working "
+            f"buffers ({_mib(bufs)}) need {_mib(J + bufs)}, over the limit of {_mib(limit)} (max_bytes); use "
+            "rc.SnAp(1) or rc.UORO(), a smaller batch, or raise max_bytes")
 
 
 def rows(d, r, axis=0):

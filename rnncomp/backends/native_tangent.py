@@ -291,6 +291,19 @@ class OnlineKernel(StepEmitter):
             self._copy_state(g, s, n)
 
     # ------------------------------------------------------------------ calls
+    def _workspace(self, B) -> int:
+        """Elements of the GEMM workspace for batch B."""
+        S = max([n.size for n in self.st.prog.nodes.values() if isinstance(n.size, int)]
+                + [d for s in self.st.params.values() if isinstance(s, tuple) for d in s])
+        return max(gemm.workspace_elems(B * self.K, S, S, str(self.dtype), self.host), 1)
+
+    def buffer_bytes(self, B) -> int:
+        """Bytes of the working buffers :meth:`_buffers` makes for batch B (the tangent step's
+        values over B·K directions: several times the sensitivity J itself)."""
+        rows = {"B": B, "BK": B * self.K, "K": self.K, "1": 1}
+        n = sum(rows[r] * max(u, 1) for r, u in self.plan.sizes.values() if r != "ext")
+        return (n + self._workspace(B)) * np.dtype(self.dtype).itemsize
+
     def _buffers(self, B):
         """The internal buffers for batch B (made once per B, reused by every window)."""
         if self._B == B:
@@ -308,10 +321,7 @@ class OnlineKernel(StepEmitter):
                 bufs[self.plan.seed_full[sk]][:] = np.broadcast_to(table, (B, self.K, n)).ravel()
         for s, k in self.plan.mask.items():
             bufs[k][:] = self.mask[s].ravel()
-        S = max([n.size for n in self.st.prog.nodes.values() if isinstance(n.size, int)]
-                + [d for s in self.st.params.values() if isinstance(s, tuple) for d in s])
-        self._work = np.zeros(max(gemm.workspace_elems(B * self.K, S, S, str(self.dtype), self.host), 1),
-                              dtype=self.dtype)
+        self._work = np.zeros(self._workspace(B), dtype=self.dtype)
         self._bufs, self._B = bufs, B
         return bufs
 
