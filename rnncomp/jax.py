@@ -115,7 +115,7 @@ class Recurrent:
             rets[-1][...] = kept.put(k)
 
         def host_taken_vjp(flat, rets):
-            k, _ = kept.take(int(flat[at]))
+            k = kept.take(int(flat[at]))
             if k is None:  # evicted, or taken by an earlier backward of the same residual
                 host_vjp(flat, rets)
             else:

@@ -14,11 +14,11 @@ same numbers, one forward more.
     >>> reg = KeptForwards(bound=2)
     >>> class Fake:
     ...     def free(self): print("freed")
-    >>> a, b = reg.put(Fake(), "tag a"), reg.put(Fake(), "tag b")
-    >>> c = reg.put(Fake(), "tag c")               # over the bound: the oldest goes
+    >>> a, b = reg.put(Fake()), reg.put(Fake())
+    >>> c = reg.put(Fake())                        # over the bound: the oldest goes
     freed
-    >>> reg.take(a), reg.take(b)[1], reg.take(b), len(reg)
-    ((None, None), 'tag b', (None, None), 1)
+    >>> reg.take(a), reg.take(b) is not None, reg.take(b), len(reg)
+    (None, True, None, 1)
 """
 from __future__ import annotations
 
@@ -40,12 +40,11 @@ def checked_bound(bound) -> int:
 
 
 class KeptForwards:
-    """At most ``bound`` kept forwards (objects with ``free()``), each with a tag, by integer
-    key; thread-safe.
+    """At most ``bound`` kept forwards (objects with ``free()``) by integer key; thread-safe.
 
     :meth:`put` keeps one and returns its key, freeing the least recently kept beyond the
-    bound; :meth:`take` removes and returns ``(kept, tag)`` of a key (``(None, None)`` when
-    it is not there: evicted, taken before, or never kept).  An object is freed
+    bound; :meth:`take` removes and returns the kept forward of a key (None when it is not
+    there: evicted, taken before, or never kept).  An object is freed
     (``free()``) when evicted, or by whoever took it."""
 
     def __init__(self, bound: int):
@@ -54,24 +53,24 @@ class KeptForwards:
         self._last = 0
         self._lock = threading.Lock()
 
-    def put(self, kept, tag=None) -> int:
+    def put(self, kept) -> int:
         with self._lock:
             self._last = self._last % _KEY_LIMIT + 1
             key = self._last
-            self._kept[key] = (kept, tag)
-            evicted = [self._kept.popitem(last=False)[1][0] for _ in range(len(self._kept) - self.bound)]
+            self._kept[key] = kept
+            evicted = [self._kept.popitem(last=False)[1] for _ in range(len(self._kept) - self.bound)]
         for old in evicted:  # outside the lock: freeing gives buffers back to the model
             old.free()
         return key
 
-    def take(self, key: int) -> tuple:
+    def take(self, key: int):
         with self._lock:
-            return self._kept.pop(key, (None, None))
+            return self._kept.pop(key, None)
 
     def clear(self) -> None:
         """Free every kept forward now."""
         with self._lock:
-            kept, self._kept = [k for k, _ in self._kept.values()], OrderedDict()
+            kept, self._kept = list(self._kept.values()), OrderedDict()
         for k in kept:
             k.free()
 

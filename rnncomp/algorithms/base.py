@@ -74,11 +74,13 @@ def check_memory(what: str, cell: str, shape: tuple, itemsize: int, limit: int |
     """Raise :class:`SensitivityMemoryError` when an array of ``shape`` is over ``limit`` bytes."""
     need = int(np.prod(shape)) * itemsize
     if limit is not None and need > limit:
-        dims = " × ".join(str(d) for d in shape)
-        raise SensitivityMemoryError(
-            f"cell {cell!r}: {what} needs {dims} values = {need / 2**20:.1f} MiB, over the limit of "
-            f"{limit / 2**20:.1f} MiB (max_bytes); use rc.SnAp(1) or rc.UORO(), a smaller batch, "
-            "or raise max_bytes")
+        over_limit(cell, f"{what} needs {' × '.join(str(d) for d in shape)} values = {need / 2**20:.1f} MiB", limit)
+
+
+def over_limit(cell: str, needs: str, limit: int):
+    """The :class:`SensitivityMemoryError` of ``needs`` (what needs how much) over ``limit`` bytes."""
+    raise SensitivityMemoryError(f"cell {cell!r}: {needs}, over the limit of {limit / 2**20:.1f} MiB (max_bytes); "
+                                 "use rc.SnAp(1) or rc.UORO(), a smaller batch, or raise max_bytes")
 
 
 def initial_learned(step, h0) -> set:

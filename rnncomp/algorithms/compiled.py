@@ -98,6 +98,7 @@ class Native:
             count("native online executor", "threads", threads, hint="or None: every core")
         self._forks, self._pool, self._pool_size = [], None, 0
         self._lock = threading.Lock()  # the kernels' buffers serve one window at a time
+        self._fits = set()  # (B, slice sizes) whose buffers max_bytes allows
         self.min_rows = 1  # samples a slice holds at least
         n_s = sum(prep.st.states.values())
         if isinstance(prep, UoroPrepared):
@@ -107,10 +108,9 @@ class Native:
             return
         if isinstance(prep, _Sparse):
             from ..backends.native_snap import SparseKernel
-            from .pattern import pattern_classes
             from .sparse_plan import SparsePlan
 
-            plan = SparsePlan(prep.st, pattern_classes(prep.st, prep.n, prep.ts), ts=prep.ts, by_state=True)
+            plan = SparsePlan(prep.st, prep.pattern, ts=prep.ts, by_state=True)
             self.kernel = SparseKernel(prep.st, plan, dtype, cache)
             self.entries, self.min_rows = self.kernel.sp.nnz, self.SPARSE_ROWS
             return
@@ -122,6 +122,21 @@ class Native:
                      np.dtype(dtype).itemsize, prep.max_bytes)   # (dense SnAp's mask: as big as J)
         self.kernel = OnlineKernel(prep.st, prep.ts, prep.dirs, dtype, getattr(prep, "mask", None), cache)
         self.entries = self.kernel.K * n_s
+
+    def _check_buffers(self, B, slices, dtype):
+        """RTRL's and dense SnAp's ``max_bytes`` counts the sensitivity J and the kernels' working
+        buffers for this batch (one set per slice): the buffers alone are several times J (an
+        LSTM with 200 units peaked at 2.9 GB for a 558 MB J), so a limit on J let a run be killed."""
+        limit, sizes = getattr(self.prep, "max_bytes", None), (B, tuple(sl.stop - sl.start for sl in slices or ()))
+        if limit is None or not hasattr(self.kernel, "buffer_bytes") or sizes in self._fits:
+            return
+        J = B * self.kernel.K * sum(self.st.states.values()) * np.dtype(dtype).itemsize
+        bufs = sum(self.kernel.buffer_bytes(sl.stop - sl.start) for sl in (slices or [slice(0, B)]))
+        if J + bufs > limit:
+            from .base import over_limit
+            over_limit(self.st.name, f"{self.prep.what} ({J / 2**20:.1f} MiB at B = {B}) and the native executor's "
+                       f"working buffers ({bufs / 2**20:.1f} MiB) need {(J + bufs) / 2**20:.1f} MiB", limit)
+        self._fits.add(sizes)
 
     def _slices(self, T, B):
         """The batch rows of each thread's share of a window of T steps."""
@@ -170,7 +185,7 @@ class Native:
         else:
             run = lambda k, r: k.run(params, rows(states, r), rows(seqs, r, 1), w[:, r], rows(carry, r))  # noqa: E731
         slices = self._slices(T, B)
-        _check_buffers(self, B, slices, w.dtype)
+        self._check_buffers(B, slices, w.dtype)
         with self._lock:  # a second caller's window waits (the buffers are the kernels' own)
             if slices is None:
                 loss, g, final = run(self.kernel, slice(0, B))
@@ -178,28 +193,6 @@ class Native:
             parts = self._run(slices, run)
         final = {k: np.concatenate([p[2][k] for p in parts]) for k in self.st.states}
         return sum(p[0] for p in parts), sum(p[1] for p in parts), final, carry
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
-
-
-def _check_buffers(native, B, slices, dtype):
-    """RTRL's and dense SnAp's ``max_bytes`` counts the sensitivity J and the kernels' working
-    buffers for this batch (one set per slice): the buffers alone are several times J (an LSTM
-    with 200 units peaked at 2.9 GB for a 558 MB J), so a limit on J let a run be killed."""
-    from .base import SensitivityMemoryError
-    kernel, prep = native.kernel, native.prep
-    limit = getattr(prep, "max_bytes", None)
-    if limit is None or not hasattr(kernel, "buffer_bytes"):
-        return
-    J = B * kernel.K * sum(native.st.states.values()) * np.dtype(dtype).itemsize
-    bufs = sum(kernel.buffer_bytes(sl.stop - sl.start) for sl in (slices or [slice(0, B)]))
-    if J + bufs > limit:
-        raise SensitivityMemoryError(
-            f"cell {native.st.name!r}: {prep.what} ({_mib(J)} at B = {B}) and the native executor's working "
-            f"buffers ({_mib(bufs)}) need {_mib(J + bufs)}, over the limit of {_mib(limit)} (max_bytes); use "
-            "rc.SnAp(1) or rc.UORO(), a smaller batch, or raise max_bytes")
 
 
 def rows(d, r, axis=0):

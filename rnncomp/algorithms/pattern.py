@@ -148,11 +148,34 @@ def pattern_classes(step, n: int | None = 1, ts=None, classes=None) -> tuple[dic
     return m, index
 
 
+def ragged_ranges(start, count) -> np.ndarray:
+    """The ranges ``start[i] … start[i] + count[i] - 1``, one after another, as one array."""
+    count = np.asarray(count)
+    return np.repeat(np.asarray(start) - (np.cumsum(count) - count), count) + np.arange(int(count.sum()))
+
+
+def group_pairs(groups, keys):
+    """``(y, x)``: each position i of ``keys`` paired with every position j of ``groups`` (sorted)
+    where ``groups[j] == keys[i]``, in the order of i, then j (the entries of a direction, or of
+    a column, that meet in a product)."""
+    start = np.searchsorted(groups, keys, side="left")
+    count = np.searchsorted(groups, keys, side="right") - start
+    return np.repeat(np.arange(len(keys)), count), ragged_ranges(start, count)
+
+
+def expand_rows(compact, classes):
+    """``np.nonzero(compact[classes])`` without the dense (len(classes), n) table: the rows of a
+    class-uniform boolean, spread back to the directions of each class."""
+    rows, units = np.nonzero(compact)
+    starts = np.searchsorted(rows, np.arange(compact.shape[0] + 1))
+    count = np.diff(starts)[classes]
+    return np.repeat(np.arange(len(classes)), count), units[ragged_ranges(starts[:-1][classes], count)]
+
+
 def stored_entries(m, index, states):
     """``np.nonzero`` of the (P, N) pattern (the states' ``pattern`` side by side, in ``states``'
     order) from :func:`pattern_classes`'s ``(m, index)``, without making it: (entries, units).
     The dense table is P·N bytes (an LSTM with 512 units: 1.1 GB, where SnAp-1 keeps 2.2 M entries)."""
-    from .restricted import expand_rows
     return expand_rows(np.concatenate([m[s] for s in states], axis=1), index)
 
 

@@ -26,7 +26,7 @@ from ..errors import CompileError
 from ..forward_mode import tangent_step
 from ..ir import placeholder
 from ..ops import MATRIX, matrix_ops
-from .pattern import STRUCTURE
+from .pattern import STRUCTURE, expand_rows, group_pairs
 from .tangents import Directions
 
 
@@ -86,17 +86,6 @@ class Positions:
         k = d * self.n + u
         p = np.minimum(np.searchsorted(self.keys, k), len(self.keys) - 1)
         return np.where(self.keys[p] == k, self.values[p], -1)
-
-
-def expand_rows(compact, classes):
-    """``np.nonzero(compact[classes])`` without the dense (len(classes), n) table: the rows of a
-    class-uniform boolean, spread back to the directions of each class."""
-    rows, units = np.nonzero(compact)
-    starts = np.searchsorted(rows, np.arange(compact.shape[0] + 1))
-    count = np.diff(starts)[classes]
-    d = np.repeat(np.arange(len(classes)), count)
-    first = np.cumsum(count) - count
-    return d, units[np.repeat(starts[:-1][classes], count) + np.arange(int(count.sum())) - np.repeat(first, count)]
 
 
 def kept_entries(prog, sup, need, sizes, classes=None):
@@ -195,13 +184,11 @@ class RestrictedJacobian:
             (a,) = node.args
             ad, au = self.positions[a]
             # pairs (y entry, x entry) in the same direction: x's entries are sorted by direction
-            start = np.searchsorted(ad, d, side="left")
-            count = np.searchsorted(ad, d, side="right") - start
             if count_only:
+                count = np.searchsorted(ad, d, side="right") - np.searchsorted(ad, d, side="left")
                 terms.append((a, range(int(count.sum())), None, None))
                 return terms
-            yp = np.repeat(np.arange(len(d)), count)
-            xp = np.repeat(start - np.cumsum(count) + count, count) + np.arange(int(count.sum()))
+            yp, xp = group_pairs(ad, d)
             terms.append((a, yp, xp, ("matvec", node.attrs["terms"], u[yp], au[xp])))
         else:
             lo = node.attrs.get("lo", 0)
@@ -230,10 +217,8 @@ class RestrictedJacobian:
 
     def flops(self) -> int:
         """Per sample: a multiply and an add per (entry, term) the plans read."""
-        plans = self.__dict__.get("plans") or {
-            key: self._plan(key, node, self._index, self._sizes, count_only=True)
-            for key, node in self.ts.prog.nodes.items() if node.op != "seed"}
-        return 2 * sum(len(yp) for plan in plans.values() for _, yp, _, _ in plan)
+        return 2 * sum(len(yp) for key, node in self.ts.prog.nodes.items() if node.op != "seed"
+                       for _, yp, _, _ in self._plan(key, node, self._index, self._sizes, count_only=True))
 
     def evaluate(self, env, B, dtype) -> np.ndarray:
         """The wanted entries, ``(B, len(rows))``, at the forward values ``env`` of step t."""

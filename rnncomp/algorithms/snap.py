@@ -30,7 +30,7 @@ from ..backends.numpy import run_program
 from ..forward_mode import tangent_step
 from ..ops import matrix_ops
 from .base import Algorithm, check_memory
-from .pattern import entry_classes, kept_count, pattern, pattern_classes, reach, stored_entries
+from .pattern import entry_classes, group_pairs, kept_count, pattern, pattern_classes, reach, stored_entries
 from .restricted import RestrictedJacobian
 from .rtrl import DEFAULT_MAX_BYTES, checked_bytes
 from .rtrl import _Prepared as _RtrlPrepared
@@ -118,7 +118,8 @@ class _Sparse:
         self.state_off = dict(zip(step.states, offs[:-1]))
         self.N = int(offs[-1])
         # the stored entries, by column: np.nonzero of the (P, N) pattern, without making it
-        self.col, self.row = stored_entries(*pattern_classes(step, n, ts), step.states)
+        self.pattern = pattern_classes(step, n, ts)   # (per class, index): the native plan's too
+        self.col, self.row = stored_entries(*self.pattern, step.states)
         self.nnz = len(self.col)
         self.ts, self.bwd = ts, backward_step(step)
 
@@ -128,11 +129,7 @@ class _Sparse:
         plan of its own, begins here and never steps: an LSTM with 128 units took 5 s for them)."""
         step, ts = self.st, self.ts
         # pairs (e_out, e_in) of entries in the same column: J[u, k] += D[u, v]·J[v, k]
-        count = np.bincount(self.col, minlength=self.layout.K)
-        first = np.repeat(np.cumsum(count) - count, count ** 2)        # each column's first entry
-        within = np.arange(int((count ** 2).sum())) - np.repeat(np.cumsum(count ** 2) - count ** 2, count ** 2)
-        size = np.repeat(count, count ** 2)
-        e_out, e_in = first + within // np.maximum(size, 1), first + within % np.maximum(size, 1)
+        e_out, e_in = group_pairs(self.col, self.col)
         # the entries D[u, v] those pairs read, computed alone (restricted.py)
         q, q_of_pair = np.unique(self.row[e_out] * self.N + self.row[e_in], return_inverse=True)
         jac = RestrictedJacobian(step, q // self.N, q % self.N)

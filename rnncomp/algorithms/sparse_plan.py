@@ -36,8 +36,8 @@ import sympy as sp
 from ..backends.numpy import ew_function
 from ..forward_mode import is_tangent_param, tangent_of, tangent_step
 from ..ir import placeholder
-from .pattern import STRUCTURE, entry_classes, stored_entries
-from .restricted import Positions, expand_rows, kept_entries
+from .pattern import STRUCTURE, entry_classes, expand_rows, group_pairs, stored_entries
+from .restricted import Positions, kept_entries
 from .tangents import Directions
 
 
@@ -190,11 +190,7 @@ class SparsePlan:
             return [Term("inject", node.args[0], np.concatenate(yp), np.concatenate(src), coef=np.concatenate(cs))]
         (a,) = node.args
         ad, au = self.entries[a]
-        # pairs (y entry, x entry) in the same direction: x's entries are sorted by direction
-        start = np.searchsorted(ad, d, side="left")
-        count = np.searchsorted(ad, d, side="right") - start
-        yp = np.repeat(np.arange(len(d)), count)
-        xp = np.repeat(start - np.cumsum(count) + count, count) + np.arange(int(count.sum()))
+        yp, xp = group_pairs(ad, d)   # pairs (y entry, x entry) in the same direction (x's sorted by it)
         return [Term("mat", a, yp, xp, coef=(u[yp], au[xp], terms))]
 
     # ------------------------------------------------------------------ the NumPy evaluation
