@@ -24,6 +24,13 @@ all T steps at once), both checked, the faster one timed.  The worker stays up a
 alternates a block of rnncomp calls with a block of JAX calls (``--rounds``), each block the
 median of ``--repeats`` calls after 0.3 s of warm-up; ratio = JAX / rnncomp of the median
 round, with the lowest and highest round's printed beside it.
+
+What 2× JAX asks of the machine: each row also gives rnncomp's rate (the FLOPs of a training
+call as ``rnncomp inspect CELL --cost`` counts them -- forward, the backward step and the
+parameter gradients, no input cotangent -- over its time), the rate that twice JAX's speed
+needs, and both as shares of the chip's float32 FMA peak on all cores, measured in the same
+run (``fma_peak.py``, before the first cell and after the last; the lower of the two).  A
+goal whose rate is near or above the peak is out of this machine's reach whatever the code.
 """
 from __future__ import annotations
 
@@ -283,8 +290,13 @@ def main():
     D, H, B, T, repeats = (16, 32, 8, 20, 3) if a.quick else (64, 128, 32, 100, a.repeats)
     rounds = 2 if a.quick else a.rounds
     rows, tmp = [], tempfile.mkdtemp()
+    from fma_peak import peak
+    from rnncomp.inspect.cost import cost
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    peaks = [peak(cores)["gflops"]]
     for name in a.cells.split(","):
         cell = make_cell(name, D, H)
+        flops = cost(cell, T=T, B=B).sequence_flops["total"]
         params = {k: v.astype(np.float32) for k, v in cell.init_params(seed=0).items()}
         rng = np.random.default_rng(0)
         x = rng.standard_normal((T, B, D)).astype(np.float32)
@@ -313,10 +325,21 @@ def main():
         ratios = sorted(b / a for a, b in zip(ours, theirs))
         ms, jms = statistics.median(ours), statistics.median(theirs)
         rows.append({"cell": name, "rnncomp_ms": ms, "jax_ms": jms, "ratio": statistics.median(ratios),
-                     "round_ratios": ratios, "rnncomp_rounds_ms": ours, "jax_rounds_ms": theirs, **j})
+                     "round_ratios": ratios, "rnncomp_rounds_ms": ours, "jax_rounds_ms": theirs,
+                     "flops": flops, "rnncomp_gflops": flops / ms / 1e6, "needs_gflops_2x": 2 * flops / jms / 1e6, **j})
         print(f"{name:14s} rnncomp {ms:8.2f} ms   JAX {jms:8.2f} ms ({j['readout']:6s})  "
               f"{statistics.median(ratios):5.2f}x  [{ratios[0]:.2f}-{ratios[-1]:.2f}]   "
               f"(agree: loss {j['loss_rel_err']:.1e}, grads {j['grad_rel_err']:.1e})", flush=True)
+    peaks.append(peak(cores)["gflops"])
+    fma = min(peaks)
+    print(f"\nWhat 2x JAX asks (FLOPs of a training call, `rnncomp inspect CELL --cost`), against the float32 "
+          f"FMA peak on {cores} cores measured in this run: {fma:.0f} GFLOP/s (before {peaks[0]:.0f}, after "
+          f"{peaks[1]:.0f})")
+    print(f"{'cell':14s} {'MFLOP':>7s} {'rnncomp GFLOP/s':>17s} {'2x JAX needs':>17s}")
+    for r in rows:
+        r["fma_peak_gflops"] = fma
+        print(f"{r['cell']:14s} {r['flops'] / 1e6:7.0f} {r['rnncomp_gflops']:8.0f} ({100 * r['rnncomp_gflops'] / fma:3.0f}%) "
+              f"{r['needs_gflops_2x']:8.0f} ({100 * r['needs_gflops_2x'] / fma:3.0f}%)")
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
                platform.processor())
     print(f"H={H} D={D} B={B} T={T} float32, {cpu}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; "
@@ -324,7 +347,8 @@ def main():
     os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
     name = "custom_cells-quick.json" if a.quick else "custom_cells.json"   # a smoke test never overwrites a run
     with open(os.path.join(ROOT, "benchmarks", "results", name), "w") as f:
-        json.dump({"shape": {"D": D, "H": H, "B": B, "T": T}, "cpu": cpu, "rows": rows}, f, indent=1)
+        json.dump({"shape": {"D": D, "H": H, "B": B, "T": T}, "cpu": cpu, "fma_peak_gflops": peaks,
+                   "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
