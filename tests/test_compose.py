@@ -364,6 +364,9 @@ def test_call_errors_name_the_composition_and_the_layer():
     params, x, t, _ = _data(model)
     with pytest.raises(rc.CallError, match=r"missing params 'l1.V'"):
         model.loss_and_grad({k: v for k, v in params.items() if k != "l1.V"}, x, t)
+    misspelt = {("l1.Vx" if k == "l1.V" else k): v for k, v in params.items()}
+    with pytest.raises(rc.CallError, match=r"missing params 'l1.V'; unknown params 'l1.Vx'; its parameters"):
+        model.loss_and_grad(misspelt, x, t)   # both named: the misspelling shows beside the name it missed
     with pytest.raises(rc.CallError, match=r"unknown initial states \(h0\) 'l1.c'"):
         model.forward(params, x, {"l1.c": np.zeros((B, 4))})
     bad = dict(params, **{"l1.V": np.zeros((3, 3))})

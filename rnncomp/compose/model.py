@@ -102,8 +102,8 @@ class ComposedModel(TextShown):
         missing = [p for p in st.params if p not in params]
         unknown = sorted(p for p in params if p not in st.params)
         if missing or unknown:
-            what = (f"missing params {', '.join(map(repr, missing))}" if missing else
-                    f"unknown params {', '.join(map(repr, unknown))}")
+            what = "; ".join(([f"missing params {', '.join(map(repr, missing))}"] if missing else []) +
+                             ([f"unknown params {', '.join(map(repr, unknown))}"] if unknown else []))
             raise CallError(f"{where}: {what}; its parameters are named <layer>.<name>: "
                             f"{', '.join(map(repr, st.params))}")
         if h0 is not None and not isinstance(h0, dict):
