@@ -102,7 +102,8 @@ def fit_online(trainer, inputs, targets, every=1, h0=None, continue_stream=False
         raise TrainingError(f"fit_online with {algo!r} runs on one process: its carried state is this process's "
                             "and no rank's update would reach the others; train it without distributed= (or use "
                             "rc.BPTT(), whose windows are trained data-parallel like fit)")
-    x, t, _, B = trainer._data("fit_online", inputs, targets)
+    from ..train.data import read_data
+    x, t, _, B = read_data(trainer, "fit_online", inputs, targets)
     st, dt = trainer.cell.step, trainer.dtype
     was = len(next(iter(going_on.values()))) if continue_stream and going_on else B
     if was != B:

@@ -1,5 +1,6 @@
 """Batches for the Trainer: padding variable-length sequences, laying out long streams,
-and reading the data it is given as ``{name: array}`` of the model's dtype.
+and reading the data it is given as ``{name: array}`` of the model's dtype (time-major:
+``batch_first`` data and outputs turned; the step weights of a mask and lengths).
 
     >>> x, lengths = pad_sequences([np.ones((3, 2)), np.ones((5, 2))])
     >>> x.shape, lengths.tolist(), lengths_mask(lengths, 5).sum(axis=0).tolist()
@@ -183,6 +184,56 @@ def converted(d, dtype, what):
     return out
 
 
+def read_data(trainer, where: str, inputs, targets, *, with_targets=True):
+    """(inputs, targets, T, N) of a :class:`~.trainer.Trainer`: dicts of arrays in the model's
+    dtype, converted once here (data may come as NumPy's default float64 for a float32 model),
+    holding the same T steps of N sequences (:func:`batch_dims`; errors name ``where``).  Targets
+    None: a loss that reads none; ``with_targets=False``: inputs only (``{}`` for the targets)."""
+    bf, dt = trainer.batch_first, trainer.dtype
+    x = converted(time_major(as_dict(inputs, list(trainer.cell.step.inputs), "inputs"), bf), dt, "inputs")
+    t = converted(time_major(targets_of(targets, trainer.cell), bf), dt, "targets") if with_targets else {}
+    labelled = {**{f"inputs[{k!r}]": v for k, v in x.items()}, **{f"targets[{k!r}]": v for k, v in t.items()}}
+    return (x, t, *batch_dims(where, labelled, bf))
+
+
+def time_major(d: dict, batch_first: bool) -> dict:
+    """With ``batch_first``: (N, T, ...) arrays as the (T, N, ...) the models take (one of
+    fewer axes is left for :func:`batch_dims` to name)."""
+    if not batch_first:
+        return d
+    return {k: np.swapaxes(a, 0, 1) if a.ndim >= 2 else a for k, a in ((k, np.asarray(v)) for k, v in d.items())}
+
+
+def as_given(out, batch_first: bool):
+    """Model outputs ((T, N, n), a dict or one array) laid out as the trainer's data."""
+    if not batch_first:
+        return out
+    if isinstance(out, dict):
+        return {k: np.swapaxes(v, 0, 1) for k, v in out.items()}
+    return np.swapaxes(out, 0, 1)
+
+
+def step_weights(trainer, mask, lengths, T: int, N: int, where="fit"):
+    """The (T, N) step weights of a trainer's call from ``mask`` and ``lengths`` (None: every
+    step counts; all 0: refused), in the model's dtype."""
+    m = None
+    if mask is not None:
+        m = np.asarray(mask, dtype=np.float64)  # scaled below, then made the model's dtype
+        if trainer.batch_first and m.ndim == 2:
+            m = m.T
+        if m.shape == (T,):
+            m = np.repeat(m[:, None], N, axis=1)
+        if m.shape != (T, N):
+            want = f"({N}, {T})" if trainer.batch_first else f"({T}, {N})"
+            raise CallError(f"mask has shape {np.shape(mask)}, expected {want} or ({T},)")
+    if lengths is not None:
+        lm = lengths_mask(check_lengths(lengths, T, N), T, trainer.dtype)
+        m = lm if m is None else m * lm
+    if m is not None and (not np.isfinite(m).all() or (m < 0).any() or not m.any()):
+        raise CallError(f"{where}: the mask must be finite and non-negative, and select a step (a weight > 0)")
+    return m if m is None else (m / m.max()).astype(trainer.dtype)  # a float32 sum of 3e38s was inf: NaN
+
+
 def check_validation(trainer, validation_data) -> None:
     """``fit(validation_data=...)`` checked before the first epoch (it was read after one, its
     errors naming ``inputs['x']`` as if the training data were wrong)."""
@@ -190,9 +241,9 @@ def check_validation(trainer, validation_data) -> None:
     if not (isinstance(validation_data, (tuple, list)) and len(validation_data) in (2, 3)):
         raise CallError("fit(validation_data=...) must be (inputs, targets) or (inputs, targets, mask)")
     where = "fit(validation_data=...)"
-    x, t, T, N = trainer._data(where, *validation_data[:2])
+    x, t, T, N = read_data(trainer, where, *validation_data[:2])
     try:
-        mask = trainer._mask(validation_data[2], None, T, N) if len(validation_data) == 3 else None
+        mask = step_weights(trainer, validation_data[2], None, T, N) if len(validation_data) == 3 else None
         check_call(trainer.cell.step, trainer.dtype, trainer.params, x, t, mask=mask, need_targets=True)
     except CallError as exc:
         raise CallError(f"{where}: {exc}") from None

@@ -19,8 +19,8 @@ from ..compile import compile as rc_compile
 from ..errors import ArgumentError, CallError, TrainingError
 from .callbacks import checked
 from .distributed import check_last_batch
-from .data import (as_dict, batch_dims, check_lengths, check_validation, converted, lengths_mask, remember_orders,
-                   shuffled_orders, targets_of)
+from .data import (as_dict, as_given, check_lengths, check_validation, converted, read_data, remember_orders,
+                   shuffled_orders, step_weights, time_major)
 from .apply import apply, unbroken, updates_whole
 from .optim import Adam, Optimizer
 from .progress import EpochProgress, nanmean
@@ -203,7 +203,7 @@ class Trainer:
 
     def _fit(self, inputs, targets, epochs, batch_size, mask, shuffle, seed, verbose, lengths, stateful, callbacks,
              validation_data):
-        x, t, T, N = self._data("fit", inputs, targets)
+        x, t, T, N = read_data(self, "fit", inputs, targets)
         epochs, batch_size = count("fit", "epochs", epochs, at_least=0), count("fit", "batch_size", batch_size)
         if stateful and shuffle:
             raise CallError("fit(stateful=True): batches continue each other in order; pass shuffle=False")
@@ -212,7 +212,7 @@ class Trainer:
                             "with lengths= it would be carried through the padding")
         shuffle = (not stateful) if shuffle is None else shuffle
         verbose = verbose if self.dist is None or self.dist.is_root else 0  # one progress bar: rank 0's
-        mask = self._mask(mask, lengths, T, N)
+        mask = step_weights(self, mask, lengths, T, N)
         check_last_batch(self, N, batch_size)  # not after the epoch's other updates
         if self.dist is not None:
             self.dist.check_same_data({**x, **{"target:" + k: v for k, v in t.items()}, "mask": mask},
@@ -248,44 +248,8 @@ class Trainer:
             self.dist.check_same(self.flat, self.step_count, end=True)
         return list(self.history[first:])
 
-    def _data(self, where: str, inputs, targets, *, with_targets=True):
-        """(inputs, targets, T, N): dicts of arrays in the model's dtype, converted once here
-        (data may come as NumPy's default float64 for a float32 model), holding the same T steps
-        of N sequences (:func:`.data.batch_dims`; errors name ``where``).  Targets None: a
-        loss that reads none; ``with_targets=False``: inputs only (``{}`` for the targets)."""
-        x = converted(self._time_major(as_dict(inputs, list(self.cell.step.inputs), "inputs")), self.dtype, "inputs")
-        t = converted(self._time_major(targets_of(targets, self.cell)), self.dtype, "targets") if with_targets else {}
-        labelled = {**{f"inputs[{k!r}]": v for k, v in x.items()}, **{f"targets[{k!r}]": v for k, v in t.items()}}
-        return (x, t, *batch_dims(where, labelled, self.batch_first))
-
-    def _time_major(self, d: dict) -> dict:
-        """With ``batch_first``: (N, T, ...) arrays as the (T, N, ...) the models take (one of
-        fewer axes is left for :func:`.data.batch_dims` to name)."""
-        if not self.batch_first:
-            return d
-        return {k: np.swapaxes(a, 0, 1) if a.ndim >= 2 else a for k, a in ((k, np.asarray(v)) for k, v in d.items())}
-
     def _state(self, h0):
         return None if h0 is None else converted(h0, self.dtype, "h0")
-
-    def _mask(self, mask, lengths, T, N, where="fit"):
-        """The (T, N) step weights from ``mask`` and ``lengths`` (None: every step counts; all 0: refused)."""
-        m = None
-        if mask is not None:
-            m = np.asarray(mask, dtype=np.float64)  # scaled below, then made the model's dtype
-            if self.batch_first and m.ndim == 2:
-                m = m.T
-            if m.shape == (T,):
-                m = np.repeat(m[:, None], N, axis=1)
-            if m.shape != (T, N):
-                want = f"({N}, {T})" if self.batch_first else f"({T}, {N})"
-                raise CallError(f"mask has shape {np.shape(mask)}, expected {want} or ({T},)")
-        if lengths is not None:
-            lm = lengths_mask(check_lengths(lengths, T, N), T, self.dtype)
-            m = lm if m is None else m * lm
-        if m is not None and (not np.isfinite(m).all() or (m < 0).any() or not m.any()):
-            raise CallError(f"{where}: the mask must be finite and non-negative, and select a step (a weight > 0)")
-        return m if m is None else (m / m.max()).astype(self.dtype)  # a float32 sum of 3e38s was inf: NaN
 
     def evaluate(self, inputs, targets, mask=None, *, lengths=None, h0=None, window=None,
                  batch_size=None) -> float:
@@ -293,10 +257,10 @@ class Trainer:
 
         Long data runs in pieces with the same result: ``window`` steps at a time with the
         state carried across, ``batch_size`` sequences at a time."""
-        x, t, T, N = self._data("evaluate", inputs, targets)
+        x, t, T, N = read_data(self, "evaluate", inputs, targets)
         bs, win = (N if v is None else count("evaluate", k, v, hint=f"None: all {what} at once")
                    for k, v, what in (("batch_size", batch_size, "sequences"), ("window", window, "steps")))
-        mask = self._mask(mask, lengths, T, N, "evaluate")
+        mask = step_weights(self, mask, lengths, T, N, "evaluate")
         h0 = self._state(h0)
         total, weight = 0.0, 0.0
         no_dropout = {"training": False} if getattr(self.model, "has_dropout", False) else {}  # rc.Stack(dropout=)
@@ -321,11 +285,11 @@ class Trainer:
 
         With ``lengths``: the outputs past each sequence's end are 0 and the final states are
         those after each sequence's own last step."""
-        x, _, T, N = self._data("predict", inputs, None, with_targets=False)
+        x, _, T, N = read_data(self, "predict", inputs, None, with_targets=False)
         h0 = self._state(h0)
         if lengths is None:
             out, final = self.model.forward(self.params, x, h0=h0)
-            return self._as_given(out), final
+            return as_given(out, self.batch_first), final
         lengths = check_lengths(lengths, T, N)
         pieces, final, state, lo = [], None, h0, 0
         if getattr(self.model, "takes_lengths", False):  # a composition: one call (a reversed pass reads it all)
@@ -344,15 +308,7 @@ class Trainer:
             o = np.concatenate([o, np.zeros((T - lo,) + o.shape[1:], o.dtype)])
             o[np.arange(T)[:, None] >= lengths[None, :]] = 0
             outs[k] = o
-        return self._as_given(outs), final
-
-    def _as_given(self, out):
-        """Model outputs ((T, N, n), a dict or one array) laid out as this trainer's data."""
-        if not self.batch_first:
-            return out
-        if isinstance(out, dict):
-            return {k: np.swapaxes(v, 0, 1) for k, v in out.items()}
-        return np.swapaxes(out, 0, 1)
+        return as_given(outs, self.batch_first), final
 
     def generate(self, prime, steps: int, pick, *, h0=None, seed=0):
         """Run on ``prime`` (T0, B, n_in), then feed the cell its own choices for ``steps``
@@ -362,7 +318,7 @@ class Trainer:
         names, outs_names = list(self.cell.step.inputs), list(self.cell.step.outputs)
         steps, rng = count("generate", "steps", steps, at_least=0), generator("generate", seed)
         a_function("generate", "pick", pick, "pick(outputs, rng) -> the next input")  # was "'str' object is not callable"
-        out, state = self.model.forward(self.params, converted(self._time_major(as_dict(prime, names, "prime")),
+        out, state = self.model.forward(self.params, converted(time_major(as_dict(prime, names, "prime"), self.batch_first),
                                                                 self.dtype, "prime"), h0=self._state(h0))
         chosen = []
         for _ in range(steps):
@@ -372,7 +328,7 @@ class Trainer:
             out, state = self.model.forward(self.params, {k: np.asarray(v, self.dtype)[None] for k, v in nxt.items()},
                                             h0=state)
         seq = {k: np.stack([np.asarray(c[k]) for c in chosen]) for k in names} if chosen else {}
-        return self._as_given(seq[names[0]] if len(names) == 1 and chosen else seq), state
+        return as_given(seq[names[0]] if len(names) == 1 and chosen else seq, self.batch_first), state
 
     def plot(self, path, title=None) -> str:
         """Write the learning curve (the loss of every batch, the mean of every epoch, and the
