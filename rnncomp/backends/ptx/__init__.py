@@ -8,6 +8,7 @@ plan.py     device-memory layout and launch lists (hoisted products, per-step no
 persistent.py  one launch per pass: all T steps in a kernel, a block (or cluster) per sample
 ptxgen.py   LLVM IR → PTX (in a child process), ``ptxas`` checks
 runtime.py  CUDA driver API via cuda-python; the host emulator
+staging.py  a call's pinned host buffer: a region per array moved, the copies to and from the arena
 model.py    :class:`PtxModel`
 """
 from .model import PtxModel
