@@ -2,8 +2,8 @@
 jit(value_and_grad(scan)) on any cell, including ones with two coupled states and
 element-wise-only recurrences").
 
-    python benchmarks/bench_custom_cells.py [--quick] [--cells a,b]   # a table + results/custom_cells.json
-                                                                      # (--quick: custom_cells-quick.json)
+    python benchmarks/bench_custom_cells.py [--quick] [--cells a,b] [--shape D,H,B,T]
+        # a table + results/custom_cells.json (--quick: custom_cells-quick.json; --shape: custom_cells-D-H-B-T.json)
 
 The JAX side is not written per cell: :func:`jax_loss` translates the cell's own step program
 (the IR every rnncomp backend reads) into ``jax.numpy`` -- element-wise nodes through
@@ -279,6 +279,7 @@ def main():
     ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--quick", action="store_true", help="H=32, T=20, 3 repeats, 2 rounds (a smoke test)")
     ap.add_argument("--cells", default=",".join(CELLS))
+    ap.add_argument("--shape", metavar="D,H,B,T", help="inputs, hidden units, batch, steps (default 64,128,32,100)")
     ap.add_argument("--repeats", type=int, default=15, help="timed calls per side per round")
     ap.add_argument("--rounds", type=int, default=5, help="rounds alternating rnncomp and JAX")
     ap.add_argument("--worker", nargs=2, metavar=("NPZ", "CELL"), help=argparse.SUPPRESS)
@@ -288,6 +289,11 @@ def main():
     import numpy as np
     import rnncomp as rc
     D, H, B, T, repeats = (16, 32, 8, 20, 3) if a.quick else (64, 128, 32, 100, a.repeats)
+    if a.shape:
+        try:
+            D, H, B, T = (int(v) for v in a.shape.split(","))
+        except ValueError:
+            raise SystemExit(f"--shape takes four integers D,H,B,T, got {a.shape!r}") from None
     rounds = 2 if a.quick else a.rounds
     rows, tmp = [], tempfile.mkdtemp()
     from fma_peak import peak
@@ -345,7 +351,9 @@ def main():
     print(f"H={H} D={D} B={B} T={T} float32, {cpu}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; "
           f"ratio = JAX / rnncomp, median of {rounds} alternating rounds [lowest-highest round]")
     os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
-    name = "custom_cells-quick.json" if a.quick else "custom_cells.json"   # a smoke test never overwrites a run
+    # a smoke test or another shape never overwrites the default run
+    name = (f"custom_cells-{D}-{H}-{B}-{T}.json" if a.shape else "custom_cells-quick.json" if a.quick
+            else "custom_cells.json")
     with open(os.path.join(ROOT, "benchmarks", "results", name), "w") as f:
         json.dump({"shape": {"D": D, "H": H, "B": B, "T": T}, "cpu": cpu, "fma_peak_gflops": peaks,
                    "rows": rows}, f, indent=1)
