@@ -32,6 +32,7 @@ echo "persistent tests: $P0 (no clusters), $P1 (clusters); gpu_check $EXTRA"
 timeout 250 python3 benchmarks/gpu_check.py --budget 190 $EXTRA 2>&1 | tee "$OUT/gpu_check.log"
 timeout 60 $PT tests/test_ptx.py tests/test_ptx_stacking.py -k cuda 2>&1 | tee "$OUT/pytest_cuda.log"
 timeout 60 $PT tests/test_ptx_memory.py -k cuda 2>&1 | tee -a "$OUT/pytest_cuda.log"   # memory= on the GPU
+timeout 60 $PT tests/test_ptx_device.py -k cuda 2>&1 | tee -a "$OUT/pytest_cuda.log"   # device arrays in and out
 RNNCOMP_FUZZ_EXAMPLES=12 RNNCOMP_FUZZ_LOG="$OUT/fuzz_cuda.jsonl" HYPOTHESIS_PROFILE=long timeout 70 \
   $PT -m fuzz tests/test_fuzz.py -k ptx_cuda 2>&1 | tee "$OUT/fuzz_cuda.log"
 echo "gpu_session done"

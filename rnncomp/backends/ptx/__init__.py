@@ -9,6 +9,7 @@ persistent.py  one launch per pass: all T steps in a kernel, a block (or cluster
 ptxgen.py   LLVM IR → PTX (in a child process), ``ptxas`` checks
 runtime.py  CUDA driver API via cuda-python; the host emulator
 staging.py  a call's pinned host buffer: a region per array moved, the copies to and from the arena
+device.py   calls on device arrays (__cuda_array_interface__) in and out: device-to-device copies
 model.py    :class:`PtxModel`
 """
 from .model import PtxModel

@@ -12,11 +12,13 @@ import threading
 import numpy as np
 
 from ...autodiff import LOSS_ONLY, backward_step
+from ...errors import CallError
 from ..validate import add_initial_state_grads, float_dtype, forward_targets, initial_states, weighted_loss
 from ...memory import StoreAll, schedule
 from ...schedules import make_plan
 from . import checkpoint
 from .checkpoint import footprint
+from .device import any_device, device_forward, device_loss_and_grad
 from .emit import emit_module
 from .layout import address
 from .persistent import T_KEY, Persistent
@@ -52,7 +54,9 @@ class PtxModel(PtxVjp, BackendModel):
 
     A call is one replay: the caller's arrays are copied into a pinned staging buffer
     (:mod:`.staging`), then uploads, kernels and downloads run as one sequence (one CUDA
-    graph), then the results are copied out of the staging buffer.
+    graph), then the results are copied out of the staging buffer.  Arrays that live on the
+    GPU (``__cuda_array_interface__``) are copied device to device instead, and the results
+    come back on the device (:mod:`.device`).
     """
 
     backend = "ptx"
@@ -273,6 +277,23 @@ class PtxModel(PtxVjp, BackendModel):
         return {s: a["stage"][("final", s)].copy() for s in self.plan.state_slot}
 
     # ------------------------------------------------------------------ the interface
+    def forward(self, params, inputs, h0=None, *, targets=None, keep=False, mask=None, wrt=None,
+                outputs=None, check_finite=True):
+        if any_device(params, inputs, h0, targets):   # arrays on the GPU in and out (device.py)
+            extra = [k for k, v in (("targets", targets), ("keep", keep), ("mask", mask), ("wrt", wrt),
+                                    ("outputs", outputs)) if v is not None and v is not False]
+            if extra:
+                raise CallError(f"cell {self.step.name!r}: a device-resident forward takes params, inputs and "
+                                f"h0 only, not {', '.join(extra)}: use host arrays for those")
+            return device_forward(self, params, inputs, h0)
+        return super().forward(params, inputs, h0, targets=targets, keep=keep, mask=mask, wrt=wrt,
+                               outputs=outputs, check_finite=check_finite)
+
+    def _loss_and_grad_fast(self, params, inputs, targets, h0, mask, check_finite):
+        if any_device(params, inputs, targets, h0):   # device.py; a host mask is taken
+            return device_loss_and_grad(self, params, inputs, targets, h0, mask)
+        return None
+
     def _forward_call(self, call):
         return self._forward(call)
 

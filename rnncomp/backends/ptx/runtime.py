@@ -1,7 +1,8 @@
 """Running the PTX kernels: the CUDA driver API through ``cuda-python``, or a host emulator.
 
 Both runners have one interface (``alloc``, ``alloc_host``, ``free``, ``free_host``, ``zero``,
-``prepare``, ``execute``, ``sync``; copies are operations of a prepared sequence), so :class:`~.model.PtxModel` drives either with the
+``prepare``, ``execute``, ``run_copies``, ``sync``; copies are operations of a prepared sequence,
+or of one call's own: ``run_copies``), so :class:`~.model.PtxModel` drives either with the
 same launch plan:
 
 * :class:`CudaRunner`: ``from cuda.bindings import driver`` (``cuda.cuda`` in
@@ -28,7 +29,9 @@ import numpy as np
 from ...errors import CompileError
 from .persistent import pick_block, pick_cluster
 
-COPIES = ("h2d", "d2h", "memset")  # the copy operations a prepared sequence may hold besides launches
+# the copy operations a prepared sequence (or a call's own copies, ``run_copies``) may hold besides
+# launches; "rows": ("rows", dst, dst pitch, src, src pitch, bytes per row, rows), device to device
+COPIES = ("h2d", "d2h", "memset", "rows")
 NO_GPU = "no CUDA GPU/driver found: backend='ptx' can compile (model.ptx) but not run here"
 
 
@@ -239,8 +242,25 @@ class CudaRunner:
             self._check(drv.cuMemcpyHtoDAsync(op[1], op[2], op[3], st), "cuMemcpyHtoDAsync")
         elif op[0] == "d2h":
             self._check(drv.cuMemcpyDtoHAsync(op[1], op[2], op[3], st), "cuMemcpyDtoHAsync")
+        elif op[0] == "rows":
+            self._check(drv.cuMemcpy2DAsync(self._rows(op), st), "cuMemcpy2DAsync (device to device)")
         else:
             self._check(drv.cuMemsetD8Async(op[1], 0, op[2], st), "cuMemsetD8Async")
+
+    def _rows(self, op):
+        """The CUDA_MEMCPY2D of a "rows" copy: ``rows`` rows of ``width`` bytes, device to device."""
+        _, dst, dpitch, src, spitch, width, rows = op
+        drv, c = self.drv, self.drv.CUDA_MEMCPY2D()
+        c.srcMemoryType = c.dstMemoryType = drv.CUmemorytype.CU_MEMORYTYPE_DEVICE
+        c.srcDevice, c.srcPitch, c.dstDevice, c.dstPitch = src, spitch, dst, dpitch
+        c.WidthInBytes, c.Height = width, rows
+        return c
+
+    def run_copies(self, ops):
+        """Copies of one call (device addresses that change from call to call: never in a graph),
+        on the stream the prepared sequences run on, in order with them."""
+        for op in ops:
+            self._copy(op)
 
     def _capture(self, seq):
         """Record ``seq`` into a CUDA graph; None (plain launches) if capture is unavailable."""
@@ -324,9 +344,25 @@ class HostRunner:
                 ctypes.memmove(op[1], op[2], op[3])
             elif op[0] == "memset":
                 ctypes.memset(op[1], 0, op[2])
+            elif op[0] == "rows":
+                _, dst, dpitch, src, spitch, width, rows = op
+                if dpitch == spitch == width:
+                    ctypes.memmove(dst, src, width * rows)
+                else:
+                    _pitched(dst, dpitch, rows, width)[...] = _pitched(src, spitch, rows, width)
             else:
                 fn, N, R, ptrs = op
                 fn(N, R, *ptrs)
 
+    run_copies = execute
+
     def release(self, prepared):
         pass
+
+
+def _pitched(ptr: int, pitch: int, rows: int, width: int) -> np.ndarray:
+    """(rows, width) bytes at ``ptr``, ``pitch`` bytes from row to row (host memory)."""
+    if rows == 0 or width == 0:
+        return np.empty((rows, width), np.uint8)
+    buf = (ctypes.c_uint8 * ((rows - 1) * pitch + width)).from_address(ptr)
+    return np.lib.stride_tricks.as_strided(np.frombuffer(buf, np.uint8), (rows, width), (pitch, 1))

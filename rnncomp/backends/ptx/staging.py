@@ -66,6 +66,7 @@ def staging(model, a, addr, T, B):
     views = {name: raw[offs[name]:offs[name] + int(np.prod(shape)) * isz].view(dt).reshape(shape)
              for name, _, shape in regions}
     dev = {name: d for name, d, _ in regions}
+    a["stage_at"] = {name: (dev[name], ptr + offs[name]) for name in dev}  # device-resident calls (device.py)
 
     def ops(items):
         out = []

@@ -1,0 +1,274 @@
+"""Device-resident calls of the PTX backend: arrays that live on the GPU in and out, no host copies.
+
+    loss, grads, final = model.loss_and_grad(params, inputs, targets)   # every array on the device
+    outputs, final = model.forward(params, inputs)
+
+A device array is any object with ``__cuda_array_interface__`` (a PyTorch CUDA tensor, a CuPy or
+Numba array, a :class:`DeviceArray`) on the model's device: C-contiguous, of the model's dtype and
+of the shape a host call takes.  The call copies each into the model's arena (device to device,
+one 2-D copy, on the stream the kernels run on), runs the forward and backward kernels as a host
+call does (the same prepared sequences), and copies the results into new :class:`DeviceArray`\\ s,
+which those libraries take without a copy (``torch.as_tensor(a, device="cuda")``,
+``cupy.asarray(a)``).  What crosses to the host: the step weights (T, B), the per-step costs
+(T, B) the loss is summed from, and a learned initial state's gradient (one row).
+
+Limits: one leaf of the memory plan (``memory="all"``, or a plan that keeps every step of the
+call); device arrays are not scanned for NaN or infinity (a NaN shows in the loss); every array
+of a call on the device, or none; ``forward`` without ``keep``/``wrt``/``targets``.  The caller's
+own stream must have finished writing the inputs (PyTorch: ``torch.cuda.current_stream().synchronize()``);
+a call returns when its results are written.
+
+With ``runner="host"`` the "device" is this process's memory: the same code runs on host arrays
+that expose ``__cuda_array_interface__`` (how ``tests/test_ptx_device.py`` checks it on a CPU).
+
+    >>> import numpy as np, rnncomp as rc
+    >>> m = rc.compile(rc.cells.elman(2, 3, 1), backend="ptx", runner="host")
+    >>> x = DeviceArray.from_host(m, np.ones((4, 2, 2)))
+    >>> params = {k: DeviceArray.from_host(m, v) for k, v in m.init_params(seed=0).items()}
+    >>> outputs, final = m.forward(params, {"x": x})
+    >>> outputs["y"].shape, type(final["h"]).__name__, final["h"].copy_to_host().shape
+    ((4, 2, 1), 'DeviceArray', (2, 3))
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ...errors import CallError
+from ..validate import (Call, _as_dict, _check_names, _check_param_names, check_mask, forward_targets, step_weights,
+                        weighted_loss)
+from .layout import address
+from .plan import grad_key
+
+
+def is_device(x) -> bool:
+    """Whether ``x`` is a device array (``__cuda_array_interface__``; a NumPy array is not, nor a
+    PyTorch CPU tensor, whose class has the property but raises on it)."""
+    if x is None or isinstance(x, (np.ndarray, int, float, list, tuple)):
+        return False
+    try:
+        return getattr(x, "__cuda_array_interface__", None) is not None
+    except Exception:  # noqa: BLE001 - a host tensor's property refuses
+        return False
+
+
+def any_device(*values) -> bool:
+    return any(is_device(v) for x in values for v in (x.values() if isinstance(x, dict) else [x]))
+
+
+class DeviceArray:
+    """Memory on a PTX model's device (its runner's allocation, freed with this object), shaped
+    and typed, exported through ``__cuda_array_interface__`` (version 3)."""
+
+    def __init__(self, runner, shape, dtype):
+        self.shape, self.dtype = tuple(int(n) for n in shape), np.dtype(dtype)
+        self.nbytes = math.prod(self.shape) * self.dtype.itemsize
+        self._runner = runner
+        self.ptr = runner.alloc(max(self.nbytes, 1))
+
+    @classmethod
+    def from_host(cls, model, array) -> "DeviceArray":
+        """A copy of the host ``array`` on ``model``'s device, in the model's dtype."""
+        a = np.ascontiguousarray(array, dtype=model.dtype)
+        out = cls(model.runner, a.shape, a.dtype)
+        model.runner.run_copies([("h2d", out.ptr, a.ctypes.data, a.nbytes)])
+        model.runner.sync()
+        return out
+
+    def copy_to_host(self) -> np.ndarray:
+        out = np.empty(self.shape, self.dtype)
+        self._runner.run_copies([("d2h", out.ctypes.data, self.ptr, self.nbytes)])
+        self._runner.sync()
+        return out
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False), "version": 3,
+                "strides": None, "stream": None}  # the call that wrote it has finished
+
+    def __repr__(self):
+        return f"DeviceArray(shape={self.shape}, dtype={self.dtype.name})"
+
+    def __del__(self):
+        try:
+            self._runner.free(self.ptr)
+        except Exception:  # noqa: BLE001 - interpreter shutdown: the driver may be gone
+            pass
+
+
+def _view(model, x, what, shape):
+    """The device address of ``x``, checked against the shape and dtype a host call takes."""
+    where = f"cell {model.step.name!r}: {what}"
+    cai = getattr(x, "__cuda_array_interface__", None) if is_device(x) else None
+    if cai is None:
+        raise CallError(f"{where} is not a device array, but other arrays of the call are: pass every "
+                        "array on the device (__cuda_array_interface__) or every one on the host")
+    got, dt = tuple(int(n) for n in cai["shape"]), np.dtype(cai["typestr"])
+    if got != tuple(shape):
+        raise CallError(f"{where} has shape {got}, expected {tuple(shape)}")
+    if dt != model.dtype:
+        raise CallError(f"{where} is {dt.name} on the device; the model is {model.dtype.name}: convert it "
+                        "on the device first")
+    strides = cai.get("strides")
+    dense = tuple(int(math.prod(got[i + 1:])) * dt.itemsize for i in range(len(got)))
+    if strides is not None and tuple(strides) != dense and math.prod(got) > 1:
+        raise CallError(f"{where} is not C-contiguous on the device (strides {tuple(strides)}): make a "
+                        "contiguous copy (.contiguous() in PyTorch)")
+    if cai.get("mask") is not None:
+        raise CallError(f"{where} is a masked device array: pass the mask as mask=")
+    return int(cai["data"][0])
+
+
+def _arguments(model, params, inputs, targets, h0, with_targets):
+    """(T, B, uploads): the device addresses of the call's arrays, checked."""
+    st = model.step
+    _check_param_names(st.name, params, st.params)   # the host call's checks of names
+    inputs = _as_dict("inputs", inputs, list(st.inputs), st.name)
+    _check_names(st.name, "inputs", inputs, list(st.inputs))
+    targets = _as_dict("targets", targets, list(st.targets), st.name) if with_targets else {}
+    if with_targets:
+        _check_names(st.name, "targets", targets, list(st.targets))
+    h0 = _as_dict("h0", h0, list(st.states), st.name)
+    _check_names(st.name, "initial states (h0)", h0, list(st.states), allow_missing=True)
+    seq = {**inputs, **targets}
+    if not seq:
+        raise CallError(f"cell {st.name!r}: a device call needs an input or target to tell T and B")
+    shape = tuple(getattr(next(iter(seq.values())), "__cuda_array_interface__", {}).get("shape", ()))
+    if len(shape) != 3 or not shape[0] or not shape[1]:
+        raise CallError(f"cell {st.name!r}: {next(iter(seq))!r} must be a (T, B, n) device array with T, B ≥ 1")
+    T, B = int(shape[0]), int(shape[1])
+    ptr = {("param", p): _view(model, params[p], f"params[{p!r}]", s if isinstance(s, tuple) else (s,))
+           for p, s in st.params.items()}
+    sizes = st.inputs | st.targets
+    ptr.update({("io", k): _view(model, v, f"{'inputs' if k in st.inputs else 'targets'}[{k!r}]", (T, B, sizes[k]))
+                for k, v in seq.items()})
+    ptr.update({("state", s): _view(model, v, f"h0[{s!r}]", (B, st.states[s])) for s, v in h0.items()})
+    if not model._one_leaf(T, B):
+        raise CallError(f"cell {st.name!r}: a device-resident call keeps every step in the arena, and "
+                        f"memory={model.memory!r} plans leaves of fewer than T={T} steps: use memory='all' "
+                        "or host arrays")
+    return T, B, ptr
+
+
+class _Arena:
+    """Addresses and copies of one call in the arena ``a`` of (T, B)."""
+
+    def __init__(self, model, a, T, B):
+        self.m, self.a, self.T, self.B = model, a, T, B
+        self.L, self.isz = model.plan.layout, model.dtype.itemsize
+
+    def addr(self, key, t=0):
+        return address(self.L, key, t, self.a["base"], self.a["offsets"], self.B, self.isz)
+
+    def rows(self, dst, dpitch, src, spitch, n, rows):
+        """("rows", ...): ``rows`` rows of ``n`` elements."""
+        i = self.isz
+        return ("rows", dst, dpitch * i, src, spitch * i, n * i, rows)
+
+    def new(self, shape):
+        return DeviceArray(self.m.runner, shape, self.m.dtype)
+
+    def uploads(self, ptr, reads_targets):
+        """The copies that fill the arena from the caller's device arrays (and memsets)."""
+        m, st, P, T, B = self.m, self.m.step, self.m.plan, self.T, self.B
+        ops = []
+        for p, s in st.params.items():
+            n = math.prod(s) if isinstance(s, tuple) else s
+            ops.append(self.rows(self.addr((p, None)), n, ptr[("param", p)], n, n, 1))
+        for s in P.state_slot:
+            n, dst = st.states[s], self.addr((s, "t-1"), 0)
+            ld = self.L.ld((s, "t-1"))
+            if ("state", s) in ptr:
+                ops.append(self.rows(dst, ld, ptr[("state", s)], n, n, B))
+            elif st.state_init[s] is not None:  # a learned initial state: its parameter in every row
+                src = ptr[("param", st.state_init[s])]
+                ops += [self.rows(dst + b * ld * self.isz, ld, src, n, n, 1) for b in range(B)]
+            else:
+                ops.append(("memset", dst, B * ld * self.isz))
+        for k in P.io_slot:
+            n, dst = (st.inputs | st.targets)[k], self.addr((k, "t"))
+            if ("io", k) in ptr:
+                ops.append(self.rows(dst, self.L.ld((k, "t")), ptr[("io", k)], n, n, T * B))
+            elif k in st.targets and not reads_targets:   # a target a forward does not read: zeros
+                ops.append(("memset", dst, T * B * self.L.ld((k, "t")) * self.isz))
+        return ops
+
+    def finals(self):
+        st, out, ops = self.m.step, {}, []
+        for s in self.m.plan.state_slot:
+            n = st.states[s]
+            out[s] = self.new((self.B, n))
+            ops.append(self.rows(out[s].ptr, n, self.addr((s, "t-1"), self.T), self.L.ld((s, "t-1")), n, self.B))
+        return out, ops
+
+    def outputs(self):
+        st, out, ops = self.m.step, {}, []
+        for o, n in st.outputs.items():
+            out[o] = self.new((self.T, self.B, n))
+            ops.append(self.rows(out[o].ptr, n, self.addr((o, "t")), self.L.ld((o, "t")), n, self.T * self.B))
+        return out, ops
+
+    def staged(self, name, kind):
+        """A copy between the staging region ``name`` and the arena (small arrays only)."""
+        dev, host = self.a["stage_at"][name]
+        n = self.a["stage"][name].nbytes
+        return ("h2d", dev, host, n) if kind == "h2d" else ("d2h", host, dev, n)
+
+
+def device_forward(model, params, inputs, h0=None):
+    """``model.forward`` on device arrays: ({output: DeviceArray (T, B, n)}, {state: DeviceArray (B, n)})."""
+    st = model.step
+    T, B, ptr = _arguments(model, params, inputs, None, h0, with_targets=False)
+    reads = set(forward_targets(st))
+    if reads:
+        raise CallError(f"cell {st.name!r}: its forward reads targets ({', '.join(sorted(reads))}); a "
+                        "device-resident forward takes inputs only: call loss_and_grad, or use host arrays")
+    with model._lock:
+        a = model._get_arena(T, B)
+        ar = _Arena(model, a, T, B)
+        finals, fops = ar.finals()
+        outs, oops = ar.outputs()
+        model.runner.run_copies(ar.uploads(ptr, reads_targets=False))
+        model.runner.execute(a["fwd"])
+        model.runner.run_copies(fops + oops)
+        model.runner.sync()
+    return outs, finals
+
+
+def device_loss_and_grad(model, params, inputs, targets, h0=None, mask=None):
+    """``model.loss_and_grad`` on device arrays: (loss, {param: DeviceArray}, {state: DeviceArray})."""
+    st, P, dt = model.step, model.plan, model.dtype
+    if model.bwd is None or not st.has_loss:
+        raise CallError(f"cell {st.name!r} has no loss: there is no gradient to compute")
+    T, B, ptr = _arguments(model, params, inputs, targets, h0, with_targets=True)
+    w = step_weights(Call(T, B, {}, {}, {}, {}, None if mask is None else check_mask(st.name, mask, T, B, dt)), dt)
+    with model._lock:
+        a = model._get_arena(T, B)
+        ar, S, L = _Arena(model, a, T, B), a["stage"], P.layout
+        S[("w",)][...] = w
+        slots = sorted(set(P.grad_slot.values()))
+        ups = ar.uploads(ptr, reads_targets=True) + [ar.staged(("w",), "h2d")]
+        ups += [("memset", a["base"] + a["offsets"][k], L.slots[k].units * ar.isz) for k in slots]
+        finals, fops = ar.finals()
+        grads, gops = {}, []
+        for p, k in P.grad_slot.items():
+            shape = st.params[p] if isinstance(st.params[p], tuple) else (st.params[p],)
+            n = math.prod(shape)
+            grads[p] = ar.new(shape)
+            src = a["base"] + a["offsets"][k] + L.where[grad_key(p)].col * ar.isz
+            gops.append(ar.rows(grads[p].ptr, n, src, n, n, 1))
+        learned = [s for s, p in st.state_init.items() if p is not None and ("state", s) not in ptr]
+        downs = [ar.staged(("cost",), "d2h")] + [ar.staged(("dinit", s), "d2h") for s in learned]
+        model.runner.run_copies(ups)
+        model.runner.execute(a["fwd"])
+        model.runner.execute(a["bwd"])
+        model.runner.run_copies(fops + gops + downs)
+        model.runner.sync()
+        loss = weighted_loss(w, S[("cost",)][:, :, L.where[st.loss_key].col])
+        for s in learned:   # ∂ℓ/∂h0 summed over the batch, into the parameter's gradient (one row)
+            p, col = st.state_init[s], L.where[model.bwd.carry_in[s]].col
+            g = grads[p].copy_to_host() + S[("dinit", s)][0, :, col:col + st.states[s]].sum(axis=0)
+            model.runner.run_copies([("h2d", grads[p].ptr, g.ctypes.data, g.nbytes)])
+            model.runner.sync()
+    return loss, grads, finals

@@ -1,0 +1,152 @@
+"""Device-resident calls of the PTX backend (``rnncomp/backends/ptx/device.py``).
+
+On this CPU the host runner's "device" is host memory, so host arrays that expose
+``__cuda_array_interface__`` stand for device arrays: the code that reads their addresses,
+copies them into the arena and the results out runs as it does on a GPU, and must give what
+the staged host path of the same model gives -- the same kernels on the same values, so equal
+bit for bit (``np.array_equal``; the loss sums the same costs with the same weights).  The
+staged path itself is checked against the NumPy oracle in test_ptx.py.  The CUDA test runs
+where a GPU is present (skipped here).
+"""
+import numpy as np
+import pytest
+import sympy as sp
+
+import rnncomp as rc
+from rnncomp.backends.ptx.device import DeviceArray, is_device
+
+from gradcheck import random_data
+
+
+class OnHost:
+    """A host array exposing ``__cuda_array_interface__`` (the host runner's device memory)."""
+
+    def __init__(self, a, strides=None, typestr=None):
+        self.a = a
+        self.strides, self.typestr = strides, typestr
+
+    @property
+    def __cuda_array_interface__(self):
+        return {"shape": self.a.shape, "typestr": self.typestr or self.a.dtype.str,
+                "data": (self.a.ctypes.data, False), "version": 3, "strides": self.strides}
+
+
+def on(d):
+    return {k: OnHost(np.ascontiguousarray(v)) for k, v in d.items()}
+
+
+def learned_h0_cell():
+    cell = rc.Cell("learned_h0")
+    x, h = cell.input("x", 3), cell.state("h", 4, init="learn")
+    cell.update(h, sp.tanh(cell.param("W", (4, 3)) @ x + cell.param("U", (4, 4)) @ h))
+    y = cell.output("y", cell.param("V", (2, 4)) @ h.new)
+    cell.loss(rc.vsum((y - cell.target("t", 2)) ** 2) / 2)
+    return cell
+
+
+CELLS = {"elman": lambda: rc.cells.elman(3, 5, 2), "lstm": lambda: rc.cells.lstm(3, 5, 2),
+         "gru": lambda: rc.cells.gru(4, 6, 3), "jordan": lambda: rc.cells.jordan(3, 4, 2),
+         "learned_h0": learned_h0_cell}
+
+
+def host(x):
+    return {k: v.copy_to_host() for k, v in x.items()}
+
+
+@pytest.mark.parametrize("persistent", [False, True], ids=["steps", "persistent"])
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_device_calls_equal_the_staged_host_path(name, persistent):
+    cell = CELLS[name]()
+    m = rc.compile(cell, backend="ptx", runner="host", persistent=persistent)
+    params, inputs, targets = random_data(cell, T=6, B=3)
+    # the device call first: the arena holds nothing of these arrays from a staged call
+    dloss, dgrads, dfinal = m.loss_and_grad(on(params), on(inputs), on(targets))
+    loss, grads, final = m.loss_and_grad(params, inputs, targets)
+    assert all(isinstance(v, DeviceArray) for v in [*dgrads.values(), *dfinal.values()])
+    assert dloss == loss
+    for k in grads:
+        assert np.array_equal(dgrads[k].copy_to_host(), grads[k]), k
+    for s in final:
+        assert np.array_equal(dfinal[s].copy_to_host(), final[s]), s
+    m.close()   # a fresh arena: nothing left of the calls above
+    douts, dfin = m.forward(on(params), on(inputs))
+    outs, fin = m.forward(params, inputs)
+    for o in outs:
+        assert douts[o].shape == outs[o].shape and np.array_equal(douts[o].copy_to_host(), outs[o]), o
+    for s in fin:
+        assert np.array_equal(dfin[s].copy_to_host(), fin[s]), s
+
+
+def test_h0_mask_float32_and_a_new_shape_on_the_same_model():
+    cell = rc.cells.gru(3, 5, 2)
+    m = rc.compile(cell, backend="ptx", runner="host", dtype="float32")
+    for T, B in ((5, 4), (3, 2)):   # a second (T, B): a new arena under store-all
+        params, inputs, targets = random_data(cell, T=T, B=B, dtype="float32")
+        h0 = {"h": np.random.default_rng(T).standard_normal((B, 5)).astype(np.float32)}
+        mask = np.random.default_rng(B).random((T, B)) > 0.3
+        mask[0, 0] = True
+        m.close()   # the device call on a fresh arena, before the staged one
+        dloss, dgrads, dfinal = m.loss_and_grad(on(params), on(inputs), on(targets), h0=on(h0), mask=mask)
+        loss, grads, final = m.loss_and_grad(params, inputs, targets, h0=h0, mask=mask)
+        assert dloss == loss
+        assert all(np.array_equal(dgrads[k].copy_to_host(), grads[k]) for k in grads)
+        assert np.array_equal(dfinal["h"].copy_to_host(), final["h"])
+
+
+def test_device_arrays_made_by_the_model_round_trip_and_export_the_interface():
+    m = rc.compile(rc.cells.elman(2, 3, 1), backend="ptx", runner="host")
+    a = np.arange(12.0).reshape(3, 4)
+    d = DeviceArray.from_host(m, a)
+    cai = d.__cuda_array_interface__
+    assert cai["shape"] == (3, 4) and cai["typestr"] == "<f8" and cai["version"] == 3
+    assert np.array_equal(d.copy_to_host(), a) and is_device(d) and not is_device(a)
+    params = {k: DeviceArray.from_host(m, v) for k, v in m.init_params(seed=1).items()}
+    x = DeviceArray.from_host(m, np.ones((4, 2, 2)))
+    loss, grads, _ = m.loss_and_grad(params, x, DeviceArray.from_host(m, np.zeros((4, 2, 1))))
+    ref, g, _ = m.loss_and_grad(m.init_params(seed=1), np.ones((4, 2, 2)), np.zeros((4, 2, 1)))
+    assert loss == ref and all(np.array_equal(grads[k].copy_to_host(), g[k]) for k in g)
+
+
+def test_bad_device_calls_are_named():
+    cell = rc.cells.elman(3, 4, 2)
+    m = rc.compile(cell, backend="ptx", runner="host")
+    params, inputs, targets = random_data(cell, T=4, B=2)
+    P, X, Y = on(params), on(inputs), on(targets)
+    with pytest.raises(rc.CallError, match=r"params\['W'\] is not a device array, but other arrays"):
+        m.loss_and_grad({**P, "W": params["W"]}, X, Y)
+    with pytest.raises(rc.CallError, match=r"inputs\['x'\] has shape \(4, 2, 2\), expected \(4, 2, 3\)"):
+        m.loss_and_grad(P, {"x": OnHost(np.zeros((4, 2, 2)))}, Y)
+    with pytest.raises(rc.CallError, match=r"params\['U'\] is float32 on the device; the model is float64"):
+        m.loss_and_grad({**P, "U": OnHost(params["U"].astype(np.float32))}, X, Y)
+    with pytest.raises(rc.CallError, match=r"not C-contiguous on the device"):
+        m.loss_and_grad({**P, "U": OnHost(params["U"], strides=(8, 32))}, X, Y)
+    with pytest.raises(rc.CallError, match=r"missing params 'b'"):
+        m.loss_and_grad({k: v for k, v in P.items() if k != "b"}, X, Y)
+    with pytest.raises(rc.CallError, match=r"unknown initial states \(h0\) 'c'"):
+        m.loss_and_grad(P, X, Y, h0={"c": OnHost(np.zeros((2, 4)))})
+    with pytest.raises(rc.CallError, match=r"missing targets 'target'"):
+        m.loss_and_grad(P, X, {})
+    with pytest.raises(rc.CallError, match=r"device-resident forward takes params, inputs and h0 only, not keep"):
+        m.forward(P, X, keep=True)
+    m.memory = rc.Every(2)
+    with pytest.raises(rc.CallError, match=r"keeps every step in the arena"):
+        m.loss_and_grad(P, X, Y)
+
+
+@pytest.mark.skipif(not __import__("rnncomp.backends.ptx.runtime", fromlist=["x"]).cuda_available(),
+                    reason="no CUDA GPU/driver or cuda-python in this process")
+@pytest.mark.parametrize("name", ["lstm", "learned_h0"])
+def test_cuda_device_calls_equal_the_staged_path(name):
+    cell = CELLS[name]()
+    m = rc.compile(cell, backend="ptx")
+    params, inputs, targets = random_data(cell, T=7, B=4)
+    loss, grads, final = m.loss_and_grad(params, inputs, targets)
+    dev = lambda d: {k: DeviceArray.from_host(m, v) for k, v in d.items()}  # noqa: E731
+    dloss, dgrads, dfinal = m.loss_and_grad(dev(params), dev(inputs), dev(targets))
+    assert dloss == pytest.approx(loss, rel=1e-12)
+    for k in grads:
+        np.testing.assert_allclose(dgrads[k].copy_to_host(), grads[k], rtol=1e-12, atol=1e-14)
+    outs, _ = m.forward(params, inputs)
+    douts, _ = m.forward(dev(params), dev(inputs))
+    for o in outs:
+        np.testing.assert_allclose(douts[o].copy_to_host(), outs[o], rtol=1e-12, atol=1e-14)
