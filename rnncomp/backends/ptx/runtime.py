@@ -242,6 +242,8 @@ class CudaRunner:
             self._check(drv.cuMemcpyHtoDAsync(op[1], op[2], op[3], st), "cuMemcpyHtoDAsync")
         elif op[0] == "d2h":
             self._check(drv.cuMemcpyDtoHAsync(op[1], op[2], op[3], st), "cuMemcpyDtoHAsync")
+        elif op[0] == "rows" and op[2] == op[4] == op[5]:   # contiguous: one plain copy, any size
+            self._check(drv.cuMemcpyDtoDAsync(op[1], op[3], op[5] * op[6], st), "cuMemcpyDtoDAsync")
         elif op[0] == "rows":
             self._check(drv.cuMemcpy2DAsync(self._rows(op), st), "cuMemcpy2DAsync (device to device)")
         else:
