@@ -150,3 +150,37 @@ def test_cuda_device_calls_equal_the_staged_path(name):
     douts, _ = m.forward(dev(params), dev(inputs))
     for o in outs:
         np.testing.assert_allclose(douts[o].copy_to_host(), outs[o], rtol=1e-12, atol=1e-14)
+    d_out = {o: np.ones_like(v) for o, v in outs.items()}
+    ref = m.vjp(params, inputs, d_outputs=d_out, targets=targets)
+    g = m.vjp(dev(params), dev(inputs), d_outputs=dev(d_out), targets=dev(targets))
+    assert g.loss == pytest.approx(ref.loss, rel=1e-12)
+    for part in ("params", "inputs", "h0"):
+        for k, v in getattr(ref, part).items():
+            np.testing.assert_allclose(getattr(g, part)[k].copy_to_host(), v, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["lstm", "learned_h0", "jordan"])
+def test_device_vjp_equals_the_staged_vjp(name):
+    cell = CELLS[name]()
+    m = rc.compile(cell, backend="ptx", runner="host")
+    T, B = 5, 3
+    params, inputs, targets = random_data(cell, T=T, B=B)
+    rng = np.random.default_rng(7)
+    d_out = {o: rng.standard_normal((T, B, n)) for o, n in cell.step.outputs.items()}
+    d_fin = {s: rng.standard_normal((B, n)) for s, n in cell.step.states.items()}
+    for kw in ({"d_outputs": d_out, "d_final": d_fin}, {"d_outputs": d_out, "targets": targets}, {"d_final": d_fin}):
+        m.close()   # the device call on fresh arenas (the model's and its variants'), before the staged one
+        dev = {k: on(v) for k, v in kw.items()}
+        g = m.vjp(on(params), on(inputs), **dev)
+        ref = m.vjp(params, inputs, **kw)
+        assert g.loss == ref.loss
+        for part in ("params", "inputs", "h0"):
+            mine, theirs = getattr(g, part), getattr(ref, part)
+            assert set(mine) == set(theirs), part
+            for k in theirs:
+                assert isinstance(mine[k], DeviceArray)
+                assert np.array_equal(mine[k].copy_to_host(), theirs[k]), (part, k, sorted(kw))
+    g = m.vjp(on(params), on(inputs), d_outputs=on(d_out), wrt=())
+    assert g.inputs == {}
+    with pytest.raises(rc.CallError, match=r"d_outputs\['y'\] has shape"):
+        m.vjp(on(params), on(inputs), d_outputs={"y": OnHost(np.zeros((T, B, 9)))})

@@ -2,6 +2,7 @@
 
     loss, grads, final = model.loss_and_grad(params, inputs, targets)   # every array on the device
     outputs, final = model.forward(params, inputs)
+    g = model.vjp(params, inputs, d_outputs=..., d_final=...)          # g.params, g.inputs, g.h0 on the device
 
 A device array is any object with ``__cuda_array_interface__`` (a PyTorch CUDA tensor, a CuPy or
 Numba array, a :class:`DeviceArray`) on the model's device: C-contiguous, of the model's dtype and
@@ -14,7 +15,8 @@ which those libraries take without a copy (``torch.as_tensor(a, device="cuda")``
 
 Limits: one leaf of the memory plan (``memory="all"``, or a plan that keeps every step of the
 call); device arrays are not scanned for NaN or infinity (a NaN shows in the loss); every array
-of a call on the device, or none; ``forward`` without ``keep``/``wrt``/``targets``.  The caller's
+of a call on the device, or none; ``forward`` without ``keep``/``wrt``/``targets`` (``vjp`` is the
+device-resident backward: the PTX backend's kept forward runs the forward again anyway).  The caller's
 own stream must have finished writing the inputs (PyTorch: ``torch.cuda.current_stream().synchronize()``);
 a call returns when its results are written.
 
@@ -35,9 +37,11 @@ import math
 
 import numpy as np
 
+from ...autodiff import Cotangents
 from ...errors import CallError
 from ..validate import (Call, _as_dict, _check_names, _check_param_names, check_mask, forward_targets, step_weights,
                         weighted_loss)
+from ..vjp import Gradients, resolve_wrt
 from .layout import address
 from .plan import grad_key
 
@@ -266,9 +270,78 @@ def device_loss_and_grad(model, params, inputs, targets, h0=None, mask=None):
         model.runner.run_copies(fops + gops + downs)
         model.runner.sync()
         loss = weighted_loss(w, S[("cost",)][:, :, L.where[st.loss_key].col])
-        for s in learned:   # ∂ℓ/∂h0 summed over the batch, into the parameter's gradient (one row)
-            p, col = st.state_init[s], L.where[model.bwd.carry_in[s]].col
-            g = grads[p].copy_to_host() + S[("dinit", s)][0, :, col:col + st.states[s]].sum(axis=0)
-            model.runner.run_copies([("h2d", grads[p].ptr, g.ctypes.data, g.nbytes)])
-            model.runner.sync()
+        for s in learned:
+            col = L.where[model.bwd.carry_in[s]].col
+            _add_row_sum(model, grads[st.state_init[s]], S[("dinit", s)][0, :, col:col + st.states[s]])
     return loss, grads, finals
+
+
+def _add_row_sum(model, grad, rows):
+    """``grad`` += the batch sum of ``rows`` (a learned initial state's ∂ℓ/∂h0: one row crosses)."""
+    g = grad.copy_to_host() + rows.sum(axis=0)
+    model.runner.run_copies([("h2d", grad.ptr, g.ctypes.data, g.nbytes)])
+    model.runner.sync()
+
+
+def device_vjp(model, params, inputs, h0=None, d_outputs=None, d_final=None, targets=None, mask=None, wrt=None):
+    """``model.vjp`` on device arrays: a :class:`~..vjp.Gradients` whose arrays are DeviceArrays."""
+    st = model.step
+    with_targets = targets is not None
+    T, B, ptr = _arguments(model, params, inputs, targets, h0, with_targets=with_targets)
+    if not with_targets and forward_targets(st):
+        raise CallError(f"cell {st.name!r}: its forward reads targets ({', '.join(forward_targets(st))}): pass targets")
+    d_out = _as_dict("d_outputs", d_outputs, list(st.outputs), st.name)
+    _check_names(st.name, "d_outputs", d_out, list(st.outputs), allow_missing=True)
+    d_fin = _as_dict("d_final", d_final, list(st.states), st.name)
+    _check_names(st.name, "d_final", d_fin, list(st.states), allow_missing=True)
+    cot = Cotangents(loss=with_targets, outputs=tuple(o for o in st.outputs if o in d_out),
+                     inputs=resolve_wrt(st, wrt), final=True)
+    v = model._variant(cot)
+    ptr.update({("cot", o): _view(v, d_out[o], f"d_outputs[{o!r}]", (T, B, st.outputs[o])) for o in cot.outputs})
+    ptr.update({("dfinal", s): _view(v, x, f"d_final[{s!r}]", (B, st.states[s])) for s, x in d_fin.items()})
+    w = None if not with_targets else step_weights(
+        Call(T, B, {}, {}, {}, {}, None if mask is None else check_mask(st.name, mask, T, B, v.dtype)), v.dtype)
+    with v._lock:
+        a = v._get_arena(T, B)
+        ar, S, L, P, bwd = _Arena(v, a, T, B), a["stage"], v.plan.layout, v.plan, v.bwd
+        S[("w",)][...] = 0 if w is None else w
+        ups = ar.uploads(ptr, reads_targets=with_targets) + [ar.staged(("w",), "h2d")]
+        ups += [("memset", a["base"] + a["offsets"][k], L.slots[k].units * ar.isz)
+                for k in sorted(set(P.grad_slot.values()))]
+        for o, k in bwd.out_seeds.items():
+            n = st.outputs[o]
+            ups.append(ar.rows(ar.addr(k), L.ld(k), ptr[("cot", o)], n, n, T * B))
+        for s, n in st.states.items():   # δ⁺h[T]: row T-1 of the carry; zero where no cotangent came
+            k = bwd.carry_in[s]
+            ups.append(("memset", ar.addr(k, T - 1) - L.where[k].col * ar.isz, B * L.ld(k) * ar.isz))
+            if ("dfinal", s) in ptr:
+                ups.append(ar.rows(ar.addr(k, T - 1), L.ld(k), ptr[("dfinal", s)], n, n, B))
+        out, downs = Gradients({}, {}, {}, None), []
+        for p, k in P.grad_slot.items():
+            shape = st.params[p] if isinstance(st.params[p], tuple) else (st.params[p],)
+            n = math.prod(shape)
+            out.params[p] = ar.new(shape)
+            src = a["base"] + a["offsets"][k] + L.where[grad_key(p)].col * ar.isz
+            downs.append(ar.rows(out.params[p].ptr, n, src, n, n, 1))
+        for x in cot.inputs:
+            k, n = bwd.input_adjoints.get(x), st.inputs[x]
+            out.inputs[x] = ar.new((T, B, n))
+            downs.append(ar.rows(out.inputs[x].ptr, n, ar.addr(k), L.ld(k), n, T * B) if k is not None
+                         else ("memset", out.inputs[x].ptr, out.inputs[x].nbytes))
+        for s, n in st.states.items():   # δh[-1]: row 0 of the carry
+            k = bwd.carry_in[s]
+            out.h0[s] = ar.new((B, n))
+            downs.append(ar.rows(out.h0[s].ptr, n, ar.addr(k, -1), L.ld(k), n, B))
+        if with_targets:
+            downs.append(ar.staged(("cost",), "d2h"))
+        v.runner.run_copies(ups)
+        v.runner.execute(a["fwd"])
+        v.runner.execute(a["bwd"])
+        v.runner.run_copies(downs)
+        v.runner.sync()
+        if with_targets:
+            out.loss = weighted_loss(w, S[("cost",)][:, :, L.where[st.loss_key].col])
+        for s, p in st.state_init.items():
+            if p is not None and ("state", s) not in ptr:
+                _add_row_sum(v, out.params[p], out.h0[s].copy_to_host())
+    return out

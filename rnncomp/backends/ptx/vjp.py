@@ -14,12 +14,20 @@ import threading
 import numpy as np
 
 from ..vjp import VjpMixin
+from .device import any_device, device_vjp
 
 _LOCK = threading.Lock()  # making a variant (a PTX compile) once per cotangent set
 
 
 class PtxVjp(VjpMixin):
     """Mixin of ``PtxModel``: ``vjp`` and ``forward(..., keep=True)``."""
+
+    def vjp(self, params, inputs, h0=None, *, d_outputs=None, d_final=None, targets=None, mask=None,
+            wrt=None, check_finite=True):
+        if any_device(params, inputs, h0, d_outputs, d_final, targets):   # arrays on the GPU (device.py)
+            return device_vjp(self, params, inputs, h0, d_outputs, d_final, targets, mask, wrt)
+        return super().vjp(params, inputs, h0, d_outputs=d_outputs, d_final=d_final, targets=targets, mask=mask,
+                           wrt=wrt, check_finite=check_finite)
 
     def _variant(self, cot):
         with _LOCK:
