@@ -24,7 +24,8 @@ timing also without clusters, "nocluster", and with 256 threads a block and no c
    LSTM H=512 B=64 T=50, LSTM H=256 B=64 T=100, LSTM H=128 B=512 T=50, LSTM H=64 B=8 T=200
    (then GRU H=512 if time allows); input D = H/2, 4 outputs, MSE:
    rnncomp ptx, every variant (host↔device copies of params/inputs/gradients
-   included: the model takes NumPy arrays; "kernels" = the two replayed CUDA graphs alone),
+   included: the model takes NumPy arrays; "kernels" = the two replayed CUDA graphs alone;
+   "device" = the call on arrays already on the GPU, results left there, docs/gpu.md),
    PyTorch cuDNN nn.LSTM / nn.GRU, and a PyTorch custom-cell Python loop (autograd).
    ``--simple`` adds ``tiled=False, fuse=False`` (the first version's kernels).
 
@@ -324,6 +325,12 @@ def time_ptx(row, tag, cell, params, inputs, targets, **options):
         r.execute(a["fwd"])
         r.execute(a["bwd"])
     row[f"kernels_{tag}_ms"] = median_ms(passes, r.sync, repeats=reps)
+    # the same call on arrays already on the device: results stay there (device.py)
+    from rnncomp.backends.ptx.device import DeviceArray
+    dev = [{k: DeviceArray.from_host(m, v) for k, v in d.items()} for d in (params, inputs, targets)]
+    dloss = m.loss_and_grad(*dev)[0]
+    row[f"device_loss_rel_{tag}"] = abs(dloss - m.loss_and_grad(params, inputs, targets)[0]) / abs(dloss)
+    row[f"device_{tag}_ms"] = median_ms(lambda: m.loss_and_grad(*dev), lambda: None, repeats=reps)
 
 
 def timing():
@@ -386,9 +393,9 @@ def table():
               f"{num(r, 'grad_rel', 11, '.1e')}{num(r, 'state_err', 11, '.1e')}{num(r, 'out_err', 11, '.1e')}"
               f"{str(r.get('per_step', '')):>10}")
     print("\ntraining step, float32, median ms (ptx: host<->device copies included; kernels: the two "
-          "CUDA graphs alone):")
+          "CUDA graphs alone; dev: arrays on the device in and out):")
     tags = [t for t, _ in TIMED]
-    head = "".join(f"{'ptx ' + t:>16}{'kernels':>9}" for t in tags)
+    head = "".join(f"{'ptx ' + t:>16}{'kernels':>9}{'dev':>8}" for t in tags)
     print(f"{'case':<26}{head}{'cuDNN':>9}{'fp32':>7}{'torch loop':>12}   launches/step fwd,bwd (steps | nostack); "
           "persistent block")
     for r in RESULT["timing"]:
@@ -396,7 +403,8 @@ def table():
         if "skipped" in r:
             print(f"{label:<26}  {r['skipped']}")
             continue
-        cols = "".join(f"{num(r, f'ptx_{t}_ms', 16)}{num(r, f'kernels_{t}_ms', 9)}" for t in tags)
+        cols = "".join(f"{num(r, f'ptx_{t}_ms', 16)}{num(r, f'kernels_{t}_ms', 9)}{num(r, f'device_{t}_ms', 8)}"
+                       for t in tags)
         steps = f"{r.get('per_step_steps')} | {r.get('per_step_nostack')}; {r.get('block_persistent', '')}"
         print(f"{label:<26}{cols}{num(r, 'cudnn_ms', 9)}{num(r, 'cudnn_fp32_ms', 7)}{num(r, 'torch_loop_ms', 12)}   {steps}"
               + (f"   error: {r['error'][:60]}" if "error" in r else ""))

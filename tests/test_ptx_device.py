@@ -107,6 +107,19 @@ def test_device_arrays_made_by_the_model_round_trip_and_export_the_interface():
     assert loss == ref and all(np.array_equal(grads[k].copy_to_host(), g[k]) for k in g)
 
 
+def test_freed_device_arrays_are_reused_up_to_the_cache_bound(monkeypatch):
+    import rnncomp.backends.ptx.device as device
+    m = rc.compile(rc.cells.elman(2, 3, 1), backend="ptx", runner="host")
+    a = DeviceArray(m.runner, (5, 7), m.dtype)
+    ptr = a.ptr
+    del a
+    b = DeviceArray(m.runner, (7, 5), m.dtype)   # the same size: the same memory, no new allocation
+    assert b.ptr == ptr
+    monkeypatch.setattr(device, "CACHE_BYTES", 0)  # past the bound: given back to the runner
+    del b
+    assert ptr not in m.runner._arrays
+
+
 def test_bad_device_calls_are_named():
     cell = rc.cells.elman(3, 4, 2)
     m = rc.compile(cell, backend="ptx", runner="host")

@@ -61,15 +61,39 @@ def any_device(*values) -> bool:
     return any(is_device(v) for x in values for v in (x.values() if isinstance(x, dict) else [x]))
 
 
+#: Bytes of freed DeviceArrays a runner keeps for the next ones of the same size (as PyTorch's
+#: caching allocator does: a training loop's results come and go every call, and cuMemFree
+#: waits for the device)
+CACHE_BYTES = 256 << 20
+
+
+def _alloc(runner, nbytes: int) -> int:
+    free = runner.__dict__.setdefault("_device_free", {})
+    if free.get(nbytes):
+        runner._device_cached -= nbytes
+        return free[nbytes].pop()
+    return runner.alloc(nbytes)
+
+
+def _release(runner, ptr: int, nbytes: int) -> None:
+    cached = runner.__dict__.get("_device_cached", 0)
+    if cached + nbytes > CACHE_BYTES:
+        runner.free(ptr)
+        return
+    runner._device_cached = cached + nbytes
+    runner.__dict__.setdefault("_device_free", {}).setdefault(nbytes, []).append(ptr)
+
+
 class DeviceArray:
-    """Memory on a PTX model's device (its runner's allocation, freed with this object), shaped
-    and typed, exported through ``__cuda_array_interface__`` (version 3)."""
+    """Memory on a PTX model's device (its runner's allocation, given back with this object:
+    kept for the next array of its size up to :data:`CACHE_BYTES` per runner), shaped and typed,
+    exported through ``__cuda_array_interface__`` (version 3)."""
 
     def __init__(self, runner, shape, dtype):
         self.shape, self.dtype = tuple(int(n) for n in shape), np.dtype(dtype)
         self.nbytes = math.prod(self.shape) * self.dtype.itemsize
         self._runner = runner
-        self.ptr = runner.alloc(max(self.nbytes, 1))
+        self.ptr = _alloc(runner, max(self.nbytes, 1))
 
     @classmethod
     def from_host(cls, model, array) -> "DeviceArray":
@@ -96,7 +120,7 @@ class DeviceArray:
 
     def __del__(self):
         try:
-            self._runner.free(self.ptr)
+            _release(self._runner, self.ptr, max(self.nbytes, 1))
         except Exception:  # noqa: BLE001 - interpreter shutdown: the driver may be gone
             pass
 
