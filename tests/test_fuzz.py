@@ -220,8 +220,17 @@ def check_cell(cell, T, B, seed, mask_kind=None, h0_kind="none", opts=None, stat
     #    ("cuda"), per-step launches and the persistent kernel (one launch per pass)
     for kind, runner in (("ptx", "host"), ("cuda", "cuda")):
         if kind in native:
-            compare64(rc.compile(cell, backend="ptx", runner=runner, persistent=False),
-                      f"PTX, a launch per step ({runner} runner)")
+            per_step = rc.compile(cell, backend="ptx", runner=runner, persistent=False)
+            staged = compare64(per_step, f"PTX, a launch per step ({runner} runner)")
+            # the same call on device arrays (ptx/device.py): the same kernels on the same values,
+            # in a fresh arena (nothing left of the staged calls' uploads)
+            from rnncomp.backends.ptx.device import DeviceArray
+            per_step.close()
+            dev = lambda d: d and {k: DeviceArray.from_host(per_step, v) for k, v in d.items()}  # noqa: E731
+            dl, dg, dh = per_step.loss_and_grad(dev(params), dev(inputs), dev(targets), h0=dev(h0), mask=mask)
+            _assert_close((dl, {k: v.copy_to_host() for k, v in dg.items()},
+                           {k: v.copy_to_host() for k, v in dh.items()}), staged, 0.0 if runner == "host" else 1e-12,
+                          f"PTX on device arrays vs staged ({runner} runner)", floor=0.0 if runner == "host" else 1e-14)
             compare64(Renamed(rc.compile(renamed, backend="ptx", runner=runner), new),
                       f"PTX persistent ({runner} runner, renamed cell)")
 
