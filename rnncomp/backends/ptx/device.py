@@ -34,6 +34,7 @@ that expose ``__cuda_array_interface__`` (how ``tests/test_ptx_device.py`` check
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -67,21 +68,26 @@ def any_device(*values) -> bool:
 CACHE_BYTES = 256 << 20
 
 
+_CACHE_LOCK = threading.Lock()   # a DeviceArray may be collected on any thread
+
+
 def _alloc(runner, nbytes: int) -> int:
-    free = runner.__dict__.setdefault("_device_free", {})
-    if free.get(nbytes):
-        runner._device_cached -= nbytes
-        return free[nbytes].pop()
+    with _CACHE_LOCK:
+        free = runner.__dict__.setdefault("_device_free", {})
+        if free.get(nbytes):
+            runner._device_cached -= nbytes
+            return free[nbytes].pop()
     return runner.alloc(nbytes)
 
 
 def _release(runner, ptr: int, nbytes: int) -> None:
-    cached = runner.__dict__.get("_device_cached", 0)
-    if cached + nbytes > CACHE_BYTES:
-        runner.free(ptr)
-        return
-    runner._device_cached = cached + nbytes
-    runner.__dict__.setdefault("_device_free", {}).setdefault(nbytes, []).append(ptr)
+    with _CACHE_LOCK:
+        cached = runner.__dict__.get("_device_cached", 0)
+        if cached + nbytes <= CACHE_BYTES:
+            runner._device_cached = cached + nbytes
+            runner.__dict__.setdefault("_device_free", {}).setdefault(nbytes, []).append(ptr)
+            return
+    runner.free(ptr)
 
 
 class DeviceArray:
