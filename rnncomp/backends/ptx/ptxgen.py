@@ -46,9 +46,9 @@ def _in_process(ir_text, arch, features, opt):
     mod.verify()
     tm = llvm.Target.from_triple(NVPTX_TRIPLE).create_target_machine(cpu=arch, features=features, opt=opt)
     if opt > 0:
-        pto = llvm.PipelineTuningOptions(speed_level=opt)
-        pb = llvm.create_pass_builder(tm, pto)
-        pb.getModulePassManager().run(mod, pb)
+        from ..llvm.jit import run_default_pipeline  # frees the pass manager, which llvmlite leaks
+
+        run_default_pipeline(mod, tm, llvm.PipelineTuningOptions(speed_level=opt))
     return tm.emit_assembly(mod)
 
 
