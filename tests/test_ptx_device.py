@@ -197,3 +197,45 @@ def test_device_vjp_equals_the_staged_vjp(name):
     assert g.inputs == {}
     with pytest.raises(rc.CallError, match=r"d_outputs\['y'\] has shape"):
         m.vjp(on(params), on(inputs), d_outputs={"y": OnHost(np.zeros((T, B, 9)))})
+
+
+class _FakeDriver:
+    """Records the CudaRunner's driver calls (the names and arguments of cuda.bindings.driver)."""
+
+    class CUresult:
+        CUDA_SUCCESS = 0
+
+    class CUmemorytype:
+        CU_MEMORYTYPE_DEVICE = 2
+
+    class CUDA_MEMCPY2D:   # cuda-python's struct: every field starts at 0
+        def __init__(self):
+            self.srcXInBytes = self.srcY = self.dstXInBytes = self.dstY = 0
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        if not name.startswith("cu"):
+            raise AttributeError(name)
+        return lambda *args: self.calls.append((name, args)) or (0,)
+
+
+def test_cuda_runner_copies_make_the_context_current_and_pick_the_driver_call():
+    """CudaRunner.run_copies/execute on a recording driver: the runner's context made current
+    first (a call may come from a thread that never allocated), a contiguous 'rows' copy as one
+    cuMemcpyDtoDAsync of every byte, a pitched one as cuMemcpy2DAsync with pitches in bytes."""
+    from rnncomp.backends.ptx.runtime import CudaRunner
+    r = object.__new__(CudaRunner)
+    r.drv, r.ctx, r.stream = _FakeDriver(), "ctx", "stream"
+    r.run_copies([("rows", 1000, 24, 2000, 24, 24, 5), ("rows", 3000, 40, 4000, 16, 16, 6)])
+    names = [c[0] for c in r.drv.calls]
+    assert names == ["cuCtxSetCurrent", "cuMemcpyDtoDAsync", "cuMemcpy2DAsync"]
+    assert r.drv.calls[1][1] == (1000, 2000, 120, "stream")
+    c, stream = r.drv.calls[2][1]
+    assert stream == "stream" and c.srcMemoryType == c.dstMemoryType == 2
+    assert (c.dstDevice, c.dstPitch, c.srcDevice, c.srcPitch, c.WidthInBytes, c.Height) == (3000, 40, 4000, 16, 16, 6)
+    assert c.srcXInBytes == c.srcY == c.dstXInBytes == c.dstY == 0
+    r.drv.calls.clear()
+    r.execute({"graph": (None, "exe")})
+    assert [c[0] for c in r.drv.calls] == ["cuCtxSetCurrent", "cuGraphLaunch"]

@@ -129,9 +129,17 @@ class CudaRunner:
         self._allocs.append(p)
         return int(p)
 
+    def _current(self):
+        """Make this runner's (primary) context current on the calling thread: the driver keeps a
+        current context per thread, and a call may come from a thread that never allocated here
+        (a thread pool, PyTorch's autograd thread, a DeviceArray collected there), where copies,
+        launches and frees would fail with CUDA_ERROR_INVALID_CONTEXT."""
+        self._check(self.drv.cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")
+
     def free(self, ptr: int):
         for i, p in enumerate(self._allocs):
             if int(p) == ptr:
+                self._current()
                 self._check(self.drv.cuMemFree(p), "cuMemFree")
                 del self._allocs[i]
                 return
@@ -147,6 +155,7 @@ class CudaRunner:
 
     def free_host(self, ptr: int):
         if ptr in self._host:
+            self._current()
             self.sync()
             self._check(self.drv.cuMemFreeHost(ptr), "cuMemFreeHost")
             self._host.remove(ptr)
@@ -261,6 +270,7 @@ class CudaRunner:
     def run_copies(self, ops):
         """Copies of one call (device addresses that change from call to call: never in a graph),
         on the stream the prepared sequences run on, in order with them."""
+        self._current()
         for op in ops:
             self._copy(op)
 
@@ -284,6 +294,7 @@ class CudaRunner:
             return None
 
     def execute(self, prepared):
+        self._current()
         if prepared["graph"] is not None:
             self._check(self.drv.cuGraphLaunch(prepared["graph"][1], self.stream), "cuGraphLaunch")
         else:
