@@ -239,3 +239,36 @@ def test_cuda_runner_copies_make_the_context_current_and_pick_the_driver_call():
     r.drv.calls.clear()
     r.execute({"graph": (None, "exe")})
     assert [c[0] for c in r.drv.calls] == ["cuCtxSetCurrent", "cuGraphLaunch"]
+
+
+def _pitched_copy_case(runner):
+    """A 'rows' copy with different pitches (the cuMemcpy2DAsync path, which no zoo or fuzz cell
+    reaches: their device-call copies are all contiguous) between two of ``runner``'s allocations."""
+    src = np.arange(6 * 5, dtype=np.float64).reshape(6, 5)   # 6 rows of 5, pitch 40 bytes
+    dst = np.full((6, 7), -1.0)                              # 6 rows of 7, pitch 56 bytes
+    s, d = runner.alloc(src.nbytes), runner.alloc(dst.nbytes)
+    runner.run_copies([("h2d", s, src.ctypes.data, src.nbytes), ("h2d", d, dst.ctypes.data, dst.nbytes),
+                       ("rows", d + 2 * 8, 56, s + 1 * 8, 40, 3 * 8, 6),   # columns 1..3 into 2..4
+                       ("d2h", dst.ctypes.data, d, dst.nbytes)])
+    runner.sync()
+    want = np.full((6, 7), -1.0)
+    want[:, 2:5] = src[:, 1:4]
+    return dst, want
+
+
+def test_host_runner_pitched_rows_copy():
+    m = rc.compile(rc.cells.elman(2, 3, 1), backend="ptx", runner="host")
+    got, want = _pitched_copy_case(m.runner)
+    assert np.array_equal(got, want)
+    with pytest.raises(rc.CompileError, match="pitch below the row width"):
+        m.runner.run_copies([("rows", 0, 8, 0, 16, 16, 2)])
+
+
+@pytest.mark.skipif(not __import__("rnncomp.backends.ptx.runtime", fromlist=["x"]).cuda_available(),
+                    reason="no CUDA GPU/driver or cuda-python in this process")
+def test_cuda_pitched_rows_copy():
+    """cuMemcpy2DAsync device to device with pitches not from cuMemAllocPitch (the driver's
+    documentation says an intra-device copy 'may fail' for such pitches)."""
+    m = rc.compile(rc.cells.elman(2, 3, 1), backend="ptx")
+    got, want = _pitched_copy_case(m.runner)
+    assert np.array_equal(got, want)

@@ -359,6 +359,9 @@ class HostRunner:
                 ctypes.memset(op[1], 0, op[2])
             elif op[0] == "rows":
                 _, dst, dpitch, src, spitch, width, rows = op
+                if width > min(dpitch, spitch):   # cuMemcpy2DAsync refuses it (CUDA_ERROR_INVALID_VALUE)
+                    raise CompileError(f"internal: a 'rows' copy of {width} bytes a row with pitches "
+                                       f"{dpitch} and {spitch}: a pitch below the row width")
                 if dpitch == spitch == width:
                     ctypes.memmove(dst, src, width * rows)
                 else:
