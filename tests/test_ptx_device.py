@@ -272,3 +272,23 @@ def test_cuda_pitched_rows_copy():
     m = rc.compile(rc.cells.elman(2, 3, 1), backend="ptx")
     got, want = _pitched_copy_case(m.runner)
     assert np.array_equal(got, want)
+
+
+class RequiresGrad(OnHost):
+    """As a PyTorch CUDA tensor with requires_grad=True: its interface raises RuntimeError
+    (torch/_tensor.py, Tensor.__cuda_array_interface__)."""
+
+    @property
+    def __cuda_array_interface__(self):
+        raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad. If gradients "
+                           "aren't required, use var.detach() to get Variable that doesn't require grad.")
+
+
+def test_a_tensor_that_requires_grad_is_a_device_array_named_with_detach():
+    cell = rc.cells.elman(3, 4, 2)
+    m = rc.compile(cell, backend="ptx", runner="host")
+    params, inputs, targets = random_data(cell, T=4, B=2)
+    assert is_device(RequiresGrad(params["W"]))
+    for P in ({**on(params), "W": RequiresGrad(params["W"])}, {**params, "W": RequiresGrad(params["W"])}):
+        with pytest.raises(rc.CallError, match=r"params\['W'\] does not export .*requires grad.*detach\(\)"):
+            m.loss_and_grad(P, on(inputs), on(targets))

@@ -54,7 +54,9 @@ def is_device(x) -> bool:
         return False
     try:
         return getattr(x, "__cuda_array_interface__", None) is not None
-    except Exception:  # noqa: BLE001 - a host tensor's property refuses
+    except RuntimeError:  # a PyTorch CUDA tensor that requires grad refuses so: on the device (_view names it)
+        return True
+    except Exception:  # noqa: BLE001 - a host tensor's property refuses (AttributeError)
         return False
 
 
@@ -134,7 +136,10 @@ class DeviceArray:
 def _view(model, x, what, shape):
     """The device address of ``x``, checked against the shape and dtype a host call takes."""
     where = f"cell {model.step.name!r}: {what}"
-    cai = getattr(x, "__cuda_array_interface__", None) if is_device(x) else None
+    try:
+        cai = getattr(x, "__cuda_array_interface__", None) if is_device(x) else None
+    except RuntimeError as exc:   # PyTorch: "Can't get __cuda_array_interface__ on Variable that requires grad"
+        raise CallError(f"{where} does not export its device memory ({exc}): pass tensor.detach()") from None
     if cai is None:
         raise CallError(f"{where} is not a device array, but other arrays of the call are: pass every "
                         "array on the device (__cuda_array_interface__) or every one on the host")
