@@ -21,14 +21,14 @@ from gradcheck import random_data
 class OnHost:
     """A host array exposing ``__cuda_array_interface__`` (the host runner's device memory)."""
 
-    def __init__(self, a, strides=None, typestr=None):
+    def __init__(self, a, strides=None, typestr=None, stream=None):
         self.a = a
-        self.strides, self.typestr = strides, typestr
+        self.strides, self.typestr, self.stream = strides, typestr, stream
 
     @property
     def __cuda_array_interface__(self):
         return {"shape": self.a.shape, "typestr": self.typestr or self.a.dtype.str,
-                "data": (self.a.ctypes.data, False), "version": 3, "strides": self.strides}
+                "data": (self.a.ctypes.data, False), "version": 3, "strides": self.strides, "stream": self.stream}
 
 
 def on(d):
@@ -118,6 +118,29 @@ def test_freed_device_arrays_are_reused_up_to_the_cache_bound(monkeypatch):
     monkeypatch.setattr(device, "CACHE_BYTES", 0)  # past the bound: given back to the runner
     del b
     assert ptr not in m.runner._arrays
+
+
+def test_producer_streams_and_reused_memory_are_waited_for(monkeypatch):
+    """CUDA array interface v3: the consumer waits for the stream the producer exports; memory
+    of a dropped DeviceArray is written again only after the device is idle (cuMemFree waited)."""
+    cell = rc.cells.elman(3, 4, 2)
+    m = rc.compile(cell, backend="ptx", runner="host")
+    params, inputs, targets = random_data(cell, T=4, B=2)
+    waits = []
+    from rnncomp.backends.ptx.runtime import HostRunner   # every runner: a VJP variant has its own
+    monkeypatch.setattr(HostRunner, "wait_for", lambda self, streams: waits.append(streams))
+    P = on(params)
+    X = {"x": OnHost(np.ascontiguousarray(inputs["x"]), stream=7)}
+    Y = {"target": OnHost(np.ascontiguousarray(targets["target"]), stream=2)}
+    waits.clear()
+    _, grads, _ = m.loss_and_grad(P, X, Y)
+    assert waits == [[2, 7]]   # before the uploads, each stream once
+    del grads
+    waits.clear()
+    m.loss_and_grad(P, X, Y)   # its results reuse the dropped gradients' memory
+    assert None in waits and [2, 7] in waits
+    g = m.vjp(P, X, d_outputs={"y": OnHost(np.ones((4, 2, 2)), stream=9)})
+    assert any(w == [7, 9] for w in waits) and isinstance(g.params["W"], DeviceArray)
 
 
 def test_bad_device_calls_are_named():

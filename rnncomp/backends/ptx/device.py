@@ -16,9 +16,10 @@ which those libraries take without a copy (``torch.as_tensor(a, device="cuda")``
 Limits: one leaf of the memory plan (``memory="all"``, or a plan that keeps every step of the
 call); device arrays are not scanned for NaN or infinity (a NaN shows in the loss); every array
 of a call on the device, or none; ``forward`` without ``keep``/``wrt``/``targets`` (``vjp`` is the
-device-resident backward: the PTX backend's kept forward runs the forward again anyway).  The caller's
-own stream must have finished writing the inputs (PyTorch: ``torch.cuda.current_stream().synchronize()``);
-a call returns when its results are written.
+device-resident backward: the PTX backend's kept forward runs the forward again anyway).  A stream an
+input's producer exports (``__cuda_array_interface__`` version 3: CuPy, Numba) is waited for before
+the uploads; PyTorch exports none, so its current stream must have finished writing the inputs
+(``torch.cuda.current_stream().synchronize()``).  A call returns when its results are written.
 
 With ``runner="host"`` the "device" is this process's memory: the same code runs on host arrays
 that expose ``__cuda_array_interface__`` (how ``tests/test_ptx_device.py`` checks it on a CPU).
@@ -76,10 +77,16 @@ _CACHE_LOCK = threading.Lock()   # a DeviceArray may be collected on any thread
 def _alloc(runner, nbytes: int) -> int:
     with _CACHE_LOCK:
         free = runner.__dict__.setdefault("_device_free", {})
+        ptr = None
         if free.get(nbytes):
             runner._device_cached -= nbytes
-            return free[nbytes].pop()
-    return runner.alloc(nbytes)
+            ptr = free[nbytes].pop()
+    if ptr is None:
+        return runner.alloc(nbytes)
+    # the array that held it was dropped, but work its consumer queued on another stream may still
+    # read it (cuMemFree would have waited): wait for the device before it is written again
+    runner.wait_for(None)
+    return ptr
 
 
 def _release(runner, ptr: int, nbytes: int) -> None:
@@ -133,8 +140,9 @@ class DeviceArray:
             pass
 
 
-def _view(model, x, what, shape):
-    """The device address of ``x``, checked against the shape and dtype a host call takes."""
+def _view(model, x, what, shape, streams):
+    """The device address of ``x``, checked against the shape and dtype a host call takes; the
+    stream its producer exports (CUDA array interface v3: the consumer waits for it) into ``streams``."""
     where = f"cell {model.step.name!r}: {what}"
     try:
         cai = getattr(x, "__cuda_array_interface__", None) if is_device(x) else None
@@ -156,11 +164,13 @@ def _view(model, x, what, shape):
                         "contiguous copy (.contiguous() in PyTorch)")
     if cai.get("mask") is not None:
         raise CallError(f"{where} is a masked device array: pass the mask as mask=")
+    if cai.get("stream"):
+        streams.add(int(cai["stream"]))
     return int(cai["data"][0])
 
 
 def _arguments(model, params, inputs, targets, h0, with_targets):
-    """(T, B, uploads): the device addresses of the call's arrays, checked."""
+    """(T, B, {region: device address}, {producer streams}): the call's arrays, checked."""
     st = model.step
     _check_param_names(st.name, params, st.params)   # the host call's checks of names
     inputs = _as_dict("inputs", inputs, list(st.inputs), st.name)
@@ -176,18 +186,18 @@ def _arguments(model, params, inputs, targets, h0, with_targets):
     shape = tuple(getattr(next(iter(seq.values())), "__cuda_array_interface__", {}).get("shape", ()))
     if len(shape) != 3 or not shape[0] or not shape[1]:
         raise CallError(f"cell {st.name!r}: {next(iter(seq))!r} must be a (T, B, n) device array with T, B ≥ 1")
-    T, B = int(shape[0]), int(shape[1])
-    ptr = {("param", p): _view(model, params[p], f"params[{p!r}]", s if isinstance(s, tuple) else (s,))
+    T, B, streams = int(shape[0]), int(shape[1]), set()
+    ptr = {("param", p): _view(model, params[p], f"params[{p!r}]", s if isinstance(s, tuple) else (s,), streams)
            for p, s in st.params.items()}
     sizes = st.inputs | st.targets
-    ptr.update({("io", k): _view(model, v, f"{'inputs' if k in st.inputs else 'targets'}[{k!r}]", (T, B, sizes[k]))
-                for k, v in seq.items()})
-    ptr.update({("state", s): _view(model, v, f"h0[{s!r}]", (B, st.states[s])) for s, v in h0.items()})
+    ptr.update({("io", k): _view(model, v, f"{'inputs' if k in st.inputs else 'targets'}[{k!r}]", (T, B, sizes[k]),
+                                 streams) for k, v in seq.items()})
+    ptr.update({("state", s): _view(model, v, f"h0[{s!r}]", (B, st.states[s]), streams) for s, v in h0.items()})
     if not model._one_leaf(T, B):
         raise CallError(f"cell {st.name!r}: a device-resident call keeps every step in the arena, and "
                         f"memory={model.memory!r} plans leaves of fewer than T={T} steps: use memory='all' "
                         "or host arrays")
-    return T, B, ptr
+    return T, B, ptr, streams
 
 
 class _Arena:
@@ -258,7 +268,7 @@ class _Arena:
 def device_forward(model, params, inputs, h0=None):
     """``model.forward`` on device arrays: ({output: DeviceArray (T, B, n)}, {state: DeviceArray (B, n)})."""
     st = model.step
-    T, B, ptr = _arguments(model, params, inputs, None, h0, with_targets=False)
+    T, B, ptr, streams = _arguments(model, params, inputs, None, h0, with_targets=False)
     reads = set(forward_targets(st))
     if reads:
         raise CallError(f"cell {st.name!r}: its forward reads targets ({', '.join(sorted(reads))}); a "
@@ -268,6 +278,7 @@ def device_forward(model, params, inputs, h0=None):
         ar = _Arena(model, a, T, B)
         finals, fops = ar.finals()
         outs, oops = ar.outputs()
+        model.runner.wait_for(sorted(streams))   # the producers' streams have written the inputs
         model.runner.run_copies(ar.uploads(ptr, reads_targets=False))
         model.runner.execute(a["fwd"])
         model.runner.run_copies(fops + oops)
@@ -280,7 +291,7 @@ def device_loss_and_grad(model, params, inputs, targets, h0=None, mask=None):
     st, P, dt = model.step, model.plan, model.dtype
     if model.bwd is None or not st.has_loss:
         raise CallError(f"cell {st.name!r} has no loss: there is no gradient to compute")
-    T, B, ptr = _arguments(model, params, inputs, targets, h0, with_targets=True)
+    T, B, ptr, streams = _arguments(model, params, inputs, targets, h0, with_targets=True)
     w = step_weights(Call(T, B, {}, {}, {}, {}, None if mask is None else check_mask(st.name, mask, T, B, dt)), dt)
     with model._lock:
         a = model._get_arena(T, B)
@@ -299,6 +310,7 @@ def device_loss_and_grad(model, params, inputs, targets, h0=None, mask=None):
             gops.append(ar.rows(grads[p].ptr, n, src, n, n, 1))
         learned = [s for s, p in st.state_init.items() if p is not None and ("state", s) not in ptr]
         downs = [ar.staged(("cost",), "d2h")] + [ar.staged(("dinit", s), "d2h") for s in learned]
+        model.runner.wait_for(sorted(streams))   # the producers' streams have written the inputs
         model.runner.run_copies(ups)
         model.runner.execute(a["fwd"])
         model.runner.execute(a["bwd"])
@@ -322,7 +334,7 @@ def device_vjp(model, params, inputs, h0=None, d_outputs=None, d_final=None, tar
     """``model.vjp`` on device arrays: a :class:`~..vjp.Gradients` whose arrays are DeviceArrays."""
     st = model.step
     with_targets = targets is not None
-    T, B, ptr = _arguments(model, params, inputs, targets, h0, with_targets=with_targets)
+    T, B, ptr, streams = _arguments(model, params, inputs, targets, h0, with_targets=with_targets)
     if not with_targets and forward_targets(st):
         raise CallError(f"cell {st.name!r}: its forward reads targets ({', '.join(forward_targets(st))}): pass targets")
     d_out = _as_dict("d_outputs", d_outputs, list(st.outputs), st.name)
@@ -332,8 +344,10 @@ def device_vjp(model, params, inputs, h0=None, d_outputs=None, d_final=None, tar
     cot = Cotangents(loss=with_targets, outputs=tuple(o for o in st.outputs if o in d_out),
                      inputs=resolve_wrt(st, wrt), final=True)
     v = model._variant(cot)
-    ptr.update({("cot", o): _view(v, d_out[o], f"d_outputs[{o!r}]", (T, B, st.outputs[o])) for o in cot.outputs})
-    ptr.update({("dfinal", s): _view(v, x, f"d_final[{s!r}]", (B, st.states[s])) for s, x in d_fin.items()})
+    ptr.update({("cot", o): _view(v, d_out[o], f"d_outputs[{o!r}]", (T, B, st.outputs[o]), streams)
+                for o in cot.outputs})
+    ptr.update({("dfinal", s): _view(v, x, f"d_final[{s!r}]", (B, st.states[s]), streams)
+                for s, x in d_fin.items()})
     w = None if not with_targets else step_weights(
         Call(T, B, {}, {}, {}, {}, None if mask is None else check_mask(st.name, mask, T, B, v.dtype)), v.dtype)
     with v._lock:
@@ -369,6 +383,7 @@ def device_vjp(model, params, inputs, h0=None, d_outputs=None, d_final=None, tar
             downs.append(ar.rows(out.h0[s].ptr, n, ar.addr(k, -1), L.ld(k), n, B))
         if with_targets:
             downs.append(ar.staged(("cost",), "d2h"))
+        v.runner.wait_for(sorted(streams))   # the producers' streams have written the inputs
         v.runner.run_copies(ups)
         v.runner.execute(a["fwd"])
         v.runner.execute(a["bwd"])

@@ -166,6 +166,17 @@ class CudaRunner:
     def sync(self):
         self._check(self.drv.cuStreamSynchronize(self.stream), "cuStreamSynchronize (a kernel failed?)")
 
+    def wait_for(self, streams):
+        """Wait until the work queued on ``streams`` (handles a device array's producer exports with
+        ``__cuda_array_interface__``: 1 the legacy default stream, 2 per-thread) is done; None:
+        every stream of the device (memory of a freed array another stream may still read)."""
+        self._current()
+        if streams is None:
+            self._check(self.drv.cuCtxSynchronize(), "cuCtxSynchronize")
+            return
+        for h in streams:
+            self._check(self.drv.cuStreamSynchronize(self.drv.CUstream(h)), f"cuStreamSynchronize({h})")
+
     # ------------------------------------------------------------------ launches
     def _loop_shape(self, name, R):
         """``(C blocks per sample, threads per block)`` of a persistent launch over R samples."""
@@ -346,6 +357,9 @@ class HostRunner:
         ctypes.memset(ptr, 0, nbytes)
 
     def sync(self):
+        pass
+
+    def wait_for(self, streams):
         pass
 
     def prepare(self, launches):
