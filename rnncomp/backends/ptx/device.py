@@ -39,7 +39,7 @@ import threading
 
 import numpy as np
 
-from ...autodiff import Cotangents
+from ...autodiff import LOSS_ONLY, Cotangents
 from ...errors import CallError
 from ..validate import (Call, _as_dict, _check_names, _check_param_names, check_mask, forward_targets, step_weights,
                         weighted_loss)
@@ -286,48 +286,77 @@ def device_forward(model, params, inputs, h0=None):
     return outs, finals
 
 
-def device_loss_and_grad(model, params, inputs, targets, h0=None, mask=None):
-    """``model.loss_and_grad`` on device arrays: (loss, {param: DeviceArray}, {state: DeviceArray})."""
-    st, P, dt = model.step, model.plan, model.dtype
-    if model.bwd is None or not st.has_loss:
-        raise CallError(f"cell {st.name!r} has no loss: there is no gradient to compute")
-    T, B, ptr, streams = _arguments(model, params, inputs, targets, h0, with_targets=True)
-    w = step_weights(Call(T, B, {}, {}, {}, {}, None if mask is None else check_mask(st.name, mask, T, B, dt)), dt)
-    with model._lock:
-        a = model._get_arena(T, B)
-        ar, S, L = _Arena(model, a, T, B), a["stage"], P.layout
-        S[("w",)][...] = w
-        slots = sorted(set(P.grad_slot.values()))
-        ups = ar.uploads(ptr, reads_targets=True) + [ar.staged(("w",), "h2d")]
-        ups += [("memset", a["base"] + a["offsets"][k], L.slots[k].units * ar.isz) for k in slots]
-        finals, fops = ar.finals()
-        grads, gops = {}, []
+def _weights(model, T, B, mask):
+    dt = model.dtype
+    return step_weights(Call(T, B, {}, {}, {}, {}, None if mask is None else check_mask(model.step.name, mask, T, B, dt)),
+                        dt)
+
+
+def _train(m, T, B, ptr, streams, w, wrt=()):
+    """One forward + backward of ``m`` (the model, or a VJP variant: its outputs' and final states'
+    cotangents come in ``ptr``) on device arrays: (loss or None, {param: DeviceArray}, {state:
+    DeviceArray} final states, {input in wrt: δx}, {state: δh0} of a variant, else {})."""
+    st, P, L, bwd = m.step, m.plan, m.plan.layout, m.bwd
+    variant = m._cot != LOSS_ONLY
+    with m._lock:
+        a = m._get_arena(T, B)
+        ar, S = _Arena(m, a, T, B), a["stage"]
+        S[("w",)][...] = 0 if w is None else w
+        ups = ar.uploads(ptr, reads_targets=w is not None) + [ar.staged(("w",), "h2d")]
+        ups += [("memset", a["base"] + a["offsets"][k], L.slots[k].units * ar.isz)
+                for k in sorted(set(P.grad_slot.values()))]
+        for o, k in bwd.out_seeds.items():
+            n = st.outputs[o]
+            ups.append(ar.rows(ar.addr(k), L.ld(k), ptr[("cot", o)], n, n, T * B))
+        for s, n in st.states.items() if variant else ():   # δ⁺h[T]: row T-1 of the carry (0: no cotangent)
+            k = bwd.carry_in[s]
+            ups.append(("memset", ar.addr(k, T - 1) - L.where[k].col * ar.isz, B * L.ld(k) * ar.isz))
+            if ("dfinal", s) in ptr:
+                ups.append(ar.rows(ar.addr(k, T - 1), L.ld(k), ptr[("dfinal", s)], n, n, B))
+        finals, downs = ar.finals()
+        grads, d_in, d_h0 = {}, {}, {}
         for p, k in P.grad_slot.items():
             shape = st.params[p] if isinstance(st.params[p], tuple) else (st.params[p],)
             n = math.prod(shape)
             grads[p] = ar.new(shape)
             src = a["base"] + a["offsets"][k] + L.where[grad_key(p)].col * ar.isz
-            gops.append(ar.rows(grads[p].ptr, n, src, n, n, 1))
-        learned = [s for s, p in st.state_init.items() if p is not None and ("state", s) not in ptr]
-        downs = [ar.staged(("cost",), "d2h")] + [ar.staged(("dinit", s), "d2h") for s in learned]
-        model.runner.wait_for(sorted(streams))   # the producers' streams have written the inputs
-        model.runner.run_copies(ups)
-        model.runner.execute(a["fwd"])
-        model.runner.execute(a["bwd"])
-        model.runner.run_copies(fops + gops + downs)
-        model.runner.sync()
-        loss = weighted_loss(w, S[("cost",)][:, :, L.where[st.loss_key].col])
-        for s in learned:
-            col = L.where[model.bwd.carry_in[s]].col
-            _add_row_sum(model, grads[st.state_init[s]], S[("dinit", s)][0, :, col:col + st.states[s]])
+            downs.append(ar.rows(grads[p].ptr, n, src, n, n, 1))
+        for x in wrt:
+            k, n = bwd.input_adjoints.get(x), st.inputs[x]
+            d_in[x] = ar.new((T, B, n))
+            downs.append(ar.rows(d_in[x].ptr, n, ar.addr(k), L.ld(k), n, T * B) if k is not None
+                         else ("memset", d_in[x].ptr, d_in[x].nbytes))
+        learned = {s: p for s, p in st.state_init.items() if p is not None and ("state", s) not in ptr}
+        for s, n in st.states.items() if variant else ():   # δh[-1]: row 0 of the carry
+            k = bwd.carry_in[s]
+            d_h0[s] = ar.new((B, n))
+            downs.append(ar.rows(d_h0[s].ptr, n, ar.addr(k, -1), L.ld(k), n, B))
+        downs += [] if variant else [ar.staged(("dinit", s), "d2h") for s in learned]
+        downs += [ar.staged(("cost",), "d2h")] if w is not None else []
+        m.runner.wait_for(sorted(streams))   # the producers' streams have written the inputs
+        m.runner.run_copies(ups)
+        m.runner.execute(a["fwd"])
+        m.runner.execute(a["bwd"])
+        m.runner.run_copies(downs)
+        m.runner.sync()
+        loss = None if w is None else weighted_loss(w, S[("cost",)][:, :, L.where[st.loss_key].col])
+        for s, p in learned.items():   # a learned initial state: ∂ℓ/∂h0 summed over the batch (one row)
+            col = L.where[bwd.carry_in[s]].col
+            rows = d_h0[s].copy_to_host() if variant else S[("dinit", s)][0, :, col:col + st.states[s]]
+            g = grads[p].copy_to_host() + rows.sum(axis=0)
+            m.runner.run_copies([("h2d", grads[p].ptr, g.ctypes.data, g.nbytes)])
+            m.runner.sync()
+    return loss, grads, finals, d_in, d_h0
+
+
+def device_loss_and_grad(model, params, inputs, targets, h0=None, mask=None):
+    """``model.loss_and_grad`` on device arrays: (loss, {param: DeviceArray}, {state: DeviceArray})."""
+    st = model.step
+    if model.bwd is None or not st.has_loss:
+        raise CallError(f"cell {st.name!r} has no loss: there is no gradient to compute")
+    T, B, ptr, streams = _arguments(model, params, inputs, targets, h0, with_targets=True)
+    loss, grads, finals, _, _ = _train(model, T, B, ptr, streams, _weights(model, T, B, mask))
     return loss, grads, finals
-
-
-def _add_row_sum(model, grad, rows):
-    """``grad`` += the batch sum of ``rows`` (a learned initial state's ∂ℓ/∂h0: one row crosses)."""
-    g = grad.copy_to_host() + rows.sum(axis=0)
-    model.runner.run_copies([("h2d", grad.ptr, g.ctypes.data, g.nbytes)])
-    model.runner.sync()
 
 
 def device_vjp(model, params, inputs, h0=None, d_outputs=None, d_final=None, targets=None, mask=None, wrt=None):
@@ -348,50 +377,6 @@ def device_vjp(model, params, inputs, h0=None, d_outputs=None, d_final=None, tar
                 for o in cot.outputs})
     ptr.update({("dfinal", s): _view(v, x, f"d_final[{s!r}]", (B, st.states[s]), streams)
                 for s, x in d_fin.items()})
-    w = None if not with_targets else step_weights(
-        Call(T, B, {}, {}, {}, {}, None if mask is None else check_mask(st.name, mask, T, B, v.dtype)), v.dtype)
-    with v._lock:
-        a = v._get_arena(T, B)
-        ar, S, L, P, bwd = _Arena(v, a, T, B), a["stage"], v.plan.layout, v.plan, v.bwd
-        S[("w",)][...] = 0 if w is None else w
-        ups = ar.uploads(ptr, reads_targets=with_targets) + [ar.staged(("w",), "h2d")]
-        ups += [("memset", a["base"] + a["offsets"][k], L.slots[k].units * ar.isz)
-                for k in sorted(set(P.grad_slot.values()))]
-        for o, k in bwd.out_seeds.items():
-            n = st.outputs[o]
-            ups.append(ar.rows(ar.addr(k), L.ld(k), ptr[("cot", o)], n, n, T * B))
-        for s, n in st.states.items():   # δ⁺h[T]: row T-1 of the carry; zero where no cotangent came
-            k = bwd.carry_in[s]
-            ups.append(("memset", ar.addr(k, T - 1) - L.where[k].col * ar.isz, B * L.ld(k) * ar.isz))
-            if ("dfinal", s) in ptr:
-                ups.append(ar.rows(ar.addr(k, T - 1), L.ld(k), ptr[("dfinal", s)], n, n, B))
-        out, downs = Gradients({}, {}, {}, None), []
-        for p, k in P.grad_slot.items():
-            shape = st.params[p] if isinstance(st.params[p], tuple) else (st.params[p],)
-            n = math.prod(shape)
-            out.params[p] = ar.new(shape)
-            src = a["base"] + a["offsets"][k] + L.where[grad_key(p)].col * ar.isz
-            downs.append(ar.rows(out.params[p].ptr, n, src, n, n, 1))
-        for x in cot.inputs:
-            k, n = bwd.input_adjoints.get(x), st.inputs[x]
-            out.inputs[x] = ar.new((T, B, n))
-            downs.append(ar.rows(out.inputs[x].ptr, n, ar.addr(k), L.ld(k), n, T * B) if k is not None
-                         else ("memset", out.inputs[x].ptr, out.inputs[x].nbytes))
-        for s, n in st.states.items():   # δh[-1]: row 0 of the carry
-            k = bwd.carry_in[s]
-            out.h0[s] = ar.new((B, n))
-            downs.append(ar.rows(out.h0[s].ptr, n, ar.addr(k, -1), L.ld(k), n, B))
-        if with_targets:
-            downs.append(ar.staged(("cost",), "d2h"))
-        v.runner.wait_for(sorted(streams))   # the producers' streams have written the inputs
-        v.runner.run_copies(ups)
-        v.runner.execute(a["fwd"])
-        v.runner.execute(a["bwd"])
-        v.runner.run_copies(downs)
-        v.runner.sync()
-        if with_targets:
-            out.loss = weighted_loss(w, S[("cost",)][:, :, L.where[st.loss_key].col])
-        for s, p in st.state_init.items():
-            if p is not None and ("state", s) not in ptr:
-                _add_row_sum(v, out.params[p], out.h0[s].copy_to_host())
-    return out
+    w = _weights(v, T, B, mask) if with_targets else None
+    loss, grads, _, d_in, d_h0 = _train(v, T, B, ptr, streams, w, cot.inputs)
+    return Gradients(grads, d_in, d_h0, loss)
