@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 
-from ..vjp import VjpMixin
+from ..vjp import Gradients, VjpMixin
 from .device import any_device, device_vjp
 
 _LOCK = threading.Lock()  # making a variant (a PTX compile) once per cotangent set
@@ -23,7 +23,7 @@ class PtxVjp(VjpMixin):
     """Mixin of ``PtxModel``: ``vjp`` and ``forward(..., keep=True)``."""
 
     def vjp(self, params, inputs, h0=None, *, d_outputs=None, d_final=None, targets=None, mask=None,
-            wrt=None, check_finite=True):
+            wrt=None, check_finite=True) -> Gradients:
         if any_device(params, inputs, h0, d_outputs, d_final, targets):   # arrays on the GPU (device.py)
             return device_vjp(self, params, inputs, h0, d_outputs, d_final, targets, mask, wrt)
         return super().vjp(params, inputs, h0, d_outputs=d_outputs, d_final=d_final, targets=targets, mask=mask,
