@@ -120,6 +120,25 @@ def test_freed_device_arrays_are_reused_up_to_the_cache_bound(monkeypatch):
     monkeypatch.setattr(device, "CACHE_BYTES", 0)  # past the bound: given back to the runner
     del b
     assert ptr not in m.runner._arrays
+    monkeypatch.setattr(device, "CACHE_BYTES", 1 << 20)
+    c = DeviceArray(m.runner, (3,), m.dtype)
+    ptr = c.ptr
+    del c
+    assert ptr in m.runner._arrays   # kept for reuse ...
+    m.close()
+    assert ptr not in m.runner._arrays   # ... until the model is closed
+
+
+def test_a_learned_initial_state_fills_every_row_of_odd_and_even_batches():
+    cell = learned_h0_cell()
+    m = rc.compile(cell, backend="ptx", runner="host")
+    for B in (1, 2, 5, 8, 13):   # row 0 from the parameter, then doubling copies
+        params, inputs, _ = random_data(cell, T=3, B=B)
+        m.close()
+        douts, dfin = m.forward(on(params), on(inputs))
+        outs, fin = m.forward(params, inputs)
+        assert np.array_equal(dfin["h"].copy_to_host(), fin["h"]), B
+        assert np.array_equal(douts["y"].copy_to_host(), outs["y"]), B
 
 
 def test_producer_streams_and_reused_memory_are_waited_for(monkeypatch):

@@ -99,6 +99,16 @@ def _release(runner, ptr: int, nbytes: int) -> None:
     runner.free(ptr)
 
 
+def drop_cache(runner) -> None:
+    """Give the runner back the memory of freed DeviceArrays kept for reuse (``PtxModel.close``)."""
+    with _CACHE_LOCK:
+        free = runner.__dict__.pop("_device_free", {})
+        runner._device_cached = 0
+    for ptrs in free.values():
+        for ptr in ptrs:
+            runner.free(ptr)
+
+
 class DeviceArray:
     """Memory on a PTX model's device (its runner's allocation, given back with this object:
     kept for the next array of its size up to :data:`CACHE_BYTES` per runner), shaped and typed,
@@ -230,9 +240,14 @@ class _Arena:
             ld = self.L.ld((s, "t-1"))
             if ("state", s) in ptr:
                 ops.append(self.rows(dst, ld, ptr[("state", s)], n, n, B))
-            elif st.state_init[s] is not None:  # a learned initial state: its parameter in every row
-                src = ptr[("param", st.state_init[s])]
-                ops += [self.rows(dst + b * ld * self.isz, ld, src, n, n, 1) for b in range(B)]
+            elif st.state_init[s] is not None:  # a learned initial state: its parameter in every row,
+                # row 0 from the parameter, then the rows made so far doubled: log2(B) + 1 copies
+                ops.append(self.rows(dst, ld, ptr[("param", st.state_init[s])], n, n, 1))
+                done = 1
+                while done < B:
+                    k = min(done, B - done)
+                    ops.append(self.rows(dst + done * ld * self.isz, ld, dst, ld, ld, k))
+                    done += k
             else:
                 ops.append(("memset", dst, B * ld * self.isz))
         for k in P.io_slot:

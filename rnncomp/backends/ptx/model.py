@@ -18,7 +18,7 @@ from ...memory import StoreAll, schedule
 from ...schedules import make_plan
 from . import checkpoint
 from .checkpoint import footprint
-from .device import any_device, device_forward, device_loss_and_grad
+from .device import any_device, device_forward, device_loss_and_grad, drop_cache
 from .emit import emit_module
 from .layout import address
 from .persistent import T_KEY, Persistent
@@ -213,6 +213,7 @@ class PtxModel(PtxVjp, BackendModel):
         if self._runner is not None:
             with self._lock:
                 self._free_arena()
+            drop_cache(self._runner)   # freed DeviceArrays kept for reuse (device.py)
 
     def __enter__(self):
         return self
