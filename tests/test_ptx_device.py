@@ -336,3 +336,19 @@ def test_a_tensor_that_requires_grad_is_a_device_array_named_with_detach():
     for P in ({**on(params), "W": RequiresGrad(params["W"])}, {**params, "W": RequiresGrad(params["W"])}):
         with pytest.raises(rc.CallError, match=r"params\['W'\] does not export .*requires grad.*detach\(\)"):
             m.loss_and_grad(P, on(inputs), on(targets))
+
+
+def test_device_arrays_where_host_arrays_are_taken_are_named():
+    """The native and NumPy backends and a cell with derived weights (whose PTX model takes host
+    arrays) name a device array instead of reading it as an array of objects."""
+    d = rc.Cell("derived"); x = d.input("x", 2); h = d.state("h", 3)
+    d.update(h, sp.tanh(sp.exp(d.param("W", (3, 2))) @ x + d.param("U", (3, 3)) @ h))
+    d.loss(rc.vsum(h.new))
+    host = rc.compile(rc.cells.elman(2, 3, 1), backend="ptx", runner="host")
+    for cell, backend in ((rc.cells.elman(2, 3, 1), "native"), (rc.cells.elman(2, 3, 1), "numpy"), (d, "ptx")):
+        m = rc.compile(cell, backend=backend, **({"runner": "host"} if backend == "ptx" else {}))
+        params = {k: DeviceArray.from_host(host, v) for k, v in m.init_params(seed=0).items()}
+        with pytest.raises(rc.CallError, match=r"is a device array \(__cuda_array_interface__\), and this call "
+                                              r"takes host arrays"):
+            m.forward(params, np.ones((3, 2, 2)))
+

@@ -49,8 +49,26 @@ def _as_dict(kind, value, names, cell):
                     f"{', '.join(names) or '(none declared)'}, got {type(value).__name__}")
 
 
+def is_device(x) -> bool:
+    """Whether ``x`` is a device array (``__cuda_array_interface__``; a NumPy array is not, nor a
+    PyTorch CPU tensor, whose class has the property but raises on it; a CUDA tensor that requires
+    grad raises too, and is one)."""
+    if x is None or isinstance(x, (np.ndarray, int, float, list, tuple)):
+        return False
+    try:
+        return getattr(x, "__cuda_array_interface__", None) is not None
+    except RuntimeError:  # a PyTorch CUDA tensor that requires grad refuses so: on the device
+        return True
+    except Exception:  # noqa: BLE001 - a host tensor's property refuses (AttributeError)
+        return False
+
+
 def read_array(where: str, what: str, a) -> np.ndarray:
     """``a`` as an ndarray (nested lists read as one), or a CallError ``where: what ...``."""
+    if is_device(a):
+        raise CallError(f"{where}: {what} is a device array (__cuda_array_interface__), and this call "
+                        "takes host arrays; a PTX model's loss_and_grad, forward and vjp take device arrays "
+                        "(docs/gpu.md), a cell with derived weights only host ones")
     if isinstance(a, np.ma.MaskedArray):
         raise CallError(f"{where}: {what} is a masked array; pass plain arrays "
                         "(and mask= for steps to leave out of the loss)")

@@ -41,24 +41,11 @@ import numpy as np
 
 from ...autodiff import LOSS_ONLY, Cotangents
 from ...errors import CallError
-from ..validate import (Call, _as_dict, _check_names, _check_param_names, check_mask, forward_targets, step_weights,
-                        weighted_loss)
+from ..validate import (Call, _as_dict, _check_names, _check_param_names, check_mask, forward_targets, is_device,
+                        step_weights, weighted_loss)
 from ..vjp import Gradients, resolve_wrt
 from .layout import address
 from .plan import grad_key
-
-
-def is_device(x) -> bool:
-    """Whether ``x`` is a device array (``__cuda_array_interface__``; a NumPy array is not, nor a
-    PyTorch CPU tensor, whose class has the property but raises on it)."""
-    if x is None or isinstance(x, (np.ndarray, int, float, list, tuple)):
-        return False
-    try:
-        return getattr(x, "__cuda_array_interface__", None) is not None
-    except RuntimeError:  # a PyTorch CUDA tensor that requires grad refuses so: on the device (_view names it)
-        return True
-    except Exception:  # noqa: BLE001 - a host tensor's property refuses (AttributeError)
-        return False
 
 
 def any_device(*values) -> bool:
