@@ -297,7 +297,8 @@ def _weights(model, T, B, mask):
 def _train(m, T, B, ptr, streams, w, wrt=()):
     """One forward + backward of ``m`` (the model, or a VJP variant: its outputs' and final states'
     cotangents come in ``ptr``) on device arrays: (loss or None, {param: DeviceArray}, {state:
-    DeviceArray} final states, {input in wrt: δx}, {state: δh0} of a variant, else {})."""
+    DeviceArray} final states of the model ({} for a variant), {input in wrt: δx}, {state: δh0} of
+    a variant, else {})."""
     st, P, L, bwd = m.step, m.plan, m.plan.layout, m.bwd
     variant = m._cot != LOSS_ONLY
     with m._lock:
@@ -315,7 +316,7 @@ def _train(m, T, B, ptr, streams, w, wrt=()):
             ups.append(("memset", ar.addr(k, T - 1) - L.where[k].col * ar.isz, B * L.ld(k) * ar.isz))
             if ("dfinal", s) in ptr:
                 ups.append(ar.rows(ar.addr(k, T - 1), L.ld(k), ptr[("dfinal", s)], n, n, B))
-        finals, downs = ar.finals()
+        finals, downs = ar.finals() if not variant else ({}, [])   # a vjp returns no final states
         grads, d_in, d_h0 = {}, {}, {}
         for p, k in P.grad_slot.items():
             shape = st.params[p] if isinstance(st.params[p], tuple) else (st.params[p],)
