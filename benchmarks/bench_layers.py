@@ -1,7 +1,7 @@
 """rnncomp as a layer of PyTorch and JAX models: time per training step of the character
 models of examples/torch_charlm.py and examples/jax_charlm.py against their peers.
 
-    nice -n 10 python benchmarks/bench_layers.py [--quick] [--compile step|loop|none]
+    nice -n 10 python benchmarks/bench_layers.py [--quick] [--compile step|loop|none] [--device cuda]
         # a table + benchmarks/results/layers.json
 
 One training step: embedding → softsign peephole LSTM (the custom cell of
@@ -45,8 +45,10 @@ GOALS = [  # (framework, peer, at least this many times faster)
     ("torch", "compiled loop", 1.5),
     ("jax", "lax.scan", 2.0),
 ]
-NOT_HERE = ["on a GPU: ≥ 5× the PyTorch loop and within 1.2× of nn.LSTM on cuDNN (needs a GPU and "
-            "rnncomp.torch on CUDA tensors, which does not exist yet: not measured)"]
+GPU_GOALS = [("torch", "loop", 5.0),           # --device cuda: rnncomp on CUDA tensors (PTX backend)
+             ("torch", "nn.LSTM", 1 / 1.2)]   # within 1.2× of cuDNN's fused LSTM
+NOT_HERE = ["on a GPU: ≥ 5× the PyTorch loop and within 1.2× of nn.LSTM on cuDNN: run with --device cuda "
+            "where PyTorch sees a GPU (not measured on this machine)"]
 
 
 def worker(framework, a):
@@ -58,13 +60,17 @@ def worker(framework, a):
         import torch
         import torch_charlm as ex
 
+        if a.device == "cuda" and not torch.cuda.is_available():
+            sys.exit("--device cuda: PyTorch sees no CUDA GPU on this machine")
+
         kinds = ["rnncomp", "loop"] + ([] if a.compile == "none" else [f"compiled {a.compile}"]) + ["nn.LSTM"]
         threads = torch.get_num_threads()
     else:
         import jax_charlm as ex
 
         kinds, threads = ["rnncomp", "rnncomp residuals", "rnncomp recompute", "lax.scan"], os.cpu_count()
-    times = ex.step_times(kinds, vocab, a.embed, a.hidden, a.T, a.batch, steps=a.steps, warmup=a.warmup)
+    times = ex.step_times(kinds, vocab, a.embed, a.hidden, a.T, a.batch, steps=a.steps, warmup=a.warmup,
+                          **({"device": a.device} if framework == "torch" else {}))
     print(TAG + json.dumps({"framework": framework, "threads": threads, "times": times}), flush=True)
 
 
@@ -92,6 +98,8 @@ def main(argv=None):
                    help="torch.compile of the cell's step (default), of the whole loop, or neither")
     p.add_argument("--omp-wait", default="passive", choices=["passive", "active", "default"],
                    help="OMP_WAIT_POLICY of the workers, unless already set (default: passive; see above)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cuda: the PyTorch models on the GPU (rnncomp's PTX backend on CUDA tensors), no JAX")
     p.add_argument("--quick", action="store_true", help="small sizes, a few steps (a smoke test)")
     p.add_argument("--out", default=None, help="default benchmarks/results/layers.json "
                    "(layers-quick.json with --quick: a smoke test never overwrites a real run)")
@@ -99,17 +107,18 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.quick:
         a.hidden, a.embed, a.T, a.batch, a.steps, a.warmup = 32, 8, 20, 8, 3, 1
-    a.out = a.out or os.path.join(ROOT, "benchmarks", "results", "layers-quick.json" if a.quick else "layers.json")
+    a.out = a.out or os.path.join(ROOT, "benchmarks", "results", ("layers-quick" if a.quick else "layers")
+                                  + ("" if a.device == "cpu" else "-cuda") + ".json")
     if a.worker:
         return worker(a.worker, a)
     sizes = ["--hidden", str(a.hidden), "--embed", str(a.embed), "--T", str(a.T), "--batch", str(a.batch),
-             "--steps", str(a.steps), "--warmup", str(a.warmup), "--compile", a.compile]
+             "--steps", str(a.steps), "--warmup", str(a.warmup), "--compile", a.compile, "--device", a.device]
     load_before, t0 = os.getloadavg(), time.perf_counter()
-    results = {fw: run_worker(fw, sizes, a.omp_wait) for fw in ("torch", "jax")}
+    results = {fw: run_worker(fw, sizes, a.omp_wait) for fw in (("torch", "jax") if a.device == "cpu" else ("torch",))}
     omp = os.environ.get("OMP_WAIT_POLICY", None if a.omp_wait == "default" else a.omp_wait)
     load_after = os.getloadavg()
 
-    print(f"time per training step, T = {a.T}, B = {a.batch}, E = {a.embed}, H = {a.hidden}, float32, "
+    print(f"time per training step on {a.device}, T = {a.T}, B = {a.batch}, E = {a.embed}, H = {a.hidden}, float32, "
           f"best (median) of {a.steps}; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after, "
           f"{os.cpu_count()} cores, OMP_WAIT_POLICY={omp or '(unset)'}")
     print(f"{'framework':<10}{'model':<19}{'best ms':>10}{'median ms':>11}{'first s':>9}{'peer/rnncomp':>14}")
@@ -124,18 +133,19 @@ def main(argv=None):
     goals = []
     print("\ngoals (issue #16), on the custom cell" + (": not judged at --quick's sizes (they are set for the "
                                                          "defaults)" if a.quick else ":"))
-    for fw, peer, want in [] if a.quick else GOALS:
+    for fw, peer, want in [] if a.quick else GOALS if a.device == "cpu" else GPU_GOALS:
         got = ratios.get(f"{fw}/{peer}")
         if got is None:
             continue
         goals.append({"framework": fw, "peer": peer, "goal": want, "ratio": got, "met": got >= want})
         print(f"  {fw} rnncomp ≥ {want}× {peer}: {got:.2f}× — {'met' if got >= want else 'NOT met'}")
-    for line in NOT_HERE:
+    for line in NOT_HERE if a.device == "cpu" else []:
         print(f"  {line}")
-    report = {"sizes": {"T": a.T, "B": a.batch, "E": a.embed, "H": a.hidden, "dtype": "float32"},
+    report = {"device": a.device, "sizes": {"T": a.T, "B": a.batch, "E": a.embed, "H": a.hidden, "dtype": "float32"},
               "steps": a.steps, "load_average": {"before": load_before, "after": load_after},
               "cpu_count": os.cpu_count(), "omp_wait_policy": omp, "machine": platform.processor() or platform.machine(),
-              "results": results, "ratios_best": ratios, "goals": goals, "not_measured": NOT_HERE,
+              "results": results, "ratios_best": ratios, "goals": goals,
+              "not_measured": NOT_HERE if a.device == "cpu" else [],
               "seconds": time.perf_counter() - t0}
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as fh:

@@ -1,11 +1,12 @@
 #!/bin/bash
-# Every check that needs a GPU, in order of value, each bounded (about 6 minutes in all):
+# Every check that needs a GPU, in order of value, each bounded (about 7 minutes in all):
 #   bash benchmarks/gpu_session.sh          # on the GPU machine; logs and JSON under $OUT
 # 1. the persistent kernel against the oracle (float64), without and then with thread-block
 #    clusters; what fails is left out of step 2, so that a kernel fault or a hung barrier
 #    cannot poison the CUDA context of the timing run;
 # 2. benchmarks/gpu_check.py: zoo correctness, strict float64, timings vs cuDNN (< 5 min);
-# 3. the other GPU tests of the PTX backend; 4. a short GPU fuzz run (float64 + float32).
+# 3. the other GPU tests of the PTX backend and of the PyTorch layer on CUDA tensors;
+# 4. benchmarks/bench_layers.py --device cuda (issue #16's GPU goals); 5. a short GPU fuzz run.
 # Uses the machine's python3 (PyTorch, cuda-python); llvmlite 0.50 is installed from .whl/
 # (carried) when the machine has another version.
 OUT=${OUT:-benchmarks/results}
@@ -33,6 +34,9 @@ timeout 250 python3 benchmarks/gpu_check.py --budget 190 $EXTRA 2>&1 | tee "$OUT
 timeout 60 $PT tests/test_ptx.py tests/test_ptx_stacking.py -k cuda 2>&1 | tee "$OUT/pytest_cuda.log"
 timeout 60 $PT tests/test_ptx_memory.py -k cuda 2>&1 | tee -a "$OUT/pytest_cuda.log"   # memory= on the GPU
 timeout 60 $PT tests/test_ptx_device.py -k cuda 2>&1 | tee -a "$OUT/pytest_cuda.log"   # device arrays in and out
+timeout 60 $PT tests/test_torch_device.py -k cuda 2>&1 | tee -a "$OUT/pytest_cuda.log"   # the PyTorch layer on CUDA tensors
+timeout 90 python3 benchmarks/bench_layers.py --device cuda --compile none --steps 5 --out "$OUT/layers-cuda.json" \
+  2>&1 | tee "$OUT/layers_cuda.log"   # issue #16's GPU goals: the PyTorch loop, nn.LSTM on cuDNN
 RNNCOMP_FUZZ_EXAMPLES=12 RNNCOMP_FUZZ_LOG="$OUT/fuzz_cuda.jsonl" HYPOTHESIS_PROFILE=long timeout 70 \
   $PT -m fuzz tests/test_fuzz.py -k ptx_cuda 2>&1 | tee "$OUT/fuzz_cuda.log"
 echo "gpu_session done"

@@ -107,12 +107,13 @@ class CharLM(nn.Module):
         return self.head(h), final
 
 
-def make_model(kind, vocab, embed, hidden):
+def make_model(kind, vocab, embed, hidden, device="cpu"):
     """``kind``: "rnncomp", "loop", "compiled step" (the loop calling ``torch.compile(cell_step)``),
-    "compiled loop" (``torch.compile`` of the whole loop, unrolled over T) or "nn.LSTM"."""
+    "compiled loop" (``torch.compile`` of the whole loop, unrolled over T) or "nn.LSTM";
+    ``device``: "cpu" (rnncomp's native backend) or "cuda" (its PTX backend on CUDA tensors)."""
     torch.manual_seed(0)
     if kind == "rnncomp":
-        rnn = Recurrent(peephole_cell(embed, hidden), output="y")
+        rnn = Recurrent(peephole_cell(embed, hidden), output="y", backend="native" if device == "cpu" else "ptx")
     elif kind == "nn.LSTM":
         rnn = FusedLSTM(embed, hidden)
     elif kind == "compiled step":
@@ -121,7 +122,7 @@ def make_model(kind, vocab, embed, hidden):
         rnn = LoopLSTM(embed, hidden)
         if kind == "compiled loop":
             rnn = torch.compile(rnn, fullgraph=True)
-    return CharLM(rnn, vocab, embed, hidden)
+    return CharLM(rnn, vocab, embed, hidden).to(device)
 
 
 def train_step(model, opt, x, y, state):
@@ -164,14 +165,16 @@ def check_loop(embed=8, hidden=16, T=7, B=3):
     return d_out, d_grad
 
 
-def step_times(kinds, vocab, embed, hidden, T, batch, steps=5, warmup=1):
+def step_times(kinds, vocab, embed, hidden, T, batch, steps=5, warmup=1, device="cpu"):
     """Seconds per training step (median and best of ``steps``) of each model kind on one random
-    window, and the seconds of its first step (for torch.compile: the compile)."""
+    window, and the seconds of its first step (for torch.compile: the compile).  A step ends with
+    ``loss.item()``, so a CUDA step's time includes its kernels."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.randint(0, vocab, (T, batch), generator=g), torch.randint(0, vocab, (T, batch), generator=g)
+    x, y = x.to(device), y.to(device)
     out = {}
     for kind in kinds:
-        model = make_model(kind, vocab, embed, hidden)
+        model = make_model(kind, vocab, embed, hidden, device)
         opt = torch.optim.AdamW(model.parameters(), 1e-3)
         t0 = time.perf_counter()
         train_step(model, opt, x, y, None)

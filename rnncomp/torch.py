@@ -13,9 +13,10 @@ then its backward): the same numbers.
 
 CPU tensors go to the model as NumPy views (``Tensor.numpy()``, no copy when contiguous)
 and its results come back as tensors over the model's fresh arrays (``torch.from_numpy``).
-The backends take host arrays only: a tensor on another device (CUDA included, also with
-``backend="ptx"``, whose entry points upload from host memory into its own device arena) is
-a :class:`~rnncomp.errors.CallError` naming the tensor and its device.  Under ``torch.func``
+CUDA tensors with ``backend="ptx"`` go to the model's device-resident entry points and come
+back as CUDA tensors over its results' device memory (:mod:`rnncomp.torch_device`); a tensor
+on a device the backend does not run on is a :class:`~rnncomp.errors.CallError` naming the
+tensor and its device.  Under ``torch.func``
 transforms (grad, vjp, jacrev, vmap) the call goes through :mod:`rnncomp.torch_func`, which
 also owns the ops' vmap rules.  See docs/layers.md.
 
@@ -53,17 +54,11 @@ def _attr(name: str) -> str:
 MODELS = LayerModels()  # the compiled models of this process's layers, by the key their ops take
 
 
-def _on_cpu(model, what: str, t):
-    if t.device.type != "cpu":
-        raise CallError(f"cell {model.step.name!r}: {what} is on {t.device}, but backend "
-                        f"{model.backend!r} takes CPU tensors (the backends read host arrays; "
-                        "move it with .cpu(), see docs/layers.md)")
-    return t
-
-
 def _host(model, what: str, t):
     """``t`` as a NumPy array sharing its memory (a copy only where it is not contiguous)."""
-    return _on_cpu(model, what, t).detach().numpy()
+    if t.device.type != "cpu":
+        raise torch_device.where_error(model, what, t)
+    return t.detach().numpy()
 
 
 def _tensor(a: np.ndarray):
@@ -134,6 +129,9 @@ def _options(model, seed: torch.Tensor) -> dict:
 def recurrent_op(key: str, params: list[torch.Tensor], inputs: list[torch.Tensor],
                  h0: list[torch.Tensor], keep: bool, dropout_seed: torch.Tensor) -> list[torch.Tensor]:
     model = MODELS.get(key)
+    if torch_device.resident(model, inputs, inputs[0].shape[0], inputs[0].shape[1]):
+        outs, final = torch_device.forward(model, params, inputs, h0)   # keeps nothing: the backward runs vjp
+        return outs + final + [torch.zeros(1, dtype=torch.int64, device=inputs[0].device)]
     opts = _options(model, dropout_seed)
     if keep:
         kept = model.forward(*_call_args(model, params, inputs, h0), keep=True, **opts)
@@ -161,6 +159,9 @@ def recurrent_vjp_op(key: str, handle: torch.Tensor, params: list[torch.Tensor],
     kept, model = KEPT.find(handle)  # a kept forward holds its model: the layer may be gone
     model = model or MODELS.get(key)
     st = model.step
+    if kept is None and torch_device.resident(model, inputs, inputs[0].shape[0], inputs[0].shape[1]):
+        d_p, d_x, d_h = torch_device.vjp(model, params, inputs, h0, d_outputs, d_final)
+        return d_p + d_x + d_h
     d_out = {o: _host(model, f"the cotangent of output {o!r}", g) for o, g in zip(st.outputs, d_outputs)}
     d_fin = {s: _host(model, f"the cotangent of state {s!r}", g) for s, g in zip(st.states, d_final)}
     if kept is not None:
@@ -290,7 +291,7 @@ class Recurrent(nn.Module):
         return (f"cell={st.name!r} ({sizes}), output={self.output!r}, backend={self._model.backend!r}, "
                 f"dtype={self._dtype}, batch_first={self.batch_first}")
 
-    def _checked(self, what, t, shape):  # t, under autocast cast up to the layer's dtype
+    def _checked(self, what, t, shape, device):  # t, under autocast cast up to the layer's dtype
         name = self._model.step.name
         if not isinstance(t, torch.Tensor):
             raise CallError(f"cell {name!r}: {what} must be a torch.Tensor, got {type(t).__name__}")
@@ -302,7 +303,7 @@ class Recurrent(nn.Module):
                             f"convert it with .to({self._dtype})")
         if tuple(t.shape) != shape:
             raise CallError(f"cell {name!r}: {what} has shape {tuple(t.shape)}, expected {shape}")
-        return _on_cpu(self._model, what, t)
+        return torch_device.placed(self._model, what, t, device)
 
     def forward(self, x, h0=None, lengths=None):
         """``x``: a tensor (T, B, n) (``batch_first``: (B, T, n)) for a cell with one input, or
@@ -316,7 +317,7 @@ class Recurrent(nn.Module):
         outputs after it are zeros."""
         self._follow_dtype()
         st = self._model.step
-        params = [_on_cpu(self._model, f"parameter {p!r}", getattr(self, _attr(p))) for p in st.params]
+        params = [getattr(self, _attr(p)) for p in st.params]
         for p, t in zip(st.params, params):
             if t.dtype not in _DTYPES:  # .half(), .bfloat16(): named before the inputs (of the same dtype then)
                 back = ".float()" if self._dtype == torch.float32 else ".double()"
@@ -337,13 +338,16 @@ class Recurrent(nn.Module):
         T, B = (first.shape[1], first.shape[0]) if self.batch_first else (first.shape[0], first.shape[1])
         inputs = []
         for n, size in st.inputs.items():
-            t = self._checked(f"input {n!r}", xs[n], (B, T, size) if self.batch_first else (T, B, size))
+            t = self._checked(f"input {n!r}", xs[n], (B, T, size) if self.batch_first else (T, B, size),
+                              first.device)
             inputs.append(t.transpose(0, 1).contiguous() if self.batch_first else t)
+        for p, t in zip(st.params, params):   # on the inputs' device (checked first: named by the input)
+            torch_device.placed(self._model, f"parameter {p!r}", t, first.device)
         given = named(st, "initial states (h0)", h0, list(st.states), "tensors")
         states = []
         for s, size in st.states.items():
             if s in given:
-                states.append(self._checked(f"h0[{s!r}]", given[s], (B, size)))
+                states.append(self._checked(f"h0[{s!r}]", given[s], (B, size), first.device))
             elif st.state_init[s] is not None:  # learned: its gradient flows through expand
                 states.append(getattr(self, _attr(st.state_init[s])).expand(B, size))
             else:
@@ -390,10 +394,11 @@ class Recurrent(nn.Module):
 
 
 TORCH_OPS = ArrayOps(
-    take=lambda a, rows, axis: a.index_select(axis, torch.tensor(rows)),
-    spread=lambda o, rows, B: o.new_zeros((o.shape[0], B, o.shape[2])).index_copy(1, torch.tensor(rows), o),
+    take=lambda a, rows, axis: a.index_select(axis, torch.tensor(rows, device=a.device)),
+    spread=lambda o, rows, B: o.new_zeros((o.shape[0], B, o.shape[2])).index_copy(
+        1, torch.tensor(rows, device=o.device), o),
     zeros=lambda like, shape: like.new_zeros(shape),
     cat=torch.cat)
 
 
-from . import torch_func  # noqa: E402 - registers the ops' vmap rules (it reads the ops above)
+from . import torch_device, torch_func  # noqa: E402 - torch_func registers the ops' vmap rules (it reads the ops above)
