@@ -129,7 +129,7 @@ def _options(model, seed: torch.Tensor) -> dict:
 def recurrent_op(key: str, params: list[torch.Tensor], inputs: list[torch.Tensor],
                  h0: list[torch.Tensor], keep: bool, dropout_seed: torch.Tensor) -> list[torch.Tensor]:
     model = MODELS.get(key)
-    if torch_device.resident(model, inputs, inputs[0].shape[0], inputs[0].shape[1]):
+    if torch_device.resident(model, inputs):
         outs, final = torch_device.forward(model, params, inputs, h0)   # keeps nothing: the backward runs vjp
         return outs + final + [torch.zeros(1, dtype=torch.int64, device=inputs[0].device)]
     opts = _options(model, dropout_seed)
@@ -159,7 +159,7 @@ def recurrent_vjp_op(key: str, handle: torch.Tensor, params: list[torch.Tensor],
     kept, model = KEPT.find(handle)  # a kept forward holds its model: the layer may be gone
     model = model or MODELS.get(key)
     st = model.step
-    if kept is None and torch_device.resident(model, inputs, inputs[0].shape[0], inputs[0].shape[1]):
+    if kept is None and torch_device.resident(model, inputs):
         d_p, d_x, d_h = torch_device.vjp(model, params, inputs, h0, d_outputs, d_final)
         return d_p + d_x + d_h
     d_out = {o: _host(model, f"the cotangent of output {o!r}", g) for o, g in zip(st.outputs, d_outputs)}

@@ -13,12 +13,12 @@ after it reads finished memory.  The model runs on its own stream, not on PyTorc
 
 A layer's forward on the device keeps nothing for the backward: the backward runs the model's
 device ``vjp`` (the forward again, then its backward; the PTX backend's kept forward runs the
-forward again too).  Limits are the device entry points' (a memory schedule that keeps every
-step, a single cell: not a composition, not derived weights), named by their errors.
+forward again too); under a ``memory=`` schedule the checkpoints stay on the device too.  The
+device entry points serve a single compiled cell (not a composition, not derived weights): the
+others take CPU tensors only, named by :func:`where_error`.
 
 With ``runner="host"`` the PTX model's "device" is this process's memory: CPU tensors take this
-same path (the fallback, where the device entry points do not serve a call, is the host path),
-which is how ``tests/test_torch_device.py`` checks it without a GPU.
+same path, which is how ``tests/test_torch_device.py`` checks it without a GPU.
 """
 from __future__ import annotations
 
@@ -66,15 +66,12 @@ def placed(model, what: str, t: torch.Tensor, device: torch.device) -> torch.Ten
     return t
 
 
-def resident(model, tensors, T: int, B: int) -> bool:
+def resident(model, tensors) -> bool:
     """Whether a call on ``tensors`` (the op's, all on one device) goes through the device entry
-    points: CUDA tensors on a PTX model, or CPU tensors on a PTX model whose runner is the host's
-    (where those entry points serve the call: a memory plan of one leaf)."""
+    points: CUDA tensors on a PTX model, or CPU tensors on a PTX model whose runner is the host's."""
     if not _ptx(model):
         return False
-    if any(t.device.type == "cuda" for t in tensors):
-        return True
-    return model.runner_kind == "host" and model._one_leaf(T, B)
+    return model.runner_kind == "host" or any(t.device.type == "cuda" for t in tensors)
 
 
 class _HostMemory:

@@ -12,6 +12,7 @@ import types
 
 import numpy as np
 import pytest
+import sympy as sp
 import torch
 
 import rnncomp as rc
@@ -130,15 +131,17 @@ def test_opcheck_and_torch_compile_without_a_graph_break(spy):
     assert spy["forward"] > 0 and spy["vjp"] > 0
 
 
-def test_a_memory_plan_of_several_leaves_takes_the_host_path(spy):
-    """The device entry points keep every step; a checkpointing plan that does not goes the host way."""
-    cell = rc.cells.elman(3, 4, 2)
+def test_a_memory_schedule_keeps_its_checkpoints_on_the_device(spy):
+    """A checkpointing plan (leaves of 2 steps of 8) runs on the device path too: same numbers."""
+    cell = rc.cells.lstm(3, 4, 2)
     ref = Recurrent(cell, output="y", backend="numpy", dtype=F64, seed=1)
     dev = Recurrent(cell, output="y", backend="ptx", runner="host", dtype=F64, seed=1, memory=rc.Every(2))
+    assert dev._model.memory_plan(8, 2).max_leaf < 8
     x = torch.randn(8, 2, 3, dtype=F64, requires_grad=True)
-    want, got = _grads(ref, x, {}), _grads(dev, x, {})
-    assert spy == {"forward": 0, "vjp": 0}
-    for a, b in zip(want[0] + list(want[2]), got[0] + list(got[2])):
+    h0 = {"h": torch.randn(2, 4, dtype=F64, requires_grad=True)}
+    want, got = _grads(ref, x, h0), _grads(dev, x, h0)
+    assert spy == {"forward": 1, "vjp": 1}
+    for a, b in zip(want[0] + want[1] + list(want[2]), got[0] + got[1] + list(got[2])):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
 
 
@@ -153,6 +156,13 @@ def test_where_a_tensor_is_is_checked_and_named():
         raise torch_device.where_error(model, "input 'x'", cuda1)
     with pytest.raises(CallError, match=r"inputs\['x'\] is on cuda:1, but the layer's PTX model runs on cuda:0"):
         torch_device._check_device(model, "inputs['x']", cuda1)
+    derived = rc.Cell("derived"); xd = derived.input("x", 2); hd = derived.state("h", 3)
+    derived.update(hd, rc.relu(sp.exp(derived.param("W", (3, 2))) @ xd + derived.param("U", (3, 3)) @ hd))
+    derived.output("y", hd.new)
+    on_ptx = Recurrent(derived, output="y", backend="ptx", runner="host", dtype=F64)._model
+    assert not torch_device.takes(on_ptx, torch.device("cuda"))
+    assert "takes host arrays only (device-resident calls serve a single compiled cell" in \
+        str(torch_device.where_error(on_ptx, "x", cuda1))
     native = Recurrent(rc.cells.elman(3, 4, 2), output="y", dtype=F64)._model
     assert not torch_device.takes(native, torch.device("cuda"))
     assert "use backend='ptx' for CUDA tensors" in str(torch_device.where_error(native, "x", cuda1))

@@ -13,8 +13,8 @@ which those libraries take without a copy (``torch.as_tensor(a, device="cuda")``
 ``cupy.asarray(a)``).  What crosses to the host: the step weights (T, B), the per-step costs
 (T, B) the loss is summed from, and a learned initial state's gradient (one row).
 
-Limits: one leaf of the memory plan (``memory="all"``, or a plan that keeps every step of the
-call); device arrays are not scanned for NaN or infinity (a NaN shows in the loss); every array
+Under a ``memory=`` schedule that keeps fewer steps than the call has, the plan runs on the device
+(:mod:`.device_plan`: checkpoints and carried adjoints stay there).  Limits: device arrays are not scanned for NaN or infinity (a NaN shows in the loss); every array
 of a call on the device, or none; ``forward`` without ``keep``/``wrt``/``targets`` (``vjp`` is the
 device-resident backward: the PTX backend's kept forward runs the forward again anyway).  A stream an
 input's producer exports (``__cuda_array_interface__`` version 3: CuPy, Numba) is waited for before
@@ -190,10 +190,6 @@ def _arguments(model, params, inputs, targets, h0, with_targets):
     ptr.update({("io", k): _view(model, v, f"{'inputs' if k in st.inputs else 'targets'}[{k!r}]", (T, B, sizes[k]),
                                  streams) for k, v in seq.items()})
     ptr.update({("state", s): _view(model, v, f"h0[{s!r}]", (B, st.states[s]), streams) for s, v in h0.items()})
-    if not model._one_leaf(T, B):
-        raise CallError(f"cell {st.name!r}: a device-resident call keeps every step in the arena, and "
-                        f"memory={model.memory!r} plans leaves of fewer than T={T} steps: use memory='all' "
-                        "or host arrays")
     return T, B, ptr, streams
 
 
@@ -253,13 +249,6 @@ class _Arena:
             ops.append(self.rows(out[s].ptr, n, self.addr((s, "t-1"), self.T), self.L.ld((s, "t-1")), n, self.B))
         return out, ops
 
-    def outputs(self):
-        st, out, ops = self.m.step, {}, []
-        for o, n in st.outputs.items():
-            out[o] = self.new((self.T, self.B, n))
-            ops.append(self.rows(out[o].ptr, n, self.addr((o, "t")), self.L.ld((o, "t")), n, self.T * self.B))
-        return out, ops
-
     def staged(self, name, kind):
         """A copy between the staging region ``name`` and the arena (small arrays only)."""
         dev, host = self.a["stage_at"][name]
@@ -275,17 +264,29 @@ def device_forward(model, params, inputs, h0=None):
     if reads:
         raise CallError(f"cell {st.name!r}: its forward reads targets ({', '.join(sorted(reads))}); a "
                         "device-resident forward takes inputs only: call loss_and_grad, or use host arrays")
+    if not model._one_leaf(T, B):   # a memory schedule: chunks of its longest leaf (device_plan.py)
+        from .device_plan import forward
+        return forward(model, T, B, ptr, streams)
+    outs = {o: DeviceArray(model.runner, (T, B, n), model.dtype) for o, n in st.outputs.items()}
+    return outs, run_forward(model, T, B, ptr, streams, {o: a.ptr for o, a in outs.items()})
+
+
+def run_forward(model, T, B, ptr, streams, outs_at=None):
+    """One forward of ``model`` over T steps from the arrays at ``ptr``: the final states (new
+    DeviceArrays); each output's T×B rows written at ``outs_at[o]`` (None: not read out)."""
+    st = model.step
     with model._lock:
         a = model._get_arena(T, B)
         ar = _Arena(model, a, T, B)
-        finals, fops = ar.finals()
-        outs, oops = ar.outputs()
+        finals, ops = ar.finals()
+        for o, n in st.outputs.items() if outs_at is not None else ():
+            ops.append(ar.rows(outs_at[o], n, ar.addr((o, "t")), ar.L.ld((o, "t")), n, T * B))
         model.runner.wait_for(sorted(streams))   # the producers' streams have written the inputs
         model.runner.run_copies(ar.uploads(ptr, reads_targets=False))
         model.runner.execute(a["fwd"])
-        model.runner.run_copies(fops + oops)
+        model.runner.run_copies(ops)
         model.runner.sync()
-    return outs, finals
+    return finals
 
 
 def _weights(model, T, B, mask):
@@ -294,11 +295,13 @@ def _weights(model, T, B, mask):
                         dt)
 
 
-def _train(m, T, B, ptr, streams, w, wrt=()):
+def _train(m, T, B, ptr, streams, w, wrt=(), grads_in=None, d_in_at=None, want_final=False):
     """One forward + backward of ``m`` (the model, or a VJP variant: its outputs' and final states'
     cotangents come in ``ptr``) on device arrays: (loss or None, {param: DeviceArray}, {state:
-    DeviceArray} final states of the model ({} for a variant), {input in wrt: δx}, {state: δh0} of
-    a variant, else {})."""
+    DeviceArray} final states of the model ({} for a variant unless ``want_final``), {input in wrt:
+    δx}, {state: δh0} of a variant, else {}).  A checkpointing plan's leaf (``device_plan.py``):
+    ``grads_in`` {param: DeviceArray} the gradients so far, which this call's add to (its kernels
+    sum into the gradient slots); ``d_in_at`` {input: address} where δx's rows go (none returned)."""
     st, P, L, bwd = m.step, m.plan, m.plan.layout, m.bwd
     variant = m._cot != LOSS_ONLY
     with m._lock:
@@ -308,6 +311,10 @@ def _train(m, T, B, ptr, streams, w, wrt=()):
         ups = ar.uploads(ptr, reads_targets=w is not None) + [ar.staged(("w",), "h2d")]
         ups += [("memset", a["base"] + a["offsets"][k], L.slots[k].units * ar.isz)
                 for k in sorted(set(P.grad_slot.values()))]
+        for p, g in (grads_in or {}).items():   # the sum so far: this call's kernels add to it
+            n = g.nbytes // ar.isz
+            ups.append(ar.rows(a["base"] + a["offsets"][P.grad_slot[p]] + L.where[grad_key(p)].col * ar.isz,
+                               n, g.ptr, n, n, 1))
         for o, k in bwd.out_seeds.items():
             n = st.outputs[o]
             ups.append(ar.rows(ar.addr(k), L.ld(k), ptr[("cot", o)], n, n, T * B))
@@ -316,7 +323,7 @@ def _train(m, T, B, ptr, streams, w, wrt=()):
             ups.append(("memset", ar.addr(k, T - 1) - L.where[k].col * ar.isz, B * L.ld(k) * ar.isz))
             if ("dfinal", s) in ptr:
                 ups.append(ar.rows(ar.addr(k, T - 1), L.ld(k), ptr[("dfinal", s)], n, n, B))
-        finals, downs = ar.finals() if not variant else ({}, [])   # a vjp returns no final states
+        finals, downs = ar.finals() if not variant or want_final else ({}, [])   # a vjp returns none
         grads, d_in, d_h0 = {}, {}, {}
         for p, k in P.grad_slot.items():
             shape = st.params[p] if isinstance(st.params[p], tuple) else (st.params[p],)
@@ -326,9 +333,11 @@ def _train(m, T, B, ptr, streams, w, wrt=()):
             downs.append(ar.rows(grads[p].ptr, n, src, n, n, 1))
         for x in wrt:
             k, n = bwd.input_adjoints.get(x), st.inputs[x]
-            d_in[x] = ar.new((T, B, n))
-            downs.append(ar.rows(d_in[x].ptr, n, ar.addr(k), L.ld(k), n, T * B) if k is not None
-                         else ("memset", d_in[x].ptr, d_in[x].nbytes))
+            if d_in_at is None:
+                d_in[x] = ar.new((T, B, n))
+            dst = d_in[x].ptr if d_in_at is None else d_in_at[x]
+            downs.append(ar.rows(dst, n, ar.addr(k), L.ld(k), n, T * B) if k is not None
+                         else ("memset", dst, T * B * n * ar.isz))
         learned = {s: p for s, p in st.state_init.items() if p is not None and ("state", s) not in ptr}
         for s, n in st.states.items() if variant else ():   # δh[-1]: row 0 of the carry
             k = bwd.carry_in[s]
@@ -358,7 +367,12 @@ def device_loss_and_grad(model, params, inputs, targets, h0=None, mask=None):
     if model.bwd is None or not st.has_loss:
         raise CallError(f"cell {st.name!r} has no loss: there is no gradient to compute")
     T, B, ptr, streams = _arguments(model, params, inputs, targets, h0, with_targets=True)
-    loss, grads, finals, _, _ = _train(model, T, B, ptr, streams, _weights(model, T, B, mask))
+    w = _weights(model, T, B, mask)
+    if not model._one_leaf(T, B):   # a memory schedule: its leaves right to left (device_plan.py)
+        from .device_plan import train
+        loss, grads, finals, _, _ = train(model, T, B, ptr, streams, w)
+    else:
+        loss, grads, finals, _, _ = _train(model, T, B, ptr, streams, w)
     return loss, grads, finals
 
 
@@ -381,5 +395,9 @@ def device_vjp(model, params, inputs, h0=None, d_outputs=None, d_final=None, tar
     ptr.update({("dfinal", s): _view(v, x, f"d_final[{s!r}]", (B, st.states[s]), streams)
                 for s, x in d_fin.items()})
     w = _weights(v, T, B, mask) if with_targets else None
-    loss, grads, _, d_in, d_h0 = _train(v, T, B, ptr, streams, w, cot.inputs)
+    if not v._one_leaf(T, B):   # a memory schedule: its leaves right to left (device_plan.py)
+        from .device_plan import train
+        loss, grads, _, d_in, d_h0 = train(v, T, B, ptr, streams, w, cot.inputs)
+    else:
+        loss, grads, _, d_in, d_h0 = _train(v, T, B, ptr, streams, w, cot.inputs)
     return Gradients(grads, d_in, d_h0, loss)
