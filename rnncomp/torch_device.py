@@ -7,9 +7,10 @@ and the results' device memory comes back as CUDA tensors without a copy (``torc
 over a :class:`~rnncomp.backends.ptx.device.DeviceArray`, which the tensor keeps alive).
 
 Order with PyTorch's work: before a call, PyTorch's current stream on the tensors' device is
-synchronised (the kernels that wrote the inputs are done; PyTorch's interface exports no
-stream to wait for), and a call returns when its results are written, so what PyTorch queues
-after it reads finished memory.  The model runs on its own stream, not on PyTorch's.
+synchronised (the kernels that wrote the inputs are done, and the dense copies made here of
+strided ones; PyTorch's interface exports no stream to wait for), and a call returns when its
+results are written, so what PyTorch queues after it reads finished memory.  The model runs on
+its own stream, not on PyTorch's.
 
 A layer's forward on the device keeps nothing for the backward: the backward runs the model's
 device ``vjp`` (the forward again, then its backward; the PTX backend's kept forward runs the
@@ -71,7 +72,9 @@ def resident(model, tensors) -> bool:
     points: CUDA tensors on a PTX model, or CPU tensors on a PTX model whose runner is the host's."""
     if not _ptx(model):
         return False
-    return model.runner_kind == "host" or any(t.device.type == "cuda" for t in tensors)
+    if any(t.device.type == "cuda" for t in tensors):   # a host runner's "device" is this process's memory:
+        return model.runner_kind == "cuda"              # CUDA tensors there go the host way, named by _host
+    return model.runner_kind == "host"
 
 
 class _HostMemory:
@@ -120,7 +123,11 @@ def _tensor(a, like: torch.Tensor) -> torch.Tensor:
 
 
 def _before(tensors) -> None:
-    """PyTorch's current stream has written the inputs (its interface exports no stream)."""
+    """PyTorch's current stream has written the inputs (its interface exports no stream).  Called
+    after :func:`_arrays`: the dense copies it makes (``.contiguous()`` of an expanded learned
+    initial state, of a cotangent ``sum()`` expanded) are queued on that stream too, and the
+    model's own stream does not wait for it (PyTorch's streams other than the legacy default one
+    are non-blocking)."""
     for dev in {t.device for t in tensors if t.device.type == "cuda"}:
         torch.cuda.current_stream(dev).synchronize()
 
@@ -128,20 +135,20 @@ def _before(tensors) -> None:
 def forward(model, params, inputs, h0):
     """The op's forward on the device: (outputs in the cell's order, final states in its order)."""
     st, like = model.step, inputs[0]
-    _before(list(params) + list(inputs) + list(h0))
-    outs, final = model.forward(_arrays(model, "params", st.params, params),
-                                _arrays(model, "inputs", st.inputs, inputs),
-                                _arrays(model, "h0", st.states, h0))
+    args = (_arrays(model, "params", st.params, params), _arrays(model, "inputs", st.inputs, inputs),
+            _arrays(model, "h0", st.states, h0))
+    _before(list(params) + list(inputs) + list(h0))   # after the dense copies are queued
+    outs, final = model.forward(*args)
     return [_tensor(outs[o], like) for o in st.outputs], [_tensor(final[s], like) for s in st.states]
 
 
 def vjp(model, params, inputs, h0, d_outputs, d_final):
     """The op's backward on the device: δparams, δinputs, δh0, each a list in the cell's order."""
     st, like = model.step, inputs[0]
-    _before(list(params) + list(inputs) + list(h0) + list(d_outputs) + list(d_final))
-    g = model.vjp(_arrays(model, "params", st.params, params), _arrays(model, "inputs", st.inputs, inputs),
-                  _arrays(model, "h0", st.states, h0),
-                  d_outputs=_arrays(model, "d_outputs", st.outputs, d_outputs),
-                  d_final=_arrays(model, "d_final", st.states, d_final), wrt=tuple(st.inputs))
+    args = (_arrays(model, "params", st.params, params), _arrays(model, "inputs", st.inputs, inputs),
+            _arrays(model, "h0", st.states, h0))
+    d_out, d_fin = _arrays(model, "d_outputs", st.outputs, d_outputs), _arrays(model, "d_final", st.states, d_final)
+    _before(list(params) + list(inputs) + list(h0) + list(d_outputs) + list(d_final))   # after the dense copies
+    g = model.vjp(*args, d_outputs=d_out, d_final=d_fin, wrt=tuple(st.inputs))
     return ([_tensor(g.params[p], like) for p in st.params], [_tensor(g.inputs[x], like) for x in st.inputs],
             [_tensor(g.h0[s], like) for s in st.states])

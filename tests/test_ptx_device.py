@@ -129,6 +129,35 @@ def test_freed_device_arrays_are_reused_up_to_the_cache_bound(monkeypatch):
     assert ptr not in m.runner._arrays   # ... until the model is closed
 
 
+def test_a_device_array_collected_while_its_thread_holds_the_cache_lock(monkeypatch):
+    """The garbage collector may run at any allocation, one inside _alloc or _release too, and
+    collect a DeviceArray in a reference cycle (a tensor over one, in a traceback's frame): its
+    __del__ takes the cache lock that thread holds.  (The lock is timed here: a deadlock shows as
+    the array not kept for reuse, its __del__'s error swallowed, not as a hung test.)"""
+    import gc
+
+    import rnncomp.backends.ptx.device as device
+    real = device._CACHE_LOCK
+
+    class Timed:
+        def __enter__(self):
+            if not real.acquire(timeout=2):
+                raise RuntimeError("the cache lock deadlocked")
+
+        def __exit__(self, *exc):
+            real.release()
+    monkeypatch.setattr(device, "_CACHE_LOCK", Timed())
+    m = rc.compile(rc.cells.elman(2, 3, 1), backend="ptx", runner="host")
+    a = DeviceArray(m.runner, (5, 7), m.dtype)
+    ptr, n = a.ptr, a.nbytes
+    a.cycle = a
+    del a
+    with device._CACHE_LOCK:   # as in _alloc's setdefault({}), where a collection may start
+        gc.collect()
+    assert ptr in m.runner.__dict__.get("_device_free", {}).get(n, [])   # released, kept for reuse
+    m.close()
+
+
 def test_a_learned_initial_state_fills_every_row_of_odd_and_even_batches():
     cell = learned_h0_cell()
     m = rc.compile(cell, backend="ptx", runner="host")

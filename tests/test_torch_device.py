@@ -185,6 +185,37 @@ def test_the_results_share_the_models_memory_and_outlive_the_call():
     torch.testing.assert_close(final["h"], ref(x)[1]["h"], rtol=1e-10, atol=1e-12)
 
 
+def test_the_current_stream_is_synchronised_after_the_dense_copies_are_queued(monkeypatch):
+    """An expanded learned initial state and a ``sum()``'s expanded cotangent are made dense with
+    ``.contiguous()``, a copy queued on PyTorch's current stream, which the model's stream does not
+    wait for: the sync must come after those copies, not before (else, on a non-default stream,
+    the model reads memory still being written)."""
+    events = []
+    for name in ("_arrays", "_before"):
+        real = getattr(torch_device, name)
+
+        def logged(*args, _real=real, _name=name):
+            events.append(_name)
+            return _real(*args)
+        monkeypatch.setattr(torch_device, name, logged)
+    layer = Recurrent(two_inputs_learned_state(), output=None, backend="ptx", runner="host", dtype=F64, seed=1)
+    st = layer._model.step
+    x = {n: torch.randn(5, 2, k, dtype=F64, requires_grad=True) for n, k in st.inputs.items()}
+    outs, final = layer(x)
+    (sum(v.sum() for v in outs.values()) + sum(v.sum() for v in final.values())).backward()
+    assert events == ["_arrays"] * 3 + ["_before"] + ["_arrays"] * 5 + ["_before"]
+
+
+def test_cuda_tensors_on_a_host_runner_do_not_go_to_its_entry_points():
+    """The host runner reads its "device" addresses as this process's memory: a CUDA tensor's
+    address there would be read as host memory, so such a call goes the host way (its error)."""
+    host = Recurrent(rc.cells.elman(3, 4, 2), output="y", backend="ptx", runner="host", dtype=F64)._model
+    on_gpu = rc.compile(rc.cells.elman(3, 4, 2), backend="ptx", dtype="float64")
+    cuda0 = [types.SimpleNamespace(device=torch.device("cuda", 0))]
+    assert not torch_device.resident(host, cuda0)
+    assert torch_device.resident(on_gpu, cuda0)
+
+
 # ----------------------------------------------------------------------------- on a GPU
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU that PyTorch sees")
 

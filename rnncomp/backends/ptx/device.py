@@ -58,7 +58,9 @@ def any_device(*values) -> bool:
 CACHE_BYTES = 256 << 20
 
 
-_CACHE_LOCK = threading.Lock()   # a DeviceArray may be collected on any thread
+# a DeviceArray may be collected on any thread, and by the garbage collector at any allocation,
+# one inside _alloc or _release too, whose thread holds the lock then: reentrant
+_CACHE_LOCK = threading.RLock()
 
 
 def _alloc(runner, nbytes: int) -> int:
