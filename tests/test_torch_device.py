@@ -247,3 +247,28 @@ def test_cuda_gradcheck_and_torch_compile():
     assert torch.autograd.gradcheck(lambda x, h0: layer(x, h0)[0], (x, h0), eps=1e-6, atol=1e-7, rtol=1e-6)
     compiled = torch.compile(lambda x: layer(x)[0].square().sum(), fullgraph=True, backend="aot_eager")
     np.testing.assert_allclose(compiled(x).item(), layer(x)[0].square().sum().item(), rtol=1e-12)
+
+
+@cuda
+def test_cuda_on_a_side_stream_the_dense_copies_are_written_before_the_model_reads_them(monkeypatch):
+    """PyTorch's own streams are non-blocking: the model's stream waits only for what is synchronised.
+    A GPU delay queued on the current stream right after the sync holds back whatever is queued after
+    it there: the dense copy of the expanded learned initial state, had it been made after the sync."""
+    real = torch_device._before
+
+    def delayed(tensors):
+        real(tensors)
+        torch.cuda._sleep(100_000_000)   # tens of milliseconds of the current stream
+    monkeypatch.setattr(torch_device, "_before", delayed)
+    cell = two_inputs_learned_state()
+    ref = Recurrent(cell, output=None, backend="numpy", dtype=F64, seed=1)
+    dev = Recurrent(cell, output=None, backend="ptx", dtype=F64, seed=1).cuda()
+    x = _sequences(dev._model.step, 6, 3, torch.Generator().manual_seed(5))
+    want = _grads(ref, x, {})
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        got = _grads(dev, {k: v.detach().cuda().requires_grad_() for k, v in x.items()}, {})
+        got = [[t.cpu() for t in part] for part in got]
+    for a, b in zip(want[0] + want[1] + list(want[2]), got[0] + got[1] + got[2]):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
