@@ -69,12 +69,17 @@ def _alloc(runner, nbytes: int) -> int:
         ptr = None
         if free.get(nbytes):
             runner._device_cached -= nbytes
-            ptr = free[nbytes].pop()
+            ptr, freed = free[nbytes].pop()
+            mark = runner.__dict__.get("_device_released", 0)
     if ptr is None:
         return runner.alloc(nbytes)
     # the array that held it was dropped, but work its consumer queued on another stream may still
-    # read it (cuMemFree would have waited): wait for the device before it is written again
-    runner.wait_for(None)
+    # read it (cuMemFree would have waited): wait for the device before it is written again, once
+    # for every array freed before the wait began (a call's results reuse many: one wait, not one each)
+    if freed > runner.__dict__.get("_device_synced", 0):
+        runner.wait_for(None)
+        with _CACHE_LOCK:
+            runner._device_synced = max(runner.__dict__.get("_device_synced", 0), mark)
     return ptr
 
 
@@ -83,7 +88,8 @@ def _release(runner, ptr: int, nbytes: int) -> None:
         cached = runner.__dict__.get("_device_cached", 0)
         if cached + nbytes <= CACHE_BYTES:
             runner._device_cached = cached + nbytes
-            runner.__dict__.setdefault("_device_free", {}).setdefault(nbytes, []).append(ptr)
+            runner._device_released = stamp = runner.__dict__.get("_device_released", 0) + 1
+            runner.__dict__.setdefault("_device_free", {}).setdefault(nbytes, []).append((ptr, stamp))
             return
     runner.free(ptr)
 
@@ -94,7 +100,7 @@ def drop_cache(runner) -> None:
         free = runner.__dict__.pop("_device_free", {})
         runner._device_cached = 0
     for ptrs in free.values():
-        for ptr in ptrs:
+        for ptr, _ in ptrs:
             runner.free(ptr)
 
 
