@@ -14,9 +14,12 @@ import numpy as np
 import pytest
 import sympy as sp
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import rnncomp as rc
 from rnncomp.errors import CallError
+from fuzzgen import fuzz_cells
 from layer_cells import two_inputs_learned_state
 
 torch_device = pytest.importorskip("rnncomp.torch_device")
@@ -214,6 +217,35 @@ def test_cuda_tensors_on_a_host_runner_do_not_go_to_its_entry_points():
     cuda0 = [types.SimpleNamespace(device=torch.device("cuda", 0))]
     assert not torch_device.resident(host, cuda0)
     assert torch_device.resident(on_gpu, cuda0)
+
+
+@settings(max_examples=3, deadline=None)
+@given(fuzz_cells(max_states=2, max_depth=2, kinks=False), st.integers(2, 5), st.sampled_from(["all", 2]))
+def test_fuzzed_cells_through_the_device_path(cell, T, every):
+    """Any cell (no kinks: the two layers must take the same branch at every unit, which float
+    rounding at a kink does not promise): outputs, final states and every gradient of the device
+    path against the NumPy layer, h0 given for the first state only, a memory schedule drawn."""
+    from rnncomp.torch import Recurrent as Layer
+    memory = "all" if every == "all" else rc.Every(every)
+    calls = {"forward": 0, "vjp": 0}
+    real = torch_device.forward, torch_device.vjp
+    ref = Layer(cell, output=None, backend="numpy", dtype=F64, seed=3)
+    dev = Layer(cell, output=None, backend="ptx", runner="host", dtype=F64, seed=3, memory=memory)
+    step = dev._model.step
+    g = torch.Generator().manual_seed(T)
+    xs = {n: torch.randn(T, 2, k, dtype=F64, generator=g, requires_grad=True) for n, k in step.inputs.items()}
+    first = next(iter(step.states))
+    h0 = {first: torch.randn(2, step.states[first], dtype=F64, generator=g, requires_grad=True)}
+    try:
+        torch_device.forward = lambda *a: calls.__setitem__("forward", calls["forward"] + 1) or real[0](*a)
+        torch_device.vjp = lambda *a: calls.__setitem__("vjp", calls["vjp"] + 1) or real[1](*a)
+        got = _grads(dev, xs, h0)
+    finally:
+        torch_device.forward, torch_device.vjp = real
+    want = _grads(ref, xs, h0)
+    assert calls == {"forward": 1, "vjp": 1}
+    for a, b in zip(want[0] + want[1] + list(want[2]), got[0] + got[1] + list(got[2])):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)
 
 
 # ----------------------------------------------------------------------------- on a GPU
