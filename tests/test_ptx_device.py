@@ -283,8 +283,17 @@ class _FakeDriver:
         def __init__(self):
             self.srcXInBytes = self.srcY = self.dstXInBytes = self.dstY = 0
 
-    def __init__(self):
-        self.calls = []
+    def __init__(self, current=0):
+        self.calls, self.current = [], current   # the calling thread's current context (0: none)
+
+    def cuCtxGetCurrent(self):
+        self.calls.append(("cuCtxGetCurrent", ()))
+        return 0, self.current
+
+    def cuCtxSetCurrent(self, ctx):
+        self.calls.append(("cuCtxSetCurrent", (ctx,)))
+        self.current = ctx
+        return (0,)
 
     def __getattr__(self, name):
         if not name.startswith("cu"):
@@ -298,18 +307,34 @@ def test_cuda_runner_copies_make_the_context_current_and_pick_the_driver_call():
     cuMemcpyDtoDAsync of every byte, a pitched one as cuMemcpy2DAsync with pitches in bytes."""
     from rnncomp.backends.ptx.runtime import CudaRunner
     r = object.__new__(CudaRunner)
-    r.drv, r.ctx, r.stream = _FakeDriver(), "ctx", "stream"
+    r.drv, r.ctx, r.stream = _FakeDriver(current=3), 7, "stream"   # the thread's own context: 3
+    r._host = []
     r.run_copies([("rows", 1000, 24, 2000, 24, 24, 5), ("rows", 3000, 40, 4000, 16, 16, 6)])
     names = [c[0] for c in r.drv.calls]
-    assert names == ["cuCtxSetCurrent", "cuMemcpyDtoDAsync", "cuMemcpy2DAsync"]
-    assert r.drv.calls[1][1] == (1000, 2000, 120, "stream")
-    c, stream = r.drv.calls[2][1]
+    assert names == ["cuCtxGetCurrent", "cuCtxSetCurrent", "cuMemcpyDtoDAsync", "cuMemcpy2DAsync",
+                     "cuCtxSetCurrent"]
+    assert r.drv.calls[1][1] == (7,) and r.drv.calls[-1][1] == (3,) and r.drv.current == 3   # restored
+    assert r.drv.calls[2][1] == (1000, 2000, 120, "stream")
+    c, stream = r.drv.calls[3][1]
     assert stream == "stream" and c.srcMemoryType == c.dstMemoryType == 2
     assert (c.dstDevice, c.dstPitch, c.srcDevice, c.srcPitch, c.WidthInBytes, c.Height) == (3000, 40, 4000, 16, 16, 6)
     assert c.srcXInBytes == c.srcY == c.dstXInBytes == c.dstY == 0
     r.drv.calls.clear()
     r.execute({"graph": (None, "exe")})
-    assert [c[0] for c in r.drv.calls] == ["cuCtxSetCurrent", "cuGraphLaunch"]
+    assert [c[0] for c in r.drv.calls] == ["cuCtxGetCurrent", "cuCtxSetCurrent", "cuGraphLaunch", "cuCtxSetCurrent"]
+    assert r.drv.current == 3
+    r.drv.calls.clear()
+    r.drv.current = 7   # already the runner's (a nested call, or the thread's own): nothing set
+    r.free_host(12345)   # not one of its allocations: nothing freed
+    r.run_copies([("memset", 1000, 8)])
+    assert [c[0] for c in r.drv.calls] == ["cuCtxGetCurrent", "cuCtxGetCurrent", "cuMemsetD8Async"]
+    r.drv.calls.clear()
+    r.drv.current = 0   # a thread with no context: none again after
+    r._host = [555]
+    r.free_host(555)   # frees inside, syncing first: one switch around both
+    assert [c[0] for c in r.drv.calls] == ["cuCtxGetCurrent", "cuCtxSetCurrent", "cuCtxGetCurrent",
+                                           "cuStreamSynchronize", "cuMemFreeHost", "cuCtxSetCurrent"]
+    assert r.drv.current == 0
 
 
 def _pitched_copy_case(runner):

@@ -23,6 +23,7 @@ replayed with one ``cuGraphLaunch``.
 from __future__ import annotations
 
 import ctypes
+import functools
 
 import numpy as np
 
@@ -65,8 +66,30 @@ def cuda_available() -> bool:
         return False
 
 
+def _in_context(method):
+    """Run a :class:`CudaRunner` method with the runner's (primary) context current on the calling
+    thread, and the thread's own current context again after.  The driver keeps a current context
+    per thread: a call may come from a thread that never used this runner (a thread pool,
+    PyTorch's autograd thread, a DeviceArray collected there), where copies, launches and frees
+    fail with CUDA_ERROR_INVALID_CONTEXT without it; and the CUDA runtime (PyTorch's) reads its
+    current device from it, so a context left current would move PyTorch's current device to the
+    model's on that thread (a model on ``device=1`` called while PyTorch's device is 0)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        prev = self._check(self.drv.cuCtxGetCurrent(), "cuCtxGetCurrent")
+        if prev is not None and int(prev) == int(self.ctx):   # nested, or the thread's own already
+            return method(self, *args, **kwargs)
+        self._check(self.drv.cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._check(self.drv.cuCtxSetCurrent(prev), "cuCtxSetCurrent (the thread's own context again)")
+    return run
+
+
 class CudaRunner:
-    """Loads the PTX once and launches its kernels on the current (primary) context."""
+    """Loads the PTX once and launches its kernels on its device's primary context, made current
+    for each call and the calling thread's own restored after (:func:`_in_context`)."""
 
     def __init__(self, ptx: str, kernel_names, device: int = 0, block: int = 256, graphs: bool = True,
                  blocks=None, loops=None, loop_block=None, loop_cluster=None):
@@ -87,7 +110,12 @@ class CudaRunner:
             raise NoGPUError(f"{NO_GPU} (cuDeviceGetCount = 0)")
         self.dev = self._check(drv.cuDeviceGet(device), "cuDeviceGet")
         self.ctx = self._check(drv.cuDevicePrimaryCtxRetain(self.dev), "cuDevicePrimaryCtxRetain")
-        self._check(drv.cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")
+        self._load(ptx, kernel_names)
+
+    @_in_context
+    def _load(self, ptx, kernel_names):
+        """The stream, the module (the driver's JIT of the PTX) and its kernels."""
+        drv = self.drv
         self.stream = self._check(drv.cuStreamCreate(0), "cuStreamCreate")
         self._image = np.frombuffer(ptx.encode() + b"\0", dtype=np.uint8)
         try:
@@ -123,54 +151,49 @@ class CudaRunner:
         return rest[0] if len(rest) == 1 else rest
 
     # ------------------------------------------------------------------ memory
+    @_in_context
     def alloc(self, nbytes: int) -> int:
-        self._check(self.drv.cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")
         p = self._check(self.drv.cuMemAlloc(max(int(nbytes), 1)), f"cuMemAlloc({nbytes} bytes)")
         self._allocs.append(p)
         return int(p)
 
-    def _current(self):
-        """Make this runner's (primary) context current on the calling thread: the driver keeps a
-        current context per thread, and a call may come from a thread that never allocated here
-        (a thread pool, PyTorch's autograd thread, a DeviceArray collected there), where copies,
-        launches and frees would fail with CUDA_ERROR_INVALID_CONTEXT."""
-        self._check(self.drv.cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")
-
+    @_in_context
     def free(self, ptr: int):
         for i, p in enumerate(self._allocs):
             if int(p) == ptr:
-                self._current()
                 self._check(self.drv.cuMemFree(p), "cuMemFree")
                 del self._allocs[i]
                 return
 
+    @_in_context
     def alloc_host(self, nbytes: int):
         """Pinned (page-locked) host memory: ``(address, uint8 array over it)``; copies from and
         to it can be captured into a CUDA graph."""
-        self._check(self.drv.cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")
         p = int(self._check(self.drv.cuMemHostAlloc(max(int(nbytes), 1), 0), f"cuMemHostAlloc({nbytes} bytes)"))
         self._host.append(p)
         arr = np.ctypeslib.as_array((ctypes.c_uint8 * max(int(nbytes), 1)).from_address(p))
         return p, arr
 
+    @_in_context
     def free_host(self, ptr: int):
         if ptr in self._host:
-            self._current()
             self.sync()
             self._check(self.drv.cuMemFreeHost(ptr), "cuMemFreeHost")
             self._host.remove(ptr)
 
+    @_in_context
     def zero(self, ptr: int, nbytes: int):
         self._check(self.drv.cuMemsetD8Async(ptr, 0, nbytes, self.stream), "cuMemsetD8Async")
 
+    @_in_context
     def sync(self):
         self._check(self.drv.cuStreamSynchronize(self.stream), "cuStreamSynchronize (a kernel failed?)")
 
+    @_in_context
     def wait_for(self, streams):
         """Wait until the work queued on ``streams`` (handles a device array's producer exports with
         ``__cuda_array_interface__``: 1 the legacy default stream, 2 per-thread) is done; None:
         every stream of the device (memory of a freed array another stream may still read)."""
-        self._current()
         if streams is None:
             self._check(self.drv.cuCtxSynchronize(), "cuCtxSynchronize")
             return
@@ -208,6 +231,7 @@ class CudaRunner:
         cfg.numAttrs = 1
         return cfg
 
+    @_in_context
     def prepare(self, launches):
         """``launches``: [(kernel name, N, R rows, [pointer ints])] and copies → a replayable sequence.
 
@@ -278,10 +302,10 @@ class CudaRunner:
         c.WidthInBytes, c.Height = width, rows
         return c
 
+    @_in_context
     def run_copies(self, ops):
         """Copies of one call (device addresses that change from call to call: never in a graph),
         on the stream the prepared sequences run on, in order with them."""
-        self._current()
         for op in ops:
             self._copy(op)
 
@@ -304,13 +328,14 @@ class CudaRunner:
             self.graphs = False
             return None
 
+    @_in_context
     def execute(self, prepared):
-        self._current()
         if prepared["graph"] is not None:
             self._check(self.drv.cuGraphLaunch(prepared["graph"][1], self.stream), "cuGraphLaunch")
         else:
             self._launch_all(prepared["seq"])
 
+    @_in_context
     def release(self, prepared):
         if prepared and prepared.get("graph") is not None:
             graph, exe = prepared["graph"]
