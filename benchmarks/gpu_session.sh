@@ -33,7 +33,7 @@ echo "persistent tests: $P0 (no clusters), $P1 (clusters); gpu_check $EXTRA"
 timeout 250 python3 benchmarks/gpu_check.py --budget 190 $EXTRA 2>&1 | tee "$OUT/gpu_check.log"
 timeout 60 $PT tests/test_ptx.py tests/test_ptx_stacking.py -k cuda 2>&1 | tee "$OUT/pytest_cuda.log"
 timeout 60 $PT tests/test_ptx_memory.py -k cuda 2>&1 | tee -a "$OUT/pytest_cuda.log"   # memory= on the GPU
-timeout 60 $PT tests/test_ptx_device.py -k cuda 2>&1 | tee -a "$OUT/pytest_cuda.log"   # device arrays in and out
+timeout 60 $PT tests/test_ptx_device.py tests/test_ptx_device_plan.py -k cuda 2>&1 | tee -a "$OUT/pytest_cuda.log"   # device arrays in and out
 timeout 60 $PT tests/test_torch_device.py -k cuda 2>&1 | tee -a "$OUT/pytest_cuda.log"   # the PyTorch layer on CUDA tensors
 timeout 90 python3 benchmarks/bench_layers.py --device cuda --compile none --steps 5 --out "$OUT/layers-cuda.json" \
   2>&1 | tee "$OUT/layers_cuda.log"   # issue #16's GPU goals: the PyTorch loop, nn.LSTM on cuDNN

@@ -104,3 +104,22 @@ def test_a_bad_array_is_still_named_under_a_schedule():
     params, inputs, targets = random_data(cell, T=T, B=B)
     with pytest.raises(rc.CallError, match=r"inputs\['x'\] has shape \(9, 3, 2\), expected \(9, 3, 3\)"):
         m.loss_and_grad(on(params), {"x": OnHost(np.zeros((T, B, 2)))}, on(targets))
+
+
+@pytest.mark.skipif(not __import__("rnncomp.backends.ptx.runtime", fromlist=["x"]).cuda_available(),
+                    reason="no CUDA GPU/driver or cuda-python in this process")
+@pytest.mark.parametrize("name", ["lstm", "learned_h0"])
+def test_cuda_calls_under_a_schedule(name):
+    """On a GPU: DeviceArrays in and out under Every(2) against the staged call storing all."""
+    cell = CELLS[name]()
+    params, inputs, targets, h0 = _data(cell)
+    m = rc.compile(cell, backend="ptx")
+    loss, grads, final = m.loss_and_grad(params, inputs, targets, h0=h0)
+    m.memory = rc.Every(2)
+    dev = lambda d: {k: DeviceArray.from_host(m, v) for k, v in d.items()}   # noqa: E731
+    dloss, dgrads, dfinal = m.loss_and_grad(dev(params), dev(inputs), dev(targets), h0=dev(h0))
+    assert abs(dloss - loss) <= 1e-12 * abs(loss)
+    for k in grads:
+        _close(dgrads[k].copy_to_host(), grads[k], k)
+    for s in final:
+        _close(dfinal[s].copy_to_host(), final[s], s)
