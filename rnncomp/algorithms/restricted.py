@@ -69,6 +69,15 @@ NEED = {  # tangent op -> which entries of each tangent argument the needed entr
 }
 
 
+def narrow(a):
+    """An index array as int32 where every value fits (NumPy's int64 doubles the bytes of the
+    plans' per-entry arrays; issue #20), else as it is."""
+    a = np.asarray(a)
+    if a.dtype.kind in "iu" and a.dtype.itemsize > 4 and (not a.size or (int(a.min()) >= -2**31 and int(a.max()) < 2**31)):
+        return a.astype(np.int32)
+    return a
+
+
 class Positions:
     """``pos[d, u]``: the position of entry (d, u) among a node's entries (sorted by direction,
     then unit), -1 where it has none.  Held as the sorted keys d·n + u: O(entries) memory, where
@@ -77,7 +86,7 @@ class Positions:
 
     def __init__(self, d, u, n: int, values=None):
         self.n, self.keys = n, np.asarray(d, np.int64) * n + np.asarray(u, np.int64)
-        self.values = np.arange(len(self.keys)) if values is None else np.asarray(values)
+        self.values = None if values is None else np.asarray(values)   # None: the position itself
 
     def __getitem__(self, du):
         d, u = np.broadcast_arrays(np.asarray(du[0], np.int64), np.asarray(du[1], np.int64))
@@ -85,7 +94,7 @@ class Positions:
             return np.full(d.shape, -1)
         k = d * self.n + u
         p = np.minimum(np.searchsorted(self.keys, k), len(self.keys) - 1)
-        return np.where(self.keys[p] == k, self.values[p], -1)
+        return np.where(self.keys[p] == k, p if self.values is None else self.values[p], -1)
 
 
 def kept_entries(prog, sup, need, sizes, classes=None):
@@ -105,7 +114,7 @@ def kept_entries(prog, sup, need, sizes, classes=None):
     for key in prog.nodes:
         kept = need[key] & sup[key]
         d, u = np.nonzero(kept) if classes is None else expand_rows(kept, classes)
-        entries[key] = (d, u)
+        entries[key] = (narrow(d), narrow(u))   # held for every node: int32 where they fit
         index[key] = Positions(d, u, sizes[key])
     return entries, index
 

@@ -37,7 +37,7 @@ from ..backends.numpy import ew_function
 from ..forward_mode import is_tangent_param, tangent_of, tangent_step
 from ..ir import placeholder
 from .pattern import STRUCTURE, entry_classes, expand_rows, group_pairs, stored_entries
-from .restricted import Positions, kept_entries
+from .restricted import Positions, kept_entries, narrow
 from .tangents import Directions
 
 
@@ -52,6 +52,12 @@ class Term:
     expr: object = None  # ew: ∂expr/∂x (a template over the node's arguments)
     units: object = None  # ew: the unit of each entry (where the coefficient is read)
     coef: object = None   # inject: c per entry; mat: (yu, xu, terms) to read off the matrices
+
+    def __post_init__(self):   # int32 where the values fit: a plan holds a few such arrays per entry
+        self.yp, self.xp = narrow(self.yp), narrow(self.xp)
+        self.units = None if self.units is None else narrow(self.units)
+        if self.kind == "mat":
+            self.coef = (narrow(self.coef[0]), narrow(self.coef[1]), self.coef[2])
 
 
 class SparsePlan:
@@ -84,9 +90,11 @@ class SparsePlan:
             col, row = np.nonzero(np.concatenate([mask[s] for s in step.states], axis=1))   # (P, N)
         state = np.searchsorted(offs, row, side="right")
         self.perm = np.argsort(state, kind="stable") if by_state else np.arange(len(col))
-        self.col, self.row = col[self.perm], row[self.perm]
+        self.col, self.row = narrow(col[self.perm]), narrow(row[self.perm])
         self.nnz = len(self.col)
-        stored = Positions(col, row, self.N, np.argsort(self.perm))   # (k, unit) -> its place in J
+        stored = Positions(col, row, self.N, narrow(np.argsort(self.perm)))   # (k, unit) -> its place in J
+        self.perm = narrow(self.perm)
+        del col, row
         if not by_class:
             first = np.unique(classes, return_index=True)[1]
             if not all(np.array_equal(mask[s][first][classes], mask[s]) for s in step.states):
@@ -127,11 +135,11 @@ class SparsePlan:
             cols, units = np.nonzero(mask[s]) if classes is None else expand_rows(mask[s], classes)
             src = index[k][cols, units]
             ok = src >= 0                                # the others stay 0: never reached
-            self.out.append((k, src[ok], stored[cols[ok], units[ok] + o]))
+            self.out.append((k, narrow(src[ok]), narrow(stored[cols[ok], units[ok] + o])))
 
     def _terms(self, key, node, index, stored, seed_state, sizes):
         d, u = self.entries[key]
-        every = np.arange(len(d))
+        every = narrow(np.arange(len(d)))   # shared by the terms that write every entry
         if node.op == "seed":
             s = seed_state.get(key)
             if s is None:
@@ -144,8 +152,9 @@ class SparsePlan:
                     continue
                 xp = index[a][d, u if sizes[a] == node.size else np.zeros_like(u)]
                 ok = xp >= 0
-                out.append(Term("ew", a, every[ok], xp[ok], sp.diff(node.attrs["expr"], placeholder(i)),
-                                u[ok]))
+                every_ok = ok.all()
+                out.append(Term("ew", a, every if every_ok else every[ok], xp if every_ok else xp[ok],
+                                sp.diff(node.attrs["expr"], placeholder(i)), u if every_ok else u[ok]))
             return out
         if node.op == "matvec":
             return self._matvec(key, node, index)
