@@ -8,7 +8,9 @@ phases through /proc/self/clear_refs) over the resident set before it: ``pattern
 algorithm's prepare: SnAp's pattern), ``plan`` (:class:`.SparsePlan`), ``kernel`` (the fused
 plan, the index tables and the compiled code; ``cache=None``: compiled afresh), ``step`` (one
 window of T = 1 at batch B, default 8).  Also the kernel's index tables (bytes, and how many
-entries), the stored entries nnz and the carry of one sample (nnz · 8 bytes).
+entries), the stored entries nnz, the carry of one sample (nnz · 8 bytes), and the resident set
+held once the plan is dropped (as the native executor does), over the RSS after import.  The
+process's peak is the largest phase's peak plus what was held before it.
 """
 from __future__ import annotations
 
@@ -70,7 +72,6 @@ def main(argv=None):
     import numpy as np
     import rnncomp as rc
     from rnncomp.algorithms import SnAp
-    from rnncomp.algorithms.compiled import Native
     from rnncomp.backends.native_snap import SparseKernel
     from rnncomp.algorithms.sparse_plan import SparsePlan
 
@@ -87,7 +88,16 @@ def main(argv=None):
         plan = SparsePlan(prep.st, prep.pattern, ts=prep.ts, by_state=True)
     with Phase("kernel", out, a.trace):
         kernel = SparseKernel(prep.st, plan, "float64", cache=None)
-    nat = Native.__new__(Native)
+    import gc
+    nnz = plan.nnz
+    del plan   # as Native does: the kernel keeps what it reads
+    gc.collect()
+    try:   # hand freed heap pages back, so that the resident set shows what is still held
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    held = _status("VmRSS") - base
     tables = kernel.plan.tables
     tb = sum(t.nbytes for t in tables.values())
     te = sum(t.size for t in tables.values())
@@ -99,11 +109,10 @@ def main(argv=None):
     J = prep.begin(params, states, [], a.B, np.float64)
     with Phase("step", out, a.trace):
         kernel.run(params, states, seqs, w, J)
-    del nat
-    nnz = plan.nnz
     print(f"{a.cell} {a.D}->{a.H} B={a.B}: nnz {nnz:,} (carry of one sample {nnz * 8 / 2**20:.1f} MiB), "
           f"{len(tables)} tables, {te:,} entries, {tb / 2**20:.1f} MiB ({tb / (nnz * 8):.1f}x the carry); "
-          f"process peak {_status('VmHWM') / 2**20:.0f} MiB (RSS after import {base / 2**20:.0f} MiB)")
+          f"held after planning (the plan freed) +{held / 2**20:.0f} MiB; "
+          f"RSS after import {base / 2**20:.0f} MiB")
     for k, r in out.items():
         extra = f", tracemalloc peak {r['py_peak'] / 2**20:.0f} MiB, held {r['py_held'] / 2**20:.0f} MiB" \
             if "py_peak" in r else ""

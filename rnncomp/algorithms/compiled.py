@@ -112,7 +112,7 @@ class Native:
 
             plan = SparsePlan(prep.st, prep.pattern, ts=prep.ts, by_state=True)
             self.kernel = SparseKernel(prep.st, plan, dtype, cache)
-            self.entries, self.min_rows = self.kernel.sp.nnz, self.SPARSE_ROWS
+            self.entries, self.min_rows = self.kernel.nnz, self.SPARSE_ROWS
             return
         if not isinstance(prep, RtrlPrepared):
             raise CompileError(f"cell {prep.st.name!r}: the native online executor has no code for {algorithm!r} yet")

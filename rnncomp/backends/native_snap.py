@@ -35,6 +35,7 @@ from ..errors import CompileError
 from ..algorithms.sparse_blocks import dense_blocks
 from ..algorithms import sparse_fold
 from ..algorithms.sparse_fuse import Run, contiguous, fuse, row_groups
+from ..algorithms.restricted import narrow
 from ..ir import LEAF_OPS
 from .llvm.builder import I64, for_range, parallel_loop_md
 from .llvm.exprgen import unsupported
@@ -61,9 +62,13 @@ class _Slots(OnlineSlots):
         self.entries = {key: self.slot(f"entries {key}", "B", len(sp_plan.entries[key][0])) for key in sp_plan.order}
         self.tables = {}   # slot -> int64 or float array, made once
 
-    def table(self, label, array, dtype=np.int64):
+    def table(self, label, array, dtype=None):
+        """A slot holding ``array``: an index table as int32 where its values fit (the code loads
+        each table as its own width), else int64; ``dtype``: a float table's."""
         k = self.slot(label, "ext", 0)
-        self.tables[k] = np.ascontiguousarray(array, dtype=dtype)
+        a = np.asarray(array)
+        self.tables[k] = np.ascontiguousarray(a, dtype=dtype) if dtype is not None else \
+            np.ascontiguousarray(narrow(a if a.dtype in (np.int32, np.int64) else a.astype(np.int64)))
         return k
 
 
@@ -84,6 +89,9 @@ class SparseKernel(SweepEmitter, StepEmitter):
         self._make_tables()
         self.lib, self._fn = compile_online(step, self._description(), self._build, self.host, cache,
                                             "the sparse SnAp step")
+        # the plan's per-entry arrays (a few index arrays per tangent node and term, ~40× the carry
+        # of one sample) are not needed once the code is built: the kernel keeps the tables it reads
+        self.nnz, self.sp = sp_plan.nnz, None
         self._bufs, self._B = {}, None
 
     def _check_backward(self):
@@ -100,6 +108,7 @@ class SparseKernel(SweepEmitter, StepEmitter):
     def _make_tables(self):
         P, sp_ = self.plan, self.sp
         self.steps = fuse(sp_, [s for s in self.st.states if self.bwd.carry_out[s] is not None])
+        self.run_keys = {k for r in self.steps if isinstance(r, Run) for k in r.keys}
         self._dense_blocks()
         sp_ = self.sp
         self.perm_slot = P.table("J order", sp_.perm) if P.permuted else None
@@ -116,11 +125,29 @@ class SparseKernel(SweepEmitter, StepEmitter):
         self.coef_slots = {}   # (node, i) -> the slot of an ew term's coefficient per (sample, unit), unless constant
         self.matw = {}         # slot -> [(param, flat positions' table, c, n)]: Σ c·P[yu, xu], once per call
         self.rows_of = {}      # (node, i) -> slots of a mat term's (ys, lo, xs): see _row_sums
+        # a run reads a term at its entry (no yp) with the piece's unit (no units), x at x0 + e, in a
+        # register or computed in place where it can (no xp): only the tables the code reads are made
+        # (and a run's per-entry weights only where a segment that reads them is not folded)
+        in_run = {(k, f.term): (f, r) for r in self.steps if isinstance(r, Run) for k, ts in zip(r.keys, r.terms)
+                  for f in ts}
+        self._fold_of = {id(r): sparse_fold.fold(sp_, r) for r in self.steps if isinstance(r, Run)} if self.fold else {}
+        general_keys = {k for k in self.steps if not isinstance(k, Run)}
         for key in sp_.order:
             for i, tm in enumerate(sp_.terms[key]):
-                s = {"yp": P.table(f"yp {key} {i}", tm.yp), "xp": P.table(f"xp {key} {i}", tm.xp)}
+                (f, r), s = in_run.get((key, i), (None, None)), {}
+                general = key in general_keys
+                self.term_slots[(key, i)] = s
+                if not general and (f is None or tm.kind == "mat" and self._folded_only(f, r)):
+                    continue   # never read: a node computed in place, a term of no entry, folded weights
+                rows = row_groups(tm.yp, tm.xp) if general and tm.kind == "mat" else None
+                if general and rows is None:
+                    s["yp"] = P.table(f"yp {key} {i}", tm.yp)
+                if (general and rows is None or f is not None and f.x0 is None and not f.reg and not f.inline) \
+                        and tm.kind != "one":
+                    s["xp"] = P.table(f"xp {key} {i}", tm.xp)
                 if tm.kind == "ew" and not tm.expr.is_Number:   # a constant coefficient is in the code
-                    s["units"] = P.table(f"units {key} {i}", tm.units)
+                    if general:
+                        s["units"] = P.table(f"units {key} {i}", tm.units)
                     self.coef_slots[(key, i)] = P.slot(f"dcoef {key} {i}", "B", sp_.ts.prog.nodes[key].size)
                 elif tm.kind == "inject":
                     s["coef"] = P.table(f"coef {key} {i}", tm.coef, self.dtype)
@@ -129,11 +156,9 @@ class SparseKernel(SweepEmitter, StepEmitter):
                     yu, xu, mterms = tm.coef   # Σ c·P[yu, xu] (P transposed: P[xu, yu]) from flat P
                     self.matw[s["matw"]] = [(p, P.table(f"matw at {key} {i} {p}", np.ravel_multi_index(
                         (xu, yu) if tr else (yu, xu), self.st.params[p])), float(c), len(yu)) for p, tr, c in mterms]
-                    rows = row_groups(tm.yp, tm.xp)
                     if rows is not None:
                         self.rows_of[(key, i)] = tuple(P.table(f"{what} {key} {i}", a)
                                                        for what, a in zip(("rows y", "rows lo", "rows x"), rows))
-                self.term_slots[(key, i)] = s
         self._folds()
         # an index table that counts up by one is a start instead (a plain, vectorisable loop)
         pos = lambda label, a: ("+", contiguous(a)) if contiguous(a) is not None else ("[]", P.table(label, a))  # noqa: E731,E501
@@ -155,6 +180,12 @@ class SparseKernel(SweepEmitter, StepEmitter):
             self.gather.append((key, n, pos(f"gather e {s}", e), pos(f"gather u {s}", u), pos(f"gather k {s}", k),
                                 len(e), len(np.unique(k)) == len(e)))
 
+    def _folded_only(self, f, run):
+        """Whether every segment of ``run`` that FusedTerm ``f`` writes is folded (reads f's x alone)."""
+        fold = self._fold_of.get(id(run))
+        return fold is not None and all(fold.segments[si] is not None for si, (s0, s1) in enumerate(run.segments())
+                                        if f.y0 <= s0 and s1 <= f.y0 + f.n)
+
     def _folds(self):
         """``folds`` {id(run): (its :class:`.sparse_fold.Fold`, an F slot per coefficient,
         {symbol: its slot})}: the runs with a segment whose chain rule folds per unit (a
@@ -163,7 +194,7 @@ class SparseKernel(SweepEmitter, StepEmitter):
         if not self.fold:
             return
         for ri, r in enumerate(s for s in self.steps if isinstance(s, Run)):
-            f = sparse_fold.fold(self.sp, r)
+            f = self._fold_of[id(r)]
             if all(s is None for s in f.segments):
                 continue
             slots = {}
@@ -251,8 +282,8 @@ class SparseKernel(SweepEmitter, StepEmitter):
     def _permute(self, g, into_plan):
         """J (plan's order)[b, i] = J (caller's)[b, perm[i]], or back."""
         b, nnz = g.b, self.sp.nnz
-        mine, theirs, perm = (self._slot_ptr(g, k) for k in (self.plan.J, self.plan.J_caller, self.perm_slot))
-        perm = b.bitcast(perm, I64.as_pointer())
+        mine, theirs = (self._slot_ptr(g, k) for k in (self.plan.J, self.plan.J_caller))
+        perm = self._tab(g, self.perm_slot)
         group, loop_id = parallel_loop_md(g.m)
         tag = lambda inst: inst.set_metadata("llvm.access.group", group) or inst  # noqa: E731
         with for_range(b, g.B, name="pb") as bi:
@@ -320,9 +351,9 @@ class SparseKernel(SweepEmitter, StepEmitter):
         the NumPy executor's order: :class:`.SparsePlan`'s ``perm``), updated in place; ``seqs`` {input/target: (T, B, n)}.  Returns (loss, g (P,), final states)."""
         T, B = w.shape
         dt, P = self.dtype, self.plan
-        if J.dtype != dt or not J.flags.c_contiguous or J.shape != (B, self.sp.nnz):
+        if J.dtype != dt or not J.flags.c_contiguous or J.shape != (B, self.nnz):
             raise CompileError(f"cell {self.st.name!r}: internal: the carried SnAp entries are not a "
-                               f"contiguous {dt} ({B}, {self.sp.nnz}) array")
+                               f"contiguous {dt} ({B}, {self.nnz}) array")
         if self._B != B:
             (self._bufs, self._work), self._B = P.buffers(B, dt, self.host, self.gemm_rows), B
         return P.call(self._fn, self._bufs, self._work, params, states, seqs, w, {P.J_caller: J}, fixed=P.tables)

@@ -29,7 +29,7 @@ from llvmlite import ir
 
 from ..algorithms.sparse_fuse import Run
 from ..ir import placeholder
-from .llvm.builder import I64, alloca_once, for_range, parallel_loop_md
+from .llvm.builder import I32, I64, alloca_once, for_range, parallel_loop_md
 from .llvm.exprgen import LLVMPrinter
 
 
@@ -41,11 +41,16 @@ class SweepEmitter:
     """Code of the sweep (see the module docstring)."""
 
     def _tab(self, g, slot, int_table=True):
+        """A table's pointer: an index table's as i32 or i64, its width (:meth:`_Slots.table`)."""
         p = self._slot_ptr(g, slot)
-        return g.b.bitcast(p, I64.as_pointer()) if int_table else p
+        if not int_table:
+            return p
+        return g.b.bitcast(p, (I32 if self.plan.tables[slot].dtype.itemsize == 4 else I64).as_pointer())
 
     def _at(self, g, p, i, tag=no_tag):
-        return tag(g.b.load(g.b.gep(p, [i], inbounds=True)))
+        """p[i]; an i32 index widened to i64 (every index is ≥ 0)."""
+        v = tag(g.b.load(g.b.gep(p, [i], inbounds=True)))
+        return g.b.zext(v, I64) if v.type == I32 else v
 
     def _sweep(self, g, t):
         self._coefficients(g, t)
@@ -125,10 +130,11 @@ class SweepEmitter:
         xp = None if reg or inline or x0 is not None else self._tab(g, slots["xp"])
         const = float(tm.expr) if tm.kind == "ew" and tm.expr.is_Number else None
         if tm.kind == "ew" and const is None:
-            coef, n, units = self._slot_ptr(g, self.coef_slots[(key, i)]), self.sp.ts.prog.nodes[key].size, \
-                self._tab(g, slots["units"])
-        elif tm.kind in ("inject", "mat"):
-            coef = self._tab(g, slots["coef" if tm.kind == "inject" else "matw"], False)
+            coef, n = self._slot_ptr(g, self.coef_slots[(key, i)]), self.sp.ts.prog.nodes[key].size
+            units = self._tab(g, slots["units"]) if "units" in slots else None   # a run's: the piece's unit
+        elif tm.kind in ("inject", "mat"):   # absent where only folded segments read x (raw)
+            what = "coef" if tm.kind == "inject" else "matw"
+            coef = self._tab(g, slots[what], False) if what in slots else None
 
         def read(bi, k, regs, tag, unit=None):
             if inline:
@@ -146,6 +152,7 @@ class SweepEmitter:
                 unit = self._at(g, units, k, tag) if unit is None else unit
                 return b.fmul(x, self._at(g, coef, b.add(b.mul(bi, I64(n)), unit), tag))
             if tm.kind in ("inject", "mat"):
+                assert coef is not None, f"internal: term {i} of {key} has no coefficients"
                 return b.fmul(x, self._at(g, coef, k, tag))
             return x
         return read
