@@ -35,6 +35,11 @@ def test_lstm_snap1_tables_hold_about_one_int32_per_stored_entry():
     assert sum(t.nbytes for t in tables) <= 4 * (nnz + per_unit * H), sum(t.nbytes for t in tables) / (8 * nnz)
     assert all(t.dtype == np.int32 for t in tables if t.dtype.kind in "iu")
     assert kernel.nnz == nnz
+    # the buffers per sample: J in the plan's order, and per unit the coefficients and the step's
+    # values; no tangent node's entries (they live in registers: none is stored).  Before, a
+    # buffer per tangent node, about 25 × nnz per sample
+    per_sample = sum(u for r, u in kernel.plan.sizes.values() if r == "B")
+    assert per_sample <= nnz + per_unit * H, per_sample / nnz
     assert kernel.sp is None   # the plan's per-entry arrays are dropped once the code is built
 
 

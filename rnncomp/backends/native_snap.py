@@ -59,7 +59,7 @@ class _Slots(OnlineSlots):
         self.permuted = not np.array_equal(sp_plan.perm, np.arange(len(sp_plan.perm)))
         self.J = self.slot("J", "B", sp_plan.nnz) if self.permuted else self.slot("J", "ext", 0)
         self.J_caller = self.slot("J caller", "ext", 0) if self.permuted else self.J
-        self.entries = {key: self.slot(f"entries {key}", "B", len(sp_plan.entries[key][0])) for key in sp_plan.order}
+        self.entries = {}   # node -> the slot of its entries, where the code stores them (SparseKernel._make_tables)
         self.tables = {}   # slot -> int64 or float array, made once
 
     def table(self, label, array, dtype=None):
@@ -111,6 +111,12 @@ class SparseKernel(SweepEmitter, StepEmitter):
         self.run_keys = {k for r in self.steps if isinstance(r, Run) for k in r.keys}
         self._dense_blocks()
         sp_ = self.sp
+        # a buffer for the entries of the nodes stored (read outside their run, copied to J) and the
+        # general ones only: a run keeps the others in registers (LSTM SnAp-1: none is stored)
+        stored = {k for r in self.steps if isinstance(r, Run) for k, keep in zip(r.keys, r.store) if keep}
+        for key in sp_.order:
+            if key in stored or key in self.steps:
+                P.entries[key] = P.slot(f"entries {key}", "B", len(sp_.entries[key][0]))
         self.perm_slot = P.table("J order", sp_.perm) if P.permuted else None
         self.run_pieces = {id(r): tuple(P.table(f"piece {w} {r.keys[0]}", a) for w, a in zip(("starts", "units", "dirs"),
                                                                                            r.pieces[1:]))
