@@ -97,11 +97,13 @@ class Positions:
         return np.where(self.keys[p] == k, p if self.values is None else self.values[p], -1)
 
 
-def kept_entries(prog, sup, need, sizes, classes=None):
+def kept_entries(prog, sup, need, sizes, classes=None, consume=False):
     """The entries each tangent node of ``prog`` computes: reachable (``sup``, (K, size) per
     node) and read by a wanted entry (``need``: the wanted entries, updated in place backward).
     ``classes[e]``: the row of ``sup``/``need`` that direction e follows, where their rows are
     classes of directions with one pattern (:func:`.pattern.entry_classes`); None: a row each.
+    ``consume``: each node's ``sup`` and ``need`` are dropped from the dicts once its entries
+    are known (they are K × size booleans per node: the plan's peak holds fewer of them).
     Returns ``({key: (directions, units)}, {key: Positions})``."""
     for key in reversed(list(prog.nodes)):
         node = prog.nodes[key]
@@ -110,10 +112,17 @@ def kept_entries(prog, sup, need, sizes, classes=None):
             continue
         for a, n_a in zip(args, NEED[node.op](node, need[key] & sup[key], args, sizes)):
             need[a] = need[a] | n_a
-    entries, index = {}, {}
+    entries, index, seen = {}, {}, {}
     for key in prog.nodes:
-        kept = need[key] & sup[key]
+        kept = need.pop(key) & sup.pop(key) if consume else need[key] & sup[key]
         d, u = np.nonzero(kept) if classes is None else expand_rows(kept, classes)
+        # nodes with the same entries share their arrays (SnAp-1 of an LSTM: most of its ~30 nodes)
+        same = seen.setdefault((len(d), sizes[key]), [])
+        at = next((k for k in same if np.array_equal(entries[k][0], d) and np.array_equal(entries[k][1], u)), None)
+        if at is not None:
+            entries[key], index[key] = entries[at], index[at]
+            continue
+        same.append(key)
         entries[key] = (narrow(d), narrow(u))   # held for every node: int32 where they fit
         index[key] = Positions(d, u, sizes[key])
     return entries, index

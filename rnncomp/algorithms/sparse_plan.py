@@ -124,9 +124,19 @@ class SparsePlan:
         for s, k in ts.out.items():                    # a kept entry, then what it reads
             if k is not None:
                 need[k] |= mask[s]
-        self.entries, index = kept_entries(prog, sup, need, sizes, classes)
+        self.entries, index = kept_entries(prog, sup, need, sizes, classes, consume=True)
+        del sup, need
         self.order = [k for k in prog.nodes if len(self.entries[k][0])]
-        self.terms = {key: self._terms(key, prog.nodes[key], index, stored, seed_state, sizes) for key in self.order}
+        # a node's positions (8 bytes an entry) are dropped after the last node that reads them
+        last = {a: i for i, key in enumerate(self.order) for a in (*prog.nodes[key].args, key)}
+        outs = set(ts.out.values())
+        self.terms, self._ranges = {}, {}
+        for i, key in enumerate(self.order):
+            self.terms[key] = [self._shared(tm) for tm in self._terms(key, prog.nodes[key], index, stored, seed_state,
+                                                                     sizes)]
+            for a in (*prog.nodes[key].args, key):
+                if last.get(a) == i and a not in outs:
+                    index.pop(a, None)
         self.out = []   # per state: (node, positions in its entries, stored positions)
         for s, k in ts.out.items():
             if k is None:
@@ -137,9 +147,23 @@ class SparsePlan:
             ok = src >= 0                                # the others stay 0: never reached
             self.out.append((k, narrow(src[ok]), narrow(stored[cols[ok], units[ok] + o])))
 
+    def _range(self, n):
+        """0 … n-1, one array per length for the whole plan (most positions of SnAp-1's terms)."""
+        if n not in self._ranges:
+            self._ranges[n] = narrow(np.arange(n))
+        return self._ranges[n]
+
+    def _shared(self, tm):
+        """``tm`` with positions 0 … n-1 replaced by the plan's one array of them."""
+        for f in ("yp", "xp"):
+            a = getattr(tm, f)
+            if len(a) and a[0] == 0 and a[-1] == len(a) - 1 and np.array_equal(a, self._range(len(a))):
+                setattr(tm, f, self._range(len(a)))
+        return tm
+
     def _terms(self, key, node, index, stored, seed_state, sizes):
         d, u = self.entries[key]
-        every = narrow(np.arange(len(d)))   # shared by the terms that write every entry
+        every = self._range(len(d))   # shared by the terms that write every entry
         if node.op == "seed":
             s = seed_state.get(key)
             if s is None:
