@@ -13,10 +13,12 @@ One entry point, the time loop inside native code, for a window of T steps:
         scatter           J[b, e] = the state tangent's entry e (0 where never reached; written by
                           the sweep where they are a range of J);  h[t-1] ← h[t]
 
-Storage per sample: the stored entries and each node's entries.  For SnAp-1 a weight
-W[i, j] reaches unit i only, so each node holds about one entry per parameter entry: the
-sweep is O(B·|θ|) element-wise work, the backward step a BPTT step's.  The index tables
-are the caller's int64 arrays (``bufs`` slots, not constants in the code); a ``mat``
+Storage per sample: the stored entries and the entries of each node the code stores (read
+outside its run; the others live in registers).  For SnAp-1 a weight W[i, j] reaches unit i
+only, so each node holds about one entry per parameter entry: the sweep is O(B·|θ|)
+element-wise work, the backward step a BPTT step's.  The index tables are arrays of the
+kernel (``bufs`` slots, not constants in the code), only those the code reads, int32 where
+every index fits (issue #20: they were ~47× the carry of one sample); a ``mat``
 term's coefficients Σ c·P[yu, xu] are gathered once per window (θ is constant within it).
 J is kept state by state (``SparsePlan(by_state=True)``: each state's entries a range), in a
 buffer of the kernel filled from and emptied into the caller's (the NumPy executor's order)
