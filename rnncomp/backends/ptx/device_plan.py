@@ -73,6 +73,7 @@ def train(m, T, B, ptr, streams, w, wrt=()):
     {input in wrt: δx}, {state: δh0} of a variant, else {})."""
     st, isz = m.step, m.dtype.itemsize
     plan, lm = m.memory_plan(T, B), leaf_model(m)
+    variant = m._cot != LOSS_ONLY   # a vjp: δh0 and no final states, as a one-leaf call
     chunk = max(1, plan.max_leaf)
     d_in = {x: DeviceArray(m.runner, (T, B, st.inputs[x]), m.dtype) for x in wrt}
     carry = {s: at for (kind, s), at in ptr.items() if kind == "dfinal"}   # δ⁺h[T]: none is zeros
@@ -94,7 +95,7 @@ def train(m, T, B, ptr, streams, w, wrt=()):
         part, grads, fin, _, d_h0 = _train(lm, b - a, B, sub, waits(), None if w is None else w[a:b], wrt,
                                            grads_in=out["grads"],
                                            d_in_at={x: d.ptr + a * B * st.inputs[x] * isz for x, d in d_in.items()},
-                                           want_final=b == T)
+                                           want_final=b == T and not variant)
         if part is not None:
             out["loss"] += part
         out["grads"], out["carry"] = grads, d_h0
@@ -102,5 +103,4 @@ def train(m, T, B, ptr, streams, w, wrt=()):
             out["final"] = fin
 
     walk(plan, _initial(ptr), advance, leaf)
-    variant = m._cot != LOSS_ONLY   # a vjp: δh0 and no final states, as a one-leaf call
     return out["loss"], out["grads"], {} if variant else out["final"], d_in, out["carry"] if variant else {}
