@@ -43,7 +43,7 @@ def takes(model, device: torch.device) -> bool:
 def where_error(model, what: str, t: torch.Tensor) -> CallError:
     """The error for a tensor on a device ``model`` does not run on."""
     name = model.step.name
-    if t.device.type == "cuda" and _ptx(model):
+    if t.device.type == "cuda" and _ptx(model) and model.runner_kind == "host":
         return CallError(f"cell {name!r}: {what} is on {t.device}, but this PTX model has runner='host' "
                          "(its kernels run on the CPU): make the layer with runner='cuda' (the default), "
                          "or move the tensor with .cpu()")
