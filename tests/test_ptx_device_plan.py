@@ -34,7 +34,7 @@ def _data(cell):
     return params, inputs, targets, h0
 
 
-@pytest.mark.parametrize("name", sorted(CELLS))
+@pytest.mark.parametrize("name", ["jordan", "learned_h0", "lstm"])   # a fed-back output, a learned h0, two states
 def test_loss_and_grad_under_a_schedule(name):
     cell = CELLS[name]()
     params, inputs, targets, h0 = _data(cell)

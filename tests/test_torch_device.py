@@ -63,7 +63,7 @@ def _grads(layer, x, h0, lengths=None):
         torch.autograd.grad(loss, leaves)
 
 
-@pytest.mark.parametrize("name", sorted(CELLS))
+@pytest.mark.parametrize("name", ["lstm", "two"])   # Elman and GRU: the fuzzed cells below, test_ptx_device.py
 def test_the_device_path_matches_the_numpy_layer(name, spy):
     cell = CELLS[name]()
     ref = Recurrent(cell, output=None, backend="numpy", dtype=F64, seed=1)
