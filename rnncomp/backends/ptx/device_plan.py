@@ -52,19 +52,30 @@ def _addresses(states) -> dict:
     return {s: (a.ptr if isinstance(a, DeviceArray) else a) for s, a in states.items()}
 
 
+def _advance(model, ptr, a, b, B, chunk, states, waits, outs=None):
+    """Forward calls of at most ``chunk`` steps over a..b from ``states``: the states at b (new
+    DeviceArrays); ``waits()`` the producers' streams still to wait for; ``outs`` {output:
+    DeviceArray (T, B, n)} receive their steps' outputs (None: not read out)."""
+    st, isz = model.step, model.dtype.itemsize
+    for s in range(a, b, chunk):
+        e = min(s + chunk, b)
+        at = None if outs is None else {o: outs[o].ptr + s * B * n * isz for o, n in st.outputs.items()}
+        states = run_forward(model, e - s, B, _window(model, ptr, s, B, _addresses(states)), waits(), at)
+    return states
+
+
+def _once(streams):
+    """A function giving ``streams`` on its first call and nothing after (waited for once)."""
+    left = [set(streams)]
+    return lambda: left.pop() if left else set()
+
+
 def forward(model, T, B, ptr, streams):
     """``device_forward`` under a schedule: ({output: DeviceArray}, {state: DeviceArray}) from
     forward calls of at most the plan's longest leaf."""
-    st, isz = model.step, model.dtype.itemsize
+    outs = {o: DeviceArray(model.runner, (T, B, n), model.dtype) for o, n in model.step.outputs.items()}
     chunk = max(1, model.memory_plan(T, B).max_leaf)
-    outs = {o: DeviceArray(model.runner, (T, B, n), model.dtype) for o, n in st.outputs.items()}
-    states, waits = _initial(ptr), set(streams)
-    for a in range(0, T, chunk):
-        b = min(a + chunk, T)
-        at = {o: outs[o].ptr + a * B * n * isz for o, n in st.outputs.items()}
-        states = run_forward(model, b - a, B, _window(model, ptr, a, B, _addresses(states)), waits, at)
-        waits = set()
-    return outs, states
+    return outs, _advance(model, ptr, 0, T, B, chunk, _initial(ptr), _once(streams), outs)
 
 
 def train(m, T, B, ptr, streams, w, wrt=()):
@@ -77,17 +88,11 @@ def train(m, T, B, ptr, streams, w, wrt=()):
     chunk = max(1, plan.max_leaf)
     d_in = {x: DeviceArray(m.runner, (T, B, st.inputs[x]), m.dtype) for x in wrt}
     carry = {s: at for (kind, s), at in ptr.items() if kind == "dfinal"}   # δ⁺h[T]: none is zeros
-    out = {"loss": None if w is None else 0.0, "grads": None, "carry": carry, "final": {}, "waits": set(streams)}
-
-    def waits():
-        got, out["waits"] = out["waits"], set()   # the producers' streams: waited for once
-        return got
+    out = {"loss": None if w is None else 0.0, "grads": None, "carry": carry, "final": {}}
+    waits = _once(streams)   # the producers' streams: waited for before the first call
 
     def advance(a, b, cur):
-        for s in range(a, b, chunk):
-            e = min(s + chunk, b)
-            cur = run_forward(lm, e - s, B, _window(lm, ptr, s, B, _addresses(cur)), waits())
-        return cur
+        return _advance(lm, ptr, a, b, B, chunk, cur, waits)
 
     def leaf(a, b, cur):
         sub = _window(lm, ptr, a, B, _addresses(cur))
