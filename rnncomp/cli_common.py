@@ -45,6 +45,8 @@ def _load(spec: str):
         if s is None or s.loader is None:
             raise SystemExit(f"rnncomp: cannot read {path}")
         mod = importlib.util.module_from_spec(s)
+        here = os.path.dirname(os.path.abspath(path))  # its own imports find its neighbours, as `python FILE.py`'s do
+        sys.path.insert(0, here)
         try:
             s.loader.exec_module(mod)
         except SyntaxError as exc:  # the user's file: where, not the import machinery's traceback
@@ -53,6 +55,8 @@ def _load(spec: str):
             raise  # a bad cell declared there: main prints its message
         except Exception as exc:  # noqa: BLE001 - the user's code failed: its line, not our frames
             raise SystemExit(f"rnncomp: {path}, line {_user_line(exc, path)}: {type(exc).__name__}: {exc}") from None
+        finally:
+            sys.path.remove(here)
     elif not path or path.startswith(".") or not all(p.isidentifier() for p in path.split(".")):
         raise SystemExit(f"rnncomp: {spec!r} is neither a zoo cell ({', '.join(sorted(cells.ZOO))}), "
                          "file.py[:name] nor module:name (a module's dotted name)")

@@ -75,6 +75,16 @@ def test_custom_cells_keep_their_sizes(tmp_path, monkeypatch, capsys):
         main(["train", "mymod_cli_cell.py", "--task", "sine"])
 
 
+def test_a_cell_file_imports_its_neighbours(tmp_path, capsys):
+    """`rnncomp inspect dir/FILE.py` runs FILE.py as `python dir/FILE.py` would: a helper module
+    next to it imports (it was a ModuleNotFoundError: only `module:name` put a folder on the path)."""
+    (tmp_path / "helper_cli_cell.py").write_text(CUSTOM)
+    (tmp_path / "uses_helper.py").write_text("from helper_cli_cell import cell\n")
+    assert main(["inspect", str(tmp_path / "uses_helper.py")]) == 0
+    assert "backward step of 'mine'" in capsys.readouterr().out
+    assert str(tmp_path) not in sys.path  # the folder is on the path only while the file runs
+
+
 def test_resume_continues_the_saved_task_and_refuses_another_cell(tmp_path, capsys):
     ckpt = str(tmp_path / "gru.ckpt")
     assert main(["train", "gru", "--task", "adding", "--T", "12", "--N", "64", "--hidden", "6",
