@@ -168,6 +168,24 @@ def test_bad_arguments():
         model.forward(params, {"x": np.ones((3, 4))})
 
 
+@pytest.mark.parametrize("bad, message", [
+    (lambda x, y: (x[None], y), r"inputs\['x'\] has shape \(1, 4, 3\), expected \(B, 3\).*no time axis"),
+    (lambda x, y: (x[:, :2], y), r"inputs\['x'\] has shape \(4, 2\), expected \(4, 3\)"),
+    (lambda x, y: (x, y[:2]), r"targets\['t'\] has shape \(2, 2\), expected \(4, 2\)"),
+    (lambda x, y: ("abc", y), r"inputs\['x'\] cannot be read as float64 numbers \(got str\)"),
+])
+def test_held_arguments_are_named_in_the_shapes_given(bad, message):
+    """A settling network's arguments are (B, n): a mistake is reported in the shape the caller
+    passed (a (1, 4, 3) input was "must be time-major (T, B, n), got shape (1, 1, 4, 3)", a (4, 2)
+    one "(1, 4, 2), expected (1, 4, 3)": the executor's step axis), by relaxation and by energy."""
+    settle = rc.compile_fixed_point(hopfield_like())
+    x, y = _data(settle.cell, B=4)
+    energy, e_params, ex, ey = _energy_problem()
+    for model, params, xs, ys in ((settle, _scaled(settle), x["x"], y["t"]), (energy, e_params, ex, ey)):
+        with pytest.raises(rc.CallError, match=f"cell '{model.cell.name}': " + message):
+            model.loss_and_grad(params, *bad(xs, ys))
+
+
 # ----------------------------------------------------------------------------- energy-based
 def energy_cell(n=5):
     """A continuous Hopfield net: E = ½|s|² − ½ρ(s)ᵀ W_sym ρ(s) − ρ(s)ᵀ(U x + b), ρ = tanh,

@@ -34,7 +34,7 @@ from ..errors import CallError, CompileError
 from ..forward_mode import jvp, tangent_name
 from ..ir import Node, Program
 from .compiled import NumpyFallbackWarning
-from .fixed_point import FixedPointError, _check_iterations, _named, check_finite, expand, plain_of
+from .fixed_point import FixedPointError, _check_iterations, check_finite, expand, held, plain_of
 from .settle_exec import NumpySettle, executor
 from .tangents import Directions, run_tangents
 
@@ -157,10 +157,10 @@ class EnergyModel:
         return self.cell.init_params(seed, self.dtype.name)
 
     def _call(self, params, x, y, h0):
-        seq = lambda d, what: {k: np.asarray(v, self.dtype)[None] for k, v in _named(d, what, self.step).items()}  # noqa: E731
         try:
-            return check_call(self.step, self.dtype, params, seq(x, "inputs"), seq(y, "targets"), h0,
-                              need_targets=True)
+            x, batch = held(x, "inputs", self.step, self.dtype)
+            return check_call(self.step, self.dtype, params, x, held(y, "targets", self.step, self.dtype, batch)[0],
+                              h0, need_targets=True)
         except CallError as exc:  # named after the user's cell, not the energy's clone of it
             raise CallError(str(exc).replace(f"cell {self.step.name!r}", f"cell {self.cell.name!r}")) from None
 

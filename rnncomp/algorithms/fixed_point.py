@@ -119,9 +119,9 @@ class FixedPointModel:
         return self.cell.init_params(seed, self.dtype.name)
 
     def _call(self, params, x, y=None, h0=None):
-        seq = lambda d, what: {k: np.asarray(v, self.dtype)[None] for k, v in _named(d, what, self.step).items()}  # noqa: E731
-        call = check_call(self.step, self.dtype, params, seq(x, "inputs"),
-                          None if y is None else seq(y, "targets"), h0, need_targets=y is not None)
+        x, batch = held(x, "inputs", self.step, self.dtype)
+        y = None if y is None else held(y, "targets", self.step, self.dtype, batch)[0]
+        call = check_call(self.step, self.dtype, params, x, y, h0, need_targets=y is not None)
         missing = [n for n in forward_targets(self.step) if n not in call.targets]
         if missing:
             raise CallError(f"cell {self.step.name!r}: its update reads target {missing[0]!r}: pass targets=")
@@ -270,3 +270,27 @@ def _named(d, what, step):
     if len(names) != 1:
         raise CallError(f"cell {step.name!r}: {what} must be a dict keyed by {', '.join(names)}")
     return {names[0]: d}
+
+
+def held(d, what, step, dtype, batch=None):
+    """``({name: (1, B, n)}, B)``: the held ``(B, n)`` arrays of ``d`` (a dict, or one array) as
+    a sequence of one step for :func:`check_call`, and their B (``batch``: the B another argument
+    set, or None).  Their shapes are checked here, as given: the step axis added for the executor
+    is not the caller's (a message naming a (1, B, n) shape for a (B, n) argument, or "time-major"
+    for a settling network, would misdirect)."""
+    sizes = step.inputs if what == "inputs" else step.targets
+    out = {}
+    for k, v in _named(d, what, step).items():
+        try:
+            a = np.asarray(v, dtype)
+        except (TypeError, ValueError):
+            raise CallError(f"cell {step.name!r}: {what}[{k!r}] cannot be read as {dtype} numbers "
+                            f"(got {type(v).__name__})") from None
+        rows = a.shape[0] if a.ndim == 2 and a.shape[0] else "B"
+        want = (batch or rows, sizes.get(k, a.shape[-1] if a.ndim == 2 else "n"))  # an unknown name: check_call's
+        if a.shape != want:
+            raise CallError(f"cell {step.name!r}: {what}[{k!r}] has shape {a.shape}, expected ({want[0]}, "
+                            f"{want[1]}): a settling network holds one row per sample, with no time axis")
+        batch = a.shape[0]
+        out[k] = a[None]
+    return out, batch
