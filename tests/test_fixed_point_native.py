@@ -289,3 +289,82 @@ def test_an_inline_weight_in_energy_is_declared_as_cell_energy_would(backend):
     bad = dict(params, W=np.zeros((2, 3)))
     with pytest.raises(rc.errors.CallError, match=r"params\['W'\] has shape \(2, 3\), expected \(3, 3\)"):
         given.loss_and_grad(bad, x, y)
+
+
+def test_blocks_of_iterations_between_convergence_tests():
+    from rnncomp.algorithms.fixed_point import blocks
+    for n in (1, 2, 3, 7, 100, 2000):
+        for block in (1, 2, 5, 64):
+            got = list(blocks(n, block))
+            assert sum(m + 1 for _, m in got) == n and [i for i, _ in got] == list(np.cumsum([0] + [m + 1 for _, m in got[:-1]]))
+            assert all(m == 0 or (m & (m - 1) == 0 and m + 1 <= block) for _, m in got)  # powers of two
+    assert [m for _, m in blocks(40)] == [0, 1, 2, 4, 8, 16, 2]  # 1+2+3+5+9+17 = 37, then 3
+    assert {m for _, m in blocks(50, 1)} == {0}
+
+
+def _teacher_cell(n=4):
+    """An update that reads the target (its forward needs targets=; its kept forward keeps ℓ)."""
+    cell = rc.Cell("teacher")
+    x, s, t = cell.input("x", 3), cell.state("s", n), cell.target("t", 2)
+    cell.update(s, sp.tanh(cell.param("W", (n, n)) @ s + cell.param("U", (n, 3)) @ x
+                           + cell.param("C", (n, 2)) @ t))
+    y = cell.output("y", cell.param("V", (2, n)) @ s.new)
+    cell.loss(rc.vsum((y - t) ** 2) / 2)
+    return cell
+
+
+@pytest.mark.parametrize("make", [lambda: CELLS["lstm"](), _teacher_cell], ids=["lstm", "teacher"])
+def test_native_blocks_of_iterations_in_one_call(make, monkeypatch):
+    """The native relaxation and adjoint iteration run a block's first m iterations as one call
+    of m steps (the adjoint: one backward over them, λ scaled by m): a relaxation of n
+    iterations makes about 2 log₂ n + n/16 calls, not n, and agrees with the NumPy executor and
+    with testing after every iteration (``block = 1``) to 1e-10 (tol 1e-13: the iterates differ
+    by rounding and by the extra iterations of the last block, each within tol)."""
+    cell = make()
+    ref, nat = _models(cell, tol=1e-13, max_iter=2000)
+    params = _scaled(ref, scale=1.0)
+    x, y = _data(cell, B=5)
+    single = rc.compile_fixed_point(cell, backend="native", tol=1e-13, max_iter=2000, cache=None)
+    single.block = 1
+    calls = []
+    forward = type(nat.ex.model).forward
+    monkeypatch.setattr(type(nat.ex.model), "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    targets = y if cell.name == "teacher" else None
+    s_nat = nat.forward(params, x, targets=targets)
+    n = nat.iterations
+    assert n >= 40 and len(calls) <= 2 * len(list(blocks_upto(n)))
+    assert len(calls) < n / 4, (len(calls), n)
+    s_one = single.forward(params, x, targets=targets)
+    assert single.iterations <= n <= 2 * single.iterations + 1
+    _close(s_one, s_nat, "s*, tested after each iteration")
+    _close(ref.forward(params, x, targets=targets), s_nat, "s*")
+    for kw in ({}, {"solve": "direct"}):
+        (la, ga, _), (lb, gb, _), (lc, gc, _) = (m.loss_and_grad(params, x, y, **kw) for m in (ref, nat, single))
+        assert abs(la - lb) <= 1e-10 * abs(la) and abs(la - lc) <= 1e-10 * abs(la), kw
+        _close(ga, gb, kw)
+        _close(ga, gc, kw)
+
+
+def blocks_upto(n):
+    from rnncomp.algorithms.fixed_point import blocks
+    for i, m in blocks(10 ** 6):
+        if i >= n:
+            return
+        yield i, m
+
+
+@pytest.mark.parametrize("make", [lambda: CELLS["lstm"](), _teacher_cell], ids=["lstm", "teacher"])
+def test_native_jacobian_in_chunks_equals_numpys(make):
+    """∂f/∂s per sample from one backward over N seeded copies of the batch, in chunks of any
+    size, equals the NumPy executor's forward-mode Jacobian to 1e-12 (float64)."""
+    cell = make()
+    ref, nat = _models(cell, tol=1e-13, max_iter=2000)
+    params = _scaled(ref, scale=0.6)
+    x, y = _data(cell, B=3)
+    call, star = ref._call(params, x, y), ref.forward(params, x, targets=y if cell.name == "teacher" else None)
+    want = ref.ex.point(call, star).jacobian()
+    point = nat.ex.point(nat._call(params, x, y), star)
+    N = want.shape[-1]
+    for chunk in (10 ** 6, 3, 7, 3 * N - 1):
+        got = point.jacobian(chunk=chunk)
+        assert np.abs(got - want).max() <= 1e-12 * np.abs(want).max(), chunk

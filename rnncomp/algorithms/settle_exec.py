@@ -1,18 +1,24 @@
 """Executors of a settling network's primitives, one class per backend: what
 :mod:`.fixed_point` and :mod:`.energy` iterate, so that both run on NumPy or natively.
 
-    update(call, s)          one application of the cell's update, s ← f(s, x; θ)
+    update(call, s, m=1)     m applications of the cell's update, s ← f(s, x; θ)
     point(call, s*)          the step kept at s* for its backward (a :class:`NumpyPoint` or
                              :class:`NativePoint`): ``loss`` (the mean of ℓ over the batch),
-                             ``vjp(λ)`` → ((∂f/∂s)ᵀλ + ∂ℓ/∂s, ∂ℓ/∂θ + λᵀ∂f/∂θ), and
+                             ``vjp(λ)`` → ((∂f/∂s)ᵀλ + ∂ℓ/∂s, ∂ℓ/∂θ + λᵀ∂f/∂θ),
+                             ``iterate(λ, m)`` → m such adjoint iterations (λ only), and
                              ``jacobian()`` → ∂f/∂s per sample (B, N, N)
     grad(call, s)            for a scalar field of the state (an energy E or a cost C, a cell
                              whose loss it is): (Σ_b value, Σ_b-free ∂/∂s, Σ_b ∂/∂θ)
     model                    the compiled cell, for BPTT through unrolled iterations
 
-The native executors call the compiled model's entry points only: ``forward`` over one step
-(T = 1, the input held), and ``forward(keep=True)`` + ``backward(d_final=λ)`` for the VJP, whose
-loss weight is 1/B (the mean over the batch): the sums are that times B.
+The native executors call the compiled model's entry points only: ``forward`` over m steps
+(T = m, the input held: m updates in one call), and ``forward(keep=True)`` +
+``backward(d_final=λ)`` for the VJP, whose loss weight is 1/B (the mean over the batch): the sums
+are that times B.  m adjoint iterations are one backward over a kept forward of m steps from s*
+(each step's loss seeds its ∂ℓ/∂s; its weight is 1/(m·B), so λ goes in divided by m and the
+result comes out times m); the steps after the first are at f(s*), f(f(s*)), …, which differ from
+s* by about the relaxation's tolerance.  The Jacobian is one backward over a batch of N copies
+of the B samples, copy i seeded with the unit vector e_i.
 
     >>> import numpy as np, rnncomp as rc
     >>> from rnncomp.backends.validate import check_call
@@ -46,10 +52,12 @@ class NumpySettle:
         self._settle = prune(self.step.prog, [(s, "t") for s in self.step.states])  # the update only
         self.model = NumpyModel(cell, self.dtype.name)
 
-    def update(self, call, states):
-        env = step_env(self.step, call.params, states, {**call.inputs, **call.targets}, 0)
-        run_program(self._settle, env, call.B, self.dtype)
-        return {s: env[(s, "t")] for s in self.step.states}
+    def update(self, call, states, m=1):
+        for _ in range(m):
+            env = step_env(self.step, call.params, states, {**call.inputs, **call.targets}, 0)
+            run_program(self._settle, env, call.B, self.dtype)
+            states = {s: env[(s, "t")] for s in self.step.states}
+        return states
 
     def point(self, call, star):
         return NumpyPoint(self, call, star)
@@ -91,6 +99,11 @@ class NumpyPoint:
         carried = {s: np.zeros_like(lam[s]) if k is None else np.array(env[k]) for s, k in ex.bwd.carry_out.items()}
         return carried, (_param_grads(ex.step, ex.bwd, env, ex.dtype) if grads else None)
 
+    def iterate(self, lam, m):
+        for _ in range(m):
+            lam = self.vjp(lam, grads=False)[0]
+        return lam
+
     def jacobian(self):
         from .restricted import RestrictedJacobian
         N = sum(self.ex.step.states.values())
@@ -99,7 +112,7 @@ class NumpyPoint:
 
 
 class NativeSettle:
-    """The native executor: the cell compiled by the native backend, called one step at a time."""
+    """The native executor: the cell compiled by the native backend, called on m steps at a time."""
 
     backend = "native"
 
@@ -109,9 +122,9 @@ class NativeSettle:
         self.model = rc_compile(cell, backend="native", dtype=self.dtype.name, **self.options)
         self._teacher = bool(forward_targets(self.step))
 
-    def update(self, call, states):
-        targets = call.targets if self._teacher else None
-        return _copy(self.model.forward(call.params, call.inputs, h0=states, targets=targets)[1])
+    def update(self, call, states, m=1):
+        targets = repeated(call.targets, m) if self._teacher else None
+        return _copy(self.model.forward(call.params, repeated(call.inputs, m), h0=states, targets=targets)[1])
 
     def point(self, call, star):
         return NativePoint(self, call, star)
@@ -128,26 +141,47 @@ class NativePoint:
         self.ex, self.call, self.star = ex, call, star
         self.kept = ex.model.forward(call.params, call.inputs, h0=star, targets=call.targets, keep=True, wrt=())
         self.loss = float(self.kept.loss)
+        self._runs = {1: self.kept}  # m -> the forward of m steps from s*, kept
 
     def vjp(self, lam, grads=True):
         res = self.kept.backward(d_final=lam)
         return _copy(res.h0), ({p: np.array(v) for p, v in res.params.items()} if grads else None)
 
-    def jacobian(self):
-        """Row i of ∂f/∂s per sample is the backward of the update alone seeded with e_i."""
+    def iterate(self, lam, m):
+        """m adjoint iterations: the backward of m steps from s*, whose loss is a mean over the
+        m steps (each step's weight 1/(m·B)), seeded with λ/m and scaled back by m (exact: the
+        blocks are powers of two)."""
+        if m not in self._runs:
+            call = self.call
+            self._runs[m] = self.ex.model.forward(call.params, repeated(call.inputs, m), h0=self.star,
+                                                  targets=repeated(call.targets, m), keep=True, wrt=())
+        res = self._runs[m].backward(d_final={s: v / m for s, v in lam.items()})
+        return {s: v * m for s, v in res.h0.items()}
+
+    def jacobian(self, chunk=4096):
+        """Row i of ∂f/∂s per sample is the backward of the update alone seeded with e_i: one
+        backward over copies i = 0 … N-1 of the batch (at most ``chunk`` rows per call)."""
         ex, call, names = self.ex, self.call, list(self.ex.step.states)
-        if ex._teacher:  # its forward needs the targets, and so keeps the loss: subtract ∂ℓ/∂s
-            kept, base = self.kept, self.kept.backward().h0
-        else:
-            kept, base = ex.model.forward(call.params, call.inputs, h0=self.star, keep=True, wrt=()), None
         offs = np.cumsum([0] + [ex.step.states[s] for s in names])
         N, B = int(offs[-1]), call.B
         D = np.empty((B, N, N), dtype=ex.dtype)
-        for i in range(N):
-            e = np.zeros((B, N), dtype=ex.dtype)
-            e[:, i] = 1
+        per = max(1, chunk // B)  # rows i per call
+        for lo in range(0, N, per):
+            rows = np.arange(lo, min(N, lo + per))
+            copy = lambda d: {k: np.tile(v, (1, len(rows), 1)) for k, v in d.items()}  # noqa: E731
+            star = {s: np.tile(v, (len(rows), 1)) for s, v in self.star.items()}
+            # (its forward needs the targets if the update reads one, and then keeps the loss: ∂ℓ/∂s subtracted)
+            targets = copy(call.targets) if ex._teacher else None
+            kept = ex.model.forward(call.params, copy(call.inputs), h0=star, targets=targets, keep=True, wrt=())
+            e = np.zeros((len(rows), B, N), dtype=ex.dtype)
+            e[np.arange(len(rows)), :, rows] = 1
+            e = e.reshape(len(rows) * B, N)
             h0 = kept.backward(d_final={s: np.ascontiguousarray(e[:, offs[j]:offs[j + 1]]) for j, s in enumerate(names)}).h0
-            D[:, i] = np.concatenate([h0[s] - (0 if base is None else base[s]) for s in names], axis=1)
+            if ex._teacher:
+                base = kept.backward().h0
+                h0 = {s: h0[s] - base[s] for s in names}
+            got = np.concatenate([h0[s] for s in names], axis=1).reshape(len(rows), B, N)
+            D[:, rows] = got.transpose(1, 0, 2)
         return D
 
 
@@ -168,6 +202,11 @@ def _param_grads(step, bwd, env, dt):
     g = {p: np.zeros(s if isinstance(s, tuple) else (s,), dtype=dt) for p, s in step.params.items()}
     accumulate_grads(g, bwd.grads, env)
     return g
+
+
+def repeated(seqs, m):
+    """Sequences of one step (1, B, n) as m steps of the same input: (m, B, n)."""
+    return seqs if m == 1 else {k: np.repeat(v, m, axis=0) for k, v in seqs.items()}
 
 
 def _copy(states):
