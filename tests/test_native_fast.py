@@ -24,27 +24,33 @@ def _data(cell, T, B, seed=0, dtype="float64"):
     return params, x, y
 
 
-def _both(model, *args, **kw):
-    """(thin path result, general path result) of one call, and whether the thin one ran."""
+def _thin_and_general(model, call, thin, flag):
+    """(thin path result, general path result) of ``call()``, and whether the thin one ran:
+    ``native_fast.<thin>`` spied on, then ``model.<flag>`` off for the general path."""
     ran = []
-    real = native_fast.loss_and_grad
+    real = getattr(native_fast, thin)
 
     def spy(*a, **k):
         out = real(*a, **k)
         ran.append(out is not None)
         return out
 
-    native_fast.loss_and_grad = spy
+    setattr(native_fast, thin, spy)
     try:
-        fast = model.loss_and_grad(*args, **kw)
+        fast = call()
     finally:
-        native_fast.loss_and_grad = real
-    model._fast_path = False
+        setattr(native_fast, thin, real)
+    setattr(model, flag, False)
     try:
-        slow = model.loss_and_grad(*args, **kw)
+        slow = call()
     finally:
-        model._fast_path = True
+        setattr(model, flag, True)
     return fast, slow, ran == [True]
+
+
+def _both(model, *args, **kw):
+    """A training call both ways (:func:`_thin_and_general`)."""
+    return _thin_and_general(model, lambda: model.loss_and_grad(*args, **kw), "loss_and_grad", "_fast_path")
 
 
 def _equal(a, b):
@@ -193,3 +199,87 @@ def test_arrays_changed_in_place_are_read_again():
     m._fast_path = False
     _equal(second, m.loss_and_grad(params, x, y))
     assert second[0] != first[0]
+
+
+def _both_forward(model, *args, **kw):
+    """A forward both ways (:func:`_thin_and_general`)."""
+    return _thin_and_general(model, lambda: model.forward(*args, **kw), "forward", "_forward_fast_path")
+
+
+def _equal_forward(a, b):
+    assert a[0].keys() == b[0].keys() and a[1].keys() == b[1].keys()
+    for part, what in ((0, "output"), (1, "final state")):
+        for k in a[part]:
+            np.testing.assert_array_equal(a[part][k], b[part][k], err_msg=f"{what} {k}")
+
+
+@pytest.mark.parametrize("name,make", CELLS, ids=[c[0] for c in CELLS])
+def test_forward_thin_path_equals_general_path(name, make):
+    """A forward-only call (inference, a settling network's relaxation) takes one native call
+    in a kept frame, like a training call: the same outputs and final states bit for bit."""
+    cell = make()
+    m = rc.compile(cell, backend="native", threads=1)
+    for T, B in [(7, 3), (1, 1), (12, 2), (7, 3)]:
+        params, x, _ = _data(cell, T, B, seed=T + B)
+        fast, slow, took = _both_forward(m, params, x)
+        assert took, f"{name}: the thin path did not take a plain forward"
+        _equal_forward(fast, slow)
+        h0 = {s: np.random.default_rng(1).normal(size=(B, n)) for s, n in cell.step.states.items()}
+        fast, slow, took = _both_forward(m, params, x, h0=h0)
+        assert took
+        _equal_forward(fast, slow)
+        fast2 = m.forward(params, {k: v + 1 for k, v in x.items()}, h0=h0)
+        _equal_forward(fast, slow)  # fresh arrays: a later call changed neither
+        assert not np.array_equal(next(iter(fast2[1].values())), next(iter(fast[1].values())))
+        for v in params.values():  # changed in place: read again, weights re-packed
+            v *= 0.5
+        fast, slow, took = _both_forward(m, params, x, h0=h0)
+        assert took
+        _equal_forward(fast, slow)
+
+
+def test_forwards_the_thin_path_leaves_to_the_general_one(monkeypatch):
+    from rnncomp.backends import native_forward
+    cell = rc.cells.get("elman")(3, 5, 2)
+    m = rc.compile(cell, backend="native", threads=1)
+    params, x, y = _data(cell, 6, 4)
+    fast, slow, took = _both_forward(m, params, {"x": np.asfortranarray(x["x"])})
+    assert not took  # copied by the general path, never read with the wrong strides
+    _equal_forward(fast, slow)
+    _equal_forward(fast, m.forward(params, x))
+    fast, slow, took = _both_forward(m, params, x, targets=y)
+    assert not took  # targets: the general path checks them
+    _equal_forward(fast, slow)
+    bad = dict(params, W=params["W"].copy())
+    bad["W"][1, 2] = np.nan
+    with pytest.raises(CallError, match=r"params\['W'\] contains nan at index \(1, 2\)"):
+        m.forward(bad, x)
+    with pytest.raises(CallError, match=r"h0\['h'\] contains inf"):
+        m.forward(params, x, h0={"h": np.full((4, 5), np.inf)})
+    with pytest.raises(CallError, match="dtype float32"):
+        m.forward({k: v.astype(np.float32) for k, v in params.items()}, x)
+    with pytest.raises(CallError, match=r"h0\['h'\] has shape \(3, 5\), expected \(4, 5\)"):
+        m.forward(params, x, h0={"h": np.zeros((3, 5))})
+    with pytest.raises(CallError, match="'z'"):
+        m.forward(params, {"z": x["x"]})
+    monkeypatch.setattr(native_forward, "CHUNK_BYTES", 1)  # one step per chunk: not one call
+    fast, slow, took = _both_forward(m, params, x)
+    assert not took
+    _equal_forward(fast, slow)
+
+
+def test_a_forward_that_reads_targets_takes_the_general_path():
+    """Teacher forcing: the forward needs targets=, and the general path says so."""
+    import sympy as sp
+    cell = rc.Cell("teacher")
+    x, h, t = cell.input("x", 2), cell.state("h", 3), cell.target("t", 2)
+    cell.update(h, sp.tanh(cell.param("W", (3, 2)) @ x + cell.param("C", (3, 2)) @ t + cell.param("U", (3, 3)) @ h))
+    cell.output("y", cell.param("V", (2, 3)) @ h.new)
+    cell.loss(rc.vsum(h.new ** 2))
+    m = rc.compile(cell, backend="native", threads=1)
+    params, x_, y_ = _data(cell, 4, 2)
+    with pytest.raises(CallError, match="pass targets= to forward"):
+        m.forward(params, x_)
+    fast, slow, took = _both_forward(m, params, x_, targets=y_)
+    assert not took
+    _equal_forward(fast, slow)

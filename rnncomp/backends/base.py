@@ -65,6 +65,10 @@ class BackendModel(VjpMixin, CompiledModel, abc.ABC):
         if keep:
             return self.forward_keep(params, inputs, h0, targets=targets, mask=mask, wrt=wrt,
                                      outputs=outputs, check_finite=check_finite)
+        if targets is None:
+            out = self._forward_fast(params, inputs, h0, check_finite)
+            if out is not None:
+                return out
         call = check_forward_call(self.step, self.dtype, params, inputs, targets, h0, check_finite=check_finite)
         return self._forward_call(call)
 
@@ -81,6 +85,10 @@ class BackendModel(VjpMixin, CompiledModel, abc.ABC):
         return self._loss_and_grad_call(call, np.ascontiguousarray(step_weights(call, dt)))
 
     # ------------------------------------------------------------------ the hooks
+    def _forward_fast(self, params, inputs, h0, check_finite):
+        """A forward call without targets taken before the checks, or None (the checked path)."""
+        return None
+
     def _loss_and_grad_fast(self, params, inputs, targets, h0, mask, check_finite):
         """A training call taken before the checks, or None (the checked path takes it)."""
         return None

@@ -32,7 +32,7 @@ from ..memory import schedule
 from ..ir import LEAF_OPS, prune, state_independent
 from ..passes.layout import PER_SAMPLE
 from ..passes.prepare import prepare
-from .validate import float_dtype
+from .validate import float_dtype, forward_targets
 from .llvm.builder import I64, for_range
 from .llvm.exprgen import unsupported
 from .llvm.finite import define_first_nonfinite
@@ -102,6 +102,8 @@ class NativeModel(NativeLayout, NativeBackward, NativeCalls, NativeVjp, BackendM
                           for name, n in list(st.inputs.items()) + list(st.targets.items())]
         self._input_names, self._target_names = list(st.inputs), list(st.targets)
         self._state_names = list(st.states)
+        self._reads_targets = bool(forward_targets(st))  # its forward needs targets= (teacher forcing)
+        self._forward_fast_path = not variant
 
     def _derive(self, cell, variant):
         """Everything code generation reads (backward step, passes, layout, the object's key):

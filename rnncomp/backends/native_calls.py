@@ -208,6 +208,10 @@ class NativeCalls:
         outs, final, _ = native_forward.forward(self, call)
         return outs, final
 
+    def _forward_fast(self, params, inputs, h0, check_finite):
+        """One native forward call, its buffers cached (backends/native_fast.py), or None."""
+        return native_fast.forward(self, params, inputs, h0, check_finite)
+
     def _loss_and_grad_fast(self, params, inputs, targets, h0, mask, check_finite):
         """One native call pair, its buffers cached (backends/native_fast.py), or None."""
         if not self._fast_path:
