@@ -39,6 +39,7 @@ import abc
 import numpy as np
 
 from ..errors import CallError
+from . import lengths as padding
 from .common import CompiledModel
 from .validate import check_call, check_forward_call, step_weights
 from .vjp import VjpMixin
@@ -55,34 +56,48 @@ class BackendModel(VjpMixin, CompiledModel, abc.ABC):
     backend: str
 
     def forward(self, params, inputs, h0=None, *, targets=None, keep=False, mask=None, wrt=None,
-                outputs=None, check_finite=True):
+                outputs=None, check_finite=True, lengths=None):
         """Run the cell over the sequence: ``(outputs {name: (T, B, n)}, final states {name: (B, n)})``.
 
         ``targets``: only for a cell whose outputs or state updates read a target (teacher
         forcing).  ``keep=True``: also keep what a backward needs and return a
         :class:`~.vjp.Kept` (``.outputs``, ``.final``, ``.backward(...)``; ``mask``, ``wrt``
-        and ``outputs`` as in :meth:`forward_keep`)."""
+        and ``outputs`` as in :meth:`forward_keep`).  ``lengths`` (B,): a padded batch, each
+        sequence's final states after its own last step, its outputs after it zeros
+        (:mod:`.lengths`)."""
         if keep:
             return self.forward_keep(params, inputs, h0, targets=targets, mask=mask, wrt=wrt,
-                                     outputs=outputs, check_finite=check_finite)
-        if targets is None:
+                                     outputs=outputs, check_finite=check_finite, lengths=lengths)
+        if targets is None and lengths is None:
             out = self._forward_fast(params, inputs, h0, check_finite)
             if out is not None:
                 return out
         call = check_forward_call(self.step, self.dtype, params, inputs, targets, h0, check_finite=check_finite)
+        lengths = padding.checked(self.step, lengths, call.T, call.B)
+        if padding.padded(lengths, call.T):
+            return padding.forward(self, call, lengths, check_finite)
         return self._forward_call(call)
 
-    def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None, *, check_finite=True):
-        """Loss (masked mean of the per-step costs), gradients of every parameter, final states."""
+    def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None, *, check_finite=True,
+                      lengths=None):
+        """Loss (masked mean of the per-step costs), gradients of every parameter, final states.
+        ``lengths`` (B,): a padded batch, the loss over the steps before each sequence's end,
+        the final states after it (:mod:`.lengths`)."""
         st, dt = self.step, self.dtype
         if not st.has_loss:
             raise CallError(f"cell {st.name!r} has no loss (declare one with cell.loss)")
-        out = self._loss_and_grad_fast(params, inputs, targets, h0, mask, check_finite)
+        out = None if lengths is not None else self._loss_and_grad_fast(params, inputs, targets, h0, mask,
+                                                                         check_finite)
         if out is not None:
             return out
         call = check_call(st, dt, params, inputs, targets, h0, mask, need_targets=True,
                           check_finite=check_finite)
-        return self._loss_and_grad_call(call, np.ascontiguousarray(step_weights(call, dt)))
+        lengths = padding.checked(st, lengths, call.T, call.B)
+        call = padding.with_mask(st, call, lengths)
+        loss, grads, final = self._loss_and_grad_call(call, np.ascontiguousarray(step_weights(call, dt)))
+        if padding.padded(lengths, call.T):  # the loss never reads the padding: only the final states change
+            final = padding.forward(self, call, lengths, check_finite)[1]
+        return loss, grads, final
 
     # ------------------------------------------------------------------ the hooks
     def _forward_fast(self, params, inputs, h0, check_finite):

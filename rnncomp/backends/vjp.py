@@ -35,6 +35,7 @@ import numpy as np
 
 from ..autodiff import Cotangents
 from ..errors import CallError
+from . import lengths as padding
 from .validate import Call, _array, check_call, check_forward_call, step_weights
 
 
@@ -207,19 +208,23 @@ def owned(call: Call) -> Call:
 class VjpMixin:
     """``forward(..., keep=True)`` and ``vjp``, from a backend's two hooks (module docstring)."""
 
-    def _vjp_call(self, params, inputs, h0, targets, mask, check_finite):
+    def _vjp_call(self, params, inputs, h0, targets, mask, check_finite, lengths=None):
+        """(the checked call, its step weights or None without targets, the checked lengths or
+        None): with ``lengths`` the loss weighs only the steps before each end (lengths.py)."""
         st, dt = self.step, self.dtype
         if targets is None:
             if mask is not None:
                 raise CallError(f"cell {st.name!r}: mask= weighs the cell's loss, so it needs targets= too")
             call = check_forward_call(st, dt, params, inputs, None, h0, check_finite=check_finite)
-            return call, None
+            return call, None, padding.checked(st, lengths, call.T, call.B)
         if not st.has_loss:
             raise CallError(f"cell {st.name!r}: targets given but the cell has no loss "
                             "(declare one with cell.loss, or pass targets=None)")
         call = check_call(st, dt, params, inputs, targets, h0, mask, need_targets=True,
                           check_finite=check_finite)
-        return call, np.ascontiguousarray(step_weights(call, dt))
+        lengths = padding.checked(st, lengths, call.T, call.B)
+        call = padding.with_mask(st, call, lengths)
+        return call, np.ascontiguousarray(step_weights(call, dt)), lengths
 
     def _cotangents(self, loss: bool, wrt, outputs):
         """The :class:`Cotangents` a kept forward is kept for: ``outputs`` (None: all) may
@@ -238,15 +243,27 @@ class VjpMixin:
         return Kept(self, state, outputs, final, loss, cot, call.T, call.B, check_finite)
 
     def forward_keep(self, params, inputs, h0=None, *, targets=None, mask=None, wrt=None,
-                     outputs=None, check_finite=True) -> Kept:
+                     outputs=None, check_finite=True, lengths=None) -> Kept:
         """The forward that ``forward(..., keep=True)`` runs (see :class:`Kept`).
 
         ``wrt``: the inputs whose cotangents the backward returns (default: every input;
         ``()`` for none: their products are then never computed).  ``outputs``: the
         outputs that may receive a cotangent (default: every output).  With ``targets``
-        the backward adds the gradient of the cell's loss (``mask``: its per-step weights)."""
-        call, w = self._vjp_call(params, inputs, h0, targets, mask, check_finite)
-        return self._keep(owned(call), w, self._cotangents(w is not None, wrt, outputs), check_finite)
+        the backward adds the gradient of the cell's loss (``mask``: its per-step weights).
+        ``lengths`` (B,): a padded batch (backends/lengths.py)."""
+        call, w, lengths = self._vjp_call(params, inputs, h0, targets, mask, check_finite, lengths)
+        call, cot = owned(call), self._cotangents(w is not None, wrt, outputs)
+        return self._padded(self._keep(call, w, cot, check_finite), call, lengths, cot, check_finite, finals=True)
+
+    def _padded(self, kept, call, lengths, cot, check_finite, finals):
+        """``kept``, or with lengths shorter than T a :class:`~.lengths.PaddedKept` around it."""
+        if not padding.padded(lengths, call.T):
+            return kept
+        try:
+            return padding.PaddedKept(self, kept, call, lengths, cot.inputs, check_finite, finals)
+        except BaseException:
+            kept.free()
+            raise
 
     def residual_shapes(self, T: int, B: int, *, targets: bool = False, wrt=None, outputs=None) -> list:
         """The shapes of what :meth:`Kept.residuals` returns for a (T, B) forward kept with
@@ -258,32 +275,43 @@ class VjpMixin:
         return [tuple(s) for s in self._vjp_residual_shapes(T, B, self._cotangents(targets, wrt, outputs))]
 
     def kept_from(self, residuals, params, inputs, h0=None, *, targets=None, mask=None, wrt=None,
-                  outputs=None, check_finite=True) -> Kept:
+                  outputs=None, check_finite=True, lengths=None) -> Kept:
         """A kept forward made from the buffers of another one (:meth:`Kept.residuals`, kept
         by the caller and unchanged since) and that forward's arguments: its ``backward``
         reads them in place (no copy) and recomputes nothing.  Its ``outputs``, ``final``
         and ``loss`` are None (they were the other forward's results).  The caller keeps the
         arrays alive and unchanged until the backward has returned."""
-        call, w = self._vjp_call(params, inputs, h0, targets, mask, check_finite)
+        call, w, lengths = self._vjp_call(params, inputs, h0, targets, mask, check_finite, lengths)
         cot = self._cotangents(w is not None, wrt, outputs)
         st, shapes = self.step, self._vjp_residual_shapes(call.T, call.B, cot)
         check_residual_count(f"cell {st.name!r}", residuals, shapes, call.T, call.B)
         arrays = [_array(st.name, f"residual {i}", a, s, self.dtype, False)
                   for i, (a, s) in enumerate(zip(residuals, shapes))]
-        return Kept(self, self._vjp_adopt(call, w, cot, arrays), None, None, None, cot, call.T, call.B,
+        kept = Kept(self, self._vjp_adopt(call, w, cot, arrays), None, None, None, cot, call.T, call.B,
                     check_finite)
+        return self._padded(kept, owned(call) if padding.padded(lengths, call.T) else call, lengths, cot,
+                            check_finite, finals=False)
 
     def vjp(self, params, inputs, h0=None, *, d_outputs=None, d_final=None, targets=None, mask=None,
-            wrt=None, check_finite=True) -> Gradients:
+            wrt=None, check_finite=True, lengths=None) -> Gradients:
         """Gradients in and out in one call: cotangents of the outputs (``d_outputs``
         {name: (T, B, n)}, any subset) and of the final states (``d_final`` {state: (B, n)})
         in; the gradients of the parameters, of the inputs in ``wrt`` (default: all) and of
         the initial states out (:class:`Gradients`).  With ``targets`` the gradient of the
         cell's loss (the masked mean of its per-step costs) is added, and ``.loss`` set.
 
-        Only the outputs given a cotangent are differentiated, and only the inputs in ``wrt``."""
-        call, w = self._vjp_call(params, inputs, h0, targets, mask, check_finite)
+        Only the outputs given a cotangent are differentiated, and only the inputs in ``wrt``.
+        ``lengths`` (B,): a padded batch (backends/lengths.py)."""
+        call, w, lengths = self._vjp_call(params, inputs, h0, targets, mask, check_finite, lengths)
         d_out, d_fin = check_cotangents(self.step, self.dtype, call.T, call.B, d_outputs, d_final, check_finite)
+        if padding.padded(lengths, call.T):  # d_final at each sequence's end: the kept forward's pieces
+            cot = self._cotangents(w is not None, wrt, tuple(d_out))
+            kept = self._padded(self._keep(call, w, cot, check_finite), call, lengths, cot, check_finite,
+                                finals=False)
+            try:
+                return kept.backward(d_out, d_fin)
+            finally:
+                kept.free()
         cot = Cotangents(loss=w is not None, outputs=tuple(o for o in self.step.outputs if o in d_out),
                          inputs=resolve_wrt(self.step, wrt), final=True)
         grads, d_in, d_h0, loss = self._vjp_once(call, w, cot, d_out, d_fin)

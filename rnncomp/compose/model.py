@@ -44,8 +44,6 @@ class ComposedModel(TextShown):
     training call).  ``parallel``: run the two directions of a bidirectional layer at once in
     two threads (default: on the native backend when there are two cores or more)."""
 
-    takes_lengths = True  # forward(lengths=...): rc.Trainer.predict passes them in one call
-
     def __init__(self, comp: Composition, backend: str, dtype="float64", *, seed: int = 0, parallel=None,
                  **options):
         from ..compile import compile as rc_compile
@@ -115,7 +113,7 @@ class ComposedModel(TextShown):
         T, B = self._sizes(inputs)
         with in_layer(where):  # the message names the model
             if lengths is not None:
-                from ..train.data import check_lengths
+                from ..backends.lengths import check_lengths
                 lengths = check_lengths(lengths, T, B)
             elif mask is not None and self.comp.reads_lengths:  # what Trainer.fit(lengths=) passes down
                 lengths = lengths_from_mask(mask, T, B)

@@ -36,7 +36,6 @@ import numpy as np
 from ..backends.vjp import Gradients
 from ..errors import ArgumentError, CallError
 from .bidirectional import reverse
-from .by_length import ByLengthKept, by_length, cut
 from .layers import _prefixed, split
 
 
@@ -99,42 +98,19 @@ def in_layer(where: str):
 
 
 class CellRun:
-    """A cell: its compiled model."""
+    """A cell: its compiled model, called with the call's lengths (backends/lengths.py: final
+    states after each sequence's own last step, outputs zero past it)."""
 
     def __init__(self, model):
         self.model = model
 
     def forward(self, params, inputs, h0, ctx, targets=None):
-        """With lengths: run up to each distinct length in turn, so that the final states are
-        those after each sequence's own last step (the outputs are those of one call)."""
-        fwd = lambda x, h, t: self.model.forward(params, x, h, targets=t, check_finite=ctx.check_finite)  # noqa: E731
-        T = next(iter(inputs.values())).shape[0]
-        if ctx.lengths is None or ctx.lengths.min() == T:
-            return fwd(inputs, h0, targets)
-        pieces, final, state, lo = by_length(fwd, inputs, h0, targets, ctx.lengths)
-        if lo < T:  # the padding after the longest sequence: its outputs, like one call's
-            pieces.append(fwd(cut(inputs, lo, T), state, cut(targets, lo, T))[0])
-        return {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}, final
+        return self.model.forward(params, inputs, h0, targets=targets, check_finite=ctx.check_finite,
+                                  lengths=ctx.lengths)
 
     def keep(self, params, inputs, h0, ctx, *, targets=None, mask=None, wrt=None, outputs=None):
-        """With lengths shorter than T: final states (and their cotangents) at each sequence's
-        own last step, as :meth:`forward` gives them (:mod:`.by_length`)."""
-        kept = self.model.forward(params, inputs, h0, keep=True, targets=targets, mask=mask, wrt=wrt,
-                                  outputs=outputs, check_finite=ctx.check_finite)
-        return self._by_length(kept, params, inputs, h0, targets, ctx, wrt, finals=True)
-
-    def _by_length(self, kept, params, inputs, h0, targets, ctx, wrt, finals):
-        """``kept``, or with lengths shorter than T a :class:`.by_length.ByLengthKept` around it
-        (``finals``: compute its final states, which a ``kept_from`` does not return)."""
-        T = next(iter(inputs.values())).shape[0]
-        if ctx.lengths is None or ctx.lengths.min() == T:
-            return kept
-        try:
-            return ByLengthKept(self.model, kept, params, inputs, h0, targets, ctx.lengths, wrt, ctx.check_finite,
-                                finals)
-        except BaseException:
-            kept.free()
-            raise
+        return self.model.forward(params, inputs, h0, keep=True, targets=targets, mask=mask, wrt=wrt,
+                                  outputs=outputs, check_finite=ctx.check_finite, lengths=ctx.lengths)
 
     def residual_shapes(self, T, B, *, targets, wrt, outputs):
         return self.model.residual_shapes(T, B, targets=bool(targets), wrt=wrt, outputs=outputs)
@@ -142,9 +118,8 @@ class CellRun:
     def kept_from(self, res, params, inputs, h0, ctx, *, targets=None, mask=None, wrt=None, outputs=None):
         T, B = next(iter(inputs.values())).shape[:2]
         n = len(self.residual_shapes(T, B, targets=targets is not None, wrt=wrt, outputs=outputs))
-        kept = self.model.kept_from([next(res) for _ in range(n)], params, inputs, h0, targets=targets, mask=mask,
-                                    wrt=wrt, outputs=outputs, check_finite=ctx.check_finite)
-        return self._by_length(kept, params, inputs, h0, targets, ctx, wrt, finals=False)
+        return self.model.kept_from([next(res) for _ in range(n)], params, inputs, h0, targets=targets, mask=mask,
+                                    wrt=wrt, outputs=outputs, check_finite=ctx.check_finite, lengths=ctx.lengths)
 
 
 class StackRun:

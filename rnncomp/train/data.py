@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backends.lengths import check_lengths, lengths_mask  # noqa: F401 - the trainer's too
 from ..checks import count, generator
 from ..errors import CallError, TrainingError
 
@@ -44,23 +45,6 @@ def pad_sequences(sequences, dtype="float32", value=0.0, *, batch_first=False):
     for i, s in enumerate(seqs):
         out[:len(s), i] = s
     return (np.ascontiguousarray(out.swapaxes(0, 1)) if batch_first else out), lengths
-
-
-def check_lengths(lengths, T: int, N: int) -> np.ndarray:
-    """``lengths`` as an int array of shape (N,) with 1 <= lengths <= T, or a clear error."""
-    lengths = np.asarray(lengths)
-    if lengths.shape != (N,) or lengths.dtype.kind not in "iu":
-        raise CallError(f"lengths must be {N} integers (one per sequence), got shape {lengths.shape} "
-                         f"of {lengths.dtype}")
-    if (lengths < 1).any() or (lengths > T).any():
-        raise CallError(f"lengths must lie in 1 … {T} (the padded length), got {lengths.min()} … {lengths.max()}")
-    return lengths.astype(np.int64)
-
-
-def lengths_mask(lengths, T: int, dtype="float32") -> np.ndarray:
-    """(T, N) mask: 1 for the steps t < lengths[n], 0 for the padding."""
-    lengths = np.asarray(lengths)
-    return (np.arange(T)[:, None] < lengths[None, :]).astype(dtype)
 
 
 def stream_batches(stream, T: int, batch_size: int, *, batch_first=False) -> np.ndarray:

@@ -287,28 +287,9 @@ class Trainer:
         those after each sequence's own last step."""
         x, _, T, N = read_data(self, "predict", inputs, None, with_targets=False)
         h0 = self._state(h0)
-        if lengths is None:
-            out, final = self.model.forward(self.params, x, h0=h0)
-            return as_given(out, self.batch_first), final
-        lengths = check_lengths(lengths, T, N)
-        pieces, final, state, lo = [], None, h0, 0
-        if getattr(self.model, "takes_lengths", False):  # a composition: one call (a reversed pass reads it all)
-            out, final = self.model.forward(self.params, x, h0=h0, lengths=lengths)
-            pieces, lo = [out], T
-        for end in [] if pieces else np.unique(lengths):  # run up to each distinct length, keep who ends there
-            out, state = self.model.forward(self.params, {k: v[lo:end] for k, v in x.items()}, h0=state)
-            pieces.append(out)
-            final = final or {k: np.zeros_like(v) for k, v in state.items()}
-            for k, v in state.items():
-                final[k][lengths == end] = v[lengths == end]
-            lo = int(end)
-        outs = {}
-        for k in pieces[0]:
-            o = np.concatenate([p[k] for p in pieces])
-            o = np.concatenate([o, np.zeros((T - lo,) + o.shape[1:], o.dtype)])
-            o[np.arange(T)[:, None] >= lengths[None, :]] = 0
-            outs[k] = o
-        return as_given(outs, self.batch_first), final
+        lengths = None if lengths is None else check_lengths(lengths, T, N)
+        out, final = self.model.forward(self.params, x, h0=h0, lengths=lengths)  # backends/lengths.py
+        return as_given(out, self.batch_first), final
 
     def generate(self, prime, steps: int, pick, *, h0=None, seed=0):
         """Run on ``prime`` (T0, B, n_in), then feed the cell its own choices for ``steps``

@@ -279,16 +279,16 @@ class PtxModel(PtxVjp, BackendModel):
 
     # ------------------------------------------------------------------ the interface
     def forward(self, params, inputs, h0=None, *, targets=None, keep=False, mask=None, wrt=None,
-                outputs=None, check_finite=True):
+                outputs=None, check_finite=True, lengths=None):
         if any_device(params, inputs, h0, targets):   # arrays on the GPU in and out (device.py)
             extra = [k for k, v in (("targets", targets), ("keep", keep), ("mask", mask), ("wrt", wrt),
-                                    ("outputs", outputs)) if v is not None and v is not False]
+                                    ("outputs", outputs), ("lengths", lengths)) if v is not None and v is not False]
             if extra:
                 raise CallError(f"cell {self.step.name!r}: a device-resident forward takes params, inputs and "
                                 f"h0 only, not {', '.join(extra)}: use host arrays for those")
             return device_forward(self, params, inputs, h0)
         return super().forward(params, inputs, h0, targets=targets, keep=keep, mask=mask, wrt=wrt,
-                               outputs=outputs, check_finite=check_finite)
+                               outputs=outputs, check_finite=check_finite, lengths=lengths)
 
     def _loss_and_grad_fast(self, params, inputs, targets, h0, mask, check_finite):
         if any_device(params, inputs, targets, h0):   # device.py; a host mask is taken

@@ -13,6 +13,7 @@ import threading
 
 import numpy as np
 
+from ...errors import CallError
 from ..vjp import Gradients, VjpMixin
 from .device import any_device, device_vjp
 
@@ -23,11 +24,14 @@ class PtxVjp(VjpMixin):
     """Mixin of ``PtxModel``: ``vjp`` and ``forward(..., keep=True)``."""
 
     def vjp(self, params, inputs, h0=None, *, d_outputs=None, d_final=None, targets=None, mask=None,
-            wrt=None, check_finite=True) -> Gradients:
+            wrt=None, check_finite=True, lengths=None) -> Gradients:
         if any_device(params, inputs, h0, d_outputs, d_final, targets):   # arrays on the GPU (device.py)
+            if lengths is not None:
+                raise CallError(f"cell {self.step.name!r}: a device-resident vjp takes no lengths=: "
+                                "use host arrays for a padded batch")
             return device_vjp(self, params, inputs, h0, d_outputs, d_final, targets, mask, wrt)
         return super().vjp(params, inputs, h0, d_outputs=d_outputs, d_final=d_final, targets=targets, mask=mask,
-                           wrt=wrt, check_finite=check_finite)
+                           wrt=wrt, check_finite=check_finite, lengths=lengths)
 
     def _variant(self, cot):
         with _LOCK:
