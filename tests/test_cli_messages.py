@@ -150,7 +150,7 @@ def test_train_flags_reach_the_trainer_and_inspect_reads_the_checkpoint(tmp_path
         main(["train", "--resume", ckpt, "--lr", "0.5"])          # was: silently ignored
     with pytest.raises(SystemExit, match="--memory 'most'"):
         main(["train", "gru", "--memory", "most"])
-    with pytest.raises(SystemExit, match="--memory: memory budget of 10 bytes is below the minimum"):
+    with pytest.raises(SystemExit, match="--memory: cell 'gru': memory budget of 10 bytes is below the minimum"):
         main(["train", "gru", "--memory", "budget:10"])
 
 
@@ -170,9 +170,9 @@ FAST = ["--epochs", "1", "--N", "32", "--T", "10"]
     (["train", "gru", "--plot", "curve.txt", *FAST], "--plot curve.txt: the file name must end in .png or .svg"),
     (["inspect", "gru", "--dot", "unfolded", "--detail", "compact"], "--dot/--detail: detail='compact' is drawn"),
     (["inspect", "gru", "--memory", "--budget", "1B"], "--budget: memory budget of 1 bytes is below the minimum"),
-    (["train", "gru", "--memory", "budget:1B", *FAST], "--memory: memory budget of 1 bytes is below"),
-    (["train", "stack.py", "--memory", "budget:1B", *FAST], "--memory: memory budget of 1 bytes is below"),
-    (["train", "masked.py", "--memory", "budget:1B", *FAST], "--memory: memory budget of 1 bytes is below"),
+    (["train", "gru", "--memory", "budget:1B", *FAST], "--memory: cell 'gru': memory budget of 1 bytes is below"),
+    (["train", "stack.py", "--memory", "budget:1B", *FAST], "--memory: cell 'gru': memory budget of 1 bytes is below"),
+    (["train", "masked.py", "--memory", "budget:1B", *FAST], "--memory: cell 'mine': memory budget of 1 bytes is below"),
     (["train", "gru", "--task", "empty.txt"], "empty.txt has 0 characters"),
 ])
 def test_an_option_the_library_refuses_is_named_without_a_traceback(argv, message, tmp_path, monkeypatch):

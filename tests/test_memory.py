@@ -107,6 +107,21 @@ def test_budget_too_small_names_the_minimum(objs):
     assert ok.memory_plan(50, 4).advanced == 50 * 49 // 2  # nothing kept: quadratic recomputation
 
 
+@pytest.mark.parametrize("backend, options", [("native", {}), ("ptx", {"runner": "host"})])
+def test_a_budget_too_small_for_a_cell_names_the_cell(objs, backend, options):
+    """A compiled cell's call names the cell, as a composition names the layer (the pure
+    planner knows no names; the message had none, user review s25)."""
+    cell = rc.cells.elman(3, 4, 2)
+    if backend == "native":
+        options = dict(options, cache=objs)
+    m = rc.compile(cell, backend=backend, memory=rc.Budget(10), **options)
+    params, x, t = m.init_params(0), np.ones((7, 3, 3)), np.ones((7, 3, 2))
+    for call in (lambda: m.loss_and_grad(params, x, t), lambda: m.forward(params, x)):
+        with pytest.raises(rc.errors.ArgumentError, match=r"^cell 'elman': memory budget of 10 bytes is below the "
+                                                          r"minimum for T=7, B=3"):
+            call()
+
+
 def test_a_budget_too_small_for_a_layer_names_the_layer(objs):
     """In a composition each layer's call has the budget to itself: a budget below one layer's
     minimum names that layer (it named none, so raising the budget to the minimum it gave
@@ -116,9 +131,9 @@ def test_a_budget_too_small_for_a_layer_names_the_layer(objs):
     x, t = {"x": rng.normal(size=(6, 3, 3))}, {"target": rng.normal(size=(6, 3, 2))}
     params = rc.compile(model).init_params(0)
     budget = 1
-    for layer in ("l0", "l1"):
+    for layer, cell in (("l0", "elman"), ("l1", "lstm")):
         m = rc.compile(model, backend="native", cache=objs, memory=rc.Budget(budget))
-        with pytest.raises(rc.errors.ArgumentError, match=rf"^stack\(elman, lstm\), layer {layer}: memory budget "
+        with pytest.raises(rc.errors.ArgumentError, match=rf"^stack\(elman, lstm\), layer {layer}: cell '{cell}': memory budget "
                                                           rf"of {budget} bytes is below the minimum for T=6, B=3") as exc:
             m.loss_and_grad(params, x, t)
         budget = int(str(exc.value).split(": ")[-1].split()[0])   # the minimum it names

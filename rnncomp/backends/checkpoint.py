@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ArgumentError
 from ..ir import LEAF_OPS
-from ..schedules import Footprint
+from ..schedules import Footprint, make_plan
 from .validate import initial_states
 
 
@@ -49,6 +50,15 @@ def footprint(model, B: int) -> Footprint:
             widths[k] = model.slot_width.get(k, n)
     scratch = getattr(model, "scratch_units", 0)
     return Footprint(state=states * B * size, step=(sum(widths.values()) + states + scratch) * B * size, B=B)
+
+
+def planned(step, memory, T: int, fp: Footprint):
+    """``make_plan`` of a cell's model: a budget it cannot meet names the cell (the planner is
+    pure and knows no names; a composition adds the layer around it)."""
+    try:
+        return make_plan(memory, T, fp)
+    except ArgumentError as exc:
+        raise ArgumentError(f"cell {step.name!r}: {exc}") from None
 
 
 def put_steps(dest: dict, part: dict, a: int, b: int, T: int) -> None:

@@ -349,15 +349,14 @@ class NativeCalls:
 
     def memory_plan(self, T: int, B: int):
         """The checkpointing plan (``rnncomp.schedules.Plan``) of ``memory=`` for a call of (T, B)."""
-        from ..schedules import make_plan
-        from .checkpoint import footprint
+        from .checkpoint import footprint, planned
 
         plans = self.__dict__.setdefault("_plans", {})
         key = (T, B)
         if key not in plans:
             if len(plans) > 64:
                 plans.clear()
-            plans[key] = make_plan(self.memory, T, footprint(self, B))
+            plans[key] = planned(self.step, self.memory, T, footprint(self, B))
         return plans[key]
 
     def _advance_entry(self):

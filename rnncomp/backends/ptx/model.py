@@ -13,9 +13,9 @@ import numpy as np
 
 from ...autodiff import LOSS_ONLY, backward_step
 from ...errors import CallError
+from ..checkpoint import planned
 from ..validate import add_initial_state_grads, float_dtype, forward_targets, initial_states, weighted_loss
 from ...memory import StoreAll, schedule
-from ...schedules import make_plan
 from . import checkpoint
 from .checkpoint import footprint
 from .device import any_device, device_forward, device_loss_and_grad, drop_cache
@@ -131,7 +131,7 @@ class PtxModel(PtxVjp, BackendModel):
         if plan is None:
             if len(self._plans) > 64:
                 self._plans.clear()
-            plan = self._plans[(T, B)] = make_plan(self._memory, T, footprint(self, B))
+            plan = self._plans[(T, B)] = planned(self.step, self._memory, T, footprint(self, B))
         return plan
 
     def activation_bytes(self, T: int, B: int) -> int:
