@@ -13,6 +13,10 @@ than as a wrong result or a raw traceback later.
     Traceback (most recent call last):
     ...
     rnncomp.errors.ArgumentError: fit: batch_size must be a positive integer, got 0
+    >>> flag("fit", "shuffle", "yes", none="True unless stateful")
+    Traceback (most recent call last):
+    ...
+    rnncomp.errors.ArgumentError: fit: shuffle must be True or False, or None (True unless stateful), got 'yes'
 """
 from __future__ import annotations
 
@@ -57,6 +61,17 @@ def count(owner: str, option: str, v, *, at_least: int = 1, hint="") -> int:
         what = "a positive integer" if at_least == 1 else f"an integer >= {at_least}"
         raise ArgumentError(f"{owner}: {option} must be {what}, got {v!r}{_hint(hint)}")
     return int(v)
+
+
+def flag(owner: str, option: str, v, *, none: str = "") -> bool | None:
+    """``v`` as a bool: True or False (a NumPy bool too; not "yes", 1 or None, which would
+    read as true or false silently); None too where ``none`` says what None means."""
+    if v is None and none:
+        return None
+    if not isinstance(v, (bool, np.bool_)):
+        alt = f", or None ({none})" if none else ""
+        raise ArgumentError(f"{owner}: {option} must be True or False{alt}, got {v!r}")
+    return bool(v)
 
 
 def a_function(owner: str, option: str, v, signature: str) -> None:

@@ -149,9 +149,13 @@ def test_a_nan_in_the_data_is_named_where_the_caller_put_it(batch_first):
     ({"batch_size": -1}, r"^fit: batch_size must be a positive integer, got -1$"),
     ({"batch_size": 2.0}, r"^fit: batch_size must be a positive integer, got 2.0$"),
     ({"epochs": -1}, r"^fit: epochs must be an integer >= 0, got -1$"),
+    ({"shuffle": "yes"}, r"^fit: shuffle must be True or False, or None \(True unless stateful\), got 'yes'$"),
+    ({"shuffle": 0}, r"^fit: shuffle must be True or False, or None \(True unless stateful\), got 0$"),
+    ({"stateful": "no"}, r"^fit: stateful must be True or False, got 'no'$"),
 ])
 def test_fit_batch_size_and_epochs_are_checked(kw, message):
-    """batch_size=0 was range()'s ValueError; -1 trained nothing and returned [nan]."""
+    """batch_size=0 was range()'s ValueError; -1 trained nothing and returned [nan]; shuffle="yes"
+    and stateful="no" were read as true (user review s25)."""
     x, y = _data()
     tr = _trainer()
     with pytest.raises(ArgumentError, match=message):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backends.validate import check_param_shapes
-from ..checks import a_function, count, generator, real
+from ..checks import a_function, count, flag, generator, real
 from ..compile import compile as rc_compile
 from ..errors import ArgumentError, CallError, TrainingError
 from .callbacks import checked
@@ -205,6 +205,7 @@ class Trainer:
              validation_data):
         x, t, T, N = read_data(self, "fit", inputs, targets)
         epochs, batch_size = count("fit", "epochs", epochs, at_least=0), count("fit", "batch_size", batch_size)
+        shuffle, stateful = flag("fit", "shuffle", shuffle, none="True unless stateful"), flag("fit", "stateful", stateful)
         if stateful and shuffle:
             raise CallError("fit(stateful=True): batches continue each other in order; pass shuffle=False")
         if stateful and lengths is not None:
