@@ -156,6 +156,11 @@ class NativeLibrary:
         self._engine.finalize_object()
 
     @property
+    def unroll(self) -> bool:
+        """Whether the pipeline that optimised it unrolled and interleaved loops (:func:`optimize`)."""
+        return self._unroll
+
+    @property
     def ir_text(self) -> str:
         """The LLVM IR (regenerated on demand when the object came from the cache)."""
         if self._ir_text is None:

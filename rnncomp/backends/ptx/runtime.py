@@ -353,7 +353,10 @@ class HostRunner:
         host = HostTarget.detect()
         module = emit_module(kernels, "host", name="rnncomp_ptx_host", host_triple=host.triple)
         self.ir = str(module)
-        self.lib = compile_module(module, cache=None, host=host)
+        # unroll=False, as the native backend's cell code: with loop interleaving, LLVM 22 took
+        # time exponential in the depth of a parameter-only chain that a kernel recomputes per
+        # element (asin(0.9·tanh(p)): 25 s; a fuzzed cell's: > 12 min; docs/gpu.md)
+        self.lib = compile_module(module, cache=None, host=host, unroll=False)
         self.fns = {}
         for k in kernels.kernels.values():
             if not k.entry:
