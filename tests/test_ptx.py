@@ -219,6 +219,22 @@ def test_untiled_float32_gradient_sums_run_in_double():
         assert np.abs(g2[k] - g1[k]).max() <= 1e-6 * np.abs(g1[k]).max(), k
 
 
+def test_host_runner_compiles_a_deep_parameter_chain():
+    """Found by the long fuzz run (chunk 16: ``asin(0.9·tanh(p)) + 0.4`` in a fuzzed cell): a
+    kernel recomputes a parameter-only chain for every element, from loads LLVM may not hoist
+    out of the host wrapper's loop (an output may alias p).  With loop interleaving, LLVM 22's
+    vectoriser took time exponential in the chain's depth (this cell 25 s, tanh(tanh(p)) 17 s,
+    the fuzzed cell's > 12 min; docs/gpu.md, "The host runner's compile"), so the host runner
+    compiles without unrolling or interleaving, as the native backend's cell code does."""
+    assert not rc.compile(rc.cells.elman(2, 3, 1), backend="ptx", runner="host").runner.lib.unroll
+    cell = rc.Cell("deep_param_chain")
+    x, h = cell.input("x", 1), cell.state("h", 1)
+    cell.update(h, sp.tanh(h + x + sp.asin(0.9 * sp.tanh(cell.param("p", 1))) + 0.4))
+    cell.loss(h.new ** 2)
+    for persistent in (False, True):
+        compare_host(cell, options={"persistent": persistent})
+
+
 # ----------------------------------------------------------------------------- no GPU
 @pytest.mark.skipif(_cuda_present(), reason="a CUDA GPU is present: the no-GPU error cannot be shown")
 def test_running_without_gpu_is_a_clear_error():
