@@ -294,22 +294,34 @@ def loss_and_grad(tr, inputs, targets, h0, mask):
     if group is not None:
         group.allreduce(arena)
     if arena[n + 1] > 0:
-        from .trainer import TrainingError
         if drops:  # every rank's generator where the step started (the failed rank's stopped halfway)
             tr.model.rng.bit_generator.state = drawn_from
-        failed = int(round(float(arena[n + 1])))
-        where = f"rank {group.rank} of {ranks}" if group is not None else "this process"
-        if error is not None:
-            raise TrainingError(f"step {tr.step_count + 1}: {where} failed: {type(error).__name__}: "
-                                f"{error}") from error
-        raise TrainingError(f"step {tr.step_count + 1}: {failed} of {ranks} ranks failed (their own "
-                            f"error names the cause); no rank updated its parameters")
-    if group is not None and group.size > 1:  # every row's final state, from the rank that ran it
-        names = list(final)
-        buf = np.concatenate([final[k].ravel() for k in names]) if names else np.zeros(0, tr.dtype)
-        group.allreduce(buf)  # the other ranks' rows are 0 here: the sum is exact
-        off = 0
-        for k in names:
-            final[k] = buf[off:off + final[k].size].reshape(final[k].shape)
-            off += final[k].size
-    return float(arena[n]), arena[:n], final
+        stop(group, arena[n + 1], error, tr.step_count + 1)
+    return float(arena[n]), arena[:n], gathered(group, final, tr.dtype)
+
+
+def stop(group, failed, error, step: int) -> None:
+    """Raise on every rank after an Allreduce whose failed-ranks slot is ``failed`` (> 0): the
+    failing rank its own ``error``, the others how many failed, so that none updates."""
+    from .trainer import TrainingError
+    ranks = 1 if group is None else group.size
+    where = f"rank {group.rank} of {ranks}" if group is not None else "this process"
+    if error is not None:
+        raise TrainingError(f"step {step}: {where} failed: {type(error).__name__}: {error}") from error
+    raise TrainingError(f"step {step}: {int(round(float(failed)))} of {ranks} ranks failed (their own "
+                        f"error names the cause); no rank updated its parameters")
+
+
+def gathered(group, final: dict, dtype) -> dict:
+    """Every row's final state on every rank: ``final`` {state: (B, n)} holds this rank's rows
+    and zeros in the others', so one Allreduce's sum is exact (one process: ``final`` itself)."""
+    if group is None or group.size == 1:
+        return final
+    names = list(final)
+    buf = np.concatenate([final[k].ravel() for k in names]) if names else np.zeros(0, dtype)
+    group.allreduce(buf)
+    out, off = {}, 0
+    for k in names:
+        out[k] = buf[off:off + final[k].size].reshape(final[k].shape)
+        off += final[k].size
+    return out
