@@ -9,6 +9,8 @@ compares them with a one-process run.  Scenarios:
   dropout  the cases of mpi_cases.DROPOUT (rc.Stack(..., dropout=p)) with accumulate=1 and 2,
          a resume on all ranks of a checkpoint written on one rank fewer, and a step failing
          on the last rank's rows (each rank writes its dropout generator's next draws)
+  dni    the cases of mpi_cases.DNI (gradient=rc.DNI(), bptt=rc.Truncated) and DNI's fit_online
+         on a stream fed in pieces (each rank writes its module too), a window failing on one rank
   gpu    the padded-sequence case on the PTX backend
   die    rank 0 is killed while writing a checkpoint over a good one
   raise  rank 1 raises outside any step, while rank 0 trains
@@ -28,8 +30,12 @@ rank, size = comm.Get_rank(), comm.Get_size()
 scenario, out = sys.argv[1], sys.argv[2]
 
 
-def keep(name, tr):
-    np.savez(os.path.join(out, f"{name}.rank{rank}.npz"), flat=tr.flat, history=np.array(tr.history))
+def keep(name, tr, losses=()):
+    """What a rank computed: parameters, losses, and DNI's module (A, c) and its update count."""
+    dni = getattr(tr.gradient, "module", None) is not None
+    np.savez(os.path.join(out, f"{name}.rank{rank}.npz"), flat=tr.flat, history=np.array(tr.history),
+             losses=np.array(losses), module=tr.gradient.flat if dni else np.zeros(0),
+             updates=tr.gradient.updates if dni else 0)
 
 
 def error_of(name, fn):
@@ -137,6 +143,21 @@ elif scenario == "states":  # what a probe found: states, online algorithms, mic
     tr.save(os.path.join(out, "opts.ckpt"))
     error_of("comm", lambda: rc.Trainer(rc.cells.gru(2, 4, 1), comm=object()))
     error_of("pickle", lambda: __import__("pickle").dumps(tr))
+
+elif scenario == "dni":  # every rank runs its rows' windows; one Allreduce per window
+    for case in mpi_cases.DNI:
+        keep(case, mpi_cases.run(case, distributed="mpi"))
+    keep("dni-stream", *mpi_cases.dni_stream(distributed="mpi"))
+
+    class FailsOnTheLastRank(rc.DNI):  # a window that fails on one rank only: every rank stops there
+        def synthetic(self, end):
+            self.calls = getattr(self, "calls", 0) + 1
+            if rank == size - 1 and self.calls == 3:
+                raise RuntimeError("the last rank's third synthetic gradient")
+            return super().synthetic(end)
+    tr = mpi_cases.trainer("dni-padded", distributed="mpi", gradient=FailsOnTheLastRank(lr=0.05, gamma=0.9))
+    error_of("dni-fails", lambda: mpi_cases.fit(tr, "dni-padded"))
+    np.save(os.path.join(out, f"dni-fails.rank{rank}.npy"), [tr.step_count, tr.gradient.updates])
 
 elif scenario == "gpu":  # one rank per GPU (GPU local rank mod GPUs), gradients staged on the host
     keep("masked-ptx", mpi_cases.run("masked", distributed="mpi", backend="ptx"))

@@ -26,13 +26,21 @@ chunk) and of ĝ (to the first chunk only) are carried back separately:
     chunk c_j = [lo_j, lo_j + k1):   (δr[lo_j], g_r) = vjp_j(δr[lo_j + k1]),  δr[hi] = 0 + losses of the last chunk
                                       δg[lo_j] = vjp_j(δg[lo_j + k1]),         δg[hi] = γ ĝ(s[hi])
     ∂θ = Σ_j g_r(c_j) + g(c_0; δg)    and ĝ(s[lo]) is trained towards δr[lo] + δg[lo], lo = hi − k1.
+
+Under ``distributed=`` each rank runs every window on its rows of the global batch, its losses'
+parts scaled by its share of the global mean and its synthetic parts not, and one Allreduce per
+window sums ∂θ and ĝ's gradient (:mod:`.dni_ranks`): every rank's θ and ĝ are one process's.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from ..backends.validate import forward_targets
 from ..checks import real
 from .base import Algorithm
+from .dni_ranks import Rows
 
 
 class DNI(Algorithm):
@@ -75,7 +83,6 @@ class DNI(Algorithm):
         forward without targets: not for a cell whose updates read one (teacher forcing)."""
         if bptt is None or bptt.k2 == bptt.k1 or step is None:
             return
-        from ..backends.validate import forward_targets
         read = forward_targets(step)
         if read:
             raise ValueError(f"{self!r} with bptt=rc.Truncated(k1={bptt.k1}, k2={bptt.k2}): cell {step.name!r} "
@@ -96,9 +103,6 @@ class DNI(Algorithm):
         ``h0`` given (``fit(stateful=True)``: the previous batch's final states) continues a
         stream, ``goes_on``: the next batch continues this one (see :meth:`windows`)."""
         from .online import apply
-        if trainer.dist is not None:
-            raise ValueError(f"{self!r} with distributed training: the synthetic-gradient module is per process "
-                             "and its updates are not reduced across ranks; train DNI on one process")
         losses = []
         final = self.windows(trainer, x, t, h0, trainer.bptt.k1,
                              lambda g, loss: apply(trainer, self, g, loss, losses), mask, trainer.bptt.k2,
@@ -110,12 +114,17 @@ class DNI(Algorithm):
         A, c = self.module
         return self.gamma * (end @ A.T + c)
 
-    def learn(self, start, target) -> None:
-        """One Adam step of ĝ on ½|ĝ(s[lo]) − δs[lo]|² (the bootstrap)."""
+    def module_grad(self, start, target) -> np.ndarray:
+        """The gradient of ½|ĝ(s[lo]) − δs[lo]|² (the bootstrap) with respect to [A.ravel(), c],
+        summed over the rows of ``start`` (B, N) and ``target`` (B, N)."""
         A, c = self.module
         err = start @ A.T + c - target
+        return np.concatenate([(err.T @ start).ravel(), err.sum(axis=0)])
+
+    def learn(self, g) -> None:
+        """One Adam step of ĝ from its gradient ``g`` (:meth:`module_grad`, summed over the ranks)."""
         self.updates += 1
-        self.opt.step(self.flat, np.concatenate([(err.T @ start).ravel(), err.sum(axis=0)]), self.updates)
+        self.opt.step(self.flat, g, self.updates)
 
     def windows(self, trainer, x, t, h0, k1, apply, mask=None, k2=None, *, continued=False, goes_on=False):
         """Truncated BPTT(k1, k2) over the (T, B, n) sequences ``x``, ``t``, each window's
@@ -123,28 +132,32 @@ class DNI(Algorithm):
         stream ``goes_on`` in a later call); ĝ(s[lo]) is trained towards the cotangent at the
         start of the window's losses (at step 0 too where these steps ``continued`` a stream:
         ĝ(s[0]) seeded the previous piece's last window).  ``apply(g, loss)`` updates the
-        cell's parameters (not for a window that ``mask`` zeroes: it only carries the state)."""
+        cell's parameters (not for a window that ``mask`` zeroes: it only carries the state).
+        Under ``distributed=`` every rank passes the global batch and computes its rows; the
+        final states of every row are returned on every rank."""
         k2 = k1 if k2 is None else k2
         st = trainer.cell.step
-        T = next(iter(x.values())).shape[0]
+        T, B = next(iter(x.values())).shape[:2]
         names = list(st.states)
         offs = np.cumsum([0] + [st.states[s] for s in names])
         N = int(offs[-1])
         if self.flat is None or self.flat.size != N * N + N:
             self.restore(np.zeros((N, N), dtype=trainer.dtype), np.zeros(N, dtype=trainer.dtype), {}, 0)
         io = _Joined(names, offs)
-        states = {0: h0}  # the state at each boundary, carried, never reset within a sequence
+        rows = Rows(trainer, B, self.flat.size)  # distributed=: this rank's shard, the global mask decides
+        data = _Batch(rows.sequences(x), rows.sequences(t), rows.sequences(mask), mask)
+        states = {0: rows.states(h0)}  # the state at each boundary, carried, never reset within a sequence
         for lo in range(0, T, k1):
             hi = min(lo + k1, T)
             if mask is not None and not mask[lo:hi].any() and not self._future(mask, hi, st, goes_on):
                 # padding, or no synthetic future: carry the state, learn nothing
-                states[hi] = trainer.model.forward(trainer.params, _cut(x, lo, hi), h0=states[lo])[1]
+                states[hi] = trainer.model.forward(trainer.params, _cut(data.x, lo, hi), h0=states[lo])[1]
             else:
                 span = (max(0, lo - (k2 - k1)), lo, hi, k1, k2)
-                states[hi] = self._window(trainer, x, t, mask, states, span, io, apply, (continued, goes_on))
+                states[hi] = self._update(trainer, data, states, span, io, apply, (continued, goes_on), rows)
             for old in [b for b in states if b < hi - k2]:
                 del states[old]
-        return states[T]
+        return rows.gathered(states[T])
 
     def _future(self, mask, hi, step, goes_on=False) -> bool:
         """Whether a window without losses still learns: a synthetic gradient at its end (γ > 0,
@@ -152,58 +165,125 @@ class DNI(Algorithm):
         network learn what to keep from steps that have no loss (the bits of a copy task).  Not
         for a cell whose updates read a target: its forward needs targets, and a window without
         losses has no weights."""
-        from ..backends.validate import forward_targets
         later = goes_on or (hi < mask.shape[0] and bool(mask[hi:].any()))
         return self.gamma > 0 and later and not forward_targets(step)
 
-    def _window(self, trainer, x, t, mask, states, span, io, apply, piece):
-        """One window [start, hi) with losses on [lo, hi): its update; returns s[hi].
-        ``piece``: (continued, goes_on) of :meth:`windows`."""
+    def _update(self, trainer, data, states, span, io, apply, piece, rows):
+        """One window's update of ĝ and θ, their gradients summed over the ranks under
+        ``distributed=`` (:mod:`.dni_ranks`; a rank that fails stops every rank); returns s[hi]."""
+        try:
+            made, error = self._window(trainer, data, states, span, io, piece, rows), None
+        except Exception as e:  # noqa: BLE001 -- reported to every rank through the arena
+            if rows.group is None:
+                raise
+            made, error = None, e
+        grads, module_grad, loss = rows.reduce(made, error, trainer.step_count + 1)
+        if module_grad is not None:
+            self.learn(module_grad)
+        if made.applies:
+            apply(grads, loss)
+            if rows.group is not None:
+                rows.group.check_same(trainer.flat, trainer.step_count)
+        return made.final
+
+    def _window(self, trainer, data, states, span, io, piece, rows):
+        """One window [start, hi) with losses on [lo, hi), on this process's rows: its part of
+        the update (:class:`_Made`).  ``piece``: (continued, goes_on) of :meth:`windows`.
+
+        Under ``distributed=`` the losses' parts are scaled by r, this rank's share of the
+        global mean, the synthetic parts not (:mod:`.dni_ranks`); r = 1 on one process."""
         start, lo, hi, k1, k2 = span
         model, params = trainer.model, trainer.params
-        T = next(iter(x.values())).shape[0]
+        T = next(iter(data.x.values())).shape[0]
         kept, state = [], states[start]
         for a in range(start, lo, k1):  # the chunks before the losses: no targets
-            kept.append(model.forward(params, _cut(x, a, a + k1), h0=state, keep=True, wrt=()))
+            kept.append(model.forward(params, _cut(data.x, a, a + k1), h0=state, keep=True, wrt=()))
             state = _copy(kept[-1].final)
-        lossy = mask is None or bool(mask[lo:hi].any())  # else only ĝ(s[hi]) reaches back
-        labels = {"targets": _cut(t, lo, hi), "mask": None if mask is None else mask[lo:hi]} if lossy else {}
-        last = model.forward(params, _cut(x, lo, hi), h0=state, keep=True, wrt=(), **labels)
+        lossy = data.everyone is None or bool(data.everyone[lo:hi].any())  # else only ĝ(s[hi]) reaches back
+        r = rows.share(data.mask, data.everyone, lo, hi) if lossy else 0.0
+        # a rank whose rows have no loss here runs without targets, unless its cell's forward reads them
+        labelled = lossy and (r > 0 or bool(forward_targets(trainer.cell.step)))
+        mask = None if data.mask is None or r == 0 else data.mask[lo:hi]  # (r = 0: its loss counts for nothing)
+        labels = {"targets": _cut(data.t, lo, hi), "mask": mask} if labelled else {}
+        last = model.forward(params, _cut(data.x, lo, hi), h0=state, keep=True, wrt=(), **labels)
         seed, (continued, goes_on) = None, piece
         if hi < T or goes_on:
             seed = self.synthetic(io.join(last.final))
-            if mask is not None and hi < T and not goes_on:  # no synthetic future for a sample whose later steps are all masked
-                seed *= mask[hi:].any(axis=0)[:, None]
+            if data.mask is not None and hi < T and not goes_on:  # none for a sample whose later steps are all masked
+                seed *= data.mask[hi:].any(axis=0)[:, None]
         # ĝ(s[hi]) credited to the first chunk; at the end of a batch the next one continues
         # (stateful fit), to the whole window: no later window of this batch holds its steps and
         # the next batch's windows start at its step 0, so ĝ(s[T]) is the only future they get
         whole = seed is not None and hi == T and k2 > k1
         credited = seed is not None and (lo - (k2 - k1) >= 0 or whole)
-        real = last.backward() if lossy else None
-        d_real = real.h0 if lossy else io.split(np.zeros_like(io.join(last.final)))
-        grads = io.flat(real.params, trainer.names) if lossy else np.zeros_like(trainer.flat)
-        target = io.join(d_real)
+        real = _Part.of(last.backward(), io, trainer.names) if labelled else \
+            _Part.zero(io.join(last.final), trainer.flat)
+        d_real, grads = (real.h0, real.params) if r == 1 else (r * real.h0, r * real.params)  # r·real
+        target = d_real
         if seed is not None:  # δs[lo] = δr + δg
-            both = last.backward(d_final=io.split(seed))
-            d_syn, target = io.join(both.h0) - target, io.join(both.h0)
+            both = _Part.of(last.backward(d_final=io.split(seed)), io, trainer.names).less(real, 1 - r)  # r·real + syn
+            d_syn, target = both.h0 - target, both.h0
             if credited and (whole or not kept):
-                grads = io.flat(both.params, trainer.names)
+                grads = both.params
             if whole:  # every chunk gets both: carry their sum back
                 d_real, credited = both.h0, False
-        if lo > 0 or continued:  # ĝ(s[lo]) seeded the previous window (of this call or the last): train it
-            self.learn(io.join(state), target)
+        learns = lo > 0 or continued  # ĝ(s[lo]) seeded the previous window (of this call or the last): train it
+        module_grad = self.module_grad(io.join(state), target) if learns else None
+        grads = np.array(grads)  # the chunks' gradients are added in place
         for j in range(len(kept) - 1, -1, -1):
             if j == 0 and credited:
-                res = kept[j].backward(d_final=io.split(io.join(d_real) + d_syn))
+                res = kept[j].backward(d_final=io.split(d_real + d_syn))
             else:
-                res = kept[j].backward(d_final=d_real)
+                res = kept[j].backward(d_final=io.split(d_real))
                 if credited:
                     d_syn = io.join(kept[j].backward(d_final=io.split(d_syn)).h0)
             grads += io.flat(res.params, trainer.names)
-            d_real = res.h0
-        if lossy or credited or whole:  # a window without losses learns from ĝ only where it is credited
-            apply(grads, float(last.loss) if lossy else None)
-        return _copy(last.final)
+            d_real = io.join(res.h0)
+        loss = None if not lossy else r * float(last.loss) if labelled else 0.0  # this rank's part of the mean
+        # a window without losses learns from ĝ only where it is credited
+        return _Made(grads, module_grad, loss, lossy or credited or whole, _copy(last.final))
+
+
+@dataclass
+class _Batch:
+    """A batch of sequences as this process computes it: its rows of the inputs ``x``,
+    targets ``t`` and ``mask``, and the global batch's mask (``everyone``), from which every
+    rank decides alike which windows learn."""
+    x: dict
+    t: dict
+    mask: np.ndarray | None
+    everyone: np.ndarray | None
+
+
+@dataclass
+class _Made:
+    """This process's part of a window's update: ∂θ, ĝ's gradient (None where ĝ(s[lo]) is not
+    trained), r·loss (None for a window without losses), whether θ is updated, and s[hi]."""
+    grads: np.ndarray
+    module_grad: np.ndarray | None
+    loss: float | None
+    applies: bool
+    final: dict
+
+
+@dataclass
+class _Part:
+    """A backward's result, flat: the joined cotangent of the initial states (B, N) and the
+    parameters' gradient."""
+    h0: np.ndarray
+    params: np.ndarray
+
+    @classmethod
+    def of(cls, res, io, names):
+        return cls(io.join(res.h0), io.flat(res.params, names))
+
+    @classmethod
+    def zero(cls, h0, flat):
+        return cls(np.zeros_like(h0), np.zeros_like(flat))
+
+    def less(self, other, f: float):
+        """self − f·other (self where f = 0: one process's, bit for bit)."""
+        return self if f == 0 else _Part(self.h0 - f * other.h0, self.params - f * other.params)
 
 
 class _Joined:

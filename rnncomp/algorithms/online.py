@@ -98,10 +98,11 @@ def fit_online(trainer, inputs, targets, every=1, h0=None, continue_stream=False
             raise CallError("fit_online: give h0= (a new stream from these states) or continue_stream=True "
                             "(go on from trainer.online_state), not both")
         h0 = going_on
-    if trainer.dist is not None and not isinstance(algo, BPTT):  # its carry is per process, never reduced
+    if trainer.dist is not None and not isinstance(algo, BPTT) and not hasattr(algo, "fit_windows"):
+        # its carry is per process, never reduced (BPTT's and DNI's windows are reduced as fit's)
         raise TrainingError(f"fit_online with {algo!r} runs on one process: its carried state is this process's "
                             "and no rank's update would reach the others; train it without distributed= (or use "
-                            "rc.BPTT(), whose windows are trained data-parallel like fit)")
+                            "rc.BPTT() or rc.DNI(), whose windows are trained data-parallel like fit)")
     from ..train.data import read_data
     x, t, _, B = read_data(trainer, "fit_online", inputs, targets)
     st, dt = trainer.cell.step, trainer.dtype
