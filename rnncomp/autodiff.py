@@ -239,12 +239,15 @@ class Cotangents:
     cotangent δx[t] the step computes (to send to an earlier layer); ``final``: the final
     states receive the caller's cotangent as δ⁺h[T] (a plain loss: 0).  The rolled step
     carries δ⁺h either way, and the adjoint carried out of step 1 is the cotangent of h[0].
+    ``params=False``: no parameter gradients (an iteration that needs only the carried
+    adjoints, as recurrent backprop's adjoint fixed point: ``algorithms/settle_exec.py``).
     """
 
     loss: bool = True
     outputs: tuple = ()
     inputs: tuple = ()
     final: bool = False
+    params: bool = True
 
 
 LOSS_ONLY = Cotangents()
@@ -310,7 +313,7 @@ def backward_step(step: Step, cot: Cotangents = LOSS_ONLY) -> BackwardStep:
     a = lambda k: alias.get(k, k)  # noqa: E731
     carry_out = {s: a(rev.adjoints[(s, "t-1")]) if (s, "t-1") in rev.adjoints else None
                  for s in step.states}
-    grads = {p: [spec.renamed(a) for spec in specs] for p, specs in rev.grads.items()}
+    grads = {p: [spec.renamed(a) for spec in specs] for p, specs in rev.grads.items()} if cot.params else {}
     return BackwardStep(step, prog, {s: carry_key(s) for s in step.states}, carry_out, w, grads,
                         {k: a(v) for k, v in rev.adjoints.items()}, cot, out_seeds,
                         {x: rev.adjoints.get((x, "t")) for x in cot.inputs})

@@ -368,3 +368,22 @@ def test_native_jacobian_in_chunks_equals_numpys(make):
     for chunk in (10 ** 6, 3, 7, 3 * N - 1):
         got = point.jacobian(chunk=chunk)
         assert np.abs(got - want).max() <= 1e-12 * np.abs(want).max(), chunk
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_a_backward_for_the_carried_adjoints_alone(backend):
+    """What the adjoint iteration and the Jacobian run: a kept forward whose backward computes
+    no parameter gradient products (Cotangents(params=False)), its initial states' cotangent
+    bit for bit a full backward's, the parameters' gradients zero; with targets and without."""
+    cell = _teacher_cell()
+    m = rc.compile(cell, backend=backend, **({"cache": None} if backend == "native" else {}))
+    rng = np.random.default_rng(3)
+    params = {k: 0.5 * v for k, v in cell.init_params(0).items()}
+    x, t = {"x": rng.normal(size=(4, 5, 3))}, {"t": rng.normal(size=(4, 5, 2))}
+    h0, lam = {"s": rng.normal(size=(5, 4))}, {"s": rng.normal(size=(5, 4))}
+    full = m.forward(params, x, h0=h0, targets=t, keep=True, wrt=()).backward(d_final=lam)
+    alone = m._keep_carries(params, x, h0, t)
+    assert alone.cot.params is False
+    got = alone.backward(d_final=lam)
+    np.testing.assert_array_equal(got.h0["s"], full.h0["s"])
+    assert all(not np.any(v) for v in got.params.values()) and any(np.any(v) for v in full.params.values())

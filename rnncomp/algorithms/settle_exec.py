@@ -141,20 +141,22 @@ class NativePoint:
         self.ex, self.call, self.star = ex, call, star
         self.kept = ex.model.forward(call.params, call.inputs, h0=star, targets=call.targets, keep=True, wrt=())
         self.loss = float(self.kept.loss)
-        self._runs = {1: self.kept}  # m -> the forward of m steps from s*, kept
+        self._runs = {}  # m -> the forward of m steps from s*, kept for carried adjoints only
 
     def vjp(self, lam, grads=True):
+        if not grads:  # the adjoint iteration: no parameter gradient products
+            return self.iterate(lam, 1), None
         res = self.kept.backward(d_final=lam)
-        return _copy(res.h0), ({p: np.array(v) for p, v in res.params.items()} if grads else None)
+        return _copy(res.h0), {p: np.array(v) for p, v in res.params.items()}
 
     def iterate(self, lam, m):
-        """m adjoint iterations: the backward of m steps from s*, whose loss is a mean over the
-        m steps (each step's weight 1/(m·B)), seeded with λ/m and scaled back by m (exact: the
-        blocks are powers of two)."""
+        """m adjoint iterations: the backward of m steps from s* (without the parameters'
+        gradient products), whose loss is a mean over the m steps (each step's weight
+        1/(m·B)), seeded with λ/m and scaled back by m (exact: the blocks are powers of two)."""
         if m not in self._runs:
             call = self.call
-            self._runs[m] = self.ex.model.forward(call.params, repeated(call.inputs, m), h0=self.star,
-                                                  targets=repeated(call.targets, m), keep=True, wrt=())
+            self._runs[m] = self.ex.model._keep_carries(call.params, repeated(call.inputs, m), self.star,
+                                                        repeated(call.targets, m))
         res = self._runs[m].backward(d_final={s: v / m for s, v in lam.items()})
         return {s: v * m for s, v in res.h0.items()}
 
@@ -172,7 +174,7 @@ class NativePoint:
             star = {s: np.tile(v, (len(rows), 1)) for s, v in self.star.items()}
             # (its forward needs the targets if the update reads one, and then keeps the loss: ∂ℓ/∂s subtracted)
             targets = copy(call.targets) if ex._teacher else None
-            kept = ex.model.forward(call.params, copy(call.inputs), h0=star, targets=targets, keep=True, wrt=())
+            kept = ex.model._keep_carries(call.params, copy(call.inputs), star, targets)
             e = np.zeros((len(rows), B, N), dtype=ex.dtype)
             e[np.arange(len(rows)), :, rows] = 1
             e = e.reshape(len(rows) * B, N)

@@ -255,6 +255,15 @@ class VjpMixin:
         call, cot = owned(call), self._cotangents(w is not None, wrt, outputs)
         return self._padded(self._keep(call, w, cot, check_finite), call, lengths, cot, check_finite, finals=True)
 
+    def _keep_carries(self, params, inputs, h0=None, targets=None) -> Kept:
+        """A kept forward whose backward computes the initial states' cotangent alone: no
+        parameter gradients (they come back zero) and no input cotangents.  For an iteration
+        that needs only the carried adjoints (recurrent backprop's adjoint fixed point and
+        state Jacobian, ``algorithms/settle_exec.py``): the gradient products are most of a
+        backward's work."""
+        call, w, _ = self._vjp_call(params, inputs, h0, targets, None, True)
+        return self._keep(owned(call), w, Cotangents(loss=w is not None, final=True, params=False))
+
     def _padded(self, kept, call, lengths, cot, check_finite, finals):
         """``kept``, or with lengths shorter than T a :class:`~.lengths.PaddedKept` around it."""
         if not padding.padded(lengths, call.T):
