@@ -215,6 +215,11 @@ def test_bad_device_calls_are_named():
         m.loss_and_grad(P, X, {})
     with pytest.raises(rc.CallError, match=r"device-resident forward takes params, inputs and h0 only, not keep"):
         m.forward(P, X, keep=True)
+    B = next(iter(X.values())).a.shape[1]
+    for call in (lambda: m.loss_and_grad(P, X, Y, lengths=[1] * B), lambda: m.forward(P, X, lengths=[1] * B),
+                 lambda: m.vjp(P, X, d_final={"h": OnHost(np.zeros((B, 4)))}, lengths=[1] * B)):
+        with pytest.raises(rc.CallError, match=r"device-resident \w+ takes"):  # by name, not a shape error
+            call()
 
 
 @pytest.mark.skipif(not __import__("rnncomp.backends.ptx.runtime", fromlist=["x"]).cuda_available(),

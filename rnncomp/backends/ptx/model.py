@@ -290,6 +290,13 @@ class PtxModel(PtxVjp, BackendModel):
         return super().forward(params, inputs, h0, targets=targets, keep=keep, mask=mask, wrt=wrt,
                                outputs=outputs, check_finite=check_finite, lengths=lengths)
 
+    def loss_and_grad(self, params, inputs, targets=None, h0=None, mask=None, *, check_finite=True,
+                      lengths=None):
+        if lengths is not None and any_device(params, inputs, targets, h0):  # as forward's and vjp's
+            raise CallError(f"cell {self.step.name!r}: a device-resident loss_and_grad takes no lengths=: "
+                            "use host arrays for a padded batch, or mask= (its loss over the real steps)")
+        return super().loss_and_grad(params, inputs, targets, h0, mask, check_finite=check_finite, lengths=lengths)
+
     def _loss_and_grad_fast(self, params, inputs, targets, h0, mask, check_finite):
         if any_device(params, inputs, targets, h0):   # device.py; a host mask is taken
             return device_loss_and_grad(self, params, inputs, targets, h0, mask)
