@@ -132,22 +132,29 @@ class FixedPointModel:
         return call
 
     def _relax(self, call, what="forward"):
-        st, states = self.step, initial_states(self.step, call, self.dtype)
-        hint = "the update may not be a contraction (smaller weights, a damped update s ← (s + f(s))/2)"
-        for i, m in blocks(self.max_iter, self.block):  # m updates in one call, the next in another
+        states, self.iterations = self._converge(
+            initial_states(self.step, call, self.dtype), lambda s, m: self.ex.update(call, s, m),
+            f"the {what} relaxation", "|s[k] − s[k-1]|",
+            "the update may not be a contraction (smaller weights, a damped update s ← (s + f(s))/2)", ", or raise max_iter")
+        return states
+
+    def _converge(self, x, apply, what, residual, hint, more=""):
+        """``x`` iterated by ``apply(x, m)`` (m iterations) in :func:`blocks` until its last two
+        iterates are within tol: (the iterate, the iterations it took); a FixedPointError where
+        one is not finite or after max_iter."""
+        st = self.step
+        for i, m in blocks(self.max_iter, self.block):  # m iterations in one call, the next in another
             if m:
-                states = self.ex.update(call, states, m)
-                check_finite(states, st.name, f"the {what} relaxation", i + m, hint)
-            new = self.ex.update(call, states)
-            check_finite(new, st.name, f"the {what} relaxation", i + m + 1, hint)
-            res = max(float(np.abs(new[s] - states[s]).max()) for s in st.states)
-            states = new
+                x = apply(x, m)
+                check_finite(x, st.name, what, i + m, hint)
+            new = apply(x, 1)
+            check_finite(new, st.name, what, i + m + 1, hint)
+            res = max(float(np.abs(new[s] - x[s]).max()) for s in st.states)
+            x = new
             if res <= self.tol:
-                self.iterations = i + m + 1
-                return states
-        raise FixedPointError(f"cell {st.name!r}: the {what} relaxation did not converge: max |s[k] − s[k-1]| = "
-                              f"{res:.3g} after max_iter = {self.max_iter} iterations (tol = {self.tol:g}); "
-                              f"{hint}, or raise max_iter")
+                return x, i + m + 1
+        raise FixedPointError(f"cell {st.name!r}: {what} did not converge: max {residual} = {res:.3g} after "
+                              f"max_iter = {self.max_iter} iterations (tol = {self.tol:g}); {hint}{more}")
 
     def forward(self, params, x, h0=None, *, targets=None):
         """The fixed point ``{state: (B, n)}`` for inputs ``x`` ((B, n) or a dict); ``targets``
@@ -188,21 +195,9 @@ class FixedPointModel:
         return point.loss, point.vjp(lam)[1], star
 
     def _iterate(self, point, B):
-        st = self.step
-        lam = {s: np.zeros((B, n), dtype=self.dtype) for s, n in st.states.items()}
-        what, hint = "the adjoint iteration λ = (∂f/∂s)ᵀλ + ∂ℓ/∂s", "solve='direct' solves it instead"
-        for i, m in blocks(self.max_iter, self.block):
-            if m:
-                lam = point.iterate(lam, m)
-                check_finite(lam, st.name, what, i + m, hint)
-            new = point.vjp(lam, grads=False)[0]
-            check_finite(new, st.name, what, i + m + 1, hint)
-            res = max(float(np.abs(new[s] - lam[s]).max()) for s in st.states)
-            lam = new
-            if res <= self.tol:
-                return lam
-        raise FixedPointError(f"cell {st.name!r}: {what} did not converge: max |Δλ| = {res:.3g} after "
-                              f"max_iter = {self.max_iter} iterations (tol = {self.tol:g}); {hint}")
+        lam = {s: np.zeros((B, n), dtype=self.dtype) for s, n in self.step.states.items()}
+        return self._converge(lam, point.iterate, "the adjoint iteration λ = (∂f/∂s)ᵀλ + ∂ℓ/∂s", "|Δλ|",
+                              "solve='direct' solves it instead")[0]
 
     def _solve(self, point, B):
         st, names = self.step, list(self.step.states)

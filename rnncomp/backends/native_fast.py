@@ -38,7 +38,34 @@ from .validate import Call, add_initial_state_grads, check_mask, step_weights, w
 MAX_FRAMES = 16
 
 
-class Frame:
+class _Frames:
+    """What both frames keep: the pooled buffers by slot and their pointer array, and the slots
+    of the caller's arrays (``specs``: (name, slot, shape) of the parameters, then (name, slot,
+    n) of the sequences), with the arrays of the last call (their addresses known)."""
+
+    def _keep(self, model, arrays, T: int, B: int, specs):
+        self.arrays = arrays  # keeps the pooled views (and so their addresses) alive
+        self.ptrs = (ctypes.c_void_p * len(arrays))(*[None if a is None else a.ctypes.data for a in arrays])
+        self.gen = model._pool.gen
+        P = len(model._param_specs)
+        sizes = [int(np.prod(shp)) for _, _, shp in specs[:P]] + [T * B * n for _, _, n in specs[P:]]
+        self.slots = [k for _, k, _ in specs]
+        self.check_ptrs = (ctypes.c_void_p * len(sizes))()  # what the finiteness check reads
+        self.check_counts = (ctypes.c_int64 * len(sizes))(*sizes)
+        self.last = [None] * len(sizes)
+
+    def bind(self, model, arrays, check_finite) -> bool:
+        """The caller's ``arrays`` (in ``specs`` order) into the pointer array; False where
+        ``check_finite`` finds a NaN or infinity in them."""
+        ptrs, last, check = self.ptrs, self.last, self.check_ptrs
+        for i, (a, k) in enumerate(zip(arrays, self.slots)):
+            if a is not last[i]:  # an array object's address never changes while it is held
+                last[i] = a
+                check[i] = ptrs[k] = a.ctypes.data
+        return not (check_finite and model._first_nonfinite(len(arrays), check, self.check_counts) >= 0)
+
+
+class Frame(_Frames):
     """One thread's buffers of a (T, B) training call and their pointer array."""
 
     def __init__(self, model, T: int, B: int, B_total: int):
@@ -52,15 +79,8 @@ class Frame:
         self.flags = arrays[model.prologue_slot]
         self.states, self.loss = states, fwd[st.loss_key][:, :, 0]
         self.carry = {s_: arrays[model.bwd_slot[key][0]] for s_, key in model.bwd.carry_in.items()}
-        self.arrays = arrays  # keeps the pooled views (and so their addresses) alive
-        self.ptrs = (ctypes.c_void_p * len(arrays))(*[None if a is None else a.ctypes.data for a in arrays])
-        self.gen = model._pool.gen
         # the caller's arrays: parameters then inputs/targets, as in model._param_specs, _io_specs
-        sizes = [int(np.prod(shp)) for _, _, shp in model._param_specs] + [T * B * n for _, _, n in model._io_specs]
-        self.slots = [k for _, k, _ in model._param_specs] + [k for _, k, _ in model._io_specs]
-        self.check_ptrs = (ctypes.c_void_p * len(sizes))()  # what the finiteness check reads
-        self.check_counts = (ctypes.c_int64 * len(sizes))(*sizes)
-        self.last = [None] * len(sizes)  # the arrays of the last call (their addresses are known)
+        self._keep(model, arrays, T, B, model._param_specs + model._io_specs)
         self.weight_slot = model.bwd_slot[model.bwd.weight][0]
 
 
@@ -82,7 +102,7 @@ def _frame(model, key, make):
     return fr
 
 
-class ForwardFrame:
+class ForwardFrame(_Frames):
     """One thread's buffers of a forward-only (T, B) call and their pointer array: the
     forward's pooled buffers, scratch for the targets it does not read (as the general path's
     ``_buffers``), the outputs' and final states' views."""
@@ -95,15 +115,7 @@ class ForwardFrame:
         self.work = model._work(T, B).ctypes.data
         self.flags, self.states = arrays[model.prologue_slot], states
         self.outs = {o: fwd[(o, "t")] if (o, "t") in fwd else states[o][1:] for o in st.outputs}
-        self.arrays = arrays  # keeps the pooled views (and so their addresses) alive
-        self.ptrs = (ctypes.c_void_p * len(arrays))(*[None if a is None else a.ctypes.data for a in arrays])
-        self.gen = model._pool.gen
-        specs = model._param_specs + [s for s in model._io_specs if s[0] in st.inputs]
-        self.slots = [k for _, k, _ in specs]
-        self.check_ptrs = (ctypes.c_void_p * len(specs))()
-        self.check_counts = (ctypes.c_int64 * len(specs))(*[int(np.prod(shp)) for _, _, shp in model._param_specs]
-                                                          + [T * B * n for name, _, n in specs[len(model._param_specs):]])
-        self.last = [None] * len(specs)
+        self._keep(model, arrays, T, B, model._param_specs + [s for s in model._io_specs if s[0] in st.inputs])
 
 
 def _ok(a, shape, dt) -> bool:
@@ -178,17 +190,12 @@ def forward(model, params, inputs, h0, check_finite):
     if check_finite and h0 and not _all_finite(model, list(h0.values())):
         return None
     fr = _frame(model, ("forward", T, B), lambda: ForwardFrame(model, T, B))
-    ptrs, last, check = fr.ptrs, fr.last, fr.check_ptrs
-    arrays = [params[name] for name, _, _ in model._param_specs] + [io[name] for name in model._input_names]
-    for i, (a, k) in enumerate(zip(arrays, fr.slots)):
-        if a is not last[i]:
-            last[i] = a
-            check[i] = ptrs[k] = a.ctypes.data
-    if check_finite and model._first_nonfinite(len(arrays), check, fr.check_counts) >= 0:
+    if not fr.bind(model, [params[name] for name, _, _ in model._param_specs]
+                   + [io[name] for name in model._input_names], check_finite):
         return None
     model._set_initial_states(fr.states, params, h0)
     fr.flags.fill(0)  # a new call: stacked and packed weights are rebuilt
-    model._fwd(T, B, ptrs, fr.work)
+    model._fwd(T, B, fr.ptrs, fr.work)
     return {o: v.copy() for o, v in fr.outs.items()}, {s_: buf[-1].copy() for s_, buf in fr.states.items()}
 
 
@@ -233,15 +240,11 @@ def _run(model, T, B, B_total, params, io, h0, w, check_finite):
     with step weights ``w`` (a mask's) or the frame's uniform ones (None if
     ``check_finite`` finds a NaN or infinity: the general path reports it)."""
     fr = _frame(model, (T, B, B_total), lambda: Frame(model, T, B, B_total))
-    ptrs, last, check = fr.ptrs, fr.last, fr.check_ptrs
+    ptrs = fr.ptrs
     ws = fr.ws if w is None else w
     ptrs[fr.weight_slot] = ws.ctypes.data
-    arrays = [params[name] for name, _, _ in model._param_specs] + [io[name] for name, _, _ in model._io_specs]
-    for i, (a, k) in enumerate(zip(arrays, fr.slots)):
-        if a is not last[i]:  # an array object's address never changes while it is held
-            last[i] = a
-            check[i] = ptrs[k] = a.ctypes.data
-    if check_finite and model._first_nonfinite(len(arrays), check, fr.check_counts) >= 0:
+    if not fr.bind(model, [params[name] for name, _, _ in model._param_specs]
+                   + [io[name] for name, _, _ in model._io_specs], check_finite):
         return None
     # initial states, fresh gradient arrays, zeroed carries and prologue flags
     model._set_initial_states(fr.states, params, h0)
